@@ -1,0 +1,1 @@
+//! PLACEHOLDER: Graphviz export is being written.

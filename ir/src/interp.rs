@@ -1,0 +1,152 @@
+//! The reference interpreter: executes a graph node by node with the kernels in `ops`.
+//!
+//! It is the oracle for everything downstream. It binds the batch size from the inputs,
+//! checks every input against the graph's declared types, and checks every result against
+//! the static type the verifier inferred, so that inference and evaluation cannot drift.
+
+use crate::graph::{Graph, NodeId, NodeOp, ValueId};
+use crate::ops::{self, EvalCtx};
+use crate::{Dim, IrError, Tensor, TensorType};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Every value computed by one run, for per-layer comparisons and debugging.
+pub struct Trace {
+    /// The bound batch size.
+    pub batch: usize,
+    /// Values by id (inputs, constants and results of every node).
+    pub values: HashMap<ValueId, Arc<Tensor>>,
+    /// The graph outputs, in order.
+    pub outputs: Vec<Arc<Tensor>>,
+}
+
+/// Runs the graph on `inputs` (in graph-input order) and returns its outputs.
+pub fn run(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, IrError> {
+    let trace = execute(graph, inputs, false)?;
+    Ok(trace.outputs.into_iter().map(|t| Arc::try_unwrap(t).unwrap_or_else(|t| (*t).clone())).collect())
+}
+
+/// Runs the graph and keeps every intermediate value.
+pub fn run_traced(graph: &Graph, inputs: &[Tensor]) -> Result<Trace, IrError> {
+    execute(graph, inputs, true)
+}
+
+/// Checks `inputs` against the graph's inputs and returns the batch size they bind
+/// (1 when no input has a batch dimension).
+pub fn bind_batch(graph: &Graph, inputs: &[Tensor]) -> Result<usize, IrError> {
+    let declared = graph.input_values();
+    if inputs.len() != declared.len() {
+        return Err(IrError::Input {
+            name: graph.name.clone(),
+            message: format!("the graph has {} inputs, {} were given", declared.len(), inputs.len()),
+        });
+    }
+    let mut batch = None;
+    for (v, t) in declared.iter().zip(inputs) {
+        let value = graph.value(*v);
+        let bad = |message: String| IrError::Input { name: value.name.clone(), message };
+        let ty = &value.ty;
+        if t.dtype() != ty.dtype {
+            return Err(bad(format!("expected {} elements, got {}", ty.dtype, t.dtype())));
+        }
+        if t.shape().len() != ty.shape.rank() {
+            return Err(bad(format!("expected shape {}, got {:?}", ty.shape, t.shape())));
+        }
+        for (axis, (d, &n)) in ty.shape.dims().iter().zip(t.shape()).enumerate() {
+            match d {
+                Dim::Fixed(f) if *f != n => {
+                    return Err(bad(format!("expected shape {}, got {:?} (axis {axis})", ty.shape, t.shape())))
+                }
+                Dim::Batch => match batch {
+                    None => batch = Some(n),
+                    Some(b) if b != n => {
+                        return Err(bad(format!("batch size {n} disagrees with {b} bound by an earlier input")))
+                    }
+                    Some(_) => {}
+                },
+                Dim::Fixed(_) => {}
+            }
+        }
+    }
+    if batch == Some(0) {
+        return Err(IrError::Input { name: graph.name.clone(), message: "batch size 0".to_string() });
+    }
+    Ok(batch.unwrap_or(1))
+}
+
+fn execute(graph: &Graph, inputs: &[Tensor], keep_all: bool) -> Result<Trace, IrError> {
+    let batch = bind_batch(graph, inputs)?;
+    let order = graph.topo_order()?;
+    // How many more reads each value has, so that buffers are dropped after their last use.
+    let mut reads: HashMap<ValueId, usize> = HashMap::new();
+    for &id in &order {
+        for v in graph.node_inputs(id).into_iter().flatten() {
+            *reads.entry(v).or_default() += 1;
+        }
+    }
+    for v in graph.outputs() {
+        *reads.entry(*v).or_default() += 1;
+    }
+    let mut values: HashMap<ValueId, Arc<Tensor>> = HashMap::new();
+    let mut kept: HashMap<ValueId, Arc<Tensor>> = HashMap::new();
+    let position: HashMap<NodeId, usize> = graph.inputs().iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    for &id in &order {
+        let node = graph.node(id);
+        let results: Vec<Arc<Tensor>> = match &node.op {
+            NodeOp::Input => vec![Arc::new(inputs[position[&id]].clone())],
+            NodeOp::Const(t) => vec![t.clone()],
+            NodeOp::Apply(op) => {
+                let operands = graph.node_inputs(id);
+                let fail = |message: String| IrError::Eval {
+                    node: node.name.clone(),
+                    op: op.kind.name().to_string(),
+                    message,
+                };
+                let tensors: Vec<Option<&Tensor>> =
+                    operands.iter().map(|v| v.map(|v| values[&v].as_ref())).collect();
+                let input_types: Vec<Option<&TensorType>> =
+                    operands.iter().map(|v| v.map(|v| graph.value_type(v))).collect();
+                let output_types: Vec<TensorType> = node.outputs.iter().map(|v| v.ty.clone()).collect();
+                let cx = EvalCtx { op, inputs: &tensors, input_types: &input_types, output_types: &output_types };
+                let results = ops::eval(&cx).map_err(fail)?;
+                for (t, ty) in results.iter().zip(&output_types) {
+                    let want = ty.shape.resolve(batch);
+                    if t.dtype() != ty.dtype || t.shape() != want.as_slice() {
+                        return Err(fail(format!(
+                            "kernel produced {}{:?}, the verifier inferred {}{:?} (a bug in qlift)",
+                            t.dtype(),
+                            t.shape(),
+                            ty.dtype,
+                            want
+                        )));
+                    }
+                }
+                for v in operands.into_iter().flatten() {
+                    let left = reads.get_mut(&v).expect("counted above");
+                    *left -= 1;
+                    if *left == 0 {
+                        if let Some(t) = values.remove(&v) {
+                            if keep_all {
+                                kept.insert(v, t);
+                            }
+                        }
+                    }
+                }
+                results.into_iter().map(Arc::new).collect()
+            }
+        };
+        for (output, t) in results.into_iter().enumerate() {
+            let v = ValueId { node: id, output };
+            if reads.get(&v).copied().unwrap_or(0) > 0 {
+                values.insert(v, t);
+            } else if keep_all {
+                kept.insert(v, t);
+            }
+        }
+    }
+    let outputs = graph.outputs().iter().map(|v| values[v].clone()).collect();
+    if keep_all {
+        kept.extend(values);
+    }
+    Ok(Trace { batch, values: kept, outputs })
+}

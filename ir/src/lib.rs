@@ -1,0 +1,35 @@
+//! qlift's graph IR.
+//!
+//! A model is a [`Graph`]: a petgraph DAG of [`Node`]s whose results are typed values
+//! ([`TensorType`]: dtype, static shape with a symbolic batch dimension, optional
+//! quantization parameters). Constants are shared [`Tensor`]s identified by a content digest.
+//! The IR prints to and parses from a text format ([`text`]), exports to Graphviz ([`dot`]),
+//! is checked by a verifier ([`verify()`]) and executed by a reference interpreter
+//! ([`interp`]), which is the oracle every later stage (rewrites, JIT) is tested against.
+#![deny(missing_docs)]
+
+mod attrs;
+pub mod dot;
+mod dtype;
+mod error;
+mod graph;
+pub mod interp;
+mod op;
+mod ops;
+mod quant;
+mod shape;
+mod tensor;
+mod types;
+pub mod text;
+mod verify;
+
+pub use attrs::{AttrValue, Attrs};
+pub use dtype::DType;
+pub use error::{IrError, VerifierError};
+pub use graph::{Graph, Node, NodeId, NodeOp, Use, Value, ValueId};
+pub use op::{Op, OpKind};
+pub use quant::QuantParams;
+pub use shape::{Dim, Shape};
+pub use tensor::{Tensor, TensorData};
+pub use types::TensorType;
+pub use verify::{infer_types, verify};

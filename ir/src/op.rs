@@ -1,0 +1,176 @@
+//! The op registry: every op the IR knows, with its arity and canonical attributes as data.
+
+use crate::Attrs;
+use std::fmt;
+use std::str::FromStr;
+
+/// The kind of attribute a schema expects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AttrKind {
+    Int,
+    Float,
+    Ints,
+}
+
+/// What the verifier knows about an op before looking at types: how many operands
+/// (optional trailing ones may be missing), how many results, which attributes the
+/// canonical form must carry.
+pub(crate) struct Schema {
+    pub min_inputs: usize,
+    /// `usize::MAX` for variadic ops.
+    pub max_inputs: usize,
+    pub outputs: usize,
+    pub attrs: &'static [(&'static str, AttrKind)],
+}
+
+macro_rules! ops {
+    ($( $(#[$doc:meta])* $kind:ident : $min:literal ..= $max:tt -> $outs:literal { $($attr:literal : $ak:ident),* } ),* $(,)?) => {
+        /// Every operation the IR can express. Names match the ONNX op types they come
+        /// from; the canonical attributes are listed in the registry (`op.rs`).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum OpKind { $( $(#[$doc])* $kind ),* }
+
+        impl OpKind {
+            /// Every op kind, in declaration order.
+            pub const ALL: &'static [OpKind] = &[$(OpKind::$kind),*];
+
+            /// The op's name in the text format (the ONNX op type).
+            pub fn name(self) -> &'static str {
+                match self { $(OpKind::$kind => stringify!($kind)),* }
+            }
+
+            pub(crate) fn schema(self) -> Schema {
+                match self {
+                    $(OpKind::$kind => Schema {
+                        min_inputs: $min,
+                        max_inputs: ops!(@max $max),
+                        outputs: $outs,
+                        attrs: &[$(($attr, AttrKind::$ak)),*],
+                    }),*
+                }
+            }
+        }
+    };
+    (@max *) => { usize::MAX };
+    (@max $n:literal) => { $n };
+}
+
+ops! {
+    /// N-d convolution (NCHW), explicit pads, grouped and depthwise included.
+    Conv: 2..=3 -> 1 { "dilations": Ints, "group": Int, "kernel_shape": Ints, "pads": Ints, "strides": Ints },
+    /// Integer convolution with zero points, exact i32 output (ONNX ConvInteger).
+    ConvInteger: 2..=4 -> 1 { "dilations": Ints, "group": Int, "kernel_shape": Ints, "pads": Ints, "strides": Ints },
+    /// Quantized convolution: operands and result carry quantization parameters, bias is i32.
+    QLinearConv: 2..=3 -> 1 { "dilations": Ints, "group": Int, "kernel_shape": Ints, "pads": Ints, "strides": Ints },
+    /// Numpy-style batched matrix product.
+    MatMul: 2..=2 -> 1 {},
+    /// Integer matrix product with zero points, exact i32 output.
+    MatMulInteger: 2..=4 -> 1 {},
+    /// Quantized matrix product: operands and result carry quantization parameters.
+    QLinearMatMul: 2..=2 -> 1 {},
+    /// `alpha * A' * B' + beta * C`.
+    Gemm: 2..=3 -> 1 { "alpha": Float, "beta": Float, "transA": Int, "transB": Int },
+    /// Inference-mode batch normalization over axis 1.
+    BatchNormalization: 5..=5 -> 1 { "epsilon": Float },
+    /// `max(x, 0)`.
+    Relu: 1..=1 -> 1 {},
+    /// Clamp to `[min, max]` (infinite when absent in ONNX).
+    Clip: 1..=1 -> 1 { "max": Float, "min": Float },
+    /// `x < 0 ? alpha * x : x`.
+    LeakyRelu: 1..=1 -> 1 { "alpha": Float },
+    /// Logistic sigmoid.
+    Sigmoid: 1..=1 -> 1 {},
+    /// Hyperbolic tangent.
+    Tanh: 1..=1 -> 1 {},
+    /// `clamp(alpha * x + beta, 0, 1)`.
+    HardSigmoid: 1..=1 -> 1 { "alpha": Float, "beta": Float },
+    /// `x * clamp(x / 6 + 1/2, 0, 1)`.
+    HardSwish: 1..=1 -> 1 {},
+    /// Broadcasting addition.
+    Add: 2..=2 -> 1 {},
+    /// Broadcasting subtraction.
+    Sub: 2..=2 -> 1 {},
+    /// Broadcasting multiplication.
+    Mul: 2..=2 -> 1 {},
+    /// Broadcasting division (integer division truncates).
+    Div: 2..=2 -> 1 {},
+    /// Max pooling.
+    MaxPool: 1..=1 -> 1 { "ceil_mode": Int, "dilations": Ints, "kernel_shape": Ints, "pads": Ints, "strides": Ints },
+    /// Average pooling.
+    AveragePool: 1..=1 -> 1 { "ceil_mode": Int, "count_include_pad": Int, "dilations": Ints, "kernel_shape": Ints, "pads": Ints, "strides": Ints },
+    /// Mean over all spatial dimensions.
+    GlobalAveragePool: 1..=1 -> 1 {},
+    /// Max over all spatial dimensions.
+    GlobalMaxPool: 1..=1 -> 1 {},
+    /// Collapse to 2-d around `axis`.
+    Flatten: 1..=1 -> 1 { "axis": Int },
+    /// Reshape to the ONNX shape spec in `shape` (0 copies, -1 infers unless `allowzero`).
+    Reshape: 1..=1 -> 1 { "allowzero": Int, "shape": Ints },
+    /// Permute dimensions.
+    Transpose: 1..=1 -> 1 { "perm": Ints },
+    /// Join along `axis`.
+    Concat: 1..=* -> 1 { "axis": Int },
+    /// Softmax along `axis`.
+    Softmax: 1..=1 -> 1 { "axis": Int },
+    /// The input, unchanged.
+    Identity: 1..=1 -> 1 {},
+    /// Inference-mode dropout: the input, unchanged.
+    Dropout: 1..=1 -> 1 {},
+    /// Remove the size-1 dimensions listed in `axes`.
+    Squeeze: 1..=1 -> 1 { "axes": Ints },
+    /// Insert size-1 dimensions at `axes` (positions in the output).
+    Unsqueeze: 1..=1 -> 1 { "axes": Ints },
+    /// Constant padding: `pads` as ONNX orders them (all begins, then all ends), fill `value`.
+    Pad: 1..=1 -> 1 { "pads": Ints, "value": Float },
+    /// f32 (or i32) to the quantized type and parameters declared on the result.
+    QuantizeLinear: 1..=1 -> 1 {},
+    /// A quantized value (parameters on its type) back to f32.
+    DequantizeLinear: 1..=1 -> 1 {},
+}
+
+impl fmt::Display for OpKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for OpKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        OpKind::ALL.iter().copied().find(|k| k.name() == s).ok_or_else(|| format!("unknown op `{s}`"))
+    }
+}
+
+/// An operation applied by a node: its kind and canonical attributes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Op {
+    /// Which operation.
+    pub kind: OpKind,
+    /// Its attributes in canonical form.
+    pub attrs: Attrs,
+}
+
+impl Op {
+    /// An op with the given attributes.
+    pub fn new(kind: OpKind, attrs: Attrs) -> Op {
+        Op { kind, attrs }
+    }
+
+    /// Checks the attributes against the registry: each canonical attribute present with
+    /// the right kind, and no unknown ones.
+    pub(crate) fn check_attrs(&self) -> Result<(), String> {
+        let schema = self.kind.schema();
+        for (name, kind) in schema.attrs {
+            let ok = match kind {
+                AttrKind::Int => self.attrs.int(name).map(|_| ()),
+                AttrKind::Float => self.attrs.float(name).map(|_| ()),
+                AttrKind::Ints => self.attrs.ints(name).map(|_| ()),
+            };
+            ok?;
+        }
+        if let Some(extra) = self.attrs.0.keys().find(|k| !schema.attrs.iter().any(|(n, _)| n == k)) {
+            return Err(format!("unexpected attribute `{extra}`"));
+        }
+        Ok(())
+    }
+}

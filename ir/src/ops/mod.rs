@@ -1,0 +1,87 @@
+//! Per-op semantics, one file per op family: type inference (used by the verifier and by
+//! builders) and reference evaluation (used by the interpreter).
+//!
+//! Evaluation favours clarity over speed: it is the oracle the rewrites and the JIT are
+//! checked against, so each kernel is written the way the ONNX spec states it.
+
+use crate::{Op, OpKind, Tensor, TensorType};
+
+pub(crate) mod math;
+pub(crate) mod nn;
+pub(crate) mod quant;
+pub(crate) mod shape;
+
+/// What type inference sees of a node.
+pub(crate) struct InferCtx<'a> {
+    pub op: &'a Op,
+    /// Operand types by slot (`None` for a missing optional operand).
+    pub inputs: &'a [Option<&'a TensorType>],
+    /// The node's declared result types, when it has any (empty while building).
+    pub declared: &'a [TensorType],
+}
+
+/// What evaluation sees of a node.
+pub(crate) struct EvalCtx<'a> {
+    pub op: &'a Op,
+    /// Operand values by slot.
+    pub inputs: &'a [Option<&'a Tensor>],
+    /// Operand types by slot (quantization parameters of quantized operands).
+    pub input_types: &'a [Option<&'a TensorType>],
+    /// The node's result types (quantization parameters of quantized results).
+    pub output_types: &'a [TensorType],
+}
+
+impl<'a> InferCtx<'a> {
+    /// Operand `i`'s type; the verifier has already checked that required ones exist.
+    pub fn input(&self, i: usize) -> Result<&'a TensorType, String> {
+        self.inputs.get(i).copied().flatten().ok_or_else(|| format!("operand {i} is missing"))
+    }
+}
+
+impl<'a> EvalCtx<'a> {
+    /// Operand `i`'s value.
+    pub fn input(&self, i: usize) -> Result<&'a Tensor, String> {
+        self.inputs.get(i).copied().flatten().ok_or_else(|| format!("operand {i} is missing"))
+    }
+
+    /// Operand `i`'s static type.
+    pub fn input_type(&self, i: usize) -> Result<&'a TensorType, String> {
+        self.input_types.get(i).copied().flatten().ok_or_else(|| format!("operand {i} is missing"))
+    }
+}
+
+/// Result types of a node.
+pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
+    use OpKind::*;
+    match cx.op.kind {
+        Conv | MatMul | Gemm | BatchNormalization | MaxPool | AveragePool | GlobalAveragePool
+        | GlobalMaxPool | Softmax => nn::infer(cx),
+        Relu | Clip | LeakyRelu | Sigmoid | Tanh | HardSigmoid | HardSwish | Add | Sub | Mul | Div => {
+            math::infer(cx)
+        }
+        Flatten | Reshape | Transpose | Concat | Identity | Dropout | Squeeze | Unsqueeze | Pad => {
+            shape::infer(cx)
+        }
+        QuantizeLinear | DequantizeLinear | QLinearConv | QLinearMatMul | ConvInteger | MatMulInteger => {
+            quant::infer(cx)
+        }
+    }
+}
+
+/// Evaluates a node on concrete operands.
+pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
+    use OpKind::*;
+    match cx.op.kind {
+        Conv | MatMul | Gemm | BatchNormalization | MaxPool | AveragePool | GlobalAveragePool
+        | GlobalMaxPool | Softmax => nn::eval(cx),
+        Relu | Clip | LeakyRelu | Sigmoid | Tanh | HardSigmoid | HardSwish | Add | Sub | Mul | Div => {
+            math::eval(cx)
+        }
+        Flatten | Reshape | Transpose | Concat | Identity | Dropout | Squeeze | Unsqueeze | Pad => {
+            shape::eval(cx)
+        }
+        QuantizeLinear | DequantizeLinear | QLinearConv | QLinearMatMul | ConvInteger | MatMulInteger => {
+            quant::eval(cx)
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Concrete tensors: constants in the graph and values in the interpreter.
+
+use crate::DType;
+use std::fmt;
+
+/// The elements of a tensor, row-major. 4-bit types are stored unpacked (`I4` in `I8`,
+/// `U4` in `U8`) so that every kernel reads whole bytes.
+#[derive(Clone, PartialEq)]
+pub enum TensorData {
+    /// `f32` elements.
+    F32(Vec<f32>),
+    /// `i8` (and `i4`) elements.
+    I8(Vec<i8>),
+    /// `u8` (and `u4`) elements.
+    U8(Vec<u8>),
+    /// `i32` elements.
+    I32(Vec<i32>),
+    /// `i64` elements.
+    I64(Vec<i64>),
+}
+
+impl TensorData {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            TensorData::F32(v) => v.len(),
+            TensorData::I8(v) => v.len(),
+            TensorData::U8(v) => v.len(),
+            TensorData::I32(v) => v.len(),
+            TensorData::I64(v) => v.len(),
+        }
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The storage dtypes this data can represent.
+    fn holds(&self, dtype: DType) -> bool {
+        matches!(
+            (self, dtype),
+            (TensorData::F32(_), DType::F32)
+                | (TensorData::I8(_), DType::I8 | DType::I4)
+                | (TensorData::U8(_), DType::U8 | DType::U4)
+                | (TensorData::I32(_), DType::I32)
+                | (TensorData::I64(_), DType::I64)
+        )
+    }
+
+    /// Element `i` widened to `i64` (`None` for float data).
+    fn int_at(&self, i: usize) -> Option<i64> {
+        match self {
+            TensorData::F32(_) => None,
+            TensorData::I8(v) => Some(v[i] as i64),
+            TensorData::U8(v) => Some(v[i] as i64),
+            TensorData::I32(v) => Some(v[i] as i64),
+            TensorData::I64(v) => Some(v[i]),
+        }
+    }
+}
+
+/// A dense tensor with a concrete shape.
+#[derive(Clone, PartialEq)]
+pub struct Tensor {
+    dtype: DType,
+    shape: Vec<usize>,
+    data: TensorData,
+}
+
+impl Tensor {
+    /// Builds a tensor, checking that the data matches the dtype and the shape's element
+    /// count, and that 4-bit values are in range.
+    pub fn new(dtype: DType, shape: Vec<usize>, data: TensorData) -> Result<Tensor, String> {
+        let count = shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| format!("shape {shape:?} overflows"))?;
+        if !data.holds(dtype) {
+            return Err(format!("{dtype} tensor cannot hold this data"));
+        }
+        if data.len() != count {
+            return Err(format!("shape {shape:?} needs {count} elements, data has {}", data.len()));
+        }
+        if matches!(dtype, DType::I4 | DType::U4) {
+            let (lo, hi) = dtype.int_range().expect("integer dtype");
+            if let Some(i) = (0..count).find(|&i| data.int_at(i).is_some_and(|v| v < lo || v > hi)) {
+                return Err(format!("element {i} is outside the {dtype} range [{lo}, {hi}]"));
+            }
+        }
+        Ok(Tensor { dtype, shape, data })
+    }
+
+    /// An `f32` tensor (panics only if `data.len()` does not match: for literals in code).
+    pub fn from_f32(shape: &[usize], data: Vec<f32>) -> Tensor {
+        Tensor::new(DType::F32, shape.to_vec(), TensorData::F32(data)).expect("f32 literal tensor")
+    }
+
+    /// An `i64` tensor (panics only if `data.len()` does not match: for literals in code).
+    pub fn from_i64(shape: &[usize], data: Vec<i64>) -> Tensor {
+        Tensor::new(DType::I64, shape.to_vec(), TensorData::I64(data)).expect("i64 literal tensor")
+    }
+
+    /// A tensor of zeros.
+    pub fn zeros(dtype: DType, shape: &[usize]) -> Tensor {
+        let n = shape.iter().product();
+        let data = match dtype {
+            DType::F32 => TensorData::F32(vec![0.0; n]),
+            DType::I8 | DType::I4 => TensorData::I8(vec![0; n]),
+            DType::U8 | DType::U4 => TensorData::U8(vec![0; n]),
+            DType::I32 => TensorData::I32(vec![0; n]),
+            DType::I64 => TensorData::I64(vec![0; n]),
+        };
+        Tensor { dtype, shape: shape.to_vec(), data }
+    }
+
+    /// Element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Concrete shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Whether the tensor has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// The elements.
+    pub fn data(&self) -> &TensorData {
+        &self.data
+    }
+
+    /// Consumes the tensor, returning its elements.
+    pub fn into_data(self) -> TensorData {
+        self.data
+    }
+
+    /// The same elements under another shape with the same element count.
+    pub fn reshaped(self, shape: Vec<usize>) -> Result<Tensor, String> {
+        Tensor::new(self.dtype, shape, self.data)
+    }
+
+    /// The `f32` elements, or an error naming the actual dtype.
+    pub fn as_f32(&self) -> Result<&[f32], String> {
+        match &self.data {
+            TensorData::F32(v) => Ok(v),
+            _ => Err(format!("expected an f32 tensor, found {}", self.dtype)),
+        }
+    }
+
+    /// The `i64` elements, or an error naming the actual dtype.
+    pub fn as_i64(&self) -> Result<&[i64], String> {
+        match &self.data {
+            TensorData::I64(v) => Ok(v),
+            _ => Err(format!("expected an i64 tensor, found {}", self.dtype)),
+        }
+    }
+
+    /// The `i32` elements, or an error naming the actual dtype.
+    pub fn as_i32(&self) -> Result<&[i32], String> {
+        match &self.data {
+            TensorData::I32(v) => Ok(v),
+            _ => Err(format!("expected an i32 tensor, found {}", self.dtype)),
+        }
+    }
+
+    /// Integer elements widened to `i64` (any integer dtype), for index and shape operands
+    /// and for integer kernels that accumulate exactly.
+    pub fn to_i64_vec(&self) -> Result<Vec<i64>, String> {
+        match &self.data {
+            TensorData::F32(_) => Err("expected an integer tensor, found f32".to_string()),
+            d => Ok((0..d.len()).map(|i| d.int_at(i).expect("integer data")).collect()),
+        }
+    }
+
+    /// Elements converted to `f32` (exact for 8-bit and 4-bit integers).
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        match &self.data {
+            TensorData::F32(v) => v.clone(),
+            TensorData::I8(v) => v.iter().map(|&x| x as f32).collect(),
+            TensorData::U8(v) => v.iter().map(|&x| x as f32).collect(),
+            TensorData::I32(v) => v.iter().map(|&x| x as f32).collect(),
+            TensorData::I64(v) => v.iter().map(|&x| x as f32).collect(),
+        }
+    }
+
+    /// Builds a tensor of integer dtype `dtype` from `i64` values that are already in range.
+    pub fn from_i64_values(dtype: DType, shape: Vec<usize>, values: Vec<i64>) -> Result<Tensor, String> {
+        let (lo, hi) = dtype.int_range().ok_or("from_i64_values needs an integer dtype")?;
+        if let Some(v) = values.iter().find(|&&v| v < lo || v > hi) {
+            return Err(format!("value {v} is outside the {dtype} range"));
+        }
+        let data = match dtype {
+            DType::I8 | DType::I4 => TensorData::I8(values.iter().map(|&v| v as i8).collect()),
+            DType::U8 | DType::U4 => TensorData::U8(values.iter().map(|&v| v as u8).collect()),
+            DType::I32 => TensorData::I32(values.iter().map(|&v| v as i32).collect()),
+            DType::I64 => TensorData::I64(values),
+            DType::F32 => unreachable!("checked above"),
+        };
+        Tensor::new(dtype, shape, data)
+    }
+
+    /// The little-endian bytes of the elements (one byte per 4-bit element).
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        match &self.data {
+            TensorData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::I8(v) => v.iter().map(|&x| x as u8).collect(),
+            TensorData::U8(v) => v.clone(),
+            TensorData::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
+    }
+
+    /// A stable 64-bit content digest over dtype, shape and elements.
+    ///
+    /// Constants are identified by content: dumps print the digest instead of the data,
+    /// and the e-graph treats equal-digest constants as one leaf.
+    pub fn digest(&self) -> u64 {
+        let mut bytes = Vec::with_capacity(16 + 8 * self.shape.len() + self.data.len() * 4);
+        bytes.extend_from_slice(self.dtype.name().as_bytes());
+        for d in &self.shape {
+            bytes.extend_from_slice(&(*d as u64).to_le_bytes());
+        }
+        bytes.extend_from_slice(&self.to_le_bytes());
+        xxhash_rust::xxh3::xxh3_64(&bytes)
+    }
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tensor({}{:?} #{:016x})", self.dtype, self.shape, self.digest())
+    }
+}

@@ -1,0 +1,136 @@
+//! The verifier: structure, attributes, and type inference checked against declared types.
+//!
+//! It runs after import and after every pass (in debug and test builds), so that a pass
+//! that breaks the graph is caught at that pass, with the node named.
+
+use crate::graph::{Graph, NodeOp};
+use crate::ops::{self, InferCtx};
+use crate::{IrError, Op, Shape, TensorType, VerifierError};
+use std::collections::HashMap;
+
+/// Infers the result types of `op` applied to operands of the given types. `declared` holds
+/// the node's declared result types when there are any: ops whose result type is not a
+/// function of the operands (QuantizeLinear's target parameters) read them from there.
+pub(crate) fn infer_node(
+    op: &Op,
+    inputs: &[Option<&TensorType>],
+    declared: &[TensorType],
+) -> Result<Vec<TensorType>, String> {
+    let schema = op.kind.schema();
+    if inputs.len() < schema.min_inputs || inputs.len() > schema.max_inputs {
+        return Err(format!("has {} operands, expects {}..={}", inputs.len(), schema.min_inputs, schema.max_inputs));
+    }
+    if let Some(i) = inputs[..schema.min_inputs].iter().position(|t| t.is_none()) {
+        return Err(format!("required operand {i} is missing"));
+    }
+    op.check_attrs()?;
+    let types = ops::infer(&InferCtx { op, inputs, declared })?;
+    debug_assert_eq!(types.len(), schema.outputs);
+    Ok(types)
+}
+
+/// Checks the whole graph: acyclic, unique value names, operands and results match each
+/// node's schema, declared types equal inferred ones, quantization parameters are valid.
+/// Returns every problem found, each naming its node.
+pub fn verify(graph: &Graph) -> Result<(), IrError> {
+    let order = graph.topo_order()?;
+    let mut errors = Vec::new();
+    let mut names: HashMap<&str, &str> = HashMap::new();
+    for &id in &order {
+        let node = graph.node(id);
+        let mut err = |message: String| {
+            errors.push(VerifierError { node: node.name.clone(), op: node.op.name().to_string(), message })
+        };
+        for v in &node.outputs {
+            if let Some(prev) = names.insert(&v.name, &node.name) {
+                err(format!("result `{}` is also produced by node `{prev}`", v.name));
+            }
+            if let Some(q) = &v.ty.quant {
+                if let Err(m) = check_quant(&v.ty, q) {
+                    err(format!("result `{}`: {m}", v.name));
+                }
+            }
+        }
+        match &node.op {
+            NodeOp::Input => {
+                if node.outputs.len() != 1 || !graph.inputs().contains(&id) {
+                    err("input node is not a graph input with one result".to_string());
+                }
+            }
+            NodeOp::Const(t) => {
+                let ty = &node.outputs.first().map(|v| &v.ty);
+                if node.outputs.len() != 1
+                    || ty.is_none_or(|ty| ty.dtype != t.dtype() || ty.shape != Shape::fixed(t.shape()))
+                {
+                    err(format!("constant's declared type does not match its {}{:?} data", t.dtype(), t.shape()));
+                }
+            }
+            NodeOp::Apply(op) => {
+                let inputs = graph.node_inputs(id);
+                let in_types: Vec<Option<&TensorType>> =
+                    inputs.iter().map(|v| v.map(|v| graph.value_type(v))).collect();
+                let declared: Vec<TensorType> = node.outputs.iter().map(|v| v.ty.clone()).collect();
+                match infer_node(op, &in_types, &declared) {
+                    Err(m) => err(m),
+                    Ok(inferred) if inferred != declared => err(format!(
+                        "declared result types {} but operands give {}",
+                        show_types(&declared),
+                        show_types(&inferred)
+                    )),
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+    for v in graph.outputs() {
+        if !graph.contains(v.node) {
+            errors.push(VerifierError { node: String::new(), op: String::new(), message: format!("graph output {v:?} is gone") });
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(IrError::Verifier(errors))
+    }
+}
+
+/// Re-infers every node's result types in topological order and writes them on the node,
+/// for builders (the ONNX importer, passes) that create nodes before types are known.
+/// Ops whose types cannot be inferred keep their declared types, which are then checked.
+pub fn infer_types(graph: &mut Graph) -> Result<(), IrError> {
+    for id in graph.topo_order()? {
+        let NodeOp::Apply(op) = &graph.node(id).op else { continue };
+        let inputs = graph.node_inputs(id);
+        let in_types: Vec<Option<&TensorType>> = inputs.iter().map(|v| v.map(|v| graph.value_type(v))).collect();
+        let declared: Vec<TensorType> = graph.node(id).outputs.iter().map(|v| v.ty.clone()).collect();
+        let inferred = infer_node(op, &in_types, &declared).map_err(|message| {
+            let node = graph.node(id);
+            IrError::Verifier(vec![VerifierError { node: node.name.clone(), op: node.op.name().to_string(), message }])
+        })?;
+        for (v, ty) in graph.node_mut(id).outputs.iter_mut().zip(inferred) {
+            v.ty = ty;
+        }
+    }
+    Ok(())
+}
+
+fn check_quant(ty: &TensorType, q: &crate::QuantParams) -> Result<(), String> {
+    let range = ty.dtype.int_range().filter(|_| ty.dtype.is_quantized() || ty.dtype == crate::DType::I32);
+    let range = range.ok_or_else(|| format!("{} values cannot carry quantization parameters", ty.dtype))?;
+    q.check(range)?;
+    if let Some(axis) = q.axis {
+        match ty.shape.dims().get(axis) {
+            None => return Err(format!("quantization axis {axis} is out of range for rank {}", ty.shape.rank())),
+            Some(crate::Dim::Fixed(n)) if *n != q.scale.len() => {
+                return Err(format!("{} scales for {n} channels on axis {axis}", q.scale.len()))
+            }
+            Some(crate::Dim::Batch) => return Err("quantization axis is the batch dimension".to_string()),
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn show_types(types: &[TensorType]) -> String {
+    types.iter().map(crate::text::type_to_string).collect::<Vec<_>>().join(", ")
+}
