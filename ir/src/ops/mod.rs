@@ -6,6 +6,7 @@
 
 use crate::{Op, OpKind, Tensor, TensorType};
 
+mod broadcast;
 pub(crate) mod math;
 pub(crate) mod nn;
 pub(crate) mod quant;
