@@ -1,11 +1,436 @@
-//! PLACEHOLDER: being written.
+//! Data-movement ops: Flatten, Reshape, Transpose, Concat, Identity, Dropout, Squeeze,
+//! Unsqueeze, Pad. They work on any dtype and carry quantization parameters through.
+
+use super::broadcast::strides;
 use super::{EvalCtx, InferCtx};
-use crate::{Tensor, TensorType};
+use crate::{Dim, DType, OpKind, QuantParams, Shape, Tensor, TensorData, TensorType};
 
 pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
-    Err(format!("{} is not implemented yet", cx.op.kind))
+    let x = cx.input(0)?;
+    let attrs = &cx.op.attrs;
+    let dims = x.shape.dims();
+    let (shape, quant) = match cx.op.kind {
+        OpKind::Identity | OpKind::Dropout => (x.shape.clone(), x.quant.clone()),
+        OpKind::Flatten => {
+            let axis = axis_in(attrs.int("axis")?, dims.len() + 1)?;
+            let shape = Shape(vec![group_dim(&dims[..axis])?, group_dim(&dims[axis..])?]);
+            (shape.clone(), regroup_quant(x, &shape)?)
+        }
+        OpKind::Reshape => {
+            let shape = reshape_static(dims, attrs.ints("shape")?, attrs.int("allowzero")? != 0)?;
+            (shape.clone(), regroup_quant(x, &shape)?)
+        }
+        OpKind::Transpose => {
+            let perm = permutation(attrs.ints("perm")?, dims.len())?;
+            let shape = Shape(perm.iter().map(|&p| dims[p]).collect());
+            (shape, map_quant_axis(x, |a| perm.iter().position(|&p| p == a))?)
+        }
+        OpKind::Squeeze => {
+            let axes = axis_set(attrs.ints("axes")?, dims.len())?;
+            if let Some(&a) = axes.iter().find(|&&a| dims[a] != Dim::Fixed(1)) {
+                return Err(format!("cannot squeeze axis {a} of extent {}", dims[a]));
+            }
+            let kept: Vec<usize> = (0..dims.len()).filter(|a| !axes.contains(a)).collect();
+            let shape = Shape(kept.iter().map(|&a| dims[a]).collect());
+            (shape, map_quant_axis(x, |a| kept.iter().position(|&k| k == a))?)
+        }
+        OpKind::Unsqueeze => {
+            let rank = dims.len() + attrs.ints("axes")?.len();
+            let axes = axis_set(attrs.ints("axes")?, rank)?;
+            let kept: Vec<usize> = (0..rank).filter(|a| !axes.contains(a)).collect();
+            let mut out = vec![Dim::Fixed(1); rank];
+            for (&position, &d) in kept.iter().zip(dims) {
+                out[position] = d;
+            }
+            (Shape(out), map_quant_axis(x, |a| kept.get(a).copied())?)
+        }
+        OpKind::Concat => {
+            let axis = axis_in(attrs.int("axis")?, dims.len())?;
+            let mut extent = 0usize;
+            for (i, t) in cx.inputs.iter().enumerate() {
+                let t = t.ok_or_else(|| format!("operand {i} is missing"))?;
+                if t.dtype != x.dtype || t.shape.rank() != dims.len() {
+                    return Err(format!("operand {i} is {}{}, operand 0 is {}{}", t.dtype, t.shape, x.dtype, x.shape));
+                }
+                if t.quant != x.quant {
+                    return Err(format!("operand {i} has other quantization parameters than operand 0"));
+                }
+                for (a, (p, q)) in t.shape.dims().iter().zip(dims).enumerate() {
+                    if a != axis && p != q {
+                        return Err(format!("operand {i} has extent {p} on axis {a}, operand 0 has {q}"));
+                    }
+                }
+                let d = t.shape.dims()[axis].fixed().ok_or("cannot concatenate along the batch dimension")?;
+                extent = extent.checked_add(d).ok_or("concatenated extent overflows")?;
+            }
+            let mut out = dims.to_vec();
+            out[axis] = Dim::Fixed(extent);
+            (Shape(out), x.quant.clone())
+        }
+        OpKind::Pad => {
+            let pads = attrs.ints("pads")?;
+            if pads.len() != 2 * dims.len() {
+                return Err(format!("{} pads for rank {}", pads.len(), dims.len()));
+            }
+            pad_fill(x, attrs.float("value")?)?;
+            let out = dims
+                .iter()
+                .enumerate()
+                .map(|(a, &d)| match d {
+                    Dim::Batch if pads[a] == 0 && pads[a + dims.len()] == 0 => Ok(Dim::Batch),
+                    Dim::Batch => Err("cannot pad the batch dimension".to_string()),
+                    Dim::Fixed(n) => padded_extent(n, pads[a], pads[a + dims.len()]).map(Dim::Fixed),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            (Shape(out), x.quant.clone())
+        }
+        other => return Err(format!("{other} is not a data-movement op")),
+    };
+    Ok(vec![TensorType { dtype: x.dtype, shape, quant }])
 }
 
 pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
-    Err(format!("{} is not implemented yet", cx.op.kind))
+    let x = cx.input(0)?;
+    let attrs = &cx.op.attrs;
+    let dims = x.shape();
+    let out = match cx.op.kind {
+        OpKind::Identity | OpKind::Dropout => x.clone(),
+        OpKind::Flatten => {
+            let axis = axis_in(attrs.int("axis")?, dims.len() + 1)?;
+            x.clone().reshaped(vec![dims[..axis].iter().product(), dims[axis..].iter().product()])?
+        }
+        OpKind::Reshape => {
+            let fixed: Vec<Dim> = dims.iter().map(|&d| Dim::Fixed(d)).collect();
+            let shape = reshape_static(&fixed, attrs.ints("shape")?, attrs.int("allowzero")? != 0)?;
+            x.clone().reshaped(shape.resolve(0))?
+        }
+        OpKind::Squeeze => {
+            let axes = axis_set(attrs.ints("axes")?, dims.len())?;
+            let out = (0..dims.len()).filter(|a| !axes.contains(a)).map(|a| dims[a]).collect();
+            x.clone().reshaped(out)?
+        }
+        OpKind::Unsqueeze => {
+            let rank = dims.len() + attrs.ints("axes")?.len();
+            let axes = axis_set(attrs.ints("axes")?, rank)?;
+            let mut rest = dims.iter();
+            let out = (0..rank).map(|a| if axes.contains(&a) { Some(1) } else { rest.next().copied() }).collect::<Option<Vec<_>>>();
+            x.clone().reshaped(out.ok_or("axes do not fit the rank")?)?
+        }
+        OpKind::Transpose => {
+            let perm = permutation(attrs.ints("perm")?, dims.len())?;
+            let out: Vec<usize> = perm.iter().map(|&p| dims[p]).collect();
+            let src = strides(dims);
+            let moved: Vec<usize> = perm.iter().map(|&p| src[p]).collect();
+            let index = gather_index(&out, |pos| Some(pos.iter().zip(&moved).map(|(i, s)| i * s).sum()));
+            take(x, &index, out, 0)?
+        }
+        OpKind::Concat => {
+            let axis = axis_in(attrs.int("axis")?, dims.len())?;
+            let parts: Vec<&Tensor> = cx.inputs.iter().map(|t| t.ok_or("missing operand")).collect::<Result<_, _>>()?;
+            concat(&parts, axis)?
+        }
+        OpKind::Pad => {
+            let pads = attrs.ints("pads")?;
+            let r = dims.len();
+            let out: Vec<usize> =
+                (0..r).map(|a| padded_extent(dims[a], pads[a], pads[a + r])).collect::<Result<_, _>>()?;
+            let src = strides(dims);
+            let index = gather_index(&out, |pos| {
+                let mut flat = 0;
+                for a in 0..r {
+                    let i = pos[a] as i64 - pads[a];
+                    if i < 0 || i >= dims[a] as i64 {
+                        return None;
+                    }
+                    flat += i as usize * src[a];
+                }
+                Some(flat)
+            });
+            let fill = pad_fill(cx.input_type(0)?, attrs.float("value")?)?;
+            take(x, &index, out, fill)?
+        }
+        other => return Err(format!("{other} is not a data-movement op")),
+    };
+    Ok(vec![out])
+}
+
+/// A non-negative axis below `bound` (the importer has normalized negative ones).
+fn axis_in(axis: i64, bound: usize) -> Result<usize, String> {
+    usize::try_from(axis).ok().filter(|&a| a < bound).ok_or_else(|| format!("axis {axis} is out of range [0, {bound})"))
+}
+
+/// Distinct axes below `bound`, sorted.
+fn axis_set(axes: &[i64], bound: usize) -> Result<Vec<usize>, String> {
+    let mut set = axes.iter().map(|&a| axis_in(a, bound)).collect::<Result<Vec<_>, _>>()?;
+    set.sort_unstable();
+    if set.windows(2).any(|w| w[0] == w[1]) {
+        return Err(format!("axes {axes:?} repeat an axis"));
+    }
+    Ok(set)
+}
+
+fn permutation(perm: &[i64], rank: usize) -> Result<Vec<usize>, String> {
+    let set = axis_set(perm, rank)?;
+    if set.len() != rank {
+        return Err(format!("perm {perm:?} is not a permutation of {rank} axes"));
+    }
+    Ok(perm.iter().map(|&p| p as usize).collect())
+}
+
+/// The extent of a group of dimensions collapsed into one: fixed, or exactly the batch.
+fn group_dim(dims: &[Dim]) -> Result<Dim, String> {
+    match Shape(dims.to_vec()).volume().ok_or("extent overflows")? {
+        (c, 0) => Ok(Dim::Fixed(c)),
+        (1, 1) => Ok(Dim::Batch),
+        _ => Err(format!("flattening would merge the batch dimension with others in {}", Shape(dims.to_vec()))),
+    }
+}
+
+/// The result shape of an ONNX reshape spec (0 copies unless `allowzero`, -1 infers).
+/// The batch symbol may appear in the result only where it is provably the batch: a copied
+/// batch dimension, or an inferred one that is exactly the batch.
+fn reshape_static(dims: &[Dim], spec: &[i64], allowzero: bool) -> Result<Shape, String> {
+    let mut out = Vec::with_capacity(spec.len());
+    let mut infer_at = None;
+    for (i, &e) in spec.iter().enumerate() {
+        out.push(match e {
+            0 if !allowzero => *dims.get(i).ok_or_else(|| format!("shape entry {i} copies a dimension the input lacks"))?,
+            -1 if infer_at.is_none() => {
+                infer_at = Some(i);
+                Dim::Fixed(1)
+            }
+            -1 => return Err("shape has more than one -1".to_string()),
+            e if e >= 0 => Dim::Fixed(e as usize),
+            e => return Err(format!("invalid shape entry {e}")),
+        });
+    }
+    let (c_in, p_in) = Shape(dims.to_vec()).volume().ok_or("input extent overflows")?;
+    let (c_out, p_out) = Shape(out.clone()).volume().ok_or("shape extent overflows")?;
+    let merge = || format!("reshape of {} to {spec:?} would merge the batch dimension with others", Shape(dims.to_vec()));
+    match infer_at {
+        Some(i) => {
+            out[i] = match p_in.checked_sub(p_out) {
+                Some(0) if c_out != 0 && c_in % c_out == 0 => Dim::Fixed(c_in / c_out),
+                Some(1) if c_in == c_out => Dim::Batch,
+                Some(0) => return Err(format!("cannot reshape {} to {spec:?}", Shape(dims.to_vec()))),
+                _ => return Err(merge()),
+            }
+        }
+        None if p_in == p_out && c_in == c_out => {}
+        None if p_in == p_out => return Err(format!("cannot reshape {} to {spec:?}", Shape(dims.to_vec()))),
+        None => return Err(merge()),
+    }
+    Ok(Shape(out))
+}
+
+/// Quantization parameters after a reshape: per-tensor pass through; per-channel ones only
+/// when every dimension up to and including the channel axis is unchanged.
+fn regroup_quant(x: &TensorType, out: &Shape) -> Result<Option<QuantParams>, String> {
+    match &x.quant {
+        Some(q) if q.axis.is_some_and(|a| out.dims().get(..=a) != x.shape.dims().get(..=a)) => {
+            Err("a per-channel quantized value cannot be reshaped across its channel axis".to_string())
+        }
+        q => Ok(q.clone()),
+    }
+}
+
+/// Quantization parameters with the channel axis moved by `new_axis`.
+fn map_quant_axis(x: &TensorType, new_axis: impl Fn(usize) -> Option<usize>) -> Result<Option<QuantParams>, String> {
+    let Some(q) = &x.quant else { return Ok(None) };
+    let axis = match q.axis {
+        None => None,
+        Some(a) => Some(new_axis(a).ok_or("the per-channel quantization axis would be removed")?),
+    };
+    Ok(Some(QuantParams { axis, ..q.clone() }))
+}
+
+fn padded_extent(n: usize, begin: i64, end: i64) -> Result<usize, String> {
+    usize::try_from(n as i64 + begin + end).map_err(|_| format!("pads {begin}, {end} crop more than the extent {n}"))
+}
+
+/// The stored value padding writes: `value` for plain tensors; for quantized ones, the
+/// zero point, which is how 0.0 is represented (other pad values are refused).
+fn pad_fill(x: &TensorType, value: f32) -> Result<i64, String> {
+    match &x.quant {
+        None if x.dtype == DType::F32 => Ok(value.to_bits() as i64),
+        None => Ok(value as i64),
+        Some(q) if value == 0.0 && q.zero_point.iter().all(|&z| z == q.zero_point[0]) => Ok(q.zero_point[0] as i64),
+        Some(_) => Err("a quantized value can only be padded with 0.0 and one zero point".to_string()),
+    }
+}
+
+/// For each position of `out` (row-major), the flat source index `f` gives, or `None`.
+fn gather_index(out: &[usize], f: impl Fn(&[usize]) -> Option<usize>) -> Vec<Option<usize>> {
+    let count: usize = out.iter().product();
+    let mut pos = vec![0usize; out.len()];
+    let mut index = Vec::with_capacity(count);
+    for _ in 0..count {
+        index.push(f(&pos));
+        for a in (0..out.len()).rev() {
+            pos[a] += 1;
+            if pos[a] < out[a] {
+                break;
+            }
+            pos[a] = 0;
+        }
+    }
+    index
+}
+
+/// A tensor of `x`'s dtype with element i = x[index[i]], or `fill` where the index is `None`
+/// (`fill` holds the raw bits for f32, the integer otherwise).
+fn take(x: &Tensor, index: &[Option<usize>], shape: Vec<usize>, fill: i64) -> Result<Tensor, String> {
+    macro_rules! pick {
+        ($v:expr, $fill:expr) => {
+            index.iter().map(|i| i.map_or($fill, |i| $v[i])).collect()
+        };
+    }
+    let data = match x.data() {
+        TensorData::F32(v) => TensorData::F32(pick!(v, f32::from_bits(fill as u32))),
+        TensorData::I8(v) => TensorData::I8(pick!(v, fill as i8)),
+        TensorData::U8(v) => TensorData::U8(pick!(v, fill as u8)),
+        TensorData::I32(v) => TensorData::I32(pick!(v, fill as i32)),
+        TensorData::I64(v) => TensorData::I64(pick!(v, fill)),
+    };
+    Tensor::new(x.dtype(), shape, data)
+}
+
+fn concat(parts: &[&Tensor], axis: usize) -> Result<Tensor, String> {
+    let first = parts.first().ok_or("nothing to concatenate")?;
+    let outer: usize = first.shape()[..axis].iter().product();
+    let mut out_shape = first.shape().to_vec();
+    out_shape[axis] = parts.iter().map(|p| p.shape()[axis]).sum();
+    // Index into the parts laid end to end.
+    let mut offsets = Vec::with_capacity(parts.len());
+    let mut total = 0;
+    for p in parts {
+        offsets.push(total);
+        total += p.len();
+    }
+    let mut index = Vec::with_capacity(total);
+    for o in 0..outer {
+        for (p, &offset) in parts.iter().zip(&offsets) {
+            let block = p.len() / outer.max(1);
+            index.extend((0..block).map(|i| Some(offset + o * block + i)));
+        }
+    }
+    let joined = join(parts)?;
+    take(&joined, &index, out_shape, 0)
+}
+
+/// The parts' elements laid end to end, as one flat tensor.
+fn join(parts: &[&Tensor]) -> Result<Tensor, String> {
+    let dtype = parts[0].dtype();
+    let mut data = parts[0].data().clone();
+    for p in &parts[1..] {
+        match (&mut data, p.data()) {
+            (TensorData::F32(a), TensorData::F32(b)) => a.extend_from_slice(b),
+            (TensorData::I8(a), TensorData::I8(b)) => a.extend_from_slice(b),
+            (TensorData::U8(a), TensorData::U8(b)) => a.extend_from_slice(b),
+            (TensorData::I32(a), TensorData::I32(b)) => a.extend_from_slice(b),
+            (TensorData::I64(a), TensorData::I64(b)) => a.extend_from_slice(b),
+            _ => return Err(format!("cannot concatenate {} with {}", dtype, p.dtype())),
+        }
+    }
+    let len = data.len();
+    Tensor::new(dtype, vec![len], data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AttrValue, Attrs, Graph, Op};
+    use std::sync::Arc;
+
+    fn n(dims: &[Option<usize>]) -> Shape {
+        Shape(dims.iter().map(|d| d.map_or(Dim::Batch, Dim::Fixed)).collect())
+    }
+
+    #[test]
+    fn reshape_with_batch_symbol() {
+        let x = n(&[None, Some(16), Some(2), Some(2)]);
+        assert_eq!(reshape_static(x.dims(), &[-1, 64], false).unwrap(), n(&[None, Some(64)]));
+        assert_eq!(reshape_static(x.dims(), &[0, -1], false).unwrap(), n(&[None, Some(64)]));
+        assert_eq!(reshape_static(x.dims(), &[0, 16, 4], false).unwrap(), n(&[None, Some(16), Some(4)]));
+        assert!(reshape_static(x.dims(), &[-1], false).unwrap_err().contains("merge the batch"));
+        assert!(reshape_static(x.dims(), &[-1, 32], false).unwrap_err().contains("merge the batch"));
+        assert!(reshape_static(x.dims(), &[-1, -1], false).is_err());
+        let fixed = Shape::fixed(&[2, 3]);
+        assert_eq!(reshape_static(fixed.dims(), &[3, -1], false).unwrap(), Shape::fixed(&[3, 2]));
+        assert_eq!(reshape_static(Shape::fixed(&[0, 3]).dims(), &[3, 0], true).unwrap(), Shape::fixed(&[3, 0]));
+        assert!(reshape_static(fixed.dims(), &[4, -1], false).is_err());
+    }
+
+    #[test]
+    fn flatten_groups() {
+        assert_eq!(group_dim(n(&[None]).dims()).unwrap(), Dim::Batch);
+        assert_eq!(group_dim(n(&[Some(2), Some(3)]).dims()).unwrap(), Dim::Fixed(6));
+        assert!(group_dim(n(&[None, Some(3)]).dims()).is_err());
+    }
+
+    fn run(kind: OpKind, attrs: Attrs, inputs: Vec<Tensor>, quant: Option<QuantParams>) -> Result<Tensor, String> {
+        let mut g = Graph::new("t");
+        let vs: Vec<_> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let ty = TensorType { dtype: t.dtype(), shape: Shape::fixed(t.shape()), quant: quant.clone() };
+                Some(g.add_input(&format!("x{i}"), ty))
+            })
+            .collect();
+        let y = g.add_op("op", Op::new(kind, attrs), &vs, &["y"]).map_err(|e| e.to_string())?;
+        g.set_outputs(y).unwrap();
+        crate::interp::run(&g, &inputs).map(|mut v| v.remove(0)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn transpose_and_concat() {
+        let x = Tensor::from_f32(&[2, 3], vec![1., 2., 3., 4., 5., 6.]);
+        let t = run(OpKind::Transpose, Attrs::new().with("perm", AttrValue::Ints(vec![1, 0])), vec![x.clone()], None).unwrap();
+        assert_eq!(t.shape(), &[3, 2]);
+        assert_eq!(t.as_f32().unwrap(), &[1., 4., 2., 5., 3., 6.]);
+        let c = run(OpKind::Concat, Attrs::new().with("axis", AttrValue::Int(1)), vec![x.clone(), x.clone()], None).unwrap();
+        assert_eq!(c.as_f32().unwrap(), &[1., 2., 3., 1., 2., 3., 4., 5., 6., 4., 5., 6.]);
+        let c0 = run(OpKind::Concat, Attrs::new().with("axis", AttrValue::Int(0)), vec![x.clone(), x], None).unwrap();
+        assert_eq!(c0.shape(), &[4, 3]);
+    }
+
+    #[test]
+    fn pad_with_negative_pads_and_quantized_fill() {
+        let x = Tensor::from_f32(&[3], vec![1., 2., 3.]);
+        let attrs = |pads: Vec<i64>, v: f32| Attrs::new().with("pads", AttrValue::Ints(pads)).with("value", AttrValue::Float(v));
+        let p = run(OpKind::Pad, attrs(vec![2, -1], 9.0), vec![x], None).unwrap();
+        assert_eq!(p.as_f32().unwrap(), &[9., 9., 1., 2.]);
+        let q = Tensor::new(DType::U8, vec![1], TensorData::U8(vec![7])).unwrap();
+        let qp = Some(QuantParams::per_tensor(0.5, 128));
+        let p = run(OpKind::Pad, attrs(vec![1, 1], 0.0), vec![q.clone()], qp.clone()).unwrap();
+        assert_eq!(p.to_i64_vec().unwrap(), vec![128, 7, 128]);
+        assert!(run(OpKind::Pad, attrs(vec![1, 1], 1.0), vec![q], qp).unwrap_err().contains("padded with 0.0"));
+    }
+
+    #[test]
+    fn quant_axis_follows_transpose_and_unsqueeze() {
+        let ty = TensorType::quantized(DType::I8, Shape::fixed(&[4, 2]), QuantParams::per_axis(1, vec![0.1, 0.2], vec![0, 0]));
+        let mut g = Graph::new("t");
+        let x = g.add_const("x", Arc::new(Tensor::zeros(DType::I8, &[4, 2])), ty.quant.clone());
+        let t = g.add_op("t", Op::new(OpKind::Transpose, Attrs::new().with("perm", AttrValue::Ints(vec![1, 0]))), &[Some(x)], &["t"]).unwrap();
+        assert_eq!(g.value_type(t[0]).quant.as_ref().unwrap().axis, Some(0));
+        let u = g.add_op("u", Op::new(OpKind::Unsqueeze, Attrs::new().with("axes", AttrValue::Ints(vec![0]))), &[Some(x)], &["u"]).unwrap();
+        assert_eq!(g.value_type(u[0]).shape, Shape::fixed(&[1, 4, 2]));
+        assert_eq!(g.value_type(u[0]).quant.as_ref().unwrap().axis, Some(2));
+        let f = g.add_op("f", Op::new(OpKind::Flatten, Attrs::new().with("axis", AttrValue::Int(0))), &[Some(x)], &["f"]);
+        assert!(f.unwrap_err().to_string().contains("channel axis"));
+    }
+
+    #[test]
+    fn squeeze_and_unsqueeze_eval_with_batch() {
+        let mut g = Graph::new("t");
+        let x = g.add_input("x", TensorType::new(DType::F32, n(&[None, Some(1), Some(3)])));
+        let s = g.add_op("s", Op::new(OpKind::Squeeze, Attrs::new().with("axes", AttrValue::Ints(vec![1]))), &[Some(x)], &["s"]).unwrap();
+        let u = g.add_op("u", Op::new(OpKind::Unsqueeze, Attrs::new().with("axes", AttrValue::Ints(vec![2, 0]))), &[Some(s[0])], &["u"]).unwrap();
+        assert_eq!(g.value_type(u[0]).shape, n(&[Some(1), None, Some(1), Some(3)]));
+        g.set_outputs(u).unwrap();
+        let out = crate::interp::run(&g, &[Tensor::from_f32(&[2, 1, 3], vec![0.; 6])]).unwrap();
+        assert_eq!(out[0].shape(), &[1, 2, 1, 3]);
+    }
 }
