@@ -135,24 +135,15 @@ fn binary(kind: OpKind, a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Attrs, AttrValue, Graph, Op, Shape};
-    use std::sync::Arc;
+    use crate::ops::testing::run_op;
+    use crate::{AttrValue, Attrs, Graph, Op, Shape};
 
     fn run1(kind: OpKind, attrs: Attrs, x: Tensor) -> Tensor {
-        let mut g = Graph::new("t");
-        let xv = g.add_input("x", TensorType::new(x.dtype(), Shape::fixed(x.shape())));
-        let y = g.add_op("op", Op::new(kind, attrs), &[Some(xv)], &["y"]).unwrap();
-        g.set_outputs(y).unwrap();
-        crate::interp::run(&g, &[x]).unwrap().remove(0)
+        run_op(kind, attrs, vec![(x, None)], None).unwrap()
     }
 
     fn run2(kind: OpKind, a: Tensor, b: Tensor) -> Result<Tensor, String> {
-        let mut g = Graph::new("t");
-        let av = g.add_input("a", TensorType::new(a.dtype(), Shape::fixed(a.shape())));
-        let bv = g.add_const("b", Arc::new(b), None);
-        let y = g.add_op("op", Op::new(kind, Attrs::new()), &[Some(av), Some(bv)], &["y"]).map_err(|e| e.to_string())?;
-        g.set_outputs(y).unwrap();
-        crate::interp::run(&g, &[a]).map(|mut v| v.remove(0)).map_err(|e| e.to_string())
+        run_op(kind, Attrs::new(), vec![(a, None), (b, None)], None)
     }
 
     #[test]

@@ -86,3 +86,40 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
         }
     }
 }
+
+/// Test support: builds a one-node graph and interprets it.
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::{Attrs, Graph, Op, OpKind, QuantParams, Shape, Tensor, TensorType, Value};
+
+    /// Runs `kind` on graph inputs carrying `inputs` (with optional quantization parameters).
+    /// `declared` is the result type for ops whose type cannot be inferred.
+    pub(crate) fn run_op(
+        kind: OpKind,
+        attrs: Attrs,
+        inputs: Vec<(Tensor, Option<QuantParams>)>,
+        declared: Option<TensorType>,
+    ) -> Result<Tensor, String> {
+        let mut g = Graph::new("t");
+        let operands: Vec<_> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, (t, q))| {
+                let ty = TensorType { dtype: t.dtype(), shape: Shape::fixed(t.shape()), quant: q.clone() };
+                Some(g.add_input(&format!("x{i}"), ty))
+            })
+            .collect();
+        let op = Op::new(kind, attrs);
+        let y = match declared {
+            Some(ty) => {
+                let id = g.add_node("op", op, &operands, vec![Value { name: "y".into(), ty }]).map_err(|e| e.to_string())?;
+                crate::verify(&g).map_err(|e| e.to_string())?;
+                vec![crate::ValueId { node: id, output: 0 }]
+            }
+            None => g.add_op("op", op, &operands, &["y"]).map_err(|e| e.to_string())?,
+        };
+        g.set_outputs(y).map_err(|e| e.to_string())?;
+        let tensors: Vec<Tensor> = inputs.into_iter().map(|(t, _)| t).collect();
+        crate::interp::run(&g, &tensors).map(|mut v| v.remove(0)).map_err(|e| e.to_string())
+    }
+}

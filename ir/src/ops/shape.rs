@@ -339,6 +339,7 @@ fn join(parts: &[&Tensor]) -> Result<Tensor, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::testing::run_op;
     use crate::{AttrValue, Attrs, Graph, Op};
     use std::sync::Arc;
 
@@ -369,18 +370,7 @@ mod tests {
     }
 
     fn run(kind: OpKind, attrs: Attrs, inputs: Vec<Tensor>, quant: Option<QuantParams>) -> Result<Tensor, String> {
-        let mut g = Graph::new("t");
-        let vs: Vec<_> = inputs
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let ty = TensorType { dtype: t.dtype(), shape: Shape::fixed(t.shape()), quant: quant.clone() };
-                Some(g.add_input(&format!("x{i}"), ty))
-            })
-            .collect();
-        let y = g.add_op("op", Op::new(kind, attrs), &vs, &["y"]).map_err(|e| e.to_string())?;
-        g.set_outputs(y).unwrap();
-        crate::interp::run(&g, &inputs).map(|mut v| v.remove(0)).map_err(|e| e.to_string())
+        run_op(kind, attrs, inputs.into_iter().map(|t| (t, quant.clone())).collect(), None)
     }
 
     #[test]
