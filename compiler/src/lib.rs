@@ -1,1 +1,13 @@
+//! qlift: a quantizing compiler for ONNX models.
+//!
+//! This crate is what applications depend on: the ONNX frontend ([`load_onnx`]), `.npy`
+//! I/O for the CLI ([`npy`]), and (as the compiler grows) the driver and the compiled-model
+//! API. The IR itself lives in `qlift-ir`.
+#![deny(missing_docs)]
 
+mod error;
+pub mod npy;
+pub mod onnx;
+
+pub use error::{Error, UnsupportedOp};
+pub use onnx::{load_onnx, load_onnx_bytes, read_tensor_pb, ImportOptions, Limits};

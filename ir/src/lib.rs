@@ -32,4 +32,4 @@ pub use quant::QuantParams;
 pub use shape::{Dim, Shape};
 pub use tensor::{Tensor, TensorData};
 pub use types::TensorType;
-pub use verify::{infer_types, verify};
+pub use verify::{infer_node_types, infer_types, verify};

@@ -3,7 +3,7 @@
 //! It runs after import and after every pass (in debug and test builds), so that a pass
 //! that breaks the graph is caught at that pass, with the node named.
 
-use crate::graph::{Graph, NodeOp};
+use crate::graph::{Graph, NodeId, NodeOp};
 use crate::ops::{self, InferCtx};
 use crate::{IrError, Op, Shape, TensorType, VerifierError};
 use std::collections::HashMap;
@@ -95,21 +95,32 @@ pub fn verify(graph: &Graph) -> Result<(), IrError> {
 }
 
 /// Re-infers every node's result types in topological order and writes them on the node,
-/// for builders (the ONNX importer, passes) that create nodes before types are known.
-/// Ops whose types cannot be inferred keep their declared types, which are then checked.
+/// for builders (the ONNX importer, passes) that change operand types after building.
 pub fn infer_types(graph: &mut Graph) -> Result<(), IrError> {
     for id in graph.topo_order()? {
-        let NodeOp::Apply(op) = &graph.node(id).op else { continue };
-        let inputs = graph.node_inputs(id);
-        let in_types: Vec<Option<&TensorType>> = inputs.iter().map(|v| v.map(|v| graph.value_type(v))).collect();
-        let declared: Vec<TensorType> = graph.node(id).outputs.iter().map(|v| v.ty.clone()).collect();
-        let inferred = infer_node(op, &in_types, &declared).map_err(|message| {
-            let node = graph.node(id);
-            IrError::Verifier(vec![VerifierError { node: node.name.clone(), op: node.op.name().to_string(), message }])
-        })?;
-        for (v, ty) in graph.node_mut(id).outputs.iter_mut().zip(inferred) {
-            v.ty = ty;
-        }
+        infer_node_types(graph, id)?;
+    }
+    Ok(())
+}
+
+/// Infers one node's result types from its operands and writes them on the node. Ops whose
+/// result type is declared (QuantizeLinear's parameters) keep dtype and quantization
+/// parameters from the declaration and get their shape inferred.
+pub fn infer_node_types(graph: &mut Graph, id: NodeId) -> Result<(), IrError> {
+    let NodeOp::Apply(op) = &graph.node(id).op else { return Ok(()) };
+    let inputs = graph.node_inputs(id);
+    let in_types: Vec<Option<&TensorType>> = inputs.iter().map(|v| v.map(|v| graph.value_type(v))).collect();
+    let declared: Vec<TensorType> = graph.node(id).outputs.iter().map(|v| v.ty.clone()).collect();
+    let inferred = infer_node(op, &in_types, &declared).map_err(|message| {
+        let node = graph.node(id);
+        IrError::Verifier(vec![VerifierError { node: node.name.clone(), op: node.op.name().to_string(), message }])
+    })?;
+    if inferred.len() != declared.len() {
+        let node = graph.node(id);
+        return Err(IrError::Build(format!("node `{}` declares {} results, its op has {}", node.name, declared.len(), inferred.len())));
+    }
+    for (v, ty) in graph.node_mut(id).outputs.iter_mut().zip(inferred) {
+        v.ty = ty;
     }
     Ok(())
 }

@@ -1,0 +1,103 @@
+//! The compiler's error type: every variant names what it is about and says whether it
+//! means bad input (the user's model or data) or a bug in qlift.
+
+use std::path::PathBuf;
+
+/// An op the frontend cannot import, with where it occurs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UnsupportedOp {
+    /// The node's name.
+    pub node: String,
+    /// The ONNX op type.
+    pub op_type: String,
+    /// The op's domain ("" for the default ONNX domain).
+    pub domain: String,
+    /// The opset version the model imports for that domain.
+    pub opset: i64,
+}
+
+impl std::fmt::Display for UnsupportedOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let domain = if self.domain.is_empty() { "ai.onnx" } else { &self.domain };
+        write!(f, "{} ({domain} opset {}) at node `{}`", self.op_type, self.opset, self.node)
+    }
+}
+
+/// Errors of the qlift library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or written (bad input or environment).
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The bytes are not a valid ONNX protobuf: truncated or garbled (bad input).
+    #[error("not a valid ONNX model: {0}")]
+    Decode(String),
+    /// The model imports an opset version qlift does not support (bad input).
+    #[error("unsupported opset: {domain} version {version} (qlift supports ai.onnx 13 to 21)")]
+    Opset {
+        /// The domain.
+        domain: String,
+        /// The version.
+        version: i64,
+    },
+    /// Ops qlift cannot import, all of them at once (bad input for this version of qlift).
+    #[error("unsupported ops:\n{}", .0.iter().map(|o| format!("  {o}")).collect::<Vec<_>>().join("\n"))]
+    Unsupported(Vec<UnsupportedOp>),
+    /// A node is invalid or uses a feature qlift does not support (bad input).
+    #[error("node `{node}` ({op_type}): {message}")]
+    Node {
+        /// The node's name.
+        node: String,
+        /// The ONNX op type.
+        op_type: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A graph input, initializer or output is invalid (bad input).
+    #[error("value `{name}`: {message}")]
+    Value {
+        /// The value's name.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The model exceeds a configured limit; refused before allocating (bad input).
+    #[error("{what} is {value}, above the limit of {limit}")]
+    Limit {
+        /// What was measured.
+        what: String,
+        /// Its size.
+        value: u64,
+        /// The limit in force.
+        limit: u64,
+    },
+    /// An initializer's external data is refused or unreadable (bad input).
+    #[error("external data of tensor `{tensor}` ({path}): {message}")]
+    ExternalData {
+        /// The tensor's name.
+        tensor: String,
+        /// The location the model gives.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A `.npy` file could not be read or written (bad input).
+    #[error(transparent)]
+    Npy(#[from] crate::npy::NpyError),
+    /// An IR-level error: verifier failures on an imported model are bad input; a build
+    /// error is a bug in qlift.
+    #[error(transparent)]
+    Ir(#[from] qlift_ir::IrError),
+}
+
+impl Error {
+    /// Whether the error is a bug in qlift rather than bad input (the CLI exits with 2).
+    pub fn is_internal(&self) -> bool {
+        matches!(self, Error::Ir(qlift_ir::IrError::Build(_)))
+    }
+}

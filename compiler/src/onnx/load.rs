@@ -1,0 +1,40 @@
+//! Decoding the protobuf with limits, and checking the opsets it imports.
+
+use super::Limits;
+use crate::Error;
+use onnx_protobuf::{Message, ModelProto};
+
+/// The default-domain opset versions the converters implement.
+pub(crate) const OPSETS: std::ops::RangeInclusive<i64> = 13..=21;
+
+/// Decodes a ModelProto. The protobuf parser bounds nesting depth and never reads past
+/// the buffer, so a truncated or garbled file is an error, not a crash.
+pub(crate) fn decode_model(bytes: &[u8], limits: &Limits) -> Result<ModelProto, Error> {
+    if bytes.len() as u64 > limits.max_model_bytes {
+        return Err(Error::Limit { what: "model size".into(), value: bytes.len() as u64, limit: limits.max_model_bytes });
+    }
+    let model = ModelProto::parse_from_bytes(bytes).map_err(|e| Error::Decode(e.to_string()))?;
+    if model.graph.is_none() {
+        return Err(Error::Decode("the model has no graph".into()));
+    }
+    Ok(model)
+}
+
+/// The default-domain opset version the model imports, checked to be supported.
+pub(crate) fn default_opset(model: &ModelProto) -> Result<i64, Error> {
+    let version = model
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map(|o| o.version)
+        .ok_or_else(|| Error::Decode("the model imports no ai.onnx opset".into()))?;
+    if !OPSETS.contains(&version) {
+        return Err(Error::Opset { domain: "ai.onnx".into(), version });
+    }
+    Ok(version)
+}
+
+/// The opset version the model imports for `domain` (0 when it imports none).
+pub(crate) fn opset_of(model: &ModelProto, domain: &str) -> i64 {
+    model.opset_import.iter().find(|o| o.domain == domain).map_or(0, |o| o.version)
+}

@@ -1,0 +1,77 @@
+//! The ONNX frontend: protobuf → qlift IR.
+//!
+//! Decoding checks sizes before allocating ([`Limits`]), the importer converts every op
+//! through a registry (one file per op family under `ops/`) into the IR's canonical form
+//! (defaults filled in, `auto_pad` resolved, constant operands moved into attributes,
+//! quantization parameters moved onto value types), and the result is verified.
+
+mod import;
+mod load;
+mod ops;
+mod tensor;
+
+use crate::Error;
+use qlift_ir::{Graph, Tensor};
+use std::collections::HashMap;
+use std::path::Path;
+
+pub use tensor::read_tensor_pb;
+
+/// Size limits checked before anything is allocated, so that a hostile file cannot make
+/// the importer exhaust memory.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest model file, in bytes. Protobuf itself cannot exceed 2 GiB.
+    pub max_model_bytes: u64,
+    /// Largest single tensor (initializer, constant or external data), in bytes.
+    pub max_tensor_bytes: u64,
+    /// Largest total of all constant data, in bytes: the memory budget of a model.
+    pub max_total_bytes: u64,
+    /// Most nodes in a graph: far above real models, far below what exhausts memory.
+    pub max_nodes: usize,
+    /// Highest tensor rank: real models stay under 8; the kernels' index math assumes few.
+    pub max_rank: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_model_bytes: 2 << 30,
+            max_tensor_bytes: 1 << 30,
+            max_total_bytes: 4 << 30,
+            max_nodes: 1_000_000,
+            max_rank: 8,
+        }
+    }
+}
+
+/// How to import a model.
+#[derive(Clone, Debug, Default)]
+pub struct ImportOptions {
+    /// Graph inputs to freeze into constants (like tract's "constantize"). qlift compiles
+    /// static shapes, so operands such as Reshape's shape or QuantizeLinear's scale must be
+    /// constants; models that feed them as inputs (the ONNX node tests do) import once
+    /// those inputs are given here.
+    pub constant_inputs: HashMap<String, Tensor>,
+    /// Size limits.
+    pub limits: Limits,
+}
+
+/// Loads an ONNX model file. External data is read from the model's directory only.
+pub fn load_onnx(path: &Path, opts: &ImportOptions) -> Result<Graph, Error> {
+    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let size = std::fs::metadata(path).map_err(io)?.len();
+    if size > opts.limits.max_model_bytes {
+        return Err(Error::Limit { what: format!("model file {}", path.display()), value: size, limit: opts.limits.max_model_bytes });
+    }
+    let bytes = std::fs::read(path).map_err(io)?;
+    let dir = path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p });
+    load_onnx_bytes(&bytes, dir, opts)
+}
+
+/// Loads an ONNX model from bytes. `model_dir` is where external data may be read from;
+/// with `None` external data is refused.
+pub fn load_onnx_bytes(bytes: &[u8], model_dir: Option<&Path>, opts: &ImportOptions) -> Result<Graph, Error> {
+    let model = load::decode_model(bytes, &opts.limits)?;
+    import::import_model(&model, model_dir, opts)
+}

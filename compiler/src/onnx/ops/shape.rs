@@ -1,0 +1,116 @@
+//! Data-movement ops and constants.
+
+use super::{normalize_axis, Registry};
+use crate::onnx::import::{ints, NodeCx};
+use crate::onnx::tensor::tensor_from_proto;
+use crate::onnx::Limits;
+use crate::Error;
+use qlift_ir::{AttrValue, Attrs, Dim, OpKind, Tensor};
+
+pub(crate) fn register(reg: &mut Registry) {
+    reg.insert("Constant", constant);
+    reg.insert("Identity", |cx| pass_through(cx, OpKind::Identity));
+    reg.insert("Dropout", |cx| {
+        if cx.node.output.get(1).is_some_and(|o| !o.is_empty()) {
+            return Err(cx.error("the mask result of Dropout is not supported (inference only)"));
+        }
+        if cx.constant_scalar(2)?.is_some_and(|t| t != 0.0) {
+            return Err(cx.error("training_mode=true is not supported (inference only)"));
+        }
+        pass_through(cx, OpKind::Dropout)
+    });
+    reg.insert("Flatten", |cx| {
+        let rank = cx.input_type(0)?.shape.rank();
+        let axis = normalize_axis(cx, cx.int("axis", 1), rank + 1)?;
+        let axis = if axis == rank as i64 + 1 { rank as i64 } else { axis };
+        let x = cx.required(0)?;
+        cx.emit(OpKind::Flatten, Attrs::new().with("axis", AttrValue::Int(axis)), &[Some(x)])
+    });
+    reg.insert("Reshape", |cx| {
+        let shape = cx.constant_ints(1)?.ok_or_else(|| cx.error("the shape operand is required"))?;
+        let attrs = Attrs::new().with("shape", ints(shape)).with("allowzero", AttrValue::Int(cx.int("allowzero", 0)));
+        let x = cx.required(0)?;
+        cx.emit(OpKind::Reshape, attrs, &[Some(x)])
+    });
+    reg.insert("Transpose", |cx| {
+        let rank = cx.input_type(0)?.shape.rank();
+        let perm = cx.ints("perm").unwrap_or_else(|| (0..rank as i64).rev().collect());
+        let perm = perm.iter().map(|&p| normalize_axis(cx, p, rank)).collect::<Result<Vec<_>, _>>()?;
+        let x = cx.required(0)?;
+        cx.emit(OpKind::Transpose, Attrs::new().with("perm", ints(perm)), &[Some(x)])
+    });
+    reg.insert("Concat", |cx| {
+        let rank = cx.input_type(0)?.shape.rank();
+        let axis = normalize_axis(cx, cx.int("axis", i64::MIN), rank).map_err(|_| cx.error("axis is required and must fit the rank"))?;
+        let operands = (0..cx.node.input.len()).map(|i| cx.required(i).map(Some)).collect::<Result<Vec<_>, _>>()?;
+        cx.emit(OpKind::Concat, Attrs::new().with("axis", AttrValue::Int(axis)), &operands)
+    });
+    reg.insert("Squeeze", |cx| {
+        let ty = cx.input_type(0)?;
+        let rank = ty.shape.rank();
+        let axes = match cx.constant_ints(1)? {
+            Some(axes) => axes.iter().map(|&a| normalize_axis(cx, a, rank)).collect::<Result<Vec<_>, _>>()?,
+            None => (0..rank).filter(|&a| ty.shape.dims()[a] == Dim::Fixed(1)).map(|a| a as i64).collect(),
+        };
+        let x = cx.required(0)?;
+        cx.emit(OpKind::Squeeze, Attrs::new().with("axes", ints(axes)), &[Some(x)])
+    });
+    reg.insert("Unsqueeze", |cx| {
+        let rank = cx.input_type(0)?.shape.rank();
+        let axes = cx.constant_ints(1)?.ok_or_else(|| cx.error("the axes operand is required"))?;
+        let axes = axes.iter().map(|&a| normalize_axis(cx, a, rank + axes.len())).collect::<Result<Vec<_>, _>>()?;
+        let x = cx.required(0)?;
+        cx.emit(OpKind::Unsqueeze, Attrs::new().with("axes", ints(axes)), &[Some(x)])
+    });
+    reg.insert("Pad", pad);
+}
+
+fn pass_through(cx: &mut NodeCx, kind: OpKind) -> Result<(), Error> {
+    let x = cx.required(0)?;
+    cx.emit(kind, Attrs::new(), &[Some(x)])
+}
+
+/// A Constant node defines a constant by name; no IR node until it is used.
+fn constant(cx: &mut NodeCx) -> Result<(), Error> {
+    let attr = cx.node.attribute.first().ok_or_else(|| cx.error("Constant has no value attribute"))?;
+    if cx.node.attribute.len() != 1 {
+        return Err(cx.error("Constant must have exactly one value attribute"));
+    }
+    let t = match attr.name.as_str() {
+        "value" => {
+            let proto = attr.t.as_ref().ok_or_else(|| cx.error("value attribute holds no tensor"))?;
+            tensor_from_proto(proto, None, &Limits::default())?
+        }
+        "value_float" => Tensor::from_f32(&[], vec![attr.f]),
+        "value_floats" => Tensor::from_f32(&[attr.floats.len()], attr.floats.clone()),
+        "value_int" => Tensor::from_i64(&[], vec![attr.i]),
+        "value_ints" => Tensor::from_i64(&[attr.ints.len()], attr.ints.clone()),
+        other => return Err(cx.error(format!("Constant attribute `{other}` is not supported"))),
+    };
+    cx.define_constant(0, t)
+}
+
+/// Constant-mode padding, with the opset-18 `axes` operand expanded to all axes.
+fn pad(cx: &mut NodeCx) -> Result<(), Error> {
+    let mode = cx.string("mode", "constant");
+    if mode != "constant" {
+        return Err(cx.error(format!("mode `{mode}` is not supported (only constant)")));
+    }
+    let rank = cx.input_type(0)?.shape.rank();
+    let given = cx.constant_ints(1)?.ok_or_else(|| cx.error("the pads operand is required"))?;
+    let value = cx.constant_scalar(2)?.unwrap_or(0.0);
+    let axes: Vec<usize> = match cx.constant_ints(3)? {
+        Some(axes) => axes.iter().map(|&a| normalize_axis(cx, a, rank).map(|a| a as usize)).collect::<Result<_, _>>()?,
+        None => (0..rank).collect(),
+    };
+    if given.len() != 2 * axes.len() {
+        return Err(cx.error(format!("{} pads for {} axes", given.len(), axes.len())));
+    }
+    let mut pads = vec![0; 2 * rank];
+    for (i, &a) in axes.iter().enumerate() {
+        pads[a] = given[i];
+        pads[a + rank] = given[i + axes.len()];
+    }
+    let x = cx.required(0)?;
+    cx.emit(OpKind::Pad, Attrs::new().with("pads", ints(pads)).with("value", AttrValue::Float(value)), &[Some(x)])
+}
