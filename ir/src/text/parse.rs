@@ -1,0 +1,436 @@
+//! The parser: a character cursor with positions, and recursive descent over the grammar
+//! the printer writes. It never panics: every unexpected input is an `IrError::Parse`.
+
+use super::ConstantPool;
+use crate::{
+    AttrValue, Attrs, DType, Dim, Graph, IrError, Op, OpKind, QuantParams, Shape, Tensor, TensorData, TensorType,
+    Value, ValueId,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Parses a graph whose constants are all inline.
+pub fn parse(text: &str) -> Result<Graph> {
+    Parser::new(text, None).graph()
+}
+
+/// Parses a graph, resolving constants printed as digests through `pool`.
+pub fn parse_with_constants(text: &str, pool: &ConstantPool) -> Result<Graph> {
+    Parser::new(text, Some(pool)).graph()
+}
+
+struct Parser<'a> {
+    chars: Vec<char>,
+    pos: usize,
+    line: usize,
+    column: usize,
+    pool: Option<&'a ConstantPool>,
+    values: HashMap<String, ValueId>,
+    graph: Graph,
+}
+
+type Result<T> = std::result::Result<T, IrError>;
+
+impl<'a> Parser<'a> {
+    fn new(text: &str, pool: Option<&'a ConstantPool>) -> Parser<'a> {
+        Parser { chars: text.chars().collect(), pos: 0, line: 1, column: 1, pool, values: HashMap::new(), graph: Graph::default() }
+    }
+
+    fn error<T>(&self, message: impl Into<String>) -> Result<T> {
+        Err(IrError::Parse { line: self.line, column: self.column, message: message.into() })
+    }
+
+    fn peek(&self) -> Option<char> {
+        self.chars.get(self.pos).copied()
+    }
+
+    fn bump(&mut self) -> Option<char> {
+        let c = self.peek()?;
+        self.pos += 1;
+        if c == '\n' {
+            self.line += 1;
+            self.column = 1;
+        } else {
+            self.column += 1;
+        }
+        Some(c)
+    }
+
+    /// Skips white space and `;` comments.
+    fn skip(&mut self) {
+        while let Some(c) = self.peek() {
+            if c == ';' {
+                while self.peek().is_some_and(|c| c != '\n') {
+                    self.bump();
+                }
+            } else if c.is_whitespace() {
+                self.bump();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Consumes `s` (after white space) if it is next.
+    fn eat(&mut self, s: &str) -> bool {
+        self.skip();
+        let n = s.chars().count();
+        if self.chars.len() >= self.pos + n && self.chars[self.pos..self.pos + n].iter().copied().eq(s.chars()) {
+            for _ in 0..n {
+                self.bump();
+            }
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect(&mut self, s: &str) -> Result<()> {
+        if self.eat(s) {
+            return Ok(());
+        }
+        let found = self.peek().map_or("the end of the text".to_string(), |c| format!("`{c}`"));
+        self.error(format!("expected `{s}`, found {found}"))
+    }
+
+    /// A run of word characters (names, numbers, keywords).
+    fn word(&mut self) -> String {
+        self.skip();
+        let mut w = String::new();
+        while let Some(c) = self.peek().filter(|c| c.is_ascii_alphanumeric() || "_./-+".contains(*c)) {
+            w.push(c);
+            self.bump();
+        }
+        w
+    }
+
+    /// A plain or quoted name.
+    fn name(&mut self) -> Result<String> {
+        self.skip();
+        if self.peek() == Some('"') {
+            return self.quoted();
+        }
+        let w = self.word();
+        if w.is_empty() {
+            return self.error("expected a name");
+        }
+        Ok(w)
+    }
+
+    fn quoted(&mut self) -> Result<String> {
+        self.expect("\"")?;
+        let mut s = String::new();
+        loop {
+            match self.bump() {
+                None => return self.error("unterminated string"),
+                Some('"') => return Ok(s),
+                Some('\\') => match self.bump() {
+                    Some('n') => s.push('\n'),
+                    Some('t') => s.push('\t'),
+                    Some('"') => s.push('"'),
+                    Some('\\') => s.push('\\'),
+                    Some('u') => {
+                        self.expect("{")?;
+                        let hex = self.word();
+                        self.expect("}")?;
+                        match u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
+                            Some(c) => s.push(c),
+                            None => return self.error(format!("bad escape \\u{{{hex}}}")),
+                        }
+                    }
+                    _ => return self.error("unknown escape"),
+                },
+                Some(c) => s.push(c),
+            }
+        }
+    }
+
+    /// `%name`
+    fn value_name(&mut self) -> Result<String> {
+        self.expect("%")?;
+        self.name()
+    }
+
+    fn number<T: std::str::FromStr>(&mut self, what: &str) -> Result<T> {
+        let w = self.word();
+        match w.parse() {
+            Ok(v) => Ok(v),
+            Err(_) => self.error(format!("expected {what}, found `{w}`")),
+        }
+    }
+
+    /// A comma-separated list between `open` and `close`.
+    fn list<T>(&mut self, open: &str, close: &str, mut item: impl FnMut(&mut Self) -> Result<T>) -> Result<Vec<T>> {
+        self.expect(open)?;
+        let mut items = Vec::new();
+        if self.eat(close) {
+            return Ok(items);
+        }
+        loop {
+            items.push(item(self)?);
+            if self.eat(close) {
+                return Ok(items);
+            }
+            self.expect(",")?;
+        }
+    }
+
+    fn graph(mut self) -> Result<Graph> {
+        self.expect("graph")?;
+        let name = self.name()?;
+        self.graph.name = name;
+        let inputs = self.list("(", ")", |p| {
+            let n = p.value_name()?;
+            p.expect(":")?;
+            Ok((n, p.ty()?))
+        })?;
+        for (n, ty) in inputs {
+            let v = self.graph.add_input(&n, ty);
+            self.define(n, v)?;
+        }
+        self.expect("->")?;
+        let (line, column) = (self.line, self.column);
+        let outputs = self.list("(", ")", |p| p.value_name())?;
+        self.expect("{")?;
+        while !self.eat("}") {
+            if self.peek().is_none() {
+                return self.error("expected `}` at the end of the graph");
+            }
+            self.node()?;
+        }
+        self.skip();
+        if self.peek().is_some() {
+            return self.error("unexpected text after the graph");
+        }
+        let mut ids = Vec::new();
+        for o in outputs {
+            match self.values.get(&o) {
+                Some(&v) => ids.push(v),
+                None => return Err(IrError::Parse { line, column, message: format!("graph output `%{o}` is never defined") }),
+            }
+        }
+        self.graph.set_outputs(ids)?;
+        Ok(self.graph)
+    }
+
+    fn define(&mut self, name: String, v: ValueId) -> Result<()> {
+        if self.values.insert(name.clone(), v).is_some() {
+            return self.error(format!("value `%{name}` is defined twice"));
+        }
+        Ok(())
+    }
+
+    fn node(&mut self) -> Result<()> {
+        let mut results = vec![self.value_name()?];
+        while self.eat(",") {
+            results.push(self.value_name()?);
+        }
+        self.expect("=")?;
+        let (line, column) = (self.line, self.column);
+        let op_name = self.word();
+        if op_name == "const" {
+            return self.constant(results);
+        }
+        let kind: OpKind = match op_name.parse() {
+            Ok(k) => k,
+            Err(e) => return Err(IrError::Parse { line, column, message: e }),
+        };
+        let operands = self.list("(", ")", |p| {
+            if p.eat("_") {
+                return Ok(None);
+            }
+            let n = p.value_name()?;
+            match p.values.get(&n) {
+                Some(&v) => Ok(Some(v)),
+                None => p.error(format!("value `%{n}` is used before it is defined")),
+            }
+        })?;
+        self.skip();
+        let attrs = if self.peek() == Some('{') { self.attrs()? } else { Attrs::new() };
+        self.expect(":")?;
+        let mut types = vec![self.ty()?];
+        while self.eat(",") {
+            types.push(self.ty()?);
+        }
+        if types.len() != results.len() {
+            return self.error(format!("{} results but {} types", results.len(), types.len()));
+        }
+        let node_name = if self.eat("@") { self.name()? } else { results[0].clone() };
+        let outputs = results.iter().zip(types).map(|(n, ty)| Value { name: n.clone(), ty }).collect();
+        let id = self.graph.add_node(&node_name, Op::new(kind, attrs), &operands, outputs)?;
+        for (output, n) in results.into_iter().enumerate() {
+            self.define(n, ValueId { node: id, output })?;
+        }
+        Ok(())
+    }
+
+    fn constant(&mut self, results: Vec<String>) -> Result<()> {
+        if results.len() != 1 {
+            return self.error("a constant has one result");
+        }
+        let ty = self.ty()?;
+        let Some(shape) = ty.shape.as_fixed() else { return self.error("a constant cannot have the batch dimension") };
+        self.skip();
+        let tensor = if self.eat("#") {
+            let hex = self.word();
+            let Ok(digest) = u64::from_str_radix(&hex, 16) else { return self.error(format!("bad digest `{hex}`")) };
+            let Some(pool) = self.pool else {
+                return self.error(format!("constant #{hex} is given by digest; print the graph with full constants to parse it alone"));
+            };
+            match pool.get(&digest) {
+                Some(t) if t.dtype() == ty.dtype && t.shape() == shape.as_slice() => t.clone(),
+                Some(t) => return self.error(format!("constant #{hex} is {}{:?} in the pool", t.dtype(), t.shape())),
+                None => return self.error(format!("constant #{hex} is not in the constant pool")),
+            }
+        } else {
+            let data = self.tensor_data(ty.dtype)?;
+            match Tensor::new(ty.dtype, shape, data) {
+                Ok(t) => Arc::new(t),
+                Err(e) => return self.error(e),
+            }
+        };
+        let node_name = if self.eat("@") { self.name()? } else { results[0].clone() };
+        let v = self.graph.add_const(&node_name, tensor, ty.quant);
+        self.graph.node_mut(v.node).outputs[0].name = results[0].clone();
+        let name = results.into_iter().next().expect("one result");
+        self.define(name, v)
+    }
+
+    fn tensor_data(&mut self, dtype: DType) -> Result<TensorData> {
+        if dtype == DType::F32 {
+            return Ok(TensorData::F32(self.list("[", "]", |p| p.float())?));
+        }
+        let values: Vec<i64> = self.list("[", "]", |p| p.number("an integer"))?;
+        let (lo, hi) = dtype.int_range().expect("integer dtype");
+        if let Some(v) = values.iter().find(|&&v| v < lo || v > hi) {
+            return self.error(format!("{v} is outside the {dtype} range"));
+        }
+        Ok(match dtype {
+            DType::I8 | DType::I4 => TensorData::I8(values.iter().map(|&v| v as i8).collect()),
+            DType::U8 | DType::U4 => TensorData::U8(values.iter().map(|&v| v as u8).collect()),
+            DType::I32 => TensorData::I32(values.iter().map(|&v| v as i32).collect()),
+            _ => TensorData::I64(values),
+        })
+    }
+
+    fn float(&mut self) -> Result<f32> {
+        let w = self.word();
+        match w.as_str() {
+            "nan" => Ok(f32::NAN),
+            "inf" => Ok(f32::INFINITY),
+            "-inf" => Ok(f32::NEG_INFINITY),
+            _ => match w.parse() {
+                Ok(v) => Ok(v),
+                Err(_) => self.error(format!("expected a number, found `{w}`")),
+            },
+        }
+    }
+
+    fn ty(&mut self) -> Result<TensorType> {
+        let d = self.word();
+        let dtype: DType = match d.parse() {
+            Ok(d) => d,
+            Err(e) => return self.error(e),
+        };
+        let dims = self.list("[", "]", |p| {
+            if p.eat("N") {
+                return Ok(Dim::Batch);
+            }
+            p.number("a dimension").map(Dim::Fixed)
+        })?;
+        let quant = if self.eat("quant") { Some(self.quant()?) } else { None };
+        Ok(TensorType { dtype, shape: Shape(dims), quant })
+    }
+
+    fn quant(&mut self) -> Result<QuantParams> {
+        self.expect("(")?;
+        let axis = if self.eat("axis") {
+            self.expect("=")?;
+            let a = self.number("an axis")?;
+            self.expect(",")?;
+            Some(a)
+        } else {
+            None
+        };
+        self.expect("scale")?;
+        self.expect("=")?;
+        let (scale, zero_point) = if axis.is_some() {
+            let s = self.list("[", "]", |p| p.float())?;
+            self.expect(",")?;
+            self.expect("zero_point")?;
+            self.expect("=")?;
+            (s, self.list("[", "]", |p| p.number("a zero point"))?)
+        } else {
+            let s = self.float()?;
+            self.expect(",")?;
+            self.expect("zero_point")?;
+            self.expect("=")?;
+            (vec![s], vec![self.number("a zero point")?])
+        };
+        self.expect(")")?;
+        if scale.len() != zero_point.len() {
+            return self.error(format!("{} scales but {} zero points", scale.len(), zero_point.len()));
+        }
+        Ok(QuantParams { scale, zero_point, axis })
+    }
+
+    fn attrs(&mut self) -> Result<Attrs> {
+        let pairs = self.list("{", "}", |p| {
+            let k = p.name()?;
+            p.expect("=")?;
+            Ok((k, p.attr_value()?))
+        })?;
+        let mut attrs = Attrs::new();
+        for (k, v) in pairs {
+            if attrs.0.insert(k.clone(), v).is_some() {
+                return self.error(format!("attribute `{k}` is given twice"));
+            }
+        }
+        Ok(attrs)
+    }
+
+    fn attr_value(&mut self) -> Result<AttrValue> {
+        self.skip();
+        match self.peek() {
+            Some('"') => return self.quoted().map(AttrValue::Str),
+            Some('[') => {
+                let words = self.list("[", "]", |p| Ok(p.word()))?;
+                return if words.iter().any(|w| is_float_word(w)) {
+                    words.iter().map(|w| self.float_word(w)).collect::<Result<_>>().map(AttrValue::Floats)
+                } else {
+                    words.iter().map(|w| self.int_word(w)).collect::<Result<_>>().map(AttrValue::Ints)
+                };
+            }
+            _ => {}
+        }
+        let w = self.word();
+        if w == "floats" {
+            self.expect("[")?;
+            self.expect("]")?;
+            return Ok(AttrValue::Floats(Vec::new()));
+        }
+        if is_float_word(&w) {
+            self.float_word(&w).map(AttrValue::Float)
+        } else {
+            self.int_word(&w).map(AttrValue::Int)
+        }
+    }
+
+    fn float_word(&self, w: &str) -> Result<f32> {
+        match w {
+            "nan" => Ok(f32::NAN),
+            "inf" => Ok(f32::INFINITY),
+            "-inf" => Ok(f32::NEG_INFINITY),
+            _ => w.parse().or_else(|_| self.error(format!("expected a float, found `{w}`"))),
+        }
+    }
+
+    fn int_word(&self, w: &str) -> Result<i64> {
+        w.parse().or_else(|_| self.error(format!("expected an integer, found `{w}`")))
+    }
+}
+
+/// Whether a number is written as a float (the printer always marks floats).
+fn is_float_word(w: &str) -> bool {
+    w.contains(['.', 'e', 'E']) || matches!(w, "nan" | "inf" | "-inf")
+}

@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Vendors the official ONNX node tests for the ops qlift supports into tests/data/onnx-node/.
+
+Dev-only tool (needs `pip install onnx==1.23.2`). The ONNX package ships the test-case
+generators (onnx.backend.test.case.node); this script regenerates the data and copies every test whose graph uses only
+supported ops, dtypes and features, recording each exclusion and its reason in MANIFEST.txt.
+
+    python3 tools/vendor_node_tests.py
+"""
+import os, shutil, tempfile
+import onnx
+
+SUPPORTED = {
+    "Conv", "ConvInteger", "QLinearConv", "MatMul", "MatMulInteger", "QLinearMatMul", "Gemm",
+    "BatchNormalization", "Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish",
+    "Add", "Sub", "Mul", "Div", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
+    "Flatten", "Reshape", "Transpose", "Concat", "Softmax", "Identity", "Dropout", "Squeeze",
+    "Unsqueeze", "Pad", "QuantizeLinear", "DequantizeLinear", "Constant",
+}
+P = onnx.TensorProto
+DTYPES = {P.FLOAT, P.INT8, P.UINT8, P.INT32, P.INT64, P.INT4, P.UINT4}
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data", "onnx-node")
+
+
+def attr(node, name):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return None
+
+
+def reason_to_exclude(model):
+    """Why qlift does not run this test, or None."""
+    g = model.graph
+    ops = {n.op_type for n in g.node}
+    if not ops <= SUPPORTED:
+        return None  # not a test of ours at all
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset < 13:
+        return f"opset {opset} (qlift imports 13..21)"
+    types = [v.type.tensor_type.elem_type for v in list(g.input) + list(g.output)]
+    types += [t.data_type for t in g.initializer]
+    for n in g.node:
+        if n.op_type == "Constant":
+            t = attr(n, "value")
+            if t is not None:
+                types.append(t.data_type)
+    bad = sorted({onnx.TensorProto.DataType.Name(t) for t in types if t not in DTYPES})
+    if bad:
+        return "element type " + ", ".join(bad)
+    for n in g.node:
+        if n.op_type in ("Dropout", "BatchNormalization") and (attr(n, "training_mode") or len([o for o in n.output if o]) > 1):
+            return "training mode"
+        if n.op_type == "Dropout" and len(n.input) > 2 and n.input[2]:
+            return "training_mode operand"
+        if n.op_type == "MaxPool" and len([o for o in n.output if o]) > 1:
+            return "MaxPool Indices result"
+        if n.op_type == "Pad" and (attr(n, "mode") or b"constant") != b"constant":
+            return "Pad mode " + attr(n, "mode").decode()
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and attr(n, "block_size"):
+            return "blocked quantization"
+    return ""
+
+
+def generate(out):
+    """Writes every node test case (model.onnx + test_data_set_N/*.pb) under `out`."""
+    from onnx import numpy_helper
+    from onnx.backend.test.case import node
+
+    import numpy as np
+
+    for case in node.collect_testcases(None):
+        values = [v for inputs, outputs in case.data_sets for v in list(inputs) + list(outputs)]
+        if not all(isinstance(v, (np.ndarray, np.generic, onnx.TensorProto)) for v in values):
+            continue  # sequences, maps, optionals: not tensor ops
+        case_dir = os.path.join(out, case.name)
+        os.makedirs(case_dir, exist_ok=True)
+        with open(os.path.join(case_dir, "model.onnx"), "wb") as f:
+            f.write(case.model.SerializeToString())
+        for i, (inputs, outputs) in enumerate(case.data_sets):
+            data_dir = os.path.join(case_dir, f"test_data_set_{i}")
+            os.makedirs(data_dir, exist_ok=True)
+            for kind, values, infos in (("input", inputs, case.model.graph.input), ("output", outputs, case.model.graph.output)):
+                for j, value in enumerate(values):
+                    proto = value if isinstance(value, onnx.TensorProto) else numpy_helper.from_array(value, infos[j].name)
+                    with open(os.path.join(data_dir, f"{kind}_{j}.pb"), "wb") as f:
+                        f.write(proto.SerializeToString())
+    return out
+
+
+def main():
+    node_dir = generate(tempfile.mkdtemp())
+    if os.path.isdir(OUT):
+        shutil.rmtree(OUT)
+    os.makedirs(OUT)
+    kept, excluded = [], []
+    for name in sorted(os.listdir(node_dir)):
+        path = os.path.join(node_dir, name, "model.onnx")
+        if not os.path.exists(path):
+            continue
+        model = onnx.load(path)
+        why = reason_to_exclude(model)
+        if why is None:
+            continue
+        ops = sorted({n.op_type for n in model.graph.node} - {"Constant"}) or ["Constant"]
+        if why:
+            excluded.append((name, why))
+            continue
+        shutil.copytree(os.path.join(node_dir, name), os.path.join(OUT, name))
+        kept.append((name, " ".join(ops)))
+    with open(os.path.join(OUT, "MANIFEST.txt"), "w") as f:
+        f.write("# ONNX node tests run by tests/tests/onnx_node.rs: `test_name op_type...`\n")
+        for name, ops in kept:
+            f.write(f"{name} {ops}\n")
+        f.write("# excluded: tests of supported ops that use features qlift does not support\n")
+        for name, why in excluded:
+            f.write(f"# {name}: {why}\n")
+    with open(os.path.join(OUT, "NOTICE"), "w") as f:
+        f.write(
+            "The files in this directory are generated from the ONNX project's backend node test cases\n"
+            "(https://github.com/onnx/onnx, onnx/backend/test/case/node), onnx version "
+            f"{onnx.__version__}.\nCopyright (c) ONNX Project Contributors. Licensed under the Apache License 2.0\n"
+            "(http://www.apache.org/licenses/LICENSE-2.0).\n"
+            "Regenerate with: python3 tools/vendor_node_tests.py\n")
+    print(f"vendored {len(kept)} tests, excluded {len(excluded)}")
+
+
+if __name__ == "__main__":
+    main()
