@@ -38,7 +38,7 @@ pub enum Error {
     #[error("not a valid ONNX model: {0}")]
     Decode(String),
     /// The model imports an opset version qlift does not support (bad input).
-    #[error("unsupported opset: {domain} version {version} (qlift supports ai.onnx 13 to 21)")]
+    #[error("unsupported opset: {domain} version {version} (qlift supports ai.onnx 13 to 28)")]
     Opset {
         /// The domain.
         domain: String,
@@ -57,6 +57,18 @@ pub enum Error {
         op_type: String,
         /// What is wrong.
         message: String,
+    },
+    /// An operand qlift needs as a constant (a shape, a scale, a bound) is computed at run
+    /// time; freezing it with `ImportOptions::constant_inputs` helps when it is a graph
+    /// input (bad input).
+    #[error("node `{node}` ({op_type}): operand `{operand}` must be a constant (an initializer or a Constant node)")]
+    NonConstant {
+        /// The node's name.
+        node: String,
+        /// The ONNX op type.
+        op_type: String,
+        /// The operand's value name.
+        operand: String,
     },
     /// A graph input, initializer or output is invalid (bad input).
     #[error("value `{name}`: {message}")]

@@ -102,7 +102,8 @@ fn is_default_domain(domain: &str) -> bool {
     domain.is_empty() || domain == "ai.onnx"
 }
 
-/// The static type of a graph input: supported dtype, and a symbolic dimension only on axis 0.
+/// The static type of a graph input: supported dtype, and a symbolic (or unknown) dimension
+/// only on axis 0, where it becomes the batch.
 fn input_type(v: &ValueInfoProto, limits: &Limits) -> Result<TensorType, Error> {
     use onnx_protobuf::tensor_shape_proto::dimension::Value as D;
     use onnx_protobuf::type_proto::Value as T;
@@ -120,7 +121,7 @@ fn input_type(v: &ValueInfoProto, limits: &Limits) -> Result<TensorType, Error> 
         .iter()
         .enumerate()
         .map(|(axis, d)| match &d.value {
-            Some(D::DimValue(n)) if *n > 0 => usize::try_from(*n).map(Dim::Fixed).map_err(|_| bad(format!("dimension {n} is too large"))),
+            Some(D::DimValue(n)) if *n >= 0 => usize::try_from(*n).map(Dim::Fixed).map_err(|_| bad(format!("dimension {n} is too large"))),
             _ if axis == 0 => Ok(Dim::Batch),
             Some(D::DimParam(p)) => Err(bad(format!("symbolic dimension `{p}` on axis {axis}: only axis 0 (the batch) may be symbolic"))),
             _ => Err(bad(format!("dimension {axis} is unknown: only axis 0 (the batch) may be symbolic"))),
@@ -248,10 +249,11 @@ impl NodeCx<'_> {
         let Some(name) = self.input_name(i) else { return Ok(None) };
         match self.imp.constants.get(name) {
             Some(t) => Ok(Some(t.clone())),
-            None => Err(self.error(format!(
-                "operand {i} (`{name}`) must be a constant (an initializer or a Constant node); \
-                 freeze it with ImportOptions::constant_inputs if it is a graph input"
-            ))),
+            None => Err(Error::NonConstant {
+                node: self.name.clone(),
+                op_type: self.node.op_type.clone(),
+                operand: name.to_string(),
+            }),
         }
     }
 

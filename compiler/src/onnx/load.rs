@@ -4,8 +4,9 @@ use super::Limits;
 use crate::Error;
 use onnx_protobuf::{Message, ModelProto};
 
-/// The default-domain opset versions the converters implement.
-pub(crate) const OPSETS: std::ops::RangeInclusive<i64> = 13..=21;
+/// The default-domain opset versions the converters implement. Versions 22 to 28 of the
+/// supported ops only add element types (and Q/DQ attributes that are refused when set).
+pub(crate) const OPSETS: std::ops::RangeInclusive<i64> = 13..=28;
 
 /// Decodes a ModelProto. The protobuf parser bounds nesting depth and never reads past
 /// the buffer, so a truncated or garbled file is an error, not a crash.

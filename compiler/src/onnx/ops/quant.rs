@@ -10,6 +10,7 @@ use qlift_ir::{Attrs, DType, OpKind, QuantParams};
 pub(crate) fn register(reg: &mut Registry) {
     reg.insert("QuantizeLinear", quantize_linear);
     reg.insert("DequantizeLinear", |cx| {
+        refuse_float_type(cx, "output_dtype")?;
         let rank = cx.input_type(0)?.shape.rank();
         let (_, q) = params(cx, 1, 2, Some(cx.int("axis", 1)), rank)?;
         let x = cx.input_quantized(0, Some(q))?;
@@ -45,6 +46,7 @@ pub(crate) fn register(reg: &mut Registry) {
 
 fn quantize_linear(cx: &mut NodeCx) -> Result<(), Error> {
     cx.refuse_int("block_size", 0, "blocked quantization")?;
+    refuse_float_type(cx, "precision")?;
     let rank = cx.input_type(0)?.shape.rank();
     let (zp_dtype, q) = params(cx, 1, 2, Some(cx.int("axis", 1)), rank)?;
     // Without a zero point the result type comes from output_dtype (opset 21), else uint8.
@@ -60,6 +62,14 @@ fn quantize_linear(cx: &mut NodeCx) -> Result<(), Error> {
     };
     let x = cx.required(0)?;
     cx.emit_quantized(OpKind::QuantizeLinear, Attrs::new(), &[Some(x)], dtype, q)
+}
+
+/// Opset 23 attributes that select a float type other than f32 are refused (0 = default).
+fn refuse_float_type(cx: &NodeCx, attr: &str) -> Result<(), Error> {
+    match cx.int(attr, 0) {
+        0 | 1 => Ok(()),
+        code => Err(cx.error(format!("{attr}={} is not supported (f32 only)", crate::onnx::tensor::dtype_name(code as i32)))),
+    }
 }
 
 /// Quantization parameters from constant scale (operand `s`) and optional zero point

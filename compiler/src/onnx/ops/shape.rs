@@ -20,9 +20,10 @@ pub(crate) fn register(reg: &mut Registry) {
         pass_through(cx, OpKind::Dropout)
     });
     reg.insert("Flatten", |cx| {
+        // Flatten's axis ranges over [-rank, rank]: rank itself is allowed.
         let rank = cx.input_type(0)?.shape.rank();
-        let axis = normalize_axis(cx, cx.int("axis", 1), rank + 1)?;
-        let axis = if axis == rank as i64 + 1 { rank as i64 } else { axis };
+        let axis = cx.int("axis", 1);
+        let axis = if axis == rank as i64 { axis } else { normalize_axis(cx, axis, rank)? };
         let x = cx.required(0)?;
         cx.emit(OpKind::Flatten, Attrs::new().with("axis", AttrValue::Int(axis)), &[Some(x)])
     });

@@ -1,0 +1,125 @@
+//! The official ONNX node tests (vendored in `tests/data/onnx-node`, see its NOTICE and
+//! MANIFEST.txt) through the importer and the reference interpreter: one test per case,
+//! plus a coverage check that every op qlift supports has at least one case.
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use qlift::{load_onnx_bytes, read_tensor_pb, Error, ImportOptions};
+use qlift_ir::{OpKind, Tensor, TensorData};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/onnx-node")
+}
+
+/// `(test name, op types)` of every vendored case.
+fn manifest() -> Vec<(String, Vec<String>)> {
+    let text = std::fs::read_to_string(data_dir().join("MANIFEST.txt")).expect("MANIFEST.txt is vendored");
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let mut words = l.split_whitespace().map(str::to_string);
+            let name = words.next().expect("a test name");
+            (name, words.collect())
+        })
+        .collect()
+}
+
+/// Reads `{prefix}_0.pb`, `{prefix}_1.pb`, ... of a data set.
+fn read_set(dir: &Path, prefix: &str) -> Result<Vec<(String, Tensor)>, Failed> {
+    let mut out = Vec::new();
+    for i in 0.. {
+        let path = dir.join(format!("{prefix}_{i}.pb"));
+        if !path.exists() {
+            break;
+        }
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        out.push(read_tensor_pb(&bytes).map_err(|e| format!("{}: {e}", path.display()))?);
+    }
+    Ok(out)
+}
+
+fn run_case(name: &str) -> Result<(), Failed> {
+    let dir = data_dir().join(name);
+    let model = std::fs::read(dir.join("model.onnx")).map_err(|e| e.to_string())?;
+    let set = dir.join("test_data_set_0");
+    let inputs = read_set(&set, "input")?;
+    let expected = read_set(&set, "output")?;
+    // qlift needs shape-like operands as constants; the node tests feed them as inputs.
+    // Freeze exactly those the importer asks for.
+    let mut opts = ImportOptions::default();
+    let graph = loop {
+        match load_onnx_bytes(&model, Some(&dir), &opts) {
+            Ok(g) => break g,
+            Err(Error::NonConstant { operand, .. }) if !opts.constant_inputs.contains_key(&operand) => {
+                let t = inputs.iter().find(|(n, _)| *n == operand).ok_or_else(|| format!("`{operand}` is not an input"))?;
+                opts.constant_inputs.insert(operand, t.1.clone());
+            }
+            Err(e) => return Err(format!("import: {e}").into()),
+        }
+    };
+    let by_name: HashMap<&str, &Tensor> = inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let feed: Vec<Tensor> = graph
+        .input_values()
+        .iter()
+        .map(|v| {
+            let n = &graph.value(*v).name;
+            by_name.get(n.as_str()).map(|t| (*t).clone()).ok_or_else(|| format!("no data for input `{n}`"))
+        })
+        .collect::<Result<_, _>>()?;
+    let outputs = qlift_ir::interp::run(&graph, &feed).map_err(|e| format!("run: {e}"))?;
+    if outputs.len() != expected.len() {
+        return Err(format!("{} outputs, expected {}", outputs.len(), expected.len()).into());
+    }
+    for (i, (got, (_, want))) in outputs.iter().zip(&expected).enumerate() {
+        compare(got, want).map_err(|e| format!("output {i}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Exact for integers; floats within the ONNX backend runner's default tolerance,
+/// |got - want| <= 1e-7 + 1e-3 |want| (some expected outputs are typed with 4 digits), NaN
+/// matching NaN.
+fn compare(got: &Tensor, want: &Tensor) -> Result<(), String> {
+    if got.dtype() != want.dtype() || got.shape() != want.shape() {
+        return Err(format!("got {}{:?}, expected {}{:?}", got.dtype(), got.shape(), want.dtype(), want.shape()));
+    }
+    match (got.data(), want.data()) {
+        (TensorData::F32(g), TensorData::F32(w)) => {
+            for (k, (a, b)) in g.iter().zip(w).enumerate() {
+                let close = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= 1e-7 + 1e-3 * b.abs();
+                if !close {
+                    return Err(format!("element {k}: got {a}, expected {b}"));
+                }
+            }
+            Ok(())
+        }
+        _ if got == want => Ok(()),
+        _ => Err(format!("integer results differ: got {:?}, expected {:?}", got.to_i64_vec(), want.to_i64_vec())),
+    }
+}
+
+/// Every supported op has at least one node test.
+fn coverage(cases: &[(String, Vec<String>)]) -> Result<(), Failed> {
+    let missing: Vec<&str> = OpKind::ALL
+        .iter()
+        .map(|k| k.name())
+        .filter(|op| !cases.iter().any(|(_, ops)| ops.iter().any(|o| o == op)))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("supported ops without an ONNX node test: {}", missing.join(", ")).into())
+    }
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let cases = manifest();
+    let mut trials: Vec<Trial> = cases.iter().map(|(name, _)| {
+        let name = name.clone();
+        Trial::test(name.clone(), move || run_case(&name))
+    }).collect();
+    trials.push(Trial::test("every_supported_op_has_a_node_test", move || coverage(&cases)));
+    libtest_mimic::run(&args, trials).exit();
+}
