@@ -271,8 +271,12 @@ impl NodeCx<'_> {
         }
     }
 
-    /// The static type of operand `i`.
+    /// The static type of operand `i` (without creating a node for a constant).
     pub fn input_type(&mut self, i: usize) -> Result<TensorType, Error> {
+        let name = self.input_name(i).ok_or_else(|| self.error(format!("operand {i} is required")))?;
+        if let Some(t) = self.imp.constants.get(name) {
+            return Ok(TensorType::new(t.dtype(), Shape::fixed(t.shape())));
+        }
         let v = self.required(i)?;
         Ok(self.imp.graph.value_type(v).clone())
     }

@@ -1,0 +1,88 @@
+//! The bundled models (examples/models, trained by tools/make_models.py) through the ONNX
+//! importer and the reference interpreter, against ONNX Runtime's outputs on the same test
+//! set, and their IR dumps: snapshots, and parsing back to the same graph.
+
+use qlift::npy::read_npy;
+use qlift::{load_onnx, ImportOptions};
+use qlift_ir::text::{constant_pool, parse, parse_with_constants, print, PrintOptions};
+use qlift_ir::{Graph, NodeOp, Tensor};
+use std::path::PathBuf;
+
+fn models_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/models")
+}
+
+/// Every bundled model and the test input it reads.
+const MODELS: [(&str, &str); 3] =
+    [("digits_cnn", "digits_test_x.npy"), ("digits_mlp", "digits_test_x_flat.npy"), ("digits_mobile", "digits_test_x.npy")];
+
+fn load(file: &str) -> Graph {
+    load_onnx(&models_dir().join(file), &ImportOptions::default()).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+fn npy(file: &str) -> Tensor {
+    read_npy(&models_dir().join(file)).unwrap()
+}
+
+fn run(graph: &Graph, input: &str) -> Vec<f32> {
+    let out = qlift_ir::interp::run(graph, &[npy(input)]).unwrap();
+    out[0].as_f32().unwrap().to_vec()
+}
+
+fn argmax_rows(v: &[f32], classes: usize) -> Vec<usize> {
+    v.chunks(classes)
+        .map(|r| r.iter().enumerate().fold(0, |b, (i, &x)| if x > r[b] { i } else { b }))
+        .collect()
+}
+
+fn accuracy(v: &[f32], labels: &[i64]) -> f64 {
+    let hits = argmax_rows(v, 10).iter().zip(labels).filter(|(p, l)| **p as i64 == **l).count();
+    hits as f64 / labels.len() as f64
+}
+
+#[test]
+fn fp32_models_match_onnx_runtime() {
+    let labels = npy("digits_test_y.npy").to_i64_vec().unwrap();
+    for (name, input) in MODELS {
+        let got = run(&load(&format!("{name}.onnx")), input);
+        let want = npy(&format!("{name}.expected.npy")).as_f32().unwrap().to_vec();
+        let max_err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let scale = want.iter().map(|v| v.abs()).fold(0.0, f32::max);
+        assert!(max_err / scale <= 1e-4, "{name}: max error {max_err} relative to {scale}");
+        assert_eq!(accuracy(&got, &labels), accuracy(&want, &labels), "{name}: accuracy differs from ONNX Runtime");
+    }
+}
+
+/// ONNX Runtime's own QDQ models import onto the IR's quantized types and run; the
+/// interpreter's outputs stay within one output quantization step of ONNX Runtime's.
+#[test]
+fn onnx_runtime_qdq_models_agree_within_one_step() {
+    for (name, input) in MODELS {
+        let graph = load(&format!("{name}.qdq.onnx"));
+        let got = run(&graph, input);
+        let want = npy(&format!("{name}.qdq.expected.npy")).as_f32().unwrap().to_vec();
+        // The output is dequantized from the last QuantizeLinear: one step is its scale.
+        let last = graph.node(graph.outputs()[0].node);
+        let dq_input = graph.node_inputs(graph.outputs()[0].node)[0].expect("the output is a DequantizeLinear");
+        assert_eq!(last.op.name(), "DequantizeLinear", "{name}");
+        let step = graph.value_type(dq_input).quant.as_ref().unwrap().scale[0];
+        let within = got.iter().zip(&want).filter(|(a, b)| (*a - *b).abs() <= step * 1.001).count();
+        assert_eq!(within, want.len(), "{name}: {} of {} outputs within one step ({step})", within, want.len());
+    }
+}
+
+#[test]
+fn dumps_are_stable_and_parse_back_to_the_same_graph() {
+    let mut files: Vec<String> = MODELS.iter().map(|(n, _)| format!("{n}.onnx")).collect();
+    files.extend(MODELS.iter().map(|(n, _)| format!("{n}.qdq.onnx")));
+    for file in files {
+        let graph = load(&file);
+        let dump = print(&graph, &PrintOptions::default());
+        insta::assert_snapshot!(file.replace('.', "_"), dump);
+        assert!(parse_with_constants(&dump, &constant_pool(&graph)).unwrap() == graph, "{file}: dump does not parse back");
+        let full = print(&graph, &PrintOptions { full_constants: true, ..Default::default() });
+        assert!(parse(&full).unwrap() == graph, "{file}: full dump does not parse back");
+        // Constants are shared: one node per distinct (tensor, quantization).
+        assert!(graph.node_ids().any(|id| matches!(graph.node(id).op, NodeOp::Const(_))));
+    }
+}
