@@ -375,17 +375,24 @@ impl Graph {
     }
 }
 
-/// Structural equality: same name, inputs, outputs, and the same nodes in topological order
+/// Structural equality: same name, inputs (names and types), outputs, and the same other
+/// nodes in topological order
 /// (operands compared by value name, constants by content). Node indices do not matter.
 impl PartialEq for Graph {
     fn eq(&self, other: &Graph) -> bool {
-        let (Ok(a), Ok(b)) = (self.topo_order(), other.topo_order()) else { return false };
+        // Inputs are compared through the input list; their position among nodes is free.
+        let computed = |g: &Graph| -> Option<Vec<NodeId>> {
+            Some(g.topo_order().ok()?.into_iter().filter(|&n| g.g[n].op != NodeOp::Input).collect())
+        };
+        let (Some(a), Some(b)) = (computed(self), computed(other)) else { return false };
+        let input_types = |g: &Graph| -> Vec<TensorType> { g.input_values().iter().map(|v| g.value_type(*v).clone()).collect() };
         let names = |g: &Graph, vs: &[ValueId]| -> Vec<String> { vs.iter().map(|v| g.value(*v).name.clone()).collect() };
         let operand_names = |g: &Graph, n: NodeId| -> Vec<Option<String>> {
             g.node_inputs(n).into_iter().map(|v| v.map(|v| g.value(v).name.clone())).collect()
         };
         self.name == other.name
             && names(self, &self.input_values()) == names(other, &other.input_values())
+            && input_types(self) == input_types(other)
             && names(self, &self.outputs) == names(other, &other.outputs)
             && a.len() == b.len()
             && a.iter().zip(&b).all(|(&x, &y)| {

@@ -5,7 +5,7 @@ use std::fmt;
 
 /// The elements of a tensor, row-major. 4-bit types are stored unpacked (`I4` in `I8`,
 /// `U4` in `U8`) so that every kernel reads whole bytes.
-#[derive(Clone, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum TensorData {
     /// `f32` elements.
     F32(Vec<f32>),

@@ -180,13 +180,14 @@ impl<'a> Parser<'a> {
         let name = self.name()?;
         self.graph.name = name;
         let inputs = self.list("(", ")", |p| {
+            let at = p.here();
             let n = p.value_name()?;
             p.expect(":")?;
-            Ok((n, p.ty()?))
+            Ok((n, p.ty()?, at))
         })?;
-        for (n, ty) in inputs {
+        for (n, ty, at) in inputs {
             let v = self.graph.add_input(&n, ty);
-            self.define(n, v)?;
+            self.define(n, v, at)?;
         }
         self.expect("->")?;
         let (line, column) = (self.line, self.column);
@@ -213,23 +214,31 @@ impl<'a> Parser<'a> {
         Ok(self.graph)
     }
 
-    fn define(&mut self, name: String, v: ValueId) -> Result<()> {
+    /// Binds a value name; `(line, column)` is where the name was written.
+    fn define(&mut self, name: String, v: ValueId, (line, column): (usize, usize)) -> Result<()> {
         if self.values.insert(name.clone(), v).is_some() {
-            return self.error(format!("value `%{name}` is defined twice"));
+            return Err(IrError::Parse { line, column, message: format!("value `%{name}` is defined twice") });
         }
         Ok(())
     }
 
+    /// Where the next token starts.
+    fn here(&mut self) -> (usize, usize) {
+        self.skip();
+        (self.line, self.column)
+    }
+
     fn node(&mut self) -> Result<()> {
+        let at = self.here();
         let mut results = vec![self.value_name()?];
         while self.eat(",") {
             results.push(self.value_name()?);
         }
         self.expect("=")?;
-        let (line, column) = (self.line, self.column);
+        let (line, column) = self.here();
         let op_name = self.word();
         if op_name == "const" {
-            return self.constant(results);
+            return self.constant(results, at);
         }
         let kind: OpKind = match op_name.parse() {
             Ok(k) => k,
@@ -259,12 +268,12 @@ impl<'a> Parser<'a> {
         let outputs = results.iter().zip(types).map(|(n, ty)| Value { name: n.clone(), ty }).collect();
         let id = self.graph.add_node(&node_name, Op::new(kind, attrs), &operands, outputs)?;
         for (output, n) in results.into_iter().enumerate() {
-            self.define(n, ValueId { node: id, output })?;
+            self.define(n, ValueId { node: id, output }, at)?;
         }
         Ok(())
     }
 
-    fn constant(&mut self, results: Vec<String>) -> Result<()> {
+    fn constant(&mut self, results: Vec<String>, at: (usize, usize)) -> Result<()> {
         if results.len() != 1 {
             return self.error("a constant has one result");
         }
@@ -293,7 +302,7 @@ impl<'a> Parser<'a> {
         let v = self.graph.add_const(&node_name, tensor, ty.quant);
         self.graph.node_mut(v.node).outputs[0].name = results[0].clone();
         let name = results.into_iter().next().expect("one result");
-        self.define(name, v)
+        self.define(name, v, at)
     }
 
     fn tensor_data(&mut self, dtype: DType) -> Result<TensorData> {
