@@ -279,17 +279,18 @@ impl<'a> Parser<'a> {
         }
         let ty = self.ty()?;
         let Some(shape) = ty.shape.as_fixed() else { return self.error("a constant cannot have the batch dimension") };
-        self.skip();
+        let (line, column) = self.here();
         let tensor = if self.eat("#") {
             let hex = self.word();
-            let Ok(digest) = u64::from_str_radix(&hex, 16) else { return self.error(format!("bad digest `{hex}`")) };
+            let fail = |message: String| Err(IrError::Parse { line, column, message });
+            let Ok(digest) = u64::from_str_radix(&hex, 16) else { return fail(format!("bad digest `{hex}`")) };
             let Some(pool) = self.pool else {
-                return self.error(format!("constant #{hex} is given by digest; print the graph with full constants to parse it alone"));
+                return fail(format!("constant #{hex} is given by digest; print the graph with full constants to parse it alone"));
             };
             match pool.get(&digest) {
                 Some(t) if t.dtype() == ty.dtype && t.shape() == shape.as_slice() => t.clone(),
-                Some(t) => return self.error(format!("constant #{hex} is {}{:?} in the pool", t.dtype(), t.shape())),
-                None => return self.error(format!("constant #{hex} is not in the constant pool")),
+                Some(t) => return fail(format!("constant #{hex} is {}{:?} in the pool", t.dtype(), t.shape())),
+                None => return fail(format!("constant #{hex} is not in the constant pool")),
             }
         } else {
             let data = self.tensor_data(ty.dtype)?;
