@@ -16,7 +16,8 @@ Examples:
   qlift run examples/models/digits_cnn.onnx --input examples/models/digits_test_x.npy \\
       --labels examples/models/digits_test_y.npy --output logits.npy
 
-Exit codes: 0 success, 1 bad input or usage, 2 internal error (a bug in qlift).";
+Exit codes: 0 success, 1 bad input or usage, 2 internal error (a bug in qlift).
+Errors go to standard error and name the file, node or value concerned.";
 
 #[derive(Parser)]
 #[command(name = "qlift", version, about = "A quantizing compiler for ONNX models", after_help = EXAMPLES)]
@@ -82,7 +83,14 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors are bad input (exit 1); --help and --version print and succeed.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
     let result = match cli.command {
         Command::Dump(args) => dump(&args),
         Command::Run(args) => run(&args),

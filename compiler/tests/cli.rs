@@ -1,0 +1,100 @@
+//! The `qlift` binary as a user runs it: subcommands, files, exit codes, errors on stderr.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn qlift(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qlift")).args(args).output().expect("the qlift binary runs")
+}
+
+fn models() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/models")
+}
+
+fn model(file: &str) -> String {
+    models().join(file).to_string_lossy().into_owned()
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("qlift-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn help_lists_subcommands_with_examples() {
+    let o = qlift(&["--help"]);
+    assert!(o.status.success());
+    for word in ["dump", "run", "Examples:", "Exit codes"] {
+        assert!(stdout(&o).contains(word), "--help lacks {word}:\n{}", stdout(&o));
+    }
+    assert!(stdout(&qlift(&["run", "--help"])).contains("--labels"));
+}
+
+#[test]
+fn dump_prints_text_and_dot_and_the_text_runs_again() {
+    let o = qlift(&["dump", &model("digits_cnn.onnx")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("graph digits_cnn(%input: f32[N,1,8,8]) -> (%logits) {"));
+    let dot = temp("cnn.dot");
+    let o = qlift(&["dump", &model("digits_cnn.onnx"), "--format", "dot", "-o", dot.to_str().unwrap()]);
+    assert!(o.status.success());
+    assert!(std::fs::read_to_string(&dot).unwrap().starts_with("digraph"));
+    // A full dump is a self-contained model: run it like the ONNX file.
+    let qir = temp("cnn.qir");
+    assert!(qlift(&["dump", &model("digits_cnn.onnx"), "--full-constants", "-o", qir.to_str().unwrap()]).status.success());
+    let o = qlift(&["run", qir.to_str().unwrap(), "--input", &model("digits_test_x.npy"), "--labels", &model("digits_test_y.npy")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("accuracy: 99.07% (535/540)"), "{}", stdout(&o));
+}
+
+#[test]
+fn run_writes_outputs_and_scores_labels() {
+    let out = temp("logits.npy");
+    let o = qlift(&[
+        "run",
+        &model("digits_mlp.onnx"),
+        "--input",
+        &format!("input={}", model("digits_test_x_flat.npy")),
+        "--output",
+        &format!("logits={}", out.display()),
+        "--labels",
+        &model("digits_test_y.npy"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("accuracy: 98.15%"), "{}", stdout(&o));
+    let got = qlift::npy::read_npy(&out).unwrap();
+    let want = qlift::npy::read_npy(&models().join("digits_mlp.expected.npy")).unwrap();
+    assert_eq!(got.shape(), want.shape());
+    let err = got.as_f32().unwrap().iter().zip(want.as_f32().unwrap()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(err < 1e-3, "max error {err}");
+}
+
+#[test]
+fn bad_input_exits_1_with_a_clear_message() {
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["dump".into(), "no/such/model.onnx".into()], "no/such/model.onnx"),
+        (
+            vec!["run".into(), model("digits_cnn.onnx"), "--input".into(), model("digits_test_x_flat.npy")],
+            "input `input`: expected shape [N,1,8,8], got [540, 64]",
+        ),
+        (vec!["run".into(), model("digits_cnn.onnx"), "--input".into(), "nope=x.npy".into()], "the model has no input `nope`"),
+        (vec!["dump".into(), model("digits_test_y.npy")], "not a valid ONNX model"),
+        (vec!["frobnicate".into()], "unrecognized subcommand"),
+    ];
+    for (args, message) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = qlift(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(message), "{args:?}: stderr lacks `{message}`:\n{}", stderr(&o));
+        assert!(stdout(&o).is_empty());
+    }
+}
