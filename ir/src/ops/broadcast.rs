@@ -1,5 +1,5 @@
 //! Numpy multidirectional broadcasting, for static shapes (with the batch symbol) and for
-//! concrete shapes, and the strided indexing it needs.
+//! concrete shapes, and the row-major index arithmetic the kernels share.
 
 use crate::{Dim, Shape};
 
@@ -34,6 +34,24 @@ pub(crate) fn strides(shape: &[usize]) -> Vec<usize> {
         strides[i] = strides[i + 1] * shape[i + 1];
     }
     strides
+}
+
+/// Every multi-index of `extents`, row-major.
+pub(crate) fn positions(extents: &[usize]) -> Vec<Vec<usize>> {
+    let count: usize = extents.iter().product();
+    let mut all = Vec::with_capacity(count);
+    let mut pos = vec![0; extents.len()];
+    for _ in 0..count {
+        all.push(pos.clone());
+        for a in (0..extents.len()).rev() {
+            pos[a] += 1;
+            if pos[a] < extents[a] {
+                break;
+            }
+            pos[a] = 0;
+        }
+    }
+    all
 }
 
 /// For every element of `out` (row-major), the flat index of the element of an operand of

@@ -51,39 +51,44 @@ impl<'a> EvalCtx<'a> {
     }
 }
 
+/// Which file holds an op's semantics.
+enum Family {
+    Nn,
+    Math,
+    Shape,
+    Quant,
+}
+
+fn family(kind: OpKind) -> Family {
+    use OpKind::*;
+    match kind {
+        Conv | MatMul | Gemm | BatchNormalization | MaxPool | AveragePool | GlobalAveragePool | GlobalMaxPool
+        | Softmax => Family::Nn,
+        Relu | Clip | LeakyRelu | Sigmoid | Tanh | HardSigmoid | HardSwish | Add | Sub | Mul | Div => Family::Math,
+        Flatten | Reshape | Transpose | Concat | Identity | Dropout | Squeeze | Unsqueeze | Pad => Family::Shape,
+        QuantizeLinear | DequantizeLinear | QLinearConv | QLinearMatMul | ConvInteger | MatMulInteger => {
+            Family::Quant
+        }
+    }
+}
+
 /// Result types of a node.
 pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
-    use OpKind::*;
-    match cx.op.kind {
-        Conv | MatMul | Gemm | BatchNormalization | MaxPool | AveragePool | GlobalAveragePool
-        | GlobalMaxPool | Softmax => nn::infer(cx),
-        Relu | Clip | LeakyRelu | Sigmoid | Tanh | HardSigmoid | HardSwish | Add | Sub | Mul | Div => {
-            math::infer(cx)
-        }
-        Flatten | Reshape | Transpose | Concat | Identity | Dropout | Squeeze | Unsqueeze | Pad => {
-            shape::infer(cx)
-        }
-        QuantizeLinear | DequantizeLinear | QLinearConv | QLinearMatMul | ConvInteger | MatMulInteger => {
-            quant::infer(cx)
-        }
+    match family(cx.op.kind) {
+        Family::Nn => nn::infer(cx),
+        Family::Math => math::infer(cx),
+        Family::Shape => shape::infer(cx),
+        Family::Quant => quant::infer(cx),
     }
 }
 
 /// Evaluates a node on concrete operands.
 pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
-    use OpKind::*;
-    match cx.op.kind {
-        Conv | MatMul | Gemm | BatchNormalization | MaxPool | AveragePool | GlobalAveragePool
-        | GlobalMaxPool | Softmax => nn::eval(cx),
-        Relu | Clip | LeakyRelu | Sigmoid | Tanh | HardSigmoid | HardSwish | Add | Sub | Mul | Div => {
-            math::eval(cx)
-        }
-        Flatten | Reshape | Transpose | Concat | Identity | Dropout | Squeeze | Unsqueeze | Pad => {
-            shape::eval(cx)
-        }
-        QuantizeLinear | DequantizeLinear | QLinearConv | QLinearMatMul | ConvInteger | MatMulInteger => {
-            quant::eval(cx)
-        }
+    match family(cx.op.kind) {
+        Family::Nn => nn::eval(cx),
+        Family::Math => math::eval(cx),
+        Family::Shape => shape::eval(cx),
+        Family::Quant => quant::eval(cx),
     }
 }
 

@@ -4,7 +4,7 @@
 //! float ops (accumulating in f64, then rounded to f32) and the integer ops in `quant.rs`
 //! (accumulating exactly in i64) share one definition.
 
-use super::broadcast::{broadcast_indices, broadcast_static, strides};
+use super::broadcast::{broadcast_indices, broadcast_static, positions, strides};
 use super::{EvalCtx, InferCtx};
 use crate::{Attrs, DType, Dim, OpKind, Shape, Tensor, TensorData, TensorType};
 use std::ops::{Add, Mul};
@@ -345,24 +345,6 @@ pub(crate) fn conv<T: Acc>(x: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
         }
     }
     y
-}
-
-/// Every multi-index of `extents`, row-major.
-fn positions(extents: &[usize]) -> Vec<Vec<usize>> {
-    let count: usize = extents.iter().product();
-    let mut all = Vec::with_capacity(count);
-    let mut pos = vec![0; extents.len()];
-    for _ in 0..count {
-        all.push(pos.clone());
-        for a in (0..extents.len()).rev() {
-            pos[a] += 1;
-            if pos[a] < extents[a] {
-                break;
-            }
-            pos[a] = 0;
-        }
-    }
-    all
 }
 
 /// Static result shape of a numpy matrix product.

@@ -1,7 +1,7 @@
 //! Data-movement ops: Flatten, Reshape, Transpose, Concat, Identity, Dropout, Squeeze,
 //! Unsqueeze, Pad. They work on any dtype and carry quantization parameters through.
 
-use super::broadcast::strides;
+use super::broadcast::{positions, strides};
 use super::{EvalCtx, InferCtx};
 use crate::{Dim, DType, OpKind, QuantParams, Shape, Tensor, TensorData, TensorType};
 
@@ -261,20 +261,7 @@ fn pad_fill(x: &TensorType, value: f32) -> Result<i64, String> {
 
 /// For each position of `out` (row-major), the flat source index `f` gives, or `None`.
 fn gather_index(out: &[usize], f: impl Fn(&[usize]) -> Option<usize>) -> Vec<Option<usize>> {
-    let count: usize = out.iter().product();
-    let mut pos = vec![0usize; out.len()];
-    let mut index = Vec::with_capacity(count);
-    for _ in 0..count {
-        index.push(f(&pos));
-        for a in (0..out.len()).rev() {
-            pos[a] += 1;
-            if pos[a] < out[a] {
-                break;
-            }
-            pos[a] = 0;
-        }
-    }
-    index
+    positions(out).iter().map(|p| f(p)).collect()
 }
 
 /// A tensor of `x`'s dtype with element i = x[index[i]], or `fill` where the index is `None`
