@@ -113,7 +113,7 @@ fn load_model(path: &Path) -> Result<Graph> {
         qlift_ir::verify(&graph).with_context(|| format!("verifying {}", path.display()))?;
         return Ok(graph);
     }
-    Ok(load_onnx(path, &ImportOptions::default()).with_context(|| format!("loading {}", path.display()))?)
+    load_onnx(path, &ImportOptions::default()).with_context(|| format!("loading {}", path.display()))
 }
 
 fn dump(args: &DumpArgs) -> Result<()> {

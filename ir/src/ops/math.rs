@@ -45,7 +45,8 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
     let attrs = &cx.op.attrs;
     let out = match cx.op.kind {
         Add | Sub | Mul | Div => binary(cx.op.kind, x, cx.input(1)?)?,
-        Relu => map_numeric(x, |v| if v > 0.0 { v } else if v.is_nan() { v } else { 0.0 }, |v| v.max(0))?,
+        // NaN stays NaN (numpy max(x, 0) semantics).
+        Relu => map_numeric(x, |v| if v > 0.0 || v.is_nan() { v } else { 0.0 }, |v| v.max(0))?,
         Clip => {
             let (lo, hi) = (attrs.float("min")?, attrs.float("max")?);
             // Integer bounds arrive as exactly representable floats; clamp in i64.

@@ -182,7 +182,7 @@ fn axis_of(attrs: &Attrs, rank: usize) -> Result<usize, String> {
 /// Adds `bias[c]` to every element of channel `c` of an [N, M, spatial...] buffer with
 /// `spatial` elements per channel.
 pub(crate) fn add_per_channel<T: Acc>(y: &mut [T], bias: &[T], spatial: usize) -> Result<(), String> {
-    if bias.is_empty() || spatial == 0 || y.len() % (bias.len() * spatial) != 0 {
+    if bias.is_empty() || spatial == 0 || !y.len().is_multiple_of(bias.len() * spatial) {
         return Err(format!("bias of {} elements does not fit the result", bias.len()));
     }
     for (i, v) in y.iter_mut().enumerate() {

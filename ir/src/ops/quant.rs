@@ -120,7 +120,7 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
             let w = cx.input(1)?;
             let geom = ConvGeometry::new(x.shape(), w.shape(), &cx.op.attrs)?;
             let (xq, wq) = (quant_of(cx, 0)?, quant_of(cx, 1)?);
-            let mut acc = conv(&centered(x, &xq)?, &centered(w, &wq)?, &geom);
+            let mut acc = conv(&centered(x, xq)?, &centered(w, wq)?, &geom);
             let spatial: usize = geom.window.out.iter().product();
             if let Some(b) = cx.inputs.get(2).copied().flatten() {
                 super::nn::add_per_channel(&mut acc, &b.to_i64_vec()?, spatial)?;
@@ -133,7 +133,7 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
             let b = cx.input(1)?;
             let (aq, bq) = (quant_of(cx, 0)?, quant_of(cx, 1)?);
             let a_rows = aq.axis.map(|_| x.shape()[x.shape().len() - 2]);
-            let (shape, acc) = matmul(&centered(x, &aq)?, x.shape(), &centered(b, &bq)?, b.shape())?;
+            let (shape, acc) = matmul(&centered(x, aq)?, x.shape(), &centered(b, bq)?, b.shape())?;
             let cols = b.shape().last().copied().unwrap_or(1);
             let rows = a_rows.unwrap_or(1);
             requantize(cx, shape, acc, |i| ((i / cols) % rows, i % cols))?
