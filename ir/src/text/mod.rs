@@ -26,7 +26,7 @@ use crate::{Tensor, TensorType};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub use parse::{parse, parse_with_constants};
+pub use parse::{parse, parse_tensor, parse_with_constants};
 pub use print::{print, PrintOptions};
 
 /// Constants by content digest: what a dump that shows digests needs to be parsed back.

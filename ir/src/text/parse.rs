@@ -14,6 +14,20 @@ pub fn parse(text: &str) -> Result<Graph> {
     Parser::new(text, None).graph()
 }
 
+/// Parses a tensor written as a constant is: a type and inline data, e.g.
+/// `f32[2,2] [1.0, 2.0, 3.0, 4.0]` (filetests use it for run lines).
+pub fn parse_tensor(text: &str) -> Result<Tensor> {
+    let mut p = Parser::new(text, None);
+    let ty = p.ty()?;
+    let Some(shape) = ty.shape.as_fixed() else { return p.error("a tensor cannot have the batch dimension") };
+    let data = p.tensor_data(ty.dtype)?;
+    p.skip();
+    if p.peek().is_some() {
+        return p.error("unexpected text after the tensor");
+    }
+    Tensor::new(ty.dtype, shape, data).or_else(|e| p.error(e))
+}
+
 /// Parses a graph, resolving constants printed as digests through `pool`.
 pub fn parse_with_constants(text: &str, pool: &ConstantPool) -> Result<Graph> {
     Parser::new(text, Some(pool)).graph()

@@ -1,0 +1,110 @@
+//! Filetests in the style of Cranelift's: IR text files under `tests/filetests/` whose first
+//! line names the test kind, with expectations in `;` comments. Adding a case means adding a
+//! file.
+//!
+//! - `; test verifier`: the graph parses; every `; error: TEXT` comment must match a verifier
+//!   error about the node defined on that line, and there must be no other errors.
+//! - `; test run`: every `; run: INPUTS -> OUTPUTS` line (tensors written as constants are,
+//!   `dtype[shape] [data]`, separated by `;;`) runs through the reference interpreter; integer
+//!   results must match exactly, f32 results within 1e-6 relative.
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use qlift_ir::text::{parse, parse_tensor};
+use qlift_ir::{verify, IrError, Tensor, TensorData};
+use std::path::{Path, PathBuf};
+
+fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("filetests directory") {
+        let path = entry.expect("directory entry").path();
+        if path.is_dir() {
+            files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "qir") {
+            out.push(path);
+        }
+    }
+}
+
+fn run_file(path: &Path) -> Result<(), Failed> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let kind = text.lines().next().and_then(|l| l.strip_prefix("; test ")).map(str::trim);
+    let graph = parse(&text).map_err(|e| format!("parse: {e}"))?;
+    match kind {
+        Some("verifier") => check_verifier(&text, &graph),
+        Some("run") => check_runs(&text, &graph),
+        other => Err(format!("unknown test kind {other:?} (first line must be `; test verifier|run`)").into()),
+    }
+}
+
+/// The node a text line defines: its `@name`, else its first result.
+fn node_on_line(line: &str) -> Option<String> {
+    let code = line.split(';').next()?;
+    if let Some(at) = code.rfind(" @") {
+        return Some(code[at + 2..].trim().trim_matches('"').to_string());
+    }
+    let first = code.trim().strip_prefix('%')?;
+    Some(first.split([' ', ',', '=']).next()?.trim_matches('"').to_string())
+}
+
+fn check_verifier(text: &str, graph: &qlift_ir::Graph) -> Result<(), Failed> {
+    let expected: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|l| l.split_once("; error:").map(|(_, e)| (node_on_line(l).unwrap_or_default(), e.trim().to_string())))
+        .collect();
+    let errors = match verify(graph) {
+        Ok(()) => Vec::new(),
+        Err(IrError::Verifier(errors)) => errors,
+        Err(e) => return Err(format!("verifier: {e}").into()),
+    };
+    for (node, message) in &expected {
+        if !errors.iter().any(|e| e.node == *node && e.message.contains(message.as_str())) {
+            return Err(format!("expected an error on `{node}` containing `{message}`; got {errors:#?}").into());
+        }
+    }
+    if let Some(extra) = errors.iter().find(|e| !expected.iter().any(|(n, m)| e.node == *n && e.message.contains(m.as_str()))) {
+        return Err(format!("unexpected verifier error: {extra}").into());
+    }
+    Ok(())
+}
+
+fn tensors(list: &str) -> Result<Vec<Tensor>, Failed> {
+    list.split(";;").map(|t| parse_tensor(t.trim()).map_err(|e| format!("`{}`: {e}", t.trim()).into())).collect()
+}
+
+fn check_runs(text: &str, graph: &qlift_ir::Graph) -> Result<(), Failed> {
+    verify(graph).map_err(|e| e.to_string())?;
+    let runs: Vec<&str> = text.lines().filter_map(|l| l.split_once("; run:").map(|(_, r)| r)).collect();
+    if runs.is_empty() {
+        return Err("a run test needs `; run:` lines".into());
+    }
+    for run in runs {
+        let (inputs, outputs) = run.split_once("->").ok_or("a run line is `INPUTS -> OUTPUTS`")?;
+        let got = qlift_ir::interp::run(graph, &tensors(inputs)?).map_err(|e| format!("{run}: {e}"))?;
+        let want = tensors(outputs)?;
+        let same = got.len() == want.len()
+            && got.iter().zip(&want).all(|(g, w)| match (g.data(), w.data()) {
+                (TensorData::F32(a), TensorData::F32(b)) => {
+                    g.shape() == w.shape() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-6 * y.abs().max(1.0))
+                }
+                _ => g == w,
+            });
+        if !same {
+            return Err(format!("{run}\n  got {got:?}: {:?}", got.iter().map(|t| t.to_f32_vec()).collect::<Vec<_>>()).into());
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("filetests");
+    let mut paths = Vec::new();
+    files(&root, &mut paths);
+    paths.sort();
+    let trials = paths
+        .into_iter()
+        .map(|p| {
+            let name = p.strip_prefix(&root).unwrap_or(&p).display().to_string();
+            Trial::test(name, move || run_file(&p))
+        })
+        .collect();
+    libtest_mimic::run(&Arguments::from_args(), trials).exit();
+}
