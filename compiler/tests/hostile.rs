@@ -1,0 +1,334 @@
+//! Hostile and broken ONNX files: each gives a clear error naming what is wrong, never a
+//! panic and never an allocation sized by untrusted data.
+
+use onnx_protobuf::tensor_proto::DataLocation;
+use onnx_protobuf::tensor_shape_proto::Dimension;
+use onnx_protobuf::type_proto::Tensor as TensorTypeProto;
+use onnx_protobuf::{
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
+};
+use protobuf::Message;
+use qlift::{load_onnx, load_onnx_bytes, Error, ImportOptions};
+use qlift_ir::Tensor;
+use std::path::{Path, PathBuf};
+
+const FLOAT: i32 = 1;
+const INT64: i32 = 7;
+
+/// A value of element type `elem` whose dims are numbers or names.
+fn value_info(name: &str, elem: i32, dims: &[&str]) -> ValueInfoProto {
+    let mut shape = TensorShapeProto::new();
+    for d in dims {
+        let mut dim = Dimension::new();
+        match d.parse::<i64>() {
+            Ok(n) => dim.set_dim_value(n),
+            Err(_) => dim.set_dim_param(d.to_string()),
+        }
+        shape.dim.push(dim);
+    }
+    let mut tt = TensorTypeProto::new();
+    tt.elem_type = elem;
+    tt.shape = Some(shape).into();
+    let mut ty = TypeProto::new();
+    ty.set_tensor_type(tt);
+    let mut v = ValueInfoProto::new();
+    v.name = name.into();
+    v.type_ = Some(ty).into();
+    v
+}
+
+fn f32_tensor(name: &str, dims: &[i64], values: &[f32]) -> TensorProto {
+    let mut t = TensorProto::new();
+    t.name = name.into();
+    t.data_type = FLOAT;
+    t.dims = dims.to_vec();
+    t.raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    t
+}
+
+fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
+    let mut n = NodeProto::new();
+    n.op_type = op.into();
+    n.name = name.into();
+    n.input = inputs.iter().map(|s| s.to_string()).collect();
+    n.output = outputs.iter().map(|s| s.to_string()).collect();
+    n
+}
+
+fn model(graph: GraphProto, opset: i64) -> ModelProto {
+    let mut m = ModelProto::new();
+    m.ir_version = 8;
+    let mut o = OperatorSetIdProto::new();
+    o.version = opset;
+    m.opset_import.push(o);
+    m.graph = Some(graph).into();
+    m
+}
+
+/// x f32[N,1,4,4] → Conv (3x3 weights in raw_data, bias in float_data) → Relu → y.
+fn conv_model() -> ModelProto {
+    let mut g = GraphProto::new();
+    g.name = "tiny".into();
+    g.input.push(value_info("x", FLOAT, &["N", "1", "4", "4"]));
+    g.output.push(value_info("y", FLOAT, &["N", "2", "2", "2"]));
+    g.initializer.push(f32_tensor("w", &[2, 1, 3, 3], &[0.5; 18]));
+    let mut b = TensorProto::new();
+    b.name = "b".into();
+    b.data_type = FLOAT;
+    b.dims = vec![2];
+    b.float_data = vec![1.0, -100.0];
+    g.initializer.push(b);
+    g.node.push(node("Conv", "conv", &["x", "w", "b"], &["c"]));
+    g.node.push(node("Relu", "relu", &["c"], &["y"]));
+    model(g, 13)
+}
+
+fn bytes(m: &ModelProto) -> Vec<u8> {
+    m.write_to_bytes().expect("serializes")
+}
+
+fn load(m: &ModelProto) -> Result<qlift_ir::Graph, Error> {
+    load_onnx_bytes(&bytes(m), None, &ImportOptions::default())
+}
+
+fn err(m: &ModelProto) -> Error {
+    load(m).expect_err("the model must be refused")
+}
+
+/// A fresh directory for files of one test.
+fn temp_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("qlift-hostile-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Deterministic pseudo-random numbers (no extra crate needed).
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+#[test]
+fn the_valid_model_loads_and_runs() {
+    let g = load(&conv_model()).unwrap();
+    let y = qlift_ir::interp::run(&g, &[Tensor::from_f32(&[1, 1, 4, 4], vec![1.0; 16])]).unwrap();
+    assert_eq!(y[0].shape(), &[1, 2, 2, 2]);
+    assert_eq!(y[0].as_f32().unwrap(), &[5.5, 5.5, 5.5, 5.5, 0.0, 0.0, 0.0, 0.0]);
+}
+
+#[test]
+fn every_truncation_is_an_error() {
+    let full = bytes(&conv_model());
+    for len in 0..full.len() {
+        let result = std::panic::catch_unwind(|| load_onnx_bytes(&full[..len], None, &ImportOptions::default()));
+        let result = result.unwrap_or_else(|_| panic!("panic on a {len}-byte prefix"));
+        assert!(result.is_err(), "a {len}-byte prefix of a {}-byte model loaded", full.len());
+    }
+}
+
+#[test]
+fn bit_flips_and_garbage_never_panic() {
+    let full = bytes(&conv_model());
+    let mut rng = Lcg(42);
+    for _ in 0..500 {
+        let mut m = full.clone();
+        for _ in 0..1 + rng.next() % 4 {
+            let i = rng.next() as usize % m.len();
+            m[i] ^= 1 << (rng.next() % 8);
+        }
+        let r = std::panic::catch_unwind(|| load_onnx_bytes(&m, None, &ImportOptions::default()));
+        assert!(r.is_ok(), "panic on a mutated model");
+    }
+    for _ in 0..200 {
+        let garbage: Vec<u8> = (0..rng.next() % 512).map(|_| rng.next() as u8).collect();
+        let r = std::panic::catch_unwind(|| load_onnx_bytes(&garbage, None, &ImportOptions::default()));
+        assert!(r.expect("no panic on garbage").is_err());
+    }
+}
+
+#[test]
+fn every_unsupported_op_is_listed_at_once() {
+    let mut m = conv_model();
+    let g = m.graph.as_mut().unwrap();
+    g.node.push(node("Foo", "foo_node", &["y"], &["f"]));
+    g.node.push(node("Bar", "", &["f"], &["b2"]));
+    let mut ms = node("FusedConv", "ms_node", &["b2"], &["z"]);
+    ms.domain = "com.microsoft".into();
+    g.node.push(ms);
+    match err(&m) {
+        Error::Unsupported(ops) => {
+            let names: Vec<(&str, &str)> = ops.iter().map(|o| (o.op_type.as_str(), o.node.as_str())).collect();
+            assert_eq!(names, [("Foo", "foo_node"), ("Bar", "Bar_3"), ("FusedConv", "ms_node")]);
+            assert_eq!(ops[2].domain, "com.microsoft");
+        }
+        e => panic!("{e}"),
+    }
+}
+
+#[test]
+fn unsupported_opsets_are_refused() {
+    for version in [9, 99] {
+        let mut m = conv_model();
+        m.opset_import[0].version = version;
+        assert!(matches!(err(&m), Error::Opset { version: v, .. } if v == version));
+    }
+}
+
+#[test]
+fn inconsistent_shapes_name_the_node() {
+    let mut m = conv_model();
+    m.graph.as_mut().unwrap().initializer[0] = f32_tensor("w", &[2, 3, 3, 3], &[0.0; 54]);
+    let e = err(&m);
+    assert!(e.to_string().contains("`conv`") && e.to_string().contains("input has 1 channels"), "{e}");
+}
+
+#[test]
+fn absurd_and_inconsistent_tensor_sizes_are_refused_before_allocating() {
+    let cases: [(&[i64], usize); 4] = [(&[1 << 40, 1 << 40], 4), (&[i64::MAX, 4], 4), (&[-1, 2], 4), (&[3, 3], 8)];
+    for (dims, raw_bytes) in cases {
+        let mut m = conv_model();
+        let t = &mut m.graph.as_mut().unwrap().initializer[0];
+        t.dims = dims.to_vec();
+        t.raw_data = vec![0; raw_bytes];
+        match err(&m) {
+            Error::Value { name, message } => assert_eq!(name, "w", "{message}"),
+            Error::Limit { what, .. } => assert!(what.contains("`w`"), "{what}"),
+            e => panic!("{dims:?}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn the_memory_limits_apply() {
+    let mut opts = ImportOptions::default();
+    opts.limits.max_model_bytes = 10;
+    assert!(matches!(load_onnx_bytes(&bytes(&conv_model()), None, &opts), Err(Error::Limit { .. })));
+    let mut opts = ImportOptions::default();
+    opts.limits.max_tensor_bytes = 16;
+    assert!(matches!(load_onnx_bytes(&bytes(&conv_model()), None, &opts), Err(Error::Limit { what, .. }) if what.contains("`w`")));
+}
+
+/// The conv model with its weights in `location` (relative to the model's directory).
+fn external_model(location: &str, offset: Option<u64>) -> ModelProto {
+    let mut m = conv_model();
+    let t = &mut m.graph.as_mut().unwrap().initializer[0];
+    t.raw_data.clear();
+    t.data_location = DataLocation::EXTERNAL.into();
+    let mut entry = |k: &str, v: String| {
+        let mut e = StringStringEntryProto::new();
+        e.key = k.into();
+        e.value = v;
+        t.external_data.push(e);
+    };
+    entry("location", location.into());
+    if let Some(o) = offset {
+        entry("offset", o.to_string());
+    }
+    m
+}
+
+fn write_model(dir: &Path, m: &ModelProto) -> PathBuf {
+    let path = dir.join("model.onnx");
+    std::fs::write(&path, bytes(m)).unwrap();
+    path
+}
+
+#[test]
+fn external_data_stays_inside_the_model_directory() {
+    let root = temp_dir("external");
+    let dir = root.join("model");
+    std::fs::create_dir_all(&dir).unwrap();
+    let weights: Vec<u8> = [0.5f32; 18].iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(dir.join("w.bin"), &weights).unwrap();
+    std::fs::write(root.join("secret.bin"), &weights).unwrap();
+    std::os::unix::fs::symlink(root.join("secret.bin"), dir.join("link.bin")).unwrap();
+
+    // Inside the directory: loads and computes what the raw_data model computes.
+    let inside = load_onnx(&write_model(&dir, &external_model("w.bin", None)), &ImportOptions::default()).unwrap();
+    let x = [Tensor::from_f32(&[1, 1, 4, 4], vec![1.0; 16])];
+    let reference = load(&conv_model()).unwrap();
+    assert_eq!(qlift_ir::interp::run(&inside, &x).unwrap(), qlift_ir::interp::run(&reference, &x).unwrap());
+
+    for (location, offset, complaint) in [
+        ("../secret.bin", None, "relative path inside"),
+        ("/etc/passwd", None, "relative path inside"),
+        ("link.bin", None, "through a symlink"),
+        ("w.bin", Some(8), "runs past the end"),
+        ("missing.bin", None, "No such file"),
+    ] {
+        let path = write_model(&dir, &external_model(location, offset));
+        match load_onnx(&path, &ImportOptions::default()) {
+            Err(Error::ExternalData { tensor, path, message }) => {
+                assert_eq!((tensor.as_str(), path.as_str()), ("w", location));
+                assert!(message.contains(complaint), "{location}: {message}");
+            }
+            other => panic!("{location}: {other:?}"),
+        }
+    }
+    // Loaded from memory there is no directory to read from.
+    assert!(matches!(load(&external_model("w.bin", None)), Err(Error::ExternalData { .. })));
+}
+
+/// x f32[N,6] → Reshape(x, shape) where shape is a graph input.
+fn reshape_model() -> ModelProto {
+    let mut g = GraphProto::new();
+    g.name = "reshape".into();
+    g.input.push(value_info("x", FLOAT, &["N", "6"]));
+    g.input.push(value_info("shape", INT64, &["2"]));
+    g.output.push(value_info("y", FLOAT, &["N", "2", "3"]));
+    g.node.push(node("Reshape", "reshape", &["x", "shape"], &["y"]));
+    model(g, 14)
+}
+
+#[test]
+fn operands_that_must_be_constant_are_named_and_can_be_frozen() {
+    match err(&reshape_model()) {
+        Error::NonConstant { node, operand, .. } => assert_eq!((node.as_str(), operand.as_str()), ("reshape", "shape")),
+        e => panic!("{e}"),
+    }
+    let mut opts = ImportOptions::default();
+    opts.constant_inputs.insert("shape".into(), Tensor::from_i64(&[2], vec![0, -1]));
+    let g = load_onnx_bytes(&bytes(&reshape_model()), None, &opts).unwrap();
+    assert_eq!(qlift_ir::text::type_to_string(g.value_type(g.outputs()[0])), "f32[N,6]");
+}
+
+#[test]
+fn only_the_batch_dimension_may_be_symbolic() {
+    let mut m = conv_model();
+    m.graph.as_mut().unwrap().input[0] = value_info("x", FLOAT, &["N", "1", "H", "4"]);
+    match err(&m) {
+        Error::Value { name, message } => {
+            assert_eq!(name, "x");
+            assert!(message.contains("`H` on axis 2"), "{message}");
+        }
+        e => panic!("{e}"),
+    }
+}
+
+#[test]
+fn broken_wiring_names_the_node() {
+    let mut m = conv_model();
+    m.graph.as_mut().unwrap().node.swap(0, 1);
+    let e = err(&m);
+    assert!(e.to_string().contains("`relu`") && e.to_string().contains("used before it is defined"), "{e}");
+    let mut m = conv_model();
+    m.graph.as_mut().unwrap().node.push(node("Relu", "again", &["y"], &["c"]));
+    let e = err(&m);
+    assert!(e.to_string().contains("`again`") && e.to_string().contains("produced twice"), "{e}");
+}
+
+#[test]
+fn bad_attributes_name_the_node() {
+    let mut m = conv_model();
+    let mut pads = AttributeProto::new();
+    pads.name = "pads".into();
+    pads.ints = vec![1, 1];
+    m.graph.as_mut().unwrap().node[0].attribute.push(pads);
+    let e = err(&m);
+    assert!(e.to_string().contains("`conv`") && e.to_string().contains("pads"), "{e}");
+}
