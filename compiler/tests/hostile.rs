@@ -332,3 +332,22 @@ fn bad_attributes_name_the_node() {
     let e = err(&m);
     assert!(e.to_string().contains("`conv`") && e.to_string().contains("pads"), "{e}");
 }
+
+#[test]
+fn huge_intermediate_values_are_refused_at_import() {
+    let mut g = GraphProto::new();
+    g.name = "pad".into();
+    g.input.push(value_info("x", FLOAT, &["N", "4"]));
+    g.output.push(value_info("y", FLOAT, &["N", "4"]));
+    let mut pads = TensorProto::new();
+    pads.name = "pads".into();
+    pads.data_type = INT64;
+    pads.dims = vec![4];
+    pads.int64_data = vec![0, 0, 0, 1 << 40];
+    g.initializer.push(pads);
+    g.node.push(node("Pad", "pad", &["x", "pads"], &["y"]));
+    match err(&model(g, 18)) {
+        Error::Limit { what, .. } => assert!(what.contains("node `pad`"), "{what}"),
+        e => panic!("{e}"),
+    }
+}
