@@ -156,7 +156,7 @@ impl Graph {
         let types = {
             let in_types: Vec<Option<&TensorType>> =
                 inputs.iter().map(|v| v.map(|v| self.value_type(v))).collect();
-            crate::verify::infer_node(&op, &in_types, &[]).map_err(|message| {
+            crate::verify::infer_op(&op, &in_types, &[]).map_err(|message| {
                 IrError::Verifier(vec![crate::VerifierError {
                     node: name.to_string(),
                     op: op.kind.name().to_string(),

@@ -10,6 +10,17 @@ use crate::{Dim, IrError, Tensor, TensorType};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// Evaluates one op on concrete operands with the reference kernels: what constant folding
+/// uses, so that folded values are exactly what the interpreter would compute.
+pub fn eval_op(
+    op: &crate::Op,
+    inputs: &[Option<&Tensor>],
+    input_types: &[Option<&TensorType>],
+    output_types: &[TensorType],
+) -> Result<Vec<Tensor>, String> {
+    ops::eval(&EvalCtx { op, inputs, input_types, output_types })
+}
+
 /// Every value computed by one run, for per-layer comparisons and debugging.
 pub struct Trace {
     /// The bound batch size.

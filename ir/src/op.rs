@@ -157,8 +157,12 @@ impl Op {
     }
 
     /// Checks the attributes against the registry: each canonical attribute present with
-    /// the right kind, and no unknown ones.
+    /// the right kind, and no unknown ones (a fused activation only where the op takes one).
     pub(crate) fn check_attrs(&self) -> Result<(), String> {
+        let fused = self.fused_activation()?;
+        if fused.is_some() && !self.kind.takes_fused_activation() {
+            return Err(format!("{} cannot carry a fused activation", self.kind));
+        }
         let schema = self.kind.schema();
         for (name, kind) in schema.attrs {
             let ok = match kind {
@@ -168,9 +172,39 @@ impl Op {
             };
             ok?;
         }
-        if let Some(extra) = self.attrs.0.keys().find(|k| !schema.attrs.iter().any(|(n, _)| n == k)) {
+        let known = |k: &str| schema.attrs.iter().any(|(n, _)| *n == k) || FUSED_ACTIVATION.contains(&k);
+        if let Some(extra) = self.attrs.0.keys().find(|k| !known(k)) {
             return Err(format!("unexpected attribute `{extra}`"));
         }
         Ok(())
+    }
+}
+
+/// The optional attributes of a fused activation: the op's result is clamped to
+/// `[act_min, act_max]` (Relu is `[0, inf]`, Relu6 `[0, 6]`). Rewrites attach Relu and Clip
+/// to their producer this way so that quantization can fold the clamp into the output range.
+pub const FUSED_ACTIVATION: [&str; 2] = ["act_min", "act_max"];
+
+impl OpKind {
+    /// Whether the op can carry a fused activation (see [`FUSED_ACTIVATION`]).
+    pub fn takes_fused_activation(self) -> bool {
+        matches!(self, OpKind::Conv | OpKind::Gemm | OpKind::MatMul | OpKind::Add)
+    }
+}
+
+impl Op {
+    /// The fused activation's clamp range, if the op carries one (both bounds or none).
+    pub fn fused_activation(&self) -> Result<Option<(f32, f32)>, String> {
+        match (self.attrs.get("act_min"), self.attrs.get("act_max")) {
+            (None, None) => Ok(None),
+            (Some(_), Some(_)) => {
+                let (lo, hi) = (self.attrs.float("act_min")?, self.attrs.float("act_max")?);
+                if lo.is_nan() || hi.is_nan() || lo > hi {
+                    return Err(format!("fused activation range [{lo}, {hi}] is empty"));
+                }
+                Ok(Some((lo, hi)))
+            }
+            _ => Err("a fused activation needs both act_min and act_max".to_string()),
+        }
     }
 }

@@ -11,7 +11,8 @@ use std::collections::HashMap;
 /// Infers the result types of `op` applied to operands of the given types. `declared` holds
 /// the node's declared result types when there are any: ops whose result type is not a
 /// function of the operands (QuantizeLinear's target parameters) read them from there.
-pub(crate) fn infer_node(
+/// Rewrites use it to type the nodes they create.
+pub fn infer_op(
     op: &Op,
     inputs: &[Option<&TensorType>],
     declared: &[TensorType],
@@ -70,7 +71,7 @@ pub fn verify(graph: &Graph) -> Result<(), IrError> {
                 let in_types: Vec<Option<&TensorType>> =
                     inputs.iter().map(|v| v.map(|v| graph.value_type(v))).collect();
                 let declared: Vec<TensorType> = node.outputs.iter().map(|v| v.ty.clone()).collect();
-                match infer_node(op, &in_types, &declared) {
+                match infer_op(op, &in_types, &declared) {
                     Err(m) => err(m),
                     Ok(inferred) if inferred != declared => err(format!(
                         "declared result types {} but operands give {}",
@@ -111,7 +112,7 @@ pub fn infer_node_types(graph: &mut Graph, id: NodeId) -> Result<(), IrError> {
     let inputs = graph.node_inputs(id);
     let in_types: Vec<Option<&TensorType>> = inputs.iter().map(|v| v.map(|v| graph.value_type(v))).collect();
     let declared: Vec<TensorType> = graph.node(id).outputs.iter().map(|v| v.ty.clone()).collect();
-    let inferred = infer_node(op, &in_types, &declared).map_err(|message| {
+    let inferred = infer_op(op, &in_types, &declared).map_err(|message| {
         let node = graph.node(id);
         IrError::Verifier(vec![VerifierError { node: node.name.clone(), op: node.op.name().to_string(), message }])
     })?;

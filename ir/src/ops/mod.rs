@@ -82,14 +82,24 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
     }
 }
 
-/// Evaluates a node on concrete operands.
+/// Evaluates a node on concrete operands, then its fused activation if it has one.
 pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
-    match family(cx.op.kind) {
+    let results = match family(cx.op.kind) {
         Family::Nn => nn::eval(cx),
         Family::Math => math::eval(cx),
         Family::Shape => shape::eval(cx),
         Family::Quant => quant::eval(cx),
+    }?;
+    match cx.op.fused_activation()? {
+        None => Ok(results),
+        Some((lo, hi)) => results.into_iter().map(|t| clamp(t, lo, hi)).collect(),
     }
+}
+
+/// Clamps f32 elements to `[lo, hi]` (NaN stays NaN, as Relu and Clip leave it).
+fn clamp(t: Tensor, lo: f32, hi: f32) -> Result<Tensor, String> {
+    let values = t.as_f32()?.iter().map(|&v| if v.is_nan() { v } else { v.max(lo).min(hi) }).collect();
+    Ok(Tensor::from_f32(t.shape(), values))
 }
 
 /// Test support: builds a one-node graph and interprets it.
