@@ -1,6 +1,23 @@
-//! qlift's graph rewrites on e-graphs (egg): BatchNorm folding, constant folding,
-//! activation fusion, requantization fusion, Q/DQ insertion, and the pass manager.
-//!
-//! Empty until the rewrites issue lands; the crate exists so that the workspace layout is
-//! fixed from the start.
+//! qlift's graph rewrites on e-graphs (egg): BatchNorm folding, constant folding, cleanup,
+//! affine absorption and activation fusion, and the pass manager that runs them in a fixed
+//! pipeline with IR dumps after each pass.
 #![deny(missing_docs)]
+
+pub mod analysis;
+pub mod bridge;
+pub mod cost;
+pub mod lang;
+
+/// Errors of the passes.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    /// The graph uses something the e-graph bridge does not handle yet (bad input for now).
+    #[error("unsupported by the rewrites: {0}")]
+    Unsupported(String),
+    /// A pass produced an inconsistent graph or the IR refused a build step: a bug in qlift.
+    #[error("internal error in a pass: {0}")]
+    Bug(String),
+    /// An IR error (the verifier after a pass: a bug in that pass).
+    #[error(transparent)]
+    Ir(#[from] qlift_ir::IrError),
+}

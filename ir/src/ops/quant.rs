@@ -9,7 +9,7 @@
 
 use super::nn::{conv, conv_shape, matmul, matmul_shape, ConvGeometry};
 use super::{EvalCtx, InferCtx};
-use crate::{DType, OpKind, QuantParams, Shape, Tensor, TensorType};
+use crate::{DType, OpKind, QuantParams, Shape, Tensor, TensorData, TensorType};
 
 pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
     let x = cx.input(0)?;
@@ -99,7 +99,13 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
             let q = ty.quant.as_ref().ok_or("result has no quantization parameters")?;
             let range = ty.dtype.int_range().ok_or("result is not an integer type")?;
             let channel = channel_of(x.shape(), q.axis);
-            let values = x.to_f32_vec().iter().enumerate().map(|(i, &v)| quantize(v, q.channel(channel(i)), range)).collect();
+            // f32 inputs divide in f32; i32 inputs in f64 (numpy's int32 / float32 promotion).
+            let values = match x.data() {
+                TensorData::I32(v) => {
+                    v.iter().enumerate().map(|(i, &v)| quantize_f64(v as f64, q.channel(channel(i)), range)).collect()
+                }
+                _ => x.as_f32()?.iter().enumerate().map(|(i, &v)| quantize(v, q.channel(channel(i)), range)).collect(),
+            };
             Tensor::from_i64_values(ty.dtype, x.shape().to_vec(), values)?
         }
         OpKind::DequantizeLinear => {
@@ -162,15 +168,23 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
     Ok(vec![out])
 }
 
-/// ONNX QuantizeLinear of one value: `saturate(round_half_even(x / scale) + zero_point)`.
-/// The division is in f32, as ONNX defines it. NaN quantizes to the zero point (it reads
-/// back as 0.0); ±inf saturate.
-pub(crate) fn quantize(x: f32, (scale, zero_point): (f32, i32), (lo, hi): (i64, i64)) -> i64 {
-    let scaled = x / scale;
-    if scaled.is_nan() {
-        return zero_point as i64;
+/// ONNX QuantizeLinear of one f32 value: `saturate(round_half_even(x / scale) + zero_point)`,
+/// the division in f32 as ONNX defines it. ±inf saturate; NaN gives the dtype's minimum, as
+/// the ONNX reference and ONNX Runtime do.
+pub(crate) fn quantize(x: f32, (scale, zero_point): (f32, i32), range: (i64, i64)) -> i64 {
+    saturate((x / scale).round_ties_even() as f64, zero_point, range)
+}
+
+/// QuantizeLinear of an i32 value, dividing in f64.
+fn quantize_f64(x: f64, (scale, zero_point): (f32, i32), range: (i64, i64)) -> i64 {
+    saturate((x / scale as f64).round_ties_even(), zero_point, range)
+}
+
+fn saturate(rounded: f64, zero_point: i32, (lo, hi): (i64, i64)) -> i64 {
+    if rounded.is_nan() {
+        return lo;
     }
-    (scaled.round_ties_even() as f64 + zero_point as f64).clamp(lo as f64, hi as f64) as i64
+    (rounded + zero_point as f64).clamp(lo as f64, hi as f64) as i64
 }
 
 /// Maps a flat element index to its channel along `axis` (always 0 when per-tensor).
@@ -239,7 +253,7 @@ fn requantize(cx: &EvalCtx, shape: Vec<usize>, acc: Vec<i64>, channels: impl Fn(
 mod tests {
     use super::*;
     use crate::ops::testing::run_op;
-    use crate::{AttrValue, Attrs, TensorData};
+    use crate::{AttrValue, Attrs};
 
     fn qtype(dtype: DType, shape: &[usize], q: QuantParams) -> TensorType {
         TensorType::quantized(dtype, Shape::fixed(shape), q)
@@ -250,7 +264,8 @@ mod tests {
         let range = DType::U8.int_range().unwrap();
         let q = |x: f32| quantize(x, (1.0, 10), range);
         assert_eq!([q(0.5), q(1.5), q(2.5), q(-0.5), q(-1.5)], [10, 12, 12, 10, 8]);
-        assert_eq!([q(1e9), q(-1e9), q(f32::INFINITY), q(f32::NAN)], [255, 0, 255, 10]);
+        assert_eq!([q(1e9), q(-1e9), q(f32::INFINITY), q(f32::NAN)], [255, 0, 255, 0]);
+        assert_eq!(quantize(f32::NAN, (1.0, 10), DType::I8.int_range().unwrap()), -128);
         assert_eq!(quantize(-9.0, (1.0, 0), DType::I4.int_range().unwrap()), -8);
     }
 
