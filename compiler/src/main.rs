@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use qlift::npy::{read_npy, write_npy};
 use qlift::{load_onnx, ImportOptions};
 use qlift_ir::{text, Graph, Tensor};
+use qlift_passes::{pass_names, pipeline, run_pipeline, PipelineOptions, PrintAfter};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -13,6 +14,7 @@ const EXAMPLES: &str = "\
 Examples:
   qlift dump examples/models/digits_cnn.onnx
   qlift dump examples/models/digits_cnn.onnx --format dot -o cnn.dot
+  qlift dump examples/models/digits_cnn.onnx --after all --timings
   qlift run examples/models/digits_cnn.onnx --input examples/models/digits_test_x.npy \\
       --labels examples/models/digits_test_y.npy --output logits.npy
 
@@ -28,10 +30,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print a model's IR as text or Graphviz dot.
+    /// Print a model's IR as text or Graphviz dot, before or after the rewrite passes.
     #[command(after_help = "Examples:
   qlift dump model.onnx
   qlift dump model.onnx --full-constants -o model.qir
+  qlift dump model.onnx --after all                 # the IR after every pass of the pipeline
+  qlift dump model.onnx --after fold-bn --timings   # after one pass, with per-pass timings
+  qlift dump model.onnx --after all --dump-dir ir/  # one numbered .qir file per pass
   qlift dump model.onnx --format dot -o model.dot && dot -Tsvg model.dot > model.svg")]
     Dump(DumpArgs),
     /// Run a model on .npy inputs with the reference interpreter.
@@ -65,6 +70,16 @@ struct DumpArgs {
     /// Print every constant in full (otherwise large ones show as a content digest).
     #[arg(long)]
     full_constants: bool,
+    /// Run the rewrite pipeline and print the IR after this pass, or after every pass with
+    /// `all` (passes: cleanup, fold-constants, fold-bn, absorb-affine, fuse-activations).
+    #[arg(long, value_name = "PASS|all")]
+    after: Option<String>,
+    /// With --after: also write the IR after each pass to DIR/NN-pass.qir.
+    #[arg(long, value_name = "DIR", requires = "after")]
+    dump_dir: Option<PathBuf>,
+    /// With --after: print each pass's time and node counts to standard error.
+    #[arg(long, requires = "after")]
+    timings: bool,
 }
 
 #[derive(clap::Args)]
@@ -117,7 +132,41 @@ fn load_model(path: &Path) -> Result<Graph> {
 }
 
 fn dump(args: &DumpArgs) -> Result<()> {
-    let graph = load_model(&args.model)?;
+    let mut graph = load_model(&args.model)?;
+    if let Some(after) = &args.after {
+        let print_after = match after.as_str() {
+            "all" => PrintAfter::All,
+            name if pass_names().contains(&name) => PrintAfter::Pass(name.to_string()),
+            name => bail!("unknown pass `{name}` (passes: {}, or all)", pass_names().join(", ")),
+        };
+        let opts = PipelineOptions { print_after: print_after.clone(), dump_dir: args.dump_dir.clone() };
+        let (optimized, runs) = run_pipeline(&graph, &opts).context("running the pass pipeline")?;
+        for run in &runs {
+            if args.timings {
+                eprintln!(
+                    "{:<18} {:>8.2} ms  nodes {:>4} -> {:<4} e-graph {:>5}",
+                    run.name,
+                    run.time.as_secs_f64() * 1e3,
+                    run.nodes.0,
+                    run.nodes.1,
+                    run.egraph_nodes
+                );
+            }
+        }
+        if print_after == PrintAfter::All && matches!(args.format, DumpFormat::Text) && !args.full_constants {
+            let text: Vec<String> = runs.iter().filter_map(|r| r.dump.as_ref().map(|d| format!("; after {}\n{d}", r.name))).collect();
+            return emit(args.output.as_deref(), &text.join("\n"));
+        }
+        // After one pass: that pass's graph is the pipeline's graph up to it.
+        graph = match &print_after {
+            PrintAfter::Pass(name) => {
+                let upto = pass_names().iter().position(|p| p == name).expect("checked above") + 1;
+                let passes: Vec<_> = pipeline().into_iter().take(upto).collect();
+                passes.iter().try_fold(graph, |g, p| qlift_passes::manager::run_pass(&g, p).map(|(g, _)| g))?
+            }
+            _ => optimized,
+        };
+    }
     let out = match args.format {
         DumpFormat::Text => {
             let opts = text::PrintOptions { full_constants: args.full_constants, ..Default::default() };
@@ -125,10 +174,15 @@ fn dump(args: &DumpArgs) -> Result<()> {
         }
         DumpFormat::Dot => qlift_ir::dot::to_dot(&graph),
     };
-    match &args.output {
-        Some(path) => std::fs::write(path, out).with_context(|| format!("writing {}", path.display())),
+    emit(args.output.as_deref(), &out)
+}
+
+/// Writes text to a file, or to standard output.
+fn emit(path: Option<&Path>, text: &str) -> Result<()> {
+    match path {
+        Some(path) => std::fs::write(path, text).with_context(|| format!("writing {}", path.display())),
         None => {
-            print!("{out}");
+            print!("{text}");
             Ok(())
         }
     }

@@ -90,9 +90,13 @@ pub fn to_graph(eg: &GraphEGraph) -> Result<Graph, PassError> {
         }
         let node = extractor.find_best_node(c);
         let is_missing = |id: &Id| matches!(extractor.find_best_node(*id), QNode::Missing);
+        // A constant the rewrites created is named after the op that uses it, when it is built.
+        let is_new_constant =
+            |id: &Id| egraph[*id].data.name.is_none() && matches!(extractor.find_best_node(*id), QNode::Const(_));
         if !ready {
             stack.push((c, true));
-            stack.extend(node.children().iter().filter(|k| !is_missing(k)).map(|&k| (egraph.find(k), false)));
+            let children = node.children().iter().filter(|k| !is_missing(k) && !is_new_constant(k));
+            stack.extend(children.map(|&k| (egraph.find(k), false)));
             continue;
         }
         let data = &egraph[c].data;
@@ -103,8 +107,21 @@ pub fn to_graph(eg: &GraphEGraph) -> Result<Graph, PassError> {
                 graph.add_const(&value_name, constant.tensor.clone(), constant.quant.clone())
             }
             QNode::Op(sym, children) => {
-                let operands: Vec<Option<ValueId>> =
-                    children.iter().map(|k| (!is_missing(k)).then(|| values[&egraph.find(*k)])).collect();
+                let mut operands: Vec<Option<ValueId>> = Vec::with_capacity(children.len());
+                for (slot, k) in children.iter().enumerate() {
+                    let k = egraph.find(*k);
+                    operands.push(match extractor.find_best_node(k) {
+                        QNode::Missing => None,
+                        QNode::Const(key) if !values.contains_key(&k) && is_new_constant(&k) => {
+                            let constant = &egraph.analysis.constants[key];
+                            let name = names.fresh(&format!("{value_name}.{slot}"));
+                            let v = graph.add_const(&name, constant.tensor.clone(), constant.quant.clone());
+                            values.insert(k, v);
+                            Some(v)
+                        }
+                        _ => Some(values[&k]),
+                    });
+                }
                 let ty = data.ty.clone().ok_or_else(|| PassError::Bug(format!("class of `{value_name}` has no type")))?;
                 let id = graph.add_node(&node_name, sym.op(), &operands, vec![Value { name: value_name, ty }])?;
                 ValueId { node: id, output: 0 }

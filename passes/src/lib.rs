@@ -7,6 +7,10 @@ pub mod analysis;
 pub mod bridge;
 pub mod cost;
 pub mod lang;
+pub mod manager;
+pub mod rules;
+
+pub use manager::{pass_names, pipeline, run_pipeline, PassRun, PipelineOptions, PrintAfter};
 
 /// Errors of the passes.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +21,14 @@ pub enum PassError {
     /// A pass produced an inconsistent graph or the IR refused a build step: a bug in qlift.
     #[error("internal error in a pass: {0}")]
     Bug(String),
+    /// A dump file could not be written (environment).
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// An IR error (the verifier after a pass: a bug in that pass).
     #[error(transparent)]
     Ir(#[from] qlift_ir::IrError),

@@ -1,0 +1,126 @@
+//! The pass manager: named passes in a fixed default pipeline, IR dumps after any or every
+//! pass, per-pass timings, and the verifier after every pass in debug builds (so a pass that
+//! breaks the graph is caught at that pass).
+
+use crate::bridge::{to_egraph, to_graph};
+use crate::rules::{self, QRewrite};
+use crate::PassError;
+use egg::Runner;
+use qlift_ir::text::{print, PrintOptions};
+use qlift_ir::Graph;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// A named pass: one rule family run to saturation (within limits) on an e-graph of the
+/// graph, then the cheapest graph extracted. Constant folding happens in the e-graph's
+/// analysis in every pass; `fold-constants` is the pass with no rules besides it.
+pub struct Pass {
+    /// Name used on the command line (`--after fold-bn`).
+    pub name: &'static str,
+    /// What it does, for `--help` and dumps.
+    pub about: &'static str,
+    rules: fn() -> Vec<QRewrite>,
+}
+
+/// The default pipeline, in order.
+pub fn pipeline() -> Vec<Pass> {
+    vec![
+        Pass { name: "cleanup", about: "remove Identity/Dropout/no-op Reshape, merge Reshape and Transpose chains", rules: rules::cleanup::rules },
+        Pass { name: "fold-constants", about: "evaluate every op whose operands are all constants", rules: Vec::new },
+        Pass { name: "fold-bn", about: "fold BatchNormalization into Conv/Gemm/MatMul, or into a scale and shift", rules: rules::bn_fold::rules },
+        Pass { name: "absorb-affine", about: "move per-channel Mul/Add by constants into Conv/Gemm weights and bias", rules: rules::absorb::rules },
+        Pass { name: "fuse-activations", about: "attach Relu/Clip to their producer as a fused clamp", rules: rules::activation::rules },
+    ]
+}
+
+/// Which passes to print the IR after.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum PrintAfter {
+    /// None.
+    #[default]
+    Nothing,
+    /// Every pass.
+    All,
+    /// The named pass.
+    Pass(String),
+}
+
+/// How to run the pipeline.
+#[derive(Clone, Debug, Default)]
+pub struct PipelineOptions {
+    /// Passes after which [`PassRun::dump`] is filled in.
+    pub print_after: PrintAfter,
+    /// Write the IR after each pass to `DIR/NN-pass.qir` (numbered in pipeline order).
+    pub dump_dir: Option<PathBuf>,
+}
+
+/// What one pass did.
+#[derive(Clone, Debug)]
+pub struct PassRun {
+    /// The pass.
+    pub name: &'static str,
+    /// Wall time, e-graph build to extracted graph.
+    pub time: Duration,
+    /// Graph nodes before and after.
+    pub nodes: (usize, usize),
+    /// E-graph size when the rules stopped.
+    pub egraph_nodes: usize,
+    /// The IR after the pass, when it was asked for.
+    pub dump: Option<String>,
+}
+
+/// E-graph limits from the environment (`QLIFT_EGRAPH_NODE_LIMIT`, `QLIFT_EGRAPH_ITER_LIMIT`),
+/// as egg's own tests read theirs: the defaults are far above what the rules need on real
+/// models, and bound the work on adversarial ones.
+fn limit(var: &str, default: usize) -> usize {
+    std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Runs one pass.
+pub fn run_pass(graph: &Graph, pass: &Pass) -> Result<(Graph, usize), PassError> {
+    let mut eg = to_egraph(graph)?;
+    let runner = Runner::default()
+        .with_egraph(std::mem::take(&mut eg.egraph))
+        .with_node_limit(limit("QLIFT_EGRAPH_NODE_LIMIT", 200_000))
+        .with_iter_limit(limit("QLIFT_EGRAPH_ITER_LIMIT", 30))
+        .with_time_limit(Duration::from_secs(10))
+        .run(&(pass.rules)());
+    eg.egraph = runner.egraph;
+    let size = eg.egraph.total_number_of_nodes();
+    let out = to_graph(&eg)?;
+    if cfg!(debug_assertions) {
+        qlift_ir::verify(&out).map_err(|e| PassError::Bug(format!("after pass {}: {e}", pass.name)))?;
+    }
+    Ok((out, size))
+}
+
+/// Runs the default pipeline.
+pub fn run_pipeline(graph: &Graph, opts: &PipelineOptions) -> Result<(Graph, Vec<PassRun>), PassError> {
+    let mut graph = graph.clone();
+    let mut runs = Vec::new();
+    for (i, pass) in pipeline().iter().enumerate() {
+        let start = Instant::now();
+        let before = graph.node_count();
+        let (next, egraph_nodes) = run_pass(&graph, pass)?;
+        graph = next;
+        let time = start.elapsed();
+        let wanted = match &opts.print_after {
+            PrintAfter::Nothing => false,
+            PrintAfter::All => true,
+            PrintAfter::Pass(name) => name == pass.name,
+        };
+        let text = (wanted || opts.dump_dir.is_some()).then(|| print(&graph, &PrintOptions::default()));
+        if let (Some(dir), Some(text)) = (&opts.dump_dir, &text) {
+            std::fs::create_dir_all(dir).map_err(|source| PassError::Io { path: dir.clone(), source })?;
+            let path = dir.join(format!("{:02}-{}.qir", i + 1, pass.name));
+            std::fs::write(&path, text).map_err(|source| PassError::Io { path, source })?;
+        }
+        runs.push(PassRun { name: pass.name, time, nodes: (before, graph.node_count()), egraph_nodes, dump: text.filter(|_| wanted) });
+    }
+    Ok((graph, runs))
+}
+
+/// The names of the pipeline's passes (to validate `--after`).
+pub fn pass_names() -> Vec<&'static str> {
+    pipeline().iter().map(|p| p.name).collect()
+}

@@ -1,0 +1,134 @@
+//! Rewrite rules as data: one file per family, each exporting `rules()`. Rules that need
+//! tensor values use a custom applier ([`Apply`]) that reads constants from the analysis.
+//! The contract every rule keeps is in `README.md` beside this file.
+
+use crate::analysis::{Constant, QAnalysis, QEGraph};
+use crate::lang::{OpSym, QNode};
+use egg::{Applier, Id, PatternAst, Rewrite, Subst, Symbol, Var};
+use qlift_ir::{Attrs, Op, OpKind, Tensor, TensorType};
+use std::sync::Arc;
+
+pub mod absorb;
+pub mod activation;
+pub mod bn_fold;
+pub mod cleanup;
+
+/// A rewrite over qlift's e-graph.
+pub type QRewrite = Rewrite<QNode, QAnalysis>;
+
+/// An applier written as a function: given the matched class and the substitution, it
+/// returns the class of an equivalent term it built, or `None` when the rule does not apply.
+pub struct Apply(pub fn(&mut QEGraph, Id, &Subst) -> Option<Id>);
+
+impl Applier<QNode, QAnalysis> for Apply {
+    fn apply_one(&self, egraph: &mut QEGraph, eclass: Id, subst: &Subst, _: Option<&PatternAst<QNode>>, _: Symbol) -> Vec<Id> {
+        match (self.0)(egraph, eclass, subst) {
+            Some(new) if egraph.union(eclass, new) => vec![eclass],
+            _ => vec![],
+        }
+    }
+}
+
+/// The class bound to a pattern variable such as `"?x"`.
+pub(crate) fn var(subst: &Subst, name: &str) -> Id {
+    subst[name.parse::<Var>().expect("pattern variables are written correctly in the rules")]
+}
+
+/// The type of a class.
+pub(crate) fn ty(egraph: &QEGraph, id: Id) -> Option<&TensorType> {
+    egraph[id].data.ty.as_ref()
+}
+
+/// Whether a class is the missing operand.
+pub(crate) fn is_missing(egraph: &QEGraph, id: Id) -> bool {
+    egraph[id].nodes.iter().any(|n| matches!(n, QNode::Missing))
+}
+
+/// The real values and shape of a constant class: an f32 constant, or the
+/// DequantizeLinear of a quantized constant (read through, since the analysis does not
+/// fold dequantization: quantized weights stay quantized unless a rule consumes them).
+pub(crate) fn f32_values(egraph: &QEGraph, id: Id) -> Option<(Vec<f64>, Vec<usize>)> {
+    if let Some(c) = egraph[id].data.constant.as_ref().filter(|c| c.quant.is_none()) {
+        let v = c.tensor.as_f32().ok()?;
+        return Some((v.iter().map(|&x| x as f64).collect(), c.tensor.shape().to_vec()));
+    }
+    let (_, operands) = op_node(egraph, id, &[OpKind::DequantizeLinear])?;
+    let q = egraph[operands[0]].data.constant.as_ref()?;
+    let op = Op::new(OpKind::DequantizeLinear, Attrs::new());
+    let ty = q.ty();
+    let out = qlift_ir::interp::eval_op(&op, &[Some(q.tensor.as_ref())], &[Some(&ty)], std::slice::from_ref(egraph[id].data.ty.as_ref()?)).ok()?;
+    let v = out.first()?.as_f32().ok()?;
+    Some((v.iter().map(|&x| x as f64).collect(), out[0].shape().to_vec()))
+}
+
+/// The first node of one of `kinds` in a class: its symbol and operand classes.
+pub(crate) fn op_node(egraph: &QEGraph, id: Id, kinds: &[OpKind]) -> Option<(OpSym, Vec<Id>)> {
+    egraph[id].nodes.iter().find_map(|n| match n {
+        QNode::Op(sym, children) if kinds.contains(&sym.kind) => Some((sym.clone(), children.clone())),
+        _ => None,
+    })
+}
+
+/// The node of `kind` in the matched class whose operands are `operands` (the one the
+/// pattern matched), for reading its attributes.
+pub(crate) fn matched(egraph: &QEGraph, eclass: Id, kind: OpKind, operands: &[Id]) -> Option<OpSym> {
+    let want: Vec<Id> = operands.iter().map(|&c| egraph.find(c)).collect();
+    egraph[eclass].nodes.iter().find_map(|n| match n {
+        QNode::Op(sym, children) if sym.kind == kind && children.iter().map(|&c| egraph.find(c)).eq(want.iter().copied()) => {
+            Some(sym.clone())
+        }
+        _ => None,
+    })
+}
+
+/// Adds an f32 constant (values rounded from f64 once).
+pub(crate) fn add_f32(egraph: &mut QEGraph, shape: &[usize], values: &[f64]) -> Id {
+    let tensor = Tensor::from_f32(shape, values.iter().map(|&v| v as f32).collect());
+    let node = egraph.analysis.constant_node(Constant { tensor: Arc::new(tensor), quant: None });
+    egraph.add(node)
+}
+
+/// Adds an op node if its type checks against the operand classes (else `None`: a rule
+/// never adds an ill-typed node).
+pub(crate) fn add_op(egraph: &mut QEGraph, kind: OpKind, attrs: Attrs, children: Vec<Id>) -> Option<Id> {
+    let op = Op::new(kind, attrs);
+    let types: Vec<Option<&TensorType>> = children.iter().map(|&c| ty(egraph, c)).collect();
+    qlift_ir::infer_op(&op, &types, &[]).ok()?;
+    Some(egraph.add(QNode::Op(OpSym::new(&op, None), children)))
+}
+
+/// Per-output-channel factors from a constant that broadcasts against a result of rank
+/// `rank` whose channels are on `axis` (`channels` of them): a scalar, or 1 everywhere
+/// except `channels` on that axis.
+pub(crate) fn per_channel(values: &[f64], shape: &[usize], rank: usize, axis: usize, channels: usize) -> Option<Vec<f64>> {
+    if values.len() == 1 {
+        return Some(vec![values[0]; channels]);
+    }
+    if shape.len() > rank || values.len() != channels {
+        return None;
+    }
+    let aligned = rank - shape.len();
+    let ok = shape.iter().enumerate().all(|(i, &d)| if i + aligned == axis { d == channels } else { d == 1 });
+    ok.then(|| values.to_vec())
+}
+
+/// The rank of a class's value.
+pub(crate) fn rank(egraph: &QEGraph, id: Id) -> Option<usize> {
+    ty(egraph, id).map(|t| t.shape.rank())
+}
+
+/// A shape of `rank` that is `channels` on axis 1 and 1 elsewhere (per-channel operand).
+pub(crate) fn channel_shape(rank: usize, channels: usize) -> Vec<usize> {
+    let mut s = vec![1; rank.saturating_sub(1)];
+    if let Some(first) = s.first_mut() {
+        *first = channels;
+    } else {
+        s.push(channels);
+    }
+    s
+}
+
+/// Whether an op carries no fused activation (so it is still affine in its output).
+pub(crate) fn is_affine(sym: &OpSym) -> bool {
+    matches!(sym.op().fused_activation(), Ok(None))
+}
