@@ -19,6 +19,8 @@ pub struct GraphEGraph {
     /// an unchanged graph's node order.
     order: Vec<Id>,
     inputs: Vec<(String, TensorType)>,
+    /// Output names: the model's interface, kept whatever the rewrites merge.
+    output_names: Vec<String>,
     name: String,
 }
 
@@ -63,8 +65,9 @@ pub fn to_egraph(graph: &Graph) -> Result<GraphEGraph, PassError> {
         order.push(c);
     }
     let roots = graph.outputs().iter().map(|v| class[v]).collect();
+    let output_names = graph.outputs().iter().map(|v| graph.value(*v).name.clone()).collect();
     egraph.rebuild();
-    Ok(GraphEGraph { egraph, roots, order, inputs, name: graph.name.clone() })
+    Ok(GraphEGraph { egraph, roots, order, inputs, output_names, name: graph.name.clone() })
 }
 
 /// Extracts the cheapest graph (see [`CostModel`]) from the e-graph.
@@ -130,10 +133,29 @@ pub fn to_graph(eg: &GraphEGraph) -> Result<Graph, PassError> {
         };
         values.insert(c, v);
     }
-    let outputs = eg.roots.iter().map(|&r| values[&egraph.find(r)]).collect();
+    let mut outputs = Vec::with_capacity(eg.roots.len());
+    for (&root, name) in eg.roots.iter().zip(&eg.output_names) {
+        outputs.push(named_output(&mut graph, values[&egraph.find(root)], name, &outputs)?);
+    }
     graph.set_outputs(outputs)?;
     graph.remove_dead_nodes();
     Ok(graph)
+}
+
+/// The value to expose as the output called `name`: `v` renamed when it is an op result no
+/// earlier output uses, else an Identity of it (an output that became a graph input, a
+/// constant or another output still needs its own name).
+fn named_output(graph: &mut Graph, v: ValueId, name: &str, earlier: &[ValueId]) -> Result<ValueId, PassError> {
+    if graph.value(v).name == name {
+        return Ok(v);
+    }
+    let taken = graph.find_value(name).is_some();
+    if matches!(graph.node(v.node).op, NodeOp::Apply(_)) && !earlier.contains(&v) && !taken {
+        graph.node_mut(v.node).outputs[v.output].name = name.to_string();
+        return Ok(v);
+    }
+    let op = qlift_ir::Op::new(OpKind::Identity, qlift_ir::Attrs::new());
+    Ok(graph.add_op(name, op, &[Some(v)], &[name])?[0])
 }
 
 /// Unique names for rebuilt values: a class keeps its graph name the first time it is

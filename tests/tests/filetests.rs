@@ -7,6 +7,10 @@
 //! - `; test run`: every `; run: INPUTS -> OUTPUTS` line (tensors written as constants are,
 //!   `dtype[shape] [data]`, separated by `;;`) runs through the reference interpreter; integer
 //!   results must match exactly, f32 results within 1e-6 relative.
+//! - `; test pass NAME`: the pass runs on the graph; its printed result must contain every
+//!   `; check: TEXT` line in order (`; nextln: TEXT` on the line right after the previous
+//!   match), none of the `; not: TEXT` lines, and verify; `; run:` lines hold for the graph
+//!   before and after the pass (within 1e-5 relative, the pass may reassociate f32 math).
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use qlift_ir::text::{parse, parse_tensor};
@@ -30,7 +34,8 @@ fn run_file(path: &Path) -> Result<(), Failed> {
     let graph = parse(&text).map_err(|e| format!("parse: {e}"))?;
     match kind {
         Some("verifier") => check_verifier(&text, &graph),
-        Some("run") => check_runs(&text, &graph),
+        Some("run") => check_runs(&text, &graph, 1e-6),
+        Some(k) if k.starts_with("pass ") => check_pass(&text, &graph, k["pass ".len()..].trim()),
         other => Err(format!("unknown test kind {other:?} (first line must be `; test verifier|run`)").into()),
     }
 }
@@ -70,10 +75,10 @@ fn tensors(list: &str) -> Result<Vec<Tensor>, Failed> {
     list.split(";;").map(|t| parse_tensor(t.trim()).map_err(|e| format!("`{}`: {e}", t.trim()).into())).collect()
 }
 
-fn check_runs(text: &str, graph: &qlift_ir::Graph) -> Result<(), Failed> {
+fn check_runs(text: &str, graph: &qlift_ir::Graph, tolerance: f32) -> Result<(), Failed> {
     verify(graph).map_err(|e| e.to_string())?;
     let runs: Vec<&str> = text.lines().filter_map(|l| l.split_once("; run:").map(|(_, r)| r)).collect();
-    if runs.is_empty() {
+    if runs.is_empty() && tolerance < 1e-5 {
         return Err("a run test needs `; run:` lines".into());
     }
     for run in runs {
@@ -83,7 +88,7 @@ fn check_runs(text: &str, graph: &qlift_ir::Graph) -> Result<(), Failed> {
         let same = got.len() == want.len()
             && got.iter().zip(&want).all(|(g, w)| match (g.data(), w.data()) {
                 (TensorData::F32(a), TensorData::F32(b)) => {
-                    g.shape() == w.shape() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-6 * y.abs().max(1.0))
+                    g.shape() == w.shape() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tolerance * y.abs().max(1.0))
                 }
                 _ => g == w,
             });
@@ -92,6 +97,31 @@ fn check_runs(text: &str, graph: &qlift_ir::Graph) -> Result<(), Failed> {
         }
     }
     Ok(())
+}
+
+fn check_pass(text: &str, graph: &qlift_ir::Graph, name: &str) -> Result<(), Failed> {
+    let pass = qlift_passes::pipeline().into_iter().find(|p| p.name == name).ok_or_else(|| format!("no pass `{name}`"))?;
+    let (after, _) = qlift_passes::manager::run_pass(graph, &pass).map_err(|e| e.to_string())?;
+    verify(&after).map_err(|e| format!("after {name}: {e}"))?;
+    let printed = qlift_ir::text::print(&after, &Default::default());
+    let lines: Vec<&str> = printed.lines().collect();
+    let mut at = 0usize;
+    for directive in text.lines().filter_map(|l| l.trim_start().strip_prefix("; ")) {
+        if let Some(want) = directive.strip_prefix("check:").map(str::trim) {
+            at = at + lines[at..].iter().position(|l| l.contains(want)).ok_or_else(|| format!("check `{want}` not found after line {at}:\n{printed}"))? + 1;
+        } else if let Some(want) = directive.strip_prefix("nextln:").map(str::trim) {
+            if !lines.get(at).is_some_and(|l| l.contains(want)) {
+                return Err(format!("nextln `{want}` is not line {}:\n{printed}", at + 1).into());
+            }
+            at += 1;
+        } else if let Some(unwanted) = directive.strip_prefix("not:").map(str::trim) {
+            if printed.contains(unwanted) {
+                return Err(format!("`{unwanted}` is still there:\n{printed}").into());
+            }
+        }
+    }
+    check_runs(text, graph, 1e-5)?;
+    check_runs(text, &after, 1e-5)
 }
 
 fn main() {
