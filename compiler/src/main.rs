@@ -72,13 +72,16 @@ struct DumpArgs {
     full_constants: bool,
     /// Run the rewrite pipeline and print the IR after this pass, or after every pass with
     /// `all` (passes: cleanup, fold-constants, fold-bn, absorb-affine, fuse-activations).
-    #[arg(long, value_name = "PASS|all")]
+    #[arg(long, value_name = "PASS|all", alias = "print-after")]
     after: Option<String>,
+    /// The same as `--after all` (LLVM's spelling).
+    #[arg(long, conflicts_with = "after")]
+    print_after_all: bool,
     /// With --after: also write the IR after each pass to DIR/NN-pass.qir.
-    #[arg(long, value_name = "DIR", requires = "after")]
+    #[arg(long, value_name = "DIR")]
     dump_dir: Option<PathBuf>,
     /// With --after: print each pass's time and node counts to standard error.
-    #[arg(long, requires = "after")]
+    #[arg(long)]
     timings: bool,
 }
 
@@ -133,8 +136,12 @@ fn load_model(path: &Path) -> Result<Graph> {
 
 fn dump(args: &DumpArgs) -> Result<()> {
     let mut graph = load_model(&args.model)?;
-    if let Some(after) = &args.after {
-        let print_after = match after.as_str() {
+    let after = if args.print_after_all { Some("all") } else { args.after.as_deref() };
+    if after.is_none() && (args.dump_dir.is_some() || args.timings) {
+        bail!("--dump-dir and --timings need --after PASS|all");
+    }
+    if let Some(after) = after {
+        let print_after = match after {
             "all" => PrintAfter::All,
             name if pass_names().contains(&name) => PrintAfter::Pass(name.to_string()),
             name => bail!("unknown pass `{name}` (passes: {}, or all)", pass_names().join(", ")),

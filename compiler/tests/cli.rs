@@ -57,6 +57,23 @@ fn dump_prints_text_and_dot_and_the_text_runs_again() {
 }
 
 #[test]
+fn dump_after_passes_shows_the_pipeline() {
+    let dir = temp("passes");
+    let o = qlift(&["dump", &model("digits_cnn.onnx"), "--after", "all", "--timings", "--dump-dir", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("; after fold-bn") && stdout(&o).contains("; after fuse-activations"));
+    assert!(stderr(&o).contains("fold-bn") && stderr(&o).contains(" ms"), "{}", stderr(&o));
+    let files: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(files.contains(&"03-fold-bn.qir".to_string()), "{files:?}");
+    let o = qlift(&["dump", &model("digits_cnn.onnx"), "--print-after", "fold-bn"]);
+    assert!(o.status.success());
+    assert!(!stdout(&o).contains("BatchNormalization") && stdout(&o).contains("Relu("), "{}", stdout(&o));
+    let o = qlift(&["dump", &model("digits_cnn.onnx"), "--after", "frobnicate"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("unknown pass `frobnicate`"), "{}", stderr(&o));
+}
+
+#[test]
 fn run_writes_outputs_and_scores_labels() {
     let out = temp("logits.npy");
     let o = qlift(&[

@@ -73,7 +73,7 @@ pub fn to_egraph(graph: &Graph) -> Result<GraphEGraph, PassError> {
 /// Extracts the cheapest graph (see [`CostModel`]) from the e-graph.
 pub fn to_graph(eg: &GraphEGraph) -> Result<Graph, PassError> {
     let egraph = &eg.egraph;
-    let extractor = Extractor::new(egraph, CostModel);
+    let extractor = Extractor::new(egraph, CostModel { egraph });
     let mut graph = Graph::new(&eg.name);
     let mut names = Names::default();
     let mut values: HashMap<Id, ValueId> = HashMap::new();

@@ -1,22 +1,53 @@
 //! The extraction cost: fewer nodes first, then less arithmetic, integer arithmetic
 //! counting half as much as float.
 
+use crate::analysis::QEGraph;
 use crate::lang::QNode;
 use egg::{CostFunction, Id, Language};
+use qlift_ir::{OpKind, TensorType};
 
 /// Cost of a term: node count, then estimated multiply-accumulates (float weighted 2×).
 #[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
 pub struct Cost {
     /// Op and constant nodes.
     pub nodes: usize,
-    /// Weighted arithmetic estimate.
+    /// Weighted arithmetic estimate for one sample (batch 1).
     pub work: f64,
 }
 
-/// The cost model of extraction.
-pub struct CostModel;
+/// The cost model of extraction; it reads operand types from the e-graph to estimate work.
+pub struct CostModel<'a> {
+    /// The e-graph being extracted from.
+    pub egraph: &'a QEGraph,
+}
 
-impl CostFunction<QNode> for CostModel {
+/// Elements of a type for one sample.
+fn elements(t: &TensorType) -> f64 {
+    t.shape.resolve(1).iter().product::<usize>() as f64
+}
+
+impl CostModel<'_> {
+    /// Multiply-accumulates (or elementwise operations) of one op for one sample.
+    fn work(&self, kind: OpKind, children: &[Id]) -> f64 {
+        let ty = |i: usize| children.get(i).and_then(|&c| self.egraph[c].data.ty.as_ref());
+        let first = ty(0).map_or(1.0, elements);
+        match kind {
+            // Output elements × (C/group × kernel) = weights × output spatial positions; use
+            // weights × input positions, which differs only by the stride.
+            OpKind::Conv | OpKind::ConvInteger | OpKind::QLinearConv => {
+                let w = ty(1).map_or(1.0, elements);
+                let spatial = ty(0).map_or(1.0, |t| t.shape.resolve(1).iter().skip(2).product::<usize>() as f64);
+                w * spatial
+            }
+            OpKind::Gemm | OpKind::MatMul | OpKind::MatMulInteger | OpKind::QLinearMatMul => {
+                first * ty(1).and_then(|t| t.shape.resolve(1).last().copied()).unwrap_or(1) as f64
+            }
+            _ => first,
+        }
+    }
+}
+
+impl CostFunction<QNode> for CostModel<'_> {
     type Cost = Cost;
 
     fn cost<C: FnMut(Id) -> Cost>(&mut self, enode: &QNode, mut costs: C) -> Cost {
@@ -24,9 +55,11 @@ impl CostFunction<QNode> for CostModel {
             QNode::Input(_) | QNode::Missing => Cost { nodes: 0, work: 0.0 },
             QNode::Const(_) => Cost { nodes: 1, work: 0.0 },
             QNode::Op(sym, children) => {
-                // Integer (quantized) ops are cheaper than the float ops they replace.
-                let weight = if sym.kind.name().starts_with('Q') || sym.kind.name().ends_with("Integer") { 1.0 } else { 2.0 };
-                Cost { nodes: 1, work: weight * (1 + children.len()) as f64 }
+                let integer = matches!(
+                    sym.kind,
+                    OpKind::QLinearConv | OpKind::QLinearMatMul | OpKind::ConvInteger | OpKind::MatMulInteger
+                );
+                Cost { nodes: 1, work: self.work(sym.kind, children) * if integer { 1.0 } else { 2.0 } }
             }
         };
         enode.children().iter().fold(own, |acc, &c| {
