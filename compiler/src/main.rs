@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use qlift::npy::{read_npy, write_npy};
 use qlift::{load_onnx, ImportOptions};
 use qlift_ir::{text, Graph, Tensor};
-use qlift_passes::{pass_names, pipeline, run_pipeline, PipelineOptions, PrintAfter};
+use qlift_passes::{pass_names, run_pipeline, PipelineOptions, PrintAfter};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -146,10 +146,14 @@ fn dump(args: &DumpArgs) -> Result<()> {
             name if pass_names().contains(&name) => PrintAfter::Pass(name.to_string()),
             name => bail!("unknown pass `{name}` (passes: {}, or all)", pass_names().join(", ")),
         };
-        let opts = PipelineOptions { print_after: print_after.clone(), dump_dir: args.dump_dir.clone() };
+        let stop_after = match &print_after {
+            PrintAfter::Pass(name) => Some(name.clone()),
+            _ => None,
+        };
+        let opts = PipelineOptions { print_after: print_after.clone(), dump_dir: args.dump_dir.clone(), stop_after };
         let (optimized, runs) = run_pipeline(&graph, &opts).context("running the pass pipeline")?;
-        for run in &runs {
-            if args.timings {
+        if args.timings {
+            for run in &runs {
                 eprintln!(
                     "{:<18} {:>8.2} ms  nodes {:>4} -> {:<4} e-graph {:>5}",
                     run.name,
@@ -164,15 +168,7 @@ fn dump(args: &DumpArgs) -> Result<()> {
             let text: Vec<String> = runs.iter().filter_map(|r| r.dump.as_ref().map(|d| format!("; after {}\n{d}", r.name))).collect();
             return emit(args.output.as_deref(), &text.join("\n"));
         }
-        // After one pass: that pass's graph is the pipeline's graph up to it.
-        graph = match &print_after {
-            PrintAfter::Pass(name) => {
-                let upto = pass_names().iter().position(|p| p == name).expect("checked above") + 1;
-                let passes: Vec<_> = pipeline().into_iter().take(upto).collect();
-                passes.iter().try_fold(graph, |g, p| qlift_passes::manager::run_pass(&g, p).map(|(g, _)| g))?
-            }
-            _ => optimized,
-        };
+        graph = optimized;
     }
     let out = match args.format {
         DumpFormat::Text => {

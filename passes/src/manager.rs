@@ -52,6 +52,8 @@ pub struct PipelineOptions {
     pub print_after: PrintAfter,
     /// Write the IR after each pass to `DIR/NN-pass.qir` (numbered in pipeline order).
     pub dump_dir: Option<PathBuf>,
+    /// Stop after the named pass (the graph returned is the graph after it).
+    pub stop_after: Option<String>,
 }
 
 /// What one pass did.
@@ -116,6 +118,9 @@ pub fn run_pipeline(graph: &Graph, opts: &PipelineOptions) -> Result<(Graph, Vec
             std::fs::write(&path, text).map_err(|source| PassError::Io { path, source })?;
         }
         runs.push(PassRun { name: pass.name, time, nodes: (before, graph.node_count()), egraph_nodes, dump: text.filter(|_| wanted) });
+        if opts.stop_after.as_deref() == Some(pass.name) {
+            break;
+        }
     }
     Ok((graph, runs))
 }
