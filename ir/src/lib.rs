@@ -12,6 +12,7 @@ mod attrs;
 pub mod dot;
 mod dtype;
 mod error;
+pub mod fixed_point;
 mod graph;
 pub mod interp;
 mod op;

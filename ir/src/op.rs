@@ -122,6 +122,24 @@ ops! {
     Unsqueeze: 1..=1 -> 1 { "axes": Ints },
     /// Constant padding: `pads` as ONNX orders them (all begins, then all ends), fill `value`.
     Pad: 1..=1 -> 1 { "pads": Ints, "value": Float },
+    /// Integer convolution with fixed-point requantization (`fixed_point`): 8-bit input per
+    /// tensor, 8-bit weights per tensor or per output channel, optional i32 bias, declared
+    /// 8-bit result. What DequantizeLinear → Conv → QuantizeLinear lowers to.
+    QConv: 2..=3 -> 1 { "dilations": Ints, "group": Int, "kernel_shape": Ints, "pads": Ints, "strides": Ints },
+    /// Integer matrix product `A · B` (+ i32 bias per column) with fixed-point
+    /// requantization; B per tensor or per column. What quantized Gemm and MatMul lower to.
+    QMatMul: 2..=3 -> 1 {},
+    /// Broadcasting addition of two quantized values, both rescaled and rounded once.
+    QAdd: 2..=2 -> 1 {},
+    /// Average pooling of a quantized value: integer window sums, fixed-point division.
+    QAveragePool: 1..=1 -> 1 { "ceil_mode": Int, "count_include_pad": Int, "dilations": Ints, "kernel_shape": Ints, "pads": Ints, "strides": Ints },
+    /// Spatial mean of a quantized value.
+    QGlobalAveragePool: 1..=1 -> 1 {},
+    /// Concatenation of quantized values, each rescaled to the result's parameters.
+    QConcat: 1..=* -> 1 { "axis": Int },
+    /// A quantized value re-expressed in the declared result's parameters (what
+    /// DequantizeLinear → QuantizeLinear folds to); may carry a fused activation.
+    Requantize: 1..=1 -> 1 {},
     /// f32 (or i32) to the quantized type and parameters declared on the result.
     QuantizeLinear: 1..=1 -> 1 {},
     /// A quantized value (parameters on its type) back to f32.
@@ -188,7 +206,23 @@ pub const FUSED_ACTIVATION: [&str; 2] = ["act_min", "act_max"];
 impl OpKind {
     /// Whether the op can carry a fused activation (see [`FUSED_ACTIVATION`]).
     pub fn takes_fused_activation(self) -> bool {
-        matches!(self, OpKind::Conv | OpKind::Gemm | OpKind::MatMul | OpKind::Add)
+        matches!(
+            self,
+            OpKind::Conv | OpKind::Gemm | OpKind::MatMul | OpKind::Add | OpKind::QConv | OpKind::QMatMul | OpKind::QAdd | OpKind::Requantize
+        )
+    }
+}
+
+impl OpKind {
+    /// Whether the op's result type is declared rather than inferred: its quantization
+    /// parameters are a choice (QuantizeLinear's, an integer op's output), not a
+    /// consequence of the operands.
+    pub fn declares_result_type(self) -> bool {
+        use OpKind::*;
+        matches!(
+            self,
+            QuantizeLinear | QLinearConv | QLinearMatMul | QConv | QMatMul | QAdd | QAveragePool | QGlobalAveragePool | QConcat | Requantize
+        )
     }
 }
 

@@ -24,11 +24,6 @@ pub struct GraphEGraph {
     name: String,
 }
 
-/// Ops whose result type is declared, not inferred: their e-nodes carry it.
-fn needs_declared_type(kind: OpKind) -> bool {
-    matches!(kind, OpKind::QuantizeLinear | OpKind::QLinearConv | OpKind::QLinearMatMul)
-}
-
 /// Builds the e-graph of a verified graph.
 pub fn to_egraph(graph: &Graph) -> Result<GraphEGraph, PassError> {
     let inputs: Vec<(String, TensorType)> =
@@ -52,7 +47,7 @@ pub fn to_egraph(graph: &Graph) -> Result<GraphEGraph, PassError> {
                     return Err(PassError::Unsupported(format!("node `{}` has {} results", node.name, node.outputs.len())));
                 }
                 let children = graph.node_inputs(id).iter().map(|v| v.map_or(missing, |v| class[&v])).collect();
-                let declared = needs_declared_type(op.kind).then(|| node.outputs[0].ty.clone());
+                let declared = op.kind.declares_result_type().then(|| node.outputs[0].ty.clone());
                 QNode::Op(OpSym::new(op, declared), children)
             }
         };

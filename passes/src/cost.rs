@@ -34,12 +34,12 @@ impl CostModel<'_> {
         match kind {
             // Output elements × (C/group × kernel) = weights × output spatial positions; use
             // weights × input positions, which differs only by the stride.
-            OpKind::Conv | OpKind::ConvInteger | OpKind::QLinearConv => {
+            OpKind::Conv | OpKind::ConvInteger | OpKind::QLinearConv | OpKind::QConv => {
                 let w = ty(1).map_or(1.0, elements);
                 let spatial = ty(0).map_or(1.0, |t| t.shape.resolve(1).iter().skip(2).product::<usize>() as f64);
                 w * spatial
             }
-            OpKind::Gemm | OpKind::MatMul | OpKind::MatMulInteger | OpKind::QLinearMatMul => {
+            OpKind::Gemm | OpKind::MatMul | OpKind::MatMulInteger | OpKind::QLinearMatMul | OpKind::QMatMul => {
                 first * ty(1).and_then(|t| t.shape.resolve(1).last().copied()).unwrap_or(1) as f64
             }
             _ => first,
@@ -55,10 +55,8 @@ impl CostFunction<QNode> for CostModel<'_> {
             QNode::Input(_) | QNode::Missing => Cost { nodes: 0, work: 0.0 },
             QNode::Const(_) => Cost { nodes: 1, work: 0.0 },
             QNode::Op(sym, children) => {
-                let integer = matches!(
-                    sym.kind,
-                    OpKind::QLinearConv | OpKind::QLinearMatMul | OpKind::ConvInteger | OpKind::MatMulInteger
-                );
+                let integer = sym.kind.declares_result_type() && sym.kind != OpKind::QuantizeLinear
+                    || matches!(sym.kind, OpKind::ConvInteger | OpKind::MatMulInteger);
                 Cost { nodes: 1, work: self.work(sym.kind, children) * if integer { 1.0 } else { 2.0 } }
             }
         };

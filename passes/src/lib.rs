@@ -8,6 +8,7 @@ pub mod bridge;
 pub mod cost;
 pub mod lang;
 pub mod manager;
+pub mod quantize;
 pub mod rules;
 
 pub use manager::{pass_names, pipeline, run_pipeline, PassRun, PipelineOptions, PrintAfter};

@@ -30,6 +30,11 @@ pub fn pipeline() -> Vec<Pass> {
         Pass { name: "fold-bn", about: "fold BatchNormalization into Conv/Gemm/MatMul, or into a scale and shift", rules: rules::bn_fold::rules },
         Pass { name: "absorb-affine", about: "move per-channel Mul/Add by constants into Conv/Gemm weights and bias", rules: rules::absorb::rules },
         Pass { name: "fuse-activations", about: "attach Relu/Clip to their producer as a fused clamp", rules: rules::activation::rules },
+        Pass {
+            name: "fuse-requant",
+            about: "lower DequantizeLinear→op→QuantizeLinear chains to integer ops with one fixed-point requantization; fold and cancel Q/DQ pairs",
+            rules: || rules::requant::rules().into_iter().chain(rules::qdq::rules()).collect(),
+        },
     ]
 }
 

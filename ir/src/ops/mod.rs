@@ -9,6 +9,7 @@ use crate::{Op, OpKind, Tensor, TensorType};
 mod broadcast;
 pub(crate) mod math;
 pub(crate) mod nn;
+pub(crate) mod qint;
 pub(crate) mod quant;
 pub(crate) mod shape;
 
@@ -57,6 +58,8 @@ enum Family {
     Math,
     Shape,
     Quant,
+    /// Integer ops with fixed-point requantization; they clamp their own results.
+    QInt,
 }
 
 fn family(kind: OpKind) -> Family {
@@ -69,6 +72,7 @@ fn family(kind: OpKind) -> Family {
         QuantizeLinear | DequantizeLinear | QLinearConv | QLinearMatMul | ConvInteger | MatMulInteger => {
             Family::Quant
         }
+        QConv | QMatMul | QAdd | QAveragePool | QGlobalAveragePool | QConcat | Requantize => Family::QInt,
     }
 }
 
@@ -79,6 +83,7 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
         Family::Math => math::infer(cx),
         Family::Shape => shape::infer(cx),
         Family::Quant => quant::infer(cx),
+        Family::QInt => qint::infer(cx),
     }
 }
 
@@ -89,6 +94,8 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
         Family::Math => math::eval(cx),
         Family::Shape => shape::eval(cx),
         Family::Quant => quant::eval(cx),
+        // The fused activation is part of the integer clamp.
+        Family::QInt => return qint::eval(cx),
     }?;
     match cx.op.fused_activation()? {
         None => Ok(results),

@@ -439,7 +439,7 @@ fn gemm(a: &Tensor, b: &Tensor, c: Option<&Tensor>, attrs: &Attrs) -> Result<Ten
 }
 
 /// Static pooling window for input `x` ([N, C, spatial...]).
-fn pool_geometry(x: &Shape, attrs: &Attrs) -> Result<Window, String> {
+pub(crate) fn pool_geometry(x: &Shape, attrs: &Attrs) -> Result<Window, String> {
     let xd = fixed_after_batch(x, "input")?;
     if xd.len() < 3 {
         return Err(format!("input of rank {} has no spatial axes", xd.len()));
@@ -448,13 +448,26 @@ fn pool_geometry(x: &Shape, attrs: &Attrs) -> Result<Window, String> {
 }
 
 fn pool(x: &Tensor, attrs: &Attrs, is_max: bool) -> Result<Tensor, String> {
-    let win = Window::new(attrs, &x.shape()[2..], attrs.int("ceil_mode")? != 0)?;
+    let (shape, windows) = pool_windows(&widen(x)?, x.shape(), attrs, is_max)?;
+    let y = windows.into_iter().map(|(acc, count)| if is_max { acc } else { acc / count.max(1) as f64 });
+    if x.dtype() == DType::F32 {
+        return narrow(shape, y.collect());
+    }
+    Tensor::from_i64_values(x.dtype(), shape, y.map(|v| v as i64).collect())
+}
+
+/// Reduces every pooling window of `v` (shape `[N, C, spatial...]`): the maximum, or the
+/// sum, of each window with the count of elements that divide an average (padding
+/// included when `count_include_pad`). Returns the result shape and one
+/// `(max or sum, count)` per result element. Shared by the float pools and the integer
+/// average pool, whose sums of integers are exact in f64.
+pub(crate) fn pool_windows(v: &[f64], xshape: &[usize], attrs: &Attrs, is_max: bool) -> Result<(Vec<usize>, Vec<(f64, usize)>), String> {
+    let win = Window::new(attrs, &xshape[2..], attrs.int("ceil_mode")? != 0)?;
     let include_pad = !is_max && attrs.int("count_include_pad")? != 0;
-    let spatial = &x.shape()[2..];
+    let spatial = &xshape[2..];
     let r = spatial.len();
     let (in_count, in_strides) = (spatial.iter().product::<usize>(), strides(spatial));
-    let planes = x.shape()[0] * x.shape()[1];
-    let v = widen(x)?;
+    let planes = xshape[0] * xshape[1];
     let kernel_positions = positions(&win.kernel);
     let out_positions = positions(&win.out);
     let mut y = Vec::with_capacity(planes * out_positions.len());
@@ -483,15 +496,12 @@ fn pool(x: &Tensor, attrs: &Attrs, is_max: bool) -> Result<Tensor, String> {
                     None => {}
                 }
             }
-            y.push(if is_max { acc } else { acc / count.max(1) as f64 });
+            y.push((acc, count));
         }
     }
-    let mut shape = x.shape()[..2].to_vec();
+    let mut shape = xshape[..2].to_vec();
     shape.extend(&win.out);
-    if x.dtype() == DType::F32 {
-        return narrow(shape, y);
-    }
-    Tensor::from_i64_values(x.dtype(), shape, y.into_iter().map(|v| v as i64).collect())
+    Ok((shape, y))
 }
 
 fn softmax(x: &Tensor, axis: usize) -> Result<Tensor, String> {

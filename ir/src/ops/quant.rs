@@ -201,7 +201,7 @@ fn quant_of<'a>(cx: &EvalCtx<'a>, i: usize) -> Result<&'a QuantParams, String> {
 }
 
 /// Integer values minus their zero points; per-axis parameters along `q.axis`.
-fn centered(t: &Tensor, q: &QuantParams) -> Result<Vec<i64>, String> {
+pub(crate) fn centered(t: &Tensor, q: &QuantParams) -> Result<Vec<i64>, String> {
     let channel = channel_of(t.shape(), q.axis);
     Ok(t.to_i64_vec()?.iter().enumerate().map(|(i, &v)| v - q.channel(channel(i)).1 as i64).collect())
 }

@@ -45,27 +45,10 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
             (Shape(out), map_quant_axis(x, |a| kept.get(a).copied())?)
         }
         OpKind::Concat => {
-            let axis = axis_in(attrs.int("axis")?, dims.len())?;
-            let mut extent = 0usize;
-            for (i, t) in cx.inputs.iter().enumerate() {
-                let t = t.ok_or_else(|| format!("operand {i} is missing"))?;
-                if t.dtype != x.dtype || t.shape.rank() != dims.len() {
-                    return Err(format!("operand {i} is {}{}, operand 0 is {}{}", t.dtype, t.shape, x.dtype, x.shape));
-                }
-                if t.quant != x.quant {
-                    return Err(format!("operand {i} has other quantization parameters than operand 0"));
-                }
-                for (a, (p, q)) in t.shape.dims().iter().zip(dims).enumerate() {
-                    if a != axis && p != q {
-                        return Err(format!("operand {i} has extent {p} on axis {a}, operand 0 has {q}"));
-                    }
-                }
-                let d = t.shape.dims()[axis].fixed().ok_or("cannot concatenate along the batch dimension")?;
-                extent = extent.checked_add(d).ok_or("concatenated extent overflows")?;
+            if let Some(i) = (1..cx.inputs.len()).find(|&i| cx.inputs[i].is_some_and(|t| t.quant != x.quant)) {
+                return Err(format!("operand {i} has other quantization parameters than operand 0"));
             }
-            let mut out = dims.to_vec();
-            out[axis] = Dim::Fixed(extent);
-            (Shape(out), x.quant.clone())
+            (concat_shape(cx.inputs, attrs.int("axis")?)?, x.quant.clone())
         }
         OpKind::Pad => {
             let pads = attrs.ints("pads")?;
@@ -87,6 +70,31 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
         other => return Err(format!("{other} is not a data-movement op")),
     };
     Ok(vec![TensorType { dtype: x.dtype, shape, quant }])
+}
+
+/// The result shape of concatenating `inputs` along `axis`: same dtype and rank, equal
+/// extents off the axis (quantization parameters are the caller's concern).
+pub(crate) fn concat_shape(inputs: &[Option<&TensorType>], axis: i64) -> Result<Shape, String> {
+    let x = inputs.first().copied().flatten().ok_or("operand 0 is missing")?;
+    let dims = x.shape.dims();
+    let axis = axis_in(axis, dims.len())?;
+    let mut extent = 0usize;
+    for (i, t) in inputs.iter().enumerate() {
+        let t = t.ok_or_else(|| format!("operand {i} is missing"))?;
+        if t.dtype != x.dtype || t.shape.rank() != dims.len() {
+            return Err(format!("operand {i} is {}{}, operand 0 is {}{}", t.dtype, t.shape, x.dtype, x.shape));
+        }
+        for (a, (p, q)) in t.shape.dims().iter().zip(dims).enumerate() {
+            if a != axis && p != q {
+                return Err(format!("operand {i} has extent {p} on axis {a}, operand 0 has {q}"));
+            }
+        }
+        let d = t.shape.dims()[axis].fixed().ok_or("cannot concatenate along the batch dimension")?;
+        extent = extent.checked_add(d).ok_or("concatenated extent overflows")?;
+    }
+    let mut out = dims.to_vec();
+    out[axis] = Dim::Fixed(extent);
+    Ok(Shape(out))
 }
 
 pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
@@ -155,7 +163,7 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
 }
 
 /// A non-negative axis below `bound` (the importer has normalized negative ones).
-fn axis_in(axis: i64, bound: usize) -> Result<usize, String> {
+pub(crate) fn axis_in(axis: i64, bound: usize) -> Result<usize, String> {
     usize::try_from(axis).ok().filter(|&a| a < bound).ok_or_else(|| format!("axis {axis} is out of range [0, {bound})"))
 }
 
@@ -282,7 +290,7 @@ fn take(x: &Tensor, index: &[Option<usize>], shape: Vec<usize>, fill: i64) -> Re
     Tensor::new(x.dtype(), shape, data)
 }
 
-fn concat(parts: &[&Tensor], axis: usize) -> Result<Tensor, String> {
+pub(crate) fn concat(parts: &[&Tensor], axis: usize) -> Result<Tensor, String> {
     let first = parts.first().ok_or("nothing to concatenate")?;
     let outer: usize = first.shape()[..axis].iter().product();
     let mut out_shape = first.shape().to_vec();

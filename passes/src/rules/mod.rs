@@ -12,6 +12,8 @@ pub mod absorb;
 pub mod activation;
 pub mod bn_fold;
 pub mod cleanup;
+pub mod qdq;
+pub mod requant;
 
 /// A rewrite over qlift's e-graph.
 pub type QRewrite = Rewrite<QNode, QAnalysis>;
@@ -32,6 +34,11 @@ impl Applier<QNode, QAnalysis> for Apply {
 /// The class bound to a pattern variable such as `"?x"`.
 pub(crate) fn var(subst: &Subst, name: &str) -> Id {
     subst[name.parse::<Var>().expect("pattern variables are written correctly in the rules")]
+}
+
+/// The class bound to a pattern variable, when the matched pattern has it.
+pub(crate) fn optional_var(subst: &Subst, name: &str) -> Option<Id> {
+    subst.get(name.parse::<Var>().ok()?).copied()
 }
 
 /// The type of a class.
@@ -83,9 +90,7 @@ pub(crate) fn matched(egraph: &QEGraph, eclass: Id, kind: OpKind, operands: &[Id
 
 /// Adds an f32 constant (values rounded from f64 once).
 pub(crate) fn add_f32(egraph: &mut QEGraph, shape: &[usize], values: &[f64]) -> Id {
-    let tensor = Tensor::from_f32(shape, values.iter().map(|&v| v as f32).collect());
-    let node = egraph.analysis.constant_node(Constant { tensor: Arc::new(tensor), quant: None });
-    egraph.add(node)
+    add_const(egraph, Tensor::from_f32(shape, values.iter().map(|&v| v as f32).collect()), None)
 }
 
 /// Adds an op node if its type checks against the operand classes (else `None`: a rule
@@ -95,6 +100,43 @@ pub(crate) fn add_op(egraph: &mut QEGraph, kind: OpKind, attrs: Attrs, children:
     let types: Vec<Option<&TensorType>> = children.iter().map(|&c| ty(egraph, c)).collect();
     qlift_ir::infer_op(&op, &types, &[]).ok()?;
     Some(egraph.add(QNode::Op(OpSym::new(&op, None), children)))
+}
+
+/// Adds an op whose result type is declared (QuantizeLinear, the integer ops) if its type
+/// checks and the inferred type is exactly `declared` (else `None`).
+pub(crate) fn add_declared(egraph: &mut QEGraph, kind: OpKind, attrs: Attrs, children: Vec<Id>, declared: &TensorType) -> Option<Id> {
+    let op = Op::new(kind, attrs);
+    let types: Vec<Option<&TensorType>> = children.iter().map(|&c| ty(egraph, c)).collect();
+    let inferred = qlift_ir::infer_op(&op, &types, std::slice::from_ref(declared)).ok()?;
+    (inferred.first() == Some(declared)).then(|| egraph.add(QNode::Op(OpSym::new(&op, Some(declared.clone())), children)))
+}
+
+/// Adds a constant with optional quantization parameters.
+pub(crate) fn add_const(egraph: &mut QEGraph, tensor: Tensor, quant: Option<qlift_ir::QuantParams>) -> Id {
+    let node = egraph.analysis.constant_node(Constant { tensor: Arc::new(tensor), quant });
+    egraph.add(node)
+}
+
+/// The operand of a DequantizeLinear node in class `id`, if there is one.
+pub(crate) fn dequantized(egraph: &QEGraph, id: Id) -> Option<Id> {
+    op_node(egraph, id, &[OpKind::DequantizeLinear]).map(|(_, ops)| ops[0])
+}
+
+/// The class of `DequantizeLinear(x)`.
+pub(crate) fn dq(egraph: &QEGraph, x: Id) -> Option<Id> {
+    egraph.lookup(QNode::Op(OpSym::new(&Op::new(OpKind::DequantizeLinear, Attrs::new()), None), vec![x]))
+}
+
+/// Under the QuantizeLinear matched on `eclass`, the node of `kind` with `operands`: its
+/// attributes, and the QuantizeLinear's declared result type.
+pub(crate) fn under_quantize(egraph: &QEGraph, eclass: Id, kind: OpKind, operands: &[Id]) -> Option<(Attrs, TensorType)> {
+    egraph[eclass].nodes.iter().find_map(|n| match n {
+        QNode::Op(q, c) if q.kind == OpKind::QuantizeLinear => {
+            let sym = matched(egraph, c[0], kind, operands)?;
+            Some((sym.op().attrs, q.declared.clone()?))
+        }
+        _ => None,
+    })
 }
 
 /// Per-output-channel factors from a constant that broadcasts against a result of rank

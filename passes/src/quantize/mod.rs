@@ -1,0 +1,5 @@
+//! Post-training quantization: weight quantization, and (with calibration statistics) the
+//! insertion of QuantizeLinear/DequantizeLinear pairs that the `fuse-requant` pass lowers
+//! to integer ops.
+
+pub mod weights;
