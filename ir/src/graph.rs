@@ -1,6 +1,6 @@
 //! The graph: a petgraph DAG whose nodes produce typed values.
 
-use crate::{IrError, Op, Shape, Tensor, TensorType, QuantParams};
+use crate::{IrError, Op, OpKind, Shape, Tensor, TensorType, QuantParams};
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
@@ -46,6 +46,14 @@ impl NodeOp {
             NodeOp::Input => "input",
             NodeOp::Const(_) => "const",
             NodeOp::Apply(op) => op.kind.name(),
+        }
+    }
+
+    /// The op kind of an `Apply` node.
+    pub fn kind(&self) -> Option<OpKind> {
+        match self {
+            NodeOp::Apply(op) => Some(op.kind),
+            _ => None,
         }
     }
 }
