@@ -101,6 +101,9 @@ pub enum Error {
     /// A `.npy` file could not be read or written (bad input).
     #[error(transparent)]
     Npy(#[from] crate::npy::NpyError),
+    /// A rewrite pass or quantization failed: unsupported input, or (for `Bug`) a bug in qlift.
+    #[error(transparent)]
+    Pass(#[from] qlift_passes::PassError),
     /// An IR-level error: verifier failures on an imported model are bad input; a build
     /// error is a bug in qlift.
     #[error(transparent)]
@@ -110,6 +113,6 @@ pub enum Error {
 impl Error {
     /// Whether the error is a bug in qlift rather than bad input (the CLI exits with 2).
     pub fn is_internal(&self) -> bool {
-        matches!(self, Error::Ir(qlift_ir::IrError::Build(_)))
+        matches!(self, Error::Ir(qlift_ir::IrError::Build(_)) | Error::Pass(qlift_passes::PassError::Bug(_)))
     }
 }

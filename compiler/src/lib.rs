@@ -8,6 +8,10 @@
 mod error;
 pub mod npy;
 pub mod onnx;
+pub mod quantize;
 
 pub use error::{Error, UnsupportedOp};
+pub use qlift_passes::calibrate::{ActivationScheme, CalibrationMethod};
+pub use qlift_passes::quantize::QuantizeOptions;
+pub use quantize::{quantize, Quantized};
 pub use onnx::{load_onnx, load_onnx_bytes, read_tensor_pb, ImportOptions, Limits};

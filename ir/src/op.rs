@@ -214,6 +214,13 @@ impl OpKind {
 }
 
 impl OpKind {
+    /// Whether the op is qlift's own (an integer op with fixed-point requantization) rather
+    /// than an ONNX op: such ops come from lowering, never from a model file.
+    pub fn is_internal(self) -> bool {
+        use OpKind::*;
+        matches!(self, QConv | QMatMul | QAdd | QAveragePool | QGlobalAveragePool | QConcat | Requantize)
+    }
+
     /// Whether the op's result type is declared rather than inferred: its quantization
     /// parameters are a choice (QuantizeLinear's, an integer op's output), not a
     /// consequence of the operands.

@@ -114,6 +114,26 @@ impl Tensor {
         Tensor { dtype, shape: shape.to_vec(), data }
     }
 
+    /// Rows `start..end` along axis 0 (for example a batch of samples out of a data set).
+    pub fn slice_outer(&self, start: usize, end: usize) -> Result<Tensor, String> {
+        let rows = *self.shape.first().ok_or("a scalar has no rows")?;
+        if start > end || end > rows {
+            return Err(format!("rows {start}..{end} are outside 0..{rows}"));
+        }
+        let inner: usize = self.shape[1..].iter().product();
+        let (a, b) = (start * inner, end * inner);
+        let data = match &self.data {
+            TensorData::F32(v) => TensorData::F32(v[a..b].to_vec()),
+            TensorData::I8(v) => TensorData::I8(v[a..b].to_vec()),
+            TensorData::U8(v) => TensorData::U8(v[a..b].to_vec()),
+            TensorData::I32(v) => TensorData::I32(v[a..b].to_vec()),
+            TensorData::I64(v) => TensorData::I64(v[a..b].to_vec()),
+        };
+        let mut shape = self.shape.clone();
+        shape[0] = end - start;
+        Ok(Tensor { dtype: self.dtype, shape, data })
+    }
+
     /// Element type.
     pub fn dtype(&self) -> DType {
         self.dtype

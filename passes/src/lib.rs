@@ -1,17 +1,19 @@
 //! qlift's graph rewrites on e-graphs (egg): BatchNorm folding, constant folding, cleanup,
-//! affine absorption and activation fusion, and the pass manager that runs them in a fixed
-//! pipeline with IR dumps after each pass.
+//! affine absorption, activation fusion, requantization fusion into integer ops; post-training
+//! quantization (calibration, Q/DQ insertion); and the pass manager that runs them in a
+//! fixed pipeline with IR dumps after each pass.
 #![deny(missing_docs)]
 
 pub mod analysis;
 pub mod bridge;
+pub mod calibrate;
 pub mod cost;
 pub mod lang;
 pub mod manager;
 pub mod quantize;
 pub mod rules;
 
-pub use manager::{pass_names, pipeline, run_pipeline, PassRun, PipelineOptions, PrintAfter};
+pub use manager::{pass_names, pipeline, quantizing_pipeline, run_passes, run_pipeline, Pass, PassRun, PipelineOptions, PrintAfter, INSERT_QDQ};
 
 /// Errors of the passes.
 #[derive(Debug, thiserror::Error)]

@@ -11,31 +11,65 @@ use qlift_ir::Graph;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// A named pass: one rule family run to saturation (within limits) on an e-graph of the
-/// graph, then the cheapest graph extracted. Constant folding happens in the e-graph's
-/// analysis in every pass; `fold-constants` is the pass with no rules besides it.
-pub struct Pass {
+/// A named pass: usually one rule family run to saturation (within limits) on an e-graph
+/// of the graph, then the cheapest graph extracted. Constant folding happens in the
+/// e-graph's analysis in every rule pass; `fold-constants` is the pass with no rules
+/// besides it.
+pub struct Pass<'a> {
     /// Name used on the command line (`--after fold-bn`).
     pub name: &'static str,
     /// What it does, for `--help` and dumps.
     pub about: &'static str,
-    rules: fn() -> Vec<QRewrite>,
+    kind: PassKind<'a>,
 }
 
-/// The default pipeline, in order.
-pub fn pipeline() -> Vec<Pass> {
+/// How a pass changes the graph.
+enum PassKind<'a> {
+    /// Rewrites on an e-graph.
+    Rules(fn() -> Vec<QRewrite>),
+    /// A direct graph transformation (Q/DQ insertion needs calibration data, not rules).
+    Transform(Box<dyn Fn(&Graph) -> Result<Graph, PassError> + 'a>),
+}
+
+impl<'a> Pass<'a> {
+    fn rules(name: &'static str, about: &'static str, rules: fn() -> Vec<QRewrite>) -> Pass<'a> {
+        Pass { name, about, kind: PassKind::Rules(rules) }
+    }
+
+    /// A pass that transforms the graph with a function.
+    pub fn transform(name: &'static str, about: &'static str, f: impl Fn(&Graph) -> Result<Graph, PassError> + 'a) -> Pass<'a> {
+        Pass { name, about, kind: PassKind::Transform(Box::new(f)) }
+    }
+}
+
+/// The name of the pass [`quantizing_pipeline`] adds.
+pub const INSERT_QDQ: &str = "insert-qdq";
+
+/// The default pipeline, in order: float simplifications, then the lowering of any Q/DQ
+/// chains (those of a pre-quantized model) to integer ops.
+pub fn pipeline() -> Vec<Pass<'static>> {
     vec![
-        Pass { name: "cleanup", about: "remove Identity/Dropout/no-op Reshape, merge Reshape and Transpose chains", rules: rules::cleanup::rules },
-        Pass { name: "fold-constants", about: "evaluate every op whose operands are all constants", rules: Vec::new },
-        Pass { name: "fold-bn", about: "fold BatchNormalization into Conv/Gemm/MatMul, or into a scale and shift", rules: rules::bn_fold::rules },
-        Pass { name: "absorb-affine", about: "move per-channel Mul/Add by constants into Conv/Gemm weights and bias", rules: rules::absorb::rules },
-        Pass { name: "fuse-activations", about: "attach Relu/Clip to their producer as a fused clamp", rules: rules::activation::rules },
-        Pass {
-            name: "fuse-requant",
-            about: "lower DequantizeLinear→op→QuantizeLinear chains to integer ops with one fixed-point requantization; fold and cancel Q/DQ pairs",
-            rules: || rules::requant::rules().into_iter().chain(rules::qdq::rules()).collect(),
-        },
+        Pass::rules("cleanup", "remove Identity/Dropout/no-op Reshape, merge Reshape and Transpose chains", rules::cleanup::rules),
+        Pass::rules("fold-constants", "evaluate every op whose operands are all constants", Vec::new),
+        Pass::rules("fold-bn", "fold BatchNormalization into Conv/Gemm/MatMul, or into a scale and shift", rules::bn_fold::rules),
+        Pass::rules("absorb-affine", "move per-channel Mul/Add by constants into Conv/Gemm weights and bias", rules::absorb::rules),
+        Pass::rules("fuse-activations", "attach Relu/Clip to their producer as a fused clamp", rules::activation::rules),
+        Pass::rules(
+            "fuse-requant",
+            "lower DequantizeLinear→op→QuantizeLinear chains to integer ops with one fixed-point requantization; fold and cancel Q/DQ pairs",
+            || rules::requant::rules().into_iter().chain(rules::qdq::rules()).collect(),
+        ),
     ]
+}
+
+/// The default pipeline with `insert_qdq` (calibration and Q/DQ insertion, see
+/// [`crate::quantize`]) run on the float graph just before `fuse-requant`, so that
+/// calibration sees the graph with BatchNormalization folded and activations fused.
+pub fn quantizing_pipeline<'a>(insert_qdq: impl Fn(&Graph) -> Result<Graph, PassError> + 'a) -> Vec<Pass<'a>> {
+    let mut passes = pipeline();
+    let at = passes.iter().position(|p| p.name == "fuse-requant").unwrap_or(passes.len());
+    passes.insert(at, Pass::transform(INSERT_QDQ, "calibrate, then insert QuantizeLinear/DequantizeLinear around quantizable ops", insert_qdq));
+    passes
 }
 
 /// Which passes to print the IR after.
@@ -83,15 +117,25 @@ fn limit(var: &str, default: usize) -> usize {
     std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// Runs one pass.
+/// Runs one pass; returns the graph and the e-graph's size (0 for a transform).
 pub fn run_pass(graph: &Graph, pass: &Pass) -> Result<(Graph, usize), PassError> {
+    let rules = match &pass.kind {
+        PassKind::Rules(rules) => rules,
+        PassKind::Transform(f) => {
+            let out = f(graph)?;
+            if cfg!(debug_assertions) {
+                qlift_ir::verify(&out).map_err(|e| PassError::Bug(format!("after pass {}: {e}", pass.name)))?;
+            }
+            return Ok((out, 0));
+        }
+    };
     let mut eg = to_egraph(graph)?;
     let runner = Runner::default()
         .with_egraph(std::mem::take(&mut eg.egraph))
         .with_node_limit(limit("QLIFT_EGRAPH_NODE_LIMIT", 200_000))
         .with_iter_limit(limit("QLIFT_EGRAPH_ITER_LIMIT", 30))
         .with_time_limit(Duration::from_secs(10))
-        .run(&(pass.rules)());
+        .run(&rules());
     eg.egraph = runner.egraph;
     let size = eg.egraph.total_number_of_nodes();
     let out = to_graph(&eg)?;
@@ -103,9 +147,14 @@ pub fn run_pass(graph: &Graph, pass: &Pass) -> Result<(Graph, usize), PassError>
 
 /// Runs the default pipeline.
 pub fn run_pipeline(graph: &Graph, opts: &PipelineOptions) -> Result<(Graph, Vec<PassRun>), PassError> {
+    run_passes(graph, &pipeline(), opts)
+}
+
+/// Runs `passes` in order, with dumps and timings as `opts` asks.
+pub fn run_passes(graph: &Graph, passes: &[Pass], opts: &PipelineOptions) -> Result<(Graph, Vec<PassRun>), PassError> {
     let mut graph = graph.clone();
     let mut runs = Vec::new();
-    for (i, pass) in pipeline().iter().enumerate() {
+    for (i, pass) in passes.iter().enumerate() {
         let start = Instant::now();
         let before = graph.node_count();
         let (next, egraph_nodes) = run_pass(&graph, pass)?;
@@ -130,7 +179,7 @@ pub fn run_pipeline(graph: &Graph, opts: &PipelineOptions) -> Result<(Graph, Vec
     Ok((graph, runs))
 }
 
-/// The names of the pipeline's passes (to validate `--after`).
+/// The names of the pipeline's passes, with `insert-qdq` (to validate `--after`).
 pub fn pass_names() -> Vec<&'static str> {
-    pipeline().iter().map(|p| p.name).collect()
+    quantizing_pipeline(|g| Ok(g.clone())).iter().map(|p| p.name).collect()
 }

@@ -3,3 +3,6 @@
 //! to integer ops.
 
 pub mod weights;
+pub mod insert;
+
+pub use insert::{insert_qdq, Calibration, QuantizeOptions};

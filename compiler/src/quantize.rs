@@ -1,0 +1,77 @@
+//! The post-training quantization driver: the rewrite pipeline with calibration and Q/DQ
+//! insertion in it, from a float model and calibration samples to (a) the float QDQ model
+//! (what `qlift quantize` exports for ONNX Runtime) and (b) the integer graph (what runs).
+
+use crate::Error;
+use qlift_ir::{Graph, Tensor};
+use qlift_passes::quantize::{insert_qdq, Calibration, QuantizeOptions};
+use qlift_passes::{quantizing_pipeline, run_passes, PassRun, PipelineOptions};
+use std::cell::RefCell;
+
+/// Samples per interpreter run during calibration: large enough to amortize the per-run
+/// work, small enough that every intermediate value of one batch fits in memory easily.
+pub const CALIBRATION_BATCH: usize = 64;
+
+/// A quantized model.
+pub struct Quantized {
+    /// The float graph with QuantizeLinear/DequantizeLinear pairs (ONNX Runtime's QDQ form).
+    pub qdq: Graph,
+    /// The graph after the whole pipeline: integer ops wherever they apply.
+    pub lowered: Graph,
+    /// What each pass did.
+    pub runs: Vec<PassRun>,
+    /// Calibration samples seen.
+    pub samples: usize,
+    /// NaN and ±Inf values met in calibration and skipped (they carry no range).
+    pub non_finite: u64,
+}
+
+/// Quantizes `graph` from calibration inputs (one tensor per graph input, samples along
+/// axis 0). `progress(done, total)` is called after each calibration batch.
+pub fn quantize(
+    graph: &Graph,
+    calibration: &[Tensor],
+    opts: &QuantizeOptions,
+    pipeline: &PipelineOptions,
+    progress: &dyn Fn(usize, usize),
+) -> Result<Quantized, Error> {
+    let samples = calibration_samples(graph, calibration)?;
+    let stats = RefCell::new(None);
+    let qdq = RefCell::new(None);
+    let insert = |g: &Graph| {
+        let mut cal = Calibration::default();
+        for start in (0..samples).step_by(CALIBRATION_BATCH) {
+            let end = (start + CALIBRATION_BATCH).min(samples);
+            let batch: Vec<Tensor> =
+                calibration.iter().map(|t| t.slice_outer(start, end)).collect::<Result<_, _>>().map_err(qlift_passes::PassError::Bug)?;
+            cal.observe(g, &batch)?;
+            progress(end, samples);
+        }
+        let out = insert_qdq(g, &cal, opts)?;
+        *stats.borrow_mut() = Some((cal.samples(), cal.non_finite()));
+        *qdq.borrow_mut() = Some(out.clone());
+        Ok(out)
+    };
+    let (lowered, runs) = run_passes(graph, &quantizing_pipeline(insert), pipeline)?;
+    let (samples, non_finite) = stats.into_inner().unwrap_or_default();
+    let qdq = qdq.into_inner().ok_or_else(|| Error::Value {
+        name: graph.name.clone(),
+        message: "the pipeline stopped before calibration (insert-qdq)".to_string(),
+    })?;
+    Ok(Quantized { qdq, lowered, runs, samples, non_finite })
+}
+
+/// Checks calibration inputs against the graph: one per input, same sample count, at
+/// least one sample. Returns the sample count.
+fn calibration_samples(graph: &Graph, calibration: &[Tensor]) -> Result<usize, Error> {
+    let inputs = graph.input_values();
+    let bad = |message: String| Error::Value { name: "calibration data".to_string(), message };
+    if calibration.len() != inputs.len() {
+        return Err(bad(format!("the model has {} inputs, {} calibration tensors were given", inputs.len(), calibration.len())));
+    }
+    let counts: Vec<usize> = calibration.iter().map(|t| t.shape().first().copied().unwrap_or(0)).collect();
+    match counts.first() {
+        Some(&n) if n > 0 && counts.iter().all(|&c| c == n) => Ok(n),
+        _ => Err(bad(format!("calibration tensors need the same, non-zero number of samples on axis 0 (got {counts:?})"))),
+    }
+}

@@ -1,0 +1,247 @@
+//! Calibration and Q/DQ insertion: run the float graph over calibration samples, choose
+//! every activation's range, and put a QuantizeLinear → DequantizeLinear pair on every
+//! value that a quantizable op reads or writes (ONNX Runtime's QDQ format). The result is a
+//! valid float model (an exported QDQ model ONNX Runtime runs) that `fuse-requant` lowers
+//! to integer ops; ops with no integer lowering stay float between a DequantizeLinear and
+//! a QuantizeLinear (fp32 islands), so every model still compiles.
+
+use crate::calibrate::{choose_range, quant_params, ActivationScheme, CalibrationMethod, TensorStats};
+use crate::quantize::weights::quantize_per_channel;
+use crate::PassError;
+use qlift_ir::{Attrs, DType, Graph, NodeOp, Op, OpKind, QuantParams, Tensor, TensorData, TensorType, Value, ValueId};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// How to quantize a model after calibration.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QuantizeOptions {
+    /// How activation ranges are chosen from the statistics.
+    pub method: CalibrationMethod,
+    /// Asymmetric uint8 (the default, as ONNX Runtime) or symmetric int8 activations.
+    pub scheme: ActivationScheme,
+}
+
+impl Default for QuantizeOptions {
+    /// MinMax ranges and asymmetric uint8 activations: ONNX Runtime's defaults.
+    fn default() -> QuantizeOptions {
+        QuantizeOptions { method: CalibrationMethod::MinMax, scheme: ActivationScheme::AsymmetricU8 }
+    }
+}
+
+/// Statistics of every f32 value of a graph, by value name, gathered over calibration
+/// samples in one pass.
+#[derive(Default)]
+pub struct Calibration {
+    stats: HashMap<String, TensorStats>,
+    samples: usize,
+}
+
+impl Calibration {
+    /// Runs `graph` (in float) on one batch of inputs and adds what it computed to the
+    /// statistics. Call once per batch; the interpreter keeps one batch in memory at a time.
+    pub fn observe(&mut self, graph: &Graph, inputs: &[Tensor]) -> Result<(), PassError> {
+        let trace = qlift_ir::interp::run_traced(graph, inputs)?;
+        for (id, tensor) in &trace.values {
+            if let TensorData::F32(values) = tensor.data() {
+                self.stats.entry(graph.value(*id).name.clone()).or_default().observe(values);
+            }
+        }
+        self.samples += trace.batch;
+        Ok(())
+    }
+
+    /// NaN and ±Inf values seen (and left out of the ranges).
+    pub fn non_finite(&self) -> u64 {
+        self.stats.values().map(TensorStats::non_finite).sum()
+    }
+
+    /// How many samples were observed.
+    pub fn samples(&self) -> usize {
+        self.samples
+    }
+
+    /// The statistics of the value named `name`.
+    pub fn stats(&self, name: &str) -> Option<&TensorStats> {
+        self.stats.get(name)
+    }
+}
+
+/// Ops whose operands and result are quantized. Their float forms with DequantizeLinear
+/// operands and a QuantizeLinear result are what `fuse-requant` lowers.
+fn quantizable(kind: OpKind) -> bool {
+    use OpKind::*;
+    matches!(kind, Conv | Gemm | MatMul | Add | AveragePool | GlobalAveragePool | Concat | Relu | Clip) || passes_through(kind)
+}
+
+/// Quantizable ops that only move or select values: their result keeps the operand's
+/// parameters, so the QuantizeLinear after them cancels against the DequantizeLinear before.
+fn passes_through(kind: OpKind) -> bool {
+    use OpKind::*;
+    matches!(kind, MaxPool | Flatten | Reshape | Transpose | Squeeze | Unsqueeze)
+}
+
+/// Where a weight's output channels are for operand `slot` of `op`, if it is a weight
+/// (quantized per channel, symmetric int8) rather than an activation.
+fn weight_axis(op: &Op, slot: usize) -> Option<usize> {
+    match (op.kind, slot) {
+        (OpKind::Conv, 1) => Some(0),
+        (OpKind::Gemm, 1) => Some(if op.attrs.int("transB").ok()? != 0 { 0 } else { 1 }),
+        (OpKind::MatMul, 1) => Some(1),
+        _ => None,
+    }
+}
+
+/// Returns `graph` with Q/DQ pairs inserted from `calibration` (which must come from this
+/// graph). Graph input and output names stay: an output's DequantizeLinear takes its name.
+pub fn insert_qdq(graph: &Graph, calibration: &Calibration, opts: &QuantizeOptions) -> Result<Graph, PassError> {
+    let mut g = graph.clone();
+    let order = g.topo_order()?;
+    // Parameters chosen per value, so that pass-through ops can inherit their operand's.
+    let mut params: HashMap<ValueId, (DType, QuantParams)> = HashMap::new();
+    let mut dequantized: HashMap<ValueId, ValueId> = HashMap::new();
+    for id in order {
+        let NodeOp::Apply(op) = g.node(id).op.clone() else { continue };
+        if !quantizable(op.kind) || g.node(id).outputs.iter().any(|v| v.ty.dtype != DType::F32) {
+            continue;
+        }
+        let operands = g.node_inputs(id);
+        for (slot, v) in operands.iter().enumerate() {
+            let Some(v) = *v else { continue };
+            // Already the DequantizeLinear of a quantized value (its producer was quantizable).
+            if g.value_type(v).dtype != DType::F32 || dequantized.values().any(|&dq| dq == v) {
+                continue;
+            }
+            let replacement = match (weight_axis(&op, slot), g.const_value(v).cloned()) {
+                (Some(axis), Some(w)) => quantized_weights(&mut g, v, &w, axis)?,
+                (_, Some(_)) if (op.kind, slot) == (OpKind::Conv, 2) || (op.kind, slot) == (OpKind::Gemm, 2) => {
+                    quantized_bias(&mut g, id, v, &operands)?.unwrap_or(v)
+                }
+                _ => {
+                    if !dequantized.contains_key(&v) {
+                        let p = activation_params(&g, v, calibration, opts)?;
+                        params.insert(v, p);
+                        let dq = quantize_value(&mut g, v, &params[&v])?;
+                        dequantized.insert(v, dq);
+                    }
+                    dequantized[&v]
+                }
+            };
+            g.set_node_input(id, slot, Some(replacement))?;
+        }
+        let result = qlift_ir::ValueId { node: id, output: 0 };
+        let first = g.node_inputs(id).first().copied().flatten();
+        let source = first.and_then(|x| dequantized.iter().find(|(_, &dq)| dq == x).map(|(&v, _)| v));
+        let p = match source.and_then(|x| params.get(&x)) {
+            Some(p) if passes_through(op.kind) => p.clone(),
+            _ => activation_params(&g, result, calibration, opts)?,
+        };
+        params.insert(result, p);
+        let dq = quantize_value(&mut g, result, &params[&result])?;
+        dequantized.insert(result, dq);
+    }
+    g.remove_dead_nodes();
+    qlift_ir::verify(&g)?;
+    Ok(g)
+}
+
+/// The activation parameters of value `v` from its statistics (a constant's from its
+/// values: its exact range).
+fn activation_params(g: &Graph, v: ValueId, calibration: &Calibration, opts: &QuantizeOptions) -> Result<(DType, QuantParams), PassError> {
+    let name = &g.value(v).name;
+    let own;
+    let stats = match g.const_value(v) {
+        Some(t) => {
+            let mut s = TensorStats::new();
+            s.observe(t.as_f32().map_err(PassError::Bug)?);
+            own = s;
+            &own
+        }
+        None => calibration
+            .stats(name)
+            .ok_or_else(|| PassError::Unsupported(format!("no calibration statistics for value `{name}`")))?,
+    };
+    let method = if g.const_value(v).is_some() { CalibrationMethod::MinMax } else { opts.method };
+    let (lo, hi) = choose_range(stats, method, opts.scheme);
+    let (scale, zero_point) = quant_params(lo, hi, opts.scheme);
+    let dtype = match opts.scheme {
+        ActivationScheme::AsymmetricU8 => DType::U8,
+        ActivationScheme::SymmetricI8 => DType::I8,
+    };
+    Ok((dtype, QuantParams::per_tensor(scale, zero_point)))
+}
+
+/// Inserts `Q → DQ` after value `v` and makes every other consumer (and the graph outputs)
+/// read the DequantizeLinear. A graph output keeps its name on the DequantizeLinear.
+fn quantize_value(g: &mut Graph, v: ValueId, (dtype, q): &(DType, QuantParams)) -> Result<ValueId, PassError> {
+    let name = g.value(v).name.clone();
+    let shape = g.value_type(v).shape.clone();
+    let is_output = g.outputs().contains(&v);
+    let users = g.users(v);
+    let q_ty = TensorType::quantized(*dtype, shape.clone(), q.clone());
+    let qid = g.add_node(
+        &format!("{name}_QuantizeLinear"),
+        Op::new(OpKind::QuantizeLinear, Attrs::new()),
+        &[Some(v)],
+        vec![Value { name: format!("{name}_QuantizeLinear_Output"), ty: q_ty }],
+    )?;
+    let qv = ValueId { node: qid, output: 0 };
+    let dq_name = if is_output { name.clone() } else { format!("{name}_DequantizeLinear_Output") };
+    let dq = g.add_op(&format!("{name}_DequantizeLinear"), Op::new(OpKind::DequantizeLinear, Attrs::new()), &[Some(qv)], &[&dq_name])?[0];
+    if is_output {
+        g.node_mut(v.node).outputs[v.output].name = format!("{name}_QuantizeLinear_Input");
+    }
+    for (user, slot) in users {
+        g.set_node_input(user, slot, Some(dq))?;
+    }
+    let outputs = g.outputs().iter().map(|&o| if o == v { dq } else { o }).collect();
+    g.set_outputs(outputs)?;
+    Ok(dq)
+}
+
+/// `DQ(w_q)` for constant weights `w`: symmetric int8 per output channel.
+fn quantized_weights(g: &mut Graph, v: ValueId, w: &Arc<Tensor>, axis: usize) -> Result<ValueId, PassError> {
+    let name = g.value(v).name.clone();
+    let (tensor, quant) =
+        quantize_per_channel(w.as_f32().map_err(PassError::Bug)?, w.shape(), axis).map_err(|e| PassError::Unsupported(format!("weights `{name}`: {e}")))?;
+    let q = g.add_const(&format!("{name}_quantized"), Arc::new(tensor), Some(quant));
+    Ok(g.add_op(&format!("{name}_DequantizeLinear"), Op::new(OpKind::DequantizeLinear, Attrs::new()), &[Some(q)], &[&format!("{name}_DequantizeLinear_Output")])?[0])
+}
+
+/// `DQ(b_i32)` for the constant bias of a Conv or Gemm whose input and weights are already
+/// quantized: scale `s_x · s_w[c]`, zero point 0 (ONNX Runtime's QDQ bias). `None` when the
+/// bias is not one value per output channel or does not fit i32 (it then stays float).
+fn quantized_bias(
+    g: &mut Graph,
+    node: qlift_ir::NodeId,
+    b: ValueId,
+    operands: &[Option<ValueId>],
+) -> Result<Option<ValueId>, PassError> {
+    let (Some(Some(_)), Some(_)) = (operands.first(), operands.get(1)) else { return Ok(None) };
+    let x_dq = g.node_inputs(node)[0].ok_or_else(|| PassError::Bug("input vanished".into()))?;
+    let Some(xq) = g.node_inputs(x_dq.node).first().copied().flatten().and_then(|x| g.value_type(x).quant.clone()) else {
+        return Ok(None);
+    };
+    let w_dq = g.node_inputs(node)[1].ok_or_else(|| PassError::Bug("weights vanished".into()))?;
+    let w_q = g.node_inputs(w_dq.node).first().copied().flatten();
+    let Some(wq) = w_q.and_then(|w| g.value_type(w).quant.clone()) else { return Ok(None) };
+    let real = g.const_value(b).ok_or_else(|| PassError::Bug("bias is not constant".into()))?.as_f32().map_err(PassError::Bug)?.to_vec();
+    let channels = wq.scale.len();
+    if real.len() != channels && wq.axis.is_some() {
+        return Ok(None);
+    }
+    let scales: Vec<f32> = (0..real.len()).map(|c| xq.scale[0] * wq.channel(c).0).collect();
+    let q: Option<Vec<i32>> = real
+        .iter()
+        .zip(&scales)
+        .map(|(&r, &s)| {
+            let v = (r as f64 / s as f64).round_ties_even();
+            (v.abs() < i32::MAX as f64).then_some(v as i32)
+        })
+        .collect();
+    let Some(q) = q else { return Ok(None) };
+    let name = g.value(b).name.clone();
+    let quant = QuantParams::per_axis(0, scales.clone(), vec![0; scales.len()]);
+    let tensor = Tensor::new(DType::I32, vec![real.len()], TensorData::I32(q)).map_err(PassError::Bug)?;
+    let c = g.add_const(&format!("{name}_quantized"), Arc::new(tensor), Some(quant));
+    Ok(Some(g.add_op(&format!("{name}_DequantizeLinear"), Op::new(OpKind::DequantizeLinear, Attrs::new()), &[Some(c)], &[&format!("{name}_DequantizeLinear_Output")])?[0]))
+}
