@@ -55,9 +55,14 @@ impl CostFunction<QNode> for CostModel<'_> {
             QNode::Input(_) | QNode::Missing => Cost { nodes: 0, work: 0.0 },
             QNode::Const(_) => Cost { nodes: 1, work: 0.0 },
             QNode::Op(sym, children) => {
-                let integer = sym.kind.declares_result_type() && sym.kind != OpKind::QuantizeLinear
-                    || matches!(sym.kind, OpKind::ConvInteger | OpKind::MatMulInteger);
-                Cost { nodes: 1, work: self.work(sym.kind, children) * if integer { 1.0 } else { 2.0 } }
+                // qlift's integer ops requantize in fixed point; ONNX's QLinear ops in float
+                // (costlier per element); float ops cost twice the integer arithmetic.
+                let factor = match sym.kind {
+                    k if k.is_internal() => 1.0,
+                    OpKind::QLinearConv | OpKind::QLinearMatMul | OpKind::ConvInteger | OpKind::MatMulInteger => 1.5,
+                    _ => 2.0,
+                };
+                Cost { nodes: 1, work: self.work(sym.kind, children) * factor }
             }
         };
         enode.children().iter().fold(own, |acc, &c| {

@@ -93,6 +93,28 @@ fn onnx_runtime_qdq_models_lower_to_integer_ops_within_one_step() {
     }
 }
 
+/// ONNX Runtime's QOperator models (QLinearConv) import, lower onto qlift's integer ops,
+/// and agree with ONNX Runtime: same top-1 accuracy within half a point, and outputs within
+/// 0.1% of their range (their Gemm layers stay float, so no single output step applies).
+#[test]
+fn onnx_runtime_qoperator_models_lower_to_integer_ops() {
+    let labels = npy("digits_test_y.npy").to_i64_vec().unwrap();
+    for name in ["digits_cnn", "digits_mobile"] {
+        let graph = load(&format!("{name}.qop.onnx"));
+        let (lowered, _) = run_pipeline(&graph, &PipelineOptions::default()).unwrap();
+        let kinds: Vec<OpKind> = lowered.node_ids().filter_map(|id| lowered.node(id).op.kind()).collect();
+        assert!(!kinds.contains(&OpKind::QLinearConv) && kinds.contains(&OpKind::QConv), "{name}: {kinds:?}");
+        let got = run(&lowered, "digits_test_x.npy");
+        let want = npy(&format!("{name}.qop.expected.npy")).as_f32().unwrap().to_vec();
+        let range = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let (a, b) = (accuracy(&got, &labels), accuracy(&want, &labels));
+        eprintln!("{name}: worst error {worst} of range {range}; accuracy {a} vs ORT {b}");
+        assert!(worst <= 1e-3 * range, "{name}: worst error {worst} of range {range}");
+        assert!((a - b).abs() <= 0.005, "{name}: accuracy {a} vs ONNX Runtime {b}");
+    }
+}
+
 #[test]
 fn dumps_are_stable_and_parse_back_to_the_same_graph() {
     let mut files: Vec<String> = MODELS.iter().map(|(n, _)| format!("{n}.onnx")).collect();

@@ -24,8 +24,13 @@ const MODELS: [(&str, &str, &str); 3] = [
     ("digits_mobile", "digits_test_x.npy", "digits_calib_x.npy"),
 ];
 
-const METHODS: [CalibrationMethod; 4] =
-    [CalibrationMethod::MinMax, CalibrationMethod::Percentile(99.99), CalibrationMethod::Mse, CalibrationMethod::Entropy];
+const METHODS: [CalibrationMethod; 5] = [
+    CalibrationMethod::MinMax,
+    CalibrationMethod::Percentile(99.99),
+    CalibrationMethod::Percentile(99.999),
+    CalibrationMethod::Mse,
+    CalibrationMethod::Entropy,
+];
 
 fn load(name: &str) -> Graph {
     load_onnx(&models_dir().join(format!("{name}.onnx")), &ImportOptions::default()).unwrap()
@@ -60,6 +65,7 @@ fn sqnr(got: &[f32], want: &[f32]) -> f64 {
 /// the CNN and the MLP, and the best method's SQNR at least ONNX Runtime's int8 model's.
 #[test]
 fn quantized_models_keep_accuracy_and_match_onnx_runtime_sqnr() {
+    let mut failures = Vec::new();
     for (name, input, calib) in MODELS {
         let fp32 = npy(&format!("{name}.expected.npy")).as_f32().unwrap().to_vec();
         let ort_int8 = npy(&format!("{name}.qdq.expected.npy")).as_f32().unwrap().to_vec();
@@ -75,8 +81,11 @@ fn quantized_models_keep_accuracy_and_match_onnx_runtime_sqnr() {
             }
             best = best.max(db);
         }
-        assert!(best >= ort_sqnr, "{name}: best SQNR {best:.2} dB below ONNX Runtime's {ort_sqnr:.2} dB");
+        if best < ort_sqnr {
+            failures.push(format!("{name}: best SQNR {best:.2} dB below ONNX Runtime's {ort_sqnr:.2} dB"));
+        }
     }
+    assert!(failures.is_empty(), "{failures:?}");
 }
 
 /// After quantization the CNN runs on integers from the input's QuantizeLinear to the

@@ -1,7 +1,7 @@
 //! Q/DQ simplification: a DequantizeLinear → QuantizeLinear chain becomes one Requantize,
-//! a Requantize to the parameters the value already has disappears, ops that commute with
-//! dequantization (max pooling, data movement) run on the quantized values directly, and
-//! Relu/Clip between a DequantizeLinear and a QuantizeLinear become a clamped Requantize.
+//! a Requantize to the parameters the value already has disappears, DequantizeLinear moves
+//! below ops that commute with it (max pooling, data movement) so they run on quantized
+//! values, and Relu/Clip on dequantized values become a clamped Requantize.
 //!
 //! Numerics: `Requantize` rounds `s_x/s_y · (x − z_x)` once in fixed point where the float
 //! chain rounds in f32 — the same value except within ~2^-20 of a rounding boundary. With
@@ -20,12 +20,14 @@ pub fn rules() -> Vec<QRewrite> {
         rewrite!("cancel-requantize"; "(Requantize ?x)" => { Apply(cancel_requantize) }),
         rewrite!("quantized-relu"; "(QuantizeLinear (Relu (DequantizeLinear ?x)))" => { Apply(|g, c, s| clamp(g, c, s, OpKind::Relu)) }),
         rewrite!("quantized-clip"; "(QuantizeLinear (Clip (DequantizeLinear ?x)))" => { Apply(|g, c, s| clamp(g, c, s, OpKind::Clip)) }),
-        rewrite!("quantized-max-pool"; "(QuantizeLinear (MaxPool (DequantizeLinear ?x)))" => { Apply(|g, c, s| sink(g, c, s, OpKind::MaxPool)) }),
-        rewrite!("quantized-flatten"; "(QuantizeLinear (Flatten (DequantizeLinear ?x)))" => { Apply(|g, c, s| sink(g, c, s, OpKind::Flatten)) }),
-        rewrite!("quantized-reshape"; "(QuantizeLinear (Reshape (DequantizeLinear ?x)))" => { Apply(|g, c, s| sink(g, c, s, OpKind::Reshape)) }),
-        rewrite!("quantized-transpose"; "(QuantizeLinear (Transpose (DequantizeLinear ?x)))" => { Apply(|g, c, s| sink(g, c, s, OpKind::Transpose)) }),
-        rewrite!("quantized-squeeze"; "(QuantizeLinear (Squeeze (DequantizeLinear ?x)))" => { Apply(|g, c, s| sink(g, c, s, OpKind::Squeeze)) }),
-        rewrite!("quantized-unsqueeze"; "(QuantizeLinear (Unsqueeze (DequantizeLinear ?x)))" => { Apply(|g, c, s| sink(g, c, s, OpKind::Unsqueeze)) }),
+        rewrite!("dequantize-after-relu"; "(Relu (DequantizeLinear ?x))" => { Apply(|g, c, s| clamp_dequantized(g, c, s, OpKind::Relu)) }),
+        rewrite!("dequantize-after-clip"; "(Clip (DequantizeLinear ?x))" => { Apply(|g, c, s| clamp_dequantized(g, c, s, OpKind::Clip)) }),
+        rewrite!("dequantize-after-max-pool"; "(MaxPool (DequantizeLinear ?x))" => { Apply(|g, c, s| sink(g, c, s, OpKind::MaxPool)) }),
+        rewrite!("dequantize-after-flatten"; "(Flatten (DequantizeLinear ?x))" => { Apply(|g, c, s| sink(g, c, s, OpKind::Flatten)) }),
+        rewrite!("dequantize-after-reshape"; "(Reshape (DequantizeLinear ?x))" => { Apply(|g, c, s| sink(g, c, s, OpKind::Reshape)) }),
+        rewrite!("dequantize-after-transpose"; "(Transpose (DequantizeLinear ?x))" => { Apply(|g, c, s| sink(g, c, s, OpKind::Transpose)) }),
+        rewrite!("dequantize-after-squeeze"; "(Squeeze (DequantizeLinear ?x))" => { Apply(|g, c, s| sink(g, c, s, OpKind::Squeeze)) }),
+        rewrite!("dequantize-after-unsqueeze"; "(Unsqueeze (DequantizeLinear ?x))" => { Apply(|g, c, s| sink(g, c, s, OpKind::Unsqueeze)) }),
     ]
 }
 
@@ -52,15 +54,39 @@ fn clamp(egraph: &mut QEGraph, eclass: Id, subst: &Subst, kind: OpKind) -> Optio
         OpKind::Relu => (0.0, f32::INFINITY),
         _ => (attrs.float("min").ok()?, attrs.float("max").ok()?),
     };
-    let act = Attrs::new().with("act_min", AttrValue::Float(lo)).with("act_max", AttrValue::Float(hi));
-    add_declared(egraph, OpKind::Requantize, act, vec![x], &declared)
+    add_declared(egraph, OpKind::Requantize, activation(lo, hi), vec![x], &declared)
 }
 
-/// `Q(op(DQ(x)))` → `Requantize(op(x))` for an op that commutes with dequantization; the
-/// Requantize cancels when the parameters already agree (as in ONNX Runtime's QDQ models).
+/// The bounds of a Relu or Clip node matched on `eclass` over `operand`.
+fn bounds(egraph: &QEGraph, eclass: Id, kind: OpKind, operand: Id) -> Option<(f32, f32)> {
+    match kind {
+        OpKind::Relu => Some((0.0, f32::INFINITY)),
+        _ => {
+            let attrs = matched(egraph, eclass, kind, &[operand])?.op().attrs;
+            Some((attrs.float("min").ok()?, attrs.float("max").ok()?))
+        }
+    }
+}
+
+fn activation(lo: f32, hi: f32) -> Attrs {
+    Attrs::new().with("act_min", AttrValue::Float(lo)).with("act_max", AttrValue::Float(hi))
+}
+
+/// `Relu(DQ(x))` → `DQ(Requantize{act_min=0}(x))` with x's own parameters: the clamp moves
+/// into the integer domain (exact for Relu; for Clip, bounds off the grid round to it).
+fn clamp_dequantized(egraph: &mut QEGraph, eclass: Id, subst: &Subst, kind: OpKind) -> Option<Id> {
+    let x = var(subst, "?x");
+    let (lo, hi) = bounds(egraph, eclass, kind, dq(egraph, x)?)?;
+    let own = ty(egraph, x)?.clone();
+    let clamped = add_declared(egraph, OpKind::Requantize, activation(lo, hi), vec![x], &own)?;
+    super::add_op(egraph, OpKind::DequantizeLinear, Attrs::new(), vec![clamped])
+}
+
+/// `op(DQ(x))` → `DQ(op(x))` for an op that commutes with dequantization (max pooling,
+/// data movement): the op runs on the quantized values.
 fn sink(egraph: &mut QEGraph, eclass: Id, subst: &Subst, kind: OpKind) -> Option<Id> {
     let x = var(subst, "?x");
-    let (attrs, declared) = under_quantize(egraph, eclass, kind, &[dq(egraph, x)?])?;
+    let attrs = matched(egraph, eclass, kind, &[dq(egraph, x)?])?.op().attrs;
     let inner = super::add_op(egraph, kind, attrs, vec![x])?;
-    add_declared(egraph, OpKind::Requantize, Attrs::new(), vec![inner], &declared)
+    super::add_op(egraph, OpKind::DequantizeLinear, Attrs::new(), vec![inner])
 }

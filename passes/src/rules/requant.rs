@@ -12,7 +12,7 @@
 //! except where the exact value sits within ~2^-20 of a rounding boundary: at most one
 //! quantization step apart, which is the contract of this rule family.
 
-use super::{add_const, add_declared, dequantized, dq, f32_values, is_missing, op_node, optional_var, ty, under_quantize, var, Apply, QRewrite};
+use super::{add_const, add_declared, dequantized, dq, f32_values, is_missing, matched, op_node, optional_var, ty, under_quantize, var, Apply, QRewrite};
 use crate::analysis::QEGraph;
 use crate::quantize::weights::quantize_per_channel;
 use egg::{rewrite, Id, Subst};
@@ -30,6 +30,9 @@ pub fn rules() -> Vec<QRewrite> {
         rewrite!("fuse-average-pool"; "(QuantizeLinear (AveragePool (DequantizeLinear ?x)))" => { Apply(|g, c, s| fuse_pool(g, c, s, OpKind::AveragePool)) }),
         rewrite!("fuse-global-average-pool"; "(QuantizeLinear (GlobalAveragePool (DequantizeLinear ?x)))" => { Apply(|g, c, s| fuse_pool(g, c, s, OpKind::GlobalAveragePool)) }),
         rewrite!("fuse-concat"; "(QuantizeLinear ?y)" => { Apply(fuse_concat) }),
+        rewrite!("qlinear-conv-to-qconv"; "(QLinearConv ?x ?w ?b)" => { Apply(|g, c, s| from_qlinear(g, c, s, OpKind::QLinearConv)) }),
+        rewrite!("qlinear-conv-to-qconv-without-bias"; "(QLinearConv ?x ?w)" => { Apply(|g, c, s| from_qlinear(g, c, s, OpKind::QLinearConv)) }),
+        rewrite!("qlinear-matmul-to-qmatmul"; "(QLinearMatMul ?x ?w)" => { Apply(|g, c, s| from_qlinear(g, c, s, OpKind::QLinearMatMul)) }),
     ]
 }
 
@@ -169,6 +172,18 @@ fn fuse_pool(egraph: &mut QEGraph, eclass: Id, subst: &Subst, kind: OpKind) -> O
     let (attrs, declared) = under_quantize(egraph, eclass, kind, &[dq(egraph, x)?])?;
     let qkind = if kind == OpKind::AveragePool { OpKind::QAveragePool } else { OpKind::QGlobalAveragePool };
     add_declared(egraph, qkind, attrs, vec![x], &declared)
+}
+
+/// ONNX's QLinearConv and QLinearMatMul (pre-quantized QOperator models) → QConv and
+/// QMatMul with the same operands and result: the same integer accumulation, requantized in
+/// fixed point instead of f32 (within one step). Per-row A of QLinearMatMul stays as it is.
+fn from_qlinear(egraph: &mut QEGraph, eclass: Id, subst: &Subst, kind: OpKind) -> Option<Id> {
+    let mut operands = vec![var(subst, "?x"), var(subst, "?w")];
+    operands.extend(optional_var(subst, "?b").filter(|&b| !is_missing(egraph, b)));
+    let sym = matched(egraph, eclass, kind, &[var(subst, "?x"), var(subst, "?w")].into_iter().chain(optional_var(subst, "?b")).collect::<Vec<_>>())?;
+    let declared = sym.declared.clone()?;
+    let target = if kind == OpKind::QLinearConv { OpKind::QConv } else { OpKind::QMatMul };
+    add_declared(egraph, target, sym.op().attrs, operands, &declared)
 }
 
 /// `Q(Concat(DQ(x1), …, DQ(xn)))` → `QConcat(x1, …, xn)`, each part rescaled to the result.
