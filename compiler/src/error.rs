@@ -104,10 +104,32 @@ pub enum Error {
     /// A rewrite pass or quantization failed: unsupported input, or (for `Bug`) a bug in qlift.
     #[error(transparent)]
     Pass(#[from] qlift_passes::PassError),
+    /// The IR graph cannot be written as ONNX: its op (or an attribute value, a quantization
+    /// layout) has no ONNX equivalent, or the graph is malformed. Names the node and its op;
+    /// both are empty for a problem of the whole model (bad input for this version of qlift).
+    #[error("cannot export {} to ONNX: {message}", export_subject(node, op))]
+    Export {
+        /// The node's name (empty for the whole model).
+        node: String,
+        /// The IR op's name (empty for the whole model).
+        op: String,
+        /// What cannot be written.
+        message: String,
+    },
     /// An IR-level error: verifier failures on an imported model are bad input; a build
     /// error is a bug in qlift.
     #[error(transparent)]
     Ir(#[from] qlift_ir::IrError),
+}
+
+/// What an export error is about: a node and its op, or the model.
+fn export_subject(node: &str, op: &str) -> String {
+    match (node.is_empty(), op.is_empty()) {
+        (true, true) => "the model".to_string(),
+        (false, true) => format!("node `{node}`"),
+        (true, false) => format!("a {op} node"),
+        (false, false) => format!("node `{node}` ({op})"),
+    }
 }
 
 impl Error {

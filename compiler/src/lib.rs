@@ -1,8 +1,8 @@
 //! qlift: a quantizing compiler for ONNX models.
 //!
-//! This crate is what applications depend on: the ONNX frontend ([`load_onnx`]), `.npy`
-//! I/O for the CLI ([`npy`]), and (as the compiler grows) the driver and the compiled-model
-//! API. The IR itself lives in `qlift-ir`.
+//! This crate is what applications depend on: the ONNX frontend ([`load_onnx`]) and
+//! exporter ([`export_onnx`]), `.npy` I/O for the CLI ([`npy`]), and (as the compiler grows)
+//! the driver and the compiled-model API. The IR itself lives in `qlift-ir`.
 #![deny(missing_docs)]
 
 mod error;
@@ -14,4 +14,5 @@ pub use error::{Error, UnsupportedOp};
 pub use qlift_passes::calibrate::{ActivationScheme, CalibrationMethod};
 pub use qlift_passes::quantize::QuantizeOptions;
 pub use quantize::{quantize, Quantized};
+pub use onnx::export_onnx;
 pub use onnx::{load_onnx, load_onnx_bytes, read_tensor_pb, ImportOptions, Limits};

@@ -1,10 +1,11 @@
-//! The ONNX frontend: protobuf → qlift IR.
+//! The ONNX frontend: protobuf → qlift IR, and back ([`export_onnx`]).
 //!
 //! Decoding checks sizes before allocating ([`Limits`]), the importer converts every op
 //! through a registry (one file per op family under `ops/`) into the IR's canonical form
 //! (defaults filled in, `auto_pad` resolved, constant operands moved into attributes,
 //! quantization parameters moved onto value types), and the result is verified.
 
+mod export;
 mod import;
 mod load;
 mod ops;
@@ -15,6 +16,7 @@ use qlift_ir::{Graph, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
 
+pub use export::export_onnx;
 pub use tensor::read_tensor_pb;
 
 /// Size limits checked before anything is allocated, so that a hostile file cannot make

@@ -22,6 +22,19 @@ pub(crate) fn dtype_of(code: i32) -> Option<DType> {
     })
 }
 
+/// The ONNX element type code of a dtype: the inverse of [`dtype_of`].
+pub(crate) fn dtype_code(dtype: DType) -> i32 {
+    match dtype {
+        DType::F32 => 1,
+        DType::U8 => 2,
+        DType::I8 => 3,
+        DType::I32 => 6,
+        DType::I64 => 7,
+        DType::U4 => 21,
+        DType::I4 => 22,
+    }
+}
+
 /// The ONNX name of an element type code, for error messages.
 pub(crate) fn dtype_name(code: i32) -> String {
     const NAMES: [&str; 24] = [

@@ -1,0 +1,729 @@
+//! qlift IR → ONNX: the inverse of the importer.
+//!
+//! The exporter writes a `ModelProto` that ONNX Runtime loads: one ONNX node per IR node (plus
+//! a Relu or Clip for a fused activation), constants as initializers, and everything the
+//! importer moved out of operands put back:
+//!
+//! - Reshape's `shape`, Squeeze/Unsqueeze's `axes`, Pad's `pads` become `i64` initializers;
+//!   Clip's bounds and Pad's fill value become scalar initializers of the operand's dtype
+//!   (an infinite Clip bound is the omitted optional input `""`).
+//! - Quantization parameters on value types become the scale and zero-point operands of
+//!   QuantizeLinear (from the result's type), DequantizeLinear (from the operand's type) and
+//!   QLinearConv/QLinearMatMul (from the operands' and the result's types); a per-axis layout
+//!   is a 1-D scale plus Q/DQ's `axis` attribute.
+//! - A fused activation `{act_min, act_max}` becomes the op into a fresh value, then Relu
+//!   (for `[0, inf]`) or Clip producing the value's own name.
+//!
+//! **Opset.** The model imports ai.onnx 13 (IR version 8), where every op qlift has exists
+//! with per-axis Q/DQ, unless the graph needs more; then the version is raised to the lowest
+//! one that has it: 14 for HardSwish and Reshape's `allowzero=1`, 19 for AveragePool
+//! `dilations` other than 1, 21 (IR version 10) for `i4`/`u4` values. The ops qlift writes
+//! mean the same at every version from 13 to 21, so raising the version changes nothing else.
+//!
+//! **Names.** Value and node names are kept; a repeated or empty one gets a numbered
+//! variant (`name_1`), and the initializers the exporter adds (`x_scale`, `y_shape`, ...) get
+//! names no value uses, so re-importing the model gives the same graph (the tests check it on
+//! every bundled model).
+//!
+//! **What does not come back.** Quantization parameters on a value that no Q/DQ/QLinear op
+//! reads (say, a quantized graph input consumed only by MaxPool) have no place in ONNX and are
+//! dropped; a Squeeze with no axes is written as Identity; an empty graph name becomes
+//! `graph` (ONNX requires one).
+//!
+//! Every IR op maps through one table, [`rule`]; an op missing from it is refused with an
+//! [`Error::Export`] naming the node and the op.
+
+use super::tensor::dtype_code;
+use crate::Error;
+use onnx_protobuf::attribute_proto::AttributeType;
+use onnx_protobuf::tensor_shape_proto::{dimension, Dimension};
+use onnx_protobuf::{
+    type_proto, AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
+};
+use qlift_ir::{
+    AttrValue, DType, Dim, Graph, Node, NodeId, NodeOp, Op, OpKind, Tensor, TensorData, TensorType, ValueId,
+};
+use std::collections::{HashMap, HashSet};
+
+/// The ai.onnx opset the exporter writes unless an op or a dtype needs a later one.
+const BASE_OPSET: i64 = 13;
+
+/// Serializes an IR graph as an ONNX model (`ModelProto` bytes) that ONNX Runtime loads.
+///
+/// The model imports ai.onnx 13 unless the graph needs a later opset (see the module
+/// documentation); constants become initializers and quantization parameters on types become
+/// the scale and zero-point operands of the Q/DQ and QLinear ops. An op with no ONNX
+/// equivalent is an [`Error::Export`] naming the node and the op.
+pub fn export_onnx(graph: &Graph) -> Result<Vec<u8>, Error> {
+    let model = export_model(graph)?;
+    model.write_to_bytes().map_err(|e| model_error(format!("serializing the model: {e}")))
+}
+
+/// The `ModelProto` [`export_onnx`] serializes.
+pub(crate) fn export_model(graph: &Graph) -> Result<ModelProto, Error> {
+    let mut ex = Exporter::new(graph);
+    let graph_proto = ex.graph()?;
+    let opset = ex.opset;
+    Ok(ModelProto {
+        ir_version: ir_version(opset),
+        producer_name: "qlift".to_string(),
+        producer_version: env!("CARGO_PKG_VERSION").to_string(),
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: opset, ..Default::default() }],
+        graph: Some(graph_proto).into(),
+        ..Default::default()
+    })
+}
+
+/// The lowest IR version that knows the opset (IR 8 at least).
+fn ir_version(opset: i64) -> i64 {
+    match opset {
+        ..=18 => 8,
+        19 | 20 => 9,
+        _ => 10,
+    }
+}
+
+fn model_error(message: String) -> Error {
+    Error::Export { node: String::new(), op: String::new(), message }
+}
+
+/// How one IR op is written: a node of the same ONNX op type with the listed canonical
+/// attributes and the IR operands as inputs, or a function that puts operands back.
+#[derive(Clone, Copy)]
+enum Write {
+    Direct(&'static str, &'static [&'static str]),
+    Custom(fn(&mut Exporter, &Cx) -> Result<(), Error>),
+}
+
+/// An op's export rule and the first ai.onnx opset that has the op.
+#[derive(Clone, Copy)]
+struct Rule {
+    write: Write,
+    since: i64,
+}
+
+const fn direct(op_type: &'static str, attrs: &'static [&'static str]) -> Rule {
+    Rule { write: Write::Direct(op_type, attrs), since: BASE_OPSET }
+}
+
+const fn custom(f: fn(&mut Exporter, &Cx) -> Result<(), Error>) -> Rule {
+    Rule { write: Write::Custom(f), since: BASE_OPSET }
+}
+
+const WINDOW: &[&str] = &["dilations", "group", "kernel_shape", "pads", "strides"];
+
+/// The op table: how each IR op becomes ONNX. `None` for an op with no ONNX equivalent
+/// (integer ops of a later IR); adding an op is adding its line.
+fn rule(kind: OpKind) -> Option<Rule> {
+    use OpKind::*;
+    #[allow(unreachable_patterns)] // the catch-all is for ops added to the IR later
+    let rule = match kind {
+        Conv => direct("Conv", WINDOW),
+        ConvInteger => direct("ConvInteger", WINDOW),
+        QLinearConv => custom(qlinear_conv),
+        MatMul => direct("MatMul", &[]),
+        MatMulInteger => direct("MatMulInteger", &[]),
+        QLinearMatMul => custom(qlinear_matmul),
+        Gemm => direct("Gemm", &["alpha", "beta", "transA", "transB"]),
+        BatchNormalization => direct("BatchNormalization", &["epsilon"]),
+        Relu => direct("Relu", &[]),
+        Clip => custom(clip),
+        LeakyRelu => direct("LeakyRelu", &["alpha"]),
+        Sigmoid => direct("Sigmoid", &[]),
+        Tanh => direct("Tanh", &[]),
+        HardSigmoid => direct("HardSigmoid", &["alpha", "beta"]),
+        HardSwish => Rule { since: 14, ..direct("HardSwish", &[]) },
+        Add => direct("Add", &[]),
+        Sub => direct("Sub", &[]),
+        Mul => direct("Mul", &[]),
+        Div => direct("Div", &[]),
+        MaxPool => direct("MaxPool", &["ceil_mode", "dilations", "kernel_shape", "pads", "strides"]),
+        AveragePool => custom(average_pool),
+        GlobalAveragePool => direct("GlobalAveragePool", &[]),
+        GlobalMaxPool => direct("GlobalMaxPool", &[]),
+        Flatten => direct("Flatten", &["axis"]),
+        Reshape => custom(reshape),
+        Transpose => direct("Transpose", &["perm"]),
+        Concat => direct("Concat", &["axis"]),
+        Softmax => direct("Softmax", &["axis"]),
+        Identity => direct("Identity", &[]),
+        Dropout => direct("Dropout", &[]),
+        Squeeze => custom(squeeze),
+        Unsqueeze => custom(unsqueeze),
+        Pad => custom(pad),
+        QuantizeLinear => custom(quantize_linear),
+        DequantizeLinear => custom(dequantize_linear),
+        _ => return None,
+    };
+    Some(rule)
+}
+
+/// The error for an op the table does not map.
+fn unsupported(node: &str, kind: OpKind) -> Error {
+    Error::Export {
+        node: node.to_string(),
+        op: kind.name().to_string(),
+        message: format!("{kind} has no ONNX equivalent (ai.onnx opsets 13 to 21)"),
+    }
+}
+
+/// The node being written: its operands' and result's exported names.
+struct Cx<'a> {
+    id: NodeId,
+    node: &'a Node,
+    op: &'a Op,
+    /// The IR operands by slot.
+    operands: Vec<Option<ValueId>>,
+    /// Their exported names.
+    inputs: Vec<Option<String>>,
+    /// The name the op's ONNX node writes (the value's, or a fresh one before a fused
+    /// activation).
+    output: String,
+}
+
+impl Cx<'_> {
+    fn error(&self, message: impl Into<String>) -> Error {
+        Error::Export { node: self.node.name.clone(), op: self.op.kind.name().to_string(), message: message.into() }
+    }
+
+    /// The node's (single) result.
+    fn result(&self) -> ValueId {
+        ValueId { node: self.id, output: 0 }
+    }
+
+    /// Operand `i`, which must be given: its value and exported name.
+    fn operand(&self, i: usize) -> Result<(ValueId, String), Error> {
+        match (self.operands.get(i).copied().flatten(), self.inputs.get(i).cloned().flatten()) {
+            (Some(v), Some(name)) => Ok((v, name)),
+            _ => Err(self.error(format!("operand {i} is missing"))),
+        }
+    }
+
+    /// The canonical attribute `name` as an ONNX attribute.
+    fn attr(&self, name: &str) -> Result<AttributeProto, Error> {
+        let value = self.op.attrs.get(name).ok_or_else(|| self.error(format!("missing attribute `{name}`")))?;
+        Ok(attribute(name, value))
+    }
+
+    fn ints(&self, name: &str) -> Result<&[i64], Error> {
+        self.op.attrs.ints(name).map_err(|e| self.error(e))
+    }
+
+    fn int(&self, name: &str) -> Result<i64, Error> {
+        self.op.attrs.int(name).map_err(|e| self.error(e))
+    }
+
+    fn float(&self, name: &str) -> Result<f32, Error> {
+        self.op.attrs.float(name).map_err(|e| self.error(e))
+    }
+}
+
+/// Exporter state: names in use, the nodes and initializers written so far, and the opset
+/// the graph needs.
+struct Exporter<'g> {
+    graph: &'g Graph,
+    /// Names in the value namespace (values and initializers).
+    used: HashSet<String>,
+    /// Node names written.
+    node_names: HashSet<String>,
+    /// The exported name of every value.
+    names: HashMap<ValueId, String>,
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+    /// Scale and zero-point initializers already written for a value's parameters.
+    quant_inputs: HashMap<ValueId, (String, String)>,
+    opset: i64,
+}
+
+impl<'g> Exporter<'g> {
+    fn new(graph: &'g Graph) -> Exporter<'g> {
+        Exporter {
+            graph,
+            used: HashSet::new(),
+            node_names: HashSet::new(),
+            names: HashMap::new(),
+            nodes: Vec::new(),
+            initializers: Vec::new(),
+            quant_inputs: HashMap::new(),
+            opset: BASE_OPSET,
+        }
+    }
+
+    /// Raises the opset to at least `version`.
+    fn need(&mut self, version: i64) {
+        self.opset = self.opset.max(version);
+    }
+
+    /// 4-bit element types exist in ONNX from opset 21.
+    fn need_dtype(&mut self, dtype: DType) {
+        if matches!(dtype, DType::I4 | DType::U4) {
+            self.need(21);
+        }
+    }
+
+    /// `base` if no value or initializer has that name yet, else the first free `base_N`.
+    fn fresh(&mut self, base: &str) -> String {
+        unique(&mut self.used, if base.is_empty() { "value" } else { base })
+    }
+
+    fn name_of(&self, v: ValueId) -> Result<String, Error> {
+        self.names.get(&v).cloned().ok_or_else(|| model_error(format!("value {v:?} is not in the graph")))
+    }
+
+    fn graph(&mut self) -> Result<GraphProto, Error> {
+        let graph = self.graph;
+        let order = graph.topo_order()?;
+        // Names first: graph inputs keep theirs, then every result in topological order.
+        let values = graph.input_values().into_iter().chain(order.iter().flat_map(|&node| {
+            let n = if matches!(graph.node(node).op, NodeOp::Input) { 0 } else { graph.node(node).outputs.len() };
+            (0..n).map(move |output| ValueId { node, output })
+        }));
+        for v in values {
+            let value = graph.value(v);
+            self.need_dtype(value.ty.dtype);
+            let name = self.fresh(&value.name);
+            self.names.insert(v, name);
+        }
+        let mut inputs = Vec::new();
+        for v in graph.input_values() {
+            inputs.push(value_info(&self.name_of(v)?, graph.value_type(v)));
+        }
+        let outputs_set: HashSet<ValueId> = graph.outputs().iter().copied().collect();
+        for &id in &order {
+            let node = graph.node(id);
+            match &node.op {
+                NodeOp::Input => {}
+                NodeOp::Const(t) => {
+                    let v = ValueId { node: id, output: 0 };
+                    if !graph.users(v).is_empty() || outputs_set.contains(&v) {
+                        let name = self.name_of(v)?;
+                        self.initializers.push(tensor_proto(&name, t));
+                    }
+                }
+                NodeOp::Apply(op) => self.node(id, node, op)?,
+            }
+        }
+        let mut outputs = Vec::new();
+        let mut seen = HashSet::new();
+        for &v in graph.outputs() {
+            let mut name = self.name_of(v)?;
+            if !seen.insert(v) {
+                // The same value listed twice: ONNX output names are distinct, so copy it.
+                let copy = self.fresh(&name);
+                let node_name = unique(&mut self.node_names, &format!("{copy}_output"));
+                self.nodes.push(node_proto(&node_name, "Identity", vec![name], &copy, vec![]));
+                name = copy;
+            }
+            outputs.push(value_info(&name, graph.value_type(v)));
+        }
+        Ok(GraphProto {
+            name: if graph.name.is_empty() { "graph".to_string() } else { graph.name.clone() },
+            node: std::mem::take(&mut self.nodes),
+            initializer: std::mem::take(&mut self.initializers),
+            input: inputs,
+            output: outputs,
+            ..Default::default()
+        })
+    }
+
+    /// Writes one IR node (and its fused activation).
+    fn node(&mut self, id: NodeId, node: &Node, op: &Op) -> Result<(), Error> {
+        let rule = rule(op.kind).ok_or_else(|| unsupported(&node.name, op.kind))?;
+        self.need(rule.since);
+        let operands = self.graph.node_inputs(id);
+        let inputs = operands.iter().map(|v| v.map(|v| self.name_of(v)).transpose()).collect::<Result<Vec<_>, _>>()?;
+        let mut cx = Cx { id, node, op, operands, inputs, output: String::new() };
+        if node.outputs.len() != 1 {
+            return Err(cx.error(format!("has {} results; ONNX ops written by qlift have one", node.outputs.len())));
+        }
+        let result = self.name_of(ValueId { node: id, output: 0 })?;
+        let fused = op.fused_activation().map_err(|e| cx.error(e))?;
+        if fused.is_some() && !op.kind.takes_fused_activation() {
+            return Err(cx.error("cannot carry a fused activation"));
+        }
+        // A clamp to [-inf, inf] is no clamp.
+        let fused = fused.filter(|&(lo, hi)| lo != f32::NEG_INFINITY || hi != f32::INFINITY);
+        cx.output = if fused.is_some() { self.fresh(&format!("{result}_preact")) } else { result.clone() };
+        match rule.write {
+            Write::Direct(op_type, attrs) => {
+                let attrs = attrs.iter().map(|a| cx.attr(a)).collect::<Result<Vec<_>, _>>()?;
+                let inputs = cx.inputs.iter().map(|i| i.clone().unwrap_or_default()).collect();
+                self.emit(&cx, op_type, inputs, attrs);
+            }
+            Write::Custom(write) => write(self, &cx)?,
+        }
+        if let Some((lo, hi)) = fused {
+            let dtype = node.outputs[0].ty.dtype;
+            let base = if node.name.is_empty() { result.clone() } else { node.name.clone() };
+            if lo == 0.0 && hi == f32::INFINITY {
+                let name = unique(&mut self.node_names, &format!("{base}_relu"));
+                self.nodes.push(node_proto(&name, "Relu", vec![cx.output.clone()], &result, vec![]));
+            } else {
+                let inputs = self.clip_inputs(&cx, cx.output.clone(), (lo, hi), dtype, &result)?;
+                let name = unique(&mut self.node_names, &format!("{base}_clip"));
+                self.nodes.push(node_proto(&name, "Clip", inputs, &result, vec![]));
+            }
+        }
+        Ok(())
+    }
+
+    /// Pushes the ONNX node for `cx` (trailing omitted inputs dropped).
+    fn emit(&mut self, cx: &Cx, op_type: &str, mut inputs: Vec<String>, attrs: Vec<AttributeProto>) {
+        while inputs.last().is_some_and(String::is_empty) {
+            inputs.pop();
+        }
+        let base = if cx.node.name.is_empty() { cx.output.clone() } else { cx.node.name.clone() };
+        let name = unique(&mut self.node_names, &base);
+        self.nodes.push(node_proto(&name, op_type, inputs, &cx.output, attrs));
+    }
+
+    /// Adds an initializer under a fresh name derived from `base`; returns the name.
+    fn initializer(&mut self, base: &str, t: &Tensor) -> String {
+        self.need_dtype(t.dtype());
+        let name = self.fresh(base);
+        self.initializers.push(tensor_proto(&name, t));
+        name
+    }
+
+    /// An `i64` list as a 1-D initializer.
+    fn ints_initializer(&mut self, base: &str, v: &[i64]) -> String {
+        self.initializer(base, &Tensor::from_i64(&[v.len()], v.to_vec()))
+    }
+
+    /// A scalar initializer of `dtype` holding `value` (integers saturate to the dtype).
+    fn scalar(&mut self, cx: &Cx, base: &str, dtype: DType, value: f64) -> Result<String, Error> {
+        let t = match dtype.int_range() {
+            None => Tensor::new(DType::F32, vec![], TensorData::F32(vec![value as f32])),
+            Some((lo, hi)) => Tensor::from_i64_values(dtype, vec![], vec![(value as i64).clamp(lo, hi)]),
+        };
+        let t = t.map_err(|e| cx.error(e))?;
+        Ok(self.initializer(base, &t))
+    }
+
+    /// Clip's inputs: `x`, then min and max as scalars of `dtype` (`""` for an infinite one;
+    /// integer bounds truncate as the interpreter's do).
+    fn clip_inputs(
+        &mut self,
+        cx: &Cx,
+        x: String,
+        (lo, hi): (f32, f32),
+        dtype: DType,
+        result: &str,
+    ) -> Result<Vec<String>, Error> {
+        let mut inputs = vec![x];
+        for (bound, infinite, what) in [(lo, f32::NEG_INFINITY, "min"), (hi, f32::INFINITY, "max")] {
+            inputs.push(if bound == infinite {
+                String::new()
+            } else {
+                self.scalar(cx, &format!("{result}_{what}"), dtype, bound as f64)?
+            });
+        }
+        Ok(inputs)
+    }
+
+    /// The scale and zero-point initializers of value `v`'s quantization parameters (written
+    /// once per value): a scalar scale per tensor, a 1-D one per axis; the zero point in the
+    /// value's dtype. Returns their names and the per-channel axis.
+    fn quant_params(&mut self, cx: &Cx, v: ValueId) -> Result<(String, String, Option<usize>), Error> {
+        let value = self.graph.value(v);
+        let ty = &value.ty;
+        let q = ty.quant.as_ref().ok_or_else(|| {
+            let ty = qlift_ir::text::type_to_string(ty);
+            cx.error(format!("value `{}` ({ty}) carries no quantization parameters", value.name))
+        })?;
+        if let Some((scale, zero_point)) = self.quant_inputs.get(&v) {
+            return Ok((scale.clone(), zero_point.clone(), q.axis));
+        }
+        if q.scale.len() != q.zero_point.len() || (q.axis.is_none() && q.scale.len() != 1) {
+            let (scales, zero_points) = (q.scale.len(), q.zero_point.len());
+            return Err(cx.error(format!("value `{}` has {scales} scales and {zero_points} zero points", value.name)));
+        }
+        if !(ty.dtype.is_quantized() || ty.dtype == DType::I32) {
+            return Err(cx.error(format!("value `{}` of type {} cannot be quantized", value.name, ty.dtype)));
+        }
+        let shape = if q.axis.is_some() { vec![q.scale.len()] } else { vec![] };
+        let scale = Tensor::new(DType::F32, shape.clone(), TensorData::F32(q.scale.clone())).map_err(|e| cx.error(e))?;
+        let zero_point = Tensor::from_i64_values(ty.dtype, shape, q.zero_point.iter().map(|&z| z as i64).collect())
+            .map_err(|e| cx.error(format!("zero point of `{}`: {e}", value.name)))?;
+        let base = self.name_of(v)?;
+        let scale = self.initializer(&format!("{base}_scale"), &scale);
+        let names = (scale, self.initializer(&format!("{base}_zero_point"), &zero_point));
+        self.quant_inputs.insert(v, names.clone());
+        Ok((names.0, names.1, q.axis))
+    }
+
+    /// Scale and zero point of operand or result `v` of a QLinear op, whose layout must be one
+    /// ONNX expresses there (`allowed` axes; `None` is per tensor).
+    fn qlinear_params(&mut self, cx: &Cx, v: ValueId, what: &str, allowed: &[Option<usize>]) -> Result<[String; 2], Error> {
+        let (scale, zero_point, axis) = self.quant_params(cx, v)?;
+        if !allowed.contains(&axis) {
+            return Err(cx.error(format!("{what} is quantized per axis {axis:?}, which the ONNX op cannot express")));
+        }
+        Ok([scale, zero_point])
+    }
+}
+
+/// `base`, or the first `base_N` not in `used`; records the name.
+fn unique(used: &mut HashSet<String>, base: &str) -> String {
+    if used.insert(base.to_string()) {
+        return base.to_string();
+    }
+    let mut i = 1usize;
+    loop {
+        let name = format!("{base}_{i}");
+        if used.insert(name.clone()) {
+            return name;
+        }
+        i += 1;
+    }
+}
+
+fn clip(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
+    let (x, name) = cx.operand(0)?;
+    let dtype = ex.graph.value_type(x).dtype;
+    let inputs = ex.clip_inputs(cx, name, (cx.float("min")?, cx.float("max")?), dtype, &cx.output)?;
+    ex.emit(cx, "Clip", inputs, vec![]);
+    Ok(())
+}
+
+/// AveragePool has `dilations` from opset 19; all-ones dilations are left out.
+fn average_pool(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
+    let (_, x) = cx.operand(0)?;
+    let mut attrs = ["ceil_mode", "count_include_pad", "kernel_shape", "pads", "strides"]
+        .iter()
+        .map(|a| cx.attr(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    if cx.ints("dilations")?.iter().any(|&d| d != 1) {
+        ex.need(19);
+        attrs.push(cx.attr("dilations")?);
+    }
+    ex.emit(cx, "AveragePool", vec![x], attrs);
+    Ok(())
+}
+
+/// Reshape's shape is an operand; `allowzero` exists from opset 14 and is written only when set.
+fn reshape(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
+    let (_, x) = cx.operand(0)?;
+    let shape = ex.ints_initializer(&format!("{}_shape", cx.output), cx.ints("shape")?);
+    let mut attrs = vec![];
+    if cx.int("allowzero")? != 0 {
+        ex.need(14);
+        attrs.push(cx.attr("allowzero")?);
+    }
+    ex.emit(cx, "Reshape", vec![x, shape], attrs);
+    Ok(())
+}
+
+/// Squeeze's axes are an operand. Without axes ONNX removes every size-1 dimension, so a
+/// Squeeze of no axes (a no-op) is written as Identity.
+fn squeeze(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
+    let (_, x) = cx.operand(0)?;
+    let axes = cx.ints("axes")?;
+    if axes.is_empty() {
+        ex.emit(cx, "Identity", vec![x], vec![]);
+    } else {
+        let axes = ex.ints_initializer(&format!("{}_axes", cx.output), axes);
+        ex.emit(cx, "Squeeze", vec![x, axes], vec![]);
+    }
+    Ok(())
+}
+
+fn unsqueeze(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
+    let (_, x) = cx.operand(0)?;
+    let axes = ex.ints_initializer(&format!("{}_axes", cx.output), cx.ints("axes")?);
+    ex.emit(cx, "Unsqueeze", vec![x, axes], vec![]);
+    Ok(())
+}
+
+/// Pad's pads and fill value are operands; the fill has the operand's dtype, and a quantized
+/// operand (which the IR pads with real 0.0) is filled with its zero point.
+fn pad(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
+    let (v, x) = cx.operand(0)?;
+    let ty = ex.graph.value_type(v).clone();
+    let value = cx.float("value")?;
+    let fill = match &ty.quant {
+        None => value as f64,
+        Some(q) if value == 0.0 && q.zero_point.windows(2).all(|w| w[0] == w[1]) && !q.zero_point.is_empty() => {
+            q.zero_point[0] as f64
+        }
+        Some(_) => return Err(cx.error("a quantized operand can only be padded with 0.0 and one zero point")),
+    };
+    let pads = ex.ints_initializer(&format!("{}_pads", cx.output), cx.ints("pads")?);
+    let fill = ex.scalar(cx, &format!("{}_value", cx.output), ty.dtype, fill)?;
+    ex.emit(cx, "Pad", vec![x, pads, fill], vec![]);
+    Ok(())
+}
+
+/// The `axis` attribute of a per-axis Q/DQ.
+fn axis_attr(axis: Option<usize>) -> Vec<AttributeProto> {
+    axis.map(|a| attribute("axis", &AttrValue::Int(a as i64))).into_iter().collect()
+}
+
+/// QuantizeLinear's scale and zero point come from its result's type.
+fn quantize_linear(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
+    let (_, x) = cx.operand(0)?;
+    let (scale, zero_point, axis) = ex.quant_params(cx, cx.result())?;
+    ex.emit(cx, "QuantizeLinear", vec![x, scale, zero_point], axis_attr(axis));
+    Ok(())
+}
+
+/// DequantizeLinear's scale and zero point come from its operand's type.
+fn dequantize_linear(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
+    let (v, x) = cx.operand(0)?;
+    let (scale, zero_point, axis) = ex.quant_params(cx, v)?;
+    ex.emit(cx, "DequantizeLinear", vec![x, scale, zero_point], axis_attr(axis));
+    Ok(())
+}
+
+/// QLinearConv: x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point,
+/// and the bias when there is one. Weights may be quantized per output channel (axis 0).
+fn qlinear_conv(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
+    let ((xv, x), (wv, w)) = (cx.operand(0)?, cx.operand(1)?);
+    let [xs, xz] = ex.qlinear_params(cx, xv, "the input", &[None])?;
+    let [ws, wz] = ex.qlinear_params(cx, wv, "the weights", &[None, Some(0)])?;
+    let [ys, yz] = ex.qlinear_params(cx, cx.result(), "the result", &[None])?;
+    let bias = cx.inputs.get(2).cloned().flatten().unwrap_or_default();
+    let attrs = WINDOW.iter().map(|a| cx.attr(a)).collect::<Result<Vec<_>, _>>()?;
+    ex.emit(cx, "QLinearConv", vec![x, xs, xz, w, ws, wz, ys, yz, bias], attrs);
+    Ok(())
+}
+
+/// QLinearMatMul: a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point.
+/// A may be quantized per row, B per column.
+fn qlinear_matmul(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
+    let ((av, a), (bv, b)) = (cx.operand(0)?, cx.operand(1)?);
+    let rank = |v: ValueId| ex.graph.value_type(v).shape.rank();
+    let (row, column) = (rank(av).checked_sub(2), rank(bv).checked_sub(1));
+    let [a_s, a_z] = ex.qlinear_params(cx, av, "A", &[None, row])?;
+    let [b_s, b_z] = ex.qlinear_params(cx, bv, "B", &[None, column])?;
+    let [ys, yz] = ex.qlinear_params(cx, cx.result(), "the result", &[None])?;
+    ex.emit(cx, "QLinearMatMul", vec![a, a_s, a_z, b, b_s, b_z, ys, yz], vec![]);
+    Ok(())
+}
+
+fn attribute(name: &str, value: &AttrValue) -> AttributeProto {
+    let mut a = AttributeProto { name: name.to_string(), ..Default::default() };
+    let kind = match value {
+        AttrValue::Int(v) => {
+            a.i = *v;
+            AttributeType::INT
+        }
+        AttrValue::Float(v) => {
+            a.f = *v;
+            AttributeType::FLOAT
+        }
+        AttrValue::Ints(v) => {
+            a.ints = v.clone();
+            AttributeType::INTS
+        }
+        AttrValue::Floats(v) => {
+            a.floats = v.clone();
+            AttributeType::FLOATS
+        }
+        AttrValue::Str(v) => {
+            a.s = v.as_bytes().to_vec();
+            AttributeType::STRING
+        }
+    };
+    a.type_ = kind.into();
+    a
+}
+
+fn node_proto(name: &str, op_type: &str, inputs: Vec<String>, output: &str, attrs: Vec<AttributeProto>) -> NodeProto {
+    NodeProto {
+        name: name.to_string(),
+        op_type: op_type.to_string(),
+        input: inputs,
+        output: vec![output.to_string()],
+        attribute: attrs,
+        ..Default::default()
+    }
+}
+
+/// A tensor as an initializer: little-endian `raw_data`, 4-bit values packed two per byte
+/// (low nibble first), as the importer reads them.
+fn tensor_proto(name: &str, t: &Tensor) -> TensorProto {
+    let bytes = t.to_le_bytes();
+    let raw_data = match t.dtype() {
+        DType::I4 | DType::U4 => bytes.chunks(2).map(|c| (c[0] & 0xf) | (c.get(1).map_or(0, |b| (b & 0xf) << 4))).collect(),
+        _ => bytes,
+    };
+    TensorProto {
+        name: name.to_string(),
+        dims: t.shape().iter().map(|&d| d as i64).collect(),
+        data_type: dtype_code(t.dtype()),
+        raw_data,
+        ..Default::default()
+    }
+}
+
+/// A graph input or output: element type and shape, the batch as the symbol `N`.
+fn value_info(name: &str, ty: &TensorType) -> ValueInfoProto {
+    let dim = ty
+        .shape
+        .dims()
+        .iter()
+        .map(|d| Dimension {
+            value: Some(match d {
+                Dim::Fixed(n) => dimension::Value::DimValue(*n as i64),
+                Dim::Batch => dimension::Value::DimParam("N".to_string()),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let tensor = type_proto::Tensor {
+        elem_type: dtype_code(ty.dtype),
+        shape: Some(TensorShapeProto { dim, ..Default::default() }).into(),
+        ..Default::default()
+    };
+    ValueInfoProto {
+        name: name.to_string(),
+        type_: Some(TypeProto { value: Some(type_proto::Value::TensorType(tensor)), ..Default::default() }).into(),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::tensor::dtype_of;
+
+    #[test]
+    fn every_ir_op_has_a_rule() {
+        let missing: Vec<&str> = OpKind::ALL.iter().filter(|k| rule(**k).is_none()).map(|k| k.name()).collect();
+        assert!(missing.is_empty(), "no export rule for {missing:?}");
+    }
+
+    /// The error an op without a rule gets (no such op exists yet; integer ops added to the
+    /// IR later reach it through the table's catch-all).
+    #[test]
+    fn an_op_without_a_rule_is_refused_naming_node_and_op() {
+        let e = unsupported("layer3", OpKind::QLinearMatMul);
+        assert!(matches!(&e, Error::Export { node, op, .. } if node == "layer3" && op == "QLinearMatMul"));
+        let shown = e.to_string();
+        assert!(shown.starts_with("cannot export node `layer3` (QLinearMatMul) to ONNX: "), "{shown}");
+        assert!(shown.contains("has no ONNX equivalent"), "{shown}");
+    }
+
+    #[test]
+    fn dtype_codes_invert_the_importers() {
+        for d in DType::ALL {
+            assert_eq!(dtype_of(dtype_code(d)), Some(d));
+        }
+    }
+
+    #[test]
+    fn names_are_made_unique() {
+        let mut used = HashSet::new();
+        assert_eq!(unique(&mut used, "x"), "x");
+        assert_eq!(unique(&mut used, "x"), "x_1");
+        used.insert("x_2".to_string());
+        assert_eq!(unique(&mut used, "x"), "x_3");
+    }
+
+    #[test]
+    fn ir_version_follows_the_opset() {
+        assert_eq!([13, 14, 18, 19, 21].map(ir_version), [8, 8, 8, 9, 10]);
+    }
+}
