@@ -9,6 +9,7 @@ mod error;
 pub mod npy;
 pub mod onnx;
 pub mod quantize;
+pub mod report;
 
 pub use error::{Error, UnsupportedOp};
 pub use qlift_passes::calibrate::{ActivationScheme, CalibrationMethod};
