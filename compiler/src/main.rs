@@ -3,7 +3,8 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use qlift::npy::{read_npy, write_npy};
-use qlift::{load_onnx, ImportOptions};
+use qlift::report::layer_errors;
+use qlift::{export_onnx, load_onnx, quantize, ActivationScheme, CalibrationMethod, ImportOptions, QuantizeOptions, Quantized};
 use qlift_ir::{text, Graph, Tensor};
 use qlift_passes::{pass_names, run_pipeline, PipelineOptions, PrintAfter};
 use std::path::{Path, PathBuf};
@@ -12,6 +13,11 @@ use std::time::Instant;
 
 const EXAMPLES: &str = "\
 Examples:
+  qlift run examples/models/digits_cnn.onnx --calib examples/models/digits_calib_x.npy \\
+      --input examples/models/digits_test_x.npy --labels examples/models/digits_test_y.npy
+  qlift quantize examples/models/digits_cnn.onnx --calib examples/models/digits_calib_x.npy -o cnn.qdq.onnx
+  qlift report examples/models/digits_cnn.onnx --calib examples/models/digits_calib_x.npy \\
+      --input examples/models/digits_test_x.npy
   qlift dump examples/models/digits_cnn.onnx
   qlift dump examples/models/digits_cnn.onnx --format dot -o cnn.dot
   qlift dump examples/models/digits_cnn.onnx --after all --timings
@@ -39,14 +45,86 @@ enum Command {
   qlift dump model.onnx --after all --dump-dir ir/  # one numbered .qir file per pass
   qlift dump model.onnx --format dot -o model.dot && dot -Tsvg model.dot > model.svg")]
     Dump(DumpArgs),
-    /// Run a model on .npy inputs with the reference interpreter.
+    /// Run a model on .npy inputs with the reference interpreter (quantized with --calib).
     #[command(after_help = "Examples:
   qlift run model.onnx --input x.npy --output y.npy
   qlift run model.onnx --input image=x.npy --input mask=m.npy --output logits=y.npy
   qlift run model.onnx --input x.npy --labels y.npy      # prints top-1 accuracy
+  qlift run model.onnx --calib c.npy --method mse --input x.npy --labels y.npy   # int8
 
 The batch size is taken from the inputs (the model's symbolic batch dimension).")]
     Run(RunArgs),
+    /// Quantize a float model from calibration data and write it as a QDQ ONNX model.
+    #[command(after_help = "Examples:
+  qlift quantize model.onnx --calib calib.npy -o model.qdq.onnx
+  qlift quantize model.onnx --calib calib.npy --method percentile:99.99 -o model.qdq.onnx
+  qlift quantize model.onnx --calib calib.npy --activations i8 -o model.qdq.onnx --qir model.qir
+
+The output is ONNX Runtime's QDQ format (QuantizeLinear/DequantizeLinear around every
+quantized op, int8 per-channel weights, int32 biases): ONNX Runtime and qlift both run it.")]
+    Quantize(QuantizeArgs),
+    /// Per-layer quantization error (SQNR, max error) of the quantized model against fp32.
+    #[command(after_help = "Examples:
+  qlift report model.onnx --calib calib.npy --input x.npy
+  qlift report model.onnx --calib calib.npy --input x.npy --method mse --json
+
+Layers are matched by value name and listed worst first (lowest SQNR), as ONNX Runtime's
+qdq_loss_debug does; the last line is the model output.")]
+    Report(ReportArgs),
+}
+
+/// How to quantize, shared by the subcommands that quantize.
+#[derive(clap::Args, Clone)]
+struct QuantArgs {
+    /// Calibration inputs (.npy, samples on axis 0; NAME=FILE.npy for several inputs).
+    #[arg(long = "calib", value_name = "C.npy")]
+    calib: Vec<String>,
+    /// How activation ranges are chosen: minmax, percentile[:P], mse or entropy.
+    #[arg(long, default_value = "minmax", value_parser = parse_method)]
+    method: CalibrationMethod,
+    /// Activation type: u8 (asymmetric, the default) or i8 (symmetric).
+    #[arg(long, value_enum, default_value_t = Activations::U8)]
+    activations: Activations,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Activations {
+    /// Asymmetric uint8 (as ONNX Runtime).
+    U8,
+    /// Symmetric int8.
+    I8,
+}
+
+fn parse_method(s: &str) -> Result<CalibrationMethod, String> {
+    s.parse()
+}
+
+#[derive(clap::Args)]
+struct QuantizeArgs {
+    /// The float ONNX model.
+    model: PathBuf,
+    #[command(flatten)]
+    quant: QuantArgs,
+    /// Where to write the QDQ ONNX model.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Also write the lowered integer IR as text.
+    #[arg(long, value_name = "FILE.qir")]
+    qir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// The float ONNX model.
+    model: PathBuf,
+    #[command(flatten)]
+    quant: QuantArgs,
+    /// Inputs to compare on (FILE.npy or NAME=FILE.npy).
+    #[arg(short, long = "input", required = true)]
+    inputs: Vec<String>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -83,6 +161,9 @@ struct DumpArgs {
     /// With --after: print each pass's time and node counts to standard error.
     #[arg(long)]
     timings: bool,
+    /// Quantize from this calibration data (the pipeline then includes insert-qdq).
+    #[command(flatten)]
+    quant: QuantArgs,
 }
 
 #[derive(clap::Args)]
@@ -98,6 +179,9 @@ struct RunArgs {
     /// Integer class labels (.npy) to score the first output's top-1 accuracy against.
     #[arg(long)]
     labels: Option<PathBuf>,
+    /// Quantize first from this calibration data, then run the integer graph.
+    #[command(flatten)]
+    quant: QuantArgs,
 }
 
 fn main() -> ExitCode {
@@ -112,6 +196,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Dump(args) => dump(&args),
         Command::Run(args) => run(&args),
+        Command::Quantize(args) => quantize_cmd(&args),
+        Command::Report(args) => report(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -140,6 +226,10 @@ fn dump(args: &DumpArgs) -> Result<()> {
     if after.is_none() && (args.dump_dir.is_some() || args.timings) {
         bail!("--dump-dir and --timings need --after PASS|all");
     }
+    let after = match after {
+        None if !args.quant.calib.is_empty() => Some("all"),
+        other => other,
+    };
     if let Some(after) = after {
         let print_after = match after {
             "all" => PrintAfter::All,
@@ -151,7 +241,12 @@ fn dump(args: &DumpArgs) -> Result<()> {
             _ => None,
         };
         let opts = PipelineOptions { print_after: print_after.clone(), dump_dir: args.dump_dir.clone(), stop_after };
-        let (optimized, runs) = run_pipeline(&graph, &opts).context("running the pass pipeline")?;
+        let (optimized, runs) = if args.quant.calib.is_empty() {
+            run_pipeline(&graph, &opts).context("running the pass pipeline")?
+        } else {
+            let q = quantize_model(&graph, &args.quant, &opts)?;
+            (q.lowered, q.runs)
+        };
         if args.timings {
             for run in &runs {
                 eprintln!(
@@ -224,7 +319,10 @@ fn bind_inputs(graph: &Graph, args: &[String]) -> Result<Vec<Tensor>> {
 }
 
 fn run(args: &RunArgs) -> Result<()> {
-    let graph = load_model(&args.model)?;
+    let mut graph = load_model(&args.model)?;
+    if !args.quant.calib.is_empty() {
+        graph = quantize_model(&graph, &args.quant, &PipelineOptions::default())?.lowered;
+    }
     let inputs = bind_inputs(&graph, &args.inputs)?;
     let start = Instant::now();
     let outputs = qlift_ir::interp::run(&graph, &inputs)?;
@@ -268,4 +366,95 @@ fn top1(scores: &Tensor, labels: &Tensor) -> Result<(usize, usize)> {
         })
         .count();
     Ok((correct, rows))
+}
+
+/// Quantizes `graph` with the calibration data and options of `q`, with a progress bar
+/// over calibration samples (hidden when standard error is not a terminal).
+fn quantize_model(graph: &Graph, q: &QuantArgs, pipeline: &PipelineOptions) -> Result<Quantized> {
+    let calibration = bind_inputs(graph, &q.calib).context("calibration data (--calib)")?;
+    let opts = QuantizeOptions {
+        method: q.method,
+        scheme: match q.activations {
+            Activations::U8 => ActivationScheme::AsymmetricU8,
+            Activations::I8 => ActivationScheme::SymmetricI8,
+        },
+    };
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template("calibrating {bar:30} {pos}/{len} samples {elapsed}").expect("valid progress template"),
+    );
+    let start = Instant::now();
+    let quantized = quantize(graph, &calibration, &opts, pipeline, &|done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    eprintln!(
+        "quantized with {} on {} calibration samples in {:.0} ms{}",
+        q.method,
+        quantized.samples,
+        start.elapsed().as_secs_f64() * 1e3,
+        match quantized.non_finite {
+            0 => String::new(),
+            n => format!(" ({n} NaN/Inf calibration values ignored)"),
+        }
+    );
+    Ok(quantized)
+}
+
+fn quantize_cmd(args: &QuantizeArgs) -> Result<()> {
+    if args.quant.calib.is_empty() {
+        bail!("quantize needs calibration data: --calib C.npy");
+    }
+    let graph = load_model(&args.model)?;
+    let q = quantize_model(&graph, &args.quant, &PipelineOptions::default())?;
+    let bytes = export_onnx(&q.qdq).context("writing the QDQ model")?;
+    std::fs::write(&args.output, bytes).with_context(|| format!("writing {}", args.output.display()))?;
+    if let Some(path) = &args.qir {
+        let text = text::print(&q.lowered, &text::PrintOptions { full_constants: true, ..Default::default() });
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let integer = q.lowered.node_ids().filter(|&id| q.lowered.node(id).op.kind().is_some_and(|k| k.is_internal())).count();
+    eprintln!("wrote {} ({integer} integer ops after lowering)", args.output.display());
+    Ok(())
+}
+
+fn report(args: &ReportArgs) -> Result<()> {
+    if args.quant.calib.is_empty() {
+        bail!("report needs calibration data: --calib C.npy");
+    }
+    let graph = load_model(&args.model)?;
+    let (float, _) = run_pipeline(&graph, &PipelineOptions::default()).context("running the pass pipeline")?;
+    let q = quantize_model(&graph, &args.quant, &PipelineOptions::default())?;
+    let inputs = bind_inputs(&graph, &args.inputs)?;
+    let rows = layer_errors(&float, &q.lowered, &inputs)?;
+    let outputs: Vec<&str> = float.outputs().iter().map(|v| float.value(*v).name.as_str()).collect();
+    if args.json {
+        let layers: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "name": r.name, "op": r.op, "sqnr_db": finite_or_null(r.sqnr_db),
+                    "max_abs_error": r.max_abs_error, "elements": r.elements,
+                    "output": outputs.contains(&r.name.as_str()),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::json!({ "model": args.model.display().to_string(), "method": args.quant.method.to_string(), "layers": layers }));
+        return Ok(());
+    }
+    println!("{:<36} {:<20} {:>10} {:>12} {:>9}", "layer", "op", "SQNR dB", "max error", "elements");
+    for r in &rows {
+        let mark = if outputs.contains(&r.name.as_str()) { " (output)" } else { "" };
+        println!("{:<36} {:<20} {:>10.2} {:>12.6} {:>9}{mark}", r.name, r.op, r.sqnr_db, r.max_abs_error, r.elements);
+    }
+    Ok(())
+}
+
+/// JSON has no infinity: an exact layer's SQNR is `null`.
+fn finite_or_null(v: f64) -> serde_json::Value {
+    if v.is_finite() {
+        serde_json::json!(v)
+    } else {
+        serde_json::Value::Null
+    }
 }

@@ -44,7 +44,8 @@ pub fn layer_errors(float: &Graph, quantized: &Graph, inputs: &[Tensor]) -> Resu
     let mut rows = Vec::new();
     for (&v, tensor) in &trace.values {
         let value = quantized.value(v);
-        let Some(op) = quantized.node(v.node).op.kind() else { continue };
+        // A model output's DequantizeLinear repeats the row of the op it reads.
+        let Some(op) = quantized.node(v.node).op.kind().filter(|k| *k != qlift_ir::OpKind::DequantizeLinear) else { continue };
         let float_name = value.name.strip_suffix(QUANTIZED_SUFFIX).unwrap_or(&value.name);
         let Some(want) = by_name.get(float_name).and_then(|r| reference.values.get(r)) else { continue };
         let got = match (&value.ty.quant, value.ty.dtype) {

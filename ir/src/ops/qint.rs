@@ -19,7 +19,10 @@ use crate::{DType, Dim, OpKind, QuantParams, Shape, Tensor, TensorType};
 pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
     let x = cx.input(0)?;
     let declared = cx.declared.first().ok_or_else(|| format!("{} needs its result type declared", cx.op.kind))?;
-    crate::fixed_point::result_params(declared, None)?;
+    let accumulator = declared.dtype == DType::I32 && matches!(cx.op.kind, OpKind::QConv | OpKind::QMatMul);
+    if !accumulator {
+        crate::fixed_point::result_params(declared, None)?;
+    }
     let attrs = &cx.op.attrs;
     let shape = match cx.op.kind {
         OpKind::QConv => {
@@ -28,6 +31,9 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
             weights(w, 0)?;
             let shape = conv_shape(&x.shape, &w.shape, attrs)?;
             bias(cx, &shape.dims()[1])?;
+            if accumulator {
+                accumulator_result(cx, declared, x, w, 1)?;
+            }
             shape
         }
         OpKind::QMatMul => {
@@ -39,6 +45,9 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
             }
             let shape = matmul_shape(&x.shape, &b.shape)?;
             bias(cx, shape.dims().last().ok_or("result has no columns")?)?;
+            if accumulator {
+                accumulator_result(cx, declared, x, b, shape.rank() - 1)?;
+            }
             shape
         }
         OpKind::QAdd => {
@@ -77,6 +86,23 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
         other => return Err(format!("{other} is not an integer op")),
     };
     Ok(vec![TensorType { shape, ..declared.clone() }])
+}
+
+/// An i32 result of QConv/QMatMul is the accumulator itself (no requantization: for a float
+/// consumer such as a model output, which then loses no precision to an 8-bit step). Its
+/// declared parameters must be exactly what it means: scale `s_x · s_w[c]` (f32 product)
+/// along the channel `axis`, zero point 0; no fused activation.
+fn accumulator_result(cx: &InferCtx, declared: &TensorType, x: &TensorType, w: &TensorType, axis: usize) -> Result<(), String> {
+    if cx.op.fused_activation()?.is_some() {
+        return Err("an i32 (accumulator) result cannot carry a fused activation".to_string());
+    }
+    let (xq, wq) = (x.quant.as_ref().ok_or("input is not quantized")?, w.quant.as_ref().ok_or("weights are not quantized")?);
+    let scale: Vec<f32> = wq.scale.iter().map(|s| xq.scale[0] * s).collect();
+    let want = QuantParams { zero_point: vec![0; scale.len()], axis: wq.axis.map(|_| axis), scale };
+    if declared.quant.as_ref() != Some(&want) {
+        return Err(format!("an i32 result must be quantized as the accumulator, {want:?}"));
+    }
+    Ok(())
 }
 
 /// An activation operand: 8-bit, quantized per tensor.
@@ -120,6 +146,9 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
                 super::nn::add_per_channel(&mut acc, &b.to_i64_vec()?, spatial)?;
             }
             let m = geom.out_channels;
+            if y.dtype == DType::I32 {
+                return accumulators(y, geom.out_shape(), acc);
+            }
             let rq = Requant::for_product(quant_of(cx, 0)?, wq, m, y, act)?;
             (acc.iter().enumerate().map(|(i, &a)| rq.apply((i / spatial.max(1)) % m, wrap_i32(a))).collect(), geom.out_shape())
         }
@@ -131,6 +160,9 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
             if let Some(bias) = cx.inputs.get(2).copied().flatten() {
                 let bias = bias.to_i64_vec()?;
                 acc.iter_mut().enumerate().for_each(|(i, a)| *a += bias[i % cols]);
+            }
+            if y.dtype == DType::I32 {
+                return accumulators(y, shape, acc);
             }
             let rq = Requant::for_product(quant_of(cx, 0)?, bq, cols, y, act)?;
             (acc.iter().enumerate().map(|(i, &a)| rq.apply(i % cols, wrap_i32(a))).collect(), shape)
@@ -184,6 +216,11 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
         other => return Err(format!("{other} is not an integer op")),
     };
     Ok(vec![Tensor::from_i64_values(y.dtype, shape, values)?])
+}
+
+/// The accumulators as the i32 result (wrapping, as the JIT's registers do).
+fn accumulators(y: &TensorType, shape: Vec<usize>, acc: Vec<i64>) -> Result<Vec<Tensor>, String> {
+    Ok(vec![Tensor::from_i64_values(y.dtype, shape, acc.into_iter().map(wrap_i32).collect())?])
 }
 
 /// `x` re-expressed in the result's parameters: `clamp(zy + M·(x − zx))` with `M = s_x / s_y`.

@@ -91,6 +91,16 @@ fn weight_axis(op: &Op, slot: usize) -> Option<usize> {
     }
 }
 
+/// Whether a product's result is only a model output: it then stays unquantized, and
+/// `fuse-requant` computes it from the integer accumulator (`DQ(QConv → i32)`), so the
+/// model's output loses no precision to an 8-bit step.
+fn reads_accumulator(g: &Graph, op: &Op, result: ValueId) -> bool {
+    matches!(op.kind, OpKind::Conv | OpKind::Gemm | OpKind::MatMul)
+        && matches!(op.fused_activation(), Ok(None))
+        && g.outputs().contains(&result)
+        && g.users(result).is_empty()
+}
+
 /// Returns `graph` with Q/DQ pairs inserted from `calibration` (which must come from this
 /// graph). Graph input and output names stay: an output's DequantizeLinear takes its name.
 pub fn insert_qdq(graph: &Graph, calibration: &Calibration, opts: &QuantizeOptions) -> Result<Graph, PassError> {
@@ -129,6 +139,9 @@ pub fn insert_qdq(graph: &Graph, calibration: &Calibration, opts: &QuantizeOptio
             g.set_node_input(id, slot, Some(replacement))?;
         }
         let result = qlift_ir::ValueId { node: id, output: 0 };
+        if reads_accumulator(&g, &op, result) {
+            continue;
+        }
         let first = g.node_inputs(id).first().copied().flatten();
         let source = first.and_then(|x| dequantized.iter().find(|(_, &dq)| dq == x).map(|(&v, _)| v));
         let p = match source.and_then(|x| params.get(&x)) {

@@ -12,11 +12,11 @@
 //! except where the exact value sits within ~2^-20 of a rounding boundary: at most one
 //! quantization step apart, which is the contract of this rule family.
 
-use super::{add_const, add_declared, dequantized, dq, f32_values, is_missing, matched, op_node, optional_var, ty, under_quantize, var, Apply, QRewrite};
+use super::{add_const, add_declared, add_op, dequantized, dq, f32_values, is_missing, matched, op_node, optional_var, ty, under_quantize, var, Apply, QRewrite};
 use crate::analysis::QEGraph;
 use crate::quantize::weights::quantize_per_channel;
 use egg::{rewrite, Id, Subst};
-use qlift_ir::{Attrs, DType, OpKind, QuantParams, Tensor, TensorData, FUSED_ACTIVATION};
+use qlift_ir::{Attrs, DType, OpKind, QuantParams, Shape, Tensor, TensorData, TensorType, FUSED_ACTIVATION};
 
 /// The requantization fusion rules.
 pub fn rules() -> Vec<QRewrite> {
@@ -30,6 +30,11 @@ pub fn rules() -> Vec<QRewrite> {
         rewrite!("fuse-average-pool"; "(QuantizeLinear (AveragePool (DequantizeLinear ?x)))" => { Apply(|g, c, s| fuse_pool(g, c, s, OpKind::AveragePool)) }),
         rewrite!("fuse-global-average-pool"; "(QuantizeLinear (GlobalAveragePool (DequantizeLinear ?x)))" => { Apply(|g, c, s| fuse_pool(g, c, s, OpKind::GlobalAveragePool)) }),
         rewrite!("fuse-concat"; "(QuantizeLinear ?y)" => { Apply(fuse_concat) }),
+        rewrite!("conv-to-accumulator"; "(Conv (DequantizeLinear ?x) (DequantizeLinear ?w) ?b)" => { Apply(|g, c, s| to_accumulator(g, c, s, OpKind::Conv)) }),
+        rewrite!("conv-to-accumulator-without-bias"; "(Conv (DequantizeLinear ?x) (DequantizeLinear ?w))" => { Apply(|g, c, s| to_accumulator(g, c, s, OpKind::Conv)) }),
+        rewrite!("gemm-to-accumulator"; "(Gemm (DequantizeLinear ?x) (DequantizeLinear ?w) ?b)" => { Apply(|g, c, s| to_accumulator(g, c, s, OpKind::Gemm)) }),
+        rewrite!("gemm-to-accumulator-without-c"; "(Gemm (DequantizeLinear ?x) (DequantizeLinear ?w))" => { Apply(|g, c, s| to_accumulator(g, c, s, OpKind::Gemm)) }),
+        rewrite!("matmul-to-accumulator"; "(MatMul (DequantizeLinear ?x) (DequantizeLinear ?w))" => { Apply(|g, c, s| to_accumulator(g, c, s, OpKind::MatMul)) }),
         rewrite!("qlinear-conv-to-qconv"; "(QLinearConv ?x ?w ?b)" => { Apply(|g, c, s| from_qlinear(g, c, s, OpKind::QLinearConv)) }),
         rewrite!("qlinear-conv-to-qconv-without-bias"; "(QLinearConv ?x ?w)" => { Apply(|g, c, s| from_qlinear(g, c, s, OpKind::QLinearConv)) }),
         rewrite!("qlinear-matmul-to-qmatmul"; "(QLinearMatMul ?x ?w)" => { Apply(|g, c, s| from_qlinear(g, c, s, OpKind::QLinearMatMul)) }),
@@ -47,10 +52,13 @@ fn activation_attrs(attrs: &Attrs) -> Attrs {
     out
 }
 
-/// Quantized weights for class `w` with output channels on `axis`: the operand of a
-/// DequantizeLinear (a quantized constant, or any 8-bit value for activation × activation
+/// Quantized weights for class `w` with output channels on `axis`: `w` itself when already
+/// quantized, the operand of a DequantizeLinear (a quantized constant, or any 8-bit value for activation × activation
 /// products), or an f32 constant quantized per channel here.
 fn quantized_weights(egraph: &mut QEGraph, w: Id, axis: usize) -> Option<Id> {
+    if ty(egraph, w)?.quant.is_some() {
+        return Some(w);
+    }
     if let Some(q) = dequantized(egraph, w) {
         return Some(q);
     }
@@ -80,19 +88,64 @@ fn quant(egraph: &QEGraph, id: Id) -> Option<QuantParams> {
     ty(egraph, id)?.quant.clone()
 }
 
+/// What an integer product computes: an 8-bit result (the declared type of the
+/// QuantizeLinear it replaces) or the i32 accumulator of this shape, for a float consumer.
+enum Target {
+    Quantized(TensorType),
+    Accumulator(Shape),
+}
+
+/// The result type for `target`; the accumulator's scale is `s_x · s_w[c]` along `axis`.
+fn result_type(egraph: &QEGraph, target: Target, x: Id, wq: Id, axis: usize) -> Option<TensorType> {
+    match target {
+        Target::Quantized(t) => Some(t),
+        Target::Accumulator(shape) => {
+            let (xq, wq) = (quant(egraph, x)?, quant(egraph, wq)?);
+            let scale: Vec<f32> = wq.scale.iter().map(|s| xq.scale[0] * s).collect();
+            let q = QuantParams { zero_point: vec![0; scale.len()], axis: wq.axis.map(|_| axis), scale };
+            Some(TensorType::quantized(DType::I32, shape, q))
+        }
+    }
+}
+
 /// `Q(Conv(DQ(x), w, b))` → `QConv(x, w_q, b_i32)` with the Conv's attributes.
 fn fuse_conv(egraph: &mut QEGraph, eclass: Id, subst: &Subst) -> Option<Id> {
-    let [x, w] = ["?x", "?w"].map(|v| var(subst, v));
     let b = optional_var(subst, "?b");
-    let operands: Vec<Id> = [dq(egraph, x)?, w].into_iter().chain(b).collect();
+    let operands: Vec<Id> = [dq(egraph, var(subst, "?x"))?, var(subst, "?w")].into_iter().chain(b).collect();
     let (attrs, declared) = under_quantize(egraph, eclass, OpKind::Conv, &operands)?;
+    qconv(egraph, subst, attrs, Target::Quantized(declared))
+}
+
+/// QConv for the matched `?x`, `?w` (quantized here if float) and optional `?b`.
+fn qconv(egraph: &mut QEGraph, subst: &Subst, attrs: Attrs, target: Target) -> Option<Id> {
+    let [x, w] = ["?x", "?w"].map(|v| var(subst, v));
     let wq = quantized_weights(egraph, w, 0)?;
     let channels = *ty(egraph, wq)?.shape.as_fixed()?.first()?;
     let mut children = vec![x, wq];
-    if let Some(b) = b.filter(|&b| !is_missing(egraph, b)) {
+    if let Some(b) = optional_var(subst, "?b").filter(|&b| !is_missing(egraph, b)) {
         children.push(bias(egraph, b, 1.0, x, wq, channels)?);
     }
+    let declared = result_type(egraph, target, x, wq, 1)?;
     add_declared(egraph, OpKind::QConv, attrs, children, &declared)
+}
+
+/// `Conv(DQ(x), DQ(w), b)` whose result is read as float (a model output) →
+/// `DQ(QConv → i32)`: integer arithmetic, no 8-bit rounding of the result. Likewise Gemm
+/// and MatMul. The weights must already be quantized (a float layer stays float).
+fn to_accumulator(egraph: &mut QEGraph, eclass: Id, subst: &Subst, kind: OpKind) -> Option<Id> {
+    let operands: Vec<Id> =
+        [dq(egraph, var(subst, "?x"))?, dq(egraph, var(subst, "?w"))?].into_iter().chain(optional_var(subst, "?b")).collect();
+    let attrs = matched(egraph, eclass, kind, &operands)?.op().attrs;
+    if attrs.get("act_min").is_some() {
+        return None;
+    }
+    let target = Target::Accumulator(ty(egraph, eclass)?.shape.clone());
+    let acc = match kind {
+        OpKind::Conv => qconv(egraph, subst, attrs, target)?,
+        OpKind::Gemm => qgemm(egraph, subst, attrs, target)?,
+        _ => qmatmul(egraph, subst, attrs, target)?,
+    };
+    add_op(egraph, OpKind::DequantizeLinear, Attrs::new(), vec![acc])
 }
 
 /// The i32 bias for the real bias in class `b` times `beta`: see [`quantized_bias`].
@@ -109,19 +162,24 @@ fn bias(egraph: &mut QEGraph, b: Id, beta: f64, x: Id, w: Id, channels: usize) -
 /// `Q(Gemm(DQ(x), w, c))` with alpha 1 and A not transposed → `QMatMul(x, w_q [K, N], bias)`;
 /// a transposed constant B is transposed at compile time, `beta · C` becomes the i32 bias.
 fn fuse_gemm(egraph: &mut QEGraph, eclass: Id, subst: &Subst) -> Option<Id> {
-    let [x, w] = ["?x", "?w"].map(|v| var(subst, v));
-    let c = optional_var(subst, "?b");
-    let operands: Vec<Id> = [dq(egraph, x)?, w].into_iter().chain(c).collect();
+    let operands: Vec<Id> = [dq(egraph, var(subst, "?x"))?, var(subst, "?w")].into_iter().chain(optional_var(subst, "?b")).collect();
     let (attrs, declared) = under_quantize(egraph, eclass, OpKind::Gemm, &operands)?;
+    qgemm(egraph, subst, attrs, Target::Quantized(declared))
+}
+
+/// QMatMul for the matched Gemm operands `?x`, `?w`, optional `?b` (C).
+fn qgemm(egraph: &mut QEGraph, subst: &Subst, attrs: Attrs, target: Target) -> Option<Id> {
+    let [x, w] = ["?x", "?w"].map(|v| var(subst, v));
     if attrs.float("alpha").ok()? != 1.0 || attrs.int("transA").ok()? != 0 {
         return None;
     }
     let wq = if attrs.int("transB").ok()? != 0 { transposed_weights(egraph, w)? } else { quantized_weights(egraph, w, 1)? };
     let channels = *ty(egraph, wq)?.shape.as_fixed()?.last()?;
     let mut children = vec![x, wq];
-    if let Some(c) = c.filter(|&c| !is_missing(egraph, c)) {
+    if let Some(c) = optional_var(subst, "?b").filter(|&c| !is_missing(egraph, c)) {
         children.push(bias(egraph, c, attrs.float("beta").ok()? as f64, x, wq, channels)?);
     }
+    let declared = result_type(egraph, target, x, wq, 1)?;
     add_declared(egraph, OpKind::QMatMul, activation_attrs(&attrs), children, &declared)
 }
 
@@ -152,10 +210,16 @@ fn transposed_weights(egraph: &mut QEGraph, w: Id) -> Option<Id> {
 
 /// `Q(MatMul(DQ(x), w))` → `QMatMul(x, w_q)`, B per tensor or per column.
 fn fuse_matmul(egraph: &mut QEGraph, eclass: Id, subst: &Subst) -> Option<Id> {
+    let (attrs, declared) = under_quantize(egraph, eclass, OpKind::MatMul, &[dq(egraph, var(subst, "?x"))?, var(subst, "?w")])?;
+    qmatmul(egraph, subst, attrs, Target::Quantized(declared))
+}
+
+/// QMatMul for the matched MatMul operands `?x`, `?w`.
+fn qmatmul(egraph: &mut QEGraph, subst: &Subst, attrs: Attrs, target: Target) -> Option<Id> {
     let [x, w] = ["?x", "?w"].map(|v| var(subst, v));
-    let (attrs, declared) = under_quantize(egraph, eclass, OpKind::MatMul, &[dq(egraph, x)?, w])?;
     let axis = ty(egraph, w)?.shape.rank().checked_sub(1)?;
     let wq = quantized_weights(egraph, w, axis)?;
+    let declared = result_type(egraph, target, x, wq, ty(egraph, x)?.shape.rank().max(2) - 1)?;
     add_declared(egraph, OpKind::QMatMul, activation_attrs(&attrs), vec![x, wq], &declared)
 }
 
