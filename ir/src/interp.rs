@@ -45,18 +45,23 @@ pub fn run_traced(graph: &Graph, inputs: &[Tensor]) -> Result<Trace, IrError> {
 /// Checks `inputs` against the graph's inputs and returns the batch size they bind
 /// (1 when no input has a batch dimension).
 pub fn bind_batch(graph: &Graph, inputs: &[Tensor]) -> Result<usize, IrError> {
-    let declared = graph.input_values();
+    let declared: Vec<(&str, &TensorType)> =
+        graph.input_values().iter().map(|v| (graph.value(*v).name.as_str(), graph.value_type(*v))).collect();
+    bind_batch_to(&graph.name, &declared, inputs)
+}
+
+/// [`bind_batch`] against declared `(name, type)` inputs of the graph named `graph_name`
+/// (for compiled programs, which keep their input types but not the graph).
+pub fn bind_batch_to(graph_name: &str, declared: &[(&str, &TensorType)], inputs: &[Tensor]) -> Result<usize, IrError> {
     if inputs.len() != declared.len() {
         return Err(IrError::Input {
-            name: graph.name.clone(),
+            name: graph_name.to_string(),
             message: format!("the graph has {} inputs, {} were given", declared.len(), inputs.len()),
         });
     }
     let mut batch = None;
-    for (v, t) in declared.iter().zip(inputs) {
-        let value = graph.value(*v);
-        let bad = |message: String| IrError::Input { name: value.name.clone(), message };
-        let ty = &value.ty;
+    for (&(name, ty), t) in declared.iter().zip(inputs) {
+        let bad = |message: String| IrError::Input { name: name.to_string(), message };
         if t.dtype() != ty.dtype {
             return Err(bad(format!("expected {} elements, got {}", ty.dtype, t.dtype())));
         }
@@ -80,7 +85,7 @@ pub fn bind_batch(graph: &Graph, inputs: &[Tensor]) -> Result<usize, IrError> {
         }
     }
     if batch == Some(0) {
-        return Err(IrError::Input { name: graph.name.clone(), message: "batch size 0".to_string() });
+        return Err(IrError::Input { name: graph_name.to_string(), message: "batch size 0".to_string() });
     }
     Ok(batch.unwrap_or(1))
 }

@@ -48,6 +48,38 @@ impl TensorData {
         )
     }
 
+    /// The elements' bytes in memory (native endianness): what generated code reads.
+    pub fn as_bytes(&self) -> &[u8] {
+        fn bytes<T: Copy>(v: &[T]) -> &[u8] {
+            // SAFETY: T is a plain numeric type (no padding, every bit pattern valid as u8);
+            // the slice covers exactly the vector's initialized elements.
+            unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+        }
+        match self {
+            TensorData::F32(v) => bytes(v),
+            TensorData::I8(v) => bytes(v),
+            TensorData::U8(v) => bytes(v),
+            TensorData::I32(v) => bytes(v),
+            TensorData::I64(v) => bytes(v),
+        }
+    }
+
+    /// The elements' bytes, writable: what generated code writes results into.
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        fn bytes<T: Copy>(v: &mut [T]) -> &mut [u8] {
+            // SAFETY: as in `as_bytes`; additionally every byte pattern written is a valid T
+            // (f32, i8, u8, i32, i64 have no invalid bit patterns).
+            unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+        }
+        match self {
+            TensorData::F32(v) => bytes(v),
+            TensorData::I8(v) => bytes(v),
+            TensorData::U8(v) => bytes(v),
+            TensorData::I32(v) => bytes(v),
+            TensorData::I64(v) => bytes(v),
+        }
+    }
+
     /// Element `i` widened to `i64` (`None` for float data).
     fn int_at(&self, i: usize) -> Option<i64> {
         match self {
@@ -157,6 +189,11 @@ impl Tensor {
     /// The elements.
     pub fn data(&self) -> &TensorData {
         &self.data
+    }
+
+    /// The elements, writable in place (the shape and dtype stay).
+    pub fn data_mut(&mut self) -> &mut TensorData {
+        &mut self.data
     }
 
     /// Consumes the tensor, returning its elements.

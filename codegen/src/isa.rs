@@ -1,0 +1,51 @@
+//! The target: the host CPU as cranelift-native detects it (AVX2, FMA, … when present), or
+//! a triple parsed with target-lexicon for ahead-of-time compilation, with qlift's flags.
+
+use crate::error::{bug, CodegenError};
+use cranelift_codegen::isa::OwnedTargetIsa;
+use cranelift_codegen::settings::{self, Configurable};
+use std::str::FromStr;
+use target_lexicon::Triple;
+
+/// How to generate code.
+#[derive(Clone, Debug, Default)]
+pub struct CodegenOptions {
+    /// Target triple; `None` is the host (with its detected CPU features).
+    pub target: Option<String>,
+    /// Generate no SIMD-specific instruction sequences beyond the baseline (SSE2 on x86-64):
+    /// the scalar fallback, used to test both paths on one machine.
+    pub baseline_isa: bool,
+    /// Position-independent code (needed by object files linked into executables).
+    pub pic: bool,
+}
+
+/// The ISA for `opts`: opt_level `speed`, the verifier in debug builds.
+pub fn target_isa(opts: &CodegenOptions) -> Result<OwnedTargetIsa, CodegenError> {
+    let mut flags = settings::builder();
+    let set = |flags: &mut settings::Builder, name: &str, value: &str| flags.set(name, value).map_err(bug);
+    set(&mut flags, "opt_level", "speed")?;
+    set(&mut flags, "use_colocated_libcalls", "false")?;
+    set(&mut flags, "is_pic", if opts.pic { "true" } else { "false" })?;
+    set(&mut flags, "enable_verifier", if cfg!(debug_assertions) { "true" } else { "false" })?;
+    let flags = settings::Flags::new(flags);
+    let target_error = |target: &str, message: String| CodegenError::Target { target: target.to_string(), message };
+    let builder = match &opts.target {
+        None => cranelift_native::builder_with_options(!opts.baseline_isa).map_err(|m| target_error("host", m.to_string()))?,
+        Some(t) => {
+            let triple = Triple::from_str(t).map_err(|e| target_error(t, e.to_string()))?;
+            cranelift_codegen::isa::lookup(triple).map_err(|e| target_error(t, e.to_string()))?
+        }
+    };
+    builder.finish(flags).map_err(|e| target_error(opts.target.as_deref().unwrap_or("host"), e.to_string()))
+}
+
+/// A one-line description of the ISA: triple and enabled CPU features (for `qlift bench`).
+pub fn describe(isa: &dyn cranelift_codegen::isa::TargetIsa) -> String {
+    let features: Vec<String> = isa
+        .isa_flags()
+        .iter()
+        .filter(|f| f.as_bool() == Some(true) && f.name.starts_with("has_"))
+        .map(|f| f.name.trim_start_matches("has_").to_string())
+        .collect();
+    format!("{} [{}]", isa.triple(), features.join(" "))
+}

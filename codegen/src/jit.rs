@@ -1,0 +1,160 @@
+//! JIT-compiled programs: compile a graph into executable memory, run it from many threads.
+//!
+//! Safety rests on three checks made before generated code is entered: the inputs'
+//! dtypes and shapes equal the graph's (the batch bound once), every output buffer is
+//! allocated at the size the kernels write, and the arena holds the planned bytes for that
+//! batch. The kernels themselves only touch addresses inside those buffers (their loops
+//! have compile-time extents and the batch).
+
+use crate::error::{bug, CodegenError};
+use crate::isa::{target_isa, CodegenOptions};
+use crate::program::{build, OutputSource, Program};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::default_libcall_names;
+use qlift_ir::{Graph, Tensor, TensorType};
+use std::sync::Mutex;
+
+/// The entry function's ABI (see [`crate::program`]).
+type Entry = unsafe extern "C" fn(*const *const u8, *const *mut u8, *mut u8, i64) -> i32;
+
+/// A compiled program in executable memory. `Send + Sync`: after compilation the code
+/// and its read-only data are never written, each call gets its own arena, and the arena
+/// pool is behind a mutex.
+pub struct JitProgram {
+    module: Option<JITModule>,
+    entry: Entry,
+    program: Program,
+    isa: String,
+    /// Arenas returned by finished calls, reused by the next ones (no allocation once warm).
+    arenas: Mutex<Vec<Vec<u8>>>,
+}
+
+// SAFETY: see the type's documentation; `JITModule` is only touched again in `drop`.
+unsafe impl Send for JitProgram {}
+// SAFETY: `run` only reads the module's finalized code and data.
+unsafe impl Sync for JitProgram {}
+
+/// `expf` for generated code, so the JIT does not depend on the C library's symbol.
+extern "C" fn qlift_expf(x: f32) -> f32 {
+    x.exp()
+}
+
+impl JitProgram {
+    /// Compiles `graph` (verified) for the host.
+    pub fn compile(graph: &Graph, opts: &CodegenOptions) -> Result<JitProgram, CodegenError> {
+        if opts.target.is_some() {
+            return Err(CodegenError::Target { target: opts.target.clone().unwrap_or_default(), message: "the JIT compiles for the host only".into() });
+        }
+        let isa = target_isa(opts)?;
+        let description = crate::isa::describe(isa.as_ref());
+        let mut builder = JITBuilder::with_isa(isa, default_libcall_names());
+        builder.symbol("expf", qlift_expf as *const u8);
+        let mut module = JITModule::new(builder);
+        let program = match build(&mut module, graph, "qlift_run") {
+            Ok(p) => p,
+            Err(e) => {
+                // SAFETY: nothing compiled in this module was called or handed out.
+                unsafe { module.free_memory() };
+                return Err(e);
+            }
+        };
+        module.finalize_definitions().map_err(bug)?;
+        let code = module.get_finalized_function(program.entry);
+        // SAFETY: the entry was built with exactly this signature (program.rs).
+        let entry = unsafe { std::mem::transmute::<*const u8, Entry>(code) };
+        Ok(JitProgram { module: Some(module), entry, program, isa: description, arenas: Mutex::new(Vec::new()) })
+    }
+
+    /// The graph inputs (names and types) the program takes, in order.
+    pub fn inputs(&self) -> &[(String, TensorType)] {
+        &self.program.inputs
+    }
+
+    /// The ISA the code was generated for, with its enabled features.
+    pub fn isa(&self) -> &str {
+        &self.isa
+    }
+
+    /// The program's layout: steps, arena plan.
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
+    /// Runs the program on `inputs` (in graph-input order) and returns the outputs.
+    pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, CodegenError> {
+        let batch = self.check_inputs(inputs)?;
+        let mut outputs: Vec<Tensor> = self.program.outputs.iter().map(|(_, ty, _)| Tensor::zeros(ty.dtype, &ty.shape.resolve(batch))).collect();
+        self.run_into(inputs, &mut outputs)?;
+        Ok(outputs)
+    }
+
+    /// Runs the program writing into `outputs`, which must have the output types at the
+    /// inputs' batch size: the call allocates nothing once the arena pool is warm.
+    pub fn run_into(&self, inputs: &[Tensor], outputs: &mut [Tensor]) -> Result<(), CodegenError> {
+        let batch = self.check_inputs(inputs)?;
+        if outputs.len() != self.program.outputs.len() {
+            return Err(CodegenError::Input { name: "outputs".into(), message: format!("{} output buffers for {} outputs", outputs.len(), self.program.outputs.len()) });
+        }
+        for ((name, ty, _), t) in self.program.outputs.iter().zip(outputs.iter()) {
+            if t.dtype() != ty.dtype || t.shape() != ty.shape.resolve(batch).as_slice() {
+                return Err(CodegenError::Input { name: name.clone(), message: format!("output buffer is {}{:?}, expected {}{:?}", t.dtype(), t.shape(), ty.dtype, ty.shape.resolve(batch)) });
+            }
+        }
+        let arena_bytes = self.program.arena.bytes(batch).ok_or_else(|| CodegenError::Input { name: "batch".into(), message: format!("batch {batch} overflows the arena size") })?;
+        let mut arena = self.arenas.lock().map_err(|_| bug("arena pool poisoned"))?.pop().unwrap_or_default();
+        arena.resize(arena_bytes + crate::plan::ALIGN, 0);
+        let skip = arena.as_ptr().align_offset(crate::plan::ALIGN);
+        let input_ptrs: Vec<*const u8> = inputs.iter().map(|t| t.data().as_bytes().as_ptr()).collect();
+        let mut computed: Vec<*mut u8> = vec![std::ptr::null_mut(); self.program.computed_outputs];
+        for ((_, _, source), t) in self.program.outputs.iter().zip(outputs.iter_mut()) {
+            if let OutputSource::Computed(n) = source {
+                computed[*n] = t.data_mut().as_bytes_mut().as_mut_ptr();
+            }
+        }
+        // SAFETY: inputs and outputs were checked against the program's types for this batch,
+        // and the arena holds `arena_bytes` from a 64-byte aligned start (module docs).
+        let status = unsafe { (self.entry)(input_ptrs.as_ptr(), computed.as_ptr(), arena.as_mut_ptr().add(skip), batch as i64) };
+        self.arenas.lock().map_err(|_| bug("arena pool poisoned"))?.push(arena);
+        if status != 0 {
+            return Err(self.runtime_error(status));
+        }
+        for j in 0..outputs.len() {
+            let copy = match &self.program.outputs[j].2 {
+                OutputSource::Computed(_) => continue,
+                OutputSource::Input(k) => inputs[*k].clone(),
+                OutputSource::Constant(t) => (**t).clone(),
+                OutputSource::Alias(i) => outputs[*i].clone(),
+            };
+            outputs[j] = copy;
+        }
+        Ok(())
+    }
+
+    /// Checks inputs against the program and returns the batch they bind.
+    fn check_inputs(&self, inputs: &[Tensor]) -> Result<usize, CodegenError> {
+        let declared: Vec<(&str, &TensorType)> = self.program.inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        qlift_ir::interp::bind_batch_to("model", &declared, inputs).map_err(|e| match e {
+            qlift_ir::IrError::Input { name, message } => CodegenError::Input { name, message },
+            other => CodegenError::Input { name: "inputs".into(), message: other.to_string() },
+        })
+    }
+
+    fn runtime_error(&self, status: i32) -> CodegenError {
+        let step = ((status >> 8) - 1) as usize;
+        let code = (status & 0xff) as usize;
+        match self.program.steps.get(step) {
+            Some(s) => CodegenError::Runtime { node: s.node.clone(), message: s.messages.get(code.wrapping_sub(1)).cloned().unwrap_or_else(|| format!("status {code}")) },
+            None => bug(format!("generated code returned status {status}")),
+        }
+    }
+}
+
+impl Drop for JitProgram {
+    fn drop(&mut self) {
+        if let Some(module) = self.module.take() {
+            // SAFETY: the JitProgram is being dropped, so no call into its code is running
+            // (`run` borrows it) and its entry pointer is not used again.
+            unsafe { module.free_memory() };
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Kernel emitters, one file per op family, and what they see of their node ([`Kernel`]).
+//!
+//! Every node becomes one Cranelift function `fn(operands…, results…, workspace, batch) ->
+//! i32`: a pointer per non-constant operand and per result, a pointer to the node's
+//! workspace, the batch size, and a status (0, or a code from [`Kernel::fail_if`]).
+//! Constant operands (weights) are not parameters: they are read-only data in the module,
+//! which an emitter may repack into the layout its loops read ([`Kernel::data`]).
+
+use crate::emit;
+use cranelift_codegen::ir::{types, AbiParam, FuncRef, InstBuilder, Signature, Type, Value};
+use cranelift_frontend::FunctionBuilder;
+use cranelift_module::{DataDescription, Linkage, Module};
+use qlift_ir::{DType, Dim, Op, OpKind, Tensor, TensorType};
+use std::sync::Arc;
+
+mod shape;
+
+/// An operand or result of the node being compiled.
+pub(crate) struct Operand {
+    /// Its static type (axis 0 may be the batch).
+    pub ty: TensorType,
+    /// The address of its first element.
+    pub ptr: Value,
+    /// Its value, when it is a constant (known at compile time).
+    pub constant: Option<Arc<Tensor>>,
+}
+
+impl Operand {
+    /// Whether axis 0 is the batch.
+    pub fn batched(&self) -> bool {
+        self.ty.shape.dims().first() == Some(&Dim::Batch)
+    }
+
+    /// The extents of one sample (axis 0 resolved to 1 when it is the batch).
+    pub fn dims(&self) -> Vec<usize> {
+        self.ty.shape.resolve(1)
+    }
+
+    /// Elements of one sample (all elements for an operand without the batch axis).
+    pub fn per_sample(&self) -> usize {
+        self.dims().iter().product()
+    }
+
+    /// The Cranelift type of one element.
+    pub fn elem(&self) -> Type {
+        elem_type(self.ty.dtype)
+    }
+}
+
+/// The Cranelift type of a dtype's elements (4-bit types are stored in bytes).
+pub(crate) fn elem_type(dtype: DType) -> Type {
+    match dtype {
+        DType::F32 => types::F32,
+        DType::I32 => types::I32,
+        DType::I64 => types::I64,
+        DType::I8 | DType::U8 | DType::I4 | DType::U4 => types::I8,
+    }
+}
+
+/// What a kernel emitter works with.
+pub(crate) struct Kernel<'k, 'f> {
+    /// The function being built, positioned in its body.
+    pub fb: &'k mut FunctionBuilder<'f>,
+    module: &'k mut dyn Module,
+    /// The op and its attributes.
+    pub op: &'k Op,
+    /// Operands by slot (`None` for a missing optional one).
+    pub inputs: Vec<Option<Operand>>,
+    /// Results.
+    pub outputs: Vec<Operand>,
+    /// The batch size (i64).
+    pub batch: Value,
+    workspace: Value,
+    /// Workspace bytes the emitter asked for.
+    pub(crate) workspace_bytes: usize,
+    /// Messages of the failure codes the kernel may return (code i + 1 is `messages[i]`).
+    pub(crate) messages: Vec<String>,
+}
+
+impl<'k, 'f> Kernel<'k, 'f> {
+    pub(crate) fn new(
+        fb: &'k mut FunctionBuilder<'f>,
+        module: &'k mut dyn Module,
+        op: &'k Op,
+        inputs: Vec<Option<Operand>>,
+        outputs: Vec<Operand>,
+        workspace: Value,
+        batch: Value,
+    ) -> Self {
+        Kernel { fb, module, op, inputs, outputs, batch, workspace, workspace_bytes: 0, messages: Vec::new() }
+    }
+
+    /// Operand `i` (an error naming it when it is missing).
+    pub fn input(&self, i: usize) -> Result<&Operand, String> {
+        self.inputs.get(i).and_then(Option::as_ref).ok_or_else(|| format!("operand {i} is missing"))
+    }
+
+    /// Optional operand `i`.
+    pub fn optional(&self, i: usize) -> Option<&Operand> {
+        self.inputs.get(i).and_then(Option::as_ref)
+    }
+
+    /// Result `i`.
+    pub fn output(&self, i: usize) -> &Operand {
+        &self.outputs[i]
+    }
+
+    /// A read-only data object holding `bytes` (aligned to `align`), and its address:
+    /// packed weights, lookup tables, per-channel constants.
+    pub fn data(&mut self, bytes: Vec<u8>, align: u64) -> Result<Value, String> {
+        let id = self.module.declare_anonymous_data(false, false).map_err(|e| e.to_string())?;
+        let mut desc = DataDescription::new();
+        desc.set_align(align.max(1));
+        desc.define(bytes.into_boxed_slice());
+        self.module.define_data(id, &desc).map_err(|e| e.to_string())?;
+        let gv = self.module.declare_data_in_func(id, self.fb.func);
+        let ptr = self.module.isa().pointer_type();
+        Ok(self.fb.ins().symbol_value(ptr, gv))
+    }
+
+    /// A scratch area of `bytes` bytes for this kernel alone (im2col rows, packed tiles),
+    /// valid while it runs; 64-byte aligned.
+    pub fn workspace(&mut self, bytes: usize) -> Value {
+        self.workspace_bytes = self.workspace_bytes.max(bytes);
+        self.workspace
+    }
+
+    /// Returns from the kernel with a failure when `cond` (an i8 truth value) is set; the
+    /// compiled model reports `message` naming the node.
+    pub fn fail_if(&mut self, cond: Value, message: &str) {
+        let code = match self.messages.iter().position(|m| m == message) {
+            Some(i) => i + 1,
+            None => {
+                self.messages.push(message.to_string());
+                self.messages.len()
+            }
+        };
+        let fail = self.fb.create_block();
+        let ok = self.fb.create_block();
+        self.fb.ins().brif(cond, fail, &[], ok, &[]);
+        self.fb.switch_to_block(fail);
+        let status = self.fb.ins().iconst(types::I32, code.min(255) as i64);
+        self.fb.ins().return_(&[status]);
+        self.fb.switch_to_block(ok);
+    }
+
+    /// A callable external function (for example `expf` for Sigmoid and Tanh): resolved to
+    /// qlift's own implementation by the JIT, to the C library by a linker for AOT.
+    pub fn import(&mut self, name: &str, params: &[Type], returns: &[Type]) -> Result<FuncRef, String> {
+        let mut sig = Signature::new(self.module.isa().default_call_conv());
+        sig.params.extend(params.iter().map(|&t| AbiParam::new(t)));
+        sig.returns.extend(returns.iter().map(|&t| AbiParam::new(t)));
+        let id = self.module.declare_function(name, Linkage::Import, &sig).map_err(|e| e.to_string())?;
+        Ok(self.module.declare_func_in_func(id, self.fb.func))
+    }
+
+    /// Copies `bytes` (a run-time i64) from `src` to `dst` (the C library's memcpy).
+    pub fn memcpy(&mut self, dst: Value, src: Value, bytes: Value) {
+        let config = self.module.target_config();
+        self.fb.call_memcpy(config, dst, src, bytes);
+    }
+
+    /// The number of samples an operand holds: the batch if axis 0 is the batch (`batched`,
+    /// see [`Operand::batched`]), else 1.
+    pub fn samples(&mut self, batched: bool) -> Value {
+        if batched {
+            self.batch
+        } else {
+            emit::iconst(self.fb, 1)
+        }
+    }
+}
+
+/// Emits the kernel of one node.
+pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
+    use OpKind::*;
+    match k.op.kind {
+        Identity | Dropout | Flatten | Reshape | Squeeze | Unsqueeze => shape::copy(k),
+        other => Err(format!("{other} has no kernel yet")),
+    }
+}

@@ -1,0 +1,275 @@
+//! Graph → Cranelift module: one kernel function per node, then an entry function that
+//! calls them in topological order on buffers placed by the memory plan. The same code
+//! path serves the JIT (`cranelift-jit`) and ahead-of-time object files
+//! (`cranelift-object`), through the `Module` trait.
+//!
+//! The entry is `fn(inputs: *const *const u8, outputs: *const *mut u8, arena: *mut u8,
+//! batch: i64) -> i32`: pointer arrays in graph-input and computed-output order, an arena
+//! of [`Program::arena`] bytes (64-byte aligned), and a status: 0, or `(step + 1) << 8 |
+//! code` when the kernel of `steps[step]` failed with its code `code`.
+
+use crate::emit;
+use crate::error::{bug, CodegenError};
+use crate::kernels::{self, Kernel, Operand};
+use crate::plan::{self, Buffer, Plan};
+use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, UserFuncName, Value as ClValue};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_module::{FuncId, Linkage, Module};
+use qlift_ir::{Dim, Graph, NodeOp, Tensor, TensorType, ValueId};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Where a graph output comes from.
+#[derive(Clone, Debug)]
+pub enum OutputSource {
+    /// Written by a kernel into the entry's output pointer number `n`.
+    Computed(usize),
+    /// A graph input, copied by the caller.
+    Input(usize),
+    /// A constant, copied by the caller.
+    Constant(Arc<Tensor>),
+    /// The same value as an earlier output.
+    Alias(usize),
+}
+
+/// One kernel call of the entry function.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// The node's name (errors name it).
+    pub node: String,
+    /// The op's name.
+    pub op: String,
+    /// What the kernel's failure codes mean (`code - 1` indexes it).
+    pub messages: Vec<String>,
+}
+
+/// What the caller of the entry function needs to know.
+#[derive(Clone, Debug)]
+pub struct Program {
+    /// The entry function.
+    pub entry: FuncId,
+    /// Graph inputs: names and types, in entry order.
+    pub inputs: Vec<(String, TensorType)>,
+    /// Graph outputs: names, types and sources, in graph order.
+    pub outputs: Vec<(String, TensorType, OutputSource)>,
+    /// Number of output pointers the entry takes.
+    pub computed_outputs: usize,
+    /// The kernel calls, in order.
+    pub steps: Vec<Step>,
+    /// The arena layout.
+    pub arena: Plan,
+}
+
+/// Where a value lives while the entry runs.
+#[derive(Clone)]
+enum Location {
+    Input(usize),
+    Constant(Arc<Tensor>),
+    Output(usize),
+    Arena(usize),
+}
+
+/// Compiles `graph` into `module`: kernels, then the entry function named `entry_name`
+/// (exported, for object files).
+pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str) -> Result<Program, CodegenError> {
+    let order = graph.topo_order().map_err(bug)?;
+    let mut location: HashMap<ValueId, Location> = HashMap::new();
+    let inputs: Vec<(String, TensorType)> = graph.input_values().iter().map(|&v| (graph.value(v).name.clone(), graph.value_type(v).clone())).collect();
+    for (k, v) in graph.input_values().into_iter().enumerate() {
+        location.insert(v, Location::Input(k));
+    }
+    // Outputs: a computed value gets an entry output pointer the first time it is listed.
+    let mut outputs = Vec::new();
+    let mut computed_outputs = 0;
+    for (j, &v) in graph.outputs().iter().enumerate() {
+        let (name, ty) = (graph.value(v).name.clone(), graph.value_type(v).clone());
+        let source = match (&graph.node(v.node).op, location.get(&v)) {
+            (_, Some(Location::Output(n))) => OutputSource::Alias(graph.outputs()[..j].iter().position(|&o| o == v).unwrap_or(*n)),
+            (NodeOp::Input, _) => OutputSource::Input(graph.inputs().iter().position(|&n| n == v.node).unwrap_or(0)),
+            (NodeOp::Const(t), _) => OutputSource::Constant(t.clone()),
+            (NodeOp::Apply(_), _) => {
+                location.insert(v, Location::Output(computed_outputs));
+                computed_outputs += 1;
+                OutputSource::Computed(computed_outputs - 1)
+            }
+        };
+        outputs.push((name, ty, source));
+    }
+    // Kernels, in order; arena buffers for the other computed values, and workspaces.
+    let mut ctx = module.make_context();
+    let mut fctx = FunctionBuilderContext::new();
+    let mut buffers: Vec<Buffer> = Vec::new();
+    let mut calls: Vec<(FuncId, Vec<ValueId>, Vec<ValueId>, usize)> = Vec::new(); // kernel, operands, results, workspace buffer
+    let mut steps = Vec::new();
+    let mut last_use: HashMap<ValueId, usize> = HashMap::new();
+    for &id in &order {
+        let node = graph.node(id);
+        match &node.op {
+            NodeOp::Const(t) => {
+                location.insert(ValueId { node: id, output: 0 }, Location::Constant(t.clone()));
+                continue;
+            }
+            NodeOp::Input => continue,
+            NodeOp::Apply(_) => {}
+        }
+        let NodeOp::Apply(op) = &node.op else { continue };
+        let step = steps.len();
+        let operands = graph.node_inputs(id);
+        let results: Vec<ValueId> = (0..node.outputs.len()).map(|output| ValueId { node: id, output }).collect();
+        for r in &results {
+            if !location.contains_key(r) {
+                let ty = graph.value_type(*r);
+                location.insert(*r, Location::Arena(buffers.len()));
+                buffers.push(buffer_of(ty, step));
+            }
+        }
+        for v in operands.iter().flatten() {
+            last_use.insert(*v, step);
+        }
+        let unsupported = |message: String| CodegenError::Unsupported { node: node.name.clone(), op: op.kind.name().to_string(), message };
+        // The kernel's signature: runtime operands, results, workspace, batch.
+        let ptr = module.isa().pointer_type();
+        let runtime: Vec<ValueId> = operands.iter().flatten().filter(|v| !matches!(location[v], Location::Constant(_))).copied().collect();
+        let mut sig = module.make_signature();
+        sig.params.extend((0..runtime.len() + results.len() + 1).map(|_| AbiParam::new(ptr)));
+        sig.params.push(AbiParam::new(types::I64));
+        sig.returns.push(AbiParam::new(types::I32));
+        let func = module.declare_anonymous_function(&sig).map_err(bug)?;
+        ctx.func.signature = sig;
+        ctx.func.name = UserFuncName::user(0, func.as_u32());
+        let (workspace_bytes, messages) = {
+            let mut fb = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let block = fb.create_block();
+            fb.append_block_params_for_function_params(block);
+            fb.switch_to_block(block);
+            let params = fb.block_params(block).to_vec();
+            let mut next = 0;
+            let mut operand_args = Vec::new();
+            for v in &operands {
+                let Some(v) = v else {
+                    operand_args.push(None);
+                    continue;
+                };
+                let ty = graph.value_type(*v).clone();
+                operand_args.push(Some(match &location[v] {
+                    Location::Constant(t) => (ty, None, Some(t.clone())),
+                    _ => {
+                        next += 1;
+                        (ty, Some(params[next - 1]), None)
+                    }
+                }));
+            }
+            let result_args: Vec<Operand> = results
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Operand { ty: graph.value_type(*r).clone(), ptr: params[next + i], constant: None })
+                .collect();
+            let (workspace, batch) = (params[next + results.len()], params[next + results.len() + 1]);
+            // Constants become read-only data objects (an emitter may ignore them and repack).
+            let mut kernel = Kernel::new(&mut fb, module, op, Vec::new(), result_args, workspace, batch);
+            for arg in operand_args {
+                let operand = match arg {
+                    None => None,
+                    Some((ty, Some(ptr), _)) => Some(Operand { ty, ptr, constant: None }),
+                    Some((ty, None, Some(t))) => {
+                        let ptr = kernel.data(t.data().as_bytes().to_vec(), 16).map_err(&unsupported)?;
+                        Some(Operand { ty, ptr, constant: Some(t) })
+                    }
+                    Some(_) => unreachable!("an operand has a pointer or a constant"),
+                };
+                kernel.inputs.push(operand);
+            }
+            kernels::emit(&mut kernel).map_err(&unsupported)?;
+            let out = (kernel.workspace_bytes, std::mem::take(&mut kernel.messages));
+            let ok = fb.ins().iconst(types::I32, 0);
+            fb.ins().return_(&[ok]);
+            fb.seal_all_blocks();
+            fb.finalize(module.target_config());
+            out
+        };
+        module.define_function(func, &mut ctx).map_err(|e| bug(format!("node `{}`: {e:?}", node.name)))?;
+        module.clear_context(&mut ctx);
+        let workspace = buffers.len();
+        buffers.push(Buffer { per_sample: 0, fixed: workspace_bytes, first: step, last: step });
+        calls.push((func, runtime, results, workspace));
+        steps.push(Step { node: node.name.clone(), op: op.kind.name().to_string(), messages });
+    }
+    // Arena values live from their step to their last reader.
+    for (v, loc) in &location {
+        if let (Location::Arena(b), Some(&last)) = (loc, last_use.get(v)) {
+            buffers[*b].last = buffers[*b].last.max(last);
+        }
+    }
+    let arena = plan::plan(&buffers);
+    let entry = entry_function(module, entry_name, &calls, &location, &arena)?;
+    Ok(Program { entry, inputs, outputs, computed_outputs, steps, arena })
+}
+
+/// The arena buffer of a value defined at `step`.
+fn buffer_of(ty: &TensorType, step: usize) -> Buffer {
+    let bytes = ty.shape.resolve(1).iter().product::<usize>() * ty.dtype.size_of();
+    match ty.shape.dims().first() {
+        Some(Dim::Batch) => Buffer { per_sample: bytes, fixed: 0, first: step, last: step },
+        _ => Buffer { per_sample: 0, fixed: bytes, first: step, last: step },
+    }
+}
+
+/// The entry function: computes every buffer's address and calls the kernels in order.
+fn entry_function(
+    module: &mut dyn Module,
+    name: &str,
+    calls: &[(FuncId, Vec<ValueId>, Vec<ValueId>, usize)],
+    location: &HashMap<ValueId, Location>,
+    arena: &Plan,
+) -> Result<FuncId, CodegenError> {
+    let ptr = module.isa().pointer_type();
+    let mut sig = module.make_signature();
+    sig.params.extend([AbiParam::new(ptr), AbiParam::new(ptr), AbiParam::new(ptr), AbiParam::new(types::I64)]);
+    sig.returns.push(AbiParam::new(types::I32));
+    let entry = module.declare_function(name, Linkage::Export, &sig).map_err(bug)?;
+    let mut ctx = module.make_context();
+    let mut fctx = FunctionBuilderContext::new();
+    ctx.func.signature = sig;
+    ctx.func.name = UserFuncName::user(0, entry.as_u32());
+    let mut fb = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+    let block = fb.create_block();
+    fb.append_block_params_for_function_params(block);
+    fb.switch_to_block(block);
+    let p = fb.block_params(block).to_vec();
+    let (inputs, outputs, base, batch) = (p[0], p[1], p[2], p[3]);
+    let pointer_bytes = ptr.bytes() as i32;
+    let at = |fb: &mut FunctionBuilder, offset: plan::Offset| -> ClValue {
+        let scaled = fb.ins().imul_imm_s(batch, offset.per_sample as i64);
+        let bytes = fb.ins().iadd_imm_s(scaled, offset.fixed as i64);
+        fb.ins().iadd(base, bytes)
+    };
+    let address = |fb: &mut FunctionBuilder, v: &ValueId| -> ClValue {
+        match &location[v] {
+            Location::Input(k) => fb.ins().load(ptr, MemFlagsData::trusted(), inputs, *k as i32 * pointer_bytes),
+            Location::Output(n) => fb.ins().load(ptr, MemFlagsData::trusted(), outputs, *n as i32 * pointer_bytes),
+            Location::Arena(b) => at(fb, arena.offsets[*b]),
+            Location::Constant(_) => unreachable!("constants are not kernel parameters"),
+        }
+    };
+    for (step, (func, operands, results, workspace)) in calls.iter().enumerate() {
+        let callee = module.declare_func_in_func(*func, fb.func);
+        let mut args: Vec<ClValue> = operands.iter().chain(results).map(|v| address(&mut fb, v)).collect();
+        args.push(at(&mut fb, arena.offsets[*workspace]));
+        args.push(batch);
+        let call = fb.ins().call(callee, &args);
+        let status = fb.inst_results(call)[0];
+        let (fail, ok) = (fb.create_block(), fb.create_block());
+        fb.ins().brif(status, fail, &[], ok, &[]);
+        fb.switch_to_block(fail);
+        let code = fb.ins().iadd_imm_s(status, ((step + 1) as i64) << 8);
+        fb.ins().return_(&[code]);
+        fb.switch_to_block(ok);
+    }
+    let zero = emit::iconst(&mut fb, 0);
+    let zero = fb.ins().ireduce(types::I32, zero);
+    fb.ins().return_(&[zero]);
+    fb.seal_all_blocks();
+    fb.finalize(module.target_config());
+    module.define_function(entry, &mut ctx).map_err(|e| bug(format!("entry: {e:?}")))?;
+    Ok(entry)
+}
