@@ -39,7 +39,8 @@ fn read_set(dir: &Path, prefix: &str) -> Result<Vec<(String, Tensor)>, Failed> {
     Ok(out)
 }
 
-fn run_case(name: &str) -> Result<(), Failed> {
+/// A case's graph, its inputs in graph order, and the expected outputs.
+fn load_case(name: &str) -> Result<(qlift_ir::Graph, Vec<Tensor>, Vec<(String, Tensor)>), Failed> {
     let dir = data_dir().join(name);
     let model = std::fs::read(dir.join("model.onnx")).map_err(|e| e.to_string())?;
     let set = dir.join("test_data_set_0");
@@ -67,6 +68,11 @@ fn run_case(name: &str) -> Result<(), Failed> {
             by_name.get(n.as_str()).map(|t| (*t).clone()).ok_or_else(|| format!("no data for input `{n}`"))
         })
         .collect::<Result<_, _>>()?;
+    Ok((graph, feed, expected))
+}
+
+fn run_case(name: &str) -> Result<(), Failed> {
+    let (graph, feed, expected) = load_case(name)?;
     let outputs = qlift_ir::interp::run(&graph, &feed).map_err(|e| format!("run: {e}"))?;
     if outputs.len() != expected.len() {
         return Err(format!("{} outputs, expected {}", outputs.len(), expected.len()).into());
@@ -75,6 +81,40 @@ fn run_case(name: &str) -> Result<(), Failed> {
         compare(got, want).map_err(|e| format!("output {i}: {e}"))?;
     }
     Ok(())
+}
+
+/// The case through the JIT: its outputs equal the interpreter's, bit for bit for integer
+/// results, within 1e-4 (relative above 1) for floats.
+fn jit_case(name: &str) -> Result<(), Failed> {
+    let (graph, feed, _) = load_case(name)?;
+    let want = qlift_ir::interp::run(&graph, &feed).map_err(|e| format!("run: {e}"))?;
+    let program = qlift_codegen::JitProgram::compile(&graph, &qlift_codegen::CodegenOptions::default()).map_err(|e| format!("compile: {e}"))?;
+    let got = program.run(&feed).map_err(|e| format!("jit run: {e}"))?;
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        jit_matches(g, w).map_err(|e| format!("output {i}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The JIT's contract with the interpreter: integers exact, floats within 1e-4 (relative
+/// above magnitude 1), NaN where the interpreter has NaN.
+fn jit_matches(got: &Tensor, want: &Tensor) -> Result<(), String> {
+    if got.dtype() != want.dtype() || got.shape() != want.shape() {
+        return Err(format!("got {}{:?}, expected {}{:?}", got.dtype(), got.shape(), want.dtype(), want.shape()));
+    }
+    match (got.data(), want.data()) {
+        (TensorData::F32(g), TensorData::F32(w)) => {
+            for (k, (a, b)) in g.iter().zip(w).enumerate() {
+                let close = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= 1e-4 * b.abs().max(1.0);
+                if !close {
+                    return Err(format!("element {k}: JIT {a}, interpreter {b}"));
+                }
+            }
+            Ok(())
+        }
+        _ if got == want => Ok(()),
+        _ => Err(format!("integer results differ: JIT {:?}, interpreter {:?}", got.to_i64_vec(), want.to_i64_vec())),
+    }
 }
 
 /// Exact for integers; floats within the ONNX backend runner's default tolerance,
@@ -121,6 +161,10 @@ fn main() {
         let name = name.clone();
         Trial::test(name.clone(), move || run_case(&name))
     }).collect();
+    trials.extend(cases.iter().map(|(name, _)| {
+        let name = name.clone();
+        Trial::test(format!("jit::{name}"), move || jit_case(&name))
+    }));
     trials.push(Trial::test("every_supported_op_has_a_node_test", move || coverage(&cases)));
     libtest_mimic::run(&args, trials).exit();
 }

@@ -13,6 +13,7 @@ use cranelift_module::{DataDescription, Linkage, Module};
 use qlift_ir::{DType, Dim, Op, OpKind, Tensor, TensorType};
 use std::sync::Arc;
 
+pub(crate) mod requant;
 mod shape;
 
 /// An operand or result of the node being compiled.

@@ -1,0 +1,71 @@
+//! The fixed-point requantization epilogue, emitted exactly as `qlift_ir::fixed_point`
+//! defines it, for every integer kernel that ends in one: `clamp(zp + ((a · m + 2^(s-1))
+//! >> s), lo, hi)` in i64, with `a` an accumulator that fits in i32.
+
+use cranelift_codegen::ir::{types, InstBuilder, Value};
+use cranelift_frontend::FunctionBuilder;
+use qlift_ir::fixed_point::{FixedMultiplier, Requant, SumRequant};
+
+/// `zero_point + M · acc` rounded and clamped, as an i32 value; `acc` is i32 or i64 (an
+/// i32 accumulator, sign-extended), `m` a compile-time multiplier.
+pub(crate) fn requantize(fb: &mut FunctionBuilder, acc: Value, m: FixedMultiplier, zero_point: i32, bounds: (i64, i64)) -> Value {
+    let a = widen(fb, acc);
+    let scaled = fb.ins().imul_imm_s(a, m.m as i64);
+    clamp_shifted(fb, scaled, m.shift, zero_point, bounds)
+}
+
+/// Like [`requantize`] with a multiplier and shift known only at run time (loaded from a
+/// per-channel table): `m` and `shift` are i64 values.
+pub(crate) fn requantize_dynamic(fb: &mut FunctionBuilder, acc: Value, m: Value, shift: Value, zero_point: i32, bounds: (i64, i64)) -> Value {
+    let a = widen(fb, acc);
+    let scaled = fb.ins().imul(a, m);
+    let one = fb.ins().iconst(types::I64, 1);
+    let half_shift = fb.ins().iadd_imm_s(shift, -1);
+    let half = fb.ins().ishl(one, half_shift);
+    let rounded = fb.ins().iadd(scaled, half);
+    let shifted = fb.ins().sshr(rounded, shift);
+    finish(fb, shifted, zero_point, bounds)
+}
+
+/// `zero_point + ((Σ tᵢ · mᵢ + 2^(s-1)) >> s)` clamped, for QAdd's centered terms (i32 or i64).
+pub(crate) fn requantize_sum(fb: &mut FunctionBuilder, terms: &[Value], rq: &SumRequant) -> Value {
+    let mut sum = fb.ins().iconst(types::I64, 0);
+    for (&t, &m) in terms.iter().zip(&rq.multipliers) {
+        let t = widen(fb, t);
+        let p = fb.ins().imul_imm_s(t, m as i64);
+        sum = fb.ins().iadd(sum, p);
+    }
+    clamp_shifted(fb, sum, rq.shift, rq.zero_point, rq.bounds)
+}
+
+/// The multiplier of output channel `c` of a [`Requant`] (one for all when per tensor).
+pub(crate) fn channel(rq: &Requant, c: usize) -> FixedMultiplier {
+    if rq.multipliers.len() == 1 {
+        rq.multipliers[0]
+    } else {
+        rq.multipliers[c]
+    }
+}
+
+fn widen(fb: &mut FunctionBuilder, v: Value) -> Value {
+    if fb.func.dfg.value_type(v) == types::I64 {
+        v
+    } else {
+        fb.ins().sextend(types::I64, v)
+    }
+}
+
+fn clamp_shifted(fb: &mut FunctionBuilder, scaled: Value, shift: u32, zero_point: i32, bounds: (i64, i64)) -> Value {
+    let rounded = fb.ins().iadd_imm_s(scaled, 1i64 << (shift - 1));
+    let shifted = fb.ins().sshr_imm_s(rounded, shift as i64);
+    finish(fb, shifted, zero_point, bounds)
+}
+
+fn finish(fb: &mut FunctionBuilder, shifted: Value, zero_point: i32, (lo, hi): (i64, i64)) -> Value {
+    let y = fb.ins().iadd_imm_s(shifted, zero_point as i64);
+    let lo = fb.ins().iconst(types::I64, lo);
+    let hi = fb.ins().iconst(types::I64, hi);
+    let y = fb.ins().smax(y, lo);
+    let y = fb.ins().smin(y, hi);
+    fb.ins().ireduce(types::I32, y)
+}
