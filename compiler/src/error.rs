@@ -116,6 +116,10 @@ pub enum Error {
         /// What cannot be written.
         message: String,
     },
+    /// Code generation or a compiled model's run failed (see the variants' own docs for
+    /// which mean bad input and which a bug).
+    #[error(transparent)]
+    Codegen(#[from] qlift_codegen::CodegenError),
     /// An IR-level error: verifier failures on an imported model are bad input; a build
     /// error is a bug in qlift.
     #[error(transparent)]
@@ -136,5 +140,6 @@ impl Error {
     /// Whether the error is a bug in qlift rather than bad input (the CLI exits with 2).
     pub fn is_internal(&self) -> bool {
         matches!(self, Error::Ir(qlift_ir::IrError::Build(_)) | Error::Pass(qlift_passes::PassError::Bug(_)))
+            || matches!(self, Error::Codegen(e) if e.is_internal())
     }
 }

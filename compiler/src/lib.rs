@@ -8,12 +8,15 @@
 mod error;
 pub mod npy;
 pub mod onnx;
+pub mod model;
 pub mod quantize;
 pub mod report;
 
 pub use error::{Error, UnsupportedOp};
 pub use qlift_passes::calibrate::{ActivationScheme, CalibrationMethod};
 pub use qlift_passes::quantize::QuantizeOptions;
+pub use model::{CompileOptions, CompiledModel, Engine};
+pub use qlift_codegen::CodegenOptions;
 pub use quantize::{quantize, Quantized};
 pub use onnx::export_onnx;
 pub use onnx::{load_onnx, load_onnx_bytes, read_tensor_pb, ImportOptions, Limits};
