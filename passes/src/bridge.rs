@@ -79,9 +79,24 @@ pub fn to_graph(eg: &GraphEGraph) -> Result<Graph, PassError> {
             values.insert(c, v);
         }
     }
+    // Only classes the outputs use are built (so that names go to nodes that stay).
+    let mut live: HashSet<Id> = HashSet::new();
+    let mut pending: Vec<Id> = eg.roots.iter().map(|&c| egraph.find(c)).collect();
+    while let Some(c) = pending.pop() {
+        if live.insert(c) {
+            pending.extend(extractor.find_best_node(c).children().iter().map(|&k| egraph.find(k)));
+        }
+    }
     // Post-order over the classes, iteratively (graphs can be deep).
-    let mut stack: Vec<(Id, bool)> =
-        eg.order.iter().chain(&eg.roots).rev().map(|&c| (egraph.find(c), false)).collect();
+    let mut stack: Vec<(Id, bool)> = eg
+        .order
+        .iter()
+        .chain(&eg.roots)
+        .rev()
+        .map(|&c| egraph.find(c))
+        .filter(|c| live.contains(c))
+        .map(|c| (c, false))
+        .collect();
     while let Some((c, ready)) = stack.pop() {
         if values.contains_key(&c) {
             continue;

@@ -69,6 +69,11 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
             if !integer_max {
                 f32_only(x, "input")?;
             }
+            // The maximum of integers only means the maximum of their real values when they
+            // share a scale: per-axis parameters along a pooled axis do not.
+            if x.quant.as_ref().and_then(|q| q.axis).is_some_and(|a| a >= 2) {
+                return Err("per-axis quantization along a pooled axis".to_string());
+            }
             let geom = pool_geometry(&x.shape, attrs)?;
             let mut dims = x.shape.dims()[..2].to_vec();
             dims.extend(geom.out.iter().map(|&d| Dim::Fixed(d)));

@@ -78,6 +78,15 @@ fn clamp_dequantized(egraph: &mut QEGraph, eclass: Id, subst: &Subst, kind: OpKi
     let x = var(subst, "?x");
     let (lo, hi) = bounds(egraph, eclass, kind, dq(egraph, x)?)?;
     let own = ty(egraph, x)?.clone();
+    // The clamped values must be representable in x's parameters: a bound beyond x's range
+    // on the side where it clips (Clip[-6, -1] of a non-negative x) would saturate.
+    let q = own.quant.as_ref().filter(|q| q.axis.is_none())?;
+    let (qmin, qmax) = own.dtype.int_range()?;
+    let (scale, zp) = q.channel(0);
+    let (real_min, real_max) = ((qmin - zp as i64) as f32 * scale, (qmax - zp as i64) as f32 * scale);
+    if lo > real_max || hi < real_min {
+        return None;
+    }
     let clamped = add_declared(egraph, OpKind::Requantize, activation(lo, hi), vec![x], &own)?;
     super::add_op(egraph, OpKind::DequantizeLinear, Attrs::new(), vec![clamped])
 }
