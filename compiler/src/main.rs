@@ -4,7 +4,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use qlift::npy::{read_npy, write_npy};
 use qlift::report::layer_errors;
-use qlift::{export_onnx, load_onnx, quantize, ActivationScheme, CalibrationMethod, ImportOptions, QuantizeOptions, Quantized};
+use qlift::{
+    export_onnx, load_onnx, quantize, ActivationScheme, CalibrationMethod, CompileOptions, CompiledModel, Engine, ImportOptions, QuantizeOptions,
+    Quantized,
+};
 use qlift_ir::{text, Graph, Tensor};
 use qlift_passes::{pass_names, run_pipeline, PipelineOptions, PrintAfter};
 use std::path::{Path, PathBuf};
@@ -71,6 +74,15 @@ quantized op, int8 per-channel weights, int32 biases): ONNX Runtime and qlift bo
 Layers are matched by value name and listed worst first (lowest SQNR), as ONNX Runtime's
 qdq_loss_debug does; the last line is the model output.")]
     Report(ReportArgs),
+    /// Measure latency (min/median/p90), throughput and compile time of a compiled model.
+    #[command(after_help = "Examples:
+  qlift bench model.onnx --input x.npy                       # fp32
+  qlift bench model.onnx --input x.npy --calib c.npy         # int8
+  qlift bench model.onnx --input x.npy --calib c.npy --threads 2 --iters 500 --json
+
+Each thread runs the same compiled model; latency is per call, GMAC/s counts the
+multiply-accumulates of Conv/Gemm/MatMul layers (int8 ones when quantized).")]
+    Bench(BenchArgs),
 }
 
 /// How to quantize, shared by the subcommands that quantize.
@@ -182,6 +194,43 @@ struct RunArgs {
     /// Quantize first from this calibration data, then run the integer graph.
     #[command(flatten)]
     quant: QuantArgs,
+    /// What runs the model: the Cranelift JIT or the reference interpreter.
+    #[arg(long, value_enum, default_value_t = EngineArg::Jit)]
+    engine: EngineArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EngineArg {
+    /// Cranelift code for the host CPU.
+    Jit,
+    /// The reference interpreter.
+    Interp,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// The ONNX model (.onnx) or IR text (.qir).
+    model: PathBuf,
+    /// Inputs (FILE.npy or NAME=FILE.npy); their batch is the batch benchmarked.
+    #[arg(short, long = "input", required = true)]
+    inputs: Vec<String>,
+    #[command(flatten)]
+    quant: QuantArgs,
+    /// Timed runs per thread.
+    #[arg(long, default_value_t = 100)]
+    iters: usize,
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 10)]
+    warmup: usize,
+    /// Threads calling the one compiled model at the same time.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// The engine.
+    #[arg(long, value_enum, default_value_t = EngineArg::Jit)]
+    engine: EngineArg,
+    /// Print one JSON object (median_ms, p90_ms, min_ms, compile_ms, gmacs, ...).
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -198,6 +247,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(&args),
         Command::Quantize(args) => quantize_cmd(&args),
         Command::Report(args) => report(&args),
+        Command::Bench(args) => bench(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -318,17 +368,41 @@ fn bind_inputs(graph: &Graph, args: &[String]) -> Result<Vec<Tensor>> {
     Ok(bound.into_iter().map(|t| t.expect("every slot bound: counts are equal and none twice")).collect())
 }
 
-fn run(args: &RunArgs) -> Result<()> {
-    let mut graph = load_model(&args.model)?;
-    if !args.quant.calib.is_empty() {
-        graph = quantize_model(&graph, &args.quant, &PipelineOptions::default())?.lowered;
-    }
-    let inputs = bind_inputs(&graph, &args.inputs)?;
+/// Loads, lowers (quantizing with `--calib`) and compiles a model for `engine`.
+fn compile_model(path: &Path, quant: &QuantArgs, engine: EngineArg) -> Result<CompiledModel> {
     let start = Instant::now();
-    let outputs = qlift_ir::interp::run(&graph, &inputs)?;
+    let graph = load_model(path)?;
+    let quantized = !quant.calib.is_empty();
+    let lowered = if quantized {
+        quantize_model(&graph, quant, &PipelineOptions::default())?.lowered
+    } else {
+        run_pipeline(&graph, &PipelineOptions::default()).context("running the pass pipeline")?.0
+    };
+    let engine = match engine {
+        EngineArg::Jit => Engine::Jit,
+        EngineArg::Interp => Engine::Interpreter,
+    };
+    let model = CompiledModel::from_lowered(lowered, quantized, &CompileOptions { engine, ..Default::default() })
+        .with_context(|| format!("compiling {}", path.display()))?;
+    eprintln!(
+        "compiled {} ({}, {}) in {:.0} ms",
+        path.display(),
+        if quantized { "int8" } else { "fp32" },
+        model.engine_description(),
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(model)
+}
+
+fn run(args: &RunArgs) -> Result<()> {
+    let model = compile_model(&args.model, &args.quant, args.engine)?;
+    let graph = model.graph();
+    let inputs = bind_inputs(graph, &args.inputs)?;
+    let start = Instant::now();
+    let outputs = model.run(&inputs)?;
     let elapsed = start.elapsed();
-    let batch = qlift_ir::interp::bind_batch(&graph, &inputs)?;
-    eprintln!("ran {} with batch {batch} in {:.1} ms (reference interpreter)", args.model.display(), elapsed.as_secs_f64() * 1e3);
+    let batch = inputs.first().and_then(|t| t.shape().first().copied()).unwrap_or(1);
+    eprintln!("ran {} on {batch} samples in {:.2} ms", args.model.display(), elapsed.as_secs_f64() * 1e3);
     let names: Vec<String> = graph.outputs().iter().map(|v| graph.value(*v).name.clone()).collect();
     for (position, arg) in args.outputs.iter().enumerate() {
         let (name, file) = split_binding(arg);
@@ -457,4 +531,110 @@ fn finite_or_null(v: f64) -> serde_json::Value {
     } else {
         serde_json::Value::Null
     }
+}
+
+fn bench(args: &BenchArgs) -> Result<()> {
+    if args.iters == 0 || args.threads == 0 {
+        bail!("--iters and --threads must be at least 1");
+    }
+    let start = Instant::now();
+    let model = compile_model(&args.model, &args.quant, args.engine)?;
+    let compile_ms = start.elapsed().as_secs_f64() * 1e3;
+    let inputs = bind_inputs(model.graph(), &args.inputs)?;
+    let batch = inputs.first().and_then(|t| t.shape().first().copied()).unwrap_or(1);
+    let fresh_outputs = || -> Vec<Tensor> {
+        model.outputs().iter().map(|(_, ty)| Tensor::zeros(ty.dtype, &ty.shape.resolve(batch))).collect()
+    };
+    let mut outputs = fresh_outputs();
+    for _ in 0..args.warmup {
+        model.run_into(&inputs, &mut outputs)?;
+    }
+    let bar = indicatif::ProgressBar::new((args.iters * args.threads) as u64)
+        .with_style(indicatif::ProgressStyle::with_template("benchmarking {bar:30} {pos}/{len} runs").expect("valid progress template"));
+    let wall = Instant::now();
+    let mut times: Vec<f64> = std::thread::scope(|s| -> Result<Vec<f64>> {
+        let workers: Vec<_> = (0..args.threads)
+            .map(|_| {
+                let (model, inputs, bar) = (&model, &inputs, &bar);
+                s.spawn(move || -> Result<Vec<f64>> {
+                    let mut outputs = fresh_outputs();
+                    let mut times = Vec::with_capacity(args.iters);
+                    for _ in 0..args.iters {
+                        let t = Instant::now();
+                        model.run_into(inputs, &mut outputs)?;
+                        times.push(t.elapsed().as_secs_f64() * 1e3);
+                        bar.inc(1);
+                    }
+                    Ok(times)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for w in workers {
+            all.extend(w.join().map_err(|_| anyhow::anyhow!("a benchmark thread panicked"))??);
+        }
+        Ok(all)
+    })?;
+    let wall_s = wall.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    times.sort_by(f64::total_cmp);
+    let pick = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    let (min, median, p90) = (times[0], pick(0.5), pick(0.9));
+    let macs = multiply_accumulates(model.graph()) as f64 * batch as f64;
+    let gmacs = macs / (median * 1e-3) / 1e9;
+    let throughput = (times.len() * batch) as f64 / wall_s;
+    let peak = int8_peak_gmacs(args.threads);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "model": args.model.display().to_string(), "engine": model.engine_description(),
+                "precision": if model.is_quantized() { "int8" } else { "fp32" },
+                "batch": batch, "threads": args.threads, "iters": args.iters,
+                "min_ms": min, "median_ms": median, "p90_ms": p90, "compile_ms": compile_ms,
+                "samples_per_s": throughput, "gmacs": gmacs, "int8_peak_fraction": gmacs / peak,
+            })
+        );
+        return Ok(());
+    }
+    println!("model      {} ({}, batch {batch}, {} thread(s))", args.model.display(), if model.is_quantized() { "int8" } else { "fp32" }, args.threads);
+    println!("engine     {}", model.engine_description());
+    println!("compile    {compile_ms:.1} ms (import, rewrites, calibration, code generation)");
+    println!("latency    min {min:.3} ms   median {median:.3} ms   p90 {p90:.3} ms");
+    println!("throughput {throughput:.0} samples/s");
+    println!("compute    {gmacs:.2} GMAC/s ({:.1}% of a {peak:.0} GMAC/s int8 peak)", 100.0 * gmacs / peak);
+    Ok(())
+}
+
+/// Multiply-accumulates of one sample: Conv, Gemm, MatMul and their integer forms.
+fn multiply_accumulates(g: &Graph) -> u64 {
+    use qlift_ir::OpKind::*;
+    g.node_ids()
+        .filter_map(|id| {
+            let kind = g.node(id).op.kind()?;
+            let inputs = g.node_inputs(id);
+            let out = g.node(id).outputs.first()?.ty.shape.resolve(1).iter().product::<usize>() as u64;
+            let w = g.value_type(inputs.get(1).copied().flatten()?).shape.resolve(1);
+            match kind {
+                Conv | QConv | ConvInteger | QLinearConv => Some(out * w[1..].iter().product::<usize>() as u64),
+                Gemm | MatMul | QMatMul | MatMulInteger | QLinearMatMul => {
+                    let a = g.value_type(inputs[0]?).shape.resolve(1);
+                    Some(out * *a.last()? as u64)
+                }
+                _ => None,
+            }
+        })
+        .sum()
+}
+
+/// The machine's nominal int8 peak in GMAC/s for `threads` cores: 64 u8×i8
+/// multiply-accumulates per cycle per core (two 256-bit vpmaddubsw per cycle, AVX2) at the
+/// clock /proc/cpuinfo reports (3 GHz when it does not say).
+fn int8_peak_gmacs(threads: usize) -> f64 {
+    let mhz = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("cpu MHz")).and_then(|l| l.split(':').nth(1)).and_then(|v| v.trim().parse::<f64>().ok()))
+        .unwrap_or(3000.0);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(threads);
+    64.0 * mhz * 1e-3 * cores as f64
 }

@@ -61,6 +61,14 @@ impl CompiledModel {
         Self::build(graph, calibration, opts, start)
     }
 
+    /// Compiles a graph that already went through the pipeline (for example
+    /// [`crate::Quantized::lowered`]): only code generation is left.
+    pub fn from_lowered(lowered: Graph, quantized: bool, opts: &CompileOptions) -> Result<CompiledModel, Error> {
+        let start = Instant::now();
+        let executor = Self::executor(&lowered, opts)?;
+        Ok(CompiledModel { graph: lowered, executor, compile_time: start.elapsed(), quantized })
+    }
+
     /// Compiles an imported (verified) graph.
     pub fn from_graph(graph: &Graph, calibration: Option<&[Tensor]>, opts: &CompileOptions) -> Result<CompiledModel, Error> {
         Self::build(graph.clone(), calibration, opts, Instant::now())
@@ -72,11 +80,15 @@ impl CompiledModel {
             Some(c) => quantize(&graph, c, &opts.quantize, &pipeline, &|_, _| {})?.lowered,
             None => run_pipeline(&graph, &pipeline)?.0,
         };
-        let executor = match opts.engine {
-            Engine::Jit => Executor::Jit(JitProgram::compile(&lowered, &opts.codegen)?),
-            Engine::Interpreter => Executor::Interpreter,
-        };
+        let executor = Self::executor(&lowered, opts)?;
         Ok(CompiledModel { graph: lowered, executor, compile_time: start.elapsed(), quantized: calibration.is_some() })
+    }
+
+    fn executor(lowered: &Graph, opts: &CompileOptions) -> Result<Executor, Error> {
+        Ok(match opts.engine {
+            Engine::Jit => Executor::Jit(JitProgram::compile(lowered, &opts.codegen)?),
+            Engine::Interpreter => Executor::Interpreter,
+        })
     }
 
     /// Runs the model on `inputs` (graph-input order; the batch is taken from them).
