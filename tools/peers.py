@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Side-by-side latency of ONNX Runtime fp32, ONNX Runtime int8 (the model's ORT-made
+QDQ version), tract fp32 and any command that prints qlift's `bench --json`, in one run on
+the same input and thread count: the comparison every performance claim in this repo uses.
+(The stand-in for ../shared/bench/peers.py, which this workspace does not have.)
+
+Dev-only: `pip install onnxruntime tract numpy`, `cargo build --release`, then
+
+    python3 tools/peers.py examples/models/digits_cnn.onnx --input examples/models/digits_test_x.npy \\
+        --threads 1 --cmd "target/release/qlift bench examples/models/digits_cnn.onnx \\
+        --input examples/models/digits_test_x.npy --calib examples/models/digits_calib_x.npy --json --threads 1"
+
+Prints one markdown row per engine with the median latency and its ratio to ORT int8 and
+ORT fp32; `--json` prints the same as one object.
+"""
+import argparse, json, os, shlex, statistics, subprocess, time
+import numpy as np
+
+
+def timed(fn, iters, warmup):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def ort_median(path, x, threads, iters, warmup):
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return timed(lambda: sess.run(None, {name: x}), iters, warmup)
+
+
+def tract_median(path, x, iters, warmup):
+    try:
+        import tract
+    except ImportError:
+        return None
+    model = tract.onnx().model_for_path(path).into_optimized().into_runnable()
+    return timed(lambda: model.run([x]), iters, warmup)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--input", required=True)
+    ap.add_argument("--int8", help="ONNX Runtime's int8 model (default: MODEL with .qdq.onnx)")
+    ap.add_argument("--cmd", action="append", default=[], help="a command printing qlift bench --json (repeatable)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    x = np.load(args.input)
+    int8 = args.int8 or args.model.replace(".onnx", ".qdq.onnx")
+    rows = [("ORT fp32", ort_median(args.model, x, args.threads, args.iters, args.warmup)),
+            ("ORT int8", ort_median(int8, x, args.threads, args.iters, args.warmup))]
+    if args.threads == 1:
+        rows.append(("tract fp32", tract_median(args.model, x, args.iters, args.warmup)))
+    for cmd in args.cmd:
+        out = subprocess.run(shlex.split(cmd), check=True, capture_output=True, text=True).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        rows.append((f"qlift {r.get('precision', '')}".strip(), r["median_ms"]))
+    ort8, ort32 = rows[1][1], rows[0][1]
+    result = {"model": os.path.basename(args.model), "batch": int(x.shape[0]), "threads": args.threads,
+              "engines": [{"engine": n, "median_ms": m, "vs_ort_int8": m / ort8 if m else None, "vs_ort_fp32": m / ort32 if m else None}
+                          for n, m in rows]}
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"{result['model']}, batch {result['batch']}, {args.threads} thread(s)")
+    print("| engine | median ms | × ORT int8 | × ORT fp32 |")
+    print("|---|---|---|---|")
+    for e in result["engines"]:
+        if e["median_ms"] is None:
+            print(f"| {e['engine']} | n/a | | |")
+        else:
+            print(f"| {e['engine']} | {e['median_ms']:.3f} | {e['vs_ort_int8']:.2f} | {e['vs_ort_fp32']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
