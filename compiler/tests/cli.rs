@@ -115,3 +115,49 @@ fn bad_input_exits_1_with_a_clear_message() {
         assert!(stdout(&o).is_empty());
     }
 }
+
+#[test]
+fn quantize_writes_a_qdq_model_that_runs_as_int8() {
+    let out = temp("cnn.qdq.onnx");
+    let o = qlift(&["quantize", &model("digits_cnn.onnx"), "--calib", &model("digits_calib_x.npy"), "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("200 calibration samples"), "{}", stderr(&o));
+    // The exported QDQ model imports, and lowers to integer ops again.
+    let o = qlift(&["dump", out.to_str().unwrap(), "--after", "fuse-requant"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("= QConv(") && stdout(&o).contains("= QMatMul("), "{}", stdout(&o));
+    let o = qlift(&[
+        "run", &model("digits_cnn.onnx"), "--engine", "interp", "--calib", &model("digits_calib_x.npy"), "--input",
+        &model("digits_test_x.npy"), "--labels", &model("digits_test_y.npy"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("accuracy: 99.07%"), "{}", stdout(&o));
+}
+
+#[test]
+fn report_lists_layers_worst_first_and_as_json() {
+    let args = ["report", &model("digits_mobile.onnx"), "--calib", &model("digits_calib_x.npy"), "--input", &model("digits_test_x.npy")];
+    let o = qlift(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = stdout(&o);
+    assert!(table.starts_with("layer") && table.contains("QConv") && table.contains("(output)"), "{table}");
+    let o = qlift(&[&args[..], &["--json", "--method", "mse"]].concat());
+    let json: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON object");
+    let layers = json["layers"].as_array().unwrap();
+    assert!(layers.len() >= 8, "{json}");
+    let sqnr: Vec<f64> = layers.iter().filter_map(|l| l["sqnr_db"].as_f64()).collect();
+    assert!(sqnr.windows(2).all(|w| w[0] <= w[1]), "not worst first: {sqnr:?}");
+    assert_eq!(json["method"], "mse");
+}
+
+#[test]
+fn quantization_usage_errors_exit_1() {
+    let o = qlift(&["quantize", &model("digits_cnn.onnx"), "-o", temp("x.onnx").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--calib"), "{}", stderr(&o));
+    let o = qlift(&["run", &model("digits_cnn.onnx"), "--calib", &model("digits_calib_x_flat.npy"), "--input", &model("digits_test_x.npy")]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("input"), "{}", stderr(&o));
+    let o = qlift(&["run", &model("digits_cnn.onnx"), "--calib", &model("digits_calib_x.npy"), "--method", "median", "--input", &model("digits_test_x.npy")]);
+    assert_eq!(o.status.code(), Some(1));
+}
