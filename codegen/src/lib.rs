@@ -9,6 +9,7 @@
 //! allocates, and every input is checked before generated code is entered ([`jit`]).
 #![deny(missing_docs)]
 
+pub mod aot;
 pub mod emit;
 mod error;
 pub mod isa;
@@ -17,6 +18,7 @@ mod kernels;
 pub mod plan;
 pub mod program;
 
+pub use aot::{compile_object, AotArtifact};
 pub use error::CodegenError;
 pub use isa::CodegenOptions;
 pub use jit::JitProgram;

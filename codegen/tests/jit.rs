@@ -59,3 +59,22 @@ fn unsupported_ops_name_the_node() {
         assert!(e.to_string().contains("node `sm` (Softmax)"), "{e}");
     }
 }
+
+#[test]
+fn object_files_and_headers() {
+    let g = parse("graph t(%x: f32[N,4]) -> (%y) {\n  %y = Flatten(%x) {axis=1} : f32[N,4]\n}").unwrap();
+    let a = qlift_codegen::compile_object(&g, "demo", &CodegenOptions::default()).unwrap();
+    assert_eq!(&a.object[..4], b"\x7fELF");
+    assert!(a.header.contains("int32_t demo_run(const void *const *inputs, void *const *outputs, void *scratch, int64_t batch);"), "{}", a.header);
+    assert!(a.header.contains("#define DEMO_INPUT0_SHAPE { 0, 4 }"), "{}", a.header);
+    let bad = CodegenOptions { target: Some("riscv-nonsense-triple".into()), ..Default::default() };
+    assert!(qlift_codegen::compile_object(&g, "demo", &bad).unwrap_err().to_string().contains("riscv-nonsense-triple"));
+    assert!(qlift_codegen::compile_object(&g, "1bad name", &CodegenOptions::default()).is_err());
+    // This build of Cranelift carries the x86-64 back end only: other ISAs are a clear error.
+    let arm = CodegenOptions { target: Some("aarch64-unknown-linux-gnu".into()), ..Default::default() };
+    let e = qlift_codegen::compile_object(&g, "demo", &arm).unwrap_err().to_string();
+    assert!(e.contains("aarch64-unknown-linux-gnu") && e.contains("disabled"), "{e}");
+    let other_os = CodegenOptions { target: Some("x86_64-apple-darwin".into()), ..Default::default() };
+    let a = qlift_codegen::compile_object(&g, "demo", &other_os).unwrap();
+    assert_eq!(&a.object[..4], &[0xcf, 0xfa, 0xed, 0xfe]);
+}
