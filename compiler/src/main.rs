@@ -83,6 +83,37 @@ qdq_loss_debug does; the last line is the model output.")]
 Each thread runs the same compiled model; latency is per call, GMAC/s counts the
 multiply-accumulates of Conv/Gemm/MatMul layers (int8 ones when quantized).")]
     Bench(BenchArgs),
+    /// Compile ahead of time to an object file and a C header (link it into any program).
+    #[command(after_help = "Examples:
+  qlift compile model.onnx --calib calib.npy -o model.o --header model.h --name digits
+  qlift compile model.onnx -o model.o --header model.h              # fp32
+  qlift compile model.onnx --calib calib.npy -o model.o --header model.h --target x86_64-apple-darwin
+  cc app.c model.o -lm -o app
+
+The header declares `int32_t NAME_run(const void *const *inputs, void *const *outputs,
+void *scratch, int64_t batch)`, the inputs' and outputs' shapes, dtypes and quantization
+parameters, and NAME_SCRATCH_BYTES(batch). See examples/aot_c/.")]
+    Compile(CompileArgs),
+}
+
+#[derive(clap::Args)]
+struct CompileArgs {
+    /// The ONNX model (.onnx) or IR text (.qir).
+    model: PathBuf,
+    #[command(flatten)]
+    quant: QuantArgs,
+    /// The object file to write.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// The C header to write.
+    #[arg(long)]
+    header: PathBuf,
+    /// Target triple (target-lexicon syntax); the host by default.
+    #[arg(long)]
+    target: Option<String>,
+    /// Prefix of the C symbols (`NAME_run`, `NAME_SCRATCH_BYTES`).
+    #[arg(long, default_value = "model")]
+    name: String,
 }
 
 /// How to quantize, shared by the subcommands that quantize.
@@ -248,6 +279,7 @@ fn main() -> ExitCode {
         Command::Quantize(args) => quantize_cmd(&args),
         Command::Report(args) => report(&args),
         Command::Bench(args) => bench(&args),
+        Command::Compile(args) => compile_aot(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -637,4 +669,25 @@ fn int8_peak_gmacs(threads: usize) -> f64 {
         .unwrap_or(3000.0);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(threads);
     64.0 * mhz * 1e-3 * cores as f64
+}
+
+fn compile_aot(args: &CompileArgs) -> Result<()> {
+    let graph = load_model(&args.model)?;
+    let lowered = if args.quant.calib.is_empty() {
+        run_pipeline(&graph, &PipelineOptions::default()).context("running the pass pipeline")?.0
+    } else {
+        quantize_model(&graph, &args.quant, &PipelineOptions::default())?.lowered
+    };
+    let opts = qlift::CodegenOptions { target: args.target.clone(), ..Default::default() };
+    let artifact = qlift_codegen::compile_object(&lowered, &args.name, &opts).map_err(qlift::Error::from).with_context(|| format!("compiling {}", args.model.display()))?;
+    std::fs::write(&args.output, &artifact.object).with_context(|| format!("writing {}", args.output.display()))?;
+    std::fs::write(&args.header, &artifact.header).with_context(|| format!("writing {}", args.header.display()))?;
+    eprintln!(
+        "wrote {} ({} bytes, {} kernels) and {}",
+        args.output.display(),
+        artifact.object.len(),
+        artifact.program.steps.len(),
+        args.header.display()
+    );
+    Ok(())
 }
