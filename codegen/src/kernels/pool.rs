@@ -21,6 +21,10 @@ use cranelift_frontend::FunctionBuilder;
 use qlift_ir::fixed_point::{result_params, Requant};
 use qlift_ir::{DType, OpKind, TensorType};
 
+/// The code emitted per output position: `(x offset of the window's first valid tap, y
+/// offset, divisor count, valid taps per axis)`.
+type Leaf<'a> = dyn FnMut(&mut FunctionBuilder, Value, Value, Value, &[Value]) + 'a;
+
 /// Bytes of one per-axis table entry: first offset, valid taps, divisor count (i64 each).
 const ENTRY: i64 = 24;
 
@@ -86,7 +90,7 @@ fn planes(k: &Kernel) -> Result<(usize, Vec<usize>, Vec<usize>), String> {
 
 /// Emits, for every plane and output position, `leaf(x offset of the window's first valid
 /// tap, y offset, divisor count, valid taps per axis)`.
-fn windows(k: &mut Kernel, axes: &[Axis], spatial: &[usize], out: &[usize], leaf: &mut dyn FnMut(&mut FunctionBuilder, Value, Value, Value, &[Value])) -> Result<(), String> {
+fn windows(k: &mut Kernel, axes: &[Axis], spatial: &[usize], out: &[usize], leaf: &mut Leaf) -> Result<(), String> {
     let x = k.input(0)?;
     let batched = x.batched();
     let channels = x.dims()[1] as i64;
@@ -123,7 +127,7 @@ fn out_nest(
     yo: Value,
     count: Value,
     taps: &mut Vec<Value>,
-    leaf: &mut dyn FnMut(&mut FunctionBuilder, Value, Value, Value, &[Value]),
+    leaf: &mut Leaf,
 ) {
     if a == axes.len() {
         leaf(fb, xo, yo, count, taps);
