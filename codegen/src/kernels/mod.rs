@@ -13,6 +13,8 @@ use cranelift_module::{DataDescription, Linkage, Module};
 use qlift_ir::{DType, Dim, Op, OpKind, Tensor, TensorType};
 use std::sync::Arc;
 
+mod pool;
+mod quant;
 pub(crate) mod requant;
 mod shape;
 
@@ -177,6 +179,14 @@ pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
     use OpKind::*;
     match k.op.kind {
         Identity | Dropout | Flatten | Reshape | Squeeze | Unsqueeze => shape::copy(k),
+        QuantizeLinear => quant::quantize(k),
+        DequantizeLinear => quant::dequantize(k),
+        Requantize => quant::requantize(k),
+        QAdd => quant::qadd(k),
+        QConcat => quant::qconcat(k),
+        MaxPool | AveragePool => pool::pool(k),
+        GlobalAveragePool | GlobalMaxPool => pool::global_pool(k),
+        QAveragePool | QGlobalAveragePool => pool::qpool(k),
         other => Err(format!("{other} has no kernel yet")),
     }
 }

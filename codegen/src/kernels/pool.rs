@@ -1,0 +1,364 @@
+//! Pooling kernels: MaxPool (f32, u8, i8), AveragePool (f32), GlobalAveragePool and
+//! GlobalMaxPool (f32), QAveragePool and QGlobalAveragePool (8-bit, fixed-point).
+//!
+//! The interpreter (`qlift_ir::ops::nn::pool_windows`) visits every kernel position and
+//! skips those in the padding. A window's valid positions are, on each spatial axis, one
+//! contiguous run of kernel indices, and the window is the product of those runs: so the
+//! geometry is precomputed per axis and per output coordinate at compile time (first valid
+//! input offset, number of valid taps, divisor count) into small read-only tables, and the
+//! emitted loops visit exactly the valid taps, in the interpreter's (row-major) order, with
+//! no padding test inside. Float averages sum in f64 and divide in f64 as the interpreter
+//! does, so results are bit-identical; integer averages use one fixed-point multiplier per
+//! distinct window count, built with the interpreter's `Requant::for_ratio`.
+
+use super::quant::{load_int, store_int};
+use super::requant;
+use super::Kernel;
+use crate::emit;
+use cranelift_codegen::ir::condcodes::FloatCC;
+use cranelift_codegen::ir::{types, InstBuilder, Value};
+use cranelift_frontend::FunctionBuilder;
+use qlift_ir::fixed_point::{result_params, Requant};
+use qlift_ir::{DType, OpKind, TensorType};
+
+/// The code emitted per output position: `(x offset of the window's first valid tap, y
+/// offset, divisor count, valid taps per axis)`.
+type Leaf<'a> = dyn FnMut(&mut FunctionBuilder, Value, Value, Value, &[Value]) + 'a;
+
+/// Bytes of one per-axis table entry: first offset, valid taps, divisor count (i64 each).
+const ENTRY: i64 = 24;
+
+/// What a window reduces to.
+#[derive(Clone, Copy)]
+enum Reduce {
+    /// The f32 maximum (NaN ignored, as `f64::max` does; -inf for an empty window).
+    MaxF32,
+    /// The maximum of 8-bit integers of this dtype.
+    MaxInt(DType),
+    /// The f32 mean, summed and divided in f64.
+    AvgF32,
+}
+
+/// One spatial axis of a pool: per output coordinate `(first, taps, count)`, and the input
+/// step between consecutive kernel taps (`dilation · input stride`).
+struct Axis {
+    entries: Vec<[i64; 3]>,
+    step: i64,
+}
+
+/// The per-axis window geometry of MaxPool/AveragePool/QAveragePool on input `[N, C,
+/// spatial…]` with result spatial extents `out` (from the result type, which shape
+/// inference computed with ceil_mode).
+fn axes(k: &Kernel, spatial: &[usize], out: &[usize], include_pad: bool) -> Result<Vec<Axis>, String> {
+    let attrs = &k.op.attrs;
+    let (kernel, strides, dilations, pads) = (attrs.usizes("kernel_shape")?, attrs.usizes("strides")?, attrs.usizes("dilations")?, attrs.usizes("pads")?);
+    let r = spatial.len();
+    if kernel.len() != r || strides.len() != r || dilations.len() != r || pads.len() != 2 * r || out.len() != r {
+        return Err(format!("window attributes do not fit {r} spatial axes"));
+    }
+    let mut in_stride = 1i64;
+    let mut result = Vec::with_capacity(r);
+    for a in (0..r).rev() {
+        let (n, d) = (spatial[a] as i64, dilations[a] as i64);
+        let entries = (0..out[a] as i64)
+            .map(|o| {
+                let start = o * strides[a] as i64 - pads[a] as i64;
+                let index = |kk: i64| start + kk * d;
+                let valid: Vec<i64> = (0..kernel[a] as i64).filter(|&kk| (0..n).contains(&index(kk))).collect();
+                let first = valid.first().map_or(0, |&kk| index(kk) * in_stride);
+                let taps = valid.len() as i64;
+                let count = if include_pad { (0..kernel[a] as i64).filter(|&kk| index(kk) < n + pads[a + r] as i64).count() as i64 } else { taps };
+                [first, taps, count]
+            })
+            .collect();
+        result.push(Axis { entries, step: d * in_stride });
+        in_stride *= n;
+    }
+    result.reverse();
+    Ok(result)
+}
+
+/// The pooled extents of input and result per sample: `(channels, spatial in, spatial out)`.
+fn planes(k: &Kernel) -> Result<(usize, Vec<usize>, Vec<usize>), String> {
+    let (x, y) = (k.input(0)?, k.output(0));
+    let (xd, yd) = (x.dims(), y.dims());
+    if xd.len() < 3 || yd.len() != xd.len() {
+        return Err(format!("input of rank {} has no spatial axes", xd.len()));
+    }
+    Ok((xd[1], xd[2..].to_vec(), yd[2..].to_vec()))
+}
+
+/// Emits, for every plane and output position, `leaf(x offset of the window's first valid
+/// tap, y offset, divisor count, valid taps per axis)`.
+fn windows(k: &mut Kernel, axes: &[Axis], spatial: &[usize], out: &[usize], leaf: &mut Leaf) -> Result<(), String> {
+    let x = k.input(0)?;
+    let batched = x.batched();
+    let channels = x.dims()[1] as i64;
+    let (in_count, out_count) = (spatial.iter().product::<usize>() as i64, out.iter().product::<usize>() as i64);
+    let mut tables = Vec::with_capacity(axes.len());
+    for ax in axes {
+        let bytes: Vec<u8> = ax.entries.iter().flatten().flat_map(|v| v.to_ne_bytes()).collect();
+        tables.push(k.data(bytes, 8)?);
+    }
+    let mut ystrides = vec![1i64; out.len()];
+    for a in (0..out.len().saturating_sub(1)).rev() {
+        ystrides[a] = ystrides[a + 1] * out[a + 1] as i64;
+    }
+    let samples = k.samples(batched);
+    let planes = k.fb.ins().imul_imm_s(samples, channels);
+    emit::for_dynamic(k.fb, planes, |fb, p| {
+        let xo = fb.ins().imul_imm_s(p, in_count);
+        let yo = fb.ins().imul_imm_s(p, out_count);
+        let one = emit::iconst(fb, 1);
+        out_nest(fb, 0, axes, &tables, &ystrides, xo, yo, one, &mut Vec::new(), leaf);
+    });
+    Ok(())
+}
+
+/// The loop over output coordinate `a` and those inside it (see [`windows`]).
+#[allow(clippy::too_many_arguments)]
+fn out_nest(
+    fb: &mut FunctionBuilder,
+    a: usize,
+    axes: &[Axis],
+    tables: &[Value],
+    ystrides: &[i64],
+    xo: Value,
+    yo: Value,
+    count: Value,
+    taps: &mut Vec<Value>,
+    leaf: &mut Leaf,
+) {
+    if a == axes.len() {
+        leaf(fb, xo, yo, count, taps);
+        return;
+    }
+    let table = tables[a];
+    let ystride = ystrides[a];
+    emit::for_count(fb, axes[a].entries.len() as i64, |fb, o| {
+        let entry = emit::addr(fb, table, o, ENTRY);
+        let first = fb.ins().load(types::I64, emit::mem(), entry, 0);
+        let n = fb.ins().load(types::I64, emit::mem(), entry, 8);
+        let c = fb.ins().load(types::I64, emit::mem(), entry, 16);
+        let xo = fb.ins().iadd(xo, first);
+        let dy = fb.ins().imul_imm_s(o, ystride);
+        let yo = fb.ins().iadd(yo, dy);
+        let count = fb.ins().imul(count, c);
+        taps.push(n);
+        out_nest(fb, a + 1, axes, tables, ystrides, xo, yo, count, taps, leaf);
+        taps.pop();
+    });
+}
+
+/// The loops over a window's valid taps, axis by axis (row-major, the interpreter's
+/// order); `body` gets each tap's input offset.
+fn tap_nest(fb: &mut FunctionBuilder, a: usize, taps: &[Value], axes: &[Axis], xo: Value, body: &mut dyn FnMut(&mut FunctionBuilder, Value)) {
+    if a == taps.len() {
+        body(fb, xo);
+        return;
+    }
+    let step = axes[a].step;
+    let zero = emit::iconst(fb, 0);
+    emit::for_range(fb, zero, taps[a], 1, |fb, t| {
+        let d = fb.ins().imul_imm_s(t, step);
+        let xo = fb.ins().iadd(xo, d);
+        tap_nest(fb, a + 1, taps, axes, xo, body);
+    });
+}
+
+/// The initial accumulator of a reduction.
+fn init(fb: &mut FunctionBuilder, reduce: Reduce) -> Value {
+    match reduce {
+        Reduce::MaxF32 => fb.ins().f32const(f32::NEG_INFINITY),
+        // i32::MIN: an empty window then stores its low byte, 0, as the interpreter's
+        // `i64::MIN as u8/i8` does.
+        Reduce::MaxInt(_) => fb.ins().iconst(types::I32, i32::MIN as i64),
+        Reduce::AvgF32 => fb.ins().f64const(0.0),
+    }
+}
+
+/// Folds the element at `xo` into `acc`.
+fn combine(fb: &mut FunctionBuilder, reduce: Reduce, x: Value, xo: Value, acc: Value) -> Value {
+    match reduce {
+        Reduce::MaxF32 => {
+            let v = emit::load_at(fb, types::F32, x, xo);
+            // `v > acc` is false for NaN: NaN is skipped, as `f64::max` skips it.
+            let gt = fb.ins().fcmp(FloatCC::GreaterThan, v, acc);
+            fb.ins().select(gt, v, acc)
+        }
+        Reduce::MaxInt(dtype) => {
+            let v = load_int(fb, dtype, x, xo);
+            fb.ins().smax(acc, v)
+        }
+        Reduce::AvgF32 => {
+            let v = emit::load_at(fb, types::F32, x, xo);
+            let v = fb.ins().fpromote(types::F64, v);
+            fb.ins().fadd(acc, v)
+        }
+    }
+}
+
+/// Stores the reduced window: the maximum, or the f64 sum divided by `max(count, 1)` in f64.
+fn finish(fb: &mut FunctionBuilder, reduce: Reduce, acc: Value, count: Value, y: Value, yo: Value) {
+    match reduce {
+        Reduce::MaxF32 => emit::store_at(fb, acc, y, yo),
+        Reduce::MaxInt(dtype) => store_int(fb, dtype, acc, y, yo),
+        Reduce::AvgF32 => {
+            let one = emit::iconst(fb, 1);
+            let c = fb.ins().smax(count, one);
+            let c = fb.ins().fcvt_from_sint(types::F64, c);
+            let mean = fb.ins().fdiv(acc, c);
+            let mean = fb.ins().fdemote(types::F32, mean);
+            emit::store_at(fb, mean, y, yo);
+        }
+    }
+}
+
+/// MaxPool (f32, u8, i8) and AveragePool (f32) over precomputed windows.
+pub(super) fn pool(k: &mut Kernel) -> Result<(), String> {
+    let x = k.input(0)?;
+    let (xptr, dtype) = (x.ptr, x.ty.dtype);
+    let reduce = match (k.op.kind, dtype) {
+        (OpKind::MaxPool, DType::F32) => Reduce::MaxF32,
+        (OpKind::MaxPool, DType::U8 | DType::I8) => Reduce::MaxInt(dtype),
+        (OpKind::AveragePool, DType::F32) => Reduce::AvgF32,
+        (kind, dtype) => return Err(format!("{kind} on {dtype}")),
+    };
+    let include_pad = matches!(reduce, Reduce::AvgF32) && k.op.attrs.int("count_include_pad")? != 0;
+    let (_, spatial, out) = planes(k)?;
+    let axes = axes(k, &spatial, &out, include_pad)?;
+    let yptr = k.output(0).ptr;
+    let ty = match reduce {
+        Reduce::MaxF32 => types::F32,
+        Reduce::MaxInt(_) => types::I32,
+        Reduce::AvgF32 => types::F64,
+    };
+    let acc = k.fb.declare_var(ty);
+    windows(k, &axes, &spatial, &out, &mut |fb, xo, yo, count, taps| {
+        let start = init(fb, reduce);
+        fb.def_var(acc, start);
+        tap_nest(fb, 0, taps, &axes, xo, &mut |fb, o| {
+            let cur = fb.use_var(acc);
+            let next = combine(fb, reduce, xptr, o, cur);
+            fb.def_var(acc, next);
+        });
+        let total = fb.use_var(acc);
+        finish(fb, reduce, total, count, yptr, yo);
+    })
+}
+
+/// GlobalAveragePool and GlobalMaxPool (f32): every plane is one window, reduced in order.
+pub(super) fn global_pool(k: &mut Kernel) -> Result<(), String> {
+    let reduce = match k.op.kind {
+        OpKind::GlobalMaxPool => Reduce::MaxF32,
+        _ => Reduce::AvgF32,
+    };
+    let (channels, spatial, _) = planes(k)?;
+    let inner = spatial.iter().product::<usize>() as i64;
+    let x = k.input(0)?;
+    let (xptr, batched) = (x.ptr, x.batched());
+    let yptr = k.output(0).ptr;
+    let ty = if matches!(reduce, Reduce::MaxF32) { types::F32 } else { types::F64 };
+    let acc = k.fb.declare_var(ty);
+    let samples = k.samples(batched);
+    let planes = k.fb.ins().imul_imm_s(samples, channels as i64);
+    emit::for_dynamic(k.fb, planes, |fb, p| {
+        let start = init(fb, reduce);
+        fb.def_var(acc, start);
+        let xo = fb.ins().imul_imm_s(p, inner);
+        emit::for_count(fb, inner, |fb, i| {
+            let o = fb.ins().iadd(xo, i);
+            let cur = fb.use_var(acc);
+            let next = combine(fb, reduce, xptr, o, cur);
+            fb.def_var(acc, next);
+        });
+        let total = fb.use_var(acc);
+        let count = emit::iconst(fb, inner);
+        finish(fb, reduce, total, count, yptr, p);
+    });
+    Ok(())
+}
+
+/// The result scale of an 8-bit per-tensor result, in f64 (the interpreter's `result_scale`).
+fn result_scale(y: &TensorType) -> Result<f64, String> {
+    Ok(result_params(y, None)?.0 as f64)
+}
+
+/// QAveragePool and QGlobalAveragePool: the exact integer sum of centered inputs, requantized
+/// by `s_x / (s_y · count)`. QAveragePool's multipliers are built at compile time for each
+/// distinct window count (as the interpreter does) into a table indexed by the count.
+pub(super) fn qpool(k: &mut Kernel) -> Result<(), String> {
+    let act = k.op.fused_activation()?;
+    let x = k.input(0)?;
+    let (xptr, xdtype, batched) = (x.ptr, x.ty.dtype, x.batched());
+    let (sx, zx) = x.ty.quant.as_ref().filter(|q| q.axis.is_none()).map(|q| q.channel(0)).ok_or("input must be quantized per tensor")?;
+    let y = k.output(0);
+    let (yptr, ydtype, yty) = (y.ptr, y.ty.dtype, y.ty.clone());
+    let sy = result_scale(&yty)?;
+    let for_count = |count: usize| Requant::for_ratio(sx as f64 / (sy * count.max(1) as f64), &yty, act);
+    let (channels, spatial, out) = planes(k)?;
+    let acc = k.fb.declare_var(types::I64);
+    let add = move |fb: &mut FunctionBuilder, o: Value| {
+        let v = load_int(fb, xdtype, xptr, o);
+        let v = fb.ins().sextend(types::I64, v);
+        let v = fb.ins().iadd_imm_s(v, -(zx as i64));
+        let cur = fb.use_var(acc);
+        let next = fb.ins().iadd(cur, v);
+        fb.def_var(acc, next);
+    };
+    if k.op.kind == OpKind::QGlobalAveragePool {
+        let inner = spatial.iter().product::<usize>();
+        let rq = for_count(inner)?;
+        let m = requant::channel(&rq, 0);
+        let samples = k.samples(batched);
+        let planes = k.fb.ins().imul_imm_s(samples, channels as i64);
+        let inner = inner as i64;
+        emit::for_dynamic(k.fb, planes, |fb, p| {
+            let zero = emit::iconst(fb, 0);
+            fb.def_var(acc, zero);
+            let xo = fb.ins().imul_imm_s(p, inner);
+            emit::for_count(fb, inner, |fb, i| {
+                let o = fb.ins().iadd(xo, i);
+                add(fb, o);
+            });
+            let sum = fb.use_var(acc);
+            let r = requant::requantize(fb, sum, m, rq.zero_point, rq.bounds);
+            store_int(fb, ydtype, r, yptr, p);
+        });
+        return Ok(());
+    }
+    let include_pad = k.op.attrs.int("count_include_pad")? != 0;
+    let axes = axes(k, &spatial, &out, include_pad)?;
+    // Distinct window counts: every combination of per-axis counts occurs (the output
+    // positions are their product), so the products of per-axis distinct counts.
+    let mut counts = vec![1i64];
+    for ax in &axes {
+        let mut distinct: Vec<i64> = ax.entries.iter().map(|e| e[2]).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        counts = counts.iter().flat_map(|&c| distinct.iter().map(move |&d| c * d)).collect();
+        counts.sort_unstable();
+        counts.dedup();
+    }
+    let largest = counts.iter().copied().max().unwrap_or(1).max(1) as usize;
+    let (zero_point, bounds) = (for_count(counts[0] as usize)?.zero_point, for_count(counts[0] as usize)?.bounds);
+    let mut table = vec![[0i64, 1i64]; largest + 1];
+    for &c in &counts {
+        let m = requant::channel(&for_count(c as usize)?, 0);
+        table[c as usize] = [m.m as i64, m.shift as i64];
+    }
+    let bytes: Vec<u8> = table.iter().flatten().flat_map(|v| v.to_ne_bytes()).collect();
+    let multipliers = k.data(bytes, 8)?;
+    let mut add = add;
+    windows(k, &axes, &spatial, &out, &mut |fb, xo, yo, count, taps| {
+        let zero = emit::iconst(fb, 0);
+        fb.def_var(acc, zero);
+        tap_nest(fb, 0, taps, &axes, xo, &mut add);
+        let sum = fb.use_var(acc);
+        let entry = emit::addr(fb, multipliers, count, 16);
+        let m = fb.ins().load(types::I64, emit::mem(), entry, 0);
+        let shift = fb.ins().load(types::I64, emit::mem(), entry, 8);
+        let r = requant::requantize_dynamic(fb, sum, m, shift, zero_point, bounds);
+        store_int(fb, ydtype, r, yptr, yo);
+    })
+}

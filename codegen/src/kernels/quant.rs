@@ -1,0 +1,388 @@
+//! Quantization kernels: QuantizeLinear, DequantizeLinear, and the integer ops that only
+//! rescale 8-bit values (Requantize, QAdd, QConcat).
+//!
+//! Each kernel replicates `qlift_ir::ops::quant` / `qlift_ir::ops::qint` operation for
+//! operation, so that results are bit-identical to the interpreter: QuantizeLinear divides
+//! in f32 (i32 inputs in f64) and rounds half to even; DequantizeLinear subtracts and
+//! multiplies in f32; the integer ops build their multipliers with the same
+//! `qlift_ir::fixed_point` constructors and apply them with [`super::requant`].
+//! Per-axis parameters and broadcasting strides are resolved at compile time (shapes are
+//! static except the batch on axis 0).
+
+use super::requant;
+use super::{Kernel, Operand};
+use crate::emit;
+use cranelift_codegen::ir::condcodes::FloatCC;
+use cranelift_codegen::ir::{types, InstBuilder, Value};
+use cranelift_frontend::FunctionBuilder;
+use qlift_ir::fixed_point::{result_params, Requant, SumRequant};
+use qlift_ir::{DType, QuantParams, TensorType};
+
+/// Loads an integer element of `dtype` (8/4-bit, i32) at element `index` as an i32,
+/// extended by the dtype's signedness (u8/u4 zero-extended, i8/i4 sign-extended).
+pub(super) fn load_int(fb: &mut FunctionBuilder, dtype: DType, base: Value, index: Value) -> Value {
+    match dtype {
+        DType::I32 => emit::load_at(fb, types::I32, base, index),
+        DType::U8 | DType::U4 => {
+            let v = emit::load_at(fb, types::I8, base, index);
+            fb.ins().uextend(types::I32, v)
+        }
+        _ => {
+            let v = emit::load_at(fb, types::I8, base, index);
+            fb.ins().sextend(types::I32, v)
+        }
+    }
+}
+
+/// Stores an i32 value (already within the dtype's range) as an element of `dtype`.
+pub(super) fn store_int(fb: &mut FunctionBuilder, dtype: DType, v: Value, base: Value, index: Value) {
+    let v = if dtype == DType::I32 { v } else { fb.ins().ireduce(types::I8, v) };
+    emit::store_at(fb, v, base, index);
+}
+
+/// The quantization parameters of a type (an error naming `what` when it has none).
+fn quant_of<'a>(ty: &'a TensorType, what: &str) -> Result<&'a QuantParams, String> {
+    ty.quant.as_ref().ok_or_else(|| format!("{what} has no quantization parameters"))
+}
+
+/// The scale and zero point of an 8-bit per-tensor operand.
+fn per_tensor(ty: &TensorType, what: &str) -> Result<(f32, i32), String> {
+    let q = quant_of(ty, what)?;
+    if q.axis.is_some() {
+        return Err(format!("{what} must be quantized per tensor"));
+    }
+    Ok(q.channel(0))
+}
+
+/// How an operand splits around a per-axis quantization axis: per sample, `outer` blocks of
+/// `extent` channels of `inner` contiguous elements (per tensor: one channel of the whole
+/// sample). Lets the channel's parameters be loaded once per `inner` run.
+struct Channels {
+    outer: usize,
+    extent: usize,
+    inner: usize,
+}
+
+impl Channels {
+    fn of(x: &Operand, axis: Option<usize>, channels: usize) -> Result<Channels, String> {
+        let dims = x.dims();
+        match axis {
+            None => Ok(Channels { outer: 1, extent: 1, inner: x.per_sample() }),
+            Some(0) if x.batched() => Err("per-axis quantization along the batch axis".to_string()),
+            Some(a) if a < dims.len() => {
+                if dims[a] != channels {
+                    return Err(format!("{channels} quantization channels for an axis of {}", dims[a]));
+                }
+                Ok(Channels { outer: dims[..a].iter().product(), extent: dims[a], inner: dims[a + 1..].iter().product() })
+            }
+            Some(a) => Err(format!("quantization axis {a} is out of range")),
+        }
+    }
+
+    /// `for s in samples·outer, c in extent: params(c); for i in inner: body(flat index)`:
+    /// `params` runs once per channel run (loads its scale and zero point), `body` per element.
+    fn emit<P: Copy>(
+        &self,
+        k: &mut Kernel,
+        batched: bool,
+        params: &mut dyn FnMut(&mut FunctionBuilder, Value) -> P,
+        body: &mut dyn FnMut(&mut FunctionBuilder, P, Value),
+    ) {
+        let samples = k.samples(batched);
+        let blocks = k.fb.ins().imul_imm_s(samples, self.outer as i64);
+        let (extent, inner) = (self.extent as i64, self.inner as i64);
+        emit::for_dynamic(k.fb, blocks, |fb, s| {
+            emit::for_count(fb, extent, |fb, c| {
+                let p = params(fb, c);
+                let run = fb.ins().imul_imm_s(s, extent);
+                let run = fb.ins().iadd(run, c);
+                let start = fb.ins().imul_imm_s(run, inner);
+                emit::for_count(fb, inner, |fb, i| {
+                    let index = fb.ins().iadd(start, i);
+                    body(fb, p, index);
+                });
+            });
+        });
+    }
+}
+
+/// Read-only table of native-endian bytes.
+fn table<T: Copy, const N: usize>(k: &mut Kernel, values: &[T], bytes: impl Fn(T) -> [u8; N]) -> Result<Value, String> {
+    let data: Vec<u8> = values.iter().flat_map(|&v| bytes(v)).collect();
+    k.data(data, 8)
+}
+
+/// QuantizeLinear: `saturate(round_half_even(x / scale) + zero_point)`, NaN → the dtype's
+/// minimum. f32 inputs divide in f32, i32 inputs in f64, exactly as the interpreter does
+/// (not a multiplication by the reciprocal, which rounds differently).
+pub(super) fn quantize(k: &mut Kernel) -> Result<(), String> {
+    let x = k.input(0)?;
+    let (xptr, xdtype, batched) = (x.ptr, x.ty.dtype, x.batched());
+    let y = k.output(0);
+    let (yptr, ydtype) = (y.ptr, y.ty.dtype);
+    let q = quant_of(&y.ty, "result")?.clone();
+    let (lo, hi) = ydtype.int_range().ok_or("result is not an integer type")?;
+    let channels = Channels::of(x, q.axis, q.scale.len())?;
+    let zps = table(k, &q.zero_point, i32::to_ne_bytes)?;
+    let wide = xdtype == DType::I32;
+    let scales = if wide {
+        let s: Vec<f64> = q.scale.iter().map(|&s| s as f64).collect();
+        table(k, &s, f64::to_ne_bytes)?
+    } else {
+        table(k, &q.scale, f32::to_ne_bytes)?
+    };
+    let scale_ty = if wide { types::F64 } else { types::F32 };
+    channels.emit(
+        k,
+        batched,
+        &mut |fb, c| {
+            let scale = emit::load_at(fb, scale_ty, scales, c);
+            let zp = emit::load_at(fb, types::I32, zps, c);
+            (scale, fb.ins().sextend(types::I64, zp))
+        },
+        &mut |fb, (scale, zp), i| {
+            let v = if wide {
+                let v = emit::load_at(fb, types::I32, xptr, i);
+                fb.ins().fcvt_from_sint(types::F64, v)
+            } else {
+                emit::load_at(fb, types::F32, xptr, i)
+            };
+            let r = fb.ins().fdiv(v, scale);
+            let r = fb.ins().nearest(r);
+            // Saturating conversion to i32 (±inf and huge values land far outside [lo, hi]),
+            // then the zero point added in i64 where it cannot overflow.
+            let n = fb.ins().fcvt_to_sint_sat(types::I32, r);
+            let n = fb.ins().sextend(types::I64, n);
+            let n = fb.ins().iadd(n, zp);
+            let (lo_v, hi_v) = (emit::iconst(fb, lo), emit::iconst(fb, hi));
+            let n = fb.ins().smax(n, lo_v);
+            let n = fb.ins().smin(n, hi_v);
+            let nan = fb.ins().fcmp(FloatCC::Unordered, r, r);
+            let n = fb.ins().select(nan, lo_v, n);
+            let n = fb.ins().ireduce(types::I32, n);
+            store_int(fb, ydtype, n, yptr, i);
+        },
+    );
+    Ok(())
+}
+
+/// DequantizeLinear: `(q - zero_point) · scale` in f32, per tensor or per axis; 8/4-bit and
+/// i32 inputs (an i32 converts to f32 with round-to-nearest, as `as f32` does).
+pub(super) fn dequantize(k: &mut Kernel) -> Result<(), String> {
+    let x = k.input(0)?;
+    let (xptr, xdtype, batched) = (x.ptr, x.ty.dtype, x.batched());
+    let q = quant_of(&x.ty, "input")?.clone();
+    let channels = Channels::of(x, q.axis, q.scale.len())?;
+    let yptr = k.output(0).ptr;
+    let zps: Vec<f32> = q.zero_point.iter().map(|&z| z as f32).collect();
+    let zps = table(k, &zps, f32::to_ne_bytes)?;
+    let scales = table(k, &q.scale, f32::to_ne_bytes)?;
+    channels.emit(
+        k,
+        batched,
+        &mut |fb, c| (emit::load_at(fb, types::F32, scales, c), emit::load_at(fb, types::F32, zps, c)),
+        &mut |fb, (scale, zp), i| {
+            let v = load_int(fb, xdtype, xptr, i);
+            let v = fb.ins().fcvt_from_sint(types::F32, v);
+            let v = fb.ins().fsub(v, zp);
+            let v = fb.ins().fmul(v, scale);
+            emit::store_at(fb, v, yptr, i);
+        },
+    );
+    Ok(())
+}
+
+/// The scale of an 8-bit per-tensor result, as the interpreter's `result_scale` (f64).
+fn result_scale(y: &TensorType) -> Result<f64, String> {
+    Ok(result_params(y, None)?.0 as f64)
+}
+
+/// Emits `y[j] = rq(x[i] - zx)` over `count` contiguous elements from element offsets
+/// `xi`, `yi`: the rescale of Requantize and of each QConcat part.
+#[allow(clippy::too_many_arguments)]
+fn rescale_run(fb: &mut FunctionBuilder, rq: &Requant, zx: i32, xdtype: DType, xptr: Value, xi: Value, ydtype: DType, yptr: Value, yi: Value, count: i64) {
+    let m = requant::channel(rq, 0);
+    emit::for_count(fb, count, |fb, j| {
+        let i = fb.ins().iadd(xi, j);
+        let v = load_int(fb, xdtype, xptr, i);
+        let a = fb.ins().iadd_imm_s(v, -(zx as i64));
+        let r = requant::requantize(fb, a, m, rq.zero_point, rq.bounds);
+        let o = fb.ins().iadd(yi, j);
+        store_int(fb, ydtype, r, yptr, o);
+    });
+}
+
+/// Requantize: `clamp(zy + M·(x − zx))` with `M = s_x / s_y` in fixed point, clamped by a
+/// fused activation.
+pub(super) fn requantize(k: &mut Kernel) -> Result<(), String> {
+    let act = k.op.fused_activation()?;
+    let x = k.input(0)?;
+    let (xptr, xdtype, batched, n) = (x.ptr, x.ty.dtype, x.batched(), x.per_sample() as i64);
+    let (sx, zx) = per_tensor(&x.ty, "input")?;
+    let y = k.output(0);
+    let (yptr, ydtype) = (y.ptr, y.ty.dtype);
+    let rq = Requant::for_ratio(sx as f64 / result_scale(&y.ty)?, &y.ty, act)?;
+    let samples = k.samples(batched);
+    emit::for_dynamic(k.fb, samples, |fb, s| {
+        let base = fb.ins().imul_imm_s(s, n);
+        rescale_run(fb, &rq, zx, xdtype, xptr, base, ydtype, yptr, base, n);
+    });
+    Ok(())
+}
+
+/// Per-sample row-major strides of `x` against the result's per-sample dims `out` (rank
+/// aligned to the right, 0 on broadcast axes), and the stride between samples (0 when `x`
+/// has no batch axis and is reused by every sample).
+fn broadcast_strides(x: &Operand, out: &[usize]) -> Result<(Vec<i64>, i64), String> {
+    let dims = x.dims();
+    let offset = out.len().checked_sub(dims.len()).ok_or("operand has a higher rank than the result")?;
+    let mut own = vec![0i64; dims.len()];
+    let mut acc = 1i64;
+    for a in (0..dims.len()).rev() {
+        own[a] = acc;
+        acc *= dims[a] as i64;
+    }
+    let strides = (0..out.len())
+        .map(|j| match j.checked_sub(offset) {
+            Some(a) if dims[a] != 1 => own[a],
+            _ => 0,
+        })
+        .collect();
+    Ok((strides, if x.batched() { x.per_sample() as i64 } else { 0 }))
+}
+
+/// Nested counted loops over `extents`, each operand's element offset advancing by its
+/// stride on that axis; `body` gets the offsets at the innermost point.
+fn nest(fb: &mut FunctionBuilder, extents: &[i64], strides: &[Vec<i64>], offsets: Vec<Value>, body: &mut dyn FnMut(&mut FunctionBuilder, &[Value])) {
+    let Some((&n, rest)) = extents.split_first() else {
+        body(fb, &offsets);
+        return;
+    };
+    emit::for_count(fb, n, |fb, i| {
+        let inner: Vec<Value> = offsets
+            .iter()
+            .zip(strides)
+            .map(|(&o, s)| match s[0] {
+                0 => o,
+                1 => fb.ins().iadd(o, i),
+                st => {
+                    let d = fb.ins().imul_imm_s(i, st);
+                    fb.ins().iadd(o, d)
+                }
+            })
+            .collect();
+        let tails: Vec<Vec<i64>> = strides.iter().map(|s| s[1..].to_vec()).collect();
+        nest(fb, rest, &tails, inner, body);
+    });
+}
+
+/// Drops unit axes and merges an axis into the next when every operand steps over it as
+/// over one contiguous run (`stride[j] == stride[j+1] · extent[j+1]`), so that same-shape
+/// or channel-broadcast operands become one or two flat loops.
+fn collapse(extents: &[usize], strides: &[Vec<i64>]) -> (Vec<i64>, Vec<Vec<i64>>) {
+    let keep: Vec<usize> = (0..extents.len()).filter(|&j| extents[j] != 1).collect();
+    let mut ext: Vec<i64> = Vec::new();
+    let mut st: Vec<Vec<i64>> = vec![Vec::new(); strides.len()];
+    for &j in &keep {
+        let e = extents[j] as i64;
+        // Merge the previous (outer) axis into this one if every operand allows it.
+        let mergeable = !ext.is_empty() && strides.iter().zip(&st).all(|(s, prev)| *prev.last().unwrap() == s[j] * e);
+        if mergeable {
+            *ext.last_mut().unwrap() *= e;
+            for (prev, s) in st.iter_mut().zip(strides) {
+                *prev.last_mut().unwrap() = s[j];
+            }
+        } else {
+            ext.push(e);
+            for (prev, s) in st.iter_mut().zip(strides) {
+                prev.push(s[j]);
+            }
+        }
+    }
+    (ext, st)
+}
+
+/// QAdd: `clamp(zy + ((ta·ma + tb·mb + 2^(s-1)) >> s))` on centered terms with one shared
+/// shift ([`SumRequant`]), broadcasting both operands to the result with compile-time strides.
+pub(super) fn qadd(k: &mut Kernel) -> Result<(), String> {
+    let act = k.op.fused_activation()?;
+    let (a, b, y) = (k.input(0)?, k.input(1)?, k.output(0));
+    let ((sa, za), (sb, zb)) = (per_tensor(&a.ty, "A")?, per_tensor(&b.ty, "B")?);
+    let sy = result_scale(&y.ty)?;
+    let rq = SumRequant::new(&[sa as f64 / sy, sb as f64 / sy], &y.ty, act)?;
+    let out = y.dims();
+    let (sa_dims, sa_sample) = broadcast_strides(a, &out)?;
+    let (sb_dims, sb_sample) = broadcast_strides(b, &out)?;
+    let mut sy_dims = vec![0i64; out.len()];
+    let mut acc = 1i64;
+    for j in (0..out.len()).rev() {
+        sy_dims[j] = acc;
+        acc *= out[j] as i64;
+    }
+    let (ext, strides) = collapse(&out, &[sa_dims, sb_dims, sy_dims]);
+    let ydtype = y.ty.dtype;
+    let ys = y.per_sample() as i64;
+    let (ap, adt, bp, bdt, yp) = (a.ptr, a.ty.dtype, b.ptr, b.ty.dtype, y.ptr);
+    let batched = y.batched();
+    let samples = k.samples(batched);
+    emit::for_dynamic(k.fb, samples, |fb, s| {
+        let offsets = vec![fb.ins().imul_imm_s(s, sa_sample), fb.ins().imul_imm_s(s, sb_sample), fb.ins().imul_imm_s(s, ys)];
+        nest(fb, &ext, &strides, offsets, &mut |fb, o| {
+            let va = load_int(fb, adt, ap, o[0]);
+            let vb = load_int(fb, bdt, bp, o[1]);
+            let ta = fb.ins().iadd_imm_s(va, -(za as i64));
+            let tb = fb.ins().iadd_imm_s(vb, -(zb as i64));
+            let r = requant::requantize_sum(fb, &[ta, tb], &rq);
+            store_int(fb, ydtype, r, yp, o[2]);
+        });
+    });
+    Ok(())
+}
+
+/// QConcat: each part rescaled to the result's parameters (`Requant::for_ratio(s_i / s_y)`,
+/// as the interpreter does even when they are equal) and written at its offset along the
+/// axis. The axis may not be the batch.
+pub(super) fn qconcat(k: &mut Kernel) -> Result<(), String> {
+    let act = k.op.fused_activation()?;
+    let y = k.output(0);
+    let (yptr, ydtype, ybatched) = (y.ptr, y.ty.dtype, y.batched());
+    let out = y.dims();
+    let rank = out.len() as i64;
+    let axis = k.op.attrs.int("axis")?;
+    let axis = usize::try_from(if axis < 0 { axis + rank } else { axis }).ok().filter(|&a| a < out.len()).ok_or_else(|| format!("axis {axis} is out of range"))?;
+    if axis == 0 && ybatched {
+        return Err("concatenation along the batch axis".to_string());
+    }
+    let sy = result_scale(&y.ty)?;
+    let outer: i64 = out[..axis].iter().product::<usize>() as i64;
+    let inner: i64 = out[axis + 1..].iter().product::<usize>() as i64;
+    let yrow = out[axis] as i64 * inner;
+    let mut parts = Vec::new();
+    let mut offset = 0i64;
+    for i in 0..k.inputs.len() {
+        let x = k.input(i)?;
+        if x.batched() != ybatched {
+            return Err(format!("operand {i} and the result disagree on the batch axis"));
+        }
+        let (sx, zx) = per_tensor(&x.ty, &format!("operand {i}"))?;
+        let rq = Requant::for_ratio(sx as f64 / sy, &y.ty, act)?;
+        let row = x.dims()[axis] as i64 * inner;
+        parts.push((x.ptr, x.ty.dtype, zx, rq, row, offset));
+        offset += row;
+    }
+    if offset != yrow {
+        return Err(format!("parts total {offset} elements per row, the result {yrow}"));
+    }
+    let samples = k.samples(ybatched);
+    let blocks = k.fb.ins().imul_imm_s(samples, outer);
+    for (xptr, xdtype, zx, rq, row, offset) in parts {
+        emit::for_dynamic(k.fb, blocks, |fb, o| {
+            let xi = fb.ins().imul_imm_s(o, row);
+            let yi = fb.ins().imul_imm_s(o, yrow);
+            let yi = fb.ins().iadd_imm_s(yi, offset);
+            rescale_run(fb, &rq, zx, xdtype, xptr, xi, ydtype, yptr, yi, row);
+        });
+    }
+    Ok(())
+}
+
