@@ -44,8 +44,10 @@ def tract_median(path, x, iters, warmup):
         import tract
     except ImportError:
         return None
-    model = tract.onnx().model_for_path(path).into_optimized().into_runnable()
-    return timed(lambda: model.run([x]), iters, warmup)
+    model = tract.onnx().load(path)
+    model.set_input_fact(0, ",".join(str(d) for d in x.shape) + ",f32")
+    runnable = model.into_model().into_runnable()
+    return timed(lambda: runnable.run([x]), iters, warmup)
 
 
 def main():
