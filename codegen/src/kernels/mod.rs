@@ -13,6 +13,7 @@ use cranelift_module::{DataDescription, Linkage, Module};
 use qlift_ir::{DType, Dim, Op, OpKind, Tensor, TensorType};
 use std::sync::Arc;
 
+mod elementwise;
 pub(crate) mod requant;
 mod shape;
 
@@ -177,6 +178,13 @@ pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
     use OpKind::*;
     match k.op.kind {
         Identity | Dropout | Flatten | Reshape | Squeeze | Unsqueeze => shape::copy(k),
+        Add | Sub | Mul | Div => elementwise::binary(k),
+        Relu | Clip | LeakyRelu | Sigmoid | Tanh | HardSigmoid | HardSwish => elementwise::unary(k),
+        Softmax => elementwise::softmax(k),
+        BatchNormalization => elementwise::batch_norm(k),
+        Transpose => shape::transpose(k),
+        Concat => shape::concat(k),
+        Pad => shape::pad(k),
         other => Err(format!("{other} has no kernel yet")),
     }
 }
