@@ -12,7 +12,7 @@
 use super::{Kernel, Operand};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{types, Block, FuncRef, InstBuilder, Type, Value};
+use cranelift_codegen::ir::{types, Block, FuncRef, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;
 use qlift_ir::{DType, Dim, OpKind};
 
@@ -63,12 +63,48 @@ impl Broadcast {
         Ok(Broadcast { batched, batch_strides, extents, strides })
     }
 
-    /// Emits the loops; `body` gets the element offset of each stream.
-    fn emit(&self, k: &mut Kernel, body: &mut dyn FnMut(&mut FunctionBuilder, &[Value])) {
+    /// Whether the innermost loop can run 4 f32 lanes at a time: the result is contiguous
+    /// there and every operand either contiguous or constant along it (a splat).
+    fn vectorizable(&self) -> bool {
+        let Some(&e) = self.extents.last() else { return false };
+        e >= LANES as usize && self.strides[0].last() == Some(&1) && self.strides.iter().all(|s| matches!(s.last(), Some(0 | 1)))
+    }
+
+    /// Emits the loops; `body` gets the element offset of each stream. With `vector` (and a [`vectorizable`](Self::vectorizable)
+    /// plan) the innermost loop steps by [`LANES`] elements, calling `body` with
+    /// [`Lanes::Vector`] (one splat flag per stream), then finishes the remainder with
+    /// [`Lanes::Scalar`].
+    fn emit_lanes(&self, k: &mut Kernel, vector: bool, body: &mut dyn FnMut(&mut FunctionBuilder, &[Value], &Lanes)) {
+        let vector = vector && self.vectorizable();
+        let n = self.extents.len();
+        let (outer, inner) = if vector { (&self.extents[..n - 1], self.extents[n - 1]) } else { (&self.extents[..], 0) };
+        let outer_strides: Vec<Vec<i64>> = self.strides.iter().map(|s| s[..outer.len()].to_vec()).collect();
+        let splat: Vec<bool> = self.strides.iter().map(|s| s.last() == Some(&0)).collect();
+        let mut nest = |fb: &mut FunctionBuilder, start: &[Value]| {
+            emit::for_strided(fb, outer, &outer_strides, start, &mut |fb, off| {
+                if !vector {
+                    body(fb, off, &Lanes::Scalar);
+                    return;
+                }
+                let at = |fb: &mut FunctionBuilder, i: Value| -> Vec<Value> {
+                    off.iter().zip(&splat).map(|(&o, &s)| if s { o } else { fb.ins().iadd(o, i) }).collect()
+                };
+                let split = inner - inner % LANES as usize;
+                let (zero, mid, end) = (emit::iconst(fb, 0), emit::iconst(fb, split as i64), emit::iconst(fb, inner as i64));
+                emit::for_range(fb, zero, mid, LANES as i64, |fb, i| {
+                    let o = at(fb, i);
+                    body(fb, &o, &Lanes::Vector(splat.clone()));
+                });
+                emit::for_range(fb, mid, end, 1, |fb, i| {
+                    let o = at(fb, i);
+                    body(fb, &o, &Lanes::Scalar);
+                });
+            });
+        };
         if !self.batched {
             let zero = emit::iconst(k.fb, 0);
             let start = vec![zero; self.batch_strides.len()];
-            emit::for_strided(k.fb, &self.extents, &self.strides, &start, body);
+            nest(k.fb, &start);
             return;
         }
         let batch = k.batch;
@@ -78,8 +114,64 @@ impl Broadcast {
                 .iter()
                 .map(|&s| if s == 0 { emit::iconst(fb, 0) } else { fb.ins().imul_imm_s(b, s) })
                 .collect();
-            emit::for_strided(fb, &self.extents, &self.strides, &start, body);
+            nest(fb, &start);
         });
+    }
+}
+
+/// f32 lanes of the vector inner loops (128-bit vectors, the widest Cranelift has on x86-64).
+const LANES: u32 = 4;
+
+/// How a loop body accesses its streams.
+enum Lanes {
+    /// One element per stream.
+    Scalar,
+    /// [`LANES`] consecutive f32 elements per stream; `true` marks a stream constant along
+    /// the loop (loaded once and splatted).
+    Vector(Vec<bool>),
+}
+
+impl Lanes {
+    /// Loads stream `s`'s f32 element(s) at element offset `off` of `base`.
+    fn load(&self, fb: &mut FunctionBuilder, s: usize, base: Value, off: Value) -> Value {
+        match self {
+            Lanes::Vector(splat) if !splat[s] => {
+                let a = emit::addr(fb, base, off, 4);
+                fb.ins().load(types::F32X4, emit::mem(), a, 0)
+            }
+            Lanes::Vector(_) => {
+                let v = emit::load_at(fb, types::F32, base, off);
+                fb.ins().splat(types::F32X4, v)
+            }
+            Lanes::Scalar => emit::load_at(fb, types::F32, base, off),
+        }
+    }
+
+    /// Stores `v` (f32 or f32x4) at element offset `off` of `base`.
+    fn store(fb: &mut FunctionBuilder, v: Value, base: Value, off: Value) {
+        let a = emit::addr(fb, base, off, 4);
+        fb.ins().store(emit::mem(), v, a, 0);
+    }
+}
+
+/// An f32 constant of type `ty` (scalar, or splatted to every lane).
+fn fconst(fb: &mut FunctionBuilder, ty: Type, v: f32) -> Value {
+    let c = fb.ins().f32const(v);
+    if ty.is_vector() {
+        fb.ins().splat(ty, c)
+    } else {
+        c
+    }
+}
+
+/// `cond ? a : b` for a scalar condition or a vector lane mask (from `fcmp`).
+fn choose(fb: &mut FunctionBuilder, cond: Value, a: Value, b: Value) -> Value {
+    if fb.func.dfg.value_type(a).is_vector() {
+        let ty = fb.func.dfg.value_type(a);
+        let mask = fb.ins().bitcast(ty, MemFlagsData::new(), cond);
+        fb.ins().bitselect(mask, a, b)
+    } else {
+        fb.ins().select(cond, a, b)
     }
 }
 
@@ -101,16 +193,17 @@ fn finish_failure(k: &mut Kernel, fail: Block, message: &str) {
     k.fb.switch_to_block(done);
 }
 
-/// Clamps `v` (f32) to `[lo, hi]` leaving NaN as it is (Cranelift's fmax/fmin propagate
+/// Clamps `v` (f32 or f32x4) to `[lo, hi]` leaving NaN as it is (Cranelift's fmax/fmin propagate
 /// NaN), skipping infinite bounds: the fused activation and Clip's float form.
 fn clamp_f32(fb: &mut FunctionBuilder, v: Value, lo: f32, hi: f32) -> Value {
     let mut v = v;
+    let ty = fb.func.dfg.value_type(v);
     if lo != f32::NEG_INFINITY {
-        let l = fb.ins().f32const(lo);
+        let l = fconst(fb, ty, lo);
         v = fb.ins().fmax(v, l);
     }
     if hi != f32::INFINITY {
-        let h = fb.ins().f32const(hi);
+        let h = fconst(fb, ty, hi);
         v = fb.ins().fmin(v, h);
     }
     v
@@ -164,21 +257,26 @@ pub(super) fn binary(k: &mut Kernel) -> Result<(), String> {
         && b.constant.as_ref().is_none_or(|t| t.to_i64_vec().map_or(true, |v| v.contains(&0)));
     let fail = failure_block(k);
     let signed = is_signed(dtype);
-    plan.emit(k, &mut |fb, off| {
-        let x = emit::load_at(fb, ty, pa, off[1]);
-        let y = emit::load_at(fb, ty, pb, off[2]);
-        let r = if dtype == DType::F32 {
+    plan.emit_lanes(k, dtype == DType::F32, &mut |fb, off, lanes| {
+        if dtype == DType::F32 {
+            let x = lanes.load(fb, 1, pa, off[1]);
+            let y = lanes.load(fb, 2, pb, off[2]);
             let r = match kind {
                 OpKind::Add => fb.ins().fadd(x, y),
                 OpKind::Sub => fb.ins().fsub(x, y),
                 OpKind::Mul => fb.ins().fmul(x, y),
                 _ => fb.ins().fdiv(x, y),
             };
-            match act {
+            let r = match act {
                 Some((lo, hi)) => clamp_f32(fb, r, lo, hi),
                 None => r,
-            }
-        } else {
+            };
+            Lanes::store(fb, r, po, off[0]);
+            return;
+        }
+        let x = emit::load_at(fb, ty, pa, off[1]);
+        let y = emit::load_at(fb, ty, pb, off[2]);
+        let r = {
             match kind {
                 OpKind::Add => fb.ins().iadd(x, y),
                 OpKind::Sub => fb.ins().isub(x, y),
@@ -247,49 +345,56 @@ pub(super) fn unary(k: &mut Kernel) -> Result<(), String> {
         OpKind::Clip => (bound(lo, i64::MIN).clamp(range.0, range.1), bound(hi, i64::MAX).clamp(range.0, range.1)),
         _ => (0, range.1),
     };
-    plan.emit(k, &mut |fb, off| {
+    let vector = !integer && !matches!(kind, OpKind::Sigmoid | OpKind::Tanh);
+    plan.emit_lanes(k, vector, &mut |fb, off, lanes| {
+        if !integer {
+            let v = lanes.load(fb, 1, px, off[1]);
+            let r = float_unary(fb, kind, v, lo, hi, expf);
+            Lanes::store(fb, r, po, off[0]);
+            return;
+        }
         let v = emit::load_at(fb, ty, px, off[1]);
-        let r = if integer {
+        let r = {
             let w = widen(fb, v, dtype);
             let l = fb.ins().iconst(types::I64, ilo);
             let h = fb.ins().iconst(types::I64, ihi);
             let w = fb.ins().smax(w, l);
             let w = fb.ins().smin(w, h);
             narrow(fb, w, ty)
-        } else {
-            float_unary(fb, kind, v, lo, hi, expf)
         };
         emit::store_at(fb, r, po, off[0]);
     });
     Ok(())
 }
 
-/// One f32 activation, as `ops/math.rs` computes it; `p`, `q` are Clip's bounds,
+/// One f32 activation (on a scalar, or on f32x4 lanes except Sigmoid and Tanh, which call
+/// `expf`), as `ops/math.rs` computes it; `p`, `q` are Clip's bounds,
 /// LeakyRelu's alpha, HardSigmoid's alpha and beta.
 fn float_unary(fb: &mut FunctionBuilder, kind: OpKind, v: Value, p: f32, q: f32, expf: Option<FuncRef>) -> Value {
-    let zero = fb.ins().f32const(0.0f32);
-    let one = fb.ins().f32const(1.0f32);
+    let ty = fb.func.dfg.value_type(v);
+    let zero = fconst(fb, ty, 0.0);
+    let one = fconst(fb, ty, 1.0);
     match kind {
         // v > 0 or NaN keeps v.
         OpKind::Relu => {
             let keep = fb.ins().fcmp(FloatCC::UnorderedOrGreaterThan, v, zero);
-            fb.ins().select(keep, v, zero)
+            choose(fb, keep, v, zero)
         }
         OpKind::Clip => clamp_f32(fb, v, p, q),
         OpKind::LeakyRelu => {
             let neg = fb.ins().fcmp(FloatCC::LessThan, v, zero);
-            let alpha = fb.ins().f32const(p);
+            let alpha = fconst(fb, ty, p);
             let scaled = fb.ins().fmul(alpha, v);
-            fb.ins().select(neg, scaled, v)
+            choose(fb, neg, scaled, v)
         }
         OpKind::HardSigmoid => {
-            let (alpha, beta) = (fb.ins().f32const(p), fb.ins().f32const(q));
+            let (alpha, beta) = (fconst(fb, ty, p), fconst(fb, ty, q));
             let t = fb.ins().fmul(alpha, v);
             let t = fb.ins().fadd(t, beta);
             clamp_f32(fb, t, 0.0, 1.0)
         }
         OpKind::HardSwish => {
-            let (six, half) = (fb.ins().f32const(6.0f32), fb.ins().f32const(0.5f32));
+            let (six, half) = (fconst(fb, ty, 6.0), fconst(fb, ty, 0.5));
             let t = fb.ins().fdiv(v, six);
             let t = fb.ins().fadd(t, half);
             let t = clamp_f32(fb, t, 0.0, 1.0);
