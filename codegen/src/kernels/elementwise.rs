@@ -175,8 +175,8 @@ fn choose(fb: &mut FunctionBuilder, cond: Value, a: Value, b: Value) -> Value {
     }
 }
 
-/// A block that makes the kernel fail with `message`: loops branch to it from anywhere,
-/// and [`finish_failure`] places it after the normal path.
+/// A block that makes the kernel fail: loops branch to it from anywhere, and
+/// [`finish_failure`] places it after the normal path (an unused one is never placed).
 fn failure_block(k: &mut Kernel) -> Block {
     k.fb.create_block()
 }
@@ -307,7 +307,9 @@ pub(super) fn binary(k: &mut Kernel) -> Result<(), String> {
         };
         emit::store_at(fb, r, po, off[0]);
     });
-    finish_failure(k, fail, "integer division by zero");
+    if check_zero {
+        finish_failure(k, fail, "integer division by zero");
+    }
     Ok(())
 }
 
