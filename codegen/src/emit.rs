@@ -68,3 +68,98 @@ pub fn store_at(fb: &mut FunctionBuilder, v: Value, base: Value, index: Value) {
     let a = addr(fb, base, index, ty.bytes() as i64);
     fb.ins().store(mem(), v, a, 0);
 }
+
+/// An integer constant of type `ty` (i8 … i64): `v` truncated to the type's width, the form
+/// Cranelift's verifier accepts for narrow types (it rejects sign-extended negative i8s).
+pub fn iconst_of(fb: &mut FunctionBuilder, ty: Type, v: i64) -> Value {
+    let bits = ty.bits();
+    let v = if bits >= 64 { v } else { v & ((1i64 << bits) - 1) };
+    fb.ins().iconst(ty, v)
+}
+
+/// Simplifies a strided loop nest (see [`for_strided`]) without changing the offsets it
+/// visits: drops extent-1 axes and merges axis `a` into `a + 1` when every stream steps
+/// through them as through one axis (`stride[a] == stride[a+1] · extent[a+1]`). Identical
+/// row-major shapes become one flat loop, a per-channel operand two or three loops. An empty
+/// extent leaves a single zero-trip loop. `strides[s][a]` is stream `s`'s element stride on
+/// axis `a`.
+pub fn coalesce(extents: &[usize], strides: &[Vec<i64>]) -> (Vec<usize>, Vec<Vec<i64>>) {
+    if extents.contains(&0) {
+        return (vec![0], vec![vec![0]; strides.len()]);
+    }
+    let mut out_extents: Vec<usize> = Vec::new();
+    let mut out_strides: Vec<Vec<i64>> = vec![Vec::new(); strides.len()];
+    for (a, &e) in extents.iter().enumerate() {
+        if e == 1 {
+            continue;
+        }
+        // Merge with the previous kept axis when it steps by exactly this axis' span.
+        let merge = !out_extents.is_empty() && strides.iter().zip(&out_strides).all(|(s, o)| *o.last().unwrap_or(&0) == s[a] * e as i64);
+        if merge {
+            let last = out_extents.len() - 1;
+            out_extents[last] *= e;
+            for (o, s) in out_strides.iter_mut().zip(strides) {
+                o[last] = s[a];
+            }
+        } else {
+            out_extents.push(e);
+            for (o, s) in out_strides.iter_mut().zip(strides) {
+                o.push(s[a]);
+            }
+        }
+    }
+    (out_extents, out_strides)
+}
+
+/// Nested counted loops over static `extents` (outermost first) that carry one element
+/// offset per stream (operands and results of a broadcast, the two sides of a transpose):
+/// `body` runs once per index tuple with `offsets[s] = start[s] + Σₐ index[a] · strides[s][a]`.
+/// Offsets are updated per level (no division or modulo in the loops); shared by every
+/// kernel that walks tensors through static strides. Call [`coalesce`] first to shorten
+/// the nest.
+pub fn for_strided(
+    fb: &mut FunctionBuilder,
+    extents: &[usize],
+    strides: &[Vec<i64>],
+    start: &[Value],
+    body: &mut dyn FnMut(&mut FunctionBuilder, &[Value]),
+) {
+    fn level(
+        fb: &mut FunctionBuilder,
+        axis: usize,
+        extents: &[usize],
+        strides: &[Vec<i64>],
+        offsets: &[Value],
+        body: &mut dyn FnMut(&mut FunctionBuilder, &[Value]),
+    ) {
+        if axis == extents.len() {
+            body(fb, offsets);
+            return;
+        }
+        for_count(fb, extents[axis] as i64, |fb, i| {
+            let next: Vec<Value> = offsets
+                .iter()
+                .zip(strides)
+                .map(|(&o, s)| match s[axis] {
+                    0 => o,
+                    1 => fb.ins().iadd(o, i),
+                    st => {
+                        let d = fb.ins().imul_imm_s(i, st);
+                        fb.ins().iadd(o, d)
+                    }
+                })
+                .collect();
+            level(fb, axis + 1, extents, strides, &next, body);
+        });
+    }
+    level(fb, 0, extents, strides, start, body);
+}
+
+/// Row-major element strides of `dims`.
+pub fn row_major(dims: &[usize]) -> Vec<i64> {
+    let mut strides = vec![1i64; dims.len()];
+    for a in (0..dims.len().saturating_sub(1)).rev() {
+        strides[a] = strides[a + 1] * dims[a + 1] as i64;
+    }
+    strides
+}

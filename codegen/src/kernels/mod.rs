@@ -13,6 +13,7 @@ use cranelift_module::{DataDescription, Linkage, Module};
 use qlift_ir::{DType, Dim, Op, OpKind, Tensor, TensorType};
 use std::sync::Arc;
 
+mod elementwise;
 mod pool;
 mod quant;
 pub(crate) mod requant;
@@ -187,6 +188,13 @@ pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
         MaxPool | AveragePool => pool::pool(k),
         GlobalAveragePool | GlobalMaxPool => pool::global_pool(k),
         QAveragePool | QGlobalAveragePool => pool::qpool(k),
+        Add | Sub | Mul | Div => elementwise::binary(k),
+        Relu | Clip | LeakyRelu | Sigmoid | Tanh | HardSigmoid | HardSwish => elementwise::unary(k),
+        Softmax => elementwise::softmax(k),
+        BatchNormalization => elementwise::batch_norm(k),
+        Transpose => shape::transpose(k),
+        Concat => shape::concat(k),
+        Pad => shape::pad(k),
         other => Err(format!("{other} has no kernel yet")),
     }
 }

@@ -1,0 +1,571 @@
+//! Elementwise kernels: broadcasting arithmetic (Add, Sub, Mul, Div on f32, i32, i64, i8,
+//! u8), activations (Relu, Clip, LeakyRelu, Sigmoid, Tanh, HardSigmoid, HardSwish),
+//! Softmax along one axis, and BatchNormalization in inference form.
+//!
+//! Each follows `qlift_ir`'s interpreter (`ops/math.rs`, `ops/nn.rs`): integer arithmetic
+//! wraps in the operand dtype and divides truncating; an integer division by zero makes the
+//! kernel return an error (the interpreter's "integer division by zero") instead of
+//! trapping; NaN propagates where the interpreter lets it. Broadcasting is resolved at
+//! compile time into per-operand element strides (0 along broadcast axes) over the static
+//! extents, with the batch as the one run-time outer loop ([`Broadcast`]).
+
+use super::{Kernel, Operand};
+use crate::emit;
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{types, Block, FuncRef, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_frontend::FunctionBuilder;
+use qlift_ir::{DType, Dim, OpKind};
+
+/// The loop structure of a broadcast over one result and its operands (the streams, result
+/// first): an optional run-time batch loop, then a static strided nest.
+struct Broadcast {
+    /// Whether the result's axis 0 is the batch (the outer loop runs `batch` times).
+    batched: bool,
+    /// Per stream, its element offset per sample of the batch (0 for an operand without the
+    /// batch, which every sample shares).
+    batch_strides: Vec<i64>,
+    /// The static extents of the nest (coalesced).
+    extents: Vec<usize>,
+    /// Per stream, its element strides along `extents`.
+    strides: Vec<Vec<i64>>,
+}
+
+impl Broadcast {
+    /// Plans `out = f(operands…)` with numpy broadcasting of each operand onto `out`'s shape.
+    fn new(out: &Operand, operands: &[&Operand]) -> Result<Broadcast, String> {
+        let dims = out.dims();
+        let rank = dims.len();
+        let batched = out.batched();
+        let first = usize::from(batched);
+        let mut batch_strides = vec![if batched { out.per_sample() as i64 } else { 0 }];
+        let mut strides = vec![emit::row_major(&dims)[first..].to_vec()];
+        for x in operands {
+            let xd = x.dims();
+            let pad = rank.checked_sub(xd.len()).ok_or("an operand has a higher rank than the result")?;
+            let own = emit::row_major(&xd);
+            if x.batched() && (pad != 0 || !batched) {
+                return Err("an operand's batch axis is not the result's axis 0".to_string());
+            }
+            batch_strides.push(if x.batched() { x.per_sample() as i64 } else { 0 });
+            let mut s = Vec::with_capacity(rank - first);
+            for (a, &d) in dims.iter().enumerate().skip(first) {
+                let stride = match a.checked_sub(pad) {
+                    Some(j) if xd[j] == d && d != 1 => own[j],
+                    Some(j) if xd[j] == 1 => 0,
+                    None => 0,
+                    Some(j) => return Err(format!("operand extent {} does not broadcast to {d} on axis {a}", xd[j])),
+                };
+                s.push(stride);
+            }
+            strides.push(s);
+        }
+        let (extents, strides) = emit::coalesce(&dims[first..], &strides);
+        Ok(Broadcast { batched, batch_strides, extents, strides })
+    }
+
+    /// Whether the innermost loop can run 4 f32 lanes at a time: the result is contiguous
+    /// there and every operand either contiguous or constant along it (a splat).
+    fn vectorizable(&self) -> bool {
+        let Some(&e) = self.extents.last() else { return false };
+        e >= LANES as usize && self.strides[0].last() == Some(&1) && self.strides.iter().all(|s| matches!(s.last(), Some(0 | 1)))
+    }
+
+    /// Emits the loops; `body` gets the element offset of each stream. With `vector` (and a [`vectorizable`](Self::vectorizable)
+    /// plan) the innermost loop steps by [`LANES`] elements, calling `body` with
+    /// [`Lanes::Vector`] (one splat flag per stream), then finishes the remainder with
+    /// [`Lanes::Scalar`].
+    fn emit_lanes(&self, k: &mut Kernel, vector: bool, body: &mut dyn FnMut(&mut FunctionBuilder, &[Value], &Lanes)) {
+        let vector = vector && self.vectorizable();
+        let n = self.extents.len();
+        let (outer, inner) = if vector { (&self.extents[..n - 1], self.extents[n - 1]) } else { (&self.extents[..], 0) };
+        let outer_strides: Vec<Vec<i64>> = self.strides.iter().map(|s| s[..outer.len()].to_vec()).collect();
+        let splat: Vec<bool> = self.strides.iter().map(|s| s.last() == Some(&0)).collect();
+        let mut nest = |fb: &mut FunctionBuilder, start: &[Value]| {
+            emit::for_strided(fb, outer, &outer_strides, start, &mut |fb, off| {
+                if !vector {
+                    body(fb, off, &Lanes::Scalar);
+                    return;
+                }
+                let at = |fb: &mut FunctionBuilder, i: Value| -> Vec<Value> {
+                    off.iter().zip(&splat).map(|(&o, &s)| if s { o } else { fb.ins().iadd(o, i) }).collect()
+                };
+                let split = inner - inner % LANES as usize;
+                let (zero, mid, end) = (emit::iconst(fb, 0), emit::iconst(fb, split as i64), emit::iconst(fb, inner as i64));
+                emit::for_range(fb, zero, mid, LANES as i64, |fb, i| {
+                    let o = at(fb, i);
+                    body(fb, &o, &Lanes::Vector(splat.clone()));
+                });
+                emit::for_range(fb, mid, end, 1, |fb, i| {
+                    let o = at(fb, i);
+                    body(fb, &o, &Lanes::Scalar);
+                });
+            });
+        };
+        if !self.batched {
+            let zero = emit::iconst(k.fb, 0);
+            let start = vec![zero; self.batch_strides.len()];
+            nest(k.fb, &start);
+            return;
+        }
+        let batch = k.batch;
+        emit::for_dynamic(k.fb, batch, |fb, b| {
+            let start: Vec<Value> = self
+                .batch_strides
+                .iter()
+                .map(|&s| if s == 0 { emit::iconst(fb, 0) } else { fb.ins().imul_imm_s(b, s) })
+                .collect();
+            nest(fb, &start);
+        });
+    }
+}
+
+/// f32 lanes of the vector inner loops (128-bit vectors, the widest Cranelift has on x86-64).
+const LANES: u32 = 4;
+
+/// How a loop body accesses its streams.
+enum Lanes {
+    /// One element per stream.
+    Scalar,
+    /// [`LANES`] consecutive f32 elements per stream; `true` marks a stream constant along
+    /// the loop (loaded once and splatted).
+    Vector(Vec<bool>),
+}
+
+impl Lanes {
+    /// Loads stream `s`'s f32 element(s) at element offset `off` of `base`.
+    fn load(&self, fb: &mut FunctionBuilder, s: usize, base: Value, off: Value) -> Value {
+        match self {
+            Lanes::Vector(splat) if !splat[s] => {
+                let a = emit::addr(fb, base, off, 4);
+                fb.ins().load(types::F32X4, emit::mem(), a, 0)
+            }
+            Lanes::Vector(_) => {
+                let v = emit::load_at(fb, types::F32, base, off);
+                fb.ins().splat(types::F32X4, v)
+            }
+            Lanes::Scalar => emit::load_at(fb, types::F32, base, off),
+        }
+    }
+
+    /// Stores `v` (f32 or f32x4) at element offset `off` of `base`.
+    fn store(fb: &mut FunctionBuilder, v: Value, base: Value, off: Value) {
+        let a = emit::addr(fb, base, off, 4);
+        fb.ins().store(emit::mem(), v, a, 0);
+    }
+}
+
+/// An f32 constant of type `ty` (scalar, or splatted to every lane).
+fn fconst(fb: &mut FunctionBuilder, ty: Type, v: f32) -> Value {
+    let c = fb.ins().f32const(v);
+    if ty.is_vector() {
+        fb.ins().splat(ty, c)
+    } else {
+        c
+    }
+}
+
+/// `cond ? a : b` for a scalar condition or a vector lane mask (from `fcmp`).
+fn choose(fb: &mut FunctionBuilder, cond: Value, a: Value, b: Value) -> Value {
+    if fb.func.dfg.value_type(a).is_vector() {
+        let ty = fb.func.dfg.value_type(a);
+        let mask = fb.ins().bitcast(ty, MemFlagsData::new(), cond);
+        fb.ins().bitselect(mask, a, b)
+    } else {
+        fb.ins().select(cond, a, b)
+    }
+}
+
+/// A block that makes the kernel fail: loops branch to it from anywhere, and
+/// [`finish_failure`] places it after the normal path (an unused one is never placed).
+fn failure_block(k: &mut Kernel) -> Block {
+    k.fb.create_block()
+}
+
+/// Ends the normal path (which continues after this call) and fills `fail` with the
+/// kernel's failure return for `message`.
+fn finish_failure(k: &mut Kernel, fail: Block, message: &str) {
+    let done = k.fb.create_block();
+    k.fb.ins().jump(done, &[]);
+    k.fb.switch_to_block(fail);
+    let yes = k.fb.ins().iconst(types::I8, 1);
+    k.fail_if(yes, message);
+    k.fb.ins().jump(done, &[]);
+    k.fb.switch_to_block(done);
+}
+
+/// Clamps `v` (f32 or f32x4) to `[lo, hi]` leaving NaN as it is (Cranelift's fmax/fmin propagate
+/// NaN), skipping infinite bounds: the fused activation and Clip's float form.
+fn clamp_f32(fb: &mut FunctionBuilder, v: Value, lo: f32, hi: f32) -> Value {
+    let mut v = v;
+    let ty = fb.func.dfg.value_type(v);
+    if lo != f32::NEG_INFINITY {
+        let l = fconst(fb, ty, lo);
+        v = fb.ins().fmax(v, l);
+    }
+    if hi != f32::INFINITY {
+        let h = fconst(fb, ty, hi);
+        v = fb.ins().fmin(v, h);
+    }
+    v
+}
+
+fn is_signed(dtype: DType) -> bool {
+    !matches!(dtype, DType::U8 | DType::U4)
+}
+
+/// An integer element widened to i64 by its dtype's signedness.
+fn widen(fb: &mut FunctionBuilder, v: Value, dtype: DType) -> Value {
+    let ty = fb.func.dfg.value_type(v);
+    if ty == types::I64 {
+        v
+    } else if is_signed(dtype) {
+        fb.ins().sextend(types::I64, v)
+    } else {
+        fb.ins().uextend(types::I64, v)
+    }
+}
+
+/// An i64 value narrowed back to `ty`.
+fn narrow(fb: &mut FunctionBuilder, v: Value, ty: Type) -> Value {
+    if ty == types::I64 {
+        v
+    } else {
+        fb.ins().ireduce(ty, v)
+    }
+}
+
+/// Add, Sub, Mul, Div with numpy broadcasting (and Add's fused activation on f32).
+pub(super) fn binary(k: &mut Kernel) -> Result<(), String> {
+    let kind = k.op.kind;
+    let (a, b, out) = (k.input(0)?, k.input(1)?, k.output(0));
+    let dtype = out.ty.dtype;
+    if a.ty.dtype != dtype || b.ty.dtype != dtype {
+        return Err(format!("operand types differ: {} and {}", a.ty.dtype, b.ty.dtype));
+    }
+    if !matches!(dtype, DType::F32 | DType::I32 | DType::I64 | DType::I8 | DType::U8) {
+        return Err(format!("{dtype} operands are not supported"));
+    }
+    let act = k.op.fused_activation()?;
+    if act.is_some() && dtype != DType::F32 {
+        return Err("a fused activation on integer results is not supported".to_string());
+    }
+    let plan = Broadcast::new(out, &[a, b])?;
+    let (pa, pb, po, ty) = (a.ptr, b.ptr, out.ptr, out.elem());
+    // A constant divisor without zeros needs no run-time check.
+    let check_zero = kind == OpKind::Div
+        && dtype != DType::F32
+        && b.constant.as_ref().is_none_or(|t| t.to_i64_vec().map_or(true, |v| v.contains(&0)));
+    let fail = failure_block(k);
+    let signed = is_signed(dtype);
+    plan.emit_lanes(k, dtype == DType::F32, &mut |fb, off, lanes| {
+        if dtype == DType::F32 {
+            let x = lanes.load(fb, 1, pa, off[1]);
+            let y = lanes.load(fb, 2, pb, off[2]);
+            let r = match kind {
+                OpKind::Add => fb.ins().fadd(x, y),
+                OpKind::Sub => fb.ins().fsub(x, y),
+                OpKind::Mul => fb.ins().fmul(x, y),
+                _ => fb.ins().fdiv(x, y),
+            };
+            let r = match act {
+                Some((lo, hi)) => clamp_f32(fb, r, lo, hi),
+                None => r,
+            };
+            Lanes::store(fb, r, po, off[0]);
+            return;
+        }
+        let x = emit::load_at(fb, ty, pa, off[1]);
+        let y = emit::load_at(fb, ty, pb, off[2]);
+        let r = {
+            match kind {
+                OpKind::Add => fb.ins().iadd(x, y),
+                OpKind::Sub => fb.ins().isub(x, y),
+                OpKind::Mul => fb.ins().imul(x, y),
+                _ => {
+                    if check_zero {
+                        let zero = fb.ins().icmp_imm_s(IntCC::Equal, y, 0);
+                        let ok = fb.create_block();
+                        fb.ins().brif(zero, fail, &[], ok, &[]);
+                        fb.switch_to_block(ok);
+                    }
+                    if signed {
+                        // MIN / -1 overflows (Cranelift traps): x / -1 is the wrapping -x.
+                        let minus_one = fb.ins().icmp_imm_s(IntCC::Equal, y, -1);
+                        let one = fb.ins().iconst(ty, 1);
+                        let safe = fb.ins().select(minus_one, one, y);
+                        let q = fb.ins().sdiv(x, safe);
+                        let neg = fb.ins().ineg(x);
+                        fb.ins().select(minus_one, neg, q)
+                    } else {
+                        let one = fb.ins().iconst(ty, 1);
+                        let zero = fb.ins().icmp_imm_s(IntCC::Equal, y, 0);
+                        let safe = fb.ins().select(zero, one, y);
+                        fb.ins().udiv(x, safe)
+                    }
+                }
+            }
+        };
+        emit::store_at(fb, r, po, off[0]);
+    });
+    if check_zero {
+        finish_failure(k, fail, "integer division by zero");
+    }
+    Ok(())
+}
+
+/// Relu, Clip, LeakyRelu, Sigmoid, Tanh, HardSigmoid, HardSwish: one flat loop.
+pub(super) fn unary(k: &mut Kernel) -> Result<(), String> {
+    let kind = k.op.kind;
+    let attrs = &k.op.attrs;
+    let (x, out) = (k.input(0)?, k.output(0));
+    let dtype = x.ty.dtype;
+    if out.ty.dtype != dtype {
+        return Err(format!("result type {} differs from the operand's {dtype}", out.ty.dtype));
+    }
+    let integer = dtype != DType::F32;
+    if integer && !(matches!(kind, OpKind::Relu | OpKind::Clip) && matches!(dtype, DType::I32 | DType::I64 | DType::I8 | DType::U8)) {
+        return Err(format!("{kind} on {dtype} is not supported"));
+    }
+    let f = |name: &str| attrs.float(name);
+    // Integer Clip bounds: the interpreter's `v as i64` (infinite = unbounded), kept in the
+    // dtype's range so the narrowed result is the clamped one.
+    let (lo, hi) = match kind {
+        OpKind::Clip => (f("min")?, f("max")?),
+        OpKind::LeakyRelu => (f("alpha")?, 0.0),
+        OpKind::HardSigmoid => (f("alpha")?, f("beta")?),
+        _ => (0.0, 0.0),
+    };
+    let plan = Broadcast::new(out, &[x])?;
+    let (px, po, ty) = (x.ptr, out.ptr, x.elem());
+    let expf = match kind {
+        OpKind::Sigmoid | OpKind::Tanh => Some(k.import("expf", &[types::F32], &[types::F32])?),
+        _ => None,
+    };
+    let range = dtype.int_range().unwrap_or((i64::MIN, i64::MAX));
+    let bound = |v: f32, infinite: i64| -> i64 { if v.is_infinite() { infinite } else { v as i64 } };
+    let (ilo, ihi) = match kind {
+        OpKind::Clip => (bound(lo, i64::MIN).clamp(range.0, range.1), bound(hi, i64::MAX).clamp(range.0, range.1)),
+        _ => (0, range.1),
+    };
+    let vector = !integer && !matches!(kind, OpKind::Sigmoid | OpKind::Tanh);
+    plan.emit_lanes(k, vector, &mut |fb, off, lanes| {
+        if !integer {
+            let v = lanes.load(fb, 1, px, off[1]);
+            let r = float_unary(fb, kind, v, lo, hi, expf);
+            Lanes::store(fb, r, po, off[0]);
+            return;
+        }
+        let v = emit::load_at(fb, ty, px, off[1]);
+        let r = {
+            let w = widen(fb, v, dtype);
+            let l = fb.ins().iconst(types::I64, ilo);
+            let h = fb.ins().iconst(types::I64, ihi);
+            let w = fb.ins().smax(w, l);
+            let w = fb.ins().smin(w, h);
+            narrow(fb, w, ty)
+        };
+        emit::store_at(fb, r, po, off[0]);
+    });
+    Ok(())
+}
+
+/// One f32 activation (on a scalar, or on f32x4 lanes except Sigmoid and Tanh, which call
+/// `expf`), as `ops/math.rs` computes it; `p`, `q` are Clip's bounds,
+/// LeakyRelu's alpha, HardSigmoid's alpha and beta.
+fn float_unary(fb: &mut FunctionBuilder, kind: OpKind, v: Value, p: f32, q: f32, expf: Option<FuncRef>) -> Value {
+    let ty = fb.func.dfg.value_type(v);
+    let zero = fconst(fb, ty, 0.0);
+    let one = fconst(fb, ty, 1.0);
+    match kind {
+        // v > 0 or NaN keeps v.
+        OpKind::Relu => {
+            let keep = fb.ins().fcmp(FloatCC::UnorderedOrGreaterThan, v, zero);
+            choose(fb, keep, v, zero)
+        }
+        OpKind::Clip => clamp_f32(fb, v, p, q),
+        OpKind::LeakyRelu => {
+            let neg = fb.ins().fcmp(FloatCC::LessThan, v, zero);
+            let alpha = fconst(fb, ty, p);
+            let scaled = fb.ins().fmul(alpha, v);
+            choose(fb, neg, scaled, v)
+        }
+        OpKind::HardSigmoid => {
+            let (alpha, beta) = (fconst(fb, ty, p), fconst(fb, ty, q));
+            let t = fb.ins().fmul(alpha, v);
+            let t = fb.ins().fadd(t, beta);
+            clamp_f32(fb, t, 0.0, 1.0)
+        }
+        OpKind::HardSwish => {
+            let (six, half) = (fconst(fb, ty, 6.0), fconst(fb, ty, 0.5));
+            let t = fb.ins().fdiv(v, six);
+            let t = fb.ins().fadd(t, half);
+            let t = clamp_f32(fb, t, 0.0, 1.0);
+            fb.ins().fmul(v, t)
+        }
+        // e = exp(-|v|) never overflows: 1/(1+e) for v >= 0, e/(1+e) below (the
+        // interpreter's two branches, same values); NaN gives NaN.
+        OpKind::Sigmoid => {
+            let e = exp_neg_abs(fb, v, 1.0, expf);
+            let d = fb.ins().fadd(one, e);
+            let nonneg = fb.ins().fcmp(FloatCC::GreaterThanOrEqual, v, zero);
+            let num = fb.ins().select(nonneg, one, e);
+            fb.ins().fdiv(num, d)
+        }
+        // tanh|v| = (1 - e)/(1 + e) with e = exp(-2|v|) in (0, 1]: ±1 for large |v|, no
+        // inf/inf; the sign is v's; NaN gives NaN.
+        _ => {
+            let e = exp_neg_abs(fb, v, 2.0, expf);
+            let n = fb.ins().fsub(one, e);
+            let d = fb.ins().fadd(one, e);
+            let t = fb.ins().fdiv(n, d);
+            fb.ins().fcopysign(t, v)
+        }
+    }
+}
+
+/// `expf(-scale · |v|)`.
+fn exp_neg_abs(fb: &mut FunctionBuilder, v: Value, scale: f32, expf: Option<FuncRef>) -> Value {
+    let a = fb.ins().fabs(v);
+    let a = if scale == 1.0 {
+        a
+    } else {
+        let s = fb.ins().f32const(scale);
+        fb.ins().fmul(a, s)
+    };
+    let m = fb.ins().fneg(a);
+    let expf = expf.expect("expf is imported for Sigmoid and Tanh");
+    let call = fb.ins().call(expf, &[m]);
+    fb.inst_results(call)[0]
+}
+
+/// Softmax along `axis`: max, then exp(x - max) written out and summed in f64, then scaled
+/// by 1/sum (the interpreter computes in f64 throughout; exp of an f32 difference stays well
+/// within tolerance). Large values do not overflow (the max is subtracted first).
+pub(super) fn softmax(k: &mut Kernel) -> Result<(), String> {
+    let (x, out) = (k.input(0)?, k.output(0));
+    if x.ty.dtype != DType::F32 {
+        return Err(format!("expects f32, found {}", x.ty.dtype));
+    }
+    let dims = x.dims();
+    let rank = dims.len() as i64;
+    let axis = k.op.attrs.int("axis")?;
+    let axis = if axis < 0 { axis + rank } else { axis };
+    if axis < 0 || axis >= rank {
+        return Err(format!("axis {axis} is out of range for rank {rank}"));
+    }
+    let axis = axis as usize;
+    let batched = x.batched();
+    let (px, po) = (x.ptr, out.ptr);
+    let inner: usize = dims[axis + 1..].iter().product();
+    let outer_static: usize = dims[..axis].iter().product();
+    let (outer, extent) = if axis == 0 {
+        let one = emit::iconst(k.fb, 1);
+        let extent = if batched { k.batch } else { emit::iconst(k.fb, dims[0] as i64) };
+        (one, extent)
+    } else {
+        let samples = k.samples(batched);
+        (k.fb.ins().imul_imm_s(samples, outer_static as i64), emit::iconst(k.fb, dims[axis] as i64))
+    };
+    let expf = k.import("expf", &[types::F32], &[types::F32])?;
+    let fb = &mut *k.fb;
+    let max_var = fb.declare_var(types::F32);
+    let sum_var = fb.declare_var(types::F64);
+    emit::for_dynamic(fb, outer, |fb, o| {
+        let row = fb.ins().imul(o, extent);
+        let row = fb.ins().imul_imm_s(row, inner as i64);
+        emit::for_count(fb, inner as i64, |fb, i| {
+            let base = fb.ins().iadd(row, i);
+            let at = |fb: &mut FunctionBuilder, j: Value| {
+                let s = fb.ins().imul_imm_s(j, inner as i64);
+                fb.ins().iadd(base, s)
+            };
+            let ninf = fb.ins().f32const(f32::NEG_INFINITY);
+            fb.def_var(max_var, ninf);
+            emit::for_dynamic(fb, extent, |fb, j| {
+                let idx = at(fb, j);
+                let v = emit::load_at(fb, types::F32, px, idx);
+                let m = fb.use_var(max_var);
+                let m = fb.ins().fmax(m, v);
+                fb.def_var(max_var, m);
+            });
+            let zero = fb.ins().f64const(0.0f64);
+            fb.def_var(sum_var, zero);
+            emit::for_dynamic(fb, extent, |fb, j| {
+                let idx = at(fb, j);
+                let v = emit::load_at(fb, types::F32, px, idx);
+                let m = fb.use_var(max_var);
+                let d = fb.ins().fsub(v, m);
+                let call = fb.ins().call(expf, &[d]);
+                let e = fb.inst_results(call)[0];
+                emit::store_at(fb, e, po, idx);
+                let w = fb.ins().fpromote(types::F64, e);
+                let s = fb.use_var(sum_var);
+                let s = fb.ins().fadd(s, w);
+                fb.def_var(sum_var, s);
+            });
+            let s = fb.use_var(sum_var);
+            emit::for_dynamic(fb, extent, |fb, j| {
+                let idx = at(fb, j);
+                let e = emit::load_at(fb, types::F32, po, idx);
+                let w = fb.ins().fpromote(types::F64, e);
+                let y = fb.ins().fdiv(w, s);
+                let y = fb.ins().fdemote(types::F32, y);
+                emit::store_at(fb, y, po, idx);
+            });
+        });
+    });
+    Ok(())
+}
+
+/// BatchNormalization (inference): `(x - mean) · scale / sqrt(var + eps) + bias` per channel
+/// (axis 1), in f64 like the interpreter. The per-channel factor is computed once per channel
+/// and sample from the parameter buffers (constant or not).
+pub(super) fn batch_norm(k: &mut Kernel) -> Result<(), String> {
+    let (x, out) = (k.input(0)?, k.output(0));
+    if x.ty.dtype != DType::F32 {
+        return Err(format!("expects f32, found {}", x.ty.dtype));
+    }
+    let dims = x.dims();
+    if dims.len() < 2 || x.ty.shape.dims()[1] == Dim::Batch {
+        return Err("input has no channel axis".to_string());
+    }
+    let params: Vec<Value> = (1..5).map(|i| k.input(i).map(|p| p.ptr)).collect::<Result<_, _>>()?;
+    for i in 1..5 {
+        let p = k.input(i)?;
+        if p.ty.dtype != DType::F32 || p.per_sample() != dims[1] || p.batched() {
+            return Err(format!("operand {i} is not an f32 vector of {} channels", dims[1]));
+        }
+    }
+    let eps = k.op.attrs.float("epsilon")? as f64;
+    let (px, po) = (x.ptr, out.ptr);
+    let (channels, inner) = (dims[1], dims[2..].iter().product::<usize>());
+    let samples = k.samples(x.batched());
+    let outer = k.fb.ins().imul_imm_s(samples, dims[0] as i64);
+    emit::for_dynamic(k.fb, outer, |fb, n| {
+        emit::for_count(fb, channels as i64, |fb, c| {
+            let load = |fb: &mut FunctionBuilder, p: Value| {
+                let v = emit::load_at(fb, types::F32, p, c);
+                fb.ins().fpromote(types::F64, v)
+            };
+            let (scale, bias, mean, var) = (load(fb, params[0]), load(fb, params[1]), load(fb, params[2]), load(fb, params[3]));
+            let e = fb.ins().f64const(eps);
+            let d = fb.ins().fadd(var, e);
+            let d = fb.ins().sqrt(d);
+            let a = fb.ins().fdiv(scale, d);
+            let row = fb.ins().imul_imm_s(n, channels as i64);
+            let row = fb.ins().iadd(row, c);
+            let row = fb.ins().imul_imm_s(row, inner as i64);
+            emit::for_count(fb, inner as i64, |fb, i| {
+                let idx = fb.ins().iadd(row, i);
+                let v = emit::load_at(fb, types::F32, px, idx);
+                let v = fb.ins().fpromote(types::F64, v);
+                let v = fb.ins().fsub(v, mean);
+                let v = fb.ins().fmul(v, a);
+                let v = fb.ins().fadd(v, bias);
+                let y = fb.ins().fdemote(types::F32, v);
+                emit::store_at(fb, y, po, idx);
+            });
+        });
+    });
+    Ok(())
+}

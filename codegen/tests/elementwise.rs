@@ -1,0 +1,416 @@
+//! The elementwise and data-movement kernels (broadcasting arithmetic, activations, Softmax,
+//! BatchNormalization, Transpose, Concat, Pad) against the reference interpreter on small
+//! IR graphs: floats within 1e-4 (relative above 1), integers and moved bytes exact, NaN
+//! where the interpreter has NaN, errors where it errs.
+
+use qlift_codegen::{CodegenOptions, JitProgram};
+use qlift_ir::text::parse;
+use qlift_ir::{DType, Graph, Tensor, TensorData};
+
+/// The graph of `text`, compiled for the host and for the baseline ISA (SSE2 on x86-64),
+/// so that both instruction selections of the vector loops are checked.
+fn compile(text: &str) -> (Graph, Programs) {
+    let g = parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    qlift_ir::verify(&g).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let programs = [false, true]
+        .map(|baseline_isa| JitProgram::compile(&g, &CodegenOptions { baseline_isa, ..Default::default() }).unwrap_or_else(|e| panic!("{e}")));
+    (g, Programs(programs))
+}
+
+/// One graph compiled with each ISA setting.
+struct Programs([JitProgram; 2]);
+
+impl Programs {
+    /// Runs both programs, which must agree with each other (bit for bit, or both failing
+    /// with the same error); returns the host's result.
+    fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, qlift_codegen::CodegenError> {
+        let host = self.0[0].run(inputs);
+        let baseline = self.0[1].run(inputs);
+        match (&host, &baseline) {
+            (Ok(a), Ok(b)) => {
+                for (x, y) in a.iter().zip(b) {
+                    close(x, y).unwrap_or_else(|e| panic!("host and baseline ISA differ: {e}"));
+                }
+            }
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+            _ => panic!("host {host:?}, baseline {baseline:?}"),
+        }
+        host
+    }
+}
+
+/// A deterministic pseudo-random sequence in [-1, 1) (64-bit LCG, high bits).
+fn lcg(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn floats(seed: u64, shape: &[usize], scale: f32) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::from_f32(shape, lcg(seed, n).into_iter().map(|v| v * scale).collect())
+}
+
+/// Integers of `dtype` covering its whole range (extremes included).
+fn ints(dtype: DType, seed: u64, shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    let (lo, hi) = dtype.int_range().unwrap();
+    let (lo, hi) = (lo as f64, hi as f64);
+    let mut v: Vec<i64> = lcg(seed, n).into_iter().map(|r| (lo + (r as f64 + 1.0) / 2.0 * (hi - lo)).round() as i64).collect();
+    if n >= 2 {
+        v[0] = lo as i64;
+        v[1] = hi as i64;
+    }
+    Tensor::from_i64_values(dtype, shape.to_vec(), v).unwrap()
+}
+
+fn close(got: &Tensor, want: &Tensor) -> Result<(), String> {
+    if got.dtype() != want.dtype() || got.shape() != want.shape() {
+        return Err(format!("got {}{:?}, expected {}{:?}", got.dtype(), got.shape(), want.dtype(), want.shape()));
+    }
+    match (got.data(), want.data()) {
+        (TensorData::F32(g), TensorData::F32(w)) => {
+            for (k, (a, b)) in g.iter().zip(w).enumerate() {
+                let ok = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= 1e-4 * b.abs().max(1.0);
+                if !ok {
+                    return Err(format!("element {k}: JIT {a}, interpreter {b}"));
+                }
+            }
+            Ok(())
+        }
+        _ if got == want => Ok(()),
+        _ => Err(format!("JIT {:?}\ninterpreter {:?}", got.to_i64_vec(), want.to_i64_vec())),
+    }
+}
+
+/// Runs `p` on `inputs` through the JIT and the interpreter and compares every output.
+fn check(p: &Programs, g: &Graph, inputs: &[Tensor]) {
+    let want = qlift_ir::interp::run(g, inputs).unwrap_or_else(|e| panic!("interpreter: {e}"));
+    let got = p.run(inputs).unwrap_or_else(|e| panic!("JIT: {e}"));
+    assert_eq!(got.len(), want.len());
+    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+        close(a, b).unwrap_or_else(|e| panic!("output {i}: {e}"));
+    }
+}
+
+fn same(text: &str, inputs: &[Tensor]) {
+    let (g, p) = compile(text);
+    check(&p, &g, inputs);
+}
+
+#[test]
+fn broadcasting_patterns_with_the_batch() {
+    let (g, p) = compile(
+        "graph t(%a: f32[N,3,4,5], %b: f32[4,1], %c: f32[N,1,4,1], %d: f32[5]) -> (%y0, %y1, %y2, %y3, %y4, %y5, %y6) {
+           %ch = const f32[3,1,1] [0.5, -2.0, 3.0]
+           %s = const f32[] [1.5]
+           %y0 = Add(%a, %a) : f32[N,3,4,5]
+           %y1 = Sub(%b, %a) : f32[N,3,4,5]
+           %y2 = Mul(%a, %c) : f32[N,3,4,5]
+           %y3 = Div(%a, %d) : f32[N,3,4,5]
+           %y4 = Mul(%ch, %a) : f32[N,3,4,5]
+           %y5 = Sub(%a, %s) : f32[N,3,4,5]
+           %y6 = Add(%b, %d) : f32[4,5]
+         }",
+    );
+    for batch in [1, 3] {
+        let inputs = [floats(1, &[batch, 3, 4, 5], 4.0), floats(2, &[4, 1], 4.0), floats(3, &[batch, 1, 4, 1], 2.0), floats(4, &[5], 3.0)];
+        check(&p, &g, &inputs);
+    }
+}
+
+#[test]
+fn batch_against_a_broadcast_sample() {
+    // An operand with extent 1 on the batch axis is shared by every sample.
+    let (g, p) = compile(
+        "graph t(%a: f32[N,6], %b: f32[1,6]) -> (%y) {
+           %y = Add(%a, %b) {act_min=0.0, act_max=6.0} : f32[N,6]
+         }",
+    );
+    let mut a = floats(5, &[4, 6], 10.0);
+    if let TensorData::F32(v) = a.data_mut() {
+        v[3] = f32::NAN;
+        v[4] = f32::INFINITY;
+        v[5] = f32::NEG_INFINITY;
+    }
+    check(&p, &g, &[a, floats(6, &[1, 6], 3.0)]);
+}
+
+#[test]
+fn integers_wrap_and_truncate() {
+    for (dtype, name) in [(DType::I8, "i8"), (DType::U8, "u8"), (DType::I32, "i32"), (DType::I64, "i64")] {
+        let text = format!(
+            "graph t(%a: {name}[N,4,8], %b: {name}[8], %c: {name}[N,4,8]) -> (%add, %sub, %mul, %div, %bdiv) {{
+               %add = Add(%a, %b) : {name}[N,4,8]
+               %sub = Sub(%b, %a) : {name}[N,4,8]
+               %mul = Mul(%a, %c) : {name}[N,4,8]
+               %div = Div(%a, %b) : {name}[N,4,8]
+               %bdiv = Div(%a, %c) : {name}[N,4,8]
+             }}"
+        );
+        let (g, p) = compile(&text);
+        for batch in [1, 2] {
+            let a = ints(dtype, 7, &[batch, 4, 8]);
+            // Divisors without zero, including -1 against the minimum (wraps) where signed.
+            let mut bv = ints(dtype, 8, &[8]).to_i64_vec().unwrap();
+            for v in bv.iter_mut().filter(|v| **v == 0) {
+                *v = 3;
+            }
+            if dtype != DType::U8 {
+                bv[2] = -1;
+                bv[3] = -7;
+            }
+            let b = Tensor::from_i64_values(dtype, vec![8], bv).unwrap();
+            let mut cv = ints(dtype, 9, &[batch, 4, 8]).to_i64_vec().unwrap();
+            let nonzero = if dtype == DType::U8 { 1 } else { -1 };
+            for v in cv.iter_mut().filter(|v| **v == 0) {
+                *v = nonzero;
+            }
+            let c = Tensor::from_i64_values(dtype, vec![batch, 4, 8], cv).unwrap();
+            check(&p, &g, &[a, b, c]);
+        }
+    }
+}
+
+#[test]
+fn integer_division_by_zero_is_an_error_naming_the_node() {
+    for name in ["i8", "u8", "i32", "i64"] {
+        let text = format!("graph t(%a: {name}[N,3], %b: {name}[N,3]) -> (%y) {{\n  %y = Div(%a, %b) : {name}[N,3] @divide\n}}");
+        let (g, p) = compile(&text);
+        let dtype = g.value_type(g.input_values()[0]).dtype;
+        let a = Tensor::from_i64_values(dtype, vec![2, 3], vec![1, 2, 3, 4, 5, 6]).unwrap();
+        let b = Tensor::from_i64_values(dtype, vec![2, 3], vec![1, 1, 1, 1, 0, 1]).unwrap();
+        let want = qlift_ir::interp::run(&g, &[a.clone(), b.clone()]).unwrap_err();
+        assert!(want.to_string().contains("division by zero"), "{want}");
+        let err = p.run(&[a.clone(), b]).unwrap_err();
+        assert!(err.to_string().contains("node `divide`") && err.to_string().contains("integer division by zero"), "{err}");
+        // The program is still usable after the failure.
+        let ok = Tensor::from_i64_values(dtype, vec![2, 3], vec![1, 2, 1, 2, 1, 2]).unwrap();
+        check(&p, &g, &[a, ok]);
+    }
+    // A constant divisor with a zero is checked at run time too.
+    let (g, p) = compile("graph t(%a: i32[N,2]) -> (%y) {\n  %z = const i32[2] [3, 0]\n  %y = Div(%a, %z) : i32[N,2] @dz\n}");
+    let a = Tensor::new(DType::I32, vec![1, 2], TensorData::I32(vec![7, 8])).unwrap();
+    assert!(qlift_ir::interp::run(&g, std::slice::from_ref(&a)).is_err());
+    assert!(p.run(&[a]).unwrap_err().to_string().contains("node `dz`"));
+}
+
+/// Special values: NaN, ±Inf, ±0, tiny, and large magnitudes in both directions.
+fn specials() -> Vec<f32> {
+    let mut v = vec![
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        0.0,
+        -0.0,
+        1e-30,
+        -1e-30,
+        1e-7,
+        -3.0,
+        3.0,
+        6.5,
+        -6.5,
+        20.0,
+        -20.0,
+        44.0,
+        -44.0,
+        88.0,
+        -88.0,
+        89.0,
+        -89.0,
+        104.0,
+        -104.0,
+        1e3,
+        -1e3,
+        1e30,
+        -1e30,
+        f32::MAX,
+        f32::MIN,
+    ];
+    v.extend(lcg(11, 37).into_iter().map(|x| x * 8.0));
+    v
+}
+
+#[test]
+fn activations_on_special_values() {
+    let x = specials();
+    let n = x.len();
+    let text = format!(
+        "graph t(%x: f32[N,{n}]) -> (%relu, %clip, %clip_low, %clip_crossed, %leaky, %hsig, %hswish, %sig, %tanh, %add_relu6) {{
+           %relu = Relu(%x) : f32[N,{n}]
+           %clip = Clip(%x) {{max=6.0, min=-1.5}} : f32[N,{n}]
+           %clip_low = Clip(%x) {{max=inf, min=0.0}} : f32[N,{n}]
+           %clip_crossed = Clip(%x) {{max=-1.0, min=2.0}} : f32[N,{n}]
+           %leaky = LeakyRelu(%x) {{alpha=0.1}} : f32[N,{n}]
+           %hsig = HardSigmoid(%x) {{alpha=0.2, beta=0.5}} : f32[N,{n}]
+           %hswish = HardSwish(%x) : f32[N,{n}]
+           %sig = Sigmoid(%x) : f32[N,{n}]
+           %tanh = Tanh(%x) : f32[N,{n}]
+           %add_relu6 = Add(%x, %x) {{act_min=0.0, act_max=6.0}} : f32[N,{n}]
+         }}"
+    );
+    let (g, p) = compile(&text);
+    let mut both = x.clone();
+    both.extend(x.iter().map(|v| -v));
+    check(&p, &g, &[Tensor::from_f32(&[2, n], both)]);
+    // Large |x|: exactly ±1 and 0/1, never NaN.
+    let got = p.run(&[Tensor::from_f32(&[1, n], x.clone())]).unwrap();
+    let (sig, tanh) = (got[7].as_f32().unwrap(), got[8].as_f32().unwrap());
+    for (i, &v) in x.iter().enumerate().filter(|(_, v)| v.abs() >= 20.0) {
+        assert_eq!(tanh[i], v.signum(), "tanh({v})");
+        assert!(!sig[i].is_nan() && (0.0..=1.0).contains(&sig[i]), "sigmoid({v}) = {}", sig[i]);
+    }
+}
+
+#[test]
+fn sigmoid_and_tanh_over_a_wide_range() {
+    let (g, p) = compile("graph t(%x: f32[N,256]) -> (%s, %t) {\n  %s = Sigmoid(%x) : f32[N,256]\n  %t = Tanh(%x) : f32[N,256]\n}");
+    for scale in [0.01, 1.0, 10.0, 100.0, 1e4] {
+        check(&p, &g, &[floats(12, &[3, 256], scale)]);
+    }
+}
+
+#[test]
+fn integer_relu_and_clip() {
+    for (dtype, name) in [(DType::I8, "i8"), (DType::U8, "u8"), (DType::I32, "i32"), (DType::I64, "i64")] {
+        let text = format!(
+            "graph t(%x: {name}[N,40]) -> (%r, %c, %lo, %hi) {{
+               %r = Relu(%x) : {name}[N,40]
+               %c = Clip(%x) {{max=100.0, min=-20.0}} : {name}[N,40]
+               %lo = Clip(%x) {{max=inf, min=5.0}} : {name}[N,40]
+               %hi = Clip(%x) {{max=7.0, min=-inf}} : {name}[N,40]
+             }}"
+        );
+        let (g, p) = compile(&text);
+        check(&p, &g, &[ints(dtype, 13, &[3, 40])]);
+    }
+}
+
+#[test]
+fn softmax_along_each_axis_with_large_values() {
+    for axis in [1u64, 2, 3] {
+        let text = format!("graph t(%x: f32[N,3,4,5]) -> (%y) {{\n  %y = Softmax(%x) {{axis={axis}}} : f32[N,3,4,5]\n}}");
+        let (g, p) = compile(&text);
+        for scale in [1.0, 100.0, 1e4] {
+            let mut x = floats(14 + axis, &[2, 3, 4, 5], scale);
+            if let TensorData::F32(v) = x.data_mut() {
+                v[0] = 1e30;
+                v[7] = -1e30;
+                v[8] = 3e38;
+            }
+            check(&p, &g, &[x]);
+        }
+    }
+    // Along the batch axis, and on a value without the batch.
+    let (g, p) = compile("graph t(%x: f32[N,7], %z: f32[3,7]) -> (%y, %w) {\n  %y = Softmax(%x) {axis=0} : f32[N,7]\n  %w = Softmax(%z) {axis=0} : f32[3,7]\n}");
+    check(&p, &g, &[floats(15, &[4, 7], 50.0), floats(16, &[3, 7], 50.0)]);
+}
+
+#[test]
+fn batch_normalization_with_constant_and_runtime_parameters() {
+    let (g, p) = compile(
+        "graph t(%x: f32[N,3,2,5], %s: f32[3], %b: f32[3], %m: f32[3], %v: f32[3]) -> (%y, %z) {
+           %cs = const f32[3] [1.5, -0.5, 2.0]
+           %cb = const f32[3] [0.1, 0.2, -0.3]
+           %cm = const f32[3] [1000.0, -2.0, 0.25]
+           %cv = const f32[3] [4.0, 0.0, 1e-3]
+           %y = BatchNormalization(%x, %cs, %cb, %cm, %cv) {epsilon=1e-5} : f32[N,3,2,5]
+           %z = BatchNormalization(%x, %s, %b, %m, %v) {epsilon=0.01} : f32[N,3,2,5]
+         }",
+    );
+    for batch in [1, 2] {
+        let x = floats(17, &[batch, 3, 2, 5], 3.0);
+        let v = Tensor::from_f32(&[3], vec![0.5, 2.0, 0.0]);
+        check(&p, &g, &[x, floats(18, &[3], 2.0), floats(19, &[3], 1.0), floats(20, &[3], 1.0), v]);
+    }
+    let (g, p) = compile("graph t(%x: f32[N,4]) -> (%y) {\n  %o = const f32[4] [1.0, 1.0, 1.0, 1.0]\n  %z = const f32[4] [0.0, 0.0, 0.0, 0.0]\n  %y = BatchNormalization(%x, %o, %z, %z, %o) {epsilon=1e-5} : f32[N,4]\n}");
+    check(&p, &g, &[floats(21, &[3, 4], 5.0)]);
+}
+
+#[test]
+fn transposes() {
+    // Every permutation of three axes, on a value without the batch.
+    for perm in [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]] {
+        let d = [2usize, 3, 4];
+        let out: Vec<usize> = perm.iter().map(|&p| d[p]).collect();
+        let text = format!(
+            "graph t(%x: f32[2,3,4], %q: i8[2,3,4]) -> (%y, %z) {{\n  %y = Transpose(%x) {{perm={perm:?}}} : f32{out:?}\n  %z = Transpose(%q) {{perm={perm:?}}} : i8{out:?}\n}}"
+        );
+        same(&text, &[floats(22, &d, 1.0), ints(DType::I8, 23, &d)]);
+    }
+    // The batch stays on axis 0.
+    let (g, p) = compile(
+        "graph t(%x: f32[N,2,3,4], %w: i64[N,5,1,3]) -> (%a, %b, %c) {
+           %a = Transpose(%x) {perm=[0, 2, 3, 1]} : f32[N,3,4,2]
+           %b = Transpose(%x) {perm=[0, 3, 1, 2]} : f32[N,4,2,3]
+           %c = Transpose(%w) {perm=[0, 3, 2, 1]} : i64[N,3,1,5]
+         }",
+    );
+    for batch in [1, 3] {
+        check(&p, &g, &[floats(24, &[batch, 2, 3, 4], 1.0), ints(DType::I64, 25, &[batch, 5, 1, 3])]);
+    }
+}
+
+#[test]
+fn transposing_the_batch_away_is_refused() {
+    let g = parse("graph t(%x: f32[N,3]) -> (%y) {\n  %y = Transpose(%x) {perm=[1, 0]} : f32[3,N] @tr\n}").unwrap();
+    qlift_ir::verify(&g).unwrap();
+    let err = JitProgram::compile(&g, &CodegenOptions::default()).err().expect("refused");
+    assert!(err.to_string().contains("node `tr`") && err.to_string().contains("batch"), "{err}");
+}
+
+#[test]
+fn concat_of_several_inputs() {
+    let (g, p) = compile(
+        "graph t(%a: f32[N,2,3], %b: f32[N,1,3], %c: f32[N,4,3]) -> (%y, %z) {
+           %y = Concat(%a, %b, %c, %a) {axis=1} : f32[N,9,3]
+           %z = Concat(%a, %a, %a) {axis=2} : f32[N,2,9]
+         }",
+    );
+    for batch in [1, 2] {
+        check(&p, &g, &[floats(26, &[batch, 2, 3], 1.0), floats(27, &[batch, 1, 3], 1.0), floats(28, &[batch, 4, 3], 1.0)]);
+    }
+    // Quantized u8 with the same parameters, a constant part, and a long row (memcpy).
+    let q = "quant(scale=0.05, zero_point=128)";
+    let (g, p) = compile(&format!(
+        "graph t(%a: u8[N,3,40] {q}, %b: u8[N,2,40] {q}) -> (%y, %w) {{
+           %k = const u8[1,2] {q} [7, 250]
+           %c = const u8[1,3] {q} [1, 2, 3]
+           %y = Concat(%a, %b, %a) {{axis=1}} : u8[N,8,40] {q}
+           %w = Concat(%k, %c, %k) {{axis=1}} : u8[1,7] {q}
+         }}"
+    ));
+    check(&p, &g, &[ints(DType::U8, 29, &[2, 3, 40]), ints(DType::U8, 30, &[2, 2, 40])]);
+    // Along axis 0 of values without the batch, i64.
+    same(
+        "graph t(%a: i64[2,3], %b: i64[1,3]) -> (%y) {\n  %y = Concat(%b, %a, %b) {axis=0} : i64[4,3]\n}",
+        &[ints(DType::I64, 31, &[2, 3]), ints(DType::I64, 32, &[1, 3])],
+    );
+}
+
+#[test]
+fn pad_with_negative_pads_and_fills() {
+    // Crop and pad on different axes, both sides.
+    let (g, p) = compile(
+        "graph t(%x: f32[N,3,4,5]) -> (%y, %z) {
+           %y = Pad(%x) {pads=[0, 1, -1, 2, 0, -1, 2, -2], value=1.5} : f32[N,3,5,5]
+           %z = Pad(%x) {pads=[0, -1, -2, -3, 0, -1, -1, -1], value=0.0} : f32[N,1,1,1]
+         }",
+    );
+    for batch in [1, 2] {
+        check(&p, &g, &[floats(33, &[batch, 3, 4, 5], 1.0)]);
+    }
+    // Quantized: the fill is the zero point; integers: the value truncated.
+    let q = "quant(scale=0.1, zero_point=77)";
+    let (g, p) = compile(&format!(
+        "graph t(%x: u8[N,2,3] {q}, %i: i32[2,3]) -> (%y, %z) {{
+           %y = Pad(%x) {{pads=[0, 2, -1, 0, -1, 3], value=0.0}} : u8[N,3,5] {q}
+           %z = Pad(%i) {{pads=[1, 0, 0, 2], value=-3.7}} : i32[3,5]
+         }}"
+    ));
+    check(&p, &g, &[ints(DType::U8, 34, &[2, 2, 3]), ints(DType::I32, 35, &[2, 3])]);
+}
