@@ -13,6 +13,7 @@ use cranelift_module::{DataDescription, Linkage, Module};
 use qlift_ir::{DType, Dim, Op, OpKind, Tensor, TensorType};
 use std::sync::Arc;
 
+mod product;
 pub(crate) mod requant;
 mod shape;
 
@@ -177,6 +178,8 @@ pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
     use OpKind::*;
     match k.op.kind {
         Identity | Dropout | Flatten | Reshape | Squeeze | Unsqueeze => shape::copy(k),
+        Conv | QConv | QLinearConv | ConvInteger => product::conv(k),
+        MatMul | Gemm | QMatMul | QLinearMatMul | MatMulInteger => product::matmul(k),
         other => Err(format!("{other} has no kernel yet")),
     }
 }
