@@ -35,6 +35,7 @@ use qlift_ir::{DType, Dim, OpKind, QuantParams};
 enum Elem {
     U8,
     I8,
+    I16,
     I32,
     I64,
     F32,
@@ -57,6 +58,7 @@ impl Elem {
     fn bytes(self) -> i64 {
         match self {
             Elem::U8 | Elem::I8 => 1,
+            Elem::I16 => 2,
             Elem::I32 | Elem::F32 => 4,
             Elem::I64 | Elem::F64 => 8,
         }
@@ -66,6 +68,7 @@ impl Elem {
     fn mem_type(self) -> Type {
         match self {
             Elem::U8 | Elem::I8 => types::I8,
+            Elem::I16 => types::I16,
             Elem::I32 => types::I32,
             Elem::I64 => types::I64,
             Elem::F32 => types::F32,
@@ -77,13 +80,13 @@ impl Elem {
         matches!(self, Elem::F32 | Elem::F64)
     }
 
-    /// Loads the element at `addr` widened for arithmetic: 8-bit integers to i32 (with
-    /// their signedness), everything else as stored.
+    /// Loads the element at `addr` widened for arithmetic: 8- and 16-bit integers to i32
+    /// (with their signedness), everything else as stored.
     fn load(self, fb: &mut FunctionBuilder, addr: Value) -> Value {
         let v = fb.ins().load(self.mem_type(), emit::mem(), addr, 0);
         match self {
             Elem::U8 => fb.ins().uextend(types::I32, v),
-            Elem::I8 => fb.ins().sextend(types::I32, v),
+            Elem::I8 | Elem::I16 => fb.ins().sextend(types::I32, v),
             _ => v,
         }
     }
@@ -92,6 +95,7 @@ impl Elem {
     fn store(self, fb: &mut FunctionBuilder, v: Value, addr: Value) {
         let v = match self {
             Elem::U8 | Elem::I8 => fb.ins().ireduce(types::I8, v),
+            Elem::I16 => fb.ins().ireduce(types::I16, v),
             _ => v,
         };
         fb.ins().store(emit::mem(), v, addr, 0);
@@ -287,10 +291,10 @@ fn bias_of(o: Option<&Operand>) -> Result<Option<Indexed>, String> {
 /// The epilogue of an integer product with quantization parameters on its types (QConv,
 /// QMatMul, QLinearConv, QLinearMatMul). `channels` is the number of output channels,
 /// `rows` the number of rows of a QLinearMatMul's A (its per-row scales).
-fn quantized_epilogue(k: &mut Kernel, channels: usize, rows: usize) -> Result<Epilogue, String> {
+/// `bias` is the per-channel i32 added to the accumulator (the operand's, or a folded one).
+fn quantized_epilogue(k: &mut Kernel, channels: usize, rows: usize, bias: Option<Indexed>) -> Result<Epilogue, String> {
     let (xq, wq) = (quant(k.input(0)?, "input")?, quant(k.input(1)?, "weights")?);
     let y = k.output(0).ty.clone();
-    let bias = bias_of(k.optional(2))?;
     match k.op.kind {
         OpKind::QConv | OpKind::QMatMul => {
             if y.dtype == DType::I32 {
@@ -321,6 +325,51 @@ fn quantized_epilogue(k: &mut Kernel, channels: usize, rows: usize) -> Result<Ep
     }
 }
 
+/// Constant weights of QConv/QMatMul/QLinearConv/QLinearMatMul packed at compile time:
+/// `w' = w − zw` as i16 rows `[channels][len]` (contiguous along the dot product), and the
+/// input zero point folded into the bias, `bias'[c] = bias[c] − zx · Σ_k w'[c][k]` (wrapping
+/// i32, as the accumulator wraps): then `Σ (x − zx)·w' = Σ x·w' − zx·Σ w'`, so the inner loop
+/// reads raw inputs and subtracts nothing, and padded positions (holding `zx`) still count
+/// as zero. `at(c, k)` is the index of weight (channel c, tap k) in the constant. `None`
+/// when the weights or the bias are not constants, or the input is not per tensor (a
+/// per-row zero point cannot fold into a per-column bias).
+struct Packed {
+    weights: Value,
+    bias: Indexed,
+}
+
+fn pack(k: &mut Kernel, channels: usize, len: usize, at: impl Fn(usize, usize) -> usize) -> Result<Option<Packed>, String> {
+    let (x, w) = (k.input(0)?, k.input(1)?);
+    let (Some(wt), Some(xq), Some(wq)) = (w.constant.clone(), x.ty.quant.clone(), w.ty.quant.clone()) else { return Ok(None) };
+    if xq.axis.is_some() {
+        return Ok(None);
+    }
+    let bias = match k.optional(2) {
+        None => vec![0i64; channels],
+        Some(b) => match &b.constant {
+            Some(t) => t.to_i64_vec()?,
+            None => return Ok(None),
+        },
+    };
+    let values = wt.to_i64_vec()?;
+    let zx = xq.channel(0).1 as i64;
+    let mut packed: Vec<i16> = Vec::with_capacity(channels * len);
+    let mut folded: Vec<i32> = Vec::with_capacity(channels);
+    for c in 0..channels {
+        let zw = wq.channel(if wq.axis.is_some() { c } else { 0 }).1 as i64;
+        let mut sum = 0i64;
+        for t in 0..len {
+            let v = values[at(c, t)] - zw;
+            packed.push(i16::try_from(v).map_err(|_| format!("weight {v} after its zero point does not fit i16"))?);
+            sum += v;
+        }
+        folded.push(bias[c].wrapping_sub(zx.wrapping_mul(sum)) as i32);
+    }
+    let weights = table(k, packed.iter().map(|v| v.to_le_bytes()))?;
+    let bias = table(k, folded.iter().map(|v| v.to_le_bytes()))?;
+    Ok(Some(Packed { weights, bias: Indexed { ptr: bias, elem: Elem::I32, si: 0, sj: 1 } }))
+}
+
 /// Row-major positions of a box of `extents`.
 fn positions(extents: &[usize]) -> Vec<Vec<usize>> {
     let count: usize = extents.iter().product();
@@ -343,7 +392,8 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
     let (x, w, y) = (k.input(0)?, k.input(1)?, k.output(0));
     let (xd, wd, yd) = (x.dims(), w.dims(), y.dims());
     let (xe, we, ye) = (Elem::of(x.ty.dtype)?, Elem::of(w.ty.dtype)?, Elem::of(y.ty.dtype)?);
-    let (x_batched, xptr, wptr, yptr) = (x.batched(), x.ptr, w.ptr, y.ptr);
+    let (x_batched, xptr, mut wptr, yptr) = (x.batched(), x.ptr, w.ptr, y.ptr);
+    let mut we = we;
     let attrs = &k.op.attrs;
     let group = usize::try_from(attrs.int("group")?).map_err(|e| e.to_string())?.max(1);
     let (strides, dilations, pads) = (attrs.usizes("strides")?, attrs.usizes("dilations")?, attrs.usizes("pads")?);
@@ -381,6 +431,8 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
     }
     let float = kind == OpKind::Conv;
     // Zero points: (input's, as an i32 value and as a raw padding element; weights' per channel).
+    // Whether the input zero point is folded into packed weights (not subtracted per tap).
+    let mut folded = false;
     let (x_zp, w_zp, epilogue): (Option<Indexed>, Option<Indexed>, Epilogue) = match kind {
         OpKind::Conv => {
             let c = k.optional(2).map(|b| Indexed { ptr: b.ptr, elem: Elem::F32, si: 0, sj: 1 });
@@ -393,8 +445,19 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
         _ => {
             let (xq, wq) = (quant(k.input(0)?, "input")?, quant(k.input(1)?, "weights")?);
             let xz = zero_point_table(k, &xq, true)?;
-            let wz = zero_point_table(k, &wq, true)?;
-            (Some(Indexed { si: 0, sj: 0, ..xz }), Some(wz), quantized_epilogue(k, m, 1)?)
+            let xz = Some(Indexed { si: 0, sj: 0, ..xz });
+            // The ONNX weight layout [M][C/group][kernel...] already is [M][kg].
+            match pack(k, m, kg, |c, t| c * kg + t)? {
+                Some(p) => {
+                    (wptr, we, folded) = (p.weights, Elem::I16, true);
+                    (xz, None, quantized_epilogue(k, m, 1, Some(p.bias))?)
+                }
+                None => {
+                    let wz = zero_point_table(k, &wq, true)?;
+                    let bias = bias_of(k.optional(2))?;
+                    (xz, Some(wz), quantized_epilogue(k, m, 1, bias)?)
+                }
+            }
         }
     };
     let taps_ptr = table(k, taps.iter().map(|t| t.to_le_bytes()))?;
@@ -410,7 +473,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
         Some(z) => {
             let v = z.load(fb, zero, zero);
             let raw = fb.ins().ireduce(types::I8, v);
-            (Some(v), raw)
+            (if folded { None } else { Some(v) }, raw)
         }
         None if float => (None, fb.ins().f32const(0.0)),
         None => (None, fb.ins().iconst(types::I8, 0)),
@@ -468,12 +531,14 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<(), String> {
     }
     let (ad, bd) = (a.dims(), b.dims());
     let (ae, be, ye) = (Elem::of(a.ty.dtype)?, Elem::of(b.ty.dtype)?, Elem::of(y.ty.dtype)?);
-    let (aptr, bptr, yptr) = (a.ptr, b.ptr, y.ptr);
+    let (aptr, mut bptr, yptr) = (a.ptr, b.ptr, y.ptr);
+    let b_rank = bd.len();
+    let mut be = be;
     let sample = |o: &Operand, e: Elem| if o.batched() { o.per_sample() as i64 * e.bytes() } else { 0 };
     let (a_sample, b_sample, y_sample) = (sample(a, ae), sample(b, be), sample(y, ye));
     let y_batched = y.batched();
     // (m, k, n), element strides of A (row, k) and B (k, column), and the batch offsets.
-    let (m, kk, n, a_si, a_sk, b_sk, b_sj, batches);
+    let (m, kk, n, a_si, a_sk, mut b_sk, mut b_sj, batches);
     if kind == OpKind::Gemm {
         if ad.len() != 2 || bd.len() != 2 {
             return Err("Gemm needs matrices".to_string());
@@ -523,8 +588,19 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<(), String> {
         }
         _ => {
             let (aq, bq) = (quant(k.input(0)?, "A")?, quant(k.input(1)?, "B")?);
-            let (az, bz) = (zero_point_table(k, &aq, false)?, zero_point_table(k, &bq, true)?);
-            (Some(az), Some(bz), quantized_epilogue(k, n, m)?)
+            // A constant matrix B [K][N] packs to rows [N][K] (see `pack`).
+            let packed = if b_rank == 2 { pack(k, n, kk, |c, t| t * n + c)? } else { None };
+            match packed {
+                Some(p) => {
+                    (bptr, be, b_sk, b_sj) = (p.weights, Elem::I16, 1, kk);
+                    (None, None, quantized_epilogue(k, n, m, Some(p.bias))?)
+                }
+                None => {
+                    let (az, bz) = (zero_point_table(k, &aq, false)?, zero_point_table(k, &bq, true)?);
+                    let bias = bias_of(k.optional(2))?;
+                    (Some(az), Some(bz), quantized_epilogue(k, n, m, bias)?)
+                }
+            }
         }
     };
     let q = batches.len();
