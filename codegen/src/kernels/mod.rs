@@ -16,6 +16,7 @@ use std::sync::Arc;
 mod elementwise;
 mod pool;
 mod quant;
+mod product;
 pub(crate) mod requant;
 mod shape;
 
@@ -195,6 +196,8 @@ pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
         Transpose => shape::transpose(k),
         Concat => shape::concat(k),
         Pad => shape::pad(k),
+        Conv | QConv | QLinearConv | ConvInteger => product::conv(k),
+        MatMul | Gemm | QMatMul | QLinearMatMul | MatMulInteger => product::matmul(k),
         other => Err(format!("{other} has no kernel yet")),
     }
 }

@@ -1,0 +1,648 @@
+//! The product family: convolutions (QConv, QLinearConv, ConvInteger, Conv) and matrix
+//! products (QMatMul, QLinearMatMul, MatMulInteger, MatMul, Gemm).
+//!
+//! Every op here is one shape of computation: dot products `Σ_k (a_k − za)·(b_k − zb)` of a
+//! row of one side with a row of the other, each side read at a constant byte step, followed
+//! by an epilogue that turns the accumulator into the result element (bias, requantization,
+//! fused activation). Keeping one dot emitter and one epilogue for the seven ops means the
+//! arithmetic that must match the interpreter bit for bit is written once:
+//!
+//! - integer products accumulate in wrapping i32 (the interpreter's exact i64 sum wrapped to
+//!   i32 is the same value modulo 2^32, so adding the bias and subtracting zero points in
+//!   i32 agrees with it);
+//! - zero points are subtracted from each element before the multiply, so they may be
+//!   compile-time constants (quantization parameters on the types) or run-time operands
+//!   (ConvInteger's and MatMulInteger's zero-point inputs) alike;
+//! - convolutions gather each output position's receptive field into the workspace first
+//!   (im2col, through a compile-time table of input offsets, padded positions filled with
+//!   the input zero point so they contribute `zx − zx = 0`), which turns them into the
+//!   same row-by-row dot products as a matrix product with weights `[M][C/group · kernel]`
+//!   (the ONNX weight layout already is that).
+//!
+//! This is the correct-first, scalar form; a packed, vectorized inner loop can replace
+//! [`dot`] without touching the geometry or the epilogues.
+
+use super::{requant, Kernel, Operand};
+use crate::emit;
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{types, InstBuilder, Type, Value};
+use cranelift_frontend::FunctionBuilder;
+use qlift_ir::fixed_point::Requant;
+use qlift_ir::{DType, Dim, OpKind, QuantParams};
+
+/// How an element is stored, and what it widens to when loaded for arithmetic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Elem {
+    U8,
+    I8,
+    I16,
+    I32,
+    I64,
+    F32,
+    F64,
+}
+
+impl Elem {
+    /// The element kind of a dtype the products read or write.
+    fn of(dtype: DType) -> Result<Elem, String> {
+        Ok(match dtype {
+            DType::U8 => Elem::U8,
+            DType::I8 => Elem::I8,
+            DType::I32 => Elem::I32,
+            DType::I64 => Elem::I64,
+            DType::F32 => Elem::F32,
+            other => return Err(format!("{other} operands are not supported by the product kernels")),
+        })
+    }
+
+    fn bytes(self) -> i64 {
+        match self {
+            Elem::U8 | Elem::I8 => 1,
+            Elem::I16 => 2,
+            Elem::I32 | Elem::F32 => 4,
+            Elem::I64 | Elem::F64 => 8,
+        }
+    }
+
+    /// The type in memory.
+    fn mem_type(self) -> Type {
+        match self {
+            Elem::U8 | Elem::I8 => types::I8,
+            Elem::I16 => types::I16,
+            Elem::I32 => types::I32,
+            Elem::I64 => types::I64,
+            Elem::F32 => types::F32,
+            Elem::F64 => types::F64,
+        }
+    }
+
+    fn is_float(self) -> bool {
+        matches!(self, Elem::F32 | Elem::F64)
+    }
+
+    /// Loads the element at `addr` widened for arithmetic: 8- and 16-bit integers to i32
+    /// (with their signedness), everything else as stored.
+    fn load(self, fb: &mut FunctionBuilder, addr: Value) -> Value {
+        let v = fb.ins().load(self.mem_type(), emit::mem(), addr, 0);
+        match self {
+            Elem::U8 => fb.ins().uextend(types::I32, v),
+            Elem::I8 | Elem::I16 => fb.ins().sextend(types::I32, v),
+            _ => v,
+        }
+    }
+
+    /// Stores `v` (an i32 for 8-bit results, which narrows it) at `addr`.
+    fn store(self, fb: &mut FunctionBuilder, v: Value, addr: Value) {
+        let v = match self {
+            Elem::U8 | Elem::I8 => fb.ins().ireduce(types::I8, v),
+            Elem::I16 => fb.ins().ireduce(types::I16, v),
+            _ => v,
+        };
+        fb.ins().store(emit::mem(), v, addr, 0);
+    }
+}
+
+/// A small table read by (row, column): element `row · si + col · sj` of `ptr`. Per-channel
+/// constants (zero points, multipliers, biases) and broadcast operands (Gemm's C) are all
+/// this, with a zero stride for an axis they do not vary along.
+#[derive(Clone, Copy)]
+struct Indexed {
+    ptr: Value,
+    elem: Elem,
+    si: i64,
+    sj: i64,
+}
+
+impl Indexed {
+    fn load(&self, fb: &mut FunctionBuilder, row: Value, col: Value) -> Value {
+        let mut offset = emit::iconst(fb, 0);
+        for (index, stride) in [(row, self.si), (col, self.sj)] {
+            if stride != 0 {
+                let scaled = fb.ins().imul_imm_s(index, stride * self.elem.bytes());
+                offset = fb.ins().iadd(offset, scaled);
+            }
+        }
+        let addr = fb.ins().iadd(self.ptr, offset);
+        self.elem.load(fb, addr)
+    }
+}
+
+/// Read-only data of little-endian values, as a table for [`Indexed`].
+fn table<const N: usize>(k: &mut Kernel, values: impl IntoIterator<Item = [u8; N]>) -> Result<Value, String> {
+    let mut bytes: Vec<u8> = values.into_iter().flatten().collect();
+    if bytes.is_empty() {
+        bytes.push(0);
+    }
+    k.data(bytes, 16)
+}
+
+/// One side of a dot product: element `k` is at `base + k · step` bytes, minus `zp` (an
+/// i32 value) for integers.
+struct Side {
+    base: Value,
+    step: i64,
+    elem: Elem,
+    zp: Option<Value>,
+}
+
+impl Side {
+    fn load(&self, fb: &mut FunctionBuilder, k: Value) -> Value {
+        let addr = emit::addr(fb, self.base, k, self.step);
+        let v = self.elem.load(fb, addr);
+        match self.zp {
+            Some(z) => fb.ins().isub(v, z),
+            None => v,
+        }
+    }
+}
+
+/// `Σ_{k < len} a_k · b_k`: wrapping i32 for integers, f32 for floats.
+fn dot(fb: &mut FunctionBuilder, a: &Side, b: &Side, len: usize) -> Value {
+    let float = a.elem.is_float();
+    let ty = if float { types::F32 } else { types::I32 };
+    let acc = fb.declare_var(ty);
+    let zero = if float { fb.ins().f32const(0.0) } else { fb.ins().iconst(types::I32, 0) };
+    fb.def_var(acc, zero);
+    emit::for_count(fb, len as i64, |fb, k| {
+        let (x, y) = (a.load(fb, k), b.load(fb, k));
+        let sum = fb.use_var(acc);
+        let sum = if float {
+            let p = fb.ins().fmul(x, y);
+            fb.ins().fadd(sum, p)
+        } else {
+            let p = fb.ins().imul(x, y);
+            fb.ins().iadd(sum, p)
+        };
+        fb.def_var(acc, sum);
+    });
+    fb.use_var(acc)
+}
+
+/// What turns an accumulator into a result element. Tables are read at (row, column) =
+/// (output row, output channel): the channel of a convolution is passed as both.
+enum Epilogue {
+    /// Float ops: `alpha · acc + beta · c[row, col]`, then the fused activation's clamp.
+    /// `c_sample` is the byte stride of `c` between samples (0 when it has no batch).
+    Float { alpha: f32, beta: f32, c: Option<Indexed>, c_sample: i64, act: Option<(f32, f32)> },
+    /// The i32 accumulator itself, plus the bias (ConvInteger, MatMulInteger, and QConv or
+    /// QMatMul with an i32 result).
+    Accumulator { bias: Option<Indexed> },
+    /// QConv/QMatMul: the fixed-point requantization of `acc + bias`, per-channel
+    /// multipliers and shifts read from tables when there is more than one.
+    Fixed { bias: Option<Indexed>, rq: Requant, per_channel: Option<(Indexed, Indexed)> },
+    /// QLinearConv/QLinearMatMul: ONNX's float requantization of `acc + bias`, replicating
+    /// the interpreter's f64 arithmetic: `round_ties_even(acc · mult + zp)` clamped, with the
+    /// f32 multiplier of (row, col) read from a table of f64.
+    QLinear { bias: Option<Indexed>, mult: Indexed, zero_point: i32, range: (i64, i64) },
+}
+
+impl Epilogue {
+    fn apply(&self, fb: &mut FunctionBuilder, acc: Value, sample: Value, row: Value, col: Value) -> Value {
+        let add_bias = |fb: &mut FunctionBuilder, acc: Value, bias: &Option<Indexed>| match bias {
+            Some(b) => {
+                let v = b.load(fb, row, col);
+                fb.ins().iadd(acc, v)
+            }
+            None => acc,
+        };
+        match self {
+            Epilogue::Float { alpha, beta, c, c_sample, act } => {
+                let mut y = acc;
+                if *alpha != 1.0 {
+                    let a = fb.ins().f32const(*alpha);
+                    y = fb.ins().fmul(y, a);
+                }
+                if let Some(c) = c {
+                    let mut c = *c;
+                    if *c_sample != 0 {
+                        let off = fb.ins().imul_imm_s(sample, *c_sample);
+                        c.ptr = fb.ins().iadd(c.ptr, off);
+                    }
+                    let mut v = c.load(fb, row, col);
+                    if *beta != 1.0 {
+                        let b = fb.ins().f32const(*beta);
+                        v = fb.ins().fmul(v, b);
+                    }
+                    y = fb.ins().fadd(y, v);
+                }
+                if let Some((lo, hi)) = act {
+                    // fmax/fmin propagate NaN, as the interpreter's clamp leaves NaN alone.
+                    let lo = fb.ins().f32const(*lo);
+                    let hi = fb.ins().f32const(*hi);
+                    y = fb.ins().fmax(y, lo);
+                    y = fb.ins().fmin(y, hi);
+                }
+                y
+            }
+            Epilogue::Accumulator { bias } => add_bias(fb, acc, bias),
+            Epilogue::Fixed { bias, rq, per_channel } => {
+                let acc = add_bias(fb, acc, bias);
+                match per_channel {
+                    None => requant::requantize(fb, acc, requant::channel(rq, 0), rq.zero_point, rq.bounds),
+                    Some((m, shift)) => {
+                        let (m, shift) = (m.load(fb, row, col), shift.load(fb, row, col));
+                        requant::requantize_dynamic(fb, acc, m, shift, rq.zero_point, rq.bounds)
+                    }
+                }
+            }
+            Epilogue::QLinear { bias, mult, zero_point, range } => {
+                let acc = add_bias(fb, acc, bias);
+                let a = fb.ins().fcvt_from_sint(types::F64, acc);
+                let m = mult.load(fb, row, col);
+                let scaled = fb.ins().fmul(a, m);
+                let zp = fb.ins().f64const(*zero_point as f64);
+                let shifted = fb.ins().fadd(scaled, zp);
+                let rounded = fb.ins().nearest(shifted);
+                let lo = fb.ins().f64const(range.0 as f64);
+                let hi = fb.ins().f64const(range.1 as f64);
+                let clamped = fb.ins().fmax(rounded, lo);
+                let clamped = fb.ins().fmin(clamped, hi);
+                fb.ins().fcvt_to_sint(types::I32, clamped)
+            }
+        }
+    }
+}
+
+/// A quantized operand's parameters (from its type).
+fn quant(o: &Operand, what: &str) -> Result<QuantParams, String> {
+    o.ty.quant.clone().ok_or_else(|| format!("{what} has no quantization parameters"))
+}
+
+/// The i32 table of a quantized operand's zero points, read at the channel (`along_col`)
+/// or at the row; per tensor it is one entry read at every index.
+fn zero_point_table(k: &mut Kernel, q: &QuantParams, along_col: bool) -> Result<Indexed, String> {
+    let ptr = table(k, q.zero_point.iter().map(|z| z.to_le_bytes()))?;
+    let stride = i64::from(q.zero_point.len() > 1);
+    Ok(Indexed { ptr, elem: Elem::I32, si: if along_col { 0 } else { stride }, sj: if along_col { stride } else { 0 } })
+}
+
+/// A zero-point operand of ConvInteger/MatMulInteger (a scalar or one per row/channel).
+fn zero_point_operand(o: Option<&Operand>, along_col: bool) -> Result<Option<Indexed>, String> {
+    let Some(o) = o else { return Ok(None) };
+    let stride = i64::from(o.per_sample() > 1);
+    Ok(Some(Indexed { ptr: o.ptr, elem: Elem::of(o.ty.dtype)?, si: if along_col { 0 } else { stride }, sj: if along_col { stride } else { 0 } }))
+}
+
+/// An i32 bias operand, one per output channel.
+fn bias_of(o: Option<&Operand>) -> Result<Option<Indexed>, String> {
+    o.map(|b| Ok(Indexed { ptr: b.ptr, elem: Elem::of(b.ty.dtype)?, si: 0, sj: 1 })).transpose()
+}
+
+/// The epilogue of an integer product with quantization parameters on its types (QConv,
+/// QMatMul, QLinearConv, QLinearMatMul). `channels` is the number of output channels,
+/// `rows` the number of rows of a QLinearMatMul's A (its per-row scales).
+/// `bias` is the per-channel i32 added to the accumulator (the operand's, or a folded one).
+fn quantized_epilogue(k: &mut Kernel, channels: usize, rows: usize, bias: Option<Indexed>) -> Result<Epilogue, String> {
+    let (xq, wq) = (quant(k.input(0)?, "input")?, quant(k.input(1)?, "weights")?);
+    let y = k.output(0).ty.clone();
+    match k.op.kind {
+        OpKind::QConv | OpKind::QMatMul => {
+            if y.dtype == DType::I32 {
+                return Ok(Epilogue::Accumulator { bias });
+            }
+            let rq = Requant::for_product(&xq, &wq, channels, &y, k.op.fused_activation()?)?;
+            let per_channel = if rq.multipliers.len() > 1 {
+                let m = table(k, rq.multipliers.iter().map(|f| (f.m as i64).to_le_bytes()))?;
+                let s = table(k, rq.multipliers.iter().map(|f| (f.shift as i64).to_le_bytes()))?;
+                Some((Indexed { ptr: m, elem: Elem::I64, si: 0, sj: 1 }, Indexed { ptr: s, elem: Elem::I64, si: 0, sj: 1 }))
+            } else {
+                None
+            };
+            Ok(Epilogue::Fixed { bias, rq, per_channel })
+        }
+        _ => {
+            let yq = y.quant.clone().ok_or("result has no quantization parameters")?;
+            let range = y.dtype.int_range().ok_or("result is not an integer type")?;
+            let (ys, zero_point) = yq.channel(0);
+            let r = if xq.axis.is_some() { rows } else { 1 };
+            let c = if wq.axis.is_some() { channels } else { 1 };
+            let mults = (0..r).flat_map(|i| (0..c).map(move |j| (i, j)));
+            let mults: Vec<[u8; 8]> = mults.map(|(i, j)| ((xq.channel(i).0 * wq.channel(j).0 / ys) as f64).to_le_bytes()).collect();
+            let ptr = table(k, mults)?;
+            let mult = Indexed { ptr, elem: Elem::F64, si: if r > 1 { c as i64 } else { 0 }, sj: i64::from(c > 1) };
+            Ok(Epilogue::QLinear { bias, mult, zero_point, range })
+        }
+    }
+}
+
+/// Constant weights of QConv/QMatMul/QLinearConv/QLinearMatMul packed at compile time:
+/// `w' = w − zw` as i16 rows `[channels][len]` (contiguous along the dot product), and the
+/// input zero point folded into the bias, `bias'[c] = bias[c] − zx · Σ_k w'[c][k]` (wrapping
+/// i32, as the accumulator wraps): then `Σ (x − zx)·w' = Σ x·w' − zx·Σ w'`, so the inner loop
+/// reads raw inputs and subtracts nothing, and padded positions (holding `zx`) still count
+/// as zero. `at(c, k)` is the index of weight (channel c, tap k) in the constant. `None`
+/// when the weights or the bias are not constants, or the input is not per tensor (a
+/// per-row zero point cannot fold into a per-column bias).
+struct Packed {
+    weights: Value,
+    bias: Indexed,
+}
+
+fn pack(k: &mut Kernel, channels: usize, len: usize, at: impl Fn(usize, usize) -> usize) -> Result<Option<Packed>, String> {
+    let (x, w) = (k.input(0)?, k.input(1)?);
+    let (Some(wt), Some(xq), Some(wq)) = (w.constant.clone(), x.ty.quant.clone(), w.ty.quant.clone()) else { return Ok(None) };
+    if xq.axis.is_some() {
+        return Ok(None);
+    }
+    let bias = match k.optional(2) {
+        None => vec![0i64; channels],
+        Some(b) => match &b.constant {
+            Some(t) => t.to_i64_vec()?,
+            None => return Ok(None),
+        },
+    };
+    let values = wt.to_i64_vec()?;
+    let zx = xq.channel(0).1 as i64;
+    let mut packed: Vec<i16> = Vec::with_capacity(channels * len);
+    let mut folded: Vec<i32> = Vec::with_capacity(channels);
+    for c in 0..channels {
+        let zw = wq.channel(if wq.axis.is_some() { c } else { 0 }).1 as i64;
+        let mut sum = 0i64;
+        for t in 0..len {
+            let v = values[at(c, t)] - zw;
+            packed.push(i16::try_from(v).map_err(|_| format!("weight {v} after its zero point does not fit i16"))?);
+            sum += v;
+        }
+        folded.push(bias[c].wrapping_sub(zx.wrapping_mul(sum)) as i32);
+    }
+    let weights = table(k, packed.iter().map(|v| v.to_le_bytes()))?;
+    let bias = table(k, folded.iter().map(|v| v.to_le_bytes()))?;
+    Ok(Some(Packed { weights, bias: Indexed { ptr: bias, elem: Elem::I32, si: 0, sj: 1 } }))
+}
+
+/// Row-major positions of a box of `extents`.
+fn positions(extents: &[usize]) -> Vec<Vec<usize>> {
+    let count: usize = extents.iter().product();
+    (0..count)
+        .map(|mut i| {
+            let mut p = vec![0; extents.len()];
+            for a in (0..extents.len()).rev() {
+                p[a] = i % extents[a];
+                i /= extents[a];
+            }
+            p
+        })
+        .collect()
+}
+
+/// Conv, QConv, QLinearConv, ConvInteger: per sample and group, im2col into the workspace,
+/// then one dot product per (output channel, output position).
+pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
+    let kind = k.op.kind;
+    let (x, w, y) = (k.input(0)?, k.input(1)?, k.output(0));
+    let (xd, wd, yd) = (x.dims(), w.dims(), y.dims());
+    let (xe, we, ye) = (Elem::of(x.ty.dtype)?, Elem::of(w.ty.dtype)?, Elem::of(y.ty.dtype)?);
+    let (x_batched, xptr, mut wptr, yptr) = (x.batched(), x.ptr, w.ptr, y.ptr);
+    let mut we = we;
+    let attrs = &k.op.attrs;
+    let group = usize::try_from(attrs.int("group")?).map_err(|e| e.to_string())?.max(1);
+    let (strides, dilations, pads) = (attrs.usizes("strides")?, attrs.usizes("dilations")?, attrs.usizes("pads")?);
+    let r = xd.len() - 2;
+    let (channels, m) = (xd[1], wd[0]);
+    let (cg, mg) = (channels / group, m / group);
+    let (in_sp, kernel, out_sp) = (&xd[2..], &wd[2..], &yd[2..]);
+    let in_count: usize = in_sp.iter().product();
+    let kernel_count: usize = kernel.iter().product();
+    let kg = cg * kernel_count;
+    let p: usize = out_sp.iter().product();
+    // im2col offsets: for output position p, tap (c, kernel position), the input element
+    // (within the group's channels) it reads, or -1 in the padding.
+    let mut in_strides = vec![1usize; r];
+    for a in (0..r.saturating_sub(1)).rev() {
+        in_strides[a] = in_strides[a + 1] * in_sp[a + 1];
+    }
+    let kernel_positions = positions(kernel);
+    let mut taps: Vec<i32> = Vec::with_capacity(p * kg);
+    for opos in positions(out_sp) {
+        for c in 0..cg {
+            for kpos in &kernel_positions {
+                let mut offset = Some(c * in_count);
+                for a in 0..r {
+                    let i = (opos[a] * strides[a] + kpos[a] * dilations[a]) as i64 - pads[a] as i64;
+                    if i < 0 || i >= in_sp[a] as i64 {
+                        offset = None;
+                        break;
+                    }
+                    offset = offset.map(|o| o + i as usize * in_strides[a]);
+                }
+                taps.push(offset.map_or(-1, |o| i32::try_from(o).unwrap_or(-1)));
+            }
+        }
+    }
+    let float = kind == OpKind::Conv;
+    // Zero points: (input's, as an i32 value and as a raw padding element; weights' per channel).
+    // Whether the input zero point is folded into packed weights (not subtracted per tap).
+    let mut folded = false;
+    let (x_zp, w_zp, epilogue): (Option<Indexed>, Option<Indexed>, Epilogue) = match kind {
+        OpKind::Conv => {
+            let c = k.optional(2).map(|b| Indexed { ptr: b.ptr, elem: Elem::F32, si: 0, sj: 1 });
+            (None, None, Epilogue::Float { alpha: 1.0, beta: 1.0, c, c_sample: 0, act: k.op.fused_activation()? })
+        }
+        OpKind::ConvInteger => {
+            let (xz, wz) = (zero_point_operand(k.optional(2), false)?, zero_point_operand(k.optional(3), true)?);
+            (xz.map(|z| Indexed { si: 0, sj: 0, ..z }), wz, Epilogue::Accumulator { bias: None })
+        }
+        _ => {
+            let (xq, wq) = (quant(k.input(0)?, "input")?, quant(k.input(1)?, "weights")?);
+            let xz = zero_point_table(k, &xq, true)?;
+            let xz = Some(Indexed { si: 0, sj: 0, ..xz });
+            // The ONNX weight layout [M][C/group][kernel...] already is [M][kg].
+            match pack(k, m, kg, |c, t| c * kg + t)? {
+                Some(p) => {
+                    (wptr, we, folded) = (p.weights, Elem::I16, true);
+                    (xz, None, quantized_epilogue(k, m, 1, Some(p.bias))?)
+                }
+                None => {
+                    let wz = zero_point_table(k, &wq, true)?;
+                    let bias = bias_of(k.optional(2))?;
+                    (xz, Some(wz), quantized_epilogue(k, m, 1, bias)?)
+                }
+            }
+        }
+    };
+    let taps_ptr = table(k, taps.iter().map(|t| t.to_le_bytes()))?;
+    let col_bytes = (p * kg) as i64 * xe.bytes();
+    let ws = k.workspace(col_bytes.max(1) as usize);
+    let samples = if x_batched { k.batch } else { emit::iconst(k.fb, xd[0] as i64) };
+    let x_sample = (channels * in_count) as i64 * xe.bytes();
+    let y_sample = (m * p) as i64 * ye.bytes();
+    let fb = &mut *k.fb;
+    let zero = emit::iconst(fb, 0);
+    // The input zero point: subtracted as an i32, and the value of padded positions.
+    let (xz, pad) = match x_zp {
+        Some(z) => {
+            let v = z.load(fb, zero, zero);
+            let raw = fb.ins().ireduce(types::I8, v);
+            (if folded { None } else { Some(v) }, raw)
+        }
+        None if float => (None, fb.ins().f32const(0.0)),
+        None => (None, fb.ins().iconst(types::I8, 0)),
+    };
+    emit::for_dynamic(fb, samples, |fb, n| {
+        let xn = emit::addr(fb, xptr, n, x_sample);
+        let yn = emit::addr(fb, yptr, n, y_sample);
+        emit::for_count(fb, group as i64, |fb, g| {
+            let xg = emit::addr(fb, xn, g, (cg * in_count) as i64 * xe.bytes());
+            emit::for_count(fb, (p * kg) as i64, |fb, t| {
+                let off = emit::load_at(fb, types::I32, taps_ptr, t);
+                let outside = fb.ins().icmp_imm_s(IntCC::SignedLessThan, off, 0);
+                let off = fb.ins().sextend(types::I64, off);
+                let zero = emit::iconst(fb, 0);
+                let safe = fb.ins().select(outside, zero, off);
+                let v = emit::load_at(fb, xe.mem_type(), xg, safe);
+                let v = fb.ins().select(outside, pad, v);
+                emit::store_at(fb, v, ws, t);
+            });
+            emit::for_count(fb, mg as i64, |fb, mm| {
+                let base = fb.ins().imul_imm_s(g, mg as i64);
+                let ch = fb.ins().iadd(base, mm);
+                let wz = w_zp.map(|z| z.load(fb, ch, ch));
+                let wrow = emit::addr(fb, wptr, ch, kg as i64 * we.bytes());
+                emit::for_count(fb, p as i64, |fb, pi| {
+                    let a = Side { base: wrow, step: we.bytes(), elem: we, zp: wz };
+                    let col = emit::addr(fb, ws, pi, kg as i64 * xe.bytes());
+                    let b = Side { base: col, step: xe.bytes(), elem: xe, zp: xz };
+                    let acc = dot(fb, &a, &b, kg);
+                    let v = epilogue.apply(fb, acc, n, ch, ch);
+                    let at = fb.ins().imul_imm_s(ch, p as i64);
+                    let at = fb.ins().iadd(at, pi);
+                    let addr = emit::addr(fb, yn, at, ye.bytes());
+                    ye.store(fb, v, addr);
+                });
+            });
+        });
+    });
+    Ok(())
+}
+
+/// MatMul, Gemm, QMatMul, QLinearMatMul, MatMulInteger: for each sample and each broadcast
+/// batch of the numpy product (offsets from compile-time tables), one dot product per
+/// result element, reading A along its rows and B along its columns at their strides.
+pub(super) fn matmul(k: &mut Kernel) -> Result<(), String> {
+    let kind = k.op.kind;
+    let (a, b, y) = (k.input(0)?, k.input(1)?, k.output(0));
+    if y.ty.shape.dims().iter().skip(1).any(|d| *d == Dim::Batch) {
+        return Err("the batch must be axis 0 of the result".to_string());
+    }
+    for (o, what) in [(a, "A"), (b, "B")] {
+        if o.batched() && o.ty.shape.rank() != y.ty.shape.rank() {
+            return Err(format!("{what} has the batch but not the result's rank"));
+        }
+    }
+    let (ad, bd) = (a.dims(), b.dims());
+    let (ae, be, ye) = (Elem::of(a.ty.dtype)?, Elem::of(b.ty.dtype)?, Elem::of(y.ty.dtype)?);
+    let (aptr, mut bptr, yptr) = (a.ptr, b.ptr, y.ptr);
+    let b_rank = bd.len();
+    let mut be = be;
+    let sample = |o: &Operand, e: Elem| if o.batched() { o.per_sample() as i64 * e.bytes() } else { 0 };
+    let (a_sample, b_sample, y_sample) = (sample(a, ae), sample(b, be), sample(y, ye));
+    let y_batched = y.batched();
+    // (m, k, n), element strides of A (row, k) and B (k, column), and the batch offsets.
+    let (m, kk, n, a_si, a_sk, mut b_sk, mut b_sj, batches);
+    if kind == OpKind::Gemm {
+        if ad.len() != 2 || bd.len() != 2 {
+            return Err("Gemm needs matrices".to_string());
+        }
+        let (ta, tb) = (k.op.attrs.int("transA")? != 0, k.op.attrs.int("transB")? != 0);
+        (m, kk) = if ta { (ad[1], ad[0]) } else { (ad[0], ad[1]) };
+        n = if tb { bd[0] } else { bd[1] };
+        (a_si, a_sk) = if ta { (1, m) } else { (kk, 1) };
+        (b_sk, b_sj) = if tb { (1, kk) } else { (n, 1) };
+        batches = vec![(0usize, 0usize)];
+    } else {
+        let a2 = if ad.len() == 1 { vec![1, ad[0]] } else { ad.clone() };
+        let b2 = if bd.len() == 1 { vec![bd[0], 1] } else { bd.clone() };
+        (m, kk, n) = (a2[a2.len() - 2], a2[a2.len() - 1], b2[b2.len() - 1]);
+        (a_si, a_sk, b_sk, b_sj) = (kk, 1, n, 1);
+        let (abat, bbat) = (&a2[..a2.len() - 2], &b2[..b2.len() - 2]);
+        let rank = abat.len().max(bbat.len());
+        let pad = |s: &[usize]| -> Vec<usize> { std::iter::repeat_n(1, rank - s.len()).chain(s.iter().copied()).collect() };
+        let (pa, pb) = (pad(abat), pad(bbat));
+        let out: Vec<usize> = pa.iter().zip(&pb).map(|(&x, &y)| x.max(y)).collect();
+        batches = positions(&out)
+            .into_iter()
+            .map(|pos| {
+                let flat = |s: &[usize]| pos.iter().zip(s).fold(0, |acc, (&i, &e)| acc * e + if e == 1 { 0 } else { i });
+                (flat(&pa) * m * kk, flat(&pb) * kk * n)
+            })
+            .collect();
+    }
+    let (a_zp, b_zp, epilogue): (Option<Indexed>, Option<Indexed>, Epilogue) = match kind {
+        OpKind::MatMul => (None, None, Epilogue::Float { alpha: 1.0, beta: 1.0, c: None, c_sample: 0, act: k.op.fused_activation()? }),
+        OpKind::Gemm => {
+            let (alpha, beta) = (k.op.attrs.float("alpha")?, k.op.attrs.float("beta")?);
+            let c = match k.optional(2) {
+                None => None,
+                Some(c) => {
+                    let cd = c.dims();
+                    let c2: Vec<usize> = std::iter::repeat_n(1, 2usize.saturating_sub(cd.len())).chain(cd.iter().copied()).collect();
+                    let (si, sj) = (if c2[0] == 1 { 0 } else { c2[1] as i64 }, i64::from(c2[1] != 1));
+                    Some((Indexed { ptr: c.ptr, elem: Elem::F32, si, sj }, sample(c, Elem::F32)))
+                }
+            };
+            let act = k.op.fused_activation()?;
+            (None, None, Epilogue::Float { alpha, beta, c: c.map(|c| c.0), c_sample: c.map_or(0, |c| c.1), act })
+        }
+        OpKind::MatMulInteger => {
+            (zero_point_operand(k.optional(2), false)?, zero_point_operand(k.optional(3), true)?, Epilogue::Accumulator { bias: None })
+        }
+        _ => {
+            let (aq, bq) = (quant(k.input(0)?, "A")?, quant(k.input(1)?, "B")?);
+            // A constant matrix B [K][N] packs to rows [N][K] (see `pack`).
+            let packed = if b_rank == 2 { pack(k, n, kk, |c, t| t * n + c)? } else { None };
+            match packed {
+                Some(p) => {
+                    (bptr, be, b_sk, b_sj) = (p.weights, Elem::I16, 1, kk);
+                    (None, None, quantized_epilogue(k, n, m, Some(p.bias))?)
+                }
+                None => {
+                    let (az, bz) = (zero_point_table(k, &aq, false)?, zero_point_table(k, &bq, true)?);
+                    let bias = bias_of(k.optional(2))?;
+                    (Some(az), Some(bz), quantized_epilogue(k, n, m, bias)?)
+                }
+            }
+        }
+    };
+    let q = batches.len();
+    let offsets = if q > 1 {
+        let ta = table(k, batches.iter().map(|o| (o.0 as i64).to_le_bytes()))?;
+        let tb = table(k, batches.iter().map(|o| (o.1 as i64).to_le_bytes()))?;
+        Some((ta, tb))
+    } else {
+        None
+    };
+    let samples = k.samples(y_batched);
+    let fb = &mut *k.fb;
+    emit::for_dynamic(fb, samples, |fb, s| {
+        let a_s = emit::addr(fb, aptr, s, a_sample);
+        let b_s = emit::addr(fb, bptr, s, b_sample);
+        let y_s = emit::addr(fb, yptr, s, y_sample);
+        emit::for_count(fb, q as i64, |fb, qi| {
+            let (a_q, b_q) = match offsets {
+                Some((ta, tb)) => {
+                    let (oa, ob) = (emit::load_at(fb, types::I64, ta, qi), emit::load_at(fb, types::I64, tb, qi));
+                    (emit::addr(fb, a_s, oa, ae.bytes()), emit::addr(fb, b_s, ob, be.bytes()))
+                }
+                None => (a_s, b_s),
+            };
+            let y_q = emit::addr(fb, y_s, qi, (m * n) as i64 * ye.bytes());
+            emit::for_count(fb, m as i64, |fb, i| {
+                let az = a_zp.map(|z| z.load(fb, i, i));
+                let arow = emit::addr(fb, a_q, i, a_si as i64 * ae.bytes());
+                emit::for_count(fb, n as i64, |fb, j| {
+                    let bz = b_zp.map(|z| z.load(fb, j, j));
+                    let bcol = emit::addr(fb, b_q, j, b_sj as i64 * be.bytes());
+                    let sa = Side { base: arow, step: a_sk as i64 * ae.bytes(), elem: ae, zp: az };
+                    let sb = Side { base: bcol, step: b_sk as i64 * be.bytes(), elem: be, zp: bz };
+                    let acc = dot(fb, &sa, &sb, kk);
+                    let v = epilogue.apply(fb, acc, s, i, j);
+                    let at = fb.ins().imul_imm_s(i, n as i64);
+                    let at = fb.ins().iadd(at, j);
+                    let addr = emit::addr(fb, y_q, at, ye.bytes());
+                    ye.store(fb, v, addr);
+                });
+            });
+        });
+    });
+    Ok(())
+}
