@@ -38,8 +38,9 @@ fn graphs() -> Vec<(String, Graph, &'static str, bool)> {
         out.push((format!("{name} qlift int8"), q.lowered, input, true));
         out.push((format!("{name} ORT QDQ"), run_pipeline(&load(&format!("{name}.qdq.onnx")), &PipelineOptions::default()).unwrap().0, input, true));
     }
+    // ORT's QOperator models keep their Gemm layers in float: held to the float tolerance.
     for name in ["digits_cnn", "digits_mobile"] {
-        out.push((format!("{name} ORT QOperator"), run_pipeline(&load(&format!("{name}.qop.onnx")), &PipelineOptions::default()).unwrap().0, "digits_test_x.npy", true));
+        out.push((format!("{name} ORT QOperator"), run_pipeline(&load(&format!("{name}.qop.onnx")), &PipelineOptions::default()).unwrap().0, "digits_test_x.npy", false));
     }
     out
 }
