@@ -187,7 +187,12 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str) -> Result
             fb.finalize(module.target_config());
             out
         };
+        let disasm = std::env::var_os("QLIFT_DISASM").is_some();
+        ctx.set_disasm(disasm);
         module.define_function(func, &mut ctx).map_err(|e| bug(format!("node `{}`: {e:?}", node.name)))?;
+        if let Some(code) = ctx.compiled_code().and_then(|c| c.vcode.as_ref()).filter(|_| disasm) {
+            eprintln!("; kernel of node `{}` ({})\n{code}", node.name, op.kind);
+        }
         module.clear_context(&mut ctx);
         let workspace = buffers.len();
         buffers.push(Buffer { per_sample: 0, fixed: workspace_bytes, first: step, last: step });
