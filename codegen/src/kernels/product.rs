@@ -181,30 +181,50 @@ fn dot(fb: &mut FunctionBuilder, a: &Side, b: &Side, len: usize) -> Value {
     fb.use_var(acc)
 }
 
+/// im2col gathers of up to this many taps per group are emitted as straight-line code with
+/// constant offsets (two instructions a tap); larger ones loop over a table of offsets.
+const UNROLL_TAPS: usize = 4096;
+
 /// Dot products against packed i16 weights up to this many 8-wide chunks are unrolled
 /// (straight-line code the register allocator can schedule); longer ones loop.
 const UNROLL_CHUNKS: usize = 24;
 
-/// The vector dot product of packed i16 weights (step 2) with contiguous 8-bit activations
-/// (step 1), no zero points: 8 products per step as `pmaddwd` (i16 × i16 pairs summed into
-/// i32x4, exact — Cranelift selects it for `iadd_pairwise(imul(swiden_low, swiden_low),
-/// imul(swiden_high, swiden_high))`), the activations widened by `uload8x8`/`sload8x8`, a
-/// scalar tail for `len % 8`. The same wrapping i32 sum as the scalar loop (the lane sums
-/// and the final sum wrap alike). `None` when the operands do not have this shape.
-fn dot_i16x8(fb: &mut FunctionBuilder, a: &Side, b: &Side, len: usize) -> Option<Value> {
+/// Whether `a · b` can use [`dot_block`]: packed i16 weights (step 2) against contiguous
+/// 8-bit activations (step 1), no zero points, at least one 8-wide chunk. Returns (weights,
+/// activations).
+fn simd_sides<'s>(a: &'s Side, b: &'s Side, len: usize) -> Option<(&'s Side, &'s Side)> {
     let (wide, narrow) = match (a.elem, b.elem) {
         (Elem::I16, Elem::U8 | Elem::I8) => (a, b),
         (Elem::U8 | Elem::I8, Elem::I16) => (b, a),
         _ => return None,
     };
-    if wide.step != 2 || narrow.step != 1 || a.zp.is_some() || b.zp.is_some() || len < 8 {
-        return None;
-    }
+    (wide.step == 2 && narrow.step == 1 && a.zp.is_none() && b.zp.is_none() && len >= 8).then_some((wide, narrow))
+}
+
+fn dot_i16x8(fb: &mut FunctionBuilder, a: &Side, b: &Side, len: usize) -> Option<Value> {
+    let (wide, narrow) = simd_sides(a, b, len)?;
+    Some(dot_block(fb, narrow, std::slice::from_ref(wide), len)[0])
+}
+
+/// Dot products of one row of 8-bit activations with up to four rows of packed i16 weights
+/// (several output channels share each activation load): 8 products per step as `pmaddwd`
+/// (i16 × i16 pairs summed into i32x4, exact — Cranelift selects it for
+/// `iadd_pairwise(imul(swiden_low, swiden_low), imul(swiden_high, swiden_high))`), the
+/// activations widened by `uload8x8`/`sload8x8`, the lanes reduced with pairwise adds, a
+/// scalar tail for `len % 8`. The same wrapping i32 sums as the scalar loop (lane sums and
+/// final sums wrap alike).
+fn dot_block(fb: &mut FunctionBuilder, narrow: &Side, wides: &[Side], len: usize) -> Vec<Value> {
     let chunks = len / 8;
     let zero = fb.ins().iconst(types::I32, 0);
-    let acc = fb.declare_var(types::I32X4);
     let init = fb.ins().splat(types::I32X4, zero);
-    fb.def_var(acc, init);
+    let accs: Vec<_> = wides
+        .iter()
+        .map(|_| {
+            let v = fb.declare_var(types::I32X4);
+            fb.def_var(v, init);
+            v
+        })
+        .collect();
     let step = |fb: &mut FunctionBuilder, offset: Value| {
         let na = fb.ins().iadd(narrow.base, offset);
         let x = match narrow.elem {
@@ -212,16 +232,18 @@ fn dot_i16x8(fb: &mut FunctionBuilder, a: &Side, b: &Side, len: usize) -> Option
             _ => fb.ins().sload8x8(emit::mem(), na, 0),
         };
         let twice = fb.ins().iadd(offset, offset);
-        let wa = fb.ins().iadd(wide.base, twice);
-        let w = fb.ins().load(types::I16X8, emit::mem(), wa, 0);
-        let (xl, wl) = (fb.ins().swiden_low(x), fb.ins().swiden_low(w));
-        let (xh, wh) = (fb.ins().swiden_high(x), fb.ins().swiden_high(w));
-        let lo = fb.ins().imul(xl, wl);
-        let hi = fb.ins().imul(xh, wh);
-        let pairs = fb.ins().iadd_pairwise(lo, hi);
-        let sum = fb.use_var(acc);
-        let sum = fb.ins().iadd(sum, pairs);
-        fb.def_var(acc, sum);
+        let (xl, xh) = (fb.ins().swiden_low(x), fb.ins().swiden_high(x));
+        for (wide, &acc) in wides.iter().zip(&accs) {
+            let wa = fb.ins().iadd(wide.base, twice);
+            let w = fb.ins().load(types::I16X8, emit::mem(), wa, 0);
+            let (wl, wh) = (fb.ins().swiden_low(w), fb.ins().swiden_high(w));
+            let lo = fb.ins().imul(xl, wl);
+            let hi = fb.ins().imul(xh, wh);
+            let pairs = fb.ins().iadd_pairwise(lo, hi);
+            let sum = fb.use_var(acc);
+            let sum = fb.ins().iadd(sum, pairs);
+            fb.def_var(acc, sum);
+        }
     };
     if chunks <= UNROLL_CHUNKS {
         for c in 0..chunks {
@@ -234,19 +256,35 @@ fn dot_i16x8(fb: &mut FunctionBuilder, a: &Side, b: &Side, len: usize) -> Option
             step(fb, offset);
         });
     }
-    let v = fb.use_var(acc);
-    let mut total = fb.ins().extractlane(v, 0);
-    for lane in 1..4u8 {
-        let e = fb.ins().extractlane(v, lane);
-        total = fb.ins().iadd(total, e);
-    }
+    let mut vs: Vec<Value> = accs.iter().map(|&a| fb.use_var(a)).collect();
+    // Pairwise reduction: with four accumulators, two rounds leave [s0, s1, s2, s3].
+    let mut totals: Vec<Value> = if vs.len() == 4 {
+        let t0 = fb.ins().iadd_pairwise(vs[0], vs[1]);
+        let t1 = fb.ins().iadd_pairwise(vs[2], vs[3]);
+        let s = fb.ins().iadd_pairwise(t0, t1);
+        (0..4u8).map(|lane| fb.ins().extractlane(s, lane)).collect()
+    } else {
+        vs.drain(..)
+            .map(|v| {
+                let mut total = fb.ins().extractlane(v, 0);
+                for lane in 1..4u8 {
+                    let e = fb.ins().extractlane(v, lane);
+                    total = fb.ins().iadd(total, e);
+                }
+                total
+            })
+            .collect()
+    };
     for t in chunks * 8..len {
         let t = emit::iconst(fb, t as i64);
-        let (x, y) = (a.load(fb, t), b.load(fb, t));
-        let p = fb.ins().imul(x, y);
-        total = fb.ins().iadd(total, p);
+        let x = narrow.load(fb, t);
+        for (wide, total) in wides.iter().zip(totals.iter_mut()) {
+            let y = wide.load(fb, t);
+            let p = fb.ins().imul(x, y);
+            *total = fb.ins().iadd(*total, p);
+        }
     }
-    Some(total)
+    totals
 }
 
 /// What turns an accumulator into a result element. Tables are read at (row, column) =
@@ -531,7 +569,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
             }
         }
     };
-    let taps_ptr = table(k, taps.iter().map(|t| t.to_le_bytes()))?;
+    let taps_ptr = if taps.len() > UNROLL_TAPS { table(k, taps.iter().map(|t| t.to_le_bytes()))? } else { emit::iconst(k.fb, 0) };
     let col_bytes = (p * kg) as i64 * xe.bytes();
     let ws = k.workspace(col_bytes.max(1) as usize);
     let samples = if x_batched { k.batch } else { emit::iconst(k.fb, xd[0] as i64) };
@@ -554,16 +592,48 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
         let yn = emit::addr(fb, yptr, n, y_sample);
         emit::for_count(fb, group as i64, |fb, g| {
             let xg = emit::addr(fb, xn, g, (cg * in_count) as i64 * xe.bytes());
-            emit::for_count(fb, (p * kg) as i64, |fb, t| {
-                let off = emit::load_at(fb, types::I32, taps_ptr, t);
-                let outside = fb.ins().icmp_imm_s(IntCC::SignedLessThan, off, 0);
-                let off = fb.ins().sextend(types::I64, off);
-                let zero = emit::iconst(fb, 0);
-                let safe = fb.ins().select(outside, zero, off);
-                let v = emit::load_at(fb, xe.mem_type(), xg, safe);
-                let v = fb.ins().select(outside, pad, v);
-                emit::store_at(fb, v, ws, t);
-            });
+            if taps.len() <= UNROLL_TAPS {
+                // Straight-line gather: every tap's source offset is a compile-time constant.
+                for (t, &off) in taps.iter().enumerate() {
+                    let to = i32::try_from(t as i64 * xe.bytes()).unwrap_or(i32::MAX);
+                    let v = if off < 0 { pad } else { fb.ins().load(xe.mem_type(), emit::mem(), xg, (off as i64 * xe.bytes()) as i32) };
+                    fb.ins().store(emit::mem(), v, ws, to);
+                }
+            } else {
+                emit::for_count(fb, (p * kg) as i64, |fb, t| {
+                    let off = emit::load_at(fb, types::I32, taps_ptr, t);
+                    let outside = fb.ins().icmp_imm_s(IntCC::SignedLessThan, off, 0);
+                    let off = fb.ins().sextend(types::I64, off);
+                    let zero = emit::iconst(fb, 0);
+                    let safe = fb.ins().select(outside, zero, off);
+                    let v = emit::load_at(fb, xe.mem_type(), xg, safe);
+                    let v = fb.ins().select(outside, pad, v);
+                    emit::store_at(fb, v, ws, t);
+                });
+            }
+            // Packed integer weights: four output channels per activation load.
+            let probe_w = Side { base: wptr, step: we.bytes(), elem: we, zp: None };
+            let probe_x = Side { base: ws, step: xe.bytes(), elem: xe, zp: xz };
+            if !float && simd_sides(&probe_w, &probe_x, kg).is_some() {
+                for b0 in (0..mg).step_by(4) {
+                    let base = fb.ins().imul_imm_s(g, mg as i64);
+                    let chs: Vec<Value> = (b0..(b0 + 4).min(mg)).map(|c| fb.ins().iadd_imm_s(base, c as i64)).collect();
+                    let rows: Vec<Side> =
+                        chs.iter().map(|&ch| Side { base: emit::addr(fb, wptr, ch, kg as i64 * we.bytes()), step: we.bytes(), elem: we, zp: None }).collect();
+                    emit::for_count(fb, p as i64, |fb, pi| {
+                        let col = emit::addr(fb, ws, pi, kg as i64 * xe.bytes());
+                        let sums = dot_block(fb, &Side { base: col, step: xe.bytes(), elem: xe, zp: None }, &rows, kg);
+                        for (&ch, acc) in chs.iter().zip(sums) {
+                            let v = epilogue.apply(fb, acc, n, ch, ch);
+                            let at = fb.ins().imul_imm_s(ch, p as i64);
+                            let at = fb.ins().iadd(at, pi);
+                            let addr = emit::addr(fb, yn, at, ye.bytes());
+                            ye.store(fb, v, addr);
+                        }
+                    });
+                }
+                return;
+            }
             emit::for_count(fb, mg as i64, |fb, mm| {
                 let base = fb.ins().imul_imm_s(g, mg as i64);
                 let ch = fb.ins().iadd(base, mm);
@@ -700,6 +770,27 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<(), String> {
             emit::for_count(fb, m as i64, |fb, i| {
                 let az = a_zp.map(|z| z.load(fb, i, i));
                 let arow = emit::addr(fb, a_q, i, a_si as i64 * ae.bytes());
+                // Packed integer B: four output columns per load of A's row.
+                let probe_a = Side { base: arow, step: a_sk as i64 * ae.bytes(), elem: ae, zp: az };
+                let probe_b = Side { base: b_q, step: b_sk as i64 * be.bytes(), elem: be, zp: None };
+                if b_zp.is_none() && simd_sides(&probe_a, &probe_b, kk).is_some() {
+                    for j0 in (0..n).step_by(4) {
+                        let cols: Vec<Value> = (j0..(j0 + 4).min(n)).map(|j| emit::iconst(fb, j as i64)).collect();
+                        let rows: Vec<Side> = cols
+                            .iter()
+                            .map(|&j| Side { base: emit::addr(fb, b_q, j, b_sj as i64 * be.bytes()), step: be.bytes(), elem: be, zp: None })
+                            .collect();
+                        let sums = dot_block(fb, &probe_a, &rows, kk);
+                        for (&j, acc) in cols.iter().zip(sums) {
+                            let v = epilogue.apply(fb, acc, s, i, j);
+                            let at = fb.ins().imul_imm_s(i, n as i64);
+                            let at = fb.ins().iadd(at, j);
+                            let addr = emit::addr(fb, y_q, at, ye.bytes());
+                            ye.store(fb, v, addr);
+                        }
+                    }
+                    return;
+                }
                 emit::for_count(fb, n as i64, |fb, j| {
                     let bz = b_zp.map(|z| z.load(fb, j, j));
                     let bcol = emit::addr(fb, b_q, j, b_sj as i64 * be.bytes());
