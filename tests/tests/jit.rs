@@ -45,13 +45,25 @@ fn graphs() -> Vec<(String, Graph, &'static str, bool)> {
     out
 }
 
+/// The code paths: the host's best (pmaddwd dot products), VNNI `vpdpbusd` dot products
+/// (when the host has them; otherwise the same tree compiles to widening code), and the
+/// baseline ISA (SSE2 only, no host features).
+fn paths() -> [(&'static str, CodegenOptions); 3] {
+    [
+        ("host", CodegenOptions::default()),
+        ("vnni", CodegenOptions { vnni: true, ..Default::default() }),
+        ("baseline", CodegenOptions { baseline_isa: true, ..Default::default() }),
+    ]
+}
+
 #[test]
 fn jit_agrees_with_the_interpreter_on_every_bundled_model() {
     let mut failures = Vec::new();
-    for (label, graph, input, quantized) in graphs() {
+    for ((label, graph, input, quantized), (path, opts)) in graphs().into_iter().flat_map(|g| paths().map(move |p| (g.clone(), p))) {
+        let label = format!("{label} [{path}]");
         let x = npy(input);
         let want = qlift_ir::interp::run(&graph, std::slice::from_ref(&x)).unwrap();
-        let program = match JitProgram::compile(&graph, &CodegenOptions::default()) {
+        let program = match JitProgram::compile(&graph, &opts) {
             Ok(p) => p,
             Err(e) => {
                 failures.push(format!("{label}: {e}"));

@@ -194,11 +194,12 @@ const UNROLL_CHUNKS: usize = 24;
 /// activations).
 fn simd_sides<'s>(a: &'s Side, b: &'s Side, len: usize) -> Option<(&'s Side, &'s Side)> {
     let (wide, narrow) = match (a.elem, b.elem) {
-        (Elem::I16, Elem::U8 | Elem::I8) => (a, b),
-        (Elem::U8 | Elem::I8, Elem::I16) => (b, a),
+        (Elem::I16, Elem::U8 | Elem::I8) | (Elem::I8, Elem::U8) => (a, b),
+        (Elem::U8 | Elem::I8, Elem::I16) | (Elem::U8, Elem::I8) => (b, a),
         _ => return None,
     };
-    (wide.step == 2 && narrow.step == 1 && a.zp.is_none() && b.zp.is_none() && len >= 8).then_some((wide, narrow))
+    let chunk = if wide.elem == Elem::I8 { 16 } else { 8 };
+    (wide.step == wide.elem.bytes() && narrow.step == 1 && a.zp.is_none() && b.zp.is_none() && len >= chunk).then_some((wide, narrow))
 }
 
 fn dot_i16x8(fb: &mut FunctionBuilder, a: &Side, b: &Side, len: usize) -> Option<Value> {
@@ -214,6 +215,9 @@ fn dot_i16x8(fb: &mut FunctionBuilder, a: &Side, b: &Side, len: usize) -> Option
 /// scalar tail for `len % 8`. The same wrapping i32 sums as the scalar loop (lane sums and
 /// final sums wrap alike).
 fn dot_block(fb: &mut FunctionBuilder, narrow: &Side, wides: &[Side], len: usize) -> Vec<Value> {
+    if wides.first().is_some_and(|w| w.elem == Elem::I8) {
+        return dot_block_vnni(fb, narrow, wides, len);
+    }
     let chunks = len / 8;
     let zero = fb.ins().iconst(types::I32, 0);
     let init = fb.ins().splat(types::I32X4, zero);
@@ -256,7 +260,64 @@ fn dot_block(fb: &mut FunctionBuilder, narrow: &Side, wides: &[Side], len: usize
             step(fb, offset);
         });
     }
-    let mut vs: Vec<Value> = accs.iter().map(|&a| fb.use_var(a)).collect();
+    let vs: Vec<Value> = accs.iter().map(|&a| fb.use_var(a)).collect();
+    reduce_and_tail(fb, narrow, wides, vs, chunks * 8, len)
+}
+
+/// [`dot_block`] for u8 activations and i8 weights on a VNNI target: 16 products per step,
+/// written as the exact tree Cranelift folds into one `vpdpbusd` (u8×i8 products, exact in
+/// i16, summed four at a time into i32 lanes — see `lower.isle`, "AVX-VNNI: fold the u8*i8
+/// widening dot-accumulate tree"); a scalar tail for `len % 16`.
+fn dot_block_vnni(fb: &mut FunctionBuilder, narrow: &Side, wides: &[Side], len: usize) -> Vec<Value> {
+    let chunks = len / 16;
+    let zero = fb.ins().iconst(types::I32, 0);
+    let init = fb.ins().splat(types::I32X4, zero);
+    let accs: Vec<_> = wides
+        .iter()
+        .map(|_| {
+            let v = fb.declare_var(types::I32X4);
+            fb.def_var(v, init);
+            v
+        })
+        .collect();
+    let step = |fb: &mut FunctionBuilder, offset: Value| {
+        let na = fb.ins().iadd(narrow.base, offset);
+        let b = fb.ins().load(types::I8X16, emit::mem(), na, 0);
+        for (wide, &acc) in wides.iter().zip(&accs) {
+            let wa = fb.ins().iadd(wide.base, offset);
+            let a = fb.ins().load(types::I8X16, emit::mem(), wa, 0);
+            let (al, bl) = (fb.ins().swiden_low(a), fb.ins().uwiden_low(b));
+            let lo = fb.ins().imul(al, bl);
+            let (ah, bh) = (fb.ins().swiden_high(a), fb.ins().uwiden_high(b));
+            let hi = fb.ins().imul(ah, bh);
+            let (lol, loh) = (fb.ins().swiden_low(lo), fb.ins().swiden_high(lo));
+            let lo_pairs = fb.ins().iadd_pairwise(lol, loh);
+            let (hil, hih) = (fb.ins().swiden_low(hi), fb.ins().swiden_high(hi));
+            let hi_pairs = fb.ins().iadd_pairwise(hil, hih);
+            let quads = fb.ins().iadd_pairwise(lo_pairs, hi_pairs);
+            let sum = fb.use_var(acc);
+            let sum = fb.ins().iadd(quads, sum);
+            fb.def_var(acc, sum);
+        }
+    };
+    if chunks <= UNROLL_CHUNKS {
+        for c in 0..chunks {
+            let offset = emit::iconst(fb, (c * 16) as i64);
+            step(fb, offset);
+        }
+    } else {
+        emit::for_count(fb, chunks as i64, |fb, c| {
+            let offset = fb.ins().imul_imm_s(c, 16);
+            step(fb, offset);
+        });
+    }
+    let vs: Vec<Value> = accs.iter().map(|&a| fb.use_var(a)).collect();
+    reduce_and_tail(fb, narrow, wides, vs, chunks * 16, len)
+}
+
+/// The lane sums of `accs` (one i32x4 per weight row) plus the scalar products of
+/// elements `from..len`.
+fn reduce_and_tail(fb: &mut FunctionBuilder, narrow: &Side, wides: &[Side], mut vs: Vec<Value>, from: usize, len: usize) -> Vec<Value> {
     // Pairwise reduction: with four accumulators, two rounds leave [s0, s1, s2, s3].
     let mut totals: Vec<Value> = if vs.len() == 4 {
         let t0 = fb.ins().iadd_pairwise(vs[0], vs[1]);
@@ -275,7 +336,7 @@ fn dot_block(fb: &mut FunctionBuilder, narrow: &Side, wides: &[Side], len: usize
             })
             .collect()
     };
-    for t in chunks * 8..len {
+    for t in from..len {
         let t = emit::iconst(fb, t as i64);
         let x = narrow.load(fb, t);
         for (wide, total) in wides.iter().zip(totals.iter_mut()) {
@@ -444,11 +505,15 @@ fn quantized_epilogue(k: &mut Kernel, channels: usize, rows: usize, bias: Option
 /// per-row zero point cannot fold into a per-column bias).
 struct Packed {
     weights: Value,
+    /// I8 (for VNNI dot products) or I16.
+    elem: Elem,
     bias: Indexed,
 }
 
 fn pack(k: &mut Kernel, channels: usize, len: usize, at: impl Fn(usize, usize) -> usize) -> Result<Option<Packed>, String> {
     let (x, w) = (k.input(0)?, k.input(1)?);
+    // u8 activations against weights that fit i8 after their zero point: VNNI's u8×i8 form.
+    let vnni = k.has_vnni() && x.ty.dtype == DType::U8;
     let (Some(wt), Some(xq), Some(wq)) = (w.constant.clone(), x.ty.quant.clone(), w.ty.quant.clone()) else { return Ok(None) };
     if xq.axis.is_some() {
         return Ok(None);
@@ -474,9 +539,13 @@ fn pack(k: &mut Kernel, channels: usize, len: usize, at: impl Fn(usize, usize) -
         }
         folded.push(bias[c].wrapping_sub(zx.wrapping_mul(sum)) as i32);
     }
-    let weights = table(k, packed.iter().map(|v| v.to_le_bytes()))?;
+    let (weights, elem) = if vnni && packed.iter().all(|&v| i8::try_from(v).is_ok()) {
+        (table(k, packed.iter().map(|&v| (v as i8).to_le_bytes()))?, Elem::I8)
+    } else {
+        (table(k, packed.iter().map(|v| v.to_le_bytes()))?, Elem::I16)
+    };
     let bias = table(k, folded.iter().map(|v| v.to_le_bytes()))?;
-    Ok(Some(Packed { weights, bias: Indexed { ptr: bias, elem: Elem::I32, si: 0, sj: 1 } }))
+    Ok(Some(Packed { weights, elem, bias: Indexed { ptr: bias, elem: Elem::I32, si: 0, sj: 1 } }))
 }
 
 /// Row-major positions of a box of `extents`.
@@ -558,7 +627,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
             // The ONNX weight layout [M][C/group][kernel...] already is [M][kg].
             match pack(k, m, kg, |c, t| c * kg + t)? {
                 Some(p) => {
-                    (wptr, we, folded) = (p.weights, Elem::I16, true);
+                    (wptr, we, folded) = (p.weights, p.elem, true);
                     (xz, None, quantized_epilogue(k, m, 1, Some(p.bias))?)
                 }
                 None => {
@@ -733,7 +802,7 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<(), String> {
             let packed = if b_rank == 2 { pack(k, n, kk, |c, t| t * n + c)? } else { None };
             match packed {
                 Some(p) => {
-                    (bptr, be, b_sk, b_sj) = (p.weights, Elem::I16, 1, kk);
+                    (bptr, be, b_sk, b_sj) = (p.weights, p.elem, 1, kk);
                     (None, None, quantized_epilogue(k, n, m, Some(p.bias))?)
                 }
                 None => {
