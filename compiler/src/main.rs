@@ -228,6 +228,10 @@ struct RunArgs {
     /// What runs the model: the Cranelift JIT or the reference interpreter.
     #[arg(long, value_enum, default_value_t = EngineArg::Jit)]
     engine: EngineArg,
+    /// With --calib: also compile the fp32 model and print fp32 against int8 (accuracy with
+    /// --labels, latency per sample and per batch, weight bytes).
+    #[arg(long, requires = "calib")]
+    compare: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -427,6 +431,9 @@ fn compile_model(path: &Path, quant: &QuantArgs, engine: EngineArg) -> Result<Co
 }
 
 fn run(args: &RunArgs) -> Result<()> {
+    if args.compare {
+        return compare(args);
+    }
     let model = compile_model(&args.model, &args.quant, args.engine)?;
     let graph = model.graph();
     let inputs = bind_inputs(graph, &args.inputs)?;
@@ -689,5 +696,46 @@ fn compile_aot(args: &CompileArgs) -> Result<()> {
         artifact.program.steps.len(),
         args.header.display()
     );
+    Ok(())
+}
+
+/// `run --compare`: the fp32 and the int8 model side by side on the same inputs.
+fn compare(args: &RunArgs) -> Result<()> {
+    let fp32_args = QuantArgs { calib: Vec::new(), ..args.quant.clone() };
+    let models = [("fp32", compile_model(&args.model, &fp32_args, args.engine)?), ("int8", compile_model(&args.model, &args.quant, args.engine)?)];
+    let labels = args.labels.as_deref().map(read_npy).transpose()?;
+    println!("{:<6} {:>10} {:>14} {:>16} {:>12}", "", "accuracy", "batch latency", "1-sample latency", "weights");
+    for (name, model) in &models {
+        let inputs = bind_inputs(model.graph(), &args.inputs)?;
+        let first: Vec<Tensor> = inputs.iter().map(|t| t.slice_outer(0, 1)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
+        let outputs = model.run(&inputs)?;
+        let accuracy = match &labels {
+            Some(l) => {
+                let (correct, total) = top1(&outputs[0], l)?;
+                format!("{:.2}%", 100.0 * correct as f64 / total as f64)
+            }
+            None => "-".to_string(),
+        };
+        let median = |inputs: &[Tensor], runs: usize| -> Result<f64> {
+            let mut times = Vec::with_capacity(runs);
+            for _ in 0..runs {
+                let t = Instant::now();
+                model.run(inputs)?;
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            times.sort_by(f64::total_cmp);
+            Ok(times[runs / 2])
+        };
+        let (batch_ms, one_ms) = (median(&inputs, 21)?, median(&first, 201)?);
+        let weights: usize = model
+            .graph()
+            .node_ids()
+            .filter_map(|id| match &model.graph().node(id).op {
+                qlift_ir::NodeOp::Const(t) => Some(t.data().as_bytes().len()),
+                _ => None,
+            })
+            .sum();
+        println!("{name:<6} {accuracy:>10} {:>11.3} ms {:>13.1} us {:>9.1} KiB", batch_ms, one_ms * 1e3, weights as f64 / 1024.0);
+    }
     Ok(())
 }
