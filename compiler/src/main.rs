@@ -408,8 +408,8 @@ fn bind_inputs(graph: &Graph, args: &[String]) -> Result<Vec<Tensor>> {
 fn compile_model(path: &Path, quant: &QuantArgs, engine: EngineArg) -> Result<CompiledModel> {
     let start = Instant::now();
     let graph = load_model(path)?;
-    let quantized = !quant.calib.is_empty();
-    let lowered = if quantized {
+    let calibrated = !quant.calib.is_empty();
+    let lowered = if calibrated {
         quantize_model(&graph, quant, &PipelineOptions::default())?.lowered
     } else {
         run_pipeline(&graph, &PipelineOptions::default()).context("running the pass pipeline")?.0
@@ -418,6 +418,8 @@ fn compile_model(path: &Path, quant: &QuantArgs, engine: EngineArg) -> Result<Co
         EngineArg::Jit => Engine::Jit,
         EngineArg::Interp => Engine::Interpreter,
     };
+    // Quantized when it was calibrated here or already holds integer ops (a dumped int8 .qir).
+    let quantized = calibrated || lowered.node_ids().any(|id| lowered.node(id).op.kind().is_some_and(|k| k.is_internal()));
     let model = CompiledModel::from_lowered(lowered, quantized, &CompileOptions { engine, ..Default::default() })
         .with_context(|| format!("compiling {}", path.display()))?;
     eprintln!(
@@ -501,6 +503,10 @@ fn quantize_model(graph: &Graph, q: &QuantArgs, pipeline: &PipelineOptions) -> R
         bar.set_position(done as u64);
     })?;
     bar.finish_and_clear();
+    if quantized.samples == 0 {
+        eprintln!("the pipeline stopped before calibration (insert-qdq): nothing was quantized");
+        return Ok(quantized);
+    }
     eprintln!(
         "quantized with {} on {} calibration samples in {:.0} ms{}",
         q.method,
