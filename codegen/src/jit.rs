@@ -12,6 +12,7 @@ use crate::program::{build, OutputSource, Program};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::default_libcall_names;
 use qlift_ir::{Graph, Tensor, TensorType};
+use rayon::prelude::*;
 use std::sync::Mutex;
 
 /// The entry function's ABI (see [`crate::program`]).
@@ -27,6 +28,12 @@ pub struct JitProgram {
     isa: String,
     /// Arenas returned by finished calls, reused by the next ones (no allocation once warm).
     arenas: Mutex<Vec<Vec<u8>>>,
+    /// Threads one call may use (see [`JitProgram::set_threads`]).
+    threads: usize,
+    /// Whether every input and computed output has the batch on axis 0 (a call can split it).
+    splittable: bool,
+    /// Bytes of one sample of each input and each computed output.
+    sample_bytes: (Vec<usize>, Vec<usize>),
 }
 
 // SAFETY: see the type's documentation; `JITModule` is only touched again in `drop`.
@@ -62,7 +69,12 @@ impl JitProgram {
         let code = module.get_finalized_function(program.entry);
         // SAFETY: the entry was built with exactly this signature (program.rs).
         let entry = unsafe { std::mem::transmute::<*const u8, Entry>(code) };
-        Ok(JitProgram { module: Some(module), entry, program, isa: description, arenas: Mutex::new(Vec::new()) })
+        let batched = |ty: &TensorType| ty.shape.dims().first() == Some(&qlift_ir::Dim::Batch);
+        let bytes = |ty: &TensorType| if batched(ty) { ty.shape.resolve(1).iter().product::<usize>() * ty.dtype.size_of() } else { 0 };
+        let computed: Vec<&TensorType> = program.outputs.iter().filter(|(_, _, s)| matches!(s, OutputSource::Computed(_))).map(|(_, t, _)| t).collect();
+        let splittable = program.inputs.iter().all(|(_, t)| batched(t)) && computed.iter().all(|t| batched(t));
+        let sample_bytes = (program.inputs.iter().map(|(_, t)| bytes(t)).collect(), computed.iter().map(|t| bytes(t)).collect());
+        Ok(JitProgram { module: Some(module), entry, program, isa: description, arenas: Mutex::new(Vec::new()), threads: 1, splittable, sample_bytes })
     }
 
     /// The graph inputs (names and types) the program takes, in order.
@@ -100,23 +112,21 @@ impl JitProgram {
                 return Err(CodegenError::Input { name: name.clone(), message: format!("output buffer is {}{:?}, expected {}{:?}", t.dtype(), t.shape(), ty.dtype, ty.shape.resolve(batch)) });
             }
         }
-        let arena_bytes = self.program.arena.bytes(batch).ok_or_else(|| CodegenError::Input { name: "batch".into(), message: format!("batch {batch} overflows the arena size") })?;
-        let mut arena = self.arenas.lock().map_err(|_| bug("arena pool poisoned"))?.pop().unwrap_or_default();
-        arena.resize(arena_bytes + crate::plan::ALIGN, 0);
-        let skip = arena.as_ptr().align_offset(crate::plan::ALIGN);
-        let input_ptrs: Vec<*const u8> = inputs.iter().map(|t| t.data().as_bytes().as_ptr()).collect();
-        let mut computed: Vec<*mut u8> = vec![std::ptr::null_mut(); self.program.computed_outputs];
+        let input_ptrs: Vec<usize> = inputs.iter().map(|t| t.data().as_bytes().as_ptr() as usize).collect();
+        let mut computed: Vec<usize> = vec![0; self.program.computed_outputs];
         for ((_, _, source), t) in self.program.outputs.iter().zip(outputs.iter_mut()) {
             if let OutputSource::Computed(n) = source {
-                computed[*n] = t.data_mut().as_bytes_mut().as_mut_ptr();
+                computed[*n] = t.data_mut().as_bytes_mut().as_mut_ptr() as usize;
             }
         }
-        // SAFETY: inputs and outputs were checked against the program's types for this batch,
-        // and the arena holds `arena_bytes` from a 64-byte aligned start (module docs).
-        let status = unsafe { (self.entry)(input_ptrs.as_ptr(), computed.as_ptr(), arena.as_mut_ptr().add(skip), batch as i64) };
-        self.arenas.lock().map_err(|_| bug("arena pool poisoned"))?.push(arena);
-        if status != 0 {
-            return Err(self.runtime_error(status));
+        match self.batch_split(batch) {
+            None => self.call(&input_ptrs, &computed, 0, batch)?,
+            Some(parts) => {
+                // Disjoint slices of the batch on the persistent rayon pool, one arena each.
+                let results: Vec<Result<(), CodegenError>> =
+                    parts.par_iter().map(|&(start, len)| self.call(&input_ptrs, &computed, start, len)).collect();
+                results.into_iter().collect::<Result<Vec<()>, _>>()?;
+            }
         }
         for j in 0..outputs.len() {
             let copy = match &self.program.outputs[j].2 {
@@ -128,6 +138,43 @@ impl JitProgram {
             outputs[j] = copy;
         }
         Ok(())
+    }
+
+    /// Runs the entry on samples `start..start + batch` of checked buffers (addresses of
+    /// sample 0), with an arena from the pool.
+    fn call(&self, inputs: &[usize], outputs: &[usize], start: usize, batch: usize) -> Result<(), CodegenError> {
+        let arena_bytes = self.program.arena.bytes(batch).ok_or_else(|| CodegenError::Input { name: "batch".into(), message: format!("batch {batch} overflows the arena size") })?;
+        let mut arena = self.arenas.lock().map_err(|_| bug("arena pool poisoned"))?.pop().unwrap_or_default();
+        arena.resize(arena_bytes + crate::plan::ALIGN, 0);
+        let skip = arena.as_ptr().align_offset(crate::plan::ALIGN);
+        let at = |base: usize, sample_bytes: usize| base + start * sample_bytes;
+        let ins: Vec<*const u8> = inputs.iter().zip(&self.sample_bytes.0).map(|(&p, &b)| at(p, b) as *const u8).collect();
+        let outs: Vec<*mut u8> = outputs.iter().zip(&self.sample_bytes.1).map(|(&p, &b)| at(p, b) as *mut u8).collect();
+        // SAFETY: inputs and outputs were checked against the program's types for the whole
+        // batch, `start + batch` is within it (offsets only for batched tensors, see
+        // `batch_split`), and the arena holds `arena_bytes` from a 64-byte aligned start.
+        let status = unsafe { (self.entry)(ins.as_ptr(), outs.as_ptr(), arena.as_mut_ptr().add(skip), batch as i64) };
+        self.arenas.lock().map_err(|_| bug("arena pool poisoned"))?.push(arena);
+        if status != 0 {
+            return Err(self.runtime_error(status));
+        }
+        Ok(())
+    }
+
+    /// How to split a batch across threads: `None` to run it whole (one thread wanted, a
+    /// batch of one, or a tensor without the batch axis, which every part would share).
+    fn batch_split(&self, batch: usize) -> Option<Vec<(usize, usize)>> {
+        let parts = self.threads.min(batch);
+        if parts <= 1 || !self.splittable {
+            return None;
+        }
+        Some((0..parts).map(|i| (i * batch / parts, (i + 1) * batch / parts - i * batch / parts)).collect())
+    }
+
+    /// Runs calls on up to `threads` threads of a persistent pool, splitting the batch
+    /// (intra-op parallelism for one caller; many callers need no setting).
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.max(1);
     }
 
     /// Checks inputs against the program and returns the batch they bind.

@@ -79,9 +79,11 @@ qdq_loss_debug does; the last line is the model output.")]
   qlift bench model.onnx --input x.npy                       # fp32
   qlift bench model.onnx --input x.npy --calib c.npy         # int8
   qlift bench model.onnx --input x.npy --calib c.npy --threads 2 --iters 500 --json
+  qlift bench model.onnx --input x.npy --calib c.npy --callers 4      # 4 threads sharing one model
 
-Each thread runs the same compiled model; latency is per call, GMAC/s counts the
-multiply-accumulates of Conv/Gemm/MatMul layers (int8 ones when quantized).")]
+--threads splits each call's batch across threads (as ONNX Runtime's intra-op threads);
+--callers runs that many threads calling the one model at once. Latency is per call, GMAC/s
+counts the multiply-accumulates of Conv/Gemm/MatMul layers (int8 ones when quantized).")]
     Bench(BenchArgs),
     /// Compile ahead of time to an object file and a C header (link it into any program).
     #[command(after_help = "Examples:
@@ -228,6 +230,9 @@ struct RunArgs {
     /// What runs the model: the Cranelift JIT or the reference interpreter.
     #[arg(long, value_enum, default_value_t = EngineArg::Jit)]
     engine: EngineArg,
+    /// Threads one call may use (the batch is split across them).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// With --calib: also compile the fp32 model and print fp32 against int8 (accuracy with
     /// --labels, latency per sample and per batch, weight bytes).
     #[arg(long, requires = "calib")]
@@ -257,9 +262,13 @@ struct BenchArgs {
     /// Untimed runs first.
     #[arg(long, default_value_t = 10)]
     warmup: usize,
-    /// Threads calling the one compiled model at the same time.
+    /// Threads one call may use (the batch is split across them), as ONNX Runtime's
+    /// intra-op threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Threads calling the one compiled model at the same time.
+    #[arg(long, default_value_t = 1)]
+    callers: usize,
     /// The engine.
     #[arg(long, value_enum, default_value_t = EngineArg::Jit)]
     engine: EngineArg,
@@ -404,8 +413,9 @@ fn bind_inputs(graph: &Graph, args: &[String]) -> Result<Vec<Tensor>> {
     Ok(bound.into_iter().map(|t| t.expect("every slot bound: counts are equal and none twice")).collect())
 }
 
-/// Loads, lowers (quantizing with `--calib`) and compiles a model for `engine`.
-fn compile_model(path: &Path, quant: &QuantArgs, engine: EngineArg) -> Result<CompiledModel> {
+/// Loads, lowers (quantizing with `--calib`) and compiles a model for `engine`, running
+/// each call on up to `threads` threads.
+fn compile_model(path: &Path, quant: &QuantArgs, engine: EngineArg, threads: usize) -> Result<CompiledModel> {
     let start = Instant::now();
     let graph = load_model(path)?;
     let calibrated = !quant.calib.is_empty();
@@ -420,7 +430,7 @@ fn compile_model(path: &Path, quant: &QuantArgs, engine: EngineArg) -> Result<Co
     };
     // Quantized when it was calibrated here or already holds integer ops (a dumped int8 .qir).
     let quantized = calibrated || lowered.node_ids().any(|id| lowered.node(id).op.kind().is_some_and(|k| k.is_internal()));
-    let model = CompiledModel::from_lowered(lowered, quantized, &CompileOptions { engine, ..Default::default() })
+    let model = CompiledModel::from_lowered(lowered, quantized, &CompileOptions { engine, threads, ..Default::default() })
         .with_context(|| format!("compiling {}", path.display()))?;
     eprintln!(
         "compiled {} ({}, {}) in {:.0} ms",
@@ -436,7 +446,7 @@ fn run(args: &RunArgs) -> Result<()> {
     if args.compare {
         return compare(args);
     }
-    let model = compile_model(&args.model, &args.quant, args.engine)?;
+    let model = compile_model(&args.model, &args.quant, args.engine, args.threads)?;
     let graph = model.graph();
     let inputs = bind_inputs(graph, &args.inputs)?;
     let start = Instant::now();
@@ -579,11 +589,11 @@ fn finite_or_null(v: f64) -> serde_json::Value {
 }
 
 fn bench(args: &BenchArgs) -> Result<()> {
-    if args.iters == 0 || args.threads == 0 {
-        bail!("--iters and --threads must be at least 1");
+    if args.iters == 0 || args.threads == 0 || args.callers == 0 {
+        bail!("--iters, --threads and --callers must be at least 1");
     }
     let start = Instant::now();
-    let model = compile_model(&args.model, &args.quant, args.engine)?;
+    let model = compile_model(&args.model, &args.quant, args.engine, args.threads)?;
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
     let inputs = bind_inputs(model.graph(), &args.inputs)?;
     let batch = inputs.first().and_then(|t| t.shape().first().copied()).unwrap_or(1);
@@ -594,11 +604,11 @@ fn bench(args: &BenchArgs) -> Result<()> {
     for _ in 0..args.warmup {
         model.run_into(&inputs, &mut outputs)?;
     }
-    let bar = indicatif::ProgressBar::new((args.iters * args.threads) as u64)
+    let bar = indicatif::ProgressBar::new((args.iters * args.callers) as u64)
         .with_style(indicatif::ProgressStyle::with_template("benchmarking {bar:30} {pos}/{len} runs").expect("valid progress template"));
     let wall = Instant::now();
     let mut times: Vec<f64> = std::thread::scope(|s| -> Result<Vec<f64>> {
-        let workers: Vec<_> = (0..args.threads)
+        let workers: Vec<_> = (0..args.callers)
             .map(|_| {
                 let (model, inputs, bar) = (&model, &inputs, &bar);
                 s.spawn(move || -> Result<Vec<f64>> {
@@ -628,21 +638,27 @@ fn bench(args: &BenchArgs) -> Result<()> {
     let macs = multiply_accumulates(model.graph()) as f64 * batch as f64;
     let gmacs = macs / (median * 1e-3) / 1e9;
     let throughput = (times.len() * batch) as f64 / wall_s;
-    let peak = int8_peak_gmacs(args.threads);
+    let peak = int8_peak_gmacs(args.threads * args.callers);
     if args.json {
         println!(
             "{}",
             serde_json::json!({
                 "model": args.model.display().to_string(), "engine": model.engine_description(),
                 "precision": if model.is_quantized() { "int8" } else { "fp32" },
-                "batch": batch, "threads": args.threads, "iters": args.iters,
+                "batch": batch, "threads": args.threads, "callers": args.callers, "iters": args.iters,
                 "min_ms": min, "median_ms": median, "p90_ms": p90, "compile_ms": compile_ms,
                 "samples_per_s": throughput, "gmacs": gmacs, "int8_peak_fraction": gmacs / peak,
             })
         );
         return Ok(());
     }
-    println!("model      {} ({}, batch {batch}, {} thread(s))", args.model.display(), if model.is_quantized() { "int8" } else { "fp32" }, args.threads);
+    println!(
+        "model      {} ({}, batch {batch}, {} thread(s) per call, {} caller(s))",
+        args.model.display(),
+        if model.is_quantized() { "int8" } else { "fp32" },
+        args.threads,
+        args.callers
+    );
     println!("engine     {}", model.engine_description());
     println!("compile    {compile_ms:.1} ms (import, rewrites, calibration, code generation)");
     println!("latency    min {min:.3} ms   median {median:.3} ms   p90 {p90:.3} ms");
@@ -708,7 +724,7 @@ fn compile_aot(args: &CompileArgs) -> Result<()> {
 /// `run --compare`: the fp32 and the int8 model side by side on the same inputs.
 fn compare(args: &RunArgs) -> Result<()> {
     let fp32_args = QuantArgs { calib: Vec::new(), ..args.quant.clone() };
-    let models = [("fp32", compile_model(&args.model, &fp32_args, args.engine)?), ("int8", compile_model(&args.model, &args.quant, args.engine)?)];
+    let models = [("fp32", compile_model(&args.model, &fp32_args, args.engine, args.threads)?), ("int8", compile_model(&args.model, &args.quant, args.engine, args.threads)?)];
     let labels = args.labels.as_deref().map(read_npy).transpose()?;
     println!("{:<6} {:>10} {:>14} {:>16} {:>12}", "", "accuracy", "batch latency", "1-sample latency", "weights");
     for (name, model) in &models {

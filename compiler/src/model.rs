@@ -29,6 +29,9 @@ pub struct CompileOptions {
     pub codegen: CodegenOptions,
     /// ONNX import (limits, frozen inputs).
     pub import: ImportOptions,
+    /// Threads one call may use, splitting the batch (0 or 1: the calling thread only).
+    /// Independent of how many threads call the model at once.
+    pub threads: usize,
 }
 
 enum Executor {
@@ -86,7 +89,11 @@ impl CompiledModel {
 
     fn executor(lowered: &Graph, opts: &CompileOptions) -> Result<Executor, Error> {
         Ok(match opts.engine {
-            Engine::Jit => Executor::Jit(JitProgram::compile(lowered, &opts.codegen)?),
+            Engine::Jit => {
+                let mut program = JitProgram::compile(lowered, &opts.codegen)?;
+                program.set_threads(opts.threads);
+                Executor::Jit(program)
+            }
             Engine::Interpreter => Executor::Interpreter,
         })
     }

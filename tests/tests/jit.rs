@@ -97,3 +97,17 @@ fn sixteen_threads_share_one_compiled_model() {
         }
     });
 }
+
+/// A call split across threads (the batch in disjoint slices) computes the same bits.
+#[test]
+fn batch_split_across_threads_is_bit_identical() {
+    let graph = graphs().into_iter().find(|(l, ..)| l == "digits_mobile qlift int8").unwrap().1;
+    let one = JitProgram::compile(&graph, &CodegenOptions::default()).unwrap();
+    let mut split = JitProgram::compile(&graph, &CodegenOptions::default()).unwrap();
+    split.set_threads(3);
+    let x = npy("digits_test_x.npy");
+    for batch in [1, 2, 5, 540] {
+        let part = x.slice_outer(0, batch).unwrap();
+        assert!(one.run(std::slice::from_ref(&part)).unwrap() == split.run(&[part]).unwrap(), "batch {batch}");
+    }
+}
