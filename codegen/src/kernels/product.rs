@@ -185,6 +185,10 @@ fn dot(fb: &mut FunctionBuilder, a: &Side, b: &Side, len: usize) -> Value {
 /// constant offsets (two instructions a tap); larger ones loop over a table of offsets.
 const UNROLL_TAPS: usize = 4096;
 
+/// Convolutions with up to this many groups emit each group's code separately (channels,
+/// and so their requantization constants, become compile-time values); more loop.
+const UNROLL_GROUPS: usize = 32;
+
 /// Dot products against packed i16 weights up to this many 8-wide chunks are unrolled
 /// (straight-line code the register allocator can schedule); longer ones loop.
 const UNROLL_CHUNKS: usize = 24;
@@ -405,7 +409,7 @@ enum Epilogue {
     Accumulator { bias: Option<Indexed> },
     /// QConv/QMatMul: the fixed-point requantization of `acc + bias`, per-channel
     /// multipliers and shifts read from tables when there is more than one.
-    Fixed { bias: Option<Indexed>, rq: Requant, per_channel: Option<(Indexed, Indexed)> },
+    Fixed { bias: Option<Indexed>, rq: Requant, per_channel: Option<(Indexed, Indexed)>, bias_values: Option<Vec<i32>> },
     /// QLinearConv/QLinearMatMul: ONNX's float requantization of `acc + bias`, replicating
     /// the interpreter's f64 arithmetic: `round_ties_even(acc · mult + zp)` clamped, with the
     /// f32 multiplier of (row, col) read from a table of f64.
@@ -413,6 +417,18 @@ enum Epilogue {
 }
 
 impl Epilogue {
+    /// [`Epilogue::apply`] for an output channel known at compile time: the fixed-point
+    /// requantization then takes its bias, multiplier and shift as immediates (no table
+    /// loads, constant shifts). Other epilogues read their tables at that channel.
+    fn apply_static(&self, fb: &mut FunctionBuilder, acc: Value, sample: Value, row: Value, channel: usize) -> Value {
+        if let Epilogue::Fixed { rq, bias_values: Some(bias), .. } = self {
+            let acc = fb.ins().iadd_imm_s(acc, bias[channel] as i64);
+            return requant::requantize(fb, acc, requant::channel(rq, channel), rq.zero_point, rq.bounds);
+        }
+        let col = emit::iconst(fb, channel as i64);
+        self.apply(fb, acc, sample, row, col)
+    }
+
     fn apply(&self, fb: &mut FunctionBuilder, acc: Value, sample: Value, row: Value, col: Value) -> Value {
         let add_bias = |fb: &mut FunctionBuilder, acc: Value, bias: &Option<Indexed>| match bias {
             Some(b) => {
@@ -451,7 +467,7 @@ impl Epilogue {
                 y
             }
             Epilogue::Accumulator { bias } => add_bias(fb, acc, bias),
-            Epilogue::Fixed { bias, rq, per_channel } => {
+            Epilogue::Fixed { bias, rq, per_channel, .. } => {
                 let acc = add_bias(fb, acc, bias);
                 match per_channel {
                     None => requant::requantize(fb, acc, requant::channel(rq, 0), rq.zero_point, rq.bounds),
@@ -475,6 +491,16 @@ impl Epilogue {
                 let clamped = fb.ins().fmin(clamped, hi);
                 fb.ins().fcvt_to_sint(types::I32, clamped)
             }
+        }
+    }
+}
+
+impl Epilogue {
+    /// Records the biases' values (known when the weights were packed) for [`Epilogue::apply_static`].
+    fn with_bias_values(self, values: Vec<i32>) -> Epilogue {
+        match self {
+            Epilogue::Fixed { bias, rq, per_channel, .. } => Epilogue::Fixed { bias, rq, per_channel, bias_values: Some(values) },
+            other => other,
         }
     }
 }
@@ -524,7 +550,7 @@ fn quantized_epilogue(k: &mut Kernel, channels: usize, rows: usize, bias: Option
             } else {
                 None
             };
-            Ok(Epilogue::Fixed { bias, rq, per_channel })
+            Ok(Epilogue::Fixed { bias, rq, per_channel, bias_values: None })
         }
         _ => {
             let yq = y.quant.clone().ok_or("result has no quantization parameters")?;
@@ -550,6 +576,8 @@ fn quantized_epilogue(k: &mut Kernel, channels: usize, rows: usize, bias: Option
 /// when the weights or the bias are not constants, or the input is not per tensor (a
 /// per-row zero point cannot fold into a per-column bias).
 struct Packed {
+    /// The folded biases, for epilogues of channels known at compile time.
+    bias_values: Vec<i32>,
     weights: Value,
     /// I8 (for VNNI dot products) or I16.
     elem: Elem,
@@ -591,7 +619,7 @@ fn pack(k: &mut Kernel, channels: usize, len: usize, at: impl Fn(usize, usize) -
         (table(k, packed.iter().map(|v| v.to_le_bytes()))?, Elem::I16)
     };
     let bias = table(k, folded.iter().map(|v| v.to_le_bytes()))?;
-    Ok(Some(Packed { weights, elem, bias: Indexed { ptr: bias, elem: Elem::I32, si: 0, sj: 1 } }))
+    Ok(Some(Packed { bias_values: folded, weights, elem, bias: Indexed { ptr: bias, elem: Elem::I32, si: 0, sj: 1 } }))
 }
 
 /// Row-major positions of a box of `extents`.
@@ -674,7 +702,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
             match pack(k, m, kg, |c, t| c * kg + t)? {
                 Some(p) => {
                     (wptr, we, folded) = (p.weights, p.elem, true);
-                    (xz, None, quantized_epilogue(k, m, 1, Some(p.bias))?)
+                    (xz, None, quantized_epilogue(k, m, 1, Some(p.bias))?.with_bias_values(p.bias_values))
                 }
                 None => {
                     let wz = zero_point_table(k, &wq, true)?;
@@ -705,7 +733,9 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
     emit::for_dynamic(fb, samples, |fb, n| {
         let xn = emit::addr(fb, xptr, n, x_sample);
         let yn = emit::addr(fb, yptr, n, y_sample);
-        emit::for_count(fb, group as i64, |fb, g| {
+        // Groups are unrolled at compile time when there are few, so that each output
+        // channel's requantization constants are immediates.
+        let group_body = |fb: &mut FunctionBuilder, g: Value, g_static: Option<usize>| {
             let xg = emit::addr(fb, xn, g, (cg * in_count) as i64 * xe.bytes());
             if taps.len() <= UNROLL_TAPS {
                 // Straight-line gather: every tap's source offset is a compile-time constant.
@@ -732,14 +762,18 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
             if !float && simd_sides(&probe_w, &probe_x, kg).is_some() {
                 for b0 in (0..mg).step_by(4) {
                     let base = fb.ins().imul_imm_s(g, mg as i64);
-                    let chs: Vec<Value> = (b0..(b0 + 4).min(mg)).map(|c| fb.ins().iadd_imm_s(base, c as i64)).collect();
+                    let chs: Vec<(Value, Option<usize>)> =
+                        (b0..(b0 + 4).min(mg)).map(|c| (fb.ins().iadd_imm_s(base, c as i64), g_static.map(|gs| gs * mg + c))).collect();
                     let rows: Vec<Side> =
-                        chs.iter().map(|&ch| Side { base: emit::addr(fb, wptr, ch, kg as i64 * we.bytes()), step: we.bytes(), elem: we, zp: None }).collect();
+                        chs.iter().map(|&(ch, _)| Side { base: emit::addr(fb, wptr, ch, kg as i64 * we.bytes()), step: we.bytes(), elem: we, zp: None }).collect();
                     emit::for_count(fb, p as i64, |fb, pi| {
                         let col = emit::addr(fb, ws, pi, kg as i64 * xe.bytes());
                         let sums = dot_block(fb, &Side { base: col, step: xe.bytes(), elem: xe, zp: None }, &rows, kg);
-                        for (&ch, acc) in chs.iter().zip(sums) {
-                            let v = epilogue.apply(fb, acc, n, ch, ch);
+                        for (&(ch, known), acc) in chs.iter().zip(sums) {
+                            let v = match known {
+                                Some(c) => epilogue.apply_static(fb, acc, n, ch, c),
+                                None => epilogue.apply(fb, acc, n, ch, ch),
+                            };
                             let at = fb.ins().imul_imm_s(ch, p as i64);
                             let at = fb.ins().iadd(at, pi);
                             let addr = emit::addr(fb, yn, at, ye.bytes());
@@ -766,7 +800,15 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
                     ye.store(fb, v, addr);
                 });
             });
-        });
+        };
+        if group <= UNROLL_GROUPS {
+            for gi in 0..group {
+                let g = emit::iconst(fb, gi as i64);
+                group_body(fb, g, Some(gi));
+            }
+        } else {
+            emit::for_count(fb, group as i64, |fb, g| group_body(fb, g, None));
+        }
     });
     Ok(())
 }
@@ -849,7 +891,7 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<(), String> {
             match packed {
                 Some(p) => {
                     (bptr, be, b_sk, b_sj) = (p.weights, p.elem, 1, kk);
-                    (None, None, quantized_epilogue(k, n, m, Some(p.bias))?)
+                    (None, None, quantized_epilogue(k, n, m, Some(p.bias))?.with_bias_values(p.bias_values))
                 }
                 None => {
                     let (az, bz) = (zero_point_table(k, &aq, false)?, zero_point_table(k, &bq, true)?);
@@ -890,16 +932,16 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<(), String> {
                 let probe_b = Side { base: b_q, step: b_sk as i64 * be.bytes(), elem: be, zp: None };
                 if b_zp.is_none() && simd_sides(&probe_a, &probe_b, kk).is_some() {
                     for j0 in (0..n).step_by(4) {
-                        let cols: Vec<Value> = (j0..(j0 + 4).min(n)).map(|j| emit::iconst(fb, j as i64)).collect();
+                        let cols: Vec<usize> = (j0..(j0 + 4).min(n)).collect();
                         let rows: Vec<Side> = cols
                             .iter()
-                            .map(|&j| Side { base: emit::addr(fb, b_q, j, b_sj as i64 * be.bytes()), step: be.bytes(), elem: be, zp: None })
+                            .map(|&j| Side { base: fb.ins().iadd_imm_s(b_q, (j * b_sj) as i64 * be.bytes()), step: be.bytes(), elem: be, zp: None })
                             .collect();
                         let sums = dot_block(fb, &probe_a, &rows, kk);
                         for (&j, acc) in cols.iter().zip(sums) {
-                            let v = epilogue.apply(fb, acc, s, i, j);
+                            let v = epilogue.apply_static(fb, acc, s, i, j);
                             let at = fb.ins().imul_imm_s(i, n as i64);
-                            let at = fb.ins().iadd(at, j);
+                            let at = fb.ins().iadd_imm_s(at, j as i64);
                             let addr = emit::addr(fb, y_q, at, ye.bytes());
                             ye.store(fb, v, addr);
                         }
