@@ -23,7 +23,19 @@ use qlift_ir::{DType, OpKind, TensorType};
 
 /// The code emitted per output position: `(x offset of the window's first valid tap, y
 /// offset, divisor count, valid taps per axis)`.
-type Leaf<'a> = dyn FnMut(&mut FunctionBuilder, Value, Value, Value, &[Value]) + 'a;
+type Leaf<'a> = dyn FnMut(&mut FunctionBuilder, Value, Value, Value, &[Taps]) + 'a;
+
+/// The number of valid taps of a window along one axis: known at compile time when the
+/// window loops are unrolled, else read from the axis table at run time.
+#[derive(Clone, Copy)]
+enum Taps {
+    Known(i64),
+    Run(Value),
+}
+
+/// Planes whose windows hold at most this many taps in all are emitted as straight-line
+/// code (every offset, tap count and divisor a constant); larger ones loop over tables.
+const UNROLL_TAPS: usize = 1024;
 
 /// Bytes of one per-axis table entry: first offset, valid taps, divisor count (i64 each).
 const ENTRY: i64 = 24;
@@ -106,13 +118,37 @@ fn windows(k: &mut Kernel, axes: &[Axis], spatial: &[usize], out: &[usize], leaf
     }
     let samples = k.samples(batched);
     let planes = k.fb.ins().imul_imm_s(samples, channels);
+    let taps_per_plane: usize = axes.iter().map(|a| a.entries.iter().map(|e| e[1] as usize).sum::<usize>()).product();
     emit::for_dynamic(k.fb, planes, |fb, p| {
         let xo = fb.ins().imul_imm_s(p, in_count);
         let yo = fb.ins().imul_imm_s(p, out_count);
+        if taps_per_plane <= UNROLL_TAPS {
+            // Every output position of the plane with its window's constants.
+            for pos in positions(&axes.iter().map(|a| a.entries.len()).collect::<Vec<_>>()) {
+                let entries: Vec<[i64; 3]> = pos.iter().zip(axes).map(|(&o, a)| a.entries[o]).collect();
+                let first: i64 = entries.iter().map(|e| e[0]).sum();
+                let count: i64 = entries.iter().map(|e| e[2]).product();
+                let y_at: i64 = pos.iter().zip(&ystrides).map(|(&o, s)| o as i64 * s).sum();
+                let taps: Vec<Taps> = entries.iter().map(|e| Taps::Known(e[1])).collect();
+                let (x_at, y_at) = (fb.ins().iadd_imm_s(xo, first), fb.ins().iadd_imm_s(yo, y_at));
+                let count = emit::iconst(fb, count);
+                leaf(fb, x_at, y_at, count, &taps);
+            }
+            return;
+        }
         let one = emit::iconst(fb, 1);
         out_nest(fb, 0, axes, &tables, &ystrides, xo, yo, one, &mut Vec::new(), leaf);
     });
     Ok(())
+}
+
+/// Row-major positions of a box of `extents`.
+fn positions(extents: &[usize]) -> Vec<Vec<usize>> {
+    let mut all = vec![Vec::new()];
+    for &n in extents {
+        all = all.into_iter().flat_map(|p| (0..n).map(move |i| [p.clone(), vec![i]].concat())).collect();
+    }
+    all
 }
 
 /// The loop over output coordinate `a` and those inside it (see [`windows`]).
@@ -126,7 +162,7 @@ fn out_nest(
     xo: Value,
     yo: Value,
     count: Value,
-    taps: &mut Vec<Value>,
+    taps: &mut Vec<Taps>,
     leaf: &mut Leaf,
 ) {
     if a == axes.len() {
@@ -144,7 +180,7 @@ fn out_nest(
         let dy = fb.ins().imul_imm_s(o, ystride);
         let yo = fb.ins().iadd(yo, dy);
         let count = fb.ins().imul(count, c);
-        taps.push(n);
+        taps.push(Taps::Run(n));
         out_nest(fb, a + 1, axes, tables, ystrides, xo, yo, count, taps, leaf);
         taps.pop();
     });
@@ -152,18 +188,28 @@ fn out_nest(
 
 /// The loops over a window's valid taps, axis by axis (row-major, the interpreter's
 /// order); `body` gets each tap's input offset.
-fn tap_nest(fb: &mut FunctionBuilder, a: usize, taps: &[Value], axes: &[Axis], xo: Value, body: &mut dyn FnMut(&mut FunctionBuilder, Value)) {
+fn tap_nest(fb: &mut FunctionBuilder, a: usize, taps: &[Taps], axes: &[Axis], xo: Value, body: &mut dyn FnMut(&mut FunctionBuilder, Value)) {
     if a == taps.len() {
         body(fb, xo);
         return;
     }
     let step = axes[a].step;
-    let zero = emit::iconst(fb, 0);
-    emit::for_range(fb, zero, taps[a], 1, |fb, t| {
-        let d = fb.ins().imul_imm_s(t, step);
-        let xo = fb.ins().iadd(xo, d);
-        tap_nest(fb, a + 1, taps, axes, xo, body);
-    });
+    match taps[a] {
+        Taps::Known(n) => {
+            for t in 0..n {
+                let xo = fb.ins().iadd_imm_s(xo, t * step);
+                tap_nest(fb, a + 1, taps, axes, xo, body);
+            }
+        }
+        Taps::Run(n) => {
+            let zero = emit::iconst(fb, 0);
+            emit::for_range(fb, zero, n, 1, |fb, t| {
+                let d = fb.ins().imul_imm_s(t, step);
+                let xo = fb.ins().iadd(xo, d);
+                tap_nest(fb, a + 1, taps, axes, xo, body);
+            });
+        }
+    }
 }
 
 /// The initial accumulator of a reduction.
