@@ -26,7 +26,7 @@ use super::{requant, Kernel, Operand};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder, Type, Value};
-use cranelift_frontend::FunctionBuilder;
+use cranelift_frontend::{FunctionBuilder, Variable};
 use qlift_ir::fixed_point::Requant;
 use qlift_ir::{DType, Dim, OpKind, QuantParams};
 
@@ -269,17 +269,7 @@ fn dot_block(fb: &mut FunctionBuilder, narrow: &Side, wides: &[Side], len: usize
         return dot_block_vnni(fb, narrow, wides, len);
     }
     let chunks = len / 8;
-    let zero = fb.ins().iconst(types::I32, 0);
-    let init = fb.ins().splat(types::I32X4, zero);
-    let accs: Vec<_> = wides
-        .iter()
-        .map(|_| {
-            let v = fb.declare_var(types::I32X4);
-            fb.def_var(v, init);
-            v
-        })
-        .collect();
-    let step = |fb: &mut FunctionBuilder, offset: Value| {
+    let vs = accumulate(fb, wides.len(), chunks, 8, |fb, offset, accs| {
         let na = fb.ins().iadd(narrow.base, offset);
         let x = match narrow.elem {
             Elem::U8 => fb.ins().uload8x8(emit::mem(), na, 0),
@@ -287,7 +277,7 @@ fn dot_block(fb: &mut FunctionBuilder, narrow: &Side, wides: &[Side], len: usize
         };
         let twice = fb.ins().iadd(offset, offset);
         let (xl, xh) = (fb.ins().swiden_low(x), fb.ins().swiden_high(x));
-        for (wide, &acc) in wides.iter().zip(&accs) {
+        for (wide, &acc) in wides.iter().zip(accs) {
             let wa = fb.ins().iadd(wide.base, twice);
             let w = fb.ins().load(types::I16X8, emit::mem(), wa, 0);
             let (wl, wh) = (fb.ins().swiden_low(w), fb.ins().swiden_high(w));
@@ -298,19 +288,7 @@ fn dot_block(fb: &mut FunctionBuilder, narrow: &Side, wides: &[Side], len: usize
             let sum = fb.ins().iadd(sum, pairs);
             fb.def_var(acc, sum);
         }
-    };
-    if chunks <= UNROLL_CHUNKS {
-        for c in 0..chunks {
-            let offset = emit::iconst(fb, (c * 8) as i64);
-            step(fb, offset);
-        }
-    } else {
-        emit::for_count(fb, chunks as i64, |fb, c| {
-            let offset = fb.ins().imul_imm_s(c, 8);
-            step(fb, offset);
-        });
-    }
-    let vs: Vec<Value> = accs.iter().map(|&a| fb.use_var(a)).collect();
+    });
     reduce_and_tail(fb, narrow, wides, vs, chunks * 8, len)
 }
 
@@ -320,20 +298,10 @@ fn dot_block(fb: &mut FunctionBuilder, narrow: &Side, wides: &[Side], len: usize
 /// widening dot-accumulate tree"); a scalar tail for `len % 16`.
 fn dot_block_vnni(fb: &mut FunctionBuilder, narrow: &Side, wides: &[Side], len: usize) -> Vec<Value> {
     let chunks = len / 16;
-    let zero = fb.ins().iconst(types::I32, 0);
-    let init = fb.ins().splat(types::I32X4, zero);
-    let accs: Vec<_> = wides
-        .iter()
-        .map(|_| {
-            let v = fb.declare_var(types::I32X4);
-            fb.def_var(v, init);
-            v
-        })
-        .collect();
-    let step = |fb: &mut FunctionBuilder, offset: Value| {
+    let vs = accumulate(fb, wides.len(), chunks, 16, |fb, offset, accs| {
         let na = fb.ins().iadd(narrow.base, offset);
         let b = fb.ins().load(types::I8X16, emit::mem(), na, 0);
-        for (wide, &acc) in wides.iter().zip(&accs) {
+        for (wide, &acc) in wides.iter().zip(accs) {
             let wa = fb.ins().iadd(wide.base, offset);
             let a = fb.ins().load(types::I8X16, emit::mem(), wa, 0);
             let (al, bl) = (fb.ins().swiden_low(a), fb.ins().uwiden_low(b));
@@ -349,20 +317,34 @@ fn dot_block_vnni(fb: &mut FunctionBuilder, narrow: &Side, wides: &[Side], len: 
             let sum = fb.ins().iadd(quads, sum);
             fb.def_var(acc, sum);
         }
-    };
+    });
+    reduce_and_tail(fb, narrow, wides, vs, chunks * 16, len)
+}
+
+/// `count` i32x4 accumulators, zeroed, then `step(offset, accumulators)` for every chunk of
+/// `chunk` bytes (unrolled up to [`UNROLL_CHUNKS`], else a loop); returns their values.
+fn accumulate(fb: &mut FunctionBuilder, count: usize, chunks: usize, chunk: i64, step: impl Fn(&mut FunctionBuilder, Value, &[Variable])) -> Vec<Value> {
+    let zero = fb.ins().iconst(types::I32, 0);
+    let init = fb.ins().splat(types::I32X4, zero);
+    let accs: Vec<Variable> = (0..count)
+        .map(|_| {
+            let v = fb.declare_var(types::I32X4);
+            fb.def_var(v, init);
+            v
+        })
+        .collect();
     if chunks <= UNROLL_CHUNKS {
         for c in 0..chunks {
-            let offset = emit::iconst(fb, (c * 16) as i64);
-            step(fb, offset);
+            let offset = emit::iconst(fb, c as i64 * chunk);
+            step(fb, offset, &accs);
         }
     } else {
         emit::for_count(fb, chunks as i64, |fb, c| {
-            let offset = fb.ins().imul_imm_s(c, 16);
-            step(fb, offset);
+            let offset = fb.ins().imul_imm_s(c, chunk);
+            step(fb, offset, &accs);
         });
     }
-    let vs: Vec<Value> = accs.iter().map(|&a| fb.use_var(a)).collect();
-    reduce_and_tail(fb, narrow, wides, vs, chunks * 16, len)
+    accs.iter().map(|&a| fb.use_var(a)).collect()
 }
 
 /// The lane sums of `accs` (one i32x4 per weight row) plus the scalar products of

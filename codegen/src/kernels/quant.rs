@@ -251,57 +251,6 @@ fn broadcast_strides(x: &Operand, out: &[usize]) -> Result<(Vec<i64>, i64), Stri
     Ok((strides, if x.batched() { x.per_sample() as i64 } else { 0 }))
 }
 
-/// Nested counted loops over `extents`, each operand's element offset advancing by its
-/// stride on that axis; `body` gets the offsets at the innermost point.
-fn nest(fb: &mut FunctionBuilder, extents: &[i64], strides: &[Vec<i64>], offsets: Vec<Value>, body: &mut dyn FnMut(&mut FunctionBuilder, &[Value])) {
-    let Some((&n, rest)) = extents.split_first() else {
-        body(fb, &offsets);
-        return;
-    };
-    emit::for_count(fb, n, |fb, i| {
-        let inner: Vec<Value> = offsets
-            .iter()
-            .zip(strides)
-            .map(|(&o, s)| match s[0] {
-                0 => o,
-                1 => fb.ins().iadd(o, i),
-                st => {
-                    let d = fb.ins().imul_imm_s(i, st);
-                    fb.ins().iadd(o, d)
-                }
-            })
-            .collect();
-        let tails: Vec<Vec<i64>> = strides.iter().map(|s| s[1..].to_vec()).collect();
-        nest(fb, rest, &tails, inner, body);
-    });
-}
-
-/// Drops unit axes and merges an axis into the next when every operand steps over it as
-/// over one contiguous run (`stride[j] == stride[j+1] · extent[j+1]`), so that same-shape
-/// or channel-broadcast operands become one or two flat loops.
-fn collapse(extents: &[usize], strides: &[Vec<i64>]) -> (Vec<i64>, Vec<Vec<i64>>) {
-    let keep: Vec<usize> = (0..extents.len()).filter(|&j| extents[j] != 1).collect();
-    let mut ext: Vec<i64> = Vec::new();
-    let mut st: Vec<Vec<i64>> = vec![Vec::new(); strides.len()];
-    for &j in &keep {
-        let e = extents[j] as i64;
-        // Merge the previous (outer) axis into this one if every operand allows it.
-        let mergeable = !ext.is_empty() && strides.iter().zip(&st).all(|(s, prev)| *prev.last().unwrap() == s[j] * e);
-        if mergeable {
-            *ext.last_mut().unwrap() *= e;
-            for (prev, s) in st.iter_mut().zip(strides) {
-                *prev.last_mut().unwrap() = s[j];
-            }
-        } else {
-            ext.push(e);
-            for (prev, s) in st.iter_mut().zip(strides) {
-                prev.push(s[j]);
-            }
-        }
-    }
-    (ext, st)
-}
-
 /// QAdd: `clamp(zy + ((ta·ma + tb·mb + 2^(s-1)) >> s))` on centered terms with one shared
 /// shift ([`SumRequant`]), broadcasting both operands to the result with compile-time strides.
 pub(super) fn qadd(k: &mut Kernel) -> Result<(), String> {
@@ -319,15 +268,15 @@ pub(super) fn qadd(k: &mut Kernel) -> Result<(), String> {
         sy_dims[j] = acc;
         acc *= out[j] as i64;
     }
-    let (ext, strides) = collapse(&out, &[sa_dims, sb_dims, sy_dims]);
+    let (ext, strides) = emit::coalesce(&out, &[sa_dims, sb_dims, sy_dims]);
     let ydtype = y.ty.dtype;
     let ys = y.per_sample() as i64;
     let (ap, adt, bp, bdt, yp) = (a.ptr, a.ty.dtype, b.ptr, b.ty.dtype, y.ptr);
     let batched = y.batched();
     let samples = k.samples(batched);
     emit::for_dynamic(k.fb, samples, |fb, s| {
-        let offsets = vec![fb.ins().imul_imm_s(s, sa_sample), fb.ins().imul_imm_s(s, sb_sample), fb.ins().imul_imm_s(s, ys)];
-        nest(fb, &ext, &strides, offsets, &mut |fb, o| {
+        let offsets = [fb.ins().imul_imm_s(s, sa_sample), fb.ins().imul_imm_s(s, sb_sample), fb.ins().imul_imm_s(s, ys)];
+        emit::for_strided(fb, &ext, &strides, &offsets, &mut |fb, o| {
             let va = load_int(fb, adt, ap, o[0]);
             let vb = load_int(fb, bdt, bp, o[1]);
             let ta = fb.ins().iadd_imm_s(va, -(za as i64));
