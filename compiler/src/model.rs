@@ -72,8 +72,10 @@ impl CompiledModel {
         Ok(CompiledModel { graph: lowered, executor, compile_time: start.elapsed(), quantized })
     }
 
-    /// Compiles an imported (verified) graph.
+    /// Compiles a graph (imported, built or parsed); it is verified first, so an invalid one
+    /// is a verifier error naming its nodes, not an internal error of a pass.
     pub fn from_graph(graph: &Graph, calibration: Option<&[Tensor]>, opts: &CompileOptions) -> Result<CompiledModel, Error> {
+        qlift_ir::verify(graph)?;
         Self::build(graph.clone(), calibration, opts, Instant::now())
     }
 

@@ -351,3 +351,166 @@ fn huge_intermediate_values_are_refused_at_import() {
         e => panic!("{e}"),
     }
 }
+
+// ---- Limits: every one configured in `Limits` is enforced; nesting cannot exhaust the stack.
+
+/// Appends `v` as a protobuf varint.
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn varint_len(v: u64) -> u64 {
+    let mut buf = vec![];
+    varint(&mut buf, v);
+    buf.len() as u64
+}
+
+/// A message nested through `fields` (length-delimited field numbers, outermost first): the
+/// lengths are computed inside out, the bytes written outside in (no quadratic copying).
+fn nested(fields: &[u64]) -> Vec<u8> {
+    let mut lens = vec![0u64; fields.len() + 1];
+    for i in (0..fields.len()).rev() {
+        let tag = fields[i] << 3 | 2;
+        lens[i] = varint_len(tag) + varint_len(lens[i + 1]) + lens[i + 1];
+    }
+    let mut out = Vec::with_capacity(lens[0] as usize);
+    for (i, &f) in fields.iter().enumerate() {
+        varint(&mut out, f << 3 | 2);
+        varint(&mut out, lens[i + 1]);
+    }
+    out
+}
+
+#[test]
+fn deeply_nested_protobuf_is_an_error_not_a_stack_overflow() {
+    // ModelProto.graph(7) → GraphProto.node(1) → NodeProto.attribute(5) → AttributeProto.g(6)
+    // → GraphProto.node(1) → ... : subgraphs inside subgraphs.
+    for levels in [10usize, 40, 100_000] {
+        let mut fields = vec![7];
+        for _ in 0..levels {
+            fields.extend([1, 5, 6]);
+        }
+        let m = nested(&fields);
+        let r = std::panic::catch_unwind(|| load_onnx_bytes(&m, None, &ImportOptions::default()));
+        let e = r.unwrap_or_else(|_| panic!("panic at nesting depth {levels}")).expect_err("a nest of empty subgraphs loaded");
+        if levels > 100 {
+            // protobuf's recursion limit (100 messages) stops it while decoding.
+            assert!(matches!(e, Error::Decode(_)), "depth {levels}: {e}");
+        }
+    }
+    // Unknown fields are skipped, also nested groups (wire types 3/4) of an unknown field.
+    for depth in [10usize, 100_000] {
+        let mut m = bytes(&conv_model());
+        for _ in 0..depth {
+            varint(&mut m, 99 << 3 | 3);
+        }
+        for _ in 0..depth {
+            varint(&mut m, 99 << 3 | 4);
+        }
+        let r = std::panic::catch_unwind(|| load_onnx_bytes(&m, None, &ImportOptions::default()));
+        let r = r.unwrap_or_else(|_| panic!("panic on {depth} nested unknown groups"));
+        if depth > 100 {
+            assert!(matches!(r, Err(Error::Decode(_))), "{depth} nested groups: {:?}", r.err());
+        }
+    }
+}
+
+#[test]
+fn node_count_rank_and_total_constant_limits_apply() {
+    let mut opts = ImportOptions::default();
+    opts.limits.max_nodes = 1;
+    match load_onnx_bytes(&bytes(&conv_model()), None, &opts) {
+        Err(Error::Limit { what, value: 2, limit: 1 }) => assert!(what.contains("node count"), "{what}"),
+        other => panic!("{other:?}"),
+    }
+    // Each tensor under the per-tensor limit, together over the total.
+    let mut opts = ImportOptions::default();
+    opts.limits.max_total_bytes = 79; // w is 72 bytes, b 8
+    match load_onnx_bytes(&bytes(&conv_model()), None, &opts) {
+        Err(Error::Limit { what, .. }) => assert!(what.contains("total constant data"), "{what}"),
+        other => panic!("{other:?}"),
+    }
+    // Rank: of a graph input and of an initializer.
+    let mut m = conv_model();
+    m.graph.as_mut().unwrap().input[0] = value_info("x", FLOAT, &["N", "1", "1", "1", "1", "1", "1", "4", "4"]);
+    match err(&m) {
+        Error::Value { name, message } => assert!(name == "x" && message.contains("rank 9"), "{name}: {message}"),
+        e => panic!("{e}"),
+    }
+    let mut m = conv_model();
+    m.graph.as_mut().unwrap().initializer[0] = f32_tensor("w", &[2, 1, 3, 3, 1, 1, 1, 1, 1], &[0.5; 18]);
+    let e = err(&m);
+    assert!(e.to_string().contains("`w`") && e.to_string().contains("rank 9"), "{e}");
+}
+
+#[test]
+fn absurd_graph_input_dims_are_refused() {
+    for dims in [["N", "1", "1099511627776", "1099511627776"], ["N", "1", "-4", "4"], ["N", "1", "9223372036854775807", "4"]] {
+        let mut m = conv_model();
+        m.graph.as_mut().unwrap().input[0] = value_info("x", FLOAT, &dims);
+        let r = std::panic::catch_unwind(|| load(&m)).unwrap_or_else(|_| panic!("{dims:?} panicked"));
+        let e = r.expect_err("absurd input dims were accepted");
+        assert!(!e.is_internal(), "{dims:?}: {e}");
+    }
+}
+
+#[test]
+fn external_data_offsets_and_lengths_cannot_overflow() {
+    let dir = temp_dir("external-overflow");
+    let weights: Vec<u8> = [0.5f32; 18].iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(dir.join("w.bin"), &weights).unwrap();
+    for (offset, length, complaint) in [
+        (Some(u64::MAX), None, "runs past the end"),
+        (Some(u64::MAX - 8), None, "runs past the end"),
+        (None, Some(u64::MAX), "disagrees"),
+        (None, Some(1 << 40), "disagrees"),
+    ] {
+        let mut m = external_model("w.bin", offset);
+        if let Some(l) = length {
+            let mut e = StringStringEntryProto::new();
+            e.key = "length".into();
+            e.value = l.to_string();
+            m.graph.as_mut().unwrap().initializer[0].external_data.push(e);
+        }
+        let path = write_model(&dir, &m);
+        match std::panic::catch_unwind(|| load_onnx(&path, &ImportOptions::default())).expect("no panic") {
+            Err(Error::ExternalData { message, .. }) => assert!(message.contains(complaint), "{offset:?} {length:?}: {message}"),
+            other => panic!("{offset:?} {length:?}: {other:?}"),
+        }
+    }
+}
+
+/// `n` Relu/Sigmoid nodes in one dependency chain x → … → y.
+fn chain_model(n: usize) -> Vec<u8> {
+    let mut g = GraphProto::new();
+    g.name = "chain".into();
+    g.input.push(value_info("x", FLOAT, &["N", "4"]));
+    g.output.push(value_info("y", FLOAT, &["N", "4"]));
+    let name = |i: usize| if i == 0 { "x".to_string() } else if i == n { "y".to_string() } else { format!("v{i}") };
+    for i in 0..n {
+        g.node.push(node(if i % 2 == 0 { "Relu" } else { "Sigmoid" }, &format!("n{i}"), &[&name(i)], &[&name(i + 1)]));
+    }
+    bytes(&model(g, 13))
+}
+
+#[test]
+fn a_long_chain_of_nodes_does_not_recurse_deeply() {
+    // Import, verification and the interpreter walk 100,000 chained nodes: no recursion
+    // as deep as the graph (a test thread has a 2 MiB stack).
+    let x = [Tensor::from_f32(&[1, 4], vec![-1.0, 0.0, 1.0, f32::NAN])];
+    let graph = load_onnx_bytes(&chain_model(100_000), None, &ImportOptions::default()).unwrap();
+    let y = qlift_ir::interp::run(&graph, &x).unwrap();
+    assert_eq!(y[0].shape(), &[1, 4]);
+    // The rewrites and the JIT, on 500 (debug builds spend about 5 ms per node on them).
+    let m = chain_model(500);
+    let graph = load_onnx_bytes(&m, None, &ImportOptions::default()).unwrap();
+    let reference = qlift_ir::interp::run(&graph, &x).unwrap();
+    let model = qlift::CompiledModel::from_onnx_bytes(&m, None, &Default::default()).unwrap();
+    let y = model.run(&x).unwrap();
+    let (a, b) = (reference[0].as_f32().unwrap(), y[0].as_f32().unwrap());
+    assert!(a.iter().zip(b).all(|(a, b)| (a.is_nan() && b.is_nan()) || (a - b).abs() < 1e-6), "{a:?} vs {b:?}");
+}

@@ -60,6 +60,8 @@ pub fn bind_batch_to(graph_name: &str, declared: &[(&str, &TensorType)], inputs:
         });
     }
     let mut batch = None;
+    // The input that bound the batch, named by a batch-0 error.
+    let mut bound_by = graph_name;
     for (&(name, ty), t) in declared.iter().zip(inputs) {
         let bad = |message: String| IrError::Input { name: name.to_string(), message };
         if t.dtype() != ty.dtype {
@@ -74,7 +76,10 @@ pub fn bind_batch_to(graph_name: &str, declared: &[(&str, &TensorType)], inputs:
                     return Err(bad(format!("expected shape {}, got {:?} (axis {axis})", ty.shape, t.shape())))
                 }
                 Dim::Batch => match batch {
-                    None => batch = Some(n),
+                    None => {
+                        batch = Some(n);
+                        bound_by = name;
+                    }
                     Some(b) if b != n => {
                         return Err(bad(format!("batch size {n} disagrees with {b} bound by an earlier input")))
                     }
@@ -85,7 +90,7 @@ pub fn bind_batch_to(graph_name: &str, declared: &[(&str, &TensorType)], inputs:
         }
     }
     if batch == Some(0) {
-        return Err(IrError::Input { name: graph_name.to_string(), message: "batch size 0".to_string() });
+        return Err(IrError::Input { name: bound_by.to_string(), message: "batch size 0 (empty tensors are refused)".to_string() });
     }
     Ok(batch.unwrap_or(1))
 }
