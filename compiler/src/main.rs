@@ -275,6 +275,13 @@ struct BenchArgs {
     /// Print one JSON object (median_ms, p90_ms, min_ms, compile_ms, gmacs, ...).
     #[arg(long)]
     json: bool,
+    /// Use VNNI `vpdpbusd` dot products where the CPU has them (off by default: slower
+    /// than `pmaddwd` on the AMD EPYC measured, see PERFORMANCE.md).
+    #[arg(long)]
+    vnni: bool,
+    /// Generate baseline x86-64 code (SSE2), ignoring the CPU's features.
+    #[arg(long)]
+    baseline_isa: bool,
 }
 
 fn main() -> ExitCode {
@@ -416,6 +423,11 @@ fn bind_inputs(graph: &Graph, args: &[String]) -> Result<Vec<Tensor>> {
 /// Loads, lowers (quantizing with `--calib`) and compiles a model for `engine`, running
 /// each call on up to `threads` threads.
 fn compile_model(path: &Path, quant: &QuantArgs, engine: EngineArg, threads: usize) -> Result<CompiledModel> {
+    compile_model_with(path, quant, engine, threads, &qlift::CodegenOptions::default())
+}
+
+/// [`compile_model`] with code generation options.
+fn compile_model_with(path: &Path, quant: &QuantArgs, engine: EngineArg, threads: usize, codegen: &qlift::CodegenOptions) -> Result<CompiledModel> {
     let start = Instant::now();
     let graph = load_model(path)?;
     let calibrated = !quant.calib.is_empty();
@@ -430,7 +442,7 @@ fn compile_model(path: &Path, quant: &QuantArgs, engine: EngineArg, threads: usi
     };
     // Quantized when it was calibrated here or already holds integer ops (a dumped int8 .qir).
     let quantized = calibrated || lowered.node_ids().any(|id| lowered.node(id).op.kind().is_some_and(|k| k.is_internal()));
-    let model = CompiledModel::from_lowered(lowered, quantized, &CompileOptions { engine, threads, ..Default::default() })
+    let model = CompiledModel::from_lowered(lowered, quantized, &CompileOptions { engine, threads, codegen: codegen.clone(), ..Default::default() })
         .with_context(|| format!("compiling {}", path.display()))?;
     eprintln!(
         "compiled {} ({}, {}) in {:.0} ms",
@@ -593,7 +605,8 @@ fn bench(args: &BenchArgs) -> Result<()> {
         bail!("--iters, --threads and --callers must be at least 1");
     }
     let start = Instant::now();
-    let model = compile_model(&args.model, &args.quant, args.engine, args.threads)?;
+    let codegen = qlift::CodegenOptions { vnni: args.vnni, baseline_isa: args.baseline_isa, ..Default::default() };
+    let model = compile_model_with(&args.model, &args.quant, args.engine, args.threads, &codegen)?;
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
     let inputs = bind_inputs(model.graph(), &args.inputs)?;
     let batch = inputs.first().and_then(|t| t.shape().first().copied()).unwrap_or(1);

@@ -185,6 +185,11 @@ fn dot(fb: &mut FunctionBuilder, a: &Side, b: &Side, len: usize) -> Value {
 /// constant offsets (two instructions a tap); larger ones loop over a table of offsets.
 const UNROLL_TAPS: usize = 4096;
 
+/// Output positions per tile of the packed-weight convolution loop: each weight load then
+/// serves this many positions (and each activation load four channels). Two keeps a tile's
+/// accumulators and operands within the 16 vector registers.
+const TILE_ROWS: usize = 2;
+
 /// Convolutions with up to this many groups emit each group's code separately (channels,
 /// and so their requantization constants, become compile-time values); more loop.
 const UNROLL_GROUPS: usize = 32;
@@ -254,71 +259,75 @@ fn simd_sides<'s>(a: &'s Side, b: &'s Side, len: usize) -> Option<(&'s Side, &'s
 
 fn dot_i16x8(fb: &mut FunctionBuilder, a: &Side, b: &Side, len: usize) -> Option<Value> {
     let (wide, narrow) = simd_sides(a, b, len)?;
-    Some(dot_block(fb, narrow, std::slice::from_ref(wide), len)[0])
+    Some(dot_block(fb, std::slice::from_ref(narrow), std::slice::from_ref(wide), len)[0])
 }
 
-/// Dot products of one row of 8-bit activations with up to four rows of packed i16 weights
-/// (several output channels share each activation load): 8 products per step as `pmaddwd`
-/// (i16 × i16 pairs summed into i32x4, exact — Cranelift selects it for
+/// Dot products of a tile: up to four rows of 8-bit activations (`narrows`) against up to
+/// four rows of packed weights (`wides`), every pair; results row-major `[narrow][wide]`.
+/// Each load serves a whole row or column of the tile. With i16 weights: 8 products per
+/// step as `pmaddwd` (i16 × i16 pairs summed into i32x4, exact — Cranelift selects it for
 /// `iadd_pairwise(imul(swiden_low, swiden_low), imul(swiden_high, swiden_high))`), the
-/// activations widened by `uload8x8`/`sload8x8`, the lanes reduced with pairwise adds, a
-/// scalar tail for `len % 8`. The same wrapping i32 sums as the scalar loop (lane sums and
-/// final sums wrap alike).
-fn dot_block(fb: &mut FunctionBuilder, narrow: &Side, wides: &[Side], len: usize) -> Vec<Value> {
-    if wides.first().is_some_and(|w| w.elem == Elem::I8) {
-        return dot_block_vnni(fb, narrow, wides, len);
-    }
-    let chunks = len / 8;
-    let vs = accumulate(fb, wides.len(), chunks, 8, |fb, offset, accs| {
-        let na = fb.ins().iadd(narrow.base, offset);
-        let x = match narrow.elem {
-            Elem::U8 => fb.ins().uload8x8(emit::mem(), na, 0),
-            _ => fb.ins().sload8x8(emit::mem(), na, 0),
-        };
-        let twice = fb.ins().iadd(offset, offset);
-        let (xl, xh) = (fb.ins().swiden_low(x), fb.ins().swiden_high(x));
-        for (wide, &acc) in wides.iter().zip(accs) {
-            let wa = fb.ins().iadd(wide.base, twice);
-            let w = fb.ins().load(types::I16X8, emit::mem(), wa, 0);
+/// activations widened by `uload8x8`/`sload8x8`. With i8 weights (VNNI): 16 products per step
+/// as the exact tree Cranelift folds into one `vpdpbusd` (u8×i8 products, exact in i16,
+/// summed four at a time into i32 lanes — `lower.isle`, "AVX-VNNI: fold the u8*i8 widening
+/// dot-accumulate tree"). Lanes reduced with pairwise adds, a scalar tail for the rest. The
+/// same wrapping i32 sums as the scalar loop (lane sums and final sums wrap alike).
+fn dot_block(fb: &mut FunctionBuilder, narrows: &[Side], wides: &[Side], len: usize) -> Vec<Value> {
+    let vnni = wides.first().is_some_and(|w| w.elem == Elem::I8);
+    let chunk = if vnni { 16 } else { 8 };
+    let chunks = len / chunk;
+    let vs = accumulate(fb, narrows.len() * wides.len(), chunks, chunk as i64, |fb, offset, accs| {
+        // The activation rows of this chunk (widened once for pmaddwd).
+        let xs: Vec<(Value, Value, Value)> = narrows
+            .iter()
+            .map(|narrow| {
+                let na = fb.ins().iadd(narrow.base, offset);
+                if vnni {
+                    let b = fb.ins().load(types::I8X16, emit::mem(), na, 0);
+                    (b, b, b)
+                } else {
+                    let x = match narrow.elem {
+                        Elem::U8 => fb.ins().uload8x8(emit::mem(), na, 0),
+                        _ => fb.ins().sload8x8(emit::mem(), na, 0),
+                    };
+                    (x, fb.ins().swiden_low(x), fb.ins().swiden_high(x))
+                }
+            })
+            .collect();
+        let woff = if vnni { offset } else { fb.ins().iadd(offset, offset) };
+        for (j, wide) in wides.iter().enumerate() {
+            let wa = fb.ins().iadd(wide.base, woff);
+            let w = fb.ins().load(if vnni { types::I8X16 } else { types::I16X8 }, emit::mem(), wa, 0);
             let (wl, wh) = (fb.ins().swiden_low(w), fb.ins().swiden_high(w));
-            let lo = fb.ins().imul(xl, wl);
-            let hi = fb.ins().imul(xh, wh);
-            let pairs = fb.ins().iadd_pairwise(lo, hi);
-            let sum = fb.use_var(acc);
-            let sum = fb.ins().iadd(sum, pairs);
-            fb.def_var(acc, sum);
+            for (i, &(b, xl, xh)) in xs.iter().enumerate() {
+                let acc = accs[i * wides.len() + j];
+                let sum = fb.use_var(acc);
+                let sum = if vnni {
+                    let (bl, bh) = (fb.ins().uwiden_low(b), fb.ins().uwiden_high(b));
+                    let lo = fb.ins().imul(wl, bl);
+                    let hi = fb.ins().imul(wh, bh);
+                    let (lol, loh) = (fb.ins().swiden_low(lo), fb.ins().swiden_high(lo));
+                    let lo_pairs = fb.ins().iadd_pairwise(lol, loh);
+                    let (hil, hih) = (fb.ins().swiden_low(hi), fb.ins().swiden_high(hi));
+                    let hi_pairs = fb.ins().iadd_pairwise(hil, hih);
+                    let quads = fb.ins().iadd_pairwise(lo_pairs, hi_pairs);
+                    fb.ins().iadd(quads, sum)
+                } else {
+                    let lo = fb.ins().imul(xl, wl);
+                    let hi = fb.ins().imul(xh, wh);
+                    let pairs = fb.ins().iadd_pairwise(lo, hi);
+                    fb.ins().iadd(sum, pairs)
+                };
+                fb.def_var(acc, sum);
+            }
         }
     });
-    reduce_and_tail(fb, narrow, wides, vs, chunks * 8, len)
-}
-
-/// [`dot_block`] for u8 activations and i8 weights on a VNNI target: 16 products per step,
-/// written as the exact tree Cranelift folds into one `vpdpbusd` (u8×i8 products, exact in
-/// i16, summed four at a time into i32 lanes — see `lower.isle`, "AVX-VNNI: fold the u8*i8
-/// widening dot-accumulate tree"); a scalar tail for `len % 16`.
-fn dot_block_vnni(fb: &mut FunctionBuilder, narrow: &Side, wides: &[Side], len: usize) -> Vec<Value> {
-    let chunks = len / 16;
-    let vs = accumulate(fb, wides.len(), chunks, 16, |fb, offset, accs| {
-        let na = fb.ins().iadd(narrow.base, offset);
-        let b = fb.ins().load(types::I8X16, emit::mem(), na, 0);
-        for (wide, &acc) in wides.iter().zip(accs) {
-            let wa = fb.ins().iadd(wide.base, offset);
-            let a = fb.ins().load(types::I8X16, emit::mem(), wa, 0);
-            let (al, bl) = (fb.ins().swiden_low(a), fb.ins().uwiden_low(b));
-            let lo = fb.ins().imul(al, bl);
-            let (ah, bh) = (fb.ins().swiden_high(a), fb.ins().uwiden_high(b));
-            let hi = fb.ins().imul(ah, bh);
-            let (lol, loh) = (fb.ins().swiden_low(lo), fb.ins().swiden_high(lo));
-            let lo_pairs = fb.ins().iadd_pairwise(lol, loh);
-            let (hil, hih) = (fb.ins().swiden_low(hi), fb.ins().swiden_high(hi));
-            let hi_pairs = fb.ins().iadd_pairwise(hil, hih);
-            let quads = fb.ins().iadd_pairwise(lo_pairs, hi_pairs);
-            let sum = fb.use_var(acc);
-            let sum = fb.ins().iadd(quads, sum);
-            fb.def_var(acc, sum);
-        }
-    });
-    reduce_and_tail(fb, narrow, wides, vs, chunks * 16, len)
+    let mut totals = Vec::with_capacity(vs.len());
+    for (i, narrow) in narrows.iter().enumerate() {
+        let row = vs[i * wides.len()..(i + 1) * wides.len()].to_vec();
+        totals.extend(reduce_and_tail(fb, narrow, wides, row, chunks * chunk, len));
+    }
+    totals
 }
 
 /// `count` i32x4 accumulators, zeroed, then `step(offset, accumulators)` for every chunk of
@@ -748,20 +757,39 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
                         (b0..(b0 + 4).min(mg)).map(|c| (fb.ins().iadd_imm_s(base, c as i64), g_static.map(|gs| gs * mg + c))).collect();
                     let rows: Vec<Side> =
                         chs.iter().map(|&(ch, _)| Side { base: emit::addr(fb, wptr, ch, kg as i64 * we.bytes()), step: we.bytes(), elem: we, zp: None }).collect();
-                    emit::for_count(fb, p as i64, |fb, pi| {
-                        let col = emit::addr(fb, ws, pi, kg as i64 * xe.bytes());
-                        let sums = dot_block(fb, &Side { base: col, step: xe.bytes(), elem: xe, zp: None }, &rows, kg);
-                        for (&(ch, known), acc) in chs.iter().zip(sums) {
-                            let v = match known {
-                                Some(c) => epilogue.apply_static(fb, acc, n, ch, c),
-                                None => epilogue.apply(fb, acc, n, ch, ch),
-                            };
-                            let at = fb.ins().imul_imm_s(ch, p as i64);
-                            let at = fb.ins().iadd(at, pi);
-                            let addr = emit::addr(fb, yn, at, ye.bytes());
-                            ye.store(fb, v, addr);
+                    // Tiles of TILE_ROWS output positions × the block's channels.
+                    let tile = |fb: &mut FunctionBuilder, pi0: Value, count: usize| {
+                        let cols: Vec<Side> = (0..count)
+                            .map(|r| {
+                                let pi = fb.ins().iadd_imm_s(pi0, r as i64);
+                                Side { base: emit::addr(fb, ws, pi, kg as i64 * xe.bytes()), step: xe.bytes(), elem: xe, zp: None }
+                            })
+                            .collect();
+                        let sums = dot_block(fb, &cols, &rows, kg);
+                        for r in 0..count {
+                            let pi = fb.ins().iadd_imm_s(pi0, r as i64);
+                            for (c, &(ch, known)) in chs.iter().enumerate() {
+                                let acc = sums[r * chs.len() + c];
+                                let v = match known {
+                                    Some(c) => epilogue.apply_static(fb, acc, n, ch, c),
+                                    None => epilogue.apply(fb, acc, n, ch, ch),
+                                };
+                                let at = fb.ins().imul_imm_s(ch, p as i64);
+                                let at = fb.ins().iadd(at, pi);
+                                let addr = emit::addr(fb, yn, at, ye.bytes());
+                                ye.store(fb, v, addr);
+                            }
                         }
-                    });
+                    };
+                    let full = p / TILE_ROWS * TILE_ROWS;
+                    if full > 0 {
+                        let (zero, end) = (emit::iconst(fb, 0), emit::iconst(fb, full as i64));
+                        emit::for_range(fb, zero, end, TILE_ROWS as i64, |fb, pi0| tile(fb, pi0, TILE_ROWS));
+                    }
+                    if full < p {
+                        let pi0 = emit::iconst(fb, full as i64);
+                        tile(fb, pi0, p - full);
+                    }
                 }
                 return;
             }
@@ -919,7 +947,7 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<(), String> {
                             .iter()
                             .map(|&j| Side { base: fb.ins().iadd_imm_s(b_q, (j * b_sj) as i64 * be.bytes()), step: be.bytes(), elem: be, zp: None })
                             .collect();
-                        let sums = dot_block(fb, &probe_a, &rows, kk);
+                        let sums = dot_block(fb, std::slice::from_ref(&probe_a), &rows, kk);
                         for (&j, acc) in cols.iter().zip(sums) {
                             let v = epilogue.apply_static(fb, acc, s, i, j);
                             let at = fb.ins().imul_imm_s(i, n as i64);
