@@ -81,9 +81,12 @@ fn mutated_models_fail_cleanly() {
     assert_eq!(tried, 6 * PER_MODEL);
 }
 
-/// Mutations per model that go on through the whole compiler (debug builds JIT-compile
-/// slowly, so this is a sample; the fuzz target `compile` does the same at volume).
-const COMPILE_PER_MODEL: usize = 60;
+/// Mutations per model that go on through the whole compiler: a sample of 60 by default
+/// (debug builds JIT-compile slowly); `.ci/run` also runs 1,000 per model in a release build
+/// (`QLIFT_COMPILE_MUTATIONS`). The fuzz target `compile` does the same at volume.
+fn compile_per_model() -> usize {
+    std::env::var("QLIFT_COMPILE_MUTATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(60)
+}
 
 /// The importable mutations of all eight bundled models (fp32, QDQ and QOperator) also go
 /// through `CompiledModel::from_onnx_bytes` (rewrites and JIT compilation) and, when they
@@ -102,7 +105,7 @@ fn mutated_models_compile_and_run_or_fail_cleanly() {
     let mut errors: std::collections::BTreeMap<String, usize> = Default::default();
     for name in models {
         let original = std::fs::read(dir.join(format!("{name}.onnx"))).unwrap();
-        for i in 0..COMPILE_PER_MODEL {
+        for i in 0..compile_per_model() {
             let bytes = mutate(&original, &mut rng);
             tried += 1;
             if load_onnx_bytes(&bytes, None, &ImportOptions::default()).is_err() {
@@ -133,6 +136,6 @@ fn mutated_models_compile_and_run_or_fail_cleanly() {
         }
     }
     eprintln!("compile mutations tried: {tried}, imported: {imported}, compiled: {compiled}, ran: {ran}, panics: 0; errors by kind: {errors:?}");
-    assert_eq!(tried, models.len() * COMPILE_PER_MODEL);
+    assert_eq!(tried, models.len() * compile_per_model());
     assert!(compiled > 0, "no mutated model compiled: the sample tests nothing");
 }
