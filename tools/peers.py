@@ -60,6 +60,7 @@ def main():
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--row", action="store_true", help="print one markdown row: model, batch, threads, latencies, qlift's ratios")
     args = ap.parse_args()
     x = np.load(args.input)
     int8 = args.int8 or args.model.replace(".onnx", ".qdq.onnx")
@@ -77,6 +78,14 @@ def main():
                           for n, m in rows]}
     if args.json:
         print(json.dumps(result))
+        return
+    if args.row:
+        e = {x["engine"]: x["median_ms"] for x in result["engines"]}
+        q = next((m for n, m in e.items() if n.startswith("qlift")), None)
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
+        ratio = lambda a, b: "n/a" if a is None or b is None else f"{a / b:.2f}"
+        print(f"| {result['model'].replace('.onnx', '')} | {result['batch']} | {args.threads} | {fmt(q)} | {fmt(e['ORT int8'])} | "
+              f"{fmt(e['ORT fp32'])} | {fmt(e.get('tract fp32'))} | {ratio(q, e['ORT int8'])} | {ratio(q, e['ORT fp32'])} |")
         return
     print(f"{result['model']}, batch {result['batch']}, {args.threads} thread(s)")
     print("| engine | median ms | × ORT int8 | × ORT fp32 |")
