@@ -37,7 +37,12 @@ pub fn target_isa(opts: &CodegenOptions) -> Result<OwnedTargetIsa, CodegenError>
         None => cranelift_native::builder_with_options(!opts.baseline_isa).map_err(|m| target_error("host", m.to_string()))?,
         Some(t) => {
             let triple = Triple::from_str(t).map_err(|e| target_error(t, e.to_string()))?;
-            cranelift_codegen::isa::lookup(triple).map_err(|e| target_error(t, e.to_string()))?
+            cranelift_codegen::isa::lookup(triple).map_err(|e| match e {
+                cranelift_codegen::isa::LookupError::SupportDisabled => {
+                    target_error(t, "not supported: this build of qlift generates x86-64 code only (Linux, macOS or Windows object files)".into())
+                }
+                other => target_error(t, other.to_string()),
+            })?
         }
     };
     builder.finish(flags).map_err(|e| target_error(opts.target.as_deref().unwrap_or("host"), e.to_string()))
