@@ -35,7 +35,7 @@ pub struct CompileOptions {
 }
 
 enum Executor {
-    Jit(JitProgram),
+    Jit(Box<JitProgram>),
     Interpreter,
 }
 
@@ -94,7 +94,7 @@ impl CompiledModel {
             Engine::Jit => {
                 let mut program = JitProgram::compile(lowered, &opts.codegen)?;
                 program.set_threads(opts.threads);
-                Executor::Jit(program)
+                Executor::Jit(Box::new(program))
             }
             Engine::Interpreter => Executor::Interpreter,
         })

@@ -4,7 +4,6 @@
 
 use qlift::npy::read_npy;
 use qlift::{CompileOptions, CompiledModel};
-use qlift_ir::Tensor;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 

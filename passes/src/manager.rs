@@ -23,12 +23,15 @@ pub struct Pass<'a> {
     kind: PassKind<'a>,
 }
 
+/// A graph-to-graph function (see [`Pass::transform`]).
+type GraphTransform<'a> = Box<dyn Fn(&Graph) -> Result<Graph, PassError> + 'a>;
+
 /// How a pass changes the graph.
 enum PassKind<'a> {
     /// Rewrites on an e-graph.
     Rules(fn() -> Vec<QRewrite>),
     /// A direct graph transformation (Q/DQ insertion needs calibration data, not rules).
-    Transform(Box<dyn Fn(&Graph) -> Result<Graph, PassError> + 'a>),
+    Transform(GraphTransform<'a>),
 }
 
 impl<'a> Pass<'a> {

@@ -40,7 +40,10 @@ fn read_set(dir: &Path, prefix: &str) -> Result<Vec<(String, Tensor)>, Failed> {
 }
 
 /// A case's graph, its inputs in graph order, and the expected outputs.
-fn load_case(name: &str) -> Result<(qlift_ir::Graph, Vec<Tensor>, Vec<(String, Tensor)>), Failed> {
+/// A case's graph, its inputs in graph order, and its named expected outputs.
+type Case = (qlift_ir::Graph, Vec<Tensor>, Vec<(String, Tensor)>);
+
+fn load_case(name: &str) -> Result<Case, Failed> {
     let dir = data_dir().join(name);
     let model = std::fs::read(dir.join("model.onnx")).map_err(|e| e.to_string())?;
     let set = dir.join("test_data_set_0");

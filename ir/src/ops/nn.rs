@@ -461,12 +461,15 @@ fn pool(x: &Tensor, attrs: &Attrs, is_max: bool) -> Result<Tensor, String> {
     Tensor::from_i64_values(x.dtype(), shape, y.map(|v| v as i64).collect())
 }
 
+/// A pool's result shape and, per result element, `(max or sum, count)`.
+pub(crate) type Windows = (Vec<usize>, Vec<(f64, usize)>);
+
 /// Reduces every pooling window of `v` (shape `[N, C, spatial...]`): the maximum, or the
 /// sum, of each window with the count of elements that divide an average (padding
 /// included when `count_include_pad`). Returns the result shape and one
 /// `(max or sum, count)` per result element. Shared by the float pools and the integer
 /// average pool, whose sums of integers are exact in f64.
-pub(crate) fn pool_windows(v: &[f64], xshape: &[usize], attrs: &Attrs, is_max: bool) -> Result<(Vec<usize>, Vec<(f64, usize)>), String> {
+pub(crate) fn pool_windows(v: &[f64], xshape: &[usize], attrs: &Attrs, is_max: bool) -> Result<Windows, String> {
     let win = Window::new(attrs, &xshape[2..], attrs.int("ceil_mode")? != 0)?;
     let include_pad = !is_max && attrs.int("count_include_pad")? != 0;
     let spatial = &xshape[2..];

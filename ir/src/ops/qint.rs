@@ -8,7 +8,7 @@
 //! as the JIT's i32 accumulators do) and requantizes with [`crate::fixed_point`] only.
 
 use super::quant::centered;
-use super::nn::{conv, conv_shape, matmul, matmul_shape, pool_geometry, pool_windows, ConvGeometry};
+use super::nn::{conv, conv_shape, matmul, matmul_shape, pool_geometry, pool_windows, ConvGeometry, Windows};
 use super::broadcast::{broadcast_indices, broadcast_shapes, broadcast_static};
 use super::shape::{concat, concat_shape};
 use super::{EvalCtx, InferCtx};
@@ -232,7 +232,7 @@ fn rescale(x: &Tensor, q: &QuantParams, sy: f64, y: &TensorType, act: Option<(f3
 }
 
 /// Global pooling windows: every plane of `[N, C, spatial...]` is one window.
-fn global_windows(v: &[f64], shape: &[usize]) -> (Vec<usize>, Vec<(f64, usize)>) {
+fn global_windows(v: &[f64], shape: &[usize]) -> Windows {
     let inner: usize = shape[2..].iter().product();
     let windows = v.chunks(inner.max(1)).map(|s| (s.iter().sum(), inner)).collect();
     let mut out = shape[..2].to_vec();

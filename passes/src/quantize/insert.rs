@@ -126,15 +126,16 @@ pub fn insert_qdq(graph: &Graph, calibration: &Calibration, opts: &QuantizeOptio
                 (_, Some(_)) if (op.kind, slot) == (OpKind::Conv, 2) || (op.kind, slot) == (OpKind::Gemm, 2) => {
                     quantized_bias(&mut g, id, v, &operands)?.unwrap_or(v)
                 }
-                _ => {
-                    if !dequantized.contains_key(&v) {
+                _ => match dequantized.get(&v) {
+                    Some(&dq) => dq,
+                    None => {
                         let p = activation_params(&g, v, calibration, opts)?;
+                        let dq = quantize_value(&mut g, v, &p)?;
                         params.insert(v, p);
-                        let dq = quantize_value(&mut g, v, &params[&v])?;
                         dequantized.insert(v, dq);
+                        dq
                     }
-                    dequantized[&v]
-                }
+                },
             };
             g.set_node_input(id, slot, Some(replacement))?;
         }
