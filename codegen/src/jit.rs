@@ -26,8 +26,8 @@ pub struct JitProgram {
     entry: Entry,
     program: Program,
     isa: String,
-    /// Arenas returned by finished calls, reused by the next ones (no allocation once warm).
-    arenas: Mutex<Vec<Vec<u8>>>,
+    /// Scratch of finished calls, reused by the next ones (no allocation once warm).
+    scratch: Mutex<Vec<Scratch>>,
     /// Threads one call may use (see [`JitProgram::set_threads`]).
     threads: usize,
     /// Whether every input and computed output has the batch on axis 0 (a call can split it).
@@ -40,6 +40,15 @@ pub struct JitProgram {
 unsafe impl Send for JitProgram {}
 // SAFETY: `run` only reads the module's finalized code and data.
 unsafe impl Sync for JitProgram {}
+
+/// What one call needs besides its tensors: the arena and the pointer arrays the entry
+/// reads (addresses kept as integers), pooled so that a warm call allocates nothing.
+#[derive(Default)]
+struct Scratch {
+    arena: Vec<u8>,
+    inputs: Vec<usize>,
+    outputs: Vec<usize>,
+}
 
 /// `expf` for generated code, so the JIT does not depend on the C library's symbol.
 extern "C" fn qlift_expf(x: f32) -> f32 {
@@ -74,7 +83,7 @@ impl JitProgram {
         let computed: Vec<&TensorType> = program.outputs.iter().filter(|(_, _, s)| matches!(s, OutputSource::Computed(_))).map(|(_, t, _)| t).collect();
         let splittable = program.inputs.iter().all(|(_, t)| batched(t)) && computed.iter().all(|t| batched(t));
         let sample_bytes = (program.inputs.iter().map(|(_, t)| bytes(t)).collect(), computed.iter().map(|t| bytes(t)).collect());
-        Ok(JitProgram { module: Some(module), entry, program, isa: description, arenas: Mutex::new(Vec::new()), threads: 1, splittable, sample_bytes })
+        Ok(JitProgram { module: Some(module), entry, program, isa: description, scratch: Mutex::new(Vec::new()), threads: 1, splittable, sample_bytes })
     }
 
     /// The graph inputs (names and types) the program takes, in order.
@@ -108,26 +117,28 @@ impl JitProgram {
             return Err(CodegenError::Input { name: "outputs".into(), message: format!("{} output buffers for {} outputs", outputs.len(), self.program.outputs.len()) });
         }
         for ((name, ty, _), t) in self.program.outputs.iter().zip(outputs.iter()) {
-            if t.dtype() != ty.dtype || t.shape() != ty.shape.resolve(batch).as_slice() {
+            if t.dtype() != ty.dtype || !ty.shape.matches(batch, t.shape()) {
                 return Err(CodegenError::Input { name: name.clone(), message: format!("output buffer is {}{:?}, expected {}{:?}", t.dtype(), t.shape(), ty.dtype, ty.shape.resolve(batch)) });
             }
         }
-        let input_ptrs: Vec<usize> = inputs.iter().map(|t| t.data().as_bytes().as_ptr() as usize).collect();
-        let mut computed: Vec<usize> = vec![0; self.program.computed_outputs];
+        // The addresses of sample 0 of every input and computed output.
+        let mut bases = self.take_scratch()?;
+        bases.inputs.clear();
+        bases.inputs.extend(inputs.iter().map(|t| t.data().as_bytes().as_ptr() as usize));
+        bases.outputs.clear();
+        bases.outputs.resize(self.program.computed_outputs, 0);
         for ((_, _, source), t) in self.program.outputs.iter().zip(outputs.iter_mut()) {
             if let OutputSource::Computed(n) = source {
-                computed[*n] = t.data_mut().as_bytes_mut().as_mut_ptr() as usize;
+                bases.outputs[*n] = t.data_mut().as_bytes_mut().as_mut_ptr() as usize;
             }
         }
-        match self.batch_split(batch) {
-            None => self.call(&input_ptrs, &computed, 0, batch)?,
-            Some(parts) => {
-                // Disjoint slices of the batch on the persistent rayon pool, one arena each.
-                let results: Vec<Result<(), CodegenError>> =
-                    parts.par_iter().map(|&(start, len)| self.call(&input_ptrs, &computed, start, len)).collect();
-                results.into_iter().collect::<Result<Vec<()>, _>>()?;
-            }
-        }
+        let result = match self.batch_split(batch) {
+            None => self.call(&bases, 0, batch),
+            // Disjoint slices of the batch on the persistent rayon pool, one scratch each.
+            Some(parts) => parts.par_iter().try_for_each(|&(start, len)| self.call(&bases, start, len)),
+        };
+        self.give_scratch(bases)?;
+        result?;
         for j in 0..outputs.len() {
             let copy = match &self.program.outputs[j].2 {
                 OutputSource::Computed(_) => continue,
@@ -140,21 +151,35 @@ impl JitProgram {
         Ok(())
     }
 
-    /// Runs the entry on samples `start..start + batch` of checked buffers (addresses of
-    /// sample 0), with an arena from the pool.
-    fn call(&self, inputs: &[usize], outputs: &[usize], start: usize, batch: usize) -> Result<(), CodegenError> {
+    fn take_scratch(&self) -> Result<Scratch, CodegenError> {
+        Ok(self.scratch.lock().map_err(|_| bug("scratch pool poisoned"))?.pop().unwrap_or_default())
+    }
+
+    fn give_scratch(&self, s: Scratch) -> Result<(), CodegenError> {
+        self.scratch.lock().map_err(|_| bug("scratch pool poisoned"))?.push(s);
+        Ok(())
+    }
+
+    /// Runs the entry on samples `start..start + batch` of checked buffers (`bases`: the
+    /// addresses of sample 0), with scratch from the pool.
+    fn call(&self, bases: &Scratch, start: usize, batch: usize) -> Result<(), CodegenError> {
         let arena_bytes = self.program.arena.bytes(batch).ok_or_else(|| CodegenError::Input { name: "batch".into(), message: format!("batch {batch} overflows the arena size") })?;
-        let mut arena = self.arenas.lock().map_err(|_| bug("arena pool poisoned"))?.pop().unwrap_or_default();
-        arena.resize(arena_bytes + crate::plan::ALIGN, 0);
-        let skip = arena.as_ptr().align_offset(crate::plan::ALIGN);
+        let mut s = self.take_scratch()?;
+        s.arena.resize(arena_bytes + crate::plan::ALIGN, 0);
+        let skip = s.arena.as_ptr().align_offset(crate::plan::ALIGN);
         let at = |base: usize, sample_bytes: usize| base + start * sample_bytes;
-        let ins: Vec<*const u8> = inputs.iter().zip(&self.sample_bytes.0).map(|(&p, &b)| at(p, b) as *const u8).collect();
-        let outs: Vec<*mut u8> = outputs.iter().zip(&self.sample_bytes.1).map(|(&p, &b)| at(p, b) as *mut u8).collect();
+        s.inputs.clear();
+        s.inputs.extend(bases.inputs.iter().zip(&self.sample_bytes.0).map(|(&p, &b)| at(p, b)));
+        s.outputs.clear();
+        s.outputs.extend(bases.outputs.iter().zip(&self.sample_bytes.1).map(|(&p, &b)| at(p, b)));
         // SAFETY: inputs and outputs were checked against the program's types for the whole
         // batch, `start + batch` is within it (offsets only for batched tensors, see
         // `batch_split`), and the arena holds `arena_bytes` from a 64-byte aligned start.
-        let status = unsafe { (self.entry)(ins.as_ptr(), outs.as_ptr(), arena.as_mut_ptr().add(skip), batch as i64) };
-        self.arenas.lock().map_err(|_| bug("arena pool poisoned"))?.push(arena);
+        // `usize` and pointers have the same layout.
+        let status = unsafe {
+            (self.entry)(s.inputs.as_ptr().cast(), s.outputs.as_ptr().cast(), s.arena.as_mut_ptr().add(skip), batch as i64)
+        };
+        self.give_scratch(s)?;
         if status != 0 {
             return Err(self.runtime_error(status));
         }
@@ -179,8 +204,8 @@ impl JitProgram {
 
     /// Checks inputs against the program and returns the batch they bind.
     fn check_inputs(&self, inputs: &[Tensor]) -> Result<usize, CodegenError> {
-        let declared: Vec<(&str, &TensorType)> = self.program.inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        qlift_ir::interp::bind_batch_to("model", &declared, inputs).map_err(|e| match e {
+        let declared = self.program.inputs.iter().map(|(n, t)| (n.as_str(), t));
+        qlift_ir::interp::bind_batch_to("model", declared, inputs).map_err(|e| match e {
             qlift_ir::IrError::Input { name, message } => CodegenError::Input { name, message },
             other => CodegenError::Input { name: "inputs".into(), message: other.to_string() },
         })

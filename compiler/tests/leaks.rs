@@ -91,6 +91,16 @@ fn compile_drop_cycles_and_runs_do_not_leak() {
         model.run(std::slice::from_ref(&x)).unwrap();
     }
     let (live3, allocs3) = (LIVE.load(Relaxed), ALLOCS.load(Relaxed));
+    // run_into with preallocated outputs: a warm call allocates nothing at all.
+    let mut outputs = model.run(std::slice::from_ref(&x)).unwrap();
+    model.run_into(std::slice::from_ref(&x), &mut outputs).unwrap();
+    let before = ALLOCS.load(Relaxed);
+    for _ in 0..RUNS {
+        model.run_into(std::slice::from_ref(&x), &mut outputs).unwrap();
+    }
+    let run_into_allocs = ALLOCS.load(Relaxed) - before;
+    assert_eq!(run_into_allocs, 0, "{RUNS} warm run_into calls allocated {run_into_allocs} times");
+    drop(outputs);
     drop(model);
     let live4 = LIVE.load(Relaxed);
 

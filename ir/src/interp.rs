@@ -45,14 +45,18 @@ pub fn run_traced(graph: &Graph, inputs: &[Tensor]) -> Result<Trace, IrError> {
 /// Checks `inputs` against the graph's inputs and returns the batch size they bind
 /// (1 when no input has a batch dimension).
 pub fn bind_batch(graph: &Graph, inputs: &[Tensor]) -> Result<usize, IrError> {
-    let declared: Vec<(&str, &TensorType)> =
-        graph.input_values().iter().map(|v| (graph.value(*v).name.as_str(), graph.value_type(*v))).collect();
-    bind_batch_to(&graph.name, &declared, inputs)
+    let values = graph.input_values();
+    let declared = values.iter().map(|v| (graph.value(*v).name.as_str(), graph.value_type(*v)));
+    bind_batch_to(&graph.name, declared, inputs)
 }
 
 /// [`bind_batch`] against declared `(name, type)` inputs of the graph named `graph_name`
 /// (for compiled programs, which keep their input types but not the graph).
-pub fn bind_batch_to(graph_name: &str, declared: &[(&str, &TensorType)], inputs: &[Tensor]) -> Result<usize, IrError> {
+pub fn bind_batch_to<'a>(
+    graph_name: &str,
+    declared: impl ExactSizeIterator<Item = (&'a str, &'a TensorType)>,
+    inputs: &[Tensor],
+) -> Result<usize, IrError> {
     if inputs.len() != declared.len() {
         return Err(IrError::Input {
             name: graph_name.to_string(),
@@ -62,7 +66,7 @@ pub fn bind_batch_to(graph_name: &str, declared: &[(&str, &TensorType)], inputs:
     let mut batch = None;
     // The input that bound the batch, named by a batch-0 error.
     let mut bound_by = graph_name;
-    for (&(name, ty), t) in declared.iter().zip(inputs) {
+    for ((name, ty), t) in declared.zip(inputs) {
         let bad = |message: String| IrError::Input { name: name.to_string(), message };
         if t.dtype() != ty.dtype {
             return Err(bad(format!("expected {} elements, got {}", ty.dtype, t.dtype())));

@@ -71,6 +71,12 @@ impl Shape {
         self.0.iter().map(|d| d.resolve(batch)).collect()
     }
 
+    /// Whether `extents` is this shape with the batch bound to `batch` (no allocation: what
+    /// a compiled model checks on every call).
+    pub fn matches(&self, batch: usize, extents: &[usize]) -> bool {
+        self.0.len() == extents.len() && self.0.iter().zip(extents).all(|(d, &e)| d.resolve(batch) == e)
+    }
+
     /// The concrete extents if no dimension depends on the batch.
     pub fn as_fixed(&self) -> Option<Vec<usize>> {
         self.0.iter().map(|d| d.fixed()).collect()
