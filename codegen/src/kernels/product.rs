@@ -91,6 +91,15 @@ impl Elem {
         }
     }
 
+    /// Stores `v` at element `row · width + col` of the row-major matrix at `base` (a conv
+    /// result's [channel][position], a product's [row][column]).
+    fn store_2d(self, fb: &mut FunctionBuilder, v: Value, base: Value, row: Value, width: usize, col: Value) {
+        let at = fb.ins().imul_imm_s(row, width as i64);
+        let at = fb.ins().iadd(at, col);
+        let addr = emit::addr(fb, base, at, self.bytes());
+        self.store(fb, v, addr);
+    }
+
     /// Stores `v` (an i32 for 8-bit results, which narrows it) at `addr`.
     fn store(self, fb: &mut FunctionBuilder, v: Value, addr: Value) {
         let v = match self {
@@ -774,10 +783,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
                                     Some(c) => epilogue.apply_static(fb, acc, n, ch, c),
                                     None => epilogue.apply(fb, acc, n, ch, ch),
                                 };
-                                let at = fb.ins().imul_imm_s(ch, p as i64);
-                                let at = fb.ins().iadd(at, pi);
-                                let addr = emit::addr(fb, yn, at, ye.bytes());
-                                ye.store(fb, v, addr);
+                                ye.store_2d(fb, v, yn, ch, p, pi);
                             }
                         }
                     };
@@ -804,10 +810,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
                     let b = Side { base: col, step: xe.bytes(), elem: xe, zp: xz };
                     let acc = dot(fb, &a, &b, kg);
                     let v = epilogue.apply(fb, acc, n, ch, ch);
-                    let at = fb.ins().imul_imm_s(ch, p as i64);
-                    let at = fb.ins().iadd(at, pi);
-                    let addr = emit::addr(fb, yn, at, ye.bytes());
-                    ye.store(fb, v, addr);
+                    ye.store_2d(fb, v, yn, ch, p, pi);
                 });
             });
         };
@@ -950,10 +953,8 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<(), String> {
                         let sums = dot_block(fb, std::slice::from_ref(&probe_a), &rows, kk);
                         for (&j, acc) in cols.iter().zip(sums) {
                             let v = epilogue.apply_static(fb, acc, s, i, j);
-                            let at = fb.ins().imul_imm_s(i, n as i64);
-                            let at = fb.ins().iadd_imm_s(at, j as i64);
-                            let addr = emit::addr(fb, y_q, at, ye.bytes());
-                            ye.store(fb, v, addr);
+                            let j = emit::iconst(fb, j as i64);
+                            ye.store_2d(fb, v, y_q, i, n, j);
                         }
                     }
                     return;
@@ -965,10 +966,7 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<(), String> {
                     let sb = Side { base: bcol, step: b_sk as i64 * be.bytes(), elem: be, zp: bz };
                     let acc = dot(fb, &sa, &sb, kk);
                     let v = epilogue.apply(fb, acc, s, i, j);
-                    let at = fb.ins().imul_imm_s(i, n as i64);
-                    let at = fb.ins().iadd(at, j);
-                    let addr = emit::addr(fb, y_q, at, ye.bytes());
-                    ye.store(fb, v, addr);
+                    ye.store_2d(fb, v, y_q, i, n, j);
                 });
             });
         });
