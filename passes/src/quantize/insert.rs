@@ -109,6 +109,8 @@ pub fn insert_qdq(graph: &Graph, calibration: &Calibration, opts: &QuantizeOptio
     // Parameters chosen per value, so that pass-through ops can inherit their operand's.
     let mut params: HashMap<ValueId, (DType, QuantParams)> = HashMap::new();
     let mut dequantized: HashMap<ValueId, ValueId> = HashMap::new();
+    // The other way round: the value each inserted DequantizeLinear stands for.
+    let mut source_of: HashMap<ValueId, ValueId> = HashMap::new();
     for id in order {
         let NodeOp::Apply(op) = g.node(id).op.clone() else { continue };
         if !quantizable(op.kind) || g.node(id).outputs.iter().any(|v| v.ty.dtype != DType::F32) {
@@ -118,7 +120,7 @@ pub fn insert_qdq(graph: &Graph, calibration: &Calibration, opts: &QuantizeOptio
         for (slot, v) in operands.iter().enumerate() {
             let Some(v) = *v else { continue };
             // Already the DequantizeLinear of a quantized value (its producer was quantizable).
-            if g.value_type(v).dtype != DType::F32 || dequantized.values().any(|&dq| dq == v) {
+            if g.value_type(v).dtype != DType::F32 || source_of.contains_key(&v) {
                 continue;
             }
             let replacement = match (weight_axis(&op, slot), g.const_value(v).cloned()) {
@@ -133,6 +135,7 @@ pub fn insert_qdq(graph: &Graph, calibration: &Calibration, opts: &QuantizeOptio
                         let dq = quantize_value(&mut g, v, &p)?;
                         params.insert(v, p);
                         dequantized.insert(v, dq);
+                        source_of.insert(dq, v);
                         dq
                     }
                 },
@@ -144,7 +147,7 @@ pub fn insert_qdq(graph: &Graph, calibration: &Calibration, opts: &QuantizeOptio
             continue;
         }
         let first = g.node_inputs(id).first().copied().flatten();
-        let source = first.and_then(|x| dequantized.iter().find(|(_, &dq)| dq == x).map(|(&v, _)| v));
+        let source = first.and_then(|x| source_of.get(&x).copied());
         let p = match source.and_then(|x| params.get(&x)) {
             Some(p) if passes_through(op.kind) => p.clone(),
             _ => activation_params(&g, result, calibration, opts)?,
@@ -152,6 +155,7 @@ pub fn insert_qdq(graph: &Graph, calibration: &Calibration, opts: &QuantizeOptio
         params.insert(result, p);
         let dq = quantize_value(&mut g, result, &params[&result])?;
         dequantized.insert(result, dq);
+        source_of.insert(dq, result);
     }
     g.remove_dead_nodes();
     qlift_ir::verify(&g)?;
