@@ -17,10 +17,10 @@ pub struct CodegenOptions {
     pub baseline_isa: bool,
     /// Position-independent code (needed by object files linked into executables).
     pub pic: bool,
-    /// Use the VNNI `vpdpbusd` form of u8×i8 dot products when the target has it. Off by
-    /// default: measured slower than the `pmaddwd` form on AMD EPYC (digits_cnn int8, batch 1:
-    /// 13 µs against 9 µs), where the accumulator chains of `vpdpbusd` serialize.
-    pub vnni: bool,
+    /// Do not use the VNNI `vpdpbusd` form of u8×i8 dot products even where the target has
+    /// it, but the `pmaddwd` form every x86-64 with SSE2 has: to test and measure that path
+    /// on a VNNI machine (where VNNI is 1.3–1.5× faster on the bundled models).
+    pub no_vnni: bool,
 }
 
 /// The ISA for `opts`: opt_level `speed`, the verifier in debug builds.

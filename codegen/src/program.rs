@@ -168,7 +168,7 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &Co
             let (workspace, batch) = (params[next + results.len()], params[next + results.len() + 1]);
             // Constants become read-only data objects (an emitter may ignore them and repack).
             let mut kernel = Kernel::new(&mut fb, module, op, Vec::new(), result_args, workspace, batch);
-            kernel.vnni = opts.vnni;
+            kernel.no_vnni = opts.no_vnni;
             for arg in operand_args {
                 let operand = match arg {
                     None => None,

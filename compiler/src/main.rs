@@ -275,10 +275,10 @@ struct BenchArgs {
     /// Print one JSON object (median_ms, p90_ms, min_ms, compile_ms, gmacs, ...).
     #[arg(long)]
     json: bool,
-    /// Use VNNI `vpdpbusd` dot products where the CPU has them (off by default: slower
-    /// than `pmaddwd` on the AMD EPYC measured, see PERFORMANCE.md).
+    /// Use `pmaddwd` dot products even where the CPU has VNNI `vpdpbusd` (to measure the
+    /// path of CPUs without VNNI).
     #[arg(long)]
-    vnni: bool,
+    no_vnni: bool,
     /// Generate baseline x86-64 code (SSE2), ignoring the CPU's features.
     #[arg(long)]
     baseline_isa: bool,
@@ -605,7 +605,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
         bail!("--iters, --threads and --callers must be at least 1");
     }
     let start = Instant::now();
-    let codegen = qlift::CodegenOptions { vnni: args.vnni, baseline_isa: args.baseline_isa, ..Default::default() };
+    let codegen = qlift::CodegenOptions { no_vnni: args.no_vnni, baseline_isa: args.baseline_isa, ..Default::default() };
     let model = compile_model_with(&args.model, &args.quant, args.engine, args.threads, &codegen)?;
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
     let inputs = bind_inputs(model.graph(), &args.inputs)?;

@@ -446,11 +446,15 @@ fn relative_error(got: &Tensor, want: &Tensor) -> f32 {
         / scale
 }
 
-const ISAS: [(&str, bool); 2] = [("host", false), ("baseline", true)];
+/// The host's best code (VNNI where it has it), its `pmaddwd` path, and baseline SSE2.
+const ISAS: [(&str, CodegenOptions); 3] = [
+    ("host", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false }),
+    ("no-vnni", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: true }),
+    ("baseline", CodegenOptions { target: None, baseline_isa: true, pic: false, no_vnni: false }),
+];
 
-fn jit_run(g: &Graph, baseline: bool, x: &Tensor) -> Result<Vec<Tensor>, String> {
-    let opts = CodegenOptions { baseline_isa: baseline, ..Default::default() };
-    let program = JitProgram::compile(g, &opts).map_err(|e| format!("compile: {e}"))?;
+fn jit_run(g: &Graph, opts: &CodegenOptions, x: &Tensor) -> Result<Vec<Tensor>, String> {
+    let program = JitProgram::compile(g, opts).map_err(|e| format!("compile: {e}"))?;
     program.run(std::slice::from_ref(x)).map_err(|e| format!("run: {e}"))
 }
 
@@ -491,8 +495,8 @@ proptest! {
         // Wider than the calibration range, so that requantization saturates too.
         let x = input(&net, batch, net.seed ^ 0x7e57, 1.25);
         let want = qlift_ir::interp::run(&lowered, std::slice::from_ref(&x)).map_err(|e| TestCaseError::fail(format!("interp: {e}")))?;
-        for (isa, baseline) in ISAS {
-            let result = jit_run(&lowered, baseline, &x).and_then(|got| {
+        for (isa, opts) in &ISAS {
+            let result = jit_run(&lowered, opts, &x).and_then(|got| {
                 match got.iter().zip(&want).find_map(|(g, w)| first_difference(g, w)) {
                     Some(d) => Err(d),
                     None if got.len() != want.len() => Err(format!("{} outputs, want {}", got.len(), want.len())),
@@ -515,8 +519,8 @@ proptest! {
         let (optimized, _) = run_pipeline(&g, &PipelineOptions::default()).map_err(|e| TestCaseError::fail(format!("pipeline: {e}")))?;
         let x = input(&net, batch, net.seed ^ 0x7e57, 1.25);
         let want = qlift_ir::interp::run(&optimized, std::slice::from_ref(&x)).map_err(|e| TestCaseError::fail(format!("interp: {e}")))?;
-        for (isa, baseline) in ISAS {
-            let result = jit_run(&optimized, baseline, &x).and_then(|got| {
+        for (isa, opts) in &ISAS {
+            let result = jit_run(&optimized, opts, &x).and_then(|got| {
                 let err = got.iter().zip(&want).map(|(g, w)| if g.shape() == w.shape() { relative_error(g, w) } else { f32::INFINITY }).fold(0.0, f32::max);
                 if err <= 1e-4 && got.len() == want.len() { Ok(()) } else { Err(format!("relative error {err}")) }
             });

@@ -80,8 +80,8 @@ pub(crate) struct Kernel<'k, 'f> {
     pub(crate) workspace_bytes: usize,
     /// Messages of the failure codes the kernel may return (code i + 1 is `messages[i]`).
     pub(crate) messages: Vec<String>,
-    /// Whether VNNI dot products are wanted (see [`Kernel::has_vnni`]).
-    pub(crate) vnni: bool,
+    /// Whether VNNI dot products are refused (see [`Kernel::has_vnni`]).
+    pub(crate) no_vnni: bool,
 }
 
 impl<'k, 'f> Kernel<'k, 'f> {
@@ -94,7 +94,7 @@ impl<'k, 'f> Kernel<'k, 'f> {
         workspace: Value,
         batch: Value,
     ) -> Self {
-        Kernel { fb, module, op, inputs, outputs, batch, workspace, workspace_bytes: 0, messages: Vec::new(), vnni: false }
+        Kernel { fb, module, op, inputs, outputs, batch, workspace, workspace_bytes: 0, messages: Vec::new(), no_vnni: false }
     }
 
     /// Operand `i` (an error naming it when it is missing).
@@ -161,11 +161,11 @@ impl<'k, 'f> Kernel<'k, 'f> {
         Ok(self.module.declare_func_in_func(id, self.fb.func))
     }
 
-    /// Whether to use VNNI dot products: asked for (`CodegenOptions::vnni`) and the target
-    /// has AVX-VNNI or AVX512-VNNI, so that u8×i8 dot products of 16 bytes are one
-    /// `vpdpbusd`; without it the same tree compiles to slower widening code.
+    /// Whether to use VNNI dot products: not refused (`CodegenOptions::no_vnni`) and the
+    /// target has AVX-VNNI or AVX512-VNNI, so that u8×i8 dot products of 16 bytes are one
+    /// `vpdpbusd` (without it the same tree would compile to slower widening code).
     pub fn has_vnni(&self) -> bool {
-        self.vnni && self.module.isa().isa_flags().iter().any(|f| matches!(f.name, "has_avx_vnni" | "has_avx512vnni") && f.as_bool() == Some(true))
+        !self.no_vnni && self.module.isa().isa_flags().iter().any(|f| matches!(f.name, "has_avx_vnni" | "has_avx512vnni") && f.as_bool() == Some(true))
     }
 
     /// Copies `bytes` (a run-time i64) from `src` to `dst` (the C library's memcpy).

@@ -194,6 +194,10 @@ fn dot(fb: &mut FunctionBuilder, a: &Side, b: &Side, len: usize) -> Value {
 /// constant offsets (two instructions a tap); larger ones loop over a table of offsets.
 const UNROLL_TAPS: usize = 4096;
 
+/// An im2col table entry for a padding element of a row (see [`pack`]): the straight-line
+/// gather skips it; the table-driven one writes the zero point there like a padded tap.
+const UNUSED: i32 = i32::MIN;
+
 /// Output positions per tile of the packed-weight convolution loop: each weight load then
 /// serves this many positions (and each activation load four channels). Two keeps a tile's
 /// accumulators and operands within the 16 vector registers.
@@ -242,6 +246,15 @@ fn dot_f32x4(fb: &mut FunctionBuilder, a: &Side, b: &Side, len: usize) -> Option
     Some(total)
 }
 
+/// Elements of packed weights of type `elem` one vector step of [`dot_block`] consumes.
+fn chunk_of(elem: Elem) -> usize {
+    if elem == Elem::I8 {
+        16
+    } else {
+        8
+    }
+}
+
 /// Whether `a · b` can use [`dot_block`]: packed i16 weights (step 2) against contiguous
 /// 8-bit activations (step 1), no zero points, at least one 8-wide chunk. Returns (weights,
 /// activations).
@@ -251,7 +264,7 @@ fn simd_sides<'s>(a: &'s Side, b: &'s Side, len: usize) -> Option<(&'s Side, &'s
         (Elem::U8 | Elem::I8, Elem::I16) | (Elem::U8, Elem::I8) => (b, a),
         _ => return None,
     };
-    let chunk = if wide.elem == Elem::I8 { 16 } else { 8 };
+    let chunk = chunk_of(wide.elem);
     (wide.step == wide.elem.bytes() && narrow.step == 1 && a.zp.is_none() && b.zp.is_none() && len >= chunk).then_some((wide, narrow))
 }
 
@@ -272,7 +285,7 @@ fn dot_i16x8(fb: &mut FunctionBuilder, a: &Side, b: &Side, len: usize) -> Option
 /// same wrapping i32 sums as the scalar loop (lane sums and final sums wrap alike).
 fn dot_block(fb: &mut FunctionBuilder, narrows: &[Side], wides: &[Side], len: usize) -> Vec<Value> {
     let vnni = wides.first().is_some_and(|w| w.elem == Elem::I8);
-    let chunk = if vnni { 16 } else { 8 };
+    let chunk = chunk_of(if vnni { Elem::I8 } else { Elem::I16 });
     let chunks = len / chunk;
     let vs = accumulate(fb, narrows.len() * wides.len(), chunks, chunk as i64, |fb, offset, accs| {
         // The activation rows of this chunk (widened once for pmaddwd).
@@ -552,7 +565,10 @@ fn quantized_epilogue(k: &mut Kernel, channels: usize, rows: usize, bias: Option
 }
 
 /// Constant weights of QConv/QMatMul/QLinearConv/QLinearMatMul packed at compile time:
-/// `w' = w − zw` as i16 rows `[channels][len]` (contiguous along the dot product), and the
+/// `w' = w − zw` as i16 rows `[channels][row_len]` (contiguous along the dot product, padded
+/// with zero weights to a whole number of vector chunks so a dot product whose other side
+/// is padded too needs no scalar tail: whatever the padding of that side holds, it is
+/// multiplied by 0), and the
 /// input zero point folded into the bias, `bias'[c] = bias[c] − zx · Σ_k w'[c][k]` (wrapping
 /// i32, as the accumulator wraps): then `Σ (x − zx)·w' = Σ x·w' − zx·Σ w'`, so the inner loop
 /// reads raw inputs and subtracts nothing, and padded positions (holding `zx`) still count
@@ -565,6 +581,8 @@ struct Packed {
     weights: Value,
     /// I8 (for VNNI dot products) or I16.
     elem: Elem,
+    /// Elements per packed row: `len` rounded up to the element's vector chunk.
+    row_len: usize,
     bias: Indexed,
 }
 
@@ -585,25 +603,25 @@ fn pack(k: &mut Kernel, channels: usize, len: usize, at: impl Fn(usize, usize) -
     };
     let values = wt.to_i64_vec()?;
     let zx = xq.channel(0).1 as i64;
-    let mut packed: Vec<i16> = Vec::with_capacity(channels * len);
+    let mut rows: Vec<Vec<i16>> = Vec::with_capacity(channels);
     let mut folded: Vec<i32> = Vec::with_capacity(channels);
     for c in 0..channels {
         let zw = wq.channel(if wq.axis.is_some() { c } else { 0 }).1 as i64;
-        let mut sum = 0i64;
-        for t in 0..len {
-            let v = values[at(c, t)] - zw;
-            packed.push(i16::try_from(v).map_err(|_| format!("weight {v} after its zero point does not fit i16"))?);
-            sum += v;
-        }
+        let row = (0..len).map(|t| values[at(c, t)] - zw);
+        let row: Vec<i16> = row.map(|v| i16::try_from(v).map_err(|_| format!("weight {v} after its zero point does not fit i16"))).collect::<Result<_, _>>()?;
+        let sum: i64 = row.iter().map(|&v| v as i64).sum();
         folded.push(bias[c].wrapping_sub(zx.wrapping_mul(sum)) as i32);
+        rows.push(row);
     }
-    let (weights, elem) = if vnni && packed.iter().all(|&v| i8::try_from(v).is_ok()) {
-        (table(k, packed.iter().map(|&v| (v as i8).to_le_bytes()))?, Elem::I8)
-    } else {
-        (table(k, packed.iter().map(|v| v.to_le_bytes()))?, Elem::I16)
+    let elem = if vnni && rows.iter().flatten().all(|&v| i8::try_from(v).is_ok()) { Elem::I8 } else { Elem::I16 };
+    let row_len = len.next_multiple_of(chunk_of(elem));
+    let padded = rows.iter().flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(0, row_len - len)));
+    let weights = match elem {
+        Elem::I8 => table(k, padded.map(|v| (v as i8).to_le_bytes()))?,
+        _ => table(k, padded.map(|v| v.to_le_bytes()))?,
     };
     let bias = table(k, folded.iter().map(|v| v.to_le_bytes()))?;
-    Ok(Some(Packed { bias_values: folded, weights, elem, bias: Indexed { ptr: bias, elem: Elem::I32, si: 0, sj: 1 } }))
+    Ok(Some(Packed { bias_values: folded, weights, elem, row_len, bias: Indexed { ptr: bias, elem: Elem::I32, si: 0, sj: 1 } }))
 }
 
 /// Row-major positions of a box of `extents`.
@@ -641,34 +659,12 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
     let kernel_count: usize = kernel.iter().product();
     let kg = cg * kernel_count;
     let p: usize = out_sp.iter().product();
-    // im2col offsets: for output position p, tap (c, kernel position), the input element
-    // (within the group's channels) it reads, or -1 in the padding.
-    let mut in_strides = vec![1usize; r];
-    for a in (0..r.saturating_sub(1)).rev() {
-        in_strides[a] = in_strides[a + 1] * in_sp[a + 1];
-    }
-    let kernel_positions = positions(kernel);
-    let mut taps: Vec<i32> = Vec::with_capacity(p * kg);
-    for opos in positions(out_sp) {
-        for c in 0..cg {
-            for kpos in &kernel_positions {
-                let mut offset = Some(c * in_count);
-                for a in 0..r {
-                    let i = (opos[a] * strides[a] + kpos[a] * dilations[a]) as i64 - pads[a] as i64;
-                    if i < 0 || i >= in_sp[a] as i64 {
-                        offset = None;
-                        break;
-                    }
-                    offset = offset.map(|o| o + i as usize * in_strides[a]);
-                }
-                taps.push(offset.map_or(-1, |o| i32::try_from(o).unwrap_or(-1)));
-            }
-        }
-    }
     let float = kind == OpKind::Conv;
     // Zero points: (input's, as an i32 value and as a raw padding element; weights' per channel).
     // Whether the input zero point is folded into packed weights (not subtracted per tap).
     let mut folded = false;
+    // Elements per im2col row and weight row: `kg`, or more with packed weights (padding).
+    let mut kp = kg;
     let (x_zp, w_zp, epilogue): (Option<Indexed>, Option<Indexed>, Epilogue) = match kind {
         OpKind::Conv => {
             let c = k.optional(2).map(|b| Indexed { ptr: b.ptr, elem: Elem::F32, si: 0, sj: 1 });
@@ -685,7 +681,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
             // The ONNX weight layout [M][C/group][kernel...] already is [M][kg].
             match pack(k, m, kg, |c, t| c * kg + t)? {
                 Some(p) => {
-                    (wptr, we, folded) = (p.weights, p.elem, true);
+                    (wptr, we, folded, kp) = (p.weights, p.elem, true, p.row_len);
                     (xz, None, quantized_epilogue(k, m, 1, Some(p.bias))?.with_bias_values(p.bias_values))
                 }
                 None => {
@@ -696,8 +692,34 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
             }
         }
     };
+    // im2col offsets: for output position p, tap (c, kernel position), the input element
+    // (within the group's channels) it reads, or -1 in the padding; `kp - kg` entries of
+    // UNUSED end each position's row (the packed weights' zero padding).
+    let mut in_strides = vec![1usize; r];
+    for a in (0..r.saturating_sub(1)).rev() {
+        in_strides[a] = in_strides[a + 1] * in_sp[a + 1];
+    }
+    let kernel_positions = positions(kernel);
+    let mut taps: Vec<i32> = Vec::with_capacity(p * kp);
+    for opos in positions(out_sp) {
+        for c in 0..cg {
+            for kpos in &kernel_positions {
+                let mut offset = Some(c * in_count);
+                for a in 0..r {
+                    let i = (opos[a] * strides[a] + kpos[a] * dilations[a]) as i64 - pads[a] as i64;
+                    if i < 0 || i >= in_sp[a] as i64 {
+                        offset = None;
+                        break;
+                    }
+                    offset = offset.map(|o| o + i as usize * in_strides[a]);
+                }
+                taps.push(offset.map_or(-1, |o| i32::try_from(o).unwrap_or(-1)));
+            }
+        }
+        taps.extend(std::iter::repeat_n(UNUSED, kp - kg));
+    }
     let taps_ptr = if taps.len() > UNROLL_TAPS { table(k, taps.iter().map(|t| t.to_le_bytes()))? } else { emit::iconst(k.fb, 0) };
-    let col_bytes = (p * kg) as i64 * xe.bytes();
+    let col_bytes = (p * kp) as i64 * xe.bytes();
     let ws = k.workspace(col_bytes.max(1) as usize);
     let samples = if x_batched { k.batch } else { emit::iconst(k.fb, xd[0] as i64) };
     let x_sample = (channels * in_count) as i64 * xe.bytes();
@@ -723,13 +745,13 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
             let xg = emit::addr(fb, xn, g, (cg * in_count) as i64 * xe.bytes());
             if taps.len() <= UNROLL_TAPS {
                 // Straight-line gather: every tap's source offset is a compile-time constant.
-                for (t, &off) in taps.iter().enumerate() {
+                for (t, &off) in taps.iter().enumerate().filter(|&(_, &off)| off != UNUSED) {
                     let to = i32::try_from(t as i64 * xe.bytes()).unwrap_or(i32::MAX);
                     let v = if off < 0 { pad } else { fb.ins().load(xe.mem_type(), emit::mem(), xg, (off as i64 * xe.bytes()) as i32) };
                     fb.ins().store(emit::mem(), v, ws, to);
                 }
             } else {
-                emit::for_count(fb, (p * kg) as i64, |fb, t| {
+                emit::for_count(fb, (p * kp) as i64, |fb, t| {
                     let off = emit::load_at(fb, types::I32, taps_ptr, t);
                     let outside = fb.ins().icmp_imm_s(IntCC::SignedLessThan, off, 0);
                     let off = fb.ins().sextend(types::I64, off);
@@ -743,22 +765,22 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
             // Packed integer weights: four output channels per activation load.
             let probe_w = Side { base: wptr, step: we.bytes(), elem: we, zp: None };
             let probe_x = Side { base: ws, step: xe.bytes(), elem: xe, zp: xz };
-            if !float && simd_sides(&probe_w, &probe_x, kg).is_some() {
+            if !float && simd_sides(&probe_w, &probe_x, kp).is_some() {
                 for b0 in (0..mg).step_by(4) {
                     let base = fb.ins().imul_imm_s(g, mg as i64);
                     let chs: Vec<(Value, Option<usize>)> =
                         (b0..(b0 + 4).min(mg)).map(|c| (fb.ins().iadd_imm_s(base, c as i64), g_static.map(|gs| gs * mg + c))).collect();
                     let rows: Vec<Side> =
-                        chs.iter().map(|&(ch, _)| Side { base: emit::addr(fb, wptr, ch, kg as i64 * we.bytes()), step: we.bytes(), elem: we, zp: None }).collect();
+                        chs.iter().map(|&(ch, _)| Side { base: emit::addr(fb, wptr, ch, kp as i64 * we.bytes()), step: we.bytes(), elem: we, zp: None }).collect();
                     // Tiles of TILE_ROWS output positions × the block's channels.
                     let tile = |fb: &mut FunctionBuilder, pi0: Value, count: usize| {
                         let cols: Vec<Side> = (0..count)
                             .map(|r| {
                                 let pi = fb.ins().iadd_imm_s(pi0, r as i64);
-                                Side { base: emit::addr(fb, ws, pi, kg as i64 * xe.bytes()), step: xe.bytes(), elem: xe, zp: None }
+                                Side { base: emit::addr(fb, ws, pi, kp as i64 * xe.bytes()), step: xe.bytes(), elem: xe, zp: None }
                             })
                             .collect();
-                        let sums = dot_block(fb, &cols, &rows, kg);
+                        let sums = dot_block(fb, &cols, &rows, kp);
                         for r in 0..count {
                             let pi = fb.ins().iadd_imm_s(pi0, r as i64);
                             for (c, &(ch, known)) in chs.iter().enumerate() {
@@ -787,10 +809,10 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
                 let base = fb.ins().imul_imm_s(g, mg as i64);
                 let ch = fb.ins().iadd(base, mm);
                 let wz = w_zp.map(|z| z.load(fb, ch, ch));
-                let wrow = emit::addr(fb, wptr, ch, kg as i64 * we.bytes());
+                let wrow = emit::addr(fb, wptr, ch, kp as i64 * we.bytes());
                 emit::for_count(fb, p as i64, |fb, pi| {
                     let a = Side { base: wrow, step: we.bytes(), elem: we, zp: wz };
-                    let col = emit::addr(fb, ws, pi, kg as i64 * xe.bytes());
+                    let col = emit::addr(fb, ws, pi, kp as i64 * xe.bytes());
                     let b = Side { base: col, step: xe.bytes(), elem: xe, zp: xz };
                     let acc = dot(fb, &a, &b, kg);
                     let v = epilogue.apply(fb, acc, n, ch, ch);
@@ -887,7 +909,7 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<(), String> {
             let packed = if b_rank == 2 { pack(k, n, kk, |c, t| t * n + c)? } else { None };
             match packed {
                 Some(p) => {
-                    (bptr, be, b_sk, b_sj) = (p.weights, p.elem, 1, kk);
+                    (bptr, be, b_sk, b_sj) = (p.weights, p.elem, 1, p.row_len);
                     (None, None, quantized_epilogue(k, n, m, Some(p.bias))?.with_bias_values(p.bias_values))
                 }
                 None => {
