@@ -115,7 +115,7 @@ fn pair(lo: usize, hi: usize) -> impl Strategy<Value = [usize; 2]> {
 }
 
 fn conv() -> impl Strategy<Value = ConvSpec> {
-    (1usize..=20, group(), pair(1, 3), pair(1, 2), prop::array::uniform4(0usize..=2), pair(1, 2), any::<bool>(), act()).prop_map(
+    (1usize..=20, group(), pair(1, 4), pair(1, 3), prop::array::uniform4(0usize..=2), pair(1, 2), any::<bool>(), act()).prop_map(
         |(out, group, kernel, strides, pads, dilations, bias, act)| ConvSpec { out, group, kernel, strides, pads, dilations, bias, act },
     )
 }

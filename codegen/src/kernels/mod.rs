@@ -13,6 +13,7 @@ use cranelift_module::{DataDescription, Linkage, Module};
 use qlift_ir::{DType, Dim, Op, OpKind, Tensor, TensorType};
 use std::sync::Arc;
 
+mod direct;
 mod elementwise;
 mod pool;
 mod quant;

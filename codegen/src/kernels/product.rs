@@ -314,15 +314,7 @@ fn dot_block(fb: &mut FunctionBuilder, narrows: &[Side], wides: &[Side], len: us
                 let acc = accs[i * wides.len() + j];
                 let sum = fb.use_var(acc);
                 let sum = if vnni {
-                    let (bl, bh) = (fb.ins().uwiden_low(b), fb.ins().uwiden_high(b));
-                    let lo = fb.ins().imul(wl, bl);
-                    let hi = fb.ins().imul(wh, bh);
-                    let (lol, loh) = (fb.ins().swiden_low(lo), fb.ins().swiden_high(lo));
-                    let lo_pairs = fb.ins().iadd_pairwise(lol, loh);
-                    let (hil, hih) = (fb.ins().swiden_low(hi), fb.ins().swiden_high(hi));
-                    let hi_pairs = fb.ins().iadd_pairwise(hil, hih);
-                    let quads = fb.ins().iadd_pairwise(lo_pairs, hi_pairs);
-                    fb.ins().iadd(quads, sum)
+                    vnni_dot(fb, sum, (wl, wh), b)
                 } else {
                     let lo = fb.ins().imul(xl, wl);
                     let hi = fb.ins().imul(xh, wh);
@@ -339,6 +331,21 @@ fn dot_block(fb: &mut FunctionBuilder, narrows: &[Side], wides: &[Side], len: us
         totals.extend(reduce_and_tail(fb, narrow, wides, row, chunks * chunk, len));
     }
     totals
+}
+
+/// `acc + Σ_{i<4} w[4j+i]·x[4j+i]` in each i32 lane j: the tree Cranelift folds into one
+/// `vpdpbusd` (see [`dot_block`]). `w` is an i8x16 of weights given as its `swiden_low` and
+/// `swiden_high` halves (so several products can share them), `x` an i8x16 of u8 activations.
+pub(super) fn vnni_dot(fb: &mut FunctionBuilder, acc: Value, (wl, wh): (Value, Value), x: Value) -> Value {
+    let (xl, xh) = (fb.ins().uwiden_low(x), fb.ins().uwiden_high(x));
+    let lo = fb.ins().imul(wl, xl);
+    let hi = fb.ins().imul(wh, xh);
+    let (lol, loh) = (fb.ins().swiden_low(lo), fb.ins().swiden_high(lo));
+    let lo_pairs = fb.ins().iadd_pairwise(lol, loh);
+    let (hil, hih) = (fb.ins().swiden_low(hi), fb.ins().swiden_high(hi));
+    let hi_pairs = fb.ins().iadd_pairwise(hil, hih);
+    let quads = fb.ins().iadd_pairwise(lo_pairs, hi_pairs);
+    fb.ins().iadd(quads, acc)
 }
 
 /// `count` i32x4 accumulators, zeroed, then `step(offset, accumulators)` for every chunk of
@@ -587,9 +594,33 @@ struct Packed {
 }
 
 fn pack(k: &mut Kernel, channels: usize, len: usize, at: impl Fn(usize, usize) -> usize) -> Result<Option<Packed>, String> {
+    let Some(PackedRows { rows, folded, vnni }) = packed_rows(k, channels, len, at)? else { return Ok(None) };
+    let row_len = len.next_multiple_of(chunk_of(if vnni { Elem::I8 } else { Elem::I16 }));
+    let padded = rows.iter().flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(0, row_len - len)));
+    let (weights, elem) = if vnni {
+        (table(k, padded.map(|v| (v as i8).to_le_bytes()))?, Elem::I8)
+    } else {
+        (table(k, padded.map(|v| v.to_le_bytes()))?, Elem::I16)
+    };
+    let bias = table(k, folded.iter().map(|v| v.to_le_bytes()))?;
+    Ok(Some(Packed { bias_values: folded, weights, elem, row_len, bias: Indexed { ptr: bias, elem: Elem::I32, si: 0, sj: 1 } }))
+}
+
+/// The values [`pack`] lays out: weight rows `w − zw` and biases with the input zero point
+/// folded in (see [`Packed`]).
+pub(super) struct PackedRows {
+    /// `[channels][len]` weights minus their zero point.
+    pub rows: Vec<Vec<i16>>,
+    /// `bias[c] − zx · Σ_k rows[c][k]` (wrapping i32).
+    pub folded: Vec<i32>,
+    /// Whether VNNI's u8×i8 form applies: the target has it, the activations are u8 and
+    /// every weight fits i8.
+    pub vnni: bool,
+}
+
+/// [`PackedRows`] of the node's constant weights, `None` when they cannot be packed.
+pub(super) fn packed_rows(k: &Kernel, channels: usize, len: usize, at: impl Fn(usize, usize) -> usize) -> Result<Option<PackedRows>, String> {
     let (x, w) = (k.input(0)?, k.input(1)?);
-    // u8 activations against weights that fit i8 after their zero point: VNNI's u8×i8 form.
-    let vnni = k.has_vnni() && x.ty.dtype == DType::U8;
     let (Some(wt), Some(xq), Some(wq)) = (w.constant.clone(), x.ty.quant.clone(), w.ty.quant.clone()) else { return Ok(None) };
     if xq.axis.is_some() {
         return Ok(None);
@@ -613,15 +644,9 @@ fn pack(k: &mut Kernel, channels: usize, len: usize, at: impl Fn(usize, usize) -
         folded.push(bias[c].wrapping_sub(zx.wrapping_mul(sum)) as i32);
         rows.push(row);
     }
-    let elem = if vnni && rows.iter().flatten().all(|&v| i8::try_from(v).is_ok()) { Elem::I8 } else { Elem::I16 };
-    let row_len = len.next_multiple_of(chunk_of(elem));
-    let padded = rows.iter().flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(0, row_len - len)));
-    let weights = match elem {
-        Elem::I8 => table(k, padded.map(|v| (v as i8).to_le_bytes()))?,
-        _ => table(k, padded.map(|v| v.to_le_bytes()))?,
-    };
-    let bias = table(k, folded.iter().map(|v| v.to_le_bytes()))?;
-    Ok(Some(Packed { bias_values: folded, weights, elem, row_len, bias: Indexed { ptr: bias, elem: Elem::I32, si: 0, sj: 1 } }))
+    // u8 activations against weights that fit i8 after their zero point: VNNI's u8×i8 form.
+    let vnni = k.has_vnni() && x.ty.dtype == DType::U8 && rows.iter().flatten().all(|&v| i8::try_from(v).is_ok());
+    Ok(Some(PackedRows { rows, folded, vnni }))
 }
 
 /// Row-major positions of a box of `extents`.
@@ -642,6 +667,9 @@ fn positions(extents: &[usize]) -> Vec<Vec<usize>> {
 /// Conv, QConv, QLinearConv, ConvInteger: per sample and group, im2col into the workspace,
 /// then one dot product per (output channel, output position).
 pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
+    if super::direct::conv(k)? {
+        return Ok(());
+    }
     let kind = k.op.kind;
     let (x, w, y) = (k.input(0)?, k.input(1)?, k.output(0));
     let (xd, wd, yd) = (x.dims(), w.dims(), y.dims());

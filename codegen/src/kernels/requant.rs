@@ -2,7 +2,7 @@
 //! defines it, for every integer kernel that ends in one: `clamp(zp + ((a · m + 2^(s-1))
 //! >> s), lo, hi)` in i64, with `a` an accumulator that fits in i32.
 
-use cranelift_codegen::ir::{types, InstBuilder, Value};
+use cranelift_codegen::ir::{types, ConstantData, Endianness, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;
 use qlift_ir::fixed_point::{FixedMultiplier, Requant, SumRequant};
 
@@ -68,4 +68,48 @@ fn finish(fb: &mut FunctionBuilder, shifted: Value, zero_point: i32, (lo, hi): (
     let y = fb.ins().smax(y, lo);
     let y = fb.ins().smin(y, hi);
     fb.ins().ireduce(types::I32, y)
+}
+
+/// [`requantize`] of four i32 accumulators at once (an i32x4 whose lanes share the
+/// multiplier `m`), as an i32x4 of results; `None` when `m.shift < 32`, where the lanes must
+/// be requantized one by one. The same arithmetic as the scalar form: the i64 products
+/// `a · m` come from `pmuldq` (Cranelift selects it for `imul` of `swiden_low`/`swiden_high`
+/// i32x4 operands), and since `x >> s = (x >> 32) >> (s − 32)` (floor division composes),
+/// the shift takes the high halves of the rounded i64 products and shifts them as i32.
+pub(crate) fn requantize_x4(fb: &mut FunctionBuilder, acc: Value, m: FixedMultiplier, zero_point: i32, (lo, hi): (i64, i64)) -> Option<Value> {
+    if m.shift < 32 {
+        return None;
+    }
+    let splat = |fb: &mut FunctionBuilder, ty: Type, v: i64| {
+        let lane = fb.ins().iconst(ty.lane_type(), v);
+        fb.ins().splat(ty, lane)
+    };
+    let mv = splat(fb, types::I32X4, m.m as i64);
+    let half = splat(fb, types::I64X2, 1i64 << (m.shift - 1));
+    let halves: Vec<Value> = [false, true]
+        .into_iter()
+        .map(|high| {
+            let (a, b) = if high { (fb.ins().swiden_high(acc), fb.ins().swiden_high(mv)) } else { (fb.ins().swiden_low(acc), fb.ins().swiden_low(mv)) };
+            let product = fb.ins().imul(a, b);
+            let rounded = fb.ins().iadd(product, half);
+            fb.ins().bitcast(types::I8X16, little_endian(), rounded)
+        })
+        .collect();
+    // Bytes 4..8 and 12..16 of each i64x2: the high 32 bits of the four products.
+    let mask: Vec<u8> = [4u8, 12, 20, 28].iter().flat_map(|&b| b..b + 4).collect();
+    let mask = fb.func.dfg.immediates.push(ConstantData::from(mask));
+    let high = fb.ins().shuffle(halves[0], halves[1], mask);
+    let high = fb.ins().bitcast(types::I32X4, little_endian(), high);
+    let shifted = fb.ins().sshr_imm_s(high, (m.shift - 32) as i64);
+    let zp = splat(fb, types::I32X4, zero_point as i64);
+    let y = fb.ins().iadd(shifted, zp);
+    let (lo, hi) = (splat(fb, types::I32X4, lo), splat(fb, types::I32X4, hi));
+    let y = fb.ins().smax(y, lo);
+    Some(fb.ins().smin(y, hi))
+}
+
+/// The flags of a bitcast between vector types of different lanes (Cranelift asks for the
+/// byte order explicitly).
+pub(crate) fn little_endian() -> MemFlagsData {
+    MemFlagsData::new().with_endianness(Endianness::Little)
 }

@@ -1,0 +1,252 @@
+//! Direct convolution of one input channel per group with VNNI: depthwise convolutions and
+//! convolutions of a single-channel input (QConv, u8 activations, weights that fit i8).
+//!
+//! Such convolutions have few taps per output (a 3×3 kernel: 9), so the im2col form of
+//! [`super::product`] spends most of its time gathering bytes one by one, reducing vector
+//! lanes and requantizing lane by lane. Here the input plane is first copied into the
+//! workspace with its padding filled with the zero point; then, for a block of four
+//! neighbouring outputs of one row, each kernel row is one 16-byte load and one byte shuffle
+//! (`pshufb`) that puts in i32 lane j the four input bytes output j multiplies by that kernel
+//! row, and one `vpdpbusd` against the kernel row's weights (the same four in every lane, the
+//! fourth 0 for a 3-wide kernel) adds the four outputs' products. The block's accumulators
+//! then requantize as one vector ([`requant::requantize_x4`]) and are stored as one 32-bit
+//! word. A single-channel input shares its shuffled rows among all output channels.
+//!
+//! The arithmetic is the interpreter's: `Σ x·(w − zw) + (bias − zx·Σ(w − zw))` in wrapping
+//! i32 (the input zero point folded into the bias as in [`super::product::packed_rows`]),
+//! then the fixed-point requantization of each output channel.
+
+use super::product::{packed_rows, vnni_dot};
+use super::{requant, Kernel};
+use crate::emit;
+use cranelift_codegen::ir::{types, ConstantData, InstBuilder, Value};
+use cranelift_frontend::FunctionBuilder;
+use qlift_ir::fixed_point::Requant;
+use qlift_ir::{DType, OpKind};
+
+/// Output positions per block: the four i32 lanes of one vector.
+const BLOCK: usize = 4;
+
+/// Output channels up to which the kernel is emitted (each channel's code is straight-line,
+/// with its weights and requantization constants as immediates); wider convolutions use
+/// the im2col form.
+const MAX_CHANNELS: usize = 256;
+
+/// Emits the convolution when it has this form and returns true; false leaves it to the
+/// im2col form (nothing emitted).
+pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
+    let Some(g) = Geometry::of(k)? else { return Ok(false) };
+    let kernel_taps = g.kh * g.kw;
+    // Weights [M][1][KH][KW] as packed rows of KH·KW taps.
+    let Some(packed) = packed_rows(k, g.m, kernel_taps, |c, t| c * kernel_taps + t)? else { return Ok(false) };
+    if !packed.vnni {
+        return Ok(false);
+    }
+    let (xq, wq) = (k.input(0)?.ty.quant.clone(), k.input(1)?.ty.quant.clone());
+    let (Some(xq), Some(wq)) = (xq, wq) else { return Ok(false) };
+    let y = k.output(0).ty.clone();
+    let rq = Requant::for_product(&xq, &wq, g.m, &y, k.op.fused_activation()?)?;
+    // Each (output channel, kernel row): its KW weights and zeros to four bytes, repeated in
+    // the four lanes.
+    let mut weights = Vec::with_capacity(g.m * g.kh * 16);
+    for row in &packed.rows {
+        for r in 0..g.kh {
+            let quad: Vec<u8> = (0..4).map(|i| if i < g.kw { row[r * g.kw + i] as i8 as u8 } else { 0 }).collect();
+            for _ in 0..BLOCK {
+                weights.extend_from_slice(&quad);
+            }
+        }
+    }
+    let wptr = k.data(weights, 16)?;
+    let plane = g.hp * g.wp;
+    let padded_bytes = (g.channels * plane + 16).next_multiple_of(16);
+    let ws = k.workspace(padded_bytes);
+    let (x, yop) = (k.input(0)?, k.output(0));
+    let (xptr, yptr, x_batched) = (x.ptr, yop.ptr, x.batched());
+    let samples = if x_batched { k.batch } else { emit::iconst(k.fb, x.dims()[0] as i64) };
+    let zx = xq.channel(0).1;
+    let signed = y.dtype == DType::I8;
+    let fb = &mut *k.fb;
+    // Lane j of a shuffled row holds bytes j·sw .. j·sw + 4 of the loaded 16.
+    let mask: Vec<u8> = (0..BLOCK).flat_map(|j| (0..4).map(move |i| (j * g.sw + i) as u8)).collect();
+    let mask = fb.func.dfg.immediates.push(ConstantData::from(mask));
+    let (out_plane, in_plane) = (g.oh * g.ow, g.h * g.w);
+    emit::for_dynamic(fb, samples, |fb, n| {
+        let xn = emit::addr(fb, xptr, n, (g.channels * in_plane) as i64);
+        let yn = emit::addr(fb, yptr, n, (g.m * out_plane) as i64);
+        pad_planes(fb, &g, xn, ws, padded_bytes, zx);
+        for gi in 0..g.channels {
+            let src = fb.ins().iadd_imm_s(ws, (gi * plane) as i64);
+            emit::for_count(fb, g.oh as i64, |fb, oh| {
+                let row0 = fb.ins().imul_imm_s(oh, (g.sh * g.wp) as i64);
+                let row0 = fb.ins().iadd(src, row0);
+                let blocks = g.ow.div_ceil(BLOCK);
+                let block = |fb: &mut FunctionBuilder, b: Value, count: usize| {
+                    let col = fb.ins().imul_imm_s(b, (BLOCK * g.sw) as i64);
+                    let base = fb.ins().iadd(row0, col);
+                    let rows: Vec<Value> = (0..g.kh)
+                        .map(|r| {
+                            let v = fb.ins().load(types::I8X16, emit::mem(), base, ((r * g.dh * g.wp) as i64) as i32);
+                            fb.ins().shuffle(v, v, mask)
+                        })
+                        .collect();
+                    for c in gi * g.mg..(gi + 1) * g.mg {
+                        let mut acc = {
+                            let bias = fb.ins().iconst(types::I32, packed.folded[c] as i64);
+                            fb.ins().splat(types::I32X4, bias)
+                        };
+                        for (r, &xs) in rows.iter().enumerate() {
+                            let w = fb.ins().load(types::I8X16, emit::mem(), wptr, ((c * g.kh + r) * 16) as i32);
+                            let halves = (fb.ins().swiden_low(w), fb.ins().swiden_high(w));
+                            acc = vnni_dot(fb, acc, halves, xs);
+                        }
+                        let out = fb.ins().imul_imm_s(oh, g.ow as i64);
+                        let out = fb.ins().iadd_imm_s(out, (c * out_plane) as i64);
+                        let first = fb.ins().imul_imm_s(b, BLOCK as i64);
+                        let out = fb.ins().iadd(out, first);
+                        let out = fb.ins().iadd(yn, out);
+                        store_block(fb, acc, &rq, c, signed, out, count);
+                    }
+                };
+                let full = g.ow / BLOCK;
+                if full > 0 {
+                    let (zero, end) = (emit::iconst(fb, 0), emit::iconst(fb, full as i64));
+                    emit::for_range(fb, zero, end, 1, |fb, b| block(fb, b, BLOCK));
+                }
+                if full < blocks {
+                    let b = emit::iconst(fb, full as i64);
+                    block(fb, b, g.ow - full * BLOCK);
+                }
+            });
+        }
+    });
+    Ok(true)
+}
+
+/// Requantizes a block's accumulators (output channel `c`) and stores its first `count`
+/// results at `out`: one 32-bit store for a whole block.
+fn store_block(fb: &mut FunctionBuilder, acc: Value, rq: &Requant, c: usize, signed: bool, out: Value, count: usize) {
+    let m = requant::channel(rq, c);
+    let Some(v) = requant::requantize_x4(fb, acc, m, rq.zero_point, rq.bounds) else {
+        for lane in 0..count {
+            let a = fb.ins().extractlane(acc, lane as u8);
+            let v = requant::requantize(fb, a, m, rq.zero_point, rq.bounds);
+            let v = fb.ins().ireduce(types::I8, v);
+            fb.ins().store(emit::mem(), v, out, lane as i32);
+        }
+        return;
+    };
+    // Clamped to the 8-bit range already, so the saturating narrowings are exact.
+    let halves = fb.ins().snarrow(v, v);
+    let bytes = if signed { fb.ins().snarrow(halves, halves) } else { fb.ins().unarrow(halves, halves) };
+    if count == BLOCK {
+        let words = fb.ins().bitcast(types::I32X4, requant::little_endian(), bytes);
+        let word = fb.ins().extractlane(words, 0);
+        fb.ins().store(emit::mem(), word, out, 0);
+    } else {
+        for lane in 0..count {
+            let b = fb.ins().extractlane(bytes, lane as u8);
+            fb.ins().store(emit::mem(), b, out, lane as i32);
+        }
+    }
+}
+
+/// Copies every input plane of sample `xn` into the workspace with its padding: the whole
+/// area is first filled with the zero point (16 bytes a store), then each input row is
+/// copied 8 bytes at a time (and byte by byte for the rest).
+fn pad_planes(fb: &mut FunctionBuilder, g: &Geometry, xn: Value, ws: Value, bytes: usize, zx: i32) {
+    let z = fb.ins().iconst(types::I8, (zx as u8) as i64);
+    let zv = fb.ins().splat(types::I8X16, z);
+    emit::for_count(fb, (bytes / 16) as i64, |fb, i| {
+        let at = emit::addr(fb, ws, i, 16);
+        fb.ins().store(emit::mem(), zv, at, 0);
+    });
+    emit::for_count(fb, g.channels as i64, |fb, ch| {
+        emit::for_count(fb, g.h as i64, |fb, y| {
+            // Input row y of channel ch goes to padded row pt + y, column pl.
+            let src = fb.ins().imul_imm_s(ch, (g.h * g.w) as i64);
+            let src = fb.ins().iadd(xn, src);
+            let src = emit::addr(fb, src, y, g.w as i64);
+            let to = fb.ins().imul_imm_s(ch, (g.hp * g.wp) as i64);
+            let dst = fb.ins().iadd(ws, to);
+            let yy = fb.ins().iadd_imm_s(y, g.pt as i64);
+            let dst = emit::addr(fb, dst, yy, g.wp as i64);
+            let dst = fb.ins().iadd_imm_s(dst, g.pl as i64);
+            let words = g.w / 8;
+            for i in 0..words {
+                let v = fb.ins().load(types::I64, emit::mem(), src, (i * 8) as i32);
+                fb.ins().store(emit::mem(), v, dst, (i * 8) as i32);
+            }
+            for i in words * 8..g.w {
+                let v = fb.ins().load(types::I8, emit::mem(), src, i as i32);
+                fb.ins().store(emit::mem(), v, dst, i as i32);
+            }
+        });
+    });
+}
+
+/// The shape of a convolution this kernel handles.
+struct Geometry {
+    /// Input channels (= groups) and output channels, output channels per group.
+    channels: usize,
+    m: usize,
+    mg: usize,
+    /// Input plane, kernel, output plane; padded plane; strides; kernel row dilation.
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+    hp: usize,
+    wp: usize,
+    sh: usize,
+    sw: usize,
+    dh: usize,
+    /// Top and left padding.
+    pt: usize,
+    pl: usize,
+}
+
+impl Geometry {
+    /// The geometry when the node is a 2-D QConv with one input channel per group, u8
+    /// activations, an 8-bit result, at most [`MAX_CHANNELS`] output channels, a kernel at
+    /// most 4 wide without dilation along the row, and a row stride that keeps four outputs
+    /// within 16 loaded bytes.
+    fn of(k: &Kernel) -> Result<Option<Geometry>, String> {
+        if k.op.kind != OpKind::QConv || !k.has_vnni() {
+            return Ok(None);
+        }
+        let (x, w, y) = (k.input(0)?, k.input(1)?, k.output(0));
+        let (xd, wd, yd) = (x.dims(), w.dims(), y.dims());
+        if xd.len() != 4 || x.ty.dtype != DType::U8 || !matches!(y.ty.dtype, DType::U8 | DType::I8) {
+            return Ok(None);
+        }
+        let attrs = &k.op.attrs;
+        let group = usize::try_from(attrs.int("group")?).map_err(|e| e.to_string())?.max(1);
+        let (strides, dilations, pads) = (attrs.usizes("strides")?, attrs.usizes("dilations")?, attrs.usizes("pads")?);
+        let (channels, m) = (xd[1], wd[0]);
+        let fits = channels == group && m % group == 0 && m <= MAX_CHANNELS && wd[3] <= 4 && dilations[1] == 1 && strides[1] * (BLOCK - 1) + 4 <= 16;
+        if !fits {
+            return Ok(None);
+        }
+        Ok(Some(Geometry {
+            channels,
+            m,
+            mg: m / group,
+            h: xd[2],
+            w: xd[3],
+            kh: wd[2],
+            kw: wd[3],
+            oh: yd[2],
+            ow: yd[3],
+            hp: xd[2] + pads[0] + pads[2],
+            wp: xd[3] + pads[1] + pads[3],
+            sh: strides[0],
+            sw: strides[1],
+            dh: dilations[0],
+            pt: pads[0],
+            pl: pads[1],
+        }))
+    }
+}
