@@ -98,6 +98,22 @@ pub fn clamp_bounds(range: (i64, i64), act: Option<(f32, f32)>, scale: f32, zero
     }
 }
 
+/// Channels whose multiplier is at least this fraction of the largest share its shift.
+const SHARED_SHIFT_RANGE: f64 = 1.0 / 128.0;
+
+/// The fixed-point multipliers of per-channel reals. They share one shift when every real
+/// is within [`SHARED_SHIFT_RANGE`] of the largest (each keeps at least 24 of its 31 bits,
+/// a relative error below 2^-24): then four channels requantize as one vector in the JIT,
+/// whose arithmetic shift cannot vary by lane. Otherwise each channel has its own shift.
+fn per_channel(reals: &[f64]) -> Result<Vec<FixedMultiplier>, String> {
+    let largest = reals.iter().copied().fold(0.0f64, f64::max);
+    if reals.len() > 1 && reals.iter().all(|&r| r >= largest * SHARED_SHIFT_RANGE) {
+        let (ms, shift) = common(reals)?;
+        return Ok(ms.into_iter().map(|m| FixedMultiplier { m, shift }).collect());
+    }
+    reals.iter().map(|&r| FixedMultiplier::from_real(r)).collect()
+}
+
 /// One requantized element: `clamp(zero_point + M · acc, lo, hi)`.
 #[inline]
 pub fn requantize(acc: i64, m: FixedMultiplier, zero_point: i32, (lo, hi): (i64, i64)) -> i64 {
@@ -135,10 +151,8 @@ impl Requant {
     pub fn for_product(x: &QuantParams, w: &QuantParams, channels: usize, y: &TensorType, act: Option<(f32, f32)>) -> Result<Requant, String> {
         let (sy, zero_point, bounds) = result_params(y, act)?;
         let count = if w.axis.is_some() { channels } else { 1 };
-        let multipliers = (0..count)
-            .map(|c| FixedMultiplier::from_real(x.channel(0).0 as f64 * w.channel(c).0 as f64 / sy as f64))
-            .collect::<Result<_, _>>()?;
-        Ok(Requant { multipliers, zero_point, bounds })
+        let reals: Vec<f64> = (0..count).map(|c| x.channel(0).0 as f64 * w.channel(c).0 as f64 / sy as f64).collect();
+        Ok(Requant { multipliers: per_channel(&reals)?, zero_point, bounds })
     }
 
     /// For a rescale by `ratio` (`s_x / s_y`, times `1/count` for an average).
@@ -233,6 +247,18 @@ mod tests {
         let (ms, shift) = common(&[0.25, 1.5]).unwrap();
         assert_eq!(shift, 30);
         assert_eq!(ms, vec![1 << 28, 3 << 29]);
+    }
+
+    #[test]
+    fn close_channel_multipliers_share_a_shift() {
+        let close = per_channel(&[1e-3, 3e-4, 1e-4]).unwrap();
+        assert!(close.iter().all(|m| m.shift == close[0].shift), "{close:?}");
+        for (m, real) in close.iter().zip([1e-3, 3e-4, 1e-4]) {
+            assert!(((m.real() - real) / real).abs() < 1e-7, "{m:?} for {real}");
+        }
+        let far = per_channel(&[1e-3, 1e-6]).unwrap();
+        assert_ne!(far[0].shift, far[1].shift);
+        assert!(far.iter().all(|m| m.m >= 1 << 30));
     }
 
     #[test]

@@ -127,7 +127,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
 /// results at `out`: one 32-bit store for a whole block.
 fn store_block(fb: &mut FunctionBuilder, acc: Value, rq: &Requant, c: usize, signed: bool, out: Value, count: usize) {
     let m = requant::channel(rq, c);
-    let Some(v) = requant::requantize_x4(fb, acc, m, rq.zero_point, rq.bounds) else {
+    let Some(v) = requant::requantize_x4(fb, acc, [m.m; 4], m.shift, rq.zero_point, rq.bounds) else {
         for lane in 0..count {
             let a = fb.ins().extractlane(acc, lane as u8);
             let v = requant::requantize(fb, a, m, rq.zero_point, rq.bounds);
@@ -136,9 +136,7 @@ fn store_block(fb: &mut FunctionBuilder, acc: Value, rq: &Requant, c: usize, sig
         }
         return;
     };
-    // Clamped to the 8-bit range already, so the saturating narrowings are exact.
-    let halves = fb.ins().snarrow(v, v);
-    let bytes = if signed { fb.ins().snarrow(halves, halves) } else { fb.ins().unarrow(halves, halves) };
+    let bytes = requant::narrow_x4(fb, v, signed);
     if count == BLOCK {
         let words = fb.ins().bitcast(types::I32X4, requant::little_endian(), bytes);
         let word = fb.ins().extractlane(words, 0);

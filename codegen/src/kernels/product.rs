@@ -94,10 +94,15 @@ impl Elem {
     /// Stores `v` at element `row · width + col` of the row-major matrix at `base` (a conv
     /// result's [channel][position], a product's [row][column]).
     fn store_2d(self, fb: &mut FunctionBuilder, v: Value, base: Value, row: Value, width: usize, col: Value) {
+        let addr = self.addr_2d(fb, base, row, width, col);
+        self.store(fb, v, addr);
+    }
+
+    /// The address of element `row · width + col` of the row-major matrix at `base`.
+    fn addr_2d(self, fb: &mut FunctionBuilder, base: Value, row: Value, width: usize, col: Value) -> Value {
         let at = fb.ins().imul_imm_s(row, width as i64);
         let at = fb.ins().iadd(at, col);
-        let addr = emit::addr(fb, base, at, self.bytes());
-        self.store(fb, v, addr);
+        emit::addr(fb, base, at, self.bytes())
     }
 
     /// Stores `v` (an i32 for 8-bit results, which narrows it) at `addr`.
@@ -270,11 +275,29 @@ fn simd_sides<'s>(a: &'s Side, b: &'s Side, len: usize) -> Option<(&'s Side, &'s
 
 fn dot_i16x8(fb: &mut FunctionBuilder, a: &Side, b: &Side, len: usize) -> Option<Value> {
     let (wide, narrow) = simd_sides(a, b, len)?;
-    Some(dot_block(fb, std::slice::from_ref(narrow), std::slice::from_ref(wide), len)[0])
+    let sums = dot_block(fb, std::slice::from_ref(narrow), std::slice::from_ref(wide), len).remove(0);
+    Some(sums.scalars(fb)[0])
+}
+
+/// The dot products of one activation row against a block's weight rows.
+enum RowSums {
+    /// Four sums, the lanes of one i32x4 (four weight rows and no scalar tail).
+    Lanes(Value),
+    /// One i32 per weight row.
+    Scalars(Vec<Value>),
+}
+
+impl RowSums {
+    fn scalars(self, fb: &mut FunctionBuilder) -> Vec<Value> {
+        match self {
+            RowSums::Lanes(v) => (0..4u8).map(|lane| fb.ins().extractlane(v, lane)).collect(),
+            RowSums::Scalars(s) => s,
+        }
+    }
 }
 
 /// Dot products of a tile: up to four rows of 8-bit activations (`narrows`) against up to
-/// four rows of packed weights (`wides`), every pair; results row-major `[narrow][wide]`.
+/// four rows of packed weights (`wides`), every pair; one [`RowSums`] per narrow row.
 /// Each load serves a whole row or column of the tile. With i16 weights: 8 products per
 /// step as `pmaddwd` (i16 × i16 pairs summed into i32x4, exact — Cranelift selects it for
 /// `iadd_pairwise(imul(swiden_low, swiden_low), imul(swiden_high, swiden_high))`), the
@@ -283,7 +306,7 @@ fn dot_i16x8(fb: &mut FunctionBuilder, a: &Side, b: &Side, len: usize) -> Option
 /// summed four at a time into i32 lanes — `lower.isle`, "AVX-VNNI: fold the u8*i8 widening
 /// dot-accumulate tree"). Lanes reduced with pairwise adds, a scalar tail for the rest. The
 /// same wrapping i32 sums as the scalar loop (lane sums and final sums wrap alike).
-fn dot_block(fb: &mut FunctionBuilder, narrows: &[Side], wides: &[Side], len: usize) -> Vec<Value> {
+fn dot_block(fb: &mut FunctionBuilder, narrows: &[Side], wides: &[Side], len: usize) -> Vec<RowSums> {
     let vnni = wides.first().is_some_and(|w| w.elem == Elem::I8);
     let chunk = chunk_of(if vnni { Elem::I8 } else { Elem::I16 });
     let chunks = len / chunk;
@@ -325,12 +348,14 @@ fn dot_block(fb: &mut FunctionBuilder, narrows: &[Side], wides: &[Side], len: us
             }
         }
     });
-    let mut totals = Vec::with_capacity(vs.len());
-    for (i, narrow) in narrows.iter().enumerate() {
-        let row = vs[i * wides.len()..(i + 1) * wides.len()].to_vec();
-        totals.extend(reduce_and_tail(fb, narrow, wides, row, chunks * chunk, len));
-    }
-    totals
+    narrows
+        .iter()
+        .enumerate()
+        .map(|(i, narrow)| {
+            let row = vs[i * wides.len()..(i + 1) * wides.len()].to_vec();
+            reduce_and_tail(fb, narrow, wides, row, chunks * chunk, len)
+        })
+        .collect()
 }
 
 /// `acc + Σ_{i<4} w[4j+i]·x[4j+i]` in each i32 lane j: the tree Cranelift folds into one
@@ -371,13 +396,16 @@ fn accumulate(fb: &mut FunctionBuilder, count: usize, chunks: usize, chunk: i64,
 
 /// The lane sums of `accs` (one i32x4 per weight row) plus the scalar products of
 /// elements `from..len`.
-fn reduce_and_tail(fb: &mut FunctionBuilder, narrow: &Side, wides: &[Side], mut vs: Vec<Value>, from: usize, len: usize) -> Vec<Value> {
+fn reduce_and_tail(fb: &mut FunctionBuilder, narrow: &Side, wides: &[Side], mut vs: Vec<Value>, from: usize, len: usize) -> RowSums {
     // Pairwise reduction: with four accumulators, two rounds leave [s0, s1, s2, s3].
     let mut totals: Vec<Value> = if vs.len() == 4 {
         let t0 = fb.ins().iadd_pairwise(vs[0], vs[1]);
         let t1 = fb.ins().iadd_pairwise(vs[2], vs[3]);
         let s = fb.ins().iadd_pairwise(t0, t1);
-        (0..4u8).map(|lane| fb.ins().extractlane(s, lane)).collect()
+        if from == len {
+            return RowSums::Lanes(s);
+        }
+        RowSums::Lanes(s).scalars(fb)
     } else {
         vs.drain(..)
             .map(|v| {
@@ -399,7 +427,7 @@ fn reduce_and_tail(fb: &mut FunctionBuilder, narrow: &Side, wides: &[Side], mut 
             *total = fb.ins().iadd(*total, p);
         }
     }
-    totals
+    RowSums::Scalars(totals)
 }
 
 /// What turns an accumulator into a result element. Tables are read at (row, column) =
@@ -431,6 +459,21 @@ impl Epilogue {
         }
         let col = emit::iconst(fb, channel as i64);
         self.apply(fb, acc, sample, row, col)
+    }
+
+    /// The fixed-point requantization of four accumulators of output channels known at
+    /// compile time (the lanes of `acc`) as one vector ([`requant::requantize_x4`]): an i32x4
+    /// of results, or `None` where that does not apply (another epilogue, channels with
+    /// different shifts, a shift below 32).
+    fn apply_x4(&self, fb: &mut FunctionBuilder, acc: Value, channels: [usize; 4]) -> Option<Value> {
+        let Epilogue::Fixed { rq, bias_values: Some(bias), .. } = self else { return None };
+        let (ms, shift) = requant::lanes(rq, channels)?;
+        if shift < 32 {
+            return None;
+        }
+        let b = requant::vector(fb, channels.iter().flat_map(|&c| bias[c].to_le_bytes()).collect());
+        let acc = fb.ins().iadd(acc, b);
+        requant::requantize_x4(fb, acc, ms, shift, rq.zero_point, rq.bounds)
     }
 
     fn apply(&self, fb: &mut FunctionBuilder, acc: Value, sample: Value, row: Value, col: Value) -> Value {
@@ -649,6 +692,12 @@ pub(super) fn packed_rows(k: &Kernel, channels: usize, len: usize, at: impl Fn(u
     Ok(Some(PackedRows { rows, folded, vnni }))
 }
 
+/// The output channels of a block of four known at compile time.
+fn static_block(chs: &[(Value, Option<usize>)]) -> Option<[usize; 4]> {
+    let known: Vec<usize> = chs.iter().map(|&(_, c)| c).collect::<Option<_>>()?;
+    known.try_into().ok()
+}
+
 /// Row-major positions of a box of `extents`.
 fn positions(extents: &[usize]) -> Vec<Vec<usize>> {
     let count: usize = extents.iter().product();
@@ -809,10 +858,21 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
                             })
                             .collect();
                         let sums = dot_block(fb, &cols, &rows, kp);
-                        for r in 0..count {
+                        for (r, sums) in sums.into_iter().enumerate() {
                             let pi = fb.ins().iadd_imm_s(pi0, r as i64);
-                            for (c, &(ch, known)) in chs.iter().enumerate() {
-                                let acc = sums[r * chs.len() + c];
+                            let out = ye.addr_2d(fb, yn, zero, p, pi);
+                            if let (RowSums::Lanes(v), Some(known)) = (&sums, static_block(&chs)) {
+                                if let Some(v) = epilogue.apply_x4(fb, *v, known) {
+                                    // Four channels' results, `p` elements apart.
+                                    let bytes = requant::narrow_x4(fb, v, ye == Elem::I8);
+                                    for (lane, c) in known.iter().enumerate() {
+                                        let b = fb.ins().extractlane(bytes, lane as u8);
+                                        fb.ins().store(emit::mem(), b, out, (c * p) as i32);
+                                    }
+                                    continue;
+                                }
+                            }
+                            for (acc, &(ch, known)) in sums.scalars(fb).into_iter().zip(&chs) {
                                 let v = match known {
                                     Some(c) => epilogue.apply_static(fb, acc, n, ch, c),
                                     None => epilogue.apply(fb, acc, n, ch, ch),
@@ -984,8 +1044,20 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<(), String> {
                             .iter()
                             .map(|&j| Side { base: fb.ins().iadd_imm_s(b_q, (j * b_sj) as i64 * be.bytes()), step: be.bytes(), elem: be, zp: None })
                             .collect();
-                        let sums = dot_block(fb, std::slice::from_ref(&probe_a), &rows, kk);
-                        for (&j, acc) in cols.iter().zip(sums) {
+                        let sums = dot_block(fb, std::slice::from_ref(&probe_a), &rows, kk).remove(0);
+                        if let (RowSums::Lanes(v), Ok(known)) = (&sums, <[usize; 4]>::try_from(cols.as_slice())) {
+                            if let Some(v) = epilogue.apply_x4(fb, *v, known) {
+                                // Four neighbouring results of the row: one 32-bit store.
+                                let bytes = requant::narrow_x4(fb, v, ye == Elem::I8);
+                                let words = fb.ins().bitcast(types::I32X4, requant::little_endian(), bytes);
+                                let word = fb.ins().extractlane(words, 0);
+                                let j0 = emit::iconst(fb, j0 as i64);
+                                let out = ye.addr_2d(fb, y_q, i, n, j0);
+                                fb.ins().store(emit::mem(), word, out, 0);
+                                continue;
+                            }
+                        }
+                        for (&j, acc) in cols.iter().zip(sums.scalars(fb)) {
                             let v = epilogue.apply_static(fb, acc, s, i, j);
                             let j = emit::iconst(fb, j as i64);
                             ye.store_2d(fb, v, y_q, i, n, j);

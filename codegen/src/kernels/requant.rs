@@ -70,22 +70,23 @@ fn finish(fb: &mut FunctionBuilder, shifted: Value, zero_point: i32, (lo, hi): (
     fb.ins().ireduce(types::I32, y)
 }
 
-/// [`requantize`] of four i32 accumulators at once (an i32x4 whose lanes share the
-/// multiplier `m`), as an i32x4 of results; `None` when `m.shift < 32`, where the lanes must
-/// be requantized one by one. The same arithmetic as the scalar form: the i64 products
-/// `a · m` come from `pmuldq` (Cranelift selects it for `imul` of `swiden_low`/`swiden_high`
-/// i32x4 operands), and since `x >> s = (x >> 32) >> (s − 32)` (floor division composes),
-/// the shift takes the high halves of the rounded i64 products and shifts them as i32.
-pub(crate) fn requantize_x4(fb: &mut FunctionBuilder, acc: Value, m: FixedMultiplier, zero_point: i32, (lo, hi): (i64, i64)) -> Option<Value> {
-    if m.shift < 32 {
+/// [`requantize`] of four i32 accumulators at once (the lanes of an i32x4), lane `i` with
+/// integer multiplier `ms[i]` and all with one `shift`, as an i32x4 of results; `None` when
+/// `shift < 32`, where the lanes must be requantized one by one. The same arithmetic as the
+/// scalar form: the i64 products `a · m` come from `pmuldq` (Cranelift selects it for `imul`
+/// of `swiden_low`/`swiden_high` i32x4 operands), and since `x >> s = (x >> 32) >> (s − 32)`
+/// (floor division composes), the shift takes the high halves of the rounded i64 products
+/// and shifts them as i32.
+pub(crate) fn requantize_x4(fb: &mut FunctionBuilder, acc: Value, ms: [i32; 4], shift: u32, zero_point: i32, (lo, hi): (i64, i64)) -> Option<Value> {
+    if shift < 32 {
         return None;
     }
     let splat = |fb: &mut FunctionBuilder, ty: Type, v: i64| {
         let lane = fb.ins().iconst(ty.lane_type(), v);
         fb.ins().splat(ty, lane)
     };
-    let mv = splat(fb, types::I32X4, m.m as i64);
-    let half = splat(fb, types::I64X2, 1i64 << (m.shift - 1));
+    let mv = vector(fb, ms.iter().flat_map(|m| m.to_le_bytes()).collect());
+    let half = splat(fb, types::I64X2, 1i64 << (shift - 1));
     let halves: Vec<Value> = [false, true]
         .into_iter()
         .map(|high| {
@@ -100,12 +101,36 @@ pub(crate) fn requantize_x4(fb: &mut FunctionBuilder, acc: Value, m: FixedMultip
     let mask = fb.func.dfg.immediates.push(ConstantData::from(mask));
     let high = fb.ins().shuffle(halves[0], halves[1], mask);
     let high = fb.ins().bitcast(types::I32X4, little_endian(), high);
-    let shifted = fb.ins().sshr_imm_s(high, (m.shift - 32) as i64);
+    let shifted = fb.ins().sshr_imm_s(high, (shift - 32) as i64);
     let zp = splat(fb, types::I32X4, zero_point as i64);
     let y = fb.ins().iadd(shifted, zp);
     let (lo, hi) = (splat(fb, types::I32X4, lo), splat(fb, types::I32X4, hi));
     let y = fb.ins().smax(y, lo);
     Some(fb.ins().smin(y, hi))
+}
+
+/// The multipliers of channels `channels` of `rq` when they share one shift (see
+/// `qlift_ir::fixed_point`), for [`requantize_x4`].
+pub(crate) fn lanes(rq: &Requant, channels: [usize; 4]) -> Option<([i32; 4], u32)> {
+    let ms = channels.map(|c| channel(rq, c));
+    ms.iter().all(|m| m.shift == ms[0].shift).then(|| (ms.map(|m| m.m), ms[0].shift))
+}
+
+/// The i32 lanes of `v` (already clamped to the 8-bit range, so the saturating narrowings
+/// are exact) as the first four bytes of an i8x16: u8 or, when `signed`, i8.
+pub(crate) fn narrow_x4(fb: &mut FunctionBuilder, v: Value, signed: bool) -> Value {
+    let halves = fb.ins().snarrow(v, v);
+    if signed {
+        fb.ins().snarrow(halves, halves)
+    } else {
+        fb.ins().unarrow(halves, halves)
+    }
+}
+
+/// An i32x4 constant of `bytes` (16, little-endian lanes).
+pub(crate) fn vector(fb: &mut FunctionBuilder, bytes: Vec<u8>) -> Value {
+    let c = fb.func.dfg.constants.insert(ConstantData::from(bytes));
+    fb.ins().vconst(types::I32X4, c)
 }
 
 /// The flags of a bitcast between vector types of different lanes (Cranelift asks for the
