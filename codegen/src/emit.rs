@@ -15,6 +15,16 @@ pub fn mem() -> MemFlagsData {
     flags
 }
 
+/// Memory flags of loads from constant data (packed weights, tables): also read-only and
+/// free to move, which makes them pure to Cranelift's optimizer, so each is placed next to
+/// its use (or folded into it) instead of where it was emitted.
+pub fn constant_mem() -> MemFlagsData {
+    let mut flags = mem();
+    flags.set_readonly();
+    flags.set_can_move();
+    flags
+}
+
 /// An i64 constant.
 pub fn iconst(fb: &mut FunctionBuilder, v: i64) -> Value {
     fb.ins().iconst(types::I64, v)

@@ -1,16 +1,17 @@
-//! Direct convolution of one input channel per group with VNNI: depthwise convolutions and
-//! convolutions of a single-channel input (QConv, u8 activations, weights that fit i8).
+//! Direct convolution with VNNI for kernels 2 to 4 wide (3×3, depthwise or not) and for one
+//! input channel per group (depthwise, single-channel input): QConv, u8 activations,
+//! weights that fit i8.
 //!
-//! Such convolutions have few taps per output (a 3×3 kernel: 9), so the im2col form of
-//! [`super::product`] spends most of its time gathering bytes one by one, reducing vector
-//! lanes and requantizing lane by lane. Here the input plane is first copied into the
-//! workspace with its padding filled with the zero point; then, for a block of four
-//! neighbouring outputs of one row, each kernel row is one 16-byte load and one byte shuffle
-//! (`pshufb`) that puts in i32 lane j the four input bytes output j multiplies by that kernel
-//! row, and one `vpdpbusd` against the kernel row's weights (the same four in every lane, the
-//! fourth 0 for a 3-wide kernel) adds the four outputs' products. The block's accumulators
-//! then requantize as one vector ([`requant::requantize_x4`]) and are stored as one 32-bit
-//! word. A single-channel input shares its shuffled rows among all output channels.
+//! Such convolutions have few taps per input channel (a 3×3 kernel: 9), so the im2col form
+//! of [`super::product`] spends much of its time gathering bytes one by one. Here the input
+//! planes are first copied into the workspace with their padding filled with the zero
+//! point; then, for a block of four neighbouring outputs of one row, each (input channel,
+//! kernel row) is one 16-byte load and one byte shuffle (`pshufb`) that puts in i32 lane j
+//! the four input bytes output j multiplies by that kernel row, and one `vpdpbusd` per
+//! output channel against the kernel row's weights (the same four in every lane, the fourth
+//! 0 for a 3-wide kernel) adds the four outputs' products. Up to [`CHANNEL_BLOCK`] output
+//! channels share each shuffled row. A channel's four accumulators then requantize as one
+//! vector ([`requant::requantize_x4`]) and are stored as one 32-bit word.
 //!
 //! The arithmetic is the interpreter's: `Σ x·(w − zw) + (bias − zx·Σ(w − zw))` in wrapping
 //! i32 (the input zero point folded into the bias as in [`super::product::packed_rows`]),
@@ -20,12 +21,16 @@ use super::product::{packed_rows, vnni_dot};
 use super::{requant, Kernel};
 use crate::emit;
 use cranelift_codegen::ir::{types, ConstantData, InstBuilder, Value};
-use cranelift_frontend::FunctionBuilder;
+use cranelift_frontend::{FunctionBuilder, Variable};
 use qlift_ir::fixed_point::Requant;
 use qlift_ir::{DType, OpKind};
 
 /// Output positions per block: the four i32 lanes of one vector.
 const BLOCK: usize = 4;
+
+/// Output channels accumulated together (one i32x4 register each): each shuffled input row
+/// serves this many `vpdpbusd`.
+const CHANNEL_BLOCK: usize = 8;
 
 /// Output channels up to which the kernel is emitted (each channel's code is straight-line,
 /// with its weights and requantization constants as immediates); wider convolutions use
@@ -36,9 +41,9 @@ const MAX_CHANNELS: usize = 256;
 /// im2col form (nothing emitted).
 pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let Some(g) = Geometry::of(k)? else { return Ok(false) };
-    let kernel_taps = g.kh * g.kw;
-    // Weights [M][1][KH][KW] as packed rows of KH·KW taps.
-    let Some(packed) = packed_rows(k, g.m, kernel_taps, |c, t| c * kernel_taps + t)? else { return Ok(false) };
+    let taps = g.cg * g.kh * g.kw;
+    // Weights [M][C/group][KH][KW] as packed rows of C/group·KH·KW taps.
+    let Some(packed) = packed_rows(k, g.m, taps, |c, t| c * taps + t)? else { return Ok(false) };
     if !packed.vnni {
         return Ok(false);
     }
@@ -46,11 +51,11 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let (Some(xq), Some(wq)) = (xq, wq) else { return Ok(false) };
     let y = k.output(0).ty.clone();
     let rq = Requant::for_product(&xq, &wq, g.m, &y, k.op.fused_activation()?)?;
-    // Each (output channel, kernel row): its KW weights and zeros to four bytes, repeated in
-    // the four lanes.
-    let mut weights = Vec::with_capacity(g.m * g.kh * 16);
+    // Each (output channel, input channel, kernel row): its KW weights and zeros to four
+    // bytes, repeated in the four lanes.
+    let mut weights = Vec::with_capacity(g.m * g.cg * g.kh * 16);
     for row in &packed.rows {
-        for r in 0..g.kh {
+        for r in 0..g.cg * g.kh {
             let quad: Vec<u8> = (0..4).map(|i| if i < g.kw { row[r * g.kw + i] as i8 as u8 } else { 0 }).collect();
             for _ in 0..BLOCK {
                 weights.extend_from_slice(&quad);
@@ -60,6 +65,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let wptr = k.data(weights, 16)?;
     let plane = g.hp * g.wp;
     let padded_bytes = (g.channels * plane + 16).next_multiple_of(16);
+    let groups = g.channels / g.cg;
     let ws = k.workspace(padded_bytes);
     let (x, yop) = (k.input(0)?, k.output(0));
     let (xptr, yptr, x_batched) = (x.ptr, yop.ptr, x.batched());
@@ -75,8 +81,8 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         let xn = emit::addr(fb, xptr, n, (g.channels * in_plane) as i64);
         let yn = emit::addr(fb, yptr, n, (g.m * out_plane) as i64);
         pad_planes(fb, &g, xn, ws, padded_bytes, zx);
-        for gi in 0..g.channels {
-            let src = fb.ins().iadd_imm_s(ws, (gi * plane) as i64);
+        for gi in 0..groups {
+            let src = fb.ins().iadd_imm_s(ws, (gi * g.cg * plane) as i64);
             emit::for_count(fb, g.oh as i64, |fb, oh| {
                 let row0 = fb.ins().imul_imm_s(oh, (g.sh * g.wp) as i64);
                 let row0 = fb.ins().iadd(src, row0);
@@ -84,28 +90,54 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
                 let block = |fb: &mut FunctionBuilder, b: Value, count: usize| {
                     let col = fb.ins().imul_imm_s(b, (BLOCK * g.sw) as i64);
                     let base = fb.ins().iadd(row0, col);
-                    let rows: Vec<Value> = (0..g.kh)
-                        .map(|r| {
-                            let v = fb.ins().load(types::I8X16, emit::mem(), base, ((r * g.dh * g.wp) as i64) as i32);
-                            fb.ins().shuffle(v, v, mask)
-                        })
-                        .collect();
-                    for c in gi * g.mg..(gi + 1) * g.mg {
-                        let mut acc = {
-                            let bias = fb.ins().iconst(types::I32, packed.folded[c] as i64);
-                            fb.ins().splat(types::I32X4, bias)
+                    let channels: Vec<usize> = (gi * g.mg..(gi + 1) * g.mg).collect();
+                    for chunk in channels.chunks(CHANNEL_BLOCK) {
+                        let accs: Vec<Variable> = chunk
+                            .iter()
+                            .map(|&c| {
+                                let acc = fb.declare_var(types::I32X4);
+                                let bias = fb.ins().iconst(types::I32, packed.folded[c] as i64);
+                                let bias = fb.ins().splat(types::I32X4, bias);
+                                fb.def_var(acc, bias);
+                                acc
+                            })
+                            .collect();
+                        // Input channel `ci` of the group (plane at `base + ci · plane`, weights
+                        // at `wbase + ci · kh · 16` after each channel's own offset).
+                        let body = |fb: &mut FunctionBuilder, plane_base: Value, wbase: Value| {
+                            for r in 0..g.kh {
+                                let v = fb.ins().load(types::I8X16, emit::mem(), plane_base, (r * g.dh * g.wp) as i32);
+                                let xs = fb.ins().shuffle(v, v, mask);
+                                for (&c, &acc) in chunk.iter().zip(&accs) {
+                                    let w = fb.ins().load(types::I8X16, emit::constant_mem(), wbase, (((c * g.cg) * g.kh + r) * 16) as i32);
+                                    let halves = (fb.ins().swiden_low(w), fb.ins().swiden_high(w));
+                                    let sum = fb.use_var(acc);
+                                    let sum = vnni_dot(fb, sum, halves, xs);
+                                    fb.def_var(acc, sum);
+                                }
+                            }
                         };
-                        for (r, &xs) in rows.iter().enumerate() {
-                            let w = fb.ins().load(types::I8X16, emit::mem(), wptr, ((c * g.kh + r) * 16) as i32);
-                            let halves = (fb.ins().swiden_low(w), fb.ins().swiden_high(w));
-                            acc = vnni_dot(fb, acc, halves, xs);
+                        // A loop over several channels: Cranelift places pure arithmetic at
+                        // its first use, so straight-line channels would load every input
+                        // row before the first product and spill them.
+                        if g.cg == 1 {
+                            body(fb, base, wptr);
+                        } else {
+                            emit::for_count(fb, g.cg as i64, |fb, ci| {
+                                let plane_base = emit::addr(fb, base, ci, plane as i64);
+                                let wbase = emit::addr(fb, wptr, ci, (g.kh * 16) as i64);
+                                body(fb, plane_base, wbase);
+                            });
                         }
-                        let out = fb.ins().imul_imm_s(oh, g.ow as i64);
-                        let out = fb.ins().iadd_imm_s(out, (c * out_plane) as i64);
-                        let first = fb.ins().imul_imm_s(b, BLOCK as i64);
-                        let out = fb.ins().iadd(out, first);
-                        let out = fb.ins().iadd(yn, out);
-                        store_block(fb, acc, &rq, c, signed, out, count);
+                        for (&c, &acc) in chunk.iter().zip(&accs) {
+                            let acc = fb.use_var(acc);
+                            let out = fb.ins().imul_imm_s(oh, g.ow as i64);
+                            let out = fb.ins().iadd_imm_s(out, (c * out_plane) as i64);
+                            let first = fb.ins().imul_imm_s(b, BLOCK as i64);
+                            let out = fb.ins().iadd(out, first);
+                            let out = fb.ins().iadd(yn, out);
+                            store_block(fb, acc, &rq, c, signed, out, count);
+                        }
                     }
                 };
                 let full = g.ow / BLOCK;
@@ -185,8 +217,9 @@ fn pad_planes(fb: &mut FunctionBuilder, g: &Geometry, xn: Value, ws: Value, byte
 
 /// The shape of a convolution this kernel handles.
 struct Geometry {
-    /// Input channels (= groups) and output channels, output channels per group.
+    /// Input channels, input channels per group, output channels, output channels per group.
     channels: usize,
+    cg: usize,
     m: usize,
     mg: usize,
     /// Input plane, kernel, output plane; padded plane; strides; kernel row dilation.
@@ -224,12 +257,15 @@ impl Geometry {
         let group = usize::try_from(attrs.int("group")?).map_err(|e| e.to_string())?.max(1);
         let (strides, dilations, pads) = (attrs.usizes("strides")?, attrs.usizes("dilations")?, attrs.usizes("pads")?);
         let (channels, m) = (xd[1], wd[0]);
-        let fits = channels == group && m % group == 0 && m <= MAX_CHANNELS && wd[3] <= 4 && dilations[1] == 1 && strides[1] * (BLOCK - 1) + 4 <= 16;
+        // A 1-wide kernel would use one byte of each lane's four: a matrix product does better.
+        let wide = wd[3] >= 2 || channels == group;
+        let fits = wide && channels % group == 0 && m % group == 0 && m <= MAX_CHANNELS && wd[3] <= 4 && dilations[1] == 1 && strides[1] * (BLOCK - 1) + 4 <= 16;
         if !fits {
             return Ok(None);
         }
         Ok(Some(Geometry {
             channels,
+            cg: channels / group,
             m,
             mg: m / group,
             h: xd[2],
