@@ -674,10 +674,23 @@ fn bench(args: &BenchArgs) -> Result<()> {
     );
     println!("engine     {}", model.engine_description());
     println!("compile    {compile_ms:.1} ms (import, rewrites, calibration, code generation)");
-    println!("latency    min {min:.3} ms   median {median:.3} ms   p90 {p90:.3} ms");
+    println!("latency    min {}   median {}   p90 {}", duration_ms(min), duration_ms(median), duration_ms(p90));
     println!("throughput {throughput:.0} samples/s");
     println!("compute    {gmacs:.2} GMAC/s ({:.1}% of a {peak:.0} GMAC/s int8 peak)", 100.0 * gmacs / peak);
     Ok(())
+}
+
+/// A latency given in milliseconds, for people: in µs with 3 significant digits below 1 ms
+/// (a 5 µs run would read 0.005 ms), else in ms with 3 decimals.
+fn duration_ms(ms: f64) -> String {
+    let us = ms * 1e3;
+    // Below 999.5 µs, so that nothing rounds to "1000 µs".
+    if us < 999.5 {
+        let decimals = if us < 10.0 { 2 } else if us < 100.0 { 1 } else { 0 };
+        format!("{us:.decimals$} µs")
+    } else {
+        format!("{ms:.3} ms")
+    }
 }
 
 /// Multiply-accumulates of one sample: Conv, Gemm, MatMul and their integer forms.
@@ -773,4 +786,20 @@ fn compare(args: &RunArgs) -> Result<()> {
         println!("{name:<6} {accuracy:>10} {:>11.3} ms {:>13.1} us {:>9.1} KiB", batch_ms, one_ms * 1e3, weights as f64 / 1024.0);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration_ms;
+
+    #[test]
+    fn latencies_below_a_millisecond_print_in_microseconds() {
+        assert_eq!(duration_ms(0.005138), "5.14 µs");
+        assert_eq!(duration_ms(0.04567), "45.7 µs");
+        assert_eq!(duration_ms(0.3096), "310 µs");
+        assert_eq!(duration_ms(0.9994), "999 µs");
+        assert_eq!(duration_ms(0.9996), "1.000 ms");
+        assert_eq!(duration_ms(1.0), "1.000 ms");
+        assert_eq!(duration_ms(3.4751), "3.475 ms");
+    }
 }

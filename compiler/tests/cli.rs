@@ -161,3 +161,25 @@ fn quantization_usage_errors_exit_1() {
     let o = qlift(&["run", &model("digits_cnn.onnx"), "--calib", &model("digits_calib_x.npy"), "--method", "median", "--input", &model("digits_test_x.npy")]);
     assert_eq!(o.status.code(), Some(1));
 }
+
+#[test]
+fn bench_prints_latencies_with_units_and_json_in_milliseconds() {
+    let args = ["bench", &model("digits_mlp.onnx"), "--input", &model("digits_test_x_flat.npy"), "--iters", "3", "--warmup", "1"];
+    let o = qlift(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    let latency = text.lines().find(|l| l.starts_with("latency")).unwrap_or_else(|| panic!("no latency line: {text}"));
+    // "min 310 µs   median 312 µs   p90 320 µs" or "min 1.234 ms ...": a unit after every value.
+    let words: Vec<&str> = latency.split_whitespace().collect();
+    assert_eq!(words.len(), 10, "{latency}");
+    for (label, unit) in [(1, 3), (4, 6), (7, 9)] {
+        assert!(["min", "median", "p90"].contains(&words[label]), "{latency}");
+        assert!(words[unit - 1].parse::<f64>().is_ok() && ["µs", "ms"].contains(&words[unit]), "{latency}");
+    }
+    let o = qlift(&[&args[..], &["--json"]].concat());
+    let json: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON object");
+    for key in ["min_ms", "median_ms", "p90_ms", "compile_ms", "gmacs"] {
+        assert!(json[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {json}");
+    }
+    assert_eq!(json["batch"], 540);
+}
