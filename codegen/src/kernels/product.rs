@@ -152,6 +152,7 @@ fn table<const N: usize>(k: &mut Kernel, values: impl IntoIterator<Item = [u8; N
 
 /// One side of a dot product: element `k` is at `base + k · step` bytes, minus `zp` (an
 /// i32 value) for integers.
+#[derive(Clone, Copy)]
 struct Side {
     base: Value,
     step: i64,
@@ -692,6 +693,50 @@ pub(super) fn packed_rows(k: &Kernel, channels: usize, len: usize, at: impl Fn(u
     Ok(Some(PackedRows { rows, folded, vnni }))
 }
 
+/// Rows of A against a B packed at compile time (see [`pack`]): the matrix product's
+/// blocks of four columns, each load of B serving every row of A.
+struct PackedProduct<'e> {
+    /// Byte step between B's packed columns, their element, the columns and the length.
+    b_sj: usize,
+    be: Elem,
+    n: usize,
+    kk: usize,
+    epilogue: &'e Epilogue,
+    ye: Elem,
+}
+
+impl PackedProduct<'_> {
+    /// Each `(row of A, address of its result row)` against packed B at `b`; `s` and `i`
+    /// (sample and row) index the epilogue's tables.
+    fn emit(&self, fb: &mut FunctionBuilder, rows: &[(Side, Value)], b: Value, s: Value, i: Value) {
+        let (be, ye) = (self.be, self.ye);
+        let narrows: Vec<Side> = rows.iter().map(|&(side, _)| side).collect();
+        for j0 in (0..self.n).step_by(4) {
+            let cols: Vec<usize> = (j0..(j0 + 4).min(self.n)).collect();
+            let wides: Vec<Side> =
+                cols.iter().map(|&j| Side { base: fb.ins().iadd_imm_s(b, (j * self.b_sj) as i64 * be.bytes()), step: be.bytes(), elem: be, zp: None }).collect();
+            let sums = dot_block(fb, &narrows, &wides, self.kk);
+            for (sums, &(_, out)) in sums.into_iter().zip(rows) {
+                if let (RowSums::Lanes(v), Ok(known)) = (&sums, <[usize; 4]>::try_from(cols.as_slice())) {
+                    if let Some(v) = self.epilogue.apply_x4(fb, *v, known) {
+                        // Four neighbouring results of the row: one 32-bit store.
+                        let bytes = requant::narrow_x4(fb, v, ye == Elem::I8);
+                        let words = fb.ins().bitcast(types::I32X4, requant::little_endian(), bytes);
+                        let word = fb.ins().extractlane(words, 0);
+                        fb.ins().store(emit::mem(), word, out, (j0 as i64 * ye.bytes()) as i32);
+                        continue;
+                    }
+                }
+                for (&j, acc) in cols.iter().zip(sums.scalars(fb)) {
+                    let v = self.epilogue.apply_static(fb, acc, s, i, j);
+                    let addr = fb.ins().iadd_imm_s(out, j as i64 * ye.bytes());
+                    ye.store(fb, v, addr);
+                }
+            }
+        }
+    }
+}
+
 /// The output channels of a block of four known at compile time.
 fn static_block(chs: &[(Value, Option<usize>)]) -> Option<[usize; 4]> {
     let known: Vec<usize> = chs.iter().map(|&(_, c)| c).collect::<Option<_>>()?;
@@ -1018,6 +1063,28 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<(), String> {
     };
     let samples = k.samples(y_batched);
     let fb = &mut *k.fb;
+    let zero = emit::iconst(fb, 0);
+    let packed = PackedProduct { b_sj, be, n, kk, epilogue: &epilogue, ye };
+    // One row per sample against packed B: two samples at a time share each load of B.
+    let probe = |base: Value| Side { base, step: a_sk as i64 * ae.bytes(), elem: ae, zp: None };
+    let pairs = m == 1 && q == 1 && a_zp.is_none() && b_zp.is_none() && a_sample > 0 && y_sample > 0 && simd_sides(&probe(aptr), &Side { base: bptr, step: b_sk as i64 * be.bytes(), elem: be, zp: None }, kk).is_some();
+    if pairs {
+        let full = fb.ins().band_imm_s(samples, -2);
+        emit::for_range(fb, zero, full, 2, |fb, s| {
+            let rows: Vec<(Side, Value)> = (0..2)
+                .map(|r| {
+                    let sr = fb.ins().iadd_imm_s(s, r);
+                    (probe(emit::addr(fb, aptr, sr, a_sample)), emit::addr(fb, yptr, sr, y_sample))
+                })
+                .collect();
+            packed.emit(fb, &rows, bptr, s, zero);
+        });
+        emit::for_range(fb, full, samples, 1, |fb, s| {
+            let row = (probe(emit::addr(fb, aptr, s, a_sample)), emit::addr(fb, yptr, s, y_sample));
+            packed.emit(fb, &[row], bptr, s, zero);
+        });
+        return Ok(());
+    }
     emit::for_dynamic(fb, samples, |fb, s| {
         let a_s = emit::addr(fb, aptr, s, a_sample);
         let b_s = emit::addr(fb, bptr, s, b_sample);
@@ -1038,31 +1105,8 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<(), String> {
                 let probe_a = Side { base: arow, step: a_sk as i64 * ae.bytes(), elem: ae, zp: az };
                 let probe_b = Side { base: b_q, step: b_sk as i64 * be.bytes(), elem: be, zp: None };
                 if b_zp.is_none() && simd_sides(&probe_a, &probe_b, kk).is_some() {
-                    for j0 in (0..n).step_by(4) {
-                        let cols: Vec<usize> = (j0..(j0 + 4).min(n)).collect();
-                        let rows: Vec<Side> = cols
-                            .iter()
-                            .map(|&j| Side { base: fb.ins().iadd_imm_s(b_q, (j * b_sj) as i64 * be.bytes()), step: be.bytes(), elem: be, zp: None })
-                            .collect();
-                        let sums = dot_block(fb, std::slice::from_ref(&probe_a), &rows, kk).remove(0);
-                        if let (RowSums::Lanes(v), Ok(known)) = (&sums, <[usize; 4]>::try_from(cols.as_slice())) {
-                            if let Some(v) = epilogue.apply_x4(fb, *v, known) {
-                                // Four neighbouring results of the row: one 32-bit store.
-                                let bytes = requant::narrow_x4(fb, v, ye == Elem::I8);
-                                let words = fb.ins().bitcast(types::I32X4, requant::little_endian(), bytes);
-                                let word = fb.ins().extractlane(words, 0);
-                                let j0 = emit::iconst(fb, j0 as i64);
-                                let out = ye.addr_2d(fb, y_q, i, n, j0);
-                                fb.ins().store(emit::mem(), word, out, 0);
-                                continue;
-                            }
-                        }
-                        for (&j, acc) in cols.iter().zip(sums.scalars(fb)) {
-                            let v = epilogue.apply_static(fb, acc, s, i, j);
-                            let j = emit::iconst(fb, j as i64);
-                            ye.store_2d(fb, v, y_q, i, n, j);
-                        }
-                    }
+                    let out = ye.addr_2d(fb, y_q, i, n, zero);
+                    packed.emit(fb, &[(probe_a, out)], b_q, s, i);
                     return;
                 }
                 emit::for_count(fb, n as i64, |fb, j| {
