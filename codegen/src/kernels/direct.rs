@@ -157,7 +157,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
 
 /// Requantizes a block's accumulators (output channel `c`) and stores its first `count`
 /// results at `out`: one 32-bit store for a whole block.
-fn store_block(fb: &mut FunctionBuilder, acc: Value, rq: &Requant, c: usize, signed: bool, out: Value, count: usize) {
+pub(super) fn store_block(fb: &mut FunctionBuilder, acc: Value, rq: &Requant, c: usize, signed: bool, out: Value, count: usize) {
     let m = requant::channel(rq, c);
     let Some(v) = requant::requantize_x4(fb, acc, [m.m; 4], m.shift, rq.zero_point, rq.bounds) else {
         for lane in 0..count {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 mod direct;
 mod elementwise;
+mod pointwise;
 mod pool;
 mod quant;
 mod product;

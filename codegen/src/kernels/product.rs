@@ -761,7 +761,7 @@ fn positions(extents: &[usize]) -> Vec<Vec<usize>> {
 /// Conv, QConv, QLinearConv, ConvInteger: per sample and group, im2col into the workspace,
 /// then one dot product per (output channel, output position).
 pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
-    if super::direct::conv(k)? {
+    if super::pointwise::conv(k)? || super::direct::conv(k)? {
         return Ok(());
     }
     let kind = k.op.kind;

@@ -1,0 +1,146 @@
+//! The JIT's three forms of an integer convolution — pointwise (1×1 as a product along
+//! positions), direct (kernels 2–4 wide, and one input channel per group) and im2col — on
+//! the shapes at their edges: channel counts that are not multiples of four, position
+//! counts that do not fill a vector, strides up to 4, asymmetric padding, row dilation,
+//! grouped and depthwise weights, u8 and i8 results, per-channel multipliers that do and do
+//! not share a shift. Each must agree bit for bit with the interpreter on every code path.
+
+use qlift_codegen::{CodegenOptions, JitProgram};
+use qlift_ir::text::parse;
+use qlift_ir::{DType, Tensor};
+
+/// A QConv on `u8[N, c, h, w]` with `m` output channels.
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    c: usize,
+    m: usize,
+    hw: (usize, usize),
+    kernel: (usize, usize),
+    strides: (usize, usize),
+    /// top, left, bottom, right
+    pads: (usize, usize, usize, usize),
+    dilation_h: usize,
+    group: usize,
+    signed_result: bool,
+    /// Per-channel weight scales spread over 2^10 (each channel its own shift) or not.
+    spread_scales: bool,
+}
+
+const fn case(c: usize, m: usize, hw: (usize, usize), kernel: (usize, usize), strides: (usize, usize), group: usize) -> Case {
+    Case { c, m, hw, kernel, strides, pads: (0, 0, 0, 0), dilation_h: 1, group, signed_result: false, spread_scales: false }
+}
+
+/// Deterministic pseudo-random numbers (an LCG): the cases must be reproducible.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, below: i64) -> i64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 33) % below as u64) as i64
+    }
+}
+
+fn list(values: impl IntoIterator<Item = String>) -> String {
+    values.into_iter().collect::<Vec<_>>().join(", ")
+}
+
+fn graph_text(k: &Case, rng: &mut Lcg) -> String {
+    let (h, w) = k.hw;
+    let (kh, kw) = k.kernel;
+    let (pt, pl, pb, pr) = k.pads;
+    let oh = (h + pt + pb - (k.dilation_h * (kh - 1) + 1)) / k.strides.0 + 1;
+    let ow = (w + pl + pr - kw) / k.strides.1 + 1;
+    let cg = k.c / k.group;
+    let weights = list((0..k.m * cg * kh * kw).map(|_| (rng.next(255) - 127).to_string()));
+    let scales = list((0..k.m).map(|i| if k.spread_scales { format!("{}", 0.01 / (1 << (i % 11)) as f32) } else { format!("{}", 0.004 + 0.001 * (i % 5) as f32) }));
+    let zeros = list((0..k.m).map(|_| "0".to_string()));
+    let bias = list((0..k.m).map(|_| (rng.next(4001) - 2000).to_string()));
+    let (ydtype, yzp) = if k.signed_result { ("i8", -3) } else { ("u8", 120) };
+    // Accumulators spread about sqrt(taps) · 10^4 here: a result scale that spreads them
+    // over about ±40 steps.
+    let ys = 0.02 * 0.005 * ((cg * kh * kw) as f32).sqrt() * 1e4 / 40.0;
+    format!(
+        "graph conv(%x: u8[N,{c},{h},{w}] quant(scale=0.02, zero_point=11)) -> (%y) {{\n  \
+         %w = const i8[{m},{cg},{kh},{kw}] quant(axis=0, scale=[{scales}], zero_point=[{zeros}]) [{weights}]\n  \
+         %b = const i32[{m}] [{bias}]\n  \
+         %y = QConv(%x, %w, %b) {{dilations=[{dh}, 1], group={g}, kernel_shape=[{kh}, {kw}], pads=[{pt}, {pl}, {pb}, {pr}], strides=[{sh}, {sw}]}} : {ydtype}[N,{m},{oh},{ow}] quant(scale={ys}, zero_point={yzp})\n}}\n",
+        c = k.c,
+        m = k.m,
+        dh = k.dilation_h,
+        g = k.group,
+        sh = k.strides.0,
+        sw = k.strides.1,
+    )
+}
+
+fn cases() -> Vec<Case> {
+    let mut cases = vec![
+        // Pointwise: channels 1..17, positions 1..40 (tails of the 16-position interleave
+        // and of the 8-position tiles), output channels not a multiple of 4.
+        case(1, 4, (1, 1), (1, 1), (1, 1), 1),
+        case(3, 6, (3, 5), (1, 1), (1, 1), 1),
+        case(4, 4, (4, 4), (1, 1), (1, 1), 1),
+        case(5, 9, (1, 17), (1, 1), (1, 1), 1),
+        case(16, 16, (8, 8), (1, 1), (1, 1), 1),
+        case(17, 3, (5, 8), (1, 1), (1, 1), 1),
+        case(8, 12, (7, 7), (1, 1), (1, 1), 1),
+        // Direct: 3×3 and 2-, 4-wide kernels, strides up to 4, one or many input channels
+        // per group, output widths that do not fill a block of four.
+        case(1, 16, (8, 8), (3, 3), (1, 1), 1),
+        case(16, 16, (8, 8), (3, 3), (1, 1), 16),
+        case(6, 12, (9, 7), (3, 3), (2, 2), 6),
+        case(16, 32, (4, 4), (3, 3), (1, 1), 1),
+        case(5, 7, (6, 11), (2, 2), (1, 3), 1),
+        case(3, 5, (9, 13), (1, 4), (2, 4), 1),
+        case(4, 4, (6, 6), (4, 4), (1, 1), 2),
+        case(20, 10, (5, 5), (3, 2), (1, 1), 1),
+        // im2col: 5-wide kernels, and 1×1 convolutions with strides or groups.
+        case(3, 4, (7, 9), (3, 5), (1, 1), 1),
+        case(4, 6, (5, 5), (1, 1), (2, 2), 1),
+        case(4, 6, (5, 5), (1, 1), (1, 1), 2),
+    ];
+    let padded: Vec<Case> = cases
+        .iter()
+        .filter(|k| k.kernel.0 > 1 || k.kernel.1 > 1)
+        .map(|&k| Case { pads: (1, 2, 0, 1), dilation_h: 2, signed_result: true, ..k })
+        .filter(|k| k.hw.0 + k.pads.0 + k.pads.2 >= 2 * (k.kernel.0 - 1) + 1)
+        .collect();
+    let spread: Vec<Case> = cases.iter().map(|&k| Case { spread_scales: true, ..k }).collect();
+    cases.extend(padded);
+    cases.extend(spread);
+    cases
+}
+
+#[test]
+fn every_convolution_form_agrees_with_the_interpreter() {
+    let paths = [
+        ("host", CodegenOptions::default()),
+        ("no-vnni", CodegenOptions { no_vnni: true, ..Default::default() }),
+        ("baseline", CodegenOptions { baseline_isa: true, ..Default::default() }),
+    ];
+    let mut rng = Lcg(0x5eed);
+    let mut failures = Vec::new();
+    let all = cases();
+    for k in &all {
+        let text = graph_text(k, &mut rng);
+        let graph = parse(&text).unwrap_or_else(|e| panic!("{k:?}: {e}\n{text}"));
+        let batch = 3;
+        let n = batch * k.c * k.hw.0 * k.hw.1;
+        let x = Tensor::from_i64_values(DType::U8, vec![batch, k.c, k.hw.0, k.hw.1], (0..n).map(|_| rng.next(256)).collect()).unwrap();
+        let want = qlift_ir::interp::run(&graph, std::slice::from_ref(&x)).unwrap();
+        // The case exercises the arithmetic: most results are strictly inside the range.
+        let values = want[0].to_i64_vec().unwrap();
+        let (lo, hi) = if k.signed_result { (-128, 127) } else { (0, 255) };
+        let inside = values.iter().filter(|&&v| v > lo && v < hi).count();
+        assert!(inside * 2 > values.len(), "{k:?}: only {inside} of {} results inside ({lo}, {hi})", values.len());
+        for (path, opts) in &paths {
+            let got = JitProgram::compile(&graph, opts).and_then(|p| p.run(std::slice::from_ref(&x)));
+            match got {
+                Ok(got) if got == want => {}
+                Ok(_) => failures.push(format!("{path}: {k:?} differs from the interpreter")),
+                Err(e) => failures.push(format!("{path}: {k:?}: {e}")),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases fail:\n{failures:#?}", failures.len(), all.len() * paths.len());
+}
