@@ -72,6 +72,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let samples = if x_batched { k.batch } else { emit::iconst(k.fb, x.dims()[0] as i64) };
     let zx = xq.channel(0).1;
     let signed = y.dtype == DType::I8;
+    let i64_mul = k.has_i64x2_mul();
     let fb = &mut *k.fb;
     // Lane j of a shuffled row holds bytes j·sw .. j·sw + 4 of the loaded 16.
     let mask: Vec<u8> = (0..BLOCK).flat_map(|j| (0..4).map(move |i| (j * g.sw + i) as u8)).collect();
@@ -136,7 +137,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
                             let first = fb.ins().imul_imm_s(b, BLOCK as i64);
                             let out = fb.ins().iadd(out, first);
                             let out = fb.ins().iadd(yn, out);
-                            store_block(fb, acc, &rq, c, signed, out, count);
+                            store_block(fb, acc, &rq, c, signed, out, count, i64_mul);
                         }
                     }
                 };
@@ -157,9 +158,9 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
 
 /// Requantizes a block's accumulators (output channel `c`) and stores its first `count`
 /// results at `out`: one 32-bit store for a whole block.
-pub(super) fn store_block(fb: &mut FunctionBuilder, acc: Value, rq: &Requant, c: usize, signed: bool, out: Value, count: usize) {
+pub(super) fn store_block(fb: &mut FunctionBuilder, acc: Value, rq: &Requant, c: usize, signed: bool, out: Value, count: usize, i64_mul: bool) {
     let m = requant::channel(rq, c);
-    let Some(v) = requant::requantize_x4(fb, acc, [m.m; 4], m.shift, rq.zero_point, rq.bounds) else {
+    let Some(v) = requant::requantize_x4(fb, acc, [m.m; 4], m.shift, rq.zero_point, rq.bounds, i64_mul) else {
         for lane in 0..count {
             let a = fb.ins().extractlane(acc, lane as u8);
             let v = requant::requantize(fb, a, m, rq.zero_point, rq.bounds);

@@ -166,6 +166,11 @@ impl<'k, 'f> Kernel<'k, 'f> {
     /// Whether to use VNNI dot products: not refused (`CodegenOptions::no_vnni`) and the
     /// target has AVX-VNNI or AVX512-VNNI, so that u8×i8 dot products of 16 bytes are one
     /// `vpdpbusd` (without it the same tree would compile to slower widening code).
+    pub fn has_i64x2_mul(&self) -> bool {
+        let flags = self.module.isa().isa_flags();
+        ["has_avx512dq", "has_avx512vl"].iter().all(|name| flags.iter().any(|f| f.name == *name && f.as_bool() == Some(true)))
+    }
+
     pub fn has_vnni(&self) -> bool {
         !self.no_vnni && self.module.isa().isa_flags().iter().any(|f| matches!(f.name, "has_avx_vnni" | "has_avx512vnni") && f.as_bool() == Some(true))
     }

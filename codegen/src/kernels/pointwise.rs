@@ -75,6 +75,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let ws = k.workspace(quads * p_pad * 4);
     let samples = if x_batched { k.batch } else { emit::iconst(k.fb, n0 as i64) };
     let signed = yty.dtype == DType::I8;
+    let i64_mul = k.has_i64x2_mul();
     let fb = &mut *k.fb;
     emit::for_dynamic(fb, samples, |fb, n| {
         let xn = emit::addr(fb, xptr, n, (c * p) as i64);
@@ -120,7 +121,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
                         let sum = fb.use_var(a);
                         let out = fb.ins().iadd_imm_s(p0, (o * p + 4 * v) as i64);
                         let out = fb.ins().iadd(yn, out);
-                        store_block(fb, sum, &rq, o, signed, out, lanes);
+                        store_block(fb, sum, &rq, o, signed, out, lanes, i64_mul);
                     }
                 }
             }

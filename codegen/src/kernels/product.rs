@@ -442,7 +442,8 @@ enum Epilogue {
     Accumulator { bias: Option<Indexed> },
     /// QConv/QMatMul: the fixed-point requantization of `acc + bias`, per-channel
     /// multipliers and shifts read from tables when there is more than one.
-    Fixed { bias: Option<Indexed>, rq: Requant, per_channel: Option<(Indexed, Indexed)>, bias_values: Option<Vec<i32>> },
+    /// `i64_mul`: the target multiplies i64x2 lanes (see [`requant::requantize_x4`]).
+    Fixed { bias: Option<Indexed>, rq: Requant, per_channel: Option<(Indexed, Indexed)>, bias_values: Option<Vec<i32>>, i64_mul: bool },
     /// QLinearConv/QLinearMatMul: ONNX's float requantization of `acc + bias`, replicating
     /// the interpreter's f64 arithmetic: `round_ties_even(acc · mult + zp)` clamped, with the
     /// f32 multiplier of (row, col) read from a table of f64.
@@ -467,14 +468,14 @@ impl Epilogue {
     /// of results, or `None` where that does not apply (another epilogue, channels with
     /// different shifts, a shift below 32).
     fn apply_x4(&self, fb: &mut FunctionBuilder, acc: Value, channels: [usize; 4]) -> Option<Value> {
-        let Epilogue::Fixed { rq, bias_values: Some(bias), .. } = self else { return None };
+        let Epilogue::Fixed { rq, bias_values: Some(bias), i64_mul, .. } = self else { return None };
         let (ms, shift) = requant::lanes(rq, channels)?;
         if shift < 32 {
             return None;
         }
         let b = requant::vector(fb, channels.iter().flat_map(|&c| bias[c].to_le_bytes()).collect());
         let acc = fb.ins().iadd(acc, b);
-        requant::requantize_x4(fb, acc, ms, shift, rq.zero_point, rq.bounds)
+        requant::requantize_x4(fb, acc, ms, shift, rq.zero_point, rq.bounds, *i64_mul)
     }
 
     fn apply(&self, fb: &mut FunctionBuilder, acc: Value, sample: Value, row: Value, col: Value) -> Value {
@@ -547,7 +548,7 @@ impl Epilogue {
     /// Records the biases' values (known when the weights were packed) for [`Epilogue::apply_static`].
     fn with_bias_values(self, values: Vec<i32>) -> Epilogue {
         match self {
-            Epilogue::Fixed { bias, rq, per_channel, .. } => Epilogue::Fixed { bias, rq, per_channel, bias_values: Some(values) },
+            Epilogue::Fixed { bias, rq, per_channel, i64_mul, .. } => Epilogue::Fixed { bias, rq, per_channel, bias_values: Some(values), i64_mul },
             other => other,
         }
     }
@@ -598,7 +599,7 @@ fn quantized_epilogue(k: &mut Kernel, channels: usize, rows: usize, bias: Option
             } else {
                 None
             };
-            Ok(Epilogue::Fixed { bias, rq, per_channel, bias_values: None })
+            Ok(Epilogue::Fixed { bias, rq, per_channel, bias_values: None, i64_mul: k.has_i64x2_mul() })
         }
         _ => {
             let yq = y.quant.clone().ok_or("result has no quantization parameters")?;

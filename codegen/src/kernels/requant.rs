@@ -76,8 +76,10 @@ fn finish(fb: &mut FunctionBuilder, shifted: Value, zero_point: i32, (lo, hi): (
 /// scalar form: the i64 products `a · m` come from `pmuldq` (Cranelift selects it for `imul`
 /// of `swiden_low`/`swiden_high` i32x4 operands), and since `x >> s = (x >> 32) >> (s − 32)`
 /// (floor division composes), the shift takes the high halves of the rounded i64 products
-/// and shifts them as i32.
-pub(crate) fn requantize_x4(fb: &mut FunctionBuilder, acc: Value, ms: [i32; 4], shift: u32, zero_point: i32, (lo, hi): (i64, i64)) -> Option<Value> {
+/// and shifts them as i32. With `i64_mul` (the target multiplies i64x2 lanes natively:
+/// AVX-512DQ+VL) the multipliers are i64 constants, otherwise both sides are widened from
+/// i32 lanes, the form that becomes `pmuldq`.
+pub(crate) fn requantize_x4(fb: &mut FunctionBuilder, acc: Value, ms: [i32; 4], shift: u32, zero_point: i32, (lo, hi): (i64, i64), i64_mul: bool) -> Option<Value> {
     if shift < 32 {
         return None;
     }
@@ -85,12 +87,21 @@ pub(crate) fn requantize_x4(fb: &mut FunctionBuilder, acc: Value, ms: [i32; 4], 
         let lane = fb.ins().iconst(ty.lane_type(), v);
         fb.ins().splat(ty, lane)
     };
-    let mv = vector(fb, ms.iter().flat_map(|m| m.to_le_bytes()).collect());
     let half = splat(fb, types::I64X2, 1i64 << (shift - 1));
+    let m32 = (!i64_mul).then(|| vector(fb, ms.iter().flat_map(|m| m.to_le_bytes()).collect()));
     let halves: Vec<Value> = [false, true]
         .into_iter()
         .map(|high| {
-            let (a, b) = if high { (fb.ins().swiden_high(acc), fb.ins().swiden_high(mv)) } else { (fb.ins().swiden_low(acc), fb.ins().swiden_low(mv)) };
+            let a = if high { fb.ins().swiden_high(acc) } else { fb.ins().swiden_low(acc) };
+            let b = match m32 {
+                Some(m) if high => fb.ins().swiden_high(m),
+                Some(m) => fb.ins().swiden_low(m),
+                None => {
+                    let m2: Vec<u8> = ms[if high { 2..4 } else { 0..2 }].iter().flat_map(|&m| (m as i64).to_le_bytes()).collect();
+                    let c = fb.func.dfg.constants.insert(ConstantData::from(m2));
+                    fb.ins().vconst(types::I64X2, c)
+                }
+            };
             let product = fb.ins().imul(a, b);
             let rounded = fb.ins().iadd(product, half);
             fb.ins().bitcast(types::I8X16, little_endian(), rounded)
@@ -102,8 +113,12 @@ pub(crate) fn requantize_x4(fb: &mut FunctionBuilder, acc: Value, ms: [i32; 4], 
     let high = fb.ins().shuffle(halves[0], halves[1], mask);
     let high = fb.ins().bitcast(types::I32X4, little_endian(), high);
     let shifted = fb.ins().sshr_imm_s(high, (shift - 32) as i64);
-    let zp = splat(fb, types::I32X4, zero_point as i64);
-    let y = fb.ins().iadd(shifted, zp);
+    let y = if zero_point == 0 {
+        shifted
+    } else {
+        let zp = splat(fb, types::I32X4, zero_point as i64);
+        fb.ins().iadd(shifted, zp)
+    };
     let (lo, hi) = (splat(fb, types::I32X4, lo), splat(fb, types::I32X4, hi));
     let y = fb.ins().smax(y, lo);
     Some(fb.ins().smin(y, hi))
