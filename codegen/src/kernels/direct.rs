@@ -71,8 +71,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let (xptr, yptr, x_batched) = (x.ptr, yop.ptr, x.batched());
     let samples = if x_batched { k.batch } else { emit::iconst(k.fb, x.dims()[0] as i64) };
     let zx = xq.channel(0).1;
-    let signed = y.dtype == DType::I8;
-    let i64_mul = k.has_i64x2_mul();
+    let stores = BlockStore { rq: &rq, signed: y.dtype == DType::I8, i64_mul: k.has_i64x2_mul() };
     let fb = &mut *k.fb;
     // Lane j of a shuffled row holds bytes j·sw .. j·sw + 4 of the loaded 16.
     let mask: Vec<u8> = (0..BLOCK).flat_map(|j| (0..4).map(move |i| (j * g.sw + i) as u8)).collect();
@@ -137,7 +136,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
                             let first = fb.ins().imul_imm_s(b, BLOCK as i64);
                             let out = fb.ins().iadd(out, first);
                             let out = fb.ins().iadd(yn, out);
-                            store_block(fb, acc, &rq, c, signed, out, count, i64_mul);
+                            stores.store(fb, acc, c, out, count);
                         }
                     }
                 };
@@ -156,28 +155,40 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     Ok(true)
 }
 
-/// Requantizes a block's accumulators (output channel `c`) and stores its first `count`
-/// results at `out`: one 32-bit store for a whole block.
-pub(super) fn store_block(fb: &mut FunctionBuilder, acc: Value, rq: &Requant, c: usize, signed: bool, out: Value, count: usize, i64_mul: bool) {
-    let m = requant::channel(rq, c);
-    let Some(v) = requant::requantize_x4(fb, acc, [m.m; 4], m.shift, rq.zero_point, rq.bounds, i64_mul) else {
-        for lane in 0..count {
-            let a = fb.ins().extractlane(acc, lane as u8);
-            let v = requant::requantize(fb, a, m, rq.zero_point, rq.bounds);
-            let v = fb.ins().ireduce(types::I8, v);
-            fb.ins().store(emit::mem(), v, out, lane as i32);
-        }
-        return;
-    };
-    let bytes = requant::narrow_x4(fb, v, signed);
-    if count == BLOCK {
-        let words = fb.ins().bitcast(types::I32X4, requant::little_endian(), bytes);
-        let word = fb.ins().extractlane(words, 0);
-        fb.ins().store(emit::mem(), word, out, 0);
-    } else {
-        for lane in 0..count {
-            let b = fb.ins().extractlane(bytes, lane as u8);
-            fb.ins().store(emit::mem(), b, out, lane as i32);
+/// How an op's blocks of four accumulators of one output channel become 8-bit results.
+pub(super) struct BlockStore<'r> {
+    pub rq: &'r Requant,
+    /// An i8 result (else u8).
+    pub signed: bool,
+    /// The target multiplies i64x2 lanes (see [`requant::requantize_x4`]).
+    pub i64_mul: bool,
+}
+
+impl BlockStore<'_> {
+    /// Requantizes a block's accumulators (output channel `c`) and stores its first `count`
+    /// results at `out`: one 32-bit store for a whole block.
+    pub fn store(&self, fb: &mut FunctionBuilder, acc: Value, c: usize, out: Value, count: usize) {
+        let rq = self.rq;
+        let m = requant::channel(rq, c);
+        let Some(v) = requant::requantize_x4(fb, acc, [m.m; 4], m.shift, rq.zero_point, rq.bounds, self.i64_mul) else {
+            for lane in 0..count {
+                let a = fb.ins().extractlane(acc, lane as u8);
+                let v = requant::requantize(fb, a, m, rq.zero_point, rq.bounds);
+                let v = fb.ins().ireduce(types::I8, v);
+                fb.ins().store(emit::mem(), v, out, lane as i32);
+            }
+            return;
+        };
+        let bytes = requant::narrow_x4(fb, v, self.signed);
+        if count == BLOCK {
+            let words = fb.ins().bitcast(types::I32X4, requant::little_endian(), bytes);
+            let word = fb.ins().extractlane(words, 0);
+            fb.ins().store(emit::mem(), word, out, 0);
+        } else {
+            for lane in 0..count {
+                let b = fb.ins().extractlane(bytes, lane as u8);
+                fb.ins().store(emit::mem(), b, out, lane as i32);
+            }
         }
     }
 }

@@ -9,13 +9,13 @@
 //! positions' products. Tiles of 8 positions × 4 output channels keep 8 accumulators in
 //! registers, each load of the interleaved input serving four channels and each load of
 //! weights two position vectors; every accumulator vector then requantizes as one vector
-//! and is stored as one 32-bit word (see [`super::direct::store_block`]).
+//! and is stored as one 32-bit word (see [`super::direct::BlockStore`]).
 //!
 //! The arithmetic is the interpreter's: `Σ x·(w − zw) + (bias − zx·Σ(w − zw))` in wrapping
 //! i32 (see [`super::product::packed_rows`]); channels past `C` in the last group of four
 //! have zero weights.
 
-use super::direct::store_block;
+use super::direct::BlockStore;
 use super::product::{packed_rows, vnni_dot};
 use super::Kernel;
 use crate::emit;
@@ -74,8 +74,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let p_pad = p.next_multiple_of(TILE);
     let ws = k.workspace(quads * p_pad * 4);
     let samples = if x_batched { k.batch } else { emit::iconst(k.fb, n0 as i64) };
-    let signed = yty.dtype == DType::I8;
-    let i64_mul = k.has_i64x2_mul();
+    let stores = BlockStore { rq: &rq, signed: yty.dtype == DType::I8, i64_mul: k.has_i64x2_mul() };
     let fb = &mut *k.fb;
     emit::for_dynamic(fb, samples, |fb, n| {
         let xn = emit::addr(fb, xptr, n, (c * p) as i64);
@@ -121,7 +120,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
                         let sum = fb.use_var(a);
                         let out = fb.ins().iadd_imm_s(p0, (o * p + 4 * v) as i64);
                         let out = fb.ins().iadd(yn, out);
-                        store_block(fb, sum, &rq, o, signed, out, lanes, i64_mul);
+                        stores.store(fb, sum, o, out, lanes);
                     }
                 }
             }
