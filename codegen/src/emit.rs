@@ -60,6 +60,22 @@ pub fn for_dynamic(fb: &mut FunctionBuilder, n: Value, body: impl FnOnce(&mut Fu
     for_range(fb, start, n, 1, body);
 }
 
+/// `for i in 0..n` over a static `n`, `lanes` elements per step while a whole step fits,
+/// then one at a time: `body(fb, i, true)` covers elements `i..i + lanes`, `body(fb, i,
+/// false)` element `i` of the remainder. A loop that would run zero times is left out.
+/// Every vector access stays inside the `n` elements (no overlapping or padded last step).
+pub fn for_lanes(fb: &mut FunctionBuilder, n: i64, lanes: i64, body: &mut dyn FnMut(&mut FunctionBuilder, Value, bool)) {
+    let split = n - n % lanes;
+    if split > 0 {
+        let (start, end) = (iconst(fb, 0), iconst(fb, split));
+        for_range(fb, start, end, lanes, |fb, i| body(fb, i, true));
+    }
+    if n > split {
+        let (start, end) = (iconst(fb, split), iconst(fb, n));
+        for_range(fb, start, end, 1, |fb, i| body(fb, i, false));
+    }
+}
+
 /// `base + index · scale` (byte address of element `index` of `scale`-byte elements).
 pub fn addr(fb: &mut FunctionBuilder, base: Value, index: Value, scale: i64) -> Value {
     let offset = if scale == 1 { index } else { fb.ins().imul_imm_s(index, scale) };

@@ -5,7 +5,7 @@
 use qlift::npy::read_npy;
 use qlift::{load_onnx, quantize, ImportOptions, QuantizeOptions};
 use qlift_codegen::{CodegenOptions, JitProgram};
-use qlift_ir::{Graph, Tensor};
+use qlift_ir::{DType, Graph, Tensor};
 use qlift_passes::{run_pipeline, PipelineOptions};
 use std::path::PathBuf;
 
@@ -109,4 +109,174 @@ fn batch_split_across_threads_is_bit_identical() {
         let part = x.slice_outer(0, batch).unwrap();
         assert!(one.run(std::slice::from_ref(&part)).unwrap() == split.run(&[part]).unwrap(), "batch {batch}");
     }
+}
+
+/// A small deterministic generator (xorshift64*) for the rescale cases.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn pick<T: Clone>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())].clone()
+    }
+
+    /// Uniform in `[lo, hi)`.
+    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A random 8-bit dtype and zero point, as IR text (`u8` or `i8`, zero point in range).
+fn random_quant(rng: &mut Rng, scale: f32) -> (DType, String) {
+    let dtype = rng.pick(&[DType::U8, DType::I8]);
+    let (lo, hi) = dtype.int_range().unwrap();
+    let zp = match rng.below(3) {
+        0 => 0,
+        _ => lo + rng.below((hi - lo + 1) as usize) as i64,
+    };
+    (dtype, format!("quant(scale={scale:?}, zero_point={zp})"))
+}
+
+/// A result scale for an operand of scale `s`: mostly a ratio `s / s_y` between 2^-10 and
+/// 2^6, sometimes exactly 1, one f32 step either side of it (a multiplier just below
+/// 2^31), or far enough out that the shift leaves the vector form's range.
+fn result_scale(rng: &mut Rng, s: f32) -> f32 {
+    match rng.below(8) {
+        0 => s,
+        1 => f32::from_bits(s.to_bits() + 1),
+        2 => f32::from_bits(s.to_bits() - 1),
+        3 => s * rng.pick(&[2f32.powi(36), 2f32.powi(-15)]),
+        _ => s / rng.uniform(-10.0, 6.0).exp2() as f32,
+    }
+}
+
+/// Random 8-bit values for an operand of `dtype` and `shape`.
+fn random_tensor(rng: &mut Rng, dtype: DType, shape: &[usize]) -> Tensor {
+    let (lo, hi) = dtype.int_range().unwrap();
+    let values = (0..shape.iter().product::<usize>()).map(|_| lo + rng.below((hi - lo + 1) as usize) as i64).collect();
+    Tensor::from_i64_values(dtype, shape.to_vec(), values).unwrap()
+}
+
+fn dims(shape: &[usize], batched: bool) -> String {
+    let mut d: Vec<String> = shape.iter().map(usize::to_string).collect();
+    if batched {
+        d[0] = "N".to_string();
+    }
+    d.join(",")
+}
+
+/// One random rescale graph (Requantize, QAdd, QConcat, QGlobalAveragePool or
+/// QAveragePool by `case`) as IR text, with inputs for `batch` samples.
+fn rescale_case(rng: &mut Rng, case: usize) -> (String, Vec<Tensor>) {
+    let batch = 1 + rng.below(3);
+    let (c, w) = (1 + rng.below(4), rng.pick(&[1, 3, 8, 15, 16, 17, 31, 33, 64, 100]));
+    let act = match rng.below(3) {
+        0 => Vec::new(),
+        1 => vec!["act_max=inf".to_string(), "act_min=0.0".to_string()],
+        _ => vec![format!("act_max={:?}", rng.uniform(0.0, 40.0) as f32), format!("act_min={:?}", rng.uniform(-40.0, 0.0) as f32)],
+    };
+    let attrs = |more: &[String]| {
+        let all = [&act[..], more].concat();
+        if all.is_empty() { String::new() } else { format!(" {{{}}}", all.join(", ")) }
+    };
+    let sx = rng.uniform(-7.0, 0.0).exp2() as f32;
+    let sy = result_scale(rng, sx);
+    let (ydt, yq) = random_quant(rng, sy);
+    // Some operands share the result's type: a rescale by exactly 1 (a copy without clamp).
+    let operand = |name: &str, shape: &[usize], batched: bool, rng: &mut Rng| {
+        let s = if rng.below(2) == 0 { sx } else { sx * rng.uniform(0.5, 2.0) as f32 };
+        let (dt, q) = if rng.below(4) == 0 { (ydt, yq.clone()) } else { random_quant(rng, s) };
+        let mut full = shape.to_vec();
+        if batched {
+            full[0] = batch;
+        }
+        (format!("%{name}: {dt}[{}] {q}", dims(shape, batched)), random_tensor(rng, dt, &full))
+    };
+    let (params, inputs, body): (Vec<String>, Vec<Tensor>, String) = match case % 5 {
+        0 => {
+            let (p, x) = operand("x", &[1, c, w], true, rng);
+            (vec![p], vec![x], format!("Requantize(%x){} : {ydt}[N,{c},{w}] {yq}", attrs(&[])))
+        }
+        1 => {
+            let b_shape = rng.pick(&[vec![1, c, w], vec![w], vec![c, 1], vec![1], vec![1, 1, w]]);
+            let (pa, a) = operand("a", &[1, c, w], true, rng);
+            let (pb, b) = operand("b", &b_shape, b_shape.len() == 3 && b_shape[1] == c, rng);
+            (vec![pa, pb], vec![a, b], format!("QAdd(%a, %b){} : {ydt}[N,{c},{w}] {yq}", attrs(&[])))
+        }
+        2 => {
+            let axis = 1 + rng.below(2);
+            let parts = 2 + rng.below(2);
+            let (mut params, mut inputs, mut names, mut total) = (Vec::new(), Vec::new(), Vec::new(), 0);
+            for i in 0..parts {
+                let mut shape = vec![1, c, w];
+                shape[axis] = 1 + rng.below(20);
+                total += shape[axis];
+                let (p, x) = operand(&format!("x{i}"), &shape, true, rng);
+                params.push(p);
+                inputs.push(x);
+                names.push(format!("%x{i}"));
+            }
+            let mut out = vec![1, c, w];
+            out[axis] = total;
+            // QConcat's result has the first operand's dtype.
+            let ydt = inputs[0].dtype();
+            (params, inputs, format!("QConcat({}){} : {ydt}[{}] {yq}", names.join(", "), attrs(&[format!("axis={axis}")]), dims(&out, true)))
+        }
+        3 => {
+            let (h, w) = rng.pick(&[(1, 1), (2, 2), (2, 4), (4, 4), (7, 7), (8, 8), (8, 16), (10, 20)]);
+            let channels = rng.pick(&[1, 5, 16, 17, 33]);
+            let (p, x) = operand("x", &[1, channels, h, w], true, rng);
+            (vec![p], vec![x], format!("QGlobalAveragePool(%x){} : {ydt}[N,{channels},1,1] {yq}", attrs(&[])))
+        }
+        _ => {
+            let (h, w) = rng.pick(&[(4, 4), (5, 7), (24, 24)]);
+            let (k, pad, include) = (rng.pick(&[2, 3]), rng.below(2), rng.below(2));
+            let out = |n: usize| (n + 2 * pad - k) + 1;
+            let (p, x) = operand("x", &[1, c, h, w], true, rng);
+            let window = [
+                "ceil_mode=0".to_string(),
+                format!("count_include_pad={include}"),
+                "dilations=[1, 1]".to_string(),
+                format!("kernel_shape=[{k}, {k}]"),
+                format!("pads=[{pad}, {pad}, {pad}, {pad}]"),
+                "strides=[1, 1]".to_string(),
+            ];
+            (vec![p], vec![x], format!("QAveragePool(%x){} : {ydt}[N,{c},{},{}] {yq}", attrs(&window), out(h), out(w)))
+        }
+    };
+    (format!("graph rescale({}) -> (%y) {{\n  %y = {body}\n}}\n", params.join(", ")), inputs)
+}
+
+/// The element-wise rescale kernels (Requantize, QAdd, QConcat, and the average pools) on
+/// random 8-bit data, bit for bit against the interpreter on the host and baseline ISAs:
+/// lengths around the 16-lane vector step (remainders), u8 and i8 on either side, QAdd
+/// broadcasting along and across the vector loop, fused clamps, and scale ratios exactly 1
+/// (the plain copy), one f32 step from it (a multiplier just below 2^31), or far enough out
+/// that the scalar fallback runs.
+#[test]
+fn rescale_kernels_agree_with_the_interpreter() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut failures = Vec::new();
+    for case in 0..500 {
+        let (text, inputs) = rescale_case(&mut rng, case);
+        let graph = qlift_ir::text::parse(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        let want = qlift_ir::interp::run(&graph, &inputs).unwrap_or_else(|e| panic!("{text}: {e}"));
+        for (path, opts) in paths().into_iter().filter(|(p, _)| *p != "vnni") {
+            let got = JitProgram::compile(&graph, &opts).map_err(|e| e.to_string()).and_then(|p| p.run(&inputs).map_err(|e| e.to_string()));
+            if got.as_ref() != Ok(&want) {
+                failures.push(format!("[{path}] {text}inputs {inputs:?}\ngot {got:?}\nwant {want:?}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} failures, the first:\n{}", failures.len(), failures[0]);
 }

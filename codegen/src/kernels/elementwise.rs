@@ -17,8 +17,9 @@ use cranelift_frontend::FunctionBuilder;
 use qlift_ir::{DType, Dim, OpKind};
 
 /// The loop structure of a broadcast over one result and its operands (the streams, result
-/// first): an optional run-time batch loop, then a static strided nest.
-struct Broadcast {
+/// first): an optional run-time batch loop, then a static strided nest. Also the loops of
+/// QAdd (`quant.rs`), with 16 8-bit lanes per vector step.
+pub(super) struct Broadcast {
     /// Whether the result's axis 0 is the batch (the outer loop runs `batch` times).
     batched: bool,
     /// Per stream, its element offset per sample of the batch (0 for an operand without the
@@ -32,7 +33,7 @@ struct Broadcast {
 
 impl Broadcast {
     /// Plans `out = f(operands…)` with numpy broadcasting of each operand onto `out`'s shape.
-    fn new(out: &Operand, operands: &[&Operand]) -> Result<Broadcast, String> {
+    pub(super) fn new(out: &Operand, operands: &[&Operand]) -> Result<Broadcast, String> {
         let dims = out.dims();
         let rank = dims.len();
         let batched = out.batched();
@@ -63,19 +64,20 @@ impl Broadcast {
         Ok(Broadcast { batched, batch_strides, extents, strides })
     }
 
-    /// Whether the innermost loop can run 4 f32 lanes at a time: the result is contiguous
-    /// there and every operand either contiguous or constant along it (a splat).
-    fn vectorizable(&self) -> bool {
+    /// Whether the innermost loop can run `lanes` elements at a time: it holds at least that
+    /// many, the result is contiguous there and every operand either contiguous or constant
+    /// along it (a splat).
+    fn vectorizable(&self, lanes: usize) -> bool {
         let Some(&e) = self.extents.last() else { return false };
-        e >= LANES as usize && self.strides[0].last() == Some(&1) && self.strides.iter().all(|s| matches!(s.last(), Some(0 | 1)))
+        lanes > 1 && e >= lanes && self.strides[0].last() == Some(&1) && self.strides.iter().all(|s| matches!(s.last(), Some(0 | 1)))
     }
 
-    /// Emits the loops; `body` gets the element offset of each stream. With `vector` (and a [`vectorizable`](Self::vectorizable)
-    /// plan) the innermost loop steps by [`LANES`] elements, calling `body` with
-    /// [`Lanes::Vector`] (one splat flag per stream), then finishes the remainder with
-    /// [`Lanes::Scalar`].
-    fn emit_lanes(&self, k: &mut Kernel, vector: bool, body: &mut dyn FnMut(&mut FunctionBuilder, &[Value], &Lanes)) {
-        let vector = vector && self.vectorizable();
+    /// Emits the loops; `body` gets the element offset of each stream. With `lanes` > 1
+    /// (and a [`vectorizable`](Self::vectorizable) plan) the innermost loop steps by `lanes`
+    /// elements, calling `body` with [`Lanes::Vector`] (one splat flag per stream), then
+    /// finishes the remainder with [`Lanes::Scalar`].
+    pub(super) fn emit_lanes(&self, k: &mut Kernel, lanes: usize, body: &mut dyn FnMut(&mut FunctionBuilder, &[Value], &Lanes)) {
+        let vector = self.vectorizable(lanes);
         let n = self.extents.len();
         let (outer, inner) = if vector { (&self.extents[..n - 1], self.extents[n - 1]) } else { (&self.extents[..], 0) };
         let outer_strides: Vec<Vec<i64>> = self.strides.iter().map(|s| s[..outer.len()].to_vec()).collect();
@@ -86,18 +88,9 @@ impl Broadcast {
                     body(fb, off, &Lanes::Scalar);
                     return;
                 }
-                let at = |fb: &mut FunctionBuilder, i: Value| -> Vec<Value> {
-                    off.iter().zip(&splat).map(|(&o, &s)| if s { o } else { fb.ins().iadd(o, i) }).collect()
-                };
-                let split = inner - inner % LANES as usize;
-                let (zero, mid, end) = (emit::iconst(fb, 0), emit::iconst(fb, split as i64), emit::iconst(fb, inner as i64));
-                emit::for_range(fb, zero, mid, LANES as i64, |fb, i| {
-                    let o = at(fb, i);
-                    body(fb, &o, &Lanes::Vector(splat.clone()));
-                });
-                emit::for_range(fb, mid, end, 1, |fb, i| {
-                    let o = at(fb, i);
-                    body(fb, &o, &Lanes::Scalar);
+                emit::for_lanes(fb, inner as i64, lanes as i64, &mut |fb, i, whole| {
+                    let o: Vec<Value> = off.iter().zip(&splat).map(|(&o, &s)| if s { o } else { fb.ins().iadd(o, i) }).collect();
+                    body(fb, &o, &if whole { Lanes::Vector(splat.clone()) } else { Lanes::Scalar });
                 });
             });
         };
@@ -120,14 +113,14 @@ impl Broadcast {
 }
 
 /// f32 lanes of the vector inner loops (128-bit vectors, the widest Cranelift has on x86-64).
-const LANES: u32 = 4;
+const LANES: usize = 4;
 
 /// How a loop body accesses its streams.
-enum Lanes {
+pub(super) enum Lanes {
     /// One element per stream.
     Scalar,
-    /// [`LANES`] consecutive f32 elements per stream; `true` marks a stream constant along
-    /// the loop (loaded once and splatted).
+    /// One vector step of consecutive elements per stream; `true` marks a stream constant
+    /// along the loop (loaded once and splatted).
     Vector(Vec<bool>),
 }
 
@@ -257,7 +250,7 @@ pub(super) fn binary(k: &mut Kernel) -> Result<(), String> {
         && b.constant.as_ref().is_none_or(|t| t.to_i64_vec().map_or(true, |v| v.contains(&0)));
     let fail = failure_block(k);
     let signed = is_signed(dtype);
-    plan.emit_lanes(k, dtype == DType::F32, &mut |fb, off, lanes| {
+    plan.emit_lanes(k, if dtype == DType::F32 { LANES } else { 1 }, &mut |fb, off, lanes| {
         if dtype == DType::F32 {
             let x = lanes.load(fb, 1, pa, off[1]);
             let y = lanes.load(fb, 2, pb, off[2]);
@@ -348,7 +341,7 @@ pub(super) fn unary(k: &mut Kernel) -> Result<(), String> {
         _ => (0, range.1),
     };
     let vector = !integer && !matches!(kind, OpKind::Sigmoid | OpKind::Tanh);
-    plan.emit_lanes(k, vector, &mut |fb, off, lanes| {
+    plan.emit_lanes(k, if vector { LANES } else { 1 }, &mut |fb, off, lanes| {
         if !integer {
             let v = lanes.load(fb, 1, px, off[1]);
             let r = float_unary(fb, kind, v, lo, hi, expf);

@@ -12,25 +12,35 @@
 //! distinct window count, built with the interpreter's `Requant::for_ratio`.
 
 use super::quant::{load_int, store_int};
-use super::requant;
+use super::requant::{self, VectorRequant};
 use super::Kernel;
 use crate::emit;
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{types, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
-use qlift_ir::fixed_point::{result_params, Requant};
+use qlift_ir::fixed_point::{result_params, FixedMultiplier, Requant};
 use qlift_ir::{DType, OpKind, TensorType};
 
 /// The code emitted per output position: `(x offset of the window's first valid tap, y
 /// offset, divisor count, valid taps per axis)`.
-type Leaf<'a> = dyn FnMut(&mut FunctionBuilder, Value, Value, Value, &[Taps]) + 'a;
+type Leaf<'a> = dyn FnMut(&mut FunctionBuilder, Value, Value, Count, &[Count]) + 'a;
 
-/// The number of valid taps of a window along one axis: known at compile time when the
-/// window loops are unrolled, else read from the axis table at run time.
+/// A window's divisor count or its number of valid taps along one axis: known at compile
+/// time when the window loops are unrolled, else read from the axis tables at run time.
 #[derive(Clone, Copy)]
-enum Taps {
+enum Count {
     Known(i64),
     Run(Value),
+}
+
+impl Count {
+    /// The count as an i64 value.
+    fn value(self, fb: &mut FunctionBuilder) -> Value {
+        match self {
+            Count::Known(n) => emit::iconst(fb, n),
+            Count::Run(v) => v,
+        }
+    }
 }
 
 /// Planes whose windows hold at most this many taps in all are emitted as straight-line
@@ -129,10 +139,9 @@ fn windows(k: &mut Kernel, axes: &[Axis], spatial: &[usize], out: &[usize], leaf
                 let first: i64 = entries.iter().map(|e| e[0]).sum();
                 let count: i64 = entries.iter().map(|e| e[2]).product();
                 let y_at: i64 = pos.iter().zip(&ystrides).map(|(&o, s)| o as i64 * s).sum();
-                let taps: Vec<Taps> = entries.iter().map(|e| Taps::Known(e[1])).collect();
+                let taps: Vec<Count> = entries.iter().map(|e| Count::Known(e[1])).collect();
                 let (x_at, y_at) = (fb.ins().iadd_imm_s(xo, first), fb.ins().iadd_imm_s(yo, y_at));
-                let count = emit::iconst(fb, count);
-                leaf(fb, x_at, y_at, count, &taps);
+                leaf(fb, x_at, y_at, Count::Known(count), &taps);
             }
             return;
         }
@@ -162,11 +171,11 @@ fn out_nest(
     xo: Value,
     yo: Value,
     count: Value,
-    taps: &mut Vec<Taps>,
+    taps: &mut Vec<Count>,
     leaf: &mut Leaf,
 ) {
     if a == axes.len() {
-        leaf(fb, xo, yo, count, taps);
+        leaf(fb, xo, yo, Count::Run(count), taps);
         return;
     }
     let table = tables[a];
@@ -180,7 +189,7 @@ fn out_nest(
         let dy = fb.ins().imul_imm_s(o, ystride);
         let yo = fb.ins().iadd(yo, dy);
         let count = fb.ins().imul(count, c);
-        taps.push(Taps::Run(n));
+        taps.push(Count::Run(n));
         out_nest(fb, a + 1, axes, tables, ystrides, xo, yo, count, taps, leaf);
         taps.pop();
     });
@@ -188,20 +197,20 @@ fn out_nest(
 
 /// The loops over a window's valid taps, axis by axis (row-major, the interpreter's
 /// order); `body` gets each tap's input offset.
-fn tap_nest(fb: &mut FunctionBuilder, a: usize, taps: &[Taps], axes: &[Axis], xo: Value, body: &mut dyn FnMut(&mut FunctionBuilder, Value)) {
+fn tap_nest(fb: &mut FunctionBuilder, a: usize, taps: &[Count], axes: &[Axis], xo: Value, body: &mut dyn FnMut(&mut FunctionBuilder, Value)) {
     if a == taps.len() {
         body(fb, xo);
         return;
     }
     let step = axes[a].step;
     match taps[a] {
-        Taps::Known(n) => {
+        Count::Known(n) => {
             for t in 0..n {
                 let xo = fb.ins().iadd_imm_s(xo, t * step);
                 tap_nest(fb, a + 1, taps, axes, xo, body);
             }
         }
-        Taps::Run(n) => {
+        Count::Run(n) => {
             let zero = emit::iconst(fb, 0);
             emit::for_range(fb, zero, n, 1, |fb, t| {
                 let d = fb.ins().imul_imm_s(t, step);
@@ -289,6 +298,7 @@ pub(super) fn pool(k: &mut Kernel) -> Result<(), String> {
             fb.def_var(acc, next);
         });
         let total = fb.use_var(acc);
+        let count = count.value(fb);
         finish(fb, reduce, total, count, yptr, yo);
     })
 }
@@ -356,20 +366,36 @@ pub(super) fn qpool(k: &mut Kernel) -> Result<(), String> {
         let inner = spatial.iter().product::<usize>();
         let rq = for_count(inner)?;
         let m = requant::channel(&rq, 0);
+        // 16 planes per step where a plane's centered sum fits in i16 and it is whole 8-byte
+        // loads ([`plane_sums`]); the remaining planes, and other shapes, one at a time.
+        let eight_bit = inner % 8 == 0 && inner > 0 && requant::is_8bit(xdtype);
+        let reach = requant::reach(xdtype, zx).saturating_mul(inner as i64);
+        let vector = eight_bit.then(|| VectorRequant::single(m, rq.zero_point, rq.bounds, reach, ydtype)).flatten();
+        let lanes = if vector.is_some() { requant::LANES } else { 1 };
         let samples = k.samples(batched);
-        let planes = k.fb.ins().imul_imm_s(samples, channels as i64);
-        let inner = inner as i64;
-        emit::for_dynamic(k.fb, planes, |fb, p| {
-            let zero = emit::iconst(fb, 0);
-            fb.def_var(acc, zero);
-            let xo = fb.ins().imul_imm_s(p, inner);
-            emit::for_count(fb, inner, |fb, i| {
-                let o = fb.ins().iadd(xo, i);
-                add(fb, o);
+        let (channels, inner) = (channels as i64, inner as i64);
+        emit::for_dynamic(k.fb, samples, |fb, s| {
+            let first = fb.ins().imul_imm_s(s, channels);
+            emit::for_lanes(fb, channels, lanes as i64, &mut |fb, c, whole| {
+                let p = fb.ins().iadd(first, c);
+                if let (Some(v), true) = (&vector, whole) {
+                    let sums = [0, 8].map(|g| plane_sums(fb, xdtype, xptr, p, g, inner, zx));
+                    let r = v.apply(fb, &[sums]);
+                    let at = fb.ins().iadd(yptr, p);
+                    fb.ins().store(emit::mem(), r, at, 0);
+                    return;
+                }
+                let zero = emit::iconst(fb, 0);
+                fb.def_var(acc, zero);
+                let xo = fb.ins().imul_imm_s(p, inner);
+                emit::for_count(fb, inner, |fb, i| {
+                    let o = fb.ins().iadd(xo, i);
+                    add(fb, o);
+                });
+                let sum = fb.use_var(acc);
+                let r = requant::requantize(fb, sum, m, rq.zero_point, rq.bounds);
+                store_int(fb, ydtype, r, yptr, p);
             });
-            let sum = fb.use_var(acc);
-            let r = requant::requantize(fb, sum, m, rq.zero_point, rq.bounds);
-            store_int(fb, ydtype, r, yptr, p);
         });
         return Ok(());
     }
@@ -388,12 +414,11 @@ pub(super) fn qpool(k: &mut Kernel) -> Result<(), String> {
     }
     let largest = counts.iter().copied().max().unwrap_or(1).max(1) as usize;
     let (zero_point, bounds) = (for_count(counts[0] as usize)?.zero_point, for_count(counts[0] as usize)?.bounds);
-    let mut table = vec![[0i64, 1i64]; largest + 1];
+    let mut table = vec![FixedMultiplier { m: 0, shift: 1 }; largest + 1];
     for &c in &counts {
-        let m = requant::channel(&for_count(c as usize)?, 0);
-        table[c as usize] = [m.m as i64, m.shift as i64];
+        table[c as usize] = requant::channel(&for_count(c as usize)?, 0);
     }
-    let bytes: Vec<u8> = table.iter().flatten().flat_map(|v| v.to_ne_bytes()).collect();
+    let bytes: Vec<u8> = table.iter().flat_map(|m| [m.m as i64, m.shift as i64]).flat_map(i64::to_ne_bytes).collect();
     let multipliers = k.data(bytes, 8)?;
     let mut add = add;
     windows(k, &axes, &spatial, &out, &mut |fb, xo, yo, count, taps| {
@@ -401,10 +426,40 @@ pub(super) fn qpool(k: &mut Kernel) -> Result<(), String> {
         fb.def_var(acc, zero);
         tap_nest(fb, 0, taps, &axes, xo, &mut add);
         let sum = fb.use_var(acc);
-        let entry = emit::addr(fb, multipliers, count, 16);
-        let m = fb.ins().load(types::I64, emit::mem(), entry, 0);
-        let shift = fb.ins().load(types::I64, emit::mem(), entry, 8);
-        let r = requant::requantize_dynamic(fb, sum, m, shift, zero_point, bounds);
+        // A count known at compile time (unrolled windows) takes its multiplier and shift as
+        // immediates; otherwise they are loaded from the table.
+        let r = match count {
+            Count::Known(c) => requant::requantize(fb, sum, table[c as usize], zero_point, bounds),
+            Count::Run(count) => {
+                let entry = emit::addr(fb, multipliers, count, 16);
+                let m = fb.ins().load(types::I64, emit::mem(), entry, 0);
+                let shift = fb.ins().load(types::I64, emit::mem(), entry, 8);
+                requant::requantize_dynamic(fb, sum, m, shift, zero_point, bounds)
+            }
+        };
         store_int(fb, ydtype, r, yptr, yo);
     })
+}
+
+/// The centered sums of the 8 planes `p + g .. p + g + 8` of `inner` elements (a multiple of
+/// 8) as an i16x8: each plane's 8-byte loads added in i16 lanes, then the 8 planes' lanes
+/// reduced together by a tree of pairwise adds (`phaddw`), which keeps the planes in order.
+/// The i16 arithmetic wraps, so the result is exact whenever the centered sum fits in i16
+/// (the caller's [`VectorRequant`] requires it), even if the raw sum does not.
+fn plane_sums(fb: &mut FunctionBuilder, dtype: DType, x: Value, p: Value, g: i64, inner: i64, zx: i32) -> Value {
+    let mut level: Vec<Value> = (0..8)
+        .map(|j| {
+            let plane = fb.ins().iadd_imm_s(p, g + j);
+            let start = fb.ins().imul_imm_s(plane, inner);
+            let at = fb.ins().iadd(x, start);
+            let chunks: Vec<Value> = (0..inner / 8).map(|c| requant::load_widened(fb, dtype, at, (8 * c) as i32)).collect();
+            chunks.into_iter().reduce(|a, b| fb.ins().iadd(a, b)).expect("a non-empty plane")
+        })
+        .collect();
+    while level.len() > 1 {
+        level = level.chunks(2).map(|pair| fb.ins().iadd_pairwise(pair[0], pair[1])).collect();
+    }
+    let offset = emit::iconst_of(fb, types::I16, inner * zx as i64);
+    let offset = fb.ins().splat(types::I16X8, offset);
+    fb.ins().isub(level[0], offset)
 }

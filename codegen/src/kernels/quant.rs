@@ -5,11 +5,14 @@
 //! operation, so that results are bit-identical to the interpreter: QuantizeLinear divides
 //! in f32 (i32 inputs in f64) and rounds half to even; DequantizeLinear subtracts and
 //! multiplies in f32; the integer ops build their multipliers with the same
-//! `qlift_ir::fixed_point` constructors and apply them with [`super::requant`].
+//! `qlift_ir::fixed_point` constructors and apply them with [`super::requant`]: 16 8-bit
+//! elements per step with its [`VectorRequant`] along contiguous runs (the remainder, and
+//! parameters outside the vector form's exact range, element by element).
 //! Per-axis parameters and broadcasting strides are resolved at compile time (shapes are
 //! static except the batch on axis 0).
 
-use super::requant;
+use super::elementwise::{Broadcast, Lanes};
+use super::requant::{self, VectorRequant, LANES};
 use super::{Kernel, Operand};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::FloatCC;
@@ -197,19 +200,60 @@ fn result_scale(y: &TensorType) -> Result<f64, String> {
     Ok(result_params(y, None)?.0 as f64)
 }
 
-/// Emits `y[j] = rq(x[i] - zx)` over `count` contiguous elements from element offsets
-/// `xi`, `yi`: the rescale of Requantize and of each QConcat part.
-#[allow(clippy::too_many_arguments)]
-fn rescale_run(fb: &mut FunctionBuilder, rq: &Requant, zx: i32, xdtype: DType, xptr: Value, xi: Value, ydtype: DType, yptr: Value, yi: Value, count: i64) {
-    let m = requant::channel(rq, 0);
-    emit::for_count(fb, count, |fb, j| {
-        let i = fb.ins().iadd(xi, j);
-        let v = load_int(fb, xdtype, xptr, i);
-        let a = fb.ins().iadd_imm_s(v, -(zx as i64));
-        let r = requant::requantize(fb, a, m, rq.zero_point, rq.bounds);
-        let o = fb.ins().iadd(yi, j);
-        store_int(fb, ydtype, r, yptr, o);
-    });
+/// The rescale `y = clamp(zy + M·(x − zx))` of Requantize and of each QConcat part, over
+/// contiguous runs: 16 elements per step with [`VectorRequant`] (the remainder scalar), or a
+/// plain copy when it is the identity.
+struct Rescale {
+    rq: Requant,
+    zx: i32,
+    xdtype: DType,
+    vector: Option<VectorRequant>,
+    /// `M = 1`, equal zero points and dtypes, no narrower clamp: `y = x`.
+    copy: bool,
+}
+
+impl Rescale {
+    /// The rescale of `x` (per tensor) onto the 8-bit result `y` by `M = s_x / s_y`, as the
+    /// interpreter builds it (`Requant::for_ratio`).
+    fn new(x: &TensorType, what: &str, y: &TensorType, act: Option<(f32, f32)>) -> Result<Rescale, String> {
+        let (sx, zx) = per_tensor(x, what)?;
+        let rq = Requant::for_ratio(sx as f64 / result_scale(y)?, y, act)?;
+        let m = requant::channel(&rq, 0);
+        let (xdtype, ydtype) = (x.dtype, y.dtype);
+        let eight_bit = requant::is_8bit(xdtype) && requant::is_8bit(ydtype);
+        let vector = eight_bit.then(|| VectorRequant::single(m, rq.zero_point, rq.bounds, requant::reach(xdtype, zx), ydtype)).flatten();
+        // (a·2^s + 2^(s-1)) >> s = a: the multiplier is exactly 1.
+        let copy = eight_bit && m.m as i64 == 1i64 << m.shift && zx == rq.zero_point && xdtype == ydtype && xdtype.int_range() == Some(rq.bounds);
+        Ok(Rescale { rq, zx, xdtype, vector, copy })
+    }
+
+    /// Emits `y[yi + j] = rescale(x[xi + j])` for `j` in `0..count`.
+    fn run(&self, fb: &mut FunctionBuilder, xptr: Value, xi: Value, yptr: Value, yi: Value, count: i64) {
+        let m = requant::channel(&self.rq, 0);
+        // Steps of one element when there is no vector form.
+        let lanes = if self.copy || self.vector.is_some() { LANES } else { 1 };
+        emit::for_lanes(fb, count, lanes as i64, &mut |fb, j, whole| {
+            let (i, o) = (fb.ins().iadd(xi, j), fb.ins().iadd(yi, j));
+            let r = match (&self.vector, whole) {
+                _ if self.copy => {
+                    let a = fb.ins().iadd(xptr, i);
+                    fb.ins().load(if whole { types::I8X16 } else { types::I8 }, emit::mem(), a, 0)
+                }
+                (Some(v), true) => {
+                    let t = requant::load_centered(fb, self.xdtype, xptr, i, self.zx);
+                    v.apply(fb, &[t])
+                }
+                _ => {
+                    let v = load_int(fb, self.xdtype, xptr, i);
+                    let a = fb.ins().iadd_imm_s(v, -(self.zx as i64));
+                    let r = requant::requantize(fb, a, m, self.rq.zero_point, self.rq.bounds);
+                    fb.ins().ireduce(types::I8, r)
+                }
+            };
+            let a = fb.ins().iadd(yptr, o);
+            fb.ins().store(emit::mem(), r, a, 0);
+        });
+    }
 }
 
 /// Requantize: `clamp(zy + M·(x − zx))` with `M = s_x / s_y` in fixed point, clamped by a
@@ -217,73 +261,62 @@ fn rescale_run(fb: &mut FunctionBuilder, rq: &Requant, zx: i32, xdtype: DType, x
 pub(super) fn requantize(k: &mut Kernel) -> Result<(), String> {
     let act = k.op.fused_activation()?;
     let x = k.input(0)?;
-    let (xptr, xdtype, batched, n) = (x.ptr, x.ty.dtype, x.batched(), x.per_sample() as i64);
-    let (sx, zx) = per_tensor(&x.ty, "input")?;
+    let (xptr, batched, n) = (x.ptr, x.batched(), x.per_sample() as i64);
     let y = k.output(0);
-    let (yptr, ydtype) = (y.ptr, y.ty.dtype);
-    let rq = Requant::for_ratio(sx as f64 / result_scale(&y.ty)?, &y.ty, act)?;
+    let rescale = Rescale::new(&x.ty, "input", &y.ty, act)?;
+    let yptr = y.ptr;
     let samples = k.samples(batched);
     emit::for_dynamic(k.fb, samples, |fb, s| {
         let base = fb.ins().imul_imm_s(s, n);
-        rescale_run(fb, &rq, zx, xdtype, xptr, base, ydtype, yptr, base, n);
+        rescale.run(fb, xptr, base, yptr, base, n);
     });
     Ok(())
 }
 
-/// Per-sample row-major strides of `x` against the result's per-sample dims `out` (rank
-/// aligned to the right, 0 on broadcast axes), and the stride between samples (0 when `x`
-/// has no batch axis and is reused by every sample).
-fn broadcast_strides(x: &Operand, out: &[usize]) -> Result<(Vec<i64>, i64), String> {
-    let dims = x.dims();
-    let offset = out.len().checked_sub(dims.len()).ok_or("operand has a higher rank than the result")?;
-    let mut own = vec![0i64; dims.len()];
-    let mut acc = 1i64;
-    for a in (0..dims.len()).rev() {
-        own[a] = acc;
-        acc *= dims[a] as i64;
+/// One QAdd operand's centered terms for a loop step: one i32, or 16 as two i16x8 (one
+/// element splatted when the operand is constant along the vector loop).
+fn qadd_term(fb: &mut FunctionBuilder, lanes: &Lanes, stream: usize, dtype: DType, base: Value, index: Value, zp: i32) -> [Value; 2] {
+    if let Lanes::Vector(splat) = lanes {
+        if !splat[stream] {
+            return requant::load_centered(fb, dtype, base, index, zp);
+        }
     }
-    let strides = (0..out.len())
-        .map(|j| match j.checked_sub(offset) {
-            Some(a) if dims[a] != 1 => own[a],
-            _ => 0,
-        })
-        .collect();
-    Ok((strides, if x.batched() { x.per_sample() as i64 } else { 0 }))
+    let v = load_int(fb, dtype, base, index);
+    let t = fb.ins().iadd_imm_s(v, -(zp as i64));
+    if matches!(lanes, Lanes::Scalar) {
+        return [t; 2];
+    }
+    let t = fb.ins().ireduce(types::I16, t);
+    [fb.ins().splat(types::I16X8, t); 2]
 }
 
 /// QAdd: `clamp(zy + ((ta·ma + tb·mb + 2^(s-1)) >> s))` on centered terms with one shared
-/// shift ([`SumRequant`]), broadcasting both operands to the result with compile-time strides.
+/// shift ([`SumRequant`]), broadcasting both operands to the result with compile-time
+/// strides; 16 results per step along a contiguous innermost axis ([`VectorRequant`]).
 pub(super) fn qadd(k: &mut Kernel) -> Result<(), String> {
     let act = k.op.fused_activation()?;
     let (a, b, y) = (k.input(0)?, k.input(1)?, k.output(0));
     let ((sa, za), (sb, zb)) = (per_tensor(&a.ty, "A")?, per_tensor(&b.ty, "B")?);
     let sy = result_scale(&y.ty)?;
     let rq = SumRequant::new(&[sa as f64 / sy, sb as f64 / sy], &y.ty, act)?;
-    let out = y.dims();
-    let (sa_dims, sa_sample) = broadcast_strides(a, &out)?;
-    let (sb_dims, sb_sample) = broadcast_strides(b, &out)?;
-    let mut sy_dims = vec![0i64; out.len()];
-    let mut acc = 1i64;
-    for j in (0..out.len()).rev() {
-        sy_dims[j] = acc;
-        acc *= out[j] as i64;
-    }
-    let (ext, strides) = emit::coalesce(&out, &[sa_dims, sb_dims, sy_dims]);
-    let ydtype = y.ty.dtype;
-    let ys = y.per_sample() as i64;
-    let (ap, adt, bp, bdt, yp) = (a.ptr, a.ty.dtype, b.ptr, b.ty.dtype, y.ptr);
-    let batched = y.batched();
-    let samples = k.samples(batched);
-    emit::for_dynamic(k.fb, samples, |fb, s| {
-        let offsets = [fb.ins().imul_imm_s(s, sa_sample), fb.ins().imul_imm_s(s, sb_sample), fb.ins().imul_imm_s(s, ys)];
-        emit::for_strided(fb, &ext, &strides, &offsets, &mut |fb, o| {
-            let va = load_int(fb, adt, ap, o[0]);
-            let vb = load_int(fb, bdt, bp, o[1]);
-            let ta = fb.ins().iadd_imm_s(va, -(za as i64));
-            let tb = fb.ins().iadd_imm_s(vb, -(zb as i64));
-            let r = requant::requantize_sum(fb, &[ta, tb], &rq);
-            store_int(fb, ydtype, r, yp, o[2]);
-        });
+    let plan = Broadcast::new(y, &[a, b])?;
+    let (ap, adt, bp, bdt, yp, ydt) = (a.ptr, a.ty.dtype, b.ptr, b.ty.dtype, y.ptr, y.ty.dtype);
+    let eight_bit = [adt, bdt, ydt].into_iter().all(requant::is_8bit);
+    let vector = eight_bit.then(|| VectorRequant::sum(&rq, &[requant::reach(adt, za), requant::reach(bdt, zb)], ydt)).flatten();
+    plan.emit_lanes(k, if vector.is_some() { LANES } else { 1 }, &mut |fb, o, lanes| {
+        let ta = qadd_term(fb, lanes, 1, adt, ap, o[1], za);
+        let tb = qadd_term(fb, lanes, 2, bdt, bp, o[2], zb);
+        match (lanes, &vector) {
+            (Lanes::Vector(_), Some(v)) => {
+                let r = v.apply(fb, &[ta, tb]);
+                let at = fb.ins().iadd(yp, o[0]);
+                fb.ins().store(emit::mem(), r, at, 0);
+            }
+            _ => {
+                let r = requant::requantize_sum(fb, &[ta[0], tb[0]], &rq);
+                store_int(fb, ydt, r, yp, o[0]);
+            }
+        }
     });
     Ok(())
 }
@@ -294,7 +327,7 @@ pub(super) fn qadd(k: &mut Kernel) -> Result<(), String> {
 pub(super) fn qconcat(k: &mut Kernel) -> Result<(), String> {
     let act = k.op.fused_activation()?;
     let y = k.output(0);
-    let (yptr, ydtype, ybatched) = (y.ptr, y.ty.dtype, y.batched());
+    let (yptr, ybatched) = (y.ptr, y.batched());
     let out = y.dims();
     let rank = out.len() as i64;
     let axis = k.op.attrs.int("axis")?;
@@ -302,7 +335,6 @@ pub(super) fn qconcat(k: &mut Kernel) -> Result<(), String> {
     if axis == 0 && ybatched {
         return Err("concatenation along the batch axis".to_string());
     }
-    let sy = result_scale(&y.ty)?;
     let outer: i64 = out[..axis].iter().product::<usize>() as i64;
     let inner: i64 = out[axis + 1..].iter().product::<usize>() as i64;
     let yrow = out[axis] as i64 * inner;
@@ -313,10 +345,9 @@ pub(super) fn qconcat(k: &mut Kernel) -> Result<(), String> {
         if x.batched() != ybatched {
             return Err(format!("operand {i} and the result disagree on the batch axis"));
         }
-        let (sx, zx) = per_tensor(&x.ty, &format!("operand {i}"))?;
-        let rq = Requant::for_ratio(sx as f64 / sy, &y.ty, act)?;
+        let rescale = Rescale::new(&x.ty, &format!("operand {i}"), &y.ty, act)?;
         let row = x.dims()[axis] as i64 * inner;
-        parts.push((x.ptr, x.ty.dtype, zx, rq, row, offset));
+        parts.push((x.ptr, rescale, row, offset));
         offset += row;
     }
     if offset != yrow {
@@ -324,12 +355,12 @@ pub(super) fn qconcat(k: &mut Kernel) -> Result<(), String> {
     }
     let samples = k.samples(ybatched);
     let blocks = k.fb.ins().imul_imm_s(samples, outer);
-    for (xptr, xdtype, zx, rq, row, offset) in parts {
+    for (xptr, rescale, row, offset) in parts {
         emit::for_dynamic(k.fb, blocks, |fb, o| {
             let xi = fb.ins().imul_imm_s(o, row);
             let yi = fb.ins().imul_imm_s(o, yrow);
             let yi = fb.ins().iadd_imm_s(yi, offset);
-            rescale_run(fb, &rq, zx, xdtype, xptr, xi, ydtype, yptr, yi, row);
+            rescale.run(fb, xptr, xi, yptr, yi, row);
         });
     }
     Ok(())
