@@ -91,6 +91,20 @@ impl Channels {
         params: &mut dyn FnMut(&mut FunctionBuilder, Value) -> P,
         body: &mut dyn FnMut(&mut FunctionBuilder, P, Value),
     ) {
+        self.emit_vector(k, batched, params, body, None);
+    }
+
+    /// [`Channels::emit`] with `vector(params, flat index)` doing [`LANES`] elements at once
+    /// wherever a whole step fits in a channel's run.
+    #[allow(clippy::type_complexity)]
+    fn emit_vector<P: Copy>(
+        &self,
+        k: &mut Kernel,
+        batched: bool,
+        params: &mut dyn FnMut(&mut FunctionBuilder, Value) -> P,
+        body: &mut dyn FnMut(&mut FunctionBuilder, P, Value),
+        mut vector: Option<&mut dyn FnMut(&mut FunctionBuilder, P, Value)>,
+    ) {
         let samples = k.samples(batched);
         let blocks = k.fb.ins().imul_imm_s(samples, self.outer as i64);
         let (extent, inner) = (self.extent as i64, self.inner as i64);
@@ -100,9 +114,13 @@ impl Channels {
                 let run = fb.ins().imul_imm_s(s, extent);
                 let run = fb.ins().iadd(run, c);
                 let start = fb.ins().imul_imm_s(run, inner);
-                emit::for_count(fb, inner, |fb, i| {
+                let lanes = if vector.is_some() { LANES as i64 } else { 1 };
+                emit::for_lanes(fb, inner, lanes, &mut |fb, i, whole| {
                     let index = fb.ins().iadd(start, i);
-                    body(fb, p, index);
+                    match vector.as_mut() {
+                        Some(vector) if whole => vector(fb, p, index),
+                        _ => body(fb, p, index),
+                    }
                 });
             });
         });
@@ -135,7 +153,40 @@ pub(super) fn quantize(k: &mut Kernel) -> Result<(), String> {
         table(k, &q.scale, f32::to_ne_bytes)?
     };
     let scale_ty = if wide { types::F64 } else { types::F32 };
-    channels.emit(
+    // f32 to 8 bits: LANES elements a step (four f32x4 divided, rounded, converted, packed).
+    let signed = ydtype == DType::I8;
+    let mut vector = |fb: &mut FunctionBuilder, (scale, zp): (Value, Value), i: Value| {
+        let scale = fb.ins().splat(types::F32X4, scale);
+        let zp = fb.ins().ireduce(types::I32, zp);
+        let splat = |fb: &mut FunctionBuilder, v: Value| fb.ins().splat(types::I32X4, v);
+        let zpv = splat(fb, zp);
+        // Clamped before the zero point is added (so nothing wraps): [lo − zp, hi − zp].
+        let (lo_z, hi_z) = (fb.ins().iconst(types::I32, lo), fb.ins().iconst(types::I32, hi));
+        let (lo_z, hi_z) = (fb.ins().isub(lo_z, zp), fb.ins().isub(hi_z, zp));
+        let (lo_z, hi_z, lo_v) = (splat(fb, lo_z), splat(fb, hi_z), fb.ins().iconst(types::I32, lo));
+        let lo_v = splat(fb, lo_v);
+        let at = emit::addr(fb, xptr, i, 4);
+        let quads: Vec<Value> = (0..LANES / 4)
+            .map(|q| {
+                let v = fb.ins().load(types::F32X4, emit::mem(), at, (q * 16) as i32);
+                let r = fb.ins().fdiv(v, scale);
+                let r = fb.ins().nearest(r);
+                let n = fb.ins().fcvt_to_sint_sat(types::I32X4, r);
+                let n = fb.ins().smax(n, lo_z);
+                let n = fb.ins().smin(n, hi_z);
+                let n = fb.ins().iadd(n, zpv);
+                // NaN gives the minimum, as in the interpreter (the comparison is an i32x4 mask).
+                let nan = fb.ins().fcmp(FloatCC::Unordered, r, r);
+                fb.ins().bitselect(nan, lo_v, n)
+            })
+            .collect();
+        let (h0, h1) = (fb.ins().snarrow(quads[0], quads[1]), fb.ins().snarrow(quads[2], quads[3]));
+        let bytes = if signed { fb.ins().snarrow(h0, h1) } else { fb.ins().unarrow(h0, h1) };
+        let out = emit::addr(fb, yptr, i, 1);
+        fb.ins().store(emit::mem(), bytes, out, 0);
+    };
+    let vectorizable = !wide && matches!(ydtype, DType::U8 | DType::I8);
+    channels.emit_vector(
         k,
         batched,
         &mut |fb, c| {
@@ -165,6 +216,7 @@ pub(super) fn quantize(k: &mut Kernel) -> Result<(), String> {
             let n = fb.ins().ireduce(types::I32, n);
             store_int(fb, ydtype, n, yptr, i);
         },
+        if vectorizable { Some(&mut vector) } else { None },
     );
     Ok(())
 }
