@@ -17,6 +17,7 @@
 //! i32 (the input zero point folded into the bias as in [`super::product::packed_rows`]),
 //! then the fixed-point requantization of each output channel.
 
+use super::planes::Padded;
 use super::product::{packed_rows, vnni_dot};
 use super::{requant, Kernel};
 use crate::emit;
@@ -63,10 +64,10 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         }
     }
     let wptr = k.data(weights, 16)?;
-    let plane = g.hp * g.wp;
-    let padded_bytes = (g.channels * plane + 16).next_multiple_of(16);
+    let padded = Padded { planes: g.channels, h: g.h, w: g.w, hp: g.hp, wp: g.wp, top: g.pt, left: g.pl };
+    let plane = padded.plane();
     let groups = g.channels / g.cg;
-    let ws = k.workspace(padded_bytes);
+    let ws = k.workspace(padded.bytes());
     let (x, yop) = (k.input(0)?, k.output(0));
     let (xptr, yptr, x_batched) = (x.ptr, yop.ptr, x.batched());
     let samples = if x_batched { k.batch } else { emit::iconst(k.fb, x.dims()[0] as i64) };
@@ -80,7 +81,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     emit::for_dynamic(fb, samples, |fb, n| {
         let xn = emit::addr(fb, xptr, n, (g.channels * in_plane) as i64);
         let yn = emit::addr(fb, yptr, n, (g.m * out_plane) as i64);
-        pad_planes(fb, &g, xn, ws, padded_bytes, zx);
+        padded.emit(fb, xn, ws, zx as u8);
         for gi in 0..groups {
             let src = fb.ins().iadd_imm_s(ws, (gi * g.cg * plane) as i64);
             emit::for_count(fb, g.oh as i64, |fb, oh| {
@@ -191,40 +192,6 @@ impl BlockStore<'_> {
             }
         }
     }
-}
-
-/// Copies every input plane of sample `xn` into the workspace with its padding: the whole
-/// area is first filled with the zero point (16 bytes a store), then each input row is
-/// copied 8 bytes at a time (and byte by byte for the rest).
-fn pad_planes(fb: &mut FunctionBuilder, g: &Geometry, xn: Value, ws: Value, bytes: usize, zx: i32) {
-    let z = fb.ins().iconst(types::I8, (zx as u8) as i64);
-    let zv = fb.ins().splat(types::I8X16, z);
-    emit::for_count(fb, (bytes / 16) as i64, |fb, i| {
-        let at = emit::addr(fb, ws, i, 16);
-        fb.ins().store(emit::mem(), zv, at, 0);
-    });
-    emit::for_count(fb, g.channels as i64, |fb, ch| {
-        emit::for_count(fb, g.h as i64, |fb, y| {
-            // Input row y of channel ch goes to padded row pt + y, column pl.
-            let src = fb.ins().imul_imm_s(ch, (g.h * g.w) as i64);
-            let src = fb.ins().iadd(xn, src);
-            let src = emit::addr(fb, src, y, g.w as i64);
-            let to = fb.ins().imul_imm_s(ch, (g.hp * g.wp) as i64);
-            let dst = fb.ins().iadd(ws, to);
-            let yy = fb.ins().iadd_imm_s(y, g.pt as i64);
-            let dst = emit::addr(fb, dst, yy, g.wp as i64);
-            let dst = fb.ins().iadd_imm_s(dst, g.pl as i64);
-            let words = g.w / 8;
-            for i in 0..words {
-                let v = fb.ins().load(types::I64, emit::mem(), src, (i * 8) as i32);
-                fb.ins().store(emit::mem(), v, dst, (i * 8) as i32);
-            }
-            for i in words * 8..g.w {
-                let v = fb.ins().load(types::I8, emit::mem(), src, i as i32);
-                fb.ins().store(emit::mem(), v, dst, i as i32);
-            }
-        });
-    });
 }
 
 /// The shape of a convolution this kernel handles.

@@ -16,6 +16,7 @@ use std::sync::Arc;
 mod direct;
 mod elementwise;
 mod pointwise;
+mod planes;
 mod pool;
 mod quant;
 mod product;
@@ -163,16 +164,27 @@ impl<'k, 'f> Kernel<'k, 'f> {
         Ok(self.module.declare_func_in_func(id, self.fb.func))
     }
 
+    /// Whether the target has CPU feature `name` (a Cranelift x86 flag such as `has_ssse3`).
+    pub fn target_has(&self, name: &str) -> bool {
+        self.module.isa().isa_flags().iter().any(|f| f.name == name && f.as_bool() == Some(true))
+    }
+
+    /// Whether the target multiplies i64x2 lanes in one instruction (AVX-512DQ with VL).
+    pub fn has_i64x2_mul(&self) -> bool {
+        self.target_has("has_avx512dq") && self.target_has("has_avx512vl")
+    }
+
+    /// Whether byte shuffles with a constant pattern are one `pshufb` (SSSE3): without it
+    /// Cranelift calls a helper the JIT does not provide, so kernels built on them stay off.
+    pub fn has_byte_shuffle(&self) -> bool {
+        self.target_has("has_ssse3")
+    }
+
     /// Whether to use VNNI dot products: not refused (`CodegenOptions::no_vnni`) and the
     /// target has AVX-VNNI or AVX512-VNNI, so that u8×i8 dot products of 16 bytes are one
     /// `vpdpbusd` (without it the same tree would compile to slower widening code).
-    pub fn has_i64x2_mul(&self) -> bool {
-        let flags = self.module.isa().isa_flags();
-        ["has_avx512dq", "has_avx512vl"].iter().all(|name| flags.iter().any(|f| f.name == *name && f.as_bool() == Some(true)))
-    }
-
     pub fn has_vnni(&self) -> bool {
-        !self.no_vnni && self.module.isa().isa_flags().iter().any(|f| matches!(f.name, "has_avx_vnni" | "has_avx512vnni") && f.as_bool() == Some(true))
+        !self.no_vnni && (self.target_has("has_avx_vnni") || self.target_has("has_avx512vnni"))
     }
 
     /// Copies `bytes` (a run-time i64) from `src` to `dst` (the C library's memcpy).

@@ -11,6 +11,7 @@
 //! does, so results are bit-identical; integer averages use one fixed-point multiplier per
 //! distinct window count, built with the interpreter's `Requant::for_ratio`.
 
+use super::planes::{store_prefix, Padded};
 use super::quant::{load_int, store_int};
 use super::requant::{self, VectorRequant};
 use super::Kernel;
@@ -271,6 +272,9 @@ fn finish(fb: &mut FunctionBuilder, reduce: Reduce, acc: Value, count: Value, y:
 
 /// MaxPool (f32, u8, i8) and AveragePool (f32) over precomputed windows.
 pub(super) fn pool(k: &mut Kernel) -> Result<(), String> {
+    if max_pool_rows(k)? {
+        return Ok(());
+    }
     let x = k.input(0)?;
     let (xptr, dtype) = (x.ptr, x.ty.dtype);
     let reduce = match (k.op.kind, dtype) {
@@ -301,6 +305,88 @@ pub(super) fn pool(k: &mut Kernel) -> Result<(), String> {
         let count = count.value(fb);
         finish(fb, reduce, total, count, yptr, yo);
     })
+}
+
+/// 2-D MaxPool of 8-bit values a row of outputs at a time: the planes are copied into the
+/// workspace with their padding (and the room ceil_mode's last windows need) holding the
+/// dtype's minimum, which never wins a maximum; then for a block of up to 16 outputs of a
+/// row, each kernel row is one 16-byte load, each tap of it one byte shuffle putting input
+/// byte `j · stride + tap · dilation` in lane j, and the taps reduce with one vector max
+/// each. Returns false (nothing emitted) for other pools.
+fn max_pool_rows(k: &mut Kernel) -> Result<bool, String> {
+    let (x, y) = (k.input(0)?, k.output(0));
+    let (xd, yd, dtype) = (x.dims(), y.dims(), x.ty.dtype);
+    if k.op.kind != OpKind::MaxPool || !matches!(dtype, DType::U8 | DType::I8) || xd.len() != 4 || k.outputs.len() != 1 || !k.has_byte_shuffle() {
+        return Ok(false);
+    }
+    let attrs = &k.op.attrs;
+    let (kernel, strides, dilations, pads) = (attrs.usizes("kernel_shape")?, attrs.usizes("strides")?, attrs.usizes("dilations")?, attrs.usizes("pads")?);
+    let (kh, kw, sh, sw, dh, dw) = (kernel[0], kernel[1], strides[0], strides[1], dilations[0], dilations[1]);
+    if kh == 0 || kw == 0 || sw == 0 || yd[2] == 0 || yd[3] == 0 || (kw - 1) * dw > 15 {
+        return Ok(false);
+    }
+    let span = (kw - 1) * dw;
+    // Outputs per block: lane j reads byte j·sw + span at most.
+    let per_block = ((15 - span) / sw + 1).min(16);
+    let (c, h, w, oh, ow) = (xd[1], xd[2], xd[3], yd[2], yd[3]);
+    let padded = Padded {
+        planes: c,
+        h,
+        w,
+        hp: (h + pads[0] + pads[2]).max((oh - 1) * sh + (kh - 1) * dh + 1),
+        wp: (w + pads[1] + pads[3]).max((ow - 1) * sw + span + 1),
+        top: pads[0],
+        left: pads[1],
+    };
+    let (xptr, yptr, batched) = (x.ptr, y.ptr, x.batched());
+    let ws = k.workspace(padded.bytes());
+    let samples = k.samples(batched);
+    let fb = &mut *k.fb;
+    let masks: Vec<Option<_>> = (0..kw)
+        .map(|t| {
+            let bytes: Vec<u8> = (0..16).map(|j| (j.min(per_block - 1) * sw + t * dw) as u8).collect();
+            let identity = bytes.iter().enumerate().all(|(j, &b)| j == b as usize);
+            (!identity).then(|| fb.func.dfg.immediates.push(cranelift_codegen::ir::ConstantData::from(bytes)))
+        })
+        .collect();
+    let fill = if dtype == DType::U8 { 0u8 } else { 0x80 };
+    emit::for_dynamic(fb, samples, |fb, n| {
+        let xn = emit::addr(fb, xptr, n, (c * h * w) as i64);
+        let yn = emit::addr(fb, yptr, n, (c * oh * ow) as i64);
+        padded.emit(fb, xn, ws, fill);
+        emit::for_count(fb, c as i64, |fb, plane| {
+            let src = emit::addr(fb, ws, plane, padded.plane() as i64);
+            let dst = emit::addr(fb, yn, plane, (oh * ow) as i64);
+            emit::for_count(fb, oh as i64, |fb, r| {
+                let row = fb.ins().imul_imm_s(r, (sh * padded.wp) as i64);
+                let row = fb.ins().iadd(src, row);
+                let out = emit::addr(fb, dst, r, ow as i64);
+                for first in (0..ow).step_by(per_block) {
+                    let mut max: Option<Value> = None;
+                    for i in 0..kh {
+                        let at = (i * dh * padded.wp + first * sw) as i32;
+                        let v = fb.ins().load(types::I8X16, emit::mem(), row, at);
+                        for mask in &masks {
+                            let tap = match *mask {
+                                Some(m) => fb.ins().shuffle(v, v, m),
+                                None => v,
+                            };
+                            max = Some(match (max, dtype) {
+                                (None, _) => tap,
+                                (Some(m), DType::U8) => fb.ins().umax(m, tap),
+                                (Some(m), _) => fb.ins().smax(m, tap),
+                            });
+                        }
+                    }
+                    if let Some(max) = max {
+                        let at = fb.ins().iadd_imm_s(out, first as i64);
+                        store_prefix(fb, max, at, per_block.min(ow - first));
+                    }
+                }
+            });
+        });
+    });
+    Ok(true)
 }
 
 /// GlobalAveragePool and GlobalMaxPool (f32): every plane is one window, reduced in order.

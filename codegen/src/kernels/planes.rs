@@ -1,0 +1,85 @@
+//! Padded copies of 8-bit input planes in a kernel's workspace, for kernels that read
+//! windows with 16-byte vector loads (direct convolutions, vector pools): the padding holds
+//! a fill value (a convolution's input zero point, a max pool's minimum), and the area ends
+//! with at least 16 bytes of slack, so that a load may run past a row's last element, or
+//! the last plane's, without leaving the workspace.
+
+use crate::emit;
+use cranelift_codegen::ir::{types, InstBuilder, Value};
+use cranelift_frontend::FunctionBuilder;
+
+/// `planes` input planes of `h × w` bytes copied into `hp × wp` planes, input row `y` at
+/// padded row `top + y`, column `left`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Padded {
+    pub planes: usize,
+    pub h: usize,
+    pub w: usize,
+    pub hp: usize,
+    pub wp: usize,
+    pub top: usize,
+    pub left: usize,
+}
+
+impl Padded {
+    /// Bytes of one padded plane.
+    pub fn plane(&self) -> usize {
+        self.hp * self.wp
+    }
+
+    /// Workspace bytes: every padded plane, then the slack, in whole 16-byte steps.
+    pub fn bytes(&self) -> usize {
+        (self.planes * self.plane() + 16).next_multiple_of(16)
+    }
+
+    /// Fills the workspace area at `ws` with `fill` (16 bytes a store), then copies every
+    /// input row of the planes at `x` to its place (8 bytes at a time, the rest byte by byte).
+    pub fn emit(&self, fb: &mut FunctionBuilder, x: Value, ws: Value, fill: u8) {
+        let f = fb.ins().iconst(types::I8, fill as i64);
+        let fv = fb.ins().splat(types::I8X16, f);
+        emit::for_count(fb, (self.bytes() / 16) as i64, |fb, i| {
+            let at = emit::addr(fb, ws, i, 16);
+            fb.ins().store(emit::mem(), fv, at, 0);
+        });
+        let (h, w) = (self.h, self.w);
+        emit::for_count(fb, self.planes as i64, |fb, ch| {
+            emit::for_count(fb, h as i64, |fb, y| {
+                let src = fb.ins().imul_imm_s(ch, (h * w) as i64);
+                let src = fb.ins().iadd(x, src);
+                let src = emit::addr(fb, src, y, w as i64);
+                let to = fb.ins().imul_imm_s(ch, self.plane() as i64);
+                let dst = fb.ins().iadd(ws, to);
+                let yy = fb.ins().iadd_imm_s(y, self.top as i64);
+                let dst = emit::addr(fb, dst, yy, self.wp as i64);
+                let dst = fb.ins().iadd_imm_s(dst, self.left as i64);
+                let words = w / 8;
+                for i in 0..words {
+                    let v = fb.ins().load(types::I64, emit::mem(), src, (i * 8) as i32);
+                    fb.ins().store(emit::mem(), v, dst, (i * 8) as i32);
+                }
+                for i in words * 8..w {
+                    let v = fb.ins().load(types::I8, emit::mem(), src, i as i32);
+                    fb.ins().store(emit::mem(), v, dst, i as i32);
+                }
+            });
+        });
+    }
+}
+
+/// Stores the first `count` bytes of the i8x16 `v` at `out`: whole pieces of 8, 4, 2 and 1
+/// bytes (each lane-aligned, so each is one extract and one store).
+pub(super) fn store_prefix(fb: &mut FunctionBuilder, v: Value, out: Value, count: usize) {
+    if count >= 16 {
+        fb.ins().store(emit::mem(), v, out, 0);
+        return;
+    }
+    let mut at = 0;
+    for (size, ty) in [(8, types::I64X2), (4, types::I32X4), (2, types::I16X8), (1, types::I8X16)] {
+        if count - at >= size {
+            let lanes = if ty == types::I8X16 { v } else { fb.ins().bitcast(ty, super::requant::little_endian(), v) };
+            let piece = fb.ins().extractlane(lanes, (at / size) as u8);
+            fb.ins().store(emit::mem(), piece, out, at as i32);
+            at += size;
+        }
+    }
+}
