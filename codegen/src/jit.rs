@@ -55,6 +55,11 @@ extern "C" fn qlift_expf(x: f32) -> f32 {
     x.exp()
 }
 
+/// The message of a caught panic's payload.
+fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
+    payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "a panic".to_string())
+}
+
 impl JitProgram {
     /// Compiles `graph` (verified) for the host.
     pub fn compile(graph: &Graph, opts: &CodegenOptions) -> Result<JitProgram, CodegenError> {
@@ -74,7 +79,14 @@ impl JitProgram {
                 return Err(e);
             }
         };
-        module.finalize_definitions().map_err(bug)?;
+        // Finalizing resolves symbols and libcalls; cranelift-jit panics on one it cannot
+        // find (a helper some lowering needs on a CPU without a feature). Report it instead.
+        let finalized = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| module.finalize_definitions().map_err(|e| e.to_string())));
+        if let Err(e) | Ok(Err(e)) = finalized.map_err(|p| panic_message(&p)) {
+            // SAFETY: nothing compiled in this module was called or handed out.
+            unsafe { module.free_memory() };
+            return Err(bug(format!("linking the compiled code: {e}")));
+        }
         let code = module.get_finalized_function(program.entry);
         // SAFETY: the entry was built with exactly this signature (program.rs).
         let entry = unsafe { std::mem::transmute::<*const u8, Entry>(code) };
