@@ -33,7 +33,8 @@ impl Padded {
     }
 
     /// Fills the workspace area at `ws` with `fill` (16 bytes a store), then copies every
-    /// input row of the planes at `x` to its place (8 bytes at a time, the rest byte by byte).
+    /// input row of the planes at `x` to its place (8 bytes at a time, the rest in 4-, 2-
+    /// and 1-byte pieces).
     pub fn emit(&self, fb: &mut FunctionBuilder, x: Value, ws: Value, fill: u8) {
         let f = fb.ins().iconst(types::I8, fill as i64);
         let fv = fb.ins().splat(types::I8X16, f);
@@ -52,14 +53,13 @@ impl Padded {
                 let yy = fb.ins().iadd_imm_s(y, self.top as i64);
                 let dst = emit::addr(fb, dst, yy, self.wp as i64);
                 let dst = fb.ins().iadd_imm_s(dst, self.left as i64);
-                let words = w / 8;
-                for i in 0..words {
-                    let v = fb.ins().load(types::I64, emit::mem(), src, (i * 8) as i32);
-                    fb.ins().store(emit::mem(), v, dst, (i * 8) as i32);
-                }
-                for i in words * 8..w {
-                    let v = fb.ins().load(types::I8, emit::mem(), src, i as i32);
-                    fb.ins().store(emit::mem(), v, dst, i as i32);
+                // Whole 8-byte words, then at most one 4-, 2- and 1-byte piece.
+                let pieces = std::iter::repeat_n((8, types::I64), w / 8).chain([(4, types::I32), (2, types::I16), (1, types::I8)].into_iter().filter(|&(size, _)| w % 8 & size != 0));
+                let mut at = 0;
+                for (size, ty) in pieces {
+                    let v = fb.ins().load(ty, emit::mem(), src, at as i32);
+                    fb.ins().store(emit::mem(), v, dst, at as i32);
+                    at += size;
                 }
             });
         });
