@@ -15,7 +15,7 @@ d = sys.argv[1]
 for f in ["digits_test_x", "digits_test_x_flat"]:
     np.save(f"{d}/{f}_1.npy", np.load(f"examples/models/{f}.npy")[:1])
 PY
-echo "| model | batch | threads | qlift int8 ms | ORT int8 ms | ORT fp32 ms | tract fp32 ms | qlift / ORT int8 | qlift / ORT fp32 |"
+echo "| model | batch | threads | qlift int8 µs | ORT int8 µs | ORT fp32 µs | tract fp32 µs | qlift / ORT int8 | qlift / ORT fp32 |"
 echo "|---|---|---|---|---|---|---|---|---|"
 for spec in "digits_cnn digits_test_x digits_calib_x" "digits_mlp digits_test_x_flat digits_calib_x_flat" "digits_mobile digits_test_x digits_calib_x"; do
   set -- $spec

@@ -82,7 +82,7 @@ def main():
     if args.row:
         e = {x["engine"]: x["median_ms"] for x in result["engines"]}
         q = next((m for n, m in e.items() if n.startswith("qlift")), None)
-        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
+        fmt = lambda v: "n/a" if v is None else f"{v * 1000:.1f}"
         ratio = lambda a, b: "n/a" if a is None or b is None else f"{a / b:.2f}"
         print(f"| {result['model'].replace('.onnx', '')} | {result['batch']} | {args.threads} | {fmt(q)} | {fmt(e['ORT int8'])} | "
               f"{fmt(e['ORT fp32'])} | {fmt(e.get('tract fp32'))} | {ratio(q, e['ORT int8'])} | {ratio(q, e['ORT fp32'])} |")
