@@ -83,21 +83,11 @@ impl Channels {
     }
 
     /// `for s in samples·outer, c in extent: params(c); for i in inner: body(flat index)`:
-    /// `params` runs once per channel run (loads its scale and zero point), `body` per element.
-    fn emit<P: Copy>(
-        &self,
-        k: &mut Kernel,
-        batched: bool,
-        params: &mut dyn FnMut(&mut FunctionBuilder, Value) -> P,
-        body: &mut dyn FnMut(&mut FunctionBuilder, P, Value),
-    ) {
-        self.emit_vector(k, batched, params, body, None);
-    }
-
-    /// [`Channels::emit`] with `vector(params, flat index)` doing [`LANES`] elements at once
-    /// wherever a whole step fits in a channel's run.
+    /// `params` runs once per channel run (loads its scale and zero point), `body` per element;
+    /// with `vector`, `vector(params, flat index)` does [`LANES`] elements at once wherever a
+    /// whole step fits in a channel's run.
     #[allow(clippy::type_complexity)]
-    fn emit_vector<P: Copy>(
+    fn emit<P: Copy>(
         &self,
         k: &mut Kernel,
         batched: bool,
@@ -186,7 +176,7 @@ pub(super) fn quantize(k: &mut Kernel) -> Result<(), String> {
         fb.ins().store(emit::mem(), bytes, out, 0);
     };
     let vectorizable = !wide && matches!(ydtype, DType::U8 | DType::I8);
-    channels.emit_vector(
+    channels.emit(
         k,
         batched,
         &mut |fb, c| {
@@ -243,6 +233,7 @@ pub(super) fn dequantize(k: &mut Kernel) -> Result<(), String> {
             let v = fb.ins().fmul(v, scale);
             emit::store_at(fb, v, yptr, i);
         },
+        None,
     );
     Ok(())
 }
