@@ -19,8 +19,11 @@
 //!   same row-by-row dot products as a matrix product with weights `[M][C/group · kernel]`
 //!   (the ONNX weight layout already is that).
 //!
-//! This is the correct-first, scalar form; a packed, vectorized inner loop can replace
-//! [`dot`] without touching the geometry or the epilogues.
+//! Constant integer weights are packed at compile time ([`pack`]) so that the dot products
+//! run 16 (VNNI `vpdpbusd`) or 8 (`pmaddwd`) products a step in register tiles
+//! ([`dot_block`]); the scalar [`dot`] remains for operands that cannot be packed. 2-D QConv
+//! with VNNI first tries the forms without im2col: [`super::pointwise`] (1×1) and
+//! [`super::direct`] (kernels 2–4 wide, depthwise).
 
 use super::{requant, Kernel, Operand};
 use crate::emit;
