@@ -95,7 +95,7 @@ impl Elem {
     }
 
     /// Stores `v` at element `row · width + col` of the row-major matrix at `base` (a conv
-    /// result's [channel][position], a product's [row][column]).
+    /// result's `[channel][position]`, a product's `[row][column]`).
     fn store_2d(self, fb: &mut FunctionBuilder, v: Value, base: Value, row: Value, width: usize, col: Value) {
         let addr = self.addr_2d(fb, base, row, width, col);
         self.store(fb, v, addr);
