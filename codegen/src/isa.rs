@@ -19,8 +19,12 @@ pub struct CodegenOptions {
     pub pic: bool,
     /// Do not use the VNNI `vpdpbusd` form of u8×i8 dot products even where the target has
     /// it, but the `pmaddwd` form every x86-64 with SSE2 has: to test and measure that path
-    /// on a VNNI machine (where VNNI is 1.3–1.5× faster on the bundled models).
+    /// on a VNNI machine (where VNNI is 1.3–2.6× faster on the bundled models).
     pub no_vnni: bool,
+    /// Use no CPU feature beyond AVX2 (no AVX-512, no VNNI) even where the host has them:
+    /// the code an AVX2-only CPU (AMD Zen 3, Intel Haswell to Skylake client) gets, to test
+    /// it on any machine.
+    pub avx2_only: bool,
 }
 
 /// The ISA for `opts`: opt_level `speed`, the verifier in debug builds.
@@ -34,7 +38,15 @@ pub fn target_isa(opts: &CodegenOptions) -> Result<OwnedTargetIsa, CodegenError>
     let flags = settings::Flags::new(flags);
     let target_error = |target: &str, message: String| CodegenError::Target { target: target.to_string(), message };
     let builder = match &opts.target {
-        None => cranelift_native::builder_with_options(!opts.baseline_isa).map_err(|m| target_error("host", m.to_string()))?,
+        None => {
+            let mut builder = cranelift_native::builder_with_options(!opts.baseline_isa).map_err(|m| target_error("host", m.to_string()))?;
+            let vnni: &[&str] = if opts.no_vnni || opts.avx2_only { &["has_avx_vnni", "has_avx512vnni"] } else { &[] };
+            let avx512: &[&str] = if opts.avx2_only { &["has_avx512bitalg", "has_avx512dq", "has_avx512vl", "has_avx512vbmi", "has_avx512f"] } else { &[] };
+            for name in vnni.iter().chain(avx512) {
+                builder.set(name, "false").map_err(bug)?;
+            }
+            builder
+        }
         Some(t) => {
             let triple = Triple::from_str(t).map_err(|e| target_error(t, e.to_string()))?;
             cranelift_codegen::isa::lookup(triple).map_err(|e| match e {

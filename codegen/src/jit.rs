@@ -71,7 +71,7 @@ impl JitProgram {
         let mut builder = JITBuilder::with_isa(isa, default_libcall_names());
         builder.symbol("expf", qlift_expf as *const u8);
         let mut module = JITModule::new(builder);
-        let program = match build(&mut module, graph, "qlift_run", opts) {
+        let program = match build(&mut module, graph, "qlift_run") {
             Ok(p) => p,
             Err(e) => {
                 // SAFETY: nothing compiled in this module was called or handed out.

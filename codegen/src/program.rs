@@ -9,7 +9,6 @@
 //! code` when the kernel of `steps[step]` failed with its code `code`.
 
 use crate::emit;
-use crate::isa::CodegenOptions;
 use crate::error::{bug, CodegenError};
 use crate::kernels::{self, Kernel, Operand};
 use crate::plan::{self, Buffer, Plan};
@@ -72,7 +71,7 @@ enum Location {
 
 /// Compiles `graph` into `module`: kernels, then the entry function named `entry_name`
 /// (exported, for object files).
-pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &CodegenOptions) -> Result<Program, CodegenError> {
+pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str) -> Result<Program, CodegenError> {
     let order = graph.topo_order().map_err(bug)?;
     let mut location: HashMap<ValueId, Location> = HashMap::new();
     let inputs: Vec<(String, TensorType)> = graph.input_values().iter().map(|&v| (graph.value(v).name.clone(), graph.value_type(v).clone())).collect();
@@ -168,7 +167,6 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &Co
             let (workspace, batch) = (params[next + results.len()], params[next + results.len() + 1]);
             // Constants become read-only data objects (an emitter may ignore them and repack).
             let mut kernel = Kernel::new(&mut fb, module, op, Vec::new(), result_args, workspace, batch);
-            kernel.no_vnni = opts.no_vnni;
             for arg in operand_args {
                 let operand = match arg {
                     None => None,

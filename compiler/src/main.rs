@@ -279,6 +279,9 @@ struct BenchArgs {
     /// path of CPUs without VNNI).
     #[arg(long)]
     no_vnni: bool,
+    /// Use no CPU feature beyond AVX2 (no AVX-512, no VNNI): the code an AVX2-only CPU gets.
+    #[arg(long)]
+    avx2_only: bool,
     /// Generate baseline x86-64 code (SSE2), ignoring the CPU's features.
     #[arg(long)]
     baseline_isa: bool,
@@ -605,7 +608,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
         bail!("--iters, --threads and --callers must be at least 1");
     }
     let start = Instant::now();
-    let codegen = qlift::CodegenOptions { no_vnni: args.no_vnni, baseline_isa: args.baseline_isa, ..Default::default() };
+    let codegen = qlift::CodegenOptions { no_vnni: args.no_vnni, avx2_only: args.avx2_only, baseline_isa: args.baseline_isa, ..Default::default() };
     let model = compile_model_with(&args.model, &args.quant, args.engine, args.threads, &codegen)?;
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
     let inputs = bind_inputs(model.graph(), &args.inputs)?;

@@ -46,11 +46,13 @@ fn graphs() -> Vec<(String, Graph, &'static str, bool)> {
 }
 
 /// The code paths: the host's best (VNNI `vpdpbusd` dot products where the host has them),
-/// `pmaddwd` dot products, and the baseline ISA (SSE2 only, no host features).
-fn paths() -> [(&'static str, CodegenOptions); 3] {
+/// `pmaddwd` dot products, AVX2 at most (an AVX2-only CPU's code), and the baseline ISA
+/// (SSE2 only, no host features).
+fn paths() -> [(&'static str, CodegenOptions); 4] {
     [
         ("host", CodegenOptions::default()),
         ("no-vnni", CodegenOptions { no_vnni: true, ..Default::default() }),
+        ("avx2", CodegenOptions { avx2_only: true, ..Default::default() }),
         ("baseline", CodegenOptions { baseline_isa: true, ..Default::default() }),
     ]
 }

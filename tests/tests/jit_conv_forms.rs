@@ -116,6 +116,7 @@ fn every_convolution_form_agrees_with_the_interpreter() {
     let paths = [
         ("host", CodegenOptions::default()),
         ("no-vnni", CodegenOptions { no_vnni: true, ..Default::default() }),
+        ("avx2", CodegenOptions { avx2_only: true, ..Default::default() }),
         ("baseline", CodegenOptions { baseline_isa: true, ..Default::default() }),
     ];
     let mut rng = Lcg(0x5eed);

@@ -83,8 +83,6 @@ pub(crate) struct Kernel<'k, 'f> {
     pub(crate) workspace_bytes: usize,
     /// Messages of the failure codes the kernel may return (code i + 1 is `messages[i]`).
     pub(crate) messages: Vec<String>,
-    /// Whether VNNI dot products are refused (see [`Kernel::has_vnni`]).
-    pub(crate) no_vnni: bool,
 }
 
 impl<'k, 'f> Kernel<'k, 'f> {
@@ -97,7 +95,7 @@ impl<'k, 'f> Kernel<'k, 'f> {
         workspace: Value,
         batch: Value,
     ) -> Self {
-        Kernel { fb, module, op, inputs, outputs, batch, workspace, workspace_bytes: 0, messages: Vec::new(), no_vnni: false }
+        Kernel { fb, module, op, inputs, outputs, batch, workspace, workspace_bytes: 0, messages: Vec::new() }
     }
 
     /// Operand `i` (an error naming it when it is missing).
@@ -180,11 +178,11 @@ impl<'k, 'f> Kernel<'k, 'f> {
         self.target_has("has_ssse3")
     }
 
-    /// Whether to use VNNI dot products: not refused (`CodegenOptions::no_vnni`) and the
-    /// target has AVX-VNNI or AVX512-VNNI, so that u8×i8 dot products of 16 bytes are one
+    /// Whether to use VNNI dot products: the target has AVX-VNNI or AVX512-VNNI (not turned
+    /// off by `CodegenOptions::no_vnni`), so that u8×i8 dot products of 16 bytes are one
     /// `vpdpbusd` (without it the same tree would compile to slower widening code).
     pub fn has_vnni(&self) -> bool {
-        !self.no_vnni && (self.target_has("has_avx_vnni") || self.target_has("has_avx512vnni"))
+        self.target_has("has_avx_vnni") || self.target_has("has_avx512vnni")
     }
 
     /// Copies `bytes` (a run-time i64) from `src` to `dst` (the C library's memcpy).
