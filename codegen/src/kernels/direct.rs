@@ -18,7 +18,7 @@
 //! then the fixed-point requantization of each output channel.
 
 use super::planes::Padded;
-use super::product::{packed_rows, vnni_dot};
+use super::product::{packed_rows, vnni_dot, PackedRows};
 use super::{requant, Kernel};
 use crate::emit;
 use cranelift_codegen::ir::{types, ConstantData, InstBuilder, Value};
@@ -45,9 +45,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let taps = g.cg * g.kh * g.kw;
     // Weights [M][C/group][KH][KW] as packed rows of C/group·KH·KW taps.
     let Some(packed) = packed_rows(k, g.m, taps, |c, t| c * taps + t)? else { return Ok(false) };
-    if !packed.vnni {
-        return Ok(false);
-    }
+    let Some(dot) = Dot4::of(k, &packed)? else { return Ok(false) };
     let (xq, wq) = (k.input(0)?.ty.quant.clone(), k.input(1)?.ty.quant.clone());
     let (Some(xq), Some(wq)) = (xq, wq) else { return Ok(false) };
     let y = k.output(0).ty.clone();
@@ -57,10 +55,8 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let mut weights = Vec::with_capacity(g.m * g.cg * g.kh * 16);
     for row in &packed.rows {
         for r in 0..g.cg * g.kh {
-            let quad: Vec<u8> = (0..4).map(|i| if i < g.kw { row[r * g.kw + i] as i8 as u8 } else { 0 }).collect();
-            for _ in 0..BLOCK {
-                weights.extend_from_slice(&quad);
-            }
+            let quad = [0, 1, 2, 3].map(|i| if i < g.kw { row[r * g.kw + i] } else { 0 });
+            weights.extend_from_slice(&dot.weight_bytes(quad));
         }
     }
     let wptr = k.data(weights, 16)?;
@@ -92,29 +88,17 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
                     let col = fb.ins().imul_imm_s(b, (BLOCK * g.sw) as i64);
                     let base = fb.ins().iadd(row0, col);
                     let channels: Vec<usize> = (gi * g.mg..(gi + 1) * g.mg).collect();
-                    for chunk in channels.chunks(CHANNEL_BLOCK) {
-                        let accs: Vec<Variable> = chunk
-                            .iter()
-                            .map(|&c| {
-                                let acc = fb.declare_var(types::I32X4);
-                                let bias = fb.ins().iconst(types::I32, packed.folded[c] as i64);
-                                let bias = fb.ins().splat(types::I32X4, bias);
-                                fb.def_var(acc, bias);
-                                acc
-                            })
-                            .collect();
+                    for chunk in channels.chunks(CHANNEL_BLOCK / dot.accumulators()) {
+                        let accs: Vec<Vec<Variable>> = chunk.iter().map(|&c| dot.start(fb, packed.folded[c])).collect();
                         // Input channel `ci` of the group (plane at `base + ci · plane`, weights
                         // at `wbase + ci · kh · 16` after each channel's own offset).
                         let body = |fb: &mut FunctionBuilder, plane_base: Value, wbase: Value| {
                             for r in 0..g.kh {
                                 let v = fb.ins().load(types::I8X16, emit::mem(), plane_base, (r * g.dh * g.wp) as i32);
                                 let xs = fb.ins().shuffle(v, v, mask);
-                                for (&c, &acc) in chunk.iter().zip(&accs) {
-                                    let w = fb.ins().load(types::I8X16, emit::constant_mem(), wbase, (((c * g.cg) * g.kh + r) * 16) as i32);
-                                    let halves = (fb.ins().swiden_low(w), fb.ins().swiden_high(w));
-                                    let sum = fb.use_var(acc);
-                                    let sum = vnni_dot(fb, sum, halves, xs);
-                                    fb.def_var(acc, sum);
+                                for (&c, acc) in chunk.iter().zip(&accs) {
+                                    let w = dot.load_weights(fb, wbase, (((c * g.cg) * g.kh + r) * 16) as i32);
+                                    dot.step(fb, acc, w, xs);
                                 }
                             }
                         };
@@ -130,8 +114,8 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
                                 body(fb, plane_base, wbase);
                             });
                         }
-                        for (&c, &acc) in chunk.iter().zip(&accs) {
-                            let acc = fb.use_var(acc);
+                        for (&c, acc) in chunk.iter().zip(&accs) {
+                            let acc = dot.finish(fb, acc, packed.folded[c]);
                             let out = fb.ins().imul_imm_s(oh, g.ow as i64);
                             let out = fb.ins().iadd_imm_s(out, (c * out_plane) as i64);
                             let first = fb.ins().imul_imm_s(b, BLOCK as i64);
@@ -154,6 +138,123 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         }
     });
     Ok(true)
+}
+
+/// How a kernel sums, in each i32 lane, four u8 activations times four weights (the
+/// direct and pointwise forms' step). Both are exact in wrapping i32.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Dot4 {
+    /// One `vpdpbusd` (AVX-VNNI / AVX512-VNNI) into one accumulator; weights fit i8.
+    Vnni,
+    /// Without VNNI: the activation bytes widened to i16 in two halves (two lanes' quads
+    /// each) and one `pmaddwd` per half against the weights as i16, into two accumulators of
+    /// pair sums that one pairwise add turns into the four lanes' sums at the end.
+    Pairs,
+}
+
+impl Dot4 {
+    /// The form for this kernel: VNNI where the weights allow it ([`PackedRows::vnni`]), else
+    /// pairs of i16 products; `None` without byte shuffles (SSSE3) or for i8 activations.
+    pub fn of(k: &Kernel, packed: &PackedRows) -> Result<Option<Dot4>, String> {
+        if !k.has_byte_shuffle() || k.input(0)?.ty.dtype != DType::U8 {
+            return Ok(None);
+        }
+        Ok(Some(if packed.vnni { Dot4::Vnni } else { Dot4::Pairs }))
+    }
+
+    /// Accumulator vectors per vector of four results.
+    pub fn accumulators(self) -> usize {
+        match self {
+            Dot4::Vnni => 1,
+            Dot4::Pairs => 2,
+        }
+    }
+
+    /// The 16 bytes of one step's weights: the four weights in each of the four lanes as i8
+    /// (VNNI), or in each 64-bit half as i16 (pairs).
+    pub fn weight_bytes(self, quad: [i16; 4]) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        for chunk in out.chunks_mut(if self == Dot4::Vnni { 4 } else { 8 }) {
+            for (j, &w) in quad.iter().enumerate() {
+                match self {
+                    Dot4::Vnni => chunk[j] = w as i8 as u8,
+                    Dot4::Pairs => chunk[2 * j..2 * j + 2].copy_from_slice(&w.to_le_bytes()),
+                }
+            }
+        }
+        out
+    }
+
+    /// Accumulators for one vector of results, starting from `bias` in every lane.
+    pub fn start(self, fb: &mut FunctionBuilder, bias: i32) -> Vec<Variable> {
+        let zero = fb.ins().iconst(types::I32, 0);
+        let zero = fb.ins().splat(types::I32X4, zero);
+        let b = fb.ins().iconst(types::I32, bias as i64);
+        let b = fb.ins().splat(types::I32X4, b);
+        // Pair sums are added pairwise at the end: the bias goes in after that.
+        let first = if self == Dot4::Vnni { b } else { zero };
+        (0..self.accumulators())
+            .map(|i| {
+                let acc = fb.declare_var(types::I32X4);
+                fb.def_var(acc, if i == 0 { first } else { zero });
+                acc
+            })
+            .collect()
+    }
+
+    /// Loads one step's weights (16 bytes at `at + offset`, from constant data) in the form
+    /// [`Dot4::step`] takes.
+    pub fn load_weights(self, fb: &mut FunctionBuilder, at: Value, offset: i32) -> (Value, Value) {
+        match self {
+            Dot4::Vnni => {
+                let w = fb.ins().load(types::I8X16, emit::constant_mem(), at, offset);
+                (fb.ins().swiden_low(w), fb.ins().swiden_high(w))
+            }
+            Dot4::Pairs => {
+                let w = fb.ins().load(types::I16X8, emit::constant_mem(), at, offset);
+                (w, w)
+            }
+        }
+    }
+
+    /// Adds the products of the four activation bytes of each lane of `x` (an i8x16 of u8)
+    /// with the weights `w` to the accumulators.
+    pub fn step(self, fb: &mut FunctionBuilder, accs: &[Variable], w: (Value, Value), x: Value) {
+        match self {
+            Dot4::Vnni => {
+                let sum = fb.use_var(accs[0]);
+                let sum = vnni_dot(fb, sum, w, x);
+                fb.def_var(accs[0], sum);
+            }
+            Dot4::Pairs => {
+                for (&acc, half) in accs.iter().zip([fb.ins().uwiden_low(x), fb.ins().uwiden_high(x)]) {
+                    // `pmaddwd`: Cranelift selects it for this tree (see product.rs).
+                    let (xl, wl) = (fb.ins().swiden_low(half), fb.ins().swiden_low(w.0));
+                    let (xh, wh) = (fb.ins().swiden_high(half), fb.ins().swiden_high(w.0));
+                    let lo = fb.ins().imul(xl, wl);
+                    let hi = fb.ins().imul(xh, wh);
+                    let pairs = fb.ins().iadd_pairwise(lo, hi);
+                    let sum = fb.use_var(acc);
+                    let sum = fb.ins().iadd(sum, pairs);
+                    fb.def_var(acc, sum);
+                }
+            }
+        }
+    }
+
+    /// The four lanes' sums (plus the bias) of the accumulators.
+    pub fn finish(self, fb: &mut FunctionBuilder, accs: &[Variable], bias: i32) -> Value {
+        match self {
+            Dot4::Vnni => fb.use_var(accs[0]),
+            Dot4::Pairs => {
+                let (a, b) = (fb.use_var(accs[0]), fb.use_var(accs[1]));
+                let sums = fb.ins().iadd_pairwise(a, b);
+                let bias = fb.ins().iconst(types::I32, bias as i64);
+                let bias = fb.ins().splat(types::I32X4, bias);
+                fb.ins().iadd(sums, bias)
+            }
+        }
+    }
 }
 
 /// How an op's blocks of four accumulators of one output channel become 8-bit results.
@@ -224,7 +325,7 @@ impl Geometry {
     /// most 4 wide without dilation along the row, and a row stride that keeps four outputs
     /// within 16 loaded bytes.
     fn of(k: &Kernel) -> Result<Option<Geometry>, String> {
-        if k.op.kind != OpKind::QConv || !k.has_vnni() {
+        if k.op.kind != OpKind::QConv {
             return Ok(None);
         }
         let (x, w, y) = (k.input(0)?, k.input(1)?, k.output(0));

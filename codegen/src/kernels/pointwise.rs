@@ -15,8 +15,8 @@
 //! i32 (see [`super::product::packed_rows`]); channels past `C` in the last group of four
 //! have zero weights.
 
-use super::direct::BlockStore;
-use super::product::{packed_rows, vnni_dot};
+use super::direct::{BlockStore, Dot4};
+use super::product::packed_rows;
 use super::Kernel;
 use crate::emit;
 use cranelift_codegen::ir::{types, ConstantData, InstBuilder, Value};
@@ -36,7 +36,7 @@ const STEP: usize = 16;
 /// Emits the convolution when it is pointwise and VNNI applies and returns true; false
 /// leaves it to the other forms (nothing emitted).
 pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
-    if k.op.kind != OpKind::QConv || !k.has_vnni() {
+    if k.op.kind != OpKind::QConv {
         return Ok(false);
     }
     let (x, w, y) = (k.input(0)?, k.input(1)?, k.output(0));
@@ -53,9 +53,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let (c, m, p): (usize, usize, usize) = (xd[1], wd[0], xd[2..].iter().product());
     let Some(packed) = packed_rows(k, m, c, |o, i| o * c + i)? else { return Ok(false) };
     let (Some(xq), Some(wq)) = (x.ty.quant.clone(), w.ty.quant.clone()) else { return Ok(false) };
-    if !packed.vnni {
-        return Ok(false);
-    }
+    let Some(dot) = Dot4::of(k, &packed)? else { return Ok(false) };
     let yty = y.ty.clone();
     let (xptr, yptr, x_batched, n0) = (x.ptr, y.ptr, x.batched(), xd[0]);
     let rq = Requant::for_product(&xq, &wq, m, &yty, k.op.fused_activation()?)?;
@@ -64,10 +62,8 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let mut weights = Vec::with_capacity(m * quads * 16);
     for row in &packed.rows {
         for q in 0..quads {
-            let quad: Vec<u8> = (4 * q..4 * q + 4).map(|i| row.get(i).map_or(0, |&v| v as i8 as u8)).collect();
-            for _ in 0..4 {
-                weights.extend_from_slice(&quad);
-            }
+            let quad = [0, 1, 2, 3].map(|i| row.get(4 * q + i).copied().unwrap_or(0));
+            weights.extend_from_slice(&dot.weight_bytes(quad));
         }
     }
     let wptr = k.data(weights, 16)?;
@@ -80,44 +76,32 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         let xn = emit::addr(fb, xptr, n, (c * p) as i64);
         let yn = emit::addr(fb, yptr, n, (m * p) as i64);
         interleave(fb, xn, ws, c, p, p_pad);
+        // Two position vectors per tile with VNNI, one with pairs (twice the accumulators).
+        let vectors = TILE / 4 / dot.accumulators();
+        let width = 4 * vectors;
         let tile = |fb: &mut FunctionBuilder, p0: Value, count: usize| {
             let xs = fb.ins().imul_imm_s(p0, 4);
             let xs = fb.ins().iadd(ws, xs);
             for block in (0..m).collect::<Vec<_>>().chunks(CHANNEL_BLOCK) {
-                let accs: Vec<[Variable; 2]> = block
-                    .iter()
-                    .map(|&o| {
-                        let bias = fb.ins().iconst(types::I32, packed.folded[o] as i64);
-                        let bias = fb.ins().splat(types::I32X4, bias);
-                        [0, 1].map(|_| {
-                            let acc = fb.declare_var(types::I32X4);
-                            fb.def_var(acc, bias);
-                            acc
-                        })
-                    })
-                    .collect();
+                let accs: Vec<Vec<Vec<Variable>>> = block.iter().map(|&o| (0..vectors).map(|_| dot.start(fb, packed.folded[o])).collect()).collect();
                 emit::for_count(fb, quads as i64, |fb, q| {
                     let at = emit::addr(fb, xs, q, (p_pad * 4) as i64);
-                    let x0 = fb.ins().load(types::I8X16, emit::mem(), at, 0);
-                    let x1 = fb.ins().load(types::I8X16, emit::mem(), at, 16);
+                    let x: Vec<Value> = (0..vectors).map(|v| fb.ins().load(types::I8X16, emit::mem(), at, (16 * v) as i32)).collect();
                     let wq = emit::addr(fb, wptr, q, 16);
                     for (&o, acc) in block.iter().zip(&accs) {
-                        let w = fb.ins().load(types::I8X16, emit::constant_mem(), wq, (o * quads * 16) as i32);
-                        let halves = (fb.ins().swiden_low(w), fb.ins().swiden_high(w));
-                        for (&a, x) in acc.iter().zip([x0, x1]) {
-                            let sum = fb.use_var(a);
-                            let sum = vnni_dot(fb, sum, halves, x);
-                            fb.def_var(a, sum);
+                        let w = dot.load_weights(fb, wq, (o * quads * 16) as i32);
+                        for (a, &x) in acc.iter().zip(&x) {
+                            dot.step(fb, a, w, x);
                         }
                     }
                 });
                 for (&o, acc) in block.iter().zip(&accs) {
-                    for (v, &a) in acc.iter().enumerate() {
+                    for (v, a) in acc.iter().enumerate() {
                         let lanes = count.saturating_sub(4 * v).min(4);
                         if lanes == 0 {
                             continue;
                         }
-                        let sum = fb.use_var(a);
+                        let sum = dot.finish(fb, a, packed.folded[o]);
                         let out = fb.ins().iadd_imm_s(p0, (o * p + 4 * v) as i64);
                         let out = fb.ins().iadd(yn, out);
                         stores.store(fb, sum, o, out, lanes);
@@ -125,14 +109,14 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
                 }
             }
         };
-        let full = p / TILE;
+        let full = p / width;
         if full > 0 {
-            let (zero, end) = (emit::iconst(fb, 0), emit::iconst(fb, (full * TILE) as i64));
-            emit::for_range(fb, zero, end, TILE as i64, |fb, p0| tile(fb, p0, TILE));
+            let (zero, end) = (emit::iconst(fb, 0), emit::iconst(fb, (full * width) as i64));
+            emit::for_range(fb, zero, end, width as i64, |fb, p0| tile(fb, p0, width));
         }
-        if full * TILE < p {
-            let p0 = emit::iconst(fb, (full * TILE) as i64);
-            tile(fb, p0, p - full * TILE);
+        if full * width < p {
+            let p0 = emit::iconst(fb, (full * width) as i64);
+            tile(fb, p0, p - full * width);
         }
     });
     Ok(true)
