@@ -1,6 +1,7 @@
-//! Direct convolution with VNNI for kernels 2 to 4 wide (3×3, depthwise or not) and for one
-//! input channel per group (depthwise, single-channel input): QConv, u8 activations,
-//! weights that fit i8.
+//! Direct convolution for kernels 2 to 4 wide (3×3, depthwise or not) and for one input
+//! channel per group (depthwise, single-channel input): QConv with u8 activations, on
+//! targets with byte shuffles (SSSE3); four-byte dot products with VNNI where the weights
+//! fit i8 and the CPU has it, else with `pmaddwd` pairs ([`Dot4`]).
 //!
 //! Such convolutions have few taps per input channel (a 3×3 kernel: 9), so the im2col form
 //! of [`super::product`] spends much of its time gathering bytes one by one. Here the input
@@ -29,8 +30,8 @@ use qlift_ir::{DType, OpKind};
 /// Output positions per block: the four i32 lanes of one vector.
 const BLOCK: usize = 4;
 
-/// Output channels accumulated together (one i32x4 register each): each shuffled input row
-/// serves this many `vpdpbusd`.
+/// Accumulator registers per channel block: output channels accumulated together (one
+/// register each with VNNI, two with pairs), each shuffled input row serving all of them.
 const CHANNEL_BLOCK: usize = 8;
 
 /// Output channels up to which the kernel is emitted (each channel's code is straight-line,

@@ -1,5 +1,6 @@
-//! Pointwise (1×1, stride 1, unpadded, one group) QConv with VNNI, as a matrix product whose
-//! vector lanes run along output positions.
+//! Pointwise (1×1, stride 1, unpadded, one group) QConv of u8 activations, as a matrix
+//! product whose vector lanes run along output positions (VNNI or `pmaddwd` pairs, see
+//! [`super::direct::Dot4`]).
 //!
 //! The im2col form of [`super::product`] would transpose the input byte by byte and reduce
 //! every dot product across vector lanes. Here the input `[C][P]` is first interleaved in
