@@ -34,8 +34,9 @@ const CHANNEL_BLOCK: usize = 4;
 /// Positions interleaved per step: one 16-byte load of each of four channels.
 const STEP: usize = 16;
 
-/// Emits the convolution when it is pointwise and VNNI applies and returns true; false
-/// leaves it to the other forms (nothing emitted).
+/// Emits the convolution when it is pointwise with u8 activations and an 8-bit result and a
+/// [`Dot4`] form applies, and returns true; false leaves it to the other forms (nothing
+/// emitted).
 pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     if k.op.kind != OpKind::QConv {
         return Ok(false);
