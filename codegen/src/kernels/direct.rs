@@ -321,22 +321,25 @@ struct Geometry {
 }
 
 impl Geometry {
-    /// The geometry when the node is a 2-D QConv with one input channel per group, u8
-    /// activations, an 8-bit result, at most [`MAX_CHANNELS`] output channels, a kernel at
-    /// most 4 wide without dilation along the row, and a row stride that keeps four outputs
-    /// within 16 loaded bytes.
+    /// The geometry when the node is a 2-D QConv with u8 activations, an 8-bit result, at
+    /// most [`MAX_CHANNELS`] output channels, a kernel 2 to 4 wide (or 1 wide with one input
+    /// channel per group) without dilation along the row, and a row stride that keeps four
+    /// outputs within 16 loaded bytes.
     fn of(k: &Kernel) -> Result<Option<Geometry>, String> {
         if k.op.kind != OpKind::QConv {
             return Ok(None);
         }
         let (x, w, y) = (k.input(0)?, k.input(1)?, k.output(0));
         let (xd, wd, yd) = (x.dims(), w.dims(), y.dims());
-        if xd.len() != 4 || x.ty.dtype != DType::U8 || !matches!(y.ty.dtype, DType::U8 | DType::I8) {
+        if xd.len() != 4 || wd.len() != 4 || yd.len() != 4 || x.ty.dtype != DType::U8 || !matches!(y.ty.dtype, DType::U8 | DType::I8) {
             return Ok(None);
         }
         let attrs = &k.op.attrs;
         let group = usize::try_from(attrs.int("group")?).map_err(|e| e.to_string())?.max(1);
         let (strides, dilations, pads) = (attrs.usizes("strides")?, attrs.usizes("dilations")?, attrs.usizes("pads")?);
+        if strides.len() != 2 || dilations.len() != 2 || pads.len() != 4 {
+            return Ok(None);
+        }
         let (channels, m) = (xd[1], wd[0]);
         // A 1-wide kernel would use one byte of each lane's four: a matrix product does better.
         let wide = wd[3] >= 2 || channels == group;

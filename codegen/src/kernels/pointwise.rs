@@ -45,6 +45,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let (xd, wd) = (x.dims(), w.dims());
     let attrs = &k.op.attrs;
     let pointwise = xd.len() >= 3
+        && wd.len() == xd.len()
         && attrs.int("group")? == 1
         && wd[2..].iter().all(|&e| e == 1)
         && attrs.usizes("strides")?.iter().all(|&s| s == 1)

@@ -321,6 +321,9 @@ fn max_pool_rows(k: &mut Kernel) -> Result<bool, String> {
     }
     let attrs = &k.op.attrs;
     let (kernel, strides, dilations, pads) = (attrs.usizes("kernel_shape")?, attrs.usizes("strides")?, attrs.usizes("dilations")?, attrs.usizes("pads")?);
+    if kernel.len() != 2 || strides.len() != 2 || dilations.len() != 2 || pads.len() != 4 {
+        return Ok(false);
+    }
     let (kh, kw, sh, sw, dh, dw) = (kernel[0], kernel[1], strides[0], strides[1], dilations[0], dilations[1]);
     if kh == 0 || kw == 0 || sw == 0 || yd[2] == 0 || yd[3] == 0 || (kw - 1) * dw > 15 {
         return Ok(false);
