@@ -18,7 +18,7 @@
 //! i32 (the input zero point folded into the bias as in [`super::product::packed_rows`]),
 //! then the fixed-point requantization of each output channel.
 
-use super::planes::Padded;
+use super::planes::{store_prefix, Padded};
 use super::product::{packed_rows, vnni_dot, PackedRows};
 use super::{requant, Kernel};
 use crate::emit;
@@ -283,16 +283,7 @@ impl BlockStore<'_> {
             return;
         };
         let bytes = requant::narrow_x4(fb, v, self.signed);
-        if count == BLOCK {
-            let words = fb.ins().bitcast(types::I32X4, requant::little_endian(), bytes);
-            let word = fb.ins().extractlane(words, 0);
-            fb.ins().store(emit::mem(), word, out, 0);
-        } else {
-            for lane in 0..count {
-                let b = fb.ins().extractlane(bytes, lane as u8);
-                fb.ins().store(emit::mem(), b, out, lane as i32);
-            }
-        }
+        store_prefix(fb, bytes, out, count);
     }
 }
 

@@ -67,7 +67,8 @@ impl Padded {
 }
 
 /// Stores the first `count` bytes of the i8x16 `v` at `out`: whole pieces of 8, 4, 2 and 1
-/// bytes (each lane-aligned, so each is one extract and one store).
+/// bytes (each lane-aligned, so each is one extract and one store). Every kernel that stores
+/// a prefix of a vector of 8-bit results (pools, blocks of requantized products) uses it.
 pub(super) fn store_prefix(fb: &mut FunctionBuilder, v: Value, out: Value, count: usize) {
     if count >= 16 {
         fb.ins().store(emit::mem(), v, out, 0);

@@ -725,9 +725,8 @@ impl PackedProduct<'_> {
                     if let Some(v) = self.epilogue.apply_x4(fb, *v, known) {
                         // Four neighbouring results of the row: one 32-bit store.
                         let bytes = requant::narrow_x4(fb, v, ye == Elem::I8);
-                        let words = fb.ins().bitcast(types::I32X4, requant::little_endian(), bytes);
-                        let word = fb.ins().extractlane(words, 0);
-                        fb.ins().store(emit::mem(), word, out, (j0 as i64 * ye.bytes()) as i32);
+                        let at = fb.ins().iadd_imm_s(out, j0 as i64 * ye.bytes());
+                        super::planes::store_prefix(fb, bytes, at, 4);
                         continue;
                     }
                 }
