@@ -53,7 +53,7 @@ fn c_type(dtype: DType) -> &'static str {
         DType::I32 => "int32_t",
         DType::I64 => "int64_t",
         DType::I8 | DType::I4 => "int8_t",
-        DType::U8 | DType::U4 => "uint8_t",
+        DType::U8 | DType::U4 | DType::Bool => "uint8_t",
     }
 }
 
@@ -64,6 +64,8 @@ fn describe(out: &mut String, upper: &str, kind: &str, index: usize, name: &str,
     let dims: Vec<String> = ty.shape.dims().iter().map(|d| match d {
         Dim::Batch => "0".to_string(),
         Dim::Fixed(n) => n.to_string(),
+        // Code generation takes specialized graphs only.
+        Dim::Sym(_) | Dim::Dyn => "0".to_string(),
     }).collect();
     let per_sample: usize = ty.shape.resolve(1).iter().product();
     let _ = writeln!(out, "/* {kind} {index}: `{name}`, {} [{}] ({}) */", ty.dtype, dims.join(", "), if ty.shape.has_batch() { "axis 0 is the batch" } else { "no batch axis" });

@@ -73,6 +73,17 @@ enum Location {
 /// (exported, for object files).
 pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str) -> Result<Program, CodegenError> {
     let order = graph.topo_order().map_err(bug)?;
+    // Kernels are specialized on extents: every one must be known, or the batch.
+    for &id in &order {
+        let node = graph.node(id);
+        if let Some(v) = node.outputs.iter().find(|v| !v.ty.shape.is_specialized()) {
+            return Err(CodegenError::Unsupported {
+                node: node.name.clone(),
+                op: node.op.name().to_string(),
+                message: format!("value `{}` has extents {} that are not known yet: bind the input shapes first (qlift_ir::specialize)", v.name, v.ty.shape),
+            });
+        }
+    }
     let mut location: HashMap<ValueId, Location> = HashMap::new();
     let inputs: Vec<(String, TensorType)> = graph.input_values().iter().map(|&v| (graph.value(v).name.clone(), graph.value_type(v).clone())).collect();
     for (k, v) in graph.input_values().into_iter().enumerate() {

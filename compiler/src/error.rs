@@ -38,7 +38,7 @@ pub enum Error {
     #[error("not a valid ONNX model: {0}")]
     Decode(String),
     /// The model imports an opset version qlift does not support (bad input).
-    #[error("unsupported opset: {domain} version {version} (qlift supports ai.onnx 13 to 28)")]
+    #[error("unsupported opset: {domain} version {version} (qlift supports ai.onnx 7 to 28)")]
     Opset {
         /// The domain.
         domain: String,

@@ -19,4 +19,4 @@ pub use model::{CompileOptions, CompiledModel, Engine};
 pub use qlift_codegen::CodegenOptions;
 pub use quantize::{quantize, Quantized};
 pub use onnx::export_onnx;
-pub use onnx::{load_onnx, load_onnx_bytes, read_tensor_pb, ImportOptions, Limits};
+pub use onnx::{load_onnx, load_onnx_bytes, read_tensor_pb, supported_ops, ImportOptions, InputDim, Limits};

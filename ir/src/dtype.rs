@@ -24,12 +24,14 @@ pub enum DType {
     I4,
     /// Unsigned 4-bit integer, stored unpacked one per `u8`.
     U4,
+    /// Boolean, stored as one `u8` per element holding 0 or 1 (comparisons, masks).
+    Bool,
 }
 
 impl DType {
     /// Every dtype, in a fixed order (for tests and error messages).
-    pub const ALL: [DType; 7] =
-        [DType::F32, DType::I8, DType::U8, DType::I32, DType::I64, DType::I4, DType::U4];
+    pub const ALL: [DType; 8] =
+        [DType::F32, DType::I8, DType::U8, DType::I32, DType::I64, DType::I4, DType::U4, DType::Bool];
 
     /// The name used in the text format (`f32`, `u8`, ...).
     pub fn name(self) -> &'static str {
@@ -41,6 +43,7 @@ impl DType {
             DType::I64 => "i64",
             DType::I4 => "i4",
             DType::U4 => "u4",
+            DType::Bool => "bool",
         }
     }
 
@@ -61,7 +64,13 @@ impl DType {
             DType::I64 => Some((i64::MIN, i64::MAX)),
             DType::I4 => Some((-8, 7)),
             DType::U4 => Some((0, 15)),
+            DType::Bool => Some((0, 1)),
         }
+    }
+
+    /// Whether values of this dtype are integers (including booleans), as opposed to floats.
+    pub fn is_integer(self) -> bool {
+        self != DType::F32
     }
 
     /// Bytes one element occupies in memory (4-bit types are stored unpacked).
@@ -69,7 +78,7 @@ impl DType {
         match self {
             DType::F32 | DType::I32 => 4,
             DType::I64 => 8,
-            DType::I8 | DType::U8 | DType::I4 | DType::U4 => 1,
+            DType::I8 | DType::U8 | DType::I4 | DType::U4 | DType::Bool => 1,
         }
     }
 }

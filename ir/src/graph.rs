@@ -164,7 +164,8 @@ impl Graph {
         let types = {
             let in_types: Vec<Option<&TensorType>> =
                 inputs.iter().map(|v| v.map(|v| self.value_type(v))).collect();
-            crate::verify::infer_op(&op, &in_types, &[]).map_err(|message| {
+            let constants = crate::verify::operand_constants(self, inputs);
+            crate::verify::infer_op_with(&op, &in_types, &crate::verify::OperandValues { constants: &constants, symbolic: &[] }, &[]).map_err(|message| {
                 IrError::Verifier(vec![crate::VerifierError {
                     node: name.to_string(),
                     op: op.kind.name().to_string(),
@@ -317,6 +318,24 @@ impl Graph {
                 *o = new;
             }
         }
+        Ok(())
+    }
+
+    /// Turns op node `id` into a constant holding `value` (its single result keeps its name
+    /// and its users): what folding does once every operand of a node is known.
+    pub fn make_constant(&mut self, id: NodeId, value: Arc<Tensor>) -> Result<(), IrError> {
+        let node = &self.g[id];
+        if !matches!(node.op, NodeOp::Apply(_)) || node.outputs.len() != 1 {
+            return Err(IrError::Build(format!("node `{}` is not an op with one result", node.name)));
+        }
+        let incoming: Vec<_> = self.g.edges_directed(id, Direction::Incoming).map(|e| e.id()).collect();
+        for e in incoming {
+            self.g.remove_edge(e);
+        }
+        let node = &mut self.g[id];
+        node.outputs[0].ty = TensorType { dtype: value.dtype(), shape: Shape::fixed(value.shape()), quant: None };
+        node.op = NodeOp::Const(value);
+        node.arity = 0;
         Ok(())
     }
 

@@ -10,6 +10,9 @@ pub(crate) enum AttrKind {
     Int,
     Float,
     Ints,
+    Str,
+    /// An integer list that may be absent (the op then takes it as an operand).
+    OptInts,
 }
 
 /// What the verifier knows about an op before looking at types: how many operands
@@ -104,8 +107,9 @@ ops! {
     GlobalMaxPool: 1..=1 -> 1 {},
     /// Collapse to 2-d around `axis`.
     Flatten: 1..=1 -> 1 { "axis": Int },
-    /// Reshape to the ONNX shape spec in `shape` (0 copies, -1 infers unless `allowzero`).
-    Reshape: 1..=1 -> 1 { "allowzero": Int, "shape": Ints },
+    /// Reshape to the ONNX shape spec in `shape` (0 copies, -1 infers unless `allowzero`),
+    /// or in operand 1 when the spec is computed at run time (then `shape` is absent).
+    Reshape: 1..=2 -> 1 { "allowzero": Int, "shape": OptInts },
     /// Permute dimensions.
     Transpose: 1..=1 -> 1 { "perm": Ints },
     /// Join along `axis`.
@@ -122,6 +126,23 @@ ops! {
     Unsqueeze: 1..=1 -> 1 { "axes": Ints },
     /// Constant padding: `pads` as ONNX orders them (all begins, then all ends), fill `value`.
     Pad: 1..=1 -> 1 { "pads": Ints, "value": Float },
+    /// The input's shape (axes `start..end`) as an i64 vector.
+    Shape: 1..=1 -> 1 { "end": Int, "start": Int },
+    /// The input's element count as an i64 scalar.
+    Size: 1..=1 -> 1 {},
+    /// Entries of the data along `axis` picked by integer indices (negative ones count from
+    /// the end).
+    Gather: 2..=2 -> 1 { "axis": Int },
+    /// ONNX Slice: data, starts, ends, then optional axes and steps, all as operands.
+    Slice: 3..=5 -> 1 {},
+    /// Broadcast of the input to the shape in operand 1 (numpy rules, both ways).
+    Expand: 2..=2 -> 1 {},
+    /// Repetition of the input `repeats[a]` times along each axis `a`.
+    Tile: 2..=2 -> 1 {},
+    /// `start, start + delta, ...` up to `limit` (exclusive), from three scalar operands.
+    Range: 3..=3 -> 1 {},
+    /// Conversion to dtype `to` (float to integer truncates toward zero and saturates).
+    Cast: 1..=1 -> 1 { "to": Str },
     /// Integer convolution with fixed-point requantization (`fixed_point`): 8-bit input per
     /// tensor, 8-bit weights per tensor or per output channel, optional i32 bias, declared
     /// 8-bit result. What DequantizeLinear → Conv → QuantizeLinear lowers to.
@@ -187,6 +208,9 @@ impl Op {
                 AttrKind::Int => self.attrs.int(name).map(|_| ()),
                 AttrKind::Float => self.attrs.float(name).map(|_| ()),
                 AttrKind::Ints => self.attrs.ints(name).map(|_| ()),
+                AttrKind::Str => self.attrs.str(name).map(|_| ()),
+                AttrKind::OptInts if self.attrs.get(name).is_none() => Ok(()),
+                AttrKind::OptInts => self.attrs.ints(name).map(|_| ()),
             };
             ok?;
         }

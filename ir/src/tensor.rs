@@ -42,7 +42,7 @@ impl TensorData {
             (self, dtype),
             (TensorData::F32(_), DType::F32)
                 | (TensorData::I8(_), DType::I8 | DType::I4)
-                | (TensorData::U8(_), DType::U8 | DType::U4)
+                | (TensorData::U8(_), DType::U8 | DType::U4 | DType::Bool)
                 | (TensorData::I32(_), DType::I32)
                 | (TensorData::I64(_), DType::I64)
         )
@@ -114,7 +114,7 @@ impl Tensor {
         if data.len() != count {
             return Err(format!("shape {shape:?} needs {count} elements, data has {}", data.len()));
         }
-        if matches!(dtype, DType::I4 | DType::U4) {
+        if matches!(dtype, DType::I4 | DType::U4 | DType::Bool) {
             let (lo, hi) = dtype.int_range().expect("integer dtype");
             if let Some(i) = (0..count).find(|&i| data.int_at(i).is_some_and(|v| v < lo || v > hi)) {
                 return Err(format!("element {i} is outside the {dtype} range [{lo}, {hi}]"));
@@ -139,7 +139,7 @@ impl Tensor {
         let data = match dtype {
             DType::F32 => TensorData::F32(vec![0.0; n]),
             DType::I8 | DType::I4 => TensorData::I8(vec![0; n]),
-            DType::U8 | DType::U4 => TensorData::U8(vec![0; n]),
+            DType::U8 | DType::U4 | DType::Bool => TensorData::U8(vec![0; n]),
             DType::I32 => TensorData::I32(vec![0; n]),
             DType::I64 => TensorData::I64(vec![0; n]),
         };
@@ -258,7 +258,7 @@ impl Tensor {
         }
         let data = match dtype {
             DType::I8 | DType::I4 => TensorData::I8(values.iter().map(|&v| v as i8).collect()),
-            DType::U8 | DType::U4 => TensorData::U8(values.iter().map(|&v| v as u8).collect()),
+            DType::U8 | DType::U4 | DType::Bool => TensorData::U8(values.iter().map(|&v| v as u8).collect()),
             DType::I32 => TensorData::I32(values.iter().map(|&v| v as i32).collect()),
             DType::I64 => TensorData::I64(values),
             DType::F32 => unreachable!("checked above"),

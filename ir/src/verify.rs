@@ -5,7 +5,7 @@
 
 use crate::graph::{Graph, NodeId, NodeOp};
 use crate::ops::{self, InferCtx};
-use crate::{IrError, Op, Shape, TensorType, VerifierError};
+use crate::{IrError, Op, Shape, Tensor, TensorType, VerifierError};
 use std::collections::HashMap;
 
 /// Infers the result types of `op` applied to operands of the given types. `declared` holds
@@ -17,6 +17,31 @@ pub fn infer_op(
     inputs: &[Option<&TensorType>],
     declared: &[TensorType],
 ) -> Result<Vec<TensorType>, String> {
+    infer_op_with(op, inputs, &OperandValues::default(), declared)
+}
+
+/// What is known of a node's operand values beyond their types (see [`infer_op_with`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OperandValues<'a> {
+    /// Values of constant operands, by slot (may be shorter than the operands).
+    pub constants: &'a [Option<&'a Tensor>],
+    /// Integer elements the specializer tracked through shape arithmetic, by slot.
+    pub symbolic: &'a [Option<Vec<crate::SymInt>>],
+}
+
+/// [`infer_op`] with the values of constant operands (`constants[i]` for operand `i`, may
+/// be shorter than `inputs`), which give exact shapes where ops take shapes as operands.
+///
+/// Extents inference cannot know (`Dim::Dyn`: they depend on values computed at run time)
+/// are taken from `declared` when it is given: a declaration may refine them (the
+/// specializer declares what it proves, say `[N,sequence,12,32]` for a Reshape whose shape
+/// comes from `Shape`), never contradict a known extent.
+pub fn infer_op_with(
+    op: &Op,
+    inputs: &[Option<&TensorType>],
+    values: &OperandValues,
+    declared: &[TensorType],
+) -> Result<Vec<TensorType>, String> {
     let schema = op.kind.schema();
     if inputs.len() < schema.min_inputs || inputs.len() > schema.max_inputs {
         return Err(format!("has {} operands, expects {}..={}", inputs.len(), schema.min_inputs, schema.max_inputs));
@@ -25,9 +50,27 @@ pub fn infer_op(
         return Err(format!("required operand {i} is missing"));
     }
     op.check_attrs()?;
-    let types = ops::infer(&InferCtx { op, inputs, declared })?;
+    let mut types = ops::infer(&InferCtx { op, inputs, constants: values.constants, symbolic: values.symbolic, declared })?;
     debug_assert_eq!(types.len(), schema.outputs);
+    if declared.len() == types.len() {
+        for (t, d) in types.iter_mut().zip(declared) {
+            refine(t, d);
+        }
+    }
     Ok(types)
+}
+
+/// Replaces the unknown extents of `inferred` by `declared`'s, where the two have the same
+/// rank (a declaration of another rank is left for the verifier to report).
+fn refine(inferred: &mut TensorType, declared: &TensorType) {
+    if inferred.shape.rank() != declared.shape.rank() {
+        return;
+    }
+    for (i, d) in inferred.shape.0.iter_mut().zip(declared.shape.dims()) {
+        if *i == crate::Dim::Dyn {
+            *i = *d;
+        }
+    }
 }
 
 /// Checks the whole graph: acyclic, unique value names, operands and results match each
@@ -70,8 +113,9 @@ pub fn verify(graph: &Graph) -> Result<(), IrError> {
                 let inputs = graph.node_inputs(id);
                 let in_types: Vec<Option<&TensorType>> =
                     inputs.iter().map(|v| v.map(|v| graph.value_type(v))).collect();
+                let constants = operand_constants(graph, &inputs);
                 let declared: Vec<TensorType> = node.outputs.iter().map(|v| v.ty.clone()).collect();
-                match infer_op(op, &in_types, &declared) {
+                match infer_op_with(op, &in_types, &OperandValues { constants: &constants, symbolic: &[] }, &declared) {
                     Err(m) => err(m),
                     Ok(inferred) if inferred != declared => err(format!(
                         "declared result types {} but operands give {}",
@@ -111,8 +155,9 @@ pub fn infer_node_types(graph: &mut Graph, id: NodeId) -> Result<(), IrError> {
     let NodeOp::Apply(op) = &graph.node(id).op else { return Ok(()) };
     let inputs = graph.node_inputs(id);
     let in_types: Vec<Option<&TensorType>> = inputs.iter().map(|v| v.map(|v| graph.value_type(v))).collect();
+    let constants = operand_constants(graph, &inputs);
     let declared: Vec<TensorType> = graph.node(id).outputs.iter().map(|v| v.ty.clone()).collect();
-    let inferred = infer_op(op, &in_types, &declared).map_err(|message| {
+    let inferred = infer_op_with(op, &in_types, &OperandValues { constants: &constants, symbolic: &[] }, &declared).map_err(|message| {
         let node = graph.node(id);
         IrError::Verifier(vec![VerifierError { node: node.name.clone(), op: node.op.name().to_string(), message }])
     })?;
@@ -124,6 +169,11 @@ pub fn infer_node_types(graph: &mut Graph, id: NodeId) -> Result<(), IrError> {
         v.ty = ty;
     }
     Ok(())
+}
+
+/// The values of the constant operands among `inputs`, by slot.
+pub(crate) fn operand_constants<'g>(graph: &'g Graph, inputs: &[Option<crate::ValueId>]) -> Vec<Option<&'g crate::Tensor>> {
+    inputs.iter().map(|v| v.and_then(|v| graph.const_value(v)).map(|t| t.as_ref())).collect()
 }
 
 fn check_quant(ty: &TensorType, q: &crate::QuantParams) -> Result<(), String> {

@@ -45,7 +45,15 @@ fn dtype() -> impl Strategy<Value = DType> {
 }
 
 fn ty() -> impl Strategy<Value = TensorType> {
-    let dims = prop::collection::vec(prop_oneof![Just(Dim::Batch), (0usize..5).prop_map(Dim::Fixed)], 0..4);
+    let dims = prop::collection::vec(
+        prop_oneof![
+            Just(Dim::Batch),
+            Just(Dim::Dyn),
+            Just(Dim::Sym(qlift_ir::Symbol::new("sequence"))),
+            (0usize..5).prop_map(Dim::Fixed)
+        ],
+        0..4,
+    );
     let quant = prop_oneof![
         Just(None),
         (float(), any::<i8>()).prop_map(|(s, z)| Some(QuantParams::per_tensor(s, z as i32))),
@@ -68,6 +76,7 @@ fn constant() -> impl Strategy<Value = Tensor> {
             DType::I4 => prop::collection::vec(-8i8..=7, n).prop_map(TensorData::I8).boxed(),
             DType::U8 => prop::collection::vec(any::<u8>(), n).prop_map(TensorData::U8).boxed(),
             DType::U4 => prop::collection::vec(0u8..=15, n).prop_map(TensorData::U8).boxed(),
+            DType::Bool => prop::collection::vec(0u8..=1, n).prop_map(TensorData::U8).boxed(),
             DType::I32 => prop::collection::vec(any::<i32>(), n).prop_map(TensorData::I32).boxed(),
             DType::I64 => prop::collection::vec(any::<i64>(), n).prop_map(TensorData::I64).boxed(),
         };

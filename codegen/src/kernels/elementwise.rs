@@ -203,7 +203,7 @@ fn clamp_f32(fb: &mut FunctionBuilder, v: Value, lo: f32, hi: f32) -> Value {
 }
 
 fn is_signed(dtype: DType) -> bool {
-    !matches!(dtype, DType::U8 | DType::U4)
+    !matches!(dtype, DType::U8 | DType::U4 | DType::Bool)
 }
 
 /// An integer element widened to i64 by its dtype's signedness.

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 mod direct;
 mod elementwise;
+mod index;
 mod pointwise;
 mod planes;
 mod pool;
@@ -61,7 +62,7 @@ pub(crate) fn elem_type(dtype: DType) -> Type {
         DType::F32 => types::F32,
         DType::I32 => types::I32,
         DType::I64 => types::I64,
-        DType::I8 | DType::U8 | DType::I4 | DType::U4 => types::I8,
+        DType::I8 | DType::U8 | DType::I4 | DType::U4 | DType::Bool => types::I8,
     }
 }
 
@@ -224,5 +225,12 @@ pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
         Pad => shape::pad(k),
         Conv | QConv | QLinearConv | ConvInteger => product::conv(k),
         MatMul | Gemm | QMatMul | QLinearMatMul | MatMulInteger => product::matmul(k),
+        Shape | Size => index::shape(k),
+        Gather => index::gather(k),
+        Slice => index::slice(k),
+        Expand => index::expand(k),
+        Tile => index::tile(k),
+        Cast => index::cast(k),
+        Range => Err("a Range whose operands are computed at run time is not supported by code generation".to_string()),
     }
 }

@@ -154,6 +154,14 @@ fn rule(kind: OpKind) -> Option<Rule> {
         Pad => custom(pad),
         QuantizeLinear => custom(quantize_linear),
         DequantizeLinear => custom(dequantize_linear),
+        Shape => custom(shape),
+        Size => direct("Size", &[]),
+        Gather => direct("Gather", &["axis"]),
+        Slice => direct("Slice", &[]),
+        Expand => direct("Expand", &[]),
+        Tile => direct("Tile", &[]),
+        Range => direct("Range", &[]),
+        Cast => custom(cast),
         _ => return None,
     };
     Some(rule)
@@ -502,10 +510,38 @@ fn average_pool(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
     Ok(())
 }
 
-/// Reshape's shape is an operand; `allowzero` exists from opset 14 and is written only when set.
+/// Shape's `start`/`end` exist from opset 15; they are written only when they cut the shape.
+fn shape(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
+    let (v, x) = cx.operand(0)?;
+    let rank = ex.graph.value_type(v).shape.rank();
+    let (start, end) = qlift_ir::shape_range(cx.int("start")?, cx.int("end")?, rank);
+    let mut attrs = vec![];
+    if (start, end) != (0, rank) {
+        ex.need(15);
+        attrs.extend([cx.attr("start")?, cx.attr("end")?]);
+    }
+    ex.emit(cx, "Shape", vec![x], attrs);
+    Ok(())
+}
+
+/// Cast's target is ONNX's element type code.
+fn cast(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
+    let (_, x) = cx.operand(0)?;
+    let to: DType = cx.op.attrs.str("to").map_err(|e| cx.error(e))?.parse().map_err(|e: String| cx.error(e))?;
+    ex.need_dtype(to);
+    let attr = attribute("to", &AttrValue::Int(dtype_code(to) as i64));
+    ex.emit(cx, "Cast", vec![x], vec![attr]);
+    Ok(())
+}
+
+/// Reshape's shape is an operand (written from the attribute, or passed on when it is
+/// computed); `allowzero` exists from opset 14 and is written only when set.
 fn reshape(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
     let (_, x) = cx.operand(0)?;
-    let shape = ex.ints_initializer(&format!("{}_shape", cx.output), cx.ints("shape")?);
+    let shape = match cx.op.attrs.get("shape") {
+        Some(_) => ex.ints_initializer(&format!("{}_shape", cx.output), cx.ints("shape")?),
+        None => cx.operand(1)?.1,
+    };
     let mut attrs = vec![];
     if cx.int("allowzero")? != 0 {
         ex.need(14);
@@ -668,6 +704,9 @@ fn value_info(name: &str, ty: &TensorType) -> ValueInfoProto {
             value: Some(match d {
                 Dim::Fixed(n) => dimension::Value::DimValue(*n as i64),
                 Dim::Batch => dimension::Value::DimParam("N".to_string()),
+                Dim::Sym(s) => dimension::Value::DimParam(s.name()),
+                // An extent nothing names: ONNX's unknown dimension.
+                Dim::Dyn => return Dimension::default(),
             }),
             ..Default::default()
         })

@@ -3,16 +3,20 @@
 
 use super::ops::{Converter, Registry};
 use super::tensor::{dtype_name, dtype_of, tensor_from_proto};
-use super::{load, ImportOptions, Limits};
+use super::{load, ImportOptions, InputDim, Limits};
 use crate::{Error, UnsupportedOp};
 use onnx_protobuf::{ModelProto, NodeProto, ValueInfoProto};
 use qlift_ir::{
-    infer_node_types, verify, AttrValue, Attrs, DType, Dim, Graph, Op, QuantParams, Shape, Tensor, TensorType, Value,
+    OpKind, infer_node_types, verify, AttrValue, Attrs, DType, Dim, Graph, Op, QuantParams, Shape, Symbol, Tensor, TensorType, Value,
     ValueId,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
+
+/// Most elements an import-time fold may produce (larger constant results are computed by
+/// the compiled model, or folded by the passes).
+const FOLD_LIMIT: usize = 1 << 22;
 
 /// Importer state shared by all converters.
 pub(crate) struct Importer {
@@ -42,7 +46,7 @@ pub(crate) fn import_model(model: &ModelProto, model_dir: Option<&Path>, opts: &
         .node
         .iter()
         .enumerate()
-        .filter(|(_, n)| !is_default_domain(&n.domain) || registry.get(&n.op_type).is_none())
+        .filter(|(_, n)| !is_default_domain(&n.domain) || registry.get(&n.op_type, opset).is_none())
         .map(|(i, n)| UnsupportedOp {
             node: node_name(i, n),
             op_type: n.op_type.clone(),
@@ -66,6 +70,7 @@ pub(crate) fn import_model(model: &ModelProto, model_dir: Option<&Path>, opts: &
         let t = tensor_from_proto(init, model_dir, &opts.limits)?;
         imp.add_constant(&init.name, t)?;
     }
+    let batch_names = batch_symbols(g, opts);
     for input in &g.input {
         if imp.constants.contains_key(&input.name) {
             continue; // an initializer listed as input (IR version < 4 style)
@@ -74,13 +79,16 @@ pub(crate) fn import_model(model: &ModelProto, model_dir: Option<&Path>, opts: &
             imp.add_constant(&input.name, t.clone())?;
             continue;
         }
-        let ty = input_type(input, &opts.limits)?;
+        let ty = input_type(input, &batch_names, opts)?;
         let v = imp.graph.add_input(&input.name, ty);
         imp.values.insert(input.name.clone(), v);
     }
+    if let Some(name) = opts.input_shapes.keys().find(|n| !g.input.iter().any(|i| &i.name == *n)) {
+        return Err(Error::Value { name: name.clone(), message: "--shape names no graph input".into() });
+    }
     for (i, node) in g.node.iter().enumerate() {
-        let convert: Converter = registry.get(&node.op_type).expect("checked above");
-        let mut cx = NodeCx { imp: &mut imp, node, name: node_name(i, node) };
+        let convert: Converter = registry.get(&node.op_type, opset).expect("checked above");
+        let mut cx = NodeCx { imp: &mut imp, node, name: node_name(i, node), opset };
         convert(&mut cx)?;
     }
     let mut outputs = Vec::with_capacity(g.output.len());
@@ -96,7 +104,9 @@ pub(crate) fn import_model(model: &ModelProto, model_dir: Option<&Path>, opts: &
     imp.graph.remove_dead_nodes();
     verify(&imp.graph)?;
     check_value_sizes(&imp.graph, &opts.limits)?;
-    Ok(imp.graph)
+    // Shape arithmetic on symbolic dimensions: exact result types where it can be tracked.
+    let graph = if qlift_ir::needs_binding(&imp.graph) { qlift_ir::specialize(&imp.graph, &qlift_ir::Binding::default())? } else { imp.graph };
+    Ok(graph)
 }
 
 /// Refuses graphs with a value larger than the tensor budget for one sample (batch 1), so
@@ -105,7 +115,7 @@ fn check_value_sizes(graph: &Graph, limits: &Limits) -> Result<(), Error> {
     for id in graph.node_ids() {
         let node = graph.node(id);
         for v in &node.outputs {
-            let bytes = v.ty.shape.volume().and_then(|(count, _)| count.checked_mul(v.ty.dtype.size_of()));
+            let bytes = v.ty.shape.known_volume().and_then(|count| count.checked_mul(v.ty.dtype.size_of()));
             let bytes = bytes.map_or(u64::MAX, |b| b as u64);
             if bytes > limits.max_tensor_bytes {
                 let what = format!("value `{}` of node `{}` ({} per sample)", v.name, node.name, qlift_ir::text::type_to_string(&v.ty));
@@ -120,29 +130,86 @@ fn is_default_domain(domain: &str) -> bool {
     domain.is_empty() || domain == "ai.onnx"
 }
 
-/// The static type of a graph input: supported dtype, and a symbolic (or unknown) dimension
-/// only on axis 0, where it becomes the batch.
-fn input_type(v: &ValueInfoProto, limits: &Limits) -> Result<TensorType, Error> {
+/// The names of the symbolic dimensions that stand for the batch: those on axis 0 of a
+/// graph input (an unnamed unknown axis 0 is the batch too).
+fn batch_symbols(g: &onnx_protobuf::GraphProto, opts: &ImportOptions) -> HashSet<String> {
     use onnx_protobuf::tensor_shape_proto::dimension::Value as D;
     use onnx_protobuf::type_proto::Value as T;
+    let mut names = HashSet::new();
+    for input in &g.input {
+        if opts.constant_inputs.contains_key(&input.name) || opts.input_shapes.contains_key(&input.name) {
+            continue;
+        }
+        if let Some(T::TensorType(tt)) = input.type_.as_ref().and_then(|t| t.value.as_ref()) {
+            if let Some(Some(D::DimParam(p))) = tt.shape.as_ref().and_then(|s| s.dim.first()).map(|d| d.value.as_ref()) {
+                names.insert(p.clone());
+            }
+        }
+    }
+    names
+}
+
+/// A symbol name that prints and parses in the IR text: letters, digits and `_`, not
+/// starting with a digit, never `N` (the batch).
+fn symbol_name(raw: &str) -> String {
+    let mut s: String = raw.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
+        s.insert(0, '_');
+    }
+    if s == "N" {
+        s.push('_');
+    }
+    s
+}
+
+/// The static type of a graph input: a supported dtype, extents from the model or from
+/// `--shape`, and symbolic dimensions where the model names them: the batch on axis 0
+/// (and wherever the same name recurs), a named symbol elsewhere (`sequence`, `height`),
+/// an unnamed unknown extent named after its input and axis.
+fn input_type(v: &ValueInfoProto, batch_names: &HashSet<String>, opts: &ImportOptions) -> Result<TensorType, Error> {
+    use onnx_protobuf::tensor_shape_proto::dimension::Value as D;
+    use onnx_protobuf::type_proto::Value as T;
+    let limits = &opts.limits;
     let bad = |message: String| Error::Value { name: v.name.clone(), message };
     let Some(T::TensorType(tt)) = v.type_.as_ref().and_then(|t| t.value.as_ref()) else {
         return Err(bad("graph input is not a tensor".into()));
     };
     let dtype = dtype_of(tt.elem_type).ok_or_else(|| bad(format!("element type {} is not supported", dtype_name(tt.elem_type))))?;
-    let shape = tt.shape.as_ref().ok_or_else(|| bad("graph input has no shape; qlift compiles static shapes".into()))?;
+    let shape = tt.shape.as_ref().ok_or_else(|| bad("graph input has no shape; give one with --shape NAME=DIMS".into()))?;
     if shape.dim.len() > limits.max_rank {
         return Err(bad(format!("rank {} is above the limit of {}", shape.dim.len(), limits.max_rank)));
+    }
+    let given = opts.input_shapes.get(&v.name);
+    if let Some(given) = given {
+        if given.len() != shape.dim.len() {
+            return Err(bad(format!("--shape gives {} dimensions, the input has {}", given.len(), shape.dim.len())));
+        }
     }
     let dims = shape
         .dim
         .iter()
         .enumerate()
-        .map(|(axis, d)| match &d.value {
-            Some(D::DimValue(n)) if *n >= 0 => usize::try_from(*n).map(Dim::Fixed).map_err(|_| bad(format!("dimension {n} is too large"))),
-            _ if axis == 0 => Ok(Dim::Batch),
-            Some(D::DimParam(p)) => Err(bad(format!("symbolic dimension `{p}` on axis {axis}: only axis 0 (the batch) may be symbolic"))),
-            _ => Err(bad(format!("dimension {axis} is unknown: only axis 0 (the batch) may be symbolic"))),
+        .map(|(axis, d)| {
+            let declared = match &d.value {
+                Some(D::DimValue(n)) if *n >= 0 => Some(usize::try_from(*n).map_err(|_| bad(format!("dimension {n} is too large")))?),
+                Some(D::DimValue(n)) => return Err(bad(format!("dimension {n} is negative"))),
+                _ => None,
+            };
+            match given.map(|g| g[axis]) {
+                Some(InputDim::Fixed(n)) if declared.is_some_and(|m| m != n) => {
+                    Err(bad(format!("--shape gives {n} on axis {axis}, the model fixes it to {}", declared.unwrap_or(0))))
+                }
+                Some(InputDim::Fixed(n)) => Ok(Dim::Fixed(n)),
+                Some(InputDim::Batch) if declared.is_some() => Err(bad(format!("--shape makes axis {axis} the batch, the model fixes it"))),
+                Some(InputDim::Batch) => Ok(Dim::Batch),
+                None => Ok(match (declared, &d.value) {
+                    (Some(n), _) => Dim::Fixed(n),
+                    (None, Some(D::DimParam(p))) if batch_names.contains(p) => Dim::Batch,
+                    (None, _) if axis == 0 => Dim::Batch,
+                    (None, Some(D::DimParam(p))) if !p.is_empty() => Dim::Sym(Symbol::new(&symbol_name(p))),
+                    (None, _) => Dim::Sym(Symbol::new(&symbol_name(&format!("{}_{axis}", v.name)))),
+                }),
+            }
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(TensorType::new(dtype, Shape(dims)))
@@ -158,6 +225,37 @@ impl Importer {
         let shared = self.by_digest.entry(t.digest()).or_insert_with(|| Arc::new(t)).clone();
         self.constants.insert(name.to_string(), shared);
         Ok(())
+    }
+
+    /// Evaluates the node of `v` at import time when every operand is a constant (shape
+    /// arithmetic on constants, Clip bounds behind a Cast, weights behind a Transpose), so
+    /// that converters reading constant operands see them: the node becomes a constant in
+    /// place and its name a constant name. QuantizeLinear and DequantizeLinear stay (the
+    /// lowering passes read them), and so do results larger than [`FOLD_LIMIT`] elements.
+    fn fold(&mut self, v: ValueId) -> Result<bool, Error> {
+        let node = self.graph.node(v.node);
+        let qlift_ir::NodeOp::Apply(op) = &node.op else { return Ok(false) };
+        if matches!(op.kind, OpKind::QuantizeLinear | OpKind::DequantizeLinear) || node.outputs.len() != 1 {
+            return Ok(false);
+        }
+        let ty = node.outputs[0].ty.clone();
+        if ty.quant.is_some() || ty.shape.as_fixed().is_none_or(|d| d.iter().product::<usize>() > FOLD_LIMIT) {
+            return Ok(false);
+        }
+        let operands = self.graph.node_inputs(v.node);
+        let constants: Vec<Option<&Tensor>> = operands.iter().map(|o| o.and_then(|o| self.graph.const_value(o)).map(|t| t.as_ref())).collect();
+        if operands.iter().zip(&constants).any(|(o, c)| o.is_some() && c.is_none()) {
+            return Ok(false);
+        }
+        let types: Vec<Option<&TensorType>> = operands.iter().map(|o| o.map(|o| self.graph.value_type(o))).collect();
+        let eval = |message: String| Error::Node { node: node.name.clone(), op_type: op.kind.name().to_string(), message };
+        let t = qlift_ir::interp::eval_op(op, &constants, &types, std::slice::from_ref(&ty)).map_err(eval)?.remove(0);
+        let name = node.outputs[0].name.clone();
+        let t = Arc::new(t);
+        self.graph.make_constant(v.node, t.clone())?;
+        self.constants.insert(name.clone(), t);
+        self.materialized.insert((name, None), v);
+        Ok(true)
     }
 
     /// The graph node for constant `name` with the given quantization (created on first use).
@@ -181,6 +279,8 @@ pub(crate) struct NodeCx<'a> {
     imp: &'a mut Importer,
     pub node: &'a NodeProto,
     pub name: String,
+    /// The default-domain opset version the model imports (converters adapt older forms).
+    pub opset: i64,
 }
 
 impl NodeCx<'_> {
@@ -334,15 +434,69 @@ impl NodeCx<'_> {
         if used.len() != 1 || self.node.output[0].is_empty() {
             return Err(self.error(format!("{} results are used; qlift supports only the first", used.len())));
         }
-        let name = self.node.output[0].clone();
-        if self.imp.values.contains_key(&name) || self.imp.constants.contains_key(&name) {
+        self.emit_result(0, kind, attrs, inputs, declared).map(|_| ())
+    }
+
+    /// Emits one IR node computing the node's ONNX result `output` (ops whose results are
+    /// computed separately, like Split's parts) and returns its value.
+    pub fn emit_result(
+        &mut self,
+        output: usize,
+        kind: qlift_ir::OpKind,
+        attrs: Attrs,
+        inputs: &[Option<ValueId>],
+        declared: Option<TensorType>,
+    ) -> Result<ValueId, Error> {
+        let name = self.node.output.get(output).filter(|n| !n.is_empty()).ok_or_else(|| self.error(format!("result {output} is missing")))?.clone();
+        let v = self.emit_value(&name, kind, attrs, inputs, declared)?;
+        if !self.imp.fold(v)? {
+            self.imp.values.insert(name, v);
+        }
+        Ok(v)
+    }
+
+    /// Emits an IR node whose value is named `name` and not (yet) bound to an ONNX result:
+    /// an intermediate step of a converter that expands one ONNX node into several.
+    pub fn emit_value(
+        &mut self,
+        name: &str,
+        kind: qlift_ir::OpKind,
+        attrs: Attrs,
+        inputs: &[Option<ValueId>],
+        declared: Option<TensorType>,
+    ) -> Result<ValueId, Error> {
+        if self.imp.values.contains_key(name) || self.imp.constants.contains_key(name) || self.imp.graph.find_value(name).is_some() {
             return Err(self.error(format!("result `{name}` is produced twice")));
         }
         let ty = declared.unwrap_or_else(|| TensorType::new(DType::F32, Shape::default()));
-        let id = self.imp.graph.add_node(&self.name, Op::new(kind, attrs), inputs, vec![Value { name: name.clone(), ty }])?;
+        let id = self.imp.graph.add_node(&self.name, Op::new(kind, attrs), inputs, vec![Value { name: name.to_string(), ty }])?;
         infer_node_types(&mut self.imp.graph, id)?;
-        self.imp.values.insert(name, ValueId { node: id, output: 0 });
-        Ok(())
+        Ok(ValueId { node: id, output: 0 })
+    }
+
+    /// A fresh value name for an intermediate step of this node (`{result}/{what}`).
+    pub fn fresh_name(&self, what: &str) -> String {
+        let base = format!("{}/{what}", self.node.output.first().map_or(self.name.as_str(), String::as_str));
+        let mut name = base.clone();
+        let mut n = 1;
+        while self.imp.values.contains_key(&name) || self.imp.constants.contains_key(&name) || self.imp.graph.find_value(&name).is_some() {
+            name = format!("{base}_{n}");
+            n += 1;
+        }
+        name
+    }
+
+    /// A constant made by the converter (an attribute of an old opset turned operand), as a
+    /// graph value named after this node.
+    pub fn new_constant(&mut self, what: &str, t: Tensor) -> Result<ValueId, Error> {
+        let name = self.fresh_name(what);
+        self.imp.add_constant(&name, t)?;
+        self.imp.constant_value(&name, None)
+    }
+
+    /// Whether ONNX result `output` is used (named).
+    pub fn has_output(&self, output: usize) -> bool {
+        self.node.output.get(output).is_some_and(|n| !n.is_empty())
     }
 }
 

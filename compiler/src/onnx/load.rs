@@ -4,10 +4,6 @@ use super::Limits;
 use crate::Error;
 use onnx_protobuf::{Message, ModelProto};
 
-/// The default-domain opset versions the converters implement. Versions 22 to 28 of the
-/// supported ops only add element types (and Q/DQ attributes that are refused when set).
-pub(crate) const OPSETS: std::ops::RangeInclusive<i64> = 13..=28;
-
 /// Decodes a ModelProto. The protobuf parser bounds nesting depth and never reads past
 /// the buffer, so a truncated or garbled file is an error, not a crash.
 pub(crate) fn decode_model(bytes: &[u8], limits: &Limits) -> Result<ModelProto, Error> {
@@ -64,7 +60,7 @@ pub(crate) fn default_opset(model: &ModelProto) -> Result<i64, Error> {
         .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
         .map(|o| o.version)
         .ok_or_else(|| Error::Decode("the model imports no ai.onnx opset".into()))?;
-    if !OPSETS.contains(&version) {
+    if !super::ops::OPSETS.contains(&version) {
         return Err(Error::Opset { domain: "ai.onnx".into(), version });
     }
     Ok(version)

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 pub use export::export_onnx;
+pub use ops::supported_ops;
 pub use tensor::read_tensor_pb;
 
 /// Size limits checked before anything is allocated, so that a hostile file cannot make
@@ -55,8 +56,35 @@ pub struct ImportOptions {
     /// constants; models that feed them as inputs (the ONNX node tests do) import once
     /// those inputs are given here.
     pub constant_inputs: HashMap<String, Tensor>,
+    /// Input shapes given by the user (`--shape NAME=1x3x224x224`): they fix extents the
+    /// model leaves symbolic, or make an axis the batch.
+    pub input_shapes: HashMap<String, Vec<InputDim>>,
     /// Size limits.
     pub limits: Limits,
+}
+
+/// One dimension of an input shape given by the user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputDim {
+    /// A fixed extent.
+    Fixed(usize),
+    /// The batch (`N`): the run-time batch of compiled code.
+    Batch,
+}
+
+impl InputDim {
+    /// Parses `1x3x224x224` or `Nx128` (the batch as `N`).
+    pub fn parse_shape(s: &str) -> Result<Vec<InputDim>, String> {
+        if s.is_empty() {
+            return Ok(Vec::new());
+        }
+        s.split(['x', ','])
+            .map(|d| match d.trim() {
+                "N" => Ok(InputDim::Batch),
+                d => d.parse::<usize>().map(InputDim::Fixed).map_err(|_| format!("`{d}` is not an extent (a number, or N for the batch)")),
+            })
+            .collect()
+    }
 }
 
 /// Loads an ONNX model file. External data is read from the model's directory only.

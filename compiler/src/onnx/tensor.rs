@@ -16,6 +16,7 @@ pub(crate) fn dtype_of(code: i32) -> Option<DType> {
         3 => DType::I8,
         6 => DType::I32,
         7 => DType::I64,
+        9 => DType::Bool,
         21 => DType::U4,
         22 => DType::I4,
         _ => return None,
@@ -30,6 +31,7 @@ pub(crate) fn dtype_code(dtype: DType) -> i32 {
         DType::I8 => 3,
         DType::I32 => 6,
         DType::I64 => 7,
+        DType::Bool => 9,
         DType::U4 => 21,
         DType::I4 => 22,
     }
@@ -101,6 +103,8 @@ fn from_le_bytes(dtype: DType, raw: &[u8], count: usize) -> TensorData {
         DType::I64 => TensorData::I64(raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()),
         DType::I8 => TensorData::I8(raw.iter().map(|&b| b as i8).collect()),
         DType::U8 => TensorData::U8(raw.to_vec()),
+        // Any non-zero byte is true.
+        DType::Bool => TensorData::U8(raw.iter().map(|&b| (b != 0) as u8).collect()),
         DType::I4 | DType::U4 => unpack_4bit(dtype, raw.iter().map(|&b| b as i32), count),
     }
 }
@@ -139,7 +143,7 @@ fn from_typed_fields(t: &TensorProto, dtype: DType, count: usize) -> Result<Tens
             }
             match dtype {
                 DType::I8 => TensorData::I8(t.int32_data.iter().map(|&v| v as i8).collect()),
-                DType::U8 => TensorData::U8(t.int32_data.iter().map(|&v| v as u8).collect()),
+                DType::U8 | DType::Bool => TensorData::U8(t.int32_data.iter().map(|&v| v as u8).collect()),
                 _ => TensorData::I32(t.int32_data.clone()),
             }
         }

@@ -4,7 +4,10 @@
 use crate::{Dim, Shape};
 
 /// The broadcast of two static shapes. The batch symbol broadcasts with 1 and with itself;
-/// against any other extent it is an error, since the batch size is not known here.
+/// against any other known extent it is an error, since the batch size is not known here.
+/// A named symbol against a known extent takes the extent (they must agree once bound, or
+/// specialization reports it); two different symbols, or an unknown extent against 1 or
+/// another unknown, give an unknown extent.
 pub(crate) fn broadcast_static(a: &Shape, b: &Shape) -> Result<Shape, String> {
     let rank = a.rank().max(b.rank());
     let at = |s: &Shape, i: usize| -> Dim {
@@ -16,6 +19,10 @@ pub(crate) fn broadcast_static(a: &Shape, b: &Shape) -> Result<Shape, String> {
             (x, y) if x == y => Ok(x),
             (Dim::Fixed(1), y) => Ok(y),
             (x, Dim::Fixed(1)) => Ok(x),
+            (Dim::Dyn, y) | (y, Dim::Dyn) => Ok(y),
+            (Dim::Batch, Dim::Sym(_)) | (Dim::Sym(_), Dim::Batch) => Ok(Dim::Batch),
+            (Dim::Sym(_), y @ Dim::Fixed(_)) | (y @ Dim::Fixed(_), Dim::Sym(_)) => Ok(y),
+            (Dim::Sym(_), Dim::Sym(_)) => Ok(Dim::Dyn),
             (x, y) => Err(format!("shapes {a} and {b} do not broadcast (axis {i}: {x} vs {y})")),
         })
         .collect::<Result<Vec<_>, _>>()

@@ -4,9 +4,11 @@
 //! Evaluation favours clarity over speed: it is the oracle the rewrites and the JIT are
 //! checked against, so each kernel is written the way the ONNX spec states it.
 
-use crate::{Op, OpKind, Tensor, TensorType};
+use crate::{Op, OpKind, SymInt, Tensor, TensorType};
 
 mod broadcast;
+pub(crate) mod cast;
+pub mod index;
 pub(crate) mod math;
 pub(crate) mod nn;
 pub(crate) mod qint;
@@ -18,6 +20,13 @@ pub(crate) struct InferCtx<'a> {
     pub op: &'a Op,
     /// Operand types by slot (`None` for a missing optional operand).
     pub inputs: &'a [Option<&'a TensorType>],
+    /// The values of operands that are constants, by slot (may be shorter than `inputs`):
+    /// shape-like operands (Reshape's shape, Slice's starts) give exact result shapes when
+    /// they are known, and unknown extents (`Dim::Dyn`) when they are computed at run time.
+    pub constants: &'a [Option<&'a Tensor>],
+    /// What the specializer knows of integer operands computed from shapes (`Shape` of a
+    /// value with symbolic dimensions), by slot (may be shorter than `inputs`).
+    pub symbolic: &'a [Option<Vec<SymInt>>],
     /// The node's declared result types, when it has any (empty while building).
     pub declared: &'a [TensorType],
 }
@@ -37,6 +46,20 @@ impl<'a> InferCtx<'a> {
     /// Operand `i`'s type; the verifier has already checked that required ones exist.
     pub fn input(&self, i: usize) -> Result<&'a TensorType, String> {
         self.inputs.get(i).copied().flatten().ok_or_else(|| format!("operand {i} is missing"))
+    }
+
+    /// Operand `i`'s value if it is a constant.
+    pub fn constant(&self, i: usize) -> Option<&'a Tensor> {
+        self.constants.get(i).copied().flatten()
+    }
+
+    /// Operand `i`'s integer elements if they are known: a constant's values, or what the
+    /// specializer tracked through shape arithmetic.
+    pub fn ints(&self, i: usize) -> Option<Vec<SymInt>> {
+        if let Some(t) = self.constant(i) {
+            return t.to_i64_vec().ok().map(|v| v.into_iter().map(SymInt::Int).collect());
+        }
+        self.symbolic.get(i).cloned().flatten()
     }
 }
 
@@ -60,6 +83,10 @@ enum Family {
     Quant,
     /// Integer ops with fixed-point requantization; they clamp their own results.
     QInt,
+    /// Shapes and indexing with shape-like operands.
+    Index,
+    /// Dtype conversions.
+    Cast,
 }
 
 fn family(kind: OpKind) -> Family {
@@ -73,6 +100,8 @@ fn family(kind: OpKind) -> Family {
             Family::Quant
         }
         QConv | QMatMul | QAdd | QAveragePool | QGlobalAveragePool | QConcat | Requantize => Family::QInt,
+        Shape | Size | Gather | Slice | Expand | Tile | Range => Family::Index,
+        Cast => Family::Cast,
     }
 }
 
@@ -84,7 +113,15 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
         Family::Shape => shape::infer(cx),
         Family::Quant => quant::infer(cx),
         Family::QInt => qint::infer(cx),
+        Family::Index => index::infer(cx),
+        Family::Cast => cast::infer(cx),
     }
+}
+
+/// What the specializer can know of an integer result's elements from its operands' (see
+/// [`index::symbolic`]).
+pub(crate) fn symbolic(cx: &InferCtx, result: &TensorType) -> Option<Vec<SymInt>> {
+    index::symbolic(cx, result)
 }
 
 /// Evaluates a node on concrete operands, then its fused activation if it has one.
@@ -96,6 +133,8 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
         Family::Quant => quant::eval(cx),
         // The fused activation is part of the integer clamp.
         Family::QInt => return qint::eval(cx),
+        Family::Index => index::eval(cx),
+        Family::Cast => cast::eval(cx),
     }?;
     match cx.op.fused_activation()? {
         None => Ok(results),

@@ -74,10 +74,7 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
             if x.quant.as_ref().and_then(|q| q.axis).is_some_and(|a| a >= 2) {
                 return Err("per-axis quantization along a pooled axis".to_string());
             }
-            let geom = pool_geometry(&x.shape, attrs)?;
-            let mut dims = x.shape.dims()[..2].to_vec();
-            dims.extend(geom.out.iter().map(|&d| Dim::Fixed(d)));
-            TensorType { dtype: x.dtype, shape: Shape(dims), quant: x.quant.clone() }
+            TensorType { dtype: x.dtype, shape: pool_shape(&x.shape, attrs)?, quant: x.quant.clone() }
         }
         OpKind::GlobalAveragePool | OpKind::GlobalMaxPool => {
             f32_only(x, "input")?;
@@ -287,12 +284,35 @@ impl ConvGeometry {
 
 /// Static result shape of a convolution (the batch symbol passes through axis 0).
 pub(crate) fn conv_shape(x: &Shape, w: &Shape, attrs: &Attrs) -> Result<Shape, String> {
-    let xd = fixed_after_batch(x, "input")?;
     let wd = w.as_fixed().ok_or("weights must have a static shape")?;
+    if let Some(shape) = symbolic_window_shape(x, wd.first().copied())? {
+        return Ok(shape);
+    }
+    let xd = fixed_after_batch(x, "input")?;
     let geom = ConvGeometry::new(&xd, &wd, attrs)?;
     let mut dims = vec![x.dims()[0]];
     dims.extend(geom.out_shape()[1..].iter().map(|&d| Dim::Fixed(d)));
     Ok(Shape(dims))
+}
+
+/// The result shape of a convolution (`channels` = its output channels) or pool (`None`:
+/// the input's) whose input has symbolic extents after axis 0: the same rank, the spatial
+/// extents known once the symbols are bound (`None` when every extent is known: the
+/// geometry is then checked exactly).
+fn symbolic_window_shape(x: &Shape, channels: Option<usize>) -> Result<Option<Shape>, String> {
+    let dims = x.dims();
+    if dims.len() < 3 {
+        return Err(format!("input {x} has no spatial axes"));
+    }
+    if dims[1..].iter().all(|d| !d.is_unbound()) {
+        return Ok(None);
+    }
+    if dims[1..].contains(&Dim::Batch) {
+        return Err(format!("input {x} has the batch dimension after axis 0"));
+    }
+    let mut out = vec![dims[0], channels.map_or(dims[1], Dim::Fixed)];
+    out.extend(std::iter::repeat_n(Dim::Dyn, dims.len() - 2));
+    Ok(Some(Shape(out)))
 }
 
 /// The concrete dims of a shape whose only symbolic dim may be axis 0 (bound to 1 here:
@@ -361,7 +381,9 @@ pub(crate) fn matmul_shape(a: &Shape, b: &Shape) -> Result<Shape, String> {
     let a2: Vec<Dim> = if ad.len() == 1 { vec![Dim::Fixed(1), ad[0]] } else { ad.to_vec() };
     let b2: Vec<Dim> = if bd.len() == 1 { vec![bd[0], Dim::Fixed(1)] } else { bd.to_vec() };
     let (k1, k2) = (a2[a2.len() - 1], b2[b2.len() - 2]);
-    if k1 != k2 || k1 == Dim::Batch {
+    // Symbolic inner extents must agree once bound (checked then).
+    let agree = k1 == k2 || k1.is_unbound() || k2.is_unbound();
+    if !agree || k1 == Dim::Batch || k2 == Dim::Batch {
         return Err(format!("inner dimensions differ: {a} times {b}"));
     }
     let batch = broadcast_static(&Shape(a2[..a2.len() - 2].to_vec()), &Shape(b2[..b2.len() - 2].to_vec()))?;
@@ -444,6 +466,17 @@ fn gemm(a: &Tensor, b: &Tensor, c: Option<&Tensor>, attrs: &Attrs) -> Result<Ten
 }
 
 /// Static pooling window for input `x` ([N, C, spatial...]).
+/// The result shape of a windowed pool over `x`.
+pub(crate) fn pool_shape(x: &Shape, attrs: &Attrs) -> Result<Shape, String> {
+    if let Some(shape) = symbolic_window_shape(x, None)? {
+        return Ok(shape);
+    }
+    let geom = pool_geometry(x, attrs)?;
+    let mut dims = x.dims()[..2].to_vec();
+    dims.extend(geom.out.iter().map(|&d| Dim::Fixed(d)));
+    Ok(Shape(dims))
+}
+
 pub(crate) fn pool_geometry(x: &Shape, attrs: &Attrs) -> Result<Window, String> {
     let xd = fixed_after_batch(x, "input")?;
     if xd.len() < 3 {

@@ -8,7 +8,7 @@
 //! as the JIT's i32 accumulators do) and requantizes with [`crate::fixed_point`] only.
 
 use super::quant::centered;
-use super::nn::{conv, conv_shape, matmul, matmul_shape, pool_geometry, pool_windows, ConvGeometry, Windows};
+use super::nn::{conv, conv_shape, matmul, matmul_shape, pool_shape, pool_windows, ConvGeometry, Windows};
 use super::broadcast::{broadcast_indices, broadcast_shapes, broadcast_static};
 use super::shape::{concat, concat_shape};
 use super::{EvalCtx, InferCtx};
@@ -62,12 +62,14 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
             if rank < 3 {
                 return Err(format!("input of rank {rank} has no spatial axes"));
             }
-            let mut dims = x.shape.dims()[..2].to_vec();
             match cx.op.kind {
-                OpKind::QAveragePool => dims.extend(pool_geometry(&x.shape, attrs)?.out.iter().map(|&d| Dim::Fixed(d))),
-                _ => dims.resize(rank, Dim::Fixed(1)),
+                OpKind::QAveragePool => pool_shape(&x.shape, attrs)?,
+                _ => {
+                    let mut dims = x.shape.dims()[..2].to_vec();
+                    dims.resize(rank, Dim::Fixed(1));
+                    Shape(dims)
+                }
             }
-            Shape(dims)
         }
         OpKind::QConcat => {
             for (i, t) in cx.inputs.iter().enumerate() {

@@ -3,7 +3,7 @@
 
 use super::broadcast::{positions, strides};
 use super::{EvalCtx, InferCtx};
-use crate::{Dim, DType, OpKind, QuantParams, Shape, Tensor, TensorData, TensorType};
+use crate::{Dim, DType, Monomial, OpKind, QuantParams, Shape, SymInt, Tensor, TensorData, TensorType};
 
 pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
     let x = cx.input(0)?;
@@ -17,7 +17,15 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
             (shape.clone(), regroup_quant(x, &shape)?)
         }
         OpKind::Reshape => {
-            let shape = reshape_static(dims, attrs.ints("shape")?, attrs.int("allowzero")? != 0)?;
+            let allowzero = attrs.int("allowzero")? != 0;
+            let shape = match (attrs.get("shape"), cx.ints(1)) {
+                (Some(_), _) => {
+                    let spec: Vec<SymInt> = attrs.ints("shape")?.iter().map(|&e| SymInt::Int(e)).collect();
+                    reshape_static(dims, &spec, allowzero)?
+                }
+                (None, Some(spec)) => reshape_static(dims, &spec, allowzero)?,
+                (None, None) => Shape(vec![Dim::Dyn; spec_length(cx.input(1)?)?]),
+            };
             (shape.clone(), regroup_quant(x, &shape)?)
         }
         OpKind::Transpose => {
@@ -60,9 +68,10 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
                 .iter()
                 .enumerate()
                 .map(|(a, &d)| match d {
-                    Dim::Batch if pads[a] == 0 && pads[a + dims.len()] == 0 => Ok(Dim::Batch),
+                    d if pads[a] == 0 && pads[a + dims.len()] == 0 => Ok(d),
                     Dim::Batch => Err("cannot pad the batch dimension".to_string()),
                     Dim::Fixed(n) => padded_extent(n, pads[a], pads[a + dims.len()]).map(Dim::Fixed),
+                    Dim::Sym(_) | Dim::Dyn => Ok(Dim::Dyn),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             (Shape(out), x.quant.clone())
@@ -109,8 +118,13 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
         }
         OpKind::Reshape => {
             let fixed: Vec<Dim> = dims.iter().map(|&d| Dim::Fixed(d)).collect();
-            let shape = reshape_static(&fixed, attrs.ints("shape")?, attrs.int("allowzero")? != 0)?;
-            x.clone().reshaped(shape.resolve(0))?
+            let spec = match attrs.get("shape") {
+                Some(_) => attrs.ints("shape")?.to_vec(),
+                None => cx.input(1)?.to_i64_vec()?,
+            };
+            let spec: Vec<SymInt> = spec.into_iter().map(SymInt::Int).collect();
+            let shape = reshape_static(&fixed, &spec, attrs.int("allowzero")? != 0)?;
+            x.clone().reshaped(shape.as_fixed().ok_or("reshape of a concrete tensor has an unknown extent")?)?
         }
         OpKind::Squeeze => {
             let axes = axis_set(attrs.ints("axes")?, dims.len())?;
@@ -185,48 +199,80 @@ fn permutation(perm: &[i64], rank: usize) -> Result<Vec<usize>, String> {
     Ok(perm.iter().map(|&p| p as usize).collect())
 }
 
-/// The extent of a group of dimensions collapsed into one: fixed, or exactly the batch.
+/// The extent of a group of dimensions collapsed into one: fixed, or exactly one symbol.
+/// A product with the batch in it is refused (the batch must stay an axis of its own);
+/// other symbolic products are known only once the symbols are bound.
 fn group_dim(dims: &[Dim]) -> Result<Dim, String> {
-    match Shape(dims.to_vec()).volume().ok_or("extent overflows")? {
-        (c, 0) => Ok(Dim::Fixed(c)),
-        (1, 1) => Ok(Dim::Batch),
-        _ => Err(format!("flattening would merge the batch dimension with others in {}", Shape(dims.to_vec()))),
+    let Some(m) = Monomial::of(dims) else { return Ok(Dim::Dyn) };
+    let one = Monomial { coefficient: 1, symbols: Vec::new() };
+    match m.divide(&one) {
+        Some(Dim::Fixed(c)) => Ok(Dim::Fixed(c)),
+        Some(d) => Ok(d),
+        None if m.symbols.contains(&Dim::Batch) => {
+            Err(format!("flattening would merge the batch dimension with others in {}", Shape(dims.to_vec())))
+        }
+        None if m.coefficient > usize::MAX as u128 => Err("extent overflows".to_string()),
+        None => Ok(Dim::Dyn),
     }
 }
 
-/// The result shape of an ONNX reshape spec (0 copies unless `allowzero`, -1 infers).
-/// The batch symbol may appear in the result only where it is provably the batch: a copied
-/// batch dimension, or an inferred one that is exactly the batch.
-fn reshape_static(dims: &[Dim], spec: &[i64], allowzero: bool) -> Result<Shape, String> {
+/// The length of a shape operand (a 1-d integer vector of static length).
+pub(crate) fn spec_length(t: &TensorType) -> Result<usize, String> {
+    match t.shape.dims() {
+        [Dim::Fixed(n)] if t.dtype.is_integer() => Ok(*n),
+        _ => Err(format!("a shape operand must be a 1-d integer vector of known length, found {}", crate::text::type_to_string(t))),
+    }
+}
+
+/// The result shape of an ONNX reshape spec (0 copies unless `allowzero`, -1 infers), with
+/// symbolic entries where the spec was computed from symbolic shapes. A `-1` is inferred by
+/// dividing the element counts ([`Monomial`]); a result that would merge the batch with
+/// other extents is refused (the batch stays an axis of its own), other symbolic products
+/// are known only once the symbols are bound (`Dyn`).
+fn reshape_static(dims: &[Dim], spec: &[SymInt], allowzero: bool) -> Result<Shape, String> {
     let mut out = Vec::with_capacity(spec.len());
     let mut infer_at = None;
+    let show = || format!("{:?}", spec.iter().map(|e| match e { SymInt::Int(v) => v.to_string(), SymInt::Dim(d) => d.to_string() }).collect::<Vec<_>>());
     for (i, &e) in spec.iter().enumerate() {
         out.push(match e {
-            0 if !allowzero => *dims.get(i).ok_or_else(|| format!("shape entry {i} copies a dimension the input lacks"))?,
-            -1 if infer_at.is_none() => {
+            SymInt::Int(0) if !allowzero => *dims.get(i).ok_or_else(|| format!("shape entry {i} copies a dimension the input lacks"))?,
+            SymInt::Int(-1) if infer_at.is_none() => {
                 infer_at = Some(i);
                 Dim::Fixed(1)
             }
-            -1 => return Err("shape has more than one -1".to_string()),
-            e if e >= 0 => Dim::Fixed(e as usize),
-            e => return Err(format!("invalid shape entry {e}")),
+            SymInt::Int(-1) => return Err("shape has more than one -1".to_string()),
+            SymInt::Int(e) if e >= 0 => Dim::Fixed(usize::try_from(e).map_err(|_| format!("shape entry {e} is too large"))?),
+            SymInt::Int(e) => return Err(format!("invalid shape entry {e}")),
+            SymInt::Dim(d) => d,
         });
     }
-    let (c_in, p_in) = Shape(dims.to_vec()).volume().ok_or("input extent overflows")?;
-    let (c_out, p_out) = Shape(out.clone()).volume().ok_or("shape extent overflows")?;
-    let merge = || format!("reshape of {} to {spec:?} would merge the batch dimension with others", Shape(dims.to_vec()));
+    let (Some(m_in), Some(m_out)) = (Monomial::of(dims), Monomial::of(&out)) else {
+        if let Some(i) = infer_at {
+            out[i] = Dim::Dyn;
+        }
+        return Ok(Shape(out));
+    };
+    let batch_in = m_in.symbols.iter().filter(|d| **d == Dim::Batch).count();
+    let batch_out = m_out.symbols.iter().filter(|d| **d == Dim::Batch).count();
+    let merge = || format!("reshape of {} to {} would merge the batch dimension with others", Shape(dims.to_vec()), show());
     match infer_at {
         Some(i) => {
-            out[i] = match p_in.checked_sub(p_out) {
-                Some(0) if c_out != 0 && c_in % c_out == 0 => Dim::Fixed(c_in / c_out),
-                Some(1) if c_in == c_out => Dim::Batch,
-                Some(0) => return Err(format!("cannot reshape {} to {spec:?}", Shape(dims.to_vec()))),
-                _ => return Err(merge()),
+            out[i] = match m_in.divide(&m_out) {
+                Some(d) => d,
+                None if batch_in != batch_out => return Err(merge()),
+                None if m_in.symbols.is_empty() && m_out.symbols.is_empty() => {
+                    return Err(format!("cannot reshape {} to {}", Shape(dims.to_vec()), show()))
+                }
+                None => Dim::Dyn,
             }
         }
-        None if p_in == p_out && c_in == c_out => {}
-        None if p_in == p_out => return Err(format!("cannot reshape {} to {spec:?}", Shape(dims.to_vec()))),
-        None => return Err(merge()),
+        None if m_in == m_out => {}
+        None if batch_in != batch_out => return Err(merge()),
+        None if m_in.symbols == m_out.symbols || (m_in.symbols.is_empty() && m_out.symbols.is_empty()) => {
+            return Err(format!("cannot reshape {} to {}", Shape(dims.to_vec()), show()))
+        }
+        // Symbolic counts that may agree once bound (`[seq, 2]` to `[2, seq]`).
+        None => {}
     }
     Ok(Shape(out))
 }
@@ -340,6 +386,11 @@ mod tests {
 
     fn n(dims: &[Option<usize>]) -> Shape {
         Shape(dims.iter().map(|d| d.map_or(Dim::Batch, Dim::Fixed)).collect())
+    }
+
+    fn reshape_static(dims: &[Dim], spec: &[i64], allowzero: bool) -> Result<Shape, String> {
+        let spec: Vec<SymInt> = spec.iter().map(|&e| SymInt::Int(e)).collect();
+        super::reshape_static(dims, &spec, allowzero)
     }
 
     #[test]

@@ -331,7 +331,7 @@ impl<'a> Parser<'a> {
         }
         Ok(match dtype {
             DType::I8 | DType::I4 => TensorData::I8(values.iter().map(|&v| v as i8).collect()),
-            DType::U8 | DType::U4 => TensorData::U8(values.iter().map(|&v| v as u8).collect()),
+            DType::U8 | DType::U4 | DType::Bool => TensorData::U8(values.iter().map(|&v| v as u8).collect()),
             DType::I32 => TensorData::I32(values.iter().map(|&v| v as i32).collect()),
             _ => TensorData::I64(values),
         })
@@ -357,10 +357,19 @@ impl<'a> Parser<'a> {
             Err(e) => return self.error(e),
         };
         let dims = self.list("[", "]", |p| {
-            if p.eat("N") {
-                return Ok(Dim::Batch);
+            if p.eat("?") {
+                return Ok(Dim::Dyn);
             }
-            p.number("a dimension").map(Dim::Fixed)
+            let w = p.word();
+            match w.as_str() {
+                "N" => Ok(Dim::Batch),
+                _ if w.starts_with(|c: char| c.is_ascii_digit()) => match w.parse() {
+                    Ok(n) => Ok(Dim::Fixed(n)),
+                    Err(_) => p.error(format!("expected a dimension, found `{w}`")),
+                },
+                _ if w.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') => Ok(Dim::Sym(crate::Symbol::new(&w))),
+                _ => p.error(format!("expected a dimension, found `{w}`")),
+            }
         })?;
         let quant = if self.eat("quant") { Some(self.quant()?) } else { None };
         Ok(TensorType { dtype, shape: Shape(dims), quant })

@@ -37,10 +37,14 @@ fn binary(cx: &mut NodeCx, kind: OpKind) -> Result<(), Error> {
     cx.emit(kind, Attrs::new(), &[Some(a), Some(b)])
 }
 
-/// Clip's bounds are constant operands since opset 11; absent ones are infinite.
+/// Clip's bounds are constant operands since opset 11 (absent ones are infinite), and
+/// attributes before (defaulting to the f32 range).
 fn clip(cx: &mut NodeCx) -> Result<(), Error> {
-    let min = cx.constant_scalar(1)?.unwrap_or(f32::NEG_INFINITY);
-    let max = cx.constant_scalar(2)?.unwrap_or(f32::INFINITY);
+    let (min, max) = if cx.opset < 11 {
+        (cx.float("min", f32::MIN), cx.float("max", f32::MAX))
+    } else {
+        (cx.constant_scalar(1)?.unwrap_or(f32::NEG_INFINITY), cx.constant_scalar(2)?.unwrap_or(f32::INFINITY))
+    };
     let attrs = Attrs::new().with("min", AttrValue::Float(min)).with("max", AttrValue::Float(max));
     unary(cx, OpKind::Clip, attrs)
 }

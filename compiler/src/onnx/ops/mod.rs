@@ -3,7 +3,9 @@
 use super::import::NodeCx;
 use crate::Error;
 use std::collections::HashMap;
+use std::ops::RangeInclusive;
 
+mod index;
 mod math;
 mod nn;
 mod quant;
@@ -12,8 +14,13 @@ mod shape;
 /// Converts one ONNX node into IR nodes.
 pub(crate) type Converter = fn(&mut NodeCx) -> Result<(), Error>;
 
-/// Converters by ONNX op type.
-pub(crate) struct Registry(HashMap<&'static str, Converter>);
+/// The default-domain opset versions qlift imports: each converter adapts the versions of
+/// its op within this range (attributes that became operands, changed defaults) to the
+/// IR's one form.
+pub(crate) const OPSETS: RangeInclusive<i64> = 7..=28;
+
+/// Converters by ONNX op type, with the opset versions each accepts.
+pub(crate) struct Registry(HashMap<&'static str, (RangeInclusive<i64>, Converter)>);
 
 impl Registry {
     pub fn new() -> Registry {
@@ -21,17 +28,37 @@ impl Registry {
         nn::register(&mut reg);
         math::register(&mut reg);
         shape::register(&mut reg);
+        index::register(&mut reg);
         quant::register(&mut reg);
         reg
     }
 
+    /// Registers an op for every supported opset version.
     pub fn insert(&mut self, op_type: &'static str, convert: Converter) {
-        self.0.insert(op_type, convert);
+        self.insert_since(op_type, *OPSETS.start(), convert);
     }
 
-    pub fn get(&self, op_type: &str) -> Option<Converter> {
-        self.0.get(op_type).copied()
+    /// Registers an op that exists (or that qlift imports) from opset `since` on.
+    pub fn insert_since(&mut self, op_type: &'static str, since: i64, convert: Converter) {
+        self.0.insert(op_type, (since..=*OPSETS.end(), convert));
     }
+
+    /// The converter of `op_type` at opset `opset`, if it has one there.
+    pub fn get(&self, op_type: &str, opset: i64) -> Option<Converter> {
+        self.0.get(op_type).filter(|(v, _)| v.contains(&opset)).map(|(_, c)| *c)
+    }
+
+    /// Every registered op type with its opset versions, sorted by name.
+    pub fn ops(&self) -> Vec<(&'static str, RangeInclusive<i64>)> {
+        let mut all: Vec<_> = self.0.iter().map(|(k, (v, _))| (*k, v.clone())).collect();
+        all.sort_by_key(|(k, _)| *k);
+        all
+    }
+}
+
+/// Every ONNX op type qlift imports, with the opset versions it accepts (`qlift ops`).
+pub fn supported_ops() -> Vec<(&'static str, RangeInclusive<i64>)> {
+    Registry::new().ops()
 }
 
 /// Normalizes a possibly negative axis against `rank` (ONNX allows [-rank, rank)).

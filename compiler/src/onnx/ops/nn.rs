@@ -41,12 +41,30 @@ pub(crate) fn register(reg: &mut Registry) {
         let x = cx.required(0)?;
         cx.emit(OpKind::GlobalMaxPool, Attrs::new(), &[Some(x)])
     });
-    reg.insert("Softmax", |cx| {
-        let x = cx.required(0)?;
-        let rank = cx.input_type(0)?.shape.rank();
-        let axis = normalize_axis(cx, cx.int("axis", -1), rank)?;
-        cx.emit(OpKind::Softmax, Attrs::new().with("axis", AttrValue::Int(axis)), &[Some(x)])
-    });
+    reg.insert("Softmax", |cx| softmax(cx, OpKind::Softmax));
+}
+
+/// Softmax-like ops along one axis. Before opset 13 they worked on the input coerced to 2-d
+/// at `axis` (default 1): everything from `axis` on is one row. That is the same as the
+/// later form when `axis` is the last axis; otherwise the input is flattened, normalized
+/// by rows, and reshaped back (to its own shape, computed by `Shape`).
+pub(crate) fn softmax(cx: &mut NodeCx, kind: OpKind) -> Result<(), Error> {
+    let x = cx.required(0)?;
+    let rank = cx.input_type(0)?.shape.rank();
+    let legacy = cx.opset < 13;
+    let axis = normalize_axis(cx, cx.int("axis", if legacy { 1 } else { -1 }), rank)?;
+    let along = |axis: i64| Attrs::new().with("axis", AttrValue::Int(axis));
+    if !legacy || axis as usize + 1 == rank {
+        return cx.emit(kind, along(axis), &[Some(x)]);
+    }
+    let flat_name = cx.fresh_name("flat");
+    let flat = cx.emit_value(&flat_name, OpKind::Flatten, Attrs::new().with("axis", AttrValue::Int(axis)), &[Some(x)], None)?;
+    let rows_name = cx.fresh_name("rows");
+    let rows = cx.emit_value(&rows_name, kind, along(1), &[Some(flat)], None)?;
+    let shape_name = cx.fresh_name("shape");
+    let shape_attrs = Attrs::new().with("start", AttrValue::Int(0)).with("end", AttrValue::Int(rank as i64));
+    let shape = cx.emit_value(&shape_name, OpKind::Shape, shape_attrs, &[Some(x)], None)?;
+    cx.emit(OpKind::Reshape, Attrs::new().with("allowzero", AttrValue::Int(0)), &[Some(rows), Some(shape)])
 }
 
 fn pool(cx: &mut NodeCx, kind: OpKind) -> Result<(), Error> {
@@ -85,10 +103,13 @@ fn window_attrs(cx: &mut NodeCx, x: usize, kernel: &[i64]) -> Result<Attrs, Erro
     if dims.len() != r + 2 {
         return Err(cx.error(format!("input {} does not have {r} spatial axes", xtype.shape)));
     }
-    let spatial: Vec<i64> = dims[2..]
-        .iter()
-        .map(|d| d.fixed().map(|n| n as i64).ok_or_else(|| cx.error("spatial dimensions must be static")))
-        .collect::<Result<_, _>>()?;
+    // SAME padding depends on the input extents: they must be known (or fixed with --shape).
+    let spatial = || -> Result<Vec<i64>, Error> {
+        dims[2..]
+            .iter()
+            .map(|d| d.fixed().map(|n| n as i64).ok_or_else(|| cx.error("auto_pad SAME needs known spatial extents; fix them with --shape")))
+            .collect()
+    };
     let strides = cx.ints("strides").unwrap_or_else(|| vec![1; r]);
     let dilations = cx.ints("dilations").unwrap_or_else(|| vec![1; r]);
     if strides.len() != r || dilations.len() != r || strides.iter().chain(&dilations).any(|&v| v < 1) {
@@ -98,6 +119,7 @@ fn window_attrs(cx: &mut NodeCx, x: usize, kernel: &[i64]) -> Result<Attrs, Erro
         "NOTSET" => cx.ints("pads").unwrap_or_else(|| vec![0; 2 * r]),
         "VALID" => vec![0; 2 * r],
         mode @ ("SAME_UPPER" | "SAME_LOWER") => {
+            let spatial = spatial()?;
             let mut pads = vec![0; 2 * r];
             for a in 0..r {
                 let out = (spatial[a] + strides[a] - 1) / strides[a];

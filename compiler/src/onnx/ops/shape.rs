@@ -14,7 +14,9 @@ pub(crate) fn register(reg: &mut Registry) {
         if cx.node.output.get(1).is_some_and(|o| !o.is_empty()) {
             return Err(cx.error("the mask result of Dropout is not supported (inference only)"));
         }
-        if cx.constant_scalar(2)?.is_some_and(|t| t != 0.0) {
+        // Opset 12 made the ratio and the training mode operands; before, attributes (the
+        // ratio is irrelevant at inference).
+        if cx.opset >= 12 && cx.constant_scalar(2)?.is_some_and(|t| t != 0.0) {
             return Err(cx.error("training_mode=true is not supported (inference only)"));
         }
         pass_through(cx, OpKind::Dropout)
@@ -28,10 +30,21 @@ pub(crate) fn register(reg: &mut Registry) {
         cx.emit(OpKind::Flatten, Attrs::new().with("axis", AttrValue::Int(axis)), &[Some(x)])
     });
     reg.insert("Reshape", |cx| {
-        let shape = cx.constant_ints(1)?.ok_or_else(|| cx.error("the shape operand is required"))?;
-        let attrs = Attrs::new().with("shape", ints(shape)).with("allowzero", AttrValue::Int(cx.int("allowzero", 0)));
+        let allowzero = AttrValue::Int(cx.int("allowzero", 0));
         let x = cx.required(0)?;
-        cx.emit(OpKind::Reshape, attrs, &[Some(x)])
+        match cx.constant_ints(1) {
+            Ok(Some(shape)) => {
+                let attrs = Attrs::new().with("shape", ints(shape)).with("allowzero", allowzero);
+                cx.emit(OpKind::Reshape, attrs, &[Some(x)])
+            }
+            Ok(None) => Err(cx.error("the shape operand is required")),
+            // A shape computed from other shapes: the specializer tracks it.
+            Err(Error::NonConstant { .. }) => {
+                let shape = cx.required(1)?;
+                cx.emit(OpKind::Reshape, Attrs::new().with("allowzero", allowzero), &[Some(x), Some(shape)])
+            }
+            Err(e) => Err(e),
+        }
     });
     reg.insert("Transpose", |cx| {
         let rank = cx.input_type(0)?.shape.rank();
@@ -49,7 +62,8 @@ pub(crate) fn register(reg: &mut Registry) {
     reg.insert("Squeeze", |cx| {
         let ty = cx.input_type(0)?;
         let rank = ty.shape.rank();
-        let axes = match cx.constant_ints(1)? {
+        let given = if cx.opset < 13 { cx.ints("axes") } else { cx.constant_ints(1)? };
+        let axes = match given {
             Some(axes) => axes.iter().map(|&a| normalize_axis(cx, a, rank)).collect::<Result<Vec<_>, _>>()?,
             None => (0..rank).filter(|&a| ty.shape.dims()[a] == Dim::Fixed(1)).map(|a| a as i64).collect(),
         };
@@ -58,7 +72,8 @@ pub(crate) fn register(reg: &mut Registry) {
     });
     reg.insert("Unsqueeze", |cx| {
         let rank = cx.input_type(0)?.shape.rank();
-        let axes = cx.constant_ints(1)?.ok_or_else(|| cx.error("the axes operand is required"))?;
+        let given = if cx.opset < 13 { cx.ints("axes") } else { cx.constant_ints(1)? };
+        let axes = given.ok_or_else(|| cx.error("axes are required"))?;
         let axes = axes.iter().map(|&a| normalize_axis(cx, a, rank + axes.len())).collect::<Result<Vec<_>, _>>()?;
         let x = cx.required(0)?;
         cx.emit(OpKind::Unsqueeze, Attrs::new().with("axes", ints(axes)), &[Some(x)])
@@ -98,9 +113,13 @@ fn pad(cx: &mut NodeCx) -> Result<(), Error> {
         return Err(cx.error(format!("mode `{mode}` is not supported (only constant)")));
     }
     let rank = cx.input_type(0)?.shape.rank();
-    let given = cx.constant_ints(1)?.ok_or_else(|| cx.error("the pads operand is required"))?;
-    let value = cx.constant_scalar(2)?.unwrap_or(0.0);
-    let axes: Vec<usize> = match cx.constant_ints(3)? {
+    // Opset 11 made pads and the value operands; before, attributes.
+    let (given, value) = if cx.opset < 11 {
+        (cx.ints("pads").ok_or_else(|| cx.error("pads is required"))?, cx.float("value", 0.0))
+    } else {
+        (cx.constant_ints(1)?.ok_or_else(|| cx.error("the pads operand is required"))?, cx.constant_scalar(2)?.unwrap_or(0.0))
+    };
+    let axes: Vec<usize> = match if cx.opset < 18 { None } else { cx.constant_ints(3)? } {
         Some(axes) => axes.iter().map(|&a| normalize_axis(cx, a, rank).map(|a| a as usize)).collect::<Result<_, _>>()?,
         None => (0..rank).collect(),
     };

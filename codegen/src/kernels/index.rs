@@ -1,0 +1,320 @@
+//! Shape and indexing kernels: Shape, Size, Gather, Slice, Expand, Tile, and Cast.
+//!
+//! They run on specialized graphs: every extent is known or the batch, and shape-like
+//! operands that decide extents (Slice's starts, Tile's repeats) are constants, folded by
+//! the specializer (`qlift_ir::specialize`); the extents are read from the result types.
+//! Each follows the interpreter's kernel in `qlift_ir` (`ops/index.rs`, `ops/cast.rs`).
+
+use super::elementwise::{Broadcast, Lanes};
+use super::Kernel;
+use crate::emit;
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{types, InstBuilder, Type, Value};
+use cranelift_frontend::FunctionBuilder;
+use qlift_ir::{DType, Dim, OpKind};
+
+/// The integer type that moves one element of `bytes` bytes.
+fn mover(bytes: usize) -> Type {
+    match bytes {
+        8 => types::I64,
+        4 => types::I32,
+        2 => types::I16,
+        _ => types::I8,
+    }
+}
+
+/// Shape (the dims of its operand, the batch read at run time) and Size.
+pub(super) fn shape(k: &mut Kernel) -> Result<(), String> {
+    let x = k.input(0)?;
+    let dims: Vec<Dim> = x.ty.shape.dims().to_vec();
+    let po = k.output(0).ptr;
+    let batch = k.batch;
+    let value = |fb: &mut FunctionBuilder, d: Dim| -> Result<Value, String> {
+        match d {
+            Dim::Fixed(n) => Ok(emit::iconst(fb, n as i64)),
+            Dim::Batch => Ok(batch),
+            d => Err(format!("extent {d} is not specialized")),
+        }
+    };
+    if k.op.kind == OpKind::Size {
+        let mut product = emit::iconst(k.fb, 1);
+        for &d in &dims {
+            let v = value(k.fb, d)?;
+            product = k.fb.ins().imul(product, v);
+        }
+        k.fb.ins().store(emit::mem(), product, po, 0);
+        return Ok(());
+    }
+    let (start, end) = (k.op.attrs.int("start")?, k.op.attrs.int("end")?);
+    let (start, end) = qlift_ir::shape_range(start, end, dims.len());
+    for (i, &d) in dims[start..end].iter().enumerate() {
+        let v = value(k.fb, d)?;
+        k.fb.ins().store(emit::mem(), v, po, (8 * i) as i32);
+    }
+    Ok(())
+}
+
+/// Gather: for every outer row and every index, one contiguous row of `inner` elements of
+/// the data. Indices are read at run time (negative ones count from the end; one out of
+/// range makes the kernel fail with the interpreter's message). The batch may be the data's
+/// axis 0 (when gathering along a later axis) or the indices' axis 0 (an embedding lookup),
+/// not both.
+pub(super) fn gather(k: &mut Kernel) -> Result<(), String> {
+    let (x, indices, out) = (k.input(0)?, k.input(1)?, k.output(0));
+    let axis = usize::try_from(k.op.attrs.int("axis")?).map_err(|_| "negative axis")?;
+    let dims = x.dims();
+    if axis >= dims.len() || (x.batched() && axis == 0) {
+        return Err(format!("cannot gather along axis {axis} of {}", x.ty.shape));
+    }
+    if x.batched() && indices.batched() {
+        return Err("data and indices both have the batch axis".to_string());
+    }
+    let n = dims[axis] as i64;
+    let size = x.ty.dtype.size_of();
+    let inner: usize = dims[axis + 1..].iter().product();
+    let outer_static: usize = dims[usize::from(x.batched())..axis].iter().product();
+    let row = (inner * size) as i64;
+    let index_ty = indices.elem();
+    let per_sample_indices = indices.per_sample() as i64;
+    let (px, pi, po) = (x.ptr, indices.ptr, out.ptr);
+    let (x_batched, i_batched) = (x.batched(), indices.batched());
+    let x_sample = (x.per_sample() * size) as i64;
+    let samples = k.samples(x_batched || i_batched);
+    let count = if i_batched { k.fb.ins().imul_imm_s(samples, per_sample_indices) } else { emit::iconst(k.fb, per_sample_indices) };
+    let outer = if x_batched { k.fb.ins().imul_imm_s(samples, outer_static as i64) } else { emit::iconst(k.fb, outer_static as i64) };
+    let message = format!("an index is out of range [-{n}, {n})");
+    // Checked first for every index, so that a failure leaves no partial copy behind.
+    let bad = k.fb.create_block();
+    emit::for_dynamic(k.fb, count, |fb, j| {
+        let idx = emit::load_at(fb, index_ty, pi, j);
+        let idx = if index_ty == types::I64 { idx } else { fb.ins().sextend(types::I64, idx) };
+        let lo = fb.ins().iconst(types::I64, -n);
+        let below = fb.ins().icmp(IntCC::SignedLessThan, idx, lo);
+        let above = fb.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, idx, n);
+        let out_of_range = fb.ins().bor(below, above);
+        let next = fb.create_block();
+        fb.ins().brif(out_of_range, bad, &[], next, &[]);
+        fb.switch_to_block(next);
+    });
+    let done = k.fb.create_block();
+    let copy = k.fb.create_block();
+    k.fb.ins().jump(copy, &[]);
+    k.fb.switch_to_block(bad);
+    let yes = k.fb.ins().iconst(types::I8, 1);
+    k.fail_if(yes, &message);
+    k.fb.ins().jump(done, &[]);
+    k.fb.switch_to_block(copy);
+    emit::for_dynamic(k.fb, outer, |fb, o| {
+        emit::for_dynamic(fb, count, |fb, j| {
+            let idx = emit::load_at(fb, index_ty, pi, j);
+            let idx = if index_ty == types::I64 { idx } else { fb.ins().sextend(types::I64, idx) };
+            let wrapped = fb.ins().iadd_imm_s(idx, n);
+            let negative = fb.ins().icmp_imm_s(IntCC::SignedLessThan, idx, 0);
+            let idx = fb.ins().select(negative, wrapped, idx);
+            // Source row: (o · n + idx) rows into the data (per-sample base when batched).
+            let base = if x_batched {
+                let sample = fb.ins().udiv_imm_s(o, outer_static.max(1) as i64);
+                let within = fb.ins().urem_imm_s(o, outer_static.max(1) as i64);
+                let s = fb.ins().imul_imm_s(sample, x_sample);
+                let w = fb.ins().imul_imm_s(within, n * row);
+                fb.ins().iadd(s, w)
+            } else {
+                fb.ins().imul_imm_s(o, n * row)
+            };
+            let r = fb.ins().imul_imm_s(idx, row);
+            let src_off = fb.ins().iadd(base, r);
+            let src = fb.ins().iadd(px, src_off);
+            let dst_row = fb.ins().imul(o, count);
+            let dst_row = fb.ins().iadd(dst_row, j);
+            let dst = emit::addr(fb, po, dst_row, row);
+            copy_static(fb, dst, src, inner * size);
+        });
+    });
+    k.fb.ins().jump(done, &[]);
+    k.fb.switch_to_block(done);
+    Ok(())
+}
+
+/// Copies `bytes` (static) from `src` to `dst`: 16-byte vectors in a loop, then the tail
+/// in 8/4/2/1-byte moves.
+fn copy_static(fb: &mut FunctionBuilder, dst: Value, src: Value, bytes: usize) {
+    let vectors = bytes / 16;
+    if vectors > 0 {
+        emit::for_count(fb, vectors as i64, |fb, i| {
+            let off = fb.ins().imul_imm_s(i, 16);
+            let s = fb.ins().iadd(src, off);
+            let d = fb.ins().iadd(dst, off);
+            let v = fb.ins().load(types::I8X16, emit::mem(), s, 0);
+            fb.ins().store(emit::mem(), v, d, 0);
+        });
+    }
+    let mut at = vectors * 16;
+    for width in [8usize, 4, 2, 1] {
+        while bytes - at >= width {
+            let v = fb.ins().load(mover(width), emit::mem(), src, at as i32);
+            fb.ins().store(emit::mem(), v, dst, at as i32);
+            at += width;
+        }
+    }
+}
+
+/// The constant integer operand `i` (after specialization every extent-deciding operand is).
+fn constant_ints(k: &Kernel, i: usize, what: &str) -> Result<Option<Vec<i64>>, String> {
+    match k.optional(i) {
+        None => Ok(None),
+        Some(o) => match &o.constant {
+            Some(t) => t.to_i64_vec().map(Some),
+            None => Err(format!("{what} are computed at run time; qlift compiles them once they are constants (bind the input shapes)")),
+        },
+    }
+}
+
+/// Slice: a strided walk of the result reading the operand at `first + i · step` per axis.
+pub(super) fn slice(k: &mut Kernel) -> Result<(), String> {
+    let (x, out) = (k.input(0)?, k.output(0));
+    let dims = x.dims();
+    let rank = dims.len();
+    let starts = constant_ints(k, 1, "slice starts")?.ok_or("starts missing")?;
+    let ends = constant_ints(k, 2, "slice ends")?.ok_or("ends missing")?;
+    let axes = constant_ints(k, 3, "slice axes")?.unwrap_or_else(|| (0..starts.len() as i64).collect());
+    let steps = constant_ints(k, 4, "slice steps")?.unwrap_or_else(|| vec![1; starts.len()]);
+    let mut per_axis: Vec<(i64, i64, usize)> = dims.iter().map(|&d| (0, 1, d)).collect();
+    for (i, &a) in axes.iter().enumerate() {
+        let a = if a < 0 { a + rank as i64 } else { a };
+        let a = usize::try_from(a).ok().filter(|&a| a < rank).ok_or("slice axis out of range")?;
+        let step = *steps.get(i).ok_or("steps too short")?;
+        if step == 0 {
+            return Err("slice step 0".to_string());
+        }
+        if a == 0 && x.batched() {
+            let (s, e) = (starts[i], *ends.get(i).ok_or("ends too short")?);
+            if s != 0 || step != 1 || e < i32::MAX as i64 {
+                return Err("slicing the batch axis is not supported".to_string());
+            }
+            continue;
+        }
+        per_axis[a] = qlift_ir::slice_range(dims[a], starts[i], *ends.get(i).ok_or("ends too short")?, step);
+    }
+    let out_dims = out.dims();
+    if per_axis.iter().map(|p| p.2).collect::<Vec<_>>() != out_dims {
+        return Err("slice extents disagree with the result type".to_string());
+    }
+    let first = usize::from(x.batched());
+    let src = emit::row_major(&dims);
+    let base: i64 = (first..rank).map(|a| per_axis[a].0 * src[a]).sum();
+    let strides = vec![emit::row_major(&out_dims)[first..].to_vec(), (first..rank).map(|a| per_axis[a].1 * src[a]).collect()];
+    let extents = out_dims[first..].to_vec();
+    strided_copy(k, &extents, strides, base)
+}
+
+/// Copies through a strided walk: result offsets and operand offsets per axis of
+/// `extents` (the axes after the batch), operand offset `base` at the start; per sample of
+/// the batch when the operand has one.
+fn strided_copy(k: &mut Kernel, extents: &[usize], strides: Vec<Vec<i64>>, base: i64) -> Result<(), String> {
+    let (x, out) = (k.input(0)?, k.output(0));
+    let (extents, strides) = emit::coalesce(extents, &strides);
+    let ty = mover(x.ty.dtype.size_of());
+    let (px, po) = (x.ptr, out.ptr);
+    let (in_sample, out_sample) = (x.per_sample() as i64, out.per_sample() as i64);
+    let samples = k.samples(x.batched());
+    emit::for_dynamic(k.fb, samples, |fb, b| {
+        let d = fb.ins().imul_imm_s(b, out_sample);
+        let s = fb.ins().imul_imm_s(b, in_sample);
+        let s = fb.ins().iadd_imm_s(s, base);
+        emit::for_strided(fb, &extents, &strides, &[d, s], &mut |fb, off| {
+            let v = emit::load_at(fb, ty, px, off[1]);
+            emit::store_at(fb, v, po, off[0]);
+        });
+    });
+    Ok(())
+}
+
+/// Expand: the operand broadcast onto the result's (specialized) shape.
+pub(super) fn expand(k: &mut Kernel) -> Result<(), String> {
+    let (x, out) = (k.input(0)?, k.output(0));
+    let plan = Broadcast::new(out, &[x])?;
+    let ty = mover(x.ty.dtype.size_of());
+    let (px, po) = (x.ptr, out.ptr);
+    plan.emit_lanes(k, 1, &mut |fb, off, _| {
+        let v = emit::load_at(fb, ty, px, off[1]);
+        emit::store_at(fb, v, po, off[0]);
+    });
+    Ok(())
+}
+
+/// Tile: each result axis split into (repeat, extent); the operand is read with stride 0
+/// along the repeats.
+pub(super) fn tile(k: &mut Kernel) -> Result<(), String> {
+    let (x, out) = (k.input(0)?, k.output(0));
+    let dims = x.dims();
+    let repeats = constant_ints(k, 1, "tile repeats")?.ok_or("repeats missing")?;
+    if repeats.len() != dims.len() || repeats.iter().any(|&r| r < 0) {
+        return Err(format!("repeats {repeats:?} do not fit rank {}", dims.len()));
+    }
+    let first = usize::from(x.batched());
+    if x.batched() && repeats[0] != 1 {
+        return Err("tiling the batch axis is not supported".to_string());
+    }
+    let out_dims = out.dims();
+    let (src, dst) = (emit::row_major(&dims), emit::row_major(&out_dims));
+    let mut extents = Vec::new();
+    let mut strides = vec![Vec::new(), Vec::new()];
+    for a in first..dims.len() {
+        extents.extend([repeats[a] as usize, dims[a]]);
+        strides[0].extend([dims[a] as i64 * dst[a], dst[a]]);
+        strides[1].extend([0, src[a]]);
+    }
+    strided_copy(k, &extents, strides, 0)
+}
+
+/// Cast: elementwise conversion with the interpreter's rules (float to integer truncates
+/// toward zero with saturation at i64, then wraps to the target width; NaN becomes 0;
+/// anything non-zero is `true`).
+pub(super) fn cast(k: &mut Kernel) -> Result<(), String> {
+    let (x, out) = (k.input(0)?, k.output(0));
+    let (from, to) = (x.ty.dtype, out.ty.dtype);
+    let plan = Broadcast::new(out, &[x])?;
+    let (src_ty, dst_ty) = (x.elem(), out.elem());
+    let (px, po) = (x.ptr, out.ptr);
+    let signed = !matches!(from, DType::U8 | DType::U4 | DType::Bool);
+    plan.emit_lanes(k, 1, &mut |fb, off, lanes| {
+        debug_assert!(matches!(lanes, Lanes::Scalar));
+        let v = emit::load_at(fb, src_ty, px, off[1]);
+        let r = convert(fb, v, from, to, signed, dst_ty);
+        emit::store_at(fb, r, po, off[0]);
+    });
+    Ok(())
+}
+
+/// One element converted from `from` to `to`.
+fn convert(fb: &mut FunctionBuilder, v: Value, from: DType, to: DType, signed: bool, dst_ty: Type) -> Value {
+    if from == DType::F32 {
+        return match to {
+            DType::F32 => v,
+            DType::Bool => {
+                let zero = fb.ins().f32const(0.0);
+                fb.ins().fcmp(FloatCC::NotEqual, v, zero)
+            }
+            _ => {
+                let wide = fb.ins().fcvt_to_sint_sat(types::I64, v);
+                if dst_ty == types::I64 { wide } else { fb.ins().ireduce(dst_ty, wide) }
+            }
+        };
+    }
+    let src_ty = fb.func.dfg.value_type(v);
+    let wide = if src_ty == types::I64 {
+        v
+    } else if signed {
+        fb.ins().sextend(types::I64, v)
+    } else {
+        fb.ins().uextend(types::I64, v)
+    };
+    match to {
+        DType::F32 => fb.ins().fcvt_from_sint(types::F32, wide),
+        DType::Bool => {
+            fb.ins().icmp_imm_s(IntCC::NotEqual, wide, 0)
+        }
+        _ if dst_ty == types::I64 => wide,
+        _ => fb.ins().ireduce(dst_ty, wide),
+    }
+}

@@ -1,0 +1,201 @@
+//! Specialization: binds a graph's symbolic dimensions and folds its shape arithmetic.
+//!
+//! Exporters write shapes as computations (`Shape → Gather → Unsqueeze → Concat →
+//! Reshape`). [`specialize`] walks the graph once in topological order: it substitutes
+//! the bound extents into the input types, tracks the elements of integer values computed
+//! from shapes ([`SymInt`]: `[N, sequence, 12, 32]` stays exact while `N` and `sequence`
+//! are symbols), re-infers every node's result type with them (so a Reshape whose shape
+//! comes from `Shape` gets the result type `[N,sequence,12,32]`, not unknown extents), and
+//! evaluates every node whose operands are all constants with the interpreter's kernels.
+//! With nothing bound it makes an imported graph's types as precise as they can be; with
+//! every symbol bound it leaves a graph whose shapes are all known (or the batch), which
+//! is what code generation takes.
+
+use crate::graph::{Graph, NodeOp, ValueId};
+use crate::ops::{self, InferCtx};
+use crate::verify::OperandValues;
+use crate::{Dim, IrError, OpKind, Shape, SymInt, Symbol, Tensor, TensorType, VerifierError};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// Extents bound to the symbolic dimensions of a graph.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Binding {
+    /// The batch size, or `None` to keep the batch symbolic.
+    pub batch: Option<usize>,
+    /// Named dimensions (those not listed stay symbolic).
+    pub syms: BTreeMap<Symbol, usize>,
+}
+
+impl Binding {
+    /// `d` with the bound extents substituted.
+    pub fn dim(&self, d: Dim) -> Dim {
+        match d {
+            Dim::Batch => self.batch.map_or(Dim::Batch, Dim::Fixed),
+            Dim::Sym(s) => self.syms.get(&s).map_or(d, |&n| Dim::Fixed(n)),
+            d => d,
+        }
+    }
+
+    /// `shape` with the bound extents substituted.
+    pub fn shape(&self, shape: &Shape) -> Shape {
+        Shape(shape.dims().iter().map(|&d| self.dim(d)).collect())
+    }
+
+    /// Whether nothing is bound.
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_none() && self.syms.is_empty()
+    }
+}
+
+/// Checks concrete `inputs` against `declared` input types (of the graph `graph_name`) and
+/// returns the extents they bind: the batch (when an input has one) and every named
+/// dimension, each the same wherever it occurs. Zero extents are refused.
+pub fn bind_inputs<'a>(
+    graph_name: &str,
+    declared: impl ExactSizeIterator<Item = (&'a str, &'a TensorType)>,
+    inputs: &[Tensor],
+) -> Result<Binding, IrError> {
+    if inputs.len() != declared.len() {
+        return Err(IrError::Input {
+            name: graph_name.to_string(),
+            message: format!("the graph has {} inputs, {} were given", declared.len(), inputs.len()),
+        });
+    }
+    let mut binding = Binding::default();
+    // Which input bound each symbol, for messages.
+    let mut bound_by: HashMap<Dim, &str> = HashMap::new();
+    for ((name, ty), t) in declared.zip(inputs) {
+        let bad = |message: String| IrError::Input { name: name.to_string(), message };
+        if t.dtype() != ty.dtype {
+            return Err(bad(format!("expected {} elements, got {}", ty.dtype, t.dtype())));
+        }
+        if t.shape().len() != ty.shape.rank() {
+            return Err(bad(format!("expected shape {}, got {:?}", ty.shape, t.shape())));
+        }
+        for (axis, (&d, &n)) in ty.shape.dims().iter().zip(t.shape()).enumerate() {
+            let slot = match d {
+                Dim::Fixed(f) if f != n => {
+                    return Err(bad(format!("expected shape {}, got {:?} (axis {axis})", ty.shape, t.shape())))
+                }
+                Dim::Fixed(_) => continue,
+                Dim::Batch => &mut binding.batch,
+                Dim::Sym(s) => {
+                    let entry = binding.syms.get(&s).copied();
+                    match entry {
+                        None => {
+                            binding.syms.insert(s, n);
+                        }
+                        Some(m) if m != n => {
+                            return Err(bad(format!("dimension `{}` is {n} here but {m} in input `{}`", s.name(), bound_by[&d])))
+                        }
+                        Some(_) => {}
+                    }
+                    if n == 0 {
+                        return Err(bad(format!("dimension `{}` is 0 (empty tensors are refused)", s.name())));
+                    }
+                    bound_by.entry(d).or_insert(name);
+                    continue;
+                }
+                Dim::Dyn => return Err(bad(format!("input type {} has an unknown extent on axis {axis}", ty.shape))),
+            };
+            match *slot {
+                None => {
+                    *slot = Some(n);
+                    bound_by.insert(d, name);
+                }
+                Some(b) if b != n => return Err(bad(format!("batch size {n} disagrees with {b} bound by an earlier input"))),
+                Some(_) => {}
+            }
+        }
+    }
+    if binding.batch == Some(0) {
+        return Err(IrError::Input {
+            name: bound_by.get(&Dim::Batch).unwrap_or(&graph_name).to_string(),
+            message: "batch size 0 (empty tensors are refused)".to_string(),
+        });
+    }
+    Ok(binding)
+}
+
+/// Most bytes a folded constant may take: folding happens for shapes and small tables; a
+/// larger result is left to run-time code (it would only grow the compiled program).
+const FOLD_LIMIT_BYTES: usize = 64 << 20;
+
+/// Returns `graph` with `binding` substituted, integer shape computations tracked, result
+/// types re-inferred, and every node whose operands are all constants evaluated (except
+/// QuantizeLinear and DequantizeLinear, which are kept for the lowering passes, and results
+/// above [`FOLD_LIMIT_BYTES`]). Value names stay; nodes nothing uses any more are removed.
+pub fn specialize(graph: &Graph, binding: &Binding) -> Result<Graph, IrError> {
+    let mut g = graph.clone();
+    for v in g.input_values() {
+        let ty = &mut g.node_mut(v.node).outputs[0].ty;
+        ty.shape = binding.shape(&ty.shape);
+    }
+    let mut known: HashMap<ValueId, Vec<SymInt>> = HashMap::new();
+    for id in g.topo_order()? {
+        let op = match &g.node(id).op {
+            NodeOp::Apply(op) => op.clone(),
+            NodeOp::Const(t) => {
+                if let Some(v) = small_ints(t) {
+                    known.insert(ValueId { node: id, output: 0 }, v);
+                }
+                continue;
+            }
+            NodeOp::Input => continue,
+        };
+        let node = g.node(id);
+        let fail = |message: String| IrError::Verifier(vec![VerifierError { node: node.name.clone(), op: op.kind.name().to_string(), message }]);
+        let operands = g.node_inputs(id);
+        let types: Vec<Option<&TensorType>> = operands.iter().map(|v| v.map(|v| g.value_type(v))).collect();
+        let constants = crate::verify::operand_constants(&g, &operands);
+        let symbolic: Vec<Option<Vec<SymInt>>> = operands.iter().map(|v| v.and_then(|v| known.get(&v).cloned())).collect();
+        let declared: Vec<TensorType> = node.outputs.iter().map(|v| TensorType { shape: binding.shape(&v.ty.shape), ..v.ty.clone() }).collect();
+        let values = OperandValues { constants: &constants, symbolic: &symbolic };
+        let inferred = crate::verify::infer_op_with(&op, &types, &values, &declared).map_err(&fail)?;
+        let cx = InferCtx { op: &op, inputs: &types, constants: &constants, symbolic: &symbolic, declared: &declared };
+        let tracked = inferred.first().and_then(|r| ops::symbolic(&cx, r));
+        let foldable = operands.iter().zip(&constants).all(|(v, c)| v.is_none() || c.is_some())
+            && !matches!(op.kind, OpKind::QuantizeLinear | OpKind::DequantizeLinear)
+            && inferred.len() == 1
+            && inferred[0].shape.volume().is_some_and(|(n, p)| p == 0 && n.saturating_mul(inferred[0].dtype.size_of()) <= FOLD_LIMIT_BYTES);
+        let folded = if foldable { Some(crate::interp::eval_op(&op, &constants, &types, &inferred).map_err(&fail)?) } else { None };
+        match folded {
+            Some(mut results) => {
+                let t = Arc::new(results.remove(0));
+                if let Some(v) = small_ints(&t) {
+                    known.insert(ValueId { node: id, output: 0 }, v);
+                }
+                // A quantized result keeps its parameters on the constant.
+                let quant = inferred[0].quant.clone();
+                g.make_constant(id, t)?;
+                g.node_mut(id).outputs[0].ty.quant = quant;
+            }
+            None => {
+                for (v, ty) in g.node_mut(id).outputs.iter_mut().zip(inferred) {
+                    v.ty = ty;
+                }
+                if let Some(t) = tracked {
+                    known.insert(ValueId { node: id, output: 0 }, t);
+                }
+            }
+        }
+    }
+    g.remove_dead_nodes();
+    crate::verify(&g)?;
+    Ok(g)
+}
+
+/// The elements of a small integer constant (at most a few dozen: shapes, axes, indices).
+fn small_ints(t: &Tensor) -> Option<Vec<SymInt>> {
+    (t.dtype().is_integer() && t.shape().len() <= 1 && t.len() <= 64)
+        .then(|| t.to_i64_vec().ok())
+        .flatten()
+        .map(|v| v.into_iter().map(SymInt::Int).collect())
+}
+
+/// Whether `graph` still has something to specialize: a symbolic dimension other than the
+/// batch, or an unknown extent, on any value.
+pub fn needs_binding(graph: &Graph) -> bool {
+    graph.node_ids().any(|id| graph.node(id).outputs.iter().any(|v| !v.ty.shape.is_specialized()))
+}
