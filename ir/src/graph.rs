@@ -339,6 +339,31 @@ impl Graph {
         Ok(())
     }
 
+    /// Makes graph input `v` the constant `value` (tract's "constantize", qlift's
+    /// `--freeze`): the input leaves the input list, its users read the constant, and what
+    /// depends only on constants can then be folded. The value must fit the input's type
+    /// (its dtype, and its shape where the input's extents are known).
+    pub fn freeze_input(&mut self, v: ValueId, value: Arc<Tensor>) -> Result<(), IrError> {
+        let position = self.inputs.iter().position(|&n| n == v.node).ok_or_else(|| IrError::Build(format!("value {v:?} is not a graph input")))?;
+        let node = &self.g[v.node];
+        let ty = &node.outputs[0].ty;
+        let fits = value.dtype() == ty.dtype
+            && value.shape().len() == ty.shape.rank()
+            && ty.shape.dims().iter().zip(value.shape()).all(|(d, &n)| d.fixed().is_none_or(|f| f == n));
+        if !fits {
+            return Err(IrError::Input {
+                name: node.name.clone(),
+                message: format!("a {}{:?} value cannot stand for an input of type {}", value.dtype(), value.shape(), crate::text::type_to_string(ty)),
+            });
+        }
+        let quant = ty.quant.clone();
+        let node = &mut self.g[v.node];
+        node.outputs[0].ty = TensorType { dtype: value.dtype(), shape: Shape::fixed(value.shape()), quant };
+        node.op = NodeOp::Const(value);
+        self.inputs.remove(position);
+        Ok(())
+    }
+
     /// Removes every node that no graph output depends on (graph inputs stay).
     pub fn remove_dead_nodes(&mut self) {
         let mut live = BTreeSet::new();

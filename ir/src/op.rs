@@ -228,6 +228,19 @@ impl Op {
 pub const FUSED_ACTIVATION: [&str; 2] = ["act_min", "act_max"];
 
 impl OpKind {
+    /// The operand slots whose values (not only types) decide the op's extents or indexing:
+    /// code generation compiles them as constants, so a graph where one is computed at run
+    /// time must be specialized further (see `specialize_for`). Shapes that only decide the
+    /// result type (Reshape's, Expand's) are not among them: the result type carries them.
+    pub fn constant_operands(self) -> &'static [usize] {
+        match self {
+            OpKind::Slice => &[1, 2, 3, 4],
+            OpKind::Tile => &[1],
+            OpKind::Range => &[0, 1, 2],
+            _ => &[],
+        }
+    }
+
     /// Whether the op can carry a fused activation (see [`FUSED_ACTIVATION`]).
     pub fn takes_fused_activation(self) -> bool {
         matches!(

@@ -194,8 +194,29 @@ fn small_ints(t: &Tensor) -> Option<Vec<SymInt>> {
         .map(|v| v.into_iter().map(SymInt::Int).collect())
 }
 
+/// Specializes `graph` for inputs that bound `binding`: with the batch kept symbolic when
+/// that leaves every extent known (one compiled program then serves every batch size), else
+/// with the batch bound too (the batch flows into shape values, say a `Range` over it).
+/// Returns the graph and the binding it used.
+pub fn specialize_for(graph: &Graph, binding: &Binding) -> Result<(Graph, Binding), IrError> {
+    let symbolic_batch = Binding { batch: None, ..binding.clone() };
+    let g = specialize(graph, &symbolic_batch)?;
+    if !needs_binding(&g) || binding.batch.is_none() {
+        return Ok((g, symbolic_batch));
+    }
+    Ok((specialize(graph, binding)?, binding.clone()))
+}
+
 /// Whether `graph` still has something to specialize: a symbolic dimension other than the
-/// batch, or an unknown extent, on any value.
+/// batch or an unknown extent on any value, or an operand that code generation needs as a
+/// constant ([`OpKind::constant_operands`]) computed at run time.
 pub fn needs_binding(graph: &Graph) -> bool {
-    graph.node_ids().any(|id| graph.node(id).outputs.iter().any(|v| !v.ty.shape.is_specialized()))
+    graph.node_ids().any(|id| {
+        let node = graph.node(id);
+        node.outputs.iter().any(|v| !v.ty.shape.is_specialized())
+            || node.op.kind().is_some_and(|k| {
+                let operands = graph.node_inputs(id);
+                k.constant_operands().iter().any(|&i| operands.get(i).copied().flatten().is_some_and(|v| graph.const_value(v).is_none()))
+            })
+    })
 }

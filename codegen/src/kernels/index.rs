@@ -297,7 +297,7 @@ fn convert(fb: &mut FunctionBuilder, v: Value, from: DType, to: DType, signed: b
             }
             _ => {
                 let wide = fb.ins().fcvt_to_sint_sat(types::I64, v);
-                if dst_ty == types::I64 { wide } else { fb.ins().ireduce(dst_ty, wide) }
+                wrap_to(fb, wide, to, dst_ty)
             }
         };
     }
@@ -309,11 +309,24 @@ fn convert(fb: &mut FunctionBuilder, v: Value, from: DType, to: DType, signed: b
     } else {
         fb.ins().uextend(types::I64, v)
     };
+    wrap_to(fb, wide, to, dst_ty)
+}
+
+/// An i64 (or a float's saturated i64) reduced to `to` as the interpreter wraps it: bool is
+/// `!= 0`, 4-bit types wrap to 4 bits (sign-extended for i4), the others keep their low bits.
+fn wrap_to(fb: &mut FunctionBuilder, wide: Value, to: DType, dst_ty: Type) -> Value {
     match to {
         DType::F32 => fb.ins().fcvt_from_sint(types::F32, wide),
-        DType::Bool => {
-            fb.ins().icmp_imm_s(IntCC::NotEqual, wide, 0)
+        DType::I4 => {
+            let up = fb.ins().ishl_imm_s(wide, 60);
+            let v = fb.ins().sshr_imm_s(up, 60);
+            fb.ins().ireduce(dst_ty, v)
         }
+        DType::U4 => {
+            let v = fb.ins().band_imm_s(wide, 15);
+            fb.ins().ireduce(dst_ty, v)
+        }
+        DType::Bool => fb.ins().icmp_imm_s(IntCC::NotEqual, wide, 0),
         _ if dst_ty == types::I64 => wide,
         _ => fb.ins().ireduce(dst_ty, wide),
     }

@@ -18,9 +18,6 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
         return Err("operand is quantized; dequantize it first".to_string());
     }
     let to = target(cx.op)?;
-    if matches!(to, DType::I4 | DType::U4) || matches!(x.dtype, DType::I4 | DType::U4) {
-        return Err("casts to and from 4-bit integers are not supported".to_string());
-    }
     Ok(vec![TensorType::new(to, x.shape.clone())])
 }
 

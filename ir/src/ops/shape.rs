@@ -87,22 +87,25 @@ pub(crate) fn concat_shape(inputs: &[Option<&TensorType>], axis: i64) -> Result<
     let x = inputs.first().copied().flatten().ok_or("operand 0 is missing")?;
     let dims = x.shape.dims();
     let axis = axis_in(axis, dims.len())?;
-    let mut extent = 0usize;
+    let mut extent = Some(0usize);
     for (i, t) in inputs.iter().enumerate() {
         let t = t.ok_or_else(|| format!("operand {i} is missing"))?;
         if t.dtype != x.dtype || t.shape.rank() != dims.len() {
             return Err(format!("operand {i} is {}{}, operand 0 is {}{}", t.dtype, t.shape, x.dtype, x.shape));
         }
         for (a, (p, q)) in t.shape.dims().iter().zip(dims).enumerate() {
-            if a != axis && p != q {
+            if a != axis && p != q && !p.is_unbound() && !q.is_unbound() {
                 return Err(format!("operand {i} has extent {p} on axis {a}, operand 0 has {q}"));
             }
         }
-        let d = t.shape.dims()[axis].fixed().ok_or("cannot concatenate along the batch dimension")?;
-        extent = extent.checked_add(d).ok_or("concatenated extent overflows")?;
+        // A symbolic extent along the axis makes the sum known only once bound.
+        extent = match (extent, t.shape.dims()[axis].fixed()) {
+            (Some(e), Some(d)) => Some(e.checked_add(d).ok_or("concatenated extent overflows")?),
+            _ => None,
+        };
     }
     let mut out = dims.to_vec();
-    out[axis] = Dim::Fixed(extent);
+    out[axis] = extent.map_or(Dim::Dyn, Dim::Fixed);
     Ok(Shape(out))
 }
 
