@@ -3,7 +3,8 @@
 
 use crate::{load_onnx, load_onnx_bytes, quantize, Error, ImportOptions, QuantizeOptions};
 use qlift_codegen::{CodegenOptions, JitProgram};
-use qlift_ir::{Graph, Tensor, TensorType};
+use qlift_ir::{Binding, Graph, Tensor, TensorType};
+use std::sync::{Arc, Mutex};
 use qlift_passes::{run_pipeline, PipelineOptions};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -32,11 +33,66 @@ pub struct CompileOptions {
     /// Threads one call may use, splitting the batch (0 or 1: the calling thread only).
     /// Independent of how many threads call the model at once.
     pub threads: usize,
+    /// Most specializations (compiled programs for distinct input shapes) a model with
+    /// symbolic dimensions keeps; the least recently used one is dropped beyond it.
+    /// 0 means [`DEFAULT_SPECIALIZATIONS`].
+    pub max_specializations: usize,
 }
 
+/// How many specializations a model keeps by default: a few sequence lengths or image
+/// sizes in turn, without holding the code of every shape ever seen.
+pub const DEFAULT_SPECIALIZATIONS: usize = 8;
+
 enum Executor {
+    /// One program for every batch size (the graph's only symbol is the batch).
     Jit(Box<JitProgram>),
+    /// Programs specialized on input shapes, compiled at the first call with those shapes.
+    Specialized(Specializations),
     Interpreter,
+}
+
+/// A bounded cache of programs by the extents they were specialized on (the batch among
+/// them only when it flows into shape values), most recently used last.
+struct Specializations {
+    codegen: CodegenOptions,
+    /// The ISA the programs are generated for.
+    isa: String,
+    threads: usize,
+    capacity: usize,
+    programs: Mutex<Vec<(Binding, Arc<JitProgram>)>>,
+}
+
+impl Specializations {
+    /// The program for inputs that bound `binding`, compiled now if it is not cached.
+    fn program(&self, graph: &Graph, binding: &Binding) -> Result<Arc<JitProgram>, Error> {
+        let symbolic_batch = Binding { batch: None, ..binding.clone() };
+        {
+            let mut programs = self.programs.lock().map_err(|_| Error::Ir(qlift_ir::IrError::Build("specialization cache poisoned".into())))?;
+            if let Some(i) = programs.iter().position(|(b, _)| *b == symbolic_batch || b == binding) {
+                let entry = programs.remove(i);
+                let program = entry.1.clone();
+                programs.push(entry);
+                return Ok(program);
+            }
+        }
+        // Compiled outside the lock: other shapes keep running meanwhile.
+        let (specialized, used) = qlift_ir::specialize_for(graph, binding)?;
+        let mut program = JitProgram::compile(&specialized, &self.codegen)?;
+        program.set_threads(self.threads);
+        let program = Arc::new(program);
+        let mut programs = self.programs.lock().map_err(|_| Error::Ir(qlift_ir::IrError::Build("specialization cache poisoned".into())))?;
+        if !programs.iter().any(|(b, _)| *b == used) {
+            if programs.len() >= self.capacity {
+                programs.remove(0);
+            }
+            programs.push((used, program.clone()));
+        }
+        Ok(program)
+    }
+
+    fn len(&self) -> usize {
+        self.programs.lock().map_or(0, |p| p.len())
+    }
 }
 
 /// A compiled model: the lowered graph and the code that runs it. `Send + Sync`, so one
@@ -89,10 +145,24 @@ impl CompiledModel {
         Ok(CompiledModel { graph: lowered, executor, compile_time: start.elapsed(), quantized: calibration.is_some() })
     }
 
+    /// The executor: with the JIT, one program now when the batch is the graph's only symbol
+    /// (after folding its shape arithmetic), else programs per input shapes, later.
     fn executor(lowered: &Graph, opts: &CompileOptions) -> Result<Executor, Error> {
         Ok(match opts.engine {
             Engine::Jit => {
-                let mut program = JitProgram::compile(lowered, &opts.codegen)?;
+                let specialized = qlift_ir::specialize(lowered, &Binding::default())?;
+                if qlift_ir::needs_binding(&specialized) {
+                    let capacity = if opts.max_specializations == 0 { DEFAULT_SPECIALIZATIONS } else { opts.max_specializations };
+                    let isa = qlift_codegen::isa::describe(qlift_codegen::isa::target_isa(&opts.codegen)?.as_ref());
+                    return Ok(Executor::Specialized(Specializations {
+                        codegen: opts.codegen.clone(),
+                        isa,
+                        threads: opts.threads,
+                        capacity,
+                        programs: Mutex::new(Vec::new()),
+                    }));
+                }
+                let mut program = JitProgram::compile(&specialized, &opts.codegen)?;
                 program.set_threads(opts.threads);
                 Executor::Jit(Box::new(program))
             }
@@ -100,10 +170,18 @@ impl CompiledModel {
         })
     }
 
+    /// The extents `inputs` bind (checked against the graph's input types).
+    fn binding(&self, inputs: &[Tensor]) -> Result<Binding, Error> {
+        let values = self.graph.input_values();
+        let declared = values.iter().map(|v| (self.graph.value(*v).name.as_str(), self.graph.value_type(*v)));
+        Ok(qlift_ir::bind_inputs(&self.graph.name, declared, inputs)?)
+    }
+
     /// Runs the model on `inputs` (graph-input order; the batch is taken from them).
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, Error> {
         match &self.executor {
             Executor::Jit(p) => Ok(p.run(inputs)?),
+            Executor::Specialized(s) => Ok(s.program(&self.graph, &self.binding(inputs)?)?.run(inputs)?),
             Executor::Interpreter => Ok(qlift_ir::interp::run(&self.graph, inputs)?),
         }
     }
@@ -113,6 +191,7 @@ impl CompiledModel {
     pub fn run_into(&self, inputs: &[Tensor], outputs: &mut [Tensor]) -> Result<(), Error> {
         match &self.executor {
             Executor::Jit(p) => Ok(p.run_into(inputs, outputs)?),
+            Executor::Specialized(s) => Ok(s.program(&self.graph, &self.binding(inputs)?)?.run_into(inputs, outputs)?),
             Executor::Interpreter => {
                 let results = qlift_ir::interp::run(&self.graph, inputs)?;
                 for (o, r) in outputs.iter_mut().zip(results) {
@@ -148,10 +227,20 @@ impl CompiledModel {
         self.quantized
     }
 
+    /// How many programs specialized on input shapes are compiled and cached now (0 for a
+    /// model compiled once for every batch size, or interpreted).
+    pub fn specializations(&self) -> usize {
+        match &self.executor {
+            Executor::Specialized(s) => s.len(),
+            _ => 0,
+        }
+    }
+
     /// The engine and, for the JIT, the ISA with its features.
     pub fn engine_description(&self) -> String {
         match &self.executor {
             Executor::Jit(p) => format!("jit {}", p.isa()),
+            Executor::Specialized(s) => format!("jit {}, specialized per input shape", s.isa),
             Executor::Interpreter => "reference interpreter".to_string(),
         }
     }

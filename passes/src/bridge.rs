@@ -59,7 +59,10 @@ pub fn to_egraph(graph: &Graph) -> Result<GraphEGraph, PassError> {
         class.insert(ValueId { node: id, output: 0 }, c);
         order.push(c);
     }
-    let roots = graph.outputs().iter().map(|v| class[v]).collect();
+    let roots: Vec<Id> = graph.outputs().iter().map(|v| class[v]).collect();
+    for &r in &roots {
+        egraph[r].data.output = true;
+    }
     let output_names = graph.outputs().iter().map(|v| graph.value(*v).name.clone()).collect();
     egraph.rebuild();
     Ok(GraphEGraph { egraph, roots, order, inputs, output_names, name: graph.name.clone() })

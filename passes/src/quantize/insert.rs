@@ -111,6 +111,9 @@ pub fn insert_qdq(graph: &Graph, calibration: &Calibration, opts: &QuantizeOptio
     let mut dequantized: HashMap<ValueId, ValueId> = HashMap::new();
     // The other way round: the value each inserted DequantizeLinear stands for.
     let mut source_of: HashMap<ValueId, ValueId> = HashMap::new();
+    // Quantized weights by (constant, channel axis): a weight several ops read is quantized
+    // once (one name, one copy).
+    let mut weights: HashMap<(ValueId, usize), ValueId> = HashMap::new();
     for id in order {
         let NodeOp::Apply(op) = g.node(id).op.clone() else { continue };
         if !quantizable(op.kind) || g.node(id).outputs.iter().any(|v| v.ty.dtype != DType::F32) {
@@ -124,7 +127,14 @@ pub fn insert_qdq(graph: &Graph, calibration: &Calibration, opts: &QuantizeOptio
                 continue;
             }
             let replacement = match (weight_axis(&op, slot), g.const_value(v).cloned()) {
-                (Some(axis), Some(w)) => quantized_weights(&mut g, v, &w, axis)?,
+                (Some(axis), Some(w)) => match weights.get(&(v, axis)) {
+                    Some(&dq) => dq,
+                    None => {
+                        let dq = quantized_weights(&mut g, v, &w, axis)?;
+                        weights.insert((v, axis), dq);
+                        dq
+                    }
+                },
                 (_, Some(_)) if (op.kind, slot) == (OpKind::Conv, 2) || (op.kind, slot) == (OpKind::Gemm, 2) => {
                     quantized_bias(&mut g, id, v, &operands)?.unwrap_or(v)
                 }
@@ -158,7 +168,8 @@ pub fn insert_qdq(graph: &Graph, calibration: &Calibration, opts: &QuantizeOptio
         source_of.insert(dq, result);
     }
     g.remove_dead_nodes();
-    qlift_ir::verify(&g)?;
+    // The graph is qlift's own construction: one that does not verify is a bug here.
+    qlift_ir::verify(&g).map_err(|e| PassError::Bug(format!("insert-qdq built a graph that does not verify: {e}")))?;
     Ok(g)
 }
 
@@ -221,8 +232,21 @@ fn quantized_weights(g: &mut Graph, v: ValueId, w: &Arc<Tensor>, axis: usize) ->
     let name = g.value(v).name.clone();
     let (tensor, quant) =
         quantize_per_channel(w.as_f32().map_err(PassError::Bug)?, w.shape(), axis).map_err(|e| PassError::Unsupported(format!("weights `{name}`: {e}")))?;
-    let q = g.add_const(&format!("{name}_quantized"), Arc::new(tensor), Some(quant));
-    Ok(g.add_op(&format!("{name}_DequantizeLinear"), Op::new(OpKind::DequantizeLinear, Attrs::new()), &[Some(q)], &[&format!("{name}_DequantizeLinear_Output")])?[0])
+    let q = g.add_const(&fresh(g, &format!("{name}_quantized")), Arc::new(tensor), Some(quant));
+    let dq = fresh(g, &format!("{name}_DequantizeLinear_Output"));
+    Ok(g.add_op(&format!("{name}_DequantizeLinear"), Op::new(OpKind::DequantizeLinear, Attrs::new()), &[Some(q)], &[&dq])?[0])
+}
+
+/// `base`, or `base_1`, `base_2`... if a value already has that name (a bias or weight
+/// quantized twice, for two consumers with different input scales or channel axes).
+fn fresh(g: &Graph, base: &str) -> String {
+    let mut name = base.to_string();
+    let mut n = 1;
+    while g.find_value(&name).is_some() {
+        name = format!("{base}_{n}");
+        n += 1;
+    }
+    name
 }
 
 /// `DQ(b_i32)` for the constant bias of a Conv or Gemm whose input and weights are already
@@ -260,6 +284,7 @@ fn quantized_bias(
     let name = g.value(b).name.clone();
     let quant = QuantParams::per_axis(0, scales.clone(), vec![0; scales.len()]);
     let tensor = Tensor::new(DType::I32, vec![real.len()], TensorData::I32(q)).map_err(PassError::Bug)?;
-    let c = g.add_const(&format!("{name}_quantized"), Arc::new(tensor), Some(quant));
-    Ok(Some(g.add_op(&format!("{name}_DequantizeLinear"), Op::new(OpKind::DequantizeLinear, Attrs::new()), &[Some(c)], &[&format!("{name}_DequantizeLinear_Output")])?[0]))
+    let c = g.add_const(&fresh(g, &format!("{name}_quantized")), Arc::new(tensor), Some(quant));
+    let dq = fresh(g, &format!("{name}_DequantizeLinear_Output"));
+    Ok(Some(g.add_op(&format!("{name}_DequantizeLinear"), Op::new(OpKind::DequantizeLinear, Attrs::new()), &[Some(c)], &[&dq])?[0]))
 }
