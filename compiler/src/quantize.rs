@@ -35,13 +35,22 @@ pub fn quantize(
     pipeline: &PipelineOptions,
     progress: &dyn Fn(usize, usize),
 ) -> Result<Quantized, Error> {
+    let calibration = with_sample_axis(graph, calibration);
+    let calibration = calibration.as_slice();
     let samples = calibration_samples(graph, calibration)?;
+    let step = run_size(graph)?;
+    if samples % step != 0 {
+        return Err(Error::Value {
+            name: "calibration data".to_string(),
+            message: format!("the model takes {step} samples at a time; {samples} calibration samples do not divide into runs of {step}"),
+        });
+    }
     let stats = RefCell::new(None);
     let qdq = RefCell::new(None);
     let insert = |g: &Graph| {
         let mut cal = Calibration::default();
-        for start in (0..samples).step_by(CALIBRATION_BATCH) {
-            let end = (start + CALIBRATION_BATCH).min(samples);
+        for start in (0..samples).step_by(step) {
+            let end = (start + step).min(samples);
             let batch: Vec<Tensor> =
                 calibration.iter().map(|t| t.slice_outer(start, end)).collect::<Result<_, _>>().map_err(qlift_passes::PassError::Bug)?;
             cal.observe(g, &batch)?;
@@ -58,6 +67,41 @@ pub fn quantize(
     // the graph it stopped at stands for it.
     let qdq = qdq.into_inner().unwrap_or_else(|| lowered.clone());
     Ok(Quantized { qdq, lowered, runs, samples, non_finite })
+}
+
+/// Samples per calibration run: [`CALIBRATION_BATCH`] when the model takes any batch, else
+/// the extent its inputs fix on axis 0 (a model exported with batch 1 runs one calibration
+/// sample at a time).
+fn run_size(graph: &Graph) -> Result<usize, Error> {
+    let fixed: Vec<usize> = graph
+        .input_values()
+        .iter()
+        .filter_map(|&v| graph.value_type(v).shape.dims().first().and_then(|d| d.fixed()))
+        .collect();
+    match fixed.first() {
+        None => Ok(CALIBRATION_BATCH),
+        Some(&k) if k > 0 && fixed.iter().all(|&f| f == k) => Ok(k),
+        _ => Err(Error::Value { name: "calibration data".to_string(), message: format!("the model's inputs fix different extents on axis 0 ({fixed:?}); calibration takes samples along axis 0") }),
+    }
+}
+
+/// Calibration tensors with one axis less than their input (one sample given without its
+/// sample axis) get it added.
+fn with_sample_axis(graph: &Graph, calibration: &[Tensor]) -> Vec<Tensor> {
+    calibration
+        .iter()
+        .zip(graph.input_values())
+        .map(|(t, v)| {
+            if t.shape().len() + 1 == graph.value_type(v).shape.rank() {
+                let mut shape = vec![1];
+                shape.extend_from_slice(t.shape());
+                t.clone().reshaped(shape).unwrap_or_else(|_| t.clone())
+            } else {
+                t.clone()
+            }
+        })
+        .chain(calibration.iter().skip(graph.input_values().len()).cloned())
+        .collect()
 }
 
 /// Checks calibration inputs against the graph: one per input, same sample count, at

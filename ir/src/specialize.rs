@@ -172,6 +172,7 @@ pub fn specialize(graph: &Graph, binding: &Binding) -> Result<Graph, IrError> {
                 g.node_mut(id).outputs[0].ty.quant = quant;
             }
             None => {
+                static_reshape(&mut g, id, &op, &inferred)?;
                 for (v, ty) in g.node_mut(id).outputs.iter_mut().zip(inferred) {
                     v.ty = ty;
                 }
@@ -184,6 +185,24 @@ pub fn specialize(graph: &Graph, binding: &Binding) -> Result<Graph, IrError> {
     g.remove_dead_nodes();
     crate::verify(&g)?;
     Ok(g)
+}
+
+/// A Reshape whose shape is computed, but whose result extents are all known (or the
+/// batch), takes its spec as an attribute instead: the shape computation is then dead and
+/// goes, and code generation sees a plain copy.
+fn static_reshape(g: &mut Graph, id: crate::NodeId, op: &crate::Op, result: &[TensorType]) -> Result<(), IrError> {
+    if op.kind != OpKind::Reshape || op.attrs.get("shape").is_some() {
+        return Ok(());
+    }
+    let operands = g.node_inputs(id);
+    let (Some(x), Some(out)) = (operands.first().copied().flatten(), result.first()) else { return Ok(()) };
+    let Some(spec) = ops::shape::reshape_spec_for(&g.value_type(x).shape, &out.shape) else { return Ok(()) };
+    if let NodeOp::Apply(op) = &mut g.node_mut(id).op {
+        op.attrs.set("shape", crate::AttrValue::Ints(spec));
+    }
+    g.set_node_input(id, 1, None)?;
+    g.node_mut(id).arity = 1;
+    Ok(())
 }
 
 /// The elements of a small integer constant (at most a few dozen: shapes, axes, indices).

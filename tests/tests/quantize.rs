@@ -140,3 +140,28 @@ fn shared_weights_and_biases_quantize() {
         assert!(db > 25.0, "SQNR {db} dB");
     }
 }
+
+/// A model exported with its batch fixed to 1, with two inputs, calibrates from samples
+/// along axis 0 of each input, one sample per run.
+#[test]
+fn fixed_batch_models_with_several_inputs_calibrate_one_sample_at_a_time() {
+    let text = "graph fixed(%x: f32[1,3], %y: f32[1,3]) -> (%a) {
+      %w = const f32[3,3] [0.5, -1.0, 0.25, 1.0, 0.75, -0.5, -0.25, 0.5, 1.0]
+      %s = Add(%x, %y) : f32[1,3]
+      %a = Gemm(%s, %w, _) {alpha=1.0, beta=1.0, transA=0, transB=0} : f32[1,3]
+    }";
+    let g = qlift_ir::text::parse(text).unwrap();
+    let data = |k: usize| Tensor::from_f32(&[12, 3], (0..36).map(|i| ((i * k % 13) as f32 - 6.0) / 4.0).collect());
+    let q = quantize(&g, &[data(5), data(7)], &QuantizeOptions::default(), &PipelineOptions::default(), &|_, _| {}).unwrap();
+    assert_eq!(q.samples, 12);
+    let one = |t: Tensor| t.slice_outer(3, 4).unwrap();
+    let want = qlift_ir::interp::run(&g, &[one(data(5)), one(data(7))]).unwrap();
+    let got = qlift_ir::interp::run(&q.lowered, &[one(data(5)), one(data(7))]).unwrap();
+    assert!(sqnr(got[0].as_f32().unwrap(), want[0].as_f32().unwrap()) > 25.0);
+    // Samples that do not divide into the model's fixed batch are refused clearly.
+    let text2 = text.replace("[1,3]", "[2,3]");
+    let g2 = qlift_ir::text::parse(&text2).unwrap();
+    let bad = |k| Tensor::from_f32(&[3, 3], vec![k; 9]);
+    let err = quantize(&g2, &[bad(1.0), bad(2.0)], &QuantizeOptions::default(), &PipelineOptions::default(), &|_, _| {}).err().unwrap();
+    assert!(err.to_string().contains("runs of 2"), "{err}");
+}
