@@ -8,6 +8,7 @@ pub mod analysis;
 pub mod bridge;
 pub mod calibrate;
 pub mod cost;
+pub mod extract;
 pub mod lang;
 pub mod manager;
 pub mod quantize;
