@@ -2,7 +2,7 @@
 //! insertion in it, from a float model and calibration samples to (a) the float QDQ model
 //! (what `qlift quantize` exports for ONNX Runtime) and (b) the integer graph (what runs).
 
-use crate::Error;
+use crate::{Error, Limits};
 use qlift_ir::{Graph, Tensor};
 use qlift_passes::quantize::{insert_qdq, Calibration, QuantizeOptions};
 use qlift_passes::{quantizing_pipeline, run_passes, PassRun, PipelineOptions};
@@ -35,13 +35,34 @@ pub fn quantize(
     pipeline: &PipelineOptions,
     progress: &dyn Fn(usize, usize),
 ) -> Result<Quantized, Error> {
+    quantize_limited(graph, calibration, opts, pipeline, &Limits::default(), progress)
+}
+
+/// [`quantize`] under `limits`: calibration runs the interpreter on batches of at most
+/// [`CALIBRATION_BATCH`] samples, fewer when that many would need more than
+/// [`Limits::max_run_bytes`] (an error when one sample does).
+pub fn quantize_limited(
+    graph: &Graph,
+    calibration: &[Tensor],
+    opts: &QuantizeOptions,
+    pipeline: &PipelineOptions,
+    limits: &Limits,
+    progress: &dyn Fn(usize, usize),
+) -> Result<Quantized, Error> {
     let samples = calibration_samples(graph, calibration)?;
     let stats = RefCell::new(None);
     let qdq = RefCell::new(None);
+    let batch_limit = RefCell::new(None);
     let insert = |g: &Graph| {
+        let per_sample = crate::limits::interpreter_bytes(g, 1).unwrap_or(u64::MAX);
+        if per_sample > limits.max_run_bytes {
+            *batch_limit.borrow_mut() = Some(per_sample);
+            return Err(qlift_passes::PassError::Unsupported("calibration: one sample needs more memory than the run limit".into()));
+        }
+        let step = (limits.max_run_bytes / per_sample.max(1)).clamp(1, CALIBRATION_BATCH as u64) as usize;
         let mut cal = Calibration::default();
-        for start in (0..samples).step_by(CALIBRATION_BATCH) {
-            let end = (start + CALIBRATION_BATCH).min(samples);
+        for start in (0..samples).step_by(step) {
+            let end = (start + step).min(samples);
             let batch: Vec<Tensor> =
                 calibration.iter().map(|t| t.slice_outer(start, end)).collect::<Result<_, _>>().map_err(qlift_passes::PassError::Bug)?;
             cal.observe(g, &batch)?;
@@ -52,7 +73,12 @@ pub fn quantize(
         *qdq.borrow_mut() = Some(out.clone());
         Ok(out)
     };
-    let (lowered, runs) = run_passes(graph, &quantizing_pipeline(insert), pipeline)?;
+    let result = run_passes(graph, &quantizing_pipeline(insert), pipeline);
+    if let Some(bytes) = batch_limit.into_inner() {
+        let what = "memory for calibrating one sample (every intermediate value)".to_string();
+        return Err(Error::Limit { what, value: bytes, limit: limits.max_run_bytes });
+    }
+    let (lowered, runs) = result?;
     let (samples, non_finite) = stats.into_inner().unwrap_or_default();
     // A pipeline stopped before `insert-qdq` (`dump --after fold-bn`) has no QDQ graph yet:
     // the graph it stopped at stands for it.

@@ -1,6 +1,7 @@
 //! `qlift bench`: latency, throughput and compile time of a compiled model.
 
-use super::{bind_inputs, compile_model_with, EngineArg, QuantArgs};
+use super::output::{outln, print};
+use super::{bind_inputs, compile_graph, in_range, load_model, EngineArg, QuantArgs, MAX_THREADS};
 use anyhow::{bail, Result};
 use qlift_ir::{Graph, Tensor};
 use std::path::PathBuf;
@@ -24,18 +25,18 @@ pub(crate) struct BenchArgs {
     inputs: Vec<String>,
     #[command(flatten)]
     quant: QuantArgs,
-    /// Timed runs per thread.
-    #[arg(long, default_value_t = 100)]
+    /// Timed runs per caller, 1 to 1,000,000.
+    #[arg(long, default_value_t = 100, value_parser = in_range::<1, MAX_ITERS>)]
     iters: usize,
-    /// Untimed runs first.
-    #[arg(long, default_value_t = 10)]
+    /// Untimed runs first, 0 to 1,000,000.
+    #[arg(long, default_value_t = 10, value_parser = in_range::<0, MAX_ITERS>)]
     warmup: usize,
     /// Threads one call may use (the batch is split across them), as ONNX Runtime's
-    /// intra-op threads.
-    #[arg(long, default_value_t = 1)]
+    /// intra-op threads; 1 to 1024.
+    #[arg(long, default_value_t = 1, value_parser = in_range::<1, MAX_THREADS>)]
     threads: usize,
-    /// Threads calling the one compiled model at the same time.
-    #[arg(long, default_value_t = 1)]
+    /// Threads calling the one compiled model at the same time, 1 to 1024.
+    #[arg(long, default_value_t = 1, value_parser = in_range::<1, MAX_THREADS>)]
     callers: usize,
     /// The engine.
     #[arg(long, value_enum, default_value_t = EngineArg::Jit)]
@@ -55,16 +56,30 @@ pub(crate) struct BenchArgs {
     baseline_isa: bool,
 }
 
+/// Most timed or warm-up runs per caller.
+const MAX_ITERS: u64 = 1_000_000;
+
+/// Most latencies kept in all (`--iters` × `--callers`): 80 MB of them.
+const MAX_TIMED_RUNS: usize = 10_000_000;
+
 pub(crate) fn exec(args: &BenchArgs) -> Result<()> {
-    if args.iters == 0 || args.threads == 0 || args.callers == 0 {
-        bail!("--iters, --threads and --callers must be at least 1");
+    if args.iters.saturating_mul(args.callers) > MAX_TIMED_RUNS {
+        bail!("--iters {} × --callers {} is more than {MAX_TIMED_RUNS} timed runs", args.iters, args.callers);
     }
     let start = Instant::now();
     let codegen = qlift::CodegenOptions { no_vnni: args.no_vnni, avx2_only: args.avx2_only, baseline_isa: args.baseline_isa, ..Default::default() };
-    let model = compile_model_with(&args.model, &args.quant, args.engine, args.threads, &codegen)?;
+    let graph = load_model(&args.model)?;
+    let inputs = bind_inputs(&graph, &args.inputs)?;
+    let model = compile_graph(&graph, &args.model, &args.quant, args.engine, args.threads, &codegen)?;
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
-    let inputs = bind_inputs(model.graph(), &args.inputs)?;
     let batch = inputs.first().and_then(|t| t.shape().first().copied()).unwrap_or(1);
+    // Every caller holds its own outputs and scratch: the memory of all of them together
+    // is checked before any is allocated.
+    let per_call = model.run_bytes(&inputs)?;
+    let limit = qlift::Limits::default().max_run_bytes;
+    if per_call.saturating_mul(args.callers as u64) > limit {
+        return Err(qlift::Error::Limit { what: format!("memory for {} callers on a batch of {batch}", args.callers), value: per_call.saturating_mul(args.callers as u64), limit }.into());
+    }
     let fresh_outputs = || -> Vec<Tensor> {
         model.outputs().iter().map(|(_, ty)| Tensor::zeros(ty.dtype, &ty.shape.resolve(batch))).collect()
     };
@@ -72,8 +87,8 @@ pub(crate) fn exec(args: &BenchArgs) -> Result<()> {
     for _ in 0..args.warmup {
         model.run_into(&inputs, &mut outputs)?;
     }
-    let bar = indicatif::ProgressBar::new((args.iters * args.callers) as u64)
-        .with_style(indicatif::ProgressStyle::with_template("benchmarking {bar:30} {pos}/{len} runs").expect("valid progress template"));
+    let style = indicatif::ProgressStyle::with_template("benchmarking {bar:30} {pos}/{len} runs").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let bar = indicatif::ProgressBar::new((args.iters * args.callers) as u64).with_style(style);
     let wall = Instant::now();
     let mut times: Vec<f64> = std::thread::scope(|s| -> Result<Vec<f64>> {
         let workers: Vec<_> = (0..args.callers)
@@ -94,7 +109,8 @@ pub(crate) fn exec(args: &BenchArgs) -> Result<()> {
             .collect();
         let mut all = Vec::new();
         for w in workers {
-            all.extend(w.join().map_err(|_| anyhow::anyhow!("a benchmark thread panicked"))??);
+            // A panic in a caller is a bug: carried on to the top (exit 2).
+            all.extend(w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?);
         }
         Ok(all)
     })?;
@@ -106,9 +122,9 @@ pub(crate) fn exec(args: &BenchArgs) -> Result<()> {
     let macs = multiply_accumulates(model.graph()) as f64 * batch as f64;
     let gmacs = macs / (median * 1e-3) / 1e9;
     let throughput = (times.len() * batch) as f64 / wall_s;
-    let peak = int8_peak_gmacs(args.threads * args.callers);
+    let peak = int8_peak_gmacs(args.threads.saturating_mul(args.callers));
     if args.json {
-        println!(
+        return outln!(
             "{}",
             serde_json::json!({
                 "model": args.model.display().to_string(), "engine": model.engine_description(),
@@ -118,21 +134,25 @@ pub(crate) fn exec(args: &BenchArgs) -> Result<()> {
                 "samples_per_s": throughput, "gmacs": gmacs, "int8_peak_fraction": gmacs / peak,
             })
         );
-        return Ok(());
     }
-    println!(
-        "model      {} ({}, batch {batch}, {} thread(s) per call, {} caller(s))",
+    let precision = if model.is_quantized() { "int8" } else { "fp32" };
+    print(&format!(
+        "model      {} ({precision}, batch {batch}, {} thread(s) per call, {} caller(s))
+engine     {}
+compile    {compile_ms:.1} ms (import, rewrites, calibration, code generation)
+latency    min {}   median {}   p90 {}
+throughput {throughput:.0} samples/s
+compute    {gmacs:.2} GMAC/s ({:.1}% of a {peak:.0} GMAC/s int8 peak)
+",
         args.model.display(),
-        if model.is_quantized() { "int8" } else { "fp32" },
         args.threads,
-        args.callers
-    );
-    println!("engine     {}", model.engine_description());
-    println!("compile    {compile_ms:.1} ms (import, rewrites, calibration, code generation)");
-    println!("latency    min {}   median {}   p90 {}", duration_ms(min), duration_ms(median), duration_ms(p90));
-    println!("throughput {throughput:.0} samples/s");
-    println!("compute    {gmacs:.2} GMAC/s ({:.1}% of a {peak:.0} GMAC/s int8 peak)", 100.0 * gmacs / peak);
-    Ok(())
+        args.callers,
+        model.engine_description(),
+        duration_ms(min),
+        duration_ms(median),
+        duration_ms(p90),
+        100.0 * gmacs / peak
+    ))
 }
 
 /// A latency given in milliseconds, for people: in µs with 3 significant digits below 1 ms
@@ -158,15 +178,15 @@ fn multiply_accumulates(g: &Graph) -> u64 {
             let out = g.node(id).outputs.first()?.ty.shape.resolve(1).iter().product::<usize>() as u64;
             let w = g.value_type(inputs.get(1).copied().flatten()?).shape.resolve(1);
             match kind {
-                Conv | QConv | ConvInteger | QLinearConv => Some(out * w[1..].iter().product::<usize>() as u64),
+                Conv | QConv | ConvInteger | QLinearConv => Some(out.saturating_mul(w.get(1..)?.iter().product::<usize>() as u64)),
                 Gemm | MatMul | QMatMul | MatMulInteger | QLinearMatMul => {
                     let a = g.value_type(inputs[0]?).shape.resolve(1);
-                    Some(out * *a.last()? as u64)
+                    Some(out.saturating_mul(*a.last()? as u64))
                 }
                 _ => None,
             }
         })
-        .sum()
+        .fold(0u64, u64::saturating_add)
 }
 
 /// The machine's nominal int8 peak in GMAC/s for `threads` cores: 64 u8×i8

@@ -1,6 +1,7 @@
 //! `qlift dump`: a model's IR as text or Graphviz dot, before or after the rewrite passes.
 
-use super::{emit, load_model, quantize_model, QuantArgs};
+use super::output::{check_writable, note};
+use super::{emit, load_model, pipeline_options, quantize_model, use_calibration, QuantArgs};
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use qlift_ir::text;
@@ -54,35 +55,43 @@ pub(crate) struct DumpArgs {
 }
 
 pub(crate) fn exec(args: &DumpArgs) -> Result<()> {
-    let mut graph = load_model(&args.model)?;
     let after = if args.print_after_all { Some("all") } else { args.after.as_deref() };
     if after.is_none() && (args.dump_dir.is_some() || args.timings) {
         bail!("--dump-dir and --timings need --after PASS|all");
     }
-    let after = match after {
-        None if !args.quant.calib.is_empty() => Some("all"),
+    if let Some(path) = &args.output {
+        check_writable(path, "--output")?;
+    }
+    if let Some(dir) = args.dump_dir.as_ref().filter(|d| d.exists() && !d.is_dir()) {
+        bail!("--dump-dir {}: exists and is not a directory", dir.display());
+    }
+    let print_after = match after {
+        None => None,
+        Some("all") => Some(PrintAfter::All),
+        Some(name) if pass_names().contains(&name) => Some(PrintAfter::Pass(name.to_string())),
+        Some(name) => bail!("unknown pass `{name}` (passes: {}, or all)", pass_names().join(", ")),
+    };
+    let mut graph = load_model(&args.model)?;
+    let calibrate = use_calibration(&graph, &args.quant, &args.model);
+    let print_after = match print_after {
+        None if calibrate => Some(PrintAfter::All),
         other => other,
     };
-    if let Some(after) = after {
-        let print_after = match after {
-            "all" => PrintAfter::All,
-            name if pass_names().contains(&name) => PrintAfter::Pass(name.to_string()),
-            name => bail!("unknown pass `{name}` (passes: {}, or all)", pass_names().join(", ")),
-        };
+    if let Some(print_after) = print_after {
         let stop_after = match &print_after {
             PrintAfter::Pass(name) => Some(name.clone()),
             _ => None,
         };
-        let opts = PipelineOptions { print_after: print_after.clone(), dump_dir: args.dump_dir.clone(), stop_after };
-        let (optimized, runs) = if args.quant.calib.is_empty() {
-            run_pipeline(&graph, &opts).context("running the pass pipeline")?
-        } else {
+        let opts = PipelineOptions { print_after: print_after.clone(), dump_dir: args.dump_dir.clone(), stop_after, ..pipeline_options() };
+        let (optimized, runs) = if calibrate {
             let q = quantize_model(&graph, &args.quant, &opts)?;
             (q.lowered, q.runs)
+        } else {
+            run_pipeline(&graph, &opts).context("running the pass pipeline")?
         };
         if args.timings {
             for run in &runs {
-                eprintln!(
+                note!(
                     "{:<18} {:>8.2} ms  nodes {:>4} -> {:<4} e-graph {:>5}",
                     run.name,
                     run.time.as_secs_f64() * 1e3,

@@ -1,10 +1,10 @@
 //! `qlift quantize`: a float model and calibration data in, a QDQ ONNX model out.
 
-use super::{load_model, quantize_model, QuantArgs};
+use super::output::{check_writable, note, Outputs};
+use super::{load_model, pipeline_options, quantize_model, quantized_ops, QuantArgs};
 use anyhow::{bail, Context, Result};
 use qlift::export_onnx;
 use qlift_ir::text;
-use qlift_passes::PipelineOptions;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -32,15 +32,30 @@ pub(crate) fn exec(args: &QuantizeArgs) -> Result<()> {
     if args.quant.calib.is_empty() {
         bail!("quantize needs calibration data: --calib C.npy");
     }
+    check_writable(&args.output, "--output")?;
+    if let Some(path) = &args.qir {
+        check_writable(path, "--qir")?;
+        if *path == args.output {
+            bail!("--output and --qir are the same file: {}", path.display());
+        }
+    }
     let graph = load_model(&args.model)?;
-    let q = quantize_model(&graph, &args.quant, &PipelineOptions::default())?;
+    if let Some(ops) = quantized_ops(&graph) {
+        bail!(
+            "{} is already quantized ({ops}); there is nothing to quantize: `qlift run`, `bench` and `compile` run it as it is",
+            args.model.display()
+        );
+    }
+    let q = quantize_model(&graph, &args.quant, &pipeline_options())?;
     let bytes = export_onnx(&q.qdq).context("writing the QDQ model")?;
-    std::fs::write(&args.output, bytes).with_context(|| format!("writing {}", args.output.display()))?;
+    let mut files = Outputs::default();
+    files.write(&args.output, &bytes)?;
     if let Some(path) = &args.qir {
         let text = text::print(&q.lowered, &text::PrintOptions { full_constants: true, ..Default::default() });
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        files.write(path, text.as_bytes())?;
     }
+    files.commit()?;
     let integer = q.lowered.node_ids().filter(|&id| q.lowered.node(id).op.kind().is_some_and(|k| k.is_internal())).count();
-    eprintln!("wrote {} ({integer} integer ops after lowering)", args.output.display());
+    note!("wrote {} ({integer} integer ops after lowering)", args.output.display());
     Ok(())
 }

@@ -1,9 +1,10 @@
 //! `qlift report`: per-layer quantization error of the quantized model against fp32.
 
-use super::{bind_inputs, load_model, quantize_model, QuantArgs};
+use super::output::{outln, print};
+use super::{bind_inputs, load_model, pipeline_options, quantize_model, quantized_ops, use_calibration, QuantArgs};
 use anyhow::{bail, Context, Result};
 use qlift::report::layer_errors;
-use qlift_passes::{run_pipeline, PipelineOptions};
+use qlift_passes::run_pipeline;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -14,7 +15,8 @@ use std::path::PathBuf;
 Layers are matched by value name and listed worst first (lowest SQNR), as ONNX Runtime's
 qdq_loss_debug does; the last line is the model output.")]
 pub(crate) struct ReportArgs {
-    /// The float ONNX model.
+    /// The float ONNX model (or an already quantized one: then it is compared with what
+    /// qlift lowers it to, and --calib is not needed).
     model: PathBuf,
     #[command(flatten)]
     quant: QuantArgs,
@@ -27,15 +29,26 @@ pub(crate) struct ReportArgs {
 }
 
 pub(crate) fn exec(args: &ReportArgs) -> Result<()> {
-    if args.quant.calib.is_empty() {
-        bail!("report needs calibration data: --calib C.npy");
-    }
     let graph = load_model(&args.model)?;
-    let (float, _) = run_pipeline(&graph, &PipelineOptions::default()).context("running the pass pipeline")?;
-    let q = quantize_model(&graph, &args.quant, &PipelineOptions::default())?;
     let inputs = bind_inputs(&graph, &args.inputs)?;
-    let rows = layer_errors(&float, &q.lowered, &inputs)?;
-    let outputs: Vec<&str> = float.outputs().iter().map(|v| float.value(*v).name.as_str()).collect();
+    // A float model: the fp32 pipeline against the model quantized from --calib. A model that
+    // is already quantized (QDQ, QOperator): the model as it is (ONNX semantics, run by the
+    // reference interpreter) against what qlift lowers it to; both sides are compared as
+    // real numbers, each dequantized with its own parameters.
+    let (reference, quantized) = if quantized_ops(&graph).is_some() {
+        use_calibration(&graph, &args.quant, &args.model);
+        let lowered = run_pipeline(&graph, &pipeline_options()).context("running the pass pipeline")?.0;
+        (graph, lowered)
+    } else {
+        if args.quant.calib.is_empty() {
+            bail!("report needs calibration data for a float model: --calib C.npy");
+        }
+        let (float, _) = run_pipeline(&graph, &pipeline_options()).context("running the pass pipeline")?;
+        let q = quantize_model(&graph, &args.quant, &pipeline_options())?;
+        (float, q.lowered)
+    };
+    let rows = layer_errors(&reference, &quantized, &inputs, &qlift::Limits::default())?;
+    let outputs: Vec<&str> = reference.outputs().iter().map(|v| reference.value(*v).name.as_str()).collect();
     if args.json {
         let layers: Vec<serde_json::Value> = rows
             .iter()
@@ -47,15 +60,14 @@ pub(crate) fn exec(args: &ReportArgs) -> Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::json!({ "model": args.model.display().to_string(), "method": args.quant.method.to_string(), "layers": layers }));
-        return Ok(());
+        return outln!("{}", serde_json::json!({ "model": args.model.display().to_string(), "method": args.quant.method.to_string(), "layers": layers }));
     }
-    println!("{:<36} {:<20} {:>10} {:>12} {:>9}", "layer", "op", "SQNR dB", "max error", "elements");
+    let mut table = format!("{:<36} {:<20} {:>10} {:>12} {:>9}\n", "layer", "op", "SQNR dB", "max error", "elements");
     for r in &rows {
         let mark = if outputs.contains(&r.name.as_str()) { " (output)" } else { "" };
-        println!("{:<36} {:<20} {:>10.2} {:>12.6} {:>9}{mark}", r.name, r.op, r.sqnr_db, r.max_abs_error, r.elements);
+        table.push_str(&format!("{:<36} {:<20} {:>10.2} {:>12.6} {:>9}{mark}\n", r.name, r.op, r.sqnr_db, r.max_abs_error, r.elements));
     }
-    Ok(())
+    print(&table)
 }
 
 /// JSON has no infinity: an exact layer's SQNR is `null`.
