@@ -1,7 +1,7 @@
 //! The embedding API: build a [`CompiledModel`] once from an ONNX model (and calibration
 //! data to quantize it), then call [`CompiledModel::run`] from any number of threads.
 
-use crate::{load_onnx, load_onnx_bytes, quantize, Error, ImportOptions, QuantizeOptions};
+use crate::{limits, load_onnx, load_onnx_bytes, quantize, Error, ImportOptions, Limits, QuantizeOptions};
 use qlift_codegen::{CodegenOptions, JitProgram};
 use qlift_ir::{Binding, Graph, Tensor, TensorType};
 use std::sync::{Arc, Mutex};
@@ -102,6 +102,28 @@ pub struct CompiledModel {
     executor: Executor,
     compile_time: Duration,
     quantized: bool,
+    limits: Limits,
+    memory: RunMemory,
+}
+
+/// What [`CompiledModel::run_bytes`] needs, computed once: which inputs carry the batch, and
+/// the values a run allocates as `(bytes of one sample, times the batch dimension occurs)`:
+/// the outputs for the JIT (its scratch comes from the arena plan), every value for the
+/// interpreter.
+struct RunMemory {
+    /// The shapes of the values a run allocates, with their element sizes.
+    values: Vec<(qlift_ir::Shape, usize)>,
+}
+
+impl RunMemory {
+    fn of(graph: &Graph, engine: Engine) -> RunMemory {
+        let size = |ty: &TensorType| (ty.shape.clone(), ty.dtype.size_of());
+        let values = match engine {
+            Engine::Jit => graph.outputs().iter().map(|v| size(graph.value_type(*v))).collect(),
+            Engine::Interpreter => graph.node_ids().flat_map(|id| graph.node(id).outputs.iter().map(|v| size(&v.ty)).collect::<Vec<_>>()).collect(),
+        };
+        RunMemory { values }
+    }
 }
 
 impl CompiledModel {
@@ -124,25 +146,30 @@ impl CompiledModel {
     /// [`crate::Quantized::lowered`]): only code generation is left.
     pub fn from_lowered(lowered: Graph, quantized: bool, opts: &CompileOptions) -> Result<CompiledModel, Error> {
         let start = Instant::now();
+        limits::check_graph(&lowered, &opts.import.limits)?;
         let executor = Self::executor(&lowered, opts)?;
-        Ok(CompiledModel { graph: lowered, executor, compile_time: start.elapsed(), quantized })
+        let memory = RunMemory::of(&lowered, opts.engine);
+        Ok(CompiledModel { graph: lowered, executor, compile_time: start.elapsed(), quantized, limits: opts.import.limits.clone(), memory })
     }
 
     /// Compiles a graph (imported, built or parsed); it is verified first, so an invalid one
     /// is a verifier error naming its nodes, not an internal error of a pass.
     pub fn from_graph(graph: &Graph, calibration: Option<&[Tensor]>, opts: &CompileOptions) -> Result<CompiledModel, Error> {
         qlift_ir::verify(graph)?;
+        limits::check_graph(graph, &opts.import.limits)?;
         Self::build(graph.clone(), calibration, opts, Instant::now())
     }
 
     fn build(graph: Graph, calibration: Option<&[Tensor]>, opts: &CompileOptions, start: Instant) -> Result<CompiledModel, Error> {
         let pipeline = PipelineOptions::default();
         let lowered = match calibration {
-            Some(c) => quantize(&graph, c, &opts.quantize, &pipeline, &|_, _| {})?.lowered,
+            Some(c) => quantize::quantize_limited(&graph, c, &opts.quantize, &pipeline, &opts.import.limits, &|_, _| {})?.lowered,
             None => run_pipeline(&graph, &pipeline)?.0,
         };
+        limits::check_graph(&lowered, &opts.import.limits)?;
         let executor = Self::executor(&lowered, opts)?;
-        Ok(CompiledModel { graph: lowered, executor, compile_time: start.elapsed(), quantized: calibration.is_some() })
+        let memory = RunMemory::of(&lowered, opts.engine);
+        Ok(CompiledModel { graph: lowered, executor, compile_time: start.elapsed(), quantized: calibration.is_some(), limits: opts.import.limits.clone(), memory })
     }
 
     /// The executor: with the JIT, one program now when the batch is the graph's only symbol
@@ -177,8 +204,42 @@ impl CompiledModel {
         Ok(qlift_ir::bind_inputs(&self.graph.name, declared, inputs)?)
     }
 
+    /// Memory a run on `inputs` needs besides the inputs (outputs and scratch for the JIT,
+    /// every value for the interpreter), checked against [`Limits::max_run_bytes`] before
+    /// anything is allocated. Extents come from the inputs: the batch and the named
+    /// dimensions they bind (an extent known only from values counts as 1).
+    pub fn run_bytes(&self, inputs: &[Tensor]) -> Result<u64, Error> {
+        // No allocation here: `run_into` allocates nothing once warm.
+        let binding = self.binding(inputs)?;
+        let batch = binding.batch.unwrap_or(1);
+        let values = self.memory.values.iter().try_fold(0u64, |total, (shape, size)| {
+            let count = shape.dims().iter().try_fold(1u64, |n, &d| {
+                let extent = match binding.dim(d) {
+                    qlift_ir::Dim::Fixed(e) => e as u64,
+                    _ => 1,
+                };
+                n.checked_mul(extent)
+            })?;
+            total.checked_add(count.checked_mul(*size as u64)?)
+        });
+        let bytes = match &self.executor {
+            Executor::Jit(p) => values.zip(p.program().arena.bytes(batch)).and_then(|(v, a)| v.checked_add(a as u64)),
+            Executor::Specialized(_) | Executor::Interpreter => values,
+        };
+        let bytes = bytes.unwrap_or(u64::MAX);
+        if bytes > self.limits.max_run_bytes {
+            return Err(Error::Limit {
+                what: format!("memory for a run on a batch of {batch} (outputs and intermediate values; run smaller batches)"),
+                value: bytes,
+                limit: self.limits.max_run_bytes,
+            });
+        }
+        Ok(bytes)
+    }
+
     /// Runs the model on `inputs` (graph-input order; the batch is taken from them).
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, Error> {
+        self.run_bytes(inputs)?;
         match &self.executor {
             Executor::Jit(p) => Ok(p.run(inputs)?),
             Executor::Specialized(s) => Ok(s.program(&self.graph, &self.binding(inputs)?)?.run(inputs)?),
@@ -189,6 +250,7 @@ impl CompiledModel {
     /// Runs the model writing into preallocated `outputs` (see [`Self::outputs`] for their
     /// types): no allocation per call with the JIT once warm.
     pub fn run_into(&self, inputs: &[Tensor], outputs: &mut [Tensor]) -> Result<(), Error> {
+        self.run_bytes(inputs)?;
         match &self.executor {
             Executor::Jit(p) => Ok(p.run_into(inputs, outputs)?),
             Executor::Specialized(s) => Ok(s.program(&self.graph, &self.binding(inputs)?)?.run_into(inputs, outputs)?),

@@ -103,27 +103,12 @@ pub(crate) fn import_model(model: &ModelProto, model_dir: Option<&Path>, opts: &
     imp.graph.set_outputs(outputs)?;
     imp.graph.remove_dead_nodes();
     verify(&imp.graph)?;
-    check_value_sizes(&imp.graph, &opts.limits)?;
+    // No value larger than the tensor budget for one sample (batch 1), so that no later stage
+    // allocates a buffer sized by a hostile attribute (say, huge pads).
+    crate::limits::check_graph(&imp.graph, &opts.limits)?;
     // Shape arithmetic on symbolic dimensions: exact result types where it can be tracked.
     let graph = if qlift_ir::needs_binding(&imp.graph) { qlift_ir::specialize(&imp.graph, &qlift_ir::Binding::default())? } else { imp.graph };
     Ok(graph)
-}
-
-/// Refuses graphs with a value larger than the tensor budget for one sample (batch 1), so
-/// that no later stage allocates a buffer sized by a hostile attribute (say, huge pads).
-fn check_value_sizes(graph: &Graph, limits: &Limits) -> Result<(), Error> {
-    for id in graph.node_ids() {
-        let node = graph.node(id);
-        for v in &node.outputs {
-            let bytes = v.ty.shape.known_volume().and_then(|count| count.checked_mul(v.ty.dtype.size_of()));
-            let bytes = bytes.map_or(u64::MAX, |b| b as u64);
-            if bytes > limits.max_tensor_bytes {
-                let what = format!("value `{}` of node `{}` ({} per sample)", v.name, node.name, qlift_ir::text::type_to_string(&v.ty));
-                return Err(Error::Limit { what, value: bytes, limit: limits.max_tensor_bytes });
-            }
-        }
-    }
-    Ok(())
 }
 
 fn is_default_domain(domain: &str) -> bool {
