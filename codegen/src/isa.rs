@@ -25,6 +25,10 @@ pub struct CodegenOptions {
     /// the code an AVX2-only CPU (AMD Zen 3, Intel Haswell to Skylake client) gets, to test
     /// it on any machine.
     pub avx2_only: bool,
+    /// Compile a timer around every kernel call into the entry function (`qlift bench
+    /// --profile`): each call adds its nanoseconds and a count to a per-step counter that
+    /// [`crate::JitProgram::profile`] reads. JIT only (the timer is a function of qlift's).
+    pub profile: bool,
 }
 
 /// The ISA for `opts`: opt_level `speed`, the verifier in debug builds.

@@ -34,6 +34,8 @@ pub struct JitProgram {
     splittable: bool,
     /// Bytes of one sample of each input and each computed output.
     sample_bytes: (Vec<usize>, Vec<usize>),
+    /// The profile counters in the module's data (see [`Program::profile`]): address, u64s.
+    profile: Option<(*const u8, usize)>,
 }
 
 // SAFETY: see the type's documentation; `JITModule` is only touched again in `drop`.
@@ -55,6 +57,39 @@ extern "C" fn qlift_expf(x: f32) -> f32 {
     x.exp()
 }
 
+/// The start of the monotonic clock profiled entries read (the first call's time).
+static PROFILE_EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// A profiled entry's timer (see [`crate::program::PROFILE_START`]): nanoseconds since
+/// [`PROFILE_EPOCH`].
+extern "C" fn qlift_profile_start() -> i64 {
+    PROFILE_EPOCH.get_or_init(std::time::Instant::now).elapsed().as_nanos() as i64
+}
+
+/// Adds the time since `start` and one call to step `step`'s counters (atomically: calls
+/// on several threads may time the same step).
+extern "C" fn qlift_profile_stop(counters: *mut u64, step: i64, start: i64) {
+    let elapsed = (qlift_profile_start() - start).max(0) as u64;
+    let slot = step as usize * crate::program::PROFILE_SLOTS;
+    // SAFETY: the entry passes the address of its own counters (8-byte aligned, written
+    // only through atomics) and a step below the number it was built with.
+    unsafe {
+        std::sync::atomic::AtomicU64::from_ptr(counters.add(slot)).fetch_add(elapsed, std::sync::atomic::Ordering::Relaxed);
+        std::sync::atomic::AtomicU64::from_ptr(counters.add(slot + 1)).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Time spent in one step's kernel, summed over the calls since the last reset.
+#[derive(Clone, Debug)]
+pub struct StepTime {
+    /// The step's index in [`Program::steps`].
+    pub step: usize,
+    /// Total nanoseconds.
+    pub nanos: u64,
+    /// Calls of the kernel.
+    pub calls: u64,
+}
+
 /// The message of a caught panic's payload.
 fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
     payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "a panic".to_string())
@@ -70,8 +105,10 @@ impl JitProgram {
         let description = crate::isa::describe(isa.as_ref());
         let mut builder = JITBuilder::with_isa(isa, default_libcall_names());
         builder.symbol("expf", qlift_expf as *const u8);
+        builder.symbol(crate::program::PROFILE_START, qlift_profile_start as *const u8);
+        builder.symbol(crate::program::PROFILE_STOP, qlift_profile_stop as *const u8);
         let mut module = JITModule::new(builder);
-        let program = match build(&mut module, graph, "qlift_run") {
+        let program = match build(&mut module, graph, "qlift_run", opts.profile) {
             Ok(p) => p,
             Err(e) => {
                 // SAFETY: nothing compiled in this module was called or handed out.
@@ -88,6 +125,10 @@ impl JitProgram {
             return Err(bug(format!("linking the compiled code: {e}")));
         }
         let code = module.get_finalized_function(program.entry);
+        let profile = program.profile.map(|id| {
+            let (ptr, bytes) = module.get_finalized_data(id);
+            (ptr, bytes / 8)
+        });
         // SAFETY: the entry was built with exactly this signature (program.rs).
         let entry = unsafe { std::mem::transmute::<*const u8, Entry>(code) };
         let batched = |ty: &TensorType| ty.shape.dims().first() == Some(&qlift_ir::Dim::Batch);
@@ -95,7 +136,7 @@ impl JitProgram {
         let computed: Vec<&TensorType> = program.outputs.iter().filter(|(_, _, s)| matches!(s, OutputSource::Computed(_))).map(|(_, t, _)| t).collect();
         let splittable = program.inputs.iter().all(|(_, t)| batched(t)) && computed.iter().all(|t| batched(t));
         let sample_bytes = (program.inputs.iter().map(|(_, t)| bytes(t)).collect(), computed.iter().map(|t| bytes(t)).collect());
-        Ok(JitProgram { module: Some(module), entry, program, isa: description, scratch: Mutex::new(Vec::new()), threads: 1, splittable, sample_bytes })
+        Ok(JitProgram { module: Some(module), entry, program, isa: description, scratch: Mutex::new(Vec::new()), threads: 1, splittable, sample_bytes, profile })
     }
 
     /// The graph inputs (names and types) the program takes, in order.
@@ -111,6 +152,29 @@ impl JitProgram {
     /// The program's layout: steps, arena plan.
     pub fn program(&self) -> &Program {
         &self.program
+    }
+
+    /// The time of every kernel since the last [`JitProgram::reset_profile`] (or since
+    /// compilation), when compiled with `CodegenOptions::profile`.
+    pub fn profile(&self) -> Option<Vec<StepTime>> {
+        let (ptr, len) = self.profile?;
+        let counters = |i: usize| {
+            // SAFETY: `i < len`, the counters' u64s in the finalized module, 8-byte aligned and
+            // only written through atomics.
+            unsafe { std::sync::atomic::AtomicU64::from_ptr(ptr.cast::<u64>().cast_mut().add(i)).load(std::sync::atomic::Ordering::Relaxed) }
+        };
+        let slots = crate::program::PROFILE_SLOTS;
+        Some((0..self.program.steps.len().min(len / slots)).map(|step| StepTime { step, nanos: counters(step * slots), calls: counters(step * slots + 1) }).collect())
+    }
+
+    /// Zeroes the profile counters (to leave warm-up calls out).
+    pub fn reset_profile(&self) {
+        if let Some((ptr, len)) = self.profile {
+            for i in 0..len {
+                // SAFETY: as in `profile`.
+                unsafe { std::sync::atomic::AtomicU64::from_ptr(ptr.cast::<u64>().cast_mut().add(i)).store(0, std::sync::atomic::Ordering::Relaxed) };
+            }
+        }
     }
 
     /// Runs the program on `inputs` (in graph-input order) and returns the outputs.

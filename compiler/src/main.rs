@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+mod profile;
+
 const EXAMPLES: &str = "\
 Examples:
   qlift run examples/models/digits_cnn.onnx --calib examples/models/digits_calib_x.npy \\
@@ -285,6 +287,13 @@ struct BenchArgs {
     /// Generate baseline x86-64 code (SSE2), ignoring the CPU's features.
     #[arg(long)]
     baseline_isa: bool,
+    /// Time every kernel (timers compiled into the entry function) and print where the
+    /// time goes: per kernel and per kernel form, with GMAC/s (JIT only).
+    #[arg(long)]
+    profile: bool,
+    /// Kernels listed by --profile (the slowest first).
+    #[arg(long, default_value_t = 25)]
+    profile_top: usize,
 }
 
 fn main() -> ExitCode {
@@ -608,7 +617,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
         bail!("--iters, --threads and --callers must be at least 1");
     }
     let start = Instant::now();
-    let codegen = qlift::CodegenOptions { no_vnni: args.no_vnni, avx2_only: args.avx2_only, baseline_isa: args.baseline_isa, ..Default::default() };
+    let codegen = qlift::CodegenOptions { no_vnni: args.no_vnni, avx2_only: args.avx2_only, baseline_isa: args.baseline_isa, profile: args.profile, ..Default::default() };
     let model = compile_model_with(&args.model, &args.quant, args.engine, args.threads, &codegen)?;
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
     let inputs = bind_inputs(model.graph(), &args.inputs)?;
@@ -620,6 +629,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
     for _ in 0..args.warmup {
         model.run_into(&inputs, &mut outputs)?;
     }
+    model.reset_profile();
     let bar = indicatif::ProgressBar::new((args.iters * args.callers) as u64)
         .with_style(indicatif::ProgressStyle::with_template("benchmarking {bar:30} {pos}/{len} runs").expect("valid progress template"));
     let wall = Instant::now();
@@ -652,6 +662,11 @@ fn bench(args: &BenchArgs) -> Result<()> {
     let pick = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
     let (min, median, p90) = (times[0], pick(0.5), pick(0.9));
     let macs = multiply_accumulates(model.graph()) as f64 * batch as f64;
+    let profile = match model.profile() {
+        Some(kernels) => Some(profile::table(model.graph(), &kernels, times.iter().sum::<f64>() / times.len() as f64, batch, args.profile_top)),
+        None if args.profile => bail!("--profile needs the JIT engine"),
+        None => None,
+    };
     let gmacs = macs / (median * 1e-3) / 1e9;
     let throughput = (times.len() * batch) as f64 / wall_s;
     let peak = int8_peak_gmacs(args.threads * args.callers);
@@ -663,7 +678,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
                 "precision": if model.is_quantized() { "int8" } else { "fp32" },
                 "batch": batch, "threads": args.threads, "callers": args.callers, "iters": args.iters,
                 "min_ms": min, "median_ms": median, "p90_ms": p90, "compile_ms": compile_ms,
-                "samples_per_s": throughput, "gmacs": gmacs, "int8_peak_fraction": gmacs / peak,
+                "samples_per_s": throughput, "gmacs": gmacs, "int8_peak_fraction": gmacs / peak, "profile": profile,
             })
         );
         return Ok(());
@@ -680,6 +695,9 @@ fn bench(args: &BenchArgs) -> Result<()> {
     println!("latency    min {}   median {}   p90 {}", duration_ms(min), duration_ms(median), duration_ms(p90));
     println!("throughput {throughput:.0} samples/s");
     println!("compute    {gmacs:.2} GMAC/s ({:.1}% of a {peak:.0} GMAC/s int8 peak)", 100.0 * gmacs / peak);
+    if let Some(p) = profile {
+        println!("\nprofile (mean per call over the timed runs; timers add a little to each kernel call)\n{p}");
+    }
     Ok(())
 }
 
@@ -698,23 +716,7 @@ fn duration_ms(ms: f64) -> String {
 
 /// Multiply-accumulates of one sample: Conv, Gemm, MatMul and their integer forms.
 fn multiply_accumulates(g: &Graph) -> u64 {
-    use qlift_ir::OpKind::*;
-    g.node_ids()
-        .filter_map(|id| {
-            let kind = g.node(id).op.kind()?;
-            let inputs = g.node_inputs(id);
-            let out = g.node(id).outputs.first()?.ty.shape.resolve(1).iter().product::<usize>() as u64;
-            let w = g.value_type(inputs.get(1).copied().flatten()?).shape.resolve(1);
-            match kind {
-                Conv | QConv | ConvInteger | QLinearConv => Some(out * w[1..].iter().product::<usize>() as u64),
-                Gemm | MatMul | QMatMul | MatMulInteger | QLinearMatMul => {
-                    let a = g.value_type(inputs[0]?).shape.resolve(1);
-                    Some(out * *a.last()? as u64)
-                }
-                _ => None,
-            }
-        })
-        .sum()
+    g.node_ids().filter_map(|id| profile::node_macs(g, id)).sum()
 }
 
 /// The machine's nominal int8 peak in GMAC/s for `threads` cores: 64 u8×i8

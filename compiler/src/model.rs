@@ -34,6 +34,21 @@ pub struct CompileOptions {
     pub threads: usize,
 }
 
+/// One kernel's share of a profiled model's time (see [`CompiledModel::profile`]).
+#[derive(Clone, Debug)]
+pub struct KernelTime {
+    /// The node the kernel computes.
+    pub node: String,
+    /// Its op.
+    pub op: String,
+    /// The kernel form the code generator chose for it (`direct`, `pointwise`, `im2col-packed`, …).
+    pub form: String,
+    /// Nanoseconds in the kernel, summed over calls.
+    pub nanos: u64,
+    /// Calls.
+    pub calls: u64,
+}
+
 enum Executor {
     Jit(Box<JitProgram>),
     Interpreter,
@@ -146,6 +161,29 @@ impl CompiledModel {
     /// Whether the model was quantized.
     pub fn is_quantized(&self) -> bool {
         self.quantized
+    }
+
+    /// Time per kernel since the last [`Self::reset_profile`], for a JIT model compiled with
+    /// `CodegenOptions::profile`: one entry per kernel call of the program, in order.
+    pub fn profile(&self) -> Option<Vec<KernelTime>> {
+        let Executor::Jit(p) = &self.executor else { return None };
+        let steps = &p.program().steps;
+        Some(
+            p.profile()?
+                .into_iter()
+                .filter_map(|t| {
+                    let s = steps.get(t.step)?;
+                    Some(KernelTime { node: s.node.clone(), op: s.op.clone(), form: s.form.clone(), nanos: t.nanos, calls: t.calls })
+                })
+                .collect(),
+        )
+    }
+
+    /// Zeroes the kernel timers (see [`Self::profile`]).
+    pub fn reset_profile(&self) {
+        if let Executor::Jit(p) = &self.executor {
+            p.reset_profile();
+        }
     }
 
     /// The engine and, for the JIT, the ISA with its features.

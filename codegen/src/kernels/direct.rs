@@ -61,6 +61,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         }
     }
     let wptr = k.data(weights, 16)?;
+    k.form = if g.cg == 1 { "direct-depthwise" } else { "direct" };
     let padded = Padded { planes: g.channels, h: g.h, w: g.w, hp: g.hp, wp: g.wp, top: g.pt, left: g.pl };
     let plane = padded.plane();
     let groups = g.channels / g.cg;

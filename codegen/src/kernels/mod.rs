@@ -83,6 +83,9 @@ pub(crate) struct Kernel<'k, 'f> {
     pub(crate) workspace_bytes: usize,
     /// Messages of the failure codes the kernel may return (code i + 1 is `messages[i]`).
     pub(crate) messages: Vec<String>,
+    /// Which form of its op the emitter chose (`direct`, `pointwise`, `im2col`, …): the
+    /// profile groups kernels by it.
+    pub(crate) form: &'static str,
 }
 
 impl<'k, 'f> Kernel<'k, 'f> {
@@ -95,7 +98,7 @@ impl<'k, 'f> Kernel<'k, 'f> {
         workspace: Value,
         batch: Value,
     ) -> Self {
-        Kernel { fb, module, op, inputs, outputs, batch, workspace, workspace_bytes: 0, messages: Vec::new() }
+        Kernel { fb, module, op, inputs, outputs, batch, workspace, workspace_bytes: 0, messages: Vec::new(), form: op.kind.name() }
     }
 
     /// Operand `i` (an error naming it when it is missing).

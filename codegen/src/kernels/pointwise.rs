@@ -70,6 +70,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         }
     }
     let wptr = k.data(weights, 16)?;
+    k.form = "pointwise";
     let p_pad = p.next_multiple_of(TILE);
     let ws = k.workspace(quads * p_pad * 4);
     let samples = if x_batched { k.batch } else { emit::iconst(k.fb, n0 as i64) };
