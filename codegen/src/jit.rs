@@ -108,7 +108,7 @@ impl JitProgram {
         builder.symbol(crate::program::PROFILE_START, qlift_profile_start as *const u8);
         builder.symbol(crate::program::PROFILE_STOP, qlift_profile_stop as *const u8);
         let mut module = JITModule::new(builder);
-        let program = match build(&mut module, graph, "qlift_run", opts.profile) {
+        let program = match build(&mut module, graph, "qlift_run", opts) {
             Ok(p) => p,
             Err(e) => {
                 // SAFETY: nothing compiled in this module was called or handed out.

@@ -10,6 +10,7 @@
 
 use crate::emit;
 use crate::error::{bug, CodegenError};
+use crate::isa::CodegenOptions;
 use crate::kernels::{self, Kernel, Operand};
 use crate::plan::{self, Buffer, Plan};
 use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, UserFuncName, Value as ClValue};
@@ -84,9 +85,11 @@ enum Location {
 }
 
 /// Compiles `graph` into `module`: kernels, then the entry function named `entry_name`
-/// (exported, for object files). With `profile`, the entry times every kernel call (see
-/// [`Program::profile`]).
-pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, profile: bool) -> Result<Program, CodegenError> {
+/// (exported, for object files). With `opts.profile`, the entry times every kernel call
+/// (see [`Program::profile`]).
+pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &CodegenOptions) -> Result<Program, CodegenError> {
+    let profile = opts.profile;
+    let wide = wide_isa(module.isa(), opts);
     let order = graph.topo_order().map_err(bug)?;
     let mut location: HashMap<ValueId, Location> = HashMap::new();
     let inputs: Vec<(String, TensorType)> = graph.input_values().iter().map(|&v| (graph.value(v).name.clone(), graph.value_type(v).clone())).collect();
@@ -182,6 +185,7 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, profile: 
             let (workspace, batch) = (params[next + results.len()], params[next + results.len() + 1]);
             // Constants become read-only data objects (an emitter may ignore them and repack).
             let mut kernel = Kernel::new(&mut fb, module, op, Vec::new(), result_args, workspace, batch);
+            kernel.wide = wide;
             for arg in operand_args {
                 let operand = match arg {
                     None => None,
@@ -234,6 +238,16 @@ fn profile_counters(module: &mut dyn Module, steps: usize) -> Result<DataId, Cod
     desc.define_zeroinit((steps * PROFILE_SLOTS * 8).max(8));
     module.define_data(id, &desc).map_err(bug)?;
     Ok(id)
+}
+
+/// The wide-vector micro-kernels `isa` can run within `opts.max_vector_bits`: 256-bit ones
+/// need AVX2 (with AVX-VNNI's `vpdpwssd` where the target has it).
+fn wide_isa(isa: &dyn cranelift_codegen::isa::TargetIsa, opts: &CodegenOptions) -> Option<kernels::ukernel::Isa> {
+    let has = |name: &str| isa.isa_flags().iter().any(|f| f.name == name && f.as_bool() == Some(true));
+    if opts.max_vector_bits.is_some_and(|b| b < 256) || !has("has_avx2") || isa.triple().architecture != target_lexicon::Architecture::X86_64 {
+        return None;
+    }
+    Some(if has("has_avx_vnni") { kernels::ukernel::Isa::AvxVnni } else { kernels::ukernel::Isa::Avx2 })
 }
 
 /// The arena buffer of a value defined at `step`.

@@ -142,6 +142,13 @@ enum Activations {
     I8,
 }
 
+fn parse_vector_bits(s: &str) -> Result<u32, String> {
+    match s {
+        "128" | "256" | "512" => s.parse().map_err(|e| format!("{e}")),
+        _ => Err("expected 128, 256 or 512".into()),
+    }
+}
+
 fn parse_method(s: &str) -> Result<CalibrationMethod, String> {
     s.parse()
 }
@@ -291,6 +298,10 @@ struct BenchArgs {
     /// time goes: per kernel and per kernel form, with GMAC/s (JIT only).
     #[arg(long)]
     profile: bool,
+    /// The widest vectors kernels may use: 128 (Cranelift's), 256 (AVX2 micro-kernels) or
+    /// 512; the widest the CPU has by default.
+    #[arg(long, value_parser = parse_vector_bits)]
+    max_vector_bits: Option<u32>,
     /// Kernels listed by --profile (the slowest first).
     #[arg(long, default_value_t = 25)]
     profile_top: usize,
@@ -617,7 +628,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
         bail!("--iters, --threads and --callers must be at least 1");
     }
     let start = Instant::now();
-    let codegen = qlift::CodegenOptions { no_vnni: args.no_vnni, avx2_only: args.avx2_only, baseline_isa: args.baseline_isa, profile: args.profile, ..Default::default() };
+    let codegen = qlift::CodegenOptions { no_vnni: args.no_vnni, avx2_only: args.avx2_only, baseline_isa: args.baseline_isa, profile: args.profile, max_vector_bits: args.max_vector_bits, ..Default::default() };
     let model = compile_model_with(&args.model, &args.quant, args.engine, args.threads, &codegen)?;
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
     let inputs = bind_inputs(model.graph(), &args.inputs)?;

@@ -94,6 +94,16 @@ fn cases() -> Vec<Case> {
         case(3, 5, (9, 13), (1, 4), (2, 4), 1),
         case(4, 4, (6, 6), (4, 4), (1, 1), 2),
         case(20, 10, (5, 5), (3, 2), (1, 1), 1),
+        // Wide (256-bit micro-kernels, dense convolutions of any kernel): a 7×7 stride-2
+        // stem on three channels, 5×5, more output channels than one tile (6) and than
+        // one tile row of 16 positions, odd input channel counts (a half-empty pair),
+        // 1×1 with channel counts that do not fill the unrolled pairs.
+        case(3, 8, (15, 14), (7, 7), (2, 2), 1),
+        case(7, 13, (9, 10), (5, 5), (1, 1), 1),
+        case(40, 70, (6, 6), (3, 3), (1, 1), 1),
+        case(33, 20, (11, 9), (3, 3), (2, 2), 1),
+        case(9, 31, (4, 12), (1, 1), (1, 1), 1),
+        case(64, 12, (3, 3), (1, 1), (2, 2), 1),
         // im2col: 5-wide kernels, and 1×1 convolutions with strides or groups.
         case(3, 4, (7, 9), (3, 5), (1, 1), 1),
         case(4, 6, (5, 5), (1, 1), (2, 2), 1),
@@ -117,6 +127,7 @@ fn every_convolution_form_agrees_with_the_interpreter() {
         ("host", CodegenOptions::default()),
         ("no-vnni", CodegenOptions { no_vnni: true, ..Default::default() }),
         ("avx2", CodegenOptions { avx2_only: true, ..Default::default() }),
+        ("128-bit", CodegenOptions { max_vector_bits: Some(128), ..Default::default() }),
         ("baseline", CodegenOptions { baseline_isa: true, ..Default::default() }),
     ];
     let mut rng = Lcg(0x5eed);
@@ -135,7 +146,17 @@ fn every_convolution_form_agrees_with_the_interpreter() {
         let inside = values.iter().filter(|&&v| v > lo && v < hi).count();
         assert!(inside * 2 > values.len(), "{k:?}: only {inside} of {} results inside ({lo}, {hi})", values.len());
         for (path, opts) in &paths {
-            let got = JitProgram::compile(&graph, opts).and_then(|p| p.run(std::slice::from_ref(&x)));
+            let program = JitProgram::compile(&graph, opts);
+            // Every dense case with a column stride up to 2 takes the wide form where the CPU has
+            // AVX2, unless held to 128 bits.
+            if let Ok(p) = &program {
+                let wide = p.program().steps[0].form == "wide-direct";
+                let expected = k.group == 1 && k.strides.1 <= 2 && opts.max_vector_bits.is_none() && !opts.baseline_isa && std::arch::is_x86_feature_detected!("avx2");
+                if wide != expected {
+                    failures.push(format!("{path}: {k:?} is in form {}", p.program().steps[0].form));
+                }
+            }
+            let got = program.and_then(|p| p.run(std::slice::from_ref(&x)));
             match got {
                 Ok(got) if got == want => {}
                 Ok(_) => failures.push(format!("{path}: {k:?} differs from the interpreter")),

@@ -8,6 +8,7 @@
 
 use crate::emit;
 use cranelift_codegen::ir::{types, AbiParam, FuncRef, InstBuilder, Signature, Type, Value};
+use cranelift_codegen::isa::CallConv;
 use cranelift_frontend::FunctionBuilder;
 use cranelift_module::{DataDescription, Linkage, Module};
 use qlift_ir::{DType, Dim, Op, OpKind, Tensor, TensorType};
@@ -22,6 +23,8 @@ mod quant;
 mod product;
 pub(crate) mod requant;
 mod shape;
+pub(crate) mod ukernel;
+mod wide;
 
 /// An operand or result of the node being compiled.
 pub(crate) struct Operand {
@@ -86,6 +89,8 @@ pub(crate) struct Kernel<'k, 'f> {
     /// Which form of its op the emitter chose (`direct`, `pointwise`, `im2col`, …): the
     /// profile groups kernels by it.
     pub(crate) form: &'static str,
+    /// The wide-vector micro-kernels the target allows (see [`ukernel`]), if any.
+    pub(crate) wide: Option<ukernel::Isa>,
 }
 
 impl<'k, 'f> Kernel<'k, 'f> {
@@ -98,7 +103,7 @@ impl<'k, 'f> Kernel<'k, 'f> {
         workspace: Value,
         batch: Value,
     ) -> Self {
-        Kernel { fb, module, op, inputs, outputs, batch, workspace, workspace_bytes: 0, messages: Vec::new(), form: op.kind.name() }
+        Kernel { fb, module, op, inputs, outputs, batch, workspace, workspace_bytes: 0, messages: Vec::new(), form: op.kind.name(), wide: None }
     }
 
     /// Operand `i` (an error naming it when it is missing).
@@ -165,6 +170,17 @@ impl<'k, 'f> Kernel<'k, 'f> {
         Ok(self.module.declare_func_in_func(id, self.fb.func))
     }
 
+    /// Places `code`, machine code of a System V function of `params` pointer arguments and
+    /// no result (a [`ukernel`] micro-kernel), in the module, and returns it for `call`.
+    pub fn machine_code(&mut self, code: &[u8], params: usize) -> Result<FuncRef, String> {
+        let ptr = self.module.isa().pointer_type();
+        let mut sig = Signature::new(CallConv::SystemV);
+        sig.params.extend((0..params).map(|_| AbiParam::new(ptr)));
+        let id = self.module.declare_anonymous_function(&sig).map_err(|e| e.to_string())?;
+        self.module.define_function_bytes(id, 64, code, &[]).map_err(|e| e.to_string())?;
+        Ok(self.module.declare_func_in_func(id, self.fb.func))
+    }
+
     /// Whether the target has CPU feature `name` (a Cranelift x86 flag such as `has_ssse3`).
     pub fn target_has(&self, name: &str) -> bool {
         self.module.isa().isa_flags().iter().any(|f| f.name == name && f.as_bool() == Some(true))
@@ -225,7 +241,12 @@ pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
         Transpose => shape::transpose(k),
         Concat => shape::concat(k),
         Pad => shape::pad(k),
-        Conv | QConv | QLinearConv | ConvInteger => product::conv(k),
+        Conv | QConv | QLinearConv | ConvInteger => {
+            if wide::conv(k)? {
+                return Ok(());
+            }
+            product::conv(k)
+        }
         MatMul | Gemm | QMatMul | QLinearMatMul | MatMulInteger => product::matmul(k),
     }
 }

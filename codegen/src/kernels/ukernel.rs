@@ -1,0 +1,149 @@
+//! Wide-vector micro-kernels in machine code (iced-x86's assembler), for the register tiles
+//! Cranelift 0.135 cannot express: its x64 back end has 128-bit vectors only, these use
+//! 256-bit ymm registers (AVX2). They are placed in the same module as the Cranelift code
+//! with `Module::define_function_bytes` (JIT and object files alike) and called like any
+//! other function; everything around them (packing, loops, requantization) stays Cranelift.
+//!
+//! One micro-kernel computes a tile of `rows` output channels × two vectors of eight output
+//! positions: `acc[r][v][j] = Σ_{step} Σ_{pair} x_v[step][j][pair] · w[step][r][pair]`,
+//! exact in wrapping i32, from
+//! - activations as pairs of i16 (two input channels' values of one position, 4 bytes),
+//!   eight positions per 32-byte vector: step `s` of vector `v` is at `x_v + offsets[s]`,
+//!   and each loop iteration advances both by `x_stride`;
+//! - weights as pairs of i16 (the same two input channels), step `s`, row `r` at
+//!   `w + (s · rows + r) · 4`, each iteration advancing by `steps · rows · 4`.
+//!
+//! Each product is one `vpmaddwd` (i16 × i16 pair products summed into i32 lanes, exact:
+//! the only overflowing case, both pairs −32768·−32768, needs activations that are never
+//! −32768) and one `vpaddd`, or one `vpdpwssd` (the same sum added to the accumulator,
+//! not saturating) on CPUs with AVX-VNNI. Not `vpmaddubsw`: its u8×i8 pair sums saturate
+//! at i16, which the interpreter's arithmetic does not.
+
+use iced_x86::code_asm::*;
+
+/// Output positions per vector (i32 lanes of a ymm register).
+pub(crate) const LANES: usize = 8;
+
+/// Position vectors per tile.
+pub(crate) const VECTORS: usize = 2;
+
+/// Most output channels per tile: 6 × 2 accumulators, two activation vectors, a broadcast
+/// weight pair and a product fill the 16 ymm registers.
+pub(crate) const MAX_ROWS: usize = 6;
+
+/// Which instructions a micro-kernel may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// AVX2: `vpmaddwd` then `vpaddd`.
+    Avx2,
+    /// AVX-VNNI (VEX-encoded `vpdpwssd` on ymm).
+    AvxVnni,
+}
+
+/// The shape of one micro-kernel: its tile and the byte offsets of its steps.
+#[derive(Clone, Debug)]
+pub(crate) struct PairTile {
+    /// Output channels (1..=[`MAX_ROWS`]).
+    pub rows: usize,
+    /// Byte offset of each step's activations from the vector's address.
+    pub offsets: Vec<i32>,
+    /// Bytes the activation addresses advance per iteration.
+    pub x_stride: i32,
+    /// Loop iterations (at least 1).
+    pub iterations: u32,
+}
+
+/// The machine code of `fn(x0: *const u8, x1: *const u8, w: *const u8, acc: *mut i32)`
+/// (System V or any ABI passing the first four arguments in rdi, rsi, rdx, rcx: qlift
+/// calls it with the target's default convention, System V on Unix) computing `tile` and
+/// storing the accumulators at `acc`: row `r`, vector `v` as eight i32 at
+/// `acc + (r · VECTORS + v) · 32`. Uses only caller-saved registers (ymm0–15 are all
+/// caller-saved in System V) and `r8`.
+pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
+    let e = |e: IcedError| e.to_string();
+    if !(1..=MAX_ROWS).contains(&tile.rows) || tile.offsets.is_empty() || tile.iterations == 0 {
+        return Err(format!("micro-kernel tile out of range: {} rows, {} steps", tile.rows, tile.offsets.len()));
+    }
+    let ymm = [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14, ymm15];
+    let acc = |r: usize, v: usize| ymm[r * VECTORS + v];
+    let (x, b, p) = ([ymm12, ymm13], ymm14, ymm15);
+    let mut a = CodeAssembler::new(64).map_err(e)?;
+    a.set_prefer_vex(true);
+    for r in 0..tile.rows {
+        for v in 0..VECTORS {
+            a.vpxor(acc(r, v), acc(r, v), acc(r, v)).map_err(e)?;
+        }
+    }
+    a.mov(r8, tile.iterations as u64).map_err(e)?;
+    let mut top = a.create_label();
+    a.set_label(&mut top).map_err(e)?;
+    let rows = tile.rows as i32;
+    for (s, &off) in tile.offsets.iter().enumerate() {
+        a.vmovdqu(x[0], ymmword_ptr(rdi + off)).map_err(e)?;
+        a.vmovdqu(x[1], ymmword_ptr(rsi + off)).map_err(e)?;
+        for r in 0..tile.rows {
+            a.vpbroadcastd(b, dword_ptr(rdx + (s as i32 * rows + r as i32) * 4)).map_err(e)?;
+            for (v, &xv) in x.iter().enumerate() {
+                match isa {
+                    Isa::Avx2 => {
+                        a.vpmaddwd(p, b, xv).map_err(e)?;
+                        a.vpaddd(acc(r, v), acc(r, v), p).map_err(e)?;
+                    }
+                    Isa::AvxVnni => a.vpdpwssd(acc(r, v), b, xv).map_err(e)?,
+                }
+            }
+        }
+    }
+    a.add(rdi, tile.x_stride).map_err(e)?;
+    a.add(rsi, tile.x_stride).map_err(e)?;
+    a.add(rdx, tile.offsets.len() as i32 * rows * 4).map_err(e)?;
+    a.dec(r8).map_err(e)?;
+    a.jnz(top).map_err(e)?;
+    for r in 0..tile.rows {
+        for v in 0..VECTORS {
+            a.vmovdqu(ymmword_ptr(rcx + ((r * VECTORS + v) * 32) as i32), acc(r, v)).map_err(e)?;
+        }
+    }
+    a.vzeroupper().map_err(e)?;
+    a.ret().map_err(e)?;
+    a.assemble(0).map_err(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The instructions of `code`, in Intel syntax.
+    fn disassemble(code: &[u8]) -> Vec<String> {
+        use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
+        let mut decoder = Decoder::new(64, code, DecoderOptions::NONE);
+        let mut f = IntelFormatter::new();
+        decoder
+            .iter()
+            .map(|i| {
+                let mut s = String::new();
+                f.format(&i, &mut s);
+                s
+            })
+            .collect()
+    }
+
+    #[test]
+    fn avx2_tiles_use_vpmaddwd_and_vnni_tiles_vpdpwssd() {
+        let tile = PairTile { rows: 2, offsets: vec![0, 128], x_stride: 4096, iterations: 3 };
+        let avx2 = disassemble(&pair_tile(&tile, Isa::Avx2).unwrap());
+        assert_eq!(avx2.iter().filter(|i| i.starts_with("vpmaddwd")).count(), 2 * 2 * 2, "{avx2:#?}");
+        assert!(avx2.iter().any(|i| i == "vmovdqu ymm12,[rdi+80h]"), "{avx2:#?}");
+        assert!(avx2.last().is_some_and(|i| i == "ret"));
+        let vnni = disassemble(&pair_tile(&tile, Isa::AvxVnni).unwrap());
+        assert_eq!(vnni.iter().filter(|i| i.starts_with("vpdpwssd")).count(), 8, "{vnni:#?}");
+        assert!(vnni.iter().all(|i| !i.starts_with("vpmaddwd")));
+    }
+
+    #[test]
+    fn tiles_out_of_range_are_refused() {
+        let tile = PairTile { rows: MAX_ROWS + 1, offsets: vec![0], x_stride: 0, iterations: 1 };
+        assert!(pair_tile(&tile, Isa::Avx2).is_err());
+        assert!(pair_tile(&PairTile { rows: 1, offsets: vec![], x_stride: 0, iterations: 1 }, Isa::Avx2).is_err());
+    }
+}
