@@ -131,6 +131,65 @@ pub(crate) fn requantize_x4_dynamic(fb: &mut FunctionBuilder, acc: Value, m: Val
     offset_and_clamp(fb, shifted, zero_point, bounds)
 }
 
+/// A per-channel table for [`requantize_x4_dynamic`] in kernels that loop over output
+/// channels at run time (so that code size does not grow with the channel count): one
+/// record of [`ChannelTable::RECORD`] bytes per channel, bias (i32), multiplier (i32),
+/// shift − 32 (i32), padding, 2^(shift−1) (i64), padding.
+pub(crate) struct ChannelTable;
+
+/// One channel's parameters loaded from a [`ChannelTable`].
+pub(crate) struct ChannelParams {
+    /// The (folded) bias, i32.
+    pub bias: Value,
+    /// The multiplier (i32), 2^(shift−1) (i64) and shift − 32 (i32).
+    pub m: Value,
+    pub half: Value,
+    pub shift_32: Value,
+}
+
+impl ChannelTable {
+    /// Bytes per channel.
+    pub const RECORD: usize = 32;
+
+    /// The table's bytes for channels with `biases` and the multipliers of `rq`, or `None`
+    /// when a channel's shift is below 32 (which [`requantize_x4_dynamic`] does not take).
+    pub fn bytes(rq: &Requant, biases: &[i32]) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(biases.len() * Self::RECORD);
+        for (c, &bias) in biases.iter().enumerate() {
+            let m = channel(rq, c);
+            if m.shift < 32 {
+                return None;
+            }
+            out.extend_from_slice(&bias.to_le_bytes());
+            out.extend_from_slice(&m.m.to_le_bytes());
+            out.extend_from_slice(&((m.shift - 32) as i32).to_le_bytes());
+            out.extend_from_slice(&[0; 4]);
+            out.extend_from_slice(&(1i64 << (m.shift - 1)).to_le_bytes());
+            out.extend_from_slice(&[0; 8]);
+        }
+        Some(out)
+    }
+
+    /// Loads channel `c`'s record (an i64 index) from the table at `table`.
+    pub fn load(fb: &mut FunctionBuilder, table: Value, c: Value) -> ChannelParams {
+        let record = emit::addr(fb, table, c, Self::RECORD as i64);
+        let ro = emit::constant_mem();
+        ChannelParams {
+            bias: fb.ins().load(types::I32, ro, record, 0),
+            m: fb.ins().load(types::I32, ro, record, 4),
+            shift_32: fb.ins().load(types::I32, ro, record, 8),
+            half: fb.ins().load(types::I64, ro, record, 16),
+        }
+    }
+}
+
+impl ChannelParams {
+    /// [`requantize_x4_dynamic`] of `acc` (the bias not added) with these parameters.
+    pub fn requantize_x4(&self, fb: &mut FunctionBuilder, acc: Value, zero_point: i32, bounds: (i64, i64)) -> Value {
+        requantize_x4_dynamic(fb, acc, self.m, self.half, self.shift_32, zero_point, bounds)
+    }
+}
+
 /// The high 32 bits of the four i64 lanes of `halves` (two i64x2), as an i32x4.
 fn high_words(fb: &mut FunctionBuilder, halves: [Value; 2]) -> Value {
     let bytes = halves.map(|h| fb.ins().bitcast(types::I8X16, little_endian(), h));

@@ -24,7 +24,8 @@
 use super::planes::{copy_row, store_prefix, Padded};
 use super::product::packed_rows;
 use super::ukernel::{self, PairTile, LANES, MAX_ROWS, VECTORS};
-use super::{requant, Kernel};
+use super::requant::{self, ChannelTable};
+use super::Kernel;
 use crate::emit;
 use cranelift_codegen::ir::{types, ConstantData, FuncRef, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
@@ -37,10 +38,6 @@ const MIN_STEPS: usize = 4;
 
 /// Bytes of one activation pair (two i16).
 const PAIR: usize = 4;
-
-/// Bytes of one per-channel record of the requantization table: bias (i32), multiplier
-/// (i32), shift − 32 (i32), padding, 2^(shift−1) (i64), padding.
-const RECORD: usize = 32;
 
 /// The convolution's shape.
 #[derive(Clone, Copy, Debug)]
@@ -183,10 +180,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let (Some(xq), Some(wq)) = (k.input(0)?.ty.quant.clone(), k.input(1)?.ty.quant.clone()) else { return Ok(false) };
     let y = k.output(0).ty.clone();
     let rq = Requant::for_product(&xq, &wq, g.m, &y, k.op.fused_activation()?)?;
-    let multipliers: Vec<_> = (0..g.m).map(|c| requant::channel(&rq, c)).collect();
-    if multipliers.iter().any(|m| m.shift < 32) {
-        return Ok(false);
-    }
+    let Some(records) = ChannelTable::bytes(&rq, &packed.folded) else { return Ok(false) };
     let l = Layout::of(&g);
     let pair_bytes = l.pair_bytes(&g);
     // Micro-kernel steps: `unroll` channel pairs × the taps, at compile-time offsets.
@@ -222,16 +216,6 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     }
     let block_bytes = (l.pairs * taps * rows * PAIR) as i64;
     let wptr = k.data(weights, 64)?;
-    // The requantization table (see RECORD).
-    let mut records = Vec::with_capacity(g.m * RECORD);
-    for (c, m) in multipliers.iter().enumerate() {
-        records.extend_from_slice(&packed.folded[c].to_le_bytes());
-        records.extend_from_slice(&m.m.to_le_bytes());
-        records.extend_from_slice(&((m.shift - 32) as i32).to_le_bytes());
-        records.extend_from_slice(&[0; 4]);
-        records.extend_from_slice(&(1i64 << (m.shift - 1)).to_le_bytes());
-        records.extend_from_slice(&[0; 8]);
-    }
     let params = k.data(records, 64)?;
     // Activation offset of each vector (output row, column block) in the packed planes; a
     // tile's second vector past the last repeats it.
@@ -361,7 +345,7 @@ fn repack(fb: &mut FunctionBuilder, g: &Geometry, l: &Layout, planes: Value, xp:
 
 /// The requantization of a tile's accumulators, channel parameters from the table.
 struct Epilogue {
-    /// The table of [`RECORD`]s, one per output channel.
+    /// The [`ChannelTable`] of the output channels.
     params: Value,
     zero_point: i32,
     bounds: (i64, i64),
@@ -376,20 +360,15 @@ impl Epilogue {
     fn emit(&self, fb: &mut FunctionBuilder, acc: Value, rows: usize, c0: Value, first: Value) {
         for r in 0..rows {
             let c = fb.ins().iadd_imm_s(c0, r as i64);
-            let record = emit::addr(fb, self.params, c, RECORD as i64);
-            let ro = emit::constant_mem();
-            let bias = fb.ins().load(types::I32, ro, record, 0);
-            let m = fb.ins().load(types::I32, ro, record, 4);
-            let shift_32 = fb.ins().load(types::I32, ro, record, 8);
-            let half = fb.ins().load(types::I64, ro, record, 16);
-            let bias = fb.ins().splat(types::I32X4, bias);
+            let params = ChannelTable::load(fb, self.params, c);
+            let bias = fb.ins().splat(types::I32X4, params.bias);
             let out = emit::addr(fb, first, c, self.plane);
             for v in 0..VECTORS {
                 let at = ((r * VECTORS + v) * LANES * 4) as i32;
                 let lanes = [0, 16].map(|h| {
                     let a = fb.ins().load(types::I32X4, emit::mem(), acc, at + h);
                     let a = fb.ins().iadd(a, bias);
-                    requant::requantize_x4_dynamic(fb, a, m, half, shift_32, self.zero_point, self.bounds)
+                    params.requantize_x4(fb, a, self.zero_point, self.bounds)
                 });
                 let bytes = requant::narrow_x8(fb, lanes[0], lanes[1], self.signed);
                 let to = fb.ins().iadd_imm_s(out, (v * LANES) as i64);
