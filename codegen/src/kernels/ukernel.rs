@@ -6,7 +6,7 @@
 //!
 //! One micro-kernel computes a tile of `rows` output channels × two vectors of eight output
 //! positions: `acc[r][v][j] = Σ_{step} Σ_{pair} x_v[step][j][pair] · w[step][r][pair]`,
-//! exact in wrapping i32, from
+//! exact in wrapping i32, and requantizes and stores them ([`Requantize`]), from
 //! - activations as pairs of i16 (two input channels' values of one position, 4 bytes),
 //!   eight positions per 32-byte vector: step `s` of vector `v` is at `x_v + offsets[s]`,
 //!   and each loop iteration advances both by `x_stride`;
@@ -51,14 +51,37 @@ pub(crate) struct PairTile {
     pub x_stride: i32,
     /// Loop iterations (at least 1).
     pub iterations: u32,
+    /// How the accumulators become 8-bit results.
+    pub store: Requantize,
 }
 
-/// The machine code of `fn(x0: *const u8, x1: *const u8, w: *const u8, acc: *mut i32)`
-/// (System V or any ABI passing the first four arguments in rdi, rsi, rdx, rcx: qlift
-/// calls it with the target's default convention, System V on Unix) computing `tile` and
-/// storing the accumulators at `acc`: row `r`, vector `v` as eight i32 at
-/// `acc + (r · VECTORS + v) · 32`. Uses only caller-saved registers (ymm0–15 are all
-/// caller-saved in System V) and `r8`.
+/// The requantization a micro-kernel ends with: for each row (output channel) `r`, the
+/// record `r` of a `ChannelTable` (bias at byte 0, multiplier at 4, shift − 32 at 8 with
+/// zeros at 12..16, 2^(shift−1) at 16) gives `clamp(zp + ((acc + bias) · m + 2^(s−1)) >> s)`,
+/// the arithmetic of `requant::requantize_x4` eight lanes at a time.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Requantize {
+    /// The result's zero point and clamp bounds.
+    pub zero_point: i32,
+    pub bounds: (i32, i32),
+    /// i8 results (else u8).
+    pub signed: bool,
+    /// Bytes between the output planes of two rows.
+    pub plane: i32,
+}
+
+/// The machine code of `fn(x0: *const u8, x1: *const u8, w: *const u8, out: *mut u8,
+/// records: *const u8)` (System V: rdi, rsi, rdx, rcx, r8) computing `tile`: the
+/// accumulators of row `r` and vector `v` requantized with record `r` at `records` and
+/// stored as eight bytes at `out + r · plane + 8 · v`. Uses only caller-saved registers
+/// (ymm0–15 are all caller-saved in System V) and `r9`. Its constants (zero point,
+/// bounds, a permutation) follow its `ret`, read relative to the instruction pointer.
+///
+/// Requantization: `vpmuldq` multiplies the even lanes (and, after a 32-bit right shift, the
+/// odd ones) into i64 products, the rounding half is added in i64, the high dwords of the
+/// eight sums are gathered (`vpsrlq` + `vpblendd`) and shifted right by `shift − 32` (floor
+/// division composes: `x >> s = (x >> 32) >> (s − 32)`), then the zero point, the clamp
+/// and saturating packs (exact on clamped values) to bytes.
 pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
     let e = |e: IcedError| e.to_string();
     if !(1..=MAX_ROWS).contains(&tile.rows) || tile.offsets.is_empty() || tile.iterations == 0 {
@@ -74,7 +97,7 @@ pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
             a.vpxor(acc(r, v), acc(r, v), acc(r, v)).map_err(e)?;
         }
     }
-    a.mov(r8, tile.iterations as u64).map_err(e)?;
+    a.mov(r9, tile.iterations as u64).map_err(e)?;
     let mut top = a.create_label();
     a.set_label(&mut top).map_err(e)?;
     let rows = tile.rows as i32;
@@ -97,16 +120,61 @@ pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
     a.add(rdi, tile.x_stride).map_err(e)?;
     a.add(rsi, tile.x_stride).map_err(e)?;
     a.add(rdx, tile.offsets.len() as i32 * rows * 4).map_err(e)?;
-    a.dec(r8).map_err(e)?;
+    a.dec(r9).map_err(e)?;
     a.jnz(top).map_err(e)?;
+    let q = tile.store;
+    let (mut zp, mut lo, mut hi, mut order) = (a.create_label(), a.create_label(), a.create_label(), a.create_label());
+    let (bias, m, half, t) = (ymm12, ymm13, ymm14, ymm15);
     for r in 0..tile.rows {
+        let record = (r * 32) as i32;
+        a.vpbroadcastd(bias, dword_ptr(r8 + record)).map_err(e)?;
+        a.vpbroadcastd(m, dword_ptr(r8 + record + 4)).map_err(e)?;
+        a.vpbroadcastq(half, qword_ptr(r8 + record + 16)).map_err(e)?;
         for v in 0..VECTORS {
-            a.vmovdqu(ymmword_ptr(rcx + ((r * VECTORS + v) * 32) as i32), acc(r, v)).map_err(e)?;
+            let y = acc(r, v);
+            a.vpaddd(y, y, bias).map_err(e)?;
+            a.vpmuldq(t, y, m).map_err(e)?;
+            a.vpsrlq(y, y, 32).map_err(e)?;
+            a.vpmuldq(y, y, m).map_err(e)?;
+            a.vpaddq(t, t, half).map_err(e)?;
+            a.vpaddq(y, y, half).map_err(e)?;
+            a.vpsrlq(t, t, 32).map_err(e)?;
+            a.vpblendd(y, t, y, 0xaa).map_err(e)?;
+            a.vpsrad(y, y, xmmword_ptr(r8 + record + 8)).map_err(e)?;
+            a.vpaddd(y, y, ymmword_ptr(zp)).map_err(e)?;
+            a.vpmaxsd(y, y, ymmword_ptr(lo)).map_err(e)?;
+            a.vpminsd(y, y, ymmword_ptr(hi)).map_err(e)?;
         }
+        // [v0 lanes 0-3, v1 0-3 | v0 4-7, v1 4-7] as i16, then bytes, then v0's eight and
+        // v1's eight in the low 16 bytes.
+        let (y0, y1) = (acc(r, 0), acc(r, 1));
+        a.vpackssdw(y0, y0, y1).map_err(e)?;
+        if q.signed {
+            a.vpacksswb(y0, y0, y0).map_err(e)?;
+        } else {
+            a.vpackuswb(y0, y0, y0).map_err(e)?;
+        }
+        a.vmovdqu(t, ymmword_ptr(order)).map_err(e)?;
+        a.vpermd(y0, t, y0).map_err(e)?;
+        let out = q.plane.checked_mul(r as i32).ok_or("output plane offset overflows")?;
+        a.vmovq(qword_ptr(rcx + out), xmm_of(r * VECTORS)).map_err(e)?;
+        a.vpextrq(qword_ptr(rcx + out + 8), xmm_of(r * VECTORS), 1).map_err(e)?;
     }
     a.vzeroupper().map_err(e)?;
     a.ret().map_err(e)?;
+    // Constants: 32-byte rows of the zero point, the bounds, and dword indices 0, 4, 1, 5.
+    for (label, value) in [(&mut zp, q.zero_point), (&mut lo, q.bounds.0), (&mut hi, q.bounds.1)] {
+        a.set_label(label).map_err(e)?;
+        a.dd_i(&[value; 8]).map_err(e)?;
+    }
+    a.set_label(&mut order).map_err(e)?;
+    a.dd(&[0, 4, 1, 5, 2, 6, 3, 7]).map_err(e)?;
     a.assemble(0).map_err(e)
+}
+
+/// The xmm register that is the low half of ymm register `i`.
+fn xmm_of(i: usize) -> AsmRegisterXmm {
+    [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7, xmm8, xmm9, xmm10, xmm11, xmm12, xmm13, xmm14, xmm15][i]
 }
 
 #[cfg(test)]
@@ -130,11 +198,13 @@ mod tests {
 
     #[test]
     fn avx2_tiles_use_vpmaddwd_and_vnni_tiles_vpdpwssd() {
-        let tile = PairTile { rows: 2, offsets: vec![0, 128], x_stride: 4096, iterations: 3 };
+        let store = Requantize { zero_point: 3, bounds: (0, 255), signed: false, plane: 64 };
+        let tile = PairTile { rows: 2, offsets: vec![0, 128], x_stride: 4096, iterations: 3, store };
         let avx2 = disassemble(&pair_tile(&tile, Isa::Avx2).unwrap());
         assert_eq!(avx2.iter().filter(|i| i.starts_with("vpmaddwd")).count(), 2 * 2 * 2, "{avx2:#?}");
         assert!(avx2.iter().any(|i| i == "vmovdqu ymm12,[rdi+80h]"), "{avx2:#?}");
-        assert!(avx2.last().is_some_and(|i| i == "ret"));
+        assert!(avx2.iter().any(|i| i == "ret"));
+        assert_eq!(avx2.iter().filter(|i| i.starts_with("vpmuldq")).count(), 2 * 2 * 2, "{avx2:#?}");
         let vnni = disassemble(&pair_tile(&tile, Isa::AvxVnni).unwrap());
         assert_eq!(vnni.iter().filter(|i| i.starts_with("vpdpwssd")).count(), 8, "{vnni:#?}");
         assert!(vnni.iter().all(|i| !i.starts_with("vpmaddwd")));
@@ -142,8 +212,9 @@ mod tests {
 
     #[test]
     fn tiles_out_of_range_are_refused() {
-        let tile = PairTile { rows: MAX_ROWS + 1, offsets: vec![0], x_stride: 0, iterations: 1 };
+        let store = Requantize { zero_point: 0, bounds: (-128, 127), signed: true, plane: 16 };
+        let tile = PairTile { rows: MAX_ROWS + 1, offsets: vec![0], x_stride: 0, iterations: 1, store };
         assert!(pair_tile(&tile, Isa::Avx2).is_err());
-        assert!(pair_tile(&PairTile { rows: 1, offsets: vec![], x_stride: 0, iterations: 1 }, Isa::Avx2).is_err());
+        assert!(pair_tile(&PairTile { rows: 1, offsets: vec![], x_stride: 0, iterations: 1, store }, Isa::Avx2).is_err());
     }
 }

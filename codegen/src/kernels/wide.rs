@@ -11,7 +11,7 @@
 //!    contiguous 32-byte load at a compile-time offset (no im2col);
 //! 3. for each tile (two vectors of eight outputs × up to six output channels) one call of
 //!    the micro-kernel sums every (channel pair, tap) step with `vpmaddwd` against weight
-//!    pairs packed at compile time, and Cranelift code requantizes its accumulators
+//!    pairs packed at compile time, then requantizes its accumulators in ymm registers
 //!    (per-channel parameters read from a table, so code size does not grow with the
 //!    channel count) and stores eight results per vector.
 //!
@@ -21,10 +21,10 @@
 //! `Σ x·(w − zw) + (bias − zx·Σ(w − zw))` in wrapping i32 (see
 //! [`super::product::packed_rows`]), then the fixed-point requantization of each channel.
 
-use super::planes::{copy_row, store_prefix, Padded};
+use super::planes::{copy_row, Padded};
 use super::product::packed_rows;
-use super::ukernel::{self, PairTile, LANES, MAX_ROWS, VECTORS};
-use super::requant::{self, ChannelTable};
+use super::ukernel::{self, PairTile, Requantize, LANES, MAX_ROWS, VECTORS};
+use super::requant::ChannelTable;
 use super::Kernel;
 use crate::emit;
 use cranelift_codegen::ir::{types, ConstantData, FuncRef, InstBuilder, Value};
@@ -196,9 +196,13 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let iterations = u32::try_from(l.pairs / l.unroll).map_err(|e| e.to_string())?;
     let rows = MAX_ROWS.min(g.m);
     let (full, tail) = (g.m / rows, g.m % rows);
-    let tile = |rows: usize| PairTile { rows, offsets: offsets.clone(), x_stride, iterations };
-    let main = k.machine_code(&ukernel::pair_tile(&tile(rows), isa)?, 4)?;
-    let tail_kernel = if tail > 0 { Some(k.machine_code(&ukernel::pair_tile(&tile(tail), isa)?, 4)?) } else { None };
+    let l_direct = l.direct(&g);
+    let out_plane = if l_direct { g.oh * g.ow } else { l.vectors_even * LANES };
+    let bounds = (rq.bounds.0 as i32, rq.bounds.1 as i32);
+    let store = Requantize { zero_point: rq.zero_point, bounds, signed: y.dtype == DType::I8, plane: i32::try_from(out_plane).map_err(|e| e.to_string())? };
+    let tile = |rows: usize| PairTile { rows, offsets: offsets.clone(), x_stride, iterations, store };
+    let main = k.machine_code(&ukernel::pair_tile(&tile(rows), isa)?, 5)?;
+    let tail_kernel = if tail > 0 { Some(k.machine_code(&ukernel::pair_tile(&tile(tail), isa)?, 5)?) } else { None };
     k.form = "wide-direct";
     // Weights: block of `rows` channels from c0, [pair][tap][row] as i16 pairs.
     let weight = |c: usize, ci: usize, t: usize| if ci < g.c { packed.rows[c][ci * taps + t] } else { 0 };
@@ -225,20 +229,16 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         (((oy * l.wq + col) * PAIR) as i32).to_le_bytes()
     });
     let vector_table = k.data(vector_offsets.flatten().collect(), 64)?;
-    // Workspace: padded u8 planes | packed pairs | accumulators | staging (when not direct).
+    // Workspace: padded u8 planes | packed pairs | staging (when not direct).
     let xp_at = l.u8_bytes;
-    let acc_at = xp_at + (l.pairs * pair_bytes).next_multiple_of(64);
-    let acc_bytes = MAX_ROWS * VECTORS * LANES * 4;
-    let staging_at = acc_at + acc_bytes;
-    let out_plane = if l.direct(&g) { g.oh * g.ow } else { l.vectors_even * LANES };
-    let ws_bytes = staging_at + if l.direct(&g) { 0 } else { g.m * out_plane };
+    let staging_at = xp_at + (l.pairs * pair_bytes).next_multiple_of(64);
+    let ws_bytes = staging_at + if l_direct { 0 } else { g.m * out_plane };
     let ws = k.workspace(ws_bytes);
     let (x, yop) = (k.input(0)?, k.output(0));
     let (xptr, yptr) = (x.ptr, yop.ptr);
     let samples = if x.batched() { k.batch } else { emit::iconst(k.fb, x.dims()[0] as i64) };
     let zx = xq.channel(0).1 as u8;
     let padded = Padded { planes: g.c, h: g.h, w: g.w, hp: g.hp, wp: g.wp, top: g.pt, left: g.pl };
-    let epilogue = Epilogue { params, zero_point: rq.zero_point, bounds: rq.bounds, signed: y.dtype == DType::I8, plane: out_plane as i64 };
     let weights_outer = g.m * l.pairs * taps * PAIR > l.pairs * pair_bytes;
     let fb = &mut *k.fb;
     emit::for_dynamic(fb, samples, |fb, n| {
@@ -247,11 +247,10 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         padded.emit(fb, xn, ws, zx);
         let xp = fb.ins().iadd_imm_s(ws, xp_at as i64);
         repack(fb, &g, &l, ws, xp);
-        let acc = fb.ins().iadd_imm_s(ws, acc_at as i64);
         let out = if l.direct(&g) { yn } else { fb.ins().iadd_imm_s(ws, staging_at as i64) };
         let tiles = (l.vectors_even / VECTORS) as i64;
         // One tile: vectors 2t and 2t + 1, channels c0.. of the block whose weights are at w.
-        let tile = |fb: &mut FunctionBuilder, t: Value, kernel: FuncRef, n_rows: usize, c0: Value, w: Value| {
+        let tile = |fb: &mut FunctionBuilder, t: Value, kernel: FuncRef, c0: Value, w: Value| {
             let at = fb.ins().imul_imm_s(t, (VECTORS * 4) as i64);
             let at = fb.ins().iadd(vector_table, at);
             let xs: Vec<Value> = (0..VECTORS)
@@ -261,21 +260,23 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
                     fb.ins().iadd(xp, off)
                 })
                 .collect();
-            fb.ins().call(kernel, &[xs[0], xs[1], w, acc]);
+            // The tile's first result of channel c0, and c0's requantization record.
             let first = fb.ins().imul_imm_s(t, (VECTORS * LANES) as i64);
             let first = fb.ins().iadd(out, first);
-            epilogue.emit(fb, acc, n_rows, c0, first);
+            let first = emit::addr(fb, first, c0, out_plane as i64);
+            let records = emit::addr(fb, params, c0, ChannelTable::RECORD as i64);
+            fb.ins().call(kernel, &[xs[0], xs[1], w, first, records]);
         };
         let block = |fb: &mut FunctionBuilder, b: Value, t: Value| {
             let c0 = fb.ins().imul_imm_s(b, rows as i64);
             let w = emit::addr(fb, wptr, b, block_bytes);
-            tile(fb, t, main, rows, c0, w);
+            tile(fb, t, main, c0, w);
         };
         let tail_block = |fb: &mut FunctionBuilder, t: Value| {
             if let Some(kernel) = tail_kernel {
                 let c0 = emit::iconst(fb, (full * rows) as i64);
                 let w = fb.ins().iadd_imm_s(wptr, full as i64 * block_bytes);
-                tile(fb, t, kernel, tail, c0, w);
+                tile(fb, t, kernel, c0, w);
             }
         };
         // Weights larger than the packed activations stay in cache across the tiles of a
@@ -289,7 +290,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
                 tail_block(fb, t);
             });
         }
-        if !l.direct(&g) {
+        if !l_direct {
             // Staging rows of `ow8` results to the output's rows of `ow`.
             emit::for_count(fb, g.m as i64, |fb, c| {
                 emit::for_count(fb, g.oh as i64, |fb, oy| {
@@ -341,39 +342,4 @@ fn repack(fb: &mut FunctionBuilder, g: &Geometry, l: &Layout, planes: Value, xp:
             }
         }
     });
-}
-
-/// The requantization of a tile's accumulators, channel parameters from the table.
-struct Epilogue {
-    /// The [`ChannelTable`] of the output channels.
-    params: Value,
-    zero_point: i32,
-    bounds: (i64, i64),
-    signed: bool,
-    /// Bytes between the output planes of two channels.
-    plane: i64,
-}
-
-impl Epilogue {
-    /// Requantizes the `rows` channels from `c0` of the accumulators at `acc` and stores each
-    /// vector's eight results at `first + c · plane + 8 · v`.
-    fn emit(&self, fb: &mut FunctionBuilder, acc: Value, rows: usize, c0: Value, first: Value) {
-        for r in 0..rows {
-            let c = fb.ins().iadd_imm_s(c0, r as i64);
-            let params = ChannelTable::load(fb, self.params, c);
-            let bias = fb.ins().splat(types::I32X4, params.bias);
-            let out = emit::addr(fb, first, c, self.plane);
-            for v in 0..VECTORS {
-                let at = ((r * VECTORS + v) * LANES * 4) as i32;
-                let lanes = [0, 16].map(|h| {
-                    let a = fb.ins().load(types::I32X4, emit::mem(), acc, at + h);
-                    let a = fb.ins().iadd(a, bias);
-                    params.requantize_x4(fb, a, self.zero_point, self.bounds)
-                });
-                let bytes = requant::narrow_x8(fb, lanes[0], lanes[1], self.signed);
-                let to = fb.ins().iadd_imm_s(out, (v * LANES) as i64);
-                store_prefix(fb, bytes, to, LANES);
-            }
-        }
-    }
 }
