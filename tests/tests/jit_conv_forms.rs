@@ -158,10 +158,12 @@ fn every_convolution_form_agrees_with_the_interpreter() {
             if let Ok(p) = &program {
                 let wide = p.program().steps[0].form == "wide-direct";
                 let expected = k.group == 1 && k.strides.1 <= 2 && opts.max_vector_bits.is_none() && !opts.baseline_isa && std::arch::is_x86_feature_detected!("avx2");
-                // Depthwise convolutions of any size and channel count take the direct form
-                // wherever the CPU has byte shuffles.
+                // Depthwise convolutions of any size and channel count take the wide form on
+                // AVX2 (column stride up to 2), else the direct form wherever the CPU has byte
+                // shuffles.
                 let depthwise = k.group == k.c && k.m == k.c && k.kernel.1 > 1;
-                let direct = p.program().steps[0].form == "direct-depthwise";
+                let wide_depthwise = k.strides.1 <= 2 && opts.max_vector_bits.is_none() && std::arch::is_x86_feature_detected!("avx2");
+                let direct = p.program().steps[0].form == if wide_depthwise { "wide-depthwise" } else { "direct-depthwise" };
                 if wide != expected || (depthwise && !opts.baseline_isa && !direct) {
                     failures.push(format!("{path}: {k:?} is in form {}", p.program().steps[0].form));
                 }

@@ -14,6 +14,7 @@ use cranelift_module::{DataDescription, Linkage, Module};
 use qlift_ir::{DType, Dim, Op, OpKind, Tensor, TensorType};
 use std::sync::Arc;
 
+mod depthwise;
 mod direct;
 mod elementwise;
 mod pointwise;
@@ -242,7 +243,7 @@ pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
         Concat => shape::concat(k),
         Pad => shape::pad(k),
         Conv | QConv | QLinearConv | ConvInteger => {
-            if wide::conv(k)? {
+            if wide::conv(k)? || depthwise::conv(k)? {
                 return Ok(());
             }
             product::conv(k)

@@ -123,53 +123,165 @@ pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
     a.dec(r9).map_err(e)?;
     a.jnz(top).map_err(e)?;
     let q = tile.store;
-    let (mut zp, mut lo, mut hi, mut order) = (a.create_label(), a.create_label(), a.create_label(), a.create_label());
+    let mut k = Constants::new(&mut a);
     let (bias, m, half, t) = (ymm12, ymm13, ymm14, ymm15);
     for r in 0..tile.rows {
         let record = (r * 32) as i32;
-        a.vpbroadcastd(bias, dword_ptr(r8 + record)).map_err(e)?;
-        a.vpbroadcastd(m, dword_ptr(r8 + record + 4)).map_err(e)?;
-        a.vpbroadcastq(half, qword_ptr(r8 + record + 16)).map_err(e)?;
+        load_record(&mut a, r8 + record, bias, m, half)?;
         for v in 0..VECTORS {
-            let y = acc(r, v);
-            a.vpaddd(y, y, bias).map_err(e)?;
-            a.vpmuldq(t, y, m).map_err(e)?;
-            a.vpsrlq(y, y, 32).map_err(e)?;
-            a.vpmuldq(y, y, m).map_err(e)?;
-            a.vpaddq(t, t, half).map_err(e)?;
-            a.vpaddq(y, y, half).map_err(e)?;
-            a.vpsrlq(t, t, 32).map_err(e)?;
-            a.vpblendd(y, t, y, 0xaa).map_err(e)?;
-            a.vpsrad(y, y, xmmword_ptr(r8 + record + 8)).map_err(e)?;
-            a.vpaddd(y, y, ymmword_ptr(zp)).map_err(e)?;
-            a.vpmaxsd(y, y, ymmword_ptr(lo)).map_err(e)?;
-            a.vpminsd(y, y, ymmword_ptr(hi)).map_err(e)?;
+            requantize(&mut a, &k, acc(r, v), t, (bias, m, half), r8 + record)?;
         }
         // [v0 lanes 0-3, v1 0-3 | v0 4-7, v1 4-7] as i16, then bytes, then v0's eight and
         // v1's eight in the low 16 bytes.
         let (y0, y1) = (acc(r, 0), acc(r, 1));
-        a.vpackssdw(y0, y0, y1).map_err(e)?;
-        if q.signed {
-            a.vpacksswb(y0, y0, y0).map_err(e)?;
-        } else {
-            a.vpackuswb(y0, y0, y0).map_err(e)?;
-        }
-        a.vmovdqu(t, ymmword_ptr(order)).map_err(e)?;
-        a.vpermd(y0, t, y0).map_err(e)?;
+        pack(&mut a, &k, q.signed, y0, y1, t)?;
         let out = q.plane.checked_mul(r as i32).ok_or("output plane offset overflows")?;
         a.vmovq(qword_ptr(rcx + out), xmm_of(r * VECTORS)).map_err(e)?;
         a.vpextrq(qword_ptr(rcx + out + 8), xmm_of(r * VECTORS), 1).map_err(e)?;
     }
     a.vzeroupper().map_err(e)?;
     a.ret().map_err(e)?;
-    // Constants: 32-byte rows of the zero point, the bounds, and dword indices 0, 4, 1, 5.
-    for (label, value) in [(&mut zp, q.zero_point), (&mut lo, q.bounds.0), (&mut hi, q.bounds.1)] {
-        a.set_label(label).map_err(e)?;
-        a.dd_i(&[value; 8]).map_err(e)?;
-    }
-    a.set_label(&mut order).map_err(e)?;
-    a.dd(&[0, 4, 1, 5, 2, 6, 3, 7]).map_err(e)?;
+    k.emit(&mut a, q)?;
     a.assemble(0).map_err(e)
+}
+
+/// The shape of a depthwise micro-kernel: one channel's whole output plane, `iterations`
+/// times a body of groups of at most [`DEPTHWISE_VECTORS`] vectors of eight outputs.
+#[derive(Clone, Debug)]
+pub(crate) struct DepthwisePlane {
+    /// Byte offset of each tap pair's activations from a vector's address; pair `i`'s
+    /// weights are the i16 pair at `w + 4i`.
+    pub pairs: Vec<i32>,
+    /// Per iteration: groups of vectors, each (activation offset, output offset) in bytes.
+    pub groups: Vec<Vec<(i32, i32)>>,
+    /// Bytes the activation and output addresses advance per iteration.
+    pub x_stride: i32,
+    pub out_stride: i32,
+    /// Loop iterations (at least 1).
+    pub iterations: u32,
+    /// The requantization (its `plane` is not used).
+    pub store: Requantize,
+}
+
+/// Most vectors of a depthwise group: accumulators ymm0–7, the rest for the broadcast
+/// weight pair, products and the requantization's operands.
+pub(crate) const DEPTHWISE_VECTORS: usize = 8;
+
+/// The machine code of `fn(x: *const u8, w: *const u8, out: *mut u8, record: *const u8)`
+/// (System V: rdi, rsi, rdx, rcx) computing one depthwise channel (see [`DepthwisePlane`]):
+/// for each vector, `Σ_i vpmaddwd(w[i], x + offset + pairs[i])` (i16 pairs of taps, exact),
+/// requantized with the `ChannelTable` record at `record` as in [`pair_tile`], eight bytes
+/// stored at `out + output offset`. Uses caller-saved registers and `r9` only.
+pub(crate) fn depthwise_plane(plane: &DepthwisePlane, isa: Isa) -> Result<Vec<u8>, String> {
+    let e = |e: IcedError| e.to_string();
+    if plane.pairs.is_empty() || plane.iterations == 0 || plane.groups.iter().any(|g| g.is_empty() || g.len() > DEPTHWISE_VECTORS) {
+        return Err("depthwise micro-kernel shape out of range".into());
+    }
+    let ymm = [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7];
+    let (b, p, bias, m, half, t) = (ymm8, ymm9, ymm10, ymm11, ymm12, ymm13);
+    let mut a = CodeAssembler::new(64).map_err(e)?;
+    a.set_prefer_vex(true);
+    let mut k = Constants::new(&mut a);
+    load_record(&mut a, rcx + 0, bias, m, half)?;
+    a.mov(r9, plane.iterations as u64).map_err(e)?;
+    let mut top = a.create_label();
+    a.set_label(&mut top).map_err(e)?;
+    for group in &plane.groups {
+        for &y in &ymm[..group.len()] {
+            a.vpxor(y, y, y).map_err(e)?;
+        }
+        for (i, &off) in plane.pairs.iter().enumerate() {
+            a.vpbroadcastd(b, dword_ptr(rsi + 4 * i as i32)).map_err(e)?;
+            for (&y, &(x, _)) in ymm.iter().zip(group) {
+                match isa {
+                    Isa::Avx2 => {
+                        a.vpmaddwd(p, b, ymmword_ptr(rdi + x + off)).map_err(e)?;
+                        a.vpaddd(y, y, p).map_err(e)?;
+                    }
+                    Isa::AvxVnni => a.vpdpwssd(y, b, ymmword_ptr(rdi + x + off)).map_err(e)?,
+                }
+            }
+        }
+        for (v, (&y, &(_, out))) in ymm.iter().zip(group).enumerate() {
+            requantize(&mut a, &k, y, t, (bias, m, half), rcx + 0)?;
+            pack(&mut a, &k, plane.store.signed, y, y, t)?;
+            a.vmovq(qword_ptr(rdx + out), xmm_of(v)).map_err(e)?;
+        }
+    }
+    a.add(rdi, plane.x_stride).map_err(e)?;
+    a.add(rdx, plane.out_stride).map_err(e)?;
+    a.dec(r9).map_err(e)?;
+    a.jnz(top).map_err(e)?;
+    a.vzeroupper().map_err(e)?;
+    a.ret().map_err(e)?;
+    k.emit(&mut a, plane.store)?;
+    a.assemble(0).map_err(e)
+}
+
+/// The constants a requantizing micro-kernel reads after its code: 32-byte rows of the
+/// zero point and the bounds, and the dword order [`pack`] uses.
+struct Constants {
+    zp: CodeLabel,
+    lo: CodeLabel,
+    hi: CodeLabel,
+    order: CodeLabel,
+}
+
+impl Constants {
+    fn new(a: &mut CodeAssembler) -> Constants {
+        Constants { zp: a.create_label(), lo: a.create_label(), hi: a.create_label(), order: a.create_label() }
+    }
+
+    /// Places the constants (after the function's `ret`).
+    fn emit(&mut self, a: &mut CodeAssembler, q: Requantize) -> Result<(), String> {
+        let e = |e: IcedError| e.to_string();
+        for (label, value) in [(&mut self.zp, q.zero_point), (&mut self.lo, q.bounds.0), (&mut self.hi, q.bounds.1)] {
+            a.set_label(label).map_err(e)?;
+            a.dd_i(&[value; 8]).map_err(e)?;
+        }
+        a.set_label(&mut self.order).map_err(e)?;
+        a.dd(&[0, 4, 1, 5, 2, 6, 3, 7]).map_err(e)
+    }
+}
+
+/// Broadcasts a `ChannelTable` record's bias and multiplier (dwords) and 2^(shift−1) (qword).
+fn load_record(a: &mut CodeAssembler, record: AsmMemoryOperand, bias: AsmRegisterYmm, m: AsmRegisterYmm, half: AsmRegisterYmm) -> Result<(), String> {
+    let e = |e: IcedError| e.to_string();
+    a.vpbroadcastd(bias, dword_ptr(record)).map_err(e)?;
+    a.vpbroadcastd(m, dword_ptr(record + 4)).map_err(e)?;
+    a.vpbroadcastq(half, qword_ptr(record + 16)).map_err(e)
+}
+
+/// `y = clamp(zp + (((y + bias) · m + half) >> 32) >> (shift − 32))` in eight i32 lanes
+/// (`t` is clobbered; the shift count is the record's qword at byte 8).
+fn requantize(a: &mut CodeAssembler, k: &Constants, y: AsmRegisterYmm, t: AsmRegisterYmm, (bias, m, half): (AsmRegisterYmm, AsmRegisterYmm, AsmRegisterYmm), record: AsmMemoryOperand) -> Result<(), String> {
+    let e = |e: IcedError| e.to_string();
+    a.vpaddd(y, y, bias).map_err(e)?;
+    a.vpmuldq(t, y, m).map_err(e)?;
+    a.vpsrlq(y, y, 32).map_err(e)?;
+    a.vpmuldq(y, y, m).map_err(e)?;
+    a.vpaddq(t, t, half).map_err(e)?;
+    a.vpaddq(y, y, half).map_err(e)?;
+    a.vpsrlq(t, t, 32).map_err(e)?;
+    a.vpblendd(y, t, y, 0xaa).map_err(e)?;
+    a.vpsrad(y, y, xmmword_ptr(record + 8)).map_err(e)?;
+    a.vpaddd(y, y, ymmword_ptr(k.zp)).map_err(e)?;
+    a.vpmaxsd(y, y, ymmword_ptr(k.lo)).map_err(e)?;
+    a.vpminsd(y, y, ymmword_ptr(k.hi)).map_err(e)
+}
+
+/// Packs the clamped i32 lanes of `y0` and `y1` to bytes: `y0`'s eight then `y1`'s eight in
+/// the low 16 bytes of `y0` (saturating packs, exact on clamped values; `t` is clobbered).
+fn pack(a: &mut CodeAssembler, k: &Constants, signed: bool, y0: AsmRegisterYmm, y1: AsmRegisterYmm, t: AsmRegisterYmm) -> Result<(), String> {
+    let e = |e: IcedError| e.to_string();
+    a.vpackssdw(y0, y0, y1).map_err(e)?;
+    if signed {
+        a.vpacksswb(y0, y0, y0).map_err(e)?;
+    } else {
+        a.vpackuswb(y0, y0, y0).map_err(e)?;
+    }
+    a.vmovdqu(t, ymmword_ptr(k.order)).map_err(e)?;
+    a.vpermd(y0, t, y0).map_err(e)
 }
 
 /// The xmm register that is the low half of ymm register `i`.
