@@ -37,7 +37,7 @@ pub fn compile_object(graph: &Graph, prefix: &str, opts: &CodegenOptions) -> Res
         message: e.to_string(),
     })?;
     let mut module = ObjectModule::new(builder);
-    let program = build(&mut module, graph, &format!("{prefix}_run"), opts)?;
+    let program = build(&mut module, graph, &format!("{prefix}_run"), opts, false)?;
     if let Some((name, ..)) = program.outputs.iter().find(|(_, _, s)| !matches!(s, OutputSource::Computed(_))) {
         return Err(CodegenError::Unsupported {
             node: name.clone(),

@@ -57,6 +57,31 @@ extern "C" fn qlift_expf(x: f32) -> f32 {
     x.exp()
 }
 
+thread_local! {
+    /// Threads a kernel running on this thread may split its work across (see
+    /// [`qlift_parallel_for`]): set by [`JitProgram::call`] around each entry call.
+    static INTRA_OP: std::cell::Cell<usize> = const { std::cell::Cell::new(1) };
+}
+
+/// A kernel task: `task(ctx, begin, end)` (see `Kernel::task`).
+type Task = extern "C" fn(*const u8, i64, i64);
+
+/// The JIT's [`crate::kernels::PARALLEL_FOR`]: runs `task` on `0..n` split into as many
+/// ranges as the calling entry may use threads ([`INTRA_OP`]), on the persistent rayon
+/// pool; one call on this thread when that is one.
+extern "C" fn qlift_parallel_for(task: Task, ctx: *const u8, n: i64) {
+    let parts = INTRA_OP.with(|t| t.get()).min(n.max(0) as usize);
+    if parts <= 1 {
+        task(ctx, 0, n);
+        return;
+    }
+    // Raw pointers are not Send; the task only reads the context, and its ranges write
+    // disjoint parts of the result (the kernel that built it guarantees both).
+    let ctx = ctx as usize;
+    let n = n as usize;
+    (0..parts).into_par_iter().for_each(|i| task(ctx as *const u8, (i * n / parts) as i64, ((i + 1) * n / parts) as i64));
+}
+
 /// The start of the monotonic clock profiled entries read (the first call's time).
 static PROFILE_EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
@@ -106,9 +131,10 @@ impl JitProgram {
         let mut builder = JITBuilder::with_isa(isa, default_libcall_names());
         builder.symbol("expf", qlift_expf as *const u8);
         builder.symbol(crate::program::PROFILE_START, qlift_profile_start as *const u8);
+        builder.symbol(crate::kernels::PARALLEL_FOR, qlift_parallel_for as *const u8);
         builder.symbol(crate::program::PROFILE_STOP, qlift_profile_stop as *const u8);
         let mut module = JITModule::new(builder);
-        let program = match build(&mut module, graph, "qlift_run", opts) {
+        let program = match build(&mut module, graph, "qlift_run", opts, true) {
             Ok(p) => p,
             Err(e) => {
                 // SAFETY: nothing compiled in this module was called or handed out.
@@ -209,9 +235,10 @@ impl JitProgram {
             }
         }
         let result = match self.batch_split(batch) {
-            None => self.call(&bases, 0, batch),
+            // Threads beyond the batch's parts go to the kernels (intra-op parallelism).
+            None => self.call(&bases, 0, batch, self.threads),
             // Disjoint slices of the batch on the persistent rayon pool, one scratch each.
-            Some(parts) => parts.par_iter().try_for_each(|&(start, len)| self.call(&bases, start, len)),
+            Some(parts) => parts.par_iter().try_for_each(|&(start, len)| self.call(&bases, start, len, 1)),
         };
         self.give_scratch(bases)?;
         result?;
@@ -237,8 +264,8 @@ impl JitProgram {
     }
 
     /// Runs the entry on samples `start..start + batch` of checked buffers (`bases`: the
-    /// addresses of sample 0), with scratch from the pool.
-    fn call(&self, bases: &Scratch, start: usize, batch: usize) -> Result<(), CodegenError> {
+    /// addresses of sample 0), with scratch from the pool; its kernels may use `threads`.
+    fn call(&self, bases: &Scratch, start: usize, batch: usize, threads: usize) -> Result<(), CodegenError> {
         let arena_bytes = self.program.arena.bytes(batch).ok_or_else(|| CodegenError::Input { name: "batch".into(), message: format!("batch {batch} overflows the arena size") })?;
         let mut s = self.take_scratch()?;
         s.arena.resize(arena_bytes + crate::plan::ALIGN, 0);
@@ -248,6 +275,7 @@ impl JitProgram {
         s.inputs.extend(bases.inputs.iter().zip(&self.sample_bytes.0).map(|(&p, &b)| at(p, b)));
         s.outputs.clear();
         s.outputs.extend(bases.outputs.iter().zip(&self.sample_bytes.1).map(|(&p, &b)| at(p, b)));
+        let before = INTRA_OP.with(|t| t.replace(threads));
         // SAFETY: inputs and outputs were checked against the program's types for the whole
         // batch, `start + batch` is within it (offsets only for batched tensors, see
         // `batch_split`), and the arena holds `arena_bytes` from a 64-byte aligned start.
@@ -255,6 +283,7 @@ impl JitProgram {
         let status = unsafe {
             (self.entry)(s.inputs.as_ptr().cast(), s.outputs.as_ptr().cast(), s.arena.as_mut_ptr().add(skip), batch as i64)
         };
+        INTRA_OP.with(|t| t.set(before));
         self.give_scratch(s)?;
         if status != 0 {
             return Err(self.runtime_error(status));

@@ -87,7 +87,9 @@ enum Location {
 /// Compiles `graph` into `module`: kernels, then the entry function named `entry_name`
 /// (exported, for object files). With `opts.profile`, the entry times every kernel call
 /// (see [`Program::profile`]).
-pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &CodegenOptions) -> Result<Program, CodegenError> {
+/// With `parallel`, kernels may split their work across the JIT's thread pool (they call
+/// [`kernels::PARALLEL_FOR`], which the JIT resolves); object files are built without.
+pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &CodegenOptions, parallel: bool) -> Result<Program, CodegenError> {
     let profile = opts.profile;
     let wide = wide_isa(module.isa(), opts);
     let order = graph.topo_order().map_err(bug)?;
@@ -186,6 +188,7 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &Co
             // Constants become read-only data objects (an emitter may ignore them and repack).
             let mut kernel = Kernel::new(&mut fb, module, op, Vec::new(), result_args, workspace, batch);
             kernel.wide = wide;
+            kernel.parallel = parallel;
             for arg in operand_args {
                 let operand = match arg {
                     None => None,

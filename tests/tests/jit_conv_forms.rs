@@ -127,6 +127,14 @@ fn cases() -> Vec<Case> {
     cases
 }
 
+/// Sample 0 of a batch.
+fn first_sample(x: &Tensor) -> Tensor {
+    let mut dims = x.shape().to_vec();
+    let per: usize = dims[1..].iter().product();
+    dims[0] = 1;
+    Tensor::from_i64_values(x.dtype(), dims, x.to_i64_vec().unwrap()[..per].to_vec()).unwrap()
+}
+
 #[test]
 fn every_convolution_form_agrees_with_the_interpreter() {
     let paths = [
@@ -166,6 +174,16 @@ fn every_convolution_form_agrees_with_the_interpreter() {
                 let direct = p.program().steps[0].form == if wide_depthwise { "wide-depthwise" } else { "direct-depthwise" };
                 if wide != expected || (depthwise && !opts.baseline_isa && !direct) {
                     failures.push(format!("{path}: {k:?} is in form {}", p.program().steps[0].form));
+                }
+            }
+            // One sample on two threads: the kernels split their own work (intra-op).
+            let (x1, want1) = (first_sample(&x), qlift_ir::interp::run(&graph, &[first_sample(&x)]).unwrap());
+            if let Ok(mut p) = JitProgram::compile(&graph, opts) {
+                p.set_threads(2);
+                match p.run(std::slice::from_ref(&x1)) {
+                    Ok(got) if got == want1 => {}
+                    Ok(_) => failures.push(format!("{path}, two threads, batch 1: {k:?} differs from the interpreter")),
+                    Err(e) => failures.push(format!("{path}, two threads, batch 1: {k:?}: {e}")),
                 }
             }
             let got = program.and_then(|p| p.run(std::slice::from_ref(&x)));

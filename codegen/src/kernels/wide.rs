@@ -25,8 +25,9 @@ use super::planes::{copy_row, Padded};
 use super::product::packed_rows;
 use super::ukernel::{self, PairTile, Requantize, LANES, MAX_ROWS, VECTORS};
 use super::requant::ChannelTable;
-use super::Kernel;
+use super::{data_address, Kernel};
 use crate::emit;
+use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, ConstantData, FuncRef, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
 use qlift_ir::fixed_point::Requant;
@@ -201,8 +202,8 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let bounds = (rq.bounds.0 as i32, rq.bounds.1 as i32);
     let store = Requantize { zero_point: rq.zero_point, bounds, signed: y.dtype == DType::I8, plane: i32::try_from(out_plane).map_err(|e| e.to_string())? };
     let tile = |rows: usize| PairTile { rows, offsets: offsets.clone(), x_stride, iterations, store };
-    let main = k.machine_code(&ukernel::pair_tile(&tile(rows), isa)?, 5)?;
-    let tail_kernel = if tail > 0 { Some(k.machine_code(&ukernel::pair_tile(&tile(tail), isa)?, 5)?) } else { None };
+    let main = k.machine_code_id(&ukernel::pair_tile(&tile(rows), isa)?, 5)?;
+    let tail_kernel = if tail > 0 { Some(k.machine_code_id(&ukernel::pair_tile(&tile(tail), isa)?, 5)?) } else { None };
     k.form = "wide-direct";
     // Weights: block of `rows` channels from c0, [pair][tap][row] as i16 pairs.
     let weight = |c: usize, ci: usize, t: usize| if ci < g.c { packed.rows[c][ci * taps + t] } else { 0 };
@@ -219,8 +220,8 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         }
     }
     let block_bytes = (l.pairs * taps * rows * PAIR) as i64;
-    let wptr = k.data(weights, 64)?;
-    let params = k.data(records, 64)?;
+    let wptr = k.data_object(weights, 64)?;
+    let params = k.data_object(records, 64)?;
     // Activation offset of each vector (output row, column block) in the packed planes; a
     // tile's second vector past the last repeats it.
     let vector_offsets = (0..l.vectors_even).map(|i| {
@@ -228,27 +229,26 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         let (oy, col) = (i / (l.ow8 / LANES), i % (l.ow8 / LANES) * LANES);
         (((oy * l.wq + col) * PAIR) as i32).to_le_bytes()
     });
-    let vector_table = k.data(vector_offsets.flatten().collect(), 64)?;
-    // Workspace: padded u8 planes | packed pairs | staging (when not direct).
+    let vector_table = k.data_object(vector_offsets.flatten().collect(), 64)?;
+    // Workspace: padded u8 planes | packed pairs | the tiles' context | staging (when not direct).
     let xp_at = l.u8_bytes;
-    let staging_at = xp_at + (l.pairs * pair_bytes).next_multiple_of(64);
+    let context_at = xp_at + (l.pairs * pair_bytes).next_multiple_of(64);
+    let staging_at = context_at + 64;
     let ws_bytes = staging_at + if l_direct { 0 } else { g.m * out_plane };
-    let ws = k.workspace(ws_bytes);
-    let (x, yop) = (k.input(0)?, k.output(0));
-    let (xptr, yptr) = (x.ptr, yop.ptr);
-    let samples = if x.batched() { k.batch } else { emit::iconst(k.fb, x.dims()[0] as i64) };
-    let zx = xq.channel(0).1 as u8;
-    let padded = Padded { planes: g.c, h: g.h, w: g.w, hp: g.hp, wp: g.wp, top: g.pt, left: g.pl };
     let weights_outer = g.m * l.pairs * taps * PAIR > l.pairs * pair_bytes;
-    let fb = &mut *k.fb;
-    emit::for_dynamic(fb, samples, |fb, n| {
-        let xn = emit::addr(fb, xptr, n, (g.c * g.h * g.w) as i64);
-        let yn = emit::addr(fb, yptr, n, (g.m * g.oh * g.ow) as i64);
-        padded.emit(fb, xn, ws, zx);
-        let xp = fb.ins().iadd_imm_s(ws, xp_at as i64);
-        repack(fb, &g, &l, ws, xp);
-        let out = if l.direct(&g) { yn } else { fb.ins().iadd_imm_s(ws, staging_at as i64) };
-        let tiles = (l.vectors_even / VECTORS) as i64;
+    let tiles = (l.vectors_even / VECTORS) as i64;
+    // The tiles as a task over one dimension: blocks of channels when the weights are larger
+    // than the packed activations (each block's weights stay in cache across its tiles),
+    // else tiles (each tile's activations stay in cache across the blocks). Each index writes
+    // its own results, so ranges of it may run on different threads.
+    let blocks = full + usize::from(tail > 0);
+    let count = if weights_outer { blocks as i64 } else { tiles };
+    let task = k.task(|fb, module, ctx, begin, end| {
+        let xp = fb.ins().load(types::I64, emit::mem(), ctx, 0);
+        let out = fb.ins().load(types::I64, emit::mem(), ctx, 8);
+        let (wptr, params, vector_table) = (data_address(fb, module, wptr), data_address(fb, module, params), data_address(fb, module, vector_table));
+        let main = module.declare_func_in_func(main, fb.func);
+        let tail_kernel = tail_kernel.map(|f| module.declare_func_in_func(f, fb.func));
         // One tile: vectors 2t and 2t + 1, channels c0.. of the block whose weights are at w.
         let tile = |fb: &mut FunctionBuilder, t: Value, kernel: FuncRef, c0: Value, w: Value| {
             let at = fb.ins().imul_imm_s(t, (VECTORS * 4) as i64);
@@ -279,17 +279,45 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
                 tile(fb, t, kernel, c0, w);
             }
         };
-        // Weights larger than the packed activations stay in cache across the tiles of a
-        // block; otherwise the activations of a tile stay in cache across the blocks.
-        if weights_outer {
-            emit::for_count(fb, full as i64, |fb, b| emit::for_count(fb, tiles, |fb, t| block(fb, b, t)));
-            emit::for_count(fb, tiles, |fb, t| tail_block(fb, t));
-        } else {
-            emit::for_count(fb, tiles, |fb, t| {
-                emit::for_count(fb, full as i64, |fb, b| block(fb, b, t));
-                tail_block(fb, t);
-            });
-        }
+        emit::for_range(fb, begin, end, 1, |fb, i| {
+            if weights_outer {
+                // Block i: the full blocks, then the tail block (index `full`).
+                let is_full = fb.ins().icmp_imm_s(IntCC::SignedLessThan, i, full as i64);
+                let (full_block, tail_only, done) = (fb.create_block(), fb.create_block(), fb.create_block());
+                fb.ins().brif(is_full, full_block, &[], tail_only, &[]);
+                fb.switch_to_block(full_block);
+                emit::for_count(fb, tiles, |fb, t| block(fb, i, t));
+                fb.ins().jump(done, &[]);
+                fb.switch_to_block(tail_only);
+                emit::for_count(fb, tiles, |fb, t| tail_block(fb, t));
+                fb.ins().jump(done, &[]);
+                fb.switch_to_block(done);
+            } else {
+                emit::for_count(fb, full as i64, |fb, b| block(fb, b, i));
+                tail_block(fb, i);
+            }
+        });
+        Ok(())
+    })?;
+    let ws = k.workspace(ws_bytes);
+    let (x, yop) = (k.input(0)?, k.output(0));
+    let (xptr, yptr) = (x.ptr, yop.ptr);
+    let samples = if x.batched() { k.batch } else { emit::iconst(k.fb, x.dims()[0] as i64) };
+    let zx = xq.channel(0).1 as u8;
+    let padded = Padded { planes: g.c, h: g.h, w: g.w, hp: g.hp, wp: g.wp, top: g.pt, left: g.pl };
+    let context = k.fb.ins().iadd_imm_s(ws, context_at as i64);
+    k.for_each(samples, |k, n| {
+        let fb = &mut *k.fb;
+        let xn = emit::addr(fb, xptr, n, (g.c * g.h * g.w) as i64);
+        let yn = emit::addr(fb, yptr, n, (g.m * g.oh * g.ow) as i64);
+        padded.emit(fb, xn, ws, zx);
+        let xp = fb.ins().iadd_imm_s(ws, xp_at as i64);
+        repack(fb, &g, &l, ws, xp);
+        let out = if l_direct { yn } else { fb.ins().iadd_imm_s(ws, staging_at as i64) };
+        fb.ins().store(emit::mem(), xp, context, 0);
+        fb.ins().store(emit::mem(), out, context, 8);
+        k.parallel_for(task, context, count)?;
+        let fb = &mut *k.fb;
         if !l_direct {
             // Staging rows of `ow8` results to the output's rows of `ow`.
             emit::for_count(fb, g.m as i64, |fb, c| {
@@ -302,7 +330,8 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
                 });
             });
         }
-    });
+        Ok(())
+    })?;
     Ok(true)
 }
 
