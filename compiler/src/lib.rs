@@ -23,7 +23,7 @@ pub mod report;
 pub use error::{Error, UnsupportedOp};
 pub use qlift_passes::calibrate::{ActivationScheme, CalibrationMethod};
 pub use qlift_passes::quantize::QuantizeOptions;
-pub use model::{CompileOptions, CompiledModel, Engine};
+pub use model::{CompileOptions, CompiledModel, Engine, KernelTime};
 pub use qlift_codegen::CodegenOptions;
 pub use quantize::{quantize, Quantized};
 pub use onnx::export_onnx;

@@ -43,9 +43,24 @@ pub struct CompileOptions {
 /// sizes in turn, without holding the code of every shape ever seen.
 pub const DEFAULT_SPECIALIZATIONS: usize = 8;
 
+/// One kernel's share of a profiled model's time (see [`CompiledModel::profile`]).
+#[derive(Clone, Debug)]
+pub struct KernelTime {
+    /// The node the kernel computes.
+    pub node: String,
+    /// Its op.
+    pub op: String,
+    /// The kernel form the code generator chose for it (`direct`, `pointwise`, `im2col-packed`, …).
+    pub form: String,
+    /// Nanoseconds in the kernel, summed over calls.
+    pub nanos: u64,
+    /// Calls.
+    pub calls: u64,
+}
+
 enum Executor {
     /// One program for every batch size (the graph's only symbol is the batch).
-    Jit(Box<JitProgram>),
+    Jit(Arc<JitProgram>),
     /// Programs specialized on input shapes, compiled at the first call with those shapes.
     Specialized(Specializations),
     Interpreter,
@@ -191,7 +206,7 @@ impl CompiledModel {
                 }
                 let mut program = JitProgram::compile(&specialized, &opts.codegen)?;
                 program.set_threads(opts.threads);
-                Executor::Jit(Box::new(program))
+                Executor::Jit(Arc::new(program))
             }
             Engine::Interpreter => Executor::Interpreter,
         })
@@ -295,6 +310,40 @@ impl CompiledModel {
         match &self.executor {
             Executor::Specialized(s) => s.len(),
             _ => 0,
+        }
+    }
+
+    /// The program the last calls ran: the one program, or the most recently used
+    /// specialization.
+    fn current_program(&self) -> Option<Arc<JitProgram>> {
+        match &self.executor {
+            Executor::Jit(p) => Some(Arc::clone(p)),
+            Executor::Specialized(s) => s.programs.lock().ok()?.last().map(|(_, p)| p.clone()),
+            Executor::Interpreter => None,
+        }
+    }
+
+    /// Time per kernel since the last [`Self::reset_profile`], for a JIT model compiled with
+    /// `CodegenOptions::profile`: one entry per kernel call of the program (the most recently
+    /// used specialization of a model with symbolic dimensions), in order.
+    pub fn profile(&self) -> Option<Vec<KernelTime>> {
+        let p = self.current_program()?;
+        let steps = &p.program().steps;
+        Some(
+            p.profile()?
+                .into_iter()
+                .filter_map(|t| {
+                    let s = steps.get(t.step)?;
+                    Some(KernelTime { node: s.node.clone(), op: s.op.clone(), form: s.form.clone(), nanos: t.nanos, calls: t.calls })
+                })
+                .collect(),
+        )
+    }
+
+    /// Zeroes the kernel timers (see [`Self::profile`]).
+    pub fn reset_profile(&self) {
+        if let Some(p) = self.current_program() {
+            p.reset_profile();
         }
     }
 

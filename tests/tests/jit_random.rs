@@ -448,10 +448,11 @@ fn relative_error(got: &Tensor, want: &Tensor) -> f32 {
 
 /// The host's best code (VNNI where it has it), AVX2 at most (`pmaddwd`, no AVX-512: an
 /// AVX2-only CPU's code), and baseline SSE2.
-const ISAS: [(&str, CodegenOptions); 3] = [
-    ("host", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false, avx2_only: false }),
-    ("avx2", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false, avx2_only: true }),
-    ("baseline", CodegenOptions { target: None, baseline_isa: true, pic: false, no_vnni: false, avx2_only: false }),
+const ISAS: [(&str, CodegenOptions); 4] = [
+    ("host", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false, avx2_only: false, profile: false, max_vector_bits: None }),
+    ("host-128", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false, avx2_only: false, profile: false, max_vector_bits: Some(128) }),
+    ("avx2", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false, avx2_only: true, profile: false, max_vector_bits: None }),
+    ("baseline", CodegenOptions { target: None, baseline_isa: true, pic: false, no_vnni: false, avx2_only: false, profile: false, max_vector_bits: None }),
 ];
 
 fn jit_run(g: &Graph, opts: &CodegenOptions, x: &Tensor) -> Result<Vec<Tensor>, String> {

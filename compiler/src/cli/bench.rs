@@ -54,6 +54,24 @@ pub(crate) struct BenchArgs {
     /// Generate baseline x86-64 code (SSE2), ignoring the CPU's features.
     #[arg(long)]
     baseline_isa: bool,
+    /// Time every kernel (timers compiled into the entry function) and print where the
+    /// time goes: per kernel and per kernel form, with GMAC/s (JIT only).
+    #[arg(long)]
+    profile: bool,
+    /// The widest vectors kernels may use: 128 (Cranelift's), 256 (AVX2 micro-kernels) or
+    /// 512; the widest the CPU has by default.
+    #[arg(long, value_parser = parse_vector_bits)]
+    max_vector_bits: Option<u32>,
+    /// Kernels listed by --profile (the slowest first).
+    #[arg(long, default_value_t = 25)]
+    profile_top: usize,
+}
+
+fn parse_vector_bits(s: &str) -> Result<u32, String> {
+    match s {
+        "128" | "256" | "512" => s.parse().map_err(|e| format!("{e}")),
+        _ => Err("expected 128, 256 or 512".into()),
+    }
 }
 
 /// Most timed or warm-up runs per caller.
@@ -67,7 +85,14 @@ pub(crate) fn exec(args: &BenchArgs) -> Result<()> {
         bail!("--iters {} × --callers {} is more than {MAX_TIMED_RUNS} timed runs", args.iters, args.callers);
     }
     let start = Instant::now();
-    let codegen = qlift::CodegenOptions { no_vnni: args.no_vnni, avx2_only: args.avx2_only, baseline_isa: args.baseline_isa, ..Default::default() };
+    let codegen = qlift::CodegenOptions {
+        no_vnni: args.no_vnni,
+        avx2_only: args.avx2_only,
+        baseline_isa: args.baseline_isa,
+        profile: args.profile,
+        max_vector_bits: args.max_vector_bits,
+        ..Default::default()
+    };
     let graph = load_model(&args.model)?;
     let inputs = bind_inputs(&graph, &args.inputs)?;
     let model = compile_graph(&graph, &args.model, &args.quant, args.engine, args.threads, &codegen)?;
@@ -87,6 +112,7 @@ pub(crate) fn exec(args: &BenchArgs) -> Result<()> {
     for _ in 0..args.warmup {
         model.run_into(&inputs, &mut outputs)?;
     }
+    model.reset_profile();
     let style = indicatif::ProgressStyle::with_template("benchmarking {bar:30} {pos}/{len} runs").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     let bar = indicatif::ProgressBar::new((args.iters * args.callers) as u64).with_style(style);
     let wall = Instant::now();
@@ -120,6 +146,11 @@ pub(crate) fn exec(args: &BenchArgs) -> Result<()> {
     let pick = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
     let (min, median, p90) = (times[0], pick(0.5), pick(0.9));
     let macs = multiply_accumulates(model.graph()) as f64 * batch as f64;
+    let profile = match model.profile() {
+        Some(kernels) => Some(super::profile::table(model.graph(), &kernels, times.iter().sum::<f64>() / times.len() as f64, batch, args.profile_top)),
+        None if args.profile => bail!("--profile needs the JIT engine"),
+        None => None,
+    };
     let gmacs = macs / (median * 1e-3) / 1e9;
     let throughput = (times.len() * batch) as f64 / wall_s;
     let peak = int8_peak_gmacs(args.threads.saturating_mul(args.callers));
@@ -131,7 +162,7 @@ pub(crate) fn exec(args: &BenchArgs) -> Result<()> {
                 "precision": if model.is_quantized() { "int8" } else { "fp32" },
                 "batch": batch, "threads": args.threads, "callers": args.callers, "iters": args.iters,
                 "min_ms": min, "median_ms": median, "p90_ms": p90, "compile_ms": compile_ms,
-                "samples_per_s": throughput, "gmacs": gmacs, "int8_peak_fraction": gmacs / peak,
+                "samples_per_s": throughput, "gmacs": gmacs, "int8_peak_fraction": gmacs / peak, "profile": profile,
             })
         );
     }
@@ -152,7 +183,11 @@ compute    {gmacs:.2} GMAC/s ({:.1}% of a {peak:.0} GMAC/s int8 peak)
         duration_ms(median),
         duration_ms(p90),
         100.0 * gmacs / peak
-    ))
+    ))?;
+    if let Some(p) = profile {
+        print(&format!("\nprofile (mean per call over the timed runs; timers add a little to each kernel call)\n{p}\n"))?;
+    }
+    Ok(())
 }
 
 /// A latency given in milliseconds, for people: in µs with 3 significant digits below 1 ms
@@ -170,23 +205,7 @@ fn duration_ms(ms: f64) -> String {
 
 /// Multiply-accumulates of one sample: Conv, Gemm, MatMul and their integer forms.
 fn multiply_accumulates(g: &Graph) -> u64 {
-    use qlift_ir::OpKind::*;
-    g.node_ids()
-        .filter_map(|id| {
-            let kind = g.node(id).op.kind()?;
-            let inputs = g.node_inputs(id);
-            let out = g.node(id).outputs.first()?.ty.shape.resolve(1).iter().product::<usize>() as u64;
-            let w = g.value_type(inputs.get(1).copied().flatten()?).shape.resolve(1);
-            match kind {
-                Conv | QConv | ConvInteger | QLinearConv => Some(out.saturating_mul(w.get(1..)?.iter().product::<usize>() as u64)),
-                Gemm | MatMul | QMatMul | MatMulInteger | QLinearMatMul => {
-                    let a = g.value_type(inputs[0]?).shape.resolve(1);
-                    Some(out.saturating_mul(*a.last()? as u64))
-                }
-                _ => None,
-            }
-        })
-        .fold(0u64, u64::saturating_add)
+    g.node_ids().filter_map(|id| super::profile::node_macs(g, id)).fold(0u64, u64::saturating_add)
 }
 
 /// The machine's nominal int8 peak in GMAC/s for `threads` cores: 64 u8×i8

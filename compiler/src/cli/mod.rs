@@ -10,6 +10,7 @@ pub(crate) mod bench;
 pub(crate) mod compile;
 pub(crate) mod dump;
 pub(crate) mod output;
+mod profile;
 pub(crate) mod quantize;
 pub(crate) mod report;
 pub(crate) mod run;
