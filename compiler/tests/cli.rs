@@ -1,6 +1,6 @@
 //! The `qlift` binary as a user runs it: subcommands, files, exit codes, errors on stderr.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn qlift(args: &[&str]) -> Output {
@@ -417,4 +417,39 @@ fn a_panic_exits_2_with_a_bug_report_hint() {
     let o = Command::new(env!("CARGO_BIN_EXE_qlift")).args(["dump", &model("digits_mlp.onnx")]).env("QLIFT_TEST_PANIC", "1").output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("error: internal error") && stderr(&o).contains("please report it"), "{}", stderr(&o));
+}
+
+/// `qlift ops` lists the importer's registry, and README.md's op table is its `--markdown`
+/// output: adding an op without regenerating the README fails here.
+#[test]
+fn the_readme_op_table_is_qlift_ops() {
+    let plain = qlift(&["ops"]);
+    assert!(plain.status.success(), "{}", stderr(&plain));
+    assert!(stdout(&plain).lines().any(|l| l.starts_with("Conv ") && l.contains("ai.onnx 7..28")), "{}", stdout(&plain));
+    let table = stdout(&qlift(&["ops", "--markdown"]));
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
+    let (_, rest) = readme.split_once("<!-- ops:begin -->\n").expect("README has the ops markers");
+    let (in_readme, _) = rest.split_once("<!-- ops:end -->").expect("README has the ops end marker");
+    assert_eq!(in_readme, table, "README.md's op table is stale: regenerate it with `qlift ops --markdown`");
+}
+
+/// `--shape` fixes a symbolic input dimension and `--freeze` makes an input a constant, on
+/// IR text as on ONNX.
+#[test]
+fn shape_and_freeze_flags_bind_inputs() {
+    let dir = temp("shape_freeze");
+    std::fs::create_dir_all(&dir).unwrap();
+    let qir = dir.join("m.qir");
+    std::fs::write(&qir, "graph m(%x: f32[N,seq], %k: f32[1]) -> (%y) {\n  %y = Mul(%x, %k) : f32[N,seq]\n}\n").unwrap();
+    let k = dir.join("k.npy");
+    qlift::npy::write_npy(&k, &qlift_ir::Tensor::from_f32(&[1], vec![2.0])).unwrap();
+    let out = qlift(&["dump", qir.to_str().unwrap(), "--shape", "x=Nx3", "--freeze", &format!("k={}", k.display())]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("graph m(%x: f32[N,3]) -> (%y)"), "{text}");
+    let bad = qlift(&["dump", qir.to_str().unwrap(), "--shape", "x=Nx3x4"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("x") && stderr(&bad).contains("3 dimensions"), "{}", stderr(&bad));
+    let bad = qlift(&["dump", qir.to_str().unwrap(), "--freeze", "nope=k.npy"]);
+    assert_eq!(bad.status.code(), Some(1));
 }

@@ -1,7 +1,7 @@
 //! `qlift bench`: latency, throughput and compile time of a compiled model.
 
 use super::output::{outln, print};
-use super::{bind_inputs, compile_graph, in_range, load_model, EngineArg, QuantArgs, MAX_THREADS};
+use super::{LoadArgs, bind_inputs, compile_graph, in_range, load_model, EngineArg, QuantArgs, MAX_THREADS};
 use anyhow::{bail, Result};
 use qlift_ir::{Graph, Tensor};
 use std::path::PathBuf;
@@ -20,6 +20,8 @@ counts the multiply-accumulates of Conv/Gemm/MatMul layers (int8 ones when quant
 pub(crate) struct BenchArgs {
     /// The ONNX model (.onnx) or IR text (.qir).
     model: PathBuf,
+    #[command(flatten)]
+    load: LoadArgs,
     /// Inputs (FILE.npy or NAME=FILE.npy); their batch is the batch benchmarked.
     #[arg(short, long = "input", required = true)]
     inputs: Vec<String>,
@@ -93,7 +95,7 @@ pub(crate) fn exec(args: &BenchArgs) -> Result<()> {
         max_vector_bits: args.max_vector_bits,
         ..Default::default()
     };
-    let graph = load_model(&args.model)?;
+    let graph = load_model(&args.model, &args.load)?;
     let inputs = bind_inputs(&graph, &args.inputs)?;
     let model = compile_graph(&graph, &args.model, &args.quant, args.engine, args.threads, &codegen)?;
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;

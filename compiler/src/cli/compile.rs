@@ -1,7 +1,7 @@
 //! `qlift compile`: ahead-of-time compilation to an object file and a C header.
 
 use super::output::{check_writable, note, Outputs};
-use super::{load_model, pipeline_options, quantize_model, use_calibration, QuantArgs};
+use super::{LoadArgs, load_model, pipeline_options, quantize_model, use_calibration, QuantArgs};
 use anyhow::{bail, Context, Result};
 use qlift_passes::run_pipeline;
 use std::path::PathBuf;
@@ -19,6 +19,8 @@ parameters, and NAME_SCRATCH_BYTES(batch). See examples/aot_c/.")]
 pub(crate) struct CompileArgs {
     /// The ONNX model (.onnx) or IR text (.qir).
     model: PathBuf,
+    #[command(flatten)]
+    load: LoadArgs,
     #[command(flatten)]
     quant: QuantArgs,
     /// The object file to write.
@@ -50,7 +52,7 @@ pub(crate) fn exec(args: &CompileArgs) -> Result<()> {
     }
     let opts = qlift::CodegenOptions { target: args.target.clone(), ..Default::default() };
     qlift_codegen::isa::target_isa(&opts).map_err(qlift::Error::from).context("--target")?;
-    let graph = load_model(&args.model)?;
+    let graph = load_model(&args.model, &args.load)?;
     let lowered = if use_calibration(&graph, &args.quant, &args.model) {
         quantize_model(&graph, &args.quant, &pipeline_options())?.lowered
     } else {

@@ -1,7 +1,7 @@
 //! `qlift dump`: a model's IR as text or Graphviz dot, before or after the rewrite passes.
 
 use super::output::{check_writable, note};
-use super::{emit, load_model, pipeline_options, quantize_model, use_calibration, QuantArgs};
+use super::{LoadArgs, emit, load_model, pipeline_options, quantize_model, use_calibration, QuantArgs};
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use qlift_ir::text;
@@ -27,6 +27,8 @@ enum DumpFormat {
 pub(crate) struct DumpArgs {
     /// The ONNX model (.onnx) or IR text (.qir) to print.
     model: PathBuf,
+    #[command(flatten)]
+    load: LoadArgs,
     /// Output format.
     #[arg(long, value_enum, default_value_t = DumpFormat::Text)]
     format: DumpFormat,
@@ -71,7 +73,7 @@ pub(crate) fn exec(args: &DumpArgs) -> Result<()> {
         Some(name) if pass_names().contains(&name) => Some(PrintAfter::Pass(name.to_string())),
         Some(name) => bail!("unknown pass `{name}` (passes: {}, or all)", pass_names().join(", ")),
     };
-    let mut graph = load_model(&args.model)?;
+    let mut graph = load_model(&args.model, &args.load)?;
     let calibrate = use_calibration(&graph, &args.quant, &args.model);
     let print_after = match print_after {
         None if calibrate => Some(PrintAfter::All),

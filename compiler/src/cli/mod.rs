@@ -9,6 +9,7 @@
 pub(crate) mod bench;
 pub(crate) mod compile;
 pub(crate) mod dump;
+pub(crate) mod ops;
 pub(crate) mod output;
 mod profile;
 pub(crate) mod quantize;
@@ -62,6 +63,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Compile ahead of time to an object file and a C header (link it into any program).
     Compile(compile::CompileArgs),
+    /// List the ONNX ops qlift imports, with the opset versions each accepts.
+    Ops(ops::OpsArgs),
 }
 
 /// Runs the command line on `args` (the program name first, as `std::env::args_os` gives
@@ -131,6 +134,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Report(args) => report::exec(&args),
         Command::Bench(args) => bench::exec(&args),
         Command::Compile(args) => compile::exec(&args),
+        Command::Ops(args) => ops::exec(&args),
     }
 }
 
@@ -182,13 +186,46 @@ pub(crate) enum EngineArg {
     Interp,
 }
 
-/// Loads an ONNX model, or IR text when the file ends in `.qir`; both with the default
-/// limits (bounded reading, size and overflow checks).
-pub(crate) fn load_model(path: &Path) -> Result<Graph> {
-    if path.extension().is_some_and(|e| e == "qir") {
-        return qlift::load_qir(path, &ImportOptions::default()).with_context(|| format!("loading {}", path.display()));
+/// How to load a model, shared by every subcommand: input shapes and frozen inputs.
+#[derive(clap::Args, Clone, Default)]
+pub(crate) struct LoadArgs {
+    /// Fix an input's shape, NAME=1x3x224x224 (N keeps an axis the batch): for dimensions the
+    /// model leaves symbolic (a sequence length, an image size).
+    #[arg(long = "shape", value_name = "NAME=DIMS")]
+    pub(crate) shapes: Vec<String>,
+    /// Make an input a constant, NAME=FILE.npy, and fold what depends on it (a model's
+    /// configuration input, a fixed mask).
+    #[arg(long = "freeze", value_name = "NAME=FILE.npy")]
+    pub(crate) freeze: Vec<String>,
+}
+
+impl LoadArgs {
+    /// The import options these flags give.
+    fn import_options(&self) -> Result<ImportOptions> {
+        let mut opts = ImportOptions::default();
+        for arg in &self.shapes {
+            let (name, dims) = arg.split_once('=').with_context(|| format!("--shape `{arg}` is not NAME=DIMS (say input=1x3x224x224)"))?;
+            let dims = qlift::InputDim::parse_shape(dims).map_err(anyhow::Error::msg).with_context(|| format!("--shape {arg}"))?;
+            opts.input_shapes.insert(name.to_string(), dims);
+        }
+        for arg in &self.freeze {
+            let (name, file) = arg.split_once('=').with_context(|| format!("--freeze `{arg}` is not NAME=FILE.npy"))?;
+            opts.constant_inputs.insert(name.to_string(), read_npy(Path::new(file))?);
+        }
+        Ok(opts)
     }
-    load_onnx(path, &ImportOptions::default()).with_context(|| format!("loading {}", path.display()))
+}
+
+/// Loads an ONNX model, or IR text when the file ends in `.qir`; both with the default
+/// limits (bounded reading, size and overflow checks), with `--shape` and `--freeze` applied.
+pub(crate) fn load_model(path: &Path, load: &LoadArgs) -> Result<Graph> {
+    let opts = load.import_options()?;
+    let loaded = if path.extension().is_some_and(|e| e == "qir") {
+        qlift::load_qir(path, &opts)
+    } else {
+        load_onnx(path, &opts)
+    };
+    loaded.with_context(|| format!("loading {}", path.display()))
 }
 
 /// Writes text to a file (replaced only once it is written whole), or to standard output.

@@ -1,7 +1,7 @@
 //! `qlift quantize`: a float model and calibration data in, a QDQ ONNX model out.
 
 use super::output::{check_writable, note, Outputs};
-use super::{load_model, pipeline_options, quantize_model, quantized_ops, QuantArgs};
+use super::{LoadArgs, load_model, pipeline_options, quantize_model, quantized_ops, QuantArgs};
 use anyhow::{bail, Context, Result};
 use qlift::export_onnx;
 use qlift_ir::text;
@@ -18,6 +18,8 @@ quantized op, int8 per-channel weights, int32 biases): ONNX Runtime and qlift bo
 pub(crate) struct QuantizeArgs {
     /// The float ONNX model.
     model: PathBuf,
+    #[command(flatten)]
+    load: LoadArgs,
     #[command(flatten)]
     quant: QuantArgs,
     /// Where to write the QDQ ONNX model.
@@ -39,7 +41,7 @@ pub(crate) fn exec(args: &QuantizeArgs) -> Result<()> {
             bail!("--output and --qir are the same file: {}", path.display());
         }
     }
-    let graph = load_model(&args.model)?;
+    let graph = load_model(&args.model, &args.load)?;
     if let Some(ops) = quantized_ops(&graph) {
         bail!(
             "{} is already quantized ({ops}); there is nothing to quantize: `qlift run`, `bench` and `compile` run it as it is",

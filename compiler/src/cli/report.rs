@@ -1,7 +1,7 @@
 //! `qlift report`: per-layer quantization error of the quantized model against fp32.
 
 use super::output::{outln, print};
-use super::{bind_inputs, load_model, pipeline_options, quantize_model, quantized_ops, use_calibration, QuantArgs};
+use super::{LoadArgs, bind_inputs, load_model, pipeline_options, quantize_model, quantized_ops, use_calibration, QuantArgs};
 use anyhow::{bail, Context, Result};
 use qlift::report::layer_errors;
 use qlift_passes::run_pipeline;
@@ -19,6 +19,8 @@ pub(crate) struct ReportArgs {
     /// qlift lowers it to, and --calib is not needed).
     model: PathBuf,
     #[command(flatten)]
+    load: LoadArgs,
+    #[command(flatten)]
     quant: QuantArgs,
     /// Inputs to compare on (FILE.npy or NAME=FILE.npy).
     #[arg(short, long = "input", required = true)]
@@ -29,7 +31,7 @@ pub(crate) struct ReportArgs {
 }
 
 pub(crate) fn exec(args: &ReportArgs) -> Result<()> {
-    let graph = load_model(&args.model)?;
+    let graph = load_model(&args.model, &args.load)?;
     let inputs = bind_inputs(&graph, &args.inputs)?;
     // A float model: the fp32 pipeline against the model quantized from --calib. A model that
     // is already quantized (QDQ, QOperator): the model as it is (ONNX semantics, run by the

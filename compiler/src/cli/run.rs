@@ -1,7 +1,7 @@
 //! `qlift run`: a model on .npy inputs, writing outputs and scoring labels.
 
 use super::output::{check_writable, note, outln, print, Outputs};
-use super::{bind_inputs, compile_graph, in_range, load_model, quantized_ops, split_binding, top1, EngineArg, QuantArgs, MAX_THREADS};
+use super::{LoadArgs, bind_inputs, compile_graph, in_range, load_model, quantized_ops, split_binding, top1, EngineArg, QuantArgs, MAX_THREADS};
 use anyhow::{bail, Context, Result};
 use qlift::npy::{read_npy, to_npy_bytes};
 use qlift_ir::{Graph, Tensor};
@@ -19,6 +19,8 @@ The batch size is taken from the inputs (the model's symbolic batch dimension)."
 pub(crate) struct RunArgs {
     /// The ONNX model to run.
     model: PathBuf,
+    #[command(flatten)]
+    load: LoadArgs,
     /// An input as FILE.npy (in graph-input order) or NAME=FILE.npy. Repeat for several.
     #[arg(short, long = "input", required = true)]
     inputs: Vec<String>,
@@ -44,7 +46,7 @@ pub(crate) struct RunArgs {
 }
 
 pub(crate) fn exec(args: &RunArgs) -> Result<()> {
-    let graph = load_model(&args.model)?;
+    let graph = load_model(&args.model, &args.load)?;
     // Inputs, labels and output paths are all checked before compiling.
     let inputs = bind_inputs(&graph, &args.inputs)?;
     let labels = args.labels.as_deref().map(read_npy).transpose()?;
