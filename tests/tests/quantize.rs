@@ -165,3 +165,31 @@ fn fixed_batch_models_with_several_inputs_calibrate_one_sample_at_a_time() {
     let err = quantize(&g2, &[bad(1.0), bad(2.0)], &QuantizeOptions::default(), &PipelineOptions::default(), &|_, _| {}).err().unwrap();
     assert!(err.to_string().contains("runs of 2"), "{err}");
 }
+
+/// The policy on a transformer-like block: the Linear layer (MatMul by constant weights plus
+/// a per-column bias) becomes one QMatMul with an i32 bias; the attention mask Add (−1e30
+/// on padded positions) and the Softmax stay float, so the mask's range never meets 8 bits.
+#[test]
+fn linear_layers_quantize_and_masks_stay_float() {
+    let text = "graph block(%x: f32[N,4,3], %mask: f32[N,4,3]) -> (%p) {
+      %w = const f32[3,3] [0.5, -1.0, 0.25, 1.0, 0.75, -0.5, -0.25, 0.5, 1.0]
+      %b = const f32[3] [0.1, -0.2, 0.3]
+      %m = MatMul(%x, %w) : f32[N,4,3]
+      %y = Add(%b, %m) : f32[N,4,3]
+      %s = Add(%y, %mask) : f32[N,4,3]
+      %p = Softmax(%s) {axis=2} : f32[N,4,3]
+    }";
+    let g = qlift_ir::text::parse(text).unwrap();
+    let n = 8;
+    let x = Tensor::from_f32(&[n, 4, 3], (0..n * 12).map(|i| ((i * 7 % 17) as f32 - 8.0) / 4.0).collect());
+    let mask = Tensor::from_f32(&[n, 4, 3], (0..n * 12).map(|i| if i % 3 == 2 { -1e30 } else { 0.0 }).collect());
+    let q = quantize(&g, &[x.clone(), mask.clone()], &QuantizeOptions::default(), &PipelineOptions::default(), &|_, _| {}).unwrap();
+    let l = &q.lowered;
+    let kinds: Vec<OpKind> = l.node_ids().filter_map(|id| l.node(id).op.kind()).collect();
+    let qmatmul = l.node_ids().find(|&id| l.node(id).op.kind() == Some(OpKind::QMatMul)).expect("a QMatMul");
+    assert_eq!(l.node_inputs(qmatmul).iter().flatten().count(), 3, "the bias joins the QMatMul: {kinds:?}");
+    assert!(kinds.contains(&OpKind::Add) && kinds.contains(&OpKind::Softmax) && !kinds.contains(&OpKind::QAdd), "{kinds:?}");
+    let want = qlift_ir::interp::run(&g, &[x.clone(), mask.clone()]).unwrap();
+    let got = qlift_ir::interp::run(l, &[x, mask]).unwrap();
+    assert!(sqnr(got[0].as_f32().unwrap(), want[0].as_f32().unwrap()) > 30.0);
+}
