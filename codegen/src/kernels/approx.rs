@@ -198,7 +198,15 @@ pub(super) fn erf(fb: &mut FunctionBuilder, x: Value) -> Value {
     );
     let p = fb.ins().fmul(x, p);
     let q = horner(fb, x2, &[-1.456_607_2e-5, -2.133_740_6e-4, -1.682_827e-3, -7.373_329e-3, -1.426_474e-2]);
-    fb.ins().fdiv(p, q)
+    let r = fb.ins().fdiv(p, q);
+    // Exactly ±1 where erf rounds to it (from 3.9192: 1 - erf is below half an ulp of 1), so
+    // that `1 + erf(x)` is 0 there as the interpreter's is (Gelu of -inf is NaN in both).
+    let a = fb.ins().fabs(x);
+    let saturated = fconst(fb, ty, 3.919_206);
+    let far = fb.ins().fcmp(FloatCC::GreaterThanOrEqual, a, saturated);
+    let one = fconst(fb, ty, 1.0);
+    let unit = copysign(fb, one, x);
+    choose(fb, far, unit, r)
 }
 
 /// `ln(x)`: NaN below 0 (and for NaN), -inf at 0, +inf at +inf.
