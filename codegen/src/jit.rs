@@ -115,6 +115,57 @@ pub struct StepTime {
     pub calls: u64,
 }
 
+extern "C" fn qlift_sinf(x: f32) -> f32 {
+    x.sin()
+}
+
+extern "C" fn qlift_cosf(x: f32) -> f32 {
+    x.cos()
+}
+
+extern "C" fn qlift_powf(x: f32, y: f32) -> f32 {
+    x.powf(y)
+}
+
+extern "C" fn qlift_pow(x: f64, y: f64) -> f64 {
+    x.powf(y)
+}
+
+extern "C" fn qlift_fmodf(x: f32, y: f32) -> f32 {
+    x % y
+}
+
+extern "C" fn qlift_floorf(x: f32) -> f32 {
+    x.floor()
+}
+
+extern "C" fn qlift_ceilf(x: f32) -> f32 {
+    x.ceil()
+}
+
+extern "C" fn qlift_nearbyintf(x: f32) -> f32 {
+    x.round_ties_even()
+}
+
+/// The C library functions generated code may call, resolved to Rust's (the functions the
+/// interpreter computes with, so both agree bit for bit) instead of symbols the process
+/// may not have loaded: the elementwise family's rare functions (Sin, Cos, Pow, float Mod)
+/// and the libcalls Cranelift makes for Floor, Ceil and Round without SSE4.1. An object
+/// file links the C library's instead.
+fn libm_symbols() -> [(&'static str, *const u8); 9] {
+    [
+        ("expf", qlift_expf as *const u8),
+        ("sinf", qlift_sinf as *const u8),
+        ("cosf", qlift_cosf as *const u8),
+        ("powf", qlift_powf as *const u8),
+        ("pow", qlift_pow as *const u8),
+        ("fmodf", qlift_fmodf as *const u8),
+        ("floorf", qlift_floorf as *const u8),
+        ("ceilf", qlift_ceilf as *const u8),
+        ("nearbyintf", qlift_nearbyintf as *const u8),
+    ]
+}
+
 /// The message of a caught panic's payload.
 fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
     payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "a panic".to_string())
@@ -129,10 +180,12 @@ impl JitProgram {
         let isa = target_isa(opts)?;
         let description = crate::isa::describe(isa.as_ref());
         let mut builder = JITBuilder::with_isa(isa, default_libcall_names());
-        builder.symbol("expf", qlift_expf as *const u8);
         builder.symbol(crate::program::PROFILE_START, qlift_profile_start as *const u8);
         builder.symbol(crate::kernels::PARALLEL_FOR, qlift_parallel_for as *const u8);
         builder.symbol(crate::program::PROFILE_STOP, qlift_profile_stop as *const u8);
+        for (name, f) in libm_symbols() {
+            builder.symbol(name, f);
+        }
         let mut module = JITModule::new(builder);
         let program = match build(&mut module, graph, "qlift_run", opts, true) {
             Ok(p) => p,

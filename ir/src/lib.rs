@@ -32,6 +32,7 @@ pub use graph::{Graph, Node, NodeId, NodeOp, Use, Value, ValueId};
 pub use op::{Op, OpKind, FUSED_ACTIVATION};
 pub use quant::QuantParams;
 pub use ops::index::{shape_range, slice_range};
+pub use ops::unary::gelu_uses_tanh;
 pub use specialize::{bind_inputs, needs_binding, specialize, specialize_for, Binding};
 pub use shape::{Dim, Monomial, Shape, SymInt, Symbol};
 pub use tensor::{Tensor, TensorData};

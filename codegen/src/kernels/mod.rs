@@ -16,9 +16,12 @@ use qlift_ir::{DType, Dim, Op, OpKind, Tensor, TensorType};
 use std::sync::Arc;
 
 mod depthwise;
+mod approx;
 mod direct;
 mod elementwise;
 mod index;
+mod logic;
+mod math;
 mod pointwise;
 mod planes;
 mod pool;
@@ -327,7 +330,14 @@ pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
         GlobalAveragePool | GlobalMaxPool => pool::global_pool(k),
         QAveragePool | QGlobalAveragePool => pool::qpool(k),
         Add | Sub | Mul | Div => elementwise::binary(k),
-        Relu | Clip | LeakyRelu | Sigmoid | Tanh | HardSigmoid | HardSwish => elementwise::unary(k),
+        Relu | Clip | LeakyRelu | Sigmoid | Tanh | HardSigmoid | HardSwish => math::unary(k),
+        Sqrt | Exp | Log | Abs | Neg | Reciprocal | Floor | Ceil | Round | Erf | Sin | Cos | Sign | Gelu | Elu | Selu
+        | Softplus | Mish | Softsign | ThresholdedRelu | Celu => math::unary(k),
+        Min | Max | Sum | Mean | PRelu => math::variadic(k),
+        Pow => math::pow(k),
+        Mod => math::modulo(k),
+        Equal | Greater | GreaterOrEqual | Less | LessOrEqual | Not | And | Or | Xor => logic::compare(k),
+        Where => logic::select(k),
         Softmax => elementwise::softmax(k),
         BatchNormalization => elementwise::batch_norm(k),
         Transpose => shape::transpose(k),

@@ -16,9 +16,10 @@
 //!
 //! **Opset.** The model imports ai.onnx 13 (IR version 8), where every op qlift has exists
 //! with per-axis Q/DQ, unless the graph needs more; then the version is raised to the lowest
-//! one that has it: 14 for HardSwish and Reshape's `allowzero=1`, 19 for AveragePool
-//! `dilations` other than 1, 21 (IR version 10) for `i4`/`u4` values. The ops qlift writes
-//! mean the same at every version from 13 to 21, so raising the version changes nothing else.
+//! one that has it: 14 for HardSwish and Reshape's `allowzero=1`, 18 for Mish, 19 for
+//! AveragePool `dilations` other than 1, 20 for Gelu, 21 (IR version 10) for `i4`/`u4`
+//! values. The ops qlift writes mean the same at every version from 13 to 21, so raising the
+//! version changes nothing else.
 //!
 //! **Names.** Value and node names are kept; a repeated or empty one gets a numbered
 //! variant (`name_1`), and the initializers the exporter adds (`x_scale`, `y_shape`, ...) get
@@ -138,6 +139,44 @@ fn rule(kind: OpKind) -> Option<Rule> {
         Sub => direct("Sub", &[]),
         Mul => direct("Mul", &[]),
         Div => direct("Div", &[]),
+        Pow => direct("Pow", &[]),
+        Sqrt => direct("Sqrt", &[]),
+        Exp => direct("Exp", &[]),
+        Log => direct("Log", &[]),
+        Abs => direct("Abs", &[]),
+        Neg => direct("Neg", &[]),
+        Reciprocal => direct("Reciprocal", &[]),
+        Floor => direct("Floor", &[]),
+        Ceil => direct("Ceil", &[]),
+        Round => direct("Round", &[]),
+        Erf => direct("Erf", &[]),
+        Sin => direct("Sin", &[]),
+        Cos => direct("Cos", &[]),
+        Min => direct("Min", &[]),
+        Max => direct("Max", &[]),
+        Mean => direct("Mean", &[]),
+        Sum => direct("Sum", &[]),
+        Mod => direct("Mod", &["fmod"]),
+        Sign => direct("Sign", &[]),
+        Equal => direct("Equal", &[]),
+        Greater => direct("Greater", &[]),
+        GreaterOrEqual => direct("GreaterOrEqual", &[]),
+        Less => direct("Less", &[]),
+        LessOrEqual => direct("LessOrEqual", &[]),
+        Not => direct("Not", &[]),
+        And => direct("And", &[]),
+        Or => direct("Or", &[]),
+        Xor => direct("Xor", &[]),
+        Where => direct("Where", &[]),
+        Gelu => Rule { since: 20, ..direct("Gelu", &["approximate"]) },
+        PRelu => direct("PRelu", &[]),
+        Elu => direct("Elu", &["alpha"]),
+        Selu => direct("Selu", &["alpha", "gamma"]),
+        Softplus => direct("Softplus", &[]),
+        Mish => Rule { since: 18, ..direct("Mish", &[]) },
+        Softsign => direct("Softsign", &[]),
+        ThresholdedRelu => direct("ThresholdedRelu", &["alpha"]),
+        Celu => direct("Celu", &["alpha"]),
         MaxPool => direct("MaxPool", &["ceil_mode", "dilations", "kernel_shape", "pads", "strides"]),
         AveragePool => custom(average_pool),
         GlobalAveragePool => direct("GlobalAveragePool", &[]),

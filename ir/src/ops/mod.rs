@@ -6,14 +6,17 @@
 
 use crate::{Op, OpKind, SymInt, Tensor, TensorType};
 
+pub(crate) mod arith;
 mod broadcast;
 pub(crate) mod cast;
 pub mod index;
+pub(crate) mod logic;
 pub(crate) mod math;
 pub(crate) mod nn;
 pub(crate) mod qint;
 pub(crate) mod quant;
 pub(crate) mod shape;
+pub mod unary;
 
 /// What type inference sees of a node.
 pub(crate) struct InferCtx<'a> {
@@ -87,6 +90,12 @@ enum Family {
     Index,
     /// Dtype conversions.
     Cast,
+    /// Broadcasting arithmetic of the elementwise family beyond Add/Sub/Mul/Div.
+    Arith,
+    /// One-operand math functions and activations.
+    Unary,
+    /// Comparisons, logic and Where.
+    Logic,
 }
 
 fn family(kind: OpKind) -> Family {
@@ -102,6 +111,10 @@ fn family(kind: OpKind) -> Family {
         QConv | QMatMul | QAdd | QAveragePool | QGlobalAveragePool | QConcat | Requantize => Family::QInt,
         Shape | Size | Gather | Slice | Expand | Tile | Range => Family::Index,
         Cast => Family::Cast,
+        Pow | Mod | Min | Max | Mean | Sum | PRelu => Family::Arith,
+        Sqrt | Exp | Log | Abs | Neg | Reciprocal | Floor | Ceil | Round | Erf | Sin | Cos | Sign | Gelu | Elu | Selu
+        | Softplus | Mish | Softsign | ThresholdedRelu | Celu => Family::Unary,
+        Equal | Greater | GreaterOrEqual | Less | LessOrEqual | Not | And | Or | Xor | Where => Family::Logic,
     }
 }
 
@@ -115,13 +128,16 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
         Family::QInt => qint::infer(cx),
         Family::Index => index::infer(cx),
         Family::Cast => cast::infer(cx),
+        Family::Arith => arith::infer(cx),
+        Family::Unary => unary::infer(cx),
+        Family::Logic => logic::infer(cx),
     }
 }
 
 /// What the specializer can know of an integer result's elements from its operands' (see
-/// [`index::symbolic`]).
+/// [`index::symbolic`], and [`logic::symbolic`] for the guards exporters put on shapes).
 pub(crate) fn symbolic(cx: &InferCtx, result: &TensorType) -> Option<Vec<SymInt>> {
-    index::symbolic(cx, result)
+    index::symbolic(cx, result).or_else(|| logic::symbolic(cx, result))
 }
 
 /// Evaluates a node on concrete operands, then its fused activation if it has one.
@@ -135,6 +151,9 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
         Family::QInt => return qint::eval(cx),
         Family::Index => index::eval(cx),
         Family::Cast => cast::eval(cx),
+        Family::Arith => arith::eval(cx),
+        Family::Unary => unary::eval(cx),
+        Family::Logic => logic::eval(cx),
     }?;
     match cx.op.fused_activation()? {
         None => Ok(results),
