@@ -20,6 +20,11 @@ SUPPORTED = {
     # shapes, indexing, conversions
     "Shape", "Size", "Gather", "Slice", "Split", "Expand", "Tile", "Range", "ConstantOfShape",
     "Cast", "CastLike",
+    # reductions, normalizations and NN ops
+    "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+    "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp", "ArgMax", "ArgMin", "CumSum",
+    "LayerNormalization", "InstanceNormalization", "GroupNormalization", "LpNormalization",
+    "LogSoftmax", "Hardmax", "ConvTranspose", "Einsum",
 }
 P = onnx.TensorProto
 DTYPES = {P.FLOAT, P.INT8, P.UINT8, P.INT32, P.INT64, P.INT4, P.UINT4, P.BOOL}
@@ -74,6 +79,43 @@ def reason_to_exclude(model):
     return ""
 
 
+def inference_form(case_dir):
+    """Keeps only the first result of LayerNormalization (qlift imports the inference form;
+    Mean and InvStdDev are training outputs): drops them from the node, the graph outputs and
+    the data sets when nothing else reads them. Returns whether the case changed."""
+    path = os.path.join(case_dir, "model.onnx")
+    model = onnx.load(path)
+    g = model.graph
+    dropped = []
+    for n in g.node:
+        if n.op_type != "LayerNormalization":
+            continue
+        extra = [o for o in n.output[1:] if o]
+        if any(o in m.input for m in g.node for o in extra):
+            return False
+        dropped += extra
+        del n.output[1:]
+    if not dropped:
+        return False
+    positions = [i for i, v in enumerate(g.output) if v.name in dropped]
+    kept = [v for v in g.output if v.name not in dropped]
+    del g.output[:]
+    g.output.extend(kept)
+    onnx.save(model, path)
+    for data in os.listdir(case_dir):
+        data_dir = os.path.join(case_dir, data)
+        if not os.path.isdir(data_dir):
+            continue
+        outputs = sorted((f for f in os.listdir(data_dir) if f.startswith("output_")), key=lambda f: int(f[7:-3]))
+        for i, f in enumerate(outputs):
+            src = os.path.join(data_dir, f)
+            if i in positions:
+                os.remove(src)
+            else:
+                os.rename(src, os.path.join(data_dir, f"output_{i - sum(p < i for p in positions)}.pb"))
+    return True
+
+
 def generate(out):
     """Writes every node test case (model.onnx + test_data_set_N/*.pb) under `out`."""
     from onnx import numpy_helper
@@ -105,7 +147,7 @@ def main():
     if os.path.isdir(OUT):
         shutil.rmtree(OUT)
     os.makedirs(OUT)
-    kept, excluded = [], []
+    kept, excluded, trimmed = [], [], []
     for name in sorted(os.listdir(node_dir)):
         path = os.path.join(node_dir, name, "model.onnx")
         if not os.path.exists(path):
@@ -119,11 +161,15 @@ def main():
             excluded.append((name, why))
             continue
         shutil.copytree(os.path.join(node_dir, name), os.path.join(OUT, name))
+        if inference_form(os.path.join(OUT, name)):
+            trimmed.append(name)
         kept.append((name, " ".join(ops)))
     with open(os.path.join(OUT, "MANIFEST.txt"), "w") as f:
         f.write("# ONNX node tests run by tests/tests/onnx_node.rs: `test_name op_type...`\n")
         for name, ops in kept:
             f.write(f"{name} {ops}\n")
+        f.write("# inference form: LayerNormalization's Mean and InvStdDev results (training outputs) dropped from\n")
+        f.write("# the graph and the expected data of " + ", ".join(trimmed) + "\n")
         f.write("# excluded: tests of supported ops that use features qlift does not support\n")
         for name, why in excluded:
             f.write(f"# {name}: {why}\n")

@@ -55,6 +55,11 @@ extern "C" fn qlift_expf(x: f32) -> f32 {
     x.exp()
 }
 
+/// `logf` for generated code (LogSoftmax, ReduceLogSum, ReduceLogSumExp), like `expf`.
+extern "C" fn qlift_logf(x: f32) -> f32 {
+    x.ln()
+}
+
 /// The message of a caught panic's payload.
 fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
     payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "a panic".to_string())
@@ -70,6 +75,7 @@ impl JitProgram {
         let description = crate::isa::describe(isa.as_ref());
         let mut builder = JITBuilder::with_isa(isa, default_libcall_names());
         builder.symbol("expf", qlift_expf as *const u8);
+        builder.symbol("logf", qlift_logf as *const u8);
         let mut module = JITModule::new(builder);
         let program = match build(&mut module, graph, "qlift_run") {
             Ok(p) => p,

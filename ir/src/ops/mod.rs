@@ -8,11 +8,14 @@ use crate::{Op, OpKind, SymInt, Tensor, TensorType};
 
 mod broadcast;
 pub(crate) mod cast;
+pub mod conv_transpose;
 pub mod index;
 pub(crate) mod math;
 pub(crate) mod nn;
+pub(crate) mod norm;
 pub(crate) mod qint;
 pub(crate) mod quant;
+pub mod reduce;
 pub(crate) mod shape;
 
 /// What type inference sees of a node.
@@ -87,6 +90,12 @@ enum Family {
     Index,
     /// Dtype conversions.
     Cast,
+    /// Reductions, ArgMax/ArgMin, CumSum.
+    Reduce,
+    /// Normalizations, LogSoftmax, Hardmax.
+    Norm,
+    /// Transposed convolution.
+    ConvTranspose,
 }
 
 fn family(kind: OpKind) -> Family {
@@ -102,6 +111,12 @@ fn family(kind: OpKind) -> Family {
         QConv | QMatMul | QAdd | QAveragePool | QGlobalAveragePool | QConcat | Requantize => Family::QInt,
         Shape | Size | Gather | Slice | Expand | Tile | Range => Family::Index,
         Cast => Family::Cast,
+        ReduceMean | ReduceSum | ReduceMax | ReduceMin | ReduceProd | ReduceL1 | ReduceL2 | ReduceSumSquare | ReduceLogSum
+        | ReduceLogSumExp | ArgMax | ArgMin | CumSum => Family::Reduce,
+        LayerNormalization | InstanceNormalization | GroupNormalization | LpNormalization | LogSoftmax | Hardmax => {
+            Family::Norm
+        }
+        ConvTranspose => Family::ConvTranspose,
     }
 }
 
@@ -115,6 +130,9 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
         Family::QInt => qint::infer(cx),
         Family::Index => index::infer(cx),
         Family::Cast => cast::infer(cx),
+        Family::Reduce => reduce::infer(cx),
+        Family::Norm => norm::infer(cx),
+        Family::ConvTranspose => conv_transpose::infer(cx),
     }
 }
 
@@ -135,6 +153,9 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
         Family::QInt => return qint::eval(cx),
         Family::Index => index::eval(cx),
         Family::Cast => cast::eval(cx),
+        Family::Reduce => reduce::eval(cx),
+        Family::Norm => norm::eval(cx),
+        Family::ConvTranspose => conv_transpose::eval(cx),
     }?;
     match cx.op.fused_activation()? {
         None => Ok(results),
