@@ -152,9 +152,10 @@ extern "C" fn qlift_nearbyintf(x: f32) -> f32 {
 /// may not have loaded: the elementwise family's rare functions (Sin, Cos, Pow, float Mod)
 /// and the libcalls Cranelift makes for Floor, Ceil and Round without SSE4.1. An object
 /// file links the C library's instead.
-fn libm_symbols() -> [(&'static str, *const u8); 9] {
+fn libm_symbols() -> [(&'static str, *const u8); 10] {
     [
         ("expf", qlift_expf as *const u8),
+        ("logf", qlift_logf as *const u8),
         ("sinf", qlift_sinf as *const u8),
         ("cosf", qlift_cosf as *const u8),
         ("powf", qlift_powf as *const u8),
@@ -164,6 +165,11 @@ fn libm_symbols() -> [(&'static str, *const u8); 9] {
         ("ceilf", qlift_ceilf as *const u8),
         ("nearbyintf", qlift_nearbyintf as *const u8),
     ]
+}
+
+/// `logf` for generated code (LogSoftmax, ReduceLogSum, ReduceLogSumExp), like `expf`.
+extern "C" fn qlift_logf(x: f32) -> f32 {
+    x.ln()
 }
 
 /// The message of a caught panic's payload.

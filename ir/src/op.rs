@@ -246,6 +246,56 @@ ops! {
     QuantizeLinear: 1..=1 -> 1 {},
     /// A quantized value (parameters on its type) back to f32.
     DequantizeLinear: 1..=1 -> 1 {},
+    // Reductions, normalizations and NN ops (`ops/reduce.rs`, `ops/norm.rs`,
+    // `ops/conv_transpose.rs`). A reduction reduces the axes in `axes` (normalized and
+    // sorted by the importer; empty reduces nothing), or, when that attribute is absent, the
+    // axes in operand 1 computed at run time (ONNX's form: empty means every axis unless
+    // `noop_with_empty_axes`).
+    /// Mean over the reduced axes.
+    ReduceMean: 1..=2 -> 1 { "axes": OptInts, "keepdims": Int, "noop_with_empty_axes": Int },
+    /// Sum over the reduced axes.
+    ReduceSum: 1..=2 -> 1 { "axes": OptInts, "keepdims": Int, "noop_with_empty_axes": Int },
+    /// Maximum over the reduced axes.
+    ReduceMax: 1..=2 -> 1 { "axes": OptInts, "keepdims": Int, "noop_with_empty_axes": Int },
+    /// Minimum over the reduced axes.
+    ReduceMin: 1..=2 -> 1 { "axes": OptInts, "keepdims": Int, "noop_with_empty_axes": Int },
+    /// Product over the reduced axes.
+    ReduceProd: 1..=2 -> 1 { "axes": OptInts, "keepdims": Int, "noop_with_empty_axes": Int },
+    /// Sum of absolute values over the reduced axes.
+    ReduceL1: 1..=2 -> 1 { "axes": OptInts, "keepdims": Int, "noop_with_empty_axes": Int },
+    /// Euclidean norm over the reduced axes.
+    ReduceL2: 1..=2 -> 1 { "axes": OptInts, "keepdims": Int, "noop_with_empty_axes": Int },
+    /// Sum of squares over the reduced axes.
+    ReduceSumSquare: 1..=2 -> 1 { "axes": OptInts, "keepdims": Int, "noop_with_empty_axes": Int },
+    /// Natural logarithm of the sum over the reduced axes.
+    ReduceLogSum: 1..=2 -> 1 { "axes": OptInts, "keepdims": Int, "noop_with_empty_axes": Int },
+    /// `log Σ exp` over the reduced axes (computed without overflow).
+    ReduceLogSumExp: 1..=2 -> 1 { "axes": OptInts, "keepdims": Int, "noop_with_empty_axes": Int },
+    /// Position (i64) of the maximum along `axis`: the first, or the last with `select_last_index`.
+    ArgMax: 1..=1 -> 1 { "axis": Int, "keepdims": Int, "select_last_index": Int },
+    /// Position (i64) of the minimum along `axis`: the first, or the last with `select_last_index`.
+    ArgMin: 1..=1 -> 1 { "axis": Int, "keepdims": Int, "select_last_index": Int },
+    /// Running sum along `axis` (ONNX's operand, a constant here), leaving each element out
+    /// with `exclusive`, from the end with `reverse`.
+    CumSum: 1..=1 -> 1 { "axis": Int, "exclusive": Int, "reverse": Int },
+    /// Normalization of everything from `axis` on to zero mean and unit variance, then
+    /// scale and optional bias (broadcast onto the input). Only ONNX's first result.
+    LayerNormalization: 2..=3 -> 1 { "axis": Int, "epsilon": Float },
+    /// Per-sample, per-channel normalization over the spatial axes, then per-channel scale
+    /// and bias.
+    InstanceNormalization: 3..=3 -> 1 { "epsilon": Float },
+    /// Per-sample normalization over groups of `C / num_groups` channels, then per-channel
+    /// scale and bias (opset 21's form; the importer expands opset 18's per-group ones).
+    GroupNormalization: 3..=3 -> 1 { "epsilon": Float, "num_groups": Int },
+    /// Division by the L1 or L2 norm (`p`) along `axis` (a zero norm gives zeros).
+    LpNormalization: 1..=1 -> 1 { "axis": Int, "p": Int },
+    /// `x − log Σ exp x` along `axis`.
+    LogSoftmax: 1..=1 -> 1 { "axis": Int },
+    /// 1 at the first maximum along `axis`, 0 elsewhere.
+    Hardmax: 1..=1 -> 1 { "axis": Int },
+    /// Transposed convolution; `pads` are signed and include ONNX's `output_padding` and
+    /// `output_shape` (see `ops/conv_transpose.rs`).
+    ConvTranspose: 2..=3 -> 1 { "dilations": Ints, "group": Int, "kernel_shape": Ints, "pads": Ints, "strides": Ints },
 }
 
 impl fmt::Display for OpKind {
@@ -318,6 +368,7 @@ impl OpKind {
             OpKind::Slice => &[1, 2, 3, 4],
             OpKind::Tile => &[1],
             OpKind::Range => &[0, 1, 2],
+            k if crate::ops::reduce::is_reduction(k) => &[1],
             _ => &[],
         }
     }

@@ -17,8 +17,10 @@ use std::sync::Arc;
 
 mod depthwise;
 mod approx;
+mod conv_transpose;
 mod direct;
 mod elementwise;
+mod gemm_f32;
 mod index;
 mod logic;
 mod math;
@@ -26,7 +28,9 @@ mod pointwise;
 mod planes;
 mod pool;
 mod quant;
+mod norm;
 mod product;
+mod reduce;
 pub(crate) mod requant;
 mod shape;
 pub(crate) mod ukernel;
@@ -349,6 +353,7 @@ pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
             }
             product::conv(k)
         }
+        MatMul if k.input(0)?.ty.dtype == DType::F32 => gemm_f32::matmul(k),
         MatMul | Gemm | QMatMul | QLinearMatMul | MatMulInteger => product::matmul(k),
         Shape | Size => index::shape(k),
         Gather => index::gather(k),
@@ -357,5 +362,15 @@ pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
         Tile => index::tile(k),
         Cast => index::cast(k),
         Range => Err("a Range whose operands are computed at run time is not supported by code generation".to_string()),
+        ReduceMean | ReduceSum | ReduceMax | ReduceMin | ReduceProd | ReduceL1 | ReduceL2 | ReduceSumSquare | ReduceLogSum
+        | ReduceLogSumExp => reduce::reduce(k),
+        ArgMax | ArgMin => reduce::arg_extreme(k),
+        CumSum => reduce::cumsum(k),
+        LayerNormalization => norm::layer_norm(k),
+        InstanceNormalization | GroupNormalization => norm::group_norm(k),
+        LpNormalization => norm::lp_norm(k),
+        LogSoftmax => norm::log_softmax(k),
+        Hardmax => norm::hardmax(k),
+        ConvTranspose => conv_transpose::conv_transpose(k),
     }
 }

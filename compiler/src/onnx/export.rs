@@ -201,6 +201,22 @@ fn rule(kind: OpKind) -> Option<Rule> {
         Tile => direct("Tile", &[]),
         Range => direct("Range", &[]),
         Cast => custom(cast),
+        // Reductions, normalizations and NN ops. Reductions other than ReduceSum take their
+        // axes as an operand from opset 18 (ReduceSum from 13); writing that form keeps one
+        // spelling whatever else raises the opset.
+        ReduceSum => custom(reduce),
+        ReduceMean | ReduceMax | ReduceMin | ReduceProd | ReduceL1 | ReduceL2 | ReduceSumSquare | ReduceLogSum
+        | ReduceLogSumExp => Rule { since: 18, ..custom(reduce) },
+        ArgMax => direct("ArgMax", &["axis", "keepdims", "select_last_index"]),
+        ArgMin => direct("ArgMin", &["axis", "keepdims", "select_last_index"]),
+        CumSum => custom(cumsum),
+        LayerNormalization => Rule { since: 17, ..direct("LayerNormalization", &["axis", "epsilon"]) },
+        InstanceNormalization => direct("InstanceNormalization", &["epsilon"]),
+        GroupNormalization => Rule { since: 21, ..direct("GroupNormalization", &["epsilon", "num_groups"]) },
+        LpNormalization => direct("LpNormalization", &["axis", "p"]),
+        LogSoftmax => direct("LogSoftmax", &["axis"]),
+        Hardmax => direct("Hardmax", &["axis"]),
+        ConvTranspose => custom(conv_transpose),
         _ => return None,
     };
     Some(rule)
@@ -627,6 +643,59 @@ fn pad(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
     let pads = ex.ints_initializer(&format!("{}_pads", cx.output), cx.ints("pads")?);
     let fill = ex.scalar(cx, &format!("{}_value", cx.output), ty.dtype, fill)?;
     ex.emit(cx, "Pad", vec![x, pads, fill], vec![]);
+    Ok(())
+}
+
+/// A reduction's axes become its operand: an initializer from the `axes` attribute (an
+/// empty one with `noop_with_empty_axes`, which is what an empty list means in the IR), or
+/// the IR's own run-time operand.
+fn reduce(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
+    let (_, x) = cx.operand(0)?;
+    let (axes, noop) = match cx.op.attrs.get("axes") {
+        Some(_) => {
+            let axes = cx.ints("axes")?;
+            let noop = if axes.is_empty() { 1 } else { cx.int("noop_with_empty_axes")? };
+            (ex.ints_initializer(&format!("{}_axes", cx.output), axes), noop)
+        }
+        None => (cx.operand(1)?.1, cx.int("noop_with_empty_axes")?),
+    };
+    let attrs = vec![cx.attr("keepdims")?, attribute("noop_with_empty_axes", &AttrValue::Int(noop))];
+    ex.emit(cx, cx.op.kind.name(), vec![x, axes], attrs);
+    Ok(())
+}
+
+/// CumSum's axis is a scalar operand.
+fn cumsum(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
+    let (_, x) = cx.operand(0)?;
+    let axis = ex.initializer(&format!("{}_axis", cx.output), &Tensor::from_i64(&[], vec![cx.int("axis")?]));
+    let attrs = vec![cx.attr("exclusive")?, cx.attr("reverse")?];
+    ex.emit(cx, "CumSum", vec![x, axis], attrs);
+    Ok(())
+}
+
+/// ConvTranspose's signed pads: a negative end pad (a result longer than the taps reach)
+/// is ONNX's `output_padding`; a negative begin pad has no ONNX spelling.
+fn conv_transpose(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
+    let pads = cx.ints("pads")?;
+    let r = pads.len() / 2;
+    if pads[..r].iter().any(|&p| p < 0) {
+        return Err(cx.error(format!("pads {pads:?} begin before the first tap, which ONNX cannot express")));
+    }
+    let mut onnx_pads = pads.to_vec();
+    let mut output_padding = vec![0i64; r];
+    for a in 0..r {
+        if pads[a + r] < 0 {
+            output_padding[a] = -pads[a + r];
+            onnx_pads[a + r] = 0;
+        }
+    }
+    let mut attrs = ["dilations", "group", "kernel_shape", "strides"].iter().map(|a| cx.attr(a)).collect::<Result<Vec<_>, _>>()?;
+    attrs.push(attribute("pads", &AttrValue::Ints(onnx_pads)));
+    if output_padding.iter().any(|&p| p != 0) {
+        attrs.push(attribute("output_padding", &AttrValue::Ints(output_padding)));
+    }
+    let inputs = cx.inputs.iter().map(|i| i.clone().unwrap_or_default()).collect();
+    ex.emit(cx, "ConvTranspose", inputs, attrs);
     Ok(())
 }
 

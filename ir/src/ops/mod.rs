@@ -9,12 +9,15 @@ use crate::{Op, OpKind, SymInt, Tensor, TensorType};
 pub(crate) mod arith;
 mod broadcast;
 pub(crate) mod cast;
+pub mod conv_transpose;
 pub mod index;
 pub(crate) mod logic;
 pub(crate) mod math;
 pub(crate) mod nn;
+pub(crate) mod norm;
 pub(crate) mod qint;
 pub(crate) mod quant;
+pub mod reduce;
 pub(crate) mod shape;
 pub mod unary;
 
@@ -96,6 +99,12 @@ enum Family {
     Unary,
     /// Comparisons, logic and Where.
     Logic,
+    /// Reductions, ArgMax/ArgMin, CumSum.
+    Reduce,
+    /// Normalizations, LogSoftmax, Hardmax.
+    Norm,
+    /// Transposed convolution.
+    ConvTranspose,
 }
 
 fn family(kind: OpKind) -> Family {
@@ -115,6 +124,12 @@ fn family(kind: OpKind) -> Family {
         Sqrt | Exp | Log | Abs | Neg | Reciprocal | Floor | Ceil | Round | Erf | Sin | Cos | Sign | Gelu | Elu | Selu
         | Softplus | Mish | Softsign | ThresholdedRelu | Celu => Family::Unary,
         Equal | Greater | GreaterOrEqual | Less | LessOrEqual | Not | And | Or | Xor | Where => Family::Logic,
+        ReduceMean | ReduceSum | ReduceMax | ReduceMin | ReduceProd | ReduceL1 | ReduceL2 | ReduceSumSquare | ReduceLogSum
+        | ReduceLogSumExp | ArgMax | ArgMin | CumSum => Family::Reduce,
+        LayerNormalization | InstanceNormalization | GroupNormalization | LpNormalization | LogSoftmax | Hardmax => {
+            Family::Norm
+        }
+        ConvTranspose => Family::ConvTranspose,
     }
 }
 
@@ -131,6 +146,9 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
         Family::Arith => arith::infer(cx),
         Family::Unary => unary::infer(cx),
         Family::Logic => logic::infer(cx),
+        Family::Reduce => reduce::infer(cx),
+        Family::Norm => norm::infer(cx),
+        Family::ConvTranspose => conv_transpose::infer(cx),
     }
 }
 
@@ -154,6 +172,9 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
         Family::Arith => arith::eval(cx),
         Family::Unary => unary::eval(cx),
         Family::Logic => logic::eval(cx),
+        Family::Reduce => reduce::eval(cx),
+        Family::Norm => norm::eval(cx),
+        Family::ConvTranspose => conv_transpose::eval(cx),
     }?;
     match cx.op.fused_activation()? {
         None => Ok(results),

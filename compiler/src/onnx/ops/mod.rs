@@ -5,10 +5,14 @@ use crate::Error;
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
 
+mod deconv;
+mod einsum;
 mod index;
 mod math;
 mod nn;
+mod norm;
 mod quant;
+mod reduce;
 mod shape;
 
 /// Converts one ONNX node into IR nodes.
@@ -30,6 +34,10 @@ impl Registry {
         shape::register(&mut reg);
         index::register(&mut reg);
         quant::register(&mut reg);
+        reduce::register(&mut reg);
+        norm::register(&mut reg);
+        deconv::register(&mut reg);
+        einsum::register(&mut reg);
         reg
     }
 
