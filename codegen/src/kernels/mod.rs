@@ -99,8 +99,9 @@ pub(crate) struct Kernel<'k, 'f> {
 }
 
 /// The function a JIT-compiled kernel calls to run a task on the thread pool:
-/// `PARALLEL_FOR(task, ctx, n)` calls `task(ctx, begin, end)` on disjoint ranges covering
-/// `0..n`, possibly on several threads, and returns when all have returned.
+/// `PARALLEL_FOR(task, ctx, n, parts)` calls `task(ctx, begin, end, part)` on at most
+/// `parts` disjoint ranges covering `0..n`, each with its own `part < parts` (an index for
+/// per-thread scratch), possibly on several threads, and returns when all have returned.
 pub(crate) const PARALLEL_FOR: &str = "qlift_parallel_for";
 
 impl<'k, 'f> Kernel<'k, 'f> {
@@ -149,12 +150,13 @@ impl<'k, 'f> Kernel<'k, 'f> {
     }
 
     /// A task of this kernel for [`Kernel::parallel_for`]: a function `fn(ctx: *const u8,
-    /// begin: i64, end: i64)` whose body `body(fb, module, ctx, begin, end)` emits.
-    pub fn task(&mut self, body: impl FnOnce(&mut FunctionBuilder, &mut dyn Module, Value, Value, Value) -> Result<(), String>) -> Result<FuncId, String> {
+    /// begin: i64, end: i64, part: i64)` whose body `body(fb, module, [ctx, begin, end,
+    /// part])` emits.
+    pub fn task(&mut self, body: impl FnOnce(&mut FunctionBuilder, &mut dyn Module, [Value; 4]) -> Result<(), String>) -> Result<FuncId, String> {
         let module = &mut *self.module;
         let ptr = module.isa().pointer_type();
         let mut sig = module.make_signature();
-        sig.params.extend([AbiParam::new(ptr), AbiParam::new(types::I64), AbiParam::new(types::I64)]);
+        sig.params.extend([AbiParam::new(ptr), AbiParam::new(types::I64), AbiParam::new(types::I64), AbiParam::new(types::I64)]);
         let id = module.declare_anonymous_function(&sig).map_err(|e| e.to_string())?;
         let mut ctx = module.make_context();
         ctx.func.signature = sig;
@@ -166,7 +168,7 @@ impl<'k, 'f> Kernel<'k, 'f> {
             fb.append_block_params_for_function_params(block);
             fb.switch_to_block(block);
             let p = fb.block_params(block).to_vec();
-            body(&mut fb, module, p[0], p[1], p[2])?;
+            body(&mut fb, module, [p[0], p[1], p[2], p[3]])?;
             fb.ins().return_(&[]);
             fb.seal_all_blocks();
             fb.finalize(module.target_config());
@@ -196,19 +198,21 @@ impl<'k, 'f> Kernel<'k, 'f> {
         Ok(())
     }
 
-    /// Runs `task` over `0..n` ([`PARALLEL_FOR`]) with the context at `ctx`: on the JIT's
-    /// thread pool when the kernel may go parallel, else as one call `task(ctx, 0, n)`.
-    pub fn parallel_for(&mut self, task: FuncId, ctx: Value, n: i64) -> Result<(), String> {
+    /// Runs `task` over `0..n` ([`PARALLEL_FOR`]) in at most `parts` parts with the context
+    /// at `ctx`: on the JIT's thread pool when the kernel may go parallel, else as one call
+    /// `task(ctx, 0, n, 0)`.
+    pub fn parallel_for(&mut self, task: FuncId, ctx: Value, n: i64, parts: usize) -> Result<(), String> {
         let f = self.module.declare_func_in_func(task, self.fb.func);
         let (zero, end) = (emit::iconst(self.fb, 0), emit::iconst(self.fb, n));
         if !self.parallel {
-            self.fb.ins().call(f, &[ctx, zero, end]);
+            self.fb.ins().call(f, &[ctx, zero, end, zero]);
             return Ok(());
         }
         let ptr = self.module.isa().pointer_type();
-        let run = self.import(PARALLEL_FOR, &[ptr, ptr, types::I64], &[])?;
+        let run = self.import(PARALLEL_FOR, &[ptr, ptr, types::I64, types::I64], &[])?;
         let addr = self.fb.ins().func_addr(ptr, f);
-        self.fb.ins().call(run, &[addr, ctx, end]);
+        let parts = emit::iconst(self.fb, parts.clamp(1, 1 << 16) as i64);
+        self.fb.ins().call(run, &[addr, ctx, end, parts]);
         Ok(())
     }
 
