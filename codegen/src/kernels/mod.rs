@@ -253,14 +253,9 @@ impl<'k, 'f> Kernel<'k, 'f> {
     }
 
     /// Places `code`, machine code of a System V function of `params` pointer arguments and
-    /// no result (a [`ukernel`] micro-kernel), in the module, and returns it for `call`.
-    pub fn machine_code(&mut self, code: &[u8], params: usize) -> Result<FuncRef, String> {
-        let id = self.machine_code_id(code, params)?;
-        Ok(self.module.declare_func_in_func(id, self.fb.func))
-    }
-
-    /// [`Kernel::machine_code`]'s function, for calls from other functions too.
-    pub fn machine_code_id(&mut self, code: &[u8], params: usize) -> Result<FuncId, String> {
+    /// no result (a [`ukernel`] micro-kernel), in the module, and returns it (declared in a
+    /// function, it is called like any other).
+    pub fn machine_code(&mut self, code: &[u8], params: usize) -> Result<FuncId, String> {
         let ptr = self.module.isa().pointer_type();
         let mut sig = Signature::new(CallConv::SystemV);
         sig.params.extend((0..params).map(|_| AbiParam::new(ptr)));

@@ -202,8 +202,8 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let bounds = (rq.bounds.0 as i32, rq.bounds.1 as i32);
     let store = Requantize { zero_point: rq.zero_point, bounds, signed: y.dtype == DType::I8, plane: i32::try_from(out_plane).map_err(|e| e.to_string())? };
     let tile = |rows: usize| PairTile { rows, offsets: offsets.clone(), x_stride, iterations, store };
-    let main = k.machine_code_id(&ukernel::pair_tile(&tile(rows), isa)?, 5)?;
-    let tail_kernel = if tail > 0 { Some(k.machine_code_id(&ukernel::pair_tile(&tile(tail), isa)?, 5)?) } else { None };
+    let main = k.machine_code(&ukernel::pair_tile(&tile(rows), isa)?, 5)?;
+    let tail_kernel = if tail > 0 { Some(k.machine_code(&ukernel::pair_tile(&tile(tail), isa)?, 5)?) } else { None };
     k.form = "wide-direct";
     // Weights: block of `rows` channels from c0, [pair][tap][row] as i16 pairs.
     let weight = |c: usize, ci: usize, t: usize| if ci < g.c { packed.rows[c][ci * taps + t] } else { 0 };
