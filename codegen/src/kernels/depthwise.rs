@@ -185,7 +185,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         x_stride: offset(l.rows_per_iter * g.sh * l.jq * PAIR)?,
         out_stride: offset(l.rows_per_iter * l.ow8)?,
         iterations: u32::try_from(l.iterations).map_err(|e| e.to_string())?,
-        store: Requantize { zero_point: rq.zero_point, bounds: (rq.bounds.0 as i32, rq.bounds.1 as i32), signed: y.dtype == DType::I8, plane: 0 },
+        store: Requantize { zero_point: rq.zero_point, bounds: (rq.bounds.0 as i32, rq.bounds.1 as i32), signed: y.dtype == DType::I8, plane: 0, per_lane: false },
     };
     let kernel = k.machine_code(&ukernel::depthwise_plane(&plane, isa)?, 4)?;
     k.form = "wide-depthwise";

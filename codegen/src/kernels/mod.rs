@@ -27,6 +27,7 @@ pub(crate) mod requant;
 mod shape;
 pub(crate) mod ukernel;
 mod wide;
+mod wide_matmul;
 
 /// An operand or result of the node being compiled.
 pub(crate) struct Operand {
@@ -337,6 +338,11 @@ pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
             }
             product::conv(k)
         }
-        MatMul | Gemm | QMatMul | QLinearMatMul | MatMulInteger => product::matmul(k),
+        MatMul | Gemm | QMatMul | QLinearMatMul | MatMulInteger => {
+            if wide_matmul::matmul(k)? {
+                return Ok(());
+            }
+            product::matmul(k)
+        }
     }
 }

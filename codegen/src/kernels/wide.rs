@@ -200,8 +200,8 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let l_direct = l.direct(&g);
     let out_plane = if l_direct { g.oh * g.ow } else { l.vectors_even * LANES };
     let bounds = (rq.bounds.0 as i32, rq.bounds.1 as i32);
-    let store = Requantize { zero_point: rq.zero_point, bounds, signed: y.dtype == DType::I8, plane: i32::try_from(out_plane).map_err(|e| e.to_string())? };
-    let tile = |rows: usize| PairTile { rows, offsets: offsets.clone(), x_stride, iterations, store };
+    let store = Requantize { zero_point: rq.zero_point, bounds, signed: y.dtype == DType::I8, plane: i32::try_from(out_plane).map_err(|e| e.to_string())?, per_lane: false };
+    let tile = |rows: usize| PairTile { rows, offsets: offsets.clone(), x_stride, iterations, store, row_stride: None };
     let main = k.machine_code(&ukernel::pair_tile(&tile(rows), isa)?, 5)?;
     let tail_kernel = if tail > 0 { Some(k.machine_code(&ukernel::pair_tile(&tile(tail), isa)?, 5)?) } else { None };
     k.form = "wide-direct";
