@@ -144,6 +144,12 @@ fn every_convolution_form_agrees_with_the_interpreter() {
         ("128-bit", CodegenOptions { max_vector_bits: Some(128), ..Default::default() }),
         ("baseline", CodegenOptions { baseline_isa: true, ..Default::default() }),
     ];
+    if !std::arch::is_x86_feature_detected!("avxvnni") {
+        eprintln!("skipped: this CPU lacks AVX-VNNI, so the micro-kernels' vpdpwssd form is not run here (the AVX2 vpmaddwd form is)");
+    }
+    if !std::arch::is_x86_feature_detected!("avx2") {
+        eprintln!("skipped: this CPU lacks AVX2, so no 256-bit micro-kernel is run here");
+    }
     let mut rng = Lcg(0x5eed);
     let mut failures = Vec::new();
     let all = cases();

@@ -16,10 +16,10 @@
 //! Rows whose width is not a multiple of eight, or row counts that do not fill the
 //! micro-kernel's iterations, go through a staging plane copied out afterwards. The
 //! arithmetic is the interpreter's: `Σ x·(w − zw) + (bias − zx·Σ(w − zw))` in wrapping i32
-//! (see [`super::product::packed_rows`]), then the channel's fixed-point requantization.
+//! (see [`super::packing::packed_rows`]), then the channel's fixed-point requantization.
 
 use super::planes::{copy_row, Padded};
-use super::product::packed_rows;
+use super::packing::packed_rows;
 use super::requant::ChannelTable;
 use super::ukernel::{self, DepthwisePlane, Requantize, DEPTHWISE_VECTORS, LANES};
 use super::{data_address, Kernel};

@@ -17,7 +17,9 @@ use std::sync::Arc;
 
 mod depthwise;
 mod direct;
+mod dot4;
 mod elementwise;
+mod packing;
 mod pointwise;
 mod planes;
 mod pool;
@@ -312,6 +314,23 @@ pub(crate) fn data_address(fb: &mut FunctionBuilder, module: &mut dyn Module, id
     fb.ins().symbol_value(ptr, gv)
 }
 
+/// Picks a convolution's form: the first that applies, fastest first. Each form is its own
+/// module and decides from the node alone; they share only what sits below them all
+/// (`packing`, `dot4`, `planes`, `requant`, `ukernel`), never each other.
+/// - `wide`: dense, 256-bit micro-kernels (AVX2);
+/// - `depthwise`: depthwise, 256-bit micro-kernels;
+/// - `pointwise`: 1×1 with 128-bit Cranelift vectors (SSSE3);
+/// - `direct`: narrow kernels and depthwise with 128-bit vectors (SSSE3);
+/// - `product`: im2col and scalar, anything else (float convolutions included).
+fn conv(k: &mut Kernel) -> Result<(), String> {
+    for form in [wide::conv, depthwise::conv, pointwise::conv, direct::conv] {
+        if form(k)? {
+            return Ok(());
+        }
+    }
+    product::conv(k)
+}
+
 /// Emits the kernel of one node.
 pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
     use OpKind::*;
@@ -332,12 +351,7 @@ pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
         Transpose => shape::transpose(k),
         Concat => shape::concat(k),
         Pad => shape::pad(k),
-        Conv | QConv | QLinearConv | ConvInteger => {
-            if wide::conv(k)? || depthwise::conv(k)? {
-                return Ok(());
-            }
-            product::conv(k)
-        }
+        Conv | QConv | QLinearConv | ConvInteger => conv(k),
         MatMul | Gemm | QMatMul | QLinearMatMul | MatMulInteger => {
             if wide_matmul::matmul(k)? {
                 return Ok(());

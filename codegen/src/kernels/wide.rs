@@ -19,10 +19,10 @@
 //! computed into a staging area with rows padded to whole vectors and copied out, so the
 //! tiles never store past a row. The arithmetic is the interpreter's, as in the other forms:
 //! `Σ x·(w − zw) + (bias − zx·Σ(w − zw))` in wrapping i32 (see
-//! [`super::product::packed_rows`]), then the fixed-point requantization of each channel.
+//! [`super::packing::packed_rows`]), then the fixed-point requantization of each channel.
 
 use super::planes::{copy_row, Padded};
-use super::product::packed_rows;
+use super::packing::packed_rows;
 use super::ukernel::{self, PairTile, Requantize, LANES, MAX_ROWS, VECTORS};
 use super::requant::ChannelTable;
 use super::{data_address, Kernel};

@@ -5,12 +5,12 @@
 //!
 //! The weights are packed at compile time as `[column block of 16][pair of k][16][2]` i16
 //! (`w − zw`, zero columns and pairs past the ends) and the input zero point folded into
-//! the biases (see [`super::product::packed_rows`]). Per tile of rows, the rows are widened
+//! the biases (see [`super::packing::packed_rows`]). Per tile of rows, the rows are widened
 //! to i16 in the workspace, then the column blocks run as a task on the thread pool. Results
 //! whose row is not a whole number of blocks go through a staging area copied out.
 
 use super::planes::copy_row;
-use super::product::packed_rows;
+use super::packing::packed_rows;
 use super::ukernel::{self, LaneTable, PairTile, Requantize, LANES, MAX_ROWS, VECTORS};
 use super::{data_address, Kernel};
 use crate::emit;
