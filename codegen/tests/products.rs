@@ -114,7 +114,8 @@ fn check(case: &str, text: &str, inputs: &[Tensor]) {
     // split), the 128-bit forms, and the SSE2 baseline.
     let paths = [(false, None, 1), (false, None, 2), (false, Some(128), 1), (true, None, 1)];
     for (baseline_isa, max_vector_bits, threads) in paths {
-        let opts = CodegenOptions { baseline_isa, max_vector_bits, ..CodegenOptions::default() };
+        let parallel_min_macs = (threads > 1).then_some(0);
+        let opts = CodegenOptions { baseline_isa, max_vector_bits, parallel_min_macs, ..CodegenOptions::default() };
         let mut p = JitProgram::compile(&g, &opts).unwrap_or_else(|e| panic!("{case}: {e}\n{text}"));
         p.set_threads(threads);
         let got = p.run(inputs).unwrap_or_else(|e| panic!("{case}: {e}\n{text}"));

@@ -451,11 +451,11 @@ fn relative_error(got: &Tensor, want: &Tensor) -> f32 {
 /// Code paths: name, options and threads per call (two threads split a batch, or, at
 /// batch 1, the kernels' own work).
 const ISAS: [(&str, CodegenOptions, usize); 5] = [
-    ("host", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false, avx2_only: false, profile: false, max_vector_bits: None }, 1),
-    ("host, two threads", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false, avx2_only: false, profile: false, max_vector_bits: None }, 2),
-    ("host-128", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false, avx2_only: false, profile: false, max_vector_bits: Some(128) }, 1),
-    ("avx2", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false, avx2_only: true, profile: false, max_vector_bits: None }, 1),
-    ("baseline", CodegenOptions { target: None, baseline_isa: true, pic: false, no_vnni: false, avx2_only: false, profile: false, max_vector_bits: None }, 1),
+    ("host", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false, avx2_only: false, profile: false, max_vector_bits: None, parallel_min_macs: None }, 1),
+    ("host, two threads", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false, avx2_only: false, profile: false, max_vector_bits: None, parallel_min_macs: Some(0) }, 2),
+    ("host-128", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false, avx2_only: false, profile: false, max_vector_bits: Some(128), parallel_min_macs: None }, 1),
+    ("avx2", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false, avx2_only: true, profile: false, max_vector_bits: None, parallel_min_macs: None }, 1),
+    ("baseline", CodegenOptions { target: None, baseline_isa: true, pic: false, no_vnni: false, avx2_only: false, profile: false, max_vector_bits: None, parallel_min_macs: None }, 1),
 ];
 
 fn jit_run(g: &Graph, opts: &CodegenOptions, threads: usize, x: &Tensor) -> Result<Vec<Tensor>, String> {

@@ -241,7 +241,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         for (i, v) in [xn, yn, ws].into_iter().enumerate() {
             fb.ins().store(emit::mem(), v, context, (8 * i) as i32);
         }
-        k.parallel_for(task, context, g.c as i64, MAX_PARTS)
+        k.parallel_for(task, context, g.c as i64, MAX_PARTS, (g.c * g.oh * g.ow * taps) as u64)
     })?;
     Ok(true)
 }

@@ -99,6 +99,8 @@ pub(crate) struct Kernel<'k, 'f> {
     /// Whether kernels may split their work across threads ([`Kernel::parallel_for`]): the
     /// JIT provides the thread pool; object files run serially.
     pub(crate) parallel: bool,
+    /// Multiply-accumulates from which [`Kernel::parallel_for`] splits a call.
+    pub(crate) parallel_min_work: u64,
 }
 
 /// The function a JIT-compiled kernel calls to run a task on the thread pool:
@@ -106,6 +108,11 @@ pub(crate) struct Kernel<'k, 'f> {
 /// `parts` disjoint ranges covering `0..n`, each with its own `part < parts` (an index for
 /// per-thread scratch), possibly on several threads, and returns when all have returned.
 pub(crate) const PARALLEL_FOR: &str = "qlift_parallel_for";
+
+/// Multiply-accumulates below which a kernel call stays on its thread: handing work to the
+/// pool and waiting for it costs tens of µs on a loaded machine (measured: the wide MLP's
+/// 0.8–1 M-MAC products at batch 1 took 60 µs on one thread, 100 µs split on two).
+pub(crate) const PARALLEL_MIN_WORK: u64 = 4_000_000;
 
 impl<'k, 'f> Kernel<'k, 'f> {
     pub(crate) fn new(
@@ -117,7 +124,7 @@ impl<'k, 'f> Kernel<'k, 'f> {
         workspace: Value,
         batch: Value,
     ) -> Self {
-        Kernel { fb, module, op, inputs, outputs, batch, workspace, workspace_bytes: 0, messages: Vec::new(), form: op.kind.name(), wide: None, parallel: false }
+        Kernel { fb, module, op, inputs, outputs, batch, workspace, workspace_bytes: 0, messages: Vec::new(), form: op.kind.name(), wide: None, parallel: false, parallel_min_work: PARALLEL_MIN_WORK }
     }
 
     /// Operand `i` (an error naming it when it is missing).
@@ -202,12 +209,13 @@ impl<'k, 'f> Kernel<'k, 'f> {
     }
 
     /// Runs `task` over `0..n` ([`PARALLEL_FOR`]) in at most `parts` parts with the context
-    /// at `ctx`: on the JIT's thread pool when the kernel may go parallel, else as one call
+    /// at `ctx`: on the JIT's thread pool when the kernel may go parallel and the call does
+    /// at least `work` multiply-accumulates ([`Kernel::parallel_min_work`]), else as one call
     /// `task(ctx, 0, n, 0)`.
-    pub fn parallel_for(&mut self, task: FuncId, ctx: Value, n: i64, parts: usize) -> Result<(), String> {
+    pub fn parallel_for(&mut self, task: FuncId, ctx: Value, n: i64, parts: usize, work: u64) -> Result<(), String> {
         let f = self.module.declare_func_in_func(task, self.fb.func);
         let (zero, end) = (emit::iconst(self.fb, 0), emit::iconst(self.fb, n));
-        if !self.parallel {
+        if !self.parallel || work < self.parallel_min_work {
             self.fb.ins().call(f, &[ctx, zero, end, zero]);
             return Ok(());
         }

@@ -323,6 +323,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let (xptr, yptr) = (x.ptr, yop.ptr);
     let samples = if x.batched() { k.batch } else { emit::iconst(k.fb, x.dims()[0] as i64) };
     let context = k.fb.ins().iadd_imm_s(ws, context_at as i64);
+    let macs = (g.m * g.oh * g.ow * g.c * taps) as u64;
     k.for_each(samples, |k, n| {
         let fb = &mut *k.fb;
         let xn = emit::addr(fb, xptr, n, (g.c * g.h * g.w) as i64);
@@ -332,8 +333,8 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         for (i, v) in [xp, out, xn, ws].into_iter().enumerate() {
             fb.ins().store(emit::mem(), v, context, (8 * i) as i32);
         }
-        k.parallel_for(prepare, context, l.used_pairs as i64, usize::MAX)?;
-        k.parallel_for(task, context, count, usize::MAX)?;
+        k.parallel_for(prepare, context, l.used_pairs as i64, usize::MAX, macs)?;
+        k.parallel_for(task, context, count, usize::MAX, macs)?;
         let fb = &mut *k.fb;
         if !l_direct {
             // Staging rows of `ow8` results to the output's rows of `ow`.

@@ -113,7 +113,7 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
         let out = if direct { emit::addr(fb, yptr, first, m as i64) } else { fb.ins().iadd_imm_s(ws, staging_at as i64) };
         fb.ins().store(emit::mem(), ws, context, 0);
         fb.ins().store(emit::mem(), out, context, 8);
-        k.parallel_for(task, context, blocks as i64, usize::MAX)?;
+        k.parallel_for(task, context, blocks as i64, usize::MAX, (rows * kk * m) as u64)?;
         if !direct {
             let fb = &mut *k.fb;
             for r in 0..rows {
