@@ -98,11 +98,14 @@ def main():
         return
     if args.row:
         e = {x["engine"]: x["median_ms"] for x in result["engines"]}
-        q = next((m for n, m in e.items() if n.startswith("qlift")), None)
+        qlifts = [x["median_ms"] for x in result["engines"] if x["engine"].startswith("qlift")]
+        q = qlifts[0] if qlifts else None
         fmt = lambda v: "n/a" if v is None else f"{v * 1000:.1f}"
         ratio = lambda a, b: "n/a" if a is None or b is None else f"{a / b:.2f}"
+        # Further --cmd engines (another qlift build): its latency and ratio to ORT int8.
+        more = "".join(f" {fmt(v)} | {ratio(v, e['ORT int8'])} |" for v in qlifts[1:])
         print(f"| {result['model'].replace('.onnx', '')} | {result['batch']} | {args.threads} | {fmt(q)} | {fmt(e['ORT int8'])} | "
-              f"{fmt(e['ORT fp32'])} | {fmt(e.get('tract fp32'))} | {ratio(q, e['ORT int8'])} | {ratio(q, e['ORT fp32'])} |")
+              f"{fmt(e['ORT fp32'])} | {fmt(e.get('tract fp32'))} | {ratio(q, e['ORT int8'])} | {ratio(q, e['ORT fp32'])} |{more}", flush=True)
         return
     print(f"{result['model']}, batch {result['batch']}, {args.threads} thread(s)")
     print("| engine | median ms | × ORT int8 | × ORT fp32 |")

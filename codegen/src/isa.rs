@@ -33,6 +33,10 @@ pub struct CodegenOptions {
     /// target has). 128 keeps to the vectors Cranelift generates; wider ones are machine-code
     /// micro-kernels (see `kernels::ukernel`). To compare the paths on one machine.
     pub max_vector_bits: Option<u32>,
+    /// Multiply-accumulates from which a kernel call splits its work across the threads a
+    /// call allows (`None`: 4 M, see `kernels::PARALLEL_MIN_WORK`); 0 splits every call (to
+    /// test the split on small shapes).
+    pub parallel_min_macs: Option<u64>,
 }
 
 /// The ISA for `opts`: opt_level `speed`, the verifier in debug builds.

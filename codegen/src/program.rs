@@ -200,6 +200,7 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &Co
             let mut kernel = Kernel::new(&mut fb, module, op, Vec::new(), result_args, workspace, batch);
             kernel.wide = wide;
             kernel.parallel = parallel;
+            kernel.parallel_min_work = opts.parallel_min_macs.unwrap_or(kernels::PARALLEL_MIN_WORK);
             for arg in operand_args {
                 let operand = match arg {
                     None => None,

@@ -110,9 +110,14 @@ fn check(case: &str, text: &str, inputs: &[Tensor]) {
     let g = parse(text).unwrap_or_else(|e| panic!("{case}: {e}\n{text}"));
     qlift_ir::verify(&g).unwrap_or_else(|e| panic!("{case}: {e:?}\n{text}"));
     let want = qlift_ir::interp::run(&g, inputs).unwrap_or_else(|e| panic!("{case}: interpreter: {e}\n{text}"));
-    for baseline_isa in [false, true] {
-        let opts = CodegenOptions { baseline_isa, ..CodegenOptions::default() };
-        let p = JitProgram::compile(&g, &opts).unwrap_or_else(|e| panic!("{case}: {e}\n{text}"));
+    // The host's code on one and two threads (batch split or, at batch 1, the kernels' own
+    // split), the 128-bit forms, and the SSE2 baseline.
+    let paths = [(false, None, 1), (false, None, 2), (false, Some(128), 1), (true, None, 1)];
+    for (baseline_isa, max_vector_bits, threads) in paths {
+        let parallel_min_macs = (threads > 1).then_some(0);
+        let opts = CodegenOptions { baseline_isa, max_vector_bits, parallel_min_macs, ..CodegenOptions::default() };
+        let mut p = JitProgram::compile(&g, &opts).unwrap_or_else(|e| panic!("{case}: {e}\n{text}"));
+        p.set_threads(threads);
         let got = p.run(inputs).unwrap_or_else(|e| panic!("{case}: {e}\n{text}"));
         for (g, w) in got.iter().zip(&want) {
             assert_eq!((g.dtype(), g.shape()), (w.dtype(), w.shape()), "{case}\n{text}");
@@ -255,8 +260,11 @@ fn qconv_matches_the_interpreter() {
 fn qmatmul_matches_the_interpreter() {
     let mut rng = Lcg(0xa11c_e5ed);
     for case in 0..120 {
-        let batch = rng.usize(1, 4);
-        let (k, p) = (rng.usize(1, 40), rng.usize(1, 21));
+        // Batches past one tile of six rows; columns past one block of 16 and not a multiple.
+        let batch = rng.usize(1, 14);
+        let k = rng.usize(1, 40);
+        let (small, large) = (rng.usize(1, 21), rng.usize(33, 70));
+        let p = rng.pick(&[small, 32, large]);
         let rows = rng.pick(&[0, 1, 3, 5]); // 0: A is [N, K]
         let adtype = rng.pick(&[DType::U8, DType::I8]);
         let (sa, za) = (0.01 + 0.05 * rng.unit().abs(), zero_point(&mut rng, adtype));

@@ -448,15 +448,19 @@ fn relative_error(got: &Tensor, want: &Tensor) -> f32 {
 
 /// The host's best code (VNNI where it has it), AVX2 at most (`pmaddwd`, no AVX-512: an
 /// AVX2-only CPU's code), and baseline SSE2.
-const ISAS: [(&str, CodegenOptions); 4] = [
-    ("host", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false, avx2_only: false, profile: false, max_vector_bits: None }),
-    ("host-128", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false, avx2_only: false, profile: false, max_vector_bits: Some(128) }),
-    ("avx2", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false, avx2_only: true, profile: false, max_vector_bits: None }),
-    ("baseline", CodegenOptions { target: None, baseline_isa: true, pic: false, no_vnni: false, avx2_only: false, profile: false, max_vector_bits: None }),
+/// Code paths: name, options and threads per call (two threads split a batch, or, at
+/// batch 1, the kernels' own work).
+const ISAS: [(&str, CodegenOptions, usize); 5] = [
+    ("host", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false, avx2_only: false, profile: false, max_vector_bits: None, parallel_min_macs: None }, 1),
+    ("host, two threads", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false, avx2_only: false, profile: false, max_vector_bits: None, parallel_min_macs: Some(0) }, 2),
+    ("host-128", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false, avx2_only: false, profile: false, max_vector_bits: Some(128), parallel_min_macs: None }, 1),
+    ("avx2", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false, avx2_only: true, profile: false, max_vector_bits: None, parallel_min_macs: None }, 1),
+    ("baseline", CodegenOptions { target: None, baseline_isa: true, pic: false, no_vnni: false, avx2_only: false, profile: false, max_vector_bits: None, parallel_min_macs: None }, 1),
 ];
 
-fn jit_run(g: &Graph, opts: &CodegenOptions, x: &Tensor) -> Result<Vec<Tensor>, String> {
-    let program = JitProgram::compile(g, opts).map_err(|e| format!("compile: {e}"))?;
+fn jit_run(g: &Graph, opts: &CodegenOptions, threads: usize, x: &Tensor) -> Result<Vec<Tensor>, String> {
+    let mut program = JitProgram::compile(g, opts).map_err(|e| format!("compile: {e}"))?;
+    program.set_threads(threads);
     program.run(std::slice::from_ref(x)).map_err(|e| format!("run: {e}"))
 }
 
@@ -497,8 +501,8 @@ proptest! {
         // Wider than the calibration range, so that requantization saturates too.
         let x = input(&net, batch, net.seed ^ 0x7e57, 1.25);
         let want = qlift_ir::interp::run(&lowered, std::slice::from_ref(&x)).map_err(|e| TestCaseError::fail(format!("interp: {e}")))?;
-        for (isa, opts) in &ISAS {
-            let result = jit_run(&lowered, opts, &x).and_then(|got| {
+        for (isa, opts, threads) in &ISAS {
+            let result = jit_run(&lowered, opts, *threads, &x).and_then(|got| {
                 match got.iter().zip(&want).find_map(|(g, w)| first_difference(g, w)) {
                     Some(d) => Err(d),
                     None if got.len() != want.len() => Err(format!("{} outputs, want {}", got.len(), want.len())),
@@ -521,8 +525,8 @@ proptest! {
         let (optimized, _) = run_pipeline(&g, &PipelineOptions::default()).map_err(|e| TestCaseError::fail(format!("pipeline: {e}")))?;
         let x = input(&net, batch, net.seed ^ 0x7e57, 1.25);
         let want = qlift_ir::interp::run(&optimized, std::slice::from_ref(&x)).map_err(|e| TestCaseError::fail(format!("interp: {e}")))?;
-        for (isa, opts) in &ISAS {
-            let result = jit_run(&optimized, opts, &x).and_then(|got| {
+        for (isa, opts, threads) in &ISAS {
+            let result = jit_run(&optimized, opts, *threads, &x).and_then(|got| {
                 let err = got.iter().zip(&want).map(|(g, w)| if g.shape() == w.shape() { relative_error(g, w) } else { f32::INFINITY }).fold(0.0, f32::max);
                 if err <= 1e-4 && got.len() == want.len() { Ok(()) } else { Err(format!("relative error {err}")) }
             });

@@ -2,9 +2,10 @@
 //! row stride and row dilation, column stride 1 or 2, on wide-vector micro-kernels
 //! ([`ukernel::depthwise_plane`]): eight outputs per 256-bit vector, two taps per `vpmaddwd`.
 //!
-//! Per sample the input planes are copied with their padding ([`Padded`]); then, channel by
-//! channel (a run-time loop: code size does not grow with the channel count):
-//! 1. the padded plane is repacked as pairs of taps widened to i16: for column phase `p`,
+//! Per sample, channel by channel (a run-time loop, so code size does not grow with the
+//! channel count; ranges of channels run on up to [`MAX_PARTS`] threads, each with its own
+//! scratch):
+//! 1. the input plane is copied with its padding ([`Padded`]) and repacked as pairs of taps widened to i16: for column phase `p`,
 //!    `R_p[y][j] = (X[y][s·j + p], X[y][s·j + p + s])` — the two columns that kernel taps
 //!    `kx` and `kx + s` (both ≡ p mod s) read for output column `j − t` — so that for each
 //!    kernel row and each pair of taps of one phase, the activations of eight neighbouring
@@ -15,18 +16,22 @@
 //! Rows whose width is not a multiple of eight, or row counts that do not fill the
 //! micro-kernel's iterations, go through a staging plane copied out afterwards. The
 //! arithmetic is the interpreter's: `Σ x·(w − zw) + (bias − zx·Σ(w − zw))` in wrapping i32
-//! (see [`super::product::packed_rows`]), then the channel's fixed-point requantization.
+//! (see [`super::packing::packed_rows`]), then the channel's fixed-point requantization.
 
 use super::planes::{copy_row, Padded};
-use super::product::packed_rows;
+use super::packing::packed_rows;
 use super::requant::ChannelTable;
 use super::ukernel::{self, DepthwisePlane, Requantize, DEPTHWISE_VECTORS, LANES};
-use super::Kernel;
+use super::{data_address, Kernel};
 use crate::emit;
 use cranelift_codegen::ir::{types, ConstantData, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
 use qlift_ir::fixed_point::Requant;
 use qlift_ir::{DType, OpKind};
+
+/// Parts (threads) a convolution's channels are split into at most: each has its own
+/// scratch in the workspace.
+const MAX_PARTS: usize = 4;
 
 /// Bytes of one pair of i16 activations.
 const PAIR: usize = 4;
@@ -180,38 +185,39 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         x_stride: offset(l.rows_per_iter * g.sh * l.jq * PAIR)?,
         out_stride: offset(l.rows_per_iter * l.ow8)?,
         iterations: u32::try_from(l.iterations).map_err(|e| e.to_string())?,
-        store: Requantize { zero_point: rq.zero_point, bounds: (rq.bounds.0 as i32, rq.bounds.1 as i32), signed: y.dtype == DType::I8, plane: 0 },
+        store: Requantize { zero_point: rq.zero_point, bounds: (rq.bounds.0 as i32, rq.bounds.1 as i32), signed: y.dtype == DType::I8, plane: 0, per_lane: false },
     };
     let kernel = k.machine_code(&ukernel::depthwise_plane(&plane, isa)?, 4)?;
     k.form = "wide-depthwise";
-    let wptr = k.data(weights, 64)?;
-    let table = k.data(records, 64)?;
-    // Workspace: padded u8 planes (with room for the repacking's over-reads) | pair planes |
-    // staging plane.
-    let padded = Padded { planes: g.c, h: g.h, w: g.w, hp: g.hp, wp: g.wp, top: g.pt, left: g.pl };
-    let u8_plane = g.hp * g.wp;
-    let last_read = (g.c - 1) * u8_plane + (l.rows - 1) * g.wp + g.sw * (l.jq - LANES) + 32;
+    let wptr = k.data_object(weights, 64)?;
+    let table = k.data_object(records, 64)?;
+    // Scratch of one part (thread): its padded u8 plane (with room for the repacking's
+    // over-reads) | pair planes | staging plane.
+    let padded = Padded { planes: 1, h: g.h, w: g.w, hp: g.hp, wp: g.wp, top: g.pt, left: g.pl };
+    let last_read = (l.rows - 1) * g.wp + g.sw * (l.jq - LANES) + 32;
     let pairs_at = padded.bytes().max(last_read).next_multiple_of(64);
     let staging_at = pairs_at + (g.sw * l.phase_bytes()).next_multiple_of(64);
-    let ws = k.workspace(staging_at + if direct { 0 } else { l.oh_pad * l.ow8 });
-    let (x, yop) = (k.input(0)?, k.output(0));
-    let (xptr, yptr) = (x.ptr, yop.ptr);
-    let samples = if x.batched() { k.batch } else { emit::iconst(k.fb, x.dims()[0] as i64) };
+    let part_bytes = (staging_at + if direct { 0 } else { l.oh_pad * l.ow8 }).next_multiple_of(64);
     let zx = xq.channel(0).1 as u8;
-    let fb = &mut *k.fb;
     let out_plane = (g.oh * g.ow) as i64;
-    emit::for_dynamic(fb, samples, |fb, n| {
-        let xn = emit::addr(fb, xptr, n, (g.c * g.h * g.w) as i64);
-        let yn = emit::addr(fb, yptr, n, g.c as i64 * out_plane);
-        padded.emit(fb, xn, ws, zx);
-        let pair_planes = fb.ins().iadd_imm_s(ws, pairs_at as i64);
-        emit::for_count(fb, g.c as i64, |fb, c| {
-            let src = emit::addr(fb, ws, c, u8_plane as i64);
-            repack(fb, &g, &l, src, pair_planes);
+    // Channels `begin..end` of one sample (context: input, output, scratch), in the scratch
+    // of part `part`: pad, repack, compute, copy out.
+    let task = k.task(|fb, module, [ctx, begin, end, part]| {
+        let x = fb.ins().load(types::I64, emit::mem(), ctx, 0);
+        let y = fb.ins().load(types::I64, emit::mem(), ctx, 8);
+        let ws = fb.ins().load(types::I64, emit::mem(), ctx, 16);
+        let (wptr, table) = (data_address(fb, module, wptr), data_address(fb, module, table));
+        let kernel = module.declare_func_in_func(kernel, fb.func);
+        let scratch = emit::addr(fb, ws, part, part_bytes as i64);
+        let pair_planes = fb.ins().iadd_imm_s(scratch, pairs_at as i64);
+        emit::for_range(fb, begin, end, 1, |fb, c| {
+            let src = emit::addr(fb, x, c, (g.h * g.w) as i64);
+            padded.emit_plane(fb, src, scratch, zx);
+            repack(fb, &g, &l, scratch, pair_planes);
             let w = emit::addr(fb, wptr, c, (pairs.len() * PAIR) as i64);
             let record = emit::addr(fb, table, c, ChannelTable::RECORD as i64);
-            let y_plane = emit::addr(fb, yn, c, out_plane);
-            let out = if direct { y_plane } else { fb.ins().iadd_imm_s(ws, staging_at as i64) };
+            let y_plane = emit::addr(fb, y, c, out_plane);
+            let out = if direct { y_plane } else { fb.ins().iadd_imm_s(scratch, staging_at as i64) };
             fb.ins().call(kernel, &[pair_planes, w, out, record]);
             if !direct {
                 emit::for_count(fb, g.oh as i64, |fb, oy| {
@@ -221,7 +227,22 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
                 });
             }
         });
-    });
+        Ok(())
+    })?;
+    let ws = k.workspace(64 + MAX_PARTS * part_bytes);
+    let (x, yop) = (k.input(0)?, k.output(0));
+    let (xptr, yptr) = (x.ptr, yop.ptr);
+    let samples = if x.batched() { k.batch } else { emit::iconst(k.fb, x.dims()[0] as i64) };
+    let context = k.fb.ins().iadd_imm_s(ws, (MAX_PARTS * part_bytes) as i64);
+    k.for_each(samples, |k, n| {
+        let fb = &mut *k.fb;
+        let xn = emit::addr(fb, xptr, n, (g.c * g.h * g.w) as i64);
+        let yn = emit::addr(fb, yptr, n, g.c as i64 * out_plane);
+        for (i, v) in [xn, yn, ws].into_iter().enumerate() {
+            fb.ins().store(emit::mem(), v, context, (8 * i) as i32);
+        }
+        k.parallel_for(task, context, g.c as i64, MAX_PARTS, (g.c * g.oh * g.ow * taps) as u64)
+    })?;
     Ok(true)
 }
 

@@ -19,11 +19,13 @@ mod depthwise;
 mod approx;
 mod conv_transpose;
 mod direct;
+mod dot4;
 mod elementwise;
 mod gemm_f32;
 mod index;
 mod logic;
 mod math;
+mod packing;
 mod pointwise;
 mod planes;
 mod pool;
@@ -35,6 +37,7 @@ pub(crate) mod requant;
 mod shape;
 pub(crate) mod ukernel;
 mod wide;
+mod wide_matmul;
 
 /// An operand or result of the node being compiled.
 pub(crate) struct Operand {
@@ -104,12 +107,20 @@ pub(crate) struct Kernel<'k, 'f> {
     /// Whether kernels may split their work across threads ([`Kernel::parallel_for`]): the
     /// JIT provides the thread pool; object files run serially.
     pub(crate) parallel: bool,
+    /// Multiply-accumulates from which [`Kernel::parallel_for`] splits a call.
+    pub(crate) parallel_min_work: u64,
 }
 
 /// The function a JIT-compiled kernel calls to run a task on the thread pool:
-/// `PARALLEL_FOR(task, ctx, n)` calls `task(ctx, begin, end)` on disjoint ranges covering
-/// `0..n`, possibly on several threads, and returns when all have returned.
+/// `PARALLEL_FOR(task, ctx, n, parts)` calls `task(ctx, begin, end, part)` on at most
+/// `parts` disjoint ranges covering `0..n`, each with its own `part < parts` (an index for
+/// per-thread scratch), possibly on several threads, and returns when all have returned.
 pub(crate) const PARALLEL_FOR: &str = "qlift_parallel_for";
+
+/// Multiply-accumulates below which a kernel call stays on its thread: handing work to the
+/// pool and waiting for it costs tens of µs on a loaded machine (measured: the wide MLP's
+/// 0.8–1 M-MAC products at batch 1 took 60 µs on one thread, 100 µs split on two).
+pub(crate) const PARALLEL_MIN_WORK: u64 = 4_000_000;
 
 impl<'k, 'f> Kernel<'k, 'f> {
     pub(crate) fn new(
@@ -121,7 +132,7 @@ impl<'k, 'f> Kernel<'k, 'f> {
         workspace: Value,
         batch: Value,
     ) -> Self {
-        Kernel { fb, module, op, inputs, outputs, batch, workspace, workspace_bytes: 0, messages: Vec::new(), form: op.kind.name(), wide: None, parallel: false }
+        Kernel { fb, module, op, inputs, outputs, batch, workspace, workspace_bytes: 0, messages: Vec::new(), form: op.kind.name(), wide: None, parallel: false, parallel_min_work: PARALLEL_MIN_WORK }
     }
 
     /// Operand `i` (an error naming it when it is missing).
@@ -157,12 +168,13 @@ impl<'k, 'f> Kernel<'k, 'f> {
     }
 
     /// A task of this kernel for [`Kernel::parallel_for`]: a function `fn(ctx: *const u8,
-    /// begin: i64, end: i64)` whose body `body(fb, module, ctx, begin, end)` emits.
-    pub fn task(&mut self, body: impl FnOnce(&mut FunctionBuilder, &mut dyn Module, Value, Value, Value) -> Result<(), String>) -> Result<FuncId, String> {
+    /// begin: i64, end: i64, part: i64)` whose body `body(fb, module, [ctx, begin, end,
+    /// part])` emits.
+    pub fn task(&mut self, body: impl FnOnce(&mut FunctionBuilder, &mut dyn Module, [Value; 4]) -> Result<(), String>) -> Result<FuncId, String> {
         let module = &mut *self.module;
         let ptr = module.isa().pointer_type();
         let mut sig = module.make_signature();
-        sig.params.extend([AbiParam::new(ptr), AbiParam::new(types::I64), AbiParam::new(types::I64)]);
+        sig.params.extend([AbiParam::new(ptr), AbiParam::new(types::I64), AbiParam::new(types::I64), AbiParam::new(types::I64)]);
         let id = module.declare_anonymous_function(&sig).map_err(|e| e.to_string())?;
         let mut ctx = module.make_context();
         ctx.func.signature = sig;
@@ -174,7 +186,7 @@ impl<'k, 'f> Kernel<'k, 'f> {
             fb.append_block_params_for_function_params(block);
             fb.switch_to_block(block);
             let p = fb.block_params(block).to_vec();
-            body(&mut fb, module, p[0], p[1], p[2])?;
+            body(&mut fb, module, [p[0], p[1], p[2], p[3]])?;
             fb.ins().return_(&[]);
             fb.seal_all_blocks();
             fb.finalize(module.target_config());
@@ -204,19 +216,22 @@ impl<'k, 'f> Kernel<'k, 'f> {
         Ok(())
     }
 
-    /// Runs `task` over `0..n` ([`PARALLEL_FOR`]) with the context at `ctx`: on the JIT's
-    /// thread pool when the kernel may go parallel, else as one call `task(ctx, 0, n)`.
-    pub fn parallel_for(&mut self, task: FuncId, ctx: Value, n: i64) -> Result<(), String> {
+    /// Runs `task` over `0..n` ([`PARALLEL_FOR`]) in at most `parts` parts with the context
+    /// at `ctx`: on the JIT's thread pool when the kernel may go parallel and the call does
+    /// at least `work` multiply-accumulates ([`Kernel::parallel_min_work`]), else as one call
+    /// `task(ctx, 0, n, 0)`.
+    pub fn parallel_for(&mut self, task: FuncId, ctx: Value, n: i64, parts: usize, work: u64) -> Result<(), String> {
         let f = self.module.declare_func_in_func(task, self.fb.func);
         let (zero, end) = (emit::iconst(self.fb, 0), emit::iconst(self.fb, n));
-        if !self.parallel {
-            self.fb.ins().call(f, &[ctx, zero, end]);
+        if !self.parallel || work < self.parallel_min_work {
+            self.fb.ins().call(f, &[ctx, zero, end, zero]);
             return Ok(());
         }
         let ptr = self.module.isa().pointer_type();
-        let run = self.import(PARALLEL_FOR, &[ptr, ptr, types::I64], &[])?;
+        let run = self.import(PARALLEL_FOR, &[ptr, ptr, types::I64, types::I64], &[])?;
         let addr = self.fb.ins().func_addr(ptr, f);
-        self.fb.ins().call(run, &[addr, ctx, end]);
+        let parts = emit::iconst(self.fb, parts.clamp(1, 1 << 16) as i64);
+        self.fb.ins().call(run, &[addr, ctx, end, parts]);
         Ok(())
     }
 
@@ -257,14 +272,9 @@ impl<'k, 'f> Kernel<'k, 'f> {
     }
 
     /// Places `code`, machine code of a System V function of `params` pointer arguments and
-    /// no result (a [`ukernel`] micro-kernel), in the module, and returns it for `call`.
-    pub fn machine_code(&mut self, code: &[u8], params: usize) -> Result<FuncRef, String> {
-        let id = self.machine_code_id(code, params)?;
-        Ok(self.module.declare_func_in_func(id, self.fb.func))
-    }
-
-    /// [`Kernel::machine_code`]'s function, for calls from other functions too.
-    pub fn machine_code_id(&mut self, code: &[u8], params: usize) -> Result<FuncId, String> {
+    /// no result (a [`ukernel`] micro-kernel), in the module, and returns it (declared in a
+    /// function, it is called like any other).
+    pub fn machine_code(&mut self, code: &[u8], params: usize) -> Result<FuncId, String> {
         let ptr = self.module.isa().pointer_type();
         let mut sig = Signature::new(CallConv::SystemV);
         sig.params.extend((0..params).map(|_| AbiParam::new(ptr)));
@@ -320,6 +330,23 @@ pub(crate) fn data_address(fb: &mut FunctionBuilder, module: &mut dyn Module, id
     fb.ins().symbol_value(ptr, gv)
 }
 
+/// Picks a convolution's form: the first that applies, fastest first. Each form is its own
+/// module and decides from the node alone; they share only what sits below them all
+/// (`packing`, `dot4`, `planes`, `requant`, `ukernel`), never each other.
+/// - `wide`: dense, 256-bit micro-kernels (AVX2);
+/// - `depthwise`: depthwise, 256-bit micro-kernels;
+/// - `pointwise`: 1×1 with 128-bit Cranelift vectors (SSSE3);
+/// - `direct`: narrow kernels and depthwise with 128-bit vectors (SSSE3);
+/// - `product`: im2col and scalar, anything else (float convolutions included).
+fn conv(k: &mut Kernel) -> Result<(), String> {
+    for form in [wide::conv, depthwise::conv, pointwise::conv, direct::conv] {
+        if form(k)? {
+            return Ok(());
+        }
+    }
+    product::conv(k)
+}
+
 /// Emits the kernel of one node.
 pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
     use OpKind::*;
@@ -347,14 +374,14 @@ pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
         Transpose => shape::transpose(k),
         Concat => shape::concat(k),
         Pad => shape::pad(k),
-        Conv | QConv | QLinearConv | ConvInteger => {
-            if wide::conv(k)? || depthwise::conv(k)? {
+        Conv | QConv | QLinearConv | ConvInteger => conv(k),
+        MatMul if k.input(0)?.ty.dtype == DType::F32 => gemm_f32::matmul(k),
+        MatMul | Gemm | QMatMul | QLinearMatMul | MatMulInteger => {
+            if wide_matmul::matmul(k)? {
                 return Ok(());
             }
-            product::conv(k)
+            product::matmul(k)
         }
-        MatMul if k.input(0)?.ty.dtype == DType::F32 => gemm_f32::matmul(k),
-        MatMul | Gemm | QMatMul | QLinearMatMul | MatMulInteger => product::matmul(k),
         Shape | Size => index::shape(k),
         Gather => index::gather(k),
         Slice => index::slice(k),

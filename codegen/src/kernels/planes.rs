@@ -59,6 +59,56 @@ impl Padded {
     }
 }
 
+impl Padded {
+    /// One plane: writes exactly the `hp × wp` bytes of the padded plane at `dst` (`fill` in
+    /// the padding, the `h × w` input plane at `x` inside), nothing outside them, so that
+    /// threads may pad different planes of one area at once.
+    pub fn emit_plane(&self, fb: &mut FunctionBuilder, x: Value, dst: Value, fill: u8) {
+        let (top, bottom) = (self.top, self.hp - self.top - self.h);
+        let right = self.wp - self.left - self.w;
+        let whole_rows = |fb: &mut FunctionBuilder, first: usize, count: usize| {
+            if count > 0 {
+                let at = fb.ins().iadd_imm_s(dst, (first * self.wp) as i64);
+                fill_bytes(fb, at, count * self.wp, fill);
+            }
+        };
+        whole_rows(fb, 0, top);
+        emit::for_count(fb, self.h as i64, |fb, y| {
+            let src = emit::addr(fb, x, y, self.w as i64);
+            let row = fb.ins().iadd_imm_s(y, top as i64);
+            let row = emit::addr(fb, dst, row, self.wp as i64);
+            fill_bytes(fb, row, self.left, fill);
+            let inside = fb.ins().iadd_imm_s(row, self.left as i64);
+            copy_row(fb, src, inside, self.w);
+            let after = fb.ins().iadd_imm_s(inside, self.w as i64);
+            fill_bytes(fb, after, right, fill);
+        });
+        whole_rows(fb, top + self.h, bottom);
+    }
+}
+
+/// Stores `fill` in the `n` bytes (a compile-time count) at `dst`: 16 bytes a store in a
+/// loop, then pieces of 8, 4, 2 and 1 (nothing outside the bytes is written).
+fn fill_bytes(fb: &mut FunctionBuilder, dst: Value, n: usize, fill: u8) {
+    if n >= 16 {
+        let f = fb.ins().iconst(types::I8, fill as i64);
+        let v = fb.ins().splat(types::I8X16, f);
+        emit::for_count(fb, (n / 16) as i64, |fb, i| {
+            let at = emit::addr(fb, dst, i, 16);
+            fb.ins().store(emit::mem(), v, at, 0);
+        });
+    }
+    let mut at = n / 16 * 16;
+    for (size, ty) in [(8, types::I64), (4, types::I32), (2, types::I16), (1, types::I8)] {
+        if (n % 16) & size != 0 {
+            let word = (0..size).fold(0u64, |acc, _| (acc << 8) | fill as u64);
+            let v = emit::iconst_of(fb, ty, word as i64);
+            fb.ins().store(emit::mem(), v, dst, at as i32);
+            at += size;
+        }
+    }
+}
+
 /// Copies `w` bytes (a compile-time count) from `src` to `dst`: whole 8-byte words, then at
 /// most one 4-, 2- and 1-byte piece (nothing outside the row is read or written).
 pub(super) fn copy_row(fb: &mut FunctionBuilder, src: Value, dst: Value, w: usize) {

@@ -1,6 +1,6 @@
 //! Pointwise (1×1, stride 1, unpadded, one group) QConv of u8 activations, as a matrix
 //! product whose vector lanes run along output positions (VNNI or `pmaddwd` pairs, see
-//! [`super::direct::Dot4`]).
+//! [`super::dot4::Dot4`]).
 //!
 //! The im2col form of [`super::product`] would transpose the input byte by byte and reduce
 //! every dot product across vector lanes. Here the input `[C][P]` is first interleaved in
@@ -10,14 +10,14 @@
 //! positions' products. Tiles of 8 positions × 4 output channels keep 8 accumulators in
 //! registers, each load of the interleaved input serving four channels and each load of
 //! weights two position vectors; every accumulator vector then requantizes as one vector
-//! and is stored as one 32-bit word (see [`super::direct::BlockStore`]).
+//! and is stored as one 32-bit word (see [`super::dot4::BlockStore`]).
 //!
 //! The arithmetic is the interpreter's: `Σ x·(w − zw) + (bias − zx·Σ(w − zw))` in wrapping
 //! i32 (see [`super::product::packed_rows`]); channels past `C` in the last group of four
 //! have zero weights.
 
-use super::direct::{BlockStore, Dot4};
-use super::product::packed_rows;
+use super::dot4::{BlockStore, Dot4};
+use super::packing::packed_rows;
 use super::Kernel;
 use crate::emit;
 use cranelift_codegen::ir::{types, ConstantData, InstBuilder, Value};

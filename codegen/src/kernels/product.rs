@@ -21,10 +21,11 @@
 //!
 //! Constant integer weights are packed at compile time ([`pack`]) so that the dot products
 //! run 16 (VNNI `vpdpbusd`) or 8 (`pmaddwd`) products a step in register tiles
-//! ([`dot_block`]); the scalar [`dot`] remains for operands that cannot be packed. 2-D QConv
-//! with VNNI first tries the forms without im2col: [`super::pointwise`] (1×1) and
-//! [`super::direct`] (kernels 2–4 wide, depthwise).
+//! ([`dot_block`]); the scalar [`dot`] remains for operands that cannot be packed. This is
+//! the general form: `kernels::emit` tries the others first (wide, depthwise, pointwise,
+//! direct).
 
+use super::packing::{packed_rows, vnni_dot, PackedRows};
 use super::{requant, Kernel, Operand};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
@@ -362,21 +363,6 @@ fn dot_block(fb: &mut FunctionBuilder, narrows: &[Side], wides: &[Side], len: us
         .collect()
 }
 
-/// `acc + Σ_{i<4} w[4j+i]·x[4j+i]` in each i32 lane j: the tree Cranelift folds into one
-/// `vpdpbusd` (see [`dot_block`]). `w` is an i8x16 of weights given as its `swiden_low` and
-/// `swiden_high` halves (so several products can share them), `x` an i8x16 of u8 activations.
-pub(super) fn vnni_dot(fb: &mut FunctionBuilder, acc: Value, (wl, wh): (Value, Value), x: Value) -> Value {
-    let (xl, xh) = (fb.ins().uwiden_low(x), fb.ins().uwiden_high(x));
-    let lo = fb.ins().imul(wl, xl);
-    let hi = fb.ins().imul(wh, xh);
-    let (lol, loh) = (fb.ins().swiden_low(lo), fb.ins().swiden_high(lo));
-    let lo_pairs = fb.ins().iadd_pairwise(lol, loh);
-    let (hil, hih) = (fb.ins().swiden_low(hi), fb.ins().swiden_high(hi));
-    let hi_pairs = fb.ins().iadd_pairwise(hil, hih);
-    let quads = fb.ins().iadd_pairwise(lo_pairs, hi_pairs);
-    fb.ins().iadd(quads, acc)
-}
-
 /// `count` i32x4 accumulators, zeroed, then `step(offset, accumulators)` for every chunk of
 /// `chunk` bytes, in a loop; returns their values. A loop, not straight-line code: Cranelift
 /// places pure arithmetic at its first use, so unrolled chunks would have every load issued
@@ -654,49 +640,6 @@ fn pack(k: &mut Kernel, channels: usize, len: usize, at: impl Fn(usize, usize) -
     Ok(Some(Packed { bias_values: folded, weights, elem, row_len, bias: Indexed { ptr: bias, elem: Elem::I32, si: 0, sj: 1 } }))
 }
 
-/// The values [`pack`] lays out: weight rows `w − zw` and biases with the input zero point
-/// folded in (see [`Packed`]).
-pub(super) struct PackedRows {
-    /// `[channels][len]` weights minus their zero point.
-    pub rows: Vec<Vec<i16>>,
-    /// `bias[c] − zx · Σ_k rows[c][k]` (wrapping i32).
-    pub folded: Vec<i32>,
-    /// Whether VNNI's u8×i8 form applies: the target has it, the activations are u8 and
-    /// every weight fits i8.
-    pub vnni: bool,
-}
-
-/// [`PackedRows`] of the node's constant weights, `None` when they cannot be packed.
-pub(super) fn packed_rows(k: &Kernel, channels: usize, len: usize, at: impl Fn(usize, usize) -> usize) -> Result<Option<PackedRows>, String> {
-    let (x, w) = (k.input(0)?, k.input(1)?);
-    let (Some(wt), Some(xq), Some(wq)) = (w.constant.clone(), x.ty.quant.clone(), w.ty.quant.clone()) else { return Ok(None) };
-    if xq.axis.is_some() {
-        return Ok(None);
-    }
-    let bias = match k.optional(2) {
-        None => vec![0i64; channels],
-        Some(b) => match &b.constant {
-            Some(t) => t.to_i64_vec()?,
-            None => return Ok(None),
-        },
-    };
-    let values = wt.to_i64_vec()?;
-    let zx = xq.channel(0).1 as i64;
-    let mut rows: Vec<Vec<i16>> = Vec::with_capacity(channels);
-    let mut folded: Vec<i32> = Vec::with_capacity(channels);
-    for c in 0..channels {
-        let zw = wq.channel(if wq.axis.is_some() { c } else { 0 }).1 as i64;
-        let row = (0..len).map(|t| values[at(c, t)] - zw);
-        let row: Vec<i16> = row.map(|v| i16::try_from(v).map_err(|_| format!("weight {v} after its zero point does not fit i16"))).collect::<Result<_, _>>()?;
-        let sum: i64 = row.iter().map(|&v| v as i64).sum();
-        folded.push(bias[c].wrapping_sub(zx.wrapping_mul(sum)) as i32);
-        rows.push(row);
-    }
-    // u8 activations against weights that fit i8 after their zero point: VNNI's u8×i8 form.
-    let vnni = k.has_vnni() && x.ty.dtype == DType::U8 && rows.iter().flatten().all(|&v| i8::try_from(v).is_ok());
-    Ok(Some(PackedRows { rows, folded, vnni }))
-}
-
 /// Rows of A against a B packed at compile time (see [`pack`]): the matrix product's
 /// blocks of four columns, each load of B serving every row of A.
 struct PackedProduct<'e> {
@@ -764,9 +707,6 @@ fn positions(extents: &[usize]) -> Vec<Vec<usize>> {
 /// Conv, QConv, QLinearConv, ConvInteger: per sample and group, im2col into the workspace,
 /// then one dot product per (output channel, output position).
 pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
-    if super::pointwise::conv(k)? || super::direct::conv(k)? {
-        return Ok(());
-    }
     let kind = k.op.kind;
     let (x, w, y) = (k.input(0)?, k.input(1)?, k.output(0));
     let (xd, wd, yd) = (x.dims(), w.dims(), y.dims());

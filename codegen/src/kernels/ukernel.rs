@@ -53,6 +53,10 @@ pub(crate) struct PairTile {
     pub iterations: u32,
     /// How the accumulators become 8-bit results.
     pub store: Requantize,
+    /// The broadcast operand's layout: `None`, step `s` of row `r` at `(s · rows + r) · 4`
+    /// (convolution weights); `Some(stride)`, at `r · stride + s · 4` (rows of a matrix
+    /// product's left side, each a contiguous run of pairs).
+    pub row_stride: Option<i32>,
 }
 
 /// The requantization a micro-kernel ends with: for each row (output channel) `r`, the
@@ -68,6 +72,47 @@ pub(crate) struct Requantize {
     pub signed: bool,
     /// Bytes between the output planes of two rows.
     pub plane: i32,
+    /// Parameters per lane instead of per row (a matrix product's columns): `records`
+    /// points to a [`LaneTable`] block of the tile's 16 columns, the same for every row.
+    pub per_lane: bool,
+}
+
+/// Per-column requantization parameters of a matrix product, in blocks of 16 columns (one
+/// tile's two vectors) of [`LaneTable::BLOCK`] bytes: for vector v (8 columns), the folded
+/// biases (i32 × 8) at `32v`, the multipliers at `64 + 32v`, the shifts − 32 at `128 + 32v`,
+/// 2^(shift−1) (i64) of its even lanes at `192 + 64v` and of its odd lanes at `224 + 64v`.
+pub(crate) struct LaneTable;
+
+impl LaneTable {
+    /// Bytes per block of 16 columns.
+    pub const BLOCK: usize = 320;
+
+    /// The table for `biases.len()` columns (padded with zero columns to whole blocks),
+    /// column `j` with bias `biases[j]` and multiplier `multiplier(j)`; `None` when a shift
+    /// is below 32.
+    pub fn bytes(biases: &[i32], multiplier: impl Fn(usize) -> qlift_ir::fixed_point::FixedMultiplier) -> Option<Vec<u8>> {
+        let blocks = biases.len().div_ceil(2 * LANES);
+        let mut out = vec![0u8; blocks * Self::BLOCK];
+        for (j, &bias) in biases.iter().enumerate() {
+            let m = multiplier(j);
+            if m.shift < 32 {
+                return None;
+            }
+            let (block, v, lane) = (j / (2 * LANES), j % (2 * LANES) / LANES, j % LANES);
+            let at = block * Self::BLOCK;
+            let mut put = |offset: usize, bytes: &[u8]| out[at + offset..at + offset + bytes.len()].copy_from_slice(bytes);
+            put(32 * v + 4 * lane, &bias.to_le_bytes());
+            put(64 + 32 * v + 4 * lane, &m.m.to_le_bytes());
+            put(128 + 32 * v + 4 * lane, &((m.shift - 32) as i32).to_le_bytes());
+            put(192 + 64 * v + 32 * (lane % 2) + 8 * (lane / 2), &(1i64 << (m.shift - 1)).to_le_bytes());
+        }
+        // Padding columns: multiplier 0 and shift 32 (their results are never stored).
+        for j in biases.len()..blocks * 2 * LANES {
+            let (block, v, lane) = (j / (2 * LANES), j % (2 * LANES) / LANES, j % LANES);
+            out[block * Self::BLOCK + 192 + 64 * v + 32 * (lane % 2) + 8 * (lane / 2) + 3] = 0x80;
+        }
+        Some(out)
+    }
 }
 
 /// The machine code of `fn(x0: *const u8, x1: *const u8, w: *const u8, out: *mut u8,
@@ -105,7 +150,11 @@ pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
         a.vmovdqu(x[0], ymmword_ptr(rdi + off)).map_err(e)?;
         a.vmovdqu(x[1], ymmword_ptr(rsi + off)).map_err(e)?;
         for r in 0..tile.rows {
-            a.vpbroadcastd(b, dword_ptr(rdx + (s as i32 * rows + r as i32) * 4)).map_err(e)?;
+            let at = match tile.row_stride {
+                None => (s as i32 * rows + r as i32) * 4,
+                Some(stride) => r as i32 * stride + s as i32 * 4,
+            };
+            a.vpbroadcastd(b, dword_ptr(rdx + at)).map_err(e)?;
             for (v, &xv) in x.iter().enumerate() {
                 match isa {
                     Isa::Avx2 => {
@@ -119,7 +168,8 @@ pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
     }
     a.add(rdi, tile.x_stride).map_err(e)?;
     a.add(rsi, tile.x_stride).map_err(e)?;
-    a.add(rdx, tile.offsets.len() as i32 * rows * 4).map_err(e)?;
+    let w_step = if tile.row_stride.is_some() { 4 } else { rows * 4 };
+    a.add(rdx, tile.offsets.len() as i32 * w_step).map_err(e)?;
     a.dec(r9).map_err(e)?;
     a.jnz(top).map_err(e)?;
     let q = tile.store;
@@ -127,9 +177,15 @@ pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
     let (bias, m, half, t) = (ymm12, ymm13, ymm14, ymm15);
     for r in 0..tile.rows {
         let record = (r * 32) as i32;
-        load_record(&mut a, r8 + record, bias, m, half)?;
-        for v in 0..VECTORS {
-            requantize(&mut a, &k, acc(r, v), t, (bias, m, half), r8 + record)?;
+        if q.per_lane {
+            for v in 0..VECTORS {
+                requantize_lanes(&mut a, &k, acc(r, v), (bias, m, t), v)?;
+            }
+        } else {
+            load_record(&mut a, r8 + record, bias, m, half)?;
+            for v in 0..VECTORS {
+                requantize(&mut a, &k, acc(r, v), t, (bias, m, half), r8 + record)?;
+            }
         }
         // [v0 lanes 0-3, v1 0-3 | v0 4-7, v1 4-7] as i16, then bytes, then v0's eight and
         // v1's eight in the low 16 bytes.
@@ -270,6 +326,27 @@ fn requantize(a: &mut CodeAssembler, k: &Constants, y: AsmRegisterYmm, t: AsmReg
     a.vpminsd(y, y, ymmword_ptr(k.hi)).map_err(e)
 }
 
+/// [`requantize`] with parameters per lane, from vector `v` of the [`LaneTable`] block at
+/// r8 (`m` and `t` are clobbered; the shift is per lane, `vpsravd`).
+fn requantize_lanes(a: &mut CodeAssembler, k: &Constants, y: AsmRegisterYmm, (m, m_odd, t): (AsmRegisterYmm, AsmRegisterYmm, AsmRegisterYmm), v: usize) -> Result<(), String> {
+    let e = |e: IcedError| e.to_string();
+    let v = v as i32;
+    a.vpaddd(y, y, ymmword_ptr(r8 + 32 * v)).map_err(e)?;
+    a.vmovdqu(m, ymmword_ptr(r8 + 64 + 32 * v)).map_err(e)?;
+    a.vpsrlq(m_odd, m, 32).map_err(e)?;
+    a.vpmuldq(t, y, m).map_err(e)?;
+    a.vpsrlq(y, y, 32).map_err(e)?;
+    a.vpmuldq(y, y, m_odd).map_err(e)?;
+    a.vpaddq(t, t, ymmword_ptr(r8 + 192 + 64 * v)).map_err(e)?;
+    a.vpaddq(y, y, ymmword_ptr(r8 + 224 + 64 * v)).map_err(e)?;
+    a.vpsrlq(t, t, 32).map_err(e)?;
+    a.vpblendd(y, t, y, 0xaa).map_err(e)?;
+    a.vpsravd(y, y, ymmword_ptr(r8 + 128 + 32 * v)).map_err(e)?;
+    a.vpaddd(y, y, ymmword_ptr(k.zp)).map_err(e)?;
+    a.vpmaxsd(y, y, ymmword_ptr(k.lo)).map_err(e)?;
+    a.vpminsd(y, y, ymmword_ptr(k.hi)).map_err(e)
+}
+
 /// Packs the clamped i32 lanes of `y0` and `y1` to bytes: `y0`'s eight then `y1`'s eight in
 /// the low 16 bytes of `y0` (saturating packs, exact on clamped values; `t` is clobbered).
 fn pack(a: &mut CodeAssembler, k: &Constants, signed: bool, y0: AsmRegisterYmm, y1: AsmRegisterYmm, t: AsmRegisterYmm) -> Result<(), String> {
@@ -310,8 +387,8 @@ mod tests {
 
     #[test]
     fn avx2_tiles_use_vpmaddwd_and_vnni_tiles_vpdpwssd() {
-        let store = Requantize { zero_point: 3, bounds: (0, 255), signed: false, plane: 64 };
-        let tile = PairTile { rows: 2, offsets: vec![0, 128], x_stride: 4096, iterations: 3, store };
+        let store = Requantize { zero_point: 3, bounds: (0, 255), signed: false, plane: 64, per_lane: false };
+        let tile = PairTile { rows: 2, offsets: vec![0, 128], x_stride: 4096, iterations: 3, store, row_stride: None };
         let avx2 = disassemble(&pair_tile(&tile, Isa::Avx2).unwrap());
         assert_eq!(avx2.iter().filter(|i| i.starts_with("vpmaddwd")).count(), 2 * 2 * 2, "{avx2:#?}");
         assert!(avx2.iter().any(|i| i == "vmovdqu ymm12,[rdi+80h]"), "{avx2:#?}");
@@ -324,9 +401,9 @@ mod tests {
 
     #[test]
     fn tiles_out_of_range_are_refused() {
-        let store = Requantize { zero_point: 0, bounds: (-128, 127), signed: true, plane: 16 };
-        let tile = PairTile { rows: MAX_ROWS + 1, offsets: vec![0], x_stride: 0, iterations: 1, store };
+        let store = Requantize { zero_point: 0, bounds: (-128, 127), signed: true, plane: 16, per_lane: false };
+        let tile = PairTile { rows: MAX_ROWS + 1, offsets: vec![0], x_stride: 0, iterations: 1, store, row_stride: None };
         assert!(pair_tile(&tile, Isa::Avx2).is_err());
-        assert!(pair_tile(&PairTile { rows: 1, offsets: vec![], x_stride: 0, iterations: 1, store }, Isa::Avx2).is_err());
+        assert!(pair_tile(&PairTile { rows: 1, offsets: vec![], x_stride: 0, iterations: 1, store, row_stride: None }, Isa::Avx2).is_err());
     }
 }

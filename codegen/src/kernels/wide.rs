@@ -19,10 +19,10 @@
 //! computed into a staging area with rows padded to whole vectors and copied out, so the
 //! tiles never store past a row. The arithmetic is the interpreter's, as in the other forms:
 //! `Σ x·(w − zw) + (bias − zx·Σ(w − zw))` in wrapping i32 (see
-//! [`super::product::packed_rows`]), then the fixed-point requantization of each channel.
+//! [`super::packing::packed_rows`]), then the fixed-point requantization of each channel.
 
 use super::planes::{copy_row, Padded};
-use super::product::packed_rows;
+use super::packing::packed_rows;
 use super::ukernel::{self, PairTile, Requantize, LANES, MAX_ROWS, VECTORS};
 use super::requant::ChannelTable;
 use super::{data_address, Kernel};
@@ -200,10 +200,10 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let l_direct = l.direct(&g);
     let out_plane = if l_direct { g.oh * g.ow } else { l.vectors_even * LANES };
     let bounds = (rq.bounds.0 as i32, rq.bounds.1 as i32);
-    let store = Requantize { zero_point: rq.zero_point, bounds, signed: y.dtype == DType::I8, plane: i32::try_from(out_plane).map_err(|e| e.to_string())? };
-    let tile = |rows: usize| PairTile { rows, offsets: offsets.clone(), x_stride, iterations, store };
-    let main = k.machine_code_id(&ukernel::pair_tile(&tile(rows), isa)?, 5)?;
-    let tail_kernel = if tail > 0 { Some(k.machine_code_id(&ukernel::pair_tile(&tile(tail), isa)?, 5)?) } else { None };
+    let store = Requantize { zero_point: rq.zero_point, bounds, signed: y.dtype == DType::I8, plane: i32::try_from(out_plane).map_err(|e| e.to_string())?, per_lane: false };
+    let tile = |rows: usize| PairTile { rows, offsets: offsets.clone(), x_stride, iterations, store, row_stride: None };
+    let main = k.machine_code(&ukernel::pair_tile(&tile(rows), isa)?, 5)?;
+    let tail_kernel = if tail > 0 { Some(k.machine_code(&ukernel::pair_tile(&tile(tail), isa)?, 5)?) } else { None };
     k.form = "wide-direct";
     // Weights: block of `rows` channels from c0, [pair][tap][row] as i16 pairs.
     let weight = |c: usize, ci: usize, t: usize| if ci < g.c { packed.rows[c][ci * taps + t] } else { 0 };
@@ -243,7 +243,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     // its own results, so ranges of it may run on different threads.
     let blocks = full + usize::from(tail > 0);
     let count = if weights_outer { blocks as i64 } else { tiles };
-    let task = k.task(|fb, module, ctx, begin, end| {
+    let task = k.task(|fb, module, [ctx, begin, end, _]| {
         let xp = fb.ins().load(types::I64, emit::mem(), ctx, 0);
         let out = fb.ins().load(types::I64, emit::mem(), ctx, 8);
         let (wptr, params, vector_table) = (data_address(fb, module, wptr), data_address(fb, module, params), data_address(fb, module, vector_table));
@@ -299,24 +299,42 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         });
         Ok(())
     })?;
+    // Padding and repacking as a task over channel pairs (each writes its own planes).
+    let padded = Padded { planes: g.c, h: g.h, w: g.w, hp: g.hp, wp: g.wp, top: g.pt, left: g.pl };
+    let zx = xq.channel(0).1 as u8;
+    let prepare = k.task(|fb, _, [ctx, begin, end, _]| {
+        let xp = fb.ins().load(types::I64, emit::mem(), ctx, 0);
+        let x = fb.ins().load(types::I64, emit::mem(), ctx, 16);
+        let planes = fb.ins().load(types::I64, emit::mem(), ctx, 24);
+        let first = fb.ins().imul_imm_s(begin, 2);
+        let last = fb.ins().imul_imm_s(end, 2);
+        let channels = emit::iconst(fb, g.c as i64);
+        let last = fb.ins().smin(last, channels);
+        emit::for_range(fb, first, last, 1, |fb, c| {
+            let from = emit::addr(fb, x, c, (g.h * g.w) as i64);
+            let to = emit::addr(fb, planes, c, (g.hp * g.wp) as i64);
+            padded.emit_plane(fb, from, to, zx);
+        });
+        repack(fb, &g, &l, planes, xp, begin, end);
+        Ok(())
+    })?;
     let ws = k.workspace(ws_bytes);
     let (x, yop) = (k.input(0)?, k.output(0));
     let (xptr, yptr) = (x.ptr, yop.ptr);
     let samples = if x.batched() { k.batch } else { emit::iconst(k.fb, x.dims()[0] as i64) };
-    let zx = xq.channel(0).1 as u8;
-    let padded = Padded { planes: g.c, h: g.h, w: g.w, hp: g.hp, wp: g.wp, top: g.pt, left: g.pl };
     let context = k.fb.ins().iadd_imm_s(ws, context_at as i64);
+    let macs = (g.m * g.oh * g.ow * g.c * taps) as u64;
     k.for_each(samples, |k, n| {
         let fb = &mut *k.fb;
         let xn = emit::addr(fb, xptr, n, (g.c * g.h * g.w) as i64);
         let yn = emit::addr(fb, yptr, n, (g.m * g.oh * g.ow) as i64);
-        padded.emit(fb, xn, ws, zx);
         let xp = fb.ins().iadd_imm_s(ws, xp_at as i64);
-        repack(fb, &g, &l, ws, xp);
         let out = if l_direct { yn } else { fb.ins().iadd_imm_s(ws, staging_at as i64) };
-        fb.ins().store(emit::mem(), xp, context, 0);
-        fb.ins().store(emit::mem(), out, context, 8);
-        k.parallel_for(task, context, count)?;
+        for (i, v) in [xp, out, xn, ws].into_iter().enumerate() {
+            fb.ins().store(emit::mem(), v, context, (8 * i) as i32);
+        }
+        k.parallel_for(prepare, context, l.used_pairs as i64, usize::MAX, macs)?;
+        k.parallel_for(task, context, count, usize::MAX, macs)?;
         let fb = &mut *k.fb;
         if !l_direct {
             // Staging rows of `ow8` results to the output's rows of `ow`.
@@ -335,13 +353,13 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     Ok(true)
 }
 
-/// Repacks the padded u8 planes at `planes` into channel pairs of i16 split by phase at
-/// `xp` (see the module docs): eight positions of a phase row per step, from one 16-byte
+/// Repacks channel pairs `begin..end` of the padded u8 planes at `planes` into pairs of i16
+/// split by phase at `xp` (see the module docs): eight positions of a phase row per step, from one 16-byte
 /// load of each of the two planes, one byte shuffle pairing them and two widenings.
-fn repack(fb: &mut FunctionBuilder, g: &Geometry, l: &Layout, planes: Value, xp: Value) {
+fn repack(fb: &mut FunctionBuilder, g: &Geometry, l: &Layout, planes: Value, xp: Value, begin: Value, end: Value) {
     let plane = (g.hp * g.wp) as i64;
     let pair_bytes = l.pair_bytes(g) as i64;
-    emit::for_count(fb, l.used_pairs as i64, |fb, p| {
+    emit::for_range(fb, begin, end, 1, |fb, p| {
         let a = emit::addr(fb, planes, p, 2 * plane);
         let dst_pair = emit::addr(fb, xp, p, pair_bytes);
         for py in 0..g.sh {

@@ -1,0 +1,186 @@
+//! QMatMul `[N, K] × [K, M]` with constant weights on the wide-vector micro-kernel
+//! ([`ukernel::pair_tile`] with rows of the left side as its broadcast operand): tiles of up
+//! to six rows (samples) × sixteen result columns, exact `vpmaddwd` on i16 pairs of the
+//! reduction, per-column requantization in ymm registers ([`LaneTable`]).
+//!
+//! The weights are packed at compile time as `[column block of 16][pair of k][16][2]` i16
+//! (`w − zw`, zero columns and pairs past the ends) and the input zero point folded into
+//! the biases (see [`super::packing::packed_rows`]). Per tile of rows, the rows are widened
+//! to i16 in the workspace, then the column blocks run as a task on the thread pool. Results
+//! whose row is not a whole number of blocks go through a staging area copied out.
+
+use super::planes::copy_row;
+use super::packing::packed_rows;
+use super::ukernel::{self, LaneTable, PairTile, Requantize, LANES, MAX_ROWS, VECTORS};
+use super::{data_address, Kernel};
+use crate::emit;
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{types, InstBuilder, Value};
+use cranelift_frontend::FunctionBuilder;
+use cranelift_module::FuncId;
+use qlift_ir::fixed_point::Requant;
+use qlift_ir::{DType, OpKind};
+
+/// Pairs of the reduction per micro-kernel step; steps per loop iteration.
+const UNROLL: usize = 4;
+
+/// Bytes of one pair of i16.
+const PAIR: usize = 4;
+
+/// Columns per block (the tile's two vectors).
+const BLOCK: usize = VECTORS * LANES;
+
+/// Emits the product in this form and returns true when it applies: a QMatMul of a batched
+/// u8 matrix `[N, K]` by constant weights `[K, M]` into an 8-bit `[N, M]`, wide micro-kernels
+/// on the target and every column's requantization shift at least 32; false leaves it to
+/// the other forms.
+pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
+    let Some(isa) = k.wide else { return Ok(false) };
+    if k.op.kind != OpKind::QMatMul {
+        return Ok(false);
+    }
+    let (a, b, y) = (k.input(0)?, k.input(1)?, k.output(0));
+    let (ad, bd, yd) = (a.dims(), b.dims(), y.dims());
+    let shapes = ad.len() == 2 && bd.len() == 2 && yd.len() == 2 && a.batched() && y.batched() && ad[1] == bd[0] && yd[1] == bd[1] && ad[1] > 0 && bd[1] > 0;
+    if !shapes || a.ty.dtype != DType::U8 || !matches!(y.ty.dtype, DType::U8 | DType::I8) || b.constant.is_none() {
+        return Ok(false);
+    }
+    let (kk, m) = (ad[1], bd[1]);
+    let Some(packed) = packed_rows(k, m, kk, |c, t| t * m + c)? else { return Ok(false) };
+    let (Some(aq), Some(bq)) = (a.ty.quant.clone(), b.ty.quant.clone()) else { return Ok(false) };
+    let yty = y.ty.clone();
+    let rq = Requant::for_product(&aq, &bq, m, &yty, k.op.fused_activation()?)?;
+    let Some(lanes) = LaneTable::bytes(&packed.folded, |j| super::requant::channel(&rq, j)) else { return Ok(false) };
+    let pairs = kk.div_ceil(2).next_multiple_of(UNROLL);
+    let blocks = m.div_ceil(BLOCK);
+    // Weights: block, pair, column of the block, the pair's two k.
+    let mut weights = Vec::with_capacity(blocks * pairs * BLOCK * PAIR);
+    let weight = |c: usize, t: usize| if c < m && t < kk { packed.rows[c][t] } else { 0 };
+    for blk in 0..blocks {
+        for p in 0..pairs {
+            for c in blk * BLOCK..(blk + 1) * BLOCK {
+                for t in [2 * p, 2 * p + 1] {
+                    weights.extend_from_slice(&weight(c, t).to_le_bytes());
+                }
+            }
+        }
+    }
+    let block_bytes = (pairs * BLOCK * PAIR) as i64;
+    let direct = m % BLOCK == 0;
+    let row_bytes = if direct { m } else { blocks * BLOCK };
+    let i32_of = |v: usize| i32::try_from(v).map_err(|e| e.to_string());
+    let store = Requantize { zero_point: rq.zero_point, bounds: (rq.bounds.0 as i32, rq.bounds.1 as i32), signed: yty.dtype == DType::I8, plane: i32_of(row_bytes)?, per_lane: true };
+    let tile = |rows: usize| -> Result<PairTile, String> {
+        Ok(PairTile {
+            rows,
+            offsets: (0..UNROLL).map(|s| i32_of(s * BLOCK * PAIR)).collect::<Result<_, _>>()?,
+            x_stride: i32_of(UNROLL * BLOCK * PAIR)?,
+            iterations: u32::try_from(pairs / UNROLL).map_err(|e| e.to_string())?,
+            store,
+            row_stride: Some(i32_of(pairs * PAIR)?),
+        })
+    };
+    // One micro-kernel and task per tile height: full tiles of MAX_ROWS rows, then one tile
+    // of the rows left (so that each tile reads the weights once).
+    let mut tasks = Vec::with_capacity(MAX_ROWS);
+    for rows in 1..=MAX_ROWS {
+        let kernel = k.machine_code(&ukernel::pair_tile(&tile(rows)?, isa)?, 5)?;
+        tasks.push((kernel, rows));
+    }
+    k.form = "wide-matmul";
+    let wptr = k.data_object(weights, 64)?;
+    let lane_table = k.data_object(lanes, 64)?;
+    let tasks: Vec<FuncId> = tasks.into_iter().map(|(kernel, _)| column_task(k, kernel, wptr, lane_table, block_bytes)).collect::<Result<_, _>>()?;
+    // Workspace: widened rows | staging rows | the task's context.
+    let staging_at = (MAX_ROWS * pairs * PAIR).next_multiple_of(64);
+    let context_at = staging_at + if direct { 0 } else { MAX_ROWS * row_bytes }.next_multiple_of(64);
+    let ws = k.workspace(context_at + 64);
+    let (aptr, yptr) = (k.input(0)?.ptr, k.output(0).ptr);
+    let samples = k.batch;
+    let context = k.fb.ins().iadd_imm_s(ws, context_at as i64);
+    let full_tiles = k.fb.ins().udiv_imm_u(samples, MAX_ROWS as i64);
+    let rest = k.fb.ins().imul_imm_s(full_tiles, MAX_ROWS as i64);
+    let rest = k.fb.ins().isub(samples, rest);
+    // One tile: rows from `first`, `rows` of them, with its task.
+    let run = |k: &mut Kernel, first: Value, rows: usize, task: FuncId| -> Result<(), String> {
+        let fb = &mut *k.fb;
+        for r in 0..rows {
+            let row = fb.ins().iadd_imm_s(first, r as i64);
+            let src = emit::addr(fb, aptr, row, kk as i64);
+            let dst = fb.ins().iadd_imm_s(ws, (r * pairs * PAIR) as i64);
+            widen_row(fb, src, dst, kk);
+        }
+        let out = if direct { emit::addr(fb, yptr, first, m as i64) } else { fb.ins().iadd_imm_s(ws, staging_at as i64) };
+        fb.ins().store(emit::mem(), ws, context, 0);
+        fb.ins().store(emit::mem(), out, context, 8);
+        k.parallel_for(task, context, blocks as i64, usize::MAX, (rows * kk * m) as u64)?;
+        if !direct {
+            let fb = &mut *k.fb;
+            for r in 0..rows {
+                let row = fb.ins().iadd_imm_s(first, r as i64);
+                let to = emit::addr(fb, yptr, row, m as i64);
+                let from = fb.ins().iadd_imm_s(out, (r * row_bytes) as i64);
+                copy_row(fb, from, to, m);
+            }
+        }
+        Ok(())
+    };
+    k.for_each(full_tiles, |k, t| {
+        let first = k.fb.ins().imul_imm_s(t, MAX_ROWS as i64);
+        run(k, first, MAX_ROWS, tasks[MAX_ROWS - 1])
+    })?;
+    // The rows left: one tile of exactly that many.
+    let first = k.fb.ins().imul_imm_s(full_tiles, MAX_ROWS as i64);
+    let done = k.fb.create_block();
+    for rows in 1..MAX_ROWS {
+        let (this, next) = (k.fb.create_block(), k.fb.create_block());
+        let is = k.fb.ins().icmp_imm_s(IntCC::Equal, rest, rows as i64);
+        k.fb.ins().brif(is, this, &[], next, &[]);
+        k.fb.switch_to_block(this);
+        run(k, first, rows, tasks[rows - 1])?;
+        k.fb.ins().jump(done, &[]);
+        k.fb.switch_to_block(next);
+    }
+    k.fb.ins().jump(done, &[]);
+    k.fb.switch_to_block(done);
+    Ok(true)
+}
+
+/// The task of one tile size: column blocks `begin..end` of the rows widened at `ctx[0]`
+/// into the results at `ctx[1]` (row stride: the micro-kernel's plane).
+fn column_task(k: &mut Kernel, kernel: FuncId, weights: cranelift_module::DataId, lanes: cranelift_module::DataId, block_bytes: i64) -> Result<FuncId, String> {
+    k.task(|fb, module, [ctx, begin, end, _]| {
+        let rows = fb.ins().load(types::I64, emit::mem(), ctx, 0);
+        let out = fb.ins().load(types::I64, emit::mem(), ctx, 8);
+        let (w, lanes) = (data_address(fb, module, weights), data_address(fb, module, lanes));
+        let kernel = module.declare_func_in_func(kernel, fb.func);
+        emit::for_range(fb, begin, end, 1, |fb, blk| {
+            let x0 = emit::addr(fb, w, blk, block_bytes);
+            let x1 = fb.ins().iadd_imm_s(x0, (LANES * PAIR) as i64);
+            let o = emit::addr(fb, out, blk, BLOCK as i64);
+            let params = emit::addr(fb, lanes, blk, LaneTable::BLOCK as i64);
+            fb.ins().call(kernel, &[x0, x1, rows, o, params]);
+        });
+        Ok(())
+    })
+}
+
+/// Widens the `n` u8 at `src` to i16 at `dst`: 16 a step, then one at a time (nothing past
+/// `src + n` is read).
+fn widen_row(fb: &mut FunctionBuilder, src: Value, dst: Value, n: usize) {
+    if n >= 16 {
+        emit::for_count(fb, (n / 16) as i64, |fb, i| {
+            let from = emit::addr(fb, src, i, 16);
+            let v = fb.ins().load(types::I8X16, emit::mem(), from, 0);
+            let (lo, hi) = (fb.ins().uwiden_low(v), fb.ins().uwiden_high(v));
+            let to = emit::addr(fb, dst, i, 32);
+            fb.ins().store(emit::mem(), lo, to, 0);
+            fb.ins().store(emit::mem(), hi, to, 16);
+        });
+    }
+    for j in n / 16 * 16..n {
+        let v = fb.ins().load(types::I8, emit::mem(), src, j as i32);
+        let v = fb.ins().uextend(types::I16, v);
+        fb.ins().store(emit::mem(), v, dst, (2 * j) as i32);
+    }
+}
