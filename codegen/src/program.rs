@@ -130,7 +130,7 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &Co
     let mut ctx = module.make_context();
     let mut fctx = FunctionBuilderContext::new();
     let mut buffers: Vec<Buffer> = Vec::new();
-    let mut calls: Vec<(FuncId, Vec<ValueId>, Vec<ValueId>, usize)> = Vec::new(); // kernel, operands, results, workspace buffer
+    let mut calls: Vec<Call> = Vec::new();
     let mut steps = Vec::new();
     let mut last_use: HashMap<ValueId, usize> = HashMap::new();
     for &id in &order {
@@ -168,6 +168,17 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &Co
         let func = module.declare_anonymous_function(&sig).map_err(bug)?;
         ctx.func.signature = sig;
         ctx.func.name = UserFuncName::user(0, func.as_u32());
+        // A leading extent the kernel may treat as its batch (see `leading_samples`).
+        let operand_types: Vec<Option<TensorType>> = operands.iter().map(|v| v.map(|v| graph.value_type(v).clone())).collect();
+        let constant: Vec<bool> = operands.iter().map(|v| v.is_some_and(|v| matches!(location[&v], Location::Constant(_)))).collect();
+        let result_types: Vec<TensorType> = results.iter().map(|r| graph.value_type(*r).clone()).collect();
+        let samples = leading_samples(op, &operand_types, &constant, &result_types);
+        let retype = |ty: &TensorType, is_constant: bool| -> TensorType {
+            match samples {
+                Some((b, _)) if !is_constant && ty.shape.dims().first() == Some(&Dim::Fixed(b)) => batch_leading(ty),
+                _ => ty.clone(),
+            }
+        };
         let (workspace_bytes, messages, form) = {
             let mut fb = FunctionBuilder::new(&mut ctx.func, &mut fctx);
             let block = fb.create_block();
@@ -181,7 +192,7 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &Co
                     operand_args.push(None);
                     continue;
                 };
-                let ty = graph.value_type(*v).clone();
+                let ty = retype(graph.value_type(*v), matches!(location[v], Location::Constant(_)));
                 operand_args.push(Some(match &location[v] {
                     Location::Constant(t) => (ty, None, Some(t.clone())),
                     _ => {
@@ -193,7 +204,7 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &Co
             let result_args: Vec<Operand> = results
                 .iter()
                 .enumerate()
-                .map(|(i, r)| Operand { ty: graph.value_type(*r).clone(), ptr: params[next + i], constant: None })
+                .map(|(i, r)| Operand { ty: retype(graph.value_type(*r), false), ptr: params[next + i], constant: None })
                 .collect();
             let (workspace, batch) = (params[next + results.len()], params[next + results.len() + 1]);
             // Constants become read-only data objects (an emitter may ignore them and repack).
@@ -230,7 +241,7 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &Co
         module.clear_context(&mut ctx);
         let workspace = buffers.len();
         buffers.push(Buffer { per_sample: 0, fixed: workspace_bytes, first: step, last: step });
-        calls.push((func, runtime, results, workspace));
+        calls.push(Call { func, operands: runtime, results, workspace, samples: samples.map(|(b, _)| b) });
         steps.push(Step { node: node.name.clone(), op: op.kind.name().to_string(), messages, form: form.to_string() });
     }
     // Arena values live from their step to their last reader.
@@ -274,11 +285,78 @@ fn buffer_of(ty: &TensorType, step: usize) -> Buffer {
     }
 }
 
+/// One kernel call of the entry function.
+struct Call {
+    func: FuncId,
+    /// Its run-time operands and results, in parameter order.
+    operands: Vec<ValueId>,
+    results: Vec<ValueId>,
+    /// Its workspace buffer.
+    workspace: usize,
+    /// The batch it is called with, when it is not the entry's (a fixed leading extent).
+    samples: Option<usize>,
+}
+
+/// `ty` with its leading extent made the batch.
+fn batch_leading(ty: &TensorType) -> TensorType {
+    let mut t = ty.clone();
+    if let Some(d) = t.shape.0.first_mut() {
+        *d = Dim::Batch;
+    }
+    t
+}
+
+/// A node whose operands and results have a fixed leading extent `b > 1` (a model exported
+/// with batch 8, or a graph specialized to a batch) is compiled as if that axis were the
+/// batch and called with batch `b`: kernels compute sample by sample along the batch, and
+/// treat an operand without the batch as one whole sample, so the leading axis must be the
+/// batch for them to see every sample. Allowed when the op's type inference, on the
+/// operands retyped so, gives exactly the results retyped so (the batch then stays the
+/// leading axis of every result, which rules out ops that move or merge it), and the op does
+/// not compute across axis 0 (a Softmax, normalization or reduction along it). Returns `b`
+/// with the retyped results.
+fn leading_samples(op: &qlift_ir::Op, operands: &[Option<TensorType>], constant: &[bool], results: &[TensorType]) -> Option<(usize, Vec<TensorType>)> {
+    let b = match results.first()?.shape.dims().first()? {
+        Dim::Fixed(b) if *b > 1 => *b,
+        _ => return None,
+    };
+    if across_axis_zero(op) {
+        return None;
+    }
+    let retyped: Vec<Option<TensorType>> = operands
+        .iter()
+        .zip(constant)
+        .map(|(t, &c)| t.as_ref().map(|t| if !c && t.shape.dims().first() == Some(&Dim::Fixed(b)) { batch_leading(t) } else { t.clone() }))
+        .collect();
+    if !retyped.iter().flatten().any(|t| t.shape.has_batch()) {
+        return None;
+    }
+    let want: Vec<TensorType> = results.iter().map(batch_leading).collect();
+    let refs: Vec<Option<&TensorType>> = retyped.iter().map(Option::as_ref).collect();
+    let declared: Vec<TensorType> = if op.kind.declares_result_type() { want.clone() } else { Vec::new() };
+    let inferred = qlift_ir::infer_op(op, &refs, &declared).ok()?;
+    (inferred == want).then_some((b, want))
+}
+
+/// Whether `op` computes across axis 0 (so that axis cannot be treated as the batch).
+fn across_axis_zero(op: &qlift_ir::Op) -> bool {
+    use qlift_ir::OpKind::*;
+    let axis_zero = |name: &str| op.attrs.int(name).is_ok_and(|a| a == 0);
+    let axes_have_zero = op.attrs.ints("axes").map_or(true, |a| a.contains(&0));
+    match op.kind {
+        Softmax | LogSoftmax | Hardmax | LayerNormalization | LpNormalization | CumSum | ArgMax | ArgMin => axis_zero("axis"),
+        ReduceMean | ReduceSum | ReduceMax | ReduceMin | ReduceProd | ReduceL1 | ReduceL2 | ReduceSumSquare | ReduceLogSum
+        | ReduceLogSumExp => axes_have_zero,
+        Concat | QConcat | Gather => axis_zero("axis"),
+        _ => false,
+    }
+}
+
 /// The entry function: computes every buffer's address and calls the kernels in order.
 fn entry_function(
     module: &mut dyn Module,
     name: &str,
-    calls: &[(FuncId, Vec<ValueId>, Vec<ValueId>, usize)],
+    calls: &[Call],
     location: &HashMap<ValueId, Location>,
     arena: &Plan,
     profile: Option<DataId>,
@@ -327,11 +405,15 @@ fn entry_function(
             Some((start, stop, gv))
         }
     };
-    for (step, (func, operands, results, workspace)) in calls.iter().enumerate() {
+    for (step, Call { func, operands, results, workspace, samples }) in calls.iter().enumerate() {
         let callee = module.declare_func_in_func(*func, fb.func);
         let mut args: Vec<ClValue> = operands.iter().chain(results).map(|v| address(&mut fb, v)).collect();
         args.push(at(&mut fb, arena.offsets[*workspace]));
-        args.push(batch);
+        let kernel_batch = match samples {
+            Some(b) => emit::iconst(&mut fb, *b as i64),
+            None => batch,
+        };
+        args.push(kernel_batch);
         let started = timers.map(|(start, _, _)| {
             let call = fb.ins().call(start, &[]);
             fb.inst_results(call)[0]

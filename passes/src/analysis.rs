@@ -72,6 +72,14 @@ impl QAnalysis {
     }
 }
 
+/// Whether two types describe the same values, extents unknown on one side aside.
+fn compatible(x: &TensorType, y: &TensorType) -> bool {
+    x.dtype == y.dtype
+        && x.quant == y.quant
+        && x.shape.rank() == y.shape.rank()
+        && x.shape.dims().iter().zip(y.shape.dims()).all(|(d, e)| d == e || *d == qlift_ir::Dim::Dyn || *e == qlift_ir::Dim::Dyn)
+}
+
 impl Analysis<QNode> for QAnalysis {
     type Data = ClassData;
 
@@ -87,8 +95,12 @@ impl Analysis<QNode> for QAnalysis {
             QNode::Op(sym, children) => {
                 let op = sym.op();
                 let types: Vec<Option<&TensorType>> = children.iter().map(|c| egraph[*c].data.ty.as_ref()).collect();
+                // Constant operands decide the extents of shape-taking ops (Slice's starts).
+                let constants: Vec<Option<&Tensor>> =
+                    children.iter().map(|c| egraph[*c].data.constant.as_ref().map(|k| k.tensor.as_ref())).collect();
                 let declared: Vec<TensorType> = sym.declared.iter().cloned().collect();
-                let ty = qlift_ir::infer_op(&op, &types, &declared).ok().and_then(|mut t| t.pop());
+                let values = qlift_ir::OperandValues { constants: &constants, symbolic: &[] };
+                let ty = qlift_ir::infer_op_with(&op, &types, &values, &declared).ok().and_then(|mut t| t.pop());
                 let constant = ty.as_ref().and_then(|ty| fold(egraph, &op, children, ty));
                 data(ty, constant)
             }
@@ -96,11 +108,26 @@ impl Analysis<QNode> for QAnalysis {
     }
 
     fn merge(&mut self, a: &mut ClassData, b: ClassData) -> DidMerge {
-        debug_assert!(a.ty.is_none() || b.ty.is_none() || a.ty == b.ty, "merged classes of types {:?} and {:?}", a.ty, b.ty);
         let mut changed_a = false;
-        if a.ty.is_none() && b.ty.is_some() {
-            a.ty = b.ty.clone();
-            changed_a = true;
+        let mut changed_b = false;
+        match (&mut a.ty, &b.ty) {
+            (None, Some(t)) => {
+                a.ty = Some(t.clone());
+                changed_a = true;
+            }
+            (Some(x), Some(y)) if x != y => {
+                // Equal values may be typed more or less precisely (an extent known from a
+                // declaration on one side, unknown on the other): keep what either knows.
+                debug_assert!(compatible(x, y), "merged classes of types {x:?} and {y:?}");
+                for (d, e) in x.shape.0.iter_mut().zip(y.shape.dims()) {
+                    if *d == qlift_ir::Dim::Dyn && *e != qlift_ir::Dim::Dyn {
+                        *d = *e;
+                        changed_a = true;
+                    }
+                }
+                changed_b = y.shape.dims().iter().zip(x.shape.dims()).any(|(e, d)| *e == qlift_ir::Dim::Dyn && *d != qlift_ir::Dim::Dyn);
+            }
+            _ => {}
         }
         if a.constant.is_none() && b.constant.is_some() {
             a.constant = b.constant.clone();
@@ -114,7 +141,7 @@ impl Analysis<QNode> for QAnalysis {
             a.output = true;
             changed_a = true;
         }
-        let changed_b = (b.ty.is_none() && a.ty.is_some()) || (b.constant.is_none() && a.constant.is_some()) || (!b.output && a.output);
+        let changed_b = changed_b || (b.ty.is_none() && a.ty.is_some()) || (b.constant.is_none() && a.constant.is_some()) || (!b.output && a.output);
         DidMerge(changed_a, changed_b)
     }
 

@@ -47,7 +47,10 @@ pub fn to_egraph(graph: &Graph) -> Result<GraphEGraph, PassError> {
                     return Err(PassError::Unsupported(format!("node `{}` has {} results", node.name, node.outputs.len())));
                 }
                 let children = graph.node_inputs(id).iter().map(|v| v.map_or(missing, |v| class[&v])).collect();
-                let declared = op.kind.declares_result_type().then(|| node.outputs[0].ty.clone());
+                // A declared result type stays with ops that declare one, and with ops whose type
+                // the specializer refined beyond what inference alone gives (a Reshape to a
+                // shape computed from `Shape`): inference in the e-graph cannot redo that.
+                let declared = (op.kind.declares_result_type() || refined(graph, id)).then(|| node.outputs[0].ty.clone());
                 QNode::Op(OpSym::new(op, declared), children)
             }
         };
@@ -66,6 +69,20 @@ pub fn to_egraph(graph: &Graph) -> Result<GraphEGraph, PassError> {
     let output_names = graph.outputs().iter().map(|v| graph.value(*v).name.clone()).collect();
     egraph.rebuild();
     Ok(GraphEGraph { egraph, roots, order, inputs, output_names, name: graph.name.clone() })
+}
+
+/// Whether node `id`'s result type is more precise than inference from its operands' types
+/// and constant values gives.
+fn refined(graph: &Graph, id: qlift_ir::NodeId) -> bool {
+    let NodeOp::Apply(op) = &graph.node(id).op else { return false };
+    let operands = graph.node_inputs(id);
+    let types: Vec<Option<&TensorType>> = operands.iter().map(|v| v.map(|v| graph.value_type(v))).collect();
+    let constants: Vec<Option<&qlift_ir::Tensor>> = operands.iter().map(|v| v.and_then(|v| graph.const_value(v)).map(|t| t.as_ref())).collect();
+    let values = qlift_ir::OperandValues { constants: &constants, symbolic: &[] };
+    match qlift_ir::infer_op_with(op, &types, &values, &[]) {
+        Ok(inferred) => inferred.first() != graph.node(id).outputs.first().map(|v| &v.ty),
+        Err(_) => false,
+    }
 }
 
 /// Extracts the cheapest graph (see [`crate::cost::CostModel`]) from the e-graph.

@@ -307,3 +307,26 @@ fn quantize_linear_agrees_with_the_interpreter() {
         assert!(got == want, "[{path}] got {got:?}\nwant {want:?}");
     }
 }
+
+/// Models whose batch is fixed above 1 (exported with batch 5; here the bundled models
+/// imported with `--shape input=5x...`): the JIT computes every sample, as the interpreter
+/// does (kernels treat the fixed leading extent as their batch), fp32 and int8.
+#[test]
+fn fixed_batches_above_one_compute_every_sample() {
+    for (name, input, calib) in MODELS {
+        let x = npy(input).slice_outer(0, 5).unwrap();
+        let mut opts = ImportOptions::default();
+        let dims = x.shape().iter().map(|&d| qlift::InputDim::Fixed(d)).collect();
+        opts.input_shapes.insert("input".to_string(), dims);
+        let fixed = load_onnx(&models_dir().join(format!("{name}.onnx")), &opts).unwrap();
+        let calibration = npy(calib).slice_outer(0, 100).unwrap();
+        let q = quantize(&fixed, &[calibration], &QuantizeOptions::default(), &PipelineOptions::default(), &|_, _| {}).unwrap();
+        for (label, g, exact) in [("fp32", run_pipeline(&fixed, &PipelineOptions::default()).unwrap().0, false), ("int8", q.lowered, true)] {
+            let want = qlift_ir::interp::run(&g, std::slice::from_ref(&x)).unwrap();
+            let got = JitProgram::compile(&g, &CodegenOptions::default()).unwrap().run(std::slice::from_ref(&x)).unwrap();
+            let (a, b) = (got[0].to_f32_vec(), want[0].to_f32_vec());
+            let ok = if exact { a == b } else { a.iter().zip(&b).all(|(p, q)| (p - q).abs() <= 1e-4 * q.abs().max(1.0)) };
+            assert!(ok, "{name} {label}: JIT {a:?} vs interpreter {b:?}");
+        }
+    }
+}
