@@ -707,8 +707,9 @@ fn single_op(kind: OpKind, attrs: Attrs, inputs: &[TensorType]) -> Result<Graph,
 /// within 1e-4 of the output's range.
 fn agrees_everywhere(g: &Graph, inputs: &[Tensor]) -> Result<(), TestCaseError> {
     let want = qlift_ir::interp::run(g, inputs).map_err(|e| TestCaseError::fail(format!("interp: {e}")))?;
-    for (isa, opts) in &ISAS {
-        let program = JitProgram::compile(g, opts).map_err(|e| TestCaseError::fail(format!("{isa} compile: {e}")))?;
+    for (isa, opts, threads) in &ISAS {
+        let mut program = JitProgram::compile(g, opts).map_err(|e| TestCaseError::fail(format!("{isa} compile: {e}")))?;
+        program.set_threads(*threads);
         let got = program.run(inputs).map_err(|e| TestCaseError::fail(format!("{isa} run: {e}")))?;
         for (gv, w) in got.iter().zip(&want) {
             let bad = if w.dtype() == DType::F32 {
