@@ -418,3 +418,22 @@ fn a_panic_exits_2_with_a_bug_report_hint() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("error: internal error") && stderr(&o).contains("please report it"), "{}", stderr(&o));
 }
+
+#[test]
+fn help_matches_behaviour() {
+    // `run` said "with the reference interpreter" while the JIT is the default.
+    let top = stdout(&qlift(&["--help"]));
+    let run_line = top.lines().find(|l| l.trim_start().starts_with("run ")).unwrap();
+    assert!(run_line.contains("JIT (the default)"), "{run_line}");
+    let run = stdout(&qlift(&["run", "--help"]));
+    assert!(run.contains("[default: jit]"), "{run}");
+    // `--after` listed five of the seven passes.
+    let dump = stdout(&qlift(&["dump", "--help"]));
+    for pass in qlift_passes::pass_names() {
+        assert!(dump.contains(&format!("  {pass}")), "dump --help lacks pass {pass}:\n{dump}");
+    }
+    // The exit codes, as the tests above establish them.
+    for words in ["0 success", "closed early", "1 bad input or usage", "2 internal error"] {
+        assert!(top.contains(words), "--help lacks `{words}`");
+    }
+}
