@@ -437,3 +437,16 @@ fn help_matches_behaviour() {
         assert!(top.contains(words), "--help lacks `{words}`");
     }
 }
+
+#[test]
+fn a_2_gib_input_is_read_and_refused_by_the_run_memory_limit() {
+    // 2 GiB of inputs in memory before compiling made cranelift-jit place code and data more
+    // than 2 GiB apart, and linking panicked (an internal error, exit 2). Now the model
+    // compiles, and the batch is refused by the run memory limit before any allocation.
+    let samples: u64 = 8_388_000;
+    let big = npy_file("two_gib.npy", "<f4", &format!("({samples}, 1, 8, 8)"), samples * 256);
+    let o = qlift_within(300, &["run", &model("digits_cnn.onnx"), "--input", big.to_str().unwrap()]);
+    assert_exit(&o, 1, "memory for a run on a batch of 8388000");
+    assert!(stderr(&o).contains("compiled "), "{}", stderr(&o));
+    std::fs::remove_file(&big).unwrap();
+}
