@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Runs the three cargo-fuzz targets (fuzz/fuzz_targets: load_onnx, parse_ir, compile) for
-# QLIFT_FUZZ_SECONDS each (default 60) on the stable toolchain, starting from the committed
-# seeds in fuzz/seeds/<target>/. Prints the executions per target and fails if any target
-# finds a crash, panic, timeout or out-of-memory (libFuzzer's exit status, and any new file
-# in fuzz/artifacts/<target>/).
+# Runs the five cargo-fuzz targets (fuzz/fuzz_targets: load_onnx, parse_ir, compile,
+# read_npy, cli_args) for QLIFT_FUZZ_SECONDS each (default 60) on the stable toolchain,
+# starting from the committed seeds in fuzz/seeds/<target>/. Prints the executions per
+# target and fails if any target finds a crash, panic, timeout or out-of-memory
+# (libFuzzer's exit status, and any new file in fuzz/artifacts/<target>/).
 #
 # Stable Rust: `-s none` is required (the default AddressSanitizer needs nightly's
 # -Zsanitizer); coverage instrumentation (-Cpasses=sancov-module) works on stable.
@@ -12,14 +12,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${QLIFT_FUZZ_SECONDS:-60}"
-targets=(load_onnx parse_ir compile)
+targets=(load_onnx parse_ir compile read_npy cli_args)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 cargo fuzz --version
 
-# One build for the three targets (release, debug assertions, coverage instrumentation).
+# One build for the five targets (release, debug assertions, coverage instrumentation).
 cargo fuzz build -s none
 
 summary=()

@@ -9,7 +9,7 @@
 use crate::error::{bug, CodegenError};
 use crate::isa::{target_isa, CodegenOptions};
 use crate::program::{build, OutputSource, Program};
-use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_jit::{ArenaMemoryProvider, JITBuilder, JITModule};
 use cranelift_module::default_libcall_names;
 use qlift_ir::{Graph, Tensor, TensorType};
 use rayon::prelude::*;
@@ -172,6 +172,22 @@ extern "C" fn qlift_logf(x: f32) -> f32 {
     x.ln()
 }
 
+/// Address space to reserve for a graph's code and data (reserved, not committed: pages are
+/// only backed once written): room for every constant packed twice over plus 16 KiB of code
+/// per node and 64 MiB to spare, within the ±2 GiB that x86-64's PC-relative references
+/// reach.
+fn jit_reservation(graph: &Graph) -> usize {
+    let constants: usize = graph
+        .node_ids()
+        .filter_map(|id| match &graph.node(id).op {
+            qlift_ir::NodeOp::Const(t) => Some(t.data().as_bytes().len()),
+            _ => None,
+        })
+        .fold(0usize, usize::saturating_add);
+    let estimate = (64usize << 20).saturating_add(constants.saturating_mul(2)).saturating_add(graph.node_count().saturating_mul(16 << 10));
+    estimate.min((2usize << 30) - (64 << 20))
+}
+
 /// The message of a caught panic's payload.
 fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
     payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "a panic".to_string())
@@ -192,6 +208,13 @@ impl JitProgram {
         for (name, f) in libm_symbols() {
             builder.symbol(name, f);
         }
+        // All of the module's code and data in one reserved region, so that the 32-bit
+        // PC-relative references from code to its data always fit. With a mapping per
+        // segment, a large allocation made before (2 GiB of inputs) could leave code below it
+        // and data above it, more than 2 GiB apart, and linking failed.
+        let arena = ArenaMemoryProvider::new_with_size(jit_reservation(graph))
+            .map_err(|e| bug(format!("reserving address space for the compiled code: {e}")))?;
+        builder.memory_provider(Box::new(arena));
         let mut module = JITModule::new(builder);
         let program = match build(&mut module, graph, "qlift_run", opts, true) {
             Ok(p) => p,

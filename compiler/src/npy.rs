@@ -119,6 +119,21 @@ fn read_from(reader: &mut impl Read, source: Source, max_bytes: u64) -> Result<T
             ));
         }
     }
+    // A regular file (its length checked above) of a type stored as it is read: the data goes
+    // straight into the tensor's memory, with no second copy and no per-element decoding.
+    if let (Source::File(_), Some(dtype), false) = (source, direct_dtype(&header), header.fortran_order) {
+        let mut tensor = Tensor::zeros(dtype, &header.shape);
+        read_fully(reader, tensor.data_mut().as_bytes_mut())
+            .map_err(io)?
+            .then_some(())
+            .ok_or_else(|| format!("the data is truncated: fewer than {bytes} bytes"))?;
+        if header.big_endian != cfg!(target_endian = "big") && header.size > 1 {
+            for word in tensor.data_mut().as_bytes_mut().chunks_exact_mut(header.size) {
+                word.reverse();
+            }
+        }
+        return Ok(tensor);
+    }
     let raw = match bounded::read_exact_vec(reader, bytes, source).map_err(io)? {
         Ok(raw) => raw,
         Err(got) => return Err(format!("the data is truncated: {got} of {bytes} bytes")),
@@ -132,6 +147,19 @@ fn read_from(reader: &mut impl Read, source: Source, max_bytes: u64) -> Result<T
     let data = decode(&header, &raw)?;
     let (dtype, data) = if header.fortran_order { (data.0, reorder_fortran(data.1, &header.shape)) } else { data };
     Tensor::new(dtype, header.shape, data)
+}
+
+/// The tensor type whose memory holds the file's elements as they are (every supported
+/// type but f64, which is converted to f32).
+fn direct_dtype(h: &Header) -> Option<DType> {
+    match (h.kind, h.size) {
+        ('f', 4) => Some(DType::F32),
+        ('i', 8) => Some(DType::I64),
+        ('i', 4) => Some(DType::I32),
+        ('u', 1) => Some(DType::U8),
+        ('i', 1) => Some(DType::I8),
+        _ => None,
+    }
 }
 
 /// Fills `buf` from `reader`; `false` when the stream ends first.

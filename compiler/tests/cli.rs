@@ -453,3 +453,35 @@ fn shape_and_freeze_flags_bind_inputs() {
     let bad = qlift(&["dump", qir.to_str().unwrap(), "--freeze", "nope=k.npy"]);
     assert_eq!(bad.status.code(), Some(1));
 }
+
+#[test]
+fn help_matches_behaviour() {
+    // `run` said "with the reference interpreter" while the JIT is the default.
+    let top = stdout(&qlift(&["--help"]));
+    let run_line = top.lines().find(|l| l.trim_start().starts_with("run ")).unwrap();
+    assert!(run_line.contains("JIT (the default)"), "{run_line}");
+    let run = stdout(&qlift(&["run", "--help"]));
+    assert!(run.contains("[default: jit]"), "{run}");
+    // `--after` listed five of the seven passes.
+    let dump = stdout(&qlift(&["dump", "--help"]));
+    for pass in qlift_passes::pass_names() {
+        assert!(dump.contains(&format!("  {pass}")), "dump --help lacks pass {pass}:\n{dump}");
+    }
+    // The exit codes, as the tests above establish them.
+    for words in ["0 success", "closed early", "1 bad input or usage", "2 internal error"] {
+        assert!(top.contains(words), "--help lacks `{words}`");
+    }
+}
+
+#[test]
+fn a_2_gib_input_is_read_and_refused_by_the_run_memory_limit() {
+    // 2 GiB of inputs in memory before compiling made cranelift-jit place code and data more
+    // than 2 GiB apart, and linking panicked (an internal error, exit 2). Now the model
+    // compiles, and the batch is refused by the run memory limit before any allocation.
+    let samples: u64 = 8_388_000;
+    let big = npy_file("two_gib.npy", "<f4", &format!("({samples}, 1, 8, 8)"), samples * 256);
+    let o = qlift_within(300, &["run", &model("digits_cnn.onnx"), "--input", big.to_str().unwrap()]);
+    assert_exit(&o, 1, "memory for a run on a batch of 8388000");
+    assert!(stderr(&o).contains("compiled "), "{}", stderr(&o));
+    std::fs::remove_file(&big).unwrap();
+}

@@ -588,6 +588,10 @@ fn qir_text_gets_the_limits_of_onnx_imports() {
     let deep = "graph d(%x: f32[N,1,1,1,1,1,1,1,1,1]) -> (%y) {\n  %y = Relu(%x) : f32[N,1,1,1,1,1,1,1,1,1]\n}\n";
     let e = qlift::load_qir_text(deep, &ImportOptions::default()).unwrap_err();
     assert!(e.to_string().contains("rank 10 is above the limit of 8"), "{e}");
+    let mut small = ImportOptions::default();
+    small.limits.max_model_bytes = 4 * 40;
+    let e = qlift::load_qir_text(text, &small).unwrap_err();
+    assert!(e.to_string().contains("IR text is 91, above the limit of 40"), "{e}");
     let big = "graph b(%x: f32[N,1073741824]) -> (%y) {\n  %y = Relu(%x) : f32[N,1073741824]\n}\n";
     let e = qlift::load_qir_text(big, &ImportOptions::default()).unwrap_err();
     assert!(e.to_string().contains("value `x` of node `x`"), "{e}");

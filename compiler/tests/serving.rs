@@ -39,12 +39,16 @@ fn model() -> Arc<CompiledModel> {
         .clone()
 }
 
-/// Starts the server on an ephemeral port; the thread returns the number of answers.
-fn start(workers: usize, max_requests: Option<usize>) -> (SocketAddr, thread::JoinHandle<Result<usize, String>>) {
-    let http = tiny_http::Server::http("127.0.0.1:0").unwrap();
-    let addr = http.server_addr().to_ip().unwrap();
+/// Starts the server on an ephemeral port; the thread returns its counts.
+fn start(workers: usize, max_requests: Option<usize>) -> (SocketAddr, thread::JoinHandle<Result<server::Counts, String>>) {
+    start_with(workers, max_requests, server::Limits::default())
+}
+
+fn start_with(workers: usize, max_requests: Option<usize>, limits: server::Limits) -> (SocketAddr, thread::JoinHandle<Result<server::Counts, String>>) {
+    let http = server::Server::bind("127.0.0.1:0", limits).unwrap();
+    let addr = http.local_addr().unwrap();
     let model = model();
-    (addr, thread::spawn(move || server::serve(Arc::new(http), model, workers, max_requests)))
+    (addr, thread::spawn(move || server::serve(http, model, workers, max_requests)))
 }
 
 /// One HTTP/1.1 request on a fresh connection; returns the status and the JSON body.
@@ -67,7 +71,8 @@ fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Valu
     (status, serde_json::from_str(&payload).unwrap_or_else(|e| panic!("{e}: {payload:?}")))
 }
 
-/// Decodes a chunked body (tiny_http switches to chunks for large answers).
+/// Decodes a chunked body (the first server, tiny_http, switched to chunks for large
+/// answers; a client should still read them).
 fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     loop {
@@ -203,7 +208,7 @@ fn concurrent_predictions_equal_direct_runs() {
     }
 
     // That was the last request the server was told to answer: it stops by itself.
-    assert_eq!(handle.join().unwrap(), Ok(total));
+    assert_eq!(handle.join().unwrap().map(|c| c.answered), Ok(total as u64));
 }
 
 #[test]
@@ -215,5 +220,286 @@ fn shutdown_request_stops_the_server() {
     assert_eq!(floats(&answer["logits"]), direct[0].as_f32().unwrap());
     let (status, answer) = request(addr, "POST", "/shutdown", "");
     assert_eq!((status, &answer["status"]), (200, &json!("shutting down")));
-    assert_eq!(handle.join().unwrap(), Ok(2));
+    assert_eq!(handle.join().unwrap().map(|c| c.answered), Ok(2));
+}
+
+/// Resident memory of this process now, in MiB (server and clients together).
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+}
+
+/// Sends raw bytes on a fresh connection and reads the answer's status (None when the
+/// server closed or reset the connection without one).
+fn raw_status(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> Option<u16> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.set_write_timeout(Some(timeout)).ok()?;
+    // The server may answer (and close) before taking all of it: a failed write is fine.
+    let _ = s.write_all(bytes);
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+/// Tallies of the load test.
+#[derive(Default, Debug)]
+struct Tally {
+    good_ok: u64,
+    good_refused: u64,
+    wrong: Vec<String>,
+    slow: u64,
+    slow_longest: Duration,
+    oversized: u64,
+    malformed: u64,
+    unexpected: Vec<String>,
+    hung_up: u64,
+    flood: u64,
+}
+
+#[test]
+fn hostile_clients_cannot_knock_the_server_over() {
+    // For a fixed time, 8 good clients send predictions (checked bit for bit against direct
+    // runs) while others attack: 16 slowloris clients trickling headers, a flood of idle
+    // connections past the connection limit, oversized bodies (announced and sent),
+    // malformed requests of every kind, and clients hanging up mid-request. The server must
+    // give 0 wrong answers, never crash, keep answering, and stay within bounded memory.
+    let seconds: u64 = std::env::var("QLIFT_SERVING_LOAD_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let model = model();
+    let x = read_npy(&models().join("digits_test_x.npy")).unwrap();
+    let rows = x.shape()[0];
+    let row_len: usize = x.shape()[1..].iter().product();
+    let pixels = Arc::new(x.as_f32().unwrap().to_vec());
+    let direct = Arc::new(model.run(std::slice::from_ref(&x)).unwrap()[0].as_f32().unwrap().to_vec());
+    let classes = direct.len() / rows;
+
+    let limits = server::Limits { read_timeout: Duration::from_secs(2), max_connections: 64, queue: 16, ..server::Limits::default() };
+    let read_timeout = limits.read_timeout;
+    let (addr, handle) = start_with(4, None, limits);
+    let baseline = rss_mib();
+    let peak = Arc::new(std::sync::Mutex::new(baseline));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let monitor = {
+        let (peak, done) = (Arc::clone(&peak), Arc::clone(&done));
+        thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let now = rss_mib();
+                let mut p = peak.lock().unwrap();
+                *p = p.max(now);
+                drop(p);
+                thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
+    let running = move || std::time::Instant::now() < deadline;
+    let tally = Arc::new(std::sync::Mutex::new(Tally::default()));
+    let mut clients = Vec::new();
+
+    // Good clients: one row or a batch of up to 8, checked against the direct run.
+    for c in 0..8usize {
+        let (pixels, direct, tally) = (Arc::clone(&pixels), Arc::clone(&direct), Arc::clone(&tally));
+        clients.push(thread::spawn(move || {
+            let mut i = c * 37;
+            while running() {
+                i = (i * 7 + 13) % rows;
+                let n = 1 + i % 8;
+                let span: Vec<usize> = (0..n).map(|k| (i + k) % rows).collect();
+                let row = |r: usize| Value::from(pixels[r * row_len..(r + 1) * row_len].to_vec());
+                let body = if n == 1 { json!({ "pixels": row(span[0]) }) } else { json!({ "pixels": span.iter().map(|&r| row(r)).collect::<Vec<_>>() }) }.to_string();
+                let head = format!("POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let answer = (|| -> Option<(u16, Value)> {
+                    let mut s = TcpStream::connect(addr).ok()?;
+                    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+                    s.write_all(head.as_bytes()).ok()?;
+                    s.write_all(body.as_bytes()).ok()?;
+                    let mut raw = Vec::new();
+                    s.read_to_end(&mut raw).ok()?;
+                    let text = String::from_utf8(raw).ok()?;
+                    let (head, payload) = text.split_once("\r\n\r\n")?;
+                    Some((head.get(9..12)?.parse().ok()?, serde_json::from_str(payload).ok()?))
+                })();
+                let mut t = tally.lock().unwrap();
+                match answer {
+                    Some((200, v)) => {
+                        let per_row: Vec<Value> = if n == 1 { vec![v] } else { v["predictions"].as_array().cloned().unwrap_or_default() };
+                        let right = per_row.len() == n
+                            && span.iter().zip(&per_row).all(|(&r, p)| {
+                                let want = &direct[r * classes..(r + 1) * classes];
+                                let got = floats(&p["logits"]);
+                                got.len() == want.len() && got.iter().zip(want).all(|(g, w)| g.to_bits() == w.to_bits())
+                            });
+                        if right {
+                            t.good_ok += 1;
+                        } else {
+                            t.wrong.push(format!("rows {span:?}: {per_row:?}"));
+                        }
+                    }
+                    // Shed load (connection or queue limit, or a reset under it): not a
+                    // wrong answer, and counted.
+                    Some((503, _)) | None => t.good_refused += 1,
+                    Some((status, v)) => t.wrong.push(format!("rows {span:?}: status {status} {v}")),
+                }
+            }
+        }));
+    }
+    // Slowloris: a header byte every 200 ms, never finishing; the server must close the
+    // connection within its read timeout.
+    for _ in 0..16 {
+        let tally = Arc::clone(&tally);
+        clients.push(thread::spawn(move || {
+            while running() {
+                let Ok(mut s) = TcpStream::connect(addr) else { continue };
+                let start = std::time::Instant::now();
+                let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+                let mut closed = false;
+                let trickle = b"POST /predict HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+                for &b in trickle.iter().cycle() {
+                    if s.write_all(&[b]).is_err() {
+                        closed = true;
+                        break;
+                    }
+                    let mut buf = [0u8; 512];
+                    match s.read(&mut buf) {
+                        Ok(_) => {
+                            // An answer (408, or 503 when the connections were all taken) or
+                            // the close: the server let go of it.
+                            closed = true;
+                            break;
+                        }
+                        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                        Err(_) => {
+                            closed = true;
+                            break;
+                        }
+                    }
+                    if start.elapsed() > read_timeout + Duration::from_secs(5) {
+                        break;
+                    }
+                }
+                let mut t = tally.lock().unwrap();
+                t.slow += 1;
+                t.slow_longest = t.slow_longest.max(start.elapsed());
+                if !closed {
+                    t.unexpected.push(format!("a slow client was still connected after {:?}", start.elapsed()));
+                }
+            }
+        }));
+    }
+    // A flood of idle connections, 100 at a time (past the limit of 64), held 1 s.
+    {
+        let tally = Arc::clone(&tally);
+        clients.push(thread::spawn(move || {
+            while running() {
+                let held: Vec<TcpStream> = (0..100).filter_map(|_| TcpStream::connect(addr).ok()).collect();
+                tally.lock().unwrap().flood += held.len() as u64;
+                thread::sleep(Duration::from_secs(1));
+                drop(held);
+            }
+        }));
+    }
+    // Oversized bodies: announced (and never sent), and announced then streamed.
+    for c in 0..2 {
+        let tally = Arc::clone(&tally);
+        clients.push(thread::spawn(move || {
+            let mut k = 0;
+            while running() {
+                k += 1;
+                let status = if (c + k) % 2 == 0 {
+                    raw_status(addr, b"POST /predict HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n", Duration::from_secs(10))
+                } else {
+                    let mut req = format!("POST /predict HTTP/1.1\r\nContent-Length: {}\r\n\r\n", 5 << 20).into_bytes();
+                    req.extend(std::iter::repeat_n(b'[', 5 << 20));
+                    raw_status(addr, &req, Duration::from_secs(10))
+                };
+                let mut t = tally.lock().unwrap();
+                match status {
+                    Some(413) => t.oversized += 1,
+                    Some(503) | None => t.good_refused += 0, // shed under the connection limit
+                    Some(s) => t.unexpected.push(format!("oversized body: status {s}")),
+                }
+            }
+        }));
+    }
+    // Malformed requests, each with the status it must get.
+    let long_header = format!("GET /health HTTP/1.1\r\nX-Long: {}\r\n\r\n", "a".repeat(20 << 10));
+    let malformed: Arc<Vec<(Vec<u8>, u16)>> = Arc::new(vec![
+        (b"GARBAGE\r\n\r\n".to_vec(), 400),
+        (b"GET /health HTTP/9.9\r\n\r\n".to_vec(), 505),
+        (b"POST /predict HTTP/1.1\r\nContent-Length: abc\r\n\r\n".to_vec(), 400),
+        (b"POST /predict HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n".to_vec(), 400),
+        (b"POST /predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(), 501),
+        (b"POST /predict HTTP/1.1\r\n\r\n".to_vec(), 400),
+        (long_header.into_bytes(), 431),
+        (b"\x00\xff\xfe binary \x01\x02\r\n\r\n".to_vec(), 400),
+        (b"POST /predict HTTP/1.1\r\nNoColonHere\r\n\r\n".to_vec(), 400),
+        (b"POST /predict HTTP/1.1\r\nContent-Length: 7\r\n\r\n{\"pix\":".to_vec(), 400),
+        (b"DELETE /predict HTTP/1.1\r\n\r\n".to_vec(), 405),
+    ]);
+    for c in 0..2usize {
+        let (tally, malformed) = (Arc::clone(&tally), Arc::clone(&malformed));
+        clients.push(thread::spawn(move || {
+            let mut k = c;
+            while running() {
+                let (bytes, want) = &malformed[k % malformed.len()];
+                k += 1;
+                let status = raw_status(addr, bytes, Duration::from_secs(10));
+                let mut t = tally.lock().unwrap();
+                match status {
+                    Some(s) if s == *want => t.malformed += 1,
+                    Some(503) | None => {}
+                    Some(s) => t.unexpected.push(format!("{:?}: status {s}, expected {want}", String::from_utf8_lossy(&bytes[..bytes.len().min(40)]))),
+                }
+            }
+        }));
+    }
+    // Clients that hang up mid-request.
+    {
+        let tally = Arc::clone(&tally);
+        clients.push(thread::spawn(move || {
+            while running() {
+                if let Ok(mut s) = TcpStream::connect(addr) {
+                    let _ = s.write_all(b"POST /predict HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"pixels\": [0.1, ");
+                    tally.lock().unwrap().hung_up += 1;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }));
+    }
+    for c in clients {
+        c.join().expect("a client thread panicked");
+    }
+    // Still serving, and right.
+    let (status, answer) = request(addr, "POST", "/predict", &json!({ "pixels": pixels[..row_len].to_vec() }).to_string());
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(floats(&answer["logits"]), direct[..classes].to_vec());
+    let (status, _) = request(addr, "POST", "/shutdown", "");
+    assert_eq!(status, 200);
+    let counts = handle.join().expect("the server thread panicked").expect("the server stopped cleanly");
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    monitor.join().unwrap();
+    let peak = *peak.lock().unwrap();
+    let t = tally.lock().unwrap();
+    eprintln!(
+        "load test, {seconds} s: good answers {} right, {} wrong, {} shed (503 or reset); slow clients {} (longest held {:.1?}); \
+         flood connections {}; oversized {} (413); malformed {} (exact 4xx/5xx); hang-ups {}; \
+         server counts {counts:?}; memory {baseline:.0} MiB before, {peak:.0} MiB peak",
+        t.good_ok,
+        t.wrong.len(),
+        t.good_refused,
+        t.slow,
+        t.slow_longest,
+        t.flood,
+        t.oversized,
+        t.malformed,
+        t.hung_up,
+    );
+    assert!(t.wrong.is_empty(), "wrong answers: {:?}", &t.wrong[..t.wrong.len().min(5)]);
+    assert!(t.unexpected.is_empty(), "unexpected: {:?}", &t.unexpected[..t.unexpected.len().min(5)]);
+    assert!(t.good_ok >= 20 * seconds, "only {} good answers in {seconds} s", t.good_ok);
+    assert!(t.oversized > 0 && t.malformed > 0 && t.slow > 0 && counts.timed_out > 0 && counts.too_large > 0);
+    assert!(t.slow_longest < read_timeout + Duration::from_secs(3), "a slow client was held {:?}", t.slow_longest);
+    // Bounded: 64 connections × (16 KiB head + 4 MiB body) is 257 MiB at the very worst.
+    assert!(peak - baseline < 300.0, "memory grew from {baseline:.0} to {peak:.0} MiB");
 }

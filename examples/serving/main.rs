@@ -19,6 +19,7 @@ use qlift::{CompileOptions, CompiledModel};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The bundled models, found from the source tree (this is an example, run with cargo).
 fn models_dir() -> PathBuf {
@@ -32,8 +33,8 @@ struct Args {
     #[arg(long, default_value_t = 8080)]
     port: u16,
     /// Worker threads running the model.
-    #[arg(long, default_value_t = 4)]
-    threads: usize,
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: u16,
     /// Stop after answering this many requests (otherwise: until POST /shutdown).
     #[arg(long)]
     requests: Option<usize>,
@@ -47,6 +48,15 @@ struct Args {
     /// Serve the fp32 model instead of quantizing it.
     #[arg(long, conflicts_with = "calib")]
     fp32: bool,
+    /// Connections open at once (being read, queued or answered); more get 503.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    max_connections: u32,
+    /// Complete requests waiting for a worker; more get 503.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    queue: u32,
+    /// Seconds a request has to arrive whole (slower clients get 408).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    read_timeout: u32,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -67,11 +77,17 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         model.compile_time().as_secs_f64() * 1e3
     );
     // Loopback only: this example has no authentication.
-    let http = tiny_http::Server::http(("127.0.0.1", args.port))?;
-    let addr = http.server_addr().to_ip().ok_or("not an IP listener")?;
-    println!("listening on http://{addr}");
+    let limits = server::Limits {
+        max_connections: args.max_connections as usize,
+        queue: args.queue as usize,
+        read_timeout: Duration::from_secs(args.read_timeout.into()),
+        ..server::Limits::default()
+    };
+    let http = server::Server::bind(("127.0.0.1", args.port), limits)?;
+    println!("listening on http://{}", http.local_addr()?);
     std::io::stdout().flush()?;
-    let answered = server::serve(Arc::new(http), Arc::new(model), args.threads, args.requests)?;
-    eprintln!("answered {answered} requests; stopping");
+    let counts = server::serve(http, Arc::new(model), args.threads.into(), args.requests)?;
+    eprintln!("answered {} requests ({} ok); refused {} connections and {} requests (busy), {} bodies too large, {} too slow, {} malformed; stopping",
+        counts.answered, counts.ok, counts.refused_connections, counts.refused_busy, counts.too_large, counts.timed_out, counts.malformed);
     Ok(())
 }

@@ -39,8 +39,8 @@ pub(crate) struct DumpArgs {
     #[arg(long)]
     full_constants: bool,
     /// Run the rewrite pipeline and print the IR after this pass, or after every pass with
-    /// `all` (passes: cleanup, fold-constants, fold-bn, absorb-affine, fuse-activations).
-    #[arg(long, value_name = "PASS|all", alias = "print-after")]
+    /// `all`.
+    #[arg(long, value_name = "PASS|all", alias = "print-after", long_help = after_help())]
     after: Option<String>,
     /// The same as `--after all` (LLVM's spelling).
     #[arg(long, conflicts_with = "after")]
@@ -54,6 +54,19 @@ pub(crate) struct DumpArgs {
     /// Quantize from this calibration data (the pipeline then includes insert-qdq).
     #[command(flatten)]
     quant: QuantArgs,
+}
+
+/// `--after`'s long help: every pass of the pipeline, in order, from the pass manager itself
+/// (so that it cannot fall behind the pipeline).
+fn after_help() -> String {
+    let passes: Vec<String> = qlift_passes::quantizing_pipeline(|g| Ok(g.clone()))
+        .iter()
+        .map(|p| {
+            let note = if p.name == qlift_passes::INSERT_QDQ { " (only with --calib)" } else { "" };
+            format!("  {}{note}: {}", p.name, p.about)
+        })
+        .collect();
+    format!("Run the rewrite pipeline and print the IR after this pass, or after every pass with `all`. The passes, in order:\n{}", passes.join("\n"))
 }
 
 pub(crate) fn exec(args: &DumpArgs) -> Result<()> {

@@ -39,7 +39,8 @@ Examples:
   qlift run examples/models/digits_cnn.onnx --input examples/models/digits_test_x.npy \\
       --labels examples/models/digits_test_y.npy --output logits.npy
 
-Exit codes: 0 success, 1 bad input or usage, 2 internal error (a bug in qlift).
+Exit codes: 0 success (also when standard output is closed early, as by `| head`),
+1 bad input or usage (a limit exceeded, a full disk), 2 internal error (a bug in qlift).
 Errors go to standard error and name the file, node or value concerned.";
 
 #[derive(Parser)]
@@ -53,7 +54,8 @@ struct Cli {
 enum Command {
     /// Print a model's IR as text or Graphviz dot, before or after the rewrite passes.
     Dump(dump::DumpArgs),
-    /// Run a model on .npy inputs with the reference interpreter (quantized with --calib).
+    /// Run a model on .npy inputs with the Cranelift JIT (the default) or the interpreter
+    /// (--engine interp); int8 with --calib.
     Run(run::RunArgs),
     /// Quantize a float model from calibration data and write it as a QDQ ONNX model.
     Quantize(quantize::QuantizeArgs),
