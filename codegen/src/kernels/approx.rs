@@ -95,8 +95,9 @@ fn exp_split(fb: &mut FunctionBuilder, x: Value) -> (Value, Value) {
     let s_bits = fb.ins().ishl(bits, shift);
     let s = from_bits(fb, ty, s_bits);
     let n = fb.ins().fsub(biased, magic);
-    // t = x - n·ln2 in two steps: ln2's high part has few enough bits that n·hi is exact.
-    let (ln2_hi, ln2_lo) = (fconst(fb, ty, 0.693_145_751_953_125), fconst(fb, ty, 1.428_606_765_330_187e-6));
+    // t = x - n·ln2 in two steps: ln2's high part (0x1.62e4p-1) has few enough bits that
+    // n·hi is exact; the low part is 0x1.7f7d1cp-20.
+    let (ln2_hi, ln2_lo) = (fconst(fb, ty, f32::from_bits(0x3f31_7200)), fconst(fb, ty, f32::from_bits(0x35bf_be8e)));
     let h = fb.ins().fmul(n, ln2_hi);
     let t = fb.ins().fsub(x, h);
     let l = fb.ins().fmul(n, ln2_lo);
@@ -192,7 +193,7 @@ pub(super) fn erf(fb: &mut FunctionBuilder, x: Value) -> Value {
             -2.101_024e-6,
             -5.692_506_4e-5,
             -7.349_906_3e-4,
-            -2.954_600e-3,
+            -2.954_6e-3,
             -1.609_603_3e-2,
         ],
     );
@@ -269,7 +270,7 @@ pub(super) fn log(fb: &mut FunctionBuilder, x: Value) -> Value {
     let hz = fb.ins().fmul(z, half);
     let y = fb.ins().fsub(y, hz);
     let r = fb.ins().fadd(f, y);
-    let q2 = fconst(fb, ty, 0.693_359_375);
+    let q2 = fconst(fb, ty, f32::from_bits(0x3f31_8000)); // 0.693359375, ln2 less q1
     let eq2 = fb.ins().fmul(e, q2);
     let r = fb.ins().fadd(r, eq2);
     // The special operands.
@@ -357,7 +358,7 @@ mod tests {
     fn sweep(lo: f32, hi: f32) -> Vec<f32> {
         let mut xs: Vec<f32> = (0..=400).map(|i| lo + (hi - lo) * i as f32 / 400.0).collect();
         xs.extend([0.0, -0.0, 1e-30, -1e-30, 1e-7, -1e-7, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::MIN_POSITIVE / 8.0, 3.0e38]);
-        while xs.len() % 4 != 0 {
+        while !xs.len().is_multiple_of(4) {
             xs.push(0.5);
         }
         xs
