@@ -634,6 +634,31 @@ fn comparisons_logic_and_where() {
         };
         check(&p, &g, &[a, b]);
     }
+    // f32 and i32 take 16 elements a step (rows of 37: two steps and a remainder), against
+    // a splat along the row and a contiguous operand.
+    for (dtype, name) in [(DType::F32, "f32"), (DType::I32, "i32")] {
+        let text = format!(
+            "graph t(%a: {name}[N,3,37], %b: {name}[3,1], %c: {name}[N,3,37]) -> (%eq, %gt, %ge, %lt, %le, %ne) {{
+               %eq = Equal(%a, %c) : bool[N,3,37]
+               %gt = Greater(%a, %b) : bool[N,3,37]
+               %ge = GreaterOrEqual(%b, %a) : bool[N,3,37]
+               %lt = Less(%a, %c) : bool[N,3,37]
+               %le = LessOrEqual(%c, %a) : bool[N,3,37]
+               %ne = Equal(%b, %a) : bool[N,3,37]
+             }}"
+        );
+        let (g, p) = compile(&text);
+        let few = |seed: u64, shape: &[usize]| {
+            let v: Vec<i64> = lcg(seed, shape.iter().product()).into_iter().map(|r| (r * 3.0).round() as i64).collect();
+            match dtype {
+                DType::F32 => Tensor::from_f32(shape, v.iter().map(|&x| if x == 3 { f32::NAN } else { x as f32 }).collect()),
+                _ => Tensor::from_i64_values(dtype, shape.to_vec(), v).unwrap(),
+            }
+        };
+        for batch in [1, 2] {
+            check(&p, &g, &[few(65, &[batch, 3, 37]), few(66, &[3, 1]), few(67, &[batch, 3, 37])]);
+        }
+    }
     let (g, p) = compile(
         "graph t(%p: bool[N,2,6], %q: bool[6], %x: bool[N,1,6]) -> (%and, %or, %xor, %not, %eq, %w) {
            %and = And(%p, %q) : bool[N,2,6]
