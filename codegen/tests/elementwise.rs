@@ -670,6 +670,22 @@ fn comparisons_logic_and_where() {
          }",
     );
     check(&p, &g, &[bools(59, &[3, 2, 6]), bools(60, &[6]), bools(61, &[3, 1, 6])]);
+    // 4-byte branches take 16 elements a step: a contiguous condition, a splat one (along
+    // the row), splat and contiguous branches.
+    for (dtype, name) in [(DType::F32, "f32"), (DType::I32, "i32")] {
+        let text = format!(
+            "graph t(%c: bool[N,3,37], %s: bool[3,1], %x: {name}[N,3,37], %y: {name}[37], %z: {name}[3,1]) -> (%w, %v, %u) {{
+               %w = Where(%c, %x, %y) : {name}[N,3,37]
+               %v = Where(%s, %y, %x) : {name}[N,3,37]
+               %u = Where(%c, %z, %x) : {name}[N,3,37]
+             }}"
+        );
+        let (g, p) = compile(&text);
+        let data = |seed: u64, shape: &[usize]| if dtype == DType::F32 { floats(seed, shape, 5.0) } else { ints(dtype, seed, shape) };
+        for batch in [1, 2] {
+            check(&p, &g, &[bools(68, &[batch, 3, 37]), bools(69, &[3, 1]), data(70, &[batch, 3, 37]), data(71, &[37]), data(72, &[3, 1])]);
+        }
+    }
     // Where over every dtype, three-way broadcasting.
     for (dtype, name) in [(DType::F32, "f32"), (DType::I8, "i8"), (DType::U8, "u8"), (DType::I32, "i32"), (DType::I64, "i64")] {
         let text = format!("graph t(%c: bool[N,1,5], %x: {name}[4,1], %y: {name}[N,4,5]) -> (%w) {{\n  %w = Where(%c, %x, %y) : {name}[N,4,5]\n}}");

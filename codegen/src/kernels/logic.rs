@@ -109,7 +109,10 @@ fn load_quarter(fb: &mut FunctionBuilder, vty: Type, splat: bool, base: Value, o
     fb.ins().load(vty, emit::mem(), a, 16 * q)
 }
 
-/// Where: the condition's byte picks the element of `x` or `y` (any one dtype).
+/// Where: the condition's byte picks the element of `x` or `y` (any one dtype). 4-byte
+/// branches (f32 and i32: attention scores against a mask value) take 16 elements a step:
+/// 16 condition bytes widened (sign-extending `-b`, all-ones for 1) into four 4-lane masks
+/// that select lane by lane.
 pub(super) fn select(k: &mut Kernel) -> Result<(), String> {
     let (c, x, y, out) = (k.input(0)?, k.input(1)?, k.input(2)?, k.output(0));
     if c.ty.dtype != DType::Bool || x.ty.dtype != out.ty.dtype || y.ty.dtype != out.ty.dtype {
@@ -117,7 +120,34 @@ pub(super) fn select(k: &mut Kernel) -> Result<(), String> {
     }
     let plan = Broadcast::new(out, &[c, x, y])?;
     let (pc, px, py, po, ty) = (c.ptr, x.ptr, y.ptr, out.ptr, out.elem());
-    plan.emit_lanes(k, 1, &mut |fb, off, _| {
+    let vector = out.ty.dtype.size_of() == 4;
+    plan.emit_lanes(k, if vector { COMPARE_LANES } else { 1 }, &mut |fb, off, lanes| {
+        if let Lanes::Vector(splat) = lanes {
+            // Branches as integer lanes: selection moves bits, and integer loads fold into
+            // nothing that needs alignment.
+            let vty = types::I32X4;
+            let masks = if splat[1] {
+                let b = emit::load_at(fb, types::I8, pc, off[1]);
+                let b = fb.ins().sextend(types::I32, b);
+                let m = fb.ins().ineg(b);
+                vec![fb.ins().splat(vty, m); 4]
+            } else {
+                let a = fb.ins().iadd(pc, off[1]);
+                let bytes = fb.ins().load(types::I8X16, emit::mem(), a, 0);
+                let m = fb.ins().ineg(bytes);
+                let (lo, hi) = (fb.ins().swiden_low(m), fb.ins().swiden_high(m));
+                [lo, lo, hi, hi].iter().enumerate().map(|(q, &h)| if q % 2 == 0 { fb.ins().swiden_low(h) } else { fb.ins().swiden_high(h) }).collect()
+            };
+            for (q, &m) in masks.iter().enumerate() {
+                let q = q as i32;
+                let a = load_quarter(fb, vty, splat[2], px, off[2], q);
+                let b = load_quarter(fb, vty, splat[3], py, off[3], q);
+                let r = fb.ins().bitselect(m, a, b);
+                let at = emit::addr(fb, po, off[0], 4);
+                fb.ins().store(emit::mem(), r, at, 16 * q);
+            }
+            return;
+        }
         let cond = emit::load_at(fb, types::I8, pc, off[1]);
         let a = emit::load_at(fb, ty, px, off[2]);
         let b = emit::load_at(fb, ty, py, off[3]);
