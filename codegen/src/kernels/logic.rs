@@ -53,6 +53,9 @@ pub(super) fn compare(k: &mut Kernel) -> Result<(), String> {
     let kind = k.op.kind;
     let operands = (0..k.inputs.len()).map(|i| k.input(i)).collect::<Result<Vec<_>, _>>()?;
     let out = k.output(0);
+    if operands.len() != if kind == OpKind::Not { 1 } else { 2 } {
+        return Err(format!("{kind} cannot take {} operands", operands.len()));
+    }
     let dtype = operands[0].ty.dtype;
     if operands.iter().any(|o| o.ty.dtype != dtype) || out.ty.dtype != DType::Bool {
         return Err(format!("{kind} takes operands of one dtype and gives bools"));
