@@ -44,7 +44,9 @@ def run(path, inputs, optimize):
     )
     opts.log_severity_level = 3
     sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, {i.name: x for i, x in zip(sess.get_inputs(), inputs)})
+    # qlift writes bool tensors as uint8 .npy files (0/1, its bool storage).
+    feed = {i.name: x.astype(bool) if i.type == "tensor(bool)" else x for i, x in zip(sess.get_inputs(), inputs)}
+    return sess.run(None, feed)
 
 
 def steps(model):

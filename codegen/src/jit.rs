@@ -52,9 +52,22 @@ struct Scratch {
     outputs: Vec<usize>,
 }
 
-/// `expf` for generated code, so the JIT does not depend on the C library's symbol.
-extern "C" fn qlift_expf(x: f32) -> f32 {
-    x.exp()
+/// Declares `extern "C"` wrappers of Rust's math functions and `libm_symbols`, the table
+/// of the C library names generated code calls them by.
+macro_rules! libm_symbols {
+    ($($c:literal: fn $rust:ident($($a:ident: $t:ty),*) -> $r:ty { $body:expr })*) => {
+        $(extern "C" fn $rust($($a: $t),*) -> $r { $body })*
+
+        /// The C library functions generated code may call, resolved to Rust's (the
+        /// functions the interpreter computes with, so both agree bit for bit) instead of
+        /// symbols the process may not have loaded: `expf` for Softmax, the elementwise
+        /// family's rare functions (Sin, Cos, Pow, float Mod), and the libcalls Cranelift
+        /// makes for Floor, Ceil and Round without SSE4.1. An object file links the C
+        /// library's instead.
+        fn libm_symbols() -> Vec<(&'static str, *const u8)> {
+            vec![$(($c, $rust as *const u8)),*]
+        }
+    };
 }
 
 thread_local! {
@@ -115,61 +128,17 @@ pub struct StepTime {
     pub calls: u64,
 }
 
-extern "C" fn qlift_sinf(x: f32) -> f32 {
-    x.sin()
-}
-
-extern "C" fn qlift_cosf(x: f32) -> f32 {
-    x.cos()
-}
-
-extern "C" fn qlift_powf(x: f32, y: f32) -> f32 {
-    x.powf(y)
-}
-
-extern "C" fn qlift_pow(x: f64, y: f64) -> f64 {
-    x.powf(y)
-}
-
-extern "C" fn qlift_fmodf(x: f32, y: f32) -> f32 {
-    x % y
-}
-
-extern "C" fn qlift_floorf(x: f32) -> f32 {
-    x.floor()
-}
-
-extern "C" fn qlift_ceilf(x: f32) -> f32 {
-    x.ceil()
-}
-
-extern "C" fn qlift_nearbyintf(x: f32) -> f32 {
-    x.round_ties_even()
-}
-
-/// The C library functions generated code may call, resolved to Rust's (the functions the
-/// interpreter computes with, so both agree bit for bit) instead of symbols the process
-/// may not have loaded: the elementwise family's rare functions (Sin, Cos, Pow, float Mod)
-/// and the libcalls Cranelift makes for Floor, Ceil and Round without SSE4.1. An object
-/// file links the C library's instead.
-fn libm_symbols() -> [(&'static str, *const u8); 10] {
-    [
-        ("expf", qlift_expf as *const u8),
-        ("logf", qlift_logf as *const u8),
-        ("sinf", qlift_sinf as *const u8),
-        ("cosf", qlift_cosf as *const u8),
-        ("powf", qlift_powf as *const u8),
-        ("pow", qlift_pow as *const u8),
-        ("fmodf", qlift_fmodf as *const u8),
-        ("floorf", qlift_floorf as *const u8),
-        ("ceilf", qlift_ceilf as *const u8),
-        ("nearbyintf", qlift_nearbyintf as *const u8),
-    ]
-}
-
-/// `logf` for generated code (LogSoftmax, ReduceLogSum, ReduceLogSumExp), like `expf`.
-extern "C" fn qlift_logf(x: f32) -> f32 {
-    x.ln()
+libm_symbols! {
+    "expf": fn qlift_expf(x: f32) -> f32 { x.exp() }
+    "logf": fn qlift_logf(x: f32) -> f32 { x.ln() }
+    "sinf": fn qlift_sinf(x: f32) -> f32 { x.sin() }
+    "cosf": fn qlift_cosf(x: f32) -> f32 { x.cos() }
+    "powf": fn qlift_powf(x: f32, y: f32) -> f32 { x.powf(y) }
+    "pow": fn qlift_pow(x: f64, y: f64) -> f64 { x.powf(y) }
+    "fmodf": fn qlift_fmodf(x: f32, y: f32) -> f32 { x % y }
+    "floorf": fn qlift_floorf(x: f32) -> f32 { x.floor() }
+    "ceilf": fn qlift_ceilf(x: f32) -> f32 { x.ceil() }
+    "nearbyintf": fn qlift_nearbyintf(x: f32) -> f32 { x.round_ties_even() }
 }
 
 /// Address space to reserve for a graph's code and data (reserved, not committed: pages are

@@ -634,6 +634,31 @@ fn comparisons_logic_and_where() {
         };
         check(&p, &g, &[a, b]);
     }
+    // f32 and i32 take 16 elements a step (rows of 37: two steps and a remainder), against
+    // a splat along the row and a contiguous operand.
+    for (dtype, name) in [(DType::F32, "f32"), (DType::I32, "i32")] {
+        let text = format!(
+            "graph t(%a: {name}[N,3,37], %b: {name}[3,1], %c: {name}[N,3,37]) -> (%eq, %gt, %ge, %lt, %le, %ne) {{
+               %eq = Equal(%a, %c) : bool[N,3,37]
+               %gt = Greater(%a, %b) : bool[N,3,37]
+               %ge = GreaterOrEqual(%b, %a) : bool[N,3,37]
+               %lt = Less(%a, %c) : bool[N,3,37]
+               %le = LessOrEqual(%c, %a) : bool[N,3,37]
+               %ne = Equal(%b, %a) : bool[N,3,37]
+             }}"
+        );
+        let (g, p) = compile(&text);
+        let few = |seed: u64, shape: &[usize]| {
+            let v: Vec<i64> = lcg(seed, shape.iter().product()).into_iter().map(|r| (r * 3.0).round() as i64).collect();
+            match dtype {
+                DType::F32 => Tensor::from_f32(shape, v.iter().map(|&x| if x == 3 { f32::NAN } else { x as f32 }).collect()),
+                _ => Tensor::from_i64_values(dtype, shape.to_vec(), v).unwrap(),
+            }
+        };
+        for batch in [1, 2] {
+            check(&p, &g, &[few(65, &[batch, 3, 37]), few(66, &[3, 1]), few(67, &[batch, 3, 37])]);
+        }
+    }
     let (g, p) = compile(
         "graph t(%p: bool[N,2,6], %q: bool[6], %x: bool[N,1,6]) -> (%and, %or, %xor, %not, %eq, %w) {
            %and = And(%p, %q) : bool[N,2,6]
@@ -645,6 +670,22 @@ fn comparisons_logic_and_where() {
          }",
     );
     check(&p, &g, &[bools(59, &[3, 2, 6]), bools(60, &[6]), bools(61, &[3, 1, 6])]);
+    // 4-byte branches take 16 elements a step: a contiguous condition, a splat one (along
+    // the row), splat and contiguous branches.
+    for (dtype, name) in [(DType::F32, "f32"), (DType::I32, "i32")] {
+        let text = format!(
+            "graph t(%c: bool[N,3,37], %s: bool[3,1], %x: {name}[N,3,37], %y: {name}[37], %z: {name}[3,1]) -> (%w, %v, %u) {{
+               %w = Where(%c, %x, %y) : {name}[N,3,37]
+               %v = Where(%s, %y, %x) : {name}[N,3,37]
+               %u = Where(%c, %z, %x) : {name}[N,3,37]
+             }}"
+        );
+        let (g, p) = compile(&text);
+        let data = |seed: u64, shape: &[usize]| if dtype == DType::F32 { floats(seed, shape, 5.0) } else { ints(dtype, seed, shape) };
+        for batch in [1, 2] {
+            check(&p, &g, &[bools(68, &[batch, 3, 37]), bools(69, &[3, 1]), data(70, &[batch, 3, 37]), data(71, &[37]), data(72, &[3, 1])]);
+        }
+    }
     // Where over every dtype, three-way broadcasting.
     for (dtype, name) in [(DType::F32, "f32"), (DType::I8, "i8"), (DType::U8, "u8"), (DType::I32, "i32"), (DType::I64, "i64")] {
         let text = format!("graph t(%c: bool[N,1,5], %x: {name}[4,1], %y: {name}[N,4,5]) -> (%w) {{\n  %w = Where(%c, %x, %y) : {name}[N,4,5]\n}}");

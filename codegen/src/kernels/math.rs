@@ -279,6 +279,13 @@ fn int_unary(op: &Op, dtype: DType) -> Result<IntFn, String> {
 fn same_dtype_operands<'a>(k: &'a Kernel) -> Result<Vec<&'a Operand>, String> {
     let operands = (0..k.inputs.len()).map(|i| k.input(i)).collect::<Result<Vec<_>, _>>()?;
     let dtype = k.output(0).ty.dtype;
+    let arity_ok = match k.op.kind {
+        OpKind::Mod | OpKind::PRelu => operands.len() == 2,
+        _ => !operands.is_empty(),
+    };
+    if !arity_ok {
+        return Err(format!("{} cannot take {} operands", k.op.kind, operands.len()));
+    }
     if let Some(o) = operands.iter().find(|o| o.ty.dtype != dtype) {
         return Err(format!("operand types differ: {} and {dtype}", o.ty.dtype));
     }
@@ -327,17 +334,16 @@ pub(super) fn variadic(k: &mut Kernel) -> Result<(), String> {
         return Err(format!("{kind} on {dtype} is not supported"));
     }
     plan.emit_lanes(k, 1, &mut |fb, off, _| {
-        let mut acc = None;
-        for j in 0..n {
+        let load = |fb: &mut FunctionBuilder, j: usize| {
             let v = emit::load_at(fb, ty, ptrs[j], off[j + 1]);
-            let w = widen(fb, v, dtype);
-            acc = Some(match acc {
-                None => w,
-                Some(a) if kind == OpKind::Min => fb.ins().smin(a, w),
-                Some(a) => fb.ins().smax(a, w),
-            });
-        }
-        let r = narrow(fb, acc.expect("at least one operand"), ty);
+            widen(fb, v, dtype)
+        };
+        let first = load(fb, 0);
+        let acc = (1..n).fold(first, |a, j| {
+            let w = load(fb, j);
+            if kind == OpKind::Min { fb.ins().smin(a, w) } else { fb.ins().smax(a, w) }
+        });
+        let r = narrow(fb, acc, ty);
         emit::store_at(fb, r, po, off[0]);
     });
     Ok(())

@@ -102,6 +102,9 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
 pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
     let kind = cx.op.kind;
     let ts = operand_values(cx)?;
+    if matches!(kind, OpKind::Pow | OpKind::Mod | OpKind::PRelu) && ts.len() != 2 {
+        return Err(format!("{kind} takes two operands, found {}", ts.len()));
+    }
     let (shape, idx) = broadcast_all(&ts)?;
     let dtype = ts[0].dtype();
     let count: usize = shape.iter().product();
@@ -275,6 +278,25 @@ mod tests {
         assert_eq!(w.to_i64_vec().unwrap(), vec![0, -1, 1]);
         assert!(run(OpKind::Pow, Attrs::new(), vec![ints(DType::I64, vec![0]), ints(DType::I64, vec![-2])]).is_err());
         assert_eq!(int_pow(3, 41), Ok(3i64.wrapping_pow(41)));
+    }
+
+    #[test]
+    fn inference_keeps_symbolic_extents() {
+        use crate::{Dim, Op, Shape, Symbol};
+        let seq = Dim::Sym(Symbol::new("seq"));
+        let t = |dtype: DType, dims: Vec<Dim>| TensorType::new(dtype, Shape(dims));
+        let (a, b, c) = (t(DType::F32, vec![Dim::Batch, seq]), t(DType::F32, vec![seq]), t(DType::F32, vec![]));
+        let infer = |kind: OpKind, inputs: &[&TensorType]| {
+            let inputs: Vec<Option<&TensorType>> = inputs.iter().map(|&t| Some(t)).collect();
+            crate::infer_op(&Op::new(kind, Attrs::new()), &inputs, &[]).map(|mut v| v.remove(0))
+        };
+        assert_eq!(infer(OpKind::Sum, &[&a, &b, &c]).unwrap().shape, a.shape);
+        assert_eq!(infer(OpKind::Less, &[&b, &c]).unwrap(), t(DType::Bool, vec![seq]));
+        let cond = t(DType::Bool, vec![Dim::Batch, Dim::Fixed(1)]);
+        assert_eq!(infer(OpKind::Where, &[&cond, &b, &c]).unwrap().shape, a.shape);
+        let other = t(DType::F32, vec![Dim::Fixed(3)]);
+        assert_eq!(infer(OpKind::Max, &[&a, &other]).unwrap().shape, Shape(vec![Dim::Batch, Dim::Fixed(3)]));
+        assert!(infer(OpKind::Max, &[&a, &t(DType::I32, vec![])]).unwrap_err().contains("differ"));
     }
 
     #[test]

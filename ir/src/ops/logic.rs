@@ -36,6 +36,14 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
 pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
     let kind = cx.op.kind;
     let ts = operand_values(cx)?;
+    let arity = match kind {
+        OpKind::Not => 1,
+        OpKind::Where => 3,
+        _ => 2,
+    };
+    if ts.len() != arity {
+        return Err(format!("{kind} takes {arity} operands, found {}", ts.len()));
+    }
     let (shape, idx) = broadcast_all(&ts)?;
     let count: usize = shape.iter().product();
     if kind == OpKind::Where {
