@@ -265,6 +265,53 @@ def old_form(model, inputs, outputs, version):
     return m, inputs, outputs
 
 
+# qlift's own Einsum cases (the official ones are all double): the contractions exporters
+# write, expected outputs from numpy.einsum; `name: (equation, shapes, symbolic dims)` where
+# symbolic dims maps (input, axis) to a dim_param.
+EINSUM_CASES = {
+    "attention_scores": ("bhqd,bhkd->bhqk", [(2, 3, 5, 4), (2, 3, 6, 4)], {(0, 0): "N", (1, 0): "N", (0, 2): "q"}),
+    "attention_values": ("bhqk,bhkd->bhqd", [(2, 3, 5, 6), (2, 3, 6, 4)], {(0, 0): "N", (1, 0): "N"}),
+    "key_layout": ("bhqd,bkhd->bhqk", [(2, 3, 5, 4), (2, 6, 3, 4)], {}),
+    "batch_matmul": ("bij,bjk->bik", [(2, 3, 4), (2, 4, 5)], {(0, 0): "N", (1, 0): "N"}),
+    "matmul": ("ij,jk->ik", [(3, 4), (4, 5)], {}),
+    "matmul_implicit": ("ij,jk", [(3, 4), (4, 5)], {}),
+    "transpose": ("ij->ji", [(3, 4)], {}),
+    "batch_transpose": ("bij->bji", [(2, 3, 4)], {(0, 0): "N"}),
+    "sum_middle": ("ijk->ik", [(2, 3, 4)], {}),
+    "diagonal": ("ii->i", [(4, 4)], {}),
+    "trace": ("ii->", [(4, 4)], {}),
+    "inner": ("i,i->", [(5,), (5,)], {}),
+    "outer": ("i,j->ij", [(3,), (4,)], {}),
+    "outer_4d": ("ij,kl->ijkl", [(2, 3), (4, 5)], {}),
+    "ellipsis_broadcast": ("...ij,...jk->...ik", [(2, 1, 3, 4), (5, 4, 2)], {}),
+    "linear": ("abc,cd->abd", [(2, 3, 4), (4, 5)], {(0, 0): "N"}),
+    "two_contracted": ("abcd,cde->abe", [(2, 3, 4, 5), (4, 5, 6)], {}),
+    "elementwise": ("ab,ab->ab", [(3, 4), (3, 4)], {}),
+    "row_dots": ("ab,ab->a", [(3, 4), (3, 4)], {}),
+    "three_operands": ("bn,anm,bm->ba", [(2, 3), (4, 3, 5), (2, 5)], {}),
+}
+
+
+def einsum_cases(out):
+    """Writes EINSUM_CASES as node test cases named `qlift_einsum_*`; returns their names."""
+    import numpy as np
+    from onnx import helper
+    names = []
+    rng = np.random.default_rng(0)
+    for name, (equation, shapes, symbolic) in EINSUM_CASES.items():
+        inputs = [(f"x{i}", rng.uniform(-1, 1, s).astype(np.float32)) for i, s in enumerate(shapes)]
+        y = np.einsum(equation, *[v.astype(np.float64) for _, v in inputs]).astype(np.float32)
+        dims = lambda i, s: [symbolic.get((i, a), d) for a, d in enumerate(s)]
+        graph = helper.make_graph(
+            [helper.make_node("Einsum", [n for n, _ in inputs], ["y"], equation=equation)], name,
+            [helper.make_tensor_value_info(n, P.FLOAT, dims(i, v.shape)) for i, (n, v) in enumerate(inputs)],
+            [helper.make_tensor_value_info("y", P.FLOAT, None)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)], ir_version=7)
+        names.append(f"qlift_einsum_{name}")
+        write_case(os.path.join(out, names[-1]), model, inputs, [("y", np.asarray(y))])
+    return names
+
+
 def generate(out):
     """Writes every node test case (model.onnx + test_data_set_N/*.pb) under `out`."""
     from onnx import numpy_helper
@@ -324,6 +371,7 @@ def main():
                 if old is not None:
                     write_case(os.path.join(OUT, f"{name}_opset{version}"), *old)
                     kept.append((f"{name}_opset{version}", " ".join(ops)))
+    kept += [(name, "Einsum") for name in einsum_cases(OUT)]
     with open(os.path.join(OUT, "MANIFEST.txt"), "w") as f:
         f.write("# ONNX node tests run by tests/tests/onnx_node.rs: `test_name op_type...`\n")
         for name, ops in kept:
@@ -340,7 +388,8 @@ def main():
             f"{onnx.__version__}.\nCopyright (c) ONNX Project Contributors. Licensed under the Apache License 2.0\n"
             "(http://www.apache.org/licenses/LICENSE-2.0).\n"
             "The cases named `*_f32` and `*_opsetN` are derived from them by qlift's script (see\n"
-            "F32_FORM and OLD_OPSETS in tools/vendor_node_tests.py).\n"
+            "F32_FORM and OLD_OPSETS in tools/vendor_node_tests.py); the `qlift_einsum_*` cases are\n"
+            "qlift's own (EINSUM_CASES there, expected outputs from numpy.einsum).\n"
             "Regenerate with: python3 tools/vendor_node_tests.py\n")
     print(f"vendored {len(kept)} tests, excluded {len(excluded)}")
 

@@ -31,6 +31,14 @@ pub fn iconst(fb: &mut FunctionBuilder, v: i64) -> Value {
 }
 
 /// `for i in (start..end).step_by(step)` with i64 bounds; `body` emits the loop body.
+///
+/// The header branches to the exit first and to the body second. Cranelift's elaboration
+/// visits a block's dominator-tree children in reverse postorder and keeps its loop stack
+/// only along that walk: with the body as the first successor, the exit (and everything
+/// after the loop) comes first in that order, pops the loop, and the body is elaborated as
+/// if it were outside any loop, so nothing is hoisted out of it (loop-invariant code
+/// motion does nothing). With the exit first, the body is visited first and invariants
+/// (address bases, a row's mean and inverse deviation) move to the preheader.
 pub fn for_range(fb: &mut FunctionBuilder, start: Value, end: Value, step: i64, body: impl FnOnce(&mut FunctionBuilder, Value)) {
     let header = fb.create_block();
     let inner = fb.create_block();
@@ -39,8 +47,8 @@ pub fn for_range(fb: &mut FunctionBuilder, start: Value, end: Value, step: i64, 
     fb.ins().jump(header, &[BlockArg::Value(start)]);
     fb.switch_to_block(header);
     let i = fb.block_params(header)[0];
-    let more = fb.ins().icmp(IntCC::SignedLessThan, i, end);
-    fb.ins().brif(more, inner, &[], exit, &[]);
+    let done = fb.ins().icmp(IntCC::SignedGreaterThanOrEqual, i, end);
+    fb.ins().brif(done, exit, &[], inner, &[]);
     fb.switch_to_block(inner);
     body(fb, i);
     let next = fb.ins().iadd_imm_s(i, step);

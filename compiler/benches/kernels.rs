@@ -17,6 +17,7 @@
 //! | `qconcat` | two u8[32,8,8] along channels | output elements |
 //! | `pool` | QAveragePool 3x3 pads 1, QGlobalAveragePool, u8 MaxPool 2x2 stride 2 | output elements |
 //! | `quant` | QuantizeLinear f32→u8, DequantizeLinear u8→f32 on [32,8,8] | output elements |
+//! | `transformer_f32` | MiniLM's fp32 shapes at sequence 128: Q·Kᵀ and P·V of 12 heads (two activations), a 384→384 Linear, LayerNorm over 384 | MACs (LayerNorm: elements) |
 //!
 //! `cargo bench -p qlift --bench kernels [-- FILTER]`, e.g. `-- qconv/`.
 
@@ -116,6 +117,36 @@ fn conv_f32(cin: usize, cout: usize, hw: usize) -> Case {
     Case { id: "3x3_16to32_8x8", ir, macs: Some((cout * hw * hw * cin * 9) as u64) }
 }
 
+/// A transformer's fp32 kernels at sequence length `s`, 12 heads of 32 (MiniLM's shapes):
+/// the attention products of two activations, a Linear layer and a LayerNorm.
+fn transformer_f32(s: usize) -> Vec<Case> {
+    let mut rng = Rng(0x5851_f42d_4c95_7f2d);
+    let (heads, d, hidden) = (12, 32, 384);
+    let product = |id: &'static str, m: usize, k: usize, n: usize| Case {
+        id,
+        ir: format!("graph {id}(%a: f32[N,{heads},{m},{k}], %b: f32[N,{heads},{k},{n}]) -> (%y) {{\n  %y = MatMul(%a, %b) : f32[N,{heads},{m},{n}]\n}}"),
+        macs: Some((heads * m * k * n) as u64),
+    };
+    let linear = Case {
+        id: "linear_384",
+        ir: format!(
+            "graph linear(%x: f32[N,{s},{hidden}]) -> (%y) {{\n  %w = const f32[{hidden},{hidden}] {w}\n  %y = MatMul(%x, %w) : f32[N,{s},{hidden}]\n}}",
+            w = rng.floats(hidden * hidden, 0.1)
+        ),
+        macs: Some((s * hidden * hidden) as u64),
+    };
+    let layer_norm = Case {
+        id: "layernorm_384",
+        ir: format!(
+            "graph layernorm(%x: f32[N,{s},{hidden}]) -> (%y) {{\n  %g = const f32[{hidden}] {g}\n  %b = const f32[{hidden}] {b}\n  %y = LayerNormalization(%x, %g, %b) {{axis=2, epsilon=1e-12}} : f32[N,{s},{hidden}]\n}}",
+            g = rng.floats(hidden, 1.0),
+            b = rng.floats(hidden, 0.1)
+        ),
+        macs: None,
+    };
+    vec![product("qk", s, d, s), product("pv", s, s, d), linear, layer_norm]
+}
+
 /// A single-op graph on 8-bit activations: `op_line` defines `%y` from `%a` (and `%b`).
 fn elementwise(name: &str, id: &'static str, inputs: &str, op_line: &str) -> Case {
     Case { id, ir: format!("graph {name}({inputs}) -> (%y) {{\n  {op_line}\n}}"), macs: None }
@@ -167,6 +198,7 @@ fn families() -> Vec<(&'static str, Vec<Case>, &'static [usize])> {
             ],
             &[1],
         ),
+        ("transformer_f32", transformer_f32(128), &[1]),
     ]
 }
 
@@ -196,7 +228,7 @@ fn kernels(c: &mut Criterion) {
         for case in cases {
             let graph = qlift_ir::text::parse(&case.ir).unwrap_or_else(|e| panic!("{family}/{}: {e}\n{}", case.id, case.ir));
             qlift_ir::verify(&graph).unwrap_or_else(|e| panic!("{family}/{}: {e}", case.id));
-            let model = CompiledModel::from_lowered(graph, family != "conv_f32", &CompileOptions::default()).expect("the kernel compiles");
+            let model = CompiledModel::from_lowered(graph, !family.ends_with("_f32"), &CompileOptions::default()).expect("the kernel compiles");
             for &batch in batches {
                 let inputs = inputs(&model, batch);
                 let mut outputs: Vec<Tensor> = model.outputs().iter().map(|(_, ty)| Tensor::zeros(ty.dtype, &ty.shape.resolve(batch))).collect();

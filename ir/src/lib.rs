@@ -31,7 +31,7 @@ pub use error::{IrError, VerifierError};
 pub use graph::{Graph, Node, NodeId, NodeOp, Use, Value, ValueId};
 pub use op::{Op, OpKind, FUSED_ACTIVATION};
 pub use quant::QuantParams;
-pub use ops::conv_transpose::conv_transpose_extent;
+pub use ops::conv_transpose::{conv_transpose_extent, tap_position};
 pub use ops::index::{shape_range, slice_range};
 pub use ops::unary::gelu_uses_tanh;
 pub use ops::reduce::{is_reduction, reduce_axes};

@@ -49,8 +49,8 @@ pub(super) fn conv_transpose(k: &mut Kernel) -> Result<(), String> {
         let mut rows: Vec<Vec<(i64, i64)>> = vec![Vec::new(); out_sp[a]];
         for i in 0..in_sp[a] {
             for t in 0..k_sp[a] {
-                let o = (i * strides[a] + t * dilations[a]) as i64 - pads[a];
-                if o >= 0 && (o as usize) < out_sp[a] {
+                let o = qlift_ir::tap_position(i, t, strides[a], dilations[a], pads[a]);
+                if o >= 0 && o < out_sp[a] as i128 {
                     rows[o as usize].push((i as i64 * x_str[a], t as i64 * w_str[a]));
                 }
             }

@@ -33,25 +33,39 @@ struct Affine {
 }
 
 /// A sum over a contiguous run of `n` f32 elements at element offset `start` of `base`, of
-/// `f(x)` for each element `x` (f32 or f32x4, the same code for both).
+/// `f(x)` for each element `x` (f32 or f32x4, the same code for both): two f32x4
+/// accumulators side by side (so that consecutive adds do not wait for each other), a
+/// scalar tail, then the lanes combined.
 fn row_sum(fb: &mut FunctionBuilder, base: Value, start: Value, n: usize, f: &dyn Fn(&mut FunctionBuilder, Value) -> Value) -> Value {
     let acc = fb.declare_var(types::F32);
-    let vacc = fb.declare_var(types::F32X4);
+    let vaccs = [fb.declare_var(types::F32X4), fb.declare_var(types::F32X4)];
     let zero = fb.ins().f32const(0.0);
     fb.def_var(acc, zero);
     let vzero = fb.ins().splat(types::F32X4, zero);
-    fb.def_var(vacc, vzero);
-    emit::for_lanes(fb, n as i64, LANES, &mut |fb, i, whole| {
-        let (var, ty) = if whole { (vacc, types::F32X4) } else { (acc, types::F32) };
+    for v in vaccs {
+        fb.def_var(v, vzero);
+    }
+    emit::for_lanes(fb, n as i64, 2 * LANES, &mut |fb, i, whole| {
         let at = fb.ins().iadd(start, i);
         let a = emit::addr(fb, base, at, 4);
-        let v = fb.ins().load(ty, emit::mem(), a, 0);
-        let v = f(fb, v);
-        let s = fb.use_var(var);
-        let s = fb.ins().fadd(s, v);
-        fb.def_var(var, s);
+        if !whole {
+            let v = fb.ins().load(types::F32, emit::mem(), a, 0);
+            let v = f(fb, v);
+            let s = fb.use_var(acc);
+            let s = fb.ins().fadd(s, v);
+            fb.def_var(acc, s);
+            return;
+        }
+        for (j, &var) in vaccs.iter().enumerate() {
+            let v = fb.ins().load(types::F32X4, emit::mem(), a, (16 * j) as i32);
+            let v = f(fb, v);
+            let s = fb.use_var(var);
+            let s = fb.ins().fadd(s, v);
+            fb.def_var(var, s);
+        }
     });
-    let v = fb.use_var(vacc);
+    let (p, q) = (fb.use_var(vaccs[0]), fb.use_var(vaccs[1]));
+    let v = fb.ins().fadd(p, q);
     let lanes: Vec<Value> = (0..LANES as u8).map(|i| fb.ins().extractlane(v, i)).collect();
     let p = fb.ins().fadd(lanes[0], lanes[1]);
     let q = fb.ins().fadd(lanes[2], lanes[3]);

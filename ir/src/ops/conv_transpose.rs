@@ -25,6 +25,12 @@ pub fn conv_transpose_extent(input: usize, kernel: usize, stride: usize, dilatio
     usize::try_from(out).ok().filter(|&o| o > 0 && input > 0 && kernel > 0)
 }
 
+/// The result coordinate input coordinate `i` reaches through kernel tap `k`:
+/// `i·stride + k·dilation − pad_begin` (in i128, so that no attribute overflows it).
+pub fn tap_position(i: usize, k: usize, stride: usize, dilation: usize, pad_begin: i64) -> i128 {
+    i as i128 * stride as i128 + k as i128 * dilation as i128 - pad_begin as i128
+}
+
 /// A checked transposed-convolution geometry (everything but the spatial extents).
 pub(crate) struct Geometry {
     pub in_channels: usize,
@@ -55,7 +61,7 @@ impl Geometry {
         if kernel != w[2..] {
             return Err(format!("kernel_shape {kernel:?} disagrees with weights {w:?}"));
         }
-        if in_channels != w[0] || in_channels % group != 0 {
+        if in_channels != w[0] || !in_channels.is_multiple_of(group) {
             return Err(format!("input has {in_channels} channels, weights {w:?} with group {group} expect {} (divisible by group)", w[0]));
         }
         let out_channels = w[1].checked_mul(group).ok_or("too many channels")?;
@@ -121,8 +127,8 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
                 .map(|k| {
                     let mut offset = 0usize;
                     for a in 0..r {
-                        let o = (ipos[a] * g.strides[a] + k[a] * g.dilations[a]) as i64 - g.pads[a];
-                        if o < 0 || o >= out[a] as i64 {
+                        let o = tap_position(ipos[a], k[a], g.strides[a], g.dilations[a], g.pads[a]);
+                        if o < 0 || o >= out[a] as i128 {
                             return None;
                         }
                         offset += o as usize * out_strides[a];

@@ -92,8 +92,10 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
         OpKind::LayerNormalization => {
             let axis = axis_in(attrs.int("axis")?, dims.len())?;
             let block: usize = dims[axis..].iter().product();
-            // Scale and bias broadcast onto the input: their element for each input element.
-            let along = |i: usize| -> Result<Option<(Vec<f64>, Vec<usize>)>, String> {
+            // Scale and bias broadcast onto the input: their values, and the index of the
+            // value for each input element.
+            type Spread = Option<(Vec<f64>, Vec<usize>)>;
+            let along = |i: usize| -> Result<Spread, String> {
                 let Some(t) = cx.inputs.get(i).copied().flatten() else { return Ok(None) };
                 Ok(Some((widen(t)?, broadcast_indices(t.shape(), dims))))
             };

@@ -299,7 +299,7 @@ fn cumsum(x: &Tensor, attrs: &Attrs) -> Result<Tensor, String> {
     let axis = axis_in(attrs.int("axis")?, dims.len())?;
     let (exclusive, reverse) = (attrs.int("exclusive")? != 0, attrs.int("reverse")? != 0);
     let (extent, inner) = (dims[axis], dims[axis + 1..].iter().product::<usize>());
-    let outer = if extent * inner == 0 { 0 } else { x.len() / (extent * inner) };
+    let outer = x.len().checked_div(extent * inner).unwrap_or(0);
     // Flat indices of one line along the axis, in summation order.
     let line = |o: usize, i: usize| -> Vec<usize> {
         let mut l: Vec<usize> = (0..extent).map(|j| (o * extent + j) * inner + i).collect();

@@ -54,38 +54,40 @@ fn conv_transpose(cx: &mut NodeCx) -> Result<(), Error> {
         }
         dims[2..].iter().map(|d| d.fixed().map(|n| n as i64).ok_or_else(|| cx.error("output_shape and auto_pad SAME need known spatial extents; fix them with --shape"))).collect()
     };
-    // Without output padding or pads, the result spans s·(in − 1) + d·(k − 1) + 1.
-    let natural = |input: &[i64], a: usize| strides[a] * (input[a] - 1) + dilations[a] * (kernel[a] - 1) + 1;
-    let mut canonical = vec![0i64; 2 * r];
+    // Without output padding or pads, the result spans s·(in − 1) + d·(k − 1) + 1 (in i128:
+    // attributes are untrusted, the sums must not overflow).
+    let natural = |input: &[i64], a: usize| strides[a] as i128 * (input[a] as i128 - 1) + dilations[a] as i128 * (kernel[a] as i128 - 1) + 1;
+    let mut canonical = vec![0i128; 2 * r];
     if same {
         let input = spatial()?;
         for a in 0..r {
-            let out = output_shape.as_ref().map_or(input[a] * strides[a], |s| s[a]);
-            let total = natural(&input, a) + output_padding[a] - out;
+            let out = output_shape.as_ref().map_or(input[a] as i128 * strides[a] as i128, |s| s[a] as i128);
+            let total = natural(&input, a) + output_padding[a] as i128 - out;
             let (begin, end) = if mode == "SAME_UPPER" {
                 (total.div_euclid(2), total - total.div_euclid(2))
             } else {
                 (total - total.div_euclid(2), total.div_euclid(2))
             };
             canonical[a] = begin;
-            canonical[a + r] = end - output_padding[a];
+            canonical[a + r] = end - output_padding[a] as i128;
         }
     } else if let Some(out) = &output_shape {
         let input = spatial()?;
         for a in 0..r {
-            canonical[a] = pads[a];
-            canonical[a + r] = natural(&input, a) - pads[a] - out[a];
+            canonical[a] = pads[a] as i128;
+            canonical[a + r] = natural(&input, a) - pads[a] as i128 - out[a] as i128;
         }
     } else if mode == "NOTSET" {
         for a in 0..r {
-            canonical[a] = pads[a];
-            canonical[a + r] = pads[a + r] - output_padding[a];
+            canonical[a] = pads[a] as i128;
+            canonical[a + r] = pads[a + r] as i128 - output_padding[a] as i128;
         }
     } else {
         for a in 0..r {
-            canonical[a + r] = -output_padding[a];
+            canonical[a + r] = -(output_padding[a] as i128);
         }
     }
+    let canonical = canonical.iter().map(|&p| i64::try_from(p)).collect::<Result<Vec<_>, _>>().map_err(|_| cx.error("the padding this result size needs is out of range"))?;
     let attrs = Attrs::new()
         .with("kernel_shape", ints(kernel))
         .with("strides", ints(strides))

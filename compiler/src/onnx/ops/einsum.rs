@@ -15,8 +15,10 @@
 //! 3. the result is transposed to the output's label order.
 //!
 //! Ellipsis dimensions are labels of their own (aligned right, numpy-broadcast between
-//! operands by MatMul). A merged group of several labels needs its extents known, except
-//! for one group per reshape (written as −1).
+//! operands by MatMul). A side's own labels are merged only when their extents are known;
+//! otherwise (the batch, a sequence length) all but the last stay axes of their own, which
+//! MatMul broadcasts against axes of 1 inserted in the other side. Contracted labels are
+//! merged when known, or when only that group is unknown (written as −1).
 
 use super::Registry;
 use crate::onnx::import::{ints, NodeCx};
@@ -337,29 +339,51 @@ fn contract(plan: &mut Plan, a: Term, b: Term, keep: &[Label]) -> Result<Term, S
             return Err(format!("subscript {l:?} is summed over extents {p} and {q} (broadcast contractions are not supported)"));
         }
     }
-    let order = |first: &[Label], second: &[Label]| -> Vec<Label> { batch.iter().chain(first).chain(second).copied().collect() };
-    let a = plan.transpose(a, &order(&a_own, &summed));
-    let b = plan.transpose(b, &order(&summed, &b_own));
-    let lead = batch.len();
+    // A side's own labels become one axis when their extents are known; otherwise all but
+    // the last stay axes of their own ("extra"), which MatMul broadcasts like batch axes
+    // against 1s inserted in the other side (merging the batch with other extents is not
+    // a shape the IR has).
+    let extra = |t: &Term, own: &[Label]| if own.len() > 1 && own.iter().any(|l| dim_of(t, l).fixed().is_none()) { own.len() - 1 } else { 0 };
+    let (ax, bx) = (extra(&a, &a_own), extra(&b, &b_own));
+    let (a_extra, a_row) = a_own.split_at(ax);
+    let (b_extra, b_col) = b_own.split_at(bx);
+    let order = |parts: &[&[Label]]| -> Vec<Label> { batch.iter().chain(parts.iter().flat_map(|p| p.iter())).copied().collect() };
+    let a = plan.transpose(a, &order(&[a_extra, a_row, &summed]));
+    let b = plan.transpose(b, &order(&[b_extra, &summed, b_col]));
     let group = |t: &Term, ls: &[Label]| -> Vec<Dim> { ls.iter().map(|l| dim_of(t, l)).collect() };
-    let (m, k, n) = (group(&a, &a_own), group(&a, &summed), group(&b, &b_own));
-    let a2 = plan.regroup(a.clone(), lead, &[m.clone(), k.clone()])?;
-    let b2 = plan.regroup(b.clone(), lead, &[group(&b, &summed), n.clone()])?;
-    let product_val = plan.push(OpKind::MatMul, Attrs::new(), vec![a2.val, b2.val]);
+    let (m, k, n) = (group(&a, a_row), group(&a, &summed), group(&b, b_col));
+    let lead = batch.len();
+    let a2 = plan.regroup(a.clone(), lead + ax, &[m.clone(), k.clone()])?;
+    let b2 = plan.regroup(b.clone(), lead + bx, &[group(&b, &summed), n.clone()])?;
+    // [batch, a_extra, 1…, M, K] times [batch, 1…, b_extra, K, N].
+    let a3 = plan.unsqueeze(a2.val, (lead + ax..lead + ax + bx).collect());
+    let b3 = plan.unsqueeze(b2.val, (lead..lead + ax).collect());
+    let product_val = plan.push(OpKind::MatMul, Attrs::new(), vec![a3, b3]);
     // Batch extents broadcast (an ellipsis of 1 against n).
-    let batch_dims: Vec<Dim> = (0..lead).map(|i| if a.dims[i] == Dim::Fixed(1) { b.dims[i] } else { a.dims[i] }).collect();
-    let mut dims = batch_dims.clone();
-    dims.extend([product(&m), product(&n)]);
-    let merged = Term { val: product_val, labels: Vec::new(), dims };
+    let mut dims: Vec<Dim> = (0..lead).map(|i| if a.dims[i] == Dim::Fixed(1) { b.dims[i] } else { a.dims[i] }).collect();
+    dims.extend(group(&a, a_extra));
+    dims.extend(group(&b, b_extra));
+    let outer = dims.len();
+    let mut merged_dims = dims.clone();
+    merged_dims.extend([product(&m), product(&n)]);
+    let merged = Term { val: product_val, labels: Vec::new(), dims: merged_dims };
     let split: Vec<Vec<Dim>> = m.iter().chain(&n).map(|&d| vec![d]).collect();
-    let result = if m.len() == 1 && n.len() == 1 { merged } else { split_back(plan, merged, lead, &split)? };
-    let mut labels = batch;
-    labels.extend(a_own);
-    labels.extend(b_own);
-    let mut dims = batch_dims;
+    let result = if m.len() == 1 && n.len() == 1 { merged } else { split_back(plan, merged, outer, &split)? };
+    let labels: Vec<Label> = batch.iter().chain(a_extra).chain(b_extra).chain(a_row).chain(b_col).copied().collect();
     dims.extend(m);
     dims.extend(n);
     Ok(Term { val: result.val, labels, dims })
+}
+
+impl Plan {
+    /// `v` with axes of extent 1 inserted at `axes` (positions in the result); `v` itself
+    /// when there are none.
+    fn unsqueeze(&mut self, v: Val, axes: Vec<usize>) -> Val {
+        if axes.is_empty() {
+            return v;
+        }
+        self.push(OpKind::Unsqueeze, Attrs::new().with("axes", ints(axes.iter().map(|&a| a as i64).collect())), vec![v])
+    }
 }
 
 /// The matrix product's `[batch…, M, N]` reshaped to `[batch…, own labels…]`.
