@@ -397,8 +397,8 @@ fn pad_with_negative_pads_and_fills() {
     // Crop and pad on different axes, both sides.
     let (g, p) = compile(
         "graph t(%x: f32[N,3,4,5]) -> (%y, %z) {
-           %y = Pad(%x) {pads=[0, 1, -1, 2, 0, -1, 2, -2], value=1.5} : f32[N,3,5,5]
-           %z = Pad(%x) {pads=[0, -1, -2, -3, 0, -1, -1, -1], value=0.0} : f32[N,1,1,1]
+           %y = Pad(%x) {mode=\"constant\", pads=[0, 1, -1, 2, 0, -1, 2, -2], value=1.5} : f32[N,3,5,5]
+           %z = Pad(%x) {mode=\"constant\", pads=[0, -1, -2, -3, 0, -1, -1, -1], value=0.0} : f32[N,1,1,1]
          }",
     );
     for batch in [1, 2] {
@@ -408,9 +408,119 @@ fn pad_with_negative_pads_and_fills() {
     let q = "quant(scale=0.1, zero_point=77)";
     let (g, p) = compile(&format!(
         "graph t(%x: u8[N,2,3] {q}, %i: i32[2,3]) -> (%y, %z) {{
-           %y = Pad(%x) {{pads=[0, 2, -1, 0, -1, 3], value=0.0}} : u8[N,3,5] {q}
-           %z = Pad(%i) {{pads=[1, 0, 0, 2], value=-3.7}} : i32[3,5]
+           %y = Pad(%x) {{mode=\"constant\", pads=[0, 2, -1, 0, -1, 3], value=0.0}} : u8[N,3,5] {q}
+           %z = Pad(%i) {{mode=\"constant\", pads=[1, 0, 0, 2], value=-3.7}} : i32[3,5]
          }}"
     ));
     check(&p, &g, &[ints(DType::U8, 34, &[2, 2, 3]), ints(DType::I32, 35, &[2, 3])]);
+}
+
+// ---- Resampling (kernels/resample.rs): Resize, Pad's other modes, DepthToSpace, SpaceToDepth.
+
+/// Resize's attributes in the text format: `mode`, `coordinate_transformation_mode` and
+/// `axes` given, the others ONNX's defaults unless `extra` overrides them.
+fn resize_attrs(mode: &str, transform: &str, axes: &str, extra: &[(&str, &str)]) -> String {
+    let mut attrs = vec![
+        ("antialias", "0".to_string()),
+        ("axes", axes.to_string()),
+        ("coordinate_transformation_mode", format!("\"{transform}\"")),
+        ("cubic_coeff_a", "-0.75".to_string()),
+        ("exclude_outside", "0".to_string()),
+        ("extrapolation_value", "0.0".to_string()),
+        ("keep_aspect_ratio_policy", "\"stretch\"".to_string()),
+        ("mode", format!("\"{mode}\"")),
+        ("nearest_mode", "\"round_prefer_floor\"".to_string()),
+    ];
+    for (name, value) in extra {
+        attrs.iter_mut().find(|(n, _)| n == name).expect("a Resize attribute").1 = value.to_string();
+    }
+    attrs.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join(", ")
+}
+
+#[test]
+fn resize_modes_with_the_batch() {
+    // (mode, transformation, other attributes, scales of H=5 and W=7, result H and W)
+    let cases: &[(&str, &str, &[(&str, &str)], &str, &str)] = &[
+        ("nearest", "asymmetric", &[("nearest_mode", "\"floor\"")], "[2.0, 3.0]", "10,21"),
+        ("nearest", "half_pixel", &[("nearest_mode", "\"round_prefer_ceil\"")], "[0.6, 1.5]", "3,10"),
+        ("linear", "half_pixel", &[], "[2.0, 2.5]", "10,17"),
+        ("linear", "align_corners", &[], "[0.6, 1.7]", "3,11"),
+        ("linear", "half_pixel", &[("antialias", "1")], "[0.4, 0.75]", "2,5"),
+        ("cubic", "pytorch_half_pixel", &[("exclude_outside", "1"), ("cubic_coeff_a", "-0.5")], "[1.6, 0.6]", "8,4"),
+        ("cubic", "half_pixel_symmetric", &[("antialias", "1")], "[0.7, 0.3]", "3,2"),
+    ];
+    for (mode, transform, extra, scales, dims) in cases {
+        let attrs = resize_attrs(mode, transform, "[2, 3]", extra);
+        let (g, p) = compile(&format!(
+            "graph t(%x: f32[N,2,5,7]) -> (%y) {{
+               %s = const f32[2] {scales}
+               %y = Resize(%x, _, %s) {{{attrs}}} : f32[N,2,{dims}]
+             }}"
+        ));
+        for batch in [1, 3] {
+            check(&p, &g, &[floats(40, &[batch, 2, 5, 7], 3.0)]);
+        }
+    }
+}
+
+#[test]
+fn resize_integers_exactly_and_crops_with_extrapolation() {
+    // Quantized u8 keeps its parameters; linear and cubic round half to even and saturate.
+    let q = "quant(scale=0.1, zero_point=77)";
+    for mode in ["nearest", "linear", "cubic"] {
+        let attrs = resize_attrs(mode, "asymmetric", "[1, 2]", &[]);
+        same(
+            &format!(
+                "graph t(%x: u8[N,6,5] {q}, %i: i32[3,4]) -> (%y, %z) {{
+                   %s = const f32[2] [2.5, 1.5]
+                   %t = const f32[2] [0.5, 2.0]
+                   %y = Resize(%x, _, %s) {{{attrs}}} : u8[N,15,7] {q}
+                   %z = Resize(%i, _, %t) {{{}}} : i32[1,8]
+                 }}",
+                resize_attrs(mode, "half_pixel", "[0, 1]", &[])
+            ),
+            &[ints(DType::U8, 41, &[2, 6, 5]), ints(DType::I32, 42, &[3, 4])],
+        );
+    }
+    // tf_crop_and_resize with sizes, a window partly outside the input, and a fill.
+    for mode in ["nearest", "linear"] {
+        let attrs = resize_attrs(mode, "tf_crop_and_resize", "[2, 3]", &[("extrapolation_value", "-7.5")]);
+        same(
+            &format!(
+                "graph t(%x: f32[N,1,4,5], %b: i8[2,1,4,5]) -> (%y, %z) {{
+                   %roi = const f32[4] [0.2, -0.3, 1.4, 0.9]
+                   %n = const i64[2] [3, 6]
+                   %y = Resize(%x, %roi, _, %n) {{{attrs}}} : f32[N,1,3,6]
+                   %z = Resize(%b, %roi, _, %n) {{{attrs}}} : i8[2,1,3,6]
+                 }}"
+            ),
+            &[floats(43, &[2, 1, 4, 5], 2.0), ints(DType::I8, 44, &[2, 1, 4, 5])],
+        );
+    }
+}
+
+#[test]
+fn pad_modes_and_blocks_with_the_batch() {
+    let (g, p) = compile(
+        "graph t(%x: f32[N,2,3,4], %q: i8[5,2]) -> (%r, %e, %w, %c) {
+           %r = Pad(%x) {mode=\"reflect\", pads=[0, 0, 4, -1, 0, 1, 2, 5], value=0.0} : f32[N,3,9,8]
+           %e = Pad(%x) {mode=\"edge\", pads=[0, 1, 0, 2, 0, 0, 3, 0], value=0.0} : f32[N,3,6,6]
+           %w = Pad(%x) {mode=\"wrap\", pads=[0, 0, 5, 1, 0, 0, -1, 3], value=0.0} : f32[N,2,7,8]
+           %c = Pad(%q) {mode=\"reflect\", pads=[1, -1, 2, 0], value=0.0} : i8[8,1]
+         }",
+    );
+    for batch in [1, 2] {
+        check(&p, &g, &[floats(45, &[batch, 2, 3, 4], 1.0), ints(DType::I8, 46, &[5, 2])]);
+    }
+    let (g, p) = compile(
+        "graph t(%x: f32[N,8,2,3], %u: u8[2,2,4,6]) -> (%d, %c, %s, %t) {
+           %d = DepthToSpace(%x) {blocksize=2, mode=\"DCR\"} : f32[N,2,4,6]
+           %c = DepthToSpace(%x) {blocksize=2, mode=\"CRD\"} : f32[N,2,4,6]
+           %s = SpaceToDepth(%u) {blocksize=2, mode=\"DCR\"} : u8[2,8,2,3]
+           %t = SpaceToDepth(%u) {blocksize=2, mode=\"CRD\"} : u8[2,8,2,3]
+         }",
+    );
+    for batch in [1, 3] {
+        check(&p, &g, &[floats(47, &[batch, 8, 2, 3], 1.0), ints(DType::U8, 48, &[2, 2, 4, 6])]);
+    }
 }

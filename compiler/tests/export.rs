@@ -212,7 +212,7 @@ const GRAPHS: &[(i64, &str)] = &[
   %u = Unsqueeze(%t) {axes=[1, 4]} : f32[N,1,4,6,1]
   %q = Squeeze(%u) {axes=[1]} : f32[N,4,6,1]
   %s = Softmax(%q) {axis=2} : f32[N,4,6,1]
-  %p = Pad(%x) {pads=[0, 0, 1, 0, 0, 1, 0, 2], value=0.5} : f32[N,3,4,6]
+  %p = Pad(%x) {mode=\"constant\", pads=[0, 0, 1, 0, 0, 1, 0, 2], value=0.5} : f32[N,3,4,6]
   %c = Concat(%x, %x) {axis=3} : f32[N,2,3,8]
 }",
     ),
@@ -399,7 +399,7 @@ fn unexportable_nodes_are_named_in_the_error() {
     let mut g = Graph::new("pad");
     let q = QuantParams::per_tensor(0.5, 3);
     let x = g.add_input("x", TensorType::quantized(DType::U8, Shape::fixed(&[2]), q.clone()));
-    let attrs = Attrs::new().with("pads", AttrValue::Ints(vec![1, 1])).with("value", AttrValue::Float(1.0));
+    let attrs = Attrs::new().with("pads", AttrValue::Ints(vec![1, 1])).with("value", AttrValue::Float(1.0)).with("mode", AttrValue::Str("constant".into()));
     let ty = TensorType::quantized(DType::U8, Shape::fixed(&[4]), q);
     let p = g.add_node("padq", Op::new(OpKind::Pad, attrs), &[Some(x)], vec![Value { name: "y".into(), ty }]).unwrap();
     g.set_outputs(vec![qlift_ir::ValueId { node: p, output: 0 }]).unwrap();
@@ -411,7 +411,7 @@ fn unexportable_nodes_are_named_in_the_error() {
 fn quantized_pad_fills_with_the_zero_point() {
     let text = "graph padq(%x: f32[N,3]) -> (%d) {
   %q = QuantizeLinear(%x) : u8[N,3] quant(scale=0.1, zero_point=9)
-  %p = Pad(%q) {pads=[0, 1, 0, 2], value=0.0} : u8[N,6] quant(scale=0.1, zero_point=9)
+  %p = Pad(%q) {mode=\"constant\", pads=[0, 1, 0, 2], value=0.0} : u8[N,6] quant(scale=0.1, zero_point=9)
   %d = DequantizeLinear(%p) : f32[N,6]
 }";
     let graph = parse(text).unwrap();

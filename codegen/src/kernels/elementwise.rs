@@ -170,13 +170,13 @@ fn choose(fb: &mut FunctionBuilder, cond: Value, a: Value, b: Value) -> Value {
 
 /// A block that makes the kernel fail: loops branch to it from anywhere, and
 /// [`finish_failure`] places it after the normal path (an unused one is never placed).
-fn failure_block(k: &mut Kernel) -> Block {
+pub(super) fn failure_block(k: &mut Kernel) -> Block {
     k.fb.create_block()
 }
 
 /// Ends the normal path (which continues after this call) and fills `fail` with the
 /// kernel's failure return for `message`.
-fn finish_failure(k: &mut Kernel, fail: Block, message: &str) {
+pub(super) fn finish_failure(k: &mut Kernel, fail: Block, message: &str) {
     let done = k.fb.create_block();
     k.fb.ins().jump(done, &[]);
     k.fb.switch_to_block(fail);

@@ -21,6 +21,8 @@ mod planes;
 mod pool;
 mod quant;
 mod product;
+mod resample;
+pub(crate) mod select;
 pub(crate) mod requant;
 mod shape;
 
@@ -232,5 +234,8 @@ pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
         Tile => index::tile(k),
         Cast => index::cast(k),
         Range => Err("a Range whose operands are computed at run time is not supported by code generation".to_string()),
+        Resize => resample::resize(k),
+        DepthToSpace | SpaceToDepth => resample::block(k),
+        OneHot | GatherElements | GatherND | ScatterND | ScatterElements | Trilu | NonZero => select::emit(k),
     }
 }

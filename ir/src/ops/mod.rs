@@ -13,6 +13,8 @@ pub(crate) mod math;
 pub(crate) mod nn;
 pub(crate) mod qint;
 pub(crate) mod quant;
+pub(crate) mod resample;
+pub(crate) mod select;
 pub(crate) mod shape;
 
 /// What type inference sees of a node.
@@ -87,6 +89,10 @@ enum Family {
     Index,
     /// Dtype conversions.
     Cast,
+    /// Resampling and block rearrangements.
+    Resample,
+    /// Element selection and placement by index.
+    Select,
 }
 
 fn family(kind: OpKind) -> Family {
@@ -102,6 +108,8 @@ fn family(kind: OpKind) -> Family {
         QConv | QMatMul | QAdd | QAveragePool | QGlobalAveragePool | QConcat | Requantize => Family::QInt,
         Shape | Size | Gather | Slice | Expand | Tile | Range => Family::Index,
         Cast => Family::Cast,
+        Resize | DepthToSpace | SpaceToDepth => Family::Resample,
+        OneHot | GatherElements | GatherND | ScatterND | ScatterElements | Trilu | NonZero => Family::Select,
     }
 }
 
@@ -115,6 +123,8 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
         Family::QInt => qint::infer(cx),
         Family::Index => index::infer(cx),
         Family::Cast => cast::infer(cx),
+        Family::Resample => resample::infer(cx),
+        Family::Select => select::infer(cx),
     }
 }
 
@@ -135,6 +145,8 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
         Family::QInt => return qint::eval(cx),
         Family::Index => index::eval(cx),
         Family::Cast => cast::eval(cx),
+        Family::Resample => resample::eval(cx),
+        Family::Select => select::eval(cx),
     }?;
     match cx.op.fused_activation()? {
         None => Ok(results),
