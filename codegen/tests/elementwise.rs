@@ -524,3 +524,71 @@ fn pad_modes_and_blocks_with_the_batch() {
         check(&p, &g, &[floats(47, &[batch, 8, 2, 3], 1.0), ints(DType::U8, 48, &[2, 2, 4, 6])]);
     }
 }
+
+// ---- Selection and placement (kernels/select.rs).
+
+#[test]
+fn one_hot_and_trilu_with_the_batch() {
+    let (g, p) = compile(
+        "graph t(%i: i64[N,3], %f: f32[2,2], %v: u8[2], %x: f32[N,2,3,4], %k: i64[]) -> (%a, %b, %c, %d, %e) {
+           %depth = const i64[] [4]
+           %d5 = const f32[1] [5.0]
+           %pair = const f32[2] [-1.5, 2.5]
+           %a = OneHot(%i, %depth, %pair) {axis=1} : f32[N,4,3]
+           %b = OneHot(%i, %depth, %v) {axis=2} : u8[N,3,4]
+           %c = OneHot(%f, %d5, %pair) {axis=0} : f32[5,2,2]
+           %d = Trilu(%x, %k) {upper=1} : f32[N,2,3,4]
+           %e = Trilu(%x) {upper=0} : f32[N,2,3,4]
+         }",
+    );
+    for (batch, k) in [(1, 0), (2, -1), (3, 2)] {
+        let indices = Tensor::from_i64(&[batch, 3], (0..3 * batch as i64).map(|v| v % 9 - 5).collect());
+        let f = Tensor::from_f32(&[2, 2], vec![1.0, -1.0, 2.5, 4.0]);
+        let v = Tensor::from_i64_values(DType::U8, vec![2], vec![7, 200]).unwrap();
+        check(&p, &g, &[indices, f, v, floats(50, &[batch, 2, 3, 4], 1.0), Tensor::from_i64(&[], vec![k])]);
+    }
+}
+
+#[test]
+fn gathers_with_the_batch_and_indices_out_of_range() {
+    let (g, p) = compile(
+        "graph t(%x: f32[N,3,4], %i: i64[N,3,2], %j: i32[N,2,1], %q: i8[5,3]) -> (%e, %n, %m) {
+           %t = const i64[2,1] [4, -1]
+           %e = GatherElements(%x, %i) {axis=2} : f32[N,3,2]
+           %n = GatherND(%x, %j) {batch_dims=1} : f32[N,2,4]
+           %m = GatherND(%q, %t) {batch_dims=0} : i8[2,3]
+         }",
+    );
+    for batch in [1, 2] {
+        let i = Tensor::from_i64(&[batch, 3, 2], (0..6 * batch as i64).map(|v| v % 8 - 4).collect());
+        let j = Tensor::from_i64_values(DType::I32, vec![batch, 2, 1], (0..2 * batch as i64).map(|v| -(v % 3)).collect()).unwrap();
+        check(&p, &g, &[floats(51, &[batch, 3, 4], 1.0), i, j, ints(DType::I8, 52, &[5, 3])]);
+    }
+    // An index out of range fails in both engines with the axis named.
+    let bad = [floats(51, &[1, 3, 4], 1.0), Tensor::from_i64(&[1, 3, 2], vec![0, 1, 2, 3, 4, 0]), Tensor::from_i64_values(DType::I32, vec![1, 2, 1], vec![0, 0]).unwrap(), ints(DType::I8, 52, &[5, 3])];
+    let interp = qlift_ir::interp::run(&g, &bad).unwrap_err().to_string();
+    let jit = p.run(&bad).unwrap_err().to_string();
+    assert!(interp.contains("out of range") && jit.contains("out of range [-4, 4) on axis 2"), "{interp}\n{jit}");
+}
+
+#[test]
+fn scatters_with_every_reduction() {
+    for r in ["none", "add", "mul", "max", "min"] {
+        same(
+            &format!(
+                "graph t(%x: f32[N,3,4], %i: i64[N,3,2], %u: f32[N,3,2], %d: u8[4,3], %t: i64[3,1], %w: u8[3,3]) -> (%e, %n) {{
+                   %e = ScatterElements(%x, %i, %u) {{axis=2, reduction=\"{r}\"}} : f32[N,3,4]
+                   %n = ScatterND(%d, %t, %w) {{reduction=\"{r}\"}} : u8[4,3]
+                 }}"
+            ),
+            &[
+                floats(53, &[2, 3, 4], 2.0),
+                Tensor::from_i64(&[2, 3, 2], vec![0, 3, -1, 1, 2, 2, 3, 0, 1, 1, -4, 2]),
+                floats(54, &[2, 3, 2], 2.0),
+                ints(DType::U8, 55, &[4, 3]),
+                Tensor::from_i64(&[3, 1], vec![1, -1, 1]),
+                ints(DType::U8, 56, &[3, 3]),
+            ],
+        );
+    }
+}

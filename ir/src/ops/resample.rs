@@ -305,22 +305,31 @@ impl ResizeAttrs {
     }
 }
 
+/// A number for messages: plain when moderate, in exponent form when huge or tiny.
+fn show(v: f64) -> String {
+    if v == 0.0 || (1e-4..1e9).contains(&v.abs()) || !v.is_finite() {
+        format!("{v}")
+    } else {
+        format!("{v:e}")
+    }
+}
+
 /// Scales are positive and finite.
 fn check_scale(axis: usize, scale: f64) -> Result<(), String> {
     if scale > 0.0 && scale.is_finite() {
         Ok(())
     } else {
-        Err(format!("scale {scale} on axis {axis} must be positive and finite"))
+        Err(format!("scale {} on axis {axis} must be positive and finite", show(scale)))
     }
 }
 
 /// A result extent `m` computed from extent `n` and `scale`, within `[1, MAX_EXTENT]`.
 fn checked_extent(axis: usize, n: usize, scale: f64, m: f64) -> Result<usize, String> {
     if m > MAX_EXTENT {
-        return Err(format!("resizing axis {axis} of extent {n} by {scale} gives {m} elements, above the limit of {MAX_EXTENT}"));
+        return Err(format!("resizing axis {axis} of extent {n} by {} gives {} elements, above the limit of {MAX_EXTENT}", show(scale), show(m)));
     }
     if m < 1.0 && n > 0 {
-        return Err(format!("scale {scale} makes axis {axis} of extent {n} empty"));
+        return Err(format!("scale {} makes axis {axis} of extent {n} empty", show(scale)));
     }
     Ok(m as usize)
 }
