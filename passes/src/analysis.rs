@@ -86,7 +86,11 @@ impl Analysis<QNode> for QAnalysis {
                 let op = sym.op();
                 let types: Vec<Option<&TensorType>> = children.iter().map(|c| egraph[*c].data.ty.as_ref()).collect();
                 let declared: Vec<TensorType> = sym.declared.iter().cloned().collect();
-                let ty = qlift_ir::infer_op(&op, &types, &declared).ok().and_then(|mut t| t.pop());
+                // Constant operands decide the extents of ops that take shapes, scales or
+                // pads as operands (Slice, Expand, Resize...): the type the verifier infers.
+                let constants: Vec<Option<&qlift_ir::Tensor>> = children.iter().map(|c| egraph[*c].data.constant.as_ref().map(|k| k.tensor.as_ref())).collect();
+                let values = qlift_ir::OperandValues { constants: &constants, symbolic: &[] };
+                let ty = qlift_ir::infer_op_with(&op, &types, &values, &declared).ok().and_then(|mut t| t.pop());
                 let constant = ty.as_ref().and_then(|ty| fold(egraph, &op, children, ty));
                 data(ty, constant)
             }
