@@ -440,7 +440,8 @@ fn resize_attrs(mode: &str, transform: &str, axes: &str, extra: &[(&str, &str)])
 #[test]
 fn resize_modes_with_the_batch() {
     // (mode, transformation, other attributes, scales of H=5 and W=7, result H and W)
-    let cases: &[(&str, &str, &[(&str, &str)], &str, &str)] = &[
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: &[Case] = &[
         ("nearest", "asymmetric", &[("nearest_mode", "\"floor\"")], "[2.0, 3.0]", "10,21"),
         ("nearest", "half_pixel", &[("nearest_mode", "\"round_prefer_ceil\"")], "[0.6, 1.5]", "3,10"),
         ("linear", "half_pixel", &[], "[2.0, 2.5]", "10,17"),

@@ -34,7 +34,7 @@ pub use quant::QuantParams;
 pub use ops::index::{shape_range, slice_range};
 pub use ops::select::{one_hot_depth, Reduction};
 pub use ops::shape::{pad_source, PadMode};
-pub use ops::resample::{block_permutation, from_f64 as tensor_from_f64, resize_plan, AxisTaps, ResizePlan};
+pub use ops::resample::{block_permutation, BlockView, from_f64 as tensor_from_f64, resize_plan, AxisTaps, ResizePlan};
 pub use specialize::{bind_inputs, needs_binding, specialize, specialize_for, Binding};
 pub use shape::{Dim, Monomial, Shape, SymInt, Symbol};
 pub use tensor::{Tensor, TensorData};

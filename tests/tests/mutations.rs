@@ -140,13 +140,22 @@ fn mutated_models_compile_and_run_or_fail_cleanly() {
     assert!(compiled > 0, "no mutated model compiled: the sample tests nothing");
 }
 
+/// The named inputs of a node test's first data set.
+fn case_inputs(case: &std::path::Path) -> Vec<(String, Tensor)> {
+    (0..)
+        .map(|i| case.join(format!("test_data_set_0/input_{i}.pb")))
+        .take_while(|p| p.exists())
+        .map(|p| qlift::read_tensor_pb(&std::fs::read(p).unwrap()).unwrap())
+        .collect()
+}
+
 /// The node tests of the resampling, padding and selection ops (tests/data/onnx-node), each
 /// mutated 120 times, through the importer, the interpreter on the case's inputs, and the
 /// whole compiler and a run: no panic, no error that admits a bug in qlift (an internal
 /// error, or a kernel disagreeing with inference), for a model the importer accepted.
 #[test]
 fn mutated_resampling_and_selection_models_fail_cleanly() {
-    use qlift::{read_tensor_pb, CompileOptions, CompiledModel};
+    use qlift::{CompileOptions, CompiledModel};
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/onnx-node");
     let cases = [
         "test_resize_upsample_scales_linear", "test_resize_downsample_sizes_cubic_antialias", "test_resize_tf_crop_and_resize_extrapolation_value",
@@ -159,11 +168,7 @@ fn mutated_resampling_and_selection_models_fail_cleanly() {
     let (mut tried, mut imported, mut compiled) = (0, 0, 0);
     for case in cases {
         let original = std::fs::read(dir.join(case).join("model.onnx")).unwrap();
-        let inputs: Vec<(String, Tensor)> = (0..)
-            .map(|i| dir.join(case).join(format!("test_data_set_0/input_{i}.pb")))
-            .take_while(|p| p.exists())
-            .map(|p| read_tensor_pb(&std::fs::read(p).unwrap()).unwrap())
-            .collect();
+        let inputs = case_inputs(&dir.join(case));
         for i in 0..120 {
             let bytes = if i == 0 { original.clone() } else { mutate(&original, &mut rng) };
             tried += 1;
@@ -283,7 +288,6 @@ fn mutate_graph(g: &qlift_ir::Graph, rng: &mut Lcg) -> Option<qlift_ir::Graph> {
 /// computes what the interpreter does. No panic.
 #[test]
 fn hostile_attributes_and_constants_of_resampling_and_selection_ops() {
-    use qlift::read_tensor_pb;
     use qlift_codegen::{CodegenOptions, JitProgram};
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/onnx-node");
     let cases = [
@@ -297,11 +301,7 @@ fn hostile_attributes_and_constants_of_resampling_and_selection_ops() {
     let (mut valid, mut interpreted, mut jitted) = (0, 0, 0);
     for case in cases {
         let model = std::fs::read(dir.join(case).join("model.onnx")).unwrap();
-        let inputs: Vec<(String, Tensor)> = (0..)
-            .map(|i| dir.join(case).join(format!("test_data_set_0/input_{i}.pb")))
-            .take_while(|p| p.exists())
-            .map(|p| read_tensor_pb(&std::fs::read(p).unwrap()).unwrap())
-            .collect();
+        let inputs = case_inputs(&dir.join(case));
         // Integer inputs (indices, pads, sizes, k) are frozen: mutations reach them as constants.
         let mut opts = ImportOptions::default();
         for (name, t) in &inputs {

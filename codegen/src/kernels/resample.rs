@@ -26,6 +26,10 @@ fn table_data(k: &mut Kernel, values: impl Iterator<Item = i64>) -> Result<Value
     k.data(bytes, 8)
 }
 
+/// The body of [`walk`]: result offset, source offset of the axes read as they are, and the
+/// positions along the remapped axes.
+type WalkBody<'a> = dyn FnMut(&mut FunctionBuilder, Value, Value, &[Value]) + 'a;
+
 /// The loop nest of a resampling kernel over every result position (per sample of the
 /// batch): `body` gets the result's element offset, the source offset of the axes read as
 /// they are, and the position along each axis in `remapped` (ascending axes after the
@@ -34,7 +38,7 @@ fn walk(
     k: &mut Kernel,
     src_strides: &[i64],
     remapped: &[usize],
-    body: &mut dyn FnMut(&mut FunctionBuilder, Value, Value, &[Value]),
+    body: &mut WalkBody,
 ) -> Result<(), String> {
     let (x, out) = (k.input(0)?, k.output(0));
     let out_dims = out.dims();
@@ -271,12 +275,12 @@ fn from_f64(fb: &mut FunctionBuilder, v: Value, range: Option<(i64, i64)>, ty: T
 /// `qlift_ir::block_permutation`.
 pub(super) fn block(k: &mut Kernel) -> Result<(), String> {
     let x = k.input(0)?;
-    let (out, view, src) = qlift_ir::block_permutation(k.op.kind, &k.op.attrs, &x.dims())?;
-    if out != k.output(0).dims() {
-        return Err(format!("{} extents {out:?} disagree with the result type {}", k.op.kind, k.output(0).ty.shape));
+    let b = qlift_ir::block_permutation(k.op.kind, &k.op.attrs, &x.dims())?;
+    if b.out != k.output(0).dims() {
+        return Err(format!("{} extents {:?} disagree with the result type {}", k.op.kind, b.out, k.output(0).ty.shape));
     }
     debug_assert!(matches!(k.op.kind, OpKind::DepthToSpace | OpKind::SpaceToDepth));
     let first = usize::from(x.batched());
-    let strides = vec![emit::row_major(&view)[first..].to_vec(), src[first..].iter().map(|&s| s as i64).collect()];
-    strided_copy(k, &view[first..], strides, 0)
+    let strides = vec![emit::row_major(&b.view)[first..].to_vec(), b.src[first..].iter().map(|&s| s as i64).collect()];
+    strided_copy(k, &b.view[first..], strides, 0)
 }

@@ -101,9 +101,27 @@ pub(super) fn one_hot(k: &mut Kernel) -> Result<(), String> {
 }
 
 /// The walk of GatherElements and ScatterElements over the indices' positions: per sample,
-/// nested loops with the indices' element offset and the data offset of every axis but
-/// `axis`. `body(fb, at, base)` gets both; the data offset along `axis` is the index's.
-fn walk_elements(k: &mut Kernel, data: &Operand, indices: &Operand, axis: usize, body: &mut dyn FnMut(&mut FunctionBuilder, Value, Value)) -> Result<(), String> {
+/// nested loops; `body(fb, at, target)` gets the indices' element offset and the data
+/// offset of that position with the index on `axis` (checked: out of range fails the
+/// kernel with the interpreter's message).
+fn walk_elements(k: &mut Kernel, axis: usize, body: &mut dyn FnMut(&mut FunctionBuilder, Value, Value)) -> Result<(), String> {
+    let (data, indices) = (clone_operand(k.input(0)?), clone_operand(k.input(1)?));
+    let dims = data.dims();
+    let (n, stride, ity, pi) = (dims[axis] as i64, emit::row_major(&dims)[axis], indices.elem(), indices.ptr);
+    let fail = failure_block(k);
+    walk_positions(k, &data, &indices, axis, &mut |fb, at, base| {
+        let idx = checked_index(fb, ity, pi, at, n, fail);
+        let off = fb.ins().imul_imm_s(idx, stride);
+        let target = fb.ins().iadd(base, off);
+        body(fb, at, target);
+    })?;
+    finish_failure(k, fail, &range_message(dims[axis], axis));
+    Ok(())
+}
+
+/// The loops of [`walk_elements`]: per position, the indices' offset and the data offset of
+/// every axis but `axis`.
+fn walk_positions(k: &mut Kernel, data: &Operand, indices: &Operand, axis: usize, body: &mut dyn FnMut(&mut FunctionBuilder, Value, Value)) -> Result<(), String> {
     let batched = all_or_none_batched(&[data, indices])?;
     if batched && axis == 0 {
         return Err("indexing along the batch axis is not supported".to_string());
@@ -125,22 +143,13 @@ fn walk_elements(k: &mut Kernel, data: &Operand, indices: &Operand, axis: usize,
 /// GatherElements: each result element reads the data at its own position with the index
 /// along `axis`.
 pub(super) fn gather_elements(k: &mut Kernel) -> Result<(), String> {
-    let (x, indices, out) = (k.input(0)?, k.input(1)?, k.output(0));
+    let (x, out) = (k.input(0)?, k.output(0));
     let axis = usize::try_from(k.op.attrs.int("axis")?).map_err(|_| "negative axis")?;
-    let dims = x.dims();
-    let (n, stride) = (dims[axis] as i64, emit::row_major(&dims)[axis]);
-    let (ity, ty, px, pi, po) = (indices.elem(), mover(x.ty.dtype), x.ptr, indices.ptr, out.ptr);
-    let (x, indices) = (clone_operand(x), clone_operand(indices));
-    let fail = failure_block(k);
-    walk_elements(k, &x, &indices, axis, &mut |fb, at, base| {
-        let idx = checked_index(fb, ity, pi, at, n, fail);
-        let off = fb.ins().imul_imm_s(idx, stride);
-        let off = fb.ins().iadd(base, off);
-        let v = emit::load_at(fb, ty, px, off);
+    let (ty, px, po) = (mover(x.ty.dtype), x.ptr, out.ptr);
+    walk_elements(k, axis, &mut |fb, at, target| {
+        let v = emit::load_at(fb, ty, px, target);
         emit::store_at(fb, v, po, at);
-    })?;
-    finish_failure(k, fail, &range_message(dims[axis], axis));
-    Ok(())
+    })
 }
 
 /// A copy of what a walk needs of an operand (its type and address), so that the kernel
@@ -285,23 +294,14 @@ pub(super) fn scatter_elements(k: &mut Kernel) -> Result<(), String> {
     all_or_none_batched(&[x, indices, updates])?;
     let axis = usize::try_from(k.op.attrs.int("axis")?).map_err(|_| "negative axis")?;
     let r = Reduction::of(&k.op.attrs)?;
-    let dims = x.dims();
-    let (n, stride) = (dims[axis] as i64, emit::row_major(&dims)[axis]);
-    let (dtype, ty, ity, pi, pu, po) = (x.ty.dtype, x.elem(), indices.elem(), indices.ptr, updates.ptr, k.output(0).ptr);
-    let (x, indices) = (clone_operand(x), clone_operand(indices));
+    let (dtype, ty, pu, po) = (x.ty.dtype, x.elem(), updates.ptr, k.output(0).ptr);
     copy_data(k)?;
-    let fail = failure_block(k);
-    walk_elements(k, &x, &indices, axis, &mut |fb, at, base| {
-        let idx = checked_index(fb, ity, pi, at, n, fail);
-        let off = fb.ins().imul_imm_s(idx, stride);
-        let dst = fb.ins().iadd(base, off);
+    walk_elements(k, axis, &mut |fb, at, dst| {
         let update = emit::load_at(fb, ty, pu, at);
         let old = emit::load_at(fb, ty, po, dst);
         let v = combine(fb, r, dtype, old, update);
         emit::store_at(fb, v, po, dst);
-    })?;
-    finish_failure(k, fail, &range_message(dims[axis], axis));
-    Ok(())
+    })
 }
 
 /// Trilu: each matrix of the last two axes with the elements off the kept triangle zeroed;

@@ -399,10 +399,20 @@ pub fn resize_plan(attrs: &Attrs, dims: &[usize], roi: Option<&[f32]>, scales: O
     Ok(ResizePlan { out, axes, nearest: ra.mode == Interpolation::Nearest, extrapolation: ra.extrapolation })
 }
 
-/// DepthToSpace and SpaceToDepth (`DCR` or `CRD`) as one permutation of a 6-d view: the
-/// result, seen as `view` (row-major), reads the operand at the element strides `src`.
-/// `dims` is the operand's `[N, C, H, W]`; `Err` for extents the block does not divide.
-pub fn block_permutation(kind: OpKind, attrs: &Attrs, dims: &[usize]) -> Result<(Vec<usize>, Vec<usize>, Vec<usize>), String> {
+/// DepthToSpace and SpaceToDepth as one permutation of a 6-d view of the result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockView {
+    /// The result's extents.
+    pub out: Vec<usize>,
+    /// The result seen as 6 axes (row-major, the same elements).
+    pub view: Vec<usize>,
+    /// The operand's element stride along each axis of `view`.
+    pub src: Vec<usize>,
+}
+
+/// DepthToSpace and SpaceToDepth (`DCR` or `CRD`) as a [`BlockView`]: `dims` is the
+/// operand's `[N, C, H, W]`; `Err` for extents the block does not divide.
+pub fn block_permutation(kind: OpKind, attrs: &Attrs, dims: &[usize]) -> Result<BlockView, String> {
     let &[n, c, h, w] = dims else { return Err(format!("expects a 4-d operand, found rank {}", dims.len())) };
     let b = usize::try_from(attrs.int("blocksize")?).ok().filter(|&b| b > 0).ok_or("blocksize must be positive")?;
     let (hw, bb) = (h * w, b.checked_mul(b).ok_or("blocksize overflows")?);
@@ -421,7 +431,7 @@ pub fn block_permutation(kind: OpKind, attrs: &Attrs, dims: &[usize]) -> Result<
             // Result view [n, c2, h, b(i), w, b(j)]; source channel (i·b + j)·c2 + c' (dcr)
             // or c'·b² + i·b + j (crd).
             let (ch, i, j) = if crd { (bb * hw, b * hw, hw) } else { (hw, b * c2 * hw, c2 * hw) };
-            (out, vec![n, c2, h, b, w, b], vec![c * hw, ch, w, i, 1, j])
+            BlockView { out, view: vec![n, c2, h, b, w, b], src: vec![c * hw, ch, w, i, 1, j] }
         }
         _ => {
             if h % b != 0 || w % b != 0 {
@@ -432,9 +442,9 @@ pub fn block_permutation(kind: OpKind, attrs: &Attrs, dims: &[usize]) -> Result<
             // Result view [n, b(i), b(j), c, h2, w2] (DCR) or [n, c, b(i), b(j), h2, w2]
             // (CRD); source (c, h'·b + i, w'·b + j).
             if crd {
-                (out, vec![n, c, b, b, h2, w2], vec![c * hw, hw, w, 1, b * w, b])
+                BlockView { out, view: vec![n, c, b, b, h2, w2], src: vec![c * hw, hw, w, 1, b * w, b] }
             } else {
-                (out, vec![n, b, b, c, h2, w2], vec![c * hw, w, 1, hw, b * w, b])
+                BlockView { out, view: vec![n, b, b, c, h2, w2], src: vec![c * hw, w, 1, hw, b * w, b] }
             }
         }
     })
@@ -461,8 +471,7 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
             let fixed: Option<Vec<usize>> = dims.iter().enumerate().map(|(a, d)| if a == 0 { Some(1) } else { d.fixed() }).collect();
             let out = match fixed {
                 Some(f) => {
-                    let (out, _, _) = block_permutation(kind, &cx.op.attrs, &f)?;
-                    let mut out: Vec<Dim> = out.into_iter().map(Dim::Fixed).collect();
+                    let mut out: Vec<Dim> = block_permutation(kind, &cx.op.attrs, &f)?.out.into_iter().map(Dim::Fixed).collect();
                     out[0] = dims[0];
                     out
                 }
@@ -569,9 +578,9 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
             resize(x, &plan)?
         }
         kind => {
-            let (out, view, src) = block_permutation(kind, &cx.op.attrs, dims)?;
-            let index: Vec<usize> = positions(&view).iter().map(|p| p.iter().zip(&src).map(|(i, s)| i * s).sum()).collect();
-            take(x, &index, out)?
+            let b = block_permutation(kind, &cx.op.attrs, dims)?;
+            let index: Vec<usize> = positions(&b.view).iter().map(|p| p.iter().zip(&b.src).map(|(i, s)| i * s).sum()).collect();
+            take(x, &index, b.out)?
         }
     };
     Ok(vec![out])

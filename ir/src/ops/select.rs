@@ -317,6 +317,18 @@ fn nd_offsets(dims: &[usize], indices: &Tensor, b: usize, m: usize) -> Result<Ve
     Ok(out)
 }
 
+/// GatherElements' and ScatterElements' flat offsets into data of extents `dims`: per
+/// position of the indices, that position with the index on axis `axis`.
+fn element_offsets(dims: &[usize], indices: &Tensor, axis: usize) -> Result<Vec<usize>, String> {
+    let src = strides(dims);
+    let idx = indices.to_i64_vec()?;
+    positions(indices.shape())
+        .iter()
+        .zip(&idx)
+        .map(|(p, &i)| Ok(p.iter().enumerate().map(|(d, &j)| if d == axis { 0 } else { j * src[d] }).sum::<usize>() + wrap(i, dims[axis], axis)? * src[axis]))
+        .collect()
+}
+
 pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
     let x = cx.input(0)?;
     let attrs = &cx.op.attrs;
@@ -350,16 +362,8 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
             take(values, &pick, shape)?
         }
         OpKind::GatherElements => {
-            let a = axis()?;
             let indices = cx.input(1)?;
-            let src = strides(dims);
-            let idx = indices.to_i64_vec()?;
-            let index = positions(indices.shape())
-                .iter()
-                .zip(&idx)
-                .map(|(p, &i)| Ok(p.iter().enumerate().map(|(d, &j)| if d == a { 0 } else { j * src[d] }).sum::<usize>() + wrap(i, dims[a], a)? * src[a]))
-                .collect::<Result<Vec<_>, String>>()?;
-            take(x, &index, indices.shape().to_vec())?
+            take(x, &element_offsets(dims, indices, axis()?)?, indices.shape().to_vec())?
         }
         OpKind::GatherND => {
             let indices = cx.input(1)?;
@@ -395,14 +399,7 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
             if indices.shape() != updates.shape() {
                 return Err(format!("indices {:?} and updates {:?} differ in shape", indices.shape(), updates.shape()));
             }
-            let src = strides(dims);
-            let idx = indices.to_i64_vec()?;
-            let targets = positions(indices.shape())
-                .iter()
-                .zip(&idx)
-                .map(|(p, &i)| Ok(p.iter().enumerate().map(|(d, &j)| if d == a { 0 } else { j * src[d] }).sum::<usize>() + wrap(i, dims[a], a)? * src[a]))
-                .collect::<Result<Vec<_>, String>>()?;
-            scatter(x, updates, &targets, Reduction::of(attrs)?)?
+            scatter(x, updates, &element_offsets(dims, indices, a)?, Reduction::of(attrs)?)?
         }
         OpKind::Trilu => {
             let k = match cx.inputs.get(1).copied().flatten() {
