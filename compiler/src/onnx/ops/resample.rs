@@ -66,7 +66,10 @@ fn resize(cx: &mut NodeCx) -> Result<(), Error> {
     let roi = if transform == "tf_crop_and_resize" && given(cx, 1)? { cx.input(1)? } else { None };
     let scales = if given(cx, 2)? { cx.input(2)? } else { None };
     let sizes = if given(cx, 3)? { cx.input(3)? } else { None };
-    cx.emit(OpKind::Resize, attrs, &[Some(x), roi, scales, sizes])
+    // Omitted trailing operands are left out, as the IR text writes them.
+    let operands = [Some(x), roi, scales, sizes];
+    let last = operands.iter().rposition(Option::is_some).unwrap_or(0);
+    cx.emit(OpKind::Resize, attrs, &operands[..=last])
 }
 
 /// Upsample: Resize of opset 10's form, its scales an attribute in opset 7 and an operand

@@ -35,8 +35,11 @@ pub(crate) fn register(reg: &mut Registry) {
     reg.insert_versions("Scatter", 9..=10, scatter_elements);
     reg.insert_since("Trilu", 14, |cx| {
         let attrs = Attrs::new().with("upper", AttrValue::Int(cx.int("upper", 1)));
-        let (x, k) = (cx.required(0)?, cx.input(1)?);
-        cx.emit(OpKind::Trilu, attrs, &[Some(x), k])
+        let x = cx.required(0)?;
+        match cx.input(1)? {
+            Some(k) => cx.emit(OpKind::Trilu, attrs, &[Some(x), Some(k)]),
+            None => cx.emit(OpKind::Trilu, attrs, &[Some(x)]),
+        }
     });
     reg.insert_since("NonZero", 9, |cx| {
         let x = cx.required(0)?;
