@@ -59,19 +59,36 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="interleave: run every engine this many times in turn (iters/rounds calls each) and report the median of the rounds' medians")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--row", action="store_true", help="print one markdown row: model, batch, threads, latencies, qlift's ratios")
     args = ap.parse_args()
     x = np.load(args.input)
     int8 = args.int8 or args.model.replace(".onnx", ".qdq.onnx")
-    rows = [("ORT fp32", ort_median(args.model, x, args.threads, args.iters, args.warmup)),
-            ("ORT int8", ort_median(int8, x, args.threads, args.iters, args.warmup))]
+    rounds = max(1, args.rounds)
+    iters = max(1, args.iters // rounds)
+    engines = [("ORT fp32", lambda: ort_median(args.model, x, args.threads, iters, args.warmup)),
+               ("ORT int8", lambda: ort_median(int8, x, args.threads, iters, args.warmup))]
     if args.threads == 1:
-        rows.append(("tract fp32", tract_median(args.model, x, args.iters, args.warmup)))
-    for cmd in args.cmd:
+        engines.append(("tract fp32", lambda: tract_median(args.model, x, iters, args.warmup)))
+
+    def qlift(cmd):
         out = subprocess.run(shlex.split(cmd), check=True, capture_output=True, text=True).stdout
         r = json.loads(out.strip().splitlines()[-1])
-        rows.append((f"qlift {r.get('precision', '')}".strip(), r["median_ms"]))
+        return r["median_ms"], f"qlift {r.get('precision', '')}".strip()
+
+    for cmd in args.cmd:
+        engines.append((cmd, (lambda c: lambda: qlift(c))(cmd)))
+    # Every engine once per round, in turn, so that a change of load on the machine hits all alike.
+    medians, names = {}, {}
+    for _ in range(rounds):
+        for key, run in engines:
+            v = run()
+            if isinstance(v, tuple):
+                v, names[key] = v
+            medians.setdefault(key, []).append(v)
+    rows = [(names.get(key, key), None if None in medians[key] else statistics.median(medians[key])) for key, _ in engines]
     ort8, ort32 = rows[1][1], rows[0][1]
     result = {"model": os.path.basename(args.model), "batch": int(x.shape[0]), "threads": args.threads,
               "engines": [{"engine": n, "median_ms": m, "vs_ort_int8": m / ort8 if m else None, "vs_ort_fp32": m / ort32 if m else None}

@@ -26,6 +26,16 @@ SUPPORTED = {
     # resampling, padding and indexing
     "Resize", "Upsample", "DepthToSpace", "SpaceToDepth", "OneHot", "GatherElements", "GatherND",
     "ScatterND", "ScatterElements", "Scatter", "Trilu", "NonZero",
+    # the elementwise family: math, comparisons and logic, activations
+    "Pow", "Sqrt", "Exp", "Log", "Abs", "Neg", "Reciprocal", "Floor", "Ceil", "Round", "Erf", "Sin",
+    "Cos", "Min", "Max", "Mean", "Sum", "Mod", "Sign", "Equal", "Greater", "GreaterOrEqual", "Less",
+    "LessOrEqual", "Not", "And", "Or", "Xor", "Where", "Gelu", "PRelu", "Elu", "Selu", "Softplus",
+    "Mish", "Softsign", "ThresholdedRelu", "Celu",
+    # reductions, normalizations and NN ops
+    "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+    "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp", "ArgMax", "ArgMin", "CumSum",
+    "LayerNormalization", "InstanceNormalization", "GroupNormalization", "LpNormalization",
+    "LogSoftmax", "Hardmax", "ConvTranspose", "Einsum",
 }
 P = onnx.TensorProto
 DTYPES = {P.FLOAT, P.INT8, P.UINT8, P.INT32, P.INT64, P.INT4, P.UINT4, P.BOOL}
@@ -79,10 +89,19 @@ def reason_to_exclude(model):
             return "MaxPool Indices result"
         if n.op_type in ("QuantizeLinear", "DequantizeLinear") and attr(n, "block_size"):
             return "blocked quantization"
+    computed = {o for m in g.node if m.op_type != "Constant" for o in m.output}
+    for n in g.node:
+        if n.op_type == "Cast" and attr(n, "to") not in DTYPES:
+            return "cast to " + onnx.TensorProto.DataType.Name(attr(n, "to"))
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 1 and n.input[1] in computed:
+            return "quantization parameters computed at run time (dynamic quantization)"
     if any(n.op_type in ("Cast", "CastLike") for n in g.node) and any(
         t in (P.INT4, P.UINT4) for t in [v.type.tensor_type.elem_type for v in g.output]
     ) and any(v.type.tensor_type.elem_type == P.FLOAT for v in g.input):
         return "float to 4-bit cast of out-of-range values (undefined in ONNX; the test expects ml_dtypes' choice)"
+    if any(n.op_type == "Pad" and len(n.input) > 1 and any(m.op_type != "Constant" and n.input[1] in m.output for m in g.node)
+           for n in g.node):
+        return "Pad pads computed at run time"
     if any(n.op_type == "Split" and len(n.input) > 1 and n.input[1] and not any(
             i.name == n.input[1] for i in g.initializer) and any(m.op_type != "Constant" and n.input[1] in m.output for m in g.node)
            for n in g.node):
@@ -90,8 +109,181 @@ def reason_to_exclude(model):
     return ""
 
 
+def same_at_opset_7(model):
+    """Whether every op of the model has at opset 7 the schema it has at the model's opset:
+    a test written for an older opset (Not's are opset 1) then tests the op qlift imports."""
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    try:
+        return all(onnx.defs.get_schema(n.op_type, 7).since_version == onnx.defs.get_schema(n.op_type, opset).since_version
+                   for n in model.graph.node)
+    except onnx.defs.SchemaError:
+        return False
+
+
+def lift_to_opset_7(path):
+    """Rewrites an opset < 7 model whose ops did not change by opset 7 to import opset 7."""
+    model = onnx.load(path)
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx") and o.version < 7 and same_at_opset_7(model):
+            o.version = 7
+    onnx.save(model, path)
+def inference_form(case_dir):
+    """Keeps only the first result of LayerNormalization (qlift imports the inference form;
+    Mean and InvStdDev are training outputs): drops them from the node, the graph outputs and
+    the data sets when nothing else reads them. Returns whether the case changed."""
+    path = os.path.join(case_dir, "model.onnx")
+    model = onnx.load(path)
+    g = model.graph
+    dropped = []
+    for n in g.node:
+        if n.op_type != "LayerNormalization":
+            continue
+        extra = [o for o in n.output[1:] if o]
+        if any(o in m.input for m in g.node for o in extra):
+            return False
+        dropped += extra
+        del n.output[1:]
+    if not dropped:
+        return False
+    positions = [i for i, v in enumerate(g.output) if v.name in dropped]
+    kept = [v for v in g.output if v.name not in dropped]
+    del g.output[:]
+    g.output.extend(kept)
+    onnx.save(model, path)
+    for data in os.listdir(case_dir):
+        data_dir = os.path.join(case_dir, data)
+        if not os.path.isdir(data_dir):
+            continue
+        outputs = sorted((f for f in os.listdir(data_dir) if f.startswith("output_")), key=lambda f: int(f[7:-3]))
+        for i, f in enumerate(outputs):
+            src = os.path.join(data_dir, f)
+            if i in positions:
+                os.remove(src)
+            else:
+                os.rename(src, os.path.join(data_dir, f"output_{i - sum(p < i for p in positions)}.pb"))
+    return True
+
+
+# Derived cases, written next to the official ones under names of their own:
+# - `_f32`: the float32 form of a case whose only unsupported type is double, for the ops
+#   whose official cases are all double (inputs and expected outputs cast to float32);
+# - `_opsetN`: a case of an op whose signature or semantics changed, written in opset N: the
+#   reduction axes as an attribute, LogSoftmax/Hardmax on the input coerced to 2-d (expected
+#   outputs from ONNX's numpy definition applied to the coerced input), GroupNormalization's
+#   per-group scale and bias (expected outputs from onnx.reference), and ops whose older
+#   versions mean the same (expected outputs unchanged).
+F32_FORM = {"Einsum", "CumSum", "ReduceLogSumExp"}
+REDUCE_ATTR_AXES = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+                    "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp"}
+OLD_OPSETS = {op: (11, 13) for op in REDUCE_ATTR_AXES}
+OLD_OPSETS.update({"ReduceSum": (11,), "ArgMax": (11,), "ArgMin": (11,), "CumSum": (11,), "LogSoftmax": (11,),
+                   "Hardmax": (11,), "InstanceNormalization": (7,), "LpNormalization": (7,),
+                   "ConvTranspose": (7, 11), "GroupNormalization": (18,)})
+
+
+def read_case(case_dir):
+    """The model and data set 0 of a case: inputs and outputs as lists of (name, array)."""
+    from onnx import numpy_helper
+    model = onnx.load(os.path.join(case_dir, "model.onnx"))
+    data = os.path.join(case_dir, "test_data_set_0")
+    def tensors(prefix):
+        files = sorted((f for f in os.listdir(data) if f.startswith(prefix)), key=lambda f: int(f[len(prefix) + 1:-3]))
+        out = []
+        for f in files:
+            t = onnx.TensorProto()
+            with open(os.path.join(data, f), "rb") as fh:
+                t.ParseFromString(fh.read())
+            out.append((t.name, numpy_helper.to_array(t)))
+        return out
+    return model, tensors("input"), tensors("output")
+
+
+def write_case(case_dir, model, inputs, outputs):
+    from onnx import numpy_helper
+    data = os.path.join(case_dir, "test_data_set_0")
+    os.makedirs(data)
+    onnx.save(model, os.path.join(case_dir, "model.onnx"))
+    for prefix, values in (("input", inputs), ("output", outputs)):
+        for i, (name, value) in enumerate(values):
+            with open(os.path.join(data, f"{prefix}_{i}.pb"), "wb") as f:
+                f.write(numpy_helper.from_array(value, name).SerializeToString())
+
+
+def f32_form(model, inputs, outputs):
+    """`model` with its double values, initializers and constants made float32."""
+    import numpy as np
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    for v in list(g.input) + list(g.output) + list(g.value_info):
+        if v.type.tensor_type.elem_type == P.DOUBLE:
+            v.type.tensor_type.elem_type = P.FLOAT
+    from onnx import numpy_helper
+    tensors = list(g.initializer) + [a.t for n in g.node for a in n.attribute if a.HasField("t")]
+    for t in tensors:
+        if t.data_type == P.DOUBLE:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
+    cast = lambda vs: [(n, v.astype(np.float32) if v.dtype == np.float64 else v) for n, v in vs]
+    return m, cast(inputs), cast(outputs)
+
+
+def old_form(model, inputs, outputs, version):
+    """The case written in opset `version`, or None when it has no such form."""
+    import numpy as np
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    if len(g.node) != 1:
+        return None
+    n = g.node[0]
+    if any(v.dtype == np.bool_ for _, v in inputs):
+        return None  # boolean reductions exist from opset 20
+    del m.opset_import[:]
+    m.opset_import.append(onnx.helper.make_opsetid("", version))
+    m.ir_version = 7
+    inputs = list(inputs)
+    if n.op_type in REDUCE_ATTR_AXES or n.op_type == "ReduceSum":
+        if attr(n, "noop_with_empty_axes"):
+            return None
+        for a in [a for a in n.attribute if a.name == "noop_with_empty_axes"]:
+            n.attribute.remove(a)
+        if len(n.input) > 1 and n.input[1]:
+            name = n.input[1]
+            values = dict(inputs).get(name)
+            if values is None:
+                return None
+            inputs = [(k, v) for k, v in inputs if k != name]
+            kept = [v for v in g.input if v.name != name]
+            del g.input[:]
+            g.input.extend(kept)
+            del n.input[1:]
+            if values.size:
+                n.attribute.append(onnx.helper.make_attribute("axes", [int(a) for a in values.ravel()]))
+    elif n.op_type in ("ArgMax", "ArgMin") and attr(n, "select_last_index"):
+        return None
+    elif n.op_type in ("LogSoftmax", "Hardmax"):
+        from onnx.backend.test.case.node.hardmax import hardmax
+        from onnx.backend.test.case.node.logsoftmax import logsoftmax
+        x = inputs[0][1]
+        axis = attr(n, "axis")
+        axis = 1 if axis is None else axis % x.ndim
+        rows = x.reshape(int(np.prod(x.shape[:axis])), -1)
+        f = logsoftmax if n.op_type == "LogSoftmax" else hardmax
+        outputs = [(outputs[0][0], f(rows, 1).reshape(x.shape).astype(x.dtype))]
+    elif n.op_type == "GroupNormalization":
+        from onnx.reference import ReferenceEvaluator
+        groups = attr(n, "num_groups")
+        per_group = [(k, v.reshape(groups, -1)[:, 0].copy()) for k, v in inputs[1:]]
+        inputs = inputs[:1] + per_group
+        for v in g.input[1:]:
+            v.type.tensor_type.shape.dim[0].dim_value = groups
+        outputs = [(outputs[0][0], ReferenceEvaluator(m).run(None, dict(inputs))[0])]
+    return m, inputs, outputs
+
+
 def generate(out):
     """Writes every node test case (model.onnx + test_data_set_N/*.pb) under `out`."""
+    from onnx import numpy_helper
     from onnx.backend.test.case import node
 
     import numpy as np
@@ -100,27 +292,20 @@ def generate(out):
         values = [v for inputs, outputs in case.data_sets for v in list(inputs) + list(outputs)]
         if not all(isinstance(v, (np.ndarray, np.generic, onnx.TensorProto)) for v in values):
             continue  # sequences, maps, optionals: not tensor ops
-        write_case(out, case.name, case.model, case.data_sets)
+        case_dir = os.path.join(out, case.name)
+        os.makedirs(case_dir, exist_ok=True)
+        with open(os.path.join(case_dir, "model.onnx"), "wb") as f:
+            f.write(case.model.SerializeToString())
+        for i, (inputs, outputs) in enumerate(case.data_sets):
+            data_dir = os.path.join(case_dir, f"test_data_set_{i}")
+            os.makedirs(data_dir, exist_ok=True)
+            for kind, values, infos in (("input", inputs, case.model.graph.input), ("output", outputs, case.model.graph.output)):
+                for j, value in enumerate(values):
+                    proto = value if isinstance(value, onnx.TensorProto) else numpy_helper.from_array(value, infos[j].name)
+                    with open(os.path.join(data_dir, f"{kind}_{j}.pb"), "wb") as f:
+                        f.write(proto.SerializeToString())
     generate_legacy(out)
     return out
-
-
-def write_case(out, name, model, data_sets):
-    """Writes one case as the ONNX backend tests lay it out."""
-    from onnx import numpy_helper
-
-    case_dir = os.path.join(out, name)
-    os.makedirs(case_dir, exist_ok=True)
-    with open(os.path.join(case_dir, "model.onnx"), "wb") as f:
-        f.write(model.SerializeToString())
-    for i, (inputs, outputs) in enumerate(data_sets):
-        data_dir = os.path.join(case_dir, f"test_data_set_{i}")
-        os.makedirs(data_dir, exist_ok=True)
-        for kind, values, infos in (("input", inputs, model.graph.input), ("output", outputs, model.graph.output)):
-            for j, value in enumerate(values):
-                proto = value if isinstance(value, onnx.TensorProto) else numpy_helper.from_array(value, infos[j].name)
-                with open(os.path.join(data_dir, f"{kind}_{j}.pb"), "wb") as f:
-                    f.write(proto.SerializeToString())
 
 
 def generate_legacy(out):
@@ -168,7 +353,7 @@ def generate_legacy(out):
         session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         (y,) = session.run(None, fed)
         graph.output[0].CopyFrom(helper.make_tensor_value_info("y", helper.np_dtype_to_tensor_dtype(y.dtype), y.shape))
-        write_case(out, f"test_legacy_{name}", model, [(list(fed.values()), [y])])
+        write_case(os.path.join(out, f"test_legacy_{name}"), model, list(fed.items()), [("y", y)])
 
 
 def main():
@@ -176,11 +361,12 @@ def main():
     if os.path.isdir(OUT):
         shutil.rmtree(OUT)
     os.makedirs(OUT)
-    kept, excluded = [], []
+    kept, excluded, trimmed = [], [], []
     for name in sorted(os.listdir(node_dir)):
         path = os.path.join(node_dir, name, "model.onnx")
         if not os.path.exists(path):
             continue
+        lift_to_opset_7(path)
         model = onnx.load(path)
         why = reason_to_exclude(model)
         if why is None:
@@ -189,13 +375,27 @@ def main():
         ops = sorted({n.op_type for n in model.graph.node} - {"Constant"}) or ["Constant"]
         if why:
             excluded.append((name, why))
-            continue
-        shutil.copytree(os.path.join(node_dir, name), os.path.join(OUT, name))
+            if why != "element type DOUBLE" or not set(ops) & F32_FORM:
+                continue
+            name = name + "_f32"
+            write_case(os.path.join(OUT, name), *f32_form(*read_case(os.path.join(node_dir, name[:-4]))))
+        else:
+            shutil.copytree(os.path.join(node_dir, name), os.path.join(OUT, name))
+        if inference_form(os.path.join(OUT, name)):
+            trimmed.append(name)
         kept.append((name, " ".join(ops)))
+        if len(ops) == 1 and "expanded" not in name:
+            for version in OLD_OPSETS.get(ops[0], ()):
+                old = old_form(*read_case(os.path.join(OUT, name)), version)
+                if old is not None:
+                    write_case(os.path.join(OUT, f"{name}_opset{version}"), *old)
+                    kept.append((f"{name}_opset{version}", " ".join(ops)))
     with open(os.path.join(OUT, "MANIFEST.txt"), "w") as f:
         f.write("# ONNX node tests run by tests/tests/onnx_node.rs: `test_name op_type...`\n")
         for name, ops in kept:
             f.write(f"{name} {ops}\n")
+        f.write("# inference form: LayerNormalization's Mean and InvStdDev results (training outputs) dropped from\n")
+        f.write("# the graph and the expected data of " + ", ".join(trimmed) + "\n")
         f.write("# excluded: tests of supported ops that use features qlift does not support\n")
         for name, why in excluded:
             f.write(f"# {name}: {why}\n")
@@ -205,6 +405,8 @@ def main():
             "(https://github.com/onnx/onnx, onnx/backend/test/case/node), onnx version "
             f"{onnx.__version__}.\nCopyright (c) ONNX Project Contributors. Licensed under the Apache License 2.0\n"
             "(http://www.apache.org/licenses/LICENSE-2.0).\n"
+            "The cases named `*_f32` and `*_opsetN` are derived from them by qlift's script (see\n"
+            "F32_FORM and OLD_OPSETS in tools/vendor_node_tests.py).\n"
             "Regenerate with: python3 tools/vendor_node_tests.py\n")
     print(f"vendored {len(kept)} tests, excluded {len(excluded)}")
 

@@ -28,13 +28,16 @@ pub fn compile_object(graph: &Graph, prefix: &str, opts: &CodegenOptions) -> Res
     if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || prefix.starts_with(|c: char| c.is_ascii_digit()) {
         return Err(CodegenError::Target { target: prefix.to_string(), message: "the name prefix must be a C identifier".into() });
     }
+    if opts.profile {
+        return Err(CodegenError::Target { target: opts.target.clone().unwrap_or_else(|| "host".into()), message: "profiling timers are for the JIT only".into() });
+    }
     let isa = target_isa(&CodegenOptions { pic: true, ..opts.clone() })?;
     let builder = ObjectBuilder::new(isa, format!("{prefix}.o"), default_libcall_names()).map_err(|e| CodegenError::Target {
         target: opts.target.clone().unwrap_or_else(|| "host".into()),
         message: e.to_string(),
     })?;
     let mut module = ObjectModule::new(builder);
-    let program = build(&mut module, graph, &format!("{prefix}_run"))?;
+    let program = build(&mut module, graph, &format!("{prefix}_run"), opts, false)?;
     if let Some((name, ..)) = program.outputs.iter().find(|(_, _, s)| !matches!(s, OutputSource::Computed(_))) {
         return Err(CodegenError::Unsupported {
             node: name.clone(),

@@ -25,6 +25,14 @@ pub struct CodegenOptions {
     /// the code an AVX2-only CPU (AMD Zen 3, Intel Haswell to Skylake client) gets, to test
     /// it on any machine.
     pub avx2_only: bool,
+    /// Compile a timer around every kernel call into the entry function (`qlift bench
+    /// --profile`): each call adds its nanoseconds and a count to a per-step counter that
+    /// [`crate::JitProgram::profile`] reads. JIT only (the timer is a function of qlift's).
+    pub profile: bool,
+    /// The widest vectors kernels may use, in bits (128, 256 or 512; `None`: the widest the
+    /// target has). 128 keeps to the vectors Cranelift generates; wider ones are machine-code
+    /// micro-kernels (see `kernels::ukernel`). To compare the paths on one machine.
+    pub max_vector_bits: Option<u32>,
 }
 
 /// The ISA for `opts`: opt_level `speed`, the verifier in debug builds.

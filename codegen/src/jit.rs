@@ -34,6 +34,8 @@ pub struct JitProgram {
     splittable: bool,
     /// Bytes of one sample of each input and each computed output.
     sample_bytes: (Vec<usize>, Vec<usize>),
+    /// The profile counters in the module's data (see [`Program::profile`]): address, u64s.
+    profile: Option<(*const u8, usize)>,
 }
 
 // SAFETY: see the type's documentation; `JITModule` is only touched again in `drop`.
@@ -55,6 +57,121 @@ extern "C" fn qlift_expf(x: f32) -> f32 {
     x.exp()
 }
 
+thread_local! {
+    /// Threads a kernel running on this thread may split its work across (see
+    /// [`qlift_parallel_for`]): set by [`JitProgram::call`] around each entry call.
+    static INTRA_OP: std::cell::Cell<usize> = const { std::cell::Cell::new(1) };
+}
+
+/// A kernel task: `task(ctx, begin, end)` (see `Kernel::task`).
+type Task = extern "C" fn(*const u8, i64, i64);
+
+/// The JIT's [`crate::kernels::PARALLEL_FOR`]: runs `task` on `0..n` split into as many
+/// ranges as the calling entry may use threads ([`INTRA_OP`]), on the persistent rayon
+/// pool; one call on this thread when that is one.
+extern "C" fn qlift_parallel_for(task: Task, ctx: *const u8, n: i64) {
+    let parts = INTRA_OP.with(|t| t.get()).min(n.max(0) as usize);
+    if parts <= 1 {
+        task(ctx, 0, n);
+        return;
+    }
+    // Raw pointers are not Send; the task only reads the context, and its ranges write
+    // disjoint parts of the result (the kernel that built it guarantees both).
+    let ctx = ctx as usize;
+    let n = n as usize;
+    (0..parts).into_par_iter().for_each(|i| task(ctx as *const u8, (i * n / parts) as i64, ((i + 1) * n / parts) as i64));
+}
+
+/// The start of the monotonic clock profiled entries read (the first call's time).
+static PROFILE_EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// A profiled entry's timer (see [`crate::program::PROFILE_START`]): nanoseconds since
+/// [`PROFILE_EPOCH`].
+extern "C" fn qlift_profile_start() -> i64 {
+    PROFILE_EPOCH.get_or_init(std::time::Instant::now).elapsed().as_nanos() as i64
+}
+
+/// Adds the time since `start` and one call to step `step`'s counters (atomically: calls
+/// on several threads may time the same step).
+extern "C" fn qlift_profile_stop(counters: *mut u64, step: i64, start: i64) {
+    let elapsed = (qlift_profile_start() - start).max(0) as u64;
+    let slot = step as usize * crate::program::PROFILE_SLOTS;
+    // SAFETY: the entry passes the address of its own counters (8-byte aligned, written
+    // only through atomics) and a step below the number it was built with.
+    unsafe {
+        std::sync::atomic::AtomicU64::from_ptr(counters.add(slot)).fetch_add(elapsed, std::sync::atomic::Ordering::Relaxed);
+        std::sync::atomic::AtomicU64::from_ptr(counters.add(slot + 1)).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Time spent in one step's kernel, summed over the calls since the last reset.
+#[derive(Clone, Debug)]
+pub struct StepTime {
+    /// The step's index in [`Program::steps`].
+    pub step: usize,
+    /// Total nanoseconds.
+    pub nanos: u64,
+    /// Calls of the kernel.
+    pub calls: u64,
+}
+
+extern "C" fn qlift_sinf(x: f32) -> f32 {
+    x.sin()
+}
+
+extern "C" fn qlift_cosf(x: f32) -> f32 {
+    x.cos()
+}
+
+extern "C" fn qlift_powf(x: f32, y: f32) -> f32 {
+    x.powf(y)
+}
+
+extern "C" fn qlift_pow(x: f64, y: f64) -> f64 {
+    x.powf(y)
+}
+
+extern "C" fn qlift_fmodf(x: f32, y: f32) -> f32 {
+    x % y
+}
+
+extern "C" fn qlift_floorf(x: f32) -> f32 {
+    x.floor()
+}
+
+extern "C" fn qlift_ceilf(x: f32) -> f32 {
+    x.ceil()
+}
+
+extern "C" fn qlift_nearbyintf(x: f32) -> f32 {
+    x.round_ties_even()
+}
+
+/// The C library functions generated code may call, resolved to Rust's (the functions the
+/// interpreter computes with, so both agree bit for bit) instead of symbols the process
+/// may not have loaded: the elementwise family's rare functions (Sin, Cos, Pow, float Mod)
+/// and the libcalls Cranelift makes for Floor, Ceil and Round without SSE4.1. An object
+/// file links the C library's instead.
+fn libm_symbols() -> [(&'static str, *const u8); 10] {
+    [
+        ("expf", qlift_expf as *const u8),
+        ("logf", qlift_logf as *const u8),
+        ("sinf", qlift_sinf as *const u8),
+        ("cosf", qlift_cosf as *const u8),
+        ("powf", qlift_powf as *const u8),
+        ("pow", qlift_pow as *const u8),
+        ("fmodf", qlift_fmodf as *const u8),
+        ("floorf", qlift_floorf as *const u8),
+        ("ceilf", qlift_ceilf as *const u8),
+        ("nearbyintf", qlift_nearbyintf as *const u8),
+    ]
+}
+
+/// `logf` for generated code (LogSoftmax, ReduceLogSum, ReduceLogSumExp), like `expf`.
+extern "C" fn qlift_logf(x: f32) -> f32 {
+    x.ln()
+}
+
 /// The message of a caught panic's payload.
 fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
     payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "a panic".to_string())
@@ -69,9 +186,14 @@ impl JitProgram {
         let isa = target_isa(opts)?;
         let description = crate::isa::describe(isa.as_ref());
         let mut builder = JITBuilder::with_isa(isa, default_libcall_names());
-        builder.symbol("expf", qlift_expf as *const u8);
+        builder.symbol(crate::program::PROFILE_START, qlift_profile_start as *const u8);
+        builder.symbol(crate::kernels::PARALLEL_FOR, qlift_parallel_for as *const u8);
+        builder.symbol(crate::program::PROFILE_STOP, qlift_profile_stop as *const u8);
+        for (name, f) in libm_symbols() {
+            builder.symbol(name, f);
+        }
         let mut module = JITModule::new(builder);
-        let program = match build(&mut module, graph, "qlift_run") {
+        let program = match build(&mut module, graph, "qlift_run", opts, true) {
             Ok(p) => p,
             Err(e) => {
                 // SAFETY: nothing compiled in this module was called or handed out.
@@ -88,6 +210,10 @@ impl JitProgram {
             return Err(bug(format!("linking the compiled code: {e}")));
         }
         let code = module.get_finalized_function(program.entry);
+        let profile = program.profile.map(|id| {
+            let (ptr, bytes) = module.get_finalized_data(id);
+            (ptr, bytes / 8)
+        });
         // SAFETY: the entry was built with exactly this signature (program.rs).
         let entry = unsafe { std::mem::transmute::<*const u8, Entry>(code) };
         let batched = |ty: &TensorType| ty.shape.dims().first() == Some(&qlift_ir::Dim::Batch);
@@ -95,7 +221,7 @@ impl JitProgram {
         let computed: Vec<&TensorType> = program.outputs.iter().filter(|(_, _, s)| matches!(s, OutputSource::Computed(_))).map(|(_, t, _)| t).collect();
         let splittable = program.inputs.iter().all(|(_, t)| batched(t)) && computed.iter().all(|t| batched(t));
         let sample_bytes = (program.inputs.iter().map(|(_, t)| bytes(t)).collect(), computed.iter().map(|t| bytes(t)).collect());
-        Ok(JitProgram { module: Some(module), entry, program, isa: description, scratch: Mutex::new(Vec::new()), threads: 1, splittable, sample_bytes })
+        Ok(JitProgram { module: Some(module), entry, program, isa: description, scratch: Mutex::new(Vec::new()), threads: 1, splittable, sample_bytes, profile })
     }
 
     /// The graph inputs (names and types) the program takes, in order.
@@ -111,6 +237,29 @@ impl JitProgram {
     /// The program's layout: steps, arena plan.
     pub fn program(&self) -> &Program {
         &self.program
+    }
+
+    /// The time of every kernel since the last [`JitProgram::reset_profile`] (or since
+    /// compilation), when compiled with `CodegenOptions::profile`.
+    pub fn profile(&self) -> Option<Vec<StepTime>> {
+        let (ptr, len) = self.profile?;
+        let counters = |i: usize| {
+            // SAFETY: `i < len`, the counters' u64s in the finalized module, 8-byte aligned and
+            // only written through atomics.
+            unsafe { std::sync::atomic::AtomicU64::from_ptr(ptr.cast::<u64>().cast_mut().add(i)).load(std::sync::atomic::Ordering::Relaxed) }
+        };
+        let slots = crate::program::PROFILE_SLOTS;
+        Some((0..self.program.steps.len().min(len / slots)).map(|step| StepTime { step, nanos: counters(step * slots), calls: counters(step * slots + 1) }).collect())
+    }
+
+    /// Zeroes the profile counters (to leave warm-up calls out).
+    pub fn reset_profile(&self) {
+        if let Some((ptr, len)) = self.profile {
+            for i in 0..len {
+                // SAFETY: as in `profile`.
+                unsafe { std::sync::atomic::AtomicU64::from_ptr(ptr.cast::<u64>().cast_mut().add(i)).store(0, std::sync::atomic::Ordering::Relaxed) };
+            }
+        }
     }
 
     /// Runs the program on `inputs` (in graph-input order) and returns the outputs.
@@ -145,9 +294,10 @@ impl JitProgram {
             }
         }
         let result = match self.batch_split(batch) {
-            None => self.call(&bases, 0, batch),
+            // Threads beyond the batch's parts go to the kernels (intra-op parallelism).
+            None => self.call(&bases, 0, batch, self.threads),
             // Disjoint slices of the batch on the persistent rayon pool, one scratch each.
-            Some(parts) => parts.par_iter().try_for_each(|&(start, len)| self.call(&bases, start, len)),
+            Some(parts) => parts.par_iter().try_for_each(|&(start, len)| self.call(&bases, start, len, 1)),
         };
         self.give_scratch(bases)?;
         result?;
@@ -173,8 +323,8 @@ impl JitProgram {
     }
 
     /// Runs the entry on samples `start..start + batch` of checked buffers (`bases`: the
-    /// addresses of sample 0), with scratch from the pool.
-    fn call(&self, bases: &Scratch, start: usize, batch: usize) -> Result<(), CodegenError> {
+    /// addresses of sample 0), with scratch from the pool; its kernels may use `threads`.
+    fn call(&self, bases: &Scratch, start: usize, batch: usize, threads: usize) -> Result<(), CodegenError> {
         let arena_bytes = self.program.arena.bytes(batch).ok_or_else(|| CodegenError::Input { name: "batch".into(), message: format!("batch {batch} overflows the arena size") })?;
         let mut s = self.take_scratch()?;
         s.arena.resize(arena_bytes + crate::plan::ALIGN, 0);
@@ -184,6 +334,7 @@ impl JitProgram {
         s.inputs.extend(bases.inputs.iter().zip(&self.sample_bytes.0).map(|(&p, &b)| at(p, b)));
         s.outputs.clear();
         s.outputs.extend(bases.outputs.iter().zip(&self.sample_bytes.1).map(|(&p, &b)| at(p, b)));
+        let before = INTRA_OP.with(|t| t.replace(threads));
         // SAFETY: inputs and outputs were checked against the program's types for the whole
         // batch, `start + batch` is within it (offsets only for batched tensors, see
         // `batch_split`), and the arena holds `arena_bytes` from a 64-byte aligned start.
@@ -191,6 +342,7 @@ impl JitProgram {
         let status = unsafe {
             (self.entry)(s.inputs.as_ptr().cast(), s.outputs.as_ptr().cast(), s.arena.as_mut_ptr().add(skip), batch as i64)
         };
+        INTRA_OP.with(|t| t.set(before));
         self.give_scratch(s)?;
         if status != 0 {
             return Err(self.runtime_error(status));

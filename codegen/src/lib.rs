@@ -21,4 +21,4 @@ pub mod program;
 pub use aot::{compile_object, AotArtifact};
 pub use error::CodegenError;
 pub use isa::CodegenOptions;
-pub use jit::JitProgram;
+pub use jit::{JitProgram, StepTime};

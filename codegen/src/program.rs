@@ -10,11 +10,12 @@
 
 use crate::emit;
 use crate::error::{bug, CodegenError};
+use crate::isa::CodegenOptions;
 use crate::kernels::{self, Kernel, Operand};
 use crate::plan::{self, Buffer, Plan};
 use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, UserFuncName, Value as ClValue};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
-use cranelift_module::{FuncId, Linkage, Module};
+use cranelift_module::{DataDescription, DataId, FuncId, Linkage, Module};
 use qlift_ir::{Dim, Graph, NodeOp, Tensor, TensorType, ValueId};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub struct Step {
     pub op: String,
     /// What the kernel's failure codes mean (`code - 1` indexes it).
     pub messages: Vec<String>,
+    /// The form of its op the kernel was emitted in (see `Kernel::form`).
+    pub form: String,
 }
 
 /// What the caller of the entry function needs to know.
@@ -58,7 +61,19 @@ pub struct Program {
     pub steps: Vec<Step>,
     /// The arena layout.
     pub arena: Plan,
+    /// The per-step timer counters when built with `CodegenOptions::profile`: a writable
+    /// data object of [`PROFILE_SLOTS`] u64 per step (nanoseconds, calls).
+    pub profile: Option<DataId>,
 }
+
+/// u64 counters per step in the profile data: total nanoseconds, calls.
+pub const PROFILE_SLOTS: usize = 2;
+
+/// The timer functions a profiled entry calls (resolved by the JIT): `START() -> i64`
+/// (nanoseconds on a monotonic clock), `STOP(counters, step, start)`.
+pub const PROFILE_START: &str = "qlift_profile_start";
+/// See [`PROFILE_START`].
+pub const PROFILE_STOP: &str = "qlift_profile_stop";
 
 /// Where a value lives while the entry runs.
 #[derive(Clone)]
@@ -70,8 +85,13 @@ enum Location {
 }
 
 /// Compiles `graph` into `module`: kernels, then the entry function named `entry_name`
-/// (exported, for object files).
-pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str) -> Result<Program, CodegenError> {
+/// (exported, for object files). With `opts.profile`, the entry times every kernel call
+/// (see [`Program::profile`]).
+/// With `parallel`, kernels may split their work across the JIT's thread pool (they call
+/// [`kernels::PARALLEL_FOR`], which the JIT resolves); object files are built without.
+pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &CodegenOptions, parallel: bool) -> Result<Program, CodegenError> {
+    let profile = opts.profile;
+    let wide = wide_isa(module.isa(), opts);
     let order = graph.topo_order().map_err(bug)?;
     // Kernels are specialized on extents: every one must be known, or the batch.
     for &id in &order {
@@ -148,7 +168,7 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str) -> Result
         let func = module.declare_anonymous_function(&sig).map_err(bug)?;
         ctx.func.signature = sig;
         ctx.func.name = UserFuncName::user(0, func.as_u32());
-        let (workspace_bytes, messages) = {
+        let (workspace_bytes, messages, form) = {
             let mut fb = FunctionBuilder::new(&mut ctx.func, &mut fctx);
             let block = fb.create_block();
             fb.append_block_params_for_function_params(block);
@@ -178,6 +198,8 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str) -> Result
             let (workspace, batch) = (params[next + results.len()], params[next + results.len() + 1]);
             // Constants become read-only data objects (an emitter may ignore them and repack).
             let mut kernel = Kernel::new(&mut fb, module, op, Vec::new(), result_args, workspace, batch);
+            kernel.wide = wide;
+            kernel.parallel = parallel;
             for arg in operand_args {
                 let operand = match arg {
                     None => None,
@@ -191,7 +213,7 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str) -> Result
                 kernel.inputs.push(operand);
             }
             kernels::emit(&mut kernel).map_err(&unsupported)?;
-            let out = (kernel.workspace_bytes, std::mem::take(&mut kernel.messages));
+            let out = (kernel.workspace_bytes, std::mem::take(&mut kernel.messages), kernel.form);
             let ok = fb.ins().iconst(types::I32, 0);
             fb.ins().return_(&[ok]);
             fb.seal_all_blocks();
@@ -208,7 +230,7 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str) -> Result
         let workspace = buffers.len();
         buffers.push(Buffer { per_sample: 0, fixed: workspace_bytes, first: step, last: step });
         calls.push((func, runtime, results, workspace));
-        steps.push(Step { node: node.name.clone(), op: op.kind.name().to_string(), messages });
+        steps.push(Step { node: node.name.clone(), op: op.kind.name().to_string(), messages, form: form.to_string() });
     }
     // Arena values live from their step to their last reader.
     for (v, loc) in &location {
@@ -217,8 +239,29 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str) -> Result
         }
     }
     let arena = plan::plan(&buffers);
-    let entry = entry_function(module, entry_name, &calls, &location, &arena)?;
-    Ok(Program { entry, inputs, outputs, computed_outputs, steps, arena })
+    let profile = if profile { Some(profile_counters(module, calls.len())?) } else { None };
+    let entry = entry_function(module, entry_name, &calls, &location, &arena, profile)?;
+    Ok(Program { entry, inputs, outputs, computed_outputs, steps, arena, profile })
+}
+
+/// The zeroed, writable counters of a profiled program (see [`Program::profile`]).
+fn profile_counters(module: &mut dyn Module, steps: usize) -> Result<DataId, CodegenError> {
+    let id = module.declare_anonymous_data(true, false).map_err(bug)?;
+    let mut desc = DataDescription::new();
+    desc.set_align(8);
+    desc.define_zeroinit((steps * PROFILE_SLOTS * 8).max(8));
+    module.define_data(id, &desc).map_err(bug)?;
+    Ok(id)
+}
+
+/// The wide-vector micro-kernels `isa` can run within `opts.max_vector_bits`: 256-bit ones
+/// need AVX2 (with AVX-VNNI's `vpdpwssd` where the target has it).
+fn wide_isa(isa: &dyn cranelift_codegen::isa::TargetIsa, opts: &CodegenOptions) -> Option<kernels::ukernel::Isa> {
+    let has = |name: &str| isa.isa_flags().iter().any(|f| f.name == name && f.as_bool() == Some(true));
+    if opts.max_vector_bits.is_some_and(|b| b < 256) || !has("has_avx2") || isa.triple().architecture != target_lexicon::Architecture::X86_64 {
+        return None;
+    }
+    Some(if has("has_avx_vnni") { kernels::ukernel::Isa::AvxVnni } else { kernels::ukernel::Isa::Avx2 })
 }
 
 /// The arena buffer of a value defined at `step`.
@@ -237,6 +280,7 @@ fn entry_function(
     calls: &[(FuncId, Vec<ValueId>, Vec<ValueId>, usize)],
     location: &HashMap<ValueId, Location>,
     arena: &Plan,
+    profile: Option<DataId>,
 ) -> Result<FuncId, CodegenError> {
     let ptr = module.isa().pointer_type();
     let mut sig = module.make_signature();
@@ -267,13 +311,37 @@ fn entry_function(
             Location::Constant(_) => unreachable!("constants are not kernel parameters"),
         }
     };
+    // The timer functions and the counters' address, when profiling.
+    let timers = match profile {
+        None => None,
+        Some(data) => {
+            let mut start_sig = module.make_signature();
+            start_sig.returns.push(AbiParam::new(types::I64));
+            let mut stop_sig = module.make_signature();
+            stop_sig.params.extend([AbiParam::new(ptr), AbiParam::new(types::I64), AbiParam::new(types::I64)]);
+            let start = module.declare_function(PROFILE_START, Linkage::Import, &start_sig).map_err(bug)?;
+            let stop = module.declare_function(PROFILE_STOP, Linkage::Import, &stop_sig).map_err(bug)?;
+            let (start, stop) = (module.declare_func_in_func(start, fb.func), module.declare_func_in_func(stop, fb.func));
+            let gv = module.declare_data_in_func(data, fb.func);
+            Some((start, stop, gv))
+        }
+    };
     for (step, (func, operands, results, workspace)) in calls.iter().enumerate() {
         let callee = module.declare_func_in_func(*func, fb.func);
         let mut args: Vec<ClValue> = operands.iter().chain(results).map(|v| address(&mut fb, v)).collect();
         args.push(at(&mut fb, arena.offsets[*workspace]));
         args.push(batch);
+        let started = timers.map(|(start, _, _)| {
+            let call = fb.ins().call(start, &[]);
+            fb.inst_results(call)[0]
+        });
         let call = fb.ins().call(callee, &args);
         let status = fb.inst_results(call)[0];
+        if let (Some((_, stop, gv)), Some(started)) = (timers, started) {
+            let counters = fb.ins().symbol_value(ptr, gv);
+            let step = emit::iconst(&mut fb, step as i64);
+            fb.ins().call(stop, &[counters, step, started]);
+        }
         let (fail, ok) = (fb.create_block(), fb.create_block());
         fb.ins().brif(status, fail, &[], ok, &[]);
         fb.switch_to_block(fail);

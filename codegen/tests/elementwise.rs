@@ -415,6 +415,245 @@ fn pad_with_negative_pads_and_fills() {
     check(&p, &g, &[ints(DType::U8, 34, &[2, 2, 3]), ints(DType::I32, 35, &[2, 3])]);
 }
 
+/// A graph applying each `(name, op with attributes)` to `%x: {dtype}[N,{n}]`, one output
+/// per op (each result of the operand's type, or `result` when given).
+fn unary_graph(ops: &[(&str, &str)], dtype: &str, n: usize, result: Option<&str>) -> String {
+    let outs: Vec<String> = ops.iter().map(|(name, _)| format!("%{name}")).collect();
+    let ty = format!("{}[N,{n}]", result.unwrap_or(dtype));
+    let body: String = ops.iter().map(|(name, op)| format!("  %{name} = {op} : {ty}\n")).collect();
+    format!("graph t(%x: {dtype}[N,{n}]) -> ({}) {{\n{body}}}", outs.join(", "))
+}
+
+#[test]
+fn math_functions_and_activations_on_special_values() {
+    let x = specials();
+    let n = x.len();
+    let ops = [
+        ("sqrt", "Sqrt(%x)"),
+        ("exp", "Exp(%x)"),
+        ("log", "Log(%x)"),
+        ("abs", "Abs(%x)"),
+        ("neg", "Neg(%x)"),
+        ("recip", "Reciprocal(%x)"),
+        ("floor", "Floor(%x)"),
+        ("ceil", "Ceil(%x)"),
+        ("round", "Round(%x)"),
+        ("erf", "Erf(%x)"),
+        ("sin", "Sin(%x)"),
+        ("cos", "Cos(%x)"),
+        ("sign", "Sign(%x)"),
+        ("gelu", "Gelu(%x) {approximate=\"none\"}"),
+        ("gelu_tanh", "Gelu(%x) {approximate=\"tanh\"}"),
+        ("elu", "Elu(%x) {alpha=0.7}"),
+        ("selu", "Selu(%x) {alpha=1.6732632, gamma=1.050701}"),
+        ("softplus", "Softplus(%x)"),
+        ("mish", "Mish(%x)"),
+        ("softsign", "Softsign(%x)"),
+        ("thresholded", "ThresholdedRelu(%x) {alpha=1.5}"),
+        ("celu", "Celu(%x) {alpha=2.0}"),
+        ("celu_small", "Celu(%x) {alpha=0.5}"),
+    ];
+    let (g, p) = compile(&unary_graph(&ops, "f32", n, None));
+    let mut both = x.clone();
+    both.extend(x.iter().map(|v| -v));
+    // Halves for Round, subnormals for Log.
+    both.extend([0.5, 1.5, 2.5, -0.5, -2.5, 1e-40, 3e-45, -1e-40, 0.49999997, 8388609.0]);
+    both.resize(3 * n, 0.25);
+    check(&p, &g, &[Tensor::from_f32(&[3, n], both)]);
+    for scale in [0.01, 1.0, 10.0, 100.0] {
+        check(&p, &g, &[floats(40, &[2, n], scale)]);
+    }
+}
+
+#[test]
+fn integer_abs_neg_sign() {
+    for (dtype, name) in [(DType::I8, "i8"), (DType::U8, "u8"), (DType::I32, "i32"), (DType::I64, "i64")] {
+        let mut ops = vec![("abs", "Abs(%x)"), ("sign", "Sign(%x)")];
+        if dtype != DType::U8 {
+            ops.push(("neg", "Neg(%x)"));
+        }
+        let (g, p) = compile(&unary_graph(&ops, name, 41, None));
+        check(&p, &g, &[ints(dtype, 41, &[3, 41])]);
+    }
+}
+
+#[test]
+fn variadic_min_max_sum_mean_and_prelu() {
+    let (g, p) = compile(
+        "graph t(%a: f32[N,3,4,5], %b: f32[4,1], %c: f32[N,1,4,1], %s: f32[3,1,1]) -> (%min, %max, %sum, %mean, %one, %prelu, %pscalar) {
+           %k = const f32[] [0.25]
+           %min = Min(%a, %b, %c) : f32[N,3,4,5]
+           %max = Max(%b, %a, %c, %a) : f32[N,3,4,5]
+           %sum = Sum(%a, %b, %c) : f32[N,3,4,5]
+           %mean = Mean(%c, %a, %b) : f32[N,3,4,5]
+           %one = Max(%a) : f32[N,3,4,5]
+           %prelu = PRelu(%a, %s) : f32[N,3,4,5]
+           %pscalar = PRelu(%a, %k) : f32[N,3,4,5]
+         }",
+    );
+    for batch in [1, 3] {
+        let mut a = floats(42, &[batch, 3, 4, 5], 4.0);
+        if let TensorData::F32(v) = a.data_mut() {
+            v[1] = f32::NAN;
+            v[2] = f32::INFINITY;
+            v[3] = f32::NEG_INFINITY;
+            v[4] = -0.0;
+        }
+        check(&p, &g, &[a, floats(43, &[4, 1], 4.0), floats(44, &[batch, 1, 4, 1], 4.0), floats(45, &[3, 1, 1], 1.0)]);
+    }
+    for (dtype, name) in [(DType::I8, "i8"), (DType::U8, "u8"), (DType::I32, "i32"), (DType::I64, "i64")] {
+        let text = format!(
+            "graph t(%a: {name}[N,4,8], %b: {name}[8], %c: {name}[N,4,8]) -> (%min, %max) {{
+               %min = Min(%a, %b, %c) : {name}[N,4,8]
+               %max = Max(%a, %b, %c) : {name}[N,4,8]
+             }}"
+        );
+        let (g, p) = compile(&text);
+        check(&p, &g, &[ints(dtype, 46, &[2, 4, 8]), ints(dtype, 47, &[8]), ints(dtype, 48, &[2, 4, 8])]);
+    }
+}
+
+#[test]
+fn pow_of_every_dtype_pairing() {
+    // Constant exponents with an inline form, a general one, a tensor of exponents.
+    let x = specials();
+    let n = x.len();
+    let mut text = format!("graph t(%x: f32[N,{n}], %e: f32[N,{n}], %i: i64[{n}]) -> (%p0, %p05, %p1, %p2, %p3, %pm1, %p25, %pe, %pi) {{\n");
+    for (name, e) in [("p0", "0.0"), ("p05", "0.5"), ("p1", "1.0"), ("p2", "2.0"), ("p3", "3.0"), ("pm1", "-1.0"), ("p25", "2.5")] {
+        text += &format!("  %c{name} = const f32[] [{e}]\n  %{name} = Pow(%x, %c{name}) : f32[N,{n}]\n");
+    }
+    text += &format!("  %pe = Pow(%x, %e) : f32[N,{n}]\n  %pi = Pow(%x, %i) : f32[N,{n}]\n}}");
+    let (g, p) = compile(&text);
+    let mut both = x.clone();
+    both.extend(x.iter().map(|v| -v));
+    let exps = floats(49, &[2, n], 4.0);
+    let iexps = Tensor::from_i64(&[n], (0..n as i64).map(|i| i % 7 - 3).collect());
+    check(&p, &g, &[Tensor::from_f32(&[2, n], both), exps, iexps]);
+    // Integer bases: integer exponents exactly (wrapping, negative ones), float ones through f64.
+    for (dtype, name) in [(DType::I32, "i32"), (DType::I64, "i64")] {
+        let text = format!(
+            "graph t(%b: {name}[N,12], %e: {name}[12], %f: f32[12]) -> (%y, %z) {{
+               %y = Pow(%b, %e) : {name}[N,12]
+               %z = Pow(%b, %f) : {name}[N,12]
+             }}"
+        );
+        let (g, p) = compile(&text);
+        let b = Tensor::from_i64_values(dtype, vec![2, 12], (0..24).map(|i| [3, -1, 1, 2, -2, 7, 5, -3, 10, 1, -1, 2][i % 12] * if i >= 12 { 3 } else { 1 }).collect()).unwrap();
+        let e = Tensor::from_i64_values(dtype, vec![12], vec![2, -3, -5, 40, 63, 0, 13, -1, 9, 100, 64, 7]).unwrap();
+        let f = Tensor::from_f32(&[12], vec![2.0, 0.5, -1.0, 10.5, 1e3, f32::NAN, 0.0, 2.0, -0.5, 3.0, f32::INFINITY, 1.5]);
+        check(&p, &g, &[b, e, f]);
+        // Zero to a negative power is an error in both engines.
+        let zero = Tensor::from_i64_values(dtype, vec![1, 12], vec![0; 12]).unwrap();
+        let e = Tensor::from_i64_values(dtype, vec![12], vec![-1; 12]).unwrap();
+        let f = Tensor::from_f32(&[12], vec![1.0; 12]);
+        assert!(qlift_ir::interp::run(&g, &[zero.clone(), e.clone(), f.clone()]).is_err());
+        assert!(p.run(&[zero, e, f]).unwrap_err().to_string().contains("negative power"));
+    }
+}
+
+#[test]
+fn mod_signs_and_errors() {
+    let (g, p) = compile(
+        "graph t(%a: f32[N,16], %b: f32[16]) -> (%c, %py) {
+           %c = Mod(%a, %b) {fmod=1} : f32[N,16]
+           %py = Mod(%a, %b) {fmod=0} : f32[N,16]
+         }",
+    );
+    let inf = f32::INFINITY;
+    let a = Tensor::from_f32(&[1, 16], vec![0.0, -0.0, 5.5, -5.5, 5.5, -5.5, inf, 1.0, f32::NAN, 3.0, -3.0, 1.0, -1.0, 7.25, 1e30, -0.0]);
+    let b = Tensor::from_f32(&[16], vec![-2.0, 2.0, 2.0, 2.0, -2.0, -2.0, 2.0, 0.0, 1.0, inf, inf, -inf, -inf, 0.5, 3.0, -2.0]);
+    check(&p, &g, &[a, b]);
+    check(&p, &g, &[floats(50, &[3, 16], 10.0), floats(51, &[16], 3.0)]);
+    for (dtype, name) in [(DType::I8, "i8"), (DType::U8, "u8"), (DType::I32, "i32"), (DType::I64, "i64")] {
+        let text = format!(
+            "graph t(%a: {name}[N,4,8], %b: {name}[8]) -> (%c, %py) {{
+               %c = Mod(%a, %b) {{fmod=1}} : {name}[N,4,8]
+               %py = Mod(%a, %b) {{fmod=0}} : {name}[N,4,8] @py
+             }}"
+        );
+        let (g, p) = compile(&text);
+        let mut bv = ints(dtype, 52, &[8]).to_i64_vec().unwrap();
+        for v in bv.iter_mut().filter(|v| **v == 0) {
+            *v = 5;
+        }
+        if dtype != DType::U8 {
+            bv[2] = -1;
+            bv[3] = -7;
+        }
+        let b = Tensor::from_i64_values(dtype, vec![8], bv.clone()).unwrap();
+        check(&p, &g, &[ints(dtype, 53, &[2, 4, 8]), b]);
+        bv[5] = 0;
+        let b = Tensor::from_i64_values(dtype, vec![8], bv).unwrap();
+        let a = ints(dtype, 54, &[1, 4, 8]);
+        assert!(qlift_ir::interp::run(&g, &[a.clone(), b.clone()]).unwrap_err().to_string().contains("division by zero"));
+        assert!(p.run(&[a, b]).unwrap_err().to_string().contains("integer division by zero"));
+    }
+}
+
+/// A bool tensor of `shape` from a seed.
+fn bools(seed: u64, shape: &[usize]) -> Tensor {
+    let v = lcg(seed, shape.iter().product()).into_iter().map(|r| (r > 0.0) as u8).collect();
+    Tensor::new(DType::Bool, shape.to_vec(), TensorData::U8(v)).unwrap()
+}
+
+#[test]
+fn comparisons_logic_and_where() {
+    for (dtype, name) in [(DType::F32, "f32"), (DType::I8, "i8"), (DType::U8, "u8"), (DType::I32, "i32"), (DType::I64, "i64")] {
+        let text = format!(
+            "graph t(%a: {name}[N,3,8], %b: {name}[8]) -> (%eq, %gt, %ge, %lt, %le, %w) {{
+               %eq = Equal(%a, %b) : bool[N,3,8]
+               %gt = Greater(%a, %b) : bool[N,3,8]
+               %ge = GreaterOrEqual(%b, %a) : bool[N,3,8]
+               %lt = Less(%a, %b) : bool[N,3,8]
+               %le = LessOrEqual(%a, %b) : bool[N,3,8]
+               %w = Where(%gt, %a, %b) : {name}[N,3,8]
+             }}"
+        );
+        let (g, p) = compile(&text);
+        let (a, b) = if dtype == DType::F32 {
+            let mut a = floats(55, &[2, 3, 8], 2.0);
+            if let TensorData::F32(v) = a.data_mut() {
+                v[0] = f32::NAN;
+                v[1] = 0.5;
+                v[2] = -0.0;
+            }
+            let mut b = floats(56, &[8], 2.0);
+            if let TensorData::F32(v) = b.data_mut() {
+                v[1] = 0.5;
+                v[2] = 0.0;
+                v[3] = f32::NAN;
+            }
+            (a, b)
+        } else {
+            // Few distinct values, so that equal pairs occur.
+            let a = ints(dtype, 57, &[2, 3, 8]).to_i64_vec().unwrap();
+            let b = ints(dtype, 58, &[8]).to_i64_vec().unwrap();
+            let (lo, _) = dtype.int_range().unwrap();
+            let few = |v: Vec<i64>| v.into_iter().map(|x| x.rem_euclid(3) + lo.max(-1)).collect::<Vec<_>>();
+            (Tensor::from_i64_values(dtype, vec![2, 3, 8], few(a)).unwrap(), Tensor::from_i64_values(dtype, vec![8], few(b)).unwrap())
+        };
+        check(&p, &g, &[a, b]);
+    }
+    let (g, p) = compile(
+        "graph t(%p: bool[N,2,6], %q: bool[6], %x: bool[N,1,6]) -> (%and, %or, %xor, %not, %eq, %w) {
+           %and = And(%p, %q) : bool[N,2,6]
+           %or = Or(%q, %p) : bool[N,2,6]
+           %xor = Xor(%p, %q) : bool[N,2,6]
+           %not = Not(%p) : bool[N,2,6]
+           %eq = Equal(%p, %q) : bool[N,2,6]
+           %w = Where(%q, %x, %p) : bool[N,2,6]
+         }",
+    );
+    check(&p, &g, &[bools(59, &[3, 2, 6]), bools(60, &[6]), bools(61, &[3, 1, 6])]);
+    // Where over every dtype, three-way broadcasting.
+    for (dtype, name) in [(DType::F32, "f32"), (DType::I8, "i8"), (DType::U8, "u8"), (DType::I32, "i32"), (DType::I64, "i64")] {
+        let text = format!("graph t(%c: bool[N,1,5], %x: {name}[4,1], %y: {name}[N,4,5]) -> (%w) {{\n  %w = Where(%c, %x, %y) : {name}[N,4,5]\n}}");
+        let (g, p) = compile(&text);
+        let (x, y) = if dtype == DType::F32 { (floats(62, &[4, 1], 1.0), floats(63, &[2, 4, 5], 1.0)) } else { (ints(dtype, 62, &[4, 1]), ints(dtype, 63, &[2, 4, 5])) };
+        check(&p, &g, &[bools(64, &[2, 1, 5]), x, y]);
+    }
+}
+
 // ---- Resampling (kernels/resample.rs): Resize, Pad's other modes, DepthToSpace, SpaceToDepth.
 
 /// Resize's attributes in the text format: `mode`, `coordinate_transformation_mode` and

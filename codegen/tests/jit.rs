@@ -78,3 +78,24 @@ fn object_files_and_headers() {
     let a = qlift_codegen::compile_object(&g, "demo", &other_os).unwrap();
     assert_eq!(&a.object[..4], &[0xcf, 0xfa, 0xed, 0xfe]);
 }
+
+#[test]
+fn profiled_programs_count_every_kernel_call_and_compute_the_same() {
+    let text = "graph t(%x: f32[N,4]) -> (%y) {\n  %a = Relu(%x) : f32[N,4] @r\n  %y = Flatten(%a) {axis=1} : f32[N,4] @f\n}";
+    let g = parse(text).unwrap();
+    let opts = CodegenOptions { profile: true, ..Default::default() };
+    let p = JitProgram::compile(&g, &opts).unwrap();
+    let x = Tensor::from_f32(&[2, 4], vec![-1.0, 2.0, -3.0, 4.0, 5.0, -6.0, 7.0, -8.0]);
+    for _ in 0..3 {
+        assert!(p.run(std::slice::from_ref(&x)).unwrap() == qlift_ir::interp::run(&g, std::slice::from_ref(&x)).unwrap());
+    }
+    let times = p.profile().unwrap();
+    assert_eq!(times.len(), 2);
+    assert!(times.iter().all(|t| t.calls == 3), "{times:?}");
+    assert_eq!(p.program().steps.iter().map(|s| s.node.as_str()).collect::<Vec<_>>(), ["r", "f"]);
+    p.reset_profile();
+    assert!(p.profile().unwrap().iter().all(|t| t.calls == 0 && t.nanos == 0));
+    // Without the option there are no timers; AOT refuses them (the timer is qlift's).
+    assert!(JitProgram::compile(&g, &CodegenOptions::default()).unwrap().profile().is_none());
+    assert!(qlift_codegen::compile_object(&g, "demo", &opts).is_err());
+}

@@ -5,18 +5,27 @@
 //! the driver and the compiled-model API. The IR itself lives in `qlift-ir`.
 #![deny(missing_docs)]
 
+// The CLI module names the library as its users do (`qlift::load_onnx`).
+extern crate self as qlift;
+
+pub mod bounded;
+#[doc(hidden)]
+pub mod cli;
 mod error;
+pub mod limits;
 pub mod npy;
 pub mod onnx;
 pub mod model;
+pub mod qir;
 pub mod quantize;
 pub mod report;
 
 pub use error::{Error, UnsupportedOp};
 pub use qlift_passes::calibrate::{ActivationScheme, CalibrationMethod};
 pub use qlift_passes::quantize::QuantizeOptions;
-pub use model::{CompileOptions, CompiledModel, Engine};
+pub use model::{CompileOptions, CompiledModel, Engine, KernelTime};
 pub use qlift_codegen::CodegenOptions;
 pub use quantize::{quantize, Quantized};
 pub use onnx::export_onnx;
+pub use qir::{load_qir, load_qir_text};
 pub use onnx::{load_onnx, load_onnx_bytes, read_tensor_pb, supported_ops, ImportOptions, InputDim, Limits};

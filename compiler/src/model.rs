@@ -1,9 +1,10 @@
 //! The embedding API: build a [`CompiledModel`] once from an ONNX model (and calibration
 //! data to quantize it), then call [`CompiledModel::run`] from any number of threads.
 
-use crate::{load_onnx, load_onnx_bytes, quantize, Error, ImportOptions, QuantizeOptions};
+use crate::{limits, load_onnx, load_onnx_bytes, quantize, Error, ImportOptions, Limits, QuantizeOptions};
 use qlift_codegen::{CodegenOptions, JitProgram};
-use qlift_ir::{Graph, Tensor, TensorType};
+use qlift_ir::{Binding, Graph, Tensor, TensorType};
+use std::sync::{Arc, Mutex};
 use qlift_passes::{run_pipeline, PipelineOptions};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -32,11 +33,81 @@ pub struct CompileOptions {
     /// Threads one call may use, splitting the batch (0 or 1: the calling thread only).
     /// Independent of how many threads call the model at once.
     pub threads: usize,
+    /// Most specializations (compiled programs for distinct input shapes) a model with
+    /// symbolic dimensions keeps; the least recently used one is dropped beyond it.
+    /// 0 means [`DEFAULT_SPECIALIZATIONS`].
+    pub max_specializations: usize,
+}
+
+/// How many specializations a model keeps by default: a few sequence lengths or image
+/// sizes in turn, without holding the code of every shape ever seen.
+pub const DEFAULT_SPECIALIZATIONS: usize = 8;
+
+/// One kernel's share of a profiled model's time (see [`CompiledModel::profile`]).
+#[derive(Clone, Debug)]
+pub struct KernelTime {
+    /// The node the kernel computes.
+    pub node: String,
+    /// Its op.
+    pub op: String,
+    /// The kernel form the code generator chose for it (`direct`, `pointwise`, `im2col-packed`, …).
+    pub form: String,
+    /// Nanoseconds in the kernel, summed over calls.
+    pub nanos: u64,
+    /// Calls.
+    pub calls: u64,
 }
 
 enum Executor {
-    Jit(Box<JitProgram>),
+    /// One program for every batch size (the graph's only symbol is the batch).
+    Jit(Arc<JitProgram>),
+    /// Programs specialized on input shapes, compiled at the first call with those shapes.
+    Specialized(Specializations),
     Interpreter,
+}
+
+/// A bounded cache of programs by the extents they were specialized on (the batch among
+/// them only when it flows into shape values), most recently used last.
+struct Specializations {
+    codegen: CodegenOptions,
+    /// The ISA the programs are generated for.
+    isa: String,
+    threads: usize,
+    capacity: usize,
+    programs: Mutex<Vec<(Binding, Arc<JitProgram>)>>,
+}
+
+impl Specializations {
+    /// The program for inputs that bound `binding`, compiled now if it is not cached.
+    fn program(&self, graph: &Graph, binding: &Binding) -> Result<Arc<JitProgram>, Error> {
+        let symbolic_batch = Binding { batch: None, ..binding.clone() };
+        {
+            let mut programs = self.programs.lock().map_err(|_| Error::Ir(qlift_ir::IrError::Build("specialization cache poisoned".into())))?;
+            if let Some(i) = programs.iter().position(|(b, _)| *b == symbolic_batch || b == binding) {
+                let entry = programs.remove(i);
+                let program = entry.1.clone();
+                programs.push(entry);
+                return Ok(program);
+            }
+        }
+        // Compiled outside the lock: other shapes keep running meanwhile.
+        let (specialized, used) = qlift_ir::specialize_for(graph, binding)?;
+        let mut program = JitProgram::compile(&specialized, &self.codegen)?;
+        program.set_threads(self.threads);
+        let program = Arc::new(program);
+        let mut programs = self.programs.lock().map_err(|_| Error::Ir(qlift_ir::IrError::Build("specialization cache poisoned".into())))?;
+        if !programs.iter().any(|(b, _)| *b == used) {
+            if programs.len() >= self.capacity {
+                programs.remove(0);
+            }
+            programs.push((used, program.clone()));
+        }
+        Ok(program)
+    }
+
+    fn len(&self) -> usize {
+        self.programs.lock().map_or(0, |p| p.len())
+    }
 }
 
 /// A compiled model: the lowered graph and the code that runs it. `Send + Sync`, so one
@@ -46,6 +117,28 @@ pub struct CompiledModel {
     executor: Executor,
     compile_time: Duration,
     quantized: bool,
+    limits: Limits,
+    memory: RunMemory,
+}
+
+/// What [`CompiledModel::run_bytes`] needs, computed once: which inputs carry the batch, and
+/// the values a run allocates as `(bytes of one sample, times the batch dimension occurs)`:
+/// the outputs for the JIT (its scratch comes from the arena plan), every value for the
+/// interpreter.
+struct RunMemory {
+    /// The shapes of the values a run allocates, with their element sizes.
+    values: Vec<(qlift_ir::Shape, usize)>,
+}
+
+impl RunMemory {
+    fn of(graph: &Graph, engine: Engine) -> RunMemory {
+        let size = |ty: &TensorType| (ty.shape.clone(), ty.dtype.size_of());
+        let values = match engine {
+            Engine::Jit => graph.outputs().iter().map(|v| size(graph.value_type(*v))).collect(),
+            Engine::Interpreter => graph.node_ids().flat_map(|id| graph.node(id).outputs.iter().map(|v| size(&v.ty)).collect::<Vec<_>>()).collect(),
+        };
+        RunMemory { values }
+    }
 }
 
 impl CompiledModel {
@@ -68,42 +161,103 @@ impl CompiledModel {
     /// [`crate::Quantized::lowered`]): only code generation is left.
     pub fn from_lowered(lowered: Graph, quantized: bool, opts: &CompileOptions) -> Result<CompiledModel, Error> {
         let start = Instant::now();
+        limits::check_graph(&lowered, &opts.import.limits)?;
         let executor = Self::executor(&lowered, opts)?;
-        Ok(CompiledModel { graph: lowered, executor, compile_time: start.elapsed(), quantized })
+        let memory = RunMemory::of(&lowered, opts.engine);
+        Ok(CompiledModel { graph: lowered, executor, compile_time: start.elapsed(), quantized, limits: opts.import.limits.clone(), memory })
     }
 
     /// Compiles a graph (imported, built or parsed); it is verified first, so an invalid one
     /// is a verifier error naming its nodes, not an internal error of a pass.
     pub fn from_graph(graph: &Graph, calibration: Option<&[Tensor]>, opts: &CompileOptions) -> Result<CompiledModel, Error> {
         qlift_ir::verify(graph)?;
+        limits::check_graph(graph, &opts.import.limits)?;
         Self::build(graph.clone(), calibration, opts, Instant::now())
     }
 
     fn build(graph: Graph, calibration: Option<&[Tensor]>, opts: &CompileOptions, start: Instant) -> Result<CompiledModel, Error> {
         let pipeline = PipelineOptions::default();
         let lowered = match calibration {
-            Some(c) => quantize(&graph, c, &opts.quantize, &pipeline, &|_, _| {})?.lowered,
+            Some(c) => quantize::quantize_limited(&graph, c, &opts.quantize, &pipeline, &opts.import.limits, &|_, _| {})?.lowered,
             None => run_pipeline(&graph, &pipeline)?.0,
         };
+        limits::check_graph(&lowered, &opts.import.limits)?;
         let executor = Self::executor(&lowered, opts)?;
-        Ok(CompiledModel { graph: lowered, executor, compile_time: start.elapsed(), quantized: calibration.is_some() })
+        let memory = RunMemory::of(&lowered, opts.engine);
+        Ok(CompiledModel { graph: lowered, executor, compile_time: start.elapsed(), quantized: calibration.is_some(), limits: opts.import.limits.clone(), memory })
     }
 
+    /// The executor: with the JIT, one program now when the batch is the graph's only symbol
+    /// (after folding its shape arithmetic), else programs per input shapes, later.
     fn executor(lowered: &Graph, opts: &CompileOptions) -> Result<Executor, Error> {
         Ok(match opts.engine {
             Engine::Jit => {
-                let mut program = JitProgram::compile(lowered, &opts.codegen)?;
+                let specialized = qlift_ir::specialize(lowered, &Binding::default())?;
+                if qlift_ir::needs_binding(&specialized) {
+                    let capacity = if opts.max_specializations == 0 { DEFAULT_SPECIALIZATIONS } else { opts.max_specializations };
+                    let isa = qlift_codegen::isa::describe(qlift_codegen::isa::target_isa(&opts.codegen)?.as_ref());
+                    return Ok(Executor::Specialized(Specializations {
+                        codegen: opts.codegen.clone(),
+                        isa,
+                        threads: opts.threads,
+                        capacity,
+                        programs: Mutex::new(Vec::new()),
+                    }));
+                }
+                let mut program = JitProgram::compile(&specialized, &opts.codegen)?;
                 program.set_threads(opts.threads);
-                Executor::Jit(Box::new(program))
+                Executor::Jit(Arc::new(program))
             }
             Engine::Interpreter => Executor::Interpreter,
         })
     }
 
+    /// The extents `inputs` bind (checked against the graph's input types).
+    fn binding(&self, inputs: &[Tensor]) -> Result<Binding, Error> {
+        let values = self.graph.input_values();
+        let declared = values.iter().map(|v| (self.graph.value(*v).name.as_str(), self.graph.value_type(*v)));
+        Ok(qlift_ir::bind_inputs(&self.graph.name, declared, inputs)?)
+    }
+
+    /// Memory a run on `inputs` needs besides the inputs (outputs and scratch for the JIT,
+    /// every value for the interpreter), checked against [`Limits::max_run_bytes`] before
+    /// anything is allocated. Extents come from the inputs: the batch and the named
+    /// dimensions they bind (an extent known only from values counts as 1).
+    pub fn run_bytes(&self, inputs: &[Tensor]) -> Result<u64, Error> {
+        // No allocation here: `run_into` allocates nothing once warm.
+        let binding = self.binding(inputs)?;
+        let batch = binding.batch.unwrap_or(1);
+        let values = self.memory.values.iter().try_fold(0u64, |total, (shape, size)| {
+            let count = shape.dims().iter().try_fold(1u64, |n, &d| {
+                let extent = match binding.dim(d) {
+                    qlift_ir::Dim::Fixed(e) => e as u64,
+                    _ => 1,
+                };
+                n.checked_mul(extent)
+            })?;
+            total.checked_add(count.checked_mul(*size as u64)?)
+        });
+        let bytes = match &self.executor {
+            Executor::Jit(p) => values.zip(p.program().arena.bytes(batch)).and_then(|(v, a)| v.checked_add(a as u64)),
+            Executor::Specialized(_) | Executor::Interpreter => values,
+        };
+        let bytes = bytes.unwrap_or(u64::MAX);
+        if bytes > self.limits.max_run_bytes {
+            return Err(Error::Limit {
+                what: format!("memory for a run on a batch of {batch} (outputs and intermediate values; run smaller batches)"),
+                value: bytes,
+                limit: self.limits.max_run_bytes,
+            });
+        }
+        Ok(bytes)
+    }
+
     /// Runs the model on `inputs` (graph-input order; the batch is taken from them).
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, Error> {
+        self.run_bytes(inputs)?;
         match &self.executor {
             Executor::Jit(p) => Ok(p.run(inputs)?),
+            Executor::Specialized(s) => Ok(s.program(&self.graph, &self.binding(inputs)?)?.run(inputs)?),
             Executor::Interpreter => Ok(qlift_ir::interp::run(&self.graph, inputs)?),
         }
     }
@@ -111,8 +265,10 @@ impl CompiledModel {
     /// Runs the model writing into preallocated `outputs` (see [`Self::outputs`] for their
     /// types): no allocation per call with the JIT once warm.
     pub fn run_into(&self, inputs: &[Tensor], outputs: &mut [Tensor]) -> Result<(), Error> {
+        self.run_bytes(inputs)?;
         match &self.executor {
             Executor::Jit(p) => Ok(p.run_into(inputs, outputs)?),
+            Executor::Specialized(s) => Ok(s.program(&self.graph, &self.binding(inputs)?)?.run_into(inputs, outputs)?),
             Executor::Interpreter => {
                 let results = qlift_ir::interp::run(&self.graph, inputs)?;
                 for (o, r) in outputs.iter_mut().zip(results) {
@@ -148,10 +304,54 @@ impl CompiledModel {
         self.quantized
     }
 
+    /// How many programs specialized on input shapes are compiled and cached now (0 for a
+    /// model compiled once for every batch size, or interpreted).
+    pub fn specializations(&self) -> usize {
+        match &self.executor {
+            Executor::Specialized(s) => s.len(),
+            _ => 0,
+        }
+    }
+
+    /// The program the last calls ran: the one program, or the most recently used
+    /// specialization.
+    fn current_program(&self) -> Option<Arc<JitProgram>> {
+        match &self.executor {
+            Executor::Jit(p) => Some(Arc::clone(p)),
+            Executor::Specialized(s) => s.programs.lock().ok()?.last().map(|(_, p)| p.clone()),
+            Executor::Interpreter => None,
+        }
+    }
+
+    /// Time per kernel since the last [`Self::reset_profile`], for a JIT model compiled with
+    /// `CodegenOptions::profile`: one entry per kernel call of the program (the most recently
+    /// used specialization of a model with symbolic dimensions), in order.
+    pub fn profile(&self) -> Option<Vec<KernelTime>> {
+        let p = self.current_program()?;
+        let steps = &p.program().steps;
+        Some(
+            p.profile()?
+                .into_iter()
+                .filter_map(|t| {
+                    let s = steps.get(t.step)?;
+                    Some(KernelTime { node: s.node.clone(), op: s.op.clone(), form: s.form.clone(), nanos: t.nanos, calls: t.calls })
+                })
+                .collect(),
+        )
+    }
+
+    /// Zeroes the kernel timers (see [`Self::profile`]).
+    pub fn reset_profile(&self) {
+        if let Some(p) = self.current_program() {
+            p.reset_profile();
+        }
+    }
+
     /// The engine and, for the JIT, the ISA with its features.
     pub fn engine_description(&self) -> String {
         match &self.executor {
             Executor::Jit(p) => format!("jit {}", p.isa()),
+            Executor::Specialized(s) => format!("jit {}, specialized per input shape", s.isa),
             Executor::Interpreter => "reference interpreter".to_string(),
         }
     }

@@ -2,7 +2,7 @@
 //! insertion in it, from a float model and calibration samples to (a) the float QDQ model
 //! (what `qlift quantize` exports for ONNX Runtime) and (b) the integer graph (what runs).
 
-use crate::Error;
+use crate::{Error, Limits};
 use qlift_ir::{Graph, Tensor};
 use qlift_passes::quantize::{insert_qdq, Calibration, QuantizeOptions};
 use qlift_passes::{quantizing_pipeline, run_passes, PassRun, PipelineOptions};
@@ -35,13 +35,47 @@ pub fn quantize(
     pipeline: &PipelineOptions,
     progress: &dyn Fn(usize, usize),
 ) -> Result<Quantized, Error> {
+    quantize_limited(graph, calibration, opts, pipeline, &Limits::default(), progress)
+}
+
+/// [`quantize`] under `limits`: calibration runs the interpreter on batches of at most
+/// [`CALIBRATION_BATCH`] samples, fewer when that many would need more than
+/// [`Limits::max_run_bytes`] (an error when one sample does), or exactly the batch a model
+/// fixes on axis 0.
+pub fn quantize_limited(
+    graph: &Graph,
+    calibration: &[Tensor],
+    opts: &QuantizeOptions,
+    pipeline: &PipelineOptions,
+    limits: &Limits,
+    progress: &dyn Fn(usize, usize),
+) -> Result<Quantized, Error> {
+    let calibration = with_sample_axis(graph, calibration);
+    let calibration = calibration.as_slice();
     let samples = calibration_samples(graph, calibration)?;
+    let fixed_batch = fixed_batch(graph)?;
+    if let Some(step) = fixed_batch.filter(|&k| samples % k != 0) {
+        return Err(Error::Value {
+            name: "calibration data".to_string(),
+            message: format!("the model takes {step} samples at a time; {samples} calibration samples do not divide into runs of {step}"),
+        });
+    }
     let stats = RefCell::new(None);
     let qdq = RefCell::new(None);
+    let batch_limit = RefCell::new(None);
     let insert = |g: &Graph| {
+        let per_sample = crate::limits::interpreter_bytes(g, 1).unwrap_or(u64::MAX);
+        if per_sample > limits.max_run_bytes {
+            *batch_limit.borrow_mut() = Some(per_sample);
+            return Err(qlift_passes::PassError::Unsupported("calibration: one sample needs more memory than the run limit".into()));
+        }
+        let step = match fixed_batch {
+            Some(k) => k,
+            None => (limits.max_run_bytes / per_sample.max(1)).clamp(1, CALIBRATION_BATCH as u64) as usize,
+        };
         let mut cal = Calibration::default();
-        for start in (0..samples).step_by(CALIBRATION_BATCH) {
-            let end = (start + CALIBRATION_BATCH).min(samples);
+        for start in (0..samples).step_by(step) {
+            let end = (start + step).min(samples);
             let batch: Vec<Tensor> =
                 calibration.iter().map(|t| t.slice_outer(start, end)).collect::<Result<_, _>>().map_err(qlift_passes::PassError::Bug)?;
             cal.observe(g, &batch)?;
@@ -52,12 +86,51 @@ pub fn quantize(
         *qdq.borrow_mut() = Some(out.clone());
         Ok(out)
     };
-    let (lowered, runs) = run_passes(graph, &quantizing_pipeline(insert), pipeline)?;
+    let result = run_passes(graph, &quantizing_pipeline(insert), pipeline);
+    if let Some(bytes) = batch_limit.into_inner() {
+        let what = "memory for calibrating one sample (every intermediate value)".to_string();
+        return Err(Error::Limit { what, value: bytes, limit: limits.max_run_bytes });
+    }
+    let (lowered, runs) = result?;
     let (samples, non_finite) = stats.into_inner().unwrap_or_default();
     // A pipeline stopped before `insert-qdq` (`dump --after fold-bn`) has no QDQ graph yet:
     // the graph it stopped at stands for it.
     let qdq = qdq.into_inner().unwrap_or_else(|| lowered.clone());
     Ok(Quantized { qdq, lowered, runs, samples, non_finite })
+}
+
+/// The extent a model's inputs fix on axis 0, if they do (a model exported with batch 1 runs
+/// one calibration sample at a time); `None` when the model takes any batch.
+fn fixed_batch(graph: &Graph) -> Result<Option<usize>, Error> {
+    let fixed: Vec<usize> = graph
+        .input_values()
+        .iter()
+        .filter_map(|&v| graph.value_type(v).shape.dims().first().and_then(|d| d.fixed()))
+        .collect();
+    match fixed.first() {
+        None => Ok(None),
+        Some(&k) if k > 0 && fixed.iter().all(|&f| f == k) => Ok(Some(k)),
+        _ => Err(Error::Value { name: "calibration data".to_string(), message: format!("the model's inputs fix different extents on axis 0 ({fixed:?}); calibration takes samples along axis 0") }),
+    }
+}
+
+/// Calibration tensors with one axis less than their input (one sample given without its
+/// sample axis) get it added.
+fn with_sample_axis(graph: &Graph, calibration: &[Tensor]) -> Vec<Tensor> {
+    calibration
+        .iter()
+        .zip(graph.input_values())
+        .map(|(t, v)| {
+            if t.shape().len() + 1 == graph.value_type(v).shape.rank() {
+                let mut shape = vec![1];
+                shape.extend_from_slice(t.shape());
+                t.clone().reshaped(shape).unwrap_or_else(|_| t.clone())
+            } else {
+                t.clone()
+            }
+        })
+        .chain(calibration.iter().skip(graph.input_values().len()).cloned())
+        .collect()
 }
 
 /// Checks calibration inputs against the graph: one per input, same sample count, at

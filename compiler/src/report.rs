@@ -3,8 +3,8 @@
 //! values are matched to float values by name (`X_QuantizeLinear_Output` quantizes `X`,
 //! the naming of ONNX Runtime's QDQ models and of qlift's Q/DQ insertion).
 
-use crate::Error;
-use qlift_ir::{DType, Graph, Tensor, ValueId};
+use crate::{Error, Limits};
+use qlift_ir::{DType, Graph, Tensor, TensorType, ValueId};
 use std::collections::HashMap;
 
 /// The suffix that names a value's quantized form.
@@ -35,9 +35,44 @@ pub fn sqnr_db(got: &[f32], want: &[f32]) -> f64 {
     10.0 * (signal / noise).log10()
 }
 
+/// The real values a tensor of type `ty` stands for: f32 as it is, a quantized integer
+/// tensor dequantized with its own parameters (per tensor or per channel); `None` for an
+/// integer tensor without quantization parameters (indices, shapes), which has no real value
+/// to compare.
+pub fn real_values(ty: &TensorType, tensor: &Tensor) -> Option<Vec<f32>> {
+    match (&ty.quant, ty.dtype) {
+        (None, DType::F32) => Some(tensor.to_f32_vec()),
+        (Some(q), DType::U8 | DType::I8 | DType::U4 | DType::I4 | DType::I32) => {
+            let codes = tensor.to_i64_vec().ok()?;
+            let shape = tensor.shape();
+            let (channels, inner) = match q.axis {
+                None => (1, 1),
+                Some(axis) => (*shape.get(axis)?, shape.get(axis + 1..)?.iter().product::<usize>()),
+            };
+            if q.scale.len() < channels {
+                return None;
+            }
+            let at = |i: usize| if channels == 1 { 0 } else { (i / inner.max(1)) % channels };
+            Some(codes.iter().enumerate().map(|(i, &x)| (x - q.zero_point[at(i)] as i64) as f32 * q.scale[at(i)]).collect())
+        }
+        _ => None,
+    }
+}
+
 /// Runs both graphs on `inputs` and compares every value of the quantized graph that has a
-/// float counterpart; worst SQNR first.
-pub fn layer_errors(float: &Graph, quantized: &Graph, inputs: &[Tensor]) -> Result<Vec<LayerError>, Error> {
+/// counterpart in the reference graph, as real numbers: both sides are dequantized with their
+/// own parameters (a reference that is itself quantized, such as a QOperator model, uses
+/// other scales and zero points than the graph compared to it). Worst SQNR first. The runs
+/// hold every value at once, so their memory is checked against `limits` first.
+pub fn layer_errors(float: &Graph, quantized: &Graph, inputs: &[Tensor], limits: &Limits) -> Result<Vec<LayerError>, Error> {
+    let batch = inputs.iter().filter_map(|t| t.shape().first().copied()).max().unwrap_or(1);
+    for graph in [float, quantized] {
+        let bytes = crate::limits::interpreter_bytes(graph, batch).unwrap_or(u64::MAX);
+        if bytes > limits.max_run_bytes {
+            let what = format!("memory for tracing every value of `{}` on a batch of {batch} (use fewer samples)", graph.name);
+            return Err(Error::Limit { what, value: bytes, limit: limits.max_run_bytes });
+        }
+    }
     let reference = qlift_ir::interp::run_traced(float, inputs)?;
     let trace = qlift_ir::interp::run_traced(quantized, inputs)?;
     let by_name: HashMap<&str, ValueId> = reference.values.keys().map(|&v| (float.value(v).name.as_str(), v)).collect();
@@ -46,16 +81,9 @@ pub fn layer_errors(float: &Graph, quantized: &Graph, inputs: &[Tensor]) -> Resu
         let value = quantized.value(v);
         let Some(op) = quantized.node(v.node).op.kind() else { continue };
         let float_name = value.name.strip_suffix(QUANTIZED_SUFFIX).unwrap_or(&value.name);
-        let Some(want) = by_name.get(float_name).and_then(|r| reference.values.get(r)) else { continue };
-        let got = match (&value.ty.quant, value.ty.dtype) {
-            (Some(q), DType::U8 | DType::I8) if q.axis.is_none() => {
-                let (scale, zp) = q.channel(0);
-                tensor.to_i64_vec().map_err(|m| Error::Value { name: value.name.clone(), message: m })?.iter().map(|&x| (x - zp as i64) as f32 * scale).collect()
-            }
-            (None, DType::F32) => tensor.to_f32_vec(),
-            _ => continue,
-        };
-        let want = want.to_f32_vec();
+        let Some(&r) = by_name.get(float_name) else { continue };
+        let Some(want) = reference.values.get(&r) else { continue };
+        let (Some(got), Some(want)) = (real_values(&value.ty, tensor), real_values(&float.value(r).ty, want)) else { continue };
         if got.len() != want.len() {
             continue;
         }

@@ -672,3 +672,121 @@ fn a_long_chain_of_nodes_does_not_recurse_deeply() {
     let (a, b) = (reference[0].as_f32().unwrap(), y[0].as_f32().unwrap());
     assert!(a.iter().zip(b).all(|(a, b)| (a.is_nan() && b.is_nan()) || (a - b).abs() < 1e-6), "{a:?} vs {b:?}");
 }
+
+/// Runs `f` on another thread and fails the test if it has not finished within `seconds`
+/// (a hang is a failure, not a stuck test run).
+fn within<T: Send + 'static>(seconds: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(seconds)).unwrap_or_else(|_| panic!("{what} did not finish within {seconds} s"))
+}
+
+#[test]
+fn external_data_must_be_a_regular_file() {
+    // A named pipe as external data hung (opening it waits for a writer); a device would
+    // never end.
+    let dir = temp_dir("external-special");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("w.fifo");
+    let _ = std::fs::remove_file(&fifo);
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    std::os::unix::fs::symlink("/dev/zero", dir.join("zero.bin")).unwrap_or(());
+    for (location, complaint) in [("w.fifo", "is a pipe; external data must be a regular file"), ("zero.bin", "through a symlink")] {
+        let path = write_model(&dir, &external_model(location, None));
+        let result = within(20, "loading a model with special external data", move || load_onnx(&path, &ImportOptions::default()));
+        match result {
+            Err(Error::ExternalData { message, .. }) => assert!(message.contains(complaint), "{location}: {message}"),
+            other => panic!("{location}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_model_from_a_pipe_loads_and_an_endless_one_is_cut_at_the_limit() {
+    let dir = temp_dir("model-fifo");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("model.onnx");
+    let _ = std::fs::remove_file(&fifo);
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    // A writer that gives the model and closes: it loads (`qlift dump <(cat m.onnx)`).
+    let (path, model_bytes) = (fifo.clone(), bytes(&conv_model()));
+    let writer = std::thread::spawn(move || std::fs::write(&path, model_bytes));
+    let graph = within(20, "loading from a pipe", {
+        let fifo = fifo.clone();
+        move || load_onnx(&fifo, &ImportOptions::default())
+    });
+    writer.join().unwrap().unwrap();
+    assert!(graph.is_ok(), "{graph:?}");
+    // A writer that never stops: the read ends at the limit.
+    let path = fifo.clone();
+    let writer = std::thread::spawn(move || {
+        let mut w = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        while std::io::Write::write_all(&mut w, &[0u8; 4096]).is_ok() {}
+    });
+    let mut opts = ImportOptions::default();
+    opts.limits.max_model_bytes = 1 << 20;
+    let result = within(20, "loading from an endless pipe", move || load_onnx(&fifo, &opts));
+    assert!(matches!(&result, Err(Error::Limit { limit: 1048576, .. })), "{result:?}");
+    writer.join().unwrap();
+}
+
+#[test]
+fn qir_text_gets_the_limits_of_onnx_imports() {
+    let text = "graph s(%x: f32[N,4]) -> (%y) {\n  %a = Relu(%x) : f32[N,4]\n  %y = Sigmoid(%a) : f32[N,4]\n}\n";
+    assert!(qlift::load_qir_text(text, &ImportOptions::default()).is_ok());
+    let mut opts = ImportOptions::default();
+    opts.limits.max_nodes = 2;
+    let e = qlift::load_qir_text(text, &opts).unwrap_err();
+    assert!(e.to_string().contains("node count is 3, above the limit of 2"), "{e}");
+    let deep = "graph d(%x: f32[N,1,1,1,1,1,1,1,1,1]) -> (%y) {\n  %y = Relu(%x) : f32[N,1,1,1,1,1,1,1,1,1]\n}\n";
+    let e = qlift::load_qir_text(deep, &ImportOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("rank 10 is above the limit of 8"), "{e}");
+    let big = "graph b(%x: f32[N,1073741824]) -> (%y) {\n  %y = Relu(%x) : f32[N,1073741824]\n}\n";
+    let e = qlift::load_qir_text(big, &ImportOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("value `x` of node `x`"), "{e}");
+}
+
+#[test]
+fn a_run_too_large_for_the_memory_limit_is_refused_before_allocating() {
+    let graph = load(&conv_model()).unwrap();
+    for engine in [qlift::Engine::Jit, qlift::Engine::Interpreter] {
+        let mut opts = qlift::CompileOptions { engine, ..Default::default() };
+        opts.import.limits.max_run_bytes = 64 << 10;
+        let model = qlift::CompiledModel::from_graph(&graph, None, &opts).unwrap();
+        let small = [Tensor::from_f32(&[1, 1, 4, 4], vec![1.0; 16])];
+        assert!(model.run_bytes(&small).unwrap() <= 64 << 10);
+        model.run(&small).unwrap();
+        // 10,000 samples need more than 64 KiB of outputs alone.
+        let large = [Tensor::from_f32(&[10_000, 1, 4, 4], vec![1.0; 160_000])];
+        match model.run(&large) {
+            Err(Error::Limit { what, limit, .. }) => {
+                assert!(what.contains("batch of 10000") && limit == 64 << 10, "{what}");
+            }
+            other => panic!("{engine:?}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn calibration_runs_in_batches_that_fit_the_memory_limit() {
+    let graph = load(&conv_model()).unwrap();
+    let samples = Tensor::from_f32(&[100, 1, 4, 4], (0..1600).map(|i| (i % 7) as f32 - 3.0).collect());
+    let opts = qlift::QuantizeOptions::default();
+    let pipeline = qlift_passes::PipelineOptions::default();
+    let reference = qlift::quantize(&graph, std::slice::from_ref(&samples), &opts, &pipeline, &|_, _| {}).unwrap();
+    // A limit that fits a few samples at a time: the batches shrink, the result is the same.
+    let mut limits = qlift::Limits::default();
+    let per_sample = qlift::limits::interpreter_bytes(&graph, 1).unwrap();
+    limits.max_run_bytes = per_sample * 3;
+    let batches = std::sync::Mutex::new(Vec::new());
+    let q = qlift::quantize::quantize_limited(&graph, std::slice::from_ref(&samples), &opts, &pipeline, &limits, &|done, _| batches.lock().unwrap().push(done)).unwrap();
+    assert_eq!(q.samples, 100);
+    assert!(batches.lock().unwrap().len() > 10, "{:?}", batches.lock().unwrap());
+    assert_eq!(qlift_ir::text::print(&q.lowered, &Default::default()), qlift_ir::text::print(&reference.lowered, &Default::default()));
+    // Not even one sample fits: an error, not an allocation.
+    limits.max_run_bytes = 8;
+    let e = qlift::quantize::quantize_limited(&graph, std::slice::from_ref(&samples), &opts, &pipeline, &limits, &|_, _| {}).err().expect("refused");
+    assert!(e.to_string().contains("memory for calibrating one sample"), "{e}");
+}

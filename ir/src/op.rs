@@ -97,6 +97,87 @@ ops! {
     Mul: 2..=2 -> 1 {},
     /// Broadcasting division (integer division truncates).
     Div: 2..=2 -> 1 {},
+    // The elementwise family (ops/arith.rs, ops/unary.rs, ops/logic.rs): numpy broadcasting
+    // wherever there are several operands; integers wrap in their dtype as numpy's do.
+    /// `x ^ y`: the exponent may have another numeric dtype; the result has the base's
+    /// (an integer base with a float exponent is computed in f64 and truncated).
+    Pow: 2..=2 -> 1 {},
+    /// Square root (NaN below 0).
+    Sqrt: 1..=1 -> 1 {},
+    /// `e ^ x`.
+    Exp: 1..=1 -> 1 {},
+    /// Natural logarithm (NaN below 0, -inf at 0).
+    Log: 1..=1 -> 1 {},
+    /// Absolute value (an integer's minimum wraps to itself).
+    Abs: 1..=1 -> 1 {},
+    /// Negation (integers wrap).
+    Neg: 1..=1 -> 1 {},
+    /// `1 / x`.
+    Reciprocal: 1..=1 -> 1 {},
+    /// Rounding down.
+    Floor: 1..=1 -> 1 {},
+    /// Rounding up.
+    Ceil: 1..=1 -> 1 {},
+    /// Rounding to the nearest integer, halves to even.
+    Round: 1..=1 -> 1 {},
+    /// The error function.
+    Erf: 1..=1 -> 1 {},
+    /// Sine.
+    Sin: 1..=1 -> 1 {},
+    /// Cosine.
+    Cos: 1..=1 -> 1 {},
+    /// Minimum of any number of operands (NaN if any is NaN).
+    Min: 1..=* -> 1 {},
+    /// Maximum of any number of operands (NaN if any is NaN).
+    Max: 1..=* -> 1 {},
+    /// Mean of any number of operands (summed in operand order, then divided).
+    Mean: 1..=* -> 1 {},
+    /// Sum of any number of operands, in operand order.
+    Sum: 1..=* -> 1 {},
+    /// Remainder: with `fmod` 1 it has the dividend's sign (C's `fmod`), with 0 the
+    /// divisor's (Python's `%`).
+    Mod: 2..=2 -> 1 { "fmod": Int },
+    /// -1, 0 or 1 by the sign (NaN stays NaN).
+    Sign: 1..=1 -> 1 {},
+    /// `a == b`, a bool result.
+    Equal: 2..=2 -> 1 {},
+    /// `a > b`, a bool result (false when either is NaN, as every ordered comparison).
+    Greater: 2..=2 -> 1 {},
+    /// `a >= b`, a bool result.
+    GreaterOrEqual: 2..=2 -> 1 {},
+    /// `a < b`, a bool result.
+    Less: 2..=2 -> 1 {},
+    /// `a <= b`, a bool result.
+    LessOrEqual: 2..=2 -> 1 {},
+    /// Logical negation of a bool.
+    Not: 1..=1 -> 1 {},
+    /// Logical and of bools.
+    And: 2..=2 -> 1 {},
+    /// Logical or of bools.
+    Or: 2..=2 -> 1 {},
+    /// Logical exclusive or of bools.
+    Xor: 2..=2 -> 1 {},
+    /// `condition ? x : y`, broadcasting all three; `x` and `y` of any one dtype.
+    Where: 3..=3 -> 1 {},
+    /// Gaussian error linear unit `x · Φ(x)`: exact with `approximate` "none", through
+    /// `tanh` with "tanh".
+    Gelu: 1..=1 -> 1 { "approximate": Str },
+    /// `x < 0 ? slope · x : x`, the slope broadcast onto `x`.
+    PRelu: 2..=2 -> 1 {},
+    /// `x < 0 ? alpha · (e^x - 1) : x`.
+    Elu: 1..=1 -> 1 { "alpha": Float },
+    /// `gamma · (x <= 0 ? alpha · (e^x - 1) : x)`.
+    Selu: 1..=1 -> 1 { "alpha": Float, "gamma": Float },
+    /// `ln(1 + e^x)`.
+    Softplus: 1..=1 -> 1 {},
+    /// `x · tanh(softplus(x))`.
+    Mish: 1..=1 -> 1 {},
+    /// `x / (1 + |x|)`.
+    Softsign: 1..=1 -> 1 {},
+    /// `x > alpha ? x : 0`.
+    ThresholdedRelu: 1..=1 -> 1 { "alpha": Float },
+    /// `max(0, x) + min(0, alpha · (e^(x / alpha) - 1))`.
+    Celu: 1..=1 -> 1 { "alpha": Float },
     /// Max pooling.
     MaxPool: 1..=1 -> 1 { "ceil_mode": Int, "dilations": Ints, "kernel_shape": Ints, "pads": Ints, "strides": Ints },
     /// Average pooling.
@@ -200,6 +281,56 @@ ops! {
     QuantizeLinear: 1..=1 -> 1 {},
     /// A quantized value (parameters on its type) back to f32.
     DequantizeLinear: 1..=1 -> 1 {},
+    // Reductions, normalizations and NN ops (`ops/reduce.rs`, `ops/norm.rs`,
+    // `ops/conv_transpose.rs`). A reduction reduces the axes in `axes` (normalized and
+    // sorted by the importer; empty reduces nothing), or, when that attribute is absent, the
+    // axes in operand 1 computed at run time (ONNX's form: empty means every axis unless
+    // `noop_with_empty_axes`).
+    /// Mean over the reduced axes.
+    ReduceMean: 1..=2 -> 1 { "axes": OptInts, "keepdims": Int, "noop_with_empty_axes": Int },
+    /// Sum over the reduced axes.
+    ReduceSum: 1..=2 -> 1 { "axes": OptInts, "keepdims": Int, "noop_with_empty_axes": Int },
+    /// Maximum over the reduced axes.
+    ReduceMax: 1..=2 -> 1 { "axes": OptInts, "keepdims": Int, "noop_with_empty_axes": Int },
+    /// Minimum over the reduced axes.
+    ReduceMin: 1..=2 -> 1 { "axes": OptInts, "keepdims": Int, "noop_with_empty_axes": Int },
+    /// Product over the reduced axes.
+    ReduceProd: 1..=2 -> 1 { "axes": OptInts, "keepdims": Int, "noop_with_empty_axes": Int },
+    /// Sum of absolute values over the reduced axes.
+    ReduceL1: 1..=2 -> 1 { "axes": OptInts, "keepdims": Int, "noop_with_empty_axes": Int },
+    /// Euclidean norm over the reduced axes.
+    ReduceL2: 1..=2 -> 1 { "axes": OptInts, "keepdims": Int, "noop_with_empty_axes": Int },
+    /// Sum of squares over the reduced axes.
+    ReduceSumSquare: 1..=2 -> 1 { "axes": OptInts, "keepdims": Int, "noop_with_empty_axes": Int },
+    /// Natural logarithm of the sum over the reduced axes.
+    ReduceLogSum: 1..=2 -> 1 { "axes": OptInts, "keepdims": Int, "noop_with_empty_axes": Int },
+    /// `log Σ exp` over the reduced axes (computed without overflow).
+    ReduceLogSumExp: 1..=2 -> 1 { "axes": OptInts, "keepdims": Int, "noop_with_empty_axes": Int },
+    /// Position (i64) of the maximum along `axis`: the first, or the last with `select_last_index`.
+    ArgMax: 1..=1 -> 1 { "axis": Int, "keepdims": Int, "select_last_index": Int },
+    /// Position (i64) of the minimum along `axis`: the first, or the last with `select_last_index`.
+    ArgMin: 1..=1 -> 1 { "axis": Int, "keepdims": Int, "select_last_index": Int },
+    /// Running sum along `axis` (ONNX's operand, a constant here), leaving each element out
+    /// with `exclusive`, from the end with `reverse`.
+    CumSum: 1..=1 -> 1 { "axis": Int, "exclusive": Int, "reverse": Int },
+    /// Normalization of everything from `axis` on to zero mean and unit variance, then
+    /// scale and optional bias (broadcast onto the input). Only ONNX's first result.
+    LayerNormalization: 2..=3 -> 1 { "axis": Int, "epsilon": Float },
+    /// Per-sample, per-channel normalization over the spatial axes, then per-channel scale
+    /// and bias.
+    InstanceNormalization: 3..=3 -> 1 { "epsilon": Float },
+    /// Per-sample normalization over groups of `C / num_groups` channels, then per-channel
+    /// scale and bias (opset 21's form; the importer expands opset 18's per-group ones).
+    GroupNormalization: 3..=3 -> 1 { "epsilon": Float, "num_groups": Int },
+    /// Division by the L1 or L2 norm (`p`) along `axis` (a zero norm gives zeros).
+    LpNormalization: 1..=1 -> 1 { "axis": Int, "p": Int },
+    /// `x − log Σ exp x` along `axis`.
+    LogSoftmax: 1..=1 -> 1 { "axis": Int },
+    /// 1 at the first maximum along `axis`, 0 elsewhere.
+    Hardmax: 1..=1 -> 1 { "axis": Int },
+    /// Transposed convolution; `pads` are signed and include ONNX's `output_padding` and
+    /// `output_shape` (see `ops/conv_transpose.rs`).
+    ConvTranspose: 2..=3 -> 1 { "dilations": Ints, "group": Int, "kernel_shape": Ints, "pads": Ints, "strides": Ints },
 }
 
 impl fmt::Display for OpKind {
@@ -275,6 +406,7 @@ impl OpKind {
             OpKind::Pad => &[1],
             OpKind::Resize => &[1, 2, 3],
             OpKind::OneHot => &[1],
+            k if crate::ops::reduce::is_reduction(k) => &[1],
             _ => &[],
         }
     }

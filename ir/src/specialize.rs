@@ -11,7 +11,7 @@
 //! every symbol bound it leaves a graph whose shapes are all known (or the batch), which
 //! is what code generation takes.
 
-use crate::graph::{Graph, NodeOp, ValueId};
+use crate::graph::{Graph, NodeId, NodeOp, ValueId};
 use crate::ops::{self, InferCtx};
 use crate::verify::OperandValues;
 use crate::{Dim, IrError, OpKind, Shape, SymInt, Symbol, Tensor, TensorType, VerifierError};
@@ -123,67 +123,129 @@ pub fn bind_inputs<'a>(
 const FOLD_LIMIT_BYTES: usize = 64 << 20;
 
 /// Returns `graph` with `binding` substituted, integer shape computations tracked, result
-/// types re-inferred, and every node whose operands are all constants evaluated (except
-/// QuantizeLinear and DequantizeLinear, which are kept for the lowering passes, and results
-/// above [`FOLD_LIMIT_BYTES`]). Value names stay; nodes nothing uses any more are removed.
+/// types re-inferred, and every node whose value is known evaluated (see [`Folder`]).
+/// Value names stay; nodes nothing uses any more are removed.
 pub fn specialize(graph: &Graph, binding: &Binding) -> Result<Graph, IrError> {
     let mut g = graph.clone();
     for v in g.input_values() {
         let ty = &mut g.node_mut(v.node).outputs[0].ty;
         ty.shape = binding.shape(&ty.shape);
     }
-    let mut known: HashMap<ValueId, Vec<SymInt>> = HashMap::new();
+    let mut folder = Folder::new(binding.clone());
     for id in g.topo_order()? {
+        folder.visit(&mut g, id)?;
+    }
+    g.remove_dead_nodes();
+    crate::verify(&g)?;
+    Ok(g)
+}
+
+/// One node at a time, in topological order, what [`specialize`] does to a graph: the
+/// importer runs it on each node it builds, so converters see constants and exact types
+/// as soon as they can be known.
+pub struct Folder {
+    binding: Binding,
+    /// Elements of integer values computed from shapes, by value.
+    known: HashMap<ValueId, Vec<SymInt>>,
+}
+
+impl Folder {
+    /// A folder substituting `binding`.
+    pub fn new(binding: Binding) -> Folder {
+        Folder { binding, known: HashMap::new() }
+    }
+
+    /// Re-infers node `id`'s result type with what is known of its operands (constants and
+    /// tracked shape values), tracks its integer result, and makes it a constant when its
+    /// value is known: every operand is a constant (evaluated with the interpreter's kernels,
+    /// except QuantizeLinear and DequantizeLinear, which the lowering passes read, and
+    /// results above [`FOLD_LIMIT_BYTES`]), or every element was tracked (`Shape` of a value
+    /// whose extents are known). Returns whether the node became a constant.
+    pub fn visit(&mut self, g: &mut Graph, id: NodeId) -> Result<bool, IrError> {
         let op = match &g.node(id).op {
             NodeOp::Apply(op) => op.clone(),
             NodeOp::Const(t) => {
                 if let Some(v) = small_ints(t) {
-                    known.insert(ValueId { node: id, output: 0 }, v);
+                    self.known.insert(ValueId { node: id, output: 0 }, v);
                 }
-                continue;
+                return Ok(false);
             }
-            NodeOp::Input => continue,
+            NodeOp::Input => return Ok(false),
         };
         let node = g.node(id);
         let fail = |message: String| IrError::Verifier(vec![VerifierError { node: node.name.clone(), op: op.kind.name().to_string(), message }]);
         let operands = g.node_inputs(id);
         let types: Vec<Option<&TensorType>> = operands.iter().map(|v| v.map(|v| g.value_type(v))).collect();
-        let constants = crate::verify::operand_constants(&g, &operands);
-        let symbolic: Vec<Option<Vec<SymInt>>> = operands.iter().map(|v| v.and_then(|v| known.get(&v).cloned())).collect();
-        let declared: Vec<TensorType> = node.outputs.iter().map(|v| TensorType { shape: binding.shape(&v.ty.shape), ..v.ty.clone() }).collect();
+        let constants = crate::verify::operand_constants(g, &operands);
+        let symbolic: Vec<Option<Vec<SymInt>>> = operands.iter().map(|v| v.and_then(|v| self.known.get(&v).cloned())).collect();
+        let declared: Vec<TensorType> = node.outputs.iter().map(|v| TensorType { shape: self.binding.shape(&v.ty.shape), ..v.ty.clone() }).collect();
         let values = OperandValues { constants: &constants, symbolic: &symbolic };
         let inferred = crate::verify::infer_op_with(&op, &types, &values, &declared).map_err(&fail)?;
         let cx = InferCtx { op: &op, inputs: &types, constants: &constants, symbolic: &symbolic, declared: &declared };
         let tracked = inferred.first().and_then(|r| ops::symbolic(&cx, r));
-        let foldable = operands.iter().zip(&constants).all(|(v, c)| v.is_none() || c.is_some())
-            && !matches!(op.kind, OpKind::QuantizeLinear | OpKind::DequantizeLinear)
-            && inferred.len() == 1
+        let small = inferred.len() == 1
             && inferred[0].shape.volume().is_some_and(|(n, p)| p == 0 && n.saturating_mul(inferred[0].dtype.size_of()) <= FOLD_LIMIT_BYTES);
-        let folded = if foldable { Some(crate::interp::eval_op(&op, &constants, &types, &inferred).map_err(&fail)?) } else { None };
-        match folded {
-            Some(mut results) => {
-                let t = Arc::new(results.remove(0));
+        let evaluable = operands.iter().zip(&constants).all(|(v, c)| v.is_none() || c.is_some())
+            && !matches!(op.kind, OpKind::QuantizeLinear | OpKind::DequantizeLinear);
+        let value = if !small {
+            None
+        } else if evaluable {
+            Some(crate::interp::eval_op(&op, &constants, &types, &inferred).map_err(&fail)?.remove(0))
+        } else {
+            tracked.as_ref().and_then(|t| known_tensor(&inferred[0], t))
+        };
+        match value {
+            Some(t) => {
+                let t = Arc::new(t);
                 if let Some(v) = small_ints(&t) {
-                    known.insert(ValueId { node: id, output: 0 }, v);
+                    self.known.insert(ValueId { node: id, output: 0 }, v);
                 }
                 // A quantized result keeps its parameters on the constant.
                 let quant = inferred[0].quant.clone();
                 g.make_constant(id, t)?;
                 g.node_mut(id).outputs[0].ty.quant = quant;
+                Ok(true)
             }
             None => {
+                static_reshape(g, id, &op, &inferred)?;
                 for (v, ty) in g.node_mut(id).outputs.iter_mut().zip(inferred) {
                     v.ty = ty;
                 }
                 if let Some(t) = tracked {
-                    known.insert(ValueId { node: id, output: 0 }, t);
+                    self.known.insert(ValueId { node: id, output: 0 }, t);
                 }
+                Ok(false)
             }
         }
     }
-    g.remove_dead_nodes();
-    crate::verify(&g)?;
-    Ok(g)
+}
+
+/// The tensor of type `ty` whose elements `tracked` knows all of, if it does.
+fn known_tensor(ty: &TensorType, tracked: &[SymInt]) -> Option<Tensor> {
+    let shape = ty.shape.as_fixed()?;
+    if !ty.dtype.is_integer() || ty.quant.is_some() || shape.iter().product::<usize>() != tracked.len() {
+        return None;
+    }
+    let values: Vec<i64> = tracked.iter().map(|v| v.int()).collect::<Option<_>>()?;
+    Tensor::from_i64_values(ty.dtype, shape, values).ok()
+}
+
+/// A Reshape whose shape is computed, but whose result extents are all known (or the
+/// batch), takes its spec as an attribute instead: the shape computation is then dead and
+/// goes, and code generation sees a plain copy.
+fn static_reshape(g: &mut Graph, id: NodeId, op: &crate::Op, result: &[TensorType]) -> Result<(), IrError> {
+    if op.kind != OpKind::Reshape || op.attrs.get("shape").is_some() {
+        return Ok(());
+    }
+    let operands = g.node_inputs(id);
+    let (Some(x), Some(out)) = (operands.first().copied().flatten(), result.first()) else { return Ok(()) };
+    let Some(spec) = ops::shape::reshape_spec_for(&g.value_type(x).shape, &out.shape) else { return Ok(()) };
+    if let NodeOp::Apply(op) = &mut g.node_mut(id).op {
+        op.attrs.set("shape", crate::AttrValue::Ints(spec));
+    }
+    g.set_node_input(id, 1, None)?;
+    g.node_mut(id).arity = 1;
+    Ok(())
 }
 
 /// The elements of a small integer constant (at most a few dozen: shapes, axes, indices).

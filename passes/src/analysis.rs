@@ -50,6 +50,8 @@ pub struct ClassData {
     pub constant: Option<Constant>,
     /// `(node name, value name)` from the graph, kept for the graph rebuilt from the e-graph.
     pub name: Option<(String, String)>,
+    /// Whether the class is a graph output (a use that no parent e-node shows).
+    pub output: bool,
 }
 
 /// The analysis state: graph input types and the constant table.
@@ -74,7 +76,7 @@ impl Analysis<QNode> for QAnalysis {
     type Data = ClassData;
 
     fn make(egraph: &mut QEGraph, enode: &QNode, _id: Id) -> ClassData {
-        let data = |ty, constant| ClassData { ty, constant, name: None };
+        let data = |ty, constant| ClassData { ty, constant, name: None, output: false };
         match enode {
             QNode::Input(i) => data(egraph.analysis.inputs.get(*i).cloned(), None),
             QNode::Const(k) => {
@@ -112,7 +114,11 @@ impl Analysis<QNode> for QAnalysis {
             a.name = b.name.clone();
             changed_a = true;
         }
-        let changed_b = (b.ty.is_none() && a.ty.is_some()) || (b.constant.is_none() && a.constant.is_some());
+        if !a.output && b.output {
+            a.output = true;
+            changed_a = true;
+        }
+        let changed_b = (b.ty.is_none() && a.ty.is_some()) || (b.constant.is_none() && a.constant.is_some()) || (!b.output && a.output);
         DidMerge(changed_a, changed_b)
     }
 

@@ -2,10 +2,10 @@
 //! it), so every change a pass makes comes from its rules.
 
 use crate::analysis::{ClassData, Constant, QAnalysis, QEGraph};
-use crate::cost::CostModel;
+use crate::extract::Extraction;
 use crate::lang::{OpSym, QNode};
 use crate::PassError;
-use egg::{Extractor, Id, Language};
+use egg::{Id, Language};
 use qlift_ir::{Graph, NodeOp, OpKind, TensorType, Value, ValueId};
 use std::collections::{HashMap, HashSet};
 
@@ -59,16 +59,19 @@ pub fn to_egraph(graph: &Graph) -> Result<GraphEGraph, PassError> {
         class.insert(ValueId { node: id, output: 0 }, c);
         order.push(c);
     }
-    let roots = graph.outputs().iter().map(|v| class[v]).collect();
+    let roots: Vec<Id> = graph.outputs().iter().map(|v| class[v]).collect();
+    for &r in &roots {
+        egraph[r].data.output = true;
+    }
     let output_names = graph.outputs().iter().map(|v| graph.value(*v).name.clone()).collect();
     egraph.rebuild();
     Ok(GraphEGraph { egraph, roots, order, inputs, output_names, name: graph.name.clone() })
 }
 
-/// Extracts the cheapest graph (see [`CostModel`]) from the e-graph.
+/// Extracts the cheapest graph (see [`crate::cost::CostModel`]) from the e-graph.
 pub fn to_graph(eg: &GraphEGraph) -> Result<Graph, PassError> {
     let egraph = &eg.egraph;
-    let extractor = Extractor::new(egraph, CostModel { egraph });
+    let extractor = Extraction::new(egraph);
     let mut graph = Graph::new(&eg.name);
     let mut names = Names::default();
     let mut values: HashMap<Id, ValueId> = HashMap::new();
@@ -84,7 +87,7 @@ pub fn to_graph(eg: &GraphEGraph) -> Result<Graph, PassError> {
     let mut pending: Vec<Id> = eg.roots.iter().map(|&c| egraph.find(c)).collect();
     while let Some(c) = pending.pop() {
         if live.insert(c) {
-            pending.extend(extractor.find_best_node(c).children().iter().map(|&k| egraph.find(k)));
+            pending.extend(extractor.best_node(c)?.children().iter().map(|&k| egraph.find(k)));
         }
     }
     // Post-order over the classes, iteratively (graphs can be deep).
@@ -101,11 +104,11 @@ pub fn to_graph(eg: &GraphEGraph) -> Result<Graph, PassError> {
         if values.contains_key(&c) {
             continue;
         }
-        let node = extractor.find_best_node(c);
-        let is_missing = |id: &Id| matches!(extractor.find_best_node(*id), QNode::Missing);
+        let node = extractor.best_node(c)?;
+        let is_missing = |id: &Id| matches!(extractor.best_node(*id), Ok(QNode::Missing));
         // A constant the rewrites created is named after the op that uses it, when it is built.
         let is_new_constant =
-            |id: &Id| egraph[*id].data.name.is_none() && matches!(extractor.find_best_node(*id), QNode::Const(_));
+            |id: &Id| egraph[*id].data.name.is_none() && matches!(extractor.best_node(*id), Ok(QNode::Const(_)));
         if !ready {
             stack.push((c, true));
             let children = node.children().iter().filter(|k| !is_missing(k) && !is_new_constant(k));
@@ -123,7 +126,7 @@ pub fn to_graph(eg: &GraphEGraph) -> Result<Graph, PassError> {
                 let mut operands: Vec<Option<ValueId>> = Vec::with_capacity(children.len());
                 for (slot, k) in children.iter().enumerate() {
                     let k = egraph.find(*k);
-                    operands.push(match extractor.find_best_node(k) {
+                    operands.push(match extractor.best_node(k)? {
                         QNode::Missing => None,
                         QNode::Const(key) if !values.contains_key(&k) && is_new_constant(&k) => {
                             let constant = &egraph.analysis.constants[key];

@@ -67,7 +67,8 @@ impl CostFunction<QNode> for CostModel<'_> {
         };
         enode.children().iter().fold(own, |acc, &c| {
             let k = costs(c);
-            Cost { nodes: acc.nodes + k.nodes, work: acc.work + k.work }
+            // Tree costs double with every level of a diamond-shaped DAG: saturate, never wrap.
+            Cost { nodes: acc.nodes.saturating_add(k.nodes), work: acc.work + k.work }
         })
     }
 }

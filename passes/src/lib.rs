@@ -8,12 +8,13 @@ pub mod analysis;
 pub mod bridge;
 pub mod calibrate;
 pub mod cost;
+pub mod extract;
 pub mod lang;
 pub mod manager;
 pub mod quantize;
 pub mod rules;
 
-pub use manager::{pass_names, pipeline, quantizing_pipeline, run_passes, run_pipeline, Pass, PassRun, PipelineOptions, PrintAfter, INSERT_QDQ};
+pub use manager::{pass_names, pipeline, quantizing_pipeline, run_passes, run_pipeline, Pass, PassRun, PipelineOptions, PrintAfter, Progress, INSERT_QDQ};
 
 /// Errors of the passes.
 #[derive(Debug, thiserror::Error)]

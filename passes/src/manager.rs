@@ -9,6 +9,7 @@ use egg::Runner;
 use qlift_ir::text::{print, PrintOptions};
 use qlift_ir::Graph;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A named pass: usually one rule family run to saturation (within limits) on an e-graph
@@ -87,6 +88,30 @@ pub enum PrintAfter {
     Pass(String),
 }
 
+/// A progress callback: called as each pass starts with `(index, passes, name)`, and once
+/// more with `(passes, passes, "")` at the end (what a progress bar needs).
+#[derive(Clone, Default)]
+pub struct Progress(pub Option<Arc<dyn Fn(usize, usize, &str) + Send + Sync>>);
+
+impl Progress {
+    /// A progress callback from a function.
+    pub fn new(f: impl Fn(usize, usize, &str) + Send + Sync + 'static) -> Progress {
+        Progress(Some(Arc::new(f)))
+    }
+
+    fn report(&self, index: usize, passes: usize, name: &str) {
+        if let Some(f) = &self.0 {
+            f(index, passes, name);
+        }
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Progress(callback)" } else { "Progress(none)" })
+    }
+}
+
 /// How to run the pipeline.
 #[derive(Clone, Debug, Default)]
 pub struct PipelineOptions {
@@ -96,6 +121,8 @@ pub struct PipelineOptions {
     pub dump_dir: Option<PathBuf>,
     /// Stop after the named pass (the graph returned is the graph after it).
     pub stop_after: Option<String>,
+    /// Told as each pass starts (for a progress bar).
+    pub progress: Progress,
 }
 
 /// What one pass did.
@@ -157,7 +184,12 @@ pub fn run_pipeline(graph: &Graph, opts: &PipelineOptions) -> Result<(Graph, Vec
 pub fn run_passes(graph: &Graph, passes: &[Pass], opts: &PipelineOptions) -> Result<(Graph, Vec<PassRun>), PassError> {
     let mut graph = graph.clone();
     let mut runs = Vec::new();
+    let total = match &opts.stop_after {
+        Some(name) => passes.iter().position(|p| p.name == name).map_or(passes.len(), |i| i + 1),
+        None => passes.len(),
+    };
     for (i, pass) in passes.iter().enumerate() {
+        opts.progress.report(i, total, pass.name);
         let start = Instant::now();
         let before = graph.node_count();
         let (next, egraph_nodes) = run_pass(&graph, pass)?;
@@ -179,6 +211,7 @@ pub fn run_passes(graph: &Graph, passes: &[Pass], opts: &PipelineOptions) -> Res
             break;
         }
     }
+    opts.progress.report(total, total, "");
     Ok((graph, runs))
 }
 

@@ -94,6 +94,22 @@ fn cases() -> Vec<Case> {
         case(3, 5, (9, 13), (1, 4), (2, 4), 1),
         case(4, 4, (6, 6), (4, 4), (1, 1), 2),
         case(20, 10, (5, 5), (3, 2), (1, 1), 1),
+        // Wide (256-bit micro-kernels, dense convolutions of any kernel): a 7×7 stride-2
+        // stem on three channels, 5×5, more output channels than one tile (6) and than
+        // one tile row of 16 positions, odd input channel counts (a half-empty pair),
+        // 1×1 with channel counts that do not fill the unrolled pairs.
+        case(3, 8, (15, 14), (7, 7), (2, 2), 1),
+        case(7, 13, (9, 10), (5, 5), (1, 1), 1),
+        case(40, 70, (6, 6), (3, 3), (1, 1), 1),
+        case(33, 20, (11, 9), (3, 3), (2, 2), 1),
+        case(9, 31, (4, 12), (1, 1), (1, 1), 1),
+        case(64, 12, (3, 3), (1, 1), (2, 2), 1),
+        // Depthwise of any size: more channels than the unrolled forms took (a run-time
+        // channel loop), 5×5 and 7×7 kernels (two quads of taps per row), stride 2.
+        case(400, 400, (5, 6), (3, 3), (1, 1), 400),
+        case(24, 24, (11, 12), (5, 5), (1, 1), 24),
+        case(16, 16, (14, 13), (7, 7), (2, 2), 16),
+        case(8, 8, (9, 9), (5, 5), (2, 2), 8),
         // im2col: 5-wide kernels, and 1×1 convolutions with strides or groups.
         case(3, 4, (7, 9), (3, 5), (1, 1), 1),
         case(4, 6, (5, 5), (1, 1), (2, 2), 1),
@@ -111,12 +127,21 @@ fn cases() -> Vec<Case> {
     cases
 }
 
+/// Sample 0 of a batch.
+fn first_sample(x: &Tensor) -> Tensor {
+    let mut dims = x.shape().to_vec();
+    let per: usize = dims[1..].iter().product();
+    dims[0] = 1;
+    Tensor::from_i64_values(x.dtype(), dims, x.to_i64_vec().unwrap()[..per].to_vec()).unwrap()
+}
+
 #[test]
 fn every_convolution_form_agrees_with_the_interpreter() {
     let paths = [
         ("host", CodegenOptions::default()),
         ("no-vnni", CodegenOptions { no_vnni: true, ..Default::default() }),
         ("avx2", CodegenOptions { avx2_only: true, ..Default::default() }),
+        ("128-bit", CodegenOptions { max_vector_bits: Some(128), ..Default::default() }),
         ("baseline", CodegenOptions { baseline_isa: true, ..Default::default() }),
     ];
     let mut rng = Lcg(0x5eed);
@@ -135,7 +160,33 @@ fn every_convolution_form_agrees_with_the_interpreter() {
         let inside = values.iter().filter(|&&v| v > lo && v < hi).count();
         assert!(inside * 2 > values.len(), "{k:?}: only {inside} of {} results inside ({lo}, {hi})", values.len());
         for (path, opts) in &paths {
-            let got = JitProgram::compile(&graph, opts).and_then(|p| p.run(std::slice::from_ref(&x)));
+            let program = JitProgram::compile(&graph, opts);
+            // Every dense case with a column stride up to 2 takes the wide form where the CPU has
+            // AVX2, unless held to 128 bits.
+            if let Ok(p) = &program {
+                let wide = p.program().steps[0].form == "wide-direct";
+                let expected = k.group == 1 && k.strides.1 <= 2 && opts.max_vector_bits.is_none() && !opts.baseline_isa && std::arch::is_x86_feature_detected!("avx2");
+                // Depthwise convolutions of any size and channel count take the wide form on
+                // AVX2 (column stride up to 2), else the direct form wherever the CPU has byte
+                // shuffles.
+                let depthwise = k.group == k.c && k.m == k.c && k.kernel.1 > 1;
+                let wide_depthwise = k.strides.1 <= 2 && opts.max_vector_bits.is_none() && std::arch::is_x86_feature_detected!("avx2");
+                let direct = p.program().steps[0].form == if wide_depthwise { "wide-depthwise" } else { "direct-depthwise" };
+                if wide != expected || (depthwise && !opts.baseline_isa && !direct) {
+                    failures.push(format!("{path}: {k:?} is in form {}", p.program().steps[0].form));
+                }
+            }
+            // One sample on two threads: the kernels split their own work (intra-op).
+            let (x1, want1) = (first_sample(&x), qlift_ir::interp::run(&graph, &[first_sample(&x)]).unwrap());
+            if let Ok(mut p) = JitProgram::compile(&graph, opts) {
+                p.set_threads(2);
+                match p.run(std::slice::from_ref(&x1)) {
+                    Ok(got) if got == want1 => {}
+                    Ok(_) => failures.push(format!("{path}, two threads, batch 1: {k:?} differs from the interpreter")),
+                    Err(e) => failures.push(format!("{path}, two threads, batch 1: {k:?}: {e}")),
+                }
+            }
+            let got = program.and_then(|p| p.run(std::slice::from_ref(&x)));
             match got {
                 Ok(got) if got == want => {}
                 Ok(_) => failures.push(format!("{path}: {k:?} differs from the interpreter")),

@@ -448,10 +448,11 @@ fn relative_error(got: &Tensor, want: &Tensor) -> f32 {
 
 /// The host's best code (VNNI where it has it), AVX2 at most (`pmaddwd`, no AVX-512: an
 /// AVX2-only CPU's code), and baseline SSE2.
-const ISAS: [(&str, CodegenOptions); 3] = [
-    ("host", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false, avx2_only: false }),
-    ("avx2", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false, avx2_only: true }),
-    ("baseline", CodegenOptions { target: None, baseline_isa: true, pic: false, no_vnni: false, avx2_only: false }),
+const ISAS: [(&str, CodegenOptions); 4] = [
+    ("host", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false, avx2_only: false, profile: false, max_vector_bits: None }),
+    ("host-128", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false, avx2_only: false, profile: false, max_vector_bits: Some(128) }),
+    ("avx2", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false, avx2_only: true, profile: false, max_vector_bits: None }),
+    ("baseline", CodegenOptions { target: None, baseline_isa: true, pic: false, no_vnni: false, avx2_only: false, profile: false, max_vector_bits: None }),
 ];
 
 fn jit_run(g: &Graph, opts: &CodegenOptions, x: &Tensor) -> Result<Vec<Tensor>, String> {
@@ -619,4 +620,247 @@ fn the_generator_covers_every_feature() {
     let missing: Vec<&str> = want.into_iter().filter(|f| !seen.contains(*f)).collect();
     assert!(missing.is_empty(), "never generated: {missing:?}");
     assert!(skipped * 5 <= blocks, "{skipped} of {blocks} blocks did not fit");
+}
+
+// Activation × activation MatMul, reductions and normalizations: single-op graphs on random
+// shapes whose operands are all graph inputs, through every ISA against the interpreter.
+
+/// A MatMul of two activations: batch dimensions drawn per operand (1 where it broadcasts),
+/// the run-time batch on axis 0 of both or of A only, vector operands sometimes.
+#[derive(Clone, Debug)]
+struct MatMulSpec {
+    /// Batch extents of the result (without the run-time batch).
+    batch: Vec<usize>,
+    /// Per batch axis: whether A, and B, have extent 1 there (broadcast).
+    a_ones: Vec<bool>,
+    b_ones: Vec<bool>,
+    /// Leading batch axes B leaves out (numpy's right alignment).
+    b_drop: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    /// A has the run-time batch on axis 0 (and so does the result); B too when `b_runtime`.
+    runtime: bool,
+    b_runtime: bool,
+    /// A is a vector `[K]` (then neither has batch axes).
+    vector_a: bool,
+    seed: u64,
+}
+
+fn matmul_spec() -> impl Strategy<Value = MatMulSpec> {
+    (prop::collection::vec((1usize..=4, any::<bool>(), any::<bool>()), 0..=3), 0usize..=3, 1usize..=19, 1usize..=40, 1usize..=21, any::<bool>(), any::<bool>(), 0u8..8, any::<u64>())
+        .prop_map(|(axes, b_drop, m, k, n, runtime, b_runtime, vector, seed)| {
+            let b_drop = b_drop.min(axes.len());
+            MatMulSpec {
+                batch: axes.iter().map(|a| a.0).collect(),
+                a_ones: axes.iter().map(|a| a.1).collect(),
+                b_ones: axes.iter().map(|a| a.2).collect(),
+                b_drop,
+                m,
+                k,
+                n,
+                runtime,
+                b_runtime: b_runtime && b_drop == 0,
+                vector_a: vector == 0,
+                seed,
+            }
+        })
+}
+
+impl MatMulSpec {
+    /// The operands' static shapes and concrete shapes at batch size `samples`.
+    fn shapes(&self, samples: usize) -> [(Shape, Vec<usize>); 2] {
+        if self.vector_a {
+            return [(Shape::fixed(&[self.k]), vec![self.k]), (Shape::fixed(&[self.k, self.n]), vec![self.k, self.n])];
+        }
+        let side = |ones: &[bool], drop: usize, rows: usize, cols: usize, runtime: bool| {
+            let mut dims: Vec<Dim> = Vec::new();
+            if runtime {
+                dims.push(Dim::Batch);
+            }
+            for (i, &e) in self.batch.iter().enumerate().skip(drop) {
+                dims.push(Dim::Fixed(if ones[i] { 1 } else { e }));
+            }
+            dims.extend([Dim::Fixed(rows), Dim::Fixed(cols)]);
+            let concrete = Shape(dims.clone()).resolve(samples);
+            (Shape(dims), concrete)
+        };
+        let b_runtime = self.runtime && self.b_runtime;
+        [side(&self.a_ones, 0, self.m, self.k, self.runtime), side(&self.b_ones, if b_runtime { 0 } else { self.b_drop }, self.k, self.n, b_runtime)]
+    }
+}
+
+/// A graph of one op on graph inputs of the given types.
+fn single_op(kind: OpKind, attrs: Attrs, inputs: &[TensorType]) -> Result<Graph, String> {
+    let mut g = Graph::new("op");
+    let operands: Vec<Option<ValueId>> = inputs.iter().enumerate().map(|(i, t)| Some(g.add_input(&format!("x{i}"), t.clone()))).collect();
+    let y = g.add_op("y", Op::new(kind, attrs), &operands, &["y"]).map_err(|e| e.to_string())?;
+    g.set_outputs(y).map_err(|e| e.to_string())?;
+    Ok(g)
+}
+
+/// The graph through every ISA on `inputs`, against the interpreter: integers exact, floats
+/// within 1e-4 of the output's range.
+fn agrees_everywhere(g: &Graph, inputs: &[Tensor]) -> Result<(), TestCaseError> {
+    let want = qlift_ir::interp::run(g, inputs).map_err(|e| TestCaseError::fail(format!("interp: {e}")))?;
+    for (isa, opts) in &ISAS {
+        let program = JitProgram::compile(g, opts).map_err(|e| TestCaseError::fail(format!("{isa} compile: {e}")))?;
+        let got = program.run(inputs).map_err(|e| TestCaseError::fail(format!("{isa} run: {e}")))?;
+        for (gv, w) in got.iter().zip(&want) {
+            let bad = if w.dtype() == DType::F32 {
+                let err = if gv.shape() == w.shape() { relative_error(gv, w) } else { f32::INFINITY };
+                (err > 1e-4).then(|| format!("relative error {err}"))
+            } else {
+                first_difference(gv, w)
+            };
+            if let Some(e) = bad {
+                return Err(TestCaseError::fail(format!("{isa} JIT differs from the interpreter: {e}\n{}", print(g, &PrintOptions::default()))));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A reduction-like op on one random input.
+#[derive(Clone, Debug)]
+struct ReduceSpec {
+    kind: OpKind,
+    dims: Vec<usize>,
+    /// Axis 0 is the run-time batch.
+    runtime: bool,
+    /// Which axes are reduced (Reduce*), or the axis (the others: the first set one).
+    axes: Vec<bool>,
+    keepdims: bool,
+    flag: bool,
+    integer: bool,
+    seed: u64,
+}
+
+const REDUCE_KINDS: [OpKind; 19] = [
+    OpKind::ReduceMean, OpKind::ReduceSum, OpKind::ReduceMax, OpKind::ReduceMin, OpKind::ReduceProd, OpKind::ReduceL1,
+    OpKind::ReduceL2, OpKind::ReduceSumSquare, OpKind::ReduceLogSum, OpKind::ReduceLogSumExp, OpKind::ArgMax, OpKind::ArgMin,
+    OpKind::CumSum, OpKind::LayerNormalization, OpKind::LpNormalization, OpKind::LogSoftmax, OpKind::Hardmax,
+    OpKind::InstanceNormalization, OpKind::GroupNormalization,
+];
+
+fn reduce_spec() -> impl Strategy<Value = ReduceSpec> {
+    (0..REDUCE_KINDS.len(), prop::collection::vec((1usize..=9, any::<bool>()), 1..=4), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<u64>())
+        .prop_map(|(kind, axes, runtime, keepdims, flag, integer, seed)| ReduceSpec {
+            kind: REDUCE_KINDS[kind],
+            dims: axes.iter().map(|a| a.0).collect(),
+            axes: axes.iter().map(|a| a.1).collect(),
+            runtime,
+            keepdims,
+            flag,
+            integer,
+            seed,
+        })
+}
+
+impl ReduceSpec {
+    /// The first set axis (the op's `axis`), or the last axis.
+    fn axis(&self) -> usize {
+        self.axes.iter().position(|&a| a).unwrap_or(self.dims.len() - 1)
+    }
+
+    /// The graph and its input at batch size `samples`.
+    fn build(&self, samples: usize) -> Result<(Graph, Vec<Tensor>), String> {
+        use OpKind::{
+            ArgMax, ArgMin, CumSum, GroupNormalization, Hardmax, InstanceNormalization, LayerNormalization, LogSoftmax, LpNormalization,
+            ReduceL1, ReduceLogSum, ReduceMax, ReduceMean, ReduceMin, ReduceProd, ReduceSum, ReduceSumSquare,
+        };
+        let rank = self.dims.len();
+        let mut dims: Vec<Dim> = self.dims.iter().map(|&d| Dim::Fixed(d)).collect();
+        let runtime = self.runtime && rank > 1;
+        if runtime {
+            dims[0] = Dim::Batch;
+        }
+        let concrete = Shape(dims.clone()).resolve(samples);
+        let count: usize = concrete.iter().product();
+        let integer = self.integer && matches!(self.kind, ReduceSum | ReduceMax | ReduceMin | ReduceProd | ReduceL1 | ReduceSumSquare | ReduceMean | ArgMax | ArgMin | CumSum);
+        // Positive values where a logarithm follows; few distinct values for ArgMax ties.
+        let (lo, hi) = match self.kind {
+            ReduceLogSum => (0.1, 2.0),
+            ReduceProd => (0.5, 1.5),
+            _ => (-3.0, 3.0),
+        };
+        let mut rand = Rand::new(self.seed);
+        let x = if integer {
+            Tensor::new(DType::I32, concrete.clone(), TensorData::I32(rand.vec(count, -50.0, 50.0).iter().map(|v| (*v as i32) / 8).collect())).map_err(|e| e.to_string())?
+        } else {
+            Tensor::from_f32(&concrete, rand.vec(count, lo, hi))
+        };
+        let xty = TensorType::new(x.dtype(), Shape(dims.clone()));
+        // Axes that leave the batch alone (kernels reduce along static axes only there).
+        let axis = if runtime && self.axis() == 0 { rank - 1 } else { self.axis() };
+        let axis_attr = AttrValue::Int(axis as i64);
+        let int = |v: bool| AttrValue::Int(v as i64);
+        let mut inputs = vec![x];
+        let mut types = vec![xty];
+        let attrs = match self.kind {
+            ArgMax | ArgMin => Attrs::new().with("axis", axis_attr).with("keepdims", int(self.keepdims)).with("select_last_index", int(self.flag)),
+            CumSum => Attrs::new().with("axis", axis_attr).with("exclusive", int(self.flag)).with("reverse", int(self.keepdims)),
+            LpNormalization => Attrs::new().with("axis", axis_attr).with("p", AttrValue::Int(if self.flag { 2 } else { 1 })),
+            LogSoftmax | Hardmax => Attrs::new().with("axis", axis_attr),
+            LayerNormalization => {
+                let axis = axis.max(usize::from(runtime));
+                let normalized = &concrete[axis..];
+                // Scale over the trailing axes (or only the last one), bias sometimes.
+                let scale_dims = if self.keepdims { normalized.to_vec() } else { vec![*normalized.last().unwrap()] };
+                for _ in 0..if self.flag { 2 } else { 1 } {
+                    let t = Tensor::from_f32(&scale_dims, rand.vec(scale_dims.iter().product(), -2.0, 2.0));
+                    types.push(TensorType::new(DType::F32, Shape::fixed(&scale_dims)));
+                    inputs.push(t);
+                }
+                Attrs::new().with("axis", AttrValue::Int(axis as i64)).with("epsilon", AttrValue::Float(1e-5))
+            }
+            InstanceNormalization | GroupNormalization => {
+                if rank < 3 {
+                    return Err("no spatial axes".to_string());
+                }
+                let c = concrete[1];
+                for _ in 0..2 {
+                    inputs.push(Tensor::from_f32(&[c], rand.vec(c, -2.0, 2.0)));
+                    types.push(TensorType::new(DType::F32, Shape::fixed(&[c])));
+                }
+                let attrs = Attrs::new().with("epsilon", AttrValue::Float(1e-5));
+                if self.kind == GroupNormalization {
+                    let groups = (1..=c).rev().find(|g| c % g == 0 && (*g < c || !self.flag)).unwrap_or(1);
+                    attrs.with("num_groups", AttrValue::Int(groups as i64))
+                } else {
+                    attrs
+                }
+            }
+            _ => {
+                let axes: Vec<i64> = (0..rank).filter(|&a| self.axes[a] && !(runtime && a == 0)).map(|a| a as i64).collect();
+                Attrs::new().with("axes", AttrValue::Ints(axes)).with("keepdims", int(self.keepdims)).with("noop_with_empty_axes", AttrValue::Int(0))
+            }
+        };
+        Ok((single_op(self.kind, attrs, &types)?, inputs))
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// MatMul of two activations with broadcast batch dimensions: the JIT within 1e-4.
+    #[test]
+    fn activation_matmuls_agree_through_the_jit(spec in matmul_spec(), samples in 1usize..=3) {
+        let [(sa, ca), (sb, cb)] = spec.shapes(samples);
+        let mut rand = Rand::new(spec.seed);
+        let inputs = [Tensor::from_f32(&ca, rand.vec(ca.iter().product(), -1.0, 1.0)), Tensor::from_f32(&cb, rand.vec(cb.iter().product(), -1.0, 1.0))];
+        let types = [TensorType::new(DType::F32, sa), TensorType::new(DType::F32, sb)];
+        let g = single_op(OpKind::MatMul, Attrs::new(), &types).map_err(|e| TestCaseError::fail(format!("{spec:?}: {e}")))?;
+        agrees_everywhere(&g, &inputs)?;
+    }
+
+    /// Reductions, ArgMax/ArgMin, CumSum and the normalizations on random shapes and axes.
+    #[test]
+    fn reductions_and_normalizations_agree_through_the_jit(spec in reduce_spec(), samples in 1usize..=3) {
+        match spec.build(samples) {
+            Ok((g, inputs)) => agrees_everywhere(&g, &inputs)?,
+            Err(e) if e == "no spatial axes" => {}
+            Err(e) => return Err(TestCaseError::fail(format!("{spec:?}: {e}"))),
+        }
+    }
 }

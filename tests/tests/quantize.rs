@@ -117,6 +117,83 @@ fn symmetric_int8_activations() {
     assert_eq!(q.samples, 200);
 }
 
+/// One weight read by two products (and one bias by two Gemms with different input
+/// scales) is quantized once per use that needs its own copy, each under its own name: the
+/// graph verifies, and the integer model stays close to the float one.
+#[test]
+fn shared_weights_and_biases_quantize() {
+    let text = "graph shared(%x: f32[N,3]) -> (%a, %b) {
+      %w = const f32[3,3] [0.5, -1.0, 0.25, 1.0, 0.75, -0.5, -0.25, 0.5, 1.0]
+      %c = const f32[3] [0.1, -0.2, 0.3]
+      %a = Gemm(%x, %w, %c) {alpha=1.0, beta=1.0, transA=0, transB=0} : f32[N,3]
+      %x2 = Mul(%x, %x) : f32[N,3]
+      %b = Gemm(%x2, %w, %c) {alpha=1.0, beta=1.0, transA=0, transB=0} : f32[N,3]
+    }";
+    let g = qlift_ir::text::parse(text).unwrap();
+    let calib = Tensor::from_f32(&[16, 3], (0..48).map(|i| ((i * 7 % 11) as f32 - 5.0) / 4.0).collect());
+    let q = quantize(&g, &[calib.clone()], &QuantizeOptions::default(), &PipelineOptions::default(), &|_, _| {}).unwrap();
+    qlift_ir::verify(&q.qdq).unwrap();
+    let want = qlift_ir::interp::run(&g, &[calib.clone()]).unwrap();
+    let got = qlift_ir::interp::run(&q.lowered, &[calib]).unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        let db = sqnr(g.as_f32().unwrap(), w.as_f32().unwrap());
+        assert!(db > 25.0, "SQNR {db} dB");
+    }
+}
+
+/// A model exported with its batch fixed to 1, with two inputs, calibrates from samples
+/// along axis 0 of each input, one sample per run.
+#[test]
+fn fixed_batch_models_with_several_inputs_calibrate_one_sample_at_a_time() {
+    let text = "graph fixed(%x: f32[1,3], %y: f32[1,3]) -> (%a) {
+      %w = const f32[3,3] [0.5, -1.0, 0.25, 1.0, 0.75, -0.5, -0.25, 0.5, 1.0]
+      %s = Add(%x, %y) : f32[1,3]
+      %a = Gemm(%s, %w, _) {alpha=1.0, beta=1.0, transA=0, transB=0} : f32[1,3]
+    }";
+    let g = qlift_ir::text::parse(text).unwrap();
+    let data = |k: usize| Tensor::from_f32(&[12, 3], (0..36).map(|i| ((i * k % 13) as f32 - 6.0) / 4.0).collect());
+    let q = quantize(&g, &[data(5), data(7)], &QuantizeOptions::default(), &PipelineOptions::default(), &|_, _| {}).unwrap();
+    assert_eq!(q.samples, 12);
+    let one = |t: Tensor| t.slice_outer(3, 4).unwrap();
+    let want = qlift_ir::interp::run(&g, &[one(data(5)), one(data(7))]).unwrap();
+    let got = qlift_ir::interp::run(&q.lowered, &[one(data(5)), one(data(7))]).unwrap();
+    assert!(sqnr(got[0].as_f32().unwrap(), want[0].as_f32().unwrap()) > 25.0);
+    // Samples that do not divide into the model's fixed batch are refused clearly.
+    let text2 = text.replace("[1,3]", "[2,3]");
+    let g2 = qlift_ir::text::parse(&text2).unwrap();
+    let bad = |k| Tensor::from_f32(&[3, 3], vec![k; 9]);
+    let err = quantize(&g2, &[bad(1.0), bad(2.0)], &QuantizeOptions::default(), &PipelineOptions::default(), &|_, _| {}).err().unwrap();
+    assert!(err.to_string().contains("runs of 2"), "{err}");
+}
+
+/// The policy on a transformer-like block: the Linear layer (MatMul by constant weights plus
+/// a per-column bias) becomes one QMatMul with an i32 bias; the attention mask Add (−1e30
+/// on padded positions) and the Softmax stay float, so the mask's range never meets 8 bits.
+#[test]
+fn linear_layers_quantize_and_masks_stay_float() {
+    let text = "graph block(%x: f32[N,4,3], %mask: f32[N,4,3]) -> (%p) {
+      %w = const f32[3,3] [0.5, -1.0, 0.25, 1.0, 0.75, -0.5, -0.25, 0.5, 1.0]
+      %b = const f32[3] [0.1, -0.2, 0.3]
+      %m = MatMul(%x, %w) : f32[N,4,3]
+      %y = Add(%b, %m) : f32[N,4,3]
+      %s = Add(%y, %mask) : f32[N,4,3]
+      %p = Softmax(%s) {axis=2} : f32[N,4,3]
+    }";
+    let g = qlift_ir::text::parse(text).unwrap();
+    let n = 8;
+    let x = Tensor::from_f32(&[n, 4, 3], (0..n * 12).map(|i| ((i * 7 % 17) as f32 - 8.0) / 4.0).collect());
+    let mask = Tensor::from_f32(&[n, 4, 3], (0..n * 12).map(|i| if i % 3 == 2 { -1e30 } else { 0.0 }).collect());
+    let q = quantize(&g, &[x.clone(), mask.clone()], &QuantizeOptions::default(), &PipelineOptions::default(), &|_, _| {}).unwrap();
+    let l = &q.lowered;
+    let kinds: Vec<OpKind> = l.node_ids().filter_map(|id| l.node(id).op.kind()).collect();
+    let qmatmul = l.node_ids().find(|&id| l.node(id).op.kind() == Some(OpKind::QMatMul)).expect("a QMatMul");
+    assert_eq!(l.node_inputs(qmatmul).iter().flatten().count(), 3, "the bias joins the QMatMul: {kinds:?}");
+    assert!(kinds.contains(&OpKind::Add) && kinds.contains(&OpKind::Softmax) && !kinds.contains(&OpKind::QAdd), "{kinds:?}");
+    let want = qlift_ir::interp::run(&g, &[x.clone(), mask.clone()]).unwrap();
+    let got = qlift_ir::interp::run(l, &[x, mask]).unwrap();
+    assert!(sqnr(got[0].as_f32().unwrap(), want[0].as_f32().unwrap()) > 30.0);
+}
+
 /// A nearest Resize between convolutions keeps its operand's quantization parameters: the
 /// lowered graph resizes the 8-bit values, with no DequantizeLinear or QuantizeLinear
 /// around it, and computes what the float graph does within the quantization error.

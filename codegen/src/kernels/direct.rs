@@ -20,7 +20,8 @@
 
 use super::planes::{store_prefix, Padded};
 use super::product::{packed_rows, vnni_dot, PackedRows};
-use super::{requant, Kernel};
+use super::requant::{self, ChannelParams, ChannelTable};
+use super::Kernel;
 use crate::emit;
 use cranelift_codegen::ir::{types, ConstantData, InstBuilder, Value};
 use cranelift_frontend::{FunctionBuilder, Variable};
@@ -51,16 +52,27 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let (Some(xq), Some(wq)) = (xq, wq) else { return Ok(false) };
     let y = k.output(0).ty.clone();
     let rq = Requant::for_product(&xq, &wq, g.m, &y, k.op.fused_activation()?)?;
-    // Each (output channel, input channel, kernel row): its KW weights and zeros to four
-    // bytes, repeated in the four lanes.
-    let mut weights = Vec::with_capacity(g.m * g.cg * g.kh * 16);
+    // Each (output channel, input channel, kernel row, quad of the row's taps): four
+    // weights (zeros past KW), repeated in the four lanes.
+    let quads = g.kw.div_ceil(4);
+    let mut weights = Vec::with_capacity(g.m * g.cg * g.kh * quads * 16);
     for row in &packed.rows {
         for r in 0..g.cg * g.kh {
-            let quad = [0, 1, 2, 3].map(|i| if i < g.kw { row[r * g.kw + i] } else { 0 });
-            weights.extend_from_slice(&dot.weight_bytes(quad));
+            for q in 0..quads {
+                let quad = [0, 1, 2, 3].map(|i| if 4 * q + i < g.kw { row[r * g.kw + 4 * q + i] } else { 0 });
+                weights.extend_from_slice(&dot.weight_bytes(quad));
+            }
         }
     }
+    // Depthwise convolutions loop over their channels at run time, each channel's bias and
+    // requantization read from a table, so that any channel count compiles to the same code.
+    let table = if g.cg == 1 && g.mg == 1 { ChannelTable::bytes(&rq, &packed.folded) } else { None };
+    if table.is_none() && g.m > MAX_CHANNELS {
+        return Ok(false);
+    }
+    let table = table.map(|t| k.data(t, 64)).transpose()?;
     let wptr = k.data(weights, 16)?;
+    k.form = if g.cg == 1 { "direct-depthwise" } else { "direct" };
     let padded = Padded { planes: g.channels, h: g.h, w: g.w, hp: g.hp, wp: g.wp, top: g.pt, left: g.pl };
     let plane = padded.plane();
     let groups = g.channels / g.cg;
@@ -75,12 +87,13 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let mask: Vec<u8> = (0..BLOCK).flat_map(|j| (0..4).map(move |i| (j * g.sw + i) as u8)).collect();
     let mask = fb.func.dfg.immediates.push(ConstantData::from(mask));
     let (out_plane, in_plane) = (g.oh * g.ow, g.h * g.w);
+    let channel_bytes = (g.cg * g.kh * quads * 16) as i64;
     emit::for_dynamic(fb, samples, |fb, n| {
         let xn = emit::addr(fb, xptr, n, (g.channels * in_plane) as i64);
         let yn = emit::addr(fb, yptr, n, (g.m * out_plane) as i64);
         padded.emit(fb, xn, ws, zx as u8);
-        for gi in 0..groups {
-            let src = fb.ins().iadd_imm_s(ws, (gi * g.cg * plane) as i64);
+        // One group: its input planes at `src`, its output channels `chans`.
+        let group = |fb: &mut FunctionBuilder, src: Value, chans: &[Channel]| {
             emit::for_count(fb, g.oh as i64, |fb, oh| {
                 let row0 = fb.ins().imul_imm_s(oh, (g.sh * g.wp) as i64);
                 let row0 = fb.ins().iadd(src, row0);
@@ -88,18 +101,30 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
                 let block = |fb: &mut FunctionBuilder, b: Value, count: usize| {
                     let col = fb.ins().imul_imm_s(b, (BLOCK * g.sw) as i64);
                     let base = fb.ins().iadd(row0, col);
-                    let channels: Vec<usize> = (gi * g.mg..(gi + 1) * g.mg).collect();
-                    for chunk in channels.chunks(CHANNEL_BLOCK / dot.accumulators()) {
-                        let accs: Vec<Vec<Variable>> = chunk.iter().map(|&c| dot.start(fb, packed.folded[c])).collect();
+                    for chunk in chans.chunks(CHANNEL_BLOCK / dot.accumulators()) {
+                        let accs: Vec<Vec<Variable>> = chunk
+                            .iter()
+                            .map(|c| {
+                                let bias = c.bias(fb, &packed.folded);
+                                dot.start(fb, bias)
+                            })
+                            .collect();
                         // Input channel `ci` of the group (plane at `base + ci · plane`, weights
-                        // at `wbase + ci · kh · 16` after each channel's own offset).
-                        let body = |fb: &mut FunctionBuilder, plane_base: Value, wbase: Value| {
+                        // at `ci · kh · quads · 16` after each channel's own).
+                        let body = |fb: &mut FunctionBuilder, plane_base: Value, ci: Option<Value>| {
                             for r in 0..g.kh {
-                                let v = fb.ins().load(types::I8X16, emit::mem(), plane_base, (r * g.dh * g.wp) as i32);
-                                let xs = fb.ins().shuffle(v, v, mask);
-                                for (&c, acc) in chunk.iter().zip(&accs) {
-                                    let w = dot.load_weights(fb, wbase, (((c * g.cg) * g.kh + r) * 16) as i32);
-                                    dot.step(fb, acc, w, xs);
+                                for q in 0..quads {
+                                    let v = fb.ins().load(types::I8X16, emit::mem(), plane_base, (r * g.dh * g.wp + 4 * q) as i32);
+                                    let xs = fb.ins().shuffle(v, v, mask);
+                                    for (c, acc) in chunk.iter().zip(&accs) {
+                                        let (wbase, offset) = c.weights(wptr, channel_bytes);
+                                        let wbase = match ci {
+                                            Some(ci) => emit::addr(fb, wbase, ci, (g.kh * quads * 16) as i64),
+                                            None => wbase,
+                                        };
+                                        let w = dot.load_weights(fb, wbase, offset + ((r * quads + q) * 16) as i32);
+                                        dot.step(fb, acc, w, xs);
+                                    }
                                 }
                             }
                         };
@@ -107,22 +132,30 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
                         // its first use, so straight-line channels would load every input
                         // row before the first product and spill them.
                         if g.cg == 1 {
-                            body(fb, base, wptr);
+                            body(fb, base, None);
                         } else {
                             emit::for_count(fb, g.cg as i64, |fb, ci| {
                                 let plane_base = emit::addr(fb, base, ci, plane as i64);
-                                let wbase = emit::addr(fb, wptr, ci, (g.kh * 16) as i64);
-                                body(fb, plane_base, wbase);
+                                body(fb, plane_base, Some(ci));
                             });
                         }
-                        for (&c, acc) in chunk.iter().zip(&accs) {
-                            let acc = dot.finish(fb, acc, packed.folded[c]);
+                        for (c, acc) in chunk.iter().zip(&accs) {
+                            let bias = c.bias(fb, &packed.folded);
+                            let acc = dot.finish(fb, acc, bias);
                             let out = fb.ins().imul_imm_s(oh, g.ow as i64);
-                            let out = fb.ins().iadd_imm_s(out, (c * out_plane) as i64);
                             let first = fb.ins().imul_imm_s(b, BLOCK as i64);
                             let out = fb.ins().iadd(out, first);
-                            let out = fb.ins().iadd(yn, out);
-                            stores.store(fb, acc, c, out, count);
+                            match c {
+                                Channel::Known(c) => {
+                                    let out = fb.ins().iadd_imm_s(out, (c * out_plane) as i64);
+                                    let out = fb.ins().iadd(yn, out);
+                                    stores.store(fb, acc, *c, out, count);
+                                }
+                                Channel::Loop { out: plane_out, params, .. } => {
+                                    let out = fb.ins().iadd(*plane_out, out);
+                                    stores.store_with(fb, acc, params, out, count);
+                                }
+                            }
                         }
                     }
                 };
@@ -136,9 +169,55 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
                     block(fb, b, g.ow - full * BLOCK);
                 }
             });
+        };
+        match table {
+            Some(table) => emit::for_count(fb, groups as i64, |fb, c| {
+                let src = emit::addr(fb, ws, c, plane as i64);
+                let weights = emit::addr(fb, wptr, c, channel_bytes);
+                let out = emit::addr(fb, yn, c, out_plane as i64);
+                let params = ChannelTable::load(fb, table, c);
+                group(fb, src, &[Channel::Loop { weights, out, params }]);
+            }),
+            None => {
+                for gi in 0..groups {
+                    let src = fb.ins().iadd_imm_s(ws, (gi * g.cg * plane) as i64);
+                    let chans: Vec<Channel> = (gi * g.mg..(gi + 1) * g.mg).map(Channel::Known).collect();
+                    group(fb, src, &chans);
+                }
+            }
         }
     });
     Ok(true)
+}
+
+/// An output channel of the kernel: known at compile time (its bias, weights offset and
+/// requantization are immediates), or the channel of a run-time loop (depthwise).
+enum Channel {
+    Known(usize),
+    Loop {
+        /// Its weights, its output plane, its table record.
+        weights: Value,
+        out: Value,
+        params: ChannelParams,
+    },
+}
+
+impl Channel {
+    /// The folded bias (i32).
+    fn bias(&self, fb: &mut FunctionBuilder, folded: &[i32]) -> Value {
+        match self {
+            Channel::Known(c) => fb.ins().iconst(types::I32, folded[*c] as i64),
+            Channel::Loop { params, .. } => params.bias,
+        }
+    }
+
+    /// The base and byte offset of its weights (each channel `channel_bytes` from `wptr`).
+    fn weights(&self, wptr: Value, channel_bytes: i64) -> (Value, i32) {
+        match self {
+            Channel::Known(c) => (wptr, (*c as i64 * channel_bytes) as i32),
+            Channel::Loop { weights, .. } => (*weights, 0),
+        }
+    }
 }
 
 /// How a kernel sums, in each i32 lane, four u8 activations times four weights (the
@@ -187,11 +266,10 @@ impl Dot4 {
     }
 
     /// Accumulators for one vector of results, starting from `bias` in every lane.
-    pub fn start(self, fb: &mut FunctionBuilder, bias: i32) -> Vec<Variable> {
+    pub fn start(self, fb: &mut FunctionBuilder, bias: Value) -> Vec<Variable> {
         let zero = fb.ins().iconst(types::I32, 0);
         let zero = fb.ins().splat(types::I32X4, zero);
-        let b = fb.ins().iconst(types::I32, bias as i64);
-        let b = fb.ins().splat(types::I32X4, b);
+        let b = fb.ins().splat(types::I32X4, bias);
         // Pair sums are added pairwise at the end: the bias goes in after that.
         let first = if self == Dot4::Vnni { b } else { zero };
         (0..self.accumulators())
@@ -244,13 +322,12 @@ impl Dot4 {
     }
 
     /// The four lanes' sums (plus the bias) of the accumulators.
-    pub fn finish(self, fb: &mut FunctionBuilder, accs: &[Variable], bias: i32) -> Value {
+    pub fn finish(self, fb: &mut FunctionBuilder, accs: &[Variable], bias: Value) -> Value {
         match self {
             Dot4::Vnni => fb.use_var(accs[0]),
             Dot4::Pairs => {
                 let (a, b) = (fb.use_var(accs[0]), fb.use_var(accs[1]));
                 let sums = fb.ins().iadd_pairwise(a, b);
-                let bias = fb.ins().iconst(types::I32, bias as i64);
                 let bias = fb.ins().splat(types::I32X4, bias);
                 fb.ins().iadd(sums, bias)
             }
@@ -282,6 +359,13 @@ impl BlockStore<'_> {
             }
             return;
         };
+        let bytes = requant::narrow_x4(fb, v, self.signed);
+        store_prefix(fb, bytes, out, count);
+    }
+
+    /// [`BlockStore::store`] with the channel's multiplier from a [`ChannelTable`] record.
+    pub fn store_with(&self, fb: &mut FunctionBuilder, acc: Value, params: &ChannelParams, out: Value, count: usize) {
+        let v = params.requantize_x4(fb, acc, self.rq.zero_point, self.rq.bounds);
         let bytes = requant::narrow_x4(fb, v, self.signed);
         store_prefix(fb, bytes, out, count);
     }
@@ -334,7 +418,7 @@ impl Geometry {
         let (channels, m) = (xd[1], wd[0]);
         // A 1-wide kernel would use one byte of each lane's four: a matrix product does better.
         let wide = wd[3] >= 2 || channels == group;
-        let fits = wide && channels % group == 0 && m % group == 0 && m <= MAX_CHANNELS && wd[3] <= 4 && dilations[1] == 1 && strides[1] * (BLOCK - 1) + 4 <= 16;
+        let fits = wide && channels % group == 0 && m % group == 0 && dilations[1] == 1 && strides[1] * (BLOCK - 1) + 4 <= 16;
         if !fits {
             return Ok(None);
         }

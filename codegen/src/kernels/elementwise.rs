@@ -1,6 +1,7 @@
-//! Elementwise kernels: broadcasting arithmetic (Add, Sub, Mul, Div on f32, i32, i64, i8,
-//! u8), activations (Relu, Clip, LeakyRelu, Sigmoid, Tanh, HardSigmoid, HardSwish),
-//! Softmax along one axis, and BatchNormalization in inference form.
+//! Elementwise kernels: the broadcast loop planner and its vector lanes (shared by every
+//! elementwise kernel: `math.rs`, `logic.rs`, QAdd, Cast), broadcasting arithmetic (Add,
+//! Sub, Mul, Div on f32, i32, i64, i8, u8), Softmax along one axis, and BatchNormalization
+//! in inference form.
 //!
 //! Each follows `qlift_ir`'s interpreter (`ops/math.rs`, `ops/nn.rs`): integer arithmetic
 //! wraps in the operand dtype and divides truncating; an integer division by zero makes the
@@ -11,8 +12,8 @@
 
 use super::{Kernel, Operand};
 use crate::emit;
-use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{types, Block, FuncRef, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{types, Block, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;
 use qlift_ir::{DType, Dim, OpKind};
 
@@ -113,7 +114,7 @@ impl Broadcast {
 }
 
 /// f32 lanes of the vector inner loops (128-bit vectors, the widest Cranelift has on x86-64).
-const LANES: usize = 4;
+pub(super) const LANES: usize = 4;
 
 /// How a loop body accesses its streams.
 pub(super) enum Lanes {
@@ -126,7 +127,7 @@ pub(super) enum Lanes {
 
 impl Lanes {
     /// Loads stream `s`'s f32 element(s) at element offset `off` of `base`.
-    fn load(&self, fb: &mut FunctionBuilder, s: usize, base: Value, off: Value) -> Value {
+    pub(super) fn load(&self, fb: &mut FunctionBuilder, s: usize, base: Value, off: Value) -> Value {
         match self {
             Lanes::Vector(splat) if !splat[s] => {
                 let a = emit::addr(fb, base, off, 4);
@@ -141,14 +142,14 @@ impl Lanes {
     }
 
     /// Stores `v` (f32 or f32x4) at element offset `off` of `base`.
-    fn store(fb: &mut FunctionBuilder, v: Value, base: Value, off: Value) {
+    pub(super) fn store(fb: &mut FunctionBuilder, v: Value, base: Value, off: Value) {
         let a = emit::addr(fb, base, off, 4);
         fb.ins().store(emit::mem(), v, a, 0);
     }
 }
 
 /// An f32 constant of type `ty` (scalar, or splatted to every lane).
-fn fconst(fb: &mut FunctionBuilder, ty: Type, v: f32) -> Value {
+pub(super) fn fconst(fb: &mut FunctionBuilder, ty: Type, v: f32) -> Value {
     let c = fb.ins().f32const(v);
     if ty.is_vector() {
         fb.ins().splat(ty, c)
@@ -158,7 +159,7 @@ fn fconst(fb: &mut FunctionBuilder, ty: Type, v: f32) -> Value {
 }
 
 /// `cond ? a : b` for a scalar condition or a vector lane mask (from `fcmp`).
-fn choose(fb: &mut FunctionBuilder, cond: Value, a: Value, b: Value) -> Value {
+pub(super) fn choose(fb: &mut FunctionBuilder, cond: Value, a: Value, b: Value) -> Value {
     if fb.func.dfg.value_type(a).is_vector() {
         let ty = fb.func.dfg.value_type(a);
         let mask = fb.ins().bitcast(ty, MemFlagsData::new(), cond);
@@ -186,9 +187,23 @@ pub(super) fn finish_failure(k: &mut Kernel, fail: Block, message: &str) {
     k.fb.switch_to_block(done);
 }
 
+/// Whether an integer divisor needs a run-time check for zero: a constant one without
+/// zeros does not.
+pub(super) fn needs_zero_check(divisor: &Operand) -> bool {
+    divisor.constant.as_ref().is_none_or(|t| t.to_i64_vec().map_or(true, |v| v.contains(&0)))
+}
+
+/// Branches to `fail` (see [`failure_block`]) when the integer `y` is zero.
+pub(super) fn fail_on_zero(fb: &mut FunctionBuilder, y: Value, fail: Block) {
+    let zero = fb.ins().icmp_imm_s(IntCC::Equal, y, 0);
+    let ok = fb.create_block();
+    fb.ins().brif(zero, fail, &[], ok, &[]);
+    fb.switch_to_block(ok);
+}
+
 /// Clamps `v` (f32 or f32x4) to `[lo, hi]` leaving NaN as it is (Cranelift's fmax/fmin propagate
 /// NaN), skipping infinite bounds: the fused activation and Clip's float form.
-fn clamp_f32(fb: &mut FunctionBuilder, v: Value, lo: f32, hi: f32) -> Value {
+pub(super) fn clamp_f32(fb: &mut FunctionBuilder, v: Value, lo: f32, hi: f32) -> Value {
     let mut v = v;
     let ty = fb.func.dfg.value_type(v);
     if lo != f32::NEG_INFINITY {
@@ -202,12 +217,12 @@ fn clamp_f32(fb: &mut FunctionBuilder, v: Value, lo: f32, hi: f32) -> Value {
     v
 }
 
-fn is_signed(dtype: DType) -> bool {
+pub(super) fn is_signed(dtype: DType) -> bool {
     !matches!(dtype, DType::U8 | DType::U4 | DType::Bool)
 }
 
 /// An integer element widened to i64 by its dtype's signedness.
-fn widen(fb: &mut FunctionBuilder, v: Value, dtype: DType) -> Value {
+pub(super) fn widen(fb: &mut FunctionBuilder, v: Value, dtype: DType) -> Value {
     let ty = fb.func.dfg.value_type(v);
     if ty == types::I64 {
         v
@@ -219,7 +234,7 @@ fn widen(fb: &mut FunctionBuilder, v: Value, dtype: DType) -> Value {
 }
 
 /// An i64 value narrowed back to `ty`.
-fn narrow(fb: &mut FunctionBuilder, v: Value, ty: Type) -> Value {
+pub(super) fn narrow(fb: &mut FunctionBuilder, v: Value, ty: Type) -> Value {
     if ty == types::I64 {
         v
     } else {
@@ -244,10 +259,7 @@ pub(super) fn binary(k: &mut Kernel) -> Result<(), String> {
     }
     let plan = Broadcast::new(out, &[a, b])?;
     let (pa, pb, po, ty) = (a.ptr, b.ptr, out.ptr, out.elem());
-    // A constant divisor without zeros needs no run-time check.
-    let check_zero = kind == OpKind::Div
-        && dtype != DType::F32
-        && b.constant.as_ref().is_none_or(|t| t.to_i64_vec().map_or(true, |v| v.contains(&0)));
+    let check_zero = kind == OpKind::Div && dtype != DType::F32 && needs_zero_check(b);
     let fail = failure_block(k);
     let signed = is_signed(dtype);
     plan.emit_lanes(k, if dtype == DType::F32 { LANES } else { 1 }, &mut |fb, off, lanes| {
@@ -276,10 +288,7 @@ pub(super) fn binary(k: &mut Kernel) -> Result<(), String> {
                 OpKind::Mul => fb.ins().imul(x, y),
                 _ => {
                     if check_zero {
-                        let zero = fb.ins().icmp_imm_s(IntCC::Equal, y, 0);
-                        let ok = fb.create_block();
-                        fb.ins().brif(zero, fail, &[], ok, &[]);
-                        fb.switch_to_block(ok);
+                        fail_on_zero(fb, y, fail);
                     }
                     if signed {
                         // MIN / -1 overflows (Cranelift traps): x / -1 is the wrapping -x.
@@ -304,131 +313,6 @@ pub(super) fn binary(k: &mut Kernel) -> Result<(), String> {
         finish_failure(k, fail, "integer division by zero");
     }
     Ok(())
-}
-
-/// Relu, Clip, LeakyRelu, Sigmoid, Tanh, HardSigmoid, HardSwish: one flat loop.
-pub(super) fn unary(k: &mut Kernel) -> Result<(), String> {
-    let kind = k.op.kind;
-    let attrs = &k.op.attrs;
-    let (x, out) = (k.input(0)?, k.output(0));
-    let dtype = x.ty.dtype;
-    if out.ty.dtype != dtype {
-        return Err(format!("result type {} differs from the operand's {dtype}", out.ty.dtype));
-    }
-    let integer = dtype != DType::F32;
-    if integer && !(matches!(kind, OpKind::Relu | OpKind::Clip) && matches!(dtype, DType::I32 | DType::I64 | DType::I8 | DType::U8)) {
-        return Err(format!("{kind} on {dtype} is not supported"));
-    }
-    let f = |name: &str| attrs.float(name);
-    // Integer Clip bounds: the interpreter's `v as i64` (infinite = unbounded), kept in the
-    // dtype's range so the narrowed result is the clamped one.
-    let (lo, hi) = match kind {
-        OpKind::Clip => (f("min")?, f("max")?),
-        OpKind::LeakyRelu => (f("alpha")?, 0.0),
-        OpKind::HardSigmoid => (f("alpha")?, f("beta")?),
-        _ => (0.0, 0.0),
-    };
-    let plan = Broadcast::new(out, &[x])?;
-    let (px, po, ty) = (x.ptr, out.ptr, x.elem());
-    let expf = match kind {
-        OpKind::Sigmoid | OpKind::Tanh => Some(k.import("expf", &[types::F32], &[types::F32])?),
-        _ => None,
-    };
-    let range = dtype.int_range().unwrap_or((i64::MIN, i64::MAX));
-    let bound = |v: f32, infinite: i64| -> i64 { if v.is_infinite() { infinite } else { v as i64 } };
-    let (ilo, ihi) = match kind {
-        OpKind::Clip => (bound(lo, i64::MIN).clamp(range.0, range.1), bound(hi, i64::MAX).clamp(range.0, range.1)),
-        _ => (0, range.1),
-    };
-    let vector = !integer && !matches!(kind, OpKind::Sigmoid | OpKind::Tanh);
-    plan.emit_lanes(k, if vector { LANES } else { 1 }, &mut |fb, off, lanes| {
-        if !integer {
-            let v = lanes.load(fb, 1, px, off[1]);
-            let r = float_unary(fb, kind, v, lo, hi, expf);
-            Lanes::store(fb, r, po, off[0]);
-            return;
-        }
-        let v = emit::load_at(fb, ty, px, off[1]);
-        let r = {
-            let w = widen(fb, v, dtype);
-            let l = fb.ins().iconst(types::I64, ilo);
-            let h = fb.ins().iconst(types::I64, ihi);
-            let w = fb.ins().smax(w, l);
-            let w = fb.ins().smin(w, h);
-            narrow(fb, w, ty)
-        };
-        emit::store_at(fb, r, po, off[0]);
-    });
-    Ok(())
-}
-
-/// One f32 activation (on a scalar, or on f32x4 lanes except Sigmoid and Tanh, which call
-/// `expf`), as `ops/math.rs` computes it; `p`, `q` are Clip's bounds,
-/// LeakyRelu's alpha, HardSigmoid's alpha and beta.
-fn float_unary(fb: &mut FunctionBuilder, kind: OpKind, v: Value, p: f32, q: f32, expf: Option<FuncRef>) -> Value {
-    let ty = fb.func.dfg.value_type(v);
-    let zero = fconst(fb, ty, 0.0);
-    let one = fconst(fb, ty, 1.0);
-    match kind {
-        // v > 0 or NaN keeps v.
-        OpKind::Relu => {
-            let keep = fb.ins().fcmp(FloatCC::UnorderedOrGreaterThan, v, zero);
-            choose(fb, keep, v, zero)
-        }
-        OpKind::Clip => clamp_f32(fb, v, p, q),
-        OpKind::LeakyRelu => {
-            let neg = fb.ins().fcmp(FloatCC::LessThan, v, zero);
-            let alpha = fconst(fb, ty, p);
-            let scaled = fb.ins().fmul(alpha, v);
-            choose(fb, neg, scaled, v)
-        }
-        OpKind::HardSigmoid => {
-            let (alpha, beta) = (fconst(fb, ty, p), fconst(fb, ty, q));
-            let t = fb.ins().fmul(alpha, v);
-            let t = fb.ins().fadd(t, beta);
-            clamp_f32(fb, t, 0.0, 1.0)
-        }
-        OpKind::HardSwish => {
-            let (six, half) = (fconst(fb, ty, 6.0), fconst(fb, ty, 0.5));
-            let t = fb.ins().fdiv(v, six);
-            let t = fb.ins().fadd(t, half);
-            let t = clamp_f32(fb, t, 0.0, 1.0);
-            fb.ins().fmul(v, t)
-        }
-        // e = exp(-|v|) never overflows: 1/(1+e) for v >= 0, e/(1+e) below (the
-        // interpreter's two branches, same values); NaN gives NaN.
-        OpKind::Sigmoid => {
-            let e = exp_neg_abs(fb, v, 1.0, expf);
-            let d = fb.ins().fadd(one, e);
-            let nonneg = fb.ins().fcmp(FloatCC::GreaterThanOrEqual, v, zero);
-            let num = fb.ins().select(nonneg, one, e);
-            fb.ins().fdiv(num, d)
-        }
-        // tanh|v| = (1 - e)/(1 + e) with e = exp(-2|v|) in (0, 1]: ±1 for large |v|, no
-        // inf/inf; the sign is v's; NaN gives NaN.
-        _ => {
-            let e = exp_neg_abs(fb, v, 2.0, expf);
-            let n = fb.ins().fsub(one, e);
-            let d = fb.ins().fadd(one, e);
-            let t = fb.ins().fdiv(n, d);
-            fb.ins().fcopysign(t, v)
-        }
-    }
-}
-
-/// `expf(-scale · |v|)`.
-fn exp_neg_abs(fb: &mut FunctionBuilder, v: Value, scale: f32, expf: Option<FuncRef>) -> Value {
-    let a = fb.ins().fabs(v);
-    let a = if scale == 1.0 {
-        a
-    } else {
-        let s = fb.ins().f32const(scale);
-        fb.ins().fmul(a, s)
-    };
-    let m = fb.ins().fneg(a);
-    let expf = expf.expect("expf is imported for Sigmoid and Tanh");
-    let call = fb.ins().call(expf, &[m]);
-    fb.inst_results(call)[0]
 }
 
 /// Softmax along `axis`: max, then exp(x - max) written out and summed in f64, then scaled

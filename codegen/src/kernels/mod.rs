@@ -7,24 +7,36 @@
 //! which an emitter may repack into the layout its loops read ([`Kernel::data`]).
 
 use crate::emit;
-use cranelift_codegen::ir::{types, AbiParam, FuncRef, InstBuilder, Signature, Type, Value};
-use cranelift_frontend::FunctionBuilder;
-use cranelift_module::{DataDescription, Linkage, Module};
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{types, AbiParam, BlockArg, FuncRef, InstBuilder, Signature, Type, UserFuncName, Value};
+use cranelift_codegen::isa::CallConv;
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_module::{DataDescription, DataId, FuncId, Linkage, Module};
 use qlift_ir::{DType, Dim, Op, OpKind, Tensor, TensorType};
 use std::sync::Arc;
 
+mod depthwise;
+mod approx;
+mod conv_transpose;
 mod direct;
 mod elementwise;
+mod gemm_f32;
 mod index;
+mod logic;
+mod math;
 mod pointwise;
 mod planes;
 mod pool;
 mod quant;
+mod norm;
 mod product;
 mod resample;
 pub(crate) mod select;
+mod reduce;
 pub(crate) mod requant;
 mod shape;
+pub(crate) mod ukernel;
+mod wide;
 
 /// An operand or result of the node being compiled.
 pub(crate) struct Operand {
@@ -86,7 +98,20 @@ pub(crate) struct Kernel<'k, 'f> {
     pub(crate) workspace_bytes: usize,
     /// Messages of the failure codes the kernel may return (code i + 1 is `messages[i]`).
     pub(crate) messages: Vec<String>,
+    /// Which form of its op the emitter chose (`direct`, `pointwise`, `im2col`, …): the
+    /// profile groups kernels by it.
+    pub(crate) form: &'static str,
+    /// The wide-vector micro-kernels the target allows (see [`ukernel`]), if any.
+    pub(crate) wide: Option<ukernel::Isa>,
+    /// Whether kernels may split their work across threads ([`Kernel::parallel_for`]): the
+    /// JIT provides the thread pool; object files run serially.
+    pub(crate) parallel: bool,
 }
+
+/// The function a JIT-compiled kernel calls to run a task on the thread pool:
+/// `PARALLEL_FOR(task, ctx, n)` calls `task(ctx, begin, end)` on disjoint ranges covering
+/// `0..n`, possibly on several threads, and returns when all have returned.
+pub(crate) const PARALLEL_FOR: &str = "qlift_parallel_for";
 
 impl<'k, 'f> Kernel<'k, 'f> {
     pub(crate) fn new(
@@ -98,7 +123,7 @@ impl<'k, 'f> Kernel<'k, 'f> {
         workspace: Value,
         batch: Value,
     ) -> Self {
-        Kernel { fb, module, op, inputs, outputs, batch, workspace, workspace_bytes: 0, messages: Vec::new() }
+        Kernel { fb, module, op, inputs, outputs, batch, workspace, workspace_bytes: 0, messages: Vec::new(), form: op.kind.name(), wide: None, parallel: false }
     }
 
     /// Operand `i` (an error naming it when it is missing).
@@ -119,14 +144,82 @@ impl<'k, 'f> Kernel<'k, 'f> {
     /// A read-only data object holding `bytes` (aligned to `align`), and its address:
     /// packed weights, lookup tables, per-channel constants.
     pub fn data(&mut self, bytes: Vec<u8>, align: u64) -> Result<Value, String> {
+        let id = self.data_object(bytes, align)?;
+        Ok(data_address(self.fb, &mut *self.module, id))
+    }
+
+    /// [`Kernel::data`]'s object, for use in other functions too ([`data_address`]).
+    pub fn data_object(&mut self, bytes: Vec<u8>, align: u64) -> Result<DataId, String> {
         let id = self.module.declare_anonymous_data(false, false).map_err(|e| e.to_string())?;
         let mut desc = DataDescription::new();
         desc.set_align(align.max(1));
         desc.define(bytes.into_boxed_slice());
         self.module.define_data(id, &desc).map_err(|e| e.to_string())?;
-        let gv = self.module.declare_data_in_func(id, self.fb.func);
+        Ok(id)
+    }
+
+    /// A task of this kernel for [`Kernel::parallel_for`]: a function `fn(ctx: *const u8,
+    /// begin: i64, end: i64)` whose body `body(fb, module, ctx, begin, end)` emits.
+    pub fn task(&mut self, body: impl FnOnce(&mut FunctionBuilder, &mut dyn Module, Value, Value, Value) -> Result<(), String>) -> Result<FuncId, String> {
+        let module = &mut *self.module;
+        let ptr = module.isa().pointer_type();
+        let mut sig = module.make_signature();
+        sig.params.extend([AbiParam::new(ptr), AbiParam::new(types::I64), AbiParam::new(types::I64)]);
+        let id = module.declare_anonymous_function(&sig).map_err(|e| e.to_string())?;
+        let mut ctx = module.make_context();
+        ctx.func.signature = sig;
+        ctx.func.name = UserFuncName::user(0, id.as_u32());
+        let mut fctx = FunctionBuilderContext::new();
+        {
+            let mut fb = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let block = fb.create_block();
+            fb.append_block_params_for_function_params(block);
+            fb.switch_to_block(block);
+            let p = fb.block_params(block).to_vec();
+            body(&mut fb, module, p[0], p[1], p[2])?;
+            fb.ins().return_(&[]);
+            fb.seal_all_blocks();
+            fb.finalize(module.target_config());
+        }
+        module.define_function(id, &mut ctx).map_err(|e| format!("{e:?}"))?;
+        Ok(id)
+    }
+
+    /// `for n in 0..count` (an i64 value) with a body that may use the whole kernel (for
+    /// example [`Kernel::parallel_for`]), where [`emit::for_range`]'s sees the builder only.
+    pub fn for_each(&mut self, count: Value, body: impl FnOnce(&mut Kernel, Value) -> Result<(), String>) -> Result<(), String> {
+        let header = self.fb.create_block();
+        let inner = self.fb.create_block();
+        let exit = self.fb.create_block();
+        self.fb.append_block_param(header, types::I64);
+        let start = emit::iconst(self.fb, 0);
+        self.fb.ins().jump(header, &[BlockArg::Value(start)]);
+        self.fb.switch_to_block(header);
+        let i = self.fb.block_params(header)[0];
+        let more = self.fb.ins().icmp(IntCC::SignedLessThan, i, count);
+        self.fb.ins().brif(more, inner, &[], exit, &[]);
+        self.fb.switch_to_block(inner);
+        body(self, i)?;
+        let next = self.fb.ins().iadd_imm_s(i, 1);
+        self.fb.ins().jump(header, &[BlockArg::Value(next)]);
+        self.fb.switch_to_block(exit);
+        Ok(())
+    }
+
+    /// Runs `task` over `0..n` ([`PARALLEL_FOR`]) with the context at `ctx`: on the JIT's
+    /// thread pool when the kernel may go parallel, else as one call `task(ctx, 0, n)`.
+    pub fn parallel_for(&mut self, task: FuncId, ctx: Value, n: i64) -> Result<(), String> {
+        let f = self.module.declare_func_in_func(task, self.fb.func);
+        let (zero, end) = (emit::iconst(self.fb, 0), emit::iconst(self.fb, n));
+        if !self.parallel {
+            self.fb.ins().call(f, &[ctx, zero, end]);
+            return Ok(());
+        }
         let ptr = self.module.isa().pointer_type();
-        Ok(self.fb.ins().symbol_value(ptr, gv))
+        let run = self.import(PARALLEL_FOR, &[ptr, ptr, types::I64], &[])?;
+        let addr = self.fb.ins().func_addr(ptr, f);
+        self.fb.ins().call(run, &[addr, ctx, end]);
+        Ok(())
     }
 
     /// A scratch area of `bytes` bytes for this kernel alone (im2col rows, packed tiles),
@@ -163,6 +256,23 @@ impl<'k, 'f> Kernel<'k, 'f> {
         sig.returns.extend(returns.iter().map(|&t| AbiParam::new(t)));
         let id = self.module.declare_function(name, Linkage::Import, &sig).map_err(|e| e.to_string())?;
         Ok(self.module.declare_func_in_func(id, self.fb.func))
+    }
+
+    /// Places `code`, machine code of a System V function of `params` pointer arguments and
+    /// no result (a [`ukernel`] micro-kernel), in the module, and returns it for `call`.
+    pub fn machine_code(&mut self, code: &[u8], params: usize) -> Result<FuncRef, String> {
+        let id = self.machine_code_id(code, params)?;
+        Ok(self.module.declare_func_in_func(id, self.fb.func))
+    }
+
+    /// [`Kernel::machine_code`]'s function, for calls from other functions too.
+    pub fn machine_code_id(&mut self, code: &[u8], params: usize) -> Result<FuncId, String> {
+        let ptr = self.module.isa().pointer_type();
+        let mut sig = Signature::new(CallConv::SystemV);
+        sig.params.extend((0..params).map(|_| AbiParam::new(ptr)));
+        let id = self.module.declare_anonymous_function(&sig).map_err(|e| e.to_string())?;
+        self.module.define_function_bytes(id, 64, code, &[]).map_err(|e| e.to_string())?;
+        Ok(id)
     }
 
     /// Whether the target has CPU feature `name` (a Cranelift x86 flag such as `has_ssse3`).
@@ -205,6 +315,13 @@ impl<'k, 'f> Kernel<'k, 'f> {
     }
 }
 
+/// The address of data object `id` in the function `fb` builds.
+pub(crate) fn data_address(fb: &mut FunctionBuilder, module: &mut dyn Module, id: DataId) -> Value {
+    let gv = module.declare_data_in_func(id, fb.func);
+    let ptr = module.isa().pointer_type();
+    fb.ins().symbol_value(ptr, gv)
+}
+
 /// Emits the kernel of one node.
 pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
     use OpKind::*;
@@ -219,13 +336,26 @@ pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
         GlobalAveragePool | GlobalMaxPool => pool::global_pool(k),
         QAveragePool | QGlobalAveragePool => pool::qpool(k),
         Add | Sub | Mul | Div => elementwise::binary(k),
-        Relu | Clip | LeakyRelu | Sigmoid | Tanh | HardSigmoid | HardSwish => elementwise::unary(k),
+        Relu | Clip | LeakyRelu | Sigmoid | Tanh | HardSigmoid | HardSwish => math::unary(k),
+        Sqrt | Exp | Log | Abs | Neg | Reciprocal | Floor | Ceil | Round | Erf | Sin | Cos | Sign | Gelu | Elu | Selu
+        | Softplus | Mish | Softsign | ThresholdedRelu | Celu => math::unary(k),
+        Min | Max | Sum | Mean | PRelu => math::variadic(k),
+        Pow => math::pow(k),
+        Mod => math::modulo(k),
+        Equal | Greater | GreaterOrEqual | Less | LessOrEqual | Not | And | Or | Xor => logic::compare(k),
+        Where => logic::select(k),
         Softmax => elementwise::softmax(k),
         BatchNormalization => elementwise::batch_norm(k),
         Transpose => shape::transpose(k),
         Concat => shape::concat(k),
         Pad => shape::pad(k),
-        Conv | QConv | QLinearConv | ConvInteger => product::conv(k),
+        Conv | QConv | QLinearConv | ConvInteger => {
+            if wide::conv(k)? || depthwise::conv(k)? {
+                return Ok(());
+            }
+            product::conv(k)
+        }
+        MatMul if k.input(0)?.ty.dtype == DType::F32 => gemm_f32::matmul(k),
         MatMul | Gemm | QMatMul | QLinearMatMul | MatMulInteger => product::matmul(k),
         Shape | Size => index::shape(k),
         Gather => index::gather(k),
@@ -237,5 +367,15 @@ pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
         Resize => resample::resize(k),
         DepthToSpace | SpaceToDepth => resample::block(k),
         OneHot | GatherElements | GatherND | ScatterND | ScatterElements | Trilu | NonZero => select::emit(k),
+        ReduceMean | ReduceSum | ReduceMax | ReduceMin | ReduceProd | ReduceL1 | ReduceL2 | ReduceSumSquare | ReduceLogSum
+        | ReduceLogSumExp => reduce::reduce(k),
+        ArgMax | ArgMin => reduce::arg_extreme(k),
+        CumSum => reduce::cumsum(k),
+        LayerNormalization => norm::layer_norm(k),
+        InstanceNormalization | GroupNormalization => norm::group_norm(k),
+        LpNormalization => norm::lp_norm(k),
+        LogSoftmax => norm::log_softmax(k),
+        Hardmax => norm::hardmax(k),
+        ConvTranspose => conv_transpose::conv_transpose(k),
     }
 }

@@ -53,16 +53,21 @@ impl Padded {
                 let yy = fb.ins().iadd_imm_s(y, self.top as i64);
                 let dst = emit::addr(fb, dst, yy, self.wp as i64);
                 let dst = fb.ins().iadd_imm_s(dst, self.left as i64);
-                // Whole 8-byte words, then at most one 4-, 2- and 1-byte piece.
-                let pieces = std::iter::repeat_n((8, types::I64), w / 8).chain([(4, types::I32), (2, types::I16), (1, types::I8)].into_iter().filter(|&(size, _)| (w % 8) & size != 0));
-                let mut at = 0;
-                for (size, ty) in pieces {
-                    let v = fb.ins().load(ty, emit::mem(), src, at as i32);
-                    fb.ins().store(emit::mem(), v, dst, at as i32);
-                    at += size;
-                }
+                copy_row(fb, src, dst, w);
             });
         });
+    }
+}
+
+/// Copies `w` bytes (a compile-time count) from `src` to `dst`: whole 8-byte words, then at
+/// most one 4-, 2- and 1-byte piece (nothing outside the row is read or written).
+pub(super) fn copy_row(fb: &mut FunctionBuilder, src: Value, dst: Value, w: usize) {
+    let pieces = std::iter::repeat_n((8, types::I64), w / 8).chain([(4, types::I32), (2, types::I16), (1, types::I8)].into_iter().filter(|&(size, _)| (w % 8) & size != 0));
+    let mut at = 0;
+    for (size, ty) in pieces {
+        let v = fb.ins().load(ty, emit::mem(), src, at as i32);
+        fb.ins().store(emit::mem(), v, dst, at as i32);
+        at += size;
     }
 }
 

@@ -70,6 +70,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         }
     }
     let wptr = k.data(weights, 16)?;
+    k.form = "pointwise";
     let p_pad = p.next_multiple_of(TILE);
     let ws = k.workspace(quads * p_pad * 4);
     let samples = if x_batched { k.batch } else { emit::iconst(k.fb, n0 as i64) };
@@ -86,7 +87,10 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
             let xs = fb.ins().imul_imm_s(p0, 4);
             let xs = fb.ins().iadd(ws, xs);
             for block in (0..m).collect::<Vec<_>>().chunks(CHANNEL_BLOCK) {
-                let accs: Vec<Vec<Vec<Variable>>> = block.iter().map(|&o| (0..vectors).map(|_| dot.start(fb, packed.folded[o])).collect()).collect();
+                let accs: Vec<Vec<Vec<Variable>>> = block.iter().map(|&o| (0..vectors).map(|_| {
+                    let bias = fb.ins().iconst(types::I32, packed.folded[o] as i64);
+                    dot.start(fb, bias)
+                }).collect()).collect();
                 emit::for_count(fb, quads as i64, |fb, q| {
                     let at = emit::addr(fb, xs, q, (p_pad * 4) as i64);
                     let x: Vec<Value> = (0..vectors).map(|v| fb.ins().load(types::I8X16, emit::mem(), at, (16 * v) as i32)).collect();
@@ -104,7 +108,8 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
                         if lanes == 0 {
                             continue;
                         }
-                        let sum = dot.finish(fb, a, packed.folded[o]);
+                        let bias = fb.ins().iconst(types::I32, packed.folded[o] as i64);
+                        let sum = dot.finish(fb, a, bias);
                         let out = fb.ins().iadd_imm_s(p0, (o * p + 4 * v) as i64);
                         let out = fb.ins().iadd(yn, out);
                         stores.store(fb, sum, o, out, lanes);

@@ -843,6 +843,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
         }
         taps.extend(std::iter::repeat_n(UNUSED, kp - kg));
     }
+    k.form = if folded { "im2col-packed" } else { "im2col" };
     let taps_ptr = if taps.len() > UNROLL_TAPS { table(k, taps.iter().map(|t| t.to_le_bytes()))? } else { emit::iconst(k.fb, 0) };
     let col_bytes = (p * kp) as i64 * xe.bytes();
     let ws = k.workspace(col_bytes.max(1) as usize);
@@ -1020,6 +1021,7 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<(), String> {
             })
             .collect();
     }
+    k.form = "matmul";
     let (a_zp, b_zp, epilogue): (Option<Indexed>, Option<Indexed>, Epilogue) = match kind {
         OpKind::MatMul => (None, None, Epilogue::Float { alpha: 1.0, beta: 1.0, c: None, c_sample: 0, act: k.op.fused_activation()? }),
         OpKind::Gemm => {
@@ -1045,6 +1047,7 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<(), String> {
             let packed = if b_rank == 2 { pack(k, n, kk, |c, t| t * n + c)? } else { None };
             match packed {
                 Some(p) => {
+                    k.form = "matmul-packed";
                     (bptr, be, b_sk, b_sj) = (p.weights, p.elem, 1, p.row_len);
                     (None, None, quantized_epilogue(k, n, m, Some(p.bias))?.with_bias_values(p.bias_values))
                 }

@@ -90,45 +90,127 @@ fn finish(fb: &mut FunctionBuilder, shifted: Value, zero_point: i32, (lo, hi): (
 /// and shifts them as i32. With `i64_mul` (the target multiplies i64x2 lanes natively:
 /// AVX-512DQ+VL) the multipliers are i64 constants, otherwise both sides are widened from
 /// i32 lanes, the form that becomes `pmuldq`.
-pub(crate) fn requantize_x4(fb: &mut FunctionBuilder, acc: Value, ms: [i32; 4], shift: u32, zero_point: i32, (lo, hi): (i64, i64), i64_mul: bool) -> Option<Value> {
+pub(crate) fn requantize_x4(fb: &mut FunctionBuilder, acc: Value, ms: [i32; 4], shift: u32, zero_point: i32, bounds: (i64, i64), i64_mul: bool) -> Option<Value> {
     if shift < 32 {
         return None;
     }
     let half = splat(fb, types::I64X2, 1i64 << (shift - 1));
     let m32 = (!i64_mul).then(|| vector(fb, ms.iter().flat_map(|m| m.to_le_bytes()).collect()));
-    let halves: Vec<Value> = [false, true]
-        .into_iter()
-        .map(|high| {
-            let a = if high { fb.ins().swiden_high(acc) } else { fb.ins().swiden_low(acc) };
-            let b = match m32 {
-                Some(m) if high => fb.ins().swiden_high(m),
-                Some(m) => fb.ins().swiden_low(m),
-                None => {
-                    let m2: Vec<u8> = ms[if high { 2..4 } else { 0..2 }].iter().flat_map(|&m| (m as i64).to_le_bytes()).collect();
-                    let c = fb.func.dfg.constants.insert(ConstantData::from(m2));
-                    fb.ins().vconst(types::I64X2, c)
-                }
-            };
-            let product = fb.ins().imul(a, b);
-            let rounded = fb.ins().iadd(product, half);
-            fb.ins().bitcast(types::I8X16, little_endian(), rounded)
-        })
-        .collect();
-    // Bytes 4..8 and 12..16 of each i64x2: the high 32 bits of the four products.
+    let halves = [false, true].map(|high| {
+        let a = if high { fb.ins().swiden_high(acc) } else { fb.ins().swiden_low(acc) };
+        let b = match m32 {
+            Some(m) if high => fb.ins().swiden_high(m),
+            Some(m) => fb.ins().swiden_low(m),
+            None => {
+                let m2: Vec<u8> = ms[if high { 2..4 } else { 0..2 }].iter().flat_map(|&m| (m as i64).to_le_bytes()).collect();
+                let c = fb.func.dfg.constants.insert(ConstantData::from(m2));
+                fb.ins().vconst(types::I64X2, c)
+            }
+        };
+        let product = fb.ins().imul(a, b);
+        fb.ins().iadd(product, half)
+    });
+    let high = high_words(fb, halves);
+    let shifted = fb.ins().sshr_imm_s(high, (shift - 32) as i64);
+    Some(offset_and_clamp(fb, shifted, zero_point, bounds))
+}
+
+/// [`requantize_x4`] with one multiplier for the four lanes known only at run time (a
+/// per-channel table read in a loop over channels): `m` (i32), `half = 2^(shift-1)` (i64)
+/// and `shift_32 = shift - 32` (i32) are scalar values, the shift at least 32.
+pub(crate) fn requantize_x4_dynamic(fb: &mut FunctionBuilder, acc: Value, m: Value, half: Value, shift_32: Value, zero_point: i32, bounds: (i64, i64)) -> Value {
+    let m = fb.ins().splat(types::I32X4, m);
+    let half = fb.ins().splat(types::I64X2, half);
+    let halves = [false, true].map(|high| {
+        let (a, b) = if high { (fb.ins().swiden_high(acc), fb.ins().swiden_high(m)) } else { (fb.ins().swiden_low(acc), fb.ins().swiden_low(m)) };
+        let product = fb.ins().imul(a, b);
+        fb.ins().iadd(product, half)
+    });
+    let high = high_words(fb, halves);
+    let shifted = fb.ins().sshr(high, shift_32);
+    offset_and_clamp(fb, shifted, zero_point, bounds)
+}
+
+/// A per-channel table for [`requantize_x4_dynamic`] in kernels that loop over output
+/// channels at run time (so that code size does not grow with the channel count): one
+/// record of [`ChannelTable::RECORD`] bytes per channel, bias (i32), multiplier (i32),
+/// shift − 32 (i32), padding, 2^(shift−1) (i64), padding.
+pub(crate) struct ChannelTable;
+
+/// One channel's parameters loaded from a [`ChannelTable`].
+pub(crate) struct ChannelParams {
+    /// The (folded) bias, i32.
+    pub bias: Value,
+    /// The multiplier (i32), 2^(shift−1) (i64) and shift − 32 (i32).
+    pub m: Value,
+    pub half: Value,
+    pub shift_32: Value,
+}
+
+impl ChannelTable {
+    /// Bytes per channel.
+    pub const RECORD: usize = 32;
+
+    /// The table's bytes for channels with `biases` and the multipliers of `rq`, or `None`
+    /// when a channel's shift is below 32 (which [`requantize_x4_dynamic`] does not take).
+    pub fn bytes(rq: &Requant, biases: &[i32]) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(biases.len() * Self::RECORD);
+        for (c, &bias) in biases.iter().enumerate() {
+            let m = channel(rq, c);
+            if m.shift < 32 {
+                return None;
+            }
+            out.extend_from_slice(&bias.to_le_bytes());
+            out.extend_from_slice(&m.m.to_le_bytes());
+            out.extend_from_slice(&((m.shift - 32) as i32).to_le_bytes());
+            out.extend_from_slice(&[0; 4]);
+            out.extend_from_slice(&(1i64 << (m.shift - 1)).to_le_bytes());
+            out.extend_from_slice(&[0; 8]);
+        }
+        Some(out)
+    }
+
+    /// Loads channel `c`'s record (an i64 index) from the table at `table`.
+    pub fn load(fb: &mut FunctionBuilder, table: Value, c: Value) -> ChannelParams {
+        let record = emit::addr(fb, table, c, Self::RECORD as i64);
+        let ro = emit::constant_mem();
+        ChannelParams {
+            bias: fb.ins().load(types::I32, ro, record, 0),
+            m: fb.ins().load(types::I32, ro, record, 4),
+            shift_32: fb.ins().load(types::I32, ro, record, 8),
+            half: fb.ins().load(types::I64, ro, record, 16),
+        }
+    }
+}
+
+impl ChannelParams {
+    /// [`requantize_x4_dynamic`] of `acc` (the bias not added) with these parameters.
+    pub fn requantize_x4(&self, fb: &mut FunctionBuilder, acc: Value, zero_point: i32, bounds: (i64, i64)) -> Value {
+        requantize_x4_dynamic(fb, acc, self.m, self.half, self.shift_32, zero_point, bounds)
+    }
+}
+
+/// The high 32 bits of the four i64 lanes of `halves` (two i64x2), as an i32x4.
+fn high_words(fb: &mut FunctionBuilder, halves: [Value; 2]) -> Value {
+    let bytes = halves.map(|h| fb.ins().bitcast(types::I8X16, little_endian(), h));
+    // Bytes 4..8 and 12..16 of each i64x2.
     let mask: Vec<u8> = [4u8, 12, 20, 28].iter().flat_map(|&b| b..b + 4).collect();
     let mask = fb.func.dfg.immediates.push(ConstantData::from(mask));
-    let high = fb.ins().shuffle(halves[0], halves[1], mask);
-    let high = fb.ins().bitcast(types::I32X4, little_endian(), high);
-    let shifted = fb.ins().sshr_imm_s(high, (shift - 32) as i64);
+    let high = fb.ins().shuffle(bytes[0], bytes[1], mask);
+    fb.ins().bitcast(types::I32X4, little_endian(), high)
+}
+
+/// `clamp(v + zero_point, lo, hi)` in i32x4 lanes.
+fn offset_and_clamp(fb: &mut FunctionBuilder, v: Value, zero_point: i32, (lo, hi): (i64, i64)) -> Value {
     let y = if zero_point == 0 {
-        shifted
+        v
     } else {
         let zp = splat(fb, types::I32X4, zero_point as i64);
-        fb.ins().iadd(shifted, zp)
+        fb.ins().iadd(v, zp)
     };
     let (lo, hi) = (splat(fb, types::I32X4, lo), splat(fb, types::I32X4, hi));
     let y = fb.ins().smax(y, lo);
-    Some(fb.ins().smin(y, hi))
+    fb.ins().smin(y, hi)
 }
 
 /// The multipliers of channels `channels` of `rq` when they share one shift (see
@@ -141,7 +223,13 @@ pub(crate) fn lanes(rq: &Requant, channels: [usize; 4]) -> Option<([i32; 4], u32
 /// The i32 lanes of `v` (already clamped to the 8-bit range, so the saturating narrowings
 /// are exact) as the first four bytes of an i8x16: u8 or, when `signed`, i8.
 pub(crate) fn narrow_x4(fb: &mut FunctionBuilder, v: Value, signed: bool) -> Value {
-    let halves = fb.ins().snarrow(v, v);
+    narrow_x8(fb, v, v, signed)
+}
+
+/// The lanes of two i32x4 (already clamped to the 8-bit range) as the first eight bytes of
+/// an i8x16 (`a`'s four, then `b`'s): u8 or, when `signed`, i8.
+pub(crate) fn narrow_x8(fb: &mut FunctionBuilder, a: Value, b: Value, signed: bool) -> Value {
+    let halves = fb.ins().snarrow(a, b);
     if signed {
         fb.ins().snarrow(halves, halves)
     } else {

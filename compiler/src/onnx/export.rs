@@ -16,9 +16,10 @@
 //!
 //! **Opset.** The model imports ai.onnx 13 (IR version 8), where every op qlift has exists
 //! with per-axis Q/DQ, unless the graph needs more; then the version is raised to the lowest
-//! one that has it: 14 for HardSwish and Reshape's `allowzero=1`, 19 for AveragePool
-//! `dilations` other than 1, 21 (IR version 10) for `i4`/`u4` values. The ops qlift writes
-//! mean the same at every version from 13 to 21, so raising the version changes nothing else.
+//! one that has it: 14 for HardSwish and Reshape's `allowzero=1`, 18 for Mish, 19 for
+//! AveragePool `dilations` other than 1, 20 for Gelu, 21 (IR version 10) for `i4`/`u4`
+//! values. The ops qlift writes mean the same at every version from 13 to 21, so raising the
+//! version changes nothing else.
 //!
 //! **Names.** Value and node names are kept; a repeated or empty one gets a numbered
 //! variant (`name_1`), and the initializers the exporter adds (`x_scale`, `y_shape`, ...) get
@@ -138,6 +139,44 @@ fn rule(kind: OpKind) -> Option<Rule> {
         Sub => direct("Sub", &[]),
         Mul => direct("Mul", &[]),
         Div => direct("Div", &[]),
+        Pow => direct("Pow", &[]),
+        Sqrt => direct("Sqrt", &[]),
+        Exp => direct("Exp", &[]),
+        Log => direct("Log", &[]),
+        Abs => direct("Abs", &[]),
+        Neg => direct("Neg", &[]),
+        Reciprocal => direct("Reciprocal", &[]),
+        Floor => direct("Floor", &[]),
+        Ceil => direct("Ceil", &[]),
+        Round => direct("Round", &[]),
+        Erf => direct("Erf", &[]),
+        Sin => direct("Sin", &[]),
+        Cos => direct("Cos", &[]),
+        Min => direct("Min", &[]),
+        Max => direct("Max", &[]),
+        Mean => direct("Mean", &[]),
+        Sum => direct("Sum", &[]),
+        Mod => direct("Mod", &["fmod"]),
+        Sign => direct("Sign", &[]),
+        Equal => direct("Equal", &[]),
+        Greater => direct("Greater", &[]),
+        GreaterOrEqual => direct("GreaterOrEqual", &[]),
+        Less => direct("Less", &[]),
+        LessOrEqual => direct("LessOrEqual", &[]),
+        Not => direct("Not", &[]),
+        And => direct("And", &[]),
+        Or => direct("Or", &[]),
+        Xor => direct("Xor", &[]),
+        Where => direct("Where", &[]),
+        Gelu => Rule { since: 20, ..direct("Gelu", &["approximate"]) },
+        PRelu => direct("PRelu", &[]),
+        Elu => direct("Elu", &["alpha"]),
+        Selu => direct("Selu", &["alpha", "gamma"]),
+        Softplus => direct("Softplus", &[]),
+        Mish => Rule { since: 18, ..direct("Mish", &[]) },
+        Softsign => direct("Softsign", &[]),
+        ThresholdedRelu => direct("ThresholdedRelu", &["alpha"]),
+        Celu => direct("Celu", &["alpha"]),
         MaxPool => direct("MaxPool", &["ceil_mode", "dilations", "kernel_shape", "pads", "strides"]),
         AveragePool => custom(average_pool),
         GlobalAveragePool => direct("GlobalAveragePool", &[]),
@@ -172,6 +211,22 @@ fn rule(kind: OpKind) -> Option<Rule> {
         ScatterElements => custom(|ex, cx| scatter(ex, cx, "ScatterElements", &["axis"])),
         Trilu => Rule { since: 14, ..direct("Trilu", &["upper"]) },
         NonZero => direct("NonZero", &[]),
+        // Reductions, normalizations and NN ops. Reductions other than ReduceSum take their
+        // axes as an operand from opset 18 (ReduceSum from 13); writing that form keeps one
+        // spelling whatever else raises the opset.
+        ReduceSum => custom(reduce),
+        ReduceMean | ReduceMax | ReduceMin | ReduceProd | ReduceL1 | ReduceL2 | ReduceSumSquare | ReduceLogSum
+        | ReduceLogSumExp => Rule { since: 18, ..custom(reduce) },
+        ArgMax => direct("ArgMax", &["axis", "keepdims", "select_last_index"]),
+        ArgMin => direct("ArgMin", &["axis", "keepdims", "select_last_index"]),
+        CumSum => custom(cumsum),
+        LayerNormalization => Rule { since: 17, ..direct("LayerNormalization", &["axis", "epsilon"]) },
+        InstanceNormalization => direct("InstanceNormalization", &["epsilon"]),
+        GroupNormalization => Rule { since: 21, ..direct("GroupNormalization", &["epsilon", "num_groups"]) },
+        LpNormalization => direct("LpNormalization", &["axis", "p"]),
+        LogSoftmax => direct("LogSoftmax", &["axis"]),
+        Hardmax => direct("Hardmax", &["axis"]),
+        ConvTranspose => custom(conv_transpose),
         _ => return None,
     };
     Some(rule)
@@ -667,6 +722,59 @@ fn resize(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
     }
     let operand = |i: usize| cx.inputs.get(i).cloned().flatten().unwrap_or_default();
     ex.emit(cx, "Resize", vec![x, operand(1), operand(2), operand(3)], attrs);
+    Ok(())
+}
+
+/// A reduction's axes become its operand: an initializer from the `axes` attribute (an
+/// empty one with `noop_with_empty_axes`, which is what an empty list means in the IR), or
+/// the IR's own run-time operand.
+fn reduce(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
+    let (_, x) = cx.operand(0)?;
+    let (axes, noop) = match cx.op.attrs.get("axes") {
+        Some(_) => {
+            let axes = cx.ints("axes")?;
+            let noop = if axes.is_empty() { 1 } else { cx.int("noop_with_empty_axes")? };
+            (ex.ints_initializer(&format!("{}_axes", cx.output), axes), noop)
+        }
+        None => (cx.operand(1)?.1, cx.int("noop_with_empty_axes")?),
+    };
+    let attrs = vec![cx.attr("keepdims")?, attribute("noop_with_empty_axes", &AttrValue::Int(noop))];
+    ex.emit(cx, cx.op.kind.name(), vec![x, axes], attrs);
+    Ok(())
+}
+
+/// CumSum's axis is a scalar operand.
+fn cumsum(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
+    let (_, x) = cx.operand(0)?;
+    let axis = ex.initializer(&format!("{}_axis", cx.output), &Tensor::from_i64(&[], vec![cx.int("axis")?]));
+    let attrs = vec![cx.attr("exclusive")?, cx.attr("reverse")?];
+    ex.emit(cx, "CumSum", vec![x, axis], attrs);
+    Ok(())
+}
+
+/// ConvTranspose's signed pads: a negative end pad (a result longer than the taps reach)
+/// is ONNX's `output_padding`; a negative begin pad has no ONNX spelling.
+fn conv_transpose(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
+    let pads = cx.ints("pads")?;
+    let r = pads.len() / 2;
+    if pads[..r].iter().any(|&p| p < 0) {
+        return Err(cx.error(format!("pads {pads:?} begin before the first tap, which ONNX cannot express")));
+    }
+    let mut onnx_pads = pads.to_vec();
+    let mut output_padding = vec![0i64; r];
+    for a in 0..r {
+        if pads[a + r] < 0 {
+            output_padding[a] = -pads[a + r];
+            onnx_pads[a + r] = 0;
+        }
+    }
+    let mut attrs = ["dilations", "group", "kernel_shape", "strides"].iter().map(|a| cx.attr(a)).collect::<Result<Vec<_>, _>>()?;
+    attrs.push(attribute("pads", &AttrValue::Ints(onnx_pads)));
+    if output_padding.iter().any(|&p| p != 0) {
+        attrs.push(attribute("output_padding", &AttrValue::Ints(output_padding)));
+    }
+    let inputs = cx.inputs.iter().map(|i| i.clone().unwrap_or_default()).collect();
+    ex.emit(cx, "ConvTranspose", inputs, attrs);
     Ok(())
 }
 

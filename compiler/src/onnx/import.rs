@@ -7,16 +7,12 @@ use super::{load, ImportOptions, InputDim, Limits};
 use crate::{Error, UnsupportedOp};
 use onnx_protobuf::{ModelProto, NodeProto, ValueInfoProto};
 use qlift_ir::{
-    OpKind, infer_node_types, verify, AttrValue, Attrs, DType, Dim, Graph, Op, QuantParams, Shape, Symbol, Tensor, TensorType, Value,
+    verify, AttrValue, Attrs, DType, Dim, Graph, Op, QuantParams, Shape, Symbol, Tensor, TensorType, Value,
     ValueId,
 };
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
-
-/// Most elements an import-time fold may produce (larger constant results are computed by
-/// the compiled model, or folded by the passes).
-const FOLD_LIMIT: usize = 1 << 22;
 
 /// Importer state shared by all converters.
 pub(crate) struct Importer {
@@ -27,10 +23,16 @@ pub(crate) struct Importer {
     /// graph nodes when first used, once per distinct quantization.
     constants: HashMap<String, Arc<Tensor>>,
     materialized: HashMap<(String, Option<String>), ValueId>,
+    /// How many nodes of each constant exist (one per distinct quantization).
+    copies: HashMap<String, usize>,
+    /// Every value name in the graph, so that fresh names are found without a scan.
+    names: HashSet<String>,
     /// Shared storage: equal constants are stored once.
     by_digest: HashMap<u64, Arc<Tensor>>,
     total_bytes: u64,
     limits: Limits,
+    /// Types and values as each node is built: shape arithmetic tracked, constants folded.
+    folder: qlift_ir::Folder,
 }
 
 pub(crate) fn import_model(model: &ModelProto, model_dir: Option<&Path>, opts: &ImportOptions) -> Result<Graph, Error> {
@@ -62,9 +64,12 @@ pub(crate) fn import_model(model: &ModelProto, model_dir: Option<&Path>, opts: &
         values: HashMap::new(),
         constants: HashMap::new(),
         materialized: HashMap::new(),
+        copies: HashMap::new(),
+        names: HashSet::new(),
         by_digest: HashMap::new(),
         total_bytes: 0,
         limits: opts.limits.clone(),
+        folder: qlift_ir::Folder::new(qlift_ir::Binding::default()),
     };
     for init in &g.initializer {
         let t = tensor_from_proto(init, model_dir, &opts.limits)?;
@@ -81,6 +86,7 @@ pub(crate) fn import_model(model: &ModelProto, model_dir: Option<&Path>, opts: &
         }
         let ty = input_type(input, &batch_names, opts)?;
         let v = imp.graph.add_input(&input.name, ty);
+        imp.names.insert(input.name.clone());
         imp.values.insert(input.name.clone(), v);
     }
     if let Some(name) = opts.input_shapes.keys().find(|n| !g.input.iter().any(|i| &i.name == *n)) {
@@ -103,27 +109,10 @@ pub(crate) fn import_model(model: &ModelProto, model_dir: Option<&Path>, opts: &
     imp.graph.set_outputs(outputs)?;
     imp.graph.remove_dead_nodes();
     verify(&imp.graph)?;
-    check_value_sizes(&imp.graph, &opts.limits)?;
-    // Shape arithmetic on symbolic dimensions: exact result types where it can be tracked.
-    let graph = if qlift_ir::needs_binding(&imp.graph) { qlift_ir::specialize(&imp.graph, &qlift_ir::Binding::default())? } else { imp.graph };
-    Ok(graph)
-}
-
-/// Refuses graphs with a value larger than the tensor budget for one sample (batch 1), so
-/// that no later stage allocates a buffer sized by a hostile attribute (say, huge pads).
-fn check_value_sizes(graph: &Graph, limits: &Limits) -> Result<(), Error> {
-    for id in graph.node_ids() {
-        let node = graph.node(id);
-        for v in &node.outputs {
-            let bytes = v.ty.shape.known_volume().and_then(|count| count.checked_mul(v.ty.dtype.size_of()));
-            let bytes = bytes.map_or(u64::MAX, |b| b as u64);
-            if bytes > limits.max_tensor_bytes {
-                let what = format!("value `{}` of node `{}` ({} per sample)", v.name, node.name, qlift_ir::text::type_to_string(&v.ty));
-                return Err(Error::Limit { what, value: bytes, limit: limits.max_tensor_bytes });
-            }
-        }
-    }
-    Ok(())
+    // No value larger than the tensor budget for one sample (batch 1), so that no later stage
+    // allocates a buffer sized by a hostile attribute (say, huge pads).
+    crate::limits::check_graph(&imp.graph, &opts.limits)?;
+    Ok(imp.graph)
 }
 
 fn is_default_domain(domain: &str) -> bool {
@@ -227,33 +216,22 @@ impl Importer {
         Ok(())
     }
 
-    /// Evaluates the node of `v` at import time when every operand is a constant (shape
-    /// arithmetic on constants, Clip bounds behind a Cast, weights behind a Transpose), so
-    /// that converters reading constant operands see them: the node becomes a constant in
-    /// place and its name a constant name. QuantizeLinear and DequantizeLinear stay (the
-    /// lowering passes read them), and so do results larger than [`FOLD_LIMIT`] elements.
+    /// Infers the types of the node of `v` with what is known of its operands (constants,
+    /// shape values tracked through `Shape` and the arithmetic on it) and folds it when its
+    /// value is known (see [`qlift_ir::Folder`]), so that converters reading constant operands
+    /// see them: the node then becomes a constant in place and its name a constant name.
     fn fold(&mut self, v: ValueId) -> Result<bool, Error> {
-        let node = self.graph.node(v.node);
-        let qlift_ir::NodeOp::Apply(op) = &node.op else { return Ok(false) };
-        if matches!(op.kind, OpKind::QuantizeLinear | OpKind::DequantizeLinear) || node.outputs.len() != 1 {
+        if !self.folder.visit(&mut self.graph, v.node)? {
             return Ok(false);
         }
-        let ty = node.outputs[0].ty.clone();
-        if ty.quant.is_some() || ty.shape.as_fixed().is_none_or(|d| d.iter().product::<usize>() > FOLD_LIMIT) {
+        let qlift_ir::NodeOp::Const(t) = &self.graph.node(v.node).op else { return Ok(false) };
+        let name = self.graph.value(v).name.clone();
+        if self.graph.value_type(v).quant.is_some() {
+            // A quantized constant is not a plain constant operand (converters move quantization
+            // parameters onto types themselves): it stays a value.
             return Ok(false);
         }
-        let operands = self.graph.node_inputs(v.node);
-        let constants: Vec<Option<&Tensor>> = operands.iter().map(|o| o.and_then(|o| self.graph.const_value(o)).map(|t| t.as_ref())).collect();
-        if operands.iter().zip(&constants).any(|(o, c)| o.is_some() && c.is_none()) {
-            return Ok(false);
-        }
-        let types: Vec<Option<&TensorType>> = operands.iter().map(|o| o.map(|o| self.graph.value_type(o))).collect();
-        let eval = |message: String| Error::Node { node: node.name.clone(), op_type: op.kind.name().to_string(), message };
-        let t = qlift_ir::interp::eval_op(op, &constants, &types, std::slice::from_ref(&ty)).map_err(eval)?.remove(0);
-        let name = node.outputs[0].name.clone();
-        let t = Arc::new(t);
-        self.graph.make_constant(v.node, t.clone())?;
-        self.constants.insert(name.clone(), t);
+        self.constants.insert(name.clone(), t.clone());
         self.materialized.insert((name, None), v);
         Ok(true)
     }
@@ -266,9 +244,12 @@ impl Importer {
         }
         let t = self.constants[name].clone();
         // One node per (constant, quantization); later ones get a numbered name.
-        let n = self.materialized.keys().filter(|(k, _)| k == name).count();
-        let node_name = if n == 0 { name.to_string() } else { format!("{name}#{n}") };
+        let n = self.copies.entry(name.to_string()).or_default();
+        let node_name = if *n == 0 { name.to_string() } else { format!("{name}#{n}") };
+        *n += 1;
         let v = self.graph.add_const(&node_name, t, quant);
+        self.names.insert(node_name);
+        self.folder.visit(&mut self.graph, v.node)?;
         self.materialized.insert(key, v);
         Ok(v)
     }
@@ -454,7 +435,7 @@ impl NodeCx<'_> {
     ) -> Result<ValueId, Error> {
         let name = self.node.output.get(output).filter(|n| !n.is_empty()).ok_or_else(|| self.error(format!("result {output} is missing")))?.clone();
         let v = self.emit_value(&name, kind, attrs, inputs, declared)?;
-        if !self.imp.fold(v)? {
+        if !self.imp.constants.contains_key(&name) {
             self.imp.values.insert(name, v);
         }
         Ok(v)
@@ -470,13 +451,15 @@ impl NodeCx<'_> {
         inputs: &[Option<ValueId>],
         declared: Option<TensorType>,
     ) -> Result<ValueId, Error> {
-        if self.imp.values.contains_key(name) || self.imp.constants.contains_key(name) || self.imp.graph.find_value(name).is_some() {
+        if self.imp.values.contains_key(name) || self.imp.constants.contains_key(name) || self.imp.names.contains(name) {
             return Err(self.error(format!("result `{name}` is produced twice")));
         }
         let ty = declared.unwrap_or_else(|| TensorType::new(DType::F32, Shape::default()));
         let id = self.imp.graph.add_node(&self.name, Op::new(kind, attrs), inputs, vec![Value { name: name.to_string(), ty }])?;
-        infer_node_types(&mut self.imp.graph, id)?;
-        Ok(ValueId { node: id, output: 0 })
+        self.imp.names.insert(name.to_string());
+        let v = ValueId { node: id, output: 0 };
+        self.imp.fold(v)?;
+        Ok(v)
     }
 
     /// A fresh value name for an intermediate step of this node (`{result}/{what}`).
@@ -484,7 +467,7 @@ impl NodeCx<'_> {
         let base = format!("{}/{what}", self.node.output.first().map_or(self.name.as_str(), String::as_str));
         let mut name = base.clone();
         let mut n = 1;
-        while self.imp.values.contains_key(&name) || self.imp.constants.contains_key(&name) || self.imp.graph.find_value(&name).is_some() {
+        while self.imp.values.contains_key(&name) || self.imp.constants.contains_key(&name) || self.imp.names.contains(&name) {
             name = format!("{base}_{n}");
             n += 1;
         }

@@ -34,6 +34,12 @@ pub struct Limits {
     pub max_nodes: usize,
     /// Highest tensor rank: real models stay under 8; the kernels' index math assumes few.
     pub max_rank: usize,
+    /// Most memory one run may need (inputs aside), in bytes: a compiled model refuses a
+    /// batch whose outputs and scratch would exceed it, before allocating them, and
+    /// calibration runs in batches small enough to stay under it. 8 GiB: the bundled models
+    /// need under 1 MiB per sample; a larger batch is refused with an error rather than
+    /// asked of the allocator (which aborts the process when it cannot give it).
+    pub max_run_bytes: u64,
 }
 
 impl Default for Limits {
@@ -44,6 +50,7 @@ impl Default for Limits {
             max_total_bytes: 4 << 30,
             max_nodes: 1_000_000,
             max_rank: 8,
+            max_run_bytes: 8 << 30,
         }
     }
 }
@@ -89,12 +96,7 @@ impl InputDim {
 
 /// Loads an ONNX model file. External data is read from the model's directory only.
 pub fn load_onnx(path: &Path, opts: &ImportOptions) -> Result<Graph, Error> {
-    let io = |source| Error::Io { path: path.to_path_buf(), source };
-    let size = std::fs::metadata(path).map_err(io)?.len();
-    if size > opts.limits.max_model_bytes {
-        return Err(Error::Limit { what: format!("model file {}", path.display()), value: size, limit: opts.limits.max_model_bytes });
-    }
-    let bytes = std::fs::read(path).map_err(io)?;
+    let bytes = crate::bounded::read_to_end(path, opts.limits.max_model_bytes, "model file")?;
     let dir = path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p });
     load_onnx_bytes(&bytes, dir, opts)
 }

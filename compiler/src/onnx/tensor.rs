@@ -5,7 +5,7 @@ use super::Limits;
 use crate::Error;
 use onnx_protobuf::{Message, TensorProto};
 use qlift_ir::{DType, Tensor, TensorData};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::path::{Component, Path};
 
 /// ONNX element type codes (TensorProto.DataType) for the dtypes qlift supports.
@@ -173,12 +173,22 @@ fn read_external(t: &TensorProto, model_dir: Option<&Path>, bytes: usize) -> Res
     if length != 0 && length != bytes as u64 {
         return Err(fail(format!("length {length} disagrees with the {bytes} bytes the shape needs")));
     }
+    // A regular file only, checked before opening: opening a named pipe waits for a writer,
+    // and a device (`/dev/zero`) has no end to read against.
+    match crate::bounded::classify(&path) {
+        Ok(crate::bounded::Source::File(_)) => {}
+        Ok(crate::bounded::Source::Pipe) => return Err(fail("is a pipe; external data must be a regular file".into())),
+        Err(crate::Error::Io { source, .. }) => return Err(fail(source.to_string())),
+        Err(e) => return Err(fail(e.to_string())),
+    }
     let mut file = std::fs::File::open(&path).map_err(|e| fail(e.to_string()))?;
     let size = file.metadata().map_err(|e| fail(e.to_string()))?.len();
     if offset.checked_add(bytes as u64).is_none_or(|end| end > size) {
         return Err(fail(format!("offset {offset} + {bytes} bytes runs past the end of the {size}-byte file")));
     }
-    let mut data = vec![0u8; bytes];
-    file.seek(SeekFrom::Start(offset)).and_then(|_| file.read_exact(&mut data)).map_err(|e| fail(e.to_string()))?;
-    Ok(data)
+    file.seek(SeekFrom::Start(offset)).map_err(|e| fail(e.to_string()))?;
+    match crate::bounded::read_exact_vec(&mut file, bytes as u64, crate::bounded::Source::File(size)).map_err(|e| fail(e.to_string()))? {
+        Ok(data) => Ok(data),
+        Err(got) => Err(fail(format!("the file ended after {got} of {bytes} bytes (it shrank while being read)"))),
+    }
 }

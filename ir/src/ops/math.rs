@@ -116,9 +116,7 @@ fn binary(kind: OpKind, a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
     }
     // Integers: numpy semantics, wrapping in the operand dtype, division truncating.
     let (x, y) = (a.to_i64_vec()?, b.to_i64_vec()?);
-    let (lo, hi) = a.dtype().int_range().ok_or("integer dtype expected")?;
-    let width = hi as i128 - lo as i128 + 1;
-    let wrap = |v: i128| -> i64 { ((v - lo as i128).rem_euclid(width) + lo as i128) as i64 };
+    let wrap = |v: i128| super::arith::wrap(a.dtype(), v);
     let mut data = Vec::with_capacity(ia.len());
     for (&i, &j) in ia.iter().zip(&ib) {
         let (p, q) = (x[i] as i128, y[j] as i128);

@@ -6,16 +6,22 @@
 
 use crate::{Op, OpKind, SymInt, Tensor, TensorType};
 
+pub(crate) mod arith;
 mod broadcast;
 pub(crate) mod cast;
+pub mod conv_transpose;
 pub mod index;
+pub(crate) mod logic;
 pub(crate) mod math;
 pub(crate) mod nn;
+pub(crate) mod norm;
 pub(crate) mod qint;
 pub(crate) mod quant;
 pub(crate) mod resample;
 pub(crate) mod select;
+pub mod reduce;
 pub(crate) mod shape;
+pub mod unary;
 
 /// What type inference sees of a node.
 pub(crate) struct InferCtx<'a> {
@@ -93,6 +99,18 @@ enum Family {
     Resample,
     /// Element selection and placement by index.
     Select,
+    /// Broadcasting arithmetic of the elementwise family beyond Add/Sub/Mul/Div.
+    Arith,
+    /// One-operand math functions and activations.
+    Unary,
+    /// Comparisons, logic and Where.
+    Logic,
+    /// Reductions, ArgMax/ArgMin, CumSum.
+    Reduce,
+    /// Normalizations, LogSoftmax, Hardmax.
+    Norm,
+    /// Transposed convolution.
+    ConvTranspose,
 }
 
 fn family(kind: OpKind) -> Family {
@@ -110,6 +128,16 @@ fn family(kind: OpKind) -> Family {
         Cast => Family::Cast,
         Resize | DepthToSpace | SpaceToDepth => Family::Resample,
         OneHot | GatherElements | GatherND | ScatterND | ScatterElements | Trilu | NonZero => Family::Select,
+        Pow | Mod | Min | Max | Mean | Sum | PRelu => Family::Arith,
+        Sqrt | Exp | Log | Abs | Neg | Reciprocal | Floor | Ceil | Round | Erf | Sin | Cos | Sign | Gelu | Elu | Selu
+        | Softplus | Mish | Softsign | ThresholdedRelu | Celu => Family::Unary,
+        Equal | Greater | GreaterOrEqual | Less | LessOrEqual | Not | And | Or | Xor | Where => Family::Logic,
+        ReduceMean | ReduceSum | ReduceMax | ReduceMin | ReduceProd | ReduceL1 | ReduceL2 | ReduceSumSquare | ReduceLogSum
+        | ReduceLogSumExp | ArgMax | ArgMin | CumSum => Family::Reduce,
+        LayerNormalization | InstanceNormalization | GroupNormalization | LpNormalization | LogSoftmax | Hardmax => {
+            Family::Norm
+        }
+        ConvTranspose => Family::ConvTranspose,
     }
 }
 
@@ -125,13 +153,19 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
         Family::Cast => cast::infer(cx),
         Family::Resample => resample::infer(cx),
         Family::Select => select::infer(cx),
+        Family::Arith => arith::infer(cx),
+        Family::Unary => unary::infer(cx),
+        Family::Logic => logic::infer(cx),
+        Family::Reduce => reduce::infer(cx),
+        Family::Norm => norm::infer(cx),
+        Family::ConvTranspose => conv_transpose::infer(cx),
     }
 }
 
 /// What the specializer can know of an integer result's elements from its operands' (see
-/// [`index::symbolic`]).
+/// [`index::symbolic`], and [`logic::symbolic`] for the guards exporters put on shapes).
 pub(crate) fn symbolic(cx: &InferCtx, result: &TensorType) -> Option<Vec<SymInt>> {
-    index::symbolic(cx, result)
+    index::symbolic(cx, result).or_else(|| logic::symbolic(cx, result))
 }
 
 /// Evaluates a node on concrete operands, then its fused activation if it has one.
@@ -147,6 +181,12 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
         Family::Cast => cast::eval(cx),
         Family::Resample => resample::eval(cx),
         Family::Select => select::eval(cx),
+        Family::Arith => arith::eval(cx),
+        Family::Unary => unary::eval(cx),
+        Family::Logic => logic::eval(cx),
+        Family::Reduce => reduce::eval(cx),
+        Family::Norm => norm::eval(cx),
+        Family::ConvTranspose => conv_transpose::eval(cx),
     }?;
     match cx.op.fused_activation()? {
         None => Ok(results),

@@ -13,15 +13,17 @@ use std::ops::{Add, Mul};
 pub(crate) trait Acc: Copy + Default + Add<Output = Self> + Mul<Output = Self> {}
 impl<T: Copy + Default + Add<Output = T> + Mul<Output = T>> Acc for T {}
 
+/// Refuses a value that is not plain f32 (the float ops' operands).
+pub(crate) fn f32_only(t: &TensorType, what: &str) -> Result<(), String> {
+    if t.dtype != DType::F32 || t.quant.is_some() {
+        return Err(format!("{what} must be f32, found {}", crate::text::type_to_string(t)));
+    }
+    Ok(())
+}
+
 pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
     let x = cx.input(0)?;
     let attrs = &cx.op.attrs;
-    let f32_only = |t: &TensorType, what: &str| -> Result<(), String> {
-        if t.dtype != DType::F32 || t.quant.is_some() {
-            return Err(format!("{what} must be f32, found {}", crate::text::type_to_string(t)));
-        }
-        Ok(())
-    };
     let out = match cx.op.kind {
         OpKind::Conv => {
             f32_only(x, "input")?;

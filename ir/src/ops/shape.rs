@@ -301,6 +301,33 @@ fn reshape_static(dims: &[Dim], spec: &[SymInt], allowzero: bool) -> Result<Shap
     Ok(Shape(out))
 }
 
+/// The static spec (`0` copies, `-1` infers) that reshapes `input` to `output` once every
+/// extent of `output` is known or the batch: what lets the specializer drop a Reshape's
+/// computed shape operand. `None` when the batch cannot be expressed so.
+pub(crate) fn reshape_spec_for(input: &Shape, output: &Shape) -> Option<Vec<i64>> {
+    let mut inferred = false;
+    let spec = output
+        .dims()
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| match d {
+            Dim::Fixed(n) => i64::try_from(n).ok(),
+            Dim::Batch if input.dims().get(i) == Some(&Dim::Batch) => Some(0),
+            Dim::Batch if !inferred => {
+                inferred = true;
+                Some(-1)
+            }
+            _ => None,
+        })
+        .collect::<Option<Vec<i64>>>()?;
+    // A literal 0 would copy too: only when the input has 0 there as well.
+    if spec.iter().enumerate().any(|(i, &e)| e == 0 && output.dims()[i] != Dim::Batch && input.dims().get(i) != Some(&Dim::Fixed(0))) {
+        return None;
+    }
+    let check: Vec<SymInt> = spec.iter().map(|&e| SymInt::Int(e)).collect();
+    (reshape_static(input.dims(), &check, false).ok().as_ref() == Some(output)).then_some(spec)
+}
+
 /// Quantization parameters after a reshape: per-tensor pass through; per-channel ones only
 /// when every dimension up to and including the channel axis is unchanged.
 fn regroup_quant(x: &TensorType, out: &Shape) -> Result<Option<QuantParams>, String> {

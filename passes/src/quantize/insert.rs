@@ -1,15 +1,39 @@
 //! Calibration and Q/DQ insertion: run the float graph over calibration samples, choose
-//! every activation's range, and put a QuantizeLinear → DequantizeLinear pair on every
-//! value that a quantizable op reads or writes (ONNX Runtime's QDQ format). The result is a
-//! valid float model (an exported QDQ model ONNX Runtime runs) that `fuse-requant` lowers
-//! to integer ops; ops with no integer lowering stay float between a DequantizeLinear and
-//! a QuantizeLinear (fp32 islands), so every model still compiles.
+//! every activation's range, and put a QuantizeLinear → DequantizeLinear pair on the values
+//! integer ops read and write (ONNX Runtime's QDQ format). The result is a valid float model
+//! (an exported QDQ model ONNX Runtime runs) that `fuse-requant` lowers to integer ops; ops
+//! with no integer lowering stay float between a DequantizeLinear and a QuantizeLinear (fp32
+//! islands), so every model still compiles.
+//!
+//! # What is quantized (the policy)
+//!
+//! Quantization pays where the multiply-accumulates are, and hurts where values carry
+//! numerics that 8 bits cannot hold (an attention mask of −3.4e38 next to scores of ±10, a
+//! LayerNorm variance that is a small difference of large numbers, a Softmax input). So:
+//!
+//! - **Anchors**: Conv, Gemm and MatMul whose weights (operand 1) are constants compute in
+//!   integers (int8 weights per output channel, 8-bit activations per tensor). A MatMul
+//!   followed by the Add of a constant per-column bias, its only use, is one unit: the bias
+//!   joins the accumulator (`fuse-matmul-bias`), the sum is quantized once.
+//! - **Integer-preserving ops** (Add, Concat, average pools, Relu, Clip, and the ops that
+//!   only move values: MaxPool, Flatten, Reshape, Transpose, Squeeze, Unsqueeze) compute in
+//!   integers only when *every* operand is already a quantized activation: a residual Add of
+//!   two quantized branches, a pool after a quantized Conv. Never when an operand is a float
+//!   value or a constant: then they stay float, and so do masks, variances, epsilons and
+//!   everything a float op (Softmax, LayerNormalization, Div, Sqrt, Exp, Erf, Gelu...)
+//!   computes or reads.
+//! - **Stays float**: every other op, and a MatMul of two activations (attention's Q·Kᵀ and
+//!   P·V), whose operands come from float islands in the models that have them.
+//!
+//! A float value feeding an anchor is quantized at that boundary with its calibrated range
+//! (the QuantizeLinear ONNX Runtime would put there too); an anchor's result that only feeds
+//! float ops is dequantized once.
 
 use crate::calibrate::{choose_range, quant_params, ActivationScheme, CalibrationMethod, TensorStats};
 use crate::quantize::weights::quantize_per_channel;
 use crate::PassError;
-use qlift_ir::{Attrs, DType, Graph, NodeOp, Op, OpKind, QuantParams, Tensor, TensorData, TensorType, Value, ValueId};
-use std::collections::HashMap;
+use qlift_ir::{Attrs, DType, Graph, NodeId, NodeOp, Op, OpKind, QuantParams, Tensor, TensorData, TensorType, Value, ValueId};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// How to quantize a model after calibration.
@@ -122,12 +146,57 @@ pub fn insert_qdq(graph: &Graph, calibration: &Calibration, opts: &QuantizeOptio
     let mut dequantized: HashMap<ValueId, ValueId> = HashMap::new();
     // The other way round: the value each inserted DequantizeLinear stands for.
     let mut source_of: HashMap<ValueId, ValueId> = HashMap::new();
+    // Quantized weights by (constant, channel axis): a weight several ops read is quantized
+    // once (one name, one copy).
+    let mut weights: HashMap<(ValueId, usize), ValueId> = HashMap::new();
+    // Bias Adds that finish a MatMul anchor (`fuse-matmul-bias`), by node.
+    let mut bias_adds: HashSet<NodeId> = HashSet::new();
     for id in order {
         let NodeOp::Apply(op) = g.node(id).op.clone() else { continue };
         if !quantizable(&op) || g.node(id).outputs.iter().any(|v| v.ty.dtype != DType::F32) {
             continue;
         }
         let operands = g.node_inputs(id);
+        let anchor = is_anchor(&g, &op, &operands);
+        let bias_add = bias_adds.contains(&id);
+        // A product of two activations stays float.
+        if matches!(op.kind, OpKind::Conv | OpKind::Gemm | OpKind::MatMul) && !anchor {
+            continue;
+        }
+        // An integer-preserving op computes in integers only when every operand already is a
+        // quantized activation (see the module documentation).
+        if !anchor && !bias_add && !operands.iter().flatten().all(|v| source_of.contains_key(v)) {
+            continue;
+        }
+        let result = qlift_ir::ValueId { node: id, output: 0 };
+        if op.kind == OpKind::MatMul && anchor {
+            if let Some(add) = bias_add_after(&g, result) {
+                // The Add's result is quantized instead of the MatMul's.
+                for (slot, v) in operands.iter().enumerate() {
+                    if let (Some(v), Some(axis)) = (*v, weight_axis(&op, slot)) {
+                        if g.const_value(v).is_some() {
+                            let dq = quantized_weight_once(&mut g, &mut weights, v, axis)?;
+                            g.set_node_input(id, slot, Some(dq))?;
+                        }
+                    } else if let Some(v) = *v {
+                        let dq = quantized_activation(&mut g, v, calibration, opts, &mut params, &mut dequantized, &mut source_of)?;
+                        g.set_node_input(id, slot, Some(dq))?;
+                    }
+                }
+                bias_adds.insert(add);
+                continue;
+            }
+        }
+        if bias_add {
+            // Its operands are the MatMul (kept float between the DQs and this Add) and the
+            // constant bias: only the result is quantized.
+            let p = activation_params(&g, result, calibration, opts)?;
+            params.insert(result, p);
+            let dq = quantize_value(&mut g, result, &params[&result])?;
+            dequantized.insert(result, dq);
+            source_of.insert(dq, result);
+            continue;
+        }
         for (slot, v) in operands.iter().enumerate() {
             let Some(v) = *v else { continue };
             if !data_operand(&op, slot) {
@@ -138,25 +207,14 @@ pub fn insert_qdq(graph: &Graph, calibration: &Calibration, opts: &QuantizeOptio
                 continue;
             }
             let replacement = match (weight_axis(&op, slot), g.const_value(v).cloned()) {
-                (Some(axis), Some(w)) => quantized_weights(&mut g, v, &w, axis)?,
+                (Some(axis), Some(_)) => quantized_weight_once(&mut g, &mut weights, v, axis)?,
                 (_, Some(_)) if (op.kind, slot) == (OpKind::Conv, 2) || (op.kind, slot) == (OpKind::Gemm, 2) => {
                     quantized_bias(&mut g, id, v, &operands)?.unwrap_or(v)
                 }
-                _ => match dequantized.get(&v) {
-                    Some(&dq) => dq,
-                    None => {
-                        let p = activation_params(&g, v, calibration, opts)?;
-                        let dq = quantize_value(&mut g, v, &p)?;
-                        params.insert(v, p);
-                        dequantized.insert(v, dq);
-                        source_of.insert(dq, v);
-                        dq
-                    }
-                },
+                _ => quantized_activation(&mut g, v, calibration, opts, &mut params, &mut dequantized, &mut source_of)?,
             };
             g.set_node_input(id, slot, Some(replacement))?;
         }
-        let result = qlift_ir::ValueId { node: id, output: 0 };
         if reads_accumulator(&g, &op, result) {
             continue;
         }
@@ -172,8 +230,65 @@ pub fn insert_qdq(graph: &Graph, calibration: &Calibration, opts: &QuantizeOptio
         source_of.insert(dq, result);
     }
     g.remove_dead_nodes();
-    qlift_ir::verify(&g)?;
+    // The graph is qlift's own construction: one that does not verify is a bug here.
+    qlift_ir::verify(&g).map_err(|e| PassError::Bug(format!("insert-qdq built a graph that does not verify: {e}")))?;
     Ok(g)
+}
+
+/// Whether `op` is an anchor of integer computation: a product whose weights are constant.
+fn is_anchor(g: &Graph, op: &Op, operands: &[Option<ValueId>]) -> bool {
+    matches!(op.kind, OpKind::Conv | OpKind::Gemm | OpKind::MatMul) && operands.get(1).copied().flatten().is_some_and(|w| g.const_value(w).is_some())
+}
+
+/// The Add of a constant per-column bias that is the only use of MatMul result `m` (and
+/// not itself a model output nor carrying its own clamp), if there is one.
+fn bias_add_after(g: &Graph, m: ValueId) -> Option<NodeId> {
+    if g.outputs().contains(&m) {
+        return None;
+    }
+    let [(add, _)] = g.users(m)[..] else { return None };
+    let NodeOp::Apply(op) = &g.node(add).op else { return None };
+    if op.kind != OpKind::Add || g.outputs().contains(&ValueId { node: add, output: 0 }) {
+        return None;
+    }
+    let other = g.node_inputs(add).into_iter().flatten().find(|&v| v != m)?;
+    let bias = g.const_value(other)?;
+    let columns = *g.value_type(m).shape.dims().last()?;
+    let per_column = bias.shape().iter().rev().skip(1).all(|&d| d == 1) && Some(bias.len()) == columns.fixed();
+    (per_column && bias.dtype() == DType::F32).then_some(add)
+}
+
+/// `DQ(w_q)` of constant weights `v` quantized per channel on `axis`, made once per
+/// (weights, axis) and shared by every op that reads them.
+fn quantized_weight_once(g: &mut Graph, cache: &mut HashMap<(ValueId, usize), ValueId>, v: ValueId, axis: usize) -> Result<ValueId, PassError> {
+    if let Some(&dq) = cache.get(&(v, axis)) {
+        return Ok(dq);
+    }
+    let w = g.const_value(v).cloned().ok_or_else(|| PassError::Bug("weights are not constant".into()))?;
+    let dq = quantized_weights(g, v, &w, axis)?;
+    cache.insert((v, axis), dq);
+    Ok(dq)
+}
+
+/// `DQ(Q(v))` of activation `v` with its calibrated parameters, made once per value.
+fn quantized_activation(
+    g: &mut Graph,
+    v: ValueId,
+    calibration: &Calibration,
+    opts: &QuantizeOptions,
+    params: &mut HashMap<ValueId, (DType, QuantParams)>,
+    dequantized: &mut HashMap<ValueId, ValueId>,
+    source_of: &mut HashMap<ValueId, ValueId>,
+) -> Result<ValueId, PassError> {
+    if let Some(&dq) = dequantized.get(&v) {
+        return Ok(dq);
+    }
+    let p = activation_params(g, v, calibration, opts)?;
+    let dq = quantize_value(g, v, &p)?;
+    params.insert(v, p);
+    dequantized.insert(v, dq);
+    source_of.insert(dq, v);
+    Ok(dq)
 }
 
 /// The activation parameters of value `v` from its statistics (a constant's from its
@@ -235,8 +350,21 @@ fn quantized_weights(g: &mut Graph, v: ValueId, w: &Arc<Tensor>, axis: usize) ->
     let name = g.value(v).name.clone();
     let (tensor, quant) =
         quantize_per_channel(w.as_f32().map_err(PassError::Bug)?, w.shape(), axis).map_err(|e| PassError::Unsupported(format!("weights `{name}`: {e}")))?;
-    let q = g.add_const(&format!("{name}_quantized"), Arc::new(tensor), Some(quant));
-    Ok(g.add_op(&format!("{name}_DequantizeLinear"), Op::new(OpKind::DequantizeLinear, Attrs::new()), &[Some(q)], &[&format!("{name}_DequantizeLinear_Output")])?[0])
+    let q = g.add_const(&fresh(g, &format!("{name}_quantized")), Arc::new(tensor), Some(quant));
+    let dq = fresh(g, &format!("{name}_DequantizeLinear_Output"));
+    Ok(g.add_op(&format!("{name}_DequantizeLinear"), Op::new(OpKind::DequantizeLinear, Attrs::new()), &[Some(q)], &[&dq])?[0])
+}
+
+/// `base`, or `base_1`, `base_2`... if a value already has that name (a bias or weight
+/// quantized twice, for two consumers with different input scales or channel axes).
+fn fresh(g: &Graph, base: &str) -> String {
+    let mut name = base.to_string();
+    let mut n = 1;
+    while g.find_value(&name).is_some() {
+        name = format!("{base}_{n}");
+        n += 1;
+    }
+    name
 }
 
 /// `DQ(b_i32)` for the constant bias of a Conv or Gemm whose input and weights are already
@@ -274,6 +402,7 @@ fn quantized_bias(
     let name = g.value(b).name.clone();
     let quant = QuantParams::per_axis(0, scales.clone(), vec![0; scales.len()]);
     let tensor = Tensor::new(DType::I32, vec![real.len()], TensorData::I32(q)).map_err(PassError::Bug)?;
-    let c = g.add_const(&format!("{name}_quantized"), Arc::new(tensor), Some(quant));
-    Ok(Some(g.add_op(&format!("{name}_DequantizeLinear"), Op::new(OpKind::DequantizeLinear, Attrs::new()), &[Some(c)], &[&format!("{name}_DequantizeLinear_Output")])?[0]))
+    let c = g.add_const(&fresh(g, &format!("{name}_quantized")), Arc::new(tensor), Some(quant));
+    let dq = fresh(g, &format!("{name}_DequantizeLinear_Output"));
+    Ok(Some(g.add_op(&format!("{name}_DequantizeLinear"), Op::new(OpKind::DequantizeLinear, Attrs::new()), &[Some(c)], &[&dq])?[0]))
 }

@@ -2,7 +2,7 @@
 //! (with no fused activation in between) moves into its weights and bias. Exact up to f32
 //! rounding: `(W·x + b)·c = (W·c)·x + b·c` and `(W·x + b) + c = W·x + (b + c)`.
 
-use super::{add_f32, add_op, f32_values, is_affine, is_missing, op_node, per_channel, rank, ty, var, Apply, QRewrite};
+use super::{add_f32, add_op, f32_values, is_affine, is_missing, op_node, per_channel, rank, ty, used_once, var, Apply, QRewrite};
 use crate::analysis::QEGraph;
 use egg::{rewrite, Id, Subst};
 use qlift_ir::{AttrValue, OpKind};
@@ -28,6 +28,9 @@ fn absorb(egraph: &mut QEGraph, subst: &Subst, how: Affine) -> Option<Id> {
 }
 
 fn absorb_into(egraph: &mut QEGraph, producer: Id, constant: Id, how: Affine) -> Option<Id> {
+    if !used_once(egraph, producer) {
+        return None;
+    }
     let (sym, ops) = op_node(egraph, producer, &[OpKind::Conv, OpKind::Gemm]).filter(|(s, _)| is_affine(s))?;
     let (c, cshape) = f32_values(egraph, constant)?;
     let out_rank = rank(egraph, producer)?;

@@ -36,7 +36,7 @@ fn affine(egraph: &QEGraph, eclass: Id, subst: &Subst) -> Option<(Vec<f64>, Vec<
 /// weights' first axis is the output channel either way).
 fn fold_into_conv(egraph: &mut QEGraph, eclass: Id, subst: &Subst) -> Option<Id> {
     let (k, t) = affine(egraph, eclass, subst)?;
-    let (conv, ops) = op_node(egraph, var(subst, "?y"), &[OpKind::Conv]).filter(|(s, _)| is_affine(s))?;
+    let (conv, ops) = op_node(egraph, var(subst, "?y"), &[OpKind::Conv]).filter(|(s, _)| is_affine(s) && super::used_once(egraph, var(subst, "?y")))?;
     let (w, wshape) = f32_values(egraph, ops[1])?;
     if wshape[0] != k.len() {
         return None;
@@ -70,7 +70,7 @@ fn scale_columns(w: &[f64], shape: &[usize], transposed: bool, k: &[f64]) -> Opt
 /// vector, or a full matrix).
 fn fold_into_gemm(egraph: &mut QEGraph, eclass: Id, subst: &Subst) -> Option<Id> {
     let (k, t) = affine(egraph, eclass, subst)?;
-    let (gemm, ops) = op_node(egraph, var(subst, "?y"), &[OpKind::Gemm]).filter(|(s, _)| is_affine(s))?;
+    let (gemm, ops) = op_node(egraph, var(subst, "?y"), &[OpKind::Gemm]).filter(|(s, _)| is_affine(s) && super::used_once(egraph, var(subst, "?y")))?;
     let attrs = gemm.op().attrs;
     let (b, bshape) = f32_values(egraph, ops[1])?;
     let b2 = scale_columns(&b, &bshape, attrs.int("transB").ok()? != 0, &k)?;
@@ -96,7 +96,7 @@ fn fold_into_gemm(egraph: &mut QEGraph, eclass: Id, subst: &Subst) -> Option<Id>
 /// `BN(MatMul(x, W))` for a 2-d `x` and constant 2-d `W` → `Gemm(x, W·diag(k), t)`.
 fn fold_into_matmul(egraph: &mut QEGraph, eclass: Id, subst: &Subst) -> Option<Id> {
     let (k, t) = affine(egraph, eclass, subst)?;
-    let (_, ops) = op_node(egraph, var(subst, "?y"), &[OpKind::MatMul]).filter(|(s, _)| is_affine(s))?;
+    let (_, ops) = op_node(egraph, var(subst, "?y"), &[OpKind::MatMul]).filter(|(s, _)| is_affine(s) && super::used_once(egraph, var(subst, "?y")))?;
     if rank(egraph, ops[0])? != 2 {
         return None;
     }

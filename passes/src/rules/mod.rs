@@ -46,6 +46,21 @@ pub(crate) fn ty(egraph: &QEGraph, id: Id) -> Option<&TensorType> {
     egraph[id].data.ty.as_ref()
 }
 
+/// Whether the value of class `id` has one use: one parent class and not a graph output.
+/// Rules that rebuild a value's producer with something folded in (an activation, an affine
+/// map, a BatchNormalization) require it: with another use the original would stay, and
+/// the expensive producer would then run twice.
+pub(crate) fn used_once(egraph: &QEGraph, id: Id) -> bool {
+    let class = &egraph[id];
+    if class.data.output {
+        return false;
+    }
+    let mut users: Vec<Id> = class.parents().map(|p| egraph.find(p)).collect();
+    users.sort();
+    users.dedup();
+    users.len() <= 1
+}
+
 /// Whether a class is the missing operand.
 pub(crate) fn is_missing(egraph: &QEGraph, id: Id) -> bool {
     egraph[id].nodes.iter().any(|n| matches!(n, QNode::Missing))

@@ -26,6 +26,7 @@ pub fn rules() -> Vec<QRewrite> {
         rewrite!("fuse-gemm"; "(QuantizeLinear (Gemm (DequantizeLinear ?x) ?w ?b))" => { Apply(fuse_gemm) }),
         rewrite!("fuse-gemm-without-c"; "(QuantizeLinear (Gemm (DequantizeLinear ?x) ?w))" => { Apply(fuse_gemm) }),
         rewrite!("fuse-matmul"; "(QuantizeLinear (MatMul (DequantizeLinear ?x) ?w))" => { Apply(fuse_matmul) }),
+        rewrite!("fuse-matmul-bias"; "(QuantizeLinear (Add ?m ?b))" => { Apply(fuse_matmul_bias) }),
         rewrite!("fuse-add"; "(QuantizeLinear (Add (DequantizeLinear ?a) (DequantizeLinear ?b)))" => { Apply(fuse_add) }),
         rewrite!("fuse-average-pool"; "(QuantizeLinear (AveragePool (DequantizeLinear ?x)))" => { Apply(|g, c, s| fuse_pool(g, c, s, OpKind::AveragePool)) }),
         rewrite!("fuse-global-average-pool"; "(QuantizeLinear (GlobalAveragePool (DequantizeLinear ?x)))" => { Apply(|g, c, s| fuse_pool(g, c, s, OpKind::GlobalAveragePool)) }),
@@ -212,6 +213,32 @@ fn transposed_weights(egraph: &mut QEGraph, w: Id) -> Option<Id> {
 fn fuse_matmul(egraph: &mut QEGraph, eclass: Id, subst: &Subst) -> Option<Id> {
     let (attrs, declared) = under_quantize(egraph, eclass, OpKind::MatMul, &[dq(egraph, var(subst, "?x"))?, var(subst, "?w")])?;
     qmatmul(egraph, subst, attrs, Target::Quantized(declared))
+}
+
+/// `Q(Add(MatMul(DQ(x), w), b))` (the Add in either order) with a constant `b` of one value
+/// per column (a Linear layer as exporters write it for 3-d activations) →
+/// `QMatMul(x, w_q, b_i32)`: the bias is added to the exact accumulator, as Gemm's is.
+fn fuse_matmul_bias(egraph: &mut QEGraph, eclass: Id, subst: &Subst) -> Option<Id> {
+    let (m, b) = (var(subst, "?m"), var(subst, "?b"));
+    matmul_bias(egraph, eclass, m, b).or_else(|| matmul_bias(egraph, eclass, b, m))
+}
+
+fn matmul_bias(egraph: &mut QEGraph, eclass: Id, m: Id, b: Id) -> Option<Id> {
+    let (attrs, declared) = under_quantize(egraph, eclass, OpKind::Add, &[m, b]).or_else(|| under_quantize(egraph, eclass, OpKind::Add, &[b, m]))?;
+    let (_, ops) = op_node(egraph, m, &[OpKind::MatMul])?;
+    let x = dequantized(egraph, ops[0])?;
+    let w = ops[1];
+    if egraph[b].data.constant.is_none() && dequantized(egraph, b).is_none() {
+        return None;
+    }
+    let axis = ty(egraph, w)?.shape.rank().checked_sub(1)?;
+    let wq = quantized_weights(egraph, w, axis)?;
+    let channels = *ty(egraph, wq)?.shape.as_fixed()?.last()?;
+    if f32_values(egraph, b)?.0.len() != channels {
+        return None;
+    }
+    let bias = bias(egraph, b, 1.0, x, wq, channels)?;
+    add_declared(egraph, OpKind::QMatMul, activation_attrs(&attrs), vec![x, wq, bias], &declared)
 }
 
 /// QMatMul for the matched MatMul operands `?x`, `?w`.

@@ -5,12 +5,16 @@ use crate::Error;
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
 
+mod deconv;
+mod einsum;
 mod index;
 mod math;
 mod nn;
+mod norm;
 mod quant;
 mod resample;
 mod select;
+mod reduce;
 mod shape;
 
 /// Converts one ONNX node into IR nodes.
@@ -34,6 +38,10 @@ impl Registry {
         quant::register(&mut reg);
         resample::register(&mut reg);
         select::register(&mut reg);
+        reduce::register(&mut reg);
+        norm::register(&mut reg);
+        deconv::register(&mut reg);
+        einsum::register(&mut reg);
         reg
     }
 

@@ -1,0 +1,332 @@
+//! Wide-vector micro-kernels in machine code (iced-x86's assembler), for the register tiles
+//! Cranelift 0.135 cannot express: its x64 back end has 128-bit vectors only, these use
+//! 256-bit ymm registers (AVX2). They are placed in the same module as the Cranelift code
+//! with `Module::define_function_bytes` (JIT and object files alike) and called like any
+//! other function; everything around them (packing, loops, requantization) stays Cranelift.
+//!
+//! One micro-kernel computes a tile of `rows` output channels × two vectors of eight output
+//! positions: `acc[r][v][j] = Σ_{step} Σ_{pair} x_v[step][j][pair] · w[step][r][pair]`,
+//! exact in wrapping i32, and requantizes and stores them ([`Requantize`]), from
+//! - activations as pairs of i16 (two input channels' values of one position, 4 bytes),
+//!   eight positions per 32-byte vector: step `s` of vector `v` is at `x_v + offsets[s]`,
+//!   and each loop iteration advances both by `x_stride`;
+//! - weights as pairs of i16 (the same two input channels), step `s`, row `r` at
+//!   `w + (s · rows + r) · 4`, each iteration advancing by `steps · rows · 4`.
+//!
+//! Each product is one `vpmaddwd` (i16 × i16 pair products summed into i32 lanes, exact:
+//! the only overflowing case, both pairs −32768·−32768, needs activations that are never
+//! −32768) and one `vpaddd`, or one `vpdpwssd` (the same sum added to the accumulator,
+//! not saturating) on CPUs with AVX-VNNI. Not `vpmaddubsw`: its u8×i8 pair sums saturate
+//! at i16, which the interpreter's arithmetic does not.
+
+use iced_x86::code_asm::*;
+
+/// Output positions per vector (i32 lanes of a ymm register).
+pub(crate) const LANES: usize = 8;
+
+/// Position vectors per tile.
+pub(crate) const VECTORS: usize = 2;
+
+/// Most output channels per tile: 6 × 2 accumulators, two activation vectors, a broadcast
+/// weight pair and a product fill the 16 ymm registers.
+pub(crate) const MAX_ROWS: usize = 6;
+
+/// Which instructions a micro-kernel may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// AVX2: `vpmaddwd` then `vpaddd`.
+    Avx2,
+    /// AVX-VNNI (VEX-encoded `vpdpwssd` on ymm).
+    AvxVnni,
+}
+
+/// The shape of one micro-kernel: its tile and the byte offsets of its steps.
+#[derive(Clone, Debug)]
+pub(crate) struct PairTile {
+    /// Output channels (1..=[`MAX_ROWS`]).
+    pub rows: usize,
+    /// Byte offset of each step's activations from the vector's address.
+    pub offsets: Vec<i32>,
+    /// Bytes the activation addresses advance per iteration.
+    pub x_stride: i32,
+    /// Loop iterations (at least 1).
+    pub iterations: u32,
+    /// How the accumulators become 8-bit results.
+    pub store: Requantize,
+}
+
+/// The requantization a micro-kernel ends with: for each row (output channel) `r`, the
+/// record `r` of a `ChannelTable` (bias at byte 0, multiplier at 4, shift − 32 at 8 with
+/// zeros at 12..16, 2^(shift−1) at 16) gives `clamp(zp + ((acc + bias) · m + 2^(s−1)) >> s)`,
+/// the arithmetic of `requant::requantize_x4` eight lanes at a time.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Requantize {
+    /// The result's zero point and clamp bounds.
+    pub zero_point: i32,
+    pub bounds: (i32, i32),
+    /// i8 results (else u8).
+    pub signed: bool,
+    /// Bytes between the output planes of two rows.
+    pub plane: i32,
+}
+
+/// The machine code of `fn(x0: *const u8, x1: *const u8, w: *const u8, out: *mut u8,
+/// records: *const u8)` (System V: rdi, rsi, rdx, rcx, r8) computing `tile`: the
+/// accumulators of row `r` and vector `v` requantized with record `r` at `records` and
+/// stored as eight bytes at `out + r · plane + 8 · v`. Uses only caller-saved registers
+/// (ymm0–15 are all caller-saved in System V) and `r9`. Its constants (zero point,
+/// bounds, a permutation) follow its `ret`, read relative to the instruction pointer.
+///
+/// Requantization: `vpmuldq` multiplies the even lanes (and, after a 32-bit right shift, the
+/// odd ones) into i64 products, the rounding half is added in i64, the high dwords of the
+/// eight sums are gathered (`vpsrlq` + `vpblendd`) and shifted right by `shift − 32` (floor
+/// division composes: `x >> s = (x >> 32) >> (s − 32)`), then the zero point, the clamp
+/// and saturating packs (exact on clamped values) to bytes.
+pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
+    let e = |e: IcedError| e.to_string();
+    if !(1..=MAX_ROWS).contains(&tile.rows) || tile.offsets.is_empty() || tile.iterations == 0 {
+        return Err(format!("micro-kernel tile out of range: {} rows, {} steps", tile.rows, tile.offsets.len()));
+    }
+    let ymm = [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14, ymm15];
+    let acc = |r: usize, v: usize| ymm[r * VECTORS + v];
+    let (x, b, p) = ([ymm12, ymm13], ymm14, ymm15);
+    let mut a = CodeAssembler::new(64).map_err(e)?;
+    a.set_prefer_vex(true);
+    for r in 0..tile.rows {
+        for v in 0..VECTORS {
+            a.vpxor(acc(r, v), acc(r, v), acc(r, v)).map_err(e)?;
+        }
+    }
+    a.mov(r9, tile.iterations as u64).map_err(e)?;
+    let mut top = a.create_label();
+    a.set_label(&mut top).map_err(e)?;
+    let rows = tile.rows as i32;
+    for (s, &off) in tile.offsets.iter().enumerate() {
+        a.vmovdqu(x[0], ymmword_ptr(rdi + off)).map_err(e)?;
+        a.vmovdqu(x[1], ymmword_ptr(rsi + off)).map_err(e)?;
+        for r in 0..tile.rows {
+            a.vpbroadcastd(b, dword_ptr(rdx + (s as i32 * rows + r as i32) * 4)).map_err(e)?;
+            for (v, &xv) in x.iter().enumerate() {
+                match isa {
+                    Isa::Avx2 => {
+                        a.vpmaddwd(p, b, xv).map_err(e)?;
+                        a.vpaddd(acc(r, v), acc(r, v), p).map_err(e)?;
+                    }
+                    Isa::AvxVnni => a.vpdpwssd(acc(r, v), b, xv).map_err(e)?,
+                }
+            }
+        }
+    }
+    a.add(rdi, tile.x_stride).map_err(e)?;
+    a.add(rsi, tile.x_stride).map_err(e)?;
+    a.add(rdx, tile.offsets.len() as i32 * rows * 4).map_err(e)?;
+    a.dec(r9).map_err(e)?;
+    a.jnz(top).map_err(e)?;
+    let q = tile.store;
+    let mut k = Constants::new(&mut a);
+    let (bias, m, half, t) = (ymm12, ymm13, ymm14, ymm15);
+    for r in 0..tile.rows {
+        let record = (r * 32) as i32;
+        load_record(&mut a, r8 + record, bias, m, half)?;
+        for v in 0..VECTORS {
+            requantize(&mut a, &k, acc(r, v), t, (bias, m, half), r8 + record)?;
+        }
+        // [v0 lanes 0-3, v1 0-3 | v0 4-7, v1 4-7] as i16, then bytes, then v0's eight and
+        // v1's eight in the low 16 bytes.
+        let (y0, y1) = (acc(r, 0), acc(r, 1));
+        pack(&mut a, &k, q.signed, y0, y1, t)?;
+        let out = q.plane.checked_mul(r as i32).ok_or("output plane offset overflows")?;
+        a.vmovq(qword_ptr(rcx + out), xmm_of(r * VECTORS)).map_err(e)?;
+        a.vpextrq(qword_ptr(rcx + out + 8), xmm_of(r * VECTORS), 1).map_err(e)?;
+    }
+    a.vzeroupper().map_err(e)?;
+    a.ret().map_err(e)?;
+    k.emit(&mut a, q)?;
+    a.assemble(0).map_err(e)
+}
+
+/// The shape of a depthwise micro-kernel: one channel's whole output plane, `iterations`
+/// times a body of groups of at most [`DEPTHWISE_VECTORS`] vectors of eight outputs.
+#[derive(Clone, Debug)]
+pub(crate) struct DepthwisePlane {
+    /// Byte offset of each tap pair's activations from a vector's address; pair `i`'s
+    /// weights are the i16 pair at `w + 4i`.
+    pub pairs: Vec<i32>,
+    /// Per iteration: groups of vectors, each (activation offset, output offset) in bytes.
+    pub groups: Vec<Vec<(i32, i32)>>,
+    /// Bytes the activation and output addresses advance per iteration.
+    pub x_stride: i32,
+    pub out_stride: i32,
+    /// Loop iterations (at least 1).
+    pub iterations: u32,
+    /// The requantization (its `plane` is not used).
+    pub store: Requantize,
+}
+
+/// Most vectors of a depthwise group: accumulators ymm0–7, the rest for the broadcast
+/// weight pair, products and the requantization's operands.
+pub(crate) const DEPTHWISE_VECTORS: usize = 8;
+
+/// The machine code of `fn(x: *const u8, w: *const u8, out: *mut u8, record: *const u8)`
+/// (System V: rdi, rsi, rdx, rcx) computing one depthwise channel (see [`DepthwisePlane`]):
+/// for each vector, `Σ_i vpmaddwd(w[i], x + offset + pairs[i])` (i16 pairs of taps, exact),
+/// requantized with the `ChannelTable` record at `record` as in [`pair_tile`], eight bytes
+/// stored at `out + output offset`. Uses caller-saved registers and `r9` only.
+pub(crate) fn depthwise_plane(plane: &DepthwisePlane, isa: Isa) -> Result<Vec<u8>, String> {
+    let e = |e: IcedError| e.to_string();
+    if plane.pairs.is_empty() || plane.iterations == 0 || plane.groups.iter().any(|g| g.is_empty() || g.len() > DEPTHWISE_VECTORS) {
+        return Err("depthwise micro-kernel shape out of range".into());
+    }
+    let ymm = [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7];
+    let (b, p, bias, m, half, t) = (ymm8, ymm9, ymm10, ymm11, ymm12, ymm13);
+    let mut a = CodeAssembler::new(64).map_err(e)?;
+    a.set_prefer_vex(true);
+    let mut k = Constants::new(&mut a);
+    load_record(&mut a, rcx + 0, bias, m, half)?;
+    a.mov(r9, plane.iterations as u64).map_err(e)?;
+    let mut top = a.create_label();
+    a.set_label(&mut top).map_err(e)?;
+    for group in &plane.groups {
+        for &y in &ymm[..group.len()] {
+            a.vpxor(y, y, y).map_err(e)?;
+        }
+        for (i, &off) in plane.pairs.iter().enumerate() {
+            a.vpbroadcastd(b, dword_ptr(rsi + 4 * i as i32)).map_err(e)?;
+            for (&y, &(x, _)) in ymm.iter().zip(group) {
+                match isa {
+                    Isa::Avx2 => {
+                        a.vpmaddwd(p, b, ymmword_ptr(rdi + x + off)).map_err(e)?;
+                        a.vpaddd(y, y, p).map_err(e)?;
+                    }
+                    Isa::AvxVnni => a.vpdpwssd(y, b, ymmword_ptr(rdi + x + off)).map_err(e)?,
+                }
+            }
+        }
+        for (v, (&y, &(_, out))) in ymm.iter().zip(group).enumerate() {
+            requantize(&mut a, &k, y, t, (bias, m, half), rcx + 0)?;
+            pack(&mut a, &k, plane.store.signed, y, y, t)?;
+            a.vmovq(qword_ptr(rdx + out), xmm_of(v)).map_err(e)?;
+        }
+    }
+    a.add(rdi, plane.x_stride).map_err(e)?;
+    a.add(rdx, plane.out_stride).map_err(e)?;
+    a.dec(r9).map_err(e)?;
+    a.jnz(top).map_err(e)?;
+    a.vzeroupper().map_err(e)?;
+    a.ret().map_err(e)?;
+    k.emit(&mut a, plane.store)?;
+    a.assemble(0).map_err(e)
+}
+
+/// The constants a requantizing micro-kernel reads after its code: 32-byte rows of the
+/// zero point and the bounds, and the dword order [`pack`] uses.
+struct Constants {
+    zp: CodeLabel,
+    lo: CodeLabel,
+    hi: CodeLabel,
+    order: CodeLabel,
+}
+
+impl Constants {
+    fn new(a: &mut CodeAssembler) -> Constants {
+        Constants { zp: a.create_label(), lo: a.create_label(), hi: a.create_label(), order: a.create_label() }
+    }
+
+    /// Places the constants (after the function's `ret`).
+    fn emit(&mut self, a: &mut CodeAssembler, q: Requantize) -> Result<(), String> {
+        let e = |e: IcedError| e.to_string();
+        for (label, value) in [(&mut self.zp, q.zero_point), (&mut self.lo, q.bounds.0), (&mut self.hi, q.bounds.1)] {
+            a.set_label(label).map_err(e)?;
+            a.dd_i(&[value; 8]).map_err(e)?;
+        }
+        a.set_label(&mut self.order).map_err(e)?;
+        a.dd(&[0, 4, 1, 5, 2, 6, 3, 7]).map_err(e)
+    }
+}
+
+/// Broadcasts a `ChannelTable` record's bias and multiplier (dwords) and 2^(shift−1) (qword).
+fn load_record(a: &mut CodeAssembler, record: AsmMemoryOperand, bias: AsmRegisterYmm, m: AsmRegisterYmm, half: AsmRegisterYmm) -> Result<(), String> {
+    let e = |e: IcedError| e.to_string();
+    a.vpbroadcastd(bias, dword_ptr(record)).map_err(e)?;
+    a.vpbroadcastd(m, dword_ptr(record + 4)).map_err(e)?;
+    a.vpbroadcastq(half, qword_ptr(record + 16)).map_err(e)
+}
+
+/// `y = clamp(zp + (((y + bias) · m + half) >> 32) >> (shift − 32))` in eight i32 lanes
+/// (`t` is clobbered; the shift count is the record's qword at byte 8).
+fn requantize(a: &mut CodeAssembler, k: &Constants, y: AsmRegisterYmm, t: AsmRegisterYmm, (bias, m, half): (AsmRegisterYmm, AsmRegisterYmm, AsmRegisterYmm), record: AsmMemoryOperand) -> Result<(), String> {
+    let e = |e: IcedError| e.to_string();
+    a.vpaddd(y, y, bias).map_err(e)?;
+    a.vpmuldq(t, y, m).map_err(e)?;
+    a.vpsrlq(y, y, 32).map_err(e)?;
+    a.vpmuldq(y, y, m).map_err(e)?;
+    a.vpaddq(t, t, half).map_err(e)?;
+    a.vpaddq(y, y, half).map_err(e)?;
+    a.vpsrlq(t, t, 32).map_err(e)?;
+    a.vpblendd(y, t, y, 0xaa).map_err(e)?;
+    a.vpsrad(y, y, xmmword_ptr(record + 8)).map_err(e)?;
+    a.vpaddd(y, y, ymmword_ptr(k.zp)).map_err(e)?;
+    a.vpmaxsd(y, y, ymmword_ptr(k.lo)).map_err(e)?;
+    a.vpminsd(y, y, ymmword_ptr(k.hi)).map_err(e)
+}
+
+/// Packs the clamped i32 lanes of `y0` and `y1` to bytes: `y0`'s eight then `y1`'s eight in
+/// the low 16 bytes of `y0` (saturating packs, exact on clamped values; `t` is clobbered).
+fn pack(a: &mut CodeAssembler, k: &Constants, signed: bool, y0: AsmRegisterYmm, y1: AsmRegisterYmm, t: AsmRegisterYmm) -> Result<(), String> {
+    let e = |e: IcedError| e.to_string();
+    a.vpackssdw(y0, y0, y1).map_err(e)?;
+    if signed {
+        a.vpacksswb(y0, y0, y0).map_err(e)?;
+    } else {
+        a.vpackuswb(y0, y0, y0).map_err(e)?;
+    }
+    a.vmovdqu(t, ymmword_ptr(k.order)).map_err(e)?;
+    a.vpermd(y0, t, y0).map_err(e)
+}
+
+/// The xmm register that is the low half of ymm register `i`.
+fn xmm_of(i: usize) -> AsmRegisterXmm {
+    [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7, xmm8, xmm9, xmm10, xmm11, xmm12, xmm13, xmm14, xmm15][i]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The instructions of `code`, in Intel syntax.
+    fn disassemble(code: &[u8]) -> Vec<String> {
+        use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
+        let mut decoder = Decoder::new(64, code, DecoderOptions::NONE);
+        let mut f = IntelFormatter::new();
+        decoder
+            .iter()
+            .map(|i| {
+                let mut s = String::new();
+                f.format(&i, &mut s);
+                s
+            })
+            .collect()
+    }
+
+    #[test]
+    fn avx2_tiles_use_vpmaddwd_and_vnni_tiles_vpdpwssd() {
+        let store = Requantize { zero_point: 3, bounds: (0, 255), signed: false, plane: 64 };
+        let tile = PairTile { rows: 2, offsets: vec![0, 128], x_stride: 4096, iterations: 3, store };
+        let avx2 = disassemble(&pair_tile(&tile, Isa::Avx2).unwrap());
+        assert_eq!(avx2.iter().filter(|i| i.starts_with("vpmaddwd")).count(), 2 * 2 * 2, "{avx2:#?}");
+        assert!(avx2.iter().any(|i| i == "vmovdqu ymm12,[rdi+80h]"), "{avx2:#?}");
+        assert!(avx2.iter().any(|i| i == "ret"));
+        assert_eq!(avx2.iter().filter(|i| i.starts_with("vpmuldq")).count(), 2 * 2 * 2, "{avx2:#?}");
+        let vnni = disassemble(&pair_tile(&tile, Isa::AvxVnni).unwrap());
+        assert_eq!(vnni.iter().filter(|i| i.starts_with("vpdpwssd")).count(), 8, "{vnni:#?}");
+        assert!(vnni.iter().all(|i| !i.starts_with("vpmaddwd")));
+    }
+
+    #[test]
+    fn tiles_out_of_range_are_refused() {
+        let store = Requantize { zero_point: 0, bounds: (-128, 127), signed: true, plane: 16 };
+        let tile = PairTile { rows: MAX_ROWS + 1, offsets: vec![0], x_stride: 0, iterations: 1, store };
+        assert!(pair_tile(&tile, Isa::Avx2).is_err());
+        assert!(pair_tile(&PairTile { rows: 1, offsets: vec![], x_stride: 0, iterations: 1, store }, Isa::Avx2).is_err());
+    }
+}

@@ -1,0 +1,374 @@
+//! Dense 2-D QConv (one group, any kernel size, strides 1–2, any dilation and padding) on
+//! wide-vector micro-kernels ([`super::ukernel`]): 256-bit register tiles of six output
+//! channels × sixteen output positions, exact in i32.
+//!
+//! Per sample:
+//! 1. the input planes are copied with their padding (the input zero point) into the
+//!    workspace ([`Padded`]);
+//! 2. they are repacked as pairs of channels widened to i16 and split into the stride's
+//!    phases (`[pair][row phase][column phase][row][column][2]`), so that for the taps of
+//!    any kernel position the activations of eight neighbouring outputs of one row are one
+//!    contiguous 32-byte load at a compile-time offset (no im2col);
+//! 3. for each tile (two vectors of eight outputs × up to six output channels) one call of
+//!    the micro-kernel sums every (channel pair, tap) step with `vpmaddwd` against weight
+//!    pairs packed at compile time, then requantizes its accumulators in ymm registers
+//!    (per-channel parameters read from a table, so code size does not grow with the
+//!    channel count) and stores eight results per vector.
+//!
+//! Output rows whose width is not a multiple of eight (or an odd number of vectors) are
+//! computed into a staging area with rows padded to whole vectors and copied out, so the
+//! tiles never store past a row. The arithmetic is the interpreter's, as in the other forms:
+//! `Σ x·(w − zw) + (bias − zx·Σ(w − zw))` in wrapping i32 (see
+//! [`super::product::packed_rows`]), then the fixed-point requantization of each channel.
+
+use super::planes::{copy_row, Padded};
+use super::product::packed_rows;
+use super::ukernel::{self, PairTile, Requantize, LANES, MAX_ROWS, VECTORS};
+use super::requant::ChannelTable;
+use super::{data_address, Kernel};
+use crate::emit;
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{types, ConstantData, FuncRef, InstBuilder, Value};
+use cranelift_frontend::FunctionBuilder;
+use qlift_ir::fixed_point::Requant;
+use qlift_ir::{DType, OpKind};
+
+/// Steps (channel pair × tap) per micro-kernel loop iteration at least: 1×1 kernels take
+/// several channel pairs per iteration so the loop's own instructions stay a small part.
+const MIN_STEPS: usize = 4;
+
+/// Bytes of one activation pair (two i16).
+const PAIR: usize = 4;
+
+/// The convolution's shape.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    c: usize,
+    h: usize,
+    w: usize,
+    m: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+    sh: usize,
+    sw: usize,
+    dh: usize,
+    dw: usize,
+    pt: usize,
+    pl: usize,
+    hp: usize,
+    wp: usize,
+}
+
+impl Geometry {
+    /// The geometry when the node is a dense 2-D QConv of u8 activations into an 8-bit
+    /// result with a column stride of 1 or 2; `None` otherwise.
+    fn of(k: &Kernel) -> Result<Option<Geometry>, String> {
+        if k.op.kind != OpKind::QConv {
+            return Ok(None);
+        }
+        let (x, w, y) = (k.input(0)?, k.input(1)?, k.output(0));
+        let (xd, wd, yd) = (x.dims(), w.dims(), y.dims());
+        if xd.len() != 4 || wd.len() != 4 || yd.len() != 4 || x.ty.dtype != DType::U8 || !matches!(y.ty.dtype, DType::U8 | DType::I8) {
+            return Ok(None);
+        }
+        let attrs = &k.op.attrs;
+        let (strides, dilations, pads) = (attrs.usizes("strides")?, attrs.usizes("dilations")?, attrs.usizes("pads")?);
+        if attrs.int("group")? != 1 || strides.len() != 2 || dilations.len() != 2 || pads.len() != 4 {
+            return Ok(None);
+        }
+        let g = Geometry {
+            c: xd[1],
+            h: xd[2],
+            w: xd[3],
+            m: wd[0],
+            kh: wd[2],
+            kw: wd[3],
+            oh: yd[2],
+            ow: yd[3],
+            sh: strides[0],
+            sw: strides[1],
+            dh: dilations[0],
+            dw: dilations[1],
+            pt: pads[0],
+            pl: pads[1],
+            hp: xd[2] + pads[0] + pads[2],
+            wp: xd[3] + pads[1] + pads[3],
+        };
+        let sane = wd[1] == g.c && yd[1] == g.m && g.c > 0 && g.m > 0 && g.oh > 0 && g.ow > 0 && g.sh >= 1 && (1..=2).contains(&g.sw) && g.dh >= 1 && g.dw >= 1;
+        // The last output reads within the padded plane (the shape inference guarantees it).
+        let fits = sane && (g.oh - 1) * g.sh + (g.kh - 1) * g.dh < g.hp && (g.ow - 1) * g.sw + (g.kw - 1) * g.dw < g.wp;
+        Ok(fits.then_some(g))
+    }
+
+    fn taps(&self) -> usize {
+        self.kh * self.kw
+    }
+}
+
+/// Where the packed activations live and how the tiles walk them.
+struct Layout {
+    /// Channel pairs holding input channels, and packed (a multiple of `unroll`).
+    used_pairs: usize,
+    pairs: usize,
+    /// Channel pairs per micro-kernel iteration.
+    unroll: usize,
+    /// Rows and columns of one phase plane (columns a multiple of [`LANES`]).
+    hq: usize,
+    wq: usize,
+    /// Output columns rounded up to whole vectors; vectors (of all rows), and rounded up to
+    /// whole tiles.
+    ow8: usize,
+    vectors: usize,
+    vectors_even: usize,
+    /// Bytes of the padded u8 planes (with room for every over-read of the repacking).
+    u8_bytes: usize,
+}
+
+impl Layout {
+    fn of(g: &Geometry) -> Layout {
+        let unroll = MIN_STEPS.div_ceil(g.taps());
+        let used_pairs = g.c.div_ceil(2);
+        let ow8 = g.ow.next_multiple_of(LANES);
+        let hq = g.hp.div_ceil(g.sh).max(g.oh + (g.kh - 1) * g.dh / g.sh);
+        let wq = g.wp.div_ceil(g.sw).max(ow8 + (g.kw - 1) * g.dw / g.sw).next_multiple_of(LANES);
+        let vectors = g.oh * ow8 / LANES;
+        // The repacking reads 16 bytes at row `y·sh + py`, column `x·sw` of plane 2·pair + 1.
+        let last_read = (2 * used_pairs - 1) * g.hp * g.wp + (hq * g.sh - 1) * g.wp + (wq - LANES) * g.sw + 16;
+        let padded = Padded { planes: g.c, h: g.h, w: g.w, hp: g.hp, wp: g.wp, top: g.pt, left: g.pl };
+        Layout {
+            used_pairs,
+            pairs: used_pairs.next_multiple_of(unroll),
+            unroll,
+            hq,
+            wq,
+            ow8,
+            vectors,
+            vectors_even: vectors.next_multiple_of(VECTORS),
+            u8_bytes: padded.bytes().max(last_read).next_multiple_of(64),
+        }
+    }
+
+    /// Bytes of one channel pair's phase planes.
+    fn pair_bytes(&self, g: &Geometry) -> usize {
+        g.sh * g.sw * self.hq * self.wq * PAIR
+    }
+
+    /// Byte offset of tap (ky, kx) in the packed activations, from an output's position.
+    fn tap(&self, g: &Geometry, ky: usize, kx: usize) -> usize {
+        let (py, px) = (ky * g.dh % g.sh, kx * g.dw % g.sw);
+        (((py * g.sw + px) * self.hq + ky * g.dh / g.sh) * self.wq + kx * g.dw / g.sw) * PAIR
+    }
+
+    /// Whether results go straight to the output (whole vectors per row, whole tiles).
+    fn direct(&self, g: &Geometry) -> bool {
+        g.ow == self.ow8 && self.vectors == self.vectors_even
+    }
+}
+
+/// Emits the convolution in this form and returns true when it applies (a dense QConv
+/// [`Geometry::of`] accepts, constant weights, wide micro-kernels on the target, and every
+/// channel's requantization shift at least 32); false leaves it to the other forms.
+pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
+    let Some(isa) = k.wide else { return Ok(false) };
+    if !k.has_byte_shuffle() {
+        return Ok(false);
+    }
+    let Some(g) = Geometry::of(k)? else { return Ok(false) };
+    let taps = g.taps();
+    let Some(packed) = packed_rows(k, g.m, g.c * taps, |c, t| c * g.c * taps + t)? else { return Ok(false) };
+    let (Some(xq), Some(wq)) = (k.input(0)?.ty.quant.clone(), k.input(1)?.ty.quant.clone()) else { return Ok(false) };
+    let y = k.output(0).ty.clone();
+    let rq = Requant::for_product(&xq, &wq, g.m, &y, k.op.fused_activation()?)?;
+    let Some(records) = ChannelTable::bytes(&rq, &packed.folded) else { return Ok(false) };
+    let l = Layout::of(&g);
+    let pair_bytes = l.pair_bytes(&g);
+    // Micro-kernel steps: `unroll` channel pairs × the taps, at compile-time offsets.
+    let mut offsets = Vec::with_capacity(l.unroll * taps);
+    for u in 0..l.unroll {
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                offsets.push(i32::try_from(u * pair_bytes + l.tap(&g, ky, kx)).map_err(|e| e.to_string())?);
+            }
+        }
+    }
+    let x_stride = i32::try_from(l.unroll * pair_bytes).map_err(|e| e.to_string())?;
+    let iterations = u32::try_from(l.pairs / l.unroll).map_err(|e| e.to_string())?;
+    let rows = MAX_ROWS.min(g.m);
+    let (full, tail) = (g.m / rows, g.m % rows);
+    let l_direct = l.direct(&g);
+    let out_plane = if l_direct { g.oh * g.ow } else { l.vectors_even * LANES };
+    let bounds = (rq.bounds.0 as i32, rq.bounds.1 as i32);
+    let store = Requantize { zero_point: rq.zero_point, bounds, signed: y.dtype == DType::I8, plane: i32::try_from(out_plane).map_err(|e| e.to_string())? };
+    let tile = |rows: usize| PairTile { rows, offsets: offsets.clone(), x_stride, iterations, store };
+    let main = k.machine_code_id(&ukernel::pair_tile(&tile(rows), isa)?, 5)?;
+    let tail_kernel = if tail > 0 { Some(k.machine_code_id(&ukernel::pair_tile(&tile(tail), isa)?, 5)?) } else { None };
+    k.form = "wide-direct";
+    // Weights: block of `rows` channels from c0, [pair][tap][row] as i16 pairs.
+    let weight = |c: usize, ci: usize, t: usize| if ci < g.c { packed.rows[c][ci * taps + t] } else { 0 };
+    let mut weights = Vec::with_capacity(g.m * l.pairs * taps * PAIR);
+    for (c0, n) in (0..full).map(|b| (b * rows, rows)).chain((tail > 0).then_some((full * rows, tail))) {
+        for p in 0..l.pairs {
+            for t in 0..taps {
+                for c in c0..c0 + n {
+                    for ci in [2 * p, 2 * p + 1] {
+                        weights.extend_from_slice(&weight(c, ci, t).to_le_bytes());
+                    }
+                }
+            }
+        }
+    }
+    let block_bytes = (l.pairs * taps * rows * PAIR) as i64;
+    let wptr = k.data_object(weights, 64)?;
+    let params = k.data_object(records, 64)?;
+    // Activation offset of each vector (output row, column block) in the packed planes; a
+    // tile's second vector past the last repeats it.
+    let vector_offsets = (0..l.vectors_even).map(|i| {
+        let i = i.min(l.vectors - 1);
+        let (oy, col) = (i / (l.ow8 / LANES), i % (l.ow8 / LANES) * LANES);
+        (((oy * l.wq + col) * PAIR) as i32).to_le_bytes()
+    });
+    let vector_table = k.data_object(vector_offsets.flatten().collect(), 64)?;
+    // Workspace: padded u8 planes | packed pairs | the tiles' context | staging (when not direct).
+    let xp_at = l.u8_bytes;
+    let context_at = xp_at + (l.pairs * pair_bytes).next_multiple_of(64);
+    let staging_at = context_at + 64;
+    let ws_bytes = staging_at + if l_direct { 0 } else { g.m * out_plane };
+    let weights_outer = g.m * l.pairs * taps * PAIR > l.pairs * pair_bytes;
+    let tiles = (l.vectors_even / VECTORS) as i64;
+    // The tiles as a task over one dimension: blocks of channels when the weights are larger
+    // than the packed activations (each block's weights stay in cache across its tiles),
+    // else tiles (each tile's activations stay in cache across the blocks). Each index writes
+    // its own results, so ranges of it may run on different threads.
+    let blocks = full + usize::from(tail > 0);
+    let count = if weights_outer { blocks as i64 } else { tiles };
+    let task = k.task(|fb, module, ctx, begin, end| {
+        let xp = fb.ins().load(types::I64, emit::mem(), ctx, 0);
+        let out = fb.ins().load(types::I64, emit::mem(), ctx, 8);
+        let (wptr, params, vector_table) = (data_address(fb, module, wptr), data_address(fb, module, params), data_address(fb, module, vector_table));
+        let main = module.declare_func_in_func(main, fb.func);
+        let tail_kernel = tail_kernel.map(|f| module.declare_func_in_func(f, fb.func));
+        // One tile: vectors 2t and 2t + 1, channels c0.. of the block whose weights are at w.
+        let tile = |fb: &mut FunctionBuilder, t: Value, kernel: FuncRef, c0: Value, w: Value| {
+            let at = fb.ins().imul_imm_s(t, (VECTORS * 4) as i64);
+            let at = fb.ins().iadd(vector_table, at);
+            let xs: Vec<Value> = (0..VECTORS)
+                .map(|v| {
+                    let off = fb.ins().load(types::I32, emit::constant_mem(), at, (4 * v) as i32);
+                    let off = fb.ins().sextend(types::I64, off);
+                    fb.ins().iadd(xp, off)
+                })
+                .collect();
+            // The tile's first result of channel c0, and c0's requantization record.
+            let first = fb.ins().imul_imm_s(t, (VECTORS * LANES) as i64);
+            let first = fb.ins().iadd(out, first);
+            let first = emit::addr(fb, first, c0, out_plane as i64);
+            let records = emit::addr(fb, params, c0, ChannelTable::RECORD as i64);
+            fb.ins().call(kernel, &[xs[0], xs[1], w, first, records]);
+        };
+        let block = |fb: &mut FunctionBuilder, b: Value, t: Value| {
+            let c0 = fb.ins().imul_imm_s(b, rows as i64);
+            let w = emit::addr(fb, wptr, b, block_bytes);
+            tile(fb, t, main, c0, w);
+        };
+        let tail_block = |fb: &mut FunctionBuilder, t: Value| {
+            if let Some(kernel) = tail_kernel {
+                let c0 = emit::iconst(fb, (full * rows) as i64);
+                let w = fb.ins().iadd_imm_s(wptr, full as i64 * block_bytes);
+                tile(fb, t, kernel, c0, w);
+            }
+        };
+        emit::for_range(fb, begin, end, 1, |fb, i| {
+            if weights_outer {
+                // Block i: the full blocks, then the tail block (index `full`).
+                let is_full = fb.ins().icmp_imm_s(IntCC::SignedLessThan, i, full as i64);
+                let (full_block, tail_only, done) = (fb.create_block(), fb.create_block(), fb.create_block());
+                fb.ins().brif(is_full, full_block, &[], tail_only, &[]);
+                fb.switch_to_block(full_block);
+                emit::for_count(fb, tiles, |fb, t| block(fb, i, t));
+                fb.ins().jump(done, &[]);
+                fb.switch_to_block(tail_only);
+                emit::for_count(fb, tiles, |fb, t| tail_block(fb, t));
+                fb.ins().jump(done, &[]);
+                fb.switch_to_block(done);
+            } else {
+                emit::for_count(fb, full as i64, |fb, b| block(fb, b, i));
+                tail_block(fb, i);
+            }
+        });
+        Ok(())
+    })?;
+    let ws = k.workspace(ws_bytes);
+    let (x, yop) = (k.input(0)?, k.output(0));
+    let (xptr, yptr) = (x.ptr, yop.ptr);
+    let samples = if x.batched() { k.batch } else { emit::iconst(k.fb, x.dims()[0] as i64) };
+    let zx = xq.channel(0).1 as u8;
+    let padded = Padded { planes: g.c, h: g.h, w: g.w, hp: g.hp, wp: g.wp, top: g.pt, left: g.pl };
+    let context = k.fb.ins().iadd_imm_s(ws, context_at as i64);
+    k.for_each(samples, |k, n| {
+        let fb = &mut *k.fb;
+        let xn = emit::addr(fb, xptr, n, (g.c * g.h * g.w) as i64);
+        let yn = emit::addr(fb, yptr, n, (g.m * g.oh * g.ow) as i64);
+        padded.emit(fb, xn, ws, zx);
+        let xp = fb.ins().iadd_imm_s(ws, xp_at as i64);
+        repack(fb, &g, &l, ws, xp);
+        let out = if l_direct { yn } else { fb.ins().iadd_imm_s(ws, staging_at as i64) };
+        fb.ins().store(emit::mem(), xp, context, 0);
+        fb.ins().store(emit::mem(), out, context, 8);
+        k.parallel_for(task, context, count)?;
+        let fb = &mut *k.fb;
+        if !l_direct {
+            // Staging rows of `ow8` results to the output's rows of `ow`.
+            emit::for_count(fb, g.m as i64, |fb, c| {
+                emit::for_count(fb, g.oh as i64, |fb, oy| {
+                    let src = emit::addr(fb, out, c, out_plane as i64);
+                    let src = emit::addr(fb, src, oy, l.ow8 as i64);
+                    let dst = emit::addr(fb, yn, c, (g.oh * g.ow) as i64);
+                    let dst = emit::addr(fb, dst, oy, g.ow as i64);
+                    copy_row(fb, src, dst, g.ow);
+                });
+            });
+        }
+        Ok(())
+    })?;
+    Ok(true)
+}
+
+/// Repacks the padded u8 planes at `planes` into channel pairs of i16 split by phase at
+/// `xp` (see the module docs): eight positions of a phase row per step, from one 16-byte
+/// load of each of the two planes, one byte shuffle pairing them and two widenings.
+fn repack(fb: &mut FunctionBuilder, g: &Geometry, l: &Layout, planes: Value, xp: Value) {
+    let plane = (g.hp * g.wp) as i64;
+    let pair_bytes = l.pair_bytes(g) as i64;
+    emit::for_count(fb, l.used_pairs as i64, |fb, p| {
+        let a = emit::addr(fb, planes, p, 2 * plane);
+        let dst_pair = emit::addr(fb, xp, p, pair_bytes);
+        for py in 0..g.sh {
+            for px in 0..g.sw {
+                // Byte j of the pair row: position j / 2 of plane (j % 2), column px + sw·(j / 2).
+                let mask: Vec<u8> = (0..LANES).flat_map(|i| [(px + g.sw * i) as u8, (16 + px + g.sw * i) as u8]).collect();
+                let mask = fb.func.dfg.immediates.push(ConstantData::from(mask));
+                let phase = ((py * g.sw + px) * l.hq * l.wq * PAIR) as i64;
+                emit::for_count(fb, l.hq as i64, |fb, y| {
+                    let row = fb.ins().imul_imm_s(y, (g.sh * g.wp) as i64);
+                    let src_row = fb.ins().iadd_imm_s(row, (py * g.wp) as i64);
+                    let src_row = fb.ins().iadd(a, src_row);
+                    let dst_row = fb.ins().imul_imm_s(y, (l.wq * PAIR) as i64);
+                    let dst_row = fb.ins().iadd_imm_s(dst_row, phase);
+                    let dst_row = fb.ins().iadd(dst_pair, dst_row);
+                    emit::for_count(fb, (l.wq / LANES) as i64, |fb, xc| {
+                        let src = emit::addr(fb, src_row, xc, (LANES * g.sw) as i64);
+                        let va = fb.ins().load(types::I8X16, emit::mem(), src, 0);
+                        let vb = fb.ins().load(types::I8X16, emit::mem(), src, plane as i32);
+                        let pairs = fb.ins().shuffle(va, vb, mask);
+                        let (lo, hi) = (fb.ins().uwiden_low(pairs), fb.ins().uwiden_high(pairs));
+                        let dst = emit::addr(fb, dst_row, xc, (LANES * PAIR) as i64);
+                        fb.ins().store(emit::mem(), lo, dst, 0);
+                        fb.ins().store(emit::mem(), hi, dst, 16);
+                    });
+                });
+            }
+        }
+    });
+}

@@ -1,0 +1,239 @@
+//! `qlift bench`: latency, throughput and compile time of a compiled model.
+
+use super::output::{outln, print};
+use super::{LoadArgs, bind_inputs, compile_graph, in_range, load_model, EngineArg, QuantArgs, MAX_THREADS};
+use anyhow::{bail, Result};
+use qlift_ir::{Graph, Tensor};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  qlift bench model.onnx --input x.npy                       # fp32
+  qlift bench model.onnx --input x.npy --calib c.npy         # int8
+  qlift bench model.onnx --input x.npy --calib c.npy --threads 2 --iters 500 --json
+  qlift bench model.onnx --input x.npy --calib c.npy --callers 4      # 4 threads sharing one model
+
+--threads splits each call's batch across threads (as ONNX Runtime's intra-op threads);
+--callers runs that many threads calling the one model at once. Latency is per call, GMAC/s
+counts the multiply-accumulates of Conv/Gemm/MatMul layers (int8 ones when quantized).")]
+pub(crate) struct BenchArgs {
+    /// The ONNX model (.onnx) or IR text (.qir).
+    model: PathBuf,
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Inputs (FILE.npy or NAME=FILE.npy); their batch is the batch benchmarked.
+    #[arg(short, long = "input", required = true)]
+    inputs: Vec<String>,
+    #[command(flatten)]
+    quant: QuantArgs,
+    /// Timed runs per caller, 1 to 1,000,000.
+    #[arg(long, default_value_t = 100, value_parser = in_range::<1, MAX_ITERS>)]
+    iters: usize,
+    /// Untimed runs first, 0 to 1,000,000.
+    #[arg(long, default_value_t = 10, value_parser = in_range::<0, MAX_ITERS>)]
+    warmup: usize,
+    /// Threads one call may use (the batch is split across them), as ONNX Runtime's
+    /// intra-op threads; 1 to 1024.
+    #[arg(long, default_value_t = 1, value_parser = in_range::<1, MAX_THREADS>)]
+    threads: usize,
+    /// Threads calling the one compiled model at the same time, 1 to 1024.
+    #[arg(long, default_value_t = 1, value_parser = in_range::<1, MAX_THREADS>)]
+    callers: usize,
+    /// The engine.
+    #[arg(long, value_enum, default_value_t = EngineArg::Jit)]
+    engine: EngineArg,
+    /// Print one JSON object (median_ms, p90_ms, min_ms, compile_ms, gmacs, ...).
+    #[arg(long)]
+    json: bool,
+    /// Use `pmaddwd` dot products even where the CPU has VNNI `vpdpbusd` (to measure the
+    /// path of CPUs without VNNI).
+    #[arg(long)]
+    no_vnni: bool,
+    /// Use no CPU feature beyond AVX2 (no AVX-512, no VNNI): the code an AVX2-only CPU gets.
+    #[arg(long)]
+    avx2_only: bool,
+    /// Generate baseline x86-64 code (SSE2), ignoring the CPU's features.
+    #[arg(long)]
+    baseline_isa: bool,
+    /// Time every kernel (timers compiled into the entry function) and print where the
+    /// time goes: per kernel and per kernel form, with GMAC/s (JIT only).
+    #[arg(long)]
+    profile: bool,
+    /// The widest vectors kernels may use: 128 (Cranelift's), 256 (AVX2 micro-kernels) or
+    /// 512; the widest the CPU has by default.
+    #[arg(long, value_parser = parse_vector_bits)]
+    max_vector_bits: Option<u32>,
+    /// Kernels listed by --profile (the slowest first).
+    #[arg(long, default_value_t = 25)]
+    profile_top: usize,
+}
+
+fn parse_vector_bits(s: &str) -> Result<u32, String> {
+    match s {
+        "128" | "256" | "512" => s.parse().map_err(|e| format!("{e}")),
+        _ => Err("expected 128, 256 or 512".into()),
+    }
+}
+
+/// Most timed or warm-up runs per caller.
+const MAX_ITERS: u64 = 1_000_000;
+
+/// Most latencies kept in all (`--iters` × `--callers`): 80 MB of them.
+const MAX_TIMED_RUNS: usize = 10_000_000;
+
+pub(crate) fn exec(args: &BenchArgs) -> Result<()> {
+    if args.iters.saturating_mul(args.callers) > MAX_TIMED_RUNS {
+        bail!("--iters {} × --callers {} is more than {MAX_TIMED_RUNS} timed runs", args.iters, args.callers);
+    }
+    let start = Instant::now();
+    let codegen = qlift::CodegenOptions {
+        no_vnni: args.no_vnni,
+        avx2_only: args.avx2_only,
+        baseline_isa: args.baseline_isa,
+        profile: args.profile,
+        max_vector_bits: args.max_vector_bits,
+        ..Default::default()
+    };
+    let graph = load_model(&args.model, &args.load)?;
+    let inputs = bind_inputs(&graph, &args.inputs)?;
+    let model = compile_graph(&graph, &args.model, &args.quant, args.engine, args.threads, &codegen)?;
+    let compile_ms = start.elapsed().as_secs_f64() * 1e3;
+    let batch = inputs.first().and_then(|t| t.shape().first().copied()).unwrap_or(1);
+    // Every caller holds its own outputs and scratch: the memory of all of them together
+    // is checked before any is allocated.
+    let per_call = model.run_bytes(&inputs)?;
+    let limit = qlift::Limits::default().max_run_bytes;
+    if per_call.saturating_mul(args.callers as u64) > limit {
+        return Err(qlift::Error::Limit { what: format!("memory for {} callers on a batch of {batch}", args.callers), value: per_call.saturating_mul(args.callers as u64), limit }.into());
+    }
+    let fresh_outputs = || -> Vec<Tensor> {
+        model.outputs().iter().map(|(_, ty)| Tensor::zeros(ty.dtype, &ty.shape.resolve(batch))).collect()
+    };
+    let mut outputs = fresh_outputs();
+    for _ in 0..args.warmup {
+        model.run_into(&inputs, &mut outputs)?;
+    }
+    model.reset_profile();
+    let style = indicatif::ProgressStyle::with_template("benchmarking {bar:30} {pos}/{len} runs").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let bar = indicatif::ProgressBar::new((args.iters * args.callers) as u64).with_style(style);
+    let wall = Instant::now();
+    let mut times: Vec<f64> = std::thread::scope(|s| -> Result<Vec<f64>> {
+        let workers: Vec<_> = (0..args.callers)
+            .map(|_| {
+                let (model, inputs, bar) = (&model, &inputs, &bar);
+                s.spawn(move || -> Result<Vec<f64>> {
+                    let mut outputs = fresh_outputs();
+                    let mut times = Vec::with_capacity(args.iters);
+                    for _ in 0..args.iters {
+                        let t = Instant::now();
+                        model.run_into(inputs, &mut outputs)?;
+                        times.push(t.elapsed().as_secs_f64() * 1e3);
+                        bar.inc(1);
+                    }
+                    Ok(times)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for w in workers {
+            // A panic in a caller is a bug: carried on to the top (exit 2).
+            all.extend(w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?);
+        }
+        Ok(all)
+    })?;
+    let wall_s = wall.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    times.sort_by(f64::total_cmp);
+    let pick = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    let (min, median, p90) = (times[0], pick(0.5), pick(0.9));
+    let macs = multiply_accumulates(model.graph()) as f64 * batch as f64;
+    let profile = match model.profile() {
+        Some(kernels) => Some(super::profile::table(model.graph(), &kernels, times.iter().sum::<f64>() / times.len() as f64, batch, args.profile_top)),
+        None if args.profile => bail!("--profile needs the JIT engine"),
+        None => None,
+    };
+    let gmacs = macs / (median * 1e-3) / 1e9;
+    let throughput = (times.len() * batch) as f64 / wall_s;
+    let peak = int8_peak_gmacs(args.threads.saturating_mul(args.callers));
+    if args.json {
+        return outln!(
+            "{}",
+            serde_json::json!({
+                "model": args.model.display().to_string(), "engine": model.engine_description(),
+                "precision": if model.is_quantized() { "int8" } else { "fp32" },
+                "batch": batch, "threads": args.threads, "callers": args.callers, "iters": args.iters,
+                "min_ms": min, "median_ms": median, "p90_ms": p90, "compile_ms": compile_ms,
+                "samples_per_s": throughput, "gmacs": gmacs, "int8_peak_fraction": gmacs / peak, "profile": profile,
+            })
+        );
+    }
+    let precision = if model.is_quantized() { "int8" } else { "fp32" };
+    print(&format!(
+        "model      {} ({precision}, batch {batch}, {} thread(s) per call, {} caller(s))
+engine     {}
+compile    {compile_ms:.1} ms (import, rewrites, calibration, code generation)
+latency    min {}   median {}   p90 {}
+throughput {throughput:.0} samples/s
+compute    {gmacs:.2} GMAC/s ({:.1}% of a {peak:.0} GMAC/s int8 peak)
+",
+        args.model.display(),
+        args.threads,
+        args.callers,
+        model.engine_description(),
+        duration_ms(min),
+        duration_ms(median),
+        duration_ms(p90),
+        100.0 * gmacs / peak
+    ))?;
+    if let Some(p) = profile {
+        print(&format!("\nprofile (mean per call over the timed runs; timers add a little to each kernel call)\n{p}\n"))?;
+    }
+    Ok(())
+}
+
+/// A latency given in milliseconds, for people: in µs with 3 significant digits below 1 ms
+/// (a 5 µs run would read 0.005 ms), else in ms with 3 decimals.
+fn duration_ms(ms: f64) -> String {
+    let us = ms * 1e3;
+    // Below 999.5 µs, so that nothing rounds to "1000 µs".
+    if us < 999.5 {
+        let decimals = if us < 10.0 { 2 } else if us < 100.0 { 1 } else { 0 };
+        format!("{us:.decimals$} µs")
+    } else {
+        format!("{ms:.3} ms")
+    }
+}
+
+/// Multiply-accumulates of one sample: Conv, Gemm, MatMul and their integer forms.
+fn multiply_accumulates(g: &Graph) -> u64 {
+    g.node_ids().filter_map(|id| super::profile::node_macs(g, id)).fold(0u64, u64::saturating_add)
+}
+
+/// The machine's nominal int8 peak in GMAC/s for `threads` cores: 64 u8×i8
+/// multiply-accumulates per cycle per core (two 256-bit vpmaddubsw per cycle, AVX2) at the
+/// clock /proc/cpuinfo reports (3 GHz when it does not say).
+fn int8_peak_gmacs(threads: usize) -> f64 {
+    let mhz = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("cpu MHz")).and_then(|l| l.split(':').nth(1)).and_then(|v| v.trim().parse::<f64>().ok()))
+        .unwrap_or(3000.0);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(threads);
+    64.0 * mhz * 1e-3 * cores as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration_ms;
+
+    #[test]
+    fn latencies_below_a_millisecond_print_in_microseconds() {
+        assert_eq!(duration_ms(0.005138), "5.14 µs");
+        assert_eq!(duration_ms(0.04567), "45.7 µs");
+        assert_eq!(duration_ms(0.3096), "310 µs");
+        assert_eq!(duration_ms(0.9994), "999 µs");
+        assert_eq!(duration_ms(0.9996), "1.000 ms");
+        assert_eq!(duration_ms(1.0), "1.000 ms");
+        assert_eq!(duration_ms(3.4751), "3.475 ms");
+    }
+}

@@ -1,0 +1,82 @@
+//! `qlift report`: per-layer quantization error of the quantized model against fp32.
+
+use super::output::{outln, print};
+use super::{LoadArgs, bind_inputs, load_model, pipeline_options, quantize_model, quantized_ops, use_calibration, QuantArgs};
+use anyhow::{bail, Context, Result};
+use qlift::report::layer_errors;
+use qlift_passes::run_pipeline;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  qlift report model.onnx --calib calib.npy --input x.npy
+  qlift report model.onnx --calib calib.npy --input x.npy --method mse --json
+
+Layers are matched by value name and listed worst first (lowest SQNR), as ONNX Runtime's
+qdq_loss_debug does; the last line is the model output.")]
+pub(crate) struct ReportArgs {
+    /// The float ONNX model (or an already quantized one: then it is compared with what
+    /// qlift lowers it to, and --calib is not needed).
+    model: PathBuf,
+    #[command(flatten)]
+    load: LoadArgs,
+    #[command(flatten)]
+    quant: QuantArgs,
+    /// Inputs to compare on (FILE.npy or NAME=FILE.npy).
+    #[arg(short, long = "input", required = true)]
+    inputs: Vec<String>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn exec(args: &ReportArgs) -> Result<()> {
+    let graph = load_model(&args.model, &args.load)?;
+    let inputs = bind_inputs(&graph, &args.inputs)?;
+    // A float model: the fp32 pipeline against the model quantized from --calib. A model that
+    // is already quantized (QDQ, QOperator): the model as it is (ONNX semantics, run by the
+    // reference interpreter) against what qlift lowers it to; both sides are compared as
+    // real numbers, each dequantized with its own parameters.
+    let (reference, quantized) = if quantized_ops(&graph).is_some() {
+        use_calibration(&graph, &args.quant, &args.model);
+        let lowered = run_pipeline(&graph, &pipeline_options()).context("running the pass pipeline")?.0;
+        (graph, lowered)
+    } else {
+        if args.quant.calib.is_empty() {
+            bail!("report needs calibration data for a float model: --calib C.npy");
+        }
+        let (float, _) = run_pipeline(&graph, &pipeline_options()).context("running the pass pipeline")?;
+        let q = quantize_model(&graph, &args.quant, &pipeline_options())?;
+        (float, q.lowered)
+    };
+    let rows = layer_errors(&reference, &quantized, &inputs, &qlift::Limits::default())?;
+    let outputs: Vec<&str> = reference.outputs().iter().map(|v| reference.value(*v).name.as_str()).collect();
+    if args.json {
+        let layers: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "name": r.name, "op": r.op, "sqnr_db": finite_or_null(r.sqnr_db),
+                    "max_abs_error": r.max_abs_error, "elements": r.elements,
+                    "output": outputs.contains(&r.name.as_str()),
+                })
+            })
+            .collect();
+        return outln!("{}", serde_json::json!({ "model": args.model.display().to_string(), "method": args.quant.method.to_string(), "layers": layers }));
+    }
+    let mut table = format!("{:<36} {:<20} {:>10} {:>12} {:>9}\n", "layer", "op", "SQNR dB", "max error", "elements");
+    for r in &rows {
+        let mark = if outputs.contains(&r.name.as_str()) { " (output)" } else { "" };
+        table.push_str(&format!("{:<36} {:<20} {:>10.2} {:>12.6} {:>9}{mark}\n", r.name, r.op, r.sqnr_db, r.max_abs_error, r.elements));
+    }
+    print(&table)
+}
+
+/// JSON has no infinity: an exact layer's SQNR is `null`.
+fn finite_or_null(v: f64) -> serde_json::Value {
+    if v.is_finite() {
+        serde_json::json!(v)
+    } else {
+        serde_json::Value::Null
+    }
+}

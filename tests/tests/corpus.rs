@@ -1,0 +1,176 @@
+//! Real trained models from `../shared/corpus` (fetched by `bash ../shared/corpus/fetch.sh
+//! target/corpus`; CI does it, see `.ci/run`): magika (Google's file-type classifier, int32
+//! byte features) and all-MiniLM-L6-v2 (sentence embeddings, two int64 inputs with a batch
+//! and a sequence dimension). fp32 through the interpreter and the JIT against ONNX
+//! Runtime's outputs; int8 with qlift's default quantization against fp32; one compiled
+//! MiniLM serving several sequence lengths and batch sizes.
+//!
+//! Without the corpus (a plain `cargo test` before fetching it) every test says so and
+//! passes; `QLIFT_REQUIRE_CORPUS=1` (set by CI) makes a missing corpus a failure. Run in
+//! release: `cargo test --release -p qlift-tests --test corpus -- --nocapture`.
+
+use qlift::npy::read_npy;
+use qlift::{load_onnx, quantize, CompileOptions, CompiledModel, ImportOptions, QuantizeOptions};
+use qlift_ir::{Graph, Tensor};
+use qlift_passes::PipelineOptions;
+use std::path::PathBuf;
+
+/// The corpus folder, or `None` (with a note) when it has not been fetched.
+fn corpus() -> Option<PathBuf> {
+    let dir = std::env::var_os("QLIFT_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/corpus"));
+    if dir.join("reference.json").exists() {
+        return Some(dir);
+    }
+    if std::env::var_os("QLIFT_REQUIRE_CORPUS").is_some() {
+        panic!("the corpus is not at {} (bash ../shared/corpus/fetch.sh target/corpus)", dir.display());
+    }
+    eprintln!("corpus not fetched ({}): skipped; fetch it with `bash ../shared/corpus/fetch.sh target/corpus`", dir.display());
+    None
+}
+
+fn npy(dir: &PathBuf, file: &str) -> Tensor {
+    read_npy(&dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+fn load(dir: &PathBuf, file: &str) -> Graph {
+    load_onnx(&dir.join(file), &ImportOptions::default()).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+/// Largest |got − want| relative to the reference's range (max − min).
+fn error_to_range(got: &Tensor, want: &Tensor) -> f64 {
+    assert_eq!(got.shape(), want.shape());
+    let (g, w) = (got.to_f32_vec(), want.to_f32_vec());
+    let (lo, hi) = w.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    let range = (hi - lo).max(f32::MIN_POSITIVE) as f64;
+    g.iter().zip(&w).map(|(&a, &b)| (a as f64 - b as f64).abs()).fold(0.0, f64::max) / range
+}
+
+fn rows(t: &Tensor) -> Vec<Vec<f32>> {
+    let n = t.shape()[0];
+    let v = t.to_f32_vec();
+    v.chunks(v.len() / n).map(<[f32]>::to_vec).collect()
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter().enumerate().fold(0, |b, (i, &v)| if v > row[b] { i } else { b })
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
+    let norm = |v: &[f32]| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b)).max(1e-30)
+}
+
+/// Samples `start..end` of every tensor.
+fn slice(ts: &[Tensor], start: usize, end: usize) -> Vec<Tensor> {
+    ts.iter().map(|t| t.slice_outer(start, end).unwrap()).collect()
+}
+
+#[test]
+fn magika_fp32_matches_onnx_runtime() {
+    let Some(dir) = corpus() else { return };
+    let g = load(&dir, "magika.onnx");
+    let x = npy(&dir, "magika_test.npy");
+    let want = npy(&dir, "magika_test_fp32_target_label.npy");
+    // The interpreter (the oracle) on a slice, the JIT on the whole test set.
+    let interp = qlift_ir::interp::run(&g, &slice(std::slice::from_ref(&x), 0, 16)).unwrap();
+    let e = error_to_range(&interp[0], &want.slice_outer(0, 16).unwrap());
+    eprintln!("magika fp32 interpreter: max error {e:.2e} of the output range");
+    assert!(e <= 1e-4, "{e}");
+    let model = CompiledModel::from_graph(&g, None, &CompileOptions::default()).unwrap();
+    let jit = model.run(std::slice::from_ref(&x)).unwrap();
+    let e = error_to_range(&jit[0], &want);
+    eprintln!("magika fp32 JIT: max error {e:.2e} of the output range");
+    assert!(e <= 1e-4, "{e}");
+}
+
+#[test]
+fn magika_int8_agrees_with_fp32() {
+    let Some(dir) = corpus() else { return };
+    let g = load(&dir, "magika.onnx");
+    let calib = npy(&dir, "magika_calib.npy");
+    let q = quantize(&g, &[calib], &QuantizeOptions::default(), &PipelineOptions::default(), &|_, _| {}).unwrap();
+    let x = npy(&dir, "magika_test.npy");
+    let fp32 = npy(&dir, "magika_test_fp32_target_label.npy");
+    let model = CompiledModel::from_lowered(q.lowered, true, &CompileOptions::default()).unwrap();
+    let int8 = model.run(std::slice::from_ref(&x)).unwrap();
+    let (a, b) = (rows(&int8[0]), rows(&fp32));
+    let agree = a.iter().zip(&b).filter(|(p, q)| argmax(p) == argmax(q)).count();
+    let fraction = agree as f64 / a.len() as f64;
+    eprintln!("magika int8: top-1 agreement with fp32 {:.1}% ({agree}/{})", 100.0 * fraction, a.len());
+    assert!(fraction >= 0.99, "{fraction}");
+}
+
+fn minilm_inputs(dir: &PathBuf, set: &str) -> Vec<Tensor> {
+    vec![npy(dir, &format!("minilm_{set}_ids.npy")), npy(dir, &format!("minilm_{set}_mask.npy"))]
+}
+
+#[test]
+fn minilm_fp32_matches_onnx_runtime() {
+    let Some(dir) = corpus() else { return };
+    let g = load(&dir, "minilm.onnx");
+    let inputs = minilm_inputs(&dir, "test");
+    let hidden = npy(&dir, "minilm_test_fp32_last_hidden_state.npy");
+    let embedding = npy(&dir, "minilm_test_fp32_sentence_embedding.npy");
+    let interp = qlift_ir::interp::run(&g, &slice(&inputs, 0, 4)).unwrap();
+    for (got, want, what) in [(&interp[0], &hidden, "last_hidden_state"), (&interp[1], &embedding, "sentence_embedding")] {
+        let e = error_to_range(got, &want.slice_outer(0, 4).unwrap());
+        eprintln!("minilm fp32 interpreter {what}: max error {e:.2e} of the output range");
+        assert!(e <= 1e-4, "{what}: {e}");
+    }
+    let model = CompiledModel::from_graph(&g, None, &CompileOptions::default()).unwrap();
+    let jit = model.run(&inputs).unwrap();
+    for (got, want, what) in [(&jit[0], &hidden, "last_hidden_state"), (&jit[1], &embedding, "sentence_embedding")] {
+        let e = error_to_range(got, want);
+        eprintln!("minilm fp32 JIT {what}: max error {e:.2e} of the output range");
+        assert!(e <= 1e-4, "{what}: {e}");
+    }
+}
+
+#[test]
+fn minilm_int8_embeddings_stay_close_to_fp32() {
+    let Some(dir) = corpus() else { return };
+    let g = load(&dir, "minilm.onnx");
+    let q = quantize(&g, &minilm_inputs(&dir, "calib"), &QuantizeOptions::default(), &PipelineOptions::default(), &|_, _| {}).unwrap();
+    let model = CompiledModel::from_lowered(q.lowered, true, &CompileOptions::default()).unwrap();
+    let int8 = model.run(&minilm_inputs(&dir, "test")).unwrap();
+    let fp32 = npy(&dir, "minilm_test_fp32_sentence_embedding.npy");
+    let cos: Vec<f64> = rows(&int8[1]).iter().zip(rows(&fp32)).map(|(a, b)| cosine(a, &b)).collect();
+    let mean = cos.iter().sum::<f64>() / cos.len() as f64;
+    let min = cos.iter().copied().fold(f64::INFINITY, f64::min);
+    eprintln!("minilm int8: sentence embedding cosine to fp32 mean {mean:.4}, min {min:.4}");
+    assert!(mean >= 0.99, "mean cosine {mean}");
+}
+
+/// Inputs of `seq` tokens for `batch` sentences: the test sentences cut or padded (token 0,
+/// mask 0) to that length.
+fn minilm_at(dir: &PathBuf, seq: usize, batch: usize) -> Vec<Tensor> {
+    minilm_inputs(dir, "test")
+        .into_iter()
+        .map(|t| {
+            let v = t.to_i64_vec().unwrap();
+            let len = t.shape()[1];
+            let data: Vec<i64> = (0..batch).flat_map(|b| (0..seq).map(move |s| (b, s))).map(|(b, s)| if s < len { v[b * len + s] } else { 0 }).collect();
+            Tensor::from_i64(&[batch, seq], data)
+        })
+        .collect()
+}
+
+#[test]
+fn minilm_compiled_once_serves_every_sequence_length_and_batch() {
+    let Some(dir) = corpus() else { return };
+    let g = load(&dir, "minilm.onnx");
+    let model = CompiledModel::from_graph(&g, None, &CompileOptions::default()).unwrap();
+    for seq in [8, 32, 128] {
+        for batch in [1, 3, 8] {
+            let inputs = minilm_at(&dir, seq, batch);
+            let got = model.run(&inputs).unwrap();
+            let fresh = CompiledModel::from_graph(&g, None, &CompileOptions::default()).unwrap().run(&inputs).unwrap();
+            assert_eq!(got, fresh, "seq {seq}, batch {batch}");
+            assert_eq!(got[0].shape(), &[batch, seq, 384]);
+        }
+    }
+    eprintln!("minilm: one compiled model, {} specializations cached", model.specializations());
+}
