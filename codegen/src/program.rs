@@ -97,11 +97,11 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &Co
     for &id in &order {
         let node = graph.node(id);
         if let Some(v) = node.outputs.iter().find(|v| !v.ty.shape.is_specialized()) {
-            return Err(CodegenError::Unsupported {
-                node: node.name.clone(),
-                op: node.op.name().to_string(),
-                message: format!("value `{}` has extents {} that are not known yet: bind the input shapes first (qlift_ir::specialize)", v.name, v.ty.shape),
-            });
+            let message = match node.op.kind() {
+                Some(qlift_ir::OpKind::NonZero) => kernels::select::NONZERO.to_string(),
+                _ => format!("value `{}` has extents {} that are not known yet: bind the input shapes first (qlift_ir::specialize)", v.name, v.ty.shape),
+            };
+            return Err(CodegenError::Unsupported { node: node.name.clone(), op: node.op.name().to_string(), message });
         }
     }
     let mut location: HashMap<ValueId, Location> = HashMap::new();

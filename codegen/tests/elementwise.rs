@@ -397,8 +397,8 @@ fn pad_with_negative_pads_and_fills() {
     // Crop and pad on different axes, both sides.
     let (g, p) = compile(
         "graph t(%x: f32[N,3,4,5]) -> (%y, %z) {
-           %y = Pad(%x) {pads=[0, 1, -1, 2, 0, -1, 2, -2], value=1.5} : f32[N,3,5,5]
-           %z = Pad(%x) {pads=[0, -1, -2, -3, 0, -1, -1, -1], value=0.0} : f32[N,1,1,1]
+           %y = Pad(%x) {mode=\"constant\", pads=[0, 1, -1, 2, 0, -1, 2, -2], value=1.5} : f32[N,3,5,5]
+           %z = Pad(%x) {mode=\"constant\", pads=[0, -1, -2, -3, 0, -1, -1, -1], value=0.0} : f32[N,1,1,1]
          }",
     );
     for batch in [1, 2] {
@@ -408,8 +408,8 @@ fn pad_with_negative_pads_and_fills() {
     let q = "quant(scale=0.1, zero_point=77)";
     let (g, p) = compile(&format!(
         "graph t(%x: u8[N,2,3] {q}, %i: i32[2,3]) -> (%y, %z) {{
-           %y = Pad(%x) {{pads=[0, 2, -1, 0, -1, 3], value=0.0}} : u8[N,3,5] {q}
-           %z = Pad(%i) {{pads=[1, 0, 0, 2], value=-3.7}} : i32[3,5]
+           %y = Pad(%x) {{mode=\"constant\", pads=[0, 2, -1, 0, -1, 3], value=0.0}} : u8[N,3,5] {q}
+           %z = Pad(%i) {{mode=\"constant\", pads=[1, 0, 0, 2], value=-3.7}} : i32[3,5]
          }}"
     ));
     check(&p, &g, &[ints(DType::U8, 34, &[2, 2, 3]), ints(DType::I32, 35, &[2, 3])]);
@@ -692,5 +692,184 @@ fn comparisons_logic_and_where() {
         let (g, p) = compile(&text);
         let (x, y) = if dtype == DType::F32 { (floats(62, &[4, 1], 1.0), floats(63, &[2, 4, 5], 1.0)) } else { (ints(dtype, 62, &[4, 1]), ints(dtype, 63, &[2, 4, 5])) };
         check(&p, &g, &[bools(64, &[2, 1, 5]), x, y]);
+    }
+}
+
+// ---- Resampling (kernels/resample.rs): Resize, Pad's other modes, DepthToSpace, SpaceToDepth.
+
+/// Resize's attributes in the text format: `mode`, `coordinate_transformation_mode` and
+/// `axes` given, the others ONNX's defaults unless `extra` overrides them.
+fn resize_attrs(mode: &str, transform: &str, axes: &str, extra: &[(&str, &str)]) -> String {
+    let mut attrs = vec![
+        ("antialias", "0".to_string()),
+        ("axes", axes.to_string()),
+        ("coordinate_transformation_mode", format!("\"{transform}\"")),
+        ("cubic_coeff_a", "-0.75".to_string()),
+        ("exclude_outside", "0".to_string()),
+        ("extrapolation_value", "0.0".to_string()),
+        ("keep_aspect_ratio_policy", "\"stretch\"".to_string()),
+        ("mode", format!("\"{mode}\"")),
+        ("nearest_mode", "\"round_prefer_floor\"".to_string()),
+    ];
+    for (name, value) in extra {
+        attrs.iter_mut().find(|(n, _)| n == name).expect("a Resize attribute").1 = value.to_string();
+    }
+    attrs.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join(", ")
+}
+
+#[test]
+fn resize_modes_with_the_batch() {
+    // (mode, transformation, other attributes, scales of H=5 and W=7, result H and W)
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: &[Case] = &[
+        ("nearest", "asymmetric", &[("nearest_mode", "\"floor\"")], "[2.0, 3.0]", "10,21"),
+        ("nearest", "half_pixel", &[("nearest_mode", "\"round_prefer_ceil\"")], "[0.6, 1.5]", "3,10"),
+        ("linear", "half_pixel", &[], "[2.0, 2.5]", "10,17"),
+        ("linear", "align_corners", &[], "[0.6, 1.7]", "3,11"),
+        ("linear", "half_pixel", &[("antialias", "1")], "[0.4, 0.75]", "2,5"),
+        ("cubic", "pytorch_half_pixel", &[("exclude_outside", "1"), ("cubic_coeff_a", "-0.5")], "[1.6, 0.6]", "8,4"),
+        ("cubic", "half_pixel_symmetric", &[("antialias", "1")], "[0.7, 0.3]", "3,2"),
+    ];
+    for (mode, transform, extra, scales, dims) in cases {
+        let attrs = resize_attrs(mode, transform, "[2, 3]", extra);
+        let (g, p) = compile(&format!(
+            "graph t(%x: f32[N,2,5,7]) -> (%y) {{
+               %s = const f32[2] {scales}
+               %y = Resize(%x, _, %s) {{{attrs}}} : f32[N,2,{dims}]
+             }}"
+        ));
+        for batch in [1, 3] {
+            check(&p, &g, &[floats(40, &[batch, 2, 5, 7], 3.0)]);
+        }
+    }
+}
+
+#[test]
+fn resize_integers_exactly_and_crops_with_extrapolation() {
+    // Quantized u8 keeps its parameters; linear and cubic round half to even and saturate.
+    let q = "quant(scale=0.1, zero_point=77)";
+    for mode in ["nearest", "linear", "cubic"] {
+        let attrs = resize_attrs(mode, "asymmetric", "[1, 2]", &[]);
+        same(
+            &format!(
+                "graph t(%x: u8[N,6,5] {q}, %i: i32[3,4]) -> (%y, %z) {{
+                   %s = const f32[2] [2.5, 1.5]
+                   %t = const f32[2] [0.5, 2.0]
+                   %y = Resize(%x, _, %s) {{{attrs}}} : u8[N,15,7] {q}
+                   %z = Resize(%i, _, %t) {{{}}} : i32[1,8]
+                 }}",
+                resize_attrs(mode, "half_pixel", "[0, 1]", &[])
+            ),
+            &[ints(DType::U8, 41, &[2, 6, 5]), ints(DType::I32, 42, &[3, 4])],
+        );
+    }
+    // tf_crop_and_resize with sizes, a window partly outside the input, and a fill.
+    for mode in ["nearest", "linear"] {
+        let attrs = resize_attrs(mode, "tf_crop_and_resize", "[2, 3]", &[("extrapolation_value", "-7.5")]);
+        same(
+            &format!(
+                "graph t(%x: f32[N,1,4,5], %b: i8[2,1,4,5]) -> (%y, %z) {{
+                   %roi = const f32[4] [0.2, -0.3, 1.4, 0.9]
+                   %n = const i64[2] [3, 6]
+                   %y = Resize(%x, %roi, _, %n) {{{attrs}}} : f32[N,1,3,6]
+                   %z = Resize(%b, %roi, _, %n) {{{attrs}}} : i8[2,1,3,6]
+                 }}"
+            ),
+            &[floats(43, &[2, 1, 4, 5], 2.0), ints(DType::I8, 44, &[2, 1, 4, 5])],
+        );
+    }
+}
+
+#[test]
+fn pad_modes_and_blocks_with_the_batch() {
+    let (g, p) = compile(
+        "graph t(%x: f32[N,2,3,4], %q: i8[5,2]) -> (%r, %e, %w, %c) {
+           %r = Pad(%x) {mode=\"reflect\", pads=[0, 0, 4, -1, 0, 1, 2, 5], value=0.0} : f32[N,3,9,8]
+           %e = Pad(%x) {mode=\"edge\", pads=[0, 1, 0, 2, 0, 0, 3, 0], value=0.0} : f32[N,3,6,6]
+           %w = Pad(%x) {mode=\"wrap\", pads=[0, 0, 5, 1, 0, 0, -1, 3], value=0.0} : f32[N,2,7,8]
+           %c = Pad(%q) {mode=\"reflect\", pads=[1, -1, 2, 0], value=0.0} : i8[8,1]
+         }",
+    );
+    for batch in [1, 2] {
+        check(&p, &g, &[floats(45, &[batch, 2, 3, 4], 1.0), ints(DType::I8, 46, &[5, 2])]);
+    }
+    let (g, p) = compile(
+        "graph t(%x: f32[N,8,2,3], %u: u8[2,2,4,6]) -> (%d, %c, %s, %t) {
+           %d = DepthToSpace(%x) {blocksize=2, mode=\"DCR\"} : f32[N,2,4,6]
+           %c = DepthToSpace(%x) {blocksize=2, mode=\"CRD\"} : f32[N,2,4,6]
+           %s = SpaceToDepth(%u) {blocksize=2, mode=\"DCR\"} : u8[2,8,2,3]
+           %t = SpaceToDepth(%u) {blocksize=2, mode=\"CRD\"} : u8[2,8,2,3]
+         }",
+    );
+    for batch in [1, 3] {
+        check(&p, &g, &[floats(47, &[batch, 8, 2, 3], 1.0), ints(DType::U8, 48, &[2, 2, 4, 6])]);
+    }
+}
+
+// ---- Selection and placement (kernels/select.rs).
+
+#[test]
+fn one_hot_and_trilu_with_the_batch() {
+    let (g, p) = compile(
+        "graph t(%i: i64[N,3], %f: f32[2,2], %v: u8[2], %x: f32[N,2,3,4], %k: i64[]) -> (%a, %b, %c, %d, %e) {
+           %depth = const i64[] [4]
+           %d5 = const f32[1] [5.0]
+           %pair = const f32[2] [-1.5, 2.5]
+           %a = OneHot(%i, %depth, %pair) {axis=1} : f32[N,4,3]
+           %b = OneHot(%i, %depth, %v) {axis=2} : u8[N,3,4]
+           %c = OneHot(%f, %d5, %pair) {axis=0} : f32[5,2,2]
+           %d = Trilu(%x, %k) {upper=1} : f32[N,2,3,4]
+           %e = Trilu(%x) {upper=0} : f32[N,2,3,4]
+         }",
+    );
+    for (batch, k) in [(1, 0), (2, -1), (3, 2)] {
+        let indices = Tensor::from_i64(&[batch, 3], (0..3 * batch as i64).map(|v| v % 9 - 5).collect());
+        let f = Tensor::from_f32(&[2, 2], vec![1.0, -1.0, 2.5, 4.0]);
+        let v = Tensor::from_i64_values(DType::U8, vec![2], vec![7, 200]).unwrap();
+        check(&p, &g, &[indices, f, v, floats(50, &[batch, 2, 3, 4], 1.0), Tensor::from_i64(&[], vec![k])]);
+    }
+}
+
+#[test]
+fn gathers_with_the_batch_and_indices_out_of_range() {
+    let (g, p) = compile(
+        "graph t(%x: f32[N,3,4], %i: i64[N,3,2], %j: i32[N,2,1], %q: i8[5,3]) -> (%e, %n, %m) {
+           %t = const i64[2,1] [4, -1]
+           %e = GatherElements(%x, %i) {axis=2} : f32[N,3,2]
+           %n = GatherND(%x, %j) {batch_dims=1} : f32[N,2,4]
+           %m = GatherND(%q, %t) {batch_dims=0} : i8[2,3]
+         }",
+    );
+    for batch in [1, 2] {
+        let i = Tensor::from_i64(&[batch, 3, 2], (0..6 * batch as i64).map(|v| v % 8 - 4).collect());
+        let j = Tensor::from_i64_values(DType::I32, vec![batch, 2, 1], (0..2 * batch as i64).map(|v| -(v % 3)).collect()).unwrap();
+        check(&p, &g, &[floats(51, &[batch, 3, 4], 1.0), i, j, ints(DType::I8, 52, &[5, 3])]);
+    }
+    // An index out of range fails in both engines with the axis named.
+    let bad = [floats(51, &[1, 3, 4], 1.0), Tensor::from_i64(&[1, 3, 2], vec![0, 1, 2, 3, 4, 0]), Tensor::from_i64_values(DType::I32, vec![1, 2, 1], vec![0, 0]).unwrap(), ints(DType::I8, 52, &[5, 3])];
+    let interp = qlift_ir::interp::run(&g, &bad).unwrap_err().to_string();
+    let jit = p.run(&bad).unwrap_err().to_string();
+    assert!(interp.contains("out of range") && jit.contains("out of range [-4, 4) on axis 2"), "{interp}\n{jit}");
+}
+
+#[test]
+fn scatters_with_every_reduction() {
+    for r in ["none", "add", "mul", "max", "min"] {
+        same(
+            &format!(
+                "graph t(%x: f32[N,3,4], %i: i64[N,3,2], %u: f32[N,3,2], %d: u8[4,3], %t: i64[3,1], %w: u8[3,3]) -> (%e, %n) {{
+                   %e = ScatterElements(%x, %i, %u) {{axis=2, reduction=\"{r}\"}} : f32[N,3,4]
+                   %n = ScatterND(%d, %t, %w) {{reduction=\"{r}\"}} : u8[4,3]
+                 }}"
+            ),
+            &[
+                floats(53, &[2, 3, 4], 2.0),
+                Tensor::from_i64(&[2, 3, 2], vec![0, 3, -1, 1, 2, 2, 3, 0, 1, 1, -4, 2]),
+                floats(54, &[2, 3, 2], 2.0),
+                ints(DType::U8, 55, &[4, 3]),
+                Tensor::from_i64(&[3, 1], vec![1, -1, 1]),
+                ints(DType::U8, 56, &[3, 3]),
+            ],
+        );
     }
 }

@@ -103,13 +103,13 @@ mod tests {
     #[test]
     fn values_past_the_limits_are_named() {
         let text = "graph p(%x: f32[N,64]) -> (%y) {
-  %y = Pad(%x) {pads=[0,0,0,4611686018427387902], value=0.0} : f32[N,4611686018427387966]
+  %y = Pad(%x) {mode=\"constant\", pads=[0,0,0,4611686018427387902], value=0.0} : f32[N,4611686018427387966]
 }";
         let graph = qlift_ir::text::parse(text).unwrap();
         let err = check_graph(&graph, &Limits::default()).unwrap_err().to_string();
         assert!(err.contains("value `y`: its size per sample (f32[N,4611686018427387966]) overflows 64 bits (node `y`)"), "{err}");
         let text = "graph p(%x: f32[N,64]) -> (%y) {
-  %y = Pad(%x) {pads=[0,0,0,1099511627776], value=0.0} : f32[N,1099511627840]
+  %y = Pad(%x) {mode=\"constant\", pads=[0,0,0,1099511627776], value=0.0} : f32[N,1099511627840]
 }";
         let err = check_graph(&qlift_ir::text::parse(text).unwrap(), &Limits::default()).unwrap_err().to_string();
         assert!(err.contains("value `y` of node `y`") && err.contains("is 4398046511360, above the limit of 1073741824"), "{err}");

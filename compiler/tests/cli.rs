@@ -258,8 +258,8 @@ fn qir_files_get_the_limits_of_onnx_imports() {
         std::fs::write(&path, text).unwrap();
         path.to_string_lossy().into_owned()
     };
-    let pad62 = write("pad62.qir", "graph p(%x: f32[N,64]) -> (%y) {\n  %y = Pad(%x) {pads=[0,0,0,4611686018427387902], value=0.0} : f32[N,4611686018427387966]\n}\n");
-    let pad40 = write("pad40.qir", "graph p(%x: f32[N,64]) -> (%y) {\n  %y = Pad(%x) {pads=[0,0,0,1099511627776], value=0.0} : f32[N,1099511627840]\n}\n");
+    let pad62 = write("pad62.qir", "graph p(%x: f32[N,64]) -> (%y) {\n  %y = Pad(%x) {mode=\"constant\", pads=[0,0,0,4611686018427387902], value=0.0} : f32[N,4611686018427387966]\n}\n");
+    let pad40 = write("pad40.qir", "graph p(%x: f32[N,64]) -> (%y) {\n  %y = Pad(%x) {mode=\"constant\", pads=[0,0,0,1099511627776], value=0.0} : f32[N,1099511627840]\n}\n");
     let x = model("digits_test_x_flat.npy");
     for engine in ["jit", "interp"] {
         assert_exit(&qlift(&["run", &pad62, "--engine", engine, "--input", &x]), 1, "value `y`: its size per sample (f32[N,4611686018427387966]) overflows 64 bits");

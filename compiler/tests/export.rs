@@ -212,7 +212,7 @@ const GRAPHS: &[(i64, &str)] = &[
   %u = Unsqueeze(%t) {axes=[1, 4]} : f32[N,1,4,6,1]
   %q = Squeeze(%u) {axes=[1]} : f32[N,4,6,1]
   %s = Softmax(%q) {axis=2} : f32[N,4,6,1]
-  %p = Pad(%x) {pads=[0, 0, 1, 0, 0, 1, 0, 2], value=0.5} : f32[N,3,4,6]
+  %p = Pad(%x) {mode=\"constant\", pads=[0, 0, 1, 0, 0, 1, 0, 2], value=0.5} : f32[N,3,4,6]
   %c = Concat(%x, %x) {axis=3} : f32[N,2,3,8]
 }",
     ),
@@ -344,6 +344,69 @@ const GRAPHS: &[(i64, &str)] = &[
   %a = AveragePool(%x) {ceil_mode=0, count_include_pad=1, dilations=[2, 2], kernel_shape=[2, 2], pads=[0, 0, 0, 0], strides=[1, 1]} : f32[N,1,4,4]
 }",
     ),
+    // Resampling, padding and selection.
+    (
+        13,
+        "graph resample(%x: f32[N,2,3,4], %y: f32[N,8,2,3]) -> (%n, %c, %s, %r, %e) {
+  %sc = const f32[4] [1.0, 1.0, 2.0, 1.5]
+  %n = Resize(%x, _, %sc) {antialias=0, axes=[0, 1, 2, 3], coordinate_transformation_mode=\"asymmetric\", cubic_coeff_a=-0.75, exclude_outside=0, extrapolation_value=0.0, keep_aspect_ratio_policy=\"stretch\", mode=\"nearest\", nearest_mode=\"floor\"} : f32[N,2,6,6]
+  %c = Resize(%x, _, %sc) {antialias=0, axes=[0, 1, 2, 3], coordinate_transformation_mode=\"half_pixel\", cubic_coeff_a=-0.75, exclude_outside=0, extrapolation_value=0.0, keep_aspect_ratio_policy=\"stretch\", mode=\"cubic\", nearest_mode=\"round_prefer_floor\"} : f32[N,2,6,6]
+  %d = DepthToSpace(%y) {blocksize=2, mode=\"CRD\"} : f32[N,2,4,6]
+  %s = SpaceToDepth(%d) {blocksize=2, mode=\"DCR\"} : f32[N,8,2,3]
+  %r = Pad(%x) {mode=\"reflect\", pads=[0, 0, 1, 2, 0, 0, 2, 1], value=0.0} : f32[N,2,6,7]
+  %e = Pad(%x) {mode=\"edge\", pads=[0, 1, 0, -1, 0, 0, 0, 3], value=0.0} : f32[N,3,3,6]
+}",
+    ),
+    (
+        13,
+        "graph select(%w: f32[3,4], %v: f32[2], %u: f32[2,4]) -> (%g, %n, %s, %e, %o, %z) {
+  %ix = const i64[2,4] [0, 2, -1, 1, 2, 0, 1, -3]
+  %g = GatherElements(%w, %ix) {axis=0} : f32[2,4]
+  %tp = const i64[2,1] [2, 0]
+  %n = GatherND(%w, %tp) {batch_dims=0} : f32[2,4]
+  %s = ScatterND(%w, %tp, %u) {reduction=\"none\"} : f32[3,4]
+  %e = ScatterElements(%w, %ix, %u) {axis=0, reduction=\"none\"} : f32[3,4]
+  %hot = const i64[3] [0, 2, -1]
+  %depth = const i64[] [4]
+  %o = OneHot(%hot, %depth, %v) {axis=1} : f32[3,4]
+  %z = NonZero(%w) : i64[2,?]
+}",
+    ),
+    (
+        14,
+        "graph trilu(%x: f32[N,3,4]) -> (%u, %l) {
+  %k = const i64[] [-1]
+  %u = Trilu(%x, %k) {upper=1} : f32[N,3,4]
+  %l = Trilu(%x) {upper=0} : f32[N,3,4]
+}",
+    ),
+    (
+        16,
+        "graph scatter16(%w: f32[3,4], %u: f32[2,4]) -> (%s) {
+  %tp = const i64[2,1] [2, 2]
+  %s = ScatterND(%w, %tp, %u) {reduction=\"add\"} : f32[3,4]
+}",
+    ),
+    (
+        18,
+        "graph resize18(%x: f32[N,2,5,6], %z: f32[1,1,4,5], %w: f32[3,4], %u: f32[2,4]) -> (%a, %t, %e) {
+  %s = const f32[2] [0.5, 0.75]
+  %a = Resize(%x, _, %s) {antialias=1, axes=[3, 2], coordinate_transformation_mode=\"half_pixel\", cubic_coeff_a=-0.5, exclude_outside=1, extrapolation_value=0.0, keep_aspect_ratio_policy=\"stretch\", mode=\"cubic\", nearest_mode=\"round_prefer_floor\"} : f32[N,2,3,3]
+  %roi = const f32[4] [0.1, -0.2, 0.9, 1.1]
+  %nz = const i64[2] [3, 6]
+  %t = Resize(%z, %roi, _, %nz) {antialias=0, axes=[2, 3], coordinate_transformation_mode=\"tf_crop_and_resize\", cubic_coeff_a=-0.75, exclude_outside=0, extrapolation_value=-1.0, keep_aspect_ratio_policy=\"stretch\", mode=\"linear\", nearest_mode=\"round_prefer_floor\"} : f32[1,1,3,6]
+  %ix = const i64[2,4] [0, 2, 2, 1, 2, 0, 1, 0]
+  %e = ScatterElements(%w, %ix, %u) {axis=0, reduction=\"max\"} : f32[3,4]
+}",
+    ),
+    (
+        19,
+        "graph pad19(%x: f32[N,2,3,4]) -> (%p, %h) {
+  %p = Pad(%x) {mode=\"wrap\", pads=[0, 0, 4, 1, 0, 0, 1, 2], value=0.0} : f32[N,2,8,7]
+  %s = const f32[4] [1.0, 1.0, 1.5, 0.6]
+  %h = Resize(%x, _, %s) {antialias=0, axes=[0, 1, 2, 3], coordinate_transformation_mode=\"half_pixel_symmetric\", cubic_coeff_a=-0.75, exclude_outside=0, extrapolation_value=0.0, keep_aspect_ratio_policy=\"stretch\", mode=\"linear\", nearest_mode=\"round_prefer_floor\"} : f32[N,2,4,2]
+}",
+    ),
     (
         21,
         "graph int4(%x: f32[N,4]) -> (%y, %d) {
@@ -454,7 +517,7 @@ fn unexportable_nodes_are_named_in_the_error() {
     let mut g = Graph::new("pad");
     let q = QuantParams::per_tensor(0.5, 3);
     let x = g.add_input("x", TensorType::quantized(DType::U8, Shape::fixed(&[2]), q.clone()));
-    let attrs = Attrs::new().with("pads", AttrValue::Ints(vec![1, 1])).with("value", AttrValue::Float(1.0));
+    let attrs = Attrs::new().with("pads", AttrValue::Ints(vec![1, 1])).with("value", AttrValue::Float(1.0)).with("mode", AttrValue::Str("constant".into()));
     let ty = TensorType::quantized(DType::U8, Shape::fixed(&[4]), q);
     let p = g.add_node("padq", Op::new(OpKind::Pad, attrs), &[Some(x)], vec![Value { name: "y".into(), ty }]).unwrap();
     g.set_outputs(vec![qlift_ir::ValueId { node: p, output: 0 }]).unwrap();
@@ -466,7 +529,7 @@ fn unexportable_nodes_are_named_in_the_error() {
 fn quantized_pad_fills_with_the_zero_point() {
     let text = "graph padq(%x: f32[N,3]) -> (%d) {
   %q = QuantizeLinear(%x) : u8[N,3] quant(scale=0.1, zero_point=9)
-  %p = Pad(%q) {pads=[0, 1, 0, 2], value=0.0} : u8[N,6] quant(scale=0.1, zero_point=9)
+  %p = Pad(%q) {mode=\"constant\", pads=[0, 1, 0, 2], value=0.0} : u8[N,6] quant(scale=0.1, zero_point=9)
   %d = DequantizeLinear(%p) : f32[N,6]
 }";
     let graph = parse(text).unwrap();

@@ -355,6 +355,161 @@ fn huge_intermediate_values_are_refused_at_import() {
     }
 }
 
+// ---- Resampling, padding and indexing: scales, sizes, pads, depths and indices are data.
+
+fn i64_tensor(name: &str, dims: &[i64], values: &[i64]) -> TensorProto {
+    let mut t = TensorProto::new();
+    t.name = name.into();
+    t.data_type = INT64;
+    t.dims = dims.to_vec();
+    t.int64_data = values.to_vec();
+    t
+}
+
+fn attr_str(name: &str, value: &str) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.s = value.as_bytes().to_vec();
+    a.type_ = onnx_protobuf::attribute_proto::AttributeType::STRING.into();
+    a
+}
+
+/// x f32[N,3,4,4] → Resize (opset 13) with constant scales or sizes → y.
+fn resize_model(scales: Option<&[f32]>, sizes: Option<&[i64]>) -> ModelProto {
+    let mut g = GraphProto::new();
+    g.name = "resize".into();
+    g.input.push(value_info("x", FLOAT, &["N", "3", "4", "4"]));
+    g.output.push(value_info("y", FLOAT, &["N", "3", "H", "W"]));
+    if let Some(s) = scales {
+        g.initializer.push(f32_tensor("scales", &[s.len() as i64], s));
+    }
+    if let Some(s) = sizes {
+        g.initializer.push(i64_tensor("sizes", &[s.len() as i64], s));
+    }
+    let inputs: &[&str] = if scales.is_some() { &["x", "", "scales"] } else { &["x", "", "", "sizes"] };
+    g.node.push(node("Resize", "resize", inputs, &["y"]));
+    model(g, 13)
+}
+
+/// The error's text, asserting that it is bad input naming `node`.
+fn node_message(e: Error, node: &str) -> String {
+    let text = e.to_string();
+    assert!(!e.is_internal() && text.contains(&format!("`{node}`")), "expected an error naming node `{node}`, got: {text}");
+    text
+}
+
+#[test]
+fn resize_to_huge_empty_or_negative_extents_is_refused_at_import() {
+    for (scales, want) in [
+        (vec![1.0, 1.0, 1e30, 1e30], "above the limit"),
+        (vec![1.0, 1.0, 0.0, 2.0], "must be positive"),
+        (vec![1.0, 1.0, -2.0, 2.0], "must be positive"),
+        (vec![1.0, 1.0, f32::NAN, 2.0], "must be positive"),
+        (vec![1.0, 1.0, 0.1, 1.0], "empty"),
+        (vec![1.0, 1.0, 2.0], "3 scales or sizes for 4 axes"),
+    ] {
+        let message = node_message(err(&resize_model(Some(&scales), None)), "resize");
+        assert!(message.contains(want), "scales {scales:?}: {message}");
+    }
+    for (sizes, want) in [(vec![1, 3, 0, 4], "size 0"), (vec![1, 3, -4, 4], "size -4"), (vec![1, 3, 1 << 40, 4], "above the limit")] {
+        let message = node_message(err(&resize_model(None, Some(&sizes))), "resize");
+        assert!(message.contains(want), "sizes {sizes:?}: {message}");
+    }
+    // Within the per-axis limit, but too large for the tensor budget.
+    match err(&resize_model(None, Some(&[1, 3, 1 << 20, 1 << 20]))) {
+        Error::Limit { what, .. } => assert!(what.contains("node `resize`"), "{what}"),
+        e => panic!("{e}"),
+    }
+}
+
+#[test]
+fn one_hot_depth_and_pads_are_checked_at_import() {
+    for (depth, want) in [(1i64 << 40, "depth 1099511627776 is not in [1, 16777216]"), (0, "depth 0"), (-3, "depth -3")] {
+        let mut g = GraphProto::new();
+        g.name = "one_hot".into();
+        g.input.push(value_info("i", INT64, &["N", "3"]));
+        g.output.push(value_info("y", FLOAT, &["N", "3", "D"]));
+        g.initializer.push(i64_tensor("depth", &[], &[depth]));
+        g.initializer.push(f32_tensor("values", &[2], &[0.0, 1.0]));
+        g.node.push(node("OneHot", "one_hot", &["i", "depth", "values"], &["y"]));
+        let message = node_message(err(&model(g, 11)), "one_hot");
+        assert!(message.contains(want), "depth {depth}: {message}");
+    }
+    for (mode, pads, want) in [("reflect", [0, 0, -5, 0, 0, 0, 0, 1], "crop more"), ("edge", [0, 0, 0, -4, 0, 0, 0, 1], "no element left")] {
+        let mut g = GraphProto::new();
+        g.name = "pad".into();
+        g.input.push(value_info("x", FLOAT, &["N", "3", "4", "4"]));
+        g.output.push(value_info("y", FLOAT, &["N", "3", "H", "W"]));
+        g.initializer.push(i64_tensor("pads", &[8], &pads));
+        let mut n = node("Pad", "pad", &["x", "pads"], &["y"]);
+        n.attribute.push(attr_str("mode", mode));
+        g.node.push(n);
+        let message = node_message(err(&model(g, 18)), "pad");
+        assert!(message.contains(want), "{mode} {pads:?}: {message}");
+    }
+}
+
+#[test]
+fn pads_and_sizes_computed_at_run_time_are_checked_before_allocating() {
+    // Pads and sizes from graph inputs: the interpreter checks them when they arrive.
+    let mut g = GraphProto::new();
+    g.name = "runtime".into();
+    g.input.push(value_info("x", FLOAT, &["1", "3", "4", "4"]));
+    g.input.push(value_info("pads", INT64, &["8"]));
+    g.input.push(value_info("sizes", INT64, &["4"]));
+    g.output.push(value_info("p", FLOAT, &["1", "A", "B", "C"]));
+    g.output.push(value_info("r", FLOAT, &["1", "A", "B", "C"]));
+    let mut n = node("Pad", "pad", &["x", "pads"], &["p"]);
+    n.attribute.push(attr_str("mode", "wrap"));
+    g.node.push(n);
+    g.node.push(node("Resize", "resize", &["x", "", "", "sizes"], &["r"]));
+    let graph = load(&model(g, 19)).unwrap();
+    let run = |pads: &[i64], sizes: &[i64]| {
+        let x = Tensor::from_f32(&[1, 3, 4, 4], vec![0.5; 48]);
+        qlift_ir::interp::run(&graph, &[x, Tensor::from_i64(&[8], pads.to_vec()), Tensor::from_i64(&[4], sizes.to_vec())]).map(|_| ()).map_err(|e| e.to_string())
+    };
+    run(&[0, 0, 1, 2, 0, 0, 3, 4], &[1, 3, 8, 2]).unwrap();
+    let e = run(&[0, 0, 0, 1 << 40, 0, 0, 0, 0], &[1, 3, 8, 2]).unwrap_err();
+    assert!(e.contains("`pad`") && e.contains("limit"), "{e}");
+    let e = run(&[0, 0, 0, 0, 0, 0, 0, 0], &[1, 3, 1 << 20, 1 << 20]).unwrap_err();
+    assert!(e.contains("`resize`") && e.contains("limit"), "{e}");
+    let e = run(&[0, 0, 0, 0, 0, 0, 0, 0], &[1, 3, 0, 2]).unwrap_err();
+    assert!(e.contains("`resize`") && e.contains("size 0"), "{e}");
+}
+
+#[test]
+fn indices_out_of_range_are_errors_in_both_engines() {
+    use qlift::{CompileOptions, CompiledModel, Engine};
+    let mut g = GraphProto::new();
+    g.name = "gather".into();
+    g.input.push(value_info("x", FLOAT, &["N", "4"]));
+    g.input.push(value_info("i", INT64, &["N", "2"]));
+    g.input.push(value_info("t", INT64, &["2", "1"]));
+    g.output.push(value_info("e", FLOAT, &["N", "2"]));
+    g.output.push(value_info("s", FLOAT, &["3", "2"]));
+    let mut n = node("GatherElements", "gather", &["x", "i"], &["e"]);
+    let mut axis = AttributeProto::new();
+    axis.name = "axis".into();
+    axis.i = 1;
+    axis.type_ = onnx_protobuf::attribute_proto::AttributeType::INT.into();
+    n.attribute.push(axis);
+    g.node.push(n);
+    g.initializer.push(f32_tensor("data", &[3, 2], &[1.0; 6]));
+    g.initializer.push(f32_tensor("updates", &[2, 2], &[2.0; 4]));
+    g.node.push(node("ScatterND", "scatter", &["data", "t", "updates"], &["s"]));
+    let bytes = bytes(&model(g, 16));
+    let x = Tensor::from_f32(&[2, 4], vec![0.0; 8]);
+    for engine in [Engine::Jit, Engine::Interpreter] {
+        let m = CompiledModel::from_onnx_bytes(&bytes, None, &CompileOptions { engine, ..Default::default() }).unwrap();
+        let run = |i: Vec<i64>, t: Vec<i64>| m.run(&[x.clone(), Tensor::from_i64(&[2, 2], i), Tensor::from_i64(&[2, 1], t)]);
+        run(vec![0, -4, 3, 2], vec![2, -3]).unwrap();
+        for (i, t, node) in [(vec![0, 4, 0, 0], vec![0, 0], "gather"), (vec![0, 0, -5, 0], vec![0, 0], "gather"), (vec![0, 0, 0, 0], vec![3, 0], "scatter")] {
+            let e = run(i, t).unwrap_err();
+            assert!(!e.is_internal() && e.to_string().contains(node) && e.to_string().contains("out of range"), "{engine:?}: {e}");
+        }
+    }
+}
+
 // ---- Limits: every one configured in `Limits` is enforced; nesting cannot exhaust the stack.
 
 /// Appends `v` as a protobuf varint.

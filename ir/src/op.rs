@@ -205,8 +205,10 @@ ops! {
     Squeeze: 1..=1 -> 1 { "axes": Ints },
     /// Insert size-1 dimensions at `axes` (positions in the output).
     Unsqueeze: 1..=1 -> 1 { "axes": Ints },
-    /// Constant padding: `pads` as ONNX orders them (all begins, then all ends), fill `value`.
-    Pad: 1..=1 -> 1 { "pads": Ints, "value": Float },
+    /// Padding: `pads` as ONNX orders them (all begins, then all ends; negative ones crop),
+    /// or in operand 1 when they are computed at run time (then `pads` is absent). `mode`
+    /// is `constant` (fill `value`), `reflect`, `edge` or `wrap`.
+    Pad: 1..=2 -> 1 { "mode": Str, "pads": OptInts, "value": Float },
     /// The input's shape (axes `start..end`) as an i64 vector.
     Shape: 1..=1 -> 1 { "end": Int, "start": Int },
     /// The input's element count as an i64 scalar.
@@ -224,6 +226,39 @@ ops! {
     Range: 3..=3 -> 1 {},
     /// Conversion to dtype `to` (float to integer truncates toward zero and saturates).
     Cast: 1..=1 -> 1 { "to": Str },
+    // Resampling, padding and indexing (ir/src/ops/resample.rs, select.rs).
+    /// ONNX Resize: operands X, then optional roi, scales and sizes (exactly one of the
+    /// last two), which list values for the axes in `axes` (all axes when ONNX omits it).
+    /// Upsample imports as Resize.
+    Resize: 1..=4 -> 1 {
+        "antialias": Int, "axes": Ints, "coordinate_transformation_mode": Str, "cubic_coeff_a": Float,
+        "exclude_outside": Int, "extrapolation_value": Float, "keep_aspect_ratio_policy": Str, "mode": Str,
+        "nearest_mode": Str
+    },
+    /// Channel blocks moved into spatial blocks of `blocksize`² (`mode` DCR or CRD).
+    DepthToSpace: 1..=1 -> 1 { "blocksize": Int, "mode": Str },
+    /// Spatial blocks of `blocksize`² moved into channels (`mode` DCR or CRD: the inverse of
+    /// DepthToSpace's).
+    SpaceToDepth: 1..=1 -> 1 { "blocksize": Int, "mode": Str },
+    /// One-hot encoding of operand 0 (indices) with `depth` (operand 1) values along result
+    /// axis `axis`, `[off, on]` from operand 2.
+    OneHot: 3..=3 -> 1 { "axis": Int },
+    /// Elements of the data picked along `axis` by indices of the data's rank.
+    GatherElements: 2..=2 -> 1 { "axis": Int },
+    /// Slices of the data picked by index tuples (the indices' last axis), after
+    /// `batch_dims` leading dimensions the two share.
+    GatherND: 2..=2 -> 1 { "batch_dims": Int },
+    /// The data with slices at index tuples replaced by, or combined (`reduction` none, add,
+    /// mul, max, min) with, the updates.
+    ScatterND: 3..=3 -> 1 { "reduction": Str },
+    /// The data with elements at indices along `axis` replaced by, or combined with, the
+    /// updates.
+    ScatterElements: 3..=3 -> 1 { "axis": Int, "reduction": Str },
+    /// The upper (`upper` = 1) or lower triangle of the last two axes, from diagonal `k`
+    /// (optional operand 1); the rest is 0.
+    Trilu: 1..=2 -> 1 { "upper": Int },
+    /// The positions of the non-zero elements, as an i64 `[rank, count]`.
+    NonZero: 1..=1 -> 1 {},
     /// Integer convolution with fixed-point requantization (`fixed_point`): 8-bit input per
     /// tensor, 8-bit weights per tensor or per output channel, optional i32 bias, declared
     /// 8-bit result. What DequantizeLinear → Conv → QuantizeLinear lowers to.
@@ -368,6 +403,9 @@ impl OpKind {
             OpKind::Slice => &[1, 2, 3, 4],
             OpKind::Tile => &[1],
             OpKind::Range => &[0, 1, 2],
+            OpKind::Pad => &[1],
+            OpKind::Resize => &[1, 2, 3],
+            OpKind::OneHot => &[1],
             k if crate::ops::reduce::is_reduction(k) => &[1],
             _ => &[],
         }

@@ -193,3 +193,39 @@ fn linear_layers_quantize_and_masks_stay_float() {
     let got = qlift_ir::interp::run(l, &[x, mask]).unwrap();
     assert!(sqnr(got[0].as_f32().unwrap(), want[0].as_f32().unwrap()) > 30.0);
 }
+
+/// A nearest Resize between convolutions keeps its operand's quantization parameters: the
+/// lowered graph resizes the 8-bit values, with no DequantizeLinear or QuantizeLinear
+/// around it, and computes what the float graph does within the quantization error.
+#[test]
+fn nearest_resize_passes_quantized_values_through() {
+    let conv = "{dilations=[1, 1], group=1, kernel_shape=[1, 1], pads=[0, 0, 0, 0], strides=[1, 1]}";
+    let resize = "{antialias=0, axes=[2, 3], coordinate_transformation_mode=\"asymmetric\", cubic_coeff_a=-0.75, exclude_outside=0, extrapolation_value=0.0, keep_aspect_ratio_policy=\"stretch\", mode=\"nearest\", nearest_mode=\"floor\"}";
+    let text = format!(
+        "graph up(%x: f32[N,2,4,4]) -> (%y) {{
+           %w1 = const f32[3,2,1,1] [0.5, -0.25, 1.0, 0.75, -0.5, 0.25]
+           %c1 = Conv(%x, %w1) {conv} : f32[N,3,4,4]
+           %r1 = Relu(%c1) : f32[N,3,4,4]
+           %s = const f32[2] [2.0, 2.0]
+           %u = Resize(%r1, _, %s) {resize} : f32[N,3,8,8]
+           %w2 = const f32[2,3,1,1] [1.0, -0.5, 0.25, 0.5, 0.75, -1.0]
+           %y = Conv(%u, %w2) {conv} : f32[N,2,8,8]
+         }}"
+    );
+    let graph = qlift_ir::text::parse(&text).unwrap();
+    let sample = |seed: u32, n: usize| {
+        let values = (0..n * 32).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) as f32 / 65536.0 * 4.0 - 2.0).collect();
+        Tensor::from_f32(&[n, 2, 4, 4], values)
+    };
+    let q = quantize(&graph, &[sample(1, 16)], &QuantizeOptions::default(), &PipelineOptions::default(), &|_, _| {}).unwrap();
+    let resized: Vec<_> = q.lowered.node_ids().filter(|&id| q.lowered.node(id).op.kind() == Some(OpKind::Resize)).collect();
+    assert_eq!(resized.len(), 1);
+    let operands = q.lowered.node_inputs(resized[0]);
+    let (input, result) = (q.lowered.value_type(operands[0].unwrap()), &q.lowered.node(resized[0]).outputs[0].ty);
+    assert!(input.dtype.is_quantized() && result.quant.is_some() && result.quant == input.quant, "{input:?} -> {result:?}");
+    let x = sample(7, 3);
+    let (want, got) = (qlift_ir::interp::run(&graph, std::slice::from_ref(&x)).unwrap(), qlift_ir::interp::run(&q.lowered, &[x]).unwrap());
+    let (w, g) = (want[0].as_f32().unwrap(), got[0].as_f32().unwrap());
+    let range = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(w.iter().zip(g).all(|(a, b)| (a - b).abs() <= 0.05 * range), "{w:?}\n{g:?}");
+}

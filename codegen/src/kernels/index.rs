@@ -137,7 +137,7 @@ pub(super) fn gather(k: &mut Kernel) -> Result<(), String> {
 
 /// Copies `bytes` (static) from `src` to `dst`: 16-byte vectors in a loop, then the tail
 /// in 8/4/2/1-byte moves.
-fn copy_static(fb: &mut FunctionBuilder, dst: Value, src: Value, bytes: usize) {
+pub(super) fn copy_static(fb: &mut FunctionBuilder, dst: Value, src: Value, bytes: usize) {
     let vectors = bytes / 16;
     if vectors > 0 {
         emit::for_count(fb, vectors as i64, |fb, i| {
@@ -210,7 +210,7 @@ pub(super) fn slice(k: &mut Kernel) -> Result<(), String> {
 /// Copies through a strided walk: result offsets and operand offsets per axis of
 /// `extents` (the axes after the batch), operand offset `base` at the start; per sample of
 /// the batch when the operand has one.
-fn strided_copy(k: &mut Kernel, extents: &[usize], strides: Vec<Vec<i64>>, base: i64) -> Result<(), String> {
+pub(super) fn strided_copy(k: &mut Kernel, extents: &[usize], strides: Vec<Vec<i64>>, base: i64) -> Result<(), String> {
     let (x, out) = (k.input(0)?, k.output(0));
     let (extents, strides) = emit::coalesce(extents, &strides);
     let ty = mover(x.ty.dtype.size_of());

@@ -32,6 +32,8 @@ mod pool;
 mod quant;
 mod norm;
 mod product;
+mod resample;
+pub(crate) mod select;
 mod reduce;
 pub(crate) mod requant;
 mod shape;
@@ -389,6 +391,9 @@ pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
         Tile => index::tile(k),
         Cast => index::cast(k),
         Range => Err("a Range whose operands are computed at run time is not supported by code generation".to_string()),
+        Resize => resample::resize(k),
+        DepthToSpace | SpaceToDepth => resample::block(k),
+        OneHot | GatherElements | GatherND | ScatterND | ScatterElements | Trilu | NonZero => select::emit(k),
         ReduceMean | ReduceSum | ReduceMax | ReduceMin | ReduceProd | ReduceL1 | ReduceL2 | ReduceSumSquare | ReduceLogSum
         | ReduceLogSumExp => reduce::reduce(k),
         ArgMax | ArgMin => reduce::arg_extreme(k),

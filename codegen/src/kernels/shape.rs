@@ -1,6 +1,6 @@
 //! Data movement: ops that only copy or re-view their operand.
 
-use super::Kernel;
+use super::{Kernel, Operand};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, BlockArg, InstBuilder, Type, Value};
@@ -144,7 +144,7 @@ pub(super) fn concat(k: &mut Kernel) -> Result<(), String> {
     Ok(())
 }
 
-/// Pad, constant mode: the result is filled with the pad value (the zero point for a
+/// Pad; constant mode here (the others in `resample.rs`): the result is filled with the pad value (the zero point for a
 /// quantized operand, as the interpreter), then the kept region of the operand is copied in
 /// through a strided walk. Negative pads crop: the kept region starts `-begin` into the
 /// operand and ends `-end` before its end. The batch axis (unpadded) is the outer loop.
@@ -153,13 +153,21 @@ pub(super) fn pad(k: &mut Kernel) -> Result<(), String> {
     let dims = x.dims();
     let out_dims = out.dims();
     let r = dims.len();
-    let pads = k.op.attrs.ints("pads")?.to_vec();
+    let pads = match (k.op.attrs.get("pads"), k.optional(1)) {
+        (Some(_), _) => k.op.attrs.ints("pads")?.to_vec(),
+        (None, Some(Operand { constant: Some(t), .. })) => t.to_i64_vec()?,
+        _ => return Err("pads computed at run time are not supported; bind the input shapes so that they fold".to_string()),
+    };
     if pads.len() != 2 * r {
         return Err(format!("{} pads for rank {r}", pads.len()));
     }
     let batched = x.batched();
     if batched && (pads[0] != 0 || pads[r] != 0) {
         return Err("cannot pad the batch dimension".to_string());
+    }
+    let mode = qlift_ir::PadMode::of(&k.op.attrs)?;
+    if mode != qlift_ir::PadMode::Constant {
+        return super::resample::pad_by_tables(k, mode, &pads);
     }
     let value = k.op.attrs.float("value")?;
     let fill: i64 = match &x.ty.quant {

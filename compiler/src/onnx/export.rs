@@ -201,6 +201,16 @@ fn rule(kind: OpKind) -> Option<Rule> {
         Tile => direct("Tile", &[]),
         Range => direct("Range", &[]),
         Cast => custom(cast),
+        Resize => custom(resize),
+        DepthToSpace => direct("DepthToSpace", &["blocksize", "mode"]),
+        SpaceToDepth => custom(space_to_depth),
+        OneHot => direct("OneHot", &["axis"]),
+        GatherElements => direct("GatherElements", &["axis"]),
+        GatherND => direct("GatherND", &["batch_dims"]),
+        ScatterND => custom(|ex, cx| scatter(ex, cx, "ScatterND", &[])),
+        ScatterElements => custom(|ex, cx| scatter(ex, cx, "ScatterElements", &["axis"])),
+        Trilu => Rule { since: 14, ..direct("Trilu", &["upper"]) },
+        NonZero => direct("NonZero", &[]),
         // Reductions, normalizations and NN ops. Reductions other than ReduceSum take their
         // axes as an operand from opset 18 (ReduceSum from 13); writing that form keeps one
         // spelling whatever else raises the opset.
@@ -627,22 +637,91 @@ fn unsqueeze(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
     Ok(())
 }
 
-/// Pad's pads and fill value are operands; the fill has the operand's dtype, and a quantized
-/// operand (which the IR pads with real 0.0) is filled with its zero point.
+/// Pad's pads (from the attribute, or the operand when computed) and fill value are
+/// operands; the fill has the operand's dtype, and a quantized operand (which the IR pads
+/// with real 0.0) is filled with its zero point. A mode other than constant is written.
 fn pad(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
     let (v, x) = cx.operand(0)?;
     let ty = ex.graph.value_type(v).clone();
     let value = cx.float("value")?;
+    let mode = cx.op.attrs.str("mode").map_err(|e| cx.error(e))?;
     let fill = match &ty.quant {
+        _ if mode != "constant" => 0.0,
         None => value as f64,
         Some(q) if value == 0.0 && q.zero_point.windows(2).all(|w| w[0] == w[1]) && !q.zero_point.is_empty() => {
             q.zero_point[0] as f64
         }
         Some(_) => return Err(cx.error("a quantized operand can only be padded with 0.0 and one zero point")),
     };
-    let pads = ex.ints_initializer(&format!("{}_pads", cx.output), cx.ints("pads")?);
-    let fill = ex.scalar(cx, &format!("{}_value", cx.output), ty.dtype, fill)?;
-    ex.emit(cx, "Pad", vec![x, pads, fill], vec![]);
+    let pads = match cx.op.attrs.get("pads") {
+        Some(_) => ex.ints_initializer(&format!("{}_pads", cx.output), cx.ints("pads")?),
+        None => cx.operand(1)?.1,
+    };
+    let mut attrs = vec![];
+    if mode != "constant" {
+        // wrap exists from opset 19.
+        if mode == "wrap" {
+            ex.need(19);
+        }
+        attrs.push(cx.attr("mode")?);
+    }
+    let inputs = if mode == "constant" { vec![x, pads, ex.scalar(cx, &format!("{}_value", cx.output), ty.dtype, fill)?] } else { vec![x, pads] };
+    ex.emit(cx, "Pad", inputs, attrs);
+    Ok(())
+}
+
+/// ScatterND and ScatterElements write `reduction` when it is not `none`: add and mul
+/// exist from opset 16, max and min from 18.
+fn scatter(ex: &mut Exporter, cx: &Cx, op_type: &str, names: &[&str]) -> Result<(), Error> {
+    let mut attrs = names.iter().map(|a| cx.attr(a)).collect::<Result<Vec<_>, _>>()?;
+    match cx.op.attrs.str("reduction").map_err(|e| cx.error(e))? {
+        "none" => {}
+        r => {
+            ex.need(if matches!(r, "add" | "mul") { 16 } else { 18 });
+            attrs.push(cx.attr("reduction")?);
+        }
+    }
+    let inputs = cx.inputs.iter().map(|i| i.clone().unwrap_or_default()).collect();
+    ex.emit(cx, op_type, inputs, attrs);
+    Ok(())
+}
+
+/// SpaceToDepth has a mode only from opset 28, which the exporter does not write: DCR (the
+/// only layout before) is written without it, CRD is refused.
+fn space_to_depth(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
+    let (_, x) = cx.operand(0)?;
+    if cx.op.attrs.str("mode").map_err(|e| cx.error(e))? != "DCR" {
+        return Err(cx.error("SpaceToDepth in CRD mode exists from opset 28, later than the exporter writes"));
+    }
+    ex.emit(cx, "SpaceToDepth", vec![x], vec![cx.attr("blocksize")?]);
+    Ok(())
+}
+
+/// Resize: roi, scales and sizes stay operands (omitted ones as `""`); `axes`,
+/// `antialias` and `keep_aspect_ratio_policy` exist from opset 18 and are written when they
+/// differ from the defaults, `half_pixel_symmetric` from opset 19. `tf_half_pixel_for_nn`
+/// left ONNX at opset 13 and cannot be written.
+fn resize(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
+    let (v, x) = cx.operand(0)?;
+    let rank = ex.graph.value_type(v).shape.rank();
+    let transform = cx.op.attrs.str("coordinate_transformation_mode").map_err(|e| cx.error(e))?;
+    match transform {
+        "tf_half_pixel_for_nn" => return Err(cx.error("coordinate_transformation_mode tf_half_pixel_for_nn exists only in opsets 11 and 12")),
+        "half_pixel_symmetric" => ex.need(19),
+        _ => {}
+    }
+    let mut attrs = ["mode", "coordinate_transformation_mode", "nearest_mode", "cubic_coeff_a", "exclude_outside", "extrapolation_value"]
+        .iter()
+        .map(|a| cx.attr(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let all_axes: Vec<i64> = (0..rank as i64).collect();
+    let policy = cx.op.attrs.str("keep_aspect_ratio_policy").map_err(|e| cx.error(e))?;
+    if cx.int("antialias")? != 0 || policy != "stretch" || cx.ints("axes")? != all_axes.as_slice() {
+        ex.need(18);
+        attrs.extend([cx.attr("antialias")?, cx.attr("keep_aspect_ratio_policy")?, cx.attr("axes")?]);
+    }
+    let operand = |i: usize| cx.inputs.get(i).cloned().flatten().unwrap_or_default();
+    ex.emit(cx, "Resize", vec![x, operand(1), operand(2), operand(3)], attrs);
     Ok(())
 }
 

@@ -289,6 +289,11 @@ impl NodeCx<'_> {
         self.attr(name).map(|a| a.ints.clone())
     }
 
+    /// A float-list attribute, if present.
+    pub fn floats(&self, name: &str) -> Option<Vec<f32>> {
+        self.attr(name).map(|a| a.floats.clone())
+    }
+
     /// A string attribute, or `default`.
     pub fn string(&self, name: &str, default: &str) -> String {
         self.attr(name).map_or(default.to_string(), |a| String::from_utf8_lossy(&a.s).into_owned())

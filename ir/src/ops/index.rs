@@ -384,7 +384,7 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
 /// Most elements an op that makes its result size from data (Expand, Tile) may produce.
 const MAX_ELEMENTS: usize = 1 << 30;
 
-fn check_elements(shape: &[usize]) -> Result<(), String> {
+pub(super) fn check_elements(shape: &[usize]) -> Result<(), String> {
     match shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) {
         Some(n) if n <= MAX_ELEMENTS => Ok(()),
         _ => Err(format!("result of shape {shape:?} is above the limit of {MAX_ELEMENTS} elements")),
@@ -392,7 +392,7 @@ fn check_elements(shape: &[usize]) -> Result<(), String> {
 }
 
 /// A tensor of `x`'s dtype with element i = x[index[i]].
-fn take(x: &Tensor, index: &[usize], shape: Vec<usize>) -> Result<Tensor, String> {
+pub(super) fn take(x: &Tensor, index: &[usize], shape: Vec<usize>) -> Result<Tensor, String> {
     let data = match x.data() {
         TensorData::F32(v) => TensorData::F32(index.iter().map(|&i| v[i]).collect()),
         TensorData::I8(v) => TensorData::I8(index.iter().map(|&i| v[i]).collect()),

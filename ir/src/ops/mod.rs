@@ -17,6 +17,8 @@ pub(crate) mod nn;
 pub(crate) mod norm;
 pub(crate) mod qint;
 pub(crate) mod quant;
+pub(crate) mod resample;
+pub(crate) mod select;
 pub mod reduce;
 pub(crate) mod shape;
 pub mod unary;
@@ -93,6 +95,10 @@ enum Family {
     Index,
     /// Dtype conversions.
     Cast,
+    /// Resampling and block rearrangements.
+    Resample,
+    /// Element selection and placement by index.
+    Select,
     /// Broadcasting arithmetic of the elementwise family beyond Add/Sub/Mul/Div.
     Arith,
     /// One-operand math functions and activations.
@@ -120,6 +126,8 @@ fn family(kind: OpKind) -> Family {
         QConv | QMatMul | QAdd | QAveragePool | QGlobalAveragePool | QConcat | Requantize => Family::QInt,
         Shape | Size | Gather | Slice | Expand | Tile | Range => Family::Index,
         Cast => Family::Cast,
+        Resize | DepthToSpace | SpaceToDepth => Family::Resample,
+        OneHot | GatherElements | GatherND | ScatterND | ScatterElements | Trilu | NonZero => Family::Select,
         Pow | Mod | Min | Max | Mean | Sum | PRelu => Family::Arith,
         Sqrt | Exp | Log | Abs | Neg | Reciprocal | Floor | Ceil | Round | Erf | Sin | Cos | Sign | Gelu | Elu | Selu
         | Softplus | Mish | Softsign | ThresholdedRelu | Celu => Family::Unary,
@@ -143,6 +151,8 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
         Family::QInt => qint::infer(cx),
         Family::Index => index::infer(cx),
         Family::Cast => cast::infer(cx),
+        Family::Resample => resample::infer(cx),
+        Family::Select => select::infer(cx),
         Family::Arith => arith::infer(cx),
         Family::Unary => unary::infer(cx),
         Family::Logic => logic::infer(cx),
@@ -169,6 +179,8 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
         Family::QInt => return qint::eval(cx),
         Family::Index => index::eval(cx),
         Family::Cast => cast::eval(cx),
+        Family::Resample => resample::eval(cx),
+        Family::Select => select::eval(cx),
         Family::Arith => arith::eval(cx),
         Family::Unary => unary::eval(cx),
         Family::Logic => logic::eval(cx),

@@ -59,21 +59,39 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
             (concat_shape(cx.inputs, attrs.int("axis")?)?, x.quant.clone())
         }
         OpKind::Pad => {
-            let pads = attrs.ints("pads")?;
-            if pads.len() != 2 * dims.len() {
-                return Err(format!("{} pads for rank {}", pads.len(), dims.len()));
+            let mode = PadMode::of(attrs)?;
+            if mode == PadMode::Constant {
+                pad_fill(x, attrs.float("value")?)?;
             }
-            pad_fill(x, attrs.float("value")?)?;
-            let out = dims
-                .iter()
-                .enumerate()
-                .map(|(a, &d)| match d {
-                    d if pads[a] == 0 && pads[a + dims.len()] == 0 => Ok(d),
-                    Dim::Batch => Err("cannot pad the batch dimension".to_string()),
-                    Dim::Fixed(n) => padded_extent(n, pads[a], pads[a + dims.len()]).map(Dim::Fixed),
-                    Dim::Sym(_) | Dim::Dyn => Ok(Dim::Dyn),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let r = dims.len();
+            let pads: Option<Vec<i64>> = match (attrs.get("pads"), cx.inputs.get(1).copied().flatten()) {
+                (Some(_), None) => Some(attrs.ints("pads")?.to_vec()),
+                (None, Some(t)) => {
+                    if spec_length(t)? != 2 * r {
+                        return Err(format!("{} pads for rank {r}", spec_length(t)?));
+                    }
+                    cx.ints(1).and_then(|v| v.iter().map(|e| e.int()).collect())
+                }
+                _ => return Err("Pad takes its pads as the attribute or as operand 1, not both".to_string()),
+            };
+            let out = match pads {
+                Some(pads) => {
+                    if pads.len() != 2 * r {
+                        return Err(format!("{} pads for rank {r}", pads.len()));
+                    }
+                    dims.iter()
+                        .enumerate()
+                        .map(|(a, &d)| match d {
+                            d if pads[a] == 0 && pads[a + r] == 0 => Ok(d),
+                            Dim::Batch => Err("cannot pad the batch dimension".to_string()),
+                            Dim::Fixed(n) => padded_axis(mode, a, n, pads[a], pads[a + r]).map(Dim::Fixed),
+                            Dim::Sym(_) | Dim::Dyn => Ok(Dim::Dyn),
+                        })
+                        .collect::<Result<Vec<_>, _>>()?
+                }
+                // Pads computed at run time: the batch stays (padding it is refused then).
+                None => dims.iter().map(|&d| if d == Dim::Batch { d } else { Dim::Dyn }).collect(),
+            };
             (Shape(out), x.quant.clone())
         }
         other => return Err(format!("{other} is not a data-movement op")),
@@ -155,23 +173,26 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
             concat(&parts, axis)?
         }
         OpKind::Pad => {
-            let pads = attrs.ints("pads")?;
+            let mode = PadMode::of(attrs)?;
+            let pads = match attrs.get("pads") {
+                Some(_) => attrs.ints("pads")?.to_vec(),
+                None => cx.input(1)?.to_i64_vec()?,
+            };
             let r = dims.len();
-            let out: Vec<usize> =
-                (0..r).map(|a| padded_extent(dims[a], pads[a], pads[a + r])).collect::<Result<_, _>>()?;
+            if pads.len() != 2 * r {
+                return Err(format!("{} pads for rank {r}", pads.len()));
+            }
+            let out: Vec<usize> = (0..r).map(|a| padded_axis(mode, a, dims[a], pads[a], pads[a + r])).collect::<Result<_, _>>()?;
+            super::index::check_elements(&out)?;
             let src = strides(dims);
             let index = gather_index(&out, |pos| {
                 let mut flat = 0;
                 for a in 0..r {
-                    let i = pos[a] as i64 - pads[a];
-                    if i < 0 || i >= dims[a] as i64 {
-                        return None;
-                    }
-                    flat += i as usize * src[a];
+                    flat += pad_source(mode, pos[a], pads[a], pads[a + r], dims[a])? * src[a];
                 }
                 Some(flat)
             });
-            let fill = pad_fill(cx.input_type(0)?, attrs.float("value")?)?;
+            let fill = if mode == PadMode::Constant { pad_fill(cx.input_type(0)?, attrs.float("value")?)? } else { 0 };
             take(x, &index, out, fill)?
         }
         other => return Err(format!("{other} is not a data-movement op")),
@@ -328,8 +349,71 @@ fn map_quant_axis(x: &TensorType, new_axis: impl Fn(usize) -> Option<usize>) -> 
     Ok(Some(QuantParams { axis, ..q.clone() }))
 }
 
-fn padded_extent(n: usize, begin: i64, end: i64) -> Result<usize, String> {
-    usize::try_from(n as i64 + begin + end).map_err(|_| format!("pads {begin}, {end} crop more than the extent {n}"))
+/// How Pad fills the positions outside its operand (ONNX `mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PadMode {
+    /// The fill value.
+    Constant,
+    /// The operand mirrored at its edges, the edge itself not repeated (`[1,2,3]` padded by 2
+    /// at the start: `[3,2,1,2,3]`).
+    Reflect,
+    /// The edge element repeated.
+    Edge,
+    /// The operand repeated (`[1,2,3]` padded by 2 at the start: `[2,3,1,2,3]`).
+    Wrap,
+}
+
+impl PadMode {
+    /// The mode of a Pad's canonical attributes.
+    pub fn of(attrs: &crate::Attrs) -> Result<PadMode, String> {
+        match attrs.str("mode")? {
+            "constant" => Ok(PadMode::Constant),
+            "reflect" => Ok(PadMode::Reflect),
+            "edge" => Ok(PadMode::Edge),
+            "wrap" => Ok(PadMode::Wrap),
+            m => Err(format!("pad mode `{m}` is not constant, reflect, edge or wrap")),
+        }
+    }
+}
+
+/// The extent of axis `axis` (extent `n`) padded by `begin` and `end`: refused when the
+/// pads crop more than the extent, and (outside constant mode) when positions must be
+/// filled from an axis the crop left empty.
+fn padded_axis(mode: PadMode, axis: usize, n: usize, begin: i64, end: i64) -> Result<usize, String> {
+    let m = (n as i64).checked_add(begin).and_then(|m| m.checked_add(end));
+    let m = m.and_then(|m| usize::try_from(m).ok()).ok_or_else(|| format!("pads {begin}, {end} crop more than the extent {n} of axis {axis}"))?;
+    let kept = n as i64 - (-begin).max(0) - (-end).max(0);
+    if mode != PadMode::Constant && kept <= 0 && m > 0 {
+        return Err(format!("axis {axis} has no element left to pad from in {mode:?} mode (extent {n}, pads {begin}, {end})"));
+    }
+    Ok(m)
+}
+
+/// The source index that result position `p` of a padded axis reads, `None` for the fill
+/// (constant mode): the axis has extent `n` and is padded by `begin` and `end`; negative
+/// pads crop first, and the other modes pad the cropped axis (periodically beyond its
+/// length, as numpy does). Shared with code generation, which tabulates it per axis.
+pub fn pad_source(mode: PadMode, p: usize, begin: i64, end: i64, n: usize) -> Option<usize> {
+    let lo = (-begin).max(0);
+    let m = n as i64 - lo - (-end).max(0);
+    let i = p as i64 - begin.max(0);
+    if (0..m).contains(&i) {
+        return Some((lo + i) as usize);
+    }
+    if m <= 0 {
+        return None;
+    }
+    let j = match mode {
+        PadMode::Constant => return None,
+        PadMode::Edge => i.clamp(0, m - 1),
+        PadMode::Wrap => i.rem_euclid(m),
+        PadMode::Reflect if m == 1 => 0,
+        PadMode::Reflect => {
+            let k = i.rem_euclid(2 * (m - 1));
+            if k < m { k } else { 2 * (m - 1) - k }
+        }
+    };
+    Some((lo + j) as usize)
 }
 
 /// The stored value padding writes: `value` for plain tensors; for quantized ones, the
@@ -350,7 +434,7 @@ fn gather_index(out: &[usize], f: impl Fn(&[usize]) -> Option<usize>) -> Vec<Opt
 
 /// A tensor of `x`'s dtype with element i = x[index[i]], or `fill` where the index is `None`
 /// (`fill` holds the raw bits for f32, the integer otherwise).
-fn take(x: &Tensor, index: &[Option<usize>], shape: Vec<usize>, fill: i64) -> Result<Tensor, String> {
+pub(super) fn take(x: &Tensor, index: &[Option<usize>], shape: Vec<usize>, fill: i64) -> Result<Tensor, String> {
     macro_rules! pick {
         ($v:expr, $fill:expr) => {
             index.iter().map(|i| i.map_or($fill, |i| $v[i])).collect()
@@ -464,7 +548,9 @@ mod tests {
     #[test]
     fn pad_with_negative_pads_and_quantized_fill() {
         let x = Tensor::from_f32(&[3], vec![1., 2., 3.]);
-        let attrs = |pads: Vec<i64>, v: f32| Attrs::new().with("pads", AttrValue::Ints(pads)).with("value", AttrValue::Float(v));
+        let attrs = |pads: Vec<i64>, v: f32| {
+            Attrs::new().with("pads", AttrValue::Ints(pads)).with("value", AttrValue::Float(v)).with("mode", AttrValue::Str("constant".into()))
+        };
         let p = run(OpKind::Pad, attrs(vec![2, -1], 9.0), vec![x], None).unwrap();
         assert_eq!(p.as_f32().unwrap(), &[9., 9., 1., 2.]);
         let q = Tensor::new(DType::U8, vec![1], TensorData::U8(vec![7])).unwrap();
@@ -472,6 +558,25 @@ mod tests {
         let p = run(OpKind::Pad, attrs(vec![1, 1], 0.0), vec![q.clone()], qp.clone()).unwrap();
         assert_eq!(p.to_i64_vec().unwrap(), vec![128, 7, 128]);
         assert!(run(OpKind::Pad, attrs(vec![1, 1], 1.0), vec![q], qp).unwrap_err().contains("padded with 0.0"));
+    }
+
+    #[test]
+    fn pad_modes_follow_numpy() {
+        let x = Tensor::from_f32(&[3], vec![1., 2., 3.]);
+        let pad = |mode: &str, pads: Vec<i64>| {
+            let attrs = Attrs::new().with("pads", AttrValue::Ints(pads)).with("value", AttrValue::Float(0.0)).with("mode", AttrValue::Str(mode.into()));
+            run(OpKind::Pad, attrs, vec![x.clone()], None).map(|t| t.as_f32().unwrap().to_vec())
+        };
+        // np.pad([1, 2, 3], (5, 4), mode)
+        assert_eq!(pad("reflect", vec![5, 4]).unwrap(), [2., 1., 2., 3., 2., 1., 2., 3., 2., 1., 2., 3.]);
+        assert_eq!(pad("edge", vec![2, 1]).unwrap(), [1., 1., 1., 2., 3., 3.]);
+        assert_eq!(pad("wrap", vec![4, 2]).unwrap(), [3., 1., 2., 3., 1., 2., 3., 1., 2.]);
+        // Crop first, then pad what is left.
+        assert_eq!(pad("reflect", vec![-1, 2]).unwrap(), [2., 3., 2., 3.]);
+        assert!(pad("edge", vec![-3, 1]).unwrap_err().contains("no element left"));
+        assert!(pad("constant", vec![-4, 0]).unwrap_err().contains("crop more"));
+        assert!(pad("constant", vec![0, 1 << 40]).unwrap_err().contains("limit"));
+        assert!(pad("mirror", vec![1, 1]).unwrap_err().contains("not constant"));
     }
 
     #[test]

@@ -92,16 +92,27 @@ impl Calibration {
 
 /// Ops whose operands and result are quantized. Their float forms with DequantizeLinear
 /// operands and a QuantizeLinear result are what `fuse-requant` lowers.
-fn quantizable(kind: OpKind) -> bool {
+fn quantizable(op: &Op) -> bool {
     use OpKind::*;
-    matches!(kind, Conv | Gemm | MatMul | Add | AveragePool | GlobalAveragePool | Concat | Relu | Clip) || passes_through(kind)
+    matches!(op.kind, Conv | Gemm | MatMul | Add | AveragePool | GlobalAveragePool | Concat | Relu | Clip) || passes_through(op)
 }
 
 /// Quantizable ops that only move or select values: their result keeps the operand's
 /// parameters, so the QuantizeLinear after them cancels against the DequantizeLinear before.
-fn passes_through(kind: OpKind) -> bool {
+/// Resize in nearest mode copies elements (without a crop window, whose fill value is
+/// real); interpolating modes compute new values and stay float.
+fn passes_through(op: &Op) -> bool {
     use OpKind::*;
-    matches!(kind, MaxPool | Flatten | Reshape | Transpose | Squeeze | Unsqueeze)
+    let nearest_copy = || {
+        op.attrs.str("mode") == Ok("nearest") && op.attrs.str("coordinate_transformation_mode") != Ok("tf_crop_and_resize")
+    };
+    matches!(op.kind, MaxPool | Flatten | Reshape | Transpose | Squeeze | Unsqueeze) || (op.kind == Resize && nearest_copy())
+}
+
+/// Whether operand `slot` of `op` carries the data (quantized with it), as opposed to
+/// Resize's roi and scales, which stay f32.
+fn data_operand(op: &Op, slot: usize) -> bool {
+    !(op.kind == OpKind::Resize && slot > 0)
 }
 
 /// Where a weight's output channels are for operand `slot` of `op`, if it is a weight
@@ -142,7 +153,7 @@ pub fn insert_qdq(graph: &Graph, calibration: &Calibration, opts: &QuantizeOptio
     let mut bias_adds: HashSet<NodeId> = HashSet::new();
     for id in order {
         let NodeOp::Apply(op) = g.node(id).op.clone() else { continue };
-        if !quantizable(op.kind) || g.node(id).outputs.iter().any(|v| v.ty.dtype != DType::F32) {
+        if !quantizable(&op) || g.node(id).outputs.iter().any(|v| v.ty.dtype != DType::F32) {
             continue;
         }
         let operands = g.node_inputs(id);
@@ -188,6 +199,9 @@ pub fn insert_qdq(graph: &Graph, calibration: &Calibration, opts: &QuantizeOptio
         }
         for (slot, v) in operands.iter().enumerate() {
             let Some(v) = *v else { continue };
+            if !data_operand(&op, slot) {
+                continue;
+            }
             // Already the DequantizeLinear of a quantized value (its producer was quantizable).
             if g.value_type(v).dtype != DType::F32 || source_of.contains_key(&v) {
                 continue;
@@ -207,7 +221,7 @@ pub fn insert_qdq(graph: &Graph, calibration: &Calibration, opts: &QuantizeOptio
         let first = g.node_inputs(id).first().copied().flatten();
         let source = first.and_then(|x| source_of.get(&x).copied());
         let p = match source.and_then(|x| params.get(&x)) {
-            Some(p) if passes_through(op.kind) => p.clone(),
+            Some(p) if passes_through(&op) => p.clone(),
             _ => activation_params(&g, result, calibration, opts)?,
         };
         params.insert(result, p);

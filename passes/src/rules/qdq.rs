@@ -28,6 +28,8 @@ pub fn rules() -> Vec<QRewrite> {
         rewrite!("dequantize-after-transpose"; "(Transpose (DequantizeLinear ?x))" => { Apply(|g, c, s| sink(g, c, s, OpKind::Transpose)) }),
         rewrite!("dequantize-after-squeeze"; "(Squeeze (DequantizeLinear ?x))" => { Apply(|g, c, s| sink(g, c, s, OpKind::Squeeze)) }),
         rewrite!("dequantize-after-unsqueeze"; "(Unsqueeze (DequantizeLinear ?x))" => { Apply(|g, c, s| sink(g, c, s, OpKind::Unsqueeze)) }),
+        rewrite!("dequantize-after-resize"; "(Resize (DequantizeLinear ?x) ?r ?s)" => { Apply(|g, c, s| sink_resize(g, c, s, &["?r", "?s"])) }),
+        rewrite!("dequantize-after-resize-by-sizes"; "(Resize (DequantizeLinear ?x) ?r ?s ?n)" => { Apply(|g, c, s| sink_resize(g, c, s, &["?r", "?s", "?n"])) }),
     ]
 }
 
@@ -93,6 +95,22 @@ fn clamp_dequantized(egraph: &mut QEGraph, eclass: Id, subst: &Subst, kind: OpKi
 
 /// `op(DQ(x))` → `DQ(op(x))` for an op that commutes with dequantization (max pooling,
 /// data movement): the op runs on the quantized values.
+/// `Resize(DequantizeLinear x, rest…)` → `DequantizeLinear(Resize(x, rest…))` in nearest
+/// mode without a crop window: the resize only copies elements (a crop window's fill is a
+/// real value, which the integer resize would store as it is).
+fn sink_resize(egraph: &mut QEGraph, eclass: Id, subst: &Subst, rest: &[&str]) -> Option<Id> {
+    let x = var(subst, "?x");
+    let mut operands = vec![dq(egraph, x)?];
+    operands.extend(rest.iter().map(|v| var(subst, v)));
+    let attrs = matched(egraph, eclass, OpKind::Resize, &operands)?.op().attrs;
+    if attrs.str("mode").ok()? != "nearest" || attrs.str("coordinate_transformation_mode").ok()? == "tf_crop_and_resize" {
+        return None;
+    }
+    operands[0] = x;
+    let inner = super::add_op(egraph, OpKind::Resize, attrs, operands)?;
+    super::add_op(egraph, OpKind::DequantizeLinear, Attrs::new(), vec![inner])
+}
+
 fn sink(egraph: &mut QEGraph, eclass: Id, subst: &Subst, kind: OpKind) -> Option<Id> {
     let x = var(subst, "?x");
     let attrs = matched(egraph, eclass, kind, &[dq(egraph, x)?])?.op().attrs;

@@ -12,6 +12,8 @@ mod math;
 mod nn;
 mod norm;
 mod quant;
+mod resample;
+mod select;
 mod reduce;
 mod shape;
 
@@ -34,6 +36,8 @@ impl Registry {
         shape::register(&mut reg);
         index::register(&mut reg);
         quant::register(&mut reg);
+        resample::register(&mut reg);
+        select::register(&mut reg);
         reduce::register(&mut reg);
         norm::register(&mut reg);
         deconv::register(&mut reg);
@@ -49,6 +53,12 @@ impl Registry {
     /// Registers an op that exists (or that qlift imports) from opset `since` on.
     pub fn insert_since(&mut self, op_type: &'static str, since: i64, convert: Converter) {
         self.0.insert(op_type, (since..=*OPSETS.end(), convert));
+    }
+
+    /// Registers an op that exists only in the opset versions `versions` (an op ONNX
+    /// later replaced, such as Upsample by Resize).
+    pub fn insert_versions(&mut self, op_type: &'static str, versions: RangeInclusive<i64>, convert: Converter) {
+        self.0.insert(op_type, (versions, convert));
     }
 
     /// The converter of `op_type` at opset `opset`, if it has one there.

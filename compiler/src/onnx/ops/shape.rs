@@ -106,18 +106,27 @@ fn constant(cx: &mut NodeCx) -> Result<(), Error> {
     cx.define_constant(0, t)
 }
 
-/// Constant-mode padding, with the opset-18 `axes` operand expanded to all axes.
+/// Pad in any mode (validated by the IR), with the opset-18 `axes` operand expanded to all
+/// axes. Pads computed at run time stay an operand (they must then cover every axis).
 fn pad(cx: &mut NodeCx) -> Result<(), Error> {
-    let mode = cx.string("mode", "constant");
-    if mode != "constant" {
-        return Err(cx.error(format!("mode `{mode}` is not supported (only constant)")));
-    }
+    let mode = AttrValue::Str(cx.string("mode", "constant"));
     let rank = cx.input_type(0)?.shape.rank();
+    let x = cx.required(0)?;
     // Opset 11 made pads and the value operands; before, attributes.
     let (given, value) = if cx.opset < 11 {
         (cx.ints("pads").ok_or_else(|| cx.error("pads is required"))?, cx.float("value", 0.0))
     } else {
-        (cx.constant_ints(1)?.ok_or_else(|| cx.error("the pads operand is required"))?, cx.constant_scalar(2)?.unwrap_or(0.0))
+        let value = cx.constant_scalar(2)?.unwrap_or(0.0);
+        match cx.constant_ints(1) {
+            Ok(pads) => (pads.ok_or_else(|| cx.error("the pads operand is required"))?, value),
+            // Computed pads for some axes only would need a scatter: those must be constant.
+            Err(Error::NonConstant { .. }) if !(cx.opset >= 18 && cx.has_input(3)) => {
+                let p = cx.required(1)?;
+                let attrs = Attrs::new().with("mode", mode).with("value", AttrValue::Float(value));
+                return cx.emit(OpKind::Pad, attrs, &[Some(x), Some(p)]);
+            }
+            Err(e) => return Err(e),
+        }
     };
     let axes: Vec<usize> = match if cx.opset < 18 { None } else { cx.constant_ints(3)? } {
         Some(axes) => axes.iter().map(|&a| normalize_axis(cx, a, rank).map(|a| a as usize)).collect::<Result<_, _>>()?,
@@ -131,6 +140,6 @@ fn pad(cx: &mut NodeCx) -> Result<(), Error> {
         pads[a] = given[i];
         pads[a + rank] = given[i + axes.len()];
     }
-    let x = cx.required(0)?;
-    cx.emit(OpKind::Pad, Attrs::new().with("pads", ints(pads)).with("value", AttrValue::Float(value)), &[Some(x)])
+    let attrs = Attrs::new().with("pads", ints(pads)).with("value", AttrValue::Float(value)).with("mode", mode);
+    cx.emit(OpKind::Pad, attrs, &[Some(x)])
 }
