@@ -200,7 +200,7 @@ fn node_height(fuses: bool) -> f64 {
 }
 
 /// `s` cut to `n` characters, keeping its end (node names differ at their end).
-fn tail(s: &str, n: usize) -> String {
+pub(crate) fn tail(s: &str, n: usize) -> String {
     let count = s.chars().count();
     if count <= n {
         s.to_string()
@@ -290,7 +290,7 @@ svg text{font:10px ui-monospace,monospace;fill:#333}.graph text.op{font-weight:b
 .band{stroke:#1f4e99;stroke-width:1.5}.qband{stroke:#d6e0f0;stroke-width:3}.dot{fill:#1f4e99}.diag{stroke:#d00;fill:none}.trend{fill:none;stroke:#bbb}\
 .badge{display:inline-block;padding:0 6px;border-radius:3px;border:1px solid #888;margin-right:4px;font-size:12px}\
 .key{display:inline-block;width:14px;height:10px;border:1px solid #555;margin:0 3px 0 10px}\
-.diff .a{background:#e6ffed}.diff .d{background:#ffeef0}.diff .h{color:#888}details{margin:4px 0}.hint{color:#777}";
+.diff .a{background:#e6ffed}.diff .d{background:#ffeef0}.diff .h{color:#888}details{margin:4px 0}.hint{color:#777}aside:has(.card:target) .hint{display:none}";
 
 /// Highlights the node whose card is shown, and brings it into view in the graph.
 const SCRIPT: &str = "function sel(){for(const e of document.querySelectorAll('.node.sel'))e.classList.remove('sel');\
@@ -305,14 +305,18 @@ fn summary(out: &mut String, r: &Report, drawn: &[Drawn]) {
     }
     let count = |p: Precision| drawn.iter().filter(|d| d.precision == p).count();
     let ops = drawn.iter().filter(|d| d.precision != Precision::Input).count();
-    let _ = write!(
-        out,
-        "<tr><th>compiled graph</th><td>{ops} op nodes: {} integer, {} float-island, {} quantize/dequantize, {} other</td></tr>",
-        count(Precision::Int),
-        count(Precision::FloatIsland),
-        count(Precision::Boundary),
-        count(Precision::Plain)
-    );
+    let _ = if count(Precision::Int) + count(Precision::Boundary) > 0 {
+        write!(
+            out,
+            "<tr><th>compiled graph</th><td>{ops} op nodes: {} integer, {} in float islands, {} quantize/dequantize, {} other</td></tr>",
+            count(Precision::Int),
+            count(Precision::FloatIsland),
+            count(Precision::Boundary),
+            count(Precision::Plain)
+        )
+    } else {
+        write!(out, "<tr><th>compiled graph</th><td>{ops} op nodes, float</td></tr>")
+    };
     if let Some(worst) = r.layers.first() {
         let at = drawn.iter().position(|d| d.error.is_some_and(|e| std::ptr::eq(e, worst)));
         let _ = write!(out, "<tr><th>worst layer</th><td>{} ({}) {} dB</td></tr>", link(at, &worst.name), esc(&worst.op), num(worst.sqnr_db));
@@ -392,12 +396,14 @@ fn draw_graph(out: &mut String, g: &Graph, drawn: &[Drawn], sizes: &[(f64, f64)]
     out.push_str("</svg>");
 }
 
-/// Operand slots of node `id` that are quantized constant weights (per-channel parameters).
-fn weight_operands(g: &Graph, id: NodeId) -> Vec<ValueId> {
+/// The operands of node `id` that are quantized constant weights (per-channel parameters),
+/// with their slots.
+fn weight_operands(g: &Graph, id: NodeId) -> Vec<(usize, ValueId)> {
     g.node_inputs(id)
         .into_iter()
-        .flatten()
-        .filter(|&v| g.const_value(v).is_some() && g.value_type(v).quant.as_ref().is_some_and(|q| q.axis.is_some()) && g.value_type(v).dtype != DType::I32)
+        .enumerate()
+        .filter_map(|(slot, v)| Some((slot, v?)))
+        .filter(|&(_, v)| g.const_value(v).is_some() && g.value_type(v).quant.as_ref().is_some_and(|q| q.axis.is_some()) && g.value_type(v).dtype != DType::I32)
         .collect()
 }
 
@@ -445,8 +451,8 @@ fn card(out: &mut String, r: &Report, d: &Drawn, depth: usize) {
             activation_plot(out, &v.name, &a);
         }
     }
-    for w in weight_operands(g, d.id) {
-        weight_plots(out, r, w);
+    for (slot, w) in weight_operands(g, d.id) {
+        weight_plots(out, r, d.id, slot, w);
     }
     out.push_str("</div>");
 }
@@ -536,15 +542,23 @@ fn float_weight_name(name: &str) -> &str {
 
 /// A quantized weight: its per-channel min/max band (the float weights, against the range
 /// each channel's scale represents) and the histogram of all its values.
-fn weight_plots(out: &mut String, r: &Report, w: ValueId) {
+fn weight_plots(out: &mut String, r: &Report, node: NodeId, slot: usize, w: ValueId) {
     let g = r.graph;
     let (Some(tensor), Some(q)) = (g.const_value(w), g.value_type(w).quant.as_ref()) else { return };
     let Some(axis) = q.axis else { return };
     let name = &g.value(w).name;
-    let float = r
-        .float
-        .and_then(|f| f.const_value(f.find_value(float_weight_name(name))?).cloned())
-        .filter(|t| t.shape() == tensor.shape() && t.dtype() == DType::F32);
+    let same = |t: &&std::sync::Arc<qlift_ir::Tensor>| t.shape() == tensor.shape() && t.dtype() == DType::F32;
+    // The float weights: by their name, or (renamed by the rewrites) as the same operand of
+    // the float node computing the same value.
+    let float = r.float.and_then(|f| {
+        let by_name = f.find_value(float_weight_name(name)).and_then(|v| f.const_value(v)).filter(same);
+        by_name
+            .or_else(|| {
+                let result = f.find_value(fused::float_name(&g.node(node).outputs.first()?.name))?;
+                f.const_value(f.node_inputs(result.node).get(slot).copied().flatten()?).filter(same)
+            })
+            .cloned()
+    });
     let (values, source) = match &float {
         Some(t) => (t.to_f32_vec(), "float weights"),
         None => match crate::report::real_values(g.value_type(w), tensor) {
