@@ -12,6 +12,7 @@ pub mod bounded;
 #[doc(hidden)]
 pub mod cli;
 mod error;
+pub mod html;
 pub mod limits;
 pub mod npy;
 pub mod onnx;

@@ -340,6 +340,15 @@ impl CompiledModel {
         )
     }
 
+    /// The kernel form the code generator chose for each kernel call of the program (the
+    /// most recently used specialization), as `(node name, form)` in call order; `None` for
+    /// the interpreter, or before the first call of a model with symbolic dimensions. What a
+    /// report shows per node without timing anything.
+    pub fn kernel_forms(&self) -> Option<Vec<(String, String)>> {
+        let p = self.current_program()?;
+        Some(p.program().steps.iter().map(|s| (s.node.clone(), s.form.clone())).collect())
+    }
+
     /// Zeroes the kernel timers (see [`Self::profile`]).
     pub fn reset_profile(&self) {
         if let Some(p) = self.current_program() {

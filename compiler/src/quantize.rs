@@ -24,6 +24,9 @@ pub struct Quantized {
     pub samples: usize,
     /// NaN and ±Inf values met in calibration and skipped (they carry no range).
     pub non_finite: u64,
+    /// The statistics every activation range was chosen from (empty when the pipeline
+    /// stopped before `insert-qdq`): what a report shows next to the chosen ranges.
+    pub calibration: Calibration,
 }
 
 /// Quantizes `graph` from calibration inputs (one tensor per graph input, samples along
@@ -61,6 +64,7 @@ pub fn quantize_limited(
         });
     }
     let stats = RefCell::new(None);
+    let kept = RefCell::new(Calibration::default());
     let qdq = RefCell::new(None);
     let batch_limit = RefCell::new(None);
     let insert = |g: &Graph| {
@@ -84,6 +88,7 @@ pub fn quantize_limited(
         let out = insert_qdq(g, &cal, opts)?;
         *stats.borrow_mut() = Some((cal.samples(), cal.non_finite()));
         *qdq.borrow_mut() = Some(out.clone());
+        *kept.borrow_mut() = cal;
         Ok(out)
     };
     let result = run_passes(graph, &quantizing_pipeline(insert), pipeline);
@@ -96,7 +101,7 @@ pub fn quantize_limited(
     // A pipeline stopped before `insert-qdq` (`dump --after fold-bn`) has no QDQ graph yet:
     // the graph it stopped at stands for it.
     let qdq = qdq.into_inner().unwrap_or_else(|| lowered.clone());
-    Ok(Quantized { qdq, lowered, runs, samples, non_finite })
+    Ok(Quantized { qdq, lowered, runs, samples, non_finite, calibration: kept.into_inner() })
 }
 
 /// The extent a model's inputs fix on axis 0, if they do (a model exported with batch 1 runs

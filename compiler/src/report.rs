@@ -59,12 +59,37 @@ pub fn real_values(ty: &TensorType, tensor: &Tensor) -> Option<Vec<f32>> {
     }
 }
 
+/// A model output on both sides, as real numbers, for a plot of one against the other.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutputPair {
+    /// The output's name.
+    pub name: String,
+    /// The reference graph's values.
+    pub reference: Vec<f32>,
+    /// The quantized graph's values (dequantized).
+    pub quantized: Vec<f32>,
+}
+
+/// What [`compare`] finds: the error of every layer and both sides of every model output.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Comparison {
+    /// Per-layer errors, worst SQNR first (see [`layer_errors`]).
+    pub layers: Vec<LayerError>,
+    /// The model outputs the two graphs share by name, in the reference graph's order.
+    pub outputs: Vec<OutputPair>,
+}
+
+/// Per-layer errors of `quantized` against `float` on `inputs`: [`compare`]'s layers.
+pub fn layer_errors(float: &Graph, quantized: &Graph, inputs: &[Tensor], limits: &Limits) -> Result<Vec<LayerError>, Error> {
+    Ok(compare(float, quantized, inputs, limits)?.layers)
+}
+
 /// Runs both graphs on `inputs` and compares every value of the quantized graph that has a
 /// counterpart in the reference graph, as real numbers: both sides are dequantized with their
 /// own parameters (a reference that is itself quantized, such as a QOperator model, uses
 /// other scales and zero points than the graph compared to it). Worst SQNR first. The runs
 /// hold every value at once, so their memory is checked against `limits` first.
-pub fn layer_errors(float: &Graph, quantized: &Graph, inputs: &[Tensor], limits: &Limits) -> Result<Vec<LayerError>, Error> {
+pub fn compare(float: &Graph, quantized: &Graph, inputs: &[Tensor], limits: &Limits) -> Result<Comparison, Error> {
     let batch = inputs.iter().filter_map(|t| t.shape().first().copied()).max().unwrap_or(1);
     for graph in [float, quantized] {
         let bytes = crate::limits::interpreter_bytes(graph, batch).unwrap_or(u64::MAX);
@@ -96,5 +121,15 @@ pub fn layer_errors(float: &Graph, quantized: &Graph, inputs: &[Tensor], limits:
         rows.iter().filter(|r| r.op != "DequantizeLinear").map(|r| r.name.clone()).collect();
     rows.retain(|r| r.op != "DequantizeLinear" || !named.contains(&r.name));
     rows.sort_by(|a, b| a.sqnr_db.total_cmp(&b.sqnr_db).then_with(|| a.name.cmp(&b.name)));
-    Ok(rows)
+    let q_outputs: HashMap<&str, ValueId> = quantized.outputs().iter().map(|&v| (quantized.value(v).name.as_str(), v)).collect();
+    let mut outputs = Vec::new();
+    for &r in float.outputs() {
+        let name = float.value(r).name.as_str();
+        let Some(&q) = q_outputs.get(name) else { continue };
+        let (Some(want), Some(got)) = (reference.values.get(&r), trace.values.get(&q)) else { continue };
+        if let (Some(reference), Some(quantized)) = (real_values(&float.value(r).ty, want), real_values(&quantized.value(q).ty, got)) {
+            outputs.push(OutputPair { name: name.to_string(), reference, quantized });
+        }
+    }
+    Ok(Comparison { layers: rows, outputs })
 }

@@ -811,6 +811,139 @@ impl<'a> KlSearch<'a> {
     }
 }
 
+/// A coarse histogram of a [`TensorStats`] for people to look at: `counts.len()` equal bins
+/// over the observed `[lo, hi]`, with exact zeros counted apart (half of a ReLU's outputs
+/// would otherwise dwarf every other bar, and zeros never cost quantization error).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Histogram {
+    /// Left edge of the first bin: the smallest finite value seen.
+    pub lo: f64,
+    /// Right edge of the last bin: the largest finite value seen.
+    pub hi: f64,
+    /// Nonzero finite values per bin.
+    pub counts: Vec<u64>,
+    /// Exact zeros.
+    pub zeros: u64,
+}
+
+impl TensorStats {
+    /// The histogram rebinned to `bins` equal bins over `[min, max]` (at least one): each of
+    /// the fine bins goes whole to the coarse bin holding its center, so a report's plot
+    /// costs `bins` numbers per tensor however many samples were seen. The fine bins are at
+    /// most a 1/1024 of the wider side of the range wide, far below a coarse bin of a plot.
+    pub fn histogram(&self, bins: usize) -> Histogram {
+        let bins = bins.max(1);
+        let (lo, hi) = (f64::from(self.min()), f64::from(self.max()));
+        let mut counts = vec![0u64; bins];
+        let w = self.bin_width();
+        let step = (hi - lo) / bins as f64;
+        for (i, &c) in self.bins.iter().enumerate().filter(|&(_, &c)| c > 0) {
+            let d = (i as i64 - B) as f64;
+            let a = (d * w).clamp(lo, hi);
+            let b = ((d + 1.0) * w).clamp(lo, hi);
+            let at = if step > 0.0 { (((a + b) / 2.0 - lo) / step).floor() as usize } else { 0 };
+            counts[at.min(bins - 1)] += c;
+        }
+        Histogram { lo, hi, counts, zeros: self.zeros }
+    }
+}
+
+/// The expected quantization noise of a tensor under the quantizer of a range, estimated from
+/// its histogram, split into its two causes: rounding inside the representable range and
+/// clipping (saturation) outside it. Calibration methods trade one against the other; a
+/// report that shows both says which one a layer's error comes from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QuantNoise {
+    /// Sum of the squared values (the signal power, times the count).
+    pub signal: f64,
+    /// Sum of the squared rounding errors of the values inside the representable range
+    /// (widened by half a step at each end).
+    pub rounding: f64,
+    /// Sum of the squared errors of the values beyond it (distance to the nearest level).
+    pub clipping: f64,
+    /// Fraction of the finite values (zeros included) clipped: beyond the representable
+    /// range by more than half a step (closer values round to the end level anyway).
+    pub clipped_fraction: f64,
+}
+
+impl QuantNoise {
+    /// Signal-to-noise ratio in dB of `noise` (infinite for no noise, `-inf` for no signal).
+    fn db(&self, noise: f64) -> f64 {
+        if noise <= 0.0 {
+            f64::INFINITY
+        } else {
+            10.0 * (self.signal / noise).log10()
+        }
+    }
+
+    /// SQNR of both causes together, in dB.
+    pub fn sqnr_db(&self) -> f64 {
+        self.db(self.rounding + self.clipping)
+    }
+
+    /// SQNR if rounding were the only error, in dB.
+    pub fn rounding_sqnr_db(&self) -> f64 {
+        self.db(self.rounding)
+    }
+
+    /// SQNR if clipping were the only error, in dB.
+    pub fn clipping_sqnr_db(&self) -> f64 {
+        self.db(self.clipping)
+    }
+}
+
+/// The quantization noise of the values `stats` describes under the quantizer
+/// [`quant_params`] gives for `[lo, hi]`, integrated exactly over the histogram read as
+/// piecewise uniform (the model the Mse method minimizes, so the two agree).
+pub fn quantization_noise(stats: &TensorStats, lo: f32, hi: f32, scheme: ActivationScheme) -> QuantNoise {
+    let mut noise = QuantNoise { signal: 0.0, rounding: 0.0, clipping: 0.0, clipped_fraction: 0.0 };
+    if stats.bins.is_empty() || stats.count == 0 {
+        return noise;
+    }
+    let q = Quantizer::new(f64::from(lo), f64::from(hi), scheme);
+    // Values within half a step past the end levels round to them as they would without
+    // the clamp: their error is rounding. Beyond, it is clipping.
+    let (lo_end, hi_end) = (q.lo - q.s / 2.0, q.hi + q.s / 2.0);
+    let w = stats.bin_width();
+    let (mn, mx) = (f64::from(stats.min()), f64::from(stats.max()));
+    let mut clipped = 0.0;
+    for (i, &c) in stats.bins.iter().enumerate().filter(|&(_, &c)| c > 0) {
+        let d = (i as i64 - B) as f64;
+        let a = (d * w).clamp(mn, mx);
+        let b = ((d + 1.0) * w).clamp(a, mx);
+        let n = c as f64;
+        if b <= a {
+            let e = q.err(a);
+            noise.signal += n * a * a;
+            if a < lo_end || a > hi_end {
+                noise.clipping += n * e * e;
+                clipped += n;
+            } else {
+                noise.rounding += n * e * e;
+            }
+            continue;
+        }
+        let density = n / (b - a);
+        noise.signal += density * (b * b * b - a * a * a) / 3.0;
+        if a < lo_end {
+            let end = b.min(lo_end);
+            noise.clipping += density * (q.phi(end) - q.phi(a));
+            clipped += density * (end - a);
+        }
+        let (ia, ib) = (a.max(lo_end), b.min(hi_end));
+        if ib > ia {
+            noise.rounding += density * (q.phi(ib) - q.phi(ia));
+        }
+        if b > hi_end {
+            let start = a.max(hi_end);
+            noise.clipping += density * (q.phi(b) - q.phi(start));
+            clipped += density * (b - start);
+        }
+    }
+    noise.clipped_fraction = clipped / stats.count as f64;
+    noise
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1297,5 +1430,44 @@ mod tests {
                 assert!(ms < budget, "{m} {scheme:?} took {ms:.2} ms");
             }
         }
+    }
+    #[test]
+    fn coarse_histogram_keeps_every_value() {
+        let values: Vec<f32> = (0..1000).map(|i| i as f32 / 10.0 - 30.0).collect();
+        let s = stats_of(&[&values]);
+        let h = s.histogram(10);
+        assert_eq!((h.lo, h.hi), (-30.0, f64::from(99.9f32 - 30.0)));
+        assert_eq!(h.zeros, 1);
+        assert_eq!(h.counts.iter().sum::<u64>(), 999);
+        // Uniform data: every coarse bin holds about a tenth.
+        assert!(h.counts.iter().all(|&c| (90..=110).contains(&c)), "{:?}", h.counts);
+        // One value: one bin holds it.
+        let h = stats_of(&[&[2.5, 2.5]]).histogram(8);
+        assert_eq!(h.counts.iter().sum::<u64>(), 2);
+    }
+
+    #[test]
+    fn noise_splits_into_rounding_and_clipping() {
+        let mut rng = Lcg(7);
+        let values: Vec<f32> = (0..100_000).map(|_| (rng.uniform() * 2.0 - 1.0) as f32).collect();
+        let s = stats_of(&[&values]);
+        let u8s = ActivationScheme::AsymmetricU8;
+        // The full range clips nothing; rounding noise of a uniform step s is s^2/12 per value.
+        let full = quantization_noise(&s, -1.0, 1.0, u8s);
+        assert_eq!(full.clipping, 0.0);
+        assert_eq!(full.clipped_fraction, 0.0);
+        let step = 2.0 / 255.0;
+        let per_value = full.rounding / values.len() as f64;
+        assert!((per_value / (step * step / 12.0) - 1.0).abs() < 0.05, "{per_value}");
+        // Signal of U(-1, 1): 1/3 per value.
+        assert!((full.signal / values.len() as f64 - 1.0 / 3.0).abs() < 0.01);
+        // Half the range: about half the values clipped, clipping now dominates.
+        let half = quantization_noise(&s, -0.5, 0.5, u8s);
+        assert!((half.clipped_fraction - 0.5).abs() < 0.02, "{}", half.clipped_fraction);
+        assert!(half.clipping > half.rounding);
+        assert!(half.rounding_sqnr_db() > full.rounding_sqnr_db());
+        assert!(half.sqnr_db() < full.sqnr_db());
+        // The split adds up to what the Mse search minimizes.
+        assert!((half.sqnr_db() - 10.0 * (half.signal / (half.rounding + half.clipping)).log10()).abs() < 1e-9);
     }
 }

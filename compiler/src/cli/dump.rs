@@ -23,7 +23,8 @@ enum DumpFormat {
   qlift dump model.onnx --after all                 # the IR after every pass of the pipeline
   qlift dump model.onnx --after fold-bn --timings   # after one pass, with per-pass timings
   qlift dump model.onnx --after all --dump-dir ir/  # one numbered .qir file per pass
-  qlift dump model.onnx --format dot -o model.dot && dot -Tsvg model.dot > model.svg")]
+  qlift dump model.onnx --format dot -o model.dot && dot -Tsvg model.dot > model.svg
+  qlift dump model.onnx --calib calib.npy --html model.html   # the graph and every pass, as a page")]
 pub(crate) struct DumpArgs {
     /// The ONNX model (.onnx) or IR text (.qir) to print.
     model: PathBuf,
@@ -54,6 +55,11 @@ pub(crate) struct DumpArgs {
     /// Quantize from this calibration data (the pipeline then includes insert-qdq).
     #[command(flatten)]
     quant: QuantArgs,
+    /// Write a self-contained HTML page instead: the graph after the pipeline (or after
+    /// --after PASS) laid out, every pass's IR and diff, and with --calib the activation
+    /// histograms and weights (`qlift report --html` adds measured errors and kernels).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["output", "format", "full_constants"])]
+    html: Option<PathBuf>,
 }
 
 /// `--after`'s long help: every pass of the pipeline, in order, from the pass manager itself
@@ -80,6 +86,9 @@ pub(crate) fn exec(args: &DumpArgs) -> Result<()> {
     if let Some(dir) = args.dump_dir.as_ref().filter(|d| d.exists() && !d.is_dir()) {
         bail!("--dump-dir {}: exists and is not a directory", dir.display());
     }
+    if let Some(path) = &args.html {
+        check_writable(path, "--html")?;
+    }
     let print_after = match after {
         None => None,
         Some("all") => Some(PrintAfter::All),
@@ -88,6 +97,13 @@ pub(crate) fn exec(args: &DumpArgs) -> Result<()> {
     };
     let mut graph = load_model(&args.model, &args.load)?;
     let calibrate = use_calibration(&graph, &args.quant, &args.model);
+    if let Some(path) = &args.html {
+        let stop_after = match print_after {
+            Some(PrintAfter::Pass(name)) => Some(name),
+            _ => None,
+        };
+        return write_html(args, path, &graph, calibrate, stop_after);
+    }
     let print_after = match print_after {
         None if calibrate => Some(PrintAfter::All),
         other => other,
@@ -130,4 +146,35 @@ pub(crate) fn exec(args: &DumpArgs) -> Result<()> {
         DumpFormat::Dot => qlift_ir::dot::to_dot(&graph),
     };
     emit(args.output.as_deref(), &out)
+}
+
+/// `dump --html`: the pipeline (quantizing with --calib) with the IR after every pass, as a
+/// page.
+fn write_html(args: &DumpArgs, path: &std::path::Path, graph: &qlift_ir::Graph, calibrate: bool, stop_after: Option<String>) -> Result<()> {
+    let opts = PipelineOptions { print_after: PrintAfter::All, dump_dir: args.dump_dir.clone(), stop_after, ..pipeline_options() };
+    let (lowered, runs, calibration, float) = if calibrate {
+        let q = quantize_model(graph, &args.quant, &opts)?;
+        let (float, _) = run_pipeline(graph, &pipeline_options()).context("running the pass pipeline")?;
+        (q.lowered, q.runs, Some(q.calibration), Some(float))
+    } else {
+        let (lowered, runs) = run_pipeline(graph, &opts).context("running the pass pipeline")?;
+        (lowered, runs, None, None)
+    };
+    let mut summary = vec![("pipeline".to_string(), runs.iter().map(|r| r.name).collect::<Vec<_>>().join(" → "))];
+    if calibrate {
+        summary.push(("calibration".into(), format!("{} ({}, {} activations)", args.quant.calib.join(" "), args.quant.method, args.quant.activations.name())));
+    }
+    let report = qlift::html::Report {
+        title: args.model.display().to_string(),
+        summary,
+        graph: &lowered,
+        original: Some(graph),
+        float: float.as_ref(),
+        steps: super::html::steps(graph, &runs),
+        layers: Vec::new(),
+        outputs: Vec::new(),
+        calibration: calibration.as_ref(),
+        kernels: Default::default(),
+    };
+    super::html::write(path, &report)
 }

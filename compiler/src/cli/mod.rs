@@ -9,6 +9,7 @@
 pub(crate) mod bench;
 pub(crate) mod compile;
 pub(crate) mod dump;
+mod html;
 pub(crate) mod ops;
 pub(crate) mod output;
 mod profile;
@@ -174,6 +175,16 @@ pub(crate) enum Activations {
     U8,
     /// Symmetric int8.
     I8,
+}
+
+impl Activations {
+    /// The flag's spelling, for summaries.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Activations::U8 => "u8",
+            Activations::I8 => "i8",
+        }
+    }
 }
 
 pub(crate) fn parse_method(s: &str) -> Result<CalibrationMethod, String> {

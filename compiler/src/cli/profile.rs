@@ -5,6 +5,7 @@
 use qlift::KernelTime;
 use qlift_ir::{Graph, NodeId};
 use std::collections::HashMap;
+use crate::html::tail as clip;
 
 /// Multiply-accumulates of one sample of node `id`: Conv, Gemm, MatMul and their integer
 /// forms; `None` for other ops.
@@ -75,14 +76,4 @@ pub fn table(g: &Graph, times: &[KernelTime], call_ms: f64, batch: usize, top: u
         call_us - kernel_us
     ));
     out
-}
-
-/// `s` cut to `n` characters (the end kept: node names differ at their end).
-fn clip(s: &str, n: usize) -> String {
-    let count = s.chars().count();
-    if count <= n {
-        s.to_string()
-    } else {
-        format!("…{}", s.chars().skip(count - n + 1).collect::<String>())
-    }
 }

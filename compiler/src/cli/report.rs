@@ -1,16 +1,17 @@
 //! `qlift report`: per-layer quantization error of the quantized model against fp32.
 
-use super::output::{outln, print};
+use super::output::{check_writable, outln, print};
 use super::{LoadArgs, bind_inputs, load_model, pipeline_options, quantize_model, quantized_ops, use_calibration, QuantArgs};
 use anyhow::{bail, Context, Result};
-use qlift::report::layer_errors;
-use qlift_passes::run_pipeline;
+use qlift::report::compare;
+use qlift_passes::{run_pipeline, PipelineOptions, PrintAfter};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
   qlift report model.onnx --calib calib.npy --input x.npy
   qlift report model.onnx --calib calib.npy --input x.npy --method mse --json
+  qlift report model.onnx --calib calib.npy --input x.npy --html report.html --profile
 
 Layers are matched by value name and listed worst first (lowest SQNR), as ONNX Runtime's
 qdq_loss_debug does; the last line is the model output.")]
@@ -28,6 +29,13 @@ pub(crate) struct ReportArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also write a self-contained HTML report: the compiled graph colored by SQNR, per-layer
+    /// histograms and weights, SQNR along depth, fp32 against int8 outputs, the pipeline.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+    /// With --html: time every kernel (JIT timers) and show each node's time share and GMAC/s.
+    #[arg(long, requires = "html")]
+    profile: bool,
 }
 
 pub(crate) fn exec(args: &ReportArgs) -> Result<()> {
@@ -37,19 +45,46 @@ pub(crate) fn exec(args: &ReportArgs) -> Result<()> {
     // is already quantized (QDQ, QOperator): the model as it is (ONNX semantics, run by the
     // reference interpreter) against what qlift lowers it to; both sides are compared as
     // real numbers, each dequantized with its own parameters.
-    let (reference, quantized) = if quantized_ops(&graph).is_some() {
+    if let Some(path) = &args.html {
+        check_writable(path, "--html")?;
+    }
+    // The IR after every pass is kept for the HTML report's pipeline.
+    let pipeline = PipelineOptions { print_after: if args.html.is_some() { PrintAfter::All } else { PrintAfter::Nothing }, ..pipeline_options() };
+    let (reference, quantized, runs, calibration) = if quantized_ops(&graph).is_some() {
         use_calibration(&graph, &args.quant, &args.model);
-        let lowered = run_pipeline(&graph, &pipeline_options()).context("running the pass pipeline")?.0;
-        (graph, lowered)
+        let (lowered, runs) = run_pipeline(&graph, &pipeline).context("running the pass pipeline")?;
+        (graph.clone(), lowered, runs, None)
     } else {
         if args.quant.calib.is_empty() {
             bail!("report needs calibration data for a float model: --calib C.npy");
         }
         let (float, _) = run_pipeline(&graph, &pipeline_options()).context("running the pass pipeline")?;
-        let q = quantize_model(&graph, &args.quant, &pipeline_options())?;
-        (float, q.lowered)
+        let q = quantize_model(&graph, &args.quant, &pipeline)?;
+        (float, q.lowered, q.runs, Some(q.calibration))
     };
-    let rows = layer_errors(&reference, &quantized, &inputs, &qlift::Limits::default())?;
+    let comparison = compare(&reference, &quantized, &inputs, &qlift::Limits::default())?;
+    if let Some(path) = &args.html {
+        let kernels = super::html::kernels(&quantized, true, &inputs, args.profile);
+        let samples = args.inputs.join(" ");
+        let mut summary = vec![("inputs compared".to_string(), samples)];
+        if calibration.is_some() {
+            summary.push(("calibration".into(), format!("{} ({}, {} activations)", args.quant.calib.join(" "), args.quant.method, args.quant.activations.name())));
+        }
+        let report = qlift::html::Report {
+            title: args.model.display().to_string(),
+            summary,
+            graph: &quantized,
+            original: Some(&graph),
+            float: Some(&reference),
+            steps: super::html::steps(&graph, &runs),
+            layers: comparison.layers.clone(),
+            outputs: comparison.outputs,
+            calibration: calibration.as_ref(),
+            kernels,
+        };
+        super::html::write(path, &report)?;
+    }
+    let rows = comparison.layers;
     let outputs: Vec<&str> = reference.outputs().iter().map(|v| reference.value(*v).name.as_str()).collect();
     if args.json {
         let layers: Vec<serde_json::Value> = rows

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use parse::{parse, parse_tensor, parse_with_constants};
-pub use print::{print, PrintOptions};
+pub use print::{print, print_node, PrintOptions};
 
 /// Constants by content digest: what a dump that shows digests needs to be parsed back.
 pub type ConstantPool = HashMap<u64, Arc<Tensor>>;

@@ -32,31 +32,40 @@ pub fn print(graph: &Graph, opts: &PrintOptions) -> String {
     // A graph that does not verify may have a cycle: print what has an order.
     let order = graph.topo_order().unwrap_or_else(|_| graph.node_ids().collect());
     for id in order {
-        let node = graph.node(id);
-        let results: Vec<String> = node.outputs.iter().map(|v| format!("%{}", name(&v.name))).collect();
-        let types: Vec<String> = node.outputs.iter().map(|v| type_string(&v.ty)).collect();
-        let line = match &node.op {
-            NodeOp::Input => continue,
-            NodeOp::Const(t) => format!("{} = const {} {}", results.join(", "), types.join(", "), data(t, opts)),
-            NodeOp::Apply(op) => {
-                let operands: Vec<String> = graph
-                    .node_inputs(id)
-                    .iter()
-                    .map(|v| v.map_or("_".to_string(), |v| format!("%{}", name(&graph.value(v).name))))
-                    .collect();
-                let attrs: Vec<String> = op.attrs.0.iter().map(|(k, v)| format!("{}={}", name(k), attr(v))).collect();
-                let attrs = if attrs.is_empty() { String::new() } else { format!(" {{{}}}", attrs.join(", ")) };
-                format!("{} = {}({}){attrs} : {}", results.join(", "), op.kind, operands.join(", "), types.join(", "))
-            }
-        };
-        let label = match node.outputs.first() {
-            Some(v) if v.name == node.name => String::new(),
-            _ => format!(" @{}", name(&node.name)),
-        };
-        let _ = writeln!(out, "  {line}{label}");
+        if let Some(line) = print_node(graph, id, opts) {
+            let _ = writeln!(out, "  {line}");
+        }
     }
     out.push_str("}\n");
     out
+}
+
+/// One node's line of the text format (without indentation), as [`print`] writes it; `None`
+/// for a graph input, which the header declares. Reports and tools that show a single node
+/// (the HTML report's node details) use it, so that they quote exactly what a dump holds.
+pub fn print_node(graph: &Graph, id: crate::NodeId, opts: &PrintOptions) -> Option<String> {
+    let node = graph.node(id);
+    let results: Vec<String> = node.outputs.iter().map(|v| format!("%{}", name(&v.name))).collect();
+    let types: Vec<String> = node.outputs.iter().map(|v| type_string(&v.ty)).collect();
+    let line = match &node.op {
+        NodeOp::Input => return None,
+        NodeOp::Const(t) => format!("{} = const {} {}", results.join(", "), types.join(", "), data(t, opts)),
+        NodeOp::Apply(op) => {
+            let operands: Vec<String> = graph
+                .node_inputs(id)
+                .iter()
+                .map(|v| v.map_or("_".to_string(), |v| format!("%{}", name(&graph.value(v).name))))
+                .collect();
+            let attrs: Vec<String> = op.attrs.0.iter().map(|(k, v)| format!("{}={}", name(k), attr(v))).collect();
+            let attrs = if attrs.is_empty() { String::new() } else { format!(" {{{}}}", attrs.join(", ")) };
+            format!("{} = {}({}){attrs} : {}", results.join(", "), op.kind, operands.join(", "), types.join(", "))
+        }
+    };
+    let label = match node.outputs.first() {
+        Some(v) if v.name == node.name => String::new(),
+        _ => format!(" @{}", name(&node.name)),
+    };
+    Some(format!("{line}{label}"))
 }
 
 impl fmt::Display for Graph {
