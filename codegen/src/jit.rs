@@ -11,7 +11,7 @@ use crate::isa::{target_isa, CodegenOptions};
 use crate::program::{build, OutputSource, Program};
 use cranelift_jit::{ArenaMemoryProvider, JITBuilder, JITModule};
 use cranelift_module::default_libcall_names;
-use qlift_ir::{Graph, Tensor, TensorType};
+use qlift_ir::{Graph, Tensor, TensorBuf, TensorBufMut, TensorType};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
@@ -256,15 +256,34 @@ impl JitProgram {
 
     /// Runs the program on `inputs` (in graph-input order) and returns the outputs.
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, CodegenError> {
-        let batch = self.check_inputs(inputs)?;
-        let mut outputs: Vec<Tensor> = self.program.outputs.iter().map(|(_, ty, _)| Tensor::zeros(ty.dtype, &ty.shape.resolve(batch))).collect();
-        self.run_into(inputs, &mut outputs)?;
+        self.run_buffers(inputs)
+    }
+
+    /// [`JitProgram::run`] on inputs owned or borrowed ([`qlift_ir::TensorRef`]: a numpy
+    /// array, a C caller's buffer), read where they lie.
+    pub fn run_buffers<I: TensorBuf>(&self, inputs: &[I]) -> Result<Vec<Tensor>, CodegenError> {
+        let shapes = self.output_shapes(inputs)?;
+        let mut outputs: Vec<Tensor> =
+            self.program.outputs.iter().zip(&shapes).map(|((_, ty, _), shape)| Tensor::zeros(ty.dtype, shape)).collect();
+        self.run_buffers_into(inputs, &mut outputs)?;
         Ok(outputs)
+    }
+
+    /// The shapes of the outputs a run on `inputs` gives (checked as a run checks them).
+    pub fn output_shapes<I: TensorBuf>(&self, inputs: &[I]) -> Result<Vec<Vec<usize>>, CodegenError> {
+        let batch = self.check_inputs(inputs)?;
+        Ok(self.program.outputs.iter().map(|(_, ty, _)| ty.shape.resolve(batch)).collect())
     }
 
     /// Runs the program writing into `outputs`, which must have the output types at the
     /// inputs' batch size: the call allocates nothing once the arena pool is warm.
     pub fn run_into(&self, inputs: &[Tensor], outputs: &mut [Tensor]) -> Result<(), CodegenError> {
+        self.run_buffers_into(inputs, outputs)
+    }
+
+    /// [`JitProgram::run_into`] on buffers owned or borrowed: inputs read and outputs written
+    /// where they lie ([`qlift_ir::TensorRef`], [`qlift_ir::TensorMut`]).
+    pub fn run_buffers_into<I: TensorBuf, O: TensorBufMut>(&self, inputs: &[I], outputs: &mut [O]) -> Result<(), CodegenError> {
         let batch = self.check_inputs(inputs)?;
         if outputs.len() != self.program.outputs.len() {
             return Err(CodegenError::Input { name: "outputs".into(), message: format!("{} output buffers for {} outputs", outputs.len(), self.program.outputs.len()) });
@@ -277,12 +296,12 @@ impl JitProgram {
         // The addresses of sample 0 of every input and computed output.
         let mut bases = self.take_scratch()?;
         bases.inputs.clear();
-        bases.inputs.extend(inputs.iter().map(|t| t.data().as_bytes().as_ptr() as usize));
+        bases.inputs.extend(inputs.iter().map(|t| t.bytes().as_ptr() as usize));
         bases.outputs.clear();
         bases.outputs.resize(self.program.computed_outputs, 0);
         for ((_, _, source), t) in self.program.outputs.iter().zip(outputs.iter_mut()) {
             if let OutputSource::Computed(n) = source {
-                bases.outputs[*n] = t.data_mut().as_bytes_mut().as_mut_ptr() as usize;
+                bases.outputs[*n] = t.bytes_mut().as_mut_ptr() as usize;
             }
         }
         let result = match self.batch_split(batch) {
@@ -293,14 +312,24 @@ impl JitProgram {
         };
         self.give_scratch(bases)?;
         result?;
+        // Outputs that are an input, a constant or another output: copied (their types were
+        // checked equal above).
         for j in 0..outputs.len() {
-            let copy = match &self.program.outputs[j].2 {
-                OutputSource::Computed(_) => continue,
-                OutputSource::Input(k) => inputs[*k].clone(),
-                OutputSource::Constant(t) => (**t).clone(),
-                OutputSource::Alias(i) => outputs[*i].clone(),
-            };
-            outputs[j] = copy;
+            match &self.program.outputs[j].2 {
+                OutputSource::Computed(_) => {}
+                OutputSource::Input(k) => outputs[j].bytes_mut().copy_from_slice(inputs[*k].bytes()),
+                OutputSource::Constant(t) => outputs[j].bytes_mut().copy_from_slice(t.data().as_bytes()),
+                OutputSource::Alias(i) if *i == j => {}
+                OutputSource::Alias(i) => {
+                    let (lo, hi) = outputs.split_at_mut(j.max(*i));
+                    let (first, second) = (&mut lo[j.min(*i)], &mut hi[0]);
+                    if *i < j {
+                        second.bytes_mut().copy_from_slice(first.bytes());
+                    } else {
+                        first.bytes_mut().copy_from_slice(second.bytes());
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -359,9 +388,10 @@ impl JitProgram {
     }
 
     /// Checks inputs against the program and returns the batch they bind.
-    fn check_inputs(&self, inputs: &[Tensor]) -> Result<usize, CodegenError> {
+    fn check_inputs<I: TensorBuf>(&self, inputs: &[I]) -> Result<usize, CodegenError> {
         let declared = self.program.inputs.iter().map(|(n, t)| (n.as_str(), t));
-        qlift_ir::interp::bind_batch_to("model", declared, inputs).map_err(|e| match e {
+        let given = inputs.iter().map(|t| (t.dtype(), t.shape()));
+        qlift_ir::bind_input_shapes("model", declared, given).map(|b| b.batch.unwrap_or(1)).map_err(|e| match e {
             qlift_ir::IrError::Input { name, message } => CodegenError::Input { name, message },
             other => CodegenError::Input { name: "inputs".into(), message: other.to_string() },
         })

@@ -3,7 +3,7 @@
 
 use crate::{limits, load_onnx, load_onnx_bytes, quantize, Error, ImportOptions, Limits, QuantizeOptions};
 use qlift_codegen::{CodegenOptions, JitProgram};
-use qlift_ir::{Binding, Graph, Tensor, TensorType};
+use qlift_ir::{Binding, Graph, Tensor, TensorBuf, TensorBufMut, TensorType};
 use std::sync::{Arc, Mutex};
 use qlift_passes::{run_pipeline, PipelineOptions};
 use std::path::Path;
@@ -213,17 +213,17 @@ impl CompiledModel {
     }
 
     /// The extents `inputs` bind (checked against the graph's input types).
-    fn binding(&self, inputs: &[Tensor]) -> Result<Binding, Error> {
+    fn binding<I: TensorBuf>(&self, inputs: &[I]) -> Result<Binding, Error> {
         let values = self.graph.input_values();
         let declared = values.iter().map(|v| (self.graph.value(*v).name.as_str(), self.graph.value_type(*v)));
-        Ok(qlift_ir::bind_inputs(&self.graph.name, declared, inputs)?)
+        Ok(qlift_ir::bind_input_shapes(&self.graph.name, declared, inputs.iter().map(|t| (t.dtype(), t.shape())))?)
     }
 
     /// Memory a run on `inputs` needs besides the inputs (outputs and scratch for the JIT,
     /// every value for the interpreter), checked against [`Limits::max_run_bytes`] before
     /// anything is allocated. Extents come from the inputs: the batch and the named
     /// dimensions they bind (an extent known only from values counts as 1).
-    pub fn run_bytes(&self, inputs: &[Tensor]) -> Result<u64, Error> {
+    pub fn run_bytes<I: TensorBuf>(&self, inputs: &[I]) -> Result<u64, Error> {
         // No allocation here: `run_into` allocates nothing once warm.
         let binding = self.binding(inputs)?;
         let batch = binding.batch.unwrap_or(1);
@@ -254,27 +254,83 @@ impl CompiledModel {
 
     /// Runs the model on `inputs` (graph-input order; the batch is taken from them).
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, Error> {
+        match &self.executor {
+            // The interpreter takes the tensors as they are (no copy).
+            Executor::Interpreter => {
+                self.run_bytes(inputs)?;
+                Ok(qlift_ir::interp::run(&self.graph, inputs)?)
+            }
+            _ => self.run_buffers(inputs),
+        }
+    }
+
+    /// [`Self::run`] on inputs owned or borrowed ([`qlift_ir::TensorRef`]: a numpy array, a C
+    /// caller's buffer), which the JIT reads where they lie.
+    pub fn run_buffers<I: TensorBuf>(&self, inputs: &[I]) -> Result<Vec<Tensor>, Error> {
         self.run_bytes(inputs)?;
         match &self.executor {
-            Executor::Jit(p) => Ok(p.run(inputs)?),
-            Executor::Specialized(s) => Ok(s.program(&self.graph, &self.binding(inputs)?)?.run(inputs)?),
-            Executor::Interpreter => Ok(qlift_ir::interp::run(&self.graph, inputs)?),
+            Executor::Jit(p) => Ok(p.run_buffers(inputs)?),
+            Executor::Specialized(s) => Ok(s.program(&self.graph, &self.binding(inputs)?)?.run_buffers(inputs)?),
+            Executor::Interpreter => Ok(qlift_ir::interp::run(&self.graph, &owned(inputs))?),
         }
     }
 
     /// Runs the model writing into preallocated `outputs` (see [`Self::outputs`] for their
     /// types): no allocation per call with the JIT once warm.
     pub fn run_into(&self, inputs: &[Tensor], outputs: &mut [Tensor]) -> Result<(), Error> {
+        self.run_buffers_into(inputs, outputs)
+    }
+
+    /// [`Self::run_into`] on buffers owned or borrowed: the JIT reads the inputs and writes
+    /// the outputs where they lie ([`qlift_ir::TensorRef`], [`qlift_ir::TensorMut`]; their
+    /// shapes from [`Self::output_shapes`]).
+    pub fn run_buffers_into<I: TensorBuf, O: TensorBufMut>(&self, inputs: &[I], outputs: &mut [O]) -> Result<(), Error> {
         self.run_bytes(inputs)?;
         match &self.executor {
-            Executor::Jit(p) => Ok(p.run_into(inputs, outputs)?),
-            Executor::Specialized(s) => Ok(s.program(&self.graph, &self.binding(inputs)?)?.run_into(inputs, outputs)?),
+            Executor::Jit(p) => Ok(p.run_buffers_into(inputs, outputs)?),
+            Executor::Specialized(s) => Ok(s.program(&self.graph, &self.binding(inputs)?)?.run_buffers_into(inputs, outputs)?),
             Executor::Interpreter => {
-                let results = qlift_ir::interp::run(&self.graph, inputs)?;
-                for (o, r) in outputs.iter_mut().zip(results) {
-                    *o = r;
+                let results = qlift_ir::interp::run(&self.graph, &owned(inputs))?;
+                if outputs.len() != results.len() {
+                    return Err(qlift_codegen::CodegenError::Input { name: "outputs".into(), message: format!("{} output buffers for {} outputs", outputs.len(), results.len()) }.into());
+                }
+                for ((o, r), (name, _)) in outputs.iter_mut().zip(&results).zip(self.outputs()) {
+                    if o.dtype() != r.dtype() || o.shape() != r.shape() {
+                        let message = format!("output buffer is {}{:?}, expected {}{:?}", o.dtype(), o.shape(), r.dtype(), r.shape());
+                        return Err(qlift_codegen::CodegenError::Input { name, message }.into());
+                    }
+                    o.bytes_mut().copy_from_slice(r.data().as_bytes());
                 }
                 Ok(())
+            }
+        }
+    }
+
+    /// The shapes of the outputs a run on `inputs` gives, for a caller that allocates them
+    /// ([`Self::run_buffers_into`]). With symbolic dimensions besides the batch this
+    /// compiles (and caches) the program for the inputs' shapes, as a run would.
+    pub fn output_shapes<I: TensorBuf>(&self, inputs: &[I]) -> Result<Vec<Vec<usize>>, Error> {
+        let binding = self.binding(inputs)?;
+        match &self.executor {
+            Executor::Jit(p) => Ok(p.output_shapes(inputs)?),
+            Executor::Specialized(s) => Ok(s.program(&self.graph, &binding)?.output_shapes(inputs)?),
+            Executor::Interpreter => {
+                let specialized;
+                let graph = if qlift_ir::needs_binding(&self.graph) {
+                    specialized = qlift_ir::specialize(&self.graph, &binding)?;
+                    &specialized
+                } else {
+                    &self.graph
+                };
+                let batch = binding.batch.unwrap_or(1);
+                let shape = |v: qlift_ir::ValueId| {
+                    let shape = &graph.value_type(v).shape;
+                    match shape.is_specialized() {
+                        true => Ok(shape.resolve(batch)),
+                        false => Err(Error::Value { name: graph.value(v).name.clone(), message: format!("the output's shape {shape} depends on input values: only a run gives it") }),
+                    }
+                };
+                graph.outputs().iter().map(|&v| shape(v)).collect()
             }
         }
     }
@@ -364,6 +420,11 @@ impl CompiledModel {
             Executor::Interpreter => "reference interpreter".to_string(),
         }
     }
+}
+
+/// Owned copies of `inputs`, for the interpreter.
+fn owned<I: TensorBuf>(inputs: &[I]) -> Vec<Tensor> {
+    inputs.iter().map(TensorBuf::to_tensor).collect()
 }
 
 #[cfg(test)]

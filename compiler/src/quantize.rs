@@ -53,16 +53,35 @@ pub fn quantize_limited(
     limits: &Limits,
     progress: &dyn Fn(usize, usize),
 ) -> Result<Quantized, Error> {
-    let calibration = with_sample_axis(graph, calibration);
-    let calibration = calibration.as_slice();
-    let samples = calibration_samples(graph, calibration)?;
+    // Checked before the pipeline runs, so that bad data fails at once.
+    let calibration = with_sample_axis(graph, calibration.to_vec())?;
+    check_batch(graph, &calibration, fixed_batch(graph)?)?;
+    let mut batches = Some(calibration);
+    quantize_batches(graph, &mut || batches.take().map(Ok), opts, pipeline, limits, progress)
+}
+
+/// Calibration data read one batch at a time: each call gives the next batch (one tensor
+/// per graph input, samples on axis 0), `None` after the last, or an error that stops
+/// quantization (a Python iterator that raised, a file that did not read).
+pub type CalibrationBatches<'a> = dyn FnMut() -> Option<Result<Vec<Tensor>, Error>> + 'a;
+
+/// [`quantize_limited`] on calibration data that streams: a data set too large to hold at
+/// once is read batch by batch while `insert-qdq` calibrates, each batch split into runs as
+/// [`quantize_limited`] splits its one. The ranges equal those of the batches concatenated
+/// (the statistics are exact whatever the grouping, `qlift_passes::calibrate::TensorStats`).
+/// `progress(done, seen)` counts samples calibrated and samples read so far.
+pub fn quantize_batches(
+    graph: &Graph,
+    batches: &mut CalibrationBatches,
+    opts: &QuantizeOptions,
+    pipeline: &PipelineOptions,
+    limits: &Limits,
+    progress: &dyn Fn(usize, usize),
+) -> Result<Quantized, Error> {
     let fixed_batch = fixed_batch(graph)?;
-    if let Some(step) = fixed_batch.filter(|&k| samples % k != 0) {
-        return Err(Error::Value {
-            name: "calibration data".to_string(),
-            message: format!("the model takes {step} samples at a time; {samples} calibration samples do not divide into runs of {step}"),
-        });
-    }
+    let batches = RefCell::new(batches);
+    // Errors of the data (not of the pipeline), returned as they are.
+    let data_error = RefCell::new(None);
     let stats = RefCell::new(None);
     let kept = RefCell::new(Calibration::default());
     let qdq = RefCell::new(None);
@@ -78,12 +97,34 @@ pub fn quantize_limited(
             None => (limits.max_run_bytes / per_sample.max(1)).clamp(1, CALIBRATION_BATCH as u64) as usize,
         };
         let mut cal = Calibration::default();
-        for start in (0..samples).step_by(step) {
-            let end = (start + step).min(samples);
-            let batch: Vec<Tensor> =
-                calibration.iter().map(|t| t.slice_outer(start, end)).collect::<Result<_, _>>().map_err(qlift_passes::PassError::Bug)?;
-            cal.observe(g, &batch)?;
-            progress(end, samples);
+        let (mut done, mut seen) = (0, 0);
+        loop {
+            let Some(next) = (*batches.borrow_mut())() else { break };
+            let checked = next.and_then(|b| {
+                let b = with_sample_axis(graph, b)?;
+                let samples = check_batch(graph, &b, fixed_batch)?;
+                Ok((b, samples))
+            });
+            let (calibration, samples) = match checked {
+                Ok(batch) => batch,
+                Err(e) => {
+                    *data_error.borrow_mut() = Some(e);
+                    return Err(qlift_passes::PassError::Unsupported("calibration data".into()));
+                }
+            };
+            seen += samples;
+            for start in (0..samples).step_by(step) {
+                let end = (start + step).min(samples);
+                let batch: Vec<Tensor> =
+                    calibration.iter().map(|t| t.slice_outer(start, end)).collect::<Result<_, _>>().map_err(qlift_passes::PassError::Bug)?;
+                cal.observe(g, &batch)?;
+                progress(done + end, seen);
+            }
+            done += samples;
+        }
+        if done == 0 {
+            *data_error.borrow_mut() = Some(Error::Value { name: "calibration data".to_string(), message: "no calibration samples were given".to_string() });
+            return Err(qlift_passes::PassError::Unsupported("calibration data".into()));
         }
         let out = insert_qdq(g, &cal, opts)?;
         *stats.borrow_mut() = Some((cal.samples(), cal.non_finite()));
@@ -92,6 +133,9 @@ pub fn quantize_limited(
         Ok(out)
     };
     let result = run_passes(graph, &quantizing_pipeline(insert), pipeline);
+    if let Some(e) = data_error.into_inner() {
+        return Err(e);
+    }
     if let Some(bytes) = batch_limit.into_inner() {
         let what = "memory for calibrating one sample (every intermediate value)".to_string();
         return Err(Error::Limit { what, value: bytes, limit: limits.max_run_bytes });
@@ -102,6 +146,19 @@ pub fn quantize_limited(
     // the graph it stopped at stands for it.
     let qdq = qdq.into_inner().unwrap_or_else(|| lowered.clone());
     Ok(Quantized { qdq, lowered, runs, samples, non_finite, calibration: kept.into_inner() })
+}
+
+/// Checks one batch of calibration data against the graph (see [`calibration_samples`])
+/// and against the batch the model fixes, if it does. Returns its sample count.
+fn check_batch(graph: &Graph, calibration: &[Tensor], fixed_batch: Option<usize>) -> Result<usize, Error> {
+    let samples = calibration_samples(graph, calibration)?;
+    if let Some(step) = fixed_batch.filter(|&k| samples % k != 0) {
+        return Err(Error::Value {
+            name: "calibration data".to_string(),
+            message: format!("the model takes {step} samples at a time; {samples} calibration samples do not divide into runs of {step}"),
+        });
+    }
+    Ok(samples)
 }
 
 /// The extent a model's inputs fix on axis 0, if they do (a model exported with batch 1 runs
@@ -120,21 +177,20 @@ fn fixed_batch(graph: &Graph) -> Result<Option<usize>, Error> {
 }
 
 /// Calibration tensors with one axis less than their input (one sample given without its
-/// sample axis) get it added.
-fn with_sample_axis(graph: &Graph, calibration: &[Tensor]) -> Vec<Tensor> {
+/// sample axis) get it added; the tensors are moved, not copied.
+fn with_sample_axis(graph: &Graph, calibration: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
+    let ranks: Vec<usize> = graph.input_values().iter().map(|&v| graph.value_type(v).shape.rank()).collect();
     calibration
-        .iter()
-        .zip(graph.input_values())
-        .map(|(t, v)| {
-            if t.shape().len() + 1 == graph.value_type(v).shape.rank() {
-                let mut shape = vec![1];
-                shape.extend_from_slice(t.shape());
-                t.clone().reshaped(shape).unwrap_or_else(|_| t.clone())
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if ranks.get(i).is_some_and(|&rank| t.shape().len() + 1 == rank) {
+                let shape = std::iter::once(1).chain(t.shape().iter().copied()).collect();
+                t.reshaped(shape).map_err(|message| Error::Value { name: "calibration data".to_string(), message })
             } else {
-                t.clone()
+                Ok(t)
             }
         })
-        .chain(calibration.iter().skip(graph.input_values().len()).cloned())
         .collect()
 }
 

@@ -14,7 +14,7 @@
 use crate::graph::{Graph, NodeId, NodeOp, ValueId};
 use crate::ops::{self, InferCtx};
 use crate::verify::OperandValues;
-use crate::{Dim, IrError, OpKind, Shape, SymInt, Symbol, Tensor, TensorType, VerifierError};
+use crate::{DType, Dim, IrError, OpKind, Shape, SymInt, Symbol, Tensor, TensorType, VerifierError};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -56,6 +56,16 @@ pub fn bind_inputs<'a>(
     declared: impl ExactSizeIterator<Item = (&'a str, &'a TensorType)>,
     inputs: &[Tensor],
 ) -> Result<Binding, IrError> {
+    bind_input_shapes(graph_name, declared, inputs.iter().map(|t| (t.dtype(), t.shape())))
+}
+
+/// [`bind_inputs`] from the inputs' dtypes and shapes alone (borrowed buffers, a caller
+/// asking for output shapes before it allocates them).
+pub fn bind_input_shapes<'a, 's>(
+    graph_name: &str,
+    declared: impl ExactSizeIterator<Item = (&'a str, &'a TensorType)>,
+    inputs: impl ExactSizeIterator<Item = (DType, &'s [usize])>,
+) -> Result<Binding, IrError> {
     if inputs.len() != declared.len() {
         return Err(IrError::Input {
             name: graph_name.to_string(),
@@ -65,18 +75,18 @@ pub fn bind_inputs<'a>(
     let mut binding = Binding::default();
     // Which input bound each symbol, for messages.
     let mut bound_by: HashMap<Dim, &str> = HashMap::new();
-    for ((name, ty), t) in declared.zip(inputs) {
+    for ((name, ty), (dtype, shape)) in declared.zip(inputs) {
         let bad = |message: String| IrError::Input { name: name.to_string(), message };
-        if t.dtype() != ty.dtype {
-            return Err(bad(format!("expected {} elements, got {}", ty.dtype, t.dtype())));
+        if dtype != ty.dtype {
+            return Err(bad(format!("expected {} elements, got {}", ty.dtype, dtype)));
         }
-        if t.shape().len() != ty.shape.rank() {
-            return Err(bad(format!("expected shape {}, got {:?}", ty.shape, t.shape())));
+        if shape.len() != ty.shape.rank() {
+            return Err(bad(format!("expected shape {}, got {:?}", ty.shape, shape)));
         }
-        for (axis, (&d, &n)) in ty.shape.dims().iter().zip(t.shape()).enumerate() {
+        for (axis, (&d, &n)) in ty.shape.dims().iter().zip(shape).enumerate() {
             let slot = match d {
                 Dim::Fixed(f) if f != n => {
-                    return Err(bad(format!("expected shape {}, got {:?} (axis {axis})", ty.shape, t.shape())))
+                    return Err(bad(format!("expected shape {}, got {:?} (axis {axis})", ty.shape, shape)))
                 }
                 Dim::Fixed(_) => continue,
                 Dim::Batch => &mut binding.batch,

@@ -292,8 +292,167 @@ impl Tensor {
     }
 }
 
+/// A tensor someone else owns, borrowed: a numpy array's or a C caller's buffer, row-major in
+/// native byte order. Compiled code reads it where it lies, so a binding hands its callers'
+/// arrays to a model without copying them into a [`Tensor`].
+#[derive(Clone, Copy, Debug)]
+pub struct TensorRef<'a> {
+    dtype: DType,
+    shape: &'a [usize],
+    bytes: &'a [u8],
+}
+
+/// A borrowed, writable tensor: the caller's buffer a compiled model writes an output into.
+#[derive(Debug)]
+pub struct TensorMut<'a> {
+    dtype: DType,
+    shape: &'a [usize],
+    bytes: &'a mut [u8],
+}
+
+/// Checks what [`Tensor::new`] checks of foreign bytes: the length the shape needs, and the
+/// alignment of the element type (generated code reads whole elements, as from a `Vec`).
+fn check_buffer(dtype: DType, shape: &[usize], addr: usize, len: usize) -> Result<(), String> {
+    let count = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| format!("shape {shape:?} overflows"))?;
+    let want = count.checked_mul(dtype.size_of()).ok_or_else(|| format!("shape {shape:?} overflows"))?;
+    if len != want {
+        return Err(format!("a {dtype} tensor of shape {shape:?} needs {want} bytes, the buffer has {len}"));
+    }
+    if addr % dtype.size_of() != 0 {
+        return Err(format!("the buffer of a {dtype} tensor must be aligned to {} bytes", dtype.size_of()));
+    }
+    Ok(())
+}
+
+impl<'a> TensorRef<'a> {
+    /// Borrows `bytes` as a tensor, checking its length, its alignment and (for 4-bit and
+    /// boolean dtypes, whose storage byte admits values the dtype does not) every element.
+    pub fn new(dtype: DType, shape: &'a [usize], bytes: &'a [u8]) -> Result<TensorRef<'a>, String> {
+        check_buffer(dtype, shape, bytes.as_ptr() as usize, bytes.len())?;
+        if matches!(dtype, DType::I4 | DType::U4 | DType::Bool) {
+            let (lo, hi) = dtype.int_range().expect("integer dtype");
+            let value = |b: u8| if dtype == DType::I4 { b as i8 as i64 } else { b as i64 };
+            if let Some(i) = bytes.iter().position(|&b| value(b) < lo || value(b) > hi) {
+                return Err(format!("element {i} is outside the {dtype} range [{lo}, {hi}]"));
+            }
+        }
+        Ok(TensorRef { dtype, shape, bytes })
+    }
+}
+
+impl<'a> TensorMut<'a> {
+    /// Borrows `bytes` as a writable tensor, checking its length and alignment.
+    pub fn new(dtype: DType, shape: &'a [usize], bytes: &'a mut [u8]) -> Result<TensorMut<'a>, String> {
+        check_buffer(dtype, shape, bytes.as_ptr() as usize, bytes.len())?;
+        Ok(TensorMut { dtype, shape, bytes })
+    }
+}
+
+/// What compiled code needs of an input buffer, owned ([`Tensor`]) or borrowed
+/// ([`TensorRef`]): its type and its bytes. Runs are generic over it so that neither kind
+/// is converted into the other per call.
+pub trait TensorBuf {
+    /// Element type.
+    fn dtype(&self) -> DType;
+    /// Concrete shape.
+    fn shape(&self) -> &[usize];
+    /// The elements' bytes (row-major, native endianness, aligned to the element size).
+    fn bytes(&self) -> &[u8];
+    /// An owned copy (for the interpreter, which keeps its values).
+    fn to_tensor(&self) -> Tensor {
+        let mut t = Tensor::zeros(self.dtype(), self.shape());
+        t.data.as_bytes_mut().copy_from_slice(self.bytes());
+        t
+    }
+}
+
+/// An output buffer, owned or borrowed ([`TensorMut`]): compiled code writes its bytes.
+pub trait TensorBufMut: TensorBuf {
+    /// The elements' bytes, writable; whatever is written must be valid for the dtype.
+    fn bytes_mut(&mut self) -> &mut [u8];
+}
+
+impl TensorBuf for Tensor {
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn bytes(&self) -> &[u8] {
+        self.data.as_bytes()
+    }
+    fn to_tensor(&self) -> Tensor {
+        self.clone()
+    }
+}
+
+impl TensorBufMut for Tensor {
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self.data.as_bytes_mut()
+    }
+}
+
+impl TensorBuf for TensorRef<'_> {
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        self.shape
+    }
+    fn bytes(&self) -> &[u8] {
+        self.bytes
+    }
+}
+
+impl TensorBuf for TensorMut<'_> {
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        self.shape
+    }
+    fn bytes(&self) -> &[u8] {
+        self.bytes
+    }
+}
+
+impl TensorBufMut for TensorMut<'_> {
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self.bytes
+    }
+}
+
 impl fmt::Debug for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Tensor({}{:?} #{:016x})", self.dtype, self.shape, self.digest())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn borrowed_tensors_check_length_alignment_and_range() {
+        let t = Tensor::from_f32(&[2, 2], vec![1.0, -2.0, 3.5, 0.0]);
+        let view = TensorRef::new(DType::F32, &[2, 2], t.data().as_bytes()).unwrap();
+        assert_eq!(view.to_tensor(), t);
+        let short = TensorRef::new(DType::F32, &[2, 3], t.data().as_bytes()).unwrap_err();
+        assert!(short.contains("needs 24 bytes, the buffer has 16"), "{short}");
+        let misaligned = TensorRef::new(DType::F32, &[3], &t.data().as_bytes()[1..13]).unwrap_err();
+        assert!(misaligned.contains("aligned to 4 bytes"), "{misaligned}");
+        let bools = [0u8, 1, 2];
+        let bad = TensorRef::new(DType::Bool, &[3], &bools).unwrap_err();
+        assert!(bad.contains("element 2 is outside the bool range"), "{bad}");
+        let nibbles = [0xf0u8, 7]; // -16: below i4
+        assert!(TensorRef::new(DType::I4, &[2], &nibbles).is_err());
+        assert!(TensorRef::new(DType::I4, &[2], &[0xf8u8, 7]).is_ok());
+        let mut data = TensorData::I64(vec![0]);
+        let out = data.as_bytes_mut();
+        let mut m = TensorMut::new(DType::I32, &[2], out).unwrap();
+        m.bytes_mut()[0] = 5;
+        assert_eq!(m.bytes()[0], 5);
+        assert!(TensorMut::new(DType::I64, &[2], data.as_bytes_mut()).is_err());
     }
 }
