@@ -143,7 +143,9 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &Co
             NodeOp::Input => continue,
             NodeOp::Apply(_) => {}
         }
-        let NodeOp::Apply(op) = &node.op else { continue };
+        let NodeOp::Apply(op) = &node.op else {
+            continue;
+        };
         let step = steps.len();
         let operands = graph.node_inputs(id);
         let results: Vec<ValueId> = (0..node.outputs.len()).map(|output| ValueId { node: id, output }).collect();
@@ -166,71 +168,91 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &Co
         sig.params.push(AbiParam::new(types::I64));
         sig.returns.push(AbiParam::new(types::I32));
         let func = module.declare_anonymous_function(&sig).map_err(bug)?;
-        ctx.func.signature = sig;
-        ctx.func.name = UserFuncName::user(0, func.as_u32());
-        // A leading extent the kernel may treat as its batch (see `leading_samples`).
+        // A leading extent the kernel may treat as its batch (see `leading_samples`); when
+        // the kernel cannot take that form (a limitation of its emitter), it is built again
+        // as written.
         let operand_types: Vec<Option<TensorType>> = operands.iter().map(|v| v.map(|v| graph.value_type(v).clone())).collect();
         let constant: Vec<bool> = operands.iter().map(|v| v.is_some_and(|v| matches!(location[&v], Location::Constant(_)))).collect();
         let result_types: Vec<TensorType> = results.iter().map(|r| graph.value_type(*r).clone()).collect();
-        let samples = leading_samples(op, &operand_types, &constant, &result_types);
-        let retype = |ty: &TensorType, is_constant: bool| -> TensorType {
-            match samples {
-                Some((b, _)) if !is_constant && ty.shape.dims().first() == Some(&Dim::Fixed(b)) => batch_leading(ty),
-                _ => ty.clone(),
+        let preferred = leading_samples(op, &operand_types, &constant, &result_types);
+        let forms = if preferred.is_some() { vec![preferred, None] } else { vec![None] };
+        let last_form = forms.len() - 1;
+        let mut built = None;
+        for (attempt, samples) in forms.into_iter().enumerate() {
+            ctx.func.clear();
+            ctx.func.signature = sig.clone();
+            ctx.func.name = UserFuncName::user(0, func.as_u32());
+            let retype = |ty: &TensorType, is_constant: bool| -> TensorType {
+                match samples {
+                    Some((b, _)) if !is_constant && ty.shape.dims().first() == Some(&Dim::Fixed(b)) => batch_leading(ty),
+                    _ => ty.clone(),
+                }
+            };
+            let emitted = (|| -> Result<_, CodegenError> {
+                let mut fb = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+                let block = fb.create_block();
+                fb.append_block_params_for_function_params(block);
+                fb.switch_to_block(block);
+                let params = fb.block_params(block).to_vec();
+                let mut next = 0;
+                let mut operand_args = Vec::new();
+                for v in &operands {
+                    let Some(v) = v else {
+                        operand_args.push(None);
+                        continue;
+                    };
+                    let ty = retype(graph.value_type(*v), matches!(location[v], Location::Constant(_)));
+                    operand_args.push(Some(match &location[v] {
+                        Location::Constant(t) => (ty, None, Some(t.clone())),
+                        _ => {
+                            next += 1;
+                            (ty, Some(params[next - 1]), None)
+                        }
+                    }));
+                }
+                let result_args: Vec<Operand> = results
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| Operand { ty: retype(graph.value_type(*r), false), ptr: params[next + i], constant: None })
+                    .collect();
+                let (workspace, batch) = (params[next + results.len()], params[next + results.len() + 1]);
+                // Constants become read-only data objects (an emitter may ignore them and repack).
+                let mut kernel = Kernel::new(&mut fb, module, op, Vec::new(), result_args, workspace, batch);
+                kernel.wide = wide;
+                kernel.parallel = parallel;
+                kernel.parallel_min_work = opts.parallel_min_macs.unwrap_or(kernels::PARALLEL_MIN_WORK);
+                for arg in operand_args {
+                    let operand = match arg {
+                        None => None,
+                        Some((ty, Some(ptr), _)) => Some(Operand { ty, ptr, constant: None }),
+                        Some((ty, None, Some(t))) => {
+                            let ptr = kernel.data(t.data().as_bytes().to_vec(), 16).map_err(&unsupported)?;
+                            Some(Operand { ty, ptr, constant: Some(t) })
+                        }
+                        Some(_) => unreachable!("an operand has a pointer or a constant"),
+                    };
+                    kernel.inputs.push(operand);
+                }
+                kernels::emit(&mut kernel).map_err(&unsupported)?;
+                let out = (kernel.workspace_bytes, std::mem::take(&mut kernel.messages), kernel.form);
+                let ok = fb.ins().iconst(types::I32, 0);
+                fb.ins().return_(&[ok]);
+                fb.seal_all_blocks();
+                fb.finalize(module.target_config());
+                Ok(out)
+            })();
+            match emitted {
+                Ok(out) => {
+                    built = Some((out, samples));
+                    break;
+                }
+                Err(e) if attempt == last_form => return Err(e),
+                // The builder's context is cleared only when a function is finalized.
+                Err(_) => fctx = FunctionBuilderContext::new(),
             }
-        };
-        let (workspace_bytes, messages, form) = {
-            let mut fb = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-            let block = fb.create_block();
-            fb.append_block_params_for_function_params(block);
-            fb.switch_to_block(block);
-            let params = fb.block_params(block).to_vec();
-            let mut next = 0;
-            let mut operand_args = Vec::new();
-            for v in &operands {
-                let Some(v) = v else {
-                    operand_args.push(None);
-                    continue;
-                };
-                let ty = retype(graph.value_type(*v), matches!(location[v], Location::Constant(_)));
-                operand_args.push(Some(match &location[v] {
-                    Location::Constant(t) => (ty, None, Some(t.clone())),
-                    _ => {
-                        next += 1;
-                        (ty, Some(params[next - 1]), None)
-                    }
-                }));
-            }
-            let result_args: Vec<Operand> = results
-                .iter()
-                .enumerate()
-                .map(|(i, r)| Operand { ty: retype(graph.value_type(*r), false), ptr: params[next + i], constant: None })
-                .collect();
-            let (workspace, batch) = (params[next + results.len()], params[next + results.len() + 1]);
-            // Constants become read-only data objects (an emitter may ignore them and repack).
-            let mut kernel = Kernel::new(&mut fb, module, op, Vec::new(), result_args, workspace, batch);
-            kernel.wide = wide;
-            kernel.parallel = parallel;
-            kernel.parallel_min_work = opts.parallel_min_macs.unwrap_or(kernels::PARALLEL_MIN_WORK);
-            for arg in operand_args {
-                let operand = match arg {
-                    None => None,
-                    Some((ty, Some(ptr), _)) => Some(Operand { ty, ptr, constant: None }),
-                    Some((ty, None, Some(t))) => {
-                        let ptr = kernel.data(t.data().as_bytes().to_vec(), 16).map_err(&unsupported)?;
-                        Some(Operand { ty, ptr, constant: Some(t) })
-                    }
-                    Some(_) => unreachable!("an operand has a pointer or a constant"),
-                };
-                kernel.inputs.push(operand);
-            }
-            kernels::emit(&mut kernel).map_err(&unsupported)?;
-            let out = (kernel.workspace_bytes, std::mem::take(&mut kernel.messages), kernel.form);
-            let ok = fb.ins().iconst(types::I32, 0);
-            fb.ins().return_(&[ok]);
-            fb.seal_all_blocks();
-            fb.finalize(module.target_config());
-            out
+        }
+        let Some(((workspace_bytes, messages, form), samples)) = built else {
+            return Err(bug("no kernel form was tried"));
         };
         let disasm = std::env::var_os("QLIFT_DISASM").is_some();
         ctx.set_disasm(disasm);
@@ -320,7 +342,7 @@ fn leading_samples(op: &qlift_ir::Op, operands: &[Option<TensorType>], constant:
         Dim::Fixed(b) if *b > 1 => *b,
         _ => return None,
     };
-    if across_axis_zero(op) {
+    if across_axis_zero(op, operands.iter().flatten().map(|t| t.shape.rank()).max().unwrap_or(0)) {
         return None;
     }
     let retyped: Vec<Option<TensorType>> = operands
@@ -338,16 +360,19 @@ fn leading_samples(op: &qlift_ir::Op, operands: &[Option<TensorType>], constant:
     (inferred == want).then_some((b, want))
 }
 
-/// Whether `op` computes across axis 0 (so that axis cannot be treated as the batch).
-fn across_axis_zero(op: &qlift_ir::Op) -> bool {
+/// Whether `op`, on operands of rank up to `rank`, computes across axis 0 (so that axis
+/// cannot be treated as the batch). Axes may be negative (`-rank` is axis 0).
+fn across_axis_zero(op: &qlift_ir::Op, rank: usize) -> bool {
     use qlift_ir::OpKind::*;
-    let axis_zero = |name: &str| op.attrs.int(name).is_ok_and(|a| a == 0);
-    let axes_have_zero = op.attrs.ints("axes").map_or(true, |a| a.contains(&0));
+    let is_zero = |a: i64| a == 0 || a == -(rank as i64);
+    let axis_zero = |name: &str| op.attrs.int(name).is_ok_and(is_zero);
+    let axes_have_zero = op.attrs.ints("axes").map_or(true, |a| a.iter().any(|&a| is_zero(a)));
     match op.kind {
         Softmax | LogSoftmax | Hardmax | LayerNormalization | LpNormalization | CumSum | ArgMax | ArgMin => axis_zero("axis"),
-        ReduceMean | ReduceSum | ReduceMax | ReduceMin | ReduceProd | ReduceL1 | ReduceL2 | ReduceSumSquare | ReduceLogSum
-        | ReduceLogSumExp => axes_have_zero,
+        ReduceMean | ReduceSum | ReduceMax | ReduceMin | ReduceProd | ReduceL1 | ReduceL2 | ReduceSumSquare | ReduceLogSum | ReduceLogSumExp => axes_have_zero,
         Concat | QConcat | Gather => axis_zero("axis"),
+        // Indices address the leading axes (or any axis) of the data: never per sample.
+        GatherElements | GatherND | ScatterND | ScatterElements | NonZero => true,
         _ => false,
     }
 }

@@ -214,8 +214,7 @@ impl CompiledModel {
 
     /// The extents `inputs` bind (checked against the graph's input types).
     fn binding<I: TensorBuf>(&self, inputs: &[I]) -> Result<Binding, Error> {
-        let values = self.graph.input_values();
-        let declared = values.iter().map(|v| (self.graph.value(*v).name.as_str(), self.graph.value_type(*v)));
+        let declared = self.graph.input_value_iter().map(|v| (self.graph.value(v).name.as_str(), self.graph.value_type(v)));
         Ok(qlift_ir::bind_input_shapes(&self.graph.name, declared, inputs.iter().map(|t| (t.dtype(), t.shape())))?)
     }
 

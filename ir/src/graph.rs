@@ -209,7 +209,12 @@ impl Graph {
 
     /// The graph's input values, in order.
     pub fn input_values(&self) -> Vec<ValueId> {
-        self.inputs.iter().map(|&node| ValueId { node, output: 0 }).collect()
+        self.input_value_iter().collect()
+    }
+
+    /// [`Self::input_values`] without allocating (a warm run allocates nothing).
+    pub fn input_value_iter(&self) -> impl ExactSizeIterator<Item = ValueId> + '_ {
+        self.inputs.iter().map(|&node| ValueId { node, output: 0 })
     }
 
     /// The graph's outputs, in order.

@@ -194,6 +194,41 @@ fn linear_layers_quantize_and_masks_stay_float() {
     assert!(sqnr(got[0].as_f32().unwrap(), want[0].as_f32().unwrap()) > 30.0);
 }
 
+/// One activation read by three Linear layers (attention's query, key and value projections
+/// of one LayerNorm): quantized once for the first, the other two read the same
+/// DequantizeLinear (they asked for statistics of the DequantizeLinear before, and failed).
+#[test]
+fn one_activation_feeds_three_linear_layers() {
+    let text = "graph qkv(%x: f32[N,2,3]) -> (%tq, %tk, %tv) {
+      %w = const f32[3,3] [0.5, -1.0, 0.25, 1.0, 0.75, -0.5, -0.25, 0.5, 1.0]
+      %b = const f32[3] [0.1, -0.2, 0.3]
+      %w2 = const f32[3,3] [1.5, -0.5, 0.25, 0.5, 0.75, -1.0, -0.75, 0.5, 0.25]
+      %w3 = const f32[3,3] [-0.5, 1.0, 0.5, 0.25, -0.75, 0.5, 1.0, 0.25, -1.0]
+      %n = Tanh(%x) : f32[N,2,3]
+      %mq = MatMul(%n, %w) : f32[N,2,3]
+      %q = Add(%b, %mq) : f32[N,2,3]
+      %mk = MatMul(%n, %w2) : f32[N,2,3]
+      %k = Add(%mk, %b) : f32[N,2,3]
+      %mv = MatMul(%n, %w3) : f32[N,2,3]
+      %v = Add(%b, %mv) : f32[N,2,3]
+      %tq = Tanh(%q) : f32[N,2,3]
+      %tk = Tanh(%k) : f32[N,2,3]
+      %tv = Tanh(%v) : f32[N,2,3]
+    }";
+    let g = qlift_ir::text::parse(text).unwrap();
+    let x = Tensor::from_f32(&[8, 2, 3], (0..48).map(|i| ((i * 7 % 17) as f32 - 8.0) / 4.0).collect());
+    let q = quantize(&g, &[x.clone()], &QuantizeOptions::default(), &PipelineOptions::default(), &|_, _| {}).unwrap();
+    let l = &q.lowered;
+    let qmatmuls = l.node_ids().filter(|&id| l.node(id).op.kind() == Some(OpKind::QMatMul)).count();
+    assert_eq!(qmatmuls, 3);
+    let want = qlift_ir::interp::run(&g, std::slice::from_ref(&x)).unwrap();
+    let got = qlift_ir::interp::run(l, &[x]).unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        let db = sqnr(g.as_f32().unwrap(), w.as_f32().unwrap());
+        assert!(db > 30.0, "SQNR {db} dB");
+    }
+}
+
 /// A nearest Resize between convolutions keeps its operand's quantization parameters: the
 /// lowered graph resizes the 8-bit values, with no DequantizeLinear or QuantizeLinear
 /// around it, and computes what the float graph does within the quantization error.

@@ -283,6 +283,11 @@ fn quantized_activation(
     if let Some(&dq) = dequantized.get(&v) {
         return Ok(dq);
     }
+    // Already the DequantizeLinear of a quantized value: quantizing `v` for its first
+    // consumer made every other consumer read it (three projections of one LayerNorm).
+    if source_of.contains_key(&v) {
+        return Ok(v);
+    }
     let p = activation_params(g, v, calibration, opts)?;
     let dq = quantize_value(g, v, &p)?;
     params.insert(v, p);
