@@ -373,6 +373,8 @@ fn across_axis_zero(op: &qlift_ir::Op, rank: usize) -> bool {
         Concat | QConcat | Gather => axis_zero("axis"),
         // Indices address the leading axes (or any axis) of the data: never per sample.
         GatherElements | GatherND | ScatterND | ScatterElements | NonZero => true,
+        // The row index of a matrix is part of the result.
+        Trilu => rank <= 2,
         _ => false,
     }
 }

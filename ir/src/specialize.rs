@@ -73,8 +73,10 @@ pub fn bind_input_shapes<'a, 's>(
         });
     }
     let mut binding = Binding::default();
-    // Which input bound each symbol, for messages.
+    // Which input bound each symbol, for messages (the batch's apart: a warm run of a model
+    // with only a batch allocates nothing here).
     let mut bound_by: HashMap<Dim, &str> = HashMap::new();
+    let mut batch_by: Option<&str> = None;
     for ((name, ty), (dtype, shape)) in declared.zip(inputs) {
         let bad = |message: String| IrError::Input { name: name.to_string(), message };
         if dtype != ty.dtype {
@@ -112,7 +114,7 @@ pub fn bind_input_shapes<'a, 's>(
             match *slot {
                 None => {
                     *slot = Some(n);
-                    bound_by.insert(d, name);
+                    batch_by = Some(name);
                 }
                 Some(b) if b != n => return Err(bad(format!("batch size {n} disagrees with {b} bound by an earlier input"))),
                 Some(_) => {}
@@ -121,7 +123,7 @@ pub fn bind_input_shapes<'a, 's>(
     }
     if binding.batch == Some(0) {
         return Err(IrError::Input {
-            name: bound_by.get(&Dim::Batch).unwrap_or(&graph_name).to_string(),
+            name: batch_by.unwrap_or(graph_name).to_string(),
             message: "batch size 0 (empty tensors are refused)".to_string(),
         });
     }

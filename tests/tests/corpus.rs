@@ -92,6 +92,10 @@ fn magika_int8_agrees_with_fp32() {
     let g = load(&dir, "magika.onnx");
     let calib = npy(&dir, "magika_calib.npy");
     let q = quantize(&g, &[calib], &QuantizeOptions::default(), &PipelineOptions::default(), &|_, _| {}).unwrap();
+    // Not a float model in disguise: its dense layers compute in integers.
+    let integer = integer_products(&q.lowered);
+    eprintln!("magika int8: {integer} integer products");
+    assert!(integer >= 1, "{integer}");
     let x = npy(&dir, "magika_test.npy");
     let fp32 = npy(&dir, "magika_test_fp32_target_label.npy");
     let model = CompiledModel::from_lowered(q.lowered, true, &CompileOptions::default()).unwrap();
@@ -101,6 +105,12 @@ fn magika_int8_agrees_with_fp32() {
     let fraction = agree as f64 / a.len() as f64;
     eprintln!("magika int8: top-1 agreement with fp32 {:.1}% ({agree}/{})", 100.0 * fraction, a.len());
     assert!(fraction >= 0.99, "{fraction}");
+}
+
+/// Integer matrix products and convolutions in a lowered graph.
+fn integer_products(g: &Graph) -> usize {
+    use qlift_ir::OpKind::*;
+    g.node_ids().filter(|&id| matches!(g.node(id).op.kind(), Some(QMatMul | QConv))).count()
 }
 
 fn minilm_inputs(dir: &PathBuf, set: &str) -> Vec<Tensor> {
@@ -134,6 +144,11 @@ fn minilm_int8_embeddings_stay_close_to_fp32() {
     let Some(dir) = corpus() else { return };
     let g = load(&dir, "minilm.onnx");
     let q = quantize(&g, &minilm_inputs(&dir, "calib"), &QuantizeOptions::default(), &PipelineOptions::default(), &|_, _| {}).unwrap();
+    // Most of its 36 Linear layers compute in integers (those whose activations have
+    // outliers stay float: the policy in qlift_passes::quantize).
+    let integer = integer_products(&q.lowered);
+    eprintln!("minilm int8: {integer} of 36 Linear layers in integers");
+    assert!(integer >= 24, "{integer}");
     let model = CompiledModel::from_lowered(q.lowered, true, &CompileOptions::default()).unwrap();
     let int8 = model.run(&minilm_inputs(&dir, "test")).unwrap();
     let fp32 = npy(&dir, "minilm_test_fp32_sentence_embedding.npy");

@@ -494,6 +494,8 @@ proptest! {
         let opts = QuantizeOptions {
             method: if percentile { CalibrationMethod::Percentile(99.9) } else { CalibrationMethod::MinMax },
             scheme: if symmetric { ActivationScheme::SymmetricI8 } else { ActivationScheme::AsymmetricU8 },
+            // Every op the policy allows computes in integers: the kernels are under test.
+            min_sqnr_db: 0.0,
         };
         let q = quantize(&g, &[calibration], &opts, &PipelineOptions::default(), &|_, _| {})
             .map_err(|e| TestCaseError::fail(format!("quantize: {e}\n{}", print(&g, &PrintOptions::default()))))?;

@@ -72,7 +72,7 @@ fn quantized_models_keep_accuracy_and_match_onnx_runtime_sqnr() {
         let ort_sqnr = sqnr(&ort_int8, &fp32);
         let mut best = f64::NEG_INFINITY;
         for method in METHODS {
-            let q = quantized(name, calib, &QuantizeOptions { method, scheme: ActivationScheme::AsymmetricU8 });
+            let q = quantized(name, calib, &QuantizeOptions { method, scheme: ActivationScheme::AsymmetricU8, ..Default::default() });
             let got = run(&q.lowered, input);
             let (acc, db) = (accuracy(&got), sqnr(&got, &fp32));
             eprintln!("{name:<14} {method:<16} accuracy {acc:6.2}% (fp32 {:.2}%)  SQNR {db:5.1} dB (ORT int8 {ort_sqnr:.1} dB)", accuracy(&fp32));

@@ -167,6 +167,10 @@ pub(crate) struct QuantArgs {
     /// Activation type: u8 (asymmetric, the default) or i8 (symmetric).
     #[arg(long, value_enum, default_value_t = Activations::U8)]
     pub(crate) activations: Activations,
+    /// Ops whose activations would keep less signal-to-noise than this (dB, estimated from
+    /// calibration) in 8 bits stay float; 0 quantizes everything the policy allows.
+    #[arg(long = "min-sqnr", value_name = "DB", default_value_t = qlift_passes::quantize::DEFAULT_MIN_SQNR_DB)]
+    pub(crate) min_sqnr_db: f64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -400,6 +404,7 @@ pub(crate) fn quantize_model(graph: &Graph, q: &QuantArgs, pipeline: &PipelineOp
             Activations::U8 => ActivationScheme::AsymmetricU8,
             Activations::I8 => ActivationScheme::SymmetricI8,
         },
+        min_sqnr_db: q.min_sqnr_db,
     };
     let start = Instant::now();
     let limits = qlift::Limits::default();

@@ -5,4 +5,4 @@
 pub mod weights;
 pub mod insert;
 
-pub use insert::{insert_qdq, Calibration, QuantizeOptions};
+pub use insert::{insert_qdq, Calibration, QuantizeOptions, DEFAULT_MIN_SQNR_DB};
