@@ -627,7 +627,8 @@ pub extern "C" fn qlift_model_run(
         let mut outs = Vec::with_capacity(out_buffers.len());
         for (i, (b, c)) in out_buffers.iter().zip(&checked_out).enumerate() {
             let bytes: &mut [u8] = if c.len == 0 {
-                &mut []
+                // SAFETY: zero bytes at a dangling, well-aligned, non-null address.
+                unsafe { std::slice::from_raw_parts_mut(std::ptr::NonNull::<u64>::dangling().as_ptr().cast::<u8>(), 0) }
             } else {
                 // SAFETY: the caller promises `byte_len` writable bytes at `data` for the
                 // call; they overlap no other buffer of the call (checked above).
