@@ -32,3 +32,10 @@ echo "built $wheel"
 # From outside the source tree, so that `import qlift` is the installed wheel.
 cd "$root/target"
 QLIFT_CLI="$root/target/release/qlift" "$venv/bin/python" -m pytest -q -p no:cacheprovider "$root/python/tests" "$@"
+
+# Python overhead per call against ONNX Runtime's on the bundled MLP (README.md, "Python");
+# QLIFT_SKIP_OVERHEAD=1 skips it.
+if [ "${QLIFT_SKIP_OVERHEAD:-0}" != "1" ]; then
+    "$venv/bin/python" -m pip install -q onnxruntime
+    "$venv/bin/python" "$root/python/bench/overhead.py"
+fi

@@ -94,12 +94,10 @@ struct Array<'py> {
 
 impl<'py> Array<'py> {
     fn new(obj: &Bound<'py, PyAny>, name: &str, dtype: DType) -> PyResult<Array<'py>> {
-        let py = obj.py();
-        let np = py.import("numpy")?;
         // Not an array (a list, a scalar): numpy makes one of the input's dtype.
         let array = match obj.cast::<PyUntypedArray>() {
             Ok(a) => a.clone(),
-            Err(_) => np.call_method1("asarray", (obj, numpy_name(dtype)))?.cast_into::<PyUntypedArray>()?,
+            Err(_) => obj.py().import("numpy")?.call_method1("asarray", (obj, numpy_name(dtype)))?.cast_into::<PyUntypedArray>()?,
         };
         let descr = array.dtype();
         if !stores(descr.kind(), descr.itemsize(), descr.byteorder(), dtype) {
