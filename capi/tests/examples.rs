@@ -183,3 +183,31 @@ int main(int argc, char **argv) {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success() && stderr.contains("LeakSanitizer: detected memory leaks"), "no leak reported:\n{stderr}");
 }
+
+/// README.md's C quickstart, built as the README says (against the static library, under
+/// the sanitizers when present) and run from the repository root.
+#[test]
+fn readme_c_quickstart_builds_and_runs() {
+    let readme = std::fs::read_to_string(capi_dir().join("../README.md")).expect("README.md");
+    let start = readme.find("<!-- c-quickstart").expect("the C quickstart marker in README.md");
+    let block = readme[start..].split("```c\n").nth(1).and_then(|b| b.split("```").next()).expect("a ```c block after the marker");
+    let src = work_dir().join("quickstart.c");
+    std::fs::write(&src, block).expect("writing quickstart.c");
+    let sanitized = has_sanitizers("cc", "probe_quickstart.c");
+    let exe = work_dir().join("quickstart");
+    let mut cmd = Command::new("cc");
+    cmd.args(["-Wall", "-Wextra", "-Werror", "-g"]);
+    if sanitized {
+        cmd.arg(SANITIZERS);
+    }
+    cmd.arg("-I").arg(capi_dir().join("include")).arg(&src).args(static_libs()).arg("-o").arg(&exe);
+    let built = cmd.output().expect("running cc");
+    assert!(built.status.success(), "{cmd:?}:\n{}", String::from_utf8_lossy(&built.stderr));
+    let run = Command::new(&exe).current_dir(capi_dir().join("..")).env("ASAN_OPTIONS", "detect_leaks=1").output().expect("running quickstart");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success() && stderr.is_empty(), "{}\n{stdout}\n{stderr}", run.status);
+    // The int8 CNN classifies the first test sample as its label says.
+    let labels = qlift::npy::read_npy(&models_dir().join("digits_test_y.npy")).unwrap().to_i64_vec().unwrap();
+    assert_eq!(stdout.trim(), format!("{} samples, the first is a {}", labels.len(), labels[0]));
+}
