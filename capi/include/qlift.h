@@ -7,7 +7,7 @@
 #include <stdint.h>
 
 /**
- * What a call returns: `QLIFT_STATUS_OK` (0) or what went wrong; [`qlift_last_error`] then
+ * What a call returns: `QLIFT_STATUS_OK` (0) or what went wrong; `qlift_last_error` then
  * holds the message.
  */
 enum QliftStatus
@@ -150,7 +150,7 @@ typedef int32_t QliftActivations;
 #endif // __cplusplus
 
 /**
- * A tensor qlift owns: what [`qlift_array_read_npy`] reads (free with [`qlift_array_free`]).
+ * A tensor qlift owns: what `qlift_array_read_npy` reads (free with `qlift_array_free`).
  */
 typedef struct QliftArray QliftArray;
 
@@ -160,7 +160,7 @@ typedef struct QliftArray QliftArray;
 typedef struct QliftModel QliftModel;
 
 /**
- * How to compile: start from [`qlift_default_options`] and change fields.
+ * How to compile: start from `qlift_default_options` and change fields.
  */
 typedef struct QliftOptions {
   /**
@@ -211,7 +211,7 @@ typedef struct QliftBuffer {
 } QliftBuffer;
 
 /**
- * A model input or output, as [`qlift_model_input`] and [`qlift_model_output`] describe it.
+ * A model input or output, as `qlift_model_input` and `qlift_model_output` describe it.
  * The pointers stay valid until the model is freed.
  */
 typedef struct QliftValueInfo {
@@ -234,7 +234,7 @@ typedef struct QliftValueInfo {
 } QliftValueInfo;
 
 /**
- * A tensor the caller owns and qlift writes: an output buffer (see [`QliftBuffer`]).
+ * A tensor the caller owns and qlift writes: an output buffer (see `QliftBuffer`).
  */
 typedef struct QliftBufferMut {
   /**
@@ -271,8 +271,9 @@ struct QliftOptions qlift_default_options(void);
 /**
  * Compiles the ONNX model at `path`. With calibration data (`calib`: one buffer per model
  * input, in input order, samples on axis 0; `n_calib` of them) the model is quantized to
- * int8 first; with `calib` NULL and `n_calib` 0 it runs in fp32. `options` may be NULL
- * (the defaults). On success `*out` is the model, to free with [`qlift_model_free`]; on
+ * int8 first; with `calib` NULL and `n_calib` 0 it runs in fp32 (an already quantized
+ * model, QDQ or QOperator, runs with its own quantization either way). `options` may be NULL
+ * (the defaults). On success `*out` is the model, to free with `qlift_model_free`; on
  * failure it is set to NULL.
  */
 QliftStatus qlift_compile_file(const char *path,
@@ -282,7 +283,7 @@ QliftStatus qlift_compile_file(const char *path,
                                struct QliftModel **out);
 
 /**
- * [`qlift_compile_file`] on a model in memory (`len` bytes at `bytes`, which qlift does not
+ * `qlift_compile_file` on a model in memory (`len` bytes at `bytes`, which qlift does not
  * keep). A model with external data is refused: load it from its file.
  */
 QliftStatus qlift_compile_bytes(const uint8_t *bytes,
@@ -315,7 +316,7 @@ QliftStatus qlift_model_input(const struct QliftModel *model,
                               struct QliftValueInfo *out);
 
 /**
- * Describes output `index` into `*out` (see [`qlift_model_input`]).
+ * Describes output `index` into `*out` (see `qlift_model_input`).
  */
 QliftStatus qlift_model_output(const struct QliftModel *model,
                                size_t index,
@@ -340,7 +341,7 @@ QliftStatus qlift_model_output_shape(const struct QliftModel *model,
 /**
  * Runs the model on `inputs` (`n_inputs` buffers, in input order; the batch is their axis
  * 0), writing every output into `outputs` (`n_outputs` buffers, in output order, of the
- * shapes [`qlift_model_output_shape`] gives). Output buffers may not overlap each other nor
+ * shapes `qlift_model_output_shape` gives). Output buffers may not overlap each other nor
  * the inputs. Safe to call from many threads at once on one model; allocates nothing per
  * call with the JIT once warm besides small bookkeeping.
  */
@@ -368,7 +369,7 @@ const char *qlift_version(void);
 
 /**
  * Reads a `.npy` file (the dtypes qlift has: f32, i8, u8, i32, i64, bool; C order) into an
- * array, to free with [`qlift_array_free`]. For examples and tests that share their data
+ * array, to free with `qlift_array_free`. For examples and tests that share their data
  * with the `qlift` command line.
  */
 QliftStatus qlift_array_read_npy(const char *path, struct QliftArray **out);

@@ -3,7 +3,7 @@
 //! number of threads. The header is `include/qlift.h` (generated from this file by cbindgen).
 //!
 //! Conventions of every function:
-//! - it returns a [`QliftStatus`] (`QLIFT_STATUS_OK` is 0); on failure [`qlift_last_error`]
+//! - it returns a `QliftStatus` (`QLIFT_STATUS_OK` is 0); on failure `qlift_last_error`
 //!   gives the message, for the calling thread;
 //! - it never unwinds into C: a panic inside qlift becomes `QLIFT_STATUS_INTERNAL`;
 //! - a null pointer where one is required is `QLIFT_STATUS_INVALID_ARGUMENT`, never a crash;
@@ -21,7 +21,7 @@ use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
-/// What a call returns: `QLIFT_STATUS_OK` (0) or what went wrong; [`qlift_last_error`] then
+/// What a call returns: `QLIFT_STATUS_OK` (0) or what went wrong; `qlift_last_error` then
 /// holds the message.
 #[repr(i32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,7 +84,7 @@ pub enum QliftActivations {
     I8 = 1,
 }
 
-/// How to compile: start from [`qlift_default_options`] and change fields.
+/// How to compile: start from `qlift_default_options` and change fields.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct QliftOptions {
@@ -117,7 +117,7 @@ pub struct QliftBuffer {
     pub byte_len: usize,
 }
 
-/// A tensor the caller owns and qlift writes: an output buffer (see [`QliftBuffer`]).
+/// A tensor the caller owns and qlift writes: an output buffer (see `QliftBuffer`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct QliftBufferMut {
@@ -133,7 +133,7 @@ pub struct QliftBufferMut {
     pub byte_len: usize,
 }
 
-/// A model input or output, as [`qlift_model_input`] and [`qlift_model_output`] describe it.
+/// A model input or output, as `qlift_model_input` and `qlift_model_output` describe it.
 /// The pointers stay valid until the model is freed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -155,13 +155,13 @@ pub struct QliftModel {
     outputs: Vec<Info>,
 }
 
-/// A tensor qlift owns: what [`qlift_array_read_npy`] reads (free with [`qlift_array_free`]).
+/// A tensor qlift owns: what `qlift_array_read_npy` reads (free with `qlift_array_free`).
 pub struct QliftArray {
     tensor: Tensor,
     shape: Vec<i64>,
 }
 
-/// The storage behind a [`QliftValueInfo`].
+/// The storage behind a `QliftValueInfo`.
 struct Info {
     name: CString,
     dtype: i32,
@@ -414,8 +414,9 @@ fn finish(model: CompiledModel, out: &mut *mut QliftModel) {
 
 /// Compiles the ONNX model at `path`. With calibration data (`calib`: one buffer per model
 /// input, in input order, samples on axis 0; `n_calib` of them) the model is quantized to
-/// int8 first; with `calib` NULL and `n_calib` 0 it runs in fp32. `options` may be NULL
-/// (the defaults). On success `*out` is the model, to free with [`qlift_model_free`]; on
+/// int8 first; with `calib` NULL and `n_calib` 0 it runs in fp32 (an already quantized
+/// model, QDQ or QOperator, runs with its own quantization either way). `options` may be NULL
+/// (the defaults). On success `*out` is the model, to free with `qlift_model_free`; on
 /// failure it is set to NULL.
 #[no_mangle]
 pub extern "C" fn qlift_compile_file(
@@ -437,7 +438,7 @@ pub extern "C" fn qlift_compile_file(
     })
 }
 
-/// [`qlift_compile_file`] on a model in memory (`len` bytes at `bytes`, which qlift does not
+/// `qlift_compile_file` on a model in memory (`len` bytes at `bytes`, which qlift does not
 /// keep). A model with external data is refused: load it from its file.
 #[no_mangle]
 pub extern "C" fn qlift_compile_bytes(
@@ -509,7 +510,7 @@ pub extern "C" fn qlift_model_input(model: *const QliftModel, index: usize, out:
     value_info(|m| &m.inputs, model, index, out, "input")
 }
 
-/// Describes output `index` into `*out` (see [`qlift_model_input`]).
+/// Describes output `index` into `*out` (see `qlift_model_input`).
 #[no_mangle]
 pub extern "C" fn qlift_model_output(model: *const QliftModel, index: usize, out: *mut QliftValueInfo) -> QliftStatus {
     value_info(|m| &m.outputs, model, index, out, "output")
@@ -592,7 +593,7 @@ fn overlaps(a: (usize, usize), b: (usize, usize)) -> bool {
 
 /// Runs the model on `inputs` (`n_inputs` buffers, in input order; the batch is their axis
 /// 0), writing every output into `outputs` (`n_outputs` buffers, in output order, of the
-/// shapes [`qlift_model_output_shape`] gives). Output buffers may not overlap each other nor
+/// shapes `qlift_model_output_shape` gives). Output buffers may not overlap each other nor
 /// the inputs. Safe to call from many threads at once on one model; allocates nothing per
 /// call with the JIT once warm besides small bookkeeping.
 #[no_mangle]
@@ -674,7 +675,7 @@ pub extern "C" fn qlift_version() -> *const c_char {
 }
 
 /// Reads a `.npy` file (the dtypes qlift has: f32, i8, u8, i32, i64, bool; C order) into an
-/// array, to free with [`qlift_array_free`]. For examples and tests that share their data
+/// array, to free with `qlift_array_free`. For examples and tests that share their data
 /// with the `qlift` command line.
 #[no_mangle]
 pub extern "C" fn qlift_array_read_npy(path: *const c_char, out: *mut *mut QliftArray) -> QliftStatus {

@@ -311,3 +311,20 @@ fn names_of_statuses_and_the_version() {
     assert_eq!(unsafe { CStr::from_ptr(qlift_status_name(77)) }.to_str().unwrap(), "unknown status");
     assert_eq!(unsafe { CStr::from_ptr(qlift_version()) }.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
 }
+
+#[test]
+fn an_already_quantized_model_runs_with_its_own_quantization() {
+    // Calibration data given with a QDQ model is ignored, as `qlift run --calib` ignores it.
+    let calib = F32::from(&qlift::npy::read_npy(&models_dir().join("digits_calib_x.npy")).unwrap());
+    let x = F32::from(&test_x(32));
+    let mut outs = Vec::new();
+    for (c, n) in [(null(), 0), (&calib.buffer() as *const QliftBuffer, 1)] {
+        let mut model = null_mut();
+        assert_eq!(qlift_compile_file(path("digits_cnn.qdq.onnx").as_ptr(), c, n, null(), &mut model), QliftStatus::Ok, "{}", last_error());
+        let mut y = F32::zeros(&[32, 10]);
+        assert_eq!(qlift_model_run(model, &x.buffer(), 1, &y.buffer_mut(), 1), QliftStatus::Ok, "{}", last_error());
+        outs.push(y.data);
+        qlift_model_free(model);
+    }
+    assert_eq!(outs[0], outs[1]);
+}
