@@ -506,9 +506,6 @@ fn already_quantized(graph: &Graph) -> bool {
     })
 }
 
-/// compile(model, calib=None, *, method="minmax", activations="u8", threads=1, engine="jit")
-/// --
-///
 /// Compiles an ONNX model (a path, bytes or an ``onnx.ModelProto``) for this CPU. With
 /// calibration data it is quantized to int8 first: one numpy array (a one-input model), a
 /// dict of arrays by input name, or an iterable of such batches (read one at a time, so
@@ -535,9 +532,6 @@ fn compile(py: Python<'_>, model: &Bound<'_, PyAny>, calib: Option<&Bound<'_, Py
     Ok(Model { inputs: model.inputs(), outputs: model.outputs(), model, source })
 }
 
-/// quantize(model, calib, output_path=None, *, method="minmax", activations="u8")
-/// --
-///
 /// Quantizes a float ONNX model from calibration data (as :func:`compile` takes it) into
 /// ONNX Runtime's QDQ format, as ``qlift quantize`` does. Writes it to ``output_path`` and
 /// returns ``None``, or returns its bytes when no path is given.
@@ -561,9 +555,6 @@ fn quantize<'py>(py: Python<'py>, model: &Bound<'py, PyAny>, calib: &Bound<'py, 
     }
 }
 
-/// report(model, calib, inputs, *, method="minmax", activations="u8")
-/// --
-///
 /// Per-layer quantization error of the model quantized from ``calib`` against fp32, on
 /// ``inputs`` (as ``qlift report`` computes it; an already quantized model is compared with
 /// what qlift lowers it to, and ``calib`` may be ``None``). Rows worst first (lowest SQNR), as
@@ -604,9 +595,6 @@ fn report<'py>(py: Python<'py>, model: &Bound<'py, PyAny>, calib: Option<&Bound<
         .collect()
 }
 
-/// dump(model, calib=None, *, after=None, method="minmax", activations="u8", full_constants=False)
-/// --
-///
 /// The model's IR as text, as ``qlift dump`` prints it: as imported, or with ``after`` the IR
 /// after that pass of the pipeline (``"all"``: after every pass, each headed by
 /// ``; after PASS``). With ``calib`` the pipeline quantizes (and ``after`` defaults to ``"all"``).
