@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the qlift Python wheel and tests it as a user gets it: a fresh venv under
-# target/python-venv with maturin, numpy, pytest and onnx from PyPI; the abi3 wheel built
+# target/python-venv with maturin, numpy, pytest, onnx and onnxruntime from PyPI; the abi3 wheel built
 # by maturin into target/wheels; the wheel installed into that venv; the pytest suite run
 # from the installed package against the `qlift` CLI (built here in release).
 #
@@ -18,7 +18,8 @@ venv="$root/target/python-venv"
 rm -rf "$venv"
 "${PYTHON:-python3}" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q maturin numpy pytest onnx
+# onnxruntime: the Python overhead comparison (python/tests/test_overhead.py, bench/overhead.py).
+"$venv/bin/python" -m pip install -q maturin numpy pytest onnx onnxruntime
 
 # The CLI the tests compare outputs with, bit for bit.
 cargo build --release --locked -p qlift --bin qlift
@@ -36,6 +37,5 @@ QLIFT_CLI="$root/target/release/qlift" "$venv/bin/python" -m pytest -q -p no:cac
 # Python overhead per call against ONNX Runtime's on the bundled MLP (README.md, "Python");
 # QLIFT_SKIP_OVERHEAD=1 skips it.
 if [ "${QLIFT_SKIP_OVERHEAD:-0}" != "1" ]; then
-    "$venv/bin/python" -m pip install -q onnxruntime
     "$venv/bin/python" "$root/python/bench/overhead.py"
 fi

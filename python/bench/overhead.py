@@ -59,13 +59,8 @@ def ort_native_us(session, feed, calls):
     return median_call_us(lambda: session.run_with_iobinding(binding), calls)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calls", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args()
-
+def measure(calls=2000, rounds=7):
+    """The figures of the table, per case ("fp32", "int8"), in microseconds."""
     x = np.load(MODELS / "digits_test_x_flat.npy")[:1]
     calib = np.load(MODELS / "digits_calib_x_flat.npy")
     cases = {
@@ -82,18 +77,28 @@ def main():
         # Same answers (close: different quantizers for int8).
         ours, theirs = model(x)[0], session.run(None, feed)[0]
         assert ours.shape == theirs.shape and ours.argmax() == theirs.argmax(), (ours, theirs)
-        rounds = {k: [] for k in ["qlift_call", "qlift_native", "ort_call", "ort_native"]}
-        for _ in range(args.rounds):
-            rounds["qlift_call"].append(median_call_us(lambda: model(x), args.calls))
-            rounds["qlift_native"].append(model.bench(x, runs=args.calls, warmup=100)["median_us"])
-            rounds["ort_call"].append(median_call_us(lambda: session.run(None, feed), args.calls))
-            rounds["ort_native"].append(ort_native_us(session, feed, args.calls))
-        r = {k: statistics.median(v) for k, v in rounds.items()}
+        samples = {k: [] for k in ["qlift_call", "qlift_native", "ort_call", "ort_native"]}
+        for _ in range(rounds):
+            samples["qlift_call"].append(median_call_us(lambda: model(x), calls))
+            samples["qlift_native"].append(model.bench(x, runs=calls, warmup=100)["median_us"])
+            samples["ort_call"].append(median_call_us(lambda: session.run(None, feed), calls))
+            samples["ort_native"].append(ort_native_us(session, feed, calls))
+        r = {k: statistics.median(v) for k, v in samples.items()}
         r["qlift_overhead"] = r["qlift_call"] - r["qlift_native"]
         r["ort_overhead"] = r["ort_call"] - r["ort_native"]
         r["overhead_ratio"] = r["qlift_overhead"] / r["ort_overhead"]
         r["call_ratio"] = r["qlift_call"] / r["ort_call"]
         results[label] = r
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    results = measure(args.calls, args.rounds)
 
     if args.json:
         print(json.dumps({"onnxruntime": ort.__version__, "qlift": qlift.__version__, "results": results}, indent=2))
