@@ -136,7 +136,45 @@ fn export_subject(node: &str, op: &str) -> String {
     }
 }
 
+/// What an [`Error`] is about, coarsely: what the Python and C bindings turn into an
+/// exception class or a status code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The model is unreadable, invalid or too large (bad input).
+    BadModel,
+    /// Data given with the model is wrong: calibration data, run inputs or output buffers
+    /// (bad input).
+    BadInput,
+    /// The model uses an op, opset or feature this version of qlift does not support.
+    Unsupported,
+    /// A bug in qlift.
+    Internal,
+}
+
 impl Error {
+    /// The error's kind, from the error alone. An error of a compiled model's run that is
+    /// not internal nor unsupported is [`ErrorKind::BadInput`] whatever this says (a limit
+    /// on a run's memory is the inputs' fault, on import the model's): bindings decide
+    /// that by where the error came from.
+    pub fn kind(&self) -> ErrorKind {
+        use qlift_codegen::CodegenError as C;
+        if self.is_internal() {
+            return ErrorKind::Internal;
+        }
+        match self {
+            Error::Unsupported(_) | Error::Opset { .. } | Error::Export { .. } => ErrorKind::Unsupported,
+            Error::Pass(qlift_passes::PassError::Unsupported(_)) => ErrorKind::Unsupported,
+            Error::Codegen(C::Unsupported { .. } | C::Target { .. }) => ErrorKind::Unsupported,
+            Error::Codegen(C::Input { .. } | C::Runtime { .. }) => ErrorKind::BadInput,
+            Error::Ir(qlift_ir::IrError::Input { .. } | qlift_ir::IrError::Eval { .. }) => ErrorKind::BadInput,
+            // Calibration runs that the data does not fit.
+            Error::Pass(qlift_passes::PassError::Ir(qlift_ir::IrError::Input { .. } | qlift_ir::IrError::Eval { .. })) => ErrorKind::BadInput,
+            Error::Npy(_) => ErrorKind::BadInput,
+            Error::Value { name, .. } if name.starts_with("calibration") => ErrorKind::BadInput,
+            _ => ErrorKind::BadModel,
+        }
+    }
+
     /// Whether the error is a bug in qlift rather than bad input (the CLI exits with 2).
     pub fn is_internal(&self) -> bool {
         matches!(self, Error::Ir(qlift_ir::IrError::Build(_)) | Error::Pass(qlift_passes::PassError::Bug(_)))

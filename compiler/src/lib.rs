@@ -21,7 +21,7 @@ pub mod qir;
 pub mod quantize;
 pub mod report;
 
-pub use error::{Error, UnsupportedOp};
+pub use error::{Error, ErrorKind, UnsupportedOp};
 pub use qlift_passes::calibrate::{ActivationScheme, CalibrationMethod};
 pub use qlift_passes::quantize::QuantizeOptions;
 pub use model::{CompileOptions, CompiledModel, Engine, KernelTime};
