@@ -385,7 +385,7 @@ fn compile_options(options: *const QliftOptions) -> Result<CompileOptions, Failu
     if o.threads > 1024 {
         return Err(Failure::invalid(format!("options.threads: {} is more than 1024", o.threads)));
     }
-    Ok(CompileOptions { engine, threads: o.threads, quantize: QuantizeOptions { method, scheme }, ..Default::default() })
+    Ok(CompileOptions { engine, threads: o.threads, quantize: QuantizeOptions { method, scheme, ..Default::default() }, ..Default::default() })
 }
 
 /// Calibration buffers copied into tensors (the quantizer keeps what it reads).

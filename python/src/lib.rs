@@ -256,7 +256,7 @@ fn quantize_options(method: &str, activations: &str) -> PyResult<QuantizeOptions
         "i8" | "int8" => ActivationScheme::SymmetricI8,
         other => return Err(pyo3::exceptions::PyValueError::new_err(format!("activations `{other}`: expected \"u8\" (asymmetric) or \"i8\" (symmetric)"))),
     };
-    Ok(QuantizeOptions { method, scheme })
+    Ok(QuantizeOptions { method, scheme, ..Default::default() })
 }
 
 /// The graph's inputs as the model declares them.
