@@ -61,6 +61,9 @@ pub struct Program {
     pub steps: Vec<Step>,
     /// The arena layout.
     pub arena: Plan,
+    /// Whether some kernel computes across the batch axis (a recurrent layer whose sequence
+    /// is the batch): a call must then not be split into parts of the batch.
+    pub batch_coupled: bool,
     /// The per-step timer counters when built with `CodegenOptions::profile`: a writable
     /// data object of [`PROFILE_SLOTS`] u64 per step (nanoseconds, calls).
     pub profile: Option<DataId>,
@@ -133,6 +136,7 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &Co
     let mut calls: Vec<Call> = Vec::new();
     let mut steps = Vec::new();
     let mut last_use: HashMap<ValueId, usize> = HashMap::new();
+    let mut batch_coupled = false;
     for &id in &order {
         let node = graph.node(id);
         match &node.op {
@@ -146,6 +150,7 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &Co
         let NodeOp::Apply(op) = &node.op else { continue };
         let step = steps.len();
         let operands = graph.node_inputs(id);
+        batch_coupled |= across_axis_zero(op) && operands.first().copied().flatten().is_some_and(|x| graph.value_type(x).shape.dims().first() == Some(&Dim::Batch));
         let results: Vec<ValueId> = (0..node.outputs.len()).map(|output| ValueId { node: id, output }).collect();
         for r in &results {
             if !location.contains_key(r) {
@@ -253,7 +258,7 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &Co
     let arena = plan::plan(&buffers);
     let profile = if profile { Some(profile_counters(module, calls.len())?) } else { None };
     let entry = entry_function(module, entry_name, &calls, &location, &arena, profile)?;
-    Ok(Program { entry, inputs, outputs, computed_outputs, steps, arena, profile })
+    Ok(Program { entry, inputs, outputs, computed_outputs, steps, arena, batch_coupled, profile })
 }
 
 /// The zeroed, writable counters of a profiled program (see [`Program::profile`]).
@@ -348,6 +353,8 @@ fn across_axis_zero(op: &qlift_ir::Op) -> bool {
         ReduceMean | ReduceSum | ReduceMax | ReduceMin | ReduceProd | ReduceL1 | ReduceL2 | ReduceSumSquare | ReduceLogSum
         | ReduceLogSumExp => axes_have_zero,
         Concat | QConcat | Gather => axis_zero("axis"),
+        // Axis 0 is the sequence (layout 0) or the batch whose rows are walked one by one.
+        LSTM | GRU | RNN => true,
         _ => false,
     }
 }

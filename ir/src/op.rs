@@ -413,6 +413,11 @@ impl Op {
 pub const FUSED_ACTIVATION: [&str; 2] = ["act_min", "act_max"];
 
 impl OpKind {
+    /// How many results the op has (LSTM 3, GRU and RNN 2, every other op 1).
+    pub fn results(self) -> usize {
+        self.schema().outputs
+    }
+
     /// The operand slots whose values (not only types) decide the op's extents or indexing:
     /// code generation compiles them as constants, so a graph where one is computed at run
     /// time must be specialized further (see `specialize_for`). Shapes that only decide the

@@ -294,6 +294,11 @@ impl NodeCx<'_> {
         self.attr(name).map(|a| a.floats.clone())
     }
 
+    /// A string-list attribute, if present.
+    pub fn strings(&self, name: &str) -> Option<Vec<String>> {
+        self.attr(name).map(|a| a.strings.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+    }
+
     /// A string attribute, or `default`.
     pub fn string(&self, name: &str, default: &str) -> String {
         self.attr(name).map_or(default.to_string(), |a| String::from_utf8_lossy(&a.s).into_owned())
@@ -460,6 +465,37 @@ impl NodeCx<'_> {
         let v = ValueId { node: id, output: 0 };
         self.imp.fold(v)?;
         Ok(v)
+    }
+
+    /// Emits one IR node with `count` results for the node's ONNX results in order: those
+    /// the model names are bound, the others (omitted or past the end) get fresh names and
+    /// no readers.
+    pub fn emit_all(&mut self, kind: qlift_ir::OpKind, attrs: Attrs, inputs: &[Option<ValueId>], count: usize) -> Result<Vec<ValueId>, Error> {
+        if self.node.output.len() > count {
+            return Err(self.error(format!("has {} results, {kind} has {count}", self.node.output.len())));
+        }
+        let mut names = Vec::with_capacity(count);
+        for i in 0..count {
+            let name = match self.node.output.get(i).filter(|n| !n.is_empty()) {
+                Some(n) => n.clone(),
+                None => self.fresh_name(&format!("unused{i}")),
+            };
+            if self.imp.values.contains_key(&name) || self.imp.constants.contains_key(&name) || self.imp.names.contains(&name) || names.contains(&name) {
+                return Err(self.error(format!("result `{name}` is produced twice")));
+            }
+            names.push(name);
+        }
+        let outputs = names.iter().map(|n| Value { name: n.clone(), ty: TensorType::new(DType::F32, Shape::default()) }).collect();
+        let id = self.imp.graph.add_node(&self.name, Op::new(kind, attrs), inputs, outputs)?;
+        let values: Vec<ValueId> = (0..count).map(|output| ValueId { node: id, output }).collect();
+        self.imp.fold(values[0])?;
+        for (i, name) in names.into_iter().enumerate() {
+            self.imp.names.insert(name.clone());
+            if self.has_output(i) {
+                self.imp.values.insert(name, values[i]);
+            }
+        }
+        Ok(values)
     }
 
     /// A fresh value name for an intermediate step of this node (`{result}/{what}`).
