@@ -14,8 +14,14 @@ use qlift_ir::{AttrValue, Attrs, DType, Dim, Graph, Op, OpKind, Shape, Tensor, T
 use qlift_passes::{run_pipeline, PipelineOptions};
 use std::sync::Arc;
 
-/// Activation sets a case picks from (per direction: f, g, h as the cell uses them).
+/// Activations a case picks from (per direction: f, g, h as the cell uses them).
 const ACTIVATIONS: [&str; 11] = ["Sigmoid", "Tanh", "Relu", "HardSigmoid", "Affine", "LeakyRelu", "ThresholdedRelu", "ScaledTanh", "Elu", "Softsign", "Softplus"];
+
+/// The gate functions (LSTM's and GRU's `f`) a case picks from: those with values in
+/// [0, 1]. A gate outside it (a Relu or Affine update gate) makes `(1 − z)·h̃ + z·h` an
+/// extrapolation that amplifies every rounding difference step after step, so that two
+/// correct f32 and f64 evaluations drift apart by more than 1e-5 on a few random weights.
+const GATES: [&str; 2] = ["Sigmoid", "HardSigmoid"];
 
 #[derive(Clone, Debug)]
 struct Spec {
@@ -128,7 +134,11 @@ impl Spec {
                 OpKind::GRU => ["Sigmoid", "Tanh"].iter().cycle().take(n).copied().collect(),
                 _ => vec!["Tanh"; n],
             },
-            Some(a) => a.iter().take(n).map(|&i| ACTIVATIONS[i]).collect(),
+            Some(a) => {
+                let gated = self.kind != OpKind::RNN;
+                let per = self.per_direction();
+                a.iter().take(n).enumerate().map(|(k, &i)| if gated && k % per == 0 { GATES[i % GATES.len()] } else { ACTIVATIONS[i] }).collect()
+            }
         };
         let alpha: Vec<f32> = names.iter().map(|n| qlift_ir::RECURRENT_ACTIVATIONS.iter().find(|a| a.0 == *n).map_or(0.0, |a| if a.3 { a.1 * 0.9 } else { 0.0 })).collect();
         let beta: Vec<f32> = names.iter().map(|n| qlift_ir::RECURRENT_ACTIVATIONS.iter().find(|a| a.0 == *n).map_or(0.0, |a| if a.4 { a.2 * 1.1 } else { 0.0 })).collect();

@@ -103,21 +103,73 @@ struct Direction {
     acts: Vec<Activation>,
 }
 
+/// Rows computed together by [`rows_times`]: each vector of `v` is loaded once for all
+/// of them (4 rows: 1.25 loads per multiply-add instead of 2).
+const ROW_BLOCK: usize = 4;
+
 /// `rows` pre-activation rows `first..first + rows` into `out`: `bias[j] + M[j]·v` over
-/// `n`-element rows of `m`.
+/// `n`-element rows of `m`, [`ROW_BLOCK`] rows at a time (f32x4 accumulators, a scalar
+/// tail per row), then the remaining rows one by one.
 #[allow(clippy::too_many_arguments)]
 fn rows_times(fb: &mut FunctionBuilder, m: Value, bias: Option<Value>, v: Value, n: usize, first: usize, rows: usize, out: Value) {
-    let (start, end) = (emit::iconst(fb, first as i64), emit::iconst(fb, (first + rows) as i64));
-    emit::for_range(fb, start, end, 1, |fb, j| {
-        let row = fb.ins().imul_imm_s(j, n as i64);
-        let zero = emit::iconst(fb, 0);
-        let mut s = dot(fb, m, row, v, zero, n);
-        if let Some(b) = bias {
-            let bj = emit::load_at(fb, types::F32, b, j);
-            s = fb.ins().fadd(s, bj);
-        }
-        emit::store_at(fb, s, out, j);
-    });
+    let blocked = rows - rows % ROW_BLOCK;
+    if blocked > 0 {
+        let (start, end) = (emit::iconst(fb, first as i64), emit::iconst(fb, (first + blocked) as i64));
+        emit::for_range(fb, start, end, ROW_BLOCK as i64, |fb, j| {
+            let vaccs: Vec<_> = (0..ROW_BLOCK).map(|_| fb.declare_var(types::F32X4)).collect();
+            let accs: Vec<_> = (0..ROW_BLOCK).map(|_| fb.declare_var(types::F32)).collect();
+            let zero = fb.ins().f32const(0.0);
+            let vzero = fb.ins().splat(types::F32X4, zero);
+            for r in 0..ROW_BLOCK {
+                fb.def_var(vaccs[r], vzero);
+                fb.def_var(accs[r], zero);
+            }
+            // Address of row j's first element.
+            let row = fb.ins().imul_imm_s(j, (n * 4) as i64);
+            let row = fb.ins().iadd(m, row);
+            emit::for_lanes(fb, n as i64, LANES, &mut |fb, i, whole| {
+                let (ty, vars) = if whole { (types::F32X4, &vaccs) } else { (types::F32, &accs) };
+                let pv = emit::addr(fb, v, i, 4);
+                let x = fb.ins().load(ty, emit::mem(), pv, 0);
+                let pm = emit::addr(fb, row, i, 4);
+                for (r, &var) in vars.iter().enumerate() {
+                    let w = fb.ins().load(ty, emit::mem(), pm, (r * n * 4) as i32);
+                    let p = fb.ins().fmul(w, x);
+                    let s = fb.use_var(var);
+                    let s = fb.ins().fadd(s, p);
+                    fb.def_var(var, s);
+                }
+            });
+            for r in 0..ROW_BLOCK {
+                let vs = fb.use_var(vaccs[r]);
+                let lanes: Vec<Value> = (0..LANES as u8).map(|l| fb.ins().extractlane(vs, l)).collect();
+                let p = fb.ins().fadd(lanes[0], lanes[1]);
+                let q = fb.ins().fadd(lanes[2], lanes[3]);
+                let h = fb.ins().fadd(p, q);
+                let t = fb.use_var(accs[r]);
+                let mut sum = fb.ins().fadd(h, t);
+                let jr = fb.ins().iadd_imm_s(j, r as i64);
+                if let Some(b) = bias {
+                    let bj = emit::load_at(fb, types::F32, b, jr);
+                    sum = fb.ins().fadd(sum, bj);
+                }
+                emit::store_at(fb, sum, out, jr);
+            }
+        });
+    }
+    if rows > blocked {
+        let (start, end) = (emit::iconst(fb, (first + blocked) as i64), emit::iconst(fb, (first + rows) as i64));
+        emit::for_range(fb, start, end, 1, |fb, j| {
+            let row = fb.ins().imul_imm_s(j, n as i64);
+            let zero = emit::iconst(fb, 0);
+            let mut s = dot(fb, m, row, v, zero, n);
+            if let Some(b) = bias {
+                let bj = emit::load_at(fb, types::F32, b, j);
+                s = fb.ins().fadd(s, bj);
+            }
+            emit::store_at(fb, s, out, j);
+        });
+    }
 }
 
 /// Stores `n` zeros at element offset `at` of `base`.
