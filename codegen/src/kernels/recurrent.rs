@@ -104,8 +104,9 @@ struct Direction {
 }
 
 /// Rows computed together by [`rows_times`]: each vector of `v` is loaded once for all
-/// of them (4 rows: 1.25 loads per multiply-add instead of 2).
-const ROW_BLOCK: usize = 4;
+/// of them (8 rows: 1.125 loads per multiply-add instead of 2, and eight independent
+/// accumulator chains).
+const ROW_BLOCK: usize = 8;
 
 /// `rows` pre-activation rows `first..first + rows` into `out`: `bias[j] + M[j]·v` over
 /// `n`-element rows of `m`, [`ROW_BLOCK`] rows at a time (f32x4 accumulators, a scalar
