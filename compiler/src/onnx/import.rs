@@ -120,21 +120,27 @@ fn is_default_domain(domain: &str) -> bool {
 }
 
 /// The names of the symbolic dimensions that stand for the batch: those on axis 0 of a
-/// graph input (an unnamed unknown axis 0 is the batch too).
+/// graph input and on no other axis of any (an unnamed unknown axis 0 is the batch too).
+/// A recurrent layer's `X: [seq, batch, input]` with `sequence_lens: [batch]` makes `seq`
+/// the batch and `batch` a symbol: both on axis 0 would bind one extent to both.
 fn batch_symbols(g: &onnx_protobuf::GraphProto, opts: &ImportOptions) -> HashSet<String> {
     use onnx_protobuf::tensor_shape_proto::dimension::Value as D;
     use onnx_protobuf::type_proto::Value as T;
     let mut names = HashSet::new();
+    let mut elsewhere = HashSet::new();
     for input in &g.input {
         if opts.constant_inputs.contains_key(&input.name) || opts.input_shapes.contains_key(&input.name) {
             continue;
         }
         if let Some(T::TensorType(tt)) = input.type_.as_ref().and_then(|t| t.value.as_ref()) {
-            if let Some(Some(D::DimParam(p))) = tt.shape.as_ref().and_then(|s| s.dim.first()).map(|d| d.value.as_ref()) {
-                names.insert(p.clone());
+            for (axis, d) in tt.shape.as_ref().map_or(&[][..], |s| &s.dim[..]).iter().enumerate() {
+                if let Some(D::DimParam(p)) = d.value.as_ref() {
+                    if axis == 0 { names.insert(p.clone()) } else { elsewhere.insert(p.clone()) };
+                }
             }
         }
     }
+    names.retain(|n| !elsewhere.contains(n));
     names
 }
 
@@ -194,8 +200,8 @@ fn input_type(v: &ValueInfoProto, batch_names: &HashSet<String>, opts: &ImportOp
                 None => Ok(match (declared, &d.value) {
                     (Some(n), _) => Dim::Fixed(n),
                     (None, Some(D::DimParam(p))) if batch_names.contains(p) => Dim::Batch,
-                    (None, _) if axis == 0 => Dim::Batch,
                     (None, Some(D::DimParam(p))) if !p.is_empty() => Dim::Sym(Symbol::new(&symbol_name(p))),
+                    (None, _) if axis == 0 => Dim::Batch,
                     (None, _) => Dim::Sym(Symbol::new(&symbol_name(&format!("{}_{axis}", v.name)))),
                 }),
             }
