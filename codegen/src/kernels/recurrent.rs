@@ -103,72 +103,109 @@ struct Direction {
     acts: Vec<Activation>,
 }
 
+/// Steps whose input products are computed together (`W` read from memory once for them,
+/// see [`rows_times_many`]); the workspace holds their `gates·hidden` pre-activations.
+const CHUNK: usize = 8;
+
 /// Rows computed together by [`rows_times`]: each vector of `v` is loaded once for all
 /// of them (8 rows: 1.125 loads per multiply-add instead of 2, and eight independent
 /// accumulator chains).
 const ROW_BLOCK: usize = 8;
 
 /// `rows` pre-activation rows `first..first + rows` into `out`: `bias[j] + M[j]·v` over
-/// `n`-element rows of `m`, [`ROW_BLOCK`] rows at a time (f32x4 accumulators, a scalar
-/// tail per row), then the remaining rows one by one.
+/// `n`-element rows of `m` (see [`rows_times_many`]).
 #[allow(clippy::too_many_arguments)]
 fn rows_times(fb: &mut FunctionBuilder, m: Value, bias: Option<Value>, v: Value, n: usize, first: usize, rows: usize, out: Value) {
+    let one = emit::iconst(fb, 1);
+    rows_times_many(fb, m, bias, n, first, rows, one, &|_, _| v, out, 0);
+}
+
+/// The same rows of `m` times `count` (run-time) vectors, the `k`th at `x_at(k)`, into
+/// `out + k·out_stride` elements: [`ROW_BLOCK`] rows at a time (f32x4 accumulators, a
+/// scalar tail per row), every vector through one block before the next block, so that a
+/// block of rows is read from memory once for all the vectors and then from L1; then the
+/// remaining rows one by one.
+#[allow(clippy::too_many_arguments)]
+fn rows_times_many(
+    fb: &mut FunctionBuilder,
+    m: Value,
+    bias: Option<Value>,
+    n: usize,
+    first: usize,
+    rows: usize,
+    count: Value,
+    x_at: &dyn Fn(&mut FunctionBuilder, Value) -> Value,
+    out: Value,
+    out_stride: usize,
+) {
     let blocked = rows - rows % ROW_BLOCK;
+    let out_of = |fb: &mut FunctionBuilder, k: Value| {
+        let o = fb.ins().imul_imm_s(k, (out_stride * 4) as i64);
+        fb.ins().iadd(out, o)
+    };
     if blocked > 0 {
         let (start, end) = (emit::iconst(fb, first as i64), emit::iconst(fb, (first + blocked) as i64));
         emit::for_range(fb, start, end, ROW_BLOCK as i64, |fb, j| {
-            let vaccs: Vec<_> = (0..ROW_BLOCK).map(|_| fb.declare_var(types::F32X4)).collect();
-            let accs: Vec<_> = (0..ROW_BLOCK).map(|_| fb.declare_var(types::F32)).collect();
-            let zero = fb.ins().f32const(0.0);
-            let vzero = fb.ins().splat(types::F32X4, zero);
-            for r in 0..ROW_BLOCK {
-                fb.def_var(vaccs[r], vzero);
-                fb.def_var(accs[r], zero);
-            }
             // Address of row j's first element.
             let row = fb.ins().imul_imm_s(j, (n * 4) as i64);
             let row = fb.ins().iadd(m, row);
-            emit::for_lanes(fb, n as i64, LANES, &mut |fb, i, whole| {
-                let (ty, vars) = if whole { (types::F32X4, &vaccs) } else { (types::F32, &accs) };
-                let pv = emit::addr(fb, v, i, 4);
-                let x = fb.ins().load(ty, emit::mem(), pv, 0);
-                let pm = emit::addr(fb, row, i, 4);
-                for (r, &var) in vars.iter().enumerate() {
-                    let w = fb.ins().load(ty, emit::mem(), pm, (r * n * 4) as i32);
-                    let p = fb.ins().fmul(w, x);
-                    let s = fb.use_var(var);
-                    let s = fb.ins().fadd(s, p);
-                    fb.def_var(var, s);
+            emit::for_dynamic(fb, count, |fb, k| {
+                let v = x_at(fb, k);
+                let out = out_of(fb, k);
+                let vaccs: Vec<_> = (0..ROW_BLOCK).map(|_| fb.declare_var(types::F32X4)).collect();
+                let accs: Vec<_> = (0..ROW_BLOCK).map(|_| fb.declare_var(types::F32)).collect();
+                let zero = fb.ins().f32const(0.0);
+                let vzero = fb.ins().splat(types::F32X4, zero);
+                for r in 0..ROW_BLOCK {
+                    fb.def_var(vaccs[r], vzero);
+                    fb.def_var(accs[r], zero);
+                }
+                emit::for_lanes(fb, n as i64, LANES, &mut |fb, i, whole| {
+                    let (ty, vars) = if whole { (types::F32X4, &vaccs) } else { (types::F32, &accs) };
+                    let pv = emit::addr(fb, v, i, 4);
+                    let x = fb.ins().load(ty, emit::mem(), pv, 0);
+                    let pm = emit::addr(fb, row, i, 4);
+                    for (r, &var) in vars.iter().enumerate() {
+                        let w = fb.ins().load(ty, emit::mem(), pm, (r * n * 4) as i32);
+                        let p = fb.ins().fmul(w, x);
+                        let s = fb.use_var(var);
+                        let s = fb.ins().fadd(s, p);
+                        fb.def_var(var, s);
+                    }
+                });
+                for r in 0..ROW_BLOCK {
+                    let vs = fb.use_var(vaccs[r]);
+                    let lanes: Vec<Value> = (0..LANES as u8).map(|l| fb.ins().extractlane(vs, l)).collect();
+                    let p = fb.ins().fadd(lanes[0], lanes[1]);
+                    let q = fb.ins().fadd(lanes[2], lanes[3]);
+                    let h = fb.ins().fadd(p, q);
+                    let t = fb.use_var(accs[r]);
+                    let mut sum = fb.ins().fadd(h, t);
+                    let jr = fb.ins().iadd_imm_s(j, r as i64);
+                    if let Some(b) = bias {
+                        let bj = emit::load_at(fb, types::F32, b, jr);
+                        sum = fb.ins().fadd(sum, bj);
+                    }
+                    emit::store_at(fb, sum, out, jr);
                 }
             });
-            for r in 0..ROW_BLOCK {
-                let vs = fb.use_var(vaccs[r]);
-                let lanes: Vec<Value> = (0..LANES as u8).map(|l| fb.ins().extractlane(vs, l)).collect();
-                let p = fb.ins().fadd(lanes[0], lanes[1]);
-                let q = fb.ins().fadd(lanes[2], lanes[3]);
-                let h = fb.ins().fadd(p, q);
-                let t = fb.use_var(accs[r]);
-                let mut sum = fb.ins().fadd(h, t);
-                let jr = fb.ins().iadd_imm_s(j, r as i64);
-                if let Some(b) = bias {
-                    let bj = emit::load_at(fb, types::F32, b, jr);
-                    sum = fb.ins().fadd(sum, bj);
-                }
-                emit::store_at(fb, sum, out, jr);
-            }
         });
     }
     if rows > blocked {
         let (start, end) = (emit::iconst(fb, (first + blocked) as i64), emit::iconst(fb, (first + rows) as i64));
         emit::for_range(fb, start, end, 1, |fb, j| {
             let row = fb.ins().imul_imm_s(j, n as i64);
-            let zero = emit::iconst(fb, 0);
-            let mut s = dot(fb, m, row, v, zero, n);
-            if let Some(b) = bias {
-                let bj = emit::load_at(fb, types::F32, b, j);
-                s = fb.ins().fadd(s, bj);
-            }
-            emit::store_at(fb, s, out, j);
+            emit::for_dynamic(fb, count, |fb, k| {
+                let v = x_at(fb, k);
+                let out = out_of(fb, k);
+                let zero = emit::iconst(fb, 0);
+                let mut s = dot(fb, m, row, v, zero, n);
+                if let Some(b) = bias {
+                    let bj = emit::load_at(fb, types::F32, b, j);
+                    s = fb.ins().fadd(s, bj);
+                }
+                emit::store_at(fb, s, out, j);
+            });
         });
     }
 }
@@ -215,8 +252,8 @@ pub(super) fn recurrent(k: &mut Kernel) -> Result<(), String> {
     let py = k.output(0).ptr;
     let pyh = k.output(1).ptr;
     let pyc = (cell == Cell::Lstm).then(|| k.outputs[2].ptr);
-    // Workspace: h, c, tmp (H each), gx, gh (rows each).
-    let ws = k.workspace((3 * hidden + 2 * rows) * 4);
+    // Workspace: h, c, tmp (H each), gh (rows), gx (rows per step of a chunk).
+    let ws = k.workspace((3 * hidden + (1 + CHUNK) * rows) * 4);
     let fb = &mut *k.fb;
     let seq = extent(fb, seq_dim, k.batch)?;
     let batch = extent(fb, batch_dim, k.batch)?;
@@ -224,8 +261,8 @@ pub(super) fn recurrent(k: &mut Kernel) -> Result<(), String> {
     let ph = at(fb, 0);
     let pc = at(fb, hidden);
     let ptmp = at(fb, 2 * hidden);
-    let pgx = at(fb, 3 * hidden);
-    let pgh = at(fb, 3 * hidden + rows);
+    let pgh = at(fb, 3 * hidden);
+    let pgx = at(fb, 3 * hidden + rows);
     let directions: Vec<Direction> = (0..dirs)
         .map(|d| {
             let off = |fb: &mut FunctionBuilder, p: Value, elems: usize| fb.ins().iadd_imm_s(p, (elems * 4) as i64);
@@ -294,13 +331,16 @@ pub(super) fn recurrent(k: &mut Kernel) -> Result<(), String> {
                 };
                 fb.ins().imul_imm_s(o, hidden as i64)
             };
-            emit::for_dynamic(fb, len, |fb, s| {
-                let t = if dir.reverse {
+            // Step s's time index (from the end in reverse) and X row.
+            let time = move |fb: &mut FunctionBuilder, s: Value| {
+                if dir.reverse {
                     let last = fb.ins().iadd_imm_s(len, -1);
                     fb.ins().isub(last, s)
                 } else {
                     s
-                };
+                }
+            };
+            let x_row = move |fb: &mut FunctionBuilder, t: Value| {
                 let xo = if r.batch_first {
                     let o = fb.ins().imul(b, seq);
                     fb.ins().iadd(o, t)
@@ -309,15 +349,34 @@ pub(super) fn recurrent(k: &mut Kernel) -> Result<(), String> {
                     fb.ins().iadd(o, b)
                 };
                 let xo = fb.ins().imul_imm_s(xo, input as i64);
-                let xrow = emit::addr(fb, px, xo, 4);
+                emit::addr(fb, px, xo, 4)
+            };
+            // Steps in chunks of CHUNK: the input products of a chunk first (W read once for
+            // the chunk), then the recurrence step by step.
+            let zero = emit::iconst(fb, 0);
+            emit::for_range(fb, zero, len, CHUNK as i64, |fb, s0| {
+                let left = fb.ins().isub(len, s0);
+                let chunk = emit::iconst(fb, CHUNK as i64);
+                let count = fb.ins().smin(left, chunk);
                 let (wb, rb) = (dir.bias.map(|b| b.0), dir.bias.map(|b| b.1));
-                rows_times(fb, dir.w, wb, xrow, input, 0, rows, pgx);
-                let recurrent_rows = if cell == Cell::Gru && !r.linear_before_reset { 2 * hidden } else { rows };
-                rows_times(fb, dir.r, rb, ph, hidden, 0, recurrent_rows, pgh);
-                step(fb, cell, &r, dir, [ph, pc, ptmp, pgx, pgh], &clipped);
-                let yo = y_at(fb, t);
-                let zero = emit::iconst(fb, 0);
-                copy(fb, ph, zero, py, yo, hidden);
+                let x_at = |fb: &mut FunctionBuilder, k: Value| {
+                    let s = fb.ins().iadd(s0, k);
+                    let t = time(fb, s);
+                    x_row(fb, t)
+                };
+                rows_times_many(fb, dir.w, wb, input, 0, rows, count, &x_at, pgx, rows);
+                emit::for_dynamic(fb, count, |fb, k| {
+                    let s = fb.ins().iadd(s0, k);
+                    let t = time(fb, s);
+                    let gx = fb.ins().imul_imm_s(k, (rows * 4) as i64);
+                    let gx = fb.ins().iadd(pgx, gx);
+                    let recurrent_rows = if cell == Cell::Gru && !r.linear_before_reset { 2 * hidden } else { rows };
+                    rows_times(fb, dir.r, rb, ph, hidden, 0, recurrent_rows, pgh);
+                    step(fb, cell, &r, dir, [ph, pc, ptmp, gx, pgh], &clipped);
+                    let yo = y_at(fb, t);
+                    let zero = emit::iconst(fb, 0);
+                    copy(fb, ph, zero, py, yo, hidden);
+                });
             });
             if plen.is_some() {
                 emit::for_range(fb, len, seq, 1, |fb, t| {
