@@ -5,11 +5,13 @@
 //! time through its sequence, with that sample's state in the workspace (its size is then
 //! fixed whatever the batch and the sequence length, either of which may be the run-time
 //! batch of the compiled model: `[seq, N, input]` with a symbolic sequence makes the
-//! sequence the batch axis). Each step computes the gate pre-activations row by row (`W·x +
-//! Wb` and `R·h + Rb`, dot products four lanes at a time over the contiguous rows of the
-//! ONNX layout, which the weights keep), then the gate nonlinearities and the state update
-//! fused in one pass over the hidden units, four lanes at a time, through the same inline
-//! approximations as the elementwise kernels. Steps past a sample's `sequence_lens` are
+//! sequence the batch axis). The input products `W·x + Wb` of a chunk of [`CHUNK`] steps
+//! come first (blocks of [`ROW_BLOCK`] rows of `W`, each block through every step of the
+//! chunk while it is in L1), then each step computes `R·h + Rb` the same way for one vector
+//! (dot products four lanes at a time over the contiguous rows of the ONNX layout, which
+//! the weights keep), then the gate nonlinearities and the state update fused in one pass
+//! over the hidden units, four lanes at a time, through the same inline approximations as
+//! the elementwise kernels. Steps past a sample's `sequence_lens` are
 //! zero in `Y`; a length outside `0..=seq` makes the kernel fail.
 
 use super::elementwise::{clamp_f32, fconst};

@@ -159,8 +159,8 @@ fn symbol_name(raw: &str) -> String {
 
 /// The static type of a graph input: a supported dtype, extents from the model or from
 /// `--shape`, and symbolic dimensions where the model names them: the batch on axis 0
-/// (and wherever the same name recurs), a named symbol elsewhere (`sequence`, `height`),
-/// an unnamed unknown extent named after its input and axis.
+/// (see [`batch_symbols`]), a named symbol elsewhere (`sequence`, `height`), an unnamed
+/// unknown extent named after its input and axis (an unnamed unknown axis 0 is the batch).
 fn input_type(v: &ValueInfoProto, batch_names: &HashSet<String>, opts: &ImportOptions) -> Result<TensorType, Error> {
     use onnx_protobuf::tensor_shape_proto::dimension::Value as D;
     use onnx_protobuf::type_proto::Value as T;
