@@ -36,6 +36,8 @@ SUPPORTED = {
     "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp", "ArgMax", "ArgMin", "CumSum",
     "LayerNormalization", "InstanceNormalization", "GroupNormalization", "LpNormalization",
     "LogSoftmax", "Hardmax", "ConvTranspose", "Einsum",
+    # recurrent layers
+    "LSTM", "GRU", "RNN",
 }
 P = onnx.TensorProto
 DTYPES = {P.FLOAT, P.INT8, P.UINT8, P.INT32, P.INT64, P.INT4, P.UINT4, P.BOOL}

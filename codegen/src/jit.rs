@@ -211,7 +211,7 @@ impl JitProgram {
         let batched = |ty: &TensorType| ty.shape.dims().first() == Some(&qlift_ir::Dim::Batch);
         let bytes = |ty: &TensorType| if batched(ty) { ty.shape.resolve(1).iter().product::<usize>() * ty.dtype.size_of() } else { 0 };
         let computed: Vec<&TensorType> = program.outputs.iter().filter(|(_, _, s)| matches!(s, OutputSource::Computed(_))).map(|(_, t, _)| t).collect();
-        let splittable = program.inputs.iter().all(|(_, t)| batched(t)) && computed.iter().all(|t| batched(t));
+        let splittable = !program.batch_coupled && program.inputs.iter().all(|(_, t)| batched(t)) && computed.iter().all(|t| batched(t));
         let sample_bytes = (program.inputs.iter().map(|(_, t)| bytes(t)).collect(), computed.iter().map(|t| bytes(t)).collect());
         Ok(JitProgram { module: Some(module), entry, program, isa: description, scratch: Mutex::new(Vec::new()), threads: 1, splittable, sample_bytes, profile })
     }

@@ -61,6 +61,9 @@ pub struct Program {
     pub steps: Vec<Step>,
     /// The arena layout.
     pub arena: Plan,
+    /// Whether some kernel computes across the batch axis (a recurrent layer whose sequence
+    /// is the batch): a call must then not be split into parts of the batch.
+    pub batch_coupled: bool,
     /// The per-step timer counters when built with `CodegenOptions::profile`: a writable
     /// data object of [`PROFILE_SLOTS`] u64 per step (nanoseconds, calls).
     pub profile: Option<DataId>,
@@ -133,6 +136,7 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &Co
     let mut calls: Vec<Call> = Vec::new();
     let mut steps = Vec::new();
     let mut last_use: HashMap<ValueId, usize> = HashMap::new();
+    let mut batch_coupled = false;
     for &id in &order {
         let node = graph.node(id);
         match &node.op {
@@ -148,6 +152,8 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &Co
         };
         let step = steps.len();
         let operands = graph.node_inputs(id);
+        let rank = operands.iter().flatten().map(|&v| graph.value_type(v).shape.rank()).max().unwrap_or(0);
+        batch_coupled |= across_axis_zero(op, rank) && operands.first().copied().flatten().is_some_and(|x| graph.value_type(x).shape.dims().first() == Some(&Dim::Batch));
         let results: Vec<ValueId> = (0..node.outputs.len()).map(|output| ValueId { node: id, output }).collect();
         for r in &results {
             if !location.contains_key(r) {
@@ -275,7 +281,7 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &Co
     let arena = plan::plan(&buffers);
     let profile = if profile { Some(profile_counters(module, calls.len())?) } else { None };
     let entry = entry_function(module, entry_name, &calls, &location, &arena, profile)?;
-    Ok(Program { entry, inputs, outputs, computed_outputs, steps, arena, profile })
+    Ok(Program { entry, inputs, outputs, computed_outputs, steps, arena, batch_coupled, profile })
 }
 
 /// The zeroed, writable counters of a profiled program (see [`Program::profile`]).
@@ -375,6 +381,8 @@ fn across_axis_zero(op: &qlift_ir::Op, rank: usize) -> bool {
         GatherElements | GatherND | ScatterND | ScatterElements | NonZero => true,
         // The row index of a matrix is part of the result.
         Trilu => rank <= 2,
+        // Axis 0 is the sequence (layout 0) or the batch whose rows are walked one by one.
+        LSTM | GRU | RNN => true,
         _ => false,
     }
 }

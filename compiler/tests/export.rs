@@ -408,6 +408,21 @@ const GRAPHS: &[(i64, &str)] = &[
 }",
     ),
     (
+        13,
+        "graph recurrent(%x: f32[N,2,3], %h0: f32[1,2,1]) -> (%y, %yh, %yc, %gy, %gh, %ry, %rh) {
+  %w = const f32[1,4,3] [0.1, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, -0.8, 0.9, -0.1, 0.2, -0.3]
+  %r = const f32[1,4,1] [0.5, -0.4, 0.3, -0.2]
+  %y, %yh, %yc = LSTM(%x, %w, %r, _, _, %h0) {activation_alpha=[0.0, 0.0, 0.0], activation_beta=[0.0, 0.0, 0.0], activations=\"Sigmoid,Tanh,Tanh\", clip=inf, direction=\"forward\", hidden_size=1, input_forget=0, layout=0} : f32[N,1,2,1], f32[1,2,1], f32[1,2,1]
+  %gw = const f32[1,3,3] [0.3, 0.1, -0.2, 0.5, -0.6, 0.2, -0.1, 0.4, 0.3]
+  %gr = const f32[1,3,1] [0.2, -0.7, 0.6]
+  %gb = const f32[1,6] [0.1, 0.2, -0.3, 0.05, -0.1, 0.2]
+  %gy, %gh = GRU(%x, %gw, %gr, %gb) {activation_alpha=[0.25, 0.0], activation_beta=[0.45, 0.0], activations=\"HardSigmoid,Tanh\", clip=2.0, direction=\"reverse\", hidden_size=1, layout=0, linear_before_reset=1} : f32[N,1,2,1], f32[1,2,1]
+  %rw = const f32[2,2,3] [0.2, -0.1, 0.4, 0.3, 0.5, -0.6, -0.2, 0.1, 0.7, 0.3, -0.4, 0.2]
+  %rr = const f32[2,2,2] [0.1, -0.3, 0.2, 0.4, -0.5, 0.6, 0.3, -0.1]
+  %ry, %rh = RNN(%x, %rw, %rr) {activation_alpha=[0.0, 0.1], activation_beta=[0.0, 0.0], activations=\"Tanh,LeakyRelu\", clip=inf, direction=\"bidirectional\", hidden_size=2, layout=0} : f32[N,2,2,2], f32[2,2,2]
+}",
+    ),
+    (
         21,
         "graph int4(%x: f32[N,4]) -> (%y, %d) {
   %w = const i4[4,3] quant(axis=1, scale=[0.5, 0.25, 0.125], zero_point=[0, 1, -1]) [-8, -1, 0, 1, 7, 3, -3, 2, -2, 5, -5, 4]

@@ -794,3 +794,88 @@ fn calibration_runs_in_batches_that_fit_the_memory_limit() {
     let e = qlift::quantize::quantize_limited(&graph, std::slice::from_ref(&samples), &opts, &pipeline, &limits, &|_, _| {}).err().expect("refused");
     assert!(e.to_string().contains("memory for calibrating one sample"), "{e}");
 }
+
+/// x f32[seq,batch,2] → LSTM (hidden 3, W and R initializers) → only Y_h.
+fn lstm_model(attrs: Vec<AttributeProto>) -> ModelProto {
+    let mut g = GraphProto::new();
+    g.name = "lstm".into();
+    g.input.push(value_info("x", FLOAT, &["seq", "batch", "2"]));
+    g.output.push(value_info("yh", FLOAT, &["1", "batch", "3"]));
+    g.initializer.push(f32_tensor("w", &[1, 12, 2], &[0.25; 24]));
+    g.initializer.push(f32_tensor("r", &[1, 12, 3], &[-0.125; 36]));
+    let mut n = node("LSTM", "the_lstm", &["x", "w", "r"], &["", "yh"]);
+    n.attribute = attrs;
+    g.node.push(n);
+    model(g, 14)
+}
+
+fn attr_int(name: &str, v: i64) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.i = v;
+    a.type_ = onnx_protobuf::attribute_proto::AttributeType::INT.into();
+    a
+}
+
+fn attr_strings(name: &str, v: &[&str]) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.strings = v.iter().map(|s| s.as_bytes().to_vec()).collect();
+    a.type_ = onnx_protobuf::attribute_proto::AttributeType::STRINGS.into();
+    a
+}
+
+fn attr_string(name: &str, v: &str) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.s = v.as_bytes().to_vec();
+    a.type_ = onnx_protobuf::attribute_proto::AttributeType::STRING.into();
+    a
+}
+
+#[test]
+fn bad_recurrent_layers_name_the_node() {
+    // The valid layer imports (symbolic sequence and batch) and runs.
+    let g = load(&lstm_model(vec![])).unwrap();
+    let y = qlift_ir::interp::run(&g, &[Tensor::from_f32(&[4, 2, 2], vec![0.5; 16])]).unwrap();
+    assert_eq!(y[0].shape(), &[1, 2, 3]);
+    let cases: Vec<(Vec<AttributeProto>, &str)> = vec![
+        (vec![attr_strings("activations", &["Swish", "Tanh", "Tanh"])], "Swish"),
+        (vec![attr_strings("activations", &["Sigmoid", "Tanh"])], "activations"),
+        (vec![attr_int("hidden_size", 5)], "W"),
+        (vec![attr_int("hidden_size", -2)], "hidden_size"),
+        (vec![attr_string("direction", "sideways")], "sideways"),
+        (vec![attr_int("layout", 2)], "layout"),
+        (vec![attr_int("input_forget", 3)], "input_forget"),
+    ];
+    for (attrs, what) in cases {
+        let e = err(&lstm_model(attrs)).to_string();
+        assert!(e.contains("the_lstm") && e.contains(what), "{what}: {e}");
+    }
+    // W whose gate rows do not divide into the gates.
+    let mut m = lstm_model(vec![]);
+    m.graph.as_mut().unwrap().initializer[0] = f32_tensor("w", &[1, 10, 2], &[0.25; 20]);
+    let e = err(&m).to_string();
+    assert!(e.contains("the_lstm") && e.contains("W"), "{e}");
+    // A run-time sequence length past the sequence.
+    let mut m = lstm_model(vec![]);
+    let g_ = m.graph.as_mut().unwrap();
+    g_.input.push(value_info("lens", 6, &["batch"]));
+    g_.node[0].input.extend(["".to_string(), "lens".to_string()]);
+    let g = load(&m).unwrap();
+    let lens = Tensor::new(qlift_ir::DType::I32, vec![2], qlift_ir::TensorData::I32(vec![2, 9])).unwrap();
+    let e = qlift_ir::interp::run(&g, &[Tensor::from_f32(&[4, 2, 2], vec![0.5; 16]), lens]).unwrap_err().to_string();
+    assert!(e.contains("the_lstm") && e.contains("sequence_lens"), "{e}");
+    // `seq` is the batch, `batch` (also on sequence_lens' axis 0) a symbol: the compiled
+    // model runs any sequence with any batch, as the interpreter does.
+    assert_eq!(qlift_ir::text::type_to_string(g.value_type(g.input_values()[0])), "f32[N,batch,2]");
+    let compiled = qlift::CompiledModel::from_onnx_bytes(&bytes(&m), None, &qlift::CompileOptions::default()).unwrap();
+    for (seq, batch) in [(4, 2), (7, 3)] {
+        let x = Tensor::from_f32(&[seq, batch, 2], (0..seq * batch * 2).map(|i| (i as f32 * 0.37).sin()).collect());
+        let lens = Tensor::new(qlift_ir::DType::I32, vec![batch], qlift_ir::TensorData::I32((0..batch as i32).map(|b| seq as i32 - b).collect())).unwrap();
+        let want = qlift_ir::interp::run(&g, &[x.clone(), lens.clone()]).unwrap();
+        let got = compiled.run(&[x, lens]).unwrap();
+        let (a, b) = (got[0].as_f32().unwrap(), want[0].as_f32().unwrap());
+        assert!(a.iter().zip(b).all(|(a, b)| (a - b).abs() <= 1e-5 * b.abs().max(1.0)), "{a:?} vs {b:?}");
+    }
+}

@@ -10,6 +10,7 @@ pub(crate) enum AttrKind {
     Int,
     Float,
     Ints,
+    Floats,
     Str,
     /// An integer list that may be absent (the op then takes it as an operand).
     OptInts,
@@ -331,6 +332,23 @@ ops! {
     /// Transposed convolution; `pads` are signed and include ONNX's `output_padding` and
     /// `output_shape` (see `ops/conv_transpose.rs`).
     ConvTranspose: 2..=3 -> 1 { "dilations": Ints, "group": Int, "kernel_shape": Ints, "pads": Ints, "strides": Ints },
+    // Recurrent layers (`ops/recurrent.rs`): ONNX's operands and results, every result
+    // always computed; activations with their parameters spelled out per direction.
+    /// Long short-term memory: results `Y`, `Y_h`, `Y_c`.
+    LSTM: 3..=8 -> 3 {
+        "activation_alpha": Floats, "activation_beta": Floats, "activations": Str, "clip": Float, "direction": Str,
+        "hidden_size": Int, "input_forget": Int, "layout": Int
+    },
+    /// Gated recurrent unit: results `Y`, `Y_h`.
+    GRU: 3..=6 -> 2 {
+        "activation_alpha": Floats, "activation_beta": Floats, "activations": Str, "clip": Float, "direction": Str,
+        "hidden_size": Int, "layout": Int, "linear_before_reset": Int
+    },
+    /// Plain recurrent layer: results `Y`, `Y_h`.
+    RNN: 3..=6 -> 2 {
+        "activation_alpha": Floats, "activation_beta": Floats, "activations": Str, "clip": Float, "direction": Str,
+        "hidden_size": Int, "layout": Int
+    },
 }
 
 impl fmt::Display for OpKind {
@@ -374,6 +392,7 @@ impl Op {
                 AttrKind::Int => self.attrs.int(name).map(|_| ()),
                 AttrKind::Float => self.attrs.float(name).map(|_| ()),
                 AttrKind::Ints => self.attrs.ints(name).map(|_| ()),
+                AttrKind::Floats => self.attrs.floats(name).map(|_| ()),
                 AttrKind::Str => self.attrs.str(name).map(|_| ()),
                 AttrKind::OptInts if self.attrs.get(name).is_none() => Ok(()),
                 AttrKind::OptInts => self.attrs.ints(name).map(|_| ()),
@@ -394,6 +413,11 @@ impl Op {
 pub const FUSED_ACTIVATION: [&str; 2] = ["act_min", "act_max"];
 
 impl OpKind {
+    /// How many results the op has (LSTM 3, GRU and RNN 2, every other op 1).
+    pub fn results(self) -> usize {
+        self.schema().outputs
+    }
+
     /// The operand slots whose values (not only types) decide the op's extents or indexing:
     /// code generation compiles them as constants, so a graph where one is computed at run
     /// time must be specialized further (see `specialize_for`). Shapes that only decide the

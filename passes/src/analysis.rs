@@ -92,6 +92,21 @@ impl Analysis<QNode> for QAnalysis {
                 data(c.as_ref().map(Constant::ty), c)
             }
             QNode::Missing => data(None, None),
+            // The class of a multi-result op is typed through its results' classes.
+            QNode::Op(sym, _) if sym.kind.results() > 1 => data(None, None),
+            QNode::Result(r, [tuple]) => {
+                let ty = egraph[*tuple].nodes.iter().find_map(|n| match n {
+                    QNode::Op(sym, children) => {
+                        let types: Vec<Option<&TensorType>> = children.iter().map(|c| egraph[*c].data.ty.as_ref()).collect();
+                        let constants: Vec<Option<&Tensor>> =
+                            children.iter().map(|c| egraph[*c].data.constant.as_ref().map(|k| k.tensor.as_ref())).collect();
+                        let values = qlift_ir::OperandValues { constants: &constants, symbolic: &[] };
+                        qlift_ir::infer_op_with(&sym.op(), &types, &values, &[]).ok().and_then(|mut t| (*r < t.len()).then(|| t.swap_remove(*r)))
+                    }
+                    _ => None,
+                });
+                data(ty, None)
+            }
             QNode::Op(sym, children) => {
                 let op = sym.op();
                 let types: Vec<Option<&TensorType>> = children.iter().map(|c| egraph[*c].data.ty.as_ref()).collect();

@@ -42,6 +42,22 @@ pub fn to_egraph(graph: &Graph) -> Result<GraphEGraph, PassError> {
                 let quant = node.outputs[0].ty.quant.clone();
                 egraph.analysis.constant_node(Constant { tensor: t.clone(), quant })
             }
+            NodeOp::Apply(op) if op.kind.results() > 1 => {
+                // The op's class (untyped), then a class per result.
+                let children = graph.node_inputs(id).iter().map(|v| v.map_or(missing, |v| class[&v])).collect();
+                let tuple = egraph.add(QNode::Op(OpSym::new(op, None), children));
+                order.push(tuple);
+                for (r, value) in node.outputs.iter().enumerate() {
+                    let c = egraph.add(QNode::Result(r, [tuple]));
+                    let data: &mut ClassData = &mut egraph[c].data;
+                    if data.name.is_none() {
+                        data.name = Some((node.name.clone(), value.name.clone()));
+                    }
+                    class.insert(ValueId { node: id, output: r }, c);
+                    order.push(c);
+                }
+                continue;
+            }
             NodeOp::Apply(op) => {
                 if node.outputs.len() != 1 {
                     return Err(PassError::Unsupported(format!("node `{}` has {} results", node.name, node.outputs.len())));
@@ -117,8 +133,10 @@ pub fn to_graph(eg: &GraphEGraph) -> Result<Graph, PassError> {
         .filter(|c| live.contains(c))
         .map(|c| (c, false))
         .collect();
+    // Classes of multi-result ops already built (their results are in `values`).
+    let mut tuples: HashSet<Id> = HashSet::new();
     while let Some((c, ready)) = stack.pop() {
-        if values.contains_key(&c) {
+        if values.contains_key(&c) || tuples.contains(&c) {
             continue;
         }
         let node = extractor.best_node(c)?;
@@ -133,6 +151,17 @@ pub fn to_graph(eg: &GraphEGraph) -> Result<Graph, PassError> {
             continue;
         }
         let data = &egraph[c].data;
+        if let QNode::Result(..) = node {
+            // Built with its op.
+            return Err(PassError::Bug(format!("result class {c} was not built with its op")));
+        }
+        if let QNode::Op(sym, children) = node {
+            if sym.kind.results() > 1 {
+                build_tuple(egraph, &mut graph, &mut names, &mut values, c, sym, children)?;
+                tuples.insert(c);
+                continue;
+            }
+        }
         let (node_name, value_name) = names.for_class(data, node);
         let v = match node {
             QNode::Const(k) => {
@@ -159,7 +188,7 @@ pub fn to_graph(eg: &GraphEGraph) -> Result<Graph, PassError> {
                 let id = graph.add_node(&node_name, sym.op(), &operands, vec![Value { name: value_name, ty }])?;
                 ValueId { node: id, output: 0 }
             }
-            QNode::Input(_) | QNode::Missing => continue,
+            QNode::Input(_) | QNode::Missing | QNode::Result(..) => continue,
         };
         values.insert(c, v);
     }
@@ -170,6 +199,66 @@ pub fn to_graph(eg: &GraphEGraph) -> Result<Graph, PassError> {
     graph.set_outputs(outputs)?;
     graph.remove_dead_nodes();
     Ok(graph)
+}
+
+/// Builds the node of a multi-result op (class `c`, operands already built) and records
+/// the value of each result class the e-graph has for it. Names come from the result
+/// classes (the node's name from the first one that has a name).
+fn build_tuple(
+    egraph: &QEGraph,
+    graph: &mut Graph,
+    names: &mut Names,
+    values: &mut HashMap<Id, ValueId>,
+    c: Id,
+    sym: &OpSym,
+    children: &[Id],
+) -> Result<(), PassError> {
+    let mut operands: Vec<Option<ValueId>> = Vec::with_capacity(children.len());
+    for k in children {
+        let k = egraph.find(*k);
+        if egraph[k].nodes.iter().any(|n| matches!(n, QNode::Missing)) {
+            operands.push(None);
+            continue;
+        }
+        let v = match (values.get(&k), &egraph[k].data.constant) {
+            (Some(&v), _) => v,
+            // A constant the rewrites made, built where it is used.
+            (None, Some(constant)) => {
+                let v = graph.add_const(&names.fresh(&format!("{}.{}", sym.kind.name().to_lowercase(), operands.len())), constant.tensor.clone(), constant.quant.clone());
+                values.insert(k, v);
+                v
+            }
+            (None, None) => return Err(PassError::Bug(format!("operand class {k} of a multi-result op is not built"))),
+        };
+        operands.push(Some(v));
+    }
+    let op = sym.op();
+    let types: Vec<Option<&TensorType>> = operands.iter().map(|v| v.map(|v| graph.value_type(v))).collect();
+    let constants: Vec<Option<&qlift_ir::Tensor>> = operands.iter().map(|v| v.and_then(|v| graph.const_value(v)).map(|t| t.as_ref())).collect();
+    let inferred = qlift_ir::infer_op_with(&op, &types, &qlift_ir::OperandValues { constants: &constants, symbolic: &[] }, &[])
+        .map_err(|e| PassError::Bug(format!("{}: {e}", op.kind)))?;
+    let classes: Vec<Option<Id>> = (0..inferred.len()).map(|r| egraph.lookup(QNode::Result(r, [c]))).collect();
+    let mut node_name = None;
+    let mut outputs = Vec::with_capacity(inferred.len());
+    for (r, ty) in inferred.into_iter().enumerate() {
+        let named = classes[r].and_then(|k| egraph[k].data.name.clone());
+        let value = match named {
+            Some((node, value)) => {
+                node_name.get_or_insert(node);
+                names.fresh(&value)
+            }
+            None => names.fresh(&format!("{}_{r}", op.kind.name().to_lowercase())),
+        };
+        outputs.push(Value { name: value, ty });
+    }
+    let node_name = node_name.unwrap_or_else(|| outputs[0].name.clone());
+    let id = graph.add_node(&node_name, op, &operands, outputs)?;
+    for (r, k) in classes.into_iter().enumerate() {
+        if let Some(k) = k {
+            values.insert(egraph.find(k), ValueId { node: id, output: r });
+        }
+    }
+    Ok(())
 }
 
 /// The value to expose as the output called `name`: `v` renamed when it is an op result no

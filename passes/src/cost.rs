@@ -52,7 +52,7 @@ impl CostFunction<QNode> for CostModel<'_> {
 
     fn cost<C: FnMut(Id) -> Cost>(&mut self, enode: &QNode, mut costs: C) -> Cost {
         let own = match enode {
-            QNode::Input(_) | QNode::Missing => Cost { nodes: 0, work: 0.0 },
+            QNode::Input(_) | QNode::Missing | QNode::Result(..) => Cost { nodes: 0, work: 0.0 },
             QNode::Const(_) => Cost { nodes: 1, work: 0.0 },
             QNode::Op(sym, children) => {
                 // qlift's integer ops requantize in fixed point; ONNX's QLinear ops in float

@@ -85,6 +85,9 @@ pub enum QNode {
     Missing,
     /// An op applied to operands.
     Op(OpSym, Vec<Id>),
+    /// Result `r` of the op of a multi-result node (LSTM's `Y_h`): the child's class holds
+    /// the op itself, which has no type of its own.
+    Result(usize, [Id; 1]),
 }
 
 /// What e-matching compares: the variant, the constant or input, the op kind (attributes
@@ -99,6 +102,8 @@ pub enum QDiscriminant {
     Missing,
     /// See [`QNode::Op`].
     Op(OpKind),
+    /// See [`QNode::Result`].
+    Result(usize),
 }
 
 impl Language for QNode {
@@ -110,6 +115,7 @@ impl Language for QNode {
             QNode::Const(k) => QDiscriminant::Const(*k),
             QNode::Missing => QDiscriminant::Missing,
             QNode::Op(sym, _) => QDiscriminant::Op(sym.kind),
+            QNode::Result(r, _) => QDiscriminant::Result(*r),
         }
     }
 
@@ -125,6 +131,7 @@ impl Language for QNode {
     fn children(&self) -> &[Id] {
         match self {
             QNode::Op(_, c) => c,
+            QNode::Result(_, c) => c,
             _ => &[],
         }
     }
@@ -132,6 +139,7 @@ impl Language for QNode {
     fn children_mut(&mut self) -> &mut [Id] {
         match self {
             QNode::Op(_, c) => c,
+            QNode::Result(_, c) => c,
             _ => &mut [],
         }
     }
@@ -144,6 +152,7 @@ impl fmt::Display for QNode {
             QNode::Const(k) => write!(f, "const{k:016x}"),
             QNode::Missing => f.write_str("_"),
             QNode::Op(sym, _) => f.write_str(sym.kind.name()),
+            QNode::Result(r, _) => write!(f, "result{r}"),
         }
     }
 }

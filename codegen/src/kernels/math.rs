@@ -166,6 +166,12 @@ impl FloatUnary {
     }
 }
 
+/// `kind`'s function on `v` (an f32 or f32x4) with parameters `p` and `q` as the
+/// elementwise kernel takes them (alpha, beta): the activations of recurrent layers.
+pub(super) fn float_unary(fb: &mut FunctionBuilder, kind: OpKind, p: f32, q: f32, v: Value) -> Value {
+    FloatUnary { kind, p, q, tanh: false }.emit(fb, v)
+}
+
 /// `ln(1 + e^v)` as `max(v, 0) + ln(1 + e^-|v|)` (the interpreter's form: no overflow).
 fn softplus(fb: &mut FunctionBuilder, v: Value) -> Value {
     let ty = fb.func.dfg.value_type(v);

@@ -32,6 +32,7 @@ mod pool;
 mod quant;
 mod norm;
 mod product;
+mod recurrent;
 mod resample;
 pub(crate) mod select;
 mod reduce;
@@ -404,5 +405,6 @@ pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
         LogSoftmax => norm::log_softmax(k),
         Hardmax => norm::hardmax(k),
         ConvTranspose => conv_transpose::conv_transpose(k),
+        LSTM | GRU | RNN => recurrent::recurrent(k),
     }
 }

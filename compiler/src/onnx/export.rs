@@ -227,6 +227,7 @@ fn rule(kind: OpKind) -> Option<Rule> {
         LogSoftmax => direct("LogSoftmax", &["axis"]),
         Hardmax => direct("Hardmax", &["axis"]),
         ConvTranspose => custom(conv_transpose),
+        LSTM | GRU | RNN => custom(recurrent),
         _ => return None,
     };
     Some(rule)
@@ -407,7 +408,7 @@ impl<'g> Exporter<'g> {
         let operands = self.graph.node_inputs(id);
         let inputs = operands.iter().map(|v| v.map(|v| self.name_of(v)).transpose()).collect::<Result<Vec<_>, _>>()?;
         let mut cx = Cx { id, node, op, operands, inputs, output: String::new() };
-        if node.outputs.len() != 1 {
+        if node.outputs.len() != 1 && qlift_ir::Cell::of(op.kind).is_none() {
             return Err(cx.error(format!("has {} results; ONNX ops written by qlift have one", node.outputs.len())));
         }
         let result = self.name_of(ValueId { node: id, output: 0 })?;
@@ -775,6 +776,62 @@ fn conv_transpose(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
     }
     let inputs = cx.inputs.iter().map(|i| i.clone().unwrap_or_default()).collect();
     ex.emit(cx, "ConvTranspose", inputs, attrs);
+    Ok(())
+}
+
+/// LSTM, GRU, RNN: ONNX's attributes (alphas and betas listed for the activations that
+/// take them, in order; `clip` only when finite; `layout` 1 from opset 14), and a result name
+/// for each result something reads (omitted ones left empty).
+fn recurrent(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
+    let r = qlift_ir::Recurrent::of(cx.op.kind, &cx.op.attrs).map_err(|e| cx.error(e))?;
+    let names: Vec<&str> = cx.op.attrs.str("activations").map_err(|e| cx.error(e))?.split(',').collect();
+    let takes = |name: &str| qlift_ir::RECURRENT_ACTIVATIONS.iter().find(|a| a.0 == name).map_or((false, false), |a| (a.3, a.4));
+    let given = |attr: &str, beta: bool| -> Result<Vec<f32>, Error> {
+        let all = cx.op.attrs.floats(attr).map_err(|e| cx.error(e))?;
+        Ok(names.iter().zip(all).filter(|(n, _)| if beta { takes(n).1 } else { takes(n).0 }).map(|(_, &v)| v).collect())
+    };
+    let (alpha, beta) = (given("activation_alpha", false)?, given("activation_beta", true)?);
+    let mut activations = AttributeProto { name: "activations".to_string(), ..Default::default() };
+    activations.strings = names.iter().map(|n| n.as_bytes().to_vec()).collect();
+    activations.type_ = AttributeType::STRINGS.into();
+    let mut attrs = vec![cx.attr("direction")?, cx.attr("hidden_size")?, activations];
+    if !alpha.is_empty() {
+        attrs.push(attribute("activation_alpha", &AttrValue::Floats(alpha)));
+    }
+    if !beta.is_empty() {
+        attrs.push(attribute("activation_beta", &AttrValue::Floats(beta)));
+    }
+    if let Some(clip) = r.clip {
+        attrs.push(attribute("clip", &AttrValue::Float(clip)));
+    }
+    if r.batch_first {
+        ex.need(14);
+        attrs.push(cx.attr("layout")?);
+    }
+    match r.cell {
+        qlift_ir::Cell::Lstm => attrs.push(cx.attr("input_forget")?),
+        qlift_ir::Cell::Gru => attrs.push(cx.attr("linear_before_reset")?),
+        qlift_ir::Cell::Rnn => {}
+    }
+    let graph = ex.graph;
+    let mut outputs = Vec::with_capacity(cx.node.outputs.len());
+    for output in 0..cx.node.outputs.len() {
+        let v = ValueId { node: cx.id, output };
+        let read = !graph.users(v).is_empty() || graph.outputs().contains(&v);
+        outputs.push(if read { ex.name_of(v)? } else { String::new() });
+    }
+    while outputs.last().is_some_and(String::is_empty) {
+        outputs.pop();
+    }
+    let mut inputs: Vec<String> = cx.inputs.iter().map(|i| i.clone().unwrap_or_default()).collect();
+    while inputs.last().is_some_and(String::is_empty) {
+        inputs.pop();
+    }
+    let base = if cx.node.name.is_empty() { cx.output.clone() } else { cx.node.name.clone() };
+    let name = unique(&mut ex.node_names, &base);
+    let mut node = node_proto(&name, cx.op.kind.name(), inputs, "", attrs);
+    node.output = outputs;
+    ex.nodes.push(node);
     Ok(())
 }
 

@@ -120,21 +120,27 @@ fn is_default_domain(domain: &str) -> bool {
 }
 
 /// The names of the symbolic dimensions that stand for the batch: those on axis 0 of a
-/// graph input (an unnamed unknown axis 0 is the batch too).
+/// graph input and on no other axis of any (an unnamed unknown axis 0 is the batch too).
+/// A recurrent layer's `X: [seq, batch, input]` with `sequence_lens: [batch]` makes `seq`
+/// the batch and `batch` a symbol: both on axis 0 would bind one extent to both.
 fn batch_symbols(g: &onnx_protobuf::GraphProto, opts: &ImportOptions) -> HashSet<String> {
     use onnx_protobuf::tensor_shape_proto::dimension::Value as D;
     use onnx_protobuf::type_proto::Value as T;
     let mut names = HashSet::new();
+    let mut elsewhere = HashSet::new();
     for input in &g.input {
         if opts.constant_inputs.contains_key(&input.name) || opts.input_shapes.contains_key(&input.name) {
             continue;
         }
         if let Some(T::TensorType(tt)) = input.type_.as_ref().and_then(|t| t.value.as_ref()) {
-            if let Some(Some(D::DimParam(p))) = tt.shape.as_ref().and_then(|s| s.dim.first()).map(|d| d.value.as_ref()) {
-                names.insert(p.clone());
+            for (axis, d) in tt.shape.as_ref().map_or(&[][..], |s| &s.dim[..]).iter().enumerate() {
+                if let Some(D::DimParam(p)) = d.value.as_ref() {
+                    if axis == 0 { names.insert(p.clone()) } else { elsewhere.insert(p.clone()) };
+                }
             }
         }
     }
+    names.retain(|n| !elsewhere.contains(n));
     names
 }
 
@@ -153,8 +159,8 @@ fn symbol_name(raw: &str) -> String {
 
 /// The static type of a graph input: a supported dtype, extents from the model or from
 /// `--shape`, and symbolic dimensions where the model names them: the batch on axis 0
-/// (and wherever the same name recurs), a named symbol elsewhere (`sequence`, `height`),
-/// an unnamed unknown extent named after its input and axis.
+/// (see [`batch_symbols`]), a named symbol elsewhere (`sequence`, `height`), an unnamed
+/// unknown extent named after its input and axis (an unnamed unknown axis 0 is the batch).
 fn input_type(v: &ValueInfoProto, batch_names: &HashSet<String>, opts: &ImportOptions) -> Result<TensorType, Error> {
     use onnx_protobuf::tensor_shape_proto::dimension::Value as D;
     use onnx_protobuf::type_proto::Value as T;
@@ -194,8 +200,8 @@ fn input_type(v: &ValueInfoProto, batch_names: &HashSet<String>, opts: &ImportOp
                 None => Ok(match (declared, &d.value) {
                     (Some(n), _) => Dim::Fixed(n),
                     (None, Some(D::DimParam(p))) if batch_names.contains(p) => Dim::Batch,
-                    (None, _) if axis == 0 => Dim::Batch,
                     (None, Some(D::DimParam(p))) if !p.is_empty() => Dim::Sym(Symbol::new(&symbol_name(p))),
+                    (None, _) if axis == 0 => Dim::Batch,
                     (None, _) => Dim::Sym(Symbol::new(&symbol_name(&format!("{}_{axis}", v.name)))),
                 }),
             }
@@ -292,6 +298,11 @@ impl NodeCx<'_> {
     /// A float-list attribute, if present.
     pub fn floats(&self, name: &str) -> Option<Vec<f32>> {
         self.attr(name).map(|a| a.floats.clone())
+    }
+
+    /// A string-list attribute, if present.
+    pub fn strings(&self, name: &str) -> Option<Vec<String>> {
+        self.attr(name).map(|a| a.strings.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect())
     }
 
     /// A string attribute, or `default`.
@@ -460,6 +471,37 @@ impl NodeCx<'_> {
         let v = ValueId { node: id, output: 0 };
         self.imp.fold(v)?;
         Ok(v)
+    }
+
+    /// Emits one IR node with `count` results for the node's ONNX results in order: those
+    /// the model names are bound, the others (omitted or past the end) get fresh names and
+    /// no readers.
+    pub fn emit_all(&mut self, kind: qlift_ir::OpKind, attrs: Attrs, inputs: &[Option<ValueId>], count: usize) -> Result<Vec<ValueId>, Error> {
+        if self.node.output.len() > count {
+            return Err(self.error(format!("has {} results, {kind} has {count}", self.node.output.len())));
+        }
+        let mut names = Vec::with_capacity(count);
+        for i in 0..count {
+            let name = match self.node.output.get(i).filter(|n| !n.is_empty()) {
+                Some(n) => n.clone(),
+                None => self.fresh_name(&format!("unused{i}")),
+            };
+            if self.imp.values.contains_key(&name) || self.imp.constants.contains_key(&name) || self.imp.names.contains(&name) || names.contains(&name) {
+                return Err(self.error(format!("result `{name}` is produced twice")));
+            }
+            names.push(name);
+        }
+        let outputs = names.iter().map(|n| Value { name: n.clone(), ty: TensorType::new(DType::F32, Shape::default()) }).collect();
+        let id = self.imp.graph.add_node(&self.name, Op::new(kind, attrs), inputs, outputs)?;
+        let values: Vec<ValueId> = (0..count).map(|output| ValueId { node: id, output }).collect();
+        self.imp.fold(values[0])?;
+        for (i, name) in names.into_iter().enumerate() {
+            self.imp.names.insert(name.clone());
+            if self.has_output(i) {
+                self.imp.values.insert(name, values[i]);
+            }
+        }
+        Ok(values)
     }
 
     /// A fresh value name for an intermediate step of this node (`{result}/{what}`).

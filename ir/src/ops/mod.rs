@@ -20,6 +20,7 @@ pub(crate) mod quant;
 pub(crate) mod resample;
 pub(crate) mod select;
 pub mod reduce;
+pub mod recurrent;
 pub(crate) mod shape;
 pub mod unary;
 
@@ -111,6 +112,8 @@ enum Family {
     Norm,
     /// Transposed convolution.
     ConvTranspose,
+    /// LSTM, GRU, RNN.
+    Recurrent,
 }
 
 fn family(kind: OpKind) -> Family {
@@ -138,6 +141,7 @@ fn family(kind: OpKind) -> Family {
             Family::Norm
         }
         ConvTranspose => Family::ConvTranspose,
+        LSTM | GRU | RNN => Family::Recurrent,
     }
 }
 
@@ -159,6 +163,7 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
         Family::Reduce => reduce::infer(cx),
         Family::Norm => norm::infer(cx),
         Family::ConvTranspose => conv_transpose::infer(cx),
+        Family::Recurrent => recurrent::infer(cx),
     }
 }
 
@@ -187,6 +192,7 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
         Family::Reduce => reduce::eval(cx),
         Family::Norm => norm::eval(cx),
         Family::ConvTranspose => conv_transpose::eval(cx),
+        Family::Recurrent => recurrent::eval(cx),
     }?;
     match cx.op.fused_activation()? {
         None => Ok(results),

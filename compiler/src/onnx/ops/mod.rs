@@ -12,6 +12,7 @@ mod math;
 mod nn;
 mod norm;
 mod quant;
+mod recurrent;
 mod resample;
 mod select;
 mod reduce;
@@ -42,6 +43,7 @@ impl Registry {
         norm::register(&mut reg);
         deconv::register(&mut reg);
         einsum::register(&mut reg);
+        recurrent::register(&mut reg);
         reg
     }
 
