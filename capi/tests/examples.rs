@@ -112,9 +112,27 @@ fn run_and_check(exe: &Path, sanitized: bool, extra_args: &[&str]) -> String {
     stdout
 }
 
+/// `target/<profile>` with `libqlift_capi.{a,so}` in it: `cargo test` builds the crate
+/// for its tests, not its C libraries, so on a clean tree they are built here (same cargo,
+/// same profile; cargo does not hold its lock while tests run).
+fn library_dir() -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(capi_dir()).args(["build", "--locked", "-p", "qlift-capi", "--lib"]);
+        if !cfg!(debug_assertions) {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+        assert!(status.success(), "{cmd:?} failed");
+    });
+    target_dir()
+}
+
 /// What the static library needs from the system on Linux (`--print native-static-libs`).
 fn static_libs() -> Vec<String> {
-    let lib = target_dir().join("libqlift_capi.a");
+    let lib = library_dir().join("libqlift_capi.a");
     assert!(lib.exists(), "{} is missing (cargo builds it with the crate)", lib.display());
     let mut args = vec![lib.display().to_string()];
     args.extend(["-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm", "-ldl", "-lc"].map(String::from));
@@ -133,7 +151,7 @@ fn c_example_matches_the_cli_bit_for_bit_under_sanitizers() {
 
 #[test]
 fn cpp_example_with_threads_matches_the_cli_bit_for_bit_under_sanitizers() {
-    let dir = target_dir();
+    let dir = library_dir();
     let link = vec![
         format!("-L{}", dir.display()),
         "-lqlift_capi".to_string(),
