@@ -229,6 +229,29 @@ fn one_activation_feeds_three_linear_layers() {
     }
 }
 
+/// An activation whose range is set by a rare outlier far beyond its bulk (one value of 100
+/// among 4,800 in [-1, 1]: about 23 dB in 8 bits, against 48 dB without it) keeps the layer
+/// reading it float under the default `min_sqnr_db`; with 0 it is quantized anyway.
+#[test]
+fn outliers_keep_a_layer_float() {
+    let text = "graph outlier(%x: f32[N,3]) -> (%y) {
+      %w = const f32[3,3] [0.5, -1.0, 0.25, 1.0, 0.75, -0.5, -0.25, 0.5, 1.0]
+      %m = MatMul(%x, %w) : f32[N,3]
+      %y = Tanh(%m) : f32[N,3]
+    }";
+    let g = qlift_ir::text::parse(text).unwrap();
+    let bulk = |i: usize| ((i * 7919 % 2001) as f32 - 1000.0) / 1000.0;
+    let calib = |outlier: bool| Tensor::from_f32(&[1600, 3], (0..4800).map(|i| if outlier && i == 17 { 100.0 } else { bulk(i) }).collect());
+    let qmatmuls = |x: Tensor, min_sqnr_db: f64| {
+        let opts = QuantizeOptions { min_sqnr_db, ..Default::default() };
+        let q = quantize(&g, &[x], &opts, &PipelineOptions::default(), &|_, _| {}).unwrap();
+        q.lowered.node_ids().filter(|&id| q.lowered.node(id).op.kind() == Some(OpKind::QMatMul)).count()
+    };
+    assert_eq!(qmatmuls(calib(false), qlift_passes::quantize::DEFAULT_MIN_SQNR_DB), 1, "a well-spread input is quantized");
+    assert_eq!(qmatmuls(calib(true), qlift_passes::quantize::DEFAULT_MIN_SQNR_DB), 0, "the outlier keeps the layer float");
+    assert_eq!(qmatmuls(calib(true), 0.0), 1, "without the check it is quantized");
+}
+
 /// A nearest Resize between convolutions keeps its operand's quantization parameters: the
 /// lowered graph resizes the 8-bit values, with no DequantizeLinear or QuantizeLinear
 /// around it, and computes what the float graph does within the quantization error.

@@ -200,11 +200,12 @@ pub fn insert_qdq(graph: &Graph, calibration: &Calibration, opts: &QuantizeOptio
             continue;
         }
         let result = qlift_ir::ValueId { node: id, output: 0 };
-        // Activations that 8 bits cannot hold (outliers far beyond the bulk) keep the op float.
+        // Activations that 8 bits cannot hold (outliers far beyond the bulk) keep the op float
+        // (a bias Add was checked with its MatMul, whose result it is).
         let written = if anchor && op.kind == OpKind::MatMul { bias_add_after(&g, result).map_or(result, |add| ValueId { node: add, output: 0 }) } else { result };
         let read = operands.iter().enumerate().filter(|&(slot, v)| data_operand(&op, slot) && weight_axis(&op, slot).is_none() && v.is_some_and(|v| !source_of.contains_key(&v) && g.const_value(v).is_none()));
         let mut checked = read.map(|(_, v)| v.unwrap()).chain((!reads_accumulator(&g, &op, result)).then_some(written));
-        if !checked.all(|v| holds_in_8_bits(&g, v, calibration, opts)) {
+        if !bias_add && !checked.all(|v| holds_in_8_bits(&g, v, calibration, opts)) {
             continue;
         }
         if op.kind == OpKind::MatMul && anchor {
