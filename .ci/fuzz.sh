@@ -25,15 +25,17 @@ cargo fuzz build -s none
 summary=()
 failed=0
 for t in "${targets[@]}"; do
-    corpus="fuzz/corpus/$t"     # grows run to run (git-ignored); the seeds stay read-only
-    artifacts="fuzz/artifacts/$t"
+    # Absolute paths: a target may change its working directory (cli_args works in a
+    # scratch directory), and libFuzzer reads and writes its corpora after the first run.
+    corpus="$PWD/fuzz/corpus/$t"     # grows run to run (git-ignored); the seeds stay read-only
+    artifacts="$PWD/fuzz/artifacts/$t"
     mkdir -p "$corpus" "$artifacts"
     before=$(find "$artifacts" -type f | wc -l)
     log="$(mktemp)"
     echo "== fuzz $t for ${seconds}s"
     status=0
     # -timeout: an input running longer than 20 s is reported as a hang (a failure).
-    cargo fuzz run -s none "$t" "$corpus" "fuzz/seeds/$t" -- \
+    cargo fuzz run -s none "$t" "$corpus" "$PWD/fuzz/seeds/$t" -- \
         -max_total_time="$seconds" -print_final_stats=1 -timeout=20 -rss_limit_mb=2048 \
         >"$log" 2>&1 || status=$?
     after=$(find "$artifacts" -type f | wc -l)
