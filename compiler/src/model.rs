@@ -214,8 +214,7 @@ impl CompiledModel {
 
     /// The extents `inputs` bind (checked against the graph's input types).
     fn binding<I: TensorBuf>(&self, inputs: &[I]) -> Result<Binding, Error> {
-        let declared = self.graph.input_value_iter().map(|v| (self.graph.value(v).name.as_str(), self.graph.value_type(v)));
-        Ok(qlift_ir::bind_input_shapes(&self.graph.name, declared, inputs.iter().map(|t| (t.dtype(), t.shape())))?)
+        Ok(qlift_ir::bind_graph_inputs(&self.graph, inputs.iter().map(|t| (t.dtype(), t.shape())))?)
     }
 
     /// Memory a run on `inputs` needs besides the inputs (outputs and scratch for the JIT,

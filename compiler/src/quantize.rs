@@ -228,11 +228,7 @@ struct Tracer {
 impl Tracer {
     fn observe(&mut self, graph: &Graph, batch: &[Tensor], cal: &mut Calibration) -> Result<(), qlift_passes::PassError> {
         let samples = batch.first().map_or(0, |t| t.shape().first().copied().unwrap_or(1));
-        let binding = {
-            let values = graph.input_value_iter();
-            let declared = values.map(|v| (graph.value(v).name.as_str(), graph.value_type(v)));
-            qlift_ir::bind_input_shapes(&graph.name, declared, batch.iter().map(|t| (t.dtype(), t.shape())))?
-        };
+        let binding = qlift_ir::bind_graph_inputs(graph, batch.iter().map(|t| (t.dtype(), t.shape())))?;
         let any_batch = (binding.syms.clone(), None);
         let this_batch = (binding.syms.clone(), binding.batch);
         let key = if self.programs.contains_key(&any_batch) {

@@ -39,7 +39,7 @@ pub use ops::resample::{block_permutation, BlockView, from_f64 as tensor_from_f6
 pub use ops::unary::gelu_uses_tanh;
 pub use ops::reduce::{is_reduction, reduce_axes};
 pub use ops::recurrent::{check_length as check_sequence_length, Activation, Cell, Recurrent, Strides as RecurrentStrides, ACTIVATIONS as RECURRENT_ACTIVATIONS};
-pub use specialize::{bind_input_shapes, bind_inputs, needs_binding, specialize, specialize_for, Binding, Folder};
+pub use specialize::{bind_graph_inputs, bind_input_shapes, bind_inputs, needs_binding, specialize, specialize_for, Binding, Folder};
 pub use shape::{Dim, Monomial, Shape, SymInt, Symbol};
 pub use tensor::{Tensor, TensorBuf, TensorBufMut, TensorData, TensorMut, TensorRef};
 pub use types::TensorType;

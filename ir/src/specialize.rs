@@ -59,6 +59,13 @@ pub fn bind_inputs<'a>(
     bind_input_shapes(graph_name, declared, inputs.iter().map(|t| (t.dtype(), t.shape())))
 }
 
+/// [`bind_input_shapes`] against `graph`'s own inputs (names and declared types), without
+/// allocating when only the batch is bound (a warm run allocates nothing).
+pub fn bind_graph_inputs<'s>(graph: &Graph, inputs: impl ExactSizeIterator<Item = (DType, &'s [usize])>) -> Result<Binding, IrError> {
+    let declared = graph.input_value_iter().map(|v| (graph.value(v).name.as_str(), graph.value_type(v)));
+    bind_input_shapes(&graph.name, declared, inputs)
+}
+
 /// [`bind_inputs`] from the inputs' dtypes and shapes alone (borrowed buffers, a caller
 /// asking for output shapes before it allocates them).
 pub fn bind_input_shapes<'a, 's>(
