@@ -89,7 +89,9 @@ impl Attrs {
     pub fn usizes(&self, name: &str) -> Result<Vec<usize>, String> {
         self.ints(name)?
             .iter()
-            .map(|&v| usize::try_from(v).map_err(|_| format!("attribute `{name}` has negative entry {v}")))
+            .map(|&v| {
+                usize::try_from(v).map_err(|_| format!("attribute `{name}` has negative entry {v}"))
+            })
             .collect()
     }
 

@@ -16,8 +16,18 @@ pub fn to_dot(graph: &Graph) -> String {
     for id in graph.node_ids() {
         let node = graph.node(id);
         let (label, style) = match &node.op {
-            NodeOp::Input => (format!("input {}\n{}", node.name, crate::text::type_to_string(&node.outputs[0].ty)), "shape=ellipse"),
-            NodeOp::Const(t) => (format!("const {}\n{}{:?}", node.name, t.dtype(), t.shape()), "shape=note, fontsize=8, color=gray40"),
+            NodeOp::Input => (
+                format!(
+                    "input {}\n{}",
+                    node.name,
+                    crate::text::type_to_string(&node.outputs[0].ty)
+                ),
+                "shape=ellipse",
+            ),
+            NodeOp::Const(t) => (
+                format!("const {}\n{}{:?}", node.name, t.dtype(), t.shape()),
+                "shape=note, fontsize=8, color=gray40",
+            ),
             NodeOp::Apply(op) => {
                 let mut label = format!("{}\n{}", op.kind, node.name);
                 for (k, v) in &op.attrs.0 {
@@ -26,19 +36,43 @@ pub fn to_dot(graph: &Graph) -> String {
                 (label, "")
             }
         };
-        let _ = writeln!(out, "  n{} [label={}{}{style}];", id.index(), quote(&label), if style.is_empty() { "" } else { ", " });
+        let _ = writeln!(
+            out,
+            "  n{} [label={}{}{style}];",
+            id.index(),
+            quote(&label),
+            if style.is_empty() { "" } else { ", " }
+        );
     }
     for id in graph.node_ids() {
         for (slot, v) in graph.node_inputs(id).iter().enumerate() {
             let Some(v) = v else { continue };
             let ty = graph.value_type(*v);
-            let color = if ty.quant.is_some() { ", color=blue, fontcolor=blue" } else { "" };
-            let label = format!("{}#{slot}: {}", graph.value(*v).name, crate::text::type_to_string(ty));
-            let _ = writeln!(out, "  n{} -> n{} [label={}{color}];", v.node.index(), id.index(), quote(&label));
+            let color = if ty.quant.is_some() {
+                ", color=blue, fontcolor=blue"
+            } else {
+                ""
+            };
+            let label = format!(
+                "{}#{slot}: {}",
+                graph.value(*v).name,
+                crate::text::type_to_string(ty)
+            );
+            let _ = writeln!(
+                out,
+                "  n{} -> n{} [label={}{color}];",
+                v.node.index(),
+                id.index(),
+                quote(&label)
+            );
         }
     }
     for (i, v) in graph.outputs().iter().enumerate() {
-        let _ = writeln!(out, "  out{i} [label={}, shape=ellipse];", quote(&format!("output {}", graph.value(*v).name)));
+        let _ = writeln!(
+            out,
+            "  out{i} [label={}, shape=ellipse];",
+            quote(&format!("output {}", graph.value(*v).name))
+        );
         let _ = writeln!(out, "  n{} -> out{i};", v.node.index());
     }
     out.push_str("}\n");
@@ -57,5 +91,10 @@ fn attr(v: &crate::AttrValue) -> String {
 
 /// A dot string literal.
 fn quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
+    format!(
+        "\"{}\"",
+        s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    )
 }

@@ -18,7 +18,12 @@ pub fn eval_op(
     input_types: &[Option<&TensorType>],
     output_types: &[TensorType],
 ) -> Result<Vec<Tensor>, String> {
-    ops::eval(&EvalCtx { op, inputs, input_types, output_types })
+    ops::eval(&EvalCtx {
+        op,
+        inputs,
+        input_types,
+        output_types,
+    })
 }
 
 /// Every value computed by one run, for per-layer comparisons and debugging.
@@ -34,7 +39,11 @@ pub struct Trace {
 /// Runs the graph on `inputs` (in graph-input order) and returns its outputs.
 pub fn run(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, IrError> {
     let trace = execute(graph, inputs, false)?;
-    Ok(trace.outputs.into_iter().map(|t| Arc::try_unwrap(t).unwrap_or_else(|t| (*t).clone())).collect())
+    Ok(trace
+        .outputs
+        .into_iter()
+        .map(|t| Arc::try_unwrap(t).unwrap_or_else(|t| (*t).clone()))
+        .collect())
 }
 
 /// Runs the graph and keeps every intermediate value.
@@ -46,7 +55,9 @@ pub fn run_traced(graph: &Graph, inputs: &[Tensor]) -> Result<Trace, IrError> {
 /// (1 when no input has a batch dimension).
 pub fn bind_batch(graph: &Graph, inputs: &[Tensor]) -> Result<usize, IrError> {
     let values = graph.input_values();
-    let declared = values.iter().map(|v| (graph.value(*v).name.as_str(), graph.value_type(*v)));
+    let declared = values
+        .iter()
+        .map(|v| (graph.value(*v).name.as_str(), graph.value_type(*v)));
     bind_batch_to(&graph.name, declared, inputs)
 }
 
@@ -57,12 +68,16 @@ pub fn bind_batch_to<'a>(
     declared: impl ExactSizeIterator<Item = (&'a str, &'a TensorType)>,
     inputs: &[Tensor],
 ) -> Result<usize, IrError> {
-    Ok(crate::bind_inputs(graph_name, declared, inputs)?.batch.unwrap_or(1))
+    Ok(crate::bind_inputs(graph_name, declared, inputs)?
+        .batch
+        .unwrap_or(1))
 }
 
 fn execute(graph: &Graph, inputs: &[Tensor], keep_all: bool) -> Result<Trace, IrError> {
     let values = graph.input_values();
-    let declared = values.iter().map(|v| (graph.value(*v).name.as_str(), graph.value_type(*v)));
+    let declared = values
+        .iter()
+        .map(|v| (graph.value(*v).name.as_str(), graph.value_type(*v)));
     let binding = crate::bind_inputs(&graph.name, declared, inputs)?;
     let batch = binding.batch.unwrap_or(1);
     // Symbolic extents other than the batch: bind everything and fold the shape
@@ -87,7 +102,12 @@ fn execute(graph: &Graph, inputs: &[Tensor], keep_all: bool) -> Result<Trace, Ir
     }
     let mut values: HashMap<ValueId, Arc<Tensor>> = HashMap::new();
     let mut kept: HashMap<ValueId, Arc<Tensor>> = HashMap::new();
-    let position: HashMap<NodeId, usize> = graph.inputs().iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    let position: HashMap<NodeId, usize> = graph
+        .inputs()
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (n, i))
+        .collect();
     for &id in &order {
         let node = graph.node(id);
         let results: Vec<Arc<Tensor>> = match &node.op {
@@ -100,18 +120,33 @@ fn execute(graph: &Graph, inputs: &[Tensor], keep_all: bool) -> Result<Trace, Ir
                     op: op.kind.name().to_string(),
                     message,
                 };
-                let tensors: Vec<Option<&Tensor>> =
-                    operands.iter().map(|v| v.map(|v| values[&v].as_ref())).collect();
-                let input_types: Vec<Option<&TensorType>> =
-                    operands.iter().map(|v| v.map(|v| graph.value_type(v))).collect();
-                let output_types: Vec<TensorType> = node.outputs.iter().map(|v| v.ty.clone()).collect();
-                let cx = EvalCtx { op, inputs: &tensors, input_types: &input_types, output_types: &output_types };
+                let tensors: Vec<Option<&Tensor>> = operands
+                    .iter()
+                    .map(|v| v.map(|v| values[&v].as_ref()))
+                    .collect();
+                let input_types: Vec<Option<&TensorType>> = operands
+                    .iter()
+                    .map(|v| v.map(|v| graph.value_type(v)))
+                    .collect();
+                let output_types: Vec<TensorType> =
+                    node.outputs.iter().map(|v| v.ty.clone()).collect();
+                let cx = EvalCtx {
+                    op,
+                    inputs: &tensors,
+                    input_types: &input_types,
+                    output_types: &output_types,
+                };
                 let results = ops::eval(&cx).map_err(fail)?;
                 for (t, ty) in results.iter().zip(&output_types) {
                     // Extents that depend on values computed at run time (`?`) are whatever the
                     // kernel made them; every other one must be what inference said.
                     let agrees = t.shape().len() == ty.shape.rank()
-                        && ty.shape.dims().iter().zip(t.shape()).all(|(d, &n)| *d == Dim::Dyn || d.resolve(batch) == n);
+                        && ty
+                            .shape
+                            .dims()
+                            .iter()
+                            .zip(t.shape())
+                            .all(|(d, &n)| *d == Dim::Dyn || d.resolve(batch) == n);
                     if t.dtype() != ty.dtype || !agrees {
                         return Err(fail(format!(
                             "kernel produced {}{:?}, the verifier inferred {}{} (a bug in qlift)",
@@ -149,5 +184,9 @@ fn execute(graph: &Graph, inputs: &[Tensor], keep_all: bool) -> Result<Trace, Ir
     if keep_all {
         kept.extend(values);
     }
-    Ok(Trace { batch, values: kept, outputs })
+    Ok(Trace {
+        batch,
+        values: kept,
+        outputs,
+    })
 }
