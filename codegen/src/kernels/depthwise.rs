@@ -18,6 +18,7 @@
 //! arithmetic is the interpreter's: `Σ x·(w − zw) + (bias − zx·Σ(w − zw))` in wrapping i32
 //! (see [`super::packing::packed_rows`]), then the channel's fixed-point requantization.
 
+use super::conv2d::QConv2d;
 use super::packing::packed_rows;
 use super::planes::{copy_row, Padded};
 use super::requant::ChannelTable;
@@ -27,7 +28,7 @@ use crate::emit;
 use cranelift_codegen::ir::{types, ConstantData, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
 use qlift_ir::fixed_point::Requant;
-use qlift_ir::{DType, OpKind};
+use qlift_ir::DType;
 
 /// Parts (threads) a convolution's channels are split into at most: each has its own
 /// scratch in the workspace.
@@ -59,63 +60,27 @@ impl Geometry {
     /// The geometry of a depthwise QConv (group = input channels = output channels) of u8
     /// activations into an 8-bit result, column stride 1 or 2 and no column dilation.
     fn of(k: &Kernel) -> Result<Option<Geometry>, String> {
-        if k.op.kind != OpKind::QConv {
+        let Some(q) = QConv2d::of(k)? else {
             return Ok(None);
-        }
-        let (x, w, y) = (k.input(0)?, k.input(1)?, k.output(0));
-        let (xd, wd, yd) = (x.dims(), w.dims(), y.dims());
-        if xd.len() != 4
-            || wd.len() != 4
-            || yd.len() != 4
-            || x.ty.dtype != DType::U8
-            || !matches!(y.ty.dtype, DType::U8 | DType::I8)
-        {
-            return Ok(None);
-        }
-        let attrs = &k.op.attrs;
-        let (strides, dilations, pads) = (
-            attrs.usizes("strides")?,
-            attrs.usizes("dilations")?,
-            attrs.usizes("pads")?,
-        );
-        if strides.len() != 2 || dilations.len() != 2 || pads.len() != 4 {
-            return Ok(None);
-        }
-        let c = xd[1];
-        let depthwise = usize::try_from(attrs.int("group")?).ok() == Some(c)
-            && wd[0] == c
-            && wd[1] == 1
-            && yd[1] == c;
-        let g = Geometry {
-            c,
-            h: xd[2],
-            w: xd[3],
-            kh: wd[2],
-            kw: wd[3],
-            oh: yd[2],
-            ow: yd[3],
-            sh: strides[0],
-            sw: strides[1],
-            dh: dilations[0],
-            pt: pads[0],
-            pl: pads[1],
-            hp: xd[2] + pads[0] + pads[2],
-            wp: xd[3] + pads[1] + pads[3],
         };
-        let sane = depthwise
-            && c > 0
-            && g.kh > 0
-            && g.kw > 0
-            && g.oh > 0
-            && g.ow > 0
-            && g.sh >= 1
-            && g.dh >= 1
-            && (1..=2).contains(&g.sw)
-            && dilations[1] == 1;
-        let fits = sane
-            && (g.oh - 1) * g.sh + (g.kh - 1) * g.dh < g.hp
-            && (g.ow - 1) * g.sw + g.kw - 1 < g.wp;
-        Ok(fits.then_some(g))
+        let depthwise = q.group == q.c && q.m == q.c && q.cg == 1;
+        let g = Geometry {
+            c: q.c,
+            h: q.h,
+            w: q.w,
+            kh: q.kh,
+            kw: q.kw,
+            oh: q.oh,
+            ow: q.ow,
+            sh: q.sh,
+            sw: q.sw,
+            dh: q.dh,
+            pt: q.pt,
+            pl: q.pl,
+            hp: q.hp,
+            wp: q.wp,
+        };
+        Ok((depthwise && (1..=2).contains(&q.sw) && q.dw == 1).then_some(g))
     }
 
     /// The tap pairs of each kernel row, by phase: (kernel row, phase, first tap's index

@@ -19,6 +19,7 @@
 //! i32 (the input zero point folded into the bias as in [`super::packing::packed_rows`]),
 //! then the fixed-point requantization of each output channel.
 
+use super::conv2d::QConv2d;
 use super::dot4::{BlockStore, Dot4};
 use super::packing::packed_rows;
 use super::planes::Padded;
@@ -28,7 +29,7 @@ use crate::emit;
 use cranelift_codegen::ir::{types, ConstantData, InstBuilder, Value};
 use cranelift_frontend::{FunctionBuilder, Variable};
 use qlift_ir::fixed_point::Requant;
-use qlift_ir::{DType, OpKind};
+use qlift_ir::DType;
 
 /// Output positions per block: the four i32 lanes of one vector.
 const BLOCK: usize = 4;
@@ -320,60 +321,32 @@ impl Geometry {
     /// along the row, and a row stride that keeps four outputs within 16 loaded bytes (`conv`
     /// checks the channel count against [`MAX_CHANNELS`]).
     fn of(k: &Kernel) -> Result<Option<Geometry>, String> {
-        if k.op.kind != OpKind::QConv {
+        let Some(q) = QConv2d::of(k)? else {
             return Ok(None);
-        }
-        let (x, w, y) = (k.input(0)?, k.input(1)?, k.output(0));
-        let (xd, wd, yd) = (x.dims(), w.dims(), y.dims());
-        if xd.len() != 4
-            || wd.len() != 4
-            || yd.len() != 4
-            || x.ty.dtype != DType::U8
-            || !matches!(y.ty.dtype, DType::U8 | DType::I8)
-        {
-            return Ok(None);
-        }
-        let attrs = &k.op.attrs;
-        let group = usize::try_from(attrs.int("group")?)
-            .map_err(|e| e.to_string())?
-            .max(1);
-        let (strides, dilations, pads) = (
-            attrs.usizes("strides")?,
-            attrs.usizes("dilations")?,
-            attrs.usizes("pads")?,
-        );
-        if strides.len() != 2 || dilations.len() != 2 || pads.len() != 4 {
-            return Ok(None);
-        }
-        let (channels, m) = (xd[1], wd[0]);
+        };
         // A 1-wide kernel would use one byte of each lane's four: a matrix product does better.
-        let wide = wd[3] >= 2 || channels == group;
-        let fits = wide
-            && channels % group == 0
-            && m % group == 0
-            && dilations[1] == 1
-            && strides[1] * (BLOCK - 1) + 4 <= 16;
-        if !fits {
+        let wide = q.kw >= 2 || q.c == q.group;
+        if !wide || q.dw != 1 || q.sw * (BLOCK - 1) + 4 > 16 {
             return Ok(None);
         }
         Ok(Some(Geometry {
-            channels,
-            cg: channels / group,
-            m,
-            mg: m / group,
-            h: xd[2],
-            w: xd[3],
-            kh: wd[2],
-            kw: wd[3],
-            oh: yd[2],
-            ow: yd[3],
-            hp: xd[2] + pads[0] + pads[2],
-            wp: xd[3] + pads[1] + pads[3],
-            sh: strides[0],
-            sw: strides[1],
-            dh: dilations[0],
-            pt: pads[0],
-            pl: pads[1],
+            channels: q.c,
+            cg: q.cg,
+            m: q.m,
+            mg: q.m / q.group,
+            h: q.h,
+            w: q.w,
+            kh: q.kh,
+            kw: q.kw,
+            oh: q.oh,
+            ow: q.ow,
+            hp: q.hp,
+            wp: q.wp,
+            sh: q.sh,
+            sw: q.sw,
+            dh: q.dh,
+            pt: q.pt,
+            pl: q.pl,
         }))
     }
 }

@@ -18,6 +18,7 @@ use qlift_ir::{DType, Dim, Op, OpKind, Tensor, TensorType};
 use std::sync::Arc;
 
 mod approx;
+mod conv2d;
 mod conv_transpose;
 mod depthwise;
 mod direct;

@@ -21,6 +21,7 @@
 //! `Σ x·(w − zw) + (bias − zx·Σ(w − zw))` in wrapping i32 (see
 //! [`super::packing::packed_rows`]), then the fixed-point requantization of each channel.
 
+use super::conv2d::QConv2d;
 use super::packing::packed_rows;
 use super::planes::{copy_row, Padded};
 use super::requant::ChannelTable;
@@ -31,7 +32,7 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, ConstantData, FuncRef, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
 use qlift_ir::fixed_point::Requant;
-use qlift_ir::{DType, OpKind};
+use qlift_ir::DType;
 
 /// Steps (channel pair × tap) per micro-kernel loop iteration at least: 1×1 kernels take
 /// several channel pairs per iteration so the loop's own instructions stay a small part.
@@ -65,62 +66,28 @@ impl Geometry {
     /// The geometry when the node is a dense 2-D QConv of u8 activations into an 8-bit
     /// result with a column stride of 1 or 2; `None` otherwise.
     fn of(k: &Kernel) -> Result<Option<Geometry>, String> {
-        if k.op.kind != OpKind::QConv {
+        let Some(q) = QConv2d::of(k)? else {
             return Ok(None);
-        }
-        let (x, w, y) = (k.input(0)?, k.input(1)?, k.output(0));
-        let (xd, wd, yd) = (x.dims(), w.dims(), y.dims());
-        if xd.len() != 4
-            || wd.len() != 4
-            || yd.len() != 4
-            || x.ty.dtype != DType::U8
-            || !matches!(y.ty.dtype, DType::U8 | DType::I8)
-        {
-            return Ok(None);
-        }
-        let attrs = &k.op.attrs;
-        let (strides, dilations, pads) = (
-            attrs.usizes("strides")?,
-            attrs.usizes("dilations")?,
-            attrs.usizes("pads")?,
-        );
-        if attrs.int("group")? != 1 || strides.len() != 2 || dilations.len() != 2 || pads.len() != 4
-        {
-            return Ok(None);
-        }
-        let g = Geometry {
-            c: xd[1],
-            h: xd[2],
-            w: xd[3],
-            m: wd[0],
-            kh: wd[2],
-            kw: wd[3],
-            oh: yd[2],
-            ow: yd[3],
-            sh: strides[0],
-            sw: strides[1],
-            dh: dilations[0],
-            dw: dilations[1],
-            pt: pads[0],
-            pl: pads[1],
-            hp: xd[2] + pads[0] + pads[2],
-            wp: xd[3] + pads[1] + pads[3],
         };
-        let sane = wd[1] == g.c
-            && yd[1] == g.m
-            && g.c > 0
-            && g.m > 0
-            && g.oh > 0
-            && g.ow > 0
-            && g.sh >= 1
-            && (1..=2).contains(&g.sw)
-            && g.dh >= 1
-            && g.dw >= 1;
-        // The last output reads within the padded plane (the shape inference guarantees it).
-        let fits = sane
-            && (g.oh - 1) * g.sh + (g.kh - 1) * g.dh < g.hp
-            && (g.ow - 1) * g.sw + (g.kw - 1) * g.dw < g.wp;
-        Ok(fits.then_some(g))
+        let g = Geometry {
+            c: q.c,
+            h: q.h,
+            w: q.w,
+            m: q.m,
+            kh: q.kh,
+            kw: q.kw,
+            oh: q.oh,
+            ow: q.ow,
+            sh: q.sh,
+            sw: q.sw,
+            dh: q.dh,
+            dw: q.dw,
+            pt: q.pt,
+            pl: q.pl,
+            hp: q.hp,
+            wp: q.wp,
+        };
+        Ok((q.group == 1 && (1..=2).contains(&q.sw)).then_some(g))
     }
 
     fn taps(&self) -> usize {

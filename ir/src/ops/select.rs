@@ -387,15 +387,16 @@ fn nd_shape(batch_dims: i64, dims: &[Dim], idims: &[Dim]) -> Result<(usize, usiz
         .ok()
         .filter(|&b| b < q && b <= dims.len())
         .ok_or_else(|| format!("batch_dims {batch_dims} must be below the indices' rank {q}"))?;
-    let m =
-        match idims.last() {
-            Some(Dim::Fixed(m)) if b + m <= dims.len() && *m >= 1 => *m,
-            Some(d) => return Err(format!(
+    let m = match idims.last() {
+        Some(Dim::Fixed(m)) if b + m <= dims.len() && *m >= 1 => *m,
+        Some(d) => {
+            return Err(format!(
                 "index tuples of length {d} do not fit data of rank {} after {b} batch dimensions",
                 dims.len()
-            )),
-            None => return Err("indices must have rank 1 or more".to_string()),
-        };
+            ))
+        }
+        None => return Err("indices must have rank 1 or more".to_string()),
+    };
     for a in 0..b {
         agree(
             dims[a],
