@@ -24,7 +24,9 @@ mod depthwise;
 mod direct;
 mod dot4;
 mod elementwise;
+mod fma_tile;
 mod gemm_f32;
+mod im2col;
 mod index;
 mod logic;
 mod math;
@@ -43,6 +45,7 @@ pub(crate) mod select;
 mod shape;
 pub(crate) mod ukernel;
 mod wide;
+mod wide_f32;
 mod wide_matmul;
 
 /// An operand or result of the node being compiled.
@@ -402,13 +405,20 @@ pub(crate) fn data_address(fb: &mut FunctionBuilder, module: &mut dyn Module, id
 /// Picks a convolution's form: the first that applies, fastest first. Each form is its own
 /// module and decides from the node alone; they share only what sits below them all
 /// (`packing`, `dot4`, `planes`, `requant`, `ukernel`), never each other.
+/// - `wide-f32`: float, 256-bit FMA micro-kernels (AVX2 + FMA);
 /// - `wide`: dense, 256-bit micro-kernels (AVX2);
 /// - `depthwise`: depthwise, 256-bit micro-kernels;
 /// - `pointwise`: 1×1 with 128-bit Cranelift vectors (SSSE3);
 /// - `direct`: narrow kernels and depthwise with 128-bit vectors (SSSE3);
 /// - `product`: im2col and scalar, anything else (float convolutions included).
 fn conv(k: &mut Kernel) -> Result<(), String> {
-    for form in [wide::conv, depthwise::conv, pointwise::conv, direct::conv] {
+    for form in [
+        wide_f32::conv,
+        wide::conv,
+        depthwise::conv,
+        pointwise::conv,
+        direct::conv,
+    ] {
         if form(k)? {
             return Ok(());
         }
@@ -448,9 +458,14 @@ pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
         Concat => shape::concat(k),
         Pad => shape::pad(k),
         Conv | QConv | QLinearConv | ConvInteger => conv(k),
-        MatMul if k.input(0)?.ty.dtype == DType::F32 => gemm_f32::matmul(k),
+        MatMul if k.input(0)?.ty.dtype == DType::F32 => {
+            if wide_f32::matmul(k)? {
+                return Ok(());
+            }
+            gemm_f32::matmul(k)
+        }
         MatMul | Gemm | QMatMul | QLinearMatMul | MatMulInteger => {
-            if wide_matmul::matmul(k)? {
+            if wide_f32::matmul(k)? || wide_matmul::matmul(k)? {
                 return Ok(());
             }
             product::matmul(k)

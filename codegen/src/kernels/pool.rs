@@ -11,6 +11,7 @@
 //! does, so results are bit-identical; integer averages use one fixed-point multiplier per
 //! distinct window count, built with the interpreter's `Requant::for_ratio`.
 
+use super::im2col::positions;
 use super::planes::{store_prefix, Padded};
 use super::quant::{load_int, store_int};
 use super::requant::{self, VectorRequant};
@@ -208,18 +209,6 @@ fn windows(
         );
     });
     Ok(())
-}
-
-/// Row-major positions of a box of `extents`.
-fn positions(extents: &[usize]) -> Vec<Vec<usize>> {
-    let mut all = vec![Vec::new()];
-    for &n in extents {
-        all = all
-            .into_iter()
-            .flat_map(|p| (0..n).map(move |i| [p.clone(), vec![i]].concat()))
-            .collect();
-    }
-    all
 }
 
 /// The loop over output coordinate `a` and those inside it (see [`windows`]).

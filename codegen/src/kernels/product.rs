@@ -25,6 +25,7 @@
 //! the general form: `kernels::emit` tries the others first (wide, depthwise, pointwise,
 //! direct).
 
+use super::im2col::{im2col_offsets, positions};
 use super::packing::{packed_rows, vnni_dot, PackedRows};
 use super::{requant, Kernel, Operand};
 use crate::emit;
@@ -949,21 +950,6 @@ fn static_block(chs: &[(Value, Option<usize>)]) -> Option<[usize; 4]> {
     known.try_into().ok()
 }
 
-/// Row-major positions of a box of `extents`.
-fn positions(extents: &[usize]) -> Vec<Vec<usize>> {
-    let count: usize = extents.iter().product();
-    (0..count)
-        .map(|mut i| {
-            let mut p = vec![0; extents.len()];
-            for a in (0..extents.len()).rev() {
-                p[a] = i % extents[a];
-                i /= extents[a];
-            }
-            p
-        })
-        .collect()
-}
-
 /// Conv, QConv, QLinearConv, ConvInteger: per sample and group, im2col into the workspace,
 /// then one dot product per (output channel, output position).
 pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
@@ -986,7 +972,6 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
         attrs.usizes("dilations")?,
         attrs.usizes("pads")?,
     );
-    let r = xd.len() - 2;
     let (channels, m) = (xd[1], wd[0]);
     let (cg, mg) = (channels / group, m / group);
     let (in_sp, kernel, out_sp) = (&xd[2..], &wd[2..], &yd[2..]);
@@ -1053,30 +1038,12 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
             }
         }
     };
-    // im2col offsets: for output position p, tap (c, kernel position), the input element
-    // (within the group's channels) it reads, or -1 in the padding; `kp - kg` entries of
-    // UNUSED end each position's row (the packed weights' zero padding).
-    let mut in_strides = vec![1usize; r];
-    for a in (0..r.saturating_sub(1)).rev() {
-        in_strides[a] = in_strides[a + 1] * in_sp[a + 1];
-    }
-    let kernel_positions = positions(kernel);
+    // im2col offsets, then `kp - kg` entries of UNUSED ending each position's row (the
+    // packed weights' zero padding).
+    let offsets = im2col_offsets(in_sp, kernel, out_sp, (&strides, &dilations, &pads), cg);
     let mut taps: Vec<i32> = Vec::with_capacity(p * kp);
-    for opos in positions(out_sp) {
-        for c in 0..cg {
-            for kpos in &kernel_positions {
-                let mut offset = Some(c * in_count);
-                for a in 0..r {
-                    let i = (opos[a] * strides[a] + kpos[a] * dilations[a]) as i64 - pads[a] as i64;
-                    if i < 0 || i >= in_sp[a] as i64 {
-                        offset = None;
-                        break;
-                    }
-                    offset = offset.map(|o| o + i as usize * in_strides[a]);
-                }
-                taps.push(offset.map_or(-1, |o| i32::try_from(o).unwrap_or(-1)));
-            }
-        }
+    for row in offsets.chunks(kg) {
+        taps.extend_from_slice(row);
         taps.extend(std::iter::repeat_n(UNUSED, kp - kg));
     }
     k.form = if folded { "im2col-packed" } else { "im2col" };
