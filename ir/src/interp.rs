@@ -10,6 +10,32 @@ use crate::{Dim, IrError, Tensor, TensorType};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// Most iterations one Loop or Scan node runs by default (see [`Options`]): about a million,
+/// far beyond the sequences and refinement loops of real models (a Loop over the tokens of a
+/// long text runs a few thousand), and a few seconds of the interpreter's time on a small
+/// body, so a Loop whose condition never turns false fails quickly instead of hanging.
+pub const DEFAULT_MAX_LOOP_ITERATIONS: u64 = 1 << 20;
+
+/// Most bytes a Loop's or Scan's stacked outputs may take by default (1 GiB, the importer's
+/// largest tensor): they grow with the trip count, which the model computes at run time.
+pub const DEFAULT_MAX_STACKED_BYTES: u64 = 1 << 30;
+
+/// Limits of one run: what a graph computed at run time (a Loop's trip count) may demand.
+/// Exceeding one is an error naming the node, never a hang or an abort.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Most iterations of one Loop or Scan node per execution.
+    pub max_loop_iterations: u64,
+    /// Most bytes of the stacked scan outputs of one Loop or Scan node.
+    pub max_stacked_bytes: u64,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { max_loop_iterations: DEFAULT_MAX_LOOP_ITERATIONS, max_stacked_bytes: DEFAULT_MAX_STACKED_BYTES }
+    }
+}
+
 /// Evaluates one op on concrete operands with the reference kernels: what constant folding
 /// uses, so that folded values are exactly what the interpreter would compute.
 pub fn eval_op(
@@ -18,7 +44,7 @@ pub fn eval_op(
     input_types: &[Option<&TensorType>],
     output_types: &[TensorType],
 ) -> Result<Vec<Tensor>, String> {
-    ops::eval(&EvalCtx { op, inputs, input_types, output_types })
+    ops::eval(&EvalCtx { op, inputs, input_types, output_types, options: &Options::default() })
 }
 
 /// Every value computed by one run, for per-layer comparisons and debugging.
@@ -33,13 +59,18 @@ pub struct Trace {
 
 /// Runs the graph on `inputs` (in graph-input order) and returns its outputs.
 pub fn run(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, IrError> {
-    let trace = execute(graph, inputs, false)?;
+    run_with(graph, inputs, &Options::default())
+}
+
+/// [`run`] under the limits of `options` (a Loop's iterations).
+pub fn run_with(graph: &Graph, inputs: &[Tensor], options: &Options) -> Result<Vec<Tensor>, IrError> {
+    let trace = execute(graph, inputs, false, options)?;
     Ok(trace.outputs.into_iter().map(|t| Arc::try_unwrap(t).unwrap_or_else(|t| (*t).clone())).collect())
 }
 
 /// Runs the graph and keeps every intermediate value.
 pub fn run_traced(graph: &Graph, inputs: &[Tensor]) -> Result<Trace, IrError> {
-    execute(graph, inputs, true)
+    execute(graph, inputs, true, &Options::default())
 }
 
 /// Checks `inputs` against the graph's inputs and returns the batch size they bind
@@ -60,7 +91,7 @@ pub fn bind_batch_to<'a>(
     Ok(crate::bind_inputs(graph_name, declared, inputs)?.batch.unwrap_or(1))
 }
 
-fn execute(graph: &Graph, inputs: &[Tensor], keep_all: bool) -> Result<Trace, IrError> {
+fn execute(graph: &Graph, inputs: &[Tensor], keep_all: bool, options: &Options) -> Result<Trace, IrError> {
     let values = graph.input_values();
     let declared = values.iter().map(|v| (graph.value(*v).name.as_str(), graph.value_type(*v)));
     let binding = crate::bind_inputs(&graph.name, declared, inputs)?;
@@ -105,7 +136,7 @@ fn execute(graph: &Graph, inputs: &[Tensor], keep_all: bool) -> Result<Trace, Ir
                 let input_types: Vec<Option<&TensorType>> =
                     operands.iter().map(|v| v.map(|v| graph.value_type(v))).collect();
                 let output_types: Vec<TensorType> = node.outputs.iter().map(|v| v.ty.clone()).collect();
-                let cx = EvalCtx { op, inputs: &tensors, input_types: &input_types, output_types: &output_types };
+                let cx = EvalCtx { op, inputs: &tensors, input_types: &input_types, output_types: &output_types, options };
                 let results = ops::eval(&cx).map_err(fail)?;
                 for (t, ty) in results.iter().zip(&output_types) {
                     // Extents that depend on values computed at run time (`?`) are whatever the
