@@ -37,7 +37,7 @@ pub use ops::select::{one_hot_depth, Reduction};
 pub use ops::shape::{pad_source, PadMode};
 pub use ops::resample::{block_permutation, BlockView, from_f64 as tensor_from_f64, resize_plan, AxisTaps, ResizePlan};
 pub use ops::unary::gelu_uses_tanh;
-pub use ops::control::{inline_constant_branches, subgraph_depth};
+pub use ops::control::{accepts as body_accepts, execute as execute_control, inline_constant_branches, join as join_types, subgraph_depth, BodyRunner};
 pub use ops::reduce::{is_reduction, reduce_axes};
 pub use ops::recurrent::{check_length as check_sequence_length, Activation, Cell, Recurrent, Strides as RecurrentStrides, ACTIVATIONS as RECURRENT_ACTIVATIONS};
 pub use specialize::{bind_graph_inputs, bind_input_shapes, bind_inputs, needs_binding, specialize, specialize_for, Binding, Folder};

@@ -22,7 +22,7 @@ use crate::{AttrValue, Attrs, DType, Dim, IrError, Op, OpKind, Shape, Tensor, Te
 use std::sync::Arc;
 
 /// Whether a body input of type `formal` can take a value of type `actual`.
-pub(crate) fn accepts(formal: &TensorType, actual: &TensorType) -> bool {
+pub fn accepts(formal: &TensorType, actual: &TensorType) -> bool {
     formal.dtype == actual.dtype
         && formal.quant == actual.quant
         && formal.shape.rank() == actual.shape.rank()
@@ -31,7 +31,7 @@ pub(crate) fn accepts(formal: &TensorType, actual: &TensorType) -> bool {
 
 /// The type of a value that is `a` on some executions and `b` on others: extents that
 /// differ become unknown. Dtypes, quantization and ranks must agree.
-fn join(a: &TensorType, b: &TensorType) -> Result<TensorType, String> {
+pub fn join(a: &TensorType, b: &TensorType) -> Result<TensorType, String> {
     let show = crate::text::type_to_string;
     if a.dtype != b.dtype || a.quant != b.quant || a.shape.rank() != b.shape.rank() {
         return Err(format!("{} and {} cannot be one result (qlift needs one dtype and one rank)", show(a), show(b)));
@@ -255,11 +255,6 @@ fn is_true(t: &Tensor) -> bool {
     t.dtype() == DType::Bool && t.len() == 1 && t.to_i64_vec().is_ok_and(|v| v[0] != 0)
 }
 
-/// Runs a body with the interpreter; an error names the body.
-fn run_body(cx: &EvalCtx, name: &str, body: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
-    crate::interp::run_with(body, inputs, cx.options).map_err(|e| format!("in {name}: {e}"))
-}
-
 /// The one element of a flag operand (a bool condition or an i64 count).
 fn flag(t: &Tensor, what: &str) -> Result<i64, String> {
     match t.to_i64_vec() {
@@ -276,58 +271,75 @@ fn scalar_like(ty: &TensorType, value: i64) -> Result<Tensor, String> {
 
 /// Evaluates If, Loop and Scan with the reference interpreter running their bodies.
 pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
-    let attrs = &cx.op.attrs;
-    let owned = |range: std::ops::Range<usize>| -> Result<Vec<Tensor>, String> { range.map(|i| cx.input(i).cloned()).collect() };
-    match cx.op.kind {
+    let mut body = |name: &str, inputs: Vec<Tensor>| -> Result<Vec<Tensor>, String> {
+        crate::interp::run_with(cx.op.attrs.graph(name)?, &inputs, cx.options).map_err(|e| format!("in {name}: {e}"))
+    };
+    execute(cx.op, cx.inputs, cx.output_types, cx.options, &mut body)
+}
+
+/// Runs a body: the attribute naming it (`then_branch`, `body`...) and its inputs in, its
+/// outputs out.
+pub type BodyRunner<'a> = dyn FnMut(&str, Vec<Tensor>) -> Result<Vec<Tensor>, String> + 'a;
+
+/// The semantics of If, Loop and Scan, whatever runs the bodies: the interpreter (the
+/// oracle) and the code generator's driver, which runs them as compiled programs, share it.
+/// `operands` and `result_types` are the node's; `options` caps the iterations and the
+/// stacked bytes (exceeding either is an error, never a hang).
+pub fn execute(op: &Op, operands: &[Option<&Tensor>], result_types: &[TensorType], options: &crate::interp::Options, body: &mut BodyRunner) -> Result<Vec<Tensor>, String> {
+    let attrs = &op.attrs;
+    let input = |i: usize| operands.get(i).copied().flatten().ok_or_else(|| format!("operand {i} is missing"));
+    let owned = |range: std::ops::Range<usize>| -> Result<Vec<Tensor>, String> { range.map(|i| input(i).cloned()).collect() };
+    match op.kind {
         OpKind::If => {
-            let branch = if flag(cx.input(0)?, "the condition")? != 0 { "then_branch" } else { "else_branch" };
-            run_body(cx, branch, attrs.graph(branch)?, &owned(1..cx.inputs.len())?)
+            let branch = if flag(input(0)?, "the condition")? != 0 { "then_branch" } else { "else_branch" };
+            body(branch, owned(1..operands.len())?)
         }
         OpKind::Loop => {
-            let body = attrs.graph("body")?;
-            let (carried, _) = loop_counts(attrs, cx.inputs.len())?;
-            let trips = cx.inputs[0].map(|m| flag(m, "M")).transpose()?;
-            let mut cond = cx.inputs.get(1).copied().flatten().map_or(Ok(1), |c| flag(c, "cond"))? != 0;
+            let graph = attrs.graph("body")?;
+            let (carried, _) = loop_counts(attrs, operands.len())?;
+            let trips = operands.first().copied().flatten().map(|m| flag(m, "M")).transpose()?;
+            let mut cond = operands.get(1).copied().flatten().map_or(Ok(1), |c| flag(c, "cond"))? != 0;
             let mut values = owned(2..2 + carried)?;
-            let captured = owned(2 + carried..cx.inputs.len())?;
-            let formal: Vec<TensorType> = body.input_value_iter().take(2).map(|v| body.value_type(v).clone()).collect();
-            let mut stacks = Stacks::new(body.outputs().len() - 1 - carried);
+            let captured = owned(2 + carried..operands.len())?;
+            let formal: Vec<TensorType> = graph.input_value_iter().take(2).map(|v| graph.value_type(v).clone()).collect();
+            let mut stacks = Stacks::new(graph.outputs().len() - 1 - carried);
             let mut i: i64 = 0;
             while cond && trips.is_none_or(|m| i < m) {
-                if i as u64 >= cx.options.max_loop_iterations {
-                    return Err(too_many(cx.options.max_loop_iterations, trips));
+                if i as u64 >= options.max_loop_iterations {
+                    return Err(too_many(options.max_loop_iterations, trips));
                 }
                 let mut inputs = vec![scalar_like(&formal[0], i)?, scalar_like(&formal[1], 1)?];
                 inputs.append(&mut values);
                 inputs.extend(captured.iter().cloned());
-                let mut outputs = run_body(cx, "body", body, &inputs)?.into_iter();
+                let mut outputs = body("body", inputs)?.into_iter();
                 cond = flag(&outputs.next().ok_or("the body returned nothing")?, "the body's condition")? != 0;
                 values = outputs.by_ref().take(carried).collect();
-                stacks.push(outputs.collect(), cx.options.max_stacked_bytes)?;
+                stacks.push(outputs.collect(), options.max_stacked_bytes)?;
                 i += 1;
             }
-            let shapes: Vec<Vec<usize>> = cx.output_types[carried..].iter().map(|t| empty_part(&t.shape, 0)).collect();
-            values.extend(stacks.finish(&shapes, &vec![0; shapes.len()], &vec![false; shapes.len()], cx.output_types[carried..].iter().map(|t| t.dtype))?);
+            let types = &result_types[carried..];
+            let shapes: Vec<Vec<usize>> = types.iter().map(|t| empty_part(&t.shape, 0)).collect();
+            values.extend(stacks.finish(&shapes, &vec![0; shapes.len()], &vec![false; shapes.len()], types.iter().map(|t| t.dtype))?);
             Ok(values)
         }
         OpKind::Scan => {
-            let body = attrs.graph("body")?;
-            let (state, scanned, _) = scan_counts(attrs, cx.inputs.len())?;
+            let graph = attrs.graph("body")?;
+            let (state, scanned, _) = scan_counts(attrs, operands.len())?;
             let sequences = owned(state..state + scanned)?;
             let in_axes = axes(attrs, "scan_input_axes", scanned, |i| sequences[i].shape().len())?;
             let in_reverse = directions(attrs, "scan_input_directions", scanned)?;
-            let stacked = body.outputs().len() - state;
+            let stacked = graph.outputs().len() - state;
             let out_axes: Vec<usize> = attrs.ints("scan_output_axes")?.iter().map(|&a| a as usize).collect();
             let out_reverse = directions(attrs, "scan_output_directions", stacked)?;
             let length = sequences[0].shape()[in_axes[0]];
             if let Some((x, &a)) = sequences.iter().zip(&in_axes).find(|(x, &a)| x.shape()[a] != length) {
                 return Err(format!("scanned inputs have lengths {length} and {} along their scan axes", x.shape()[a]));
             }
-            if length as u64 > cx.options.max_loop_iterations {
-                return Err(too_many(cx.options.max_loop_iterations, Some(length as i64)));
+            if length as u64 > options.max_loop_iterations {
+                return Err(too_many(options.max_loop_iterations, Some(length as i64)));
             }
             let mut values = owned(0..state)?;
-            let captured = owned(state + scanned..cx.inputs.len())?;
+            let captured = owned(state + scanned..operands.len())?;
             let mut stacks = Stacks::new(stacked);
             for t in 0..length {
                 let mut inputs = std::mem::take(&mut values);
@@ -335,13 +347,17 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
                     inputs.push(take(x, axis, if reverse { length - 1 - t } else { t }));
                 }
                 inputs.extend(captured.iter().cloned());
-                let mut outputs = run_body(cx, "body", body, &inputs)?;
+                let mut outputs = body("body", inputs)?;
+                if outputs.len() < state {
+                    return Err(format!("the body returned {} results, expected at least {state}", outputs.len()));
+                }
                 let ys = outputs.split_off(state);
                 values = outputs;
-                stacks.push(ys, cx.options.max_stacked_bytes)?;
+                stacks.push(ys, options.max_stacked_bytes)?;
             }
-            let shapes: Vec<Vec<usize>> = cx.output_types[state..].iter().zip(&out_axes).map(|(t, &a)| empty_part(&t.shape, a)).collect();
-            values.extend(stacks.finish(&shapes, &out_axes, &out_reverse, cx.output_types[state..].iter().map(|t| t.dtype))?);
+            let types = &result_types[state..];
+            let shapes: Vec<Vec<usize>> = types.iter().zip(&out_axes).map(|(t, &a)| empty_part(&t.shape, a)).collect();
+            values.extend(stacks.finish(&shapes, &out_axes, &out_reverse, types.iter().map(|t| t.dtype))?);
             Ok(values)
         }
         k => Err(format!("{k} is not a control-flow op")),
