@@ -123,3 +123,19 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn bodies_export_to_onnx_and_import_back() {
+    // Captured values become references to the enclosing graph again, then captures on import.
+    for text in [IF, LOOP] {
+        let graph = qlift_ir::text::parse(text).unwrap();
+        let bytes = qlift::export_onnx(&graph).unwrap();
+        let back = qlift::load_onnx_bytes(&bytes, None, &ImportOptions::default()).unwrap();
+        let inputs = if text == IF {
+            vec![flag(false), Tensor::from_f32(&[2, 2], vec![1.0, 2.0, 3.0, 4.0])]
+        } else {
+            vec![Tensor::from_i64(&[], vec![3]), Tensor::from_f32(&[3], vec![1.0, 2.0, 3.0])]
+        };
+        assert_eq!(qlift_ir::interp::run(&back, &inputs).unwrap(), qlift_ir::interp::run(&graph, &inputs).unwrap(), "{back}");
+    }
+}
