@@ -14,7 +14,10 @@
 // would only move the same contract into the Rust signature.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
-use qlift::{ActivationScheme, CalibrationMethod, CompileOptions, CompiledModel, Engine, Error, ErrorKind, QuantizeOptions};
+use qlift::{
+    ActivationScheme, CalibrationMethod, CompileOptions, CompiledModel, Engine, Error, ErrorKind,
+    QuantizeOptions,
+};
 use qlift_ir::{DType, Dim, Tensor, TensorBuf, TensorMut, TensorRef};
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CStr, CString};
@@ -176,11 +179,20 @@ impl Info {
             Dim::Fixed(n) => i64::try_from(*n).unwrap_or(-1),
             _ => -1,
         });
-        Info { name, dtype: dtype_code(ty.dtype) as i32, shape: shape.collect() }
+        Info {
+            name,
+            dtype: dtype_code(ty.dtype) as i32,
+            shape: shape.collect(),
+        }
     }
 
     fn view(&self) -> QliftValueInfo {
-        QliftValueInfo { name: self.name.as_ptr(), dtype: self.dtype, rank: self.shape.len(), shape: self.shape.as_ptr() }
+        QliftValueInfo {
+            name: self.name.as_ptr(),
+            dtype: self.dtype,
+            rank: self.shape.len(),
+            shape: self.shape.as_ptr(),
+        }
     }
 }
 
@@ -252,7 +264,10 @@ fn guard(body: impl FnOnce() -> Result<(), Failure>) -> QliftStatus {
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic".to_string());
-            set_last_error(&format!("internal error: {what}\n{}", qlift::cli::BUG_REPORT));
+            set_last_error(&format!(
+                "internal error: {what}\n{}",
+                qlift::cli::BUG_REPORT
+            ));
             QliftStatus::Internal
         }
     }
@@ -281,7 +296,11 @@ fn dtype_of(code: i32, what: &str) -> Result<DType, Failure> {
         6 => DType::I4,
         7 => DType::U4,
         8 => DType::Bool,
-        _ => return Err(Failure::invalid(format!("{what}: {code} is not a QliftDtype (QLIFT_DTYPE_F32 = 1 to QLIFT_DTYPE_BOOL = 8)"))),
+        _ => {
+            return Err(Failure::invalid(format!(
+                "{what}: {code} is not a QliftDtype (QLIFT_DTYPE_F32 = 1 to QLIFT_DTYPE_BOOL = 8)"
+            )))
+        }
     })
 }
 
@@ -294,7 +313,10 @@ fn slice<'a, T>(ptr: *const T, count: usize, what: &str) -> Result<&'a [T], Fail
         return Err(Failure::invalid(format!("{what} is NULL")));
     }
     if !(ptr as usize).is_multiple_of(std::mem::align_of::<T>()) {
-        return Err(Failure::invalid(format!("{what} is not aligned to {} bytes", std::mem::align_of::<T>())));
+        return Err(Failure::invalid(format!(
+            "{what} is not aligned to {} bytes",
+            std::mem::align_of::<T>()
+        )));
     }
     // SAFETY: the caller promises `count` readable elements at a non-null, aligned `ptr`,
     // valid for the duration of the call (the API's contract).
@@ -306,7 +328,9 @@ fn c_str<'a>(ptr: *const c_char, what: &str) -> Result<&'a str, Failure> {
         return Err(Failure::invalid(format!("{what} is NULL")));
     }
     // SAFETY: the caller promises a NUL-terminated string.
-    unsafe { CStr::from_ptr(ptr) }.to_str().map_err(|_| Failure::invalid(format!("{what} is not UTF-8")))
+    unsafe { CStr::from_ptr(ptr) }
+        .to_str()
+        .map_err(|_| Failure::invalid(format!("{what} is not UTF-8")))
 }
 
 fn out_ptr<'a, T>(ptr: *mut T, what: &str) -> Result<&'a mut T, Failure> {
@@ -318,7 +342,11 @@ fn out_ptr<'a, T>(ptr: *mut T, what: &str) -> Result<&'a mut T, Failure> {
 fn extents(shape: *const i64, rank: usize, what: &str) -> Result<Vec<usize>, Failure> {
     let dims = slice(shape, rank, &format!("{what}.shape"))?;
     dims.iter()
-        .map(|&d| usize::try_from(d).map_err(|_| Failure::invalid(format!("{what}: extent {d} in shape {dims:?} is negative"))))
+        .map(|&d| {
+            usize::try_from(d).map_err(|_| {
+                Failure::invalid(format!("{what}: extent {d} in shape {dims:?} is negative"))
+            })
+        })
         .collect()
 }
 
@@ -330,25 +358,52 @@ struct Checked {
     len: usize,
 }
 
-fn check(dtype: i32, shape: *const i64, rank: usize, data: *const c_void, byte_len: usize, what: &str) -> Result<Checked, Failure> {
+fn check(
+    dtype: i32,
+    shape: *const i64,
+    rank: usize,
+    data: *const c_void,
+    byte_len: usize,
+    what: &str,
+) -> Result<Checked, Failure> {
     let dtype = dtype_of(dtype, what)?;
     let shape = extents(shape, rank, what)?;
-    let want = shape.iter().try_fold(dtype.size_of(), |n, &d| n.checked_mul(d));
+    let want = shape
+        .iter()
+        .try_fold(dtype.size_of(), |n, &d| n.checked_mul(d));
     match want {
         Some(n) if n == byte_len => {}
-        Some(n) => return Err(Failure::bad_input(format!("{what}: a {dtype} tensor of shape {shape:?} is {n} bytes, byte_len is {byte_len}"))),
-        None => return Err(Failure::bad_input(format!("{what}: shape {shape:?} overflows"))),
+        Some(n) => {
+            return Err(Failure::bad_input(format!(
+                "{what}: a {dtype} tensor of shape {shape:?} is {n} bytes, byte_len is {byte_len}"
+            )))
+        }
+        None => {
+            return Err(Failure::bad_input(format!(
+                "{what}: shape {shape:?} overflows"
+            )))
+        }
     }
     if byte_len != 0 && data.is_null() {
         return Err(Failure::invalid(format!("{what}.data is NULL")));
     }
-    Ok(Checked { dtype, shape, len: byte_len })
+    Ok(Checked {
+        dtype,
+        shape,
+        len: byte_len,
+    })
 }
 
 /// Aligned, empty storage for an empty buffer whose `data` may be null.
 static EMPTY: [u64; 0] = [];
 
-fn input_ref<'a>(b: &QliftBuffer, shape: &'a [usize], len: usize, dtype: DType, what: &str) -> Result<TensorRef<'a>, Failure> {
+fn input_ref<'a>(
+    b: &QliftBuffer,
+    shape: &'a [usize],
+    len: usize,
+    dtype: DType,
+    what: &str,
+) -> Result<TensorRef<'a>, Failure> {
     let bytes: &[u8] = if len == 0 {
         // SAFETY: an empty slice at an aligned, dangling-but-valid address.
         unsafe { std::slice::from_raw_parts(EMPTY.as_ptr().cast::<u8>(), 0) }
@@ -362,30 +417,59 @@ fn input_ref<'a>(b: &QliftBuffer, shape: &'a [usize], len: usize, dtype: DType, 
 /// The default options: minmax calibration, u8 activations, the JIT, one thread per run.
 #[no_mangle]
 pub extern "C" fn qlift_default_options() -> QliftOptions {
-    QliftOptions { method: std::ptr::null(), activations: QliftActivations::U8 as i32, engine: QliftEngine::Jit as i32, threads: 1 }
+    QliftOptions {
+        method: std::ptr::null(),
+        activations: QliftActivations::U8 as i32,
+        engine: QliftEngine::Jit as i32,
+        threads: 1,
+    }
 }
 
 fn compile_options(options: *const QliftOptions) -> Result<CompileOptions, Failure> {
     // SAFETY: null or a readable QliftOptions (the API's contract).
-    let o = unsafe { options.as_ref() }.copied().unwrap_or_else(|| qlift_default_options());
+    let o = unsafe { options.as_ref() }
+        .copied()
+        .unwrap_or_else(|| qlift_default_options());
     let method = match o.method.is_null() {
         true => CalibrationMethod::MinMax,
-        false => c_str(o.method, "options.method")?.parse().map_err(Failure::invalid)?,
+        false => c_str(o.method, "options.method")?
+            .parse()
+            .map_err(Failure::invalid)?,
     };
     let scheme = match o.activations {
         0 => ActivationScheme::AsymmetricU8,
         1 => ActivationScheme::SymmetricI8,
-        a => return Err(Failure::invalid(format!("options.activations: {a} is not a QliftActivations (0 or 1)"))),
+        a => {
+            return Err(Failure::invalid(format!(
+                "options.activations: {a} is not a QliftActivations (0 or 1)"
+            )))
+        }
     };
     let engine = match o.engine {
         0 => Engine::Jit,
         1 => Engine::Interpreter,
-        e => return Err(Failure::invalid(format!("options.engine: {e} is not a QliftEngine (0 or 1)"))),
+        e => {
+            return Err(Failure::invalid(format!(
+                "options.engine: {e} is not a QliftEngine (0 or 1)"
+            )))
+        }
     };
     if o.threads > 1024 {
-        return Err(Failure::invalid(format!("options.threads: {} is more than 1024", o.threads)));
+        return Err(Failure::invalid(format!(
+            "options.threads: {} is more than 1024",
+            o.threads
+        )));
     }
-    Ok(CompileOptions { engine, threads: o.threads, quantize: QuantizeOptions { method, scheme, ..Default::default() }, ..Default::default() })
+    Ok(CompileOptions {
+        engine,
+        threads: o.threads,
+        quantize: QuantizeOptions {
+            method,
+            scheme,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
 }
 
 /// Calibration buffers copied into tensors (the quantizer keeps what it reads).
@@ -407,9 +491,21 @@ fn calibration(calib: *const QliftBuffer, n_calib: usize) -> Result<Option<Vec<T
 }
 
 fn finish(model: CompiledModel, out: &mut *mut QliftModel) {
-    let inputs = model.inputs().iter().map(|(n, t)| Info::new(n, t)).collect();
-    let outputs = model.outputs().iter().map(|(n, t)| Info::new(n, t)).collect();
-    *out = Box::into_raw(Box::new(QliftModel { model, inputs, outputs }));
+    let inputs = model
+        .inputs()
+        .iter()
+        .map(|(n, t)| Info::new(n, t))
+        .collect();
+    let outputs = model
+        .outputs()
+        .iter()
+        .map(|(n, t)| Info::new(n, t))
+        .collect();
+    *out = Box::into_raw(Box::new(QliftModel {
+        model,
+        inputs,
+        outputs,
+    }));
 }
 
 /// Compiles the ONNX model at `path`. With calibration data (`calib`: one buffer per model
@@ -432,7 +528,8 @@ pub extern "C" fn qlift_compile_file(
         let path = c_str(path, "path")?;
         let opts = compile_options(options)?;
         let calib = calibration(calib, n_calib)?;
-        let model = CompiledModel::from_onnx(Path::new(path), calib.as_deref(), &opts).map_err(|e| compile_failure(e, calib.is_some()))?;
+        let model = CompiledModel::from_onnx(Path::new(path), calib.as_deref(), &opts)
+            .map_err(|e| compile_failure(e, calib.is_some()))?;
         finish(model, out);
         Ok(())
     })
@@ -458,7 +555,8 @@ pub extern "C" fn qlift_compile_bytes(
         let bytes = slice(bytes, len, "bytes")?;
         let opts = compile_options(options)?;
         let calib = calibration(calib, n_calib)?;
-        let model = CompiledModel::from_onnx_bytes(bytes, calib.as_deref(), &opts).map_err(|e| compile_failure(e, calib.is_some()))?;
+        let model = CompiledModel::from_onnx_bytes(bytes, calib.as_deref(), &opts)
+            .map_err(|e| compile_failure(e, calib.is_some()))?;
         finish(model, out);
         Ok(())
     })
@@ -493,12 +591,23 @@ pub extern "C" fn qlift_model_num_outputs(model: *const QliftModel) -> usize {
     model_ref(model).map_or(0, |m| m.outputs.len())
 }
 
-fn value_info(infos: impl Fn(&QliftModel) -> &[Info], model: *const QliftModel, index: usize, out: *mut QliftValueInfo, what: &str) -> QliftStatus {
+fn value_info(
+    infos: impl Fn(&QliftModel) -> &[Info],
+    model: *const QliftModel,
+    index: usize,
+    out: *mut QliftValueInfo,
+    what: &str,
+) -> QliftStatus {
     guard(|| {
         let out = out_ptr(out, "out")?;
         let m = model_ref(model)?;
         let infos = infos(m);
-        let info = infos.get(index).ok_or_else(|| Failure::invalid(format!("{what} index {index}: the model has {}", infos.len())))?;
+        let info = infos.get(index).ok_or_else(|| {
+            Failure::invalid(format!(
+                "{what} index {index}: the model has {}",
+                infos.len()
+            ))
+        })?;
         *out = info.view();
         Ok(())
     })
@@ -506,23 +615,52 @@ fn value_info(infos: impl Fn(&QliftModel) -> &[Info], model: *const QliftModel, 
 
 /// Describes input `index` (name, dtype, shape with -1 for symbolic extents) into `*out`.
 #[no_mangle]
-pub extern "C" fn qlift_model_input(model: *const QliftModel, index: usize, out: *mut QliftValueInfo) -> QliftStatus {
+pub extern "C" fn qlift_model_input(
+    model: *const QliftModel,
+    index: usize,
+    out: *mut QliftValueInfo,
+) -> QliftStatus {
     value_info(|m| &m.inputs, model, index, out, "input")
 }
 
 /// Describes output `index` into `*out` (see `qlift_model_input`).
 #[no_mangle]
-pub extern "C" fn qlift_model_output(model: *const QliftModel, index: usize, out: *mut QliftValueInfo) -> QliftStatus {
+pub extern "C" fn qlift_model_output(
+    model: *const QliftModel,
+    index: usize,
+    out: *mut QliftValueInfo,
+) -> QliftStatus {
     value_info(|m| &m.outputs, model, index, out, "output")
 }
 
 /// The checked inputs of a run: their shapes (which the borrowed tensors point into).
 fn input_shapes(inputs: &[QliftBuffer]) -> Result<Vec<Checked>, Failure> {
-    inputs.iter().enumerate().map(|(i, b)| check(b.dtype, b.shape, b.rank, b.data, b.byte_len, &format!("inputs[{i}]"))).collect()
+    inputs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            check(
+                b.dtype,
+                b.shape,
+                b.rank,
+                b.data,
+                b.byte_len,
+                &format!("inputs[{i}]"),
+            )
+        })
+        .collect()
 }
 
-fn input_refs<'a>(inputs: &[QliftBuffer], checked: &'a [Checked]) -> Result<Vec<TensorRef<'a>>, Failure> {
-    inputs.iter().zip(checked).enumerate().map(|(i, (b, c))| input_ref(b, &c.shape, c.len, c.dtype, &format!("inputs[{i}]"))).collect()
+fn input_refs<'a>(
+    inputs: &[QliftBuffer],
+    checked: &'a [Checked],
+) -> Result<Vec<TensorRef<'a>>, Failure> {
+    inputs
+        .iter()
+        .zip(checked)
+        .enumerate()
+        .map(|(i, (b, c))| input_ref(b, &c.shape, c.len, c.dtype, &format!("inputs[{i}]")))
+        .collect()
 }
 
 /// The shape of output `index` for a run on `inputs` (`n_inputs` buffers, in input order),
@@ -546,14 +684,43 @@ pub extern "C" fn qlift_model_output_shape(
         let m = model_ref(model)?;
         let buffers = slice(inputs, n_inputs, "inputs")?;
         // Shapes only: borrowed views of zeroed storage stand for the data.
-        let checked: Vec<Checked> =
-            buffers.iter().enumerate().map(|(i, b)| check(b.dtype, b.shape, b.rank, std::ptr::dangling(), b.byte_len, &format!("inputs[{i}]"))).collect::<Result<_, _>>()?;
-        let descs: Vec<ShapeOnly> = checked.iter().map(|c| ShapeOnly { dtype: c.dtype, shape: &c.shape }).collect();
-        let shapes = m.model.output_shapes(&descs).map_err(|e| failure(e, Stage::Run))?;
-        let s = shapes.get(index).ok_or_else(|| Failure::invalid(format!("output index {index}: the model has {}", shapes.len())))?;
+        let checked: Vec<Checked> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                check(
+                    b.dtype,
+                    b.shape,
+                    b.rank,
+                    std::ptr::dangling(),
+                    b.byte_len,
+                    &format!("inputs[{i}]"),
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        let descs: Vec<ShapeOnly> = checked
+            .iter()
+            .map(|c| ShapeOnly {
+                dtype: c.dtype,
+                shape: &c.shape,
+            })
+            .collect();
+        let shapes = m
+            .model
+            .output_shapes(&descs)
+            .map_err(|e| failure(e, Stage::Run))?;
+        let s = shapes.get(index).ok_or_else(|| {
+            Failure::invalid(format!(
+                "output index {index}: the model has {}",
+                shapes.len()
+            ))
+        })?;
         *rank = s.len();
         if s.len() > capacity {
-            return Err(Failure::invalid(format!("output {index} has rank {}, capacity is {capacity}", s.len())));
+            return Err(Failure::invalid(format!(
+                "output {index} has rank {}, capacity is {capacity}",
+                s.len()
+            )));
         }
         if !s.is_empty() {
             if shape.is_null() {
@@ -562,7 +729,8 @@ pub extern "C" fn qlift_model_output_shape(
             // SAFETY: the caller promises `capacity` writable extents at `shape`.
             let dst = unsafe { std::slice::from_raw_parts_mut(shape, s.len()) };
             for (d, &e) in dst.iter_mut().zip(s) {
-                *d = i64::try_from(e).map_err(|_| Failure::bad_input("an output extent does not fit in int64_t"))?;
+                *d = i64::try_from(e)
+                    .map_err(|_| Failure::bad_input("an output extent does not fit in int64_t"))?;
             }
         }
         Ok(())
@@ -613,31 +781,57 @@ pub extern "C" fn qlift_model_run(
         let checked_out: Vec<Checked> = out_buffers
             .iter()
             .enumerate()
-            .map(|(i, b)| check(b.dtype, b.shape, b.rank, b.data, b.byte_len, &format!("outputs[{i}]")))
+            .map(|(i, b)| {
+                check(
+                    b.dtype,
+                    b.shape,
+                    b.rank,
+                    b.data,
+                    b.byte_len,
+                    &format!("outputs[{i}]"),
+                )
+            })
             .collect::<Result<_, _>>()?;
         let in_spans = in_buffers.iter().map(|b| (b.data as usize, b.byte_len));
-        let out_spans: Vec<(usize, usize)> = out_buffers.iter().map(|b| (b.data as usize, b.byte_len)).collect();
+        let out_spans: Vec<(usize, usize)> = out_buffers
+            .iter()
+            .map(|b| (b.data as usize, b.byte_len))
+            .collect();
         for (i, o) in out_spans.iter().enumerate() {
             if let Some(j) = in_spans.clone().position(|s| overlaps(*o, s)) {
-                return Err(Failure::invalid(format!("outputs[{i}] overlaps inputs[{j}]")));
+                return Err(Failure::invalid(format!(
+                    "outputs[{i}] overlaps inputs[{j}]"
+                )));
             }
             if let Some(j) = out_spans[..i].iter().position(|s| overlaps(*o, *s)) {
-                return Err(Failure::invalid(format!("outputs[{i}] overlaps outputs[{j}]")));
+                return Err(Failure::invalid(format!(
+                    "outputs[{i}] overlaps outputs[{j}]"
+                )));
             }
         }
         let mut outs = Vec::with_capacity(out_buffers.len());
         for (i, (b, c)) in out_buffers.iter().zip(&checked_out).enumerate() {
             let bytes: &mut [u8] = if c.len == 0 {
                 // SAFETY: zero bytes at a dangling, well-aligned, non-null address.
-                unsafe { std::slice::from_raw_parts_mut(std::ptr::NonNull::<u64>::dangling().as_ptr().cast::<u8>(), 0) }
+                unsafe {
+                    std::slice::from_raw_parts_mut(
+                        std::ptr::NonNull::<u64>::dangling().as_ptr().cast::<u8>(),
+                        0,
+                    )
+                }
             } else {
                 // SAFETY: the caller promises `byte_len` writable bytes at `data` for the
                 // call; they overlap no other buffer of the call (checked above).
                 unsafe { std::slice::from_raw_parts_mut(b.data.cast::<u8>(), c.len) }
             };
-            outs.push(TensorMut::new(c.dtype, &c.shape, bytes).map_err(|e| Failure::bad_input(format!("outputs[{i}]: {e}")))?);
+            outs.push(
+                TensorMut::new(c.dtype, &c.shape, bytes)
+                    .map_err(|e| Failure::bad_input(format!("outputs[{i}]: {e}")))?,
+            );
         }
-        m.model.run_buffers_into(&refs, &mut outs).map_err(|e| failure(e, Stage::Run))
+        m.model
+            .run_buffers_into(&refs, &mut outs)
+            .map_err(|e| failure(e, Stage::Run))
     })
 }
 
@@ -667,10 +861,11 @@ pub extern "C" fn qlift_status_name(status: i32) -> *const c_char {
 /// qlift's version, e.g. `"0.1.0"`: static, never NULL.
 #[no_mangle]
 pub extern "C" fn qlift_version() -> *const c_char {
-    static VERSION: &CStr = match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
-        Ok(v) => v,
-        Err(_) => c"unknown",
-    };
+    static VERSION: &CStr =
+        match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+            Ok(v) => v,
+            Err(_) => c"unknown",
+        };
     VERSION.as_ptr()
 }
 
@@ -678,12 +873,16 @@ pub extern "C" fn qlift_version() -> *const c_char {
 /// array, to free with `qlift_array_free`. For examples and tests that share their data
 /// with the `qlift` command line.
 #[no_mangle]
-pub extern "C" fn qlift_array_read_npy(path: *const c_char, out: *mut *mut QliftArray) -> QliftStatus {
+pub extern "C" fn qlift_array_read_npy(
+    path: *const c_char,
+    out: *mut *mut QliftArray,
+) -> QliftStatus {
     guard(|| {
         let out = out_ptr(out, "out")?;
         *out = std::ptr::null_mut();
         let path = c_str(path, "path")?;
-        let tensor = qlift::npy::read_npy(Path::new(path)).map_err(|e| Failure::bad_input(e.to_string()))?;
+        let tensor =
+            qlift::npy::read_npy(Path::new(path)).map_err(|e| Failure::bad_input(e.to_string()))?;
         let shape = tensor.shape().iter().map(|&d| d as i64).collect();
         *out = Box::into_raw(Box::new(QliftArray { tensor, shape }));
         Ok(())
@@ -693,7 +892,10 @@ pub extern "C" fn qlift_array_read_npy(path: *const c_char, out: *mut *mut Qlift
 /// A view of an array (valid until the array is freed), to pass as an input or calibration
 /// buffer.
 #[no_mangle]
-pub extern "C" fn qlift_array_buffer(array: *const QliftArray, out: *mut QliftBuffer) -> QliftStatus {
+pub extern "C" fn qlift_array_buffer(
+    array: *const QliftArray,
+    out: *mut QliftBuffer,
+) -> QliftStatus {
     guard(|| {
         let out = out_ptr(out, "out")?;
         // SAFETY: null or a live array (the API's contract).
@@ -732,6 +934,7 @@ pub extern "C" fn qlift_write_npy(path: *const c_char, buffer: *const QliftBuffe
         let b = unsafe { buffer.as_ref() }.ok_or_else(|| Failure::invalid("buffer is NULL"))?;
         let c = check(b.dtype, b.shape, b.rank, b.data, b.byte_len, "buffer")?;
         let tensor = input_ref(b, &c.shape, c.len, c.dtype, "buffer")?.to_tensor();
-        std::fs::write(path, qlift::npy::to_npy_bytes(&tensor)).map_err(|e| Failure::bad_input(format!("{path}: {e}")))
+        std::fs::write(path, qlift::npy::to_npy_bytes(&tensor))
+            .map_err(|e| Failure::bad_input(format!("{path}: {e}")))
     })
 }

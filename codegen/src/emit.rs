@@ -39,7 +39,13 @@ pub fn iconst(fb: &mut FunctionBuilder, v: i64) -> Value {
 /// if it were outside any loop, so nothing is hoisted out of it (loop-invariant code
 /// motion does nothing). With the exit first, the body is visited first and invariants
 /// (address bases, a row's mean and inverse deviation) move to the preheader.
-pub fn for_range(fb: &mut FunctionBuilder, start: Value, end: Value, step: i64, body: impl FnOnce(&mut FunctionBuilder, Value)) {
+pub fn for_range(
+    fb: &mut FunctionBuilder,
+    start: Value,
+    end: Value,
+    step: i64,
+    body: impl FnOnce(&mut FunctionBuilder, Value),
+) {
     let header = fb.create_block();
     let inner = fb.create_block();
     let exit = fb.create_block();
@@ -63,7 +69,11 @@ pub fn for_count(fb: &mut FunctionBuilder, n: i64, body: impl FnOnce(&mut Functi
 }
 
 /// `for i in 0..n` with a run-time trip count (the batch).
-pub fn for_dynamic(fb: &mut FunctionBuilder, n: Value, body: impl FnOnce(&mut FunctionBuilder, Value)) {
+pub fn for_dynamic(
+    fb: &mut FunctionBuilder,
+    n: Value,
+    body: impl FnOnce(&mut FunctionBuilder, Value),
+) {
     let start = iconst(fb, 0);
     for_range(fb, start, n, 1, body);
 }
@@ -72,7 +82,12 @@ pub fn for_dynamic(fb: &mut FunctionBuilder, n: Value, body: impl FnOnce(&mut Fu
 /// then one at a time: `body(fb, i, true)` covers elements `i..i + lanes`, `body(fb, i,
 /// false)` element `i` of the remainder. A loop that would run zero times is left out.
 /// Every vector access stays inside the `n` elements (no overlapping or padded last step).
-pub fn for_lanes(fb: &mut FunctionBuilder, n: i64, lanes: i64, body: &mut dyn FnMut(&mut FunctionBuilder, Value, bool)) {
+pub fn for_lanes(
+    fb: &mut FunctionBuilder,
+    n: i64,
+    lanes: i64,
+    body: &mut dyn FnMut(&mut FunctionBuilder, Value, bool),
+) {
     let split = n - n % lanes;
     if split > 0 {
         let (start, end) = (iconst(fb, 0), iconst(fb, split));
@@ -86,7 +101,11 @@ pub fn for_lanes(fb: &mut FunctionBuilder, n: i64, lanes: i64, body: &mut dyn Fn
 
 /// `base + index · scale` (byte address of element `index` of `scale`-byte elements).
 pub fn addr(fb: &mut FunctionBuilder, base: Value, index: Value, scale: i64) -> Value {
-    let offset = if scale == 1 { index } else { fb.ins().imul_imm_s(index, scale) };
+    let offset = if scale == 1 {
+        index
+    } else {
+        fb.ins().imul_imm_s(index, scale)
+    };
     fb.ins().iadd(base, offset)
 }
 
@@ -107,7 +126,11 @@ pub fn store_at(fb: &mut FunctionBuilder, v: Value, base: Value, index: Value) {
 /// Cranelift's verifier accepts for narrow types (it rejects sign-extended negative i8s).
 pub fn iconst_of(fb: &mut FunctionBuilder, ty: Type, v: i64) -> Value {
     let bits = ty.bits();
-    let v = if bits >= 64 { v } else { v & ((1i64 << bits) - 1) };
+    let v = if bits >= 64 {
+        v
+    } else {
+        v & ((1i64 << bits) - 1)
+    };
     fb.ins().iconst(ty, v)
 }
 
@@ -128,7 +151,11 @@ pub fn coalesce(extents: &[usize], strides: &[Vec<i64>]) -> (Vec<usize>, Vec<Vec
             continue;
         }
         // Merge with the previous kept axis when it steps by exactly this axis' span.
-        let merge = !out_extents.is_empty() && strides.iter().zip(&out_strides).all(|(s, o)| *o.last().unwrap_or(&0) == s[a] * e as i64);
+        let merge = !out_extents.is_empty()
+            && strides
+                .iter()
+                .zip(&out_strides)
+                .all(|(s, o)| *o.last().unwrap_or(&0) == s[a] * e as i64);
         if merge {
             let last = out_extents.len() - 1;
             out_extents[last] *= e;

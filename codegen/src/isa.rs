@@ -42,18 +42,50 @@ pub struct CodegenOptions {
 /// The ISA for `opts`: opt_level `speed`, the verifier in debug builds.
 pub fn target_isa(opts: &CodegenOptions) -> Result<OwnedTargetIsa, CodegenError> {
     let mut flags = settings::builder();
-    let set = |flags: &mut settings::Builder, name: &str, value: &str| flags.set(name, value).map_err(bug);
+    let set = |flags: &mut settings::Builder, name: &str, value: &str| {
+        flags.set(name, value).map_err(bug)
+    };
     set(&mut flags, "opt_level", "speed")?;
     set(&mut flags, "use_colocated_libcalls", "false")?;
-    set(&mut flags, "is_pic", if opts.pic { "true" } else { "false" })?;
-    set(&mut flags, "enable_verifier", if cfg!(debug_assertions) { "true" } else { "false" })?;
+    set(
+        &mut flags,
+        "is_pic",
+        if opts.pic { "true" } else { "false" },
+    )?;
+    set(
+        &mut flags,
+        "enable_verifier",
+        if cfg!(debug_assertions) {
+            "true"
+        } else {
+            "false"
+        },
+    )?;
     let flags = settings::Flags::new(flags);
-    let target_error = |target: &str, message: String| CodegenError::Target { target: target.to_string(), message };
+    let target_error = |target: &str, message: String| CodegenError::Target {
+        target: target.to_string(),
+        message,
+    };
     let builder = match &opts.target {
         None => {
-            let mut builder = cranelift_native::builder_with_options(!opts.baseline_isa).map_err(|m| target_error("host", m.to_string()))?;
-            let vnni: &[&str] = if opts.no_vnni || opts.avx2_only { &["has_avx_vnni", "has_avx512vnni"] } else { &[] };
-            let avx512: &[&str] = if opts.avx2_only { &["has_avx512bitalg", "has_avx512dq", "has_avx512vl", "has_avx512vbmi", "has_avx512f"] } else { &[] };
+            let mut builder = cranelift_native::builder_with_options(!opts.baseline_isa)
+                .map_err(|m| target_error("host", m.to_string()))?;
+            let vnni: &[&str] = if opts.no_vnni || opts.avx2_only {
+                &["has_avx_vnni", "has_avx512vnni"]
+            } else {
+                &[]
+            };
+            let avx512: &[&str] = if opts.avx2_only {
+                &[
+                    "has_avx512bitalg",
+                    "has_avx512dq",
+                    "has_avx512vl",
+                    "has_avx512vbmi",
+                    "has_avx512f",
+                ]
+            } else {
+                &[]
+            };
             for name in vnni.iter().chain(avx512) {
                 builder.set(name, "false").map_err(bug)?;
             }
@@ -69,7 +101,9 @@ pub fn target_isa(opts: &CodegenOptions) -> Result<OwnedTargetIsa, CodegenError>
             })?
         }
     };
-    builder.finish(flags).map_err(|e| target_error(opts.target.as_deref().unwrap_or("host"), e.to_string()))
+    builder
+        .finish(flags)
+        .map_err(|e| target_error(opts.target.as_deref().unwrap_or("host"), e.to_string()))
 }
 
 /// A one-line description of the ISA: triple and enabled CPU features (for `qlift bench`).

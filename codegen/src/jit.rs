@@ -83,7 +83,10 @@ type Task = extern "C" fn(*const u8, i64, i64, i64);
 /// ranges as the calling entry may use threads ([`INTRA_OP`]), at most `max_parts`, on the
 /// persistent rayon pool; one call on this thread when that is one.
 extern "C" fn qlift_parallel_for(task: Task, ctx: *const u8, n: i64, max_parts: i64) {
-    let parts = INTRA_OP.with(|t| t.get()).min(n.max(0) as usize).min(max_parts.max(1) as usize);
+    let parts = INTRA_OP
+        .with(|t| t.get())
+        .min(n.max(0) as usize)
+        .min(max_parts.max(1) as usize);
     if parts <= 1 {
         task(ctx, 0, n, 0);
         return;
@@ -92,7 +95,14 @@ extern "C" fn qlift_parallel_for(task: Task, ctx: *const u8, n: i64, max_parts: 
     // disjoint parts of the result (the kernel that built it guarantees both).
     let ctx = ctx as usize;
     let n = n as usize;
-    (0..parts).into_par_iter().for_each(|i| task(ctx as *const u8, (i * n / parts) as i64, ((i + 1) * n / parts) as i64, i as i64));
+    (0..parts).into_par_iter().for_each(|i| {
+        task(
+            ctx as *const u8,
+            (i * n / parts) as i64,
+            ((i + 1) * n / parts) as i64,
+            i as i64,
+        )
+    });
 }
 
 /// The start of the monotonic clock profiled entries read (the first call's time).
@@ -101,7 +111,10 @@ static PROFILE_EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceL
 /// A profiled entry's timer (see [`crate::program::PROFILE_START`]): nanoseconds since
 /// [`PROFILE_EPOCH`].
 extern "C" fn qlift_profile_start() -> i64 {
-    PROFILE_EPOCH.get_or_init(std::time::Instant::now).elapsed().as_nanos() as i64
+    PROFILE_EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as i64
 }
 
 /// Adds the time since `start` and one call to step `step`'s counters (atomically: calls
@@ -112,8 +125,10 @@ extern "C" fn qlift_profile_stop(counters: *mut u64, step: i64, start: i64) {
     // SAFETY: the entry passes the address of its own counters (8-byte aligned, written
     // only through atomics) and a step below the number it was built with.
     unsafe {
-        std::sync::atomic::AtomicU64::from_ptr(counters.add(slot)).fetch_add(elapsed, std::sync::atomic::Ordering::Relaxed);
-        std::sync::atomic::AtomicU64::from_ptr(counters.add(slot + 1)).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::sync::atomic::AtomicU64::from_ptr(counters.add(slot))
+            .fetch_add(elapsed, std::sync::atomic::Ordering::Relaxed);
+        std::sync::atomic::AtomicU64::from_ptr(counters.add(slot + 1))
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -153,27 +168,45 @@ fn jit_reservation(graph: &Graph) -> usize {
             _ => None,
         })
         .fold(0usize, usize::saturating_add);
-    let estimate = (64usize << 20).saturating_add(constants.saturating_mul(2)).saturating_add(graph.node_count().saturating_mul(16 << 10));
+    let estimate = (64usize << 20)
+        .saturating_add(constants.saturating_mul(2))
+        .saturating_add(graph.node_count().saturating_mul(16 << 10));
     estimate.min((2usize << 30) - (64 << 20))
 }
 
 /// The message of a caught panic's payload.
 fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
-    payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "a panic".to_string())
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic".to_string())
 }
 
 impl JitProgram {
     /// Compiles `graph` (verified) for the host.
     pub fn compile(graph: &Graph, opts: &CodegenOptions) -> Result<JitProgram, CodegenError> {
         if opts.target.is_some() {
-            return Err(CodegenError::Target { target: opts.target.clone().unwrap_or_default(), message: "the JIT compiles for the host only".into() });
+            return Err(CodegenError::Target {
+                target: opts.target.clone().unwrap_or_default(),
+                message: "the JIT compiles for the host only".into(),
+            });
         }
         let isa = target_isa(opts)?;
         let description = crate::isa::describe(isa.as_ref());
         let mut builder = JITBuilder::with_isa(isa, default_libcall_names());
-        builder.symbol(crate::program::PROFILE_START, qlift_profile_start as *const u8);
-        builder.symbol(crate::kernels::PARALLEL_FOR, qlift_parallel_for as *const u8);
-        builder.symbol(crate::program::PROFILE_STOP, qlift_profile_stop as *const u8);
+        builder.symbol(
+            crate::program::PROFILE_START,
+            qlift_profile_start as *const u8,
+        );
+        builder.symbol(
+            crate::kernels::PARALLEL_FOR,
+            qlift_parallel_for as *const u8,
+        );
+        builder.symbol(
+            crate::program::PROFILE_STOP,
+            qlift_profile_stop as *const u8,
+        );
         for (name, f) in libm_symbols() {
             builder.symbol(name, f);
         }
@@ -181,8 +214,11 @@ impl JitProgram {
         // PC-relative references from code to its data always fit. With a mapping per
         // segment, a large allocation made before (2 GiB of inputs) could leave code below it
         // and data above it, more than 2 GiB apart, and linking failed.
-        let arena = ArenaMemoryProvider::new_with_size(jit_reservation(graph))
-            .map_err(|e| bug(format!("reserving address space for the compiled code: {e}")))?;
+        let arena = ArenaMemoryProvider::new_with_size(jit_reservation(graph)).map_err(|e| {
+            bug(format!(
+                "reserving address space for the compiled code: {e}"
+            ))
+        })?;
         builder.memory_provider(Box::new(arena));
         let mut module = JITModule::new(builder);
         let program = match build(&mut module, graph, "qlift_run", opts, true) {
@@ -195,7 +231,9 @@ impl JitProgram {
         };
         // Finalizing resolves symbols and libcalls; cranelift-jit panics on one it cannot
         // find (a helper some lowering needs on a CPU without a feature). Report it instead.
-        let finalized = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| module.finalize_definitions().map_err(|e| e.to_string())));
+        let finalized = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            module.finalize_definitions().map_err(|e| e.to_string())
+        }));
         if let Err(e) | Ok(Err(e)) = finalized.map_err(|p| panic_message(&p)) {
             // SAFETY: nothing compiled in this module was called or handed out.
             unsafe { module.free_memory() };
@@ -209,11 +247,37 @@ impl JitProgram {
         // SAFETY: the entry was built with exactly this signature (program.rs).
         let entry = unsafe { std::mem::transmute::<*const u8, Entry>(code) };
         let batched = |ty: &TensorType| ty.shape.dims().first() == Some(&qlift_ir::Dim::Batch);
-        let bytes = |ty: &TensorType| if batched(ty) { ty.shape.resolve(1).iter().product::<usize>() * ty.dtype.size_of() } else { 0 };
-        let computed: Vec<&TensorType> = program.outputs.iter().filter(|(_, _, s)| matches!(s, OutputSource::Computed(_))).map(|(_, t, _)| t).collect();
-        let splittable = !program.batch_coupled && program.inputs.iter().all(|(_, t)| batched(t)) && computed.iter().all(|t| batched(t));
-        let sample_bytes = (program.inputs.iter().map(|(_, t)| bytes(t)).collect(), computed.iter().map(|t| bytes(t)).collect());
-        Ok(JitProgram { module: Some(module), entry, program, isa: description, scratch: Mutex::new(Vec::new()), threads: 1, splittable, sample_bytes, profile })
+        let bytes = |ty: &TensorType| {
+            if batched(ty) {
+                ty.shape.resolve(1).iter().product::<usize>() * ty.dtype.size_of()
+            } else {
+                0
+            }
+        };
+        let computed: Vec<&TensorType> = program
+            .outputs
+            .iter()
+            .filter(|(_, _, s)| matches!(s, OutputSource::Computed(_)))
+            .map(|(_, t, _)| t)
+            .collect();
+        let splittable = !program.batch_coupled
+            && program.inputs.iter().all(|(_, t)| batched(t))
+            && computed.iter().all(|t| batched(t));
+        let sample_bytes = (
+            program.inputs.iter().map(|(_, t)| bytes(t)).collect(),
+            computed.iter().map(|t| bytes(t)).collect(),
+        );
+        Ok(JitProgram {
+            module: Some(module),
+            entry,
+            program,
+            isa: description,
+            scratch: Mutex::new(Vec::new()),
+            threads: 1,
+            splittable,
+            sample_bytes,
+            profile,
+        })
     }
 
     /// The graph inputs (names and types) the program takes, in order.
@@ -238,10 +302,21 @@ impl JitProgram {
         let counters = |i: usize| {
             // SAFETY: `i < len`, the counters' u64s in the finalized module, 8-byte aligned and
             // only written through atomics.
-            unsafe { std::sync::atomic::AtomicU64::from_ptr(ptr.cast::<u64>().cast_mut().add(i)).load(std::sync::atomic::Ordering::Relaxed) }
+            unsafe {
+                std::sync::atomic::AtomicU64::from_ptr(ptr.cast::<u64>().cast_mut().add(i))
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            }
         };
         let slots = crate::program::PROFILE_SLOTS;
-        Some((0..self.program.steps.len().min(len / slots)).map(|step| StepTime { step, nanos: counters(step * slots), calls: counters(step * slots + 1) }).collect())
+        Some(
+            (0..self.program.steps.len().min(len / slots))
+                .map(|step| StepTime {
+                    step,
+                    nanos: counters(step * slots),
+                    calls: counters(step * slots + 1),
+                })
+                .collect(),
+        )
     }
 
     /// Zeroes the profile counters (to leave warm-up calls out).
@@ -249,7 +324,10 @@ impl JitProgram {
         if let Some((ptr, len)) = self.profile {
             for i in 0..len {
                 // SAFETY: as in `profile`.
-                unsafe { std::sync::atomic::AtomicU64::from_ptr(ptr.cast::<u64>().cast_mut().add(i)).store(0, std::sync::atomic::Ordering::Relaxed) };
+                unsafe {
+                    std::sync::atomic::AtomicU64::from_ptr(ptr.cast::<u64>().cast_mut().add(i))
+                        .store(0, std::sync::atomic::Ordering::Relaxed)
+                };
             }
         }
     }
@@ -263,16 +341,29 @@ impl JitProgram {
     /// array, a C caller's buffer), read where they lie.
     pub fn run_buffers<I: TensorBuf>(&self, inputs: &[I]) -> Result<Vec<Tensor>, CodegenError> {
         let shapes = self.output_shapes(inputs)?;
-        let mut outputs: Vec<Tensor> =
-            self.program.outputs.iter().zip(&shapes).map(|((_, ty, _), shape)| Tensor::zeros(ty.dtype, shape)).collect();
+        let mut outputs: Vec<Tensor> = self
+            .program
+            .outputs
+            .iter()
+            .zip(&shapes)
+            .map(|((_, ty, _), shape)| Tensor::zeros(ty.dtype, shape))
+            .collect();
         self.run_buffers_into(inputs, &mut outputs)?;
         Ok(outputs)
     }
 
     /// The shapes of the outputs a run on `inputs` gives (checked as a run checks them).
-    pub fn output_shapes<I: TensorBuf>(&self, inputs: &[I]) -> Result<Vec<Vec<usize>>, CodegenError> {
+    pub fn output_shapes<I: TensorBuf>(
+        &self,
+        inputs: &[I],
+    ) -> Result<Vec<Vec<usize>>, CodegenError> {
         let batch = self.check_inputs(inputs)?;
-        Ok(self.program.outputs.iter().map(|(_, ty, _)| ty.shape.resolve(batch)).collect())
+        Ok(self
+            .program
+            .outputs
+            .iter()
+            .map(|(_, ty, _)| ty.shape.resolve(batch))
+            .collect())
     }
 
     /// Runs the program writing into `outputs`, which must have the output types at the
@@ -283,20 +374,42 @@ impl JitProgram {
 
     /// [`JitProgram::run_into`] on buffers owned or borrowed: inputs read and outputs written
     /// where they lie ([`qlift_ir::TensorRef`], [`qlift_ir::TensorMut`]).
-    pub fn run_buffers_into<I: TensorBuf, O: TensorBufMut>(&self, inputs: &[I], outputs: &mut [O]) -> Result<(), CodegenError> {
+    pub fn run_buffers_into<I: TensorBuf, O: TensorBufMut>(
+        &self,
+        inputs: &[I],
+        outputs: &mut [O],
+    ) -> Result<(), CodegenError> {
         let batch = self.check_inputs(inputs)?;
         if outputs.len() != self.program.outputs.len() {
-            return Err(CodegenError::Input { name: "outputs".into(), message: format!("{} output buffers for {} outputs", outputs.len(), self.program.outputs.len()) });
+            return Err(CodegenError::Input {
+                name: "outputs".into(),
+                message: format!(
+                    "{} output buffers for {} outputs",
+                    outputs.len(),
+                    self.program.outputs.len()
+                ),
+            });
         }
         for ((name, ty, _), t) in self.program.outputs.iter().zip(outputs.iter()) {
             if t.dtype() != ty.dtype || !ty.shape.matches(batch, t.shape()) {
-                return Err(CodegenError::Input { name: name.clone(), message: format!("output buffer is {}{:?}, expected {}{:?}", t.dtype(), t.shape(), ty.dtype, ty.shape.resolve(batch)) });
+                return Err(CodegenError::Input {
+                    name: name.clone(),
+                    message: format!(
+                        "output buffer is {}{:?}, expected {}{:?}",
+                        t.dtype(),
+                        t.shape(),
+                        ty.dtype,
+                        ty.shape.resolve(batch)
+                    ),
+                });
             }
         }
         // The addresses of sample 0 of every input and computed output.
         let mut bases = self.take_scratch()?;
         bases.inputs.clear();
-        bases.inputs.extend(inputs.iter().map(|t| t.bytes().as_ptr() as usize));
+        bases
+            .inputs
+            .extend(inputs.iter().map(|t| t.bytes().as_ptr() as usize));
         bases.outputs.clear();
         bases.outputs.resize(self.program.computed_outputs, 0);
         for ((_, _, source), t) in self.program.outputs.iter().zip(outputs.iter_mut()) {
@@ -308,7 +421,9 @@ impl JitProgram {
             // Threads beyond the batch's parts go to the kernels (intra-op parallelism).
             None => self.call(&bases, 0, batch, self.threads),
             // Disjoint slices of the batch on the persistent rayon pool, one scratch each.
-            Some(parts) => parts.par_iter().try_for_each(|&(start, len)| self.call(&bases, start, len, 1)),
+            Some(parts) => parts
+                .par_iter()
+                .try_for_each(|&(start, len)| self.call(&bases, start, len, 1)),
         };
         self.give_scratch(bases)?;
         result?;
@@ -317,8 +432,12 @@ impl JitProgram {
         for j in 0..outputs.len() {
             match &self.program.outputs[j].2 {
                 OutputSource::Computed(_) => {}
-                OutputSource::Input(k) => outputs[j].bytes_mut().copy_from_slice(inputs[*k].bytes()),
-                OutputSource::Constant(t) => outputs[j].bytes_mut().copy_from_slice(t.data().as_bytes()),
+                OutputSource::Input(k) => {
+                    outputs[j].bytes_mut().copy_from_slice(inputs[*k].bytes())
+                }
+                OutputSource::Constant(t) => {
+                    outputs[j].bytes_mut().copy_from_slice(t.data().as_bytes())
+                }
                 OutputSource::Alias(i) if *i == j => {}
                 OutputSource::Alias(i) => {
                     let (lo, hi) = outputs.split_at_mut(j.max(*i));
@@ -335,33 +454,71 @@ impl JitProgram {
     }
 
     fn take_scratch(&self) -> Result<Scratch, CodegenError> {
-        Ok(self.scratch.lock().map_err(|_| bug("scratch pool poisoned"))?.pop().unwrap_or_default())
+        Ok(self
+            .scratch
+            .lock()
+            .map_err(|_| bug("scratch pool poisoned"))?
+            .pop()
+            .unwrap_or_default())
     }
 
     fn give_scratch(&self, s: Scratch) -> Result<(), CodegenError> {
-        self.scratch.lock().map_err(|_| bug("scratch pool poisoned"))?.push(s);
+        self.scratch
+            .lock()
+            .map_err(|_| bug("scratch pool poisoned"))?
+            .push(s);
         Ok(())
     }
 
     /// Runs the entry on samples `start..start + batch` of checked buffers (`bases`: the
     /// addresses of sample 0), with scratch from the pool; its kernels may use `threads`.
-    fn call(&self, bases: &Scratch, start: usize, batch: usize, threads: usize) -> Result<(), CodegenError> {
-        let arena_bytes = self.program.arena.bytes(batch).ok_or_else(|| CodegenError::Input { name: "batch".into(), message: format!("batch {batch} overflows the arena size") })?;
+    fn call(
+        &self,
+        bases: &Scratch,
+        start: usize,
+        batch: usize,
+        threads: usize,
+    ) -> Result<(), CodegenError> {
+        let arena_bytes = self
+            .program
+            .arena
+            .bytes(batch)
+            .ok_or_else(|| CodegenError::Input {
+                name: "batch".into(),
+                message: format!("batch {batch} overflows the arena size"),
+            })?;
         let mut s = self.take_scratch()?;
         s.arena.resize(arena_bytes + crate::plan::ALIGN, 0);
         let skip = s.arena.as_ptr().align_offset(crate::plan::ALIGN);
         let at = |base: usize, sample_bytes: usize| base + start * sample_bytes;
         s.inputs.clear();
-        s.inputs.extend(bases.inputs.iter().zip(&self.sample_bytes.0).map(|(&p, &b)| at(p, b)));
+        s.inputs.extend(
+            bases
+                .inputs
+                .iter()
+                .zip(&self.sample_bytes.0)
+                .map(|(&p, &b)| at(p, b)),
+        );
         s.outputs.clear();
-        s.outputs.extend(bases.outputs.iter().zip(&self.sample_bytes.1).map(|(&p, &b)| at(p, b)));
+        s.outputs.extend(
+            bases
+                .outputs
+                .iter()
+                .zip(&self.sample_bytes.1)
+                .map(|(&p, &b)| at(p, b)),
+        );
         let before = INTRA_OP.with(|t| t.replace(threads));
         // SAFETY: inputs and outputs were checked against the program's types for the whole
         // batch, `start + batch` is within it (offsets only for batched tensors, see
         // `batch_split`), and the arena holds `arena_bytes` from a 64-byte aligned start.
         // `usize` and pointers have the same layout.
         let status = unsafe {
-            (self.entry)(s.inputs.as_ptr().cast(), s.outputs.as_ptr().cast(), s.arena.as_mut_ptr().add(skip), batch as i64)
+            (self.entry)(
+                s.inputs.as_ptr().cast(),
+                s.outputs.as_ptr().cast(),
+                s.arena.as_mut_ptr().add(skip),
+                batch as i64,
+            )
         };
         INTRA_OP.with(|t| t.set(before));
         self.give_scratch(s)?;
@@ -378,7 +535,16 @@ impl JitProgram {
         if parts <= 1 || !self.splittable {
             return None;
         }
-        Some((0..parts).map(|i| (i * batch / parts, (i + 1) * batch / parts - i * batch / parts)).collect())
+        Some(
+            (0..parts)
+                .map(|i| {
+                    (
+                        i * batch / parts,
+                        (i + 1) * batch / parts - i * batch / parts,
+                    )
+                })
+                .collect(),
+        )
     }
 
     /// Runs calls on up to `threads` threads of a persistent pool, splitting the batch
@@ -391,17 +557,29 @@ impl JitProgram {
     fn check_inputs<I: TensorBuf>(&self, inputs: &[I]) -> Result<usize, CodegenError> {
         let declared = self.program.inputs.iter().map(|(n, t)| (n.as_str(), t));
         let given = inputs.iter().map(|t| (t.dtype(), t.shape()));
-        qlift_ir::bind_input_shapes("model", declared, given).map(|b| b.batch.unwrap_or(1)).map_err(|e| match e {
-            qlift_ir::IrError::Input { name, message } => CodegenError::Input { name, message },
-            other => CodegenError::Input { name: "inputs".into(), message: other.to_string() },
-        })
+        qlift_ir::bind_input_shapes("model", declared, given)
+            .map(|b| b.batch.unwrap_or(1))
+            .map_err(|e| match e {
+                qlift_ir::IrError::Input { name, message } => CodegenError::Input { name, message },
+                other => CodegenError::Input {
+                    name: "inputs".into(),
+                    message: other.to_string(),
+                },
+            })
     }
 
     fn runtime_error(&self, status: i32) -> CodegenError {
         let step = ((status >> 8) - 1) as usize;
         let code = (status & 0xff) as usize;
         match self.program.steps.get(step) {
-            Some(s) => CodegenError::Runtime { node: s.node.clone(), message: s.messages.get(code.wrapping_sub(1)).cloned().unwrap_or_else(|| format!("status {code}")) },
+            Some(s) => CodegenError::Runtime {
+                node: s.node.clone(),
+                message: s
+                    .messages
+                    .get(code.wrapping_sub(1))
+                    .cloned()
+                    .unwrap_or_else(|| format!("status {code}")),
+            },
             None => bug(format!("generated code returned status {status}")),
         }
     }

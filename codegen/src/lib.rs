@@ -21,6 +21,6 @@ pub mod program;
 
 pub use aot::{compile_object, AotArtifact};
 pub use error::CodegenError;
-pub use isa::CodegenOptions;
 pub use flow::FlowProgram;
+pub use isa::CodegenOptions;
 pub use jit::{JitProgram, StepTime};

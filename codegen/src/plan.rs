@@ -46,7 +46,10 @@ pub struct Plan {
 impl Plan {
     /// Arena bytes for `batch` samples.
     pub fn bytes(&self, batch: usize) -> Option<usize> {
-        self.size.per_sample.checked_mul(batch)?.checked_add(self.size.fixed)
+        self.size
+            .per_sample
+            .checked_mul(batch)?
+            .checked_add(self.size.fixed)
     }
 }
 
@@ -62,9 +65,27 @@ pub fn plan(buffers: &[Buffer]) -> Plan {
     let offsets = buffers
         .iter()
         .zip(fixed_region.0.iter().zip(&scaled_region.0))
-        .map(|(b, (&f, &s))| if b.per_sample == 0 { Offset { per_sample: 0, fixed: f } } else { Offset { per_sample: s, fixed: fixed_size } })
+        .map(|(b, (&f, &s))| {
+            if b.per_sample == 0 {
+                Offset {
+                    per_sample: 0,
+                    fixed: f,
+                }
+            } else {
+                Offset {
+                    per_sample: s,
+                    fixed: fixed_size,
+                }
+            }
+        })
         .collect();
-    Plan { offsets, size: Offset { per_sample: scaled_region.1, fixed: fixed_size } }
+    Plan {
+        offsets,
+        size: Offset {
+            per_sample: scaled_region.1,
+            fixed: fixed_size,
+        },
+    }
 }
 
 /// First-fit placement of the buffers with a non-zero `size(b)`; returns offsets (0 for
@@ -72,10 +93,16 @@ pub fn plan(buffers: &[Buffer]) -> Plan {
 /// the next one are found through [`Placed`] in time proportional to their number (a scan
 /// of every placed buffer made planning quadratic: minutes at 100,000 nodes).
 fn place(buffers: &[Buffer], size: impl Fn(&Buffer) -> usize) -> (Vec<usize>, usize) {
-    let mut order: Vec<usize> = (0..buffers.len()).filter(|&i| size(&buffers[i]) > 0).collect();
+    let mut order: Vec<usize> = (0..buffers.len())
+        .filter(|&i| size(&buffers[i]) > 0)
+        .collect();
     order.sort_by_key(|&i| (std::cmp::Reverse(size(&buffers[i])), buffers[i].first, i));
     let mut offsets = vec![0; buffers.len()];
-    let steps = buffers.iter().map(|b| b.first.max(b.last) + 1).max().unwrap_or(1);
+    let steps = buffers
+        .iter()
+        .map(|b| b.first.max(b.last) + 1)
+        .max()
+        .unwrap_or(1);
     let mut placed = Placed::new(steps);
     let mut total = 0;
     let mut busy: Vec<(usize, usize)> = Vec::new();
@@ -115,7 +142,11 @@ struct Placed {
 impl Placed {
     fn new(steps: usize) -> Placed {
         let width = steps.next_power_of_two();
-        Placed { leaves: vec![Vec::new(); width], latest: vec![None; 2 * width], width }
+        Placed {
+            leaves: vec![Vec::new(); width],
+            latest: vec![None; 2 * width],
+            width,
+        }
     }
 
     fn insert(&mut self, first: usize, last: usize, span: (usize, usize)) {
@@ -156,7 +187,12 @@ mod tests {
     use super::*;
 
     fn scaled(per_sample: usize, first: usize, last: usize) -> Buffer {
-        Buffer { per_sample, fixed: 0, first, last }
+        Buffer {
+            per_sample,
+            fixed: 0,
+            first,
+            last,
+        }
     }
 
     #[test]
@@ -170,15 +206,40 @@ mod tests {
 
     #[test]
     fn fixed_buffers_come_first() {
-        let p = plan(&[scaled(10, 0, 0), Buffer { per_sample: 0, fixed: 100, first: 0, last: 0 }]);
-        assert_eq!(p.offsets[1], Offset { per_sample: 0, fixed: 0 });
-        assert_eq!(p.offsets[0], Offset { per_sample: 0, fixed: 128 });
+        let p = plan(&[
+            scaled(10, 0, 0),
+            Buffer {
+                per_sample: 0,
+                fixed: 100,
+                first: 0,
+                last: 0,
+            },
+        ]);
+        assert_eq!(
+            p.offsets[1],
+            Offset {
+                per_sample: 0,
+                fixed: 0
+            }
+        );
+        assert_eq!(
+            p.offsets[0],
+            Offset {
+                per_sample: 0,
+                fixed: 128
+            }
+        );
         assert_eq!(p.bytes(3), Some(128 + 64 * 3));
     }
 
     /// The placement of the first version, a scan of every placed buffer per buffer.
-    fn place_by_scanning(buffers: &[Buffer], size: impl Fn(&Buffer) -> usize) -> (Vec<usize>, usize) {
-        let mut order: Vec<usize> = (0..buffers.len()).filter(|&i| size(&buffers[i]) > 0).collect();
+    fn place_by_scanning(
+        buffers: &[Buffer],
+        size: impl Fn(&Buffer) -> usize,
+    ) -> (Vec<usize>, usize) {
+        let mut order: Vec<usize> = (0..buffers.len())
+            .filter(|&i| size(&buffers[i]) > 0)
+            .collect();
         order.sort_by_key(|&i| (std::cmp::Reverse(size(&buffers[i])), buffers[i].first, i));
         let mut offsets = vec![0; buffers.len()];
         let mut placed: Vec<(usize, usize, usize)> = Vec::new();
@@ -210,7 +271,9 @@ mod tests {
     fn the_interval_search_places_exactly_as_a_full_scan() {
         let mut seed = 11u64;
         let mut next = |m: u64| {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (seed >> 33) % m
         };
         for round in 0..20 {
@@ -223,7 +286,11 @@ mod tests {
                     scaled(1 + next(1000) as usize, first, first + span)
                 })
                 .collect();
-            assert_eq!(place(&buffers, |b| b.per_sample), place_by_scanning(&buffers, |b| b.per_sample), "round {round}");
+            assert_eq!(
+                place(&buffers, |b| b.per_sample),
+                place_by_scanning(&buffers, |b| b.per_sample),
+                "round {round}"
+            );
         }
     }
 
@@ -242,7 +309,9 @@ mod tests {
         // A pseudo-random set of buffers; check the invariant pairwise.
         let mut seed = 7u64;
         let mut next = |m: u64| {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (seed >> 33) % m
         };
         let buffers: Vec<Buffer> = (0..60)
@@ -256,7 +325,10 @@ mod tests {
             for (j, b) in buffers.iter().enumerate().skip(i + 1) {
                 if a.first <= b.last && b.first <= a.last {
                     let (sa, sb) = (p.offsets[i].per_sample, p.offsets[j].per_sample);
-                    assert!(sa + a.per_sample <= sb || sb + b.per_sample <= sa, "{i} and {j} overlap");
+                    assert!(
+                        sa + a.per_sample <= sb || sb + b.per_sample <= sa,
+                        "{i} and {j} overlap"
+                    );
                 }
             }
             assert!(p.offsets[i].per_sample + a.per_sample <= p.size.per_sample);

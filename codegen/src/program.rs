@@ -13,7 +13,9 @@ use crate::error::{bug, CodegenError};
 use crate::isa::CodegenOptions;
 use crate::kernels::{self, Kernel, Operand};
 use crate::plan::{self, Buffer, Plan};
-use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, UserFuncName, Value as ClValue};
+use cranelift_codegen::ir::{
+    types, AbiParam, InstBuilder, MemFlagsData, UserFuncName, Value as ClValue,
+};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{DataDescription, DataId, FuncId, Linkage, Module};
 use qlift_ir::{Dim, Graph, NodeOp, Tensor, TensorType, ValueId};
@@ -92,7 +94,13 @@ enum Location {
 /// (see [`Program::profile`]).
 /// With `parallel`, kernels may split their work across the JIT's thread pool (they call
 /// [`kernels::PARALLEL_FOR`], which the JIT resolves); object files are built without.
-pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &CodegenOptions, parallel: bool) -> Result<Program, CodegenError> {
+pub fn build(
+    module: &mut dyn Module,
+    graph: &Graph,
+    entry_name: &str,
+    opts: &CodegenOptions,
+    parallel: bool,
+) -> Result<Program, CodegenError> {
     let profile = opts.profile;
     let wide = wide_isa(module.isa(), opts);
     let order = graph.topo_order().map_err(bug)?;
@@ -104,11 +112,19 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &Co
                 Some(qlift_ir::OpKind::NonZero) => kernels::select::NONZERO.to_string(),
                 _ => format!("value `{}` has extents {} that are not known yet: bind the input shapes first (qlift_ir::specialize)", v.name, v.ty.shape),
             };
-            return Err(CodegenError::Unsupported { node: node.name.clone(), op: node.op.name().to_string(), message });
+            return Err(CodegenError::Unsupported {
+                node: node.name.clone(),
+                op: node.op.name().to_string(),
+                message,
+            });
         }
     }
     let mut location: HashMap<ValueId, Location> = HashMap::new();
-    let inputs: Vec<(String, TensorType)> = graph.input_values().iter().map(|&v| (graph.value(v).name.clone(), graph.value_type(v).clone())).collect();
+    let inputs: Vec<(String, TensorType)> = graph
+        .input_values()
+        .iter()
+        .map(|&v| (graph.value(v).name.clone(), graph.value_type(v).clone()))
+        .collect();
     for (k, v) in graph.input_values().into_iter().enumerate() {
         location.insert(v, Location::Input(k));
     }
@@ -118,8 +134,19 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &Co
     for (j, &v) in graph.outputs().iter().enumerate() {
         let (name, ty) = (graph.value(v).name.clone(), graph.value_type(v).clone());
         let source = match (&graph.node(v.node).op, location.get(&v)) {
-            (_, Some(Location::Output(n))) => OutputSource::Alias(graph.outputs()[..j].iter().position(|&o| o == v).unwrap_or(*n)),
-            (NodeOp::Input, _) => OutputSource::Input(graph.inputs().iter().position(|&n| n == v.node).unwrap_or(0)),
+            (_, Some(Location::Output(n))) => OutputSource::Alias(
+                graph.outputs()[..j]
+                    .iter()
+                    .position(|&o| o == v)
+                    .unwrap_or(*n),
+            ),
+            (NodeOp::Input, _) => OutputSource::Input(
+                graph
+                    .inputs()
+                    .iter()
+                    .position(|&n| n == v.node)
+                    .unwrap_or(0),
+            ),
             (NodeOp::Const(t), _) => OutputSource::Constant(t.clone()),
             (NodeOp::Apply(_), _) => {
                 location.insert(v, Location::Output(computed_outputs));
@@ -141,7 +168,13 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &Co
         let node = graph.node(id);
         match &node.op {
             NodeOp::Const(t) => {
-                location.insert(ValueId { node: id, output: 0 }, Location::Constant(t.clone()));
+                location.insert(
+                    ValueId {
+                        node: id,
+                        output: 0,
+                    },
+                    Location::Constant(t.clone()),
+                );
                 continue;
             }
             NodeOp::Input => continue,
@@ -152,9 +185,21 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &Co
         };
         let step = steps.len();
         let operands = graph.node_inputs(id);
-        let rank = operands.iter().flatten().map(|&v| graph.value_type(v).shape.rank()).max().unwrap_or(0);
-        batch_coupled |= across_axis_zero(op, rank) && operands.first().copied().flatten().is_some_and(|x| graph.value_type(x).shape.dims().first() == Some(&Dim::Batch));
-        let results: Vec<ValueId> = (0..node.outputs.len()).map(|output| ValueId { node: id, output }).collect();
+        let rank = operands
+            .iter()
+            .flatten()
+            .map(|&v| graph.value_type(v).shape.rank())
+            .max()
+            .unwrap_or(0);
+        batch_coupled |= across_axis_zero(op, rank)
+            && operands
+                .first()
+                .copied()
+                .flatten()
+                .is_some_and(|x| graph.value_type(x).shape.dims().first() == Some(&Dim::Batch));
+        let results: Vec<ValueId> = (0..node.outputs.len())
+            .map(|output| ValueId { node: id, output })
+            .collect();
         for r in &results {
             if !location.contains_key(r) {
                 let ty = graph.value_type(*r);
@@ -165,23 +210,46 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &Co
         for v in operands.iter().flatten() {
             last_use.insert(*v, step);
         }
-        let unsupported = |message: String| CodegenError::Unsupported { node: node.name.clone(), op: op.kind.name().to_string(), message };
+        let unsupported = |message: String| CodegenError::Unsupported {
+            node: node.name.clone(),
+            op: op.kind.name().to_string(),
+            message,
+        };
         // The kernel's signature: runtime operands, results, workspace, batch.
         let ptr = module.isa().pointer_type();
-        let runtime: Vec<ValueId> = operands.iter().flatten().filter(|v| !matches!(location[v], Location::Constant(_))).copied().collect();
+        let runtime: Vec<ValueId> = operands
+            .iter()
+            .flatten()
+            .filter(|v| !matches!(location[v], Location::Constant(_)))
+            .copied()
+            .collect();
         let mut sig = module.make_signature();
-        sig.params.extend((0..runtime.len() + results.len() + 1).map(|_| AbiParam::new(ptr)));
+        sig.params
+            .extend((0..runtime.len() + results.len() + 1).map(|_| AbiParam::new(ptr)));
         sig.params.push(AbiParam::new(types::I64));
         sig.returns.push(AbiParam::new(types::I32));
         let func = module.declare_anonymous_function(&sig).map_err(bug)?;
         // A leading extent the kernel may treat as its batch (see `leading_samples`); when
         // the kernel cannot take that form (a limitation of its emitter), it is built again
         // as written.
-        let operand_types: Vec<Option<TensorType>> = operands.iter().map(|v| v.map(|v| graph.value_type(v).clone())).collect();
-        let constant: Vec<bool> = operands.iter().map(|v| v.is_some_and(|v| matches!(location[&v], Location::Constant(_)))).collect();
-        let result_types: Vec<TensorType> = results.iter().map(|r| graph.value_type(*r).clone()).collect();
+        let operand_types: Vec<Option<TensorType>> = operands
+            .iter()
+            .map(|v| v.map(|v| graph.value_type(v).clone()))
+            .collect();
+        let constant: Vec<bool> = operands
+            .iter()
+            .map(|v| v.is_some_and(|v| matches!(location[&v], Location::Constant(_))))
+            .collect();
+        let result_types: Vec<TensorType> = results
+            .iter()
+            .map(|r| graph.value_type(*r).clone())
+            .collect();
         let preferred = leading_samples(op, &operand_types, &constant, &result_types);
-        let forms = if preferred.is_some() { vec![preferred, None] } else { vec![None] };
+        let forms = if preferred.is_some() {
+            vec![preferred, None]
+        } else {
+            vec![None]
+        };
         let last_form = forms.len() - 1;
         let mut built = None;
         for (attempt, samples) in forms.into_iter().enumerate() {
@@ -190,7 +258,11 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &Co
             ctx.func.name = UserFuncName::user(0, func.as_u32());
             let retype = |ty: &TensorType, is_constant: bool| -> TensorType {
                 match samples {
-                    Some((b, _)) if !is_constant && ty.shape.dims().first() == Some(&Dim::Fixed(b)) => batch_leading(ty),
+                    Some((b, _))
+                        if !is_constant && ty.shape.dims().first() == Some(&Dim::Fixed(b)) =>
+                    {
+                        batch_leading(ty)
+                    }
                     _ => ty.clone(),
                 }
             };
@@ -207,7 +279,10 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &Co
                         operand_args.push(None);
                         continue;
                     };
-                    let ty = retype(graph.value_type(*v), matches!(location[v], Location::Constant(_)));
+                    let ty = retype(
+                        graph.value_type(*v),
+                        matches!(location[v], Location::Constant(_)),
+                    );
                     operand_args.push(Some(match &location[v] {
                         Location::Constant(t) => (ty, None, Some(t.clone())),
                         _ => {
@@ -219,28 +294,58 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &Co
                 let result_args: Vec<Operand> = results
                     .iter()
                     .enumerate()
-                    .map(|(i, r)| Operand { ty: retype(graph.value_type(*r), false), ptr: params[next + i], constant: None })
+                    .map(|(i, r)| Operand {
+                        ty: retype(graph.value_type(*r), false),
+                        ptr: params[next + i],
+                        constant: None,
+                    })
                     .collect();
-                let (workspace, batch) = (params[next + results.len()], params[next + results.len() + 1]);
+                let (workspace, batch) = (
+                    params[next + results.len()],
+                    params[next + results.len() + 1],
+                );
                 // Constants become read-only data objects (an emitter may ignore them and repack).
-                let mut kernel = Kernel::new(&mut fb, module, op, Vec::new(), result_args, workspace, batch);
+                let mut kernel = Kernel::new(
+                    &mut fb,
+                    module,
+                    op,
+                    Vec::new(),
+                    result_args,
+                    workspace,
+                    batch,
+                );
                 kernel.wide = wide;
                 kernel.parallel = parallel;
-                kernel.parallel_min_work = opts.parallel_min_macs.unwrap_or(kernels::PARALLEL_MIN_WORK);
+                kernel.parallel_min_work =
+                    opts.parallel_min_macs.unwrap_or(kernels::PARALLEL_MIN_WORK);
                 for arg in operand_args {
                     let operand = match arg {
                         None => None,
-                        Some((ty, Some(ptr), _)) => Some(Operand { ty, ptr, constant: None }),
+                        Some((ty, Some(ptr), _)) => Some(Operand {
+                            ty,
+                            ptr,
+                            constant: None,
+                        }),
                         Some((ty, None, Some(t))) => {
-                            let ptr = kernel.data(t.data().as_bytes().to_vec(), 16).map_err(&unsupported)?;
-                            Some(Operand { ty, ptr, constant: Some(t) })
+                            let ptr = kernel
+                                .data(t.data().as_bytes().to_vec(), 16)
+                                .map_err(&unsupported)?;
+                            Some(Operand {
+                                ty,
+                                ptr,
+                                constant: Some(t),
+                            })
                         }
                         Some(_) => unreachable!("an operand has a pointer or a constant"),
                     };
                     kernel.inputs.push(operand);
                 }
                 kernels::emit(&mut kernel).map_err(&unsupported)?;
-                let out = (kernel.workspace_bytes, std::mem::take(&mut kernel.messages), kernel.form);
+                let out = (
+                    kernel.workspace_bytes,
+                    std::mem::take(&mut kernel.messages),
+                    kernel.form,
+                );
                 let ok = fb.ins().iconst(types::I32, 0);
                 fb.ins().return_(&[ok]);
                 fb.seal_all_blocks();
@@ -262,15 +367,37 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &Co
         };
         let disasm = std::env::var_os("QLIFT_DISASM").is_some();
         ctx.set_disasm(disasm);
-        module.define_function(func, &mut ctx).map_err(|e| bug(format!("node `{}`: {e:?}", node.name)))?;
-        if let Some(code) = ctx.compiled_code().and_then(|c| c.vcode.as_ref()).filter(|_| disasm) {
+        module
+            .define_function(func, &mut ctx)
+            .map_err(|e| bug(format!("node `{}`: {e:?}", node.name)))?;
+        if let Some(code) = ctx
+            .compiled_code()
+            .and_then(|c| c.vcode.as_ref())
+            .filter(|_| disasm)
+        {
             eprintln!("; kernel of node `{}` ({})\n{code}", node.name, op.kind);
         }
         module.clear_context(&mut ctx);
         let workspace = buffers.len();
-        buffers.push(Buffer { per_sample: 0, fixed: workspace_bytes, first: step, last: step });
-        calls.push(Call { func, operands: runtime, results, workspace, samples: samples.map(|(b, _)| b) });
-        steps.push(Step { node: node.name.clone(), op: op.kind.name().to_string(), messages, form: form.to_string() });
+        buffers.push(Buffer {
+            per_sample: 0,
+            fixed: workspace_bytes,
+            first: step,
+            last: step,
+        });
+        calls.push(Call {
+            func,
+            operands: runtime,
+            results,
+            workspace,
+            samples: samples.map(|(b, _)| b),
+        });
+        steps.push(Step {
+            node: node.name.clone(),
+            op: op.kind.name().to_string(),
+            messages,
+            form: form.to_string(),
+        });
     }
     // Arena values live from their step to their last reader.
     for (v, loc) in &location {
@@ -279,9 +406,22 @@ pub fn build(module: &mut dyn Module, graph: &Graph, entry_name: &str, opts: &Co
         }
     }
     let arena = plan::plan(&buffers);
-    let profile = if profile { Some(profile_counters(module, calls.len())?) } else { None };
+    let profile = if profile {
+        Some(profile_counters(module, calls.len())?)
+    } else {
+        None
+    };
     let entry = entry_function(module, entry_name, &calls, &location, &arena, profile)?;
-    Ok(Program { entry, inputs, outputs, computed_outputs, steps, arena, batch_coupled, profile })
+    Ok(Program {
+        entry,
+        inputs,
+        outputs,
+        computed_outputs,
+        steps,
+        arena,
+        batch_coupled,
+        profile,
+    })
 }
 
 /// The zeroed, writable counters of a profiled program (see [`Program::profile`]).
@@ -296,20 +436,44 @@ fn profile_counters(module: &mut dyn Module, steps: usize) -> Result<DataId, Cod
 
 /// The wide-vector micro-kernels `isa` can run within `opts.max_vector_bits`: 256-bit ones
 /// need AVX2 (with AVX-VNNI's `vpdpwssd` where the target has it).
-fn wide_isa(isa: &dyn cranelift_codegen::isa::TargetIsa, opts: &CodegenOptions) -> Option<kernels::ukernel::Isa> {
-    let has = |name: &str| isa.isa_flags().iter().any(|f| f.name == name && f.as_bool() == Some(true));
-    if opts.max_vector_bits.is_some_and(|b| b < 256) || !has("has_avx2") || isa.triple().architecture != target_lexicon::Architecture::X86_64 {
+fn wide_isa(
+    isa: &dyn cranelift_codegen::isa::TargetIsa,
+    opts: &CodegenOptions,
+) -> Option<kernels::ukernel::Isa> {
+    let has = |name: &str| {
+        isa.isa_flags()
+            .iter()
+            .any(|f| f.name == name && f.as_bool() == Some(true))
+    };
+    if opts.max_vector_bits.is_some_and(|b| b < 256)
+        || !has("has_avx2")
+        || isa.triple().architecture != target_lexicon::Architecture::X86_64
+    {
         return None;
     }
-    Some(if has("has_avx_vnni") { kernels::ukernel::Isa::AvxVnni } else { kernels::ukernel::Isa::Avx2 })
+    Some(if has("has_avx_vnni") {
+        kernels::ukernel::Isa::AvxVnni
+    } else {
+        kernels::ukernel::Isa::Avx2
+    })
 }
 
 /// The arena buffer of a value defined at `step`.
 fn buffer_of(ty: &TensorType, step: usize) -> Buffer {
     let bytes = ty.shape.resolve(1).iter().product::<usize>() * ty.dtype.size_of();
     match ty.shape.dims().first() {
-        Some(Dim::Batch) => Buffer { per_sample: bytes, fixed: 0, first: step, last: step },
-        _ => Buffer { per_sample: 0, fixed: bytes, first: step, last: step },
+        Some(Dim::Batch) => Buffer {
+            per_sample: bytes,
+            fixed: 0,
+            first: step,
+            last: step,
+        },
+        _ => Buffer {
+            per_sample: 0,
+            fixed: bytes,
+            first: step,
+            last: step,
+        },
     }
 }
 
@@ -343,25 +507,50 @@ fn batch_leading(ty: &TensorType) -> TensorType {
 /// leading axis of every result, which rules out ops that move or merge it), and the op does
 /// not compute across axis 0 (a Softmax, normalization or reduction along it). Returns `b`
 /// with the retyped results.
-fn leading_samples(op: &qlift_ir::Op, operands: &[Option<TensorType>], constant: &[bool], results: &[TensorType]) -> Option<(usize, Vec<TensorType>)> {
+fn leading_samples(
+    op: &qlift_ir::Op,
+    operands: &[Option<TensorType>],
+    constant: &[bool],
+    results: &[TensorType],
+) -> Option<(usize, Vec<TensorType>)> {
     let b = match results.first()?.shape.dims().first()? {
         Dim::Fixed(b) if *b > 1 => *b,
         _ => return None,
     };
-    if across_axis_zero(op, operands.iter().flatten().map(|t| t.shape.rank()).max().unwrap_or(0)) {
+    if across_axis_zero(
+        op,
+        operands
+            .iter()
+            .flatten()
+            .map(|t| t.shape.rank())
+            .max()
+            .unwrap_or(0),
+    ) {
         return None;
     }
     let retyped: Vec<Option<TensorType>> = operands
         .iter()
         .zip(constant)
-        .map(|(t, &c)| t.as_ref().map(|t| if !c && t.shape.dims().first() == Some(&Dim::Fixed(b)) { batch_leading(t) } else { t.clone() }))
+        .map(|(t, &c)| {
+            t.as_ref().map(|t| {
+                if !c && t.shape.dims().first() == Some(&Dim::Fixed(b)) {
+                    batch_leading(t)
+                } else {
+                    t.clone()
+                }
+            })
+        })
         .collect();
     if !retyped.iter().flatten().any(|t| t.shape.has_batch()) {
         return None;
     }
     let want: Vec<TensorType> = results.iter().map(batch_leading).collect();
     let refs: Vec<Option<&TensorType>> = retyped.iter().map(Option::as_ref).collect();
-    let declared: Vec<TensorType> = if op.kind.declares_result_type() { want.clone() } else { Vec::new() };
+    let declared: Vec<TensorType> = if op.kind.declares_result_type() {
+        want.clone()
+    } else {
+        Vec::new()
+    };
     let inferred = qlift_ir::infer_op(op, &refs, &declared).ok()?;
     (inferred == want).then_some((b, want))
 }
@@ -372,10 +561,15 @@ fn across_axis_zero(op: &qlift_ir::Op, rank: usize) -> bool {
     use qlift_ir::OpKind::*;
     let is_zero = |a: i64| a == 0 || a == -(rank as i64);
     let axis_zero = |name: &str| op.attrs.int(name).is_ok_and(is_zero);
-    let axes_have_zero = op.attrs.ints("axes").map_or(true, |a| a.iter().any(|&a| is_zero(a)));
+    let axes_have_zero = op
+        .attrs
+        .ints("axes")
+        .map_or(true, |a| a.iter().any(|&a| is_zero(a)));
     match op.kind {
-        Softmax | LogSoftmax | Hardmax | LayerNormalization | LpNormalization | CumSum | ArgMax | ArgMin => axis_zero("axis"),
-        ReduceMean | ReduceSum | ReduceMax | ReduceMin | ReduceProd | ReduceL1 | ReduceL2 | ReduceSumSquare | ReduceLogSum | ReduceLogSumExp => axes_have_zero,
+        Softmax | LogSoftmax | Hardmax | LayerNormalization | LpNormalization | CumSum | ArgMax
+        | ArgMin => axis_zero("axis"),
+        ReduceMean | ReduceSum | ReduceMax | ReduceMin | ReduceProd | ReduceL1 | ReduceL2
+        | ReduceSumSquare | ReduceLogSum | ReduceLogSumExp => axes_have_zero,
         Concat | QConcat | Gather => axis_zero("axis"),
         // Indices address the leading axes (or any axis) of the data: never per sample.
         GatherElements | GatherND | ScatterND | ScatterElements | NonZero => true,
@@ -398,9 +592,16 @@ fn entry_function(
 ) -> Result<FuncId, CodegenError> {
     let ptr = module.isa().pointer_type();
     let mut sig = module.make_signature();
-    sig.params.extend([AbiParam::new(ptr), AbiParam::new(ptr), AbiParam::new(ptr), AbiParam::new(types::I64)]);
+    sig.params.extend([
+        AbiParam::new(ptr),
+        AbiParam::new(ptr),
+        AbiParam::new(ptr),
+        AbiParam::new(types::I64),
+    ]);
     sig.returns.push(AbiParam::new(types::I32));
-    let entry = module.declare_function(name, Linkage::Export, &sig).map_err(bug)?;
+    let entry = module
+        .declare_function(name, Linkage::Export, &sig)
+        .map_err(bug)?;
     let mut ctx = module.make_context();
     let mut fctx = FunctionBuilderContext::new();
     ctx.func.signature = sig;
@@ -419,8 +620,18 @@ fn entry_function(
     };
     let address = |fb: &mut FunctionBuilder, v: &ValueId| -> ClValue {
         match &location[v] {
-            Location::Input(k) => fb.ins().load(ptr, MemFlagsData::trusted(), inputs, *k as i32 * pointer_bytes),
-            Location::Output(n) => fb.ins().load(ptr, MemFlagsData::trusted(), outputs, *n as i32 * pointer_bytes),
+            Location::Input(k) => fb.ins().load(
+                ptr,
+                MemFlagsData::trusted(),
+                inputs,
+                *k as i32 * pointer_bytes,
+            ),
+            Location::Output(n) => fb.ins().load(
+                ptr,
+                MemFlagsData::trusted(),
+                outputs,
+                *n as i32 * pointer_bytes,
+            ),
             Location::Arena(b) => at(fb, arena.offsets[*b]),
             Location::Constant(_) => unreachable!("constants are not kernel parameters"),
         }
@@ -432,17 +643,42 @@ fn entry_function(
             let mut start_sig = module.make_signature();
             start_sig.returns.push(AbiParam::new(types::I64));
             let mut stop_sig = module.make_signature();
-            stop_sig.params.extend([AbiParam::new(ptr), AbiParam::new(types::I64), AbiParam::new(types::I64)]);
-            let start = module.declare_function(PROFILE_START, Linkage::Import, &start_sig).map_err(bug)?;
-            let stop = module.declare_function(PROFILE_STOP, Linkage::Import, &stop_sig).map_err(bug)?;
-            let (start, stop) = (module.declare_func_in_func(start, fb.func), module.declare_func_in_func(stop, fb.func));
+            stop_sig.params.extend([
+                AbiParam::new(ptr),
+                AbiParam::new(types::I64),
+                AbiParam::new(types::I64),
+            ]);
+            let start = module
+                .declare_function(PROFILE_START, Linkage::Import, &start_sig)
+                .map_err(bug)?;
+            let stop = module
+                .declare_function(PROFILE_STOP, Linkage::Import, &stop_sig)
+                .map_err(bug)?;
+            let (start, stop) = (
+                module.declare_func_in_func(start, fb.func),
+                module.declare_func_in_func(stop, fb.func),
+            );
             let gv = module.declare_data_in_func(data, fb.func);
             Some((start, stop, gv))
         }
     };
-    for (step, Call { func, operands, results, workspace, samples }) in calls.iter().enumerate() {
+    for (
+        step,
+        Call {
+            func,
+            operands,
+            results,
+            workspace,
+            samples,
+        },
+    ) in calls.iter().enumerate()
+    {
         let callee = module.declare_func_in_func(*func, fb.func);
-        let mut args: Vec<ClValue> = operands.iter().chain(results).map(|v| address(&mut fb, v)).collect();
+        let mut args: Vec<ClValue> = operands
+            .iter()
+            .chain(results)
+            .map(|v| address(&mut fb, v))
+            .collect();
         args.push(at(&mut fb, arena.offsets[*workspace]));
         let kernel_batch = match samples {
             Some(b) => emit::iconst(&mut fb, *b as i64),
@@ -472,6 +708,8 @@ fn entry_function(
     fb.ins().return_(&[zero]);
     fb.seal_all_blocks();
     fb.finalize(module.target_config());
-    module.define_function(entry, &mut ctx).map_err(|e| bug(format!("entry: {e:?}")))?;
+    module
+        .define_function(entry, &mut ctx)
+        .map_err(|e| bug(format!("entry: {e:?}")))?;
     Ok(entry)
 }

@@ -12,8 +12,16 @@ use qlift_ir::{DType, Graph, Tensor, TensorData};
 fn compile(text: &str) -> (Graph, Programs) {
     let g = parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     qlift_ir::verify(&g).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let programs = [false, true]
-        .map(|baseline_isa| JitProgram::compile(&g, &CodegenOptions { baseline_isa, ..Default::default() }).unwrap_or_else(|e| panic!("{e}")));
+    let programs = [false, true].map(|baseline_isa| {
+        JitProgram::compile(
+            &g,
+            &CodegenOptions {
+                baseline_isa,
+                ..Default::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    });
     (g, Programs(programs))
 }
 
@@ -44,7 +52,9 @@ fn lcg(seed: u64, n: usize) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
@@ -60,7 +70,10 @@ fn ints(dtype: DType, seed: u64, shape: &[usize]) -> Tensor {
     let n: usize = shape.iter().product();
     let (lo, hi) = dtype.int_range().unwrap();
     let (lo, hi) = (lo as f64, hi as f64);
-    let mut v: Vec<i64> = lcg(seed, n).into_iter().map(|r| (lo + (r as f64 + 1.0) / 2.0 * (hi - lo)).round() as i64).collect();
+    let mut v: Vec<i64> = lcg(seed, n)
+        .into_iter()
+        .map(|r| (lo + (r as f64 + 1.0) / 2.0 * (hi - lo)).round() as i64)
+        .collect();
     if n >= 2 {
         v[0] = lo as i64;
         v[1] = hi as i64;
@@ -70,12 +83,20 @@ fn ints(dtype: DType, seed: u64, shape: &[usize]) -> Tensor {
 
 fn close(got: &Tensor, want: &Tensor) -> Result<(), String> {
     if got.dtype() != want.dtype() || got.shape() != want.shape() {
-        return Err(format!("got {}{:?}, expected {}{:?}", got.dtype(), got.shape(), want.dtype(), want.shape()));
+        return Err(format!(
+            "got {}{:?}, expected {}{:?}",
+            got.dtype(),
+            got.shape(),
+            want.dtype(),
+            want.shape()
+        ));
     }
     match (got.data(), want.data()) {
         (TensorData::F32(g), TensorData::F32(w)) => {
             for (k, (a, b)) in g.iter().zip(w).enumerate() {
-                let ok = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= 1e-4 * b.abs().max(1.0);
+                let ok = (a.is_nan() && b.is_nan())
+                    || a == b
+                    || (a - b).abs() <= 1e-4 * b.abs().max(1.0);
                 if !ok {
                     return Err(format!("element {k}: JIT {a}, interpreter {b}"));
                 }
@@ -83,7 +104,11 @@ fn close(got: &Tensor, want: &Tensor) -> Result<(), String> {
             Ok(())
         }
         _ if got == want => Ok(()),
-        _ => Err(format!("JIT {:?}\ninterpreter {:?}", got.to_i64_vec(), want.to_i64_vec())),
+        _ => Err(format!(
+            "JIT {:?}\ninterpreter {:?}",
+            got.to_i64_vec(),
+            want.to_i64_vec()
+        )),
     }
 }
 
@@ -118,7 +143,12 @@ fn broadcasting_patterns_with_the_batch() {
          }",
     );
     for batch in [1, 3] {
-        let inputs = [floats(1, &[batch, 3, 4, 5], 4.0), floats(2, &[4, 1], 4.0), floats(3, &[batch, 1, 4, 1], 2.0), floats(4, &[5], 3.0)];
+        let inputs = [
+            floats(1, &[batch, 3, 4, 5], 4.0),
+            floats(2, &[4, 1], 4.0),
+            floats(3, &[batch, 1, 4, 1], 2.0),
+            floats(4, &[5], 3.0),
+        ];
         check(&p, &g, &inputs);
     }
 }
@@ -142,7 +172,12 @@ fn batch_against_a_broadcast_sample() {
 
 #[test]
 fn integers_wrap_and_truncate() {
-    for (dtype, name) in [(DType::I8, "i8"), (DType::U8, "u8"), (DType::I32, "i32"), (DType::I64, "i64")] {
+    for (dtype, name) in [
+        (DType::I8, "i8"),
+        (DType::U8, "u8"),
+        (DType::I32, "i32"),
+        (DType::I64, "i64"),
+    ] {
         let text = format!(
             "graph t(%a: {name}[N,4,8], %b: {name}[8], %c: {name}[N,4,8]) -> (%add, %sub, %mul, %div, %bdiv) {{
                %add = Add(%a, %b) : {name}[N,4,8]
@@ -187,7 +222,11 @@ fn integer_division_by_zero_is_an_error_naming_the_node() {
         let want = qlift_ir::interp::run(&g, &[a.clone(), b.clone()]).unwrap_err();
         assert!(want.to_string().contains("division by zero"), "{want}");
         let err = p.run(&[a.clone(), b]).unwrap_err();
-        assert!(err.to_string().contains("node `divide`") && err.to_string().contains("integer division by zero"), "{err}");
+        assert!(
+            err.to_string().contains("node `divide`")
+                && err.to_string().contains("integer division by zero"),
+            "{err}"
+        );
         // The program is still usable after the failure.
         let ok = Tensor::from_i64_values(dtype, vec![2, 3], vec![1, 2, 1, 2, 1, 2]).unwrap();
         check(&p, &g, &[a, ok]);
@@ -262,7 +301,11 @@ fn activations_on_special_values() {
     let (sig, tanh) = (got[7].as_f32().unwrap(), got[8].as_f32().unwrap());
     for (i, &v) in x.iter().enumerate().filter(|(_, v)| v.abs() >= 20.0) {
         assert_eq!(tanh[i], v.signum(), "tanh({v})");
-        assert!(!sig[i].is_nan() && (0.0..=1.0).contains(&sig[i]), "sigmoid({v}) = {}", sig[i]);
+        assert!(
+            !sig[i].is_nan() && (0.0..=1.0).contains(&sig[i]),
+            "sigmoid({v}) = {}",
+            sig[i]
+        );
     }
 }
 
@@ -276,7 +319,12 @@ fn sigmoid_and_tanh_over_a_wide_range() {
 
 #[test]
 fn integer_relu_and_clip() {
-    for (dtype, name) in [(DType::I8, "i8"), (DType::U8, "u8"), (DType::I32, "i32"), (DType::I64, "i64")] {
+    for (dtype, name) in [
+        (DType::I8, "i8"),
+        (DType::U8, "u8"),
+        (DType::I32, "i32"),
+        (DType::I64, "i64"),
+    ] {
         let text = format!(
             "graph t(%x: {name}[N,40]) -> (%r, %c, %lo, %hi) {{
                %r = Relu(%x) : {name}[N,40]
@@ -307,7 +355,11 @@ fn softmax_along_each_axis_with_large_values() {
     }
     // Along the batch axis, and on a value without the batch.
     let (g, p) = compile("graph t(%x: f32[N,7], %z: f32[3,7]) -> (%y, %w) {\n  %y = Softmax(%x) {axis=0} : f32[N,7]\n  %w = Softmax(%z) {axis=0} : f32[3,7]\n}");
-    check(&p, &g, &[floats(15, &[4, 7], 50.0), floats(16, &[3, 7], 50.0)]);
+    check(
+        &p,
+        &g,
+        &[floats(15, &[4, 7], 50.0), floats(16, &[3, 7], 50.0)],
+    );
 }
 
 #[test]
@@ -325,7 +377,17 @@ fn batch_normalization_with_constant_and_runtime_parameters() {
     for batch in [1, 2] {
         let x = floats(17, &[batch, 3, 2, 5], 3.0);
         let v = Tensor::from_f32(&[3], vec![0.5, 2.0, 0.0]);
-        check(&p, &g, &[x, floats(18, &[3], 2.0), floats(19, &[3], 1.0), floats(20, &[3], 1.0), v]);
+        check(
+            &p,
+            &g,
+            &[
+                x,
+                floats(18, &[3], 2.0),
+                floats(19, &[3], 1.0),
+                floats(20, &[3], 1.0),
+                v,
+            ],
+        );
     }
     let (g, p) = compile("graph t(%x: f32[N,4]) -> (%y) {\n  %o = const f32[4] [1.0, 1.0, 1.0, 1.0]\n  %z = const f32[4] [0.0, 0.0, 0.0, 0.0]\n  %y = BatchNormalization(%x, %o, %z, %z, %o) {epsilon=1e-5} : f32[N,4]\n}");
     check(&p, &g, &[floats(21, &[3, 4], 5.0)]);
@@ -334,7 +396,14 @@ fn batch_normalization_with_constant_and_runtime_parameters() {
 #[test]
 fn transposes() {
     // Every permutation of three axes, on a value without the batch.
-    for perm in [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]] {
+    for perm in [
+        [0, 1, 2],
+        [0, 2, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+    ] {
         let d = [2usize, 3, 4];
         let out: Vec<usize> = perm.iter().map(|&p| d[p]).collect();
         let text = format!(
@@ -351,16 +420,31 @@ fn transposes() {
          }",
     );
     for batch in [1, 3] {
-        check(&p, &g, &[floats(24, &[batch, 2, 3, 4], 1.0), ints(DType::I64, 25, &[batch, 5, 1, 3])]);
+        check(
+            &p,
+            &g,
+            &[
+                floats(24, &[batch, 2, 3, 4], 1.0),
+                ints(DType::I64, 25, &[batch, 5, 1, 3]),
+            ],
+        );
     }
 }
 
 #[test]
 fn transposing_the_batch_away_is_refused() {
-    let g = parse("graph t(%x: f32[N,3]) -> (%y) {\n  %y = Transpose(%x) {perm=[1, 0]} : f32[3,N] @tr\n}").unwrap();
+    let g = parse(
+        "graph t(%x: f32[N,3]) -> (%y) {\n  %y = Transpose(%x) {perm=[1, 0]} : f32[3,N] @tr\n}",
+    )
+    .unwrap();
     qlift_ir::verify(&g).unwrap();
-    let err = JitProgram::compile(&g, &CodegenOptions::default()).err().expect("refused");
-    assert!(err.to_string().contains("node `tr`") && err.to_string().contains("batch"), "{err}");
+    let err = JitProgram::compile(&g, &CodegenOptions::default())
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().contains("node `tr`") && err.to_string().contains("batch"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -372,7 +456,15 @@ fn concat_of_several_inputs() {
          }",
     );
     for batch in [1, 2] {
-        check(&p, &g, &[floats(26, &[batch, 2, 3], 1.0), floats(27, &[batch, 1, 3], 1.0), floats(28, &[batch, 4, 3], 1.0)]);
+        check(
+            &p,
+            &g,
+            &[
+                floats(26, &[batch, 2, 3], 1.0),
+                floats(27, &[batch, 1, 3], 1.0),
+                floats(28, &[batch, 4, 3], 1.0),
+            ],
+        );
     }
     // Quantized u8 with the same parameters, a constant part, and a long row (memcpy).
     let q = "quant(scale=0.05, zero_point=128)";
@@ -384,7 +476,14 @@ fn concat_of_several_inputs() {
            %w = Concat(%k, %c, %k) {{axis=1}} : u8[1,7] {q}
          }}"
     ));
-    check(&p, &g, &[ints(DType::U8, 29, &[2, 3, 40]), ints(DType::U8, 30, &[2, 2, 40])]);
+    check(
+        &p,
+        &g,
+        &[
+            ints(DType::U8, 29, &[2, 3, 40]),
+            ints(DType::U8, 30, &[2, 2, 40]),
+        ],
+    );
     // Along axis 0 of values without the batch, i64.
     same(
         "graph t(%a: i64[2,3], %b: i64[1,3]) -> (%y) {\n  %y = Concat(%b, %a, %b) {axis=0} : i64[4,3]\n}",
@@ -412,7 +511,14 @@ fn pad_with_negative_pads_and_fills() {
            %z = Pad(%i) {{mode=\"constant\", pads=[1, 0, 0, 2], value=-3.7}} : i32[3,5]
          }}"
     ));
-    check(&p, &g, &[ints(DType::U8, 34, &[2, 2, 3]), ints(DType::I32, 35, &[2, 3])]);
+    check(
+        &p,
+        &g,
+        &[
+            ints(DType::U8, 34, &[2, 2, 3]),
+            ints(DType::I32, 35, &[2, 3]),
+        ],
+    );
 }
 
 /// A graph applying each `(name, op with attributes)` to `%x: {dtype}[N,{n}]`, one output
@@ -420,8 +526,14 @@ fn pad_with_negative_pads_and_fills() {
 fn unary_graph(ops: &[(&str, &str)], dtype: &str, n: usize, result: Option<&str>) -> String {
     let outs: Vec<String> = ops.iter().map(|(name, _)| format!("%{name}")).collect();
     let ty = format!("{}[N,{n}]", result.unwrap_or(dtype));
-    let body: String = ops.iter().map(|(name, op)| format!("  %{name} = {op} : {ty}\n")).collect();
-    format!("graph t(%x: {dtype}[N,{n}]) -> ({}) {{\n{body}}}", outs.join(", "))
+    let body: String = ops
+        .iter()
+        .map(|(name, op)| format!("  %{name} = {op} : {ty}\n"))
+        .collect();
+    format!(
+        "graph t(%x: {dtype}[N,{n}]) -> ({}) {{\n{body}}}",
+        outs.join(", ")
+    )
 }
 
 #[test]
@@ -457,7 +569,9 @@ fn math_functions_and_activations_on_special_values() {
     let mut both = x.clone();
     both.extend(x.iter().map(|v| -v));
     // Halves for Round, subnormals for Log.
-    both.extend([0.5, 1.5, 2.5, -0.5, -2.5, 1e-40, 3e-45, -1e-40, 0.49999997, 8388609.0]);
+    both.extend([
+        0.5, 1.5, 2.5, -0.5, -2.5, 1e-40, 3e-45, -1e-40, 0.49999997, 8388609.0,
+    ]);
     both.resize(3 * n, 0.25);
     check(&p, &g, &[Tensor::from_f32(&[3, n], both)]);
     for scale in [0.01, 1.0, 10.0, 100.0] {
@@ -467,7 +581,12 @@ fn math_functions_and_activations_on_special_values() {
 
 #[test]
 fn integer_abs_neg_sign() {
-    for (dtype, name) in [(DType::I8, "i8"), (DType::U8, "u8"), (DType::I32, "i32"), (DType::I64, "i64")] {
+    for (dtype, name) in [
+        (DType::I8, "i8"),
+        (DType::U8, "u8"),
+        (DType::I32, "i32"),
+        (DType::I64, "i64"),
+    ] {
         let mut ops = vec![("abs", "Abs(%x)"), ("sign", "Sign(%x)")];
         if dtype != DType::U8 {
             ops.push(("neg", "Neg(%x)"));
@@ -499,9 +618,23 @@ fn variadic_min_max_sum_mean_and_prelu() {
             v[3] = f32::NEG_INFINITY;
             v[4] = -0.0;
         }
-        check(&p, &g, &[a, floats(43, &[4, 1], 4.0), floats(44, &[batch, 1, 4, 1], 4.0), floats(45, &[3, 1, 1], 1.0)]);
+        check(
+            &p,
+            &g,
+            &[
+                a,
+                floats(43, &[4, 1], 4.0),
+                floats(44, &[batch, 1, 4, 1], 4.0),
+                floats(45, &[3, 1, 1], 1.0),
+            ],
+        );
     }
-    for (dtype, name) in [(DType::I8, "i8"), (DType::U8, "u8"), (DType::I32, "i32"), (DType::I64, "i64")] {
+    for (dtype, name) in [
+        (DType::I8, "i8"),
+        (DType::U8, "u8"),
+        (DType::I32, "i32"),
+        (DType::I64, "i64"),
+    ] {
         let text = format!(
             "graph t(%a: {name}[N,4,8], %b: {name}[8], %c: {name}[N,4,8]) -> (%min, %max) {{
                %min = Min(%a, %b, %c) : {name}[N,4,8]
@@ -509,7 +642,15 @@ fn variadic_min_max_sum_mean_and_prelu() {
              }}"
         );
         let (g, p) = compile(&text);
-        check(&p, &g, &[ints(dtype, 46, &[2, 4, 8]), ints(dtype, 47, &[8]), ints(dtype, 48, &[2, 4, 8])]);
+        check(
+            &p,
+            &g,
+            &[
+                ints(dtype, 46, &[2, 4, 8]),
+                ints(dtype, 47, &[8]),
+                ints(dtype, 48, &[2, 4, 8]),
+            ],
+        );
     }
 }
 
@@ -519,8 +660,18 @@ fn pow_of_every_dtype_pairing() {
     let x = specials();
     let n = x.len();
     let mut text = format!("graph t(%x: f32[N,{n}], %e: f32[N,{n}], %i: i64[{n}]) -> (%p0, %p05, %p1, %p2, %p3, %pm1, %p25, %pe, %pi) {{\n");
-    for (name, e) in [("p0", "0.0"), ("p05", "0.5"), ("p1", "1.0"), ("p2", "2.0"), ("p3", "3.0"), ("pm1", "-1.0"), ("p25", "2.5")] {
-        text += &format!("  %c{name} = const f32[] [{e}]\n  %{name} = Pow(%x, %c{name}) : f32[N,{n}]\n");
+    for (name, e) in [
+        ("p0", "0.0"),
+        ("p05", "0.5"),
+        ("p1", "1.0"),
+        ("p2", "2.0"),
+        ("p3", "3.0"),
+        ("pm1", "-1.0"),
+        ("p25", "2.5"),
+    ] {
+        text += &format!(
+            "  %c{name} = const f32[] [{e}]\n  %{name} = Pow(%x, %c{name}) : f32[N,{n}]\n"
+        );
     }
     text += &format!("  %pe = Pow(%x, %e) : f32[N,{n}]\n  %pi = Pow(%x, %i) : f32[N,{n}]\n}}");
     let (g, p) = compile(&text);
@@ -538,16 +689,50 @@ fn pow_of_every_dtype_pairing() {
              }}"
         );
         let (g, p) = compile(&text);
-        let b = Tensor::from_i64_values(dtype, vec![2, 12], (0..24).map(|i| [3, -1, 1, 2, -2, 7, 5, -3, 10, 1, -1, 2][i % 12] * if i >= 12 { 3 } else { 1 }).collect()).unwrap();
-        let e = Tensor::from_i64_values(dtype, vec![12], vec![2, -3, -5, 40, 63, 0, 13, -1, 9, 100, 64, 7]).unwrap();
-        let f = Tensor::from_f32(&[12], vec![2.0, 0.5, -1.0, 10.5, 1e3, f32::NAN, 0.0, 2.0, -0.5, 3.0, f32::INFINITY, 1.5]);
+        let b = Tensor::from_i64_values(
+            dtype,
+            vec![2, 12],
+            (0..24)
+                .map(|i| {
+                    [3, -1, 1, 2, -2, 7, 5, -3, 10, 1, -1, 2][i % 12] * if i >= 12 { 3 } else { 1 }
+                })
+                .collect(),
+        )
+        .unwrap();
+        let e = Tensor::from_i64_values(
+            dtype,
+            vec![12],
+            vec![2, -3, -5, 40, 63, 0, 13, -1, 9, 100, 64, 7],
+        )
+        .unwrap();
+        let f = Tensor::from_f32(
+            &[12],
+            vec![
+                2.0,
+                0.5,
+                -1.0,
+                10.5,
+                1e3,
+                f32::NAN,
+                0.0,
+                2.0,
+                -0.5,
+                3.0,
+                f32::INFINITY,
+                1.5,
+            ],
+        );
         check(&p, &g, &[b, e, f]);
         // Zero to a negative power is an error in both engines.
         let zero = Tensor::from_i64_values(dtype, vec![1, 12], vec![0; 12]).unwrap();
         let e = Tensor::from_i64_values(dtype, vec![12], vec![-1; 12]).unwrap();
         let f = Tensor::from_f32(&[12], vec![1.0; 12]);
         assert!(qlift_ir::interp::run(&g, &[zero.clone(), e.clone(), f.clone()]).is_err());
-        assert!(p.run(&[zero, e, f]).unwrap_err().to_string().contains("negative power"));
+        assert!(p
+            .run(&[zero, e, f])
+            .unwrap_err()
+            .to_string()
+            .contains("negative power"));
     }
 }
 
@@ -560,11 +745,45 @@ fn mod_signs_and_errors() {
          }",
     );
     let inf = f32::INFINITY;
-    let a = Tensor::from_f32(&[1, 16], vec![0.0, -0.0, 5.5, -5.5, 5.5, -5.5, inf, 1.0, f32::NAN, 3.0, -3.0, 1.0, -1.0, 7.25, 1e30, -0.0]);
-    let b = Tensor::from_f32(&[16], vec![-2.0, 2.0, 2.0, 2.0, -2.0, -2.0, 2.0, 0.0, 1.0, inf, inf, -inf, -inf, 0.5, 3.0, -2.0]);
+    let a = Tensor::from_f32(
+        &[1, 16],
+        vec![
+            0.0,
+            -0.0,
+            5.5,
+            -5.5,
+            5.5,
+            -5.5,
+            inf,
+            1.0,
+            f32::NAN,
+            3.0,
+            -3.0,
+            1.0,
+            -1.0,
+            7.25,
+            1e30,
+            -0.0,
+        ],
+    );
+    let b = Tensor::from_f32(
+        &[16],
+        vec![
+            -2.0, 2.0, 2.0, 2.0, -2.0, -2.0, 2.0, 0.0, 1.0, inf, inf, -inf, -inf, 0.5, 3.0, -2.0,
+        ],
+    );
     check(&p, &g, &[a, b]);
-    check(&p, &g, &[floats(50, &[3, 16], 10.0), floats(51, &[16], 3.0)]);
-    for (dtype, name) in [(DType::I8, "i8"), (DType::U8, "u8"), (DType::I32, "i32"), (DType::I64, "i64")] {
+    check(
+        &p,
+        &g,
+        &[floats(50, &[3, 16], 10.0), floats(51, &[16], 3.0)],
+    );
+    for (dtype, name) in [
+        (DType::I8, "i8"),
+        (DType::U8, "u8"),
+        (DType::I32, "i32"),
+        (DType::I64, "i64"),
+    ] {
         let text = format!(
             "graph t(%a: {name}[N,4,8], %b: {name}[8]) -> (%c, %py) {{
                %c = Mod(%a, %b) {{fmod=1}} : {name}[N,4,8]
@@ -585,20 +804,36 @@ fn mod_signs_and_errors() {
         bv[5] = 0;
         let b = Tensor::from_i64_values(dtype, vec![8], bv).unwrap();
         let a = ints(dtype, 54, &[1, 4, 8]);
-        assert!(qlift_ir::interp::run(&g, &[a.clone(), b.clone()]).unwrap_err().to_string().contains("division by zero"));
-        assert!(p.run(&[a, b]).unwrap_err().to_string().contains("integer division by zero"));
+        assert!(qlift_ir::interp::run(&g, &[a.clone(), b.clone()])
+            .unwrap_err()
+            .to_string()
+            .contains("division by zero"));
+        assert!(p
+            .run(&[a, b])
+            .unwrap_err()
+            .to_string()
+            .contains("integer division by zero"));
     }
 }
 
 /// A bool tensor of `shape` from a seed.
 fn bools(seed: u64, shape: &[usize]) -> Tensor {
-    let v = lcg(seed, shape.iter().product()).into_iter().map(|r| (r > 0.0) as u8).collect();
+    let v = lcg(seed, shape.iter().product())
+        .into_iter()
+        .map(|r| (r > 0.0) as u8)
+        .collect();
     Tensor::new(DType::Bool, shape.to_vec(), TensorData::U8(v)).unwrap()
 }
 
 #[test]
 fn comparisons_logic_and_where() {
-    for (dtype, name) in [(DType::F32, "f32"), (DType::I8, "i8"), (DType::U8, "u8"), (DType::I32, "i32"), (DType::I64, "i64")] {
+    for (dtype, name) in [
+        (DType::F32, "f32"),
+        (DType::I8, "i8"),
+        (DType::U8, "u8"),
+        (DType::I32, "i32"),
+        (DType::I64, "i64"),
+    ] {
         let text = format!(
             "graph t(%a: {name}[N,3,8], %b: {name}[8]) -> (%eq, %gt, %ge, %lt, %le, %w) {{
                %eq = Equal(%a, %b) : bool[N,3,8]
@@ -629,8 +864,15 @@ fn comparisons_logic_and_where() {
             let a = ints(dtype, 57, &[2, 3, 8]).to_i64_vec().unwrap();
             let b = ints(dtype, 58, &[8]).to_i64_vec().unwrap();
             let (lo, _) = dtype.int_range().unwrap();
-            let few = |v: Vec<i64>| v.into_iter().map(|x| x.rem_euclid(3) + lo.max(-1)).collect::<Vec<_>>();
-            (Tensor::from_i64_values(dtype, vec![2, 3, 8], few(a)).unwrap(), Tensor::from_i64_values(dtype, vec![8], few(b)).unwrap())
+            let few = |v: Vec<i64>| {
+                v.into_iter()
+                    .map(|x| x.rem_euclid(3) + lo.max(-1))
+                    .collect::<Vec<_>>()
+            };
+            (
+                Tensor::from_i64_values(dtype, vec![2, 3, 8], few(a)).unwrap(),
+                Tensor::from_i64_values(dtype, vec![8], few(b)).unwrap(),
+            )
         };
         check(&p, &g, &[a, b]);
     }
@@ -649,14 +891,30 @@ fn comparisons_logic_and_where() {
         );
         let (g, p) = compile(&text);
         let few = |seed: u64, shape: &[usize]| {
-            let v: Vec<i64> = lcg(seed, shape.iter().product()).into_iter().map(|r| (r * 3.0).round() as i64).collect();
+            let v: Vec<i64> = lcg(seed, shape.iter().product())
+                .into_iter()
+                .map(|r| (r * 3.0).round() as i64)
+                .collect();
             match dtype {
-                DType::F32 => Tensor::from_f32(shape, v.iter().map(|&x| if x == 3 { f32::NAN } else { x as f32 }).collect()),
+                DType::F32 => Tensor::from_f32(
+                    shape,
+                    v.iter()
+                        .map(|&x| if x == 3 { f32::NAN } else { x as f32 })
+                        .collect(),
+                ),
                 _ => Tensor::from_i64_values(dtype, shape.to_vec(), v).unwrap(),
             }
         };
         for batch in [1, 2] {
-            check(&p, &g, &[few(65, &[batch, 3, 37]), few(66, &[3, 1]), few(67, &[batch, 3, 37])]);
+            check(
+                &p,
+                &g,
+                &[
+                    few(65, &[batch, 3, 37]),
+                    few(66, &[3, 1]),
+                    few(67, &[batch, 3, 37]),
+                ],
+            );
         }
     }
     let (g, p) = compile(
@@ -669,7 +927,15 @@ fn comparisons_logic_and_where() {
            %w = Where(%q, %x, %p) : bool[N,2,6]
          }",
     );
-    check(&p, &g, &[bools(59, &[3, 2, 6]), bools(60, &[6]), bools(61, &[3, 1, 6])]);
+    check(
+        &p,
+        &g,
+        &[
+            bools(59, &[3, 2, 6]),
+            bools(60, &[6]),
+            bools(61, &[3, 1, 6]),
+        ],
+    );
     // 4-byte branches take 16 elements a step: a contiguous condition, a splat one (along
     // the row), splat and contiguous branches.
     for (dtype, name) in [(DType::F32, "f32"), (DType::I32, "i32")] {
@@ -681,16 +947,42 @@ fn comparisons_logic_and_where() {
              }}"
         );
         let (g, p) = compile(&text);
-        let data = |seed: u64, shape: &[usize]| if dtype == DType::F32 { floats(seed, shape, 5.0) } else { ints(dtype, seed, shape) };
+        let data = |seed: u64, shape: &[usize]| {
+            if dtype == DType::F32 {
+                floats(seed, shape, 5.0)
+            } else {
+                ints(dtype, seed, shape)
+            }
+        };
         for batch in [1, 2] {
-            check(&p, &g, &[bools(68, &[batch, 3, 37]), bools(69, &[3, 1]), data(70, &[batch, 3, 37]), data(71, &[37]), data(72, &[3, 1])]);
+            check(
+                &p,
+                &g,
+                &[
+                    bools(68, &[batch, 3, 37]),
+                    bools(69, &[3, 1]),
+                    data(70, &[batch, 3, 37]),
+                    data(71, &[37]),
+                    data(72, &[3, 1]),
+                ],
+            );
         }
     }
     // Where over every dtype, three-way broadcasting.
-    for (dtype, name) in [(DType::F32, "f32"), (DType::I8, "i8"), (DType::U8, "u8"), (DType::I32, "i32"), (DType::I64, "i64")] {
+    for (dtype, name) in [
+        (DType::F32, "f32"),
+        (DType::I8, "i8"),
+        (DType::U8, "u8"),
+        (DType::I32, "i32"),
+        (DType::I64, "i64"),
+    ] {
         let text = format!("graph t(%c: bool[N,1,5], %x: {name}[4,1], %y: {name}[N,4,5]) -> (%w) {{\n  %w = Where(%c, %x, %y) : {name}[N,4,5]\n}}");
         let (g, p) = compile(&text);
-        let (x, y) = if dtype == DType::F32 { (floats(62, &[4, 1], 1.0), floats(63, &[2, 4, 5], 1.0)) } else { (ints(dtype, 62, &[4, 1]), ints(dtype, 63, &[2, 4, 5])) };
+        let (x, y) = if dtype == DType::F32 {
+            (floats(62, &[4, 1], 1.0), floats(63, &[2, 4, 5], 1.0))
+        } else {
+            (ints(dtype, 62, &[4, 1]), ints(dtype, 63, &[2, 4, 5]))
+        };
         check(&p, &g, &[bools(64, &[2, 1, 5]), x, y]);
     }
 }
@@ -712,9 +1004,17 @@ fn resize_attrs(mode: &str, transform: &str, axes: &str, extra: &[(&str, &str)])
         ("nearest_mode", "\"round_prefer_floor\"".to_string()),
     ];
     for (name, value) in extra {
-        attrs.iter_mut().find(|(n, _)| n == name).expect("a Resize attribute").1 = value.to_string();
+        attrs
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .expect("a Resize attribute")
+            .1 = value.to_string();
     }
-    attrs.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join(", ")
+    attrs
+        .iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[test]
@@ -722,13 +1022,43 @@ fn resize_modes_with_the_batch() {
     // (mode, transformation, other attributes, scales of H=5 and W=7, result H and W)
     type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str, &'a str);
     let cases: &[Case] = &[
-        ("nearest", "asymmetric", &[("nearest_mode", "\"floor\"")], "[2.0, 3.0]", "10,21"),
-        ("nearest", "half_pixel", &[("nearest_mode", "\"round_prefer_ceil\"")], "[0.6, 1.5]", "3,10"),
+        (
+            "nearest",
+            "asymmetric",
+            &[("nearest_mode", "\"floor\"")],
+            "[2.0, 3.0]",
+            "10,21",
+        ),
+        (
+            "nearest",
+            "half_pixel",
+            &[("nearest_mode", "\"round_prefer_ceil\"")],
+            "[0.6, 1.5]",
+            "3,10",
+        ),
         ("linear", "half_pixel", &[], "[2.0, 2.5]", "10,17"),
         ("linear", "align_corners", &[], "[0.6, 1.7]", "3,11"),
-        ("linear", "half_pixel", &[("antialias", "1")], "[0.4, 0.75]", "2,5"),
-        ("cubic", "pytorch_half_pixel", &[("exclude_outside", "1"), ("cubic_coeff_a", "-0.5")], "[1.6, 0.6]", "8,4"),
-        ("cubic", "half_pixel_symmetric", &[("antialias", "1")], "[0.7, 0.3]", "3,2"),
+        (
+            "linear",
+            "half_pixel",
+            &[("antialias", "1")],
+            "[0.4, 0.75]",
+            "2,5",
+        ),
+        (
+            "cubic",
+            "pytorch_half_pixel",
+            &[("exclude_outside", "1"), ("cubic_coeff_a", "-0.5")],
+            "[1.6, 0.6]",
+            "8,4",
+        ),
+        (
+            "cubic",
+            "half_pixel_symmetric",
+            &[("antialias", "1")],
+            "[0.7, 0.3]",
+            "3,2",
+        ),
     ];
     for (mode, transform, extra, scales, dims) in cases {
         let attrs = resize_attrs(mode, transform, "[2, 3]", extra);
@@ -760,12 +1090,20 @@ fn resize_integers_exactly_and_crops_with_extrapolation() {
                  }}",
                 resize_attrs(mode, "half_pixel", "[0, 1]", &[])
             ),
-            &[ints(DType::U8, 41, &[2, 6, 5]), ints(DType::I32, 42, &[3, 4])],
+            &[
+                ints(DType::U8, 41, &[2, 6, 5]),
+                ints(DType::I32, 42, &[3, 4]),
+            ],
         );
     }
     // tf_crop_and_resize with sizes, a window partly outside the input, and a fill.
     for mode in ["nearest", "linear"] {
-        let attrs = resize_attrs(mode, "tf_crop_and_resize", "[2, 3]", &[("extrapolation_value", "-7.5")]);
+        let attrs = resize_attrs(
+            mode,
+            "tf_crop_and_resize",
+            "[2, 3]",
+            &[("extrapolation_value", "-7.5")],
+        );
         same(
             &format!(
                 "graph t(%x: f32[N,1,4,5], %b: i8[2,1,4,5]) -> (%y, %z) {{
@@ -775,7 +1113,10 @@ fn resize_integers_exactly_and_crops_with_extrapolation() {
                    %z = Resize(%b, %roi, _, %n) {{{attrs}}} : i8[2,1,3,6]
                  }}"
             ),
-            &[floats(43, &[2, 1, 4, 5], 2.0), ints(DType::I8, 44, &[2, 1, 4, 5])],
+            &[
+                floats(43, &[2, 1, 4, 5], 2.0),
+                ints(DType::I8, 44, &[2, 1, 4, 5]),
+            ],
         );
     }
 }
@@ -791,7 +1132,14 @@ fn pad_modes_and_blocks_with_the_batch() {
          }",
     );
     for batch in [1, 2] {
-        check(&p, &g, &[floats(45, &[batch, 2, 3, 4], 1.0), ints(DType::I8, 46, &[5, 2])]);
+        check(
+            &p,
+            &g,
+            &[
+                floats(45, &[batch, 2, 3, 4], 1.0),
+                ints(DType::I8, 46, &[5, 2]),
+            ],
+        );
     }
     let (g, p) = compile(
         "graph t(%x: f32[N,8,2,3], %u: u8[2,2,4,6]) -> (%d, %c, %s, %t) {
@@ -802,7 +1150,14 @@ fn pad_modes_and_blocks_with_the_batch() {
          }",
     );
     for batch in [1, 3] {
-        check(&p, &g, &[floats(47, &[batch, 8, 2, 3], 1.0), ints(DType::U8, 48, &[2, 2, 4, 6])]);
+        check(
+            &p,
+            &g,
+            &[
+                floats(47, &[batch, 8, 2, 3], 1.0),
+                ints(DType::U8, 48, &[2, 2, 4, 6]),
+            ],
+        );
     }
 }
 
@@ -823,10 +1178,23 @@ fn one_hot_and_trilu_with_the_batch() {
          }",
     );
     for (batch, k) in [(1, 0), (2, -1), (3, 2)] {
-        let indices = Tensor::from_i64(&[batch, 3], (0..3 * batch as i64).map(|v| v % 9 - 5).collect());
+        let indices = Tensor::from_i64(
+            &[batch, 3],
+            (0..3 * batch as i64).map(|v| v % 9 - 5).collect(),
+        );
         let f = Tensor::from_f32(&[2, 2], vec![1.0, -1.0, 2.5, 4.0]);
         let v = Tensor::from_i64_values(DType::U8, vec![2], vec![7, 200]).unwrap();
-        check(&p, &g, &[indices, f, v, floats(50, &[batch, 2, 3, 4], 1.0), Tensor::from_i64(&[], vec![k])]);
+        check(
+            &p,
+            &g,
+            &[
+                indices,
+                f,
+                v,
+                floats(50, &[batch, 2, 3, 4], 1.0),
+                Tensor::from_i64(&[], vec![k]),
+            ],
+        );
     }
 }
 
@@ -841,15 +1209,40 @@ fn gathers_with_the_batch_and_indices_out_of_range() {
          }",
     );
     for batch in [1, 2] {
-        let i = Tensor::from_i64(&[batch, 3, 2], (0..6 * batch as i64).map(|v| v % 8 - 4).collect());
-        let j = Tensor::from_i64_values(DType::I32, vec![batch, 2, 1], (0..2 * batch as i64).map(|v| -(v % 3)).collect()).unwrap();
-        check(&p, &g, &[floats(51, &[batch, 3, 4], 1.0), i, j, ints(DType::I8, 52, &[5, 3])]);
+        let i = Tensor::from_i64(
+            &[batch, 3, 2],
+            (0..6 * batch as i64).map(|v| v % 8 - 4).collect(),
+        );
+        let j = Tensor::from_i64_values(
+            DType::I32,
+            vec![batch, 2, 1],
+            (0..2 * batch as i64).map(|v| -(v % 3)).collect(),
+        )
+        .unwrap();
+        check(
+            &p,
+            &g,
+            &[
+                floats(51, &[batch, 3, 4], 1.0),
+                i,
+                j,
+                ints(DType::I8, 52, &[5, 3]),
+            ],
+        );
     }
     // An index out of range fails in both engines with the axis named.
-    let bad = [floats(51, &[1, 3, 4], 1.0), Tensor::from_i64(&[1, 3, 2], vec![0, 1, 2, 3, 4, 0]), Tensor::from_i64_values(DType::I32, vec![1, 2, 1], vec![0, 0]).unwrap(), ints(DType::I8, 52, &[5, 3])];
+    let bad = [
+        floats(51, &[1, 3, 4], 1.0),
+        Tensor::from_i64(&[1, 3, 2], vec![0, 1, 2, 3, 4, 0]),
+        Tensor::from_i64_values(DType::I32, vec![1, 2, 1], vec![0, 0]).unwrap(),
+        ints(DType::I8, 52, &[5, 3]),
+    ];
     let interp = qlift_ir::interp::run(&g, &bad).unwrap_err().to_string();
     let jit = p.run(&bad).unwrap_err().to_string();
-    assert!(interp.contains("out of range") && jit.contains("out of range [-4, 4) on axis 2"), "{interp}\n{jit}");
+    assert!(
+        interp.contains("out of range") && jit.contains("out of range [-4, 4) on axis 2"),
+        "{interp}\n{jit}"
+    );
 }
 
 #[test]

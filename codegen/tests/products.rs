@@ -14,7 +14,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> u32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 33) as u32
     }
 
@@ -42,12 +45,24 @@ impl Lcg {
 }
 
 fn list<T: Display>(v: &[T]) -> String {
-    format!("[{}]", v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "))
+    format!(
+        "[{}]",
+        v.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 /// Floats as the text format wants them (always with a `.` or an exponent, exact).
 fn floats(v: &[f32]) -> String {
-    format!("[{}]", v.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>().join(", "))
+    format!(
+        "[{}]",
+        v.iter()
+            .map(|x| format!("{x:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 fn dims(batch: bool, rest: &[usize]) -> String {
@@ -63,7 +78,11 @@ fn quant(axis: usize, scales: &[f32], zps: &[i64]) -> String {
     if scales.len() == 1 {
         format!("quant(scale={:?}, zero_point={})", scales[0], zps[0])
     } else {
-        format!("quant(axis={axis}, scale={}, zero_point={})", floats(scales), list(zps))
+        format!(
+            "quant(axis={axis}, scale={}, zero_point={})",
+            floats(scales),
+            list(zps)
+        )
     }
 }
 
@@ -109,26 +128,53 @@ fn int_tensor(dtype: DType, shape: &[usize], values: Vec<i64>) -> Tensor {
 fn check(case: &str, text: &str, inputs: &[Tensor]) {
     let g = parse(text).unwrap_or_else(|e| panic!("{case}: {e}\n{text}"));
     qlift_ir::verify(&g).unwrap_or_else(|e| panic!("{case}: {e:?}\n{text}"));
-    let want = qlift_ir::interp::run(&g, inputs).unwrap_or_else(|e| panic!("{case}: interpreter: {e}\n{text}"));
+    let want = qlift_ir::interp::run(&g, inputs)
+        .unwrap_or_else(|e| panic!("{case}: interpreter: {e}\n{text}"));
     // The host's code on one and two threads (batch split or, at batch 1, the kernels' own
     // split), the 128-bit forms, and the SSE2 baseline.
-    let paths = [(false, None, 1), (false, None, 2), (false, Some(128), 1), (true, None, 1)];
+    let paths = [
+        (false, None, 1),
+        (false, None, 2),
+        (false, Some(128), 1),
+        (true, None, 1),
+    ];
     for (baseline_isa, max_vector_bits, threads) in paths {
         let parallel_min_macs = (threads > 1).then_some(0);
-        let opts = CodegenOptions { baseline_isa, max_vector_bits, parallel_min_macs, ..CodegenOptions::default() };
-        let mut p = JitProgram::compile(&g, &opts).unwrap_or_else(|e| panic!("{case}: {e}\n{text}"));
+        let opts = CodegenOptions {
+            baseline_isa,
+            max_vector_bits,
+            parallel_min_macs,
+            ..CodegenOptions::default()
+        };
+        let mut p =
+            JitProgram::compile(&g, &opts).unwrap_or_else(|e| panic!("{case}: {e}\n{text}"));
         p.set_threads(threads);
-        let got = p.run(inputs).unwrap_or_else(|e| panic!("{case}: {e}\n{text}"));
+        let got = p
+            .run(inputs)
+            .unwrap_or_else(|e| panic!("{case}: {e}\n{text}"));
         for (g, w) in got.iter().zip(&want) {
-            assert_eq!((g.dtype(), g.shape()), (w.dtype(), w.shape()), "{case}\n{text}");
+            assert_eq!(
+                (g.dtype(), g.shape()),
+                (w.dtype(), w.shape()),
+                "{case}\n{text}"
+            );
             match (g.data(), w.data()) {
                 (TensorData::F32(a), TensorData::F32(b)) => {
                     for (k, (x, y)) in a.iter().zip(b).enumerate() {
-                        let close = (x.is_nan() && y.is_nan()) || (x - y).abs() <= 1e-4 * y.abs().max(1.0);
-                        assert!(close, "{case}: element {k}: JIT {x}, interpreter {y}\n{text}");
+                        let close =
+                            (x.is_nan() && y.is_nan()) || (x - y).abs() <= 1e-4 * y.abs().max(1.0);
+                        assert!(
+                            close,
+                            "{case}: element {k}: JIT {x}, interpreter {y}\n{text}"
+                        );
                     }
                 }
-                _ => assert!(g == w, "{case}: JIT {:?}\ninterpreter {:?}\n{text}", g.to_i64_vec(), w.to_i64_vec()),
+                _ => assert!(
+                    g == w,
+                    "{case}: JIT {:?}\ninterpreter {:?}\n{text}",
+                    g.to_i64_vec(),
+                    w.to_i64_vec()
+                ),
             }
         }
     }
@@ -146,7 +192,14 @@ struct Window {
 
 impl Window {
     fn random(rng: &mut Lcg, rank: usize) -> Window {
-        let mut w = Window { input: vec![], kernel: vec![], strides: vec![], pads: vec![0; 2 * rank], dilations: vec![], out: vec![] };
+        let mut w = Window {
+            input: vec![],
+            kernel: vec![],
+            strides: vec![],
+            pads: vec![0; 2 * rank],
+            dilations: vec![],
+            out: vec![],
+        };
         for a in 0..rank {
             let (k, s, d) = (rng.usize(1, 3), rng.usize(1, 2), rng.usize(1, 2));
             let (pb, pe) = (rng.usize(0, 2), rng.usize(0, 2));
@@ -176,14 +229,21 @@ impl Window {
 
 /// `act_max=..., act_min=...` for none, Relu or Relu6.
 fn activation(rng: &mut Lcg) -> &'static str {
-    rng.pick(&["", ", act_max=inf, act_min=0.0", ", act_max=6.0, act_min=0.0", ", act_max=2.5, act_min=-1.0"])
+    rng.pick(&[
+        "",
+        ", act_max=inf, act_min=0.0",
+        ", act_max=6.0, act_min=0.0",
+        ", act_max=2.5, act_min=-1.0",
+    ])
 }
 
 /// Quantized weights: dtype, per-channel scales and zero points (one of each when per tensor).
 fn weight_params(rng: &mut Lcg, channels: usize) -> (DType, Vec<f32>, Vec<i64>) {
     let dtype = rng.pick(&[DType::I8, DType::I8, DType::U8]);
     let count = if rng.coin() { channels } else { 1 };
-    let scales = (0..count).map(|_| 0.002 + 0.02 * rng.unit().abs()).collect();
+    let scales = (0..count)
+        .map(|_| 0.002 + 0.02 * rng.unit().abs())
+        .collect();
     let (lo, hi) = range(dtype);
     let zps = (0..count)
         .map(|_| match dtype {
@@ -195,16 +255,35 @@ fn weight_params(rng: &mut Lcg, channels: usize) -> (DType, Vec<f32>, Vec<i64>) 
 }
 
 /// The declared result: an 8-bit type with its parameters, or the i32 accumulator.
-fn result_type(rng: &mut Lcg, sx: f32, ws: &[f32], k: usize, axis: usize, shape: &str) -> (String, String) {
+fn result_type(
+    rng: &mut Lcg,
+    sx: f32,
+    ws: &[f32],
+    k: usize,
+    axis: usize,
+    shape: &str,
+) -> (String, String) {
     if rng.int(0, 3) == 0 {
         let scales: Vec<f32> = ws.iter().map(|s| sx * s).collect();
-        return (format!("i32{shape} {}", quant(axis, &scales, &vec![0; scales.len()])), String::new());
+        return (
+            format!(
+                "i32{shape} {}",
+                quant(axis, &scales, &vec![0; scales.len()])
+            ),
+            String::new(),
+        );
     }
     let dtype = rng.pick(&[DType::U8, DType::I8]);
     let (lo, hi) = range(dtype);
     let sy = sx * ws[0] * (k as f32).sqrt() * (60.0 + 140.0 * rng.unit().abs());
     let zy = rng.int(lo + 20, hi - 20);
-    (format!("{}{shape} quant(scale={sy:?}, zero_point={zy})", name(dtype)), activation(rng).to_string())
+    (
+        format!(
+            "{}{shape} quant(scale={sy:?}, zero_point={zy})",
+            name(dtype)
+        ),
+        activation(rng).to_string(),
+    )
 }
 
 #[test]
@@ -234,7 +313,9 @@ fn qconv_matches_the_interpreter() {
         let mut yshape = vec![m];
         yshape.extend(&win.out);
         let (ytype, act) = result_type(&mut rng, sx, &ws, k, 1, &dims(true, &yshape));
-        let bias = rng.coin().then(|| (0..m).map(|_| rng.int(-5000, 5000)).collect::<Vec<_>>());
+        let bias = rng
+            .coin()
+            .then(|| (0..m).map(|_| rng.int(-5000, 5000)).collect::<Vec<_>>());
         let mut xshape = vec![c];
         xshape.extend(&win.input);
         let text = format!(
@@ -287,12 +368,24 @@ fn qmatmul_matches_the_interpreter() {
         *yshape.last_mut().unwrap() = p;
         let ydims = dims(true, &yshape);
         let (ytype, act) = result_type(&mut rng, sa, &bs, k, yshape.len(), &ydims);
-        let bias = rng.coin().then(|| (0..p).map(|_| rng.int(-5000, 5000)).collect::<Vec<_>>());
+        let bias = rng
+            .coin()
+            .then(|| (0..p).map(|_| rng.int(-5000, 5000)).collect::<Vec<_>>());
         let bquant = quant(1, &bs, &bz);
         let (bparam, bconst) = if constant_b {
-            (String::new(), format!("  %B = const {}[{k},{p}] {bquant} {}\n", name(bdtype), list(&bvals)))
+            (
+                String::new(),
+                format!(
+                    "  %B = const {}[{k},{p}] {bquant} {}\n",
+                    name(bdtype),
+                    list(&bvals)
+                ),
+            )
         } else {
-            (format!(", %B: {}[{k},{p}] {bquant}", name(bdtype)), String::new())
+            (
+                format!(", %B: {}[{k},{p}] {bquant}", name(bdtype)),
+                String::new(),
+            )
         };
         let text = format!(
             "graph t(%a: {}{} quant(scale={sa:?}, zero_point={za}){bparam}) -> (%y) {{\n{bconst}{}  %y = QMatMul(%a, %B, {}){} : {ytype}\n}}",
@@ -304,7 +397,11 @@ fn qmatmul_matches_the_interpreter() {
         );
         let mut full = vec![batch];
         full.extend(&ashape);
-        let mut inputs = vec![int_tensor(adtype, &full, ints(&mut rng, adtype, full.iter().product()))];
+        let mut inputs = vec![int_tensor(
+            adtype,
+            &full,
+            ints(&mut rng, adtype, full.iter().product()),
+        )];
         if !constant_b {
             inputs.push(int_tensor(bdtype, &[k, p], bvals));
         }
@@ -361,7 +458,10 @@ fn gemm_matches_the_interpreter() {
         let (ta, tb) = (rng.coin(), rng.coin());
         // A batched (its rows are the batch) only without transA.
         let batched = !ta && rng.coin();
-        let (alpha, beta) = (rng.pick(&[1.0f32, 0.5, -2.0]), rng.pick(&[1.0f32, 0.25, 0.0]));
+        let (alpha, beta) = (
+            rng.pick(&[1.0f32, 0.5, -2.0]),
+            rng.pick(&[1.0f32, 0.25, 0.0]),
+        );
         let ashape = if ta { vec![k, m] } else { vec![m, k] };
         let bshape = if tb { vec![n, k] } else { vec![k, n] };
         let cshape: Option<Vec<usize>> = match rng.int(0, 5) {
@@ -375,8 +475,16 @@ fn gemm_matches_the_interpreter() {
         };
         let b = reals(&mut rng, k * n);
         let c = cshape.as_ref().map(|s| reals(&mut rng, s.iter().product()));
-        let adims = if batched { dims(true, &ashape[1..]) } else { dims(false, &ashape) };
-        let ydims = if batched { dims(true, &[n]) } else { dims(false, &[m, n]) };
+        let adims = if batched {
+            dims(true, &ashape[1..])
+        } else {
+            dims(false, &ashape)
+        };
+        let ydims = if batched {
+            dims(true, &[n])
+        } else {
+            dims(false, &[m, n])
+        };
         let act = activation(&mut rng);
         let text = format!(
             "graph t(%a: f32{adims}) -> (%y) {{\n  %b = const f32{} {}\n{}  %y = Gemm(%a, %b, {}) {{alpha={alpha:?}, beta={beta:?}, transA={}, transB={}{act}}} : f32{ydims}\n}}",
@@ -388,7 +496,11 @@ fn gemm_matches_the_interpreter() {
             i32::from(tb),
         );
         let rows = if batched { rng.usize(1, 4) } else { m };
-        let shape = if batched { vec![rows, k] } else { ashape.clone() };
+        let shape = if batched {
+            vec![rows, k]
+        } else {
+            ashape.clone()
+        };
         let a = Tensor::from_f32(&shape, reals(&mut rng, shape.iter().product()));
         check(&format!("gemm case {case}"), &text, &[a]);
     }
@@ -413,11 +525,25 @@ fn matmul_matches_the_interpreter() {
         for batch in 1..=3usize {
             let b = reals(&mut rng, bshape.iter().product());
             let out = |a: &[usize]| -> Vec<usize> {
-                let a2 = if a.len() == 1 { vec![1, a[0]] } else { a.to_vec() };
-                let b2 = if bshape.len() == 1 { vec![bshape[0], 1] } else { bshape.to_vec() };
+                let a2 = if a.len() == 1 {
+                    vec![1, a[0]]
+                } else {
+                    a.to_vec()
+                };
+                let b2 = if bshape.len() == 1 {
+                    vec![bshape[0], 1]
+                } else {
+                    bshape.to_vec()
+                };
                 let (ab, bb) = (&a2[..a2.len() - 2], &b2[..b2.len() - 2]);
                 let rank = ab.len().max(bb.len());
-                let at = |s: &[usize], i: usize| if i + s.len() < rank { 1 } else { s[i + s.len() - rank] };
+                let at = |s: &[usize], i: usize| {
+                    if i + s.len() < rank {
+                        1
+                    } else {
+                        s[i + s.len() - rank]
+                    }
+                };
                 let mut o: Vec<usize> = (0..rank).map(|i| at(ab, i).max(at(bb, i))).collect();
                 if a.len() > 1 {
                     o.push(a2[a2.len() - 2]);
@@ -428,10 +554,17 @@ fn matmul_matches_the_interpreter() {
                 o
             };
             let y = out(ashape);
-            let (adims, ydims) = if batched { (dims(true, &ashape[1..]), dims(true, &y[1..])) } else { (dims(false, ashape), dims(false, &y)) };
+            let (adims, ydims) = if batched {
+                (dims(true, &ashape[1..]), dims(true, &y[1..]))
+            } else {
+                (dims(false, ashape), dims(false, &y))
+            };
             let act = activation(&mut rng);
             let (bparam, bconst) = if constant {
-                (String::new(), format!("  %b = const f32{} {}\n", dims(false, bshape), floats(&b)))
+                (
+                    String::new(),
+                    format!("  %b = const f32{} {}\n", dims(false, bshape), floats(&b)),
+                )
             } else {
                 (format!(", %b: f32{}", dims(false, bshape)), String::new())
             };
@@ -443,7 +576,10 @@ fn matmul_matches_the_interpreter() {
             if batched {
                 full[0] = batch;
             }
-            let mut inputs = vec![Tensor::from_f32(&full, reals(&mut rng, full.iter().product()))];
+            let mut inputs = vec![Tensor::from_f32(
+                &full,
+                reals(&mut rng, full.iter().product()),
+            )];
             if !constant {
                 inputs.push(Tensor::from_f32(bshape, b));
             }

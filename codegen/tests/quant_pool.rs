@@ -10,7 +10,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> u32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 33) as u32
     }
 
@@ -40,7 +43,14 @@ fn input(rng: &mut Lcg, dtype: DType, shape: &[usize], floats: Floats) -> Tensor
                         0 => f32::NAN,
                         1 => f32::INFINITY,
                         2 => f32::NEG_INFINITY,
-                        3 => 3.0e38 * if rng.next().is_multiple_of(2) { 1.0 } else { -1.0 },
+                        3 => {
+                            3.0e38
+                                * if rng.next().is_multiple_of(2) {
+                                    1.0
+                                } else {
+                                    -1.0
+                                }
+                        }
                         4 => 1.0e10 * rng.float(-1.0, 1.0),
                         // Ties of x / scale for the scales the tests use (0.5, 0.25 exact).
                         5 => (rng.next() % 64) as f32 * 0.25 - 8.125,
@@ -54,7 +64,9 @@ fn input(rng: &mut Lcg, dtype: DType, shape: &[usize], floats: Floats) -> Tensor
         _ => {
             let (lo, hi) = dtype.int_range().unwrap();
             let (lo, hi) = (lo.max(-100_000), hi.min(100_000));
-            let v = (0..n).map(|_| lo + (rng.next() as i64).rem_euclid(hi - lo + 1)).collect();
+            let v = (0..n)
+                .map(|_| lo + (rng.next() as i64).rem_euclid(hi - lo + 1))
+                .collect();
             Tensor::from_i64_values(dtype, shape.to_vec(), v).unwrap()
         }
     }
@@ -66,7 +78,10 @@ fn identical(a: &Tensor, b: &Tensor) -> bool {
         return false;
     }
     match (a.data(), b.data()) {
-        (TensorData::F32(x), TensorData::F32(y)) => x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits() || (p.is_nan() && q.is_nan())),
+        (TensorData::F32(x), TensorData::F32(y)) => x
+            .iter()
+            .zip(y)
+            .all(|(p, q)| p.to_bits() == q.to_bits() || (p.is_nan() && q.is_nan())),
         _ => a == b,
     }
 }
@@ -87,7 +102,8 @@ fn same(text: &str, floats: Floats) {
                 input(&mut rng, ty.dtype, &ty.shape.resolve(batch), floats)
             })
             .collect();
-        let want = qlift_ir::interp::run(&g, &inputs).unwrap_or_else(|e| panic!("interpreter: {e}"));
+        let want =
+            qlift_ir::interp::run(&g, &inputs).unwrap_or_else(|e| panic!("interpreter: {e}"));
         let got = p.run(&inputs).unwrap_or_else(|e| panic!("JIT: {e}"));
         for (i, (a, b)) in got.iter().zip(&want).enumerate() {
             assert!(identical(a, b), "batch {batch}, output {i}:\nJIT         {a:?}\ninterpreter {b:?}\ninputs {inputs:?}");
@@ -213,8 +229,15 @@ struct Window<'a> {
 
 impl Window<'_> {
     fn attrs(&self, include_pad: Option<bool>) -> String {
-        let list = |v: &[usize]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ");
-        let pad = include_pad.map_or(String::new(), |p| format!("count_include_pad={}, ", p as i32));
+        let list = |v: &[usize]| {
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let pad = include_pad.map_or(String::new(), |p| {
+            format!("count_include_pad={}, ", p as i32)
+        });
         format!(
             "{{ceil_mode={}, {pad}dilations=[{}], kernel_shape=[{}], pads=[{}], strides=[{}]}}",
             self.ceil as i32,
@@ -227,12 +250,27 @@ impl Window<'_> {
 
     fn out(&self, spatial: &[usize]) -> Vec<usize> {
         let r = spatial.len();
-        (0..r).map(|a| pooled(spatial[a], self.kernel[a], self.strides[a], self.dilations[a], self.pads[a], self.pads[a + r], self.ceil)).collect()
+        (0..r)
+            .map(|a| {
+                pooled(
+                    spatial[a],
+                    self.kernel[a],
+                    self.strides[a],
+                    self.dilations[a],
+                    self.pads[a],
+                    self.pads[a + r],
+                    self.ceil,
+                )
+            })
+            .collect()
     }
 }
 
 fn dims(v: &[usize]) -> String {
-    v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+    v.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Every pool of the family on one window: f32 max and averages, u8/i8 max, QAveragePool.
@@ -261,30 +299,138 @@ fn pools(spatial: &[usize], w: &Window) {
 
 #[test]
 fn pools_default_1d_2d_3d() {
-    pools(&[7], &Window { kernel: &[3], strides: &[1], dilations: &[1], pads: &[0, 0], ceil: false });
-    pools(&[5, 6], &Window { kernel: &[2, 3], strides: &[1, 1], dilations: &[1, 1], pads: &[0; 4], ceil: false });
-    pools(&[4, 5, 3], &Window { kernel: &[2, 2, 2], strides: &[1, 2, 1], dilations: &[1; 3], pads: &[0; 6], ceil: false });
+    pools(
+        &[7],
+        &Window {
+            kernel: &[3],
+            strides: &[1],
+            dilations: &[1],
+            pads: &[0, 0],
+            ceil: false,
+        },
+    );
+    pools(
+        &[5, 6],
+        &Window {
+            kernel: &[2, 3],
+            strides: &[1, 1],
+            dilations: &[1, 1],
+            pads: &[0; 4],
+            ceil: false,
+        },
+    );
+    pools(
+        &[4, 5, 3],
+        &Window {
+            kernel: &[2, 2, 2],
+            strides: &[1, 2, 1],
+            dilations: &[1; 3],
+            pads: &[0; 6],
+            ceil: false,
+        },
+    );
 }
 
 #[test]
 fn pools_with_pads_and_strides() {
-    pools(&[7, 5], &Window { kernel: &[3, 3], strides: &[2, 2], dilations: &[1, 1], pads: &[1, 1, 1, 1], ceil: false });
-    pools(&[6, 6], &Window { kernel: &[3, 2], strides: &[1, 3], dilations: &[1, 1], pads: &[2, 0, 1, 1], ceil: false });
-    pools(&[3], &Window { kernel: &[3], strides: &[1], dilations: &[1], pads: &[2, 2], ceil: false });
+    pools(
+        &[7, 5],
+        &Window {
+            kernel: &[3, 3],
+            strides: &[2, 2],
+            dilations: &[1, 1],
+            pads: &[1, 1, 1, 1],
+            ceil: false,
+        },
+    );
+    pools(
+        &[6, 6],
+        &Window {
+            kernel: &[3, 2],
+            strides: &[1, 3],
+            dilations: &[1, 1],
+            pads: &[2, 0, 1, 1],
+            ceil: false,
+        },
+    );
+    pools(
+        &[3],
+        &Window {
+            kernel: &[3],
+            strides: &[1],
+            dilations: &[1],
+            pads: &[2, 2],
+            ceil: false,
+        },
+    );
 }
 
 #[test]
 fn pools_with_ceil_mode() {
-    pools(&[4, 4], &Window { kernel: &[3, 3], strides: &[2, 2], dilations: &[1, 1], pads: &[0; 4], ceil: true });
-    pools(&[6, 7], &Window { kernel: &[3, 3], strides: &[2, 2], dilations: &[1, 1], pads: &[1, 1, 1, 1], ceil: true });
-    pools(&[5, 5, 5], &Window { kernel: &[2, 3, 2], strides: &[2, 2, 3], dilations: &[1; 3], pads: &[1, 0, 1, 0, 1, 1], ceil: true });
+    pools(
+        &[4, 4],
+        &Window {
+            kernel: &[3, 3],
+            strides: &[2, 2],
+            dilations: &[1, 1],
+            pads: &[0; 4],
+            ceil: true,
+        },
+    );
+    pools(
+        &[6, 7],
+        &Window {
+            kernel: &[3, 3],
+            strides: &[2, 2],
+            dilations: &[1, 1],
+            pads: &[1, 1, 1, 1],
+            ceil: true,
+        },
+    );
+    pools(
+        &[5, 5, 5],
+        &Window {
+            kernel: &[2, 3, 2],
+            strides: &[2, 2, 3],
+            dilations: &[1; 3],
+            pads: &[1, 0, 1, 0, 1, 1],
+            ceil: true,
+        },
+    );
 }
 
 #[test]
 fn pools_with_dilations() {
-    pools(&[6, 7], &Window { kernel: &[2, 2], strides: &[1, 1], dilations: &[2, 3], pads: &[0; 4], ceil: false });
-    pools(&[8, 8], &Window { kernel: &[3, 3], strides: &[3, 2], dilations: &[2, 2], pads: &[1, 2, 1, 0], ceil: true });
-    pools(&[5, 5, 5], &Window { kernel: &[2, 2, 2], strides: &[1; 3], dilations: &[2; 3], pads: &[1; 6], ceil: false });
+    pools(
+        &[6, 7],
+        &Window {
+            kernel: &[2, 2],
+            strides: &[1, 1],
+            dilations: &[2, 3],
+            pads: &[0; 4],
+            ceil: false,
+        },
+    );
+    pools(
+        &[8, 8],
+        &Window {
+            kernel: &[3, 3],
+            strides: &[3, 2],
+            dilations: &[2, 2],
+            pads: &[1, 2, 1, 0],
+            ceil: true,
+        },
+    );
+    pools(
+        &[5, 5, 5],
+        &Window {
+            kernel: &[2, 2, 2],
+            strides: &[1; 3],
+            dilations: &[2; 3],
+            pads: &[1; 6],
+            ceil: false,
+        },
+    );
 }
 
 #[test]

@@ -58,7 +58,10 @@ impl Rng {
 }
 
 fn list(items: impl Iterator<Item = impl ToString>) -> String {
-    format!("[{}]", items.map(|v| v.to_string()).collect::<Vec<_>>().join(", "))
+    format!(
+        "[{}]",
+        items.map(|v| v.to_string()).collect::<Vec<_>>().join(", ")
+    )
 }
 
 fn conv_attrs(group: usize, k: usize) -> String {
@@ -83,7 +86,11 @@ fn qconv(id: &'static str, cin: usize, cout: usize, group: usize, k: usize, hw: 
         b = rng.ints(cout, -2000, 2000),
         attrs = conv_attrs(group, k),
     );
-    Case { id, ir, macs: Some((cout * hw * hw * per_group * k * k) as u64) }
+    Case {
+        id,
+        ir,
+        macs: Some((cout * hw * hw * per_group * k * k) as u64),
+    }
 }
 
 fn qmatmul(k: usize, n: usize) -> Case {
@@ -99,7 +106,11 @@ fn qmatmul(k: usize, n: usize) -> Case {
         w = rng.ints(k * n, -127, 127),
         b = rng.ints(n, -2000, 2000),
     );
-    Case { id: "128x64", ir, macs: Some((k * n) as u64) }
+    Case {
+        id: "128x64",
+        ir,
+        macs: Some((k * n) as u64),
+    }
 }
 
 fn conv_f32(cin: usize, cout: usize, hw: usize) -> Case {
@@ -114,7 +125,11 @@ fn conv_f32(cin: usize, cout: usize, hw: usize) -> Case {
         b = rng.floats(cout, 0.1),
         attrs = conv_attrs(1, 3),
     );
-    Case { id: "3x3_16to32_8x8", ir, macs: Some((cout * hw * hw * cin * 9) as u64) }
+    Case {
+        id: "3x3_16to32_8x8",
+        ir,
+        macs: Some((cout * hw * hw * cin * 9) as u64),
+    }
 }
 
 /// A transformer's fp32 kernels at sequence length `s`, 12 heads of 32 (MiniLM's shapes):
@@ -122,10 +137,12 @@ fn conv_f32(cin: usize, cout: usize, hw: usize) -> Case {
 fn transformer_f32(s: usize) -> Vec<Case> {
     let mut rng = Rng(0x5851_f42d_4c95_7f2d);
     let (heads, d, hidden) = (12, 32, 384);
-    let product = |id: &'static str, m: usize, k: usize, n: usize| Case {
+    let product = |id: &'static str, m: usize, k: usize, n: usize| {
+        Case {
         id,
         ir: format!("graph {id}(%a: f32[N,{heads},{m},{k}], %b: f32[N,{heads},{k},{n}]) -> (%y) {{\n  %y = MatMul(%a, %b) : f32[N,{heads},{m},{n}]\n}}"),
         macs: Some((heads * m * k * n) as u64),
+    }
     };
     let linear = Case {
         id: "linear_384",
@@ -144,12 +161,21 @@ fn transformer_f32(s: usize) -> Vec<Case> {
         ),
         macs: None,
     };
-    vec![product("qk", s, d, s), product("pv", s, s, d), linear, layer_norm]
+    vec![
+        product("qk", s, d, s),
+        product("pv", s, s, d),
+        linear,
+        layer_norm,
+    ]
 }
 
 /// A single-op graph on 8-bit activations: `op_line` defines `%y` from `%a` (and `%b`).
 fn elementwise(name: &str, id: &'static str, inputs: &str, op_line: &str) -> Case {
-    Case { id, ir: format!("graph {name}({inputs}) -> (%y) {{\n  {op_line}\n}}"), macs: None }
+    Case {
+        id,
+        ir: format!("graph {name}({inputs}) -> (%y) {{\n  {op_line}\n}}"),
+        macs: None,
+    }
 }
 
 const A: &str = "%a: u8[N,32,8,8] quant(scale=0.05, zero_point=120)";
@@ -212,10 +238,14 @@ fn inputs(model: &CompiledModel, batch: usize) -> Vec<Tensor> {
             let shape = ty.shape.resolve(batch);
             let n = shape.iter().product();
             match ty.dtype {
-                DType::F32 => Tensor::from_f32(&shape, (0..n).map(|_| rng.int(-256, 256) as f32 / 64.0).collect()),
+                DType::F32 => Tensor::from_f32(
+                    &shape,
+                    (0..n).map(|_| rng.int(-256, 256) as f32 / 64.0).collect(),
+                ),
                 dtype => {
                     let (lo, hi) = dtype.int_range().expect("an integer input");
-                    Tensor::from_i64_values(dtype, shape, (0..n).map(|_| rng.int(lo, hi)).collect()).expect("values in range")
+                    Tensor::from_i64_values(dtype, shape, (0..n).map(|_| rng.int(lo, hi)).collect())
+                        .expect("values in range")
                 }
             }
         })
@@ -226,16 +256,36 @@ fn kernels(c: &mut Criterion) {
     for (family, cases, batches) in families() {
         let mut group = c.benchmark_group(family);
         for case in cases {
-            let graph = qlift_ir::text::parse(&case.ir).unwrap_or_else(|e| panic!("{family}/{}: {e}\n{}", case.id, case.ir));
+            let graph = qlift_ir::text::parse(&case.ir)
+                .unwrap_or_else(|e| panic!("{family}/{}: {e}\n{}", case.id, case.ir));
             qlift_ir::verify(&graph).unwrap_or_else(|e| panic!("{family}/{}: {e}", case.id));
-            let model = CompiledModel::from_lowered(graph, !family.ends_with("_f32"), &CompileOptions::default()).expect("the kernel compiles");
+            let model = CompiledModel::from_lowered(
+                graph,
+                !family.ends_with("_f32"),
+                &CompileOptions::default(),
+            )
+            .expect("the kernel compiles");
             for &batch in batches {
                 let inputs = inputs(&model, batch);
-                let mut outputs: Vec<Tensor> = model.outputs().iter().map(|(_, ty)| Tensor::zeros(ty.dtype, &ty.shape.resolve(batch))).collect();
-                let per_sample = case.macs.unwrap_or_else(|| model.outputs().iter().map(|(_, ty)| ty.shape.resolve(1).iter().product::<usize>() as u64).sum());
+                let mut outputs: Vec<Tensor> = model
+                    .outputs()
+                    .iter()
+                    .map(|(_, ty)| Tensor::zeros(ty.dtype, &ty.shape.resolve(batch)))
+                    .collect();
+                let per_sample = case.macs.unwrap_or_else(|| {
+                    model
+                        .outputs()
+                        .iter()
+                        .map(|(_, ty)| ty.shape.resolve(1).iter().product::<usize>() as u64)
+                        .sum()
+                });
                 group.throughput(Throughput::Elements(per_sample * batch as u64));
                 group.bench_function(BenchmarkId::new(case.id, format!("b{batch}")), |b| {
-                    b.iter(|| model.run_into(black_box(&inputs), &mut outputs).expect("the kernel runs"))
+                    b.iter(|| {
+                        model
+                            .run_into(black_box(&inputs), &mut outputs)
+                            .expect("the kernel runs")
+                    })
                 });
             }
         }

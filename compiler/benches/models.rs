@@ -19,19 +19,39 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The bundled models and the input file each reads (the MLP reads flattened images).
-const MODELS: [(&str, &str); 3] = [("digits_cnn", ""), ("digits_mlp", "_flat"), ("digits_mobile", "")];
+const MODELS: [(&str, &str); 3] = [
+    ("digits_cnn", ""),
+    ("digits_mlp", "_flat"),
+    ("digits_mobile", ""),
+];
 
 fn models_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/models")
 }
 
 /// Times `model.run_into` on the first `batch` test samples.
-fn bench_run(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, id: &str, model: &CompiledModel, test: &Tensor, batch: usize) {
-    let inputs = [test.slice_outer(0, batch).expect("the test set has enough samples")];
-    let mut outputs: Vec<Tensor> = model.outputs().iter().map(|(_, ty)| Tensor::zeros(ty.dtype, &ty.shape.resolve(batch))).collect();
+fn bench_run(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    id: &str,
+    model: &CompiledModel,
+    test: &Tensor,
+    batch: usize,
+) {
+    let inputs = [test
+        .slice_outer(0, batch)
+        .expect("the test set has enough samples")];
+    let mut outputs: Vec<Tensor> = model
+        .outputs()
+        .iter()
+        .map(|(_, ty)| Tensor::zeros(ty.dtype, &ty.shape.resolve(batch)))
+        .collect();
     group.throughput(Throughput::Elements(batch as u64));
     group.bench_function(BenchmarkId::new(id, format!("b{batch}")), |b| {
-        b.iter(|| model.run_into(black_box(&inputs), &mut outputs).expect("the model runs"))
+        b.iter(|| {
+            model
+                .run_into(black_box(&inputs), &mut outputs)
+                .expect("the model runs")
+        })
     });
 }
 
@@ -40,9 +60,11 @@ fn models(c: &mut Criterion) {
     for (name, suffix) in MODELS {
         let onnx = dir.join(format!("{name}.onnx"));
         let test = read_npy(&dir.join(format!("digits_test_x{suffix}.npy"))).expect("test inputs");
-        let calib = read_npy(&dir.join(format!("digits_calib_x{suffix}.npy"))).expect("calibration inputs");
+        let calib =
+            read_npy(&dir.join(format!("digits_calib_x{suffix}.npy"))).expect("calibration inputs");
         let opts = CompileOptions::default();
-        let int8 = CompiledModel::from_onnx(&onnx, Some(std::slice::from_ref(&calib)), &opts).expect("int8 model compiles");
+        let int8 = CompiledModel::from_onnx(&onnx, Some(std::slice::from_ref(&calib)), &opts)
+            .expect("int8 model compiles");
         let fp32 = CompiledModel::from_onnx(&onnx, None, &opts).expect("fp32 model compiles");
         let mut group = c.benchmark_group(name);
         bench_run(&mut group, "int8", &int8, &test, 1);

@@ -32,13 +32,19 @@ pub struct Opened {
 }
 
 fn refused(path: &Path, message: &str) -> Error {
-    Error::Io { path: path.to_path_buf(), source: io::Error::new(io::ErrorKind::InvalidInput, message.to_string()) }
+    Error::Io {
+        path: path.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, message.to_string()),
+    }
 }
 
 /// What kind of file `path` is, without opening it (opening a pipe waits for a writer).
 /// Devices, directories and sockets are an error.
 pub fn classify(path: &Path) -> Result<Source, Error> {
-    let meta = std::fs::metadata(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let kind = meta.file_type();
     if kind.is_file() {
         return Ok(Source::File(meta.len()));
@@ -53,7 +59,10 @@ pub fn classify(path: &Path) -> Result<Source, Error> {
             return Ok(Source::Pipe);
         }
         if kind.is_char_device() || kind.is_block_device() {
-            return Err(refused(path, "is a device, not a file (qlift reads regular files and pipes)"));
+            return Err(refused(
+                path,
+                "is a device, not a file (qlift reads regular files and pipes)",
+            ));
         }
     }
     Err(refused(path, "is not a regular file or a pipe"))
@@ -62,10 +71,20 @@ pub fn classify(path: &Path) -> Result<Source, Error> {
 /// Opens `path` for reading after [`classify`] accepted it.
 pub fn open(path: &Path) -> Result<Opened, Error> {
     let source = classify(path)?;
-    let file = File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let file = File::open(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     // The length again from the open file: the path may have been replaced in between.
     let source = match source {
-        Source::File(_) => Source::File(file.metadata().map_err(|source| Error::Io { path: path.to_path_buf(), source })?.len()),
+        Source::File(_) => Source::File(
+            file.metadata()
+                .map_err(|source| Error::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?
+                .len(),
+        ),
         Source::Pipe => Source::Pipe,
     };
     Ok(Opened { file, source })
@@ -76,7 +95,11 @@ pub fn open(path: &Path) -> Result<Opened, Error> {
 /// `what` names the file in the limit error ("model file", "IR text").
 pub fn read_to_end(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>, Error> {
     let Opened { file, source } = open(path)?;
-    let too_large = |value: u64| Error::Limit { what: format!("{what} {}", path.display()), value, limit };
+    let too_large = |value: u64| Error::Limit {
+        what: format!("{what} {}", path.display()),
+        value,
+        limit,
+    };
     let capacity = match source {
         Source::File(len) if len > limit => return Err(too_large(len)),
         Source::File(len) => len,
@@ -85,9 +108,16 @@ pub fn read_to_end(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>, Error
     let mut bytes = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
     file.take(limit.saturating_add(1))
         .read_to_end(&mut bytes)
-        .map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        .map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if bytes.len() as u64 > limit {
-        return Err(Error::Limit { what: format!("{what} {} (a pipe, read up to the limit)", path.display()), value: bytes.len() as u64, limit });
+        return Err(Error::Limit {
+            what: format!("{what} {} (a pipe, read up to the limit)", path.display()),
+            value: bytes.len() as u64,
+            limit,
+        });
     }
     Ok(bytes)
 }
@@ -96,7 +126,11 @@ pub fn read_to_end(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>, Error
 /// ends after `n` bytes. The buffer is allocated whole when `source` is a regular file (whose
 /// length the caller checked), else it grows with the data that arrives, so a pipe that
 /// ends early never costs the declared length.
-pub fn read_exact_vec(reader: &mut impl Read, len: u64, source: Source) -> io::Result<Result<Vec<u8>, usize>> {
+pub fn read_exact_vec(
+    reader: &mut impl Read,
+    len: u64,
+    source: Source,
+) -> io::Result<Result<Vec<u8>, usize>> {
     let capacity = match source {
         Source::File(_) => len,
         Source::Pipe => len.min(1 << 20),
@@ -125,7 +159,17 @@ mod tests {
         std::fs::write(&path, [7u8; 10]).unwrap();
         assert_eq!(read_to_end(&path, 10, "test file").unwrap(), vec![7u8; 10]);
         let err = read_to_end(&path, 9, "test file").unwrap_err();
-        assert!(matches!(err, Error::Limit { value: 10, limit: 9, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::Limit {
+                    value: 10,
+                    limit: 9,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[cfg(unix)]
@@ -144,12 +188,18 @@ mod tests {
     fn a_pipe_that_never_ends_is_cut_at_the_limit() {
         let path = temp("endless.fifo");
         let _ = std::fs::remove_file(&path);
-        let status = std::process::Command::new("mkfifo").arg(&path).status().unwrap();
+        let status = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
         assert!(status.success());
         // A writer that would go on forever: it stops when the reader closes the pipe.
         let writer_path = path.clone();
         let writer = std::thread::spawn(move || {
-            let mut w = std::fs::OpenOptions::new().write(true).open(&writer_path).unwrap();
+            let mut w = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&writer_path)
+                .unwrap();
             let block = [0u8; 4096];
             while std::io::Write::write_all(&mut w, &block).is_ok() {}
         });

@@ -18,8 +18,16 @@ pub struct UnsupportedOp {
 
 impl std::fmt::Display for UnsupportedOp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let domain = if self.domain.is_empty() { "ai.onnx" } else { &self.domain };
-        write!(f, "{} ({domain} opset {}) at node `{}`", self.op_type, self.opset, self.node)
+        let domain = if self.domain.is_empty() {
+            "ai.onnx"
+        } else {
+            &self.domain
+        };
+        write!(
+            f,
+            "{} ({domain} opset {}) at node `{}`",
+            self.op_type, self.opset, self.node
+        )
     }
 }
 
@@ -162,13 +170,19 @@ impl Error {
             return ErrorKind::Internal;
         }
         match self {
-            Error::Unsupported(_) | Error::Opset { .. } | Error::Export { .. } => ErrorKind::Unsupported,
+            Error::Unsupported(_) | Error::Opset { .. } | Error::Export { .. } => {
+                ErrorKind::Unsupported
+            }
             Error::Pass(qlift_passes::PassError::Unsupported(_)) => ErrorKind::Unsupported,
             Error::Codegen(C::Unsupported { .. } | C::Target { .. }) => ErrorKind::Unsupported,
             Error::Codegen(C::Input { .. } | C::Runtime { .. }) => ErrorKind::BadInput,
-            Error::Ir(qlift_ir::IrError::Input { .. } | qlift_ir::IrError::Eval { .. }) => ErrorKind::BadInput,
+            Error::Ir(qlift_ir::IrError::Input { .. } | qlift_ir::IrError::Eval { .. }) => {
+                ErrorKind::BadInput
+            }
             // Calibration runs that the data does not fit.
-            Error::Pass(qlift_passes::PassError::Ir(qlift_ir::IrError::Input { .. } | qlift_ir::IrError::Eval { .. })) => ErrorKind::BadInput,
+            Error::Pass(qlift_passes::PassError::Ir(
+                qlift_ir::IrError::Input { .. } | qlift_ir::IrError::Eval { .. },
+            )) => ErrorKind::BadInput,
             Error::Npy(_) => ErrorKind::BadInput,
             Error::Value { name, .. } if name.starts_with("calibration") => ErrorKind::BadInput,
             _ => ErrorKind::BadModel,
@@ -177,7 +191,9 @@ impl Error {
 
     /// Whether the error is a bug in qlift rather than bad input (the CLI exits with 2).
     pub fn is_internal(&self) -> bool {
-        matches!(self, Error::Ir(qlift_ir::IrError::Build(_)) | Error::Pass(qlift_passes::PassError::Bug(_)))
-            || matches!(self, Error::Codegen(e) if e.is_internal())
+        matches!(
+            self,
+            Error::Ir(qlift_ir::IrError::Build(_)) | Error::Pass(qlift_passes::PassError::Bug(_))
+        ) || matches!(self, Error::Codegen(e) if e.is_internal())
     }
 }

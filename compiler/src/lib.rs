@@ -14,19 +14,21 @@ pub mod cli;
 mod error;
 pub mod html;
 pub mod limits;
+pub mod model;
 pub mod npy;
 pub mod onnx;
-pub mod model;
 pub mod qir;
 pub mod quantize;
 pub mod report;
 
 pub use error::{Error, ErrorKind, UnsupportedOp};
+pub use model::{CompileOptions, CompiledModel, Engine, KernelTime};
+pub use onnx::export_onnx;
+pub use onnx::{
+    load_onnx, load_onnx_bytes, read_tensor_pb, supported_ops, ImportOptions, InputDim, Limits,
+};
+pub use qir::{load_qir, load_qir_text};
+pub use qlift_codegen::CodegenOptions;
 pub use qlift_passes::calibrate::{ActivationScheme, CalibrationMethod};
 pub use qlift_passes::quantize::QuantizeOptions;
-pub use model::{CompileOptions, CompiledModel, Engine, KernelTime};
-pub use qlift_codegen::CodegenOptions;
 pub use quantize::{quantize, Quantized};
-pub use onnx::export_onnx;
-pub use qir::{load_qir, load_qir_text};
-pub use onnx::{load_onnx, load_onnx_bytes, read_tensor_pb, supported_ops, ImportOptions, InputDim, Limits};

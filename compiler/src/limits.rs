@@ -37,7 +37,11 @@ pub fn sample_bytes(ty: &TensorType) -> Option<u64> {
 pub fn check_graph(graph: &Graph, limits: &Limits) -> Result<(), Error> {
     let depth = qlift_ir::subgraph_depth(graph);
     if depth > limits.max_subgraph_depth {
-        return Err(Error::Limit { what: "nesting of control-flow bodies".into(), value: depth as u64, limit: limits.max_subgraph_depth as u64 });
+        return Err(Error::Limit {
+            what: "nesting of control-flow bodies".into(),
+            value: depth as u64,
+            limit: limits.max_subgraph_depth as u64,
+        });
     }
     check_one(graph, limits)?;
     // Bodies are held to the same limits (their node counts, ranks and value sizes).
@@ -54,7 +58,11 @@ pub fn check_graph(graph: &Graph, limits: &Limits) -> Result<(), Error> {
 fn check_one(graph: &Graph, limits: &Limits) -> Result<(), Error> {
     let nodes = graph.node_count();
     if nodes > limits.max_nodes {
-        return Err(Error::Limit { what: "node count".into(), value: nodes as u64, limit: limits.max_nodes as u64 });
+        return Err(Error::Limit {
+            what: "node count".into(),
+            value: nodes as u64,
+            limit: limits.max_nodes as u64,
+        });
     }
     let mut constants = HashSet::new();
     let mut total: u64 = 0;
@@ -64,25 +72,47 @@ fn check_one(graph: &Graph, limits: &Limits) -> Result<(), Error> {
             if v.ty.shape.rank() > limits.max_rank {
                 return Err(Error::Value {
                     name: v.name.clone(),
-                    message: format!("rank {} is above the limit of {} (node `{}`)", v.ty.shape.rank(), limits.max_rank, node.name),
+                    message: format!(
+                        "rank {} is above the limit of {} (node `{}`)",
+                        v.ty.shape.rank(),
+                        limits.max_rank,
+                        node.name
+                    ),
                 });
             }
             let Some(bytes) = sample_bytes(&v.ty) else {
                 return Err(Error::Value {
                     name: v.name.clone(),
-                    message: format!("its size per sample ({}) overflows 64 bits (node `{}`)", qlift_ir::text::type_to_string(&v.ty), node.name),
+                    message: format!(
+                        "its size per sample ({}) overflows 64 bits (node `{}`)",
+                        qlift_ir::text::type_to_string(&v.ty),
+                        node.name
+                    ),
                 });
             };
             if bytes > limits.max_tensor_bytes {
-                let what = format!("value `{}` of node `{}` ({} per sample)", v.name, node.name, qlift_ir::text::type_to_string(&v.ty));
-                return Err(Error::Limit { what, value: bytes, limit: limits.max_tensor_bytes });
+                let what = format!(
+                    "value `{}` of node `{}` ({} per sample)",
+                    v.name,
+                    node.name,
+                    qlift_ir::text::type_to_string(&v.ty)
+                );
+                return Err(Error::Limit {
+                    what,
+                    value: bytes,
+                    limit: limits.max_tensor_bytes,
+                });
             }
         }
         if let NodeOp::Const(t) = &node.op {
             if constants.insert(std::sync::Arc::as_ptr(t)) {
                 total = total.saturating_add(t.data().as_bytes().len() as u64);
                 if total > limits.max_total_bytes {
-                    return Err(Error::Limit { what: "total constant data".into(), value: total, limit: limits.max_total_bytes });
+                    return Err(Error::Limit {
+                        what: "total constant data".into(),
+                        value: total,
+                        limit: limits.max_total_bytes,
+                    });
                 }
             }
         }
@@ -123,18 +153,39 @@ mod tests {
   %y = Pad(%x) {mode=\"constant\", pads=[0,0,0,4611686018427387902], value=0.0} : f32[N,4611686018427387966]
 }";
         let graph = qlift_ir::text::parse(text).unwrap();
-        let err = check_graph(&graph, &Limits::default()).unwrap_err().to_string();
+        let err = check_graph(&graph, &Limits::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("value `y`: its size per sample (f32[N,4611686018427387966]) overflows 64 bits (node `y`)"), "{err}");
         let text = "graph p(%x: f32[N,64]) -> (%y) {
   %y = Pad(%x) {mode=\"constant\", pads=[0,0,0,1099511627776], value=0.0} : f32[N,1099511627840]
 }";
-        let err = check_graph(&qlift_ir::text::parse(text).unwrap(), &Limits::default()).unwrap_err().to_string();
-        assert!(err.contains("value `y` of node `y`") && err.contains("is 4398046511360, above the limit of 1073741824"), "{err}");
-        let small = qlift_ir::text::parse("graph s(%x: f32[N,4]) -> (%y) {\n  %y = Relu(%x) : f32[N,4]\n}").unwrap();
+        let err = check_graph(&qlift_ir::text::parse(text).unwrap(), &Limits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("value `y` of node `y`")
+                && err.contains("is 4398046511360, above the limit of 1073741824"),
+            "{err}"
+        );
+        let small =
+            qlift_ir::text::parse("graph s(%x: f32[N,4]) -> (%y) {\n  %y = Relu(%x) : f32[N,4]\n}")
+                .unwrap();
         check_graph(&small, &Limits::default()).unwrap();
         assert_eq!(interpreter_bytes(&small, 10), Some(2 * 10 * 16));
         assert_eq!(interpreter_bytes(&small, usize::MAX), None);
-        let err = check_graph(&small, &Limits { max_nodes: 1, ..Limits::default() }).unwrap_err().to_string();
-        assert!(err.contains("node count is 2, above the limit of 1"), "{err}");
+        let err = check_graph(
+            &small,
+            &Limits {
+                max_nodes: 1,
+                ..Limits::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("node count is 2, above the limit of 1"),
+            "{err}"
+        );
     }
 }

@@ -1,12 +1,14 @@
 //! The embedding API: build a [`CompiledModel`] once from an ONNX model (and calibration
 //! data to quantize it), then call [`CompiledModel::run`] from any number of threads.
 
-use crate::{limits, load_onnx, load_onnx_bytes, quantize, Error, ImportOptions, Limits, QuantizeOptions};
+use crate::{
+    limits, load_onnx, load_onnx_bytes, quantize, Error, ImportOptions, Limits, QuantizeOptions,
+};
 use qlift_codegen::{CodegenOptions, JitProgram};
 use qlift_ir::{Binding, Graph, Tensor, TensorBuf, TensorBufMut, TensorType};
-use std::sync::{Arc, Mutex};
 use qlift_passes::{run_pipeline, PipelineOptions};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// What executes the compiled graph.
@@ -82,10 +84,20 @@ struct Specializations {
 impl Specializations {
     /// The program for inputs that bound `binding`, compiled now if it is not cached.
     fn program(&self, graph: &Graph, binding: &Binding) -> Result<Arc<JitProgram>, Error> {
-        let symbolic_batch = Binding { batch: None, ..binding.clone() };
+        let symbolic_batch = Binding {
+            batch: None,
+            ..binding.clone()
+        };
         {
-            let mut programs = self.programs.lock().map_err(|_| Error::Ir(qlift_ir::IrError::Build("specialization cache poisoned".into())))?;
-            if let Some(i) = programs.iter().position(|(b, _)| *b == symbolic_batch || b == binding) {
+            let mut programs = self.programs.lock().map_err(|_| {
+                Error::Ir(qlift_ir::IrError::Build(
+                    "specialization cache poisoned".into(),
+                ))
+            })?;
+            if let Some(i) = programs
+                .iter()
+                .position(|(b, _)| *b == symbolic_batch || b == binding)
+            {
                 let entry = programs.remove(i);
                 let program = entry.1.clone();
                 programs.push(entry);
@@ -97,7 +109,11 @@ impl Specializations {
         let mut program = JitProgram::compile(&specialized, &self.codegen)?;
         program.set_threads(self.threads);
         let program = Arc::new(program);
-        let mut programs = self.programs.lock().map_err(|_| Error::Ir(qlift_ir::IrError::Build("specialization cache poisoned".into())))?;
+        let mut programs = self.programs.lock().map_err(|_| {
+            Error::Ir(qlift_ir::IrError::Build(
+                "specialization cache poisoned".into(),
+            ))
+        })?;
         if !programs.iter().any(|(b, _)| *b == used) {
             if programs.len() >= self.capacity {
                 programs.remove(0);
@@ -136,8 +152,22 @@ impl RunMemory {
     fn of(graph: &Graph, engine: Engine) -> RunMemory {
         let size = |ty: &TensorType| (ty.shape.clone(), ty.dtype.size_of());
         let values = match engine {
-            Engine::Jit => graph.outputs().iter().map(|v| size(graph.value_type(*v))).collect(),
-            Engine::Interpreter => graph.node_ids().flat_map(|id| graph.node(id).outputs.iter().map(|v| size(&v.ty)).collect::<Vec<_>>()).collect(),
+            Engine::Jit => graph
+                .outputs()
+                .iter()
+                .map(|v| size(graph.value_type(*v)))
+                .collect(),
+            Engine::Interpreter => graph
+                .node_ids()
+                .flat_map(|id| {
+                    graph
+                        .node(id)
+                        .outputs
+                        .iter()
+                        .map(|v| size(&v.ty))
+                        .collect::<Vec<_>>()
+                })
+                .collect(),
         };
         RunMemory { values }
     }
@@ -146,14 +176,22 @@ impl RunMemory {
 impl CompiledModel {
     /// Compiles an ONNX model file; with `calibration` (one tensor per graph input, samples
     /// on axis 0) the model is quantized to int8 first, else it runs in fp32.
-    pub fn from_onnx(path: &Path, calibration: Option<&[Tensor]>, opts: &CompileOptions) -> Result<CompiledModel, Error> {
+    pub fn from_onnx(
+        path: &Path,
+        calibration: Option<&[Tensor]>,
+        opts: &CompileOptions,
+    ) -> Result<CompiledModel, Error> {
         let start = Instant::now();
         let graph = load_onnx(path, &opts.import)?;
         Self::build(graph, calibration, opts, start)
     }
 
     /// Compiles an ONNX model from bytes (external data is refused).
-    pub fn from_onnx_bytes(bytes: &[u8], calibration: Option<&[Tensor]>, opts: &CompileOptions) -> Result<CompiledModel, Error> {
+    pub fn from_onnx_bytes(
+        bytes: &[u8],
+        calibration: Option<&[Tensor]>,
+        opts: &CompileOptions,
+    ) -> Result<CompiledModel, Error> {
         let start = Instant::now();
         let graph = load_onnx_bytes(bytes, None, &opts.import)?;
         Self::build(graph, calibration, opts, start)
@@ -161,32 +199,69 @@ impl CompiledModel {
 
     /// Compiles a graph that already went through the pipeline (for example
     /// [`crate::Quantized::lowered`]): only code generation is left.
-    pub fn from_lowered(lowered: Graph, quantized: bool, opts: &CompileOptions) -> Result<CompiledModel, Error> {
+    pub fn from_lowered(
+        lowered: Graph,
+        quantized: bool,
+        opts: &CompileOptions,
+    ) -> Result<CompiledModel, Error> {
         let start = Instant::now();
         limits::check_graph(&lowered, &opts.import.limits)?;
         let executor = Self::executor(&lowered, opts)?;
         let memory = RunMemory::of(&lowered, opts.engine);
-        Ok(CompiledModel { graph: lowered, executor, compile_time: start.elapsed(), quantized, limits: opts.import.limits.clone(), memory })
+        Ok(CompiledModel {
+            graph: lowered,
+            executor,
+            compile_time: start.elapsed(),
+            quantized,
+            limits: opts.import.limits.clone(),
+            memory,
+        })
     }
 
     /// Compiles a graph (imported, built or parsed); it is verified first, so an invalid one
     /// is a verifier error naming its nodes, not an internal error of a pass.
-    pub fn from_graph(graph: &Graph, calibration: Option<&[Tensor]>, opts: &CompileOptions) -> Result<CompiledModel, Error> {
+    pub fn from_graph(
+        graph: &Graph,
+        calibration: Option<&[Tensor]>,
+        opts: &CompileOptions,
+    ) -> Result<CompiledModel, Error> {
         qlift_ir::verify(graph)?;
         limits::check_graph(graph, &opts.import.limits)?;
         Self::build(graph.clone(), calibration, opts, Instant::now())
     }
 
-    fn build(graph: Graph, calibration: Option<&[Tensor]>, opts: &CompileOptions, start: Instant) -> Result<CompiledModel, Error> {
+    fn build(
+        graph: Graph,
+        calibration: Option<&[Tensor]>,
+        opts: &CompileOptions,
+        start: Instant,
+    ) -> Result<CompiledModel, Error> {
         let pipeline = PipelineOptions::default();
         let lowered = match calibration {
-            Some(c) => quantize::quantize_limited(&graph, c, &opts.quantize, &pipeline, &opts.import.limits, &|_, _| {})?.lowered,
+            Some(c) => {
+                quantize::quantize_limited(
+                    &graph,
+                    c,
+                    &opts.quantize,
+                    &pipeline,
+                    &opts.import.limits,
+                    &|_, _| {},
+                )?
+                .lowered
+            }
             None => run_pipeline(&graph, &pipeline)?.0,
         };
         limits::check_graph(&lowered, &opts.import.limits)?;
         let executor = Self::executor(&lowered, opts)?;
         let memory = RunMemory::of(&lowered, opts.engine);
-        Ok(CompiledModel { graph: lowered, executor, compile_time: start.elapsed(), quantized: calibration.is_some(), limits: opts.import.limits.clone(), memory })
+        Ok(CompiledModel {
+            graph: lowered,
+            executor,
+            compile_time: start.elapsed(),
+            quantized: calibration.is_some(),
+            limits: opts.import.limits.clone(),
+            memory,
+        })
     }
 
     /// The executor: with the JIT, one program now when the batch is the graph's only symbol
@@ -199,13 +274,23 @@ impl CompiledModel {
                     // Every If folded away: one program as for any graph.
                     return Self::executor(&specialized, opts);
                 }
-                Executor::Flow(Arc::new(qlift_codegen::FlowProgram::compile(&specialized, &opts.codegen, &opts.import.limits.run_options())?))
+                Executor::Flow(Arc::new(qlift_codegen::FlowProgram::compile(
+                    &specialized,
+                    &opts.codegen,
+                    &opts.import.limits.run_options(),
+                )?))
             }
             Engine::Jit => {
                 let specialized = qlift_ir::specialize(lowered, &Binding::default())?;
                 if qlift_ir::needs_binding(&specialized) {
-                    let capacity = if opts.max_specializations == 0 { DEFAULT_SPECIALIZATIONS } else { opts.max_specializations };
-                    let isa = qlift_codegen::isa::describe(qlift_codegen::isa::target_isa(&opts.codegen)?.as_ref());
+                    let capacity = if opts.max_specializations == 0 {
+                        DEFAULT_SPECIALIZATIONS
+                    } else {
+                        opts.max_specializations
+                    };
+                    let isa = qlift_codegen::isa::describe(
+                        qlift_codegen::isa::target_isa(&opts.codegen)?.as_ref(),
+                    );
                     return Ok(Executor::Specialized(Specializations {
                         codegen: opts.codegen.clone(),
                         isa,
@@ -224,7 +309,10 @@ impl CompiledModel {
 
     /// The extents `inputs` bind (checked against the graph's input types).
     fn binding<I: TensorBuf>(&self, inputs: &[I]) -> Result<Binding, Error> {
-        Ok(qlift_ir::bind_graph_inputs(&self.graph, inputs.iter().map(|t| (t.dtype(), t.shape())))?)
+        Ok(qlift_ir::bind_graph_inputs(
+            &self.graph,
+            inputs.iter().map(|t| (t.dtype(), t.shape())),
+        )?)
     }
 
     /// Memory a run on `inputs` needs besides the inputs (outputs and scratch for the JIT,
@@ -235,18 +323,24 @@ impl CompiledModel {
         // No allocation here: `run_into` allocates nothing once warm.
         let binding = self.binding(inputs)?;
         let batch = binding.batch.unwrap_or(1);
-        let values = self.memory.values.iter().try_fold(0u64, |total, (shape, size)| {
-            let count = shape.dims().iter().try_fold(1u64, |n, &d| {
-                let extent = match binding.dim(d) {
-                    qlift_ir::Dim::Fixed(e) => e as u64,
-                    _ => 1,
-                };
-                n.checked_mul(extent)
-            })?;
-            total.checked_add(count.checked_mul(*size as u64)?)
-        });
+        let values = self
+            .memory
+            .values
+            .iter()
+            .try_fold(0u64, |total, (shape, size)| {
+                let count = shape.dims().iter().try_fold(1u64, |n, &d| {
+                    let extent = match binding.dim(d) {
+                        qlift_ir::Dim::Fixed(e) => e as u64,
+                        _ => 1,
+                    };
+                    n.checked_mul(extent)
+                })?;
+                total.checked_add(count.checked_mul(*size as u64)?)
+            });
         let bytes = match &self.executor {
-            Executor::Jit(p) => values.zip(p.program().arena.bytes(batch)).and_then(|(v, a)| v.checked_add(a as u64)),
+            Executor::Jit(p) => values
+                .zip(p.program().arena.bytes(batch))
+                .and_then(|(v, a)| v.checked_add(a as u64)),
             Executor::Specialized(_) | Executor::Flow(_) | Executor::Interpreter => values,
         };
         let bytes = bytes.unwrap_or(u64::MAX);
@@ -266,7 +360,11 @@ impl CompiledModel {
             // The interpreter takes the tensors as they are (no copy).
             Executor::Interpreter => {
                 self.run_bytes(inputs)?;
-                Ok(qlift_ir::interp::run_with(&self.graph, inputs, &self.limits.run_options())?)
+                Ok(qlift_ir::interp::run_with(
+                    &self.graph,
+                    inputs,
+                    &self.limits.run_options(),
+                )?)
             }
             _ => self.run_buffers(inputs),
         }
@@ -278,9 +376,15 @@ impl CompiledModel {
         self.run_bytes(inputs)?;
         match &self.executor {
             Executor::Jit(p) => Ok(p.run_buffers(inputs)?),
-            Executor::Specialized(s) => Ok(s.program(&self.graph, &self.binding(inputs)?)?.run_buffers(inputs)?),
+            Executor::Specialized(s) => Ok(s
+                .program(&self.graph, &self.binding(inputs)?)?
+                .run_buffers(inputs)?),
             Executor::Flow(p) => Ok(p.run(&owned(inputs))?),
-            Executor::Interpreter => Ok(qlift_ir::interp::run_with(&self.graph, &owned(inputs), &self.limits.run_options())?),
+            Executor::Interpreter => Ok(qlift_ir::interp::run_with(
+                &self.graph,
+                &owned(inputs),
+                &self.limits.run_options(),
+            )?),
         }
     }
 
@@ -293,22 +397,46 @@ impl CompiledModel {
     /// [`Self::run_into`] on buffers owned or borrowed: the JIT reads the inputs and writes
     /// the outputs where they lie ([`qlift_ir::TensorRef`], [`qlift_ir::TensorMut`]; their
     /// shapes from [`Self::output_shapes`]).
-    pub fn run_buffers_into<I: TensorBuf, O: TensorBufMut>(&self, inputs: &[I], outputs: &mut [O]) -> Result<(), Error> {
+    pub fn run_buffers_into<I: TensorBuf, O: TensorBufMut>(
+        &self,
+        inputs: &[I],
+        outputs: &mut [O],
+    ) -> Result<(), Error> {
         self.run_bytes(inputs)?;
         match &self.executor {
             Executor::Jit(p) => Ok(p.run_buffers_into(inputs, outputs)?),
-            Executor::Specialized(s) => Ok(s.program(&self.graph, &self.binding(inputs)?)?.run_buffers_into(inputs, outputs)?),
+            Executor::Specialized(s) => Ok(s
+                .program(&self.graph, &self.binding(inputs)?)?
+                .run_buffers_into(inputs, outputs)?),
             Executor::Flow(_) | Executor::Interpreter => {
                 let results = match &self.executor {
                     Executor::Flow(p) => p.run(&owned(inputs))?,
-                    _ => qlift_ir::interp::run_with(&self.graph, &owned(inputs), &self.limits.run_options())?,
+                    _ => qlift_ir::interp::run_with(
+                        &self.graph,
+                        &owned(inputs),
+                        &self.limits.run_options(),
+                    )?,
                 };
                 if outputs.len() != results.len() {
-                    return Err(qlift_codegen::CodegenError::Input { name: "outputs".into(), message: format!("{} output buffers for {} outputs", outputs.len(), results.len()) }.into());
+                    return Err(qlift_codegen::CodegenError::Input {
+                        name: "outputs".into(),
+                        message: format!(
+                            "{} output buffers for {} outputs",
+                            outputs.len(),
+                            results.len()
+                        ),
+                    }
+                    .into());
                 }
                 for ((o, r), (name, _)) in outputs.iter_mut().zip(&results).zip(self.outputs()) {
                     if o.dtype() != r.dtype() || o.shape() != r.shape() {
-                        let message = format!("output buffer is {}{:?}, expected {}{:?}", o.dtype(), o.shape(), r.dtype(), r.shape());
+                        let message = format!(
+                            "output buffer is {}{:?}, expected {}{:?}",
+                            o.dtype(),
+                            o.shape(),
+                            r.dtype(),
+                            r.shape()
+                        );
                         return Err(qlift_codegen::CodegenError::Input { name, message }.into());
                     }
                     o.bytes_mut().copy_from_slice(r.data().as_bytes());
@@ -325,7 +453,9 @@ impl CompiledModel {
         let binding = self.binding(inputs)?;
         match &self.executor {
             Executor::Jit(p) => Ok(p.output_shapes(inputs)?),
-            Executor::Specialized(s) => Ok(s.program(&self.graph, &binding)?.output_shapes(inputs)?),
+            Executor::Specialized(s) => {
+                Ok(s.program(&self.graph, &binding)?.output_shapes(inputs)?)
+            }
             Executor::Flow(_) | Executor::Interpreter => {
                 let specialized;
                 let graph = if qlift_ir::needs_binding(&self.graph) {
@@ -349,12 +479,30 @@ impl CompiledModel {
 
     /// The graph inputs: names and types (the batch dimension shows as `N`).
     pub fn inputs(&self) -> Vec<(String, TensorType)> {
-        self.graph.input_values().iter().map(|&v| (self.graph.value(v).name.clone(), self.graph.value_type(v).clone())).collect()
+        self.graph
+            .input_values()
+            .iter()
+            .map(|&v| {
+                (
+                    self.graph.value(v).name.clone(),
+                    self.graph.value_type(v).clone(),
+                )
+            })
+            .collect()
     }
 
     /// The graph outputs: names and types.
     pub fn outputs(&self) -> Vec<(String, TensorType)> {
-        self.graph.outputs().iter().map(|&v| (self.graph.value(v).name.clone(), self.graph.value_type(v).clone())).collect()
+        self.graph
+            .outputs()
+            .iter()
+            .map(|&v| {
+                (
+                    self.graph.value(v).name.clone(),
+                    self.graph.value_type(v).clone(),
+                )
+            })
+            .collect()
     }
 
     /// The lowered graph the engine runs.
@@ -402,7 +550,13 @@ impl CompiledModel {
                 .into_iter()
                 .filter_map(|t| {
                     let s = steps.get(t.step)?;
-                    Some(KernelTime { node: s.node.clone(), op: s.op.clone(), form: s.form.clone(), nanos: t.nanos, calls: t.calls })
+                    Some(KernelTime {
+                        node: s.node.clone(),
+                        op: s.op.clone(),
+                        form: s.form.clone(),
+                        nanos: t.nanos,
+                        calls: t.calls,
+                    })
                 })
                 .collect(),
         )
@@ -414,7 +568,13 @@ impl CompiledModel {
     /// report shows per node without timing anything.
     pub fn kernel_forms(&self) -> Option<Vec<(String, String)>> {
         let p = self.current_program()?;
-        Some(p.program().steps.iter().map(|s| (s.node.clone(), s.form.clone())).collect())
+        Some(
+            p.program()
+                .steps
+                .iter()
+                .map(|s| (s.node.clone(), s.form.clone()))
+                .collect(),
+        )
     }
 
     /// Zeroes the kernel timers (see [`Self::profile`]).

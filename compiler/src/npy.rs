@@ -39,7 +39,10 @@ pub fn read_npy(path: &Path) -> Result<Tensor, NpyError> {
 
 /// [`read_npy`] with a limit on the data's size in bytes.
 pub fn read_npy_limited(path: &Path, max_bytes: u64) -> Result<Tensor, NpyError> {
-    let fail = |message: String| NpyError { path: path.to_path_buf(), message };
+    let fail = |message: String| NpyError {
+        path: path.to_path_buf(),
+        message,
+    };
     let opened = bounded::open(path).map_err(|e| match e {
         crate::Error::Io { source, .. } => fail(source.to_string()),
         other => fail(other.to_string()),
@@ -51,12 +54,17 @@ pub fn read_npy_limited(path: &Path, max_bytes: u64) -> Result<Tensor, NpyError>
 /// Reads a `.npy` file held in memory (what the fuzz target and the tests use).
 pub fn read_npy_bytes(bytes: &[u8], max_bytes: u64) -> Result<Tensor, NpyError> {
     let mut reader = bytes;
-    read_from(&mut reader, Source::File(bytes.len() as u64), max_bytes)
-        .map_err(|message| NpyError { path: PathBuf::from("<memory>"), message })
+    read_from(&mut reader, Source::File(bytes.len() as u64), max_bytes).map_err(|message| {
+        NpyError {
+            path: PathBuf::from("<memory>"),
+            message,
+        }
+    })
 }
 
 /// The element types the reader accepts.
-const SUPPORTED: &str = "expected f32, f64, i8, u8, i32 or i64 (numpy '<f4', '<f8', '|i1', '|u1', '<i4', '<i8')";
+const SUPPORTED: &str =
+    "expected f32, f64, i8, u8, i32 or i64 (numpy '<f4', '<f8', '|i1', '|u1', '<i4', '<i8')";
 
 /// A parsed header: element type, byte order, layout and shape.
 #[derive(Debug, PartialEq)]
@@ -72,7 +80,10 @@ struct Header {
 fn read_from(reader: &mut impl Read, source: Source, max_bytes: u64) -> Result<Tensor, String> {
     let io = |e: std::io::Error| format!("reading: {e}");
     let mut preamble = [0u8; 8];
-    read_fully(reader, &mut preamble).map_err(io)?.then_some(()).ok_or("not a .npy file (shorter than its 8-byte preamble)")?;
+    read_fully(reader, &mut preamble)
+        .map_err(io)?
+        .then_some(())
+        .ok_or("not a .npy file (shorter than its 8-byte preamble)")?;
     if &preamble[..6] != b"\x93NUMPY" {
         return Err("not a .npy file (no \\x93NUMPY magic)".into());
     }
@@ -80,21 +91,36 @@ fn read_from(reader: &mut impl Read, source: Source, max_bytes: u64) -> Result<T
     let (header_len, prefix) = match major {
         1 => {
             let mut len = [0u8; 2];
-            read_fully(reader, &mut len).map_err(io)?.then_some(()).ok_or("the header is truncated")?;
+            read_fully(reader, &mut len)
+                .map_err(io)?
+                .then_some(())
+                .ok_or("the header is truncated")?;
             (u16::from_le_bytes(len) as usize, 10)
         }
         2 | 3 => {
             let mut len = [0u8; 4];
-            read_fully(reader, &mut len).map_err(io)?.then_some(()).ok_or("the header is truncated")?;
+            read_fully(reader, &mut len)
+                .map_err(io)?
+                .then_some(())
+                .ok_or("the header is truncated")?;
             (u32::from_le_bytes(len) as usize, 12)
         }
-        v => return Err(format!(".npy format version {v} is not supported (1, 2 or 3)")),
+        v => {
+            return Err(format!(
+                ".npy format version {v} is not supported (1, 2 or 3)"
+            ))
+        }
     };
     if header_len > MAX_HEADER_BYTES {
-        return Err(format!("the header declares {header_len} bytes; at most {MAX_HEADER_BYTES} are accepted"));
+        return Err(format!(
+            "the header declares {header_len} bytes; at most {MAX_HEADER_BYTES} are accepted"
+        ));
     }
     let mut text = vec![0u8; header_len];
-    read_fully(reader, &mut text).map_err(io)?.then_some(()).ok_or("the header is truncated")?;
+    read_fully(reader, &mut text)
+        .map_err(io)?
+        .then_some(())
+        .ok_or("the header is truncated")?;
     let text = String::from_utf8(text).map_err(|_| "the header is not text".to_string())?;
     let header = parse_header(&text)?;
     let dtype_name = format!("{}{}", header.kind, header.size);
@@ -103,7 +129,9 @@ fn read_from(reader: &mut impl Read, source: Source, max_bytes: u64) -> Result<T
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or_else(|| format!("shape {:?} overflows", header.shape))?;
-    let bytes = (count as u64).checked_mul(header.size as u64).ok_or_else(|| format!("shape {:?} overflows", header.shape))?;
+    let bytes = (count as u64)
+        .checked_mul(header.size as u64)
+        .ok_or_else(|| format!("shape {:?} overflows", header.shape))?;
     if bytes > max_bytes {
         return Err(format!(
             "its data ({dtype_name}{:?}) is {bytes} bytes, above the limit of {max_bytes} bytes",
@@ -121,14 +149,20 @@ fn read_from(reader: &mut impl Read, source: Source, max_bytes: u64) -> Result<T
     }
     // A regular file (its length checked above) of a type stored as it is read: the data goes
     // straight into the tensor's memory, with no second copy and no per-element decoding.
-    if let (Source::File(_), Some(dtype), false) = (source, direct_dtype(&header), header.fortran_order) {
+    if let (Source::File(_), Some(dtype), false) =
+        (source, direct_dtype(&header), header.fortran_order)
+    {
         let mut tensor = Tensor::zeros(dtype, &header.shape);
         read_fully(reader, tensor.data_mut().as_bytes_mut())
             .map_err(io)?
             .then_some(())
             .ok_or_else(|| format!("the data is truncated: fewer than {bytes} bytes"))?;
         if header.big_endian != cfg!(target_endian = "big") && header.size > 1 {
-            for word in tensor.data_mut().as_bytes_mut().chunks_exact_mut(header.size) {
+            for word in tensor
+                .data_mut()
+                .as_bytes_mut()
+                .chunks_exact_mut(header.size)
+            {
                 word.reverse();
             }
         }
@@ -141,11 +175,18 @@ fn read_from(reader: &mut impl Read, source: Source, max_bytes: u64) -> Result<T
     if let Source::Pipe = source {
         let mut extra = [0u8; 1];
         if reader.read(&mut extra).map_err(io)? != 0 {
-            return Err(format!("more data follows the {bytes} bytes its shape {:?} needs", header.shape));
+            return Err(format!(
+                "more data follows the {bytes} bytes its shape {:?} needs",
+                header.shape
+            ));
         }
     }
     let data = decode(&header, &raw)?;
-    let (dtype, data) = if header.fortran_order { (data.0, reorder_fortran(data.1, &header.shape)) } else { data };
+    let (dtype, data) = if header.fortran_order {
+        (data.0, reorder_fortran(data.1, &header.shape))
+    } else {
+        data
+    };
     Tensor::new(dtype, header.shape, data)
 }
 
@@ -177,18 +218,33 @@ fn decode(h: &Header, raw: &[u8]) -> Result<(DType, TensorData), String> {
         ($t:ty, $n:expr) => {
             raw.chunks_exact($n).map(|c| {
                 let b: [u8; $n] = c.try_into().expect("chunks_exact");
-                if h.big_endian { <$t>::from_be_bytes(b) } else { <$t>::from_le_bytes(b) }
+                if h.big_endian {
+                    <$t>::from_be_bytes(b)
+                } else {
+                    <$t>::from_le_bytes(b)
+                }
             })
         };
     }
     Ok(match (h.kind, h.size) {
         ('f', 4) => (DType::F32, TensorData::F32(words!(f32, 4).collect())),
-        ('f', 8) => (DType::F32, TensorData::F32(words!(f64, 8).map(|x| x as f32).collect())),
+        ('f', 8) => (
+            DType::F32,
+            TensorData::F32(words!(f64, 8).map(|x| x as f32).collect()),
+        ),
         ('i', 8) => (DType::I64, TensorData::I64(words!(i64, 8).collect())),
         ('i', 4) => (DType::I32, TensorData::I32(words!(i32, 4).collect())),
         ('u', 1) => (DType::U8, TensorData::U8(raw.to_vec())),
-        ('i', 1) => (DType::I8, TensorData::I8(raw.iter().map(|&b| b as i8).collect())),
-        _ => return Err(format!("element type {}{} is not supported ({SUPPORTED})", h.kind, h.size)),
+        ('i', 1) => (
+            DType::I8,
+            TensorData::I8(raw.iter().map(|&b| b as i8).collect()),
+        ),
+        _ => {
+            return Err(format!(
+                "element type {}{} is not supported ({SUPPORTED})",
+                h.kind, h.size
+            ))
+        }
     })
 }
 
@@ -203,7 +259,13 @@ fn reorder_fortran(data: TensorData, shape: &[usize]) -> TensorData {
         let mut index = vec![0usize; shape.len()];
         let mut out = Vec::with_capacity(v.len());
         for _ in 0..v.len() {
-            out.push(v[index.iter().zip(&strides).map(|(i, s)| i * s).sum::<usize>()]);
+            out.push(
+                v[index
+                    .iter()
+                    .zip(&strides)
+                    .map(|(i, s)| i * s)
+                    .sum::<usize>()],
+            );
             // Row-major odometer: the last axis moves fastest.
             for a in (0..shape.len()).rev() {
                 index[a] += 1;
@@ -227,8 +289,16 @@ fn reorder_fortran(data: TensorData, shape: &[usize]) -> TensorData {
 /// Parses the header's Python dict literal: `{'descr': '<f4', 'fortran_order': False,
 /// 'shape': (2, 3), }`. Only what numpy writes for plain arrays is accepted.
 fn parse_header(text: &str) -> Result<Header, String> {
-    let bad = |what: &str| format!("bad header ({what}): {}", text.trim_end().chars().take(200).collect::<String>());
-    let mut p = Cursor { s: text.as_bytes(), pos: 0 };
+    let bad = |what: &str| {
+        format!(
+            "bad header ({what}): {}",
+            text.trim_end().chars().take(200).collect::<String>()
+        )
+    };
+    let mut p = Cursor {
+        s: text.as_bytes(),
+        pos: 0,
+    };
     p.expect(b'{').ok_or_else(|| bad("expected `{`"))?;
     let (mut descr, mut fortran, mut shape) = (None, None, None);
     loop {
@@ -238,9 +308,21 @@ fn parse_header(text: &str) -> Result<Header, String> {
         let key = p.string().ok_or_else(|| bad("expected a quoted key"))?;
         p.expect(b':').ok_or_else(|| bad("expected `:`"))?;
         match key.as_str() {
-            "descr" => descr = Some(p.string().ok_or_else(|| bad("descr must be a string such as '<f4' (structured arrays are not supported)"))?),
-            "fortran_order" => fortran = Some(p.boolean().ok_or_else(|| bad("fortran_order must be True or False"))?),
-            "shape" => shape = Some(p.tuple().ok_or_else(|| bad("shape must be a tuple of non-negative integers"))?),
+            "descr" => descr = Some(p.string().ok_or_else(|| {
+                bad("descr must be a string such as '<f4' (structured arrays are not supported)")
+            })?),
+            "fortran_order" => {
+                fortran = Some(
+                    p.boolean()
+                        .ok_or_else(|| bad("fortran_order must be True or False"))?,
+                )
+            }
+            "shape" => {
+                shape = Some(
+                    p.tuple()
+                        .ok_or_else(|| bad("shape must be a tuple of non-negative integers"))?,
+                )
+            }
             other => return Err(bad(&format!("unknown key '{other}'"))),
         }
         if !p.eat(b',') {
@@ -251,15 +333,29 @@ fn parse_header(text: &str) -> Result<Header, String> {
     let (Some(descr), Some(fortran_order), Some(shape)) = (descr, fortran, shape) else {
         return Err(bad("descr, fortran_order and shape are all required"));
     };
-    let (order, rest) = descr.split_at(descr.chars().next().filter(|c| "<>|=".contains(*c)).map_or(0, |_| 1));
+    let (order, rest) = descr.split_at(
+        descr
+            .chars()
+            .next()
+            .filter(|c| "<>|=".contains(*c))
+            .map_or(0, |_| 1),
+    );
     let mut chars = rest.chars();
     let kind = chars.next().unwrap_or(' ');
     let size: usize = chars.as_str().parse().unwrap_or(0);
     if !matches!((kind, size), ('f', 4 | 8) | ('i', 1 | 4 | 8) | ('u', 1)) {
-        return Err(format!("element type '{descr}' is not supported ({SUPPORTED})"));
+        return Err(format!(
+            "element type '{descr}' is not supported ({SUPPORTED})"
+        ));
     }
     let big_endian = order == ">" || (order == "=" && cfg!(target_endian = "big"));
-    Ok(Header { kind, size, big_endian, fortran_order, shape })
+    Ok(Header {
+        kind,
+        size,
+        big_endian,
+        fortran_order,
+        shape,
+    })
 }
 
 /// A cursor over the header text.
@@ -270,7 +366,11 @@ struct Cursor<'a> {
 
 impl Cursor<'_> {
     fn skip(&mut self) {
-        while self.s.get(self.pos).is_some_and(|c| c.is_ascii_whitespace()) {
+        while self
+            .s
+            .get(self.pos)
+            .is_some_and(|c| c.is_ascii_whitespace())
+        {
             self.pos += 1;
         }
     }
@@ -354,7 +454,11 @@ pub fn to_npy_bytes(tensor: &Tensor) -> Vec<u8> {
     let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
     // Magic, version and length take 10 bytes (12 in version 2.0, for headers of 64 KiB and
     // more); numpy pads the whole to a multiple of 64.
-    let prefix = if header.len() + 64 > u16::MAX as usize { 12 } else { 10 };
+    let prefix = if header.len() + 64 > u16::MAX as usize {
+        12
+    } else {
+        10
+    };
     let total = (prefix + header.len() + 1).div_ceil(64) * 64;
     header.push_str(&" ".repeat(total - prefix - header.len() - 1));
     header.push('\n');
@@ -376,9 +480,14 @@ pub fn to_npy_bytes(tensor: &Tensor) -> Vec<u8> {
 
 /// Writes a tensor as a `.npy` file (see [`to_npy_bytes`]).
 pub fn write_npy(path: &Path, tensor: &Tensor) -> Result<(), NpyError> {
-    let fail = |e: std::io::Error| NpyError { path: path.to_path_buf(), message: e.to_string() };
+    let fail = |e: std::io::Error| NpyError {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
     let mut file = std::fs::File::create(path).map_err(fail)?;
-    file.write_all(&to_npy_bytes(tensor)).and_then(|_| file.sync_all()).map_err(fail)
+    file.write_all(&to_npy_bytes(tensor))
+        .and_then(|_| file.sync_all())
+        .map_err(fail)
 }
 
 #[cfg(test)]
@@ -429,27 +538,51 @@ mod tests {
         let t = Tensor::from_f32(&[2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
         let theirs = ndarray::ArrayD::<f32>::read_npy(&to_npy_bytes(&t)[..]).unwrap();
         assert_eq!(theirs.shape(), &[2, 3]);
-        assert_eq!(theirs.iter().copied().collect::<Vec<_>>(), t.as_f32().unwrap());
+        assert_eq!(
+            theirs.iter().copied().collect::<Vec<_>>(),
+            t.as_f32().unwrap()
+        );
         // Theirs in Fortran order, f64 and i32: read back in C order.
-        let a = ndarray::ArrayD::from_shape_vec(vec![2, 3], vec![1.0f64, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+        let a = ndarray::ArrayD::from_shape_vec(vec![2, 3], vec![1.0f64, 2.0, 3.0, 4.0, 5.0, 6.0])
+            .unwrap();
         for array in [a.clone(), a.t().to_owned().reversed_axes()] {
             let mut bytes = Vec::new();
             array.write_npy(&mut bytes).unwrap();
             let back = read_npy_bytes(&bytes, MAX_NPY_BYTES).unwrap();
             assert_eq!(back, t);
         }
-        let f = ndarray::ArrayD::from_shape_vec(vec![3, 2], vec![1i32, 4, 2, 5, 3, 6]).unwrap().reversed_axes();
+        let f = ndarray::ArrayD::from_shape_vec(vec![3, 2], vec![1i32, 4, 2, 5, 3, 6])
+            .unwrap()
+            .reversed_axes();
         let mut bytes = Vec::new();
         f.write_npy(&mut bytes).unwrap();
         assert!(String::from_utf8_lossy(&bytes).contains("'fortran_order': True"));
         let back = read_npy_bytes(&bytes, MAX_NPY_BYTES).unwrap();
-        assert_eq!(back, Tensor::new(DType::I32, vec![2, 3], TensorData::I32(vec![1, 2, 3, 4, 5, 6])).unwrap());
+        assert_eq!(
+            back,
+            Tensor::new(
+                DType::I32,
+                vec![2, 3],
+                TensorData::I32(vec![1, 2, 3, 4, 5, 6])
+            )
+            .unwrap()
+        );
     }
 
     #[test]
     fn big_endian_and_python2_headers_read() {
-        let data: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|v| v.to_be_bytes()).collect();
-        let t = read_npy_bytes(&npy("{'descr': '>f4', 'fortran_order': False, 'shape': (2L,), }", &data), 100).unwrap();
+        let data: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|v| v.to_be_bytes())
+            .collect();
+        let t = read_npy_bytes(
+            &npy(
+                "{'descr': '>f4', 'fortran_order': False, 'shape': (2L,), }",
+                &data,
+            ),
+            100,
+        )
+        .unwrap();
         assert_eq!(t, Tensor::from_f32(&[2], vec![1.5, -2.0]));
     }
 
@@ -457,37 +590,82 @@ mod tests {
     fn declared_sizes_are_checked_before_allocating() {
         // 2^40 f32 elements declared in a 64-byte file: refused from the header alone (this
         // aborted in an allocation of 4 TiB before).
-        let huge = npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776,), }", &[]);
-        let err = read_npy_bytes(&huge, MAX_NPY_BYTES).unwrap_err().to_string();
-        assert!(err.contains("4398046511104 bytes, above the limit of 2147483648"), "{err}");
+        let huge = npy(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776,), }",
+            &[],
+        );
+        let err = read_npy_bytes(&huge, MAX_NPY_BYTES)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("4398046511104 bytes, above the limit of 2147483648"),
+            "{err}"
+        );
         // Within the limit but longer than the file.
-        let short = npy("{'descr': '|u1', 'fortran_order': False, 'shape': (100,), }", &[1, 2, 3]);
-        let err = read_npy_bytes(&short, MAX_NPY_BYTES).unwrap_err().to_string();
-        assert!(err.contains("3 bytes of data after its header") && err.contains("needs 100"), "{err}");
+        let short = npy(
+            "{'descr': '|u1', 'fortran_order': False, 'shape': (100,), }",
+            &[1, 2, 3],
+        );
+        let err = read_npy_bytes(&short, MAX_NPY_BYTES)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("3 bytes of data after its header") && err.contains("needs 100"),
+            "{err}"
+        );
         // An overflowing shape.
-        let wrap = npy("{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296, 16), }", &[]);
-        assert!(read_npy_bytes(&wrap, u64::MAX).unwrap_err().to_string().contains("overflows"));
+        let wrap = npy(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296, 16), }",
+            &[],
+        );
+        assert!(read_npy_bytes(&wrap, u64::MAX)
+            .unwrap_err()
+            .to_string()
+            .contains("overflows"));
         // A huge header length.
         let mut long = b"\x93NUMPY\x02\x00".to_vec();
         long.extend_from_slice(&u32::MAX.to_le_bytes());
-        assert!(read_npy_bytes(&long, MAX_NPY_BYTES).unwrap_err().to_string().contains("at most"));
+        assert!(read_npy_bytes(&long, MAX_NPY_BYTES)
+            .unwrap_err()
+            .to_string()
+            .contains("at most"));
     }
 
     #[test]
     fn unsupported_and_malformed_headers_are_errors() {
         let cases = [
-            ("{'descr': '<f2', 'fortran_order': False, 'shape': (1,), }", "'<f2' is not supported"),
-            ("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,), }", "structured arrays"),
+            (
+                "{'descr': '<f2', 'fortran_order': False, 'shape': (1,), }",
+                "'<f2' is not supported",
+            ),
+            (
+                "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,), }",
+                "structured arrays",
+            ),
             ("{'descr': '<f4', 'shape': (1,), }", "are all required"),
-            ("{'descr': '<f4', 'fortran_order': False, 'shape': (-1,), }", "non-negative"),
-            ("{'descr': '<f4', 'fortran_order': Maybe, 'shape': (1,), }", "True or False"),
+            (
+                "{'descr': '<f4', 'fortran_order': False, 'shape': (-1,), }",
+                "non-negative",
+            ),
+            (
+                "{'descr': '<f4', 'fortran_order': Maybe, 'shape': (1,), }",
+                "True or False",
+            ),
             ("['descr']", "expected `{`"),
         ];
         for (dict, message) in cases {
-            let err = read_npy_bytes(&npy(dict, &[0; 4]), MAX_NPY_BYTES).unwrap_err().to_string();
+            let err = read_npy_bytes(&npy(dict, &[0; 4]), MAX_NPY_BYTES)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(message), "{dict}: {err}");
         }
-        for bytes in [&b""[..], b"\x93NUMPY", b"\x93NUMPY\x01\x00\xff", b"PK\x03\x04 not npy", b"\x93NUMPY\x09\x00\x00\x00"] {
+        for bytes in [
+            &b""[..],
+            b"\x93NUMPY",
+            b"\x93NUMPY\x01\x00\xff",
+            b"PK\x03\x04 not npy",
+            b"\x93NUMPY\x09\x00\x00\x00",
+        ] {
             assert!(read_npy_bytes(bytes, MAX_NPY_BYTES).is_err());
         }
     }

@@ -18,7 +18,10 @@ pub fn load_qir(path: &Path, opts: &ImportOptions) -> Result<Graph, Error> {
     let bytes = bounded::read_to_end(path, max_text_bytes(&opts.limits), "IR text")?;
     let text = String::from_utf8(bytes).map_err(|e| Error::Io {
         path: path.to_path_buf(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to())),
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+        ),
     })?;
     load_qir_text(&text, opts)
 }
@@ -26,7 +29,11 @@ pub fn load_qir(path: &Path, opts: &ImportOptions) -> Result<Graph, Error> {
 /// Parses, verifies and checks IR text held in memory.
 pub fn load_qir_text(text: &str, opts: &ImportOptions) -> Result<Graph, Error> {
     if text.len() as u64 > max_text_bytes(&opts.limits) {
-        return Err(Error::Limit { what: "IR text".into(), value: text.len() as u64, limit: max_text_bytes(&opts.limits) });
+        return Err(Error::Limit {
+            what: "IR text".into(),
+            value: text.len() as u64,
+            limit: max_text_bytes(&opts.limits),
+        });
     }
     let mut graph = qlift_ir::text::parse(text)?;
     qlift_ir::verify(&graph)?;
@@ -38,9 +45,16 @@ pub fn load_qir_text(text: &str, opts: &ImportOptions) -> Result<Graph, Error> {
     let mut binding = qlift_ir::Binding::default();
     for (name, dims) in &opts.input_shapes {
         let ty = graph.value_type(input_named(&graph, name)?).clone();
-        let bad = |message: String| Error::Value { name: name.clone(), message };
+        let bad = |message: String| Error::Value {
+            name: name.clone(),
+            message,
+        };
         if dims.len() != ty.shape.rank() {
-            return Err(bad(format!("--shape gives {} dimensions, the input has {}", dims.len(), ty.shape.rank())));
+            return Err(bad(format!(
+                "--shape gives {} dimensions, the input has {}",
+                dims.len(),
+                ty.shape.rank()
+            )));
         }
         for (axis, (&declared, &given)) in ty.shape.dims().iter().zip(dims).enumerate() {
             match (declared, given) {
@@ -49,7 +63,11 @@ pub fn load_qir_text(text: &str, opts: &ImportOptions) -> Result<Graph, Error> {
                 }
                 (qlift_ir::Dim::Fixed(m), InputDim::Fixed(n)) if m == n => {}
                 (qlift_ir::Dim::Batch, InputDim::Batch) => {}
-                (d, g) => return Err(bad(format!("--shape gives {g:?} on axis {axis}, the graph has {d}"))),
+                (d, g) => {
+                    return Err(bad(format!(
+                        "--shape gives {g:?} on axis {axis}, the graph has {d}"
+                    )))
+                }
             }
         }
     }
@@ -61,8 +79,12 @@ pub fn load_qir_text(text: &str, opts: &ImportOptions) -> Result<Graph, Error> {
 
 /// The graph input called `name` (for `--freeze` and `--shape`).
 fn input_named(graph: &Graph, name: &str) -> Result<qlift_ir::ValueId, Error> {
-    graph.input_values().into_iter().find(|&v| graph.value(v).name == name).ok_or_else(|| Error::Value {
-        name: name.to_string(),
-        message: "names no graph input".to_string(),
-    })
+    graph
+        .input_values()
+        .into_iter()
+        .find(|&v| graph.value(v).name == name)
+        .ok_or_else(|| Error::Value {
+            name: name.to_string(),
+            message: "names no graph input".to_string(),
+        })
 }

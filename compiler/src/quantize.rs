@@ -40,7 +40,14 @@ pub fn quantize(
     pipeline: &PipelineOptions,
     progress: &dyn Fn(usize, usize),
 ) -> Result<Quantized, Error> {
-    quantize_limited(graph, calibration, opts, pipeline, &Limits::default(), progress)
+    quantize_limited(
+        graph,
+        calibration,
+        opts,
+        pipeline,
+        &Limits::default(),
+        progress,
+    )
 }
 
 /// [`quantize`] under `limits`: calibration runs the interpreter on batches of at most
@@ -59,7 +66,14 @@ pub fn quantize_limited(
     let calibration = with_sample_axis(graph, calibration.to_vec())?;
     check_batch(graph, &calibration, fixed_batch(graph)?)?;
     let mut batches = Some(calibration);
-    quantize_batches(graph, &mut || batches.take().map(Ok), opts, pipeline, limits, progress)
+    quantize_batches(
+        graph,
+        &mut || batches.take().map(Ok),
+        opts,
+        pipeline,
+        limits,
+        progress,
+    )
 }
 
 /// Calibration data read one batch at a time: each call gives the next batch (one tensor
@@ -92,17 +106,22 @@ pub fn quantize_batches(
         let per_sample = crate::limits::interpreter_bytes(g, 1).unwrap_or(u64::MAX);
         if per_sample > limits.max_run_bytes {
             *batch_limit.borrow_mut() = Some(per_sample);
-            return Err(qlift_passes::PassError::Unsupported("calibration: one sample needs more memory than the run limit".into()));
+            return Err(qlift_passes::PassError::Unsupported(
+                "calibration: one sample needs more memory than the run limit".into(),
+            ));
         }
         let step = match fixed_batch {
             Some(k) => k,
-            None => (limits.max_run_bytes / per_sample.max(1)).clamp(1, CALIBRATION_BATCH as u64) as usize,
+            None => (limits.max_run_bytes / per_sample.max(1)).clamp(1, CALIBRATION_BATCH as u64)
+                as usize,
         };
         let mut cal = Calibration::default();
         let mut tracer = Tracer::default();
         let (mut done, mut seen) = (0, 0);
         loop {
-            let Some(next) = (*batches.borrow_mut())() else { break };
+            let Some(next) = (*batches.borrow_mut())() else {
+                break;
+            };
             let checked = next.and_then(|b| {
                 let b = with_sample_axis(graph, b)?;
                 let samples = check_batch(graph, &b, fixed_batch)?;
@@ -112,22 +131,32 @@ pub fn quantize_batches(
                 Ok(batch) => batch,
                 Err(e) => {
                     *data_error.borrow_mut() = Some(e);
-                    return Err(qlift_passes::PassError::Unsupported("calibration data".into()));
+                    return Err(qlift_passes::PassError::Unsupported(
+                        "calibration data".into(),
+                    ));
                 }
             };
             seen += samples;
             for start in (0..samples).step_by(step) {
                 let end = (start + step).min(samples);
-                let batch: Vec<Tensor> =
-                    calibration.iter().map(|t| t.slice_outer(start, end)).collect::<Result<_, _>>().map_err(qlift_passes::PassError::Bug)?;
+                let batch: Vec<Tensor> = calibration
+                    .iter()
+                    .map(|t| t.slice_outer(start, end))
+                    .collect::<Result<_, _>>()
+                    .map_err(qlift_passes::PassError::Bug)?;
                 tracer.observe(g, &batch, &mut cal)?;
                 progress(done + end, seen);
             }
             done += samples;
         }
         if done == 0 {
-            *data_error.borrow_mut() = Some(Error::Value { name: "calibration data".to_string(), message: "no calibration samples were given".to_string() });
-            return Err(qlift_passes::PassError::Unsupported("calibration data".into()));
+            *data_error.borrow_mut() = Some(Error::Value {
+                name: "calibration data".to_string(),
+                message: "no calibration samples were given".to_string(),
+            });
+            return Err(qlift_passes::PassError::Unsupported(
+                "calibration data".into(),
+            ));
         }
         let out = insert_qdq(g, &cal, opts)?;
         *stats.borrow_mut() = Some((cal.samples(), cal.non_finite()));
@@ -141,19 +170,34 @@ pub fn quantize_batches(
     }
     if let Some(bytes) = batch_limit.into_inner() {
         let what = "memory for calibrating one sample (every intermediate value)".to_string();
-        return Err(Error::Limit { what, value: bytes, limit: limits.max_run_bytes });
+        return Err(Error::Limit {
+            what,
+            value: bytes,
+            limit: limits.max_run_bytes,
+        });
     }
     let (lowered, runs) = result?;
     let (samples, non_finite) = stats.into_inner().unwrap_or_default();
     // A pipeline stopped before `insert-qdq` (`dump --after fold-bn`) has no QDQ graph yet:
     // the graph it stopped at stands for it.
     let qdq = qdq.into_inner().unwrap_or_else(|| lowered.clone());
-    Ok(Quantized { qdq, lowered, runs, samples, non_finite, calibration: kept.into_inner() })
+    Ok(Quantized {
+        qdq,
+        lowered,
+        runs,
+        samples,
+        non_finite,
+        calibration: kept.into_inner(),
+    })
 }
 
 /// Checks one batch of calibration data against the graph (see [`calibration_samples`])
 /// and against the batch the model fixes, if it does. Returns its sample count.
-fn check_batch(graph: &Graph, calibration: &[Tensor], fixed_batch: Option<usize>) -> Result<usize, Error> {
+fn check_batch(
+    graph: &Graph,
+    calibration: &[Tensor],
+    fixed_batch: Option<usize>,
+) -> Result<usize, Error> {
     let samples = calibration_samples(graph, calibration)?;
     if let Some(step) = fixed_batch.filter(|&k| samples % k != 0) {
         return Err(Error::Value {
@@ -170,7 +214,14 @@ fn fixed_batch(graph: &Graph) -> Result<Option<usize>, Error> {
     let fixed: Vec<usize> = graph
         .input_values()
         .iter()
-        .filter_map(|&v| graph.value_type(v).shape.dims().first().and_then(|d| d.fixed()))
+        .filter_map(|&v| {
+            graph
+                .value_type(v)
+                .shape
+                .dims()
+                .first()
+                .and_then(|d| d.fixed())
+        })
         .collect();
     match fixed.first() {
         None => Ok(None),
@@ -182,14 +233,26 @@ fn fixed_batch(graph: &Graph) -> Result<Option<usize>, Error> {
 /// Calibration tensors with one axis less than their input (one sample given without its
 /// sample axis) get it added; the tensors are moved, not copied.
 fn with_sample_axis(graph: &Graph, calibration: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
-    let ranks: Vec<usize> = graph.input_values().iter().map(|&v| graph.value_type(v).shape.rank()).collect();
+    let ranks: Vec<usize> = graph
+        .input_values()
+        .iter()
+        .map(|&v| graph.value_type(v).shape.rank())
+        .collect();
     calibration
         .into_iter()
         .enumerate()
         .map(|(i, t)| {
-            if ranks.get(i).is_some_and(|&rank| t.shape().len() + 1 == rank) {
-                let shape = std::iter::once(1).chain(t.shape().iter().copied()).collect();
-                t.reshaped(shape).map_err(|message| Error::Value { name: "calibration data".to_string(), message })
+            if ranks
+                .get(i)
+                .is_some_and(|&rank| t.shape().len() + 1 == rank)
+            {
+                let shape = std::iter::once(1)
+                    .chain(t.shape().iter().copied())
+                    .collect();
+                t.reshaped(shape).map_err(|message| Error::Value {
+                    name: "calibration data".to_string(),
+                    message,
+                })
             } else {
                 Ok(t)
             }
@@ -201,11 +264,21 @@ fn with_sample_axis(graph: &Graph, calibration: Vec<Tensor>) -> Result<Vec<Tenso
 /// least one sample. Returns the sample count.
 fn calibration_samples(graph: &Graph, calibration: &[Tensor]) -> Result<usize, Error> {
     let inputs = graph.input_values();
-    let bad = |message: String| Error::Value { name: "calibration data".to_string(), message };
+    let bad = |message: String| Error::Value {
+        name: "calibration data".to_string(),
+        message,
+    };
     if calibration.len() != inputs.len() {
-        return Err(bad(format!("the model has {} inputs, {} calibration tensors were given", inputs.len(), calibration.len())));
+        return Err(bad(format!(
+            "the model has {} inputs, {} calibration tensors were given",
+            inputs.len(),
+            calibration.len()
+        )));
     }
-    let counts: Vec<usize> = calibration.iter().map(|t| t.shape().first().copied().unwrap_or(0)).collect();
+    let counts: Vec<usize> = calibration
+        .iter()
+        .map(|t| t.shape().first().copied().unwrap_or(0))
+        .collect();
     match counts.first() {
         Some(&n) if n > 0 && counts.iter().all(|&c| c == n) => Ok(n),
         _ => Err(bad(format!("calibration tensors need the same, non-zero number of samples on axis 0 (got {counts:?})"))),
@@ -226,9 +299,17 @@ struct Tracer {
 }
 
 impl Tracer {
-    fn observe(&mut self, graph: &Graph, batch: &[Tensor], cal: &mut Calibration) -> Result<(), qlift_passes::PassError> {
-        let samples = batch.first().map_or(0, |t| t.shape().first().copied().unwrap_or(1));
-        let binding = qlift_ir::bind_graph_inputs(graph, batch.iter().map(|t| (t.dtype(), t.shape())))?;
+    fn observe(
+        &mut self,
+        graph: &Graph,
+        batch: &[Tensor],
+        cal: &mut Calibration,
+    ) -> Result<(), qlift_passes::PassError> {
+        let samples = batch
+            .first()
+            .map_or(0, |t| t.shape().first().copied().unwrap_or(1));
+        let binding =
+            qlift_ir::bind_graph_inputs(graph, batch.iter().map(|t| (t.dtype(), t.shape())))?;
         let any_batch = (binding.syms.clone(), None);
         let this_batch = (binding.syms.clone(), binding.batch);
         let key = if self.programs.contains_key(&any_batch) {
@@ -237,7 +318,9 @@ impl Tracer {
             this_batch
         } else {
             let (key, program) = match traced_program(graph, &binding) {
-                Some((program, names, batch)) => ((binding.syms.clone(), batch), Some((program, names))),
+                Some((program, names, batch)) => {
+                    ((binding.syms.clone(), batch), Some((program, names)))
+                }
                 None => (any_batch, None),
             };
             self.programs.insert(key.clone(), program);
@@ -245,8 +328,13 @@ impl Tracer {
         };
         match &self.programs[&key] {
             Some((program, names)) => {
-                let outputs = program.run(batch).map_err(|e| qlift_passes::PassError::Unsupported(format!("calibration run: {e}")))?;
-                cal.observe_values(names.iter().map(String::as_str).zip(outputs.iter()), samples);
+                let outputs = program.run(batch).map_err(|e| {
+                    qlift_passes::PassError::Unsupported(format!("calibration run: {e}"))
+                })?;
+                cal.observe_values(
+                    names.iter().map(String::as_str).zip(outputs.iter()),
+                    samples,
+                );
                 Ok(())
             }
             None => cal.observe(graph, batch),
@@ -257,18 +345,35 @@ impl Tracer {
 /// `graph` specialized to `binding` (the batch kept symbolic where the graph allows) with
 /// every f32 value it computes as an output, compiled; with the value names in output order
 /// and the batch it was specialized to, if any. `None` when it does not compile.
-fn traced_program(graph: &Graph, binding: &qlift_ir::Binding) -> Option<(JitProgram, Vec<String>, Option<usize>)> {
-    let (mut g, used) = if qlift_ir::needs_binding(graph) { qlift_ir::specialize_for(graph, binding).ok()? } else { (graph.clone(), binding.clone()) };
-    let batch = if qlift_ir::needs_binding(graph) { used.batch } else { None };
+fn traced_program(
+    graph: &Graph,
+    binding: &qlift_ir::Binding,
+) -> Option<(JitProgram, Vec<String>, Option<usize>)> {
+    let (mut g, used) = if qlift_ir::needs_binding(graph) {
+        qlift_ir::specialize_for(graph, binding).ok()?
+    } else {
+        (graph.clone(), binding.clone())
+    };
+    let batch = if qlift_ir::needs_binding(graph) {
+        used.batch
+    } else {
+        None
+    };
     let computed: Vec<ValueId> = g
         .topo_order()
         .ok()?
         .into_iter()
         .filter(|&id| matches!(g.node(id).op, NodeOp::Apply(_)))
-        .flat_map(|id| (0..g.node(id).outputs.len()).map(move |output| ValueId { node: id, output }))
+        .flat_map(|id| {
+            (0..g.node(id).outputs.len()).map(move |output| ValueId { node: id, output })
+        })
         .filter(|&v| g.value_type(v).dtype == DType::F32)
         .collect();
-    let values: Vec<ValueId> = g.input_value_iter().filter(|&v| g.value_type(v).dtype == DType::F32).chain(computed).collect();
+    let values: Vec<ValueId> = g
+        .input_value_iter()
+        .filter(|&v| g.value_type(v).dtype == DType::F32)
+        .chain(computed)
+        .collect();
     let names = values.iter().map(|&v| g.value(v).name.clone()).collect();
     g.set_outputs(values).ok()?;
     let mut program = JitProgram::compile(&g, &CodegenOptions::default()).ok()?;

@@ -28,7 +28,11 @@ pub struct LayerError {
 /// Signal-to-noise ratio of `got` against `want` in dB.
 pub fn sqnr_db(got: &[f32], want: &[f32]) -> f64 {
     let signal: f64 = want.iter().map(|&w| (w as f64).powi(2)).sum();
-    let noise: f64 = got.iter().zip(want).map(|(&g, &w)| (g as f64 - w as f64).powi(2)).sum();
+    let noise: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(&g, &w)| (g as f64 - w as f64).powi(2))
+        .sum();
     if noise == 0.0 {
         return f64::INFINITY;
     }
@@ -47,13 +51,28 @@ pub fn real_values(ty: &TensorType, tensor: &Tensor) -> Option<Vec<f32>> {
             let shape = tensor.shape();
             let (channels, inner) = match q.axis {
                 None => (1, 1),
-                Some(axis) => (*shape.get(axis)?, shape.get(axis + 1..)?.iter().product::<usize>()),
+                Some(axis) => (
+                    *shape.get(axis)?,
+                    shape.get(axis + 1..)?.iter().product::<usize>(),
+                ),
             };
             if q.scale.len() < channels {
                 return None;
             }
-            let at = |i: usize| if channels == 1 { 0 } else { (i / inner.max(1)) % channels };
-            Some(codes.iter().enumerate().map(|(i, &x)| (x - q.zero_point[at(i)] as i64) as f32 * q.scale[at(i)]).collect())
+            let at = |i: usize| {
+                if channels == 1 {
+                    0
+                } else {
+                    (i / inner.max(1)) % channels
+                }
+            };
+            Some(
+                codes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &x)| (x - q.zero_point[at(i)] as i64) as f32 * q.scale[at(i)])
+                    .collect(),
+            )
         }
         _ => None,
     }
@@ -80,7 +99,12 @@ pub struct Comparison {
 }
 
 /// Per-layer errors of `quantized` against `float` on `inputs`: [`compare`]'s layers.
-pub fn layer_errors(float: &Graph, quantized: &Graph, inputs: &[Tensor], limits: &Limits) -> Result<Vec<LayerError>, Error> {
+pub fn layer_errors(
+    float: &Graph,
+    quantized: &Graph,
+    inputs: &[Tensor],
+    limits: &Limits,
+) -> Result<Vec<LayerError>, Error> {
     Ok(compare(float, quantized, inputs, limits)?.layers)
 }
 
@@ -89,47 +113,116 @@ pub fn layer_errors(float: &Graph, quantized: &Graph, inputs: &[Tensor], limits:
 /// own parameters (a reference that is itself quantized, such as a QOperator model, uses
 /// other scales and zero points than the graph compared to it). Worst SQNR first. The runs
 /// hold every value at once, so their memory is checked against `limits` first.
-pub fn compare(float: &Graph, quantized: &Graph, inputs: &[Tensor], limits: &Limits) -> Result<Comparison, Error> {
-    let batch = inputs.iter().filter_map(|t| t.shape().first().copied()).max().unwrap_or(1);
+pub fn compare(
+    float: &Graph,
+    quantized: &Graph,
+    inputs: &[Tensor],
+    limits: &Limits,
+) -> Result<Comparison, Error> {
+    let batch = inputs
+        .iter()
+        .filter_map(|t| t.shape().first().copied())
+        .max()
+        .unwrap_or(1);
     for graph in [float, quantized] {
         let bytes = crate::limits::interpreter_bytes(graph, batch).unwrap_or(u64::MAX);
         if bytes > limits.max_run_bytes {
-            let what = format!("memory for tracing every value of `{}` on a batch of {batch} (use fewer samples)", graph.name);
-            return Err(Error::Limit { what, value: bytes, limit: limits.max_run_bytes });
+            let what = format!(
+                "memory for tracing every value of `{}` on a batch of {batch} (use fewer samples)",
+                graph.name
+            );
+            return Err(Error::Limit {
+                what,
+                value: bytes,
+                limit: limits.max_run_bytes,
+            });
         }
     }
     let reference = qlift_ir::interp::run_traced(float, inputs)?;
     let trace = qlift_ir::interp::run_traced(quantized, inputs)?;
-    let by_name: HashMap<&str, ValueId> = reference.values.keys().map(|&v| (float.value(v).name.as_str(), v)).collect();
+    let by_name: HashMap<&str, ValueId> = reference
+        .values
+        .keys()
+        .map(|&v| (float.value(v).name.as_str(), v))
+        .collect();
     let mut rows = Vec::new();
     for (&v, tensor) in &trace.values {
         let value = quantized.value(v);
-        let Some(op) = quantized.node(v.node).op.kind() else { continue };
-        let float_name = value.name.strip_suffix(QUANTIZED_SUFFIX).unwrap_or(&value.name);
-        let Some(&r) = by_name.get(float_name) else { continue };
-        let Some(want) = reference.values.get(&r) else { continue };
-        let (Some(got), Some(want)) = (real_values(&value.ty, tensor), real_values(&float.value(r).ty, want)) else { continue };
+        let Some(op) = quantized.node(v.node).op.kind() else {
+            continue;
+        };
+        let float_name = value
+            .name
+            .strip_suffix(QUANTIZED_SUFFIX)
+            .unwrap_or(&value.name);
+        let Some(&r) = by_name.get(float_name) else {
+            continue;
+        };
+        let Some(want) = reference.values.get(&r) else {
+            continue;
+        };
+        let (Some(got), Some(want)) = (
+            real_values(&value.ty, tensor),
+            real_values(&float.value(r).ty, want),
+        ) else {
+            continue;
+        };
         if got.len() != want.len() {
             continue;
         }
-        let max_abs_error = got.iter().zip(&want).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max);
-        rows.push(LayerError { name: float_name.to_string(), op: op.name().to_string(), sqnr_db: sqnr_db(&got, &want), max_abs_error, elements: got.len() });
+        let max_abs_error = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs() as f64)
+            .fold(0.0, f64::max);
+        rows.push(LayerError {
+            name: float_name.to_string(),
+            op: op.name().to_string(),
+            sqnr_db: sqnr_db(&got, &want),
+            max_abs_error,
+            elements: got.len(),
+        });
     }
     // A model output's DequantizeLinear repeats the row of the integer op it reads, if that op
     // has one: keep the op's.
-    let named: std::collections::HashSet<String> =
-        rows.iter().filter(|r| r.op != "DequantizeLinear").map(|r| r.name.clone()).collect();
+    let named: std::collections::HashSet<String> = rows
+        .iter()
+        .filter(|r| r.op != "DequantizeLinear")
+        .map(|r| r.name.clone())
+        .collect();
     rows.retain(|r| r.op != "DequantizeLinear" || !named.contains(&r.name));
-    rows.sort_by(|a, b| a.sqnr_db.total_cmp(&b.sqnr_db).then_with(|| a.name.cmp(&b.name)));
-    let q_outputs: HashMap<&str, ValueId> = quantized.outputs().iter().map(|&v| (quantized.value(v).name.as_str(), v)).collect();
+    rows.sort_by(|a, b| {
+        a.sqnr_db
+            .total_cmp(&b.sqnr_db)
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    let q_outputs: HashMap<&str, ValueId> = quantized
+        .outputs()
+        .iter()
+        .map(|&v| (quantized.value(v).name.as_str(), v))
+        .collect();
     let mut outputs = Vec::new();
     for &r in float.outputs() {
         let name = float.value(r).name.as_str();
-        let Some(&q) = q_outputs.get(name) else { continue };
-        let (Some(want), Some(got)) = (reference.values.get(&r), trace.values.get(&q)) else { continue };
-        if let (Some(reference), Some(quantized)) = (real_values(&float.value(r).ty, want), real_values(&quantized.value(q).ty, got)) {
-            outputs.push(OutputPair { name: name.to_string(), reference, quantized });
+        let Some(&q) = q_outputs.get(name) else {
+            continue;
+        };
+        let (Some(want), Some(got)) = (reference.values.get(&r), trace.values.get(&q)) else {
+            continue;
+        };
+        if let (Some(reference), Some(quantized)) = (
+            real_values(&float.value(r).ty, want),
+            real_values(&quantized.value(q).ty, got),
+        ) {
+            outputs.push(OutputPair {
+                name: name.to_string(),
+                reference,
+                quantized,
+            });
         }
     }
-    Ok(Comparison { layers: rows, outputs })
+    Ok(Comparison {
+        layers: rows,
+        outputs,
+    })
 }

@@ -19,7 +19,15 @@ fn c_program_runs_the_compiled_cnn_bit_exactly() {
     let (obj, header) = (dir.join("digits.o"), dir.join("digits.h"));
     let qlift = env!("CARGO_BIN_EXE_qlift");
     let o = Command::new(qlift)
-        .args(["compile", &m("digits_cnn.onnx"), "--calib", &m("digits_calib_x.npy"), "--name", "digits", "-o"])
+        .args([
+            "compile",
+            &m("digits_cnn.onnx"),
+            "--calib",
+            &m("digits_calib_x.npy"),
+            "--name",
+            "digits",
+            "-o",
+        ])
         .arg(&obj)
         .arg("--header")
         .arg(&header)
@@ -37,15 +45,35 @@ fn c_program_runs_the_compiled_cnn_bit_exactly() {
         .arg(&exe)
         .output()
         .unwrap();
-    assert!(o.status.success(), "{cc}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{cc}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let logits = dir.join("logits.bin");
-    let o = Command::new(&exe).args([m("digits_test_x.npy"), m("digits_test_y.npy")]).arg(&logits).output().unwrap();
+    let o = Command::new(&exe)
+        .args([m("digits_test_x.npy"), m("digits_test_y.npy")])
+        .arg(&logits)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("accuracy: 99.07%"), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("accuracy: 99.07%"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     // The same model through the JIT.
     let jit = dir.join("jit.npy");
     let o = Command::new(qlift)
-        .args(["run", &m("digits_cnn.onnx"), "--calib", &m("digits_calib_x.npy"), "--input", &m("digits_test_x.npy"), "--output"])
+        .args([
+            "run",
+            &m("digits_cnn.onnx"),
+            "--calib",
+            &m("digits_calib_x.npy"),
+            "--input",
+            &m("digits_test_x.npy"),
+            "--output",
+        ])
         .arg(&jit)
         .output()
         .unwrap();

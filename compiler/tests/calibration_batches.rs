@@ -13,39 +13,83 @@ fn models_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/models")
 }
 
-fn stream(graph: &qlift_ir::Graph, batches: Vec<Result<Vec<Tensor>, Error>>) -> Result<qlift::Quantized, Error> {
+fn stream(
+    graph: &qlift_ir::Graph,
+    batches: Vec<Result<Vec<Tensor>, Error>>,
+) -> Result<qlift::Quantized, Error> {
     let mut batches = batches.into_iter();
     let opts = QuantizeOptions::default();
-    quantize_batches(graph, &mut || batches.next(), &opts, &PipelineOptions::default(), &Limits::default(), &|_, _| {})
+    quantize_batches(
+        graph,
+        &mut || batches.next(),
+        &opts,
+        &PipelineOptions::default(),
+        &Limits::default(),
+        &|_, _| {},
+    )
 }
 
 #[test]
 fn batches_of_any_size_quantize_as_one_array() {
-    let graph = qlift::load_onnx(&models_dir().join("digits_cnn.onnx"), &Default::default()).unwrap();
+    let graph =
+        qlift::load_onnx(&models_dir().join("digits_cnn.onnx"), &Default::default()).unwrap();
     let calib = qlift::npy::read_npy(&models_dir().join("digits_calib_x.npy")).unwrap();
     let n = calib.shape()[0];
-    let whole = quantize_limited(&graph, std::slice::from_ref(&calib), &QuantizeOptions::default(), &PipelineOptions::default(), &Limits::default(), &|_, _| {}).unwrap();
+    let whole = quantize_limited(
+        &graph,
+        std::slice::from_ref(&calib),
+        &QuantizeOptions::default(),
+        &PipelineOptions::default(),
+        &Limits::default(),
+        &|_, _| {},
+    )
+    .unwrap();
     // Uneven batches, one of them past CALIBRATION_BATCH (split again into runs).
     let cuts = [0, 1, 70, 71, 150, n];
-    let batches = cuts.windows(2).map(|w| Ok(vec![calib.slice_outer(w[0], w[1]).unwrap()])).collect();
+    let batches = cuts
+        .windows(2)
+        .map(|w| Ok(vec![calib.slice_outer(w[0], w[1]).unwrap()]))
+        .collect();
     let streamed = stream(&graph, batches).unwrap();
     assert_eq!(streamed.samples, n);
-    let text = |g: &qlift_ir::Graph| print(g, &PrintOptions { full_constants: true, ..Default::default() });
+    let text = |g: &qlift_ir::Graph| {
+        print(
+            g,
+            &PrintOptions {
+                full_constants: true,
+                ..Default::default()
+            },
+        )
+    };
     assert_eq!(text(&streamed.lowered), text(&whole.lowered));
     assert_eq!(text(&streamed.qdq), text(&whole.qdq));
 }
 
 #[test]
 fn a_failing_or_empty_source_is_an_error_of_the_data() {
-    let graph = qlift::load_onnx(&models_dir().join("digits_mlp.onnx"), &Default::default()).unwrap();
+    let graph =
+        qlift::load_onnx(&models_dir().join("digits_mlp.onnx"), &Default::default()).unwrap();
     let calib = qlift::npy::read_npy(&models_dir().join("digits_calib_x_flat.npy")).unwrap();
-    let failing = vec![Ok(vec![calib.clone()]), Err(Error::Value { name: "batch 2".into(), message: "the iterator raised".into() })];
-    let e = stream(&graph, failing).err().expect("a failing source quantized");
+    let failing = vec![
+        Ok(vec![calib.clone()]),
+        Err(Error::Value {
+            name: "batch 2".into(),
+            message: "the iterator raised".into(),
+        }),
+    ];
+    let e = stream(&graph, failing)
+        .err()
+        .expect("a failing source quantized");
     assert_eq!(e.to_string(), "value `batch 2`: the iterator raised");
     let e = stream(&graph, Vec::new()).err().expect("no data quantized");
     assert!(e.to_string().contains("no calibration samples"), "{e}");
     // A batch that does not fit the model names the problem, as one array does.
     let wrong = vec![Ok(vec![calib.clone()]), Ok(vec![calib.clone(), calib])];
-    let e = stream(&graph, wrong).err().expect("two tensors for one input");
-    assert!(!e.is_internal() && e.to_string().contains("1 inputs, 2 calibration tensors"), "{e}");
+    let e = stream(&graph, wrong)
+        .err()
+        .expect("two tensors for one input");
+    assert!(
+        !e.is_internal() && e.to_string().contains("1 inputs, 2 calibration tensors"),
+        "{e}"
+    );
 }

@@ -15,12 +15,26 @@ const OTHER_MODELS: usize = 20;
 #[test]
 fn eight_threads_run_one_model_while_others_compile_and_drop() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/models");
-    let x = read_npy(&dir.join("digits_test_x.npy")).unwrap().slice_outer(0, 4).unwrap();
-    let flat = read_npy(&dir.join("digits_test_x_flat.npy")).unwrap().slice_outer(0, 4).unwrap();
+    let x = read_npy(&dir.join("digits_test_x.npy"))
+        .unwrap()
+        .slice_outer(0, 4)
+        .unwrap();
+    let flat = read_npy(&dir.join("digits_test_x_flat.npy"))
+        .unwrap()
+        .slice_outer(0, 4)
+        .unwrap();
     let opts = CompileOptions::default();
     let model = CompiledModel::from_onnx(&dir.join("digits_cnn.onnx"), None, &opts).unwrap();
     let expected = model.run(std::slice::from_ref(&x)).unwrap();
-    let others = ["digits_mlp", "digits_mobile", "digits_cnn.qdq", "digits_mlp.qdq", "digits_mobile.qdq", "digits_cnn.qop", "digits_mobile.qop"];
+    let others = [
+        "digits_mlp",
+        "digits_mobile",
+        "digits_cnn.qdq",
+        "digits_mlp.qdq",
+        "digits_mobile.qdq",
+        "digits_cnn.qop",
+        "digits_mobile.qop",
+    ];
     let (done, runs) = (AtomicBool::new(false), AtomicUsize::new(0));
     std::thread::scope(|s| {
         let runners: Vec<_> = (0..RUNNERS)
@@ -40,8 +54,13 @@ fn eight_threads_run_one_model_while_others_compile_and_drop() {
         let compiler = s.spawn(|| {
             for i in 0..OTHER_MODELS {
                 let name = others[i % others.len()];
-                let m = CompiledModel::from_onnx(&dir.join(format!("{name}.onnx")), None, &opts).unwrap();
-                let input = if name.starts_with("digits_mlp") { &flat } else { &x };
+                let m = CompiledModel::from_onnx(&dir.join(format!("{name}.onnx")), None, &opts)
+                    .unwrap();
+                let input = if name.starts_with("digits_mlp") {
+                    &flat
+                } else {
+                    &x
+                };
                 let y = m.run(std::slice::from_ref(input)).unwrap();
                 assert_eq!(y[0].shape(), &[4, 10], "{name}");
                 drop(m);

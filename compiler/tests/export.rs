@@ -12,7 +12,8 @@ use qlift::{export_onnx, load_onnx, load_onnx_bytes, Error, ImportOptions};
 use qlift_ir::interp::run;
 use qlift_ir::text::{parse, print, PrintOptions};
 use qlift_ir::{
-    verify, AttrValue, Attrs, DType, Graph, Op, OpKind, QuantParams, Shape, Tensor, TensorData, TensorType, Value,
+    verify, AttrValue, Attrs, DType, Graph, Op, OpKind, QuantParams, Shape, Tensor, TensorData,
+    TensorType, Value,
 };
 use std::path::{Path, PathBuf};
 
@@ -31,7 +32,8 @@ const MODELS: [(&str, &str); 6] = [
 ];
 
 fn load(file: &str) -> Graph {
-    load_onnx(&models_dir().join(file), &ImportOptions::default()).unwrap_or_else(|e| panic!("{file}: {e}"))
+    load_onnx(&models_dir().join(file), &ImportOptions::default())
+        .unwrap_or_else(|e| panic!("{file}: {e}"))
 }
 
 fn npy(file: &str) -> Tensor {
@@ -39,7 +41,10 @@ fn npy(file: &str) -> Tensor {
 }
 
 fn full() -> PrintOptions {
-    PrintOptions { full_constants: true, ..PrintOptions::default() }
+    PrintOptions {
+        full_constants: true,
+        ..PrintOptions::default()
+    }
 }
 
 /// Exports `graph`, checks the model's header, and imports it back.
@@ -62,11 +67,24 @@ fn opset(model: &ModelProto) -> i64 {
 fn assert_same_outputs(what: &str, a: &[Tensor], b: &[Tensor]) {
     assert_eq!(a.len(), b.len(), "{what}: number of outputs");
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert_eq!((x.dtype(), x.shape()), (y.dtype(), y.shape()), "{what}: output {i} type");
+        assert_eq!(
+            (x.dtype(), x.shape()),
+            (y.dtype(), y.shape()),
+            "{what}: output {i} type"
+        );
         match (x.data(), y.data()) {
             (TensorData::F32(p), TensorData::F32(q)) => {
-                let differ = p.iter().zip(q).filter(|(u, v)| u.to_bits() != v.to_bits()).count();
-                assert_eq!(differ, 0, "{what}: output {i} differs in {differ} of {} elements", p.len());
+                let differ = p
+                    .iter()
+                    .zip(q)
+                    .filter(|(u, v)| u.to_bits() != v.to_bits())
+                    .count();
+                assert_eq!(
+                    differ,
+                    0,
+                    "{what}: output {i} differs in {differ} of {} elements",
+                    p.len()
+                );
             }
             (p, q) => assert_eq!(p, q, "{what}: output {i}"),
         }
@@ -82,7 +100,14 @@ fn export_dir() -> Option<PathBuf> {
 
 /// Leaves `NAME.onnx`, the IR as `NAME.qir`, and inputs and interpreter outputs as
 /// `NAME.input.K.npy` and `NAME.expected.K.npy` for `tools/check_export_ort.py`.
-fn save_for_ort(dir: &Path, name: &str, bytes: &[u8], graph: &Graph, inputs: &[Tensor], expected: &[Tensor]) {
+fn save_for_ort(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    graph: &Graph,
+    inputs: &[Tensor],
+    expected: &[Tensor],
+) {
     std::fs::write(dir.join(format!("{name}.onnx")), bytes).unwrap();
     std::fs::write(dir.join(format!("{name}.qir")), print(graph, &full())).unwrap();
     for (k, t) in inputs.iter().enumerate() {
@@ -100,7 +125,11 @@ fn bundled_models_round_trip_through_onnx() {
         let (back, model, bytes) = round_trip(&graph);
         assert_eq!(opset(&model), 13, "{name}");
         assert_eq!(model.ir_version, 8, "{name}");
-        assert_eq!(print(&back, &full()), print(&graph, &full()), "{name}: the re-imported graph prints differently");
+        assert_eq!(
+            print(&back, &full()),
+            print(&graph, &full()),
+            "{name}: the re-imported graph prints differently"
+        );
         assert!(back == graph, "{name}: the re-imported graph is not equal");
         let x = npy(input);
         let want = run(&graph, std::slice::from_ref(&x)).unwrap();
@@ -122,20 +151,66 @@ fn exported_qdq_model_has_int8_initializers_and_symbolic_batch() {
     assert_eq!(g.name, "digits_cnn");
     let input = &g.input[0];
     let dims = format!("{:?}", input.type_.as_ref().unwrap());
-    assert!(dims.contains("DimParam(\"N\")") && dims.contains("DimValue(8)"), "{dims}");
-    let weights = g.initializer.iter().find(|t| t.name == "ConvBnFusion_W_c1_w_quantized").unwrap();
-    assert_eq!((weights.data_type, weights.dims.as_slice(), weights.raw_data.len()), (3, &[16, 1, 3, 3][..], 144));
-    let scale = g.initializer.iter().find(|t| t.name == "ConvBnFusion_W_c1_w_quantized_scale").unwrap();
+    assert!(
+        dims.contains("DimParam(\"N\")") && dims.contains("DimValue(8)"),
+        "{dims}"
+    );
+    let weights = g
+        .initializer
+        .iter()
+        .find(|t| t.name == "ConvBnFusion_W_c1_w_quantized")
+        .unwrap();
+    assert_eq!(
+        (
+            weights.data_type,
+            weights.dims.as_slice(),
+            weights.raw_data.len()
+        ),
+        (3, &[16, 1, 3, 3][..], 144)
+    );
+    let scale = g
+        .initializer
+        .iter()
+        .find(|t| t.name == "ConvBnFusion_W_c1_w_quantized_scale")
+        .unwrap();
     assert_eq!((scale.data_type, scale.dims.as_slice()), (1, &[16][..]));
-    let dq = g.node.iter().find(|n| n.name == "ConvBnFusion_W_c1_w_DequantizeLinear").unwrap();
-    assert_eq!(dq.input, ["ConvBnFusion_W_c1_w_quantized", "ConvBnFusion_W_c1_w_quantized_scale", "ConvBnFusion_W_c1_w_quantized_zero_point"]);
-    assert_eq!(dq.attribute.iter().map(|a| (a.name.as_str(), a.i)).collect::<Vec<_>>(), [("axis", 0)]);
-    let q = g.node.iter().find(|n| n.name == "logits_QuantizeLinear").unwrap();
+    let dq = g
+        .node
+        .iter()
+        .find(|n| n.name == "ConvBnFusion_W_c1_w_DequantizeLinear")
+        .unwrap();
+    assert_eq!(
+        dq.input,
+        [
+            "ConvBnFusion_W_c1_w_quantized",
+            "ConvBnFusion_W_c1_w_quantized_scale",
+            "ConvBnFusion_W_c1_w_quantized_zero_point"
+        ]
+    );
+    assert_eq!(
+        dq.attribute
+            .iter()
+            .map(|a| (a.name.as_str(), a.i))
+            .collect::<Vec<_>>(),
+        [("axis", 0)]
+    );
+    let q = g
+        .node
+        .iter()
+        .find(|n| n.name == "logits_QuantizeLinear")
+        .unwrap();
     let zp = g.initializer.iter().find(|t| t.name == q.input[2]).unwrap();
-    assert_eq!((zp.data_type, zp.dims.len(), zp.raw_data.as_slice()), (2, 0, &[116u8][..]));
+    assert_eq!(
+        (zp.data_type, zp.dims.len(), zp.raw_data.as_slice()),
+        (2, 0, &[116u8][..])
+    );
     // Names are unique across values and initializers.
     let mut names: Vec<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
-    names.extend(g.node.iter().flat_map(|n| n.output.iter().map(String::as_str)));
+    names.extend(
+        g.node
+            .iter()
+            .flat_map(|n| n.output.iter().map(String::as_str)),
+    );
     names.extend(g.input.iter().map(|v| v.name.as_str()));
     let count = names.len();
     names.sort_unstable();
@@ -147,15 +222,32 @@ fn exported_qdq_model_has_int8_initializers_and_symbolic_batch() {
 /// producers; the exporter writes them back as Relu and Clip with the interpreter's outputs.
 #[test]
 fn fused_activations_export_as_relu_and_clip() {
-    for (name, input, relus, clips) in [("digits_cnn", "digits_test_x.npy", 3, 0), ("digits_mobile", "digits_test_x.npy", 2, 2)] {
+    for (name, input, relus, clips) in [
+        ("digits_cnn", "digits_test_x.npy", 3, 0),
+        ("digits_mobile", "digits_test_x.npy", 2, 2),
+    ] {
         let graph = load(&format!("{name}.onnx"));
-        let (fused, _) = qlift_passes::run_pipeline(&graph, &qlift_passes::PipelineOptions::default()).unwrap();
+        let (fused, _) =
+            qlift_passes::run_pipeline(&graph, &qlift_passes::PipelineOptions::default()).unwrap();
         let fused_ops = fused.node_ids().filter(|&id| {
             matches!(&fused.node(id).op, qlift_ir::NodeOp::Apply(op) if op.attrs.get("act_min").is_some())
         });
-        assert_eq!(fused_ops.count(), relus + clips, "{name}: fused activations after the pipeline");
+        assert_eq!(
+            fused_ops.count(),
+            relus + clips,
+            "{name}: fused activations after the pipeline"
+        );
         let (back, model, bytes) = round_trip(&fused);
-        let count = |op: &str| model.graph.as_ref().unwrap().node.iter().filter(|n| n.op_type == op).count();
+        let count = |op: &str| {
+            model
+                .graph
+                .as_ref()
+                .unwrap()
+                .node
+                .iter()
+                .filter(|n| n.op_type == op)
+                .count()
+        };
         assert_eq!((count("Relu"), count("Clip")), (relus, clips), "{name}");
         assert_eq!(count("BatchNormalization"), 0, "{name}");
         verify(&back).unwrap();
@@ -164,9 +256,19 @@ fn fused_activations_export_as_relu_and_clip() {
         let got = run(&back, std::slice::from_ref(&x)).unwrap();
         assert_same_outputs(name, &want, &got);
         // The activation produces the value's own name, so outputs keep theirs.
-        assert_eq!(back.value(back.outputs()[0]).name, fused.value(fused.outputs()[0]).name);
+        assert_eq!(
+            back.value(back.outputs()[0]).name,
+            fused.value(fused.outputs()[0]).name
+        );
         if let Some(dir) = export_dir() {
-            save_for_ort(&dir, &format!("{name}.fused"), &bytes, &fused, std::slice::from_ref(&x), &want);
+            save_for_ort(
+                &dir,
+                &format!("{name}.fused"),
+                &bytes,
+                &fused,
+                std::slice::from_ref(&x),
+                &want,
+            );
         }
     }
 }
@@ -188,11 +290,18 @@ fn inputs_for(graph: &Graph) -> Vec<Tensor> {
             let shape = ty.shape.resolve(2);
             let n: usize = shape.iter().product();
             match ty.dtype {
-                DType::F32 => Tensor::from_f32(&shape, (0..n).map(|_| (next() % 1000) as f32 / 100.0 - 5.0).collect()),
+                DType::F32 => Tensor::from_f32(
+                    &shape,
+                    (0..n)
+                        .map(|_| (next() % 1000) as f32 / 100.0 - 5.0)
+                        .collect(),
+                ),
                 d => {
                     let (lo, hi) = d.int_range().unwrap();
                     let (lo, hi) = (lo.max(-100), hi.min(100));
-                    let values = (0..n).map(|_| lo + (next() % (hi - lo + 1) as u64) as i64).collect();
+                    let values = (0..n)
+                        .map(|_| lo + (next() % (hi - lo + 1) as u64) as i64)
+                        .collect();
                     Tensor::from_i64_values(d, shape, values).unwrap()
                 }
             }
@@ -441,14 +550,39 @@ fn every_op_family_round_trips() {
         verify(&graph).unwrap_or_else(|e| panic!("{}: {e}", graph.name));
         let (back, model, bytes) = round_trip(&graph);
         assert_eq!(opset(&model), want_opset, "{}", graph.name);
-        assert_eq!(model.ir_version, match want_opset { 21 => 10, 19 | 20 => 9, _ => 8 }, "{}", graph.name);
-        assert_eq!(print(&back, &full()), print(&graph, &full()), "{}", graph.name);
-        assert!(back == graph, "{}: not equal after the round trip", graph.name);
+        assert_eq!(
+            model.ir_version,
+            match want_opset {
+                21 => 10,
+                19 | 20 => 9,
+                _ => 8,
+            },
+            "{}",
+            graph.name
+        );
+        assert_eq!(
+            print(&back, &full()),
+            print(&graph, &full()),
+            "{}",
+            graph.name
+        );
+        assert!(
+            back == graph,
+            "{}: not equal after the round trip",
+            graph.name
+        );
         let x = inputs_for(&graph);
         let want = run(&graph, &x).unwrap();
         assert_same_outputs(&graph.name, &want, &run(&back, &x).unwrap());
         if let Some(dir) = export_dir() {
-            save_for_ort(&dir, &format!("op.{}", graph.name), &bytes, &graph, &x, &want);
+            save_for_ort(
+                &dir,
+                &format!("op.{}", graph.name),
+                &bytes,
+                &graph,
+                &x,
+                &want,
+            );
         }
     }
 }
@@ -471,19 +605,41 @@ fn other_spellings_compute_the_same() {
     verify(&back).unwrap();
     let g = model.graph.as_ref().unwrap();
     let ops: Vec<&str> = g.node.iter().map(|n| n.op_type.as_str()).collect();
-    assert_eq!(ops, ["Add", "Clip", "Add", "Identity", "QuantizeLinear", "DequantizeLinear", "Identity"]);
+    assert_eq!(
+        ops,
+        [
+            "Add",
+            "Clip",
+            "Add",
+            "Identity",
+            "QuantizeLinear",
+            "DequantizeLinear",
+            "Identity"
+        ]
+    );
     let clip = &g.node[1];
     assert_eq!((clip.input[1].as_str(), clip.output[0].as_str()), ("", "a"));
     let outputs: Vec<&str> = g.output.iter().map(|v| v.name.as_str()).collect();
     assert_eq!(outputs, ["a", "b", "s", "s_1", "q_scale"]);
     // The scale initializer of %q does not take the name of the value %q_scale.
-    let q = g.node.iter().find(|n| n.op_type == "QuantizeLinear").unwrap();
+    let q = g
+        .node
+        .iter()
+        .find(|n| n.op_type == "QuantizeLinear")
+        .unwrap();
     assert_eq!(q.input[1], "q_scale_1");
     let x = inputs_for(&graph);
     let want = run(&graph, &x).unwrap();
     assert_same_outputs("spellings", &want, &run(&back, &x).unwrap());
     if let Some(dir) = export_dir() {
-        save_for_ort(&dir, "op.spellings", &export_onnx(&graph).unwrap(), &graph, &x, &want);
+        save_for_ort(
+            &dir,
+            "op.spellings",
+            &export_onnx(&graph).unwrap(),
+            &graph,
+            &x,
+            &want,
+        );
     }
 }
 
@@ -498,11 +654,28 @@ fn export_error(graph: &Graph) -> (String, String, String) {
 fn unexportable_nodes_are_named_in_the_error() {
     // A Conv without its canonical attributes.
     let mut g = Graph::new("broken");
-    let x = g.add_input("x", TensorType::new(DType::F32, Shape::fixed(&[1, 1, 3, 3])));
+    let x = g.add_input(
+        "x",
+        TensorType::new(DType::F32, Shape::fixed(&[1, 1, 3, 3])),
+    );
     let w = g.add_const("w", Tensor::from_f32(&[1, 1, 1, 1], vec![1.0]).into(), None);
     let ty = TensorType::new(DType::F32, Shape::fixed(&[1, 1, 3, 3]));
-    let conv = g.add_node("the_conv", Op::new(OpKind::Conv, Attrs::new()), &[Some(x), Some(w)], vec![Value { name: "y".into(), ty }]).unwrap();
-    g.set_outputs(vec![qlift_ir::ValueId { node: conv, output: 0 }]).unwrap();
+    let conv = g
+        .add_node(
+            "the_conv",
+            Op::new(OpKind::Conv, Attrs::new()),
+            &[Some(x), Some(w)],
+            vec![Value {
+                name: "y".into(),
+                ty,
+            }],
+        )
+        .unwrap();
+    g.set_outputs(vec![qlift_ir::ValueId {
+        node: conv,
+        output: 0,
+    }])
+    .unwrap();
     let (node, op, message) = export_error(&g);
     assert_eq!((node.as_str(), op.as_str()), ("the_conv", "Conv"));
     assert!(message.contains("dilations"), "{message}");
@@ -516,26 +689,63 @@ fn unexportable_nodes_are_named_in_the_error() {
 }";
     let (node, op, message) = export_error(&parse(text).unwrap());
     assert_eq!((node.as_str(), op.as_str()), ("qconv", "QLinearConv"));
-    assert!(message.contains("weights") && message.contains("axis"), "{message}");
+    assert!(
+        message.contains("weights") && message.contains("axis"),
+        "{message}"
+    );
 
     // A DequantizeLinear of a value without quantization parameters.
     let mut g = Graph::new("dq");
     let x = g.add_input("x", TensorType::new(DType::U8, Shape::fixed(&[2])));
     let ty = TensorType::new(DType::F32, Shape::fixed(&[2]));
-    let dq = g.add_node("deq", Op::new(OpKind::DequantizeLinear, Attrs::new()), &[Some(x)], vec![Value { name: "y".into(), ty }]).unwrap();
-    g.set_outputs(vec![qlift_ir::ValueId { node: dq, output: 0 }]).unwrap();
+    let dq = g
+        .add_node(
+            "deq",
+            Op::new(OpKind::DequantizeLinear, Attrs::new()),
+            &[Some(x)],
+            vec![Value {
+                name: "y".into(),
+                ty,
+            }],
+        )
+        .unwrap();
+    g.set_outputs(vec![qlift_ir::ValueId {
+        node: dq,
+        output: 0,
+    }])
+    .unwrap();
     let (node, _, message) = export_error(&g);
     assert_eq!(node, "deq");
-    assert!(message.contains("`x`") && message.contains("no quantization parameters"), "{message}");
+    assert!(
+        message.contains("`x`") && message.contains("no quantization parameters"),
+        "{message}"
+    );
 
     // A Pad of a quantized value with a non-zero fill.
     let mut g = Graph::new("pad");
     let q = QuantParams::per_tensor(0.5, 3);
-    let x = g.add_input("x", TensorType::quantized(DType::U8, Shape::fixed(&[2]), q.clone()));
-    let attrs = Attrs::new().with("pads", AttrValue::Ints(vec![1, 1])).with("value", AttrValue::Float(1.0)).with("mode", AttrValue::Str("constant".into()));
+    let x = g.add_input(
+        "x",
+        TensorType::quantized(DType::U8, Shape::fixed(&[2]), q.clone()),
+    );
+    let attrs = Attrs::new()
+        .with("pads", AttrValue::Ints(vec![1, 1]))
+        .with("value", AttrValue::Float(1.0))
+        .with("mode", AttrValue::Str("constant".into()));
     let ty = TensorType::quantized(DType::U8, Shape::fixed(&[4]), q);
-    let p = g.add_node("padq", Op::new(OpKind::Pad, attrs), &[Some(x)], vec![Value { name: "y".into(), ty }]).unwrap();
-    g.set_outputs(vec![qlift_ir::ValueId { node: p, output: 0 }]).unwrap();
+    let p = g
+        .add_node(
+            "padq",
+            Op::new(OpKind::Pad, attrs),
+            &[Some(x)],
+            vec![Value {
+                name: "y".into(),
+                ty,
+            }],
+        )
+        .unwrap();
+    g.set_outputs(vec![qlift_ir::ValueId { node: p, output: 0 }])
+        .unwrap();
     assert_eq!(export_error(&g).0, "padq");
 }
 
@@ -552,14 +762,29 @@ fn quantized_pad_fills_with_the_zero_point() {
     let bytes = export_onnx(&graph).unwrap();
     if let Some(dir) = export_dir() {
         let x = inputs_for(&graph);
-        save_for_ort(&dir, "op.padq", &bytes, &graph, &x, &run(&graph, &x).unwrap());
+        save_for_ort(
+            &dir,
+            "op.padq",
+            &bytes,
+            &graph,
+            &x,
+            &run(&graph, &x).unwrap(),
+        );
     }
     let model = ModelProto::parse_from_bytes(&bytes).unwrap();
     let g = model.graph.as_ref().unwrap();
     let pad = g.node.iter().find(|n| n.op_type == "Pad").unwrap();
-    let fill = g.initializer.iter().find(|t| t.name == pad.input[2]).unwrap();
+    let fill = g
+        .initializer
+        .iter()
+        .find(|t| t.name == pad.input[2])
+        .unwrap();
     assert_eq!((fill.data_type, fill.raw_data.as_slice()), (2, &[9u8][..]));
-    let pads = g.initializer.iter().find(|t| t.name == pad.input[1]).unwrap();
+    let pads = g
+        .initializer
+        .iter()
+        .find(|t| t.name == pad.input[1])
+        .unwrap();
     assert_eq!(pads.raw_data.len(), 4 * 8);
 }
 
@@ -572,14 +797,25 @@ fn int4_initializers_pack_two_per_byte() {
 }";
     let graph = parse(text).unwrap();
     let model = ModelProto::parse_from_bytes(&export_onnx(&graph).unwrap()).unwrap();
-    let w = model.graph.as_ref().unwrap().initializer.iter().find(|t| t.name == "w").unwrap();
-    assert_eq!((w.data_type, w.raw_data.as_slice()), (22, &[0x78u8, 0x0f][..]));
+    let w = model
+        .graph
+        .as_ref()
+        .unwrap()
+        .initializer
+        .iter()
+        .find(|t| t.name == "w")
+        .unwrap();
+    assert_eq!(
+        (w.data_type, w.raw_data.as_slice()),
+        (22, &[0x78u8, 0x0f][..])
+    );
     assert_eq!((opset(&model), model.ir_version), (21, 10));
 }
 
 #[test]
 fn a_graph_with_an_empty_name_gets_one() {
-    let mut graph = parse("graph g(%x: f32[N,2]) -> (%y) {\n  %y = Relu(%x) : f32[N,2]\n}").unwrap();
+    let mut graph =
+        parse("graph g(%x: f32[N,2]) -> (%y) {\n  %y = Relu(%x) : f32[N,2]\n}").unwrap();
     graph.name.clear();
     let model = ModelProto::parse_from_bytes(&export_onnx(&graph).unwrap()).unwrap();
     assert_eq!(model.graph.as_ref().unwrap().name, "graph");

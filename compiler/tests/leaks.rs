@@ -65,7 +65,10 @@ fn rss() -> Option<usize> {
 fn compile_drop_cycles_and_runs_do_not_leak() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/models");
     let bytes = std::fs::read(dir.join("digits_cnn.onnx")).unwrap();
-    let x = read_npy(&dir.join("digits_test_x.npy")).unwrap().slice_outer(0, 1).unwrap();
+    let x = read_npy(&dir.join("digits_test_x.npy"))
+        .unwrap()
+        .slice_outer(0, 1)
+        .unwrap();
     let opts = CompileOptions::default();
     let cycle = || {
         let model = CompiledModel::from_onnx_bytes(&bytes, None, &opts).unwrap();
@@ -93,13 +96,20 @@ fn compile_drop_cycles_and_runs_do_not_leak() {
     let (live3, allocs3) = (LIVE.load(Relaxed), ALLOCS.load(Relaxed));
     // run_into with preallocated outputs: a warm call allocates nothing at all.
     let mut outputs = model.run(std::slice::from_ref(&x)).unwrap();
-    model.run_into(std::slice::from_ref(&x), &mut outputs).unwrap();
+    model
+        .run_into(std::slice::from_ref(&x), &mut outputs)
+        .unwrap();
     let before = ALLOCS.load(Relaxed);
     for _ in 0..RUNS {
-        model.run_into(std::slice::from_ref(&x), &mut outputs).unwrap();
+        model
+            .run_into(std::slice::from_ref(&x), &mut outputs)
+            .unwrap();
     }
     let run_into_allocs = ALLOCS.load(Relaxed) - before;
-    assert_eq!(run_into_allocs, 0, "{RUNS} warm run_into calls allocated {run_into_allocs} times");
+    assert_eq!(
+        run_into_allocs, 0,
+        "{RUNS} warm run_into calls allocated {run_into_allocs} times"
+    );
     drop(outputs);
     drop(model);
     let live4 = LIVE.load(Relaxed);
@@ -114,15 +124,34 @@ fn compile_drop_cycles_and_runs_do_not_leak() {
         rss0.map_or(f64::NAN, mib),
         rss1.map_or(f64::NAN, mib),
     );
-    assert!((live1 - live0).abs() <= SLACK_BYTES, "{CYCLES} compile/drop cycles leaked {} bytes", live1 - live0);
-    assert!((live3 - live2).abs() <= SLACK_BYTES, "{RUNS} runs leaked {} bytes", live3 - live2);
-    assert!((live4 - live0).abs() <= SLACK_BYTES, "compile, runs and drop leaked {} bytes", live4 - live0);
+    assert!(
+        (live1 - live0).abs() <= SLACK_BYTES,
+        "{CYCLES} compile/drop cycles leaked {} bytes",
+        live1 - live0
+    );
+    assert!(
+        (live3 - live2).abs() <= SLACK_BYTES,
+        "{RUNS} runs leaked {} bytes",
+        live3 - live2
+    );
+    assert!(
+        (live4 - live0).abs() <= SLACK_BYTES,
+        "compile, runs and drop leaked {} bytes",
+        live4 - live0
+    );
     if let (Some(a), Some(b)) = (rss0, rss1) {
-        assert!(b < a + RSS_SLACK, "RSS grew by {:.1} MiB over {CYCLES} compile/drop cycles", mib(b - a));
+        assert!(
+            b < a + RSS_SLACK,
+            "RSS grew by {:.1} MiB over {CYCLES} compile/drop cycles",
+            mib(b - a)
+        );
     }
 
     // The check can fail: a model that is never dropped shows up.
     let before = LIVE.load(Relaxed);
     std::mem::forget(CompiledModel::from_onnx_bytes(&bytes, None, &opts).unwrap());
-    assert!(LIVE.load(Relaxed) - before > SLACK_BYTES, "a leaked model is not visible to the counter");
+    assert!(
+        LIVE.load(Relaxed) - before > SLACK_BYTES,
+        "a leaked model is not visible to the counter"
+    );
 }

@@ -18,7 +18,10 @@ fn models_dir() -> PathBuf {
 }
 
 fn opts(engine: Engine) -> CompileOptions {
-    CompileOptions { engine, ..Default::default() }
+    CompileOptions {
+        engine,
+        ..Default::default()
+    }
 }
 
 fn cnn(engine: Engine) -> CompiledModel {
@@ -37,10 +40,18 @@ fn input_error(model: &CompiledModel, inputs: &[Tensor], input: &str) -> Error {
     let err = result.expect_err("the inputs must be refused");
     let text = err.to_string();
     assert!(!err.is_internal(), "bad input reported as a bug: {text}");
-    assert!(text.contains(&format!("`{input}`")), "the error does not name `{input}`: {text}");
+    assert!(
+        text.contains(&format!("`{input}`")),
+        "the error does not name `{input}`: {text}"
+    );
     // run_into checks the same before touching the outputs.
-    let mut outputs: Vec<Tensor> = model.outputs().iter().map(|(_, t)| Tensor::zeros(t.dtype, &t.shape.resolve(1))).collect();
-    let again = catch_unwind(AssertUnwindSafe(|| model.run_into(inputs, &mut outputs))).expect("run_into panicked");
+    let mut outputs: Vec<Tensor> = model
+        .outputs()
+        .iter()
+        .map(|(_, t)| Tensor::zeros(t.dtype, &t.shape.resolve(1)))
+        .collect();
+    let again = catch_unwind(AssertUnwindSafe(|| model.run_into(inputs, &mut outputs)))
+        .expect("run_into panicked");
     assert!(again.is_err(), "run_into accepted what run refused: {text}");
     err
 }
@@ -51,8 +62,13 @@ fn an_invalid_graph_is_a_verifier_error() {
     let text = "graph bad(%x: f32[N,4]) -> (%y) {\n  %y = Softmax(%x) {axis=-1} : f32[N,4]\n}\n";
     let graph = qlift_ir::text::parse(text).unwrap();
     for engine in ENGINES {
-        let err = CompiledModel::from_graph(&graph, None, &opts(engine)).err().expect("an invalid graph compiled");
-        assert!(!err.is_internal() && err.to_string().contains("axis -1"), "{engine:?}: {err}");
+        let err = CompiledModel::from_graph(&graph, None, &opts(engine))
+            .err()
+            .expect("an invalid graph compiled");
+        assert!(
+            !err.is_internal() && err.to_string().contains("axis -1"),
+            "{engine:?}: {err}"
+        );
     }
 }
 
@@ -68,7 +84,9 @@ fn wrong_count_rank_shape_and_dtype_are_errors_naming_the_input() {
 
         // Count: the error names the model (there is no single input to blame).
         for inputs in [vec![], vec![good.clone(), good.clone()]] {
-            let err = catch_unwind(AssertUnwindSafe(|| model.run(&inputs))).expect("no panic").expect_err("wrong count");
+            let err = catch_unwind(AssertUnwindSafe(|| model.run(&inputs)))
+                .expect("no panic")
+                .expect_err("wrong count");
             assert!(err.to_string().contains("inputs"), "{engine:?}: {err}");
         }
         // Rank: flattened, and one axis too many.
@@ -102,13 +120,20 @@ fn an_empty_batch_is_an_error_naming_the_input() {
         let empty = Tensor::zeros(DType::F32, &ty.shape.resolve(0));
         assert_eq!(empty.len(), 0);
         let err = input_error(&model, &[empty], &name);
-        assert!(err.to_string().contains("batch size 0"), "{engine:?}: {err}");
+        assert!(
+            err.to_string().contains("batch size 0"),
+            "{engine:?}: {err}"
+        );
     }
     // Two inputs: the batch binds from the first; a disagreeing second one is named.
-    let text = "graph two(%a: f32[N,2], %b: f32[N,2]) -> (%y) {\n  %y = Add(%a, %b) : f32[N,2]\n}\n";
+    let text =
+        "graph two(%a: f32[N,2], %b: f32[N,2]) -> (%y) {\n  %y = Add(%a, %b) : f32[N,2]\n}\n";
     for engine in ENGINES {
         let model = from_text(text, engine);
-        let (a1, a0) = (Tensor::zeros(DType::F32, &[1, 2]), Tensor::zeros(DType::F32, &[0, 2]));
+        let (a1, a0) = (
+            Tensor::zeros(DType::F32, &[1, 2]),
+            Tensor::zeros(DType::F32, &[0, 2]),
+        );
         input_error(&model, &[a0.clone(), a0.clone()], "a");
         input_error(&model, &[a1.clone(), a0], "b");
         assert!(model.run(&[a1.clone(), a1]).is_ok());
@@ -133,25 +158,55 @@ fn nan_and_inf_propagate_through_float_ops() {
     let mut results = vec![];
     for engine in ENGINES {
         let model = from_text(text, engine);
-        let out = model.run(std::slice::from_ref(&x)).unwrap_or_else(|e| panic!("{engine:?}: {e}"));
+        let out = model
+            .run(std::slice::from_ref(&x))
+            .unwrap_or_else(|e| panic!("{engine:?}: {e}"));
         let v: Vec<Vec<f32>> = out.iter().map(|t| t.as_f32().unwrap().to_vec()).collect();
         // Add: NaN stays NaN, infinities stay infinite.
-        assert!(v[0][0].is_nan() && v[0][1] == inf && v[0][2] == -inf && v[0][3] == 3.0, "{engine:?} Add {:?}", v[0]);
+        assert!(
+            v[0][0].is_nan() && v[0][1] == inf && v[0][2] == -inf && v[0][3] == 3.0,
+            "{engine:?} Add {:?}",
+            v[0]
+        );
         // Relu: NaN stays NaN (max(NaN, 0) is not 0), -inf -> 0, inf -> inf.
-        assert!(v[1][0].is_nan() && v[1][1] == inf && v[1][2] == 0.0 && v[1][3] == 2.0, "{engine:?} Relu {:?}", v[1]);
+        assert!(
+            v[1][0].is_nan() && v[1][1] == inf && v[1][2] == 0.0 && v[1][3] == 2.0,
+            "{engine:?} Relu {:?}",
+            v[1]
+        );
         // Sigmoid: NaN -> NaN, inf -> 1, -inf -> 0.
-        assert!(v[2][0].is_nan() && v[2][1] == 1.0 && v[2][2] == 0.0, "{engine:?} Sigmoid {:?}", v[2]);
+        assert!(
+            v[2][0].is_nan() && v[2][1] == 1.0 && v[2][2] == 0.0,
+            "{engine:?} Sigmoid {:?}",
+            v[2]
+        );
         // MatMul: the NaN row is NaN wherever it contributes; the clean row is exact.
-        assert!(v[3][0].is_nan() && v[3][1].is_nan(), "{engine:?} MatMul {:?}", v[3]);
+        assert!(
+            v[3][0].is_nan() && v[3][1].is_nan(),
+            "{engine:?} MatMul {:?}",
+            v[3]
+        );
         assert_eq!(&v[3][2..], &[1.5, -1.0], "{engine:?} MatMul");
         // Softmax: a NaN row is all NaN; the clean row sums to 1.
-        assert!(v[4][..4].iter().all(|x| x.is_nan()), "{engine:?} Softmax {:?}", v[4]);
-        assert!((v[4][4..].iter().sum::<f32>() - 1.0).abs() < 1e-5, "{engine:?} Softmax {:?}", v[4]);
+        assert!(
+            v[4][..4].iter().all(|x| x.is_nan()),
+            "{engine:?} Softmax {:?}",
+            v[4]
+        );
+        assert!(
+            (v[4][4..].iter().sum::<f32>() - 1.0).abs() < 1e-5,
+            "{engine:?} Softmax {:?}",
+            v[4]
+        );
         results.push(v);
     }
     // Same NaN pattern and same values in both engines.
     for (a, b) in results[0].iter().flatten().zip(results[1].iter().flatten()) {
-        assert!(a.is_nan() == b.is_nan() && (a.is_nan() || a == b || (a - b).abs() <= 1e-6 * a.abs().max(1.0)), "jit {a} vs interpreter {b}");
+        assert!(
+            a.is_nan() == b.is_nan()
+                && (a.is_nan() || a == b || (a - b).abs() <= 1e-6 * a.abs().max(1.0)),
+            "jit {a} vs interpreter {b}"
+        );
     }
 }
 
@@ -163,12 +218,25 @@ fn quantize_linear_maps_nan_to_the_dtype_minimum() {
   %i = QuantizeLinear(%x) : i8[N,5] quant(scale=0.5, zero_point=-3)
 }
 ";
-    let x = Tensor::from_f32(&[1, 5], vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -f32::NAN, 1.0]);
+    let x = Tensor::from_f32(
+        &[1, 5],
+        vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -f32::NAN, 1.0],
+    );
     for engine in ENGINES {
         let model = from_text(text, engine);
-        let out = model.run(std::slice::from_ref(&x)).unwrap_or_else(|e| panic!("{engine:?}: {e}"));
-        assert_eq!(out[0].to_i64_vec().unwrap(), vec![0, 255, 0, 0, 12], "{engine:?} u8");
-        assert_eq!(out[1].to_i64_vec().unwrap(), vec![-128, 127, -128, -128, -1], "{engine:?} i8");
+        let out = model
+            .run(std::slice::from_ref(&x))
+            .unwrap_or_else(|e| panic!("{engine:?}: {e}"));
+        assert_eq!(
+            out[0].to_i64_vec().unwrap(),
+            vec![0, 255, 0, 0, 12],
+            "{engine:?} u8"
+        );
+        assert_eq!(
+            out[1].to_i64_vec().unwrap(),
+            vec![-128, 127, -128, -128, -1],
+            "{engine:?} i8"
+        );
     }
 }
 
@@ -200,34 +268,64 @@ fn quantized_model_runs_on_nan_and_inf_inputs() {
     let mut outs = vec![];
     for engine in ENGINES {
         let c = std::slice::from_ref(&calib);
-        let model = CompiledModel::from_onnx(&models_dir().join("digits_cnn.onnx"), Some(c), &opts(engine)).unwrap();
+        let model = CompiledModel::from_onnx(
+            &models_dir().join("digits_cnn.onnx"),
+            Some(c),
+            &opts(engine),
+        )
+        .unwrap();
         assert!(model.is_quantized());
-        let out = model.run(std::slice::from_ref(&x)).unwrap_or_else(|e| panic!("{engine:?}: {e}"));
-        assert!(out[0].as_f32().unwrap().iter().all(|v| v.is_finite()), "{engine:?}: {:?}", out[0]);
+        let out = model
+            .run(std::slice::from_ref(&x))
+            .unwrap_or_else(|e| panic!("{engine:?}: {e}"));
+        assert!(
+            out[0].as_f32().unwrap().iter().all(|v| v.is_finite()),
+            "{engine:?}: {:?}",
+            out[0]
+        );
         outs.push(out[0].as_f32().unwrap().to_vec());
     }
-    assert_eq!(outs[0], outs[1], "JIT and interpreter differ on non-finite inputs");
+    assert_eq!(
+        outs[0], outs[1],
+        "JIT and interpreter differ on non-finite inputs"
+    );
 }
 
 /// Calibration data with NaN and ±Inf: skipped and counted, the ranges stay finite, and the
 /// result matches calibration on the clean data within a quantization step or so.
 #[test]
 fn non_finite_calibration_values_are_skipped_and_counted() {
-    let graph = qlift::load_onnx(&models_dir().join("digits_cnn.onnx"), &Default::default()).unwrap();
+    let graph =
+        qlift::load_onnx(&models_dir().join("digits_cnn.onnx"), &Default::default()).unwrap();
     let clean = one_sample("digits_calib_x.npy", 64);
-    let injected = [(5, f32::NAN), (700, f32::INFINITY), (1500, f32::NEG_INFINITY), (2900, f32::NAN)];
+    let injected = [
+        (5, f32::NAN),
+        (700, f32::INFINITY),
+        (1500, f32::NEG_INFINITY),
+        (2900, f32::NAN),
+    ];
     let dirty = edited(&clean, |values| {
         for &(i, v) in &injected {
             values[i] = v;
         }
     });
     let run = |c: &Tensor| {
-        let q = qlift::quantize(&graph, std::slice::from_ref(c), &QuantizeOptions::default(), &PipelineOptions::default(), &|_, _| {});
+        let q = qlift::quantize(
+            &graph,
+            std::slice::from_ref(c),
+            &QuantizeOptions::default(),
+            &PipelineOptions::default(),
+            &|_, _| {},
+        );
         q.unwrap()
     };
     let (qc, qd) = (run(&clean), run(&dirty));
     assert_eq!(qc.non_finite, 0);
-    assert!(qd.non_finite >= injected.len() as u64, "non_finite = {}", qd.non_finite);
+    assert!(
+        qd.non_finite >= injected.len() as u64,
+        "non_finite = {}",
+        qd.non_finite
+    );
     assert_eq!(qd.samples, 64);
     let x = one_sample("digits_test_x.npy", 8);
     for engine in ENGINES {
@@ -235,16 +333,33 @@ fn non_finite_calibration_values_are_skipped_and_counted() {
             CompiledModel::from_lowered(qc.lowered.clone(), true, &opts(engine)).unwrap(),
             CompiledModel::from_lowered(qd.lowered.clone(), true, &opts(engine)).unwrap(),
         );
-        let (yc, yd) = (mc.run(std::slice::from_ref(&x)).unwrap(), md.run(std::slice::from_ref(&x)).unwrap());
+        let (yc, yd) = (
+            mc.run(std::slice::from_ref(&x)).unwrap(),
+            md.run(std::slice::from_ref(&x)).unwrap(),
+        );
         let (yc, yd) = (yc[0].as_f32().unwrap(), yd[0].as_f32().unwrap());
         assert!(yd.iter().all(|v| v.is_finite()));
-        let argmax = |v: &[f32]| v.chunks(10).map(|r| (0..10).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap()).collect::<Vec<_>>();
-        assert_eq!(argmax(yc), argmax(yd), "{engine:?}: predictions changed by four non-finite calibration values");
+        let argmax = |v: &[f32]| {
+            v.chunks(10)
+                .map(|r| (0..10).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            argmax(yc),
+            argmax(yd),
+            "{engine:?}: predictions changed by four non-finite calibration values"
+        );
     }
     // All-NaN calibration data: no range at all is still not a panic.
     let nan = edited(&clean, |values| values.fill(f32::NAN));
     let r = catch_unwind(AssertUnwindSafe(|| {
-        qlift::quantize(&graph, std::slice::from_ref(&nan), &QuantizeOptions::default(), &PipelineOptions::default(), &|_, _| {})
+        qlift::quantize(
+            &graph,
+            std::slice::from_ref(&nan),
+            &QuantizeOptions::default(),
+            &PipelineOptions::default(),
+            &|_, _| {},
+        )
     }))
     .expect("all-NaN calibration panicked");
     if let Ok(q) = r {

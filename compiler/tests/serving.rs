@@ -32,7 +32,12 @@ fn model() -> Arc<CompiledModel> {
     MODEL
         .get_or_init(|| {
             let calib = read_npy(&models().join("digits_calib_x.npy")).unwrap();
-            let m = CompiledModel::from_onnx(&models().join("digits_cnn.onnx"), Some(&[calib]), &CompileOptions::default()).unwrap();
+            let m = CompiledModel::from_onnx(
+                &models().join("digits_cnn.onnx"),
+                Some(&[calib]),
+                &CompileOptions::default(),
+            )
+            .unwrap();
             assert!(m.is_quantized());
             Arc::new(m)
         })
@@ -40,15 +45,31 @@ fn model() -> Arc<CompiledModel> {
 }
 
 /// Starts the server on an ephemeral port; the thread returns its counts.
-fn start(workers: usize, max_requests: Option<usize>) -> (SocketAddr, thread::JoinHandle<Result<server::Counts, String>>) {
+fn start(
+    workers: usize,
+    max_requests: Option<usize>,
+) -> (
+    SocketAddr,
+    thread::JoinHandle<Result<server::Counts, String>>,
+) {
     start_with(workers, max_requests, server::Limits::default())
 }
 
-fn start_with(workers: usize, max_requests: Option<usize>, limits: server::Limits) -> (SocketAddr, thread::JoinHandle<Result<server::Counts, String>>) {
+fn start_with(
+    workers: usize,
+    max_requests: Option<usize>,
+    limits: server::Limits,
+) -> (
+    SocketAddr,
+    thread::JoinHandle<Result<server::Counts, String>>,
+) {
     let http = server::Server::bind("127.0.0.1:0", limits).unwrap();
     let addr = http.local_addr().unwrap();
     let model = model();
-    (addr, thread::spawn(move || server::serve(http, model, workers, max_requests)))
+    (
+        addr,
+        thread::spawn(move || server::serve(http, model, workers, max_requests)),
+    )
 }
 
 /// One HTTP/1.1 request on a fresh connection; returns the status and the JSON body.
@@ -64,11 +85,27 @@ fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Valu
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
     let text = String::from_utf8(raw).unwrap();
-    let (head, payload) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no header end in {text:?}"));
-    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("bad status line: {head}"));
-    let chunked = head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding: chunked"));
-    let payload = if chunked { dechunk(payload) } else { payload.to_string() };
-    (status, serde_json::from_str(&payload).unwrap_or_else(|e| panic!("{e}: {payload:?}")))
+    let (head, payload) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {text:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {head}"));
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    let payload = if chunked {
+        dechunk(payload)
+    } else {
+        payload.to_string()
+    };
+    (
+        status,
+        serde_json::from_str(&payload).unwrap_or_else(|e| panic!("{e}: {payload:?}")),
+    )
 }
 
 /// Decodes a chunked body (the first server, tiny_http, switched to chunks for large
@@ -87,14 +124,21 @@ fn dechunk(mut s: &str) -> String {
 }
 
 fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 #[test]
 fn concurrent_predictions_equal_direct_runs() {
     let model = model();
     let x = read_npy(&models().join("digits_test_x.npy")).unwrap();
-    let labels = read_npy(&models().join("digits_test_y.npy")).unwrap().to_i64_vec().unwrap();
+    let labels = read_npy(&models().join("digits_test_y.npy"))
+        .unwrap()
+        .to_i64_vec()
+        .unwrap();
     let rows = x.shape()[0];
     let row_len: usize = x.shape()[1..].iter().product();
     let pixels = x.as_f32().unwrap().to_vec();
@@ -114,26 +158,95 @@ fn concurrent_predictions_equal_direct_runs() {
             } else {
                 let j = i - single;
                 let per = REQUESTS - single;
-                (single + j * (rows - single) / per, single + (j + 1) * (rows - single) / per)
+                (
+                    single + j * (rows - single) / per,
+                    single + (j + 1) * (rows - single) / per,
+                )
             }
         })
         .collect();
     assert_eq!(spans.last().unwrap().1, rows);
 
     let bad: Vec<(&str, &str, String, u16, &str)> = vec![
-        ("POST", "/predict", json!({ "pixels": vec![0.5; 63] }).to_string(), 400, "63 values"),
-        ("POST", "/predict", json!({ "pixels": [vec![0.5; 64], vec![0.5; 65]] }).to_string(), 400, "row 1 has 65"),
-        ("POST", "/predict", format!("{{\"pixels\": [NaN{}]}}", ", 0".repeat(63)), 400, "bad JSON"),
-        ("POST", "/predict", format!("{{\"pixels\": [1e39{}]}}", ", 0".repeat(63)), 400, "outside 0..1"),
-        ("POST", "/predict", format!("{{\"pixels\": [-0.5{}]}}", ", 0".repeat(63)), 400, "outside 0..1"),
-        ("POST", "/predict", format!("{{\"pixels\": [\"a\"{}]}}", ", 0".repeat(63)), 400, "not a number"),
-        ("POST", "/predict", "{\"pixels\": [0.1, ".to_string(), 400, "bad JSON"),
+        (
+            "POST",
+            "/predict",
+            json!({ "pixels": vec![0.5; 63] }).to_string(),
+            400,
+            "63 values",
+        ),
+        (
+            "POST",
+            "/predict",
+            json!({ "pixels": [vec![0.5; 64], vec![0.5; 65]] }).to_string(),
+            400,
+            "row 1 has 65",
+        ),
+        (
+            "POST",
+            "/predict",
+            format!("{{\"pixels\": [NaN{}]}}", ", 0".repeat(63)),
+            400,
+            "bad JSON",
+        ),
+        (
+            "POST",
+            "/predict",
+            format!("{{\"pixels\": [1e39{}]}}", ", 0".repeat(63)),
+            400,
+            "outside 0..1",
+        ),
+        (
+            "POST",
+            "/predict",
+            format!("{{\"pixels\": [-0.5{}]}}", ", 0".repeat(63)),
+            400,
+            "outside 0..1",
+        ),
+        (
+            "POST",
+            "/predict",
+            format!("{{\"pixels\": [\"a\"{}]}}", ", 0".repeat(63)),
+            400,
+            "not a number",
+        ),
+        (
+            "POST",
+            "/predict",
+            "{\"pixels\": [0.1, ".to_string(),
+            400,
+            "bad JSON",
+        ),
         ("POST", "/predict", String::new(), 400, "bad JSON"),
         ("POST", "/predict", "[1, 2]".to_string(), 400, "JSON object"),
-        ("POST", "/predict", "{\"image\": []}".to_string(), 400, "missing field"),
-        ("POST", "/predict", "{\"pixels\": []}".to_string(), 400, "is empty"),
-        ("POST", "/predict", "{\"pixels\": [[]]}".to_string(), 400, "row 0 has 0 values"),
-        ("POST", "/predict", json!({ "pixels": vec![vec![0.0; 64]; server::MAX_ROWS + 1] }).to_string(), 400, "at most"),
+        (
+            "POST",
+            "/predict",
+            "{\"image\": []}".to_string(),
+            400,
+            "missing field",
+        ),
+        (
+            "POST",
+            "/predict",
+            "{\"pixels\": []}".to_string(),
+            400,
+            "is empty",
+        ),
+        (
+            "POST",
+            "/predict",
+            "{\"pixels\": [[]]}".to_string(),
+            400,
+            "row 0 has 0 values",
+        ),
+        (
+            "POST",
+            "/predict",
+            json!({ "pixels": vec![vec![0.0; 64]; server::MAX_ROWS + 1] }).to_string(),
+            400,
+            "at most",
+        ),
         ("GET", "/predict", String::new(), 405, "not allowed"),
         ("GET", "/nowhere", String::new(), 404, "no route"),
     ];
@@ -160,8 +273,13 @@ fn concurrent_predictions_equal_direct_runs() {
                     .step_by(CLIENTS)
                     .map(|i| {
                         let (a, b) = spans[i];
-                        let row = |r: usize| Value::from(pixels[r * row_len..(r + 1) * row_len].to_vec());
-                        let body = if b - a == 1 { json!({ "pixels": row(a) }) } else { json!({ "pixels": (a..b).map(row).collect::<Vec<_>>() }) };
+                        let row =
+                            |r: usize| Value::from(pixels[r * row_len..(r + 1) * row_len].to_vec());
+                        let body = if b - a == 1 {
+                            json!({ "pixels": row(a) })
+                        } else {
+                            json!({ "pixels": (a..b).map(row).collect::<Vec<_>>() })
+                        };
                         let (status, answer) = request(addr, "POST", "/predict", &body.to_string());
                         (i, status, answer)
                     })
@@ -169,7 +287,10 @@ fn concurrent_predictions_equal_direct_runs() {
             })
         })
         .collect();
-    let mut answers: Vec<(usize, u16, Value)> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    let mut answers: Vec<(usize, u16, Value)> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
     answers.sort_by_key(|a| a.0);
     assert_eq!(answers.len(), REQUESTS);
 
@@ -180,21 +301,42 @@ fn concurrent_predictions_equal_direct_runs() {
         let per_row: Vec<&Value> = if b - a == 1 {
             vec![answer]
         } else {
-            answer["predictions"].as_array().unwrap_or_else(|| panic!("request {i}: {answer}")).iter().collect()
+            answer["predictions"]
+                .as_array()
+                .unwrap_or_else(|| panic!("request {i}: {answer}"))
+                .iter()
+                .collect()
         };
         assert_eq!(per_row.len(), b - a, "request {i}");
         for (r, p) in (a..b).zip(per_row) {
             let want = &direct[r * classes..(r + 1) * classes];
             let got = floats(&p["logits"]);
-            let same_bits = got.len() == want.len() && got.iter().zip(want).all(|(g, w)| g.to_bits() == w.to_bits());
+            let same_bits = got.len() == want.len()
+                && got
+                    .iter()
+                    .zip(want)
+                    .all(|(g, w)| g.to_bits() == w.to_bits());
             assert!(same_bits, "row {r}: served {got:?}, direct {want:?}");
-            assert_eq!(p["class"].as_u64(), Some(server::argmax(want) as u64), "row {r}");
+            assert_eq!(
+                p["class"].as_u64(),
+                Some(server::argmax(want) as u64),
+                "row {r}"
+            );
             predicted[r] = p["class"].as_u64();
         }
     }
-    let correct = predicted.iter().zip(&labels).filter(|(p, &l)| p.map(|p| p as i64) == Some(l)).count();
-    let direct_correct = (0..rows).filter(|&r| server::argmax(&direct[r * classes..(r + 1) * classes]) as i64 == labels[r]).count();
-    assert!(predicted.iter().all(Option::is_some), "every test row was answered");
+    let correct = predicted
+        .iter()
+        .zip(&labels)
+        .filter(|(p, &l)| p.map(|p| p as i64) == Some(l))
+        .count();
+    let direct_correct = (0..rows)
+        .filter(|&r| server::argmax(&direct[r * classes..(r + 1) * classes]) as i64 == labels[r])
+        .count();
+    assert!(
+        predicted.iter().all(Option::is_some),
+        "every test row was answered"
+    );
     assert_eq!(correct, direct_correct);
     let accuracy = correct as f64 / rows as f64;
     eprintln!("served accuracy {accuracy:.4} ({correct}/{rows}) = direct run");
@@ -202,9 +344,19 @@ fn concurrent_predictions_equal_direct_runs() {
 
     for (method, path, body, want_status, want_message) in &bad {
         let (status, answer) = request(addr, method, path, body);
-        assert_eq!(status, *want_status, "{method} {path} {:.80}: {answer}", body);
-        let message = answer["error"].as_str().unwrap_or_else(|| panic!("no error message: {answer}"));
-        assert!(message.contains(want_message), "{method} {path} {:.80}: {message:?} lacks {want_message:?}", body);
+        assert_eq!(
+            status, *want_status,
+            "{method} {path} {:.80}: {answer}",
+            body
+        );
+        let message = answer["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error message: {answer}"));
+        assert!(
+            message.contains(want_message),
+            "{method} {path} {:.80}: {message:?} lacks {want_message:?}",
+            body
+        );
     }
 
     // That was the last request the server was told to answer: it stops by itself.
@@ -214,9 +366,16 @@ fn concurrent_predictions_equal_direct_runs() {
 #[test]
 fn shutdown_request_stops_the_server() {
     let (addr, handle) = start(3, None);
-    let (status, answer) = request(addr, "POST", "/predict", &json!({ "pixels": vec![0.25; 64] }).to_string());
+    let (status, answer) = request(
+        addr,
+        "POST",
+        "/predict",
+        &json!({ "pixels": vec![0.25; 64] }).to_string(),
+    );
     assert_eq!(status, 200, "{answer}");
-    let direct = model().run(&[Tensor::from_f32(&[1, 1, 8, 8], vec![0.25; 64])]).unwrap();
+    let direct = model()
+        .run(&[Tensor::from_f32(&[1, 1, 8, 8], vec![0.25; 64])])
+        .unwrap();
     assert_eq!(floats(&answer["logits"]), direct[0].as_f32().unwrap());
     let (status, answer) = request(addr, "POST", "/shutdown", "");
     assert_eq!((status, &answer["status"]), (200, &json!("shutting down")));
@@ -226,7 +385,13 @@ fn shutdown_request_stops_the_server() {
 /// Resident memory of this process now, in MiB (server and clients together).
 fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
 }
 
 /// Sends raw bytes on a fresh connection and reads the answer's status (None when the
@@ -265,16 +430,29 @@ fn hostile_clients_cannot_knock_the_server_over() {
     // connections past the connection limit, oversized bodies (announced and sent),
     // malformed requests of every kind, and clients hanging up mid-request. The server must
     // give 0 wrong answers, never crash, keep answering, and stay within bounded memory.
-    let seconds: u64 = std::env::var("QLIFT_SERVING_LOAD_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let seconds: u64 = std::env::var("QLIFT_SERVING_LOAD_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     let model = model();
     let x = read_npy(&models().join("digits_test_x.npy")).unwrap();
     let rows = x.shape()[0];
     let row_len: usize = x.shape()[1..].iter().product();
     let pixels = Arc::new(x.as_f32().unwrap().to_vec());
-    let direct = Arc::new(model.run(std::slice::from_ref(&x)).unwrap()[0].as_f32().unwrap().to_vec());
+    let direct = Arc::new(
+        model.run(std::slice::from_ref(&x)).unwrap()[0]
+            .as_f32()
+            .unwrap()
+            .to_vec(),
+    );
     let classes = direct.len() / rows;
 
-    let limits = server::Limits { read_timeout: Duration::from_secs(2), max_connections: 64, queue: 16, ..server::Limits::default() };
+    let limits = server::Limits {
+        read_timeout: Duration::from_secs(2),
+        max_connections: 64,
+        queue: 16,
+        ..server::Limits::default()
+    };
     let read_timeout = limits.read_timeout;
     let (addr, handle) = start_with(4, None, limits);
     let baseline = rss_mib();
@@ -299,7 +477,8 @@ fn hostile_clients_cannot_knock_the_server_over() {
 
     // Good clients: one row or a batch of up to 8, checked against the direct run.
     for c in 0..8usize {
-        let (pixels, direct, tally) = (Arc::clone(&pixels), Arc::clone(&direct), Arc::clone(&tally));
+        let (pixels, direct, tally) =
+            (Arc::clone(&pixels), Arc::clone(&direct), Arc::clone(&tally));
         clients.push(thread::spawn(move || {
             let mut i = c * 37;
             while running() {
@@ -392,7 +571,9 @@ fn hostile_clients_cannot_knock_the_server_over() {
         let tally = Arc::clone(&tally);
         clients.push(thread::spawn(move || {
             while running() {
-                let held: Vec<TcpStream> = (0..100).filter_map(|_| TcpStream::connect(addr).ok()).collect();
+                let held: Vec<TcpStream> = (0..100)
+                    .filter_map(|_| TcpStream::connect(addr).ok())
+                    .collect();
                 tally.lock().unwrap().flood += held.len() as u64;
                 thread::sleep(Duration::from_secs(1));
                 drop(held);
@@ -407,9 +588,17 @@ fn hostile_clients_cannot_knock_the_server_over() {
             while running() {
                 k += 1;
                 let status = if (c + k) % 2 == 0 {
-                    raw_status(addr, b"POST /predict HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n", Duration::from_secs(10))
+                    raw_status(
+                        addr,
+                        b"POST /predict HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n",
+                        Duration::from_secs(10),
+                    )
                 } else {
-                    let mut req = format!("POST /predict HTTP/1.1\r\nContent-Length: {}\r\n\r\n", 5 << 20).into_bytes();
+                    let mut req = format!(
+                        "POST /predict HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+                        5 << 20
+                    )
+                    .into_bytes();
                     req.extend(std::iter::repeat_n(b'[', 5 << 20));
                     raw_status(addr, &req, Duration::from_secs(10))
                 };
@@ -423,18 +612,36 @@ fn hostile_clients_cannot_knock_the_server_over() {
         }));
     }
     // Malformed requests, each with the status it must get.
-    let long_header = format!("GET /health HTTP/1.1\r\nX-Long: {}\r\n\r\n", "a".repeat(20 << 10));
+    let long_header = format!(
+        "GET /health HTTP/1.1\r\nX-Long: {}\r\n\r\n",
+        "a".repeat(20 << 10)
+    );
     let malformed: Arc<Vec<(Vec<u8>, u16)>> = Arc::new(vec![
         (b"GARBAGE\r\n\r\n".to_vec(), 400),
         (b"GET /health HTTP/9.9\r\n\r\n".to_vec(), 505),
-        (b"POST /predict HTTP/1.1\r\nContent-Length: abc\r\n\r\n".to_vec(), 400),
-        (b"POST /predict HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n".to_vec(), 400),
-        (b"POST /predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(), 501),
+        (
+            b"POST /predict HTTP/1.1\r\nContent-Length: abc\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            b"POST /predict HTTP/1.1\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            b"POST /predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+            501,
+        ),
         (b"POST /predict HTTP/1.1\r\n\r\n".to_vec(), 400),
         (long_header.into_bytes(), 431),
         (b"\x00\xff\xfe binary \x01\x02\r\n\r\n".to_vec(), 400),
-        (b"POST /predict HTTP/1.1\r\nNoColonHere\r\n\r\n".to_vec(), 400),
-        (b"POST /predict HTTP/1.1\r\nContent-Length: 7\r\n\r\n{\"pix\":".to_vec(), 400),
+        (
+            b"POST /predict HTTP/1.1\r\nNoColonHere\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            b"POST /predict HTTP/1.1\r\nContent-Length: 7\r\n\r\n{\"pix\":".to_vec(),
+            400,
+        ),
         (b"DELETE /predict HTTP/1.1\r\n\r\n".to_vec(), 405),
     ]);
     for c in 0..2usize {
@@ -449,7 +656,10 @@ fn hostile_clients_cannot_knock_the_server_over() {
                 match status {
                     Some(s) if s == *want => t.malformed += 1,
                     Some(503) | None => {}
-                    Some(s) => t.unexpected.push(format!("{:?}: status {s}, expected {want}", String::from_utf8_lossy(&bytes[..bytes.len().min(40)]))),
+                    Some(s) => t.unexpected.push(format!(
+                        "{:?}: status {s}, expected {want}",
+                        String::from_utf8_lossy(&bytes[..bytes.len().min(40)])
+                    )),
                 }
             }
         }));
@@ -460,7 +670,9 @@ fn hostile_clients_cannot_knock_the_server_over() {
         clients.push(thread::spawn(move || {
             while running() {
                 if let Ok(mut s) = TcpStream::connect(addr) {
-                    let _ = s.write_all(b"POST /predict HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"pixels\": [0.1, ");
+                    let _ = s.write_all(
+                        b"POST /predict HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"pixels\": [0.1, ",
+                    );
                     tally.lock().unwrap().hung_up += 1;
                 }
                 thread::sleep(Duration::from_millis(20));
@@ -471,12 +683,20 @@ fn hostile_clients_cannot_knock_the_server_over() {
         c.join().expect("a client thread panicked");
     }
     // Still serving, and right.
-    let (status, answer) = request(addr, "POST", "/predict", &json!({ "pixels": pixels[..row_len].to_vec() }).to_string());
+    let (status, answer) = request(
+        addr,
+        "POST",
+        "/predict",
+        &json!({ "pixels": pixels[..row_len].to_vec() }).to_string(),
+    );
     assert_eq!(status, 200, "{answer}");
     assert_eq!(floats(&answer["logits"]), direct[..classes].to_vec());
     let (status, _) = request(addr, "POST", "/shutdown", "");
     assert_eq!(status, 200);
-    let counts = handle.join().expect("the server thread panicked").expect("the server stopped cleanly");
+    let counts = handle
+        .join()
+        .expect("the server thread panicked")
+        .expect("the server stopped cleanly");
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     monitor.join().unwrap();
     let peak = *peak.lock().unwrap();
@@ -495,11 +715,36 @@ fn hostile_clients_cannot_knock_the_server_over() {
         t.malformed,
         t.hung_up,
     );
-    assert!(t.wrong.is_empty(), "wrong answers: {:?}", &t.wrong[..t.wrong.len().min(5)]);
-    assert!(t.unexpected.is_empty(), "unexpected: {:?}", &t.unexpected[..t.unexpected.len().min(5)]);
-    assert!(t.good_ok >= 20 * seconds, "only {} good answers in {seconds} s", t.good_ok);
-    assert!(t.oversized > 0 && t.malformed > 0 && t.slow > 0 && counts.timed_out > 0 && counts.too_large > 0);
-    assert!(t.slow_longest < read_timeout + Duration::from_secs(3), "a slow client was held {:?}", t.slow_longest);
+    assert!(
+        t.wrong.is_empty(),
+        "wrong answers: {:?}",
+        &t.wrong[..t.wrong.len().min(5)]
+    );
+    assert!(
+        t.unexpected.is_empty(),
+        "unexpected: {:?}",
+        &t.unexpected[..t.unexpected.len().min(5)]
+    );
+    assert!(
+        t.good_ok >= 20 * seconds,
+        "only {} good answers in {seconds} s",
+        t.good_ok
+    );
+    assert!(
+        t.oversized > 0
+            && t.malformed > 0
+            && t.slow > 0
+            && counts.timed_out > 0
+            && counts.too_large > 0
+    );
+    assert!(
+        t.slow_longest < read_timeout + Duration::from_secs(3),
+        "a slow client was held {:?}",
+        t.slow_longest
+    );
     // Bounded: 64 connections × (16 KiB head + 4 MiB body) is 257 MiB at the very worst.
-    assert!(peak - baseline < 300.0, "memory grew from {baseline:.0} to {peak:.0} MiB");
+    assert!(
+        peak - baseline < 300.0,
+        "memory grew from {baseline:.0} to {peak:.0} MiB"
+    );
 }

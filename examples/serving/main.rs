@@ -23,7 +23,10 @@ use std::time::Duration;
 
 /// The bundled models, found from the source tree (this is an example, run with cargo).
 fn models_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new("..")).join("examples/models")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new(".."))
+        .join("examples/models")
 }
 
 /// Serve an ONNX model compiled by qlift's JIT over HTTP on 127.0.0.1.
@@ -61,14 +64,24 @@ struct Args {
 
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let args = Args::parse();
-    let model_path = args.model.unwrap_or_else(|| models_dir().join("digits_cnn.onnx"));
+    let model_path = args
+        .model
+        .unwrap_or_else(|| models_dir().join("digits_cnn.onnx"));
     // Compile once, at start-up: import, calibration, rewrites and Cranelift code generation
     // all happen here, so no request ever pays for them.
     let calibration = match (args.fp32, args.calib) {
         (true, _) => None,
-        (false, path) => Some(vec![read_npy(&path.unwrap_or_else(|| models_dir().join("digits_calib_x.npy")))?]),
+        (false, path) => {
+            Some(vec![read_npy(&path.unwrap_or_else(|| {
+                models_dir().join("digits_calib_x.npy")
+            }))?])
+        }
     };
-    let model = CompiledModel::from_onnx(&model_path, calibration.as_deref(), &CompileOptions::default())?;
+    let model = CompiledModel::from_onnx(
+        &model_path,
+        calibration.as_deref(),
+        &CompileOptions::default(),
+    )?;
     eprintln!(
         "compiled {} ({}, {}) in {:.0} ms",
         model_path.display(),

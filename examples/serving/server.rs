@@ -145,7 +145,10 @@ pub struct HttpError {
 }
 
 fn bad_request(message: impl Into<String>) -> HttpError {
-    HttpError { status: 400, message: message.into() }
+    HttpError {
+        status: 400,
+        message: message.into(),
+    }
 }
 
 /// What the server knows about the model's input, taken from the compiled graph once.
@@ -162,7 +165,10 @@ impl InputSpec {
     pub fn of(model: &CompiledModel) -> Result<InputSpec, String> {
         let inputs = model.inputs();
         let [(name, ty)] = inputs.as_slice() else {
-            return Err(format!("the serving example needs a model with one input, this one has {}", inputs.len()));
+            return Err(format!(
+                "the serving example needs a model with one input, this one has {}",
+                inputs.len()
+            ));
         };
         let dims = ty.shape.dims();
         let row_shape: Option<Vec<usize>> = dims.iter().skip(1).map(|d| d.fixed()).collect();
@@ -171,7 +177,10 @@ impl InputSpec {
                 let row_len = row_shape.iter().product();
                 Ok(InputSpec { row_shape, row_len })
             }
-            _ => Err(format!("input `{name}` has shape {:?}; expected the batch first, then fixed dimensions", ty.shape)),
+            _ => Err(format!(
+                "input `{name}` has shape {:?}; expected the batch first, then fixed dimensions",
+                ty.shape
+            )),
         }
     }
 }
@@ -181,7 +190,8 @@ impl InputSpec {
 /// answer has the same form). Every value must be a finite number in `0..=1`, the scale the
 /// digits models were trained on.
 pub fn parse_request(body: &[u8], spec: &InputSpec) -> Result<(Vec<f32>, usize, bool), HttpError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| bad_request(format!("bad JSON: {e}")))?;
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| bad_request(format!("bad JSON: {e}")))?;
     let pixels = value
         .as_object()
         .ok_or_else(|| bad_request("expected a JSON object with a `pixels` field"))?
@@ -197,23 +207,49 @@ pub fn parse_request(body: &[u8], spec: &InputSpec) -> Result<(Vec<f32>, usize, 
         pixels
             .iter()
             .enumerate()
-            .map(|(i, r)| r.as_array().ok_or_else(|| bad_request(format!("pixels[{i}] is not an array (mixing rows and numbers)"))))
+            .map(|(i, r)| {
+                r.as_array().ok_or_else(|| {
+                    bad_request(format!(
+                        "pixels[{i}] is not an array (mixing rows and numbers)"
+                    ))
+                })
+            })
             .collect::<Result<_, _>>()?
     } else {
         vec![pixels]
     };
     if rows.len() > MAX_ROWS {
-        return Err(bad_request(format!("{} rows in one request; at most {MAX_ROWS}", rows.len())));
+        return Err(bad_request(format!(
+            "{} rows in one request; at most {MAX_ROWS}",
+            rows.len()
+        )));
     }
     let mut data = Vec::with_capacity(rows.len() * spec.row_len);
     for (r, row) in rows.iter().enumerate() {
-        let at = |i: usize| if batched { format!("pixels[{r}][{i}]") } else { format!("pixels[{i}]") };
+        let at = |i: usize| {
+            if batched {
+                format!("pixels[{r}][{i}]")
+            } else {
+                format!("pixels[{i}]")
+            }
+        };
         if row.len() != spec.row_len {
-            let which = if batched { format!("row {r}") } else { "the row".to_string() };
-            return Err(bad_request(format!("{which} has {} values; the model takes {} per row", row.len(), spec.row_len)));
+            let which = if batched {
+                format!("row {r}")
+            } else {
+                "the row".to_string()
+            };
+            return Err(bad_request(format!(
+                "{which} has {} values; the model takes {} per row",
+                row.len(),
+                spec.row_len
+            )));
         }
         for (i, v) in row.iter().enumerate() {
-            let x = v.as_f64().ok_or_else(|| bad_request(format!("{} is not a number: {v}", at(i))))? as f32;
+            let x = v
+                .as_f64()
+                .ok_or_else(|| bad_request(format!("{} is not a number: {v}", at(i))))?
+                as f32;
             if !x.is_finite() || !(0.0..=1.0).contains(&x) {
                 return Err(bad_request(format!("{} = {v} is outside 0..1", at(i))));
             }
@@ -225,7 +261,10 @@ pub fn parse_request(body: &[u8], spec: &InputSpec) -> Result<(Vec<f32>, usize, 
 
 /// Index of the largest logit (the first one on a tie).
 pub fn argmax(logits: &[f32]) -> usize {
-    logits.iter().enumerate().fold(0, |best, (i, &x)| if x > logits[best] { i } else { best })
+    logits
+        .iter()
+        .enumerate()
+        .fold(0, |best, (i, &x)| if x > logits[best] { i } else { best })
 }
 
 /// Runs the model on a parsed request and builds the answer: `{"class": k, "logits": [...]}`
@@ -234,15 +273,33 @@ pub fn predict(model: &CompiledModel, spec: &InputSpec, body: &[u8]) -> Result<V
     let (data, rows, batched) = parse_request(body, spec)?;
     let mut shape = vec![rows];
     shape.extend_from_slice(&spec.row_shape);
-    let internal = |e: String| HttpError { status: 500, message: format!("running the model: {e}") };
-    let outputs = model.run(&[Tensor::from_f32(&shape, data)]).map_err(|e| internal(e.to_string()))?;
-    let logits = outputs.first().ok_or_else(|| internal("the model has no output".into()))?.as_f32().map_err(internal)?;
+    let internal = |e: String| HttpError {
+        status: 500,
+        message: format!("running the model: {e}"),
+    };
+    let outputs = model
+        .run(&[Tensor::from_f32(&shape, data)])
+        .map_err(|e| internal(e.to_string()))?;
+    let logits = outputs
+        .first()
+        .ok_or_else(|| internal("the model has no output".into()))?
+        .as_f32()
+        .map_err(internal)?;
     if rows == 0 || logits.len() % rows != 0 {
-        return Err(internal(format!("{} output values for {rows} rows", logits.len())));
+        return Err(internal(format!(
+            "{} output values for {rows} rows",
+            logits.len()
+        )));
     }
-    let answers: Vec<Value> =
-        logits.chunks(logits.len() / rows).map(|l| json!({ "class": argmax(l), "logits": l })).collect();
-    Ok(if batched { json!({ "predictions": answers }) } else { answers.into_iter().next().unwrap_or(Value::Null) })
+    let answers: Vec<Value> = logits
+        .chunks(logits.len() / rows)
+        .map(|l| json!({ "class": argmax(l), "logits": l }))
+        .collect();
+    Ok(if batched {
+        json!({ "predictions": answers })
+    } else {
+        answers.into_iter().next().unwrap_or(Value::Null)
+    })
 }
 
 /// A complete request: method, path (without the query) and body.
@@ -258,7 +315,11 @@ pub struct Request {
 
 /// Routes a request: what `/health`, `/predict` and `/shutdown` answer. Returns the answer
 /// and whether the server should shut down.
-pub fn route(model: &CompiledModel, spec: &InputSpec, request: &Request) -> (Result<Value, HttpError>, bool) {
+pub fn route(
+    model: &CompiledModel,
+    spec: &InputSpec,
+    request: &Request,
+) -> (Result<Value, HttpError>, bool) {
     match (request.method.as_str(), request.path.as_str()) {
         ("GET", "/health") => (
             Ok(json!({
@@ -271,10 +332,20 @@ pub fn route(model: &CompiledModel, spec: &InputSpec, request: &Request) -> (Res
         ),
         ("POST", "/predict") => (predict(model, spec, &request.body), false),
         ("POST", "/shutdown") => (Ok(json!({ "status": "shutting down" })), true),
-        (method, path @ ("/health" | "/predict" | "/shutdown")) => {
-            (Err(HttpError { status: 405, message: format!("{method} is not allowed on {path}") }), false)
-        }
-        (_, path) => (Err(HttpError { status: 404, message: format!("no route {path} (try GET /health, POST /predict)") }), false),
+        (method, path @ ("/health" | "/predict" | "/shutdown")) => (
+            Err(HttpError {
+                status: 405,
+                message: format!("{method} is not allowed on {path}"),
+            }),
+            false,
+        ),
+        (_, path) => (
+            Err(HttpError {
+                status: 404,
+                message: format!("no route {path} (try GET /health, POST /predict)"),
+            }),
+            false,
+        ),
     }
 }
 
@@ -306,7 +377,12 @@ fn respond(mut stream: TcpStream, status: u16, body: &Value, limits: &Limits) {
         body.len()
     );
     let _ = stream.set_write_timeout(Some(limits.write_timeout));
-    if stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(body.as_bytes())).and_then(|_| stream.flush()).is_err() {
+    if stream
+        .write_all(head.as_bytes())
+        .and_then(|_| stream.write_all(body.as_bytes()))
+        .and_then(|_| stream.flush())
+        .is_err()
+    {
         return;
     }
     let _ = stream.shutdown(Shutdown::Write);
@@ -335,73 +411,151 @@ enum ReadError {
 }
 
 fn http_error(status: u16, message: impl Into<String>) -> ReadError {
-    ReadError::Answer(HttpError { status, message: message.into() })
+    ReadError::Answer(HttpError {
+        status,
+        message: message.into(),
+    })
 }
 
 /// Reads one request from `stream` under `limits`, all of it before `deadline`.
-fn read_request(stream: &mut TcpStream, limits: &Limits, deadline: Instant) -> Result<Request, ReadError> {
+fn read_request(
+    stream: &mut TcpStream,
+    limits: &Limits,
+    deadline: Instant,
+) -> Result<Request, ReadError> {
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
-    let timed_out = || http_error(408, format!("the request did not arrive within {} s", limits.read_timeout.as_secs_f64()));
-    let mut fill = |stream: &mut TcpStream, buf: &mut Vec<u8>, want: usize| -> Result<usize, ReadError> {
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(timed_out());
-        }
-        let _ = stream.set_read_timeout(Some(deadline - now));
-        match stream.read(&mut chunk[..want.min(4096)]) {
-            Ok(0) => Err(ReadError::HungUp),
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                Ok(n)
-            }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => Err(timed_out()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
-            Err(_) => Err(ReadError::HungUp),
-        }
+    let timed_out = || {
+        http_error(
+            408,
+            format!(
+                "the request did not arrive within {} s",
+                limits.read_timeout.as_secs_f64()
+            ),
+        )
     };
+    let mut fill =
+        |stream: &mut TcpStream, buf: &mut Vec<u8>, want: usize| -> Result<usize, ReadError> {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(timed_out());
+            }
+            let _ = stream.set_read_timeout(Some(deadline - now));
+            match stream.read(&mut chunk[..want.min(4096)]) {
+                Ok(0) => Err(ReadError::HungUp),
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    Ok(n)
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    Err(timed_out())
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+                Err(_) => Err(ReadError::HungUp),
+            }
+        };
     // The head: up to the blank line, at most `max_head` bytes.
     let head_end = loop {
         if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break at;
         }
         if buf.len() > limits.max_head {
-            return Err(http_error(431, format!("the request line and headers exceed {} bytes", limits.max_head)));
+            return Err(http_error(
+                431,
+                format!(
+                    "the request line and headers exceed {} bytes",
+                    limits.max_head
+                ),
+            ));
         }
         let want = limits.max_head + 4 - buf.len();
         fill(stream, &mut buf, want)?;
     };
     if head_end > limits.max_head {
-        return Err(http_error(431, format!("the request line and headers exceed {} bytes", limits.max_head)));
+        return Err(http_error(
+            431,
+            format!(
+                "the request line and headers exceed {} bytes",
+                limits.max_head
+            ),
+        ));
     }
     let mut body = buf.split_off(head_end + 4);
     buf.truncate(head_end);
-    let head = std::str::from_utf8(&buf).map_err(|_| http_error(400, "the request head is not text"))?;
+    let head =
+        std::str::from_utf8(&buf).map_err(|_| http_error(400, "the request head is not text"))?;
     let mut lines = head.split("\r\n");
     let request_line = lines.next().unwrap_or("");
     let parts: Vec<&str> = request_line.split(' ').collect();
     let [method, target, version] = parts.as_slice() else {
-        return Err(http_error(400, format!("malformed request line {:?}", request_line.chars().take(80).collect::<String>())));
+        return Err(http_error(
+            400,
+            format!(
+                "malformed request line {:?}",
+                request_line.chars().take(80).collect::<String>()
+            ),
+        ));
     };
-    if !method.chars().all(|c| c.is_ascii_uppercase()) || method.is_empty() || !target.starts_with('/') {
-        return Err(http_error(400, format!("malformed request line {:?}", request_line.chars().take(80).collect::<String>())));
+    if !method.chars().all(|c| c.is_ascii_uppercase())
+        || method.is_empty()
+        || !target.starts_with('/')
+    {
+        return Err(http_error(
+            400,
+            format!(
+                "malformed request line {:?}",
+                request_line.chars().take(80).collect::<String>()
+            ),
+        ));
     }
     if !matches!(*version, "HTTP/1.1" | "HTTP/1.0") {
-        return Err(http_error(505, format!("{:?} is not HTTP/1.0 or HTTP/1.1", version.chars().take(20).collect::<String>())));
+        return Err(http_error(
+            505,
+            format!(
+                "{:?} is not HTTP/1.0 or HTTP/1.1",
+                version.chars().take(20).collect::<String>()
+            ),
+        ));
     }
     let (mut length, mut expect_continue) = (None::<u64>, false);
     for line in lines {
-        let (name, value) = line.split_once(':').ok_or_else(|| http_error(400, format!("malformed header {:?}", line.chars().take(80).collect::<String>())))?;
+        let (name, value) = line.split_once(':').ok_or_else(|| {
+            http_error(
+                400,
+                format!(
+                    "malformed header {:?}",
+                    line.chars().take(80).collect::<String>()
+                ),
+            )
+        })?;
         let value = value.trim();
         match name.trim().to_ascii_lowercase().as_str() {
             "content-length" => {
-                let n: u64 = value.parse().map_err(|_| http_error(400, format!("Content-Length {:?} is not a number", value.chars().take(40).collect::<String>())))?;
+                let n: u64 = value.parse().map_err(|_| {
+                    http_error(
+                        400,
+                        format!(
+                            "Content-Length {:?} is not a number",
+                            value.chars().take(40).collect::<String>()
+                        ),
+                    )
+                })?;
                 if length.is_some_and(|l| l != n) {
                     return Err(http_error(400, "two different Content-Length headers"));
                 }
                 length = Some(n);
             }
-            "transfer-encoding" => return Err(http_error(501, "Transfer-Encoding is not supported: send the body with a Content-Length")),
+            "transfer-encoding" => {
+                return Err(http_error(
+                    501,
+                    "Transfer-Encoding is not supported: send the body with a Content-Length",
+                ))
+            }
             "expect" if value.eq_ignore_ascii_case("100-continue") => expect_continue = true,
             _ => {}
         }
@@ -410,15 +564,26 @@ fn read_request(stream: &mut TcpStream, limits: &Limits, deadline: Instant) -> R
     let length = length.unwrap_or(0);
     // Refused from the announced length, before a byte of the body is read or allocated.
     if length > limits.max_body as u64 {
-        return Err(http_error(413, format!("the body would be {length} bytes; at most {} are accepted", limits.max_body)));
+        return Err(http_error(
+            413,
+            format!(
+                "the body would be {length} bytes; at most {} are accepted",
+                limits.max_body
+            ),
+        ));
     }
     let length = length as usize;
     if expect_continue && length > 0 {
         let _ = stream.set_write_timeout(Some(limits.write_timeout));
-        stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").map_err(|_| ReadError::HungUp)?;
+        stream
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .map_err(|_| ReadError::HungUp)?;
     }
     if body.len() > length {
-        return Err(http_error(400, "more data follows the body (one request per connection)"));
+        return Err(http_error(
+            400,
+            "more data follows the body (one request per connection)",
+        ));
     }
     body.reserve_exact(length - body.len());
     while body.len() < length {
@@ -426,7 +591,11 @@ fn read_request(stream: &mut TcpStream, limits: &Limits, deadline: Instant) -> R
         fill(stream, &mut body, want)?;
     }
     let path = target.split('?').next().unwrap_or("").to_string();
-    Ok(Request { method: method.to_string(), path, body })
+    Ok(Request {
+        method: method.to_string(),
+        path,
+        body,
+    })
 }
 
 /// A listening socket with its limits.
@@ -439,7 +608,11 @@ pub struct Server {
 impl Server {
     /// Listens on `addr` (use port 0 for a free one).
     pub fn bind(addr: impl std::net::ToSocketAddrs, limits: Limits) -> io::Result<Server> {
-        Ok(Server { listener: TcpListener::bind(addr)?, limits, stats: Arc::new(Stats::default()) })
+        Ok(Server {
+            listener: TcpListener::bind(addr)?,
+            limits,
+            stats: Arc::new(Stats::default()),
+        })
     }
 
     /// The address it listens on.
@@ -466,9 +639,18 @@ impl Drop for Slot {
 
 /// Serves with `workers` threads until `max_requests` requests have been answered by the
 /// workers (when given) or a `POST /shutdown` arrives. Returns the counts.
-pub fn serve(server: Server, model: Arc<CompiledModel>, workers: usize, max_requests: Option<usize>) -> Result<Counts, String> {
+pub fn serve(
+    server: Server,
+    model: Arc<CompiledModel>,
+    workers: usize,
+    max_requests: Option<usize>,
+) -> Result<Counts, String> {
     let spec = InputSpec::of(&model)?;
-    let Server { listener, limits, stats } = server;
+    let Server {
+        listener,
+        limits,
+        stats,
+    } = server;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let limits = Arc::new(limits);
     let stop = Arc::new(AtomicBool::new(false));
@@ -482,7 +664,13 @@ pub fn serve(server: Server, model: Arc<CompiledModel>, workers: usize, max_requ
     };
     let handles: Vec<_> = (0..workers.max(1))
         .map(|_| {
-            let (jobs, model, spec, limits, stats) = (Arc::clone(&jobs), Arc::clone(&model), spec.clone(), Arc::clone(&limits), Arc::clone(&stats));
+            let (jobs, model, spec, limits, stats) = (
+                Arc::clone(&jobs),
+                Arc::clone(&model),
+                spec.clone(),
+                Arc::clone(&limits),
+                Arc::clone(&stats),
+            );
             let (stop, answered) = (Arc::clone(&stop), Arc::clone(&answered));
             thread::spawn(move || loop {
                 // The queue's sender is dropped when the accept loop ends: then `recv` fails.
@@ -502,7 +690,9 @@ pub fn serve(server: Server, model: Arc<CompiledModel>, workers: usize, max_requ
                     stats.ok.fetch_add(1, Ordering::SeqCst);
                 }
                 let n = answered.fetch_add(1, Ordering::SeqCst) + 1;
-                if (shutdown || max_requests.is_some_and(|m| n >= m)) && !stop.swap(true, Ordering::SeqCst) {
+                if (shutdown || max_requests.is_some_and(|m| n >= m))
+                    && !stop.swap(true, Ordering::SeqCst)
+                {
                     wake();
                 }
             })
@@ -519,23 +709,35 @@ pub fn serve(server: Server, model: Arc<CompiledModel>, workers: usize, max_requ
             stats.refused_connections.fetch_add(1, Ordering::SeqCst);
             // Answered here, briefly: the answer fits in the socket's buffer.
             let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
-            let body = error_body(&format!("the server has {} connections open; try again later", limits.max_connections)).to_string();
+            let body = error_body(&format!(
+                "the server has {} connections open; try again later",
+                limits.max_connections
+            ))
+            .to_string();
             let _ = write!(stream, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n{body}", body.len());
             continue;
         }
         let slot = Slot(Arc::clone(&open));
-        let (queue, limits, reader_stats) = (queue.clone(), Arc::clone(&limits), Arc::clone(&stats));
+        let (queue, limits, reader_stats) =
+            (queue.clone(), Arc::clone(&limits), Arc::clone(&stats));
         // One reader per open connection (at most `max_connections`), each bounded in time
         // by `read_timeout`.
         let spawned = thread::Builder::new().stack_size(256 << 10).spawn(move || {
             let stats = reader_stats;
             let deadline = Instant::now() + limits.read_timeout;
             match read_request(&mut stream, &limits, deadline) {
-                Ok(request) => match queue.try_send(Job { stream, request, _slot: slot }) {
+                Ok(request) => match queue.try_send(Job {
+                    stream,
+                    request,
+                    _slot: slot,
+                }) {
                     Ok(()) => {}
                     Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
                         stats.refused_busy.fetch_add(1, Ordering::SeqCst);
-                        let message = format!("{} requests are waiting already; try again later", limits.queue);
+                        let message = format!(
+                            "{} requests are waiting already; try again later",
+                            limits.queue
+                        );
                         respond(job.stream, 503, &error_body(&message), &limits);
                     }
                 },

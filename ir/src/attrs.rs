@@ -110,14 +110,19 @@ impl Attrs {
     pub fn usizes(&self, name: &str) -> Result<Vec<usize>, String> {
         self.ints(name)?
             .iter()
-            .map(|&v| usize::try_from(v).map_err(|_| format!("attribute `{name}` has negative entry {v}")))
+            .map(|&v| {
+                usize::try_from(v).map_err(|_| format!("attribute `{name}` has negative entry {v}"))
+            })
             .collect()
     }
 
     fn wrong(name: &str, want: &str, got: Option<&AttrValue>) -> String {
         match got {
             None => format!("missing attribute `{name}`"),
-            Some(AttrValue::Graph(g)) => format!("attribute `{name}` should be {want}, found graph `{}`", g.name),
+            Some(AttrValue::Graph(g)) => format!(
+                "attribute `{name}` should be {want}, found graph `{}`",
+                g.name
+            ),
             Some(v) => format!("attribute `{name}` should be {want}, found {v:?}"),
         }
     }

@@ -17,7 +17,11 @@ pub fn to_dot(graph: &Graph) -> String {
     out.push_str("  rankdir=TB;\n  node [shape=box, fontname=\"monospace\", fontsize=10];\n  edge [fontname=\"monospace\", fontsize=8];\n");
     nodes_and_edges(&mut out, graph, "n", "  ");
     for (i, v) in graph.outputs().iter().enumerate() {
-        let _ = writeln!(out, "  out{i} [label={}, shape=ellipse];", quote(&format!("output {}", graph.value(*v).name)));
+        let _ = writeln!(
+            out,
+            "  out{i} [label={}, shape=ellipse];",
+            quote(&format!("output {}", graph.value(*v).name))
+        );
         let _ = writeln!(out, "  n{} -> out{i};", v.node.index());
     }
     out.push_str("}\n");
@@ -29,8 +33,18 @@ fn nodes_and_edges(out: &mut String, graph: &Graph, prefix: &str, indent: &str) 
     for id in graph.node_ids() {
         let node = graph.node(id);
         let (label, style) = match &node.op {
-            NodeOp::Input => (format!("input {}\n{}", node.name, crate::text::type_to_string(&node.outputs[0].ty)), "shape=ellipse"),
-            NodeOp::Const(t) => (format!("const {}\n{}{:?}", node.name, t.dtype(), t.shape()), "shape=note, fontsize=8, color=gray40"),
+            NodeOp::Input => (
+                format!(
+                    "input {}\n{}",
+                    node.name,
+                    crate::text::type_to_string(&node.outputs[0].ty)
+                ),
+                "shape=ellipse",
+            ),
+            NodeOp::Const(t) => (
+                format!("const {}\n{}{:?}", node.name, t.dtype(), t.shape()),
+                "shape=note, fontsize=8, color=gray40",
+            ),
             NodeOp::Apply(op) => {
                 let mut label = format!("{}\n{}", op.kind, node.name);
                 for (k, v) in &op.attrs.0 {
@@ -41,28 +55,64 @@ fn nodes_and_edges(out: &mut String, graph: &Graph, prefix: &str, indent: &str) 
                 (label, "")
             }
         };
-        let _ = writeln!(out, "{indent}{prefix}{} [label={}{}{style}];", id.index(), quote(&label), if style.is_empty() { "" } else { ", " });
+        let _ = writeln!(
+            out,
+            "{indent}{prefix}{} [label={}{}{style}];",
+            id.index(),
+            quote(&label),
+            if style.is_empty() { "" } else { ", " }
+        );
     }
     for id in graph.node_ids() {
         for (slot, v) in graph.node_inputs(id).iter().enumerate() {
             let Some(v) = v else { continue };
             let ty = graph.value_type(*v);
-            let color = if ty.quant.is_some() { ", color=blue, fontcolor=blue" } else { "" };
-            let label = format!("{}#{slot}: {}", graph.value(*v).name, crate::text::type_to_string(ty));
-            let _ = writeln!(out, "{indent}{prefix}{} -> {prefix}{} [label={}{color}];", v.node.index(), id.index(), quote(&label));
+            let color = if ty.quant.is_some() {
+                ", color=blue, fontcolor=blue"
+            } else {
+                ""
+            };
+            let label = format!(
+                "{}#{slot}: {}",
+                graph.value(*v).name,
+                crate::text::type_to_string(ty)
+            );
+            let _ = writeln!(
+                out,
+                "{indent}{prefix}{} -> {prefix}{} [label={}{color}];",
+                v.node.index(),
+                id.index(),
+                quote(&label)
+            );
         }
     }
     for id in graph.node_ids() {
-        let NodeOp::Apply(op) = &graph.node(id).op else { continue };
+        let NodeOp::Apply(op) = &graph.node(id).op else {
+            continue;
+        };
         for (name, body) in op.attrs.graphs() {
             let inner = format!("{prefix}{}_{name}_", id.index());
-            let _ = writeln!(out, "{indent}subgraph {} {{", quote(&format!("cluster_{inner}")));
-            let _ = writeln!(out, "{indent}  label={}; style=dashed;", quote(&format!("{} {name}", graph.node(id).name)));
+            let _ = writeln!(
+                out,
+                "{indent}subgraph {} {{",
+                quote(&format!("cluster_{inner}"))
+            );
+            let _ = writeln!(
+                out,
+                "{indent}  label={}; style=dashed;",
+                quote(&format!("{} {name}", graph.node(id).name))
+            );
             nodes_and_edges(out, body, &inner, &format!("{indent}  "));
             let _ = writeln!(out, "{indent}}}");
             for (i, v) in body.outputs().iter().enumerate() {
                 let label = format!("{name} result {i}");
-                let _ = writeln!(out, "{indent}{inner}{} -> {prefix}{} [style=dashed, label={}];", v.node.index(), id.index(), quote(&label));
+                let _ = writeln!(
+                    out,
+                    "{indent}{inner}{} -> {prefix}{} [style=dashed, label={}];",
+                    v.node.index(),
+                    id.index(),
+                    quote(&label)
+                );
             }
         }
     }
@@ -81,5 +131,10 @@ fn attr(v: &crate::AttrValue) -> String {
 
 /// A dot string literal.
 fn quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
+    format!(
+        "\"{}\"",
+        s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    )
 }

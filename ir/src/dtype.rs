@@ -30,8 +30,16 @@ pub enum DType {
 
 impl DType {
     /// Every dtype, in a fixed order (for tests and error messages).
-    pub const ALL: [DType; 8] =
-        [DType::F32, DType::I8, DType::U8, DType::I32, DType::I64, DType::I4, DType::U4, DType::Bool];
+    pub const ALL: [DType; 8] = [
+        DType::F32,
+        DType::I8,
+        DType::U8,
+        DType::I32,
+        DType::I64,
+        DType::I4,
+        DType::U4,
+        DType::Bool,
+    ];
 
     /// The name used in the text format (`f32`, `u8`, ...).
     pub fn name(self) -> &'static str {

@@ -64,11 +64,15 @@ pub fn rounding_shift(x: i64, shift: u32) -> i64 {
 /// rounding (QAdd), and by [`FixedMultiplier::from_real`] for a single real.
 pub fn common(reals: &[f64]) -> Result<(Vec<i32>, u32), String> {
     if let Some(r) = reals.iter().find(|r| !(r.is_finite() && **r > 0.0)) {
-        return Err(format!("requantization multiplier {r} is not finite and positive"));
+        return Err(format!(
+            "requantization multiplier {r} is not finite and positive"
+        ));
     }
     let largest = reals.iter().copied().fold(0.0f64, f64::max);
     if largest >= (1u64 << 30) as f64 {
-        return Err(format!("requantization multiplier {largest} is too large (at most 2^30)"));
+        return Err(format!(
+            "requantization multiplier {largest} is too large (at most 2^30)"
+        ));
     }
     if largest == 0.0 {
         return Err("requantization needs at least one multiplier".to_string());
@@ -87,7 +91,12 @@ pub fn common(reals: &[f64]) -> Result<(Vec<i32>, u32), String> {
 /// The clamp bounds of a requantized result: the dtype's `range`, narrowed by a fused
 /// activation `[act_min, act_max]` quantized with the result's `(scale, zero_point)`
 /// (so Relu is exactly `lo = zero_point`).
-pub fn clamp_bounds(range: (i64, i64), act: Option<(f32, f32)>, scale: f32, zero_point: i32) -> (i64, i64) {
+pub fn clamp_bounds(
+    range: (i64, i64),
+    act: Option<(f32, f32)>,
+    scale: f32,
+    zero_point: i32,
+) -> (i64, i64) {
     let (lo, hi) = range;
     match act {
         None => (lo, hi),
@@ -109,9 +118,15 @@ fn per_channel(reals: &[f64]) -> Result<Vec<FixedMultiplier>, String> {
     let largest = reals.iter().copied().fold(0.0f64, f64::max);
     if reals.len() > 1 && reals.iter().all(|&r| r >= largest * SHARED_SHIFT_RANGE) {
         let (ms, shift) = common(reals)?;
-        return Ok(ms.into_iter().map(|m| FixedMultiplier { m, shift }).collect());
+        return Ok(ms
+            .into_iter()
+            .map(|m| FixedMultiplier { m, shift })
+            .collect());
     }
-    reals.iter().map(|&r| FixedMultiplier::from_real(r)).collect()
+    reals
+        .iter()
+        .map(|&r| FixedMultiplier::from_real(r))
+        .collect()
 }
 
 /// One requantized element: `clamp(zero_point + M · acc, lo, hi)`.
@@ -134,10 +149,18 @@ pub struct Requant {
 }
 
 /// The 8-bit, per-tensor result of an integer op: `(scale, zero_point, bounds)`.
-pub fn result_params(y: &TensorType, act: Option<(f32, f32)>) -> Result<(f32, i32, (i64, i64)), String> {
+pub fn result_params(
+    y: &TensorType,
+    act: Option<(f32, f32)>,
+) -> Result<(f32, i32, (i64, i64)), String> {
     let q = match (&y.quant, y.dtype) {
         (Some(q), DType::U8 | DType::I8) if q.axis.is_none() => q,
-        _ => return Err(format!("result {} is not 8-bit quantized per tensor", crate::text::type_to_string(y))),
+        _ => {
+            return Err(format!(
+                "result {} is not 8-bit quantized per tensor",
+                crate::text::type_to_string(y)
+            ))
+        }
     };
     let (scale, zp) = q.channel(0);
     let range = y.dtype.int_range().ok_or("result is not an integer type")?;
@@ -148,23 +171,47 @@ impl Requant {
     /// For a product `x · w` (Conv, MatMul): channel `c` uses `s_x · s_w[c] / s_y`, the
     /// product of the f32 scales taken in f64. `channels` is the number of output channels
     /// (`w` per tensor or with that many scales).
-    pub fn for_product(x: &QuantParams, w: &QuantParams, channels: usize, y: &TensorType, act: Option<(f32, f32)>) -> Result<Requant, String> {
+    pub fn for_product(
+        x: &QuantParams,
+        w: &QuantParams,
+        channels: usize,
+        y: &TensorType,
+        act: Option<(f32, f32)>,
+    ) -> Result<Requant, String> {
         let (sy, zero_point, bounds) = result_params(y, act)?;
         let count = if w.axis.is_some() { channels } else { 1 };
-        let reals: Vec<f64> = (0..count).map(|c| x.channel(0).0 as f64 * w.channel(c).0 as f64 / sy as f64).collect();
-        Ok(Requant { multipliers: per_channel(&reals)?, zero_point, bounds })
+        let reals: Vec<f64> = (0..count)
+            .map(|c| x.channel(0).0 as f64 * w.channel(c).0 as f64 / sy as f64)
+            .collect();
+        Ok(Requant {
+            multipliers: per_channel(&reals)?,
+            zero_point,
+            bounds,
+        })
     }
 
     /// For a rescale by `ratio` (`s_x / s_y`, times `1/count` for an average).
-    pub fn for_ratio(ratio: f64, y: &TensorType, act: Option<(f32, f32)>) -> Result<Requant, String> {
+    pub fn for_ratio(
+        ratio: f64,
+        y: &TensorType,
+        act: Option<(f32, f32)>,
+    ) -> Result<Requant, String> {
         let (_, zero_point, bounds) = result_params(y, act)?;
-        Ok(Requant { multipliers: vec![FixedMultiplier::from_real(ratio)?], zero_point, bounds })
+        Ok(Requant {
+            multipliers: vec![FixedMultiplier::from_real(ratio)?],
+            zero_point,
+            bounds,
+        })
     }
 
     /// The result element for accumulator `acc` of output channel `channel`.
     #[inline]
     pub fn apply(&self, channel: usize, acc: i64) -> i64 {
-        let m = if self.multipliers.len() == 1 { self.multipliers[0] } else { self.multipliers[channel] };
+        let m = if self.multipliers.len() == 1 {
+            self.multipliers[0]
+        } else {
+            self.multipliers[channel]
+        };
         requantize(acc, m, self.zero_point, self.bounds)
     }
 }
@@ -186,17 +233,31 @@ pub struct SumRequant {
 impl SumRequant {
     /// Terms with real multipliers `ratios` (`s_term / s_y`). Each term is an 8-bit value
     /// minus its zero point (|t| < 2^9), so `Σ tᵢ·mᵢ` stays far inside i64.
-    pub fn new(ratios: &[f64], y: &TensorType, act: Option<(f32, f32)>) -> Result<SumRequant, String> {
+    pub fn new(
+        ratios: &[f64],
+        y: &TensorType,
+        act: Option<(f32, f32)>,
+    ) -> Result<SumRequant, String> {
         let (_, zero_point, bounds) = result_params(y, act)?;
         let (multipliers, shift) = common(ratios)?;
-        Ok(SumRequant { multipliers, shift, zero_point, bounds })
+        Ok(SumRequant {
+            multipliers,
+            shift,
+            zero_point,
+            bounds,
+        })
     }
 
     /// The result element for centered terms `terms` (one per multiplier).
     #[inline]
     pub fn apply(&self, terms: &[i64]) -> i64 {
-        let sum: i64 = terms.iter().zip(&self.multipliers).map(|(&t, &m)| t * m as i64).sum();
-        (self.zero_point as i64 + rounding_shift(sum, self.shift)).clamp(self.bounds.0, self.bounds.1)
+        let sum: i64 = terms
+            .iter()
+            .zip(&self.multipliers)
+            .map(|(&t, &m)| t * m as i64)
+            .sum();
+        (self.zero_point as i64 + rounding_shift(sum, self.shift))
+            .clamp(self.bounds.0, self.bounds.1)
     }
 }
 
@@ -208,8 +269,15 @@ mod tests {
     fn multipliers_have_31_bits_and_round_trip() {
         for real in [1.0, 0.5, 0.75, 1e-3, 3.3e-5, 123.456, 0.999_999_9] {
             let m = FixedMultiplier::from_real(real).unwrap();
-            assert!((1 << 30..1i64 << 31).contains(&(m.m as i64)), "{real}: {m:?}");
-            assert!(((m.real() - real) / real).abs() < 1e-9, "{real}: {}", m.real());
+            assert!(
+                (1 << 30..1i64 << 31).contains(&(m.m as i64)),
+                "{real}: {m:?}"
+            );
+            assert!(
+                ((m.real() - real) / real).abs() < 1e-9,
+                "{real}: {}",
+                m.real()
+            );
         }
     }
 
@@ -263,7 +331,10 @@ mod tests {
 
     #[test]
     fn clamp_bounds_quantize_the_activation() {
-        assert_eq!(clamp_bounds((0, 255), Some((0.0, f32::INFINITY)), 0.1, 20), (20, 255));
+        assert_eq!(
+            clamp_bounds((0, 255), Some((0.0, f32::INFINITY)), 0.1, 20),
+            (20, 255)
+        );
         assert_eq!(clamp_bounds((0, 255), Some((0.0, 6.0)), 0.1, 20), (20, 80));
         assert_eq!(clamp_bounds((-128, 127), None, 0.1, 0), (-128, 127));
     }

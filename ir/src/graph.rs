@@ -1,6 +1,6 @@
 //! The graph: a petgraph DAG whose nodes produce typed values.
 
-use crate::{IrError, Op, OpKind, Shape, Tensor, TensorType, QuantParams};
+use crate::{IrError, Op, OpKind, QuantParams, Shape, Tensor, TensorType};
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
@@ -95,7 +95,10 @@ pub struct Graph {
 impl Graph {
     /// An empty graph.
     pub fn new(name: &str) -> Graph {
-        Graph { name: name.to_string(), ..Graph::default() }
+        Graph {
+            name: name.to_string(),
+            ..Graph::default()
+        }
     }
 
     /// The underlying petgraph, for algorithms and export.
@@ -109,22 +112,43 @@ impl Graph {
             name: name.to_string(),
             op: NodeOp::Input,
             arity: 0,
-            outputs: vec![Value { name: name.to_string(), ty }],
+            outputs: vec![Value {
+                name: name.to_string(),
+                ty,
+            }],
         });
         self.inputs.push(id);
-        ValueId { node: id, output: 0 }
+        ValueId {
+            node: id,
+            output: 0,
+        }
     }
 
     /// Adds a constant. Its type is the tensor's, plus optional quantization parameters.
-    pub fn add_const(&mut self, name: &str, value: Arc<Tensor>, quant: Option<QuantParams>) -> ValueId {
-        let ty = TensorType { dtype: value.dtype(), shape: Shape::fixed(value.shape()), quant };
+    pub fn add_const(
+        &mut self,
+        name: &str,
+        value: Arc<Tensor>,
+        quant: Option<QuantParams>,
+    ) -> ValueId {
+        let ty = TensorType {
+            dtype: value.dtype(),
+            shape: Shape::fixed(value.shape()),
+            quant,
+        };
         let id = self.g.add_node(Node {
             name: name.to_string(),
             op: NodeOp::Const(value),
             arity: 0,
-            outputs: vec![Value { name: name.to_string(), ty }],
+            outputs: vec![Value {
+                name: name.to_string(),
+                ty,
+            }],
         });
-        ValueId { node: id, output: 0 }
+        ValueId {
+            node: id,
+            output: 0,
+        }
     }
 
     /// Adds a node applying `op` to `inputs` (`None` for a missing optional operand), with
@@ -147,7 +171,14 @@ impl Graph {
         });
         for (slot, v) in inputs.iter().enumerate() {
             if let Some(v) = v {
-                self.g.add_edge(v.node, id, Use { output: v.output, input: slot });
+                self.g.add_edge(
+                    v.node,
+                    id,
+                    Use {
+                        output: v.output,
+                        input: slot,
+                    },
+                );
             }
         }
         Ok(id)
@@ -162,10 +193,21 @@ impl Graph {
         output_names: &[&str],
     ) -> Result<Vec<ValueId>, IrError> {
         let types = {
-            let in_types: Vec<Option<&TensorType>> =
-                inputs.iter().map(|v| v.map(|v| self.value_type(v))).collect();
+            let in_types: Vec<Option<&TensorType>> = inputs
+                .iter()
+                .map(|v| v.map(|v| self.value_type(v)))
+                .collect();
             let constants = crate::verify::operand_constants(self, inputs);
-            crate::verify::infer_op_with(&op, &in_types, &crate::verify::OperandValues { constants: &constants, symbolic: &[] }, &[]).map_err(|message| {
+            crate::verify::infer_op_with(
+                &op,
+                &in_types,
+                &crate::verify::OperandValues {
+                    constants: &constants,
+                    symbolic: &[],
+                },
+                &[],
+            )
+            .map_err(|message| {
                 IrError::Verifier(vec![crate::VerifierError {
                     node: name.to_string(),
                     op: op.kind.name().to_string(),
@@ -180,10 +222,18 @@ impl Graph {
                 output_names.len()
             )));
         }
-        let outputs =
-            output_names.iter().zip(types).map(|(n, ty)| Value { name: n.to_string(), ty }).collect();
+        let outputs = output_names
+            .iter()
+            .zip(types)
+            .map(|(n, ty)| Value {
+                name: n.to_string(),
+                ty,
+            })
+            .collect();
         let id = self.add_node(name, op, inputs, outputs)?;
-        Ok((0..output_names.len()).map(|output| ValueId { node: id, output }).collect())
+        Ok((0..output_names.len())
+            .map(|output| ValueId { node: id, output })
+            .collect())
     }
 
     fn check_value(&self, v: ValueId) -> Result<(), IrError> {
@@ -271,7 +321,10 @@ impl Graph {
         for e in self.g.edges_directed(id, Direction::Incoming) {
             let u = e.weight();
             if let Some(slot) = inputs.get_mut(u.input) {
-                *slot = Some(ValueId { node: e.source(), output: u.output });
+                *slot = Some(ValueId {
+                    node: e.source(),
+                    output: u.output,
+                });
             }
         }
         inputs
@@ -290,9 +343,17 @@ impl Graph {
     }
 
     /// Sets (or clears) one operand of a node.
-    pub fn set_node_input(&mut self, id: NodeId, slot: usize, v: Option<ValueId>) -> Result<(), IrError> {
+    pub fn set_node_input(
+        &mut self,
+        id: NodeId,
+        slot: usize,
+        v: Option<ValueId>,
+    ) -> Result<(), IrError> {
         if slot >= self.g[id].arity {
-            return Err(IrError::Build(format!("node `{}` has no operand {slot}", self.g[id].name)));
+            return Err(IrError::Build(format!(
+                "node `{}` has no operand {slot}",
+                self.g[id].name
+            )));
         }
         if let Some(v) = v {
             self.check_value(v)?;
@@ -307,7 +368,14 @@ impl Graph {
             self.g.remove_edge(e);
         }
         if let Some(v) = v {
-            self.g.add_edge(v.node, id, Use { output: v.output, input: slot });
+            self.g.add_edge(
+                v.node,
+                id,
+                Use {
+                    output: v.output,
+                    input: slot,
+                },
+            );
         }
         Ok(())
     }
@@ -331,14 +399,25 @@ impl Graph {
     pub fn make_constant(&mut self, id: NodeId, value: Arc<Tensor>) -> Result<(), IrError> {
         let node = &self.g[id];
         if !matches!(node.op, NodeOp::Apply(_)) || node.outputs.len() != 1 {
-            return Err(IrError::Build(format!("node `{}` is not an op with one result", node.name)));
+            return Err(IrError::Build(format!(
+                "node `{}` is not an op with one result",
+                node.name
+            )));
         }
-        let incoming: Vec<_> = self.g.edges_directed(id, Direction::Incoming).map(|e| e.id()).collect();
+        let incoming: Vec<_> = self
+            .g
+            .edges_directed(id, Direction::Incoming)
+            .map(|e| e.id())
+            .collect();
         for e in incoming {
             self.g.remove_edge(e);
         }
         let node = &mut self.g[id];
-        node.outputs[0].ty = TensorType { dtype: value.dtype(), shape: Shape::fixed(value.shape()), quant: None };
+        node.outputs[0].ty = TensorType {
+            dtype: value.dtype(),
+            shape: Shape::fixed(value.shape()),
+            quant: None,
+        };
         node.op = NodeOp::Const(value);
         node.arity = 0;
         Ok(())
@@ -349,21 +428,39 @@ impl Graph {
     /// depends only on constants can then be folded. The value must fit the input's type
     /// (its dtype, and its shape where the input's extents are known).
     pub fn freeze_input(&mut self, v: ValueId, value: Arc<Tensor>) -> Result<(), IrError> {
-        let position = self.inputs.iter().position(|&n| n == v.node).ok_or_else(|| IrError::Build(format!("value {v:?} is not a graph input")))?;
+        let position = self
+            .inputs
+            .iter()
+            .position(|&n| n == v.node)
+            .ok_or_else(|| IrError::Build(format!("value {v:?} is not a graph input")))?;
         let node = &self.g[v.node];
         let ty = &node.outputs[0].ty;
         let fits = value.dtype() == ty.dtype
             && value.shape().len() == ty.shape.rank()
-            && ty.shape.dims().iter().zip(value.shape()).all(|(d, &n)| d.fixed().is_none_or(|f| f == n));
+            && ty
+                .shape
+                .dims()
+                .iter()
+                .zip(value.shape())
+                .all(|(d, &n)| d.fixed().is_none_or(|f| f == n));
         if !fits {
             return Err(IrError::Input {
                 name: node.name.clone(),
-                message: format!("a {}{:?} value cannot stand for an input of type {}", value.dtype(), value.shape(), crate::text::type_to_string(ty)),
+                message: format!(
+                    "a {}{:?} value cannot stand for an input of type {}",
+                    value.dtype(),
+                    value.shape(),
+                    crate::text::type_to_string(ty)
+                ),
             });
         }
         let quant = ty.quant.clone();
         let node = &mut self.g[v.node];
-        node.outputs[0].ty = TensorType { dtype: value.dtype(), shape: Shape::fixed(value.shape()), quant };
+        node.outputs[0].ty = TensorType {
+            dtype: value.dtype(),
+            shape: Shape::fixed(value.shape()),
+            quant,
+        };
         node.op = NodeOp::Const(value);
         self.inputs.remove(position);
         Ok(())
@@ -372,13 +469,22 @@ impl Graph {
     /// Removes every node that no graph output depends on (graph inputs stay).
     pub fn remove_dead_nodes(&mut self) {
         let mut live = BTreeSet::new();
-        let mut stack: Vec<NodeId> = self.outputs.iter().map(|v| v.node).chain(self.inputs.iter().copied()).collect();
+        let mut stack: Vec<NodeId> = self
+            .outputs
+            .iter()
+            .map(|v| v.node)
+            .chain(self.inputs.iter().copied())
+            .collect();
         while let Some(n) = stack.pop() {
             if live.insert(n) {
                 stack.extend(self.g.neighbors_directed(n, Direction::Incoming));
             }
         }
-        let dead: Vec<_> = self.g.node_indices().filter(|n| !live.contains(n)).collect();
+        let dead: Vec<_> = self
+            .g
+            .node_indices()
+            .filter(|n| !live.contains(n))
+            .collect();
         for n in dead {
             self.g.remove_node(n);
         }
@@ -391,8 +497,11 @@ impl Graph {
         for n in self.g.node_indices() {
             indegree.insert(n, self.g.neighbors_directed(n, Direction::Incoming).count());
         }
-        let mut ready: BTreeSet<NodeId> =
-            indegree.iter().filter(|(_, &d)| d == 0).map(|(&n, _)| n).collect();
+        let mut ready: BTreeSet<NodeId> = indegree
+            .iter()
+            .filter(|(_, &d)| d == 0)
+            .map(|(&n, _)| n)
+            .collect();
         let mut order = Vec::with_capacity(indegree.len());
         while let Some(n) = ready.pop_first() {
             order.push(n);
@@ -427,7 +536,11 @@ impl Graph {
     /// Finds a value by name.
     pub fn find_value(&self, name: &str) -> Option<ValueId> {
         self.g.node_indices().find_map(|node| {
-            self.g[node].outputs.iter().position(|v| v.name == name).map(|output| ValueId { node, output })
+            self.g[node]
+                .outputs
+                .iter()
+                .position(|v| v.name == name)
+                .map(|output| ValueId { node, output })
         })
     }
 }
@@ -439,13 +552,31 @@ impl PartialEq for Graph {
     fn eq(&self, other: &Graph) -> bool {
         // Inputs are compared through the input list; their position among nodes is free.
         let computed = |g: &Graph| -> Option<Vec<NodeId>> {
-            Some(g.topo_order().ok()?.into_iter().filter(|&n| g.g[n].op != NodeOp::Input).collect())
+            Some(
+                g.topo_order()
+                    .ok()?
+                    .into_iter()
+                    .filter(|&n| g.g[n].op != NodeOp::Input)
+                    .collect(),
+            )
         };
-        let (Some(a), Some(b)) = (computed(self), computed(other)) else { return false };
-        let input_types = |g: &Graph| -> Vec<TensorType> { g.input_values().iter().map(|v| g.value_type(*v).clone()).collect() };
-        let names = |g: &Graph, vs: &[ValueId]| -> Vec<String> { vs.iter().map(|v| g.value(*v).name.clone()).collect() };
+        let (Some(a), Some(b)) = (computed(self), computed(other)) else {
+            return false;
+        };
+        let input_types = |g: &Graph| -> Vec<TensorType> {
+            g.input_values()
+                .iter()
+                .map(|v| g.value_type(*v).clone())
+                .collect()
+        };
+        let names = |g: &Graph, vs: &[ValueId]| -> Vec<String> {
+            vs.iter().map(|v| g.value(*v).name.clone()).collect()
+        };
         let operand_names = |g: &Graph, n: NodeId| -> Vec<Option<String>> {
-            g.node_inputs(n).into_iter().map(|v| v.map(|v| g.value(v).name.clone())).collect()
+            g.node_inputs(n)
+                .into_iter()
+                .map(|v| v.map(|v| g.value(v).name.clone()))
+                .collect()
         };
         self.name == other.name
             && names(self, &self.input_values()) == names(other, &other.input_values())

@@ -32,7 +32,10 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Options {
-        Options { max_loop_iterations: DEFAULT_MAX_LOOP_ITERATIONS, max_stacked_bytes: DEFAULT_MAX_STACKED_BYTES }
+        Options {
+            max_loop_iterations: DEFAULT_MAX_LOOP_ITERATIONS,
+            max_stacked_bytes: DEFAULT_MAX_STACKED_BYTES,
+        }
     }
 }
 
@@ -44,7 +47,13 @@ pub fn eval_op(
     input_types: &[Option<&TensorType>],
     output_types: &[TensorType],
 ) -> Result<Vec<Tensor>, String> {
-    ops::eval(&EvalCtx { op, inputs, input_types, output_types, options: &Options::default() })
+    ops::eval(&EvalCtx {
+        op,
+        inputs,
+        input_types,
+        output_types,
+        options: &Options::default(),
+    })
 }
 
 /// Every value computed by one run, for per-layer comparisons and debugging.
@@ -63,9 +72,17 @@ pub fn run(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, IrError> {
 }
 
 /// [`run`] under the limits of `options` (a Loop's iterations).
-pub fn run_with(graph: &Graph, inputs: &[Tensor], options: &Options) -> Result<Vec<Tensor>, IrError> {
+pub fn run_with(
+    graph: &Graph,
+    inputs: &[Tensor],
+    options: &Options,
+) -> Result<Vec<Tensor>, IrError> {
     let trace = execute(graph, inputs, false, options)?;
-    Ok(trace.outputs.into_iter().map(|t| Arc::try_unwrap(t).unwrap_or_else(|t| (*t).clone())).collect())
+    Ok(trace
+        .outputs
+        .into_iter()
+        .map(|t| Arc::try_unwrap(t).unwrap_or_else(|t| (*t).clone()))
+        .collect())
 }
 
 /// Runs the graph and keeps every intermediate value.
@@ -77,7 +94,9 @@ pub fn run_traced(graph: &Graph, inputs: &[Tensor]) -> Result<Trace, IrError> {
 /// (1 when no input has a batch dimension).
 pub fn bind_batch(graph: &Graph, inputs: &[Tensor]) -> Result<usize, IrError> {
     let values = graph.input_values();
-    let declared = values.iter().map(|v| (graph.value(*v).name.as_str(), graph.value_type(*v)));
+    let declared = values
+        .iter()
+        .map(|v| (graph.value(*v).name.as_str(), graph.value_type(*v)));
     bind_batch_to(&graph.name, declared, inputs)
 }
 
@@ -88,12 +107,21 @@ pub fn bind_batch_to<'a>(
     declared: impl ExactSizeIterator<Item = (&'a str, &'a TensorType)>,
     inputs: &[Tensor],
 ) -> Result<usize, IrError> {
-    Ok(crate::bind_inputs(graph_name, declared, inputs)?.batch.unwrap_or(1))
+    Ok(crate::bind_inputs(graph_name, declared, inputs)?
+        .batch
+        .unwrap_or(1))
 }
 
-fn execute(graph: &Graph, inputs: &[Tensor], keep_all: bool, options: &Options) -> Result<Trace, IrError> {
+fn execute(
+    graph: &Graph,
+    inputs: &[Tensor],
+    keep_all: bool,
+    options: &Options,
+) -> Result<Trace, IrError> {
     let values = graph.input_values();
-    let declared = values.iter().map(|v| (graph.value(*v).name.as_str(), graph.value_type(*v)));
+    let declared = values
+        .iter()
+        .map(|v| (graph.value(*v).name.as_str(), graph.value_type(*v)));
     let binding = crate::bind_inputs(&graph.name, declared, inputs)?;
     let batch = binding.batch.unwrap_or(1);
     // Symbolic extents other than the batch: bind everything and fold the shape
@@ -118,7 +146,12 @@ fn execute(graph: &Graph, inputs: &[Tensor], keep_all: bool, options: &Options) 
     }
     let mut values: HashMap<ValueId, Arc<Tensor>> = HashMap::new();
     let mut kept: HashMap<ValueId, Arc<Tensor>> = HashMap::new();
-    let position: HashMap<NodeId, usize> = graph.inputs().iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    let position: HashMap<NodeId, usize> = graph
+        .inputs()
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (n, i))
+        .collect();
     for &id in &order {
         let node = graph.node(id);
         let results: Vec<Arc<Tensor>> = match &node.op {
@@ -131,18 +164,34 @@ fn execute(graph: &Graph, inputs: &[Tensor], keep_all: bool, options: &Options) 
                     op: op.kind.name().to_string(),
                     message,
                 };
-                let tensors: Vec<Option<&Tensor>> =
-                    operands.iter().map(|v| v.map(|v| values[&v].as_ref())).collect();
-                let input_types: Vec<Option<&TensorType>> =
-                    operands.iter().map(|v| v.map(|v| graph.value_type(v))).collect();
-                let output_types: Vec<TensorType> = node.outputs.iter().map(|v| v.ty.clone()).collect();
-                let cx = EvalCtx { op, inputs: &tensors, input_types: &input_types, output_types: &output_types, options };
+                let tensors: Vec<Option<&Tensor>> = operands
+                    .iter()
+                    .map(|v| v.map(|v| values[&v].as_ref()))
+                    .collect();
+                let input_types: Vec<Option<&TensorType>> = operands
+                    .iter()
+                    .map(|v| v.map(|v| graph.value_type(v)))
+                    .collect();
+                let output_types: Vec<TensorType> =
+                    node.outputs.iter().map(|v| v.ty.clone()).collect();
+                let cx = EvalCtx {
+                    op,
+                    inputs: &tensors,
+                    input_types: &input_types,
+                    output_types: &output_types,
+                    options,
+                };
                 let results = ops::eval(&cx).map_err(fail)?;
                 for (t, ty) in results.iter().zip(&output_types) {
                     // Extents that depend on values computed at run time (`?`) are whatever the
                     // kernel made them; every other one must be what inference said.
                     let agrees = t.shape().len() == ty.shape.rank()
-                        && ty.shape.dims().iter().zip(t.shape()).all(|(d, &n)| *d == Dim::Dyn || d.resolve(batch) == n);
+                        && ty
+                            .shape
+                            .dims()
+                            .iter()
+                            .zip(t.shape())
+                            .all(|(d, &n)| *d == Dim::Dyn || d.resolve(batch) == n);
                     if t.dtype() != ty.dtype || !agrees {
                         return Err(fail(format!(
                             "kernel produced {}{:?}, the verifier inferred {}{} (a bug in qlift)",
@@ -180,5 +229,9 @@ fn execute(graph: &Graph, inputs: &[Tensor], keep_all: bool, options: &Options) 
     if keep_all {
         kept.extend(values);
     }
-    Ok(Trace { batch, values: kept, outputs })
+    Ok(Trace {
+        batch,
+        values: kept,
+        outputs,
+    })
 }

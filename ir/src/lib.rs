@@ -21,8 +21,8 @@ mod quant;
 mod shape;
 mod specialize;
 mod tensor;
-mod types;
 pub mod text;
+mod types;
 mod verify;
 
 pub use attrs::{AttrValue, Attrs};
@@ -30,18 +30,29 @@ pub use dtype::DType;
 pub use error::{IrError, VerifierError};
 pub use graph::{Graph, Node, NodeId, NodeOp, Use, Value, ValueId};
 pub use op::{Op, OpKind, FUSED_ACTIVATION};
-pub use quant::QuantParams;
+pub use ops::control::{
+    accepts as body_accepts, execute as execute_control, inline_constant_branches,
+    join as join_types, subgraph_depth, BodyRunner,
+};
 pub use ops::conv_transpose::{conv_transpose_extent, tap_position};
 pub use ops::index::{shape_range, slice_range};
+pub use ops::recurrent::{
+    check_length as check_sequence_length, Activation, Cell, Recurrent,
+    Strides as RecurrentStrides, ACTIVATIONS as RECURRENT_ACTIVATIONS,
+};
+pub use ops::reduce::{is_reduction, reduce_axes};
+pub use ops::resample::{
+    block_permutation, from_f64 as tensor_from_f64, resize_plan, AxisTaps, BlockView, ResizePlan,
+};
 pub use ops::select::{one_hot_depth, Reduction};
 pub use ops::shape::{pad_source, PadMode};
-pub use ops::resample::{block_permutation, BlockView, from_f64 as tensor_from_f64, resize_plan, AxisTaps, ResizePlan};
 pub use ops::unary::gelu_uses_tanh;
-pub use ops::control::{accepts as body_accepts, execute as execute_control, inline_constant_branches, join as join_types, subgraph_depth, BodyRunner};
-pub use ops::reduce::{is_reduction, reduce_axes};
-pub use ops::recurrent::{check_length as check_sequence_length, Activation, Cell, Recurrent, Strides as RecurrentStrides, ACTIVATIONS as RECURRENT_ACTIVATIONS};
-pub use specialize::{bind_graph_inputs, bind_input_shapes, bind_inputs, needs_binding, specialize, specialize_for, Binding, Folder};
+pub use quant::QuantParams;
 pub use shape::{Dim, Monomial, Shape, SymInt, Symbol};
+pub use specialize::{
+    bind_graph_inputs, bind_input_shapes, bind_inputs, needs_binding, specialize, specialize_for,
+    Binding, Folder,
+};
 pub use tensor::{Tensor, TensorBuf, TensorBufMut, TensorData, TensorMut, TensorRef};
 pub use types::TensorType;
 pub use verify::{infer_node_types, infer_op, infer_op_with, infer_types, verify, OperandValues};

@@ -386,7 +386,11 @@ impl fmt::Display for OpKind {
 impl FromStr for OpKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        OpKind::ALL.iter().copied().find(|k| k.name() == s).ok_or_else(|| format!("unknown op `{s}`"))
+        OpKind::ALL
+            .iter()
+            .copied()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("unknown op `{s}`"))
     }
 }
 
@@ -426,7 +430,8 @@ impl Op {
             };
             ok?;
         }
-        let known = |k: &str| schema.attrs.iter().any(|(n, _)| *n == k) || FUSED_ACTIVATION.contains(&k);
+        let known =
+            |k: &str| schema.attrs.iter().any(|(n, _)| *n == k) || FUSED_ACTIVATION.contains(&k);
         if let Some(extra) = self.attrs.0.keys().find(|k| !known(k)) {
             return Err(format!("unexpected attribute `{extra}`"));
         }
@@ -472,7 +477,14 @@ impl OpKind {
     pub fn takes_fused_activation(self) -> bool {
         matches!(
             self,
-            OpKind::Conv | OpKind::Gemm | OpKind::MatMul | OpKind::Add | OpKind::QConv | OpKind::QMatMul | OpKind::QAdd | OpKind::Requantize
+            OpKind::Conv
+                | OpKind::Gemm
+                | OpKind::MatMul
+                | OpKind::Add
+                | OpKind::QConv
+                | OpKind::QMatMul
+                | OpKind::QAdd
+                | OpKind::Requantize
         )
     }
 }
@@ -482,7 +494,10 @@ impl OpKind {
     /// than an ONNX op: such ops come from lowering, never from a model file.
     pub fn is_internal(self) -> bool {
         use OpKind::*;
-        matches!(self, QConv | QMatMul | QAdd | QAveragePool | QGlobalAveragePool | QConcat | Requantize)
+        matches!(
+            self,
+            QConv | QMatMul | QAdd | QAveragePool | QGlobalAveragePool | QConcat | Requantize
+        )
     }
 
     /// Whether the op's result type is declared rather than inferred: its quantization
@@ -492,7 +507,16 @@ impl OpKind {
         use OpKind::*;
         matches!(
             self,
-            QuantizeLinear | QLinearConv | QLinearMatMul | QConv | QMatMul | QAdd | QAveragePool | QGlobalAveragePool | QConcat | Requantize
+            QuantizeLinear
+                | QLinearConv
+                | QLinearMatMul
+                | QConv
+                | QMatMul
+                | QAdd
+                | QAveragePool
+                | QGlobalAveragePool
+                | QConcat
+                | Requantize
         )
     }
 }

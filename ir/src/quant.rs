@@ -17,12 +17,20 @@ pub struct QuantParams {
 impl QuantParams {
     /// Per-tensor parameters.
     pub fn per_tensor(scale: f32, zero_point: i32) -> QuantParams {
-        QuantParams { scale: vec![scale], zero_point: vec![zero_point], axis: None }
+        QuantParams {
+            scale: vec![scale],
+            zero_point: vec![zero_point],
+            axis: None,
+        }
     }
 
     /// Per-channel parameters along `axis`.
     pub fn per_axis(axis: usize, scale: Vec<f32>, zero_point: Vec<i32>) -> QuantParams {
-        QuantParams { scale, zero_point, axis: Some(axis) }
+        QuantParams {
+            scale,
+            zero_point,
+            axis: Some(axis),
+        }
     }
 
     /// The `(scale, zero_point)` that applies to channel `c` (any channel when per-tensor).
@@ -43,13 +51,23 @@ impl QuantParams {
             ));
         }
         if self.axis.is_none() && self.scale.len() != 1 {
-            return Err(format!("per-tensor quantization has {} scales", self.scale.len()));
+            return Err(format!(
+                "per-tensor quantization has {} scales",
+                self.scale.len()
+            ));
         }
         if let Some(s) = self.scale.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
             return Err(format!("quantization scale {s} is not finite and positive"));
         }
-        if let Some(z) = self.zero_point.iter().find(|&&z| (z as i64) < range.0 || (z as i64) > range.1) {
-            return Err(format!("zero point {z} is outside [{}, {}]", range.0, range.1));
+        if let Some(z) = self
+            .zero_point
+            .iter()
+            .find(|&&z| (z as i64) < range.0 || (z as i64) > range.1)
+        {
+            return Err(format!(
+                "zero point {z} is outside [{}, {}]",
+                range.0, range.1
+            ));
         }
         Ok(())
     }

@@ -132,7 +132,11 @@ impl Shape {
     /// allocation: what a compiled model checks on every call).
     pub fn matches(&self, batch: usize, extents: &[usize]) -> bool {
         self.0.len() == extents.len()
-            && self.0.iter().zip(extents).all(|(d, &e)| !d.is_unbound() && d.resolve(batch) == e)
+            && self
+                .0
+                .iter()
+                .zip(extents)
+                .all(|(d, &e)| !d.is_unbound() && d.resolve(batch) == e)
     }
 
     /// The concrete extents if no dimension is symbolic.
@@ -159,7 +163,9 @@ impl Shape {
     /// Product of the known extents only (symbolic ones count as 1): a lower bound on the
     /// element count, for size limits checked before symbols are bound. `None` on overflow.
     pub fn known_volume(&self) -> Option<usize> {
-        self.0.iter().try_fold(1usize, |acc, d| acc.checked_mul(d.fixed().unwrap_or(1)))
+        self.0
+            .iter()
+            .try_fold(1usize, |acc, d| acc.checked_mul(d.fixed().unwrap_or(1)))
     }
 }
 
@@ -248,7 +254,10 @@ impl Monomial {
             Dim::Sym(s) => (1, s.0),
             _ => (2, 0),
         });
-        Some(Monomial { coefficient, symbols })
+        Some(Monomial {
+            coefficient,
+            symbols,
+        })
     }
 
     /// `self / other` as one extent, when it is one: a number (`other`'s symbols all in

@@ -14,7 +14,9 @@
 use crate::graph::{Graph, NodeId, NodeOp, ValueId};
 use crate::ops::{self, InferCtx};
 use crate::verify::OperandValues;
-use crate::{DType, Dim, IrError, OpKind, Shape, SymInt, Symbol, Tensor, TensorType, VerifierError};
+use crate::{
+    DType, Dim, IrError, OpKind, Shape, SymInt, Symbol, Tensor, TensorType, VerifierError,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -56,13 +58,22 @@ pub fn bind_inputs<'a>(
     declared: impl ExactSizeIterator<Item = (&'a str, &'a TensorType)>,
     inputs: &[Tensor],
 ) -> Result<Binding, IrError> {
-    bind_input_shapes(graph_name, declared, inputs.iter().map(|t| (t.dtype(), t.shape())))
+    bind_input_shapes(
+        graph_name,
+        declared,
+        inputs.iter().map(|t| (t.dtype(), t.shape())),
+    )
 }
 
 /// [`bind_input_shapes`] against `graph`'s own inputs (names and declared types), without
 /// allocating when only the batch is bound (a warm run allocates nothing).
-pub fn bind_graph_inputs<'s>(graph: &Graph, inputs: impl ExactSizeIterator<Item = (DType, &'s [usize])>) -> Result<Binding, IrError> {
-    let declared = graph.input_value_iter().map(|v| (graph.value(v).name.as_str(), graph.value_type(v)));
+pub fn bind_graph_inputs<'s>(
+    graph: &Graph,
+    inputs: impl ExactSizeIterator<Item = (DType, &'s [usize])>,
+) -> Result<Binding, IrError> {
+    let declared = graph
+        .input_value_iter()
+        .map(|v| (graph.value(v).name.as_str(), graph.value_type(v)));
     bind_input_shapes(&graph.name, declared, inputs)
 }
 
@@ -76,7 +87,11 @@ pub fn bind_input_shapes<'a, 's>(
     if inputs.len() != declared.len() {
         return Err(IrError::Input {
             name: graph_name.to_string(),
-            message: format!("the graph has {} inputs, {} were given", declared.len(), inputs.len()),
+            message: format!(
+                "the graph has {} inputs, {} were given",
+                declared.len(),
+                inputs.len()
+            ),
         });
     }
     let mut binding = Binding::default();
@@ -85,9 +100,15 @@ pub fn bind_input_shapes<'a, 's>(
     let mut bound_by: HashMap<Dim, &str> = HashMap::new();
     let mut batch_by: Option<&str> = None;
     for ((name, ty), (dtype, shape)) in declared.zip(inputs) {
-        let bad = |message: String| IrError::Input { name: name.to_string(), message };
+        let bad = |message: String| IrError::Input {
+            name: name.to_string(),
+            message,
+        };
         if dtype != ty.dtype {
-            return Err(bad(format!("expected {} elements, got {}", ty.dtype, dtype)));
+            return Err(bad(format!(
+                "expected {} elements, got {}",
+                ty.dtype, dtype
+            )));
         }
         if shape.len() != ty.shape.rank() {
             return Err(bad(format!("expected shape {}, got {:?}", ty.shape, shape)));
@@ -95,7 +116,10 @@ pub fn bind_input_shapes<'a, 's>(
         for (axis, (&d, &n)) in ty.shape.dims().iter().zip(shape).enumerate() {
             let slot = match d {
                 Dim::Fixed(f) if f != n => {
-                    return Err(bad(format!("expected shape {}, got {:?} (axis {axis})", ty.shape, shape)))
+                    return Err(bad(format!(
+                        "expected shape {}, got {:?} (axis {axis})",
+                        ty.shape, shape
+                    )))
                 }
                 Dim::Fixed(_) => continue,
                 Dim::Batch => &mut binding.batch,
@@ -106,12 +130,19 @@ pub fn bind_input_shapes<'a, 's>(
                             binding.syms.insert(s, n);
                         }
                         Some(m) if m != n => {
-                            return Err(bad(format!("dimension `{}` is {n} here but {m} in input `{}`", s.name(), bound_by[&d])))
+                            return Err(bad(format!(
+                                "dimension `{}` is {n} here but {m} in input `{}`",
+                                s.name(),
+                                bound_by[&d]
+                            )))
                         }
                         Some(_) => {}
                     }
                     if n == 0 {
-                        return Err(bad(format!("dimension `{}` is 0 (empty tensors are refused)", s.name())));
+                        return Err(bad(format!(
+                            "dimension `{}` is 0 (empty tensors are refused)",
+                            s.name()
+                        )));
                     }
                     bound_by.entry(d).or_insert(name);
                     continue;
@@ -125,7 +156,11 @@ pub fn bind_input_shapes<'a, 's>(
                     *slot = Some(n);
                     batch_by = Some(name);
                 }
-                Some(b) if b != n => return Err(bad(format!("batch size {n} disagrees with {b} bound by an earlier input"))),
+                Some(b) if b != n => {
+                    return Err(bad(format!(
+                        "batch size {n} disagrees with {b} bound by an earlier input"
+                    )))
+                }
                 Some(_) => {}
             }
         }
@@ -181,7 +216,10 @@ pub struct Folder {
 impl Folder {
     /// A folder substituting `binding`.
     pub fn new(binding: Binding) -> Folder {
-        Folder { binding, known: HashMap::new() }
+        Folder {
+            binding,
+            known: HashMap::new(),
+        }
     }
 
     /// Re-infers node `id`'s result type with what is known of its operands (constants and
@@ -195,7 +233,13 @@ impl Folder {
             NodeOp::Apply(op) => op.clone(),
             NodeOp::Const(t) => {
                 if let Some(v) = small_ints(t) {
-                    self.known.insert(ValueId { node: id, output: 0 }, v);
+                    self.known.insert(
+                        ValueId {
+                            node: id,
+                            output: 0,
+                        },
+                        v,
+                    );
                 }
                 return Ok(false);
             }
@@ -204,11 +248,19 @@ impl Folder {
         if op.kind.has_subgraphs() {
             // Bodies see what is known of the values they capture, and the binding.
             let operands = g.node_inputs(id);
-            let types: Vec<Option<TensorType>> = operands.iter().map(|v| v.map(|v| g.value_type(v).clone())).collect();
+            let types: Vec<Option<TensorType>> = operands
+                .iter()
+                .map(|v| v.map(|v| g.value_type(v).clone()))
+                .collect();
             let refs: Vec<Option<&TensorType>> = types.iter().map(Option::as_ref).collect();
-            let refined = crate::ops::control::refine_bodies(&mut op, &refs, &self.binding).map_err(|e| {
-                IrError::Verifier(vec![VerifierError { node: g.node(id).name.clone(), op: op.kind.name().to_string(), message: format!("specializing its bodies: {e}") }])
-            })?;
+            let refined = crate::ops::control::refine_bodies(&mut op, &refs, &self.binding)
+                .map_err(|e| {
+                    IrError::Verifier(vec![VerifierError {
+                        node: g.node(id).name.clone(),
+                        op: op.kind.name().to_string(),
+                        message: format!("specializing its bodies: {e}"),
+                    }])
+                })?;
             if refined {
                 if let NodeOp::Apply(o) = &mut g.node_mut(id).op {
                     *o = op.clone();
@@ -216,18 +268,49 @@ impl Folder {
             }
         }
         let node = g.node(id);
-        let fail = |message: String| IrError::Verifier(vec![VerifierError { node: node.name.clone(), op: op.kind.name().to_string(), message }]);
+        let fail = |message: String| {
+            IrError::Verifier(vec![VerifierError {
+                node: node.name.clone(),
+                op: op.kind.name().to_string(),
+                message,
+            }])
+        };
         let operands = g.node_inputs(id);
-        let types: Vec<Option<&TensorType>> = operands.iter().map(|v| v.map(|v| g.value_type(v))).collect();
+        let types: Vec<Option<&TensorType>> = operands
+            .iter()
+            .map(|v| v.map(|v| g.value_type(v)))
+            .collect();
         let constants = crate::verify::operand_constants(g, &operands);
-        let symbolic: Vec<Option<Vec<SymInt>>> = operands.iter().map(|v| v.and_then(|v| self.known.get(&v).cloned())).collect();
-        let declared: Vec<TensorType> = node.outputs.iter().map(|v| TensorType { shape: self.binding.shape(&v.ty.shape), ..v.ty.clone() }).collect();
-        let values = OperandValues { constants: &constants, symbolic: &symbolic };
-        let inferred = crate::verify::infer_op_with(&op, &types, &values, &declared).map_err(&fail)?;
-        let cx = InferCtx { op: &op, inputs: &types, constants: &constants, symbolic: &symbolic, declared: &declared };
+        let symbolic: Vec<Option<Vec<SymInt>>> = operands
+            .iter()
+            .map(|v| v.and_then(|v| self.known.get(&v).cloned()))
+            .collect();
+        let declared: Vec<TensorType> = node
+            .outputs
+            .iter()
+            .map(|v| TensorType {
+                shape: self.binding.shape(&v.ty.shape),
+                ..v.ty.clone()
+            })
+            .collect();
+        let values = OperandValues {
+            constants: &constants,
+            symbolic: &symbolic,
+        };
+        let inferred =
+            crate::verify::infer_op_with(&op, &types, &values, &declared).map_err(&fail)?;
+        let cx = InferCtx {
+            op: &op,
+            inputs: &types,
+            constants: &constants,
+            symbolic: &symbolic,
+            declared: &declared,
+        };
         let tracked = inferred.first().and_then(|r| ops::symbolic(&cx, r));
         let small = inferred.len() == 1
-            && inferred[0].shape.volume().is_some_and(|(n, p)| p == 0 && n.saturating_mul(inferred[0].dtype.size_of()) <= FOLD_LIMIT_BYTES);
+            && inferred[0].shape.volume().is_some_and(|(n, p)| {
+                p == 0 && n.saturating_mul(inferred[0].dtype.size_of()) <= FOLD_LIMIT_BYTES
+            });
         let evaluable = operands.iter().zip(&constants).all(|(v, c)| v.is_none() || c.is_some())
             && !matches!(op.kind, OpKind::QuantizeLinear | OpKind::DequantizeLinear)
             // A loop may run long: control flow runs when the model does (a constant
@@ -236,7 +319,11 @@ impl Folder {
         let value = if !small {
             None
         } else if evaluable {
-            Some(crate::interp::eval_op(&op, &constants, &types, &inferred).map_err(&fail)?.remove(0))
+            Some(
+                crate::interp::eval_op(&op, &constants, &types, &inferred)
+                    .map_err(&fail)?
+                    .remove(0),
+            )
         } else {
             tracked.as_ref().and_then(|t| known_tensor(&inferred[0], t))
         };
@@ -244,7 +331,13 @@ impl Folder {
             Some(t) => {
                 let t = Arc::new(t);
                 if let Some(v) = small_ints(&t) {
-                    self.known.insert(ValueId { node: id, output: 0 }, v);
+                    self.known.insert(
+                        ValueId {
+                            node: id,
+                            output: 0,
+                        },
+                        v,
+                    );
                 }
                 // A quantized result keeps its parameters on the constant.
                 let quant = inferred[0].quant.clone();
@@ -258,7 +351,13 @@ impl Folder {
                     v.ty = ty;
                 }
                 if let Some(t) = tracked {
-                    self.known.insert(ValueId { node: id, output: 0 }, t);
+                    self.known.insert(
+                        ValueId {
+                            node: id,
+                            output: 0,
+                        },
+                        t,
+                    );
                 }
                 Ok(false)
             }
@@ -269,7 +368,10 @@ impl Folder {
 /// The tensor of type `ty` whose elements `tracked` knows all of, if it does.
 fn known_tensor(ty: &TensorType, tracked: &[SymInt]) -> Option<Tensor> {
     let shape = ty.shape.as_fixed()?;
-    if !ty.dtype.is_integer() || ty.quant.is_some() || shape.iter().product::<usize>() != tracked.len() {
+    if !ty.dtype.is_integer()
+        || ty.quant.is_some()
+        || shape.iter().product::<usize>() != tracked.len()
+    {
         return None;
     }
     let values: Vec<i64> = tracked.iter().map(|v| v.int()).collect::<Option<_>>()?;
@@ -279,13 +381,22 @@ fn known_tensor(ty: &TensorType, tracked: &[SymInt]) -> Option<Tensor> {
 /// A Reshape whose shape is computed, but whose result extents are all known (or the
 /// batch), takes its spec as an attribute instead: the shape computation is then dead and
 /// goes, and code generation sees a plain copy.
-fn static_reshape(g: &mut Graph, id: NodeId, op: &crate::Op, result: &[TensorType]) -> Result<(), IrError> {
+fn static_reshape(
+    g: &mut Graph,
+    id: NodeId,
+    op: &crate::Op,
+    result: &[TensorType],
+) -> Result<(), IrError> {
     if op.kind != OpKind::Reshape || op.attrs.get("shape").is_some() {
         return Ok(());
     }
     let operands = g.node_inputs(id);
-    let (Some(x), Some(out)) = (operands.first().copied().flatten(), result.first()) else { return Ok(()) };
-    let Some(spec) = ops::shape::reshape_spec_for(&g.value_type(x).shape, &out.shape) else { return Ok(()) };
+    let (Some(x), Some(out)) = (operands.first().copied().flatten(), result.first()) else {
+        return Ok(());
+    };
+    let Some(spec) = ops::shape::reshape_spec_for(&g.value_type(x).shape, &out.shape) else {
+        return Ok(());
+    };
     if let NodeOp::Apply(op) = &mut g.node_mut(id).op {
         op.attrs.set("shape", crate::AttrValue::Ints(spec));
     }
@@ -307,7 +418,10 @@ fn small_ints(t: &Tensor) -> Option<Vec<SymInt>> {
 /// with the batch bound too (the batch flows into shape values, say a `Range` over it).
 /// Returns the graph and the binding it used.
 pub fn specialize_for(graph: &Graph, binding: &Binding) -> Result<(Graph, Binding), IrError> {
-    let symbolic_batch = Binding { batch: None, ..binding.clone() };
+    let symbolic_batch = Binding {
+        batch: None,
+        ..binding.clone()
+    };
     let g = specialize(graph, &symbolic_batch)?;
     if !needs_binding(&g) || binding.batch.is_none() {
         return Ok((g, symbolic_batch));
@@ -324,7 +438,13 @@ pub fn needs_binding(graph: &Graph) -> bool {
         node.outputs.iter().any(|v| !v.ty.shape.is_specialized())
             || node.op.kind().is_some_and(|k| {
                 let operands = graph.node_inputs(id);
-                k.constant_operands().iter().any(|&i| operands.get(i).copied().flatten().is_some_and(|v| graph.const_value(v).is_none()))
+                k.constant_operands().iter().any(|&i| {
+                    operands
+                        .get(i)
+                        .copied()
+                        .flatten()
+                        .is_some_and(|v| graph.const_value(v).is_none())
+                })
             })
     })
 }

@@ -69,7 +69,12 @@ impl TensorData {
         fn bytes<T: Copy>(v: &mut [T]) -> &mut [u8] {
             // SAFETY: as in `as_bytes`; additionally every byte pattern written is a valid T
             // (f32, i8, u8, i32, i64 have no invalid bit patterns).
-            unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+            unsafe {
+                std::slice::from_raw_parts_mut(
+                    v.as_mut_ptr().cast::<u8>(),
+                    std::mem::size_of_val(v),
+                )
+            }
         }
         match self {
             TensorData::F32(v) => bytes(v),
@@ -112,12 +117,18 @@ impl Tensor {
             return Err(format!("{dtype} tensor cannot hold this data"));
         }
         if data.len() != count {
-            return Err(format!("shape {shape:?} needs {count} elements, data has {}", data.len()));
+            return Err(format!(
+                "shape {shape:?} needs {count} elements, data has {}",
+                data.len()
+            ));
         }
         if matches!(dtype, DType::I4 | DType::U4 | DType::Bool) {
             let (lo, hi) = dtype.int_range().expect("integer dtype");
-            if let Some(i) = (0..count).find(|&i| data.int_at(i).is_some_and(|v| v < lo || v > hi)) {
-                return Err(format!("element {i} is outside the {dtype} range [{lo}, {hi}]"));
+            if let Some(i) = (0..count).find(|&i| data.int_at(i).is_some_and(|v| v < lo || v > hi))
+            {
+                return Err(format!(
+                    "element {i} is outside the {dtype} range [{lo}, {hi}]"
+                ));
             }
         }
         Ok(Tensor { dtype, shape, data })
@@ -143,7 +154,11 @@ impl Tensor {
             DType::I32 => TensorData::I32(vec![0; n]),
             DType::I64 => TensorData::I64(vec![0; n]),
         };
-        Tensor { dtype, shape: shape.to_vec(), data }
+        Tensor {
+            dtype,
+            shape: shape.to_vec(),
+            data,
+        }
     }
 
     /// Rows `start..end` along axis 0 (for example a batch of samples out of a data set).
@@ -163,7 +178,11 @@ impl Tensor {
         };
         let mut shape = self.shape.clone();
         shape[0] = end - start;
-        Ok(Tensor { dtype: self.dtype, shape, data })
+        Ok(Tensor {
+            dtype: self.dtype,
+            shape,
+            data,
+        })
     }
 
     /// Element type.
@@ -235,7 +254,9 @@ impl Tensor {
     pub fn to_i64_vec(&self) -> Result<Vec<i64>, String> {
         match &self.data {
             TensorData::F32(_) => Err("expected an integer tensor, found f32".to_string()),
-            d => Ok((0..d.len()).map(|i| d.int_at(i).expect("integer data")).collect()),
+            d => Ok((0..d.len())
+                .map(|i| d.int_at(i).expect("integer data"))
+                .collect()),
         }
     }
 
@@ -251,14 +272,22 @@ impl Tensor {
     }
 
     /// Builds a tensor of integer dtype `dtype` from `i64` values that are already in range.
-    pub fn from_i64_values(dtype: DType, shape: Vec<usize>, values: Vec<i64>) -> Result<Tensor, String> {
-        let (lo, hi) = dtype.int_range().ok_or("from_i64_values needs an integer dtype")?;
+    pub fn from_i64_values(
+        dtype: DType,
+        shape: Vec<usize>,
+        values: Vec<i64>,
+    ) -> Result<Tensor, String> {
+        let (lo, hi) = dtype
+            .int_range()
+            .ok_or("from_i64_values needs an integer dtype")?;
         if let Some(v) = values.iter().find(|&&v| v < lo || v > hi) {
             return Err(format!("value {v} is outside the {dtype} range"));
         }
         let data = match dtype {
             DType::I8 | DType::I4 => TensorData::I8(values.iter().map(|&v| v as i8).collect()),
-            DType::U8 | DType::U4 | DType::Bool => TensorData::U8(values.iter().map(|&v| v as u8).collect()),
+            DType::U8 | DType::U4 | DType::Bool => {
+                TensorData::U8(values.iter().map(|&v| v as u8).collect())
+            }
             DType::I32 => TensorData::I32(values.iter().map(|&v| v as i32).collect()),
             DType::I64 => TensorData::I64(values),
             DType::F32 => unreachable!("checked above"),
@@ -313,13 +342,23 @@ pub struct TensorMut<'a> {
 /// Checks what [`Tensor::new`] checks of foreign bytes: the length the shape needs, and the
 /// alignment of the element type (generated code reads whole elements, as from a `Vec`).
 fn check_buffer(dtype: DType, shape: &[usize], addr: usize, len: usize) -> Result<(), String> {
-    let count = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| format!("shape {shape:?} overflows"))?;
-    let want = count.checked_mul(dtype.size_of()).ok_or_else(|| format!("shape {shape:?} overflows"))?;
+    let count = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| format!("shape {shape:?} overflows"))?;
+    let want = count
+        .checked_mul(dtype.size_of())
+        .ok_or_else(|| format!("shape {shape:?} overflows"))?;
     if len != want {
-        return Err(format!("a {dtype} tensor of shape {shape:?} needs {want} bytes, the buffer has {len}"));
+        return Err(format!(
+            "a {dtype} tensor of shape {shape:?} needs {want} bytes, the buffer has {len}"
+        ));
     }
     if addr % dtype.size_of() != 0 {
-        return Err(format!("the buffer of a {dtype} tensor must be aligned to {} bytes", dtype.size_of()));
+        return Err(format!(
+            "the buffer of a {dtype} tensor must be aligned to {} bytes",
+            dtype.size_of()
+        ));
     }
     Ok(())
 }
@@ -331,20 +370,40 @@ impl<'a> TensorRef<'a> {
         check_buffer(dtype, shape, bytes.as_ptr() as usize, bytes.len())?;
         if matches!(dtype, DType::I4 | DType::U4 | DType::Bool) {
             let (lo, hi) = dtype.int_range().expect("integer dtype");
-            let value = |b: u8| if dtype == DType::I4 { b as i8 as i64 } else { b as i64 };
+            let value = |b: u8| {
+                if dtype == DType::I4 {
+                    b as i8 as i64
+                } else {
+                    b as i64
+                }
+            };
             if let Some(i) = bytes.iter().position(|&b| value(b) < lo || value(b) > hi) {
-                return Err(format!("element {i} is outside the {dtype} range [{lo}, {hi}]"));
+                return Err(format!(
+                    "element {i} is outside the {dtype} range [{lo}, {hi}]"
+                ));
             }
         }
-        Ok(TensorRef { dtype, shape, bytes })
+        Ok(TensorRef {
+            dtype,
+            shape,
+            bytes,
+        })
     }
 }
 
 impl<'a> TensorMut<'a> {
     /// Borrows `bytes` as a writable tensor, checking its length and alignment.
-    pub fn new(dtype: DType, shape: &'a [usize], bytes: &'a mut [u8]) -> Result<TensorMut<'a>, String> {
+    pub fn new(
+        dtype: DType,
+        shape: &'a [usize],
+        bytes: &'a mut [u8],
+    ) -> Result<TensorMut<'a>, String> {
         check_buffer(dtype, shape, bytes.as_ptr() as usize, bytes.len())?;
-        Ok(TensorMut { dtype, shape, bytes })
+        Ok(TensorMut {
+            dtype,
+            shape,
+            bytes,
+        })
     }
 }
 
@@ -425,7 +484,13 @@ impl TensorBufMut for TensorMut<'_> {
 
 impl fmt::Debug for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Tensor({}{:?} #{:016x})", self.dtype, self.shape, self.digest())
+        write!(
+            f,
+            "Tensor({}{:?} #{:016x})",
+            self.dtype,
+            self.shape,
+            self.digest()
+        )
     }
 }
 
@@ -439,7 +504,10 @@ mod tests {
         let view = TensorRef::new(DType::F32, &[2, 2], t.data().as_bytes()).unwrap();
         assert_eq!(view.to_tensor(), t);
         let short = TensorRef::new(DType::F32, &[2, 3], t.data().as_bytes()).unwrap_err();
-        assert!(short.contains("needs 24 bytes, the buffer has 16"), "{short}");
+        assert!(
+            short.contains("needs 24 bytes, the buffer has 16"),
+            "{short}"
+        );
         let misaligned = TensorRef::new(DType::F32, &[3], &t.data().as_bytes()[1..13]).unwrap_err();
         assert!(misaligned.contains("aligned to 4 bytes"), "{misaligned}");
         let bools = [0u8, 1, 2];

@@ -17,11 +17,19 @@ pub struct TensorType {
 impl TensorType {
     /// A type without quantization parameters.
     pub fn new(dtype: DType, shape: Shape) -> TensorType {
-        TensorType { dtype, shape, quant: None }
+        TensorType {
+            dtype,
+            shape,
+            quant: None,
+        }
     }
 
     /// A quantized type.
     pub fn quantized(dtype: DType, shape: Shape, quant: QuantParams) -> TensorType {
-        TensorType { dtype, shape, quant: Some(quant) }
+        TensorType {
+            dtype,
+            shape,
+            quant: Some(quant),
+        }
     }
 }

@@ -44,13 +44,24 @@ pub fn infer_op_with(
 ) -> Result<Vec<TensorType>, String> {
     let schema = op.kind.schema();
     if inputs.len() < schema.min_inputs || inputs.len() > schema.max_inputs {
-        return Err(format!("has {} operands, expects {}..={}", inputs.len(), schema.min_inputs, schema.max_inputs));
+        return Err(format!(
+            "has {} operands, expects {}..={}",
+            inputs.len(),
+            schema.min_inputs,
+            schema.max_inputs
+        ));
     }
     if let Some(i) = inputs[..schema.min_inputs].iter().position(|t| t.is_none()) {
         return Err(format!("required operand {i} is missing"));
     }
     op.check_attrs()?;
-    let mut types = ops::infer(&InferCtx { op, inputs, constants: values.constants, symbolic: values.symbolic, declared })?;
+    let mut types = ops::infer(&InferCtx {
+        op,
+        inputs,
+        constants: values.constants,
+        symbolic: values.symbolic,
+        declared,
+    })?;
     debug_assert!(schema.outputs == usize::MAX || types.len() == schema.outputs);
     if declared.len() == types.len() {
         for (t, d) in types.iter_mut().zip(declared) {
@@ -83,11 +94,18 @@ pub fn verify(graph: &Graph) -> Result<(), IrError> {
     for &id in &order {
         let node = graph.node(id);
         let mut err = |message: String| {
-            errors.push(VerifierError { node: node.name.clone(), op: node.op.name().to_string(), message })
+            errors.push(VerifierError {
+                node: node.name.clone(),
+                op: node.op.name().to_string(),
+                message,
+            })
         };
         for v in &node.outputs {
             if let Some(prev) = names.insert(&v.name, &node.name) {
-                err(format!("result `{}` is also produced by node `{prev}`", v.name));
+                err(format!(
+                    "result `{}` is also produced by node `{prev}`",
+                    v.name
+                ));
             }
             if let Some(q) = &v.ty.quant {
                 if let Err(m) = check_quant(&v.ty, q) {
@@ -104,18 +122,34 @@ pub fn verify(graph: &Graph) -> Result<(), IrError> {
             NodeOp::Const(t) => {
                 let ty = &node.outputs.first().map(|v| &v.ty);
                 if node.outputs.len() != 1
-                    || ty.is_none_or(|ty| ty.dtype != t.dtype() || ty.shape != Shape::fixed(t.shape()))
+                    || ty.is_none_or(|ty| {
+                        ty.dtype != t.dtype() || ty.shape != Shape::fixed(t.shape())
+                    })
                 {
-                    err(format!("constant's declared type does not match its {}{:?} data", t.dtype(), t.shape()));
+                    err(format!(
+                        "constant's declared type does not match its {}{:?} data",
+                        t.dtype(),
+                        t.shape()
+                    ));
                 }
             }
             NodeOp::Apply(op) => {
                 let inputs = graph.node_inputs(id);
-                let in_types: Vec<Option<&TensorType>> =
-                    inputs.iter().map(|v| v.map(|v| graph.value_type(v))).collect();
+                let in_types: Vec<Option<&TensorType>> = inputs
+                    .iter()
+                    .map(|v| v.map(|v| graph.value_type(v)))
+                    .collect();
                 let constants = operand_constants(graph, &inputs);
                 let declared: Vec<TensorType> = node.outputs.iter().map(|v| v.ty.clone()).collect();
-                match infer_op_with(op, &in_types, &OperandValues { constants: &constants, symbolic: &[] }, &declared) {
+                match infer_op_with(
+                    op,
+                    &in_types,
+                    &OperandValues {
+                        constants: &constants,
+                        symbolic: &[],
+                    },
+                    &declared,
+                ) {
                     Err(m) => err(m),
                     Ok(inferred) if inferred != declared => err(format!(
                         "declared result types {} but operands give {}",
@@ -131,7 +165,10 @@ pub fn verify(graph: &Graph) -> Result<(), IrError> {
                         Ok(()) => {}
                         Err(IrError::Verifier(inner)) => {
                             for e in inner {
-                                err(format!("in {name}: node `{}` ({}): {}", e.node, e.op, e.message));
+                                err(format!(
+                                    "in {name}: node `{}` ({}): {}",
+                                    e.node, e.op, e.message
+                                ));
                             }
                         }
                         Err(e) => err(format!("in {name}: {e}")),
@@ -142,7 +179,11 @@ pub fn verify(graph: &Graph) -> Result<(), IrError> {
     }
     for v in graph.outputs() {
         if !graph.contains(v.node) {
-            errors.push(VerifierError { node: String::new(), op: String::new(), message: format!("graph output {v:?} is gone") });
+            errors.push(VerifierError {
+                node: String::new(),
+                op: String::new(),
+                message: format!("graph output {v:?} is gone"),
+            });
         }
     }
     if errors.is_empty() {
@@ -165,18 +206,46 @@ pub fn infer_types(graph: &mut Graph) -> Result<(), IrError> {
 /// result type is declared (QuantizeLinear's parameters) keep dtype and quantization
 /// parameters from the declaration and get their shape inferred.
 pub fn infer_node_types(graph: &mut Graph, id: NodeId) -> Result<(), IrError> {
-    let NodeOp::Apply(op) = &graph.node(id).op else { return Ok(()) };
+    let NodeOp::Apply(op) = &graph.node(id).op else {
+        return Ok(());
+    };
     let inputs = graph.node_inputs(id);
-    let in_types: Vec<Option<&TensorType>> = inputs.iter().map(|v| v.map(|v| graph.value_type(v))).collect();
+    let in_types: Vec<Option<&TensorType>> = inputs
+        .iter()
+        .map(|v| v.map(|v| graph.value_type(v)))
+        .collect();
     let constants = operand_constants(graph, &inputs);
-    let declared: Vec<TensorType> = graph.node(id).outputs.iter().map(|v| v.ty.clone()).collect();
-    let inferred = infer_op_with(op, &in_types, &OperandValues { constants: &constants, symbolic: &[] }, &declared).map_err(|message| {
+    let declared: Vec<TensorType> = graph
+        .node(id)
+        .outputs
+        .iter()
+        .map(|v| v.ty.clone())
+        .collect();
+    let inferred = infer_op_with(
+        op,
+        &in_types,
+        &OperandValues {
+            constants: &constants,
+            symbolic: &[],
+        },
+        &declared,
+    )
+    .map_err(|message| {
         let node = graph.node(id);
-        IrError::Verifier(vec![VerifierError { node: node.name.clone(), op: node.op.name().to_string(), message }])
+        IrError::Verifier(vec![VerifierError {
+            node: node.name.clone(),
+            op: node.op.name().to_string(),
+            message,
+        }])
     })?;
     if inferred.len() != declared.len() {
         let node = graph.node(id);
-        return Err(IrError::Build(format!("node `{}` declares {} results, its op has {}", node.name, declared.len(), inferred.len())));
+        return Err(IrError::Build(format!(
+            "node `{}` declares {} results, its op has {}",
+            node.name,
+            declared.len(),
+            inferred.len()
+        )));
     }
     for (v, ty) in graph.node_mut(id).outputs.iter_mut().zip(inferred) {
         v.ty = ty;
@@ -185,21 +254,41 @@ pub fn infer_node_types(graph: &mut Graph, id: NodeId) -> Result<(), IrError> {
 }
 
 /// The values of the constant operands among `inputs`, by slot.
-pub(crate) fn operand_constants<'g>(graph: &'g Graph, inputs: &[Option<crate::ValueId>]) -> Vec<Option<&'g crate::Tensor>> {
-    inputs.iter().map(|v| v.and_then(|v| graph.const_value(v)).map(|t| t.as_ref())).collect()
+pub(crate) fn operand_constants<'g>(
+    graph: &'g Graph,
+    inputs: &[Option<crate::ValueId>],
+) -> Vec<Option<&'g crate::Tensor>> {
+    inputs
+        .iter()
+        .map(|v| v.and_then(|v| graph.const_value(v)).map(|t| t.as_ref()))
+        .collect()
 }
 
 fn check_quant(ty: &TensorType, q: &crate::QuantParams) -> Result<(), String> {
-    let range = ty.dtype.int_range().filter(|_| ty.dtype.is_quantized() || ty.dtype == crate::DType::I32);
-    let range = range.ok_or_else(|| format!("{} values cannot carry quantization parameters", ty.dtype))?;
+    let range = ty
+        .dtype
+        .int_range()
+        .filter(|_| ty.dtype.is_quantized() || ty.dtype == crate::DType::I32);
+    let range =
+        range.ok_or_else(|| format!("{} values cannot carry quantization parameters", ty.dtype))?;
     q.check(range)?;
     if let Some(axis) = q.axis {
         match ty.shape.dims().get(axis) {
-            None => return Err(format!("quantization axis {axis} is out of range for rank {}", ty.shape.rank())),
-            Some(crate::Dim::Fixed(n)) if *n != q.scale.len() => {
-                return Err(format!("{} scales for {n} channels on axis {axis}", q.scale.len()))
+            None => {
+                return Err(format!(
+                    "quantization axis {axis} is out of range for rank {}",
+                    ty.shape.rank()
+                ))
             }
-            Some(crate::Dim::Batch) => return Err("quantization axis is the batch dimension".to_string()),
+            Some(crate::Dim::Fixed(n)) if *n != q.scale.len() => {
+                return Err(format!(
+                    "{} scales for {n} channels on axis {axis}",
+                    q.scale.len()
+                ))
+            }
+            Some(crate::Dim::Batch) => {
+                return Err("quantization axis is the batch dimension".to_string())
+            }
             Some(_) => {}
         }
     }
@@ -207,5 +296,9 @@ fn check_quant(ty: &TensorType, q: &crate::QuantParams) -> Result<(), String> {
 }
 
 fn show_types(types: &[TensorType]) -> String {
-    types.iter().map(crate::text::type_to_string).collect::<Vec<_>>().join(", ")
+    types
+        .iter()
+        .map(crate::text::type_to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -4,8 +4,8 @@
 use proptest::prelude::*;
 use qlift_ir::text::{constant_pool, parse, parse_with_constants, print, PrintOptions};
 use qlift_ir::{
-    AttrValue, Attrs, DType, Dim, Graph, IrError, Op, OpKind, QuantParams, Shape, Tensor, TensorData, TensorType, Value,
-    ValueId,
+    AttrValue, Attrs, DType, Dim, Graph, IrError, Op, OpKind, QuantParams, Shape, Tensor,
+    TensorData, TensorType, Value, ValueId,
 };
 use std::sync::Arc;
 
@@ -57,13 +57,21 @@ fn ty() -> impl Strategy<Value = TensorType> {
     let quant = prop_oneof![
         Just(None),
         (float(), any::<i8>()).prop_map(|(s, z)| Some(QuantParams::per_tensor(s, z as i32))),
-        (0usize..3, prop::collection::vec((float(), any::<i8>()), 1..4)).prop_map(|(a, v)| Some(QuantParams::per_axis(
-            a,
-            v.iter().map(|p| p.0).collect(),
-            v.iter().map(|p| p.1 as i32).collect()
-        ))),
+        (
+            0usize..3,
+            prop::collection::vec((float(), any::<i8>()), 1..4)
+        )
+            .prop_map(|(a, v)| Some(QuantParams::per_axis(
+                a,
+                v.iter().map(|p| p.0).collect(),
+                v.iter().map(|p| p.1 as i32).collect()
+            ))),
     ];
-    (dtype(), dims, quant).prop_map(|(dtype, dims, quant)| TensorType { dtype, shape: Shape(dims), quant })
+    (dtype(), dims, quant).prop_map(|(dtype, dims, quant)| TensorType {
+        dtype,
+        shape: Shape(dims),
+        quant,
+    })
 }
 
 /// A constant of any dtype with values in its range.
@@ -71,14 +79,30 @@ fn constant() -> impl Strategy<Value = Tensor> {
     (dtype(), prop::collection::vec(0usize..4, 0..3)).prop_flat_map(|(dtype, shape)| {
         let n: usize = shape.iter().product();
         let data: BoxedStrategy<TensorData> = match dtype {
-            DType::F32 => prop::collection::vec(float(), n).prop_map(TensorData::F32).boxed(),
-            DType::I8 => prop::collection::vec(any::<i8>(), n).prop_map(TensorData::I8).boxed(),
-            DType::I4 => prop::collection::vec(-8i8..=7, n).prop_map(TensorData::I8).boxed(),
-            DType::U8 => prop::collection::vec(any::<u8>(), n).prop_map(TensorData::U8).boxed(),
-            DType::U4 => prop::collection::vec(0u8..=15, n).prop_map(TensorData::U8).boxed(),
-            DType::Bool => prop::collection::vec(0u8..=1, n).prop_map(TensorData::U8).boxed(),
-            DType::I32 => prop::collection::vec(any::<i32>(), n).prop_map(TensorData::I32).boxed(),
-            DType::I64 => prop::collection::vec(any::<i64>(), n).prop_map(TensorData::I64).boxed(),
+            DType::F32 => prop::collection::vec(float(), n)
+                .prop_map(TensorData::F32)
+                .boxed(),
+            DType::I8 => prop::collection::vec(any::<i8>(), n)
+                .prop_map(TensorData::I8)
+                .boxed(),
+            DType::I4 => prop::collection::vec(-8i8..=7, n)
+                .prop_map(TensorData::I8)
+                .boxed(),
+            DType::U8 => prop::collection::vec(any::<u8>(), n)
+                .prop_map(TensorData::U8)
+                .boxed(),
+            DType::U4 => prop::collection::vec(0u8..=15, n)
+                .prop_map(TensorData::U8)
+                .boxed(),
+            DType::Bool => prop::collection::vec(0u8..=1, n)
+                .prop_map(TensorData::U8)
+                .boxed(),
+            DType::I32 => prop::collection::vec(any::<i32>(), n)
+                .prop_map(TensorData::I32)
+                .boxed(),
+            DType::I64 => prop::collection::vec(any::<i64>(), n)
+                .prop_map(TensorData::I64)
+                .boxed(),
         };
         data.prop_map(move |d| Tensor::new(dtype, shape.clone(), d).expect("generated in range"))
     })
@@ -88,17 +112,21 @@ fn constant() -> impl Strategy<Value = Tensor> {
 enum Step {
     Input(String, TensorType),
     Const(String, Tensor, Option<QuantParams>),
-    Node { name: String, kind: OpKind, attrs: Vec<(String, AttrValue)>, operands: Vec<Option<usize>>, results: Vec<(String, TensorType)> },
+    Node {
+        name: String,
+        kind: OpKind,
+        attrs: Vec<(String, AttrValue)>,
+        operands: Vec<Option<usize>>,
+        results: Vec<(String, TensorType)>,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         (name(), ty()).prop_map(|(n, t)| Step::Input(n, t)),
-        (name(), constant(), prop::option::of((float(), any::<i8>()))).prop_map(|(n, t, q)| Step::Const(
-            n,
-            t,
-            q.map(|(s, z)| QuantParams::per_tensor(s, z as i32))
-        )),
+        (name(), constant(), prop::option::of((float(), any::<i8>()))).prop_map(|(n, t, q)| {
+            Step::Const(n, t, q.map(|(s, z)| QuantParams::per_tensor(s, z as i32)))
+        }),
         (
             name(),
             prop::sample::select(OpKind::ALL.to_vec()),
@@ -106,7 +134,13 @@ fn step() -> impl Strategy<Value = Step> {
             prop::collection::vec(prop::option::of(any::<usize>()), 0..4),
             prop::collection::vec((name(), ty()), 1..3),
         )
-            .prop_map(|(name, kind, attrs, operands, results)| Step::Node { name, kind, attrs, operands, results }),
+            .prop_map(|(name, kind, attrs, operands, results)| Step::Node {
+                name,
+                kind,
+                attrs,
+                operands,
+                results
+            }),
     ]
 }
 
@@ -126,22 +160,42 @@ fn build(steps: &[Step], outputs: &[usize]) -> Graph {
                 let n = unique(n);
                 values.push(g.add_const(&n, Arc::new(t.clone()), q.clone()));
             }
-            Step::Node { name, kind, attrs, operands, results } => {
+            Step::Node {
+                name,
+                kind,
+                attrs,
+                operands,
+                results,
+            } => {
                 let mut a = Attrs::new();
                 for (k, v) in attrs {
                     a.set(k, v.clone());
                 }
-                let operands: Vec<Option<ValueId>> =
-                    operands.iter().map(|o| o.filter(|_| !values.is_empty()).map(|i| values[i % values.len()])).collect();
-                let results: Vec<Value> = results.iter().map(|(n, t)| Value { name: unique(n), ty: t.clone() }).collect();
+                let operands: Vec<Option<ValueId>> = operands
+                    .iter()
+                    .map(|o| {
+                        o.filter(|_| !values.is_empty())
+                            .map(|i| values[i % values.len()])
+                    })
+                    .collect();
+                let results: Vec<Value> = results
+                    .iter()
+                    .map(|(n, t)| Value {
+                        name: unique(n),
+                        ty: t.clone(),
+                    })
+                    .collect();
                 let count = results.len();
-                let id = g.add_node(name, Op::new(*kind, a), &operands, results).unwrap();
+                let id = g
+                    .add_node(name, Op::new(*kind, a), &operands, results)
+                    .unwrap();
                 values.extend((0..count).map(|output| ValueId { node: id, output }));
             }
         }
     }
     if !values.is_empty() {
-        g.set_outputs(outputs.iter().map(|&i| values[i % values.len()]).collect()).unwrap();
+        g.set_outputs(outputs.iter().map(|&i| values[i % values.len()]).collect())
+            .unwrap();
     }
     g
 }

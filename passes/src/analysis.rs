@@ -28,7 +28,11 @@ pub struct Constant {
 impl Constant {
     /// The constant's static type.
     pub fn ty(&self) -> TensorType {
-        TensorType { dtype: self.tensor.dtype(), shape: Shape::fixed(self.tensor.shape()), quant: self.quant.clone() }
+        TensorType {
+            dtype: self.tensor.dtype(),
+            shape: Shape::fixed(self.tensor.shape()),
+            quant: self.quant.clone(),
+        }
     }
 
     /// The key `QNode::Const` refers to it by: its content digest and quantization.
@@ -77,14 +81,23 @@ fn compatible(x: &TensorType, y: &TensorType) -> bool {
     x.dtype == y.dtype
         && x.quant == y.quant
         && x.shape.rank() == y.shape.rank()
-        && x.shape.dims().iter().zip(y.shape.dims()).all(|(d, e)| d == e || *d == qlift_ir::Dim::Dyn || *e == qlift_ir::Dim::Dyn)
+        && x.shape
+            .dims()
+            .iter()
+            .zip(y.shape.dims())
+            .all(|(d, e)| d == e || *d == qlift_ir::Dim::Dyn || *e == qlift_ir::Dim::Dyn)
 }
 
 impl Analysis<QNode> for QAnalysis {
     type Data = ClassData;
 
     fn make(egraph: &mut QEGraph, enode: &QNode, _id: Id) -> ClassData {
-        let data = |ty, constant| ClassData { ty, constant, name: None, output: false };
+        let data = |ty, constant| ClassData {
+            ty,
+            constant,
+            name: None,
+            output: false,
+        };
         match enode {
             QNode::Input(i) => data(egraph.analysis.inputs.get(*i).cloned(), None),
             QNode::Const(k) => {
@@ -97,11 +110,21 @@ impl Analysis<QNode> for QAnalysis {
             QNode::Result(r, [tuple]) => {
                 let ty = egraph[*tuple].nodes.iter().find_map(|n| match n {
                     QNode::Op(sym, children) => {
-                        let types: Vec<Option<&TensorType>> = children.iter().map(|c| egraph[*c].data.ty.as_ref()).collect();
-                        let constants: Vec<Option<&Tensor>> =
-                            children.iter().map(|c| egraph[*c].data.constant.as_ref().map(|k| k.tensor.as_ref())).collect();
-                        let values = qlift_ir::OperandValues { constants: &constants, symbolic: &[] };
-                        qlift_ir::infer_op_with(&sym.op(), &types, &values, &[]).ok().and_then(|mut t| (*r < t.len()).then(|| t.swap_remove(*r)))
+                        let types: Vec<Option<&TensorType>> = children
+                            .iter()
+                            .map(|c| egraph[*c].data.ty.as_ref())
+                            .collect();
+                        let constants: Vec<Option<&Tensor>> = children
+                            .iter()
+                            .map(|c| egraph[*c].data.constant.as_ref().map(|k| k.tensor.as_ref()))
+                            .collect();
+                        let values = qlift_ir::OperandValues {
+                            constants: &constants,
+                            symbolic: &[],
+                        };
+                        qlift_ir::infer_op_with(&sym.op(), &types, &values, &[])
+                            .ok()
+                            .and_then(|mut t| (*r < t.len()).then(|| t.swap_remove(*r)))
                     }
                     _ => None,
                 });
@@ -109,13 +132,23 @@ impl Analysis<QNode> for QAnalysis {
             }
             QNode::Op(sym, children) => {
                 let op = sym.op();
-                let types: Vec<Option<&TensorType>> = children.iter().map(|c| egraph[*c].data.ty.as_ref()).collect();
+                let types: Vec<Option<&TensorType>> = children
+                    .iter()
+                    .map(|c| egraph[*c].data.ty.as_ref())
+                    .collect();
                 // Constant operands decide the extents of shape-taking ops (Slice's starts).
-                let constants: Vec<Option<&Tensor>> =
-                    children.iter().map(|c| egraph[*c].data.constant.as_ref().map(|k| k.tensor.as_ref())).collect();
+                let constants: Vec<Option<&Tensor>> = children
+                    .iter()
+                    .map(|c| egraph[*c].data.constant.as_ref().map(|k| k.tensor.as_ref()))
+                    .collect();
                 let declared: Vec<TensorType> = sym.declared.iter().cloned().collect();
-                let values = qlift_ir::OperandValues { constants: &constants, symbolic: &[] };
-                let ty = qlift_ir::infer_op_with(&op, &types, &values, &declared).ok().and_then(|mut t| t.pop());
+                let values = qlift_ir::OperandValues {
+                    constants: &constants,
+                    symbolic: &[],
+                };
+                let ty = qlift_ir::infer_op_with(&op, &types, &values, &declared)
+                    .ok()
+                    .and_then(|mut t| t.pop());
                 let constant = ty.as_ref().and_then(|ty| fold(egraph, &op, children, ty));
                 data(ty, constant)
             }
@@ -140,7 +173,12 @@ impl Analysis<QNode> for QAnalysis {
                         changed_a = true;
                     }
                 }
-                changed_b = y.shape.dims().iter().zip(x.shape.dims()).any(|(e, d)| *e == qlift_ir::Dim::Dyn && *d != qlift_ir::Dim::Dyn);
+                changed_b = y
+                    .shape
+                    .dims()
+                    .iter()
+                    .zip(x.shape.dims())
+                    .any(|(e, d)| *e == qlift_ir::Dim::Dyn && *d != qlift_ir::Dim::Dyn);
             }
             _ => {}
         }
@@ -156,15 +194,24 @@ impl Analysis<QNode> for QAnalysis {
             a.output = true;
             changed_a = true;
         }
-        let changed_b = changed_b || (b.ty.is_none() && a.ty.is_some()) || (b.constant.is_none() && a.constant.is_some()) || (!b.output && a.output);
+        let changed_b = changed_b
+            || (b.ty.is_none() && a.ty.is_some())
+            || (b.constant.is_none() && a.constant.is_some())
+            || (!b.output && a.output);
         DidMerge(changed_a, changed_b)
     }
 
     /// A class with a known constant value gets the constant as one of its nodes, so that
     /// extraction can pick it over the computation.
     fn modify(egraph: &mut QEGraph, id: Id) {
-        let Some(c) = egraph[id].data.constant.clone() else { return };
-        if egraph[id].nodes.iter().any(|n| matches!(n, QNode::Const(_))) {
+        let Some(c) = egraph[id].data.constant.clone() else {
+            return;
+        };
+        if egraph[id]
+            .nodes
+            .iter()
+            .any(|n| matches!(n, QNode::Const(_)))
+        {
             return;
         }
         let node = egraph.analysis.constant_node(c);
@@ -202,5 +249,8 @@ fn fold(egraph: &QEGraph, op: &qlift_ir::Op, children: &[Id], ty: &TensorType) -
         }
     }
     let mut out = qlift_ir::interp::eval_op(op, &inputs, &types, std::slice::from_ref(ty)).ok()?;
-    Some(Constant { tensor: Arc::new(out.pop()?), quant: ty.quant.clone() })
+    Some(Constant {
+        tensor: Arc::new(out.pop()?),
+        quant: ty.quant.clone(),
+    })
 }

@@ -26,11 +26,22 @@ pub struct GraphEGraph {
 
 /// Builds the e-graph of a verified graph.
 pub fn to_egraph(graph: &Graph) -> Result<GraphEGraph, PassError> {
-    let inputs: Vec<(String, TensorType)> =
-        graph.input_values().iter().map(|v| (graph.value(*v).name.clone(), graph.value_type(*v).clone())).collect();
-    let analysis = QAnalysis { inputs: inputs.iter().map(|(_, t)| t.clone()).collect(), ..Default::default() };
+    let inputs: Vec<(String, TensorType)> = graph
+        .input_values()
+        .iter()
+        .map(|v| (graph.value(*v).name.clone(), graph.value_type(*v).clone()))
+        .collect();
+    let analysis = QAnalysis {
+        inputs: inputs.iter().map(|(_, t)| t.clone()).collect(),
+        ..Default::default()
+    };
     let mut egraph = QEGraph::new(analysis);
-    let position: HashMap<_, _> = graph.inputs().iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    let position: HashMap<_, _> = graph
+        .inputs()
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (n, i))
+        .collect();
     let mut class: HashMap<ValueId, Id> = HashMap::new();
     let missing = egraph.add(QNode::Missing);
     let mut order = Vec::new();
@@ -40,11 +51,18 @@ pub fn to_egraph(graph: &Graph) -> Result<GraphEGraph, PassError> {
             NodeOp::Input => QNode::Input(position[&id]),
             NodeOp::Const(t) => {
                 let quant = node.outputs[0].ty.quant.clone();
-                egraph.analysis.constant_node(Constant { tensor: t.clone(), quant })
+                egraph.analysis.constant_node(Constant {
+                    tensor: t.clone(),
+                    quant,
+                })
             }
             NodeOp::Apply(op) if op.kind.results() > 1 => {
                 // The op's class (untyped), then a class per result.
-                let children = graph.node_inputs(id).iter().map(|v| v.map_or(missing, |v| class[&v])).collect();
+                let children = graph
+                    .node_inputs(id)
+                    .iter()
+                    .map(|v| v.map_or(missing, |v| class[&v]))
+                    .collect();
                 let tuple = egraph.add(QNode::Op(OpSym::new(op, None), children));
                 order.push(tuple);
                 for (r, value) in node.outputs.iter().enumerate() {
@@ -53,20 +71,35 @@ pub fn to_egraph(graph: &Graph) -> Result<GraphEGraph, PassError> {
                     if data.name.is_none() {
                         data.name = Some((node.name.clone(), value.name.clone()));
                     }
-                    class.insert(ValueId { node: id, output: r }, c);
+                    class.insert(
+                        ValueId {
+                            node: id,
+                            output: r,
+                        },
+                        c,
+                    );
                     order.push(c);
                 }
                 continue;
             }
             NodeOp::Apply(op) => {
                 if node.outputs.len() != 1 {
-                    return Err(PassError::Unsupported(format!("node `{}` has {} results", node.name, node.outputs.len())));
+                    return Err(PassError::Unsupported(format!(
+                        "node `{}` has {} results",
+                        node.name,
+                        node.outputs.len()
+                    )));
                 }
-                let children = graph.node_inputs(id).iter().map(|v| v.map_or(missing, |v| class[&v])).collect();
+                let children = graph
+                    .node_inputs(id)
+                    .iter()
+                    .map(|v| v.map_or(missing, |v| class[&v]))
+                    .collect();
                 // A declared result type stays with ops that declare one, and with ops whose type
                 // the specializer refined beyond what inference alone gives (a Reshape to a
                 // shape computed from `Shape`): inference in the e-graph cannot redo that.
-                let declared = (op.kind.declares_result_type() || refined(graph, id)).then(|| node.outputs[0].ty.clone());
+                let declared = (op.kind.declares_result_type() || refined(graph, id))
+                    .then(|| node.outputs[0].ty.clone());
                 QNode::Op(OpSym::new(op, declared), children)
             }
         };
@@ -75,26 +108,54 @@ pub fn to_egraph(graph: &Graph) -> Result<GraphEGraph, PassError> {
         if data.name.is_none() {
             data.name = Some((node.name.clone(), node.outputs[0].name.clone()));
         }
-        class.insert(ValueId { node: id, output: 0 }, c);
+        class.insert(
+            ValueId {
+                node: id,
+                output: 0,
+            },
+            c,
+        );
         order.push(c);
     }
     let roots: Vec<Id> = graph.outputs().iter().map(|v| class[v]).collect();
     for &r in &roots {
         egraph[r].data.output = true;
     }
-    let output_names = graph.outputs().iter().map(|v| graph.value(*v).name.clone()).collect();
+    let output_names = graph
+        .outputs()
+        .iter()
+        .map(|v| graph.value(*v).name.clone())
+        .collect();
     egraph.rebuild();
-    Ok(GraphEGraph { egraph, roots, order, inputs, output_names, name: graph.name.clone() })
+    Ok(GraphEGraph {
+        egraph,
+        roots,
+        order,
+        inputs,
+        output_names,
+        name: graph.name.clone(),
+    })
 }
 
 /// Whether node `id`'s result type is more precise than inference from its operands' types
 /// and constant values gives.
 fn refined(graph: &Graph, id: qlift_ir::NodeId) -> bool {
-    let NodeOp::Apply(op) = &graph.node(id).op else { return false };
+    let NodeOp::Apply(op) = &graph.node(id).op else {
+        return false;
+    };
     let operands = graph.node_inputs(id);
-    let types: Vec<Option<&TensorType>> = operands.iter().map(|v| v.map(|v| graph.value_type(v))).collect();
-    let constants: Vec<Option<&qlift_ir::Tensor>> = operands.iter().map(|v| v.and_then(|v| graph.const_value(v)).map(|t| t.as_ref())).collect();
-    let values = qlift_ir::OperandValues { constants: &constants, symbolic: &[] };
+    let types: Vec<Option<&TensorType>> = operands
+        .iter()
+        .map(|v| v.map(|v| graph.value_type(v)))
+        .collect();
+    let constants: Vec<Option<&qlift_ir::Tensor>> = operands
+        .iter()
+        .map(|v| v.and_then(|v| graph.const_value(v)).map(|t| t.as_ref()))
+        .collect();
+    let values = qlift_ir::OperandValues {
+        constants: &constants,
+        symbolic: &[],
+    };
     match qlift_ir::infer_op_with(op, &types, &values, &[]) {
         Ok(inferred) => inferred.first() != graph.node(id).outputs.first().map(|v| &v.ty),
         Err(_) => false,
@@ -120,7 +181,13 @@ pub fn to_graph(eg: &GraphEGraph) -> Result<Graph, PassError> {
     let mut pending: Vec<Id> = eg.roots.iter().map(|&c| egraph.find(c)).collect();
     while let Some(c) = pending.pop() {
         if live.insert(c) {
-            pending.extend(extractor.best_node(c)?.children().iter().map(|&k| egraph.find(k)));
+            pending.extend(
+                extractor
+                    .best_node(c)?
+                    .children()
+                    .iter()
+                    .map(|&k| egraph.find(k)),
+            );
         }
     }
     // Post-order over the classes, iteratively (graphs can be deep).
@@ -142,22 +209,37 @@ pub fn to_graph(eg: &GraphEGraph) -> Result<Graph, PassError> {
         let node = extractor.best_node(c)?;
         let is_missing = |id: &Id| matches!(extractor.best_node(*id), Ok(QNode::Missing));
         // A constant the rewrites created is named after the op that uses it, when it is built.
-        let is_new_constant =
-            |id: &Id| egraph[*id].data.name.is_none() && matches!(extractor.best_node(*id), Ok(QNode::Const(_)));
+        let is_new_constant = |id: &Id| {
+            egraph[*id].data.name.is_none()
+                && matches!(extractor.best_node(*id), Ok(QNode::Const(_)))
+        };
         if !ready {
             stack.push((c, true));
-            let children = node.children().iter().filter(|k| !is_missing(k) && !is_new_constant(k));
+            let children = node
+                .children()
+                .iter()
+                .filter(|k| !is_missing(k) && !is_new_constant(k));
             stack.extend(children.map(|&k| (egraph.find(k), false)));
             continue;
         }
         let data = &egraph[c].data;
         if let QNode::Result(..) = node {
             // Built with its op.
-            return Err(PassError::Bug(format!("result class {c} was not built with its op")));
+            return Err(PassError::Bug(format!(
+                "result class {c} was not built with its op"
+            )));
         }
         if let QNode::Op(sym, children) = node {
             if sym.kind.results() > 1 {
-                build_tuple(egraph, &mut graph, &mut names, &mut values, c, sym, children)?;
+                build_tuple(
+                    egraph,
+                    &mut graph,
+                    &mut names,
+                    &mut values,
+                    c,
+                    sym,
+                    children,
+                )?;
                 tuples.insert(c);
                 continue;
             }
@@ -177,16 +259,33 @@ pub fn to_graph(eg: &GraphEGraph) -> Result<Graph, PassError> {
                         QNode::Const(key) if !values.contains_key(&k) && is_new_constant(&k) => {
                             let constant = &egraph.analysis.constants[key];
                             let name = names.fresh(&format!("{value_name}.{slot}"));
-                            let v = graph.add_const(&name, constant.tensor.clone(), constant.quant.clone());
+                            let v = graph.add_const(
+                                &name,
+                                constant.tensor.clone(),
+                                constant.quant.clone(),
+                            );
                             values.insert(k, v);
                             Some(v)
                         }
                         _ => Some(values[&k]),
                     });
                 }
-                let ty = data.ty.clone().ok_or_else(|| PassError::Bug(format!("class of `{value_name}` has no type")))?;
-                let id = graph.add_node(&node_name, sym.op(), &operands, vec![Value { name: value_name, ty }])?;
-                ValueId { node: id, output: 0 }
+                let ty = data.ty.clone().ok_or_else(|| {
+                    PassError::Bug(format!("class of `{value_name}` has no type"))
+                })?;
+                let id = graph.add_node(
+                    &node_name,
+                    sym.op(),
+                    &operands,
+                    vec![Value {
+                        name: value_name,
+                        ty,
+                    }],
+                )?;
+                ValueId {
+                    node: id,
+                    output: 0,
+                }
             }
             QNode::Input(_) | QNode::Missing | QNode::Result(..) => continue,
         };
@@ -194,7 +293,12 @@ pub fn to_graph(eg: &GraphEGraph) -> Result<Graph, PassError> {
     }
     let mut outputs = Vec::with_capacity(eg.roots.len());
     for (&root, name) in eg.roots.iter().zip(&eg.output_names) {
-        outputs.push(named_output(&mut graph, values[&egraph.find(root)], name, &outputs)?);
+        outputs.push(named_output(
+            &mut graph,
+            values[&egraph.find(root)],
+            name,
+            &outputs,
+        )?);
     }
     graph.set_outputs(outputs)?;
     graph.remove_dead_nodes();
@@ -224,20 +328,48 @@ fn build_tuple(
             (Some(&v), _) => v,
             // A constant the rewrites made, built where it is used.
             (None, Some(constant)) => {
-                let v = graph.add_const(&names.fresh(&format!("{}.{}", sym.kind.name().to_lowercase(), operands.len())), constant.tensor.clone(), constant.quant.clone());
+                let v = graph.add_const(
+                    &names.fresh(&format!(
+                        "{}.{}",
+                        sym.kind.name().to_lowercase(),
+                        operands.len()
+                    )),
+                    constant.tensor.clone(),
+                    constant.quant.clone(),
+                );
                 values.insert(k, v);
                 v
             }
-            (None, None) => return Err(PassError::Bug(format!("operand class {k} of a multi-result op is not built"))),
+            (None, None) => {
+                return Err(PassError::Bug(format!(
+                    "operand class {k} of a multi-result op is not built"
+                )))
+            }
         };
         operands.push(Some(v));
     }
     let op = sym.op();
-    let types: Vec<Option<&TensorType>> = operands.iter().map(|v| v.map(|v| graph.value_type(v))).collect();
-    let constants: Vec<Option<&qlift_ir::Tensor>> = operands.iter().map(|v| v.and_then(|v| graph.const_value(v)).map(|t| t.as_ref())).collect();
-    let inferred = qlift_ir::infer_op_with(&op, &types, &qlift_ir::OperandValues { constants: &constants, symbolic: &[] }, &[])
-        .map_err(|e| PassError::Bug(format!("{}: {e}", op.kind)))?;
-    let classes: Vec<Option<Id>> = (0..inferred.len()).map(|r| egraph.lookup(QNode::Result(r, [c]))).collect();
+    let types: Vec<Option<&TensorType>> = operands
+        .iter()
+        .map(|v| v.map(|v| graph.value_type(v)))
+        .collect();
+    let constants: Vec<Option<&qlift_ir::Tensor>> = operands
+        .iter()
+        .map(|v| v.and_then(|v| graph.const_value(v)).map(|t| t.as_ref()))
+        .collect();
+    let inferred = qlift_ir::infer_op_with(
+        &op,
+        &types,
+        &qlift_ir::OperandValues {
+            constants: &constants,
+            symbolic: &[],
+        },
+        &[],
+    )
+    .map_err(|e| PassError::Bug(format!("{}: {e}", op.kind)))?;
+    let classes: Vec<Option<Id>> = (0..inferred.len())
+        .map(|r| egraph.lookup(QNode::Result(r, [c])))
+        .collect();
     let mut node_name = None;
     let mut outputs = Vec::with_capacity(inferred.len());
     for (r, ty) in inferred.into_iter().enumerate() {
@@ -255,7 +387,13 @@ fn build_tuple(
     let id = graph.add_node(&node_name, op, &operands, outputs)?;
     for (r, k) in classes.into_iter().enumerate() {
         if let Some(k) = k {
-            values.insert(egraph.find(k), ValueId { node: id, output: r });
+            values.insert(
+                egraph.find(k),
+                ValueId {
+                    node: id,
+                    output: r,
+                },
+            );
         }
     }
     Ok(())
@@ -264,7 +402,12 @@ fn build_tuple(
 /// The value to expose as the output called `name`: `v` renamed when it is an op result no
 /// earlier output uses, else an Identity of it (an output that became a graph input, a
 /// constant or another output still needs its own name).
-fn named_output(graph: &mut Graph, v: ValueId, name: &str, earlier: &[ValueId]) -> Result<ValueId, PassError> {
+fn named_output(
+    graph: &mut Graph,
+    v: ValueId,
+    name: &str,
+    earlier: &[ValueId],
+) -> Result<ValueId, PassError> {
     if graph.value(v).name == name {
         return Ok(v);
     }

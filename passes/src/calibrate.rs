@@ -300,7 +300,11 @@ impl TensorStats {
 /// For [`ActivationScheme::SymmetricI8`] the range is not symmetrized here (only its larger
 /// magnitude matters; [`quant_params`] symmetrizes), but Mse and Entropy search symmetric
 /// thresholds for it because that is what the quantizer will use.
-pub fn choose_range(stats: &TensorStats, method: CalibrationMethod, scheme: ActivationScheme) -> (f32, f32) {
+pub fn choose_range(
+    stats: &TensorStats,
+    method: CalibrationMethod,
+    scheme: ActivationScheme,
+) -> (f32, f32) {
     let full = (stats.min().min(0.0), stats.max().max(0.0));
     if stats.bins.is_empty() || full.0 == full.1 {
         return full;
@@ -336,16 +340,21 @@ pub fn quant_params(lo: f32, hi: f32, scheme: ActivationScheme) -> (f32, i32) {
         (rmin, rmax) = (-absmax, absmax);
     }
     let dr = rmax - rmin;
-    let dr = if dr.is_finite() { f64::from(dr) } else { f64::from(rmax) - f64::from(rmin) };
+    let dr = if dr.is_finite() {
+        f64::from(dr)
+    } else {
+        f64::from(rmax) - f64::from(rmin)
+    };
     let scale = dr / f64::from(qmax - qmin);
     if !scale.is_finite() || scale < f64::from(f32::MIN_POSITIVE) || !(scale as f32).is_finite() {
         return (1.0, 0);
     }
     let zp = match scheme {
         ActivationScheme::SymmetricI8 => 0,
-        ActivationScheme::AsymmetricU8 => {
-            (f64::from(qmin) - f64::from(rmin) / scale).round_ties_even().clamp(f64::from(qmin), f64::from(qmax)) as i32
-        }
+        ActivationScheme::AsymmetricU8 => (f64::from(qmin) - f64::from(rmin) / scale)
+            .round_ties_even()
+            .clamp(f64::from(qmin), f64::from(qmax))
+            as i32,
     };
     (scale as f32, zp)
 }
@@ -382,8 +391,15 @@ fn quantile(stats: &TensorStats, q: f64) -> f64 {
 /// (NaN means 100, i.e. MinMax); the caller clamps into `[min, max]`, so a ReLU output keeps
 /// `lo = 0`.
 fn percentile_range(stats: &TensorStats, p: f64) -> (f64, f64) {
-    let p = if p.is_nan() { 100.0 } else { p.clamp(50.0, 100.0) };
-    (quantile(stats, (100.0 - p) / 100.0), quantile(stats, p / 100.0))
+    let p = if p.is_nan() {
+        100.0
+    } else {
+        p.clamp(50.0, 100.0)
+    };
+    (
+        quantile(stats, (100.0 - p) / 100.0),
+        quantile(stats, p / 100.0),
+    )
 }
 
 /// A bin's values for the MSE estimate: `n` values spread uniformly over `[a, b]` (the bin
@@ -424,7 +440,16 @@ impl Quantizer {
         let (s, zp) = quant_params(lo as f32, hi as f32, scheme);
         let s = f64::from(s);
         let (kmin, kmax) = (f64::from(qmin - zp), f64::from(qmax - zp));
-        let mut q = Quantizer { s, inv_s: 1.0 / s, kmin, kmax, lo: kmin * s, hi: kmax * s, phi_lo: 0.0, phi_hi: 0.0 };
+        let mut q = Quantizer {
+            s,
+            inv_s: 1.0 / s,
+            kmin,
+            kmax,
+            lo: kmin * s,
+            hi: kmax * s,
+            phi_lo: 0.0,
+            phi_hi: 0.0,
+        };
         q.phi_lo = q.phi_in(q.lo);
         q.phi_hi = q.phi_in(q.hi);
         q
@@ -688,7 +713,11 @@ struct KlSearch<'a> {
 
 impl<'a> KlSearch<'a> {
     /// `None` when the histogram is empty.
-    fn new(stats: &'a TensorStats, scheme: ActivationScheme, full: (f32, f32)) -> Option<KlSearch<'a>> {
+    fn new(
+        stats: &'a TensorStats,
+        scheme: ActivationScheme,
+        full: (f32, f32),
+    ) -> Option<KlSearch<'a>> {
         let bins = &stats.bins[..];
         let w = stats.bin_width();
         let (m0, m1) = (f64::from(full.0), f64::from(full.1));
@@ -777,7 +806,11 @@ impl<'a> KlSearch<'a> {
         self.levels.clear();
         let mut start = i_lo;
         for l in lmin..=lmax {
-            let end = if l == lmax { i_hi + 1 } else { first_bin(l + 1).max(start) };
+            let end = if l == lmax {
+                i_hi + 1
+            } else {
+                first_bin(l + 1).max(start)
+            };
             if start < end {
                 let q = (pre[end] - pre[start]) as f64;
                 let nonzero = (self.nonzero_pre[end] - self.nonzero_pre[start]) as f64;
@@ -793,7 +826,12 @@ impl<'a> KlSearch<'a> {
             start = end;
         }
         let n_bins = (i_hi - i_lo + 1) as f64;
-        let nnz_q: f64 = self.levels.iter().filter(|l| l.q > 0.0).map(|l| l.nonzero).sum();
+        let nnz_q: f64 = self
+            .levels
+            .iter()
+            .filter(|l| l.q > 0.0)
+            .map(|l| l.nonzero)
+            .sum();
         if nnz_q == 0.0 {
             return None;
         }
@@ -803,7 +841,11 @@ impl<'a> KlSearch<'a> {
             .iter()
             .filter(|l| l.p > 0.0)
             .map(|l| {
-                let q = if l.q > 0.0 { (l.q / l.nonzero - eps_q).max(f64::MIN_POSITIVE) } else { KL_EPS };
+                let q = if l.q > 0.0 {
+                    (l.q / l.nonzero - eps_q).max(f64::MIN_POSITIVE)
+                } else {
+                    KL_EPS
+                };
                 l.p * q.ln()
             })
             .sum();
@@ -841,10 +883,19 @@ impl TensorStats {
             let d = (i as i64 - B) as f64;
             let a = (d * w).clamp(lo, hi);
             let b = ((d + 1.0) * w).clamp(lo, hi);
-            let at = if step > 0.0 { (((a + b) / 2.0 - lo) / step).floor() as usize } else { 0 };
+            let at = if step > 0.0 {
+                (((a + b) / 2.0 - lo) / step).floor() as usize
+            } else {
+                0
+            };
             counts[at.min(bins - 1)] += c;
         }
-        Histogram { lo, hi, counts, zeros: self.zeros }
+        Histogram {
+            lo,
+            hi,
+            counts,
+            zeros: self.zeros,
+        }
     }
 }
 
@@ -895,8 +946,18 @@ impl QuantNoise {
 /// The quantization noise of the values `stats` describes under the quantizer
 /// [`quant_params`] gives for `[lo, hi]`, integrated exactly over the histogram read as
 /// piecewise uniform (the model the Mse method minimizes, so the two agree).
-pub fn quantization_noise(stats: &TensorStats, lo: f32, hi: f32, scheme: ActivationScheme) -> QuantNoise {
-    let mut noise = QuantNoise { signal: 0.0, rounding: 0.0, clipping: 0.0, clipped_fraction: 0.0 };
+pub fn quantization_noise(
+    stats: &TensorStats,
+    lo: f32,
+    hi: f32,
+    scheme: ActivationScheme,
+) -> QuantNoise {
+    let mut noise = QuantNoise {
+        signal: 0.0,
+        rounding: 0.0,
+        clipping: 0.0,
+        clipped_fraction: 0.0,
+    };
     if stats.bins.is_empty() || stats.count == 0 {
         return noise;
     }
@@ -954,7 +1015,10 @@ mod tests {
 
     impl Lcg {
         fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             self.0
         }
         /// Uniform in [0, 1).
@@ -996,7 +1060,10 @@ mod tests {
         CalibrationMethod::Mse,
         CalibrationMethod::Entropy,
     ];
-    const SCHEMES: [ActivationScheme; 2] = [ActivationScheme::AsymmetricU8, ActivationScheme::SymmetricI8];
+    const SCHEMES: [ActivationScheme; 2] = [
+        ActivationScheme::AsymmetricU8,
+        ActivationScheme::SymmetricI8,
+    ];
 
     #[test]
     fn quant_params_matches_ort_formula() {
@@ -1010,7 +1077,10 @@ mod tests {
         assert_eq!(quant_params(-1.0, 0.0, u8s), ((1.0f64 / 255.0) as f32, 255));
         // rmin/rmax are widened to include 0.
         assert_eq!(quant_params(1.0, 2.0, u8s), quant_params(0.0, 2.0, u8s));
-        assert_eq!(quant_params(-2.0, -1.0, u8s), ((2.0f64 / 255.0) as f32, 255));
+        assert_eq!(
+            quant_params(-2.0, -1.0, u8s),
+            ((2.0f64 / 255.0) as f32, 255)
+        );
         // Half to even: scale 0.5 exactly, -rmin/scale = 2.5 -> 2 and 3.5 -> 4.
         assert_eq!(quant_params(-1.25, 126.25, u8s), (0.5, 2));
         assert_eq!(quant_params(-1.75, 125.75, u8s), (0.5, 4));
@@ -1018,11 +1088,20 @@ mod tests {
         assert_eq!(quant_params(0.0, 1e-40, u8s), (1.0, 0));
         // Non-finite bounds never produce a non-finite scale; NaN counts as 0.
         assert_eq!(quant_params(f32::NEG_INFINITY, 1.0, u8s), (1.0, 0));
-        assert_eq!(quant_params(f32::NAN, 1.0, u8s), quant_params(0.0, 1.0, u8s));
-        assert_eq!(quant_params(-1.0, f32::NAN, i8s), quant_params(-1.0, 0.0, i8s));
+        assert_eq!(
+            quant_params(f32::NAN, 1.0, u8s),
+            quant_params(0.0, 1.0, u8s)
+        );
+        assert_eq!(
+            quant_params(-1.0, f32::NAN, i8s),
+            quant_params(-1.0, 0.0, i8s)
+        );
         // A range wider than f32::MAX still gets a finite scale.
         let (s, zp) = quant_params(-3e38, 3e38, u8s);
-        assert!(s.is_finite() && (s / (6e38f64 / 255.0) as f32 - 1.0).abs() < 1e-6, "{s}");
+        assert!(
+            s.is_finite() && (s / (6e38f64 / 255.0) as f32 - 1.0).abs() < 1e-6,
+            "{s}"
+        );
         assert_eq!(zp, 128);
         let (s, zp) = quant_params(-3e38, 1.0, i8s);
         assert!(s.is_finite() && zp == 0);
@@ -1031,8 +1110,14 @@ mod tests {
     #[test]
     fn minmax_exact_includes_zero_and_skips_non_finite() {
         let mut s = TensorStats::new();
-        assert_eq!((s.min(), s.max(), s.count(), s.non_finite()), (0.0, 0.0, 0, 0));
-        assert_eq!(choose_range(&s, CalibrationMethod::MinMax, ActivationScheme::default()), (0.0, 0.0));
+        assert_eq!(
+            (s.min(), s.max(), s.count(), s.non_finite()),
+            (0.0, 0.0, 0, 0)
+        );
+        assert_eq!(
+            choose_range(&s, CalibrationMethod::MinMax, ActivationScheme::default()),
+            (0.0, 0.0)
+        );
         s.observe(&[0.5, f32::NAN, 1.75, f32::INFINITY]);
         s.observe(&[f32::NEG_INFINITY, 0.25, 3.125, f32::NAN]);
         assert_eq!((s.min(), s.max()), (0.25, 3.125));
@@ -1040,18 +1125,38 @@ mod tests {
         assert_eq!(s.bins.iter().sum::<u64>() + s.zeros, 4);
         for scheme in SCHEMES {
             // Widened to include 0.
-            assert_eq!(choose_range(&s, CalibrationMethod::MinMax, scheme), (0.0, 3.125));
+            assert_eq!(
+                choose_range(&s, CalibrationMethod::MinMax, scheme),
+                (0.0, 3.125)
+            );
         }
         let s = stats_of(&[&[-7.5, 2.0, f32::NAN], &[-1.0, 11.25]]);
-        assert_eq!(choose_range(&s, CalibrationMethod::MinMax, ActivationScheme::AsymmetricU8), (-7.5, 11.25));
+        assert_eq!(
+            choose_range(
+                &s,
+                CalibrationMethod::MinMax,
+                ActivationScheme::AsymmetricU8
+            ),
+            (-7.5, 11.25)
+        );
         // All-negative data: hi widened to 0.
         let s = stats_of(&[&[-3.0, -1.0]]);
-        assert_eq!(choose_range(&s, CalibrationMethod::MinMax, ActivationScheme::AsymmetricU8), (-3.0, 0.0));
+        assert_eq!(
+            choose_range(
+                &s,
+                CalibrationMethod::MinMax,
+                ActivationScheme::AsymmetricU8
+            ),
+            (-3.0, 0.0)
+        );
         // Only NaN: no range, but counted.
         let s = stats_of(&[&[f32::NAN; 5]]);
         assert_eq!((s.count(), s.non_finite()), (0, 5));
         for m in ALL_METHODS {
-            assert_eq!(choose_range(&s, m, ActivationScheme::AsymmetricU8), (0.0, 0.0));
+            assert_eq!(
+                choose_range(&s, m, ActivationScheme::AsymmetricU8),
+                (0.0, 0.0)
+            );
         }
     }
 
@@ -1062,11 +1167,17 @@ mod tests {
         let mut two = stats_of(&[&small]);
         let first_exp = two.exp;
         two.observe(&large);
-        assert!(two.exp >= first_exp + 3, "10x larger values double the width 3-4 times");
+        assert!(
+            two.exp >= first_exp + 3,
+            "10x larger values double the width 3-4 times"
+        );
         let union: Vec<f32> = small.iter().chain(&large).copied().collect();
         let one = stats_of(&[&union]);
         assert_eq!(two.exp, one.exp);
-        assert_eq!(two.bins, one.bins, "merging pairs of bins gives the histogram of the final width");
+        assert_eq!(
+            two.bins, one.bins,
+            "merging pairs of bins gives the histogram of the final width"
+        );
         assert_eq!(two.count(), 40_000);
         assert_eq!(two.bins.iter().sum::<u64>() + two.zeros, 40_000);
         let w = two.bin_width() as f32;
@@ -1074,7 +1185,10 @@ mod tests {
             for scheme in SCHEMES {
                 let a = choose_range(&two, CalibrationMethod::Percentile(p), scheme);
                 let b = choose_range(&one, CalibrationMethod::Percentile(p), scheme);
-                assert!((a.0 - b.0).abs() <= w && (a.1 - b.1).abs() <= w, "{a:?} vs {b:?}");
+                assert!(
+                    (a.0 - b.0).abs() <= w && (a.1 - b.1).abs() <= w,
+                    "{a:?} vs {b:?}"
+                );
             }
         }
         // Negative offsets merge with Euclidean division: -1 and -2 into -1, not 0.
@@ -1102,7 +1216,11 @@ mod tests {
         }
         // Percentile 100 is MinMax.
         assert_eq!(
-            choose_range(&s, CalibrationMethod::Percentile(100.0), ActivationScheme::AsymmetricU8),
+            choose_range(
+                &s,
+                CalibrationMethod::Percentile(100.0),
+                ActivationScheme::AsymmetricU8
+            ),
             (-70.0, 90.0)
         );
     }
@@ -1111,19 +1229,37 @@ mod tests {
     fn percentile_keeps_relu_lo_at_zero() {
         let data: Vec<f32> = gaussian(50_000, 4).iter().map(|x| x.max(0.0)).collect();
         let s = stats_of(&[&data]);
-        let (lo, hi) = choose_range(&s, CalibrationMethod::Percentile(99.9), ActivationScheme::AsymmetricU8);
+        let (lo, hi) = choose_range(
+            &s,
+            CalibrationMethod::Percentile(99.9),
+            ActivationScheme::AsymmetricU8,
+        );
         assert_eq!(lo, 0.0);
         let exact = exact_quantile(&data, 0.999);
-        assert!((hi - exact).abs() <= 2.0 * s.bin_width() as f32, "{hi} vs {exact}");
+        assert!(
+            (hi - exact).abs() <= 2.0 * s.bin_width() as f32,
+            "{hi} vs {exact}"
+        );
         // Strictly positive data: lo widened down to 0.
         let s = stats_of(&[&[1.0, 2.0, 3.0]]);
-        assert_eq!(choose_range(&s, CalibrationMethod::Percentile(99.0), ActivationScheme::AsymmetricU8).0, 0.0);
+        assert_eq!(
+            choose_range(
+                &s,
+                CalibrationMethod::Percentile(99.0),
+                ActivationScheme::AsymmetricU8
+            )
+            .0,
+            0.0
+        );
     }
 
     /// Mean squared quantize→dequantize error of the samples themselves for `[lo, hi]`.
     fn sample_mse(data: &[f32], lo: f32, hi: f32, scheme: ActivationScheme) -> f64 {
         let q = Quantizer::new(f64::from(lo), f64::from(hi), scheme);
-        data.iter().map(|&x| q.err(f64::from(x)).powi(2)).sum::<f64>() / data.len() as f64
+        data.iter()
+            .map(|&x| q.err(f64::from(x)).powi(2))
+            .sum::<f64>()
+            / data.len() as f64
     }
 
     #[test]
@@ -1141,10 +1277,19 @@ mod tests {
                 let err = sample_mse(&data, lo, hi, scheme);
                 eprintln!("{method} {scheme:?}: ({lo}, {hi}), sample mse {err:.3e} vs minmax {minmax_err:.3e}");
                 let absmax = lo.abs().max(hi);
-                assert!(absmax < 0.8 * mx, "{method} {scheme:?}: ({lo}, {hi}) does not clip");
-                assert!(absmax > bulk_p99.max(-bulk_p01), "{method} {scheme:?}: ({lo}, {hi}) clips the bulk");
+                assert!(
+                    absmax < 0.8 * mx,
+                    "{method} {scheme:?}: ({lo}, {hi}) does not clip"
+                );
+                assert!(
+                    absmax > bulk_p99.max(-bulk_p01),
+                    "{method} {scheme:?}: ({lo}, {hi}) clips the bulk"
+                );
                 if scheme == ActivationScheme::AsymmetricU8 {
-                    assert!(lo > 0.8 * mn && hi > bulk_p99 && lo < bulk_p01, "{method}: ({lo}, {hi})");
+                    assert!(
+                        lo > 0.8 * mn && hi > bulk_p99 && lo < bulk_p01,
+                        "{method}: ({lo}, {hi})"
+                    );
                 }
                 if method == CalibrationMethod::Mse {
                     // What MSE optimizes on the histogram holds on the samples.
@@ -1160,7 +1305,11 @@ mod tests {
         let p99 = exact_quantile(&data, 0.99);
         data.extend([30.0, 42.0]);
         let s = stats_of(&[&data]);
-        for method in [CalibrationMethod::Mse, CalibrationMethod::Entropy, CalibrationMethod::Percentile(99.99)] {
+        for method in [
+            CalibrationMethod::Mse,
+            CalibrationMethod::Entropy,
+            CalibrationMethod::Percentile(99.99),
+        ] {
             for scheme in SCHEMES {
                 let (lo, hi) = choose_range(&s, method, scheme);
                 eprintln!("{method} {scheme:?}: ({lo}, {hi})");
@@ -1173,7 +1322,9 @@ mod tests {
     #[test]
     fn uniform_data_keeps_near_full_range() {
         let mut r = Lcg(7);
-        let data: Vec<f32> = (0..100_000).map(|_| (r.uniform() * 8.0 - 2.0) as f32).collect();
+        let data: Vec<f32> = (0..100_000)
+            .map(|_| (r.uniform() * 8.0 - 2.0) as f32)
+            .collect();
         let s = stats_of(&[&data]);
         let (mn, mx) = (s.min(), s.max());
         for scheme in SCHEMES {
@@ -1195,7 +1346,13 @@ mod tests {
         // The closed form against a brute-force average over a fine grid of one segment.
         for scheme in SCHEMES {
             let q = Quantizer::new(-1.3, 2.1, scheme);
-            for (a, b) in [(0.0, 0.37), (-2.5, -0.9), (1.9, 3.0), (-0.01, 0.02), (0.5, 0.5 + q.s * 7.3)] {
+            for (a, b) in [
+                (0.0, 0.37),
+                (-2.5, -0.9),
+                (1.9, 3.0),
+                (-0.01, 0.02),
+                (0.5, 0.5 + q.s * 7.3),
+            ] {
                 let exact = q.total_sq_error(&[Segment { a, b, n: 1.0 }]);
                 let n = 200_000;
                 let sampled: f64 = (0..n)
@@ -1237,7 +1394,8 @@ mod tests {
         let level: Vec<i64> = (i_lo..=i_hi)
             .map(|i| {
                 let center = ((i as i64 - B) as f64 + 0.5) * w;
-                ((center / s + 0.5).floor() as i64).clamp(i64::from(qmin - zp), i64::from(qmax - zp))
+                ((center / s + 0.5).floor() as i64)
+                    .clamp(i64::from(qmin - zp), i64::from(qmax - zp))
             })
             .collect();
         // Quantize the unfolded bins into the levels, expand over P's nonzero bins.
@@ -1247,16 +1405,32 @@ mod tests {
             g.0 += raw[i];
             g.1 += f64::from(u8::from(p[i] > 0.0));
         }
-        let q: Vec<f64> =
-            (0..p.len()).map(|i| if p[i] > 0.0 { groups[&level[i]].0 / groups[&level[i]].1 } else { 0.0 }).collect();
+        let q: Vec<f64> = (0..p.len())
+            .map(|i| {
+                if p[i] > 0.0 {
+                    groups[&level[i]].0 / groups[&level[i]].1
+                } else {
+                    0.0
+                }
+            })
+            .collect();
         let nnz_q = q.iter().filter(|&&x| x > 0.0).count() as f64;
         if nnz_q == 0.0 {
             return None;
         }
         let eps_q = KL_EPS * (q.len() as f64 - nnz_q) / nnz_q;
-        let q: Vec<f64> = q.iter().map(|&x| if x > 0.0 { x - eps_q } else { KL_EPS }).collect();
+        let q: Vec<f64> = q
+            .iter()
+            .map(|&x| if x > 0.0 { x - eps_q } else { KL_EPS })
+            .collect();
         let (sp, sq) = (total as f64, q.iter().sum::<f64>());
-        Some(p.iter().zip(&q).filter(|(&p, _)| p > 0.0).map(|(&p, &q)| p / sp * ((p / sp) / (q / sq)).ln()).sum())
+        Some(
+            p.iter()
+                .zip(&q)
+                .filter(|(&p, _)| p > 0.0)
+                .map(|(&p, &q)| p / sp * ((p / sp) / (q / sq)).ln())
+                .sum(),
+        )
     }
 
     #[test]
@@ -1264,7 +1438,10 @@ mod tests {
         let mut data = gaussian(30_000, 9);
         data.extend([25.0, -30.0, 12.0]);
         let relu: Vec<f32> = data.iter().map(|x| x.max(0.0)).collect();
-        let skewed: Vec<f32> = data.iter().map(|x| if *x < 0.0 { x * 0.1 } else { x * x }).collect();
+        let skewed: Vec<f32> = data
+            .iter()
+            .map(|x| if *x < 0.0 { x * 0.1 } else { x * x })
+            .collect();
         let mut checked = 0;
         for d in [&data, &relu, &skewed] {
             let s = stats_of(&[d]);
@@ -1276,7 +1453,10 @@ mod tests {
                     let naive = naive_kl(&s, scheme, k);
                     match (fast, naive) {
                         (Some(a), Some(b)) => {
-                            assert!((a - b).abs() <= 1e-9 * b.abs().max(1e-3), "k {k} {scheme:?}: {a} vs {b}");
+                            assert!(
+                                (a - b).abs() <= 1e-9 * b.abs().max(1e-3),
+                                "k {k} {scheme:?}: {a} vs {b}"
+                            );
                             checked += 1;
                         }
                         (None, None) => {}
@@ -1302,12 +1482,26 @@ mod tests {
             assert_eq!(text.parse::<CalibrationMethod>(), Ok(m), "{text}");
             assert_eq!(m.to_string().parse::<CalibrationMethod>(), Ok(m));
         }
-        assert_eq!(CalibrationMethod::Percentile(99.99).to_string(), "percentile:99.99");
-        for bad in ["", "kl", "percentile:", "percentile:abc", "percentile:101", "percentile:50", "percentile:nan"] {
+        assert_eq!(
+            CalibrationMethod::Percentile(99.99).to_string(),
+            "percentile:99.99"
+        );
+        for bad in [
+            "",
+            "kl",
+            "percentile:",
+            "percentile:abc",
+            "percentile:101",
+            "percentile:50",
+            "percentile:nan",
+        ] {
             let e = bad.parse::<CalibrationMethod>().expect_err(bad);
             assert!(e.contains("calibration method"), "{e}");
         }
-        assert!("max".parse::<CalibrationMethod>().unwrap_err().contains("minmax, percentile"));
+        assert!("max"
+            .parse::<CalibrationMethod>()
+            .unwrap_err()
+            .contains("minmax, percentile"));
     }
 
     #[test]
@@ -1325,7 +1519,10 @@ mod tests {
         let mut s = stats_of(&[&[0.0; 10]]);
         s.observe(&[1.0, 2.0]);
         assert_eq!(s.zeros, 10);
-        assert_eq!(choose_range(&s, CalibrationMethod::Percentile(60.0), u8s).0, 0.0);
+        assert_eq!(
+            choose_range(&s, CalibrationMethod::Percentile(60.0), u8s).0,
+            0.0
+        );
         // A single value.
         let s = stats_of(&[&[5.0]]);
         for m in ALL_METHODS {
@@ -1344,7 +1541,10 @@ mod tests {
         for m in ALL_METHODS {
             for scheme in SCHEMES {
                 let (lo, hi) = choose_range(&s, m, scheme);
-                assert!(lo.is_finite() && hi.is_finite() && lo <= 0.0 && hi >= 0.0, "{m}: ({lo}, {hi})");
+                assert!(
+                    lo.is_finite() && hi.is_finite() && lo <= 0.0 && hi >= 0.0,
+                    "{m}: ({lo}, {hi})"
+                );
             }
         }
     }
@@ -1380,7 +1580,13 @@ mod tests {
                         0 => specials[(r.next_u64() % specials.len() as u64) as usize],
                         1 => 0.0,
                         _ => {
-                            let g = r.gauss() * magnitude * if r.next_u64().is_multiple_of(50) { 1e6 } else { 1.0 };
+                            let g = r.gauss()
+                                * magnitude
+                                * if r.next_u64().is_multiple_of(50) {
+                                    1e6
+                                } else {
+                                    1.0
+                                };
                             (if one_sided { g.abs() } else { g }) as f32
                         }
                     })
@@ -1391,17 +1597,26 @@ mod tests {
             assert_eq!(s.non_finite(), seen_nonfinite);
             assert_eq!(s.bins.iter().sum::<u64>() + s.zeros, s.count());
             let (mn, mx) = (s.min().min(0.0), s.max().max(0.0));
-            for m in ALL_METHODS.into_iter().chain([CalibrationMethod::Percentile(f64::NAN)]) {
+            for m in ALL_METHODS
+                .into_iter()
+                .chain([CalibrationMethod::Percentile(f64::NAN)])
+            {
                 for scheme in SCHEMES {
                     let (lo, hi) = choose_range(&s, m, scheme);
-                    assert!(lo.is_finite() && hi.is_finite(), "case {case} {m}: ({lo}, {hi})");
+                    assert!(
+                        lo.is_finite() && hi.is_finite(),
+                        "case {case} {m}: ({lo}, {hi})"
+                    );
                     assert!(
                         mn <= lo && lo <= 0.0 && 0.0 <= hi && hi <= mx,
                         "case {case} {m}: ({lo}, {hi}) in ({mn}, {mx})"
                     );
                     let (scale, zp) = quant_params(lo, hi, scheme);
                     let (qmin, qmax) = scheme.qrange();
-                    assert!(scale.is_finite() && scale > 0.0 && (qmin..=qmax).contains(&zp), "case {case}");
+                    assert!(
+                        scale.is_finite() && scale > 0.0 && (qmin..=qmax).contains(&zp),
+                        "case {case}"
+                    );
                 }
             }
         }
@@ -1414,7 +1629,11 @@ mod tests {
         let s = stats_of(&[&data]);
         let occupied = s.bins.iter().filter(|&&c| c > 0).count();
         assert!(occupied > 2000, "{occupied}");
-        for m in [CalibrationMethod::Percentile(99.99), CalibrationMethod::Mse, CalibrationMethod::Entropy] {
+        for m in [
+            CalibrationMethod::Percentile(99.99),
+            CalibrationMethod::Mse,
+            CalibrationMethod::Entropy,
+        ] {
             for scheme in SCHEMES {
                 // Best of three: a 2-core machine running other tests preempts single runs.
                 let mut ms = f64::INFINITY;
@@ -1440,7 +1659,11 @@ mod tests {
         assert_eq!(h.zeros, 1);
         assert_eq!(h.counts.iter().sum::<u64>(), 999);
         // Uniform data: every coarse bin holds about a tenth.
-        assert!(h.counts.iter().all(|&c| (90..=110).contains(&c)), "{:?}", h.counts);
+        assert!(
+            h.counts.iter().all(|&c| (90..=110).contains(&c)),
+            "{:?}",
+            h.counts
+        );
         // One value: one bin holds it.
         let h = stats_of(&[&[2.5, 2.5]]).histogram(8);
         assert_eq!(h.counts.iter().sum::<u64>(), 2);
@@ -1449,7 +1672,9 @@ mod tests {
     #[test]
     fn noise_splits_into_rounding_and_clipping() {
         let mut rng = Lcg(7);
-        let values: Vec<f32> = (0..100_000).map(|_| (rng.uniform() * 2.0 - 1.0) as f32).collect();
+        let values: Vec<f32> = (0..100_000)
+            .map(|_| (rng.uniform() * 2.0 - 1.0) as f32)
+            .collect();
         let s = stats_of(&[&values]);
         let u8s = ActivationScheme::AsymmetricU8;
         // The full range clips nothing; rounding noise of a uniform step s is s^2/12 per value.
@@ -1458,16 +1683,26 @@ mod tests {
         assert_eq!(full.clipped_fraction, 0.0);
         let step = 2.0 / 255.0;
         let per_value = full.rounding / values.len() as f64;
-        assert!((per_value / (step * step / 12.0) - 1.0).abs() < 0.05, "{per_value}");
+        assert!(
+            (per_value / (step * step / 12.0) - 1.0).abs() < 0.05,
+            "{per_value}"
+        );
         // Signal of U(-1, 1): 1/3 per value.
         assert!((full.signal / values.len() as f64 - 1.0 / 3.0).abs() < 0.01);
         // Half the range: about half the values clipped, clipping now dominates.
         let half = quantization_noise(&s, -0.5, 0.5, u8s);
-        assert!((half.clipped_fraction - 0.5).abs() < 0.02, "{}", half.clipped_fraction);
+        assert!(
+            (half.clipped_fraction - 0.5).abs() < 0.02,
+            "{}",
+            half.clipped_fraction
+        );
         assert!(half.clipping > half.rounding);
         assert!(half.rounding_sqnr_db() > full.rounding_sqnr_db());
         assert!(half.sqnr_db() < full.sqnr_db());
         // The split adds up to what the Mse search minimizes.
-        assert!((half.sqnr_db() - 10.0 * (half.signal / (half.rounding + half.clipping)).log10()).abs() < 1e-9);
+        assert!(
+            (half.sqnr_db() - 10.0 * (half.signal / (half.rounding + half.clipping)).log10()).abs()
+                < 1e-9
+        );
     }
 }

@@ -29,18 +29,31 @@ fn elements(t: &TensorType) -> f64 {
 impl CostModel<'_> {
     /// Multiply-accumulates (or elementwise operations) of one op for one sample.
     fn work(&self, kind: OpKind, children: &[Id]) -> f64 {
-        let ty = |i: usize| children.get(i).and_then(|&c| self.egraph[c].data.ty.as_ref());
+        let ty = |i: usize| {
+            children
+                .get(i)
+                .and_then(|&c| self.egraph[c].data.ty.as_ref())
+        };
         let first = ty(0).map_or(1.0, elements);
         match kind {
             // Output elements × (C/group × kernel) = weights × output spatial positions; use
             // weights × input positions, which differs only by the stride.
             OpKind::Conv | OpKind::ConvInteger | OpKind::QLinearConv | OpKind::QConv => {
                 let w = ty(1).map_or(1.0, elements);
-                let spatial = ty(0).map_or(1.0, |t| t.shape.resolve(1).iter().skip(2).product::<usize>() as f64);
+                let spatial = ty(0).map_or(1.0, |t| {
+                    t.shape.resolve(1).iter().skip(2).product::<usize>() as f64
+                });
                 w * spatial
             }
-            OpKind::Gemm | OpKind::MatMul | OpKind::MatMulInteger | OpKind::QLinearMatMul | OpKind::QMatMul => {
-                first * ty(1).and_then(|t| t.shape.resolve(1).last().copied()).unwrap_or(1) as f64
+            OpKind::Gemm
+            | OpKind::MatMul
+            | OpKind::MatMulInteger
+            | OpKind::QLinearMatMul
+            | OpKind::QMatMul => {
+                first
+                    * ty(1)
+                        .and_then(|t| t.shape.resolve(1).last().copied())
+                        .unwrap_or(1) as f64
             }
             _ => first,
         }
@@ -52,23 +65,38 @@ impl CostFunction<QNode> for CostModel<'_> {
 
     fn cost<C: FnMut(Id) -> Cost>(&mut self, enode: &QNode, mut costs: C) -> Cost {
         let own = match enode {
-            QNode::Input(_) | QNode::Missing | QNode::Result(..) => Cost { nodes: 0, work: 0.0 },
-            QNode::Const(_) => Cost { nodes: 1, work: 0.0 },
+            QNode::Input(_) | QNode::Missing | QNode::Result(..) => Cost {
+                nodes: 0,
+                work: 0.0,
+            },
+            QNode::Const(_) => Cost {
+                nodes: 1,
+                work: 0.0,
+            },
             QNode::Op(sym, children) => {
                 // qlift's integer ops requantize in fixed point; ONNX's QLinear ops in float
                 // (costlier per element); float ops cost twice the integer arithmetic.
                 let factor = match sym.kind {
                     k if k.is_internal() => 1.0,
-                    OpKind::QLinearConv | OpKind::QLinearMatMul | OpKind::ConvInteger | OpKind::MatMulInteger => 1.5,
+                    OpKind::QLinearConv
+                    | OpKind::QLinearMatMul
+                    | OpKind::ConvInteger
+                    | OpKind::MatMulInteger => 1.5,
                     _ => 2.0,
                 };
-                Cost { nodes: 1, work: self.work(sym.kind, children) * factor }
+                Cost {
+                    nodes: 1,
+                    work: self.work(sym.kind, children) * factor,
+                }
             }
         };
         enode.children().iter().fold(own, |acc, &c| {
             let k = costs(c);
             // Tree costs double with every level of a diamond-shaped DAG: saturate, never wrap.
-            Cost { nodes: acc.nodes.saturating_add(k.nodes), work: acc.work + k.work }
+            Cost {
+                nodes: acc.nodes.saturating_add(k.nodes),
+                work: acc.work + k.work,
+            }
         })
     }
 }

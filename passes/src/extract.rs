@@ -31,12 +31,17 @@ fn post_order(egraph: &QEGraph) -> Vec<Id> {
     let mut ids: Vec<Id> = egraph.classes().map(|c| c.id).collect();
     ids.sort_unstable();
     let children = |c: Id| -> Vec<Id> {
-        let mut k: Vec<Id> = egraph[c].nodes.iter().flat_map(|n| n.children().iter().map(|&x| egraph.find(x))).collect();
+        let mut k: Vec<Id> = egraph[c]
+            .nodes
+            .iter()
+            .flat_map(|n| n.children().iter().map(|&x| egraph.find(x)))
+            .collect();
         k.sort_unstable();
         k.dedup();
         k
     };
-    let mut seen: std::collections::HashSet<Id> = std::collections::HashSet::with_capacity(ids.len());
+    let mut seen: std::collections::HashSet<Id> =
+        std::collections::HashSet::with_capacity(ids.len());
     let mut order = Vec::with_capacity(ids.len());
     for &start in &ids {
         if !seen.insert(start) {
@@ -61,14 +66,17 @@ fn post_order(egraph: &QEGraph) -> Vec<Id> {
 
 /// A total order on costs: fewer nodes, then less work (NaN last, so it never wins).
 fn compare(a: &Cost, b: &Cost) -> Ordering {
-    a.nodes.cmp(&b.nodes).then_with(|| a.work.total_cmp(&b.work))
+    a.nodes
+        .cmp(&b.nodes)
+        .then_with(|| a.work.total_cmp(&b.work))
 }
 
 impl<'a> Extraction<'a> {
     /// Computes the cheapest e-node of every class of `egraph`.
     pub fn new(egraph: &'a QEGraph) -> Extraction<'a> {
         let mut cost_model = CostModel { egraph };
-        let mut best: HashMap<Id, (Cost, usize)> = HashMap::with_capacity(egraph.number_of_classes());
+        let mut best: HashMap<Id, (Cost, usize)> =
+            HashMap::with_capacity(egraph.number_of_classes());
         // Classes are processed children first (a post-order of the e-graph, cycles cut
         // where the walk meets them), lowest rank first: in a DAG every class is then
         // computed once its children are final, so an improvement is not propagated up a
@@ -76,7 +84,11 @@ impl<'a> Extraction<'a> {
         // on the rewritten chains of fold-bn).
         let order = post_order(egraph);
         let rank: HashMap<Id, usize> = order.iter().enumerate().map(|(i, &c)| (c, i)).collect();
-        let mut queue: BinaryHeap<Reverse<(usize, Id)>> = order.iter().enumerate().map(|(i, &c)| Reverse((i, c))).collect();
+        let mut queue: BinaryHeap<Reverse<(usize, Id)>> = order
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| Reverse((i, c)))
+            .collect();
         let mut queued: std::collections::HashSet<Id> = order.iter().copied().collect();
         while let Some(Reverse((_, id))) = queue.pop() {
             queued.remove(&id);
@@ -87,18 +99,26 @@ impl<'a> Extraction<'a> {
                     continue;
                 }
                 let cost = cost_model.cost(node, |c| best[&egraph.find(c)].0);
-                if pick.as_ref().is_none_or(|(p, _)| compare(&cost, p) == Ordering::Less) {
+                if pick
+                    .as_ref()
+                    .is_none_or(|(p, _)| compare(&cost, p) == Ordering::Less)
+                {
                     pick = Some((cost, index));
                 }
             }
             let Some(new) = pick else { continue };
-            let improved = best.get(&id).is_none_or(|old| compare(&new.0, &old.0) == Ordering::Less);
+            let improved = best
+                .get(&id)
+                .is_none_or(|old| compare(&new.0, &old.0) == Ordering::Less);
             if improved {
                 best.insert(id, new);
                 for parent in class.parents() {
                     let parent = egraph.find(parent);
                     if queued.insert(parent) {
-                        queue.push(Reverse((rank.get(&parent).copied().unwrap_or(usize::MAX), parent)));
+                        queue.push(Reverse((
+                            rank.get(&parent).copied().unwrap_or(usize::MAX),
+                            parent,
+                        )));
                     }
                 }
             }
@@ -110,7 +130,10 @@ impl<'a> Extraction<'a> {
     /// operands can all be built (only cycles), which no pass should produce.
     pub fn best_node(&self, id: Id) -> Result<&'a QNode, PassError> {
         let id = self.egraph.find(id);
-        let (_, index) = self.best.get(&id).ok_or_else(|| PassError::Bug(format!("e-class {id} has no finite term to extract")))?;
+        let (_, index) = self
+            .best
+            .get(&id)
+            .ok_or_else(|| PassError::Bug(format!("e-class {id} has no finite term to extract")))?;
         Ok(&self.egraph[id].nodes[*index])
     }
 

@@ -24,11 +24,23 @@ pub struct OpSym {
 impl OpSym {
     /// The symbol of a concrete op.
     pub fn new(op: &Op, declared: Option<TensorType>) -> OpSym {
-        let mut key = format!("{:?}", op.attrs.0.iter().map(|(k, v)| (k, attr_key(v))).collect::<Vec<_>>());
+        let mut key = format!(
+            "{:?}",
+            op.attrs
+                .0
+                .iter()
+                .map(|(k, v)| (k, attr_key(v)))
+                .collect::<Vec<_>>()
+        );
         if let Some(t) = &declared {
             key.push_str(&qlift_ir::text::type_to_string(t));
         }
-        OpSym { kind: op.kind, attrs: Some(op.attrs.clone()), declared, key }
+        OpSym {
+            kind: op.kind,
+            attrs: Some(op.attrs.clone()),
+            declared,
+            key,
+        }
     }
 
     /// The op it stands for (a wildcard has empty attributes).
@@ -46,14 +58,19 @@ fn attr_key(v: &qlift_ir::AttrValue) -> String {
     use qlift_ir::AttrValue::*;
     match v {
         Float(f) => format!("f{:x}", f.to_bits()),
-        Floats(fs) => format!("fs{:x?}", fs.iter().map(|f| f.to_bits()).collect::<Vec<_>>()),
+        Floats(fs) => format!(
+            "fs{:x?}",
+            fs.iter().map(|f| f.to_bits()).collect::<Vec<_>>()
+        ),
         other => format!("{other:?}"),
     }
 }
 
 impl PartialEq for OpSym {
     fn eq(&self, other: &OpSym) -> bool {
-        self.kind == other.kind && self.key == other.key && self.is_wildcard() == other.is_wildcard()
+        self.kind == other.kind
+            && self.key == other.key
+            && self.is_wildcard() == other.is_wildcard()
     }
 }
 impl Eq for OpSym {}
@@ -70,7 +87,11 @@ impl PartialOrd for OpSym {
 }
 impl Ord for OpSym {
     fn cmp(&self, other: &OpSym) -> Ordering {
-        (self.kind, &self.key, self.is_wildcard()).cmp(&(other.kind, &other.key, other.is_wildcard()))
+        (self.kind, &self.key, self.is_wildcard()).cmp(&(
+            other.kind,
+            &other.key,
+            other.is_wildcard(),
+        ))
     }
 }
 
@@ -122,7 +143,9 @@ impl Language for QNode {
     fn matches(&self, other: &QNode) -> bool {
         match (self, other) {
             (QNode::Op(a, ac), QNode::Op(b, bc)) => {
-                a.kind == b.kind && ac.len() == bc.len() && (a.is_wildcard() || b.is_wildcard() || a.key == b.key)
+                a.kind == b.kind
+                    && ac.len() == bc.len()
+                    && (a.is_wildcard() || b.is_wildcard() || a.key == b.key)
             }
             (a, b) => a == b,
         }
@@ -167,6 +190,14 @@ impl FromOp for QNode {
             return Ok(QNode::Missing);
         }
         let kind: OpKind = op.parse()?;
-        Ok(QNode::Op(OpSym { kind, attrs: None, declared: None, key: String::new() }, children))
+        Ok(QNode::Op(
+            OpSym {
+                kind,
+                attrs: None,
+                declared: None,
+                key: String::new(),
+            },
+            children,
+        ))
     }
 }

@@ -14,7 +14,10 @@ pub mod manager;
 pub mod quantize;
 pub mod rules;
 
-pub use manager::{pass_names, pipeline, quantizing_pipeline, run_passes, run_pipeline, Pass, PassRun, PipelineOptions, PrintAfter, Progress, INSERT_QDQ};
+pub use manager::{
+    pass_names, pipeline, quantizing_pipeline, run_passes, run_pipeline, Pass, PassRun,
+    PipelineOptions, PrintAfter, Progress, INSERT_QDQ,
+};
 
 /// Errors of the passes.
 #[derive(Debug, thiserror::Error)]

@@ -37,12 +37,24 @@ enum PassKind<'a> {
 
 impl<'a> Pass<'a> {
     fn rules(name: &'static str, about: &'static str, rules: fn() -> Vec<QRewrite>) -> Pass<'a> {
-        Pass { name, about, kind: PassKind::Rules(rules) }
+        Pass {
+            name,
+            about,
+            kind: PassKind::Rules(rules),
+        }
     }
 
     /// A pass that transforms the graph with a function.
-    pub fn transform(name: &'static str, about: &'static str, f: impl Fn(&Graph) -> Result<Graph, PassError> + 'a) -> Pass<'a> {
-        Pass { name, about, kind: PassKind::Transform(Box::new(f)) }
+    pub fn transform(
+        name: &'static str,
+        about: &'static str,
+        f: impl Fn(&Graph) -> Result<Graph, PassError> + 'a,
+    ) -> Pass<'a> {
+        Pass {
+            name,
+            about,
+            kind: PassKind::Transform(Box::new(f)),
+        }
     }
 }
 
@@ -69,10 +81,22 @@ pub fn pipeline() -> Vec<Pass<'static>> {
 /// The default pipeline with `insert_qdq` (calibration and Q/DQ insertion, see
 /// [`crate::quantize`]) run on the float graph just before `fuse-requant`, so that
 /// calibration sees the graph with BatchNormalization folded and activations fused.
-pub fn quantizing_pipeline<'a>(insert_qdq: impl Fn(&Graph) -> Result<Graph, PassError> + 'a) -> Vec<Pass<'a>> {
+pub fn quantizing_pipeline<'a>(
+    insert_qdq: impl Fn(&Graph) -> Result<Graph, PassError> + 'a,
+) -> Vec<Pass<'a>> {
     let mut passes = pipeline();
-    let at = passes.iter().position(|p| p.name == "fuse-requant").unwrap_or(passes.len());
-    passes.insert(at, Pass::transform(INSERT_QDQ, "calibrate, then insert QuantizeLinear/DequantizeLinear around quantizable ops", insert_qdq));
+    let at = passes
+        .iter()
+        .position(|p| p.name == "fuse-requant")
+        .unwrap_or(passes.len());
+    passes.insert(
+        at,
+        Pass::transform(
+            INSERT_QDQ,
+            "calibrate, then insert QuantizeLinear/DequantizeLinear around quantizable ops",
+            insert_qdq,
+        ),
+    );
     passes
 }
 
@@ -108,7 +132,11 @@ impl Progress {
 
 impl std::fmt::Debug for Progress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "Progress(callback)" } else { "Progress(none)" })
+        f.write_str(if self.0.is_some() {
+            "Progress(callback)"
+        } else {
+            "Progress(none)"
+        })
     }
 }
 
@@ -144,7 +172,10 @@ pub struct PassRun {
 /// as egg's own tests read theirs: the defaults are far above what the rules need on real
 /// models, and bound the work on adversarial ones.
 fn limit(var: &str, default: usize) -> usize {
-    std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Runs one pass; returns the graph and the e-graph's size (0 for a transform).
@@ -154,7 +185,8 @@ pub fn run_pass(graph: &Graph, pass: &Pass) -> Result<(Graph, usize), PassError>
         PassKind::Transform(f) => {
             let out = f(graph)?;
             if cfg!(debug_assertions) {
-                qlift_ir::verify(&out).map_err(|e| PassError::Bug(format!("after pass {}: {e}", pass.name)))?;
+                qlift_ir::verify(&out)
+                    .map_err(|e| PassError::Bug(format!("after pass {}: {e}", pass.name)))?;
             }
             return Ok((out, 0));
         }
@@ -170,22 +202,33 @@ pub fn run_pass(graph: &Graph, pass: &Pass) -> Result<(Graph, usize), PassError>
     let size = eg.egraph.total_number_of_nodes();
     let out = to_graph(&eg)?;
     if cfg!(debug_assertions) {
-        qlift_ir::verify(&out).map_err(|e| PassError::Bug(format!("after pass {}: {e}", pass.name)))?;
+        qlift_ir::verify(&out)
+            .map_err(|e| PassError::Bug(format!("after pass {}: {e}", pass.name)))?;
     }
     Ok((out, size))
 }
 
 /// Runs the default pipeline.
-pub fn run_pipeline(graph: &Graph, opts: &PipelineOptions) -> Result<(Graph, Vec<PassRun>), PassError> {
+pub fn run_pipeline(
+    graph: &Graph,
+    opts: &PipelineOptions,
+) -> Result<(Graph, Vec<PassRun>), PassError> {
     run_passes(graph, &pipeline(), opts)
 }
 
 /// Runs `passes` in order, with dumps and timings as `opts` asks.
-pub fn run_passes(graph: &Graph, passes: &[Pass], opts: &PipelineOptions) -> Result<(Graph, Vec<PassRun>), PassError> {
+pub fn run_passes(
+    graph: &Graph,
+    passes: &[Pass],
+    opts: &PipelineOptions,
+) -> Result<(Graph, Vec<PassRun>), PassError> {
     let mut graph = graph.clone();
     let mut runs = Vec::new();
     let total = match &opts.stop_after {
-        Some(name) => passes.iter().position(|p| p.name == name).map_or(passes.len(), |i| i + 1),
+        Some(name) => passes
+            .iter()
+            .position(|p| p.name == name)
+            .map_or(passes.len(), |i| i + 1),
         None => passes.len(),
     };
     for (i, pass) in passes.iter().enumerate() {
@@ -200,13 +243,23 @@ pub fn run_passes(graph: &Graph, passes: &[Pass], opts: &PipelineOptions) -> Res
             PrintAfter::All => true,
             PrintAfter::Pass(name) => name == pass.name,
         };
-        let text = (wanted || opts.dump_dir.is_some()).then(|| print(&graph, &PrintOptions::default()));
+        let text =
+            (wanted || opts.dump_dir.is_some()).then(|| print(&graph, &PrintOptions::default()));
         if let (Some(dir), Some(text)) = (&opts.dump_dir, &text) {
-            std::fs::create_dir_all(dir).map_err(|source| PassError::Io { path: dir.clone(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| PassError::Io {
+                path: dir.clone(),
+                source,
+            })?;
             let path = dir.join(format!("{:02}-{}.qir", i + 1, pass.name));
             std::fs::write(&path, text).map_err(|source| PassError::Io { path, source })?;
         }
-        runs.push(PassRun { name: pass.name, time, nodes: (before, graph.node_count()), egraph_nodes, dump: text.filter(|_| wanted) });
+        runs.push(PassRun {
+            name: pass.name,
+            time,
+            nodes: (before, graph.node_count()),
+            egraph_nodes,
+            dump: text.filter(|_| wanted),
+        });
         if opts.stop_after.as_deref() == Some(pass.name) {
             break;
         }
@@ -217,5 +270,8 @@ pub fn run_passes(graph: &Graph, passes: &[Pass], opts: &PipelineOptions) -> Res
 
 /// The names of the pipeline's passes, with `insert-qdq` (to validate `--after`).
 pub fn pass_names() -> Vec<&'static str> {
-    quantizing_pipeline(|g| Ok(g.clone())).iter().map(|p| p.name).collect()
+    quantizing_pipeline(|g| Ok(g.clone()))
+        .iter()
+        .map(|p| p.name)
+        .collect()
 }

@@ -16,10 +16,20 @@ pub mod fuzz {
     /// `parse_ir`: any text through the IR parser and, when it parses and verifies, the
     /// printer: the printed graph must parse back to the same graph.
     pub fn parse_ir(data: &[u8]) {
-        let Ok(text) = std::str::from_utf8(data) else { return };
-        let Ok(graph) = qlift_ir::text::parse(text) else { return };
+        let Ok(text) = std::str::from_utf8(data) else {
+            return;
+        };
+        let Ok(graph) = qlift_ir::text::parse(text) else {
+            return;
+        };
         if qlift_ir::verify(&graph).is_ok() {
-            let printed = qlift_ir::text::print(&graph, &qlift_ir::text::PrintOptions { full_constants: true, ..Default::default() });
+            let printed = qlift_ir::text::print(
+                &graph,
+                &qlift_ir::text::PrintOptions {
+                    full_constants: true,
+                    ..Default::default()
+                },
+            );
             let back = qlift_ir::text::parse(&printed).expect("a printed graph parses");
             assert!(back == graph, "print/parse round trip changed the graph");
         }
@@ -29,11 +39,21 @@ pub mod fuzz {
     /// or a tensor whose element count matches its shape, written back and read again to
     /// the same tensor.
     pub fn read_npy(data: &[u8]) {
-        let Ok(t) = qlift::npy::read_npy_bytes(data, 1 << 20) else { return };
-        assert_eq!(t.len(), t.shape().iter().product::<usize>(), "element count and shape disagree");
-        let back = qlift::npy::read_npy_bytes(&qlift::npy::to_npy_bytes(&t), 1 << 20).expect("a written .npy reads back");
+        let Ok(t) = qlift::npy::read_npy_bytes(data, 1 << 20) else {
+            return;
+        };
+        assert_eq!(
+            t.len(),
+            t.shape().iter().product::<usize>(),
+            "element count and shape disagree"
+        );
+        let back = qlift::npy::read_npy_bytes(&qlift::npy::to_npy_bytes(&t), 1 << 20)
+            .expect("a written .npy reads back");
         // NaN payloads compare unequal: compare the bits.
-        assert!(back.shape() == t.shape() && back.data().as_bytes() == t.data().as_bytes(), "write/read round trip changed the tensor");
+        assert!(
+            back.shape() == t.shape() && back.data().as_bytes() == t.data().as_bytes(),
+            "write/read round trip changed the tensor"
+        );
     }
 
     /// `cli_args`: an argument vector for the `qlift` command line, built from the bytes (each
@@ -43,7 +63,10 @@ pub mod fuzz {
     pub fn cli_args(data: &[u8]) {
         let args = cli_argv(data);
         let status = qlift::cli::main_with(&args);
-        assert!(status <= 1, "qlift {args:?} exited with {status} (an internal error)");
+        assert!(
+            status <= 1,
+            "qlift {args:?} exited with {status} (an internal error)"
+        );
     }
 
     /// The argument vector `cli_args` runs for `data` (program name first).
@@ -58,34 +81,111 @@ pub mod fuzz {
         let _ = std::fs::create_dir_all(scratch.join("dir"));
         let _ = std::fs::create_dir_all(&inputs);
         let _ = std::env::set_current_dir(&scratch);
-        for f in ["digits_mlp.onnx", "digits_mlp.qdq.onnx", "digits_cnn.qop.onnx", "digits_test_x_flat.npy", "digits_calib_x_flat.npy", "digits_test_y.npy", "MODELS.md"] {
+        for f in [
+            "digits_mlp.onnx",
+            "digits_mlp.qdq.onnx",
+            "digits_cnn.qop.onnx",
+            "digits_test_x_flat.npy",
+            "digits_calib_x_flat.npy",
+            "digits_test_y.npy",
+            "MODELS.md",
+        ] {
             let _ = std::fs::copy(format!("{models}/{f}"), inputs.join(f));
         }
         let m = |f: &str| inputs.join(f).to_string_lossy().into_owned();
         let s = |f: &str| scratch.join(f).to_string_lossy().into_owned();
         let tokens: Vec<String> = vec![
             // Subcommands and top-level flags.
-            "dump".into(), "run".into(), "quantize".into(), "report".into(), "bench".into(), "compile".into(),
-            "--help".into(), "--version".into(), "help".into(), "frobnicate".into(),
+            "dump".into(),
+            "run".into(),
+            "quantize".into(),
+            "report".into(),
+            "bench".into(),
+            "compile".into(),
+            "--help".into(),
+            "--version".into(),
+            "help".into(),
+            "frobnicate".into(),
             // Flags.
-            "--input".into(), "-i".into(), "--output".into(), "-o".into(), "--calib".into(), "--method".into(),
-            "--activations".into(), "--engine".into(), "--threads".into(), "--iters".into(), "--warmup".into(),
-            "--callers".into(), "--json".into(), "--after".into(), "--print-after-all".into(), "--dump-dir".into(),
-            "--timings".into(), "--full-constants".into(), "--format".into(), "--header".into(), "--name".into(),
-            "--target".into(), "--labels".into(), "--compare".into(), "--qir".into(), "--no-vnni".into(),
+            "--input".into(),
+            "-i".into(),
+            "--output".into(),
+            "-o".into(),
+            "--calib".into(),
+            "--method".into(),
+            "--activations".into(),
+            "--engine".into(),
+            "--threads".into(),
+            "--iters".into(),
+            "--warmup".into(),
+            "--callers".into(),
+            "--json".into(),
+            "--after".into(),
+            "--print-after-all".into(),
+            "--dump-dir".into(),
+            "--timings".into(),
+            "--full-constants".into(),
+            "--format".into(),
+            "--header".into(),
+            "--name".into(),
+            "--target".into(),
+            "--labels".into(),
+            "--compare".into(),
+            "--qir".into(),
+            "--no-vnni".into(),
             // Models and data (the small ones).
-            m("digits_mlp.onnx"), m("digits_mlp.qdq.onnx"), m("digits_cnn.qop.onnx"), m("digits_test_x_flat.npy"),
-            m("digits_calib_x_flat.npy"), m("digits_test_y.npy"), format!("input={}", m("digits_test_x_flat.npy")),
-            format!("nope={}", m("digits_test_x_flat.npy")), m("MODELS.md"), "/dev/zero".into(), "/dev/null".into(),
-            "/dev/full".into(), "no/such/file".into(),
+            m("digits_mlp.onnx"),
+            m("digits_mlp.qdq.onnx"),
+            m("digits_cnn.qop.onnx"),
+            m("digits_test_x_flat.npy"),
+            m("digits_calib_x_flat.npy"),
+            m("digits_test_y.npy"),
+            format!("input={}", m("digits_test_x_flat.npy")),
+            format!("nope={}", m("digits_test_x_flat.npy")),
+            m("MODELS.md"),
+            "/dev/zero".into(),
+            "/dev/null".into(),
+            "/dev/full".into(),
+            "no/such/file".into(),
             // Outputs, in the scratch directory.
-            s("out.npy"), s("out.onnx"), s("out.qir"), s("out.o"), s("out.h"), s("dir"), s("dir/deeper/x"), "logits=".to_string() + &s("l.npy"),
+            s("out.npy"),
+            s("out.onnx"),
+            s("out.qir"),
+            s("out.o"),
+            s("out.h"),
+            s("dir"),
+            s("dir/deeper/x"),
+            "logits=".to_string() + &s("l.npy"),
             // Values.
-            "0".into(), "1".into(), "2".into(), "-1".into(), "1025".into(), "1000001".into(), "18446744073709551615".into(),
-            "1e3".into(), "abc".into(), "".into(), "minmax".into(), "percentile:99.9".into(), "percentile:nan".into(),
-            "mse".into(), "entropy".into(), "u8".into(), "i8".into(), "jit".into(), "interp".into(), "text".into(),
-            "dot".into(), "all".into(), "fold-bn".into(), "insert-qdq".into(), "x86_64-unknown-linux-gnu".into(),
-            "aarch64-unknown-linux-gnu".into(), "not-a-triple".into(), "m".into(), "1x".into(),
+            "0".into(),
+            "1".into(),
+            "2".into(),
+            "-1".into(),
+            "1025".into(),
+            "1000001".into(),
+            "18446744073709551615".into(),
+            "1e3".into(),
+            "abc".into(),
+            "".into(),
+            "minmax".into(),
+            "percentile:99.9".into(),
+            "percentile:nan".into(),
+            "mse".into(),
+            "entropy".into(),
+            "u8".into(),
+            "i8".into(),
+            "jit".into(),
+            "interp".into(),
+            "text".into(),
+            "dot".into(),
+            "all".into(),
+            "fold-bn".into(),
+            "insert-qdq".into(),
+            "x86_64-unknown-linux-gnu".into(),
+            "aarch64-unknown-linux-gnu".into(),
+            "not-a-triple".into(),
+            "m".into(),
+            "1x".into(),
         ];
         let mut args = vec!["qlift".to_string()];
         let mut bytes = data.iter();
@@ -110,10 +210,27 @@ pub mod fuzz {
     /// enough for a fuzzer), then a run on zero inputs of the model's input shapes (batch 1)
     /// when they are small.
     pub fn compile(data: &[u8]) {
-        let limits = Limits { max_model_bytes: 1 << 20, max_tensor_bytes: 1 << 20, max_total_bytes: 4 << 20, ..Limits::default() };
-        let opts = CompileOptions { import: ImportOptions { limits, ..Default::default() }, ..Default::default() };
-        let Ok(model) = CompiledModel::from_onnx_bytes(data, None, &opts) else { return };
-        let inputs: Vec<Tensor> = model.inputs().iter().map(|(_, ty)| Tensor::zeros(ty.dtype, &ty.shape.resolve(1))).collect();
+        let limits = Limits {
+            max_model_bytes: 1 << 20,
+            max_tensor_bytes: 1 << 20,
+            max_total_bytes: 4 << 20,
+            ..Limits::default()
+        };
+        let opts = CompileOptions {
+            import: ImportOptions {
+                limits,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let Ok(model) = CompiledModel::from_onnx_bytes(data, None, &opts) else {
+            return;
+        };
+        let inputs: Vec<Tensor> = model
+            .inputs()
+            .iter()
+            .map(|(_, ty)| Tensor::zeros(ty.dtype, &ty.shape.resolve(1)))
+            .collect();
         if inputs.iter().map(Tensor::len).sum::<usize>() <= 1 << 16 {
             let _ = model.run(&inputs);
         }
@@ -132,7 +249,11 @@ pub mod graphs {
         let mut text = String::from("graph chain(%x: f32[N,4]) -> (%y) {\n");
         let mut previous = "x".to_string();
         for i in 0..n {
-            let name = if i + 1 == n { "y".to_string() } else { format!("v{i}") };
+            let name = if i + 1 == n {
+                "y".to_string()
+            } else {
+                format!("v{i}")
+            };
             let op = if i % 2 == 0 { "Relu" } else { "Sigmoid" };
             let _ = writeln!(text, "  %{name} = {op}(%{previous}) : f32[N,4] @n{i}");
             previous = name;

@@ -40,16 +40,34 @@ fn flag(b: bool) -> Tensor {
 }
 
 fn model(text: &str, engine: Engine, limits: Limits) -> CompiledModel {
-    let import = ImportOptions { limits, ..ImportOptions::default() };
+    let import = ImportOptions {
+        limits,
+        ..ImportOptions::default()
+    };
     let graph = load_qir_text(text, &import).unwrap();
-    CompiledModel::from_graph(&graph, None, &CompileOptions { engine, import, ..CompileOptions::default() }).unwrap()
+    CompiledModel::from_graph(
+        &graph,
+        None,
+        &CompileOptions {
+            engine,
+            import,
+            ..CompileOptions::default()
+        },
+    )
+    .unwrap()
 }
 
 #[test]
 fn a_data_dependent_if_runs_compiled_branches() {
     let graph = qlift_ir::text::parse(IF).unwrap();
-    let program = qlift_codegen::FlowProgram::compile(&graph, &Default::default(), &Default::default()).unwrap();
-    assert_eq!(program.programs(), (2, 0), "both branches are compiled before the first call");
+    let program =
+        qlift_codegen::FlowProgram::compile(&graph, &Default::default(), &Default::default())
+            .unwrap();
+    assert_eq!(
+        program.programs(),
+        (2, 0),
+        "both branches are compiled before the first call"
+    );
     let x = Tensor::from_f32(&[3, 2], vec![1.0, -2.0, 0.5, 4.0, -1.5, 3.0]);
     for c in [true, false] {
         let want = qlift_ir::interp::run(&graph, &[flag(c), x.clone()]).unwrap();
@@ -64,23 +82,52 @@ fn a_frozen_condition_folds_the_if_away() {
     let mut import = ImportOptions::default();
     import.constant_inputs.insert("c".into(), flag(false));
     let graph = load_qir_text(IF, &import).unwrap();
-    let m = CompiledModel::from_graph(&graph, None, &CompileOptions { import, ..CompileOptions::default() }).unwrap();
+    let m = CompiledModel::from_graph(
+        &graph,
+        None,
+        &CompileOptions {
+            import,
+            ..CompileOptions::default()
+        },
+    )
+    .unwrap();
     let text = m.graph().to_string();
     assert!(!text.contains("If("), "{text}");
-    assert!(!m.engine_description().contains("control flow"), "{}", m.engine_description());
+    assert!(
+        !m.engine_description().contains("control flow"),
+        "{}",
+        m.engine_description()
+    );
     let x = Tensor::from_f32(&[1, 2], vec![1.0, -2.0]);
-    assert_eq!(m.run(&[x]).unwrap()[0], Tensor::from_f32(&[1, 2], vec![3.0, -6.0]));
+    assert_eq!(
+        m.run(&[x]).unwrap()[0],
+        Tensor::from_f32(&[1, 2], vec![3.0, -6.0])
+    );
 }
 
 #[test]
 fn a_loop_that_never_ends_stops_at_the_cap() {
-    let limits = Limits { max_loop_iterations: 1000, ..Limits::default() };
+    let limits = Limits {
+        max_loop_iterations: 1000,
+        ..Limits::default()
+    };
     let x = Tensor::from_f32(&[3], vec![1.0, 2.0, 3.0]);
     for engine in [Engine::Jit, Engine::Interpreter] {
         let start = std::time::Instant::now();
-        let err = model(FOREVER, engine, limits.clone()).run(&[x.clone()]).unwrap_err().to_string();
-        assert!(err.contains("`total`") && err.contains("ran 1000 iterations without its condition turning false"), "{engine:?}: {err}");
-        assert!(start.elapsed().as_secs() < 30, "{engine:?} took {:?}", start.elapsed());
+        let err = model(FOREVER, engine, limits.clone())
+            .run(&[x.clone()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`total`")
+                && err.contains("ran 1000 iterations without its condition turning false"),
+            "{engine:?}: {err}"
+        );
+        assert!(
+            start.elapsed().as_secs() < 30,
+            "{engine:?} took {:?}",
+            start.elapsed()
+        );
     }
 }
 
@@ -91,8 +138,13 @@ fn bodies_nested_past_the_limit_are_refused() {
         text = format!("%y = If(%c, %c, %x) {{else_branch=graph e(%c: bool[], %x: f32[1]) -> (%y) {{ {text} }}, then_branch=graph t(%c: bool[], %x: f32[1]) -> (%x) {{ }}}} : f32[1]");
     }
     let text = format!("graph deep(%c: bool[], %x: f32[1]) -> (%y) {{ {text} }}");
-    let err = load_qir_text(&text, &ImportOptions::default()).unwrap_err().to_string();
-    assert!(err.contains("nesting of control-flow bodies is 20, above the limit of 16"), "{err}");
+    let err = load_qir_text(&text, &ImportOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nesting of control-flow bodies is 20, above the limit of 16"),
+        "{err}"
+    );
 }
 
 proptest! {
@@ -132,10 +184,20 @@ fn bodies_export_to_onnx_and_import_back() {
         let bytes = qlift::export_onnx(&graph).unwrap();
         let back = qlift::load_onnx_bytes(&bytes, None, &ImportOptions::default()).unwrap();
         let inputs = if text == IF {
-            vec![flag(false), Tensor::from_f32(&[2, 2], vec![1.0, 2.0, 3.0, 4.0])]
+            vec![
+                flag(false),
+                Tensor::from_f32(&[2, 2], vec![1.0, 2.0, 3.0, 4.0]),
+            ]
         } else {
-            vec![Tensor::from_i64(&[], vec![3]), Tensor::from_f32(&[3], vec![1.0, 2.0, 3.0])]
+            vec![
+                Tensor::from_i64(&[], vec![3]),
+                Tensor::from_f32(&[3], vec![1.0, 2.0, 3.0]),
+            ]
         };
-        assert_eq!(qlift_ir::interp::run(&back, &inputs).unwrap(), qlift_ir::interp::run(&graph, &inputs).unwrap(), "{back}");
+        assert_eq!(
+            qlift_ir::interp::run(&back, &inputs).unwrap(),
+            qlift_ir::interp::run(&graph, &inputs).unwrap(),
+            "{back}"
+        );
     }
 }

@@ -24,7 +24,10 @@ fn corpus() -> Option<PathBuf> {
         return Some(dir);
     }
     if std::env::var_os("QLIFT_REQUIRE_CORPUS").is_some() {
-        panic!("the corpus is not at {} (bash ../shared/corpus/fetch.sh target/corpus)", dir.display());
+        panic!(
+            "the corpus is not at {} (bash ../shared/corpus/fetch.sh target/corpus)",
+            dir.display()
+        );
     }
     eprintln!("corpus not fetched ({}): skipped; fetch it with `bash ../shared/corpus/fetch.sh target/corpus`", dir.display());
     None
@@ -42,9 +45,17 @@ fn load(dir: &PathBuf, file: &str) -> Graph {
 fn error_to_range(got: &Tensor, want: &Tensor) -> f64 {
     assert_eq!(got.shape(), want.shape());
     let (g, w) = (got.to_f32_vec(), want.to_f32_vec());
-    let (lo, hi) = w.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    let (lo, hi) = w
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
     let range = (hi - lo).max(f32::MIN_POSITIVE) as f64;
-    g.iter().zip(&w).map(|(&a, &b)| (a as f64 - b as f64).abs()).fold(0.0, f64::max) / range
+    g.iter()
+        .zip(&w)
+        .map(|(&a, &b)| (a as f64 - b as f64).abs())
+        .fold(0.0, f64::max)
+        / range
 }
 
 fn rows(t: &Tensor) -> Vec<Vec<f32>> {
@@ -54,7 +65,9 @@ fn rows(t: &Tensor) -> Vec<Vec<f32>> {
 }
 
 fn argmax(row: &[f32]) -> usize {
-    row.iter().enumerate().fold(0, |b, (i, &v)| if v > row[b] { i } else { b })
+    row.iter()
+        .enumerate()
+        .fold(0, |b, (i, &v)| if v > row[b] { i } else { b })
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -65,7 +78,9 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 /// Samples `start..end` of every tensor.
 fn slice(ts: &[Tensor], start: usize, end: usize) -> Vec<Tensor> {
-    ts.iter().map(|t| t.slice_outer(start, end).unwrap()).collect()
+    ts.iter()
+        .map(|t| t.slice_outer(start, end).unwrap())
+        .collect()
 }
 
 #[test]
@@ -91,7 +106,14 @@ fn magika_int8_agrees_with_fp32() {
     let Some(dir) = corpus() else { return };
     let g = load(&dir, "magika.onnx");
     let calib = npy(&dir, "magika_calib.npy");
-    let q = quantize(&g, &[calib], &QuantizeOptions::default(), &PipelineOptions::default(), &|_, _| {}).unwrap();
+    let q = quantize(
+        &g,
+        &[calib],
+        &QuantizeOptions::default(),
+        &PipelineOptions::default(),
+        &|_, _| {},
+    )
+    .unwrap();
     // Not a float model in disguise: its dense layers compute in integers.
     let integer = integer_products(&q.lowered);
     eprintln!("magika int8: {integer} integer products");
@@ -101,20 +123,33 @@ fn magika_int8_agrees_with_fp32() {
     let model = CompiledModel::from_lowered(q.lowered, true, &CompileOptions::default()).unwrap();
     let int8 = model.run(std::slice::from_ref(&x)).unwrap();
     let (a, b) = (rows(&int8[0]), rows(&fp32));
-    let agree = a.iter().zip(&b).filter(|(p, q)| argmax(p) == argmax(q)).count();
+    let agree = a
+        .iter()
+        .zip(&b)
+        .filter(|(p, q)| argmax(p) == argmax(q))
+        .count();
     let fraction = agree as f64 / a.len() as f64;
-    eprintln!("magika int8: top-1 agreement with fp32 {:.1}% ({agree}/{})", 100.0 * fraction, a.len());
+    eprintln!(
+        "magika int8: top-1 agreement with fp32 {:.1}% ({agree}/{})",
+        100.0 * fraction,
+        a.len()
+    );
     assert!(fraction >= 0.99, "{fraction}");
 }
 
 /// Integer matrix products and convolutions in a lowered graph.
 fn integer_products(g: &Graph) -> usize {
     use qlift_ir::OpKind::*;
-    g.node_ids().filter(|&id| matches!(g.node(id).op.kind(), Some(QMatMul | QConv))).count()
+    g.node_ids()
+        .filter(|&id| matches!(g.node(id).op.kind(), Some(QMatMul | QConv)))
+        .count()
 }
 
 fn minilm_inputs(dir: &PathBuf, set: &str) -> Vec<Tensor> {
-    vec![npy(dir, &format!("minilm_{set}_ids.npy")), npy(dir, &format!("minilm_{set}_mask.npy"))]
+    vec![
+        npy(dir, &format!("minilm_{set}_ids.npy")),
+        npy(dir, &format!("minilm_{set}_mask.npy")),
+    ]
 }
 
 #[test]
@@ -125,14 +160,20 @@ fn minilm_fp32_matches_onnx_runtime() {
     let hidden = npy(&dir, "minilm_test_fp32_last_hidden_state.npy");
     let embedding = npy(&dir, "minilm_test_fp32_sentence_embedding.npy");
     let interp = qlift_ir::interp::run(&g, &slice(&inputs, 0, 4)).unwrap();
-    for (got, want, what) in [(&interp[0], &hidden, "last_hidden_state"), (&interp[1], &embedding, "sentence_embedding")] {
+    for (got, want, what) in [
+        (&interp[0], &hidden, "last_hidden_state"),
+        (&interp[1], &embedding, "sentence_embedding"),
+    ] {
         let e = error_to_range(got, &want.slice_outer(0, 4).unwrap());
         eprintln!("minilm fp32 interpreter {what}: max error {e:.2e} of the output range");
         assert!(e <= 1e-4, "{what}: {e}");
     }
     let model = CompiledModel::from_graph(&g, None, &CompileOptions::default()).unwrap();
     let jit = model.run(&inputs).unwrap();
-    for (got, want, what) in [(&jit[0], &hidden, "last_hidden_state"), (&jit[1], &embedding, "sentence_embedding")] {
+    for (got, want, what) in [
+        (&jit[0], &hidden, "last_hidden_state"),
+        (&jit[1], &embedding, "sentence_embedding"),
+    ] {
         let e = error_to_range(got, want);
         eprintln!("minilm fp32 JIT {what}: max error {e:.2e} of the output range");
         assert!(e <= 1e-4, "{what}: {e}");
@@ -143,7 +184,14 @@ fn minilm_fp32_matches_onnx_runtime() {
 fn minilm_int8_embeddings_stay_close_to_fp32() {
     let Some(dir) = corpus() else { return };
     let g = load(&dir, "minilm.onnx");
-    let q = quantize(&g, &minilm_inputs(&dir, "calib"), &QuantizeOptions::default(), &PipelineOptions::default(), &|_, _| {}).unwrap();
+    let q = quantize(
+        &g,
+        &minilm_inputs(&dir, "calib"),
+        &QuantizeOptions::default(),
+        &PipelineOptions::default(),
+        &|_, _| {},
+    )
+    .unwrap();
     // Most of its 36 Linear layers compute in integers (those whose activations have
     // outliers stay float: the policy in qlift_passes::quantize).
     let integer = integer_products(&q.lowered);
@@ -152,7 +200,11 @@ fn minilm_int8_embeddings_stay_close_to_fp32() {
     let model = CompiledModel::from_lowered(q.lowered, true, &CompileOptions::default()).unwrap();
     let int8 = model.run(&minilm_inputs(&dir, "test")).unwrap();
     let fp32 = npy(&dir, "minilm_test_fp32_sentence_embedding.npy");
-    let cos: Vec<f64> = rows(&int8[1]).iter().zip(rows(&fp32)).map(|(a, b)| cosine(a, &b)).collect();
+    let cos: Vec<f64> = rows(&int8[1])
+        .iter()
+        .zip(rows(&fp32))
+        .map(|(a, b)| cosine(a, &b))
+        .collect();
     let mean = cos.iter().sum::<f64>() / cos.len() as f64;
     let min = cos.iter().copied().fold(f64::INFINITY, f64::min);
     eprintln!("minilm int8: sentence embedding cosine to fp32 mean {mean:.4}, min {min:.4}");
@@ -167,7 +219,10 @@ fn minilm_at(dir: &PathBuf, seq: usize, batch: usize) -> Vec<Tensor> {
         .map(|t| {
             let v = t.to_i64_vec().unwrap();
             let len = t.shape()[1];
-            let data: Vec<i64> = (0..batch).flat_map(|b| (0..seq).map(move |s| (b, s))).map(|(b, s)| if s < len { v[b * len + s] } else { 0 }).collect();
+            let data: Vec<i64> = (0..batch)
+                .flat_map(|b| (0..seq).map(move |s| (b, s)))
+                .map(|(b, s)| if s < len { v[b * len + s] } else { 0 })
+                .collect();
             Tensor::from_i64(&[batch, seq], data)
         })
         .collect()
@@ -182,10 +237,16 @@ fn minilm_compiled_once_serves_every_sequence_length_and_batch() {
         for batch in [1, 3, 8] {
             let inputs = minilm_at(&dir, seq, batch);
             let got = model.run(&inputs).unwrap();
-            let fresh = CompiledModel::from_graph(&g, None, &CompileOptions::default()).unwrap().run(&inputs).unwrap();
+            let fresh = CompiledModel::from_graph(&g, None, &CompileOptions::default())
+                .unwrap()
+                .run(&inputs)
+                .unwrap();
             assert_eq!(got, fresh, "seq {seq}, batch {batch}");
             assert_eq!(got[0].shape(), &[batch, seq, 384]);
         }
     }
-    eprintln!("minilm: one compiled model, {} specializations cached", model.specializations());
+    eprintln!(
+        "minilm: one compiled model, {} specializations cached",
+        model.specializations()
+    );
 }

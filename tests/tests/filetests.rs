@@ -35,13 +35,20 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 fn run_file(path: &Path) -> Result<(), Failed> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let kind = text.lines().next().and_then(|l| l.strip_prefix("; test ")).map(str::trim);
+    let kind = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("; test "))
+        .map(str::trim);
     let graph = parse(&text).map_err(|e| format!("parse: {e}"))?;
     match kind {
         Some("verifier") => check_verifier(&text, &graph),
         Some("run") => check_runs(&text, &graph, 1e-6, 0.0),
         Some(k) if k.starts_with("pass ") => check_pass(&text, &graph, k["pass ".len()..].trim()),
-        other => Err(format!("unknown test kind {other:?} (first line must be `; test verifier|run`)").into()),
+        other => Err(format!(
+            "unknown test kind {other:?} (first line must be `; test verifier|run`)"
+        )
+        .into()),
     }
 }
 
@@ -52,13 +59,22 @@ fn node_on_line(line: &str) -> Option<String> {
         return Some(code[at + 2..].trim().trim_matches('"').to_string());
     }
     let first = code.trim().strip_prefix('%')?;
-    Some(first.split([' ', ',', '=']).next()?.trim_matches('"').to_string())
+    Some(
+        first
+            .split([' ', ',', '='])
+            .next()?
+            .trim_matches('"')
+            .to_string(),
+    )
 }
 
 fn check_verifier(text: &str, graph: &qlift_ir::Graph) -> Result<(), Failed> {
     let expected: Vec<(String, String)> = text
         .lines()
-        .filter_map(|l| l.split_once("; error:").map(|(_, e)| (node_on_line(l).unwrap_or_default(), e.trim().to_string())))
+        .filter_map(|l| {
+            l.split_once("; error:")
+                .map(|(_, e)| (node_on_line(l).unwrap_or_default(), e.trim().to_string()))
+        })
         .collect();
     let errors = match verify(graph) {
         Ok(()) => Vec::new(),
@@ -66,56 +82,102 @@ fn check_verifier(text: &str, graph: &qlift_ir::Graph) -> Result<(), Failed> {
         Err(e) => return Err(format!("verifier: {e}").into()),
     };
     for (node, message) in &expected {
-        if !errors.iter().any(|e| e.node == *node && e.message.contains(message.as_str())) {
-            return Err(format!("expected an error on `{node}` containing `{message}`; got {errors:#?}").into());
+        if !errors
+            .iter()
+            .any(|e| e.node == *node && e.message.contains(message.as_str()))
+        {
+            return Err(format!(
+                "expected an error on `{node}` containing `{message}`; got {errors:#?}"
+            )
+            .into());
         }
     }
-    if let Some(extra) = errors.iter().find(|e| !expected.iter().any(|(n, m)| e.node == *n && e.message.contains(m.as_str()))) {
+    if let Some(extra) = errors.iter().find(|e| {
+        !expected
+            .iter()
+            .any(|(n, m)| e.node == *n && e.message.contains(m.as_str()))
+    }) {
         return Err(format!("unexpected verifier error: {extra}").into());
     }
     Ok(())
 }
 
 fn tensors(list: &str) -> Result<Vec<Tensor>, Failed> {
-    list.split(";;").map(|t| parse_tensor(t.trim()).map_err(|e| format!("`{}`: {e}", t.trim()).into())).collect()
+    list.split(";;")
+        .map(|t| parse_tensor(t.trim()).map_err(|e| format!("`{}`: {e}", t.trim()).into()))
+        .collect()
 }
 
 /// Checks every `; run:` line: f32 results within `tolerance` relative (to magnitudes of at
 /// least 1) or within `absolute`, other results exactly.
-fn check_runs(text: &str, graph: &qlift_ir::Graph, tolerance: f32, absolute: f32) -> Result<(), Failed> {
+fn check_runs(
+    text: &str,
+    graph: &qlift_ir::Graph,
+    tolerance: f32,
+    absolute: f32,
+) -> Result<(), Failed> {
     verify(graph).map_err(|e| e.to_string())?;
-    let runs: Vec<&str> = text.lines().filter_map(|l| l.split_once("; run:").map(|(_, r)| r)).collect();
+    let runs: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once("; run:").map(|(_, r)| r))
+        .collect();
     if runs.is_empty() && tolerance < 1e-5 {
         return Err("a run test needs `; run:` lines".into());
     }
     for run in runs {
-        let (inputs, outputs) = run.split_once("->").ok_or("a run line is `INPUTS -> OUTPUTS`")?;
-        let got = qlift_ir::interp::run(graph, &tensors(inputs)?).map_err(|e| format!("{run}: {e}"))?;
+        let (inputs, outputs) = run
+            .split_once("->")
+            .ok_or("a run line is `INPUTS -> OUTPUTS`")?;
+        let got =
+            qlift_ir::interp::run(graph, &tensors(inputs)?).map_err(|e| format!("{run}: {e}"))?;
         let want = tensors(outputs)?;
         let same = got.len() == want.len()
-            && got.iter().zip(&want).all(|(g, w)| match (g.data(), w.data()) {
-                (TensorData::F32(a), TensorData::F32(b)) => {
-                    g.shape() == w.shape() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= (tolerance * y.abs().max(1.0)).max(absolute))
-                }
-                _ => g == w,
-            });
+            && got
+                .iter()
+                .zip(&want)
+                .all(|(g, w)| match (g.data(), w.data()) {
+                    (TensorData::F32(a), TensorData::F32(b)) => {
+                        g.shape() == w.shape()
+                            && a.iter().zip(b).all(|(x, y)| {
+                                (x - y).abs() <= (tolerance * y.abs().max(1.0)).max(absolute)
+                            })
+                    }
+                    _ => g == w,
+                });
         if !same {
-            return Err(format!("{run}\n  got {got:?}: {:?}", got.iter().map(|t| t.to_f32_vec()).collect::<Vec<_>>()).into());
+            return Err(format!(
+                "{run}\n  got {got:?}: {:?}",
+                got.iter().map(|t| t.to_f32_vec()).collect::<Vec<_>>()
+            )
+            .into());
         }
     }
     Ok(())
 }
 
 fn check_pass(text: &str, graph: &qlift_ir::Graph, name: &str) -> Result<(), Failed> {
-    let pass = qlift_passes::pipeline().into_iter().find(|p| p.name == name).ok_or_else(|| format!("no pass `{name}`"))?;
+    let pass = qlift_passes::pipeline()
+        .into_iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| format!("no pass `{name}`"))?;
     let (after, _) = qlift_passes::manager::run_pass(graph, &pass).map_err(|e| e.to_string())?;
     verify(&after).map_err(|e| format!("after {name}: {e}"))?;
     let printed = qlift_ir::text::print(&after, &Default::default());
     let lines: Vec<&str> = printed.lines().collect();
     let mut at = 0usize;
-    for directive in text.lines().filter_map(|l| l.trim_start().strip_prefix("; ")) {
+    for directive in text
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("; "))
+    {
         if let Some(want) = directive.strip_prefix("check:").map(str::trim) {
-            at = at + lines[at..].iter().position(|l| l.contains(want)).ok_or_else(|| format!("check `{want}` not found after line {at}:\n{printed}"))? + 1;
+            at = at
+                + lines[at..]
+                    .iter()
+                    .position(|l| l.contains(want))
+                    .ok_or_else(|| {
+                        format!("check `{want}` not found after line {at}:\n{printed}")
+                    })?
+                + 1;
         } else if let Some(want) = directive.strip_prefix("nextln:").map(str::trim) {
             if !lines.get(at).is_some_and(|l| l.contains(want)) {
                 return Err(format!("nextln `{want}` is not line {}:\n{printed}", at + 1).into());
@@ -127,8 +189,14 @@ fn check_pass(text: &str, graph: &qlift_ir::Graph, name: &str) -> Result<(), Fai
             }
         }
     }
-    let absolute = match text.lines().find_map(|l| l.trim_start().strip_prefix("; tolerance:")) {
-        Some(x) => x.trim().parse::<f32>().map_err(|e| format!("`; tolerance:{x}`: {e}"))?,
+    let absolute = match text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("; tolerance:"))
+    {
+        Some(x) => x
+            .trim()
+            .parse::<f32>()
+            .map_err(|e| format!("`; tolerance:{x}`: {e}"))?,
         None => 0.0,
     };
     check_runs(text, graph, 1e-5, 0.0)?;

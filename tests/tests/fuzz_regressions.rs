@@ -8,7 +8,10 @@ use std::path::PathBuf;
 #[test]
 fn fuzz_regressions_fail_cleanly() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/fuzz-regressions");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.retain(|p| p.file_name().is_some_and(|n| n != "README.md"));
     files.sort();
     for path in &files {
@@ -39,18 +42,29 @@ fn fuzz_regressions_fail_cleanly() {
 fn npy_and_cli_seeds_run_cleanly() {
     let seeds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
     let files = |target: &str| {
-        let mut f: Vec<PathBuf> = std::fs::read_dir(seeds.join(target)).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut f: Vec<PathBuf> = std::fs::read_dir(seeds.join(target))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         f.sort();
         f
     };
     for path in files("read_npy") {
         let data = std::fs::read(&path).unwrap();
-        assert!(qlift::npy::read_npy_bytes(&data, 1 << 20).is_ok(), "{} does not read", path.display());
+        assert!(
+            qlift::npy::read_npy_bytes(&data, 1 << 20).is_ok(),
+            "{} does not read",
+            path.display()
+        );
         fuzz::read_npy(&data);
     }
     for path in files("cli_args") {
         let data = std::fs::read(&path).unwrap();
-        eprintln!("{}: {:?}", path.file_name().unwrap().to_string_lossy(), &fuzz::cli_argv(&data)[1..]);
+        eprintln!(
+            "{}: {:?}",
+            path.file_name().unwrap().to_string_lossy(),
+            &fuzz::cli_argv(&data)[1..]
+        );
         fuzz::cli_args(&data);
     }
 }

@@ -26,8 +26,26 @@ struct Case {
     spread_scales: bool,
 }
 
-const fn case(c: usize, m: usize, hw: (usize, usize), kernel: (usize, usize), strides: (usize, usize), group: usize) -> Case {
-    Case { c, m, hw, kernel, strides, pads: (0, 0, 0, 0), dilation_h: 1, group, signed_result: false, spread_scales: false }
+const fn case(
+    c: usize,
+    m: usize,
+    hw: (usize, usize),
+    kernel: (usize, usize),
+    strides: (usize, usize),
+    group: usize,
+) -> Case {
+    Case {
+        c,
+        m,
+        hw,
+        kernel,
+        strides,
+        pads: (0, 0, 0, 0),
+        dilation_h: 1,
+        group,
+        signed_result: false,
+        spread_scales: false,
+    }
 }
 
 /// Deterministic pseudo-random numbers (an LCG): the cases must be reproducible.
@@ -35,7 +53,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self, below: i64) -> i64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((self.0 >> 33) % below as u64) as i64
     }
 }
@@ -52,10 +73,20 @@ fn graph_text(k: &Case, rng: &mut Lcg) -> String {
     let ow = (w + pl + pr - kw) / k.strides.1 + 1;
     let cg = k.c / k.group;
     let weights = list((0..k.m * cg * kh * kw).map(|_| (rng.next(255) - 127).to_string()));
-    let scales = list((0..k.m).map(|i| if k.spread_scales { format!("{}", 0.01 / (1 << (i % 11)) as f32) } else { format!("{}", 0.004 + 0.001 * (i % 5) as f32) }));
+    let scales = list((0..k.m).map(|i| {
+        if k.spread_scales {
+            format!("{}", 0.01 / (1 << (i % 11)) as f32)
+        } else {
+            format!("{}", 0.004 + 0.001 * (i % 5) as f32)
+        }
+    }));
     let zeros = list((0..k.m).map(|_| "0".to_string()));
     let bias = list((0..k.m).map(|_| (rng.next(4001) - 2000).to_string()));
-    let (ydtype, yzp) = if k.signed_result { ("i8", -3) } else { ("u8", 120) };
+    let (ydtype, yzp) = if k.signed_result {
+        ("i8", -3)
+    } else {
+        ("u8", 120)
+    };
     // Accumulators spread about sqrt(taps) · 10^4 here: a result scale that spreads them
     // over about ±40 steps.
     let ys = 0.02 * 0.005 * ((cg * kh * kw) as f32).sqrt() * 1e4 / 40.0;
@@ -118,10 +149,21 @@ fn cases() -> Vec<Case> {
     let padded: Vec<Case> = cases
         .iter()
         .filter(|k| k.kernel.0 > 1 || k.kernel.1 > 1)
-        .map(|&k| Case { pads: (1, 2, 0, 1), dilation_h: 2, signed_result: true, ..k })
+        .map(|&k| Case {
+            pads: (1, 2, 0, 1),
+            dilation_h: 2,
+            signed_result: true,
+            ..k
+        })
         .filter(|k| k.hw.0 + k.pads.0 + k.pads.2 > 2 * (k.kernel.0 - 1))
         .collect();
-    let spread: Vec<Case> = cases.iter().map(|&k| Case { spread_scales: true, ..k }).collect();
+    let spread: Vec<Case> = cases
+        .iter()
+        .map(|&k| Case {
+            spread_scales: true,
+            ..k
+        })
+        .collect();
     cases.extend(padded);
     cases.extend(spread);
     cases
@@ -139,10 +181,34 @@ fn first_sample(x: &Tensor) -> Tensor {
 fn every_convolution_form_agrees_with_the_interpreter() {
     let paths = [
         ("host", CodegenOptions::default()),
-        ("no-vnni", CodegenOptions { no_vnni: true, ..Default::default() }),
-        ("avx2", CodegenOptions { avx2_only: true, ..Default::default() }),
-        ("128-bit", CodegenOptions { max_vector_bits: Some(128), ..Default::default() }),
-        ("baseline", CodegenOptions { baseline_isa: true, ..Default::default() }),
+        (
+            "no-vnni",
+            CodegenOptions {
+                no_vnni: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "avx2",
+            CodegenOptions {
+                avx2_only: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "128-bit",
+            CodegenOptions {
+                max_vector_bits: Some(128),
+                ..Default::default()
+            },
+        ),
+        (
+            "baseline",
+            CodegenOptions {
+                baseline_isa: true,
+                ..Default::default()
+            },
+        ),
     ];
     if !std::arch::is_x86_feature_detected!("avxvnni") {
         eprintln!("skipped: this CPU lacks AVX-VNNI, so the micro-kernels' vpdpwssd form is not run here (the AVX2 vpmaddwd form is)");
@@ -158,38 +224,76 @@ fn every_convolution_form_agrees_with_the_interpreter() {
         let graph = parse(&text).unwrap_or_else(|e| panic!("{k:?}: {e}\n{text}"));
         let batch = 3;
         let n = batch * k.c * k.hw.0 * k.hw.1;
-        let x = Tensor::from_i64_values(DType::U8, vec![batch, k.c, k.hw.0, k.hw.1], (0..n).map(|_| rng.next(256)).collect()).unwrap();
+        let x = Tensor::from_i64_values(
+            DType::U8,
+            vec![batch, k.c, k.hw.0, k.hw.1],
+            (0..n).map(|_| rng.next(256)).collect(),
+        )
+        .unwrap();
         let want = qlift_ir::interp::run(&graph, std::slice::from_ref(&x)).unwrap();
         // The case exercises the arithmetic: most results are strictly inside the range.
         let values = want[0].to_i64_vec().unwrap();
-        let (lo, hi) = if k.signed_result { (-128, 127) } else { (0, 255) };
+        let (lo, hi) = if k.signed_result {
+            (-128, 127)
+        } else {
+            (0, 255)
+        };
         let inside = values.iter().filter(|&&v| v > lo && v < hi).count();
-        assert!(inside * 2 > values.len(), "{k:?}: only {inside} of {} results inside ({lo}, {hi})", values.len());
+        assert!(
+            inside * 2 > values.len(),
+            "{k:?}: only {inside} of {} results inside ({lo}, {hi})",
+            values.len()
+        );
         for (path, opts) in &paths {
             let program = JitProgram::compile(&graph, opts);
             // Every dense case with a column stride up to 2 takes the wide form where the CPU has
             // AVX2, unless held to 128 bits.
             if let Ok(p) = &program {
                 let wide = p.program().steps[0].form == "wide-direct";
-                let expected = k.group == 1 && k.strides.1 <= 2 && opts.max_vector_bits.is_none() && !opts.baseline_isa && std::arch::is_x86_feature_detected!("avx2");
+                let expected = k.group == 1
+                    && k.strides.1 <= 2
+                    && opts.max_vector_bits.is_none()
+                    && !opts.baseline_isa
+                    && std::arch::is_x86_feature_detected!("avx2");
                 // Depthwise convolutions of any size and channel count take the wide form on
                 // AVX2 (column stride up to 2), else the direct form wherever the CPU has byte
                 // shuffles.
                 let depthwise = k.group == k.c && k.m == k.c && k.kernel.1 > 1;
-                let wide_depthwise = k.strides.1 <= 2 && opts.max_vector_bits.is_none() && std::arch::is_x86_feature_detected!("avx2");
-                let direct = p.program().steps[0].form == if wide_depthwise { "wide-depthwise" } else { "direct-depthwise" };
+                let wide_depthwise = k.strides.1 <= 2
+                    && opts.max_vector_bits.is_none()
+                    && std::arch::is_x86_feature_detected!("avx2");
+                let direct = p.program().steps[0].form
+                    == if wide_depthwise {
+                        "wide-depthwise"
+                    } else {
+                        "direct-depthwise"
+                    };
                 if wide != expected || (depthwise && !opts.baseline_isa && !direct) {
-                    failures.push(format!("{path}: {k:?} is in form {}", p.program().steps[0].form));
+                    failures.push(format!(
+                        "{path}: {k:?} is in form {}",
+                        p.program().steps[0].form
+                    ));
                 }
             }
             // One sample on two threads: the kernels split their own work (intra-op).
-            let (x1, want1) = (first_sample(&x), qlift_ir::interp::run(&graph, &[first_sample(&x)]).unwrap());
+            let (x1, want1) = (
+                first_sample(&x),
+                qlift_ir::interp::run(&graph, &[first_sample(&x)]).unwrap(),
+            );
             // Every kernel call split, however small (the default keeps small ones whole).
-            if let Ok(mut p) = JitProgram::compile(&graph, &CodegenOptions { parallel_min_macs: Some(0), ..opts.clone() }) {
+            if let Ok(mut p) = JitProgram::compile(
+                &graph,
+                &CodegenOptions {
+                    parallel_min_macs: Some(0),
+                    ..opts.clone()
+                },
+            ) {
                 p.set_threads(2);
                 match p.run(std::slice::from_ref(&x1)) {
                     Ok(got) if got == want1 => {}
-                    Ok(_) => failures.push(format!("{path}, two threads, batch 1: {k:?} differs from the interpreter")),
+                    Ok(_) => failures.push(format!(
+                        "{path}, two threads, batch 1: {k:?} differs from the interpreter"
+                    )),
                     Err(e) => failures.push(format!("{path}, two threads, batch 1: {k:?}: {e}")),
                 }
             }
@@ -201,5 +305,10 @@ fn every_convolution_form_agrees_with_the_interpreter() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases fail:\n{failures:#?}", failures.len(), all.len() * paths.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases fail:\n{failures:#?}",
+        failures.len(),
+        all.len() * paths.len()
+    );
 }

@@ -14,7 +14,10 @@ use proptest::test_runner::FileFailurePersistence;
 use qlift::{quantize, ActivationScheme, CalibrationMethod, QuantizeOptions};
 use qlift_codegen::{CodegenOptions, JitProgram};
 use qlift_ir::text::{print, PrintOptions};
-use qlift_ir::{AttrValue, Attrs, DType, Dim, Graph, NodeOp, Op, OpKind, Shape, Tensor, TensorData, TensorType, ValueId};
+use qlift_ir::{
+    AttrValue, Attrs, DType, Dim, Graph, NodeOp, Op, OpKind, Shape, Tensor, TensorData, TensorType,
+    ValueId,
+};
 use qlift_passes::{run_pipeline, PipelineOptions};
 use std::sync::Arc;
 
@@ -83,7 +86,11 @@ enum Head {
     /// The feature map is the output.
     None,
     /// GlobalAveragePool → Flatten → Gemm.
-    Gemm { out: usize, trans_b: bool, bias: bool },
+    Gemm {
+        out: usize,
+        trans_b: bool,
+        bias: bool,
+    },
     /// (GlobalAveragePool →) Flatten → MatMul.
     MatMul { out: usize, global_pool: bool },
 }
@@ -107,7 +114,11 @@ fn act() -> impl Strategy<Value = Act> {
 }
 
 fn group() -> impl Strategy<Value = Group> {
-    prop_oneof![Just(Group::One), Just(Group::Depthwise), (0usize..6).prop_map(Group::Divisor)]
+    prop_oneof![
+        Just(Group::One),
+        Just(Group::Depthwise),
+        (0usize..6).prop_map(Group::Divisor)
+    ]
 }
 
 fn pair(lo: usize, hi: usize) -> impl Strategy<Value = [usize; 2]> {
@@ -115,18 +126,51 @@ fn pair(lo: usize, hi: usize) -> impl Strategy<Value = [usize; 2]> {
 }
 
 fn conv() -> impl Strategy<Value = ConvSpec> {
-    (1usize..=20, group(), pair(1, 4), pair(1, 3), prop::array::uniform4(0usize..=2), pair(1, 2), any::<bool>(), act()).prop_map(
-        |(out, group, kernel, strides, pads, dilations, bias, act)| ConvSpec { out, group, kernel, strides, pads, dilations, bias, act },
+    (
+        1usize..=20,
+        group(),
+        pair(1, 4),
+        pair(1, 3),
+        prop::array::uniform4(0usize..=2),
+        pair(1, 2),
+        any::<bool>(),
+        act(),
     )
+        .prop_map(
+            |(out, group, kernel, strides, pads, dilations, bias, act)| ConvSpec {
+                out,
+                group,
+                kernel,
+                strides,
+                pads,
+                dilations,
+                bias,
+                act,
+            },
+        )
 }
 
 fn pool() -> impl Strategy<Value = PoolSpec> {
-    (pair(1, 3), pair(1, 2), prop::array::uniform4(0usize..=2), any::<bool>())
-        .prop_map(|(kernel, strides, pads, ceil)| PoolSpec { kernel, strides, pads, ceil })
+    (
+        pair(1, 3),
+        pair(1, 2),
+        prop::array::uniform4(0usize..=2),
+        any::<bool>(),
+    )
+        .prop_map(|(kernel, strides, pads, ceil)| PoolSpec {
+            kernel,
+            strides,
+            pads,
+            ceil,
+        })
 }
 
 fn branch() -> impl Strategy<Value = Branch> {
-    prop_oneof![Just(Branch::Identity), conv().prop_map(Branch::Conv), pool().prop_map(Branch::MaxPool)]
+    prop_oneof![
+        Just(Branch::Identity),
+        conv().prop_map(Branch::Conv),
+        pool().prop_map(Branch::MaxPool)
+    ]
 }
 
 fn block() -> impl Strategy<Value = Block> {
@@ -142,14 +186,33 @@ fn block() -> impl Strategy<Value = Block> {
 fn head() -> impl Strategy<Value = Head> {
     prop_oneof![
         Just(Head::None),
-        (1usize..=20, any::<bool>(), any::<bool>()).prop_map(|(out, trans_b, bias)| Head::Gemm { out, trans_b, bias }),
-        (1usize..=20, any::<bool>()).prop_map(|(out, global_pool)| Head::MatMul { out, global_pool }),
+        (1usize..=20, any::<bool>(), any::<bool>()).prop_map(|(out, trans_b, bias)| Head::Gemm {
+            out,
+            trans_b,
+            bias
+        }),
+        (1usize..=20, any::<bool>())
+            .prop_map(|(out, global_pool)| Head::MatMul { out, global_pool }),
     ]
 }
 
 fn net() -> impl Strategy<Value = Net> {
-    (1usize..=20, 3usize..=9, 3usize..=9, prop::collection::vec(block(), 1..=5), head(), any::<u64>())
-        .prop_map(|(channels, height, width, blocks, head, seed)| Net { channels, height, width, blocks, head, seed })
+    (
+        1usize..=20,
+        3usize..=9,
+        3usize..=9,
+        prop::collection::vec(block(), 1..=5),
+        head(),
+        any::<u64>(),
+    )
+        .prop_map(|(channels, height, width, blocks, head, seed)| Net {
+            channels,
+            height,
+            width,
+            blocks,
+            head,
+            seed,
+        })
 }
 
 /// Uniform values from a fixed-seed LCG: cases are reproducible from their `seed`.
@@ -163,7 +226,10 @@ impl Rand {
     fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
         (0..n)
             .map(|_| {
-                self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                self.0 = self
+                    .0
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 lo + (hi - lo) * ((self.0 >> 40) as f32 / (1u64 << 24) as f32)
             })
             .collect()
@@ -183,11 +249,23 @@ fn ints(v: &[usize]) -> AttrValue {
 
 /// Output extent of a window over `extent` (ONNX rules, including ceil_mode's dropping of a
 /// window that starts in the end padding); `None` when the window does not fit.
-fn out_extent(extent: usize, kernel: usize, stride: usize, dilation: usize, begin: usize, end: usize, ceil: bool) -> Option<usize> {
+fn out_extent(
+    extent: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    begin: usize,
+    end: usize,
+    ceil: bool,
+) -> Option<usize> {
     let span = dilation * (kernel - 1) + 1;
     let padded = extent + begin + end;
     let room = padded.checked_sub(span)?;
-    let mut n = if ceil { room.div_ceil(stride) } else { room / stride } + 1;
+    let mut n = if ceil {
+        room.div_ceil(stride)
+    } else {
+        room / stride
+    } + 1;
     if ceil && (n - 1) * stride >= extent + begin {
         n -= 1;
     }
@@ -198,13 +276,19 @@ impl Builder {
     fn konst(&mut self, dims: &[usize], lo: f32, hi: f32) -> ValueId {
         self.n += 1;
         let v = self.rand.vec(dims.iter().product(), lo, hi);
-        self.g.add_const(&format!("k{}", self.n), Arc::new(Tensor::from_f32(dims, v)), None)
+        self.g.add_const(
+            &format!("k{}", self.n),
+            Arc::new(Tensor::from_f32(dims, v)),
+            None,
+        )
     }
 
     fn op(&mut self, kind: OpKind, attrs: Attrs, operands: &[Option<ValueId>]) -> ValueId {
         self.n += 1;
         let name = format!("{}{}", kind.name().to_lowercase(), self.n);
-        self.g.add_op(&name, Op::new(kind, attrs), operands, &[&name]).unwrap_or_else(|e| panic!("{name}: {e}"))[0]
+        self.g
+            .add_op(&name, Op::new(kind, attrs), operands, &[&name])
+            .unwrap_or_else(|e| panic!("{name}: {e}"))[0]
     }
 
     /// [C, H, W] of an activation.
@@ -219,15 +303,25 @@ impl Builder {
         match act {
             Act::None => x,
             Act::Relu => self.op(OpKind::Relu, Attrs::new(), &[Some(x)]),
-            Act::Clip(lo, hi) => {
-                self.op(OpKind::Clip, Attrs::new().with("min", AttrValue::Float(lo)).with("max", AttrValue::Float(hi)), &[Some(x)])
-            }
+            Act::Clip(lo, hi) => self.op(
+                OpKind::Clip,
+                Attrs::new()
+                    .with("min", AttrValue::Float(lo))
+                    .with("max", AttrValue::Float(hi)),
+                &[Some(x)],
+            ),
         }
     }
 
     /// A convolution; with `same`, stride 1 and the padding split so that H and W stay, and
     /// `same_channels` forces the output channels to the input's. `None` when it does not fit.
-    fn conv(&mut self, x: ValueId, s: &ConvSpec, same: bool, same_channels: bool) -> Option<ValueId> {
+    fn conv(
+        &mut self,
+        x: ValueId,
+        s: &ConvSpec,
+        same: bool,
+        same_channels: bool,
+    ) -> Option<ValueId> {
         let [c, h, w] = self.chw(x);
         let group = match s.group {
             Group::One => 1,
@@ -258,10 +352,28 @@ impl Builder {
                 let begin = s.pads[a].clamp(total.saturating_sub(2), total.min(2));
                 pads[a] = begin;
                 pads[a + 2] = total - begin;
-            } else if out_extent(extent, s.kernel[a], strides[a], dilations[a], pads[a], pads[a + 2], false).is_none() {
+            } else if out_extent(
+                extent,
+                s.kernel[a],
+                strides[a],
+                dilations[a],
+                pads[a],
+                pads[a + 2],
+                false,
+            )
+            .is_none()
+            {
                 dilations[a] = 1;
             }
-            out_extent(extent, s.kernel[a], strides[a], dilations[a], pads[a], pads[a + 2], false)?;
+            out_extent(
+                extent,
+                s.kernel[a],
+                strides[a],
+                dilations[a],
+                pads[a],
+                pads[a + 2],
+                false,
+            )?;
         }
         let fan_in = (c / group) * s.kernel[0] * s.kernel[1];
         let bound = 1.5 / (fan_in as f32).sqrt();
@@ -339,7 +451,11 @@ impl Builder {
             Block::Concat(a, b) => {
                 let a = self.branch(x, a, false)?;
                 let b = self.branch(x, b, false)?;
-                Some(self.op(OpKind::Concat, Attrs::new().with("axis", AttrValue::Int(1)), &[Some(a), Some(b)]))
+                Some(self.op(
+                    OpKind::Concat,
+                    Attrs::new().with("axis", AttrValue::Int(1)),
+                    &[Some(a), Some(b)],
+                ))
             }
         }
     }
@@ -353,8 +469,17 @@ fn build(net: &Net) -> Graph {
 
 /// The float graph and how many blocks were left out because they did not fit.
 fn build_counting_skips(net: &Net) -> (Graph, usize) {
-    let mut b = Builder { g: Graph::new("random_cnn"), rand: Rand::new(net.seed), n: 0 };
-    let shape = Shape(vec![Dim::Batch, Dim::Fixed(net.channels), Dim::Fixed(net.height), Dim::Fixed(net.width)]);
+    let mut b = Builder {
+        g: Graph::new("random_cnn"),
+        rand: Rand::new(net.seed),
+        n: 0,
+    };
+    let shape = Shape(vec![
+        Dim::Batch,
+        Dim::Fixed(net.channels),
+        Dim::Fixed(net.height),
+        Dim::Fixed(net.width),
+    ]);
     let mut x = b.g.add_input("x", TensorType::new(DType::F32, shape));
     let mut skipped = 0;
     for block in &net.blocks {
@@ -382,7 +507,11 @@ fn build_counting_skips(net: &Net) -> (Graph, usize) {
             b.op(OpKind::Gemm, attrs, &[Some(flat), Some(w), bias])
         }
         Head::MatMul { out, global_pool } => {
-            let x = if global_pool { b.op(OpKind::GlobalAveragePool, Attrs::new(), &[Some(x)]) } else { x };
+            let x = if global_pool {
+                b.op(OpKind::GlobalAveragePool, Attrs::new(), &[Some(x)])
+            } else {
+                x
+            };
             let [c, h, w] = b.chw(x);
             let flat = b.op(OpKind::Flatten, flatten, &[Some(x)]);
             let k = c * h * w;
@@ -398,7 +527,10 @@ fn build_counting_skips(net: &Net) -> (Graph, usize) {
 
 fn input(net: &Net, batch: usize, seed: u64, range: f32) -> Tensor {
     let dims = [batch, net.channels, net.height, net.width];
-    Tensor::from_f32(&dims, Rand::new(seed).vec(dims.iter().product(), -range, range))
+    Tensor::from_f32(
+        &dims,
+        Rand::new(seed).vec(dims.iter().product(), -range, range),
+    )
 }
 
 /// A tensor as the IR text writes constants: `f32[1,2] [1.0, 2.0]`.
@@ -406,7 +538,12 @@ fn tensor_text(t: &Tensor) -> String {
     let dims: Vec<String> = t.shape().iter().map(|d| d.to_string()).collect();
     let values: Vec<String> = match t.as_f32() {
         Ok(v) => v.iter().map(|x| format!("{x:?}")).collect(),
-        Err(_) => t.to_i64_vec().unwrap().iter().map(|x| x.to_string()).collect(),
+        Err(_) => t
+            .to_i64_vec()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_string())
+            .collect(),
     };
     format!("{}[{}] [{}]", t.dtype(), dims.join(","), values.join(", "))
 }
@@ -414,26 +551,60 @@ fn tensor_text(t: &Tensor) -> String {
 /// The failing graph as a run filetest: IR text with every constant, and the interpreter's
 /// result for `x` as the expectation.
 fn filetest(g: &Graph, x: &Tensor, want: &[Tensor]) -> String {
-    let text = print(g, &PrintOptions { full_constants: true, ..PrintOptions::default() });
+    let text = print(
+        g,
+        &PrintOptions {
+            full_constants: true,
+            ..PrintOptions::default()
+        },
+    );
     let want: Vec<String> = want.iter().map(tensor_text).collect();
-    format!("; test run\n{text}; run: {} -> {}\n", tensor_text(x), want.join(" ;; "))
+    format!(
+        "; test run\n{text}; run: {} -> {}\n",
+        tensor_text(x),
+        want.join(" ;; ")
+    )
 }
 
 /// Bit equality (f32 compared by bit pattern); on a difference, the first differing element.
 fn first_difference(got: &Tensor, want: &Tensor) -> Option<String> {
     if got.dtype() != want.dtype() || got.shape() != want.shape() {
-        return Some(format!("got {}{:?}, want {}{:?}", got.dtype(), got.shape(), want.dtype(), want.shape()));
+        return Some(format!(
+            "got {}{:?}, want {}{:?}",
+            got.dtype(),
+            got.shape(),
+            want.dtype(),
+            want.shape()
+        ));
     }
     match (got.data(), want.data()) {
         (TensorData::F32(a), TensorData::F32(b)) => {
-            let i = a.iter().zip(b.iter()).position(|(x, y)| x.to_bits() != y.to_bits())?;
-            let differing = a.iter().zip(b.iter()).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
-            Some(format!("element {i} of {:?}: got {:?}, want {:?} ({differing} of {} differ)", want.shape(), a[i], b[i], a.len()))
+            let i = a
+                .iter()
+                .zip(b.iter())
+                .position(|(x, y)| x.to_bits() != y.to_bits())?;
+            let differing = a
+                .iter()
+                .zip(b.iter())
+                .filter(|(x, y)| x.to_bits() != y.to_bits())
+                .count();
+            Some(format!(
+                "element {i} of {:?}: got {:?}, want {:?} ({differing} of {} differ)",
+                want.shape(),
+                a[i],
+                b[i],
+                a.len()
+            ))
         }
         _ => {
             let (a, b) = (got.to_i64_vec().ok()?, want.to_i64_vec().ok()?);
             let i = a.iter().zip(&b).position(|(x, y)| x != y)?;
-            Some(format!("element {i} of {:?}: got {}, want {}", want.shape(), a[i], b[i]))
+            Some(format!(
+                "element {i} of {:?}: got {}, want {}",
+                want.shape(),
+                a[i],
+                b[i]
+            ))
         }
     }
 }
@@ -442,7 +613,18 @@ fn first_difference(got: &Tensor, want: &Tensor) -> Option<String> {
 fn relative_error(got: &Tensor, want: &Tensor) -> f32 {
     let (a, b) = (got.as_f32().unwrap(), want.as_f32().unwrap());
     let scale = b.iter().map(|v| v.abs()).fold(1e-3f32, f32::max);
-    a.iter().zip(b).map(|(x, y)| if x.is_nan() != y.is_nan() { f32::INFINITY } else if x.is_nan() { 0.0 } else { (x - y).abs() }).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            if x.is_nan() != y.is_nan() {
+                f32::INFINITY
+            } else if x.is_nan() {
+                0.0
+            } else {
+                (x - y).abs()
+            }
+        })
+        .fold(0.0, f32::max)
         / scale
 }
 
@@ -451,17 +633,89 @@ fn relative_error(got: &Tensor, want: &Tensor) -> f32 {
 /// Code paths: name, options and threads per call (two threads split a batch, or, at
 /// batch 1, the kernels' own work).
 const ISAS: [(&str, CodegenOptions, usize); 5] = [
-    ("host", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false, avx2_only: false, profile: false, max_vector_bits: None, parallel_min_macs: None }, 1),
-    ("host, two threads", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false, avx2_only: false, profile: false, max_vector_bits: None, parallel_min_macs: Some(0) }, 2),
-    ("host-128", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false, avx2_only: false, profile: false, max_vector_bits: Some(128), parallel_min_macs: None }, 1),
-    ("avx2", CodegenOptions { target: None, baseline_isa: false, pic: false, no_vnni: false, avx2_only: true, profile: false, max_vector_bits: None, parallel_min_macs: None }, 1),
-    ("baseline", CodegenOptions { target: None, baseline_isa: true, pic: false, no_vnni: false, avx2_only: false, profile: false, max_vector_bits: None, parallel_min_macs: None }, 1),
+    (
+        "host",
+        CodegenOptions {
+            target: None,
+            baseline_isa: false,
+            pic: false,
+            no_vnni: false,
+            avx2_only: false,
+            profile: false,
+            max_vector_bits: None,
+            parallel_min_macs: None,
+        },
+        1,
+    ),
+    (
+        "host, two threads",
+        CodegenOptions {
+            target: None,
+            baseline_isa: false,
+            pic: false,
+            no_vnni: false,
+            avx2_only: false,
+            profile: false,
+            max_vector_bits: None,
+            parallel_min_macs: Some(0),
+        },
+        2,
+    ),
+    (
+        "host-128",
+        CodegenOptions {
+            target: None,
+            baseline_isa: false,
+            pic: false,
+            no_vnni: false,
+            avx2_only: false,
+            profile: false,
+            max_vector_bits: Some(128),
+            parallel_min_macs: None,
+        },
+        1,
+    ),
+    (
+        "avx2",
+        CodegenOptions {
+            target: None,
+            baseline_isa: false,
+            pic: false,
+            no_vnni: false,
+            avx2_only: true,
+            profile: false,
+            max_vector_bits: None,
+            parallel_min_macs: None,
+        },
+        1,
+    ),
+    (
+        "baseline",
+        CodegenOptions {
+            target: None,
+            baseline_isa: true,
+            pic: false,
+            no_vnni: false,
+            avx2_only: false,
+            profile: false,
+            max_vector_bits: None,
+            parallel_min_macs: None,
+        },
+        1,
+    ),
 ];
 
-fn jit_run(g: &Graph, opts: &CodegenOptions, threads: usize, x: &Tensor) -> Result<Vec<Tensor>, String> {
+fn jit_run(
+    g: &Graph,
+    opts: &CodegenOptions,
+    threads: usize,
+    x: &Tensor,
+) -> Result<Vec<Tensor>, String> {
     let mut program = JitProgram::compile(g, opts).map_err(|e| format!("compile: {e}"))?;
     program.set_threads(threads);
-    program.run(std::slice::from_ref(x)).map_err(|e| format!("run: {e}"))
+    program
+        .run(std::slice::from_ref(x))
+        .map_err(|e| format!("run: {e}"))
 }
 
 const CALIBRATION_SAMPLES: usize = 8;
@@ -474,7 +728,9 @@ fn config() -> ProptestConfig {
         config.cases = 48;
     }
     config.max_shrink_iters = 2000;
-    config.failure_persistence = Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions")));
+    config.failure_persistence = Some(Box::new(FileFailurePersistence::WithSource(
+        "proptest-regressions",
+    )));
     config
 }
 
@@ -557,7 +813,9 @@ fn the_generator_covers_every_feature() {
         blocks += net.blocks.len();
         skipped += s;
         for id in g.node_ids() {
-            let NodeOp::Apply(op) = &g.node(id).op else { continue };
+            let NodeOp::Apply(op) = &g.node(id).op else {
+                continue;
+            };
             let a = &op.attrs;
             let x = g.node_inputs(id)[0].map(|v| g.value_type(v).shape.dims().to_vec());
             let list = |name: &str| a.ints(name).unwrap_or_default().to_vec();
@@ -608,7 +866,10 @@ fn the_generator_covers_every_feature() {
                         add(&format!("{name} stride 2"));
                     }
                     if op.kind == OpKind::AveragePool {
-                        add(&format!("count_include_pad {}", a.int("count_include_pad").unwrap()));
+                        add(&format!(
+                            "count_include_pad {}",
+                            a.int("count_include_pad").unwrap()
+                        ));
                     }
                 }
                 OpKind::Gemm => add(&format!("Gemm transB {}", a.int("transB").unwrap())),
@@ -617,15 +878,42 @@ fn the_generator_covers_every_feature() {
         }
     }
     let want = [
-        "Conv", "conv group 1", "conv depthwise", "conv grouped", "conv more than 16 channels, not a multiple of 16",
-        "conv bias", "conv non-square kernel", "conv dilation 2", "conv stride 2", "conv asymmetric pads", "Relu", "Clip",
-        "MaxPool", "MaxPool ceil_mode", "MaxPool pads", "MaxPool stride 2", "AveragePool", "AveragePool ceil_mode",
-        "AveragePool pads", "AveragePool stride 2", "count_include_pad 0", "count_include_pad 1", "Add", "Concat",
-        "GlobalAveragePool", "Flatten", "Gemm transB 0", "Gemm transB 1", "MatMul",
+        "Conv",
+        "conv group 1",
+        "conv depthwise",
+        "conv grouped",
+        "conv more than 16 channels, not a multiple of 16",
+        "conv bias",
+        "conv non-square kernel",
+        "conv dilation 2",
+        "conv stride 2",
+        "conv asymmetric pads",
+        "Relu",
+        "Clip",
+        "MaxPool",
+        "MaxPool ceil_mode",
+        "MaxPool pads",
+        "MaxPool stride 2",
+        "AveragePool",
+        "AveragePool ceil_mode",
+        "AveragePool pads",
+        "AveragePool stride 2",
+        "count_include_pad 0",
+        "count_include_pad 1",
+        "Add",
+        "Concat",
+        "GlobalAveragePool",
+        "Flatten",
+        "Gemm transB 0",
+        "Gemm transB 1",
+        "MatMul",
     ];
     let missing: Vec<&str> = want.into_iter().filter(|f| !seen.contains(*f)).collect();
     assert!(missing.is_empty(), "never generated: {missing:?}");
-    assert!(skipped * 5 <= blocks, "{skipped} of {blocks} blocks did not fit");
+    assert!(
+        skipped * 5 <= blocks,
+        "{skipped} of {blocks} blocks did not fit"
+    );
 }
 
 // Activation × activation MatMul, reductions and normalizations: single-op graphs on random
@@ -654,30 +942,45 @@ struct MatMulSpec {
 }
 
 fn matmul_spec() -> impl Strategy<Value = MatMulSpec> {
-    (prop::collection::vec((1usize..=4, any::<bool>(), any::<bool>()), 0..=3), 0usize..=3, 1usize..=19, 1usize..=40, 1usize..=21, any::<bool>(), any::<bool>(), 0u8..8, any::<u64>())
-        .prop_map(|(axes, b_drop, m, k, n, runtime, b_runtime, vector, seed)| {
-            let b_drop = b_drop.min(axes.len());
-            MatMulSpec {
-                batch: axes.iter().map(|a| a.0).collect(),
-                a_ones: axes.iter().map(|a| a.1).collect(),
-                b_ones: axes.iter().map(|a| a.2).collect(),
-                b_drop,
-                m,
-                k,
-                n,
-                runtime,
-                b_runtime: b_runtime && b_drop == 0,
-                vector_a: vector == 0,
-                seed,
-            }
-        })
+    (
+        prop::collection::vec((1usize..=4, any::<bool>(), any::<bool>()), 0..=3),
+        0usize..=3,
+        1usize..=19,
+        1usize..=40,
+        1usize..=21,
+        any::<bool>(),
+        any::<bool>(),
+        0u8..8,
+        any::<u64>(),
+    )
+        .prop_map(
+            |(axes, b_drop, m, k, n, runtime, b_runtime, vector, seed)| {
+                let b_drop = b_drop.min(axes.len());
+                MatMulSpec {
+                    batch: axes.iter().map(|a| a.0).collect(),
+                    a_ones: axes.iter().map(|a| a.1).collect(),
+                    b_ones: axes.iter().map(|a| a.2).collect(),
+                    b_drop,
+                    m,
+                    k,
+                    n,
+                    runtime,
+                    b_runtime: b_runtime && b_drop == 0,
+                    vector_a: vector == 0,
+                    seed,
+                }
+            },
+        )
 }
 
 impl MatMulSpec {
     /// The operands' static shapes and concrete shapes at batch size `samples`.
     fn shapes(&self, samples: usize) -> [(Shape, Vec<usize>); 2] {
         if self.vector_a {
-            return [(Shape::fixed(&[self.k]), vec![self.k]), (Shape::fixed(&[self.k, self.n]), vec![self.k, self.n])];
+            return [
+                (Shape::fixed(&[self.k]), vec![self.k]),
+                (Shape::fixed(&[self.k, self.n]), vec![self.k, self.n]),
+            ];
         }
         let side = |ones: &[bool], drop: usize, rows: usize, cols: usize, runtime: bool| {
             let mut dims: Vec<Dim> = Vec::new();
@@ -692,15 +995,30 @@ impl MatMulSpec {
             (Shape(dims), concrete)
         };
         let b_runtime = self.runtime && self.b_runtime;
-        [side(&self.a_ones, 0, self.m, self.k, self.runtime), side(&self.b_ones, if b_runtime { 0 } else { self.b_drop }, self.k, self.n, b_runtime)]
+        [
+            side(&self.a_ones, 0, self.m, self.k, self.runtime),
+            side(
+                &self.b_ones,
+                if b_runtime { 0 } else { self.b_drop },
+                self.k,
+                self.n,
+                b_runtime,
+            ),
+        ]
     }
 }
 
 /// A graph of one op on graph inputs of the given types.
 fn single_op(kind: OpKind, attrs: Attrs, inputs: &[TensorType]) -> Result<Graph, String> {
     let mut g = Graph::new("op");
-    let operands: Vec<Option<ValueId>> = inputs.iter().enumerate().map(|(i, t)| Some(g.add_input(&format!("x{i}"), t.clone()))).collect();
-    let y = g.add_op("y", Op::new(kind, attrs), &operands, &["y"]).map_err(|e| e.to_string())?;
+    let operands: Vec<Option<ValueId>> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Some(g.add_input(&format!("x{i}"), t.clone())))
+        .collect();
+    let y = g
+        .add_op("y", Op::new(kind, attrs), &operands, &["y"])
+        .map_err(|e| e.to_string())?;
     g.set_outputs(y).map_err(|e| e.to_string())?;
     Ok(g)
 }
@@ -708,20 +1026,31 @@ fn single_op(kind: OpKind, attrs: Attrs, inputs: &[TensorType]) -> Result<Graph,
 /// The graph through every ISA on `inputs`, against the interpreter: integers exact, floats
 /// within 1e-4 of the output's range.
 fn agrees_everywhere(g: &Graph, inputs: &[Tensor]) -> Result<(), TestCaseError> {
-    let want = qlift_ir::interp::run(g, inputs).map_err(|e| TestCaseError::fail(format!("interp: {e}")))?;
+    let want = qlift_ir::interp::run(g, inputs)
+        .map_err(|e| TestCaseError::fail(format!("interp: {e}")))?;
     for (isa, opts, threads) in &ISAS {
-        let mut program = JitProgram::compile(g, opts).map_err(|e| TestCaseError::fail(format!("{isa} compile: {e}")))?;
+        let mut program = JitProgram::compile(g, opts)
+            .map_err(|e| TestCaseError::fail(format!("{isa} compile: {e}")))?;
         program.set_threads(*threads);
-        let got = program.run(inputs).map_err(|e| TestCaseError::fail(format!("{isa} run: {e}")))?;
+        let got = program
+            .run(inputs)
+            .map_err(|e| TestCaseError::fail(format!("{isa} run: {e}")))?;
         for (gv, w) in got.iter().zip(&want) {
             let bad = if w.dtype() == DType::F32 {
-                let err = if gv.shape() == w.shape() { relative_error(gv, w) } else { f32::INFINITY };
+                let err = if gv.shape() == w.shape() {
+                    relative_error(gv, w)
+                } else {
+                    f32::INFINITY
+                };
                 (err > 1e-4).then(|| format!("relative error {err}"))
             } else {
                 first_difference(gv, w)
             };
             if let Some(e) = bad {
-                return Err(TestCaseError::fail(format!("{isa} JIT differs from the interpreter: {e}\n{}", print(g, &PrintOptions::default()))));
+                return Err(TestCaseError::fail(format!(
+                    "{isa} JIT differs from the interpreter: {e}\n{}",
+                    print(g, &PrintOptions::default())
+                )));
             }
         }
     }
@@ -744,37 +1073,66 @@ struct ReduceSpec {
 }
 
 const REDUCE_KINDS: [OpKind; 19] = [
-    OpKind::ReduceMean, OpKind::ReduceSum, OpKind::ReduceMax, OpKind::ReduceMin, OpKind::ReduceProd, OpKind::ReduceL1,
-    OpKind::ReduceL2, OpKind::ReduceSumSquare, OpKind::ReduceLogSum, OpKind::ReduceLogSumExp, OpKind::ArgMax, OpKind::ArgMin,
-    OpKind::CumSum, OpKind::LayerNormalization, OpKind::LpNormalization, OpKind::LogSoftmax, OpKind::Hardmax,
-    OpKind::InstanceNormalization, OpKind::GroupNormalization,
+    OpKind::ReduceMean,
+    OpKind::ReduceSum,
+    OpKind::ReduceMax,
+    OpKind::ReduceMin,
+    OpKind::ReduceProd,
+    OpKind::ReduceL1,
+    OpKind::ReduceL2,
+    OpKind::ReduceSumSquare,
+    OpKind::ReduceLogSum,
+    OpKind::ReduceLogSumExp,
+    OpKind::ArgMax,
+    OpKind::ArgMin,
+    OpKind::CumSum,
+    OpKind::LayerNormalization,
+    OpKind::LpNormalization,
+    OpKind::LogSoftmax,
+    OpKind::Hardmax,
+    OpKind::InstanceNormalization,
+    OpKind::GroupNormalization,
 ];
 
 fn reduce_spec() -> impl Strategy<Value = ReduceSpec> {
-    (0..REDUCE_KINDS.len(), prop::collection::vec((1usize..=9, any::<bool>()), 1..=4), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<u64>())
-        .prop_map(|(kind, axes, runtime, keepdims, flag, integer, seed)| ReduceSpec {
-            kind: REDUCE_KINDS[kind],
-            dims: axes.iter().map(|a| a.0).collect(),
-            axes: axes.iter().map(|a| a.1).collect(),
-            runtime,
-            keepdims,
-            flag,
-            integer,
-            seed,
-        })
+    (
+        0..REDUCE_KINDS.len(),
+        prop::collection::vec((1usize..=9, any::<bool>()), 1..=4),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(kind, axes, runtime, keepdims, flag, integer, seed)| ReduceSpec {
+                kind: REDUCE_KINDS[kind],
+                dims: axes.iter().map(|a| a.0).collect(),
+                axes: axes.iter().map(|a| a.1).collect(),
+                runtime,
+                keepdims,
+                flag,
+                integer,
+                seed,
+            },
+        )
 }
 
 impl ReduceSpec {
     /// The first set axis (the op's `axis`), or the last axis.
     fn axis(&self) -> usize {
-        self.axes.iter().position(|&a| a).unwrap_or(self.dims.len() - 1)
+        self.axes
+            .iter()
+            .position(|&a| a)
+            .unwrap_or(self.dims.len() - 1)
     }
 
     /// The graph and its input at batch size `samples`.
     fn build(&self, samples: usize) -> Result<(Graph, Vec<Tensor>), String> {
         use OpKind::{
-            ArgMax, ArgMin, CumSum, GroupNormalization, Hardmax, InstanceNormalization, LayerNormalization, LogSoftmax, LpNormalization,
-            ReduceL1, ReduceLogSum, ReduceMax, ReduceMean, ReduceMin, ReduceProd, ReduceSum, ReduceSumSquare,
+            ArgMax, ArgMin, CumSum, GroupNormalization, Hardmax, InstanceNormalization,
+            LayerNormalization, LogSoftmax, LpNormalization, ReduceL1, ReduceLogSum, ReduceMax,
+            ReduceMean, ReduceMin, ReduceProd, ReduceSum, ReduceSumSquare,
         };
         let rank = self.dims.len();
         let mut dims: Vec<Dim> = self.dims.iter().map(|&d| Dim::Fixed(d)).collect();
@@ -784,7 +1142,20 @@ impl ReduceSpec {
         }
         let concrete = Shape(dims.clone()).resolve(samples);
         let count: usize = concrete.iter().product();
-        let integer = self.integer && matches!(self.kind, ReduceSum | ReduceMax | ReduceMin | ReduceProd | ReduceL1 | ReduceSumSquare | ReduceMean | ArgMax | ArgMin | CumSum);
+        let integer = self.integer
+            && matches!(
+                self.kind,
+                ReduceSum
+                    | ReduceMax
+                    | ReduceMin
+                    | ReduceProd
+                    | ReduceL1
+                    | ReduceSumSquare
+                    | ReduceMean
+                    | ArgMax
+                    | ArgMin
+                    | CumSum
+            );
         // Positive values where a logarithm follows; few distinct values for ArgMax ties.
         let (lo, hi) = match self.kind {
             ReduceLogSum => (0.1, 2.0),
@@ -793,33 +1164,64 @@ impl ReduceSpec {
         };
         let mut rand = Rand::new(self.seed);
         let x = if integer {
-            Tensor::new(DType::I32, concrete.clone(), TensorData::I32(rand.vec(count, -50.0, 50.0).iter().map(|v| (*v as i32) / 8).collect())).map_err(|e| e.to_string())?
+            Tensor::new(
+                DType::I32,
+                concrete.clone(),
+                TensorData::I32(
+                    rand.vec(count, -50.0, 50.0)
+                        .iter()
+                        .map(|v| (*v as i32) / 8)
+                        .collect(),
+                ),
+            )
+            .map_err(|e| e.to_string())?
         } else {
             Tensor::from_f32(&concrete, rand.vec(count, lo, hi))
         };
         let xty = TensorType::new(x.dtype(), Shape(dims.clone()));
         // Axes that leave the batch alone (kernels reduce along static axes only there).
-        let axis = if runtime && self.axis() == 0 { rank - 1 } else { self.axis() };
+        let axis = if runtime && self.axis() == 0 {
+            rank - 1
+        } else {
+            self.axis()
+        };
         let axis_attr = AttrValue::Int(axis as i64);
         let int = |v: bool| AttrValue::Int(v as i64);
         let mut inputs = vec![x];
         let mut types = vec![xty];
         let attrs = match self.kind {
-            ArgMax | ArgMin => Attrs::new().with("axis", axis_attr).with("keepdims", int(self.keepdims)).with("select_last_index", int(self.flag)),
-            CumSum => Attrs::new().with("axis", axis_attr).with("exclusive", int(self.flag)).with("reverse", int(self.keepdims)),
-            LpNormalization => Attrs::new().with("axis", axis_attr).with("p", AttrValue::Int(if self.flag { 2 } else { 1 })),
+            ArgMax | ArgMin => Attrs::new()
+                .with("axis", axis_attr)
+                .with("keepdims", int(self.keepdims))
+                .with("select_last_index", int(self.flag)),
+            CumSum => Attrs::new()
+                .with("axis", axis_attr)
+                .with("exclusive", int(self.flag))
+                .with("reverse", int(self.keepdims)),
+            LpNormalization => Attrs::new()
+                .with("axis", axis_attr)
+                .with("p", AttrValue::Int(if self.flag { 2 } else { 1 })),
             LogSoftmax | Hardmax => Attrs::new().with("axis", axis_attr),
             LayerNormalization => {
                 let axis = axis.max(usize::from(runtime));
                 let normalized = &concrete[axis..];
                 // Scale over the trailing axes (or only the last one), bias sometimes.
-                let scale_dims = if self.keepdims { normalized.to_vec() } else { vec![*normalized.last().unwrap()] };
+                let scale_dims = if self.keepdims {
+                    normalized.to_vec()
+                } else {
+                    vec![*normalized.last().unwrap()]
+                };
                 for _ in 0..if self.flag { 2 } else { 1 } {
-                    let t = Tensor::from_f32(&scale_dims, rand.vec(scale_dims.iter().product(), -2.0, 2.0));
+                    let t = Tensor::from_f32(
+                        &scale_dims,
+                        rand.vec(scale_dims.iter().product(), -2.0, 2.0),
+                    );
                     types.push(TensorType::new(DType::F32, Shape::fixed(&scale_dims)));
                     inputs.push(t);
                 }
-                Attrs::new().with("axis", AttrValue::Int(axis as i64)).with("epsilon", AttrValue::Float(1e-5))
+                Attrs::new()
+                    .with("axis", AttrValue::Int(axis as i64))
+                    .with("epsilon", AttrValue::Float(1e-5))
             }
             InstanceNormalization | GroupNormalization => {
                 if rank < 3 {
@@ -832,15 +1234,24 @@ impl ReduceSpec {
                 }
                 let attrs = Attrs::new().with("epsilon", AttrValue::Float(1e-5));
                 if self.kind == GroupNormalization {
-                    let groups = (1..=c).rev().find(|g| c % g == 0 && (*g < c || !self.flag)).unwrap_or(1);
+                    let groups = (1..=c)
+                        .rev()
+                        .find(|g| c % g == 0 && (*g < c || !self.flag))
+                        .unwrap_or(1);
                     attrs.with("num_groups", AttrValue::Int(groups as i64))
                 } else {
                     attrs
                 }
             }
             _ => {
-                let axes: Vec<i64> = (0..rank).filter(|&a| self.axes[a] && !(runtime && a == 0)).map(|a| a as i64).collect();
-                Attrs::new().with("axes", AttrValue::Ints(axes)).with("keepdims", int(self.keepdims)).with("noop_with_empty_axes", AttrValue::Int(0))
+                let axes: Vec<i64> = (0..rank)
+                    .filter(|&a| self.axes[a] && !(runtime && a == 0))
+                    .map(|a| a as i64)
+                    .collect();
+                Attrs::new()
+                    .with("axes", AttrValue::Ints(axes))
+                    .with("keepdims", int(self.keepdims))
+                    .with("noop_with_empty_axes", AttrValue::Int(0))
             }
         };
         Ok((single_op(self.kind, attrs, &types)?, inputs))

@@ -10,12 +10,26 @@ use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use qlift_codegen::{CodegenOptions, JitProgram};
 use qlift_ir::text::{print, PrintOptions};
-use qlift_ir::{AttrValue, Attrs, DType, Dim, Graph, Op, OpKind, Shape, Tensor, TensorData, TensorType, ValueId};
+use qlift_ir::{
+    AttrValue, Attrs, DType, Dim, Graph, Op, OpKind, Shape, Tensor, TensorData, TensorType, ValueId,
+};
 use qlift_passes::{run_pipeline, PipelineOptions};
 use std::sync::Arc;
 
 /// Activations a case picks from (per direction: f, g, h as the cell uses them).
-const ACTIVATIONS: [&str; 11] = ["Sigmoid", "Tanh", "Relu", "HardSigmoid", "Affine", "LeakyRelu", "ThresholdedRelu", "ScaledTanh", "Elu", "Softsign", "Softplus"];
+const ACTIVATIONS: [&str; 11] = [
+    "Sigmoid",
+    "Tanh",
+    "Relu",
+    "HardSigmoid",
+    "Affine",
+    "LeakyRelu",
+    "ThresholdedRelu",
+    "ScaledTanh",
+    "Elu",
+    "Softsign",
+    "Softplus",
+];
 
 /// The gate functions (LSTM's and GRU's `f`) a case picks from: those with values in
 /// [0, 1]. A gate outside it (a Relu or Affine update gate) makes `(1 − z)·h̃ + z·h` an
@@ -51,12 +65,38 @@ struct Spec {
 
 fn spec() -> impl Strategy<Value = Spec> {
     let kind = prop_oneof![Just(OpKind::LSTM), Just(OpKind::GRU), Just(OpKind::RNN)];
-    let shape = (0usize..3, 1usize..=19, 1usize..=3, 1usize..=9, 1usize..=9, any::<bool>(), any::<bool>());
-    let optional = (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>());
-    let acts = prop_oneof![Just(None), proptest::collection::vec(0usize..ACTIVATIONS.len(), 6).prop_map(Some)];
+    let shape = (
+        0usize..3,
+        1usize..=19,
+        1usize..=3,
+        1usize..=9,
+        1usize..=9,
+        any::<bool>(),
+        any::<bool>(),
+    );
+    let optional = (
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+    );
+    let acts = prop_oneof![
+        Just(None),
+        proptest::collection::vec(0usize..ACTIVATIONS.len(), 6).prop_map(Some)
+    ];
     let clip = prop_oneof![Just(None), (0.5f32..4.0).prop_map(Some)];
     (kind, shape, optional, acts, clip, 1u8..8, any::<u64>()).prop_map(
-        |(kind, (direction, seq, batch, input, hidden, batch_first, runtime), (bias, lengths, initial_h, initial_c, peepholes, flag), activations, clip, outputs, seed)| Spec {
+        |(
+            kind,
+            (direction, seq, batch, input, hidden, batch_first, runtime),
+            (bias, lengths, initial_h, initial_c, peepholes, flag),
+            activations,
+            clip,
+            outputs,
+            seed,
+        )| Spec {
             kind,
             direction,
             seq,
@@ -86,7 +126,10 @@ impl Rand {
     fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
         (0..n)
             .map(|_| {
-                self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                self.0 = self
+                    .0
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 lo + (hi - lo) * ((self.0 >> 40) as f32 / (1u64 << 24) as f32)
             })
             .collect()
@@ -130,20 +173,59 @@ impl Spec {
         let n = self.per_direction() * self.dirs();
         let names: Vec<&str> = match &self.activations {
             None => match self.kind {
-                OpKind::LSTM => ["Sigmoid", "Tanh", "Tanh"].iter().cycle().take(n).copied().collect(),
-                OpKind::GRU => ["Sigmoid", "Tanh"].iter().cycle().take(n).copied().collect(),
+                OpKind::LSTM => ["Sigmoid", "Tanh", "Tanh"]
+                    .iter()
+                    .cycle()
+                    .take(n)
+                    .copied()
+                    .collect(),
+                OpKind::GRU => ["Sigmoid", "Tanh"]
+                    .iter()
+                    .cycle()
+                    .take(n)
+                    .copied()
+                    .collect(),
                 _ => vec!["Tanh"; n],
             },
             Some(a) => {
                 let gated = self.kind != OpKind::RNN;
                 let per = self.per_direction();
-                a.iter().take(n).enumerate().map(|(k, &i)| if gated && k % per == 0 { GATES[i % GATES.len()] } else { ACTIVATIONS[i] }).collect()
+                a.iter()
+                    .take(n)
+                    .enumerate()
+                    .map(|(k, &i)| {
+                        if gated && k % per == 0 {
+                            GATES[i % GATES.len()]
+                        } else {
+                            ACTIVATIONS[i]
+                        }
+                    })
+                    .collect()
             }
         };
-        let alpha: Vec<f32> = names.iter().map(|n| qlift_ir::RECURRENT_ACTIVATIONS.iter().find(|a| a.0 == *n).map_or(0.0, |a| if a.3 { a.1 * 0.9 } else { 0.0 })).collect();
-        let beta: Vec<f32> = names.iter().map(|n| qlift_ir::RECURRENT_ACTIVATIONS.iter().find(|a| a.0 == *n).map_or(0.0, |a| if a.4 { a.2 * 1.1 } else { 0.0 })).collect();
+        let alpha: Vec<f32> = names
+            .iter()
+            .map(|n| {
+                qlift_ir::RECURRENT_ACTIVATIONS
+                    .iter()
+                    .find(|a| a.0 == *n)
+                    .map_or(0.0, |a| if a.3 { a.1 * 0.9 } else { 0.0 })
+            })
+            .collect();
+        let beta: Vec<f32> = names
+            .iter()
+            .map(|n| {
+                qlift_ir::RECURRENT_ACTIVATIONS
+                    .iter()
+                    .find(|a| a.0 == *n)
+                    .map_or(0.0, |a| if a.4 { a.2 * 1.1 } else { 0.0 })
+            })
+            .collect();
         let mut attrs = Attrs::new()
-            .with("direction", AttrValue::Str(["forward", "reverse", "bidirectional"][self.direction].into()))
+            .with(
+                "direction",
+                AttrValue::Str(["forward", "reverse", "bidirectional"][self.direction].into()),
+            )
             .with("hidden_size", AttrValue::Int(self.hidden as i64))
             .with("layout", AttrValue::Int(self.batch_first as i64))
             .with("clip", AttrValue::Float(self.clip.unwrap_or(f32::INFINITY)))
@@ -162,45 +244,97 @@ impl Spec {
     /// inputs for `samples` run-time samples on axis 0 (when `runtime`).
     fn build(&self, samples: usize) -> (Graph, Vec<Tensor>) {
         let mut rand = Rand(self.seed | 1);
-        let (dirs, rows, h, i) = (self.dirs(), self.gates() * self.hidden, self.hidden, self.input);
-        let axis0 = if self.runtime { Dim::Batch } else { Dim::Fixed(if self.batch_first { self.batch } else { self.seq }) };
+        let (dirs, rows, h, i) = (
+            self.dirs(),
+            self.gates() * self.hidden,
+            self.hidden,
+            self.input,
+        );
+        let axis0 = if self.runtime {
+            Dim::Batch
+        } else {
+            Dim::Fixed(if self.batch_first {
+                self.batch
+            } else {
+                self.seq
+            })
+        };
         let (seq, batch) = match (self.runtime, self.batch_first) {
             (true, false) => (samples, self.batch),
             (true, true) => (self.seq, samples),
             _ => (self.seq, self.batch),
         };
-        let batch_dim = if self.batch_first { axis0 } else { Dim::Fixed(batch) };
+        let batch_dim = if self.batch_first {
+            axis0
+        } else {
+            Dim::Fixed(batch)
+        };
         let mut g = Graph::new("rnn");
         let mut feed = Vec::new();
-        let xdims = if self.batch_first { vec![axis0, Dim::Fixed(seq), Dim::Fixed(i)] } else { vec![axis0, Dim::Fixed(batch), Dim::Fixed(i)] };
-        let xshape = if self.batch_first { vec![batch, seq, i] } else { vec![seq, batch, i] };
+        let xdims = if self.batch_first {
+            vec![axis0, Dim::Fixed(seq), Dim::Fixed(i)]
+        } else {
+            vec![axis0, Dim::Fixed(batch), Dim::Fixed(i)]
+        };
+        let xshape = if self.batch_first {
+            vec![batch, seq, i]
+        } else {
+            vec![seq, batch, i]
+        };
         let x = g.add_input("x", TensorType::new(DType::F32, Shape(xdims)));
-        feed.push(Tensor::from_f32(&xshape, rand.vec(seq * batch * i, -2.0, 2.0)));
+        feed.push(Tensor::from_f32(
+            &xshape,
+            rand.vec(seq * batch * i, -2.0, 2.0),
+        ));
         let scale = |n: usize| 1.5 / (n as f32).sqrt();
         let konst = |g: &mut Graph, name: &str, dims: &[usize], range: f32, rand: &mut Rand| {
             let n = dims.iter().product();
-            g.add_const(name, Arc::new(Tensor::from_f32(dims, rand.vec(n, -range, range))), None)
+            g.add_const(
+                name,
+                Arc::new(Tensor::from_f32(dims, rand.vec(n, -range, range))),
+                None,
+            )
         };
         let w = konst(&mut g, "w", &[dirs, rows, i], scale(i), &mut rand);
         let r = konst(&mut g, "r", &[dirs, rows, h], scale(h), &mut rand);
-        let b = self.bias.then(|| konst(&mut g, "b", &[dirs, 2 * rows], 0.5, &mut rand));
+        let b = self
+            .bias
+            .then(|| konst(&mut g, "b", &[dirs, 2 * rows], 0.5, &mut rand));
         let lens = self.lengths.then(|| {
             let v = g.add_input("lens", TensorType::new(DType::I32, Shape(vec![batch_dim])));
-            let lens: Vec<i32> = rand.vec(batch, 0.0, seq as f32 + 0.999).into_iter().map(|l| l as i32).collect();
+            let lens: Vec<i32> = rand
+                .vec(batch, 0.0, seq as f32 + 0.999)
+                .into_iter()
+                .map(|l| l as i32)
+                .collect();
             feed.push(Tensor::new(DType::I32, vec![batch], TensorData::I32(lens)).unwrap());
             v
         });
-        let state_dims = if self.batch_first { vec![batch_dim, Dim::Fixed(dirs), Dim::Fixed(h)] } else { vec![Dim::Fixed(dirs), batch_dim, Dim::Fixed(h)] };
-        let state_shape = if self.batch_first { vec![batch, dirs, h] } else { vec![dirs, batch, h] };
+        let state_dims = if self.batch_first {
+            vec![batch_dim, Dim::Fixed(dirs), Dim::Fixed(h)]
+        } else {
+            vec![Dim::Fixed(dirs), batch_dim, Dim::Fixed(h)]
+        };
+        let state_shape = if self.batch_first {
+            vec![batch, dirs, h]
+        } else {
+            vec![dirs, batch, h]
+        };
         let state = |g: &mut Graph, name: &str, rand: &mut Rand, feed: &mut Vec<Tensor>| {
             let v = g.add_input(name, TensorType::new(DType::F32, Shape(state_dims.clone())));
-            feed.push(Tensor::from_f32(&state_shape, rand.vec(dirs * batch * h, -1.0, 1.0)));
+            feed.push(Tensor::from_f32(
+                &state_shape,
+                rand.vec(dirs * batch * h, -1.0, 1.0),
+            ));
             v
         };
-        let h0 = self.initial_h.then(|| state(&mut g, "h0", &mut rand, &mut feed));
+        let h0 = self
+            .initial_h
+            .then(|| state(&mut g, "h0", &mut rand, &mut feed));
         let lstm = self.kind == OpKind::LSTM;
         let c0 = (lstm && self.initial_c).then(|| state(&mut g, "c0", &mut rand, &mut feed));
-        let p = (lstm && self.peepholes).then(|| konst(&mut g, "p", &[dirs, 3 * h], 0.5, &mut rand));
+        let p =
+            (lstm && self.peepholes).then(|| konst(&mut g, "p", &[dirs, 3 * h], 0.5, &mut rand));
         let mut operands: Vec<Option<ValueId>> = vec![Some(x), Some(w), Some(r), b, lens, h0];
         if lstm {
             operands.extend([c0, p]);
@@ -209,8 +343,20 @@ impl Spec {
             operands.pop();
         }
         let names = ["y", "y_h", "y_c"];
-        let results = g.add_op("rec", Op::new(self.kind, self.attrs()), &operands, &names[..self.results()]).unwrap();
-        let mut outputs: Vec<ValueId> = results.iter().enumerate().filter(|(i, _)| self.outputs & (1 << i) != 0).map(|(_, v)| *v).collect();
+        let results = g
+            .add_op(
+                "rec",
+                Op::new(self.kind, self.attrs()),
+                &operands,
+                &names[..self.results()],
+            )
+            .unwrap();
+        let mut outputs: Vec<ValueId> = results
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.outputs & (1 << i) != 0)
+            .map(|(_, v)| *v)
+            .collect();
         if outputs.is_empty() {
             outputs.push(results[1]);
         }
@@ -225,32 +371,69 @@ fn relative_error(got: &Tensor, want: &Tensor) -> f32 {
         return f32::INFINITY;
     }
     let (g, w) = (got.as_f32().unwrap(), want.as_f32().unwrap());
-    g.iter().zip(w).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0.0, f32::max)
+    g.iter()
+        .zip(w)
+        .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+        .fold(0.0, f32::max)
 }
 
 fn options(baseline: bool) -> CodegenOptions {
-    CodegenOptions { baseline_isa: baseline, parallel_min_macs: Some(0), ..CodegenOptions::default() }
+    CodegenOptions {
+        baseline_isa: baseline,
+        parallel_min_macs: Some(0),
+        ..CodegenOptions::default()
+    }
 }
 
 fn check(spec: &Spec, samples: usize) -> Result<(), TestCaseError> {
     let (g, feed) = spec.build(samples);
     qlift_ir::verify(&g).map_err(|e| TestCaseError::fail(format!("verify: {e}")))?;
-    let text = || print(&g, &PrintOptions { full_constants: true, ..Default::default() });
-    let want = qlift_ir::interp::run(&g, &feed).map_err(|e| TestCaseError::fail(format!("interp: {e}\n{}", text())))?;
-    for (name, baseline, threads) in [("host", false, 1), ("host, two threads", false, 2), ("baseline", true, 1)] {
-        let mut program = JitProgram::compile(&g, &options(baseline)).map_err(|e| TestCaseError::fail(format!("{name} compile: {e}\n{}", text())))?;
+    let text = || {
+        print(
+            &g,
+            &PrintOptions {
+                full_constants: true,
+                ..Default::default()
+            },
+        )
+    };
+    let want = qlift_ir::interp::run(&g, &feed)
+        .map_err(|e| TestCaseError::fail(format!("interp: {e}\n{}", text())))?;
+    for (name, baseline, threads) in [
+        ("host", false, 1),
+        ("host, two threads", false, 2),
+        ("baseline", true, 1),
+    ] {
+        let mut program = JitProgram::compile(&g, &options(baseline))
+            .map_err(|e| TestCaseError::fail(format!("{name} compile: {e}\n{}", text())))?;
         program.set_threads(threads);
-        let got = program.run(&feed).map_err(|e| TestCaseError::fail(format!("{name} run: {e}")))?;
+        let got = program
+            .run(&feed)
+            .map_err(|e| TestCaseError::fail(format!("{name} run: {e}")))?;
         prop_assert_eq!(got.len(), want.len());
         for (k, (a, b)) in got.iter().zip(&want).enumerate() {
             let err = relative_error(a, b);
-            prop_assert!(err <= 1e-5, "{}: output {} differs from the interpreter by {} (relative)\n{}", name, k, err, text());
+            prop_assert!(
+                err <= 1e-5,
+                "{}: output {} differs from the interpreter by {} (relative)\n{}",
+                name,
+                k,
+                err,
+                text()
+            );
         }
     }
     // The pipeline's e-graph round trip keeps the multi-result node and its results.
-    let (piped, _) = run_pipeline(&g, &PipelineOptions::default()).map_err(|e| TestCaseError::fail(format!("pipeline: {e}\n{}", text())))?;
-    let again = qlift_ir::interp::run(&piped, &feed).map_err(|e| TestCaseError::fail(format!("interp after the pipeline: {e}")))?;
-    prop_assert_eq!(&again, &want, "the pipeline changed the results\n{}", print(&piped, &PrintOptions::default()));
+    let (piped, _) = run_pipeline(&g, &PipelineOptions::default())
+        .map_err(|e| TestCaseError::fail(format!("pipeline: {e}\n{}", text())))?;
+    let again = qlift_ir::interp::run(&piped, &feed)
+        .map_err(|e| TestCaseError::fail(format!("interp after the pipeline: {e}")))?;
+    prop_assert_eq!(
+        &again,
+        &want,
+        "the pipeline changed the results\n{}",
+        print(&piped, &PrintOptions::default())
+    );
     Ok(())
 }
 
@@ -259,7 +442,9 @@ fn config() -> ProptestConfig {
     if std::env::var_os("PROPTEST_CASES").is_none() {
         config.cases = 64;
     }
-    config.failure_persistence = Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions")));
+    config.failure_persistence = Some(Box::new(FileFailurePersistence::WithSource(
+        "proptest-regressions",
+    )));
     config
 }
 
@@ -300,7 +485,12 @@ fn every_feature_agrees() {
                     outputs: 7,
                     seed: 7,
                 };
-                check(&spec, 3).unwrap_or_else(|e| panic!("{kind} layout {} runtime {runtime} flag {flag}: {e}", batch_first as u8));
+                check(&spec, 3).unwrap_or_else(|e| {
+                    panic!(
+                        "{kind} layout {} runtime {runtime} flag {flag}: {e}",
+                        batch_first as u8
+                    )
+                });
             }
         }
     }

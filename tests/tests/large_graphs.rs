@@ -28,7 +28,12 @@ fn thread_cpu_time() -> Duration {
 /// Peak resident memory of this process so far, in MiB.
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib: f64 = status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
     kib / 1024.0
 }
 
@@ -45,15 +50,25 @@ fn pipeline_time(graph: &Graph) -> Duration {
 
 #[test]
 fn the_pipeline_is_near_linear_in_graph_size() {
-    for (name, build) in [("chain", graphs::chain as fn(usize) -> String), ("wide", graphs::wide)] {
+    for (name, build) in [
+        ("chain", graphs::chain as fn(usize) -> String),
+        ("wide", graphs::wide),
+    ] {
         let (small, large) = (load(&build(2_000)), load(&build(8_000)));
         // Warm up allocator and caches on the small one, then measure both.
         pipeline_time(&small);
         let (t_small, t_large) = (pipeline_time(&small), pipeline_time(&large));
         let ratio = t_large.as_secs_f64() / t_small.as_secs_f64().max(0.01);
-        eprintln!("{name}: {} nodes {t_small:?}, {} nodes {t_large:?} (x{ratio:.1} for x4 nodes)", small.node_count(), large.node_count());
+        eprintln!(
+            "{name}: {} nodes {t_small:?}, {} nodes {t_large:?} (x{ratio:.1} for x4 nodes)",
+            small.node_count(),
+            large.node_count()
+        );
         // Linear is 4; quadratic 16 (egg's extractor gave 25 and more).
-        assert!(ratio < 8.0, "{name}: 4x the nodes took {ratio:.1}x the time ({t_small:?} -> {t_large:?})");
+        assert!(
+            ratio < 8.0,
+            "{name}: 4x the nodes took {ratio:.1}x the time ({t_small:?} -> {t_large:?})"
+        );
     }
 }
 
@@ -61,12 +76,22 @@ fn the_pipeline_is_near_linear_in_graph_size() {
 fn the_pipeline_reports_its_progress() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = Arc::clone(&seen);
-    let opts = PipelineOptions { progress: Progress::new(move |i, n, name| log.lock().unwrap().push((i, n, name.to_string()))), ..Default::default() };
+    let opts = PipelineOptions {
+        progress: Progress::new(move |i, n, name| {
+            log.lock().unwrap().push((i, n, name.to_string()))
+        }),
+        ..Default::default()
+    };
     run_pipeline(&load(&graphs::chain(100)), &opts).unwrap();
     let seen = seen.lock().unwrap();
     let passes = qlift_passes::pipeline().len();
     assert_eq!(seen.len(), passes + 1, "{seen:?}");
-    assert!(seen.iter().enumerate().all(|(i, (at, n, _))| *at == i && *n == passes), "{seen:?}");
+    assert!(
+        seen.iter()
+            .enumerate()
+            .all(|(i, (at, n, _))| *at == i && *n == passes),
+        "{seen:?}"
+    );
     assert_eq!(seen[0].2, "cleanup");
     assert_eq!(seen[passes].2, "");
 }
@@ -74,16 +99,36 @@ fn the_pipeline_reports_its_progress() {
 /// Compiles `graph` (pipeline and JIT) and checks its run against the interpreter.
 fn compile_and_check(graph: &Graph) -> (Duration, Duration) {
     let start = Instant::now();
-    let model = CompiledModel::from_graph(graph, None, &CompileOptions::default()).expect("compiles");
+    let model =
+        CompiledModel::from_graph(graph, None, &CompileOptions::default()).expect("compiles");
     let compile = start.elapsed();
-    let x = [Tensor::from_f32(&[3, 4], vec![-1.0, 0.0, 1.0, 2.0, 0.5, -3.0, 7.0, f32::NAN, 1e6, -1e6, 0.25, 3.5])];
+    let x = [Tensor::from_f32(
+        &[3, 4],
+        vec![
+            -1.0,
+            0.0,
+            1.0,
+            2.0,
+            0.5,
+            -3.0,
+            7.0,
+            f32::NAN,
+            1e6,
+            -1e6,
+            0.25,
+            3.5,
+        ],
+    )];
     let start = Instant::now();
     let got = model.run(&x).expect("runs");
     let run = start.elapsed();
     let want = qlift_ir::interp::run(graph, &x).expect("the interpreter runs");
     let (a, b) = (got[0].as_f32().unwrap(), want[0].as_f32().unwrap());
     for (g, w) in a.iter().zip(b) {
-        assert!((g.is_nan() && w.is_nan()) || (g - w).abs() <= 1e-5 * w.abs().max(1.0), "{g} vs {w}");
+        assert!(
+            (g.is_nan() && w.is_nan()) || (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+            "{g} vs {w}"
+        );
     }
     (compile, run)
 }
@@ -96,7 +141,11 @@ fn large_graphs_compile_and_compute_what_the_interpreter_computes() {
     for text in [graphs::chain(n), graphs::wide(n)] {
         let graph = load(&text);
         let (compile, run) = compile_and_check(&graph);
-        eprintln!("{}: {} nodes compiled in {compile:?}, ran in {run:?}", graph.name, graph.node_count());
+        eprintln!(
+            "{}: {} nodes compiled in {compile:?}, ran in {run:?}",
+            graph.name,
+            graph.node_count()
+        );
     }
 }
 
@@ -104,7 +153,10 @@ fn large_graphs_compile_and_compute_what_the_interpreter_computes() {
 #[ignore = "budgets for release builds: cargo test --release -p qlift-tests --test large_graphs -- --ignored --nocapture"]
 fn budgets_10k_nodes_in_5_s_and_100k_in_60_s() {
     for (n, budget) in [(10_000, 5.0), (100_000, 60.0)] {
-        for (name, build) in [("chain", graphs::chain as fn(usize) -> String), ("wide", graphs::wide)] {
+        for (name, build) in [
+            ("chain", graphs::chain as fn(usize) -> String),
+            ("wide", graphs::wide),
+        ] {
             let wall = Instant::now();
             let cpu = thread_cpu_time();
             let graph = load(&build(n));
@@ -117,7 +169,10 @@ fn budgets_10k_nodes_in_5_s_and_100k_in_60_s() {
                 peak_rss_mib()
             );
             // CPU time: the budget is the machine's, not what other processes leave of it.
-            assert!(cpu.as_secs_f64() < budget, "{name} {n}: {cpu:?} CPU, budget {budget} s");
+            assert!(
+                cpu.as_secs_f64() < budget,
+                "{name} {n}: {cpu:?} CPU, budget {budget} s"
+            );
         }
     }
 }

@@ -14,7 +14,10 @@ const PER_MODEL: usize = 1000;
 struct Lcg(u64);
 impl Lcg {
     fn below(&mut self, n: usize) -> usize {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((self.0 >> 33) as usize) % n.max(1)
     }
 }
@@ -54,12 +57,26 @@ fn mutated_models_fail_cleanly() {
         shape[0] = 1;
         Tensor::from_f32(&shape, t.as_f32().unwrap()[..per_sample].to_vec())
     };
-    let (image, flat) = (sample("digits_test_x.npy"), sample("digits_test_x_flat.npy"));
+    let (image, flat) = (
+        sample("digits_test_x.npy"),
+        sample("digits_test_x_flat.npy"),
+    );
     let mut rng = Lcg(7);
     let (mut tried, mut imported, mut ran) = (0, 0, 0);
-    for name in ["digits_cnn", "digits_mlp", "digits_mobile", "digits_cnn.qdq", "digits_mlp.qdq", "digits_mobile.qdq"] {
+    for name in [
+        "digits_cnn",
+        "digits_mlp",
+        "digits_mobile",
+        "digits_cnn.qdq",
+        "digits_mlp.qdq",
+        "digits_mobile.qdq",
+    ] {
         let original = std::fs::read(dir.join(format!("{name}.onnx"))).unwrap();
-        let input = if name.starts_with("digits_mlp") { &flat } else { &image };
+        let input = if name.starts_with("digits_mlp") {
+            &flat
+        } else {
+            &image
+        };
         for i in 0..PER_MODEL {
             let bytes = mutate(&original, &mut rng);
             tried += 1;
@@ -85,7 +102,10 @@ fn mutated_models_fail_cleanly() {
 /// (debug builds JIT-compile slowly); `.ci/run` also runs 1,000 per model in a release build
 /// (`QLIFT_COMPILE_MUTATIONS`). The fuzz target `compile` does the same at volume.
 fn compile_per_model() -> usize {
-    std::env::var("QLIFT_COMPILE_MUTATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(60)
+    std::env::var("QLIFT_COMPILE_MUTATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60)
 }
 
 /// The importable mutations of all eight bundled models (fp32, QDQ and QOperator) also go
@@ -97,7 +117,13 @@ fn mutated_models_compile_and_run_or_fail_cleanly() {
     use qlift::{CompileOptions, CompiledModel};
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/models");
     let models = [
-        "digits_cnn", "digits_mlp", "digits_mobile", "digits_cnn.qdq", "digits_mlp.qdq", "digits_mobile.qdq", "digits_cnn.qop",
+        "digits_cnn",
+        "digits_mlp",
+        "digits_mobile",
+        "digits_cnn.qdq",
+        "digits_mlp.qdq",
+        "digits_mobile.qdq",
+        "digits_cnn.qop",
         "digits_mobile.qop",
     ];
     let mut rng = Lcg(2024);
@@ -113,8 +139,13 @@ fn mutated_models_compile_and_run_or_fail_cleanly() {
             }
             imported += 1;
             let outcome = catch_unwind(AssertUnwindSafe(|| -> Result<bool, qlift::Error> {
-                let model = CompiledModel::from_onnx_bytes(&bytes, None, &CompileOptions::default())?;
-                let inputs: Vec<Tensor> = model.inputs().iter().map(|(_, ty)| Tensor::zeros(ty.dtype, &ty.shape.resolve(1))).collect();
+                let model =
+                    CompiledModel::from_onnx_bytes(&bytes, None, &CompileOptions::default())?;
+                let inputs: Vec<Tensor> = model
+                    .inputs()
+                    .iter()
+                    .map(|(_, ty)| Tensor::zeros(ty.dtype, &ty.shape.resolve(1)))
+                    .collect();
                 if inputs.iter().map(Tensor::len).sum::<usize>() > 1 << 20 {
                     return Ok(false);
                 }
@@ -122,22 +153,32 @@ fn mutated_models_compile_and_run_or_fail_cleanly() {
                 Ok(true)
             }));
             match outcome {
-                Err(_) => panic!("{name} compile mutation {i} panicked (reproduce with the same seed)"),
+                Err(_) => {
+                    panic!("{name} compile mutation {i} panicked (reproduce with the same seed)")
+                }
                 Ok(Ok(r)) => {
                     compiled += 1;
                     ran += r as usize;
                 }
                 Ok(Err(e)) => {
-                    assert!(!e.is_internal(), "{name} mutation {i}: an imported model gave an internal error: {e}");
+                    assert!(
+                        !e.is_internal(),
+                        "{name} mutation {i}: an imported model gave an internal error: {e}"
+                    );
                     let kind = format!("{e:?}");
-                    *errors.entry(kind.split(['(', ' ', '{']).next().unwrap_or("").to_string()).or_default() += 1;
+                    *errors
+                        .entry(kind.split(['(', ' ', '{']).next().unwrap_or("").to_string())
+                        .or_default() += 1;
                 }
             }
         }
     }
     eprintln!("compile mutations tried: {tried}, imported: {imported}, compiled: {compiled}, ran: {ran}, panics: 0; errors by kind: {errors:?}");
     assert_eq!(tried, models.len() * compile_per_model());
-    assert!(compiled > 0, "no mutated model compiled: the sample tests nothing");
+    assert!(
+        compiled > 0,
+        "no mutated model compiled: the sample tests nothing"
+    );
 }
 
 /// The named inputs of a node test's first data set.
@@ -158,11 +199,26 @@ fn mutated_resampling_and_selection_models_fail_cleanly() {
     use qlift::{CompileOptions, CompiledModel};
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/onnx-node");
     let cases = [
-        "test_resize_upsample_scales_linear", "test_resize_downsample_sizes_cubic_antialias", "test_resize_tf_crop_and_resize_extrapolation_value",
-        "test_resize_upsample_sizes_nearest_axes_3_2", "test_resize_upsample_sizes_nearest_not_larger", "test_reflect_pad", "test_wrap_pad",
-        "test_edge_pad", "test_constant_pad_axes", "test_depthtospace_crd_mode_example", "test_spacetodepth_example", "test_onehot_with_axis",
-        "test_gather_elements_negative_indices", "test_gathernd_example_int32_batch_dim1", "test_scatternd_add", "test_scatter_elements_with_reduction_max",
-        "test_triu_neg", "test_nonzero_example", "test_legacy_upsample_7_nearest", "test_legacy_resize_10_nearest_down",
+        "test_resize_upsample_scales_linear",
+        "test_resize_downsample_sizes_cubic_antialias",
+        "test_resize_tf_crop_and_resize_extrapolation_value",
+        "test_resize_upsample_sizes_nearest_axes_3_2",
+        "test_resize_upsample_sizes_nearest_not_larger",
+        "test_reflect_pad",
+        "test_wrap_pad",
+        "test_edge_pad",
+        "test_constant_pad_axes",
+        "test_depthtospace_crd_mode_example",
+        "test_spacetodepth_example",
+        "test_onehot_with_axis",
+        "test_gather_elements_negative_indices",
+        "test_gathernd_example_int32_batch_dim1",
+        "test_scatternd_add",
+        "test_scatter_elements_with_reduction_max",
+        "test_triu_neg",
+        "test_nonzero_example",
+        "test_legacy_upsample_7_nearest",
+        "test_legacy_resize_10_nearest_down",
     ];
     let mut rng = Lcg(99);
     let (mut tried, mut imported, mut compiled) = (0, 0, 0);
@@ -170,21 +226,42 @@ fn mutated_resampling_and_selection_models_fail_cleanly() {
         let original = std::fs::read(dir.join(case).join("model.onnx")).unwrap();
         let inputs = case_inputs(&dir.join(case));
         for i in 0..120 {
-            let bytes = if i == 0 { original.clone() } else { mutate(&original, &mut rng) };
+            let bytes = if i == 0 {
+                original.clone()
+            } else {
+                mutate(&original, &mut rng)
+            };
             tried += 1;
             let outcome = catch_unwind(AssertUnwindSafe(|| -> Option<bool> {
                 let graph = load_onnx_bytes(&bytes, None, &ImportOptions::default()).ok()?;
-                let names: Vec<String> = graph.input_values().iter().map(|v| graph.value(*v).name.clone()).collect();
-                let feed: Option<Vec<Tensor>> = names.iter().map(|n| inputs.iter().find(|(m, _)| m == n).map(|(_, t)| t.clone())).collect();
+                let names: Vec<String> = graph
+                    .input_values()
+                    .iter()
+                    .map(|v| graph.value(*v).name.clone())
+                    .collect();
+                let feed: Option<Vec<Tensor>> = names
+                    .iter()
+                    .map(|n| inputs.iter().find(|(m, _)| m == n).map(|(_, t)| t.clone()))
+                    .collect();
                 if let Some(feed) = &feed {
                     if let Err(e) = qlift_ir::interp::run(&graph, feed) {
-                        assert!(!e.to_string().contains("bug in qlift"), "{case} mutation {i}: {e}");
+                        assert!(
+                            !e.to_string().contains("bug in qlift"),
+                            "{case} mutation {i}: {e}"
+                        );
                     }
                 }
-                let model = match CompiledModel::from_onnx_bytes(&bytes, None, &CompileOptions::default()) {
+                let model = match CompiledModel::from_onnx_bytes(
+                    &bytes,
+                    None,
+                    &CompileOptions::default(),
+                ) {
                     Ok(m) => m,
                     Err(e) => {
-                        assert!(!e.is_internal(), "{case} mutation {i}: an imported model gave an internal error: {e}");
+                        assert!(
+                            !e.is_internal(),
+                            "{case} mutation {i}: an imported model gave an internal error: {e}"
+                        );
                         return Some(false);
                     }
                 };
@@ -211,10 +288,36 @@ fn mutated_resampling_and_selection_models_fail_cleanly() {
 
 /// Hostile element values a mutation puts into integer operands (indices, sizes, pads,
 /// depths) and attributes.
-const HOSTILE_INTS: [i64; 12] = [0, -1, 1, 2, 3, -7, 1 << 40, -(1 << 40), i32::MAX as i64, i32::MIN as i64, i64::MAX, i64::MIN];
+const HOSTILE_INTS: [i64; 12] = [
+    0,
+    -1,
+    1,
+    2,
+    3,
+    -7,
+    1 << 40,
+    -(1 << 40),
+    i32::MAX as i64,
+    i32::MIN as i64,
+    i64::MAX,
+    i64::MIN,
+];
 
 /// Hostile element values for float operands (scales, roi, values) and attributes.
-const HOSTILE_FLOATS: [f32; 12] = [0.0, -0.0, 1.0, -1.0, 0.5, 2.5, 1e30, -1e30, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e-30];
+const HOSTILE_FLOATS: [f32; 12] = [
+    0.0,
+    -0.0,
+    1.0,
+    -1.0,
+    0.5,
+    2.5,
+    1e30,
+    -1e30,
+    f32::NAN,
+    f32::INFINITY,
+    f32::NEG_INFINITY,
+    1e-30,
+];
 
 /// The same graph with one attribute of one node, or the elements of one constant, replaced
 /// by hostile values (types re-inferred; `None` when the graph no longer verifies, which
@@ -223,7 +326,10 @@ fn mutate_graph(g: &qlift_ir::Graph, rng: &mut Lcg) -> Option<qlift_ir::Graph> {
     use qlift_ir::{AttrValue, NodeOp, TensorData};
     use std::sync::Arc;
     let mut g = g.clone();
-    let ids: Vec<_> = g.node_ids().filter(|&id| !matches!(g.node(id).op, NodeOp::Input)).collect();
+    let ids: Vec<_> = g
+        .node_ids()
+        .filter(|&id| !matches!(g.node(id).op, NodeOp::Input))
+        .collect();
     let id = ids[rng.below(ids.len())];
     let int = |rng: &mut Lcg| HOSTILE_INTS[rng.below(HOSTILE_INTS.len())];
     let float = |rng: &mut Lcg| HOSTILE_FLOATS[rng.below(HOSTILE_FLOATS.len())];
@@ -249,8 +355,16 @@ fn mutate_graph(g: &qlift_ir::Graph, rng: &mut Lcg) -> Option<qlift_ir::Graph> {
                 }
                 AttrValue::Floats(v) => AttrValue::Floats(v.iter().map(|_| float(rng)).collect()),
                 // A body replaced by an empty graph: the verifier must refuse it, not panic.
-                AttrValue::Graph(_) => AttrValue::Graph(std::sync::Arc::new(qlift_ir::Graph::new("mutated"))),
-                AttrValue::Str(_) => AttrValue::Str(["nearest", "linear", "cubic", "reflect", "edge", "wrap", "constant", "add", "max", "CRD", "DCR", "x", ""][rng.below(13)].to_string()),
+                AttrValue::Graph(_) => {
+                    AttrValue::Graph(std::sync::Arc::new(qlift_ir::Graph::new("mutated")))
+                }
+                AttrValue::Str(_) => AttrValue::Str(
+                    [
+                        "nearest", "linear", "cubic", "reflect", "edge", "wrap", "constant", "add",
+                        "max", "CRD", "DCR", "x", "",
+                    ][rng.below(13)]
+                    .to_string(),
+                ),
             };
             op.attrs.set(&name, value);
         }
@@ -261,7 +375,13 @@ fn mutate_graph(g: &qlift_ir::Graph, rng: &mut Lcg) -> Option<qlift_ir::Graph> {
                 _ => {
                     let values: Vec<i64> = (0..n).map(|_| int(rng)).collect();
                     let (lo, hi) = t.dtype().int_range()?;
-                    qlift_ir::Tensor::from_i64_values(t.dtype(), t.shape().to_vec(), values.into_iter().map(|v| v.clamp(lo, hi)).collect()).ok()?.into_data()
+                    qlift_ir::Tensor::from_i64_values(
+                        t.dtype(),
+                        t.shape().to_vec(),
+                        values.into_iter().map(|v| v.clamp(lo, hi)).collect(),
+                    )
+                    .ok()?
+                    .into_data()
                 }
             };
             *t = Arc::new(qlift_ir::Tensor::new(t.dtype(), t.shape().to_vec(), data).ok()?);
@@ -293,11 +413,25 @@ fn hostile_attributes_and_constants_of_resampling_and_selection_ops() {
     use qlift_codegen::{CodegenOptions, JitProgram};
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/onnx-node");
     let cases = [
-        "test_resize_upsample_scales_cubic", "test_resize_downsample_scales_linear_antialias", "test_resize_tf_crop_and_resize_axes_3_2",
-        "test_resize_upsample_sizes_nearest_not_smaller", "test_legacy_resize_10_nearest_down", "test_legacy_upsample_7_nearest", "test_reflect_pad",
-        "test_wrap_pad", "test_constant_pad_negative_axes", "test_depthtospace_example", "test_spacetodepth_crd_mode_example",
-        "test_onehot_negative_indices", "test_gather_elements_1", "test_gathernd_example_float32", "test_scatternd_multiply",
-        "test_scatter_elements_with_axis", "test_tril_pos", "test_nonzero_example", "test_legacy_onehot_9_float_depth",
+        "test_resize_upsample_scales_cubic",
+        "test_resize_downsample_scales_linear_antialias",
+        "test_resize_tf_crop_and_resize_axes_3_2",
+        "test_resize_upsample_sizes_nearest_not_smaller",
+        "test_legacy_resize_10_nearest_down",
+        "test_legacy_upsample_7_nearest",
+        "test_reflect_pad",
+        "test_wrap_pad",
+        "test_constant_pad_negative_axes",
+        "test_depthtospace_example",
+        "test_spacetodepth_crd_mode_example",
+        "test_onehot_negative_indices",
+        "test_gather_elements_1",
+        "test_gathernd_example_float32",
+        "test_scatternd_multiply",
+        "test_scatter_elements_with_axis",
+        "test_tril_pos",
+        "test_nonzero_example",
+        "test_legacy_onehot_9_float_depth",
     ];
     let mut rng = Lcg(4242);
     let (mut valid, mut interpreted, mut jitted) = (0, 0, 0);
@@ -315,19 +449,44 @@ fn hostile_attributes_and_constants_of_resampling_and_selection_ops() {
         let graph = loop {
             match load_onnx_bytes(&model, Some(&dir.join(case)), &opts) {
                 Ok(g) => break g,
-                Err(qlift::Error::NonConstant { operand, .. }) if !opts.constant_inputs.contains_key(&operand) => {
-                    let t = inputs.iter().find(|(n, _)| *n == operand).unwrap_or_else(|| panic!("{case}: {operand}")).1.clone();
+                Err(qlift::Error::NonConstant { operand, .. })
+                    if !opts.constant_inputs.contains_key(&operand) =>
+                {
+                    let t = inputs
+                        .iter()
+                        .find(|(n, _)| *n == operand)
+                        .unwrap_or_else(|| panic!("{case}: {operand}"))
+                        .1
+                        .clone();
                     opts.constant_inputs.insert(operand, t);
                 }
                 Err(e) => panic!("{case}: {e}"),
             }
         };
-        let feed: Vec<Tensor> = graph.input_values().iter().map(|v| inputs.iter().find(|(n, _)| *n == graph.value(*v).name).unwrap().1.clone()).collect();
-        let per_case = std::env::var("QLIFT_HOSTILE_MUTATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+        let feed: Vec<Tensor> = graph
+            .input_values()
+            .iter()
+            .map(|v| {
+                inputs
+                    .iter()
+                    .find(|(n, _)| *n == graph.value(*v).name)
+                    .unwrap()
+                    .1
+                    .clone()
+            })
+            .collect();
+        let per_case = std::env::var("QLIFT_HOSTILE_MUTATIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300);
         for i in 0..per_case {
-            let Some(mut g) = mutate_graph(&graph, &mut rng) else { continue };
+            let Some(mut g) = mutate_graph(&graph, &mut rng) else {
+                continue;
+            };
             if i % 2 == 1 {
-                let Some(again) = mutate_graph(&g, &mut rng) else { continue };
+                let Some(again) = mutate_graph(&g, &mut rng) else {
+                    continue;
+                };
                 g = again;
             }
             valid += 1;
@@ -335,26 +494,49 @@ fn hostile_attributes_and_constants_of_resampling_and_selection_ops() {
                 let want = match qlift_ir::interp::run(&g, &feed) {
                     Ok(w) => w,
                     Err(e) => {
-                        assert!(!e.to_string().contains("bug in qlift"), "{case} mutation {i}: {e}");
+                        assert!(
+                            !e.to_string().contains("bug in qlift"),
+                            "{case} mutation {i}: {e}"
+                        );
                         return (false, false);
                     }
                 };
                 let values = g.input_values();
-                let declared = values.iter().map(|v| (g.value(*v).name.as_str(), g.value_type(*v)));
-                let Ok(binding) = qlift_ir::bind_inputs(&g.name, declared, &feed) else { return (true, false) };
-                let Ok((s, _)) = qlift_ir::specialize_for(&g, &binding) else { return (true, false) };
+                let declared = values
+                    .iter()
+                    .map(|v| (g.value(*v).name.as_str(), g.value_type(*v)));
+                let Ok(binding) = qlift_ir::bind_inputs(&g.name, declared, &feed) else {
+                    return (true, false);
+                };
+                let Ok((s, _)) = qlift_ir::specialize_for(&g, &binding) else {
+                    return (true, false);
+                };
                 match JitProgram::compile(&s, &CodegenOptions::default()) {
                     Err(e) => {
                         assert!(!e.is_internal(), "{case} mutation {i}: {e}");
                         (true, false)
                     }
                     Ok(p) => {
-                        let got = p.run(&feed).unwrap_or_else(|e| panic!("{case} mutation {i}: the interpreter ran it, the JIT: {e}"));
+                        let got = p.run(&feed).unwrap_or_else(|e| {
+                            panic!("{case} mutation {i}: the interpreter ran it, the JIT: {e}")
+                        });
                         for (a, b) in got.iter().zip(&want) {
-                            assert_eq!((a.dtype(), a.shape()), (b.dtype(), b.shape()), "{case} mutation {i}");
+                            assert_eq!(
+                                (a.dtype(), a.shape()),
+                                (b.dtype(), b.shape()),
+                                "{case} mutation {i}"
+                            );
                             let (x, y) = (a.to_f32_vec(), b.to_f32_vec());
-                            let close = x.iter().zip(&y).all(|(p, q)| (p.is_nan() && q.is_nan()) || p == q || (p - q).abs() <= 1e-4 * q.abs().max(1.0));
-                            assert!(close, "{case} mutation {i}: JIT {x:?}\ninterpreter {y:?}\n{}", qlift_ir::text::print(&s, &Default::default()));
+                            let close = x.iter().zip(&y).all(|(p, q)| {
+                                (p.is_nan() && q.is_nan())
+                                    || p == q
+                                    || (p - q).abs() <= 1e-4 * q.abs().max(1.0)
+                            });
+                            assert!(
+                                close,
+                                "{case} mutation {i}: JIT {x:?}\ninterpreter {y:?}\n{}",
+                                qlift_ir::text::print(&s, &Default::default())
+                            );
                         }
                         (true, true)
                     }

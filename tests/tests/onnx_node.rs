@@ -14,7 +14,8 @@ fn data_dir() -> PathBuf {
 
 /// `(test name, op types)` of every vendored case.
 fn manifest() -> Vec<(String, Vec<String>)> {
-    let text = std::fs::read_to_string(data_dir().join("MANIFEST.txt")).expect("MANIFEST.txt is vendored");
+    let text =
+        std::fs::read_to_string(data_dir().join("MANIFEST.txt")).expect("MANIFEST.txt is vendored");
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .map(|l| {
@@ -55,8 +56,13 @@ fn load_case(name: &str) -> Result<Case, Failed> {
     let graph = loop {
         match load_onnx_bytes(&model, Some(&dir), &opts) {
             Ok(g) => break g,
-            Err(Error::NonConstant { operand, .. }) if !opts.constant_inputs.contains_key(&operand) => {
-                let t = inputs.iter().find(|(n, _)| *n == operand).ok_or_else(|| format!("`{operand}` is not an input"))?;
+            Err(Error::NonConstant { operand, .. })
+                if !opts.constant_inputs.contains_key(&operand) =>
+            {
+                let t = inputs
+                    .iter()
+                    .find(|(n, _)| *n == operand)
+                    .ok_or_else(|| format!("`{operand}` is not an input"))?;
                 opts.constant_inputs.insert(operand, t.1.clone());
             }
             Err(e) => return Err(format!("import: {e}").into()),
@@ -68,7 +74,10 @@ fn load_case(name: &str) -> Result<Case, Failed> {
         .iter()
         .map(|v| {
             let n = &graph.value(*v).name;
-            by_name.get(n.as_str()).map(|t| (*t).clone()).ok_or_else(|| format!("no data for input `{n}`"))
+            by_name
+                .get(n.as_str())
+                .map(|t| (*t).clone())
+                .ok_or_else(|| format!("no data for input `{n}`"))
         })
         .collect::<Result<_, _>>()?;
     Ok((graph, feed, expected))
@@ -97,7 +106,12 @@ fn jit_case(name: &str) -> Result<(), Failed> {
     let want = qlift_ir::interp::run(&graph, &feed).map_err(|e| format!("run: {e}"))?;
     if qlift_ir::subgraph_depth(&graph) > 0 {
         // Control flow: the driver compiles its parts and bodies itself (see qlift_codegen::flow).
-        let program = qlift_codegen::FlowProgram::compile(&graph, &qlift_codegen::CodegenOptions::default(), &Default::default()).map_err(|e| format!("compile: {e}"))?;
+        let program = qlift_codegen::FlowProgram::compile(
+            &graph,
+            &qlift_codegen::CodegenOptions::default(),
+            &Default::default(),
+        )
+        .map_err(|e| format!("compile: {e}"))?;
         let got = program.run(&feed).map_err(|e| format!("jit run: {e}"))?;
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             jit_matches(g, w).map_err(|e| format!("output {i}: {e}"))?;
@@ -105,7 +119,9 @@ fn jit_case(name: &str) -> Result<(), Failed> {
         return Ok(());
     }
     let (graph, feed) = specialized(graph, feed)?;
-    let program = qlift_codegen::JitProgram::compile(&graph, &qlift_codegen::CodegenOptions::default()).map_err(|e| format!("compile: {e}"))?;
+    let program =
+        qlift_codegen::JitProgram::compile(&graph, &qlift_codegen::CodegenOptions::default())
+            .map_err(|e| format!("compile: {e}"))?;
     let got = program.run(&feed).map_err(|e| format!("jit run: {e}"))?;
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         jit_matches(g, w).map_err(|e| format!("output {i}: {e}"))?;
@@ -115,12 +131,20 @@ fn jit_case(name: &str) -> Result<(), Failed> {
 
 /// `graph` specialized on the shapes of `feed` (the batch kept symbolic), with the integer
 /// inputs frozen when extents still depend on their values.
-fn specialized(graph: qlift_ir::Graph, feed: Vec<Tensor>) -> Result<(qlift_ir::Graph, Vec<Tensor>), Failed> {
+fn specialized(
+    graph: qlift_ir::Graph,
+    feed: Vec<Tensor>,
+) -> Result<(qlift_ir::Graph, Vec<Tensor>), Failed> {
     let bind = |g: &qlift_ir::Graph, feed: &[Tensor]| {
         let values = g.input_values();
-        let declared = values.iter().map(|v| (g.value(*v).name.as_str(), g.value_type(*v)));
-        let binding = qlift_ir::bind_inputs(&g.name, declared, feed).map_err(|e| format!("bind: {e}"))?;
-        qlift_ir::specialize_for(g, &binding).map(|(g, _)| g).map_err(|e| format!("specialize: {e}"))
+        let declared = values
+            .iter()
+            .map(|v| (g.value(*v).name.as_str(), g.value_type(*v)));
+        let binding =
+            qlift_ir::bind_inputs(&g.name, declared, feed).map_err(|e| format!("bind: {e}"))?;
+        qlift_ir::specialize_for(g, &binding)
+            .map(|(g, _)| g)
+            .map_err(|e| format!("specialize: {e}"))
     };
     let g = bind(&graph, &feed)?;
     if !qlift_ir::needs_binding(&g) {
@@ -133,7 +157,8 @@ fn specialized(graph: qlift_ir::Graph, feed: Vec<Tensor>) -> Result<(qlift_ir::G
         let mut kept = Vec::new();
         for (v, t) in graph.input_values().iter().zip(&feed) {
             if !integers_only || matches!(t.dtype(), qlift_ir::DType::I32 | qlift_ir::DType::I64) {
-                g.freeze_input(*v, std::sync::Arc::new(t.clone())).map_err(|e| e.to_string())?;
+                g.freeze_input(*v, std::sync::Arc::new(t.clone()))
+                    .map_err(|e| e.to_string())?;
             } else {
                 kept.push(t.clone());
             }
@@ -150,12 +175,20 @@ fn specialized(graph: qlift_ir::Graph, feed: Vec<Tensor>) -> Result<(qlift_ir::G
 /// above magnitude 1), NaN where the interpreter has NaN.
 fn jit_matches(got: &Tensor, want: &Tensor) -> Result<(), String> {
     if got.dtype() != want.dtype() || got.shape() != want.shape() {
-        return Err(format!("got {}{:?}, expected {}{:?}", got.dtype(), got.shape(), want.dtype(), want.shape()));
+        return Err(format!(
+            "got {}{:?}, expected {}{:?}",
+            got.dtype(),
+            got.shape(),
+            want.dtype(),
+            want.shape()
+        ));
     }
     match (got.data(), want.data()) {
         (TensorData::F32(g), TensorData::F32(w)) => {
             for (k, (a, b)) in g.iter().zip(w).enumerate() {
-                let close = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= 1e-4 * b.abs().max(1.0);
+                let close = (a.is_nan() && b.is_nan())
+                    || a == b
+                    || (a - b).abs() <= 1e-4 * b.abs().max(1.0);
                 if !close {
                     return Err(format!("element {k}: JIT {a}, interpreter {b}"));
                 }
@@ -163,7 +196,11 @@ fn jit_matches(got: &Tensor, want: &Tensor) -> Result<(), String> {
             Ok(())
         }
         _ if got == want => Ok(()),
-        _ => Err(format!("integer results differ: JIT {:?}, interpreter {:?}", got.to_i64_vec(), want.to_i64_vec())),
+        _ => Err(format!(
+            "integer results differ: JIT {:?}, interpreter {:?}",
+            got.to_i64_vec(),
+            want.to_i64_vec()
+        )),
     }
 }
 
@@ -172,12 +209,19 @@ fn jit_matches(got: &Tensor, want: &Tensor) -> Result<(), String> {
 /// matching NaN.
 fn compare(got: &Tensor, want: &Tensor) -> Result<(), String> {
     if got.dtype() != want.dtype() || got.shape() != want.shape() {
-        return Err(format!("got {}{:?}, expected {}{:?}", got.dtype(), got.shape(), want.dtype(), want.shape()));
+        return Err(format!(
+            "got {}{:?}, expected {}{:?}",
+            got.dtype(),
+            got.shape(),
+            want.dtype(),
+            want.shape()
+        ));
     }
     match (got.data(), want.data()) {
         (TensorData::F32(g), TensorData::F32(w)) => {
             for (k, (a, b)) in g.iter().zip(w).enumerate() {
-                let close = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= 1e-7 + 1e-3 * b.abs();
+                let close =
+                    (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= 1e-7 + 1e-3 * b.abs();
                 if !close {
                     return Err(format!("element {k}: got {a}, expected {b}"));
                 }
@@ -185,7 +229,11 @@ fn compare(got: &Tensor, want: &Tensor) -> Result<(), String> {
             Ok(())
         }
         _ if got == want => Ok(()),
-        _ => Err(format!("integer results differ: got {:?}, expected {:?}", got.to_i64_vec(), want.to_i64_vec())),
+        _ => Err(format!(
+            "integer results differ: got {:?}, expected {:?}",
+            got.to_i64_vec(),
+            want.to_i64_vec()
+        )),
     }
 }
 
@@ -200,21 +248,31 @@ fn coverage(cases: &[(String, Vec<String>)]) -> Result<(), Failed> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(format!("supported ops without an ONNX node test: {}", missing.join(", ")).into())
+        Err(format!(
+            "supported ops without an ONNX node test: {}",
+            missing.join(", ")
+        )
+        .into())
     }
 }
 
 fn main() {
     let args = Arguments::from_args();
     let cases = manifest();
-    let mut trials: Vec<Trial> = cases.iter().map(|(name, _)| {
-        let name = name.clone();
-        Trial::test(name.clone(), move || run_case(&name))
-    }).collect();
+    let mut trials: Vec<Trial> = cases
+        .iter()
+        .map(|(name, _)| {
+            let name = name.clone();
+            Trial::test(name.clone(), move || run_case(&name))
+        })
+        .collect();
     trials.extend(cases.iter().map(|(name, _)| {
         let name = name.clone();
         Trial::test(format!("jit::{name}"), move || jit_case(&name))
     }));
-    trials.push(Trial::test("every_supported_op_has_a_node_test", move || coverage(&cases)));
+    trials.push(Trial::test(
+        "every_supported_op_has_a_node_test",
+        move || coverage(&cases),
+    ));
     libtest_mimic::run(&args, trials).exit();
 }

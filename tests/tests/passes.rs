@@ -6,7 +6,9 @@ use proptest::prelude::*;
 use qlift::npy::read_npy;
 use qlift::{load_onnx, ImportOptions};
 use qlift_ir::text::{print, PrintOptions};
-use qlift_ir::{AttrValue, Attrs, DType, Dim, Graph, NodeOp, Op, OpKind, Shape, Tensor, TensorType, ValueId};
+use qlift_ir::{
+    AttrValue, Attrs, DType, Dim, Graph, NodeOp, Op, OpKind, Shape, Tensor, TensorType, ValueId,
+};
 use qlift_passes::bridge::{to_egraph, to_graph};
 use qlift_passes::{run_pipeline, PipelineOptions};
 use std::path::PathBuf;
@@ -29,7 +31,11 @@ fn dir() -> PathBuf {
 fn relative_error(a: &Tensor, b: &Tensor) -> f32 {
     let (a, b) = (a.as_f32().unwrap(), b.as_f32().unwrap());
     let scale = b.iter().map(|v| v.abs()).fold(f32::MIN_POSITIVE, f32::max);
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / scale
 }
 
 /// The quantization step of the first output when it is a DequantizeLinear.
@@ -47,9 +53,18 @@ fn pipeline_folds_every_batchnorm_and_keeps_outputs() {
         let graph = load_onnx(&dir().join(file), &ImportOptions::default()).unwrap();
         let (optimized, runs) = run_pipeline(&graph, &PipelineOptions::default()).unwrap();
         qlift_ir::verify(&optimized).unwrap();
-        let kinds: Vec<&str> = optimized.node_ids().map(|n| optimized.node(n).op.name()).collect();
-        assert!(!kinds.contains(&"BatchNormalization"), "{file}: BatchNormalization left");
-        assert!(!kinds.contains(&"Relu") && !kinds.contains(&"Clip") || file.contains("qdq"), "{file}: unfused activation");
+        let kinds: Vec<&str> = optimized
+            .node_ids()
+            .map(|n| optimized.node(n).op.name())
+            .collect();
+        assert!(
+            !kinds.contains(&"BatchNormalization"),
+            "{file}: BatchNormalization left"
+        );
+        assert!(
+            !kinds.contains(&"Relu") && !kinds.contains(&"Clip") || file.contains("qdq"),
+            "{file}: unfused activation"
+        );
         let x = read_npy(&dir().join(input)).unwrap();
         let want = qlift_ir::interp::run(&graph, std::slice::from_ref(&x)).unwrap();
         let got = qlift_ir::interp::run(&optimized, &[x]).unwrap();
@@ -58,15 +73,28 @@ fn pipeline_folds_every_batchnorm_and_keeps_outputs() {
             // Quantized models now run on integer ops: within one output step of the QDQ graph.
             Some(step) => {
                 let (a, b) = (got[0].as_f32().unwrap(), want[0].as_f32().unwrap());
-                let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
-                assert!(worst <= step * 1.001, "{file}: outputs differ by {worst} (step {step}) after {passes:?}");
+                let worst = a
+                    .iter()
+                    .zip(b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0, f32::max);
+                assert!(
+                    worst <= step * 1.001,
+                    "{file}: outputs differ by {worst} (step {step}) after {passes:?}"
+                );
             }
             None => {
                 let err = relative_error(&got[0], &want[0]);
-                assert!(err <= 1e-4, "{file}: outputs differ by {err} after {passes:?}");
+                assert!(
+                    err <= 1e-4,
+                    "{file}: outputs differ by {err} after {passes:?}"
+                );
             }
         }
-        insta::assert_snapshot!(format!("pipeline_{}", file.replace('.', "_")), print(&optimized, &PrintOptions::default()));
+        insta::assert_snapshot!(
+            format!("pipeline_{}", file.replace('.', "_")),
+            print(&optimized, &PrintOptions::default())
+        );
     }
 }
 
@@ -75,14 +103,22 @@ fn the_e_graph_round_trip_is_the_identity_on_every_bundled_model() {
     for (file, _) in MODELS {
         let graph = load_onnx(&dir().join(file), &ImportOptions::default()).unwrap();
         let back = to_graph(&to_egraph(&graph).unwrap()).unwrap();
-        assert!(back == graph, "{file}:\n{}", print(&back, &PrintOptions::default()));
+        assert!(
+            back == graph,
+            "{file}:\n{}",
+            print(&back, &PrintOptions::default())
+        );
     }
 }
 
 /// One layer of a random network on an [N, C, 4, 4] activation.
 #[derive(Clone, Debug)]
 enum Layer {
-    Conv { out: usize, depthwise: bool, bias: bool },
+    Conv {
+        out: usize,
+        depthwise: bool,
+        bias: bool,
+    },
     BatchNorm,
     Relu,
     Clip(f32, f32),
@@ -96,7 +132,11 @@ enum Layer {
 
 fn layer() -> impl Strategy<Value = Layer> {
     prop_oneof![
-        (1usize..5, any::<bool>(), any::<bool>()).prop_map(|(out, depthwise, bias)| Layer::Conv { out, depthwise, bias }),
+        (1usize..5, any::<bool>(), any::<bool>()).prop_map(|(out, depthwise, bias)| Layer::Conv {
+            out,
+            depthwise,
+            bias
+        }),
         Just(Layer::BatchNorm),
         Just(Layer::Relu),
         (-2.0f32..0.5, 0.5f32..3.0).prop_map(|(a, b)| Layer::Clip(a, b)),
@@ -116,12 +156,21 @@ fn network(layers: &[Layer], channels: usize, seed: u64) -> Graph {
     let mut rand = move |n: usize, lo: f32, hi: f32| -> Vec<f32> {
         (0..n)
             .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 lo + (hi - lo) * ((state >> 40) as f32 / (1u64 << 24) as f32)
             })
             .collect()
     };
-    let shape = |c: usize| Shape(vec![Dim::Batch, Dim::Fixed(c), Dim::Fixed(4), Dim::Fixed(4)]);
+    let shape = |c: usize| {
+        Shape(vec![
+            Dim::Batch,
+            Dim::Fixed(c),
+            Dim::Fixed(4),
+            Dim::Fixed(4),
+        ])
+    };
     let mut x = g.add_input("x", TensorType::new(DType::F32, shape(channels)));
     let mut c = channels;
     let mut n = 0;
@@ -133,9 +182,17 @@ fn network(layers: &[Layer], channels: usize, seed: u64) -> Graph {
     for (i, l) in layers.iter().enumerate() {
         let name = format!("l{i}");
         let (op, operands): (Op, Vec<Option<ValueId>>) = match l {
-            Layer::Conv { out, depthwise, bias } => {
+            Layer::Conv {
+                out,
+                depthwise,
+                bias,
+            } => {
                 let (m, group) = if *depthwise { (c, c) } else { (*out, 1) };
-                let w = konst(&mut g, &[m, c / group, 3, 3], rand(m * (c / group) * 9, -0.5, 0.5));
+                let w = konst(
+                    &mut g,
+                    &[m, c / group, 3, 3],
+                    rand(m * (c / group) * 9, -0.5, 0.5),
+                );
                 let b = bias.then(|| konst(&mut g, &[m], rand(m, -0.5, 0.5)));
                 let attrs = Attrs::new()
                     .with("kernel_shape", ints(&[3, 3]))
@@ -151,28 +208,67 @@ fn network(layers: &[Layer], channels: usize, seed: u64) -> Graph {
                 for (lo, hi) in [(0.5, 1.5), (-0.5, 0.5), (-0.5, 0.5), (0.1, 2.0)] {
                     p.push(Some(konst(&mut g, &[c], rand(c, lo, hi))));
                 }
-                (Op::new(OpKind::BatchNormalization, Attrs::new().with("epsilon", AttrValue::Float(1e-5))), p)
+                (
+                    Op::new(
+                        OpKind::BatchNormalization,
+                        Attrs::new().with("epsilon", AttrValue::Float(1e-5)),
+                    ),
+                    p,
+                )
             }
             Layer::Relu => (Op::new(OpKind::Relu, Attrs::new()), vec![Some(x)]),
             Layer::Clip(lo, hi) => {
-                let attrs = Attrs::new().with("min", AttrValue::Float(*lo)).with("max", AttrValue::Float(*hi));
+                let attrs = Attrs::new()
+                    .with("min", AttrValue::Float(*lo))
+                    .with("max", AttrValue::Float(*hi));
                 (Op::new(OpKind::Clip, attrs), vec![Some(x)])
             }
             Layer::AddChannel | Layer::MulChannel => {
                 let k = konst(&mut g, &[c, 1, 1], rand(c, 0.5, 1.5));
-                let kind = if matches!(l, Layer::AddChannel) { OpKind::Add } else { OpKind::Mul };
+                let kind = if matches!(l, Layer::AddChannel) {
+                    OpKind::Add
+                } else {
+                    OpKind::Mul
+                };
                 (Op::new(kind, Attrs::new()), vec![Some(x), Some(k)])
             }
             Layer::Identity => (Op::new(OpKind::Identity, Attrs::new()), vec![Some(x)]),
             Layer::Dropout => (Op::new(OpKind::Dropout, Attrs::new()), vec![Some(x)]),
             Layer::TransposeTwice => {
-                let t = g.add_op(&format!("{name}a"), Op::new(OpKind::Transpose, Attrs::new().with("perm", ints(&[0, 2, 3, 1]))), &[Some(x)], &[&format!("{name}a")]).unwrap();
-                (Op::new(OpKind::Transpose, Attrs::new().with("perm", ints(&[0, 3, 1, 2]))), vec![Some(t[0])])
+                let t = g
+                    .add_op(
+                        &format!("{name}a"),
+                        Op::new(
+                            OpKind::Transpose,
+                            Attrs::new().with("perm", ints(&[0, 2, 3, 1])),
+                        ),
+                        &[Some(x)],
+                        &[&format!("{name}a")],
+                    )
+                    .unwrap();
+                (
+                    Op::new(
+                        OpKind::Transpose,
+                        Attrs::new().with("perm", ints(&[0, 3, 1, 2])),
+                    ),
+                    vec![Some(t[0])],
+                )
             }
             Layer::ReshapeTwice => {
-                let r = Attrs::new().with("allowzero", AttrValue::Int(0)).with("shape", ints(&[0, -1]));
-                let t = g.add_op(&format!("{name}a"), Op::new(OpKind::Reshape, r), &[Some(x)], &[&format!("{name}a")]).unwrap();
-                let back = Attrs::new().with("allowzero", AttrValue::Int(0)).with("shape", ints(&[0, c as i64, 4, 4]));
+                let r = Attrs::new()
+                    .with("allowzero", AttrValue::Int(0))
+                    .with("shape", ints(&[0, -1]));
+                let t = g
+                    .add_op(
+                        &format!("{name}a"),
+                        Op::new(OpKind::Reshape, r),
+                        &[Some(x)],
+                        &[&format!("{name}a")],
+                    )
+                    .unwrap();
+                let back = Attrs::new()
+                    .with("allowzero", AttrValue::Int(0))
+                    .with("shape", ints(&[0, c as i64, 4, 4]));
                 (Op::new(OpKind::Reshape, back), vec![Some(t[0])])
             }
         };

@@ -4,7 +4,10 @@
 //! lowered graph.
 
 use qlift::npy::read_npy;
-use qlift::{load_onnx, quantize, ActivationScheme, CalibrationMethod, ImportOptions, QuantizeOptions, Quantized};
+use qlift::{
+    load_onnx, quantize, ActivationScheme, CalibrationMethod, ImportOptions, QuantizeOptions,
+    Quantized,
+};
 use qlift_ir::{Graph, OpKind, Tensor};
 use qlift_passes::PipelineOptions;
 use std::path::PathBuf;
@@ -20,7 +23,11 @@ fn npy(file: &str) -> Tensor {
 /// Model, test input, calibration input.
 const MODELS: [(&str, &str, &str); 3] = [
     ("digits_cnn", "digits_test_x.npy", "digits_calib_x.npy"),
-    ("digits_mlp", "digits_test_x_flat.npy", "digits_calib_x_flat.npy"),
+    (
+        "digits_mlp",
+        "digits_test_x_flat.npy",
+        "digits_calib_x_flat.npy",
+    ),
     ("digits_mobile", "digits_test_x.npy", "digits_calib_x.npy"),
 ];
 
@@ -33,15 +40,29 @@ const METHODS: [CalibrationMethod; 5] = [
 ];
 
 fn load(name: &str) -> Graph {
-    load_onnx(&models_dir().join(format!("{name}.onnx")), &ImportOptions::default()).unwrap()
+    load_onnx(
+        &models_dir().join(format!("{name}.onnx")),
+        &ImportOptions::default(),
+    )
+    .unwrap()
 }
 
 fn quantized(name: &str, calib: &str, opts: &QuantizeOptions) -> Quantized {
-    quantize(&load(name), &[npy(calib)], opts, &PipelineOptions::default(), &|_, _| {}).unwrap_or_else(|e| panic!("{name}: {e}"))
+    quantize(
+        &load(name),
+        &[npy(calib)],
+        opts,
+        &PipelineOptions::default(),
+        &|_, _| {},
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 fn run(graph: &Graph, input: &str) -> Vec<f32> {
-    qlift_ir::interp::run(graph, &[npy(input)]).unwrap()[0].as_f32().unwrap().to_vec()
+    qlift_ir::interp::run(graph, &[npy(input)]).unwrap()[0]
+        .as_f32()
+        .unwrap()
+        .to_vec()
 }
 
 fn accuracy(scores: &[f32]) -> f64 {
@@ -49,7 +70,12 @@ fn accuracy(scores: &[f32]) -> f64 {
     let hits = scores
         .chunks(10)
         .zip(&labels)
-        .filter(|(row, &label)| row.iter().enumerate().fold(0, |b, (i, &v)| if v > row[b] { i } else { b }) as i64 == label)
+        .filter(|(row, &label)| {
+            row.iter()
+                .enumerate()
+                .fold(0, |b, (i, &v)| if v > row[b] { i } else { b }) as i64
+                == label
+        })
         .count();
     100.0 * hits as f64 / labels.len() as f64
 }
@@ -57,7 +83,11 @@ fn accuracy(scores: &[f32]) -> f64 {
 /// Signal-to-quantization-noise ratio of `got` against the reference `want`, in dB.
 fn sqnr(got: &[f32], want: &[f32]) -> f64 {
     let signal: f64 = want.iter().map(|&w| (w as f64).powi(2)).sum();
-    let noise: f64 = got.iter().zip(want).map(|(&g, &w)| (g as f64 - w as f64).powi(2)).sum();
+    let noise: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(&g, &w)| (g as f64 - w as f64).powi(2))
+        .sum();
     10.0 * (signal / noise.max(1e-30)).log10()
 }
 
@@ -67,22 +97,42 @@ fn sqnr(got: &[f32], want: &[f32]) -> f64 {
 fn quantized_models_keep_accuracy_and_match_onnx_runtime_sqnr() {
     let mut failures = Vec::new();
     for (name, input, calib) in MODELS {
-        let fp32 = npy(&format!("{name}.expected.npy")).as_f32().unwrap().to_vec();
-        let ort_int8 = npy(&format!("{name}.qdq.expected.npy")).as_f32().unwrap().to_vec();
+        let fp32 = npy(&format!("{name}.expected.npy"))
+            .as_f32()
+            .unwrap()
+            .to_vec();
+        let ort_int8 = npy(&format!("{name}.qdq.expected.npy"))
+            .as_f32()
+            .unwrap()
+            .to_vec();
         let ort_sqnr = sqnr(&ort_int8, &fp32);
         let mut best = f64::NEG_INFINITY;
         for method in METHODS {
-            let q = quantized(name, calib, &QuantizeOptions { method, scheme: ActivationScheme::AsymmetricU8, ..Default::default() });
+            let q = quantized(
+                name,
+                calib,
+                &QuantizeOptions {
+                    method,
+                    scheme: ActivationScheme::AsymmetricU8,
+                    ..Default::default()
+                },
+            );
             let got = run(&q.lowered, input);
             let (acc, db) = (accuracy(&got), sqnr(&got, &fp32));
             eprintln!("{name:<14} {method:<16} accuracy {acc:6.2}% (fp32 {:.2}%)  SQNR {db:5.1} dB (ORT int8 {ort_sqnr:.1} dB)", accuracy(&fp32));
             if name != "digits_mobile" {
-                assert!(accuracy(&fp32) - acc <= 0.5, "{name} {method}: {acc}% vs fp32 {}%", accuracy(&fp32));
+                assert!(
+                    accuracy(&fp32) - acc <= 0.5,
+                    "{name} {method}: {acc}% vs fp32 {}%",
+                    accuracy(&fp32)
+                );
             }
             best = best.max(db);
         }
         if best < ort_sqnr {
-            failures.push(format!("{name}: best SQNR {best:.2} dB below ONNX Runtime's {ort_sqnr:.2} dB"));
+            failures.push(format!(
+                "{name}: best SQNR {best:.2} dB below ONNX Runtime's {ort_sqnr:.2} dB"
+            ));
         }
     }
     assert!(failures.is_empty(), "{failures:?}");
@@ -92,26 +142,48 @@ fn quantized_models_keep_accuracy_and_match_onnx_runtime_sqnr() {
 /// output's DequantizeLinear.
 #[test]
 fn quantized_cnn_has_no_float_op_between_input_and_output() {
-    let q = quantized("digits_cnn", "digits_calib_x.npy", &QuantizeOptions::default());
+    let q = quantized(
+        "digits_cnn",
+        "digits_calib_x.npy",
+        &QuantizeOptions::default(),
+    );
     let g = &q.lowered;
     for id in g.topo_order().unwrap() {
         let node = g.node(id);
         let Some(kind) = node.op.kind() else { continue };
-        let float_in = g.node_inputs(id).iter().flatten().any(|v| g.value_type(*v).dtype == qlift_ir::DType::F32);
-        let float_out = node.outputs.iter().any(|v| v.ty.dtype == qlift_ir::DType::F32);
+        let float_in = g
+            .node_inputs(id)
+            .iter()
+            .flatten()
+            .any(|v| g.value_type(*v).dtype == qlift_ir::DType::F32);
+        let float_out = node
+            .outputs
+            .iter()
+            .any(|v| v.ty.dtype == qlift_ir::DType::F32);
         let allowed = match kind {
             OpKind::QuantizeLinear => !float_out,
             OpKind::DequantizeLinear => g.outputs().iter().any(|o| o.node == id),
             _ => !float_in && !float_out,
         };
-        assert!(allowed, "float op {kind} (`{}`) inside the quantized CNN", node.name);
+        assert!(
+            allowed,
+            "float op {kind} (`{}`) inside the quantized CNN",
+            node.name
+        );
     }
 }
 
 /// Symmetric int8 activations also work end to end.
 #[test]
 fn symmetric_int8_activations() {
-    let q = quantized("digits_cnn", "digits_calib_x.npy", &QuantizeOptions { scheme: ActivationScheme::SymmetricI8, ..Default::default() });
+    let q = quantized(
+        "digits_cnn",
+        "digits_calib_x.npy",
+        &QuantizeOptions {
+            scheme: ActivationScheme::SymmetricI8,
+            ..Default::default()
+        },
+    );
     let acc = accuracy(&run(&q.lowered, "digits_test_x.npy"));
     assert!(acc >= 98.0, "{acc}");
     assert_eq!(q.samples, 200);
@@ -130,8 +202,18 @@ fn shared_weights_and_biases_quantize() {
       %b = Gemm(%x2, %w, %c) {alpha=1.0, beta=1.0, transA=0, transB=0} : f32[N,3]
     }";
     let g = qlift_ir::text::parse(text).unwrap();
-    let calib = Tensor::from_f32(&[16, 3], (0..48).map(|i| ((i * 7 % 11) as f32 - 5.0) / 4.0).collect());
-    let q = quantize(&g, &[calib.clone()], &QuantizeOptions::default(), &PipelineOptions::default(), &|_, _| {}).unwrap();
+    let calib = Tensor::from_f32(
+        &[16, 3],
+        (0..48).map(|i| ((i * 7 % 11) as f32 - 5.0) / 4.0).collect(),
+    );
+    let q = quantize(
+        &g,
+        &[calib.clone()],
+        &QuantizeOptions::default(),
+        &PipelineOptions::default(),
+        &|_, _| {},
+    )
+    .unwrap();
     qlift_ir::verify(&q.qdq).unwrap();
     let want = qlift_ir::interp::run(&g, &[calib.clone()]).unwrap();
     let got = qlift_ir::interp::run(&q.lowered, &[calib]).unwrap();
@@ -151,8 +233,20 @@ fn fixed_batch_models_with_several_inputs_calibrate_one_sample_at_a_time() {
       %a = Gemm(%s, %w, _) {alpha=1.0, beta=1.0, transA=0, transB=0} : f32[1,3]
     }";
     let g = qlift_ir::text::parse(text).unwrap();
-    let data = |k: usize| Tensor::from_f32(&[12, 3], (0..36).map(|i| ((i * k % 13) as f32 - 6.0) / 4.0).collect());
-    let q = quantize(&g, &[data(5), data(7)], &QuantizeOptions::default(), &PipelineOptions::default(), &|_, _| {}).unwrap();
+    let data = |k: usize| {
+        Tensor::from_f32(
+            &[12, 3],
+            (0..36).map(|i| ((i * k % 13) as f32 - 6.0) / 4.0).collect(),
+        )
+    };
+    let q = quantize(
+        &g,
+        &[data(5), data(7)],
+        &QuantizeOptions::default(),
+        &PipelineOptions::default(),
+        &|_, _| {},
+    )
+    .unwrap();
     assert_eq!(q.samples, 12);
     let one = |t: Tensor| t.slice_outer(3, 4).unwrap();
     let want = qlift_ir::interp::run(&g, &[one(data(5)), one(data(7))]).unwrap();
@@ -162,7 +256,15 @@ fn fixed_batch_models_with_several_inputs_calibrate_one_sample_at_a_time() {
     let text2 = text.replace("[1,3]", "[2,3]");
     let g2 = qlift_ir::text::parse(&text2).unwrap();
     let bad = |k| Tensor::from_f32(&[3, 3], vec![k; 9]);
-    let err = quantize(&g2, &[bad(1.0), bad(2.0)], &QuantizeOptions::default(), &PipelineOptions::default(), &|_, _| {}).err().unwrap();
+    let err = quantize(
+        &g2,
+        &[bad(1.0), bad(2.0)],
+        &QuantizeOptions::default(),
+        &PipelineOptions::default(),
+        &|_, _| {},
+    )
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("runs of 2"), "{err}");
 }
 
@@ -181,14 +283,43 @@ fn linear_layers_quantize_and_masks_stay_float() {
     }";
     let g = qlift_ir::text::parse(text).unwrap();
     let n = 8;
-    let x = Tensor::from_f32(&[n, 4, 3], (0..n * 12).map(|i| ((i * 7 % 17) as f32 - 8.0) / 4.0).collect());
-    let mask = Tensor::from_f32(&[n, 4, 3], (0..n * 12).map(|i| if i % 3 == 2 { -1e30 } else { 0.0 }).collect());
-    let q = quantize(&g, &[x.clone(), mask.clone()], &QuantizeOptions::default(), &PipelineOptions::default(), &|_, _| {}).unwrap();
+    let x = Tensor::from_f32(
+        &[n, 4, 3],
+        (0..n * 12)
+            .map(|i| ((i * 7 % 17) as f32 - 8.0) / 4.0)
+            .collect(),
+    );
+    let mask = Tensor::from_f32(
+        &[n, 4, 3],
+        (0..n * 12)
+            .map(|i| if i % 3 == 2 { -1e30 } else { 0.0 })
+            .collect(),
+    );
+    let q = quantize(
+        &g,
+        &[x.clone(), mask.clone()],
+        &QuantizeOptions::default(),
+        &PipelineOptions::default(),
+        &|_, _| {},
+    )
+    .unwrap();
     let l = &q.lowered;
     let kinds: Vec<OpKind> = l.node_ids().filter_map(|id| l.node(id).op.kind()).collect();
-    let qmatmul = l.node_ids().find(|&id| l.node(id).op.kind() == Some(OpKind::QMatMul)).expect("a QMatMul");
-    assert_eq!(l.node_inputs(qmatmul).iter().flatten().count(), 3, "the bias joins the QMatMul: {kinds:?}");
-    assert!(kinds.contains(&OpKind::Add) && kinds.contains(&OpKind::Softmax) && !kinds.contains(&OpKind::QAdd), "{kinds:?}");
+    let qmatmul = l
+        .node_ids()
+        .find(|&id| l.node(id).op.kind() == Some(OpKind::QMatMul))
+        .expect("a QMatMul");
+    assert_eq!(
+        l.node_inputs(qmatmul).iter().flatten().count(),
+        3,
+        "the bias joins the QMatMul: {kinds:?}"
+    );
+    assert!(
+        kinds.contains(&OpKind::Add)
+            && kinds.contains(&OpKind::Softmax)
+            && !kinds.contains(&OpKind::QAdd),
+        "{kinds:?}"
+    );
     let want = qlift_ir::interp::run(&g, &[x.clone(), mask.clone()]).unwrap();
     let got = qlift_ir::interp::run(l, &[x, mask]).unwrap();
     assert!(sqnr(got[0].as_f32().unwrap(), want[0].as_f32().unwrap()) > 30.0);
@@ -216,10 +347,23 @@ fn one_activation_feeds_three_linear_layers() {
       %tv = Tanh(%v) : f32[N,2,3]
     }";
     let g = qlift_ir::text::parse(text).unwrap();
-    let x = Tensor::from_f32(&[8, 2, 3], (0..48).map(|i| ((i * 7 % 17) as f32 - 8.0) / 4.0).collect());
-    let q = quantize(&g, &[x.clone()], &QuantizeOptions::default(), &PipelineOptions::default(), &|_, _| {}).unwrap();
+    let x = Tensor::from_f32(
+        &[8, 2, 3],
+        (0..48).map(|i| ((i * 7 % 17) as f32 - 8.0) / 4.0).collect(),
+    );
+    let q = quantize(
+        &g,
+        &[x.clone()],
+        &QuantizeOptions::default(),
+        &PipelineOptions::default(),
+        &|_, _| {},
+    )
+    .unwrap();
     let l = &q.lowered;
-    let qmatmuls = l.node_ids().filter(|&id| l.node(id).op.kind() == Some(OpKind::QMatMul)).count();
+    let qmatmuls = l
+        .node_ids()
+        .filter(|&id| l.node(id).op.kind() == Some(OpKind::QMatMul))
+        .count();
     assert_eq!(qmatmuls, 3);
     let want = qlift_ir::interp::run(&g, std::slice::from_ref(&x)).unwrap();
     let got = qlift_ir::interp::run(l, &[x]).unwrap();
@@ -241,15 +385,40 @@ fn outliers_keep_a_layer_float() {
     }";
     let g = qlift_ir::text::parse(text).unwrap();
     let bulk = |i: usize| ((i * 7919 % 2001) as f32 - 1000.0) / 1000.0;
-    let calib = |outlier: bool| Tensor::from_f32(&[1600, 3], (0..4800).map(|i| if outlier && i == 17 { 100.0 } else { bulk(i) }).collect());
-    let qmatmuls = |x: Tensor, min_sqnr_db: f64| {
-        let opts = QuantizeOptions { min_sqnr_db, ..Default::default() };
-        let q = quantize(&g, &[x], &opts, &PipelineOptions::default(), &|_, _| {}).unwrap();
-        q.lowered.node_ids().filter(|&id| q.lowered.node(id).op.kind() == Some(OpKind::QMatMul)).count()
+    let calib = |outlier: bool| {
+        Tensor::from_f32(
+            &[1600, 3],
+            (0..4800)
+                .map(|i| if outlier && i == 17 { 100.0 } else { bulk(i) })
+                .collect(),
+        )
     };
-    assert_eq!(qmatmuls(calib(false), qlift_passes::quantize::DEFAULT_MIN_SQNR_DB), 1, "a well-spread input is quantized");
-    assert_eq!(qmatmuls(calib(true), qlift_passes::quantize::DEFAULT_MIN_SQNR_DB), 0, "the outlier keeps the layer float");
-    assert_eq!(qmatmuls(calib(true), 0.0), 1, "without the check it is quantized");
+    let qmatmuls = |x: Tensor, min_sqnr_db: f64| {
+        let opts = QuantizeOptions {
+            min_sqnr_db,
+            ..Default::default()
+        };
+        let q = quantize(&g, &[x], &opts, &PipelineOptions::default(), &|_, _| {}).unwrap();
+        q.lowered
+            .node_ids()
+            .filter(|&id| q.lowered.node(id).op.kind() == Some(OpKind::QMatMul))
+            .count()
+    };
+    assert_eq!(
+        qmatmuls(calib(false), qlift_passes::quantize::DEFAULT_MIN_SQNR_DB),
+        1,
+        "a well-spread input is quantized"
+    );
+    assert_eq!(
+        qmatmuls(calib(true), qlift_passes::quantize::DEFAULT_MIN_SQNR_DB),
+        0,
+        "the outlier keeps the layer float"
+    );
+    assert_eq!(
+        qmatmuls(calib(true), 0.0),
+        1,
+        "without the check it is quantized"
+    );
 }
 
 /// A nearest Resize between convolutions keeps its operand's quantization parameters: the
@@ -257,7 +426,8 @@ fn outliers_keep_a_layer_float() {
 /// around it, and computes what the float graph does within the quantization error.
 #[test]
 fn nearest_resize_passes_quantized_values_through() {
-    let conv = "{dilations=[1, 1], group=1, kernel_shape=[1, 1], pads=[0, 0, 0, 0], strides=[1, 1]}";
+    let conv =
+        "{dilations=[1, 1], group=1, kernel_shape=[1, 1], pads=[0, 0, 0, 0], strides=[1, 1]}";
     let resize = "{antialias=0, axes=[2, 3], coordinate_transformation_mode=\"asymmetric\", cubic_coeff_a=-0.75, exclude_outside=0, extrapolation_value=0.0, keep_aspect_ratio_policy=\"stretch\", mode=\"nearest\", nearest_mode=\"floor\"}";
     let text = format!(
         "graph up(%x: f32[N,2,4,4]) -> (%y) {{
@@ -272,18 +442,47 @@ fn nearest_resize_passes_quantized_values_through() {
     );
     let graph = qlift_ir::text::parse(&text).unwrap();
     let sample = |seed: u32, n: usize| {
-        let values = (0..n * 32).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) as f32 / 65536.0 * 4.0 - 2.0).collect();
+        let values = (0..n * 32)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) as f32 / 65536.0
+                    * 4.0
+                    - 2.0
+            })
+            .collect();
         Tensor::from_f32(&[n, 2, 4, 4], values)
     };
-    let q = quantize(&graph, &[sample(1, 16)], &QuantizeOptions::default(), &PipelineOptions::default(), &|_, _| {}).unwrap();
-    let resized: Vec<_> = q.lowered.node_ids().filter(|&id| q.lowered.node(id).op.kind() == Some(OpKind::Resize)).collect();
+    let q = quantize(
+        &graph,
+        &[sample(1, 16)],
+        &QuantizeOptions::default(),
+        &PipelineOptions::default(),
+        &|_, _| {},
+    )
+    .unwrap();
+    let resized: Vec<_> = q
+        .lowered
+        .node_ids()
+        .filter(|&id| q.lowered.node(id).op.kind() == Some(OpKind::Resize))
+        .collect();
     assert_eq!(resized.len(), 1);
     let operands = q.lowered.node_inputs(resized[0]);
-    let (input, result) = (q.lowered.value_type(operands[0].unwrap()), &q.lowered.node(resized[0]).outputs[0].ty);
-    assert!(input.dtype.is_quantized() && result.quant.is_some() && result.quant == input.quant, "{input:?} -> {result:?}");
+    let (input, result) = (
+        q.lowered.value_type(operands[0].unwrap()),
+        &q.lowered.node(resized[0]).outputs[0].ty,
+    );
+    assert!(
+        input.dtype.is_quantized() && result.quant.is_some() && result.quant == input.quant,
+        "{input:?} -> {result:?}"
+    );
     let x = sample(7, 3);
-    let (want, got) = (qlift_ir::interp::run(&graph, std::slice::from_ref(&x)).unwrap(), qlift_ir::interp::run(&q.lowered, &[x]).unwrap());
+    let (want, got) = (
+        qlift_ir::interp::run(&graph, std::slice::from_ref(&x)).unwrap(),
+        qlift_ir::interp::run(&q.lowered, &[x]).unwrap(),
+    );
     let (w, g) = (want[0].as_f32().unwrap(), got[0].as_f32().unwrap());
     let range = w.iter().fold(0f32, |m, v| m.max(v.abs()));
-    assert!(w.iter().zip(g).all(|(a, b)| (a - b).abs() <= 0.05 * range), "{w:?}\n{g:?}");
+    assert!(
+        w.iter().zip(g).all(|(a, b)| (a - b).abs() <= 0.05 * range),
+        "{w:?}\n{g:?}"
+    );
 }

@@ -25,7 +25,10 @@ const GRAPH: &str = "graph t(%x: f32[N,seq,4]) -> (%y) {
 }";
 
 fn input(batch: usize, seq: usize) -> Tensor {
-    Tensor::from_f32(&[batch, seq, 4], (0..batch * seq * 4).map(|i| i as f32 * 0.5 - 3.0).collect())
+    Tensor::from_f32(
+        &[batch, seq, 4],
+        (0..batch * seq * 4).map(|i| i as f32 * 0.5 - 3.0).collect(),
+    )
 }
 
 #[test]
@@ -33,20 +36,31 @@ fn shape_arithmetic_is_tracked_symbolically() {
     let g = parse(GRAPH).unwrap();
     let s = qlift_ir::specialize(&g, &Binding::default()).unwrap();
     let y = s.outputs()[0];
-    assert_eq!(qlift_ir::text::type_to_string(s.value_type(y)), "f32[N,seq,2,2]");
+    assert_eq!(
+        qlift_ir::text::type_to_string(s.value_type(y)),
+        "f32[N,seq,2,2]"
+    );
     // Binding the sequence folds every shape computation away.
     let mut binding = Binding::default();
     binding.syms.insert(qlift_ir::Symbol::new("seq"), 5);
     let s = qlift_ir::specialize(&g, &binding).unwrap();
-    assert_eq!(qlift_ir::text::type_to_string(s.value_type(s.outputs()[0])), "f32[N,5,2,2]");
+    assert_eq!(
+        qlift_ir::text::type_to_string(s.value_type(s.outputs()[0])),
+        "f32[N,5,2,2]"
+    );
     assert!(!qlift_ir::needs_binding(&s));
-    assert!(s.node_ids().all(|id| s.node(id).op.kind() != Some(qlift_ir::OpKind::Shape)));
+    assert!(s
+        .node_ids()
+        .all(|id| s.node(id).op.kind() != Some(qlift_ir::OpKind::Shape)));
 }
 
 #[test]
 fn one_compiled_model_serves_every_sequence_length_and_batch() {
     let g = parse(GRAPH).unwrap();
-    let opts = CompileOptions { max_specializations: 4, ..Default::default() };
+    let opts = CompileOptions {
+        max_specializations: 4,
+        ..Default::default()
+    };
     let model = CompiledModel::from_graph(&g, None, &opts).unwrap();
     for seq in [3, 8, 1, 3] {
         for batch in [1, 2, 5] {
@@ -54,15 +68,38 @@ fn one_compiled_model_serves_every_sequence_length_and_batch() {
             let want = qlift_ir::interp::run(&g, &[x.clone()]).unwrap();
             let got = model.run(&[x.clone()]).unwrap();
             assert_eq!(got, want, "seq {seq}, batch {batch}");
-            let fresh = CompiledModel::from_graph(&g, None, &opts).unwrap().run(&[x]).unwrap();
+            let fresh = CompiledModel::from_graph(&g, None, &opts)
+                .unwrap()
+                .run(&[x])
+                .unwrap();
             assert_eq!(got, fresh, "seq {seq}, batch {batch}");
         }
     }
     // One program per sequence length (the batch stays a run-time value), at most four.
-    assert!((1..=4).contains(&model.specializations()), "{}", model.specializations());
-    let interp = CompiledModel::from_graph(&g, None, &CompileOptions { engine: Engine::Interpreter, ..Default::default() }).unwrap();
-    assert_eq!(interp.run(&[input(2, 4)]).unwrap(), model.run(&[input(2, 4)]).unwrap());
+    assert!(
+        (1..=4).contains(&model.specializations()),
+        "{}",
+        model.specializations()
+    );
+    let interp = CompiledModel::from_graph(
+        &g,
+        None,
+        &CompileOptions {
+            engine: Engine::Interpreter,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        interp.run(&[input(2, 4)]).unwrap(),
+        model.run(&[input(2, 4)]).unwrap()
+    );
     // Inputs that disagree with the graph are named.
-    let bad = model.run(&[Tensor::from_f32(&[2, 3, 5], vec![0.0; 30])]).unwrap_err();
-    assert!(bad.to_string().contains("x") && bad.to_string().contains("axis 2"), "{bad}");
+    let bad = model
+        .run(&[Tensor::from_f32(&[2, 3, 5], vec![0.0; 30])])
+        .unwrap_err();
+    assert!(
+        bad.to_string().contains("x") && bad.to_string().contains("axis 2"),
+        "{bad}"
+    );
 }

@@ -94,14 +94,29 @@ fn exp_split(fb: &mut FunctionBuilder, x: Value) -> (Value, Value) {
     let n = fb.ins().fsub(biased, magic);
     // t = x - n·ln2 in two steps: ln2's high part (0x1.62e4p-1) has few enough bits that
     // n·hi is exact; the low part is 0x1.7f7d1cp-20.
-    let (ln2_hi, ln2_lo) = (fconst(fb, ty, f32::from_bits(0x3f31_7200)), fconst(fb, ty, f32::from_bits(0x35bf_be8e)));
+    let (ln2_hi, ln2_lo) = (
+        fconst(fb, ty, f32::from_bits(0x3f31_7200)),
+        fconst(fb, ty, f32::from_bits(0x35bf_be8e)),
+    );
     let h = fb.ins().fmul(n, ln2_hi);
     let t = fb.ins().fsub(x, h);
     let l = fb.ins().fmul(n, ln2_lo);
     let t = fb.ins().fsub(t, l);
     // (e^t - 1)/t to degree 6 by Taylor's 1/(k+1)!: exact as t goes to 0, which e^t - 1
     // needs (a minimax fit for e^t, such as XNNPACK's degree 5, is 1e-6 off there).
-    let p = horner(fb, t, &[1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0]);
+    let p = horner(
+        fb,
+        t,
+        &[
+            1.0 / 5040.0,
+            1.0 / 720.0,
+            1.0 / 120.0,
+            1.0 / 24.0,
+            1.0 / 6.0,
+            0.5,
+            1.0,
+        ],
+    );
     let st = fb.ins().fmul(s, t);
     let u = fb.ins().fmul(st, p);
     (s, u)
@@ -206,7 +221,17 @@ pub(super) fn erf(fb: &mut FunctionBuilder, x: Value) -> Value {
         ],
     );
     let p = fb.ins().fmul(x, p);
-    let q = horner(fb, x2, &[-1.456_607_2e-5, -2.133_740_6e-4, -1.682_827e-3, -7.373_329e-3, -1.426_474e-2]);
+    let q = horner(
+        fb,
+        x2,
+        &[
+            -1.456_607_2e-5,
+            -2.133_740_6e-4,
+            -1.682_827e-3,
+            -7.373_329e-3,
+            -1.426_474e-2,
+        ],
+    );
     let r = fb.ins().fdiv(p, q);
     // Exactly ±1 where erf rounds to it (from 3.9192: 1 - erf is below half an ulp of 1), so
     // that `1 + erf(x)` is 0 there as the interpreter's is (Gelu of -inf is NaN in both).
@@ -327,11 +352,15 @@ mod tests {
     fn compile(f: Approx, vector: bool) -> (JITModule, extern "C" fn(*mut f32, i64)) {
         let mut flags = settings::builder();
         flags.set("opt_level", "speed").unwrap();
-        let isa = cranelift_native::builder().unwrap().finish(settings::Flags::new(flags)).unwrap();
+        let isa = cranelift_native::builder()
+            .unwrap()
+            .finish(settings::Flags::new(flags))
+            .unwrap();
         let mut module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
         let ptr = module.target_config().pointer_type();
         let mut sig = Signature::new(module.isa().default_call_conv());
-        sig.params.extend([AbiParam::new(ptr), AbiParam::new(types::I64)]);
+        sig.params
+            .extend([AbiParam::new(ptr), AbiParam::new(types::I64)]);
         let id = module.declare_function("f", Linkage::Local, &sig).unwrap();
         let mut func = Function::with_name_signature(UserFuncName::user(0, 0), sig);
         let mut fbc = FunctionBuilderContext::new();
@@ -340,7 +369,11 @@ mod tests {
         fb.append_block_params_for_function_params(block);
         fb.switch_to_block(block);
         let (p, n) = (fb.block_params(block)[0], fb.block_params(block)[1]);
-        let (ty, step) = if vector { (types::F32X4, 4) } else { (types::F32, 1) };
+        let (ty, step) = if vector {
+            (types::F32X4, 4)
+        } else {
+            (types::F32, 1)
+        };
         let start = crate::emit::iconst(&mut fb, 0);
         crate::emit::for_range(&mut fb, start, n, step, |fb, i| {
             let a = crate::emit::addr(fb, p, i, 4);
@@ -356,7 +389,9 @@ mod tests {
         module.finalize_definitions().unwrap();
         let code = module.get_finalized_function(id);
         // SAFETY: the function was built with this signature; callers pass a buffer of n f32.
-        (module, unsafe { std::mem::transmute::<*const u8, extern "C" fn(*mut f32, i64)>(code) })
+        (module, unsafe {
+            std::mem::transmute::<*const u8, extern "C" fn(*mut f32, i64)>(code)
+        })
     }
 
     /// `f` on every element of `xs` (a multiple of 4 long).
@@ -369,8 +404,22 @@ mod tests {
 
     /// A sweep of `lo..hi` plus the special values, padded to whole vectors.
     fn sweep(lo: f32, hi: f32) -> Vec<f32> {
-        let mut xs: Vec<f32> = (0..=400).map(|i| lo + (hi - lo) * i as f32 / 400.0).collect();
-        xs.extend([0.0, -0.0, 1e-30, -1e-30, 1e-7, -1e-7, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::MIN_POSITIVE / 8.0, 3.0e38]);
+        let mut xs: Vec<f32> = (0..=400)
+            .map(|i| lo + (hi - lo) * i as f32 / 400.0)
+            .collect();
+        xs.extend([
+            0.0,
+            -0.0,
+            1e-30,
+            -1e-30,
+            1e-7,
+            -1e-7,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::MIN_POSITIVE / 8.0,
+            3.0e38,
+        ]);
         while !xs.len().is_multiple_of(4) {
             xs.push(0.5);
         }
@@ -384,7 +433,9 @@ mod tests {
             let got = run(f, xs, vector);
             for (&x, &g) in xs.iter().zip(&got) {
                 let w = want(x as f64) as f32;
-                let ok = (g.is_nan() && w.is_nan()) || g == w || ((g - w).abs() as f64) <= rel * (w.abs() as f64) + 1e-37;
+                let ok = (g.is_nan() && w.is_nan())
+                    || g == w
+                    || ((g - w).abs() as f64) <= rel * (w.abs() as f64) + 1e-37;
                 assert!(ok, "x = {x:e}: got {g:e}, want {w:e} (vector {vector})");
             }
         }
@@ -397,7 +448,12 @@ mod tests {
         check(exp, f64::exp, &xs, 4e-7);
         check(expm1, f64::exp_m1, &xs, 4e-7);
         check(expm1, f64::exp_m1, &sweep(-1.0, 1.0), 4e-7);
-        check(sigmoid, |x| 1.0 / (1.0 + (-x).exp()), &sweep(-100.0, 100.0), 4e-7);
+        check(
+            sigmoid,
+            |x| 1.0 / (1.0 + (-x).exp()),
+            &sweep(-100.0, 100.0),
+            4e-7,
+        );
         check(tanh, f64::tanh, &sweep(-12.0, 12.0), 4e-7);
         check(tanh, f64::tanh, &sweep(-0.01, 0.01), 4e-7);
     }
@@ -408,7 +464,12 @@ mod tests {
         check(log, logs, &sweep(0.0, 10.0), 4e-7);
         check(log, logs, &sweep(-1.0, 3.0e38), 4e-7);
         // log1p's domain is [0, 1] (Softplus's e^-|x|).
-        let unit = |lo: f32, hi: f32| (0..=400).map(|i| lo + (hi - lo) * i as f32 / 400.0).chain([0.0, 1e-30, 1e-7, f32::NAN]).collect::<Vec<_>>();
+        let unit = |lo: f32, hi: f32| {
+            (0..=400)
+                .map(|i| lo + (hi - lo) * i as f32 / 400.0)
+                .chain([0.0, 1e-30, 1e-7, f32::NAN])
+                .collect::<Vec<_>>()
+        };
         check(log1p, f64::ln_1p, &unit(0.0, 1e-3)[..404], 4e-7);
         check(log1p, f64::ln_1p, &unit(0.0, 1.0)[..404], 4e-7);
         check(erf, libm::erf, &sweep(-5.0, 5.0), 4e-7);

@@ -26,11 +26,17 @@ pub(super) fn conv_transpose(k: &mut Kernel) -> Result<(), String> {
     let (x, w, y) = (k.input(0)?, k.input(1)?, k.output(0));
     let (xd, wd, yd) = (x.dims(), w.dims(), y.dims());
     if w.batched() || xd.len() < 3 || wd.len() != xd.len() || yd.len() != xd.len() {
-        return Err("ConvTranspose needs [N, C, spatial…] operands and constant-shaped weights".to_string());
+        return Err(
+            "ConvTranspose needs [N, C, spatial…] operands and constant-shaped weights".to_string(),
+        );
     }
     let attrs = &k.op.attrs;
     let r = xd.len() - 2;
-    let (strides, dilations, pads) = (attrs.usizes("strides")?, attrs.usizes("dilations")?, attrs.ints("pads")?.to_vec());
+    let (strides, dilations, pads) = (
+        attrs.usizes("strides")?,
+        attrs.usizes("dilations")?,
+        attrs.ints("pads")?.to_vec(),
+    );
     let group = usize::try_from(attrs.int("group")?).map_err(|_| "negative group")?;
     if strides.len() != r || dilations.len() != r || pads.len() != 2 * r || group == 0 {
         return Err("window attributes do not fit the spatial axes".to_string());
@@ -38,7 +44,9 @@ pub(super) fn conv_transpose(k: &mut Kernel) -> Result<(), String> {
     let (channels, per_group_out) = (xd[1], wd[1]);
     let out_channels = yd[1];
     if channels != wd[0] || channels % group != 0 || out_channels != per_group_out * group {
-        return Err(format!("channels of input {xd:?}, weights {wd:?} and result {yd:?} disagree (group {group})"));
+        return Err(format!(
+            "channels of input {xd:?}, weights {wd:?} and result {yd:?} disagree (group {group})"
+        ));
     }
     let (px, pw, py, x_batched) = (x.ptr, w.ptr, y.ptr, x.batched());
     let bias = k.optional(2).map(|b| b.ptr);
@@ -65,9 +73,17 @@ pub(super) fn conv_transpose(k: &mut Kernel) -> Result<(), String> {
             bytes.extend(entries.iter().flat_map(|e| e.to_le_bytes()));
         }
         let table = k.data(bytes, 8)?;
-        axes.push(Axis { out: out_sp[a], table, width: width as i64 });
+        axes.push(Axis {
+            out: out_sp[a],
+            table,
+            width: width as i64,
+        });
     }
-    let (in_count, k_count, out_count) = (in_sp.iter().product::<usize>() as i64, k_sp.iter().product::<usize>() as i64, out_sp.iter().product::<usize>() as i64);
+    let (in_count, k_count, out_count) = (
+        in_sp.iter().product::<usize>() as i64,
+        k_sp.iter().product::<usize>() as i64,
+        out_sp.iter().product::<usize>() as i64,
+    );
     let cg = (channels / group) as i64;
     let y_strides = emit::row_major(out_sp);
     let samples = k.samples(x_batched);
@@ -82,30 +98,38 @@ pub(super) fn conv_transpose(k: &mut Kernel) -> Result<(), String> {
             let y_base = fb.ins().imul_imm_s(plane, out_count);
             let start = bias.map(|b| emit::load_at(fb, types::F32, b, m));
             let mut rows_at = Vec::with_capacity(r);
-            gather_outputs(fb, &axes, &y_strides, 0, y_base, &mut rows_at, &mut |fb, yo, rows| {
-                let init = start.unwrap_or_else(|| fb.ins().f32const(0.0));
-                fb.def_var(acc, init);
-                emit::for_count(fb, cg, |fb, c| {
-                    let ic = fb.ins().imul_imm_s(g, cg);
-                    let ic = fb.ins().iadd(ic, c);
-                    let xi = fb.ins().imul_imm_s(s, channels as i64);
-                    let xi = fb.ins().iadd(xi, ic);
-                    let x_base = fb.ins().imul_imm_s(xi, in_count);
-                    let wi = fb.ins().imul_imm_s(ic, per_group_out as i64);
-                    let wi = fb.ins().iadd(wi, local);
-                    let w_base = fb.ins().imul_imm_s(wi, k_count);
-                    taps(fb, rows, 0, x_base, w_base, &mut |fb, xo, wo| {
-                        let xv = emit::load_at(fb, types::F32, px, xo);
-                        let wv = emit::load_at(fb, types::F32, pw, wo);
-                        let p = fb.ins().fmul(xv, wv);
-                        let a = fb.use_var(acc);
-                        let a = fb.ins().fadd(a, p);
-                        fb.def_var(acc, a);
+            gather_outputs(
+                fb,
+                &axes,
+                &y_strides,
+                0,
+                y_base,
+                &mut rows_at,
+                &mut |fb, yo, rows| {
+                    let init = start.unwrap_or_else(|| fb.ins().f32const(0.0));
+                    fb.def_var(acc, init);
+                    emit::for_count(fb, cg, |fb, c| {
+                        let ic = fb.ins().imul_imm_s(g, cg);
+                        let ic = fb.ins().iadd(ic, c);
+                        let xi = fb.ins().imul_imm_s(s, channels as i64);
+                        let xi = fb.ins().iadd(xi, ic);
+                        let x_base = fb.ins().imul_imm_s(xi, in_count);
+                        let wi = fb.ins().imul_imm_s(ic, per_group_out as i64);
+                        let wi = fb.ins().iadd(wi, local);
+                        let w_base = fb.ins().imul_imm_s(wi, k_count);
+                        taps(fb, rows, 0, x_base, w_base, &mut |fb, xo, wo| {
+                            let xv = emit::load_at(fb, types::F32, px, xo);
+                            let wv = emit::load_at(fb, types::F32, pw, wo);
+                            let p = fb.ins().fmul(xv, wv);
+                            let a = fb.use_var(acc);
+                            let a = fb.ins().fadd(a, p);
+                            fb.def_var(acc, a);
+                        });
                     });
-                });
-                let a = fb.use_var(acc);
-                emit::store_at(fb, a, py, yo);
-            });
+                    let a = fb.use_var(acc);
+                    emit::store_at(fb, a, py, yo);
+                },
+            );
         });
     });
     Ok(())
@@ -139,7 +163,14 @@ fn gather_outputs(
 
 /// Loops over the `(input, weight)` pairs of every axis from `a` on (table rows `rows`),
 /// passing the summed offsets to `body`.
-fn taps(fb: &mut FunctionBuilder, rows: &[Value], a: usize, xo: Value, wo: Value, body: &mut dyn FnMut(&mut FunctionBuilder, Value, Value)) {
+fn taps(
+    fb: &mut FunctionBuilder,
+    rows: &[Value],
+    a: usize,
+    xo: Value,
+    wo: Value,
+    body: &mut dyn FnMut(&mut FunctionBuilder, Value, Value),
+) {
     if a == rows.len() {
         body(fb, xo, wo);
         return;

@@ -18,8 +18,8 @@
 //! arithmetic is the interpreter's: `Σ x·(w − zw) + (bias − zx·Σ(w − zw))` in wrapping i32
 //! (see [`super::packing::packed_rows`]), then the channel's fixed-point requantization.
 
-use super::planes::{copy_row, Padded};
 use super::packing::packed_rows;
+use super::planes::{copy_row, Padded};
 use super::requant::ChannelTable;
 use super::ukernel::{self, DepthwisePlane, Requantize, DEPTHWISE_VECTORS, LANES};
 use super::{data_address, Kernel};
@@ -64,16 +64,28 @@ impl Geometry {
         }
         let (x, w, y) = (k.input(0)?, k.input(1)?, k.output(0));
         let (xd, wd, yd) = (x.dims(), w.dims(), y.dims());
-        if xd.len() != 4 || wd.len() != 4 || yd.len() != 4 || x.ty.dtype != DType::U8 || !matches!(y.ty.dtype, DType::U8 | DType::I8) {
+        if xd.len() != 4
+            || wd.len() != 4
+            || yd.len() != 4
+            || x.ty.dtype != DType::U8
+            || !matches!(y.ty.dtype, DType::U8 | DType::I8)
+        {
             return Ok(None);
         }
         let attrs = &k.op.attrs;
-        let (strides, dilations, pads) = (attrs.usizes("strides")?, attrs.usizes("dilations")?, attrs.usizes("pads")?);
+        let (strides, dilations, pads) = (
+            attrs.usizes("strides")?,
+            attrs.usizes("dilations")?,
+            attrs.usizes("pads")?,
+        );
         if strides.len() != 2 || dilations.len() != 2 || pads.len() != 4 {
             return Ok(None);
         }
         let c = xd[1];
-        let depthwise = usize::try_from(attrs.int("group")?).ok() == Some(c) && wd[0] == c && wd[1] == 1 && yd[1] == c;
+        let depthwise = usize::try_from(attrs.int("group")?).ok() == Some(c)
+            && wd[0] == c
+            && wd[1] == 1
+            && yd[1] == c;
         let g = Geometry {
             c,
             h: xd[2],
@@ -90,8 +102,19 @@ impl Geometry {
             hp: xd[2] + pads[0] + pads[2],
             wp: xd[3] + pads[1] + pads[3],
         };
-        let sane = depthwise && c > 0 && g.kh > 0 && g.kw > 0 && g.oh > 0 && g.ow > 0 && g.sh >= 1 && g.dh >= 1 && (1..=2).contains(&g.sw) && dilations[1] == 1;
-        let fits = sane && (g.oh - 1) * g.sh + (g.kh - 1) * g.dh < g.hp && (g.ow - 1) * g.sw + g.kw - 1 < g.wp;
+        let sane = depthwise
+            && c > 0
+            && g.kh > 0
+            && g.kw > 0
+            && g.oh > 0
+            && g.ow > 0
+            && g.sh >= 1
+            && g.dh >= 1
+            && (1..=2).contains(&g.sw)
+            && dilations[1] == 1;
+        let fits = sane
+            && (g.oh - 1) * g.sh + (g.kh - 1) * g.dh < g.hp
+            && (g.ow - 1) * g.sw + g.kw - 1 < g.wp;
         Ok(fits.then_some(g))
     }
 
@@ -130,7 +153,14 @@ impl Layout {
         let iterations = g.oh.div_ceil(rows_per_iter);
         let oh_pad = iterations * rows_per_iter;
         let reach = pairs.iter().map(|&(_, _, t)| t + 1).max().unwrap_or(1);
-        Layout { ow8, rows_per_iter, iterations, oh_pad, rows: (oh_pad - 1) * g.sh + (g.kh - 1) * g.dh + 1, jq: (ow8 + reach).next_multiple_of(LANES) }
+        Layout {
+            ow8,
+            rows_per_iter,
+            iterations,
+            oh_pad,
+            rows: (oh_pad - 1) * g.sh + (g.kh - 1) * g.dh + 1,
+            jq: (ow8 + reach).next_multiple_of(LANES),
+        }
     }
 
     /// Bytes of one phase's pair plane.
@@ -152,17 +182,31 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     if !k.has_byte_shuffle() {
         return Ok(false);
     }
-    let Some(g) = Geometry::of(k)? else { return Ok(false) };
+    let Some(g) = Geometry::of(k)? else {
+        return Ok(false);
+    };
     let taps = g.kh * g.kw;
-    let Some(packed) = packed_rows(k, g.c, taps, |c, t| c * taps + t)? else { return Ok(false) };
-    let (Some(xq), Some(wq)) = (k.input(0)?.ty.quant.clone(), k.input(1)?.ty.quant.clone()) else { return Ok(false) };
+    let Some(packed) = packed_rows(k, g.c, taps, |c, t| c * taps + t)? else {
+        return Ok(false);
+    };
+    let (Some(xq), Some(wq)) = (k.input(0)?.ty.quant.clone(), k.input(1)?.ty.quant.clone()) else {
+        return Ok(false);
+    };
     let y = k.output(0).ty.clone();
     let rq = Requant::for_product(&xq, &wq, g.c, &y, k.op.fused_activation()?)?;
-    let Some(records) = ChannelTable::bytes(&rq, &packed.folded) else { return Ok(false) };
+    let Some(records) = ChannelTable::bytes(&rq, &packed.folded) else {
+        return Ok(false);
+    };
     let pairs = g.pairs();
     let l = Layout::of(&g, &pairs);
     // Weights: per channel, each pair's two taps as i16 (0 past the row's last tap).
-    let tap = |c: usize, ky: usize, kx: usize| if kx < g.kw { packed.rows[c][ky * g.kw + kx] } else { 0 };
+    let tap = |c: usize, ky: usize, kx: usize| {
+        if kx < g.kw {
+            packed.rows[c][ky * g.kw + kx]
+        } else {
+            0
+        }
+    };
     let mut weights = Vec::with_capacity(g.c * pairs.len() * PAIR);
     for c in 0..g.c {
         for &(ky, p, t) in &pairs {
@@ -172,20 +216,37 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         }
     }
     let offset = |v: usize| i32::try_from(v).map_err(|e| e.to_string());
-    let pair_offsets = pairs.iter().map(|&(ky, p, t)| offset(((p * l.rows + ky * g.dh) * l.jq + t) * PAIR)).collect::<Result<Vec<_>, _>>()?;
+    let pair_offsets = pairs
+        .iter()
+        .map(|&(ky, p, t)| offset(((p * l.rows + ky * g.dh) * l.jq + t) * PAIR))
+        .collect::<Result<Vec<_>, _>>()?;
     // One iteration: `rows_per_iter` output rows, in groups of at most DEPTHWISE_VECTORS.
     let vectors: Vec<(i32, i32)> = (0..l.rows_per_iter)
         .flat_map(|r| (0..l.ow8 / LANES).map(move |v| (r, v * LANES)))
-        .map(|(r, col)| Ok((offset((r * g.sh * l.jq + col) * PAIR)?, offset(r * l.ow8 + col)?)))
+        .map(|(r, col)| {
+            Ok((
+                offset((r * g.sh * l.jq + col) * PAIR)?,
+                offset(r * l.ow8 + col)?,
+            ))
+        })
         .collect::<Result<_, String>>()?;
     let direct = l.direct(&g);
     let plane = DepthwisePlane {
         pairs: pair_offsets,
-        groups: vectors.chunks(DEPTHWISE_VECTORS).map(<[_]>::to_vec).collect(),
+        groups: vectors
+            .chunks(DEPTHWISE_VECTORS)
+            .map(<[_]>::to_vec)
+            .collect(),
         x_stride: offset(l.rows_per_iter * g.sh * l.jq * PAIR)?,
         out_stride: offset(l.rows_per_iter * l.ow8)?,
         iterations: u32::try_from(l.iterations).map_err(|e| e.to_string())?,
-        store: Requantize { zero_point: rq.zero_point, bounds: (rq.bounds.0 as i32, rq.bounds.1 as i32), signed: y.dtype == DType::I8, plane: 0, per_lane: false },
+        store: Requantize {
+            zero_point: rq.zero_point,
+            bounds: (rq.bounds.0 as i32, rq.bounds.1 as i32),
+            signed: y.dtype == DType::I8,
+            plane: 0,
+            per_lane: false,
+        },
     };
     let kernel = k.machine_code(&ukernel::depthwise_plane(&plane, isa)?, 4)?;
     k.form = "wide-depthwise";
@@ -193,7 +254,15 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let table = k.data_object(records, 64)?;
     // Scratch of one part (thread): its padded u8 plane (with room for the repacking's
     // over-reads) | pair planes | staging plane.
-    let padded = Padded { planes: 1, h: g.h, w: g.w, hp: g.hp, wp: g.wp, top: g.pt, left: g.pl };
+    let padded = Padded {
+        planes: 1,
+        h: g.h,
+        w: g.w,
+        hp: g.hp,
+        wp: g.wp,
+        top: g.pt,
+        left: g.pl,
+    };
     let last_read = (l.rows - 1) * g.wp + g.sw * (l.jq - LANES) + 32;
     let pairs_at = padded.bytes().max(last_read).next_multiple_of(64);
     let staging_at = pairs_at + (g.sw * l.phase_bytes()).next_multiple_of(64);
@@ -206,7 +275,10 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         let x = fb.ins().load(types::I64, emit::mem(), ctx, 0);
         let y = fb.ins().load(types::I64, emit::mem(), ctx, 8);
         let ws = fb.ins().load(types::I64, emit::mem(), ctx, 16);
-        let (wptr, table) = (data_address(fb, module, wptr), data_address(fb, module, table));
+        let (wptr, table) = (
+            data_address(fb, module, wptr),
+            data_address(fb, module, table),
+        );
         let kernel = module.declare_func_in_func(kernel, fb.func);
         let scratch = emit::addr(fb, ws, part, part_bytes as i64);
         let pair_planes = fb.ins().iadd_imm_s(scratch, pairs_at as i64);
@@ -217,7 +289,11 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
             let w = emit::addr(fb, wptr, c, (pairs.len() * PAIR) as i64);
             let record = emit::addr(fb, table, c, ChannelTable::RECORD as i64);
             let y_plane = emit::addr(fb, y, c, out_plane);
-            let out = if direct { y_plane } else { fb.ins().iadd_imm_s(scratch, staging_at as i64) };
+            let out = if direct {
+                y_plane
+            } else {
+                fb.ins().iadd_imm_s(scratch, staging_at as i64)
+            };
             fb.ins().call(kernel, &[pair_planes, w, out, record]);
             if !direct {
                 emit::for_count(fb, g.oh as i64, |fb, oy| {
@@ -232,7 +308,11 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let ws = k.workspace(64 + MAX_PARTS * part_bytes);
     let (x, yop) = (k.input(0)?, k.output(0));
     let (xptr, yptr) = (x.ptr, yop.ptr);
-    let samples = if x.batched() { k.batch } else { emit::iconst(k.fb, x.dims()[0] as i64) };
+    let samples = if x.batched() {
+        k.batch
+    } else {
+        emit::iconst(k.fb, x.dims()[0] as i64)
+    };
     let context = k.fb.ins().iadd_imm_s(ws, (MAX_PARTS * part_bytes) as i64);
     k.for_each(samples, |k, n| {
         let fb = &mut *k.fb;
@@ -241,7 +321,13 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         for (i, v) in [xn, yn, ws].into_iter().enumerate() {
             fb.ins().store(emit::mem(), v, context, (8 * i) as i32);
         }
-        k.parallel_for(task, context, g.c as i64, MAX_PARTS, (g.c * g.oh * g.ow * taps) as u64)
+        k.parallel_for(
+            task,
+            context,
+            g.c as i64,
+            MAX_PARTS,
+            (g.c * g.oh * g.ow * taps) as u64,
+        )
     })?;
     Ok(true)
 }
@@ -251,7 +337,9 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
 fn repack(fb: &mut FunctionBuilder, g: &Geometry, l: &Layout, src: Value, dst: Value) {
     for p in 0..g.sw {
         // Byte 2i: column s·i + p; byte 2i + 1: column s·i + p + s (of the 32 loaded).
-        let mask: Vec<u8> = (0..LANES).flat_map(|i| [(g.sw * i + p) as u8, (g.sw * i + p + g.sw) as u8]).collect();
+        let mask: Vec<u8> = (0..LANES)
+            .flat_map(|i| [(g.sw * i + p) as u8, (g.sw * i + p + g.sw) as u8])
+            .collect();
         let mask = fb.func.dfg.immediates.push(ConstantData::from(mask));
         let phase = fb.ins().iadd_imm_s(dst, (p * l.phase_bytes()) as i64);
         emit::for_count(fb, l.rows as i64, |fb, y| {

@@ -45,13 +45,21 @@ const MAX_CHANNELS: usize = 256;
 /// Emits the convolution when it has this form and returns true; false leaves it to the
 /// im2col form (nothing emitted).
 pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
-    let Some(g) = Geometry::of(k)? else { return Ok(false) };
+    let Some(g) = Geometry::of(k)? else {
+        return Ok(false);
+    };
     let taps = g.cg * g.kh * g.kw;
     // Weights [M][C/group][KH][KW] as packed rows of C/group·KH·KW taps.
-    let Some(packed) = packed_rows(k, g.m, taps, |c, t| c * taps + t)? else { return Ok(false) };
-    let Some(dot) = Dot4::of(k, &packed)? else { return Ok(false) };
+    let Some(packed) = packed_rows(k, g.m, taps, |c, t| c * taps + t)? else {
+        return Ok(false);
+    };
+    let Some(dot) = Dot4::of(k, &packed)? else {
+        return Ok(false);
+    };
     let (xq, wq) = (k.input(0)?.ty.quant.clone(), k.input(1)?.ty.quant.clone());
-    let (Some(xq), Some(wq)) = (xq, wq) else { return Ok(false) };
+    let (Some(xq), Some(wq)) = (xq, wq) else {
+        return Ok(false);
+    };
     let y = k.output(0).ty.clone();
     let rq = Requant::for_product(&xq, &wq, g.m, &y, k.op.fused_activation()?)?;
     // Each (output channel, input channel, kernel row, quad of the row's taps): four
@@ -61,32 +69,64 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     for row in &packed.rows {
         for r in 0..g.cg * g.kh {
             for q in 0..quads {
-                let quad = [0, 1, 2, 3].map(|i| if 4 * q + i < g.kw { row[r * g.kw + 4 * q + i] } else { 0 });
+                let quad = [0, 1, 2, 3].map(|i| {
+                    if 4 * q + i < g.kw {
+                        row[r * g.kw + 4 * q + i]
+                    } else {
+                        0
+                    }
+                });
                 weights.extend_from_slice(&dot.weight_bytes(quad));
             }
         }
     }
     // Depthwise convolutions loop over their channels at run time, each channel's bias and
     // requantization read from a table, so that any channel count compiles to the same code.
-    let table = if g.cg == 1 && g.mg == 1 { ChannelTable::bytes(&rq, &packed.folded) } else { None };
+    let table = if g.cg == 1 && g.mg == 1 {
+        ChannelTable::bytes(&rq, &packed.folded)
+    } else {
+        None
+    };
     if table.is_none() && g.m > MAX_CHANNELS {
         return Ok(false);
     }
     let table = table.map(|t| k.data(t, 64)).transpose()?;
     let wptr = k.data(weights, 16)?;
-    k.form = if g.cg == 1 { "direct-depthwise" } else { "direct" };
-    let padded = Padded { planes: g.channels, h: g.h, w: g.w, hp: g.hp, wp: g.wp, top: g.pt, left: g.pl };
+    k.form = if g.cg == 1 {
+        "direct-depthwise"
+    } else {
+        "direct"
+    };
+    let padded = Padded {
+        planes: g.channels,
+        h: g.h,
+        w: g.w,
+        hp: g.hp,
+        wp: g.wp,
+        top: g.pt,
+        left: g.pl,
+    };
     let plane = padded.plane();
     let groups = g.channels / g.cg;
     let ws = k.workspace(padded.bytes());
     let (x, yop) = (k.input(0)?, k.output(0));
     let (xptr, yptr, x_batched) = (x.ptr, yop.ptr, x.batched());
-    let samples = if x_batched { k.batch } else { emit::iconst(k.fb, x.dims()[0] as i64) };
+    let samples = if x_batched {
+        k.batch
+    } else {
+        emit::iconst(k.fb, x.dims()[0] as i64)
+    };
     let zx = xq.channel(0).1;
-    let stores = BlockStore { rq: &rq, signed: y.dtype == DType::I8, i64_mul: k.has_i64x2_mul() };
+    let stores = BlockStore {
+        rq: &rq,
+        signed: y.dtype == DType::I8,
+        i64_mul: k.has_i64x2_mul(),
+    };
     let fb = &mut *k.fb;
     // Lane j of a shuffled row holds bytes j·sw .. j·sw + 4 of the loaded 16.
-    let mask: Vec<u8> = (0..BLOCK).flat_map(|j| (0..4).map(move |i| (j * g.sw + i) as u8)).collect();
+    let mask: Vec<u8> = (0..BLOCK)
+        .flat_map(|j| (0..4).map(move |i| (j * g.sw + i) as u8))
+        .collect();
     let mask = fb.func.dfg.immediates.push(ConstantData::from(mask));
     let (out_plane, in_plane) = (g.oh * g.ow, g.h * g.w);
     let channel_bytes = (g.cg * g.kh * quads * 16) as i64;
@@ -113,23 +153,38 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
                             .collect();
                         // Input channel `ci` of the group (plane at `base + ci · plane`, weights
                         // at `ci · kh · quads · 16` after each channel's own).
-                        let body = |fb: &mut FunctionBuilder, plane_base: Value, ci: Option<Value>| {
-                            for r in 0..g.kh {
-                                for q in 0..quads {
-                                    let v = fb.ins().load(types::I8X16, emit::mem(), plane_base, (r * g.dh * g.wp + 4 * q) as i32);
-                                    let xs = fb.ins().shuffle(v, v, mask);
-                                    for (c, acc) in chunk.iter().zip(&accs) {
-                                        let (wbase, offset) = c.weights(wptr, channel_bytes);
-                                        let wbase = match ci {
-                                            Some(ci) => emit::addr(fb, wbase, ci, (g.kh * quads * 16) as i64),
-                                            None => wbase,
-                                        };
-                                        let w = dot.load_weights(fb, wbase, offset + ((r * quads + q) * 16) as i32);
-                                        dot.step(fb, acc, w, xs);
+                        let body =
+                            |fb: &mut FunctionBuilder, plane_base: Value, ci: Option<Value>| {
+                                for r in 0..g.kh {
+                                    for q in 0..quads {
+                                        let v = fb.ins().load(
+                                            types::I8X16,
+                                            emit::mem(),
+                                            plane_base,
+                                            (r * g.dh * g.wp + 4 * q) as i32,
+                                        );
+                                        let xs = fb.ins().shuffle(v, v, mask);
+                                        for (c, acc) in chunk.iter().zip(&accs) {
+                                            let (wbase, offset) = c.weights(wptr, channel_bytes);
+                                            let wbase = match ci {
+                                                Some(ci) => emit::addr(
+                                                    fb,
+                                                    wbase,
+                                                    ci,
+                                                    (g.kh * quads * 16) as i64,
+                                                ),
+                                                None => wbase,
+                                            };
+                                            let w = dot.load_weights(
+                                                fb,
+                                                wbase,
+                                                offset + ((r * quads + q) * 16) as i32,
+                                            );
+                                            dot.step(fb, acc, w, xs);
+                                        }
                                     }
                                 }
-                            }
-                        };
+                            };
                         // A loop over several channels: Cranelift places pure arithmetic at
                         // its first use, so straight-line channels would load every input
                         // row before the first product and spill them.
@@ -153,7 +208,11 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
                                     let out = fb.ins().iadd(yn, out);
                                     stores.store(fb, acc, *c, out, count);
                                 }
-                                Channel::Loop { out: plane_out, params, .. } => {
+                                Channel::Loop {
+                                    out: plane_out,
+                                    params,
+                                    ..
+                                } => {
                                     let out = fb.ins().iadd(*plane_out, out);
                                     stores.store_with(fb, acc, params, out, count);
                                 }
@@ -178,12 +237,21 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
                 let weights = emit::addr(fb, wptr, c, channel_bytes);
                 let out = emit::addr(fb, yn, c, out_plane as i64);
                 let params = ChannelTable::load(fb, table, c);
-                group(fb, src, &[Channel::Loop { weights, out, params }]);
+                group(
+                    fb,
+                    src,
+                    &[Channel::Loop {
+                        weights,
+                        out,
+                        params,
+                    }],
+                );
             }),
             None => {
                 for gi in 0..groups {
                     let src = fb.ins().iadd_imm_s(ws, (gi * g.cg * plane) as i64);
-                    let chans: Vec<Channel> = (gi * g.mg..(gi + 1) * g.mg).map(Channel::Known).collect();
+                    let chans: Vec<Channel> =
+                        (gi * g.mg..(gi + 1) * g.mg).map(Channel::Known).collect();
                     group(fb, src, &chans);
                 }
             }
@@ -257,19 +325,34 @@ impl Geometry {
         }
         let (x, w, y) = (k.input(0)?, k.input(1)?, k.output(0));
         let (xd, wd, yd) = (x.dims(), w.dims(), y.dims());
-        if xd.len() != 4 || wd.len() != 4 || yd.len() != 4 || x.ty.dtype != DType::U8 || !matches!(y.ty.dtype, DType::U8 | DType::I8) {
+        if xd.len() != 4
+            || wd.len() != 4
+            || yd.len() != 4
+            || x.ty.dtype != DType::U8
+            || !matches!(y.ty.dtype, DType::U8 | DType::I8)
+        {
             return Ok(None);
         }
         let attrs = &k.op.attrs;
-        let group = usize::try_from(attrs.int("group")?).map_err(|e| e.to_string())?.max(1);
-        let (strides, dilations, pads) = (attrs.usizes("strides")?, attrs.usizes("dilations")?, attrs.usizes("pads")?);
+        let group = usize::try_from(attrs.int("group")?)
+            .map_err(|e| e.to_string())?
+            .max(1);
+        let (strides, dilations, pads) = (
+            attrs.usizes("strides")?,
+            attrs.usizes("dilations")?,
+            attrs.usizes("pads")?,
+        );
         if strides.len() != 2 || dilations.len() != 2 || pads.len() != 4 {
             return Ok(None);
         }
         let (channels, m) = (xd[1], wd[0]);
         // A 1-wide kernel would use one byte of each lane's four: a matrix product does better.
         let wide = wd[3] >= 2 || channels == group;
-        let fits = wide && channels % group == 0 && m % group == 0 && dilations[1] == 1 && strides[1] * (BLOCK - 1) + 4 <= 16;
+        let fits = wide
+            && channels % group == 0
+            && m % group == 0
+            && dilations[1] == 1
+            && strides[1] * (BLOCK - 1) + 4 <= 16;
         if !fits {
             return Ok(None);
         }

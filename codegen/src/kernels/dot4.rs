@@ -78,11 +78,15 @@ impl Dot4 {
     pub fn load_weights(self, fb: &mut FunctionBuilder, at: Value, offset: i32) -> (Value, Value) {
         match self {
             Dot4::Vnni => {
-                let w = fb.ins().load(types::I8X16, emit::constant_mem(), at, offset);
+                let w = fb
+                    .ins()
+                    .load(types::I8X16, emit::constant_mem(), at, offset);
                 (fb.ins().swiden_low(w), fb.ins().swiden_high(w))
             }
             Dot4::Pairs => {
-                let w = fb.ins().load(types::I16X8, emit::constant_mem(), at, offset);
+                let w = fb
+                    .ins()
+                    .load(types::I16X8, emit::constant_mem(), at, offset);
                 (w, w)
             }
         }
@@ -98,7 +102,10 @@ impl Dot4 {
                 fb.def_var(accs[0], sum);
             }
             Dot4::Pairs => {
-                for (&acc, half) in accs.iter().zip([fb.ins().uwiden_low(x), fb.ins().uwiden_high(x)]) {
+                for (&acc, half) in accs
+                    .iter()
+                    .zip([fb.ins().uwiden_low(x), fb.ins().uwiden_high(x)])
+                {
                     // `pmaddwd`: Cranelift selects it for this tree (see product.rs).
                     let (xl, wl) = (fb.ins().swiden_low(half), fb.ins().swiden_low(w.0));
                     let (xh, wh) = (fb.ins().swiden_high(half), fb.ins().swiden_high(w.0));
@@ -142,7 +149,15 @@ impl BlockStore<'_> {
     pub fn store(&self, fb: &mut FunctionBuilder, acc: Value, c: usize, out: Value, count: usize) {
         let rq = self.rq;
         let m = requant::channel(rq, c);
-        let Some(v) = requant::requantize_x4(fb, acc, [m.m; 4], m.shift, rq.zero_point, rq.bounds, self.i64_mul) else {
+        let Some(v) = requant::requantize_x4(
+            fb,
+            acc,
+            [m.m; 4],
+            m.shift,
+            rq.zero_point,
+            rq.bounds,
+            self.i64_mul,
+        ) else {
             for lane in 0..count {
                 let a = fb.ins().extractlane(acc, lane as u8);
                 let v = requant::requantize(fb, a, m, rq.zero_point, rq.bounds);
@@ -156,10 +171,16 @@ impl BlockStore<'_> {
     }
 
     /// [`BlockStore::store`] with the channel's multiplier from a [`ChannelTable`] record.
-    pub fn store_with(&self, fb: &mut FunctionBuilder, acc: Value, params: &ChannelParams, out: Value, count: usize) {
+    pub fn store_with(
+        &self,
+        fb: &mut FunctionBuilder,
+        acc: Value,
+        params: &ChannelParams,
+        out: Value,
+        count: usize,
+    ) {
         let v = params.requantize_x4(fb, acc, self.rq.zero_point, self.rq.bounds);
         let bytes = requant::narrow_x4(fb, v, self.signed);
         store_prefix(fb, bytes, out, count);
     }
 }
-

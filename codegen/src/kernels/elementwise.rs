@@ -43,45 +43,79 @@ impl Broadcast {
         let mut strides = vec![emit::row_major(&dims)[first..].to_vec()];
         for x in operands {
             let xd = x.dims();
-            let pad = rank.checked_sub(xd.len()).ok_or("an operand has a higher rank than the result")?;
+            let pad = rank
+                .checked_sub(xd.len())
+                .ok_or("an operand has a higher rank than the result")?;
             let own = emit::row_major(&xd);
             if x.batched() && (pad != 0 || !batched) {
                 return Err("an operand's batch axis is not the result's axis 0".to_string());
             }
-            batch_strides.push(if x.batched() { x.per_sample() as i64 } else { 0 });
+            batch_strides.push(if x.batched() {
+                x.per_sample() as i64
+            } else {
+                0
+            });
             let mut s = Vec::with_capacity(rank - first);
             for (a, &d) in dims.iter().enumerate().skip(first) {
                 let stride = match a.checked_sub(pad) {
                     Some(j) if xd[j] == d && d != 1 => own[j],
                     Some(j) if xd[j] == 1 => 0,
                     None => 0,
-                    Some(j) => return Err(format!("operand extent {} does not broadcast to {d} on axis {a}", xd[j])),
+                    Some(j) => {
+                        return Err(format!(
+                            "operand extent {} does not broadcast to {d} on axis {a}",
+                            xd[j]
+                        ))
+                    }
                 };
                 s.push(stride);
             }
             strides.push(s);
         }
         let (extents, strides) = emit::coalesce(&dims[first..], &strides);
-        Ok(Broadcast { batched, batch_strides, extents, strides })
+        Ok(Broadcast {
+            batched,
+            batch_strides,
+            extents,
+            strides,
+        })
     }
 
     /// Whether the innermost loop can run `lanes` elements at a time: it holds at least that
     /// many, the result is contiguous there and every operand either contiguous or constant
     /// along it (a splat).
     fn vectorizable(&self, lanes: usize) -> bool {
-        let Some(&e) = self.extents.last() else { return false };
-        lanes > 1 && e >= lanes && self.strides[0].last() == Some(&1) && self.strides.iter().all(|s| matches!(s.last(), Some(0 | 1)))
+        let Some(&e) = self.extents.last() else {
+            return false;
+        };
+        lanes > 1
+            && e >= lanes
+            && self.strides[0].last() == Some(&1)
+            && self.strides.iter().all(|s| matches!(s.last(), Some(0 | 1)))
     }
 
     /// Emits the loops; `body` gets the element offset of each stream. With `lanes` > 1
     /// (and a [`vectorizable`](Self::vectorizable) plan) the innermost loop steps by `lanes`
     /// elements, calling `body` with [`Lanes::Vector`] (one splat flag per stream), then
     /// finishes the remainder with [`Lanes::Scalar`].
-    pub(super) fn emit_lanes(&self, k: &mut Kernel, lanes: usize, body: &mut dyn FnMut(&mut FunctionBuilder, &[Value], &Lanes)) {
+    pub(super) fn emit_lanes(
+        &self,
+        k: &mut Kernel,
+        lanes: usize,
+        body: &mut dyn FnMut(&mut FunctionBuilder, &[Value], &Lanes),
+    ) {
         let vector = self.vectorizable(lanes);
         let n = self.extents.len();
-        let (outer, inner) = if vector { (&self.extents[..n - 1], self.extents[n - 1]) } else { (&self.extents[..], 0) };
-        let outer_strides: Vec<Vec<i64>> = self.strides.iter().map(|s| s[..outer.len()].to_vec()).collect();
+        let (outer, inner) = if vector {
+            (&self.extents[..n - 1], self.extents[n - 1])
+        } else {
+            (&self.extents[..], 0)
+        };
+        let outer_strides: Vec<Vec<i64>> = self
+            .strides
+            .iter()
+            .map(|s| s[..outer.len()].to_vec())
+            .collect();
         let splat: Vec<bool> = self.strides.iter().map(|s| s.last() == Some(&0)).collect();
         let mut nest = |fb: &mut FunctionBuilder, start: &[Value]| {
             emit::for_strided(fb, outer, &outer_strides, start, &mut |fb, off| {
@@ -90,8 +124,20 @@ impl Broadcast {
                     return;
                 }
                 emit::for_lanes(fb, inner as i64, lanes as i64, &mut |fb, i, whole| {
-                    let o: Vec<Value> = off.iter().zip(&splat).map(|(&o, &s)| if s { o } else { fb.ins().iadd(o, i) }).collect();
-                    body(fb, &o, &if whole { Lanes::Vector(splat.clone()) } else { Lanes::Scalar });
+                    let o: Vec<Value> = off
+                        .iter()
+                        .zip(&splat)
+                        .map(|(&o, &s)| if s { o } else { fb.ins().iadd(o, i) })
+                        .collect();
+                    body(
+                        fb,
+                        &o,
+                        &if whole {
+                            Lanes::Vector(splat.clone())
+                        } else {
+                            Lanes::Scalar
+                        },
+                    );
                 });
             });
         };
@@ -106,7 +152,13 @@ impl Broadcast {
             let start: Vec<Value> = self
                 .batch_strides
                 .iter()
-                .map(|&s| if s == 0 { emit::iconst(fb, 0) } else { fb.ins().imul_imm_s(b, s) })
+                .map(|&s| {
+                    if s == 0 {
+                        emit::iconst(fb, 0)
+                    } else {
+                        fb.ins().imul_imm_s(b, s)
+                    }
+                })
                 .collect();
             nest(fb, &start);
         });
@@ -127,7 +179,13 @@ pub(super) enum Lanes {
 
 impl Lanes {
     /// Loads stream `s`'s f32 element(s) at element offset `off` of `base`.
-    pub(super) fn load(&self, fb: &mut FunctionBuilder, s: usize, base: Value, off: Value) -> Value {
+    pub(super) fn load(
+        &self,
+        fb: &mut FunctionBuilder,
+        s: usize,
+        base: Value,
+        off: Value,
+    ) -> Value {
         match self {
             Lanes::Vector(splat) if !splat[s] => {
                 let a = emit::addr(fb, base, off, 4);
@@ -190,7 +248,10 @@ pub(super) fn finish_failure(k: &mut Kernel, fail: Block, message: &str) {
 /// Whether an integer divisor needs a run-time check for zero: a constant one without
 /// zeros does not.
 pub(super) fn needs_zero_check(divisor: &Operand) -> bool {
-    divisor.constant.as_ref().is_none_or(|t| t.to_i64_vec().map_or(true, |v| v.contains(&0)))
+    divisor
+        .constant
+        .as_ref()
+        .is_none_or(|t| t.to_i64_vec().map_or(true, |v| v.contains(&0)))
 }
 
 /// Branches to `fail` (see [`failure_block`]) when the integer `y` is zero.
@@ -248,9 +309,15 @@ pub(super) fn binary(k: &mut Kernel) -> Result<(), String> {
     let (a, b, out) = (k.input(0)?, k.input(1)?, k.output(0));
     let dtype = out.ty.dtype;
     if a.ty.dtype != dtype || b.ty.dtype != dtype {
-        return Err(format!("operand types differ: {} and {}", a.ty.dtype, b.ty.dtype));
+        return Err(format!(
+            "operand types differ: {} and {}",
+            a.ty.dtype, b.ty.dtype
+        ));
     }
-    if !matches!(dtype, DType::F32 | DType::I32 | DType::I64 | DType::I8 | DType::U8) {
+    if !matches!(
+        dtype,
+        DType::F32 | DType::I32 | DType::I64 | DType::I8 | DType::U8
+    ) {
         return Err(format!("{dtype} operands are not supported"));
     }
     let act = k.op.fused_activation()?;
@@ -262,53 +329,57 @@ pub(super) fn binary(k: &mut Kernel) -> Result<(), String> {
     let check_zero = kind == OpKind::Div && dtype != DType::F32 && needs_zero_check(b);
     let fail = failure_block(k);
     let signed = is_signed(dtype);
-    plan.emit_lanes(k, if dtype == DType::F32 { LANES } else { 1 }, &mut |fb, off, lanes| {
-        if dtype == DType::F32 {
-            let x = lanes.load(fb, 1, pa, off[1]);
-            let y = lanes.load(fb, 2, pb, off[2]);
-            let r = match kind {
-                OpKind::Add => fb.ins().fadd(x, y),
-                OpKind::Sub => fb.ins().fsub(x, y),
-                OpKind::Mul => fb.ins().fmul(x, y),
-                _ => fb.ins().fdiv(x, y),
-            };
-            let r = match act {
-                Some((lo, hi)) => clamp_f32(fb, r, lo, hi),
-                None => r,
-            };
-            Lanes::store(fb, r, po, off[0]);
-            return;
-        }
-        let x = emit::load_at(fb, ty, pa, off[1]);
-        let y = emit::load_at(fb, ty, pb, off[2]);
-        let r = {
-            match kind {
-                OpKind::Add => fb.ins().iadd(x, y),
-                OpKind::Sub => fb.ins().isub(x, y),
-                OpKind::Mul => fb.ins().imul(x, y),
-                _ => {
-                    if check_zero {
-                        fail_on_zero(fb, y, fail);
-                    }
-                    if signed {
-                        // MIN / -1 overflows (Cranelift traps): x / -1 is the wrapping -x.
-                        let minus_one = fb.ins().icmp_imm_s(IntCC::Equal, y, -1);
-                        let one = fb.ins().iconst(ty, 1);
-                        let safe = fb.ins().select(minus_one, one, y);
-                        let q = fb.ins().sdiv(x, safe);
-                        let neg = fb.ins().ineg(x);
-                        fb.ins().select(minus_one, neg, q)
-                    } else {
-                        let one = fb.ins().iconst(ty, 1);
-                        let zero = fb.ins().icmp_imm_s(IntCC::Equal, y, 0);
-                        let safe = fb.ins().select(zero, one, y);
-                        fb.ins().udiv(x, safe)
+    plan.emit_lanes(
+        k,
+        if dtype == DType::F32 { LANES } else { 1 },
+        &mut |fb, off, lanes| {
+            if dtype == DType::F32 {
+                let x = lanes.load(fb, 1, pa, off[1]);
+                let y = lanes.load(fb, 2, pb, off[2]);
+                let r = match kind {
+                    OpKind::Add => fb.ins().fadd(x, y),
+                    OpKind::Sub => fb.ins().fsub(x, y),
+                    OpKind::Mul => fb.ins().fmul(x, y),
+                    _ => fb.ins().fdiv(x, y),
+                };
+                let r = match act {
+                    Some((lo, hi)) => clamp_f32(fb, r, lo, hi),
+                    None => r,
+                };
+                Lanes::store(fb, r, po, off[0]);
+                return;
+            }
+            let x = emit::load_at(fb, ty, pa, off[1]);
+            let y = emit::load_at(fb, ty, pb, off[2]);
+            let r = {
+                match kind {
+                    OpKind::Add => fb.ins().iadd(x, y),
+                    OpKind::Sub => fb.ins().isub(x, y),
+                    OpKind::Mul => fb.ins().imul(x, y),
+                    _ => {
+                        if check_zero {
+                            fail_on_zero(fb, y, fail);
+                        }
+                        if signed {
+                            // MIN / -1 overflows (Cranelift traps): x / -1 is the wrapping -x.
+                            let minus_one = fb.ins().icmp_imm_s(IntCC::Equal, y, -1);
+                            let one = fb.ins().iconst(ty, 1);
+                            let safe = fb.ins().select(minus_one, one, y);
+                            let q = fb.ins().sdiv(x, safe);
+                            let neg = fb.ins().ineg(x);
+                            fb.ins().select(minus_one, neg, q)
+                        } else {
+                            let one = fb.ins().iconst(ty, 1);
+                            let zero = fb.ins().icmp_imm_s(IntCC::Equal, y, 0);
+                            let safe = fb.ins().select(zero, one, y);
+                            fb.ins().udiv(x, safe)
+                        }
                     }
                 }
-            }
-        };
-        emit::store_at(fb, r, po, off[0]);
-    });
+            };
+            emit::store_at(fb, r, po, off[0]);
+        },
+    );
     if check_zero {
         finish_failure(k, fail, "integer division by zero");
     }
@@ -337,11 +408,18 @@ pub(super) fn softmax(k: &mut Kernel) -> Result<(), String> {
     let outer_static: usize = dims[..axis].iter().product();
     let (outer, extent) = if axis == 0 {
         let one = emit::iconst(k.fb, 1);
-        let extent = if batched { k.batch } else { emit::iconst(k.fb, dims[0] as i64) };
+        let extent = if batched {
+            k.batch
+        } else {
+            emit::iconst(k.fb, dims[0] as i64)
+        };
         (one, extent)
     } else {
         let samples = k.samples(batched);
-        (k.fb.ins().imul_imm_s(samples, outer_static as i64), emit::iconst(k.fb, dims[axis] as i64))
+        (
+            k.fb.ins().imul_imm_s(samples, outer_static as i64),
+            emit::iconst(k.fb, dims[axis] as i64),
+        )
     };
     let expf = k.import("expf", &[types::F32], &[types::F32])?;
     let fb = &mut *k.fb;
@@ -406,11 +484,16 @@ pub(super) fn batch_norm(k: &mut Kernel) -> Result<(), String> {
     if dims.len() < 2 || x.ty.shape.dims()[1] == Dim::Batch {
         return Err("input has no channel axis".to_string());
     }
-    let params: Vec<Value> = (1..5).map(|i| k.input(i).map(|p| p.ptr)).collect::<Result<_, _>>()?;
+    let params: Vec<Value> = (1..5)
+        .map(|i| k.input(i).map(|p| p.ptr))
+        .collect::<Result<_, _>>()?;
     for i in 1..5 {
         let p = k.input(i)?;
         if p.ty.dtype != DType::F32 || p.per_sample() != dims[1] || p.batched() {
-            return Err(format!("operand {i} is not an f32 vector of {} channels", dims[1]));
+            return Err(format!(
+                "operand {i} is not an f32 vector of {} channels",
+                dims[1]
+            ));
         }
     }
     let eps = k.op.attrs.float("epsilon")? as f64;
@@ -424,7 +507,12 @@ pub(super) fn batch_norm(k: &mut Kernel) -> Result<(), String> {
                 let v = emit::load_at(fb, types::F32, p, c);
                 fb.ins().fpromote(types::F64, v)
             };
-            let (scale, bias, mean, var) = (load(fb, params[0]), load(fb, params[1]), load(fb, params[2]), load(fb, params[3]));
+            let (scale, bias, mean, var) = (
+                load(fb, params[0]),
+                load(fb, params[1]),
+                load(fb, params[2]),
+                load(fb, params[3]),
+            );
             let e = fb.ins().f64const(eps);
             let d = fb.ins().fadd(var, e);
             let d = fb.ins().sqrt(d);

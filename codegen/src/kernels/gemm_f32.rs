@@ -45,12 +45,28 @@ impl Tiles {
     /// `Y[i0.., j0..] = A[i0.., :] · B[:, j0..]` for `rows` rows and `width` columns (a
     /// multiple of 4 lanes, or one scalar column when `width` is 1): `a`, `b`, `y` are the
     /// addresses of `A[i0, 0]`, `B[0, j0]`, `Y[i0, j0]`.
-    fn tile(&self, fb: &mut FunctionBuilder, a: Value, b: Value, y: Value, rows: usize, width: usize) {
+    fn tile(
+        &self,
+        fb: &mut FunctionBuilder,
+        a: Value,
+        b: Value,
+        y: Value,
+        rows: usize,
+        width: usize,
+    ) {
         let (a_row, b_row, y_row) = row_bytes(self);
         let vectors = width / LANES;
-        let (ty, cols) = if vectors == 0 { (types::F32, 1) } else { (types::F32X4, vectors) };
+        let (ty, cols) = if vectors == 0 {
+            (types::F32, 1)
+        } else {
+            (types::F32X4, vectors)
+        };
         let zero = fb.ins().f32const(0.0);
-        let zero = if vectors == 0 { zero } else { fb.ins().splat(types::F32X4, zero) };
+        let zero = if vectors == 0 {
+            zero
+        } else {
+            fb.ins().splat(types::F32X4, zero)
+        };
         let accs: Vec<_> = (0..rows * cols).map(|_| fb.declare_var(ty)).collect();
         for &v in &accs {
             fb.def_var(v, zero);
@@ -61,10 +77,18 @@ impl Tiles {
         let fma = self.fma;
         emit::for_count(fb, self.k as i64, |fb, _| {
             let (ak, bk) = (fb.use_var(pa), fb.use_var(pb));
-            let bs: Vec<Value> = (0..cols).map(|c| fb.ins().load(ty, emit::mem(), bk, (c * LANES * 4) as i32)).collect();
+            let bs: Vec<Value> = (0..cols)
+                .map(|c| fb.ins().load(ty, emit::mem(), bk, (c * LANES * 4) as i32))
+                .collect();
             for r in 0..rows {
-                let s = fb.ins().load(types::F32, emit::mem(), ak, (r as i64 * a_row) as i32);
-                let s = if vectors == 0 { s } else { fb.ins().splat(types::F32X4, s) };
+                let s = fb
+                    .ins()
+                    .load(types::F32, emit::mem(), ak, (r as i64 * a_row) as i32);
+                let s = if vectors == 0 {
+                    s
+                } else {
+                    fb.ins().splat(types::F32X4, s)
+                };
                 for (c, &bv) in bs.iter().enumerate() {
                     let var = accs[r * cols + c];
                     let acc = fb.use_var(var);
@@ -88,7 +112,12 @@ impl Tiles {
                     Some((lo, hi)) => clamp(fb, v, lo, hi),
                     None => v,
                 };
-                fb.ins().store(emit::mem(), v, y, (r as i64 * y_row + (c * LANES * 4) as i64) as i32);
+                fb.ins().store(
+                    emit::mem(),
+                    v,
+                    y,
+                    (r as i64 * y_row + (c * LANES * 4) as i64) as i32,
+                );
             }
         }
     }
@@ -99,7 +128,11 @@ impl Tiles {
         let (a_row, _, y_row) = row_bytes(self);
         // Column blocks: (first column, how many, width).
         let (wide, four) = (self.n / (2 * LANES), self.n % (2 * LANES) / LANES);
-        let runs = [(0, wide, 2 * LANES), (wide * 2 * LANES, four, LANES), (wide * 2 * LANES + four * LANES, self.n % LANES, 1)];
+        let runs = [
+            (0, wide, 2 * LANES),
+            (wide * 2 * LANES, four, LANES),
+            (wide * 2 * LANES + four * LANES, self.n % LANES, 1),
+        ];
         let full = fb.ins().band_imm_s(m, -ROWS);
         let zero = emit::iconst(fb, 0);
         for (start, count, w) in runs.into_iter().filter(|r| r.1 > 0) {
@@ -163,14 +196,23 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<(), String> {
     let (ad, bd) = (as_matrix(a, false), as_matrix(b, true));
     let (m, kk, n) = (ad[ad.len() - 2], ad[ad.len() - 1], bd[bd.len() - 1]);
     if bd[bd.len() - 2] != kk {
-        return Err(format!("inner dimensions differ: {:?} times {:?}", a.dims(), b.dims()));
+        return Err(format!(
+            "inner dimensions differ: {:?} times {:?}",
+            a.dims(),
+            b.dims()
+        ));
     }
     for (o, what) in [(a, "A"), (b, "B")] {
         if o.batched() && o.ty.shape.rank() != y.ty.shape.rank() {
             return Err(format!("{what} has the batch but not the result's rank"));
         }
     }
-    let tiles = Tiles { k: kk, n, fma: k.target_has("has_fma"), act: k.op.fused_activation()? };
+    let tiles = Tiles {
+        k: kk,
+        n,
+        fma: k.target_has("has_fma"),
+        act: k.op.fused_activation()?,
+    };
     let (pa, pb, py) = (a.ptr, b.ptr, y.ptr);
     let (a_batched, b_batched, y_batched) = (a.batched(), b.batched(), y.batched());
     let (a_per, b_per, y_per) = (a.per_sample(), b.per_sample(), y.per_sample());
@@ -179,33 +221,74 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<(), String> {
     // B without batch dimensions: all of A's rows form one matrix.
     if bd.len() == 2 && !b_batched {
         let rows_per_sample = (a_per / kk.max(1)) as i64;
-        let rows = if a_batched { fb.ins().imul_imm_s(samples, rows_per_sample) } else { emit::iconst(fb, rows_per_sample) };
+        let rows = if a_batched {
+            fb.ins().imul_imm_s(samples, rows_per_sample)
+        } else {
+            emit::iconst(fb, rows_per_sample)
+        };
         tiles.product(fb, pa, pb, py, rows);
         return Ok(());
     }
     // Batch dimensions: A's and B's (padded to one rank) broadcast to the result's.
     let (abat, bbat) = (&ad[..ad.len() - 2], &bd[..bd.len() - 2]);
     let rank = abat.len().max(bbat.len());
-    let pad = |s: &[usize]| -> Vec<usize> { std::iter::repeat_n(1, rank - s.len()).chain(s.iter().copied()).collect() };
+    let pad = |s: &[usize]| -> Vec<usize> {
+        std::iter::repeat_n(1, rank - s.len())
+            .chain(s.iter().copied())
+            .collect()
+    };
     let (pa_dims, pb_dims) = (pad(abat), pad(bbat));
-    let out: Vec<usize> = pa_dims.iter().zip(&pb_dims).map(|(&p, &q)| p.max(q)).collect();
+    let out: Vec<usize> = pa_dims
+        .iter()
+        .zip(&pb_dims)
+        .map(|(&p, &q)| p.max(q))
+        .collect();
     let strides = |dims: &[usize], matrix: usize| -> Vec<i64> {
         let own = emit::row_major(dims);
-        dims.iter().zip(own).map(|(&d, s)| if d == 1 { 0 } else { s * matrix as i64 }).collect()
+        dims.iter()
+            .zip(own)
+            .map(|(&d, s)| if d == 1 { 0 } else { s * matrix as i64 })
+            .collect()
     };
-    let (sa, sb, sy) = (strides(&pa_dims, m * kk), strides(&pb_dims, kk * n), strides(&out, m * n));
+    let (sa, sb, sy) = (
+        strides(&pa_dims, m * kk),
+        strides(&pb_dims, kk * n),
+        strides(&out, m * n),
+    );
     // The run-time batch is axis 0 of the padded batch dimensions: it leaves the static nest.
     let first = usize::from(y_batched);
-    let (extents, nest_strides) = emit::coalesce(&out[first..], &[sa[first..].to_vec(), sb[first..].to_vec(), sy[first..].to_vec()]);
+    let (extents, nest_strides) = emit::coalesce(
+        &out[first..],
+        &[
+            sa[first..].to_vec(),
+            sb[first..].to_vec(),
+            sy[first..].to_vec(),
+        ],
+    );
     let sample = |batched: bool, per: usize| if batched { per as i64 * 4 } else { 0 };
-    let (a_sample, b_sample, y_sample) = (sample(a_batched, a_per), sample(b_batched, b_per), sample(y_batched, y_per));
+    let (a_sample, b_sample, y_sample) = (
+        sample(a_batched, a_per),
+        sample(b_batched, b_per),
+        sample(y_batched, y_per),
+    );
     let m_rows = emit::iconst(fb, m as i64);
     emit::for_dynamic(fb, samples, |fb, s| {
-        let start = [fb.ins().imul_imm_s(s, a_sample), fb.ins().imul_imm_s(s, b_sample), fb.ins().imul_imm_s(s, y_sample)];
+        let start = [
+            fb.ins().imul_imm_s(s, a_sample),
+            fb.ins().imul_imm_s(s, b_sample),
+            fb.ins().imul_imm_s(s, y_sample),
+        ];
         // Offsets in bytes: element strides times 4.
-        let bytes: Vec<Vec<i64>> = nest_strides.iter().map(|v| v.iter().map(|x| x * 4).collect()).collect();
+        let bytes: Vec<Vec<i64>> = nest_strides
+            .iter()
+            .map(|v| v.iter().map(|x| x * 4).collect())
+            .collect();
         emit::for_strided(fb, &extents, &bytes, &start, &mut |fb, off| {
-            let (am, bm, ym) = (fb.ins().iadd(pa, off[0]), fb.ins().iadd(pb, off[1]), fb.ins().iadd(py, off[2]));
+            let (am, bm, ym) = (
+                fb.ins().iadd(pa, off[0]),
+                fb.ins().iadd(pb, off[1]),
+                fb.ins().iadd(py, off[2]),
+            );
             tiles.product(fb, am, bm, ym, m_rows);
         });
     });

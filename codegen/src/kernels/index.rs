@@ -80,14 +80,26 @@ pub(super) fn gather(k: &mut Kernel) -> Result<(), String> {
     let (x_batched, i_batched) = (x.batched(), indices.batched());
     let x_sample = (x.per_sample() * size) as i64;
     let samples = k.samples(x_batched || i_batched);
-    let count = if i_batched { k.fb.ins().imul_imm_s(samples, per_sample_indices) } else { emit::iconst(k.fb, per_sample_indices) };
-    let outer = if x_batched { k.fb.ins().imul_imm_s(samples, outer_static as i64) } else { emit::iconst(k.fb, outer_static as i64) };
+    let count = if i_batched {
+        k.fb.ins().imul_imm_s(samples, per_sample_indices)
+    } else {
+        emit::iconst(k.fb, per_sample_indices)
+    };
+    let outer = if x_batched {
+        k.fb.ins().imul_imm_s(samples, outer_static as i64)
+    } else {
+        emit::iconst(k.fb, outer_static as i64)
+    };
     let message = format!("an index is out of range [-{n}, {n})");
     // Checked first for every index, so that a failure leaves no partial copy behind.
     let bad = k.fb.create_block();
     emit::for_dynamic(k.fb, count, |fb, j| {
         let idx = emit::load_at(fb, index_ty, pi, j);
-        let idx = if index_ty == types::I64 { idx } else { fb.ins().sextend(types::I64, idx) };
+        let idx = if index_ty == types::I64 {
+            idx
+        } else {
+            fb.ins().sextend(types::I64, idx)
+        };
         let lo = fb.ins().iconst(types::I64, -n);
         let below = fb.ins().icmp(IntCC::SignedLessThan, idx, lo);
         let above = fb.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, idx, n);
@@ -107,7 +119,11 @@ pub(super) fn gather(k: &mut Kernel) -> Result<(), String> {
     emit::for_dynamic(k.fb, outer, |fb, o| {
         emit::for_dynamic(fb, count, |fb, j| {
             let idx = emit::load_at(fb, index_ty, pi, j);
-            let idx = if index_ty == types::I64 { idx } else { fb.ins().sextend(types::I64, idx) };
+            let idx = if index_ty == types::I64 {
+                idx
+            } else {
+                fb.ins().sextend(types::I64, idx)
+            };
             let wrapped = fb.ins().iadd_imm_s(idx, n);
             let negative = fb.ins().icmp_imm_s(IntCC::SignedLessThan, idx, 0);
             let idx = fb.ins().select(negative, wrapped, idx);
@@ -176,12 +192,16 @@ pub(super) fn slice(k: &mut Kernel) -> Result<(), String> {
     let rank = dims.len();
     let starts = constant_ints(k, 1, "slice starts")?.ok_or("starts missing")?;
     let ends = constant_ints(k, 2, "slice ends")?.ok_or("ends missing")?;
-    let axes = constant_ints(k, 3, "slice axes")?.unwrap_or_else(|| (0..starts.len() as i64).collect());
+    let axes =
+        constant_ints(k, 3, "slice axes")?.unwrap_or_else(|| (0..starts.len() as i64).collect());
     let steps = constant_ints(k, 4, "slice steps")?.unwrap_or_else(|| vec![1; starts.len()]);
     let mut per_axis: Vec<(i64, i64, usize)> = dims.iter().map(|&d| (0, 1, d)).collect();
     for (i, &a) in axes.iter().enumerate() {
         let a = if a < 0 { a + rank as i64 } else { a };
-        let a = usize::try_from(a).ok().filter(|&a| a < rank).ok_or("slice axis out of range")?;
+        let a = usize::try_from(a)
+            .ok()
+            .filter(|&a| a < rank)
+            .ok_or("slice axis out of range")?;
         let step = *steps.get(i).ok_or("steps too short")?;
         if step == 0 {
             return Err("slice step 0".to_string());
@@ -193,7 +213,12 @@ pub(super) fn slice(k: &mut Kernel) -> Result<(), String> {
             }
             continue;
         }
-        per_axis[a] = qlift_ir::slice_range(dims[a], starts[i], *ends.get(i).ok_or("ends too short")?, step);
+        per_axis[a] = qlift_ir::slice_range(
+            dims[a],
+            starts[i],
+            *ends.get(i).ok_or("ends too short")?,
+            step,
+        );
     }
     let out_dims = out.dims();
     if per_axis.iter().map(|p| p.2).collect::<Vec<_>>() != out_dims {
@@ -202,7 +227,10 @@ pub(super) fn slice(k: &mut Kernel) -> Result<(), String> {
     let first = usize::from(x.batched());
     let src = emit::row_major(&dims);
     let base: i64 = (first..rank).map(|a| per_axis[a].0 * src[a]).sum();
-    let strides = vec![emit::row_major(&out_dims)[first..].to_vec(), (first..rank).map(|a| per_axis[a].1 * src[a]).collect()];
+    let strides = vec![
+        emit::row_major(&out_dims)[first..].to_vec(),
+        (first..rank).map(|a| per_axis[a].1 * src[a]).collect(),
+    ];
     let extents = out_dims[first..].to_vec();
     strided_copy(k, &extents, strides, base)
 }
@@ -210,7 +238,12 @@ pub(super) fn slice(k: &mut Kernel) -> Result<(), String> {
 /// Copies through a strided walk: result offsets and operand offsets per axis of
 /// `extents` (the axes after the batch), operand offset `base` at the start; per sample of
 /// the batch when the operand has one.
-pub(super) fn strided_copy(k: &mut Kernel, extents: &[usize], strides: Vec<Vec<i64>>, base: i64) -> Result<(), String> {
+pub(super) fn strided_copy(
+    k: &mut Kernel,
+    extents: &[usize],
+    strides: Vec<Vec<i64>>,
+    base: i64,
+) -> Result<(), String> {
     let (x, out) = (k.input(0)?, k.output(0));
     let (extents, strides) = emit::coalesce(extents, &strides);
     let ty = mover(x.ty.dtype.size_of());
@@ -249,7 +282,10 @@ pub(super) fn tile(k: &mut Kernel) -> Result<(), String> {
     let dims = x.dims();
     let repeats = constant_ints(k, 1, "tile repeats")?.ok_or("repeats missing")?;
     if repeats.len() != dims.len() || repeats.iter().any(|&r| r < 0) {
-        return Err(format!("repeats {repeats:?} do not fit rank {}", dims.len()));
+        return Err(format!(
+            "repeats {repeats:?} do not fit rank {}",
+            dims.len()
+        ));
     }
     let first = usize::from(x.batched());
     if x.batched() && repeats[0] != 1 {
@@ -287,7 +323,14 @@ pub(super) fn cast(k: &mut Kernel) -> Result<(), String> {
 }
 
 /// One element converted from `from` to `to`.
-fn convert(fb: &mut FunctionBuilder, v: Value, from: DType, to: DType, signed: bool, dst_ty: Type) -> Value {
+fn convert(
+    fb: &mut FunctionBuilder,
+    v: Value,
+    from: DType,
+    to: DType,
+    signed: bool,
+    dst_ty: Type,
+) -> Value {
     if from == DType::F32 {
         return match to {
             DType::F32 => v,

@@ -13,7 +13,8 @@
 
 use super::approx;
 use super::elementwise::{
-    choose, clamp_f32, fconst, finish_failure, fail_on_zero, failure_block, narrow, needs_zero_check, widen, Broadcast, Lanes, LANES,
+    choose, clamp_f32, fail_on_zero, failure_block, fconst, finish_failure, narrow,
+    needs_zero_check, widen, Broadcast, Lanes, LANES,
 };
 use super::{Kernel, Operand};
 use crate::emit;
@@ -41,11 +42,18 @@ impl FloatUnary {
             OpKind::Clip => (f("min")?, f("max")?),
             OpKind::HardSigmoid => (f("alpha")?, f("beta")?),
             OpKind::Selu => (f("alpha")?, f("gamma")?),
-            OpKind::LeakyRelu | OpKind::Elu | OpKind::ThresholdedRelu | OpKind::Celu => (f("alpha")?, 0.0),
+            OpKind::LeakyRelu | OpKind::Elu | OpKind::ThresholdedRelu | OpKind::Celu => {
+                (f("alpha")?, 0.0)
+            }
             _ => (0.0, 0.0),
         };
         let tanh = op.kind == OpKind::Gelu && qlift_ir::gelu_uses_tanh(op)?;
-        Ok(FloatUnary { kind: op.kind, p, q, tanh })
+        Ok(FloatUnary {
+            kind: op.kind,
+            p,
+            q,
+            tanh,
+        })
     }
 
     /// The function on `v` (an f32 or f32x4).
@@ -168,8 +176,20 @@ impl FloatUnary {
 
 /// `kind`'s function on `v` (an f32 or f32x4) with parameters `p` and `q` as the
 /// elementwise kernel takes them (alpha, beta): the activations of recurrent layers.
-pub(super) fn float_unary(fb: &mut FunctionBuilder, kind: OpKind, p: f32, q: f32, v: Value) -> Value {
-    FloatUnary { kind, p, q, tanh: false }.emit(fb, v)
+pub(super) fn float_unary(
+    fb: &mut FunctionBuilder,
+    kind: OpKind,
+    p: f32,
+    q: f32,
+    v: Value,
+) -> Value {
+    FloatUnary {
+        kind,
+        p,
+        q,
+        tanh: false,
+    }
+    .emit(fb, v)
 }
 
 /// `ln(1 + e^v)` as `max(v, 0) + ln(1 + e^-|v|)` (the interpreter's form: no overflow).
@@ -207,7 +227,10 @@ pub(super) fn unary(k: &mut Kernel) -> Result<(), String> {
     let (x, out) = (k.input(0)?, k.output(0));
     let dtype = x.ty.dtype;
     if out.ty.dtype != dtype {
-        return Err(format!("result type {} differs from the operand's {dtype}", out.ty.dtype));
+        return Err(format!(
+            "result type {} differs from the operand's {dtype}",
+            out.ty.dtype
+        ));
     }
     let plan = Broadcast::new(out, &[x])?;
     let (px, po, ty) = (x.ptr, out.ptr, x.elem());
@@ -223,15 +246,21 @@ pub(super) fn unary(k: &mut Kernel) -> Result<(), String> {
         return Ok(());
     }
     let f = FloatUnary::of(k.op)?;
-    let func = libcall(kind).map(|name| k.import(name, &[types::F32], &[types::F32])).transpose()?;
-    plan.emit_lanes(k, if func.is_some() { 1 } else { LANES }, &mut |fb, off, lanes| {
-        let v = lanes.load(fb, 1, px, off[1]);
-        let r = match func {
-            Some(func) => call(fb, func, &[v]),
-            None => f.emit(fb, v),
-        };
-        Lanes::store(fb, r, po, off[0]);
-    });
+    let func = libcall(kind)
+        .map(|name| k.import(name, &[types::F32], &[types::F32]))
+        .transpose()?;
+    plan.emit_lanes(
+        k,
+        if func.is_some() { 1 } else { LANES },
+        &mut |fb, off, lanes| {
+            let v = lanes.load(fb, 1, px, off[1]);
+            let r = match func {
+                Some(func) => call(fb, func, &[v]),
+                None => f.emit(fb, v),
+            };
+            Lanes::store(fb, r, po, off[0]);
+        },
+    );
     Ok(())
 }
 
@@ -242,7 +271,9 @@ type IntFn = Box<dyn Fn(&mut FunctionBuilder, Value) -> Value>;
 /// wraps it as the interpreter does (`|-128|` is -128 in i8).
 fn int_unary(op: &Op, dtype: DType) -> Result<IntFn, String> {
     let supported = match op.kind {
-        OpKind::Relu | OpKind::Clip | OpKind::Abs | OpKind::Sign => matches!(dtype, DType::I32 | DType::I64 | DType::I8 | DType::U8),
+        OpKind::Relu | OpKind::Clip | OpKind::Abs | OpKind::Sign => {
+            matches!(dtype, DType::I32 | DType::I64 | DType::I8 | DType::U8)
+        }
         OpKind::Neg => matches!(dtype, DType::I32 | DType::I64 | DType::I8),
         _ => false,
     };
@@ -254,12 +285,21 @@ fn int_unary(op: &Op, dtype: DType) -> Result<IntFn, String> {
         OpKind::Relu | OpKind::Clip => {
             // Clip's bounds as the interpreter reads them (`v as i64`, infinite =
             // unbounded), kept in the dtype's range so the narrowed result is the clamped one.
-            let bound = |v: f32, infinite: i64| -> i64 { if v.is_infinite() { infinite } else { v as i64 } };
+            let bound = |v: f32, infinite: i64| -> i64 {
+                if v.is_infinite() {
+                    infinite
+                } else {
+                    v as i64
+                }
+            };
             let (lo, hi) = match op.kind {
                 OpKind::Clip => (op.attrs.float("min")?, op.attrs.float("max")?),
                 _ => (0.0, f32::INFINITY),
             };
-            let (lo, hi) = (bound(lo, i64::MIN).clamp(range.0, range.1), bound(hi, i64::MAX).clamp(range.0, range.1));
+            let (lo, hi) = (
+                bound(lo, i64::MIN).clamp(range.0, range.1),
+                bound(hi, i64::MAX).clamp(range.0, range.1),
+            );
             Box::new(move |fb, w| {
                 let l = fb.ins().iconst(types::I64, lo);
                 let h = fb.ins().iconst(types::I64, hi);
@@ -283,14 +323,20 @@ fn int_unary(op: &Op, dtype: DType) -> Result<IntFn, String> {
 
 /// The operands of a broadcasting op, checked to share the result's dtype.
 fn same_dtype_operands<'a>(k: &'a Kernel) -> Result<Vec<&'a Operand>, String> {
-    let operands = (0..k.inputs.len()).map(|i| k.input(i)).collect::<Result<Vec<_>, _>>()?;
+    let operands = (0..k.inputs.len())
+        .map(|i| k.input(i))
+        .collect::<Result<Vec<_>, _>>()?;
     let dtype = k.output(0).ty.dtype;
     let arity_ok = match k.op.kind {
         OpKind::Mod | OpKind::PRelu => operands.len() == 2,
         _ => !operands.is_empty(),
     };
     if !arity_ok {
-        return Err(format!("{} cannot take {} operands", k.op.kind, operands.len()));
+        return Err(format!(
+            "{} cannot take {} operands",
+            k.op.kind,
+            operands.len()
+        ));
     }
     if let Some(o) = operands.iter().find(|o| o.ty.dtype != dtype) {
         return Err(format!("operand types differ: {} and {dtype}", o.ty.dtype));
@@ -311,8 +357,13 @@ pub(super) fn variadic(k: &mut Kernel) -> Result<(), String> {
     let (po, ty, n) = (out.ptr, out.elem(), operands.len());
     if dtype == DType::F32 {
         plan.emit_lanes(k, LANES, &mut |fb, off, lanes| {
-            let vs: Vec<Value> = (0..n).map(|j| lanes.load(fb, j + 1, ptrs[j], off[j + 1])).collect();
-            let fold = |fb: &mut FunctionBuilder, f: fn(&mut FunctionBuilder, Value, Value) -> Value| vs[1..].iter().fold(vs[0], |a, &b| f(fb, a, b));
+            let vs: Vec<Value> = (0..n)
+                .map(|j| lanes.load(fb, j + 1, ptrs[j], off[j + 1]))
+                .collect();
+            let fold = |fb: &mut FunctionBuilder,
+                        f: fn(&mut FunctionBuilder, Value, Value) -> Value| {
+                vs[1..].iter().fold(vs[0], |a, &b| f(fb, a, b))
+            };
             let r = match kind {
                 OpKind::Min => fold(fb, |fb, a, b| fb.ins().fmin(a, b)),
                 OpKind::Max => fold(fb, |fb, a, b| fb.ins().fmax(a, b)),
@@ -336,7 +387,9 @@ pub(super) fn variadic(k: &mut Kernel) -> Result<(), String> {
         });
         return Ok(());
     }
-    if !matches!(kind, OpKind::Min | OpKind::Max) || !matches!(dtype, DType::I32 | DType::I64 | DType::I8 | DType::U8) {
+    if !matches!(kind, OpKind::Min | OpKind::Max)
+        || !matches!(dtype, DType::I32 | DType::I64 | DType::I8 | DType::U8)
+    {
         return Err(format!("{kind} on {dtype} is not supported"));
     }
     plan.emit_lanes(k, 1, &mut |fb, off, _| {
@@ -347,7 +400,11 @@ pub(super) fn variadic(k: &mut Kernel) -> Result<(), String> {
         let first = load(fb, 0);
         let acc = (1..n).fold(first, |a, j| {
             let w = load(fb, j);
-            if kind == OpKind::Min { fb.ins().smin(a, w) } else { fb.ins().smax(a, w) }
+            if kind == OpKind::Min {
+                fb.ins().smin(a, w)
+            } else {
+                fb.ins().smax(a, w)
+            }
         });
         let r = narrow(fb, acc, ty);
         emit::store_at(fb, r, po, off[0]);
@@ -371,7 +428,11 @@ pub(super) fn modulo(k: &mut Kernel) -> Result<(), String> {
             let x = emit::load_at(fb, ty, pa, off[1]);
             let y = emit::load_at(fb, ty, pb, off[2]);
             let r = call(fb, fmodf, &[x, y]);
-            let r = if python { python_float_mod(fb, r, y) } else { r };
+            let r = if python {
+                python_float_mod(fb, r, y)
+            } else {
+                r
+            };
             emit::store_at(fb, r, po, off[0]);
         });
         return Ok(());
@@ -469,7 +530,10 @@ pub(super) fn pow(k: &mut Kernel) -> Result<(), String> {
     let (base, exponent, out) = (k.input(0)?, k.input(1)?, k.output(0));
     let (bt, et) = (base.ty.dtype, exponent.ty.dtype);
     if out.ty.dtype != bt {
-        return Err(format!("result type {} differs from the base's {bt}", out.ty.dtype));
+        return Err(format!(
+            "result type {} differs from the base's {bt}",
+            out.ty.dtype
+        ));
     }
     let plan = Broadcast::new(out, &[base, exponent])?;
     let (pb, pe, po, ty, ety) = (base.ptr, exponent.ptr, out.ptr, out.elem(), exponent.elem());
@@ -556,11 +620,28 @@ fn int_pow(fb: &mut FunctionBuilder, b: Value, e: Value, fail: Block) -> Value {
     }
     fb.append_block_param(exit, i64t);
     let one = fb.ins().iconst(i64t, 1);
-    fb.ins().jump(header, &[BlockArg::Value(one), BlockArg::Value(b), BlockArg::Value(steps)]);
+    fb.ins().jump(
+        header,
+        &[
+            BlockArg::Value(one),
+            BlockArg::Value(b),
+            BlockArg::Value(steps),
+        ],
+    );
     fb.switch_to_block(header);
     let [r, base, n] = [0, 1, 2].map(|i| fb.block_params(header)[i]);
     let more = fb.ins().icmp_imm_s(IntCC::NotEqual, n, 0);
-    fb.ins().brif(more, body, &[BlockArg::Value(r), BlockArg::Value(base), BlockArg::Value(n)], exit, &[BlockArg::Value(r)]);
+    fb.ins().brif(
+        more,
+        body,
+        &[
+            BlockArg::Value(r),
+            BlockArg::Value(base),
+            BlockArg::Value(n),
+        ],
+        exit,
+        &[BlockArg::Value(r)],
+    );
     fb.switch_to_block(body);
     let [r, base, n] = [0, 1, 2].map(|i| fb.block_params(body)[i]);
     let bit = fb.ins().band_imm_s(n, 1);
@@ -569,7 +650,14 @@ fn int_pow(fb: &mut FunctionBuilder, b: Value, e: Value, fail: Block) -> Value {
     let r = fb.ins().select(odd, product, r);
     let base = fb.ins().imul(base, base);
     let n = fb.ins().ushr_imm_s(n, 1);
-    fb.ins().jump(header, &[BlockArg::Value(r), BlockArg::Value(base), BlockArg::Value(n)]);
+    fb.ins().jump(
+        header,
+        &[
+            BlockArg::Value(r),
+            BlockArg::Value(base),
+            BlockArg::Value(n),
+        ],
+    );
     fb.switch_to_block(exit);
     let power = fb.block_params(exit)[0];
     // Negative exponents: 1 for 1, (-1)^e for -1, 0 otherwise.

@@ -8,16 +8,18 @@
 
 use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{types, AbiParam, BlockArg, FuncRef, InstBuilder, Signature, Type, UserFuncName, Value};
+use cranelift_codegen::ir::{
+    types, AbiParam, BlockArg, FuncRef, InstBuilder, Signature, Type, UserFuncName, Value,
+};
 use cranelift_codegen::isa::CallConv;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{DataDescription, DataId, FuncId, Linkage, Module};
 use qlift_ir::{DType, Dim, Op, OpKind, Tensor, TensorType};
 use std::sync::Arc;
 
-mod depthwise;
 mod approx;
 mod conv_transpose;
+mod depthwise;
 mod direct;
 mod dot4;
 mod elementwise;
@@ -25,18 +27,18 @@ mod gemm_f32;
 mod index;
 mod logic;
 mod math;
-mod packing;
-mod pointwise;
-mod planes;
-mod pool;
-mod quant;
 mod norm;
+mod packing;
+mod planes;
+mod pointwise;
+mod pool;
 mod product;
+mod quant;
 mod recurrent;
-mod resample;
-pub(crate) mod select;
 mod reduce;
 pub(crate) mod requant;
+mod resample;
+pub(crate) mod select;
 mod shape;
 pub(crate) mod ukernel;
 mod wide;
@@ -135,12 +137,29 @@ impl<'k, 'f> Kernel<'k, 'f> {
         workspace: Value,
         batch: Value,
     ) -> Self {
-        Kernel { fb, module, op, inputs, outputs, batch, workspace, workspace_bytes: 0, messages: Vec::new(), form: op.kind.name(), wide: None, parallel: false, parallel_min_work: PARALLEL_MIN_WORK }
+        Kernel {
+            fb,
+            module,
+            op,
+            inputs,
+            outputs,
+            batch,
+            workspace,
+            workspace_bytes: 0,
+            messages: Vec::new(),
+            form: op.kind.name(),
+            wide: None,
+            parallel: false,
+            parallel_min_work: PARALLEL_MIN_WORK,
+        }
     }
 
     /// Operand `i` (an error naming it when it is missing).
     pub fn input(&self, i: usize) -> Result<&Operand, String> {
-        self.inputs.get(i).and_then(Option::as_ref).ok_or_else(|| format!("operand {i} is missing"))
+        self.inputs
+            .get(i)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| format!("operand {i} is missing"))
     }
 
     /// Optional operand `i`.
@@ -162,23 +181,38 @@ impl<'k, 'f> Kernel<'k, 'f> {
 
     /// [`Kernel::data`]'s object, for use in other functions too ([`data_address`]).
     pub fn data_object(&mut self, bytes: Vec<u8>, align: u64) -> Result<DataId, String> {
-        let id = self.module.declare_anonymous_data(false, false).map_err(|e| e.to_string())?;
+        let id = self
+            .module
+            .declare_anonymous_data(false, false)
+            .map_err(|e| e.to_string())?;
         let mut desc = DataDescription::new();
         desc.set_align(align.max(1));
         desc.define(bytes.into_boxed_slice());
-        self.module.define_data(id, &desc).map_err(|e| e.to_string())?;
+        self.module
+            .define_data(id, &desc)
+            .map_err(|e| e.to_string())?;
         Ok(id)
     }
 
     /// A task of this kernel for [`Kernel::parallel_for`]: a function `fn(ctx: *const u8,
     /// begin: i64, end: i64, part: i64)` whose body `body(fb, module, [ctx, begin, end,
     /// part])` emits.
-    pub fn task(&mut self, body: impl FnOnce(&mut FunctionBuilder, &mut dyn Module, [Value; 4]) -> Result<(), String>) -> Result<FuncId, String> {
+    pub fn task(
+        &mut self,
+        body: impl FnOnce(&mut FunctionBuilder, &mut dyn Module, [Value; 4]) -> Result<(), String>,
+    ) -> Result<FuncId, String> {
         let module = &mut *self.module;
         let ptr = module.isa().pointer_type();
         let mut sig = module.make_signature();
-        sig.params.extend([AbiParam::new(ptr), AbiParam::new(types::I64), AbiParam::new(types::I64), AbiParam::new(types::I64)]);
-        let id = module.declare_anonymous_function(&sig).map_err(|e| e.to_string())?;
+        sig.params.extend([
+            AbiParam::new(ptr),
+            AbiParam::new(types::I64),
+            AbiParam::new(types::I64),
+            AbiParam::new(types::I64),
+        ]);
+        let id = module
+            .declare_anonymous_function(&sig)
+            .map_err(|e| e.to_string())?;
         let mut ctx = module.make_context();
         ctx.func.signature = sig;
         ctx.func.name = UserFuncName::user(0, id.as_u32());
@@ -194,13 +228,19 @@ impl<'k, 'f> Kernel<'k, 'f> {
             fb.seal_all_blocks();
             fb.finalize(module.target_config());
         }
-        module.define_function(id, &mut ctx).map_err(|e| format!("{e:?}"))?;
+        module
+            .define_function(id, &mut ctx)
+            .map_err(|e| format!("{e:?}"))?;
         Ok(id)
     }
 
     /// `for n in 0..count` (an i64 value) with a body that may use the whole kernel (for
     /// example [`Kernel::parallel_for`]), where [`emit::for_range`]'s sees the builder only.
-    pub fn for_each(&mut self, count: Value, body: impl FnOnce(&mut Kernel, Value) -> Result<(), String>) -> Result<(), String> {
+    pub fn for_each(
+        &mut self,
+        count: Value,
+        body: impl FnOnce(&mut Kernel, Value) -> Result<(), String>,
+    ) -> Result<(), String> {
         let header = self.fb.create_block();
         let inner = self.fb.create_block();
         let exit = self.fb.create_block();
@@ -223,7 +263,14 @@ impl<'k, 'f> Kernel<'k, 'f> {
     /// at `ctx`: on the JIT's thread pool when the kernel may go parallel and the call does
     /// at least `work` multiply-accumulates ([`Kernel::parallel_min_work`]), else as one call
     /// `task(ctx, 0, n, 0)`.
-    pub fn parallel_for(&mut self, task: FuncId, ctx: Value, n: i64, parts: usize, work: u64) -> Result<(), String> {
+    pub fn parallel_for(
+        &mut self,
+        task: FuncId,
+        ctx: Value,
+        n: i64,
+        parts: usize,
+        work: u64,
+    ) -> Result<(), String> {
         let f = self.module.declare_func_in_func(task, self.fb.func);
         let (zero, end) = (emit::iconst(self.fb, 0), emit::iconst(self.fb, n));
         if !self.parallel || work < self.parallel_min_work {
@@ -266,11 +313,20 @@ impl<'k, 'f> Kernel<'k, 'f> {
 
     /// A callable external function (for example `expf` for Sigmoid and Tanh): resolved to
     /// qlift's own implementation by the JIT, to the C library by a linker for AOT.
-    pub fn import(&mut self, name: &str, params: &[Type], returns: &[Type]) -> Result<FuncRef, String> {
+    pub fn import(
+        &mut self,
+        name: &str,
+        params: &[Type],
+        returns: &[Type],
+    ) -> Result<FuncRef, String> {
         let mut sig = Signature::new(self.module.isa().default_call_conv());
         sig.params.extend(params.iter().map(|&t| AbiParam::new(t)));
-        sig.returns.extend(returns.iter().map(|&t| AbiParam::new(t)));
-        let id = self.module.declare_function(name, Linkage::Import, &sig).map_err(|e| e.to_string())?;
+        sig.returns
+            .extend(returns.iter().map(|&t| AbiParam::new(t)));
+        let id = self
+            .module
+            .declare_function(name, Linkage::Import, &sig)
+            .map_err(|e| e.to_string())?;
         Ok(self.module.declare_func_in_func(id, self.fb.func))
     }
 
@@ -281,14 +337,23 @@ impl<'k, 'f> Kernel<'k, 'f> {
         let ptr = self.module.isa().pointer_type();
         let mut sig = Signature::new(CallConv::SystemV);
         sig.params.extend((0..params).map(|_| AbiParam::new(ptr)));
-        let id = self.module.declare_anonymous_function(&sig).map_err(|e| e.to_string())?;
-        self.module.define_function_bytes(id, 64, code, &[]).map_err(|e| e.to_string())?;
+        let id = self
+            .module
+            .declare_anonymous_function(&sig)
+            .map_err(|e| e.to_string())?;
+        self.module
+            .define_function_bytes(id, 64, code, &[])
+            .map_err(|e| e.to_string())?;
         Ok(id)
     }
 
     /// Whether the target has CPU feature `name` (a Cranelift x86 flag such as `has_ssse3`).
     pub fn target_has(&self, name: &str) -> bool {
-        self.module.isa().isa_flags().iter().any(|f| f.name == name && f.as_bool() == Some(true))
+        self.module
+            .isa()
+            .isa_flags()
+            .iter()
+            .any(|f| f.name == name && f.as_bool() == Some(true))
     }
 
     /// Whether the target multiplies i64x2 lanes in one instruction (AVX-512DQ with VL).

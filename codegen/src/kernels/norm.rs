@@ -36,7 +36,13 @@ struct Affine {
 /// `f(x)` for each element `x` (f32 or f32x4, the same code for both): two f32x4
 /// accumulators side by side (so that consecutive adds do not wait for each other), a
 /// scalar tail, then the lanes combined.
-fn row_sum(fb: &mut FunctionBuilder, base: Value, start: Value, n: usize, f: &dyn Fn(&mut FunctionBuilder, Value) -> Value) -> Value {
+fn row_sum(
+    fb: &mut FunctionBuilder,
+    base: Value,
+    start: Value,
+    n: usize,
+    f: &dyn Fn(&mut FunctionBuilder, Value) -> Value,
+) -> Value {
     let acc = fb.declare_var(types::F32);
     let vaccs = [fb.declare_var(types::F32X4), fb.declare_var(types::F32X4)];
     let zero = fb.ins().f32const(0.0);
@@ -66,7 +72,9 @@ fn row_sum(fb: &mut FunctionBuilder, base: Value, start: Value, n: usize, f: &dy
     });
     let (p, q) = (fb.use_var(vaccs[0]), fb.use_var(vaccs[1]));
     let v = fb.ins().fadd(p, q);
-    let lanes: Vec<Value> = (0..LANES as u8).map(|i| fb.ins().extractlane(v, i)).collect();
+    let lanes: Vec<Value> = (0..LANES as u8)
+        .map(|i| fb.ins().extractlane(v, i))
+        .collect();
     let p = fb.ins().fadd(lanes[0], lanes[1]);
     let q = fb.ins().fadd(lanes[2], lanes[3]);
     let h = fb.ins().fadd(p, q);
@@ -75,21 +83,36 @@ fn row_sum(fb: &mut FunctionBuilder, base: Value, start: Value, n: usize, f: &dy
 }
 
 /// Normalizes `rows` (run-time) rows of `block` contiguous elements of x into y.
-fn standardize(k: &mut Kernel, rows: Value, block: usize, epsilon: f32, affine: Affine) -> Result<(), String> {
+fn standardize(
+    k: &mut Kernel,
+    rows: Value,
+    block: usize,
+    epsilon: f32,
+    affine: Affine,
+) -> Result<(), String> {
     let (px, py) = (k.input(0)?.ptr, k.output(0).ptr);
     let (extents, strides) = emit::coalesce(&affine.extents, &affine.strides);
     // Vector steps along the last row axis when scale and bias are contiguous or constant
     // along it.
     let n = extents.len();
-    let vector = extents.last().is_some_and(|&e| e as i64 >= LANES) && strides.iter().all(|s| matches!(s.last(), Some(0 | 1)));
-    let (outer, inner) = if vector { (&extents[..n - 1], extents[n - 1]) } else { (&extents[..], 1) };
+    let vector = extents.last().is_some_and(|&e| e as i64 >= LANES)
+        && strides.iter().all(|s| matches!(s.last(), Some(0 | 1)));
+    let (outer, inner) = if vector {
+        (&extents[..n - 1], extents[n - 1])
+    } else {
+        (&extents[..], 1)
+    };
     let mut row_strides = emit::row_major(&extents);
     if vector {
         row_strides.pop();
     }
-    let outer_strides: Vec<Vec<i64>> = std::iter::once(row_strides).chain(strides.iter().map(|s| s[..outer.len()].to_vec())).collect();
+    let outer_strides: Vec<Vec<i64>> = std::iter::once(row_strides)
+        .chain(strides.iter().map(|s| s[..outer.len()].to_vec()))
+        .collect();
     // Per stream (x, scale, bias): constant along the vectorized axis.
-    let splat: Vec<bool> = std::iter::once(false).chain(strides.iter().map(|s| s.last() == Some(&0))).collect();
+    let splat: Vec<bool> = std::iter::once(false)
+        .chain(strides.iter().map(|s| s.last() == Some(&0)))
+        .collect();
     let fb = &mut *k.fb;
     emit::for_dynamic(fb, rows, |fb, r| {
         let start = fb.ins().imul_imm_s(r, block as i64);
@@ -98,7 +121,11 @@ fn standardize(k: &mut Kernel, rows: Value, block: usize, epsilon: f32, affine: 
         let mean = fb.ins().fdiv(sum, count);
         let vmean = fb.ins().splat(types::F32X4, mean);
         let sq = row_sum(fb, px, start, block, &|fb, v| {
-            let m = if fb.func.dfg.value_type(v).is_vector() { vmean } else { mean };
+            let m = if fb.func.dfg.value_type(v).is_vector() {
+                vmean
+            } else {
+                mean
+            };
             let d = fb.ins().fsub(v, m);
             fb.ins().fmul(d, d)
         });
@@ -109,47 +136,65 @@ fn standardize(k: &mut Kernel, rows: Value, block: usize, epsilon: f32, affine: 
         let one = fb.ins().f32const(1.0);
         let inv = fb.ins().fdiv(one, sd);
         let vinv = fb.ins().splat(types::F32X4, inv);
-        let group = if affine.period > 1 { fb.ins().urem_imm_s(r, affine.period) } else { emit::iconst(fb, 0) };
+        let group = if affine.period > 1 {
+            fb.ins().urem_imm_s(r, affine.period)
+        } else {
+            emit::iconst(fb, 0)
+        };
         let base = fb.ins().imul_imm_s(group, affine.step);
-        emit::for_strided(fb, outer, &outer_strides, &[start, base, base], &mut |fb, off| {
-            let one_step = |fb: &mut FunctionBuilder, i: Value, whole: bool| {
-                let ty = if whole { types::F32X4 } else { types::F32 };
-                let at = |fb: &mut FunctionBuilder, s: usize| if splat[s] || !vector { off[s] } else { fb.ins().iadd(off[s], i) };
-                let xa = at(fb, 0);
-                let a = emit::addr(fb, px, xa, 4);
-                let v = fb.ins().load(ty, emit::mem(), a, 0);
-                let (m, s) = if whole { (vmean, vinv) } else { (mean, inv) };
-                let d = fb.ins().fsub(v, m);
-                let d = fb.ins().fmul(d, s);
-                let param = |fb: &mut FunctionBuilder, p: Value, stream: usize| {
-                    let o = at(fb, stream);
-                    if whole && !splat[stream] {
-                        let a = emit::addr(fb, p, o, 4);
-                        return fb.ins().load(types::F32X4, emit::mem(), a, 0);
+        emit::for_strided(
+            fb,
+            outer,
+            &outer_strides,
+            &[start, base, base],
+            &mut |fb, off| {
+                let one_step = |fb: &mut FunctionBuilder, i: Value, whole: bool| {
+                    let ty = if whole { types::F32X4 } else { types::F32 };
+                    let at = |fb: &mut FunctionBuilder, s: usize| {
+                        if splat[s] || !vector {
+                            off[s]
+                        } else {
+                            fb.ins().iadd(off[s], i)
+                        }
+                    };
+                    let xa = at(fb, 0);
+                    let a = emit::addr(fb, px, xa, 4);
+                    let v = fb.ins().load(ty, emit::mem(), a, 0);
+                    let (m, s) = if whole { (vmean, vinv) } else { (mean, inv) };
+                    let d = fb.ins().fsub(v, m);
+                    let d = fb.ins().fmul(d, s);
+                    let param = |fb: &mut FunctionBuilder, p: Value, stream: usize| {
+                        let o = at(fb, stream);
+                        if whole && !splat[stream] {
+                            let a = emit::addr(fb, p, o, 4);
+                            return fb.ins().load(types::F32X4, emit::mem(), a, 0);
+                        }
+                        let e = emit::load_at(fb, types::F32, p, o);
+                        if whole {
+                            fb.ins().splat(types::F32X4, e)
+                        } else {
+                            e
+                        }
+                    };
+                    let g = param(fb, affine.scale, 1);
+                    let mut y = fb.ins().fmul(d, g);
+                    if let Some(b) = affine.bias {
+                        let b = param(fb, b, 2);
+                        y = fb.ins().fadd(y, b);
                     }
-                    let e = emit::load_at(fb, types::F32, p, o);
-                    if whole {
-                        fb.ins().splat(types::F32X4, e)
-                    } else {
-                        e
-                    }
+                    let ya = emit::addr(fb, py, xa, 4);
+                    fb.ins().store(emit::mem(), y, ya, 0);
                 };
-                let g = param(fb, affine.scale, 1);
-                let mut y = fb.ins().fmul(d, g);
-                if let Some(b) = affine.bias {
-                    let b = param(fb, b, 2);
-                    y = fb.ins().fadd(y, b);
+                if vector {
+                    emit::for_lanes(fb, inner as i64, LANES, &mut |fb, i, whole| {
+                        one_step(fb, i, whole)
+                    });
+                } else {
+                    let zero = emit::iconst(fb, 0);
+                    one_step(fb, zero, false);
                 }
-                let ya = emit::addr(fb, py, xa, 4);
-                fb.ins().store(emit::mem(), y, ya, 0);
-            };
-            if vector {
-                emit::for_lanes(fb, inner as i64, LANES, &mut |fb, i, whole| one_step(fb, i, whole));
-            } else {
-                let zero = emit::iconst(fb, 0);
-                one_step(fb, zero, false);
-            }
-        });
+            },
+        );
     });
     Ok(())
 }
@@ -167,9 +212,15 @@ fn channel_vector(k: &Kernel, i: usize, n: usize) -> Result<Value, String> {
 pub(super) fn layer_norm(k: &mut Kernel) -> Result<(), String> {
     let x = k.input(0)?;
     let dims = x.dims();
-    let axis = usize::try_from(k.op.attrs.int("axis")?).ok().filter(|&a| a < dims.len()).ok_or("axis out of range")?;
+    let axis = usize::try_from(k.op.attrs.int("axis")?)
+        .ok()
+        .filter(|&a| a < dims.len())
+        .ok_or("axis out of range")?;
     if x.batched() && axis == 0 {
-        return Err("LayerNormalization over the batch axis is not supported by code generation".to_string());
+        return Err(
+            "LayerNormalization over the batch axis is not supported by code generation"
+                .to_string(),
+        );
     }
     let block_dims = dims[axis..].to_vec();
     let block: usize = block_dims.iter().product();
@@ -186,7 +237,9 @@ pub(super) fn layer_norm(k: &mut Kernel) -> Result<(), String> {
                 None => Ok(0),
                 Some(j) if pd[j] == 1 => Ok(0),
                 Some(j) if pd[j] == dims[a] => Ok(own[j]),
-                Some(_) => Err("scale or bias does not broadcast onto the normalized axes".to_string()),
+                Some(_) => {
+                    Err("scale or bias does not broadcast onto the normalized axes".to_string())
+                }
             })
             .collect()
     };
@@ -198,7 +251,14 @@ pub(super) fn layer_norm(k: &mut Kernel) -> Result<(), String> {
     } else {
         strides.push(vec![0; block_dims.len()]);
     }
-    let affine = Affine { extents: block_dims, strides, period: 1, step: 0, scale: scale.ptr, bias: bias.map(|b| b.ptr) };
+    let affine = Affine {
+        extents: block_dims,
+        strides,
+        period: 1,
+        step: 0,
+        scale: scale.ptr,
+        bias: bias.map(|b| b.ptr),
+    };
     let outer_static: usize = dims[..axis].iter().product();
     let samples = k.samples(x.batched());
     let rows = k.fb.ins().imul_imm_s(samples, outer_static as i64);
@@ -214,14 +274,21 @@ pub(super) fn group_norm(k: &mut Kernel) -> Result<(), String> {
     }
     let (channels, plane) = (dims[1], dims[2..].iter().product::<usize>());
     let groups = match k.op.kind {
-        OpKind::GroupNormalization => usize::try_from(k.op.attrs.int("num_groups")?).map_err(|_| "negative num_groups")?,
+        OpKind::GroupNormalization => {
+            usize::try_from(k.op.attrs.int("num_groups")?).map_err(|_| "negative num_groups")?
+        }
         _ => channels,
     };
     if groups == 0 || channels % groups != 0 {
-        return Err(format!("{channels} channels do not divide into {groups} groups"));
+        return Err(format!(
+            "{channels} channels do not divide into {groups} groups"
+        ));
     }
     let per_group = channels / groups;
-    let (scale, bias) = (channel_vector(k, 1, channels)?, channel_vector(k, 2, channels)?);
+    let (scale, bias) = (
+        channel_vector(k, 1, channels)?,
+        channel_vector(k, 2, channels)?,
+    );
     let affine = Affine {
         extents: vec![per_group, plane],
         strides: vec![vec![1, 0], vec![1, 0]],
@@ -232,16 +299,28 @@ pub(super) fn group_norm(k: &mut Kernel) -> Result<(), String> {
     };
     let samples = k.samples(x.batched());
     let rows = k.fb.ins().imul_imm_s(samples, (dims[0] * groups) as i64);
-    standardize(k, rows, per_group * plane, k.op.attrs.float("epsilon")?, affine)
+    standardize(
+        k,
+        rows,
+        per_group * plane,
+        k.op.attrs.float("epsilon")?,
+        affine,
+    )
 }
 
 /// The walk along the op's `axis` (every other axis kept).
 fn along_axis(k: &Kernel) -> Result<(Walk, usize), String> {
     let x = k.input(0)?;
     let dims = x.dims();
-    let axis = usize::try_from(k.op.attrs.int("axis")?).ok().filter(|&a| a < dims.len()).ok_or("axis out of range")?;
+    let axis = usize::try_from(k.op.attrs.int("axis")?)
+        .ok()
+        .filter(|&a| a < dims.len())
+        .ok_or("axis out of range")?;
     if x.batched() && axis == 0 {
-        return Err(format!("{} along the batch axis is not supported by code generation", k.op.kind));
+        return Err(format!(
+            "{} along the batch axis is not supported by code generation",
+            k.op.kind
+        ));
     }
     Ok((Walk::new(&dims, x.batched(), &[axis]), axis))
 }
@@ -266,10 +345,18 @@ pub(super) fn lp_norm(k: &mut Kernel) -> Result<(), String> {
         let step = if rows && !lines { LANES as usize } else { 1 };
         let vector = |whole: bool| whole || lines;
         walk.fold(fb, batch, xo, step, &mut |fb, at, whole| {
-            let ty = if vector(whole) { types::F32X4 } else { types::F32 };
+            let ty = if vector(whole) {
+                types::F32X4
+            } else {
+                types::F32
+            };
             let a = emit::addr(fb, px, at, 4);
             let v = fb.ins().load(ty, emit::mem(), a, 0);
-            let c = if p2 { fb.ins().fmul(v, v) } else { fb.ins().fabs(v) };
+            let c = if p2 {
+                fb.ins().fmul(v, v)
+            } else {
+                fb.ins().fabs(v)
+            };
             let var = if vector(whole) { vacc } else { acc };
             let s = fb.use_var(var);
             let s = fb.ins().fadd(s, c);
@@ -279,16 +366,26 @@ pub(super) fn lp_norm(k: &mut Kernel) -> Result<(), String> {
         let norm = if lines {
             lanes
         } else {
-            let l: Vec<Value> = (0..LANES as u8).map(|i| fb.ins().extractlane(lanes, i)).collect();
+            let l: Vec<Value> = (0..LANES as u8)
+                .map(|i| fb.ins().extractlane(lanes, i))
+                .collect();
             let p = fb.ins().fadd(l[0], l[1]);
             let q = fb.ins().fadd(l[2], l[3]);
             let h = fb.ins().fadd(p, q);
             fb.ins().fadd(h, scalar)
         };
         let norm = if p2 { fb.ins().sqrt(norm) } else { norm };
-        let (norm, vnorm) = if lines { (norm, norm) } else { (norm, fb.ins().splat(types::F32X4, norm)) };
+        let (norm, vnorm) = if lines {
+            (norm, norm)
+        } else {
+            (norm, fb.ins().splat(types::F32X4, norm))
+        };
         walk.fold(fb, batch, xo, step, &mut |fb, at, whole| {
-            let (ty, n, z) = if vector(whole) { (types::F32X4, vnorm, vzero) } else { (types::F32, norm, zero) };
+            let (ty, n, z) = if vector(whole) {
+                (types::F32X4, vnorm, vzero)
+            } else {
+                (types::F32, norm, zero)
+            };
             let a = emit::addr(fb, px, at, 4);
             let v = fb.ins().load(ty, emit::mem(), a, 0);
             let q = fb.ins().fdiv(v, n);

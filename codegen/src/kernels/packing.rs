@@ -22,9 +22,18 @@ pub(super) struct PackedRows {
 }
 
 /// [`PackedRows`] of the node's constant weights, `None` when they cannot be packed.
-pub(super) fn packed_rows(k: &Kernel, channels: usize, len: usize, at: impl Fn(usize, usize) -> usize) -> Result<Option<PackedRows>, String> {
+pub(super) fn packed_rows(
+    k: &Kernel,
+    channels: usize,
+    len: usize,
+    at: impl Fn(usize, usize) -> usize,
+) -> Result<Option<PackedRows>, String> {
     let (x, w) = (k.input(0)?, k.input(1)?);
-    let (Some(wt), Some(xq), Some(wq)) = (w.constant.clone(), x.ty.quant.clone(), w.ty.quant.clone()) else { return Ok(None) };
+    let (Some(wt), Some(xq), Some(wq)) =
+        (w.constant.clone(), x.ty.quant.clone(), w.ty.quant.clone())
+    else {
+        return Ok(None);
+    };
     if xq.axis.is_some() {
         return Ok(None);
     }
@@ -42,20 +51,32 @@ pub(super) fn packed_rows(k: &Kernel, channels: usize, len: usize, at: impl Fn(u
     for c in 0..channels {
         let zw = wq.channel(if wq.axis.is_some() { c } else { 0 }).1 as i64;
         let row = (0..len).map(|t| values[at(c, t)] - zw);
-        let row: Vec<i16> = row.map(|v| i16::try_from(v).map_err(|_| format!("weight {v} after its zero point does not fit i16"))).collect::<Result<_, _>>()?;
+        let row: Vec<i16> = row
+            .map(|v| {
+                i16::try_from(v)
+                    .map_err(|_| format!("weight {v} after its zero point does not fit i16"))
+            })
+            .collect::<Result<_, _>>()?;
         let sum: i64 = row.iter().map(|&v| v as i64).sum();
         folded.push(bias[c].wrapping_sub(zx.wrapping_mul(sum)) as i32);
         rows.push(row);
     }
     // u8 activations against weights that fit i8 after their zero point: VNNI's u8×i8 form.
-    let vnni = k.has_vnni() && x.ty.dtype == DType::U8 && rows.iter().flatten().all(|&v| i8::try_from(v).is_ok());
+    let vnni = k.has_vnni()
+        && x.ty.dtype == DType::U8
+        && rows.iter().flatten().all(|&v| i8::try_from(v).is_ok());
     Ok(Some(PackedRows { rows, folded, vnni }))
 }
 
 /// `acc + Σ_{i<4} w[4j+i]·x[4j+i]` in each i32 lane j: the tree Cranelift folds into one
 /// `vpdpbusd` (see `product::dot_block`). `w` is an i8x16 of weights given as its `swiden_low` and
 /// `swiden_high` halves (so several products can share them), `x` an i8x16 of u8 activations.
-pub(super) fn vnni_dot(fb: &mut FunctionBuilder, acc: Value, (wl, wh): (Value, Value), x: Value) -> Value {
+pub(super) fn vnni_dot(
+    fb: &mut FunctionBuilder,
+    acc: Value,
+    (wl, wh): (Value, Value),
+    x: Value,
+) -> Value {
     let (xl, xh) = (fb.ins().uwiden_low(x), fb.ins().uwiden_high(x));
     let lo = fb.ins().imul(wl, xl);
     let hi = fb.ins().imul(wh, xh);

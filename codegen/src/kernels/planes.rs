@@ -99,7 +99,12 @@ fn fill_bytes(fb: &mut FunctionBuilder, dst: Value, n: usize, fill: u8) {
         });
     }
     let mut at = n / 16 * 16;
-    for (size, ty) in [(8, types::I64), (4, types::I32), (2, types::I16), (1, types::I8)] {
+    for (size, ty) in [
+        (8, types::I64),
+        (4, types::I32),
+        (2, types::I16),
+        (1, types::I8),
+    ] {
         if (n % 16) & size != 0 {
             let word = (0..size).fold(0u64, |acc, _| (acc << 8) | fill as u64);
             let v = emit::iconst_of(fb, ty, word as i64);
@@ -112,7 +117,11 @@ fn fill_bytes(fb: &mut FunctionBuilder, dst: Value, n: usize, fill: u8) {
 /// Copies `w` bytes (a compile-time count) from `src` to `dst`: whole 8-byte words, then at
 /// most one 4-, 2- and 1-byte piece (nothing outside the row is read or written).
 pub(super) fn copy_row(fb: &mut FunctionBuilder, src: Value, dst: Value, w: usize) {
-    let pieces = std::iter::repeat_n((8, types::I64), w / 8).chain([(4, types::I32), (2, types::I16), (1, types::I8)].into_iter().filter(|&(size, _)| (w % 8) & size != 0));
+    let pieces = std::iter::repeat_n((8, types::I64), w / 8).chain(
+        [(4, types::I32), (2, types::I16), (1, types::I8)]
+            .into_iter()
+            .filter(|&(size, _)| (w % 8) & size != 0),
+    );
     let mut at = 0;
     for (size, ty) in pieces {
         let v = fb.ins().load(ty, emit::mem(), src, at as i32);
@@ -130,9 +139,18 @@ pub(super) fn store_prefix(fb: &mut FunctionBuilder, v: Value, out: Value, count
         return;
     }
     let mut at = 0;
-    for (size, ty) in [(8, types::I64X2), (4, types::I32X4), (2, types::I16X8), (1, types::I8X16)] {
+    for (size, ty) in [
+        (8, types::I64X2),
+        (4, types::I32X4),
+        (2, types::I16X8),
+        (1, types::I8X16),
+    ] {
         if count - at >= size {
-            let lanes = if ty == types::I8X16 { v } else { fb.ins().bitcast(ty, super::requant::little_endian(), v) };
+            let lanes = if ty == types::I8X16 {
+                v
+            } else {
+                fb.ins().bitcast(ty, super::requant::little_endian(), v)
+            };
             let piece = fb.ins().extractlane(lanes, (at / size) as u8);
             fb.ins().store(emit::mem(), piece, out, at as i32);
             at += size;

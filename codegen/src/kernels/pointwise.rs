@@ -54,9 +54,15 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         return Ok(false);
     }
     let (c, m, p): (usize, usize, usize) = (xd[1], wd[0], xd[2..].iter().product());
-    let Some(packed) = packed_rows(k, m, c, |o, i| o * c + i)? else { return Ok(false) };
-    let (Some(xq), Some(wq)) = (x.ty.quant.clone(), w.ty.quant.clone()) else { return Ok(false) };
-    let Some(dot) = Dot4::of(k, &packed)? else { return Ok(false) };
+    let Some(packed) = packed_rows(k, m, c, |o, i| o * c + i)? else {
+        return Ok(false);
+    };
+    let (Some(xq), Some(wq)) = (x.ty.quant.clone(), w.ty.quant.clone()) else {
+        return Ok(false);
+    };
+    let Some(dot) = Dot4::of(k, &packed)? else {
+        return Ok(false);
+    };
     let yty = y.ty.clone();
     let (xptr, yptr, x_batched, n0) = (x.ptr, y.ptr, x.batched(), xd[0]);
     let rq = Requant::for_product(&xq, &wq, m, &yty, k.op.fused_activation()?)?;
@@ -73,8 +79,16 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     k.form = "pointwise";
     let p_pad = p.next_multiple_of(TILE);
     let ws = k.workspace(quads * p_pad * 4);
-    let samples = if x_batched { k.batch } else { emit::iconst(k.fb, n0 as i64) };
-    let stores = BlockStore { rq: &rq, signed: yty.dtype == DType::I8, i64_mul: k.has_i64x2_mul() };
+    let samples = if x_batched {
+        k.batch
+    } else {
+        emit::iconst(k.fb, n0 as i64)
+    };
+    let stores = BlockStore {
+        rq: &rq,
+        signed: yty.dtype == DType::I8,
+        i64_mul: k.has_i64x2_mul(),
+    };
     let fb = &mut *k.fb;
     emit::for_dynamic(fb, samples, |fb, n| {
         let xn = emit::addr(fb, xptr, n, (c * p) as i64);
@@ -87,13 +101,25 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
             let xs = fb.ins().imul_imm_s(p0, 4);
             let xs = fb.ins().iadd(ws, xs);
             for block in (0..m).collect::<Vec<_>>().chunks(CHANNEL_BLOCK) {
-                let accs: Vec<Vec<Vec<Variable>>> = block.iter().map(|&o| (0..vectors).map(|_| {
-                    let bias = fb.ins().iconst(types::I32, packed.folded[o] as i64);
-                    dot.start(fb, bias)
-                }).collect()).collect();
+                let accs: Vec<Vec<Vec<Variable>>> = block
+                    .iter()
+                    .map(|&o| {
+                        (0..vectors)
+                            .map(|_| {
+                                let bias = fb.ins().iconst(types::I32, packed.folded[o] as i64);
+                                dot.start(fb, bias)
+                            })
+                            .collect()
+                    })
+                    .collect();
                 emit::for_count(fb, quads as i64, |fb, q| {
                     let at = emit::addr(fb, xs, q, (p_pad * 4) as i64);
-                    let x: Vec<Value> = (0..vectors).map(|v| fb.ins().load(types::I8X16, emit::mem(), at, (16 * v) as i32)).collect();
+                    let x: Vec<Value> = (0..vectors)
+                        .map(|v| {
+                            fb.ins()
+                                .load(types::I8X16, emit::mem(), at, (16 * v) as i32)
+                        })
+                        .collect();
                     let wq = emit::addr(fb, wptr, q, 16);
                     for (&o, acc) in block.iter().zip(&accs) {
                         let w = dot.load_weights(fb, wq, (o * quads * 16) as i32);
@@ -137,11 +163,24 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
 fn interleave(fb: &mut FunctionBuilder, x: Value, ws: Value, c: usize, p: usize, p_pad: usize) {
     let zero = fb.ins().iconst(types::I8, 0);
     let zero = fb.ins().splat(types::I8X16, zero);
-    let bytes = |lo: u8, b: u8| -> Vec<u8> { (0..8u8).flat_map(|i| [lo + i, b + lo + i]).collect() };
-    let mask = |fb: &mut FunctionBuilder, v: Vec<u8>| fb.func.dfg.immediates.push(ConstantData::from(v));
+    let bytes =
+        |lo: u8, b: u8| -> Vec<u8> { (0..8u8).flat_map(|i| [lo + i, b + lo + i]).collect() };
+    let mask =
+        |fb: &mut FunctionBuilder, v: Vec<u8>| fb.func.dfg.immediates.push(ConstantData::from(v));
     // Byte interleave (punpcklbw / punpckhbw) then 16-bit interleave (punpcklwd / punpckhwd).
     let (lo8, hi8) = (mask(fb, bytes(0, 16)), mask(fb, bytes(8, 16)));
-    let words = |lo: u8| -> Vec<u8> { (0..4u8).flat_map(|i| [2 * (lo + i), 2 * (lo + i) + 1, 16 + 2 * (lo + i), 17 + 2 * (lo + i)]).collect() };
+    let words = |lo: u8| -> Vec<u8> {
+        (0..4u8)
+            .flat_map(|i| {
+                [
+                    2 * (lo + i),
+                    2 * (lo + i) + 1,
+                    16 + 2 * (lo + i),
+                    17 + 2 * (lo + i),
+                ]
+            })
+            .collect()
+    };
     let (lo16, hi16) = (mask(fb, words(0)), mask(fb, words(4)));
     let steps = p / STEP;
     let quad = |fb: &mut FunctionBuilder, q: Value, present: usize| {
@@ -150,12 +189,33 @@ fn interleave(fb: &mut FunctionBuilder, x: Value, ws: Value, c: usize, p: usize,
         if steps > 0 {
             emit::for_count(fb, steps as i64, |fb, s| {
                 let at = emit::addr(fb, planes, s, STEP as i64);
-                let v: Vec<Value> =
-                    (0..4).map(|i| if i < present { fb.ins().load(types::I8X16, emit::mem(), at, (i * p) as i32) } else { zero }).collect();
-                let (ab0, ab1) = (fb.ins().shuffle(v[0], v[1], lo8), fb.ins().shuffle(v[0], v[1], hi8));
-                let (cd0, cd1) = (fb.ins().shuffle(v[2], v[3], lo8), fb.ins().shuffle(v[2], v[3], hi8));
+                let v: Vec<Value> = (0..4)
+                    .map(|i| {
+                        if i < present {
+                            fb.ins().load(types::I8X16, emit::mem(), at, (i * p) as i32)
+                        } else {
+                            zero
+                        }
+                    })
+                    .collect();
+                let (ab0, ab1) = (
+                    fb.ins().shuffle(v[0], v[1], lo8),
+                    fb.ins().shuffle(v[0], v[1], hi8),
+                );
+                let (cd0, cd1) = (
+                    fb.ins().shuffle(v[2], v[3], lo8),
+                    fb.ins().shuffle(v[2], v[3], hi8),
+                );
                 let to = emit::addr(fb, out, s, (STEP * 4) as i64);
-                for (i, (ab, cd, m)) in [(ab0, cd0, lo16), (ab0, cd0, hi16), (ab1, cd1, lo16), (ab1, cd1, hi16)].into_iter().enumerate() {
+                for (i, (ab, cd, m)) in [
+                    (ab0, cd0, lo16),
+                    (ab0, cd0, hi16),
+                    (ab1, cd1, lo16),
+                    (ab1, cd1, hi16),
+                ]
+                .into_iter()
+                .enumerate()
+                {
                     let v = fb.ins().shuffle(ab, cd, m);
                     fb.ins().store(emit::mem(), v, to, (i * 16) as i32);
                 }
@@ -163,7 +223,12 @@ fn interleave(fb: &mut FunctionBuilder, x: Value, ws: Value, c: usize, p: usize,
         }
         for j in steps * STEP..p {
             for i in 0..4 {
-                let v = if i < present { fb.ins().load(types::I8, emit::mem(), planes, (i * p + j) as i32) } else { fb.ins().iconst(types::I8, 0) };
+                let v = if i < present {
+                    fb.ins()
+                        .load(types::I8, emit::mem(), planes, (i * p + j) as i32)
+                } else {
+                    fb.ins().iconst(types::I8, 0)
+                };
                 fb.ins().store(emit::mem(), v, out, (j * 4 + i) as i32);
             }
         }

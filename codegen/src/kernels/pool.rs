@@ -72,11 +72,26 @@ struct Axis {
 /// The per-axis window geometry of MaxPool/AveragePool/QAveragePool on input `[N, C,
 /// spatial…]` with result spatial extents `out` (from the result type, which shape
 /// inference computed with ceil_mode).
-fn axes(k: &Kernel, spatial: &[usize], out: &[usize], include_pad: bool) -> Result<Vec<Axis>, String> {
+fn axes(
+    k: &Kernel,
+    spatial: &[usize],
+    out: &[usize],
+    include_pad: bool,
+) -> Result<Vec<Axis>, String> {
     let attrs = &k.op.attrs;
-    let (kernel, strides, dilations, pads) = (attrs.usizes("kernel_shape")?, attrs.usizes("strides")?, attrs.usizes("dilations")?, attrs.usizes("pads")?);
+    let (kernel, strides, dilations, pads) = (
+        attrs.usizes("kernel_shape")?,
+        attrs.usizes("strides")?,
+        attrs.usizes("dilations")?,
+        attrs.usizes("pads")?,
+    );
     let r = spatial.len();
-    if kernel.len() != r || strides.len() != r || dilations.len() != r || pads.len() != 2 * r || out.len() != r {
+    if kernel.len() != r
+        || strides.len() != r
+        || dilations.len() != r
+        || pads.len() != 2 * r
+        || out.len() != r
+    {
         return Err(format!("window attributes do not fit {r} spatial axes"));
     }
     let mut in_stride = 1i64;
@@ -87,14 +102,25 @@ fn axes(k: &Kernel, spatial: &[usize], out: &[usize], include_pad: bool) -> Resu
             .map(|o| {
                 let start = o * strides[a] as i64 - pads[a] as i64;
                 let index = |kk: i64| start + kk * d;
-                let valid: Vec<i64> = (0..kernel[a] as i64).filter(|&kk| (0..n).contains(&index(kk))).collect();
+                let valid: Vec<i64> = (0..kernel[a] as i64)
+                    .filter(|&kk| (0..n).contains(&index(kk)))
+                    .collect();
                 let first = valid.first().map_or(0, |&kk| index(kk) * in_stride);
                 let taps = valid.len() as i64;
-                let count = if include_pad { (0..kernel[a] as i64).filter(|&kk| index(kk) < n + pads[a + r] as i64).count() as i64 } else { taps };
+                let count = if include_pad {
+                    (0..kernel[a] as i64)
+                        .filter(|&kk| index(kk) < n + pads[a + r] as i64)
+                        .count() as i64
+                } else {
+                    taps
+                };
                 [first, taps, count]
             })
             .collect();
-        result.push(Axis { entries, step: d * in_stride });
+        result.push(Axis {
+            entries,
+            step: d * in_stride,
+        });
         in_stride *= n;
     }
     result.reverse();
@@ -113,14 +139,28 @@ fn planes(k: &Kernel) -> Result<(usize, Vec<usize>, Vec<usize>), String> {
 
 /// Emits, for every plane and output position, `leaf(x offset of the window's first valid
 /// tap, y offset, divisor count, valid taps per axis)`.
-fn windows(k: &mut Kernel, axes: &[Axis], spatial: &[usize], out: &[usize], leaf: &mut Leaf) -> Result<(), String> {
+fn windows(
+    k: &mut Kernel,
+    axes: &[Axis],
+    spatial: &[usize],
+    out: &[usize],
+    leaf: &mut Leaf,
+) -> Result<(), String> {
     let x = k.input(0)?;
     let batched = x.batched();
     let channels = x.dims()[1] as i64;
-    let (in_count, out_count) = (spatial.iter().product::<usize>() as i64, out.iter().product::<usize>() as i64);
+    let (in_count, out_count) = (
+        spatial.iter().product::<usize>() as i64,
+        out.iter().product::<usize>() as i64,
+    );
     let mut tables = Vec::with_capacity(axes.len());
     for ax in axes {
-        let bytes: Vec<u8> = ax.entries.iter().flatten().flat_map(|v| v.to_ne_bytes()).collect();
+        let bytes: Vec<u8> = ax
+            .entries
+            .iter()
+            .flatten()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
         tables.push(k.data(bytes, 8)?);
     }
     let mut ystrides = vec![1i64; out.len()];
@@ -129,25 +169,43 @@ fn windows(k: &mut Kernel, axes: &[Axis], spatial: &[usize], out: &[usize], leaf
     }
     let samples = k.samples(batched);
     let planes = k.fb.ins().imul_imm_s(samples, channels);
-    let taps_per_plane: usize = axes.iter().map(|a| a.entries.iter().map(|e| e[1] as usize).sum::<usize>()).product();
+    let taps_per_plane: usize = axes
+        .iter()
+        .map(|a| a.entries.iter().map(|e| e[1] as usize).sum::<usize>())
+        .product();
     emit::for_dynamic(k.fb, planes, |fb, p| {
         let xo = fb.ins().imul_imm_s(p, in_count);
         let yo = fb.ins().imul_imm_s(p, out_count);
         if taps_per_plane <= UNROLL_TAPS {
             // Every output position of the plane with its window's constants.
             for pos in positions(&axes.iter().map(|a| a.entries.len()).collect::<Vec<_>>()) {
-                let entries: Vec<[i64; 3]> = pos.iter().zip(axes).map(|(&o, a)| a.entries[o]).collect();
+                let entries: Vec<[i64; 3]> =
+                    pos.iter().zip(axes).map(|(&o, a)| a.entries[o]).collect();
                 let first: i64 = entries.iter().map(|e| e[0]).sum();
                 let count: i64 = entries.iter().map(|e| e[2]).product();
                 let y_at: i64 = pos.iter().zip(&ystrides).map(|(&o, s)| o as i64 * s).sum();
                 let taps: Vec<Count> = entries.iter().map(|e| Count::Known(e[1])).collect();
-                let (x_at, y_at) = (fb.ins().iadd_imm_s(xo, first), fb.ins().iadd_imm_s(yo, y_at));
+                let (x_at, y_at) = (
+                    fb.ins().iadd_imm_s(xo, first),
+                    fb.ins().iadd_imm_s(yo, y_at),
+                );
                 leaf(fb, x_at, y_at, Count::Known(count), &taps);
             }
             return;
         }
         let one = emit::iconst(fb, 1);
-        out_nest(fb, 0, axes, &tables, &ystrides, xo, yo, one, &mut Vec::new(), leaf);
+        out_nest(
+            fb,
+            0,
+            axes,
+            &tables,
+            &ystrides,
+            xo,
+            yo,
+            one,
+            &mut Vec::new(),
+            leaf,
+        );
     });
     Ok(())
 }
@@ -156,7 +214,10 @@ fn windows(k: &mut Kernel, axes: &[Axis], spatial: &[usize], out: &[usize], leaf
 fn positions(extents: &[usize]) -> Vec<Vec<usize>> {
     let mut all = vec![Vec::new()];
     for &n in extents {
-        all = all.into_iter().flat_map(|p| (0..n).map(move |i| [p.clone(), vec![i]].concat())).collect();
+        all = all
+            .into_iter()
+            .flat_map(|p| (0..n).map(move |i| [p.clone(), vec![i]].concat()))
+            .collect();
     }
     all
 }
@@ -198,7 +259,14 @@ fn out_nest(
 
 /// The loops over a window's valid taps, axis by axis (row-major, the interpreter's
 /// order); `body` gets each tap's input offset.
-fn tap_nest(fb: &mut FunctionBuilder, a: usize, taps: &[Count], axes: &[Axis], xo: Value, body: &mut dyn FnMut(&mut FunctionBuilder, Value)) {
+fn tap_nest(
+    fb: &mut FunctionBuilder,
+    a: usize,
+    taps: &[Count],
+    axes: &[Axis],
+    xo: Value,
+    body: &mut dyn FnMut(&mut FunctionBuilder, Value),
+) {
     if a == taps.len() {
         body(fb, xo);
         return;
@@ -316,15 +384,32 @@ pub(super) fn pool(k: &mut Kernel) -> Result<(), String> {
 fn max_pool_rows(k: &mut Kernel) -> Result<bool, String> {
     let (x, y) = (k.input(0)?, k.output(0));
     let (xd, yd, dtype) = (x.dims(), y.dims(), x.ty.dtype);
-    if k.op.kind != OpKind::MaxPool || !matches!(dtype, DType::U8 | DType::I8) || xd.len() != 4 || k.outputs.len() != 1 || !k.has_byte_shuffle() {
+    if k.op.kind != OpKind::MaxPool
+        || !matches!(dtype, DType::U8 | DType::I8)
+        || xd.len() != 4
+        || k.outputs.len() != 1
+        || !k.has_byte_shuffle()
+    {
         return Ok(false);
     }
     let attrs = &k.op.attrs;
-    let (kernel, strides, dilations, pads) = (attrs.usizes("kernel_shape")?, attrs.usizes("strides")?, attrs.usizes("dilations")?, attrs.usizes("pads")?);
+    let (kernel, strides, dilations, pads) = (
+        attrs.usizes("kernel_shape")?,
+        attrs.usizes("strides")?,
+        attrs.usizes("dilations")?,
+        attrs.usizes("pads")?,
+    );
     if kernel.len() != 2 || strides.len() != 2 || dilations.len() != 2 || pads.len() != 4 {
         return Ok(false);
     }
-    let (kh, kw, sh, sw, dh, dw) = (kernel[0], kernel[1], strides[0], strides[1], dilations[0], dilations[1]);
+    let (kh, kw, sh, sw, dh, dw) = (
+        kernel[0],
+        kernel[1],
+        strides[0],
+        strides[1],
+        dilations[0],
+        dilations[1],
+    );
     if kh == 0 || kw == 0 || sw == 0 || yd[2] == 0 || yd[3] == 0 || (kw - 1) * dw > 15 {
         return Ok(false);
     }
@@ -347,9 +432,16 @@ fn max_pool_rows(k: &mut Kernel) -> Result<bool, String> {
     let fb = &mut *k.fb;
     let masks: Vec<Option<_>> = (0..kw)
         .map(|t| {
-            let bytes: Vec<u8> = (0..16).map(|j| (j.min(per_block - 1) * sw + t * dw) as u8).collect();
+            let bytes: Vec<u8> = (0..16)
+                .map(|j| (j.min(per_block - 1) * sw + t * dw) as u8)
+                .collect();
             let identity = bytes.iter().enumerate().all(|(j, &b)| j == b as usize);
-            (!identity).then(|| fb.func.dfg.immediates.push(cranelift_codegen::ir::ConstantData::from(bytes)))
+            (!identity).then(|| {
+                fb.func
+                    .dfg
+                    .immediates
+                    .push(cranelift_codegen::ir::ConstantData::from(bytes))
+            })
         })
         .collect();
     let fill = if dtype == DType::U8 { 0u8 } else { 0x80 };
@@ -403,7 +495,11 @@ pub(super) fn global_pool(k: &mut Kernel) -> Result<(), String> {
     let x = k.input(0)?;
     let (xptr, batched) = (x.ptr, x.batched());
     let yptr = k.output(0).ptr;
-    let ty = if matches!(reduce, Reduce::MaxF32) { types::F32 } else { types::F64 };
+    let ty = if matches!(reduce, Reduce::MaxF32) {
+        types::F32
+    } else {
+        types::F64
+    };
     let acc = k.fb.declare_var(ty);
     let samples = k.samples(batched);
     let planes = k.fb.ins().imul_imm_s(samples, channels as i64);
@@ -436,11 +532,17 @@ pub(super) fn qpool(k: &mut Kernel) -> Result<(), String> {
     let act = k.op.fused_activation()?;
     let x = k.input(0)?;
     let (xptr, xdtype, batched) = (x.ptr, x.ty.dtype, x.batched());
-    let (sx, zx) = x.ty.quant.as_ref().filter(|q| q.axis.is_none()).map(|q| q.channel(0)).ok_or("input must be quantized per tensor")?;
+    let (sx, zx) =
+        x.ty.quant
+            .as_ref()
+            .filter(|q| q.axis.is_none())
+            .map(|q| q.channel(0))
+            .ok_or("input must be quantized per tensor")?;
     let y = k.output(0);
     let (yptr, ydtype, yty) = (y.ptr, y.ty.dtype, y.ty.clone());
     let sy = result_scale(&yty)?;
-    let for_count = |count: usize| Requant::for_ratio(sx as f64 / (sy * count.max(1) as f64), &yty, act);
+    let for_count =
+        |count: usize| Requant::for_ratio(sx as f64 / (sy * count.max(1) as f64), &yty, act);
     let (channels, spatial, out) = planes(k)?;
     let acc = k.fb.declare_var(types::I64);
     let add = move |fb: &mut FunctionBuilder, o: Value| {
@@ -459,7 +561,9 @@ pub(super) fn qpool(k: &mut Kernel) -> Result<(), String> {
         // loads ([`plane_sums`]); the remaining planes, and other shapes, one at a time.
         let eight_bit = inner % 8 == 0 && inner > 0 && requant::is_8bit(xdtype);
         let reach = requant::reach(xdtype, zx).saturating_mul(inner as i64);
-        let vector = eight_bit.then(|| VectorRequant::single(m, rq.zero_point, rq.bounds, reach, ydtype)).flatten();
+        let vector = eight_bit
+            .then(|| VectorRequant::single(m, rq.zero_point, rq.bounds, reach, ydtype))
+            .flatten();
         let lanes = if vector.is_some() { requant::LANES } else { 1 };
         let samples = k.samples(batched);
         let (channels, inner) = (channels as i64, inner as i64);
@@ -497,17 +601,27 @@ pub(super) fn qpool(k: &mut Kernel) -> Result<(), String> {
         let mut distinct: Vec<i64> = ax.entries.iter().map(|e| e[2]).collect();
         distinct.sort_unstable();
         distinct.dedup();
-        counts = counts.iter().flat_map(|&c| distinct.iter().map(move |&d| c * d)).collect();
+        counts = counts
+            .iter()
+            .flat_map(|&c| distinct.iter().map(move |&d| c * d))
+            .collect();
         counts.sort_unstable();
         counts.dedup();
     }
     let largest = counts.iter().copied().max().unwrap_or(1).max(1) as usize;
-    let (zero_point, bounds) = (for_count(counts[0] as usize)?.zero_point, for_count(counts[0] as usize)?.bounds);
+    let (zero_point, bounds) = (
+        for_count(counts[0] as usize)?.zero_point,
+        for_count(counts[0] as usize)?.bounds,
+    );
     let mut table = vec![FixedMultiplier { m: 0, shift: 1 }; largest + 1];
     for &c in &counts {
         table[c as usize] = requant::channel(&for_count(c as usize)?, 0);
     }
-    let bytes: Vec<u8> = table.iter().flat_map(|m| [m.m as i64, m.shift as i64]).flat_map(i64::to_ne_bytes).collect();
+    let bytes: Vec<u8> = table
+        .iter()
+        .flat_map(|m| [m.m as i64, m.shift as i64])
+        .flat_map(i64::to_ne_bytes)
+        .collect();
     let multipliers = k.data(bytes, 8)?;
     let mut add = add;
     windows(k, &axes, &spatial, &out, &mut |fb, xo, yo, count, taps| {
@@ -535,18 +649,34 @@ pub(super) fn qpool(k: &mut Kernel) -> Result<(), String> {
 /// reduced together by a tree of pairwise adds (`phaddw`), which keeps the planes in order.
 /// The i16 arithmetic wraps, so the result is exact whenever the centered sum fits in i16
 /// (the caller's [`VectorRequant`] requires it), even if the raw sum does not.
-fn plane_sums(fb: &mut FunctionBuilder, dtype: DType, x: Value, p: Value, g: i64, inner: i64, zx: i32) -> Value {
+fn plane_sums(
+    fb: &mut FunctionBuilder,
+    dtype: DType,
+    x: Value,
+    p: Value,
+    g: i64,
+    inner: i64,
+    zx: i32,
+) -> Value {
     let mut level: Vec<Value> = (0..8)
         .map(|j| {
             let plane = fb.ins().iadd_imm_s(p, g + j);
             let start = fb.ins().imul_imm_s(plane, inner);
             let at = fb.ins().iadd(x, start);
-            let chunks: Vec<Value> = (0..inner / 8).map(|c| requant::load_widened(fb, dtype, at, (8 * c) as i32)).collect();
-            chunks.into_iter().reduce(|a, b| fb.ins().iadd(a, b)).expect("a non-empty plane")
+            let chunks: Vec<Value> = (0..inner / 8)
+                .map(|c| requant::load_widened(fb, dtype, at, (8 * c) as i32))
+                .collect();
+            chunks
+                .into_iter()
+                .reduce(|a, b| fb.ins().iadd(a, b))
+                .expect("a non-empty plane")
         })
         .collect();
     while level.len() > 1 {
-        level = level.chunks(2).map(|pair| fb.ins().iadd_pairwise(pair[0], pair[1])).collect();
+        level = level
+            .chunks(2)
+            .map(|pair| fb.ins().iadd_pairwise(pair[0], pair[1]))
+            .collect();
     }
     let offset = emit::iconst_of(fb, types::I16, inner * zx as i64);
     let offset = fb.ins().splat(types::I16X8, offset);

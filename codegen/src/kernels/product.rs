@@ -55,7 +55,11 @@ impl Elem {
             DType::I32 => Elem::I32,
             DType::I64 => Elem::I64,
             DType::F32 => Elem::F32,
-            other => return Err(format!("{other} operands are not supported by the product kernels")),
+            other => {
+                return Err(format!(
+                    "{other} operands are not supported by the product kernels"
+                ))
+            }
         })
     }
 
@@ -97,13 +101,28 @@ impl Elem {
 
     /// Stores `v` at element `row · width + col` of the row-major matrix at `base` (a conv
     /// result's `[channel][position]`, a product's `[row][column]`).
-    fn store_2d(self, fb: &mut FunctionBuilder, v: Value, base: Value, row: Value, width: usize, col: Value) {
+    fn store_2d(
+        self,
+        fb: &mut FunctionBuilder,
+        v: Value,
+        base: Value,
+        row: Value,
+        width: usize,
+        col: Value,
+    ) {
         let addr = self.addr_2d(fb, base, row, width, col);
         self.store(fb, v, addr);
     }
 
     /// The address of element `row · width + col` of the row-major matrix at `base`.
-    fn addr_2d(self, fb: &mut FunctionBuilder, base: Value, row: Value, width: usize, col: Value) -> Value {
+    fn addr_2d(
+        self,
+        fb: &mut FunctionBuilder,
+        base: Value,
+        row: Value,
+        width: usize,
+        col: Value,
+    ) -> Value {
         let at = fb.ins().imul_imm_s(row, width as i64);
         let at = fb.ins().iadd(at, col);
         emit::addr(fb, base, at, self.bytes())
@@ -146,7 +165,10 @@ impl Indexed {
 }
 
 /// Read-only data of little-endian values, as a table for [`Indexed`].
-fn table<const N: usize>(k: &mut Kernel, values: impl IntoIterator<Item = [u8; N]>) -> Result<Value, String> {
+fn table<const N: usize>(
+    k: &mut Kernel,
+    values: impl IntoIterator<Item = [u8; N]>,
+) -> Result<Value, String> {
     let mut bytes: Vec<u8> = values.into_iter().flatten().collect();
     if bytes.is_empty() {
         bytes.push(0);
@@ -183,7 +205,11 @@ fn dot(fb: &mut FunctionBuilder, a: &Side, b: &Side, len: usize) -> Value {
     let float = a.elem.is_float();
     let ty = if float { types::F32 } else { types::I32 };
     let acc = fb.declare_var(ty);
-    let zero = if float { fb.ins().f32const(0.0) } else { fb.ins().iconst(types::I32, 0) };
+    let zero = if float {
+        fb.ins().f32const(0.0)
+    } else {
+        fb.ins().iconst(types::I32, 0)
+    };
     fb.def_var(acc, zero);
     emit::for_count(fb, len as i64, |fb, k| {
         let (x, y) = (a.load(fb, k), b.load(fb, k));
@@ -275,12 +301,23 @@ fn simd_sides<'s>(a: &'s Side, b: &'s Side, len: usize) -> Option<(&'s Side, &'s
         _ => return None,
     };
     let chunk = chunk_of(wide.elem);
-    (wide.step == wide.elem.bytes() && narrow.step == 1 && a.zp.is_none() && b.zp.is_none() && len >= chunk).then_some((wide, narrow))
+    (wide.step == wide.elem.bytes()
+        && narrow.step == 1
+        && a.zp.is_none()
+        && b.zp.is_none()
+        && len >= chunk)
+        .then_some((wide, narrow))
 }
 
 fn dot_i16x8(fb: &mut FunctionBuilder, a: &Side, b: &Side, len: usize) -> Option<Value> {
     let (wide, narrow) = simd_sides(a, b, len)?;
-    let sums = dot_block(fb, std::slice::from_ref(narrow), std::slice::from_ref(wide), len).remove(0);
+    let sums = dot_block(
+        fb,
+        std::slice::from_ref(narrow),
+        std::slice::from_ref(wide),
+        len,
+    )
+    .remove(0);
     Some(sums.scalars(fb)[0])
 }
 
@@ -311,48 +348,68 @@ impl RowSums {
 /// summed four at a time into i32 lanes — `lower.isle`, "AVX-VNNI: fold the u8*i8 widening
 /// dot-accumulate tree"). Lanes reduced with pairwise adds, a scalar tail for the rest. The
 /// same wrapping i32 sums as the scalar loop (lane sums and final sums wrap alike).
-fn dot_block(fb: &mut FunctionBuilder, narrows: &[Side], wides: &[Side], len: usize) -> Vec<RowSums> {
+fn dot_block(
+    fb: &mut FunctionBuilder,
+    narrows: &[Side],
+    wides: &[Side],
+    len: usize,
+) -> Vec<RowSums> {
     let vnni = wides.first().is_some_and(|w| w.elem == Elem::I8);
     let chunk = chunk_of(if vnni { Elem::I8 } else { Elem::I16 });
     let chunks = len / chunk;
-    let vs = accumulate(fb, narrows.len() * wides.len(), chunks, chunk as i64, |fb, offset, accs| {
-        // The activation rows of this chunk (widened once for pmaddwd).
-        let xs: Vec<(Value, Value, Value)> = narrows
-            .iter()
-            .map(|narrow| {
-                let na = fb.ins().iadd(narrow.base, offset);
-                if vnni {
-                    let b = fb.ins().load(types::I8X16, emit::mem(), na, 0);
-                    (b, b, b)
-                } else {
-                    let x = match narrow.elem {
-                        Elem::U8 => fb.ins().uload8x8(emit::mem(), na, 0),
-                        _ => fb.ins().sload8x8(emit::mem(), na, 0),
+    let vs = accumulate(
+        fb,
+        narrows.len() * wides.len(),
+        chunks,
+        chunk as i64,
+        |fb, offset, accs| {
+            // The activation rows of this chunk (widened once for pmaddwd).
+            let xs: Vec<(Value, Value, Value)> = narrows
+                .iter()
+                .map(|narrow| {
+                    let na = fb.ins().iadd(narrow.base, offset);
+                    if vnni {
+                        let b = fb.ins().load(types::I8X16, emit::mem(), na, 0);
+                        (b, b, b)
+                    } else {
+                        let x = match narrow.elem {
+                            Elem::U8 => fb.ins().uload8x8(emit::mem(), na, 0),
+                            _ => fb.ins().sload8x8(emit::mem(), na, 0),
+                        };
+                        (x, fb.ins().swiden_low(x), fb.ins().swiden_high(x))
+                    }
+                })
+                .collect();
+            let woff = if vnni {
+                offset
+            } else {
+                fb.ins().iadd(offset, offset)
+            };
+            for (j, wide) in wides.iter().enumerate() {
+                let wa = fb.ins().iadd(wide.base, woff);
+                let w = fb.ins().load(
+                    if vnni { types::I8X16 } else { types::I16X8 },
+                    emit::mem(),
+                    wa,
+                    0,
+                );
+                let (wl, wh) = (fb.ins().swiden_low(w), fb.ins().swiden_high(w));
+                for (i, &(b, xl, xh)) in xs.iter().enumerate() {
+                    let acc = accs[i * wides.len() + j];
+                    let sum = fb.use_var(acc);
+                    let sum = if vnni {
+                        vnni_dot(fb, sum, (wl, wh), b)
+                    } else {
+                        let lo = fb.ins().imul(xl, wl);
+                        let hi = fb.ins().imul(xh, wh);
+                        let pairs = fb.ins().iadd_pairwise(lo, hi);
+                        fb.ins().iadd(sum, pairs)
                     };
-                    (x, fb.ins().swiden_low(x), fb.ins().swiden_high(x))
+                    fb.def_var(acc, sum);
                 }
-            })
-            .collect();
-        let woff = if vnni { offset } else { fb.ins().iadd(offset, offset) };
-        for (j, wide) in wides.iter().enumerate() {
-            let wa = fb.ins().iadd(wide.base, woff);
-            let w = fb.ins().load(if vnni { types::I8X16 } else { types::I16X8 }, emit::mem(), wa, 0);
-            let (wl, wh) = (fb.ins().swiden_low(w), fb.ins().swiden_high(w));
-            for (i, &(b, xl, xh)) in xs.iter().enumerate() {
-                let acc = accs[i * wides.len() + j];
-                let sum = fb.use_var(acc);
-                let sum = if vnni {
-                    vnni_dot(fb, sum, (wl, wh), b)
-                } else {
-                    let lo = fb.ins().imul(xl, wl);
-                    let hi = fb.ins().imul(xh, wh);
-                    let pairs = fb.ins().iadd_pairwise(lo, hi);
-                    fb.ins().iadd(sum, pairs)
-                };
-                fb.def_var(acc, sum);
             }
-        }
-    });
+        },
+    );
     narrows
         .iter()
         .enumerate()
@@ -367,7 +424,13 @@ fn dot_block(fb: &mut FunctionBuilder, narrows: &[Side], wides: &[Side], len: us
 /// `chunk` bytes, in a loop; returns their values. A loop, not straight-line code: Cranelift
 /// places pure arithmetic at its first use, so unrolled chunks would have every load issued
 /// before any product and their values spilled (measured 1.3–2× slower).
-fn accumulate(fb: &mut FunctionBuilder, count: usize, chunks: usize, chunk: i64, step: impl Fn(&mut FunctionBuilder, Value, &[Variable])) -> Vec<Value> {
+fn accumulate(
+    fb: &mut FunctionBuilder,
+    count: usize,
+    chunks: usize,
+    chunk: i64,
+    step: impl Fn(&mut FunctionBuilder, Value, &[Variable]),
+) -> Vec<Value> {
     let zero = fb.ins().iconst(types::I32, 0);
     let init = fb.ins().splat(types::I32X4, zero);
     let accs: Vec<Variable> = (0..count)
@@ -386,7 +449,14 @@ fn accumulate(fb: &mut FunctionBuilder, count: usize, chunks: usize, chunk: i64,
 
 /// The lane sums of `accs` (one i32x4 per weight row) plus the scalar products of
 /// elements `from..len`.
-fn reduce_and_tail(fb: &mut FunctionBuilder, narrow: &Side, wides: &[Side], mut vs: Vec<Value>, from: usize, len: usize) -> RowSums {
+fn reduce_and_tail(
+    fb: &mut FunctionBuilder,
+    narrow: &Side,
+    wides: &[Side],
+    mut vs: Vec<Value>,
+    from: usize,
+    len: usize,
+) -> RowSums {
     // Pairwise reduction: with four accumulators, two rounds leave [s0, s1, s2, s3].
     let mut totals: Vec<Value> = if vs.len() == 4 {
         let t0 = fb.ins().iadd_pairwise(vs[0], vs[1]);
@@ -425,28 +495,63 @@ fn reduce_and_tail(fb: &mut FunctionBuilder, narrow: &Side, wides: &[Side], mut 
 enum Epilogue {
     /// Float ops: `alpha · acc + beta · c[row, col]`, then the fused activation's clamp.
     /// `c_sample` is the byte stride of `c` between samples (0 when it has no batch).
-    Float { alpha: f32, beta: f32, c: Option<Indexed>, c_sample: i64, act: Option<(f32, f32)> },
+    Float {
+        alpha: f32,
+        beta: f32,
+        c: Option<Indexed>,
+        c_sample: i64,
+        act: Option<(f32, f32)>,
+    },
     /// The i32 accumulator itself, plus the bias (ConvInteger, MatMulInteger, and QConv or
     /// QMatMul with an i32 result).
     Accumulator { bias: Option<Indexed> },
     /// QConv/QMatMul: the fixed-point requantization of `acc + bias`, per-channel
     /// multipliers and shifts read from tables when there is more than one.
     /// `i64_mul`: the target multiplies i64x2 lanes (see [`requant::requantize_x4`]).
-    Fixed { bias: Option<Indexed>, rq: Requant, per_channel: Option<(Indexed, Indexed)>, bias_values: Option<Vec<i32>>, i64_mul: bool },
+    Fixed {
+        bias: Option<Indexed>,
+        rq: Requant,
+        per_channel: Option<(Indexed, Indexed)>,
+        bias_values: Option<Vec<i32>>,
+        i64_mul: bool,
+    },
     /// QLinearConv/QLinearMatMul: ONNX's float requantization of `acc + bias`, replicating
     /// the interpreter's f64 arithmetic: `round_ties_even(acc · mult + zp)` clamped, with the
     /// f32 multiplier of (row, col) read from a table of f64.
-    QLinear { bias: Option<Indexed>, mult: Indexed, zero_point: i32, range: (i64, i64) },
+    QLinear {
+        bias: Option<Indexed>,
+        mult: Indexed,
+        zero_point: i32,
+        range: (i64, i64),
+    },
 }
 
 impl Epilogue {
     /// [`Epilogue::apply`] for an output channel known at compile time: the fixed-point
     /// requantization then takes its bias, multiplier and shift as immediates (no table
     /// loads, constant shifts). Other epilogues read their tables at that channel.
-    fn apply_static(&self, fb: &mut FunctionBuilder, acc: Value, sample: Value, row: Value, channel: usize) -> Value {
-        if let Epilogue::Fixed { rq, bias_values: Some(bias), .. } = self {
+    fn apply_static(
+        &self,
+        fb: &mut FunctionBuilder,
+        acc: Value,
+        sample: Value,
+        row: Value,
+        channel: usize,
+    ) -> Value {
+        if let Epilogue::Fixed {
+            rq,
+            bias_values: Some(bias),
+            ..
+        } = self
+        {
             let acc = fb.ins().iadd_imm_s(acc, bias[channel] as i64);
-            return requant::requantize(fb, acc, requant::channel(rq, channel), rq.zero_point, rq.bounds);
+            return requant::requantize(
+                fb,
+                acc,
+                requant::channel(rq, channel),
+                rq.zero_point,
+                rq.bounds,
+            );
         }
         let col = emit::iconst(fb, channel as i64);
         self.apply(fb, acc, sample, row, col)
@@ -456,18 +561,44 @@ impl Epilogue {
     /// compile time (the lanes of `acc`) as one vector ([`requant::requantize_x4`]): an i32x4
     /// of results, or `None` where that does not apply (another epilogue, channels with
     /// different shifts, a shift below 32).
-    fn apply_x4(&self, fb: &mut FunctionBuilder, acc: Value, channels: [usize; 4]) -> Option<Value> {
-        let Epilogue::Fixed { rq, bias_values: Some(bias), i64_mul, .. } = self else { return None };
+    fn apply_x4(
+        &self,
+        fb: &mut FunctionBuilder,
+        acc: Value,
+        channels: [usize; 4],
+    ) -> Option<Value> {
+        let Epilogue::Fixed {
+            rq,
+            bias_values: Some(bias),
+            i64_mul,
+            ..
+        } = self
+        else {
+            return None;
+        };
         let (ms, shift) = requant::lanes(rq, channels)?;
         if shift < 32 {
             return None;
         }
-        let b = requant::vector(fb, channels.iter().flat_map(|&c| bias[c].to_le_bytes()).collect());
+        let b = requant::vector(
+            fb,
+            channels
+                .iter()
+                .flat_map(|&c| bias[c].to_le_bytes())
+                .collect(),
+        );
         let acc = fb.ins().iadd(acc, b);
         requant::requantize_x4(fb, acc, ms, shift, rq.zero_point, rq.bounds, *i64_mul)
     }
 
-    fn apply(&self, fb: &mut FunctionBuilder, acc: Value, sample: Value, row: Value, col: Value) -> Value {
+    fn apply(
+        &self,
+        fb: &mut FunctionBuilder,
+        acc: Value,
+        sample: Value,
+        row: Value,
+        col: Value,
+    ) -> Value {
         let add_bias = |fb: &mut FunctionBuilder, acc: Value, bias: &Option<Indexed>| match bias {
             Some(b) => {
                 let v = b.load(fb, row, col);
@@ -476,7 +607,13 @@ impl Epilogue {
             None => acc,
         };
         match self {
-            Epilogue::Float { alpha, beta, c, c_sample, act } => {
+            Epilogue::Float {
+                alpha,
+                beta,
+                c,
+                c_sample,
+                act,
+            } => {
                 let mut y = acc;
                 if *alpha != 1.0 {
                     let a = fb.ins().f32const(*alpha);
@@ -505,17 +642,33 @@ impl Epilogue {
                 y
             }
             Epilogue::Accumulator { bias } => add_bias(fb, acc, bias),
-            Epilogue::Fixed { bias, rq, per_channel, .. } => {
+            Epilogue::Fixed {
+                bias,
+                rq,
+                per_channel,
+                ..
+            } => {
                 let acc = add_bias(fb, acc, bias);
                 match per_channel {
-                    None => requant::requantize(fb, acc, requant::channel(rq, 0), rq.zero_point, rq.bounds),
+                    None => requant::requantize(
+                        fb,
+                        acc,
+                        requant::channel(rq, 0),
+                        rq.zero_point,
+                        rq.bounds,
+                    ),
                     Some((m, shift)) => {
                         let (m, shift) = (m.load(fb, row, col), shift.load(fb, row, col));
                         requant::requantize_dynamic(fb, acc, m, shift, rq.zero_point, rq.bounds)
                     }
                 }
             }
-            Epilogue::QLinear { bias, mult, zero_point, range } => {
+            Epilogue::QLinear {
+                bias,
+                mult,
+                zero_point,
+                range,
+            } => {
                 let acc = add_bias(fb, acc, bias);
                 let a = fb.ins().fcvt_from_sint(types::F64, acc);
                 let m = mult.load(fb, row, col);
@@ -537,7 +690,19 @@ impl Epilogue {
     /// Records the biases' values (known when the weights were packed) for [`Epilogue::apply_static`].
     fn with_bias_values(self, values: Vec<i32>) -> Epilogue {
         match self {
-            Epilogue::Fixed { bias, rq, per_channel, i64_mul, .. } => Epilogue::Fixed { bias, rq, per_channel, bias_values: Some(values), i64_mul },
+            Epilogue::Fixed {
+                bias,
+                rq,
+                per_channel,
+                i64_mul,
+                ..
+            } => Epilogue::Fixed {
+                bias,
+                rq,
+                per_channel,
+                bias_values: Some(values),
+                i64_mul,
+            },
             other => other,
         }
     }
@@ -545,7 +710,9 @@ impl Epilogue {
 
 /// A quantized operand's parameters (from its type).
 fn quant(o: &Operand, what: &str) -> Result<QuantParams, String> {
-    o.ty.quant.clone().ok_or_else(|| format!("{what} has no quantization parameters"))
+    o.ty.quant
+        .clone()
+        .ok_or_else(|| format!("{what} has no quantization parameters"))
 }
 
 /// The i32 table of a quantized operand's zero points, read at the channel (`along_col`)
@@ -553,26 +720,49 @@ fn quant(o: &Operand, what: &str) -> Result<QuantParams, String> {
 fn zero_point_table(k: &mut Kernel, q: &QuantParams, along_col: bool) -> Result<Indexed, String> {
     let ptr = table(k, q.zero_point.iter().map(|z| z.to_le_bytes()))?;
     let stride = i64::from(q.zero_point.len() > 1);
-    Ok(Indexed { ptr, elem: Elem::I32, si: if along_col { 0 } else { stride }, sj: if along_col { stride } else { 0 } })
+    Ok(Indexed {
+        ptr,
+        elem: Elem::I32,
+        si: if along_col { 0 } else { stride },
+        sj: if along_col { stride } else { 0 },
+    })
 }
 
 /// A zero-point operand of ConvInteger/MatMulInteger (a scalar or one per row/channel).
 fn zero_point_operand(o: Option<&Operand>, along_col: bool) -> Result<Option<Indexed>, String> {
     let Some(o) = o else { return Ok(None) };
     let stride = i64::from(o.per_sample() > 1);
-    Ok(Some(Indexed { ptr: o.ptr, elem: Elem::of(o.ty.dtype)?, si: if along_col { 0 } else { stride }, sj: if along_col { stride } else { 0 } }))
+    Ok(Some(Indexed {
+        ptr: o.ptr,
+        elem: Elem::of(o.ty.dtype)?,
+        si: if along_col { 0 } else { stride },
+        sj: if along_col { stride } else { 0 },
+    }))
 }
 
 /// An i32 bias operand, one per output channel.
 fn bias_of(o: Option<&Operand>) -> Result<Option<Indexed>, String> {
-    o.map(|b| Ok(Indexed { ptr: b.ptr, elem: Elem::of(b.ty.dtype)?, si: 0, sj: 1 })).transpose()
+    o.map(|b| {
+        Ok(Indexed {
+            ptr: b.ptr,
+            elem: Elem::of(b.ty.dtype)?,
+            si: 0,
+            sj: 1,
+        })
+    })
+    .transpose()
 }
 
 /// The epilogue of an integer product with quantization parameters on its types (QConv,
 /// QMatMul, QLinearConv, QLinearMatMul). `channels` is the number of output channels,
 /// `rows` the number of rows of a QLinearMatMul's A (its per-row scales).
 /// `bias` is the per-channel i32 added to the accumulator (the operand's, or a folded one).
-fn quantized_epilogue(k: &mut Kernel, channels: usize, rows: usize, bias: Option<Indexed>) -> Result<Epilogue, String> {
+fn quantized_epilogue(
+    k: &mut Kernel,
+    channels: usize,
+    rows: usize,
+    bias: Option<Indexed>,
+) -> Result<Epilogue, String> {
     let (xq, wq) = (quant(k.input(0)?, "input")?, quant(k.input(1)?, "weights")?);
     let y = k.output(0).ty.clone();
     match k.op.kind {
@@ -583,24 +773,63 @@ fn quantized_epilogue(k: &mut Kernel, channels: usize, rows: usize, bias: Option
             let rq = Requant::for_product(&xq, &wq, channels, &y, k.op.fused_activation()?)?;
             let per_channel = if rq.multipliers.len() > 1 {
                 let m = table(k, rq.multipliers.iter().map(|f| (f.m as i64).to_le_bytes()))?;
-                let s = table(k, rq.multipliers.iter().map(|f| (f.shift as i64).to_le_bytes()))?;
-                Some((Indexed { ptr: m, elem: Elem::I64, si: 0, sj: 1 }, Indexed { ptr: s, elem: Elem::I64, si: 0, sj: 1 }))
+                let s = table(
+                    k,
+                    rq.multipliers
+                        .iter()
+                        .map(|f| (f.shift as i64).to_le_bytes()),
+                )?;
+                Some((
+                    Indexed {
+                        ptr: m,
+                        elem: Elem::I64,
+                        si: 0,
+                        sj: 1,
+                    },
+                    Indexed {
+                        ptr: s,
+                        elem: Elem::I64,
+                        si: 0,
+                        sj: 1,
+                    },
+                ))
             } else {
                 None
             };
-            Ok(Epilogue::Fixed { bias, rq, per_channel, bias_values: None, i64_mul: k.has_i64x2_mul() })
+            Ok(Epilogue::Fixed {
+                bias,
+                rq,
+                per_channel,
+                bias_values: None,
+                i64_mul: k.has_i64x2_mul(),
+            })
         }
         _ => {
-            let yq = y.quant.clone().ok_or("result has no quantization parameters")?;
+            let yq = y
+                .quant
+                .clone()
+                .ok_or("result has no quantization parameters")?;
             let range = y.dtype.int_range().ok_or("result is not an integer type")?;
             let (ys, zero_point) = yq.channel(0);
             let r = if xq.axis.is_some() { rows } else { 1 };
             let c = if wq.axis.is_some() { channels } else { 1 };
             let mults = (0..r).flat_map(|i| (0..c).map(move |j| (i, j)));
-            let mults: Vec<[u8; 8]> = mults.map(|(i, j)| ((xq.channel(i).0 * wq.channel(j).0 / ys) as f64).to_le_bytes()).collect();
+            let mults: Vec<[u8; 8]> = mults
+                .map(|(i, j)| ((xq.channel(i).0 * wq.channel(j).0 / ys) as f64).to_le_bytes())
+                .collect();
             let ptr = table(k, mults)?;
-            let mult = Indexed { ptr, elem: Elem::F64, si: if r > 1 { c as i64 } else { 0 }, sj: i64::from(c > 1) };
-            Ok(Epilogue::QLinear { bias, mult, zero_point, range })
+            let mult = Indexed {
+                ptr,
+                elem: Elem::F64,
+                si: if r > 1 { c as i64 } else { 0 },
+                sj: i64::from(c > 1),
+            };
+            Ok(Epilogue::QLinear {
+                bias,
+                mult,
+                zero_point,
+                range,
+            })
         }
     }
 }
@@ -627,17 +856,39 @@ struct Packed {
     bias: Indexed,
 }
 
-fn pack(k: &mut Kernel, channels: usize, len: usize, at: impl Fn(usize, usize) -> usize) -> Result<Option<Packed>, String> {
-    let Some(PackedRows { rows, folded, vnni }) = packed_rows(k, channels, len, at)? else { return Ok(None) };
+fn pack(
+    k: &mut Kernel,
+    channels: usize,
+    len: usize,
+    at: impl Fn(usize, usize) -> usize,
+) -> Result<Option<Packed>, String> {
+    let Some(PackedRows { rows, folded, vnni }) = packed_rows(k, channels, len, at)? else {
+        return Ok(None);
+    };
     let row_len = len.next_multiple_of(chunk_of(if vnni { Elem::I8 } else { Elem::I16 }));
-    let padded = rows.iter().flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(0, row_len - len)));
+    let padded = rows.iter().flat_map(|row| {
+        row.iter()
+            .copied()
+            .chain(std::iter::repeat_n(0, row_len - len))
+    });
     let (weights, elem) = if vnni {
         (table(k, padded.map(|v| (v as i8).to_le_bytes()))?, Elem::I8)
     } else {
         (table(k, padded.map(|v| v.to_le_bytes()))?, Elem::I16)
     };
     let bias = table(k, folded.iter().map(|v| v.to_le_bytes()))?;
-    Ok(Some(Packed { bias_values: folded, weights, elem, row_len, bias: Indexed { ptr: bias, elem: Elem::I32, si: 0, sj: 1 } }))
+    Ok(Some(Packed {
+        bias_values: folded,
+        weights,
+        elem,
+        row_len,
+        bias: Indexed {
+            ptr: bias,
+            elem: Elem::I32,
+            si: 0,
+            sj: 1,
+        },
+    }))
 }
 
 /// Rows of A against a B packed at compile time (see [`pack`]): the matrix product's
@@ -660,11 +911,20 @@ impl PackedProduct<'_> {
         let narrows: Vec<Side> = rows.iter().map(|&(side, _)| side).collect();
         for j0 in (0..self.n).step_by(4) {
             let cols: Vec<usize> = (j0..(j0 + 4).min(self.n)).collect();
-            let wides: Vec<Side> =
-                cols.iter().map(|&j| Side { base: fb.ins().iadd_imm_s(b, (j * self.b_sj) as i64 * be.bytes()), step: be.bytes(), elem: be, zp: None }).collect();
+            let wides: Vec<Side> = cols
+                .iter()
+                .map(|&j| Side {
+                    base: fb.ins().iadd_imm_s(b, (j * self.b_sj) as i64 * be.bytes()),
+                    step: be.bytes(),
+                    elem: be,
+                    zp: None,
+                })
+                .collect();
             let sums = dot_block(fb, &narrows, &wides, self.kk);
             for (sums, &(_, out)) in sums.into_iter().zip(rows) {
-                if let (RowSums::Lanes(v), Ok(known)) = (&sums, <[usize; 4]>::try_from(cols.as_slice())) {
+                if let (RowSums::Lanes(v), Ok(known)) =
+                    (&sums, <[usize; 4]>::try_from(cols.as_slice()))
+                {
                     if let Some(v) = self.epilogue.apply_x4(fb, *v, known) {
                         // Four neighbouring results of the row: one 32-bit store.
                         let bytes = requant::narrow_x4(fb, v, ye == Elem::I8);
@@ -710,12 +970,22 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
     let kind = k.op.kind;
     let (x, w, y) = (k.input(0)?, k.input(1)?, k.output(0));
     let (xd, wd, yd) = (x.dims(), w.dims(), y.dims());
-    let (xe, we, ye) = (Elem::of(x.ty.dtype)?, Elem::of(w.ty.dtype)?, Elem::of(y.ty.dtype)?);
+    let (xe, we, ye) = (
+        Elem::of(x.ty.dtype)?,
+        Elem::of(w.ty.dtype)?,
+        Elem::of(y.ty.dtype)?,
+    );
     let (x_batched, xptr, mut wptr, yptr) = (x.batched(), x.ptr, w.ptr, y.ptr);
     let mut we = we;
     let attrs = &k.op.attrs;
-    let group = usize::try_from(attrs.int("group")?).map_err(|e| e.to_string())?.max(1);
-    let (strides, dilations, pads) = (attrs.usizes("strides")?, attrs.usizes("dilations")?, attrs.usizes("pads")?);
+    let group = usize::try_from(attrs.int("group")?)
+        .map_err(|e| e.to_string())?
+        .max(1);
+    let (strides, dilations, pads) = (
+        attrs.usizes("strides")?,
+        attrs.usizes("dilations")?,
+        attrs.usizes("pads")?,
+    );
     let r = xd.len() - 2;
     let (channels, m) = (xd[1], wd[0]);
     let (cg, mg) = (channels / group, m / group);
@@ -732,12 +1002,34 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
     let mut kp = kg;
     let (x_zp, w_zp, epilogue): (Option<Indexed>, Option<Indexed>, Epilogue) = match kind {
         OpKind::Conv => {
-            let c = k.optional(2).map(|b| Indexed { ptr: b.ptr, elem: Elem::F32, si: 0, sj: 1 });
-            (None, None, Epilogue::Float { alpha: 1.0, beta: 1.0, c, c_sample: 0, act: k.op.fused_activation()? })
+            let c = k.optional(2).map(|b| Indexed {
+                ptr: b.ptr,
+                elem: Elem::F32,
+                si: 0,
+                sj: 1,
+            });
+            (
+                None,
+                None,
+                Epilogue::Float {
+                    alpha: 1.0,
+                    beta: 1.0,
+                    c,
+                    c_sample: 0,
+                    act: k.op.fused_activation()?,
+                },
+            )
         }
         OpKind::ConvInteger => {
-            let (xz, wz) = (zero_point_operand(k.optional(2), false)?, zero_point_operand(k.optional(3), true)?);
-            (xz.map(|z| Indexed { si: 0, sj: 0, ..z }), wz, Epilogue::Accumulator { bias: None })
+            let (xz, wz) = (
+                zero_point_operand(k.optional(2), false)?,
+                zero_point_operand(k.optional(3), true)?,
+            );
+            (
+                xz.map(|z| Indexed { si: 0, sj: 0, ..z }),
+                wz,
+                Epilogue::Accumulator { bias: None },
+            )
         }
         _ => {
             let (xq, wq) = (quant(k.input(0)?, "input")?, quant(k.input(1)?, "weights")?);
@@ -747,7 +1039,11 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
             match pack(k, m, kg, |c, t| c * kg + t)? {
                 Some(p) => {
                     (wptr, we, folded, kp) = (p.weights, p.elem, true, p.row_len);
-                    (xz, None, quantized_epilogue(k, m, 1, Some(p.bias))?.with_bias_values(p.bias_values))
+                    (
+                        xz,
+                        None,
+                        quantized_epilogue(k, m, 1, Some(p.bias))?.with_bias_values(p.bias_values),
+                    )
                 }
                 None => {
                     let wz = zero_point_table(k, &wq, true)?;
@@ -784,10 +1080,18 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
         taps.extend(std::iter::repeat_n(UNUSED, kp - kg));
     }
     k.form = if folded { "im2col-packed" } else { "im2col" };
-    let taps_ptr = if taps.len() > UNROLL_TAPS { table(k, taps.iter().map(|t| t.to_le_bytes()))? } else { emit::iconst(k.fb, 0) };
+    let taps_ptr = if taps.len() > UNROLL_TAPS {
+        table(k, taps.iter().map(|t| t.to_le_bytes()))?
+    } else {
+        emit::iconst(k.fb, 0)
+    };
     let col_bytes = (p * kp) as i64 * xe.bytes();
     let ws = k.workspace(col_bytes.max(1) as usize);
-    let samples = if x_batched { k.batch } else { emit::iconst(k.fb, xd[0] as i64) };
+    let samples = if x_batched {
+        k.batch
+    } else {
+        emit::iconst(k.fb, xd[0] as i64)
+    };
     let x_sample = (channels * in_count) as i64 * xe.bytes();
     let y_sample = (m * p) as i64 * ye.bytes();
     let fb = &mut *k.fb;
@@ -813,7 +1117,16 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
                 // Straight-line gather: every tap's source offset is a compile-time constant.
                 for (t, &off) in taps.iter().enumerate().filter(|&(_, &off)| off != UNUSED) {
                     let to = i32::try_from(t as i64 * xe.bytes()).unwrap_or(i32::MAX);
-                    let v = if off < 0 { pad } else { fb.ins().load(xe.mem_type(), emit::mem(), xg, (off as i64 * xe.bytes()) as i32) };
+                    let v = if off < 0 {
+                        pad
+                    } else {
+                        fb.ins().load(
+                            xe.mem_type(),
+                            emit::mem(),
+                            xg,
+                            (off as i64 * xe.bytes()) as i32,
+                        )
+                    };
                     fb.ins().store(emit::mem(), v, ws, to);
                 }
             } else {
@@ -829,21 +1142,49 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
                 });
             }
             // Packed integer weights: four output channels per activation load.
-            let probe_w = Side { base: wptr, step: we.bytes(), elem: we, zp: None };
-            let probe_x = Side { base: ws, step: xe.bytes(), elem: xe, zp: xz };
+            let probe_w = Side {
+                base: wptr,
+                step: we.bytes(),
+                elem: we,
+                zp: None,
+            };
+            let probe_x = Side {
+                base: ws,
+                step: xe.bytes(),
+                elem: xe,
+                zp: xz,
+            };
             if !float && simd_sides(&probe_w, &probe_x, kp).is_some() {
                 for b0 in (0..mg).step_by(4) {
                     let base = fb.ins().imul_imm_s(g, mg as i64);
-                    let chs: Vec<(Value, Option<usize>)> =
-                        (b0..(b0 + 4).min(mg)).map(|c| (fb.ins().iadd_imm_s(base, c as i64), g_static.map(|gs| gs * mg + c))).collect();
-                    let rows: Vec<Side> =
-                        chs.iter().map(|&(ch, _)| Side { base: emit::addr(fb, wptr, ch, kp as i64 * we.bytes()), step: we.bytes(), elem: we, zp: None }).collect();
+                    let chs: Vec<(Value, Option<usize>)> = (b0..(b0 + 4).min(mg))
+                        .map(|c| {
+                            (
+                                fb.ins().iadd_imm_s(base, c as i64),
+                                g_static.map(|gs| gs * mg + c),
+                            )
+                        })
+                        .collect();
+                    let rows: Vec<Side> = chs
+                        .iter()
+                        .map(|&(ch, _)| Side {
+                            base: emit::addr(fb, wptr, ch, kp as i64 * we.bytes()),
+                            step: we.bytes(),
+                            elem: we,
+                            zp: None,
+                        })
+                        .collect();
                     // Tiles of TILE_ROWS output positions × the block's channels.
                     let tile = |fb: &mut FunctionBuilder, pi0: Value, count: usize| {
                         let cols: Vec<Side> = (0..count)
                             .map(|r| {
                                 let pi = fb.ins().iadd_imm_s(pi0, r as i64);
-                                Side { base: emit::addr(fb, ws, pi, kp as i64 * xe.bytes()), step: xe.bytes(), elem: xe, zp: None }
+                                Side {
+                                    base: emit::addr(fb, ws, pi, kp as i64 * xe.bytes()),
+                                    step: xe.bytes(),
+                                    elem: xe,
+                                    zp: None,
+                                }
                             })
                             .collect();
                         let sums = dot_block(fb, &cols, &rows, kp);
@@ -873,7 +1214,9 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
                     let full = p / TILE_ROWS * TILE_ROWS;
                     if full > 0 {
                         let (zero, end) = (emit::iconst(fb, 0), emit::iconst(fb, full as i64));
-                        emit::for_range(fb, zero, end, TILE_ROWS as i64, |fb, pi0| tile(fb, pi0, TILE_ROWS));
+                        emit::for_range(fb, zero, end, TILE_ROWS as i64, |fb, pi0| {
+                            tile(fb, pi0, TILE_ROWS)
+                        });
                     }
                     if full < p {
                         let pi0 = emit::iconst(fb, full as i64);
@@ -888,9 +1231,19 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
                 let wz = w_zp.map(|z| z.load(fb, ch, ch));
                 let wrow = emit::addr(fb, wptr, ch, kp as i64 * we.bytes());
                 emit::for_count(fb, p as i64, |fb, pi| {
-                    let a = Side { base: wrow, step: we.bytes(), elem: we, zp: wz };
+                    let a = Side {
+                        base: wrow,
+                        step: we.bytes(),
+                        elem: we,
+                        zp: wz,
+                    };
                     let col = emit::addr(fb, ws, pi, kp as i64 * xe.bytes());
-                    let b = Side { base: col, step: xe.bytes(), elem: xe, zp: xz };
+                    let b = Side {
+                        base: col,
+                        step: xe.bytes(),
+                        elem: xe,
+                        zp: xz,
+                    };
                     let acc = dot(fb, &a, &b, kg);
                     let v = epilogue.apply(fb, acc, n, ch, ch);
                     ye.store_2d(fb, v, yn, ch, p, pi);
@@ -924,11 +1277,21 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<(), String> {
         }
     }
     let (ad, bd) = (a.dims(), b.dims());
-    let (ae, be, ye) = (Elem::of(a.ty.dtype)?, Elem::of(b.ty.dtype)?, Elem::of(y.ty.dtype)?);
+    let (ae, be, ye) = (
+        Elem::of(a.ty.dtype)?,
+        Elem::of(b.ty.dtype)?,
+        Elem::of(y.ty.dtype)?,
+    );
     let (aptr, mut bptr, yptr) = (a.ptr, b.ptr, y.ptr);
     let b_rank = bd.len();
     let mut be = be;
-    let sample = |o: &Operand, e: Elem| if o.batched() { o.per_sample() as i64 * e.bytes() } else { 0 };
+    let sample = |o: &Operand, e: Elem| {
+        if o.batched() {
+            o.per_sample() as i64 * e.bytes()
+        } else {
+            0
+        }
+    };
     let (a_sample, b_sample, y_sample) = (sample(a, ae), sample(b, be), sample(y, ye));
     let y_batched = y.batched();
     // (m, k, n), element strides of A (row, k) and B (k, column), and the batch offsets.
@@ -937,62 +1300,127 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<(), String> {
         if ad.len() != 2 || bd.len() != 2 {
             return Err("Gemm needs matrices".to_string());
         }
-        let (ta, tb) = (k.op.attrs.int("transA")? != 0, k.op.attrs.int("transB")? != 0);
+        let (ta, tb) = (
+            k.op.attrs.int("transA")? != 0,
+            k.op.attrs.int("transB")? != 0,
+        );
         (m, kk) = if ta { (ad[1], ad[0]) } else { (ad[0], ad[1]) };
         n = if tb { bd[0] } else { bd[1] };
         (a_si, a_sk) = if ta { (1, m) } else { (kk, 1) };
         (b_sk, b_sj) = if tb { (1, kk) } else { (n, 1) };
         batches = vec![(0usize, 0usize)];
     } else {
-        let a2 = if ad.len() == 1 { vec![1, ad[0]] } else { ad.clone() };
-        let b2 = if bd.len() == 1 { vec![bd[0], 1] } else { bd.clone() };
+        let a2 = if ad.len() == 1 {
+            vec![1, ad[0]]
+        } else {
+            ad.clone()
+        };
+        let b2 = if bd.len() == 1 {
+            vec![bd[0], 1]
+        } else {
+            bd.clone()
+        };
         (m, kk, n) = (a2[a2.len() - 2], a2[a2.len() - 1], b2[b2.len() - 1]);
         (a_si, a_sk, b_sk, b_sj) = (kk, 1, n, 1);
         let (abat, bbat) = (&a2[..a2.len() - 2], &b2[..b2.len() - 2]);
         let rank = abat.len().max(bbat.len());
-        let pad = |s: &[usize]| -> Vec<usize> { std::iter::repeat_n(1, rank - s.len()).chain(s.iter().copied()).collect() };
+        let pad = |s: &[usize]| -> Vec<usize> {
+            std::iter::repeat_n(1, rank - s.len())
+                .chain(s.iter().copied())
+                .collect()
+        };
         let (pa, pb) = (pad(abat), pad(bbat));
         let out: Vec<usize> = pa.iter().zip(&pb).map(|(&x, &y)| x.max(y)).collect();
         batches = positions(&out)
             .into_iter()
             .map(|pos| {
-                let flat = |s: &[usize]| pos.iter().zip(s).fold(0, |acc, (&i, &e)| acc * e + if e == 1 { 0 } else { i });
+                let flat = |s: &[usize]| {
+                    pos.iter()
+                        .zip(s)
+                        .fold(0, |acc, (&i, &e)| acc * e + if e == 1 { 0 } else { i })
+                };
                 (flat(&pa) * m * kk, flat(&pb) * kk * n)
             })
             .collect();
     }
     k.form = "matmul";
     let (a_zp, b_zp, epilogue): (Option<Indexed>, Option<Indexed>, Epilogue) = match kind {
-        OpKind::MatMul => (None, None, Epilogue::Float { alpha: 1.0, beta: 1.0, c: None, c_sample: 0, act: k.op.fused_activation()? }),
+        OpKind::MatMul => (
+            None,
+            None,
+            Epilogue::Float {
+                alpha: 1.0,
+                beta: 1.0,
+                c: None,
+                c_sample: 0,
+                act: k.op.fused_activation()?,
+            },
+        ),
         OpKind::Gemm => {
             let (alpha, beta) = (k.op.attrs.float("alpha")?, k.op.attrs.float("beta")?);
             let c = match k.optional(2) {
                 None => None,
                 Some(c) => {
                     let cd = c.dims();
-                    let c2: Vec<usize> = std::iter::repeat_n(1, 2usize.saturating_sub(cd.len())).chain(cd.iter().copied()).collect();
-                    let (si, sj) = (if c2[0] == 1 { 0 } else { c2[1] as i64 }, i64::from(c2[1] != 1));
-                    Some((Indexed { ptr: c.ptr, elem: Elem::F32, si, sj }, sample(c, Elem::F32)))
+                    let c2: Vec<usize> = std::iter::repeat_n(1, 2usize.saturating_sub(cd.len()))
+                        .chain(cd.iter().copied())
+                        .collect();
+                    let (si, sj) = (
+                        if c2[0] == 1 { 0 } else { c2[1] as i64 },
+                        i64::from(c2[1] != 1),
+                    );
+                    Some((
+                        Indexed {
+                            ptr: c.ptr,
+                            elem: Elem::F32,
+                            si,
+                            sj,
+                        },
+                        sample(c, Elem::F32),
+                    ))
                 }
             };
             let act = k.op.fused_activation()?;
-            (None, None, Epilogue::Float { alpha, beta, c: c.map(|c| c.0), c_sample: c.map_or(0, |c| c.1), act })
+            (
+                None,
+                None,
+                Epilogue::Float {
+                    alpha,
+                    beta,
+                    c: c.map(|c| c.0),
+                    c_sample: c.map_or(0, |c| c.1),
+                    act,
+                },
+            )
         }
-        OpKind::MatMulInteger => {
-            (zero_point_operand(k.optional(2), false)?, zero_point_operand(k.optional(3), true)?, Epilogue::Accumulator { bias: None })
-        }
+        OpKind::MatMulInteger => (
+            zero_point_operand(k.optional(2), false)?,
+            zero_point_operand(k.optional(3), true)?,
+            Epilogue::Accumulator { bias: None },
+        ),
         _ => {
             let (aq, bq) = (quant(k.input(0)?, "A")?, quant(k.input(1)?, "B")?);
             // A constant matrix B [K][N] packs to rows [N][K] (see `pack`).
-            let packed = if b_rank == 2 { pack(k, n, kk, |c, t| t * n + c)? } else { None };
+            let packed = if b_rank == 2 {
+                pack(k, n, kk, |c, t| t * n + c)?
+            } else {
+                None
+            };
             match packed {
                 Some(p) => {
                     k.form = "matmul-packed";
                     (bptr, be, b_sk, b_sj) = (p.weights, p.elem, 1, p.row_len);
-                    (None, None, quantized_epilogue(k, n, m, Some(p.bias))?.with_bias_values(p.bias_values))
+                    (
+                        None,
+                        None,
+                        quantized_epilogue(k, n, m, Some(p.bias))?.with_bias_values(p.bias_values),
+                    )
                 }
                 None => {
-                    let (az, bz) = (zero_point_table(k, &aq, false)?, zero_point_table(k, &bq, true)?);
+                    let (az, bz) = (
+                        zero_point_table(k, &aq, false)?,
+                        zero_point_table(k, &bq, true)?,
+                    );
                     let bias = bias_of(k.optional(2))?;
                     (Some(az), Some(bz), quantized_epilogue(k, n, m, bias)?)
                 }
@@ -1010,23 +1438,57 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<(), String> {
     let samples = k.samples(y_batched);
     let fb = &mut *k.fb;
     let zero = emit::iconst(fb, 0);
-    let packed = PackedProduct { b_sj, be, n, kk, epilogue: &epilogue, ye };
+    let packed = PackedProduct {
+        b_sj,
+        be,
+        n,
+        kk,
+        epilogue: &epilogue,
+        ye,
+    };
     // One row per sample against packed B: two samples at a time share each load of B.
-    let probe = |base: Value| Side { base, step: a_sk as i64 * ae.bytes(), elem: ae, zp: None };
-    let pairs = m == 1 && q == 1 && a_zp.is_none() && b_zp.is_none() && a_sample > 0 && y_sample > 0 && simd_sides(&probe(aptr), &Side { base: bptr, step: b_sk as i64 * be.bytes(), elem: be, zp: None }, kk).is_some();
+    let probe = |base: Value| Side {
+        base,
+        step: a_sk as i64 * ae.bytes(),
+        elem: ae,
+        zp: None,
+    };
+    let pairs = m == 1
+        && q == 1
+        && a_zp.is_none()
+        && b_zp.is_none()
+        && a_sample > 0
+        && y_sample > 0
+        && simd_sides(
+            &probe(aptr),
+            &Side {
+                base: bptr,
+                step: b_sk as i64 * be.bytes(),
+                elem: be,
+                zp: None,
+            },
+            kk,
+        )
+        .is_some();
     if pairs {
         let full = fb.ins().band_imm_s(samples, -2);
         emit::for_range(fb, zero, full, 2, |fb, s| {
             let rows: Vec<(Side, Value)> = (0..2)
                 .map(|r| {
                     let sr = fb.ins().iadd_imm_s(s, r);
-                    (probe(emit::addr(fb, aptr, sr, a_sample)), emit::addr(fb, yptr, sr, y_sample))
+                    (
+                        probe(emit::addr(fb, aptr, sr, a_sample)),
+                        emit::addr(fb, yptr, sr, y_sample),
+                    )
                 })
                 .collect();
             packed.emit(fb, &rows, bptr, s, zero);
         });
         emit::for_range(fb, full, samples, 1, |fb, s| {
-            let row = (probe(emit::addr(fb, aptr, s, a_sample)), emit::addr(fb, yptr, s, y_sample));
+            let row = (
+                probe(emit::addr(fb, aptr, s, a_sample)),
+                emit::addr(fb, yptr, s, y_sample),
+            );
             packed.emit(fb, &[row], bptr, s, zero);
         });
         return Ok(());
@@ -1038,8 +1500,14 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<(), String> {
         emit::for_count(fb, q as i64, |fb, qi| {
             let (a_q, b_q) = match offsets {
                 Some((ta, tb)) => {
-                    let (oa, ob) = (emit::load_at(fb, types::I64, ta, qi), emit::load_at(fb, types::I64, tb, qi));
-                    (emit::addr(fb, a_s, oa, ae.bytes()), emit::addr(fb, b_s, ob, be.bytes()))
+                    let (oa, ob) = (
+                        emit::load_at(fb, types::I64, ta, qi),
+                        emit::load_at(fb, types::I64, tb, qi),
+                    );
+                    (
+                        emit::addr(fb, a_s, oa, ae.bytes()),
+                        emit::addr(fb, b_s, ob, be.bytes()),
+                    )
                 }
                 None => (a_s, b_s),
             };
@@ -1048,8 +1516,18 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<(), String> {
                 let az = a_zp.map(|z| z.load(fb, i, i));
                 let arow = emit::addr(fb, a_q, i, a_si as i64 * ae.bytes());
                 // Packed integer B: four output columns per load of A's row.
-                let probe_a = Side { base: arow, step: a_sk as i64 * ae.bytes(), elem: ae, zp: az };
-                let probe_b = Side { base: b_q, step: b_sk as i64 * be.bytes(), elem: be, zp: None };
+                let probe_a = Side {
+                    base: arow,
+                    step: a_sk as i64 * ae.bytes(),
+                    elem: ae,
+                    zp: az,
+                };
+                let probe_b = Side {
+                    base: b_q,
+                    step: b_sk as i64 * be.bytes(),
+                    elem: be,
+                    zp: None,
+                };
                 if b_zp.is_none() && simd_sides(&probe_a, &probe_b, kk).is_some() {
                     let out = ye.addr_2d(fb, y_q, i, n, zero);
                     packed.emit(fb, &[(probe_a, out)], b_q, s, i);
@@ -1058,8 +1536,18 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<(), String> {
                 emit::for_count(fb, n as i64, |fb, j| {
                     let bz = b_zp.map(|z| z.load(fb, j, j));
                     let bcol = emit::addr(fb, b_q, j, b_sj as i64 * be.bytes());
-                    let sa = Side { base: arow, step: a_sk as i64 * ae.bytes(), elem: ae, zp: az };
-                    let sb = Side { base: bcol, step: b_sk as i64 * be.bytes(), elem: be, zp: bz };
+                    let sa = Side {
+                        base: arow,
+                        step: a_sk as i64 * ae.bytes(),
+                        elem: ae,
+                        zp: az,
+                    };
+                    let sb = Side {
+                        base: bcol,
+                        step: b_sk as i64 * be.bytes(),
+                        elem: be,
+                        zp: bz,
+                    };
                     let acc = dot(fb, &sa, &sb, kk);
                     let v = epilogue.apply(fb, acc, s, i, j);
                     ye.store_2d(fb, v, y_q, i, n, j);

@@ -38,14 +38,26 @@ pub(super) fn load_int(fb: &mut FunctionBuilder, dtype: DType, base: Value, inde
 }
 
 /// Stores an i32 value (already within the dtype's range) as an element of `dtype`.
-pub(super) fn store_int(fb: &mut FunctionBuilder, dtype: DType, v: Value, base: Value, index: Value) {
-    let v = if dtype == DType::I32 { v } else { fb.ins().ireduce(types::I8, v) };
+pub(super) fn store_int(
+    fb: &mut FunctionBuilder,
+    dtype: DType,
+    v: Value,
+    base: Value,
+    index: Value,
+) {
+    let v = if dtype == DType::I32 {
+        v
+    } else {
+        fb.ins().ireduce(types::I8, v)
+    };
     emit::store_at(fb, v, base, index);
 }
 
 /// The quantization parameters of a type (an error naming `what` when it has none).
 fn quant_of<'a>(ty: &'a TensorType, what: &str) -> Result<&'a QuantParams, String> {
-    ty.quant.as_ref().ok_or_else(|| format!("{what} has no quantization parameters"))
+    ty.quant
+        .as_ref()
+        .ok_or_else(|| format!("{what} has no quantization parameters"))
 }
 
 /// The scale and zero point of an 8-bit per-tensor operand.
@@ -70,13 +82,24 @@ impl Channels {
     fn of(x: &Operand, axis: Option<usize>, channels: usize) -> Result<Channels, String> {
         let dims = x.dims();
         match axis {
-            None => Ok(Channels { outer: 1, extent: 1, inner: x.per_sample() }),
+            None => Ok(Channels {
+                outer: 1,
+                extent: 1,
+                inner: x.per_sample(),
+            }),
             Some(0) if x.batched() => Err("per-axis quantization along the batch axis".to_string()),
             Some(a) if a < dims.len() => {
                 if dims[a] != channels {
-                    return Err(format!("{channels} quantization channels for an axis of {}", dims[a]));
+                    return Err(format!(
+                        "{channels} quantization channels for an axis of {}",
+                        dims[a]
+                    ));
                 }
-                Ok(Channels { outer: dims[..a].iter().product(), extent: dims[a], inner: dims[a + 1..].iter().product() })
+                Ok(Channels {
+                    outer: dims[..a].iter().product(),
+                    extent: dims[a],
+                    inner: dims[a + 1..].iter().product(),
+                })
             }
             Some(a) => Err(format!("quantization axis {a} is out of range")),
         }
@@ -118,7 +141,11 @@ impl Channels {
 }
 
 /// Read-only table of native-endian bytes.
-fn table<T: Copy, const N: usize>(k: &mut Kernel, values: &[T], bytes: impl Fn(T) -> [u8; N]) -> Result<Value, String> {
+fn table<T: Copy, const N: usize>(
+    k: &mut Kernel,
+    values: &[T],
+    bytes: impl Fn(T) -> [u8; N],
+) -> Result<Value, String> {
     let data: Vec<u8> = values.iter().flat_map(|&v| bytes(v)).collect();
     k.data(data, 8)
 }
@@ -151,14 +178,23 @@ pub(super) fn quantize(k: &mut Kernel) -> Result<(), String> {
         let splat = |fb: &mut FunctionBuilder, v: Value| fb.ins().splat(types::I32X4, v);
         let zpv = splat(fb, zp);
         // Clamped before the zero point is added (so nothing wraps): [lo − zp, hi − zp].
-        let (lo_z, hi_z) = (fb.ins().iconst(types::I32, lo), fb.ins().iconst(types::I32, hi));
+        let (lo_z, hi_z) = (
+            fb.ins().iconst(types::I32, lo),
+            fb.ins().iconst(types::I32, hi),
+        );
         let (lo_z, hi_z) = (fb.ins().isub(lo_z, zp), fb.ins().isub(hi_z, zp));
-        let (lo_z, hi_z, lo_v) = (splat(fb, lo_z), splat(fb, hi_z), fb.ins().iconst(types::I32, lo));
+        let (lo_z, hi_z, lo_v) = (
+            splat(fb, lo_z),
+            splat(fb, hi_z),
+            fb.ins().iconst(types::I32, lo),
+        );
         let lo_v = splat(fb, lo_v);
         let at = emit::addr(fb, xptr, i, 4);
         let quads: Vec<Value> = (0..LANES / 4)
             .map(|q| {
-                let v = fb.ins().load(types::F32X4, emit::mem(), at, (q * 16) as i32);
+                let v = fb
+                    .ins()
+                    .load(types::F32X4, emit::mem(), at, (q * 16) as i32);
                 let r = fb.ins().fdiv(v, scale);
                 let r = fb.ins().nearest(r);
                 let n = fb.ins().fcvt_to_sint_sat(types::I32X4, r);
@@ -170,8 +206,15 @@ pub(super) fn quantize(k: &mut Kernel) -> Result<(), String> {
                 fb.ins().bitselect(nan, lo_v, n)
             })
             .collect();
-        let (h0, h1) = (fb.ins().snarrow(quads[0], quads[1]), fb.ins().snarrow(quads[2], quads[3]));
-        let bytes = if signed { fb.ins().snarrow(h0, h1) } else { fb.ins().unarrow(h0, h1) };
+        let (h0, h1) = (
+            fb.ins().snarrow(quads[0], quads[1]),
+            fb.ins().snarrow(quads[2], quads[3]),
+        );
+        let bytes = if signed {
+            fb.ins().snarrow(h0, h1)
+        } else {
+            fb.ins().unarrow(h0, h1)
+        };
         let out = emit::addr(fb, yptr, i, 1);
         fb.ins().store(emit::mem(), bytes, out, 0);
     };
@@ -206,7 +249,11 @@ pub(super) fn quantize(k: &mut Kernel) -> Result<(), String> {
             let n = fb.ins().ireduce(types::I32, n);
             store_int(fb, ydtype, n, yptr, i);
         },
-        if vectorizable { Some(&mut vector) } else { None },
+        if vectorizable {
+            Some(&mut vector)
+        } else {
+            None
+        },
     );
     Ok(())
 }
@@ -225,7 +272,12 @@ pub(super) fn dequantize(k: &mut Kernel) -> Result<(), String> {
     channels.emit(
         k,
         batched,
-        &mut |fb, c| (emit::load_at(fb, types::F32, scales, c), emit::load_at(fb, types::F32, zps, c)),
+        &mut |fb, c| {
+            (
+                emit::load_at(fb, types::F32, scales, c),
+                emit::load_at(fb, types::F32, zps, c),
+            )
+        },
         &mut |fb, (scale, zp), i| {
             let v = load_int(fb, xdtype, xptr, i);
             let v = fb.ins().fcvt_from_sint(types::F32, v);
@@ -258,29 +310,71 @@ struct Rescale {
 impl Rescale {
     /// The rescale of `x` (per tensor) onto the 8-bit result `y` by `M = s_x / s_y`, as the
     /// interpreter builds it (`Requant::for_ratio`).
-    fn new(x: &TensorType, what: &str, y: &TensorType, act: Option<(f32, f32)>) -> Result<Rescale, String> {
+    fn new(
+        x: &TensorType,
+        what: &str,
+        y: &TensorType,
+        act: Option<(f32, f32)>,
+    ) -> Result<Rescale, String> {
         let (sx, zx) = per_tensor(x, what)?;
         let rq = Requant::for_ratio(sx as f64 / result_scale(y)?, y, act)?;
         let m = requant::channel(&rq, 0);
         let (xdtype, ydtype) = (x.dtype, y.dtype);
         let eight_bit = requant::is_8bit(xdtype) && requant::is_8bit(ydtype);
-        let vector = eight_bit.then(|| VectorRequant::single(m, rq.zero_point, rq.bounds, requant::reach(xdtype, zx), ydtype)).flatten();
+        let vector = eight_bit
+            .then(|| {
+                VectorRequant::single(
+                    m,
+                    rq.zero_point,
+                    rq.bounds,
+                    requant::reach(xdtype, zx),
+                    ydtype,
+                )
+            })
+            .flatten();
         // (a·2^s + 2^(s-1)) >> s = a: the multiplier is exactly 1.
-        let copy = eight_bit && m.m as i64 == 1i64 << m.shift && zx == rq.zero_point && xdtype == ydtype && xdtype.int_range() == Some(rq.bounds);
-        Ok(Rescale { rq, zx, xdtype, vector, copy })
+        let copy = eight_bit
+            && m.m as i64 == 1i64 << m.shift
+            && zx == rq.zero_point
+            && xdtype == ydtype
+            && xdtype.int_range() == Some(rq.bounds);
+        Ok(Rescale {
+            rq,
+            zx,
+            xdtype,
+            vector,
+            copy,
+        })
     }
 
     /// Emits `y[yi + j] = rescale(x[xi + j])` for `j` in `0..count`.
-    fn run(&self, fb: &mut FunctionBuilder, xptr: Value, xi: Value, yptr: Value, yi: Value, count: i64) {
+    fn run(
+        &self,
+        fb: &mut FunctionBuilder,
+        xptr: Value,
+        xi: Value,
+        yptr: Value,
+        yi: Value,
+        count: i64,
+    ) {
         let m = requant::channel(&self.rq, 0);
         // Steps of one element when there is no vector form.
-        let lanes = if self.copy || self.vector.is_some() { LANES } else { 1 };
+        let lanes = if self.copy || self.vector.is_some() {
+            LANES
+        } else {
+            1
+        };
         emit::for_lanes(fb, count, lanes as i64, &mut |fb, j, whole| {
             let (i, o) = (fb.ins().iadd(xi, j), fb.ins().iadd(yi, j));
             let r = match (&self.vector, whole) {
                 _ if self.copy => {
                     let a = fb.ins().iadd(xptr, i);
-                    fb.ins().load(if whole { types::I8X16 } else { types::I8 }, emit::mem(), a, 0)
+                    fb.ins().load(
+                        if whole { types::I8X16 } else { types::I8 },
+                        emit::mem(),
+                        a,
+                        0,
+                    )
                 }
                 (Some(v), true) => {
                     let t = requant::load_centered(fb, self.xdtype, xptr, i, self.zx);
@@ -318,7 +412,15 @@ pub(super) fn requantize(k: &mut Kernel) -> Result<(), String> {
 
 /// One QAdd operand's centered terms for a loop step: one i32, or 16 as two i16x8 (one
 /// element splatted when the operand is constant along the vector loop).
-fn qadd_term(fb: &mut FunctionBuilder, lanes: &Lanes, stream: usize, dtype: DType, base: Value, index: Value, zp: i32) -> [Value; 2] {
+fn qadd_term(
+    fb: &mut FunctionBuilder,
+    lanes: &Lanes,
+    stream: usize,
+    dtype: DType,
+    base: Value,
+    index: Value,
+    zp: i32,
+) -> [Value; 2] {
     if let Lanes::Vector(splat) = lanes {
         if !splat[stream] {
             return requant::load_centered(fb, dtype, base, index, zp);
@@ -345,22 +447,34 @@ pub(super) fn qadd(k: &mut Kernel) -> Result<(), String> {
     let plan = Broadcast::new(y, &[a, b])?;
     let (ap, adt, bp, bdt, yp, ydt) = (a.ptr, a.ty.dtype, b.ptr, b.ty.dtype, y.ptr, y.ty.dtype);
     let eight_bit = [adt, bdt, ydt].into_iter().all(requant::is_8bit);
-    let vector = eight_bit.then(|| VectorRequant::sum(&rq, &[requant::reach(adt, za), requant::reach(bdt, zb)], ydt)).flatten();
-    plan.emit_lanes(k, if vector.is_some() { LANES } else { 1 }, &mut |fb, o, lanes| {
-        let ta = qadd_term(fb, lanes, 1, adt, ap, o[1], za);
-        let tb = qadd_term(fb, lanes, 2, bdt, bp, o[2], zb);
-        match (lanes, &vector) {
-            (Lanes::Vector(_), Some(v)) => {
-                let r = v.apply(fb, &[ta, tb]);
-                let at = fb.ins().iadd(yp, o[0]);
-                fb.ins().store(emit::mem(), r, at, 0);
+    let vector = eight_bit
+        .then(|| {
+            VectorRequant::sum(
+                &rq,
+                &[requant::reach(adt, za), requant::reach(bdt, zb)],
+                ydt,
+            )
+        })
+        .flatten();
+    plan.emit_lanes(
+        k,
+        if vector.is_some() { LANES } else { 1 },
+        &mut |fb, o, lanes| {
+            let ta = qadd_term(fb, lanes, 1, adt, ap, o[1], za);
+            let tb = qadd_term(fb, lanes, 2, bdt, bp, o[2], zb);
+            match (lanes, &vector) {
+                (Lanes::Vector(_), Some(v)) => {
+                    let r = v.apply(fb, &[ta, tb]);
+                    let at = fb.ins().iadd(yp, o[0]);
+                    fb.ins().store(emit::mem(), r, at, 0);
+                }
+                _ => {
+                    let r = requant::requantize_sum(fb, &[ta[0], tb[0]], &rq);
+                    store_int(fb, ydt, r, yp, o[0]);
+                }
             }
-            _ => {
-                let r = requant::requantize_sum(fb, &[ta[0], tb[0]], &rq);
-                store_int(fb, ydt, r, yp, o[0]);
-            }
-        }
-    });
+        },
+    );
     Ok(())
 }
 
@@ -374,7 +488,10 @@ pub(super) fn qconcat(k: &mut Kernel) -> Result<(), String> {
     let out = y.dims();
     let rank = out.len() as i64;
     let axis = k.op.attrs.int("axis")?;
-    let axis = usize::try_from(if axis < 0 { axis + rank } else { axis }).ok().filter(|&a| a < out.len()).ok_or_else(|| format!("axis {axis} is out of range"))?;
+    let axis = usize::try_from(if axis < 0 { axis + rank } else { axis })
+        .ok()
+        .filter(|&a| a < out.len())
+        .ok_or_else(|| format!("axis {axis} is out of range"))?;
     if axis == 0 && ybatched {
         return Err("concatenation along the batch axis".to_string());
     }
@@ -386,7 +503,9 @@ pub(super) fn qconcat(k: &mut Kernel) -> Result<(), String> {
     for i in 0..k.inputs.len() {
         let x = k.input(i)?;
         if x.batched() != ybatched {
-            return Err(format!("operand {i} and the result disagree on the batch axis"));
+            return Err(format!(
+                "operand {i} and the result disagree on the batch axis"
+            ));
         }
         let rescale = Rescale::new(&x.ty, &format!("operand {i}"), &y.ty, act)?;
         let row = x.dims()[axis] as i64 * inner;
@@ -394,7 +513,9 @@ pub(super) fn qconcat(k: &mut Kernel) -> Result<(), String> {
         offset += row;
     }
     if offset != yrow {
-        return Err(format!("parts total {offset} elements per row, the result {yrow}"));
+        return Err(format!(
+            "parts total {offset} elements per row, the result {yrow}"
+        ));
     }
     let samples = k.samples(ybatched);
     let blocks = k.fb.ins().imul_imm_s(samples, outer);
@@ -408,4 +529,3 @@ pub(super) fn qconcat(k: &mut Kernel) -> Result<(), String> {
     }
     Ok(())
 }
-

@@ -41,9 +41,13 @@ fn activation(fb: &mut FunctionBuilder, a: Activation, v: Value) -> Value {
         Activation::Sigmoid => approx::sigmoid(fb, v),
         Activation::Tanh => approx::tanh(fb, v),
         Activation::Relu => math::float_unary(fb, OpKind::Relu, 0.0, 0.0, v),
-        Activation::HardSigmoid(alpha, beta) => math::float_unary(fb, OpKind::HardSigmoid, alpha, beta, v),
+        Activation::HardSigmoid(alpha, beta) => {
+            math::float_unary(fb, OpKind::HardSigmoid, alpha, beta, v)
+        }
         Activation::LeakyRelu(alpha) => math::float_unary(fb, OpKind::LeakyRelu, alpha, 0.0, v),
-        Activation::ThresholdedRelu(alpha) => math::float_unary(fb, OpKind::ThresholdedRelu, alpha, 0.0, v),
+        Activation::ThresholdedRelu(alpha) => {
+            math::float_unary(fb, OpKind::ThresholdedRelu, alpha, 0.0, v)
+        }
         Activation::Elu(alpha) => math::float_unary(fb, OpKind::Elu, alpha, 0.0, v),
         Activation::Softsign => math::float_unary(fb, OpKind::Softsign, 0.0, 0.0, v),
         Activation::Softplus => math::float_unary(fb, OpKind::Softplus, 0.0, 0.0, v),
@@ -75,7 +79,11 @@ fn dot(fb: &mut FunctionBuilder, a: Value, a0: Value, b: Value, b0: Value, n: us
         let ib = fb.ins().iadd(b0, i);
         let pa = emit::addr(fb, a, ia, 4);
         let pb = emit::addr(fb, b, ib, 4);
-        let (var, ty) = if whole { (vacc, types::F32X4) } else { (acc, types::F32) };
+        let (var, ty) = if whole {
+            (vacc, types::F32X4)
+        } else {
+            (acc, types::F32)
+        };
         let x = fb.ins().load(ty, emit::mem(), pa, 0);
         let y = fb.ins().load(ty, emit::mem(), pb, 0);
         let p = fb.ins().fmul(x, y);
@@ -84,7 +92,9 @@ fn dot(fb: &mut FunctionBuilder, a: Value, a0: Value, b: Value, b0: Value, n: us
         fb.def_var(var, s);
     });
     let v = fb.use_var(vacc);
-    let lanes: Vec<Value> = (0..LANES as u8).map(|i| fb.ins().extractlane(v, i)).collect();
+    let lanes: Vec<Value> = (0..LANES as u8)
+        .map(|i| fb.ins().extractlane(v, i))
+        .collect();
     let p = fb.ins().fadd(lanes[0], lanes[1]);
     let q = fb.ins().fadd(lanes[2], lanes[3]);
     let h = fb.ins().fadd(p, q);
@@ -117,7 +127,16 @@ const ROW_BLOCK: usize = 8;
 /// `rows` pre-activation rows `first..first + rows` into `out`: `bias[j] + M[j]·v` over
 /// `n`-element rows of `m` (see [`rows_times_many`]).
 #[allow(clippy::too_many_arguments)]
-fn rows_times(fb: &mut FunctionBuilder, m: Value, bias: Option<Value>, v: Value, n: usize, first: usize, rows: usize, out: Value) {
+fn rows_times(
+    fb: &mut FunctionBuilder,
+    m: Value,
+    bias: Option<Value>,
+    v: Value,
+    n: usize,
+    first: usize,
+    rows: usize,
+    out: Value,
+) {
     let one = emit::iconst(fb, 1);
     rows_times_many(fb, m, bias, n, first, rows, one, &|_, _| v, out, 0);
 }
@@ -146,7 +165,10 @@ fn rows_times_many(
         fb.ins().iadd(out, o)
     };
     if blocked > 0 {
-        let (start, end) = (emit::iconst(fb, first as i64), emit::iconst(fb, (first + blocked) as i64));
+        let (start, end) = (
+            emit::iconst(fb, first as i64),
+            emit::iconst(fb, (first + blocked) as i64),
+        );
         emit::for_range(fb, start, end, ROW_BLOCK as i64, |fb, j| {
             // Address of row j's first element.
             let row = fb.ins().imul_imm_s(j, (n * 4) as i64);
@@ -154,7 +176,9 @@ fn rows_times_many(
             emit::for_dynamic(fb, count, |fb, k| {
                 let v = x_at(fb, k);
                 let out = out_of(fb, k);
-                let vaccs: Vec<_> = (0..ROW_BLOCK).map(|_| fb.declare_var(types::F32X4)).collect();
+                let vaccs: Vec<_> = (0..ROW_BLOCK)
+                    .map(|_| fb.declare_var(types::F32X4))
+                    .collect();
                 let accs: Vec<_> = (0..ROW_BLOCK).map(|_| fb.declare_var(types::F32)).collect();
                 let zero = fb.ins().f32const(0.0);
                 let vzero = fb.ins().splat(types::F32X4, zero);
@@ -163,7 +187,11 @@ fn rows_times_many(
                     fb.def_var(accs[r], zero);
                 }
                 emit::for_lanes(fb, n as i64, LANES, &mut |fb, i, whole| {
-                    let (ty, vars) = if whole { (types::F32X4, &vaccs) } else { (types::F32, &accs) };
+                    let (ty, vars) = if whole {
+                        (types::F32X4, &vaccs)
+                    } else {
+                        (types::F32, &accs)
+                    };
                     let pv = emit::addr(fb, v, i, 4);
                     let x = fb.ins().load(ty, emit::mem(), pv, 0);
                     let pm = emit::addr(fb, row, i, 4);
@@ -177,7 +205,9 @@ fn rows_times_many(
                 });
                 for r in 0..ROW_BLOCK {
                     let vs = fb.use_var(vaccs[r]);
-                    let lanes: Vec<Value> = (0..LANES as u8).map(|l| fb.ins().extractlane(vs, l)).collect();
+                    let lanes: Vec<Value> = (0..LANES as u8)
+                        .map(|l| fb.ins().extractlane(vs, l))
+                        .collect();
                     let p = fb.ins().fadd(lanes[0], lanes[1]);
                     let q = fb.ins().fadd(lanes[2], lanes[3]);
                     let h = fb.ins().fadd(p, q);
@@ -194,7 +224,10 @@ fn rows_times_many(
         });
     }
     if rows > blocked {
-        let (start, end) = (emit::iconst(fb, (first + blocked) as i64), emit::iconst(fb, (first + rows) as i64));
+        let (start, end) = (
+            emit::iconst(fb, (first + blocked) as i64),
+            emit::iconst(fb, (first + rows) as i64),
+        );
         emit::for_range(fb, start, end, 1, |fb, j| {
             let row = fb.ins().imul_imm_s(j, n as i64);
             emit::for_dynamic(fb, count, |fb, k| {
@@ -246,11 +279,19 @@ pub(super) fn recurrent(k: &mut Kernel) -> Result<(), String> {
     let input = xd[2].fixed().ok_or("X's input size must be known")?;
     let px = x.ptr;
     let (hidden, rows, dirs) = (r.hidden, r.rows(), r.dirs());
-    let (seq_dim, batch_dim) = if r.batch_first { (xd[1], xd[0]) } else { (xd[0], xd[1]) };
+    let (seq_dim, batch_dim) = if r.batch_first {
+        (xd[1], xd[0])
+    } else {
+        (xd[0], xd[1])
+    };
     let optional = |k: &Kernel, i: usize| k.optional(i).map(|o| o.ptr);
     let (pw, pr) = (k.input(1)?.ptr, k.input(2)?.ptr);
     let (pb, plen, ph0) = (optional(k, 3), optional(k, 4), optional(k, 5));
-    let (pc0, pp) = if cell == Cell::Lstm { (optional(k, 6), optional(k, 7)) } else { (None, None) };
+    let (pc0, pp) = if cell == Cell::Lstm {
+        (optional(k, 6), optional(k, 7))
+    } else {
+        (None, None)
+    };
     let py = k.output(0).ptr;
     let pyh = k.output(1).ptr;
     let pyc = (cell == Cell::Lstm).then(|| k.outputs[2].ptr);
@@ -267,12 +308,21 @@ pub(super) fn recurrent(k: &mut Kernel) -> Result<(), String> {
     let pgx = at(fb, 3 * hidden + rows);
     let directions: Vec<Direction> = (0..dirs)
         .map(|d| {
-            let off = |fb: &mut FunctionBuilder, p: Value, elems: usize| fb.ins().iadd_imm_s(p, (elems * 4) as i64);
+            let off = |fb: &mut FunctionBuilder, p: Value, elems: usize| {
+                fb.ins().iadd_imm_s(p, (elems * 4) as i64)
+            };
             let w = off(fb, pw, d * rows * input);
             let rr = off(fb, pr, d * rows * hidden);
             let bias = pb.map(|b| (off(fb, b, d * 2 * rows), off(fb, b, d * 2 * rows + rows)));
             let peep = pp.map(|p| off(fb, p, d * 3 * hidden));
-            Direction { w, r: rr, bias, peep, reverse: r.reverse[d], acts: r.activations[d].clone() }
+            Direction {
+                w,
+                r: rr,
+                bias,
+                peep,
+                reverse: r.reverse[d],
+                acts: r.activations[d].clone(),
+            }
         })
         .collect();
     let clip = r.clip;
@@ -372,7 +422,11 @@ pub(super) fn recurrent(k: &mut Kernel) -> Result<(), String> {
                     let t = time(fb, s);
                     let gx = fb.ins().imul_imm_s(k, (rows * 4) as i64);
                     let gx = fb.ins().iadd(pgx, gx);
-                    let recurrent_rows = if cell == Cell::Gru && !r.linear_before_reset { 2 * hidden } else { rows };
+                    let recurrent_rows = if cell == Cell::Gru && !r.linear_before_reset {
+                        2 * hidden
+                    } else {
+                        rows
+                    };
                     rows_times(fb, dir.r, rb, ph, hidden, 0, recurrent_rows, pgh);
                     step(fb, cell, &r, dir, [ph, pc, ptmp, gx, pgh], &clipped);
                     let yo = y_at(fb, t);
@@ -399,7 +453,14 @@ pub(super) fn recurrent(k: &mut Kernel) -> Result<(), String> {
 /// One step's gate nonlinearities and state update over the hidden units (the products
 /// are in `gx` and `gh`; GRU's hidden-gate recurrent rows come here when the reset gate
 /// applies before the product). `scratch` is `[h, c, tmp, gx, gh]`.
-fn step(fb: &mut FunctionBuilder, cell: Cell, r: &Recurrent, dir: &Direction, scratch: [Value; 5], clipped: &dyn Fn(&mut FunctionBuilder, Value) -> Value) {
+fn step(
+    fb: &mut FunctionBuilder,
+    cell: Cell,
+    r: &Recurrent,
+    dir: &Direction,
+    scratch: [Value; 5],
+    clipped: &dyn Fn(&mut FunctionBuilder, Value) -> Value,
+) {
     let [ph, pc, ptmp, pgx, pgh] = scratch;
     let hidden = r.hidden;
     let h = hidden as i32 * 4;

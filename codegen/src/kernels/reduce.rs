@@ -46,9 +46,13 @@ impl Walk {
     pub(super) fn new(dims: &[usize], batched: bool, axes: &[usize]) -> Walk {
         let first = usize::from(batched);
         let x_strides = emit::row_major(dims);
-        let kept_dims: Vec<usize> = (0..dims.len()).filter(|a| !axes.contains(a)).map(|a| dims[a]).collect();
+        let kept_dims: Vec<usize> = (0..dims.len())
+            .filter(|a| !axes.contains(a))
+            .map(|a| dims[a])
+            .collect();
         let y_all = emit::row_major(&kept_dims);
-        let (mut kept, mut kx, mut ky, mut reduced, mut rx) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut kept, mut kx, mut ky, mut reduced, mut rx) =
+            (vec![], vec![], vec![], vec![], vec![]);
         let mut y_axis = usize::from(batched && !axes.contains(&0));
         for a in first..dims.len() {
             if axes.contains(&a) {
@@ -64,7 +68,9 @@ impl Walk {
         let (kept, ks) = emit::coalesce(&kept, &[kx, ky]);
         let (reduced, rs) = emit::coalesce(&reduced, &[rx]);
         let per_sample = |d: &[usize]| d[first..].iter().product::<usize>() as i64;
-        let kept_per_sample: usize = kept_dims[usize::from(batched && !axes.contains(&0))..].iter().product();
+        let kept_per_sample: usize = kept_dims[usize::from(batched && !axes.contains(&0))..]
+            .iter()
+            .product();
         Walk {
             batch_kept: batched && !axes.contains(&0),
             batch_reduced: batched && axes.contains(&0),
@@ -80,7 +86,9 @@ impl Walk {
     /// Whether the innermost kept axis is contiguous in both x and y with at least `lanes`
     /// elements (result elements can be computed `lanes` at a time).
     pub(super) fn kept_vectorizable(&self, lanes: usize) -> bool {
-        self.kept.last().is_some_and(|&e| e >= lanes) && self.kept_strides[0].last() == Some(&1) && self.kept_strides[1].last() == Some(&1)
+        self.kept.last().is_some_and(|&e| e >= lanes)
+            && self.kept_strides[0].last() == Some(&1)
+            && self.kept_strides[1].last() == Some(&1)
     }
 
     /// Whether the innermost reduced axis is contiguous with at least `lanes` elements.
@@ -96,11 +104,24 @@ impl Walk {
     /// Emits the kept nest; `body(fb, x, y, vector)` runs per result element (or, with
     /// `lanes` > 1 on a [`kept_vectorizable`](Self::kept_vectorizable) walk, per `lanes`
     /// consecutive ones when `vector`).
-    pub(super) fn outputs(&self, k: &mut Kernel, lanes: usize, body: &mut dyn FnMut(&mut FunctionBuilder, Value, Value, bool)) {
+    pub(super) fn outputs(
+        &self,
+        k: &mut Kernel,
+        lanes: usize,
+        body: &mut dyn FnMut(&mut FunctionBuilder, Value, Value, bool),
+    ) {
         let vector = lanes > 1 && self.kept_vectorizable(lanes);
         let n = self.kept.len();
-        let (outer, inner) = if vector { (&self.kept[..n - 1], self.kept[n - 1]) } else { (&self.kept[..], 0) };
-        let strides: Vec<Vec<i64>> = self.kept_strides.iter().map(|s| s[..outer.len()].to_vec()).collect();
+        let (outer, inner) = if vector {
+            (&self.kept[..n - 1], self.kept[n - 1])
+        } else {
+            (&self.kept[..], 0)
+        };
+        let strides: Vec<Vec<i64>> = self
+            .kept_strides
+            .iter()
+            .map(|s| s[..outer.len()].to_vec())
+            .collect();
         let mut nest = |fb: &mut FunctionBuilder, start: &[Value]| {
             emit::for_strided(fb, outer, &strides, start, &mut |fb, off| {
                 if !vector {
@@ -128,10 +149,21 @@ impl Walk {
     /// Emits the reduced nest from element offset `x` of the operand: `body(fb, x, vector)`
     /// per element (or per `lanes` consecutive ones when `vector`, with `lanes` > 1 on a
     /// [`reduced_vectorizable`](Self::reduced_vectorizable) walk).
-    pub(super) fn fold(&self, fb: &mut FunctionBuilder, batch: Value, x: Value, lanes: usize, body: &mut dyn FnMut(&mut FunctionBuilder, Value, bool)) {
+    pub(super) fn fold(
+        &self,
+        fb: &mut FunctionBuilder,
+        batch: Value,
+        x: Value,
+        lanes: usize,
+        body: &mut dyn FnMut(&mut FunctionBuilder, Value, bool),
+    ) {
         let vector = lanes > 1 && self.reduced_vectorizable(lanes);
         let n = self.reduced.len();
-        let (outer, inner) = if vector { (&self.reduced[..n - 1], self.reduced[n - 1]) } else { (&self.reduced[..], 0) };
+        let (outer, inner) = if vector {
+            (&self.reduced[..n - 1], self.reduced[n - 1])
+        } else {
+            (&self.reduced[..], 0)
+        };
         let strides = vec![self.reduced_strides[..outer.len()].to_vec()];
         let mut nest = |fb: &mut FunctionBuilder, start: Value| {
             emit::for_strided(fb, outer, &strides, &[start], &mut |fb, off| {
@@ -249,7 +281,9 @@ fn fconst(fb: &mut FunctionBuilder, ty: Type, v: f32) -> Value {
 
 /// The lanes of an f32x4 combined into one f32.
 fn horizontal(fb: &mut FunctionBuilder, fold: Fold, v: Value) -> Value {
-    let lanes: Vec<Value> = (0..LANES as u8).map(|i| fb.ins().extractlane(v, i)).collect();
+    let lanes: Vec<Value> = (0..LANES as u8)
+        .map(|i| fb.ins().extractlane(v, i))
+        .collect();
     let a = combine_f32(fb, fold, lanes[0], lanes[1]);
     let b = combine_f32(fb, fold, lanes[2], lanes[3]);
     combine_f32(fb, fold, a, b)
@@ -259,7 +293,12 @@ fn horizontal(fb: &mut FunctionBuilder, fold: Fold, v: Value) -> Value {
 fn axes_of(k: &Kernel, rank: usize) -> Result<Vec<usize>, String> {
     let operand = match (k.op.attrs.get("axes"), k.optional(1)) {
         (Some(_), _) => None,
-        (None, Some(o)) => Some(o.constant.as_ref().ok_or("reduction axes computed at run time are not supported by code generation")?.to_i64_vec()?),
+        (None, Some(o)) => Some(
+            o.constant
+                .as_ref()
+                .ok_or("reduction axes computed at run time are not supported by code generation")?
+                .to_i64_vec()?,
+        ),
         (None, None) => return Err("the axes operand is missing".to_string()),
     };
     qlift_ir::reduce_axes(&k.op.attrs, operand.as_deref(), rank)
@@ -283,7 +322,11 @@ pub(super) fn reduce(k: &mut Kernel) -> Result<(), String> {
         return log_sum_exp(k, &walk);
     }
     let (pre, fold, post) = definition(kind);
-    let logf = if post == Post::Log { Some(k.import("logf", &[types::F32], &[types::F32])?) } else { None };
+    let logf = if post == Post::Log {
+        Some(k.import("logf", &[types::F32], &[types::F32])?)
+    } else {
+        None
+    };
     let batch = k.batch;
     let acc = k.fb.declare_var(types::F32);
     let vacc = k.fb.declare_var(types::F32X4);
@@ -314,15 +357,25 @@ pub(super) fn reduce(k: &mut Kernel) -> Result<(), String> {
             let vinit = fconst(fb, types::F32X4, float_identity(fold));
             fb.def_var(vacc, vinit);
         }
-        walk.fold(fb, batch, xo, if vector_rows { LANES } else { 1 }, &mut |fb, at, whole| {
-            let (var, ty) = if whole { (vacc, types::F32X4) } else { (acc, types::F32) };
-            let a = emit::addr(fb, px, at, 4);
-            let v = fb.ins().load(ty, emit::mem(), a, 0);
-            let v = pre_f32(fb, pre, v);
-            let s = fb.use_var(var);
-            let s = combine_f32(fb, fold, s, v);
-            fb.def_var(var, s);
-        });
+        walk.fold(
+            fb,
+            batch,
+            xo,
+            if vector_rows { LANES } else { 1 },
+            &mut |fb, at, whole| {
+                let (var, ty) = if whole {
+                    (vacc, types::F32X4)
+                } else {
+                    (acc, types::F32)
+                };
+                let a = emit::addr(fb, px, at, 4);
+                let v = fb.ins().load(ty, emit::mem(), a, 0);
+                let v = pre_f32(fb, pre, v);
+                let s = fb.use_var(var);
+                let s = combine_f32(fb, fold, s, v);
+                fb.def_var(var, s);
+            },
+        );
         let mut s = fb.use_var(acc);
         if vector_rows {
             let v = fb.use_var(vacc);
@@ -336,13 +389,23 @@ pub(super) fn reduce(k: &mut Kernel) -> Result<(), String> {
 }
 
 /// The end of a float fold: the mean divides by the element count (an i64 value).
-fn post_f32(fb: &mut FunctionBuilder, post: Post, s: Value, count: Value, logf: Option<FuncRef>) -> Value {
+fn post_f32(
+    fb: &mut FunctionBuilder,
+    post: Post,
+    s: Value,
+    count: Value,
+    logf: Option<FuncRef>,
+) -> Value {
     let ty = fb.func.dfg.value_type(s);
     match post {
         Post::Itself => s,
         Post::Mean => {
             let n = fb.ins().fcvt_from_sint(types::F32, count);
-            let n = if ty.is_vector() { fb.ins().splat(ty, n) } else { n };
+            let n = if ty.is_vector() {
+                fb.ins().splat(ty, n)
+            } else {
+                n
+            };
             fb.ins().fdiv(s, n)
         }
         Post::Sqrt => fb.ins().sqrt(s),
@@ -381,11 +444,23 @@ impl ExpSum {
         let expf = k.import("expf", &[types::F32], &[types::F32])?;
         let logf = k.import("logf", &[types::F32], &[types::F32])?;
         let (max, sum) = (k.fb.declare_var(types::F32), k.fb.declare_var(types::F32));
-        Ok(ExpSum { expf, logf, max, sum })
+        Ok(ExpSum {
+            expf,
+            logf,
+            max,
+            sum,
+        })
     }
 
     /// `(m, log Σ exp(x − m))` over the elements `walk` folds from offset `x` of `base`.
-    pub(super) fn emit(&self, fb: &mut FunctionBuilder, walk: &Walk, batch: Value, base: Value, x: Value) -> (Value, Value) {
+    pub(super) fn emit(
+        &self,
+        fb: &mut FunctionBuilder,
+        walk: &Walk,
+        batch: Value,
+        base: Value,
+        x: Value,
+    ) -> (Value, Value) {
         let ninf = fb.ins().f32const(f32::NEG_INFINITY);
         fb.def_var(self.max, ninf);
         walk.fold(fb, batch, x, 1, &mut |fb, at, _| {
@@ -491,7 +566,11 @@ fn reduce_integer(k: &mut Kernel, walk: &Walk, dtype: DType) -> Result<(), Strin
             let n = walk.count(fb, batch);
             s = fb.ins().sdiv(s, n);
         }
-        let r = if ty == types::I64 { s } else { fb.ins().ireduce(ty, s) };
+        let r = if ty == types::I64 {
+            s
+        } else {
+            fb.ins().ireduce(ty, s)
+        };
         emit::store_at(fb, r, py, yo);
     });
     Ok(())
@@ -507,7 +586,11 @@ fn along(k: &mut Kernel, axis: usize) -> Result<(Walk, Value, i64), String> {
     }
     let walk = Walk::new(&dims, x.batched(), &[axis]);
     let stride = emit::row_major(&dims)[axis];
-    let extent = if x.batched() && axis == 0 { k.batch } else { emit::iconst(k.fb, dims[axis] as i64) };
+    let extent = if x.batched() && axis == 0 {
+        k.batch
+    } else {
+        emit::iconst(k.fb, dims[axis] as i64)
+    };
     Ok((walk, extent, stride))
 }
 
@@ -523,16 +606,39 @@ pub(super) struct Extreme {
 
 impl Extreme {
     pub(super) fn new(fb: &mut FunctionBuilder, dtype: DType, max: bool, last: bool) -> Extreme {
-        let best = fb.declare_var(if dtype == DType::F32 { types::F32 } else { types::I64 });
-        Extreme { max, last, dtype, best, index: fb.declare_var(types::I64) }
+        let best = fb.declare_var(if dtype == DType::F32 {
+            types::F32
+        } else {
+            types::I64
+        });
+        Extreme {
+            max,
+            last,
+            dtype,
+            best,
+            index: fb.declare_var(types::I64),
+        }
     }
 
     /// The position (i64) along a line of `extent` elements (at least one) from offset `x`
     /// of `base`, `stride` elements apart.
-    pub(super) fn emit(&self, fb: &mut FunctionBuilder, base: Value, x: Value, extent: Value, stride: i64) -> Value {
+    pub(super) fn emit(
+        &self,
+        fb: &mut FunctionBuilder,
+        base: Value,
+        x: Value,
+        extent: Value,
+        stride: i64,
+    ) -> Value {
         let (max, last, dtype) = (self.max, self.last, self.dtype);
         let float = dtype == DType::F32;
-        let load = |fb: &mut FunctionBuilder, at: Value| if float { emit::load_at(fb, types::F32, base, at) } else { load_i64(fb, dtype, base, at) };
+        let load = |fb: &mut FunctionBuilder, at: Value| {
+            if float {
+                emit::load_at(fb, types::F32, base, at)
+            } else {
+                load_i64(fb, dtype, base, at)
+            }
+        };
         let first = load(fb, x);
         fb.def_var(self.best, first);
         let zero = emit::iconst(fb, 0);
@@ -544,7 +650,11 @@ impl Extreme {
             let v = load(fb, at);
             let b = fb.use_var(self.best);
             let take = if float {
-                let (cc, cc_eq) = if max { (FloatCC::GreaterThan, FloatCC::GreaterThanOrEqual) } else { (FloatCC::LessThan, FloatCC::LessThanOrEqual) };
+                let (cc, cc_eq) = if max {
+                    (FloatCC::GreaterThan, FloatCC::GreaterThanOrEqual)
+                } else {
+                    (FloatCC::LessThan, FloatCC::LessThanOrEqual)
+                };
                 let v_nan = fb.ins().fcmp(FloatCC::Unordered, v, v);
                 if last {
                     let better = fb.ins().fcmp(cc_eq, v, b);
@@ -603,28 +713,45 @@ pub(super) fn cumsum(k: &mut Kernel) -> Result<(), String> {
     // The result has the operand's layout: y offsets are x offsets.
     let acc = k.fb.declare_var(ety);
     let vacc = k.fb.declare_var(types::F32X4);
-    walk.outputs(k, if float { LANES } else { 1 }, &mut |fb, xo, _, vector| {
-        let (var, ty) = if vector { (vacc, types::F32X4) } else { (acc, ety) };
-        let zero = if float { fconst(fb, ty, 0.0) } else { fb.ins().iconst(ety, 0) };
-        fb.def_var(var, zero);
-        let z = emit::iconst(fb, 0);
-        emit::for_range(fb, z, extent, 1, |fb, j| {
-            let j = if reverse {
-                let e = fb.ins().iadd_imm_s(extent, -1);
-                fb.ins().isub(e, j)
+    walk.outputs(
+        k,
+        if float { LANES } else { 1 },
+        &mut |fb, xo, _, vector| {
+            let (var, ty) = if vector {
+                (vacc, types::F32X4)
             } else {
-                j
+                (acc, ety)
             };
-            let s = fb.ins().imul_imm_s(j, stride);
-            let at = fb.ins().iadd(xo, s);
-            let a = emit::addr(fb, px, at, ety.bytes() as i64);
-            let v = fb.ins().load(ty, emit::mem(), a, 0);
-            let before = fb.use_var(var);
-            let after = if float { fb.ins().fadd(before, v) } else { fb.ins().iadd(before, v) };
-            fb.def_var(var, after);
-            let out = emit::addr(fb, py, at, ety.bytes() as i64);
-            fb.ins().store(emit::mem(), if exclusive { before } else { after }, out, 0);
-        });
-    });
+            let zero = if float {
+                fconst(fb, ty, 0.0)
+            } else {
+                fb.ins().iconst(ety, 0)
+            };
+            fb.def_var(var, zero);
+            let z = emit::iconst(fb, 0);
+            emit::for_range(fb, z, extent, 1, |fb, j| {
+                let j = if reverse {
+                    let e = fb.ins().iadd_imm_s(extent, -1);
+                    fb.ins().isub(e, j)
+                } else {
+                    j
+                };
+                let s = fb.ins().imul_imm_s(j, stride);
+                let at = fb.ins().iadd(xo, s);
+                let a = emit::addr(fb, px, at, ety.bytes() as i64);
+                let v = fb.ins().load(ty, emit::mem(), a, 0);
+                let before = fb.use_var(var);
+                let after = if float {
+                    fb.ins().fadd(before, v)
+                } else {
+                    fb.ins().iadd(before, v)
+                };
+                fb.def_var(var, after);
+                let out = emit::addr(fb, py, at, ety.bytes() as i64);
+                fb.ins()
+                    .store(emit::mem(), if exclusive { before } else { after }, out, 0);
+            });
+        },
+    );
     Ok(())
 }

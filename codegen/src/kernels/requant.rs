@@ -9,7 +9,9 @@
 //! it 16 centered 8-bit elements.
 
 use crate::emit;
-use cranelift_codegen::ir::{types, ConstantData, Endianness, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::ir::{
+    types, ConstantData, Endianness, InstBuilder, MemFlagsData, Type, Value,
+};
 use cranelift_frontend::FunctionBuilder;
 use qlift_ir::fixed_point::{FixedMultiplier, Requant, SumRequant};
 use qlift_ir::DType;
@@ -19,7 +21,13 @@ pub(crate) const LANES: usize = 16;
 
 /// `zero_point + M · acc` rounded and clamped, as an i32 value; `acc` is i32 or i64 (an
 /// i32 accumulator, sign-extended), `m` a compile-time multiplier.
-pub(crate) fn requantize(fb: &mut FunctionBuilder, acc: Value, m: FixedMultiplier, zero_point: i32, bounds: (i64, i64)) -> Value {
+pub(crate) fn requantize(
+    fb: &mut FunctionBuilder,
+    acc: Value,
+    m: FixedMultiplier,
+    zero_point: i32,
+    bounds: (i64, i64),
+) -> Value {
     let a = widen(fb, acc);
     let scaled = fb.ins().imul_imm_s(a, m.m as i64);
     clamp_shifted(fb, scaled, m.shift, zero_point, bounds)
@@ -27,7 +35,14 @@ pub(crate) fn requantize(fb: &mut FunctionBuilder, acc: Value, m: FixedMultiplie
 
 /// Like [`requantize`] with a multiplier and shift known only at run time (loaded from a
 /// per-channel table): `m` and `shift` are i64 values.
-pub(crate) fn requantize_dynamic(fb: &mut FunctionBuilder, acc: Value, m: Value, shift: Value, zero_point: i32, bounds: (i64, i64)) -> Value {
+pub(crate) fn requantize_dynamic(
+    fb: &mut FunctionBuilder,
+    acc: Value,
+    m: Value,
+    shift: Value,
+    zero_point: i32,
+    bounds: (i64, i64),
+) -> Value {
     let a = widen(fb, acc);
     let scaled = fb.ins().imul(a, m);
     let one = fb.ins().iconst(types::I64, 1);
@@ -66,13 +81,24 @@ fn widen(fb: &mut FunctionBuilder, v: Value) -> Value {
     }
 }
 
-fn clamp_shifted(fb: &mut FunctionBuilder, scaled: Value, shift: u32, zero_point: i32, bounds: (i64, i64)) -> Value {
+fn clamp_shifted(
+    fb: &mut FunctionBuilder,
+    scaled: Value,
+    shift: u32,
+    zero_point: i32,
+    bounds: (i64, i64),
+) -> Value {
     let rounded = fb.ins().iadd_imm_s(scaled, 1i64 << (shift - 1));
     let shifted = fb.ins().sshr_imm_s(rounded, shift as i64);
     finish(fb, shifted, zero_point, bounds)
 }
 
-fn finish(fb: &mut FunctionBuilder, shifted: Value, zero_point: i32, (lo, hi): (i64, i64)) -> Value {
+fn finish(
+    fb: &mut FunctionBuilder,
+    shifted: Value,
+    zero_point: i32,
+    (lo, hi): (i64, i64),
+) -> Value {
     let y = fb.ins().iadd_imm_s(shifted, zero_point as i64);
     let lo = fb.ins().iconst(types::I64, lo);
     let hi = fb.ins().iconst(types::I64, hi);
@@ -90,19 +116,34 @@ fn finish(fb: &mut FunctionBuilder, shifted: Value, zero_point: i32, (lo, hi): (
 /// and shifts them as i32. With `i64_mul` (the target multiplies i64x2 lanes natively:
 /// AVX-512DQ+VL) the multipliers are i64 constants, otherwise both sides are widened from
 /// i32 lanes, the form that becomes `pmuldq`.
-pub(crate) fn requantize_x4(fb: &mut FunctionBuilder, acc: Value, ms: [i32; 4], shift: u32, zero_point: i32, bounds: (i64, i64), i64_mul: bool) -> Option<Value> {
+pub(crate) fn requantize_x4(
+    fb: &mut FunctionBuilder,
+    acc: Value,
+    ms: [i32; 4],
+    shift: u32,
+    zero_point: i32,
+    bounds: (i64, i64),
+    i64_mul: bool,
+) -> Option<Value> {
     if shift < 32 {
         return None;
     }
     let half = splat(fb, types::I64X2, 1i64 << (shift - 1));
     let m32 = (!i64_mul).then(|| vector(fb, ms.iter().flat_map(|m| m.to_le_bytes()).collect()));
     let halves = [false, true].map(|high| {
-        let a = if high { fb.ins().swiden_high(acc) } else { fb.ins().swiden_low(acc) };
+        let a = if high {
+            fb.ins().swiden_high(acc)
+        } else {
+            fb.ins().swiden_low(acc)
+        };
         let b = match m32 {
             Some(m) if high => fb.ins().swiden_high(m),
             Some(m) => fb.ins().swiden_low(m),
             None => {
-                let m2: Vec<u8> = ms[if high { 2..4 } else { 0..2 }].iter().flat_map(|&m| (m as i64).to_le_bytes()).collect();
+                let m2: Vec<u8> = ms[if high { 2..4 } else { 0..2 }]
+                    .iter()
+                    .flat_map(|&m| (m as i64).to_le_bytes())
+                    .collect();
                 let c = fb.func.dfg.constants.insert(ConstantData::from(m2));
                 fb.ins().vconst(types::I64X2, c)
             }
@@ -118,11 +159,23 @@ pub(crate) fn requantize_x4(fb: &mut FunctionBuilder, acc: Value, ms: [i32; 4], 
 /// [`requantize_x4`] with one multiplier for the four lanes known only at run time (a
 /// per-channel table read in a loop over channels): `m` (i32), `half = 2^(shift-1)` (i64)
 /// and `shift_32 = shift - 32` (i32) are scalar values, the shift at least 32.
-pub(crate) fn requantize_x4_dynamic(fb: &mut FunctionBuilder, acc: Value, m: Value, half: Value, shift_32: Value, zero_point: i32, bounds: (i64, i64)) -> Value {
+pub(crate) fn requantize_x4_dynamic(
+    fb: &mut FunctionBuilder,
+    acc: Value,
+    m: Value,
+    half: Value,
+    shift_32: Value,
+    zero_point: i32,
+    bounds: (i64, i64),
+) -> Value {
     let m = fb.ins().splat(types::I32X4, m);
     let half = fb.ins().splat(types::I64X2, half);
     let halves = [false, true].map(|high| {
-        let (a, b) = if high { (fb.ins().swiden_high(acc), fb.ins().swiden_high(m)) } else { (fb.ins().swiden_low(acc), fb.ins().swiden_low(m)) };
+        let (a, b) = if high {
+            (fb.ins().swiden_high(acc), fb.ins().swiden_high(m))
+        } else {
+            (fb.ins().swiden_low(acc), fb.ins().swiden_low(m))
+        };
         let product = fb.ins().imul(a, b);
         fb.ins().iadd(product, half)
     });
@@ -185,8 +238,22 @@ impl ChannelTable {
 
 impl ChannelParams {
     /// [`requantize_x4_dynamic`] of `acc` (the bias not added) with these parameters.
-    pub fn requantize_x4(&self, fb: &mut FunctionBuilder, acc: Value, zero_point: i32, bounds: (i64, i64)) -> Value {
-        requantize_x4_dynamic(fb, acc, self.m, self.half, self.shift_32, zero_point, bounds)
+    pub fn requantize_x4(
+        &self,
+        fb: &mut FunctionBuilder,
+        acc: Value,
+        zero_point: i32,
+        bounds: (i64, i64),
+    ) -> Value {
+        requantize_x4_dynamic(
+            fb,
+            acc,
+            self.m,
+            self.half,
+            self.shift_32,
+            zero_point,
+            bounds,
+        )
     }
 }
 
@@ -201,7 +268,12 @@ fn high_words(fb: &mut FunctionBuilder, halves: [Value; 2]) -> Value {
 }
 
 /// `clamp(v + zero_point, lo, hi)` in i32x4 lanes.
-fn offset_and_clamp(fb: &mut FunctionBuilder, v: Value, zero_point: i32, (lo, hi): (i64, i64)) -> Value {
+fn offset_and_clamp(
+    fb: &mut FunctionBuilder,
+    v: Value,
+    zero_point: i32,
+    (lo, hi): (i64, i64),
+) -> Value {
     let y = if zero_point == 0 {
         v
     } else {
@@ -217,7 +289,9 @@ fn offset_and_clamp(fb: &mut FunctionBuilder, v: Value, zero_point: i32, (lo, hi
 /// `qlift_ir::fixed_point`), for [`requantize_x4`].
 pub(crate) fn lanes(rq: &Requant, channels: [usize; 4]) -> Option<([i32; 4], u32)> {
     let ms = channels.map(|c| channel(rq, c));
-    ms.iter().all(|m| m.shift == ms[0].shift).then(|| (ms.map(|m| m.m), ms[0].shift))
+    ms.iter()
+        .all(|m| m.shift == ms[0].shift)
+        .then(|| (ms.map(|m| m.m), ms[0].shift))
 }
 
 /// The i32 lanes of `v` (already clamped to the 8-bit range, so the saturating narrowings
@@ -293,7 +367,14 @@ impl VectorRequant {
     /// an 8-bit `dtype` result, for terms with `|tᵢ| ≤ reach[i]`; `None` where it would not
     /// be exact: a shift outside 17..=47, the one multiplier `2^31 - 2^15` (whose halves do
     /// not fit in i16 with either sign), a term beyond i16, or i32 lanes that could overflow.
-    pub(crate) fn new(multipliers: &[i32], shift: u32, zero_point: i32, bounds: (i64, i64), reach: &[i64], dtype: DType) -> Option<VectorRequant> {
+    pub(crate) fn new(
+        multipliers: &[i32],
+        shift: u32,
+        zero_point: i32,
+        bounds: (i64, i64),
+        reach: &[i64],
+        dtype: DType,
+    ) -> Option<VectorRequant> {
         let range = dtype.int_range().filter(|_| is_8bit(dtype))?;
         let i16s = |v: i64| i16::try_from(v).ok();
         let (mut high, mut low, mut negate) = (Vec::new(), Vec::new(), Vec::new());
@@ -302,7 +383,11 @@ impl VectorRequant {
             let h = (m as i64 - l) >> 16;
             // h = 2^15 (m within 2^15 below 2^31, as for ratios just under a power of two)
             // does not fit in i16, but -h does: t·m = (-t)·(-h·2^16 - l).
-            let (h, l, neg) = if h < 1 << 15 { (h, l, false) } else { (-h, -l, true) };
+            let (h, l, neg) = if h < 1 << 15 {
+                (h, l, false)
+            } else {
+                (-h, -l, true)
+            };
             high.push(i16s(h)?);
             low.push(i16s(l)?);
             negate.push(neg);
@@ -312,7 +397,13 @@ impl VectorRequant {
             low.push(0);
         }
         let fits = |v: i128| (i32::MIN as i128..=i32::MAX as i128).contains(&v);
-        let span = |parts: &[i16]| -> i128 { parts.iter().zip(reach).map(|(&p, &r)| (p as i128).abs() * r as i128).sum() };
+        let span = |parts: &[i16]| -> i128 {
+            parts
+                .iter()
+                .zip(reach)
+                .map(|(&p, &r)| (p as i128).abs() * r as i128)
+                .sum()
+        };
         let (h, l) = (span(&high), span(&low));
         let k = shift.checked_sub(16).filter(|k| (1..=31).contains(k))?;
         let (half, zp) = (1i128 << (k - 1), zero_point as i128);
@@ -326,16 +417,39 @@ impl VectorRequant {
             && fits(h + bias.abs() + (l >> 16) + 1)
             && fits(((h + half + (l >> 16) + 1) >> k) + 1 + zp.abs());
         let clamp = (bounds != range).then_some(bounds);
-        exact.then_some(VectorRequant { high, low, negate, k, bias: bias as i32, fold, zero_point, dtype, clamp })
+        exact.then_some(VectorRequant {
+            high,
+            low,
+            negate,
+            k,
+            bias: bias as i32,
+            fold,
+            zero_point,
+            dtype,
+            clamp,
+        })
     }
 
     /// For [`requantize_sum`]'s parameters.
     pub(crate) fn sum(rq: &SumRequant, reach: &[i64], dtype: DType) -> Option<VectorRequant> {
-        VectorRequant::new(&rq.multipliers, rq.shift, rq.zero_point, rq.bounds, reach, dtype)
+        VectorRequant::new(
+            &rq.multipliers,
+            rq.shift,
+            rq.zero_point,
+            rq.bounds,
+            reach,
+            dtype,
+        )
     }
 
     /// For [`requantize`]'s parameters: one term.
-    pub(crate) fn single(m: FixedMultiplier, zero_point: i32, bounds: (i64, i64), reach: i64, dtype: DType) -> Option<VectorRequant> {
+    pub(crate) fn single(
+        m: FixedMultiplier,
+        zero_point: i32,
+        bounds: (i64, i64),
+        reach: i64,
+        dtype: DType,
+    ) -> Option<VectorRequant> {
         VectorRequant::new(&[m.m], m.shift, zero_point, bounds, &[reach], dtype)
     }
 
@@ -344,18 +458,40 @@ impl VectorRequant {
     pub(crate) fn apply(&self, fb: &mut FunctionBuilder, terms: &[[Value; 2]]) -> Value {
         let zero = splat(fb, types::I16X8, 0);
         let halves = [0, 1].map(|half| {
-            let mut lanes: Vec<Value> = terms.iter().zip(&self.negate).map(|(t, &neg)| if neg { fb.ins().isub(zero, t[half]) } else { t[half] }).collect();
+            let mut lanes: Vec<Value> = terms
+                .iter()
+                .zip(&self.negate)
+                .map(|(t, &neg)| {
+                    if neg {
+                        fb.ins().isub(zero, t[half])
+                    } else {
+                        t[half]
+                    }
+                })
+                .collect();
             if lanes.len() % 2 == 1 {
                 lanes.push(zero);
             }
             let quarters = [0, 1].map(|q| self.shifted(fb, &lanes, q));
             fb.ins().snarrow(quarters[0], quarters[1])
         });
-        let mut y = if self.dtype == DType::U8 { fb.ins().unarrow(halves[0], halves[1]) } else { fb.ins().snarrow(halves[0], halves[1]) };
+        let mut y = if self.dtype == DType::U8 {
+            fb.ins().unarrow(halves[0], halves[1])
+        } else {
+            fb.ins().snarrow(halves[0], halves[1])
+        };
         if let Some((lo, hi)) = self.clamp {
             let (lo, hi) = (splat(fb, types::I8X16, lo), splat(fb, types::I8X16, hi));
-            y = if self.dtype == DType::U8 { fb.ins().umax(y, lo) } else { fb.ins().smax(y, lo) };
-            y = if self.dtype == DType::U8 { fb.ins().umin(y, hi) } else { fb.ins().smin(y, hi) };
+            y = if self.dtype == DType::U8 {
+                fb.ins().umax(y, lo)
+            } else {
+                fb.ins().smax(y, lo)
+            };
+            y = if self.dtype == DType::U8 {
+                fb.ins().umin(y, hi)
+            } else {
+                fb.ins().smin(y, hi)
+            };
         }
         y
     }
@@ -364,7 +500,10 @@ impl VectorRequant {
     /// i16x8 terms `lanes` (an even count).
     fn shifted(&self, fb: &mut FunctionBuilder, lanes: &[Value], q: usize) -> Value {
         let (mut h, mut l) = (None, None);
-        for (pair, (hs, ls)) in lanes.chunks(2).zip(self.high.chunks(2).zip(self.low.chunks(2))) {
+        for (pair, (hs, ls)) in lanes
+            .chunks(2)
+            .zip(self.high.chunks(2).zip(self.low.chunks(2)))
+        {
             let x = interleave(fb, pair[0], pair[1], q);
             let (dh, dl) = (madd(fb, x, [hs[0], hs[1]]), madd(fb, x, [ls[0], ls[1]]));
             h = Some(h.map_or(dh, |h| fb.ins().iadd(h, dh)));
@@ -394,9 +533,14 @@ fn splat(fb: &mut FunctionBuilder, ty: Type, v: i64) -> Value {
 /// (`punpcklwd` for q = 0, `punpckhwd` for q = 1).
 fn interleave(fb: &mut FunctionBuilder, a: Value, b: Value, q: usize) -> Value {
     let le = little_endian();
-    let (a, b) = (fb.ins().bitcast(types::I8X16, le, a), fb.ins().bitcast(types::I8X16, le, b));
+    let (a, b) = (
+        fb.ins().bitcast(types::I8X16, le, a),
+        fb.ins().bitcast(types::I8X16, le, b),
+    );
     let lanes = (4 * q as u8)..(4 * q as u8 + 4);
-    let mask: Vec<u8> = lanes.flat_map(|lane| [2 * lane, 2 * lane + 1, 16 + 2 * lane, 17 + 2 * lane]).collect();
+    let mask: Vec<u8> = lanes
+        .flat_map(|lane| [2 * lane, 2 * lane + 1, 16 + 2 * lane, 17 + 2 * lane])
+        .collect();
     let mask = fb.func.dfg.immediates.push(ConstantData::from(mask));
     let x = fb.ins().shuffle(a, b, mask);
     fb.ins().bitcast(types::I16X8, le, x)
@@ -429,7 +573,13 @@ pub(crate) fn is_8bit(dtype: DType) -> bool {
 
 /// Sixteen 8-bit elements of `dtype` from element `index` of `base`, minus `zero_point`, as
 /// two i16x8 (elements 0-7, 8-15): `x - zero_point` of two 8-bit values fits in 16 bits.
-pub(crate) fn load_centered(fb: &mut FunctionBuilder, dtype: DType, base: Value, index: Value, zero_point: i32) -> [Value; 2] {
+pub(crate) fn load_centered(
+    fb: &mut FunctionBuilder,
+    dtype: DType,
+    base: Value,
+    index: Value,
+    zero_point: i32,
+) -> [Value; 2] {
     let at = fb.ins().iadd(base, index);
     [0, 8].map(|offset| {
         let v = load_widened(fb, dtype, at, offset);
@@ -443,7 +593,12 @@ pub(crate) fn load_centered(fb: &mut FunctionBuilder, dtype: DType, base: Value,
 
 /// Eight 8-bit elements of `dtype` at byte address `at + offset`, widened to an i16x8 by the
 /// dtype's signedness (one `pmovzxbw`/`pmovsxbw` from memory).
-pub(crate) fn load_widened(fb: &mut FunctionBuilder, dtype: DType, at: Value, offset: i32) -> Value {
+pub(crate) fn load_widened(
+    fb: &mut FunctionBuilder,
+    dtype: DType,
+    at: Value,
+    offset: i32,
+) -> Value {
     if dtype == DType::U8 {
         fb.ins().uload8x8(emit::mem(), at, offset)
     } else {

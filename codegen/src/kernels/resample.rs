@@ -44,11 +44,24 @@ fn walk(
     let out_dims = out.dims();
     let batched = x.batched();
     if batched && remapped.first() == Some(&0) {
-        return Err("resampling the batch axis needs the batch size bound (compile for a fixed batch)".to_string());
+        return Err(
+            "resampling the batch axis needs the batch size bound (compile for a fixed batch)"
+                .to_string(),
+        );
     }
     let first = usize::from(batched);
     let mut strides = vec![emit::row_major(&out_dims)[first..].to_vec()];
-    strides.push((first..out_dims.len()).map(|a| if remapped.contains(&a) { 0 } else { src_strides[a] }).collect());
+    strides.push(
+        (first..out_dims.len())
+            .map(|a| {
+                if remapped.contains(&a) {
+                    0
+                } else {
+                    src_strides[a]
+                }
+            })
+            .collect(),
+    );
     for &r in remapped {
         strides.push((first..out_dims.len()).map(|a| i64::from(a == r)).collect());
     }
@@ -60,7 +73,9 @@ fn walk(
         let mut start = vec![emit::iconst(fb, 0); streams];
         start[0] = fb.ins().imul_imm_s(b, out_sample);
         start[1] = fb.ins().imul_imm_s(b, in_sample);
-        emit::for_strided(fb, &extents, &strides, &start, &mut |fb, off| body(fb, off[0], off[1], &off[2..]));
+        emit::for_strided(fb, &extents, &strides, &start, &mut |fb, off| {
+            body(fb, off[0], off[1], &off[2..])
+        });
     });
     Ok(())
 }
@@ -72,7 +87,8 @@ fn gather_by_tables(k: &mut Kernel, tables: Tables, fill: i64) -> Result<(), Str
     let x = k.input(0)?;
     let src = emit::row_major(&x.dims());
     // Elements move as integers of their width (the fill is stored bits).
-    let ty = types::Type::int_with_byte_size(x.ty.dtype.size_of() as u16).ok_or("no integer type of the element's width")?;
+    let ty = types::Type::int_with_byte_size(x.ty.dtype.size_of() as u16)
+        .ok_or("no integer type of the element's width")?;
     let (px, po) = (x.ptr, k.output(0).ptr);
     let remapped: Vec<usize> = (0..tables.len()).filter(|&a| tables[a].is_some()).collect();
     let has_fill = tables.iter().flatten().any(|t| t.iter().any(|&v| v < 0));
@@ -107,7 +123,11 @@ fn gather_by_tables(k: &mut Kernel, tables: Tables, fill: i64) -> Result<(), Str
 const FILL: i64 = i64::MIN / 16;
 
 /// Pad in reflect, edge or wrap mode: a table per padded axis from `qlift_ir::pad_source`.
-pub(super) fn pad_by_tables(k: &mut Kernel, mode: qlift_ir::PadMode, pads: &[i64]) -> Result<(), String> {
+pub(super) fn pad_by_tables(
+    k: &mut Kernel,
+    mode: qlift_ir::PadMode,
+    pads: &[i64],
+) -> Result<(), String> {
     let (x, out) = (k.input(0)?, k.output(0));
     let (dims, out_dims) = (x.dims(), out.dims());
     let r = dims.len();
@@ -116,7 +136,12 @@ pub(super) fn pad_by_tables(k: &mut Kernel, mode: qlift_ir::PadMode, pads: &[i64
         .map(|a| {
             let (begin, end) = (pads[a], pads[a + r]);
             ((begin, end) != (0, 0)).then(|| {
-                (0..out_dims[a]).map(|p| qlift_ir::pad_source(mode, p, begin, end, dims[a]).map_or(FILL, |i| i as i64 * src[a])).collect()
+                (0..out_dims[a])
+                    .map(|p| {
+                        qlift_ir::pad_source(mode, p, begin, end, dims[a])
+                            .map_or(FILL, |i| i as i64 * src[a])
+                    })
+                    .collect()
             })
         })
         .collect();
@@ -137,17 +162,33 @@ fn stored(dtype: DType, v: f64) -> Result<i64, String> {
 pub(super) fn resize(k: &mut Kernel) -> Result<(), String> {
     let x = k.input(0)?;
     let dims = x.dims();
-    let constant = |i: usize, what: &str| -> Result<Option<std::sync::Arc<qlift_ir::Tensor>>, String> {
+    let constant = |i: usize,
+                    what: &str|
+     -> Result<Option<std::sync::Arc<qlift_ir::Tensor>>, String> {
         match k.optional(i) {
             None => Ok(None),
             Some(o) => o.constant.clone().map(Some).ok_or_else(|| format!("Resize {what} computed at run time are not supported; bind the input shapes so that they fold")),
         }
     };
-    let (roi, scales, sizes) = (constant(1, "roi values")?, constant(2, "scales")?, constant(3, "sizes")?);
+    let (roi, scales, sizes) = (
+        constant(1, "roi values")?,
+        constant(2, "scales")?,
+        constant(3, "sizes")?,
+    );
     let sizes = sizes.map(|t| t.to_i64_vec()).transpose()?;
-    let plan = qlift_ir::resize_plan(&k.op.attrs, &dims, roi.as_deref().map(|t| t.as_f32()).transpose()?, scales.as_deref().map(|t| t.as_f32()).transpose()?, sizes.as_deref())?;
+    let plan = qlift_ir::resize_plan(
+        &k.op.attrs,
+        &dims,
+        roi.as_deref().map(|t| t.as_f32()).transpose()?,
+        scales.as_deref().map(|t| t.as_f32()).transpose()?,
+        sizes.as_deref(),
+    )?;
     if plan.out != k.output(0).dims() {
-        return Err(format!("the plan's extents {:?} disagree with the result type {}", plan.out, k.output(0).ty.shape));
+        return Err(format!(
+            "the plan's extents {:?} disagree with the result type {}",
+            plan.out,
+            k.output(0).ty.shape
+        ));
     }
     let src = emit::row_major(&dims);
     let fill = stored(x.ty.dtype, plan.extrapolation)?;
@@ -156,7 +197,15 @@ pub(super) fn resize(k: &mut Kernel) -> Result<(), String> {
             .axes
             .iter()
             .enumerate()
-            .map(|(a, t)| t.as_ref().map(|t| t.index.iter().zip(&t.outside).map(|(&i, &o)| if o { FILL } else { i as i64 * src[a] }).collect()))
+            .map(|(a, t)| {
+                t.as_ref().map(|t| {
+                    t.index
+                        .iter()
+                        .zip(&t.outside)
+                        .map(|(&i, &o)| if o { FILL } else { i as i64 * src[a] })
+                        .collect()
+                })
+            })
             .collect();
         return gather_by_tables(k, tables, fill);
     }
@@ -184,8 +233,17 @@ fn interpolate(k: &mut Kernel, plan: &ResizePlan, src: &[i64]) -> Result<(), Str
         remapped.push(a);
         let offsets = table_data(k, t.index.iter().map(|&i| i as i64 * src[a]))?;
         let weights = k.data(t.weight.iter().flat_map(|w| w.to_le_bytes()).collect(), 8)?;
-        let outside = if t.outside.contains(&true) { Some(table_data(k, t.outside.iter().map(|&o| i64::from(o)))?) } else { None };
-        axes.push(AxisData { taps: t.taps, offsets, weights, outside });
+        let outside = if t.outside.contains(&true) {
+            Some(table_data(k, t.outside.iter().map(|&o| i64::from(o)))?)
+        } else {
+            None
+        };
+        axes.push(AxisData {
+            taps: t.taps,
+            offsets,
+            weights,
+            outside,
+        });
     }
     let fill = plan.extrapolation;
     let range = dtype.int_range();
@@ -220,7 +278,9 @@ fn weighted_sum(
     base: Value,
     leaf: &dyn Fn(&mut FunctionBuilder, Value) -> Value,
 ) -> Value {
-    let Some((axis, rest)) = axes.split_first() else { return leaf(fb, base) };
+    let Some((axis, rest)) = axes.split_first() else {
+        return leaf(fb, base);
+    };
     let acc = accumulators[0];
     let zero = fb.ins().f64const(0.0);
     fb.def_var(acc, zero);
@@ -247,7 +307,10 @@ fn to_f64(fb: &mut FunctionBuilder, v: Value, dtype: DType) -> Value {
         return fb.ins().fpromote(types::F64, v);
     }
     let ty = fb.func.dfg.value_type(v);
-    let wide = match (ty == types::I64, matches!(dtype, DType::U8 | DType::U4 | DType::Bool)) {
+    let wide = match (
+        ty == types::I64,
+        matches!(dtype, DType::U8 | DType::U4 | DType::Bool),
+    ) {
         (true, _) => v,
         (false, true) => fb.ins().uextend(types::I64, v),
         (false, false) => fb.ins().sextend(types::I64, v),
@@ -258,7 +321,9 @@ fn to_f64(fb: &mut FunctionBuilder, v: Value, dtype: DType) -> Value {
 /// An f64 result stored as `ty`: f32 rounded to nearest; integers (dtype range `range`)
 /// rounded half to even and saturated, NaN to 0 (the interpreter's conversion).
 fn from_f64(fb: &mut FunctionBuilder, v: Value, range: Option<(i64, i64)>, ty: Type) -> Value {
-    let Some((lo, hi)) = range else { return fb.ins().fdemote(types::F32, v) };
+    let Some((lo, hi)) = range else {
+        return fb.ins().fdemote(types::F32, v);
+    };
     let r = fb.ins().nearest(v);
     let (l, h) = (fb.ins().f64const(lo as f64), fb.ins().f64const(hi as f64));
     let r = fb.ins().fmax(r, l);
@@ -277,10 +342,21 @@ pub(super) fn block(k: &mut Kernel) -> Result<(), String> {
     let x = k.input(0)?;
     let b = qlift_ir::block_permutation(k.op.kind, &k.op.attrs, &x.dims())?;
     if b.out != k.output(0).dims() {
-        return Err(format!("{} extents {:?} disagree with the result type {}", k.op.kind, b.out, k.output(0).ty.shape));
+        return Err(format!(
+            "{} extents {:?} disagree with the result type {}",
+            k.op.kind,
+            b.out,
+            k.output(0).ty.shape
+        ));
     }
-    debug_assert!(matches!(k.op.kind, OpKind::DepthToSpace | OpKind::SpaceToDepth));
+    debug_assert!(matches!(
+        k.op.kind,
+        OpKind::DepthToSpace | OpKind::SpaceToDepth
+    ));
     let first = usize::from(x.batched());
-    let strides = vec![emit::row_major(&b.view)[first..].to_vec(), b.src[first..].iter().map(|&s| s as i64).collect()];
+    let strides = vec![
+        emit::row_major(&b.view)[first..].to_vec(),
+        b.src[first..].iter().map(|&s| s as i64).collect(),
+    ];
     strided_copy(k, &b.view[first..], strides, 0)
 }

@@ -22,13 +22,26 @@ fn mover(dtype: DType) -> Type {
 
 /// An index element at element offset `at` of `base`, normalized into `[0, n)` (negative
 /// ones count from the end); branches to `fail` when it is out of range.
-fn checked_index(fb: &mut FunctionBuilder, ty: Type, base: Value, at: Value, n: i64, fail: Block) -> Value {
+fn checked_index(
+    fb: &mut FunctionBuilder,
+    ty: Type,
+    base: Value,
+    at: Value,
+    n: i64,
+    fail: Block,
+) -> Value {
     let idx = emit::load_at(fb, ty, base, at);
-    let idx = if ty == types::I64 { idx } else { fb.ins().sextend(types::I64, idx) };
+    let idx = if ty == types::I64 {
+        idx
+    } else {
+        fb.ins().sextend(types::I64, idx)
+    };
     let wrapped = fb.ins().iadd_imm_s(idx, n);
     let negative = fb.ins().icmp_imm_s(IntCC::SignedLessThan, idx, 0);
     let idx = fb.ins().select(negative, wrapped, idx);
-    let bad = fb.ins().icmp_imm_s(IntCC::UnsignedGreaterThanOrEqual, idx, n);
+    let bad = fb
+        .ins()
+        .icmp_imm_s(IntCC::UnsignedGreaterThanOrEqual, idx, n);
     let ok = fb.create_block();
     fb.ins().brif(bad, fail, &[], ok, &[]);
     fb.switch_to_block(ok);
@@ -61,7 +74,10 @@ pub(super) fn one_hot(k: &mut Kernel) -> Result<(), String> {
     }
     let depth = out_dims[axis];
     let first = usize::from(x.batched());
-    let (outer, inner) = (out_dims[first..axis].iter().product::<usize>(), out_dims[axis + 1..].iter().product::<usize>());
+    let (outer, inner) = (
+        out_dims[first..axis].iter().product::<usize>(),
+        out_dims[axis + 1..].iter().product::<usize>(),
+    );
     let (src_ty, dtype, ty) = (x.elem(), x.ty.dtype, mover(out.ty.dtype));
     let (px, pv, po) = (x.ptr, values.ptr, out.ptr);
     let samples = k.samples(x.batched());
@@ -78,7 +94,13 @@ pub(super) fn one_hot(k: &mut Kernel) -> Result<(), String> {
                 let v = match dtype {
                     DType::F32 => fb.ins().fpromote(types::F64, v),
                     _ => {
-                        let w = if src_ty == types::I64 { v } else if matches!(dtype, DType::U8 | DType::U4 | DType::Bool) { fb.ins().uextend(types::I64, v) } else { fb.ins().sextend(types::I64, v) };
+                        let w = if src_ty == types::I64 {
+                            v
+                        } else if matches!(dtype, DType::U8 | DType::U4 | DType::Bool) {
+                            fb.ins().uextend(types::I64, v)
+                        } else {
+                            fb.ins().sextend(types::I64, v)
+                        };
                         fb.ins().fcvt_from_sint(types::F64, w)
                     }
                 };
@@ -104,10 +126,19 @@ pub(super) fn one_hot(k: &mut Kernel) -> Result<(), String> {
 /// nested loops; `body(fb, at, target)` gets the indices' element offset and the data
 /// offset of that position with the index on `axis` (checked: out of range fails the
 /// kernel with the interpreter's message).
-fn walk_elements(k: &mut Kernel, axis: usize, body: &mut dyn FnMut(&mut FunctionBuilder, Value, Value)) -> Result<(), String> {
+fn walk_elements(
+    k: &mut Kernel,
+    axis: usize,
+    body: &mut dyn FnMut(&mut FunctionBuilder, Value, Value),
+) -> Result<(), String> {
     let (data, indices) = (clone_operand(k.input(0)?), clone_operand(k.input(1)?));
     let dims = data.dims();
-    let (n, stride, ity, pi) = (dims[axis] as i64, emit::row_major(&dims)[axis], indices.elem(), indices.ptr);
+    let (n, stride, ity, pi) = (
+        dims[axis] as i64,
+        emit::row_major(&dims)[axis],
+        indices.elem(),
+        indices.ptr,
+    );
     let fail = failure_block(k);
     walk_positions(k, &data, &indices, axis, &mut |fb, at, base| {
         let idx = checked_index(fb, ity, pi, at, n, fail);
@@ -121,7 +152,13 @@ fn walk_elements(k: &mut Kernel, axis: usize, body: &mut dyn FnMut(&mut Function
 
 /// The loops of [`walk_elements`]: per position, the indices' offset and the data offset of
 /// every axis but `axis`.
-fn walk_positions(k: &mut Kernel, data: &Operand, indices: &Operand, axis: usize, body: &mut dyn FnMut(&mut FunctionBuilder, Value, Value)) -> Result<(), String> {
+fn walk_positions(
+    k: &mut Kernel,
+    data: &Operand,
+    indices: &Operand,
+    axis: usize,
+    body: &mut dyn FnMut(&mut FunctionBuilder, Value, Value),
+) -> Result<(), String> {
     let batched = all_or_none_batched(&[data, indices])?;
     if batched && axis == 0 {
         return Err("indexing along the batch axis is not supported".to_string());
@@ -129,13 +166,23 @@ fn walk_positions(k: &mut Kernel, data: &Operand, indices: &Operand, axis: usize
     let first = usize::from(batched);
     let (dims, idims) = (data.dims(), indices.dims());
     let src = emit::row_major(&dims);
-    let strides = vec![emit::row_major(&idims)[first..].to_vec(), (first..dims.len()).map(|a| if a == axis { 0 } else { src[a] }).collect()];
+    let strides = vec![
+        emit::row_major(&idims)[first..].to_vec(),
+        (first..dims.len())
+            .map(|a| if a == axis { 0 } else { src[a] })
+            .collect(),
+    ];
     let (extents, strides) = emit::coalesce(&idims[first..], &strides);
     let (i_sample, d_sample) = (indices.per_sample() as i64, data.per_sample() as i64);
     let samples = k.samples(batched);
     emit::for_dynamic(k.fb, samples, |fb, b| {
-        let start = [fb.ins().imul_imm_s(b, i_sample), fb.ins().imul_imm_s(b, d_sample)];
-        emit::for_strided(fb, &extents, &strides, &start, &mut |fb, off| body(fb, off[0], off[1]));
+        let start = [
+            fb.ins().imul_imm_s(b, i_sample),
+            fb.ins().imul_imm_s(b, d_sample),
+        ];
+        emit::for_strided(fb, &extents, &strides, &start, &mut |fb, off| {
+            body(fb, off[0], off[1])
+        });
     });
     Ok(())
 }
@@ -155,13 +202,27 @@ pub(super) fn gather_elements(k: &mut Kernel) -> Result<(), String> {
 /// A copy of what a walk needs of an operand (its type and address), so that the kernel
 /// can be borrowed mutably while the walk reads them.
 fn clone_operand(o: &Operand) -> Operand {
-    Operand { ty: o.ty.clone(), ptr: o.ptr, constant: o.constant.clone() }
+    Operand {
+        ty: o.ty.clone(),
+        ptr: o.ptr,
+        constant: o.constant.clone(),
+    }
 }
 
 /// The data offset of index tuple `t` (its `m` indices read from `pi` at element offset
 /// `at`), after the offset `base` of its batch position; fails on an index out of range.
 #[allow(clippy::too_many_arguments)]
-fn tuple_offset(fb: &mut FunctionBuilder, ity: Type, pi: Value, at: Value, base: Value, dims: &[usize], from: usize, m: usize, fail: Block) -> Value {
+fn tuple_offset(
+    fb: &mut FunctionBuilder,
+    ity: Type,
+    pi: Value,
+    at: Value,
+    base: Value,
+    dims: &[usize],
+    from: usize,
+    m: usize,
+    fail: Block,
+) -> Value {
     let src = emit::row_major(dims);
     let mut off = base;
     for j in 0..m {
@@ -176,8 +237,13 @@ fn tuple_offset(fb: &mut FunctionBuilder, ity: Type, pi: Value, at: Value, base:
 /// The message of a tuple index out of range: the interpreter names the axis; the kernel's
 /// one failure code covers all of them.
 fn tuple_message(dims: &[usize], from: usize, m: usize) -> String {
-    let axes: Vec<String> = (from..from + m).map(|a| format!("{a} (extent {})", dims[a])).collect();
-    format!("an index is out of range on one of the axes {}", axes.join(", "))
+    let axes: Vec<String> = (from..from + m)
+        .map(|a| format!("{a} (extent {})", dims[a]))
+        .collect();
+    format!(
+        "an index is out of range on one of the axes {}",
+        axes.join(", ")
+    )
 }
 
 /// GatherND: per index tuple, one contiguous slice of the data. With batch dimensions the
@@ -196,15 +262,26 @@ pub(super) fn gather_nd(k: &mut Kernel) -> Result<(), String> {
     // Per sample: tuples, and tuples per position of the batch dimensions after the first.
     let tuples = idims[first..idims.len() - 1].iter().product::<usize>();
     let per_batch = tuples / dims[first..b].iter().product::<usize>().max(1);
-    let batch_stride = emit::row_major(&dims).get(b.wrapping_sub(1)).copied().unwrap_or(0);
+    let batch_stride = emit::row_major(&dims)
+        .get(b.wrapping_sub(1))
+        .copied()
+        .unwrap_or(0);
     let (ity, px, pi, po) = (indices.elem(), x.ptr, indices.ptr, out.ptr);
-    let (d_sample, i_sample, o_sample) = (x.per_sample() as i64, indices.per_sample() as i64, out.per_sample() as i64);
+    let (d_sample, i_sample, o_sample) = (
+        x.per_sample() as i64,
+        indices.per_sample() as i64,
+        out.per_sample() as i64,
+    );
     let (x_batched, i_batched) = (x.batched(), indices.batched());
     let samples = k.samples(i_batched);
     let fail = failure_block(k);
     emit::for_dynamic(k.fb, samples, |fb, s| {
         emit::for_count(fb, tuples as i64, |fb, t| {
-            let base = if x_batched { fb.ins().imul_imm_s(s, d_sample) } else { emit::iconst(fb, 0) };
+            let base = if x_batched {
+                fb.ins().imul_imm_s(s, d_sample)
+            } else {
+                emit::iconst(fb, 0)
+            };
             let pos = fb.ins().udiv_imm_s(t, per_batch.max(1) as i64);
             let pos = fb.ins().imul_imm_s(pos, batch_stride);
             let base = fb.ins().iadd(base, pos);
@@ -225,7 +302,13 @@ pub(super) fn gather_nd(k: &mut Kernel) -> Result<(), String> {
 }
 
 /// `old ∘ update` for a scatter's reduction on elements of `dtype`.
-fn combine(fb: &mut FunctionBuilder, r: Reduction, dtype: DType, old: Value, update: Value) -> Value {
+fn combine(
+    fb: &mut FunctionBuilder,
+    r: Reduction,
+    dtype: DType,
+    old: Value,
+    update: Value,
+) -> Value {
     let float = dtype == DType::F32;
     let unsigned = matches!(dtype, DType::U8);
     match r {
@@ -266,7 +349,14 @@ pub(super) fn scatter_nd(k: &mut Kernel) -> Result<(), String> {
     let m = *idims.last().ok_or("indices must have rank 1 or more")?;
     let inner: usize = dims[m..].iter().product();
     let tuples: usize = idims[..idims.len() - 1].iter().product();
-    let (dtype, ty, ity, pi, pu, po) = (x.ty.dtype, x.elem(), indices.elem(), indices.ptr, updates.ptr, k.output(0).ptr);
+    let (dtype, ty, ity, pi, pu, po) = (
+        x.ty.dtype,
+        x.elem(),
+        indices.elem(),
+        indices.ptr,
+        updates.ptr,
+        k.output(0).ptr,
+    );
     copy_data(k)?;
     let fail = failure_block(k);
     emit::for_count(k.fb, tuples as i64, |fb, t| {
@@ -328,7 +418,15 @@ pub(super) fn trilu(k: &mut Kernel) -> Result<(), String> {
                 let at = fb.ins().iadd(at, j);
                 let v = emit::load_at(fb, ty, px, at);
                 let d = fb.ins().isub(j, i);
-                let keep = fb.ins().icmp(if upper { IntCC::SignedGreaterThanOrEqual } else { IntCC::SignedLessThanOrEqual }, d, diagonal);
+                let keep = fb.ins().icmp(
+                    if upper {
+                        IntCC::SignedGreaterThanOrEqual
+                    } else {
+                        IntCC::SignedLessThanOrEqual
+                    },
+                    d,
+                    diagonal,
+                );
                 let zero = emit::iconst_of(fb, ty, 0);
                 let r = fb.ins().select(keep, v, zero);
                 emit::store_at(fb, r, po, at);

@@ -54,13 +54,19 @@ pub(super) fn transpose(k: &mut Kernel) -> Result<(), String> {
     let x = k.input(0)?;
     let dims = x.dims();
     let perm: Vec<usize> = match k.op.attrs.ints("perm") {
-        Ok(p) if !p.is_empty() => p.iter().map(|&a| usize::try_from(a).map_err(|_| format!("perm entry {a} is negative"))).collect::<Result<_, _>>()?,
+        Ok(p) if !p.is_empty() => p
+            .iter()
+            .map(|&a| usize::try_from(a).map_err(|_| format!("perm entry {a} is negative")))
+            .collect::<Result<_, _>>()?,
         _ => (0..dims.len()).rev().collect(),
     };
     let mut sorted = perm.clone();
     sorted.sort_unstable();
     if sorted != (0..dims.len()).collect::<Vec<_>>() {
-        return Err(format!("perm {perm:?} is not a permutation of {} axes", dims.len()));
+        return Err(format!(
+            "perm {perm:?} is not a permutation of {} axes",
+            dims.len()
+        ));
     }
     let batched = x.batched();
     if batched && perm[0] != 0 {
@@ -69,7 +75,10 @@ pub(super) fn transpose(k: &mut Kernel) -> Result<(), String> {
     let first = usize::from(batched);
     let out_dims: Vec<usize> = perm.iter().map(|&p| dims[p]).collect();
     let src = emit::row_major(&dims);
-    let strides = vec![emit::row_major(&out_dims)[first..].to_vec(), perm[first..].iter().map(|&p| src[p]).collect()];
+    let strides = vec![
+        emit::row_major(&out_dims)[first..].to_vec(),
+        perm[first..].iter().map(|&p| src[p]).collect(),
+    ];
     let (extents, strides) = emit::coalesce(&out_dims[first..], &strides);
     let size = x.ty.dtype.size_of();
     let (px, po, ty, per_sample) = (x.ptr, k.output(0).ptr, mover(size), x.per_sample() as i64);
@@ -105,7 +114,9 @@ pub(super) fn concat(k: &mut Kernel) -> Result<(), String> {
     let mut parts = Vec::new();
     let mut at = 0;
     for (i, x) in k.inputs.iter().enumerate() {
-        let x = x.as_ref().ok_or_else(|| format!("operand {i} is missing"))?;
+        let x = x
+            .as_ref()
+            .ok_or_else(|| format!("operand {i} is missing"))?;
         if x.ty.dtype != out.ty.dtype || x.dims().len() != dims.len() || x.batched() != batched {
             return Err(format!("operand {i} does not match the result"));
         }
@@ -118,7 +129,11 @@ pub(super) fn concat(k: &mut Kernel) -> Result<(), String> {
     }
     let samples = k.samples(batched);
     let outer = k.fb.ins().imul_imm_s(samples, outer_static as i64);
-    let (header, body, exit) = (k.fb.create_block(), k.fb.create_block(), k.fb.create_block());
+    let (header, body, exit) = (
+        k.fb.create_block(),
+        k.fb.create_block(),
+        k.fb.create_block(),
+    );
     // The row loop is written out here (not with emit::for_range) because the body calls
     // `k.memcpy`, which needs the whole kernel.
     let zero = emit::iconst(k.fb, 0);
@@ -155,8 +170,16 @@ pub(super) fn pad(k: &mut Kernel) -> Result<(), String> {
     let r = dims.len();
     let pads = match (k.op.attrs.get("pads"), k.optional(1)) {
         (Some(_), _) => k.op.attrs.ints("pads")?.to_vec(),
-        (None, Some(Operand { constant: Some(t), .. })) => t.to_i64_vec()?,
-        _ => return Err("pads computed at run time are not supported; bind the input shapes so that they fold".to_string()),
+        (
+            None,
+            Some(Operand {
+                constant: Some(t), ..
+            }),
+        ) => t.to_i64_vec()?,
+        _ => return Err(
+            "pads computed at run time are not supported; bind the input shapes so that they fold"
+                .to_string(),
+        ),
     };
     if pads.len() != 2 * r {
         return Err(format!("{} pads for rank {r}", pads.len()));
@@ -188,7 +211,10 @@ pub(super) fn pad(k: &mut Kernel) -> Result<(), String> {
         dst_start[a] = begin.max(0);
         extent[a] = (s1 - s0).max(0) as usize;
         if dims[a] as i64 + begin + end != out_dims[a] as i64 {
-            return Err(format!("axis {a}: pads {begin}, {end} of extent {} do not give {}", dims[a], out_dims[a]));
+            return Err(format!(
+                "axis {a}: pads {begin}, {end} of extent {} do not give {}",
+                dims[a], out_dims[a]
+            ));
         }
     }
     let size = x.ty.dtype.size_of();

@@ -90,7 +90,10 @@ impl LaneTable {
     /// The table for `biases.len()` columns (padded with zero columns to whole blocks),
     /// column `j` with bias `biases[j]` and multiplier `multiplier(j)`; `None` when a shift
     /// is below 32.
-    pub fn bytes(biases: &[i32], multiplier: impl Fn(usize) -> qlift_ir::fixed_point::FixedMultiplier) -> Option<Vec<u8>> {
+    pub fn bytes(
+        biases: &[i32],
+        multiplier: impl Fn(usize) -> qlift_ir::fixed_point::FixedMultiplier,
+    ) -> Option<Vec<u8>> {
         let blocks = biases.len().div_ceil(2 * LANES);
         let mut out = vec![0u8; blocks * Self::BLOCK];
         for (j, &bias) in biases.iter().enumerate() {
@@ -100,11 +103,19 @@ impl LaneTable {
             }
             let (block, v, lane) = (j / (2 * LANES), j % (2 * LANES) / LANES, j % LANES);
             let at = block * Self::BLOCK;
-            let mut put = |offset: usize, bytes: &[u8]| out[at + offset..at + offset + bytes.len()].copy_from_slice(bytes);
+            let mut put = |offset: usize, bytes: &[u8]| {
+                out[at + offset..at + offset + bytes.len()].copy_from_slice(bytes)
+            };
             put(32 * v + 4 * lane, &bias.to_le_bytes());
             put(64 + 32 * v + 4 * lane, &m.m.to_le_bytes());
-            put(128 + 32 * v + 4 * lane, &((m.shift - 32) as i32).to_le_bytes());
-            put(192 + 64 * v + 32 * (lane % 2) + 8 * (lane / 2), &(1i64 << (m.shift - 1)).to_le_bytes());
+            put(
+                128 + 32 * v + 4 * lane,
+                &((m.shift - 32) as i32).to_le_bytes(),
+            );
+            put(
+                192 + 64 * v + 32 * (lane % 2) + 8 * (lane / 2),
+                &(1i64 << (m.shift - 1)).to_le_bytes(),
+            );
         }
         // Padding columns: multiplier 0 and shift 32 (their results are never stored).
         for j in biases.len()..blocks * 2 * LANES {
@@ -130,9 +141,16 @@ impl LaneTable {
 pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
     let e = |e: IcedError| e.to_string();
     if !(1..=MAX_ROWS).contains(&tile.rows) || tile.offsets.is_empty() || tile.iterations == 0 {
-        return Err(format!("micro-kernel tile out of range: {} rows, {} steps", tile.rows, tile.offsets.len()));
+        return Err(format!(
+            "micro-kernel tile out of range: {} rows, {} steps",
+            tile.rows,
+            tile.offsets.len()
+        ));
     }
-    let ymm = [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14, ymm15];
+    let ymm = [
+        ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13,
+        ymm14, ymm15,
+    ];
     let acc = |r: usize, v: usize| ymm[r * VECTORS + v];
     let (x, b, p) = ([ymm12, ymm13], ymm14, ymm15);
     let mut a = CodeAssembler::new(64).map_err(e)?;
@@ -168,7 +186,11 @@ pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
     }
     a.add(rdi, tile.x_stride).map_err(e)?;
     a.add(rsi, tile.x_stride).map_err(e)?;
-    let w_step = if tile.row_stride.is_some() { 4 } else { rows * 4 };
+    let w_step = if tile.row_stride.is_some() {
+        4
+    } else {
+        rows * 4
+    };
     a.add(rdx, tile.offsets.len() as i32 * w_step).map_err(e)?;
     a.dec(r9).map_err(e)?;
     a.jnz(top).map_err(e)?;
@@ -191,9 +213,14 @@ pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
         // v1's eight in the low 16 bytes.
         let (y0, y1) = (acc(r, 0), acc(r, 1));
         pack(&mut a, &k, q.signed, y0, y1, t)?;
-        let out = q.plane.checked_mul(r as i32).ok_or("output plane offset overflows")?;
-        a.vmovq(qword_ptr(rcx + out), xmm_of(r * VECTORS)).map_err(e)?;
-        a.vpextrq(qword_ptr(rcx + out + 8), xmm_of(r * VECTORS), 1).map_err(e)?;
+        let out = q
+            .plane
+            .checked_mul(r as i32)
+            .ok_or("output plane offset overflows")?;
+        a.vmovq(qword_ptr(rcx + out), xmm_of(r * VECTORS))
+            .map_err(e)?;
+        a.vpextrq(qword_ptr(rcx + out + 8), xmm_of(r * VECTORS), 1)
+            .map_err(e)?;
     }
     a.vzeroupper().map_err(e)?;
     a.ret().map_err(e)?;
@@ -230,7 +257,13 @@ pub(crate) const DEPTHWISE_VECTORS: usize = 8;
 /// stored at `out + output offset`. Uses caller-saved registers and `r9` only.
 pub(crate) fn depthwise_plane(plane: &DepthwisePlane, isa: Isa) -> Result<Vec<u8>, String> {
     let e = |e: IcedError| e.to_string();
-    if plane.pairs.is_empty() || plane.iterations == 0 || plane.groups.iter().any(|g| g.is_empty() || g.len() > DEPTHWISE_VECTORS) {
+    if plane.pairs.is_empty()
+        || plane.iterations == 0
+        || plane
+            .groups
+            .iter()
+            .any(|g| g.is_empty() || g.len() > DEPTHWISE_VECTORS)
+    {
         return Err("depthwise micro-kernel shape out of range".into());
     }
     let ymm = [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7];
@@ -247,7 +280,8 @@ pub(crate) fn depthwise_plane(plane: &DepthwisePlane, isa: Isa) -> Result<Vec<u8
             a.vpxor(y, y, y).map_err(e)?;
         }
         for (i, &off) in plane.pairs.iter().enumerate() {
-            a.vpbroadcastd(b, dword_ptr(rsi + 4 * i as i32)).map_err(e)?;
+            a.vpbroadcastd(b, dword_ptr(rsi + 4 * i as i32))
+                .map_err(e)?;
             for (&y, &(x, _)) in ymm.iter().zip(group) {
                 match isa {
                     Isa::Avx2 => {
@@ -285,13 +319,22 @@ struct Constants {
 
 impl Constants {
     fn new(a: &mut CodeAssembler) -> Constants {
-        Constants { zp: a.create_label(), lo: a.create_label(), hi: a.create_label(), order: a.create_label() }
+        Constants {
+            zp: a.create_label(),
+            lo: a.create_label(),
+            hi: a.create_label(),
+            order: a.create_label(),
+        }
     }
 
     /// Places the constants (after the function's `ret`).
     fn emit(&mut self, a: &mut CodeAssembler, q: Requantize) -> Result<(), String> {
         let e = |e: IcedError| e.to_string();
-        for (label, value) in [(&mut self.zp, q.zero_point), (&mut self.lo, q.bounds.0), (&mut self.hi, q.bounds.1)] {
+        for (label, value) in [
+            (&mut self.zp, q.zero_point),
+            (&mut self.lo, q.bounds.0),
+            (&mut self.hi, q.bounds.1),
+        ] {
             a.set_label(label).map_err(e)?;
             a.dd_i(&[value; 8]).map_err(e)?;
         }
@@ -301,7 +344,13 @@ impl Constants {
 }
 
 /// Broadcasts a `ChannelTable` record's bias and multiplier (dwords) and 2^(shift−1) (qword).
-fn load_record(a: &mut CodeAssembler, record: AsmMemoryOperand, bias: AsmRegisterYmm, m: AsmRegisterYmm, half: AsmRegisterYmm) -> Result<(), String> {
+fn load_record(
+    a: &mut CodeAssembler,
+    record: AsmMemoryOperand,
+    bias: AsmRegisterYmm,
+    m: AsmRegisterYmm,
+    half: AsmRegisterYmm,
+) -> Result<(), String> {
     let e = |e: IcedError| e.to_string();
     a.vpbroadcastd(bias, dword_ptr(record)).map_err(e)?;
     a.vpbroadcastd(m, dword_ptr(record + 4)).map_err(e)?;
@@ -310,7 +359,14 @@ fn load_record(a: &mut CodeAssembler, record: AsmMemoryOperand, bias: AsmRegiste
 
 /// `y = clamp(zp + (((y + bias) · m + half) >> 32) >> (shift − 32))` in eight i32 lanes
 /// (`t` is clobbered; the shift count is the record's qword at byte 8).
-fn requantize(a: &mut CodeAssembler, k: &Constants, y: AsmRegisterYmm, t: AsmRegisterYmm, (bias, m, half): (AsmRegisterYmm, AsmRegisterYmm, AsmRegisterYmm), record: AsmMemoryOperand) -> Result<(), String> {
+fn requantize(
+    a: &mut CodeAssembler,
+    k: &Constants,
+    y: AsmRegisterYmm,
+    t: AsmRegisterYmm,
+    (bias, m, half): (AsmRegisterYmm, AsmRegisterYmm, AsmRegisterYmm),
+    record: AsmMemoryOperand,
+) -> Result<(), String> {
     let e = |e: IcedError| e.to_string();
     a.vpaddd(y, y, bias).map_err(e)?;
     a.vpmuldq(t, y, m).map_err(e)?;
@@ -328,7 +384,13 @@ fn requantize(a: &mut CodeAssembler, k: &Constants, y: AsmRegisterYmm, t: AsmReg
 
 /// [`requantize`] with parameters per lane, from vector `v` of the [`LaneTable`] block at
 /// r8 (`m` and `t` are clobbered; the shift is per lane, `vpsravd`).
-fn requantize_lanes(a: &mut CodeAssembler, k: &Constants, y: AsmRegisterYmm, (m, m_odd, t): (AsmRegisterYmm, AsmRegisterYmm, AsmRegisterYmm), v: usize) -> Result<(), String> {
+fn requantize_lanes(
+    a: &mut CodeAssembler,
+    k: &Constants,
+    y: AsmRegisterYmm,
+    (m, m_odd, t): (AsmRegisterYmm, AsmRegisterYmm, AsmRegisterYmm),
+    v: usize,
+) -> Result<(), String> {
     let e = |e: IcedError| e.to_string();
     let v = v as i32;
     a.vpaddd(y, y, ymmword_ptr(r8 + 32 * v)).map_err(e)?;
@@ -349,7 +411,14 @@ fn requantize_lanes(a: &mut CodeAssembler, k: &Constants, y: AsmRegisterYmm, (m,
 
 /// Packs the clamped i32 lanes of `y0` and `y1` to bytes: `y0`'s eight then `y1`'s eight in
 /// the low 16 bytes of `y0` (saturating packs, exact on clamped values; `t` is clobbered).
-fn pack(a: &mut CodeAssembler, k: &Constants, signed: bool, y0: AsmRegisterYmm, y1: AsmRegisterYmm, t: AsmRegisterYmm) -> Result<(), String> {
+fn pack(
+    a: &mut CodeAssembler,
+    k: &Constants,
+    signed: bool,
+    y0: AsmRegisterYmm,
+    y1: AsmRegisterYmm,
+    t: AsmRegisterYmm,
+) -> Result<(), String> {
     let e = |e: IcedError| e.to_string();
     a.vpackssdw(y0, y0, y1).map_err(e)?;
     if signed {
@@ -363,7 +432,10 @@ fn pack(a: &mut CodeAssembler, k: &Constants, signed: bool, y0: AsmRegisterYmm, 
 
 /// The xmm register that is the low half of ymm register `i`.
 fn xmm_of(i: usize) -> AsmRegisterXmm {
-    [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7, xmm8, xmm9, xmm10, xmm11, xmm12, xmm13, xmm14, xmm15][i]
+    [
+        xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7, xmm8, xmm9, xmm10, xmm11, xmm12, xmm13,
+        xmm14, xmm15,
+    ][i]
 }
 
 #[cfg(test)]
@@ -387,23 +459,75 @@ mod tests {
 
     #[test]
     fn avx2_tiles_use_vpmaddwd_and_vnni_tiles_vpdpwssd() {
-        let store = Requantize { zero_point: 3, bounds: (0, 255), signed: false, plane: 64, per_lane: false };
-        let tile = PairTile { rows: 2, offsets: vec![0, 128], x_stride: 4096, iterations: 3, store, row_stride: None };
+        let store = Requantize {
+            zero_point: 3,
+            bounds: (0, 255),
+            signed: false,
+            plane: 64,
+            per_lane: false,
+        };
+        let tile = PairTile {
+            rows: 2,
+            offsets: vec![0, 128],
+            x_stride: 4096,
+            iterations: 3,
+            store,
+            row_stride: None,
+        };
         let avx2 = disassemble(&pair_tile(&tile, Isa::Avx2).unwrap());
-        assert_eq!(avx2.iter().filter(|i| i.starts_with("vpmaddwd")).count(), 2 * 2 * 2, "{avx2:#?}");
-        assert!(avx2.iter().any(|i| i == "vmovdqu ymm12,[rdi+80h]"), "{avx2:#?}");
+        assert_eq!(
+            avx2.iter().filter(|i| i.starts_with("vpmaddwd")).count(),
+            2 * 2 * 2,
+            "{avx2:#?}"
+        );
+        assert!(
+            avx2.iter().any(|i| i == "vmovdqu ymm12,[rdi+80h]"),
+            "{avx2:#?}"
+        );
         assert!(avx2.iter().any(|i| i == "ret"));
-        assert_eq!(avx2.iter().filter(|i| i.starts_with("vpmuldq")).count(), 2 * 2 * 2, "{avx2:#?}");
+        assert_eq!(
+            avx2.iter().filter(|i| i.starts_with("vpmuldq")).count(),
+            2 * 2 * 2,
+            "{avx2:#?}"
+        );
         let vnni = disassemble(&pair_tile(&tile, Isa::AvxVnni).unwrap());
-        assert_eq!(vnni.iter().filter(|i| i.starts_with("vpdpwssd")).count(), 8, "{vnni:#?}");
+        assert_eq!(
+            vnni.iter().filter(|i| i.starts_with("vpdpwssd")).count(),
+            8,
+            "{vnni:#?}"
+        );
         assert!(vnni.iter().all(|i| !i.starts_with("vpmaddwd")));
     }
 
     #[test]
     fn tiles_out_of_range_are_refused() {
-        let store = Requantize { zero_point: 0, bounds: (-128, 127), signed: true, plane: 16, per_lane: false };
-        let tile = PairTile { rows: MAX_ROWS + 1, offsets: vec![0], x_stride: 0, iterations: 1, store, row_stride: None };
+        let store = Requantize {
+            zero_point: 0,
+            bounds: (-128, 127),
+            signed: true,
+            plane: 16,
+            per_lane: false,
+        };
+        let tile = PairTile {
+            rows: MAX_ROWS + 1,
+            offsets: vec![0],
+            x_stride: 0,
+            iterations: 1,
+            store,
+            row_stride: None,
+        };
         assert!(pair_tile(&tile, Isa::Avx2).is_err());
-        assert!(pair_tile(&PairTile { rows: 1, offsets: vec![], x_stride: 0, iterations: 1, store, row_stride: None }, Isa::Avx2).is_err());
+        assert!(pair_tile(
+            &PairTile {
+                rows: 1,
+                offsets: vec![],
+                x_stride: 0,
+                iterations: 1,
+                store,
+                row_stride: None
+            },
+            Isa::Avx2
+        )
+        .is_err());
     }
 }

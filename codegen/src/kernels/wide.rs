@@ -21,10 +21,10 @@
 //! `Σ x·(w − zw) + (bias − zx·Σ(w − zw))` in wrapping i32 (see
 //! [`super::packing::packed_rows`]), then the fixed-point requantization of each channel.
 
-use super::planes::{copy_row, Padded};
 use super::packing::packed_rows;
-use super::ukernel::{self, PairTile, Requantize, LANES, MAX_ROWS, VECTORS};
+use super::planes::{copy_row, Padded};
 use super::requant::ChannelTable;
+use super::ukernel::{self, PairTile, Requantize, LANES, MAX_ROWS, VECTORS};
 use super::{data_address, Kernel};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
@@ -70,12 +70,22 @@ impl Geometry {
         }
         let (x, w, y) = (k.input(0)?, k.input(1)?, k.output(0));
         let (xd, wd, yd) = (x.dims(), w.dims(), y.dims());
-        if xd.len() != 4 || wd.len() != 4 || yd.len() != 4 || x.ty.dtype != DType::U8 || !matches!(y.ty.dtype, DType::U8 | DType::I8) {
+        if xd.len() != 4
+            || wd.len() != 4
+            || yd.len() != 4
+            || x.ty.dtype != DType::U8
+            || !matches!(y.ty.dtype, DType::U8 | DType::I8)
+        {
             return Ok(None);
         }
         let attrs = &k.op.attrs;
-        let (strides, dilations, pads) = (attrs.usizes("strides")?, attrs.usizes("dilations")?, attrs.usizes("pads")?);
-        if attrs.int("group")? != 1 || strides.len() != 2 || dilations.len() != 2 || pads.len() != 4 {
+        let (strides, dilations, pads) = (
+            attrs.usizes("strides")?,
+            attrs.usizes("dilations")?,
+            attrs.usizes("pads")?,
+        );
+        if attrs.int("group")? != 1 || strides.len() != 2 || dilations.len() != 2 || pads.len() != 4
+        {
             return Ok(None);
         }
         let g = Geometry {
@@ -96,9 +106,20 @@ impl Geometry {
             hp: xd[2] + pads[0] + pads[2],
             wp: xd[3] + pads[1] + pads[3],
         };
-        let sane = wd[1] == g.c && yd[1] == g.m && g.c > 0 && g.m > 0 && g.oh > 0 && g.ow > 0 && g.sh >= 1 && (1..=2).contains(&g.sw) && g.dh >= 1 && g.dw >= 1;
+        let sane = wd[1] == g.c
+            && yd[1] == g.m
+            && g.c > 0
+            && g.m > 0
+            && g.oh > 0
+            && g.ow > 0
+            && g.sh >= 1
+            && (1..=2).contains(&g.sw)
+            && g.dh >= 1
+            && g.dw >= 1;
         // The last output reads within the padded plane (the shape inference guarantees it).
-        let fits = sane && (g.oh - 1) * g.sh + (g.kh - 1) * g.dh < g.hp && (g.ow - 1) * g.sw + (g.kw - 1) * g.dw < g.wp;
+        let fits = sane
+            && (g.oh - 1) * g.sh + (g.kh - 1) * g.dh < g.hp
+            && (g.ow - 1) * g.sw + (g.kw - 1) * g.dw < g.wp;
         Ok(fits.then_some(g))
     }
 
@@ -132,11 +153,23 @@ impl Layout {
         let used_pairs = g.c.div_ceil(2);
         let ow8 = g.ow.next_multiple_of(LANES);
         let hq = g.hp.div_ceil(g.sh).max(g.oh + (g.kh - 1) * g.dh / g.sh);
-        let wq = g.wp.div_ceil(g.sw).max(ow8 + (g.kw - 1) * g.dw / g.sw).next_multiple_of(LANES);
+        let wq =
+            g.wp.div_ceil(g.sw)
+                .max(ow8 + (g.kw - 1) * g.dw / g.sw)
+                .next_multiple_of(LANES);
         let vectors = g.oh * ow8 / LANES;
         // The repacking reads 16 bytes at row `y·sh + py`, column `x·sw` of plane 2·pair + 1.
-        let last_read = (2 * used_pairs - 1) * g.hp * g.wp + (hq * g.sh - 1) * g.wp + (wq - LANES) * g.sw + 16;
-        let padded = Padded { planes: g.c, h: g.h, w: g.w, hp: g.hp, wp: g.wp, top: g.pt, left: g.pl };
+        let last_read =
+            (2 * used_pairs - 1) * g.hp * g.wp + (hq * g.sh - 1) * g.wp + (wq - LANES) * g.sw + 16;
+        let padded = Padded {
+            planes: g.c,
+            h: g.h,
+            w: g.w,
+            hp: g.hp,
+            wp: g.wp,
+            top: g.pt,
+            left: g.pl,
+        };
         Layout {
             used_pairs,
             pairs: used_pairs.next_multiple_of(unroll),
@@ -175,13 +208,21 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     if !k.has_byte_shuffle() {
         return Ok(false);
     }
-    let Some(g) = Geometry::of(k)? else { return Ok(false) };
+    let Some(g) = Geometry::of(k)? else {
+        return Ok(false);
+    };
     let taps = g.taps();
-    let Some(packed) = packed_rows(k, g.m, g.c * taps, |c, t| c * g.c * taps + t)? else { return Ok(false) };
-    let (Some(xq), Some(wq)) = (k.input(0)?.ty.quant.clone(), k.input(1)?.ty.quant.clone()) else { return Ok(false) };
+    let Some(packed) = packed_rows(k, g.m, g.c * taps, |c, t| c * g.c * taps + t)? else {
+        return Ok(false);
+    };
+    let (Some(xq), Some(wq)) = (k.input(0)?.ty.quant.clone(), k.input(1)?.ty.quant.clone()) else {
+        return Ok(false);
+    };
     let y = k.output(0).ty.clone();
     let rq = Requant::for_product(&xq, &wq, g.m, &y, k.op.fused_activation()?)?;
-    let Some(records) = ChannelTable::bytes(&rq, &packed.folded) else { return Ok(false) };
+    let Some(records) = ChannelTable::bytes(&rq, &packed.folded) else {
+        return Ok(false);
+    };
     let l = Layout::of(&g);
     let pair_bytes = l.pair_bytes(&g);
     // Micro-kernel steps: `unroll` channel pairs × the taps, at compile-time offsets.
@@ -189,7 +230,9 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     for u in 0..l.unroll {
         for ky in 0..g.kh {
             for kx in 0..g.kw {
-                offsets.push(i32::try_from(u * pair_bytes + l.tap(&g, ky, kx)).map_err(|e| e.to_string())?);
+                offsets.push(
+                    i32::try_from(u * pair_bytes + l.tap(&g, ky, kx)).map_err(|e| e.to_string())?,
+                );
             }
         }
     }
@@ -198,17 +241,47 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let rows = MAX_ROWS.min(g.m);
     let (full, tail) = (g.m / rows, g.m % rows);
     let l_direct = l.direct(&g);
-    let out_plane = if l_direct { g.oh * g.ow } else { l.vectors_even * LANES };
+    let out_plane = if l_direct {
+        g.oh * g.ow
+    } else {
+        l.vectors_even * LANES
+    };
     let bounds = (rq.bounds.0 as i32, rq.bounds.1 as i32);
-    let store = Requantize { zero_point: rq.zero_point, bounds, signed: y.dtype == DType::I8, plane: i32::try_from(out_plane).map_err(|e| e.to_string())?, per_lane: false };
-    let tile = |rows: usize| PairTile { rows, offsets: offsets.clone(), x_stride, iterations, store, row_stride: None };
+    let store = Requantize {
+        zero_point: rq.zero_point,
+        bounds,
+        signed: y.dtype == DType::I8,
+        plane: i32::try_from(out_plane).map_err(|e| e.to_string())?,
+        per_lane: false,
+    };
+    let tile = |rows: usize| PairTile {
+        rows,
+        offsets: offsets.clone(),
+        x_stride,
+        iterations,
+        store,
+        row_stride: None,
+    };
     let main = k.machine_code(&ukernel::pair_tile(&tile(rows), isa)?, 5)?;
-    let tail_kernel = if tail > 0 { Some(k.machine_code(&ukernel::pair_tile(&tile(tail), isa)?, 5)?) } else { None };
+    let tail_kernel = if tail > 0 {
+        Some(k.machine_code(&ukernel::pair_tile(&tile(tail), isa)?, 5)?)
+    } else {
+        None
+    };
     k.form = "wide-direct";
     // Weights: block of `rows` channels from c0, [pair][tap][row] as i16 pairs.
-    let weight = |c: usize, ci: usize, t: usize| if ci < g.c { packed.rows[c][ci * taps + t] } else { 0 };
+    let weight = |c: usize, ci: usize, t: usize| {
+        if ci < g.c {
+            packed.rows[c][ci * taps + t]
+        } else {
+            0
+        }
+    };
     let mut weights = Vec::with_capacity(g.m * l.pairs * taps * PAIR);
-    for (c0, n) in (0..full).map(|b| (b * rows, rows)).chain((tail > 0).then_some((full * rows, tail))) {
+    for (c0, n) in (0..full)
+        .map(|b| (b * rows, rows))
+        .chain((tail > 0).then_some((full * rows, tail)))
+    {
         for p in 0..l.pairs {
             for t in 0..taps {
                 for c in c0..c0 + n {
@@ -246,7 +319,11 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let task = k.task(|fb, module, [ctx, begin, end, _]| {
         let xp = fb.ins().load(types::I64, emit::mem(), ctx, 0);
         let out = fb.ins().load(types::I64, emit::mem(), ctx, 8);
-        let (wptr, params, vector_table) = (data_address(fb, module, wptr), data_address(fb, module, params), data_address(fb, module, vector_table));
+        let (wptr, params, vector_table) = (
+            data_address(fb, module, wptr),
+            data_address(fb, module, params),
+            data_address(fb, module, vector_table),
+        );
         let main = module.declare_func_in_func(main, fb.func);
         let tail_kernel = tail_kernel.map(|f| module.declare_func_in_func(f, fb.func));
         // One tile: vectors 2t and 2t + 1, channels c0.. of the block whose weights are at w.
@@ -255,7 +332,9 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
             let at = fb.ins().iadd(vector_table, at);
             let xs: Vec<Value> = (0..VECTORS)
                 .map(|v| {
-                    let off = fb.ins().load(types::I32, emit::constant_mem(), at, (4 * v) as i32);
+                    let off = fb
+                        .ins()
+                        .load(types::I32, emit::constant_mem(), at, (4 * v) as i32);
                     let off = fb.ins().sextend(types::I64, off);
                     fb.ins().iadd(xp, off)
                 })
@@ -283,7 +362,8 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
             if weights_outer {
                 // Block i: the full blocks, then the tail block (index `full`).
                 let is_full = fb.ins().icmp_imm_s(IntCC::SignedLessThan, i, full as i64);
-                let (full_block, tail_only, done) = (fb.create_block(), fb.create_block(), fb.create_block());
+                let (full_block, tail_only, done) =
+                    (fb.create_block(), fb.create_block(), fb.create_block());
                 fb.ins().brif(is_full, full_block, &[], tail_only, &[]);
                 fb.switch_to_block(full_block);
                 emit::for_count(fb, tiles, |fb, t| block(fb, i, t));
@@ -300,7 +380,15 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         Ok(())
     })?;
     // Padding and repacking as a task over channel pairs (each writes its own planes).
-    let padded = Padded { planes: g.c, h: g.h, w: g.w, hp: g.hp, wp: g.wp, top: g.pt, left: g.pl };
+    let padded = Padded {
+        planes: g.c,
+        h: g.h,
+        w: g.w,
+        hp: g.hp,
+        wp: g.wp,
+        top: g.pt,
+        left: g.pl,
+    };
     let zx = xq.channel(0).1 as u8;
     let prepare = k.task(|fb, _, [ctx, begin, end, _]| {
         let xp = fb.ins().load(types::I64, emit::mem(), ctx, 0);
@@ -321,7 +409,11 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let ws = k.workspace(ws_bytes);
     let (x, yop) = (k.input(0)?, k.output(0));
     let (xptr, yptr) = (x.ptr, yop.ptr);
-    let samples = if x.batched() { k.batch } else { emit::iconst(k.fb, x.dims()[0] as i64) };
+    let samples = if x.batched() {
+        k.batch
+    } else {
+        emit::iconst(k.fb, x.dims()[0] as i64)
+    };
     let context = k.fb.ins().iadd_imm_s(ws, context_at as i64);
     let macs = (g.m * g.oh * g.ow * g.c * taps) as u64;
     k.for_each(samples, |k, n| {
@@ -329,7 +421,11 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         let xn = emit::addr(fb, xptr, n, (g.c * g.h * g.w) as i64);
         let yn = emit::addr(fb, yptr, n, (g.m * g.oh * g.ow) as i64);
         let xp = fb.ins().iadd_imm_s(ws, xp_at as i64);
-        let out = if l_direct { yn } else { fb.ins().iadd_imm_s(ws, staging_at as i64) };
+        let out = if l_direct {
+            yn
+        } else {
+            fb.ins().iadd_imm_s(ws, staging_at as i64)
+        };
         for (i, v) in [xp, out, xn, ws].into_iter().enumerate() {
             fb.ins().store(emit::mem(), v, context, (8 * i) as i32);
         }
@@ -356,7 +452,15 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
 /// Repacks channel pairs `begin..end` of the padded u8 planes at `planes` into pairs of i16
 /// split by phase at `xp` (see the module docs): eight positions of a phase row per step, from one 16-byte
 /// load of each of the two planes, one byte shuffle pairing them and two widenings.
-fn repack(fb: &mut FunctionBuilder, g: &Geometry, l: &Layout, planes: Value, xp: Value, begin: Value, end: Value) {
+fn repack(
+    fb: &mut FunctionBuilder,
+    g: &Geometry,
+    l: &Layout,
+    planes: Value,
+    xp: Value,
+    begin: Value,
+    end: Value,
+) {
     let plane = (g.hp * g.wp) as i64;
     let pair_bytes = l.pair_bytes(g) as i64;
     emit::for_range(fb, begin, end, 1, |fb, p| {
@@ -365,7 +469,9 @@ fn repack(fb: &mut FunctionBuilder, g: &Geometry, l: &Layout, planes: Value, xp:
         for py in 0..g.sh {
             for px in 0..g.sw {
                 // Byte j of the pair row: position j / 2 of plane (j % 2), column px + sw·(j / 2).
-                let mask: Vec<u8> = (0..LANES).flat_map(|i| [(px + g.sw * i) as u8, (16 + px + g.sw * i) as u8]).collect();
+                let mask: Vec<u8> = (0..LANES)
+                    .flat_map(|i| [(px + g.sw * i) as u8, (16 + px + g.sw * i) as u8])
+                    .collect();
                 let mask = fb.func.dfg.immediates.push(ConstantData::from(mask));
                 let phase = ((py * g.sw + px) * l.hq * l.wq * PAIR) as i64;
                 emit::for_count(fb, l.hq as i64, |fb, y| {

@@ -9,8 +9,8 @@
 //! to i16 in the workspace, then the column blocks run as a task on the thread pool. Results
 //! whose row is not a whole number of blocks go through a staging area copied out.
 
-use super::planes::copy_row;
 use super::packing::packed_rows;
+use super::planes::copy_row;
 use super::ukernel::{self, LaneTable, PairTile, Requantize, LANES, MAX_ROWS, VECTORS};
 use super::{data_address, Kernel};
 use crate::emit;
@@ -41,21 +41,45 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
     }
     let (a, b, y) = (k.input(0)?, k.input(1)?, k.output(0));
     let (ad, bd, yd) = (a.dims(), b.dims(), y.dims());
-    let shapes = ad.len() == 2 && bd.len() == 2 && yd.len() == 2 && a.batched() && y.batched() && ad[1] == bd[0] && yd[1] == bd[1] && ad[1] > 0 && bd[1] > 0;
-    if !shapes || a.ty.dtype != DType::U8 || !matches!(y.ty.dtype, DType::U8 | DType::I8) || b.constant.is_none() {
+    let shapes = ad.len() == 2
+        && bd.len() == 2
+        && yd.len() == 2
+        && a.batched()
+        && y.batched()
+        && ad[1] == bd[0]
+        && yd[1] == bd[1]
+        && ad[1] > 0
+        && bd[1] > 0;
+    if !shapes
+        || a.ty.dtype != DType::U8
+        || !matches!(y.ty.dtype, DType::U8 | DType::I8)
+        || b.constant.is_none()
+    {
         return Ok(false);
     }
     let (kk, m) = (ad[1], bd[1]);
-    let Some(packed) = packed_rows(k, m, kk, |c, t| t * m + c)? else { return Ok(false) };
-    let (Some(aq), Some(bq)) = (a.ty.quant.clone(), b.ty.quant.clone()) else { return Ok(false) };
+    let Some(packed) = packed_rows(k, m, kk, |c, t| t * m + c)? else {
+        return Ok(false);
+    };
+    let (Some(aq), Some(bq)) = (a.ty.quant.clone(), b.ty.quant.clone()) else {
+        return Ok(false);
+    };
     let yty = y.ty.clone();
     let rq = Requant::for_product(&aq, &bq, m, &yty, k.op.fused_activation()?)?;
-    let Some(lanes) = LaneTable::bytes(&packed.folded, |j| super::requant::channel(&rq, j)) else { return Ok(false) };
+    let Some(lanes) = LaneTable::bytes(&packed.folded, |j| super::requant::channel(&rq, j)) else {
+        return Ok(false);
+    };
     let pairs = kk.div_ceil(2).next_multiple_of(UNROLL);
     let blocks = m.div_ceil(BLOCK);
     // Weights: block, pair, column of the block, the pair's two k.
     let mut weights = Vec::with_capacity(blocks * pairs * BLOCK * PAIR);
-    let weight = |c: usize, t: usize| if c < m && t < kk { packed.rows[c][t] } else { 0 };
+    let weight = |c: usize, t: usize| {
+        if c < m && t < kk {
+            packed.rows[c][t]
+        } else {
+            0
+        }
+    };
     for blk in 0..blocks {
         for p in 0..pairs {
             for c in blk * BLOCK..(blk + 1) * BLOCK {
@@ -69,11 +93,19 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
     let direct = m % BLOCK == 0;
     let row_bytes = if direct { m } else { blocks * BLOCK };
     let i32_of = |v: usize| i32::try_from(v).map_err(|e| e.to_string());
-    let store = Requantize { zero_point: rq.zero_point, bounds: (rq.bounds.0 as i32, rq.bounds.1 as i32), signed: yty.dtype == DType::I8, plane: i32_of(row_bytes)?, per_lane: true };
+    let store = Requantize {
+        zero_point: rq.zero_point,
+        bounds: (rq.bounds.0 as i32, rq.bounds.1 as i32),
+        signed: yty.dtype == DType::I8,
+        plane: i32_of(row_bytes)?,
+        per_lane: true,
+    };
     let tile = |rows: usize| -> Result<PairTile, String> {
         Ok(PairTile {
             rows,
-            offsets: (0..UNROLL).map(|s| i32_of(s * BLOCK * PAIR)).collect::<Result<_, _>>()?,
+            offsets: (0..UNROLL)
+                .map(|s| i32_of(s * BLOCK * PAIR))
+                .collect::<Result<_, _>>()?,
             x_stride: i32_of(UNROLL * BLOCK * PAIR)?,
             iterations: u32::try_from(pairs / UNROLL).map_err(|e| e.to_string())?,
             store,
@@ -90,10 +122,14 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
     k.form = "wide-matmul";
     let wptr = k.data_object(weights, 64)?;
     let lane_table = k.data_object(lanes, 64)?;
-    let tasks: Vec<FuncId> = tasks.into_iter().map(|(kernel, _)| column_task(k, kernel, wptr, lane_table, block_bytes)).collect::<Result<_, _>>()?;
+    let tasks: Vec<FuncId> = tasks
+        .into_iter()
+        .map(|(kernel, _)| column_task(k, kernel, wptr, lane_table, block_bytes))
+        .collect::<Result<_, _>>()?;
     // Workspace: widened rows | staging rows | the task's context.
     let staging_at = (MAX_ROWS * pairs * PAIR).next_multiple_of(64);
-    let context_at = staging_at + if direct { 0 } else { MAX_ROWS * row_bytes }.next_multiple_of(64);
+    let context_at =
+        staging_at + if direct { 0 } else { MAX_ROWS * row_bytes }.next_multiple_of(64);
     let ws = k.workspace(context_at + 64);
     let (aptr, yptr) = (k.input(0)?.ptr, k.output(0).ptr);
     let samples = k.batch;
@@ -110,10 +146,20 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
             let dst = fb.ins().iadd_imm_s(ws, (r * pairs * PAIR) as i64);
             widen_row(fb, src, dst, kk);
         }
-        let out = if direct { emit::addr(fb, yptr, first, m as i64) } else { fb.ins().iadd_imm_s(ws, staging_at as i64) };
+        let out = if direct {
+            emit::addr(fb, yptr, first, m as i64)
+        } else {
+            fb.ins().iadd_imm_s(ws, staging_at as i64)
+        };
         fb.ins().store(emit::mem(), ws, context, 0);
         fb.ins().store(emit::mem(), out, context, 8);
-        k.parallel_for(task, context, blocks as i64, usize::MAX, (rows * kk * m) as u64)?;
+        k.parallel_for(
+            task,
+            context,
+            blocks as i64,
+            usize::MAX,
+            (rows * kk * m) as u64,
+        )?;
         if !direct {
             let fb = &mut *k.fb;
             for r in 0..rows {
@@ -148,11 +194,20 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
 
 /// The task of one tile size: column blocks `begin..end` of the rows widened at `ctx[0]`
 /// into the results at `ctx[1]` (row stride: the micro-kernel's plane).
-fn column_task(k: &mut Kernel, kernel: FuncId, weights: cranelift_module::DataId, lanes: cranelift_module::DataId, block_bytes: i64) -> Result<FuncId, String> {
+fn column_task(
+    k: &mut Kernel,
+    kernel: FuncId,
+    weights: cranelift_module::DataId,
+    lanes: cranelift_module::DataId,
+    block_bytes: i64,
+) -> Result<FuncId, String> {
     k.task(|fb, module, [ctx, begin, end, _]| {
         let rows = fb.ins().load(types::I64, emit::mem(), ctx, 0);
         let out = fb.ins().load(types::I64, emit::mem(), ctx, 8);
-        let (w, lanes) = (data_address(fb, module, weights), data_address(fb, module, lanes));
+        let (w, lanes) = (
+            data_address(fb, module, weights),
+            data_address(fb, module, lanes),
+        );
         let kernel = module.declare_func_in_func(kernel, fb.func);
         emit::for_range(fb, begin, end, 1, |fb, blk| {
             let x0 = emit::addr(fb, w, blk, block_bytes);

@@ -1,7 +1,9 @@
 //! `qlift bench`: latency, throughput and compile time of a compiled model.
 
 use super::output::{outln, print};
-use super::{LoadArgs, bind_inputs, compile_graph, in_range, load_model, EngineArg, QuantArgs, MAX_THREADS};
+use super::{
+    bind_inputs, compile_graph, in_range, load_model, EngineArg, LoadArgs, QuantArgs, MAX_THREADS,
+};
 use anyhow::{bail, Result};
 use qlift_ir::{Graph, Tensor};
 use std::path::PathBuf;
@@ -84,7 +86,11 @@ const MAX_TIMED_RUNS: usize = 10_000_000;
 
 pub(crate) fn exec(args: &BenchArgs) -> Result<()> {
     if args.iters.saturating_mul(args.callers) > MAX_TIMED_RUNS {
-        bail!("--iters {} × --callers {} is more than {MAX_TIMED_RUNS} timed runs", args.iters, args.callers);
+        bail!(
+            "--iters {} × --callers {} is more than {MAX_TIMED_RUNS} timed runs",
+            args.iters,
+            args.callers
+        );
     }
     let start = Instant::now();
     let codegen = qlift::CodegenOptions {
@@ -97,25 +103,45 @@ pub(crate) fn exec(args: &BenchArgs) -> Result<()> {
     };
     let graph = load_model(&args.model, &args.load)?;
     let inputs = bind_inputs(&graph, &args.inputs)?;
-    let model = compile_graph(&graph, &args.model, &args.quant, args.engine, args.threads, &codegen)?;
+    let model = compile_graph(
+        &graph,
+        &args.model,
+        &args.quant,
+        args.engine,
+        args.threads,
+        &codegen,
+    )?;
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
-    let batch = inputs.first().and_then(|t| t.shape().first().copied()).unwrap_or(1);
+    let batch = inputs
+        .first()
+        .and_then(|t| t.shape().first().copied())
+        .unwrap_or(1);
     // Every caller holds its own outputs and scratch: the memory of all of them together
     // is checked before any is allocated.
     let per_call = model.run_bytes(&inputs)?;
     let limit = qlift::Limits::default().max_run_bytes;
     if per_call.saturating_mul(args.callers as u64) > limit {
-        return Err(qlift::Error::Limit { what: format!("memory for {} callers on a batch of {batch}", args.callers), value: per_call.saturating_mul(args.callers as u64), limit }.into());
+        return Err(qlift::Error::Limit {
+            what: format!("memory for {} callers on a batch of {batch}", args.callers),
+            value: per_call.saturating_mul(args.callers as u64),
+            limit,
+        }
+        .into());
     }
     let fresh_outputs = || -> Vec<Tensor> {
-        model.outputs().iter().map(|(_, ty)| Tensor::zeros(ty.dtype, &ty.shape.resolve(batch))).collect()
+        model
+            .outputs()
+            .iter()
+            .map(|(_, ty)| Tensor::zeros(ty.dtype, &ty.shape.resolve(batch)))
+            .collect()
     };
     let mut outputs = fresh_outputs();
     for _ in 0..args.warmup {
         model.run_into(&inputs, &mut outputs)?;
     }
     model.reset_profile();
-    let style = indicatif::ProgressStyle::with_template("benchmarking {bar:30} {pos}/{len} runs").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let style = indicatif::ProgressStyle::with_template("benchmarking {bar:30} {pos}/{len} runs")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     let bar = indicatif::ProgressBar::new((args.iters * args.callers) as u64).with_style(style);
     let wall = Instant::now();
     let mut times: Vec<f64> = std::thread::scope(|s| -> Result<Vec<f64>> {
@@ -138,7 +164,10 @@ pub(crate) fn exec(args: &BenchArgs) -> Result<()> {
         let mut all = Vec::new();
         for w in workers {
             // A panic in a caller is a bug: carried on to the top (exit 2).
-            all.extend(w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?);
+            all.extend(
+                w.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?,
+            );
         }
         Ok(all)
     })?;
@@ -149,7 +178,13 @@ pub(crate) fn exec(args: &BenchArgs) -> Result<()> {
     let (min, median, p90) = (times[0], pick(0.5), pick(0.9));
     let macs = multiply_accumulates(model.graph()) as f64 * batch as f64;
     let profile = match model.profile() {
-        Some(kernels) => Some(super::profile::table(model.graph(), &kernels, times.iter().sum::<f64>() / times.len() as f64, batch, args.profile_top)),
+        Some(kernels) => Some(super::profile::table(
+            model.graph(),
+            &kernels,
+            times.iter().sum::<f64>() / times.len() as f64,
+            batch,
+            args.profile_top,
+        )),
         None if args.profile => bail!("--profile needs the JIT engine"),
         None => None,
     };
@@ -198,7 +233,13 @@ fn duration_ms(ms: f64) -> String {
     let us = ms * 1e3;
     // Below 999.5 µs, so that nothing rounds to "1000 µs".
     if us < 999.5 {
-        let decimals = if us < 10.0 { 2 } else if us < 100.0 { 1 } else { 0 };
+        let decimals = if us < 10.0 {
+            2
+        } else if us < 100.0 {
+            1
+        } else {
+            0
+        };
         format!("{us:.decimals$} µs")
     } else {
         format!("{ms:.3} ms")
@@ -207,7 +248,9 @@ fn duration_ms(ms: f64) -> String {
 
 /// Multiply-accumulates of one sample: Conv, Gemm, MatMul and their integer forms.
 fn multiply_accumulates(g: &Graph) -> u64 {
-    g.node_ids().filter_map(|id| super::profile::node_macs(g, id)).fold(0u64, u64::saturating_add)
+    g.node_ids()
+        .filter_map(|id| super::profile::node_macs(g, id))
+        .fold(0u64, u64::saturating_add)
 }
 
 /// The machine's nominal int8 peak in GMAC/s for `threads` cores: 64 u8×i8
@@ -216,9 +259,16 @@ fn multiply_accumulates(g: &Graph) -> u64 {
 fn int8_peak_gmacs(threads: usize) -> f64 {
     let mhz = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("cpu MHz")).and_then(|l| l.split(':').nth(1)).and_then(|v| v.trim().parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("cpu MHz"))
+                .and_then(|l| l.split(':').nth(1))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
         .unwrap_or(3000.0);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(threads);
+    let cores = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(threads);
     64.0 * mhz * 1e-3 * cores as f64
 }
 

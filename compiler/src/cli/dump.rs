@@ -1,7 +1,9 @@
 //! `qlift dump`: a model's IR as text or Graphviz dot, before or after the rewrite passes.
 
 use super::output::{check_writable, note};
-use super::{LoadArgs, emit, load_model, pipeline_options, quantize_model, use_calibration, QuantArgs};
+use super::{
+    emit, load_model, pipeline_options, quantize_model, use_calibration, LoadArgs, QuantArgs,
+};
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use qlift_ir::text;
@@ -68,7 +70,11 @@ fn after_help() -> String {
     let passes: Vec<String> = qlift_passes::quantizing_pipeline(|g| Ok(g.clone()))
         .iter()
         .map(|p| {
-            let note = if p.name == qlift_passes::INSERT_QDQ { " (only with --calib)" } else { "" };
+            let note = if p.name == qlift_passes::INSERT_QDQ {
+                " (only with --calib)"
+            } else {
+                ""
+            };
             format!("  {}{note}: {}", p.name, p.about)
         })
         .collect();
@@ -76,7 +82,11 @@ fn after_help() -> String {
 }
 
 pub(crate) fn exec(args: &DumpArgs) -> Result<()> {
-    let after = if args.print_after_all { Some("all") } else { args.after.as_deref() };
+    let after = if args.print_after_all {
+        Some("all")
+    } else {
+        args.after.as_deref()
+    };
     if after.is_none() && (args.dump_dir.is_some() || args.timings) {
         bail!("--dump-dir and --timings need --after PASS|all");
     }
@@ -84,7 +94,10 @@ pub(crate) fn exec(args: &DumpArgs) -> Result<()> {
         check_writable(path, "--output")?;
     }
     if let Some(dir) = args.dump_dir.as_ref().filter(|d| d.exists() && !d.is_dir()) {
-        bail!("--dump-dir {}: exists and is not a directory", dir.display());
+        bail!(
+            "--dump-dir {}: exists and is not a directory",
+            dir.display()
+        );
     }
     if let Some(path) = &args.html {
         check_writable(path, "--html")?;
@@ -93,7 +106,10 @@ pub(crate) fn exec(args: &DumpArgs) -> Result<()> {
         None => None,
         Some("all") => Some(PrintAfter::All),
         Some(name) if pass_names().contains(&name) => Some(PrintAfter::Pass(name.to_string())),
-        Some(name) => bail!("unknown pass `{name}` (passes: {}, or all)", pass_names().join(", ")),
+        Some(name) => bail!(
+            "unknown pass `{name}` (passes: {}, or all)",
+            pass_names().join(", ")
+        ),
     };
     let mut graph = load_model(&args.model, &args.load)?;
     let calibrate = use_calibration(&graph, &args.quant, &args.model);
@@ -113,7 +129,12 @@ pub(crate) fn exec(args: &DumpArgs) -> Result<()> {
             PrintAfter::Pass(name) => Some(name.clone()),
             _ => None,
         };
-        let opts = PipelineOptions { print_after: print_after.clone(), dump_dir: args.dump_dir.clone(), stop_after, ..pipeline_options() };
+        let opts = PipelineOptions {
+            print_after: print_after.clone(),
+            dump_dir: args.dump_dir.clone(),
+            stop_after,
+            ..pipeline_options()
+        };
         let (optimized, runs) = if calibrate {
             let q = quantize_model(&graph, &args.quant, &opts)?;
             (q.lowered, q.runs)
@@ -132,15 +153,24 @@ pub(crate) fn exec(args: &DumpArgs) -> Result<()> {
                 );
             }
         }
-        if print_after == PrintAfter::All && matches!(args.format, DumpFormat::Text) && !args.full_constants {
-            let text: Vec<String> = runs.iter().filter_map(|r| r.dump.as_ref().map(|d| format!("; after {}\n{d}", r.name))).collect();
+        if print_after == PrintAfter::All
+            && matches!(args.format, DumpFormat::Text)
+            && !args.full_constants
+        {
+            let text: Vec<String> = runs
+                .iter()
+                .filter_map(|r| r.dump.as_ref().map(|d| format!("; after {}\n{d}", r.name)))
+                .collect();
             return emit(args.output.as_deref(), &text.join("\n"));
         }
         graph = optimized;
     }
     let out = match args.format {
         DumpFormat::Text => {
-            let opts = text::PrintOptions { full_constants: args.full_constants, ..Default::default() };
+            let opts = text::PrintOptions {
+                full_constants: args.full_constants,
+                ..Default::default()
+            };
             text::print(&graph, &opts)
         }
         DumpFormat::Dot => qlift_ir::dot::to_dot(&graph),
@@ -150,19 +180,42 @@ pub(crate) fn exec(args: &DumpArgs) -> Result<()> {
 
 /// `dump --html`: the pipeline (quantizing with --calib) with the IR after every pass, as a
 /// page.
-fn write_html(args: &DumpArgs, path: &std::path::Path, graph: &qlift_ir::Graph, calibrate: bool, stop_after: Option<String>) -> Result<()> {
-    let opts = PipelineOptions { print_after: PrintAfter::All, dump_dir: args.dump_dir.clone(), stop_after, ..pipeline_options() };
+fn write_html(
+    args: &DumpArgs,
+    path: &std::path::Path,
+    graph: &qlift_ir::Graph,
+    calibrate: bool,
+    stop_after: Option<String>,
+) -> Result<()> {
+    let opts = PipelineOptions {
+        print_after: PrintAfter::All,
+        dump_dir: args.dump_dir.clone(),
+        stop_after,
+        ..pipeline_options()
+    };
     let (lowered, runs, calibration, float) = if calibrate {
         let q = quantize_model(graph, &args.quant, &opts)?;
-        let (float, _) = run_pipeline(graph, &pipeline_options()).context("running the pass pipeline")?;
+        let (float, _) =
+            run_pipeline(graph, &pipeline_options()).context("running the pass pipeline")?;
         (q.lowered, q.runs, Some(q.calibration), Some(float))
     } else {
         let (lowered, runs) = run_pipeline(graph, &opts).context("running the pass pipeline")?;
         (lowered, runs, None, None)
     };
-    let mut summary = vec![("pipeline".to_string(), runs.iter().map(|r| r.name).collect::<Vec<_>>().join(" → "))];
+    let mut summary = vec![(
+        "pipeline".to_string(),
+        runs.iter().map(|r| r.name).collect::<Vec<_>>().join(" → "),
+    )];
     if calibrate {
-        summary.push(("calibration".into(), format!("{} ({}, {} activations)", args.quant.calib.join(" "), args.quant.method, args.quant.activations.name())));
+        summary.push((
+            "calibration".into(),
+            format!(
+                "{} ({}, {} activations)",
+                args.quant.calib.join(" "),
+                args.quant.method,
+                args.quant.activations.name()
+            ),
+        ));
     }
     let report = qlift::html::Report {
         title: args.model.display().to_string(),

@@ -21,18 +21,41 @@ const WARMUP_CALLS: usize = 3;
 /// The graph as imported, then one step per pass with the IR after it (the runs must come
 /// from a pipeline run with `PrintAfter::All`).
 pub(crate) fn steps(imported: &Graph, runs: &[PassRun]) -> Vec<PipelineStep> {
-    let first = PipelineStep { name: "import".into(), time: None, nodes: (0, imported.node_count()), text: Some(print(imported, &PrintOptions::default())) };
+    let first = PipelineStep {
+        name: "import".into(),
+        time: None,
+        nodes: (0, imported.node_count()),
+        text: Some(print(imported, &PrintOptions::default())),
+    };
     std::iter::once(first)
-        .chain(runs.iter().map(|r| PipelineStep { name: r.name.to_string(), time: Some(r.time), nodes: r.nodes, text: r.dump.clone() }))
+        .chain(runs.iter().map(|r| PipelineStep {
+            name: r.name.to_string(),
+            time: Some(r.time),
+            nodes: r.nodes,
+            text: r.dump.clone(),
+        }))
         .collect()
 }
 
 /// Compiles `lowered` with the JIT, runs it on `inputs` (once, or timed with `profile`) and
 /// returns every kernel's form, and its cost when profiled, by node name. A model the JIT
 /// cannot compile or run still gets its report: without kernels, with a note saying why.
-pub(crate) fn kernels(lowered: &Graph, quantized: bool, inputs: &[Tensor], profile: bool) -> HashMap<String, Kernel> {
-    let codegen = qlift::CodegenOptions { profile, ..Default::default() };
-    let opts = CompileOptions { engine: Engine::Jit, threads: 1, codegen, ..Default::default() };
+pub(crate) fn kernels(
+    lowered: &Graph,
+    quantized: bool,
+    inputs: &[Tensor],
+    profile: bool,
+) -> HashMap<String, Kernel> {
+    let codegen = qlift::CodegenOptions {
+        profile,
+        ..Default::default()
+    };
+    let opts = CompileOptions {
+        engine: Engine::Jit,
+        threads: 1,
+        codegen,
+        ..Default::default()
+    };
     let run = || -> Result<CompiledModel, qlift::Error> {
         let model = CompiledModel::from_lowered(lowered.clone(), quantized, &opts)?;
         for _ in 0..if profile { WARMUP_CALLS } else { 1 } {
@@ -53,17 +76,42 @@ pub(crate) fn kernels(lowered: &Graph, quantized: bool, inputs: &[Tensor], profi
             return HashMap::new();
         }
     };
-    let mut kernels: HashMap<String, Kernel> = model.kernel_forms().unwrap_or_default().into_iter().map(|(node, form)| (node, Kernel { form, cost: None })).collect();
+    let mut kernels: HashMap<String, Kernel> = model
+        .kernel_forms()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(node, form)| (node, Kernel { form, cost: None }))
+        .collect();
     if let Some(times) = model.profile() {
-        let batch = inputs.iter().filter_map(|t| t.shape().first().copied()).max().unwrap_or(1) as f64;
+        let batch = inputs
+            .iter()
+            .filter_map(|t| t.shape().first().copied())
+            .max()
+            .unwrap_or(1) as f64;
         let g = model.graph();
-        let macs: HashMap<&str, u64> = g.node_ids().filter_map(|id| Some((g.node(id).name.as_str(), node_macs(g, id)?))).collect();
+        let macs: HashMap<&str, u64> = g
+            .node_ids()
+            .filter_map(|id| Some((g.node(id).name.as_str(), node_macs(g, id)?)))
+            .collect();
         let total: u64 = times.iter().map(|t| t.nanos).sum();
         for t in &times {
             let us = t.nanos as f64 / t.calls.max(1) as f64 / 1e3;
-            let gmacs = macs.get(t.node.as_str()).filter(|_| us > 0.0).map(|&m| m as f64 * batch / us / 1e3);
-            let cost = KernelCost { us_per_call: us, share: t.nanos as f64 / total.max(1) as f64, gmacs };
-            kernels.entry(t.node.clone()).or_insert_with(|| Kernel { form: t.form.clone(), cost: None }).cost = Some(cost);
+            let gmacs = macs
+                .get(t.node.as_str())
+                .filter(|_| us > 0.0)
+                .map(|&m| m as f64 * batch / us / 1e3);
+            let cost = KernelCost {
+                us_per_call: us,
+                share: t.nanos as f64 / total.max(1) as f64,
+                gmacs,
+            };
+            kernels
+                .entry(t.node.clone())
+                .or_insert_with(|| Kernel {
+                    form: t.form.clone(),
+                    cost: None,
+                })
+                .cost = Some(cost);
         }
     }
     kernels
@@ -75,6 +123,11 @@ pub(crate) fn write(path: &Path, report: &Report) -> Result<()> {
     let mut files = Outputs::default();
     files.write(path, page.as_bytes())?;
     files.commit()?;
-    note!("wrote {} ({:.1} MB, {} graph nodes)", path.display(), page.len() as f64 / 1e6, report.graph.node_count());
+    note!(
+        "wrote {} ({:.1} MB, {} graph nodes)",
+        path.display(),
+        page.len() as f64 / 1e6,
+        report.graph.node_count()
+    );
     Ok(())
 }

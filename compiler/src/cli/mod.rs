@@ -21,7 +21,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use output::note;
 use qlift::npy::read_npy;
-use qlift::{load_onnx, ActivationScheme, CalibrationMethod, CompileOptions, CompiledModel, Engine, ImportOptions, QuantizeOptions, Quantized};
+use qlift::{
+    load_onnx, ActivationScheme, CalibrationMethod, CompileOptions, CompiledModel, Engine,
+    ImportOptions, QuantizeOptions, Quantized,
+};
 use qlift_ir::{Graph, OpKind, Tensor};
 use qlift_passes::{run_pipeline, PipelineOptions};
 use std::path::Path;
@@ -96,7 +99,10 @@ where
         Err(e) if e.chain().any(|c| c.is::<output::ClosedPipe>()) => 0,
         Err(e) => {
             note!("error: {}", chain(&e));
-            let internal = e.chain().any(|c| c.downcast_ref::<qlift::Error>().is_some_and(|e| e.is_internal()));
+            let internal = e.chain().any(|c| {
+                c.downcast_ref::<qlift::Error>()
+                    .is_some_and(|e| e.is_internal())
+            });
             if internal {
                 note!("{BUG_REPORT}");
                 2
@@ -144,7 +150,10 @@ fn dispatch(cli: Cli) -> Result<()> {
 /// A clap value parser for an integer flag in `LO..=HI`: anything else (a negative number,
 /// `18446744073709551615`, `1e3`) is a usage error naming the range, before any work.
 pub(crate) fn in_range<const LO: u64, const HI: u64>(s: &str) -> Result<usize, String> {
-    let n: u64 = s.trim().parse().map_err(|_| format!("`{s}` is not a whole number from {LO} to {HI}"))?;
+    let n: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a whole number from {LO} to {HI}"))?;
     if !(LO..=HI).contains(&n) {
         return Err(format!("{n} is out of range: from {LO} to {HI}"));
     }
@@ -221,13 +230,20 @@ impl LoadArgs {
     fn import_options(&self) -> Result<ImportOptions> {
         let mut opts = ImportOptions::default();
         for arg in &self.shapes {
-            let (name, dims) = arg.split_once('=').with_context(|| format!("--shape `{arg}` is not NAME=DIMS (say input=1x3x224x224)"))?;
-            let dims = qlift::InputDim::parse_shape(dims).map_err(anyhow::Error::msg).with_context(|| format!("--shape {arg}"))?;
+            let (name, dims) = arg.split_once('=').with_context(|| {
+                format!("--shape `{arg}` is not NAME=DIMS (say input=1x3x224x224)")
+            })?;
+            let dims = qlift::InputDim::parse_shape(dims)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("--shape {arg}"))?;
             opts.input_shapes.insert(name.to_string(), dims);
         }
         for arg in &self.freeze {
-            let (name, file) = arg.split_once('=').with_context(|| format!("--freeze `{arg}` is not NAME=FILE.npy"))?;
-            opts.constant_inputs.insert(name.to_string(), read_npy(Path::new(file))?);
+            let (name, file) = arg
+                .split_once('=')
+                .with_context(|| format!("--freeze `{arg}` is not NAME=FILE.npy"))?;
+            opts.constant_inputs
+                .insert(name.to_string(), read_npy(Path::new(file))?);
         }
         Ok(opts)
     }
@@ -262,12 +278,30 @@ pub(crate) fn quantized_ops(graph: &Graph) -> Option<String> {
     use OpKind::*;
     let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
     for id in graph.node_ids() {
-        let Some(kind) = graph.node(id).op.kind() else { continue };
-        if kind.is_internal() || matches!(kind, QuantizeLinear | DequantizeLinear | QLinearConv | QLinearMatMul | ConvInteger | MatMulInteger) {
+        let Some(kind) = graph.node(id).op.kind() else {
+            continue;
+        };
+        if kind.is_internal()
+            || matches!(
+                kind,
+                QuantizeLinear
+                    | DequantizeLinear
+                    | QLinearConv
+                    | QLinearMatMul
+                    | ConvInteger
+                    | MatMulInteger
+            )
+        {
             *counts.entry(kind.name()).or_default() += 1;
         }
     }
-    (!counts.is_empty()).then(|| counts.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", "))
+    (!counts.is_empty()).then(|| {
+        counts
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
 }
 
 /// Whether to quantize from `--calib`: not when none is given, nor when the model is already
@@ -294,18 +328,29 @@ pub(crate) fn split_binding(arg: &str) -> (Option<&str>, &Path) {
 
 /// Orders `--input` arguments by graph input, by name or by position.
 pub(crate) fn bind_inputs(graph: &Graph, args: &[String]) -> Result<Vec<Tensor>> {
-    let names: Vec<String> = graph.input_values().iter().map(|v| graph.value(*v).name.clone()).collect();
+    let names: Vec<String> = graph
+        .input_values()
+        .iter()
+        .map(|v| graph.value(*v).name.clone())
+        .collect();
     if args.len() != names.len() {
-        bail!("the model has {} inputs ({}), {} were given", names.len(), names.join(", "), args.len());
+        bail!(
+            "the model has {} inputs ({}), {} were given",
+            names.len(),
+            names.join(", "),
+            args.len()
+        );
     }
     let mut bound: Vec<Option<Tensor>> = vec![None; names.len()];
     for (position, arg) in args.iter().enumerate() {
         let (name, file) = split_binding(arg);
         let slot = match name {
-            Some(name) => names
-                .iter()
-                .position(|n| n == name)
-                .with_context(|| format!("the model has no input `{name}` (inputs: {})", names.join(", ")))?,
+            Some(name) => names.iter().position(|n| n == name).with_context(|| {
+                format!(
+                    "the model has no input `{name}` (inputs: {})",
+                    names.join(", ")
+                )
+            })?,
             None => position,
         };
         if bound[slot].is_some() {
@@ -313,18 +358,30 @@ pub(crate) fn bind_inputs(graph: &Graph, args: &[String]) -> Result<Vec<Tensor>>
         }
         bound[slot] = Some(read_npy(file)?);
     }
-    Ok(bound.into_iter().map(|t| t.expect("every slot bound: counts are equal and none twice")).collect())
+    Ok(bound
+        .into_iter()
+        .map(|t| t.expect("every slot bound: counts are equal and none twice"))
+        .collect())
 }
 
 /// Lowers `graph` (loaded from `path`; quantizing it with `--calib` unless it already is)
 /// and compiles it for `engine`, running each call on up to `threads` threads.
-pub(crate) fn compile_graph(graph: &Graph, path: &Path, quant: &QuantArgs, engine: EngineArg, threads: usize, codegen: &qlift::CodegenOptions) -> Result<CompiledModel> {
+pub(crate) fn compile_graph(
+    graph: &Graph,
+    path: &Path,
+    quant: &QuantArgs,
+    engine: EngineArg,
+    threads: usize,
+    codegen: &qlift::CodegenOptions,
+) -> Result<CompiledModel> {
     let start = Instant::now();
     let calibrated = use_calibration(graph, quant, path);
     let lowered = if calibrated {
         quantize_model(graph, quant, &pipeline_options())?.lowered
     } else {
-        run_pipeline(graph, &pipeline_options()).context("running the pass pipeline")?.0
+        run_pipeline(graph, &pipeline_options())
+            .context("running the pass pipeline")?
+            .0
     };
     let engine = match engine {
         EngineArg::Jit => Engine::Jit,
@@ -332,9 +389,21 @@ pub(crate) fn compile_graph(graph: &Graph, path: &Path, quant: &QuantArgs, engin
     };
     // Quantized when it was calibrated here or already holds integer ops (a dumped int8 .qir,
     // a QDQ model lowered by the pipeline).
-    let quantized = calibrated || lowered.node_ids().any(|id| lowered.node(id).op.kind().is_some_and(|k| k.is_internal()));
-    let model = CompiledModel::from_lowered(lowered, quantized, &CompileOptions { engine, threads, codegen: codegen.clone(), ..Default::default() })
-        .with_context(|| format!("compiling {}", path.display()))?;
+    let quantized = calibrated
+        || lowered
+            .node_ids()
+            .any(|id| lowered.node(id).op.kind().is_some_and(|k| k.is_internal()));
+    let model = CompiledModel::from_lowered(
+        lowered,
+        quantized,
+        &CompileOptions {
+            engine,
+            threads,
+            codegen: codegen.clone(),
+            ..Default::default()
+        },
+    )
+    .with_context(|| format!("compiling {}", path.display()))?;
     note!(
         "compiled {} ({}, {}) in {:.0} ms",
         path.display(),
@@ -347,7 +416,10 @@ pub(crate) fn compile_graph(graph: &Graph, path: &Path, quant: &QuantArgs, engin
 
 /// Counts rows of `scores` ([batch, classes]) whose argmax equals the label.
 pub(crate) fn top1(scores: &Tensor, labels: &Tensor) -> Result<(usize, usize)> {
-    let labels = labels.to_i64_vec().map_err(anyhow::Error::msg).context("labels")?;
+    let labels = labels
+        .to_i64_vec()
+        .map_err(anyhow::Error::msg)
+        .context("labels")?;
     let scores_f32 = scores.to_f32_vec();
     let (&classes, rows) = match scores.shape() {
         [rows, classes] => (classes, *rows),
@@ -360,7 +432,10 @@ pub(crate) fn top1(scores: &Tensor, labels: &Tensor) -> Result<(usize, usize)> {
         .chunks(classes)
         .zip(&labels)
         .filter(|(row, &label)| {
-            let best = row.iter().enumerate().fold(0, |best, (i, &v)| if v > row[best] { i } else { best });
+            let best = row
+                .iter()
+                .enumerate()
+                .fold(0, |best, (i, &v)| if v > row[best] { i } else { best });
             best as i64 == label
         })
         .count();
@@ -372,8 +447,10 @@ pub(crate) fn top1(scores: &Tensor, labels: &Tensor) -> Result<(usize, usize)> {
 pub(crate) fn progress_bar() -> &'static indicatif::ProgressBar {
     static BAR: std::sync::OnceLock<indicatif::ProgressBar> = std::sync::OnceLock::new();
     BAR.get_or_init(|| {
-        let style = indicatif::ProgressStyle::with_template("rewriting {bar:30} {pos}/{len} passes  {msg} {elapsed}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        let style = indicatif::ProgressStyle::with_template(
+            "rewriting {bar:30} {pos}/{len} passes  {msg} {elapsed}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
         indicatif::ProgressBar::new(0).with_style(style)
     })
 }
@@ -396,7 +473,11 @@ pub(crate) fn pipeline_options() -> PipelineOptions {
 
 /// Quantizes `graph` with the calibration data and options of `q`, with progress shown on
 /// [`progress_bar`] (passes, then calibration samples within `insert-qdq`).
-pub(crate) fn quantize_model(graph: &Graph, q: &QuantArgs, pipeline: &PipelineOptions) -> Result<Quantized> {
+pub(crate) fn quantize_model(
+    graph: &Graph,
+    q: &QuantArgs,
+    pipeline: &PipelineOptions,
+) -> Result<Quantized> {
     let calibration = bind_inputs(graph, &q.calib).context("calibration data (--calib)")?;
     let opts = QuantizeOptions {
         method: q.method,
@@ -408,9 +489,16 @@ pub(crate) fn quantize_model(graph: &Graph, q: &QuantArgs, pipeline: &PipelineOp
     };
     let start = Instant::now();
     let limits = qlift::Limits::default();
-    let quantized = qlift::quantize::quantize_limited(graph, &calibration, &opts, pipeline, &limits, &|done, total| {
-        progress_bar().set_message(format!("insert-qdq: calibrating, {done}/{total} samples"));
-    })?;
+    let quantized = qlift::quantize::quantize_limited(
+        graph,
+        &calibration,
+        &opts,
+        pipeline,
+        &limits,
+        &|done, total| {
+            progress_bar().set_message(format!("insert-qdq: calibrating, {done}/{total} samples"));
+        },
+    )?;
     progress_bar().finish_and_clear();
     if quantized.samples == 0 {
         note!("the pipeline stopped before calibration (insert-qdq): nothing was quantized");

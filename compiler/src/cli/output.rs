@@ -61,7 +61,11 @@ pub(crate) fn check_writable(path: &Path, flag: &str) -> Result<()> {
         _ => Path::new("."),
     };
     if !parent.is_dir() {
-        bail!("{flag} {}: the directory {} does not exist", path.display(), parent.display());
+        bail!(
+            "{flag} {}: the directory {} does not exist",
+            path.display(),
+            parent.display()
+        );
     }
     Ok(())
 }
@@ -84,8 +88,14 @@ impl Outputs {
         if special {
             return write_all(path, bytes);
         }
-        let name = path.file_name().with_context(|| format!("{}: not a file name", path.display()))?;
-        let temp = path.with_file_name(format!(".{}.qlift-{}.tmp", name.to_string_lossy(), std::process::id()));
+        let name = path
+            .file_name()
+            .with_context(|| format!("{}: not a file name", path.display()))?;
+        let temp = path.with_file_name(format!(
+            ".{}.qlift-{}.tmp",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
         // Registered first, so that a failed write is cleaned up too.
         self.staged.push((temp.clone(), path.to_path_buf()));
         write_all(&temp, bytes).with_context(|| format!("writing {}", path.display()))
@@ -120,10 +130,12 @@ fn write_all(path: &Path, bytes: &[u8]) -> Result<()> {
         .truncate(true)
         .open(path)
         .with_context(|| format!("writing {}", path.display()))?;
-    file.write_all(bytes).with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))?;
     // `sync_all` fails on some special files (pipes, /dev/null): only regular files need it.
     if file.metadata().is_ok_and(|m| m.is_file()) {
-        file.sync_all().with_context(|| format!("writing {}", path.display()))?;
+        file.sync_all()
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

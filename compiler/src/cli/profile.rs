@@ -2,10 +2,10 @@
 //! form, from the timers the JIT compiles around every kernel call
 //! (`CodegenOptions::profile`), with each product's GMAC/s.
 
+use crate::html::tail as clip;
 use qlift::KernelTime;
 use qlift_ir::{Graph, NodeId};
 use std::collections::HashMap;
-use crate::html::tail as clip;
 
 /// Multiply-accumulates of one sample of node `id`: Conv, Gemm, MatMul and their integer
 /// forms; `None` for other ops.
@@ -13,10 +13,23 @@ pub fn node_macs(g: &Graph, id: NodeId) -> Option<u64> {
     use qlift_ir::OpKind::*;
     let kind = g.node(id).op.kind()?;
     let inputs = g.node_inputs(id);
-    let out = g.node(id).outputs.first()?.ty.shape.resolve(1).iter().product::<usize>() as u64;
-    let w = g.value_type(inputs.get(1).copied().flatten()?).shape.resolve(1);
+    let out = g
+        .node(id)
+        .outputs
+        .first()?
+        .ty
+        .shape
+        .resolve(1)
+        .iter()
+        .product::<usize>() as u64;
+    let w = g
+        .value_type(inputs.get(1).copied().flatten()?)
+        .shape
+        .resolve(1);
     match kind {
-        Conv | QConv | ConvInteger | QLinearConv => Some(out.saturating_mul(w.get(1..)?.iter().product::<usize>() as u64)),
+        Conv | QConv | ConvInteger | QLinearConv => {
+            Some(out.saturating_mul(w.get(1..)?.iter().product::<usize>() as u64))
+        }
         Gemm | MatMul | QMatMul | MatMulInteger | QLinearMatMul => {
             let a = g.value_type(inputs[0]?).shape.resolve(1);
             Some(out.saturating_mul(*a.last()? as u64))
@@ -28,20 +41,42 @@ pub fn node_macs(g: &Graph, id: NodeId) -> Option<u64> {
 /// The profile as text: the kernels by time (at most `top`), then the forms, then the time
 /// outside kernels. `call_ms` is the mean latency of the profiled calls, `batch` their batch.
 pub fn table(g: &Graph, times: &[KernelTime], call_ms: f64, batch: usize, top: usize) -> String {
-    let macs: HashMap<&str, u64> = g.node_ids().filter_map(|id| Some((g.node(id).name.as_str(), node_macs(g, id)?))).collect();
+    let macs: HashMap<&str, u64> = g
+        .node_ids()
+        .filter_map(|id| Some((g.node(id).name.as_str(), node_macs(g, id)?)))
+        .collect();
     let calls = times.iter().map(|t| t.calls).max().unwrap_or(0).max(1) as f64;
     let per_call_us = |t: &KernelTime| t.nanos as f64 / calls / 1e3;
     let kernel_us: f64 = times.iter().map(per_call_us).sum();
     let call_us = call_ms * 1e3;
-    let gmacs = |m: u64, us: f64| if us > 0.0 { (m * batch as u64) as f64 / us / 1e3 } else { 0.0 };
+    let gmacs = |m: u64, us: f64| {
+        if us > 0.0 {
+            (m * batch as u64) as f64 / us / 1e3
+        } else {
+            0.0
+        }
+    };
     let mut out = String::new();
     let mut sorted: Vec<&KernelTime> = times.iter().collect();
     sorted.sort_by(|a, b| b.nanos.cmp(&a.nanos));
-    out.push_str(&format!("{:<44} {:<18} {:<17} {:>10} {:>6} {:>8}\n", "kernel (node)", "op", "form", "µs/call", "share", "GMAC/s"));
+    out.push_str(&format!(
+        "{:<44} {:<18} {:<17} {:>10} {:>6} {:>8}\n",
+        "kernel (node)", "op", "form", "µs/call", "share", "GMAC/s"
+    ));
     for t in sorted.iter().take(top) {
         let us = per_call_us(t);
-        let rate = macs.get(t.node.as_str()).map_or(String::new(), |&m| format!("{:.1}", gmacs(m, us)));
-        out.push_str(&format!("{:<44} {:<18} {:<17} {:>10.1} {:>5.1}% {:>8}\n", clip(&t.node, 44), t.op, t.form, us, 100.0 * us / call_us, rate));
+        let rate = macs
+            .get(t.node.as_str())
+            .map_or(String::new(), |&m| format!("{:.1}", gmacs(m, us)));
+        out.push_str(&format!(
+            "{:<44} {:<18} {:<17} {:>10.1} {:>5.1}% {:>8}\n",
+            clip(&t.node, 44),
+            t.op,
+            t.form,
+            us,
+            100.0 * us / call_us,
+            rate
+        ));
     }
     if sorted.len() > top {
         out.push_str(&format!("… {} more kernels\n", sorted.len() - top));
@@ -62,11 +97,30 @@ pub fn table(g: &Graph, times: &[KernelTime], call_ms: f64, batch: usize, top: u
         forms[at].3 += 1;
     }
     forms.sort_by(|a, b| b.1.total_cmp(&a.1));
-    out.push_str(&format!("\n{:<38} {:>7} {:>10} {:>6} {:>8} {:>8}\n", "op and form", "kernels", "µs/call", "share", "GMACs", "GMAC/s"));
+    out.push_str(&format!(
+        "\n{:<38} {:>7} {:>10} {:>6} {:>8} {:>8}\n",
+        "op and form", "kernels", "µs/call", "share", "GMACs", "GMAC/s"
+    ));
     for (key, us, m, n) in &forms {
-        let rate = if *m > 0 { format!("{:.1}", gmacs(*m, *us)) } else { String::new() };
-        let total = if *m > 0 { format!("{:.3}", (*m * batch as u64) as f64 / 1e9) } else { String::new() };
-        out.push_str(&format!("{:<38} {:>7} {:>10.1} {:>5.1}% {:>8} {:>8}\n", key, n, us, 100.0 * us / call_us, total, rate));
+        let rate = if *m > 0 {
+            format!("{:.1}", gmacs(*m, *us))
+        } else {
+            String::new()
+        };
+        let total = if *m > 0 {
+            format!("{:.3}", (*m * batch as u64) as f64 / 1e9)
+        } else {
+            String::new()
+        };
+        out.push_str(&format!(
+            "{:<38} {:>7} {:>10.1} {:>5.1}% {:>8} {:>8}\n",
+            key,
+            n,
+            us,
+            100.0 * us / call_us,
+            total,
+            rate
+        ));
     }
     out.push_str(&format!(
         "\nkernels {:.1} µs of a {:.1} µs call ({:.1}%); outside kernels (entry, input checks, arena, threads, timers) {:.1} µs\n",

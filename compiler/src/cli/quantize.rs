@@ -1,7 +1,7 @@
 //! `qlift quantize`: a float model and calibration data in, a QDQ ONNX model out.
 
 use super::output::{check_writable, note, Outputs};
-use super::{LoadArgs, load_model, pipeline_options, quantize_model, quantized_ops, QuantArgs};
+use super::{load_model, pipeline_options, quantize_model, quantized_ops, LoadArgs, QuantArgs};
 use anyhow::{bail, Context, Result};
 use qlift::export_onnx;
 use qlift_ir::text;
@@ -53,11 +53,30 @@ pub(crate) fn exec(args: &QuantizeArgs) -> Result<()> {
     let mut files = Outputs::default();
     files.write(&args.output, &bytes)?;
     if let Some(path) = &args.qir {
-        let text = text::print(&q.lowered, &text::PrintOptions { full_constants: true, ..Default::default() });
+        let text = text::print(
+            &q.lowered,
+            &text::PrintOptions {
+                full_constants: true,
+                ..Default::default()
+            },
+        );
         files.write(path, text.as_bytes())?;
     }
     files.commit()?;
-    let integer = q.lowered.node_ids().filter(|&id| q.lowered.node(id).op.kind().is_some_and(|k| k.is_internal())).count();
-    note!("wrote {} ({integer} integer ops after lowering)", args.output.display());
+    let integer = q
+        .lowered
+        .node_ids()
+        .filter(|&id| {
+            q.lowered
+                .node(id)
+                .op
+                .kind()
+                .is_some_and(|k| k.is_internal())
+        })
+        .count();
+    note!(
+        "wrote {} ({integer} integer ops after lowering)",
+        args.output.display()
+    );
     Ok(())
 }

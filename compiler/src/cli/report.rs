@@ -1,7 +1,10 @@
 //! `qlift report`: per-layer quantization error of the quantized model against fp32.
 
 use super::output::{check_writable, outln, print};
-use super::{LoadArgs, bind_inputs, load_model, pipeline_options, quantize_model, quantized_ops, use_calibration, QuantArgs};
+use super::{
+    bind_inputs, load_model, pipeline_options, quantize_model, quantized_ops, use_calibration,
+    LoadArgs, QuantArgs,
+};
 use anyhow::{bail, Context, Result};
 use qlift::report::compare;
 use qlift_passes::{run_pipeline, PipelineOptions, PrintAfter};
@@ -49,16 +52,25 @@ pub(crate) fn exec(args: &ReportArgs) -> Result<()> {
         check_writable(path, "--html")?;
     }
     // The IR after every pass is kept for the HTML report's pipeline.
-    let pipeline = PipelineOptions { print_after: if args.html.is_some() { PrintAfter::All } else { PrintAfter::Nothing }, ..pipeline_options() };
+    let pipeline = PipelineOptions {
+        print_after: if args.html.is_some() {
+            PrintAfter::All
+        } else {
+            PrintAfter::Nothing
+        },
+        ..pipeline_options()
+    };
     let (reference, quantized, runs, calibration) = if quantized_ops(&graph).is_some() {
         use_calibration(&graph, &args.quant, &args.model);
-        let (lowered, runs) = run_pipeline(&graph, &pipeline).context("running the pass pipeline")?;
+        let (lowered, runs) =
+            run_pipeline(&graph, &pipeline).context("running the pass pipeline")?;
         (graph.clone(), lowered, runs, None)
     } else {
         if args.quant.calib.is_empty() {
             bail!("report needs calibration data for a float model: --calib C.npy");
         }
-        let (float, _) = run_pipeline(&graph, &pipeline_options()).context("running the pass pipeline")?;
+        let (float, _) =
+            run_pipeline(&graph, &pipeline_options()).context("running the pass pipeline")?;
         let q = quantize_model(&graph, &args.quant, &pipeline)?;
         (float, q.lowered, q.runs, Some(q.calibration))
     };
@@ -68,7 +80,15 @@ pub(crate) fn exec(args: &ReportArgs) -> Result<()> {
         let samples = args.inputs.join(" ");
         let mut summary = vec![("inputs compared".to_string(), samples)];
         if calibration.is_some() {
-            summary.push(("calibration".into(), format!("{} ({}, {} activations)", args.quant.calib.join(" "), args.quant.method, args.quant.activations.name())));
+            summary.push((
+                "calibration".into(),
+                format!(
+                    "{} ({}, {} activations)",
+                    args.quant.calib.join(" "),
+                    args.quant.method,
+                    args.quant.activations.name()
+                ),
+            ));
         }
         let report = qlift::html::Report {
             title: args.model.display().to_string(),
@@ -85,7 +105,11 @@ pub(crate) fn exec(args: &ReportArgs) -> Result<()> {
         super::html::write(path, &report)?;
     }
     let rows = comparison.layers;
-    let outputs: Vec<&str> = reference.outputs().iter().map(|v| reference.value(*v).name.as_str()).collect();
+    let outputs: Vec<&str> = reference
+        .outputs()
+        .iter()
+        .map(|v| reference.value(*v).name.as_str())
+        .collect();
     if args.json {
         let layers: Vec<serde_json::Value> = rows
             .iter()
@@ -97,12 +121,25 @@ pub(crate) fn exec(args: &ReportArgs) -> Result<()> {
                 })
             })
             .collect();
-        return outln!("{}", serde_json::json!({ "model": args.model.display().to_string(), "method": args.quant.method.to_string(), "layers": layers }));
+        return outln!(
+            "{}",
+            serde_json::json!({ "model": args.model.display().to_string(), "method": args.quant.method.to_string(), "layers": layers })
+        );
     }
-    let mut table = format!("{:<36} {:<20} {:>10} {:>12} {:>9}\n", "layer", "op", "SQNR dB", "max error", "elements");
+    let mut table = format!(
+        "{:<36} {:<20} {:>10} {:>12} {:>9}\n",
+        "layer", "op", "SQNR dB", "max error", "elements"
+    );
     for r in &rows {
-        let mark = if outputs.contains(&r.name.as_str()) { " (output)" } else { "" };
-        table.push_str(&format!("{:<36} {:<20} {:>10.2} {:>12.6} {:>9}{mark}\n", r.name, r.op, r.sqnr_db, r.max_abs_error, r.elements));
+        let mark = if outputs.contains(&r.name.as_str()) {
+            " (output)"
+        } else {
+            ""
+        };
+        table.push_str(&format!(
+            "{:<36} {:<20} {:>10.2} {:>12.6} {:>9}{mark}\n",
+            r.name, r.op, r.sqnr_db, r.max_abs_error, r.elements
+        ));
     }
     print(&table)
 }

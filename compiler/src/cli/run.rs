@@ -1,7 +1,10 @@
 //! `qlift run`: a model on .npy inputs, writing outputs and scoring labels.
 
 use super::output::{check_writable, note, outln, print, Outputs};
-use super::{LoadArgs, bind_inputs, compile_graph, in_range, load_model, quantized_ops, split_binding, top1, EngineArg, QuantArgs, MAX_THREADS};
+use super::{
+    bind_inputs, compile_graph, in_range, load_model, quantized_ops, split_binding, top1,
+    EngineArg, LoadArgs, QuantArgs, MAX_THREADS,
+};
 use anyhow::{bail, Context, Result};
 use qlift::npy::{read_npy, to_npy_bytes};
 use qlift_ir::{Graph, Tensor};
@@ -53,7 +56,11 @@ pub(crate) fn exec(args: &RunArgs) -> Result<()> {
     if args.compare {
         return compare(args, &graph, &inputs, labels.as_ref());
     }
-    let names: Vec<String> = graph.outputs().iter().map(|v| graph.value(*v).name.clone()).collect();
+    let names: Vec<String> = graph
+        .outputs()
+        .iter()
+        .map(|v| graph.value(*v).name.clone())
+        .collect();
     let mut destinations = Vec::with_capacity(args.outputs.len());
     for (position, arg) in args.outputs.iter().enumerate() {
         let (name, file) = split_binding(arg);
@@ -61,19 +68,34 @@ pub(crate) fn exec(args: &RunArgs) -> Result<()> {
             Some(name) => names.iter().position(|n| n == name),
             None => (position < names.len()).then_some(position),
         };
-        let index = index.with_context(|| format!("no output for `{arg}` (outputs: {})", names.join(", ")))?;
+        let index = index
+            .with_context(|| format!("no output for `{arg}` (outputs: {})", names.join(", ")))?;
         check_writable(file, "--output")?;
         if destinations.iter().any(|(_, f)| *f == file) {
             bail!("--output {} is given twice", file.display());
         }
         destinations.push((index, file));
     }
-    let model = compile_graph(&graph, &args.model, &args.quant, args.engine, args.threads, &Default::default())?;
+    let model = compile_graph(
+        &graph,
+        &args.model,
+        &args.quant,
+        args.engine,
+        args.threads,
+        &Default::default(),
+    )?;
     let start = Instant::now();
     let outputs = model.run(&inputs)?;
     let elapsed = start.elapsed();
-    let batch = inputs.first().and_then(|t| t.shape().first().copied()).unwrap_or(1);
-    note!("ran {} on {batch} samples in {:.2} ms", args.model.display(), elapsed.as_secs_f64() * 1e3);
+    let batch = inputs
+        .first()
+        .and_then(|t| t.shape().first().copied())
+        .unwrap_or(1);
+    note!(
+        "ran {} on {batch} samples in {:.2} ms",
+        args.model.display(),
+        elapsed.as_secs_f64() * 1e3
+    );
     let mut files = Outputs::default();
     for (index, file) in destinations {
         files.write(file, &to_npy_bytes(&outputs[index]))?;
@@ -81,25 +103,66 @@ pub(crate) fn exec(args: &RunArgs) -> Result<()> {
     files.commit()?;
     if let Some(labels) = &labels {
         let (correct, total) = top1(&outputs[0], labels)?;
-        outln!("accuracy: {:.2}% ({correct}/{total})", 100.0 * correct as f64 / total as f64)?;
+        outln!(
+            "accuracy: {:.2}% ({correct}/{total})",
+            100.0 * correct as f64 / total as f64
+        )?;
     }
     Ok(())
 }
 
 /// `run --compare`: the fp32 and the int8 model side by side on the same inputs.
-fn compare(args: &RunArgs, graph: &Graph, inputs: &[Tensor], labels: Option<&Tensor>) -> Result<()> {
+fn compare(
+    args: &RunArgs,
+    graph: &Graph,
+    inputs: &[Tensor],
+    labels: Option<&Tensor>,
+) -> Result<()> {
     if let Some(ops) = quantized_ops(graph) {
-        bail!("--compare needs a float model; {} is already quantized ({ops})", args.model.display());
+        bail!(
+            "--compare needs a float model; {} is already quantized ({ops})",
+            args.model.display()
+        );
     }
-    let fp32_args = QuantArgs { calib: Vec::new(), ..args.quant.clone() };
+    let fp32_args = QuantArgs {
+        calib: Vec::new(),
+        ..args.quant.clone()
+    };
     let codegen = qlift::CodegenOptions::default();
     let models = [
-        ("fp32", compile_graph(graph, &args.model, &fp32_args, args.engine, args.threads, &codegen)?),
-        ("int8", compile_graph(graph, &args.model, &args.quant, args.engine, args.threads, &codegen)?),
+        (
+            "fp32",
+            compile_graph(
+                graph,
+                &args.model,
+                &fp32_args,
+                args.engine,
+                args.threads,
+                &codegen,
+            )?,
+        ),
+        (
+            "int8",
+            compile_graph(
+                graph,
+                &args.model,
+                &args.quant,
+                args.engine,
+                args.threads,
+                &codegen,
+            )?,
+        ),
     ];
-    let mut table = format!("{:<6} {:>10} {:>14} {:>16} {:>12}\n", "", "accuracy", "batch latency", "1-sample latency", "weights");
+    let mut table = format!(
+        "{:<6} {:>10} {:>14} {:>16} {:>12}\n",
+        "", "accuracy", "batch latency", "1-sample latency", "weights"
+    );
     for (name, model) in &models {
-        let first: Vec<Tensor> = inputs.iter().map(|t| t.slice_outer(0, 1)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
+        let first: Vec<Tensor> = inputs
+            .iter()
+            .map(|t| t.slice_outer(0, 1))
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?;
         let outputs = model.run(inputs)?;
         let accuracy = match labels {
             Some(l) => {
@@ -127,7 +190,12 @@ fn compare(args: &RunArgs, graph: &Graph, inputs: &[Tensor], labels: Option<&Ten
                 _ => None,
             })
             .sum();
-        table.push_str(&format!("{name:<6} {accuracy:>10} {:>11.3} ms {:>13.1} us {:>9.1} KiB\n", batch_ms, one_ms * 1e3, weights as f64 / 1024.0));
+        table.push_str(&format!(
+            "{name:<6} {accuracy:>10} {:>11.3} ms {:>13.1} us {:>9.1} KiB\n",
+            batch_ms,
+            one_ms * 1e3,
+            weights as f64 / 1024.0
+        ));
     }
     print(&table)
 }

@@ -26,38 +26,68 @@ pub(crate) fn float_name(name: &str) -> &str {
 
 /// The origin of every op node of `compiled` that computes a value of `original` (by name).
 pub(crate) fn origins(original: &Graph, compiled: &Graph) -> HashMap<NodeId, Origin> {
-    let Ok(order) = original.topo_order() else { return HashMap::new() };
+    let Ok(order) = original.topo_order() else {
+        return HashMap::new();
+    };
     // Whether each original node depends on a graph input (else it is constant-foldable).
     let mut runtime: HashSet<NodeId> = HashSet::new();
     for &id in &order {
         let node = original.node(id);
-        if matches!(node.op, NodeOp::Input) || original.node_inputs(id).iter().flatten().any(|v| runtime.contains(&v.node)) {
+        if matches!(node.op, NodeOp::Input)
+            || original
+                .node_inputs(id)
+                .iter()
+                .flatten()
+                .any(|v| runtime.contains(&v.node))
+        {
             runtime.insert(id);
         }
     }
     let rank: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &id)| (id, i)).collect();
-    let kept: HashSet<&str> = compiled.node_ids().flat_map(|id| compiled.node(id).outputs.iter().map(|v| float_name(&v.name))).collect();
+    let kept: HashSet<&str> = compiled
+        .node_ids()
+        .flat_map(|id| {
+            compiled
+                .node(id)
+                .outputs
+                .iter()
+                .map(|v| float_name(&v.name))
+        })
+        .collect();
     let mut out = HashMap::new();
     for id in compiled.node_ids() {
         let node = compiled.node(id);
         if !matches!(node.op, NodeOp::Apply(_)) {
             continue;
         }
-        let Some(start) = node.outputs.first().and_then(|v| original.find_value(float_name(&v.name))) else { continue };
+        let Some(start) = node
+            .outputs
+            .first()
+            .and_then(|v| original.find_value(float_name(&v.name)))
+        else {
+            continue;
+        };
         // Walk back from the producer through values the compiled graph no longer has.
         let mut seen: HashSet<NodeId> = HashSet::from([start.node]);
         let mut stack = vec![start.node];
         while let Some(n) = stack.pop() {
             for v in original.node_inputs(n).into_iter().flatten() {
                 let gone = !kept.contains(original.value(v).name.as_str());
-                if gone && matches!(original.node(v.node).op, NodeOp::Apply(_)) && seen.insert(v.node) {
+                if gone
+                    && matches!(original.node(v.node).op, NodeOp::Apply(_))
+                    && seen.insert(v.node)
+                {
                     stack.push(v.node);
                 }
             }
         }
         let mut members: Vec<NodeId> = seen.into_iter().collect();
         members.sort_by_key(|m| rank.get(m).copied().unwrap_or(usize::MAX));
-        let fused: Vec<String> = members.iter().filter(|m| runtime.contains(m)).map(|&m| original.node(m).op.name().to_string()).collect();
+        let fused: Vec<String> = members
+            .iter()
+            .filter(|m| runtime.contains(m))
+            .map(|&m| original.node(m).op.name().to_string())
+            .collect();
         let folded = members.len() - fused.len();
         out.insert(id, Origin { fused, folded });
     }
@@ -91,8 +121,20 @@ mod tests {
         .unwrap();
         let o = origins(&original, &compiled);
         let conv = compiled.find_value("r0").unwrap().node;
-        assert_eq!(o[&conv], Origin { fused: vec!["Conv".into(), "Mul".into(), "Relu".into()], folded: 1 });
+        assert_eq!(
+            o[&conv],
+            Origin {
+                fused: vec!["Conv".into(), "Mul".into(), "Relu".into()],
+                folded: 1
+            }
+        );
         let reshape = compiled.find_value("r").unwrap().node;
-        assert_eq!(o[&reshape], Origin { fused: vec!["Reshape".into()], folded: 0 });
+        assert_eq!(
+            o[&reshape],
+            Origin {
+                fused: vec!["Reshape".into()],
+                folded: 0
+            }
+        );
     }
 }

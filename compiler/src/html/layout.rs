@@ -85,27 +85,53 @@ pub(crate) fn layout(sizes: &[(f64, f64)], edges: &[(usize, usize)], margin: f64
     // Rows: each as tall as its tallest node.
     let mut top = vec![margin; depth + 1];
     for (l, row) in rows.iter().enumerate() {
-        let h = row.iter().filter(|&&i| i < n).map(|&i| sizes[i].1).fold(0.0, f64::max);
+        let h = row
+            .iter()
+            .filter(|&&i| i < n)
+            .map(|&i| sizes[i].1)
+            .fold(0.0, f64::max);
         top[l + 1] = top[l] + h + LAYER_GAP;
     }
-    let min_x = x.iter().zip(&widths).map(|(x, w)| x - w / 2.0).fold(f64::INFINITY, f64::min);
-    let shift = if min_x.is_finite() { margin - min_x } else { margin };
-    let nodes: Vec<(f64, f64)> = (0..n).map(|i| (x[i] - sizes[i].0 / 2.0 + shift, top[layer[i]])).collect();
+    let min_x = x
+        .iter()
+        .zip(&widths)
+        .map(|(x, w)| x - w / 2.0)
+        .fold(f64::INFINITY, f64::min);
+    let shift = if min_x.is_finite() {
+        margin - min_x
+    } else {
+        margin
+    };
+    let nodes: Vec<(f64, f64)> = (0..n)
+        .map(|i| (x[i] - sizes[i].0 / 2.0 + shift, top[layer[i]]))
+        .collect();
     let edges = chains
         .iter()
         .map(|chain| {
             let (u, v) = (chain[0], chain[chain.len() - 1]);
             let mut points = vec![(x[u] + shift, top[layer[u]] + sizes[u].1)];
             for &d in &chain[1..chain.len() - 1] {
-                let mid = top[item_layer[d]] + (top[item_layer[d] + 1] - LAYER_GAP - top[item_layer[d]]) / 2.0;
+                let mid = top[item_layer[d]]
+                    + (top[item_layer[d] + 1] - LAYER_GAP - top[item_layer[d]]) / 2.0;
                 points.push((x[d] + shift, mid));
             }
             points.push((x[v] + shift, top[layer[v]]));
             points
         })
         .collect();
-    let width = x.iter().zip(&widths).map(|(x, w)| x + w / 2.0 + shift).fold(0.0, f64::max) + margin;
-    Layout { nodes, edges, layer, width, height: top[depth] - LAYER_GAP + margin }
+    let width = x
+        .iter()
+        .zip(&widths)
+        .map(|(x, w)| x + w / 2.0 + shift)
+        .fold(0.0, f64::max)
+        + margin;
+    Layout {
+        nodes,
+        edges,
+        layer,
+        width,
+        height: top[depth] - LAYER_GAP + margin,
+    }
 }
 
 /// Longest-path layers from the sources (Kahn's order); a source used only further down
@@ -159,7 +185,11 @@ fn order(rows: &mut [Vec<usize>], up: &[Vec<usize>], down: &[Vec<usize>]) {
             .iter()
             .map(|&i| {
                 let ns = &neighbours[i];
-                let b = if ns.is_empty() { pos[i] } else { ns.iter().map(|&j| pos[j]).sum::<f64>() / ns.len() as f64 };
+                let b = if ns.is_empty() {
+                    pos[i]
+                } else {
+                    ns.iter().map(|&j| pos[j]).sum::<f64>() / ns.len() as f64
+                };
                 (b, i)
             })
             .collect();
@@ -186,7 +216,12 @@ fn order(rows: &mut [Vec<usize>], up: &[Vec<usize>], down: &[Vec<usize>]) {
 /// Horizontal centers: each row packed left to right, then rounds that move every item to
 /// the mean of its neighbours' centers (above on the way down, below on the way up) while
 /// keeping the row's order and gaps.
-fn coordinates(rows: &[Vec<usize>], widths: &[f64], up: &[Vec<usize>], down: &[Vec<usize>]) -> Vec<f64> {
+fn coordinates(
+    rows: &[Vec<usize>],
+    widths: &[f64],
+    up: &[Vec<usize>],
+    down: &[Vec<usize>],
+) -> Vec<f64> {
     let mut x = vec![0f64; widths.len()];
     for row in rows {
         let mut at = 0.0;
@@ -221,11 +256,23 @@ fn settle(row: &[usize], widths: &[f64], x: &mut [f64], neighbours: &[Vec<usize>
     let mut blocks: Vec<Block> = Vec::with_capacity(row.len());
     for (k, &i) in row.iter().enumerate() {
         let ns = &neighbours[i];
-        let want = if ns.is_empty() { x[i] } else { ns.iter().map(|&j| x[j]).sum::<f64>() / ns.len() as f64 };
+        let want = if ns.is_empty() {
+            x[i]
+        } else {
+            ns.iter().map(|&j| x[j]).sum::<f64>() / ns.len() as f64
+        };
         // The item's left edge if it sat where it wants.
-        let mut block = Block { first: k, len: 1, sum: want - widths[i] / 2.0, left: want - widths[i] / 2.0 };
+        let mut block = Block {
+            first: k,
+            len: 1,
+            sum: want - widths[i] / 2.0,
+            left: want - widths[i] / 2.0,
+        };
         while let Some(prev) = blocks.pop() {
-            let prev_width: f64 = row[prev.first..prev.first + prev.len].iter().map(|&j| widths[j] + NODE_GAP).sum();
+            let prev_width: f64 = row[prev.first..prev.first + prev.len]
+                .iter()
+                .map(|&j| widths[j] + NODE_GAP)
+                .sum();
             if prev.left + prev_width <= block.left {
                 blocks.push(prev);
                 break;
@@ -233,7 +280,12 @@ fn settle(row: &[usize], widths: &[f64], x: &mut [f64], neighbours: &[Vec<usize>
             // Merge: the members keep their offsets from the block's left edge.
             let sum = prev.sum + block.sum - block.len as f64 * prev_width;
             let len = prev.len + block.len;
-            block = Block { first: prev.first, len, sum, left: sum / len as f64 };
+            block = Block {
+                first: prev.first,
+                len,
+                sum,
+                left: sum / len as f64,
+            };
         }
         blocks.push(block);
     }
@@ -255,7 +307,10 @@ mod tests {
         for i in 0..sizes.len() {
             for j in i + 1..sizes.len() {
                 let (a, b) = (l.nodes[i], l.nodes[j]);
-                let apart = a.0 + sizes[i].0 <= b.0 + 1e-6 || b.0 + sizes[j].0 <= a.0 + 1e-6 || a.1 + sizes[i].1 <= b.1 || b.1 + sizes[j].1 <= a.1;
+                let apart = a.0 + sizes[i].0 <= b.0 + 1e-6
+                    || b.0 + sizes[j].0 <= a.0 + 1e-6
+                    || a.1 + sizes[i].1 <= b.1
+                    || b.1 + sizes[j].1 <= a.1;
                 assert!(apart, "nodes {i} {a:?} and {j} {b:?} overlap");
             }
         }
@@ -264,19 +319,32 @@ mod tests {
     #[test]
     fn a_residual_block_goes_top_to_bottom_without_overlaps() {
         // input -> conv -> relu -> conv2 -> add(+input) -> out, with a skip edge.
-        let sizes = vec![(80.0, 30.0), (120.0, 30.0), (60.0, 30.0), (120.0, 30.0), (60.0, 30.0), (90.0, 30.0)];
+        let sizes = vec![
+            (80.0, 30.0),
+            (120.0, 30.0),
+            (60.0, 30.0),
+            (120.0, 30.0),
+            (60.0, 30.0),
+            (90.0, 30.0),
+        ];
         let edges = [(0, 1), (1, 2), (2, 3), (3, 4), (0, 4), (4, 5)];
         let l = layout(&sizes, &edges, 10.0);
         assert_eq!(l.layer, vec![0, 1, 2, 3, 4, 5]);
         for &(u, v) in &edges {
-            assert!(l.nodes[u].1 + sizes[u].1 < l.nodes[v].1, "edge {u}->{v} points up");
+            assert!(
+                l.nodes[u].1 + sizes[u].1 < l.nodes[v].1,
+                "edge {u}->{v} points up"
+            );
         }
         assert_disjoint(&l, &sizes);
         // The skip edge passes through its own lane: 3 dummy points between its ends.
         assert_eq!(l.edges[4].len(), 5);
         let lane = l.edges[4][2].0;
         for i in 1..4 {
-            assert!(lane < l.nodes[i].0 || lane > l.nodes[i].0 + sizes[i].0, "the skip edge crosses node {i}");
+            assert!(
+                lane < l.nodes[i].0 || lane > l.nodes[i].0 + sizes[i].0,
+                "the skip edge crosses node {i}"
+            );
         }
         assert!(l.width > 0.0 && l.height > 6.0 * 30.0);
     }

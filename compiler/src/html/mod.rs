@@ -121,7 +121,9 @@ enum Precision {
 impl Precision {
     fn of(g: &Graph, id: NodeId, quantized_graph: bool) -> Precision {
         let node = g.node(id);
-        let Some(kind) = node.op.kind() else { return Precision::Input };
+        let Some(kind) = node.op.kind() else {
+            return Precision::Input;
+        };
         if matches!(kind, OpKind::QuantizeLinear | OpKind::DequantizeLinear) {
             return Precision::Boundary;
         }
@@ -149,7 +151,9 @@ impl Precision {
             Precision::Input => "graph input",
             Precision::Int => "integer kernel",
             Precision::Boundary => "quantize / dequantize (edge of a float island)",
-            Precision::FloatIsland => "float island: computed in fp32 between dequantize and quantize",
+            Precision::FloatIsland => {
+                "float island: computed in fp32 between dequantize and quantize"
+            }
             Precision::Plain => "float",
         }
     }
@@ -168,7 +172,13 @@ fn sqnr_color(db: f64) -> &'static str {
 }
 
 /// The SQNR bands of [`sqnr_color`], for the legend.
-const SQNR_BANDS: [(&str, f64); 5] = [("≥ 40 dB", 40.0), ("30–40", 30.0), ("20–30", 20.0), ("10–20", 10.0), ("< 10", 0.0)];
+const SQNR_BANDS: [(&str, f64); 5] = [
+    ("≥ 40 dB", 40.0),
+    ("30–40", 30.0),
+    ("20–30", 20.0),
+    ("10–20", 10.0),
+    ("< 10", 0.0),
+];
 
 /// A drawn node: the graph node and what is known about it.
 struct Drawn<'a> {
@@ -215,8 +225,11 @@ const NAME_CHARS: usize = 30;
 /// The report as one HTML page.
 pub fn render(r: &Report) -> String {
     let g = r.graph;
-    let quantized_graph = g.node_ids().any(|id| Precision::of(g, id, false) == Precision::Int);
-    let by_name: HashMap<&str, &LayerError> = r.layers.iter().map(|l| (l.name.as_str(), l)).collect();
+    let quantized_graph = g
+        .node_ids()
+        .any(|id| Precision::of(g, id, false) == Precision::Int);
+    let by_name: HashMap<&str, &LayerError> =
+        r.layers.iter().map(|l| (l.name.as_str(), l)).collect();
     let mut origins = r.original.map(|o| fused::origins(o, g)).unwrap_or_default();
     let opts = PrintOptions::default();
     let drawn: Vec<Drawn> = g
@@ -227,9 +240,29 @@ pub fn render(r: &Report) -> String {
         .enumerate()
         .map(|(ordinal, id)| {
             let node = g.node(id);
-            let error = node.outputs.iter().find_map(|v| by_name.get(fused::float_name(&v.name)).copied());
-            let line = print_node(g, id, &opts).unwrap_or_else(|| format!("%{}: {}", node.name, node.outputs.first().map(|v| type_to_string(&v.ty)).unwrap_or_default()));
-            Drawn { ordinal, id, precision: Precision::of(g, id, quantized_graph), error, origin: origins.remove(&id), kernel: r.kernels.get(&node.name), line }
+            let error = node
+                .outputs
+                .iter()
+                .find_map(|v| by_name.get(fused::float_name(&v.name)).copied());
+            let line = print_node(g, id, &opts).unwrap_or_else(|| {
+                format!(
+                    "%{}: {}",
+                    node.name,
+                    node.outputs
+                        .first()
+                        .map(|v| type_to_string(&v.ty))
+                        .unwrap_or_default()
+                )
+            });
+            Drawn {
+                ordinal,
+                id,
+                precision: Precision::of(g, id, quantized_graph),
+                error,
+                origin: origins.remove(&id),
+                kernel: r.kernels.get(&node.name),
+                line,
+            }
         })
         .collect();
     let index: HashMap<NodeId, usize> = drawn.iter().enumerate().map(|(i, d)| (d.id, i)).collect();
@@ -245,8 +278,16 @@ pub fn render(r: &Report) -> String {
         .iter()
         .map(|d| {
             let node = g.node(d.id);
-            let chars = node.op.name().len().max(node.name.chars().count().min(NAME_CHARS)) + 6;
-            ((chars as f64 * 6.6 + 14.0).clamp(70.0, 240.0), node_height(d.fuses()))
+            let chars = node
+                .op
+                .name()
+                .len()
+                .max(node.name.chars().count().min(NAME_CHARS))
+                + 6;
+            (
+                (chars as f64 * 6.6 + 14.0).clamp(70.0, 240.0),
+                node_height(d.fuses()),
+            )
         })
         .collect();
     let pairs: Vec<(usize, usize)> = edges.iter().map(|&(u, v, _)| (u, v)).collect();
@@ -304,7 +345,10 @@ fn summary(out: &mut String, r: &Report, drawn: &[Drawn]) {
         let _ = write!(out, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v));
     }
     let count = |p: Precision| drawn.iter().filter(|d| d.precision == p).count();
-    let ops = drawn.iter().filter(|d| d.precision != Precision::Input).count();
+    let ops = drawn
+        .iter()
+        .filter(|d| d.precision != Precision::Input)
+        .count();
     let _ = if count(Precision::Int) + count(Precision::Boundary) > 0 {
         write!(
             out,
@@ -315,14 +359,30 @@ fn summary(out: &mut String, r: &Report, drawn: &[Drawn]) {
             count(Precision::Plain)
         )
     } else {
-        write!(out, "<tr><th>compiled graph</th><td>{ops} op nodes, float</td></tr>")
+        write!(
+            out,
+            "<tr><th>compiled graph</th><td>{ops} op nodes, float</td></tr>"
+        )
     };
     if let Some(worst) = r.layers.first() {
-        let at = drawn.iter().position(|d| d.error.is_some_and(|e| std::ptr::eq(e, worst)));
-        let _ = write!(out, "<tr><th>worst layer</th><td>{} ({}) {} dB</td></tr>", link(at, &worst.name), esc(&worst.op), num(worst.sqnr_db));
+        let at = drawn
+            .iter()
+            .position(|d| d.error.is_some_and(|e| std::ptr::eq(e, worst)));
+        let _ = write!(
+            out,
+            "<tr><th>worst layer</th><td>{} ({}) {} dB</td></tr>",
+            link(at, &worst.name),
+            esc(&worst.op),
+            num(worst.sqnr_db)
+        );
     }
     for o in &r.outputs {
-        let _ = write!(out, "<tr><th>output {}</th><td>SQNR {} dB</td></tr>", esc(&o.name), num(crate::report::sqnr_db(&o.quantized, &o.reference)));
+        let _ = write!(
+            out,
+            "<tr><th>output {}</th><td>SQNR {} dB</td></tr>",
+            esc(&o.name),
+            num(crate::report::sqnr_db(&o.quantized, &o.reference))
+        );
     }
     out.push_str("</table>");
 }
@@ -338,24 +398,48 @@ fn link(at: Option<usize>, name: &str) -> String {
 fn legend(out: &mut String, quantized_graph: bool) {
     out.push_str("<p>Fill: measured SQNR of the node's result against fp32");
     for (label, db) in SQNR_BANDS {
-        let _ = write!(out, "<span class=\"key\" style=\"background:{}\"></span>{label}", sqnr_color(db));
+        let _ = write!(
+            out,
+            "<span class=\"key\" style=\"background:{}\"></span>{label}",
+            sqnr_color(db)
+        );
     }
     out.push_str("<span class=\"key\" style=\"background:#fff\"></span>not measured.");
     if quantized_graph {
         out.push_str(" Outline: <b style=\"color:#1f4e99\">blue</b> integer kernel, <b>dashed</b> float island, <b style=\"color:#6a3d9a\">purple</b> several original ops fused into one; blue edges carry quantized values.");
     } else {
-        out.push_str(" Outline: <b style=\"color:#6a3d9a\">purple</b> several original ops fused into one.");
+        out.push_str(
+            " Outline: <b style=\"color:#6a3d9a\">purple</b> several original ops fused into one.",
+        );
     }
     out.push_str("</p>");
 }
 
-fn draw_graph(out: &mut String, g: &Graph, drawn: &[Drawn], sizes: &[(f64, f64)], edges: &[(usize, usize, ValueId)], lay: &layout::Layout) {
+fn draw_graph(
+    out: &mut String,
+    g: &Graph,
+    drawn: &[Drawn],
+    sizes: &[(f64, f64)],
+    edges: &[(usize, usize, ValueId)],
+    lay: &layout::Layout,
+) {
     let (w, h) = (lay.width.ceil(), lay.height.ceil());
-    let _ = write!(out, "<svg class=\"graph\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\">");
+    let _ = write!(
+        out,
+        "<svg class=\"graph\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\">"
+    );
     for (k, &(_, _, v)) in edges.iter().enumerate() {
         let points = &lay.edges[k];
-        let class = if g.value_type(v).quant.is_some() { "e q" } else { "e" };
-        let _ = write!(out, "<path class=\"{class}\" d=\"M{:.0} {:.0}", points[0].0, points[0].1);
+        let class = if g.value_type(v).quant.is_some() {
+            "e q"
+        } else {
+            "e"
+        };
+        let _ = write!(
+            out,
+            "<path class=\"{class}\" d=\"M{:.0} {:.0}",
+            points[0].0, points[0].1
+        );
         for pair in points.windows(2) {
             let ((x0, y0), (x1, y1)) = (pair[0], pair[1]);
             let ym = (y0 + y1) / 2.0;
@@ -376,19 +460,44 @@ fn draw_graph(out: &mut String, g: &Graph, drawn: &[Drawn], sizes: &[(f64, f64)]
             esc(&node.name)
         );
         let cx = x + nw / 2.0;
-        let _ = write!(out, "<text class=\"op\" x=\"{cx:.0}\" y=\"{:.0}\" text-anchor=\"middle\">{}</text>", y + 13.0, esc(node.op.name()));
-        let _ = write!(out, "<text x=\"{cx:.0}\" y=\"{:.0}\" text-anchor=\"middle\">{}</text>", y + 26.0, esc(&tail(&node.name, NAME_CHARS)));
+        let _ = write!(
+            out,
+            "<text class=\"op\" x=\"{cx:.0}\" y=\"{:.0}\" text-anchor=\"middle\">{}</text>",
+            y + 13.0,
+            esc(node.op.name())
+        );
+        let _ = write!(
+            out,
+            "<text x=\"{cx:.0}\" y=\"{:.0}\" text-anchor=\"middle\">{}</text>",
+            y + 26.0,
+            esc(&tail(&node.name, NAME_CHARS))
+        );
         if let Some(o) = d.origin.as_ref().filter(|_| d.fuses()) {
-            let _ = write!(out, "<text class=\"fu\" x=\"{cx:.0}\" y=\"{:.0}\" text-anchor=\"middle\">{}</text>", y + 39.0, esc(&tail(&o.fused.join("+"), NAME_CHARS + 4)));
+            let _ = write!(
+                out,
+                "<text class=\"fu\" x=\"{cx:.0}\" y=\"{:.0}\" text-anchor=\"middle\">{}</text>",
+                y + 39.0,
+                esc(&tail(&o.fused.join("+"), NAME_CHARS + 4))
+            );
         }
         let mut title = tail(&d.line, MAX_TITLE_CHARS);
         if let Some(e) = d.error {
-            let _ = write!(title, "\nSQNR {} dB, max error {}", num(e.sqnr_db), num(e.max_abs_error));
+            let _ = write!(
+                title,
+                "\nSQNR {} dB, max error {}",
+                num(e.sqnr_db),
+                num(e.max_abs_error)
+            );
         }
         if let Some(k) = d.kernel {
             let _ = write!(title, "\nkernel: {}", k.form);
             if let Some(c) = &k.cost {
-                let _ = write!(title, ", {} µs/call ({:.1}%)", num(c.us_per_call), 100.0 * c.share);
+                let _ = write!(
+                    title,
+                    ", {} µs/call ({:.1}%)",
+                    num(c.us_per_call),
+                    100.0 * c.share
+                );
             }
         }
         let _ = write!(out, "<title>{}</title></a>", esc(&title));
@@ -403,23 +512,50 @@ fn weight_operands(g: &Graph, id: NodeId) -> Vec<(usize, ValueId)> {
         .into_iter()
         .enumerate()
         .filter_map(|(slot, v)| Some((slot, v?)))
-        .filter(|&(_, v)| g.const_value(v).is_some() && g.value_type(v).quant.as_ref().is_some_and(|q| q.axis.is_some()) && g.value_type(v).dtype != DType::I32)
+        .filter(|&(_, v)| {
+            g.const_value(v).is_some()
+                && g.value_type(v)
+                    .quant
+                    .as_ref()
+                    .is_some_and(|q| q.axis.is_some())
+                && g.value_type(v).dtype != DType::I32
+        })
         .collect()
 }
 
 fn card(out: &mut String, r: &Report, d: &Drawn, depth: usize) {
     let g = r.graph;
     let node = g.node(d.id);
-    let _ = write!(out, "<div class=\"card\" id=\"n{}\"><h3>{} <small>{}</small></h3>", d.ordinal, esc(node.op.name()), esc(&node.name));
-    let _ = write!(out, "<p><span class=\"badge\">{}</span><span class=\"badge\">depth {depth}</span>", esc(d.precision.label()));
+    let _ = write!(
+        out,
+        "<div class=\"card\" id=\"n{}\"><h3>{} <small>{}</small></h3>",
+        d.ordinal,
+        esc(node.op.name()),
+        esc(&node.name)
+    );
+    let _ = write!(
+        out,
+        "<p><span class=\"badge\">{}</span><span class=\"badge\">depth {depth}</span>",
+        esc(d.precision.label())
+    );
     if let Some(e) = d.error {
-        let _ = write!(out, "<span class=\"badge\" style=\"background:{}\">SQNR {} dB</span> max error {}", sqnr_color(e.sqnr_db), num(e.sqnr_db), num(e.max_abs_error));
+        let _ = write!(
+            out,
+            "<span class=\"badge\" style=\"background:{}\">SQNR {} dB</span> max error {}",
+            sqnr_color(e.sqnr_db),
+            num(e.sqnr_db),
+            num(e.max_abs_error)
+        );
     }
     out.push_str("</p>");
     let _ = write!(out, "<pre>{}</pre>", esc(&d.line));
     if let Some(o) = &d.origin {
         if d.fuses() || o.folded > 0 {
-            let _ = write!(out, "<p>From the original ops: {}", esc(&o.fused.join(" → ")));
+            let _ = write!(
+                out,
+                "<p>From the original ops: {}",
+                esc(&o.fused.join(" → "))
+            );
             if o.folded > 0 {
                 let _ = write!(out, " (and {} op(s) on constants, folded)", o.folded);
             }
@@ -429,7 +565,12 @@ fn card(out: &mut String, r: &Report, d: &Drawn, depth: usize) {
     if let Some(k) = d.kernel {
         let _ = write!(out, "<p>Kernel form: <b>{}</b>", esc(&k.form));
         if let Some(c) = &k.cost {
-            let _ = write!(out, "; {} µs per call, {:.1}% of kernel time", num(c.us_per_call), 100.0 * c.share);
+            let _ = write!(
+                out,
+                "; {} µs per call, {:.1}% of kernel time",
+                num(c.us_per_call),
+                100.0 * c.share
+            );
             if let Some(gm) = c.gmacs {
                 let _ = write!(out, ", {} GMAC/s", num(gm));
             }
@@ -439,15 +580,32 @@ fn card(out: &mut String, r: &Report, d: &Drawn, depth: usize) {
     out.push_str("<table>");
     for (slot, v) in g.node_inputs(d.id).iter().enumerate() {
         let Some(v) = *v else { continue };
-        let constant = if g.const_value(v).is_some() { " (constant)" } else { "" };
-        let _ = write!(out, "<tr><td>in {slot}</td><td>{}{constant}</td><td>{}</td></tr>", esc(&g.value(v).name), esc(&type_brief(g.value_type(v))));
+        let constant = if g.const_value(v).is_some() {
+            " (constant)"
+        } else {
+            ""
+        };
+        let _ = write!(
+            out,
+            "<tr><td>in {slot}</td><td>{}{constant}</td><td>{}</td></tr>",
+            esc(&g.value(v).name),
+            esc(&type_brief(g.value_type(v)))
+        );
     }
     for v in &node.outputs {
-        let _ = write!(out, "<tr><td>out</td><td>{}</td><td>{}</td></tr>", esc(&v.name), esc(&type_brief(&v.ty)));
+        let _ = write!(
+            out,
+            "<tr><td>out</td><td>{}</td><td>{}</td></tr>",
+            esc(&v.name),
+            esc(&type_brief(&v.ty))
+        );
     }
     out.push_str("</table>");
     for v in &node.outputs {
-        if let Some(a) = r.calibration.and_then(|cal| ActivationRange::of(cal, &v.name, &v.ty)) {
+        if let Some(a) = r
+            .calibration
+            .and_then(|cal| ActivationRange::of(cal, &v.name, &v.ty))
+        {
             activation_plot(out, &v.name, &a);
         }
     }
@@ -461,9 +619,24 @@ fn card(out: &mut String, r: &Report, d: &Drawn, depth: usize) {
 fn type_brief(ty: &TensorType) -> String {
     match &ty.quant {
         Some(q) if q.axis.is_some() && q.scale.len() > 4 => {
-            let plain = TensorType { quant: None, ..ty.clone() };
-            let (lo, hi) = q.scale.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &s| (a.min(s), b.max(s)));
-            format!("{} quant(axis={}, {} scales in [{}, {}])", type_to_string(&plain), q.axis.unwrap_or(0), q.scale.len(), num(lo.into()), num(hi.into()))
+            let plain = TensorType {
+                quant: None,
+                ..ty.clone()
+            };
+            let (lo, hi) = q
+                .scale
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &s| {
+                    (a.min(s), b.max(s))
+                });
+            format!(
+                "{} quant(axis={}, {} scales in [{}, {}])",
+                type_to_string(&plain),
+                q.axis.unwrap_or(0),
+                q.scale.len(),
+                num(lo.into()),
+                num(hi.into())
+            )
         }
         _ => type_to_string(ty),
     }
@@ -492,10 +665,18 @@ impl<'a> ActivationRange<'a> {
             DType::I8 => (ActivationScheme::SymmetricI8, -127.0, 127.0),
             _ => return None,
         };
-        let (s, zp) = (f64::from(*q.scale.first()?), f64::from(*q.zero_point.first()?));
+        let (s, zp) = (
+            f64::from(*q.scale.first()?),
+            f64::from(*q.zero_point.first()?),
+        );
         let (lo, hi) = ((qmin - zp) * s, (qmax - zp) * s);
         let noise = quantization_noise(stats, lo as f32, hi as f32, scheme);
-        Some(ActivationRange { stats, lo, hi, noise })
+        Some(ActivationRange {
+            stats,
+            lo,
+            hi,
+            noise,
+        })
     }
 }
 
@@ -504,7 +685,12 @@ fn activation_plot(out: &mut String, name: &str, a: &ActivationRange) {
     let h = a.stats.histogram(HISTOGRAM_BINS);
     let peak = h.counts.iter().copied().max().unwrap_or(0);
     let log = |c: u64| ((c + 1) as f64).log10();
-    let f = Frame::new(440.0, 170.0, (h.lo.min(a.lo), h.hi.max(a.hi)), (0.0, log(peak).max(1.0)));
+    let f = Frame::new(
+        440.0,
+        170.0,
+        (h.lo.min(a.lo), h.hi.max(a.hi)),
+        (0.0, log(peak).max(1.0)),
+    );
     let _ = write!(out, "<h4>Activation {}</h4>", esc(name));
     f.open(out, "value", "log10(1 + count)");
     f.bars(out, "bar", h.lo, h.hi, &h.counts, log);
@@ -535,7 +721,14 @@ fn activation_plot(out: &mut String, name: &str, a: &ActivationRange) {
 /// `W_quantized_1` for a second copy).
 fn float_weight_name(name: &str) -> &str {
     match name.rfind("_quantized") {
-        Some(at) if name[at + "_quantized".len()..].trim_start_matches('_').bytes().all(|b| b.is_ascii_digit()) => &name[..at],
+        Some(at)
+            if name[at + "_quantized".len()..]
+                .trim_start_matches('_')
+                .bytes()
+                .all(|b| b.is_ascii_digit()) =>
+        {
+            &name[..at]
+        }
         _ => name,
     }
 }
@@ -544,18 +737,27 @@ fn float_weight_name(name: &str) -> &str {
 /// each channel's scale represents) and the histogram of all its values.
 fn weight_plots(out: &mut String, r: &Report, node: NodeId, slot: usize, w: ValueId) {
     let g = r.graph;
-    let (Some(tensor), Some(q)) = (g.const_value(w), g.value_type(w).quant.as_ref()) else { return };
+    let (Some(tensor), Some(q)) = (g.const_value(w), g.value_type(w).quant.as_ref()) else {
+        return;
+    };
     let Some(axis) = q.axis else { return };
     let name = &g.value(w).name;
-    let same = |t: &&std::sync::Arc<qlift_ir::Tensor>| t.shape() == tensor.shape() && t.dtype() == DType::F32;
+    let same = |t: &&std::sync::Arc<qlift_ir::Tensor>| {
+        t.shape() == tensor.shape() && t.dtype() == DType::F32
+    };
     // The float weights: by their name, or (renamed by the rewrites) as the same operand of
     // the float node computing the same value.
     let float = r.float.and_then(|f| {
-        let by_name = f.find_value(float_weight_name(name)).and_then(|v| f.const_value(v)).filter(same);
+        let by_name = f
+            .find_value(float_weight_name(name))
+            .and_then(|v| f.const_value(v))
+            .filter(same);
         by_name
             .or_else(|| {
-                let result = f.find_value(fused::float_name(&g.node(node).outputs.first()?.name))?;
-                f.const_value(f.node_inputs(result.node).get(slot).copied().flatten()?).filter(same)
+                let result =
+                    f.find_value(fused::float_name(&g.node(node).outputs.first()?.name))?;
+                f.const_value(f.node_inputs(result.node).get(slot).copied().flatten()?)
+                    .filter(same)
             })
             .cloned()
     });
@@ -567,7 +769,14 @@ fn weight_plots(out: &mut String, r: &Report, node: NodeId, slot: usize, w: Valu
         },
     };
     let shape = tensor.shape();
-    let (Some(&channels), inner) = (shape.get(axis), shape.get(axis + 1..).map_or(1, |s| s.iter().product::<usize>().max(1))) else { return };
+    let (Some(&channels), inner) = (
+        shape.get(axis),
+        shape
+            .get(axis + 1..)
+            .map_or(1, |s| s.iter().product::<usize>().max(1)),
+    ) else {
+        return;
+    };
     if channels == 0 || values.is_empty() {
         return;
     }
@@ -579,26 +788,57 @@ fn weight_plots(out: &mut String, r: &Report, node: NodeId, slot: usize, w: Valu
         band[c] = (band[c].0.min(v.into()), band[c].1.max(v.into()));
     }
     let limit: Vec<f64> = (0..columns)
-        .map(|c| (c * per_column..((c + 1) * per_column).min(channels)).map(|k| f64::from(q.channel(k).0) * 127.0).fold(0.0, f64::max))
+        .map(|c| {
+            (c * per_column..((c + 1) * per_column).min(channels))
+                .map(|k| f64::from(q.channel(k).0) * 127.0)
+                .fold(0.0, f64::max)
+        })
         .collect();
-    let (lo, hi) = band.iter().fold((0.0f64, 0.0f64), |(a, b), &(l, h)| (a.min(l), b.max(h)));
+    let (lo, hi) = band
+        .iter()
+        .fold((0.0f64, 0.0f64), |(a, b), &(l, h)| (a.min(l), b.max(h)));
     let top = limit.iter().copied().fold(hi.max(-lo), f64::max);
-    let _ = write!(out, "<h4>Weights {} ({source}, {channels} channels on axis {axis})</h4>", esc(name));
+    let _ = write!(
+        out,
+        "<h4>Weights {} ({source}, {channels} channels on axis {axis})</h4>",
+        esc(name)
+    );
     let f = Frame::new(440.0, 170.0, (0.0, columns as f64), (-top, top));
-    let x_title = if per_column > 1 { format!("channel / {per_column}") } else { "channel".to_string() };
+    let x_title = if per_column > 1 {
+        format!("channel / {per_column}")
+    } else {
+        "channel".to_string()
+    };
     f.open(out, &x_title, "min..max");
-    let qband: Vec<(f64, f64, f64)> = limit.iter().enumerate().map(|(c, &l)| (c as f64 + 0.5, -l, l)).collect();
+    let qband: Vec<(f64, f64, f64)> = limit
+        .iter()
+        .enumerate()
+        .map(|(c, &l)| (c as f64 + 0.5, -l, l))
+        .collect();
     f.segments(out, "qband", &qband);
-    let segs: Vec<(f64, f64, f64)> = band.iter().enumerate().map(|(c, &(l, h))| (c as f64 + 0.5, l, h)).collect();
+    let segs: Vec<(f64, f64, f64)> = band
+        .iter()
+        .enumerate()
+        .map(|(c, &(l, h))| (c as f64 + 0.5, l, h))
+        .collect();
     f.segments(out, "band", &segs);
     out.push_str("</svg>");
     let mut counts = vec![0u64; WEIGHT_BINS];
     let step = (hi - lo) / WEIGHT_BINS as f64;
     for &v in &values {
-        let at = if step > 0.0 { ((f64::from(v) - lo) / step) as usize } else { 0 };
+        let at = if step > 0.0 {
+            ((f64::from(v) - lo) / step) as usize
+        } else {
+            0
+        };
         counts[at.min(WEIGHT_BINS - 1)] += 1;
     }
-    let f = Frame::new(440.0, 140.0, (lo, hi), (0.0, counts.iter().copied().max().unwrap_or(1) as f64));
+    let f = Frame::new(
+        440.0,
+        140.0,
+        (lo, hi),
+        (0.0, counts.iter().copied().max().unwrap_or(1) as f64),
+    );
     f.open(out, "weight", "count");
     f.bars(out, "bar w", lo, hi, &counts, |c| c as f64);
     out.push_str("</svg>");
@@ -611,13 +851,21 @@ fn depth_plot(out: &mut String, drawn: &[Drawn], layer: &[usize]) {
     let mut points: Vec<(f64, f64, usize)> = drawn
         .iter()
         .enumerate()
-        .filter_map(|(i, d)| d.error.filter(|e| e.sqnr_db.is_finite()).map(|e| (layer[i] as f64, e.sqnr_db, i)))
+        .filter_map(|(i, d)| {
+            d.error
+                .filter(|e| e.sqnr_db.is_finite())
+                .map(|e| (layer[i] as f64, e.sqnr_db, i))
+        })
         .collect();
     if points.is_empty() {
         return;
     }
     points.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (lo, hi) = points.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let (lo, hi) = points
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+            (a.min(p.1), b.max(p.1))
+        });
     let depth = points.iter().map(|p| p.0).fold(0.0, f64::max);
     out.push_str("<section id=\"depth\"><h2>SQNR along the depth of the network</h2>");
     let f = Frame::new(960.0, 280.0, (0.0, depth.max(1.0)), (lo.min(0.0), hi));
@@ -646,9 +894,22 @@ fn scatter_plots(out: &mut String, outputs: &[OutputPair]) {
     for o in outputs {
         let n = o.reference.len().min(o.quantized.len());
         let stride = n.div_ceil(MAX_SCATTER_POINTS).max(1);
-        let points: Vec<(f64, f64)> = (0..n).step_by(stride).map(|i| (f64::from(o.reference[i]), f64::from(o.quantized[i]))).filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
-        let (lo, hi) = points.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.0).min(p.1), b.max(p.0).max(p.1)));
-        let _ = write!(out, "<div style=\"display:inline-block;margin-right:16px\"><h4>{} ({} of {n} values)</h4>", esc(&o.name), points.len());
+        let points: Vec<(f64, f64)> = (0..n)
+            .step_by(stride)
+            .map(|i| (f64::from(o.reference[i]), f64::from(o.quantized[i])))
+            .filter(|p| p.0.is_finite() && p.1.is_finite())
+            .collect();
+        let (lo, hi) = points
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+                (a.min(p.0).min(p.1), b.max(p.0).max(p.1))
+            });
+        let _ = write!(
+            out,
+            "<div style=\"display:inline-block;margin-right:16px\"><h4>{} ({} of {n} values)</h4>",
+            esc(&o.name),
+            points.len()
+        );
         let f = Frame::new(420.0, 380.0, (lo, hi), (lo, hi));
         f.open(out, "fp32", "int8");
         f.line(out, "diag", &[(lo, lo), (hi, hi)]);
@@ -664,7 +925,10 @@ fn layer_table(out: &mut String, r: &Report, drawn: &[Drawn]) {
         return;
     }
     let g = r.graph;
-    let at: HashMap<*const LayerError, &Drawn> = drawn.iter().filter_map(|d| Some((d.error? as *const LayerError, d))).collect();
+    let at: HashMap<*const LayerError, &Drawn> = drawn
+        .iter()
+        .filter_map(|d| Some((d.error? as *const LayerError, d)))
+        .collect();
     out.push_str("<section id=\"layers\"><h2>Layers, worst first</h2><table><tr><th>layer</th><th>op</th><th>SQNR dB</th><th>max error</th>\
         <th>clipped</th><th>rounding-only dB</th><th>clipping-only dB</th><th>kernel</th><th>time</th></tr>");
     for e in &r.layers {
@@ -674,11 +938,17 @@ fn layer_table(out: &mut String, r: &Report, drawn: &[Drawn]) {
             ActivationRange::of(r.calibration?, &v.name, &v.ty)
         });
         let (clipped, round, clip) = match &range {
-            Some(a) => (format!("{:.3}%", 100.0 * a.noise.clipped_fraction), num(a.noise.rounding_sqnr_db()), num(a.noise.clipping_sqnr_db())),
+            Some(a) => (
+                format!("{:.3}%", 100.0 * a.noise.clipped_fraction),
+                num(a.noise.rounding_sqnr_db()),
+                num(a.noise.clipping_sqnr_db()),
+            ),
             None => Default::default(),
         };
         let kernel = d.and_then(|d| d.kernel);
-        let time = kernel.and_then(|k| k.cost.as_ref()).map_or(String::new(), |c| format!("{:.1}%", 100.0 * c.share));
+        let time = kernel
+            .and_then(|k| k.cost.as_ref())
+            .map_or(String::new(), |c| format!("{:.1}%", 100.0 * c.share));
         let _ = write!(
             out,
             "<tr><td>{}</td><td>{}</td><td class=\"n\" style=\"background:{}\">{}</td><td class=\"n\">{}</td><td class=\"n\">{clipped}</td><td class=\"n\">{round}</td><td class=\"n\">{clip}</td><td>{}</td><td class=\"n\">{time}</td></tr>",
@@ -698,11 +968,17 @@ fn pipeline(out: &mut String, steps: &[PipelineStep]) {
     if steps.is_empty() {
         return;
     }
-    let total: usize = steps.iter().filter_map(|s| s.text.as_ref()).map(String::len).sum();
+    let total: usize = steps
+        .iter()
+        .filter_map(|s| s.text.as_ref())
+        .map(String::len)
+        .sum();
     let keep_all = total <= MAX_TEXT_BYTES;
     out.push_str("<section id=\"pipeline\"><h2>Pass pipeline</h2><table><tr><th>#</th><th>step</th><th>nodes</th><th>time</th></tr>");
     for (i, s) in steps.iter().enumerate() {
-        let time = s.time.map_or(String::new(), |t| format!("{:.2} ms", t.as_secs_f64() * 1e3));
+        let time = s.time.map_or(String::new(), |t| {
+            format!("{:.2} ms", t.as_secs_f64() * 1e3)
+        });
         let _ = write!(out, "<tr><td>{i}</td><td><a href=\"#step{i}\">{}</a></td><td class=\"n\">{} → {}</td><td class=\"n\">{time}</td></tr>", esc(&s.name), s.nodes.0, s.nodes.1);
     }
     out.push_str("</table>");
@@ -717,7 +993,13 @@ fn pipeline(out: &mut String, steps: &[PipelineStep]) {
             continue;
         };
         if keep_all || i == 0 || i + 1 == steps.len() {
-            let _ = write!(out, "<details><summary>IR after {} ({} lines)</summary><pre>{}</pre></details>", esc(&s.name), text.lines().count(), esc(text));
+            let _ = write!(
+                out,
+                "<details><summary>IR after {} ({} lines)</summary><pre>{}</pre></details>",
+                esc(&s.name),
+                text.lines().count(),
+                esc(text)
+            );
         }
         if let Some(before) = previous {
             diff(out, before, text);
@@ -755,7 +1037,11 @@ fn diff(out: &mut String, before: &str, after: &str) {
                     ChangeTag::Equal => ("", ' '),
                 };
                 if !cut {
-                    let _ = write!(body, "<span class=\"{class}\">{sign}{}</span>", esc(change.value()));
+                    let _ = write!(
+                        body,
+                        "<span class=\"{class}\">{sign}{}</span>",
+                        esc(change.value())
+                    );
                     if change.missing_newline() {
                         body.push('\n');
                     }

@@ -39,11 +39,12 @@ use crate::Error;
 use onnx_protobuf::attribute_proto::AttributeType;
 use onnx_protobuf::tensor_shape_proto::{dimension, Dimension};
 use onnx_protobuf::{
-    type_proto, AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto,
+    type_proto, AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto,
+    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 use qlift_ir::{
-    AttrValue, DType, Dim, Graph, Node, NodeId, NodeOp, Op, OpKind, Tensor, TensorData, TensorType, ValueId,
+    AttrValue, DType, Dim, Graph, Node, NodeId, NodeOp, Op, OpKind, Tensor, TensorData, TensorType,
+    ValueId,
 };
 use std::collections::{HashMap, HashSet};
 
@@ -58,7 +59,9 @@ const BASE_OPSET: i64 = 13;
 /// equivalent is an [`Error::Export`] naming the node and the op.
 pub fn export_onnx(graph: &Graph) -> Result<Vec<u8>, Error> {
     let model = export_model(graph)?;
-    model.write_to_bytes().map_err(|e| model_error(format!("serializing the model: {e}")))
+    model
+        .write_to_bytes()
+        .map_err(|e| model_error(format!("serializing the model: {e}")))
 }
 
 /// The `ModelProto` [`export_onnx`] serializes.
@@ -70,7 +73,11 @@ pub(crate) fn export_model(graph: &Graph) -> Result<ModelProto, Error> {
         ir_version: ir_version(opset),
         producer_name: "qlift".to_string(),
         producer_version: env!("CARGO_PKG_VERSION").to_string(),
-        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: opset, ..Default::default() }],
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: opset,
+            ..Default::default()
+        }],
         graph: Some(graph_proto).into(),
         ..Default::default()
     })
@@ -86,7 +93,11 @@ fn ir_version(opset: i64) -> i64 {
 }
 
 fn model_error(message: String) -> Error {
-    Error::Export { node: String::new(), op: String::new(), message }
+    Error::Export {
+        node: String::new(),
+        op: String::new(),
+        message,
+    }
 }
 
 /// How one IR op is written: a node of the same ONNX op type with the listed canonical
@@ -105,11 +116,17 @@ struct Rule {
 }
 
 const fn direct(op_type: &'static str, attrs: &'static [&'static str]) -> Rule {
-    Rule { write: Write::Direct(op_type, attrs), since: BASE_OPSET }
+    Rule {
+        write: Write::Direct(op_type, attrs),
+        since: BASE_OPSET,
+    }
 }
 
 const fn custom(f: fn(&mut Exporter, &Cx) -> Result<(), Error>) -> Rule {
-    Rule { write: Write::Custom(f), since: BASE_OPSET }
+    Rule {
+        write: Write::Custom(f),
+        since: BASE_OPSET,
+    }
 }
 
 const WINDOW: &[&str] = &["dilations", "group", "kernel_shape", "pads", "strides"];
@@ -134,7 +151,10 @@ fn rule(kind: OpKind) -> Option<Rule> {
         Sigmoid => direct("Sigmoid", &[]),
         Tanh => direct("Tanh", &[]),
         HardSigmoid => direct("HardSigmoid", &["alpha", "beta"]),
-        HardSwish => Rule { since: 14, ..direct("HardSwish", &[]) },
+        HardSwish => Rule {
+            since: 14,
+            ..direct("HardSwish", &[])
+        },
         Add => direct("Add", &[]),
         Sub => direct("Sub", &[]),
         Mul => direct("Mul", &[]),
@@ -168,16 +188,25 @@ fn rule(kind: OpKind) -> Option<Rule> {
         Or => direct("Or", &[]),
         Xor => direct("Xor", &[]),
         Where => direct("Where", &[]),
-        Gelu => Rule { since: 20, ..direct("Gelu", &["approximate"]) },
+        Gelu => Rule {
+            since: 20,
+            ..direct("Gelu", &["approximate"])
+        },
         PRelu => direct("PRelu", &[]),
         Elu => direct("Elu", &["alpha"]),
         Selu => direct("Selu", &["alpha", "gamma"]),
         Softplus => direct("Softplus", &[]),
-        Mish => Rule { since: 18, ..direct("Mish", &[]) },
+        Mish => Rule {
+            since: 18,
+            ..direct("Mish", &[])
+        },
         Softsign => direct("Softsign", &[]),
         ThresholdedRelu => direct("ThresholdedRelu", &["alpha"]),
         Celu => direct("Celu", &["alpha"]),
-        MaxPool => direct("MaxPool", &["ceil_mode", "dilations", "kernel_shape", "pads", "strides"]),
+        MaxPool => direct(
+            "MaxPool",
+            &["ceil_mode", "dilations", "kernel_shape", "pads", "strides"],
+        ),
         AveragePool => custom(average_pool),
         GlobalAveragePool => direct("GlobalAveragePool", &[]),
         GlobalMaxPool => direct("GlobalMaxPool", &[]),
@@ -209,20 +238,32 @@ fn rule(kind: OpKind) -> Option<Rule> {
         GatherND => direct("GatherND", &["batch_dims"]),
         ScatterND => custom(|ex, cx| scatter(ex, cx, "ScatterND", &[])),
         ScatterElements => custom(|ex, cx| scatter(ex, cx, "ScatterElements", &["axis"])),
-        Trilu => Rule { since: 14, ..direct("Trilu", &["upper"]) },
+        Trilu => Rule {
+            since: 14,
+            ..direct("Trilu", &["upper"])
+        },
         NonZero => direct("NonZero", &[]),
         // Reductions, normalizations and NN ops. Reductions other than ReduceSum take their
         // axes as an operand from opset 18 (ReduceSum from 13); writing that form keeps one
         // spelling whatever else raises the opset.
         ReduceSum => custom(reduce),
-        ReduceMean | ReduceMax | ReduceMin | ReduceProd | ReduceL1 | ReduceL2 | ReduceSumSquare | ReduceLogSum
-        | ReduceLogSumExp => Rule { since: 18, ..custom(reduce) },
+        ReduceMean | ReduceMax | ReduceMin | ReduceProd | ReduceL1 | ReduceL2 | ReduceSumSquare
+        | ReduceLogSum | ReduceLogSumExp => Rule {
+            since: 18,
+            ..custom(reduce)
+        },
         ArgMax => direct("ArgMax", &["axis", "keepdims", "select_last_index"]),
         ArgMin => direct("ArgMin", &["axis", "keepdims", "select_last_index"]),
         CumSum => custom(cumsum),
-        LayerNormalization => Rule { since: 17, ..direct("LayerNormalization", &["axis", "epsilon"]) },
+        LayerNormalization => Rule {
+            since: 17,
+            ..direct("LayerNormalization", &["axis", "epsilon"])
+        },
         InstanceNormalization => direct("InstanceNormalization", &["epsilon"]),
-        GroupNormalization => Rule { since: 21, ..direct("GroupNormalization", &["epsilon", "num_groups"]) },
+        GroupNormalization => Rule {
+            since: 21,
+            ..direct("GroupNormalization", &["epsilon", "num_groups"])
+        },
         LpNormalization => direct("LpNormalization", &["axis", "p"]),
         LogSoftmax => direct("LogSoftmax", &["axis"]),
         Hardmax => direct("Hardmax", &["axis"]),
@@ -259,17 +300,27 @@ struct Cx<'a> {
 
 impl Cx<'_> {
     fn error(&self, message: impl Into<String>) -> Error {
-        Error::Export { node: self.node.name.clone(), op: self.op.kind.name().to_string(), message: message.into() }
+        Error::Export {
+            node: self.node.name.clone(),
+            op: self.op.kind.name().to_string(),
+            message: message.into(),
+        }
     }
 
     /// The node's (single) result.
     fn result(&self) -> ValueId {
-        ValueId { node: self.id, output: 0 }
+        ValueId {
+            node: self.id,
+            output: 0,
+        }
     }
 
     /// Operand `i`, which must be given: its value and exported name.
     fn operand(&self, i: usize) -> Result<(ValueId, String), Error> {
-        match (self.operands.get(i).copied().flatten(), self.inputs.get(i).cloned().flatten()) {
+        match (
+            self.operands.get(i).copied().flatten(),
+            self.inputs.get(i).cloned().flatten(),
+        ) {
             (Some(v), Some(name)) => Ok((v, name)),
             _ => Err(self.error(format!("operand {i} is missing"))),
         }
@@ -277,7 +328,11 @@ impl Cx<'_> {
 
     /// The canonical attribute `name` as an ONNX attribute.
     fn attr(&self, name: &str) -> Result<AttributeProto, Error> {
-        let value = self.op.attrs.get(name).ok_or_else(|| self.error(format!("missing attribute `{name}`")))?;
+        let value = self
+            .op
+            .attrs
+            .get(name)
+            .ok_or_else(|| self.error(format!("missing attribute `{name}`")))?;
         Ok(attribute(name, value))
     }
 
@@ -343,7 +398,10 @@ impl<'g> Exporter<'g> {
     }
 
     fn name_of(&self, v: ValueId) -> Result<String, Error> {
-        self.names.get(&v).cloned().ok_or_else(|| model_error(format!("value {v:?} is not in the graph")))
+        self.names
+            .get(&v)
+            .cloned()
+            .ok_or_else(|| model_error(format!("value {v:?} is not in the graph")))
     }
 
     fn graph(&mut self) -> Result<GraphProto, Error> {
@@ -357,10 +415,18 @@ impl<'g> Exporter<'g> {
         let graph = self.graph;
         let order = graph.topo_order()?;
         // Names first: graph inputs keep theirs, then every result in topological order.
-        let values = graph.input_values().into_iter().take(formal).chain(order.iter().flat_map(|&node| {
-            let n = if matches!(graph.node(node).op, NodeOp::Input) { 0 } else { graph.node(node).outputs.len() };
-            (0..n).map(move |output| ValueId { node, output })
-        }));
+        let values = graph
+            .input_values()
+            .into_iter()
+            .take(formal)
+            .chain(order.iter().flat_map(|&node| {
+                let n = if matches!(graph.node(node).op, NodeOp::Input) {
+                    0
+                } else {
+                    graph.node(node).outputs.len()
+                };
+                (0..n).map(move |output| ValueId { node, output })
+            }));
         for v in values {
             let value = graph.value(v);
             self.need_dtype(value.ty.dtype);
@@ -377,7 +443,10 @@ impl<'g> Exporter<'g> {
             match &node.op {
                 NodeOp::Input => {}
                 NodeOp::Const(t) => {
-                    let v = ValueId { node: id, output: 0 };
+                    let v = ValueId {
+                        node: id,
+                        output: 0,
+                    };
                     if !graph.users(v).is_empty() || outputs_set.contains(&v) {
                         let name = self.name_of(v)?;
                         self.initializers.push(tensor_proto(&name, t));
@@ -394,13 +463,23 @@ impl<'g> Exporter<'g> {
                 // The same value listed twice: ONNX output names are distinct, so copy it.
                 let copy = self.fresh(&name);
                 let node_name = unique(&mut self.node_names, &format!("{copy}_output"));
-                self.nodes.push(node_proto(&node_name, "Identity", vec![name], &copy, vec![]));
+                self.nodes.push(node_proto(
+                    &node_name,
+                    "Identity",
+                    vec![name],
+                    &copy,
+                    vec![],
+                ));
                 name = copy;
             }
             outputs.push(value_info(&name, graph.value_type(v)));
         }
         Ok(GraphProto {
-            name: if graph.name.is_empty() { "graph".to_string() } else { graph.name.clone() },
+            name: if graph.name.is_empty() {
+                "graph".to_string()
+            } else {
+                graph.name.clone()
+            },
             node: std::mem::take(&mut self.nodes),
             initializer: std::mem::take(&mut self.initializers),
             input: inputs,
@@ -414,50 +493,102 @@ impl<'g> Exporter<'g> {
         let rule = rule(op.kind).ok_or_else(|| unsupported(&node.name, op.kind))?;
         self.need(rule.since);
         let operands = self.graph.node_inputs(id);
-        let inputs = operands.iter().map(|v| v.map(|v| self.name_of(v)).transpose()).collect::<Result<Vec<_>, _>>()?;
-        let mut cx = Cx { id, node, op, operands, inputs, output: String::new() };
-        if node.outputs.len() != 1 && qlift_ir::Cell::of(op.kind).is_none() && !op.kind.has_subgraphs() {
-            return Err(cx.error(format!("has {} results; ONNX ops written by qlift have one", node.outputs.len())));
+        let inputs = operands
+            .iter()
+            .map(|v| v.map(|v| self.name_of(v)).transpose())
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut cx = Cx {
+            id,
+            node,
+            op,
+            operands,
+            inputs,
+            output: String::new(),
+        };
+        if node.outputs.len() != 1
+            && qlift_ir::Cell::of(op.kind).is_none()
+            && !op.kind.has_subgraphs()
+        {
+            return Err(cx.error(format!(
+                "has {} results; ONNX ops written by qlift have one",
+                node.outputs.len()
+            )));
         }
-        let result = self.name_of(ValueId { node: id, output: 0 })?;
+        let result = self.name_of(ValueId {
+            node: id,
+            output: 0,
+        })?;
         let fused = op.fused_activation().map_err(|e| cx.error(e))?;
         if fused.is_some() && !op.kind.takes_fused_activation() {
             return Err(cx.error("cannot carry a fused activation"));
         }
         // A clamp to [-inf, inf] is no clamp.
         let fused = fused.filter(|&(lo, hi)| lo != f32::NEG_INFINITY || hi != f32::INFINITY);
-        cx.output = if fused.is_some() { self.fresh(&format!("{result}_preact")) } else { result.clone() };
+        cx.output = if fused.is_some() {
+            self.fresh(&format!("{result}_preact"))
+        } else {
+            result.clone()
+        };
         match rule.write {
             Write::Direct(op_type, attrs) => {
-                let attrs = attrs.iter().map(|a| cx.attr(a)).collect::<Result<Vec<_>, _>>()?;
-                let inputs = cx.inputs.iter().map(|i| i.clone().unwrap_or_default()).collect();
+                let attrs = attrs
+                    .iter()
+                    .map(|a| cx.attr(a))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let inputs = cx
+                    .inputs
+                    .iter()
+                    .map(|i| i.clone().unwrap_or_default())
+                    .collect();
                 self.emit(&cx, op_type, inputs, attrs);
             }
             Write::Custom(write) => write(self, &cx)?,
         }
         if let Some((lo, hi)) = fused {
             let dtype = node.outputs[0].ty.dtype;
-            let base = if node.name.is_empty() { result.clone() } else { node.name.clone() };
+            let base = if node.name.is_empty() {
+                result.clone()
+            } else {
+                node.name.clone()
+            };
             if lo == 0.0 && hi == f32::INFINITY {
                 let name = unique(&mut self.node_names, &format!("{base}_relu"));
-                self.nodes.push(node_proto(&name, "Relu", vec![cx.output.clone()], &result, vec![]));
+                self.nodes.push(node_proto(
+                    &name,
+                    "Relu",
+                    vec![cx.output.clone()],
+                    &result,
+                    vec![],
+                ));
             } else {
                 let inputs = self.clip_inputs(&cx, cx.output.clone(), (lo, hi), dtype, &result)?;
                 let name = unique(&mut self.node_names, &format!("{base}_clip"));
-                self.nodes.push(node_proto(&name, "Clip", inputs, &result, vec![]));
+                self.nodes
+                    .push(node_proto(&name, "Clip", inputs, &result, vec![]));
             }
         }
         Ok(())
     }
 
     /// Pushes the ONNX node for `cx` (trailing omitted inputs dropped).
-    fn emit(&mut self, cx: &Cx, op_type: &str, mut inputs: Vec<String>, attrs: Vec<AttributeProto>) {
+    fn emit(
+        &mut self,
+        cx: &Cx,
+        op_type: &str,
+        mut inputs: Vec<String>,
+        attrs: Vec<AttributeProto>,
+    ) {
         while inputs.last().is_some_and(String::is_empty) {
             inputs.pop();
         }
-        let base = if cx.node.name.is_empty() { cx.output.clone() } else { cx.node.name.clone() };
+        let base = if cx.node.name.is_empty() {
+            cx.output.clone()
+        } else {
+            cx.node.name.clone()
+        };
         let name = unique(&mut self.node_names, &base);
-        self.nodes.push(node_proto(&name, op_type, inputs, &cx.output, attrs));
+        self.nodes
+            .push(node_proto(&name, op_type, inputs, &cx.output, attrs));
     }
 
     /// Adds an initializer under a fresh name derived from `base`; returns the name.
@@ -477,7 +608,9 @@ impl<'g> Exporter<'g> {
     fn scalar(&mut self, cx: &Cx, base: &str, dtype: DType, value: f64) -> Result<String, Error> {
         let t = match dtype.int_range() {
             None => Tensor::new(DType::F32, vec![], TensorData::F32(vec![value as f32])),
-            Some((lo, hi)) => Tensor::from_i64_values(dtype, vec![], vec![(value as i64).clamp(lo, hi)]),
+            Some((lo, hi)) => {
+                Tensor::from_i64_values(dtype, vec![], vec![(value as i64).clamp(lo, hi)])
+            }
         };
         let t = t.map_err(|e| cx.error(e))?;
         Ok(self.initializer(base, &t))
@@ -494,7 +627,8 @@ impl<'g> Exporter<'g> {
         result: &str,
     ) -> Result<Vec<String>, Error> {
         let mut inputs = vec![x];
-        for (bound, infinite, what) in [(lo, f32::NEG_INFINITY, "min"), (hi, f32::INFINITY, "max")] {
+        for (bound, infinite, what) in [(lo, f32::NEG_INFINITY, "min"), (hi, f32::INFINITY, "max")]
+        {
             inputs.push(if bound == infinite {
                 String::new()
             } else {
@@ -507,40 +641,73 @@ impl<'g> Exporter<'g> {
     /// The scale and zero-point initializers of value `v`'s quantization parameters (written
     /// once per value): a scalar scale per tensor, a 1-D one per axis; the zero point in the
     /// value's dtype. Returns their names and the per-channel axis.
-    fn quant_params(&mut self, cx: &Cx, v: ValueId) -> Result<(String, String, Option<usize>), Error> {
+    fn quant_params(
+        &mut self,
+        cx: &Cx,
+        v: ValueId,
+    ) -> Result<(String, String, Option<usize>), Error> {
         let value = self.graph.value(v);
         let ty = &value.ty;
         let q = ty.quant.as_ref().ok_or_else(|| {
             let ty = qlift_ir::text::type_to_string(ty);
-            cx.error(format!("value `{}` ({ty}) carries no quantization parameters", value.name))
+            cx.error(format!(
+                "value `{}` ({ty}) carries no quantization parameters",
+                value.name
+            ))
         })?;
         if let Some((scale, zero_point)) = self.quant_inputs.get(&v) {
             return Ok((scale.clone(), zero_point.clone(), q.axis));
         }
         if q.scale.len() != q.zero_point.len() || (q.axis.is_none() && q.scale.len() != 1) {
             let (scales, zero_points) = (q.scale.len(), q.zero_point.len());
-            return Err(cx.error(format!("value `{}` has {scales} scales and {zero_points} zero points", value.name)));
+            return Err(cx.error(format!(
+                "value `{}` has {scales} scales and {zero_points} zero points",
+                value.name
+            )));
         }
         if !(ty.dtype.is_quantized() || ty.dtype == DType::I32) {
-            return Err(cx.error(format!("value `{}` of type {} cannot be quantized", value.name, ty.dtype)));
+            return Err(cx.error(format!(
+                "value `{}` of type {} cannot be quantized",
+                value.name, ty.dtype
+            )));
         }
-        let shape = if q.axis.is_some() { vec![q.scale.len()] } else { vec![] };
-        let scale = Tensor::new(DType::F32, shape.clone(), TensorData::F32(q.scale.clone())).map_err(|e| cx.error(e))?;
-        let zero_point = Tensor::from_i64_values(ty.dtype, shape, q.zero_point.iter().map(|&z| z as i64).collect())
-            .map_err(|e| cx.error(format!("zero point of `{}`: {e}", value.name)))?;
+        let shape = if q.axis.is_some() {
+            vec![q.scale.len()]
+        } else {
+            vec![]
+        };
+        let scale = Tensor::new(DType::F32, shape.clone(), TensorData::F32(q.scale.clone()))
+            .map_err(|e| cx.error(e))?;
+        let zero_point = Tensor::from_i64_values(
+            ty.dtype,
+            shape,
+            q.zero_point.iter().map(|&z| z as i64).collect(),
+        )
+        .map_err(|e| cx.error(format!("zero point of `{}`: {e}", value.name)))?;
         let base = self.name_of(v)?;
         let scale = self.initializer(&format!("{base}_scale"), &scale);
-        let names = (scale, self.initializer(&format!("{base}_zero_point"), &zero_point));
+        let names = (
+            scale,
+            self.initializer(&format!("{base}_zero_point"), &zero_point),
+        );
         self.quant_inputs.insert(v, names.clone());
         Ok((names.0, names.1, q.axis))
     }
 
     /// Scale and zero point of operand or result `v` of a QLinear op, whose layout must be one
     /// ONNX expresses there (`allowed` axes; `None` is per tensor).
-    fn qlinear_params(&mut self, cx: &Cx, v: ValueId, what: &str, allowed: &[Option<usize>]) -> Result<[String; 2], Error> {
+    fn qlinear_params(
+        &mut self,
+        cx: &Cx,
+        v: ValueId,
+        what: &str,
+        allowed: &[Option<usize>],
+    ) -> Result<[String; 2], Error> {
         let (scale, zero_point, axis) = self.quant_params(cx, v)?;
         if !allowed.contains(&axis) {
-            return Err(cx.error(format!("{what} is quantized per axis {axis:?}, which the ONNX op cannot express")));
+            return Err(cx.error(format!(
+                "{what} is quantized per axis {axis:?}, which the ONNX op cannot express"
+            )));
         }
         Ok([scale, zero_point])
     }
@@ -564,7 +731,13 @@ fn unique(used: &mut HashSet<String>, base: &str) -> String {
 fn clip(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
     let (x, name) = cx.operand(0)?;
     let dtype = ex.graph.value_type(x).dtype;
-    let inputs = ex.clip_inputs(cx, name, (cx.float("min")?, cx.float("max")?), dtype, &cx.output)?;
+    let inputs = ex.clip_inputs(
+        cx,
+        name,
+        (cx.float("min")?, cx.float("max")?),
+        dtype,
+        &cx.output,
+    )?;
     ex.emit(cx, "Clip", inputs, vec![]);
     Ok(())
 }
@@ -572,10 +745,16 @@ fn clip(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
 /// AveragePool has `dilations` from opset 19; all-ones dilations are left out.
 fn average_pool(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
     let (_, x) = cx.operand(0)?;
-    let mut attrs = ["ceil_mode", "count_include_pad", "kernel_shape", "pads", "strides"]
-        .iter()
-        .map(|a| cx.attr(a))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut attrs = [
+        "ceil_mode",
+        "count_include_pad",
+        "kernel_shape",
+        "pads",
+        "strides",
+    ]
+    .iter()
+    .map(|a| cx.attr(a))
+    .collect::<Result<Vec<_>, _>>()?;
     if cx.ints("dilations")?.iter().any(|&d| d != 1) {
         ex.need(19);
         attrs.push(cx.attr("dilations")?);
@@ -601,7 +780,13 @@ fn shape(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
 /// Cast's target is ONNX's element type code.
 fn cast(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
     let (_, x) = cx.operand(0)?;
-    let to: DType = cx.op.attrs.str("to").map_err(|e| cx.error(e))?.parse().map_err(|e: String| cx.error(e))?;
+    let to: DType = cx
+        .op
+        .attrs
+        .str("to")
+        .map_err(|e| cx.error(e))?
+        .parse()
+        .map_err(|e: String| cx.error(e))?;
     ex.need_dtype(to);
     let attr = attribute("to", &AttrValue::Int(dtype_code(to) as i64));
     ex.emit(cx, "Cast", vec![x], vec![attr]);
@@ -657,10 +842,18 @@ fn pad(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
     let fill = match &ty.quant {
         _ if mode != "constant" => 0.0,
         None => value as f64,
-        Some(q) if value == 0.0 && q.zero_point.windows(2).all(|w| w[0] == w[1]) && !q.zero_point.is_empty() => {
+        Some(q)
+            if value == 0.0
+                && q.zero_point.windows(2).all(|w| w[0] == w[1])
+                && !q.zero_point.is_empty() =>
+        {
             q.zero_point[0] as f64
         }
-        Some(_) => return Err(cx.error("a quantized operand can only be padded with 0.0 and one zero point")),
+        Some(_) => {
+            return Err(
+                cx.error("a quantized operand can only be padded with 0.0 and one zero point")
+            )
+        }
     };
     let pads = match cx.op.attrs.get("pads") {
         Some(_) => ex.ints_initializer(&format!("{}_pads", cx.output), cx.ints("pads")?),
@@ -674,7 +867,15 @@ fn pad(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
         }
         attrs.push(cx.attr("mode")?);
     }
-    let inputs = if mode == "constant" { vec![x, pads, ex.scalar(cx, &format!("{}_value", cx.output), ty.dtype, fill)?] } else { vec![x, pads] };
+    let inputs = if mode == "constant" {
+        vec![
+            x,
+            pads,
+            ex.scalar(cx, &format!("{}_value", cx.output), ty.dtype, fill)?,
+        ]
+    } else {
+        vec![x, pads]
+    };
     ex.emit(cx, "Pad", inputs, attrs);
     Ok(())
 }
@@ -682,7 +883,10 @@ fn pad(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
 /// ScatterND and ScatterElements write `reduction` when it is not `none`: add and mul
 /// exist from opset 16, max and min from 18.
 fn scatter(ex: &mut Exporter, cx: &Cx, op_type: &str, names: &[&str]) -> Result<(), Error> {
-    let mut attrs = names.iter().map(|a| cx.attr(a)).collect::<Result<Vec<_>, _>>()?;
+    let mut attrs = names
+        .iter()
+        .map(|a| cx.attr(a))
+        .collect::<Result<Vec<_>, _>>()?;
     match cx.op.attrs.str("reduction").map_err(|e| cx.error(e))? {
         "none" => {}
         r => {
@@ -690,7 +894,11 @@ fn scatter(ex: &mut Exporter, cx: &Cx, op_type: &str, names: &[&str]) -> Result<
             attrs.push(cx.attr("reduction")?);
         }
     }
-    let inputs = cx.inputs.iter().map(|i| i.clone().unwrap_or_default()).collect();
+    let inputs = cx
+        .inputs
+        .iter()
+        .map(|i| i.clone().unwrap_or_default())
+        .collect();
     ex.emit(cx, op_type, inputs, attrs);
     Ok(())
 }
@@ -700,7 +908,9 @@ fn scatter(ex: &mut Exporter, cx: &Cx, op_type: &str, names: &[&str]) -> Result<
 fn space_to_depth(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
     let (_, x) = cx.operand(0)?;
     if cx.op.attrs.str("mode").map_err(|e| cx.error(e))? != "DCR" {
-        return Err(cx.error("SpaceToDepth in CRD mode exists from opset 28, later than the exporter writes"));
+        return Err(cx.error(
+            "SpaceToDepth in CRD mode exists from opset 28, later than the exporter writes",
+        ));
     }
     ex.emit(cx, "SpaceToDepth", vec![x], vec![cx.attr("blocksize")?]);
     Ok(())
@@ -713,24 +923,50 @@ fn space_to_depth(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
 fn resize(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
     let (v, x) = cx.operand(0)?;
     let rank = ex.graph.value_type(v).shape.rank();
-    let transform = cx.op.attrs.str("coordinate_transformation_mode").map_err(|e| cx.error(e))?;
+    let transform = cx
+        .op
+        .attrs
+        .str("coordinate_transformation_mode")
+        .map_err(|e| cx.error(e))?;
     match transform {
-        "tf_half_pixel_for_nn" => return Err(cx.error("coordinate_transformation_mode tf_half_pixel_for_nn exists only in opsets 11 and 12")),
+        "tf_half_pixel_for_nn" => return Err(cx.error(
+            "coordinate_transformation_mode tf_half_pixel_for_nn exists only in opsets 11 and 12",
+        )),
         "half_pixel_symmetric" => ex.need(19),
         _ => {}
     }
-    let mut attrs = ["mode", "coordinate_transformation_mode", "nearest_mode", "cubic_coeff_a", "exclude_outside", "extrapolation_value"]
-        .iter()
-        .map(|a| cx.attr(a))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut attrs = [
+        "mode",
+        "coordinate_transformation_mode",
+        "nearest_mode",
+        "cubic_coeff_a",
+        "exclude_outside",
+        "extrapolation_value",
+    ]
+    .iter()
+    .map(|a| cx.attr(a))
+    .collect::<Result<Vec<_>, _>>()?;
     let all_axes: Vec<i64> = (0..rank as i64).collect();
-    let policy = cx.op.attrs.str("keep_aspect_ratio_policy").map_err(|e| cx.error(e))?;
+    let policy = cx
+        .op
+        .attrs
+        .str("keep_aspect_ratio_policy")
+        .map_err(|e| cx.error(e))?;
     if cx.int("antialias")? != 0 || policy != "stretch" || cx.ints("axes")? != all_axes.as_slice() {
         ex.need(18);
-        attrs.extend([cx.attr("antialias")?, cx.attr("keep_aspect_ratio_policy")?, cx.attr("axes")?]);
+        attrs.extend([
+            cx.attr("antialias")?,
+            cx.attr("keep_aspect_ratio_policy")?,
+            cx.attr("axes")?,
+        ]);
     }
     let operand = |i: usize| cx.inputs.get(i).cloned().flatten().unwrap_or_default();
-    ex.emit(cx, "Resize", vec![x, operand(1), operand(2), operand(3)], attrs);
+    ex.emit(
+        cx,
+        "Resize",
+        vec![x, operand(1), operand(2), operand(3)],
+        attrs,
+    );
     Ok(())
 }
 
@@ -742,12 +978,22 @@ fn reduce(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
     let (axes, noop) = match cx.op.attrs.get("axes") {
         Some(_) => {
             let axes = cx.ints("axes")?;
-            let noop = if axes.is_empty() { 1 } else { cx.int("noop_with_empty_axes")? };
-            (ex.ints_initializer(&format!("{}_axes", cx.output), axes), noop)
+            let noop = if axes.is_empty() {
+                1
+            } else {
+                cx.int("noop_with_empty_axes")?
+            };
+            (
+                ex.ints_initializer(&format!("{}_axes", cx.output), axes),
+                noop,
+            )
         }
         None => (cx.operand(1)?.1, cx.int("noop_with_empty_axes")?),
     };
-    let attrs = vec![cx.attr("keepdims")?, attribute("noop_with_empty_axes", &AttrValue::Int(noop))];
+    let attrs = vec![
+        cx.attr("keepdims")?,
+        attribute("noop_with_empty_axes", &AttrValue::Int(noop)),
+    ];
     ex.emit(cx, cx.op.kind.name(), vec![x, axes], attrs);
     Ok(())
 }
@@ -755,7 +1001,10 @@ fn reduce(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
 /// CumSum's axis is a scalar operand.
 fn cumsum(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
     let (_, x) = cx.operand(0)?;
-    let axis = ex.initializer(&format!("{}_axis", cx.output), &Tensor::from_i64(&[], vec![cx.int("axis")?]));
+    let axis = ex.initializer(
+        &format!("{}_axis", cx.output),
+        &Tensor::from_i64(&[], vec![cx.int("axis")?]),
+    );
     let attrs = vec![cx.attr("exclusive")?, cx.attr("reverse")?];
     ex.emit(cx, "CumSum", vec![x, axis], attrs);
     Ok(())
@@ -767,7 +1016,9 @@ fn conv_transpose(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
     let pads = cx.ints("pads")?;
     let r = pads.len() / 2;
     if pads[..r].iter().any(|&p| p < 0) {
-        return Err(cx.error(format!("pads {pads:?} begin before the first tap, which ONNX cannot express")));
+        return Err(cx.error(format!(
+            "pads {pads:?} begin before the first tap, which ONNX cannot express"
+        )));
     }
     let mut onnx_pads = pads.to_vec();
     let mut output_padding = vec![0i64; r];
@@ -777,12 +1028,22 @@ fn conv_transpose(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
             onnx_pads[a + r] = 0;
         }
     }
-    let mut attrs = ["dilations", "group", "kernel_shape", "strides"].iter().map(|a| cx.attr(a)).collect::<Result<Vec<_>, _>>()?;
+    let mut attrs = ["dilations", "group", "kernel_shape", "strides"]
+        .iter()
+        .map(|a| cx.attr(a))
+        .collect::<Result<Vec<_>, _>>()?;
     attrs.push(attribute("pads", &AttrValue::Ints(onnx_pads)));
     if output_padding.iter().any(|&p| p != 0) {
-        attrs.push(attribute("output_padding", &AttrValue::Ints(output_padding)));
+        attrs.push(attribute(
+            "output_padding",
+            &AttrValue::Ints(output_padding),
+        ));
     }
-    let inputs = cx.inputs.iter().map(|i| i.clone().unwrap_or_default()).collect();
+    let inputs = cx
+        .inputs
+        .iter()
+        .map(|i| i.clone().unwrap_or_default())
+        .collect();
     ex.emit(cx, "ConvTranspose", inputs, attrs);
     Ok(())
 }
@@ -792,14 +1053,36 @@ fn conv_transpose(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
 /// for each result something reads (omitted ones left empty).
 fn recurrent(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
     let r = qlift_ir::Recurrent::of(cx.op.kind, &cx.op.attrs).map_err(|e| cx.error(e))?;
-    let names: Vec<&str> = cx.op.attrs.str("activations").map_err(|e| cx.error(e))?.split(',').collect();
-    let takes = |name: &str| qlift_ir::RECURRENT_ACTIVATIONS.iter().find(|a| a.0 == name).map_or((false, false), |a| (a.3, a.4));
+    let names: Vec<&str> = cx
+        .op
+        .attrs
+        .str("activations")
+        .map_err(|e| cx.error(e))?
+        .split(',')
+        .collect();
+    let takes = |name: &str| {
+        qlift_ir::RECURRENT_ACTIVATIONS
+            .iter()
+            .find(|a| a.0 == name)
+            .map_or((false, false), |a| (a.3, a.4))
+    };
     let given = |attr: &str, beta: bool| -> Result<Vec<f32>, Error> {
         let all = cx.op.attrs.floats(attr).map_err(|e| cx.error(e))?;
-        Ok(names.iter().zip(all).filter(|(n, _)| if beta { takes(n).1 } else { takes(n).0 }).map(|(_, &v)| v).collect())
+        Ok(names
+            .iter()
+            .zip(all)
+            .filter(|(n, _)| if beta { takes(n).1 } else { takes(n).0 })
+            .map(|(_, &v)| v)
+            .collect())
     };
-    let (alpha, beta) = (given("activation_alpha", false)?, given("activation_beta", true)?);
-    let mut activations = AttributeProto { name: "activations".to_string(), ..Default::default() };
+    let (alpha, beta) = (
+        given("activation_alpha", false)?,
+        given("activation_beta", true)?,
+    );
+    let mut activations = AttributeProto {
+        name: "activations".to_string(),
+        ..Default::default()
+    };
     activations.strings = names.iter().map(|n| n.as_bytes().to_vec()).collect();
     activations.type_ = AttributeType::STRINGS.into();
     let mut attrs = vec![cx.attr("direction")?, cx.attr("hidden_size")?, activations];
@@ -824,18 +1107,29 @@ fn recurrent(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
     let graph = ex.graph;
     let mut outputs = Vec::with_capacity(cx.node.outputs.len());
     for output in 0..cx.node.outputs.len() {
-        let v = ValueId { node: cx.id, output };
+        let v = ValueId {
+            node: cx.id,
+            output,
+        };
         let read = !graph.users(v).is_empty() || graph.outputs().contains(&v);
         outputs.push(if read { ex.name_of(v)? } else { String::new() });
     }
     while outputs.last().is_some_and(String::is_empty) {
         outputs.pop();
     }
-    let mut inputs: Vec<String> = cx.inputs.iter().map(|i| i.clone().unwrap_or_default()).collect();
+    let mut inputs: Vec<String> = cx
+        .inputs
+        .iter()
+        .map(|i| i.clone().unwrap_or_default())
+        .collect();
     while inputs.last().is_some_and(String::is_empty) {
         inputs.pop();
     }
-    let base = if cx.node.name.is_empty() { cx.output.clone() } else { cx.node.name.clone() };
+    let base = if cx.node.name.is_empty() {
+        cx.output.clone()
+    } else {
+        cx.node.name.clone()
+    };
     let name = unique(&mut ex.node_names, &base);
     let mut node = node_proto(&name, cx.op.kind.name(), inputs, "", attrs);
     node.output = outputs;
@@ -849,12 +1143,22 @@ fn recurrent(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
 /// (ONNX's single assignment rule spans bodies).
 fn control(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
     let arity = cx.inputs.len();
-    let int = |name: &str| -> Result<usize, Error> { usize::try_from(cx.int(name)?).map_err(|_| cx.error(format!("{name} is negative"))) };
+    let int = |name: &str| -> Result<usize, Error> {
+        usize::try_from(cx.int(name)?).map_err(|_| cx.error(format!("{name} is negative")))
+    };
     let first_capture = match cx.op.kind {
         OpKind::If => 1,
-        _ => arity.checked_sub(int("captures")?).ok_or_else(|| cx.error("more captures than operands"))?,
+        _ => arity
+            .checked_sub(int("captures")?)
+            .ok_or_else(|| cx.error("more captures than operands"))?,
     };
-    let captured: Vec<String> = cx.inputs[first_capture..].iter().map(|n| n.clone().ok_or_else(|| cx.error("a captured operand is missing"))).collect::<Result<_, _>>()?;
+    let captured: Vec<String> = cx.inputs[first_capture..]
+        .iter()
+        .map(|n| {
+            n.clone()
+                .ok_or_else(|| cx.error("a captured operand is missing"))
+        })
+        .collect::<Result<_, _>>()?;
     let mut attrs = Vec::new();
     for (name, body) in cx.op.attrs.graphs() {
         let mut sub = Exporter::new(body);
@@ -870,16 +1174,41 @@ fn control(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
         let mut proto = proto.map_err(|e| cx.error(format!("in {name}: {e}")))?;
         proto.name = unique(&mut ex.node_names, &format!("{}_{name}", cx.node.name));
         ex.need(sub.opset);
-        attrs.push(AttributeProto { name: name.to_string(), g: Some(proto).into(), type_: AttributeType::GRAPH.into(), ..Default::default() });
+        attrs.push(AttributeProto {
+            name: name.to_string(),
+            g: Some(proto).into(),
+            type_: AttributeType::GRAPH.into(),
+            ..Default::default()
+        });
     }
     if cx.op.kind == OpKind::Scan {
-        for name in ["num_scan_inputs", "scan_input_axes", "scan_input_directions", "scan_output_axes", "scan_output_directions"] {
+        for name in [
+            "num_scan_inputs",
+            "scan_input_axes",
+            "scan_input_directions",
+            "scan_output_axes",
+            "scan_output_directions",
+        ] {
             attrs.push(cx.attr(name)?);
         }
     }
-    let inputs: Vec<String> = cx.inputs[..first_capture].iter().map(|i| i.clone().unwrap_or_default()).collect();
-    let outputs = (0..cx.node.outputs.len()).map(|output| ex.name_of(ValueId { node: cx.id, output })).collect::<Result<Vec<_>, _>>()?;
-    let base = if cx.node.name.is_empty() { outputs[0].clone() } else { cx.node.name.clone() };
+    let inputs: Vec<String> = cx.inputs[..first_capture]
+        .iter()
+        .map(|i| i.clone().unwrap_or_default())
+        .collect();
+    let outputs = (0..cx.node.outputs.len())
+        .map(|output| {
+            ex.name_of(ValueId {
+                node: cx.id,
+                output,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let base = if cx.node.name.is_empty() {
+        outputs[0].clone()
+    } else {
+        cx.node.name.clone()
+    };
     let name = unique(&mut ex.node_names, &base);
     let mut node = node_proto(&name, cx.op.kind.name(), inputs, "", attrs);
     node.output = outputs;
@@ -889,14 +1218,21 @@ fn control(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
 
 /// The `axis` attribute of a per-axis Q/DQ.
 fn axis_attr(axis: Option<usize>) -> Vec<AttributeProto> {
-    axis.map(|a| attribute("axis", &AttrValue::Int(a as i64))).into_iter().collect()
+    axis.map(|a| attribute("axis", &AttrValue::Int(a as i64)))
+        .into_iter()
+        .collect()
 }
 
 /// QuantizeLinear's scale and zero point come from its result's type.
 fn quantize_linear(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
     let (_, x) = cx.operand(0)?;
     let (scale, zero_point, axis) = ex.quant_params(cx, cx.result())?;
-    ex.emit(cx, "QuantizeLinear", vec![x, scale, zero_point], axis_attr(axis));
+    ex.emit(
+        cx,
+        "QuantizeLinear",
+        vec![x, scale, zero_point],
+        axis_attr(axis),
+    );
     Ok(())
 }
 
@@ -904,7 +1240,12 @@ fn quantize_linear(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
 fn dequantize_linear(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
     let (v, x) = cx.operand(0)?;
     let (scale, zero_point, axis) = ex.quant_params(cx, v)?;
-    ex.emit(cx, "DequantizeLinear", vec![x, scale, zero_point], axis_attr(axis));
+    ex.emit(
+        cx,
+        "DequantizeLinear",
+        vec![x, scale, zero_point],
+        axis_attr(axis),
+    );
     Ok(())
 }
 
@@ -916,8 +1257,16 @@ fn qlinear_conv(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
     let [ws, wz] = ex.qlinear_params(cx, wv, "the weights", &[None, Some(0)])?;
     let [ys, yz] = ex.qlinear_params(cx, cx.result(), "the result", &[None])?;
     let bias = cx.inputs.get(2).cloned().flatten().unwrap_or_default();
-    let attrs = WINDOW.iter().map(|a| cx.attr(a)).collect::<Result<Vec<_>, _>>()?;
-    ex.emit(cx, "QLinearConv", vec![x, xs, xz, w, ws, wz, ys, yz, bias], attrs);
+    let attrs = WINDOW
+        .iter()
+        .map(|a| cx.attr(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    ex.emit(
+        cx,
+        "QLinearConv",
+        vec![x, xs, xz, w, ws, wz, ys, yz, bias],
+        attrs,
+    );
     Ok(())
 }
 
@@ -930,12 +1279,20 @@ fn qlinear_matmul(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
     let [a_s, a_z] = ex.qlinear_params(cx, av, "A", &[None, row])?;
     let [b_s, b_z] = ex.qlinear_params(cx, bv, "B", &[None, column])?;
     let [ys, yz] = ex.qlinear_params(cx, cx.result(), "the result", &[None])?;
-    ex.emit(cx, "QLinearMatMul", vec![a, a_s, a_z, b, b_s, b_z, ys, yz], vec![]);
+    ex.emit(
+        cx,
+        "QLinearMatMul",
+        vec![a, a_s, a_z, b, b_s, b_z, ys, yz],
+        vec![],
+    );
     Ok(())
 }
 
 fn attribute(name: &str, value: &AttrValue) -> AttributeProto {
-    let mut a = AttributeProto { name: name.to_string(), ..Default::default() };
+    let mut a = AttributeProto {
+        name: name.to_string(),
+        ..Default::default()
+    };
     let kind = match value {
         AttrValue::Int(v) => {
             a.i = *v;
@@ -964,7 +1321,13 @@ fn attribute(name: &str, value: &AttrValue) -> AttributeProto {
     a
 }
 
-fn node_proto(name: &str, op_type: &str, inputs: Vec<String>, output: &str, attrs: Vec<AttributeProto>) -> NodeProto {
+fn node_proto(
+    name: &str,
+    op_type: &str,
+    inputs: Vec<String>,
+    output: &str,
+    attrs: Vec<AttributeProto>,
+) -> NodeProto {
     NodeProto {
         name: name.to_string(),
         op_type: op_type.to_string(),
@@ -980,7 +1343,10 @@ fn node_proto(name: &str, op_type: &str, inputs: Vec<String>, output: &str, attr
 fn tensor_proto(name: &str, t: &Tensor) -> TensorProto {
     let bytes = t.to_le_bytes();
     let raw_data = match t.dtype() {
-        DType::I4 | DType::U4 => bytes.chunks(2).map(|c| (c[0] & 0xf) | (c.get(1).map_or(0, |b| (b & 0xf) << 4))).collect(),
+        DType::I4 | DType::U4 => bytes
+            .chunks(2)
+            .map(|c| (c[0] & 0xf) | (c.get(1).map_or(0, |b| (b & 0xf) << 4)))
+            .collect(),
         _ => bytes,
     };
     TensorProto {
@@ -1011,12 +1377,20 @@ fn value_info(name: &str, ty: &TensorType) -> ValueInfoProto {
         .collect();
     let tensor = type_proto::Tensor {
         elem_type: dtype_code(ty.dtype),
-        shape: Some(TensorShapeProto { dim, ..Default::default() }).into(),
+        shape: Some(TensorShapeProto {
+            dim,
+            ..Default::default()
+        })
+        .into(),
         ..Default::default()
     };
     ValueInfoProto {
         name: name.to_string(),
-        type_: Some(TypeProto { value: Some(type_proto::Value::TensorType(tensor)), ..Default::default() }).into(),
+        type_: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(tensor)),
+            ..Default::default()
+        })
+        .into(),
         ..Default::default()
     }
 }
@@ -1028,9 +1402,16 @@ mod tests {
 
     #[test]
     fn every_onnx_op_has_a_rule_and_internal_ops_none() {
-        let missing: Vec<&str> = OpKind::ALL.iter().filter(|k| !k.is_internal() && rule(**k).is_none()).map(|k| k.name()).collect();
+        let missing: Vec<&str> = OpKind::ALL
+            .iter()
+            .filter(|k| !k.is_internal() && rule(**k).is_none())
+            .map(|k| k.name())
+            .collect();
         assert!(missing.is_empty(), "no export rule for {missing:?}");
-        assert!(OpKind::ALL.iter().filter(|k| k.is_internal()).all(|k| rule(*k).is_none()));
+        assert!(OpKind::ALL
+            .iter()
+            .filter(|k| k.is_internal())
+            .all(|k| rule(*k).is_none()));
     }
 
     /// The error an op without a rule (qlift's own integer ops) gets.
@@ -1039,7 +1420,10 @@ mod tests {
         let e = unsupported("layer3", OpKind::QConv);
         assert!(matches!(&e, Error::Export { node, op, .. } if node == "layer3" && op == "QConv"));
         let shown = e.to_string();
-        assert!(shown.starts_with("cannot export node `layer3` (QConv) to ONNX: "), "{shown}");
+        assert!(
+            shown.starts_with("cannot export node `layer3` (QConv) to ONNX: "),
+            "{shown}"
+        );
         assert!(shown.contains("has no ONNX equivalent"), "{shown}");
     }
 

@@ -53,7 +53,10 @@ pub struct Limits {
 impl Limits {
     /// What the interpreter and the control-flow driver enforce while a model runs.
     pub fn run_options(&self) -> qlift_ir::interp::Options {
-        qlift_ir::interp::Options { max_loop_iterations: self.max_loop_iterations, max_stacked_bytes: self.max_tensor_bytes }
+        qlift_ir::interp::Options {
+            max_loop_iterations: self.max_loop_iterations,
+            max_stacked_bytes: self.max_tensor_bytes,
+        }
     }
 }
 
@@ -105,7 +108,10 @@ impl InputDim {
         s.split(['x', ','])
             .map(|d| match d.trim() {
                 "N" => Ok(InputDim::Batch),
-                d => d.parse::<usize>().map(InputDim::Fixed).map_err(|_| format!("`{d}` is not an extent (a number, or N for the batch)")),
+                d => d
+                    .parse::<usize>()
+                    .map(InputDim::Fixed)
+                    .map_err(|_| format!("`{d}` is not an extent (a number, or N for the batch)")),
             })
             .collect()
     }
@@ -114,13 +120,23 @@ impl InputDim {
 /// Loads an ONNX model file. External data is read from the model's directory only.
 pub fn load_onnx(path: &Path, opts: &ImportOptions) -> Result<Graph, Error> {
     let bytes = crate::bounded::read_to_end(path, opts.limits.max_model_bytes, "model file")?;
-    let dir = path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p });
+    let dir = path.parent().map(|p| {
+        if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        }
+    });
     load_onnx_bytes(&bytes, dir, opts)
 }
 
 /// Loads an ONNX model from bytes. `model_dir` is where external data may be read from;
 /// with `None` external data is refused.
-pub fn load_onnx_bytes(bytes: &[u8], model_dir: Option<&Path>, opts: &ImportOptions) -> Result<Graph, Error> {
+pub fn load_onnx_bytes(
+    bytes: &[u8],
+    model_dir: Option<&Path>,
+    opts: &ImportOptions,
+) -> Result<Graph, Error> {
     let model = load::decode_model(bytes, &opts.limits)?;
     import::import_model(&model, model_dir, opts)
 }

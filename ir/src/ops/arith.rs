@@ -12,7 +12,10 @@ use crate::{DType, OpKind, Shape, Tensor, TensorData, TensorType};
 /// Whether `dtype` is one of the numeric dtypes the elementwise ops compute on (4-bit
 /// values and bools are not numbers here: ONNX's math ops do not take them).
 pub(super) fn is_numeric(dtype: DType) -> bool {
-    matches!(dtype, DType::F32 | DType::I8 | DType::U8 | DType::I32 | DType::I64)
+    matches!(
+        dtype,
+        DType::F32 | DType::I8 | DType::U8 | DType::I32 | DType::I64
+    )
 }
 
 /// Every operand's type, refusing quantized ones (the elementwise family computes on real
@@ -41,15 +44,22 @@ pub(super) fn common_dtype(types: &[&TensorType]) -> Result<DType, String> {
 /// The numpy broadcast of every operand's static shape.
 pub(super) fn broadcast_types(types: &[&TensorType]) -> Result<Shape, String> {
     let first = types.first().ok_or("no operands")?.shape.clone();
-    types[1..].iter().try_fold(first, |acc, t| broadcast_static(&acc, &t.shape))
+    types[1..]
+        .iter()
+        .try_fold(first, |acc, t| broadcast_static(&acc, &t.shape))
 }
 
 /// Concrete operands broadcast together: the result's shape and, per operand, the flat
 /// index of its element under each result element (row-major).
 pub(super) fn broadcast_all(ts: &[&Tensor]) -> Result<(Vec<usize>, Vec<Vec<usize>>), String> {
     let first = ts.first().ok_or("no operands")?.shape().to_vec();
-    let shape = ts[1..].iter().try_fold(first, |acc, t| broadcast_shapes(&acc, t.shape()))?;
-    let indices = ts.iter().map(|t| broadcast_indices(t.shape(), &shape)).collect();
+    let shape = ts[1..]
+        .iter()
+        .try_fold(first, |acc, t| broadcast_shapes(&acc, t.shape()))?;
+    let indices = ts
+        .iter()
+        .map(|t| broadcast_indices(t.shape(), &shape))
+        .collect();
     Ok((shape, indices))
 }
 
@@ -74,7 +84,9 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
         Pow => {
             let (base, exponent) = (types[0].dtype, types[1].dtype);
             if !matches!(base, DType::F32 | DType::I32 | DType::I64) || !is_numeric(exponent) {
-                return Err(format!("{base} raised to {exponent} powers is not supported"));
+                return Err(format!(
+                    "{base} raised to {exponent} powers is not supported"
+                ));
             }
             base
         }
@@ -113,27 +125,51 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
         return pow(ts[0], ts[1], shape, &idx).map(|t| vec![t]);
     }
     if dtype == DType::F32 {
-        let xs = ts.iter().map(|t| t.as_f32()).collect::<Result<Vec<_>, _>>()?;
+        let xs = ts
+            .iter()
+            .map(|t| t.as_f32())
+            .collect::<Result<Vec<_>, _>>()?;
         let at = |k: usize, j: usize| xs[j][idx[j][k]];
         let n = ts.len();
-        let fold = |k: usize, f: &dyn Fn(f32, f32) -> f32| (1..n).fold(at(k, 0), |acc, j| f(acc, at(k, j)));
+        let fold = |k: usize, f: &dyn Fn(f32, f32) -> f32| {
+            (1..n).fold(at(k, 0), |acc, j| f(acc, at(k, j)))
+        };
         let data: Vec<f32> = (0..count)
             .map(|k| match kind {
-                OpKind::Min => fold(k, &|a, b| if a.is_nan() || b.is_nan() { f32::NAN } else { a.min(b) }),
-                OpKind::Max => fold(k, &|a, b| if a.is_nan() || b.is_nan() { f32::NAN } else { a.max(b) }),
+                OpKind::Min => fold(k, &|a, b| {
+                    if a.is_nan() || b.is_nan() {
+                        f32::NAN
+                    } else {
+                        a.min(b)
+                    }
+                }),
+                OpKind::Max => fold(k, &|a, b| {
+                    if a.is_nan() || b.is_nan() {
+                        f32::NAN
+                    } else {
+                        a.max(b)
+                    }
+                }),
                 OpKind::Sum => fold(k, &|a, b| a + b),
                 OpKind::Mean => fold(k, &|a, b| a + b) / n as f32,
                 OpKind::Mod => float_mod(at(k, 0), at(k, 1), python),
                 // PRelu: NaN keeps NaN (the comparison is false).
                 _ => {
                     let x = at(k, 0);
-                    if x < 0.0 { at(k, 1) * x } else { x }
+                    if x < 0.0 {
+                        at(k, 1) * x
+                    } else {
+                        x
+                    }
                 }
             })
             .collect();
         return Tensor::new(DType::F32, shape, TensorData::F32(data)).map(|t| vec![t]);
     }
-    let xs = ts.iter().map(|t| t.to_i64_vec()).collect::<Result<Vec<_>, _>>()?;
+    let xs = ts
+        .iter()
+        .map(|t| t.to_i64_vec())
+        .collect::<Result<Vec<_>, _>>()?;
     let at = |k: usize, j: usize| xs[j][idx[j][k]];
     let mut data = Vec::with_capacity(count);
     for k in 0..count {
@@ -168,27 +204,47 @@ fn int_mod(p: i64, q: i64, python: bool) -> Result<i128, String> {
     }
     let (p, q) = (p as i128, q as i128);
     let r = p % q;
-    Ok(if python && r != 0 && (r < 0) != (q < 0) { r + q } else { r })
+    Ok(if python && r != 0 && (r < 0) != (q < 0) {
+        r + q
+    } else {
+        r
+    })
 }
 
 /// Pow with numpy's dtype rules: a float base takes the exponent converted to f32; an
 /// integer base takes an integer exponent exactly (wrapping) and a float one through f64,
 /// truncated toward zero (saturating, NaN to 0) and wrapped.
-fn pow(base: &Tensor, exponent: &Tensor, shape: Vec<usize>, idx: &[Vec<usize>]) -> Result<Tensor, String> {
+fn pow(
+    base: &Tensor,
+    exponent: &Tensor,
+    shape: Vec<usize>,
+    idx: &[Vec<usize>],
+) -> Result<Tensor, String> {
     let count = idx[0].len();
     if base.dtype() == DType::F32 {
         let (b, e) = (base.as_f32()?, exponent.to_f32_vec());
-        let data = (0..count).map(|k| b[idx[0][k]].powf(e[idx[1][k]])).collect();
+        let data = (0..count)
+            .map(|k| b[idx[0][k]].powf(e[idx[1][k]]))
+            .collect();
         return Tensor::new(DType::F32, shape, TensorData::F32(data));
     }
     let dtype = base.dtype();
     let b = base.to_i64_vec()?;
     let data = if exponent.dtype() == DType::F32 {
         let e = exponent.as_f32()?;
-        (0..count).map(|k| wrap(dtype, (b[idx[0][k]] as f64).powf(e[idx[1][k]] as f64) as i64 as i128)).collect()
+        (0..count)
+            .map(|k| {
+                wrap(
+                    dtype,
+                    (b[idx[0][k]] as f64).powf(e[idx[1][k]] as f64) as i64 as i128,
+                )
+            })
+            .collect()
     } else {
         let e = exponent.to_i64_vec()?;
-        (0..count).map(|k| int_pow(b[idx[0][k]], e[idx[1][k]]).map(|v| wrap(dtype, v as i128))).collect::<Result<Vec<_>, _>>()?
+        (0..count)
+            .map(|k| int_pow(b[idx[0][k]], e[idx[1][k]]).map(|v| wrap(dtype, v as i128)))
+            .collect::<Result<Vec<_>, _>>()?
     };
     Tensor::from_i64_values(dtype, shape, data)
 }
@@ -227,7 +283,12 @@ mod tests {
     }
 
     fn run(kind: OpKind, attrs: Attrs, inputs: Vec<Tensor>) -> Result<Tensor, String> {
-        run_op(kind, attrs, inputs.into_iter().map(|t| (t, None)).collect(), None)
+        run_op(
+            kind,
+            attrs,
+            inputs.into_iter().map(|t| (t, None)).collect(),
+            None,
+        )
     }
 
     #[test]
@@ -235,27 +296,69 @@ mod tests {
         let a = Tensor::from_f32(&[2, 1], vec![1.0, f32::NAN]);
         let b = Tensor::from_f32(&[3], vec![0.0, 5.0, -1.0]);
         let c = Tensor::from_f32(&[], vec![2.0]);
-        let max = run(OpKind::Max, Attrs::new(), vec![a.clone(), b.clone(), c.clone()]).unwrap();
+        let max = run(
+            OpKind::Max,
+            Attrs::new(),
+            vec![a.clone(), b.clone(), c.clone()],
+        )
+        .unwrap();
         assert_eq!(max.shape(), &[2, 3]);
         assert_eq!(&max.as_f32().unwrap()[..3], &[2.0, 5.0, 2.0]);
         assert!(max.as_f32().unwrap()[3..].iter().all(|v| v.is_nan()));
         let mean = run(OpKind::Mean, Attrs::new(), vec![a, b, c]).unwrap();
         assert_eq!(mean.as_f32().unwrap()[0], 1.0);
-        let single = run(OpKind::Sum, Attrs::new(), vec![Tensor::from_f32(&[2], vec![1.0, 2.0])]).unwrap();
+        let single = run(
+            OpKind::Sum,
+            Attrs::new(),
+            vec![Tensor::from_f32(&[2], vec![1.0, 2.0])],
+        )
+        .unwrap();
         assert_eq!(single.as_f32().unwrap(), &[1.0, 2.0]);
-        let min = run(OpKind::Min, Attrs::new(), vec![ints(DType::U8, vec![3, 200]), ints(DType::U8, vec![7, 100])]).unwrap();
+        let min = run(
+            OpKind::Min,
+            Attrs::new(),
+            vec![ints(DType::U8, vec![3, 200]), ints(DType::U8, vec![7, 100])],
+        )
+        .unwrap();
         assert_eq!(min.to_i64_vec().unwrap(), vec![3, 100]);
     }
 
     #[test]
     fn mod_signs_and_division_by_zero() {
         let fmod = |f: i64| Attrs::new().with("fmod", AttrValue::Int(f));
-        let (p, q) = (ints(DType::I32, vec![-7, 7, -7, i32::MIN as i64]), ints(DType::I32, vec![3, -3, -3, -1]));
-        assert_eq!(run(OpKind::Mod, fmod(0), vec![p.clone(), q.clone()]).unwrap().to_i64_vec().unwrap(), vec![2, -2, -1, 0]);
-        assert_eq!(run(OpKind::Mod, fmod(1), vec![p, q]).unwrap().to_i64_vec().unwrap(), vec![-1, 1, -1, 0]);
-        let zero = run(OpKind::Mod, fmod(0), vec![ints(DType::I64, vec![1]), ints(DType::I64, vec![0])]);
+        let (p, q) = (
+            ints(DType::I32, vec![-7, 7, -7, i32::MIN as i64]),
+            ints(DType::I32, vec![3, -3, -3, -1]),
+        );
+        assert_eq!(
+            run(OpKind::Mod, fmod(0), vec![p.clone(), q.clone()])
+                .unwrap()
+                .to_i64_vec()
+                .unwrap(),
+            vec![2, -2, -1, 0]
+        );
+        assert_eq!(
+            run(OpKind::Mod, fmod(1), vec![p, q])
+                .unwrap()
+                .to_i64_vec()
+                .unwrap(),
+            vec![-1, 1, -1, 0]
+        );
+        let zero = run(
+            OpKind::Mod,
+            fmod(0),
+            vec![ints(DType::I64, vec![1]), ints(DType::I64, vec![0])],
+        );
         assert!(zero.unwrap_err().contains("division by zero"));
-        let f = run(OpKind::Mod, fmod(1), vec![Tensor::from_f32(&[2], vec![-7.5, 1.0]), Tensor::from_f32(&[2], vec![2.0, 0.0])]).unwrap();
+        let f = run(
+            OpKind::Mod,
+            fmod(1),
+            vec![
+                Tensor::from_f32(&[2], vec![-7.5, 1.0]),
+                Tensor::from_f32(&[2], vec![2.0, 0.0]),
+            ],
+        )
+        .unwrap();
         assert_eq!(f.as_f32().unwrap()[0], -1.5);
         assert!(f.as_f32().unwrap()[1].is_nan());
         let inf = f32::INFINITY;
@@ -270,13 +373,42 @@ mod tests {
 
     #[test]
     fn pow_dtypes() {
-        let p = run(OpKind::Pow, Attrs::new(), vec![Tensor::from_f32(&[3], vec![2.0, -8.0, 4.0]), ints(DType::I64, vec![3, 1, -1])]).unwrap();
+        let p = run(
+            OpKind::Pow,
+            Attrs::new(),
+            vec![
+                Tensor::from_f32(&[3], vec![2.0, -8.0, 4.0]),
+                ints(DType::I64, vec![3, 1, -1]),
+            ],
+        )
+        .unwrap();
         assert_eq!(p.as_f32().unwrap(), &[8.0, -8.0, 0.25]);
-        let q = run(OpKind::Pow, Attrs::new(), vec![ints(DType::I32, vec![3, 2, 7]), Tensor::from_f32(&[3], vec![2.0, 0.5, -1.0])]).unwrap();
+        let q = run(
+            OpKind::Pow,
+            Attrs::new(),
+            vec![
+                ints(DType::I32, vec![3, 2, 7]),
+                Tensor::from_f32(&[3], vec![2.0, 0.5, -1.0]),
+            ],
+        )
+        .unwrap();
         assert_eq!(q.to_i64_vec().unwrap(), vec![9, 1, 0]);
-        let w = run(OpKind::Pow, Attrs::new(), vec![ints(DType::I32, vec![2, -1, 5]), ints(DType::I32, vec![40, -3, 0])]).unwrap();
+        let w = run(
+            OpKind::Pow,
+            Attrs::new(),
+            vec![
+                ints(DType::I32, vec![2, -1, 5]),
+                ints(DType::I32, vec![40, -3, 0]),
+            ],
+        )
+        .unwrap();
         assert_eq!(w.to_i64_vec().unwrap(), vec![0, -1, 1]);
-        assert!(run(OpKind::Pow, Attrs::new(), vec![ints(DType::I64, vec![0]), ints(DType::I64, vec![-2])]).is_err());
+        assert!(run(
+            OpKind::Pow,
+            Attrs::new(),
+            vec![ints(DType::I64, vec![0]), ints(DType::I64, vec![-2])]
+        )
+        .is_err());
         assert_eq!(int_pow(3, 41), Ok(3i64.wrapping_pow(41)));
     }
 
@@ -285,18 +417,33 @@ mod tests {
         use crate::{Dim, Op, Shape, Symbol};
         let seq = Dim::Sym(Symbol::new("seq"));
         let t = |dtype: DType, dims: Vec<Dim>| TensorType::new(dtype, Shape(dims));
-        let (a, b, c) = (t(DType::F32, vec![Dim::Batch, seq]), t(DType::F32, vec![seq]), t(DType::F32, vec![]));
+        let (a, b, c) = (
+            t(DType::F32, vec![Dim::Batch, seq]),
+            t(DType::F32, vec![seq]),
+            t(DType::F32, vec![]),
+        );
         let infer = |kind: OpKind, inputs: &[&TensorType]| {
             let inputs: Vec<Option<&TensorType>> = inputs.iter().map(|&t| Some(t)).collect();
             crate::infer_op(&Op::new(kind, Attrs::new()), &inputs, &[]).map(|mut v| v.remove(0))
         };
         assert_eq!(infer(OpKind::Sum, &[&a, &b, &c]).unwrap().shape, a.shape);
-        assert_eq!(infer(OpKind::Less, &[&b, &c]).unwrap(), t(DType::Bool, vec![seq]));
+        assert_eq!(
+            infer(OpKind::Less, &[&b, &c]).unwrap(),
+            t(DType::Bool, vec![seq])
+        );
         let cond = t(DType::Bool, vec![Dim::Batch, Dim::Fixed(1)]);
-        assert_eq!(infer(OpKind::Where, &[&cond, &b, &c]).unwrap().shape, a.shape);
+        assert_eq!(
+            infer(OpKind::Where, &[&cond, &b, &c]).unwrap().shape,
+            a.shape
+        );
         let other = t(DType::F32, vec![Dim::Fixed(3)]);
-        assert_eq!(infer(OpKind::Max, &[&a, &other]).unwrap().shape, Shape(vec![Dim::Batch, Dim::Fixed(3)]));
-        assert!(infer(OpKind::Max, &[&a, &t(DType::I32, vec![])]).unwrap_err().contains("differ"));
+        assert_eq!(
+            infer(OpKind::Max, &[&a, &other]).unwrap().shape,
+            Shape(vec![Dim::Batch, Dim::Fixed(3)])
+        );
+        assert!(infer(OpKind::Max, &[&a, &t(DType::I32, vec![])])
+            .unwrap_err()
+            .contains("differ"));
     }
 
     #[test]

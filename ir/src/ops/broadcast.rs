@@ -12,7 +12,11 @@ pub(crate) fn broadcast_static(a: &Shape, b: &Shape) -> Result<Shape, String> {
     let rank = a.rank().max(b.rank());
     let at = |s: &Shape, i: usize| -> Dim {
         let pad = rank - s.rank();
-        if i < pad { Dim::Fixed(1) } else { s.dims()[i - pad] }
+        if i < pad {
+            Dim::Fixed(1)
+        } else {
+            s.dims()[i - pad]
+        }
     };
     (0..rank)
         .map(|i| match (at(a, i), at(b, i)) {
@@ -23,7 +27,9 @@ pub(crate) fn broadcast_static(a: &Shape, b: &Shape) -> Result<Shape, String> {
             (Dim::Batch, Dim::Sym(_)) | (Dim::Sym(_), Dim::Batch) => Ok(Dim::Batch),
             (Dim::Sym(_), y @ Dim::Fixed(_)) | (y @ Dim::Fixed(_), Dim::Sym(_)) => Ok(y),
             (Dim::Sym(_), Dim::Sym(_)) => Ok(Dim::Dyn),
-            (x, y) => Err(format!("shapes {a} and {b} do not broadcast (axis {i}: {x} vs {y})")),
+            (x, y) => Err(format!(
+                "shapes {a} and {b} do not broadcast (axis {i}: {x} vs {y})"
+            )),
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Shape)
@@ -68,7 +74,13 @@ pub(crate) fn broadcast_indices(shape: &[usize], out: &[usize]) -> Vec<usize> {
     let src = strides(shape);
     // Stride 0 along broadcast axes.
     let eff: Vec<usize> = (0..out.len())
-        .map(|i| if i < pad || shape[i - pad] == 1 { 0 } else { src[i - pad] })
+        .map(|i| {
+            if i < pad || shape[i - pad] == 1 {
+                0
+            } else {
+                src[i - pad]
+            }
+        })
         .collect();
     let count: usize = out.iter().product();
     let mut indices = Vec::with_capacity(count);

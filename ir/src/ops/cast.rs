@@ -56,14 +56,26 @@ mod tests {
     use crate::{AttrValue, Attrs};
 
     fn cast_to(x: Tensor, to: &str) -> Tensor {
-        run_op(OpKind::Cast, Attrs::new().with("to", AttrValue::Str(to.into())), vec![(x, None)], None).unwrap()
+        run_op(
+            OpKind::Cast,
+            Attrs::new().with("to", AttrValue::Str(to.into())),
+            vec![(x, None)],
+            None,
+        )
+        .unwrap()
     }
 
     #[test]
     fn numpy_conversions() {
         let f = Tensor::from_f32(&[4], vec![-1.7, 2.9, 0.0, 300.0]);
-        assert_eq!(cast_to(f.clone(), "i64").to_i64_vec().unwrap(), vec![-1, 2, 0, 300]);
-        assert_eq!(cast_to(f.clone(), "u8").to_i64_vec().unwrap(), vec![255, 2, 0, 44]);
+        assert_eq!(
+            cast_to(f.clone(), "i64").to_i64_vec().unwrap(),
+            vec![-1, 2, 0, 300]
+        );
+        assert_eq!(
+            cast_to(f.clone(), "u8").to_i64_vec().unwrap(),
+            vec![255, 2, 0, 44]
+        );
         assert_eq!(cast_to(f, "bool").to_i64_vec().unwrap(), vec![1, 1, 0, 1]);
         let i = Tensor::from_i64(&[2], vec![3, 0]);
         assert_eq!(cast_to(i.clone(), "f32").as_f32().unwrap(), &[3.0, 0.0]);

@@ -26,7 +26,12 @@ pub fn accepts(formal: &TensorType, actual: &TensorType) -> bool {
     formal.dtype == actual.dtype
         && formal.quant == actual.quant
         && formal.shape.rank() == actual.shape.rank()
-        && formal.shape.dims().iter().zip(actual.shape.dims()).all(|(f, a)| f == a || !matches!(f, Dim::Fixed(_)) || *a == Dim::Dyn)
+        && formal
+            .shape
+            .dims()
+            .iter()
+            .zip(actual.shape.dims())
+            .all(|(f, a)| f == a || !matches!(f, Dim::Fixed(_)) || *a == Dim::Dyn)
 }
 
 /// The type of a value that is `a` on some executions and `b` on others: extents that
@@ -34,32 +39,57 @@ pub fn accepts(formal: &TensorType, actual: &TensorType) -> bool {
 pub fn join(a: &TensorType, b: &TensorType) -> Result<TensorType, String> {
     let show = crate::text::type_to_string;
     if a.dtype != b.dtype || a.quant != b.quant || a.shape.rank() != b.shape.rank() {
-        return Err(format!("{} and {} cannot be one result (qlift needs one dtype and one rank)", show(a), show(b)));
+        return Err(format!(
+            "{} and {} cannot be one result (qlift needs one dtype and one rank)",
+            show(a),
+            show(b)
+        ));
     }
-    let dims = a.shape.dims().iter().zip(b.shape.dims()).map(|(x, y)| if x == y { *x } else { Dim::Dyn }).collect();
-    Ok(TensorType { dtype: a.dtype, shape: Shape(dims), quant: a.quant.clone() })
+    let dims = a
+        .shape
+        .dims()
+        .iter()
+        .zip(b.shape.dims())
+        .map(|(x, y)| if x == y { *x } else { Dim::Dyn })
+        .collect();
+    Ok(TensorType {
+        dtype: a.dtype,
+        shape: Shape(dims),
+        quant: a.quant.clone(),
+    })
 }
 
 /// Whether `ty` is a `dtype` value of one element (a scalar or `[1]`), as far as known.
 fn is_flag(ty: &TensorType, dtype: DType) -> bool {
-    ty.dtype == dtype && ty.shape.dims().iter().all(|d| matches!(d, Dim::Fixed(1) | Dim::Dyn))
+    ty.dtype == dtype
+        && ty
+            .shape
+            .dims()
+            .iter()
+            .all(|d| matches!(d, Dim::Fixed(1) | Dim::Dyn))
 }
 
 /// Operand counts of a Loop: `(carried, captures)`.
 fn loop_counts(attrs: &Attrs, arity: usize) -> Result<(usize, usize), String> {
-    let captures = usize::try_from(attrs.int("captures")?).map_err(|_| "captures is negative".to_string())?;
-    let carried = arity.checked_sub(2 + captures).ok_or_else(|| format!("{arity} operands cannot hold M, cond and {captures} captures"))?;
+    let captures =
+        usize::try_from(attrs.int("captures")?).map_err(|_| "captures is negative".to_string())?;
+    let carried = arity
+        .checked_sub(2 + captures)
+        .ok_or_else(|| format!("{arity} operands cannot hold M, cond and {captures} captures"))?;
     Ok((carried, captures))
 }
 
 /// Operand counts of a Scan: `(state, scanned, captures)`.
 fn scan_counts(attrs: &Attrs, arity: usize) -> Result<(usize, usize, usize), String> {
-    let count = |name: &str| usize::try_from(attrs.int(name)?).map_err(|_| format!("{name} is negative"));
+    let count =
+        |name: &str| usize::try_from(attrs.int(name)?).map_err(|_| format!("{name} is negative"));
     let (scanned, captures) = (count("num_scan_inputs")?, count("captures")?);
     if scanned == 0 {
         return Err("a Scan needs at least one scanned input".into());
     }
-    let state = arity.checked_sub(scanned + captures).ok_or_else(|| format!("{arity} operands cannot hold {scanned} scanned inputs and {captures} captures"))?;
+    let state = arity.checked_sub(scanned + captures).ok_or_else(|| {
+        format!("{arity} operands cannot hold {scanned} scanned inputs and {captures} captures")
+    })?;
     Ok((state, scanned, captures))
 }
 
@@ -67,42 +97,83 @@ fn scan_counts(attrs: &Attrs, arity: usize) -> Result<(usize, usize, usize), Str
 fn directions(attrs: &Attrs, name: &str, len: usize) -> Result<Vec<bool>, String> {
     let v = attrs.ints(name)?;
     if v.len() != len || v.iter().any(|&d| d != 0 && d != 1) {
-        return Err(format!("{name} must list {len} directions, each 0 or 1, found {v:?}"));
+        return Err(format!(
+            "{name} must list {len} directions, each 0 or 1, found {v:?}"
+        ));
     }
     Ok(v.iter().map(|&d| d == 1).collect())
 }
 
 /// An attribute list of `len` axes, each below the rank `rank(i)` allows for entry `i`.
-fn axes(attrs: &Attrs, name: &str, len: usize, rank: impl Fn(usize) -> usize) -> Result<Vec<usize>, String> {
+fn axes(
+    attrs: &Attrs,
+    name: &str,
+    len: usize,
+    rank: impl Fn(usize) -> usize,
+) -> Result<Vec<usize>, String> {
     let v = attrs.ints(name)?;
     if v.len() != len {
         return Err(format!("{name} must list {len} axes, found {v:?}"));
     }
     v.iter()
         .enumerate()
-        .map(|(i, &a)| usize::try_from(a).ok().filter(|&a| a < rank(i)).ok_or_else(|| format!("{name}[{i}] = {a} is out of range for rank {}", rank(i))))
+        .map(|(i, &a)| {
+            usize::try_from(a)
+                .ok()
+                .filter(|&a| a < rank(i))
+                .ok_or_else(|| format!("{name}[{i}] = {a} is out of range for rank {}", rank(i)))
+        })
         .collect()
 }
 
 /// The types of a body's inputs and outputs.
 fn signature(body: &Graph) -> (Vec<&TensorType>, Vec<&TensorType>) {
-    (body.input_value_iter().map(|v| body.value_type(v)).collect(), body.outputs().iter().map(|&v| body.value_type(v)).collect())
+    (
+        body.input_value_iter()
+            .map(|v| body.value_type(v))
+            .collect(),
+        body.outputs().iter().map(|&v| body.value_type(v)).collect(),
+    )
 }
 
 /// Checks that body input `slot` (named `what` in messages) accepts `actual`.
-fn check_accepts(name: &str, inputs: &[&TensorType], slot: usize, what: &str, actual: &TensorType) -> Result<(), String> {
-    let formal = inputs.get(slot).ok_or_else(|| format!("{name} has no input for {what}"))?;
+fn check_accepts(
+    name: &str,
+    inputs: &[&TensorType],
+    slot: usize,
+    what: &str,
+    actual: &TensorType,
+) -> Result<(), String> {
+    let formal = inputs
+        .get(slot)
+        .ok_or_else(|| format!("{name} has no input for {what}"))?;
     if !accepts(formal, actual) {
         let show = crate::text::type_to_string;
-        return Err(format!("{name} input {slot} ({what}) is {}, given {}", show(formal), show(actual)));
+        return Err(format!(
+            "{name} input {slot} ({what}) is {}, given {}",
+            show(formal),
+            show(actual)
+        ));
     }
     Ok(())
 }
 
 /// The operands from `start` on, every one present (captured values and carried ones are
 /// never optional).
-fn present<'a>(cx: &InferCtx<'a>, range: std::ops::Range<usize>, what: &str) -> Result<Vec<&'a TensorType>, String> {
-    range.map(|i| cx.inputs.get(i).copied().flatten().ok_or_else(|| format!("{what} operand {i} is missing"))).collect()
+fn present<'a>(
+    cx: &InferCtx<'a>,
+    range: std::ops::Range<usize>,
+    what: &str,
+) -> Result<Vec<&'a TensorType>, String> {
+    range
+        .map(|i| {
+            cx.inputs
+                .get(i)
+                .copied()
+                .flatten()
+                .ok_or_else(|| format!("{what} operand {i} is missing"))
+        })
+        .collect()
 }
 
 /// Result types of If, Loop and Scan (see the module documentation).
@@ -112,14 +183,21 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
         OpKind::If => {
             let cond = cx.input(0)?;
             if !is_flag(cond, DType::Bool) {
-                return Err(format!("the condition must be one bool, it is {}", crate::text::type_to_string(cond)));
+                return Err(format!(
+                    "the condition must be one bool, it is {}",
+                    crate::text::type_to_string(cond)
+                ));
             }
             let captures = present(cx, 1..cx.inputs.len(), "captured")?;
             let mut outputs = Vec::new();
             for name in ["then_branch", "else_branch"] {
                 let (inputs, outs) = signature(attrs.graph(name)?);
                 if inputs.len() != captures.len() {
-                    return Err(format!("{name} takes {} inputs, the node captures {} values", inputs.len(), captures.len()));
+                    return Err(format!(
+                        "{name} takes {} inputs, the node captures {} values",
+                        inputs.len(),
+                        captures.len()
+                    ));
                 }
                 for (i, c) in captures.iter().enumerate() {
                     check_accepts(name, &inputs, i, "a captured value", c)?;
@@ -128,21 +206,35 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
             }
             let (then, other) = (&outputs[0], &outputs[1]);
             if then.len() != other.len() {
-                return Err(format!("then_branch has {} results, else_branch {}", then.len(), other.len()));
+                return Err(format!(
+                    "then_branch has {} results, else_branch {}",
+                    then.len(),
+                    other.len()
+                ));
             }
-            then.iter().zip(other).enumerate().map(|(i, (a, b))| join(a, b).map_err(|e| format!("result {i}: {e}"))).collect()
+            then.iter()
+                .zip(other)
+                .enumerate()
+                .map(|(i, (a, b))| join(a, b).map_err(|e| format!("result {i}: {e}")))
+                .collect()
         }
         OpKind::Loop => {
             let body = attrs.graph("body")?;
             let (carried, captures) = loop_counts(attrs, cx.inputs.len())?;
             if let Some(m) = cx.inputs.first().copied().flatten() {
                 if !is_flag(m, DType::I64) {
-                    return Err(format!("M must be one i64, it is {}", crate::text::type_to_string(m)));
+                    return Err(format!(
+                        "M must be one i64, it is {}",
+                        crate::text::type_to_string(m)
+                    ));
                 }
             }
             if let Some(c) = cx.inputs.get(1).copied().flatten() {
                 if !is_flag(c, DType::Bool) {
-                    return Err(format!("cond must be one bool, it is {}", crate::text::type_to_string(c)));
+                    return Err(format!(
+                        "cond must be one bool, it is {}",
+                        crate::text::type_to_string(c)
+                    ));
                 }
             }
             let initial = present(cx, 2..2 + carried, "carried")?;
@@ -160,7 +252,13 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
             let mut results = Vec::new();
             for (j, v) in initial.iter().enumerate() {
                 check_accepts("body", &inputs, 2 + j, "an initial carried value", v)?;
-                check_accepts("body", &inputs, 2 + j, "the carried value it returns", outs[1 + j])?;
+                check_accepts(
+                    "body",
+                    &inputs,
+                    2 + j,
+                    "the carried value it returns",
+                    outs[1 + j],
+                )?;
                 results.push(join(v, outs[1 + j])?);
             }
             for (c, v) in outer.iter().enumerate() {
@@ -170,7 +268,10 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
             for out in &outs[1 + carried..] {
                 let mut dims = vec![trips];
                 dims.extend_from_slice(out.shape.dims());
-                results.push(TensorType { shape: Shape(dims), ..(*out).clone() });
+                results.push(TensorType {
+                    shape: Shape(dims),
+                    ..(*out).clone()
+                });
             }
             Ok(results)
         }
@@ -188,10 +289,14 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
                     outs.len()
                 ));
             }
-            let in_axes = axes(attrs, "scan_input_axes", scanned, |i| sequences[i].shape.rank())?;
+            let in_axes = axes(attrs, "scan_input_axes", scanned, |i| {
+                sequences[i].shape.rank()
+            })?;
             directions(attrs, "scan_input_directions", scanned)?;
             let stacked = outs.len() - state;
-            let out_axes = axes(attrs, "scan_output_axes", stacked, |i| outs[state + i].shape.rank() + 1)?;
+            let out_axes = axes(attrs, "scan_output_axes", stacked, |i| {
+                outs[state + i].shape.rank() + 1
+            })?;
             directions(attrs, "scan_output_directions", stacked)?;
             // The sequence length: the scanned axis of every sequence.
             let mut length: Option<Dim> = None;
@@ -201,7 +306,9 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
                     None => d,
                     Some(l) if l == d => l,
                     Some(Dim::Fixed(a)) if matches!(d, Dim::Fixed(_)) => {
-                        return Err(format!("the scanned inputs have lengths {a} and {d} along their scan axes"));
+                        return Err(format!(
+                            "the scanned inputs have lengths {a} and {d} along their scan axes"
+                        ));
                     }
                     Some(_) => Dim::Dyn,
                 });
@@ -214,7 +321,13 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
                 results.push(join(v, outs[j])?);
             }
             for (j, (x, &axis)) in sequences.iter().zip(&in_axes).enumerate() {
-                check_accepts("body", &inputs, state + j, "a slice of a scanned input", &without_axis(x, axis))?;
+                check_accepts(
+                    "body",
+                    &inputs,
+                    state + j,
+                    "a slice of a scanned input",
+                    &without_axis(x, axis),
+                )?;
             }
             for (c, v) in outer.iter().enumerate() {
                 check_accepts("body", &inputs, state + scanned + c, "a captured value", v)?;
@@ -222,7 +335,10 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
             for (out, &axis) in outs[state..].iter().zip(&out_axes) {
                 let mut dims = out.shape.dims().to_vec();
                 dims.insert(axis, length);
-                results.push(TensorType { shape: Shape(dims), ..(*out).clone() });
+                results.push(TensorType {
+                    shape: Shape(dims),
+                    ..(*out).clone()
+                });
             }
             Ok(results)
         }
@@ -234,7 +350,10 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
 fn without_axis(ty: &TensorType, axis: usize) -> TensorType {
     let mut dims = ty.shape.dims().to_vec();
     dims.remove(axis);
-    TensorType { shape: Shape(dims), ..ty.clone() }
+    TensorType {
+        shape: Shape(dims),
+        ..ty.clone()
+    }
 }
 
 /// A Loop's trip count when it is known before running: `M` is a constant, the initial
@@ -248,7 +367,9 @@ fn static_trip_count(cx: &InferCtx, body: &Graph) -> Option<usize> {
     let cond = *body.outputs().first()?;
     let passes_through = body.inputs().get(1) == Some(&cond.node);
     let always = body.const_value(cond).is_some_and(|t| is_true(t));
-    (passes_through || always).then(|| usize::try_from(m.max(0)).ok()).flatten()
+    (passes_through || always)
+        .then(|| usize::try_from(m.max(0)).ok())
+        .flatten()
 }
 
 fn is_true(t: &Tensor) -> bool {
@@ -259,7 +380,10 @@ fn is_true(t: &Tensor) -> bool {
 fn flag(t: &Tensor, what: &str) -> Result<i64, String> {
     match t.to_i64_vec() {
         Ok(v) if v.len() == 1 => Ok(v[0]),
-        _ => Err(format!("{what} must have one element, it has shape {:?}", t.shape())),
+        _ => Err(format!(
+            "{what} must have one element, it has shape {:?}",
+            t.shape()
+        )),
     }
 }
 
@@ -272,7 +396,8 @@ fn scalar_like(ty: &TensorType, value: i64) -> Result<Tensor, String> {
 /// Evaluates If, Loop and Scan with the reference interpreter running their bodies.
 pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
     let mut body = |name: &str, inputs: Vec<Tensor>| -> Result<Vec<Tensor>, String> {
-        crate::interp::run_with(cx.op.attrs.graph(name)?, &inputs, cx.options).map_err(|e| format!("in {name}: {e}"))
+        crate::interp::run_with(cx.op.attrs.graph(name)?, &inputs, cx.options)
+            .map_err(|e| format!("in {name}: {e}"))
     };
     execute(cx.op, cx.inputs, cx.output_types, cx.options, &mut body)
 }
@@ -285,23 +410,55 @@ pub type BodyRunner<'a> = dyn FnMut(&str, Vec<Tensor>) -> Result<Vec<Tensor>, St
 /// oracle) and the code generator's driver, which runs them as compiled programs, share it.
 /// `operands` and `result_types` are the node's; `options` caps the iterations and the
 /// stacked bytes (exceeding either is an error, never a hang).
-pub fn execute(op: &Op, operands: &[Option<&Tensor>], result_types: &[TensorType], options: &crate::interp::Options, body: &mut BodyRunner) -> Result<Vec<Tensor>, String> {
+pub fn execute(
+    op: &Op,
+    operands: &[Option<&Tensor>],
+    result_types: &[TensorType],
+    options: &crate::interp::Options,
+    body: &mut BodyRunner,
+) -> Result<Vec<Tensor>, String> {
     let attrs = &op.attrs;
-    let input = |i: usize| operands.get(i).copied().flatten().ok_or_else(|| format!("operand {i} is missing"));
-    let owned = |range: std::ops::Range<usize>| -> Result<Vec<Tensor>, String> { range.map(|i| input(i).cloned()).collect() };
+    let input = |i: usize| {
+        operands
+            .get(i)
+            .copied()
+            .flatten()
+            .ok_or_else(|| format!("operand {i} is missing"))
+    };
+    let owned = |range: std::ops::Range<usize>| -> Result<Vec<Tensor>, String> {
+        range.map(|i| input(i).cloned()).collect()
+    };
     match op.kind {
         OpKind::If => {
-            let branch = if flag(input(0)?, "the condition")? != 0 { "then_branch" } else { "else_branch" };
+            let branch = if flag(input(0)?, "the condition")? != 0 {
+                "then_branch"
+            } else {
+                "else_branch"
+            };
             body(branch, owned(1..operands.len())?)
         }
         OpKind::Loop => {
             let graph = attrs.graph("body")?;
             let (carried, _) = loop_counts(attrs, operands.len())?;
-            let trips = operands.first().copied().flatten().map(|m| flag(m, "M")).transpose()?;
-            let mut cond = operands.get(1).copied().flatten().map_or(Ok(1), |c| flag(c, "cond"))? != 0;
+            let trips = operands
+                .first()
+                .copied()
+                .flatten()
+                .map(|m| flag(m, "M"))
+                .transpose()?;
+            let mut cond = operands
+                .get(1)
+                .copied()
+                .flatten()
+                .map_or(Ok(1), |c| flag(c, "cond"))?
+                != 0;
             let mut values = owned(2..2 + carried)?;
             let captured = owned(2 + carried..operands.len())?;
-            let formal: Vec<TensorType> = graph.input_value_iter().take(2).map(|v| graph.value_type(v).clone()).collect();
+            let formal: Vec<TensorType> = graph
+                .input_value_iter()
+                .take(2)
+                .map(|v| graph.value_type(v).clone())
+                .collect();
             let mut stacks = Stacks::new(graph.outputs().len() - 1 - carried);
             let mut i: i64 = 0;
             while cond && trips.is_none_or(|m| i < m) {
@@ -312,28 +469,49 @@ pub fn execute(op: &Op, operands: &[Option<&Tensor>], result_types: &[TensorType
                 inputs.append(&mut values);
                 inputs.extend(captured.iter().cloned());
                 let mut outputs = body("body", inputs)?.into_iter();
-                cond = flag(&outputs.next().ok_or("the body returned nothing")?, "the body's condition")? != 0;
+                cond = flag(
+                    &outputs.next().ok_or("the body returned nothing")?,
+                    "the body's condition",
+                )? != 0;
                 values = outputs.by_ref().take(carried).collect();
                 stacks.push(outputs.collect(), options.max_stacked_bytes)?;
                 i += 1;
             }
             let types = &result_types[carried..];
             let shapes: Vec<Vec<usize>> = types.iter().map(|t| empty_part(&t.shape, 0)).collect();
-            values.extend(stacks.finish(&shapes, &vec![0; shapes.len()], &vec![false; shapes.len()], types.iter().map(|t| t.dtype))?);
+            values.extend(stacks.finish(
+                &shapes,
+                &vec![0; shapes.len()],
+                &vec![false; shapes.len()],
+                types.iter().map(|t| t.dtype),
+            )?);
             Ok(values)
         }
         OpKind::Scan => {
             let graph = attrs.graph("body")?;
             let (state, scanned, _) = scan_counts(attrs, operands.len())?;
             let sequences = owned(state..state + scanned)?;
-            let in_axes = axes(attrs, "scan_input_axes", scanned, |i| sequences[i].shape().len())?;
+            let in_axes = axes(attrs, "scan_input_axes", scanned, |i| {
+                sequences[i].shape().len()
+            })?;
             let in_reverse = directions(attrs, "scan_input_directions", scanned)?;
             let stacked = graph.outputs().len() - state;
-            let out_axes: Vec<usize> = attrs.ints("scan_output_axes")?.iter().map(|&a| a as usize).collect();
+            let out_axes: Vec<usize> = attrs
+                .ints("scan_output_axes")?
+                .iter()
+                .map(|&a| a as usize)
+                .collect();
             let out_reverse = directions(attrs, "scan_output_directions", stacked)?;
             let length = sequences[0].shape()[in_axes[0]];
-            if let Some((x, &a)) = sequences.iter().zip(&in_axes).find(|(x, &a)| x.shape()[a] != length) {
-                return Err(format!("scanned inputs have lengths {length} and {} along their scan axes", x.shape()[a]));
+            if let Some((x, &a)) = sequences
+                .iter()
+                .zip(&in_axes)
+                .find(|(x, &a)| x.shape()[a] != length)
+            {
+                return Err(format!(
+                    "scanned inputs have lengths {length} and {} along their scan axes",
+                    x.shape()[a]
+                ));
             }
             if length as u64 > options.max_loop_iterations {
                 return Err(too_many(options.max_loop_iterations, Some(length as i64)));
@@ -349,15 +527,27 @@ pub fn execute(op: &Op, operands: &[Option<&Tensor>], result_types: &[TensorType
                 inputs.extend(captured.iter().cloned());
                 let mut outputs = body("body", inputs)?;
                 if outputs.len() < state {
-                    return Err(format!("the body returned {} results, expected at least {state}", outputs.len()));
+                    return Err(format!(
+                        "the body returned {} results, expected at least {state}",
+                        outputs.len()
+                    ));
                 }
                 let ys = outputs.split_off(state);
                 values = outputs;
                 stacks.push(ys, options.max_stacked_bytes)?;
             }
             let types = &result_types[state..];
-            let shapes: Vec<Vec<usize>> = types.iter().zip(&out_axes).map(|(t, &a)| empty_part(&t.shape, a)).collect();
-            values.extend(stacks.finish(&shapes, &out_axes, &out_reverse, types.iter().map(|t| t.dtype))?);
+            let shapes: Vec<Vec<usize>> = types
+                .iter()
+                .zip(&out_axes)
+                .map(|(t, &a)| empty_part(&t.shape, a))
+                .collect();
+            values.extend(stacks.finish(
+                &shapes,
+                &out_axes,
+                &out_reverse,
+                types.iter().map(|t| t.dtype),
+            )?);
             Ok(values)
         }
         k => Err(format!("{k} is not a control-flow op")),
@@ -375,7 +565,13 @@ fn too_many(cap: u64, trips: Option<i64>) -> String {
 /// The extents of one part of a stacked output of type `shape` (the stacking axis removed),
 /// for a loop that ran no iteration: unknown extents are 0 (the result is empty anyway).
 fn empty_part(shape: &Shape, axis: usize) -> Vec<usize> {
-    shape.dims().iter().enumerate().filter(|&(i, _)| i != axis).map(|(_, d)| d.fixed().unwrap_or(0)).collect()
+    shape
+        .dims()
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != axis)
+        .map(|(_, d)| d.fixed().unwrap_or(0))
+        .collect()
 }
 
 /// The per-iteration parts of a Loop's or Scan's stacked outputs, with their total size.
@@ -386,18 +582,30 @@ struct Stacks {
 
 impl Stacks {
     fn new(outputs: usize) -> Stacks {
-        Stacks { parts: vec![Vec::new(); outputs], bytes: 0 }
+        Stacks {
+            parts: vec![Vec::new(); outputs],
+            bytes: 0,
+        }
     }
 
     /// Adds one iteration's outputs; each must have the shape of the first iteration's.
     fn push(&mut self, outputs: Vec<Tensor>, max_bytes: u64) -> Result<(), String> {
         if outputs.len() != self.parts.len() {
-            return Err(format!("the body returned {} stacked outputs, expected {}", outputs.len(), self.parts.len()));
+            return Err(format!(
+                "the body returned {} stacked outputs, expected {}",
+                outputs.len(),
+                self.parts.len()
+            ));
         }
         for (j, (t, parts)) in outputs.into_iter().zip(&mut self.parts).enumerate() {
             if let Some(first) = parts.first() {
                 if first.shape() != t.shape() {
-                    return Err(format!("stacked output {j} has shape {:?} at iteration {} but {:?} at iteration 0", t.shape(), parts.len(), first.shape()));
+                    return Err(format!(
+                        "stacked output {j} has shape {:?} at iteration {} but {:?} at iteration 0",
+                        t.shape(),
+                        parts.len(),
+                        first.shape()
+                    ));
                 }
             }
             self.bytes = self.bytes.saturating_add(t.data().as_bytes().len() as u64);
@@ -411,7 +619,13 @@ impl Stacks {
 
     /// The stacked tensors: output `j`'s parts along `axes[j]`, in reverse order where
     /// `reverse[j]`; `empty[j]` is the part shape when there was no iteration.
-    fn finish(self, empty: &[Vec<usize>], axes: &[usize], reverse: &[bool], dtypes: impl Iterator<Item = DType>) -> Result<Vec<Tensor>, String> {
+    fn finish(
+        self,
+        empty: &[Vec<usize>],
+        axes: &[usize],
+        reverse: &[bool],
+        dtypes: impl Iterator<Item = DType>,
+    ) -> Result<Vec<Tensor>, String> {
         self.parts
             .into_iter()
             .zip(dtypes)
@@ -449,7 +663,10 @@ fn take(x: &Tensor, axis: usize, index: usize) -> Tensor {
 fn stack(parts: &[Tensor], axis: usize, dtype: DType, empty: &[usize]) -> Result<Tensor, String> {
     let part_shape = parts.first().map_or(empty, |p| p.shape());
     if axis > part_shape.len() {
-        return Err(format!("stacking axis {axis} is out of range for rank {}", part_shape.len()));
+        return Err(format!(
+            "stacking axis {axis} is out of range for rank {}",
+            part_shape.len()
+        ));
     }
     let mut shape = part_shape.to_vec();
     shape.insert(axis, parts.len());
@@ -460,7 +677,10 @@ fn stack(parts: &[Tensor], axis: usize, dtype: DType, empty: &[usize]) -> Result
     let out = t.data_mut().as_bytes_mut();
     for (k, p) in parts.iter().enumerate() {
         if p.dtype() != dtype {
-            return Err(format!("a stacked output is {}, its type says {dtype}", p.dtype()));
+            return Err(format!(
+                "a stacked output is {}, its type says {dtype}",
+                p.dtype()
+            ));
         }
         let bytes = p.data().as_bytes();
         for o in 0..outer {
@@ -488,16 +708,35 @@ pub fn subgraph_depth(graph: &Graph) -> usize {
 /// slices) take the operand's type where it is more precise, then each body is specialized
 /// with `binding` (see [`crate::specialize()`]), so that extents bound or folded in the
 /// enclosing graph are known inside too. Returns whether a body changed.
-pub(crate) fn refine_bodies(op: &mut Op, operands: &[Option<&TensorType>], binding: &crate::Binding) -> Result<bool, IrError> {
+pub(crate) fn refine_bodies(
+    op: &mut Op,
+    operands: &[Option<&TensorType>],
+    binding: &crate::Binding,
+) -> Result<bool, IrError> {
     let fixed: Vec<(usize, TensorType)> = match op.kind {
-        OpKind::If => operands.iter().skip(1).enumerate().filter_map(|(i, t)| Some((i, (*t)?.clone()))).collect(),
+        OpKind::If => operands
+            .iter()
+            .skip(1)
+            .enumerate()
+            .filter_map(|(i, t)| Some((i, (*t)?.clone())))
+            .collect(),
         OpKind::Loop => {
             let (carried, _) = loop_counts(&op.attrs, operands.len()).map_err(IrError::Build)?;
-            operands.iter().enumerate().skip(2 + carried).filter_map(|(i, t)| Some((i, (*t)?.clone()))).collect()
+            operands
+                .iter()
+                .enumerate()
+                .skip(2 + carried)
+                .filter_map(|(i, t)| Some((i, (*t)?.clone())))
+                .collect()
         }
         OpKind::Scan => {
-            let (state, scanned, _) = scan_counts(&op.attrs, operands.len()).map_err(IrError::Build)?;
-            let in_axes = op.attrs.ints("scan_input_axes").map_err(IrError::Build)?.to_vec();
+            let (state, scanned, _) =
+                scan_counts(&op.attrs, operands.len()).map_err(IrError::Build)?;
+            let in_axes = op
+                .attrs
+                .ints("scan_input_axes")
+                .map_err(IrError::Build)?
+                .to_vec();
             operands
                 .iter()
                 .enumerate()
@@ -506,7 +745,9 @@ pub(crate) fn refine_bodies(op: &mut Op, operands: &[Option<&TensorType>], bindi
                     let t = (*t)?;
                     match i - state < scanned {
                         true => {
-                            let axis = usize::try_from(*in_axes.get(i - state)?).ok().filter(|&a| a < t.shape.rank())?;
+                            let axis = usize::try_from(*in_axes.get(i - state)?)
+                                .ok()
+                                .filter(|&a| a < t.shape.rank())?;
                             Some((i, without_axis(t, axis)))
                         }
                         false => Some((i, t.clone())),
@@ -519,7 +760,9 @@ pub(crate) fn refine_bodies(op: &mut Op, operands: &[Option<&TensorType>], bindi
     let mut changed = false;
     let names: Vec<String> = op.attrs.graphs().map(|(n, _)| n.to_string()).collect();
     for name in names {
-        let Some(AttrValue::Graph(body)) = op.attrs.get(&name) else { continue };
+        let Some(AttrValue::Graph(body)) = op.attrs.get(&name) else {
+            continue;
+        };
         let mut body: Graph = (**body).clone();
         let values = body.input_values();
         for (slot, actual) in &fixed {
@@ -553,13 +796,21 @@ fn body_of<'a>(op: &'a Op, name: &str) -> &'a Arc<Graph> {
 pub fn inline_constant_branches(graph: &mut Graph) -> Result<bool, IrError> {
     let mut changed = false;
     for id in graph.topo_order()? {
-        let NodeOp::Apply(op) = &graph.node(id).op else { continue };
+        let NodeOp::Apply(op) = &graph.node(id).op else {
+            continue;
+        };
         if op.kind != OpKind::If {
             continue;
         }
         let operands = graph.node_inputs(id);
-        let Some(cond) = operands[0].and_then(|v| graph.const_value(v)) else { continue };
-        let taken = if flag(cond, "the condition").map_err(|e| eval_error(graph, id, e))? != 0 { "then_branch" } else { "else_branch" };
+        let Some(cond) = operands[0].and_then(|v| graph.const_value(v)) else {
+            continue;
+        };
+        let taken = if flag(cond, "the condition").map_err(|e| eval_error(graph, id, e))? != 0 {
+            "then_branch"
+        } else {
+            "else_branch"
+        };
         let branch = Arc::clone(body_of(op, taken));
         let results = inline(graph, id, &branch, &operands[1..])?;
         for (output, v) in results.into_iter().enumerate() {
@@ -567,8 +818,19 @@ pub fn inline_constant_branches(graph: &mut Graph) -> Result<bool, IrError> {
             let name = graph.value(old).name.clone();
             let node_name = graph.node(id).name.clone();
             let ty = graph.value_type(v).clone();
-            let identity = graph.add_node(&node_name, Op::new(OpKind::Identity, Attrs::new()), &[Some(v)], vec![crate::Value { name, ty }])?;
-            graph.replace_all_uses(old, ValueId { node: identity, output: 0 })?;
+            let identity = graph.add_node(
+                &node_name,
+                Op::new(OpKind::Identity, Attrs::new()),
+                &[Some(v)],
+                vec![crate::Value { name, ty }],
+            )?;
+            graph.replace_all_uses(
+                old,
+                ValueId {
+                    node: identity,
+                    output: 0,
+                },
+            )?;
         }
         graph.remove_dead_nodes();
         changed = true;
@@ -577,20 +839,39 @@ pub fn inline_constant_branches(graph: &mut Graph) -> Result<bool, IrError> {
 }
 
 fn eval_error(graph: &Graph, id: NodeId, message: String) -> IrError {
-    IrError::Eval { node: graph.node(id).name.clone(), op: graph.node(id).op.name().to_string(), message }
+    IrError::Eval {
+        node: graph.node(id).name.clone(),
+        op: graph.node(id).op.name().to_string(),
+        message,
+    }
 }
 
 /// Copies `body`'s nodes into `graph` with its inputs bound to `operands`; returns the
 /// values of its outputs.
-fn inline(graph: &mut Graph, at: NodeId, body: &Graph, operands: &[Option<ValueId>]) -> Result<Vec<ValueId>, IrError> {
+fn inline(
+    graph: &mut Graph,
+    at: NodeId,
+    body: &Graph,
+    operands: &[Option<ValueId>],
+) -> Result<Vec<ValueId>, IrError> {
     let mut map: std::collections::HashMap<NodeId, NodeId> = std::collections::HashMap::new();
     let mut bound: std::collections::HashMap<ValueId, ValueId> = std::collections::HashMap::new();
     for (v, operand) in body.input_values().into_iter().zip(operands) {
-        let operand = operand.ok_or_else(|| eval_error(graph, at, "a captured operand is missing".into()))?;
+        let operand =
+            operand.ok_or_else(|| eval_error(graph, at, "a captured operand is missing".into()))?;
         bound.insert(v, operand);
     }
-    let mut taken: std::collections::HashSet<String> =
-        graph.node_ids().flat_map(|n| graph.node(n).outputs.iter().map(|v| v.name.clone()).collect::<Vec<_>>()).collect();
+    let mut taken: std::collections::HashSet<String> = graph
+        .node_ids()
+        .flat_map(|n| {
+            graph
+                .node(n)
+                .outputs
+                .iter()
+                .map(|v| v.name.clone())
+                .collect::<Vec<_>>()
+        })
+        .collect();
     let mut fresh = |name: &str| {
         let mut candidate = name.to_string();
         let mut k = 1;
@@ -606,21 +887,49 @@ fn inline(graph: &mut Graph, at: NodeId, body: &Graph, operands: &[Option<ValueI
         let new = match &node.op {
             NodeOp::Input => continue,
             NodeOp::Const(t) => {
-                graph.add_const(&fresh(&node.outputs[0].name), t.clone(), node.outputs[0].ty.quant.clone()).node
+                graph
+                    .add_const(
+                        &fresh(&node.outputs[0].name),
+                        t.clone(),
+                        node.outputs[0].ty.quant.clone(),
+                    )
+                    .node
             }
             NodeOp::Apply(op) => {
-                let inputs: Vec<Option<ValueId>> = body.node_inputs(id).into_iter().map(|v| v.map(|v| resolve(&bound, &map, v))).collect();
-                let outputs = node.outputs.iter().map(|v| crate::Value { name: fresh(&v.name), ty: v.ty.clone() }).collect();
+                let inputs: Vec<Option<ValueId>> = body
+                    .node_inputs(id)
+                    .into_iter()
+                    .map(|v| v.map(|v| resolve(&bound, &map, v)))
+                    .collect();
+                let outputs = node
+                    .outputs
+                    .iter()
+                    .map(|v| crate::Value {
+                        name: fresh(&v.name),
+                        ty: v.ty.clone(),
+                    })
+                    .collect();
                 graph.add_node(&node.name, op.clone(), &inputs, outputs)?
             }
         };
         map.insert(id, new);
     }
-    Ok(body.outputs().iter().map(|&v| resolve(&bound, &map, v)).collect())
+    Ok(body
+        .outputs()
+        .iter()
+        .map(|&v| resolve(&bound, &map, v))
+        .collect())
 }
 
-fn resolve(bound: &std::collections::HashMap<ValueId, ValueId>, map: &std::collections::HashMap<NodeId, NodeId>, v: ValueId) -> ValueId {
-    bound.get(&v).copied().unwrap_or_else(|| ValueId { node: map[&v.node], output: v.output })
+fn resolve(
+    bound: &std::collections::HashMap<ValueId, ValueId>,
+    map: &std::collections::HashMap<NodeId, NodeId>,
+    v: ValueId,
+) -> ValueId {
+    bound.get(&v).copied().unwrap_or_else(|| ValueId {
+        node: map[&v.node],
+        output: v.output,
+    })
 }
 
 #[cfg(test)]
@@ -670,16 +979,32 @@ mod tests {
     fn if_runs_the_branch_its_condition_picks() {
         let g = round_trip(IF);
         let x = Tensor::from_f32(&[2], vec![1.5, -2.0]);
-        let cond = |b: u8| Tensor::new(crate::DType::Bool, vec![], crate::TensorData::U8(vec![b])).unwrap();
-        assert_eq!(run(&g, &[cond(1), x.clone()]).unwrap()[0], Tensor::from_f32(&[2], vec![3.0, -4.0]));
-        assert_eq!(run(&g, &[cond(0), x.clone()]).unwrap()[0], Tensor::from_f32(&[2], vec![4.5, -6.0]));
+        let cond = |b: u8| {
+            Tensor::new(crate::DType::Bool, vec![], crate::TensorData::U8(vec![b])).unwrap()
+        };
+        assert_eq!(
+            run(&g, &[cond(1), x.clone()]).unwrap()[0],
+            Tensor::from_f32(&[2], vec![3.0, -4.0])
+        );
+        assert_eq!(
+            run(&g, &[cond(0), x.clone()]).unwrap()[0],
+            Tensor::from_f32(&[2], vec![4.5, -6.0])
+        );
         // A constant condition is folded away: the branch is inlined and the If is gone.
         let mut frozen = g.clone();
-        frozen.freeze_input(frozen.input_values()[0], std::sync::Arc::new(cond(0))).unwrap();
+        frozen
+            .freeze_input(frozen.input_values()[0], std::sync::Arc::new(cond(0)))
+            .unwrap();
         let folded = crate::specialize(&frozen, &crate::Binding::default()).unwrap();
         let text = print(&folded, &PrintOptions::default());
-        assert!(!text.contains("If(") && text.contains("Mul(%x, %three)"), "{text}");
-        assert_eq!(run(&folded, &[x]).unwrap()[0], Tensor::from_f32(&[2], vec![4.5, -6.0]));
+        assert!(
+            !text.contains("If(") && text.contains("Mul(%x, %three)"),
+            "{text}"
+        );
+        assert_eq!(
+            run(&folded, &[x]).unwrap()[0],
+            Tensor::from_f32(&[2], vec![4.5, -6.0])
+        );
     }
 
     #[test]
@@ -688,11 +1013,22 @@ mod tests {
         let out = run(&g, &[Tensor::from_f32(&[3], vec![1.0, 2.0, 3.0])]).unwrap();
         assert_eq!(out[0], Tensor::from_f32(&[3], vec![5.0, 10.0, 15.0]));
         assert_eq!(out[1].shape(), &[4, 3]);
-        assert_eq!(out[1].as_f32().unwrap()[..6], [2.0, 4.0, 6.0, 3.0, 6.0, 9.0]);
+        assert_eq!(
+            out[1].as_f32().unwrap()[..6],
+            [2.0, 4.0, 6.0, 3.0, 6.0, 9.0]
+        );
         // Past the iteration cap: an error naming the node, not a hang.
-        let capped = Options { max_loop_iterations: 3, ..Options::default() };
-        let err = run_with(&g, &[Tensor::from_f32(&[3], vec![1.0, 2.0, 3.0])], &capped).unwrap_err().to_string();
-        assert!(err.contains("node `total`") && err.contains("trip count 4 is above the limit of 3"), "{err}");
+        let capped = Options {
+            max_loop_iterations: 3,
+            ..Options::default()
+        };
+        let err = run_with(&g, &[Tensor::from_f32(&[3], vec![1.0, 2.0, 3.0])], &capped)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("node `total`") && err.contains("trip count 4 is above the limit of 3"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -702,15 +1038,24 @@ mod tests {
         let out = run(&g, &[Tensor::from_f32(&[2], vec![0.0, 0.0]), x]).unwrap();
         assert_eq!(out[0], Tensor::from_f32(&[2], vec![6.0, 60.0]));
         // Rows 2, 1, 0 in turn: partial sums 3, 5, 6 (and 30, 50, 60), stacked along axis 1.
-        assert_eq!(out[1], Tensor::from_f32(&[2, 3], vec![3.0, 5.0, 6.0, 30.0, 50.0, 60.0]));
+        assert_eq!(
+            out[1],
+            Tensor::from_f32(&[2, 3], vec![3.0, 5.0, 6.0, 30.0, 50.0, 60.0])
+        );
     }
 
     #[test]
     fn bodies_that_do_not_fit_the_node_are_named() {
         let bad = IF.replace("%x: f32[2]) -> (%t)", "%x: i64[2]) -> (%t)");
         let err = verify(&parse(&bad).unwrap()).unwrap_err().to_string();
-        assert!(err.contains("else_branch input 0 (a captured value) is i64[2], given f32[2]"), "{err}");
-        let bad = LOOP.replace("%next = Add(%acc, %step) : f32[3]", "%next = Add(%acc, %c) : f32[3]");
+        assert!(
+            err.contains("else_branch input 0 (a captured value) is i64[2], given f32[2]"),
+            "{err}"
+        );
+        let bad = LOOP.replace(
+            "%next = Add(%acc, %step) : f32[3]",
+            "%next = Add(%acc, %c) : f32[3]",
+        );
         let err = verify(&parse(&bad).unwrap()).unwrap_err().to_string();
         assert!(err.contains("in body: node `next` (Add)"), "{err}");
     }

@@ -32,10 +32,20 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
             out.extend_from_slice(indices.shape.dims());
             out.extend_from_slice(&dims[axis + 1..]);
             let quant = x.quant.clone().map(|mut q| {
-                q.axis = q.axis.map(|a| if a > axis { a + indices.shape.rank() - 1 } else { a });
+                q.axis = q.axis.map(|a| {
+                    if a > axis {
+                        a + indices.shape.rank() - 1
+                    } else {
+                        a
+                    }
+                });
                 q
             });
-            TensorType { dtype: x.dtype, shape: Shape(out), quant }
+            TensorType {
+                dtype: x.dtype,
+                shape: Shape(out),
+                quant,
+            }
         }
         OpKind::Slice => {
             for i in 1..cx.inputs.len() {
@@ -44,24 +54,45 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
                 }
             }
             let plan = slice_plan(cx, dims)?;
-            let out = dims.iter().enumerate().map(|(a, &d)| match plan.iter().find(|p| p.0 == a) {
-                None => d,
-                Some((_, extent)) => *extent,
-            });
-            TensorType { dtype: x.dtype, shape: Shape(out.collect()), quant: slice_quant(x, &plan)? }
+            let out = dims
+                .iter()
+                .enumerate()
+                .map(|(a, &d)| match plan.iter().find(|p| p.0 == a) {
+                    None => d,
+                    Some((_, extent)) => *extent,
+                });
+            TensorType {
+                dtype: x.dtype,
+                shape: Shape(out.collect()),
+                quant: slice_quant(x, &plan)?,
+            }
         }
         OpKind::Expand => {
             let shape = cx.input(1)?;
             let target = match cx.ints(1) {
-                Some(values) => values.iter().map(|v| v.as_dim().ok_or_else(|| format!("shape entry {v:?} is negative"))).collect::<Result<Vec<_>, _>>()?,
+                Some(values) => values
+                    .iter()
+                    .map(|v| {
+                        v.as_dim()
+                            .ok_or_else(|| format!("shape entry {v:?} is negative"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
                 None => vec![Dim::Dyn; spec_length(shape)?],
             };
-            TensorType { dtype: x.dtype, shape: expand_shape(dims, &target)?, quant: per_tensor_only(x)? }
+            TensorType {
+                dtype: x.dtype,
+                shape: expand_shape(dims, &target)?,
+                quant: per_tensor_only(x)?,
+            }
         }
         OpKind::Tile => {
             let repeats = cx.input(1)?;
             if spec_length(repeats)? != dims.len() {
-                return Err(format!("{} repeats for rank {}", spec_length(repeats)?, dims.len()));
+                return Err(format!(
+                    "{} repeats for rank {}",
+                    spec_length(repeats)?,
+                    dims.len()
+                ));
             }
             let out = match cx.ints(1) {
                 Some(r) => dims
@@ -70,19 +101,29 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
                     .map(|(&d, &r)| match (d, r) {
                         (_, SymInt::Int(r)) if r < 0 => Err(format!("repeat {r} is negative")),
                         (d, SymInt::Int(1)) => Ok(d),
-                        (Dim::Fixed(n), SymInt::Int(r)) => n.checked_mul(r as usize).map(Dim::Fixed).ok_or("tiled extent overflows".to_string()),
+                        (Dim::Fixed(n), SymInt::Int(r)) => n
+                            .checked_mul(r as usize)
+                            .map(Dim::Fixed)
+                            .ok_or("tiled extent overflows".to_string()),
                         _ => Ok(Dim::Dyn),
                     })
                     .collect::<Result<Vec<_>, _>>()?,
                 None => vec![Dim::Dyn; dims.len()],
             };
-            TensorType { dtype: x.dtype, shape: Shape(out), quant: per_tensor_only(x)? }
+            TensorType {
+                dtype: x.dtype,
+                shape: Shape(out),
+                quant: per_tensor_only(x)?,
+            }
         }
         OpKind::Range => {
             for i in 0..3 {
                 let t = cx.input(i)?;
                 if t.shape.rank() != 0 || t.dtype != x.dtype || t.quant.is_some() {
-                    return Err(format!("start, limit and delta must be scalars of one dtype; operand {i} is {}", crate::text::type_to_string(t)));
+                    return Err(format!(
+                        "start, limit and delta must be scalars of one dtype; operand {i} is {}",
+                        crate::text::type_to_string(t)
+                    ));
                 }
             }
             if !matches!(x.dtype, DType::F32 | DType::I32 | DType::I64) {
@@ -98,7 +139,10 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
 /// Indices and slice parameters are i32 or i64.
 fn index_dtype(t: &TensorType, what: &str) -> Result<(), String> {
     if !matches!(t.dtype, DType::I32 | DType::I64) || t.quant.is_some() {
-        return Err(format!("{what} must be i32 or i64, found {}", crate::text::type_to_string(t)));
+        return Err(format!(
+            "{what} must be i32 or i64, found {}",
+            crate::text::type_to_string(t)
+        ));
     }
     Ok(())
 }
@@ -106,7 +150,9 @@ fn index_dtype(t: &TensorType, what: &str) -> Result<(), String> {
 /// Quantization parameters that survive an op moving elements across every axis.
 fn per_tensor_only(x: &TensorType) -> Result<Option<crate::QuantParams>, String> {
     match &x.quant {
-        Some(q) if q.axis.is_some() => Err("a per-channel quantized value cannot be broadcast or tiled".to_string()),
+        Some(q) if q.axis.is_some() => {
+            Err("a per-channel quantized value cannot be broadcast or tiled".to_string())
+        }
         q => Ok(q.clone()),
     }
 }
@@ -125,7 +171,13 @@ pub fn shape_range(start: i64, end: i64, rank: usize) -> (usize, usize) {
 /// input's, an input extent of 1 takes the target's.
 fn expand_shape(dims: &[Dim], target: &[Dim]) -> Result<Shape, String> {
     let rank = dims.len().max(target.len());
-    let at = |s: &[Dim], i: usize| if i < rank - s.len() { Dim::Fixed(1) } else { s[i - (rank - s.len())] };
+    let at = |s: &[Dim], i: usize| {
+        if i < rank - s.len() {
+            Dim::Fixed(1)
+        } else {
+            s[i - (rank - s.len())]
+        }
+    };
     (0..rank)
         .map(|i| match (at(dims, i), at(target, i)) {
             (a, b) if a == b => Ok(a),
@@ -134,8 +186,12 @@ fn expand_shape(dims: &[Dim], target: &[Dim]) -> Result<Shape, String> {
             // The target entry is unknown: it must be 1 or the input's extent.
             (a @ (Dim::Fixed(_) | Dim::Batch | Dim::Sym(_)), Dim::Dyn) => Ok(a),
             (Dim::Dyn, _) => Ok(Dim::Dyn),
-            (Dim::Fixed(a), Dim::Fixed(b)) => Err(format!("cannot expand extent {a} to {b} (axis {i})")),
-            (a @ Dim::Batch, b) | (a, b @ Dim::Batch) => Err(format!("cannot expand extent {a} to {b} (axis {i}): the batch must stay free")),
+            (Dim::Fixed(a), Dim::Fixed(b)) => {
+                Err(format!("cannot expand extent {a} to {b} (axis {i})"))
+            }
+            (a @ Dim::Batch, b) | (a, b @ Dim::Batch) => Err(format!(
+                "cannot expand extent {a} to {b} (axis {i}): the batch must stay free"
+            )),
             // Symbolic against another extent: equal once bound, or an error then.
             (a, b) => Ok(if matches!(a, Dim::Fixed(_)) { a } else { b }),
         })
@@ -156,7 +212,14 @@ fn slice_plan(cx: &InferCtx, dims: &[Dim]) -> Result<SlicePlan, String> {
     }
     let axes: Option<Vec<usize>> = match cx.inputs.get(3).copied().flatten() {
         None => Some((0..n).collect()),
-        Some(_) => cx.ints(3).map(|a| a.iter().map(|v| normalize(v.int()?, rank)).collect::<Option<Vec<_>>>()).unwrap_or(None),
+        Some(_) => cx
+            .ints(3)
+            .map(|a| {
+                a.iter()
+                    .map(|v| normalize(v.int()?, rank))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .unwrap_or(None),
     };
     let Some(axes) = axes else {
         return Ok((0..rank).map(|a| (a, Dim::Dyn)).collect());
@@ -219,15 +282,26 @@ pub fn slice_range(d: usize, start: i64, end: i64, step: i64) -> (i64, i64, usiz
     let d = d as i64;
     let fix = |v: i64| if v < 0 { v.saturating_add(d) } else { v };
     let (s, e) = (fix(start), fix(end));
-    let (s, e) = if step > 0 { (s.clamp(0, d), e.clamp(0, d)) } else { (s.clamp(0, d - 1), e.clamp(-1, d - 1)) };
-    let count = if step > 0 { (e - s + step - 1).div_euclid(step) } else { (s - e + (-step) - 1).div_euclid(-step) };
+    let (s, e) = if step > 0 {
+        (s.clamp(0, d), e.clamp(0, d))
+    } else {
+        (s.clamp(0, d - 1), e.clamp(-1, d - 1))
+    };
+    let count = if step > 0 {
+        (e - s + step - 1).div_euclid(step)
+    } else {
+        (s - e + (-step) - 1).div_euclid(-step)
+    };
     (s, step, count.max(0) as usize)
 }
 
 /// Per-channel parameters survive a slice only when the channel axis is not sliced.
 fn slice_quant(x: &TensorType, plan: &SlicePlan) -> Result<Option<crate::QuantParams>, String> {
     match &x.quant {
-        Some(q) if q.axis.is_some_and(|a| plan.iter().any(|p| p.0 == a && p.1 != x.shape.dims()[a])) => {
+        Some(q)
+            if q.axis
+                .is_some_and(|a| plan.iter().any(|p| p.0 == a && p.1 != x.shape.dims()[a])) =>
+        {
             Err("slicing along the per-channel quantization axis".to_string())
         }
         q => Ok(q.clone()),
@@ -240,7 +314,8 @@ fn range_length(cx: &InferCtx) -> Result<Dim, String> {
         return Ok(Dim::Fixed(range_count(s, l, d)?));
     }
     Ok(match (cx.ints(0), cx.ints(1), cx.ints(2)) {
-        (Some(s), Some(l), Some(d)) if s == [SymInt::Int(0)] && d == [SymInt::Int(1)] => match l[0] {
+        (Some(s), Some(l), Some(d)) if s == [SymInt::Int(0)] && d == [SymInt::Int(1)] => match l[0]
+        {
             SymInt::Dim(d) => d,
             SymInt::Int(n) => Dim::Fixed(n.max(0) as usize),
         },
@@ -271,7 +346,9 @@ fn range_count(start: &Tensor, limit: &Tensor, delta: &Tensor) -> Result<usize, 
         }
     };
     if !(count <= MAX_RANGE as f64) {
-        return Err(format!("range of {count} elements is above the limit of {MAX_RANGE}"));
+        return Err(format!(
+            "range of {count} elements is above the limit of {MAX_RANGE}"
+        ));
     }
     Ok(count as usize)
 }
@@ -283,7 +360,10 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
     let out = match cx.op.kind {
         OpKind::Shape => {
             let (start, end) = shape_range(attrs.int("start")?, attrs.int("end")?, dims.len());
-            Tensor::from_i64(&[end - start], dims[start..end].iter().map(|&d| d as i64).collect())
+            Tensor::from_i64(
+                &[end - start],
+                dims[start..end].iter().map(|&d| d as i64).collect(),
+            )
         }
         OpKind::Size => Tensor::from_i64(&[], vec![x.len() as i64]),
         OpKind::Gather => {
@@ -293,7 +373,9 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
             let picks = indices
                 .to_i64_vec()?
                 .into_iter()
-                .map(|i| normalize(i, n).ok_or_else(|| format!("index {i} is out of range [-{n}, {n})")))
+                .map(|i| {
+                    normalize(i, n).ok_or_else(|| format!("index {i} is out of range [-{n}, {n})"))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             let outer: usize = dims[..axis].iter().product();
             let inner: usize = dims[axis + 1..].iter().product();
@@ -310,14 +392,30 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
         }
         OpKind::Slice => {
             let rank = dims.len();
-            let ints = |i: usize| -> Result<Option<Vec<i64>>, String> { cx.inputs.get(i).copied().flatten().map(|t| t.to_i64_vec()).transpose() };
-            let (starts, ends) = (ints(1)?.ok_or("starts missing")?, ints(2)?.ok_or("ends missing")?);
+            let ints = |i: usize| -> Result<Option<Vec<i64>>, String> {
+                cx.inputs
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .map(|t| t.to_i64_vec())
+                    .transpose()
+            };
+            let (starts, ends) = (
+                ints(1)?.ok_or("starts missing")?,
+                ints(2)?.ok_or("ends missing")?,
+            );
             let axes = match ints(3)? {
-                Some(a) => a.iter().map(|&a| normalize(a, rank).ok_or(format!("axis {a} is out of range"))).collect::<Result<Vec<_>, _>>()?,
+                Some(a) => a
+                    .iter()
+                    .map(|&a| normalize(a, rank).ok_or(format!("axis {a} is out of range")))
+                    .collect::<Result<Vec<_>, _>>()?,
                 None => (0..starts.len()).collect(),
             };
             let steps = ints(4)?.unwrap_or_else(|| vec![1; starts.len()]);
-            if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
+            if ends.len() != starts.len()
+                || axes.len() != starts.len()
+                || steps.len() != starts.len()
+            {
                 return Err("starts, ends, axes and steps differ in length".to_string());
             }
             // (first, step, count) per axis; untouched axes take everything.
@@ -332,7 +430,12 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
             let src = strides(dims);
             let index: Vec<usize> = super::broadcast::positions(&shape)
                 .iter()
-                .map(|pos| pos.iter().enumerate().map(|(a, &i)| (per_axis[a].0 + i as i64 * per_axis[a].1) as usize * src[a]).sum())
+                .map(|pos| {
+                    pos.iter()
+                        .enumerate()
+                        .map(|(a, &i)| (per_axis[a].0 + i as i64 * per_axis[a].1) as usize * src[a])
+                        .sum()
+                })
                 .collect();
             take(x, &index, shape)?
         }
@@ -344,21 +447,35 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
                 .map(|v| usize::try_from(v).map_err(|_| format!("shape entry {v} is negative")))
                 .collect::<Result<_, _>>()?;
             let fixed = |s: &[usize]| s.iter().map(|&d| Dim::Fixed(d)).collect::<Vec<_>>();
-            let shape = expand_shape(&fixed(dims), &fixed(&target))?.as_fixed().ok_or("expand of concrete shapes")?;
+            let shape = expand_shape(&fixed(dims), &fixed(&target))?
+                .as_fixed()
+                .ok_or("expand of concrete shapes")?;
             check_elements(&shape)?;
             take(x, &broadcast_indices(dims, &shape), shape)?
         }
         OpKind::Tile => {
             let repeats = cx.input(1)?.to_i64_vec()?;
             if repeats.len() != dims.len() || repeats.iter().any(|&r| r < 0) {
-                return Err(format!("repeats {repeats:?} must be {} non-negative values", dims.len()));
+                return Err(format!(
+                    "repeats {repeats:?} must be {} non-negative values",
+                    dims.len()
+                ));
             }
-            let shape: Vec<usize> = dims.iter().zip(&repeats).map(|(&d, &r)| d.saturating_mul(r as usize)).collect();
+            let shape: Vec<usize> = dims
+                .iter()
+                .zip(&repeats)
+                .map(|(&d, &r)| d.saturating_mul(r as usize))
+                .collect();
             check_elements(&shape)?;
             let src = strides(dims);
             let index: Vec<usize> = super::broadcast::positions(&shape)
                 .iter()
-                .map(|pos| pos.iter().enumerate().map(|(a, &i)| (i % dims[a]) * src[a]).sum())
+                .map(|pos| {
+                    pos.iter()
+                        .enumerate()
+                        .map(|(a, &i)| (i % dims[a]) * src[a])
+                        .sum()
+                })
                 .collect();
             take(x, &index, shape)?
         }
@@ -372,7 +489,11 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
                 }
                 dtype => {
                     let (s, d) = (start.to_i64_vec()?[0], delta.to_i64_vec()?[0]);
-                    Tensor::from_i64_values(dtype, vec![n], (0..n as i64).map(|i| s + i * d).collect())?
+                    Tensor::from_i64_values(
+                        dtype,
+                        vec![n],
+                        (0..n as i64).map(|i| s + i * d).collect(),
+                    )?
                 }
             }
         }
@@ -387,7 +508,9 @@ const MAX_ELEMENTS: usize = 1 << 30;
 pub(super) fn check_elements(shape: &[usize]) -> Result<(), String> {
     match shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) {
         Some(n) if n <= MAX_ELEMENTS => Ok(()),
-        _ => Err(format!("result of shape {shape:?} is above the limit of {MAX_ELEMENTS} elements")),
+        _ => Err(format!(
+            "result of shape {shape:?} is above the limit of {MAX_ELEMENTS} elements"
+        )),
     }
 }
 
@@ -413,21 +536,41 @@ pub(crate) fn symbolic(cx: &InferCtx, result: &TensorType) -> Option<Vec<SymInt>
     let x = cx.input(0).ok()?;
     match cx.op.kind {
         OpKind::Shape => {
-            let (s, e) = shape_range(cx.op.attrs.int("start").ok()?, cx.op.attrs.int("end").ok()?, x.shape.rank());
-            Some(x.shape.dims()[s..e].iter().map(|&d| SymInt::of_dim(d)).collect())
+            let (s, e) = shape_range(
+                cx.op.attrs.int("start").ok()?,
+                cx.op.attrs.int("end").ok()?,
+                x.shape.rank(),
+            );
+            Some(
+                x.shape.dims()[s..e]
+                    .iter()
+                    .map(|&d| SymInt::of_dim(d))
+                    .collect(),
+            )
         }
         OpKind::Size => {
             let m = Monomial::of(x.shape.dims())?;
-            Some(vec![m.divide(&Monomial { coefficient: 1, symbols: Vec::new() }).map_or(SymInt::Dim(Dim::Dyn), SymInt::of_dim)])
+            Some(vec![m
+                .divide(&Monomial {
+                    coefficient: 1,
+                    symbols: Vec::new(),
+                })
+                .map_or(SymInt::Dim(Dim::Dyn), SymInt::of_dim)])
         }
         // Same elements, another (0-d or 1-d) shape.
-        OpKind::Identity | OpKind::Unsqueeze | OpKind::Squeeze | OpKind::Reshape | OpKind::Flatten | OpKind::Cast => {
-            cx.ints(0).filter(|_| x.dtype.is_integer())
-        }
+        OpKind::Identity
+        | OpKind::Unsqueeze
+        | OpKind::Squeeze
+        | OpKind::Reshape
+        | OpKind::Flatten
+        | OpKind::Cast => cx.ints(0).filter(|_| x.dtype.is_integer()),
         OpKind::Gather if x.shape.rank() == 1 => {
             let data = cx.ints(0)?;
             let picks = cx.constant(1)?.to_i64_vec().ok()?;
-            picks.iter().map(|&i| normalize(i, data.len()).map(|i| data[i])).collect()
+            picks
+                .iter()
+                .map(|&i| normalize(i, data.len()).map(|i| data[i]))
+                .collect()
         }
         OpKind::Concat if result.shape.rank() == 1 => {
             let mut all = Vec::new();
@@ -438,13 +581,27 @@ pub(crate) fn symbolic(cx: &InferCtx, result: &TensorType) -> Option<Vec<SymInt>
         }
         OpKind::Slice if x.shape.rank() == 1 => {
             let data = cx.ints(0)?;
-            let one = |i: usize| cx.constant(i).and_then(|t| t.to_i64_vec().ok()).and_then(|v| (v.len() == 1).then(|| v[0]));
+            let one = |i: usize| {
+                cx.constant(i)
+                    .and_then(|t| t.to_i64_vec().ok())
+                    .and_then(|v| (v.len() == 1).then(|| v[0]))
+            };
             let (s, e) = (one(1)?, one(2)?);
-            let step = if cx.inputs.get(4).copied().flatten().is_some() { one(4)? } else { 1 };
+            let step = if cx.inputs.get(4).copied().flatten().is_some() {
+                one(4)?
+            } else {
+                1
+            };
             let (first, step, count) = slice_range(data.len(), s, e, step);
-            Some((0..count as i64).map(|i| data[(first + i * step) as usize]).collect())
+            Some(
+                (0..count as i64)
+                    .map(|i| data[(first + i * step) as usize])
+                    .collect(),
+            )
         }
-        OpKind::Add | OpKind::Sub | OpKind::Mul | OpKind::Div => arithmetic(cx.op.kind, &cx.ints(0)?, &cx.ints(1)?),
+        OpKind::Add | OpKind::Sub | OpKind::Mul | OpKind::Div => {
+            arithmetic(cx.op.kind, &cx.ints(0)?, &cx.ints(1)?)
+        }
         _ => None,
     }
 }
@@ -467,9 +624,17 @@ fn arithmetic(kind: OpKind, a: &[SymInt], b: &[SymInt]) -> Option<Vec<SymInt>> {
                     _ if q == 0 => return None,
                     _ => p.checked_div(q)?,
                 }),
-                (s @ SymInt::Dim(_), SymInt::Int(0)) if matches!(kind, OpKind::Add | OpKind::Sub) => s,
+                (s @ SymInt::Dim(_), SymInt::Int(0))
+                    if matches!(kind, OpKind::Add | OpKind::Sub) =>
+                {
+                    s
+                }
                 (SymInt::Int(0), s @ SymInt::Dim(_)) if kind == OpKind::Add => s,
-                (s @ SymInt::Dim(_), SymInt::Int(1)) if matches!(kind, OpKind::Mul | OpKind::Div) => s,
+                (s @ SymInt::Dim(_), SymInt::Int(1))
+                    if matches!(kind, OpKind::Mul | OpKind::Div) =>
+                {
+                    s
+                }
                 (SymInt::Int(1), s @ SymInt::Dim(_)) if kind == OpKind::Mul => s,
                 _ => SymInt::Dim(Dim::Dyn),
             })
@@ -495,7 +660,18 @@ mod tests {
         assert_eq!(slice_range(10, 8, 2, -3), (8, -3, 2));
         assert_eq!(slice_range(10, 5, 2, 1), (5, 1, 0));
         let x = Tensor::from_f32(&[2, 4], (0..8).map(|v| v as f32).collect());
-        let y = run_op(OpKind::Slice, Attrs::new(), vec![(x, None), (i64s(&[1], vec![1]), None), (i64s(&[1], vec![-1]), None), (i64s(&[1], vec![1]), None)], None).unwrap();
+        let y = run_op(
+            OpKind::Slice,
+            Attrs::new(),
+            vec![
+                (x, None),
+                (i64s(&[1], vec![1]), None),
+                (i64s(&[1], vec![-1]), None),
+                (i64s(&[1], vec![1]), None),
+            ],
+            None,
+        )
+        .unwrap();
         assert_eq!(y.shape(), &[2, 2]);
         assert_eq!(y.as_f32().unwrap(), &[1., 2., 5., 6.]);
     }
@@ -503,27 +679,73 @@ mod tests {
     #[test]
     fn gather_expand_tile_range() {
         let x = Tensor::from_f32(&[3, 2], vec![1., 2., 3., 4., 5., 6.]);
-        let g = run_op(OpKind::Gather, Attrs::new().with("axis", AttrValue::Int(0)), vec![(x.clone(), None), (i64s(&[2], vec![2, -3]), None)], None).unwrap();
+        let g = run_op(
+            OpKind::Gather,
+            Attrs::new().with("axis", AttrValue::Int(0)),
+            vec![(x.clone(), None), (i64s(&[2], vec![2, -3]), None)],
+            None,
+        )
+        .unwrap();
         assert_eq!(g.as_f32().unwrap(), &[5., 6., 1., 2.]);
-        let bad = run_op(OpKind::Gather, Attrs::new().with("axis", AttrValue::Int(0)), vec![(x.clone(), None), (i64s(&[1], vec![3]), None)], None);
+        let bad = run_op(
+            OpKind::Gather,
+            Attrs::new().with("axis", AttrValue::Int(0)),
+            vec![(x.clone(), None), (i64s(&[1], vec![3]), None)],
+            None,
+        );
         assert!(bad.unwrap_err().contains("out of range"));
-        let e = run_op(OpKind::Expand, Attrs::new(), vec![(Tensor::from_f32(&[2, 1], vec![1., 2.]), None), (i64s(&[3], vec![2, 1, 3]), None)], None).unwrap();
+        let e = run_op(
+            OpKind::Expand,
+            Attrs::new(),
+            vec![
+                (Tensor::from_f32(&[2, 1], vec![1., 2.]), None),
+                (i64s(&[3], vec![2, 1, 3]), None),
+            ],
+            None,
+        )
+        .unwrap();
         assert_eq!(e.shape(), &[2, 2, 3]);
-        let t = run_op(OpKind::Tile, Attrs::new(), vec![(x, None), (i64s(&[2], vec![1, 2]), None)], None).unwrap();
+        let t = run_op(
+            OpKind::Tile,
+            Attrs::new(),
+            vec![(x, None), (i64s(&[2], vec![1, 2]), None)],
+            None,
+        )
+        .unwrap();
         assert_eq!(t.shape(), &[3, 4]);
         assert_eq!(&t.as_f32().unwrap()[..4], &[1., 2., 1., 2.]);
         let scalar = |v: i64| (i64s(&[], vec![v]), None);
-        let r = run_op(OpKind::Range, Attrs::new(), vec![scalar(10), scalar(4), scalar(-3)], None).unwrap();
+        let r = run_op(
+            OpKind::Range,
+            Attrs::new(),
+            vec![scalar(10), scalar(4), scalar(-3)],
+            None,
+        )
+        .unwrap();
         assert_eq!(r.to_i64_vec().unwrap(), vec![10, 7]);
-        let huge = run_op(OpKind::Range, Attrs::new(), vec![scalar(0), scalar(i64::MAX), scalar(1)], None);
+        let huge = run_op(
+            OpKind::Range,
+            Attrs::new(),
+            vec![scalar(0), scalar(i64::MAX), scalar(1)],
+            None,
+        );
         assert!(huge.unwrap_err().contains("limit"));
     }
 
     #[test]
     fn symbolic_arithmetic_keeps_identities() {
         let n = SymInt::Dim(Dim::Batch);
-        assert_eq!(arithmetic(OpKind::Mul, &[n, SymInt::Int(3)], &[SymInt::Int(1)]), Some(vec![n, SymInt::Int(3)]));
-        assert_eq!(arithmetic(OpKind::Mul, &[n], &[SymInt::Int(2)]), Some(vec![SymInt::Dim(Dim::Dyn)]));
-        assert_eq!(arithmetic(OpKind::Div, &[SymInt::Int(7)], &[SymInt::Int(0)]), None);
+        assert_eq!(
+            arithmetic(OpKind::Mul, &[n, SymInt::Int(3)], &[SymInt::Int(1)]),
+            Some(vec![n, SymInt::Int(3)])
+        );
+        assert_eq!(
+            arithmetic(OpKind::Mul, &[n], &[SymInt::Int(2)]),
+            Some(vec![SymInt::Dim(Dim::Dyn)])
+        );
+        assert_eq!(
+            arithmetic(OpKind::Div, &[SymInt::Int(7)], &[SymInt::Int(0)]),
+            None
+        );
     }
 }

@@ -2,7 +2,9 @@
 //! And, Or, Xor) and selection (Where), all broadcasting. Comparisons give bools; an
 //! ordered comparison with NaN is false, and so is `NaN == NaN`.
 
-use super::arith::{broadcast_all, broadcast_types, common_dtype, is_numeric, operand_types, operand_values};
+use super::arith::{
+    broadcast_all, broadcast_types, common_dtype, is_numeric, operand_types, operand_values,
+};
 use super::{EvalCtx, InferCtx};
 use crate::{DType, OpKind, SymInt, Tensor, TensorData, TensorType};
 
@@ -24,7 +26,10 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
         },
         Where => {
             if types[0].dtype != DType::Bool {
-                return Err(format!("the condition must be bool, found {}", types[0].dtype));
+                return Err(format!(
+                    "the condition must be bool, found {}",
+                    types[0].dtype
+                ));
             }
             common_dtype(&types[1..])?
         }
@@ -48,19 +53,39 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
     let count: usize = shape.iter().product();
     if kind == OpKind::Where {
         let cond = ts[0].to_i64_vec()?;
-        let pick = |k: usize| if cond[idx[0][k]] != 0 { (1, idx[1][k]) } else { (2, idx[2][k]) };
+        let pick = |k: usize| {
+            if cond[idx[0][k]] != 0 {
+                (1, idx[1][k])
+            } else {
+                (2, idx[2][k])
+            }
+        };
         return Ok(vec![select(&ts[1..], count, pick, shape)?]);
     }
     let bools: Vec<u8> = if ts[0].dtype() == DType::F32 {
-        let xs = ts.iter().map(|t| t.as_f32()).collect::<Result<Vec<_>, _>>()?;
+        let xs = ts
+            .iter()
+            .map(|t| t.as_f32())
+            .collect::<Result<Vec<_>, _>>()?;
         let (a, b) = (xs[0], xs.get(1).copied().unwrap_or(xs[0]));
-        (0..count).map(|k| compare(kind, a[idx[0][k]], b[idx[idx.len() - 1][k]])).collect::<Result<_, _>>()?
+        (0..count)
+            .map(|k| compare(kind, a[idx[0][k]], b[idx[idx.len() - 1][k]]))
+            .collect::<Result<_, _>>()?
     } else {
-        let xs = ts.iter().map(|t| t.to_i64_vec()).collect::<Result<Vec<_>, _>>()?;
+        let xs = ts
+            .iter()
+            .map(|t| t.to_i64_vec())
+            .collect::<Result<Vec<_>, _>>()?;
         let (a, b) = (&xs[0], xs.get(1).unwrap_or(&xs[0]));
-        (0..count).map(|k| compare(kind, a[idx[0][k]], b[idx[idx.len() - 1][k]])).collect::<Result<_, _>>()?
+        (0..count)
+            .map(|k| compare(kind, a[idx[0][k]], b[idx[idx.len() - 1][k]]))
+            .collect::<Result<_, _>>()?
     };
-    Ok(vec![Tensor::new(DType::Bool, shape, TensorData::U8(bools))?])
+    Ok(vec![Tensor::new(
+        DType::Bool,
+        shape,
+        TensorData::U8(bools),
+    )?])
 }
 
 /// One comparison or logic op on two elements (Not reads only the first); 0 or 1.
@@ -82,9 +107,24 @@ fn compare<T: PartialOrd + Default>(kind: OpKind, a: T, b: T) -> Result<u8, Stri
 
 /// A tensor of `shape` whose element `k` is element `pick(k).1` of `sources[pick(k).0 - 1]`
 /// (Where's two branches, of one dtype).
-fn select(sources: &[&Tensor], count: usize, pick: impl Fn(usize) -> (usize, usize), shape: Vec<usize>) -> Result<Tensor, String> {
-    fn gather<T: Copy>(a: &[T], b: &[T], count: usize, pick: &dyn Fn(usize) -> (usize, usize)) -> Vec<T> {
-        (0..count).map(|k| match pick(k) { (1, i) => a[i], (_, i) => b[i] }).collect()
+fn select(
+    sources: &[&Tensor],
+    count: usize,
+    pick: impl Fn(usize) -> (usize, usize),
+    shape: Vec<usize>,
+) -> Result<Tensor, String> {
+    fn gather<T: Copy>(
+        a: &[T],
+        b: &[T],
+        count: usize,
+        pick: &dyn Fn(usize) -> (usize, usize),
+    ) -> Vec<T> {
+        (0..count)
+            .map(|k| match pick(k) {
+                (1, i) => a[i],
+                (_, i) => b[i],
+            })
+            .collect()
     }
     let (x, y) = (sources[0], sources[1]);
     let data = match (x.data(), y.data()) {
@@ -93,7 +133,13 @@ fn select(sources: &[&Tensor], count: usize, pick: impl Fn(usize) -> (usize, usi
         (TensorData::U8(a), TensorData::U8(b)) => TensorData::U8(gather(a, b, count, &pick)),
         (TensorData::I32(a), TensorData::I32(b)) => TensorData::I32(gather(a, b, count, &pick)),
         (TensorData::I64(a), TensorData::I64(b)) => TensorData::I64(gather(a, b, count, &pick)),
-        _ => return Err(format!("branch types differ: {} and {}", x.dtype(), y.dtype())),
+        _ => {
+            return Err(format!(
+                "branch types differ: {} and {}",
+                x.dtype(),
+                y.dtype()
+            ))
+        }
     };
     Tensor::new(x.dtype(), shape, data)
 }
@@ -111,14 +157,24 @@ pub(crate) fn symbolic(cx: &InferCtx, result: &crate::TensorType) -> Option<Vec<
         OpKind::Equal => {
             let (a, b) = (cx.ints(0)?, cx.ints(1)?);
             let n = len(&a).max(len(&b));
-            let at = |v: &[SymInt], i: usize| if v.len() == 1 { Some(v[0]) } else { v.get(i).copied() };
+            let at = |v: &[SymInt], i: usize| {
+                if v.len() == 1 {
+                    Some(v[0])
+                } else {
+                    v.get(i).copied()
+                }
+            };
             (0..n)
                 .map(|i| {
                     let truth = match (at(&a, i)?, at(&b, i)?) {
                         (SymInt::Int(p), SymInt::Int(q)) => p == q,
                         (SymInt::Dim(d), SymInt::Dim(e)) if d == e && d != crate::Dim::Dyn => true,
                         // A symbolic extent is non-negative.
-                        (SymInt::Dim(_), SymInt::Int(q)) | (SymInt::Int(q), SymInt::Dim(_)) if q < 0 => false,
+                        (SymInt::Dim(_), SymInt::Int(q)) | (SymInt::Int(q), SymInt::Dim(_))
+                            if q < 0 =>
+                        {
+                            false
+                        }
                         _ => return None,
                     };
                     Some(SymInt::Int(truth as i64))
@@ -128,7 +184,13 @@ pub(crate) fn symbolic(cx: &InferCtx, result: &crate::TensorType) -> Option<Vec<
         OpKind::Where => {
             let (c, x, y) = (cx.ints(0)?, cx.ints(1)?, cx.ints(2)?);
             let n = len(&c).max(len(&x)).max(len(&y));
-            let at = |v: &[SymInt], i: usize| if v.len() == 1 { Some(v[0]) } else { v.get(i).copied() };
+            let at = |v: &[SymInt], i: usize| {
+                if v.len() == 1 {
+                    Some(v[0])
+                } else {
+                    v.get(i).copied()
+                }
+            };
             (0..n)
                 .map(|i| match at(&c, i)? {
                     SymInt::Int(0) => at(&y, i),
@@ -152,7 +214,12 @@ mod tests {
     }
 
     fn run(kind: OpKind, inputs: Vec<Tensor>) -> Result<Tensor, String> {
-        run_op(kind, Attrs::new(), inputs.into_iter().map(|t| (t, None)).collect(), None)
+        run_op(
+            kind,
+            Attrs::new(),
+            inputs.into_iter().map(|t| (t, None)).collect(),
+            None,
+        )
     }
 
     #[test]
@@ -162,24 +229,78 @@ mod tests {
         let eq = run(OpKind::Equal, vec![a.clone(), b.clone()]).unwrap();
         assert_eq!(eq.dtype(), DType::Bool);
         assert_eq!(eq.to_i64_vec().unwrap(), vec![1, 0, 0]);
-        assert_eq!(run(OpKind::GreaterOrEqual, vec![a, b]).unwrap().to_i64_vec().unwrap(), vec![1, 0, 1]);
+        assert_eq!(
+            run(OpKind::GreaterOrEqual, vec![a, b])
+                .unwrap()
+                .to_i64_vec()
+                .unwrap(),
+            vec![1, 0, 1]
+        );
         let i = Tensor::from_i64(&[2, 1], vec![-1, 5]);
         let j = Tensor::from_i64(&[2], vec![5, -1]);
-        assert_eq!(run(OpKind::Less, vec![i, j]).unwrap().to_i64_vec().unwrap(), vec![1, 0, 0, 0]);
+        assert_eq!(
+            run(OpKind::Less, vec![i, j]).unwrap().to_i64_vec().unwrap(),
+            vec![1, 0, 0, 0]
+        );
         assert!(run(OpKind::Greater, vec![bools(&[1]), bools(&[0])]).is_err());
-        assert_eq!(run(OpKind::Equal, vec![bools(&[1, 0]), bools(&[1, 1])]).unwrap().to_i64_vec().unwrap(), vec![1, 0]);
+        assert_eq!(
+            run(OpKind::Equal, vec![bools(&[1, 0]), bools(&[1, 1])])
+                .unwrap()
+                .to_i64_vec()
+                .unwrap(),
+            vec![1, 0]
+        );
     }
 
     #[test]
     fn logic_and_where() {
         let (p, q) = (bools(&[0, 0, 1, 1]), bools(&[0, 1, 0, 1]));
-        assert_eq!(run(OpKind::And, vec![p.clone(), q.clone()]).unwrap().to_i64_vec().unwrap(), vec![0, 0, 0, 1]);
-        assert_eq!(run(OpKind::Or, vec![p.clone(), q.clone()]).unwrap().to_i64_vec().unwrap(), vec![0, 1, 1, 1]);
-        assert_eq!(run(OpKind::Xor, vec![p.clone(), q]).unwrap().to_i64_vec().unwrap(), vec![0, 1, 1, 0]);
-        assert_eq!(run(OpKind::Not, vec![p.clone()]).unwrap().to_i64_vec().unwrap(), vec![1, 1, 0, 0]);
-        let w = run(OpKind::Where, vec![p, Tensor::from_i64(&[4], vec![1, 2, 3, 4]), Tensor::from_i64(&[], vec![-1])]).unwrap();
+        assert_eq!(
+            run(OpKind::And, vec![p.clone(), q.clone()])
+                .unwrap()
+                .to_i64_vec()
+                .unwrap(),
+            vec![0, 0, 0, 1]
+        );
+        assert_eq!(
+            run(OpKind::Or, vec![p.clone(), q.clone()])
+                .unwrap()
+                .to_i64_vec()
+                .unwrap(),
+            vec![0, 1, 1, 1]
+        );
+        assert_eq!(
+            run(OpKind::Xor, vec![p.clone(), q])
+                .unwrap()
+                .to_i64_vec()
+                .unwrap(),
+            vec![0, 1, 1, 0]
+        );
+        assert_eq!(
+            run(OpKind::Not, vec![p.clone()])
+                .unwrap()
+                .to_i64_vec()
+                .unwrap(),
+            vec![1, 1, 0, 0]
+        );
+        let w = run(
+            OpKind::Where,
+            vec![
+                p,
+                Tensor::from_i64(&[4], vec![1, 2, 3, 4]),
+                Tensor::from_i64(&[], vec![-1]),
+            ],
+        )
+        .unwrap();
         assert_eq!(w.to_i64_vec().unwrap(), vec![-1, -1, 3, 4]);
-        let bad = run(OpKind::Where, vec![bools(&[1]), Tensor::from_f32(&[1], vec![1.0]), Tensor::from_i64(&[1], vec![1])]);
+        let bad = run(
+            OpKind::Where,
+            vec![
+                bools(&[1]),
+                Tensor::from_f32(&[1], vec![1.0]),
+                Tensor::from_i64(&[1], vec![1]),
+            ],
+        );
         assert!(bad.unwrap_err().contains("differ"));
     }
 
@@ -189,14 +310,50 @@ mod tests {
         // Where(Equal(Shape(x), -1), 1, Shape(x)) on x: f32[N, seq]: stays [N, seq].
         let mut g = Graph::new("t");
         let seq = Dim::Sym(crate::Symbol::new("seq"));
-        let x = g.add_input("x", TensorType::new(DType::F32, Shape(vec![Dim::Batch, seq])));
-        let shape_attrs = Attrs::new().with("start", crate::AttrValue::Int(0)).with("end", crate::AttrValue::Int(2));
-        let s = g.add_op("s", Op::new(OpKind::Shape, shape_attrs), &[Some(x)], &["s"]).unwrap()[0];
-        let minus = g.add_const("m", std::sync::Arc::new(Tensor::from_i64(&[2], vec![-1, -1])), None);
-        let one = g.add_const("one", std::sync::Arc::new(Tensor::from_i64(&[], vec![1])), None);
-        let eq = g.add_op("eq", Op::new(OpKind::Equal, Attrs::new()), &[Some(s), Some(minus)], &["eq"]).unwrap()[0];
-        let w = g.add_op("w", Op::new(OpKind::Where, Attrs::new()), &[Some(eq), Some(one), Some(s)], &["w"]).unwrap()[0];
-        let e = g.add_op("e", Op::new(OpKind::Expand, Attrs::new()), &[Some(x), Some(w)], &["e"]).unwrap()[0];
+        let x = g.add_input(
+            "x",
+            TensorType::new(DType::F32, Shape(vec![Dim::Batch, seq])),
+        );
+        let shape_attrs = Attrs::new()
+            .with("start", crate::AttrValue::Int(0))
+            .with("end", crate::AttrValue::Int(2));
+        let s = g
+            .add_op("s", Op::new(OpKind::Shape, shape_attrs), &[Some(x)], &["s"])
+            .unwrap()[0];
+        let minus = g.add_const(
+            "m",
+            std::sync::Arc::new(Tensor::from_i64(&[2], vec![-1, -1])),
+            None,
+        );
+        let one = g.add_const(
+            "one",
+            std::sync::Arc::new(Tensor::from_i64(&[], vec![1])),
+            None,
+        );
+        let eq = g
+            .add_op(
+                "eq",
+                Op::new(OpKind::Equal, Attrs::new()),
+                &[Some(s), Some(minus)],
+                &["eq"],
+            )
+            .unwrap()[0];
+        let w = g
+            .add_op(
+                "w",
+                Op::new(OpKind::Where, Attrs::new()),
+                &[Some(eq), Some(one), Some(s)],
+                &["w"],
+            )
+            .unwrap()[0];
+        let e = g
+            .add_op(
+                "e",
+                Op::new(OpKind::Expand, Attrs::new()),
+                &[Some(x), Some(w)],
+                &["e"],
+            )
+            .unwrap()[0];
         g.set_outputs(vec![e]).unwrap();
         let g = crate::specialize(&g, &crate::Binding::default()).unwrap();
         let out = g.outputs()[0];

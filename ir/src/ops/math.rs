@@ -19,13 +19,22 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
             if x.dtype != y.dtype {
                 return Err(format!("operand types differ: {} and {}", x.dtype, y.dtype));
             }
-            if !matches!(x.dtype, DType::F32 | DType::I32 | DType::I64 | DType::I8 | DType::U8) {
+            if !matches!(
+                x.dtype,
+                DType::F32 | DType::I32 | DType::I64 | DType::I8 | DType::U8
+            ) {
                 return Err(format!("{} operands are not supported", x.dtype));
             }
-            Ok(vec![TensorType::new(x.dtype, broadcast_static(&x.shape, &y.shape)?)])
+            Ok(vec![TensorType::new(
+                x.dtype,
+                broadcast_static(&x.shape, &y.shape)?,
+            )])
         }
         Relu | Clip => {
-            if !matches!(x.dtype, DType::F32 | DType::I32 | DType::I64 | DType::I8 | DType::U8) {
+            if !matches!(
+                x.dtype,
+                DType::F32 | DType::I32 | DType::I64 | DType::I8 | DType::U8
+            ) {
                 return Err(format!("{} operands are not supported", x.dtype));
             }
             Ok(vec![TensorType::new(x.dtype, x.shape.clone())])
@@ -46,12 +55,20 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
     let out = match cx.op.kind {
         Add | Sub | Mul | Div => binary(cx.op.kind, x, cx.input(1)?)?,
         // NaN stays NaN (numpy max(x, 0) semantics).
-        Relu => map_numeric(x, |v| if v > 0.0 || v.is_nan() { v } else { 0.0 }, |v| v.max(0))?,
+        Relu => map_numeric(
+            x,
+            |v| if v > 0.0 || v.is_nan() { v } else { 0.0 },
+            |v| v.max(0),
+        )?,
         Clip => {
             let (lo, hi) = (attrs.float("min")?, attrs.float("max")?);
             // Integer bounds arrive as exactly representable floats; clamp in i64.
             let (ilo, ihi) = (float_bound(lo, i64::MIN), float_bound(hi, i64::MAX));
-            map_numeric(x, |v| if v.is_nan() { v } else { v.max(lo).min(hi) }, |v| v.max(ilo).min(ihi))?
+            map_numeric(
+                x,
+                |v| if v.is_nan() { v } else { v.max(lo).min(hi) },
+                |v| v.max(ilo).min(ihi),
+            )?
         }
         LeakyRelu => {
             let alpha = attrs.float("alpha")?;
@@ -80,16 +97,28 @@ fn sigmoid(v: f32) -> f32 {
 }
 
 fn float_bound(v: f32, infinite: i64) -> i64 {
-    if v.is_infinite() { infinite } else { v as i64 }
+    if v.is_infinite() {
+        infinite
+    } else {
+        v as i64
+    }
 }
 
 fn map_f32(x: &Tensor, f: impl Fn(f32) -> f32) -> Result<Tensor, String> {
     let v = x.as_f32()?;
-    Tensor::new(DType::F32, x.shape().to_vec(), TensorData::F32(v.iter().map(|&a| f(a)).collect()))
+    Tensor::new(
+        DType::F32,
+        x.shape().to_vec(),
+        TensorData::F32(v.iter().map(|&a| f(a)).collect()),
+    )
 }
 
 /// Applies `f` to float elements and `g` to integer ones (kept in their dtype).
-fn map_numeric(x: &Tensor, f: impl Fn(f32) -> f32, g: impl Fn(i64) -> i64) -> Result<Tensor, String> {
+fn map_numeric(
+    x: &Tensor,
+    f: impl Fn(f32) -> f32,
+    g: impl Fn(i64) -> i64,
+) -> Result<Tensor, String> {
     if x.dtype() == DType::F32 {
         return map_f32(x, f);
     }
@@ -99,10 +128,17 @@ fn map_numeric(x: &Tensor, f: impl Fn(f32) -> f32, g: impl Fn(i64) -> i64) -> Re
 
 fn binary(kind: OpKind, a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
     if a.dtype() != b.dtype() {
-        return Err(format!("operand types differ: {} and {}", a.dtype(), b.dtype()));
+        return Err(format!(
+            "operand types differ: {} and {}",
+            a.dtype(),
+            b.dtype()
+        ));
     }
     let shape = broadcast_shapes(a.shape(), b.shape())?;
-    let (ia, ib) = (broadcast_indices(a.shape(), &shape), broadcast_indices(b.shape(), &shape));
+    let (ia, ib) = (
+        broadcast_indices(a.shape(), &shape),
+        broadcast_indices(b.shape(), &shape),
+    );
     if a.dtype() == DType::F32 {
         let (x, y) = (a.as_f32()?, b.as_f32()?);
         let f = |p: f32, q: f32| match kind {
@@ -149,7 +185,13 @@ mod tests {
     fn broadcasting_arithmetic() {
         let a = Tensor::from_f32(&[2, 3], vec![1., 2., 3., 4., 5., 6.]);
         let b = Tensor::from_f32(&[3], vec![10., 20., 30.]);
-        assert_eq!(run2(OpKind::Add, a.clone(), b.clone()).unwrap().as_f32().unwrap(), &[11., 22., 33., 14., 25., 36.]);
+        assert_eq!(
+            run2(OpKind::Add, a.clone(), b.clone())
+                .unwrap()
+                .as_f32()
+                .unwrap(),
+            &[11., 22., 33., 14., 25., 36.]
+        );
         assert_eq!(run2(OpKind::Div, a, b).unwrap().as_f32().unwrap()[5], 0.2);
     }
 
@@ -157,13 +199,24 @@ mod tests {
     fn integers_wrap_and_truncate() {
         let a = Tensor::new(DType::U8, vec![3], TensorData::U8(vec![250, 7, 9])).unwrap();
         let b = Tensor::new(DType::U8, vec![3], TensorData::U8(vec![10, 2, 3])).unwrap();
-        assert_eq!(run2(OpKind::Add, a.clone(), b.clone()).unwrap().to_i64_vec().unwrap(), vec![4, 9, 12]);
+        assert_eq!(
+            run2(OpKind::Add, a.clone(), b.clone())
+                .unwrap()
+                .to_i64_vec()
+                .unwrap(),
+            vec![4, 9, 12]
+        );
         let c = Tensor::from_i64(&[2], vec![-7, 7]);
         let d = Tensor::from_i64(&[2], vec![2, 0]);
-        assert!(run2(OpKind::Div, c, d).unwrap_err().contains("division by zero"));
+        assert!(run2(OpKind::Div, c, d)
+            .unwrap_err()
+            .contains("division by zero"));
         let e = Tensor::new(DType::I32, vec![1], TensorData::I32(vec![-7])).unwrap();
         let f = Tensor::new(DType::I32, vec![1], TensorData::I32(vec![2])).unwrap();
-        assert_eq!(run2(OpKind::Div, e, f).unwrap().to_i64_vec().unwrap(), vec![-3]);
+        assert_eq!(
+            run2(OpKind::Div, e, f).unwrap().to_i64_vec().unwrap(),
+            vec![-3]
+        );
     }
 
     #[test]
@@ -172,27 +225,51 @@ mod tests {
         let relu = run1(OpKind::Relu, Attrs::new(), x.clone());
         assert_eq!(relu.as_f32().unwrap()[0], 0.0);
         assert!(relu.as_f32().unwrap()[1].is_nan());
-        let clip = Attrs::new().with("min", AttrValue::Float(0.0)).with("max", AttrValue::Float(6.0));
-        assert_eq!(run1(OpKind::Clip, clip, x.clone()).as_f32().unwrap()[3], 6.0);
-        let s = run1(OpKind::Sigmoid, Attrs::new(), Tensor::from_f32(&[2], vec![-100.0, 100.0]));
+        let clip = Attrs::new()
+            .with("min", AttrValue::Float(0.0))
+            .with("max", AttrValue::Float(6.0));
+        assert_eq!(
+            run1(OpKind::Clip, clip, x.clone()).as_f32().unwrap()[3],
+            6.0
+        );
+        let s = run1(
+            OpKind::Sigmoid,
+            Attrs::new(),
+            Tensor::from_f32(&[2], vec![-100.0, 100.0]),
+        );
         assert_eq!(s.as_f32().unwrap(), &[sigmoid(-100.0), 1.0]);
-        let hs = run1(OpKind::HardSwish, Attrs::new(), Tensor::from_f32(&[3], vec![-4.0, 1.0, 4.0]));
+        let hs = run1(
+            OpKind::HardSwish,
+            Attrs::new(),
+            Tensor::from_f32(&[3], vec![-4.0, 1.0, 4.0]),
+        );
         assert_eq!(hs.as_f32().unwrap(), &[0.0, 1.0 * (1.0 / 6.0 + 0.5), 4.0]);
     }
 
     #[test]
     fn integer_clip() {
         let x = Tensor::new(DType::I8, vec![3], TensorData::I8(vec![-100, 5, 100])).unwrap();
-        let clip = Attrs::new().with("min", AttrValue::Float(-10.0)).with("max", AttrValue::Float(f32::INFINITY));
-        assert_eq!(run1(OpKind::Clip, clip, x).to_i64_vec().unwrap(), vec![-10, 5, 100]);
+        let clip = Attrs::new()
+            .with("min", AttrValue::Float(-10.0))
+            .with("max", AttrValue::Float(f32::INFINITY));
+        assert_eq!(
+            run1(OpKind::Clip, clip, x).to_i64_vec().unwrap(),
+            vec![-10, 5, 100]
+        );
     }
 
     #[test]
     fn quantized_operand_is_rejected() {
         let mut g = Graph::new("t");
-        let ty = TensorType::quantized(DType::U8, Shape::fixed(&[2]), crate::QuantParams::per_tensor(0.1, 0));
+        let ty = TensorType::quantized(
+            DType::U8,
+            Shape::fixed(&[2]),
+            crate::QuantParams::per_tensor(0.1, 0),
+        );
         let x = g.add_input("x", ty);
-        let err = g.add_op("r", Op::new(OpKind::Relu, Attrs::new()), &[Some(x)], &["y"]).unwrap_err();
+        let err = g
+            .add_op("r", Op::new(OpKind::Relu, Attrs::new()), &[Some(x)], &["y"])
+            .unwrap_err();
         assert!(err.to_string().contains("dequantize"), "{err}");
     }
 }

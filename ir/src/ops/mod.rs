@@ -18,10 +18,10 @@ pub(crate) mod nn;
 pub(crate) mod norm;
 pub(crate) mod qint;
 pub(crate) mod quant;
+pub mod recurrent;
+pub mod reduce;
 pub(crate) mod resample;
 pub(crate) mod select;
-pub mod reduce;
-pub mod recurrent;
 pub(crate) mod shape;
 pub mod unary;
 
@@ -57,7 +57,11 @@ pub(crate) struct EvalCtx<'a> {
 impl<'a> InferCtx<'a> {
     /// Operand `i`'s type; the verifier has already checked that required ones exist.
     pub fn input(&self, i: usize) -> Result<&'a TensorType, String> {
-        self.inputs.get(i).copied().flatten().ok_or_else(|| format!("operand {i} is missing"))
+        self.inputs
+            .get(i)
+            .copied()
+            .flatten()
+            .ok_or_else(|| format!("operand {i} is missing"))
     }
 
     /// Operand `i`'s value if it is a constant.
@@ -69,7 +73,10 @@ impl<'a> InferCtx<'a> {
     /// specializer tracked through shape arithmetic.
     pub fn ints(&self, i: usize) -> Option<Vec<SymInt>> {
         if let Some(t) = self.constant(i) {
-            return t.to_i64_vec().ok().map(|v| v.into_iter().map(SymInt::Int).collect());
+            return t
+                .to_i64_vec()
+                .ok()
+                .map(|v| v.into_iter().map(SymInt::Int).collect());
         }
         self.symbolic.get(i).cloned().flatten()
     }
@@ -78,12 +85,20 @@ impl<'a> InferCtx<'a> {
 impl<'a> EvalCtx<'a> {
     /// Operand `i`'s value.
     pub fn input(&self, i: usize) -> Result<&'a Tensor, String> {
-        self.inputs.get(i).copied().flatten().ok_or_else(|| format!("operand {i} is missing"))
+        self.inputs
+            .get(i)
+            .copied()
+            .flatten()
+            .ok_or_else(|| format!("operand {i} is missing"))
     }
 
     /// Operand `i`'s static type.
     pub fn input_type(&self, i: usize) -> Result<&'a TensorType, String> {
-        self.input_types.get(i).copied().flatten().ok_or_else(|| format!("operand {i} is missing"))
+        self.input_types
+            .get(i)
+            .copied()
+            .flatten()
+            .ok_or_else(|| format!("operand {i} is missing"))
     }
 }
 
@@ -124,27 +139,42 @@ enum Family {
 fn family(kind: OpKind) -> Family {
     use OpKind::*;
     match kind {
-        Conv | MatMul | Gemm | BatchNormalization | MaxPool | AveragePool | GlobalAveragePool | GlobalMaxPool
-        | Softmax => Family::Nn,
-        Relu | Clip | LeakyRelu | Sigmoid | Tanh | HardSigmoid | HardSwish | Add | Sub | Mul | Div => Family::Math,
-        Flatten | Reshape | Transpose | Concat | Identity | Dropout | Squeeze | Unsqueeze | Pad => Family::Shape,
-        QuantizeLinear | DequantizeLinear | QLinearConv | QLinearMatMul | ConvInteger | MatMulInteger => {
-            Family::Quant
+        Conv | MatMul | Gemm | BatchNormalization | MaxPool | AveragePool | GlobalAveragePool
+        | GlobalMaxPool | Softmax => Family::Nn,
+        Relu | Clip | LeakyRelu | Sigmoid | Tanh | HardSigmoid | HardSwish | Add | Sub | Mul
+        | Div => Family::Math,
+        Flatten | Reshape | Transpose | Concat | Identity | Dropout | Squeeze | Unsqueeze | Pad => {
+            Family::Shape
         }
-        QConv | QMatMul | QAdd | QAveragePool | QGlobalAveragePool | QConcat | Requantize => Family::QInt,
+        QuantizeLinear | DequantizeLinear | QLinearConv | QLinearMatMul | ConvInteger
+        | MatMulInteger => Family::Quant,
+        QConv | QMatMul | QAdd | QAveragePool | QGlobalAveragePool | QConcat | Requantize => {
+            Family::QInt
+        }
         Shape | Size | Gather | Slice | Expand | Tile | Range => Family::Index,
         Cast => Family::Cast,
         Resize | DepthToSpace | SpaceToDepth => Family::Resample,
-        OneHot | GatherElements | GatherND | ScatterND | ScatterElements | Trilu | NonZero => Family::Select,
-        Pow | Mod | Min | Max | Mean | Sum | PRelu => Family::Arith,
-        Sqrt | Exp | Log | Abs | Neg | Reciprocal | Floor | Ceil | Round | Erf | Sin | Cos | Sign | Gelu | Elu | Selu
-        | Softplus | Mish | Softsign | ThresholdedRelu | Celu => Family::Unary,
-        Equal | Greater | GreaterOrEqual | Less | LessOrEqual | Not | And | Or | Xor | Where => Family::Logic,
-        ReduceMean | ReduceSum | ReduceMax | ReduceMin | ReduceProd | ReduceL1 | ReduceL2 | ReduceSumSquare | ReduceLogSum
-        | ReduceLogSumExp | ArgMax | ArgMin | CumSum => Family::Reduce,
-        LayerNormalization | InstanceNormalization | GroupNormalization | LpNormalization | LogSoftmax | Hardmax => {
-            Family::Norm
+        OneHot | GatherElements | GatherND | ScatterND | ScatterElements | Trilu | NonZero => {
+            Family::Select
         }
+        Pow | Mod | Min | Max | Mean | Sum | PRelu => Family::Arith,
+        Sqrt | Exp | Log | Abs | Neg | Reciprocal | Floor | Ceil | Round | Erf | Sin | Cos
+        | Sign | Gelu | Elu | Selu | Softplus | Mish | Softsign | ThresholdedRelu | Celu => {
+            Family::Unary
+        }
+        Equal | Greater | GreaterOrEqual | Less | LessOrEqual | Not | And | Or | Xor | Where => {
+            Family::Logic
+        }
+        ReduceMean | ReduceSum | ReduceMax | ReduceMin | ReduceProd | ReduceL1 | ReduceL2
+        | ReduceSumSquare | ReduceLogSum | ReduceLogSumExp | ArgMax | ArgMin | CumSum => {
+            Family::Reduce
+        }
+        LayerNormalization
+        | InstanceNormalization
+        | GroupNormalization
+        | LpNormalization
+        | LogSoftmax
+        | Hardmax => Family::Norm,
         ConvTranspose => Family::ConvTranspose,
         LSTM | GRU | RNN => Family::Recurrent,
         If | Loop | Scan => Family::Control,
@@ -210,7 +240,11 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
 
 /// Clamps f32 elements to `[lo, hi]` (NaN stays NaN, as Relu and Clip leave it).
 fn clamp(t: Tensor, lo: f32, hi: f32) -> Result<Tensor, String> {
-    let values = t.as_f32()?.iter().map(|&v| if v.is_nan() { v } else { v.max(lo).min(hi) }).collect();
+    let values = t
+        .as_f32()?
+        .iter()
+        .map(|&v| if v.is_nan() { v } else { v.max(lo).min(hi) })
+        .collect();
     Ok(Tensor::from_f32(t.shape(), values))
 }
 
@@ -232,21 +266,42 @@ pub(crate) mod testing {
             .iter()
             .enumerate()
             .map(|(i, (t, q))| {
-                let ty = TensorType { dtype: t.dtype(), shape: Shape::fixed(t.shape()), quant: q.clone() };
+                let ty = TensorType {
+                    dtype: t.dtype(),
+                    shape: Shape::fixed(t.shape()),
+                    quant: q.clone(),
+                };
                 Some(g.add_input(&format!("x{i}"), ty))
             })
             .collect();
         let op = Op::new(kind, attrs);
         let y = match declared {
             Some(ty) => {
-                let id = g.add_node("op", op, &operands, vec![Value { name: "y".into(), ty }]).map_err(|e| e.to_string())?;
+                let id = g
+                    .add_node(
+                        "op",
+                        op,
+                        &operands,
+                        vec![Value {
+                            name: "y".into(),
+                            ty,
+                        }],
+                    )
+                    .map_err(|e| e.to_string())?;
                 crate::verify(&g).map_err(|e| e.to_string())?;
-                vec![crate::ValueId { node: id, output: 0 }]
+                vec![crate::ValueId {
+                    node: id,
+                    output: 0,
+                }]
             }
-            None => g.add_op("op", op, &operands, &["y"]).map_err(|e| e.to_string())?,
+            None => g
+                .add_op("op", op, &operands, &["y"])
+                .map_err(|e| e.to_string())?,
         };
         g.set_outputs(y).map_err(|e| e.to_string())?;
         let tensors: Vec<Tensor> = inputs.into_iter().map(|(t, _)| t).collect();
-        crate::interp::run(&g, &tensors).map(|mut v| v.remove(0)).map_err(|e| e.to_string())
+        crate::interp::run(&g, &tensors)
+            .map(|mut v| v.remove(0))
+            .map_err(|e| e.to_string())
     }
 }

@@ -16,7 +16,10 @@ impl<T: Copy + Default + Add<Output = T> + Mul<Output = T>> Acc for T {}
 /// Refuses a value that is not plain f32 (the float ops' operands).
 pub(crate) fn f32_only(t: &TensorType, what: &str) -> Result<(), String> {
     if t.dtype != DType::F32 || t.quant.is_some() {
-        return Err(format!("{what} must be f32, found {}", crate::text::type_to_string(t)));
+        return Err(format!(
+            "{what} must be f32, found {}",
+            crate::text::type_to_string(t)
+        ));
     }
     Ok(())
 }
@@ -49,7 +52,10 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
             if let Some(c) = cx.inputs.get(2).copied().flatten() {
                 f32_only(c, "C")?;
                 if broadcast_static(&c.shape, &shape)? != shape {
-                    return Err(format!("C of shape {} does not broadcast to {shape}", c.shape));
+                    return Err(format!(
+                        "C of shape {} does not broadcast to {shape}",
+                        c.shape
+                    ));
                 }
             }
             TensorType::new(DType::F32, shape)
@@ -57,7 +63,10 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
         OpKind::BatchNormalization => {
             f32_only(x, "input")?;
             if x.shape.rank() < 2 {
-                return Err(format!("input of rank {} has no channel axis", x.shape.rank()));
+                return Err(format!(
+                    "input of rank {} has no channel axis",
+                    x.shape.rank()
+                ));
             }
             for (i, what) in [(1, "scale"), (2, "bias"), (3, "mean"), (4, "variance")] {
                 let t = cx.input(i)?;
@@ -67,16 +76,25 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
             TensorType::new(DType::F32, x.shape.clone())
         }
         OpKind::MaxPool | OpKind::AveragePool => {
-            let integer_max = cx.op.kind == OpKind::MaxPool && matches!(x.dtype, DType::U8 | DType::I8);
+            let integer_max =
+                cx.op.kind == OpKind::MaxPool && matches!(x.dtype, DType::U8 | DType::I8);
             if !integer_max {
                 f32_only(x, "input")?;
             }
             // The maximum of integers only means the maximum of their real values when they
             // share a scale: per-axis parameters along a pooled axis do not.
-            if x.quant.as_ref().and_then(|q| q.axis).is_some_and(|a| a >= 2) {
+            if x.quant
+                .as_ref()
+                .and_then(|q| q.axis)
+                .is_some_and(|a| a >= 2)
+            {
                 return Err("per-axis quantization along a pooled axis".to_string());
             }
-            TensorType { dtype: x.dtype, shape: pool_shape(&x.shape, attrs)?, quant: x.quant.clone() }
+            TensorType {
+                dtype: x.dtype,
+                shape: pool_shape(&x.shape, attrs)?,
+                quant: x.quant.clone(),
+            }
         }
         OpKind::GlobalAveragePool | OpKind::GlobalMaxPool => {
             f32_only(x, "input")?;
@@ -119,7 +137,9 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
         OpKind::Gemm => gemm(x, cx.input(1)?, cx.inputs.get(2).copied().flatten(), attrs)?,
         OpKind::BatchNormalization => {
             let eps = attrs.float("epsilon")? as f64;
-            let p: Vec<Vec<f64>> = (1..5).map(|i| cx.input(i).and_then(widen)).collect::<Result<_, _>>()?;
+            let p: Vec<Vec<f64>> = (1..5)
+                .map(|i| cx.input(i).and_then(widen))
+                .collect::<Result<_, _>>()?;
             let (scale, bias, mean, var) = (&p[0], &p[1], &p[2], &p[3]);
             let channels = x.shape()[1];
             let inner: usize = x.shape()[2..].iter().product();
@@ -168,26 +188,43 @@ pub(crate) fn widen(t: &Tensor) -> Result<Vec<f64>, String> {
 
 /// An f32 tensor from f64 results (rounded once, at the end).
 fn narrow(shape: Vec<usize>, v: Vec<f64>) -> Result<Tensor, String> {
-    Tensor::new(DType::F32, shape, TensorData::F32(v.into_iter().map(|x| x as f32).collect()))
+    Tensor::new(
+        DType::F32,
+        shape,
+        TensorData::F32(v.into_iter().map(|x| x as f32).collect()),
+    )
 }
 
 fn check_vector(t: &TensorType, channels: &Dim, what: &str) -> Result<(), String> {
     if t.shape.dims() != [*channels] {
-        return Err(format!("{what} has shape {}, expected [{channels}]", t.shape));
+        return Err(format!(
+            "{what} has shape {}, expected [{channels}]",
+            t.shape
+        ));
     }
     Ok(())
 }
 
 fn axis_of(attrs: &Attrs, rank: usize) -> Result<usize, String> {
     let axis = attrs.int("axis")?;
-    usize::try_from(axis).ok().filter(|&a| a < rank).ok_or_else(|| format!("axis {axis} is out of range for rank {rank}"))
+    usize::try_from(axis)
+        .ok()
+        .filter(|&a| a < rank)
+        .ok_or_else(|| format!("axis {axis} is out of range for rank {rank}"))
 }
 
 /// Adds `bias[c]` to every element of channel `c` of an [N, M, spatial...] buffer with
 /// `spatial` elements per channel.
-pub(crate) fn add_per_channel<T: Acc>(y: &mut [T], bias: &[T], spatial: usize) -> Result<(), String> {
+pub(crate) fn add_per_channel<T: Acc>(
+    y: &mut [T],
+    bias: &[T],
+    spatial: usize,
+) -> Result<(), String> {
     if bias.is_empty() || spatial == 0 || !y.len().is_multiple_of(bias.len() * spatial) {
-        return Err(format!("bias of {} elements does not fit the result", bias.len()));
+        return Err(format!(
+            "bias of {} elements does not fit the result",
+            bias.len()
+        ));
     }
     for (i, v) in y.iter_mut().enumerate() {
         *v = *v + bias[(i / spatial) % bias.len()];
@@ -224,8 +261,14 @@ impl Window {
         }
         let mut out = Vec::with_capacity(r);
         for a in 0..r {
-            let span = dilations[a].checked_mul(kernel[a] - 1).and_then(|s| s.checked_add(1)).ok_or("window overflows")?;
-            let padded = spatial[a].checked_add(pads[a]).and_then(|s| s.checked_add(pads[a + r])).ok_or("pads overflow")?;
+            let span = dilations[a]
+                .checked_mul(kernel[a] - 1)
+                .and_then(|s| s.checked_add(1))
+                .ok_or("window overflows")?;
+            let padded = spatial[a]
+                .checked_add(pads[a])
+                .and_then(|s| s.checked_add(pads[a + r]))
+                .ok_or("pads overflow")?;
             if padded < span {
                 return Err(format!(
                     "window of {span} on axis {} does not fit the padded extent {padded}",
@@ -233,14 +276,24 @@ impl Window {
                 ));
             }
             let room = padded - span;
-            let mut n = if ceil_mode { room.div_ceil(strides[a]) } else { room / strides[a] } + 1;
+            let mut n = if ceil_mode {
+                room.div_ceil(strides[a])
+            } else {
+                room / strides[a]
+            } + 1;
             // ONNX: with ceil_mode, a window that would start in the end padding is dropped.
             if ceil_mode && (n - 1) * strides[a] >= spatial[a] + pads[a] {
                 n -= 1;
             }
             out.push(n);
         }
-        Ok(Window { kernel, strides, dilations, pads, out })
+        Ok(Window {
+            kernel,
+            strides,
+            dilations,
+            pads,
+            out,
+        })
     }
 }
 
@@ -259,9 +312,14 @@ impl ConvGeometry {
     /// ([M, C/group, kernel...]).
     pub(crate) fn new(x: &[usize], w: &[usize], attrs: &Attrs) -> Result<ConvGeometry, String> {
         if x.len() < 3 || w.len() != x.len() {
-            return Err(format!("input {x:?} and weights {w:?} must have the same rank, at least 3"));
+            return Err(format!(
+                "input {x:?} and weights {w:?} must have the same rank, at least 3"
+            ));
         }
-        let group = usize::try_from(attrs.int("group")?).ok().filter(|&g| g >= 1).ok_or("group must be at least 1")?;
+        let group = usize::try_from(attrs.int("group")?)
+            .ok()
+            .filter(|&g| g >= 1)
+            .ok_or("group must be at least 1")?;
         let (c, m) = (x[1], w[0]);
         if c != w[1] * group || m % group != 0 {
             return Err(format!(
@@ -270,10 +328,20 @@ impl ConvGeometry {
             ));
         }
         if attrs.usizes("kernel_shape")? != w[2..] {
-            return Err(format!("kernel_shape {:?} disagrees with weights {w:?}", attrs.ints("kernel_shape")?));
+            return Err(format!(
+                "kernel_shape {:?} disagrees with weights {w:?}",
+                attrs.ints("kernel_shape")?
+            ));
         }
         let window = Window::new(attrs, &x[2..], false)?;
-        Ok(ConvGeometry { batch: x[0], in_channels: c, in_spatial: x[2..].to_vec(), out_channels: m, group, window })
+        Ok(ConvGeometry {
+            batch: x[0],
+            in_channels: c,
+            in_spatial: x[2..].to_vec(),
+            out_channels: m,
+            group,
+            window,
+        })
     }
 
     /// [N, M, out spatial...].
@@ -345,7 +413,8 @@ pub(crate) fn conv<T: Acc>(x: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
             .map(|k| {
                 let mut offset = 0;
                 for a in 0..r {
-                    let i = (opos[a] * win.strides[a] + k[a] * win.dilations[a]) as i64 - win.pads[a] as i64;
+                    let i = (opos[a] * win.strides[a] + k[a] * win.dilations[a]) as i64
+                        - win.pads[a] as i64;
                     if i < 0 || i >= g.in_spatial[a] as i64 {
                         return None;
                     }
@@ -380,15 +449,26 @@ pub(crate) fn matmul_shape(a: &Shape, b: &Shape) -> Result<Shape, String> {
     if ad.is_empty() || bd.is_empty() {
         return Err("matrix product of a scalar".to_string());
     }
-    let a2: Vec<Dim> = if ad.len() == 1 { vec![Dim::Fixed(1), ad[0]] } else { ad.to_vec() };
-    let b2: Vec<Dim> = if bd.len() == 1 { vec![bd[0], Dim::Fixed(1)] } else { bd.to_vec() };
+    let a2: Vec<Dim> = if ad.len() == 1 {
+        vec![Dim::Fixed(1), ad[0]]
+    } else {
+        ad.to_vec()
+    };
+    let b2: Vec<Dim> = if bd.len() == 1 {
+        vec![bd[0], Dim::Fixed(1)]
+    } else {
+        bd.to_vec()
+    };
     let (k1, k2) = (a2[a2.len() - 1], b2[b2.len() - 2]);
     // Symbolic inner extents must agree once bound (checked then).
     let agree = k1 == k2 || k1.is_unbound() || k2.is_unbound();
     if !agree || k1 == Dim::Batch || k2 == Dim::Batch {
         return Err(format!("inner dimensions differ: {a} times {b}"));
     }
-    let batch = broadcast_static(&Shape(a2[..a2.len() - 2].to_vec()), &Shape(b2[..b2.len() - 2].to_vec()))?;
+    let batch = broadcast_static(
+        &Shape(a2[..a2.len() - 2].to_vec()),
+        &Shape(b2[..b2.len() - 2].to_vec()),
+    )?;
     let mut out = batch.0;
     if ad.len() > 1 {
         out.push(a2[a2.len() - 2]);
@@ -400,13 +480,29 @@ pub(crate) fn matmul_shape(a: &Shape, b: &Shape) -> Result<Shape, String> {
 }
 
 /// Numpy matrix product over widened values; returns the result shape and elements.
-pub(crate) fn matmul<T: Acc>(a: &[T], ashape: &[usize], b: &[T], bshape: &[usize]) -> Result<(Vec<usize>, Vec<T>), String> {
+pub(crate) fn matmul<T: Acc>(
+    a: &[T],
+    ashape: &[usize],
+    b: &[T],
+    bshape: &[usize],
+) -> Result<(Vec<usize>, Vec<T>), String> {
     let out_shape = matmul_shape(&Shape::fixed(ashape), &Shape::fixed(bshape))?.resolve(0);
-    let a2: Vec<usize> = if ashape.len() == 1 { vec![1, ashape[0]] } else { ashape.to_vec() };
-    let b2: Vec<usize> = if bshape.len() == 1 { vec![bshape[0], 1] } else { bshape.to_vec() };
+    let a2: Vec<usize> = if ashape.len() == 1 {
+        vec![1, ashape[0]]
+    } else {
+        ashape.to_vec()
+    };
+    let b2: Vec<usize> = if bshape.len() == 1 {
+        vec![bshape[0], 1]
+    } else {
+        bshape.to_vec()
+    };
     let (m, k, n) = (a2[a2.len() - 2], a2[a2.len() - 1], b2[b2.len() - 1]);
     let batch = super::broadcast::broadcast_shapes(&a2[..a2.len() - 2], &b2[..b2.len() - 2])?;
-    let (ia, ib) = (broadcast_indices(&a2[..a2.len() - 2], &batch), broadcast_indices(&b2[..b2.len() - 2], &batch));
+    let (ia, ib) = (
+        broadcast_indices(&a2[..a2.len() - 2], &batch),
+        broadcast_indices(&b2[..b2.len() - 2], &batch),
+    );
     let mut y = Vec::with_capacity(ia.len() * m * n);
     for (&pa, &pb) in ia.iter().zip(&ib) {
         let (abase, bbase) = (pa * m * k, pb * k * n);
@@ -425,12 +521,26 @@ pub(crate) fn matmul<T: Acc>(a: &[T], ashape: &[usize], b: &[T], bshape: &[usize
 
 fn gemm_dims(a: &[Dim], b: &[Dim], attrs: &Attrs) -> Result<(Dim, Dim, Dim), String> {
     if a.len() != 2 || b.len() != 2 {
-        return Err(format!("Gemm needs 2-d operands, found ranks {} and {}", a.len(), b.len()));
+        return Err(format!(
+            "Gemm needs 2-d operands, found ranks {} and {}",
+            a.len(),
+            b.len()
+        ));
     }
-    let (m, ka) = if attrs.int("transA")? != 0 { (a[1], a[0]) } else { (a[0], a[1]) };
-    let (kb, n) = if attrs.int("transB")? != 0 { (b[1], b[0]) } else { (b[0], b[1]) };
+    let (m, ka) = if attrs.int("transA")? != 0 {
+        (a[1], a[0])
+    } else {
+        (a[0], a[1])
+    };
+    let (kb, n) = if attrs.int("transB")? != 0 {
+        (b[1], b[0])
+    } else {
+        (b[0], b[1])
+    };
     if ka != kb || ka == Dim::Batch || n == Dim::Batch {
-        return Err(format!("inner dimensions differ: A' has {ka} columns, B' has {kb} rows"));
+        return Err(format!(
+            "inner dimensions differ: A' has {ka} columns, B' has {kb} rows"
+        ));
     }
     Ok((m, ka, n))
 }
@@ -489,7 +599,13 @@ pub(crate) fn pool_geometry(x: &Shape, attrs: &Attrs) -> Result<Window, String> 
 
 fn pool(x: &Tensor, attrs: &Attrs, is_max: bool) -> Result<Tensor, String> {
     let (shape, windows) = pool_windows(&widen(x)?, x.shape(), attrs, is_max)?;
-    let y = windows.into_iter().map(|(acc, count)| if is_max { acc } else { acc / count.max(1) as f64 });
+    let y = windows.into_iter().map(|(acc, count)| {
+        if is_max {
+            acc
+        } else {
+            acc / count.max(1) as f64
+        }
+    });
     if x.dtype() == DType::F32 {
         return narrow(shape, y.collect());
     }
@@ -504,7 +620,12 @@ pub(crate) type Windows = (Vec<usize>, Vec<(f64, usize)>);
 /// included when `count_include_pad`). Returns the result shape and one
 /// `(max or sum, count)` per result element. Shared by the float pools and the integer
 /// average pool, whose sums of integers are exact in f64.
-pub(crate) fn pool_windows(v: &[f64], xshape: &[usize], attrs: &Attrs, is_max: bool) -> Result<Windows, String> {
+pub(crate) fn pool_windows(
+    v: &[f64],
+    xshape: &[usize],
+    attrs: &Attrs,
+    is_max: bool,
+) -> Result<Windows, String> {
     let win = Window::new(attrs, &xshape[2..], attrs.int("ceil_mode")? != 0)?;
     let include_pad = !is_max && attrs.int("count_include_pad")? != 0;
     let spatial = &xshape[2..];
@@ -521,7 +642,8 @@ pub(crate) fn pool_windows(v: &[f64], xshape: &[usize], attrs: &Attrs, is_max: b
                 let mut offset = Some(0);
                 let mut in_padded = true;
                 for a in 0..r {
-                    let i = (opos[a] * win.strides[a] + k[a] * win.dilations[a]) as i64 - win.pads[a] as i64;
+                    let i = (opos[a] * win.strides[a] + k[a] * win.dilations[a]) as i64
+                        - win.pads[a] as i64;
                     if i < 0 || i >= spatial[a] as i64 {
                         offset = None;
                     } else if let Some(o) = offset.as_mut() {
@@ -555,7 +677,9 @@ fn softmax(x: &Tensor, axis: usize) -> Result<Tensor, String> {
     for outer in 0..v.len() / (extent * inner).max(1) {
         for i in 0..inner {
             let at = |j: usize| outer * extent * inner + j * inner + i;
-            let max = (0..extent).map(|j| v[at(j)]).fold(f64::NEG_INFINITY, f64::max);
+            let max = (0..extent)
+                .map(|j| v[at(j)])
+                .fold(f64::NEG_INFINITY, f64::max);
             let sum: f64 = (0..extent).map(|j| (v[at(j)] - max).exp()).sum();
             for j in 0..extent {
                 y[at(j)] = (v[at(j)] - max).exp() / sum;
@@ -584,7 +708,12 @@ mod tests {
     }
 
     fn iota(shape: &[usize]) -> Tensor {
-        Tensor::from_f32(shape, (0..shape.iter().product::<usize>()).map(|i| i as f32).collect())
+        Tensor::from_f32(
+            shape,
+            (0..shape.iter().product::<usize>())
+                .map(|i| i as f32)
+                .collect(),
+        )
     }
 
     #[test]
@@ -592,9 +721,18 @@ mod tests {
         // ONNX node test test_conv_with_strides_padding: 7x5 input 0..35, 3x3 ones, stride 2, pad 1.
         let x = iota(&[1, 1, 7, 5]);
         let w = Tensor::from_f32(&[1, 1, 3, 3], vec![1.0; 9]);
-        let y = run_op(OpKind::Conv, conv_attrs(&[3, 3], &[2, 2], &[1, 1, 1, 1], &[1, 1], 1), vec![(x, None), (w, None)], None).unwrap();
+        let y = run_op(
+            OpKind::Conv,
+            conv_attrs(&[3, 3], &[2, 2], &[1, 1, 1, 1], &[1, 1], 1),
+            vec![(x, None), (w, None)],
+            None,
+        )
+        .unwrap();
         assert_eq!(y.shape(), &[1, 1, 4, 3]);
-        assert_eq!(y.as_f32().unwrap(), &[12., 27., 24., 63., 108., 81., 123., 198., 141., 112., 177., 124.]);
+        assert_eq!(
+            y.as_f32().unwrap(),
+            &[12., 27., 24., 63., 108., 81., 123., 198., 141., 112., 177., 124.]
+        );
     }
 
     #[test]
@@ -602,19 +740,33 @@ mod tests {
         let x = iota(&[1, 2, 3, 3]);
         let w = Tensor::from_f32(&[2, 1, 2, 2], vec![1., 0., 0., 1., 0., 1., 1., 0.]);
         let b = Tensor::from_f32(&[2], vec![100., 200.]);
-        let y = run_op(OpKind::Conv, conv_attrs(&[2, 2], &[1, 1], &[0, 0, 0, 0], &[2, 2], 2), vec![(x, None), (w, None), (b, None)], None).unwrap();
+        let y = run_op(
+            OpKind::Conv,
+            conv_attrs(&[2, 2], &[1, 1], &[0, 0, 0, 0], &[2, 2], 2),
+            vec![(x, None), (w, None), (b, None)],
+            None,
+        )
+        .unwrap();
         // Channel 0 taps (0,0)+(2,2) = 0+8; channel 1 taps (0,2)+(2,0) = 11+15.
         assert_eq!(y.as_f32().unwrap(), &[108., 226.]);
     }
 
     #[test]
     fn conv_channel_mismatch_is_named() {
-        let err = run_op(OpKind::Conv, conv_attrs(&[1, 1], &[1, 1], &[0; 4], &[1, 1], 1), vec![(iota(&[1, 3, 2, 2]), None), (iota(&[1, 2, 1, 1]), None)], None).unwrap_err();
+        let err = run_op(
+            OpKind::Conv,
+            conv_attrs(&[1, 1], &[1, 1], &[0; 4], &[1, 1], 1),
+            vec![(iota(&[1, 3, 2, 2]), None), (iota(&[1, 2, 1, 1]), None)],
+            None,
+        )
+        .unwrap_err();
         assert!(err.contains("3 channels"), "{err}");
     }
 
     fn pool_attrs(k: &[i64], s: &[i64], p: &[i64], ceil: i64, include_pad: i64) -> Attrs {
-        conv_attrs(k, s, p, &[1, 1], 1).with("ceil_mode", AttrValue::Int(ceil)).with("count_include_pad", AttrValue::Int(include_pad))
+        conv_attrs(k, s, p, &[1, 1], 1)
+            .with("ceil_mode", AttrValue::Int(ceil))
+            .with("count_include_pad", AttrValue::Int(include_pad))
     }
 
     #[test]
@@ -628,7 +780,13 @@ mod tests {
         assert_eq!(y.as_f32().unwrap(), &[10., 11., 14., 15.]);
         let mut avg = pool_attrs(&[2, 2], &[2, 2], &[1, 1, 1, 1], 0, 1);
         avg.0.remove("group");
-        let y = run_op(OpKind::AveragePool, avg.clone(), vec![(x.clone(), None)], None).unwrap();
+        let y = run_op(
+            OpKind::AveragePool,
+            avg.clone(),
+            vec![(x.clone(), None)],
+            None,
+        )
+        .unwrap();
         assert_eq!(y.as_f32().unwrap()[0], 0.0 / 4.0);
         avg.set("count_include_pad", AttrValue::Int(0));
         let y = run_op(OpKind::AveragePool, avg, vec![(x, None)], None).unwrap();
@@ -646,7 +804,13 @@ mod tests {
             .with("beta", AttrValue::Float(1.0))
             .with("transA", AttrValue::Int(0))
             .with("transB", AttrValue::Int(1));
-        let y = run_op(OpKind::Gemm, attrs, vec![(a, None), (b, None), (c, None)], None).unwrap();
+        let y = run_op(
+            OpKind::Gemm,
+            attrs,
+            vec![(a, None), (b, None), (c, None)],
+            None,
+        )
+        .unwrap();
         assert_eq!(y.as_f32().unwrap(), &[18., 24., 30., 30.]);
     }
 
@@ -654,7 +818,13 @@ mod tests {
     fn matmul_broadcasts_batches_and_vectors() {
         let a = iota(&[2, 2, 3]);
         let v = Tensor::from_f32(&[3], vec![1., 1., 1.]);
-        let y = run_op(OpKind::MatMul, Attrs::new(), vec![(a, None), (v, None)], None).unwrap();
+        let y = run_op(
+            OpKind::MatMul,
+            Attrs::new(),
+            vec![(a, None), (v, None)],
+            None,
+        )
+        .unwrap();
         assert_eq!(y.shape(), &[2, 2]);
         assert_eq!(y.as_f32().unwrap(), &[3., 12., 21., 30.]);
     }
@@ -666,12 +836,24 @@ mod tests {
         let y = run_op(
             OpKind::BatchNormalization,
             Attrs::new().with("epsilon", AttrValue::Float(0.0)),
-            vec![(x, None), p([2., 3.]), p([1., 1.]), p([0., 1.]), p([4., 1.])],
+            vec![
+                (x, None),
+                p([2., 3.]),
+                p([1., 1.]),
+                p([0., 1.]),
+                p([4., 1.]),
+            ],
             None,
         )
         .unwrap();
         assert_eq!(y.as_f32().unwrap(), &[2.0, 4.0]);
-        let s = run_op(OpKind::Softmax, Attrs::new().with("axis", AttrValue::Int(1)), vec![(Tensor::from_f32(&[1, 2], vec![1000., 1000.]), None)], None).unwrap();
+        let s = run_op(
+            OpKind::Softmax,
+            Attrs::new().with("axis", AttrValue::Int(1)),
+            vec![(Tensor::from_f32(&[1, 2], vec![1000., 1000.]), None)],
+            None,
+        )
+        .unwrap();
         assert_eq!(s.as_f32().unwrap(), &[0.5, 0.5]);
     }
 }

@@ -134,7 +134,10 @@ impl Activation {
     /// The activation called `name` (ONNX's spelling, case-insensitive) with parameters
     /// `alpha` and `beta`.
     pub fn new(name: &str, alpha: f32, beta: f32) -> Result<Activation, String> {
-        let canonical = ACTIVATIONS.iter().find(|a| a.0.eq_ignore_ascii_case(name)).map(|a| a.0);
+        let canonical = ACTIVATIONS
+            .iter()
+            .find(|a| a.0.eq_ignore_ascii_case(name))
+            .map(|a| a.0);
         Ok(match canonical {
             Some("Sigmoid") => Activation::Sigmoid,
             Some("Tanh") => Activation::Tanh,
@@ -147,7 +150,11 @@ impl Activation {
             Some("Elu") => Activation::Elu(alpha),
             Some("Softsign") => Activation::Softsign,
             Some("Softplus") => Activation::Softplus,
-            _ => return Err(format!("activation `{name}` is not one recurrent layers allow")),
+            _ => {
+                return Err(format!(
+                    "activation `{name}` is not one recurrent layers allow"
+                ))
+            }
         })
     }
 
@@ -223,9 +230,16 @@ impl Recurrent {
             "forward" => vec![false],
             "reverse" => vec![true],
             "bidirectional" => vec![false, true],
-            d => return Err(format!("direction `{d}` is not forward, reverse or bidirectional")),
+            d => {
+                return Err(format!(
+                    "direction `{d}` is not forward, reverse or bidirectional"
+                ))
+            }
         };
-        let hidden = usize::try_from(attrs.int("hidden_size")?).ok().filter(|&h| h > 0).ok_or("hidden_size must be positive")?;
+        let hidden = usize::try_from(attrs.int("hidden_size")?)
+            .ok()
+            .filter(|&h| h > 0)
+            .ok_or("hidden_size must be positive")?;
         let batch_first = match attrs.int("layout")? {
             0 => false,
             1 => true,
@@ -236,10 +250,20 @@ impl Recurrent {
             return Err(format!("clip {clip} must be positive (inf for none)"));
         }
         let clip = clip.is_finite().then_some(clip);
-        let names: Vec<&str> = attrs.str("activations")?.split(',').map(str::trim).collect();
-        let (alphas, betas) = (attrs.floats("activation_alpha")?, attrs.floats("activation_beta")?);
+        let names: Vec<&str> = attrs
+            .str("activations")?
+            .split(',')
+            .map(str::trim)
+            .collect();
+        let (alphas, betas) = (
+            attrs.floats("activation_alpha")?,
+            attrs.floats("activation_beta")?,
+        );
         let per = cell.activations();
-        if names.len() != per * reverse.len() || alphas.len() != names.len() || betas.len() != names.len() {
+        if names.len() != per * reverse.len()
+            || alphas.len() != names.len()
+            || betas.len() != names.len()
+        {
             return Err(format!(
                 "{} activations with {} alphas and {} betas, {} directions need {} of each",
                 names.len(),
@@ -249,7 +273,11 @@ impl Recurrent {
                 per * reverse.len()
             ));
         }
-        let all = names.iter().zip(alphas.iter().zip(betas)).map(|(n, (&a, &b))| Activation::new(n, a, b)).collect::<Result<Vec<_>, _>>()?;
+        let all = names
+            .iter()
+            .zip(alphas.iter().zip(betas))
+            .map(|(n, (&a, &b))| Activation::new(n, a, b))
+            .collect::<Result<Vec<_>, _>>()?;
         let activations = all.chunks(per).map(<[Activation]>::to_vec).collect();
         let flag = |name: &str| -> Result<bool, String> {
             match attrs.int(name)? {
@@ -258,9 +286,26 @@ impl Recurrent {
                 v => Err(format!("{name} {v} is not 0 or 1")),
             }
         };
-        let input_forget = if cell == Cell::Lstm { flag("input_forget")? } else { false };
-        let linear_before_reset = if cell == Cell::Gru { flag("linear_before_reset")? } else { false };
-        Ok(Recurrent { cell, hidden, reverse, batch_first, clip, activations, input_forget, linear_before_reset })
+        let input_forget = if cell == Cell::Lstm {
+            flag("input_forget")?
+        } else {
+            false
+        };
+        let linear_before_reset = if cell == Cell::Gru {
+            flag("linear_before_reset")?
+        } else {
+            false
+        };
+        Ok(Recurrent {
+            cell,
+            hidden,
+            reverse,
+            batch_first,
+            clip,
+            activations,
+            input_forget,
+            linear_before_reset,
+        })
     }
 
     /// Directions run.
@@ -297,7 +342,11 @@ impl Recurrent {
     /// slot (`X` itself is not checked here): `W`, `R`, `B`, `sequence_lens`, `initial_h`,
     /// `initial_c`, `P`.
     fn operand_shapes(&self, input: usize, batch: Dim) -> Vec<Vec<Dim>> {
-        let (d, rows, h) = (Dim::Fixed(self.dirs()), Dim::Fixed(self.rows()), Dim::Fixed(self.hidden));
+        let (d, rows, h) = (
+            Dim::Fixed(self.dirs()),
+            Dim::Fixed(self.rows()),
+            Dim::Fixed(self.hidden),
+        );
         vec![
             vec![d, rows, Dim::Fixed(input)],
             vec![d, rows, h],
@@ -311,7 +360,16 @@ impl Recurrent {
 }
 
 /// The names of the operands by slot (for messages).
-const OPERANDS: [&str; 8] = ["X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P"];
+const OPERANDS: [&str; 8] = [
+    "X",
+    "W",
+    "R",
+    "B",
+    "sequence_lens",
+    "initial_h",
+    "initial_c",
+    "P",
+];
 
 /// Whether two static extents may be equal (unknown ones may).
 fn may_equal(a: Dim, b: Dim) -> bool {
@@ -322,14 +380,23 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
     let r = Recurrent::of(cx.op.kind, &cx.op.attrs)?;
     let x = cx.input(0)?;
     if x.dtype != DType::F32 || x.quant.is_some() {
-        return Err(format!("X must be f32, found {}", crate::text::type_to_string(x)));
+        return Err(format!(
+            "X must be f32, found {}",
+            crate::text::type_to_string(x)
+        ));
     }
     let xd = x.shape.dims();
     if xd.len() != 3 {
         return Err(format!("X {} must have rank 3", x.shape));
     }
-    let (seq, batch, input) = if r.batch_first { (xd[1], xd[0], xd[2]) } else { (xd[0], xd[1], xd[2]) };
-    let input = input.fixed().ok_or_else(|| format!("X {} must have a known input size (axis 2)", x.shape))?;
+    let (seq, batch, input) = if r.batch_first {
+        (xd[1], xd[0], xd[2])
+    } else {
+        (xd[0], xd[1], xd[2])
+    };
+    let input = input
+        .fixed()
+        .ok_or_else(|| format!("X {} must have a known input size (axis 2)", x.shape))?;
     if input == 0 {
         return Err("X has no input features".to_string());
     }
@@ -339,17 +406,29 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
     let want = r.operand_shapes(input, batch);
     for (slot, shape) in want.iter().enumerate() {
         let slot = slot + 1;
-        let Some(t) = cx.inputs.get(slot).copied().flatten() else { continue };
+        let Some(t) = cx.inputs.get(slot).copied().flatten() else {
+            continue;
+        };
         let dtype = if slot == 4 { DType::I32 } else { DType::F32 };
         let dims = t.shape.dims();
-        let fits = t.dtype == dtype && t.quant.is_none() && dims.len() == shape.len() && dims.iter().zip(shape).all(|(&a, &b)| may_equal(a, b));
+        let fits = t.dtype == dtype
+            && t.quant.is_none()
+            && dims.len() == shape.len()
+            && dims.iter().zip(shape).all(|(&a, &b)| may_equal(a, b));
         if !fits {
             let expected = Shape(shape.clone());
-            return Err(format!("{} must be {dtype}{expected}, found {}", OPERANDS[slot], crate::text::type_to_string(t)));
+            return Err(format!(
+                "{} must be {dtype}{expected}, found {}",
+                OPERANDS[slot],
+                crate::text::type_to_string(t)
+            ));
         }
     }
     let state = TensorType::new(DType::F32, Shape(r.state_shape(batch)));
-    let mut out = vec![TensorType::new(DType::F32, Shape(r.y_shape(seq, batch))), state.clone()];
+    let mut out = vec![
+        TensorType::new(DType::F32, Shape(r.y_shape(seq, batch))),
+        state.clone(),
+    ];
     if r.cell == Cell::Lstm {
         out.push(state);
     }
@@ -406,7 +485,10 @@ impl Strides {
 
 /// Checks one sample's `sequence_lens` entry against the sequence length.
 pub fn check_length(len: i64, seq: usize) -> Result<usize, String> {
-    usize::try_from(len).ok().filter(|&l| l <= seq).ok_or_else(|| format!("sequence_lens holds {len}, outside 0..={seq}"))
+    usize::try_from(len)
+        .ok()
+        .filter(|&l| l <= seq)
+        .ok_or_else(|| format!("sequence_lens holds {len}, outside 0..={seq}"))
 }
 
 pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
@@ -416,27 +498,54 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
     if xs.len() != 3 {
         return Err(format!("X {xs:?} must have rank 3"));
     }
-    let (seq, batch, input) = if r.batch_first { (xs[1], xs[0], xs[2]) } else { (xs[0], xs[1], xs[2]) };
+    let (seq, batch, input) = if r.batch_first {
+        (xs[1], xs[0], xs[2])
+    } else {
+        (xs[0], xs[1], xs[2])
+    };
     let want = r.operand_shapes(input, Dim::Fixed(batch));
     let operand = |slot: usize| -> Result<Option<&Tensor>, String> {
-        let Some(t) = cx.inputs.get(slot).copied().flatten() else { return Ok(None) };
+        let Some(t) = cx.inputs.get(slot).copied().flatten() else {
+            return Ok(None);
+        };
         let shape: Vec<usize> = want[slot - 1].iter().map(|d| d.resolve(batch)).collect();
         if t.shape() != shape.as_slice() {
-            return Err(format!("{} has shape {:?}, expected {shape:?}", OPERANDS[slot], t.shape()));
+            return Err(format!(
+                "{} has shape {:?}, expected {shape:?}",
+                OPERANDS[slot],
+                t.shape()
+            ));
         }
         Ok(Some(t))
     };
-    let f32s = |t: Option<&Tensor>| -> Result<Option<Vec<f32>>, String> { t.map(|t| t.as_f32().map(<[f32]>::to_vec)).transpose() };
+    let f32s = |t: Option<&Tensor>| -> Result<Option<Vec<f32>>, String> {
+        t.map(|t| t.as_f32().map(<[f32]>::to_vec)).transpose()
+    };
     let xv = x.as_f32()?;
     let w = f32s(operand(1)?)?.ok_or("W is missing")?;
     let rw = f32s(operand(2)?)?.ok_or("R is missing")?;
     let bias = f32s(operand(3)?)?;
     let lens: Option<Vec<i64>> = operand(4)?.map(Tensor::to_i64_vec).transpose()?;
     let h0 = f32s(operand(5)?)?;
-    let c0 = if r.cell == Cell::Lstm { f32s(operand(6)?)? } else { None };
-    let peep = if r.cell == Cell::Lstm { f32s(operand(7)?)? } else { None };
+    let c0 = if r.cell == Cell::Lstm {
+        f32s(operand(6)?)?
+    } else {
+        None
+    };
+    let peep = if r.cell == Cell::Lstm {
+        f32s(operand(7)?)?
+    } else {
+        None
+    };
     let (dirs, hidden, rows) = (r.dirs(), r.hidden, r.rows());
-    let st = Strides { seq, batch, input, hidden, dirs, batch_first: r.batch_first };
+    let st = Strides {
+        seq,
+        batch,
+        input,
+        hidden,
+        dirs,
+        batch_first: r.batch_first,
+    };
     let state_len = dirs * batch * hidden;
     let mut y = vec![0f32; seq * state_len];
     let mut yh = vec![0f32; state_len];
@@ -449,24 +558,42 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
         let (wb, rb): (Vec<f64>, Vec<f64>) = match &bias {
             Some(b) => {
                 let b = &b[d * 2 * rows..(d + 1) * 2 * rows];
-                (b[..rows].iter().map(|&v| v as f64).collect(), b[rows..].iter().map(|&v| v as f64).collect())
+                (
+                    b[..rows].iter().map(|&v| v as f64).collect(),
+                    b[rows..].iter().map(|&v| v as f64).collect(),
+                )
             }
             None => (vec![0.0; rows], vec![0.0; rows]),
         };
-        let p: Vec<f64> = peep.as_ref().map_or(vec![0.0; 3 * hidden], |p| p[d * 3 * hidden..(d + 1) * 3 * hidden].iter().map(|&v| v as f64).collect());
+        let p: Vec<f64> = peep.as_ref().map_or(vec![0.0; 3 * hidden], |p| {
+            p[d * 3 * hidden..(d + 1) * 3 * hidden]
+                .iter()
+                .map(|&v| v as f64)
+                .collect()
+        });
         for b in 0..batch {
             let len = match &lens {
                 Some(l) => check_length(l[b], seq)?,
                 None => seq,
             };
             let s0 = st.state(d, b);
-            let mut h: Vec<f32> = h0.as_ref().map_or(vec![0.0; hidden], |v| v[s0..s0 + hidden].to_vec());
-            let mut c: Vec<f32> = c0.as_ref().map_or(vec![0.0; hidden], |v| v[s0..s0 + hidden].to_vec());
+            let mut h: Vec<f32> = h0
+                .as_ref()
+                .map_or(vec![0.0; hidden], |v| v[s0..s0 + hidden].to_vec());
+            let mut c: Vec<f32> = c0
+                .as_ref()
+                .map_or(vec![0.0; hidden], |v| v[s0..s0 + hidden].to_vec());
             for step in 0..len {
                 let t = if reverse { len - 1 - step } else { step };
                 let xt = &xv[st.x(t, b)..st.x(t, b) + input];
                 // gx = W·x + Wb, gh = R·h + Rb, row by row.
-                let dot = |m: &[f32], row: usize, n: usize, v: &[f32]| -> f64 { m[row * n..(row + 1) * n].iter().zip(v).map(|(&a, &b)| a as f64 * b as f64).sum() };
+                let dot = |m: &[f32], row: usize, n: usize, v: &[f32]| -> f64 {
+                    m[row * n..(row + 1) * n]
+                        .iter()
+                        .zip(v)
+                        .map(|(&a, &b)| a as f64 * b as f64)
+                        .sum()
+                };
                 let gx: Vec<f64> = (0..rows).map(|j| dot(wd, j, input, xt) + wb[j]).collect();
                 let mut gh: Vec<f64> = (0..rows).map(|j| dot(rd, j, hidden, &h) + rb[j]).collect();
                 match r.cell {
@@ -476,7 +603,11 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
                             let pre = |gate: usize| gx[gate * hidden + k] + gh[gate * hidden + k];
                             let cp = c[k] as f64;
                             let i = f.apply(clip(pre(0) + p[k] * cp));
-                            let fg = if r.input_forget { 1.0 - i } else { f.apply(clip(pre(2) + p[2 * hidden + k] * cp)) };
+                            let fg = if r.input_forget {
+                                1.0 - i
+                            } else {
+                                f.apply(clip(pre(2) + p[2 * hidden + k] * cp))
+                            };
                             let cand = g.apply(clip(pre(3)));
                             let cn = fg * cp + i * cand;
                             let cn32 = cn as f32;
@@ -487,17 +618,26 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
                     }
                     Cell::Gru => {
                         let (f, g) = (acts[0], acts[1]);
-                        let z: Vec<f64> = (0..hidden).map(|k| f.apply(clip(gx[k] + gh[k]))).collect();
-                        let rg: Vec<f64> = (0..hidden).map(|k| f.apply(clip(gx[hidden + k] + gh[hidden + k]))).collect();
+                        let z: Vec<f64> =
+                            (0..hidden).map(|k| f.apply(clip(gx[k] + gh[k]))).collect();
+                        let rg: Vec<f64> = (0..hidden)
+                            .map(|k| f.apply(clip(gx[hidden + k] + gh[hidden + k])))
+                            .collect();
                         if !r.linear_before_reset {
-                            let rh: Vec<f32> = (0..hidden).map(|k| (rg[k] * h[k] as f64) as f32).collect();
+                            let rh: Vec<f32> =
+                                (0..hidden).map(|k| (rg[k] * h[k] as f64) as f32).collect();
                             for k in 0..hidden {
-                                gh[2 * hidden + k] = dot(rd, 2 * hidden + k, hidden, &rh) + rb[2 * hidden + k];
+                                gh[2 * hidden + k] =
+                                    dot(rd, 2 * hidden + k, hidden, &rh) + rb[2 * hidden + k];
                             }
                         }
                         for k in 0..hidden {
                             let hx = gx[2 * hidden + k];
-                            let pre = if r.linear_before_reset { hx + rg[k] * gh[2 * hidden + k] } else { hx + gh[2 * hidden + k] };
+                            let pre = if r.linear_before_reset {
+                                hx + rg[k] * gh[2 * hidden + k]
+                            } else {
+                                hx + gh[2 * hidden + k]
+                            };
                             let cand = g.apply(clip(pre));
                             h[k] = ((1.0 - z[k]) * cand + z[k] * h[k] as f64) as f32;
                         }
@@ -518,11 +658,23 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
     let (dseq, dbatch) = (Dim::Fixed(seq), Dim::Fixed(batch));
     let shape = |dims: Vec<Dim>| -> Vec<usize> { dims.iter().map(|d| d.resolve(batch)).collect() };
     let mut out = vec![
-        Tensor::new(DType::F32, shape(r.y_shape(dseq, dbatch)), TensorData::F32(y))?,
-        Tensor::new(DType::F32, shape(r.state_shape(dbatch)), TensorData::F32(yh))?,
+        Tensor::new(
+            DType::F32,
+            shape(r.y_shape(dseq, dbatch)),
+            TensorData::F32(y),
+        )?,
+        Tensor::new(
+            DType::F32,
+            shape(r.state_shape(dbatch)),
+            TensorData::F32(yh),
+        )?,
     ];
     if r.cell == Cell::Lstm {
-        out.push(Tensor::new(DType::F32, shape(r.state_shape(dbatch)), TensorData::F32(yc))?);
+        out.push(Tensor::new(
+            DType::F32,
+            shape(r.state_shape(dbatch)),
+            TensorData::F32(yc),
+        )?);
     }
     Ok(out)
 }
@@ -548,9 +700,23 @@ mod tests {
         let operands: Vec<_> = inputs
             .iter()
             .enumerate()
-            .map(|(i, t)| t.as_ref().map(|t| g.add_input(&format!("x{i}"), TensorType::new(t.dtype(), Shape::fixed(t.shape())))))
+            .map(|(i, t)| {
+                t.as_ref().map(|t| {
+                    g.add_input(
+                        &format!("x{i}"),
+                        TensorType::new(t.dtype(), Shape::fixed(t.shape())),
+                    )
+                })
+            })
             .collect();
-        let outs = g.add_op("op", Op::new(kind, attrs), &operands, &["y", "yh", "yc"][..Cell::of(kind).unwrap().results()]).unwrap();
+        let outs = g
+            .add_op(
+                "op",
+                Op::new(kind, attrs),
+                &operands,
+                &["y", "yh", "yc"][..Cell::of(kind).unwrap().results()],
+            )
+            .unwrap();
         g.set_outputs(outs).unwrap();
         crate::verify(&g).unwrap();
         let given: Vec<Tensor> = inputs.into_iter().flatten().collect();
@@ -563,14 +729,22 @@ mod tests {
         let x = Tensor::from_f32(&[3, 1, 1], vec![1., 2., 3.]);
         let w = Tensor::from_f32(&[1, 1, 1], vec![1.]);
         let r = Tensor::from_f32(&[1, 1, 1], vec![1.]);
-        let out = run(OpKind::RNN, attrs("forward", 1, &["Relu"]), vec![Some(x.clone()), Some(w.clone()), Some(r.clone())]);
+        let out = run(
+            OpKind::RNN,
+            attrs("forward", 1, &["Relu"]),
+            vec![Some(x.clone()), Some(w.clone()), Some(r.clone())],
+        );
         assert_eq!(out[0].as_f32().unwrap(), &[1., 3., 6.]);
         assert_eq!(out[1].as_f32().unwrap(), &[6.]);
-        let out = run(OpKind::RNN, attrs("bidirectional", 1, &["Relu", "Relu"]), vec![
-            Some(x),
-            Some(Tensor::from_f32(&[2, 1, 1], vec![1., 1.])),
-            Some(Tensor::from_f32(&[2, 1, 1], vec![1., 1.])),
-        ]);
+        let out = run(
+            OpKind::RNN,
+            attrs("bidirectional", 1, &["Relu", "Relu"]),
+            vec![
+                Some(x),
+                Some(Tensor::from_f32(&[2, 1, 1], vec![1., 1.])),
+                Some(Tensor::from_f32(&[2, 1, 1], vec![1., 1.])),
+            ],
+        );
         // Y is [seq, dirs, batch, hidden]: forward 1, 3, 6; reverse 6, 5, 3.
         assert_eq!(out[0].as_f32().unwrap(), &[1., 6., 3., 5., 6., 3.]);
         assert_eq!(out[1].as_f32().unwrap(), &[6., 6.]);
@@ -582,7 +756,11 @@ mod tests {
         let w = Tensor::from_f32(&[1, 1, 1], vec![1.]);
         let r = Tensor::from_f32(&[1, 1, 1], vec![1.]);
         let lens = Tensor::new(DType::I32, vec![2], TensorData::I32(vec![3, 1])).unwrap();
-        let out = run(OpKind::RNN, attrs("forward", 1, &["Relu"]), vec![Some(x), Some(w), Some(r), None, Some(lens)]);
+        let out = run(
+            OpKind::RNN,
+            attrs("forward", 1, &["Relu"]),
+            vec![Some(x), Some(w), Some(r), None, Some(lens)],
+        );
         assert_eq!(out[0].as_f32().unwrap(), &[1., 10., 3., 0., 6., 0.]);
         assert_eq!(out[1].as_f32().unwrap(), &[6., 10.]);
     }
@@ -590,9 +768,13 @@ mod tests {
     #[test]
     fn bad_attributes_are_errors() {
         let mut a = attrs("sideways", 1, &["Tanh"]);
-        assert!(Recurrent::of(OpKind::RNN, &a).unwrap_err().contains("sideways"));
+        assert!(Recurrent::of(OpKind::RNN, &a)
+            .unwrap_err()
+            .contains("sideways"));
         a = attrs("forward", 1, &["Swish"]);
-        assert!(Recurrent::of(OpKind::RNN, &a).unwrap_err().contains("Swish"));
+        assert!(Recurrent::of(OpKind::RNN, &a)
+            .unwrap_err()
+            .contains("Swish"));
         a = attrs("forward", 1, &["Tanh", "Tanh"]);
         assert!(Recurrent::of(OpKind::RNN, &a).is_err());
     }

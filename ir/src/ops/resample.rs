@@ -80,9 +80,16 @@ impl ResizeAttrs {
     fn of(attrs: &Attrs, rank: usize) -> Result<ResizeAttrs, String> {
         let choice = |name: &str, options: &[&str]| -> Result<usize, String> {
             let v = attrs.str(name)?;
-            options.iter().position(|o| *o == v).ok_or_else(|| format!("{name} `{v}` is not one of {}", options.join(", ")))
+            options
+                .iter()
+                .position(|o| *o == v)
+                .ok_or_else(|| format!("{name} `{v}` is not one of {}", options.join(", ")))
         };
-        let mode = [Interpolation::Nearest, Interpolation::Linear, Interpolation::Cubic][choice("mode", &["nearest", "linear", "cubic"])?];
+        let mode = [
+            Interpolation::Nearest,
+            Interpolation::Linear,
+            Interpolation::Cubic,
+        ][choice("mode", &["nearest", "linear", "cubic"])?];
         let transform = [
             Transform::HalfPixel,
             Transform::HalfPixelSymmetric,
@@ -93,18 +100,39 @@ impl ResizeAttrs {
             Transform::TfCropAndResize,
         ][choice(
             "coordinate_transformation_mode",
-            &["half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "tf_half_pixel_for_nn", "align_corners", "asymmetric", "tf_crop_and_resize"],
+            &[
+                "half_pixel",
+                "half_pixel_symmetric",
+                "pytorch_half_pixel",
+                "tf_half_pixel_for_nn",
+                "align_corners",
+                "asymmetric",
+                "tf_crop_and_resize",
+            ],
         )?];
-        let rounding = [Rounding::RoundPreferFloor, Rounding::RoundPreferCeil, Rounding::Floor, Rounding::Ceil]
-            [choice("nearest_mode", &["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"])?];
-        let policy = [Policy::Stretch, Policy::NotLarger, Policy::NotSmaller][choice("keep_aspect_ratio_policy", &["stretch", "not_larger", "not_smaller"])?];
+        let rounding = [
+            Rounding::RoundPreferFloor,
+            Rounding::RoundPreferCeil,
+            Rounding::Floor,
+            Rounding::Ceil,
+        ][choice(
+            "nearest_mode",
+            &["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"],
+        )?];
+        let policy = [Policy::Stretch, Policy::NotLarger, Policy::NotSmaller][choice(
+            "keep_aspect_ratio_policy",
+            &["stretch", "not_larger", "not_smaller"],
+        )?];
         let antialias = attrs.int("antialias")? != 0;
         if antialias && mode == Interpolation::Nearest {
             return Err("antialias applies to linear and cubic modes, not nearest".to_string());
         }
         let mut axes = Vec::new();
         for &a in attrs.ints("axes")? {
-            let a = usize::try_from(a).ok().filter(|&a| a < rank).ok_or_else(|| format!("axis {a} is out of range [0, {rank})"))?;
+            let a = usize::try_from(a)
+                .ok()
+                .filter(|&a| a < rank)
+                .ok_or_else(|| format!("axis {a} is out of range [0, {rank})"))?;
             if axes.contains(&a) {
                 return Err(format!("axis {a} is listed twice"));
             }
@@ -131,7 +159,12 @@ impl ResizeAttrs {
 
     /// The f64 scale per axis (1 on the axes not listed) and the result extents, from
     /// concrete extents and constant scales or sizes, with the aspect-ratio policy applied.
-    fn extents(&self, dims: &[usize], scales: Option<&[f32]>, sizes: Option<&[i64]>) -> Result<(Vec<f64>, Vec<usize>), String> {
+    fn extents(
+        &self,
+        dims: &[usize],
+        scales: Option<&[f32]>,
+        sizes: Option<&[i64]>,
+    ) -> Result<(Vec<f64>, Vec<usize>), String> {
         let mut scale = vec![1.0f64; dims.len()];
         let mut out = dims.to_vec();
         match (scales, sizes) {
@@ -160,7 +193,11 @@ impl ResizeAttrs {
                 }
                 if self.policy != Policy::Stretch {
                     let ratios = self.axes.iter().map(|&a| scale[a]);
-                    let s = if self.policy == Policy::NotLarger { ratios.fold(f64::INFINITY, f64::min) } else { ratios.fold(0.0, f64::max) };
+                    let s = if self.policy == Policy::NotLarger {
+                        ratios.fold(f64::INFINITY, f64::min)
+                    } else {
+                        ratios.fold(0.0, f64::max)
+                    };
                     for &a in &self.axes {
                         scale[a] = s;
                         // Rounded half up, as the specification states.
@@ -190,7 +227,9 @@ impl ResizeAttrs {
             Transform::AlignCorners if m > 1 => y * (nf - 1.0) / (mf - 1.0),
             Transform::AlignCorners => 0.0,
             Transform::Asymmetric => y / scale,
-            Transform::TfCropAndResize if m > 1 => y * (roi.1 - roi.0) * (nf - 1.0) / (mf - 1.0) + roi.0 * (nf - 1.0),
+            Transform::TfCropAndResize if m > 1 => {
+                y * (roi.1 - roi.0) * (nf - 1.0) / (mf - 1.0) + roi.0 * (nf - 1.0)
+            }
             Transform::TfCropAndResize => 0.5 * (roi.0 + roi.1) * (nf - 1.0),
         }
     }
@@ -221,7 +260,9 @@ impl ResizeAttrs {
                         ((a * (r + 1.0) - 5.0 * a) * (r + 1.0) + 8.0 * a) * (r + 1.0) - 4.0 * a,
                         ((a + 2.0) * r - (a + 3.0)) * r * r + 1.0,
                         ((a + 2.0) * (1.0 - r) - (a + 3.0)) * (1.0 - r) * (1.0 - r) + 1.0,
-                        ((a * ((1.0 - r) + 1.0) - 5.0 * a) * ((1.0 - r) + 1.0) + 8.0 * a) * ((1.0 - r) + 1.0) - 4.0 * a,
+                        ((a * ((1.0 - r) + 1.0) - 5.0 * a) * ((1.0 - r) + 1.0) + 8.0 * a)
+                            * ((1.0 - r) + 1.0)
+                            - 4.0 * a,
                     ],
                 ),
                 _ => (0, vec![1.0 - r, r]),
@@ -249,15 +290,29 @@ impl ResizeAttrs {
     }
 
     /// The taps of one resized axis.
-    fn axis_taps(&self, axis: usize, n: usize, m: usize, scale: f64, roi: (f64, f64)) -> Result<AxisTaps, String> {
+    fn axis_taps(
+        &self,
+        axis: usize,
+        n: usize,
+        m: usize,
+        scale: f64,
+        roi: (f64, f64),
+    ) -> Result<AxisTaps, String> {
         if n == 0 {
             return Err(format!("cannot resize the empty axis {axis}"));
         }
         let last = n as i64 - 1;
-        let mut table = AxisTaps { taps: 0, index: Vec::new(), weight: Vec::new(), outside: Vec::with_capacity(m) };
+        let mut table = AxisTaps {
+            taps: 0,
+            index: Vec::new(),
+            weight: Vec::new(),
+            outside: Vec::with_capacity(m),
+        };
         for y in 0..m {
             let x = self.coordinate(y, n, m, scale, roi);
-            table.outside.push(self.transform == Transform::TfCropAndResize && (x < 0.0 || x > last as f64));
+            table
+                .outside
+                .push(self.transform == Transform::TfCropAndResize && (x < 0.0 || x > last as f64));
             if self.mode == Interpolation::Nearest {
                 table.taps = 1;
                 table.index.push(self.nearest(x).clamp(0, last) as usize);
@@ -282,7 +337,9 @@ impl ResizeAttrs {
                 table.weight.reserve(entries);
             }
             if weights.len() != table.taps {
-                return Err(format!("interpolation kernel of axis {axis} changes width (a bug in qlift)"));
+                return Err(format!(
+                    "interpolation kernel of axis {axis} changes width (a bug in qlift)"
+                ));
             }
             if self.exclude_outside {
                 for (i, w) in weights.iter_mut().enumerate() {
@@ -297,7 +354,9 @@ impl ResizeAttrs {
                 }
             }
             for (i, w) in weights.into_iter().enumerate() {
-                table.index.push((f + first + i as i64).clamp(0, last) as usize);
+                table
+                    .index
+                    .push((f + first + i as i64).clamp(0, last) as usize);
                 table.weight.push(w);
             }
         }
@@ -319,7 +378,10 @@ fn check_scale(axis: usize, scale: f64) -> Result<(), String> {
     if scale > 0.0 && scale.is_finite() {
         Ok(())
     } else {
-        Err(format!("scale {} on axis {axis} must be positive and finite", show(scale)))
+        Err(format!(
+            "scale {} on axis {axis} must be positive and finite",
+            show(scale)
+        ))
     }
 }
 
@@ -329,7 +391,10 @@ fn checked_extent(axis: usize, n: usize, scale: f64, m: f64) -> Result<usize, St
         return Err(format!("resizing axis {axis} of extent {n} by {} gives {} elements, above the limit of {MAX_EXTENT}", show(scale), show(m)));
     }
     if m < 1.0 && n > 0 {
-        return Err(format!("scale {} makes axis {axis} of extent {n} empty", show(scale)));
+        return Err(format!(
+            "scale {} makes axis {axis} of extent {n} empty",
+            show(scale)
+        ));
     }
     Ok(m as usize)
 }
@@ -370,7 +435,13 @@ pub struct ResizePlan {
 /// The plan of a Resize with attributes `attrs` on an operand of extents `dims`, given its
 /// roi, scales or sizes (as ONNX lists them, for the attribute `axes`); shared by the
 /// interpreter and the JIT so that both index and weigh alike.
-pub fn resize_plan(attrs: &Attrs, dims: &[usize], roi: Option<&[f32]>, scales: Option<&[f32]>, sizes: Option<&[i64]>) -> Result<ResizePlan, String> {
+pub fn resize_plan(
+    attrs: &Attrs,
+    dims: &[usize],
+    roi: Option<&[f32]>,
+    scales: Option<&[f32]>,
+    sizes: Option<&[i64]>,
+) -> Result<ResizePlan, String> {
     let ra = ResizeAttrs::of(attrs, dims.len())?;
     let (scale, out) = ra.extents(dims, scales, sizes)?;
     check_elements(&out)?;
@@ -378,14 +449,20 @@ pub fn resize_plan(attrs: &Attrs, dims: &[usize], roi: Option<&[f32]>, scales: O
         match (ra.transform, roi) {
             (Transform::TfCropAndResize, Some(r)) => {
                 if r.len() != 2 * ra.axes.len() {
-                    return Err(format!("roi has {} values for {} axes", r.len(), ra.axes.len()));
+                    return Err(format!(
+                        "roi has {} values for {} axes",
+                        r.len(),
+                        ra.axes.len()
+                    ));
                 }
                 Ok(match ra.axes.iter().position(|&x| x == a) {
                     Some(i) => (r[i] as f64, r[i + ra.axes.len()] as f64),
                     None => (0.0, 1.0),
                 })
             }
-            (Transform::TfCropAndResize, None) => Err("tf_crop_and_resize needs the roi operand".to_string()),
+            (Transform::TfCropAndResize, None) => {
+                Err("tf_crop_and_resize needs the roi operand".to_string())
+            }
             _ => Ok((0.0, 1.0)),
         }
     };
@@ -393,10 +470,21 @@ pub fn resize_plan(attrs: &Attrs, dims: &[usize], roi: Option<&[f32]>, scales: O
     for a in 0..dims.len() {
         let roi = window(a)?;
         // An axis left as it is, as the reference skips it (no arithmetic on its values).
-        let identity = out[a] == dims[a] && (scale[a] - 1.0).abs() <= 1e-9 && (roi.0.abs() <= 1e-9 && (roi.1 - 1.0).abs() <= 1e-9);
-        axes.push(if identity { None } else { Some(ra.axis_taps(a, dims[a], out[a], scale[a], roi)?) });
+        let identity = out[a] == dims[a]
+            && (scale[a] - 1.0).abs() <= 1e-9
+            && (roi.0.abs() <= 1e-9 && (roi.1 - 1.0).abs() <= 1e-9);
+        axes.push(if identity {
+            None
+        } else {
+            Some(ra.axis_taps(a, dims[a], out[a], scale[a], roi)?)
+        });
     }
-    Ok(ResizePlan { out, axes, nearest: ra.mode == Interpolation::Nearest, extrapolation: ra.extrapolation })
+    Ok(ResizePlan {
+        out,
+        axes,
+        nearest: ra.mode == Interpolation::Nearest,
+        extrapolation: ra.extrapolation,
+    })
 }
 
 /// DepthToSpace and SpaceToDepth as one permutation of a 6-d view of the result.
@@ -413,8 +501,13 @@ pub struct BlockView {
 /// DepthToSpace and SpaceToDepth (`DCR` or `CRD`) as a [`BlockView`]: `dims` is the
 /// operand's `[N, C, H, W]`; `Err` for extents the block does not divide.
 pub fn block_permutation(kind: OpKind, attrs: &Attrs, dims: &[usize]) -> Result<BlockView, String> {
-    let &[n, c, h, w] = dims else { return Err(format!("expects a 4-d operand, found rank {}", dims.len())) };
-    let b = usize::try_from(attrs.int("blocksize")?).ok().filter(|&b| b > 0).ok_or("blocksize must be positive")?;
+    let &[n, c, h, w] = dims else {
+        return Err(format!("expects a 4-d operand, found rank {}", dims.len()));
+    };
+    let b = usize::try_from(attrs.int("blocksize")?)
+        .ok()
+        .filter(|&b| b > 0)
+        .ok_or("blocksize must be positive")?;
     let (hw, bb) = (h * w, b.checked_mul(b).ok_or("blocksize overflows")?);
     let crd = match attrs.str("mode")? {
         "DCR" => false,
@@ -424,27 +517,52 @@ pub fn block_permutation(kind: OpKind, attrs: &Attrs, dims: &[usize]) -> Result<
     Ok(match kind {
         OpKind::DepthToSpace => {
             if c % bb != 0 {
-                return Err(format!("{c} channels are not a multiple of blocksize² = {bb}"));
+                return Err(format!(
+                    "{c} channels are not a multiple of blocksize² = {bb}"
+                ));
             }
             let c2 = c / bb;
-            let out = vec![n, c2, h.checked_mul(b).ok_or("extent overflows")?, w.checked_mul(b).ok_or("extent overflows")?];
+            let out = vec![
+                n,
+                c2,
+                h.checked_mul(b).ok_or("extent overflows")?,
+                w.checked_mul(b).ok_or("extent overflows")?,
+            ];
             // Result view [n, c2, h, b(i), w, b(j)]; source channel (i·b + j)·c2 + c' (dcr)
             // or c'·b² + i·b + j (crd).
-            let (ch, i, j) = if crd { (bb * hw, b * hw, hw) } else { (hw, b * c2 * hw, c2 * hw) };
-            BlockView { out, view: vec![n, c2, h, b, w, b], src: vec![c * hw, ch, w, i, 1, j] }
+            let (ch, i, j) = if crd {
+                (bb * hw, b * hw, hw)
+            } else {
+                (hw, b * c2 * hw, c2 * hw)
+            };
+            BlockView {
+                out,
+                view: vec![n, c2, h, b, w, b],
+                src: vec![c * hw, ch, w, i, 1, j],
+            }
         }
         _ => {
             if h % b != 0 || w % b != 0 {
-                return Err(format!("extents {h}x{w} are not multiples of blocksize {b}"));
+                return Err(format!(
+                    "extents {h}x{w} are not multiples of blocksize {b}"
+                ));
             }
             let (h2, w2) = (h / b, w / b);
             let out = vec![n, c.checked_mul(bb).ok_or("extent overflows")?, h2, w2];
             // Result view [n, b(i), b(j), c, h2, w2] (DCR) or [n, c, b(i), b(j), h2, w2]
             // (CRD); source (c, h'·b + i, w'·b + j).
             if crd {
-                BlockView { out, view: vec![n, c, b, b, h2, w2], src: vec![c * hw, hw, w, 1, b * w, b] }
+                BlockView {
+                    out,
+                    view: vec![n, c, b, b, h2, w2],
+                    src: vec![c * hw, hw, w, 1, b * w, b],
+                }
             } else {
-                BlockView { out, view: vec![n, b, b, c, h2, w2], src: vec![c * hw, w, 1, hw, b * w, b] }
+                BlockView {
+                    out,
+                    view: vec![n, b, b, c, h2, w2],
+                    src: vec![c * hw, w, 1, hw, b * w, b],
+                }
             }
         }
     })
@@ -464,14 +582,25 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
                 return Err(format!("blocksize {b} must be positive"));
             }
             if !matches!(cx.op.attrs.str("mode")?, "DCR" | "CRD") {
-                return Err(format!("mode `{}` is not DCR or CRD", cx.op.attrs.str("mode")?));
+                return Err(format!(
+                    "mode `{}` is not DCR or CRD",
+                    cx.op.attrs.str("mode")?
+                ));
             }
             // With known extents (the batch, axis 0, is not moved) the permutation checks
             // divisibility and gives the result.
-            let fixed: Option<Vec<usize>> = dims.iter().enumerate().map(|(a, d)| if a == 0 { Some(1) } else { d.fixed() }).collect();
+            let fixed: Option<Vec<usize>> = dims
+                .iter()
+                .enumerate()
+                .map(|(a, d)| if a == 0 { Some(1) } else { d.fixed() })
+                .collect();
             let out = match fixed {
                 Some(f) => {
-                    let mut out: Vec<Dim> = block_permutation(kind, &cx.op.attrs, &f)?.out.into_iter().map(Dim::Fixed).collect();
+                    let mut out: Vec<Dim> = block_permutation(kind, &cx.op.attrs, &f)?
+                        .out
+                        .into_iter()
+                        .map(Dim::Fixed)
+                        .collect();
                     out[0] = dims[0];
                     out
                 }
@@ -486,10 +615,17 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
         }
         q => q.clone(),
     };
-    if cx.op.kind == OpKind::Resize && x.dtype == DType::Bool && ResizeAttrs::of(&cx.op.attrs, dims.len())?.mode != Interpolation::Nearest {
+    if cx.op.kind == OpKind::Resize
+        && x.dtype == DType::Bool
+        && ResizeAttrs::of(&cx.op.attrs, dims.len())?.mode != Interpolation::Nearest
+    {
         return Err("booleans can only be resized in nearest mode".to_string());
     }
-    Ok(vec![TensorType { dtype: x.dtype, shape, quant }])
+    Ok(vec![TensorType {
+        dtype: x.dtype,
+        shape,
+        quant,
+    }])
 }
 
 /// Resize's result shape and the axes it changes, from whatever is known of its operands.
@@ -501,7 +637,10 @@ fn resize_shape(cx: &InferCtx, x: &TensorType) -> Result<(Shape, Vec<usize>), St
             None => Ok(None),
             Some(t) => match t.shape.dims() {
                 [Dim::Fixed(n)] if t.dtype == dtype && t.quant.is_none() => Ok(Some(*n)),
-                _ => Err(format!("{what} must be a 1-d {dtype} vector, found {}", crate::text::type_to_string(t))),
+                _ => Err(format!(
+                    "{what} must be a 1-d {dtype} vector, found {}",
+                    crate::text::type_to_string(t)
+                )),
             },
         }
     };
@@ -538,12 +677,23 @@ fn resize_shape(cx: &InferCtx, x: &TensorType) -> Result<(Shape, Vec<usize>), St
                 let concrete: Option<Vec<i64>> = values.iter().map(|v| v.int()).collect();
                 match (fixed, concrete) {
                     // Known extents and sizes: exactly what evaluation computes.
-                    (Some(f), Some(s)) => out = ra.extents(&f, None, Some(&s))?.1.into_iter().map(Dim::Fixed).collect(),
-                    _ if ra.policy != Policy::Stretch => ra.axes.iter().for_each(|&a| out[a] = Dim::Dyn),
+                    (Some(f), Some(s)) => {
+                        out = ra
+                            .extents(&f, None, Some(&s))?
+                            .1
+                            .into_iter()
+                            .map(Dim::Fixed)
+                            .collect()
+                    }
+                    _ if ra.policy != Policy::Stretch => {
+                        ra.axes.iter().for_each(|&a| out[a] = Dim::Dyn)
+                    }
                     _ => {
                         for (&a, &v) in ra.axes.iter().zip(&values) {
                             out[a] = match (dims[a], v) {
-                                (_, SymInt::Int(v)) if v <= 0 => return Err(format!("size {v} for axis {a} must be positive")),
+                                (_, SymInt::Int(v)) if v <= 0 => {
+                                    return Err(format!("size {v} for axis {a} must be positive"))
+                                }
                                 // The batch stays axis 0's own extent: resizing it is known once bound.
                                 (Dim::Batch, SymInt::Int(_)) => Dim::Dyn,
                                 (_, SymInt::Int(v)) => Dim::Fixed(v as usize),
@@ -556,12 +706,16 @@ fn resize_shape(cx: &InferCtx, x: &TensorType) -> Result<(Shape, Vec<usize>), St
             }
             None => ra.axes.iter().for_each(|&a| out[a] = Dim::Dyn),
         },
-        (Some(len), None) | (None, Some(len)) => return Err(format!("{len} scales or sizes for {n} axes")),
+        (Some(len), None) | (None, Some(len)) => {
+            return Err(format!("{len} scales or sizes for {n} axes"))
+        }
         _ => return Err("Resize takes exactly one of scales and sizes".to_string()),
     }
     // The axes whose positions move (a crop window moves them even at the same extent).
     let crop = ra.transform == Transform::TfCropAndResize;
-    let moved = (0..dims.len()).filter(|&a| out[a] != dims[a] || out[a] == Dim::Dyn || crop && ra.axes.contains(&a)).collect();
+    let moved = (0..dims.len())
+        .filter(|&a| out[a] != dims[a] || out[a] == Dim::Dyn || crop && ra.axes.contains(&a))
+        .collect();
     Ok((Shape(out), moved))
 }
 
@@ -579,7 +733,10 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
         }
         kind => {
             let b = block_permutation(kind, &cx.op.attrs, dims)?;
-            let index: Vec<usize> = positions(&b.view).iter().map(|p| p.iter().zip(&b.src).map(|(i, s)| i * s).sum()).collect();
+            let index: Vec<usize> = positions(&b.view)
+                .iter()
+                .map(|p| p.iter().zip(&b.src).map(|(i, s)| i * s).sum())
+                .collect();
             take(x, &index, b.out)?
         }
     };
@@ -592,12 +749,22 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
 fn resize(x: &Tensor, plan: &ResizePlan) -> Result<Tensor, String> {
     let dims = x.shape();
     let src = strides(dims);
-    let outside = |p: &[usize]| plan.axes.iter().zip(p).any(|(t, &j)| t.as_ref().is_some_and(|t| t.outside[j]));
+    let outside = |p: &[usize]| {
+        plan.axes
+            .iter()
+            .zip(p)
+            .any(|(t, &j)| t.as_ref().is_some_and(|t| t.outside[j]))
+    };
     let all = positions(&plan.out);
     if plan.nearest && !all.iter().any(|p| outside(p)) {
         let index = all
             .iter()
-            .map(|p| p.iter().enumerate().map(|(a, &j)| plan.axes[a].as_ref().map_or(j, |t| t.index[j]) * src[a]).sum())
+            .map(|p| {
+                p.iter()
+                    .enumerate()
+                    .map(|(a, &j)| plan.axes[a].as_ref().map_or(j, |t| t.index[j]) * src[a])
+                    .sum()
+            })
             .collect::<Vec<usize>>();
         return take(x, &index, plan.out.clone());
     }
@@ -606,14 +773,22 @@ fn resize(x: &Tensor, plan: &ResizePlan) -> Result<Tensor, String> {
         _ => x.to_i64_vec()?.into_iter().map(|v| v as f64).collect(),
     };
     // The resized axes, outer first; the others contribute a fixed offset.
-    let resized: Vec<(usize, &AxisTaps)> = plan.axes.iter().enumerate().filter_map(|(a, t)| t.as_ref().map(|t| (a, t))).collect();
+    let resized: Vec<(usize, &AxisTaps)> = plan
+        .axes
+        .iter()
+        .enumerate()
+        .filter_map(|(a, t)| t.as_ref().map(|t| (a, t)))
+        .collect();
     let result: Vec<f64> = all
         .iter()
         .map(|p| {
             if outside(p) {
                 return plan.extrapolation;
             }
-            let base = (0..dims.len()).filter(|&a| plan.axes[a].is_none()).map(|a| p[a] * src[a]).sum();
+            let base = (0..dims.len())
+                .filter(|&a| plan.axes[a].is_none())
+                .map(|a| p[a] * src[a])
+                .sum();
             weighted_sum(&values, &src, &resized, p, base)
         })
         .collect();
@@ -622,8 +797,16 @@ fn resize(x: &Tensor, plan: &ResizePlan) -> Result<Tensor, String> {
 
 /// `Σₜ weight · (the same over the remaining axes)` at result position `p`, from the source
 /// offset `base` of the unresized axes: the order the JIT sums in too.
-fn weighted_sum(values: &[f64], src: &[usize], resized: &[(usize, &AxisTaps)], p: &[usize], base: usize) -> f64 {
-    let Some(((a, t), rest)) = resized.split_first() else { return values[base] };
+fn weighted_sum(
+    values: &[f64],
+    src: &[usize],
+    resized: &[(usize, &AxisTaps)],
+    p: &[usize],
+    base: usize,
+) -> f64 {
+    let Some(((a, t), rest)) = resized.split_first() else {
+        return values[base];
+    };
     let j = p[*a];
     let mut acc = 0.0;
     for k in j * t.taps..(j + 1) * t.taps {
@@ -636,10 +819,20 @@ fn weighted_sum(values: &[f64], src: &[usize], resized: &[(usize, &AxisTaps)], p
 /// even and saturated to the dtype (NaN becomes 0). How Resize converts its results.
 pub fn from_f64(dtype: DType, shape: Vec<usize>, values: Vec<f64>) -> Result<Tensor, String> {
     match dtype.int_range() {
-        None => Tensor::new(DType::F32, shape, TensorData::F32(values.into_iter().map(|v| v as f32).collect())),
+        None => Tensor::new(
+            DType::F32,
+            shape,
+            TensorData::F32(values.into_iter().map(|v| v as f32).collect()),
+        ),
         Some((lo, hi)) => {
             // `as` saturates (i64's bound rounds to 2^63 as f64).
-            let ints = values.into_iter().map(|v| if v.is_nan() { 0 } else { v.round_ties_even().clamp(lo as f64, hi as f64) as i64 });
+            let ints = values.into_iter().map(|v| {
+                if v.is_nan() {
+                    0
+                } else {
+                    v.round_ties_even().clamp(lo as f64, hi as f64) as i64
+                }
+            });
             Tensor::from_i64_values(dtype, shape, ints.collect())
         }
     }
@@ -654,7 +847,10 @@ mod tests {
     fn attrs(mode: &str, transform: &str, axes: &[i64]) -> Attrs {
         Attrs::new()
             .with("mode", AttrValue::Str(mode.into()))
-            .with("coordinate_transformation_mode", AttrValue::Str(transform.into()))
+            .with(
+                "coordinate_transformation_mode",
+                AttrValue::Str(transform.into()),
+            )
             .with("nearest_mode", AttrValue::Str("round_prefer_floor".into()))
             .with("cubic_coeff_a", AttrValue::Float(-0.75))
             .with("exclude_outside", AttrValue::Int(0))
@@ -670,9 +866,18 @@ mod tests {
         let mut g = crate::Graph::new("t");
         let xi = g.add_input("x", TensorType::new(x.dtype(), Shape::fixed(x.shape())));
         let si = g.add_const("s", std::sync::Arc::new(s), None);
-        let y = g.add_op("r", crate::Op::new(OpKind::Resize, a), &[Some(xi), None, Some(si)], &["y"]).map_err(|e| e.to_string())?;
+        let y = g
+            .add_op(
+                "r",
+                crate::Op::new(OpKind::Resize, a),
+                &[Some(xi), None, Some(si)],
+                &["y"],
+            )
+            .map_err(|e| e.to_string())?;
         g.set_outputs(y).map_err(|e| e.to_string())?;
-        crate::interp::run(&g, &[x]).map(|mut v| v.remove(0)).map_err(|e| e.to_string())
+        crate::interp::run(&g, &[x])
+            .map(|mut v| v.remove(0))
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -690,7 +895,9 @@ mod tests {
         // onnx test_resize_upsample_scales_linear: 2x2 → 4x4.
         let x = Tensor::from_f32(&[1, 1, 2, 2], vec![1., 2., 3., 4.]);
         let y = resize_with(attrs("linear", "half_pixel", &[2, 3]), x, &[2., 2.]).unwrap();
-        let want = [1.0, 1.25, 1.75, 2.0, 1.5, 1.75, 2.25, 2.5, 2.5, 2.75, 3.25, 3.5, 3.0, 3.25, 3.75, 4.0];
+        let want = [
+            1.0, 1.25, 1.75, 2.0, 1.5, 1.75, 2.25, 2.5, 2.5, 2.75, 3.25, 3.5, 3.0, 3.25, 3.75, 4.0,
+        ];
         assert_eq!(y.as_f32().unwrap(), &want);
     }
 
@@ -710,8 +917,18 @@ mod tests {
         assert_eq!(y.to_i64_vec().unwrap(), vec![0, 0, 0, 1, 1, 1, 1, 1]);
         let x = Tensor::from_i64_values(DType::U8, vec![1, 4], vec![0, 255, 255, 0]).unwrap();
         let y = resize_with(attrs("cubic", "half_pixel", &[1]), x, &[2.]).unwrap();
-        assert!(y.to_i64_vec().unwrap().iter().all(|&v| (0..=255).contains(&v)));
-        assert_eq!(from_f64(DType::I8, vec![3], vec![f64::NAN, 1e9, -2.5]).unwrap().to_i64_vec().unwrap(), vec![0, 127, -2]);
+        assert!(y
+            .to_i64_vec()
+            .unwrap()
+            .iter()
+            .all(|&v| (0..=255).contains(&v)));
+        assert_eq!(
+            from_f64(DType::I8, vec![3], vec![f64::NAN, 1e9, -2.5])
+                .unwrap()
+                .to_i64_vec()
+                .unwrap(),
+            vec![0, 127, -2]
+        );
     }
 
     #[test]
@@ -730,18 +947,45 @@ mod tests {
     #[test]
     fn depth_to_space_and_back() {
         let x = Tensor::from_f32(&[1, 8, 2, 3], (0..48).map(|v| v as f32).collect());
-        let d2s = |mode: &str| Attrs::new().with("blocksize", AttrValue::Int(2)).with("mode", AttrValue::Str(mode.into()));
-        let s2d = |mode: &str| Attrs::new().with("blocksize", AttrValue::Int(2)).with("mode", AttrValue::Str(mode.into()));
+        let d2s = |mode: &str| {
+            Attrs::new()
+                .with("blocksize", AttrValue::Int(2))
+                .with("mode", AttrValue::Str(mode.into()))
+        };
+        let s2d = |mode: &str| {
+            Attrs::new()
+                .with("blocksize", AttrValue::Int(2))
+                .with("mode", AttrValue::Str(mode.into()))
+        };
         for mode in ["DCR", "CRD"] {
-            let y = run_op(OpKind::DepthToSpace, d2s(mode), vec![(x.clone(), None)], None).unwrap();
+            let y = run_op(
+                OpKind::DepthToSpace,
+                d2s(mode),
+                vec![(x.clone(), None)],
+                None,
+            )
+            .unwrap();
             assert_eq!(y.shape(), &[1, 2, 4, 6]);
             let z = run_op(OpKind::SpaceToDepth, s2d(mode), vec![(y, None)], None).unwrap();
             assert_eq!(z, x);
         }
         // onnx test_depthtospace_crd_mode_example: first row of the result.
-        let y = run_op(OpKind::DepthToSpace, d2s("CRD"), vec![(x.clone(), None)], None).unwrap();
+        let y = run_op(
+            OpKind::DepthToSpace,
+            d2s("CRD"),
+            vec![(x.clone(), None)],
+            None,
+        )
+        .unwrap();
         assert_eq!(&y.as_f32().unwrap()[..6], &[0., 6., 1., 7., 2., 8.]);
-        let e = run_op(OpKind::DepthToSpace, Attrs::new().with("blocksize", AttrValue::Int(3)).with("mode", AttrValue::Str("DCR".into())), vec![(x, None)], None);
+        let e = run_op(
+            OpKind::DepthToSpace,
+            Attrs::new()
+                .with("blocksize", AttrValue::Int(3))
+                .with("mode", AttrValue::Str("DCR".into())),
+            vec![(x, None)],
+            None,
+        );
         assert!(e.unwrap_err().contains("multiple"));
     }
 }

@@ -3,7 +3,9 @@
 
 use super::broadcast::{positions, strides};
 use super::{EvalCtx, InferCtx};
-use crate::{Dim, DType, Monomial, OpKind, QuantParams, Shape, SymInt, Tensor, TensorData, TensorType};
+use crate::{
+    DType, Dim, Monomial, OpKind, QuantParams, Shape, SymInt, Tensor, TensorData, TensorType,
+};
 
 pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
     let x = cx.input(0)?;
@@ -20,7 +22,11 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
             let allowzero = attrs.int("allowzero")? != 0;
             let shape = match (attrs.get("shape"), cx.ints(1)) {
                 (Some(_), _) => {
-                    let spec: Vec<SymInt> = attrs.ints("shape")?.iter().map(|&e| SymInt::Int(e)).collect();
+                    let spec: Vec<SymInt> = attrs
+                        .ints("shape")?
+                        .iter()
+                        .map(|&e| SymInt::Int(e))
+                        .collect();
                     reshape_static(dims, &spec, allowzero)?
                 }
                 (None, Some(spec)) => reshape_static(dims, &spec, allowzero)?,
@@ -31,7 +37,10 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
         OpKind::Transpose => {
             let perm = permutation(attrs.ints("perm")?, dims.len())?;
             let shape = Shape(perm.iter().map(|&p| dims[p]).collect());
-            (shape, map_quant_axis(x, |a| perm.iter().position(|&p| p == a))?)
+            (
+                shape,
+                map_quant_axis(x, |a| perm.iter().position(|&p| p == a))?,
+            )
         }
         OpKind::Squeeze => {
             let axes = axis_set(attrs.ints("axes")?, dims.len())?;
@@ -40,7 +49,10 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
             }
             let kept: Vec<usize> = (0..dims.len()).filter(|a| !axes.contains(a)).collect();
             let shape = Shape(kept.iter().map(|&a| dims[a]).collect());
-            (shape, map_quant_axis(x, |a| kept.iter().position(|&k| k == a))?)
+            (
+                shape,
+                map_quant_axis(x, |a| kept.iter().position(|&k| k == a))?,
+            )
         }
         OpKind::Unsqueeze => {
             let rank = dims.len() + attrs.ints("axes")?.len();
@@ -53,10 +65,17 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
             (Shape(out), map_quant_axis(x, |a| kept.get(a).copied())?)
         }
         OpKind::Concat => {
-            if let Some(i) = (1..cx.inputs.len()).find(|&i| cx.inputs[i].is_some_and(|t| t.quant != x.quant)) {
-                return Err(format!("operand {i} has other quantization parameters than operand 0"));
+            if let Some(i) =
+                (1..cx.inputs.len()).find(|&i| cx.inputs[i].is_some_and(|t| t.quant != x.quant))
+            {
+                return Err(format!(
+                    "operand {i} has other quantization parameters than operand 0"
+                ));
             }
-            (concat_shape(cx.inputs, attrs.int("axis")?)?, x.quant.clone())
+            (
+                concat_shape(cx.inputs, attrs.int("axis")?)?,
+                x.quant.clone(),
+            )
         }
         OpKind::Pad => {
             let mode = PadMode::of(attrs)?;
@@ -64,16 +83,22 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
                 pad_fill(x, attrs.float("value")?)?;
             }
             let r = dims.len();
-            let pads: Option<Vec<i64>> = match (attrs.get("pads"), cx.inputs.get(1).copied().flatten()) {
-                (Some(_), None) => Some(attrs.ints("pads")?.to_vec()),
-                (None, Some(t)) => {
-                    if spec_length(t)? != 2 * r {
-                        return Err(format!("{} pads for rank {r}", spec_length(t)?));
+            let pads: Option<Vec<i64>> =
+                match (attrs.get("pads"), cx.inputs.get(1).copied().flatten()) {
+                    (Some(_), None) => Some(attrs.ints("pads")?.to_vec()),
+                    (None, Some(t)) => {
+                        if spec_length(t)? != 2 * r {
+                            return Err(format!("{} pads for rank {r}", spec_length(t)?));
+                        }
+                        cx.ints(1).and_then(|v| v.iter().map(|e| e.int()).collect())
                     }
-                    cx.ints(1).and_then(|v| v.iter().map(|e| e.int()).collect())
-                }
-                _ => return Err("Pad takes its pads as the attribute or as operand 1, not both".to_string()),
-            };
+                    _ => {
+                        return Err(
+                            "Pad takes its pads as the attribute or as operand 1, not both"
+                                .to_string(),
+                        )
+                    }
+                };
             let out = match pads {
                 Some(pads) => {
                     if pads.len() != 2 * r {
@@ -84,36 +109,54 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
                         .map(|(a, &d)| match d {
                             d if pads[a] == 0 && pads[a + r] == 0 => Ok(d),
                             Dim::Batch => Err("cannot pad the batch dimension".to_string()),
-                            Dim::Fixed(n) => padded_axis(mode, a, n, pads[a], pads[a + r]).map(Dim::Fixed),
+                            Dim::Fixed(n) => {
+                                padded_axis(mode, a, n, pads[a], pads[a + r]).map(Dim::Fixed)
+                            }
                             Dim::Sym(_) | Dim::Dyn => Ok(Dim::Dyn),
                         })
                         .collect::<Result<Vec<_>, _>>()?
                 }
                 // Pads computed at run time: the batch stays (padding it is refused then).
-                None => dims.iter().map(|&d| if d == Dim::Batch { d } else { Dim::Dyn }).collect(),
+                None => dims
+                    .iter()
+                    .map(|&d| if d == Dim::Batch { d } else { Dim::Dyn })
+                    .collect(),
             };
             (Shape(out), x.quant.clone())
         }
         other => return Err(format!("{other} is not a data-movement op")),
     };
-    Ok(vec![TensorType { dtype: x.dtype, shape, quant }])
+    Ok(vec![TensorType {
+        dtype: x.dtype,
+        shape,
+        quant,
+    }])
 }
 
 /// The result shape of concatenating `inputs` along `axis`: same dtype and rank, equal
 /// extents off the axis (quantization parameters are the caller's concern).
 pub(crate) fn concat_shape(inputs: &[Option<&TensorType>], axis: i64) -> Result<Shape, String> {
-    let x = inputs.first().copied().flatten().ok_or("operand 0 is missing")?;
+    let x = inputs
+        .first()
+        .copied()
+        .flatten()
+        .ok_or("operand 0 is missing")?;
     let dims = x.shape.dims();
     let axis = axis_in(axis, dims.len())?;
     let mut extent = Some(0usize);
     for (i, t) in inputs.iter().enumerate() {
         let t = t.ok_or_else(|| format!("operand {i} is missing"))?;
         if t.dtype != x.dtype || t.shape.rank() != dims.len() {
-            return Err(format!("operand {i} is {}{}, operand 0 is {}{}", t.dtype, t.shape, x.dtype, x.shape));
+            return Err(format!(
+                "operand {i} is {}{}, operand 0 is {}{}",
+                t.dtype, t.shape, x.dtype, x.shape
+            ));
         }
         for (a, (p, q)) in t.shape.dims().iter().zip(dims).enumerate() {
             if a != axis && p != q && !p.is_unbound() && !q.is_unbound() {
-                return Err(format!("operand {i} has extent {p} on axis {a}, operand 0 has {q}"));
+                return Err(format!(
+                    "operand {i} has extent {p} on axis {a}, operand 0 has {q}"
+                ));
             }
         }
         // A symbolic extent along the axis makes the sum known only once bound.
@@ -135,7 +178,10 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
         OpKind::Identity | OpKind::Dropout => x.clone(),
         OpKind::Flatten => {
             let axis = axis_in(attrs.int("axis")?, dims.len() + 1)?;
-            x.clone().reshaped(vec![dims[..axis].iter().product(), dims[axis..].iter().product()])?
+            x.clone().reshaped(vec![
+                dims[..axis].iter().product(),
+                dims[axis..].iter().product(),
+            ])?
         }
         OpKind::Reshape => {
             let fixed: Vec<Dim> = dims.iter().map(|&d| Dim::Fixed(d)).collect();
@@ -145,18 +191,33 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
             };
             let spec: Vec<SymInt> = spec.into_iter().map(SymInt::Int).collect();
             let shape = reshape_static(&fixed, &spec, attrs.int("allowzero")? != 0)?;
-            x.clone().reshaped(shape.as_fixed().ok_or("reshape of a concrete tensor has an unknown extent")?)?
+            x.clone().reshaped(
+                shape
+                    .as_fixed()
+                    .ok_or("reshape of a concrete tensor has an unknown extent")?,
+            )?
         }
         OpKind::Squeeze => {
             let axes = axis_set(attrs.ints("axes")?, dims.len())?;
-            let out = (0..dims.len()).filter(|a| !axes.contains(a)).map(|a| dims[a]).collect();
+            let out = (0..dims.len())
+                .filter(|a| !axes.contains(a))
+                .map(|a| dims[a])
+                .collect();
             x.clone().reshaped(out)?
         }
         OpKind::Unsqueeze => {
             let rank = dims.len() + attrs.ints("axes")?.len();
             let axes = axis_set(attrs.ints("axes")?, rank)?;
             let mut rest = dims.iter();
-            let out = (0..rank).map(|a| if axes.contains(&a) { Some(1) } else { rest.next().copied() }).collect::<Option<Vec<_>>>();
+            let out = (0..rank)
+                .map(|a| {
+                    if axes.contains(&a) {
+                        Some(1)
+                    } else {
+                        rest.next().copied()
+                    }
+                })
+                .collect::<Option<Vec<_>>>();
             x.clone().reshaped(out.ok_or("axes do not fit the rank")?)?
         }
         OpKind::Transpose => {
@@ -164,12 +225,18 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
             let out: Vec<usize> = perm.iter().map(|&p| dims[p]).collect();
             let src = strides(dims);
             let moved: Vec<usize> = perm.iter().map(|&p| src[p]).collect();
-            let index = gather_index(&out, |pos| Some(pos.iter().zip(&moved).map(|(i, s)| i * s).sum()));
+            let index = gather_index(&out, |pos| {
+                Some(pos.iter().zip(&moved).map(|(i, s)| i * s).sum())
+            });
             take(x, &index, out, 0)?
         }
         OpKind::Concat => {
             let axis = axis_in(attrs.int("axis")?, dims.len())?;
-            let parts: Vec<&Tensor> = cx.inputs.iter().map(|t| t.ok_or("missing operand")).collect::<Result<_, _>>()?;
+            let parts: Vec<&Tensor> = cx
+                .inputs
+                .iter()
+                .map(|t| t.ok_or("missing operand"))
+                .collect::<Result<_, _>>()?;
             concat(&parts, axis)?
         }
         OpKind::Pad => {
@@ -182,7 +249,9 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
             if pads.len() != 2 * r {
                 return Err(format!("{} pads for rank {r}", pads.len()));
             }
-            let out: Vec<usize> = (0..r).map(|a| padded_axis(mode, a, dims[a], pads[a], pads[a + r])).collect::<Result<_, _>>()?;
+            let out: Vec<usize> = (0..r)
+                .map(|a| padded_axis(mode, a, dims[a], pads[a], pads[a + r]))
+                .collect::<Result<_, _>>()?;
             super::index::check_elements(&out)?;
             let src = strides(dims);
             let index = gather_index(&out, |pos| {
@@ -192,7 +261,11 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
                 }
                 Some(flat)
             });
-            let fill = if mode == PadMode::Constant { pad_fill(cx.input_type(0)?, attrs.float("value")?)? } else { 0 };
+            let fill = if mode == PadMode::Constant {
+                pad_fill(cx.input_type(0)?, attrs.float("value")?)?
+            } else {
+                0
+            };
             take(x, &index, out, fill)?
         }
         other => return Err(format!("{other} is not a data-movement op")),
@@ -202,12 +275,18 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
 
 /// A non-negative axis below `bound` (the importer has normalized negative ones).
 pub(crate) fn axis_in(axis: i64, bound: usize) -> Result<usize, String> {
-    usize::try_from(axis).ok().filter(|&a| a < bound).ok_or_else(|| format!("axis {axis} is out of range [0, {bound})"))
+    usize::try_from(axis)
+        .ok()
+        .filter(|&a| a < bound)
+        .ok_or_else(|| format!("axis {axis} is out of range [0, {bound})"))
 }
 
 /// Distinct axes below `bound`, sorted.
 fn axis_set(axes: &[i64], bound: usize) -> Result<Vec<usize>, String> {
-    let mut set = axes.iter().map(|&a| axis_in(a, bound)).collect::<Result<Vec<_>, _>>()?;
+    let mut set = axes
+        .iter()
+        .map(|&a| axis_in(a, bound))
+        .collect::<Result<Vec<_>, _>>()?;
     set.sort_unstable();
     if set.windows(2).any(|w| w[0] == w[1]) {
         return Err(format!("axes {axes:?} repeat an axis"));
@@ -227,14 +306,20 @@ fn permutation(perm: &[i64], rank: usize) -> Result<Vec<usize>, String> {
 /// A product with the batch in it is refused (the batch must stay an axis of its own);
 /// other symbolic products are known only once the symbols are bound.
 fn group_dim(dims: &[Dim]) -> Result<Dim, String> {
-    let Some(m) = Monomial::of(dims) else { return Ok(Dim::Dyn) };
-    let one = Monomial { coefficient: 1, symbols: Vec::new() };
+    let Some(m) = Monomial::of(dims) else {
+        return Ok(Dim::Dyn);
+    };
+    let one = Monomial {
+        coefficient: 1,
+        symbols: Vec::new(),
+    };
     match m.divide(&one) {
         Some(Dim::Fixed(c)) => Ok(Dim::Fixed(c)),
         Some(d) => Ok(d),
-        None if m.symbols.contains(&Dim::Batch) => {
-            Err(format!("flattening would merge the batch dimension with others in {}", Shape(dims.to_vec())))
-        }
+        None if m.symbols.contains(&Dim::Batch) => Err(format!(
+            "flattening would merge the batch dimension with others in {}",
+            Shape(dims.to_vec())
+        )),
         None if m.coefficient > usize::MAX as u128 => Err("extent overflows".to_string()),
         None => Ok(Dim::Dyn),
     }
@@ -244,7 +329,10 @@ fn group_dim(dims: &[Dim]) -> Result<Dim, String> {
 pub(crate) fn spec_length(t: &TensorType) -> Result<usize, String> {
     match t.shape.dims() {
         [Dim::Fixed(n)] if t.dtype.is_integer() => Ok(*n),
-        _ => Err(format!("a shape operand must be a 1-d integer vector of known length, found {}", crate::text::type_to_string(t))),
+        _ => Err(format!(
+            "a shape operand must be a 1-d integer vector of known length, found {}",
+            crate::text::type_to_string(t)
+        )),
     }
 }
 
@@ -256,16 +344,30 @@ pub(crate) fn spec_length(t: &TensorType) -> Result<usize, String> {
 fn reshape_static(dims: &[Dim], spec: &[SymInt], allowzero: bool) -> Result<Shape, String> {
     let mut out = Vec::with_capacity(spec.len());
     let mut infer_at = None;
-    let show = || format!("{:?}", spec.iter().map(|e| match e { SymInt::Int(v) => v.to_string(), SymInt::Dim(d) => d.to_string() }).collect::<Vec<_>>());
+    let show = || {
+        format!(
+            "{:?}",
+            spec.iter()
+                .map(|e| match e {
+                    SymInt::Int(v) => v.to_string(),
+                    SymInt::Dim(d) => d.to_string(),
+                })
+                .collect::<Vec<_>>()
+        )
+    };
     for (i, &e) in spec.iter().enumerate() {
         out.push(match e {
-            SymInt::Int(0) if !allowzero => *dims.get(i).ok_or_else(|| format!("shape entry {i} copies a dimension the input lacks"))?,
+            SymInt::Int(0) if !allowzero => *dims
+                .get(i)
+                .ok_or_else(|| format!("shape entry {i} copies a dimension the input lacks"))?,
             SymInt::Int(-1) if infer_at.is_none() => {
                 infer_at = Some(i);
                 Dim::Fixed(1)
             }
             SymInt::Int(-1) => return Err("shape has more than one -1".to_string()),
-            SymInt::Int(e) if e >= 0 => Dim::Fixed(usize::try_from(e).map_err(|_| format!("shape entry {e} is too large"))?),
+            SymInt::Int(e) if e >= 0 => {
+                Dim::Fixed(usize::try_from(e).map_err(|_| format!("shape entry {e} is too large"))?)
+            }
             SymInt::Int(e) => return Err(format!("invalid shape entry {e}")),
             SymInt::Dim(d) => d,
         });
@@ -278,22 +380,38 @@ fn reshape_static(dims: &[Dim], spec: &[SymInt], allowzero: bool) -> Result<Shap
     };
     let batch_in = m_in.symbols.iter().filter(|d| **d == Dim::Batch).count();
     let batch_out = m_out.symbols.iter().filter(|d| **d == Dim::Batch).count();
-    let merge = || format!("reshape of {} to {} would merge the batch dimension with others", Shape(dims.to_vec()), show());
+    let merge = || {
+        format!(
+            "reshape of {} to {} would merge the batch dimension with others",
+            Shape(dims.to_vec()),
+            show()
+        )
+    };
     match infer_at {
         Some(i) => {
             out[i] = match m_in.divide(&m_out) {
                 Some(d) => d,
                 None if batch_in != batch_out => return Err(merge()),
                 None if m_in.symbols.is_empty() && m_out.symbols.is_empty() => {
-                    return Err(format!("cannot reshape {} to {}", Shape(dims.to_vec()), show()))
+                    return Err(format!(
+                        "cannot reshape {} to {}",
+                        Shape(dims.to_vec()),
+                        show()
+                    ))
                 }
                 None => Dim::Dyn,
             }
         }
         None if m_in == m_out => {}
         None if batch_in != batch_out => return Err(merge()),
-        None if m_in.symbols == m_out.symbols || (m_in.symbols.is_empty() && m_out.symbols.is_empty()) => {
-            return Err(format!("cannot reshape {} to {}", Shape(dims.to_vec()), show()))
+        None if m_in.symbols == m_out.symbols
+            || (m_in.symbols.is_empty() && m_out.symbols.is_empty()) =>
+        {
+            return Err(format!(
+                "cannot reshape {} to {}",
+                Shape(dims.to_vec()),
+                show()
+            ))
         }
         // Symbolic counts that may agree once bound (`[seq, 2]` to `[2, seq]`).
         None => {}
@@ -321,7 +439,9 @@ pub(crate) fn reshape_spec_for(input: &Shape, output: &Shape) -> Option<Vec<i64>
         })
         .collect::<Option<Vec<i64>>>()?;
     // A literal 0 would copy too: only when the input has 0 there as well.
-    if spec.iter().enumerate().any(|(i, &e)| e == 0 && output.dims()[i] != Dim::Batch && input.dims().get(i) != Some(&Dim::Fixed(0))) {
+    if spec.iter().enumerate().any(|(i, &e)| {
+        e == 0 && output.dims()[i] != Dim::Batch && input.dims().get(i) != Some(&Dim::Fixed(0))
+    }) {
         return None;
     }
     let check: Vec<SymInt> = spec.iter().map(|&e| SymInt::Int(e)).collect();
@@ -332,15 +452,24 @@ pub(crate) fn reshape_spec_for(input: &Shape, output: &Shape) -> Option<Vec<i64>
 /// when every dimension up to and including the channel axis is unchanged.
 fn regroup_quant(x: &TensorType, out: &Shape) -> Result<Option<QuantParams>, String> {
     match &x.quant {
-        Some(q) if q.axis.is_some_and(|a| out.dims().get(..=a) != x.shape.dims().get(..=a)) => {
-            Err("a per-channel quantized value cannot be reshaped across its channel axis".to_string())
+        Some(q)
+            if q.axis
+                .is_some_and(|a| out.dims().get(..=a) != x.shape.dims().get(..=a)) =>
+        {
+            Err(
+                "a per-channel quantized value cannot be reshaped across its channel axis"
+                    .to_string(),
+            )
         }
         q => Ok(q.clone()),
     }
 }
 
 /// Quantization parameters with the channel axis moved by `new_axis`.
-fn map_quant_axis(x: &TensorType, new_axis: impl Fn(usize) -> Option<usize>) -> Result<Option<QuantParams>, String> {
+fn map_quant_axis(
+    x: &TensorType,
+    new_axis: impl Fn(usize) -> Option<usize>,
+) -> Result<Option<QuantParams>, String> {
     let Some(q) = &x.quant else { return Ok(None) };
     let axis = match q.axis {
         None => None,
@@ -371,7 +500,9 @@ impl PadMode {
             "reflect" => Ok(PadMode::Reflect),
             "edge" => Ok(PadMode::Edge),
             "wrap" => Ok(PadMode::Wrap),
-            m => Err(format!("pad mode `{m}` is not constant, reflect, edge or wrap")),
+            m => Err(format!(
+                "pad mode `{m}` is not constant, reflect, edge or wrap"
+            )),
         }
     }
 }
@@ -379,9 +510,19 @@ impl PadMode {
 /// The extent of axis `axis` (extent `n`) padded by `begin` and `end`: refused when the
 /// pads crop more than the extent, and (outside constant mode) when positions must be
 /// filled from an axis the crop left empty.
-fn padded_axis(mode: PadMode, axis: usize, n: usize, begin: i64, end: i64) -> Result<usize, String> {
-    let m = (n as i64).checked_add(begin).and_then(|m| m.checked_add(end));
-    let m = m.and_then(|m| usize::try_from(m).ok()).ok_or_else(|| format!("pads {begin}, {end} crop more than the extent {n} of axis {axis}"))?;
+fn padded_axis(
+    mode: PadMode,
+    axis: usize,
+    n: usize,
+    begin: i64,
+    end: i64,
+) -> Result<usize, String> {
+    let m = (n as i64)
+        .checked_add(begin)
+        .and_then(|m| m.checked_add(end));
+    let m = m.and_then(|m| usize::try_from(m).ok()).ok_or_else(|| {
+        format!("pads {begin}, {end} crop more than the extent {n} of axis {axis}")
+    })?;
     let kept = n as i64 - (-begin).max(0) - (-end).max(0);
     if mode != PadMode::Constant && kept <= 0 && m > 0 {
         return Err(format!("axis {axis} has no element left to pad from in {mode:?} mode (extent {n}, pads {begin}, {end})"));
@@ -410,7 +551,11 @@ pub fn pad_source(mode: PadMode, p: usize, begin: i64, end: i64, n: usize) -> Op
         PadMode::Reflect if m == 1 => 0,
         PadMode::Reflect => {
             let k = i.rem_euclid(2 * (m - 1));
-            if k < m { k } else { 2 * (m - 1) - k }
+            if k < m {
+                k
+            } else {
+                2 * (m - 1) - k
+            }
         }
     };
     Some((lo + j) as usize)
@@ -422,8 +567,12 @@ fn pad_fill(x: &TensorType, value: f32) -> Result<i64, String> {
     match &x.quant {
         None if x.dtype == DType::F32 => Ok(value.to_bits() as i64),
         None => Ok(value as i64),
-        Some(q) if value == 0.0 && q.zero_point.iter().all(|&z| z == q.zero_point[0]) => Ok(q.zero_point[0] as i64),
-        Some(_) => Err("a quantized value can only be padded with 0.0 and one zero point".to_string()),
+        Some(q) if value == 0.0 && q.zero_point.iter().all(|&z| z == q.zero_point[0]) => {
+            Ok(q.zero_point[0] as i64)
+        }
+        Some(_) => {
+            Err("a quantized value can only be padded with 0.0 and one zero point".to_string())
+        }
     }
 }
 
@@ -434,7 +583,12 @@ fn gather_index(out: &[usize], f: impl Fn(&[usize]) -> Option<usize>) -> Vec<Opt
 
 /// A tensor of `x`'s dtype with element i = x[index[i]], or `fill` where the index is `None`
 /// (`fill` holds the raw bits for f32, the integer otherwise).
-pub(super) fn take(x: &Tensor, index: &[Option<usize>], shape: Vec<usize>, fill: i64) -> Result<Tensor, String> {
+pub(super) fn take(
+    x: &Tensor,
+    index: &[Option<usize>],
+    shape: Vec<usize>,
+    fill: i64,
+) -> Result<Tensor, String> {
     macro_rules! pick {
         ($v:expr, $fill:expr) => {
             index.iter().map(|i| i.map_or($fill, |i| $v[i])).collect()
@@ -499,7 +653,11 @@ mod tests {
     use std::sync::Arc;
 
     fn n(dims: &[Option<usize>]) -> Shape {
-        Shape(dims.iter().map(|d| d.map_or(Dim::Batch, Dim::Fixed)).collect())
+        Shape(
+            dims.iter()
+                .map(|d| d.map_or(Dim::Batch, Dim::Fixed))
+                .collect(),
+        )
     }
 
     fn reshape_static(dims: &[Dim], spec: &[i64], allowzero: bool) -> Result<Shape, String> {
@@ -510,38 +668,91 @@ mod tests {
     #[test]
     fn reshape_with_batch_symbol() {
         let x = n(&[None, Some(16), Some(2), Some(2)]);
-        assert_eq!(reshape_static(x.dims(), &[-1, 64], false).unwrap(), n(&[None, Some(64)]));
-        assert_eq!(reshape_static(x.dims(), &[0, -1], false).unwrap(), n(&[None, Some(64)]));
-        assert_eq!(reshape_static(x.dims(), &[0, 16, 4], false).unwrap(), n(&[None, Some(16), Some(4)]));
-        assert!(reshape_static(x.dims(), &[-1], false).unwrap_err().contains("merge the batch"));
-        assert!(reshape_static(x.dims(), &[-1, 32], false).unwrap_err().contains("merge the batch"));
+        assert_eq!(
+            reshape_static(x.dims(), &[-1, 64], false).unwrap(),
+            n(&[None, Some(64)])
+        );
+        assert_eq!(
+            reshape_static(x.dims(), &[0, -1], false).unwrap(),
+            n(&[None, Some(64)])
+        );
+        assert_eq!(
+            reshape_static(x.dims(), &[0, 16, 4], false).unwrap(),
+            n(&[None, Some(16), Some(4)])
+        );
+        assert!(reshape_static(x.dims(), &[-1], false)
+            .unwrap_err()
+            .contains("merge the batch"));
+        assert!(reshape_static(x.dims(), &[-1, 32], false)
+            .unwrap_err()
+            .contains("merge the batch"));
         assert!(reshape_static(x.dims(), &[-1, -1], false).is_err());
         let fixed = Shape::fixed(&[2, 3]);
-        assert_eq!(reshape_static(fixed.dims(), &[3, -1], false).unwrap(), Shape::fixed(&[3, 2]));
-        assert_eq!(reshape_static(Shape::fixed(&[0, 3]).dims(), &[3, 0], true).unwrap(), Shape::fixed(&[3, 0]));
+        assert_eq!(
+            reshape_static(fixed.dims(), &[3, -1], false).unwrap(),
+            Shape::fixed(&[3, 2])
+        );
+        assert_eq!(
+            reshape_static(Shape::fixed(&[0, 3]).dims(), &[3, 0], true).unwrap(),
+            Shape::fixed(&[3, 0])
+        );
         assert!(reshape_static(fixed.dims(), &[4, -1], false).is_err());
     }
 
     #[test]
     fn flatten_groups() {
         assert_eq!(group_dim(n(&[None]).dims()).unwrap(), Dim::Batch);
-        assert_eq!(group_dim(n(&[Some(2), Some(3)]).dims()).unwrap(), Dim::Fixed(6));
+        assert_eq!(
+            group_dim(n(&[Some(2), Some(3)]).dims()).unwrap(),
+            Dim::Fixed(6)
+        );
         assert!(group_dim(n(&[None, Some(3)]).dims()).is_err());
     }
 
-    fn run(kind: OpKind, attrs: Attrs, inputs: Vec<Tensor>, quant: Option<QuantParams>) -> Result<Tensor, String> {
-        run_op(kind, attrs, inputs.into_iter().map(|t| (t, quant.clone())).collect(), None)
+    fn run(
+        kind: OpKind,
+        attrs: Attrs,
+        inputs: Vec<Tensor>,
+        quant: Option<QuantParams>,
+    ) -> Result<Tensor, String> {
+        run_op(
+            kind,
+            attrs,
+            inputs.into_iter().map(|t| (t, quant.clone())).collect(),
+            None,
+        )
     }
 
     #[test]
     fn transpose_and_concat() {
         let x = Tensor::from_f32(&[2, 3], vec![1., 2., 3., 4., 5., 6.]);
-        let t = run(OpKind::Transpose, Attrs::new().with("perm", AttrValue::Ints(vec![1, 0])), vec![x.clone()], None).unwrap();
+        let t = run(
+            OpKind::Transpose,
+            Attrs::new().with("perm", AttrValue::Ints(vec![1, 0])),
+            vec![x.clone()],
+            None,
+        )
+        .unwrap();
         assert_eq!(t.shape(), &[3, 2]);
         assert_eq!(t.as_f32().unwrap(), &[1., 4., 2., 5., 3., 6.]);
-        let c = run(OpKind::Concat, Attrs::new().with("axis", AttrValue::Int(1)), vec![x.clone(), x.clone()], None).unwrap();
-        assert_eq!(c.as_f32().unwrap(), &[1., 2., 3., 1., 2., 3., 4., 5., 6., 4., 5., 6.]);
-        let c0 = run(OpKind::Concat, Attrs::new().with("axis", AttrValue::Int(0)), vec![x.clone(), x], None).unwrap();
+        let c = run(
+            OpKind::Concat,
+            Attrs::new().with("axis", AttrValue::Int(1)),
+            vec![x.clone(), x.clone()],
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            c.as_f32().unwrap(),
+            &[1., 2., 3., 1., 2., 3., 4., 5., 6., 4., 5., 6.]
+        );
+        let c0 = run(
+            OpKind::Concat,
+            Attrs::new().with("axis", AttrValue::Int(0)),
+            vec![x.clone(), x],
+            None,
+        )
+        .unwrap();
         assert_eq!(c0.shape(), &[4, 3]);
     }
 
@@ -549,57 +760,147 @@ mod tests {
     fn pad_with_negative_pads_and_quantized_fill() {
         let x = Tensor::from_f32(&[3], vec![1., 2., 3.]);
         let attrs = |pads: Vec<i64>, v: f32| {
-            Attrs::new().with("pads", AttrValue::Ints(pads)).with("value", AttrValue::Float(v)).with("mode", AttrValue::Str("constant".into()))
+            Attrs::new()
+                .with("pads", AttrValue::Ints(pads))
+                .with("value", AttrValue::Float(v))
+                .with("mode", AttrValue::Str("constant".into()))
         };
         let p = run(OpKind::Pad, attrs(vec![2, -1], 9.0), vec![x], None).unwrap();
         assert_eq!(p.as_f32().unwrap(), &[9., 9., 1., 2.]);
         let q = Tensor::new(DType::U8, vec![1], TensorData::U8(vec![7])).unwrap();
         let qp = Some(QuantParams::per_tensor(0.5, 128));
-        let p = run(OpKind::Pad, attrs(vec![1, 1], 0.0), vec![q.clone()], qp.clone()).unwrap();
+        let p = run(
+            OpKind::Pad,
+            attrs(vec![1, 1], 0.0),
+            vec![q.clone()],
+            qp.clone(),
+        )
+        .unwrap();
         assert_eq!(p.to_i64_vec().unwrap(), vec![128, 7, 128]);
-        assert!(run(OpKind::Pad, attrs(vec![1, 1], 1.0), vec![q], qp).unwrap_err().contains("padded with 0.0"));
+        assert!(run(OpKind::Pad, attrs(vec![1, 1], 1.0), vec![q], qp)
+            .unwrap_err()
+            .contains("padded with 0.0"));
     }
 
     #[test]
     fn pad_modes_follow_numpy() {
         let x = Tensor::from_f32(&[3], vec![1., 2., 3.]);
         let pad = |mode: &str, pads: Vec<i64>| {
-            let attrs = Attrs::new().with("pads", AttrValue::Ints(pads)).with("value", AttrValue::Float(0.0)).with("mode", AttrValue::Str(mode.into()));
+            let attrs = Attrs::new()
+                .with("pads", AttrValue::Ints(pads))
+                .with("value", AttrValue::Float(0.0))
+                .with("mode", AttrValue::Str(mode.into()));
             run(OpKind::Pad, attrs, vec![x.clone()], None).map(|t| t.as_f32().unwrap().to_vec())
         };
         // np.pad([1, 2, 3], (5, 4), mode)
-        assert_eq!(pad("reflect", vec![5, 4]).unwrap(), [2., 1., 2., 3., 2., 1., 2., 3., 2., 1., 2., 3.]);
+        assert_eq!(
+            pad("reflect", vec![5, 4]).unwrap(),
+            [2., 1., 2., 3., 2., 1., 2., 3., 2., 1., 2., 3.]
+        );
         assert_eq!(pad("edge", vec![2, 1]).unwrap(), [1., 1., 1., 2., 3., 3.]);
-        assert_eq!(pad("wrap", vec![4, 2]).unwrap(), [3., 1., 2., 3., 1., 2., 3., 1., 2.]);
+        assert_eq!(
+            pad("wrap", vec![4, 2]).unwrap(),
+            [3., 1., 2., 3., 1., 2., 3., 1., 2.]
+        );
         // Crop first, then pad what is left.
         assert_eq!(pad("reflect", vec![-1, 2]).unwrap(), [2., 3., 2., 3.]);
-        assert!(pad("edge", vec![-3, 1]).unwrap_err().contains("no element left"));
-        assert!(pad("constant", vec![-4, 0]).unwrap_err().contains("crop more"));
-        assert!(pad("constant", vec![0, 1 << 40]).unwrap_err().contains("limit"));
-        assert!(pad("mirror", vec![1, 1]).unwrap_err().contains("not constant"));
+        assert!(pad("edge", vec![-3, 1])
+            .unwrap_err()
+            .contains("no element left"));
+        assert!(pad("constant", vec![-4, 0])
+            .unwrap_err()
+            .contains("crop more"));
+        assert!(pad("constant", vec![0, 1 << 40])
+            .unwrap_err()
+            .contains("limit"));
+        assert!(pad("mirror", vec![1, 1])
+            .unwrap_err()
+            .contains("not constant"));
     }
 
     #[test]
     fn quant_axis_follows_transpose_and_unsqueeze() {
-        let ty = TensorType::quantized(DType::I8, Shape::fixed(&[4, 2]), QuantParams::per_axis(1, vec![0.1, 0.2], vec![0, 0]));
+        let ty = TensorType::quantized(
+            DType::I8,
+            Shape::fixed(&[4, 2]),
+            QuantParams::per_axis(1, vec![0.1, 0.2], vec![0, 0]),
+        );
         let mut g = Graph::new("t");
-        let x = g.add_const("x", Arc::new(Tensor::zeros(DType::I8, &[4, 2])), ty.quant.clone());
-        let t = g.add_op("t", Op::new(OpKind::Transpose, Attrs::new().with("perm", AttrValue::Ints(vec![1, 0]))), &[Some(x)], &["t"]).unwrap();
+        let x = g.add_const(
+            "x",
+            Arc::new(Tensor::zeros(DType::I8, &[4, 2])),
+            ty.quant.clone(),
+        );
+        let t = g
+            .add_op(
+                "t",
+                Op::new(
+                    OpKind::Transpose,
+                    Attrs::new().with("perm", AttrValue::Ints(vec![1, 0])),
+                ),
+                &[Some(x)],
+                &["t"],
+            )
+            .unwrap();
         assert_eq!(g.value_type(t[0]).quant.as_ref().unwrap().axis, Some(0));
-        let u = g.add_op("u", Op::new(OpKind::Unsqueeze, Attrs::new().with("axes", AttrValue::Ints(vec![0]))), &[Some(x)], &["u"]).unwrap();
+        let u = g
+            .add_op(
+                "u",
+                Op::new(
+                    OpKind::Unsqueeze,
+                    Attrs::new().with("axes", AttrValue::Ints(vec![0])),
+                ),
+                &[Some(x)],
+                &["u"],
+            )
+            .unwrap();
         assert_eq!(g.value_type(u[0]).shape, Shape::fixed(&[1, 4, 2]));
         assert_eq!(g.value_type(u[0]).quant.as_ref().unwrap().axis, Some(2));
-        let f = g.add_op("f", Op::new(OpKind::Flatten, Attrs::new().with("axis", AttrValue::Int(0))), &[Some(x)], &["f"]);
+        let f = g.add_op(
+            "f",
+            Op::new(
+                OpKind::Flatten,
+                Attrs::new().with("axis", AttrValue::Int(0)),
+            ),
+            &[Some(x)],
+            &["f"],
+        );
         assert!(f.unwrap_err().to_string().contains("channel axis"));
     }
 
     #[test]
     fn squeeze_and_unsqueeze_eval_with_batch() {
         let mut g = Graph::new("t");
-        let x = g.add_input("x", TensorType::new(DType::F32, n(&[None, Some(1), Some(3)])));
-        let s = g.add_op("s", Op::new(OpKind::Squeeze, Attrs::new().with("axes", AttrValue::Ints(vec![1]))), &[Some(x)], &["s"]).unwrap();
-        let u = g.add_op("u", Op::new(OpKind::Unsqueeze, Attrs::new().with("axes", AttrValue::Ints(vec![2, 0]))), &[Some(s[0])], &["u"]).unwrap();
-        assert_eq!(g.value_type(u[0]).shape, n(&[Some(1), None, Some(1), Some(3)]));
+        let x = g.add_input(
+            "x",
+            TensorType::new(DType::F32, n(&[None, Some(1), Some(3)])),
+        );
+        let s = g
+            .add_op(
+                "s",
+                Op::new(
+                    OpKind::Squeeze,
+                    Attrs::new().with("axes", AttrValue::Ints(vec![1])),
+                ),
+                &[Some(x)],
+                &["s"],
+            )
+            .unwrap();
+        let u = g
+            .add_op(
+                "u",
+                Op::new(
+                    OpKind::Unsqueeze,
+                    Attrs::new().with("axes", AttrValue::Ints(vec![2, 0])),
+                ),
+                &[Some(s[0])],
+                &["u"],
+            )
+            .unwrap();
+        assert_eq!(
+            g.value_type(u[0]).shape,
+            n(&[Some(1), None, Some(1), Some(3)])
+        );
         g.set_outputs(u).unwrap();
         let out = crate::interp::run(&g, &[Tensor::from_f32(&[2, 1, 3], vec![0.; 6])]).unwrap();
         assert_eq!(out[0].shape(), &[1, 2, 1, 3]);

@@ -34,7 +34,9 @@ pub fn gelu_uses_tanh(op: &Op) -> Result<bool, String> {
     match op.attrs.str("approximate")? {
         "none" => Ok(false),
         "tanh" => Ok(true),
-        other => Err(format!("approximate must be \"none\" or \"tanh\", found {other:?}")),
+        other => Err(format!(
+            "approximate must be \"none\" or \"tanh\", found {other:?}"
+        )),
     }
 }
 
@@ -54,7 +56,11 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
                 other => return Err(format!("{other} on {dtype} is not supported")),
             })
         };
-        let v = x.to_i64_vec()?.into_iter().map(g).collect::<Result<Vec<_>, _>>()?;
+        let v = x
+            .to_i64_vec()?
+            .into_iter()
+            .map(g)
+            .collect::<Result<Vec<_>, _>>()?;
         Tensor::from_i64_values(dtype, x.shape().to_vec(), v)?
     };
     Ok(vec![out])
@@ -68,7 +74,9 @@ fn float_fn(op: &Op) -> Result<Box<dyn Fn(f32) -> f32>, String> {
     use OpKind::*;
     let alpha = || op.attrs.float("alpha").map(f64::from);
     // Functions computed in f64 and rounded once.
-    let wide = |f: Box<dyn Fn(f64) -> f64>| -> Box<dyn Fn(f32) -> f32> { Box::new(move |v: f32| f(v as f64) as f32) };
+    let wide = |f: Box<dyn Fn(f64) -> f64>| -> Box<dyn Fn(f32) -> f32> {
+        Box::new(move |v: f32| f(v as f64) as f32)
+    };
     Ok(match op.kind {
         Sqrt => Box::new(f32::sqrt),
         Exp => Box::new(f32::exp),
@@ -81,17 +89,31 @@ fn float_fn(op: &Op) -> Result<Box<dyn Fn(f32) -> f32>, String> {
         Round => Box::new(f32::round_ties_even),
         Sin => Box::new(f32::sin),
         Cos => Box::new(f32::cos),
-        Sign => Box::new(|v: f32| if v > 0.0 { 1.0 } else if v < 0.0 { -1.0 } else { v * 0.0 }),
+        Sign => Box::new(|v: f32| {
+            if v > 0.0 {
+                1.0
+            } else if v < 0.0 {
+                -1.0
+            } else {
+                v * 0.0
+            }
+        }),
         Erf => wide(Box::new(libm::erf)),
-        Gelu if gelu_uses_tanh(op)? => wide(Box::new(|x| 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh()))),
-        Gelu => wide(Box::new(|x| 0.5 * x * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2)))),
+        Gelu if gelu_uses_tanh(op)? => wide(Box::new(|x| {
+            0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
+        })),
+        Gelu => wide(Box::new(|x| {
+            0.5 * x * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2))
+        })),
         Elu => {
             let a = alpha()?;
             wide(Box::new(move |x| if x < 0.0 { a * x.exp_m1() } else { x }))
         }
         Selu => {
             let (a, g) = (alpha()?, op.attrs.float("gamma")? as f64);
-            wide(Box::new(move |x| if x <= 0.0 { g * a * x.exp_m1() } else { g * x }))
+            wide(Box::new(
+                move |x| if x <= 0.0 { g * a * x.exp_m1() } else { g * x },
+            ))
         }
         Softplus => wide(Box::new(softplus)),
         Mish => wide(Box::new(|x| x * softplus(x).tanh())),
@@ -102,7 +124,13 @@ fn float_fn(op: &Op) -> Result<Box<dyn Fn(f32) -> f32>, String> {
         }
         Celu => {
             let a = alpha()?;
-            wide(Box::new(move |x| if x.is_nan() { x } else { x.max(0.0) + (a * (x / a).exp_m1()).min(0.0) }))
+            wide(Box::new(move |x| {
+                if x.is_nan() {
+                    x
+                } else {
+                    x.max(0.0) + (a * (x / a).exp_m1()).min(0.0)
+                }
+            }))
         }
         other => return Err(format!("{other} is not a one-operand elementwise op")),
     })
@@ -128,18 +156,28 @@ mod tests {
     }
 
     fn f(kind: OpKind, attrs: Attrs, v: &[f32]) -> Vec<f32> {
-        run(kind, attrs, Tensor::from_f32(&[v.len()], v.to_vec())).unwrap().as_f32().unwrap().to_vec()
+        run(kind, attrs, Tensor::from_f32(&[v.len()], v.to_vec()))
+            .unwrap()
+            .as_f32()
+            .unwrap()
+            .to_vec()
     }
 
     #[test]
     fn math_functions() {
         let none = Attrs::new;
-        assert_eq!(f(OpKind::Round, none(), &[0.5, 1.5, 2.5, -0.5, -1.7]), [0.0, 2.0, 2.0, -0.0, -2.0]);
+        assert_eq!(
+            f(OpKind::Round, none(), &[0.5, 1.5, 2.5, -0.5, -1.7]),
+            [0.0, 2.0, 2.0, -0.0, -2.0]
+        );
         assert_eq!(f(OpKind::Sign, none(), &[-3.0, 0.0, 2.0]), [-1.0, 0.0, 1.0]);
         assert!(f(OpKind::Sign, none(), &[f32::NAN])[0].is_nan());
         assert!(f(OpKind::Sqrt, none(), &[-1.0])[0].is_nan());
         assert_eq!(f(OpKind::Log, none(), &[0.0])[0], f32::NEG_INFINITY);
-        assert_eq!(f(OpKind::Erf, none(), &[0.0, 10.0, -10.0]), [0.0, 1.0, -1.0]);
+        assert_eq!(
+            f(OpKind::Erf, none(), &[0.0, 10.0, -10.0]),
+            [0.0, 1.0, -1.0]
+        );
         assert!((f(OpKind::Erf, none(), &[0.5])[0] - 0.520_499_9).abs() < 1e-7);
         assert_eq!(f(OpKind::Reciprocal, none(), &[0.0])[0], f32::INFINITY);
     }
@@ -147,9 +185,27 @@ mod tests {
     #[test]
     fn integer_math_wraps() {
         let x = Tensor::from_i64_values(DType::I8, vec![3], vec![-128, -5, 7]).unwrap();
-        assert_eq!(run(OpKind::Abs, Attrs::new(), x.clone()).unwrap().to_i64_vec().unwrap(), vec![-128, 5, 7]);
-        assert_eq!(run(OpKind::Neg, Attrs::new(), x.clone()).unwrap().to_i64_vec().unwrap(), vec![-128, 5, -7]);
-        assert_eq!(run(OpKind::Sign, Attrs::new(), x).unwrap().to_i64_vec().unwrap(), vec![-1, -1, 1]);
+        assert_eq!(
+            run(OpKind::Abs, Attrs::new(), x.clone())
+                .unwrap()
+                .to_i64_vec()
+                .unwrap(),
+            vec![-128, 5, 7]
+        );
+        assert_eq!(
+            run(OpKind::Neg, Attrs::new(), x.clone())
+                .unwrap()
+                .to_i64_vec()
+                .unwrap(),
+            vec![-128, 5, -7]
+        );
+        assert_eq!(
+            run(OpKind::Sign, Attrs::new(), x)
+                .unwrap()
+                .to_i64_vec()
+                .unwrap(),
+            vec![-1, -1, 1]
+        );
         let u = Tensor::from_i64_values(DType::U8, vec![1], vec![3]).unwrap();
         assert!(run(OpKind::Neg, Attrs::new(), u).is_err());
         assert!(run(OpKind::Exp, Attrs::new(), Tensor::from_i64(&[1], vec![1])).is_err());
@@ -169,10 +225,15 @@ mod tests {
         assert_eq!(f(OpKind::Mish, Attrs::new(), &[100.0])[0], 100.0);
         let alpha = |a: f32| Attrs::new().with("alpha", AttrValue::Float(a));
         assert_eq!(f(OpKind::Elu, alpha(2.0), &[-1e-10, 3.0]), [-2e-10, 3.0]);
-        assert_eq!(f(OpKind::ThresholdedRelu, alpha(1.0), &[1.0, 1.5])[..], [0.0, 1.5]);
+        assert_eq!(
+            f(OpKind::ThresholdedRelu, alpha(1.0), &[1.0, 1.5])[..],
+            [0.0, 1.5]
+        );
         assert!(f(OpKind::ThresholdedRelu, alpha(1.0), &[f32::NAN])[0].is_nan());
         assert_eq!(f(OpKind::Celu, alpha(1.0), &[2.0])[0], 2.0);
-        let selu = Attrs::new().with("alpha", AttrValue::Float(2.0)).with("gamma", AttrValue::Float(3.0));
+        let selu = Attrs::new()
+            .with("alpha", AttrValue::Float(2.0))
+            .with("gamma", AttrValue::Float(3.0));
         assert_eq!(f(OpKind::Selu, selu, &[1.0])[0], 3.0);
         assert_eq!(f(OpKind::Softsign, Attrs::new(), &[-3.0])[0], -0.75);
     }

@@ -47,7 +47,10 @@ fn add_constants(graph: &crate::Graph, pool: &mut ConstantPool) {
             crate::NodeOp::Const(t) => {
                 pool.insert(t.digest(), t.clone());
             }
-            crate::NodeOp::Apply(op) => op.attrs.graphs().for_each(|(_, body)| add_constants(body, pool)),
+            crate::NodeOp::Apply(op) => op
+                .attrs
+                .graphs()
+                .for_each(|(_, body)| add_constants(body, pool)),
             crate::NodeOp::Input => {}
         }
     }

@@ -3,8 +3,8 @@
 
 use super::ConstantPool;
 use crate::{
-    AttrValue, Attrs, DType, Dim, Graph, IrError, Op, OpKind, QuantParams, Shape, Tensor, TensorData, TensorType,
-    Value, ValueId,
+    AttrValue, Attrs, DType, Dim, Graph, IrError, Op, OpKind, QuantParams, Shape, Tensor,
+    TensorData, TensorType, Value, ValueId,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,7 +19,9 @@ pub fn parse(text: &str) -> Result<Graph> {
 pub fn parse_tensor(text: &str) -> Result<Tensor> {
     let mut p = Parser::new(text, None);
     let ty = p.ty()?;
-    let Some(shape) = ty.shape.as_fixed() else { return p.error("a tensor cannot have the batch dimension") };
+    let Some(shape) = ty.shape.as_fixed() else {
+        return p.error("a tensor cannot have the batch dimension");
+    };
     let data = p.tensor_data(ty.dtype)?;
     p.skip();
     if p.peek().is_some() {
@@ -53,11 +55,24 @@ type Result<T> = std::result::Result<T, IrError>;
 
 impl<'a> Parser<'a> {
     fn new(text: &str, pool: Option<&'a ConstantPool>) -> Parser<'a> {
-        Parser { chars: text.chars().collect(), pos: 0, line: 1, column: 1, pool, values: HashMap::new(), graph: Graph::default(), depth: 0 }
+        Parser {
+            chars: text.chars().collect(),
+            pos: 0,
+            line: 1,
+            column: 1,
+            pool,
+            values: HashMap::new(),
+            graph: Graph::default(),
+            depth: 0,
+        }
     }
 
     fn error<T>(&self, message: impl Into<String>) -> Result<T> {
-        Err(IrError::Parse { line: self.line, column: self.column, message: message.into() })
+        Err(IrError::Parse {
+            line: self.line,
+            column: self.column,
+            message: message.into(),
+        })
     }
 
     fn peek(&self) -> Option<char> {
@@ -95,7 +110,12 @@ impl<'a> Parser<'a> {
     fn eat(&mut self, s: &str) -> bool {
         self.skip();
         let n = s.chars().count();
-        if self.chars.len() >= self.pos + n && self.chars[self.pos..self.pos + n].iter().copied().eq(s.chars()) {
+        if self.chars.len() >= self.pos + n
+            && self.chars[self.pos..self.pos + n]
+                .iter()
+                .copied()
+                .eq(s.chars())
+        {
             for _ in 0..n {
                 self.bump();
             }
@@ -109,7 +129,9 @@ impl<'a> Parser<'a> {
         if self.eat(s) {
             return Ok(());
         }
-        let found = self.peek().map_or("the end of the text".to_string(), |c| format!("`{c}`"));
+        let found = self
+            .peek()
+            .map_or("the end of the text".to_string(), |c| format!("`{c}`"));
         self.error(format!("expected `{s}`, found {found}"))
     }
 
@@ -117,7 +139,10 @@ impl<'a> Parser<'a> {
     fn word(&mut self) -> String {
         self.skip();
         let mut w = String::new();
-        while let Some(c) = self.peek().filter(|c| c.is_ascii_alphanumeric() || "_./-+".contains(*c)) {
+        while let Some(c) = self
+            .peek()
+            .filter(|c| c.is_ascii_alphanumeric() || "_./-+".contains(*c))
+        {
             w.push(c);
             self.bump();
         }
@@ -180,7 +205,12 @@ impl<'a> Parser<'a> {
     }
 
     /// A comma-separated list between `open` and `close`.
-    fn list<T>(&mut self, open: &str, close: &str, mut item: impl FnMut(&mut Self) -> Result<T>) -> Result<Vec<T>> {
+    fn list<T>(
+        &mut self,
+        open: &str,
+        close: &str,
+        mut item: impl FnMut(&mut Self) -> Result<T>,
+    ) -> Result<Vec<T>> {
         self.expect(open)?;
         let mut items = Vec::new();
         if self.eat(close) {
@@ -243,7 +273,13 @@ impl<'a> Parser<'a> {
         for o in outputs {
             match self.values.get(&o) {
                 Some(&v) => ids.push(v),
-                None => return Err(IrError::Parse { line, column, message: format!("graph output `%{o}` is never defined") }),
+                None => {
+                    return Err(IrError::Parse {
+                        line,
+                        column,
+                        message: format!("graph output `%{o}` is never defined"),
+                    })
+                }
             }
         }
         self.graph.set_outputs(ids)?;
@@ -253,7 +289,11 @@ impl<'a> Parser<'a> {
     /// Binds a value name; `(line, column)` is where the name was written.
     fn define(&mut self, name: String, v: ValueId, (line, column): (usize, usize)) -> Result<()> {
         if self.values.insert(name.clone(), v).is_some() {
-            return Err(IrError::Parse { line, column, message: format!("value `%{name}` is defined twice") });
+            return Err(IrError::Parse {
+                line,
+                column,
+                message: format!("value `%{name}` is defined twice"),
+            });
         }
         Ok(())
     }
@@ -278,7 +318,13 @@ impl<'a> Parser<'a> {
         }
         let kind: OpKind = match op_name.parse() {
             Ok(k) => k,
-            Err(e) => return Err(IrError::Parse { line, column, message: e }),
+            Err(e) => {
+                return Err(IrError::Parse {
+                    line,
+                    column,
+                    message: e,
+                })
+            }
         };
         let operands = self.list("(", ")", |p| {
             if p.eat("_") {
@@ -291,18 +337,39 @@ impl<'a> Parser<'a> {
             }
         })?;
         self.skip();
-        let attrs = if self.peek() == Some('{') { self.attrs()? } else { Attrs::new() };
+        let attrs = if self.peek() == Some('{') {
+            self.attrs()?
+        } else {
+            Attrs::new()
+        };
         self.expect(":")?;
         let mut types = vec![self.ty()?];
         while self.eat(",") {
             types.push(self.ty()?);
         }
         if types.len() != results.len() {
-            return self.error(format!("{} results but {} types", results.len(), types.len()));
+            return self.error(format!(
+                "{} results but {} types",
+                results.len(),
+                types.len()
+            ));
         }
-        let node_name = if self.eat("@") { self.name()? } else { results[0].clone() };
-        let outputs = results.iter().zip(types).map(|(n, ty)| Value { name: n.clone(), ty }).collect();
-        let id = self.graph.add_node(&node_name, Op::new(kind, attrs), &operands, outputs)?;
+        let node_name = if self.eat("@") {
+            self.name()?
+        } else {
+            results[0].clone()
+        };
+        let outputs = results
+            .iter()
+            .zip(types)
+            .map(|(n, ty)| Value {
+                name: n.clone(),
+                ty,
+            })
+            .collect();
+        let id = self
+            .graph
+            .add_node(&node_name, Op::new(kind, attrs), &operands, outputs)?;
         for (output, n) in results.into_iter().enumerate() {
             self.define(n, ValueId { node: id, output }, at)?;
         }
@@ -314,18 +381,34 @@ impl<'a> Parser<'a> {
             return self.error("a constant has one result");
         }
         let ty = self.ty()?;
-        let Some(shape) = ty.shape.as_fixed() else { return self.error("a constant cannot have the batch dimension") };
+        let Some(shape) = ty.shape.as_fixed() else {
+            return self.error("a constant cannot have the batch dimension");
+        };
         let (line, column) = self.here();
         let tensor = if self.eat("#") {
             let hex = self.word();
-            let fail = |message: String| Err(IrError::Parse { line, column, message });
-            let Ok(digest) = u64::from_str_radix(&hex, 16) else { return fail(format!("bad digest `{hex}`")) };
+            let fail = |message: String| {
+                Err(IrError::Parse {
+                    line,
+                    column,
+                    message,
+                })
+            };
+            let Ok(digest) = u64::from_str_radix(&hex, 16) else {
+                return fail(format!("bad digest `{hex}`"));
+            };
             let Some(pool) = self.pool else {
                 return fail(format!("constant #{hex} is given by digest; print the graph with full constants to parse it alone"));
             };
             match pool.get(&digest) {
                 Some(t) if t.dtype() == ty.dtype && t.shape() == shape.as_slice() => t.clone(),
-                Some(t) => return fail(format!("constant #{hex} is {}{:?} in the pool", t.dtype(), t.shape())),
+                Some(t) => {
+                    return fail(format!(
+                        "constant #{hex} is {}{:?} in the pool",
+                        t.dtype(),
+                        t.shape()
+                    ))
+                }
                 None => return fail(format!("constant #{hex} is not in the constant pool")),
             }
         } else {
@@ -335,7 +418,11 @@ impl<'a> Parser<'a> {
                 Err(e) => return self.error(e),
             }
         };
-        let node_name = if self.eat("@") { self.name()? } else { results[0].clone() };
+        let node_name = if self.eat("@") {
+            self.name()?
+        } else {
+            results[0].clone()
+        };
         let v = self.graph.add_const(&node_name, tensor, ty.quant);
         self.graph.node_mut(v.node).outputs[0].name = results[0].clone();
         let name = results.into_iter().next().expect("one result");
@@ -353,7 +440,9 @@ impl<'a> Parser<'a> {
         }
         Ok(match dtype {
             DType::I8 | DType::I4 => TensorData::I8(values.iter().map(|&v| v as i8).collect()),
-            DType::U8 | DType::U4 | DType::Bool => TensorData::U8(values.iter().map(|&v| v as u8).collect()),
+            DType::U8 | DType::U4 | DType::Bool => {
+                TensorData::U8(values.iter().map(|&v| v as u8).collect())
+            }
             DType::I32 => TensorData::I32(values.iter().map(|&v| v as i32).collect()),
             _ => TensorData::I64(values),
         })
@@ -389,12 +478,22 @@ impl<'a> Parser<'a> {
                     Ok(n) => Ok(Dim::Fixed(n)),
                     Err(_) => p.error(format!("expected a dimension, found `{w}`")),
                 },
-                _ if w.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') => Ok(Dim::Sym(crate::Symbol::new(&w))),
+                _ if w.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') => {
+                    Ok(Dim::Sym(crate::Symbol::new(&w)))
+                }
                 _ => p.error(format!("expected a dimension, found `{w}`")),
             }
         })?;
-        let quant = if self.eat("quant") { Some(self.quant()?) } else { None };
-        Ok(TensorType { dtype, shape: Shape(dims), quant })
+        let quant = if self.eat("quant") {
+            Some(self.quant()?)
+        } else {
+            None
+        };
+        Ok(TensorType {
+            dtype,
+            shape: Shape(dims),
+            quant,
+        })
     }
 
     fn quant(&mut self) -> Result<QuantParams> {
@@ -424,9 +523,17 @@ impl<'a> Parser<'a> {
         };
         self.expect(")")?;
         if scale.len() != zero_point.len() {
-            return self.error(format!("{} scales but {} zero points", scale.len(), zero_point.len()));
+            return self.error(format!(
+                "{} scales but {} zero points",
+                scale.len(),
+                zero_point.len()
+            ));
         }
-        Ok(QuantParams { scale, zero_point, axis })
+        Ok(QuantParams {
+            scale,
+            zero_point,
+            axis,
+        })
     }
 
     fn attrs(&mut self) -> Result<Attrs> {
@@ -451,9 +558,17 @@ impl<'a> Parser<'a> {
             Some('[') => {
                 let words = self.list("[", "]", |p| Ok(p.word()))?;
                 return if words.iter().any(|w| is_float_word(w)) {
-                    words.iter().map(|w| self.float_word(w)).collect::<Result<_>>().map(AttrValue::Floats)
+                    words
+                        .iter()
+                        .map(|w| self.float_word(w))
+                        .collect::<Result<_>>()
+                        .map(AttrValue::Floats)
                 } else {
-                    words.iter().map(|w| self.int_word(w)).collect::<Result<_>>().map(AttrValue::Ints)
+                    words
+                        .iter()
+                        .map(|w| self.int_word(w))
+                        .collect::<Result<_>>()
+                        .map(AttrValue::Ints)
                 };
             }
             _ => {}
@@ -485,12 +600,15 @@ impl<'a> Parser<'a> {
             "nan" => Ok(f32::NAN),
             "inf" => Ok(f32::INFINITY),
             "-inf" => Ok(f32::NEG_INFINITY),
-            _ => w.parse().or_else(|_| self.error(format!("expected a float, found `{w}`"))),
+            _ => w
+                .parse()
+                .or_else(|_| self.error(format!("expected a float, found `{w}`"))),
         }
     }
 
     fn int_word(&self, w: &str) -> Result<i64> {
-        w.parse().or_else(|_| self.error(format!("expected an integer, found `{w}`")))
+        w.parse()
+            .or_else(|_| self.error(format!("expected an integer, found `{w}`")))
     }
 }
 

@@ -15,7 +15,10 @@ pub struct PrintOptions {
 
 impl Default for PrintOptions {
     fn default() -> PrintOptions {
-        PrintOptions { full_constants: false, inline_limit: 8 }
+        PrintOptions {
+            full_constants: false,
+            inline_limit: 8,
+        }
     }
 }
 
@@ -31,12 +34,30 @@ fn print_indented(graph: &Graph, opts: &PrintOptions, indent: &str) -> String {
     let inputs: Vec<String> = graph
         .input_values()
         .iter()
-        .map(|&v| format!("%{}: {}", name(&graph.value(v).name), type_string(&graph.value(v).ty)))
+        .map(|&v| {
+            format!(
+                "%{}: {}",
+                name(&graph.value(v).name),
+                type_string(&graph.value(v).ty)
+            )
+        })
         .collect();
-    let outputs: Vec<String> = graph.outputs().iter().map(|&v| format!("%{}", name(&graph.value(v).name))).collect();
-    let _ = writeln!(out, "graph {}({}) -> ({}) {{", name(&graph.name), inputs.join(", "), outputs.join(", "));
+    let outputs: Vec<String> = graph
+        .outputs()
+        .iter()
+        .map(|&v| format!("%{}", name(&graph.value(v).name)))
+        .collect();
+    let _ = writeln!(
+        out,
+        "graph {}({}) -> ({}) {{",
+        name(&graph.name),
+        inputs.join(", "),
+        outputs.join(", ")
+    );
     // A graph that does not verify may have a cycle: print what has an order.
-    let order = graph.topo_order().unwrap_or_else(|_| graph.node_ids().collect());
+    let order = graph
+        .topo_order()
+        .unwrap_or_else(|_| graph.node_ids().collect());
     let inner = format!("{indent}  ");
     for id in order {
         if let Some(line) = node_line(graph, id, opts, &inner) {
@@ -60,22 +81,55 @@ pub fn print_node(graph: &Graph, id: crate::NodeId, opts: &PrintOptions) -> Opti
 }
 
 /// [`print_node`] for a node whose line is indented by `indent`.
-fn node_line(graph: &Graph, id: crate::NodeId, opts: &PrintOptions, indent: &str) -> Option<String> {
+fn node_line(
+    graph: &Graph,
+    id: crate::NodeId,
+    opts: &PrintOptions,
+    indent: &str,
+) -> Option<String> {
     let node = graph.node(id);
-    let results: Vec<String> = node.outputs.iter().map(|v| format!("%{}", name(&v.name))).collect();
+    let results: Vec<String> = node
+        .outputs
+        .iter()
+        .map(|v| format!("%{}", name(&v.name)))
+        .collect();
     let types: Vec<String> = node.outputs.iter().map(|v| type_string(&v.ty)).collect();
     let line = match &node.op {
         NodeOp::Input => return None,
-        NodeOp::Const(t) => format!("{} = const {} {}", results.join(", "), types.join(", "), data(t, opts)),
+        NodeOp::Const(t) => format!(
+            "{} = const {} {}",
+            results.join(", "),
+            types.join(", "),
+            data(t, opts)
+        ),
         NodeOp::Apply(op) => {
             let operands: Vec<String> = graph
                 .node_inputs(id)
                 .iter()
-                .map(|v| v.map_or("_".to_string(), |v| format!("%{}", name(&graph.value(v).name))))
+                .map(|v| {
+                    v.map_or("_".to_string(), |v| {
+                        format!("%{}", name(&graph.value(v).name))
+                    })
+                })
                 .collect();
-            let attrs: Vec<String> = op.attrs.0.iter().map(|(k, v)| format!("{}={}", name(k), attr(v, opts, indent))).collect();
-            let attrs = if attrs.is_empty() { String::new() } else { format!(" {{{}}}", attrs.join(", ")) };
-            format!("{} = {}({}){attrs} : {}", results.join(", "), op.kind, operands.join(", "), types.join(", "))
+            let attrs: Vec<String> = op
+                .attrs
+                .0
+                .iter()
+                .map(|(k, v)| format!("{}={}", name(k), attr(v, opts, indent)))
+                .collect();
+            let attrs = if attrs.is_empty() {
+                String::new()
+            } else {
+                format!(" {{{}}}", attrs.join(", "))
+            };
+            format!(
+                "{} = {}({}){attrs} : {}",
+                results.join(", "),
+                op.kind,
+                operands.join(", "),
+                types.join(", ")
+            )
         }
     };
     let label = match node.outputs.first() {
@@ -93,7 +147,9 @@ impl fmt::Display for Graph {
 
 /// Whether a name can be written without quotes.
 pub(super) fn is_plain(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "_./-".contains(c))
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./-".contains(c))
 }
 
 /// A name, quoted and escaped unless plain.
@@ -124,7 +180,11 @@ pub(super) fn float(v: f32) -> String {
     if v.is_nan() {
         "nan".into()
     } else if v.is_infinite() {
-        if v > 0.0 { "inf".into() } else { "-inf".into() }
+        if v > 0.0 {
+            "inf".into()
+        } else {
+            "-inf".into()
+        }
     } else {
         format!("{v:?}")
     }
@@ -144,7 +204,11 @@ fn attr(v: &AttrValue, opts: &PrintOptions, indent: &str) -> String {
         AttrValue::Floats(v) => list(v, |x| float(*x)),
         AttrValue::Str(s) => {
             let quoted = name(s);
-            if quoted.starts_with('"') { quoted } else { format!("\"{s}\"") }
+            if quoted.starts_with('"') {
+                quoted
+            } else {
+                format!("\"{s}\"")
+            }
         }
     }
 }
@@ -160,7 +224,11 @@ pub(super) fn type_string(ty: &TensorType) -> String {
 
 fn quant(q: &QuantParams) -> String {
     match q.axis {
-        None => format!(" quant(scale={}, zero_point={})", float(q.scale[0]), q.zero_point[0]),
+        None => format!(
+            " quant(scale={}, zero_point={})",
+            float(q.scale[0]),
+            q.zero_point[0]
+        ),
         Some(a) => format!(
             " quant(axis={a}, scale={}, zero_point={})",
             list(&q.scale, |x| float(*x)),

@@ -41,10 +41,16 @@
 //! (the QuantizeLinear ONNX Runtime would put there too); an anchor's result that only feeds
 //! float ops is dequantized once.
 
-use crate::calibrate::{choose_range, quant_params, quantization_noise, ActivationScheme, CalibrationMethod, TensorStats};
+use crate::calibrate::{
+    choose_range, quant_params, quantization_noise, ActivationScheme, CalibrationMethod,
+    TensorStats,
+};
 use crate::quantize::weights::quantize_per_channel;
 use crate::PassError;
-use qlift_ir::{Attrs, DType, Graph, NodeId, NodeOp, Op, OpKind, QuantParams, Tensor, TensorData, TensorType, Value, ValueId};
+use qlift_ir::{
+    Attrs, DType, Graph, NodeId, NodeOp, Op, OpKind, QuantParams, Tensor, TensorData, TensorType,
+    Value, ValueId,
+};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -65,7 +71,11 @@ pub struct QuantizeOptions {
 impl Default for QuantizeOptions {
     /// MinMax ranges and asymmetric uint8 activations: ONNX Runtime's defaults.
     fn default() -> QuantizeOptions {
-        QuantizeOptions { method: CalibrationMethod::MinMax, scheme: ActivationScheme::AsymmetricU8, min_sqnr_db: DEFAULT_MIN_SQNR_DB }
+        QuantizeOptions {
+            method: CalibrationMethod::MinMax,
+            scheme: ActivationScheme::AsymmetricU8,
+            min_sqnr_db: DEFAULT_MIN_SQNR_DB,
+        }
     }
 }
 
@@ -87,7 +97,10 @@ impl Calibration {
         let trace = qlift_ir::interp::run_traced(graph, inputs)?;
         for (id, tensor) in &trace.values {
             if let TensorData::F32(values) = tensor.data() {
-                self.stats.entry(graph.value(*id).name.clone()).or_default().observe(values);
+                self.stats
+                    .entry(graph.value(*id).name.clone())
+                    .or_default()
+                    .observe(values);
             }
         }
         self.samples += trace.batch;
@@ -96,10 +109,17 @@ impl Calibration {
 
     /// Adds values computed elsewhere (by compiled code) for one batch of `batch` samples:
     /// `values` gives each f32 value's name and tensor, as [`Self::observe`] would see them.
-    pub fn observe_values<'a>(&mut self, values: impl IntoIterator<Item = (&'a str, &'a Tensor)>, batch: usize) {
+    pub fn observe_values<'a>(
+        &mut self,
+        values: impl IntoIterator<Item = (&'a str, &'a Tensor)>,
+        batch: usize,
+    ) {
         for (name, tensor) in values {
             if let TensorData::F32(values) = tensor.data() {
-                self.stats.entry(name.to_string()).or_default().observe(values);
+                self.stats
+                    .entry(name.to_string())
+                    .or_default()
+                    .observe(values);
             }
         }
         self.samples += batch;
@@ -125,7 +145,10 @@ impl Calibration {
 /// operands and a QuantizeLinear result are what `fuse-requant` lowers.
 fn quantizable(op: &Op) -> bool {
     use OpKind::*;
-    matches!(op.kind, Conv | Gemm | MatMul | Add | AveragePool | GlobalAveragePool | Concat | Relu | Clip) || passes_through(op)
+    matches!(
+        op.kind,
+        Conv | Gemm | MatMul | Add | AveragePool | GlobalAveragePool | Concat | Relu | Clip
+    ) || passes_through(op)
 }
 
 /// Quantizable ops that only move or select values: their result keeps the operand's
@@ -135,9 +158,13 @@ fn quantizable(op: &Op) -> bool {
 fn passes_through(op: &Op) -> bool {
     use OpKind::*;
     let nearest_copy = || {
-        op.attrs.str("mode") == Ok("nearest") && op.attrs.str("coordinate_transformation_mode") != Ok("tf_crop_and_resize")
+        op.attrs.str("mode") == Ok("nearest")
+            && op.attrs.str("coordinate_transformation_mode") != Ok("tf_crop_and_resize")
     };
-    matches!(op.kind, MaxPool | Flatten | Reshape | Transpose | Squeeze | Unsqueeze) || (op.kind == Resize && nearest_copy())
+    matches!(
+        op.kind,
+        MaxPool | Flatten | Reshape | Transpose | Squeeze | Unsqueeze
+    ) || (op.kind == Resize && nearest_copy())
 }
 
 /// Whether operand `slot` of `op` carries the data (quantized with it), as opposed to
@@ -151,7 +178,11 @@ fn data_operand(op: &Op, slot: usize) -> bool {
 fn weight_axis(op: &Op, slot: usize) -> Option<usize> {
     match (op.kind, slot) {
         (OpKind::Conv, 1) => Some(0),
-        (OpKind::Gemm, 1) => Some(if op.attrs.int("transB").ok()? != 0 { 0 } else { 1 }),
+        (OpKind::Gemm, 1) => Some(if op.attrs.int("transB").ok()? != 0 {
+            0
+        } else {
+            1
+        }),
         (OpKind::MatMul, 1) => Some(1),
         _ => None,
     }
@@ -169,7 +200,11 @@ fn reads_accumulator(g: &Graph, op: &Op, result: ValueId) -> bool {
 
 /// Returns `graph` with Q/DQ pairs inserted from `calibration` (which must come from this
 /// graph). Graph input and output names stay: an output's DequantizeLinear takes its name.
-pub fn insert_qdq(graph: &Graph, calibration: &Calibration, opts: &QuantizeOptions) -> Result<Graph, PassError> {
+pub fn insert_qdq(
+    graph: &Graph,
+    calibration: &Calibration,
+    opts: &QuantizeOptions,
+) -> Result<Graph, PassError> {
     let mut g = graph.clone();
     let order = g.topo_order()?;
     // Parameters chosen per value, so that pass-through ops can inherit their operand's.
@@ -183,7 +218,9 @@ pub fn insert_qdq(graph: &Graph, calibration: &Calibration, opts: &QuantizeOptio
     // Bias Adds that finish a MatMul anchor (`fuse-matmul-bias`), by node.
     let mut bias_adds: HashSet<NodeId> = HashSet::new();
     for id in order {
-        let NodeOp::Apply(op) = g.node(id).op.clone() else { continue };
+        let NodeOp::Apply(op) = g.node(id).op.clone() else {
+            continue;
+        };
         if !quantizable(&op) || g.node(id).outputs.iter().any(|v| v.ty.dtype != DType::F32) {
             continue;
         }
@@ -199,12 +236,28 @@ pub fn insert_qdq(graph: &Graph, calibration: &Calibration, opts: &QuantizeOptio
         if !anchor && !bias_add && !operands.iter().flatten().all(|v| source_of.contains_key(v)) {
             continue;
         }
-        let result = qlift_ir::ValueId { node: id, output: 0 };
+        let result = qlift_ir::ValueId {
+            node: id,
+            output: 0,
+        };
         // Activations that 8 bits cannot hold (outliers far beyond the bulk) keep the op float
         // (a bias Add was checked with its MatMul, whose result it is).
-        let written = if anchor && op.kind == OpKind::MatMul { bias_add_after(&g, result).map_or(result, |add| ValueId { node: add, output: 0 }) } else { result };
-        let read = operands.iter().enumerate().filter(|&(slot, v)| data_operand(&op, slot) && weight_axis(&op, slot).is_none() && v.is_some_and(|v| !source_of.contains_key(&v) && g.const_value(v).is_none()));
-        let mut checked = read.map(|(_, v)| v.unwrap()).chain((!reads_accumulator(&g, &op, result)).then_some(written));
+        let written = if anchor && op.kind == OpKind::MatMul {
+            bias_add_after(&g, result).map_or(result, |add| ValueId {
+                node: add,
+                output: 0,
+            })
+        } else {
+            result
+        };
+        let read = operands.iter().enumerate().filter(|&(slot, v)| {
+            data_operand(&op, slot)
+                && weight_axis(&op, slot).is_none()
+                && v.is_some_and(|v| !source_of.contains_key(&v) && g.const_value(v).is_none())
+        });
+        let mut checked = read
+            .map(|(_, v)| v.unwrap())
+            .chain((!reads_accumulator(&g, &op, result)).then_some(written));
         if !bias_add && !checked.all(|v| holds_in_8_bits(&g, v, calibration, opts)) {
             continue;
         }
@@ -218,7 +271,15 @@ pub fn insert_qdq(graph: &Graph, calibration: &Calibration, opts: &QuantizeOptio
                             g.set_node_input(id, slot, Some(dq))?;
                         }
                     } else if let Some(v) = *v {
-                        let dq = quantized_activation(&mut g, v, calibration, opts, &mut params, &mut dequantized, &mut source_of)?;
+                        let dq = quantized_activation(
+                            &mut g,
+                            v,
+                            calibration,
+                            opts,
+                            &mut params,
+                            &mut dequantized,
+                            &mut source_of,
+                        )?;
                         g.set_node_input(id, slot, Some(dq))?;
                     }
                 }
@@ -247,10 +308,21 @@ pub fn insert_qdq(graph: &Graph, calibration: &Calibration, opts: &QuantizeOptio
             }
             let replacement = match (weight_axis(&op, slot), g.const_value(v).cloned()) {
                 (Some(axis), Some(_)) => quantized_weight_once(&mut g, &mut weights, v, axis)?,
-                (_, Some(_)) if (op.kind, slot) == (OpKind::Conv, 2) || (op.kind, slot) == (OpKind::Gemm, 2) => {
+                (_, Some(_))
+                    if (op.kind, slot) == (OpKind::Conv, 2)
+                        || (op.kind, slot) == (OpKind::Gemm, 2) =>
+                {
                     quantized_bias(&mut g, id, v, &operands)?.unwrap_or(v)
                 }
-                _ => quantized_activation(&mut g, v, calibration, opts, &mut params, &mut dequantized, &mut source_of)?,
+                _ => quantized_activation(
+                    &mut g,
+                    v,
+                    calibration,
+                    opts,
+                    &mut params,
+                    &mut dequantized,
+                    &mut source_of,
+                )?,
             };
             g.set_node_input(id, slot, Some(replacement))?;
         }
@@ -270,21 +342,36 @@ pub fn insert_qdq(graph: &Graph, calibration: &Calibration, opts: &QuantizeOptio
     }
     g.remove_dead_nodes();
     // The graph is qlift's own construction: one that does not verify is a bug here.
-    qlift_ir::verify(&g).map_err(|e| PassError::Bug(format!("insert-qdq built a graph that does not verify: {e}")))?;
+    qlift_ir::verify(&g).map_err(|e| {
+        PassError::Bug(format!(
+            "insert-qdq built a graph that does not verify: {e}"
+        ))
+    })?;
     Ok(g)
 }
 
 /// Whether activation `v`'s quantization noise under its chosen range leaves at least
 /// `opts.min_sqnr_db` of signal (values without statistics pass: their own check fails later).
-fn holds_in_8_bits(g: &Graph, v: ValueId, calibration: &Calibration, opts: &QuantizeOptions) -> bool {
+fn holds_in_8_bits(
+    g: &Graph,
+    v: ValueId,
+    calibration: &Calibration,
+    opts: &QuantizeOptions,
+) -> bool {
     if opts.min_sqnr_db <= 0.0 {
         return true;
     }
-    let Some(stats) = calibration.stats(&g.value(v).name) else { return true };
+    let Some(stats) = calibration.stats(&g.value(v).name) else {
+        return true;
+    };
     let (lo, hi) = choose_range(stats, opts.method, opts.scheme);
     let noise = quantization_noise(stats, lo, hi, opts.scheme);
     let error = noise.rounding + noise.clipping;
-    let db = if error > 0.0 { 10.0 * (noise.signal / error).log10() } else { f64::INFINITY };
+    let db = if error > 0.0 {
+        10.0 * (noise.signal / error).log10()
+    } else {
+        f64::INFINITY
+    };
     if std::env::var_os("QLIFT_DEBUG_SQNR").is_some() {
         eprintln!("sqnr {db:7.2} dB  {}", g.value(v).name);
     }
@@ -293,7 +380,12 @@ fn holds_in_8_bits(g: &Graph, v: ValueId, calibration: &Calibration, opts: &Quan
 
 /// Whether `op` is an anchor of integer computation: a product whose weights are constant.
 fn is_anchor(g: &Graph, op: &Op, operands: &[Option<ValueId>]) -> bool {
-    matches!(op.kind, OpKind::Conv | OpKind::Gemm | OpKind::MatMul) && operands.get(1).copied().flatten().is_some_and(|w| g.const_value(w).is_some())
+    matches!(op.kind, OpKind::Conv | OpKind::Gemm | OpKind::MatMul)
+        && operands
+            .get(1)
+            .copied()
+            .flatten()
+            .is_some_and(|w| g.const_value(w).is_some())
 }
 
 /// The Add of a constant per-column bias that is the only use of MatMul result `m` (and
@@ -302,25 +394,43 @@ fn bias_add_after(g: &Graph, m: ValueId) -> Option<NodeId> {
     if g.outputs().contains(&m) {
         return None;
     }
-    let [(add, _)] = g.users(m)[..] else { return None };
-    let NodeOp::Apply(op) = &g.node(add).op else { return None };
-    if op.kind != OpKind::Add || g.outputs().contains(&ValueId { node: add, output: 0 }) {
+    let [(add, _)] = g.users(m)[..] else {
+        return None;
+    };
+    let NodeOp::Apply(op) = &g.node(add).op else {
+        return None;
+    };
+    if op.kind != OpKind::Add
+        || g.outputs().contains(&ValueId {
+            node: add,
+            output: 0,
+        })
+    {
         return None;
     }
     let other = g.node_inputs(add).into_iter().flatten().find(|&v| v != m)?;
     let bias = g.const_value(other)?;
     let columns = *g.value_type(m).shape.dims().last()?;
-    let per_column = bias.shape().iter().rev().skip(1).all(|&d| d == 1) && Some(bias.len()) == columns.fixed();
+    let per_column =
+        bias.shape().iter().rev().skip(1).all(|&d| d == 1) && Some(bias.len()) == columns.fixed();
     (per_column && bias.dtype() == DType::F32).then_some(add)
 }
 
 /// `DQ(w_q)` of constant weights `v` quantized per channel on `axis`, made once per
 /// (weights, axis) and shared by every op that reads them.
-fn quantized_weight_once(g: &mut Graph, cache: &mut HashMap<(ValueId, usize), ValueId>, v: ValueId, axis: usize) -> Result<ValueId, PassError> {
+fn quantized_weight_once(
+    g: &mut Graph,
+    cache: &mut HashMap<(ValueId, usize), ValueId>,
+    v: ValueId,
+    axis: usize,
+) -> Result<ValueId, PassError> {
     if let Some(&dq) = cache.get(&(v, axis)) {
         return Ok(dq);
     }
-    let w = g.const_value(v).cloned().ok_or_else(|| PassError::Bug("weights are not constant".into()))?;
+    let w = g
+        .const_value(v)
+        .cloned()
+        .ok_or_else(|| PassError::Bug("weights are not constant".into()))?;
     let dq = quantized_weights(g, v, &w, axis)?;
     cache.insert((v, axis), dq);
     Ok(dq)
@@ -354,7 +464,12 @@ fn quantized_activation(
 
 /// The activation parameters of value `v` from its statistics (a constant's from its
 /// values: its exact range).
-fn activation_params(g: &Graph, v: ValueId, calibration: &Calibration, opts: &QuantizeOptions) -> Result<(DType, QuantParams), PassError> {
+fn activation_params(
+    g: &Graph,
+    v: ValueId,
+    calibration: &Calibration,
+    opts: &QuantizeOptions,
+) -> Result<(DType, QuantParams), PassError> {
     let name = &g.value(v).name;
     let own;
     let stats = match g.const_value(v) {
@@ -364,11 +479,15 @@ fn activation_params(g: &Graph, v: ValueId, calibration: &Calibration, opts: &Qu
             own = s;
             &own
         }
-        None => calibration
-            .stats(name)
-            .ok_or_else(|| PassError::Unsupported(format!("no calibration statistics for value `{name}`")))?,
+        None => calibration.stats(name).ok_or_else(|| {
+            PassError::Unsupported(format!("no calibration statistics for value `{name}`"))
+        })?,
     };
-    let method = if g.const_value(v).is_some() { CalibrationMethod::MinMax } else { opts.method };
+    let method = if g.const_value(v).is_some() {
+        CalibrationMethod::MinMax
+    } else {
+        opts.method
+    };
     let (lo, hi) = choose_range(stats, method, opts.scheme);
     let (scale, zero_point) = quant_params(lo, hi, opts.scheme);
     let dtype = match opts.scheme {
@@ -380,7 +499,11 @@ fn activation_params(g: &Graph, v: ValueId, calibration: &Calibration, opts: &Qu
 
 /// Inserts `Q → DQ` after value `v` and makes every other consumer (and the graph outputs)
 /// read the DequantizeLinear. A graph output keeps its name on the DequantizeLinear.
-fn quantize_value(g: &mut Graph, v: ValueId, (dtype, q): &(DType, QuantParams)) -> Result<ValueId, PassError> {
+fn quantize_value(
+    g: &mut Graph,
+    v: ValueId,
+    (dtype, q): &(DType, QuantParams),
+) -> Result<ValueId, PassError> {
     let name = g.value(v).name.clone();
     let shape = g.value_type(v).shape.clone();
     let is_output = g.outputs().contains(&v);
@@ -390,30 +513,64 @@ fn quantize_value(g: &mut Graph, v: ValueId, (dtype, q): &(DType, QuantParams)) 
         &format!("{name}_QuantizeLinear"),
         Op::new(OpKind::QuantizeLinear, Attrs::new()),
         &[Some(v)],
-        vec![Value { name: format!("{name}_QuantizeLinear_Output"), ty: q_ty }],
+        vec![Value {
+            name: format!("{name}_QuantizeLinear_Output"),
+            ty: q_ty,
+        }],
     )?;
-    let qv = ValueId { node: qid, output: 0 };
-    let dq_name = if is_output { name.clone() } else { format!("{name}_DequantizeLinear_Output") };
-    let dq = g.add_op(&format!("{name}_DequantizeLinear"), Op::new(OpKind::DequantizeLinear, Attrs::new()), &[Some(qv)], &[&dq_name])?[0];
+    let qv = ValueId {
+        node: qid,
+        output: 0,
+    };
+    let dq_name = if is_output {
+        name.clone()
+    } else {
+        format!("{name}_DequantizeLinear_Output")
+    };
+    let dq = g.add_op(
+        &format!("{name}_DequantizeLinear"),
+        Op::new(OpKind::DequantizeLinear, Attrs::new()),
+        &[Some(qv)],
+        &[&dq_name],
+    )?[0];
     if is_output {
         g.node_mut(v.node).outputs[v.output].name = format!("{name}_QuantizeLinear_Input");
     }
     for (user, slot) in users {
         g.set_node_input(user, slot, Some(dq))?;
     }
-    let outputs = g.outputs().iter().map(|&o| if o == v { dq } else { o }).collect();
+    let outputs = g
+        .outputs()
+        .iter()
+        .map(|&o| if o == v { dq } else { o })
+        .collect();
     g.set_outputs(outputs)?;
     Ok(dq)
 }
 
 /// `DQ(w_q)` for constant weights `w`: symmetric int8 per output channel.
-fn quantized_weights(g: &mut Graph, v: ValueId, w: &Arc<Tensor>, axis: usize) -> Result<ValueId, PassError> {
+fn quantized_weights(
+    g: &mut Graph,
+    v: ValueId,
+    w: &Arc<Tensor>,
+    axis: usize,
+) -> Result<ValueId, PassError> {
     let name = g.value(v).name.clone();
     let (tensor, quant) =
-        quantize_per_channel(w.as_f32().map_err(PassError::Bug)?, w.shape(), axis).map_err(|e| PassError::Unsupported(format!("weights `{name}`: {e}")))?;
-    let q = g.add_const(&fresh(g, &format!("{name}_quantized")), Arc::new(tensor), Some(quant));
+        quantize_per_channel(w.as_f32().map_err(PassError::Bug)?, w.shape(), axis)
+            .map_err(|e| PassError::Unsupported(format!("weights `{name}`: {e}")))?;
+    let q = g.add_const(
+        &fresh(g, &format!("{name}_quantized")),
+        Arc::new(tensor),
+        Some(quant),
+    );
     let dq = fresh(g, &format!("{name}_DequantizeLinear_Output"));
-    Ok(g.add_op(&format!("{name}_DequantizeLinear"), Op::new(OpKind::DequantizeLinear, Attrs::new()), &[Some(q)], &[&dq])?[0])
+    Ok(g.add_op(
+        &format!("{name}_DequantizeLinear"),
+        Op::new(OpKind::DequantizeLinear, Attrs::new()),
+        &[Some(q)],
+        &[&dq],
+    )?[0])
 }
 
 /// `base`, or `base_1`, `base_2`... if a value already has that name (a bias or weight
@@ -437,20 +594,37 @@ fn quantized_bias(
     b: ValueId,
     operands: &[Option<ValueId>],
 ) -> Result<Option<ValueId>, PassError> {
-    let (Some(Some(_)), Some(_)) = (operands.first(), operands.get(1)) else { return Ok(None) };
+    let (Some(Some(_)), Some(_)) = (operands.first(), operands.get(1)) else {
+        return Ok(None);
+    };
     let x_dq = g.node_inputs(node)[0].ok_or_else(|| PassError::Bug("input vanished".into()))?;
-    let Some(xq) = g.node_inputs(x_dq.node).first().copied().flatten().and_then(|x| g.value_type(x).quant.clone()) else {
+    let Some(xq) = g
+        .node_inputs(x_dq.node)
+        .first()
+        .copied()
+        .flatten()
+        .and_then(|x| g.value_type(x).quant.clone())
+    else {
         return Ok(None);
     };
     let w_dq = g.node_inputs(node)[1].ok_or_else(|| PassError::Bug("weights vanished".into()))?;
     let w_q = g.node_inputs(w_dq.node).first().copied().flatten();
-    let Some(wq) = w_q.and_then(|w| g.value_type(w).quant.clone()) else { return Ok(None) };
-    let real = g.const_value(b).ok_or_else(|| PassError::Bug("bias is not constant".into()))?.as_f32().map_err(PassError::Bug)?.to_vec();
+    let Some(wq) = w_q.and_then(|w| g.value_type(w).quant.clone()) else {
+        return Ok(None);
+    };
+    let real = g
+        .const_value(b)
+        .ok_or_else(|| PassError::Bug("bias is not constant".into()))?
+        .as_f32()
+        .map_err(PassError::Bug)?
+        .to_vec();
     let channels = wq.scale.len();
     if real.len() != channels && wq.axis.is_some() {
         return Ok(None);
     }
-    let scales: Vec<f32> = (0..real.len()).map(|c| xq.scale[0] * wq.channel(c).0).collect();
+    let scales: Vec<f32> = (0..real.len())
+        .map(|c| xq.scale[0] * wq.channel(c).0)
+        .collect();
     let q: Option<Vec<i32>> = real
         .iter()
         .zip(&scales)
@@ -462,8 +636,20 @@ fn quantized_bias(
     let Some(q) = q else { return Ok(None) };
     let name = g.value(b).name.clone();
     let quant = QuantParams::per_axis(0, scales.clone(), vec![0; scales.len()]);
-    let tensor = Tensor::new(DType::I32, vec![real.len()], TensorData::I32(q)).map_err(PassError::Bug)?;
-    let c = g.add_const(&fresh(g, &format!("{name}_quantized")), Arc::new(tensor), Some(quant));
+    let tensor =
+        Tensor::new(DType::I32, vec![real.len()], TensorData::I32(q)).map_err(PassError::Bug)?;
+    let c = g.add_const(
+        &fresh(g, &format!("{name}_quantized")),
+        Arc::new(tensor),
+        Some(quant),
+    );
     let dq = fresh(g, &format!("{name}_DequantizeLinear_Output"));
-    Ok(Some(g.add_op(&format!("{name}_DequantizeLinear"), Op::new(OpKind::DequantizeLinear, Attrs::new()), &[Some(c)], &[&dq])?[0]))
+    Ok(Some(
+        g.add_op(
+            &format!("{name}_DequantizeLinear"),
+            Op::new(OpKind::DequantizeLinear, Attrs::new()),
+            &[Some(c)],
+            &[&dq],
+        )?[0],
+    ))
 }

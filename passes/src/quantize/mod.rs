@@ -2,7 +2,7 @@
 //! insertion of QuantizeLinear/DequantizeLinear pairs that the `fuse-requant` pass lowers
 //! to integer ops.
 
-pub mod weights;
 pub mod insert;
+pub mod weights;
 
 pub use insert::{insert_qdq, Calibration, QuantizeOptions, DEFAULT_MIN_SQNR_DB};

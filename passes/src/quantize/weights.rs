@@ -10,11 +10,20 @@ pub const WEIGHT_QMAX: f32 = 127.0;
 /// Quantizes f32 weights of `shape` per slice along `axis` (the output channels):
 /// `scale_c = max|w_c| / 127` (1 for an all-zero channel), `q = round_half_even(w / scale_c)`
 /// computed in f32 as QuantizeLinear does. Returns the i8 tensor and its parameters.
-pub fn quantize_per_channel(values: &[f32], shape: &[usize], axis: usize) -> Result<(Tensor, QuantParams), String> {
-    let channels = *shape.get(axis).ok_or_else(|| format!("axis {axis} is outside the weights' shape {shape:?}"))?;
+pub fn quantize_per_channel(
+    values: &[f32],
+    shape: &[usize],
+    axis: usize,
+) -> Result<(Tensor, QuantParams), String> {
+    let channels = *shape
+        .get(axis)
+        .ok_or_else(|| format!("axis {axis} is outside the weights' shape {shape:?}"))?;
     let inner: usize = shape[axis + 1..].iter().product();
     if channels == 0 || values.len() != shape.iter().product::<usize>() {
-        return Err(format!("weights of shape {shape:?} hold {} values", values.len()));
+        return Err(format!(
+            "weights of shape {shape:?} hold {} values",
+            values.len()
+        ));
     }
     if let Some(v) = values.iter().find(|v| !v.is_finite()) {
         return Err(format!("weights contain the non-finite value {v}"));
@@ -24,14 +33,30 @@ pub fn quantize_per_channel(values: &[f32], shape: &[usize], axis: usize) -> Res
     for (i, v) in values.iter().enumerate() {
         absmax[channel(i)] = absmax[channel(i)].max(v.abs());
     }
-    let scales: Vec<f32> = absmax.iter().map(|&m| if m > 0.0 && (m / WEIGHT_QMAX).is_normal() { m / WEIGHT_QMAX } else { 1.0 }).collect();
+    let scales: Vec<f32> = absmax
+        .iter()
+        .map(|&m| {
+            if m > 0.0 && (m / WEIGHT_QMAX).is_normal() {
+                m / WEIGHT_QMAX
+            } else {
+                1.0
+            }
+        })
+        .collect();
     let q = values
         .iter()
         .enumerate()
-        .map(|(i, &v)| (v / scales[channel(i)]).round_ties_even().clamp(-WEIGHT_QMAX, WEIGHT_QMAX) as i8)
+        .map(|(i, &v)| {
+            (v / scales[channel(i)])
+                .round_ties_even()
+                .clamp(-WEIGHT_QMAX, WEIGHT_QMAX) as i8
+        })
         .collect();
     let tensor = Tensor::new(DType::I8, shape.to_vec(), TensorData::I8(q))?;
-    Ok((tensor, QuantParams::per_axis(axis, scales, vec![0; channels])))
+    Ok((
+        tensor,
+        QuantParams::per_axis(axis, scales, vec![0; channels]),
+    ))
 }
 
 #[cfg(test)]

@@ -2,7 +2,10 @@
 //! (with no fused activation in between) moves into its weights and bias. Exact up to f32
 //! rounding: `(W·x + b)·c = (W·c)·x + b·c` and `(W·x + b) + c = W·x + (b + c)`.
 
-use super::{add_f32, add_op, f32_values, is_affine, is_missing, op_node, per_channel, rank, ty, used_once, var, Apply, QRewrite};
+use super::{
+    add_f32, add_op, f32_values, is_affine, is_missing, op_node, per_channel, rank, ty, used_once,
+    var, Apply, QRewrite,
+};
 use crate::analysis::QEGraph;
 use egg::{rewrite, Id, Subst};
 use qlift_ir::{AttrValue, OpKind};
@@ -31,7 +34,8 @@ fn absorb_into(egraph: &mut QEGraph, producer: Id, constant: Id, how: Affine) ->
     if !used_once(egraph, producer) {
         return None;
     }
-    let (sym, ops) = op_node(egraph, producer, &[OpKind::Conv, OpKind::Gemm]).filter(|(s, _)| is_affine(s))?;
+    let (sym, ops) =
+        op_node(egraph, producer, &[OpKind::Conv, OpKind::Gemm]).filter(|(s, _)| is_affine(s))?;
     let (c, cshape) = f32_values(egraph, constant)?;
     let out_rank = rank(egraph, producer)?;
     let attrs = sym.op().attrs;
@@ -55,17 +59,42 @@ fn absorb_into(egraph: &mut QEGraph, producer: Id, constant: Id, how: Affine) ->
     let mut attrs = attrs;
     let (w2, b2) = match how {
         Affine::Mul => {
-            let w2 = w.iter().enumerate().map(|(i, x)| x * factor[channel_of(i)]).collect::<Vec<_>>();
-            (Some(w2), bias.0.iter().zip(&factor).map(|(b, f)| b * f).collect::<Vec<_>>())
+            let w2 = w
+                .iter()
+                .enumerate()
+                .map(|(i, x)| x * factor[channel_of(i)])
+                .collect::<Vec<_>>();
+            (
+                Some(w2),
+                bias.0
+                    .iter()
+                    .zip(&factor)
+                    .map(|(b, f)| b * f)
+                    .collect::<Vec<_>>(),
+            )
         }
         Affine::Add => {
             // Gemm's C is scaled by beta: fold c/beta (beta 0 means C is unused: set beta 1).
-            let beta = if sym.kind == OpKind::Gemm { attrs.float("beta").ok()? as f64 } else { 1.0 };
-            let (bias, beta) = if beta == 0.0 { (vec![0.0; channels], 1.0) } else { (bias.0.clone(), beta) };
+            let beta = if sym.kind == OpKind::Gemm {
+                attrs.float("beta").ok()? as f64
+            } else {
+                1.0
+            };
+            let (bias, beta) = if beta == 0.0 {
+                (vec![0.0; channels], 1.0)
+            } else {
+                (bias.0.clone(), beta)
+            };
             if sym.kind == OpKind::Gemm {
                 attrs.set("beta", AttrValue::Float(beta as f32));
             }
-            (None, bias.iter().zip(&factor).map(|(b, f)| b + f / beta).collect())
+            (
+                None,
+                bias.iter()
+                    .zip(&factor)
+                    .map(|(b, f)| b + f / beta)
+                    .collect(),
+            )
         }
     };
     let w = match w2 {

@@ -10,8 +10,8 @@
 //! HardSigmoid(1/6, 1/2). Equal up to f32 rounding of the division (within 2 ulp).
 
 use super::{add_op, matched, op_node, var, Apply, QRewrite};
-use crate::lang::QNode;
 use crate::analysis::QEGraph;
+use crate::lang::QNode;
 use egg::{rewrite, Id, Subst};
 use qlift_ir::{AttrValue, OpKind};
 
@@ -87,7 +87,9 @@ fn clip_of_plus_three(egraph: &QEGraph, c: Id) -> Option<Id> {
 /// `clip(y + 3, 0, 6) / 6`: HardSigmoid(y) with alpha 1/6, beta 1/2.
 fn hard_sigmoid(egraph: &mut QEGraph, subst: &Subst, scale: Scale) -> Option<Id> {
     let y = clip_of_plus_three(egraph, scale.split(egraph, subst, "?c")?)?;
-    let attrs = qlift_ir::Attrs::new().with("alpha", AttrValue::Float(1.0 / 6.0)).with("beta", AttrValue::Float(0.5));
+    let attrs = qlift_ir::Attrs::new()
+        .with("alpha", AttrValue::Float(1.0 / 6.0))
+        .with("beta", AttrValue::Float(0.5));
     add_op(egraph, OpKind::HardSigmoid, attrs, vec![y])
 }
 
@@ -95,7 +97,10 @@ fn hard_sigmoid(egraph: &mut QEGraph, subst: &Subst, scale: Scale) -> Option<Id>
 fn hard_swish(egraph: &mut QEGraph, eclass: Id, subst: &Subst) -> Option<Id> {
     let y = var(subst, "?y");
     let (sym, _) = egraph[eclass].nodes.iter().find_map(|n| match n {
-        QNode::Op(sym, ch) if sym.kind == OpKind::Mul => ch.iter().find_map(|&c| op_node(egraph, c, &[OpKind::HardSigmoid]).filter(|(_, o)| egraph.find(o[0]) == egraph.find(y))),
+        QNode::Op(sym, ch) if sym.kind == OpKind::Mul => ch.iter().find_map(|&c| {
+            op_node(egraph, c, &[OpKind::HardSigmoid])
+                .filter(|(_, o)| egraph.find(o[0]) == egraph.find(y))
+        }),
         _ => None,
     })?;
     let op = sym.op();
@@ -112,7 +117,9 @@ fn hard_swish_scaled(egraph: &mut QEGraph, subst: &Subst, scale: Scale) -> Optio
     let (_, ops) = op_node(egraph, m, &[OpKind::Mul])?;
     let y = [(ops[0], ops[1]), (ops[1], ops[0])]
         .into_iter()
-        .find_map(|(v, c)| clip_of_plus_three(egraph, c).filter(|&y| egraph.find(y) == egraph.find(v)))?;
+        .find_map(|(v, c)| {
+            clip_of_plus_three(egraph, c).filter(|&y| egraph.find(y) == egraph.find(v))
+        })?;
     add_op(egraph, OpKind::HardSwish, qlift_ir::Attrs::new(), vec![y])
 }
 fn fuse(egraph: &mut QEGraph, eclass: Id, subst: &Subst, kind: OpKind) -> Option<Id> {
@@ -134,11 +141,17 @@ fn fuse(egraph: &mut QEGraph, eclass: Id, subst: &Subst, kind: OpKind) -> Option
     }
     let op = sym.op();
     // An already fused activation narrows: clamp(clamp(v, a, b), lo, hi) = clamp(v, max(a, lo), min(b, hi)).
-    let (a, b) = op.fused_activation().ok()?.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+    let (a, b) = op
+        .fused_activation()
+        .ok()?
+        .unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
     let (lo, hi) = (a.max(lo), b.min(hi));
     if lo > hi {
         return None;
     }
-    let attrs = op.attrs.with("act_min", AttrValue::Float(lo)).with("act_max", AttrValue::Float(hi));
+    let attrs = op
+        .attrs
+        .with("act_min", AttrValue::Float(lo))
+        .with("act_max", AttrValue::Float(hi));
     add_op(egraph, sym.kind, attrs, ops)
 }

@@ -5,7 +5,10 @@
 //! and `t = bias − mean·k`; the folded constants are computed in f64 and rounded to f32 once,
 //! so the result differs from the unfolded graph only by f32 rounding.
 
-use super::{add_f32, add_op, channel_shape, f32_values, is_affine, is_missing, matched, op_node, rank, var, Apply, QRewrite};
+use super::{
+    add_f32, add_op, channel_shape, f32_values, is_affine, is_missing, matched, op_node, rank, var,
+    Apply, QRewrite,
+};
 use crate::analysis::QEGraph;
 use egg::{rewrite, Id, Subst};
 use qlift_ir::{AttrValue, Attrs, OpKind};
@@ -23,12 +26,29 @@ pub fn rules() -> Vec<QRewrite> {
 /// The per-channel `(k, t)` of the matched BatchNormalization, when its parameters are
 /// constants.
 fn affine(egraph: &QEGraph, eclass: Id, subst: &Subst) -> Option<(Vec<f64>, Vec<f64>)> {
-    let ids: Vec<Id> = ["?y", "?s", "?b", "?m", "?v"].iter().map(|v| var(subst, v)).collect();
-    let eps = matched(egraph, eclass, OpKind::BatchNormalization, &ids)?.op().attrs.float("epsilon").ok()? as f64;
-    let [s, b, m, v] = [ids[1], ids[2], ids[3], ids[4]].map(|id| f32_values(egraph, id).map(|(v, _)| v));
+    let ids: Vec<Id> = ["?y", "?s", "?b", "?m", "?v"]
+        .iter()
+        .map(|v| var(subst, v))
+        .collect();
+    let eps = matched(egraph, eclass, OpKind::BatchNormalization, &ids)?
+        .op()
+        .attrs
+        .float("epsilon")
+        .ok()? as f64;
+    let [s, b, m, v] =
+        [ids[1], ids[2], ids[3], ids[4]].map(|id| f32_values(egraph, id).map(|(v, _)| v));
     let (s, b, m, v) = (s?, b?, m?, v?);
-    let k: Vec<f64> = s.iter().zip(&v).map(|(s, v)| s / (v + eps).sqrt()).collect();
-    let t = b.iter().zip(&m).zip(&k).map(|((b, m), k)| b - m * k).collect();
+    let k: Vec<f64> = s
+        .iter()
+        .zip(&v)
+        .map(|(s, v)| s / (v + eps).sqrt())
+        .collect();
+    let t = b
+        .iter()
+        .zip(&m)
+        .zip(&k)
+        .map(|((b, m), k)| b - m * k)
+        .collect();
     Some((k, t))
 }
 
@@ -36,7 +56,8 @@ fn affine(egraph: &QEGraph, eclass: Id, subst: &Subst) -> Option<(Vec<f64>, Vec<
 /// weights' first axis is the output channel either way).
 fn fold_into_conv(egraph: &mut QEGraph, eclass: Id, subst: &Subst) -> Option<Id> {
     let (k, t) = affine(egraph, eclass, subst)?;
-    let (conv, ops) = op_node(egraph, var(subst, "?y"), &[OpKind::Conv]).filter(|(s, _)| is_affine(s) && super::used_once(egraph, var(subst, "?y")))?;
+    let (conv, ops) = op_node(egraph, var(subst, "?y"), &[OpKind::Conv])
+        .filter(|(s, _)| is_affine(s) && super::used_once(egraph, var(subst, "?y")))?;
     let (w, wshape) = f32_values(egraph, ops[1])?;
     if wshape[0] != k.len() {
         return None;
@@ -44,8 +65,16 @@ fn fold_into_conv(egraph: &mut QEGraph, eclass: Id, subst: &Subst) -> Option<Id>
     let per = w.len() / k.len();
     let w2: Vec<f64> = w.iter().enumerate().map(|(i, x)| x * k[i / per]).collect();
     let bias = bias_or_zero(egraph, ops.get(2).copied(), k.len())?;
-    let b2: Vec<f64> = bias.iter().zip(&k).zip(&t).map(|((b, k), t)| b * k + t).collect();
-    let (w2, b2) = (add_f32(egraph, &wshape, &w2), add_f32(egraph, &[k.len()], &b2));
+    let b2: Vec<f64> = bias
+        .iter()
+        .zip(&k)
+        .zip(&t)
+        .map(|((b, k), t)| b * k + t)
+        .collect();
+    let (w2, b2) = (
+        add_f32(egraph, &wshape, &w2),
+        add_f32(egraph, &[k.len()], &b2),
+    );
     add_op(egraph, OpKind::Conv, conv.op().attrs, vec![ops[0], w2, b2])
 }
 
@@ -54,7 +83,9 @@ fn bias_or_zero(egraph: &QEGraph, id: Option<Id>, channels: usize) -> Option<Vec
     match id {
         None => Some(vec![0.0; channels]),
         Some(id) if is_missing(egraph, id) => Some(vec![0.0; channels]),
-        Some(id) => f32_values(egraph, id).map(|(v, _)| v).filter(|v| v.len() == channels),
+        Some(id) => f32_values(egraph, id)
+            .map(|(v, _)| v)
+            .filter(|v| v.len() == channels),
     }
 }
 
@@ -62,7 +93,16 @@ fn bias_or_zero(egraph: &QEGraph, id: Option<Id>, channels: usize) -> Option<Vec
 fn scale_columns(w: &[f64], shape: &[usize], transposed: bool, k: &[f64]) -> Option<Vec<f64>> {
     let n = if transposed { shape[0] } else { shape[1] };
     (n == k.len()).then(|| {
-        w.iter().enumerate().map(|(i, x)| x * k[if transposed { i / shape[1] } else { i % shape[1] }]).collect()
+        w.iter()
+            .enumerate()
+            .map(|(i, x)| {
+                x * k[if transposed {
+                    i / shape[1]
+                } else {
+                    i % shape[1]
+                }]
+            })
+            .collect()
     })
 }
 
@@ -70,7 +110,8 @@ fn scale_columns(w: &[f64], shape: &[usize], transposed: bool, k: &[f64]) -> Opt
 /// vector, or a full matrix).
 fn fold_into_gemm(egraph: &mut QEGraph, eclass: Id, subst: &Subst) -> Option<Id> {
     let (k, t) = affine(egraph, eclass, subst)?;
-    let (gemm, ops) = op_node(egraph, var(subst, "?y"), &[OpKind::Gemm]).filter(|(s, _)| is_affine(s) && super::used_once(egraph, var(subst, "?y")))?;
+    let (gemm, ops) = op_node(egraph, var(subst, "?y"), &[OpKind::Gemm])
+        .filter(|(s, _)| is_affine(s) && super::used_once(egraph, var(subst, "?y")))?;
     let attrs = gemm.op().attrs;
     let (b, bshape) = f32_values(egraph, ops[1])?;
     let b2 = scale_columns(&b, &bshape, attrs.int("transB").ok()? != 0, &k)?;
@@ -86,9 +127,14 @@ fn fold_into_gemm(egraph: &mut QEGraph, eclass: Id, subst: &Subst) -> Option<Id>
         (len, Some(&last)) if last == n && len % n == 0 => len / n,
         _ => return None,
     };
-    let c2: Vec<f64> = (0..rows * n).map(|i| beta * c[if c.len() == 1 { 0 } else { i }] * k[i % n] + t[i % n]).collect();
+    let c2: Vec<f64> = (0..rows * n)
+        .map(|i| beta * c[if c.len() == 1 { 0 } else { i }] * k[i % n] + t[i % n])
+        .collect();
     let c2shape = if rows == 1 { vec![n] } else { vec![rows, n] };
-    let (b2, c2) = (add_f32(egraph, &bshape, &b2), add_f32(egraph, &c2shape, &c2));
+    let (b2, c2) = (
+        add_f32(egraph, &bshape, &b2),
+        add_f32(egraph, &c2shape, &c2),
+    );
     let attrs = attrs.with("beta", AttrValue::Float(1.0));
     add_op(egraph, OpKind::Gemm, attrs, vec![ops[0], b2, c2])
 }
@@ -96,7 +142,8 @@ fn fold_into_gemm(egraph: &mut QEGraph, eclass: Id, subst: &Subst) -> Option<Id>
 /// `BN(MatMul(x, W))` for a 2-d `x` and constant 2-d `W` → `Gemm(x, W·diag(k), t)`.
 fn fold_into_matmul(egraph: &mut QEGraph, eclass: Id, subst: &Subst) -> Option<Id> {
     let (k, t) = affine(egraph, eclass, subst)?;
-    let (_, ops) = op_node(egraph, var(subst, "?y"), &[OpKind::MatMul]).filter(|(s, _)| is_affine(s) && super::used_once(egraph, var(subst, "?y")))?;
+    let (_, ops) = op_node(egraph, var(subst, "?y"), &[OpKind::MatMul])
+        .filter(|(s, _)| is_affine(s) && super::used_once(egraph, var(subst, "?y")))?;
     if rank(egraph, ops[0])? != 2 {
         return None;
     }
@@ -105,7 +152,10 @@ fn fold_into_matmul(egraph: &mut QEGraph, eclass: Id, subst: &Subst) -> Option<I
         return None;
     }
     let w2 = scale_columns(&w, &wshape, false, &k)?;
-    let (w2, t) = (add_f32(egraph, &wshape, &w2), add_f32(egraph, &[k.len()], &t));
+    let (w2, t) = (
+        add_f32(egraph, &wshape, &w2),
+        add_f32(egraph, &[k.len()], &t),
+    );
     let attrs = Attrs::new()
         .with("alpha", AttrValue::Float(1.0))
         .with("beta", AttrValue::Float(1.0))

@@ -33,11 +33,19 @@ fn same_type(v: &'static str) -> impl Fn(&mut QEGraph, Id, &Subst) -> bool {
 fn merge_reshapes(egraph: &mut QEGraph, eclass: Id, subst: &Subst) -> Option<Id> {
     let x = var(subst, "?x");
     let out = ty(egraph, eclass)?.shape.clone();
-    if out.dims().iter().filter(|d| **d == Dim::Batch).count() > 1 || out.dims().contains(&Dim::Fixed(0)) {
+    if out.dims().iter().filter(|d| **d == Dim::Batch).count() > 1
+        || out.dims().contains(&Dim::Fixed(0))
+    {
         return None;
     }
-    let spec = out.dims().iter().map(|d| d.fixed().map_or(-1, |n| n as i64)).collect();
-    let attrs = Attrs::new().with("allowzero", AttrValue::Int(0)).with("shape", AttrValue::Ints(spec));
+    let spec = out
+        .dims()
+        .iter()
+        .map(|d| d.fixed().map_or(-1, |n| n as i64))
+        .collect();
+    let attrs = Attrs::new()
+        .with("allowzero", AttrValue::Int(0))
+        .with("shape", AttrValue::Ints(spec));
     super::add_op(egraph, OpKind::Reshape, attrs, vec![x])
 }
 
@@ -46,11 +54,22 @@ fn merge_transposes(egraph: &mut QEGraph, eclass: Id, subst: &Subst) -> Option<I
     let t = var(subst, "?t");
     let outer = matched(egraph, eclass, OpKind::Transpose, &[t])?.op();
     let (inner_sym, inner_children) = op_node(egraph, t, &[OpKind::Transpose])?;
-    let (outer_perm, inner_perm) = (outer.attrs.ints("perm").ok()?, inner_sym.op().attrs.ints("perm").ok()?.to_vec());
-    let perm: Vec<i64> = outer_perm.iter().map(|&o| inner_perm.get(o as usize).copied()).collect::<Option<_>>()?;
+    let (outer_perm, inner_perm) = (
+        outer.attrs.ints("perm").ok()?,
+        inner_sym.op().attrs.ints("perm").ok()?.to_vec(),
+    );
+    let perm: Vec<i64> = outer_perm
+        .iter()
+        .map(|&o| inner_perm.get(o as usize).copied())
+        .collect::<Option<_>>()?;
     let x = inner_children[0];
     if perm.iter().enumerate().all(|(i, &p)| p == i as i64) {
         return Some(x);
     }
-    super::add_op(egraph, OpKind::Transpose, Attrs::new().with("perm", AttrValue::Ints(perm)), vec![x])
+    super::add_op(
+        egraph,
+        OpKind::Transpose,
+        Attrs::new().with("perm", AttrValue::Ints(perm)),
+        vec![x],
+    )
 }

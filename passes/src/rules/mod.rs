@@ -23,7 +23,14 @@ pub type QRewrite = Rewrite<QNode, QAnalysis>;
 pub struct Apply(pub fn(&mut QEGraph, Id, &Subst) -> Option<Id>);
 
 impl Applier<QNode, QAnalysis> for Apply {
-    fn apply_one(&self, egraph: &mut QEGraph, eclass: Id, subst: &Subst, _: Option<&PatternAst<QNode>>, _: Symbol) -> Vec<Id> {
+    fn apply_one(
+        &self,
+        egraph: &mut QEGraph,
+        eclass: Id,
+        subst: &Subst,
+        _: Option<&PatternAst<QNode>>,
+        _: Symbol,
+    ) -> Vec<Id> {
         match (self.0)(egraph, eclass, subst) {
             Some(new) if egraph.union(eclass, new) => vec![eclass],
             _ => vec![],
@@ -33,7 +40,9 @@ impl Applier<QNode, QAnalysis> for Apply {
 
 /// The class bound to a pattern variable such as `"?x"`.
 pub(crate) fn var(subst: &Subst, name: &str) -> Id {
-    subst[name.parse::<Var>().expect("pattern variables are written correctly in the rules")]
+    subst[name
+        .parse::<Var>()
+        .expect("pattern variables are written correctly in the rules")]
 }
 
 /// The class bound to a pattern variable, when the matched pattern has it.
@@ -70,33 +79,63 @@ pub(crate) fn is_missing(egraph: &QEGraph, id: Id) -> bool {
 /// DequantizeLinear of a quantized constant (read through, since the analysis does not
 /// fold dequantization: quantized weights stay quantized unless a rule consumes them).
 pub(crate) fn f32_values(egraph: &QEGraph, id: Id) -> Option<(Vec<f64>, Vec<usize>)> {
-    if let Some(c) = egraph[id].data.constant.as_ref().filter(|c| c.quant.is_none()) {
+    if let Some(c) = egraph[id]
+        .data
+        .constant
+        .as_ref()
+        .filter(|c| c.quant.is_none())
+    {
         let v = c.tensor.as_f32().ok()?;
-        return Some((v.iter().map(|&x| x as f64).collect(), c.tensor.shape().to_vec()));
+        return Some((
+            v.iter().map(|&x| x as f64).collect(),
+            c.tensor.shape().to_vec(),
+        ));
     }
     let (_, operands) = op_node(egraph, id, &[OpKind::DequantizeLinear])?;
     let q = egraph[operands[0]].data.constant.as_ref()?;
     let op = Op::new(OpKind::DequantizeLinear, Attrs::new());
     let ty = q.ty();
-    let out = qlift_ir::interp::eval_op(&op, &[Some(q.tensor.as_ref())], &[Some(&ty)], std::slice::from_ref(egraph[id].data.ty.as_ref()?)).ok()?;
+    let out = qlift_ir::interp::eval_op(
+        &op,
+        &[Some(q.tensor.as_ref())],
+        &[Some(&ty)],
+        std::slice::from_ref(egraph[id].data.ty.as_ref()?),
+    )
+    .ok()?;
     let v = out.first()?.as_f32().ok()?;
-    Some((v.iter().map(|&x| x as f64).collect(), out[0].shape().to_vec()))
+    Some((
+        v.iter().map(|&x| x as f64).collect(),
+        out[0].shape().to_vec(),
+    ))
 }
 
 /// The first node of one of `kinds` in a class: its symbol and operand classes.
 pub(crate) fn op_node(egraph: &QEGraph, id: Id, kinds: &[OpKind]) -> Option<(OpSym, Vec<Id>)> {
     egraph[id].nodes.iter().find_map(|n| match n {
-        QNode::Op(sym, children) if kinds.contains(&sym.kind) => Some((sym.clone(), children.clone())),
+        QNode::Op(sym, children) if kinds.contains(&sym.kind) => {
+            Some((sym.clone(), children.clone()))
+        }
         _ => None,
     })
 }
 
 /// The node of `kind` in the matched class whose operands are `operands` (the one the
 /// pattern matched), for reading its attributes.
-pub(crate) fn matched(egraph: &QEGraph, eclass: Id, kind: OpKind, operands: &[Id]) -> Option<OpSym> {
+pub(crate) fn matched(
+    egraph: &QEGraph,
+    eclass: Id,
+    kind: OpKind,
+    operands: &[Id],
+) -> Option<OpSym> {
     let want: Vec<Id> = operands.iter().map(|&c| egraph.find(c)).collect();
     egraph[eclass].nodes.iter().find_map(|n| match n {
-        QNode::Op(sym, children) if sym.kind == kind && children.iter().map(|&c| egraph.find(c)).eq(want.iter().copied()) => {
+        QNode::Op(sym, children)
+            if sym.kind == kind
+                && children
+                    .iter()
+                    .map(|&c| egraph.find(c))
+                    .eq(want.iter().copied()) =>
+        {
             Some(sym.clone())
         }
         _ => None,
@@ -105,12 +144,21 @@ pub(crate) fn matched(egraph: &QEGraph, eclass: Id, kind: OpKind, operands: &[Id
 
 /// Adds an f32 constant (values rounded from f64 once).
 pub(crate) fn add_f32(egraph: &mut QEGraph, shape: &[usize], values: &[f64]) -> Id {
-    add_const(egraph, Tensor::from_f32(shape, values.iter().map(|&v| v as f32).collect()), None)
+    add_const(
+        egraph,
+        Tensor::from_f32(shape, values.iter().map(|&v| v as f32).collect()),
+        None,
+    )
 }
 
 /// Adds an op node if its type checks against the operand classes (else `None`: a rule
 /// never adds an ill-typed node).
-pub(crate) fn add_op(egraph: &mut QEGraph, kind: OpKind, attrs: Attrs, children: Vec<Id>) -> Option<Id> {
+pub(crate) fn add_op(
+    egraph: &mut QEGraph,
+    kind: OpKind,
+    attrs: Attrs,
+    children: Vec<Id>,
+) -> Option<Id> {
     let op = Op::new(kind, attrs);
     let types: Vec<Option<&TensorType>> = children.iter().map(|&c| ty(egraph, c)).collect();
     qlift_ir::infer_op(&op, &types, &[]).ok()?;
@@ -119,16 +167,30 @@ pub(crate) fn add_op(egraph: &mut QEGraph, kind: OpKind, attrs: Attrs, children:
 
 /// Adds an op whose result type is declared (QuantizeLinear, the integer ops) if its type
 /// checks and the inferred type is exactly `declared` (else `None`).
-pub(crate) fn add_declared(egraph: &mut QEGraph, kind: OpKind, attrs: Attrs, children: Vec<Id>, declared: &TensorType) -> Option<Id> {
+pub(crate) fn add_declared(
+    egraph: &mut QEGraph,
+    kind: OpKind,
+    attrs: Attrs,
+    children: Vec<Id>,
+    declared: &TensorType,
+) -> Option<Id> {
     let op = Op::new(kind, attrs);
     let types: Vec<Option<&TensorType>> = children.iter().map(|&c| ty(egraph, c)).collect();
     let inferred = qlift_ir::infer_op(&op, &types, std::slice::from_ref(declared)).ok()?;
-    (inferred.first() == Some(declared)).then(|| egraph.add(QNode::Op(OpSym::new(&op, Some(declared.clone())), children)))
+    (inferred.first() == Some(declared))
+        .then(|| egraph.add(QNode::Op(OpSym::new(&op, Some(declared.clone())), children)))
 }
 
 /// Adds a constant with optional quantization parameters.
-pub(crate) fn add_const(egraph: &mut QEGraph, tensor: Tensor, quant: Option<qlift_ir::QuantParams>) -> Id {
-    let node = egraph.analysis.constant_node(Constant { tensor: Arc::new(tensor), quant });
+pub(crate) fn add_const(
+    egraph: &mut QEGraph,
+    tensor: Tensor,
+    quant: Option<qlift_ir::QuantParams>,
+) -> Id {
+    let node = egraph.analysis.constant_node(Constant {
+        tensor: Arc::new(tensor),
+        quant,
+    });
     egraph.add(node)
 }
 
@@ -139,12 +201,20 @@ pub(crate) fn dequantized(egraph: &QEGraph, id: Id) -> Option<Id> {
 
 /// The class of `DequantizeLinear(x)`.
 pub(crate) fn dq(egraph: &QEGraph, x: Id) -> Option<Id> {
-    egraph.lookup(QNode::Op(OpSym::new(&Op::new(OpKind::DequantizeLinear, Attrs::new()), None), vec![x]))
+    egraph.lookup(QNode::Op(
+        OpSym::new(&Op::new(OpKind::DequantizeLinear, Attrs::new()), None),
+        vec![x],
+    ))
 }
 
 /// Under the QuantizeLinear matched on `eclass`, the node of `kind` with `operands`: its
 /// attributes, and the QuantizeLinear's declared result type.
-pub(crate) fn under_quantize(egraph: &QEGraph, eclass: Id, kind: OpKind, operands: &[Id]) -> Option<(Attrs, TensorType)> {
+pub(crate) fn under_quantize(
+    egraph: &QEGraph,
+    eclass: Id,
+    kind: OpKind,
+    operands: &[Id],
+) -> Option<(Attrs, TensorType)> {
     egraph[eclass].nodes.iter().find_map(|n| match n {
         QNode::Op(q, c) if q.kind == OpKind::QuantizeLinear => {
             let sym = matched(egraph, c[0], kind, operands)?;
@@ -157,7 +227,13 @@ pub(crate) fn under_quantize(egraph: &QEGraph, eclass: Id, kind: OpKind, operand
 /// Per-output-channel factors from a constant that broadcasts against a result of rank
 /// `rank` whose channels are on `axis` (`channels` of them): a scalar, or 1 everywhere
 /// except `channels` on that axis.
-pub(crate) fn per_channel(values: &[f64], shape: &[usize], rank: usize, axis: usize, channels: usize) -> Option<Vec<f64>> {
+pub(crate) fn per_channel(
+    values: &[f64],
+    shape: &[usize],
+    rank: usize,
+    axis: usize,
+    channels: usize,
+) -> Option<Vec<f64>> {
     if values.len() == 1 {
         return Some(vec![values[0]; channels]);
     }
@@ -165,7 +241,13 @@ pub(crate) fn per_channel(values: &[f64], shape: &[usize], rank: usize, axis: us
         return None;
     }
     let aligned = rank - shape.len();
-    let ok = shape.iter().enumerate().all(|(i, &d)| if i + aligned == axis { d == channels } else { d == 1 });
+    let ok = shape.iter().enumerate().all(|(i, &d)| {
+        if i + aligned == axis {
+            d == channels
+        } else {
+            d == 1
+        }
+    });
     ok.then(|| values.to_vec())
 }
 

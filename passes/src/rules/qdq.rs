@@ -56,7 +56,13 @@ fn clamp(egraph: &mut QEGraph, eclass: Id, subst: &Subst, kind: OpKind) -> Optio
         OpKind::Relu => (0.0, f32::INFINITY),
         _ => (attrs.float("min").ok()?, attrs.float("max").ok()?),
     };
-    add_declared(egraph, OpKind::Requantize, activation(lo, hi), vec![x], &declared)
+    add_declared(
+        egraph,
+        OpKind::Requantize,
+        activation(lo, hi),
+        vec![x],
+        &declared,
+    )
 }
 
 /// The bounds of a Relu or Clip node matched on `eclass` over `operand`.
@@ -71,7 +77,9 @@ fn bounds(egraph: &QEGraph, eclass: Id, kind: OpKind, operand: Id) -> Option<(f3
 }
 
 fn activation(lo: f32, hi: f32) -> Attrs {
-    Attrs::new().with("act_min", AttrValue::Float(lo)).with("act_max", AttrValue::Float(hi))
+    Attrs::new()
+        .with("act_min", AttrValue::Float(lo))
+        .with("act_max", AttrValue::Float(hi))
 }
 
 /// `Relu(DQ(x))` → `DQ(Requantize{act_min=0}(x))` with x's own parameters: the clamp moves
@@ -85,12 +93,26 @@ fn clamp_dequantized(egraph: &mut QEGraph, eclass: Id, subst: &Subst, kind: OpKi
     let q = own.quant.as_ref().filter(|q| q.axis.is_none())?;
     let (qmin, qmax) = own.dtype.int_range()?;
     let (scale, zp) = q.channel(0);
-    let (real_min, real_max) = ((qmin - zp as i64) as f32 * scale, (qmax - zp as i64) as f32 * scale);
+    let (real_min, real_max) = (
+        (qmin - zp as i64) as f32 * scale,
+        (qmax - zp as i64) as f32 * scale,
+    );
     if lo > real_max || hi < real_min {
         return None;
     }
-    let clamped = add_declared(egraph, OpKind::Requantize, activation(lo, hi), vec![x], &own)?;
-    super::add_op(egraph, OpKind::DequantizeLinear, Attrs::new(), vec![clamped])
+    let clamped = add_declared(
+        egraph,
+        OpKind::Requantize,
+        activation(lo, hi),
+        vec![x],
+        &own,
+    )?;
+    super::add_op(
+        egraph,
+        OpKind::DequantizeLinear,
+        Attrs::new(),
+        vec![clamped],
+    )
 }
 
 /// `op(DQ(x))` → `DQ(op(x))` for an op that commutes with dequantization (max pooling,
@@ -102,8 +124,12 @@ fn sink_resize(egraph: &mut QEGraph, eclass: Id, subst: &Subst, rest: &[&str]) -
     let x = var(subst, "?x");
     let mut operands = vec![dq(egraph, x)?];
     operands.extend(rest.iter().map(|v| var(subst, v)));
-    let attrs = matched(egraph, eclass, OpKind::Resize, &operands)?.op().attrs;
-    if attrs.str("mode").ok()? != "nearest" || attrs.str("coordinate_transformation_mode").ok()? == "tf_crop_and_resize" {
+    let attrs = matched(egraph, eclass, OpKind::Resize, &operands)?
+        .op()
+        .attrs;
+    if attrs.str("mode").ok()? != "nearest"
+        || attrs.str("coordinate_transformation_mode").ok()? == "tf_crop_and_resize"
+    {
         return None;
     }
     operands[0] = x;

@@ -12,11 +12,16 @@
 //! except where the exact value sits within ~2^-20 of a rounding boundary: at most one
 //! quantization step apart, which is the contract of this rule family.
 
-use super::{add_const, add_declared, add_op, dequantized, dq, f32_values, is_missing, matched, op_node, optional_var, ty, under_quantize, var, Apply, QRewrite};
+use super::{
+    add_const, add_declared, add_op, dequantized, dq, f32_values, is_missing, matched, op_node,
+    optional_var, ty, under_quantize, var, Apply, QRewrite,
+};
 use crate::analysis::QEGraph;
 use crate::quantize::weights::quantize_per_channel;
 use egg::{rewrite, Id, Subst};
-use qlift_ir::{Attrs, DType, OpKind, QuantParams, Shape, Tensor, TensorData, TensorType, FUSED_ACTIVATION};
+use qlift_ir::{
+    Attrs, DType, OpKind, QuantParams, Shape, Tensor, TensorData, TensorType, FUSED_ACTIVATION,
+};
 
 /// The requantization fusion rules.
 pub fn rules() -> Vec<QRewrite> {
@@ -63,14 +68,25 @@ fn quantized_weights(egraph: &mut QEGraph, w: Id, axis: usize) -> Option<Id> {
     if let Some(q) = dequantized(egraph, w) {
         return Some(q);
     }
-    let c = egraph[w].data.constant.clone().filter(|c| c.quant.is_none())?;
-    let (tensor, quant) = quantize_per_channel(c.tensor.as_f32().ok()?, c.tensor.shape(), axis).ok()?;
+    let c = egraph[w]
+        .data
+        .constant
+        .clone()
+        .filter(|c| c.quant.is_none())?;
+    let (tensor, quant) =
+        quantize_per_channel(c.tensor.as_f32().ok()?, c.tensor.shape(), axis).ok()?;
     Some(add_const(egraph, tensor, Some(quant)))
 }
 
 /// The i32 bias for real bias values (one per output channel, or one for all): value /
 /// (s_x · s_w[c]) rounded half to even; `None` when it does not fit i32.
-fn quantized_bias(egraph: &mut QEGraph, real: &[f64], x: &QuantParams, w: &QuantParams, channels: usize) -> Option<Id> {
+fn quantized_bias(
+    egraph: &mut QEGraph,
+    real: &[f64],
+    x: &QuantParams,
+    w: &QuantParams,
+    channels: usize,
+) -> Option<Id> {
     if real.len() != channels && real.len() != 1 {
         return None;
     }
@@ -103,7 +119,11 @@ fn result_type(egraph: &QEGraph, target: Target, x: Id, wq: Id, axis: usize) -> 
         Target::Accumulator(shape) => {
             let (xq, wq) = (quant(egraph, x)?, quant(egraph, wq)?);
             let scale: Vec<f32> = wq.scale.iter().map(|s| xq.scale[0] * s).collect();
-            let q = QuantParams { zero_point: vec![0; scale.len()], axis: wq.axis.map(|_| axis), scale };
+            let q = QuantParams {
+                zero_point: vec![0; scale.len()],
+                axis: wq.axis.map(|_| axis),
+                scale,
+            };
             Some(TensorType::quantized(DType::I32, shape, q))
         }
     }
@@ -112,7 +132,10 @@ fn result_type(egraph: &QEGraph, target: Target, x: Id, wq: Id, axis: usize) -> 
 /// `Q(Conv(DQ(x), w, b))` → `QConv(x, w_q, b_i32)` with the Conv's attributes.
 fn fuse_conv(egraph: &mut QEGraph, eclass: Id, subst: &Subst) -> Option<Id> {
     let b = optional_var(subst, "?b");
-    let operands: Vec<Id> = [dq(egraph, var(subst, "?x"))?, var(subst, "?w")].into_iter().chain(b).collect();
+    let operands: Vec<Id> = [dq(egraph, var(subst, "?x"))?, var(subst, "?w")]
+        .into_iter()
+        .chain(b)
+        .collect();
     let (attrs, declared) = under_quantize(egraph, eclass, OpKind::Conv, &operands)?;
     qconv(egraph, subst, attrs, Target::Quantized(declared))
 }
@@ -134,8 +157,10 @@ fn qconv(egraph: &mut QEGraph, subst: &Subst, attrs: Attrs, target: Target) -> O
 /// `DQ(QConv → i32)`: integer arithmetic, no 8-bit rounding of the result. Likewise Gemm
 /// and MatMul. The weights must already be quantized (a float layer stays float).
 fn to_accumulator(egraph: &mut QEGraph, eclass: Id, subst: &Subst, kind: OpKind) -> Option<Id> {
-    let operands: Vec<Id> =
-        [dq(egraph, var(subst, "?x"))?, dq(egraph, var(subst, "?w"))?].into_iter().chain(optional_var(subst, "?b")).collect();
+    let operands: Vec<Id> = [dq(egraph, var(subst, "?x"))?, dq(egraph, var(subst, "?w"))?]
+        .into_iter()
+        .chain(optional_var(subst, "?b"))
+        .collect();
     let attrs = matched(egraph, eclass, kind, &operands)?.op().attrs;
     if attrs.get("act_min").is_some() {
         return None;
@@ -163,7 +188,10 @@ fn bias(egraph: &mut QEGraph, b: Id, beta: f64, x: Id, w: Id, channels: usize) -
 /// `Q(Gemm(DQ(x), w, c))` with alpha 1 and A not transposed → `QMatMul(x, w_q [K, N], bias)`;
 /// a transposed constant B is transposed at compile time, `beta · C` becomes the i32 bias.
 fn fuse_gemm(egraph: &mut QEGraph, eclass: Id, subst: &Subst) -> Option<Id> {
-    let operands: Vec<Id> = [dq(egraph, var(subst, "?x"))?, var(subst, "?w")].into_iter().chain(optional_var(subst, "?b")).collect();
+    let operands: Vec<Id> = [dq(egraph, var(subst, "?x"))?, var(subst, "?w")]
+        .into_iter()
+        .chain(optional_var(subst, "?b"))
+        .collect();
     let (attrs, declared) = under_quantize(egraph, eclass, OpKind::Gemm, &operands)?;
     qgemm(egraph, subst, attrs, Target::Quantized(declared))
 }
@@ -174,14 +202,31 @@ fn qgemm(egraph: &mut QEGraph, subst: &Subst, attrs: Attrs, target: Target) -> O
     if attrs.float("alpha").ok()? != 1.0 || attrs.int("transA").ok()? != 0 {
         return None;
     }
-    let wq = if attrs.int("transB").ok()? != 0 { transposed_weights(egraph, w)? } else { quantized_weights(egraph, w, 1)? };
+    let wq = if attrs.int("transB").ok()? != 0 {
+        transposed_weights(egraph, w)?
+    } else {
+        quantized_weights(egraph, w, 1)?
+    };
     let channels = *ty(egraph, wq)?.shape.as_fixed()?.last()?;
     let mut children = vec![x, wq];
     if let Some(c) = optional_var(subst, "?b").filter(|&c| !is_missing(egraph, c)) {
-        children.push(bias(egraph, c, attrs.float("beta").ok()? as f64, x, wq, channels)?);
+        children.push(bias(
+            egraph,
+            c,
+            attrs.float("beta").ok()? as f64,
+            x,
+            wq,
+            channels,
+        )?);
     }
     let declared = result_type(egraph, target, x, wq, 1)?;
-    add_declared(egraph, OpKind::QMatMul, activation_attrs(&attrs), children, &declared)
+    add_declared(
+        egraph,
+        OpKind::QMatMul,
+        activation_attrs(&attrs),
+        children,
+        &declared,
+    )
 }
 
 /// Constant `[N, K]` weights (f32, or a quantized constant behind a DequantizeLinear)
@@ -189,7 +234,9 @@ fn qgemm(egraph: &mut QEGraph, subst: &Subst, attrs: Attrs, target: Target) -> O
 fn transposed_weights(egraph: &mut QEGraph, w: Id) -> Option<Id> {
     let source = dequantized(egraph, w).unwrap_or(w);
     let c = egraph[source].data.constant.clone()?;
-    let &[n, k] = c.tensor.shape() else { return None };
+    let &[n, k] = c.tensor.shape() else {
+        return None;
+    };
     let transpose = |i: usize| (i % n) * k + i / n;
     match &c.quant {
         None => {
@@ -202,7 +249,10 @@ fn transposed_weights(egraph: &mut QEGraph, w: Id) -> Option<Id> {
             let v = c.tensor.to_i64_vec().ok()?;
             let t: Vec<i64> = (0..n * k).map(|i| v[transpose(i)]).collect();
             let tensor = Tensor::from_i64_values(c.tensor.dtype(), vec![k, n], t).ok()?;
-            let quant = QuantParams { axis: q.axis.map(|_| 1), ..q.clone() };
+            let quant = QuantParams {
+                axis: q.axis.map(|_| 1),
+                ..q.clone()
+            };
             Some(add_const(egraph, tensor, Some(quant)))
         }
         Some(_) => None,
@@ -211,7 +261,12 @@ fn transposed_weights(egraph: &mut QEGraph, w: Id) -> Option<Id> {
 
 /// `Q(MatMul(DQ(x), w))` → `QMatMul(x, w_q)`, B per tensor or per column.
 fn fuse_matmul(egraph: &mut QEGraph, eclass: Id, subst: &Subst) -> Option<Id> {
-    let (attrs, declared) = under_quantize(egraph, eclass, OpKind::MatMul, &[dq(egraph, var(subst, "?x"))?, var(subst, "?w")])?;
+    let (attrs, declared) = under_quantize(
+        egraph,
+        eclass,
+        OpKind::MatMul,
+        &[dq(egraph, var(subst, "?x"))?, var(subst, "?w")],
+    )?;
     qmatmul(egraph, subst, attrs, Target::Quantized(declared))
 }
 
@@ -224,7 +279,8 @@ fn fuse_matmul_bias(egraph: &mut QEGraph, eclass: Id, subst: &Subst) -> Option<I
 }
 
 fn matmul_bias(egraph: &mut QEGraph, eclass: Id, m: Id, b: Id) -> Option<Id> {
-    let (attrs, declared) = under_quantize(egraph, eclass, OpKind::Add, &[m, b]).or_else(|| under_quantize(egraph, eclass, OpKind::Add, &[b, m]))?;
+    let (attrs, declared) = under_quantize(egraph, eclass, OpKind::Add, &[m, b])
+        .or_else(|| under_quantize(egraph, eclass, OpKind::Add, &[b, m]))?;
     let (_, ops) = op_node(egraph, m, &[OpKind::MatMul])?;
     let x = dequantized(egraph, ops[0])?;
     let w = ops[1];
@@ -238,7 +294,13 @@ fn matmul_bias(egraph: &mut QEGraph, eclass: Id, m: Id, b: Id) -> Option<Id> {
         return None;
     }
     let bias = bias(egraph, b, 1.0, x, wq, channels)?;
-    add_declared(egraph, OpKind::QMatMul, activation_attrs(&attrs), vec![x, wq, bias], &declared)
+    add_declared(
+        egraph,
+        OpKind::QMatMul,
+        activation_attrs(&attrs),
+        vec![x, wq, bias],
+        &declared,
+    )
 }
 
 /// QMatMul for the matched MatMul operands `?x`, `?w`.
@@ -246,22 +308,49 @@ fn qmatmul(egraph: &mut QEGraph, subst: &Subst, attrs: Attrs, target: Target) ->
     let [x, w] = ["?x", "?w"].map(|v| var(subst, v));
     let axis = ty(egraph, w)?.shape.rank().checked_sub(1)?;
     let wq = quantized_weights(egraph, w, axis)?;
-    let declared = result_type(egraph, target, x, wq, ty(egraph, x)?.shape.rank().max(2) - 1)?;
-    add_declared(egraph, OpKind::QMatMul, activation_attrs(&attrs), vec![x, wq], &declared)
+    let declared = result_type(
+        egraph,
+        target,
+        x,
+        wq,
+        ty(egraph, x)?.shape.rank().max(2) - 1,
+    )?;
+    add_declared(
+        egraph,
+        OpKind::QMatMul,
+        activation_attrs(&attrs),
+        vec![x, wq],
+        &declared,
+    )
 }
 
 /// `Q(Add(DQ(a), DQ(b)))` → `QAdd(a, b)`.
 fn fuse_add(egraph: &mut QEGraph, eclass: Id, subst: &Subst) -> Option<Id> {
     let [a, b] = ["?a", "?b"].map(|v| var(subst, v));
-    let (attrs, declared) = under_quantize(egraph, eclass, OpKind::Add, &[dq(egraph, a)?, dq(egraph, b)?])?;
-    add_declared(egraph, OpKind::QAdd, activation_attrs(&attrs), vec![a, b], &declared)
+    let (attrs, declared) = under_quantize(
+        egraph,
+        eclass,
+        OpKind::Add,
+        &[dq(egraph, a)?, dq(egraph, b)?],
+    )?;
+    add_declared(
+        egraph,
+        OpKind::QAdd,
+        activation_attrs(&attrs),
+        vec![a, b],
+        &declared,
+    )
 }
 
 /// `Q(AveragePool(DQ(x)))` → `QAveragePool(x)`, and the same for the global pool.
 fn fuse_pool(egraph: &mut QEGraph, eclass: Id, subst: &Subst, kind: OpKind) -> Option<Id> {
     let x = var(subst, "?x");
     let (attrs, declared) = under_quantize(egraph, eclass, kind, &[dq(egraph, x)?])?;
-    let qkind = if kind == OpKind::AveragePool { OpKind::QAveragePool } else { OpKind::QGlobalAveragePool };
+    let qkind = if kind == OpKind::AveragePool {
+        OpKind::QAveragePool
+    } else {
+        OpKind::QGlobalAveragePool
+    };
     add_declared(egraph, qkind, attrs, vec![x], &declared)
 }
 
@@ -271,9 +360,21 @@ fn fuse_pool(egraph: &mut QEGraph, eclass: Id, subst: &Subst, kind: OpKind) -> O
 fn from_qlinear(egraph: &mut QEGraph, eclass: Id, subst: &Subst, kind: OpKind) -> Option<Id> {
     let mut operands = vec![var(subst, "?x"), var(subst, "?w")];
     operands.extend(optional_var(subst, "?b").filter(|&b| !is_missing(egraph, b)));
-    let sym = matched(egraph, eclass, kind, &[var(subst, "?x"), var(subst, "?w")].into_iter().chain(optional_var(subst, "?b")).collect::<Vec<_>>())?;
+    let sym = matched(
+        egraph,
+        eclass,
+        kind,
+        &[var(subst, "?x"), var(subst, "?w")]
+            .into_iter()
+            .chain(optional_var(subst, "?b"))
+            .collect::<Vec<_>>(),
+    )?;
     let declared = sym.declared.clone()?;
-    let target = if kind == OpKind::QLinearConv { OpKind::QConv } else { OpKind::QMatMul };
+    let target = if kind == OpKind::QLinearConv {
+        OpKind::QConv
+    } else {
+        OpKind::QMatMul
+    };
     add_declared(egraph, target, sym.op().attrs, operands, &declared)
 }
 
@@ -282,6 +383,9 @@ fn fuse_concat(egraph: &mut QEGraph, eclass: Id, subst: &Subst) -> Option<Id> {
     let y = var(subst, "?y");
     let (_, ops) = op_node(egraph, y, &[OpKind::Concat])?;
     let (attrs, declared) = under_quantize(egraph, eclass, OpKind::Concat, &ops)?;
-    let parts = ops.iter().map(|&p| dequantized(egraph, p)).collect::<Option<Vec<_>>>()?;
+    let parts = ops
+        .iter()
+        .map(|&p| dequantized(egraph, p))
+        .collect::<Option<Vec<_>>>()?;
     add_declared(egraph, OpKind::QConcat, attrs, parts, &declared)
 }

@@ -72,22 +72,45 @@ impl Plan {
         if t.labels == order {
             return t;
         }
-        let perm: Vec<usize> = order.iter().map(|l| t.labels.iter().position(|m| m == l).expect("a permutation")).collect();
+        let perm: Vec<usize> = order
+            .iter()
+            .map(|l| t.labels.iter().position(|m| m == l).expect("a permutation"))
+            .collect();
         let dims = perm.iter().map(|&p| t.dims[p]).collect();
-        let val = self.push(OpKind::Transpose, Attrs::new().with("perm", ints(perm.iter().map(|&p| p as i64).collect())), vec![t.val]);
-        Term { val, labels: order.to_vec(), dims }
+        let val = self.push(
+            OpKind::Transpose,
+            Attrs::new().with("perm", ints(perm.iter().map(|&p| p as i64).collect())),
+            vec![t.val],
+        );
+        Term {
+            val,
+            labels: order.to_vec(),
+            dims,
+        }
     }
 
     /// `t` with the labels `gone` summed out.
     fn sum_out(&mut self, t: Term, gone: &[Label]) -> Term {
-        let axes: Vec<i64> = (0..t.labels.len()).filter(|&a| gone.contains(&t.labels[a])).map(|a| a as i64).collect();
+        let axes: Vec<i64> = (0..t.labels.len())
+            .filter(|&a| gone.contains(&t.labels[a]))
+            .map(|a| a as i64)
+            .collect();
         if axes.is_empty() {
             return t;
         }
-        let attrs = Attrs::new().with("axes", ints(axes)).with("keepdims", AttrValue::Int(0)).with("noop_with_empty_axes", AttrValue::Int(0));
+        let attrs = Attrs::new()
+            .with("axes", ints(axes))
+            .with("keepdims", AttrValue::Int(0))
+            .with("noop_with_empty_axes", AttrValue::Int(0));
         let val = self.push(OpKind::ReduceSum, attrs, vec![t.val.clone()]);
-        let keep: Vec<usize> = (0..t.labels.len()).filter(|&a| !gone.contains(&t.labels[a])).collect();
-        Term { val, labels: keep.iter().map(|&a| t.labels[a]).collect(), dims: keep.iter().map(|&a| t.dims[a]).collect() }
+        let keep: Vec<usize> = (0..t.labels.len())
+            .filter(|&a| !gone.contains(&t.labels[a]))
+            .collect();
+        Term {
+            val,
+            labels: keep.iter().map(|&a| t.labels[a]).collect(),
+            dims: keep.iter().map(|&a| t.dims[a]).collect(),
+        }
     }
 
     /// `t` reshaped so that its axes after the first `lead` become `groups` (each a run of
@@ -103,18 +126,28 @@ impl Plan {
         for d in &merged {
             spec.push(match d {
                 Dim::Fixed(n) => *n as i64,
-                _ if unknown => return Err("an einsum that merges several groups of unknown extents".to_string()),
+                _ if unknown => {
+                    return Err(
+                        "an einsum that merges several groups of unknown extents".to_string()
+                    )
+                }
                 _ => {
                     unknown = true;
                     -1
                 }
             });
         }
-        let attrs = Attrs::new().with("allowzero", AttrValue::Int(0)).with("shape", ints(spec));
+        let attrs = Attrs::new()
+            .with("allowzero", AttrValue::Int(0))
+            .with("shape", ints(spec));
         let val = self.push(OpKind::Reshape, attrs, vec![t.val.clone()]);
         let mut dims = t.dims[..lead].to_vec();
         dims.extend(merged);
-        Ok(Term { val, labels: Vec::new(), dims })
+        Ok(Term {
+            val,
+            labels: Vec::new(),
+            dims,
+        })
     }
 }
 
@@ -122,7 +155,10 @@ impl Plan {
 fn product(dims: &[Dim]) -> Dim {
     match dims {
         [d] => *d,
-        _ => dims.iter().try_fold(1usize, |a, d| d.fixed().and_then(|n| a.checked_mul(n))).map_or(Dim::Dyn, Dim::Fixed),
+        _ => dims
+            .iter()
+            .try_fold(1usize, |a, d| d.fixed().and_then(|n| a.checked_mul(n)))
+            .map_or(Dim::Dyn, Dim::Fixed),
     }
 }
 
@@ -150,9 +186,16 @@ fn parse_term(term: &str) -> Result<Vec<Option<char>>, String> {
 /// The labels of a term for an operand of rank `rank`, given `ellipsis` dimensions in all.
 fn labels_of(term: &[Option<char>], rank: usize, ellipsis: usize) -> Result<Vec<Label>, String> {
     let letters = term.iter().filter(|c| c.is_some()).count();
-    let own = if term.contains(&None) { rank.checked_sub(letters).ok_or("a term has more subscripts than its operand has axes")? } else { 0 };
+    let own = if term.contains(&None) {
+        rank.checked_sub(letters)
+            .ok_or("a term has more subscripts than its operand has axes")?
+    } else {
+        0
+    };
     if !term.contains(&None) && letters != rank {
-        return Err(format!("a term has {letters} subscripts for an operand of rank {rank}"));
+        return Err(format!(
+            "a term has {letters} subscripts for an operand of rank {rank}"
+        ));
     }
     let mut labels = Vec::with_capacity(rank);
     for c in term {
@@ -165,16 +208,29 @@ fn labels_of(term: &[Option<char>], rank: usize, ellipsis: usize) -> Result<Vec<
 }
 
 fn einsum(cx: &mut NodeCx) -> Result<(), Error> {
-    let equation: String = cx.string("equation", "").chars().filter(|c| !c.is_whitespace()).collect();
+    let equation: String = cx
+        .string("equation", "")
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
     let n = cx.node.input.len();
     let mut types = Vec::with_capacity(n);
     for i in 0..n {
         types.push(cx.input_type(i)?);
     }
     let ranks: Vec<usize> = types.iter().map(|t| t.shape.rank()).collect();
-    let plan = lower(&equation, &ranks, &types.iter().map(|t| t.shape.dims().to_vec()).collect::<Vec<_>>())
-        .map_err(|e| cx.error(format!("equation `{equation}`: {e}")))?;
-    let operands = (0..n).map(|i| cx.required(i)).collect::<Result<Vec<_>, _>>()?;
+    let plan = lower(
+        &equation,
+        &ranks,
+        &types
+            .iter()
+            .map(|t| t.shape.dims().to_vec())
+            .collect::<Vec<_>>(),
+    )
+    .map_err(|e| cx.error(format!("equation `{equation}`: {e}")))?;
+    let operands = (0..n)
+        .map(|i| cx.required(i))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut done: Vec<ValueId> = Vec::with_capacity(plan.steps.len());
     let last = plan.steps.len();
     if last == 0 {
@@ -206,9 +262,16 @@ fn lower(equation: &str, ranks: &[usize], dims: &[Vec<Dim>]) -> Result<Plan, Str
         Some((l, r)) => (l, Some(r)),
         None => (equation, None),
     };
-    let terms = lhs.split(',').map(parse_term).collect::<Result<Vec<_>, _>>()?;
+    let terms = lhs
+        .split(',')
+        .map(parse_term)
+        .collect::<Result<Vec<_>, _>>()?;
     if terms.len() != ranks.len() || terms.is_empty() {
-        return Err(format!("{} terms for {} operands", terms.len(), ranks.len()));
+        return Err(format!(
+            "{} terms for {} operands",
+            terms.len(),
+            ranks.len()
+        ));
     }
     let ellipsis = terms
         .iter()
@@ -221,7 +284,11 @@ fn lower(equation: &str, ranks: &[usize], dims: &[Vec<Dim>]) -> Result<Plan, Str
     let mut operands: Vec<Term> = Vec::with_capacity(terms.len());
     for (i, t) in terms.iter().enumerate() {
         let labels = labels_of(t, ranks[i], ellipsis)?;
-        operands.push(Term { val: Val::Operand(i), labels, dims: dims[i].clone() });
+        operands.push(Term {
+            val: Val::Operand(i),
+            labels,
+            dims: dims[i].clone(),
+        });
     }
     let output: Vec<Label> = match rhs {
         Some(r) => {
@@ -237,7 +304,11 @@ fn lower(equation: &str, ranks: &[usize], dims: &[Vec<Dim>]) -> Result<Plan, Str
         None => {
             // Implicit: the ellipsis, then the letters used once, alphabetically.
             let mut out: Vec<Label> = (0..ellipsis).map(Label::Ellipsis).collect();
-            let mut letters: Vec<Label> = operands.iter().flat_map(|t| t.labels.iter().copied()).filter(|l| matches!(l, Label::Letter(_))).collect();
+            let mut letters: Vec<Label> = operands
+                .iter()
+                .flat_map(|t| t.labels.iter().copied())
+                .filter(|l| matches!(l, Label::Letter(_)))
+                .collect();
             letters.sort();
             for l in letters.iter() {
                 if letters.iter().filter(|m| *m == l).count() == 1 {
@@ -256,7 +327,9 @@ fn lower(equation: &str, ranks: &[usize], dims: &[Vec<Dim>]) -> Result<Plan, Str
     for a in &operands {
         for b in &operands {
             for (l, d) in a.labels.iter().zip(&a.dims) {
-                if let (Label::Letter(c), Some(e)) = (l, b.labels.iter().position(|m| m == l).map(|p| b.dims[p])) {
+                if let (Label::Letter(c), Some(e)) =
+                    (l, b.labels.iter().position(|m| m == l).map(|p| b.dims[p]))
+                {
                     if d != &e && !d.is_unbound() && !e.is_unbound() {
                         return Err(format!("subscript `{c}` has extents {d} and {e}"));
                     }
@@ -272,11 +345,20 @@ fn lower(equation: &str, ranks: &[usize], dims: &[Vec<Dim>]) -> Result<Plan, Str
     for i in 0..count {
         // Labels something after this step still needs.
         let mut keep: Vec<Label> = output.clone();
-        keep.extend(operands[i + 1..].iter().flat_map(|t| t.labels.iter().copied()));
+        keep.extend(
+            operands[i + 1..]
+                .iter()
+                .flat_map(|t| t.labels.iter().copied()),
+        );
         let b = operands[i].clone();
         acc = Some(match acc {
             None => {
-                let gone: Vec<Label> = b.labels.iter().copied().filter(|l| !keep.contains(l)).collect();
+                let gone: Vec<Label> = b
+                    .labels
+                    .iter()
+                    .copied()
+                    .filter(|l| !keep.contains(l))
+                    .collect();
                 plan.sum_out(b, &gone)
             }
             Some(a) => contract(&mut plan, a, b, &keep)?,
@@ -302,13 +384,29 @@ fn diagonals(plan: &mut Plan, mut t: Term) -> Result<Term, String> {
         let mut order: Vec<usize> = rest.clone();
         order.extend([p, q]);
         let perm = order.iter().map(|&a| a as i64).collect();
-        let moved = if order.iter().copied().eq(0..t.labels.len()) { t.val.clone() } else { plan.push(OpKind::Transpose, Attrs::new().with("perm", ints(perm)), vec![t.val.clone()]) };
+        let moved = if order.iter().copied().eq(0..t.labels.len()) {
+            t.val.clone()
+        } else {
+            plan.push(
+                OpKind::Transpose,
+                Attrs::new().with("perm", ints(perm)),
+                vec![t.val.clone()],
+            )
+        };
         let mut spec: Vec<i64> = vec![0; rest.len()];
         spec.push((n * n) as i64);
-        let flat = plan.push(OpKind::Reshape, Attrs::new().with("allowzero", AttrValue::Int(0)).with("shape", ints(spec)), vec![moved]);
+        let flat = plan.push(
+            OpKind::Reshape,
+            Attrs::new()
+                .with("allowzero", AttrValue::Int(0))
+                .with("shape", ints(spec)),
+            vec![moved],
+        );
         let k = rest.len() as i64;
         let consts = [vec![0], vec![(n * n) as i64], vec![k], vec![n as i64 + 1]];
-        let slice_inputs: Vec<Val> = std::iter::once(flat).chain(consts.into_iter().map(Val::Ints)).collect();
+        let slice_inputs: Vec<Val> = std::iter::once(flat)
+            .chain(consts.into_iter().map(Val::Ints))
+            .collect();
         let val = plan.push(OpKind::Slice, Attrs::new(), slice_inputs);
         let mut labels: Vec<Label> = rest.iter().map(|&a| t.labels[a]).collect();
         let mut dims: Vec<Dim> = rest.iter().map(|&a| t.dims[a]).collect();
@@ -324,15 +422,46 @@ fn contract(plan: &mut Plan, a: Term, b: Term, keep: &[Label]) -> Result<Term, S
     let in_b = |l: &Label| b.labels.contains(l);
     let in_a = |l: &Label| a.labels.contains(l);
     // Labels of one side only that nothing needs go first.
-    let a_gone: Vec<Label> = a.labels.iter().copied().filter(|l| !in_b(l) && !keep.contains(l)).collect();
-    let b_gone: Vec<Label> = b.labels.iter().copied().filter(|l| !in_a(l) && !keep.contains(l)).collect();
+    let a_gone: Vec<Label> = a
+        .labels
+        .iter()
+        .copied()
+        .filter(|l| !in_b(l) && !keep.contains(l))
+        .collect();
+    let b_gone: Vec<Label> = b
+        .labels
+        .iter()
+        .copied()
+        .filter(|l| !in_a(l) && !keep.contains(l))
+        .collect();
     let a = plan.sum_out(a, &a_gone);
     let b = plan.sum_out(b, &b_gone);
-    let batch: Vec<Label> = a.labels.iter().copied().filter(|l| b.labels.contains(l) && keep.contains(l)).collect();
-    let summed: Vec<Label> = a.labels.iter().copied().filter(|l| b.labels.contains(l) && !keep.contains(l)).collect();
-    let a_own: Vec<Label> = a.labels.iter().copied().filter(|l| !b.labels.contains(l)).collect();
-    let b_own: Vec<Label> = b.labels.iter().copied().filter(|l| !a.labels.contains(l)).collect();
-    let dim_of = |t: &Term, l: &Label| t.dims[t.labels.iter().position(|m| m == l).expect("own label")];
+    let batch: Vec<Label> = a
+        .labels
+        .iter()
+        .copied()
+        .filter(|l| b.labels.contains(l) && keep.contains(l))
+        .collect();
+    let summed: Vec<Label> = a
+        .labels
+        .iter()
+        .copied()
+        .filter(|l| b.labels.contains(l) && !keep.contains(l))
+        .collect();
+    let a_own: Vec<Label> = a
+        .labels
+        .iter()
+        .copied()
+        .filter(|l| !b.labels.contains(l))
+        .collect();
+    let b_own: Vec<Label> = b
+        .labels
+        .iter()
+        .copied()
+        .filter(|l| !a.labels.contains(l))
+        .collect();
+    let dim_of =
+        |t: &Term, l: &Label| t.dims[t.labels.iter().position(|m| m == l).expect("own label")];
     for l in &summed {
         let (p, q) = (dim_of(&a, l), dim_of(&b, l));
         if p != q && (p == Dim::Fixed(1) || q == Dim::Fixed(1)) {
@@ -343,11 +472,23 @@ fn contract(plan: &mut Plan, a: Term, b: Term, keep: &[Label]) -> Result<Term, S
     // the last stay axes of their own ("extra"), which MatMul broadcasts like batch axes
     // against 1s inserted in the other side (merging the batch with other extents is not
     // a shape the IR has).
-    let extra = |t: &Term, own: &[Label]| if own.len() > 1 && own.iter().any(|l| dim_of(t, l).fixed().is_none()) { own.len() - 1 } else { 0 };
+    let extra = |t: &Term, own: &[Label]| {
+        if own.len() > 1 && own.iter().any(|l| dim_of(t, l).fixed().is_none()) {
+            own.len() - 1
+        } else {
+            0
+        }
+    };
     let (ax, bx) = (extra(&a, &a_own), extra(&b, &b_own));
     let (a_extra, a_row) = a_own.split_at(ax);
     let (b_extra, b_col) = b_own.split_at(bx);
-    let order = |parts: &[&[Label]]| -> Vec<Label> { batch.iter().chain(parts.iter().flat_map(|p| p.iter())).copied().collect() };
+    let order = |parts: &[&[Label]]| -> Vec<Label> {
+        batch
+            .iter()
+            .chain(parts.iter().flat_map(|p| p.iter()))
+            .copied()
+            .collect()
+    };
     let a = plan.transpose(a, &order(&[a_extra, a_row, &summed]));
     let b = plan.transpose(b, &order(&[b_extra, &summed, b_col]));
     let group = |t: &Term, ls: &[Label]| -> Vec<Dim> { ls.iter().map(|l| dim_of(t, l)).collect() };
@@ -360,19 +501,46 @@ fn contract(plan: &mut Plan, a: Term, b: Term, keep: &[Label]) -> Result<Term, S
     let b3 = plan.unsqueeze(b2.val, (lead..lead + ax).collect());
     let product_val = plan.push(OpKind::MatMul, Attrs::new(), vec![a3, b3]);
     // Batch extents broadcast (an ellipsis of 1 against n).
-    let mut dims: Vec<Dim> = (0..lead).map(|i| if a.dims[i] == Dim::Fixed(1) { b.dims[i] } else { a.dims[i] }).collect();
+    let mut dims: Vec<Dim> = (0..lead)
+        .map(|i| {
+            if a.dims[i] == Dim::Fixed(1) {
+                b.dims[i]
+            } else {
+                a.dims[i]
+            }
+        })
+        .collect();
     dims.extend(group(&a, a_extra));
     dims.extend(group(&b, b_extra));
     let outer = dims.len();
     let mut merged_dims = dims.clone();
     merged_dims.extend([product(&m), product(&n)]);
-    let merged = Term { val: product_val, labels: Vec::new(), dims: merged_dims };
+    let merged = Term {
+        val: product_val,
+        labels: Vec::new(),
+        dims: merged_dims,
+    };
     let split: Vec<Vec<Dim>> = m.iter().chain(&n).map(|&d| vec![d]).collect();
-    let result = if m.len() == 1 && n.len() == 1 { merged } else { split_back(plan, merged, outer, &split)? };
-    let labels: Vec<Label> = batch.iter().chain(a_extra).chain(b_extra).chain(a_row).chain(b_col).copied().collect();
+    let result = if m.len() == 1 && n.len() == 1 {
+        merged
+    } else {
+        split_back(plan, merged, outer, &split)?
+    };
+    let labels: Vec<Label> = batch
+        .iter()
+        .chain(a_extra)
+        .chain(b_extra)
+        .chain(a_row)
+        .chain(b_col)
+        .copied()
+        .collect();
     dims.extend(m);
     dims.extend(n);
-    Ok(Term { val: result.val, labels, dims })
+    Ok(Term {
+        val: result.val,
+        labels,
+        dims,
+    })
 }
 
 impl Plan {
@@ -382,7 +550,11 @@ impl Plan {
         if axes.is_empty() {
             return v;
         }
-        self.push(OpKind::Unsqueeze, Attrs::new().with("axes", ints(axes.iter().map(|&a| a as i64).collect())), vec![v])
+        self.push(
+            OpKind::Unsqueeze,
+            Attrs::new().with("axes", ints(axes.iter().map(|&a| a as i64).collect())),
+            vec![v],
+        )
     }
 }
 
@@ -393,14 +565,18 @@ fn split_back(plan: &mut Plan, t: Term, lead: usize, extents: &[Vec<Dim>]) -> Re
     for e in extents {
         spec.push(match e[0] {
             Dim::Fixed(n) => n as i64,
-            _ if unknown => return Err("an einsum result with several unknown extents to split".to_string()),
+            _ if unknown => {
+                return Err("an einsum result with several unknown extents to split".to_string())
+            }
             _ => {
                 unknown = true;
                 -1
             }
         });
     }
-    let attrs = Attrs::new().with("allowzero", AttrValue::Int(0)).with("shape", ints(spec));
+    let attrs = Attrs::new()
+        .with("allowzero", AttrValue::Int(0))
+        .with("shape", ints(spec));
     let val = plan.push(OpKind::Reshape, attrs, vec![t.val.clone()]);
     Ok(Term { val, ..t })
 }

@@ -15,7 +15,9 @@ pub(crate) fn register(reg: &mut Registry) {
         let start = cx.int("start", 0);
         let end = cx.int("end", rank);
         let x = cx.required(0)?;
-        let attrs = Attrs::new().with("start", AttrValue::Int(start)).with("end", AttrValue::Int(end));
+        let attrs = Attrs::new()
+            .with("start", AttrValue::Int(start))
+            .with("end", AttrValue::Int(end));
         cx.emit(OpKind::Shape, attrs, &[Some(x)])
     });
     reg.insert("Size", |cx| {
@@ -26,7 +28,11 @@ pub(crate) fn register(reg: &mut Registry) {
         let rank = cx.input_type(0)?.shape.rank();
         let axis = normalize_axis(cx, cx.int("axis", 0), rank)?;
         let (x, i) = (cx.required(0)?, cx.required(1)?);
-        cx.emit(OpKind::Gather, Attrs::new().with("axis", AttrValue::Int(axis)), &[Some(x), Some(i)])
+        cx.emit(
+            OpKind::Gather,
+            Attrs::new().with("axis", AttrValue::Int(axis)),
+            &[Some(x), Some(i)],
+        )
     });
     reg.insert("Slice", slice);
     reg.insert("Split", split);
@@ -39,13 +45,20 @@ pub(crate) fn register(reg: &mut Registry) {
         cx.emit(OpKind::Tile, Attrs::new(), &[Some(x), Some(r)])
     });
     reg.insert_since("Range", 11, |cx| {
-        let operands = (0..3).map(|i| cx.required(i).map(Some)).collect::<Result<Vec<_>, _>>()?;
+        let operands = (0..3)
+            .map(|i| cx.required(i).map(Some))
+            .collect::<Result<Vec<_>, _>>()?;
         cx.emit(OpKind::Range, Attrs::new(), &operands)
     });
     reg.insert_since("ConstantOfShape", 9, constant_of_shape);
     reg.insert("Cast", |cx| {
         let code = cx.int("to", 0);
-        let to = dtype_of(code as i32).ok_or_else(|| cx.error(format!("cast to {} is not supported", dtype_name(code as i32))))?;
+        let to = dtype_of(code as i32).ok_or_else(|| {
+            cx.error(format!(
+                "cast to {} is not supported",
+                dtype_name(code as i32)
+            ))
+        })?;
         cast(cx, to)
     });
     reg.insert_since("CastLike", 15, |cx| {
@@ -59,7 +72,11 @@ fn cast(cx: &mut NodeCx, to: DType) -> Result<(), Error> {
     if cx.input_type(0)?.dtype == to {
         return cx.emit(OpKind::Identity, Attrs::new(), &[Some(x)]);
     }
-    cx.emit(OpKind::Cast, Attrs::new().with("to", AttrValue::Str(to.name().to_string())), &[Some(x)])
+    cx.emit(
+        OpKind::Cast,
+        Attrs::new().with("to", AttrValue::Str(to.name().to_string())),
+        &[Some(x)],
+    )
 }
 
 /// Slice: operands since opset 10; before, `starts`/`ends`/`axes` attributes, which become
@@ -67,8 +84,12 @@ fn cast(cx: &mut NodeCx, to: DType) -> Result<(), Error> {
 fn slice(cx: &mut NodeCx) -> Result<(), Error> {
     let x = cx.required(0)?;
     if cx.opset < 10 {
-        let starts = cx.ints("starts").ok_or_else(|| cx.error("starts is required"))?;
-        let ends = cx.ints("ends").ok_or_else(|| cx.error("ends is required"))?;
+        let starts = cx
+            .ints("starts")
+            .ok_or_else(|| cx.error("starts is required"))?;
+        let ends = cx
+            .ints("ends")
+            .ok_or_else(|| cx.error("ends is required"))?;
         let n = starts.len();
         let s = cx.new_constant("starts", Tensor::from_i64(&[n], starts))?;
         let e = cx.new_constant("ends", Tensor::from_i64(&[ends.len()], ends))?;
@@ -78,7 +99,13 @@ fn slice(cx: &mut NodeCx) -> Result<(), Error> {
         };
         return cx.emit(OpKind::Slice, Attrs::new(), &[Some(x), Some(s), Some(e), a]);
     }
-    let operands = [Some(x), Some(cx.required(1)?), Some(cx.required(2)?), cx.input(3)?, cx.input(4)?];
+    let operands = [
+        Some(x),
+        Some(cx.required(1)?),
+        Some(cx.required(2)?),
+        cx.input(3)?,
+        cx.input(4)?,
+    ];
     let last = operands.iter().rposition(Option::is_some).unwrap_or(0);
     cx.emit(OpKind::Slice, Attrs::new(), &operands[..=last.max(2)])
 }
@@ -91,14 +118,24 @@ fn split(cx: &mut NodeCx) -> Result<(), Error> {
     let rank = ty.shape.rank();
     let axis = normalize_axis(cx, cx.int("axis", 0), rank)? as usize;
     let parts = cx.node.output.len();
-    let sizes: Option<Vec<i64>> = if cx.opset < 13 { cx.ints("split") } else { cx.constant_ints(1)? };
+    let sizes: Option<Vec<i64>> = if cx.opset < 13 {
+        cx.ints("split")
+    } else {
+        cx.constant_ints(1)?
+    };
     let sizes = match sizes {
-        Some(s) if s.len() != parts => return Err(cx.error(format!("{} split sizes for {parts} results", s.len()))),
+        Some(s) if s.len() != parts => {
+            return Err(cx.error(format!("{} split sizes for {parts} results", s.len())))
+        }
         Some(s) => s,
         None => {
-            let extent = ty.shape.dims()[axis].fixed().ok_or_else(|| cx.error("equal parts of a symbolic extent; give split sizes or --shape"))? as i64;
+            let extent = ty.shape.dims()[axis].fixed().ok_or_else(|| {
+                cx.error("equal parts of a symbolic extent; give split sizes or --shape")
+            })? as i64;
             let chunk = (extent + parts as i64 - 1) / parts as i64;
-            (0..parts as i64).map(|i| (extent - i * chunk).clamp(0, chunk)).collect()
+            (0..parts as i64)
+                .map(|i| (extent - i * chunk).clamp(0, chunk))
+                .collect()
         }
     };
     if sizes.iter().any(|&s| s < 0) {
@@ -112,7 +149,13 @@ fn split(cx: &mut NodeCx) -> Result<(), Error> {
         let e = cx.new_constant("ends", Tensor::from_i64(&[1], vec![start + size]))?;
         start += size;
         if cx.has_output(i) {
-            cx.emit_result(i, OpKind::Slice, Attrs::new(), &[Some(x), Some(s), Some(e), Some(axes)], None)?;
+            cx.emit_result(
+                i,
+                OpKind::Slice,
+                Attrs::new(),
+                &[Some(x), Some(s), Some(e), Some(axes)],
+                None,
+            )?;
         }
     }
     Ok(())
@@ -123,7 +166,9 @@ fn split(cx: &mut NodeCx) -> Result<(), Error> {
 fn constant_of_shape(cx: &mut NodeCx) -> Result<(), Error> {
     let value = match cx.node.attribute.iter().find(|a| a.name == "value") {
         Some(a) => {
-            let proto = a.t.as_ref().ok_or_else(|| cx.error("value attribute holds no tensor"))?;
+            let proto =
+                a.t.as_ref()
+                    .ok_or_else(|| cx.error("value attribute holds no tensor"))?;
             let t = tensor_from_proto(proto, None, &Limits::default())?;
             if t.len() != 1 {
                 return Err(cx.error(format!("value must hold one element, it has {}", t.len())));

@@ -35,11 +35,38 @@ pub(crate) fn register(reg: &mut Registry) {
 fn register_elementwise(reg: &mut Registry) {
     // Ops without attributes, with the opset that introduced them (7 for those older).
     const PLAIN: [(&str, i64); 32] = [
-        ("Sqrt", 7), ("Exp", 7), ("Log", 7), ("Abs", 7), ("Neg", 7), ("Reciprocal", 7), ("Floor", 7),
-        ("Ceil", 7), ("Round", 11), ("Erf", 9), ("Sin", 7), ("Cos", 7), ("Sign", 9), ("Pow", 7),
-        ("Min", 7), ("Max", 7), ("Mean", 7), ("Sum", 7), ("Equal", 7), ("Greater", 7),
-        ("GreaterOrEqual", 12), ("Less", 7), ("LessOrEqual", 12), ("Not", 7), ("And", 7), ("Or", 7),
-        ("Xor", 7), ("Where", 9), ("PRelu", 7), ("Softplus", 7), ("Mish", 18), ("Softsign", 7),
+        ("Sqrt", 7),
+        ("Exp", 7),
+        ("Log", 7),
+        ("Abs", 7),
+        ("Neg", 7),
+        ("Reciprocal", 7),
+        ("Floor", 7),
+        ("Ceil", 7),
+        ("Round", 11),
+        ("Erf", 9),
+        ("Sin", 7),
+        ("Cos", 7),
+        ("Sign", 9),
+        ("Pow", 7),
+        ("Min", 7),
+        ("Max", 7),
+        ("Mean", 7),
+        ("Sum", 7),
+        ("Equal", 7),
+        ("Greater", 7),
+        ("GreaterOrEqual", 12),
+        ("Less", 7),
+        ("LessOrEqual", 12),
+        ("Not", 7),
+        ("And", 7),
+        ("Or", 7),
+        ("Xor", 7),
+        ("Where", 9),
+        ("PRelu", 7),
+        ("Softplus", 7),
+        ("Mish", 18),
+        ("Softsign", 7),
     ];
     for (name, since) in PLAIN {
         reg.insert_since(name, since, |cx| {
@@ -49,11 +76,19 @@ fn register_elementwise(reg: &mut Registry) {
     }
     reg.insert_since("Mod", 10, |cx| {
         let fmod = cx.int("fmod", 0);
-        operands(cx, OpKind::Mod, Attrs::new().with("fmod", AttrValue::Int(fmod)))
+        operands(
+            cx,
+            OpKind::Mod,
+            Attrs::new().with("fmod", AttrValue::Int(fmod)),
+        )
     });
     reg.insert_since("Gelu", 20, |cx| {
         let approximate = cx.string("approximate", "none");
-        operands(cx, OpKind::Gelu, Attrs::new().with("approximate", AttrValue::Str(approximate)))
+        operands(
+            cx,
+            OpKind::Gelu,
+            Attrs::new().with("approximate", AttrValue::Str(approximate)),
+        )
     });
     reg.insert("Elu", |cx| {
         let attrs = Attrs::new().with("alpha", AttrValue::Float(cx.float("alpha", 1.0)));
@@ -75,7 +110,11 @@ fn register_elementwise(reg: &mut Registry) {
         if alpha == 0.0 {
             return Err(cx.error("alpha must not be 0 (Celu divides by it)"));
         }
-        operands(cx, OpKind::Celu, Attrs::new().with("alpha", AttrValue::Float(alpha)))
+        operands(
+            cx,
+            OpKind::Celu,
+            Attrs::new().with("alpha", AttrValue::Float(alpha)),
+        )
     });
 }
 
@@ -85,7 +124,9 @@ fn operands(cx: &mut NodeCx, kind: OpKind, attrs: Attrs) -> Result<(), Error> {
     if cx.node.input.is_empty() {
         return Err(cx.error("at least one operand is required"));
     }
-    let inputs = (0..cx.node.input.len()).map(|i| cx.required(i).map(Some)).collect::<Result<Vec<_>, _>>()?;
+    let inputs = (0..cx.node.input.len())
+        .map(|i| cx.required(i).map(Some))
+        .collect::<Result<Vec<_>, _>>()?;
     cx.emit(kind, attrs, &inputs)
 }
 
@@ -105,8 +146,13 @@ fn clip(cx: &mut NodeCx) -> Result<(), Error> {
     let (min, max) = if cx.opset < 11 {
         (cx.float("min", f32::MIN), cx.float("max", f32::MAX))
     } else {
-        (cx.constant_scalar(1)?.unwrap_or(f32::NEG_INFINITY), cx.constant_scalar(2)?.unwrap_or(f32::INFINITY))
+        (
+            cx.constant_scalar(1)?.unwrap_or(f32::NEG_INFINITY),
+            cx.constant_scalar(2)?.unwrap_or(f32::INFINITY),
+        )
     };
-    let attrs = Attrs::new().with("min", AttrValue::Float(min)).with("max", AttrValue::Float(max));
+    let attrs = Attrs::new()
+        .with("min", AttrValue::Float(min))
+        .with("max", AttrValue::Float(max));
     unary(cx, OpKind::Clip, attrs)
 }

@@ -14,9 +14,9 @@ mod nn;
 mod norm;
 mod quant;
 mod recurrent;
+mod reduce;
 mod resample;
 mod select;
-mod reduce;
 mod shape;
 
 /// Converts one ONNX node into IR nodes.
@@ -61,13 +61,21 @@ impl Registry {
 
     /// Registers an op that exists only in the opset versions `versions` (an op ONNX
     /// later replaced, such as Upsample by Resize).
-    pub fn insert_versions(&mut self, op_type: &'static str, versions: RangeInclusive<i64>, convert: Converter) {
+    pub fn insert_versions(
+        &mut self,
+        op_type: &'static str,
+        versions: RangeInclusive<i64>,
+        convert: Converter,
+    ) {
         self.0.insert(op_type, (versions, convert));
     }
 
     /// The converter of `op_type` at opset `opset`, if it has one there.
     pub fn get(&self, op_type: &str, opset: i64) -> Option<Converter> {
-        self.0.get(op_type).filter(|(v, _)| v.contains(&opset)).map(|(_, c)| *c)
+        self.0
+            .get(op_type)
+            .filter(|(v, _)| v.contains(&opset))
+            .map(|(_, c)| *c)
     }
 
     /// Every registered op type with its opset versions, sorted by name.

@@ -17,20 +17,33 @@ pub(crate) fn register(reg: &mut Registry) {
         cx.emit(OpKind::DequantizeLinear, Attrs::new(), &[x])
     });
     reg.insert("QLinearConv", |cx| {
-        let (xrank, wrank) = (cx.input_type(0)?.shape.rank(), cx.input_type(3)?.shape.rank());
+        let (xrank, wrank) = (
+            cx.input_type(0)?.shape.rank(),
+            cx.input_type(3)?.shape.rank(),
+        );
         let (_, xq) = params(cx, 1, 2, None, xrank)?;
         let (_, wq) = params(cx, 4, 5, Some(0), wrank)?;
         let (dtype, yq) = params(cx, 6, 7, None, xrank)?;
         let attrs = conv_attrs(cx, 0, 3)?;
-        let (x, w, b) = (cx.input_quantized(0, Some(xq))?, cx.input_quantized(3, Some(wq))?, cx.input(8)?);
+        let (x, w, b) = (
+            cx.input_quantized(0, Some(xq))?,
+            cx.input_quantized(3, Some(wq))?,
+            cx.input(8)?,
+        );
         cx.emit_quantized(OpKind::QLinearConv, attrs, &[x, w, b], dtype, yq)
     });
     reg.insert("QLinearMatMul", |cx| {
-        let (arank, brank) = (cx.input_type(0)?.shape.rank(), cx.input_type(3)?.shape.rank());
+        let (arank, brank) = (
+            cx.input_type(0)?.shape.rank(),
+            cx.input_type(3)?.shape.rank(),
+        );
         let (_, aq) = params(cx, 1, 2, Some(arank as i64 - 2), arank)?;
         let (_, bq) = params(cx, 4, 5, Some(brank as i64 - 1), brank)?;
         let (dtype, yq) = params(cx, 6, 7, None, arank.max(brank))?;
-        let (a, b) = (cx.input_quantized(0, Some(aq))?, cx.input_quantized(3, Some(bq))?);
+        let (a, b) = (
+            cx.input_quantized(0, Some(aq))?,
+            cx.input_quantized(3, Some(bq))?,
+        );
         cx.emit_quantized(OpKind::QLinearMatMul, Attrs::new(), &[a, b], dtype, yq)
     });
     reg.insert("ConvInteger", |cx| {
@@ -57,7 +70,11 @@ fn quantize_linear(cx: &mut NodeCx) -> Result<(), Error> {
             0 | 2 => DType::U8,
             code => crate::onnx::tensor::dtype_of(code as i32)
                 .filter(|d| d.is_quantized())
-                .ok_or_else(|| cx.error(format!("output_dtype {code} is not a supported quantized type")))?,
+                .ok_or_else(|| {
+                    cx.error(format!(
+                        "output_dtype {code} is not a supported quantized type"
+                    ))
+                })?,
         }
     };
     let x = cx.required(0)?;
@@ -68,31 +85,61 @@ fn quantize_linear(cx: &mut NodeCx) -> Result<(), Error> {
 fn refuse_float_type(cx: &NodeCx, attr: &str) -> Result<(), Error> {
     match cx.int(attr, 0) {
         0 | 1 => Ok(()),
-        code => Err(cx.error(format!("{attr}={} is not supported (f32 only)", crate::onnx::tensor::dtype_name(code as i32)))),
+        code => Err(cx.error(format!(
+            "{attr}={} is not supported (f32 only)",
+            crate::onnx::tensor::dtype_name(code as i32)
+        ))),
     }
 }
 
 /// Quantization parameters from constant scale (operand `s`) and optional zero point
 /// (operand `z`): a scalar or 1-element scale is per tensor, a 1-D one is per channel along
 /// `axis` (normalized against `rank`). Returns the zero point's dtype (u8 when absent).
-fn params(cx: &NodeCx, s: usize, z: usize, axis: Option<i64>, rank: usize) -> Result<(DType, QuantParams), Error> {
-    let scale = cx.constant(s)?.ok_or_else(|| cx.error(format!("operand {s} (the scale) is required")))?;
-    let scale = scale.as_f32().map_err(|e| cx.error(format!("scale: {e}")))?.to_vec();
+fn params(
+    cx: &NodeCx,
+    s: usize,
+    z: usize,
+    axis: Option<i64>,
+    rank: usize,
+) -> Result<(DType, QuantParams), Error> {
+    let scale = cx
+        .constant(s)?
+        .ok_or_else(|| cx.error(format!("operand {s} (the scale) is required")))?;
+    let scale = scale
+        .as_f32()
+        .map_err(|e| cx.error(format!("scale: {e}")))?
+        .to_vec();
     let (dtype, zero_point) = match cx.constant(z)? {
-        Some(t) => (t.dtype(), t.to_i64_vec().map_err(|e| cx.error(format!("zero point: {e}")))?),
+        Some(t) => (
+            t.dtype(),
+            t.to_i64_vec()
+                .map_err(|e| cx.error(format!("zero point: {e}")))?,
+        ),
         None => (DType::U8, vec![0; scale.len()]),
     };
     if zero_point.len() != scale.len() {
-        return Err(cx.error(format!("{} scales but {} zero points", scale.len(), zero_point.len())));
+        return Err(cx.error(format!(
+            "{} scales but {} zero points",
+            scale.len(),
+            zero_point.len()
+        )));
     }
     let zero_point = zero_point.into_iter().map(|z| z as i32).collect();
     let q = if scale.len() == 1 {
-        QuantParams { scale, zero_point, axis: None }
+        QuantParams {
+            scale,
+            zero_point,
+            axis: None,
+        }
     } else {
-        let axis = axis.ok_or_else(|| cx.error("per-channel parameters are not supported for this operand"))?;
+        let axis = axis
+            .ok_or_else(|| cx.error("per-channel parameters are not supported for this operand"))?;
         QuantParams::per_axis(normalize_axis(cx, axis, rank)? as usize, scale, zero_point)
     };
-    let range = dtype.int_range().filter(|_| dtype != DType::I64).ok_or_else(|| cx.error(format!("zero point type {dtype} is not supported")))?;
+    let range = dtype
+        .int_range()
+        .filter(|_| dtype != DType::I64)
+        .ok_or_else(|| cx.error(format!("zero point type {dtype} is not supported")))?;
     q.check(range).map_err(|e| cx.error(e))?;
     Ok((dtype, q))
 }

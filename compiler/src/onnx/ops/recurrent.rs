@@ -25,12 +25,26 @@ fn recurrent(cx: &mut NodeCx, kind: OpKind) -> Result<(), Error> {
     let dirs = match direction.as_str() {
         "forward" | "reverse" => 1,
         "bidirectional" => 2,
-        d => return Err(cx.error(format!("direction `{d}` is not forward, reverse or bidirectional"))),
+        d => {
+            return Err(cx.error(format!(
+                "direction `{d}` is not forward, reverse or bidirectional"
+            )))
+        }
     };
     let w = cx.input_type(1)?;
-    let wdims = w.shape.as_fixed().ok_or_else(|| cx.error("W must have a static shape"))?;
-    if wdims.len() != 3 || wdims[0] != dirs || wdims[1] == 0 || !wdims[1].is_multiple_of(cell.gates()) {
-        return Err(cx.error(format!("W {wdims:?} must be [{dirs}, {}·hidden_size, input_size]", cell.gates())));
+    let wdims = w
+        .shape
+        .as_fixed()
+        .ok_or_else(|| cx.error("W must have a static shape"))?;
+    if wdims.len() != 3
+        || wdims[0] != dirs
+        || wdims[1] == 0
+        || !wdims[1].is_multiple_of(cell.gates())
+    {
+        return Err(cx.error(format!(
+            "W {wdims:?} must be [{dirs}, {}·hidden_size, input_size]",
+            cell.gates()
+        )));
     }
     let hidden = match cx.int("hidden_size", 0) {
         0 => (wdims[1] / cell.gates()) as i64,
@@ -39,23 +53,49 @@ fn recurrent(cx: &mut NodeCx, kind: OpKind) -> Result<(), Error> {
     };
     let per = cell.activations();
     let names: Vec<String> = match cx.strings("activations") {
-        None => cell.default_activations().iter().cycle().take(per * dirs).map(|s| s.to_string()).collect(),
+        None => cell
+            .default_activations()
+            .iter()
+            .cycle()
+            .take(per * dirs)
+            .map(|s| s.to_string())
+            .collect(),
         Some(a) if a.len() == per * dirs => a,
         Some(a) if a.len() == per => a.iter().cycle().take(per * dirs).cloned().collect(),
-        Some(a) => return Err(cx.error(format!("{} activations given, {direction} {kind} takes {}", a.len(), per * dirs))),
+        Some(a) => {
+            return Err(cx.error(format!(
+                "{} activations given, {direction} {kind} takes {}",
+                a.len(),
+                per * dirs
+            )))
+        }
     };
     let given_alpha = cx.floats("activation_alpha").unwrap_or_default();
     let given_beta = cx.floats("activation_beta").unwrap_or_default();
     let (mut alphas, mut betas) = (given_alpha.iter(), given_beta.iter());
-    let (mut alpha, mut beta) = (Vec::with_capacity(names.len()), Vec::with_capacity(names.len()));
+    let (mut alpha, mut beta) = (
+        Vec::with_capacity(names.len()),
+        Vec::with_capacity(names.len()),
+    );
     let mut canonical = Vec::with_capacity(names.len());
     for name in &names {
-        let Some(&(spelled, a, b, takes_alpha, takes_beta)) = RECURRENT_ACTIVATIONS.iter().find(|a| a.0.eq_ignore_ascii_case(name)) else {
+        let Some(&(spelled, a, b, takes_alpha, takes_beta)) = RECURRENT_ACTIVATIONS
+            .iter()
+            .find(|a| a.0.eq_ignore_ascii_case(name))
+        else {
             return Err(cx.error(format!("activation `{name}` is not supported (recurrent layers take Sigmoid, Tanh, Relu, HardSigmoid, Affine, LeakyRelu, ThresholdedRelu, ScaledTanh, Elu, Softsign, Softplus)")));
         };
         canonical.push(spelled);
-        alpha.push(if takes_alpha { alphas.next().copied().unwrap_or(a) } else { 0.0 });
-        beta.push(if takes_beta { betas.next().copied().unwrap_or(b) } else { 0.0 });
+        alpha.push(if takes_alpha {
+            alphas.next().copied().unwrap_or(a)
+        } else {
+            0.0
+        });
+        beta.push(if takes_beta {
+            betas.next().copied().unwrap_or(b)
+        } else {
+            0.0
+        });
     }
     let clip = match cx.float("clip", f32::INFINITY) {
         c if c > 0.0 => c,
@@ -81,19 +121,30 @@ fn recurrent(cx: &mut NodeCx, kind: OpKind) -> Result<(), Error> {
     };
     match cell {
         Cell::Lstm => attrs.set("input_forget", AttrValue::Int(flag(cx, "input_forget")?)),
-        Cell::Gru => attrs.set("linear_before_reset", AttrValue::Int(flag(cx, "linear_before_reset")?)),
+        Cell::Gru => attrs.set(
+            "linear_before_reset",
+            AttrValue::Int(flag(cx, "linear_before_reset")?),
+        ),
         Cell::Rnn => {}
     }
     let slots = if cell == Cell::Lstm { 8 } else { 6 };
     if cx.node.input.len() > slots {
-        return Err(cx.error(format!("has {} operands, {kind} takes at most {slots}", cx.node.input.len())));
+        return Err(cx.error(format!(
+            "has {} operands, {kind} takes at most {slots}",
+            cx.node.input.len()
+        )));
     }
     let mut operands = Vec::with_capacity(slots);
     for i in 0..cx.node.input.len().max(3) {
-        operands.push(if i < 3 { Some(cx.required(i)?) } else { cx.input(i)? });
+        operands.push(if i < 3 {
+            Some(cx.required(i)?)
+        } else {
+            cx.input(i)?
+        });
     }
     while operands.len() > 3 && operands.last() == Some(&None) {
         operands.pop();
     }
-    cx.emit_all(kind, attrs, &operands, cell.results()).map(|_| ())
+    cx.emit_all(kind, attrs, &operands, cell.results())
+        .map(|_| ())
 }

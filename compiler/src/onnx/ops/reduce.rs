@@ -43,8 +43,15 @@ fn kind_of(cx: &NodeCx) -> Result<OpKind, Error> {
 fn reduce(cx: &mut NodeCx) -> Result<(), Error> {
     let kind = kind_of(cx)?;
     let rank = cx.input_type(0)?.shape.rank();
-    let since = REDUCTIONS.iter().find(|(op, _)| *op == cx.node.op_type).map_or(18, |(_, v)| *v);
-    let noop = if cx.opset >= since { cx.int("noop_with_empty_axes", 0) } else { 0 };
+    let since = REDUCTIONS
+        .iter()
+        .find(|(op, _)| *op == cx.node.op_type)
+        .map_or(18, |(_, v)| *v);
+    let noop = if cx.opset >= since {
+        cx.int("noop_with_empty_axes", 0)
+    } else {
+        0
+    };
     let mut attrs = Attrs::new()
         .with("keepdims", AttrValue::Int(cx.int("keepdims", 1)))
         .with("noop_with_empty_axes", AttrValue::Int(noop));
@@ -55,7 +62,11 @@ fn reduce(cx: &mut NodeCx) -> Result<(), Error> {
         None
     } else {
         match cx.constant(1) {
-            Ok(t) => Some(t.ok_or_else(|| cx.error("axes missing"))?.to_i64_vec().map_err(|e| cx.error(format!("axes: {e}")))?),
+            Ok(t) => Some(
+                t.ok_or_else(|| cx.error("axes missing"))?
+                    .to_i64_vec()
+                    .map_err(|e| cx.error(format!("axes: {e}")))?,
+            ),
             // Computed at run time: the IR reads them as its operand 1.
             Err(Error::NonConstant { .. }) => {
                 let axes = cx.required(1)?;
@@ -66,7 +77,10 @@ fn reduce(cx: &mut NodeCx) -> Result<(), Error> {
     };
     let axes = match given {
         Some(a) if !a.is_empty() => {
-            let mut normalized = a.iter().map(|&v| normalize_axis(cx, v, rank)).collect::<Result<Vec<_>, _>>()?;
+            let mut normalized = a
+                .iter()
+                .map(|&v| normalize_axis(cx, v, rank))
+                .collect::<Result<Vec<_>, _>>()?;
             normalized.sort_unstable();
             if normalized.windows(2).any(|w| w[0] == w[1]) {
                 return Err(cx.error(format!("axes {a:?} repeat an axis")));
@@ -88,7 +102,10 @@ fn arg_extreme(cx: &mut NodeCx) -> Result<(), Error> {
     let attrs = Attrs::new()
         .with("axis", AttrValue::Int(axis))
         .with("keepdims", AttrValue::Int(cx.int("keepdims", 1)))
-        .with("select_last_index", AttrValue::Int(cx.int("select_last_index", 0)));
+        .with(
+            "select_last_index",
+            AttrValue::Int(cx.int("select_last_index", 0)),
+        );
     let x = cx.required(0)?;
     cx.emit(kind, attrs, &[Some(x)])
 }

@@ -12,15 +12,27 @@ pub(crate) fn register(reg: &mut Registry) {
     reg.insert_versions("Upsample", 7..=9, upsample);
     reg.insert("DepthToSpace", |cx| {
         // CRD exists from opset 11; DCR was the only layout before.
-        let mode = if cx.opset < 11 { "DCR".to_string() } else { cx.string("mode", "DCR") };
-        let attrs = Attrs::new().with("blocksize", AttrValue::Int(cx.int("blocksize", 0))).with("mode", AttrValue::Str(mode));
+        let mode = if cx.opset < 11 {
+            "DCR".to_string()
+        } else {
+            cx.string("mode", "DCR")
+        };
+        let attrs = Attrs::new()
+            .with("blocksize", AttrValue::Int(cx.int("blocksize", 0)))
+            .with("mode", AttrValue::Str(mode));
         let x = cx.required(0)?;
         cx.emit(OpKind::DepthToSpace, attrs, &[Some(x)])
     });
     reg.insert("SpaceToDepth", |cx| {
         // The mode (CRD, the inverse of DepthToSpace's) exists from opset 28.
-        let mode = if cx.opset < 28 { "DCR".to_string() } else { cx.string("mode", "DCR") };
-        let attrs = Attrs::new().with("blocksize", AttrValue::Int(cx.int("blocksize", 0))).with("mode", AttrValue::Str(mode));
+        let mode = if cx.opset < 28 {
+            "DCR".to_string()
+        } else {
+            cx.string("mode", "DCR")
+        };
+        let attrs = Attrs::new()
+            .with("blocksize", AttrValue::Int(cx.int("blocksize", 0)))
+            .with("mode", AttrValue::Str(mode));
         let x = cx.required(0)?;
         cx.emit(OpKind::SpaceToDepth, attrs, &[Some(x)])
     });
@@ -33,11 +45,23 @@ fn resize_attrs(cx: &NodeCx, mode: &str, transform: &str, nearest: &str, axes: V
         .with("mode", string(mode))
         .with("coordinate_transformation_mode", string(transform))
         .with("nearest_mode", string(nearest))
-        .with("cubic_coeff_a", AttrValue::Float(cx.float("cubic_coeff_a", -0.75)))
-        .with("exclude_outside", AttrValue::Int(cx.int("exclude_outside", 0)))
-        .with("extrapolation_value", AttrValue::Float(cx.float("extrapolation_value", 0.0)))
+        .with(
+            "cubic_coeff_a",
+            AttrValue::Float(cx.float("cubic_coeff_a", -0.75)),
+        )
+        .with(
+            "exclude_outside",
+            AttrValue::Int(cx.int("exclude_outside", 0)),
+        )
+        .with(
+            "extrapolation_value",
+            AttrValue::Float(cx.float("extrapolation_value", 0.0)),
+        )
         .with("antialias", AttrValue::Int(cx.int("antialias", 0)))
-        .with("keep_aspect_ratio_policy", string(&cx.string("keep_aspect_ratio_policy", "stretch")))
+        .with(
+            "keep_aspect_ratio_policy",
+            string(&cx.string("keep_aspect_ratio_policy", "stretch")),
+        )
         .with("axes", ints(axes))
 }
 
@@ -52,18 +76,31 @@ fn resize(cx: &mut NodeCx) -> Result<(), Error> {
         return legacy_resize(cx, &mode, 1);
     }
     let axes = match cx.ints("axes") {
-        Some(axes) => axes.iter().map(|&a| normalize_axis(cx, a, rank)).collect::<Result<Vec<_>, _>>()?,
+        Some(axes) => axes
+            .iter()
+            .map(|&a| normalize_axis(cx, a, rank))
+            .collect::<Result<Vec<_>, _>>()?,
         None => (0..rank as i64).collect(),
     };
     let transform = cx.string("coordinate_transformation_mode", "half_pixel");
-    let attrs = resize_attrs(cx, &mode, &transform, &cx.string("nearest_mode", "round_prefer_floor"), axes);
+    let attrs = resize_attrs(
+        cx,
+        &mode,
+        &transform,
+        &cx.string("nearest_mode", "round_prefer_floor"),
+        axes,
+    );
     // An operand of known length 0 is an omitted one.
     let given = |cx: &mut NodeCx, i: usize| -> Result<bool, Error> {
         Ok(cx.has_input(i) && cx.input_type(i)?.shape.dims() != [qlift_ir::Dim::Fixed(0)])
     };
     let x = cx.required(0)?;
     // The roi matters only to tf_crop_and_resize.
-    let roi = if transform == "tf_crop_and_resize" && given(cx, 1)? { cx.input(1)? } else { None };
+    let roi = if transform == "tf_crop_and_resize" && given(cx, 1)? {
+        cx.input(1)?
+    } else {
+        None
+    };
     let scales = if given(cx, 2)? { cx.input(2)? } else { None };
     let sizes = if given(cx, 3)? { cx.input(3)? } else { None };
     // Omitted trailing operands are left out, as the IR text writes them.
@@ -88,7 +125,10 @@ fn legacy_resize(cx: &mut NodeCx, mode: &str, slot: usize) -> Result<(), Error> 
     let rank = cx.input_type(0)?.shape.rank();
     let x = cx.required(0)?;
     let (s, values) = match cx.floats("scales") {
-        Some(v) if cx.node.op_type == "Upsample" && cx.opset < 9 => (cx.new_constant("scales", Tensor::from_f32(&[v.len()], v.clone()))?, Some(v)),
+        Some(v) if cx.node.op_type == "Upsample" && cx.opset < 9 => (
+            cx.new_constant("scales", Tensor::from_f32(&[v.len()], v.clone()))?,
+            Some(v),
+        ),
         _ => {
             let values = match cx.constant(slot) {
                 Ok(t) => t.map(|t| t.to_f32_vec()),
