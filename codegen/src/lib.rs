@@ -12,6 +12,7 @@
 pub mod aot;
 pub mod emit;
 mod error;
+pub mod flow;
 pub mod isa;
 pub mod jit;
 mod kernels;
@@ -20,5 +21,6 @@ pub mod program;
 
 pub use aot::{compile_object, AotArtifact};
 pub use error::CodegenError;
+pub use flow::FlowProgram;
 pub use isa::CodegenOptions;
 pub use jit::{JitProgram, StepTime};

@@ -35,6 +35,27 @@ pub fn sample_bytes(ty: &TensorType) -> Option<u64> {
 /// Checks `graph` against `limits`: node count, every value's rank and one-sample size,
 /// and the total size of distinct constants. The error names the node and value.
 pub fn check_graph(graph: &Graph, limits: &Limits) -> Result<(), Error> {
+    let depth = qlift_ir::subgraph_depth(graph);
+    if depth > limits.max_subgraph_depth {
+        return Err(Error::Limit {
+            what: "nesting of control-flow bodies".into(),
+            value: depth as u64,
+            limit: limits.max_subgraph_depth as u64,
+        });
+    }
+    check_one(graph, limits)?;
+    // Bodies are held to the same limits (their node counts, ranks and value sizes).
+    for id in graph.node_ids() {
+        if let NodeOp::Apply(op) = &graph.node(id).op {
+            for (_, body) in op.attrs.graphs() {
+                check_graph(body, limits)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_one(graph: &Graph, limits: &Limits) -> Result<(), Error> {
     let nodes = graph.node_count();
     if nodes > limits.max_nodes {
         return Err(Error::Limit {

@@ -65,6 +65,8 @@ enum Executor {
     Jit(Arc<JitProgram>),
     /// Programs specialized on input shapes, compiled at the first call with those shapes.
     Specialized(Specializations),
+    /// A graph with control flow: compiled parts and bodies under a driver.
+    Flow(Arc<qlift_codegen::FlowProgram>),
     Interpreter,
 }
 
@@ -266,6 +268,18 @@ impl CompiledModel {
     /// (after folding its shape arithmetic), else programs per input shapes, later.
     fn executor(lowered: &Graph, opts: &CompileOptions) -> Result<Executor, Error> {
         Ok(match opts.engine {
+            Engine::Jit if qlift_ir::subgraph_depth(lowered) > 0 => {
+                let specialized = qlift_ir::specialize(lowered, &Binding::default())?;
+                if qlift_ir::subgraph_depth(&specialized) == 0 {
+                    // Every If folded away: one program as for any graph.
+                    return Self::executor(&specialized, opts);
+                }
+                Executor::Flow(Arc::new(qlift_codegen::FlowProgram::compile(
+                    &specialized,
+                    &opts.codegen,
+                    &opts.import.limits.run_options(),
+                )?))
+            }
             Engine::Jit => {
                 let specialized = qlift_ir::specialize(lowered, &Binding::default())?;
                 if qlift_ir::needs_binding(&specialized) {
@@ -327,7 +341,7 @@ impl CompiledModel {
             Executor::Jit(p) => values
                 .zip(p.program().arena.bytes(batch))
                 .and_then(|(v, a)| v.checked_add(a as u64)),
-            Executor::Specialized(_) | Executor::Interpreter => values,
+            Executor::Specialized(_) | Executor::Flow(_) | Executor::Interpreter => values,
         };
         let bytes = bytes.unwrap_or(u64::MAX);
         if bytes > self.limits.max_run_bytes {
@@ -346,7 +360,11 @@ impl CompiledModel {
             // The interpreter takes the tensors as they are (no copy).
             Executor::Interpreter => {
                 self.run_bytes(inputs)?;
-                Ok(qlift_ir::interp::run(&self.graph, inputs)?)
+                Ok(qlift_ir::interp::run_with(
+                    &self.graph,
+                    inputs,
+                    &self.limits.run_options(),
+                )?)
             }
             _ => self.run_buffers(inputs),
         }
@@ -361,7 +379,12 @@ impl CompiledModel {
             Executor::Specialized(s) => Ok(s
                 .program(&self.graph, &self.binding(inputs)?)?
                 .run_buffers(inputs)?),
-            Executor::Interpreter => Ok(qlift_ir::interp::run(&self.graph, &owned(inputs))?),
+            Executor::Flow(p) => Ok(p.run(&owned(inputs))?),
+            Executor::Interpreter => Ok(qlift_ir::interp::run_with(
+                &self.graph,
+                &owned(inputs),
+                &self.limits.run_options(),
+            )?),
         }
     }
 
@@ -385,8 +408,15 @@ impl CompiledModel {
             Executor::Specialized(s) => Ok(s
                 .program(&self.graph, &self.binding(inputs)?)?
                 .run_buffers_into(inputs, outputs)?),
-            Executor::Interpreter => {
-                let results = qlift_ir::interp::run(&self.graph, &owned(inputs))?;
+            Executor::Flow(_) | Executor::Interpreter => {
+                let results = match &self.executor {
+                    Executor::Flow(p) => p.run(&owned(inputs))?,
+                    _ => qlift_ir::interp::run_with(
+                        &self.graph,
+                        &owned(inputs),
+                        &self.limits.run_options(),
+                    )?,
+                };
                 if outputs.len() != results.len() {
                     return Err(qlift_codegen::CodegenError::Input {
                         name: "outputs".into(),
@@ -426,7 +456,7 @@ impl CompiledModel {
             Executor::Specialized(s) => {
                 Ok(s.program(&self.graph, &binding)?.output_shapes(inputs)?)
             }
-            Executor::Interpreter => {
+            Executor::Flow(_) | Executor::Interpreter => {
                 let specialized;
                 let graph = if qlift_ir::needs_binding(&self.graph) {
                     specialized = qlift_ir::specialize(&self.graph, &binding)?;
@@ -505,7 +535,7 @@ impl CompiledModel {
         match &self.executor {
             Executor::Jit(p) => Some(Arc::clone(p)),
             Executor::Specialized(s) => s.programs.lock().ok()?.last().map(|(_, p)| p.clone()),
-            Executor::Interpreter => None,
+            Executor::Flow(_) | Executor::Interpreter => None,
         }
     }
 
@@ -559,6 +589,7 @@ impl CompiledModel {
         match &self.executor {
             Executor::Jit(p) => format!("jit {}", p.isa()),
             Executor::Specialized(s) => format!("jit {}, specialized per input shape", s.isa),
+            Executor::Flow(_) => "jit, control flow driven between compiled parts".to_string(),
             Executor::Interpreter => "reference interpreter".to_string(),
         }
     }

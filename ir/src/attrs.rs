@@ -1,6 +1,7 @@
 //! Node attributes.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// One attribute value. The importer normalizes ONNX attributes (defaults filled in,
 /// `auto_pad` resolved to explicit pads, constant operands such as Reshape's shape moved
@@ -17,6 +18,10 @@ pub enum AttrValue {
     Floats(Vec<f32>),
     /// A string.
     Str(String),
+    /// A graph: the body of a control-flow op (If's branches, Loop's and Scan's body). It
+    /// is self-contained: every value it reads from the enclosing graph is one of its inputs
+    /// (see `ops/control.rs`), so the enclosing graph's edges show every dependency.
+    Graph(Arc<crate::Graph>),
 }
 
 /// Attributes by name, kept sorted so that printing is deterministic.
@@ -85,6 +90,22 @@ impl Attrs {
         }
     }
 
+    /// A graph attribute (a control-flow op's body), or an error naming it.
+    pub fn graph(&self, name: &str) -> Result<&crate::Graph, String> {
+        match self.0.get(name) {
+            Some(AttrValue::Graph(g)) => Ok(g),
+            other => Err(Self::wrong(name, "a graph", other)),
+        }
+    }
+
+    /// The graph attributes (bodies), in name order.
+    pub fn graphs(&self) -> impl Iterator<Item = (&str, &crate::Graph)> {
+        self.0.iter().filter_map(|(k, v)| match v {
+            AttrValue::Graph(g) => Some((k.as_str(), g.as_ref())),
+            _ => None,
+        })
+    }
+
     /// An integer-list attribute converted to extents (each must be >= 0).
     pub fn usizes(&self, name: &str) -> Result<Vec<usize>, String> {
         self.ints(name)?
@@ -98,6 +119,10 @@ impl Attrs {
     fn wrong(name: &str, want: &str, got: Option<&AttrValue>) -> String {
         match got {
             None => format!("missing attribute `{name}`"),
+            Some(AttrValue::Graph(g)) => format!(
+                "attribute `{name}` should be {want}, found graph `{}`",
+                g.name
+            ),
             Some(v) => format!("attribute `{name}` should be {want}, found {v:?}"),
         }
     }

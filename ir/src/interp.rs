@@ -10,6 +10,35 @@ use crate::{Dim, IrError, Tensor, TensorType};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// Most iterations one Loop or Scan node runs by default (see [`Options`]): about a million,
+/// far beyond the sequences and refinement loops of real models (a Loop over the tokens of a
+/// long text runs a few thousand), and a few seconds of the interpreter's time on a small
+/// body, so a Loop whose condition never turns false fails quickly instead of hanging.
+pub const DEFAULT_MAX_LOOP_ITERATIONS: u64 = 1 << 20;
+
+/// Most bytes a Loop's or Scan's stacked outputs may take by default (1 GiB, the importer's
+/// largest tensor): they grow with the trip count, which the model computes at run time.
+pub const DEFAULT_MAX_STACKED_BYTES: u64 = 1 << 30;
+
+/// Limits of one run: what a graph computed at run time (a Loop's trip count) may demand.
+/// Exceeding one is an error naming the node, never a hang or an abort.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Most iterations of one Loop or Scan node per execution.
+    pub max_loop_iterations: u64,
+    /// Most bytes of the stacked scan outputs of one Loop or Scan node.
+    pub max_stacked_bytes: u64,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            max_loop_iterations: DEFAULT_MAX_LOOP_ITERATIONS,
+            max_stacked_bytes: DEFAULT_MAX_STACKED_BYTES,
+        }
+    }
+}
+
 /// Evaluates one op on concrete operands with the reference kernels: what constant folding
 /// uses, so that folded values are exactly what the interpreter would compute.
 pub fn eval_op(
@@ -23,6 +52,7 @@ pub fn eval_op(
         inputs,
         input_types,
         output_types,
+        options: &Options::default(),
     })
 }
 
@@ -38,7 +68,16 @@ pub struct Trace {
 
 /// Runs the graph on `inputs` (in graph-input order) and returns its outputs.
 pub fn run(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, IrError> {
-    let trace = execute(graph, inputs, false)?;
+    run_with(graph, inputs, &Options::default())
+}
+
+/// [`run`] under the limits of `options` (a Loop's iterations).
+pub fn run_with(
+    graph: &Graph,
+    inputs: &[Tensor],
+    options: &Options,
+) -> Result<Vec<Tensor>, IrError> {
+    let trace = execute(graph, inputs, false, options)?;
     Ok(trace
         .outputs
         .into_iter()
@@ -48,7 +87,7 @@ pub fn run(graph: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, IrError> {
 
 /// Runs the graph and keeps every intermediate value.
 pub fn run_traced(graph: &Graph, inputs: &[Tensor]) -> Result<Trace, IrError> {
-    execute(graph, inputs, true)
+    execute(graph, inputs, true, &Options::default())
 }
 
 /// Checks `inputs` against the graph's inputs and returns the batch size they bind
@@ -73,7 +112,12 @@ pub fn bind_batch_to<'a>(
         .unwrap_or(1))
 }
 
-fn execute(graph: &Graph, inputs: &[Tensor], keep_all: bool) -> Result<Trace, IrError> {
+fn execute(
+    graph: &Graph,
+    inputs: &[Tensor],
+    keep_all: bool,
+    options: &Options,
+) -> Result<Trace, IrError> {
     let values = graph.input_values();
     let declared = values
         .iter()
@@ -135,6 +179,7 @@ fn execute(graph: &Graph, inputs: &[Tensor], keep_all: bool) -> Result<Trace, Ir
                     inputs: &tensors,
                     input_types: &input_types,
                     output_types: &output_types,
+                    options,
                 };
                 let results = ops::eval(&cx).map_err(fail)?;
                 for (t, ty) in results.iter().zip(&output_types) {

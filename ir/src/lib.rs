@@ -30,6 +30,10 @@ pub use dtype::DType;
 pub use error::{IrError, VerifierError};
 pub use graph::{Graph, Node, NodeId, NodeOp, Use, Value, ValueId};
 pub use op::{Op, OpKind, FUSED_ACTIVATION};
+pub use ops::control::{
+    accepts as body_accepts, execute as execute_control, inline_constant_branches,
+    join as join_types, subgraph_depth, BodyRunner,
+};
 pub use ops::conv_transpose::{conv_transpose_extent, tap_position};
 pub use ops::index::{shape_range, slice_range};
 pub use ops::recurrent::{

@@ -14,6 +14,8 @@ pub(crate) enum AttrKind {
     Str,
     /// An integer list that may be absent (the op then takes it as an operand).
     OptInts,
+    /// A graph (a control-flow op's body).
+    Graph,
 }
 
 /// What the verifier knows about an op before looking at types: how many operands
@@ -23,12 +25,13 @@ pub(crate) struct Schema {
     pub min_inputs: usize,
     /// `usize::MAX` for variadic ops.
     pub max_inputs: usize,
+    /// `usize::MAX` for ops whose results their bodies decide (If, Loop, Scan).
     pub outputs: usize,
     pub attrs: &'static [(&'static str, AttrKind)],
 }
 
 macro_rules! ops {
-    ($( $(#[$doc:meta])* $kind:ident : $min:literal ..= $max:tt -> $outs:literal { $($attr:literal : $ak:ident),* } ),* $(,)?) => {
+    ($( $(#[$doc:meta])* $kind:ident : $min:literal ..= $max:tt -> $outs:tt { $($attr:literal : $ak:ident),* } ),* $(,)?) => {
         /// Every operation the IR can express. Names match the ONNX op types they come
         /// from; the canonical attributes are listed in the registry (`op.rs`).
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -48,7 +51,7 @@ macro_rules! ops {
                     $(OpKind::$kind => Schema {
                         min_inputs: $min,
                         max_inputs: ops!(@max $max),
-                        outputs: $outs,
+                        outputs: ops!(@max $outs),
                         attrs: &[$(($attr, AttrKind::$ak)),*],
                     }),*
                 }
@@ -349,6 +352,29 @@ ops! {
         "activation_alpha": Floats, "activation_beta": Floats, "activations": Str, "clip": Float, "direction": Str,
         "hidden_size": Int, "layout": Int
     },
+    // Control flow (`ops/control.rs`): the bodies are graph attributes, self-contained; the
+    // values a body reads from the enclosing graph are trailing operands of the node
+    // (`captures` of them for Loop and Scan, all after the condition for If) and trailing
+    // inputs of the body, in the same order. The results are the bodies' (any number).
+    /// `cond ? then_branch(captures) : else_branch(captures)`; operands: the condition (a
+    /// bool of one element), then the captured values both branches take as inputs.
+    If: 1..=* -> * { "else_branch": Graph, "then_branch": Graph },
+    /// ONNX Loop: operands `M` (i64 trip count, optional), `cond` (bool, optional; both
+    /// slots are always there, `_` when absent), the
+    /// initial loop-carried values, then `captures` captured values. The body maps
+    /// `(iteration, cond, carried..., captures...)` to `(cond, carried..., scan outputs...)`;
+    /// results: the final carried values, then each scan output stacked on a new axis 0.
+    Loop: 0..=* -> * { "body": Graph, "captures": Int },
+    /// ONNX Scan (opset 9's form): operands: initial state values, `num_scan_inputs`
+    /// sequences scanned along `scan_input_axes` (backwards where `scan_input_directions`
+    /// is 1), then `captures` captured values. The body maps `(state..., slices...,
+    /// captures...)` to `(state..., outputs...)`; results: the final state, then the
+    /// outputs stacked along `scan_output_axes` (in reverse where `scan_output_directions`
+    /// is 1).
+    Scan: 1..=* -> * {
+        "body": Graph, "captures": Int, "num_scan_inputs": Int, "scan_input_axes": Ints, "scan_input_directions": Ints,
+        "scan_output_axes": Ints, "scan_output_directions": Ints
+    },
 }
 
 impl fmt::Display for OpKind {
@@ -400,6 +426,7 @@ impl Op {
                 AttrKind::Str => self.attrs.str(name).map(|_| ()),
                 AttrKind::OptInts if self.attrs.get(name).is_none() => Ok(()),
                 AttrKind::OptInts => self.attrs.ints(name).map(|_| ()),
+                AttrKind::Graph => self.attrs.graph(name).map(|_| ()),
             };
             ok?;
         }
@@ -418,9 +445,15 @@ impl Op {
 pub const FUSED_ACTIVATION: [&str; 2] = ["act_min", "act_max"];
 
 impl OpKind {
-    /// How many results the op has (LSTM 3, GRU and RNN 2, every other op 1).
+    /// How many results the op has (LSTM 3, GRU and RNN 2, every other op 1; `usize::MAX`
+    /// for control flow, whose bodies decide: see [`OpKind::has_subgraphs`]).
     pub fn results(self) -> usize {
         self.schema().outputs
+    }
+
+    /// Whether the op holds graphs in its attributes (If, Loop, Scan).
+    pub fn has_subgraphs(self) -> bool {
+        matches!(self, OpKind::If | OpKind::Loop | OpKind::Scan)
     }
 
     /// The operand slots whose values (not only types) decide the op's extents or indexing:

@@ -147,12 +147,9 @@ pub fn bind_input_shapes<'a, 's>(
                     bound_by.entry(d).or_insert(name);
                     continue;
                 }
-                Dim::Dyn => {
-                    return Err(bad(format!(
-                        "input type {} has an unknown extent on axis {axis}",
-                        ty.shape
-                    )))
-                }
+                // A body's input whose extent changes from one iteration to the next (a Loop's
+                // carried value that grows): any extent binds it.
+                Dim::Dyn => continue,
             };
             match *slot {
                 None => {
@@ -194,6 +191,14 @@ pub fn specialize(graph: &Graph, binding: &Binding) -> Result<Graph, IrError> {
     for id in g.topo_order()? {
         folder.visit(&mut g, id)?;
     }
+    // An If whose condition became a constant is replaced by its branch, whose nodes may
+    // then fold in turn (each round removes an If, so this ends).
+    while crate::ops::control::inline_constant_branches(&mut g)? {
+        let mut folder = Folder::new(binding.clone());
+        for id in g.topo_order()? {
+            folder.visit(&mut g, id)?;
+        }
+    }
     g.remove_dead_nodes();
     crate::verify(&g)?;
     Ok(g)
@@ -224,7 +229,7 @@ impl Folder {
     /// results above [`FOLD_LIMIT_BYTES`]), or every element was tracked (`Shape` of a value
     /// whose extents are known). Returns whether the node became a constant.
     pub fn visit(&mut self, g: &mut Graph, id: NodeId) -> Result<bool, IrError> {
-        let op = match &g.node(id).op {
+        let mut op = match &g.node(id).op {
             NodeOp::Apply(op) => op.clone(),
             NodeOp::Const(t) => {
                 if let Some(v) = small_ints(t) {
@@ -240,6 +245,28 @@ impl Folder {
             }
             NodeOp::Input => return Ok(false),
         };
+        if op.kind.has_subgraphs() {
+            // Bodies see what is known of the values they capture, and the binding.
+            let operands = g.node_inputs(id);
+            let types: Vec<Option<TensorType>> = operands
+                .iter()
+                .map(|v| v.map(|v| g.value_type(v).clone()))
+                .collect();
+            let refs: Vec<Option<&TensorType>> = types.iter().map(Option::as_ref).collect();
+            let refined = crate::ops::control::refine_bodies(&mut op, &refs, &self.binding)
+                .map_err(|e| {
+                    IrError::Verifier(vec![VerifierError {
+                        node: g.node(id).name.clone(),
+                        op: op.kind.name().to_string(),
+                        message: format!("specializing its bodies: {e}"),
+                    }])
+                })?;
+            if refined {
+                if let NodeOp::Apply(o) = &mut g.node_mut(id).op {
+                    *o = op.clone();
+                }
+            }
+        }
         let node = g.node(id);
         let fail = |message: String| {
             IrError::Verifier(vec![VerifierError {
@@ -284,11 +311,11 @@ impl Folder {
             && inferred[0].shape.volume().is_some_and(|(n, p)| {
                 p == 0 && n.saturating_mul(inferred[0].dtype.size_of()) <= FOLD_LIMIT_BYTES
             });
-        let evaluable = operands
-            .iter()
-            .zip(&constants)
-            .all(|(v, c)| v.is_none() || c.is_some())
-            && !matches!(op.kind, OpKind::QuantizeLinear | OpKind::DequantizeLinear);
+        let evaluable = operands.iter().zip(&constants).all(|(v, c)| v.is_none() || c.is_some())
+            && !matches!(op.kind, OpKind::QuantizeLinear | OpKind::DequantizeLinear)
+            // A loop may run long: control flow runs when the model does (a constant
+            // condition is folded by inlining its branch instead).
+            && !op.kind.has_subgraphs();
         let value = if !small {
             None
         } else if evaluable {

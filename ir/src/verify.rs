@@ -62,7 +62,7 @@ pub fn infer_op_with(
         symbolic: values.symbolic,
         declared,
     })?;
-    debug_assert_eq!(types.len(), schema.outputs);
+    debug_assert!(schema.outputs == usize::MAX || types.len() == schema.outputs);
     if declared.len() == types.len() {
         for (t, d) in types.iter_mut().zip(declared) {
             refine(t, d);
@@ -157,6 +157,22 @@ pub fn verify(graph: &Graph) -> Result<(), IrError> {
                         show_types(&inferred)
                     )),
                     Ok(_) => {}
+                }
+                // Bodies are graphs of their own: every problem inside is reported on this
+                // node, with the body and its node named.
+                for (name, body) in op.attrs.graphs() {
+                    match verify(body) {
+                        Ok(()) => {}
+                        Err(IrError::Verifier(inner)) => {
+                            for e in inner {
+                                err(format!(
+                                    "in {name}: node `{}` ({}): {}",
+                                    e.node, e.op, e.message
+                                ));
+                            }
+                        }
+                        Err(e) => err(format!("in {name}: {e}")),
+                    }
                 }
             }
         }

@@ -354,6 +354,10 @@ fn mutate_graph(g: &qlift_ir::Graph, rng: &mut Lcg) -> Option<qlift_ir::Graph> {
                     AttrValue::Ints(v)
                 }
                 AttrValue::Floats(v) => AttrValue::Floats(v.iter().map(|_| float(rng)).collect()),
+                // A body replaced by an empty graph: the verifier must refuse it, not panic.
+                AttrValue::Graph(_) => {
+                    AttrValue::Graph(std::sync::Arc::new(qlift_ir::Graph::new("mutated")))
+                }
                 AttrValue::Str(_) => AttrValue::Str(
                     [
                         "nearest", "linear", "cubic", "reflect", "edge", "wrap", "constant", "add",

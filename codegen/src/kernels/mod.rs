@@ -496,5 +496,7 @@ pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
         Hardmax => norm::hardmax(k),
         ConvTranspose => conv_transpose::conv_transpose(k),
         LSTM | GRU | RNN => recurrent::recurrent(k),
+        // The control-flow driver (`crate::flow`) runs these between compiled programs.
+        If | Loop | Scan => Err(format!("{} is control flow: compile the graph with qlift_codegen::flow::FlowProgram, which runs its bodies as programs of their own", k.op.kind)),
     }
 }

@@ -269,6 +269,7 @@ fn rule(kind: OpKind) -> Option<Rule> {
         Hardmax => direct("Hardmax", &["axis"]),
         ConvTranspose => custom(conv_transpose),
         LSTM | GRU | RNN => custom(recurrent),
+        If | Loop | Scan => custom(control),
         _ => return None,
     };
     Some(rule)
@@ -404,12 +405,20 @@ impl<'g> Exporter<'g> {
     }
 
     fn graph(&mut self) -> Result<GraphProto, Error> {
+        let count = self.graph.inputs().len();
+        self.body(count)
+    }
+
+    /// The graph with its first `formal` inputs declared as inputs; the others are named
+    /// already (a body's captured values, named as the enclosing graph's).
+    fn body(&mut self, formal: usize) -> Result<GraphProto, Error> {
         let graph = self.graph;
         let order = graph.topo_order()?;
         // Names first: graph inputs keep theirs, then every result in topological order.
         let values = graph
             .input_values()
             .into_iter()
+            .take(formal)
             .chain(order.iter().flat_map(|&node| {
                 let n = if matches!(graph.node(node).op, NodeOp::Input) {
                     0
@@ -425,7 +434,7 @@ impl<'g> Exporter<'g> {
             self.names.insert(v, name);
         }
         let mut inputs = Vec::new();
-        for v in graph.input_values() {
+        for v in graph.input_values().into_iter().take(formal) {
             inputs.push(value_info(&self.name_of(v)?, graph.value_type(v)));
         }
         let outputs_set: HashSet<ValueId> = graph.outputs().iter().copied().collect();
@@ -496,7 +505,10 @@ impl<'g> Exporter<'g> {
             inputs,
             output: String::new(),
         };
-        if node.outputs.len() != 1 && qlift_ir::Cell::of(op.kind).is_none() {
+        if node.outputs.len() != 1
+            && qlift_ir::Cell::of(op.kind).is_none()
+            && !op.kind.has_subgraphs()
+        {
             return Err(cx.error(format!(
                 "has {} results; ONNX ops written by qlift have one",
                 node.outputs.len()
@@ -1125,6 +1137,85 @@ fn recurrent(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
     Ok(())
 }
 
+/// If, Loop and Scan: each body a `GraphProto` in which the captured values (trailing
+/// inputs in the IR) are references to the enclosing graph's values, as ONNX writes them,
+/// and the node's operands without them. Names are unique across the model and its bodies
+/// (ONNX's single assignment rule spans bodies).
+fn control(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
+    let arity = cx.inputs.len();
+    let int = |name: &str| -> Result<usize, Error> {
+        usize::try_from(cx.int(name)?).map_err(|_| cx.error(format!("{name} is negative")))
+    };
+    let first_capture = match cx.op.kind {
+        OpKind::If => 1,
+        _ => arity
+            .checked_sub(int("captures")?)
+            .ok_or_else(|| cx.error("more captures than operands"))?,
+    };
+    let captured: Vec<String> = cx.inputs[first_capture..]
+        .iter()
+        .map(|n| {
+            n.clone()
+                .ok_or_else(|| cx.error("a captured operand is missing"))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut attrs = Vec::new();
+    for (name, body) in cx.op.attrs.graphs() {
+        let mut sub = Exporter::new(body);
+        sub.used = std::mem::take(&mut ex.used);
+        sub.node_names = std::mem::take(&mut ex.node_names);
+        let formal = body.inputs().len().saturating_sub(captured.len());
+        for (v, outer) in body.input_values().into_iter().skip(formal).zip(&captured) {
+            sub.names.insert(v, outer.clone());
+        }
+        let proto = sub.body(formal);
+        ex.used = std::mem::take(&mut sub.used);
+        ex.node_names = std::mem::take(&mut sub.node_names);
+        let mut proto = proto.map_err(|e| cx.error(format!("in {name}: {e}")))?;
+        proto.name = unique(&mut ex.node_names, &format!("{}_{name}", cx.node.name));
+        ex.need(sub.opset);
+        attrs.push(AttributeProto {
+            name: name.to_string(),
+            g: Some(proto).into(),
+            type_: AttributeType::GRAPH.into(),
+            ..Default::default()
+        });
+    }
+    if cx.op.kind == OpKind::Scan {
+        for name in [
+            "num_scan_inputs",
+            "scan_input_axes",
+            "scan_input_directions",
+            "scan_output_axes",
+            "scan_output_directions",
+        ] {
+            attrs.push(cx.attr(name)?);
+        }
+    }
+    let inputs: Vec<String> = cx.inputs[..first_capture]
+        .iter()
+        .map(|i| i.clone().unwrap_or_default())
+        .collect();
+    let outputs = (0..cx.node.outputs.len())
+        .map(|output| {
+            ex.name_of(ValueId {
+                node: cx.id,
+                output,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let base = if cx.node.name.is_empty() {
+        outputs[0].clone()
+    } else {
+        cx.node.name.clone()
+    };
+    let name = unique(&mut ex.node_names, &base);
+    let mut node = node_proto(&name, cx.op.kind.name(), inputs, "", attrs);
+    node.output = outputs;
+    ex.nodes.push(node);
+    Ok(())
+}
+
 /// The `axis` attribute of a per-axis Q/DQ.
 fn axis_attr(axis: Option<usize>) -> Vec<AttributeProto> {
     axis.map(|a| attribute("axis", &AttrValue::Int(a as i64)))
@@ -1223,6 +1314,8 @@ fn attribute(name: &str, value: &AttrValue) -> AttributeProto {
             a.s = v.as_bytes().to_vec();
             AttributeType::STRING
         }
+        // Bodies are written by `control`, which knows their captured values.
+        AttrValue::Graph(_) => AttributeType::UNDEFINED,
     };
     a.type_ = kind.into();
     a

@@ -33,6 +33,127 @@ pub(crate) struct Importer {
     limits: Limits,
     /// Types and values as each node is built: shape arithmetic tracked, constants folded.
     folder: qlift_ir::Folder,
+    /// For a body: the values of the enclosing scopes it may read (see [`Scope`]).
+    outer: Option<Scope>,
+    /// For a body: the enclosing values it reads, in the order they became its trailing
+    /// inputs (the node passes them as its trailing operands).
+    captures: Vec<String>,
+    /// How many bodies enclose this graph (0 for the model's graph).
+    depth: usize,
+    model_dir: Option<std::path::PathBuf>,
+}
+
+/// What a body sees of the graphs around it: every value by name with its type (ONNX lets a
+/// body read any of them), and the constants, which a body copies instead of capturing.
+#[derive(Clone, Default)]
+struct Scope {
+    values: HashMap<String, TensorType>,
+}
+
+impl Importer {
+    /// An importer for a graph at nesting `depth` that may read `outer`.
+    fn new(
+        name: &str,
+        limits: &Limits,
+        model_dir: Option<&Path>,
+        outer: Option<Scope>,
+        depth: usize,
+    ) -> Importer {
+        Importer {
+            graph: Graph::new(name),
+            values: HashMap::new(),
+            constants: HashMap::new(),
+            materialized: HashMap::new(),
+            copies: HashMap::new(),
+            names: HashSet::new(),
+            by_digest: HashMap::new(),
+            total_bytes: 0,
+            limits: limits.clone(),
+            folder: qlift_ir::Folder::new(qlift_ir::Binding::default()),
+            outer,
+            captures: Vec::new(),
+            depth,
+            model_dir: model_dir.map(Path::to_path_buf),
+        }
+    }
+
+    /// What a body of this graph may read: this graph's values and what it may read itself.
+    fn scope(&self) -> Scope {
+        let mut scope = self.outer.clone().unwrap_or_default();
+        for (name, &v) in &self.values {
+            scope
+                .values
+                .insert(name.clone(), self.graph.value_type(v).clone());
+        }
+        scope
+    }
+
+    /// The value `name` of an enclosing scope, made a trailing input of this body (once).
+    fn capture(&mut self, name: &str) -> Option<ValueId> {
+        let ty = self.outer.as_ref()?.values.get(name)?.clone();
+        let v = self.graph.add_input(name, ty);
+        self.names.insert(name.to_string());
+        self.values.insert(name.to_string(), v);
+        self.captures.push(name.to_string());
+        Some(v)
+    }
+
+    /// Converts `nodes` in order, every unsupported op reported at once.
+    fn convert_nodes(
+        &mut self,
+        nodes: &[NodeProto],
+        opset: i64,
+        model: Option<&ModelProto>,
+    ) -> Result<(), Error> {
+        let registry = Registry::new();
+        let unsupported: Vec<UnsupportedOp> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| {
+                !is_default_domain(&n.domain) || registry.get(&n.op_type, opset).is_none()
+            })
+            .map(|(i, n)| UnsupportedOp {
+                node: node_name(i, n),
+                op_type: n.op_type.clone(),
+                domain: n.domain.clone(),
+                opset: if is_default_domain(&n.domain) {
+                    opset
+                } else {
+                    model.map_or(0, |m| load::opset_of(m, &n.domain))
+                },
+            })
+            .collect();
+        if !unsupported.is_empty() {
+            return Err(Error::Unsupported(unsupported));
+        }
+        for (i, node) in nodes.iter().enumerate() {
+            let convert: Converter = registry.get(&node.op_type, opset).expect("checked above");
+            let mut cx = NodeCx {
+                imp: self,
+                node,
+                name: node_name(i, node),
+                opset,
+            };
+            convert(&mut cx)?;
+        }
+        Ok(())
+    }
+}
+
+/// A node's name, or one made of its op type and position when it has none.
+fn node_name(i: usize, n: &NodeProto) -> String {
+    if n.name.is_empty() {
+        format!("{}_{i}", n.op_type)
+    } else {
+        n.name.clone()
+    }
+}
+
+/// A body imported for a control-flow node: its graph and the enclosing values it reads
+/// (its trailing inputs, the node's trailing operands).
+pub(crate) struct Body {
+    pub graph: Graph,
+    pub captures: Vec<String>,
 }
 
 pub(crate) fn import_model(
@@ -52,46 +173,7 @@ pub(crate) fn import_model(
             limit: opts.limits.max_nodes as u64,
         });
     }
-    let registry = Registry::new();
-    let node_name = |i: usize, n: &NodeProto| {
-        if n.name.is_empty() {
-            format!("{}_{i}", n.op_type)
-        } else {
-            n.name.clone()
-        }
-    };
-    // Every unsupported op at once.
-    let unsupported: Vec<UnsupportedOp> = g
-        .node
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| !is_default_domain(&n.domain) || registry.get(&n.op_type, opset).is_none())
-        .map(|(i, n)| UnsupportedOp {
-            node: node_name(i, n),
-            op_type: n.op_type.clone(),
-            domain: n.domain.clone(),
-            opset: if is_default_domain(&n.domain) {
-                opset
-            } else {
-                load::opset_of(model, &n.domain)
-            },
-        })
-        .collect();
-    if !unsupported.is_empty() {
-        return Err(Error::Unsupported(unsupported));
-    }
-    let mut imp = Importer {
-        graph: Graph::new(&g.name),
-        values: HashMap::new(),
-        constants: HashMap::new(),
-        materialized: HashMap::new(),
-        copies: HashMap::new(),
-        names: HashSet::new(),
-        by_digest: HashMap::new(),
-        total_bytes: 0,
-        limits: opts.limits.clone(),
-        folder: qlift_ir::Folder::new(qlift_ir::Binding::default()),
-    };
+    let mut imp = Importer::new(&g.name, &opts.limits, model_dir, None, 0);
     for init in &g.initializer {
         let t = tensor_from_proto(init, model_dir, &opts.limits)?;
         imp.add_constant(&init.name, t)?;
@@ -120,16 +202,7 @@ pub(crate) fn import_model(
             message: "--shape names no graph input".into(),
         });
     }
-    for (i, node) in g.node.iter().enumerate() {
-        let convert: Converter = registry.get(&node.op_type, opset).expect("checked above");
-        let mut cx = NodeCx {
-            imp: &mut imp,
-            node,
-            name: node_name(i, node),
-            opset,
-        };
-        convert(&mut cx)?;
-    }
+    imp.convert_nodes(&g.node, opset, Some(model))?;
     let mut outputs = Vec::with_capacity(g.output.len());
     for out in &g.output {
         let v = match imp.values.get(&out.name) {
@@ -146,6 +219,11 @@ pub(crate) fn import_model(
     }
     imp.graph.set_outputs(outputs)?;
     imp.graph.remove_dead_nodes();
+    // An If whose condition is known now (a constant, an input given by `--freeze`) is
+    // replaced by its branch, and what that makes constant is folded.
+    if qlift_ir::subgraph_depth(&imp.graph) > 0 {
+        imp.graph = qlift_ir::specialize(&imp.graph, &qlift_ir::Binding::default())?;
+    }
     verify(&imp.graph)?;
     // No value larger than the tensor budget for one sample (batch 1), so that no later stage
     // allocates a buffer sized by a hostile attribute (say, huge pads).
@@ -470,13 +548,29 @@ impl NodeCx<'_> {
         let Some(name) = self.input_name(i).map(str::to_string) else {
             return Ok(None);
         };
-        if self.imp.constants.contains_key(&name) {
-            return self.imp.constant_value(&name, quant).map(Some);
+        self.named_quantized(&name, quant).map(Some)
+    }
+
+    /// The value called `name` in this graph or, in a body, in an enclosing one (which
+    /// makes it a captured value).
+    pub fn named(&mut self, name: &str) -> Result<ValueId, Error> {
+        self.named_quantized(name, None)
+    }
+
+    fn named_quantized(
+        &mut self,
+        name: &str,
+        quant: Option<QuantParams>,
+    ) -> Result<ValueId, Error> {
+        if self.imp.constants.contains_key(name) {
+            return self.imp.constant_value(name, quant);
         }
-        let v =
-            *self.imp.values.get(&name).ok_or_else(|| {
+        let v = match self.imp.values.get(name) {
+            Some(&v) => v,
+            None => self.imp.capture(name).ok_or_else(|| {
                 self.error(format!("operand `{name}` is used before it is defined"))
-            })?;
+            })?,
+        };
         if let Some(q) = quant {
             let current = &self.imp.graph.value_type(v).quant;
             match current {
@@ -489,7 +583,164 @@ impl NodeCx<'_> {
                 }
             }
         }
-        Ok(Some(v))
+        Ok(v)
+    }
+
+    /// Converts the nodes of body `attr` (an If branch, which takes no inputs) into this
+    /// graph as if they were written here, and binds the node's results to the branch's:
+    /// what an If whose condition is known at import time becomes. Converters after it then
+    /// see the branch's constants as constants (shape arithmetic behind an If on a rank folds).
+    pub fn inline_branch(&mut self, attr: &str) -> Result<(), Error> {
+        let node: &NodeProto = self.node;
+        let g = node
+            .attribute
+            .iter()
+            .find(|a| a.name == attr)
+            .and_then(|a| a.g.as_ref());
+        let g = g.ok_or_else(|| self.error(format!("the body attribute `{attr}` is missing")))?;
+        if !g.input.is_empty() {
+            return Err(self.error(format!(
+                "the branch `{attr}` declares inputs (an If branch takes none)"
+            )));
+        }
+        for init in &g.initializer {
+            let t = tensor_from_proto(init, self.imp.model_dir.as_deref(), &self.imp.limits)?;
+            self.imp.add_constant(&init.name, t)?;
+        }
+        self.imp.convert_nodes(&g.node, self.opset, None)?;
+        for (i, out) in g.output.iter().enumerate() {
+            let Some(name) = node.output.get(i).filter(|n| !n.is_empty()) else {
+                continue;
+            };
+            if let Some(t) = self.imp.constants.get(&out.name).cloned() {
+                self.imp.constants.insert(name.clone(), t);
+                continue;
+            }
+            let v = self.named(&out.name)?;
+            self.emit_result(
+                i,
+                qlift_ir::OpKind::Identity,
+                Attrs::new(),
+                &[Some(v)],
+                None,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Imports the body in graph attribute `attr`: its inputs typed `formal` (the ones ONNX
+    /// declares; captured values come after them), the values named in `preset` captured
+    /// first and in that order (so that If's two branches take the same inputs), then every
+    /// other enclosing value the body reads, as it reads it. Constants of the enclosing
+    /// graphs are copied into the body.
+    pub fn import_body(
+        &mut self,
+        attr: &str,
+        formal: &[TensorType],
+        preset: &[String],
+    ) -> Result<Body, Error> {
+        let node: &NodeProto = self.node;
+        let g = node
+            .attribute
+            .iter()
+            .find(|a| a.name == attr)
+            .and_then(|a| a.g.as_ref());
+        let g = g.ok_or_else(|| self.error(format!("the body attribute `{attr}` is missing")))?;
+        if self.imp.depth + 1 > self.imp.limits.max_subgraph_depth {
+            return Err(Error::Limit {
+                what: format!(
+                    "nesting of bodies at node `{}` ({})",
+                    self.name, self.node.op_type
+                ),
+                value: (self.imp.depth + 1) as u64,
+                limit: self.imp.limits.max_subgraph_depth as u64,
+            });
+        }
+        if g.input.len() != formal.len() {
+            return Err(self.error(format!(
+                "the body `{attr}` declares {} inputs, {} expects {}",
+                g.input.len(),
+                self.node.op_type,
+                formal.len()
+            )));
+        }
+        if g.node.len() > self.imp.limits.max_nodes {
+            return Err(Error::Limit {
+                what: format!("node count of body `{attr}` of node `{}`", self.name),
+                value: g.node.len() as u64,
+                limit: self.imp.limits.max_nodes as u64,
+            });
+        }
+        let mut child = Importer::new(
+            &g.name,
+            &self.imp.limits,
+            self.imp.model_dir.as_deref(),
+            Some(self.imp.scope()),
+            self.imp.depth + 1,
+        );
+        // Constants are shared, not captured: the body folds with them as the graph does.
+        child.constants = self.imp.constants.clone();
+        child.by_digest = self.imp.by_digest.clone();
+        for (input, ty) in g.input.iter().zip(formal) {
+            let v = child.graph.add_input(&input.name, ty.clone());
+            child.constants.remove(&input.name);
+            child.names.insert(input.name.clone());
+            child.values.insert(input.name.clone(), v);
+        }
+        for name in preset {
+            if child.capture(name).is_none() {
+                return Err(self.error(format!("`{name}` is not a value of an enclosing graph")));
+            }
+        }
+        let in_body = |e: Error| match e {
+            Error::Node {
+                node,
+                op_type,
+                message,
+            } => Error::Node {
+                node: format!("{}/{attr}/{node}", self.name),
+                op_type,
+                message,
+            },
+            other => other,
+        };
+        for init in &g.initializer {
+            let t = tensor_from_proto(init, self.imp.model_dir.as_deref(), &self.imp.limits)?;
+            child.add_constant(&init.name, t)?;
+            self.imp.total_bytes = self.imp.total_bytes.saturating_add(child.total_bytes);
+            if self.imp.total_bytes > self.imp.limits.max_total_bytes {
+                return Err(Error::Limit {
+                    what: "total constant data".into(),
+                    value: self.imp.total_bytes,
+                    limit: self.imp.limits.max_total_bytes,
+                });
+            }
+            child.total_bytes = 0;
+        }
+        child
+            .convert_nodes(&g.node, self.opset, None)
+            .map_err(in_body)?;
+        let mut outputs = Vec::with_capacity(g.output.len());
+        for out in &g.output {
+            let mut cx = NodeCx {
+                imp: &mut child,
+                node: self.node,
+                name: format!("{}/{attr}", self.name),
+                opset: self.opset,
+            };
+            outputs.push(cx.named(&out.name).map_err(|_| {
+                self.error(format!(
+                    "body `{attr}` never produces its result `{}`",
+                    out.name
+                ))
+            })?);
+        }
+        child.graph.set_outputs(outputs)?;
+        child.graph.remove_dead_nodes();
+        Ok(Body {
+            graph: child.graph,
+            captures: child.captures,
+        })
     }
 
     /// Operand `i` as a constant tensor (`None` when omitted); an error naming the operand

@@ -40,6 +40,24 @@ pub struct Limits {
     /// need under 1 MiB per sample; a larger batch is refused with an error rather than
     /// asked of the allocator (which aborts the process when it cannot give it).
     pub max_run_bytes: u64,
+    /// Deepest nesting of control-flow bodies (an If in a Loop's body is 2): real models nest
+    /// two or three; the bound keeps a hostile model from exhausting the stack of the
+    /// importer, the verifier and the interpreter, which all recurse into bodies.
+    pub max_subgraph_depth: usize,
+    /// Most iterations one Loop or Scan node may run in one call: a Loop whose condition
+    /// never turns false stops with an error naming the node there (see
+    /// `qlift_ir::interp::DEFAULT_MAX_LOOP_ITERATIONS` for the default's reasoning).
+    pub max_loop_iterations: u64,
+}
+
+impl Limits {
+    /// What the interpreter and the control-flow driver enforce while a model runs.
+    pub fn run_options(&self) -> qlift_ir::interp::Options {
+        qlift_ir::interp::Options {
+            max_loop_iterations: self.max_loop_iterations,
+            max_stacked_bytes: self.max_tensor_bytes,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -51,6 +69,8 @@ impl Default for Limits {
             max_nodes: 1_000_000,
             max_rank: 8,
             max_run_bytes: 8 << 30,
+            max_subgraph_depth: 16,
+            max_loop_iterations: qlift_ir::interp::DEFAULT_MAX_LOOP_ITERATIONS,
         }
     }
 }

@@ -9,6 +9,7 @@ use crate::{Op, OpKind, SymInt, Tensor, TensorType};
 pub(crate) mod arith;
 mod broadcast;
 pub(crate) mod cast;
+pub mod control;
 pub mod conv_transpose;
 pub mod index;
 pub(crate) mod logic;
@@ -49,6 +50,8 @@ pub(crate) struct EvalCtx<'a> {
     pub input_types: &'a [Option<&'a TensorType>],
     /// The node's result types (quantization parameters of quantized results).
     pub output_types: &'a [TensorType],
+    /// The run's limits (what control flow may iterate), and how deep in bodies this is.
+    pub options: &'a crate::interp::Options,
 }
 
 impl<'a> InferCtx<'a> {
@@ -129,6 +132,8 @@ enum Family {
     ConvTranspose,
     /// LSTM, GRU, RNN.
     Recurrent,
+    /// If, Loop, Scan.
+    Control,
 }
 
 fn family(kind: OpKind) -> Family {
@@ -172,6 +177,7 @@ fn family(kind: OpKind) -> Family {
         | Hardmax => Family::Norm,
         ConvTranspose => Family::ConvTranspose,
         LSTM | GRU | RNN => Family::Recurrent,
+        If | Loop | Scan => Family::Control,
     }
 }
 
@@ -194,6 +200,7 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
         Family::Norm => norm::infer(cx),
         Family::ConvTranspose => conv_transpose::infer(cx),
         Family::Recurrent => recurrent::infer(cx),
+        Family::Control => control::infer(cx),
     }
 }
 
@@ -223,6 +230,7 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
         Family::Norm => norm::eval(cx),
         Family::ConvTranspose => conv_transpose::eval(cx),
         Family::Recurrent => recurrent::eval(cx),
+        Family::Control => control::eval(cx),
     }?;
     match cx.op.fused_activation()? {
         None => Ok(results),

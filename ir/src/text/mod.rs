@@ -17,6 +17,8 @@
 //!   `quant(scale=S, zero_point=Z)` or `quant(axis=A, scale=[..], zero_point=[..])`.
 //! - Attributes: integers `3`, floats always with a `.`, an exponent, `inf` or `nan`
 //!   (bit-exact round trip), lists `[..]` (an empty float list is `floats[]`), strings `".."`.
+//! - A control-flow op's bodies are attributes written as graphs, indented:
+//!   `then_branch=graph then(%x: f32[2]) -> (%y) { ... }` (see `ops/control.rs`).
 //! - `;` starts a comment (filetests keep their directives there).
 
 mod parse;
@@ -26,21 +28,32 @@ use crate::{Tensor, TensorType};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub use parse::{parse, parse_tensor, parse_with_constants};
+pub use parse::{parse, parse_tensor, parse_with_constants, MAX_NESTING};
 pub use print::{print, print_node, PrintOptions};
 
 /// Constants by content digest: what a dump that shows digests needs to be parsed back.
 pub type ConstantPool = HashMap<u64, Arc<Tensor>>;
 
-/// Every constant of a graph by digest.
+/// Every constant of a graph by digest, those of its bodies included.
 pub fn constant_pool(graph: &crate::Graph) -> ConstantPool {
-    graph
-        .node_ids()
-        .filter_map(|id| match &graph.node(id).op {
-            crate::NodeOp::Const(t) => Some((t.digest(), t.clone())),
-            _ => None,
-        })
-        .collect()
+    let mut pool = ConstantPool::new();
+    add_constants(graph, &mut pool);
+    pool
+}
+
+fn add_constants(graph: &crate::Graph, pool: &mut ConstantPool) {
+    for id in graph.node_ids() {
+        match &graph.node(id).op {
+            crate::NodeOp::Const(t) => {
+                pool.insert(t.digest(), t.clone());
+            }
+            crate::NodeOp::Apply(op) => op
+                .attrs
+                .graphs()
+                .for_each(|(_, body)| add_constants(body, pool)),
+            crate::NodeOp::Input => {}
+        }
+    }
 }
 
 /// A type as the text format writes it, e.g. `u8[N,16,8,8] quant(scale=0.5, zero_point=3)`.

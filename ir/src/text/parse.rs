@@ -43,7 +43,13 @@ struct Parser<'a> {
     pool: Option<&'a ConstantPool>,
     values: HashMap<String, ValueId>,
     graph: Graph,
+    /// How many bodies enclose the graph being parsed.
+    depth: usize,
 }
+
+/// Most levels of bodies the parser follows (a body in a body ...): real models nest two
+/// or three; the bound keeps hostile text from exhausting the stack.
+pub const MAX_NESTING: usize = 64;
 
 type Result<T> = std::result::Result<T, IrError>;
 
@@ -57,6 +63,7 @@ impl<'a> Parser<'a> {
             pool,
             values: HashMap::new(),
             graph: Graph::default(),
+            depth: 0,
         }
     }
 
@@ -220,6 +227,26 @@ impl<'a> Parser<'a> {
 
     fn graph(mut self) -> Result<Graph> {
         self.expect("graph")?;
+        let graph = self.graph_body()?;
+        self.skip();
+        if self.peek().is_some() {
+            return self.error("unexpected text after the graph");
+        }
+        Ok(graph)
+    }
+
+    /// A graph after its `graph` keyword, with names of its own: the top-level graph or a
+    /// body in an attribute (which sees nothing of the enclosing graph's values).
+    fn graph_body(&mut self) -> Result<Graph> {
+        let outer_values = std::mem::take(&mut self.values);
+        let outer_graph = std::mem::take(&mut self.graph);
+        let parsed = self.graph_contents();
+        self.values = outer_values;
+        self.graph = outer_graph;
+        parsed
+    }
+
+    fn graph_contents(&mut self) -> Result<Graph> {
         let name = self.name()?;
         self.graph.name = name;
         let inputs = self.list("(", ")", |p| {
@@ -242,10 +269,6 @@ impl<'a> Parser<'a> {
             }
             self.node()?;
         }
-        self.skip();
-        if self.peek().is_some() {
-            return self.error("unexpected text after the graph");
-        }
         let mut ids = Vec::new();
         for o in outputs {
             match self.values.get(&o) {
@@ -260,7 +283,7 @@ impl<'a> Parser<'a> {
             }
         }
         self.graph.set_outputs(ids)?;
-        Ok(self.graph)
+        Ok(std::mem::take(&mut self.graph))
     }
 
     /// Binds a value name; `(line, column)` is where the name was written.
@@ -551,6 +574,15 @@ impl<'a> Parser<'a> {
             _ => {}
         }
         let w = self.word();
+        if w == "graph" {
+            if self.depth >= MAX_NESTING {
+                return self.error(format!("bodies nest deeper than {MAX_NESTING} levels"));
+            }
+            self.depth += 1;
+            let body = self.graph_body();
+            self.depth -= 1;
+            return Ok(AttrValue::Graph(Arc::new(body?)));
+        }
         if w == "floats" {
             self.expect("[")?;
             self.expect("]")?;

@@ -24,6 +24,12 @@ impl Default for PrintOptions {
 
 /// Prints a graph in the text format.
 pub fn print(graph: &Graph, opts: &PrintOptions) -> String {
+    print_indented(graph, opts, "")
+}
+
+/// [`print`] with every line after the first indented by `indent` (a body inside a node's
+/// attributes).
+fn print_indented(graph: &Graph, opts: &PrintOptions, indent: &str) -> String {
     let mut out = String::new();
     let inputs: Vec<String> = graph
         .input_values()
@@ -52,19 +58,35 @@ pub fn print(graph: &Graph, opts: &PrintOptions) -> String {
     let order = graph
         .topo_order()
         .unwrap_or_else(|_| graph.node_ids().collect());
+    let inner = format!("{indent}  ");
     for id in order {
-        if let Some(line) = print_node(graph, id, opts) {
-            let _ = writeln!(out, "  {line}");
+        if let Some(line) = node_line(graph, id, opts, &inner) {
+            let _ = writeln!(out, "{inner}{line}");
         }
     }
-    out.push_str("}\n");
+    out.push_str(indent);
+    out.push('}');
+    if indent.is_empty() {
+        out.push('\n');
+    }
     out
 }
 
 /// One node's line of the text format (without indentation), as [`print`] writes it; `None`
 /// for a graph input, which the header declares. Reports and tools that show a single node
 /// (the HTML report's node details) use it, so that they quote exactly what a dump holds.
+/// A control-flow node's bodies follow on further lines, indented.
 pub fn print_node(graph: &Graph, id: crate::NodeId, opts: &PrintOptions) -> Option<String> {
+    node_line(graph, id, opts, "")
+}
+
+/// [`print_node`] for a node whose line is indented by `indent`.
+fn node_line(
+    graph: &Graph,
+    id: crate::NodeId,
+    opts: &PrintOptions,
+    indent: &str,
+) -> Option<String> {
     let node = graph.node(id);
     let results: Vec<String> = node
         .outputs
@@ -94,7 +116,7 @@ pub fn print_node(graph: &Graph, id: crate::NodeId, opts: &PrintOptions) -> Opti
                 .attrs
                 .0
                 .iter()
-                .map(|(k, v)| format!("{}={}", name(k), attr(v)))
+                .map(|(k, v)| format!("{}={}", name(k), attr(v, opts, indent)))
                 .collect();
             let attrs = if attrs.is_empty() {
                 String::new()
@@ -172,8 +194,9 @@ fn list<T>(items: &[T], f: impl Fn(&T) -> String) -> String {
     format!("[{}]", items.iter().map(f).collect::<Vec<_>>().join(", "))
 }
 
-fn attr(v: &AttrValue) -> String {
+fn attr(v: &AttrValue, opts: &PrintOptions, indent: &str) -> String {
     match v {
+        AttrValue::Graph(g) => print_indented(g, opts, indent),
         AttrValue::Int(i) => i.to_string(),
         AttrValue::Float(x) => float(*x),
         AttrValue::Ints(v) => list(v, |i| i.to_string()),

@@ -5,6 +5,7 @@ use crate::Error;
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
 
+mod control;
 mod deconv;
 mod einsum;
 mod index;
@@ -44,6 +45,7 @@ impl Registry {
         deconv::register(&mut reg);
         einsum::register(&mut reg);
         recurrent::register(&mut reg);
+        control::register(&mut reg);
         reg
     }
 
