@@ -8,6 +8,7 @@
 //! ([`interp`]), which is the oracle every later stage (rewrites, JIT) is tested against.
 #![deny(missing_docs)]
 
+pub mod approx;
 mod attrs;
 pub mod dot;
 mod dtype;
@@ -38,6 +39,7 @@ pub use ops::shape::{pad_source, PadMode};
 pub use ops::resample::{block_permutation, BlockView, from_f64 as tensor_from_f64, resize_plan, AxisTaps, ResizePlan};
 pub use ops::unary::gelu_uses_tanh;
 pub use ops::reduce::{is_reduction, reduce_axes};
+pub use ops::recurrent_q::{eval_state_precision, round_state, QuantizedRecurrent, StatePrecision, STATE_MAX as RECURRENT_STATE_MAX};
 pub use ops::recurrent::{check_length as check_sequence_length, Activation, Cell, Recurrent, Strides as RecurrentStrides, ACTIVATIONS as RECURRENT_ACTIVATIONS};
 pub use specialize::{bind_graph_inputs, bind_input_shapes, bind_inputs, needs_binding, specialize, specialize_for, Binding, Folder};
 pub use shape::{Dim, Monomial, Shape, SymInt, Symbol};

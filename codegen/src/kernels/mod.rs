@@ -33,6 +33,7 @@ mod quant;
 mod norm;
 mod product;
 mod recurrent;
+mod recurrent_rows;
 mod resample;
 pub(crate) mod select;
 mod reduce;

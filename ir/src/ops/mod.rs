@@ -21,6 +21,7 @@ pub(crate) mod resample;
 pub(crate) mod select;
 pub mod reduce;
 pub mod recurrent;
+pub mod recurrent_q;
 pub(crate) mod shape;
 pub mod unary;
 

@@ -4,5 +4,6 @@
 
 pub mod weights;
 pub mod insert;
+pub mod recurrent;
 
 pub use insert::{insert_qdq, Calibration, QuantizeOptions, DEFAULT_MIN_SQNR_DB};
