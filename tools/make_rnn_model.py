@@ -24,7 +24,14 @@ digits_seq_calib_x.npy [200, 8, 8], digits_lstm.expected.npy (ONNX Runtime fp32 
 the test set from zero states), digits_lstm.stream.expected.npy (the same, streamed in
 chunks of 3, 3, 2 rows with the state carried: ONNX Runtime's own streaming check), and
 prints the accuracies MODELS.md quotes. Deterministic on CPU (fixed seeds, one thread).
+
+    python tools/make_rnn_model.py --ort-int8 target/digits_lstm.ort_int8.qdq.onnx
+
+only writes ONNX Runtime's int8 version of the vendored model (quant_pre_process, then
+quantize_static: QDQ, per channel, u8 activations, int8 weights, MinMax on the calibration
+set with zero states), the peer PERFORMANCE.md measures against, and prints its accuracy.
 """
+import argparse
 import os
 
 import numpy as np
@@ -130,5 +137,38 @@ def main():
           f"streamed max diff {np.abs(streamed - logits).max():.2e}")
 
 
+def ort_int8(out):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    path = os.path.join(OUT, "digits_lstm.onnx")
+    calib = np.load(os.path.join(OUT, "digits_seq_calib_x.npy"))
+    zeros = np.zeros((1, HIDDEN), np.float32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"x": calib[i:i + 1], "h0": zeros, "c0": zeros} for i in range(len(calib))])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    prepped = out + ".prep.onnx"
+    quant_pre_process(path, prepped)
+    quantize_static(prepped, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    os.remove(prepped)
+    x = np.load(os.path.join(OUT, "digits_seq_test_x.npy"))
+    y = np.load(os.path.join(OUT, "digits_test_y.npy"))
+    z = np.zeros((len(x), HIDDEN), np.float32)
+    logits = ort.InferenceSession(out, providers=["CPUExecutionProvider"]).run(None, {"x": x, "h0": z, "c0": z})[0]
+    ops = sorted({n.op_type for n in onnx.load(out).graph.node})
+    print(f"{out}: ops {ops}, test accuracy {(logits.argmax(1) == y).mean() * 100:.2f}%")
+
+
 if __name__ == "__main__":
-    main()
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ort-int8", metavar="OUT", help="only write ONNX Runtime's int8 version of the vendored model")
+    a = ap.parse_args()
+    if a.ort_int8:
+        ort_int8(a.ort_int8)
+    else:
+        main()

@@ -170,7 +170,7 @@ impl Error {
             // Calibration runs that the data does not fit.
             Error::Pass(qlift_passes::PassError::Ir(qlift_ir::IrError::Input { .. } | qlift_ir::IrError::Eval { .. })) => ErrorKind::BadInput,
             Error::Npy(_) => ErrorKind::BadInput,
-            Error::Value { name, .. } if name.starts_with("calibration") => ErrorKind::BadInput,
+            Error::Value { name, .. } if name.starts_with("calibration") || name == "stream" => ErrorKind::BadInput,
             _ => ErrorKind::BadModel,
         }
     }

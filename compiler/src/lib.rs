@@ -20,6 +20,7 @@ pub mod model;
 pub mod qir;
 pub mod quantize;
 pub mod report;
+pub mod stream;
 
 pub use error::{Error, ErrorKind, UnsupportedOp};
 pub use qlift_passes::calibrate::{ActivationScheme, CalibrationMethod};
@@ -27,6 +28,7 @@ pub use qlift_passes::quantize::QuantizeOptions;
 pub use model::{CompileOptions, CompiledModel, Engine, KernelTime};
 pub use qlift_codegen::CodegenOptions;
 pub use quantize::{quantize, Quantized};
+pub use stream::{detect_state_pairs, StatePair, Stream};
 pub use onnx::export_onnx;
 pub use qir::{load_qir, load_qir_text};
 pub use onnx::{load_onnx, load_onnx_bytes, read_tensor_pb, supported_ops, ImportOptions, InputDim, Limits};
