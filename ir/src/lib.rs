@@ -39,7 +39,7 @@ pub use ops::shape::{pad_source, PadMode};
 pub use ops::resample::{block_permutation, BlockView, from_f64 as tensor_from_f64, resize_plan, AxisTaps, ResizePlan};
 pub use ops::unary::gelu_uses_tanh;
 pub use ops::reduce::{is_reduction, reduce_axes};
-pub use ops::recurrent_q::{eval_state_precision, round_state, QuantizedRecurrent, StatePrecision, STATE_MAX as RECURRENT_STATE_MAX};
+pub use ops::recurrent_q::{eval_state_precision, round_state, QuantizedRecurrent, StatePrecision, MAX_PRODUCT_LENGTH as RECURRENT_MAX_PRODUCT, STATE_MAX as RECURRENT_STATE_MAX};
 pub use ops::recurrent::{check_length as check_sequence_length, Activation, Cell, Recurrent, Strides as RecurrentStrides, ACTIVATIONS as RECURRENT_ACTIVATIONS};
 pub use specialize::{bind_graph_inputs, bind_input_shapes, bind_inputs, needs_binding, specialize, specialize_for, Binding, Folder};
 pub use shape::{Dim, Monomial, Shape, SymInt, Symbol};

@@ -40,6 +40,16 @@ pub struct Limits {
     /// need under 1 MiB per sample; a larger batch is refused with an error rather than
     /// asked of the allocator (which aborts the process when it cannot give it).
     pub max_run_bytes: u64,
+    /// Largest `hidden_size` of a recurrent layer (LSTM, GRU, RNN). Its `R` alone is
+    /// `gates·H×H` per direction (16,384 units: a 4 GiB LSTM `R`); real layers stay at 4,096
+    /// or below, and the kernels' state workspace is sized by it.
+    pub max_recurrent_hidden: usize,
+    /// Most recurrent steps one run may take in one layer (sequence length × samples ×
+    /// directions): steps are sequential work no thread can share, so a hostile sequence
+    /// length would otherwise keep a call busy for minutes. 100,000,000 steps is about
+    /// three minutes of a 64-unit LSTM, 28 hours of 100 Hz audio frames, far above one
+    /// call of a stream; a run beyond it is refused before it starts.
+    pub max_recurrent_steps: u64,
 }
 
 impl Default for Limits {
@@ -51,6 +61,8 @@ impl Default for Limits {
             max_nodes: 1_000_000,
             max_rank: 8,
             max_run_bytes: 8 << 30,
+            max_recurrent_hidden: 16_384,
+            max_recurrent_steps: 100_000_000,
         }
     }
 }

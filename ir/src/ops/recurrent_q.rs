@@ -54,6 +54,11 @@ use crate::{Activation, Attrs, DType, Op, Tensor, TensorType};
 /// The largest magnitude of a state rounded to int8 for a product (symmetric int8).
 pub const STATE_MAX: i32 = 127;
 
+/// The longest row of an integer product (input features or hidden units): `128·255·65,536`
+/// is below `2^31`, so an i32 accumulator cannot wrap (the interpreter and the JIT would
+/// agree on a wrapped sum, and both be wrong). Longer layers stay float.
+pub const MAX_PRODUCT_LENGTH: usize = 65_536;
+
 /// The quantization of a recurrent layer in the integer form, read from its operand types.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuantizedRecurrent {
@@ -87,6 +92,10 @@ impl QuantizedRecurrent {
                 _ => Err(format!("{what} of an integer recurrent layer must be int8, symmetric, per tensor or per row (axis 1), found {}", type_to_string(t))),
             }
         };
+        let input = w.shape.dims().get(2).and_then(|d| d.fixed()).unwrap_or(0);
+        if input > MAX_PRODUCT_LENGTH || r.hidden > MAX_PRODUCT_LENGTH {
+            return Err(format!("{input} inputs and {} hidden units: an integer recurrent layer's rows are at most {MAX_PRODUCT_LENGTH} long", r.hidden));
+        }
         let state_scale = attrs.float("state_scale")?;
         if !(state_scale.is_finite() && state_scale > 0.0) {
             return Err(format!("state_scale {state_scale} must be positive and finite"));

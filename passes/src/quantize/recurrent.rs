@@ -9,7 +9,8 @@
 //! # Policy
 //!
 //! A layer is quantized when `W` and `R` are constants, its activations have an integer
-//! form (Sigmoid, Tanh, Relu: the defaults of all three cells), and its input `X` keeps
+//! form (Sigmoid, Tanh, Relu: the defaults of all three cells), its rows are at most
+//! `RECURRENT_MAX_PRODUCT` long (exact i32 accumulation), and its input `X` keeps
 //! [`QuantizeOptions::min_sqnr_db`] in 8 bits under its calibrated range (the rule every
 //! other op follows). Otherwise it stays float. The layer is rewritten in place: a
 //! QuantizeLinear in front of `X`, the weights replaced by their int8 forms; its results
@@ -31,7 +32,7 @@ use crate::calibrate::TensorStats;
 use crate::quantize::insert::{activation_params, fresh, holds_in_8_bits, Calibration, QuantizeOptions};
 use crate::quantize::weights::quantize_per_channel;
 use crate::PassError;
-use qlift_ir::{Activation, AttrValue, Attrs, Cell, DType, Graph, NodeId, NodeOp, Op, OpKind, Recurrent, TensorType, Value, ValueId, RECURRENT_STATE_MAX};
+use qlift_ir::{Activation, AttrValue, Attrs, Cell, DType, Graph, NodeId, NodeOp, Op, OpKind, Recurrent, TensorType, Value, ValueId, RECURRENT_MAX_PRODUCT, RECURRENT_STATE_MAX};
 use std::sync::Arc;
 
 /// Rewrites every recurrent layer of `g` that the policy allows into the integer form.
@@ -73,7 +74,8 @@ fn quantize_layer(g: &mut Graph, id: NodeId, calibration: &Calibration, opts: &Q
     let (Some(Some(x)), Some(Some(w)), Some(Some(rw))) = (operands.first(), operands.get(1), operands.get(2)) else { return Ok(false) };
     let (x, w, rw) = (*x, *w, *rw);
     let (Some(wt), Some(rt)) = (g.const_value(w).cloned(), g.const_value(rw).cloned()) else { return Ok(false) };
-    let allowed = r.activations.iter().flatten().all(|a| matches!(a, Activation::Sigmoid | Activation::Tanh | Activation::Relu));
+    let short = wt.shape().get(2).is_some_and(|&n| n <= RECURRENT_MAX_PRODUCT) && r.hidden <= RECURRENT_MAX_PRODUCT;
+    let allowed = short && r.activations.iter().flatten().all(|a| matches!(a, Activation::Sigmoid | Activation::Tanh | Activation::Relu));
     if !allowed || g.value_type(x).dtype != DType::F32 || wt.dtype() != DType::F32 || !holds_in_8_bits(g, x, calibration, opts) {
         return Ok(false);
     }
