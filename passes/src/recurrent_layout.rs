@@ -77,3 +77,55 @@ fn rewrite(g: &mut Graph, id: NodeId) -> Result<bool, PassError> {
     g.node_mut(id).op = NodeOp::Apply(batch_first);
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qlift_ir::{DType, Dim, Shape, Tensor, TensorType};
+    use std::sync::Arc;
+
+    /// x [N, T, 2] → Transpose → GRU (h0 via Unsqueeze) → Squeeze(Y_h): PyTorch's
+    /// batch-first export, and the same with Y read (which keeps it time-major).
+    fn graph(read_y: bool) -> Graph {
+        let mut g = Graph::new("gru");
+        let x = g.add_input("x", TensorType::new(DType::F32, Shape(vec![Dim::Batch, Dim::Fixed(5), Dim::Fixed(2)])));
+        let h0 = g.add_input("h0", TensorType::new(DType::F32, Shape(vec![Dim::Batch, Dim::Fixed(3)])));
+        let axes = |a| Attrs::new().with("axes", AttrValue::Ints(vec![a]));
+        let t = g.add_op("t", Op::new(OpKind::Transpose, Attrs::new().with("perm", AttrValue::Ints(vec![1, 0, 2]))), &[Some(x)], &["xt"]).unwrap()[0];
+        let u = g.add_op("u", Op::new(OpKind::Unsqueeze, axes(0)), &[Some(h0)], &["h0u"]).unwrap()[0];
+        let w = g.add_const("w", Arc::new(Tensor::from_f32(&[1, 9, 2], (0..18).map(|i| (i as f32 * 0.7).sin()).collect())), None);
+        let r = g.add_const("r", Arc::new(Tensor::from_f32(&[1, 9, 3], (0..27).map(|i| (i as f32 * 0.3).cos() * 0.5).collect())), None);
+        let attrs = Attrs::new()
+            .with("direction", AttrValue::Str("forward".into()))
+            .with("hidden_size", AttrValue::Int(3))
+            .with("layout", AttrValue::Int(0))
+            .with("clip", AttrValue::Float(f32::INFINITY))
+            .with("activations", AttrValue::Str("Sigmoid,Tanh".into()))
+            .with("activation_alpha", AttrValue::Floats(vec![0.0; 2]))
+            .with("activation_beta", AttrValue::Floats(vec![0.0; 2]))
+            .with("linear_before_reset", AttrValue::Int(0));
+        let outs = g.add_op("gru", Op::new(OpKind::GRU, attrs), &[Some(t), Some(w), Some(r), None, None, Some(u)], &["y", "yh"]).unwrap();
+        let hn = g.add_op("s", Op::new(OpKind::Squeeze, axes(0)), &[Some(outs[1])], &["hn"]).unwrap()[0];
+        g.set_outputs(if read_y { vec![hn, outs[0]] } else { vec![hn] }).unwrap();
+        g
+    }
+
+    fn layout(g: &Graph) -> i64 {
+        let id = g.node_ids().find(|&id| matches!(&g.node(id).op, NodeOp::Apply(op) if op.kind == OpKind::GRU)).unwrap();
+        let NodeOp::Apply(op) = &g.node(id).op else { unreachable!() };
+        op.attrs.int("layout").unwrap()
+    }
+
+    #[test]
+    fn a_transposed_input_becomes_a_batch_first_layer_with_the_same_results() {
+        let g = graph(false);
+        let out = batch_first_recurrent(&g).unwrap();
+        qlift_ir::verify(&out).unwrap();
+        assert_eq!(layout(&out), 1);
+        assert!(!out.node_ids().any(|id| matches!(&out.node(id).op, NodeOp::Apply(op) if op.kind == OpKind::Transpose)));
+        let inputs = [Tensor::from_f32(&[2, 5, 2], (0..20).map(|i| (i as f32 * 0.41).sin()).collect()), Tensor::from_f32(&[2, 3], vec![0.1, -0.2, 0.3, 0.4, -0.5, 0.6])];
+        assert_eq!(qlift_ir::interp::run(&out, &inputs).unwrap(), qlift_ir::interp::run(&g, &inputs).unwrap());
+        // Y read: its layout would change, so the layer stays as it was.
+        assert_eq!(layout(&batch_first_recurrent(&graph(true)).unwrap()), 0);
+    }
+}
