@@ -143,9 +143,9 @@ impl<'m> Stream<'m> {
         }
         let mut inputs: Vec<Tensor> = Vec::with_capacity(data.len() + self.pairs.len());
         let (mut d, types) = (data.iter(), self.model.inputs());
-        for i in 0..types.len() {
+        for (i, (_, ty)) in types.iter().enumerate() {
             match self.pairs.iter().position(|p| p.input == i) {
-                Some(k) => inputs.push(std::mem::replace(&mut self.state[k], Tensor::zeros(types[i].1.dtype, &[0]))),
+                Some(k) => inputs.push(std::mem::replace(&mut self.state[k], Tensor::zeros(ty.dtype, &[0]))),
                 None => inputs.push(d.next().cloned().ok_or_else(|| stream_error("a data input is missing".to_string()))?),
             }
         }

@@ -401,7 +401,8 @@ mod tests {
 
     #[test]
     fn the_interpreter_twins_are_bit_exact() {
-        let twins: [(Approx, fn(f32) -> f32); 4] =
+        type Twin = (Approx, fn(f32) -> f32);
+        let twins: [Twin; 4] =
             [(exp, qlift_ir::approx::exp), (expm1, qlift_ir::approx::expm1), (tanh, qlift_ir::approx::tanh), (sigmoid, qlift_ir::approx::sigmoid)];
         let mut xs = sweep(-110.0, 95.0);
         xs.extend(sweep(-0.05, 0.05));

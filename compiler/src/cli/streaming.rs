@@ -36,8 +36,11 @@ pub(crate) struct StreamArgs {
     pub(crate) states: Vec<String>,
 }
 
+/// Values by name with their types.
+type Named = Vec<(String, TensorType)>;
+
 /// The graph's inputs and outputs with their types.
-fn signature(graph: &Graph) -> (Vec<(String, TensorType)>, Vec<(String, TensorType)>) {
+fn signature(graph: &Graph) -> (Named, Named) {
     let named = |v: &[qlift_ir::ValueId]| v.iter().map(|&v| (graph.value(v).name.clone(), graph.value_type(v).clone())).collect::<Vec<_>>();
     (named(&graph.input_values()), named(graph.outputs()))
 }

@@ -224,8 +224,8 @@ fn eval_with(cx: &EvalCtx, r: &Recurrent, ops: &Operands, precision: StatePrecis
                 // GRU with the reset gate before the product: R_h·q(r ⊙ h), as the JIT.
                 let late = |rh: &[f32], gh: &mut [f32]| {
                     let rq: Vec<i32> = rh.iter().map(|&v| round_state(v, inv)).collect();
-                    for j in 2 * hidden..3 * hidden {
-                        gh[j] = requant(dot(rd, j, hidden, &rq), q.recurrent_factor(j), biases.map(|b| b.1), j);
+                    for (j, g) in gh.iter_mut().enumerate().skip(2 * hidden) {
+                        *g = requant(dot(rd, j, hidden, &rq), q.recurrent_factor(j), biases.map(|b| b.1), j);
                     }
                 };
                 cell.run(&gx, &mut gh, &mut h, &mut c, &late);
