@@ -28,15 +28,15 @@ def timed(fn, iters, warmup):
     return statistics.median(times)
 
 
-def ort_median(path, x, threads, iters, warmup):
+def ort_median(path, xs, threads, iters, warmup):
     import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    return timed(lambda: sess.run(None, {name: x}), iters, warmup)
+    feed = {i.name: x for i, x in zip(sess.get_inputs(), xs)}
+    return timed(lambda: sess.run(None, feed), iters, warmup)
 
 
 def tract_median(path, x, iters, warmup):
@@ -53,7 +53,7 @@ def tract_median(path, x, iters, warmup):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
-    ap.add_argument("--input", required=True)
+    ap.add_argument("--input", action="append", required=True, help="an input .npy (repeat for several, in graph-input order)")
     ap.add_argument("--int8", help="ONNX Runtime's int8 model (default: MODEL with .qdq.onnx)")
     ap.add_argument("--cmd", action="append", default=[], help="a command printing qlift bench --json (repeatable)")
     ap.add_argument("--threads", type=int, default=1)
@@ -64,13 +64,14 @@ def main():
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--row", action="store_true", help="print one markdown row: model, batch, threads, latencies, qlift's ratios")
     args = ap.parse_args()
-    x = np.load(args.input)
+    xs = [np.load(f) for f in args.input]
+    x = xs[0]
     int8 = args.int8 or args.model.replace(".onnx", ".qdq.onnx")
     rounds = max(1, args.rounds)
     iters = max(1, args.iters // rounds)
-    engines = [("ORT fp32", lambda: ort_median(args.model, x, args.threads, iters, args.warmup)),
-               ("ORT int8", lambda: ort_median(int8, x, args.threads, iters, args.warmup))]
-    if args.threads == 1:
+    engines = [("ORT fp32", lambda: ort_median(args.model, xs, args.threads, iters, args.warmup)),
+               ("ORT int8", lambda: ort_median(int8, xs, args.threads, iters, args.warmup))]
+    if args.threads == 1 and len(xs) == 1:
         engines.append(("tract fp32", lambda: tract_median(args.model, x, iters, args.warmup)))
 
     def qlift(cmd):

@@ -184,7 +184,9 @@ impl Error {
                 qlift_ir::IrError::Input { .. } | qlift_ir::IrError::Eval { .. },
             )) => ErrorKind::BadInput,
             Error::Npy(_) => ErrorKind::BadInput,
-            Error::Value { name, .. } if name.starts_with("calibration") => ErrorKind::BadInput,
+            Error::Value { name, .. } if name.starts_with("calibration") || name == "stream" => {
+                ErrorKind::BadInput
+            }
             _ => ErrorKind::BadModel,
         }
     }

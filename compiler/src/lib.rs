@@ -20,6 +20,7 @@ pub mod onnx;
 pub mod qir;
 pub mod quantize;
 pub mod report;
+pub mod stream;
 
 pub use error::{Error, ErrorKind, UnsupportedOp};
 pub use model::{CompileOptions, CompiledModel, Engine, KernelTime};
@@ -32,3 +33,4 @@ pub use qlift_codegen::CodegenOptions;
 pub use qlift_passes::calibrate::{ActivationScheme, CalibrationMethod};
 pub use qlift_passes::quantize::{QuantizeOptions, WeightGranularity};
 pub use quantize::{quantize, Quantized};
+pub use stream::{detect_state_pairs, StatePair, Stream};

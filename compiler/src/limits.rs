@@ -32,6 +32,50 @@ pub fn sample_bytes(ty: &TensorType) -> Option<u64> {
     count.checked_mul(ty.dtype.size_of() as u64)
 }
 
+/// A recurrent layer's hidden size against [`Limits::max_recurrent_hidden`], and its
+/// steps against [`Limits::max_recurrent_steps`] where `X`'s extents are fixed.
+fn check_recurrent(graph: &Graph, id: qlift_ir::NodeId, limits: &Limits) -> Result<(), Error> {
+    let node = graph.node(id);
+    let NodeOp::Apply(op) = &node.op else {
+        return Ok(());
+    };
+    if qlift_ir::Cell::of(op.kind).is_none() {
+        return Ok(());
+    }
+    let error = |message: String| Error::Node {
+        node: node.name.clone(),
+        op_type: op.kind.to_string(),
+        message,
+    };
+    let hidden = op.attrs.int("hidden_size").map_err(error)?;
+    if hidden > limits.max_recurrent_hidden as i64 {
+        return Err(error(format!(
+            "hidden_size {hidden} is above the limit of {}",
+            limits.max_recurrent_hidden
+        )));
+    }
+    let x = graph
+        .node_inputs(id)
+        .first()
+        .copied()
+        .flatten()
+        .map(|x| graph.value_type(x).shape.clone());
+    let fixed: Option<u64> = x.map(|s| {
+        s.dims()
+            .iter()
+            .take(2)
+            .map(|d| d.fixed().map_or(1, |n| n as u64))
+            .fold(1u64, u64::saturating_mul)
+    });
+    if let Some(steps) = fixed.filter(|&s| s > limits.max_recurrent_steps) {
+        return Err(error(format!(
+            "its input has {steps} steps (sequence length × samples), above the limit of {}",
+            limits.max_recurrent_steps
+        )));
+    }
+    Ok(())
+}
+
 /// Checks `graph` against `limits`: node count, every value's rank and one-sample size,
 /// and the total size of distinct constants. The error names the node and value.
 pub fn check_graph(graph: &Graph, limits: &Limits) -> Result<(), Error> {
@@ -68,6 +112,7 @@ fn check_one(graph: &Graph, limits: &Limits) -> Result<(), Error> {
     let mut total: u64 = 0;
     for id in graph.node_ids() {
         let node = graph.node(id);
+        check_recurrent(graph, id, limits)?;
         for v in &node.outputs {
             if v.ty.shape.rank() > limits.max_rank {
                 return Err(Error::Value {

@@ -5,7 +5,7 @@ use crate::{
     limits, load_onnx, load_onnx_bytes, quantize, Error, ImportOptions, Limits, QuantizeOptions,
 };
 use qlift_codegen::{CodegenOptions, JitProgram};
-use qlift_ir::{Binding, Graph, Tensor, TensorBuf, TensorBufMut, TensorType};
+use qlift_ir::{Binding, Graph, NodeOp, Tensor, TensorBuf, TensorBufMut, TensorType};
 use qlift_passes::{run_pipeline, PipelineOptions};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -146,6 +146,9 @@ pub struct CompiledModel {
 struct RunMemory {
     /// The shapes of the values a run allocates, with their element sizes.
     values: Vec<(qlift_ir::Shape, usize)>,
+    /// Each recurrent layer's name, the extents of `X` that are its steps and samples, and
+    /// its directions, for [`Limits::max_recurrent_steps`].
+    recurrent: Vec<(String, qlift_ir::Dim, qlift_ir::Dim, u64)>,
 }
 
 impl RunMemory {
@@ -169,7 +172,24 @@ impl RunMemory {
                 })
                 .collect(),
         };
-        RunMemory { values }
+        let recurrent = graph
+            .node_ids()
+            .filter_map(|id| {
+                let NodeOp::Apply(op) = &graph.node(id).op else {
+                    return None;
+                };
+                let r = qlift_ir::Recurrent::of(op.kind, &op.attrs).ok()?;
+                let x = graph.value_type(graph.node_inputs(id).first().copied().flatten()?);
+                let d = x.shape.dims();
+                let (seq, batch) = if r.batch_first {
+                    (*d.get(1)?, *d.first()?)
+                } else {
+                    (*d.first()?, *d.get(1)?)
+                };
+                Some((graph.node(id).name.clone(), seq, batch, r.dirs() as u64))
+            })
+            .collect();
+        RunMemory { values, recurrent }
     }
 }
 
@@ -344,6 +364,22 @@ impl CompiledModel {
             Executor::Specialized(_) | Executor::Flow(_) | Executor::Interpreter => values,
         };
         let bytes = bytes.unwrap_or(u64::MAX);
+        let extent = |d: qlift_ir::Dim| match binding.dim(d) {
+            qlift_ir::Dim::Fixed(e) => e as u64,
+            _ => 1,
+        };
+        for (node, seq, samples, dirs) in &self.memory.recurrent {
+            let steps = extent(*seq)
+                .saturating_mul(extent(*samples))
+                .saturating_mul(*dirs);
+            if steps > self.limits.max_recurrent_steps {
+                return Err(Error::Limit {
+                    what: format!("recurrent steps of layer `{node}` in one run (sequence length × samples × directions; stream shorter chunks)"),
+                    value: steps,
+                    limit: self.limits.max_recurrent_steps,
+                });
+            }
+        }
         if bytes > self.limits.max_run_bytes {
             return Err(Error::Limit {
                 what: format!("memory for a run on a batch of {batch} (outputs and intermediate values; run smaller batches)"),

@@ -5,6 +5,7 @@
 use crate::{Error, Limits};
 use qlift_codegen::{CodegenOptions, JitProgram};
 use qlift_ir::{DType, Graph, NodeOp, Symbol, Tensor, ValueId};
+use qlift_passes::quantize::recurrent::quantize_recurrent;
 use qlift_passes::quantize::{insert_qdq, Calibration, QuantizeOptions};
 use qlift_passes::{quantizing_pipeline, run_passes, PassRun, PipelineOptions};
 use std::cell::RefCell;
@@ -158,9 +159,13 @@ pub fn quantize_batches(
                 "calibration data".into(),
             ));
         }
-        let out = insert_qdq(g, &cal, opts)?;
+        let mut out = insert_qdq(g, &cal, opts)?;
         *stats.borrow_mut() = Some((cal.samples(), cal.non_finite()));
         *qdq.borrow_mut() = Some(out.clone());
+        // Recurrent layers take their integer form here, after the QDQ graph is kept: ONNX
+        // has no form for it, so the exported QDQ model keeps them float (as ONNX Runtime's
+        // own static quantization does) while the compiled graph runs them in integers.
+        quantize_recurrent(&mut out, &cal, opts)?;
         *kept.borrow_mut() = cal;
         Ok(out)
     };

@@ -992,3 +992,95 @@ fn a_2_gib_input_is_read_and_refused_by_the_run_memory_limit() {
     assert!(stderr(&o).contains("compiled "), "{}", stderr(&o));
     std::fs::remove_file(&big).unwrap();
 }
+
+/// `run --stream` and `bench --stream` on the bundled recurrent model: the stream's last
+/// outputs score as the whole sequences do, and misuse is a clear error (exit 1).
+#[test]
+fn run_and_bench_stream_a_recurrent_model() {
+    let (lstm, x, y) = (
+        model("digits_lstm.onnx"),
+        model("digits_seq_test_x.npy"),
+        model("digits_test_y.npy"),
+    );
+    let o = qlift(&[
+        "run", &lstm, "--stream", "--chunk", "3", "--input", &x, "--labels", &y,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("accuracy: 97.41% (526/540)"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stderr(&o).contains("in 3 calls (chunks of 3 along axis 1)"),
+        "{}",
+        stderr(&o)
+    );
+    let o = qlift(&[
+        "run",
+        &lstm,
+        "--stream",
+        "--chunk",
+        "5",
+        "--input",
+        &x,
+        "--labels",
+        &y,
+        "--calib",
+        &model("digits_seq_calib_x.npy"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("calibrating over a stream: 2 calls")
+            && stdout(&o).contains("accuracy: 97."),
+        "{}{}",
+        stderr(&o),
+        stdout(&o)
+    );
+    let o = qlift(&[
+        "bench", &lstm, "--stream", "--input", &x, "--iters", "16", "--warmup", "2", "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("\"median_ms\""), "{}", stdout(&o));
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &[
+                "run",
+                &model("digits_mlp.onnx"),
+                "--stream",
+                "--input",
+                &model("digits_test_x_flat.npy"),
+            ],
+            "no input and output of the model are named as a state pair",
+        ),
+        (
+            &["run", &lstm, "--stream", "--state", "h1=hn", "--input", &x],
+            "the model has no input `h1`",
+        ),
+        (
+            &[
+                "run",
+                &lstm,
+                "--stream",
+                "--input",
+                &x,
+                "--input",
+                &format!("h0={x}"),
+            ],
+            "`h0` is a state input",
+        ),
+        (
+            &["run", &lstm, "--stream", "--chunk", "0", "--input", &x],
+            "--chunk",
+        ),
+        (
+            &["run", &lstm, "--stream", "--axis", "5", "--input", &x],
+            "axis 5 is outside",
+        ),
+    ];
+    for (args, message) in cases {
+        let o = qlift(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(message), "{args:?}: {}", stderr(&o));
+    }
+}

@@ -1180,3 +1180,54 @@ fn bad_recurrent_layers_name_the_node() {
         );
     }
 }
+
+/// Recurrent layers past the limits: a hidden size above `max_recurrent_hidden` is refused
+/// at import naming the layer; a run that would take more steps than `max_recurrent_steps`
+/// is refused before it starts, by both engines, while shorter runs (a stream's chunks) go.
+#[test]
+fn recurrent_layers_past_the_limits() {
+    let model = bytes(&lstm_model(vec![]));
+    let import = |limits: qlift::Limits| ImportOptions {
+        limits,
+        ..ImportOptions::default()
+    };
+    let e = load_onnx_bytes(
+        &model,
+        None,
+        &import(qlift::Limits {
+            max_recurrent_hidden: 2,
+            ..Default::default()
+        }),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("the_lstm") && e.contains("hidden_size 3 is above the limit of 2"),
+        "{e}"
+    );
+    for engine in [qlift::Engine::Jit, qlift::Engine::Interpreter] {
+        let opts = qlift::CompileOptions {
+            engine,
+            import: import(qlift::Limits {
+                max_recurrent_steps: 1000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let compiled = qlift::CompiledModel::from_onnx_bytes(&model, None, &opts).unwrap();
+        // x [seq, batch, 2]: 600 steps of 2 samples are 1,200 steps.
+        let e = compiled
+            .run(&[Tensor::from_f32(&[600, 2, 2], vec![0.5; 2400])])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("recurrent steps of layer `the_lstm`")
+                && e.contains("1200")
+                && e.contains("1000"),
+            "{engine:?}: {e}"
+        );
+        compiled
+            .run(&[Tensor::from_f32(&[400, 2, 2], vec![0.5; 1600])])
+            .unwrap();
+    }
+}

@@ -8,6 +8,7 @@
 //! ([`interp`]), which is the oracle every later stage (rewrites, JIT) is tested against.
 #![deny(missing_docs)]
 
+pub mod approx;
 mod attrs;
 pub mod dot;
 mod dtype;
@@ -39,6 +40,10 @@ pub use ops::index::{shape_range, slice_range};
 pub use ops::recurrent::{
     check_length as check_sequence_length, Activation, Cell, Recurrent,
     Strides as RecurrentStrides, ACTIVATIONS as RECURRENT_ACTIVATIONS,
+};
+pub use ops::recurrent_q::{
+    eval_state_precision, round_state, QuantizedRecurrent, StatePrecision,
+    MAX_PRODUCT_LENGTH as RECURRENT_MAX_PRODUCT, STATE_MAX as RECURRENT_STATE_MAX,
 };
 pub use ops::reduce::{is_reduction, reduce_axes};
 pub use ops::resample::{

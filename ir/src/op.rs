@@ -16,6 +16,8 @@ pub(crate) enum AttrKind {
     OptInts,
     /// A graph (a control-flow op's body).
     Graph,
+    /// A float that may be absent (the integer form of a recurrent layer carries one).
+    OptFloat,
 }
 
 /// What the verifier knows about an op before looking at types: how many operands
@@ -336,21 +338,22 @@ ops! {
     /// `output_shape` (see `ops/conv_transpose.rs`).
     ConvTranspose: 2..=3 -> 1 { "dilations": Ints, "group": Int, "kernel_shape": Ints, "pads": Ints, "strides": Ints },
     // Recurrent layers (`ops/recurrent.rs`): ONNX's operands and results, every result
-    // always computed; activations with their parameters spelled out per direction.
+    // always computed; activations with their parameters spelled out per direction. The
+    // integer form (int8 `W` and `R`, `ops/recurrent_q.rs`) adds `state_scale`.
     /// Long short-term memory: results `Y`, `Y_h`, `Y_c`.
     LSTM: 3..=8 -> 3 {
         "activation_alpha": Floats, "activation_beta": Floats, "activations": Str, "clip": Float, "direction": Str,
-        "hidden_size": Int, "input_forget": Int, "layout": Int
+        "hidden_size": Int, "input_forget": Int, "layout": Int, "state_scale": OptFloat
     },
     /// Gated recurrent unit: results `Y`, `Y_h`.
     GRU: 3..=6 -> 2 {
         "activation_alpha": Floats, "activation_beta": Floats, "activations": Str, "clip": Float, "direction": Str,
-        "hidden_size": Int, "layout": Int, "linear_before_reset": Int
+        "hidden_size": Int, "layout": Int, "linear_before_reset": Int, "state_scale": OptFloat
     },
     /// Plain recurrent layer: results `Y`, `Y_h`.
     RNN: 3..=6 -> 2 {
         "activation_alpha": Floats, "activation_beta": Floats, "activations": Str, "clip": Float, "direction": Str,
-        "hidden_size": Int, "layout": Int
+        "hidden_size": Int, "layout": Int, "state_scale": OptFloat
     },
     // Control flow (`ops/control.rs`): the bodies are graph attributes, self-contained; the
     // values a body reads from the enclosing graph are trailing operands of the node
@@ -427,6 +430,8 @@ impl Op {
                 AttrKind::OptInts if self.attrs.get(name).is_none() => Ok(()),
                 AttrKind::OptInts => self.attrs.ints(name).map(|_| ()),
                 AttrKind::Graph => self.attrs.graph(name).map(|_| ()),
+                AttrKind::OptFloat if self.attrs.get(name).is_none() => Ok(()),
+                AttrKind::OptFloat => self.attrs.float(name).map(|_| ()),
             };
             ok?;
         }

@@ -12,6 +12,7 @@ pub mod extract;
 pub mod lang;
 pub mod manager;
 pub mod quantize;
+pub mod recurrent_layout;
 pub mod rules;
 
 pub use manager::{

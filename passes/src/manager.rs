@@ -70,6 +70,11 @@ pub fn pipeline() -> Vec<Pass<'static>> {
         Pass::rules("fold-bn", "fold BatchNormalization into Conv/Gemm/MatMul, or into a scale and shift", rules::bn_fold::rules),
         Pass::rules("absorb-affine", "move per-channel Mul/Add by constants into Conv/Gemm weights and bias", rules::absorb::rules),
         Pass::rules("fuse-activations", "attach Relu/Clip to their producer as a fused clamp", rules::activation::rules),
+        Pass::transform(
+            "recurrent-batch-first",
+            "read a batch-first input in place: Transpose(perm=[1,0,2]) into a time-major recurrent layer becomes a batch-first layer",
+            crate::recurrent_layout::batch_first_recurrent,
+        ),
         Pass::rules(
             "fuse-requant",
             "lower DequantizeLinear→op→QuantizeLinear chains to integer ops with one fixed-point requantization; fold and cancel Q/DQ pairs",

@@ -5,6 +5,11 @@
 //! and on the baseline ISA, must agree with the reference interpreter within 1e-5 relative
 //! (to magnitude 1 below it). The same graphs through the rewrite pipeline (the e-graph
 //! round trip of multi-result nodes) must keep the interpreter's results.
+//!
+//! The integer form (int8 `W`/`R`, 8-bit `X`, f32 gates and state: `qlift_ir`'s
+//! `ops/recurrent_q.rs`) is checked the same way on layers quantized by
+//! `qlift_passes::quantize::recurrent` from their own calibration: JIT = interpreter bit for
+//! bit, and the integer layer close to the float one.
 
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
@@ -13,6 +18,8 @@ use qlift_ir::text::{print, PrintOptions};
 use qlift_ir::{
     AttrValue, Attrs, DType, Dim, Graph, Op, OpKind, Shape, Tensor, TensorData, TensorType, ValueId,
 };
+use qlift_passes::quantize::recurrent::quantize_recurrent;
+use qlift_passes::quantize::{Calibration, QuantizeOptions};
 use qlift_passes::{run_pipeline, PipelineOptions};
 use std::sync::Arc;
 
@@ -448,8 +455,117 @@ fn config() -> ProptestConfig {
     config
 }
 
+/// The activations the integer form has: indices into [`ACTIVATIONS`] (Sigmoid, Tanh,
+/// Relu); gate positions (index 0 of a gated cell's triple) map to Sigmoid through
+/// [`GATES`].
+fn integer_spec() -> impl Strategy<Value = Spec> {
+    spec().prop_map(|mut s| {
+        let per = s.per_direction();
+        let gated = s.kind != OpKind::RNN;
+        s.activations = s.activations.map(|a| {
+            a.iter()
+                .enumerate()
+                .map(|(k, &i)| if gated && k % per == 0 { 0 } else { i % 3 })
+                .collect()
+        });
+        s
+    })
+}
+
+/// `spec`'s layer quantized from its own inputs (the interpreter's calibration), and the
+/// float graph.
+fn quantized(spec: &Spec, samples: usize) -> (Graph, Graph, Vec<Tensor>) {
+    let (g, feed) = spec.build(samples);
+    let mut calibration = Calibration::default();
+    calibration.observe(&g, &feed).unwrap();
+    let mut q = g.clone();
+    let opts = QuantizeOptions {
+        min_sqnr_db: 0.0,
+        ..QuantizeOptions::default()
+    };
+    assert_eq!(
+        quantize_recurrent(&mut q, &calibration, &opts).unwrap(),
+        1,
+        "the layer was not quantized"
+    );
+    qlift_ir::verify(&q).unwrap();
+    (g, q, feed)
+}
+
+fn check_integer(spec: &Spec, samples: usize) -> Result<(), TestCaseError> {
+    let (float, g, feed) = quantized(spec, samples);
+    let text = || {
+        print(
+            &g,
+            &PrintOptions {
+                full_constants: true,
+                ..Default::default()
+            },
+        )
+    };
+    let want = qlift_ir::interp::run(&g, &feed)
+        .map_err(|e| TestCaseError::fail(format!("interp: {e}\n{}", text())))?;
+    for (name, baseline, threads) in [
+        ("host", false, 1),
+        ("host, two threads", false, 2),
+        ("baseline", true, 1),
+    ] {
+        let mut program = JitProgram::compile(&g, &options(baseline))
+            .map_err(|e| TestCaseError::fail(format!("{name} compile: {e}\n{}", text())))?;
+        program.set_threads(threads);
+        let got = program
+            .run(&feed)
+            .map_err(|e| TestCaseError::fail(format!("{name} run: {e}")))?;
+        prop_assert_eq!(got.len(), want.len());
+        for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+            let bits = |t: &Tensor| {
+                t.as_f32()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<_>>()
+            };
+            prop_assert!(
+                a.shape() == b.shape() && bits(a) == bits(b),
+                "{}: output {} differs from the interpreter\n{:?}\n{:?}\n{}",
+                name,
+                k,
+                a,
+                b,
+                text()
+            );
+        }
+    }
+    // Bounded cells (the default activations) stay close to the float layer.
+    if spec.activations.is_none() {
+        let fp32 = qlift_ir::interp::run(&float, &feed).unwrap();
+        for (a, b) in want.iter().zip(&fp32) {
+            let err = a
+                .as_f32()
+                .unwrap()
+                .iter()
+                .zip(b.as_f32().unwrap())
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
+            prop_assert!(
+                err < 0.1,
+                "the integer layer is {} away from the float one\n{}",
+                err,
+                text()
+            );
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(config())]
+
+    /// Random integer recurrent layers: JIT = interpreter bit for bit.
+    #[test]
+    fn random_integer_recurrent_layers_are_bit_exact(spec in integer_spec(), samples in 1usize..=4) {
+        check_integer(&spec, samples)?;
+    }
 
     /// Random recurrent layers: JIT = interpreter within 1e-5 relative.
     #[test]
@@ -486,6 +602,44 @@ fn every_feature_agrees() {
                     seed: 7,
                 };
                 check(&spec, 3).unwrap_or_else(|e| {
+                    panic!(
+                        "{kind} layout {} runtime {runtime} flag {flag}: {e}",
+                        batch_first as u8
+                    )
+                });
+            }
+        }
+    }
+}
+
+/// Every cell in the integer form with every optional operand, both layouts,
+/// bidirectional, clip, Relu, GRU both ways, rows and columns that are not whole vectors.
+#[test]
+fn every_integer_feature_is_bit_exact() {
+    for kind in [OpKind::LSTM, OpKind::GRU, OpKind::RNN] {
+        for (batch_first, runtime) in [(false, false), (false, true), (true, false), (true, true)] {
+            for flag in [false, true] {
+                let spec = Spec {
+                    kind,
+                    direction: 2,
+                    seq: 19,
+                    batch: 3,
+                    input: 13,
+                    hidden: 11,
+                    batch_first,
+                    runtime,
+                    bias: true,
+                    lengths: true,
+                    initial_h: true,
+                    initial_c: true,
+                    peepholes: true,
+                    flag,
+                    clip: flag.then_some(1.5),
+                    activations: flag.then(|| vec![0, 2, 0, 2, 2, 1]),
+                    outputs: 7,
+                    seed: 11,
+                };
+                check_integer(&spec, 3).unwrap_or_else(|e| {
                     panic!(
                         "{kind} layout {} runtime {runtime} flag {flag}: {e}",
                         batch_first as u8

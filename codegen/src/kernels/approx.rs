@@ -18,12 +18,16 @@
 //!
 //! Every function is accurate to a few ulp where its result is normal (the kernels' contract
 //! with the interpreter is 1e-4 relative), propagates NaN, and maps infinities to the right
-//! limits. No FMA is used: results do not depend on the CPU's features.
+//! limits. No FMA is used: results do not depend on the CPU's features. `exp`, `expm1`,
+//! `tanh` and `sigmoid` have scalar twins in `qlift_ir::approx` (the constants are shared
+//! from there), which the interpreter runs where an integer op's float parts must be
+//! bit-exact; a test below compares the two bit for bit.
 
 use super::elementwise::{choose, fconst};
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;
+use qlift_ir::approx::{EXP_HIGH, EXP_LOW, EXP_MAGIC, EXP_POLY, LN2_HI, LN2_LO};
 
 /// The integer type with `ty`'s lanes (i32 for f32, i32x4 for f32x4).
 fn int_type(ty: Type) -> Type {
@@ -67,13 +71,6 @@ fn horner(fb: &mut FunctionBuilder, x: Value, coefficients: &[f32]) -> Value {
     p
 }
 
-/// Below this, `e^x` is flushed to 0 (and `e^x - 1` to -1): the scale `2^(n-1)` stays a
-/// normal number down to here, and what is lost is below 3e-38.
-const EXP_LOW: f32 = -86.5;
-/// Above this, `e^x` overflows to infinity (ln of the largest f32 is 88.72); clamping here
-/// keeps the scale finite while the product still overflows.
-const EXP_HIGH: f32 = 89.0;
-
 /// `e^x = 2·(s + u)` and `e^x - 1 = 2·((s - 1/2) + u)`, with `s = 2^(n-1)` and `u = s·t·p(t)`
 /// for `x = n·ln2 + t`; `x` is clamped to [`EXP_LOW`, `EXP_HIGH`] (the callers flush below).
 /// Halving the scale keeps `2^(n-1)` finite for `n = 128` (results up to the largest f32),
@@ -83,7 +80,7 @@ fn exp_split(fb: &mut FunctionBuilder, x: Value) -> (Value, Value) {
     let x = clamp(fb, x, EXP_LOW, EXP_HIGH);
     // n + 126 in the low bits of the sum: adding 1.5·2^23 rounds x·log2(e) to an integer
     // (to even), and the bias puts 2^(n-1)'s exponent field there.
-    let magic = fconst(fb, ty, 12_582_912.0 + 126.0);
+    let magic = fconst(fb, ty, EXP_MAGIC);
     let log2e = fconst(fb, ty, std::f32::consts::LOG2_E);
     let scaled = fb.ins().fmul(x, log2e);
     let biased = fb.ins().fadd(scaled, magic);
@@ -94,29 +91,14 @@ fn exp_split(fb: &mut FunctionBuilder, x: Value) -> (Value, Value) {
     let n = fb.ins().fsub(biased, magic);
     // t = x - n·ln2 in two steps: ln2's high part (0x1.62e4p-1) has few enough bits that
     // n·hi is exact; the low part is 0x1.7f7d1cp-20.
-    let (ln2_hi, ln2_lo) = (
-        fconst(fb, ty, f32::from_bits(0x3f31_7200)),
-        fconst(fb, ty, f32::from_bits(0x35bf_be8e)),
-    );
+    let (ln2_hi, ln2_lo) = (fconst(fb, ty, LN2_HI), fconst(fb, ty, LN2_LO));
     let h = fb.ins().fmul(n, ln2_hi);
     let t = fb.ins().fsub(x, h);
     let l = fb.ins().fmul(n, ln2_lo);
     let t = fb.ins().fsub(t, l);
     // (e^t - 1)/t to degree 6 by Taylor's 1/(k+1)!: exact as t goes to 0, which e^t - 1
     // needs (a minimax fit for e^t, such as XNNPACK's degree 5, is 1e-6 off there).
-    let p = horner(
-        fb,
-        t,
-        &[
-            1.0 / 5040.0,
-            1.0 / 720.0,
-            1.0 / 120.0,
-            1.0 / 24.0,
-            1.0 / 6.0,
-            0.5,
-            1.0,
-        ],
-    );
+    let p = horner(fb, t, &EXP_POLY);
     let st = fb.ins().fmul(s, t);
     let u = fb.ins().fmul(st, p);
     (s, u)
@@ -456,6 +438,32 @@ mod tests {
         );
         check(tanh, f64::tanh, &sweep(-12.0, 12.0), 4e-7);
         check(tanh, f64::tanh, &sweep(-0.01, 0.01), 4e-7);
+    }
+
+    #[test]
+    fn the_interpreter_twins_are_bit_exact() {
+        type Twin = (Approx, fn(f32) -> f32);
+        let twins: [Twin; 4] = [
+            (exp, qlift_ir::approx::exp),
+            (expm1, qlift_ir::approx::expm1),
+            (tanh, qlift_ir::approx::tanh),
+            (sigmoid, qlift_ir::approx::sigmoid),
+        ];
+        let mut xs = sweep(-110.0, 95.0);
+        xs.extend(sweep(-0.05, 0.05));
+        xs.extend(sweep(-12.0, 12.0));
+        for (f, twin) in twins {
+            for vector in [false, true] {
+                for (&x, g) in xs.iter().zip(run(f, &xs, vector)) {
+                    let same = g.to_bits() == twin(x).to_bits() || (g.is_nan() && twin(x).is_nan());
+                    assert!(
+                        same,
+                        "x = {x:e}: JIT {g:e}, twin {:e} (vector {vector})",
+                        twin(x)
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -38,6 +38,7 @@ mod pool;
 mod product;
 mod quant;
 mod recurrent;
+mod recurrent_rows;
 mod reduce;
 pub(crate) mod requant;
 mod resample;

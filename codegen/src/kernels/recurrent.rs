@@ -6,7 +6,7 @@
 //! fixed whatever the batch and the sequence length, either of which may be the run-time
 //! batch of the compiled model: `[seq, N, input]` with a symbolic sequence makes the
 //! sequence the batch axis). The input products `W·x + Wb` of a chunk of [`CHUNK`] steps
-//! come first (blocks of [`ROW_BLOCK`] rows of `W`, each block through every step of the
+//! come first (blocks of `ROW_BLOCK` rows of `W`, each block through every step of the
 //! chunk while it is in L1), then each step computes `R·h + Rb` the same way for one vector
 //! (dot products four lanes at a time over the contiguous rows of the ONNX layout, which
 //! the weights keep), then the gate nonlinearities and the state update fused in one pass
@@ -15,12 +15,15 @@
 //! zero in `Y`; a length outside `0..=seq` makes the kernel fail.
 
 use super::elementwise::{clamp_f32, fconst};
+use super::recurrent_rows::{rows_times, rows_times_many, Form, IntVector};
 use super::{approx, math, Kernel};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
-use qlift_ir::{Activation, Cell, Dim, OpKind, Recurrent};
+use qlift_ir::{
+    Activation, Cell, DType, Dim, OpKind, QuantizedRecurrent, Recurrent, RECURRENT_STATE_MAX,
+};
 
 /// f32 lanes of a vector step.
 const LANES: i64 = 4;
@@ -65,48 +68,14 @@ fn activation(fb: &mut FunctionBuilder, a: Activation, v: Value) -> Value {
     }
 }
 
-/// `Σ a[a0 + i] · b[b0 + i]` over `i < n` (f32 element offsets): one f32x4 accumulator, a
-/// scalar tail, the lanes added pairwise.
-fn dot(fb: &mut FunctionBuilder, a: Value, a0: Value, b: Value, b0: Value, n: usize) -> Value {
-    let acc = fb.declare_var(types::F32);
-    let vacc = fb.declare_var(types::F32X4);
-    let zero = fb.ins().f32const(0.0);
-    fb.def_var(acc, zero);
-    let vzero = fb.ins().splat(types::F32X4, zero);
-    fb.def_var(vacc, vzero);
-    emit::for_lanes(fb, n as i64, LANES, &mut |fb, i, whole| {
-        let ia = fb.ins().iadd(a0, i);
-        let ib = fb.ins().iadd(b0, i);
-        let pa = emit::addr(fb, a, ia, 4);
-        let pb = emit::addr(fb, b, ib, 4);
-        let (var, ty) = if whole {
-            (vacc, types::F32X4)
-        } else {
-            (acc, types::F32)
-        };
-        let x = fb.ins().load(ty, emit::mem(), pa, 0);
-        let y = fb.ins().load(ty, emit::mem(), pb, 0);
-        let p = fb.ins().fmul(x, y);
-        let s = fb.use_var(var);
-        let s = fb.ins().fadd(s, p);
-        fb.def_var(var, s);
-    });
-    let v = fb.use_var(vacc);
-    let lanes: Vec<Value> = (0..LANES as u8)
-        .map(|i| fb.ins().extractlane(v, i))
-        .collect();
-    let p = fb.ins().fadd(lanes[0], lanes[1]);
-    let q = fb.ins().fadd(lanes[2], lanes[3]);
-    let h = fb.ins().fadd(p, q);
-    let s = fb.use_var(acc);
-    fb.ins().fadd(h, s)
-}
-
 /// Where the pieces of one direction are: weights and optional biases/peepholes (element
 /// offsets of this direction folded into the pointers).
 struct Direction {
     w: Value,
     r: Value,
+    /// The element types of the input and the recurrent products.
+    w_form: Form,
+    r_form: Form,
     /// `Wb` and `Rb` of this direction.
     bias: Option<(Value, Value)>,
     /// `P[i, o, f]` of this direction.
@@ -116,134 +85,8 @@ struct Direction {
 }
 
 /// Steps whose input products are computed together (`W` read from memory once for them,
-/// see [`rows_times_many`]); the workspace holds their `gates·hidden` pre-activations.
+/// see `rows_times_many`); the workspace holds their `gates·hidden` pre-activations.
 const CHUNK: usize = 8;
-
-/// Rows computed together by [`rows_times`]: each vector of `v` is loaded once for all
-/// of them (8 rows: 1.125 loads per multiply-add instead of 2, and eight independent
-/// accumulator chains).
-const ROW_BLOCK: usize = 8;
-
-/// `rows` pre-activation rows `first..first + rows` into `out`: `bias[j] + M[j]·v` over
-/// `n`-element rows of `m` (see [`rows_times_many`]).
-#[allow(clippy::too_many_arguments)]
-fn rows_times(
-    fb: &mut FunctionBuilder,
-    m: Value,
-    bias: Option<Value>,
-    v: Value,
-    n: usize,
-    first: usize,
-    rows: usize,
-    out: Value,
-) {
-    let one = emit::iconst(fb, 1);
-    rows_times_many(fb, m, bias, n, first, rows, one, &|_, _| v, out, 0);
-}
-
-/// The same rows of `m` times `count` (run-time) vectors, the `k`th at `x_at(k)`, into
-/// `out + k·out_stride` elements: [`ROW_BLOCK`] rows at a time (f32x4 accumulators, a
-/// scalar tail per row), every vector through one block before the next block, so that a
-/// block of rows is read from memory once for all the vectors and then from L1; then the
-/// remaining rows one by one.
-#[allow(clippy::too_many_arguments)]
-fn rows_times_many(
-    fb: &mut FunctionBuilder,
-    m: Value,
-    bias: Option<Value>,
-    n: usize,
-    first: usize,
-    rows: usize,
-    count: Value,
-    x_at: &dyn Fn(&mut FunctionBuilder, Value) -> Value,
-    out: Value,
-    out_stride: usize,
-) {
-    let blocked = rows - rows % ROW_BLOCK;
-    let out_of = |fb: &mut FunctionBuilder, k: Value| {
-        let o = fb.ins().imul_imm_s(k, (out_stride * 4) as i64);
-        fb.ins().iadd(out, o)
-    };
-    if blocked > 0 {
-        let (start, end) = (
-            emit::iconst(fb, first as i64),
-            emit::iconst(fb, (first + blocked) as i64),
-        );
-        emit::for_range(fb, start, end, ROW_BLOCK as i64, |fb, j| {
-            // Address of row j's first element.
-            let row = fb.ins().imul_imm_s(j, (n * 4) as i64);
-            let row = fb.ins().iadd(m, row);
-            emit::for_dynamic(fb, count, |fb, k| {
-                let v = x_at(fb, k);
-                let out = out_of(fb, k);
-                let vaccs: Vec<_> = (0..ROW_BLOCK)
-                    .map(|_| fb.declare_var(types::F32X4))
-                    .collect();
-                let accs: Vec<_> = (0..ROW_BLOCK).map(|_| fb.declare_var(types::F32)).collect();
-                let zero = fb.ins().f32const(0.0);
-                let vzero = fb.ins().splat(types::F32X4, zero);
-                for r in 0..ROW_BLOCK {
-                    fb.def_var(vaccs[r], vzero);
-                    fb.def_var(accs[r], zero);
-                }
-                emit::for_lanes(fb, n as i64, LANES, &mut |fb, i, whole| {
-                    let (ty, vars) = if whole {
-                        (types::F32X4, &vaccs)
-                    } else {
-                        (types::F32, &accs)
-                    };
-                    let pv = emit::addr(fb, v, i, 4);
-                    let x = fb.ins().load(ty, emit::mem(), pv, 0);
-                    let pm = emit::addr(fb, row, i, 4);
-                    for (r, &var) in vars.iter().enumerate() {
-                        let w = fb.ins().load(ty, emit::mem(), pm, (r * n * 4) as i32);
-                        let p = fb.ins().fmul(w, x);
-                        let s = fb.use_var(var);
-                        let s = fb.ins().fadd(s, p);
-                        fb.def_var(var, s);
-                    }
-                });
-                for r in 0..ROW_BLOCK {
-                    let vs = fb.use_var(vaccs[r]);
-                    let lanes: Vec<Value> = (0..LANES as u8)
-                        .map(|l| fb.ins().extractlane(vs, l))
-                        .collect();
-                    let p = fb.ins().fadd(lanes[0], lanes[1]);
-                    let q = fb.ins().fadd(lanes[2], lanes[3]);
-                    let h = fb.ins().fadd(p, q);
-                    let t = fb.use_var(accs[r]);
-                    let mut sum = fb.ins().fadd(h, t);
-                    let jr = fb.ins().iadd_imm_s(j, r as i64);
-                    if let Some(b) = bias {
-                        let bj = emit::load_at(fb, types::F32, b, jr);
-                        sum = fb.ins().fadd(sum, bj);
-                    }
-                    emit::store_at(fb, sum, out, jr);
-                }
-            });
-        });
-    }
-    if rows > blocked {
-        let (start, end) = (
-            emit::iconst(fb, (first + blocked) as i64),
-            emit::iconst(fb, (first + rows) as i64),
-        );
-        emit::for_range(fb, start, end, 1, |fb, j| {
-            let row = fb.ins().imul_imm_s(j, n as i64);
-            emit::for_dynamic(fb, count, |fb, k| {
-                let v = x_at(fb, k);
-                let out = out_of(fb, k);
-                let zero = emit::iconst(fb, 0);
-                let mut s = dot(fb, m, row, v, zero, n);
-                if let Some(b) = bias {
-                    let bj = emit::load_at(fb, types::F32, b, j);
-                    s = fb.ins().fadd(s, bj);
-                }
-                emit::store_at(fb, s, out, j);
-            });
-        });
-    }
-}
 
 /// Stores `n` zeros at element offset `at` of `base`.
 fn zero_fill(fb: &mut FunctionBuilder, base: Value, at: Value, n: usize) {
@@ -267,15 +110,75 @@ fn copy(fb: &mut FunctionBuilder, src: Value, from: Value, dst: Value, to: Value
     });
 }
 
-/// LSTM, GRU, RNN.
+/// `dst[k] = clamp(round_even(src[k]·inv), ±RECURRENT_STATE_MAX)` as i16 for `k < n`: the
+/// state rounded for the integer recurrent product, as `qlift_ir::round_state` (a
+/// saturating conversion, NaN to 0, then the integer clamp).
+fn round_state(fb: &mut FunctionBuilder, src: Value, dst: Value, n: usize, inv: f32) {
+    emit::for_lanes(fb, n as i64, 8, &mut |fb, i, whole| {
+        let ps = emit::addr(fb, src, i, 4);
+        let pd = emit::addr(fb, dst, i, 2);
+        let (fty, ity) = if whole {
+            (types::F32X4, types::I32X4)
+        } else {
+            (types::F32, types::I32)
+        };
+        let scale = fconst(fb, fty, inv);
+        let (lo, hi) = (
+            emit::iconst_of(fb, types::I32, -RECURRENT_STATE_MAX as i64),
+            emit::iconst_of(fb, types::I32, RECURRENT_STATE_MAX as i64),
+        );
+        let (lo, hi) = if whole {
+            (fb.ins().splat(ity, lo), fb.ins().splat(ity, hi))
+        } else {
+            (lo, hi)
+        };
+        let halves: Vec<Value> = (0..if whole { 2 } else { 1 })
+            .map(|half| {
+                let v = fb.ins().load(fty, emit::mem(), ps, half * 16);
+                let v = fb.ins().fmul(v, scale);
+                let v = fb.ins().nearest(v);
+                let q = fb.ins().fcvt_to_sint_sat(ity, v);
+                let q = fb.ins().smax(q, lo);
+                fb.ins().smin(q, hi)
+            })
+            .collect();
+        let packed = if whole {
+            fb.ins().snarrow(halves[0], halves[1])
+        } else {
+            fb.ins().ireduce(types::I16, halves[0])
+        };
+        fb.ins().store(emit::mem(), packed, pd, 0);
+    });
+}
+
+/// LSTM, GRU, RNN: in f32, or in the integer form (int8 `W` and `R`, 8-bit `X`; see
+/// `qlift_ir`'s `ops/recurrent_q.rs`), whose products are integer and whose gates and
+/// state are the f32 code below, bit for bit as the interpreter computes them.
 pub(super) fn recurrent(k: &mut Kernel) -> Result<(), String> {
     let r = Recurrent::of(k.op.kind, &k.op.attrs)?;
     let cell = Cell::of(k.op.kind).ok_or("not a recurrent op")?;
     let x = k.input(0)?;
     let xd = x.ty.shape.dims().to_vec();
-    if xd.len() != 3 || x.ty.dtype != qlift_ir::DType::F32 {
+    let quant = if k.input(1)?.ty.dtype == DType::F32 {
+        None
+    } else {
+        Some(QuantizedRecurrent::of(
+            &r,
+            &k.op.attrs,
+            &x.ty,
+            &k.input(1)?.ty,
+            &k.input(2)?.ty,
+        )?)
+    };
+    if xd.len() != 3 || (quant.is_none() && x.ty.dtype != DType::F32) {
         return Err(format!("X {} must be f32 of rank 3", x.ty.shape));
     }
+    // The integer form's vector of X, and its bytes per element.
+    let x_vector = IntVector::Bytes {
+        signed: x.ty.dtype == DType::I8,
+        zero: quant.as_ref().map_or(0, |q| q.x_zero),
+    };
+    let (x_bytes, weight_bytes) = if quant.is_some() { (1, 1) } else { (4, 4) };
     let input = xd[2].fixed().ok_or("X's input size must be known")?;
     let px = x.ptr;
     let (hidden, rows, dirs) = (r.hidden, r.rows(), r.dirs());
@@ -295,8 +198,26 @@ pub(super) fn recurrent(k: &mut Kernel) -> Result<(), String> {
     let py = k.output(0).ptr;
     let pyh = k.output(1).ptr;
     let pyc = (cell == Cell::Lstm).then(|| k.outputs[2].ptr);
-    // Workspace: h, c, tmp (H each), gh (rows), gx (rows per step of a chunk).
-    let ws = k.workspace((3 * hidden + (1 + CHUNK) * rows) * 4);
+    // The integer form's per-row requantization factors: for each direction, the input
+    // product's rows then the recurrent product's.
+    let factors = match &quant {
+        Some(q) => {
+            let f: Vec<u8> = (0..dirs)
+                .flat_map(|_| {
+                    (0..rows)
+                        .map(|j| q.input_factor(j))
+                        .chain((0..rows).map(|j| q.recurrent_factor(j)))
+                })
+                .flat_map(f32::to_le_bytes)
+                .collect();
+            Some(k.data(f, 16)?)
+        }
+        None => None,
+    };
+    // Workspace: h, c, tmp (H each), gh (rows), gx (rows per step of a chunk) in f32, then
+    // the rounded state (H i16, padded to whole vectors) of the integer form.
+    let f32s = 3 * hidden + (1 + CHUNK) * rows;
+    let ws = k.workspace(f32s * 4 + hidden.next_multiple_of(8) * 2);
     let fb = &mut *k.fb;
     let seq = extent(fb, seq_dim, k.batch)?;
     let batch = extent(fb, batch_dim, k.batch)?;
@@ -306,18 +227,38 @@ pub(super) fn recurrent(k: &mut Kernel) -> Result<(), String> {
     let ptmp = at(fb, 2 * hidden);
     let pgh = at(fb, 3 * hidden);
     let pgx = at(fb, 3 * hidden + rows);
+    let phq = at(fb, f32s);
     let directions: Vec<Direction> = (0..dirs)
         .map(|d| {
             let off = |fb: &mut FunctionBuilder, p: Value, elems: usize| {
                 fb.ins().iadd_imm_s(p, (elems * 4) as i64)
             };
-            let w = off(fb, pw, d * rows * input);
-            let rr = off(fb, pr, d * rows * hidden);
+            let w = fb
+                .ins()
+                .iadd_imm_s(pw, (d * rows * input * weight_bytes) as i64);
+            let rr = fb
+                .ins()
+                .iadd_imm_s(pr, (d * rows * hidden * weight_bytes) as i64);
+            let (w_form, r_form) = match factors {
+                Some(f) => (
+                    Form::Int {
+                        vector: x_vector,
+                        factors: off(fb, f, 2 * d * rows),
+                    },
+                    Form::Int {
+                        vector: IntVector::Words,
+                        factors: off(fb, f, (2 * d + 1) * rows),
+                    },
+                ),
+                None => (Form::F32, Form::F32),
+            };
             let bias = pb.map(|b| (off(fb, b, d * 2 * rows), off(fb, b, d * 2 * rows + rows)));
             let peep = pp.map(|p| off(fb, p, d * 3 * hidden));
             Direction {
                 w,
                 r: rr,
+                w_form,
+                r_form,
                 bias,
                 peep,
                 reverse: r.reverse[d],
@@ -325,6 +266,20 @@ pub(super) fn recurrent(k: &mut Kernel) -> Result<(), String> {
             }
         })
         .collect();
+    let inv = quant.as_ref().map(QuantizedRecurrent::inverse_state_scale);
+    // R's rows `first..first + count` times the vector at `src` (f32; rounded to i16 first
+    // in the integer form) into gh.
+    let recurrent_product =
+        move |fb: &mut FunctionBuilder, dir: &Direction, src: Value, first: usize, count: usize| {
+            let rb = dir.bias.map(|b| b.1);
+            match inv {
+                Some(inv) => {
+                    round_state(fb, src, phq, hidden, inv);
+                    rows_times(fb, dir.r_form, dir.r, rb, phq, hidden, first, count, pgh);
+                }
+                None => rows_times(fb, Form::F32, dir.r, rb, src, hidden, first, count, pgh),
+            }
+        };
     let clip = r.clip;
     let clipped = move |fb: &mut FunctionBuilder, v: Value| match clip {
         Some(c) => clamp_f32(fb, v, -c, c),
@@ -401,7 +356,7 @@ pub(super) fn recurrent(k: &mut Kernel) -> Result<(), String> {
                     fb.ins().iadd(o, b)
                 };
                 let xo = fb.ins().imul_imm_s(xo, input as i64);
-                emit::addr(fb, px, xo, 4)
+                emit::addr(fb, px, xo, x_bytes as i64)
             };
             // Steps in chunks of CHUNK: the input products of a chunk first (W read once for
             // the chunk), then the recurrence step by step.
@@ -410,13 +365,15 @@ pub(super) fn recurrent(k: &mut Kernel) -> Result<(), String> {
                 let left = fb.ins().isub(len, s0);
                 let chunk = emit::iconst(fb, CHUNK as i64);
                 let count = fb.ins().smin(left, chunk);
-                let (wb, rb) = (dir.bias.map(|b| b.0), dir.bias.map(|b| b.1));
+                let wb = dir.bias.map(|b| b.0);
                 let x_at = |fb: &mut FunctionBuilder, k: Value| {
                     let s = fb.ins().iadd(s0, k);
                     let t = time(fb, s);
                     x_row(fb, t)
                 };
-                rows_times_many(fb, dir.w, wb, input, 0, rows, count, &x_at, pgx, rows);
+                rows_times_many(
+                    fb, dir.w_form, dir.w, wb, input, 0, rows, count, &x_at, pgx, rows,
+                );
                 emit::for_dynamic(fb, count, |fb, k| {
                     let s = fb.ins().iadd(s0, k);
                     let t = time(fb, s);
@@ -427,8 +384,11 @@ pub(super) fn recurrent(k: &mut Kernel) -> Result<(), String> {
                     } else {
                         rows
                     };
-                    rows_times(fb, dir.r, rb, ph, hidden, 0, recurrent_rows, pgh);
-                    step(fb, cell, &r, dir, [ph, pc, ptmp, gx, pgh], &clipped);
+                    recurrent_product(fb, dir, ph, 0, recurrent_rows);
+                    let late = |fb: &mut FunctionBuilder| {
+                        recurrent_product(fb, dir, ptmp, 2 * hidden, hidden)
+                    };
+                    step(fb, cell, &r, dir, [ph, pc, ptmp, gx, pgh], &clipped, &late);
                     let yo = y_at(fb, t);
                     let zero = emit::iconst(fb, 0);
                     copy(fb, ph, zero, py, yo, hidden);
@@ -452,7 +412,9 @@ pub(super) fn recurrent(k: &mut Kernel) -> Result<(), String> {
 
 /// One step's gate nonlinearities and state update over the hidden units (the products
 /// are in `gx` and `gh`; GRU's hidden-gate recurrent rows come here when the reset gate
-/// applies before the product). `scratch` is `[h, c, tmp, gx, gh]`.
+/// applies before the product: `late` computes them from `r ⊙ h` in `tmp`). `scratch` is
+/// `[h, c, tmp, gx, gh]`.
+#[allow(clippy::too_many_arguments)]
 fn step(
     fb: &mut FunctionBuilder,
     cell: Cell,
@@ -460,6 +422,7 @@ fn step(
     dir: &Direction,
     scratch: [Value; 5],
     clipped: &dyn Fn(&mut FunctionBuilder, Value) -> Value,
+    late: &dyn Fn(&mut FunctionBuilder),
 ) {
     let [ph, pc, ptmp, pgx, pgh] = scratch;
     let hidden = r.hidden;
@@ -542,8 +505,7 @@ fn step(
                 }
             });
             if !lbr {
-                let rb = dir.bias.map(|b| b.1);
-                rows_times(fb, dir.r, rb, ptmp, hidden, 2 * hidden, hidden, pgh);
+                late(fb);
             }
             emit::for_lanes(fb, hidden as i64, LANES, &mut |fb, i, whole| {
                 let ty = if whole { types::F32X4 } else { types::F32 };

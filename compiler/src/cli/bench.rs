@@ -1,6 +1,7 @@
 //! `qlift bench`: latency, throughput and compile time of a compiled model.
 
 use super::output::{outln, print};
+use super::streaming::StreamArgs;
 use super::{
     bind_inputs, compile_graph, in_range, load_model, EngineArg, LoadArgs, QuantArgs, MAX_THREADS,
 };
@@ -15,10 +16,14 @@ use std::time::Instant;
   qlift bench model.onnx --input x.npy --calib c.npy         # int8
   qlift bench model.onnx --input x.npy --calib c.npy --threads 2 --iters 500 --json
   qlift bench model.onnx --input x.npy --calib c.npy --callers 4      # 4 threads sharing one model
+  qlift bench examples/models/digits_lstm.onnx --stream --chunk 1 \\
+      --input examples/models/digits_seq_test_x.npy --calib examples/models/digits_seq_calib_x.npy
 
 --threads splits each call's batch across threads (as ONNX Runtime's intra-op threads);
 --callers runs that many threads calling the one model at once. Latency is per call, GMAC/s
-counts the multiply-accumulates of Conv/Gemm/MatMul layers (int8 ones when quantized).")]
+counts the multiply-accumulates of Conv/Gemm/MatMul layers (int8 ones when quantized).
+With --stream each timed run is one call on the next chunk of the data inputs, the state
+carried from the call before (and reset at the start of the sequence): latency per chunk.")]
 pub(crate) struct BenchArgs {
     /// The ONNX model (.onnx) or IR text (.qir).
     model: PathBuf,
@@ -69,6 +74,8 @@ pub(crate) struct BenchArgs {
     /// Kernels listed by --profile (the slowest first).
     #[arg(long, default_value_t = 25)]
     profile_top: usize,
+    #[command(flatten)]
+    stream: StreamArgs,
 }
 
 fn parse_vector_bits(s: &str) -> Result<u32, String> {
@@ -102,23 +109,55 @@ pub(crate) fn exec(args: &BenchArgs) -> Result<()> {
         ..Default::default()
     };
     let graph = load_model(&args.model, &args.load)?;
-    let inputs = bind_inputs(&graph, &args.inputs)?;
-    let model = compile_graph(
-        &graph,
-        &args.model,
-        &args.quant,
-        args.engine,
-        args.threads,
-        &codegen,
-    )?;
+    let streaming = args.stream.stream;
+    let pairs = if streaming {
+        args.stream.pairs(&graph)?
+    } else {
+        Vec::new()
+    };
+    let inputs = if streaming {
+        args.stream.bind_data(&graph, &pairs, &args.inputs)?
+    } else {
+        bind_inputs(&graph, &args.inputs)?
+    };
+    let model = if streaming {
+        args.stream.compile(
+            &graph,
+            &args.model,
+            &args.quant,
+            &pairs,
+            args.engine,
+            args.threads,
+            &codegen,
+        )?
+    } else {
+        compile_graph(
+            &graph,
+            &args.model,
+            &args.quant,
+            args.engine,
+            args.threads,
+            &codegen,
+        )?
+    };
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
     let batch = inputs
         .first()
         .and_then(|t| t.shape().first().copied())
         .unwrap_or(1);
+    let chunks = if streaming {
+        qlift::stream::chunks(&inputs, args.stream.axis, args.stream.chunk)?
+    } else {
+        Vec::new()
+    };
     // Every caller holds its own outputs and scratch: the memory of all of them together
-    // is checked before any is allocated.
-    let per_call = model.run_bytes(&inputs)?;
+    // is checked before any is allocated (a stream's: one call on its first chunk).
+    let per_call = if streaming {
+        let stream = args.stream.open(&model, &pairs)?;
+        model.run_bytes(&stream.assemble(chunks[0].clone(), stream.initial_state(batch)?)?)?
+    } else {
+        model.run_bytes(&inputs)?
+    };
     let limit = qlift::Limits::default().max_run_bytes;
     if per_call.saturating_mul(args.callers as u64) > limit {
         return Err(qlift::Error::Limit {
@@ -136,8 +175,27 @@ pub(crate) fn exec(args: &BenchArgs) -> Result<()> {
             .collect()
     };
     let mut outputs = fresh_outputs();
-    for _ in 0..args.warmup {
-        model.run_into(&inputs, &mut outputs)?;
+    // One call: the inputs, or the next chunk of a stream (reset at the sequence's start).
+    let call =
+        |stream: &mut Option<qlift::Stream>, outputs: &mut Vec<Tensor>, i: usize| -> Result<()> {
+            match stream {
+                Some(s) => {
+                    s.step(&chunks[i % chunks.len()])?;
+                }
+                None => model.run_into(&inputs, outputs)?,
+            }
+            Ok(())
+        };
+    let open = || -> Result<Option<qlift::Stream>> {
+        if streaming {
+            Ok(Some(args.stream.open(&model, &pairs)?))
+        } else {
+            Ok(None)
+        }
+    };
+    let mut warm = open()?;
+    for i in 0..args.warmup {
+        call(&mut warm, &mut outputs, i)?;
     }
     model.reset_profile();
     let style = indicatif::ProgressStyle::with_template("benchmarking {bar:30} {pos}/{len} runs")
@@ -147,13 +205,17 @@ pub(crate) fn exec(args: &BenchArgs) -> Result<()> {
     let mut times: Vec<f64> = std::thread::scope(|s| -> Result<Vec<f64>> {
         let workers: Vec<_> = (0..args.callers)
             .map(|_| {
-                let (model, inputs, bar) = (&model, &inputs, &bar);
+                let (bar, call, open, chunks) = (&bar, &call, &open, &chunks);
                 s.spawn(move || -> Result<Vec<f64>> {
                     let mut outputs = fresh_outputs();
+                    let mut stream = open()?;
                     let mut times = Vec::with_capacity(args.iters);
-                    for _ in 0..args.iters {
+                    for i in 0..args.iters {
+                        if let Some(s) = stream.as_mut().filter(|_| i % chunks.len().max(1) == 0) {
+                            s.reset();
+                        }
                         let t = Instant::now();
-                        model.run_into(inputs, &mut outputs)?;
+                        call(&mut stream, &mut outputs, i)?;
                         times.push(t.elapsed().as_secs_f64() * 1e3);
                         bar.inc(1);
                     }
@@ -204,6 +266,9 @@ pub(crate) fn exec(args: &BenchArgs) -> Result<()> {
         );
     }
     let precision = if model.is_quantized() { "int8" } else { "fp32" };
+    if streaming {
+        outln!("stream     chunks of {} along axis {}, {} call(s) per sequence, state carried: latency per call", args.stream.chunk, args.stream.axis, chunks.len())?;
+    }
     print(&format!(
         "model      {} ({precision}, batch {batch}, {} thread(s) per call, {} caller(s))
 engine     {}

@@ -16,6 +16,7 @@ mod profile;
 pub(crate) mod quantize;
 pub(crate) mod report;
 pub(crate) mod run;
+mod streaming;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -344,6 +345,11 @@ pub(crate) fn bind_inputs(graph: &Graph, args: &[String]) -> Result<Vec<Tensor>>
         .iter()
         .map(|v| graph.value(*v).name.clone())
         .collect();
+    bind_names(&names, args)
+}
+
+/// Orders `--input` arguments by the inputs named `names`, by name or by position.
+pub(crate) fn bind_names(names: &[String], args: &[String]) -> Result<Vec<Tensor>> {
     if args.len() != names.len() {
         bail!(
             "the model has {} inputs ({}), {} were given",
@@ -385,10 +391,24 @@ pub(crate) fn compile_graph(
     threads: usize,
     codegen: &qlift::CodegenOptions,
 ) -> Result<CompiledModel> {
+    compile_graph_from(graph, path, quant, None, engine, threads, codegen)
+}
+
+/// [`compile_graph`], calibrating on `batches` (made elsewhere: a stream's calls) in place
+/// of the `--calib` files when they are given.
+pub(crate) fn compile_graph_from(
+    graph: &Graph,
+    path: &Path,
+    quant: &QuantArgs,
+    batches: Option<Vec<Vec<Tensor>>>,
+    engine: EngineArg,
+    threads: usize,
+    codegen: &qlift::CodegenOptions,
+) -> Result<CompiledModel> {
     let start = Instant::now();
     let calibrated = use_calibration(graph, quant, path);
     let lowered = if calibrated {
-        quantize_model(graph, quant, &pipeline_options())?.lowered
+        quantize_model_from(graph, quant, batches, &pipeline_options())?.lowered
     } else {
         run_pipeline(graph, &pipeline_options())
             .context("running the pass pipeline")?
@@ -489,7 +509,21 @@ pub(crate) fn quantize_model(
     q: &QuantArgs,
     pipeline: &PipelineOptions,
 ) -> Result<Quantized> {
-    let calibration = bind_inputs(graph, &q.calib).context("calibration data (--calib)")?;
+    quantize_model_from(graph, q, None, pipeline)
+}
+
+/// [`quantize_model`] on calibration `batches` (one tensor per graph input each) when they
+/// are given, else on the `--calib` files.
+pub(crate) fn quantize_model_from(
+    graph: &Graph,
+    q: &QuantArgs,
+    batches: Option<Vec<Vec<Tensor>>>,
+    pipeline: &PipelineOptions,
+) -> Result<Quantized> {
+    let calibration = match batches {
+        Some(_) => Vec::new(),
+        None => bind_inputs(graph, &q.calib).context("calibration data (--calib)")?,
+    };
     let opts = QuantizeOptions {
         method: q.method,
         scheme: match q.activations {
@@ -504,16 +538,30 @@ pub(crate) fn quantize_model(
     };
     let start = Instant::now();
     let limits = qlift::Limits::default();
-    let quantized = qlift::quantize::quantize_limited(
-        graph,
-        &calibration,
-        &opts,
-        pipeline,
-        &limits,
-        &|done, total| {
-            progress_bar().set_message(format!("insert-qdq: calibrating, {done}/{total} samples"));
-        },
-    )?;
+    let progress = |done, total| {
+        progress_bar().set_message(format!("insert-qdq: calibrating, {done}/{total} samples"))
+    };
+    let quantized = match batches {
+        Some(b) => {
+            let mut b = b.into_iter();
+            qlift::quantize::quantize_batches(
+                graph,
+                &mut || b.next().map(Ok),
+                &opts,
+                pipeline,
+                &limits,
+                &progress,
+            )?
+        }
+        None => qlift::quantize::quantize_limited(
+            graph,
+            &calibration,
+            &opts,
+            pipeline,
+            &limits,
+            &progress,
+        )?,
+    };
     progress_bar().finish_and_clear();
     if quantized.samples == 0 {
         note!("the pipeline stopped before calibration (insert-qdq): nothing was quantized");

@@ -1,6 +1,7 @@
 //! `qlift run`: a model on .npy inputs, writing outputs and scoring labels.
 
 use super::output::{check_writable, note, outln, print, Outputs};
+use super::streaming::StreamArgs;
 use super::{
     bind_inputs, compile_graph, in_range, load_model, quantized_ops, split_binding, top1,
     EngineArg, LoadArgs, QuantArgs, MAX_THREADS,
@@ -8,7 +9,7 @@ use super::{
 use anyhow::{bail, Context, Result};
 use qlift::npy::{read_npy, to_npy_bytes};
 use qlift_ir::{Graph, Tensor};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(clap::Args)]
@@ -17,8 +18,13 @@ use std::time::Instant;
   qlift run model.onnx --input image=x.npy --input mask=m.npy --output logits=y.npy
   qlift run model.onnx --input x.npy --labels y.npy      # prints top-1 accuracy
   qlift run model.onnx --calib c.npy --method mse --input x.npy --labels y.npy   # int8
+  qlift run examples/models/digits_lstm.onnx --stream --chunk 3 \\
+      --input examples/models/digits_seq_test_x.npy --labels examples/models/digits_test_y.npy
+  qlift run model.onnx --stream --axis 0 --chunk 160 --state h_in=h_out --input audio.npy -o y.npy
 
-The batch size is taken from the inputs (the model's symbolic batch dimension).")]
+The batch size is taken from the inputs (the model's symbolic batch dimension). With --stream
+the model is called once per chunk of the data inputs, its state outputs fed back (from zeros);
+--output and --labels take the last call's outputs, and --calib calibrates over the same stream.")]
 pub(crate) struct RunArgs {
     /// The ONNX model to run.
     model: PathBuf,
@@ -44,58 +50,69 @@ pub(crate) struct RunArgs {
     threads: usize,
     /// With --calib: also compile the fp32 model and print fp32 against int8 (accuracy with
     /// --labels, latency per sample and per batch, weight bytes).
-    #[arg(long, requires = "calib")]
+    #[arg(long, requires = "calib", conflicts_with = "stream")]
     compare: bool,
+    #[command(flatten)]
+    stream: StreamArgs,
 }
 
 pub(crate) fn exec(args: &RunArgs) -> Result<()> {
     let graph = load_model(&args.model, &args.load)?;
     // Inputs, labels and output paths are all checked before compiling.
-    let inputs = bind_inputs(&graph, &args.inputs)?;
+    let pairs = if args.stream.stream {
+        args.stream.pairs(&graph)?
+    } else {
+        Vec::new()
+    };
+    let inputs = if args.stream.stream {
+        args.stream.bind_data(&graph, &pairs, &args.inputs)?
+    } else {
+        bind_inputs(&graph, &args.inputs)?
+    };
     let labels = args.labels.as_deref().map(read_npy).transpose()?;
     if args.compare {
         return compare(args, &graph, &inputs, labels.as_ref());
     }
-    let names: Vec<String> = graph
-        .outputs()
-        .iter()
-        .map(|v| graph.value(*v).name.clone())
-        .collect();
-    let mut destinations = Vec::with_capacity(args.outputs.len());
-    for (position, arg) in args.outputs.iter().enumerate() {
-        let (name, file) = split_binding(arg);
-        let index = match name {
-            Some(name) => names.iter().position(|n| n == name),
-            None => (position < names.len()).then_some(position),
-        };
-        let index = index
-            .with_context(|| format!("no output for `{arg}` (outputs: {})", names.join(", ")))?;
-        check_writable(file, "--output")?;
-        if destinations.iter().any(|(_, f)| *f == file) {
-            bail!("--output {} is given twice", file.display());
-        }
-        destinations.push((index, file));
-    }
-    let model = compile_graph(
-        &graph,
-        &args.model,
-        &args.quant,
-        args.engine,
-        args.threads,
-        &Default::default(),
-    )?;
-    let start = Instant::now();
-    let outputs = model.run(&inputs)?;
-    let elapsed = start.elapsed();
+    let destinations = destinations(&graph, &args.outputs)?;
     let batch = inputs
         .first()
         .and_then(|t| t.shape().first().copied())
         .unwrap_or(1);
-    note!(
-        "ran {} on {batch} samples in {:.2} ms",
-        args.model.display(),
-        elapsed.as_secs_f64() * 1e3
-    );
+    let outputs = if args.stream.stream {
+        let model = args.stream.compile(
+            &graph,
+            &args.model,
+            &args.quant,
+            &pairs,
+            args.engine,
+            args.threads,
+            &Default::default(),
+        )?;
+        let mut stream = args.stream.open(&model, &pairs)?;
+        let start = Instant::now();
+        let outputs = stream.run_chunked(&inputs, args.stream.axis, args.stream.chunk)?;
+        let calls = inputs[0].shape()[args.stream.axis].div_ceil(args.stream.chunk);
+        let (chunk, axis) = (args.stream.chunk, args.stream.axis);
+        note!("streamed {} on {batch} samples in {calls} calls (chunks of {chunk} along axis {axis}) in {:.2} ms", args.model.display(), start.elapsed().as_secs_f64() * 1e3);
+        outputs
+    } else {
+        let model = compile_graph(
+            &graph,
+            &args.model,
+            &args.quant,
+            args.engine,
+            args.threads,
+            &Default::default(),
+        )?;
+        let start = Instant::now();
+        let outputs = model.run(&inputs)?;
+        note!(
+            "ran {} on {batch} samples in {:.2} ms",
+            args.model.display(),
+            start.elapsed().as_secs_f64() * 1e3
+        );
+        outputs
+    };
     let mut files = Outputs::default();
     for (index, file) in destinations {
         files.write(file, &to_npy_bytes(&outputs[index]))?;
@@ -109,6 +126,31 @@ pub(crate) fn exec(args: &RunArgs) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Where each `--output` goes: (graph output index, file), checked writable.
+fn destinations<'a>(graph: &Graph, outputs: &'a [String]) -> Result<Vec<(usize, &'a Path)>> {
+    let names: Vec<String> = graph
+        .outputs()
+        .iter()
+        .map(|v| graph.value(*v).name.clone())
+        .collect();
+    let mut destinations = Vec::with_capacity(outputs.len());
+    for (position, arg) in outputs.iter().enumerate() {
+        let (name, file) = split_binding(arg);
+        let index = match name {
+            Some(name) => names.iter().position(|n| n == name),
+            None => (position < names.len()).then_some(position),
+        };
+        let index = index
+            .with_context(|| format!("no output for `{arg}` (outputs: {})", names.join(", ")))?;
+        check_writable(file, "--output")?;
+        if destinations.iter().any(|(_, f)| *f == file) {
+            bail!("--output {} is given twice", file.display());
+        }
+        destinations.push((index, file));
+    }
+    Ok(destinations)
 }
 
 /// `run --compare`: the fp32 and the int8 model side by side on the same inputs.

@@ -48,6 +48,16 @@ pub struct Limits {
     /// never turns false stops with an error naming the node there (see
     /// `qlift_ir::interp::DEFAULT_MAX_LOOP_ITERATIONS` for the default's reasoning).
     pub max_loop_iterations: u64,
+    /// Largest `hidden_size` of a recurrent layer (LSTM, GRU, RNN). Its `R` alone is
+    /// `gates·H×H` per direction (16,384 units: a 4 GiB LSTM `R`); real layers stay at 4,096
+    /// or below, and the kernels' state workspace is sized by it.
+    pub max_recurrent_hidden: usize,
+    /// Most recurrent steps one run may take in one layer (sequence length × samples ×
+    /// directions): steps are sequential work no thread can share, so a hostile sequence
+    /// length would otherwise keep a call busy for minutes. 100,000,000 steps is about
+    /// three minutes of a 64-unit LSTM, 28 hours of 100 Hz audio frames, far above one
+    /// call of a stream; a run beyond it is refused before it starts.
+    pub max_recurrent_steps: u64,
 }
 
 impl Limits {
@@ -71,6 +81,8 @@ impl Default for Limits {
             max_run_bytes: 8 << 30,
             max_subgraph_depth: 16,
             max_loop_iterations: qlift_ir::interp::DEFAULT_MAX_LOOP_ITERATIONS,
+            max_recurrent_hidden: 16_384,
+            max_recurrent_steps: 100_000_000,
         }
     }
 }

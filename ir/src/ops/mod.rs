@@ -19,6 +19,7 @@ pub(crate) mod norm;
 pub(crate) mod qint;
 pub(crate) mod quant;
 pub mod recurrent;
+pub mod recurrent_q;
 pub mod reduce;
 pub(crate) mod resample;
 pub(crate) mod select;

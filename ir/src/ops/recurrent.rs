@@ -319,7 +319,7 @@ impl Recurrent {
     }
 
     /// The shape of a state (`initial_h`, `Y_h`) for `batch` samples.
-    fn state_shape(&self, batch: Dim) -> Vec<Dim> {
+    pub(crate) fn state_shape(&self, batch: Dim) -> Vec<Dim> {
         let (d, h) = (Dim::Fixed(self.dirs()), Dim::Fixed(self.hidden));
         if self.batch_first {
             vec![batch, d, h]
@@ -329,7 +329,7 @@ impl Recurrent {
     }
 
     /// `Y`'s shape for `seq` steps of `batch` samples.
-    fn y_shape(&self, seq: Dim, batch: Dim) -> Vec<Dim> {
+    pub(crate) fn y_shape(&self, seq: Dim, batch: Dim) -> Vec<Dim> {
         let (d, h) = (Dim::Fixed(self.dirs()), Dim::Fixed(self.hidden));
         if self.batch_first {
             vec![batch, seq, d, h]
@@ -341,7 +341,7 @@ impl Recurrent {
     /// The operand shapes the attributes and an input of `input` features require, by
     /// slot (`X` itself is not checked here): `W`, `R`, `B`, `sequence_lens`, `initial_h`,
     /// `initial_c`, `P`.
-    fn operand_shapes(&self, input: usize, batch: Dim) -> Vec<Vec<Dim>> {
+    pub(crate) fn operand_shapes(&self, input: usize, batch: Dim) -> Vec<Vec<Dim>> {
         let (d, rows, h) = (
             Dim::Fixed(self.dirs()),
             Dim::Fixed(self.rows()),
@@ -379,7 +379,11 @@ fn may_equal(a: Dim, b: Dim) -> bool {
 pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
     let r = Recurrent::of(cx.op.kind, &cx.op.attrs)?;
     let x = cx.input(0)?;
-    if x.dtype != DType::F32 || x.quant.is_some() {
+    // The integer form (8-bit X, int8 W and R) checks those three itself.
+    let quantized = cx.input(1)?.dtype != DType::F32;
+    if quantized {
+        super::recurrent_q::check_types(&r, &cx.op.attrs, x, cx.input(1)?, cx.input(2)?)?;
+    } else if x.dtype != DType::F32 || x.quant.is_some() {
         return Err(format!(
             "X must be f32, found {}",
             crate::text::type_to_string(x)
@@ -409,12 +413,22 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
         let Some(t) = cx.inputs.get(slot).copied().flatten() else {
             continue;
         };
-        let dtype = if slot == 4 { DType::I32 } else { DType::F32 };
         let dims = t.shape.dims();
-        let fits = t.dtype == dtype
-            && t.quant.is_none()
-            && dims.len() == shape.len()
-            && dims.iter().zip(shape).all(|(&a, &b)| may_equal(a, b));
+        let same_shape =
+            dims.len() == shape.len() && dims.iter().zip(shape).all(|(&a, &b)| may_equal(a, b));
+        if quantized && slot <= 2 {
+            if !same_shape {
+                return Err(format!(
+                    "{} must have shape {}, found {}",
+                    OPERANDS[slot],
+                    Shape(shape.clone()),
+                    crate::text::type_to_string(t)
+                ));
+            }
+            continue;
+        }
+        let dtype = if slot == 4 { DType::I32 } else { DType::F32 };
+        let fits = t.dtype == dtype && t.quant.is_none() && same_shape;
         if !fits {
             let expected = Shape(shape.clone());
             return Err(format!(
@@ -491,61 +505,137 @@ pub fn check_length(len: i64, seq: usize) -> Result<usize, String> {
         .ok_or_else(|| format!("sequence_lens holds {len}, outside 0..={seq}"))
 }
 
+/// A recurrent op's operands, checked against its attributes and `X`'s shape, with the
+/// float ones copied out (both forms, float and integer, read them the same way).
+pub(crate) struct Operands<'a> {
+    /// Steps, samples and input features of `X`.
+    pub seq: usize,
+    pub batch: usize,
+    pub input: usize,
+    /// `X`, `W` and `R` as they are (f32, or 8-bit in the integer form).
+    pub x: &'a Tensor,
+    pub w: &'a Tensor,
+    pub r: &'a Tensor,
+    /// `B`, `sequence_lens`, `initial_h`, `initial_c`, `P` when given.
+    pub bias: Option<Vec<f32>>,
+    pub lens: Option<Vec<i64>>,
+    pub h0: Option<Vec<f32>>,
+    pub c0: Option<Vec<f32>>,
+    pub peep: Option<Vec<f32>>,
+}
+
+impl<'a> Operands<'a> {
+    pub(crate) fn of(cx: &EvalCtx<'a>, r: &Recurrent) -> Result<Operands<'a>, String> {
+        let x = cx.input(0)?;
+        let xs = x.shape();
+        if xs.len() != 3 {
+            return Err(format!("X {xs:?} must have rank 3"));
+        }
+        let (seq, batch, input) = if r.batch_first {
+            (xs[1], xs[0], xs[2])
+        } else {
+            (xs[0], xs[1], xs[2])
+        };
+        let want = r.operand_shapes(input, Dim::Fixed(batch));
+        let operand = |slot: usize| -> Result<Option<&'a Tensor>, String> {
+            let Some(t) = cx.inputs.get(slot).copied().flatten() else {
+                return Ok(None);
+            };
+            let shape: Vec<usize> = want[slot - 1].iter().map(|d| d.resolve(batch)).collect();
+            if t.shape() != shape.as_slice() {
+                return Err(format!(
+                    "{} has shape {:?}, expected {shape:?}",
+                    OPERANDS[slot],
+                    t.shape()
+                ));
+            }
+            Ok(Some(t))
+        };
+        let f32s = |t: Option<&Tensor>| -> Result<Option<Vec<f32>>, String> {
+            t.map(|t| t.as_f32().map(<[f32]>::to_vec)).transpose()
+        };
+        let lstm = r.cell == Cell::Lstm;
+        Ok(Operands {
+            seq,
+            batch,
+            input,
+            x,
+            w: operand(1)?.ok_or("W is missing")?,
+            r: operand(2)?.ok_or("R is missing")?,
+            bias: f32s(operand(3)?)?,
+            lens: operand(4)?.map(Tensor::to_i64_vec).transpose()?,
+            h0: f32s(operand(5)?)?,
+            c0: if lstm { f32s(operand(6)?)? } else { None },
+            peep: if lstm { f32s(operand(7)?)? } else { None },
+        })
+    }
+
+    /// The strides of `X`, `Y` and the states.
+    pub(crate) fn strides(&self, r: &Recurrent) -> Strides {
+        Strides {
+            seq: self.seq,
+            batch: self.batch,
+            input: self.input,
+            hidden: r.hidden,
+            dirs: r.dirs(),
+            batch_first: r.batch_first,
+        }
+    }
+
+    /// Sample `b`'s length.
+    pub(crate) fn length(&self, b: usize) -> Result<usize, String> {
+        match &self.lens {
+            Some(l) => check_length(l[b], self.seq),
+            None => Ok(self.seq),
+        }
+    }
+
+    /// The results `Y`, `Y_h` (and `Y_c` for LSTM) from their elements.
+    pub(crate) fn results(
+        &self,
+        r: &Recurrent,
+        y: Vec<f32>,
+        yh: Vec<f32>,
+        yc: Vec<f32>,
+    ) -> Result<Vec<Tensor>, String> {
+        let (dseq, dbatch) = (Dim::Fixed(self.seq), Dim::Fixed(self.batch));
+        let shape =
+            |dims: Vec<Dim>| -> Vec<usize> { dims.iter().map(|d| d.resolve(self.batch)).collect() };
+        let mut out = vec![
+            Tensor::new(
+                DType::F32,
+                shape(r.y_shape(dseq, dbatch)),
+                TensorData::F32(y),
+            )?,
+            Tensor::new(
+                DType::F32,
+                shape(r.state_shape(dbatch)),
+                TensorData::F32(yh),
+            )?,
+        ];
+        if r.cell == Cell::Lstm {
+            out.push(Tensor::new(
+                DType::F32,
+                shape(r.state_shape(dbatch)),
+                TensorData::F32(yc),
+            )?);
+        }
+        Ok(out)
+    }
+}
+
 pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
     let r = Recurrent::of(cx.op.kind, &cx.op.attrs)?;
-    let x = cx.input(0)?;
-    let xs = x.shape();
-    if xs.len() != 3 {
-        return Err(format!("X {xs:?} must have rank 3"));
+    let ops = Operands::of(cx, &r)?;
+    if ops.w.dtype() != DType::F32 {
+        return super::recurrent_q::eval(cx, &r, &ops);
     }
-    let (seq, batch, input) = if r.batch_first {
-        (xs[1], xs[0], xs[2])
-    } else {
-        (xs[0], xs[1], xs[2])
-    };
-    let want = r.operand_shapes(input, Dim::Fixed(batch));
-    let operand = |slot: usize| -> Result<Option<&Tensor>, String> {
-        let Some(t) = cx.inputs.get(slot).copied().flatten() else {
-            return Ok(None);
-        };
-        let shape: Vec<usize> = want[slot - 1].iter().map(|d| d.resolve(batch)).collect();
-        if t.shape() != shape.as_slice() {
-            return Err(format!(
-                "{} has shape {:?}, expected {shape:?}",
-                OPERANDS[slot],
-                t.shape()
-            ));
-        }
-        Ok(Some(t))
-    };
-    let f32s = |t: Option<&Tensor>| -> Result<Option<Vec<f32>>, String> {
-        t.map(|t| t.as_f32().map(<[f32]>::to_vec)).transpose()
-    };
-    let xv = x.as_f32()?;
-    let w = f32s(operand(1)?)?.ok_or("W is missing")?;
-    let rw = f32s(operand(2)?)?.ok_or("R is missing")?;
-    let bias = f32s(operand(3)?)?;
-    let lens: Option<Vec<i64>> = operand(4)?.map(Tensor::to_i64_vec).transpose()?;
-    let h0 = f32s(operand(5)?)?;
-    let c0 = if r.cell == Cell::Lstm {
-        f32s(operand(6)?)?
-    } else {
-        None
-    };
-    let peep = if r.cell == Cell::Lstm {
-        f32s(operand(7)?)?
-    } else {
-        None
-    };
+    let (seq, batch, input) = (ops.seq, ops.batch, ops.input);
+    let xv = ops.x.as_f32()?;
+    let (w, rw) = (ops.w.as_f32()?, ops.r.as_f32()?);
+    let (bias, h0, c0, peep) = (&ops.bias, &ops.h0, &ops.c0, &ops.peep);
     let (dirs, hidden, rows) = (r.dirs(), r.hidden, r.rows());
-    let st = Strides {
-        seq,
-        batch,
-        input,
-        hidden,
-        dirs,
-        batch_first: r.batch_first,
-    };
+    let st = ops.strides(&r);
     let state_len = dirs * batch * hidden;
     let mut y = vec![0f32; seq * state_len];
     let mut yh = vec![0f32; state_len];
@@ -572,10 +662,7 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
                 .collect()
         });
         for b in 0..batch {
-            let len = match &lens {
-                Some(l) => check_length(l[b], seq)?,
-                None => seq,
-            };
+            let len = ops.length(b)?;
             let s0 = st.state(d, b);
             let mut h: Vec<f32> = h0
                 .as_ref()
@@ -655,28 +742,7 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
             yc[s0..s0 + hidden].copy_from_slice(&c);
         }
     }
-    let (dseq, dbatch) = (Dim::Fixed(seq), Dim::Fixed(batch));
-    let shape = |dims: Vec<Dim>| -> Vec<usize> { dims.iter().map(|d| d.resolve(batch)).collect() };
-    let mut out = vec![
-        Tensor::new(
-            DType::F32,
-            shape(r.y_shape(dseq, dbatch)),
-            TensorData::F32(y),
-        )?,
-        Tensor::new(
-            DType::F32,
-            shape(r.state_shape(dbatch)),
-            TensorData::F32(yh),
-        )?,
-    ];
-    if r.cell == Cell::Lstm {
-        out.push(Tensor::new(
-            DType::F32,
-            shape(r.state_shape(dbatch)),
-            TensorData::F32(yc),
-        )?);
-    }
-    Ok(out)
+    ops.results(&r, y, yh, yc)
 }
 
 #[cfg(test)]

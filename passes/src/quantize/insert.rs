@@ -358,7 +358,7 @@ pub fn insert_qdq(
 
 /// Whether activation `v`'s quantization noise under its chosen range leaves at least
 /// `opts.min_sqnr_db` of signal (values without statistics pass: their own check fails later).
-fn holds_in_8_bits(
+pub(super) fn holds_in_8_bits(
     g: &Graph,
     v: ValueId,
     calibration: &Calibration,
@@ -462,7 +462,9 @@ fn quantized_activation(
         return Ok(v);
     }
     let p = activation_params(g, v, calibration, opts)?;
-    let dq = quantize_value(g, v, &p)?;
+    // A float value quantized for its consumer stays what a model output reads: the output
+    // keeps full precision (a streaming model's state output feeds the next call's state).
+    let dq = quantize_for_consumers(g, v, &p)?;
     params.insert(v, p);
     dequantized.insert(v, dq);
     source_of.insert(dq, v);
@@ -471,7 +473,7 @@ fn quantized_activation(
 
 /// The activation parameters of value `v` from its statistics (a constant's from its
 /// values: its exact range).
-fn activation_params(
+pub(super) fn activation_params(
     g: &Graph,
     v: ValueId,
     calibration: &Calibration,
@@ -509,11 +511,29 @@ fn activation_params(
 fn quantize_value(
     g: &mut Graph,
     v: ValueId,
+    p: &(DType, QuantParams),
+) -> Result<ValueId, PassError> {
+    insert_q_dq(g, v, p, true)
+}
+
+/// [`quantize_value`] for the consumers only: a graph output keeps reading `v` itself.
+fn quantize_for_consumers(
+    g: &mut Graph,
+    v: ValueId,
+    p: &(DType, QuantParams),
+) -> Result<ValueId, PassError> {
+    insert_q_dq(g, v, p, false)
+}
+
+fn insert_q_dq(
+    g: &mut Graph,
+    v: ValueId,
     (dtype, q): &(DType, QuantParams),
+    outputs_too: bool,
 ) -> Result<ValueId, PassError> {
     let name = g.value(v).name.clone();
     let shape = g.value_type(v).shape.clone();
-    let is_output = g.outputs().contains(&v);
+    let is_output = outputs_too && g.outputs().contains(&v);
     let users = g.users(v);
     let q_ty = TensorType::quantized(*dtype, shape.clone(), q.clone());
     let qid = g.add_node(
@@ -546,12 +566,14 @@ fn quantize_value(
     for (user, slot) in users {
         g.set_node_input(user, slot, Some(dq))?;
     }
-    let outputs = g
-        .outputs()
-        .iter()
-        .map(|&o| if o == v { dq } else { o })
-        .collect();
-    g.set_outputs(outputs)?;
+    if is_output {
+        let outputs = g
+            .outputs()
+            .iter()
+            .map(|&o| if o == v { dq } else { o })
+            .collect();
+        g.set_outputs(outputs)?;
+    }
     Ok(dq)
 }
 
@@ -587,7 +609,7 @@ fn quantized_weights(
 
 /// `base`, or `base_1`, `base_2`... if a value already has that name (a bias or weight
 /// quantized twice, for two consumers with different input scales or channel axes).
-fn fresh(g: &Graph, base: &str) -> String {
+pub(super) fn fresh(g: &Graph, base: &str) -> String {
     let mut name = base.to_string();
     let mut n = 1;
     while g.find_value(&name).is_some() {

@@ -3,6 +3,7 @@
 //! to integer ops.
 
 pub mod insert;
+pub mod recurrent;
 pub mod weights;
 
 pub use insert::{insert_qdq, Calibration, QuantizeOptions, DEFAULT_MIN_SQNR_DB};
