@@ -84,6 +84,17 @@ pub fn pipeline() -> Vec<Pass<'static>> {
 pub fn quantizing_pipeline<'a>(
     insert_qdq: impl Fn(&Graph) -> Result<Graph, PassError> + 'a,
 ) -> Vec<Pass<'a>> {
+    quantizing_pipeline_with(Vec::new(), insert_qdq, Vec::new())
+}
+
+/// [`quantizing_pipeline`] with `before` run on the float graph just before `insert-qdq`
+/// (cross-layer equalization) and `after` on the QDQ graph just after it (AdaRound, bias
+/// correction), so that each shows in the dumps under its own name.
+pub fn quantizing_pipeline_with<'a>(
+    before: Vec<Pass<'a>>,
+    insert_qdq: impl Fn(&Graph) -> Result<Graph, PassError> + 'a,
+    after: Vec<Pass<'a>>,
+) -> Vec<Pass<'a>> {
     let mut passes = pipeline();
     let at = passes
         .iter()
@@ -97,6 +108,8 @@ pub fn quantizing_pipeline<'a>(
             insert_qdq,
         ),
     );
+    passes.splice(at + 1..at + 1, after);
+    passes.splice(at..at, before);
     passes
 }
 
@@ -268,10 +281,17 @@ pub fn run_passes(
     Ok((graph, runs))
 }
 
-/// The names of the pipeline's passes, with `insert-qdq` (to validate `--after`).
+/// The names of the pipeline's passes, with `insert-qdq` and the optional post-training
+/// passes around it (to validate `--after`).
 pub fn pass_names() -> Vec<&'static str> {
-    quantizing_pipeline(|g| Ok(g.clone()))
-        .iter()
-        .map(|p| p.name)
-        .collect()
+    use crate::quantize::{adaround, bias_correction, cle};
+    let named = |name| Pass::transform(name, "", |g: &Graph| Ok(g.clone()));
+    quantizing_pipeline_with(
+        vec![named(cle::PASS)],
+        |g| Ok(g.clone()),
+        vec![named(adaround::PASS), named(bias_correction::PASS)],
+    )
+    .iter()
+    .map(|p| p.name)
+    .collect()
 }
