@@ -139,7 +139,7 @@ impl<'a> PtqPasses<'a> {
         if self.opts.cle {
             passes.push(Pass::transform(
                 cle::PASS,
-                "cross-layer equalization of consecutive Conv/Gemm weights, bias absorption",
+                cle::ABOUT,
                 |g: &Graph| {
                     let replay = self.replay()?;
                     let (out, s) = cle::equalize(g, Some(&replay), true)?;
@@ -161,7 +161,7 @@ impl<'a> PtqPasses<'a> {
         if let Some(opts) = self.opts.adaround {
             passes.push(Pass::transform(
                 adaround::PASS,
-                "learn each weight's rounding to reconstruct its layer's output (AdaRound)",
+                adaround::ABOUT,
                 move |g: &Graph| {
                     let replay = self.replay()?;
                     let float = self.float_graph()?;
@@ -178,7 +178,7 @@ impl<'a> PtqPasses<'a> {
         if let Some(mode) = self.opts.bias_correction {
             passes.push(Pass::transform(
                 bias_correction::PASS,
-                "subtract the expected output shift of quantized weights from the biases",
+                bias_correction::ABOUT,
                 move |g: &Graph| {
                     let float = self.float_graph()?;
                     let anchors = qlift_passes::quantize::layer::anchors(g, &float)?;

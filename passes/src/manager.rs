@@ -281,17 +281,25 @@ pub fn run_passes(
     Ok((graph, runs))
 }
 
-/// The names of the pipeline's passes, with `insert-qdq` and the optional post-training
-/// passes around it (to validate `--after`).
-pub fn pass_names() -> Vec<&'static str> {
+/// Every pass the pipeline can run, in order, with what it does: `insert-qdq` and the
+/// optional post-training passes around it included (for `--help` and `--after`).
+pub fn all_passes() -> Vec<(&'static str, &'static str)> {
     use crate::quantize::{adaround, bias_correction, cle};
-    let named = |name| Pass::transform(name, "", |g: &Graph| Ok(g.clone()));
+    let named = |name, about| Pass::transform(name, about, |g: &Graph| Ok(g.clone()));
     quantizing_pipeline_with(
-        vec![named(cle::PASS)],
+        vec![named(cle::PASS, cle::ABOUT)],
         |g| Ok(g.clone()),
-        vec![named(adaround::PASS), named(bias_correction::PASS)],
+        vec![
+            named(adaround::PASS, adaround::ABOUT),
+            named(bias_correction::PASS, bias_correction::ABOUT),
+        ],
     )
     .iter()
-    .map(|p| p.name)
+    .map(|p| (p.name, p.about))
     .collect()
+}
+
+/// The names of [`all_passes`] (to validate `--after`).
+pub fn pass_names() -> Vec<&'static str> {
+    all_passes().into_iter().map(|(name, _)| name).collect()
 }

@@ -38,6 +38,9 @@ use std::time::{Duration, Instant};
 
 /// The pass's name in the pipeline and in dumps.
 pub const PASS: &str = "adaround";
+/// What the pass does, for `--help`.
+pub const ABOUT: &str =
+    "(only with --calib and --adaround) learn each weight's rounding to reconstruct its layer's output";
 
 /// Calibration columns kept per layer (subsampled evenly beyond): enough for the ~1000
 /// mini-batches of a run, bounded memory (columns × reduction length f32s per layer).

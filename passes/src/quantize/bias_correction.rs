@@ -28,6 +28,9 @@ use std::sync::Arc;
 
 /// The pass's name in the pipeline and in dumps.
 pub const PASS: &str = "bias-correction";
+/// What the pass does, for `--help`.
+pub const ABOUT: &str =
+    "(only with --calib and --bias-correction) subtract the expected output shift of quantized weights from the biases";
 
 /// Where `E[x]` comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -53,6 +53,9 @@ pub const MAX_SWEEPS: usize = 100;
 
 /// The pass's name in the pipeline and in dumps.
 pub const PASS: &str = "equalize";
+/// What the pass does, for `--help`.
+pub const ABOUT: &str =
+    "(only with --calib and --cle) cross-layer equalization of consecutive Conv/Gemm weights, bias absorption";
 
 /// What equalization did.
 #[derive(Clone, Debug, Default, PartialEq)]
