@@ -17,6 +17,7 @@ pub mod limits;
 pub mod model;
 pub mod npy;
 pub mod onnx;
+mod ptq;
 pub mod qir;
 pub mod quantize;
 pub mod report;
@@ -31,6 +32,8 @@ pub use onnx::{
 pub use qir::{load_qir, load_qir_text};
 pub use qlift_codegen::CodegenOptions;
 pub use qlift_passes::calibrate::{ActivationScheme, CalibrationMethod};
-pub use qlift_passes::quantize::{QuantizeOptions, WeightGranularity};
+pub use qlift_passes::quantize::{
+    AdaRoundOptions, BiasCorrection, PtqOptions, QuantizeOptions, WeightBits, WeightGranularity,
+};
 pub use quantize::{quantize, Quantized};
 pub use stream::{detect_state_pairs, StatePair, Stream};

@@ -7,7 +7,7 @@ use qlift_codegen::{CodegenOptions, JitProgram};
 use qlift_ir::{DType, Graph, NodeOp, Symbol, Tensor, ValueId};
 use qlift_passes::quantize::recurrent::quantize_recurrent;
 use qlift_passes::quantize::{insert_qdq, Calibration, QuantizeOptions};
-use qlift_passes::{quantizing_pipeline, run_passes, PassRun, PipelineOptions};
+use qlift_passes::{quantizing_pipeline_with, run_passes, PassRun, PipelineOptions};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
@@ -30,6 +30,8 @@ pub struct Quantized {
     /// The statistics every activation range was chosen from (empty when the pipeline
     /// stopped before `insert-qdq`): what a report shows next to the chosen ranges.
     pub calibration: Calibration,
+    /// What the post-training steps (CLE, AdaRound, bias correction) did, one line each.
+    pub ptq_notes: Vec<String>,
 }
 
 /// Quantizes `graph` from calibration inputs (one tensor per graph input, samples along
@@ -96,12 +98,27 @@ pub fn quantize_batches(
     progress: &dyn Fn(usize, usize),
 ) -> Result<Quantized, Error> {
     let fixed_batch = fixed_batch(graph)?;
+    // The post-training steps read the calibration data several times: it is held.
+    let held = if opts.ptq.replays() {
+        Some(crate::ptq::hold_batches(graph, batches, fixed_batch, limits)?)
+    } else {
+        None
+    };
+    let mut replayed = held.as_ref().map(|h| h.batches.iter().cloned().map(Ok));
+    let mut from_held = || replayed.as_mut().and_then(|r| r.next());
+    let batches: &mut CalibrationBatches = match held {
+        Some(_) => &mut from_held,
+        None => batches,
+    };
     let batches = RefCell::new(batches);
     // Errors of the data (not of the pipeline), returned as they are.
     let data_error = RefCell::new(None);
     let stats = RefCell::new(None);
     let kept = RefCell::new(Calibration::default());
     let qdq = RefCell::new(None);
+    // The float graph `insert-qdq` started from (AdaRound and bias correction read its
+    // weights and its activations).
+    let float_graph = RefCell::new(None);
     let batch_limit = RefCell::new(None);
     let insert = |g: &Graph| {
         let per_sample = crate::limits::interpreter_bytes(g, 1).unwrap_or(u64::MAX);
@@ -160,6 +177,7 @@ pub fn quantize_batches(
             ));
         }
         let mut out = insert_qdq(g, &cal, opts)?;
+        *float_graph.borrow_mut() = Some(g.clone());
         *stats.borrow_mut() = Some((cal.samples(), cal.non_finite()));
         *qdq.borrow_mut() = Some(out.clone());
         // Recurrent layers take their integer form here, after the QDQ graph is kept: ONNX
@@ -169,7 +187,21 @@ pub fn quantize_batches(
         *kept.borrow_mut() = cal;
         Ok(out)
     };
-    let result = run_passes(graph, &quantizing_pipeline(insert), pipeline);
+    let ptq = crate::ptq::PtqPasses {
+        original: graph,
+        held: held.as_ref(),
+        opts: &opts.ptq,
+        float_graph: &float_graph,
+        qdq: &qdq,
+        notes: RefCell::default(),
+        cle_maps: RefCell::default(),
+    };
+    let result = run_passes(
+        graph,
+        &quantizing_pipeline_with(ptq.before(), insert, ptq.after()),
+        pipeline,
+    );
+    let ptq_notes = ptq.notes.into_inner();
     if let Some(e) = data_error.into_inner() {
         return Err(e);
     }
@@ -193,12 +225,13 @@ pub fn quantize_batches(
         samples,
         non_finite,
         calibration: kept.into_inner(),
+        ptq_notes,
     })
 }
 
 /// Checks one batch of calibration data against the graph (see [`calibration_samples`])
 /// and against the batch the model fixes, if it does. Returns its sample count.
-fn check_batch(
+pub(crate) fn check_batch(
     graph: &Graph,
     calibration: &[Tensor],
     fixed_batch: Option<usize>,
@@ -237,7 +270,7 @@ fn fixed_batch(graph: &Graph) -> Result<Option<usize>, Error> {
 
 /// Calibration tensors with one axis less than their input (one sample given without its
 /// sample axis) get it added; the tensors are moved, not copied.
-fn with_sample_axis(graph: &Graph, calibration: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
+pub(crate) fn with_sample_axis(graph: &Graph, calibration: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
     let ranks: Vec<usize> = graph
         .input_values()
         .iter()
@@ -354,6 +387,15 @@ fn traced_program(
     graph: &Graph,
     binding: &qlift_ir::Binding,
 ) -> Option<(JitProgram, Vec<String>, Option<usize>)> {
+    traced_program_of(graph, binding, None)
+}
+
+/// [`traced_program`] with the outputs `names` (every f32 value when `None`).
+pub(crate) fn traced_program_of(
+    graph: &Graph,
+    binding: &qlift_ir::Binding,
+    names: Option<&[String]>,
+) -> Option<(JitProgram, Vec<String>, Option<usize>)> {
     let (mut g, used) = if qlift_ir::needs_binding(graph) {
         qlift_ir::specialize_for(graph, binding).ok()?
     } else {
@@ -374,11 +416,17 @@ fn traced_program(
         })
         .filter(|&v| g.value_type(v).dtype == DType::F32)
         .collect();
-    let values: Vec<ValueId> = g
-        .input_value_iter()
-        .filter(|&v| g.value_type(v).dtype == DType::F32)
-        .chain(computed)
-        .collect();
+    let values: Vec<ValueId> = match names {
+        Some(names) => names
+            .iter()
+            .map(|n| g.find_value(n))
+            .collect::<Option<_>>()?,
+        None => g
+            .input_value_iter()
+            .filter(|&v| g.value_type(v).dtype == DType::F32)
+            .chain(computed)
+            .collect(),
+    };
     let names = values.iter().map(|&v| g.value(v).name.clone()).collect();
     g.set_outputs(values).ok()?;
     let mut program = JitProgram::compile(&g, &CodegenOptions::default()).ok()?;

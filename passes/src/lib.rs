@@ -16,7 +16,7 @@ pub mod recurrent_layout;
 pub mod rules;
 
 pub use manager::{
-    pass_names, pipeline, quantizing_pipeline, run_passes, run_pipeline, Pass, PassRun,
+    all_passes, pass_names, pipeline, quantizing_pipeline, quantizing_pipeline_with, run_passes, run_pipeline, Pass, PassRun,
     PipelineOptions, PrintAfter, Progress, INSERT_QDQ,
 };
 

@@ -89,6 +89,17 @@ pub fn pipeline() -> Vec<Pass<'static>> {
 pub fn quantizing_pipeline<'a>(
     insert_qdq: impl Fn(&Graph) -> Result<Graph, PassError> + 'a,
 ) -> Vec<Pass<'a>> {
+    quantizing_pipeline_with(Vec::new(), insert_qdq, Vec::new())
+}
+
+/// [`quantizing_pipeline`] with `before` run on the float graph just before `insert-qdq`
+/// (cross-layer equalization) and `after` on the QDQ graph just after it (AdaRound, bias
+/// correction), so that each shows in the dumps under its own name.
+pub fn quantizing_pipeline_with<'a>(
+    before: Vec<Pass<'a>>,
+    insert_qdq: impl Fn(&Graph) -> Result<Graph, PassError> + 'a,
+    after: Vec<Pass<'a>>,
+) -> Vec<Pass<'a>> {
     let mut passes = pipeline();
     let at = passes
         .iter()
@@ -102,6 +113,8 @@ pub fn quantizing_pipeline<'a>(
             insert_qdq,
         ),
     );
+    passes.splice(at + 1..at + 1, after);
+    passes.splice(at..at, before);
     passes
 }
 
@@ -273,10 +286,25 @@ pub fn run_passes(
     Ok((graph, runs))
 }
 
-/// The names of the pipeline's passes, with `insert-qdq` (to validate `--after`).
+/// Every pass the pipeline can run, in order, with what it does: `insert-qdq` and the
+/// optional post-training passes around it included (for `--help` and `--after`).
+pub fn all_passes() -> Vec<(&'static str, &'static str)> {
+    use crate::quantize::{adaround, bias_correction, cle};
+    let named = |name, about| Pass::transform(name, about, |g: &Graph| Ok(g.clone()));
+    quantizing_pipeline_with(
+        vec![named(cle::PASS, cle::ABOUT)],
+        |g| Ok(g.clone()),
+        vec![
+            named(adaround::PASS, adaround::ABOUT),
+            named(bias_correction::PASS, bias_correction::ABOUT),
+        ],
+    )
+    .iter()
+    .map(|p| (p.name, p.about))
+    .collect()
+}
+
+/// The names of [`all_passes`] (to validate `--after`).
 pub fn pass_names() -> Vec<&'static str> {
-    quantizing_pipeline(|g| Ok(g.clone()))
-        .iter()
-        .map(|p| p.name)
-        .collect()
+    all_passes().into_iter().map(|(name, _)| name).collect()
 }

@@ -11,7 +11,10 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
-use qlift::{quantize, ActivationScheme, CalibrationMethod, QuantizeOptions, WeightGranularity};
+use qlift::{
+    quantize, ActivationScheme, CalibrationMethod, PtqOptions, QuantizeOptions, WeightBits,
+    WeightGranularity,
+};
 use qlift_codegen::{CodegenOptions, JitProgram};
 use qlift_ir::text::{print, PrintOptions};
 use qlift_ir::{
@@ -745,6 +748,7 @@ proptest! {
         symmetric in any::<bool>(),
         percentile in any::<bool>(),
         per_tensor in any::<bool>(),
+        four_bit in any::<bool>(),
     ) {
         let g = build(&net);
         let calibration = input(&net, CALIBRATION_SAMPLES, net.seed ^ 0xca11b, 1.0);
@@ -754,10 +758,22 @@ proptest! {
             // Every op the policy allows computes in integers: the kernels are under test.
             min_sqnr_db: 0.0,
             weights: if per_tensor { WeightGranularity::PerTensor } else { WeightGranularity::PerChannel },
+            // W4A8: int4 weights through the same integer kernels.
+            ptq: PtqOptions { weight_bits: if four_bit { WeightBits::Four } else { WeightBits::Eight }, ..Default::default() },
         };
         let q = quantize(&g, &[calibration], &opts, &PipelineOptions::default(), &|_, _| {})
             .map_err(|e| TestCaseError::fail(format!("quantize: {e}\n{}", print(&g, &PrintOptions::default()))))?;
         let lowered = q.lowered;
+        // The integer products read weights of the width asked for (no float fallback).
+        let weight_type = if four_bit { DType::I4 } else { DType::I8 };
+        let integer_products = lowered
+            .node_ids()
+            .filter(|&n| matches!(lowered.node(n).op.kind(), Some(OpKind::QConv | OpKind::QMatMul)))
+            .filter_map(|n| lowered.node_inputs(n).get(1).copied().flatten())
+            .filter(|&w| lowered.const_value(w).is_some())
+            .map(|w| lowered.value_type(w).dtype)
+            .collect::<Vec<_>>();
+        prop_assert!(integer_products.iter().all(|&d| d == weight_type), "weights {integer_products:?}, want {weight_type}");
         // Wider than the calibration range, so that requantization saturates too.
         let x = input(&net, batch, net.seed ^ 0x7e57, 1.25);
         let want = qlift_ir::interp::run(&lowered, std::slice::from_ref(&x)).map_err(|e| TestCaseError::fail(format!("interp: {e}")))?;

@@ -52,7 +52,8 @@ impl Elem {
     fn of(dtype: DType) -> Result<Elem, String> {
         Ok(match dtype {
             DType::U8 => Elem::U8,
-            DType::I8 => Elem::I8,
+            // int4 values are held one per byte, as i8 (`qlift_ir::TensorData`).
+            DType::I8 | DType::I4 => Elem::I8,
             DType::I32 => Elem::I32,
             DType::I64 => Elem::I64,
             DType::F32 => Elem::F32,

@@ -67,15 +67,15 @@ pub(crate) struct DumpArgs {
 /// `--after`'s long help: every pass of the pipeline, in order, from the pass manager itself
 /// (so that it cannot fall behind the pipeline).
 fn after_help() -> String {
-    let passes: Vec<String> = qlift_passes::quantizing_pipeline(|g| Ok(g.clone()))
-        .iter()
-        .map(|p| {
-            let note = if p.name == qlift_passes::INSERT_QDQ {
+    let passes: Vec<String> = qlift_passes::all_passes()
+        .into_iter()
+        .map(|(name, about)| {
+            let note = if name == qlift_passes::INSERT_QDQ {
                 " (only with --calib)"
             } else {
                 ""
             };
-            format!("  {}{note}: {}", p.name, p.about)
+            format!("  {name}{note}: {about}")
         })
         .collect();
     format!("Run the rewrite pipeline and print the IR after this pass, or after every pass with `all`. The passes, in order:\n{}", passes.join("\n"))

@@ -13,6 +13,7 @@ mod html;
 pub(crate) mod ops;
 pub(crate) mod output;
 mod profile;
+pub(crate) mod ptq;
 pub(crate) mod quantize;
 pub(crate) mod report;
 pub(crate) mod run;
@@ -184,6 +185,9 @@ pub(crate) struct QuantArgs {
     /// Weight scales: one per output channel (the default) or one per tensor.
     #[arg(long, value_enum, default_value_t = Weights::PerChannel)]
     pub(crate) weights: Weights,
+    /// CLE, bias correction, AdaRound, weight bits.
+    #[command(flatten)]
+    pub(crate) ptq: ptq::PtqArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -535,6 +539,7 @@ pub(crate) fn quantize_model_from(
             Weights::PerChannel => WeightGranularity::PerChannel,
             Weights::PerTensor => WeightGranularity::PerTensor,
         },
+        ptq: q.ptq.options(),
     };
     let start = Instant::now();
     let limits = qlift::Limits::default();
@@ -577,5 +582,8 @@ pub(crate) fn quantize_model_from(
             n => format!(" ({n} NaN/Inf calibration values ignored)"),
         }
     );
+    for line in &quantized.ptq_notes {
+        note!("{line}");
+    }
     Ok(quantized)
 }

@@ -148,17 +148,19 @@ fn activation(t: &TensorType, what: &str) -> Result<(), String> {
     }
 }
 
-/// A weight operand: 8-bit, quantized per tensor or along `axis` (the output channels).
+/// A weight operand: 8-bit (or int4: W4A8, held one value per byte like i8, so every
+/// integer kernel reads it unchanged), quantized per tensor or along `axis` (the output
+/// channels).
 fn weights(t: &TensorType, axis: usize) -> Result<(), String> {
     match &t.quant {
         Some(q)
-            if matches!(t.dtype, DType::U8 | DType::I8)
+            if matches!(t.dtype, DType::U8 | DType::I8 | DType::I4)
                 && (q.axis.is_none() || q.axis == Some(axis)) =>
         {
             Ok(())
         }
         _ => Err(format!(
-            "weights must be 8-bit quantized per tensor or per axis {axis}, found {}",
+            "weights must be 8-bit (or i4) quantized per tensor or per axis {axis}, found {}",
             type_to_string(t)
         )),
     }

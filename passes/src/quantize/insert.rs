@@ -46,6 +46,7 @@ use crate::calibrate::{
     TensorStats,
 };
 use crate::quantize::weights::{quantize_weights, WeightGranularity};
+use crate::quantize::PtqOptions;
 use crate::PassError;
 use qlift_ir::{
     Attrs, DType, Graph, NodeId, NodeOp, Op, OpKind, QuantParams, Tensor, TensorData, TensorType,
@@ -68,6 +69,9 @@ pub struct QuantizeOptions {
     pub min_sqnr_db: f64,
     /// One weight scale per output channel (the default) or per tensor.
     pub weights: WeightGranularity,
+    /// The white paper's post-training steps around range setting (CLE, bias correction,
+    /// AdaRound) and the weights' bit width.
+    pub ptq: PtqOptions,
 }
 
 impl Default for QuantizeOptions {
@@ -78,6 +82,7 @@ impl Default for QuantizeOptions {
             scheme: ActivationScheme::AsymmetricU8,
             min_sqnr_db: DEFAULT_MIN_SQNR_DB,
             weights: WeightGranularity::PerChannel,
+            ptq: PtqOptions::default(),
         }
     }
 }
@@ -271,7 +276,7 @@ pub fn insert_qdq(
                     if let (Some(v), Some(axis)) = (*v, weight_axis(&op, slot)) {
                         if g.const_value(v).is_some() {
                             let dq =
-                                quantized_weight_once(&mut g, &mut weights, v, axis, opts.weights)?;
+                                quantized_weight_once(&mut g, &mut weights, v, axis, opts)?;
                             g.set_node_input(id, slot, Some(dq))?;
                         }
                     } else if let Some(v) = *v {
@@ -312,7 +317,7 @@ pub fn insert_qdq(
             }
             let replacement = match (weight_axis(&op, slot), g.const_value(v).cloned()) {
                 (Some(axis), Some(_)) => {
-                    quantized_weight_once(&mut g, &mut weights, v, axis, opts.weights)?
+                    quantized_weight_once(&mut g, &mut weights, v, axis, opts)?
                 }
                 (_, Some(_))
                     if (op.kind, slot) == (OpKind::Conv, 2)
@@ -429,7 +434,7 @@ fn quantized_weight_once(
     cache: &mut HashMap<(ValueId, usize), ValueId>,
     v: ValueId,
     axis: usize,
-    granularity: WeightGranularity,
+    opts: &QuantizeOptions,
 ) -> Result<ValueId, PassError> {
     if let Some(&dq) = cache.get(&(v, axis)) {
         return Ok(dq);
@@ -438,7 +443,7 @@ fn quantized_weight_once(
         .const_value(v)
         .cloned()
         .ok_or_else(|| PassError::Bug("weights are not constant".into()))?;
-    let dq = quantized_weights(g, v, &w, axis, granularity)?;
+    let dq = quantized_weights(g, v, &w, axis, opts)?;
     cache.insert((v, axis), dq);
     Ok(dq)
 }
@@ -577,20 +582,22 @@ fn insert_q_dq(
     Ok(dq)
 }
 
-/// `DQ(w_q)` for constant weights `w`: symmetric int8, per output channel or per tensor.
+/// `DQ(w_q)` for constant weights `w`: symmetric int8 (or int4), per output channel or per
+/// tensor.
 fn quantized_weights(
     g: &mut Graph,
     v: ValueId,
     w: &Arc<Tensor>,
     axis: usize,
-    granularity: WeightGranularity,
+    opts: &QuantizeOptions,
 ) -> Result<ValueId, PassError> {
     let name = g.value(v).name.clone();
     let (tensor, quant) = quantize_weights(
         w.as_f32().map_err(PassError::Bug)?,
         w.shape(),
         axis,
-        granularity,
+        opts.weights,
+        opts.ptq.weight_bits,
     )
     .map_err(|e| PassError::Unsupported(format!("weights `{name}`: {e}")))?;
     let q = g.add_const(

@@ -1,0 +1,213 @@
+//! The white paper's post-training steps in the quantization driver: the passes `equalize`
+//! (before `insert-qdq`), `adaround` and `bias-correction` (after it), built from
+//! [`QuantizeOptions::ptq`](qlift_passes::quantize::QuantizeOptions), with the calibration
+//! data held in memory and replayed through compiled code ([`JitReplay`]).
+
+use crate::quantize::{check_batch, traced_program_of, with_sample_axis, CalibrationBatches};
+use crate::{Error, Limits};
+use qlift_codegen::JitProgram;
+use qlift_ir::{Graph, Symbol, Tensor, ValueId};
+use qlift_passes::quantize::{
+    adaround, bias_correction, cle, BiasCorrection, InterpReplay, PtqOptions, Replay,
+};
+use qlift_passes::{Pass, PassError};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+
+/// The calibration data, read once and split into runs of at most
+/// [`crate::quantize::CALIBRATION_BATCH`] samples (or the batch the model fixes).
+pub(crate) struct Held {
+    /// Runs, one tensor per graph input each.
+    pub(crate) batches: Vec<Vec<Tensor>>,
+}
+
+/// Reads every calibration batch, checks it as calibration does, and splits it into runs
+/// that fit `limits`.
+pub(crate) fn hold_batches(
+    graph: &Graph,
+    batches: &mut CalibrationBatches,
+    fixed_batch: Option<usize>,
+    limits: &Limits,
+) -> Result<Held, Error> {
+    let per_sample = crate::limits::interpreter_bytes(graph, 1).unwrap_or(u64::MAX);
+    let step = match fixed_batch {
+        Some(k) => k,
+        None => (limits.max_run_bytes / per_sample.max(1))
+            .clamp(1, crate::quantize::CALIBRATION_BATCH as u64) as usize,
+    };
+    let mut held = Vec::new();
+    while let Some(batch) = batches() {
+        let batch = with_sample_axis(graph, batch?)?;
+        let samples = check_batch(graph, &batch, fixed_batch)?;
+        for start in (0..samples).step_by(step.max(1)) {
+            let end = (start + step).min(samples);
+            let run = batch
+                .iter()
+                .map(|t| t.slice_outer(start, end))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|message| Error::Value {
+                    name: "calibration data".to_string(),
+                    message,
+                })?;
+            held.push(run);
+        }
+    }
+    Ok(Held { batches: held })
+}
+
+/// Replays held calibration runs through a graph compiled with the requested values as its
+/// outputs (one program per binding of named dimensions, as the calibration tracer does);
+/// a graph the JIT does not compile runs on the interpreter.
+pub(crate) struct JitReplay<'a> {
+    held: &'a Held,
+}
+
+type Programs = HashMap<BTreeMap<Symbol, usize>, Option<JitProgram>>;
+
+impl Replay for JitReplay<'_> {
+    fn replay(
+        &self,
+        graph: &Graph,
+        values: &[ValueId],
+        sink: &mut dyn FnMut(usize, &Tensor),
+    ) -> Result<(), PassError> {
+        let names: Vec<String> = values.iter().map(|&v| graph.value(v).name.clone()).collect();
+        let mut programs = Programs::new();
+        for batch in &self.held.batches {
+            let binding =
+                qlift_ir::bind_graph_inputs(graph, batch.iter().map(|t| (t.dtype(), t.shape())))?;
+            let program = programs.entry(binding.syms.clone()).or_insert_with(|| {
+                traced_program_of(graph, &binding, Some(&names)).and_then(|(p, _, batch)| {
+                    // A program specialized to one batch size serves only that one.
+                    batch.is_none().then_some(p)
+                })
+            });
+            match program {
+                Some(p) => {
+                    let outputs = p.run(batch).map_err(|e| {
+                        PassError::Unsupported(format!("calibration replay: {e}"))
+                    })?;
+                    for (i, t) in outputs.iter().enumerate() {
+                        sink(i, t);
+                    }
+                }
+                None => InterpReplay(vec![batch.clone()]).replay(graph, values, sink)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn samples(&self) -> usize {
+        InterpReplay::samples_of(&self.held.batches)
+    }
+}
+
+/// The post-training passes of one quantization and what they share with the driver.
+pub(crate) struct PtqPasses<'a> {
+    /// The graph as imported (analytic bias correction reads its BatchNorm statistics).
+    pub(crate) original: &'a Graph,
+    /// The calibration data (`None` when no step needs it).
+    pub(crate) held: Option<&'a Held>,
+    pub(crate) opts: &'a PtqOptions,
+    /// The float graph `insert-qdq` started from (set by it).
+    pub(crate) float_graph: &'a RefCell<Option<Graph>>,
+    /// The QDQ graph the driver returns: each pass after `insert-qdq` updates it.
+    pub(crate) qdq: &'a RefCell<Option<Graph>>,
+    /// One line per step.
+    pub(crate) notes: RefCell<Vec<String>>,
+    /// CLE's per-channel maps, for analytic bias correction.
+    pub(crate) cle_maps: RefCell<bias_correction::ChannelMaps>,
+}
+
+impl<'a> PtqPasses<'a> {
+    fn replay(&self) -> Result<JitReplay<'a>, PassError> {
+        self.held
+            .map(|held| JitReplay { held })
+            .ok_or_else(|| PassError::Bug("calibration data was not held".into()))
+    }
+
+    fn float_graph(&self) -> Result<Graph, PassError> {
+        self.float_graph
+            .borrow()
+            .clone()
+            .ok_or_else(|| PassError::Bug("no float graph before the QDQ graph".into()))
+    }
+
+    /// The passes before `insert-qdq`.
+    pub(crate) fn before(&self) -> Vec<Pass<'_>> {
+        let mut passes = Vec::new();
+        if self.opts.cle {
+            passes.push(Pass::transform(
+                cle::PASS,
+                cle::ABOUT,
+                |g: &Graph| {
+                    let replay = self.replay()?;
+                    let (out, s) = cle::equalize(g, Some(&replay), true)?;
+                    self.notes.borrow_mut().push(format!(
+                        "equalize: {} pairs in {} sweeps ({} Relu6 never reached became Relu, {} clipped pairs left alone), {} channels' biases absorbed",
+                        s.pairs, s.sweeps, s.relu6_as_relu, s.clipped, s.absorbed_channels
+                    ));
+                    *self.cle_maps.borrow_mut() = s.maps;
+                    Ok(out)
+                },
+            ));
+        }
+        passes
+    }
+
+    /// The passes after `insert-qdq`.
+    pub(crate) fn after(&self) -> Vec<Pass<'_>> {
+        let mut passes = Vec::new();
+        if let Some(opts) = self.opts.adaround {
+            passes.push(Pass::transform(
+                adaround::PASS,
+                adaround::ABOUT,
+                move |g: &Graph| {
+                    let replay = self.replay()?;
+                    let float = self.float_graph()?;
+                    let (out, s) = adaround::adaround(g, &float, &replay, &opts, &|_, _| {})?;
+                    self.notes.borrow_mut().push(format!(
+                        "adaround: {} layers, learned rounding kept on {} of {} output channels, {} weights rounded away from nearest",
+                        s.layers, s.rows_improved, s.rows, s.flipped
+                    ));
+                    *self.qdq.borrow_mut() = Some(out.clone());
+                    Ok(out)
+                },
+            ));
+        }
+        if let Some(mode) = self.opts.bias_correction {
+            passes.push(Pass::transform(
+                bias_correction::PASS,
+                bias_correction::ABOUT,
+                move |g: &Graph| {
+                    let float = self.float_graph()?;
+                    let anchors = qlift_passes::quantize::layer::anchors(g, &float)?;
+                    let means = match mode {
+                        BiasCorrection::Empirical => {
+                            bias_correction::empirical_means(&float, &anchors, &self.replay()?)?
+                        }
+                        BiasCorrection::Analytic => bias_correction::analytic_means(
+                            g,
+                            self.original,
+                            &anchors,
+                            &self.cle_maps.borrow(),
+                        ),
+                    };
+                    let mut out = g.clone();
+                    let n = bias_correction::apply(&mut out, &anchors, &means)?;
+                    self.notes.borrow_mut().push(format!(
+                        "bias-correction ({}): {n} of {} layers corrected",
+                        match mode {
+                            BiasCorrection::Empirical => "empirical",
+                            BiasCorrection::Analytic => "analytic",
+                        },
+                        anchors.len()
+                    ));
+                    *self.qdq.borrow_mut() = Some(out.clone());
+                    Ok(out)
+                },
+            ));
+        }
+        passes
+    }
+}
