@@ -184,6 +184,7 @@ impl Error {
                 qlift_ir::IrError::Input { .. } | qlift_ir::IrError::Eval { .. },
             )) => ErrorKind::BadInput,
             Error::Npy(_) => ErrorKind::BadInput,
+            Error::Pass(qlift_passes::PassError::Plan(_)) => ErrorKind::BadInput,
             Error::Value { name, .. } if name.starts_with("calibration") => ErrorKind::BadInput,
             _ => ErrorKind::BadModel,
         }

@@ -5,7 +5,10 @@
 use crate::{Error, Limits};
 use qlift_codegen::{CodegenOptions, JitProgram};
 use qlift_ir::{DType, Graph, NodeOp, Symbol, Tensor, ValueId};
-use qlift_passes::quantize::{insert_qdq, Calibration, QuantizeOptions};
+use qlift_passes::quantize::{
+    insert_qdq_planned, resolve, Calibration, Decision, ImportedNames, QuantPlan, QuantizeOptions,
+    ResolvedPlan,
+};
 use qlift_passes::{quantizing_pipeline, run_passes, PassRun, PipelineOptions};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -29,6 +32,11 @@ pub struct Quantized {
     /// The statistics every activation range was chosen from (empty when the pipeline
     /// stopped before `insert-qdq`): what a report shows next to the chosen ranges.
     pub calibration: Calibration,
+    /// What `insert-qdq` decided for every unit the policy allows in integers.
+    pub decisions: Vec<Decision>,
+    /// The plan that reproduces this quantization bit for bit whatever options it is applied
+    /// with ([`QuantPlan::frozen`]): what `--emit-plan` writes.
+    pub plan: QuantPlan,
 }
 
 /// Quantizes `graph` from calibration inputs (one tensor per graph input, samples along
@@ -62,6 +70,21 @@ pub fn quantize_limited(
     limits: &Limits,
     progress: &dyn Fn(usize, usize),
 ) -> Result<Quantized, Error> {
+    let plan = QuantPlan::default();
+    quantize_limited_planned(graph, calibration, opts, &plan, pipeline, limits, progress)
+}
+
+/// [`quantize_limited`] under a quantization plan (`qlift_passes::quantize::plan`): its
+/// entries over `opts`, per node.
+pub fn quantize_limited_planned(
+    graph: &Graph,
+    calibration: &[Tensor],
+    opts: &QuantizeOptions,
+    plan: &QuantPlan,
+    pipeline: &PipelineOptions,
+    limits: &Limits,
+    progress: &dyn Fn(usize, usize),
+) -> Result<Quantized, Error> {
     // Checked before the pipeline runs, so that bad data fails at once.
     let calibration = with_sample_axis(graph, calibration.to_vec())?;
     check_batch(graph, &calibration, fixed_batch(graph)?)?;
@@ -70,6 +93,7 @@ pub fn quantize_limited(
         graph,
         &mut || batches.take().map(Ok),
         opts,
+        plan,
         pipeline,
         limits,
         progress,
@@ -90,6 +114,7 @@ pub fn quantize_batches(
     graph: &Graph,
     batches: &mut CalibrationBatches,
     opts: &QuantizeOptions,
+    plan: &QuantPlan,
     pipeline: &PipelineOptions,
     limits: &Limits,
     progress: &dyn Fn(usize, usize),
@@ -101,8 +126,11 @@ pub fn quantize_batches(
     let stats = RefCell::new(None);
     let kept = RefCell::new(Calibration::default());
     let qdq = RefCell::new(None);
+    let decided = RefCell::new(None);
     let batch_limit = RefCell::new(None);
     let insert = |g: &Graph| {
+        // A plan that does not fit the model fails before calibration runs.
+        let (resolved, imported) = resolve_plan(graph, g, opts, plan)?;
         let per_sample = crate::limits::interpreter_bytes(g, 1).unwrap_or(u64::MAX);
         if per_sample > limits.max_run_bytes {
             *batch_limit.borrow_mut() = Some(per_sample);
@@ -158,11 +186,12 @@ pub fn quantize_batches(
                 "calibration data".into(),
             ));
         }
-        let out = insert_qdq(g, &cal, opts)?;
+        let out = insert_qdq_planned(g, &cal, &resolved)?;
         *stats.borrow_mut() = Some((cal.samples(), cal.non_finite()));
-        *qdq.borrow_mut() = Some(out.clone());
+        *qdq.borrow_mut() = Some(out.graph.clone());
+        *decided.borrow_mut() = Some((out.decisions, imported));
         *kept.borrow_mut() = cal;
-        Ok(out)
+        Ok(out.graph)
     };
     let result = run_passes(graph, &quantizing_pipeline(insert), pipeline);
     if let Some(e) = data_error.into_inner() {
@@ -181,6 +210,7 @@ pub fn quantize_batches(
     // A pipeline stopped before `insert-qdq` (`dump --after fold-bn`) has no QDQ graph yet:
     // the graph it stopped at stands for it.
     let qdq = qdq.into_inner().unwrap_or_else(|| lowered.clone());
+    let (decisions, imported) = decided.into_inner().unwrap_or_default();
     Ok(Quantized {
         qdq,
         lowered,
@@ -188,7 +218,55 @@ pub fn quantize_batches(
         samples,
         non_finite,
         calibration: kept.into_inner(),
+        plan: plan.frozen(opts, &decisions, &imported),
+        decisions,
     })
+}
+
+/// Quantizes `graph` again under another plan from the statistics of an earlier
+/// quantization of it (`calibration`, which depends on the float graph only, not on the
+/// plan): what trying plan after plan costs without calibrating each time.
+pub fn requantize(
+    graph: &Graph,
+    calibration: &Calibration,
+    opts: &QuantizeOptions,
+    plan: &QuantPlan,
+    pipeline: &PipelineOptions,
+) -> Result<Quantized, Error> {
+    let qdq = RefCell::new(None);
+    let decided = RefCell::new(None);
+    let insert = |g: &Graph| {
+        let (resolved, imported) = resolve_plan(graph, g, opts, plan)?;
+        let out = insert_qdq_planned(g, calibration, &resolved)?;
+        *qdq.borrow_mut() = Some(out.graph.clone());
+        *decided.borrow_mut() = Some((out.decisions, imported));
+        Ok(out.graph)
+    };
+    let (lowered, runs) = run_passes(graph, &quantizing_pipeline(insert), pipeline)?;
+    let qdq = qdq.into_inner().unwrap_or_else(|| lowered.clone());
+    let (decisions, imported) = decided.into_inner().unwrap_or_default();
+    Ok(Quantized {
+        qdq,
+        lowered,
+        runs,
+        samples: calibration.samples(),
+        non_finite: calibration.non_finite(),
+        calibration: Calibration::default(),
+        plan: plan.frozen(opts, &decisions, &imported),
+        decisions,
+    })
+}
+
+/// `plan` resolved against `rewritten` (the graph `insert-qdq` receives), with the nodes of
+/// `imported` (the model before the rewrites) it may also name.
+fn resolve_plan(
+    imported: &Graph,
+    rewritten: &Graph,
+    opts: &QuantizeOptions,
+    plan: &QuantPlan,
+) -> Result<(ResolvedPlan, ImportedNames), qlift_passes::PassError> {
+    let names = ImportedNames::between(imported, rewritten);
+    Ok((resolve(plan, rewritten, opts, &names)?, names))
 }
 
 /// Checks one batch of calibration data against the graph (see [`calibration_samples`])

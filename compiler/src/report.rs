@@ -7,8 +7,7 @@ use crate::{Error, Limits};
 use qlift_ir::{DType, Graph, Tensor, TensorType, ValueId};
 use std::collections::HashMap;
 
-/// The suffix that names a value's quantized form.
-pub const QUANTIZED_SUFFIX: &str = "_QuantizeLinear_Output";
+pub use qlift_passes::provenance::QUANTIZED_SUFFIX;
 
 /// The error of one layer's output.
 #[derive(Clone, Debug, PartialEq)]

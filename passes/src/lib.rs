@@ -11,6 +11,7 @@ pub mod cost;
 pub mod extract;
 pub mod lang;
 pub mod manager;
+pub mod provenance;
 pub mod quantize;
 pub mod rules;
 
@@ -36,6 +37,10 @@ pub enum PassError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A quantization plan that cannot be applied to this model (bad input): an entry names
+    /// no node or op type of it, or entries contradict each other.
+    #[error("{0}")]
+    Plan(#[from] crate::quantize::PlanError),
     /// An IR error (the verifier after a pass: a bug in that pass).
     #[error(transparent)]
     Ir(#[from] qlift_ir::IrError),

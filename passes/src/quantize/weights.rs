@@ -10,7 +10,7 @@ use qlift_ir::{DType, QuantParams, Tensor, TensorData};
 pub const WEIGHT_QMAX: f32 = 127.0;
 
 /// How many scales a weight tensor gets.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum WeightGranularity {
     /// One scale per output channel (the default).
     #[default]
