@@ -9,6 +9,7 @@
 extern crate self as qlift;
 
 pub mod bounded;
+pub mod fallback;
 #[doc(hidden)]
 pub mod cli;
 mod error;
@@ -17,6 +18,7 @@ pub mod limits;
 pub mod model;
 pub mod npy;
 pub mod onnx;
+pub mod plan;
 pub mod qir;
 pub mod quantize;
 pub mod report;
@@ -31,4 +33,5 @@ pub use qir::{load_qir, load_qir_text};
 pub use qlift_codegen::CodegenOptions;
 pub use qlift_passes::calibrate::{ActivationScheme, CalibrationMethod};
 pub use qlift_passes::quantize::{QuantizeOptions, WeightGranularity};
+pub use plan::{load_plan, QuantPlan};
 pub use quantize::{quantize, Quantized};

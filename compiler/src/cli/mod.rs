@@ -12,6 +12,7 @@ pub(crate) mod dump;
 mod html;
 pub(crate) mod ops;
 pub(crate) mod output;
+mod plan;
 mod profile;
 pub(crate) mod quantize;
 pub(crate) mod report;
@@ -183,6 +184,23 @@ pub(crate) struct QuantArgs {
     /// Weight scales: one per output channel (the default) or one per tensor.
     #[arg(long, value_enum, default_value_t = Weights::PerChannel)]
     pub(crate) weights: Weights,
+    /// A quantization plan (TOML, or JSON): precision, method and weights per node and op
+    /// type over a default section, which overrides --method, --activations, --weights and
+    /// --min-sqnr (see README, "Controlling quantization").
+    #[arg(long, value_name = "FILE")]
+    pub(crate) plan: Option<std::path::PathBuf>,
+    /// Keep a node (by name) or every node of an op type (Conv, MatMul...) in fp32;
+    /// repeatable, over --plan.
+    #[arg(long = "exclude", value_name = "NODE|OPTYPE")]
+    pub(crate) exclude: Vec<String>,
+    /// Raise the layers that hurt most to fp32, one at a time, until the model's outputs keep
+    /// DB of SQNR against fp32 on the calibration data (then return any it can to int8).
+    #[arg(long = "target-sqnr", value_name = "DB", value_parser = plan::parse_db)]
+    pub(crate) target_sqnr_db: Option<f64>,
+    /// Write the plan this quantization used (TOML; JSON for a .json file): applied with
+    /// --plan, it reproduces the same quantized model bit for bit.
+    #[arg(long = "emit-plan", value_name = "FILE")]
+    pub(crate) emit_plan: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -489,6 +507,10 @@ pub(crate) fn quantize_model(
     q: &QuantArgs,
     pipeline: &PipelineOptions,
 ) -> Result<Quantized> {
+    if let Some(path) = &q.emit_plan {
+        output::check_writable(path, "--emit-plan")?;
+    }
+    let (plan, source) = plan::from_args(q)?;
     let calibration = bind_inputs(graph, &q.calib).context("calibration data (--calib)")?;
     let opts = QuantizeOptions {
         method: q.method,
@@ -504,16 +526,19 @@ pub(crate) fn quantize_model(
     };
     let start = Instant::now();
     let limits = qlift::Limits::default();
-    let quantized = qlift::quantize::quantize_limited(
+    plan::note_overrides(q, &plan);
+    let quantized = qlift::quantize::quantize_limited_planned(
         graph,
         &calibration,
         &opts,
+        &plan,
         pipeline,
         &limits,
         &|done, total| {
             progress_bar().set_message(format!("insert-qdq: calibrating, {done}/{total} samples"));
         },
-    )?;
+    )
+    .map_err(|e| qlift::plan::name_plan(e, &source))?;
     progress_bar().finish_and_clear();
     if quantized.samples == 0 {
         note!("the pipeline stopped before calibration (insert-qdq): nothing was quantized");
@@ -529,5 +554,5 @@ pub(crate) fn quantize_model(
             n => format!(" ({n} NaN/Inf calibration values ignored)"),
         }
     );
-    Ok(quantized)
+    plan::finish(graph, q, &opts, &calibration, quantized)
 }

@@ -478,6 +478,16 @@ impl QuantPlan {
         plan
     }
 
+    /// Keeps `name` float: every node of that op type when qlift knows an op of that name
+    /// (`Conv`, `MatMul`), else the node of that name (what `--exclude` does).
+    pub fn exclude(&mut self, name: &str, note: &str) {
+        if name.parse::<OpKind>().is_ok() {
+            self.set_op_type(name, PlanEntry::fp32(note));
+        } else {
+            self.set_node(name, PlanEntry::fp32(note));
+        }
+    }
+
     /// This plan with every setting of `base` written into its default section: the plan
     /// then means the same whatever options it is applied with.
     pub fn with_defaults(&self, base: &QuantizeOptions) -> QuantPlan {
