@@ -7,34 +7,42 @@
 //!
 //! The units are what `insert-qdq` decides on (an anchor with its bias, an integer-preserving
 //! op; `Decision`). Each round measures the quantized model against fp32 with the per-layer
-//! report ([`crate::report`]) on up to [`MEASURE_SAMPLES`] calibration samples and ranks the
-//! int8 units by the noise each *adds*: the relative noise `N/S` of the unit's result minus
+//! report ([`crate::report`], the interpreter tracing every value) on up to [`RANK_SAMPLES`]
+//! calibration samples and ranks the int8 units by the noise each *adds*: the relative noise `N/S` of the unit's result minus
 //! the largest relative noise among its operands (what it already received), i.e. the error
 //! the unit's own weights and activations introduce. The [`CANDIDATES`] units that add most
 //! are each tried in fp32 (the model quantized again from the same calibration statistics,
 //! which depend on the float graph only, and measured), and the one that gives the highest
 //! output SQNR is kept in fp32: the ranking is a cheap guess at where the error enters, the
 //! measurement decides (the noise a unit adds is not what it costs at the output: a layer's
-//! error can be amplified or averaged away downstream). Rounds stop when every output's SQNR
+//! error can be amplified or averaged away downstream). The output SQNR is measured with
+//! compiled code (the JIT; the interpreter for a graph it cannot compile) on up to
+//! [`MEASURE_SAMPLES`] calibration samples. Rounds stop when every output's SQNR
 //! reaches the target, or when no int8 unit is left.
 //!
 //! Greedy raising can overshoot: a unit raised early may be unnecessary once later ones are
 //! float. So a second pass tries each raised unit back in int8, in the order they were
-//! raised, and keeps it int8 when the target still holds. Every step costs one quantization
-//! (no calibration) and one interpreter run of the quantized model; the fp32 reference is
-//! traced once.
+//! raised, and keeps it int8 when the target still holds. Every trial costs one
+//! quantization (no calibration), one compilation and one run; the fp32 reference is run
+//! and traced once.
 
 use crate::quantize::{requantize, Quantized};
-use crate::report::{compare_traced, Comparison};
-use crate::{Error, Limits};
+use crate::report::{compare_traced, real_values, Comparison};
+use crate::{CompileOptions, CompiledModel, Engine, Error, Limits};
 use qlift_ir::{Graph, NodeOp, Tensor};
 use qlift_passes::quantize::{Outcome, PlanEntry, QuantPlan, QuantizeOptions};
 use qlift_passes::PipelineOptions;
 use std::collections::HashMap;
 
-/// Most calibration samples each measurement runs: enough for a stable SQNR, few enough
-/// that the interpreter's runs stay seconds on a transformer (each step traces every value).
+/// Most calibration samples the output SQNR is measured on (compiled code): enough for a
+/// stable figure.
 pub const MEASURE_SAMPLES: usize = 64;
+
+/// Most calibration samples the ranking's per-layer report traces with the interpreter,
+/// which holds and computes every value in scalar code (all-MiniLM-L6-v2: ~25 s for 8
+/// sentences on a shared core): enough to tell which layers add noise, not to measure the
+/// result (that is [`MEASURE_SAMPLES`]' job).
+pub const RANK_SAMPLES: usize = 8;
 
 /// Units measured per round, the best-ranked by the noise they add: 1 would trust the
 /// ranking alone; more cost one quantization and one interpreter run each per round.
@@ -69,12 +77,40 @@ pub struct Fallback {
     pub steps: Vec<Step>,
 }
 
-/// The least SQNR over the model's outputs.
-fn output_sqnr(c: &Comparison) -> f64 {
-    c.outputs
+/// The first `n` samples (axis 0) of every calibration tensor.
+fn first_samples(calibration: &[Tensor], n: usize) -> Result<Vec<Tensor>, Error> {
+    calibration
         .iter()
-        .map(|o| crate::report::sqnr_db(&o.quantized, &o.reference))
-        .fold(f64::INFINITY, f64::min)
+        .map(|t| t.slice_outer(0, t.shape().first().copied().unwrap_or(1).min(n)))
+        .collect::<Result<_, _>>()
+        .map_err(|message| Error::Value {
+            name: "calibration data".into(),
+            message,
+        })
+}
+
+/// The outputs of `lowered` on `inputs` as real numbers, run by the JIT (by the interpreter
+/// when the JIT cannot compile it).
+fn run_compiled(lowered: &Graph, quantized: bool, inputs: &[Tensor]) -> Result<Vec<Vec<f32>>, Error> {
+    let jit = CompiledModel::from_lowered(lowered.clone(), quantized, &CompileOptions::default());
+    let model = match jit {
+        Ok(model) => model,
+        Err(_) => CompiledModel::from_lowered(
+            lowered.clone(),
+            quantized,
+            &CompileOptions {
+                engine: Engine::Interpreter,
+                ..Default::default()
+            },
+        )?,
+    };
+    let outputs = model.run(inputs)?;
+    Ok(model
+        .outputs()
+        .iter()
+        .zip(&outputs)
+        .map(|((_, ty), t)| real_values(ty, t).unwrap_or_else(|| t.to_f32_vec()))
+        .collect())
 }
 
 /// Searches for the plan whose quantization of `graph` keeps `target_db` at every output,
@@ -92,27 +128,26 @@ pub fn meet_target(
 ) -> Result<Fallback, Error> {
     let quiet = PipelineOptions::default();
     let (float, _) = qlift_passes::run_pipeline(graph, &quiet)?;
-    let inputs: Vec<Tensor> = calibration
-        .iter()
-        .map(|t| {
-            let n = t.shape().first().copied().unwrap_or(1).min(MEASURE_SAMPLES);
-            t.slice_outer(0, n)
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|message| Error::Value {
-            name: "calibration data".into(),
-            message,
-        })?;
-    crate::report::check_trace_memory(&[&float], &inputs, limits)?;
-    let reference = qlift_ir::interp::run_traced(&float, &inputs)?;
-    let measure = |q: &Quantized| -> Result<Comparison, Error> {
-        compare_traced(&float, &reference, &q.lowered, &inputs, None, limits)
+    let inputs = first_samples(calibration, MEASURE_SAMPLES)?;
+    let rank_inputs = first_samples(calibration, RANK_SAMPLES)?;
+    crate::report::check_trace_memory(&[&float], &rank_inputs, limits)?;
+    let reference = qlift_ir::interp::run_traced(&float, &rank_inputs)?;
+    let rows = |q: &Quantized| -> Result<Comparison, Error> {
+        compare_traced(&float, &reference, &q.lowered, &rank_inputs, None, limits)
+    };
+    let float_outputs = run_compiled(&float, false, &inputs)?;
+    let measure = |q: &Quantized| -> Result<f64, Error> {
+        let got = run_compiled(&q.lowered, true, &inputs)?;
+        Ok(got
+            .iter()
+            .zip(&float_outputs)
+            .map(|(g, w)| crate::report::sqnr_db(g, w))
+            .fold(f64::INFINITY, f64::min))
     };
     let stats = std::mem::take(&mut first.calibration);
     let quantize = |p: &QuantPlan| requantize(graph, &stats, opts, p, &quiet);
 
-    let mut comparison = measure(&first)?;
-    let initial = output_sqnr(&comparison);
+    let initial = measure(&first)?;
     let mut db = initial;
     // The plan `first` was made with, frozen: node entries under the names the search uses,
     // and the outlier check's outcome recorded, so that its decisions stay what they were.
@@ -122,11 +157,11 @@ pub fn meet_target(
     let mut raised: Vec<String> = Vec::new();
     let mut steps = Vec::new();
     while db < target_db {
-        let ranked = ranked_units(&float, &current, &comparison);
+        let ranked = ranked_units(&float, &current, &rows(&current)?);
         if ranked.is_empty() {
             break;
         }
-        let mut best: Option<(f64, String, QuantPlan, Quantized, Comparison)> = None;
+        let mut best: Option<(f64, String, QuantPlan, Quantized)> = None;
         for node in ranked.into_iter().take(CANDIDATES) {
             let mut trial = working.clone();
             trial.set_node(
@@ -136,16 +171,15 @@ pub fn meet_target(
                 )),
             );
             let q = quantize(&trial)?;
-            let c = measure(&q)?;
-            let trial_db = output_sqnr(&c);
+            let trial_db = measure(&q)?;
             if best.as_ref().is_none_or(|b| trial_db > b.0) {
-                best = Some((trial_db, node, trial, q, c));
+                best = Some((trial_db, node, trial, q));
             }
         }
-        let Some((best_db, worst, trial, q, c)) = best else {
+        let Some((best_db, worst, trial, q)) = best else {
             break;
         };
-        (db, working, current, comparison) = (best_db, trial, q, c);
+        (db, working, current) = (best_db, trial, q);
         raised.push(worst.clone());
         let step = Step {
             node: worst,
@@ -163,8 +197,7 @@ pub fn meet_target(
                 None => trial.nodes.remove(&node),
             };
             let q = quantize(&trial)?;
-            let c = measure(&q)?;
-            let trial_db = output_sqnr(&c);
+            let trial_db = measure(&q)?;
             if trial_db >= target_db {
                 working = trial;
                 current = q;
