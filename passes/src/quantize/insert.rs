@@ -308,6 +308,7 @@ pub fn insert_qdq_planned(
         };
         if !bias_add && settings.precision == Precision::Fp32 {
             decisions.push(decision(&g, Outcome::Fp32ByPlan, result));
+            read_float_sources(&mut g, id, &source_of)?;
             continue;
         }
         // Activations that 8 bits cannot hold (outliers far beyond the bulk) keep the op float
@@ -334,6 +335,7 @@ pub fn insert_qdq_planned(
             if let Some((v, sqnr_db)) = short {
                 let value = g.value(v).name.clone();
                 decisions.push(decision(&g, Outcome::Fp32BySqnr { value, sqnr_db }, written));
+                read_float_sources(&mut g, id, &source_of)?;
                 continue;
             }
             decisions.push(decision(&g, Outcome::Int8, written));
@@ -431,6 +433,25 @@ pub fn insert_qdq_planned(
         graph: g,
         decisions,
     })
+}
+
+/// Makes node `id`, which stays float, read the float values its quantized operands stand
+/// for instead of their DequantizeLinear. A float unit between a DequantizeLinear and a
+/// QuantizeLinear (its producer and its consumer quantized) would otherwise be lowered to
+/// an integer op by `fuse-requant`, which quantizes f32 weights it finds in such a chain (the
+/// rule serves imported QDQ models); reading the unrounded value also spares the float unit
+/// its operand's 8-bit step.
+fn read_float_sources(
+    g: &mut Graph,
+    id: NodeId,
+    source_of: &HashMap<ValueId, ValueId>,
+) -> Result<(), PassError> {
+    for (slot, v) in g.node_inputs(id).into_iter().enumerate() {
+        if let Some(&source) = v.and_then(|v| source_of.get(&v)) {
+            g.set_node_input(id, slot, Some(source))?;
+        }
+    }
+    Ok(())
 }
 
 /// The SQNR activation `v` would keep in 8 bits under its chosen range when that is less
