@@ -721,10 +721,17 @@ fn unknown_node(key: &str, graph: &Graph, imported: &ImportedNames) -> String {
 /// `; did you mean ...?` with up to five of `candidates` close to `query` (a small edit
 /// distance, or containing it), or a hint to list the names when none is close.
 pub fn did_you_mean<'a>(query: &str, candidates: impl Iterator<Item = &'a str>) -> String {
-    let q = query.to_ascii_lowercase();
+    // Compared lower-case and without separators (`relu_4` is close to `relu4_node`).
+    let plain = |s: &str| -> String {
+        s.chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    };
+    let q = plain(query);
     let mut scored: Vec<(usize, &str)> = candidates
         .filter_map(|c| {
-            let lc = c.to_ascii_lowercase();
+            let lc = plain(c);
             let d = edit_distance(&q, &lc);
             let close = d <= (q.len() / 3).max(2) || (q.len() >= 3 && lc.contains(&q));
             close.then_some((d, c))
