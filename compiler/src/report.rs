@@ -389,3 +389,35 @@ pub fn compare_traced(
         outputs,
     })
 }
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+    use qlift_ir::{QuantParams, Shape};
+
+    #[test]
+    fn error_splits_by_where_the_reference_lies() {
+        // u8, scale 1, zero point 0: levels 0..=255, values within [-0.5, 255.5] round.
+        let ty = TensorType::quantized(
+            DType::U8,
+            Shape::fixed(&[4]),
+            QuantParams::per_tensor(1.0, 0),
+        );
+        let want = [10.25f32, -5.0, 300.0, 100.0];
+        let got = [10.0f32, 0.0, 255.0, 101.0];
+        let s = ErrorSplit::of(&ty, &got, &want, Some((-10.0, 260.0)));
+        assert_eq!(s.rounding, 0.0625 + 0.0); // 10.25 → 10; 100 is on a level
+        assert_eq!(s.clipping, 25.0); // -5 was seen in calibration: the range cut it
+        assert_eq!(s.saturation, 2025.0); // 300 lies beyond anything calibration saw
+        assert_eq!(s.upstream, 1.0); // 100 came in as 101
+        assert_eq!(s.signal, 10.25f64.powi(2) + 25.0 + 90000.0 + 10000.0);
+        // Without calibration statistics, beyond the range is clipping.
+        let s = ErrorSplit::of(&ty, &got, &want, None);
+        assert_eq!((s.clipping, s.saturation), (2050.0, 0.0));
+        // A float value has no quantizer of its own: all its error is upstream.
+        let f = TensorType::new(DType::F32, Shape::fixed(&[4]));
+        let s = ErrorSplit::of(&f, &got, &want, None);
+        assert_eq!(s.upstream, 0.0625 + 25.0 + 2025.0 + 1.0);
+        assert!(s.db(s.rounding).is_infinite());
+    }
+}
