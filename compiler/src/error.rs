@@ -106,6 +106,15 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A quantization plan is unreadable or does not fit the model (bad input). `origin`
+    /// is the file (or what stands for it: `--exclude`, a Python dict).
+    #[error("plan {origin}: {message}")]
+    Plan {
+        /// Where the plan came from.
+        origin: String,
+        /// What is wrong, naming the entry.
+        message: String,
+    },
     /// A `.npy` file could not be read or written (bad input).
     #[error(transparent)]
     Npy(#[from] crate::npy::NpyError),
@@ -184,6 +193,8 @@ impl Error {
                 qlift_ir::IrError::Input { .. } | qlift_ir::IrError::Eval { .. },
             )) => ErrorKind::BadInput,
             Error::Npy(_) => ErrorKind::BadInput,
+            Error::Plan { .. } => ErrorKind::BadInput,
+            Error::Pass(qlift_passes::PassError::Plan(_)) => ErrorKind::BadInput,
             Error::Value { name, .. } if name.starts_with("calibration") || name == "stream" => {
                 ErrorKind::BadInput
             }

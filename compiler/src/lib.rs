@@ -12,11 +12,13 @@ pub mod bounded;
 #[doc(hidden)]
 pub mod cli;
 mod error;
+pub mod fallback;
 pub mod html;
 pub mod limits;
 pub mod model;
 pub mod npy;
 pub mod onnx;
+pub mod plan;
 mod ptq;
 pub mod qir;
 pub mod quantize;
@@ -29,6 +31,7 @@ pub use onnx::export_onnx;
 pub use onnx::{
     load_onnx, load_onnx_bytes, read_tensor_pb, supported_ops, ImportOptions, InputDim, Limits,
 };
+pub use plan::{load_plan, QuantPlan};
 pub use qir::{load_qir, load_qir_text};
 pub use qlift_codegen::CodegenOptions;
 pub use qlift_passes::calibrate::{ActivationScheme, CalibrationMethod};

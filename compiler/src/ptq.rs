@@ -71,7 +71,10 @@ impl Replay for JitReplay<'_> {
         values: &[ValueId],
         sink: &mut dyn FnMut(usize, &Tensor),
     ) -> Result<(), PassError> {
-        let names: Vec<String> = values.iter().map(|&v| graph.value(v).name.clone()).collect();
+        let names: Vec<String> = values
+            .iter()
+            .map(|&v| graph.value(v).name.clone())
+            .collect();
         let mut programs = Programs::new();
         for batch in &self.held.batches {
             let binding =
@@ -84,9 +87,9 @@ impl Replay for JitReplay<'_> {
             });
             match program {
                 Some(p) => {
-                    let outputs = p.run(batch).map_err(|e| {
-                        PassError::Unsupported(format!("calibration replay: {e}"))
-                    })?;
+                    let outputs = p
+                        .run(batch)
+                        .map_err(|e| PassError::Unsupported(format!("calibration replay: {e}")))?;
                     for (i, t) in outputs.iter().enumerate() {
                         sink(i, t);
                     }

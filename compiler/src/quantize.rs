@@ -6,8 +6,13 @@ use crate::{Error, Limits};
 use qlift_codegen::{CodegenOptions, JitProgram};
 use qlift_ir::{DType, Graph, NodeOp, Symbol, Tensor, ValueId};
 use qlift_passes::quantize::recurrent::quantize_recurrent;
-use qlift_passes::quantize::{insert_qdq, Calibration, QuantizeOptions};
-use qlift_passes::{quantizing_pipeline_with, run_passes, PassRun, PipelineOptions};
+use qlift_passes::quantize::{
+    insert_qdq_planned, resolve, Calibration, Decision, ImportedNames, QuantPlan, QuantizeOptions,
+    ResolvedPlan,
+};
+use qlift_passes::{
+    quantizing_pipeline, quantizing_pipeline_with, run_passes, PassRun, PipelineOptions,
+};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
@@ -32,6 +37,11 @@ pub struct Quantized {
     pub calibration: Calibration,
     /// What the post-training steps (CLE, AdaRound, bias correction) did, one line each.
     pub ptq_notes: Vec<String>,
+    /// What `insert-qdq` decided for every unit the policy allows in integers.
+    pub decisions: Vec<Decision>,
+    /// The plan that reproduces this quantization bit for bit whatever options it is applied
+    /// with ([`QuantPlan::frozen`]): what `--emit-plan` writes.
+    pub plan: QuantPlan,
 }
 
 /// Quantizes `graph` from calibration inputs (one tensor per graph input, samples along
@@ -65,6 +75,21 @@ pub fn quantize_limited(
     limits: &Limits,
     progress: &dyn Fn(usize, usize),
 ) -> Result<Quantized, Error> {
+    let plan = QuantPlan::default();
+    quantize_limited_planned(graph, calibration, opts, &plan, pipeline, limits, progress)
+}
+
+/// [`quantize_limited`] under a quantization plan (`qlift_passes::quantize::plan`): its
+/// entries over `opts`, per node.
+pub fn quantize_limited_planned(
+    graph: &Graph,
+    calibration: &[Tensor],
+    opts: &QuantizeOptions,
+    plan: &QuantPlan,
+    pipeline: &PipelineOptions,
+    limits: &Limits,
+    progress: &dyn Fn(usize, usize),
+) -> Result<Quantized, Error> {
     // Checked before the pipeline runs, so that bad data fails at once.
     let calibration = with_sample_axis(graph, calibration.to_vec())?;
     check_batch(graph, &calibration, fixed_batch(graph)?)?;
@@ -73,6 +98,7 @@ pub fn quantize_limited(
         graph,
         &mut || batches.take().map(Ok),
         opts,
+        plan,
         pipeline,
         limits,
         progress,
@@ -93,6 +119,7 @@ pub fn quantize_batches(
     graph: &Graph,
     batches: &mut CalibrationBatches,
     opts: &QuantizeOptions,
+    plan: &QuantPlan,
     pipeline: &PipelineOptions,
     limits: &Limits,
     progress: &dyn Fn(usize, usize),
@@ -100,7 +127,12 @@ pub fn quantize_batches(
     let fixed_batch = fixed_batch(graph)?;
     // The post-training steps read the calibration data several times: it is held.
     let held = if opts.ptq.replays() {
-        Some(crate::ptq::hold_batches(graph, batches, fixed_batch, limits)?)
+        Some(crate::ptq::hold_batches(
+            graph,
+            batches,
+            fixed_batch,
+            limits,
+        )?)
     } else {
         None
     };
@@ -119,8 +151,11 @@ pub fn quantize_batches(
     // The float graph `insert-qdq` started from (AdaRound and bias correction read its
     // weights and its activations).
     let float_graph = RefCell::new(None);
+    let decided = RefCell::new(None);
     let batch_limit = RefCell::new(None);
     let insert = |g: &Graph| {
+        // A plan that does not fit the model fails before calibration runs.
+        let (resolved, imported) = resolve_plan(graph, g, opts, plan)?;
         let per_sample = crate::limits::interpreter_bytes(g, 1).unwrap_or(u64::MAX);
         if per_sample > limits.max_run_bytes {
             *batch_limit.borrow_mut() = Some(per_sample);
@@ -176,16 +211,17 @@ pub fn quantize_batches(
                 "calibration data".into(),
             ));
         }
-        let mut out = insert_qdq(g, &cal, opts)?;
+        let mut out = insert_qdq_planned(g, &cal, &resolved)?;
         *float_graph.borrow_mut() = Some(g.clone());
         *stats.borrow_mut() = Some((cal.samples(), cal.non_finite()));
-        *qdq.borrow_mut() = Some(out.clone());
+        *qdq.borrow_mut() = Some(out.graph.clone());
         // Recurrent layers take their integer form here, after the QDQ graph is kept: ONNX
         // has no form for it, so the exported QDQ model keeps them float (as ONNX Runtime's
         // own static quantization does) while the compiled graph runs them in integers.
-        quantize_recurrent(&mut out, &cal, opts)?;
+        quantize_recurrent(&mut out.graph, &cal, opts)?;
+        *decided.borrow_mut() = Some((out.decisions, imported));
         *kept.borrow_mut() = cal;
-        Ok(out)
+        Ok(out.graph)
     };
     let ptq = crate::ptq::PtqPasses {
         original: graph,
@@ -218,6 +254,7 @@ pub fn quantize_batches(
     // A pipeline stopped before `insert-qdq` (`dump --after fold-bn`) has no QDQ graph yet:
     // the graph it stopped at stands for it.
     let qdq = qdq.into_inner().unwrap_or_else(|| lowered.clone());
+    let (decisions, imported) = decided.into_inner().unwrap_or_default();
     Ok(Quantized {
         qdq,
         lowered,
@@ -226,7 +263,58 @@ pub fn quantize_batches(
         non_finite,
         calibration: kept.into_inner(),
         ptq_notes,
+        plan: plan.frozen(opts, &decisions, &imported),
+        decisions,
     })
+}
+
+/// Quantizes `graph` again under another plan from the statistics of an earlier
+/// quantization of it (`calibration`, which depends on the float graph only, not on the
+/// plan): what trying plan after plan costs without calibrating each time.
+pub fn requantize(
+    graph: &Graph,
+    calibration: &Calibration,
+    opts: &QuantizeOptions,
+    plan: &QuantPlan,
+    pipeline: &PipelineOptions,
+) -> Result<Quantized, Error> {
+    let qdq = RefCell::new(None);
+    let decided = RefCell::new(None);
+    let insert = |g: &Graph| {
+        let (resolved, imported) = resolve_plan(graph, g, opts, plan)?;
+        let mut out = insert_qdq_planned(g, calibration, &resolved)?;
+        *qdq.borrow_mut() = Some(out.graph.clone());
+        // As in `quantize_batches`.
+        quantize_recurrent(&mut out.graph, calibration, opts)?;
+        *decided.borrow_mut() = Some((out.decisions, imported));
+        Ok(out.graph)
+    };
+    let (lowered, runs) = run_passes(graph, &quantizing_pipeline(insert), pipeline)?;
+    let qdq = qdq.into_inner().unwrap_or_else(|| lowered.clone());
+    let (decisions, imported) = decided.into_inner().unwrap_or_default();
+    Ok(Quantized {
+        qdq,
+        lowered,
+        runs,
+        samples: calibration.samples(),
+        non_finite: calibration.non_finite(),
+        calibration: Calibration::default(),
+        ptq_notes: Vec::new(),
+        plan: plan.frozen(opts, &decisions, &imported),
+        decisions,
+    })
+}
+
+/// `plan` resolved against `rewritten` (the graph `insert-qdq` receives), with the nodes of
+/// `imported` (the model before the rewrites) it may also name.
+fn resolve_plan(
+    imported: &Graph,
+    rewritten: &Graph,
+    opts: &QuantizeOptions,
+    plan: &QuantPlan,
+) -> Result<(ResolvedPlan, ImportedNames), qlift_passes::PassError> {
+    let names = ImportedNames::between(imported, rewritten);
+    Ok((resolve(plan, rewritten, opts, &names)?, names))
 }
 
 /// Checks one batch of calibration data against the graph (see [`calibration_samples`])
@@ -270,7 +358,10 @@ fn fixed_batch(graph: &Graph) -> Result<Option<usize>, Error> {
 
 /// Calibration tensors with one axis less than their input (one sample given without its
 /// sample axis) get it added; the tensors are moved, not copied.
-pub(crate) fn with_sample_axis(graph: &Graph, calibration: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
+pub(crate) fn with_sample_axis(
+    graph: &Graph,
+    calibration: Vec<Tensor>,
+) -> Result<Vec<Tensor>, Error> {
     let ranks: Vec<usize> = graph
         .input_values()
         .iter()

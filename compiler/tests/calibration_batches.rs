@@ -23,6 +23,7 @@ fn stream(
         graph,
         &mut || batches.next(),
         &opts,
+        &qlift::QuantPlan::default(),
         &PipelineOptions::default(),
         &Limits::default(),
         &|_, _| {},

@@ -11,13 +11,14 @@ pub mod cost;
 pub mod extract;
 pub mod lang;
 pub mod manager;
+pub mod provenance;
 pub mod quantize;
 pub mod recurrent_layout;
 pub mod rules;
 
 pub use manager::{
-    all_passes, pass_names, pipeline, quantizing_pipeline, quantizing_pipeline_with, run_passes, run_pipeline, Pass, PassRun,
-    PipelineOptions, PrintAfter, Progress, INSERT_QDQ,
+    all_passes, pass_names, pipeline, quantizing_pipeline, quantizing_pipeline_with, run_passes,
+    run_pipeline, Pass, PassRun, PipelineOptions, PrintAfter, Progress, INSERT_QDQ,
 };
 
 /// Errors of the passes.
@@ -37,6 +38,10 @@ pub enum PassError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A quantization plan that cannot be applied to this model (bad input): an entry names
+    /// no node or op type of it, or entries contradict each other.
+    #[error("{0}")]
+    Plan(#[from] crate::quantize::PlanError),
     /// An IR error (the verifier after a pass: a bug in that pass).
     #[error(transparent)]
     Ir(#[from] qlift_ir::IrError),

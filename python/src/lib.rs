@@ -12,7 +12,7 @@ use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyIterator, PyList, PyTuple};
-use qlift::{ActivationScheme, CalibrationMethod, CompileOptions, CompiledModel, Engine, Error, ErrorKind, Limits, QuantizeOptions};
+use qlift::{ActivationScheme, CalibrationMethod, CompileOptions, CompiledModel, Engine, Error, ErrorKind, Limits, QuantPlan, QuantizeOptions};
 use qlift_ir::{DType, Dim, Graph, Tensor, TensorBuf, TensorMut, TensorRef, TensorType};
 use qlift_passes::{run_pipeline, PipelineOptions, PrintAfter};
 use std::path::PathBuf;
@@ -259,6 +259,28 @@ fn quantize_options(method: &str, activations: &str) -> PyResult<QuantizeOptions
     Ok(QuantizeOptions { method, scheme, ..Default::default() })
 }
 
+/// A quantization plan given as ``plan=``: ``None`` (none), a path (``str`` or
+/// ``os.PathLike``) to a TOML or JSON file, or a dict in the file's shape (``{"default":
+/// {...}, "op_types": {...}, "nodes": {...}}``, written through ``json.dumps``). Returns it
+/// with the name its errors use.
+fn plan_arg(py: Python<'_>, plan: Option<&Bound<'_, PyAny>>) -> PyResult<(QuantPlan, String)> {
+    let Some(plan) = plan.filter(|p| !p.is_none()) else {
+        return Ok((QuantPlan::default(), String::new()));
+    };
+    if plan.cast::<PyDict>().is_ok() {
+        let text: String = py.import("json")?.call_method1("dumps", (plan,))?.extract()?;
+        let source = "(dict)".to_string();
+        return Ok((qlift::plan::parse_plan(&text, &source).map_err(|e| to_py(e, Stage::Load))?, source));
+    }
+    let path: PathBuf = py
+        .import("os")?
+        .call_method1("fspath", (plan,))
+        .map_err(|_| pyo3::exceptions::PyTypeError::new_err(format!("plan must be a path or a dict, not {}", plan.get_type().name().map(|n| n.to_string()).unwrap_or_default())))?
+        .extract()?;
+    let plan = py.detach(|| qlift::load_plan(&path)).map_err(|e| to_py(e, Stage::Load))?;
+    Ok((plan, path.display().to_string()))
+}
+
 /// The graph's inputs as the model declares them.
 fn declared_inputs(graph: &Graph) -> Vec<(String, TensorType)> {
     graph.input_values().iter().map(|&v| (graph.value(v).name.clone(), graph.value_type(v).clone())).collect()
@@ -273,6 +295,16 @@ fn calibration_batch(obj: &Bound<'_, PyAny>, declared: &[(String, TensorType)], 
 /// Quantizes `graph` from `calib`: one batch (an array, or a dict by input name) or an
 /// iterable of batches, read one at a time while calibration runs (GIL released between).
 fn quantize_graph(py: Python<'_>, graph: &Graph, calib: &Bound<'_, PyAny>, opts: &QuantizeOptions, pipeline: &PipelineOptions) -> PyResult<qlift::Quantized> {
+    quantize_planned(py, graph, calib, opts, &(QuantPlan::default(), String::new()), pipeline)
+}
+
+/// [`quantize_graph`] under a plan (from [`plan_arg`]); errors of the plan name it and are
+/// :class:`BadInputError`.
+fn quantize_planned(py: Python<'_>, graph: &Graph, calib: &Bound<'_, PyAny>, opts: &QuantizeOptions, (plan, source): &(QuantPlan, String), pipeline: &PipelineOptions) -> PyResult<qlift::Quantized> {
+    let to_py = |e: Error| match qlift::plan::name_plan(e, source) {
+        e @ Error::Plan { .. } => to_py(e, Stage::Load),
+        e => to_py(e, Stage::Calibrate),
+    };
     let declared = declared_inputs(graph);
     let limits = Limits::default();
     let is_array = calib.cast::<PyUntypedArray>().is_ok();
@@ -280,8 +312,8 @@ fn quantize_graph(py: Python<'_>, graph: &Graph, calib: &Bound<'_, PyAny>, opts:
     if is_array || is_dict {
         let batch = calibration_batch(calib, &declared, "calibration data")?;
         return py
-            .detach(|| qlift::quantize::quantize_limited(graph, &batch, opts, pipeline, &limits, &|_, _| {}))
-            .map_err(|e| to_py(e, Stage::Calibrate));
+            .detach(|| qlift::quantize::quantize_limited_planned(graph, &batch, opts, plan, pipeline, &limits, &|_, _| {}))
+            .map_err(to_py);
     }
     let iter: Py<PyIterator> = calib
         .try_iter()
@@ -309,11 +341,11 @@ fn quantize_graph(py: Python<'_>, graph: &Graph, calib: &Bound<'_, PyAny>, opts:
             }))
         })
     };
-    let result = py.detach(|| qlift::quantize::quantize_batches(graph, &mut next, opts, pipeline, &limits, &|_, _| {}));
+    let result = py.detach(|| qlift::quantize::quantize_batches(graph, &mut next, opts, plan, pipeline, &limits, &|_, _| {}));
     if let Some(e) = raised.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
-    result.map_err(|e| to_py(e, Stage::Calibrate))
+    result.map_err(to_py)
 }
 
 fn engine_of(engine: &str) -> PyResult<Engine> {
@@ -513,18 +545,22 @@ fn already_quantized(graph: &Graph) -> bool {
 /// with its own quantization and needs none. ``method``: ``"minmax"``, ``"percentile"``,
 /// ``"percentile:99.9"``, ``"mse"`` or ``"entropy"``; ``activations``: ``"u8"`` or ``"i8"``;
 /// ``threads``: threads one call may use; ``engine``: ``"jit"`` or ``"interpreter"``.
+/// ``plan``: a quantization plan, a path to a TOML or JSON file or a dict of the same shape
+/// (as ``qlift ... --plan``; its default section overrides ``method`` and ``activations``).
 #[pyfunction]
-#[pyo3(signature = (model, calib = None, *, method = "minmax", activations = "u8", threads = 1, engine = "jit"))]
-fn compile(py: Python<'_>, model: &Bound<'_, PyAny>, calib: Option<&Bound<'_, PyAny>>, method: &str, activations: &str, threads: usize, engine: &str) -> PyResult<Model> {
+#[pyo3(signature = (model, calib = None, *, method = "minmax", activations = "u8", plan = None, threads = 1, engine = "jit"))]
+#[allow(clippy::too_many_arguments)]
+fn compile(py: Python<'_>, model: &Bound<'_, PyAny>, calib: Option<&Bound<'_, PyAny>>, method: &str, activations: &str, plan: Option<&Bound<'_, PyAny>>, threads: usize, engine: &str) -> PyResult<Model> {
     if !(1..=1024).contains(&threads) {
         return Err(pyo3::exceptions::PyValueError::new_err(format!("threads: {threads} is not from 1 to 1024")));
     }
     let opts = CompileOptions { engine: engine_of(engine)?, threads, quantize: quantize_options(method, activations)?, ..Default::default() };
+    let plan = plan_arg(py, plan)?;
     let (graph, source) = load_graph(py, model)?;
     let pipeline = PipelineOptions::default();
     let calib = calib.filter(|c| !c.is_none());
     let (lowered, calibrated) = match calib {
-        Some(c) if !already_quantized(&graph) => (quantize_graph(py, &graph, c, &opts.quantize, &pipeline)?.lowered, true),
+        Some(c) if !already_quantized(&graph) => (quantize_planned(py, &graph, c, &opts.quantize, &plan, &pipeline)?.lowered, true),
         _ => (py.detach(|| run_pipeline(&graph, &pipeline)).map_err(|e| to_py(e.into(), Stage::Load))?.0, false),
     };
     let quantized = calibrated || lowered.node_ids().any(|id| lowered.node(id).op.kind().is_some_and(|k| k.is_internal()));
@@ -534,16 +570,18 @@ fn compile(py: Python<'_>, model: &Bound<'_, PyAny>, calib: Option<&Bound<'_, Py
 
 /// Quantizes a float ONNX model from calibration data (as :func:`compile` takes it) into
 /// ONNX Runtime's QDQ format, as ``qlift quantize`` does. Writes it to ``output_path`` and
-/// returns ``None``, or returns its bytes when no path is given.
+/// returns ``None``, or returns its bytes when no path is given. ``plan``: as for
+/// :func:`compile`.
 #[pyfunction]
-#[pyo3(signature = (model, calib, output_path = None, *, method = "minmax", activations = "u8"))]
-fn quantize<'py>(py: Python<'py>, model: &Bound<'py, PyAny>, calib: &Bound<'py, PyAny>, output_path: Option<&Bound<'py, PyAny>>, method: &str, activations: &str) -> PyResult<Option<Bound<'py, PyBytes>>> {
+#[pyo3(signature = (model, calib, output_path = None, *, method = "minmax", activations = "u8", plan = None))]
+fn quantize<'py>(py: Python<'py>, model: &Bound<'py, PyAny>, calib: &Bound<'py, PyAny>, output_path: Option<&Bound<'py, PyAny>>, method: &str, activations: &str, plan: Option<&Bound<'py, PyAny>>) -> PyResult<Option<Bound<'py, PyBytes>>> {
     let opts = quantize_options(method, activations)?;
+    let plan = plan_arg(py, plan)?;
     let (graph, source) = load_graph(py, model)?;
     if already_quantized(&graph) {
         return Err(BadModelError::new_err(format!("{source} is already quantized: there is nothing to quantize (compile() runs it as it is)")));
     }
-    let q = quantize_graph(py, &graph, calib, &opts, &PipelineOptions::default())?;
+    let q = quantize_planned(py, &graph, calib, &opts, &plan, &PipelineOptions::default())?;
     let bytes = qlift::export_onnx(&q.qdq).map_err(|e| to_py(e, Stage::Load))?;
     match output_path {
         None => Ok(Some(PyBytes::new(py, &bytes))),

@@ -11,6 +11,12 @@
 //!   `; check: TEXT` line in order (`; nextln: TEXT` on the line right after the previous
 //!   match), none of the `; not: TEXT` lines, and verify; `; run:` lines hold for the graph
 //!   before and after the pass (within 1e-5 relative, the pass may reassociate f32 math).
+//! - `; test quantize`: quantization under a plan. The graph is calibrated on every
+//!   `; calib: INPUTS` line (one batch each, written as run inputs are), the plan is the
+//!   `; plan: TEXT` lines joined by newlines (TOML, or JSON), and `insert-qdq` then
+//!   `fuse-requant` run; the lowered graph must meet the `; check:`/`; nextln:`/`; not:`
+//!   lines as a pass test's does. With `; error: TEXT` lines, reading or resolving the plan
+//!   must instead fail with a message containing each.
 //! - `; tolerance: X` (pass tests only): f32 results of the graph *after* the pass may also
 //!   differ from the expected values by up to X absolute, for rewrites whose contract allows
 //!   a bounded difference (e.g. a clamp whose bounds round to a quantization grid). The graph
@@ -45,6 +51,7 @@ fn run_file(path: &Path) -> Result<(), Failed> {
         Some("verifier") => check_verifier(&text, &graph),
         Some("run") => check_runs(&text, &graph, 1e-6, 0.0),
         Some(k) if k.starts_with("pass ") => check_pass(&text, &graph, k["pass ".len()..].trim()),
+        Some("quantize") => check_quantize(&text, &graph),
         other => Err(format!(
             "unknown test kind {other:?} (first line must be `; test verifier|run`)"
         )
@@ -162,7 +169,24 @@ fn check_pass(text: &str, graph: &qlift_ir::Graph, name: &str) -> Result<(), Fai
         .ok_or_else(|| format!("no pass `{name}`"))?;
     let (after, _) = qlift_passes::manager::run_pass(graph, &pass).map_err(|e| e.to_string())?;
     verify(&after).map_err(|e| format!("after {name}: {e}"))?;
-    let printed = qlift_ir::text::print(&after, &Default::default());
+    check_directives(text, &after)?;
+    let absolute = match text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("; tolerance:"))
+    {
+        Some(x) => x
+            .trim()
+            .parse::<f32>()
+            .map_err(|e| format!("`; tolerance:{x}`: {e}"))?,
+        None => 0.0,
+    };
+    check_runs(text, graph, 1e-5, 0.0)?;
+    check_runs(text, &after, 1e-5, absolute)
+}
+
+/// The `; check:`, `; nextln:` and `; not:` lines of `text` against `graph` printed.
+fn check_directives(text: &str, graph: &qlift_ir::Graph) -> Result<(), Failed> {
+    let printed = qlift_ir::text::print(graph, &Default::default());
     let lines: Vec<&str> = printed.lines().collect();
     let mut at = 0usize;
     for directive in text
@@ -189,18 +213,61 @@ fn check_pass(text: &str, graph: &qlift_ir::Graph, name: &str) -> Result<(), Fai
             }
         }
     }
-    let absolute = match text
-        .lines()
-        .find_map(|l| l.trim_start().strip_prefix("; tolerance:"))
-    {
-        Some(x) => x
-            .trim()
-            .parse::<f32>()
-            .map_err(|e| format!("`; tolerance:{x}`: {e}"))?,
-        None => 0.0,
+    Ok(())
+}
+
+/// A `; test quantize` file (see the module documentation).
+fn check_quantize(text: &str, graph: &qlift_ir::Graph) -> Result<(), Failed> {
+    use qlift_passes::quantize::{
+        insert_qdq_planned, resolve, Calibration, ImportedNames, QuantPlan, QuantizeOptions,
     };
-    check_runs(text, graph, 1e-5, 0.0)?;
-    check_runs(text, &after, 1e-5, absolute)
+    let directive = |name: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.trim_start().strip_prefix(name))
+            .map(|l| l.strip_prefix(' ').unwrap_or(l).to_string())
+            .collect()
+    };
+    let mut calibration = Calibration::default();
+    for batch in &directive("; calib:") {
+        calibration
+            .observe(graph, &tensors(batch)?)
+            .map_err(|e| format!("calibration: {e}"))?;
+    }
+    if calibration.samples() == 0 {
+        return Err("a quantize test needs `; calib:` lines".into());
+    }
+    let errors = directive("; error:");
+    let plan = QuantPlan::parse(&directive("; plan:").join("\n")).and_then(|plan| {
+        resolve(
+            &plan,
+            graph,
+            &QuantizeOptions::default(),
+            &ImportedNames::default(),
+        )
+    });
+    let plan = match (plan, errors.is_empty()) {
+        (Ok(plan), true) => plan,
+        (Ok(_), false) => return Err(format!("the plan applied; expected {errors:?}").into()),
+        (Err(e), false) => {
+            let message = e.to_string();
+            return match errors.iter().find(|want| !message.contains(want.trim())) {
+                Some(want) => {
+                    Err(format!("expected an error containing `{want}`, got `{message}`").into())
+                }
+                None => Ok(()),
+            };
+        }
+        (Err(e), true) => return Err(format!("plan: {e}").into()),
+    };
+    let inserted = insert_qdq_planned(graph, &calibration, &plan).map_err(|e| e.to_string())?;
+    let pass = qlift_passes::pipeline()
+        .into_iter()
+        .find(|p| p.name == "fuse-requant")
+        .ok_or("no pass `fuse-requant`")?;
+    let (lowered, _) =
+        qlift_passes::manager::run_pass(&inserted.graph, &pass).map_err(|e| e.to_string())?;
+    verify(&lowered).map_err(|e| format!("after quantizing: {e}"))?;
+    check_directives(text, &lowered)
 }
 
 fn main() {

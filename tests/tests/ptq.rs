@@ -16,8 +16,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 fn npy(file: &str) -> Tensor {
-    read_npy(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/models").join(file))
-        .unwrap()
+    read_npy(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/models")
+            .join(file),
+    )
+    .unwrap()
 }
 
 fn load(name: &str) -> Graph {
@@ -30,12 +34,19 @@ fn load(name: &str) -> Graph {
 /// Model, test input, calibration input.
 const MODELS: [(&str, &str, &str); 3] = [
     ("digits_cnn", "digits_test_x.npy", "digits_calib_x.npy"),
-    ("digits_mlp", "digits_test_x_flat.npy", "digits_calib_x_flat.npy"),
+    (
+        "digits_mlp",
+        "digits_test_x_flat.npy",
+        "digits_calib_x_flat.npy",
+    ),
     ("digits_mobile", "digits_test_x.npy", "digits_calib_x.npy"),
 ];
 
 fn run(graph: &Graph, input: &str) -> Vec<f32> {
-    qlift_ir::interp::run(graph, &[npy(input)]).unwrap()[0].as_f32().unwrap().to_vec()
+    qlift_ir::interp::run(graph, &[npy(input)]).unwrap()[0]
+        .as_f32()
+        .unwrap()
+        .to_vec()
 }
 
 fn accuracy(scores: &[f32]) -> f64 {
@@ -44,7 +55,9 @@ fn accuracy(scores: &[f32]) -> f64 {
         .chunks(10)
         .zip(&labels)
         .filter(|(row, &label)| {
-            row.iter().enumerate().fold(0, |b, (i, &v)| if v > row[b] { i } else { b }) as i64
+            row.iter()
+                .enumerate()
+                .fold(0, |b, (i, &v)| if v > row[b] { i } else { b }) as i64
                 == label
         })
         .count();
@@ -53,16 +66,29 @@ fn accuracy(scores: &[f32]) -> f64 {
 
 fn sqnr(got: &[f32], want: &[f32]) -> f64 {
     let signal: f64 = want.iter().map(|&w| (w as f64).powi(2)).sum();
-    let noise: f64 = got.iter().zip(want).map(|(&g, &w)| (g as f64 - w as f64).powi(2)).sum();
+    let noise: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(&g, &w)| (g as f64 - w as f64).powi(2))
+        .sum();
     10.0 * (signal / noise.max(1e-30)).log10()
 }
 
 /// Quantizes and runs the lowered model: (accuracy, SQNR against fp32, seconds to quantize).
 fn measure(name: &str, input: &str, calib: &str, opts: &QuantizeOptions) -> (f64, f64, f64) {
-    let fp32 = npy(&format!("{name}.expected.npy")).as_f32().unwrap().to_vec();
+    let fp32 = npy(&format!("{name}.expected.npy"))
+        .as_f32()
+        .unwrap()
+        .to_vec();
     let start = Instant::now();
-    let q = quantize(&load(name), &[npy(calib)], opts, &PipelineOptions::default(), &|_, _| {})
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let q = quantize(
+        &load(name),
+        &[npy(calib)],
+        opts,
+        &PipelineOptions::default(),
+        &|_, _| {},
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
     let seconds = start.elapsed().as_secs_f64();
     let got = run(&q.lowered, input);
     (accuracy(&got), sqnr(&got, &fp32), seconds)
@@ -71,7 +97,10 @@ fn measure(name: &str, input: &str, calib: &str, opts: &QuantizeOptions) -> (f64
 fn options(granularity: WeightGranularity, bits: WeightBits, ptq: PtqOptions) -> QuantizeOptions {
     QuantizeOptions {
         weights: granularity,
-        ptq: PtqOptions { weight_bits: bits, ..ptq },
+        ptq: PtqOptions {
+            weight_bits: bits,
+            ..ptq
+        },
         ..Default::default()
     }
 }
@@ -87,9 +116,16 @@ fn equalization_keeps_the_float_model() {
         assert!(summary.pairs >= 1, "{name}: {summary:?}");
         let (before, after) = (run(&g, input), run(&eq, input));
         let range = before.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let worst = before.iter().zip(&after).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let worst = before
+            .iter()
+            .zip(&after)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         eprintln!("{name}: {summary:?}, max change {worst:e} of {range}");
-        assert!(worst <= 1e-4 * range, "{name}: CLE changed the float outputs by {worst}");
+        assert!(
+            worst <= 1e-4 * range,
+            "{name}: CLE changed the float outputs by {worst}"
+        );
     }
 }
 
@@ -100,12 +136,44 @@ fn equalization_keeps_the_float_model() {
 #[test]
 fn equalization_rescues_per_tensor_weights_of_the_depthwise_model() {
     let (name, input, calib) = MODELS[2];
-    let cle = PtqOptions { cle: true, ..Default::default() };
-    let per_channel = measure(name, input, calib, &options(WeightGranularity::PerChannel, WeightBits::Eight, PtqOptions::default())).1;
-    let per_tensor = measure(name, input, calib, &options(WeightGranularity::PerTensor, WeightBits::Eight, PtqOptions::default())).1;
-    let equalized = measure(name, input, calib, &options(WeightGranularity::PerTensor, WeightBits::Eight, cle)).1;
+    let cle = PtqOptions {
+        cle: true,
+        ..Default::default()
+    };
+    let per_channel = measure(
+        name,
+        input,
+        calib,
+        &options(
+            WeightGranularity::PerChannel,
+            WeightBits::Eight,
+            PtqOptions::default(),
+        ),
+    )
+    .1;
+    let per_tensor = measure(
+        name,
+        input,
+        calib,
+        &options(
+            WeightGranularity::PerTensor,
+            WeightBits::Eight,
+            PtqOptions::default(),
+        ),
+    )
+    .1;
+    let equalized = measure(
+        name,
+        input,
+        calib,
+        &options(WeightGranularity::PerTensor, WeightBits::Eight, cle),
+    )
+    .1;
     eprintln!("{name}: per-channel {per_channel:.2} dB, per-tensor {per_tensor:.2} dB, per-tensor + CLE {equalized:.2} dB");
-    assert!(equalized > per_tensor, "CLE did not help: {equalized} <= {per_tensor}");
+    assert!(
+        equalized > per_tensor,
+        "CLE did not help: {equalized} <= {per_tensor}"
+    );
 }
 
 /// AdaRound beats nearest rounding of int4 weights on every digits model, and bias
@@ -113,14 +181,39 @@ fn equalization_rescues_per_tensor_weights_of_the_depthwise_model() {
 #[test]
 fn adaround_beats_nearest_rounding_of_int4_weights() {
     for (name, input, calib) in MODELS {
-        let nearest = measure(name, input, calib, &options(WeightGranularity::PerChannel, WeightBits::Four, PtqOptions::default()));
+        let nearest = measure(
+            name,
+            input,
+            calib,
+            &options(
+                WeightGranularity::PerChannel,
+                WeightBits::Four,
+                PtqOptions::default(),
+            ),
+        );
         let adaround = PtqOptions {
-            adaround: Some(AdaRoundOptions { budget: Duration::from_secs(4), iterations: 1000 }),
+            adaround: Some(AdaRoundOptions {
+                budget: Duration::from_secs(4),
+                iterations: 1000,
+            }),
             ..Default::default()
         };
-        let learned = measure(name, input, calib, &options(WeightGranularity::PerChannel, WeightBits::Four, adaround));
-        eprintln!("{name} W4A8: nearest {:.2}% {:.2} dB, AdaRound {:.2}% {:.2} dB", nearest.0, nearest.1, learned.0, learned.1);
-        assert!(learned.1 > nearest.1, "{name}: AdaRound {} dB <= nearest {} dB", learned.1, nearest.1);
+        let learned = measure(
+            name,
+            input,
+            calib,
+            &options(WeightGranularity::PerChannel, WeightBits::Four, adaround),
+        );
+        eprintln!(
+            "{name} W4A8: nearest {:.2}% {:.2} dB, AdaRound {:.2}% {:.2} dB",
+            nearest.0, nearest.1, learned.0, learned.1
+        );
+        assert!(
+            learned.1 > nearest.1,
+            "{name}: AdaRound {} dB <= nearest {} dB",
+            learned.1,
+            nearest.1
+        );
     }
 }
 
@@ -128,13 +221,45 @@ fn adaround_beats_nearest_rounding_of_int4_weights() {
 #[test]
 #[ignore = "prints the README's table (about 5 minutes): run with --ignored --nocapture"]
 fn white_paper_table() {
-    let ada = |budget| Some(AdaRoundOptions { budget: Duration::from_secs(budget), iterations: 2000 });
+    let ada = |budget| {
+        Some(AdaRoundOptions {
+            budget: Duration::from_secs(budget),
+            iterations: 2000,
+        })
+    };
     let variants: [(&str, PtqOptions); 5] = [
         ("nearest", PtqOptions::default()),
-        ("+ CLE", PtqOptions { cle: true, ..Default::default() }),
-        ("+ CLE + bias corr.", PtqOptions { cle: true, bias_correction: Some(BiasCorrection::Empirical), ..Default::default() }),
-        ("AdaRound", PtqOptions { adaround: ada(10), ..Default::default() }),
-        ("+ CLE + AdaRound + bias corr.", PtqOptions { cle: true, adaround: ada(10), bias_correction: Some(BiasCorrection::Empirical), ..Default::default() }),
+        (
+            "+ CLE",
+            PtqOptions {
+                cle: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "+ CLE + bias corr.",
+            PtqOptions {
+                cle: true,
+                bias_correction: Some(BiasCorrection::Empirical),
+                ..Default::default()
+            },
+        ),
+        (
+            "AdaRound",
+            PtqOptions {
+                adaround: ada(10),
+                ..Default::default()
+            },
+        ),
+        (
+            "+ CLE + AdaRound + bias corr.",
+            PtqOptions {
+                cle: true,
+                adaround: ada(10),
+                bias_correction: Some(BiasCorrection::Empirical),
+                ..Default::default()
+            },
+        ),
     ];
     println!("| model | weights | pipeline | accuracy (fp32) | SQNR vs fp32 | time |");
     println!("|---|---|---|---|---|---|");
@@ -143,7 +268,8 @@ fn white_paper_table() {
         for bits in [WeightBits::Eight, WeightBits::Four] {
             for granularity in [WeightGranularity::PerChannel, WeightGranularity::PerTensor] {
                 for (label, ptq) in &variants {
-                    let (acc, db, s) = measure(name, input, calib, &options(granularity, bits, *ptq));
+                    let (acc, db, s) =
+                        measure(name, input, calib, &options(granularity, bits, *ptq));
                     println!(
                         "| {name} | {} {} | {label} | {acc:.2}% ({fp32:.2}%) | {db:.1} dB | {s:.2} s |",
                         if bits == WeightBits::Four { "W4A8" } else { "W8A8" },

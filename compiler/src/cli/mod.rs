@@ -12,6 +12,7 @@ pub(crate) mod dump;
 mod html;
 pub(crate) mod ops;
 pub(crate) mod output;
+mod plan;
 mod profile;
 pub(crate) mod ptq;
 pub(crate) mod quantize;
@@ -188,6 +189,23 @@ pub(crate) struct QuantArgs {
     /// CLE, bias correction, AdaRound, weight bits.
     #[command(flatten)]
     pub(crate) ptq: ptq::PtqArgs,
+    /// A quantization plan (TOML, or JSON): precision, method and weights per node and op
+    /// type over a default section, which overrides --method, --activations, --weights and
+    /// --min-sqnr (see README, "Controlling quantization").
+    #[arg(long, value_name = "FILE")]
+    pub(crate) plan: Option<std::path::PathBuf>,
+    /// Keep a node (by name) or every node of an op type (Conv, MatMul...) in fp32;
+    /// repeatable, over --plan.
+    #[arg(long = "exclude", value_name = "NODE|OPTYPE")]
+    pub(crate) exclude: Vec<String>,
+    /// Raise the layers that hurt most to fp32, one at a time, until the model's outputs keep
+    /// DB of SQNR against fp32 on the calibration data (then return any it can to int8).
+    #[arg(long = "target-sqnr", value_name = "DB", value_parser = plan::parse_db)]
+    pub(crate) target_sqnr_db: Option<f64>,
+    /// Write the plan this quantization used (TOML; JSON for a .json file): applied with
+    /// --plan, it reproduces the same quantized model bit for bit.
+    #[arg(long = "emit-plan", value_name = "FILE")]
+    pub(crate) emit_plan: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -524,6 +542,13 @@ pub(crate) fn quantize_model_from(
     batches: Option<Vec<Vec<Tensor>>>,
     pipeline: &PipelineOptions,
 ) -> Result<Quantized> {
+    if let Some(path) = &q.emit_plan {
+        output::check_writable(path, "--emit-plan")?;
+    }
+    if batches.is_some() && q.target_sqnr_db.is_some() {
+        bail!("--target-sqnr measures layers on --calib files; it does not calibrate over a stream yet");
+    }
+    let (plan, source) = plan::from_args(q)?;
     let calibration = match batches {
         Some(_) => Vec::new(),
         None => bind_inputs(graph, &q.calib).context("calibration data (--calib)")?,
@@ -543,6 +568,7 @@ pub(crate) fn quantize_model_from(
     };
     let start = Instant::now();
     let limits = qlift::Limits::default();
+    plan::note_overrides(q, &plan);
     let progress = |done, total| {
         progress_bar().set_message(format!("insert-qdq: calibrating, {done}/{total} samples"))
     };
@@ -553,20 +579,23 @@ pub(crate) fn quantize_model_from(
                 graph,
                 &mut || b.next().map(Ok),
                 &opts,
+                &plan,
                 pipeline,
                 &limits,
                 &progress,
-            )?
+            )
         }
-        None => qlift::quantize::quantize_limited(
+        None => qlift::quantize::quantize_limited_planned(
             graph,
             &calibration,
             &opts,
+            &plan,
             pipeline,
             &limits,
             &progress,
-        )?,
-    };
+        ),
+    }
+    .map_err(|e| qlift::plan::name_plan(e, &source))?;
     progress_bar().finish_and_clear();
     if quantized.samples == 0 {
         note!("the pipeline stopped before calibration (insert-qdq): nothing was quantized");
@@ -585,5 +614,5 @@ pub(crate) fn quantize_model_from(
     for line in &quantized.ptq_notes {
         note!("{line}");
     }
-    Ok(quantized)
+    plan::finish(graph, q, &opts, &calibration, quantized)
 }

@@ -51,7 +51,9 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("`{s}` is not a number of seconds"))?;
     if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
-        return Err(format!("{v} is out of range: more than 0 and at most 86400 seconds"));
+        return Err(format!(
+            "{v} is out of range: more than 0 and at most 86400 seconds"
+        ));
     }
     Ok(Duration::from_secs_f64(v))
 }

@@ -6,7 +6,7 @@ use super::{
     LoadArgs, QuantArgs,
 };
 use anyhow::{bail, Context, Result};
-use qlift::report::compare;
+use qlift::report::compare_calibrated;
 use qlift_passes::{run_pipeline, PipelineOptions, PrintAfter};
 use std::path::PathBuf;
 
@@ -17,7 +17,10 @@ use std::path::PathBuf;
   qlift report model.onnx --calib calib.npy --input x.npy --html report.html --profile
 
 Layers are matched by value name and listed worst first (lowest SQNR), as ONNX Runtime's
-qdq_loss_debug does; the last line is the model output.")]
+qdq_loss_debug does; the last line is the model output. Each layer's error is split into the
+SQNR each cause alone would leave: its own rounding (round), values the chosen range clipped
+that calibration had seen (clip), values beyond anything calibration saw (sat), and what its
+operands and weights brought (upstream); definitions in compiler/src/report.rs.")]
 pub(crate) struct ReportArgs {
     /// The float ONNX model (or an already quantized one: then it is compared with what
     /// qlift lowers it to, and --calib is not needed).
@@ -74,7 +77,13 @@ pub(crate) fn exec(args: &ReportArgs) -> Result<()> {
         let q = quantize_model(&graph, &args.quant, &pipeline)?;
         (float, q.lowered, q.runs, Some(q.calibration))
     };
-    let comparison = compare(&reference, &quantized, &inputs, &qlift::Limits::default())?;
+    let comparison = compare_calibrated(
+        &reference,
+        &quantized,
+        &inputs,
+        calibration.as_ref(),
+        &qlift::Limits::default(),
+    )?;
     if let Some(path) = &args.html {
         let kernels = super::html::kernels(&quantized, true, &inputs, args.profile);
         let samples = args.inputs.join(" ");
@@ -118,6 +127,10 @@ pub(crate) fn exec(args: &ReportArgs) -> Result<()> {
                     "name": r.name, "op": r.op, "sqnr_db": finite_or_null(r.sqnr_db),
                     "max_abs_error": r.max_abs_error, "elements": r.elements,
                     "output": outputs.contains(&r.name.as_str()),
+                    "rounding_db": finite_or_null(r.split.db(r.split.rounding)),
+                    "clipping_db": finite_or_null(r.split.db(r.split.clipping)),
+                    "saturation_db": finite_or_null(r.split.db(r.split.saturation)),
+                    "upstream_db": finite_or_null(r.split.db(r.split.upstream)),
                 })
             })
             .collect();
@@ -127,8 +140,8 @@ pub(crate) fn exec(args: &ReportArgs) -> Result<()> {
         );
     }
     let mut table = format!(
-        "{:<36} {:<20} {:>10} {:>12} {:>9}\n",
-        "layer", "op", "SQNR dB", "max error", "elements"
+        "{:<36} {:<20} {:>10} {:>12} {:>9} {:>8} {:>8} {:>8} {:>9}\n",
+        "layer", "op", "SQNR dB", "max error", "elements", "round", "clip", "sat", "upstream"
     );
     for r in &rows {
         let mark = if outputs.contains(&r.name.as_str()) {
@@ -136,9 +149,21 @@ pub(crate) fn exec(args: &ReportArgs) -> Result<()> {
         } else {
             ""
         };
+        let part = |x: f64| match r.split.db(x) {
+            db if db.is_nan() => "-".to_string(),
+            db => format!("{db:.1}"),
+        };
         table.push_str(&format!(
-            "{:<36} {:<20} {:>10.2} {:>12.6} {:>9}{mark}\n",
-            r.name, r.op, r.sqnr_db, r.max_abs_error, r.elements
+            "{:<36} {:<20} {:>10.2} {:>12.6} {:>9} {:>8} {:>8} {:>8} {:>9}{mark}\n",
+            r.name,
+            r.op,
+            r.sqnr_db,
+            r.max_abs_error,
+            r.elements,
+            part(r.split.rounding),
+            part(r.split.clipping),
+            part(r.split.saturation),
+            part(r.split.upstream)
         ));
     }
     print(&table)

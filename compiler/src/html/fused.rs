@@ -1,13 +1,11 @@
-//! Where each node of the compiled graph came from: the nodes of the imported graph it
-//! stands for. The rewrites work on an e-graph, which keeps no history, but they keep value
-//! names: a compiled node's result has the name of the last original value it computes (a
-//! quantized one with [`QUANTIZED_SUFFIX`]), and the original values between it and its
-//! operands that no longer exist were fused into it (a Conv, its BatchNormalization and its
-//! Relu) or folded into constants (a Reshape's shape computation).
+//! What each node of the compiled graph stands for, as the HTML report shows it: the ops of
+//! the imported graph fused into it and those folded into its constants (which nodes those
+//! are is `qlift_passes::provenance`'s business).
 
-use crate::report::QUANTIZED_SUFFIX;
 use qlift_ir::{Graph, NodeId, NodeOp};
 use std::collections::{HashMap, HashSet};
+
+pub(crate) use qlift_passes::provenance::float_name;
 
 /// The original ops a compiled node stands for.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -17,11 +15,6 @@ pub(crate) struct Origin {
     pub(crate) fused: Vec<String>,
     /// Ops on constants only, evaluated at compile time into the node's constant operands.
     pub(crate) folded: usize,
-}
-
-/// The value's name without the suffix of its quantized form.
-pub(crate) fn float_name(name: &str) -> &str {
-    name.strip_suffix(QUANTIZED_SUFFIX).unwrap_or(name)
 }
 
 /// The origin of every op node of `compiled` that computes a value of `original` (by name).
@@ -43,55 +36,18 @@ pub(crate) fn origins(original: &Graph, compiled: &Graph) -> HashMap<NodeId, Ori
             runtime.insert(id);
         }
     }
-    let rank: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &id)| (id, i)).collect();
-    let kept: HashSet<&str> = compiled
-        .node_ids()
-        .flat_map(|id| {
-            compiled
-                .node(id)
-                .outputs
+    qlift_passes::provenance::members(original, compiled)
+        .into_iter()
+        .map(|(id, members)| {
+            let fused: Vec<String> = members
                 .iter()
-                .map(|v| float_name(&v.name))
+                .filter(|m| runtime.contains(m))
+                .map(|&m| original.node(m).op.name().to_string())
+                .collect();
+            let folded = members.len() - fused.len();
+            (id, Origin { fused, folded })
         })
-        .collect();
-    let mut out = HashMap::new();
-    for id in compiled.node_ids() {
-        let node = compiled.node(id);
-        if !matches!(node.op, NodeOp::Apply(_)) {
-            continue;
-        }
-        let Some(start) = node
-            .outputs
-            .first()
-            .and_then(|v| original.find_value(float_name(&v.name)))
-        else {
-            continue;
-        };
-        // Walk back from the producer through values the compiled graph no longer has.
-        let mut seen: HashSet<NodeId> = HashSet::from([start.node]);
-        let mut stack = vec![start.node];
-        while let Some(n) = stack.pop() {
-            for v in original.node_inputs(n).into_iter().flatten() {
-                let gone = !kept.contains(original.value(v).name.as_str());
-                if gone
-                    && matches!(original.node(v.node).op, NodeOp::Apply(_))
-                    && seen.insert(v.node)
-                {
-                    stack.push(v.node);
-                }
-            }
-        }
-        let mut members: Vec<NodeId> = seen.into_iter().collect();
-        members.sort_by_key(|m| rank.get(m).copied().unwrap_or(usize::MAX));
-        let fused: Vec<String> = members
-            .iter()
-            .filter(|m| runtime.contains(m))
-            .map(|&m| original.node(m).op.name().to_string())
-            .collect();
-        let folded = members.len() - fused.len();
-        out.insert(id, Origin { fused, folded });
-    }
-    out
+        .collect()
 }
 
 #[cfg(test)]

@@ -930,7 +930,8 @@ fn layer_table(out: &mut String, r: &Report, drawn: &[Drawn]) {
         .filter_map(|d| Some((d.error? as *const LayerError, d)))
         .collect();
     out.push_str("<section id=\"layers\"><h2>Layers, worst first</h2><table><tr><th>layer</th><th>op</th><th>SQNR dB</th><th>max error</th>\
-        <th>clipped</th><th>rounding-only dB</th><th>clipping-only dB</th><th>kernel</th><th>time</th></tr>");
+        <th>clipped</th><th>rounding-only dB</th><th>clipping-only dB</th>\
+        <th>measured: rounding dB</th><th>clipping dB</th><th>saturation dB</th><th>upstream dB</th><th>kernel</th><th>time</th></tr>");
     for e in &r.layers {
         let d = at.get(&(e as *const LayerError)).copied();
         let range = d.and_then(|d| {
@@ -951,16 +952,20 @@ fn layer_table(out: &mut String, r: &Report, drawn: &[Drawn]) {
             .map_or(String::new(), |c| format!("{:.1}%", 100.0 * c.share));
         let _ = write!(
             out,
-            "<tr><td>{}</td><td>{}</td><td class=\"n\" style=\"background:{}\">{}</td><td class=\"n\">{}</td><td class=\"n\">{clipped}</td><td class=\"n\">{round}</td><td class=\"n\">{clip}</td><td>{}</td><td class=\"n\">{time}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td class=\"n\" style=\"background:{}\">{}</td><td class=\"n\">{}</td><td class=\"n\">{clipped}</td><td class=\"n\">{round}</td><td class=\"n\">{clip}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{time}</td></tr>",
             link(d.map(|d| d.ordinal), &e.name),
             esc(&e.op),
             sqnr_color(e.sqnr_db),
             num(e.sqnr_db),
             num(e.max_abs_error),
+            num(e.split.db(e.split.rounding)),
+            num(e.split.db(e.split.clipping)),
+            num(e.split.db(e.split.saturation)),
+            num(e.split.db(e.split.upstream)),
             esc(kernel.map_or("", |k| k.form.as_str()))
         );
     }
-    out.push_str("</table><p>SQNR is measured on the --input data; the clipped fraction and the rounding/clipping split are estimated from the calibration histogram of the layer's result.</p></section>");
+    out.push_str("</table><p>SQNR is measured on the --input data; the clipped fraction and the rounding/clipping split are estimated from the calibration histogram of the layer's result; the measured split is the error on the --input data by cause (the SQNR each cause alone would leave: the value's own rounding, clipping of values calibration saw, saturation beyond anything it saw, and error its operands and weights brought; see compiler/src/report.rs).</p></section>");
 }
 
 /// The pass pipeline: a row per step, its IR text and its diff against the step before.

@@ -83,14 +83,15 @@ impl QuantizedRecurrent {
         w: &TensorType,
         rw: &TensorType,
     ) -> Result<QuantizedRecurrent, String> {
-        let xq =
-            match &x.quant {
-                Some(q) if matches!(x.dtype, DType::U8 | DType::I8) && q.axis.is_none() => q,
-                _ => return Err(format!(
+        let xq = match &x.quant {
+            Some(q) if matches!(x.dtype, DType::U8 | DType::I8) && q.axis.is_none() => q,
+            _ => {
+                return Err(format!(
                     "X of an integer recurrent layer must be 8-bit quantized per tensor, found {}",
                     type_to_string(x)
-                )),
-            };
+                ))
+            }
+        };
         let weight = |t: &TensorType, what: &str| -> Result<Vec<f32>, String> {
             match &t.quant {
                 Some(q) if t.dtype == DType::I8 && (q.axis.is_none() || q.axis == Some(1)) && q.zero_point.iter().all(|&z| z == 0) => {

@@ -111,7 +111,14 @@ pub fn adaround(
         .collect::<Option<_>>()
         .ok_or_else(|| PassError::Bug("a product without an input".into()))?;
     let mut float_cols: Vec<Columns> = anchors.iter().map(|a| Columns::new(&a.layer)).collect();
-    replay_columns(float, replay, &float_inputs, &anchors, &mut float_cols, samples)?;
+    replay_columns(
+        float,
+        replay,
+        &float_inputs,
+        &anchors,
+        &mut float_cols,
+        samples,
+    )?;
     let costs: Vec<f64> = anchors
         .iter()
         .map(|a| (a.layer.rows * a.layer.row_len) as f64)
@@ -130,7 +137,14 @@ pub fn adaround(
         let x_hat = g.node_inputs(a.layer.node)[0]
             .ok_or_else(|| PassError::Bug("a product without an input".into()))?;
         let mut quant_cols = vec![Columns::new(&a.layer)];
-        replay_columns(&g, replay, &[x_hat], std::slice::from_ref(a), &mut quant_cols, samples)?;
+        replay_columns(
+            &g,
+            replay,
+            &[x_hat],
+            std::slice::from_ref(a),
+            &mut quant_cols,
+            samples,
+        )?;
         let problem = Problem::new(&g, float, a, &float_cols[i], &quant_cols[0])?;
         let result = problem.solve(opts.iterations, share);
         summary.layers += 1;
@@ -192,12 +206,17 @@ fn keep_columns(
     let mut n = 0;
     for (g, out) in cols.groups.iter_mut().enumerate() {
         let (c, count) = layer.columns(x, g).ok_or_else(|| {
-            PassError::Bug(format!("input of shape {:?} does not fit its layer", x.shape()))
+            PassError::Bug(format!(
+                "input of shape {:?} does not fit its layer",
+                x.shape()
+            ))
         })?;
         // Columns per sample × samples: the whole set's column count.
         let total = count / batch * samples;
         let stride = total.div_ceil(MAX_COLUMNS).max(1);
-        let keep: Vec<usize> = (0..count).filter(|j| (cols.seen + j) % stride == 0).collect();
+        let keep: Vec<usize> = (0..count)
+            .filter(|j| (cols.seen + j) % stride == 0)
+            .collect();
         // Row-major [row_len][kept]: rebuild with the new columns appended per row.
         let old = cols.count;
         let mut merged = Vec::with_capacity(layer.row_len * (old + keep.len()));
@@ -272,18 +291,21 @@ impl<'a> Problem<'a> {
         }
         let n = x.count;
         let mut targets = vec![0f32; l.rows * n];
-        targets.par_chunks_mut(n.max(1)).enumerate().for_each(|(r, t)| {
-            let cols = &x.groups[l.group_of(r)];
-            let row = l.row(w, r);
-            for (e, &wv) in row.iter().enumerate() {
-                for (t, &xv) in t.iter_mut().zip(&cols[e * n..][..n]) {
-                    *t += wv * xv;
+        targets
+            .par_chunks_mut(n.max(1))
+            .enumerate()
+            .for_each(|(r, t)| {
+                let cols = &x.groups[l.group_of(r)];
+                let row = l.row(w, r);
+                for (e, &wv) in row.iter().enumerate() {
+                    for (t, &xv) in t.iter_mut().zip(&cols[e * n..][..n]) {
+                        *t += wv * xv;
+                    }
                 }
-            }
-            for t in t.iter_mut() {
-                *t = (*t + bias[r]).clamp(clip.0, clip.1);
-            }
-        });
+                for t in t.iter_mut() {
+                    *t = (*t + bias[r]).clamp(clip.0, clip.1);
+                }
+            });
         Ok(Problem {
             layer: l,
             w,
@@ -351,7 +373,10 @@ impl<'a> Problem<'a> {
         let w = l.row(self.w, r);
         let (lo, hi) = (-self.qmax, self.qmax);
         let floor: Vec<f32> = w.iter().map(|&v| (v / s).floor()).collect();
-        let nearest: Vec<f32> = w.iter().map(|&v| (v / s).round_ties_even().clamp(lo, hi)).collect();
+        let nearest: Vec<f32> = w
+            .iter()
+            .map(|&v| (v / s).round_ties_even().clamp(lo, hi))
+            .collect();
         // V with h(V) = the fractional part (eq. 23 inverted).
         let mut v: Vec<f32> = w
             .iter()
@@ -366,7 +391,8 @@ impl<'a> Problem<'a> {
         let n = self.x_hat.count;
         let cols = &self.x_hat.groups[l.group_of(r)];
         let targets = &self.targets[r * n..][..n];
-        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ (r as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9));
+        let mut rng =
+            XorShift(0x9E37_79B9_7F4A_7C15 ^ (r as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9));
         let batch = BATCH.min(n);
         let mut picked = vec![0usize; batch];
         let mut grad = vec![0f32; v.len()];
@@ -482,10 +508,17 @@ fn write_weights(g: &mut Graph, a: &Anchor, q: &[i8]) -> Result<(), PassError> {
     let old = g
         .const_value(a.quantized)
         .ok_or_else(|| PassError::Bug("quantized weights are not constant".into()))?;
-    let t = Tensor::new(old.dtype(), old.shape().to_vec(), TensorData::I8(q.to_vec()))
-        .map_err(PassError::Bug)?;
+    let t = Tensor::new(
+        old.dtype(),
+        old.shape().to_vec(),
+        TensorData::I8(q.to_vec()),
+    )
+    .map_err(PassError::Bug)?;
     g.node_mut(a.quantized.node).op = NodeOp::Const(Arc::new(t));
-    debug_assert_eq!(dequantized(g, a.quantized).map(|d| d.len()).ok(), Some(q.len()));
+    debug_assert_eq!(
+        dequantized(g, a.quantized).map(|d| d.len()).ok(),
+        Some(q.len())
+    );
     Ok(())
 }
 

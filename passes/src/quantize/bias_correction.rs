@@ -54,10 +54,16 @@ impl EntryMeans {
         let mut n = 0;
         for (g, sums) in self.sums.iter_mut().enumerate() {
             let (cols, count) = layer.columns(x, g).ok_or_else(|| {
-                PassError::Bug(format!("input of shape {:?} does not fit its layer", x.shape()))
+                PassError::Bug(format!(
+                    "input of shape {:?} does not fit its layer",
+                    x.shape()
+                ))
             })?;
             for (e, s) in sums.iter_mut().enumerate() {
-                *s += cols[e * count..][..count].iter().map(|&v| v as f64).sum::<f64>();
+                *s += cols[e * count..][..count]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .sum::<f64>();
             }
             n = count;
         }
@@ -67,7 +73,10 @@ impl EntryMeans {
 
     fn means(&self) -> Vec<Vec<f32>> {
         let n = self.count.max(1) as f64;
-        self.sums.iter().map(|s| s.iter().map(|&v| (v / n) as f32).collect()).collect()
+        self.sums
+            .iter()
+            .map(|s| s.iter().map(|&v| (v / n) as f32).collect())
+            .collect()
     }
 }
 
@@ -156,7 +165,9 @@ fn source_name(g: &Graph, v: ValueId) -> String {
 /// optionally through a Relu or Clip.
 fn bn_channel_means(g: &Graph, name: &str) -> Option<Vec<f32>> {
     let v = g.find_value(name)?;
-    let NodeOp::Apply(op) = &g.node(v.node).op else { return None };
+    let NodeOp::Apply(op) = &g.node(v.node).op else {
+        return None;
+    };
     let (bn, lo, hi) = match op.kind {
         OpKind::Relu => (g.node_inputs(v.node)[0]?, 0.0, f64::INFINITY),
         OpKind::Clip => (
@@ -171,7 +182,12 @@ fn bn_channel_means(g: &Graph, name: &str) -> Option<Vec<f32>> {
         return None;
     }
     let operand = |i: usize| -> Option<Vec<f32>> {
-        Some(g.const_value(g.node_inputs(bn.node).get(i).copied()??)?.as_f32().ok()?.to_vec())
+        Some(
+            g.const_value(g.node_inputs(bn.node).get(i).copied()??)?
+                .as_f32()
+                .ok()?
+                .to_vec(),
+        )
     };
     let (gamma, beta) = (operand(1)?, operand(2)?);
     Some(
@@ -196,7 +212,11 @@ pub fn clipped_normal_mean(mu: f64, sigma: f64, lo: f64, hi: f64) -> f64 {
         let a = (mu - t) / sigma;
         sigma * normal_pdf(a) + (mu - t) * normal_cdf(a)
     };
-    let above_lo = if lo == f64::NEG_INFINITY { mu } else { lo + excess(lo) };
+    let above_lo = if lo == f64::NEG_INFINITY {
+        mu
+    } else {
+        lo + excess(lo)
+    };
     above_lo - excess(hi)
 }
 
@@ -222,7 +242,9 @@ fn normal_cdf(x: f64) -> f64 {
 /// The fraction of output positions at which each kernel tap reads the input rather than
 /// padding (1 for every tap without padding, and for Gemm/MatMul).
 fn tap_fractions(g: &Graph, layer: &Layer, x: ValueId) -> Option<Vec<f32>> {
-    let Some(_) = &layer.conv else { return Some(vec![1.0]) };
+    let Some(_) = &layer.conv else {
+        return Some(vec![1.0]);
+    };
     // The columns of an all-ones sample, averaged, are exactly these fractions.
     let dims: Vec<usize> = g
         .value_type(x)
@@ -276,28 +298,40 @@ fn shift_bias(g: &mut Graph, node: NodeId, shift: &[f64]) -> Result<bool, PassEr
     let result = ValueId { node, output: 0 };
     let bias = match g.node(node).op.kind() {
         Some(OpKind::MatMul) => {
-            let [(add, _)] = g.users(result)[..] else { return Ok(false) };
+            let [(add, _)] = g.users(result)[..] else {
+                return Ok(false);
+            };
             if g.node(add).op.kind() != Some(OpKind::Add) {
                 return Ok(false);
             }
-            g.node_inputs(add).into_iter().flatten().find(|&v| v != result)
+            g.node_inputs(add)
+                .into_iter()
+                .flatten()
+                .find(|&v| v != result)
         }
         _ => g.node_inputs(node).get(2).copied().flatten(),
     };
-    let Some(mut bias) = bias else { return Ok(false) };
+    let Some(mut bias) = bias else {
+        return Ok(false);
+    };
     if g.node(bias.node).op.kind() == Some(OpKind::DequantizeLinear) {
         match g.node_inputs(bias.node)[0] {
             Some(b) => bias = b,
             None => return Ok(false),
         }
     }
-    let Some(t) = g.const_value(bias).cloned() else { return Ok(false) };
+    let Some(t) = g.const_value(bias).cloned() else {
+        return Ok(false);
+    };
     if t.len() != shift.len() || g.users(bias).len() != 1 {
         return Ok(false);
     }
     let data = match (t.data(), &g.value_type(bias).quant) {
         (TensorData::F32(b), None) => TensorData::F32(
-            b.iter().zip(shift).map(|(&b, &s)| (b as f64 - s) as f32).collect(),
+            b.iter()
+                .zip(shift)
+                .map(|(&b, &s)| (b as f64 - s) as f32)
+                .collect(),
         ),
         (TensorData::I32(b), Some(q)) => {
             let mut out = Vec::with_capacity(b.len());
@@ -329,6 +363,9 @@ mod tests {
         // Far above the bound: the bound; far inside: the mean.
         assert!((clipped_normal_mean(100.0, 1.0, 0.0, 6.0) - 6.0).abs() < 1e-6);
         assert!((clipped_normal_mean(3.0, 0.01, 0.0, 6.0) - 3.0).abs() < 1e-6);
-        assert_eq!(clipped_normal_mean(2.0, 1.0, f64::NEG_INFINITY, f64::INFINITY), 2.0);
+        assert_eq!(
+            clipped_normal_mean(2.0, 1.0, f64::NEG_INFINITY, f64::INFINITY),
+            2.0
+        );
     }
 }

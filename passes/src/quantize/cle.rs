@@ -199,22 +199,31 @@ fn set_clip(g: &mut Graph, node: NodeId, hi: f32) -> Result<(), PassError> {
 fn find_pairs(g: &Graph) -> Result<Vec<Pair>, PassError> {
     let mut pairs = Vec::new();
     for id in g.topo_order()? {
-        let Some(first) = product(g, id) else { continue };
+        let Some(first) = product(g, id) else {
+            continue;
+        };
         let (lo, hi) = fused_clip(g, id);
         if !(lo == 0.0 || lo == f32::NEG_INFINITY) || hi <= 0.0 {
             continue;
         }
-        let link = ValueId { node: id, output: 0 };
+        let link = ValueId {
+            node: id,
+            output: 0,
+        };
         let (mut v, mut inner, mut absorbable) = (link, 1usize, lo == 0.0);
         let second = loop {
             if g.outputs().contains(&v) {
                 break None;
             }
-            let [(user, 0)] = g.users(v)[..] else { break None };
+            let [(user, 0)] = g.users(v)[..] else {
+                break None;
+            };
             if let Some(second) = product(g, user) {
                 break Some(second);
             }
-            let NodeOp::Apply(op) = &g.node(user).op else { break None };
+            let NodeOp::Apply(op) = &g.node(user).op else {
+                break None;
+            };
             let padded = op
                 .attrs
                 .ints("pads")
@@ -234,7 +243,10 @@ fn find_pairs(g: &Graph) -> Result<Vec<Pair>, PassError> {
                 }
                 _ => break None,
             }
-            v = ValueId { node: user, output: 0 };
+            v = ValueId {
+                node: user,
+                output: 0,
+            };
         };
         let Some(second) = second else { continue };
         if second.in_channels != first.rows * inner
@@ -260,7 +272,9 @@ fn find_pairs(g: &Graph) -> Result<Vec<Pair>, PassError> {
 /// The layer of a Conv/Gemm/MatMul with constant f32 weights read by nothing else, with a
 /// bias CLE can scale.
 fn product(g: &Graph, id: NodeId) -> Option<Layer> {
-    let NodeOp::Apply(op) = &g.node(id).op else { return None };
+    let NodeOp::Apply(op) = &g.node(id).op else {
+        return None;
+    };
     if !matches!(op.kind, OpKind::Conv | OpKind::Gemm) || g.node(id).outputs.len() != 1 {
         return None;
     }
@@ -272,7 +286,9 @@ fn product(g: &Graph, id: NodeId) -> Option<Layer> {
 /// constant with one value per output channel read by nothing else, `None` otherwise (a
 /// broadcast bias, a Gemm with beta ≠ 1), which CLE leaves alone.
 fn bias(g: &Graph, node: NodeId, rows: usize) -> Option<Option<ValueId>> {
-    let NodeOp::Apply(op) = &g.node(node).op else { return None };
+    let NodeOp::Apply(op) = &g.node(node).op else {
+        return None;
+    };
     if op.kind == OpKind::Gemm && op.attrs.float("beta").ok()? != 1.0 {
         return None;
     }
@@ -419,12 +435,18 @@ fn ensure_bias(g: &mut Graph, node: NodeId, rows: usize) -> Result<ValueId, Pass
             while g.find_value(&name).is_some() {
                 name.push('_');
             }
-            let b = g.add_const(&name, Arc::new(Tensor::from_f32(&[rows], vec![0.0; rows])), None);
+            let b = g.add_const(
+                &name,
+                Arc::new(Tensor::from_f32(&[rows], vec![0.0; rows])),
+                None,
+            );
             let arity = &mut g.node_mut(node).arity;
             *arity = (*arity).max(3);
             g.set_node_input(node, 2, Some(b))?;
             Ok(b)
         }
-        None => Err(PassError::Bug("bias absorption into an unsupported bias".into())),
+        None => Err(PassError::Bug(
+            "bias absorption into an unsupported bias".into(),
+        )),
     }
 }

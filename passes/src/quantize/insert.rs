@@ -45,6 +45,7 @@ use crate::calibrate::{
     choose_range, quant_params, quantization_noise, ActivationScheme, CalibrationMethod,
     TensorStats,
 };
+use crate::quantize::plan::{Precision, ResolvedPlan};
 use crate::quantize::weights::{quantize_weights, WeightGranularity};
 use crate::quantize::PtqOptions;
 use crate::PassError;
@@ -52,7 +53,7 @@ use qlift_ir::{
     Attrs, DType, Graph, NodeId, NodeOp, Op, OpKind, QuantParams, Tensor, TensorData, TensorType,
     Value, ValueId,
 };
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// How to quantize a model after calibration.
@@ -207,12 +208,65 @@ fn reads_accumulator(g: &Graph, op: &Op, result: ValueId) -> bool {
 }
 
 /// Returns `graph` with Q/DQ pairs inserted from `calibration` (which must come from this
-/// graph). Graph input and output names stay: an output's DequantizeLinear takes its name.
+/// graph), every node under `opts`. Graph input and output names stay: an output's
+/// DequantizeLinear takes its name.
 pub fn insert_qdq(
     graph: &Graph,
     calibration: &Calibration,
     opts: &QuantizeOptions,
 ) -> Result<Graph, PassError> {
+    Ok(insert_qdq_planned(graph, calibration, &ResolvedPlan::uniform(opts))?.graph)
+}
+
+/// What `insert-qdq` decided for one node the policy lets compute in integers (a quantized
+/// unit: an anchor with its bias Add, or an integer-preserving op).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// The node's name (a plan's node key).
+    pub node: String,
+    /// Its op.
+    pub op: OpKind,
+    /// Integer, or float and why.
+    pub outcome: Outcome,
+    /// The values the unit computes, by name in `graph` (a MatMul's bias Add's result for a
+    /// MatMul with its bias): what a per-layer report measures for it.
+    pub writes: Vec<String>,
+}
+
+/// Whether a unit was quantized, and if not why.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// It computes in integers.
+    Int8,
+    /// The plan keeps it float.
+    Fp32ByPlan,
+    /// The outlier check kept it float: activation `value` would keep `sqnr_db` in 8 bits.
+    Fp32BySqnr {
+        /// The activation that failed the check.
+        value: String,
+        /// Its estimated SQNR in 8 bits.
+        sqnr_db: f64,
+    },
+}
+
+/// What [`insert_qdq_planned`] returns: the graph and what it decided for each unit.
+#[derive(Clone, Debug)]
+pub struct Inserted {
+    /// The graph with Q/DQ pairs.
+    pub graph: Graph,
+    /// The units the policy allowed in integers, in graph order, and what became of them.
+    pub decisions: Vec<Decision>,
+}
+
+/// [`insert_qdq`] with each node's settings from a resolved plan (see `plan.rs`): a node
+/// whose precision is fp32 stays float, and each node's activations and weights are
+/// quantized with its own method, weight granularity and outlier check.
+pub fn insert_qdq_planned(
+    graph: &Graph,
+    calibration: &Calibration,
+    plan: &ResolvedPlan,
+) -> Result<Inserted, PassError> {
+    let mut decisions = Vec::new();
     let mut g = graph.clone();
     let order = g.topo_order()?;
     // Parameters chosen per value, so that pass-through ops can inherit their operand's.
@@ -220,11 +274,11 @@ pub fn insert_qdq(
     let mut dequantized: HashMap<ValueId, ValueId> = HashMap::new();
     // The other way round: the value each inserted DequantizeLinear stands for.
     let mut source_of: HashMap<ValueId, ValueId> = HashMap::new();
-    // Quantized weights by (constant, channel axis): a weight several ops read is quantized
-    // once (one name, one copy).
-    let mut weights: HashMap<(ValueId, usize), ValueId> = HashMap::new();
-    // Bias Adds that finish a MatMul anchor (`fuse-matmul-bias`), by node.
-    let mut bias_adds: HashSet<NodeId> = HashSet::new();
+    // Quantized weights by (constant, channel axis, granularity): a weight several ops read
+    // is quantized once (one name, one copy).
+    let mut weights: HashMap<(ValueId, usize, WeightGranularity), ValueId> = HashMap::new();
+    // Bias Adds that finish a MatMul anchor (`fuse-matmul-bias`), with their MatMul node.
+    let mut bias_adds: HashMap<NodeId, NodeId> = HashMap::new();
     for id in order {
         let NodeOp::Apply(op) = g.node(id).op.clone() else {
             continue;
@@ -234,7 +288,10 @@ pub fn insert_qdq(
         }
         let operands = g.node_inputs(id);
         let anchor = is_anchor(&g, &op, &operands);
-        let bias_add = bias_adds.contains(&id);
+        let bias_add = bias_adds.contains_key(&id);
+        // A bias Add is quantized with its MatMul's settings.
+        let settings = plan.settings(bias_adds.get(&id).copied().unwrap_or(id));
+        let opts = &settings.opts;
         // A product of two activations stays float.
         if matches!(op.kind, OpKind::Conv | OpKind::Gemm | OpKind::MatMul) && !anchor {
             continue;
@@ -248,6 +305,17 @@ pub fn insert_qdq(
             node: id,
             output: 0,
         };
+        let decision = |g: &Graph, outcome, writes: ValueId| Decision {
+            node: g.node(id).name.clone(),
+            op: op.kind,
+            outcome,
+            writes: vec![g.value(writes).name.clone()],
+        };
+        if !bias_add && settings.precision == Precision::Fp32 {
+            decisions.push(decision(&g, Outcome::Fp32ByPlan, result));
+            read_float_sources(&mut g, id, &source_of)?;
+            continue;
+        }
         // Activations that 8 bits cannot hold (outliers far beyond the bulk) keep the op float
         // (a bias Add was checked with its MatMul, whose result it is).
         let written = if anchor && op.kind == OpKind::MatMul {
@@ -266,8 +334,20 @@ pub fn insert_qdq(
         let mut checked = read
             .map(|(_, v)| v.unwrap())
             .chain((!reads_accumulator(&g, &op, result)).then_some(written));
-        if !bias_add && !checked.all(|v| holds_in_8_bits(&g, v, calibration, opts)) {
-            continue;
+        if !bias_add {
+            let short =
+                checked.find_map(|v| short_of_8_bits(&g, v, calibration, opts).map(|db| (v, db)));
+            if let Some((v, sqnr_db)) = short {
+                let value = g.value(v).name.clone();
+                decisions.push(decision(
+                    &g,
+                    Outcome::Fp32BySqnr { value, sqnr_db },
+                    written,
+                ));
+                read_float_sources(&mut g, id, &source_of)?;
+                continue;
+            }
+            decisions.push(decision(&g, Outcome::Int8, written));
         }
         if op.kind == OpKind::MatMul && anchor {
             if let Some(add) = bias_add_after(&g, result) {
@@ -275,8 +355,7 @@ pub fn insert_qdq(
                 for (slot, v) in operands.iter().enumerate() {
                     if let (Some(v), Some(axis)) = (*v, weight_axis(&op, slot)) {
                         if g.const_value(v).is_some() {
-                            let dq =
-                                quantized_weight_once(&mut g, &mut weights, v, axis, opts)?;
+                            let dq = quantized_weight_once(&mut g, &mut weights, v, axis, opts)?;
                             g.set_node_input(id, slot, Some(dq))?;
                         }
                     } else if let Some(v) = *v {
@@ -292,7 +371,7 @@ pub fn insert_qdq(
                         g.set_node_input(id, slot, Some(dq))?;
                     }
                 }
-                bias_adds.insert(add);
+                bias_adds.insert(add, id);
                 continue;
             }
         }
@@ -358,23 +437,44 @@ pub fn insert_qdq(
             "insert-qdq built a graph that does not verify: {e}"
         ))
     })?;
-    Ok(g)
+    Ok(Inserted {
+        graph: g,
+        decisions,
+    })
 }
 
-/// Whether activation `v`'s quantization noise under its chosen range leaves at least
-/// `opts.min_sqnr_db` of signal (values without statistics pass: their own check fails later).
-pub(super) fn holds_in_8_bits(
+/// Makes node `id`, which stays float, read the float values its quantized operands stand
+/// for instead of their DequantizeLinear. A float unit between a DequantizeLinear and a
+/// QuantizeLinear (its producer and its consumer quantized) would otherwise be lowered to
+/// an integer op by `fuse-requant`, which quantizes f32 weights it finds in such a chain (the
+/// rule serves imported QDQ models); reading the unrounded value also spares the float unit
+/// its operand's 8-bit step.
+fn read_float_sources(
+    g: &mut Graph,
+    id: NodeId,
+    source_of: &HashMap<ValueId, ValueId>,
+) -> Result<(), PassError> {
+    for (slot, v) in g.node_inputs(id).into_iter().enumerate() {
+        if let Some(&source) = v.and_then(|v| source_of.get(&v)) {
+            g.set_node_input(id, slot, Some(source))?;
+        }
+    }
+    Ok(())
+}
+
+/// The SQNR activation `v` would keep in 8 bits under its chosen range when that is less
+/// than `opts.min_sqnr_db`, `None` when it holds (values without statistics pass: their
+/// own check fails later).
+pub(super) fn short_of_8_bits(
     g: &Graph,
     v: ValueId,
     calibration: &Calibration,
     opts: &QuantizeOptions,
-) -> bool {
+) -> Option<f64> {
     if opts.min_sqnr_db <= 0.0 {
-        return true;
+        return None;
     }
-    let Some(stats) = calibration.stats(&g.value(v).name) else {
-        return true;
-    };
+    let stats = calibration.stats(&g.value(v).name)?;
     let (lo, hi) = choose_range(stats, opts.method, opts.scheme);
     let noise = quantization_noise(stats, lo, hi, opts.scheme);
     let error = noise.rounding + noise.clipping;
@@ -386,7 +486,7 @@ pub(super) fn holds_in_8_bits(
     if std::env::var_os("QLIFT_DEBUG_SQNR").is_some() {
         eprintln!("sqnr {db:7.2} dB  {}", g.value(v).name);
     }
-    db >= opts.min_sqnr_db
+    (db < opts.min_sqnr_db).then_some(db)
 }
 
 /// Whether `op` is an anchor of integer computation: a product whose weights are constant.
@@ -431,12 +531,12 @@ fn bias_add_after(g: &Graph, m: ValueId) -> Option<NodeId> {
 /// (weights, axis) and shared by every op that reads them.
 fn quantized_weight_once(
     g: &mut Graph,
-    cache: &mut HashMap<(ValueId, usize), ValueId>,
+    cache: &mut HashMap<(ValueId, usize, WeightGranularity), ValueId>,
     v: ValueId,
     axis: usize,
     opts: &QuantizeOptions,
 ) -> Result<ValueId, PassError> {
-    if let Some(&dq) = cache.get(&(v, axis)) {
+    if let Some(&dq) = cache.get(&(v, axis, opts.weights)) {
         return Ok(dq);
     }
     let w = g
@@ -444,7 +544,7 @@ fn quantized_weight_once(
         .cloned()
         .ok_or_else(|| PassError::Bug("weights are not constant".into()))?;
     let dq = quantized_weights(g, v, &w, axis, opts)?;
-    cache.insert((v, axis), dq);
+    cache.insert((v, axis, opts.weights), dq);
     Ok(dq)
 }
 

@@ -103,7 +103,8 @@ impl Layer {
                     (*m, cg * taps, taps, groups, cg * taps, 1, 0, Some(geometry))
                 }
                 (OpKind::Gemm, &[a, b])
-                    if op.attrs.int("transA").ok()? == 0 && op.attrs.float("alpha").ok()? == 1.0 =>
+                    if op.attrs.int("transA").ok()? == 0
+                        && op.attrs.float("alpha").ok()? == 1.0 =>
                 {
                     if op.attrs.int("transB").ok()? != 0 {
                         (a, b, 1, 1, b, 1, 0, None)
@@ -243,24 +244,32 @@ pub struct Anchor {
 pub fn anchors(qdq: &Graph, float: &Graph) -> Result<Vec<Anchor>, PassError> {
     let mut out = Vec::new();
     for id in qdq.topo_order()? {
-        let Some(kind) = qdq.node(id).op.kind() else { continue };
+        let Some(kind) = qdq.node(id).op.kind() else {
+            continue;
+        };
         if !matches!(kind, OpKind::Conv | OpKind::Gemm | OpKind::MatMul)
             || !float.contains(id)
             || float.node(id).name != qdq.node(id).name
         {
             continue;
         }
-        let Some(dq) = qdq.node_inputs(id).get(1).copied().flatten() else { continue };
+        let Some(dq) = qdq.node_inputs(id).get(1).copied().flatten() else {
+            continue;
+        };
         if qdq.node(dq.node).op.kind() != Some(OpKind::DequantizeLinear) {
             continue;
         }
-        let Some(q) = qdq.node_inputs(dq.node)[0].filter(|&q| qdq.const_value(q).is_some())
-        else {
+        let Some(q) = qdq.node_inputs(dq.node)[0].filter(|&q| qdq.const_value(q).is_some()) else {
             continue;
         };
-        let Some((layer, w)) = float_layer(float, id) else { continue };
+        let Some((layer, w)) = float_layer(float, id) else {
+            continue;
+        };
         out.push(Anchor {
-            layer: Layer { weights: dq, ..layer },
+            layer: Layer {
+                weights: dq,
+                ..layer
+            },
             float: w,
             quantized: q,
         });

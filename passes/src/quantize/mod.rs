@@ -10,13 +10,18 @@ pub mod bias_correction;
 pub mod cle;
 pub mod insert;
 pub mod layer;
+pub mod plan;
 pub mod recurrent;
 pub mod replay;
 pub mod weights;
 
 pub use adaround::AdaRoundOptions;
 pub use bias_correction::BiasCorrection;
-pub use insert::{insert_qdq, Calibration, QuantizeOptions, DEFAULT_MIN_SQNR_DB};
+pub use insert::{
+    insert_qdq, insert_qdq_planned, Calibration, Decision, Inserted, Outcome, QuantizeOptions,
+    DEFAULT_MIN_SQNR_DB,
+};
+pub use plan::{resolve, ImportedNames, PlanEntry, PlanError, Precision, QuantPlan, ResolvedPlan};
 pub use replay::{InterpReplay, Replay};
 pub use weights::{WeightBits, WeightGranularity};
 

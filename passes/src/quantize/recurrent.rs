@@ -30,7 +30,7 @@
 
 use crate::calibrate::TensorStats;
 use crate::quantize::insert::{
-    activation_params, fresh, holds_in_8_bits, Calibration, QuantizeOptions,
+    activation_params, fresh, short_of_8_bits, Calibration, QuantizeOptions,
 };
 use crate::quantize::weights::quantize_per_channel;
 use crate::PassError;
@@ -116,7 +116,7 @@ fn quantize_layer(
     if !allowed
         || g.value_type(x).dtype != DType::F32
         || wt.dtype() != DType::F32
-        || !holds_in_8_bits(g, x, calibration, opts)
+        || short_of_8_bits(g, x, calibration, opts).is_some()
     {
         return Ok(false);
     }

@@ -86,7 +86,10 @@ impl InterpReplay {
     pub fn samples_of(batches: &[Vec<Tensor>]) -> usize {
         batches
             .iter()
-            .map(|b| b.first().map_or(0, |t| t.shape().first().copied().unwrap_or(1)))
+            .map(|b| {
+                b.first()
+                    .map_or(0, |t| t.shape().first().copied().unwrap_or(1))
+            })
             .sum()
     }
 }
@@ -113,7 +116,9 @@ impl ChannelRange {
             max: vec![f32::NEG_INFINITY; channels],
         });
         if r.min.len() != channels {
-            return Err(PassError::Bug("channel count changed between batches".into()));
+            return Err(PassError::Bug(
+                "channel count changed between batches".into(),
+            ));
         }
         for (i, &v) in data.iter().enumerate().filter(|(_, v)| v.is_finite()) {
             let c = (i / inner.max(1)) % channels;

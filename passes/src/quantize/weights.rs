@@ -44,7 +44,7 @@ impl WeightBits {
 }
 
 /// How many scales a weight tensor gets.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum WeightGranularity {
     /// One scale per output channel (the default).
     #[default]
@@ -179,8 +179,9 @@ mod tests {
 
     #[test]
     fn four_bit_weights_are_i4_in_plus_minus_7() {
-        let (t, q) = quantize_per_channel_bits(&[1.0, -0.6, 0.07, 0.0], &[2, 2], 0, WeightBits::Four)
-            .unwrap();
+        let (t, q) =
+            quantize_per_channel_bits(&[1.0, -0.6, 0.07, 0.0], &[2, 2], 0, WeightBits::Four)
+                .unwrap();
         assert_eq!(t.dtype(), DType::I4);
         assert_eq!(q.scale, vec![1.0 / 7.0, 0.07 / 7.0]);
         assert_eq!(t.to_i64_vec().unwrap(), vec![7, -4, 7, 0]);

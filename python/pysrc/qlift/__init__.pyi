@@ -31,6 +31,10 @@ Inputs = Union[npt.ArrayLike, Sequence[npt.ArrayLike], Mapping[str, npt.ArrayLik
 # Calibration: one batch, or an iterable of batches (streamed).
 Calibration = Union[np.ndarray, Mapping[str, npt.ArrayLike], Iterable[Inputs]]
 Method = str  # "minmax", "percentile", "percentile:P", "mse", "entropy"
+# A quantization plan: a TOML or JSON file's path, or a dict of the file's shape, e.g.
+# {"default": {"method": "minmax"}, "op_types": {"Gemm": {"weights": "per-tensor"}},
+#  "nodes": {"conv1": {"precision": "fp32"}}} (README, "Controlling quantization").
+Plan = Union[str, "os.PathLike[str]", Mapping[str, Any]]
 
 class Quantization(TypedDict):
     scale: List[float]
@@ -88,10 +92,15 @@ def compile(
     *,
     method: Method = "minmax",
     activations: Literal["u8", "i8"] = "u8",
+    plan: Optional[Plan] = None,
     threads: int = 1,
     engine: Literal["jit", "interpreter"] = "jit",
 ) -> Model:
-    """Compiles an ONNX model, quantized to int8 first when calibration data is given."""
+    """Compiles an ONNX model, quantized to int8 first when calibration data is given.
+
+    ``plan`` (a TOML/JSON file's path or a dict of the same shape) sets precision, method and
+    weights per node and op type, as ``qlift ... --plan``; its default section overrides
+    ``method`` and ``activations``. A bad plan raises BadInputError naming the entry."""
 
 def quantize(
     model: ModelSource,
@@ -100,8 +109,11 @@ def quantize(
     *,
     method: Method = "minmax",
     activations: Literal["u8", "i8"] = "u8",
+    plan: Optional[Plan] = None,
 ) -> Optional[bytes]:
-    """Quantizes to a QDQ ONNX model: written to output_path, or returned as bytes."""
+    """Quantizes to a QDQ ONNX model: written to output_path, or returned as bytes.
+
+    ``plan``: as for compile(); the result equals ``qlift quantize --plan`` byte for byte."""
 
 def report(
     model: ModelSource,

@@ -1,0 +1,257 @@
+//! Quantization the user controls, through the `qlift` binary: `--plan`, `--exclude`,
+//! `--emit-plan` and `--target-sqnr` on the bundled models.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn qlift(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qlift"))
+        .args(args)
+        .output()
+        .expect("the qlift binary runs")
+}
+
+fn model(file: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/models")
+        .join(file)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn temp(name: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("qlift-plan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name).to_string_lossy().into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `qlift quantize digits_mobile` with `extra` flags; returns the lowered IR text (`--qir`)
+/// and stderr. Fails the test when the command fails.
+fn quantize_mobile(tag: &str, extra: &[&str]) -> (String, String) {
+    let (onnx, qir) = (temp(&format!("{tag}.onnx")), temp(&format!("{tag}.qir")));
+    let calib = model("digits_calib_x.npy");
+    let mut args = vec![
+        "quantize", "", // the model
+        "--calib", &calib, "-o", &onnx, "--qir", &qir,
+    ];
+    let m = model("digits_mobile.onnx");
+    args[1] = &m;
+    args.extend_from_slice(extra);
+    let o = qlift(&args);
+    assert!(o.status.success(), "qlift {args:?}: {}", stderr(&o));
+    (std::fs::read_to_string(&qir).unwrap(), stderr(&o))
+}
+
+/// The op that computes value `name` in lowered IR text (`QConv`, `Conv`...).
+fn op_of(ir: &str, name: &str) -> String {
+    ir.lines()
+        .find_map(|l| {
+            let rest = l.trim().strip_prefix(&format!("%{name} = "))?;
+            Some(rest.split('(').next()?.to_string())
+        })
+        .unwrap_or_else(|| panic!("no value %{name} in\n{ir}"))
+}
+
+#[test]
+fn exclude_by_node_and_by_op_type_keeps_exactly_those_float() {
+    let (plain, _) = quantize_mobile("plain", &[]);
+    for v in ["relu4", "relu5", "relu6_1", "relu6_2", "bn3"] {
+        assert_eq!(
+            op_of(&plain, &format!("{v}_QuantizeLinear_Output")),
+            "QConv"
+        );
+    }
+    // A node of the rewritten graph, and a BatchNormalization of the imported model that
+    // the rewrites folded into the Conv before it (`bn3_node` → `bn3_node` itself here,
+    // `stem_node` → `relu6_1_node`).
+    let (ir, err) = quantize_mobile(
+        "exclude_nodes",
+        &["--exclude", "relu4_node", "--exclude", "stem_node"],
+    );
+    assert!(err.contains("units: 9 int8, 2 fp32 by the plan"), "{err}");
+    assert_eq!(op_of(&ir, "relu4"), "Conv");
+    assert_eq!(op_of(&ir, "relu6_1"), "Conv");
+    for v in ["relu5", "relu6_2", "bn3"] {
+        assert_eq!(op_of(&ir, &format!("{v}_QuantizeLinear_Output")), "QConv");
+    }
+    // Every Conv of the model.
+    let (ir, _) = quantize_mobile("exclude_conv", &["--exclude", "Conv"]);
+    assert!(!ir.contains("QConv("), "{ir}");
+    for v in ["relu4", "relu5", "relu6_1", "relu6_2", "bn3"] {
+        assert_eq!(op_of(&ir, v), "Conv");
+    }
+    // The Gemm is not a Conv: it stays an integer product.
+    assert!(ir.contains("QMatMul("), "{ir}");
+}
+
+#[test]
+fn a_plan_sets_methods_and_weights_per_op_type_and_node() {
+    let plan = temp("methods.toml");
+    std::fs::write(
+        &plan,
+        "[default]\nmethod = \"mse\"\n[op_types.Gemm]\nweights = \"per-tensor\"\n[nodes.relu4_node]\nprecision = \"fp32\"\n",
+    )
+    .unwrap();
+    let (ir, _) = quantize_mobile("methods", &["--plan", &plan]);
+    let (mse, _) = quantize_mobile("mse", &["--method", "mse", "--exclude", "relu4_node"]);
+    assert_ne!(ir, mse, "per-tensor Gemm weights change the graph");
+    // The Gemm's accumulator has one scale per column with per-channel weights, one with
+    // per-tensor weights.
+    let product = |ir: &str| {
+        ir.lines()
+            .find(|l| l.contains(" = QMatMul("))
+            .expect("the Gemm, lowered")
+            .to_string()
+    };
+    assert!(
+        !product(&ir).contains("axis="),
+        "per-tensor: {}",
+        product(&ir)
+    );
+    assert!(
+        product(&mse).contains("axis=1"),
+        "per-channel: {}",
+        product(&mse)
+    );
+    assert_eq!(op_of(&ir, "relu4"), "Conv");
+}
+
+#[test]
+fn a_bad_plan_exits_1_naming_the_file_and_entry() {
+    let calib = model("digits_calib_x.npy");
+    let m = model("digits_mobile.onnx");
+    let out = temp("bad.onnx");
+    let cases = [
+        (
+            "[nodes.relu_4]\nprecision = \"fp32\"\n",
+            "entry nodes.\"relu_4\": the model has no node `relu_4`; did you mean `relu4_node`",
+        ),
+        (
+            "[op_types.Conv]\nprecision = \"int16\"\n",
+            "entry op_types.\"Conv\": precision `int16` is not built yet",
+        ),
+        (
+            "[op_types.LayerNormalization]\nprecision = \"fp32\"\n",
+            "entry op_types.\"LayerNormalization\": the model has no LayerNormalization node",
+        ),
+        (
+            "[op_types.BatchNormalization]\nprecision = \"fp32\"\n",
+            "nodes were fused into other nodes or folded by the rewrites",
+        ),
+        (
+            "[nodes.relu4_node]\nprecison = \"fp32\"\n",
+            "unknown field `precison`",
+        ),
+        (
+            "[nodes.relu4]\nexclude = true\n",
+            "a value has that name: it is computed by node `relu4_node`",
+        ),
+        (
+            "[nodes.stem_node]\nmethod = \"mse\"\n[nodes.relu6_1_node]\nmethod = \"entropy\"\n",
+            "both name node `relu6_1_node`",
+        ),
+    ];
+    for (i, (text, message)) in cases.iter().enumerate() {
+        let plan = temp(&format!("bad{i}.toml"));
+        std::fs::write(&plan, text).unwrap();
+        let o = qlift(&[
+            "quantize", &m, "--calib", &calib, "-o", &out, "--plan", &plan,
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{text}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains(&format!("error: plan {plan}: ")) && err.contains(message),
+            "{text}: {err}"
+        );
+        assert!(!std::path::Path::new(&out).exists());
+    }
+    let o = qlift(&[
+        "quantize",
+        &m,
+        "--calib",
+        &calib,
+        "-o",
+        &out,
+        "--exclude",
+        "relu_4_node",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("error: plan --exclude: entry nodes.\"relu_4_node\""),
+        "{}",
+        stderr(&o)
+    );
+    let o = qlift(&[
+        "quantize",
+        &m,
+        "--calib",
+        &calib,
+        "-o",
+        &out,
+        "--plan",
+        "/nonexistent.toml",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("/nonexistent.toml"), "{}", stderr(&o));
+}
+
+#[test]
+fn an_emitted_plan_reproduces_the_quantization_bit_for_bit() {
+    // An outlier check strict enough to keep layers float, so that the plan must record
+    // them: at 40 dB some of digits_mobile's activations fail it.
+    let plan = temp("emitted.toml");
+    let (first, err) = quantize_mobile("first", &["--min-sqnr", "40", "--emit-plan", &plan]);
+    let text = std::fs::read_to_string(&plan).unwrap();
+    assert!(
+        text.contains("kept float by the outlier check"),
+        "{err}\n{text}"
+    );
+    assert!(text.contains("min_sqnr_db = 0.0"), "{text}");
+    let (again, _) = quantize_mobile("again", &["--plan", &plan, "--min-sqnr", "0"]);
+    assert_eq!(first, again, "the plan reproduces the lowered graph");
+    let (without, _) = quantize_mobile("without", &["--min-sqnr", "0"]);
+    assert_ne!(
+        first, without,
+        "the check changed the graph, and the plan carried it"
+    );
+    // The QDQ models are equal byte for byte too.
+    assert_eq!(
+        std::fs::read(temp("first.onnx")).unwrap(),
+        std::fs::read(temp("again.onnx")).unwrap()
+    );
+    // JSON reads back the same.
+    let json = temp("emitted.json");
+    quantize_mobile("json", &["--min-sqnr", "40", "--emit-plan", &json]);
+    let (from_json, _) = quantize_mobile("from_json", &["--plan", &json]);
+    assert_eq!(first, from_json);
+}
+
+#[test]
+fn target_sqnr_raises_layers_until_the_output_meets_it() {
+    // digits_mobile keeps 32.8 dB at its output in int8; 38 dB needs some layers in fp32.
+    let plan = temp("target.toml");
+    let (ir, err) = quantize_mobile("target", &["--target-sqnr", "38", "--emit-plan", &plan]);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("--target-sqnr 38: "))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains("(reached)"), "{line}");
+    let reached: f64 = line
+        .split(" dB → ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(reached >= 38.0, "{line}");
+    let text = std::fs::read_to_string(&plan).unwrap();
+    let raised = text.matches("raised by --target-sqnr 38").count();
+    assert!((1..10).contains(&raised), "{raised} raised:\n{text}");
+    assert!(ir.contains("QConv("), "some layers stay int8");
+    // Its plan reproduces it.
+    let (again, _) = quantize_mobile("target_again", &["--plan", &plan]);
+    assert_eq!(ir, again);
+}
