@@ -2,6 +2,9 @@
 //! (`fuzz/fuzz_targets`) and the fuzz regression test share: one definition of what each
 //! target does with its input, so that a crash input replays exactly.
 
+/// The bundled digits models, their data and the measures quantization tests use.
+pub mod digits;
+
 /// The fuzz targets' bodies: each takes arbitrary bytes and must return (errors are values),
 /// never panic — except on a broken invariant, which is the bug a fuzzer looks for.
 pub mod fuzz {

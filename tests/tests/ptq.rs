@@ -4,75 +4,14 @@
 //! of every variant (`cargo test --release -p qlift-tests --test ptq -- --ignored
 //! --nocapture white_paper_table` prints it; the README shows it).
 
-use qlift::npy::read_npy;
 use qlift::{
-    load_onnx, quantize, AdaRoundOptions, BiasCorrection, ImportOptions, PtqOptions,
-    QuantizeOptions, WeightBits, WeightGranularity,
+    quantize, AdaRoundOptions, BiasCorrection, PtqOptions, QuantizeOptions, WeightBits,
+    WeightGranularity,
 };
-use qlift_ir::{Graph, Tensor};
 use qlift_passes::quantize::{cle, InterpReplay};
 use qlift_passes::{run_pipeline, PipelineOptions};
-use std::path::PathBuf;
+use qlift_tests::digits::{accuracy, load, npy, run, sqnr, MODELS};
 use std::time::{Duration, Instant};
-
-fn npy(file: &str) -> Tensor {
-    read_npy(
-        &PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../examples/models")
-            .join(file),
-    )
-    .unwrap()
-}
-
-fn load(name: &str) -> Graph {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/models")
-        .join(format!("{name}.onnx"));
-    load_onnx(&path, &ImportOptions::default()).unwrap()
-}
-
-/// Model, test input, calibration input.
-const MODELS: [(&str, &str, &str); 3] = [
-    ("digits_cnn", "digits_test_x.npy", "digits_calib_x.npy"),
-    (
-        "digits_mlp",
-        "digits_test_x_flat.npy",
-        "digits_calib_x_flat.npy",
-    ),
-    ("digits_mobile", "digits_test_x.npy", "digits_calib_x.npy"),
-];
-
-fn run(graph: &Graph, input: &str) -> Vec<f32> {
-    qlift_ir::interp::run(graph, &[npy(input)]).unwrap()[0]
-        .as_f32()
-        .unwrap()
-        .to_vec()
-}
-
-fn accuracy(scores: &[f32]) -> f64 {
-    let labels = npy("digits_test_y.npy").to_i64_vec().unwrap();
-    let hits = scores
-        .chunks(10)
-        .zip(&labels)
-        .filter(|(row, &label)| {
-            row.iter()
-                .enumerate()
-                .fold(0, |b, (i, &v)| if v > row[b] { i } else { b }) as i64
-                == label
-        })
-        .count();
-    100.0 * hits as f64 / labels.len() as f64
-}
-
-fn sqnr(got: &[f32], want: &[f32]) -> f64 {
-    let signal: f64 = want.iter().map(|&w| (w as f64).powi(2)).sum();
-    let noise: f64 = got
-        .iter()
-        .zip(want)
-        .map(|(&g, &w)| (g as f64 - w as f64).powi(2))
-        .sum();
-    10.0 * (signal / noise.max(1e-30)).log10()
-}
 
 /// Quantizes and runs the lowered model: (accuracy, SQNR against fp32, seconds to quantize).
 fn measure(name: &str, input: &str, calib: &str, opts: &QuantizeOptions) -> (f64, f64, f64) {

@@ -3,33 +3,12 @@
 //! SQNR against ONNX Runtime's own int8 QDQ model on the same data, and the shape of the
 //! lowered graph.
 
-use qlift::npy::read_npy;
 use qlift::{
-    load_onnx, quantize, ActivationScheme, CalibrationMethod, ImportOptions, QuantizeOptions,
-    Quantized, WeightGranularity,
+    quantize, ActivationScheme, CalibrationMethod, QuantizeOptions, Quantized, WeightGranularity,
 };
-use qlift_ir::{Graph, OpKind, Tensor};
+use qlift_ir::{OpKind, Tensor};
 use qlift_passes::PipelineOptions;
-use std::path::PathBuf;
-
-fn models_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/models")
-}
-
-fn npy(file: &str) -> Tensor {
-    read_npy(&models_dir().join(file)).unwrap()
-}
-
-/// Model, test input, calibration input.
-const MODELS: [(&str, &str, &str); 3] = [
-    ("digits_cnn", "digits_test_x.npy", "digits_calib_x.npy"),
-    (
-        "digits_mlp",
-        "digits_test_x_flat.npy",
-        "digits_calib_x_flat.npy",
-    ),
-    ("digits_mobile", "digits_test_x.npy", "digits_calib_x.npy"),
-];
+use qlift_tests::digits::{accuracy, load, npy, run, sqnr, MODELS};
 
 const METHODS: [CalibrationMethod; 5] = [
     CalibrationMethod::MinMax,
@@ -38,14 +17,6 @@ const METHODS: [CalibrationMethod; 5] = [
     CalibrationMethod::Mse,
     CalibrationMethod::Entropy,
 ];
-
-fn load(name: &str) -> Graph {
-    load_onnx(
-        &models_dir().join(format!("{name}.onnx")),
-        &ImportOptions::default(),
-    )
-    .unwrap()
-}
 
 fn quantized(name: &str, calib: &str, opts: &QuantizeOptions) -> Quantized {
     quantize(
@@ -56,39 +27,6 @@ fn quantized(name: &str, calib: &str, opts: &QuantizeOptions) -> Quantized {
         &|_, _| {},
     )
     .unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-fn run(graph: &Graph, input: &str) -> Vec<f32> {
-    qlift_ir::interp::run(graph, &[npy(input)]).unwrap()[0]
-        .as_f32()
-        .unwrap()
-        .to_vec()
-}
-
-fn accuracy(scores: &[f32]) -> f64 {
-    let labels = npy("digits_test_y.npy").to_i64_vec().unwrap();
-    let hits = scores
-        .chunks(10)
-        .zip(&labels)
-        .filter(|(row, &label)| {
-            row.iter()
-                .enumerate()
-                .fold(0, |b, (i, &v)| if v > row[b] { i } else { b }) as i64
-                == label
-        })
-        .count();
-    100.0 * hits as f64 / labels.len() as f64
-}
-
-/// Signal-to-quantization-noise ratio of `got` against the reference `want`, in dB.
-fn sqnr(got: &[f32], want: &[f32]) -> f64 {
-    let signal: f64 = want.iter().map(|&w| (w as f64).powi(2)).sum();
-    let noise: f64 = got
-        .iter()
-        .zip(want)
-        .map(|(&g, &w)| (g as f64 - w as f64).powi(2))
-        .sum();
-    10.0 * (signal / noise.max(1e-30)).log10()
 }
 
 /// Every calibration method on every model: int8 accuracy within 0.5 points of fp32 on
