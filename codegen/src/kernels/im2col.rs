@@ -1,5 +1,74 @@
-//! Where each tap of a convolution reads its input: the offset tables the im2col gathers
-//! of the float and integer product forms are built from.
+//! The shape of an N-d convolution as its node gives it, and where each tap reads its
+//! input: what the im2col gathers of the float and integer product forms are built from.
+
+use super::Kernel;
+
+/// A convolution `[N, C, spatial…] ⊛ [M, C/group, kernel…] → [N, M, out…]`.
+pub(super) struct ConvShape {
+    /// Input channels, output channels, groups, and channels of each per group.
+    pub channels: usize,
+    pub m: usize,
+    pub group: usize,
+    pub cg: usize,
+    pub mg: usize,
+    /// Elements of one input channel; taps of one output (`cg` × kernel positions);
+    /// output positions.
+    pub in_count: usize,
+    pub kg: usize,
+    pub p: usize,
+    in_sp: Vec<usize>,
+    kernel: Vec<usize>,
+    out_sp: Vec<usize>,
+    strides: Vec<usize>,
+    dilations: Vec<usize>,
+    pads: Vec<usize>,
+}
+
+impl ConvShape {
+    /// The shape of the convolution node `k` compiles (operands 0 and 1, result 0).
+    pub(super) fn of(k: &Kernel) -> Result<ConvShape, String> {
+        let (xd, wd, yd) = (k.input(0)?.dims(), k.input(1)?.dims(), k.output(0).dims());
+        if xd.len() < 3 || wd.len() != xd.len() || yd.len() != xd.len() {
+            return Err(
+                "a convolution needs operands of equal rank with a spatial axis".to_string(),
+            );
+        }
+        let attrs = &k.op.attrs;
+        let group = usize::try_from(attrs.int("group")?)
+            .map_err(|e| e.to_string())?
+            .max(1);
+        let (channels, m) = (xd[1], wd[0]);
+        let (cg, mg) = (channels / group, m / group);
+        let (in_sp, kernel, out_sp) = (xd[2..].to_vec(), wd[2..].to_vec(), yd[2..].to_vec());
+        Ok(ConvShape {
+            channels,
+            m,
+            group,
+            cg,
+            mg,
+            in_count: in_sp.iter().product(),
+            kg: cg * kernel.iter().product::<usize>(),
+            p: out_sp.iter().product(),
+            in_sp,
+            kernel,
+            out_sp,
+            strides: attrs.usizes("strides")?,
+            dilations: attrs.usizes("dilations")?,
+            pads: attrs.usizes("pads")?,
+        })
+    }
+
+    /// The im2col offsets of one group (see [`im2col_offsets`]).
+    pub(super) fn offsets(&self) -> Vec<i32> {
+        im2col_offsets(
+            &self.in_sp,
+            &self.kernel,
+            &self.out_sp,
+            (&self.strides, &self.dilations, &self.pads),
+            self.cg,
+        )
+    }
+}
 
 /// Row-major positions of a box of `extents`.
 pub(super) fn positions(extents: &[usize]) -> Vec<Vec<usize>> {
@@ -19,7 +88,7 @@ pub(super) fn positions(extents: &[usize]) -> Vec<Vec<usize>> {
 /// im2col offsets of a convolution over `cg` channels of spatial extent `in_sp`: for each
 /// output position (row-major over `out_sp`) and tap (channel, then kernel position), the
 /// input element it reads within the group's channels, or -1 in the padding.
-pub(super) fn im2col_offsets(
+fn im2col_offsets(
     in_sp: &[usize],
     kernel: &[usize],
     out_sp: &[usize],

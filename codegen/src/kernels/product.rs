@@ -25,7 +25,7 @@
 //! the general form: `kernels::emit` tries the others first (wide, depthwise, pointwise,
 //! direct).
 
-use super::im2col::{im2col_offsets, positions};
+use super::im2col::{positions, ConvShape};
 use super::packing::{packed_rows, vnni_dot, PackedRows};
 use super::{requant, Kernel, Operand};
 use crate::emit;
@@ -956,7 +956,7 @@ fn static_block(chs: &[(Value, Option<usize>)]) -> Option<[usize; 4]> {
 pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
     let kind = k.op.kind;
     let (x, w, y) = (k.input(0)?, k.input(1)?, k.output(0));
-    let (xd, wd, yd) = (x.dims(), w.dims(), y.dims());
+    let xd = x.dims();
     let (xe, we, ye) = (
         Elem::of(x.ty.dtype)?,
         Elem::of(w.ty.dtype)?,
@@ -964,22 +964,9 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
     );
     let (x_batched, xptr, mut wptr, yptr) = (x.batched(), x.ptr, w.ptr, y.ptr);
     let mut we = we;
-    let attrs = &k.op.attrs;
-    let group = usize::try_from(attrs.int("group")?)
-        .map_err(|e| e.to_string())?
-        .max(1);
-    let (strides, dilations, pads) = (
-        attrs.usizes("strides")?,
-        attrs.usizes("dilations")?,
-        attrs.usizes("pads")?,
-    );
-    let (channels, m) = (xd[1], wd[0]);
-    let (cg, mg) = (channels / group, m / group);
-    let (in_sp, kernel, out_sp) = (&xd[2..], &wd[2..], &yd[2..]);
-    let in_count: usize = in_sp.iter().product();
-    let kernel_count: usize = kernel.iter().product();
-    let kg = cg * kernel_count;
-    let p: usize = out_sp.iter().product();
+    let shape = ConvShape::of(k)?;
+    let (channels, m, group, cg, mg) = (shape.channels, shape.m, shape.group, shape.cg, shape.mg);
+    let (in_count, kg, p) = (shape.in_count, shape.kg, shape.p);
     let float = kind == OpKind::Conv;
     // Zero points: (input's, as an i32 value and as a raw padding element; weights' per channel).
     // Whether the input zero point is folded into packed weights (not subtracted per tap).
@@ -1041,7 +1028,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
     };
     // im2col offsets, then `kp - kg` entries of UNUSED ending each position's row (the
     // packed weights' zero padding).
-    let offsets = im2col_offsets(in_sp, kernel, out_sp, (&strides, &dilations, &pads), cg);
+    let offsets = shape.offsets();
     let mut taps: Vec<i32> = Vec::with_capacity(p * kp);
     for row in offsets.chunks(kg) {
         taps.extend_from_slice(row);

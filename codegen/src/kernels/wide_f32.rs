@@ -18,7 +18,7 @@
 //! broadcast where they are, six at a time, and Gemm's `beta · C` is a per-column bias.
 
 use super::fma_tile::{self, Bias, FmaTile, COLS, PANEL_STEP, ROWS};
-use super::im2col::im2col_offsets;
+use super::im2col::ConvShape;
 use super::Kernel;
 use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
@@ -44,34 +44,19 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     {
         return Ok(false);
     }
-    let (xd, wd, yd) = (x.dims(), w.dims(), y.dims());
+    let xd = x.dims();
     let (x_batched, xptr, wptr, yptr) = (x.batched(), x.ptr, w.ptr, y.ptr);
     let bptr = bias.map(|b| b.ptr);
     let clamp =
         k.op.fused_activation()?
             .unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-    let attrs = &k.op.attrs;
-    let group = usize::try_from(attrs.int("group")?)
-        .map_err(|e| e.to_string())?
-        .max(1);
-    let (strides, dilations, pads) = (
-        attrs.usizes("strides")?,
-        attrs.usizes("dilations")?,
-        attrs.usizes("pads")?,
-    );
-    let (channels, m) = (xd[1], wd[0]);
-    if xd.len() < 3 || channels % group != 0 || m % group != 0 || m == 0 {
+    let shape = ConvShape::of(k)?;
+    let (channels, m, group, cg, mg) = (shape.channels, shape.m, shape.group, shape.cg, shape.mg);
+    let (in_count, kg, p) = (shape.in_count, shape.kg, shape.p);
+    if channels % group != 0 || m % group != 0 || m == 0 || kg == 0 || p == 0 {
         return Ok(false);
     }
-    let (cg, mg) = (channels / group, m / group);
-    let (in_sp, kernel, out_sp) = (&xd[2..], &wd[2..], &yd[2..]);
-    let in_count: usize = in_sp.iter().product();
-    let kg = cg * kernel.iter().product::<usize>();
-    let p: usize = out_sp.iter().product();
-    if kg == 0 || p == 0 {
-        return Ok(false);
-    }
-    let offsets = im2col_offsets(in_sp, kernel, out_sp, (&strides, &dilations, &pads), cg);
+    let offsets = shape.offsets();
     let gather = Gather::of(&offsets, p, kg);
     let panels = p.div_ceil(COLS);
     let i32_of = |v: usize| {
