@@ -364,7 +364,7 @@ impl JitProgram {
     ) -> Result<(), CodegenError> {
         let batch = self.check_inputs(inputs)?;
         if outputs.len() != self.program.outputs.len() {
-            return Err(CodegenError::Input {
+            return Err(CodegenError::Output {
                 name: "outputs".into(),
                 message: format!(
                     "{} output buffers for {} outputs",
@@ -375,7 +375,7 @@ impl JitProgram {
         }
         for ((name, ty, _), t) in self.program.outputs.iter().zip(outputs.iter()) {
             if t.dtype() != ty.dtype || !ty.shape.matches(batch, t.shape()) {
-                return Err(CodegenError::Input {
+                return Err(CodegenError::Output {
                     name: name.clone(),
                     message: format!(
                         "output buffer is {}{:?}, expected {}{:?}",
