@@ -88,6 +88,44 @@ extern "C" fn qlift_parallel_for(task: fork_join::Task, ctx: *const u8, n: i64, 
     fork_join::run(task, ctx, n, parts.max(1));
 }
 
+/// Appends the compiled functions to a `perf` symbol map (`QLIFT_PERF_MAP=1`:
+/// `/tmp/perf-PID.map`, the file `perf report` reads for JIT code; any other value: that
+/// path), one line per function, `START SIZE qlift:NODE:ROLE`, so that a profile of a
+/// model names kernels, their tasks and micro-kernels instead of unknown addresses
+/// (`QLIFT_PERF_MAP=1 perf record qlift bench ...; perf report --sort symbol`).
+/// Best effort: a map that cannot be written is skipped.
+fn write_perf_map(module: &JITModule, program: &Program, path: &std::ffi::OsStr) {
+    use std::io::Write;
+    let path = match path.to_str() {
+        Some("1") => std::path::PathBuf::from(format!("/tmp/perf-{}.map", std::process::id())),
+        _ => std::path::PathBuf::from(path),
+    };
+    let mut ours = std::collections::BTreeMap::new();
+    for step in &program.steps {
+        for &(id, role, bytes) in &step.functions {
+            let start = module.get_finalized_function(id) as usize;
+            ours.insert(
+                format!("{start:x}"),
+                format!("{bytes:x} qlift:{}:{role}", step.node),
+            );
+        }
+    }
+    // Under `perf record` cranelift-jit has already listed the same functions as `.LfnN`,
+    // and perf keeps the first name of an address: those lines are replaced.
+    let before = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut text: String = before
+        .lines()
+        .filter(|l| !l.split(' ').next().is_some_and(|a| ours.contains_key(a)))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    for (start, rest) in &ours {
+        text.push_str(&format!("{start} {rest}\n"));
+    }
+    if let Err(e) = std::fs::File::create(&path).and_then(|mut f| f.write_all(text.as_bytes())) {
+        eprintln!("warning: QLIFT_PERF_MAP: {}: {e}", path.display());
+    }
+}
+
 /// The start of the monotonic clock profiled entries read (the first call's time).
 static PROFILE_EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
@@ -221,6 +259,9 @@ impl JitProgram {
             // SAFETY: nothing compiled in this module was called or handed out.
             unsafe { module.free_memory() };
             return Err(bug(format!("linking the compiled code: {e}")));
+        }
+        if let Some(path) = std::env::var_os("QLIFT_PERF_MAP") {
+            write_perf_map(&module, &program, &path);
         }
         let code = module.get_finalized_function(program.entry);
         let profile = program.profile.map(|id| {

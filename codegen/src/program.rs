@@ -46,6 +46,9 @@ pub struct Step {
     pub messages: Vec<String>,
     /// The form of its op the kernel was emitted in (see `Kernel::form`).
     pub form: String,
+    /// Its functions (the kernel, its tasks and micro-kernels): id, role, bytes of code
+    /// (what `QLIFT_PERF_MAP` writes for `perf`).
+    pub functions: Vec<(FuncId, &'static str, usize)>,
 }
 
 /// What the caller of the entry function needs to know.
@@ -345,6 +348,7 @@ pub fn build(
                     kernel.workspace_bytes,
                     std::mem::take(&mut kernel.messages),
                     kernel.form,
+                    std::mem::take(&mut kernel.functions),
                 );
                 let ok = fb.ins().iconst(types::I32, 0);
                 fb.ins().return_(&[ok]);
@@ -362,7 +366,7 @@ pub fn build(
                 Err(_) => fctx = FunctionBuilderContext::new(),
             }
         }
-        let Some(((workspace_bytes, messages, form), samples)) = built else {
+        let Some(((workspace_bytes, messages, form, mut functions), samples)) = built else {
             return Err(bug("no kernel form was tried"));
         };
         let disasm = std::env::var_os("QLIFT_DISASM").is_some();
@@ -370,6 +374,10 @@ pub fn build(
         module
             .define_function(func, &mut ctx)
             .map_err(|e| bug(format!("node `{}`: {e:?}", node.name)))?;
+        let bytes = ctx
+            .compiled_code()
+            .map_or(0, |c| c.code_info().total_size as usize);
+        functions.insert(0, (func, "kernel", bytes));
         if let Some(code) = ctx
             .compiled_code()
             .and_then(|c| c.vcode.as_ref())
@@ -397,6 +405,7 @@ pub fn build(
             op: op.kind.name().to_string(),
             messages,
             form: form.to_string(),
+            functions,
         });
     }
     // Arena values live from their step to their last reader.

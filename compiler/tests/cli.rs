@@ -356,6 +356,46 @@ fn bench_prints_latencies_with_units_and_json_in_milliseconds() {
     assert_eq!(json["batch"], 540);
 }
 
+/// `QLIFT_PERF_MAP=FILE` names every JIT function for `perf`: the kernel of each node, its
+/// tasks and micro-kernels, at distinct addresses, in perf's map format.
+#[test]
+fn perf_map_names_every_kernel() {
+    let map = temp("perf.map");
+    let o = Command::new(env!("CARGO_BIN_EXE_qlift"))
+        .args([
+            "run",
+            &model("digits_cnn.onnx"),
+            "--input",
+            &model("digits_test_x.npy"),
+        ])
+        .args(["--calib", &model("digits_calib_x.npy")])
+        .env("QLIFT_PERF_MAP", &map)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&map).unwrap();
+    let mut starts = std::collections::HashSet::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.splitn(3, ' ').collect();
+        assert_eq!(fields.len(), 3, "{line}");
+        assert!(
+            u64::from_str_radix(fields[0], 16).is_ok_and(|a| a > 0),
+            "{line}"
+        );
+        assert!(
+            u64::from_str_radix(fields[1], 16).is_ok_and(|n| n > 0),
+            "{line}"
+        );
+        assert!(fields[2].starts_with("qlift:"), "{line}");
+        assert!(starts.insert(fields[0]), "two functions at {line}");
+    }
+    // The convolutions run on 256-bit micro-kernels where the CPU has AVX2.
+    assert!(text.lines().any(|l| l.ends_with(":kernel")), "{text}");
+    if std::is_x86_feature_detected!("avx2") {
+        assert!(text.lines().any(|l| l.ends_with(":ukernel")), "{text}");
+    }
+}
+
 /// Runs qlift and kills it after `seconds` (a hang is a failure, not a stuck test).
 fn qlift_within(seconds: u64, args: &[&str]) -> Output {
     use std::process::Stdio;

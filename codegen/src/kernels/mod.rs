@@ -120,6 +120,9 @@ pub(crate) struct Kernel<'k, 'f> {
     pub(crate) parallel: bool,
     /// Multiply-accumulates from which [`Kernel::parallel_for`] splits a call.
     pub(crate) parallel_min_work: u64,
+    /// The functions besides the kernel's own it defined (tasks, micro-kernels): id, role,
+    /// bytes of code; for profilers' symbol maps.
+    pub(crate) functions: Vec<(FuncId, &'static str, usize)>,
 }
 
 /// The function a JIT-compiled kernel calls to run a task on the thread pool:
@@ -157,6 +160,7 @@ impl<'k, 'f> Kernel<'k, 'f> {
             wide: None,
             parallel: false,
             parallel_min_work: PARALLEL_MIN_WORK,
+            functions: Vec::new(),
         }
     }
 
@@ -237,6 +241,10 @@ impl<'k, 'f> Kernel<'k, 'f> {
         module
             .define_function(id, &mut ctx)
             .map_err(|e| format!("{e:?}"))?;
+        let bytes = ctx
+            .compiled_code()
+            .map_or(0, |c| c.code_info().total_size as usize);
+        self.functions.push((id, "task", bytes));
         Ok(id)
     }
 
@@ -364,6 +372,7 @@ impl<'k, 'f> Kernel<'k, 'f> {
         self.module
             .define_function_bytes(id, 64, code, &[])
             .map_err(|e| e.to_string())?;
+        self.functions.push((id, "ukernel", code.len()));
         Ok(id)
     }
 
