@@ -269,6 +269,36 @@ pub(super) fn dequantize(k: &mut Kernel) -> Result<(), String> {
     let zps: Vec<f32> = q.zero_point.iter().map(|&z| z as f32).collect();
     let zps = table(k, &zps, f32::to_ne_bytes)?;
     let scales = table(k, &q.scale, f32::to_ne_bytes)?;
+    // 8 bits to f32: LANES elements a step, widened to four i32x4, the scalar body's
+    // operations lane by lane (so both give the same bits).
+    let signed = xdtype == DType::I8;
+    let mut vector = |fb: &mut FunctionBuilder, (scale, zp): (Value, Value), i: Value| {
+        let (scale, zp) = (
+            fb.ins().splat(types::F32X4, scale),
+            fb.ins().splat(types::F32X4, zp),
+        );
+        let bytes = emit::addr(fb, xptr, i, 1);
+        let bytes = fb.ins().load(types::I8X16, emit::mem(), bytes, 0);
+        let widen = |fb: &mut FunctionBuilder, v: Value, high: bool| match (signed, high) {
+            (true, false) => fb.ins().swiden_low(v),
+            (true, true) => fb.ins().swiden_high(v),
+            (false, false) => fb.ins().uwiden_low(v),
+            (false, true) => fb.ins().uwiden_high(v),
+        };
+        let out = emit::addr(fb, yptr, i, 4);
+        for (h, high) in [false, true].into_iter().enumerate() {
+            let half = widen(fb, bytes, high);
+            for (q, high) in [false, true].into_iter().enumerate() {
+                let v = widen(fb, half, high);
+                let v = fb.ins().fcvt_from_sint(types::F32X4, v);
+                let v = fb.ins().fsub(v, zp);
+                let v = fb.ins().fmul(v, scale);
+                fb.ins()
+                    .store(emit::mem(), v, out, (32 * h + 16 * q) as i32);
+            }
+        }
+    };
+    let vectorizable = matches!(xdtype, DType::U8 | DType::I8) && LANES == 16;
     channels.emit(
         k,
         batched,
@@ -285,7 +315,11 @@ pub(super) fn dequantize(k: &mut Kernel) -> Result<(), String> {
             let v = fb.ins().fmul(v, scale);
             emit::store_at(fb, v, yptr, i);
         },
-        None,
+        if vectorizable {
+            Some(&mut vector)
+        } else {
+            None
+        },
     );
     Ok(())
 }
