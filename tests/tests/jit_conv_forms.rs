@@ -196,6 +196,13 @@ fn every_convolution_form_agrees_with_the_interpreter() {
             },
         ),
         (
+            "no-winograd",
+            CodegenOptions {
+                no_winograd: true,
+                ..Default::default()
+            },
+        ),
+        (
             "128-bit",
             CodegenOptions {
                 max_vector_bits: Some(128),
@@ -248,13 +255,21 @@ fn every_convolution_form_agrees_with_the_interpreter() {
             let program = JitProgram::compile(&graph, opts);
             // Every dense case with a column stride up to 2 takes the wide form where the CPU has
             // AVX2, unless held to 128 bits.
+            // Those that are 3×3 of stride and dilation 1 take the Winograd form instead (its
+            // int8 weights always keep it exact), unless it is turned off.
             if let Ok(p) = &program {
-                let wide = p.program().steps[0].form == "wide-direct";
-                let expected = k.group == 1
-                    && k.strides.1 <= 2
-                    && opts.max_vector_bits.is_none()
+                let form = p.program().steps[0].form.as_str();
+                let wide_isa = opts.max_vector_bits.is_none()
                     && !opts.baseline_isa
                     && std::arch::is_x86_feature_detected!("avx2");
+                let winograd = wide_isa
+                    && !opts.no_winograd
+                    && k.group == 1
+                    && k.kernel == (3, 3)
+                    && k.strides == (1, 1)
+                    && k.dilation_h == 1;
+                let expected = !winograd && wide_isa && k.group == 1 && k.strides.1 <= 2;
+                let wide = form == "wide-direct";
                 // Depthwise convolutions of any size and channel count take the wide form on
                 // AVX2 (column stride up to 2), else the direct form wherever the CPU has byte
                 // shuffles.
@@ -268,7 +283,10 @@ fn every_convolution_form_agrees_with_the_interpreter() {
                     } else {
                         "direct-depthwise"
                     };
-                if wide != expected || (depthwise && !opts.baseline_isa && !direct) {
+                if wide != expected
+                    || winograd != (form == "winograd")
+                    || (depthwise && !opts.baseline_isa && !direct)
+                {
                     failures.push(format!(
                         "{path}: {k:?} is in form {}",
                         p.program().steps[0].form
