@@ -37,6 +37,9 @@ pub struct CodegenOptions {
     /// call allows (`None`: 4 M, see `kernels::PARALLEL_MIN_WORK`); 0 splits every call (to
     /// test the split on small shapes).
     pub parallel_min_macs: Option<u64>,
+    /// Do not use the Winograd form of 3×3 integer convolutions (`kernels::winograd`) even
+    /// where it is exact: to compare it with the direct wide form on one machine.
+    pub no_winograd: bool,
 }
 
 /// The ISA for `opts`: opt_level `speed`, the verifier in debug builds.

@@ -319,6 +319,7 @@ pub fn build(
                 );
                 kernel.wide = wide;
                 kernel.parallel = parallel;
+                kernel.winograd = !opts.no_winograd;
                 kernel.parallel_min_work =
                     opts.parallel_min_macs.unwrap_or(kernels::PARALLEL_MIN_WORK);
                 for arg in operand_args {

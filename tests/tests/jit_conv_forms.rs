@@ -196,6 +196,13 @@ fn every_convolution_form_agrees_with_the_interpreter() {
             },
         ),
         (
+            "no-winograd",
+            CodegenOptions {
+                no_winograd: true,
+                ..Default::default()
+            },
+        ),
+        (
             "128-bit",
             CodegenOptions {
                 max_vector_bits: Some(128),
@@ -248,13 +255,21 @@ fn every_convolution_form_agrees_with_the_interpreter() {
             let program = JitProgram::compile(&graph, opts);
             // Every dense case with a column stride up to 2 takes the wide form where the CPU has
             // AVX2, unless held to 128 bits.
+            // Those that are 3×3 of stride and dilation 1 take the Winograd form instead (its
+            // int8 weights always keep it exact), unless it is turned off.
             if let Ok(p) = &program {
-                let wide = p.program().steps[0].form == "wide-direct";
-                let expected = k.group == 1
-                    && k.strides.1 <= 2
-                    && opts.max_vector_bits.is_none()
+                let form = p.program().steps[0].form.as_str();
+                let wide_isa = opts.max_vector_bits.is_none()
                     && !opts.baseline_isa
                     && std::arch::is_x86_feature_detected!("avx2");
+                let winograd = wide_isa
+                    && !opts.no_winograd
+                    && k.group == 1
+                    && k.kernel == (3, 3)
+                    && k.strides == (1, 1)
+                    && k.dilation_h == 1;
+                let expected = !winograd && wide_isa && k.group == 1 && k.strides.1 <= 2;
+                let wide = form == "wide-direct";
                 // Depthwise convolutions of any size and channel count take the wide form on
                 // AVX2 (column stride up to 2), else the direct form wherever the CPU has byte
                 // shuffles.
@@ -268,7 +283,10 @@ fn every_convolution_form_agrees_with_the_interpreter() {
                     } else {
                         "direct-depthwise"
                     };
-                if wide != expected || (depthwise && !opts.baseline_isa && !direct) {
+                if wide != expected
+                    || winograd != (form == "winograd")
+                    || (depthwise && !opts.baseline_isa && !direct)
+                {
                     failures.push(format!(
                         "{path}: {k:?} is in form {}",
                         p.program().steps[0].form
@@ -311,4 +329,212 @@ fn every_convolution_form_agrees_with_the_interpreter() {
         failures.len(),
         all.len() * paths.len()
     );
+}
+
+/// A random dense 3×3 stride-1 QConv for the Winograd form: its text and input.
+struct WinogradCase {
+    text: String,
+    x: Tensor,
+    summary: String,
+}
+
+/// Random channels (odd, past 256), extents and paddings (or `extents` padded by 1), activation and weight zero points
+/// (per channel or per tensor), u8 or i8 results, with or without a fused ReLU; weights drawn
+/// from `weight` (a value in -128..=127 from the generator).
+fn winograd_case(
+    rng: &mut Lcg,
+    c: usize,
+    m: usize,
+    batch: usize,
+    weight: &mut dyn FnMut(&mut Lcg) -> i64,
+    extents: Option<(usize, usize)>,
+    zx: Option<i64>,
+) -> WinogradCase {
+    let (h, w) = extents.unwrap_or((1 + rng.next(13) as usize, 1 + rng.next(13) as usize));
+    let pads: Vec<usize> = (0..4)
+        .map(|_| {
+            if extents.is_some() {
+                1
+            } else {
+                rng.next(3) as usize
+            }
+        })
+        .collect();
+    // At least one output: the padded extents hold a 3×3 window.
+    let pads = [
+        pads[0],
+        pads[1],
+        pads[2].max(3usize.saturating_sub(h + pads[0])),
+        pads[3].max(3usize.saturating_sub(w + pads[1])),
+    ];
+    let (oh, ow) = (h + pads[0] + pads[2] - 2, w + pads[1] + pads[3] - 2);
+    let zx = zx.unwrap_or_else(|| rng.next(256));
+    let weights = list((0..m * c * 9).map(|_| weight(rng).to_string()));
+    let per_channel = rng.next(2) == 0;
+    let wquant = if per_channel {
+        let scales = list((0..m).map(|i| format!("{}", 0.002 + 0.001 * (i % 7) as f32)));
+        let zeros = list((0..m).map(|_| (rng.next(41) - 20).to_string()));
+        format!("quant(axis=0, scale=[{scales}], zero_point=[{zeros}])")
+    } else {
+        format!("quant(scale=0.004, zero_point={})", rng.next(41) - 20)
+    };
+    let bias = list((0..m).map(|_| (rng.next(40001) - 20000).to_string()));
+    let relu = rng.next(2) == 0;
+    let act = if relu {
+        "act_max=inf, act_min=0.0, "
+    } else {
+        ""
+    };
+    let (ydtype, yzp) = if rng.next(2) == 0 {
+        ("i8", rng.next(41) - 20)
+    } else {
+        ("u8", 100 + rng.next(41))
+    };
+    // Accumulators spread about 35 · 74 · sqrt(9c): a result scale that spreads them over
+    // about ±35 steps.
+    let ys = 0.02 * 0.004 * 74.0 * ((9 * c) as f32).sqrt();
+    let text = format!(
+        "graph conv(%x: u8[N,{c},{h},{w}] quant(scale=0.02, zero_point={zx})) -> (%y) {{\n  \
+         %w = const i8[{m},{c},3,3] {wquant} [{weights}]\n  \
+         %b = const i32[{m}] [{bias}]\n  \
+         %y = QConv(%x, %w, %b) {{{act}dilations=[1, 1], group=1, kernel_shape=[3, 3], pads=[{pt}, {pl}, {pb}, {pr}], strides=[1, 1]}} : {ydtype}[N,{m},{oh},{ow}] quant(scale={ys}, zero_point={yzp})\n}}\n",
+        pt = pads[0],
+        pl = pads[1],
+        pb = pads[2],
+        pr = pads[3],
+    );
+    let n = batch * c * h * w;
+    let x = Tensor::from_i64_values(
+        DType::U8,
+        vec![batch, c, h, w],
+        // About the zero point, so that the sums do not drift with the weights' zero points.
+        (0..n)
+            .map(|_| (zx + rng.next(121) - 60).clamp(0, 255))
+            .collect(),
+    )
+    .unwrap();
+    let summary = format!(
+        "c={c} m={m} {h}x{w} pads={pads:?} zx={zx} per_channel={per_channel} relu={relu} {ydtype}"
+    );
+    WinogradCase { text, x, summary }
+}
+
+/// Compiles `case` with `opts`, checks its convolution's form, and compares batch 3 on one
+/// thread and batch 1 on two threads (every call split) with the interpreter.
+fn check_form(case: &WinogradCase, opts: &CodegenOptions, form: &str, failures: &mut Vec<String>) {
+    let graph =
+        parse(&case.text).unwrap_or_else(|e| panic!("{}: {e}\n{}", case.summary, case.text));
+    let want = qlift_ir::interp::run(&graph, std::slice::from_ref(&case.x)).unwrap();
+    let what = &case.summary;
+    // The case exercises the arithmetic: most results are strictly inside the range.
+    let values = want[0].to_i64_vec().unwrap();
+    let (lo, hi) = if want[0].dtype() == DType::I8 {
+        (-128, 127)
+    } else {
+        (0, 255)
+    };
+    let inside = values.iter().filter(|&&v| v > lo && v < hi).count();
+    if inside * 2 <= values.len() {
+        failures.push(format!(
+            "{what}: only {inside} of {} results inside",
+            values.len()
+        ));
+    }
+    match JitProgram::compile(&graph, opts) {
+        Ok(p) => {
+            let got_form = &p.program().steps[0].form;
+            if got_form != form {
+                failures.push(format!("{what}: form {got_form}, expected {form}"));
+            }
+            match p.run(std::slice::from_ref(&case.x)) {
+                Ok(got) if got == want => {}
+                Ok(_) => failures.push(format!("{what}: differs from the interpreter")),
+                Err(e) => failures.push(format!("{what}: {e}")),
+            }
+        }
+        Err(e) => failures.push(format!("{what}: {e}")),
+    }
+    let x1 = first_sample(&case.x);
+    let want1 = qlift_ir::interp::run(&graph, std::slice::from_ref(&x1)).unwrap();
+    let split = CodegenOptions {
+        parallel_min_macs: Some(0),
+        ..opts.clone()
+    };
+    match JitProgram::compile(&graph, &split).and_then(|mut p| {
+        p.set_threads(2);
+        p.run(std::slice::from_ref(&x1))
+    }) {
+        Ok(got) if got == want1 => {}
+        Ok(_) => failures.push(format!("{what}, two threads: differs from the interpreter")),
+        Err(e) => failures.push(format!("{what}, two threads: {e}")),
+    }
+}
+
+/// The paths that have the wide micro-kernels, hence the Winograd form, on this CPU.
+fn winograd_paths() -> Vec<(&'static str, CodegenOptions)> {
+    if !std::arch::is_x86_feature_detected!("avx2") {
+        eprintln!("skipped: this CPU lacks AVX2, so the Winograd form is not run here");
+        return Vec::new();
+    }
+    vec![
+        ("host", CodegenOptions::default()),
+        (
+            "avx2",
+            CodegenOptions {
+                avx2_only: true,
+                ..Default::default()
+            },
+        ),
+    ]
+}
+
+#[test]
+fn winograd_agrees_with_the_interpreter_on_random_layers() {
+    let mut rng = Lcg(0x3a3a);
+    let mut failures = Vec::new();
+    let channels = [1, 2, 3, 5, 8, 16, 17, 33, 64, 96, 130, 257, 300];
+    let mut cases = 0;
+    for &c in &channels {
+        for _ in 0..2 {
+            let m = 1 + rng.next(40) as usize;
+            let batch = 1 + rng.next(3) as usize;
+            // Every other layer 8×8 (16 tiles of 2×2, stored straight to the output).
+            let extents = (cases % 2 == 1).then_some((8, 8));
+            let case = winograd_case(
+                &mut rng,
+                c,
+                m,
+                batch,
+                &mut |r| r.next(256) - 128,
+                extents,
+                None,
+            );
+            for (path, opts) in winograd_paths() {
+                let mut found = Vec::new();
+                check_form(&case, &opts, "winograd", &mut found);
+                failures.extend(found.into_iter().map(|f| format!("{path}: {f}")));
+            }
+            cases += 1;
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures in {cases} cases:\n{failures:#?}",
+        failures.len()
+    );
+}
+
+#[test]
+fn a_layer_winograd_cannot_keep_exact_falls_back_to_the_wide_form() {
+    // 4096 input channels of weights −128, zero points within ±20, activations about 195:
+    // Σ x · (w − zw) is below −2^29, so four times it (the transformed sum) wraps in i32.
+    let mut rng = Lcg(0xfa11);
+    let case = winograd_case(&mut rng, 4096, 3, 2, &mut |_| -128, None, Some(195));
+    let mut failures = Vec::new();
+    for (path, opts) in winograd_paths() {
+        let mut found = Vec::new();
+        check_form(&case, &opts, "wide-direct", &mut found);
+        failures.extend(found.into_iter().map(|f| format!("{path}: {f}")));
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }

@@ -51,12 +51,26 @@ pub(crate) struct PairTile {
     pub x_stride: i32,
     /// Loop iterations (at least 1).
     pub iterations: u32,
-    /// How the accumulators become 8-bit results.
-    pub store: Requantize,
+    /// What becomes of the accumulators.
+    pub store: Store,
     /// The broadcast operand's layout: `None`, step `s` of row `r` at `(s · rows + r) · 4`
     /// (convolution weights); `Some(stride)`, at `r · stride + s · 4` (rows of a matrix
     /// product's left side, each a contiguous run of pairs).
     pub row_stride: Option<i32>,
+}
+
+/// What a [`pair_tile`] micro-kernel does with its accumulators.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Store {
+    /// Requantizes them to 8-bit results.
+    Requantize(Requantize),
+    /// Stores them as they are, row `r` and vector `v` as eight i32 at `out + r · plane +
+    /// 32 · v`: for forms that transform the sums before requantizing them (Winograd's
+    /// output transform).
+    Sums {
+        /// Bytes between the sums of two rows.
+        plane: i32,
+    },
 }
 
 /// The requantization a micro-kernel ends with: for each row (output channel) `r`, the
@@ -129,7 +143,8 @@ impl LaneTable {
 /// The machine code of `fn(x0: *const u8, x1: *const u8, w: *const u8, out: *mut u8,
 /// records: *const u8)` (System V: rdi, rsi, rdx, rcx, r8) computing `tile`: the
 /// accumulators of row `r` and vector `v` requantized with record `r` at `records` and
-/// stored as eight bytes at `out + r · plane + 8 · v`. Uses only caller-saved registers
+/// stored as eight bytes at `out + r · plane + 8 · v` (or stored as sums, [`Store::Sums`],
+/// with `records` unused). Uses only caller-saved registers
 /// (ymm0–15 are all caller-saved in System V) and `r9`. Its constants (zero point,
 /// bounds, a permutation) follow its `ret`, read relative to the instruction pointer.
 ///
@@ -194,7 +209,23 @@ pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
     a.add(rdx, tile.offsets.len() as i32 * w_step).map_err(e)?;
     a.dec(r9).map_err(e)?;
     a.jnz(top).map_err(e)?;
-    let q = tile.store;
+    let q = match tile.store {
+        Store::Requantize(q) => q,
+        Store::Sums { plane } => {
+            for r in 0..tile.rows {
+                let at = plane
+                    .checked_mul(r as i32)
+                    .ok_or("output plane offset overflows")?;
+                for v in 0..VECTORS {
+                    a.vmovdqu(ymmword_ptr(rcx + at + 32 * v as i32), acc(r, v))
+                        .map_err(e)?;
+                }
+            }
+            a.vzeroupper().map_err(e)?;
+            a.ret().map_err(e)?;
+            return a.assemble(0).map_err(e);
+        }
+    };
     let mut k = Constants::new(&mut a);
     let (bias, m, half, t) = (ymm12, ymm13, ymm14, ymm15);
     for r in 0..tile.rows {
@@ -471,7 +502,7 @@ mod tests {
             offsets: vec![0, 128],
             x_stride: 4096,
             iterations: 3,
-            store,
+            store: Store::Requantize(store),
             row_stride: None,
         };
         let avx2 = disassemble(&pair_tile(&tile, Isa::Avx2).unwrap());
@@ -513,7 +544,7 @@ mod tests {
             offsets: vec![0],
             x_stride: 0,
             iterations: 1,
-            store,
+            store: Store::Requantize(store),
             row_stride: None,
         };
         assert!(pair_tile(&tile, Isa::Avx2).is_err());
@@ -523,7 +554,7 @@ mod tests {
                 offsets: vec![],
                 x_stride: 0,
                 iterations: 1,
-                store,
+                store: Store::Requantize(store),
                 row_stride: None
             },
             Isa::Avx2

@@ -25,7 +25,7 @@ use super::conv2d::QConv2d;
 use super::packing::packed_rows;
 use super::planes::{copy_row, Padded};
 use super::requant::ChannelTable;
-use super::ukernel::{self, PairTile, Requantize, LANES, MAX_ROWS, VECTORS};
+use super::ukernel::{self, PairTile, Requantize, Store, LANES, MAX_ROWS, VECTORS};
 use super::{data_address, Kernel};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
@@ -226,7 +226,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         offsets: offsets.clone(),
         x_stride,
         iterations,
-        store,
+        store: Store::Requantize(store),
         row_stride: None,
     };
     let main = k.machine_code(&ukernel::pair_tile(&tile(rows), isa)?, 5)?;

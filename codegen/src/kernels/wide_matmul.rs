@@ -11,7 +11,7 @@
 
 use super::packing::packed_rows;
 use super::planes::copy_row;
-use super::ukernel::{self, LaneTable, PairTile, Requantize, LANES, MAX_ROWS, VECTORS};
+use super::ukernel::{self, LaneTable, PairTile, Requantize, Store, LANES, MAX_ROWS, VECTORS};
 use super::{data_address, Kernel};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
@@ -113,7 +113,7 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
                 .collect::<Result<_, _>>()?,
             x_stride: i32_of(UNROLL * BLOCK * PAIR)?,
             iterations: u32::try_from(pairs / UNROLL).map_err(|e| e.to_string())?,
-            store,
+            store: Store::Requantize(store),
             row_stride: Some(i32_of(pairs * PAIR)?),
         })
     };

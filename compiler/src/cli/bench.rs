@@ -63,6 +63,10 @@ pub(crate) struct BenchArgs {
     /// Generate baseline x86-64 code (SSE2), ignoring the CPU's features.
     #[arg(long)]
     baseline_isa: bool,
+    /// Run 3×3 integer convolutions in the direct wide form, not Winograd's F(2×2, 3×3)
+    /// (to compare the two).
+    #[arg(long)]
+    no_winograd: bool,
     /// Time every kernel (timers compiled into the entry function) and print where the
     /// time goes: per kernel and per kernel form, with GMAC/s (JIT only).
     #[arg(long)]
@@ -106,6 +110,7 @@ pub(crate) fn exec(args: &BenchArgs) -> Result<()> {
         baseline_isa: args.baseline_isa,
         profile: args.profile,
         max_vector_bits: args.max_vector_bits,
+        no_winograd: args.no_winograd,
         ..Default::default()
     };
     let graph = load_model(&args.model, &args.load)?;
