@@ -55,7 +55,7 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
         && bd[1] > 0;
     if !shapes
         || a.ty.dtype != DType::U8
-        || !matches!(y.ty.dtype, DType::U8 | DType::I8)
+        || !matches!(y.ty.dtype, DType::U8 | DType::I8 | DType::I32)
         || b.constant.is_none()
     {
         return Ok(false);
@@ -70,10 +70,20 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
         return Ok(false);
     };
     let yty = y.ty.clone();
-    let rq = Requant::for_product(&aq, &bq, m, &yty, k.op.fused_activation()?)?;
-    let Some(lanes) = LaneTable::bytes(&packed.folded, |j| super::requant::channel(&rq, j)) else {
-        return Ok(false);
+    // An i32 result (a classifier head before its DequantizeLinear) is the raw sums plus
+    // the folded bias, added per row after the tiles (see `add_bias_row`).
+    let sums = yty.dtype == DType::I32;
+    let lanes = if sums {
+        Vec::new()
+    } else {
+        let rq = Requant::for_product(&aq, &bq, m, &yty, k.op.fused_activation()?)?;
+        let Some(lanes) = LaneTable::bytes(&packed.folded, |j| super::requant::channel(&rq, j))
+        else {
+            return Ok(false);
+        };
+        lanes
     };
+    let elem = if sums { 4 } else { 1 };
     let pairs = kk.div_ceil(2).next_multiple_of(UNROLL);
     let blocks = m.div_ceil(BLOCK);
     // Weights: block, pair, column of the block, the pair's two k.
@@ -96,14 +106,21 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
     }
     let block_bytes = (pairs * BLOCK * PAIR) as i64;
     let direct = m % BLOCK == 0;
-    let row_bytes = if direct { m } else { blocks * BLOCK };
+    let row_bytes = elem * if direct { m } else { blocks * BLOCK };
     let i32_of = |v: usize| i32::try_from(v).map_err(|e| e.to_string());
-    let store = Requantize {
-        zero_point: rq.zero_point,
-        bounds: (rq.bounds.0 as i32, rq.bounds.1 as i32),
-        signed: yty.dtype == DType::I8,
-        plane: i32_of(row_bytes)?,
-        per_lane: true,
+    let store = if sums {
+        Store::Sums {
+            plane: i32_of(row_bytes)?,
+        }
+    } else {
+        let rq = Requant::for_product(&aq, &bq, m, &yty, k.op.fused_activation()?)?;
+        Store::Requantize(Requantize {
+            zero_point: rq.zero_point,
+            bounds: (rq.bounds.0 as i32, rq.bounds.1 as i32),
+            signed: yty.dtype == DType::I8,
+            plane: i32_of(row_bytes)?,
+            per_lane: true,
+        })
     };
     let tile = |rows: usize| -> Result<PairTile, String> {
         Ok(PairTile {
@@ -113,7 +130,7 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
                 .collect::<Result<_, _>>()?,
             x_stride: i32_of(UNROLL * BLOCK * PAIR)?,
             iterations: u32::try_from(pairs / UNROLL).map_err(|e| e.to_string())?,
-            store: Store::Requantize(store),
+            store,
             row_stride: Some(i32_of(pairs * PAIR)?),
         })
     };
@@ -127,9 +144,16 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
     k.form = "wide-matmul";
     let wptr = k.data_object(weights, 64)?;
     let lane_table = k.data_object(lanes, 64)?;
+    let folded = match sums {
+        true => Some(k.data(
+            packed.folded.iter().flat_map(|b| b.to_le_bytes()).collect(),
+            64,
+        )?),
+        false => None,
+    };
     let tasks: Vec<FuncId> = tasks
         .into_iter()
-        .map(|(kernel, _)| column_task(k, kernel, wptr, lane_table, block_bytes))
+        .map(|(kernel, _)| column_task(k, kernel, wptr, lane_table, block_bytes, elem))
         .collect::<Result<_, _>>()?;
     // Workspace: widened rows | staging rows | the task's context.
     let staging_at = (MAX_ROWS * pairs * PAIR).next_multiple_of(64);
@@ -153,7 +177,7 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
             widen_row(fb, src, dst, kk);
         }
         let out = if direct {
-            emit::addr(fb, yptr, first, m as i64)
+            emit::addr(fb, yptr, first, (m * elem) as i64)
         } else {
             fb.ins().iadd_imm_s(ws, staging_at as i64)
         };
@@ -166,13 +190,15 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
             usize::MAX,
             (rows * kk * m) as u64,
         )?;
-        if !direct {
-            let fb = &mut *k.fb;
-            for r in 0..rows {
-                let row = fb.ins().iadd_imm_s(first, r as i64);
-                let to = emit::addr(fb, yptr, row, m as i64);
-                let from = fb.ins().iadd_imm_s(out, (r * row_bytes) as i64);
-                copy_row(fb, from, to, m);
+        let fb = &mut *k.fb;
+        for r in 0..rows {
+            let row = fb.ins().iadd_imm_s(first, r as i64);
+            let to = emit::addr(fb, yptr, row, (m * elem) as i64);
+            let from = fb.ins().iadd_imm_s(out, (r * row_bytes) as i64);
+            match folded {
+                Some(folded) => add_bias_row(fb, from, folded, to, m),
+                None if !direct => copy_row(fb, from, to, m),
+                None => {}
             }
         }
         Ok(())
@@ -206,6 +232,7 @@ fn column_task(
     weights: cranelift_module::DataId,
     lanes: cranelift_module::DataId,
     block_bytes: i64,
+    elem: usize,
 ) -> Result<FuncId, String> {
     k.task(|fb, module, [ctx, begin, end, _]| {
         let rows = fb.ins().load(types::I64, emit::mem(), ctx, 0);
@@ -218,12 +245,30 @@ fn column_task(
         emit::for_range(fb, begin, end, 1, |fb, blk| {
             let x0 = emit::addr(fb, w, blk, block_bytes);
             let x1 = fb.ins().iadd_imm_s(x0, (LANES * PAIR) as i64);
-            let o = emit::addr(fb, out, blk, BLOCK as i64);
+            let o = emit::addr(fb, out, blk, (BLOCK * elem) as i64);
             let params = emit::addr(fb, lanes, blk, LaneTable::BLOCK as i64);
             fb.ins().call(kernel, &[x0, x1, rows, o, params]);
         });
         Ok(())
     })
+}
+
+/// `to[j] = from[j] + bias[j]` for the `n` i32 of a row of sums (wrapping, as the
+/// interpreter's `wrap_i32`), four a step; `from` may be `to`.
+fn add_bias_row(fb: &mut FunctionBuilder, from: Value, bias: Value, to: Value, n: usize) {
+    let at = |i: usize| (4 * i) as i32;
+    for i in (0..n / 4 * 4).step_by(4) {
+        let x = fb.ins().load(types::I32X4, emit::mem(), from, at(i));
+        let b = fb.ins().load(types::I32X4, emit::mem(), bias, at(i));
+        let y = fb.ins().iadd(x, b);
+        fb.ins().store(emit::mem(), y, to, at(i));
+    }
+    for i in n / 4 * 4..n {
+        let x = fb.ins().load(types::I32, emit::mem(), from, at(i));
+        let b = fb.ins().load(types::I32, emit::mem(), bias, at(i));
+        let y = fb.ins().iadd(x, b);
+        fb.ins().store(emit::mem(), y, to, at(i));
+    }
 }
 
 /// Widens the `n` u8 at `src` to i16 at `dst`: 16 a step, then one at a time (nothing past
