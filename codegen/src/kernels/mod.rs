@@ -21,9 +21,11 @@ mod approx;
 mod conv2d;
 mod conv_transpose;
 mod depthwise;
+mod depthwise_f32;
 mod direct;
 mod dot4;
 mod elementwise;
+mod fma_rows;
 mod fma_tile;
 mod gemm_f32;
 mod im2col;
@@ -406,6 +408,7 @@ pub(crate) fn data_address(fb: &mut FunctionBuilder, module: &mut dyn Module, id
 /// Picks a convolution's form: the first that applies, fastest first. Each form is its own
 /// module and decides from the node alone; they share only what sits below them all
 /// (`packing`, `dot4`, `planes`, `requant`, `ukernel`), never each other.
+/// - `depthwise-f32`: float depthwise, 256-bit FMA micro-kernels (AVX2 + FMA);
 /// - `wide-f32`: float, 256-bit FMA micro-kernels (AVX2 + FMA);
 /// - `wide`: dense, 256-bit micro-kernels (AVX2);
 /// - `depthwise`: depthwise, 256-bit micro-kernels;
@@ -414,6 +417,7 @@ pub(crate) fn data_address(fb: &mut FunctionBuilder, module: &mut dyn Module, id
 /// - `product`: im2col and scalar, anything else (float convolutions included).
 fn conv(k: &mut Kernel) -> Result<(), String> {
     for form in [
+        depthwise_f32::conv,
         wide_f32::conv,
         wide::conv,
         depthwise::conv,
