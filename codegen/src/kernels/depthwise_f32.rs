@@ -175,7 +175,11 @@ fn copy_strided(fb: &mut FunctionBuilder, src: Value, dst: Value, n: usize, s: u
     emit::for_lanes(fb, n as i64, lanes, &mut |fb, i, vector| {
         let from = emit::addr(fb, src, i, 4 * s as i64);
         let to = emit::addr(fb, dst, i, 4);
-        let ty = if vector { types::F32X4 } else { types::F32 };
+        let ty = if vector && lanes == 4 {
+            types::F32X4
+        } else {
+            types::F32
+        };
         let v = fb.ins().load(ty, emit::mem(), from, 0);
         fb.ins().store(emit::mem(), v, to, 0);
     });
