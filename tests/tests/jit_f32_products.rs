@@ -3,7 +3,7 @@
 //! shapes at the forms' edges: output channels and rows that do not fill a tile of six,
 //! positions and columns that do not fill a panel of sixteen or a vector of eight, groups,
 //! channel multipliers, padding (asymmetric too), strides, dilation, 1-D to 3-D kernels,
-//! fused clamps, Gemm's `transB`/`alpha`/`beta`/`C`, batches 1–7 and the split across
+//! reductions split into chunks, fused clamps, Gemm's `transB`/`alpha`/`beta`/`C`, batches 1–7 and the split across
 //! threads.
 //! Where the CPU has AVX2 and FMA the form must be the one chosen; elsewhere the same
 //! graphs check the other forms.
@@ -71,6 +71,40 @@ fn conv_case() -> impl Strategy<Value = ConvCase> {
         1usize..=3,
         1usize..=7,
         prop::collection::vec(axis, 1..=3),
+        any::<bool>(),
+        0usize..3,
+        any::<u64>(),
+    )
+        .prop_filter_map(
+            "the kernel must fit",
+            |(group, cg, mg, spatial, bias, clamp, seed)| {
+                let spatial: Vec<Axis> = spatial
+                    .into_iter()
+                    .map(|(i, k, s, d, p)| (i, k, s, d, p, p))
+                    .collect();
+                let clamp = [None, Some((0.0, f32::INFINITY)), Some((-0.5, 0.75))][clamp];
+                fits(&spatial).then_some(ConvCase {
+                    c: group * cg,
+                    m: group * mg,
+                    group,
+                    spatial,
+                    bias,
+                    clamp,
+                    seed,
+                })
+            },
+        )
+}
+
+/// A Conv whose reduction (input channels of a group × kernel positions, up to 1,080) the
+/// `wide-f32` form splits into chunks that continue from the stored sums.
+fn long_reduction_case() -> impl Strategy<Value = ConvCase> {
+    let axis = (1usize..=9, 1usize..=3, 1usize..=2, 1usize..=2, 0usize..=1);
+    (
+        1usize..=2,
+        29usize..=120,
+        1usize..=13,
+        prop::collection::vec(axis, 2..=2),
         any::<bool>(),
         0usize..3,
         any::<u64>(),
@@ -341,6 +375,11 @@ proptest! {
     #[test]
     fn f32_convolutions_agree_with_the_interpreter(case in conv_case(), batch in 1usize..=3, seed in any::<u64>()) {
         check(conv_graph(&case), batch, seed, &["wide-f32", "depthwise-f32"])?;
+    }
+
+    #[test]
+    fn f32_convolutions_with_long_reductions_agree_with_the_interpreter(case in long_reduction_case(), batch in 1usize..=2, seed in any::<u64>()) {
+        check(conv_graph(&case), batch, seed, &["wide-f32"])?;
     }
 
     #[test]
