@@ -308,13 +308,14 @@ fn host_has_fma() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
-/// The JIT (one thread, and two with every call split) within 1e-5 of the output range of
-/// the interpreter's f64 sums, and in one of `forms` where the host has FMA.
+/// The JIT (one thread, and two with every call split) within `tolerance` (relative to the
+/// output range) of the interpreter's f64 sums, and in one of `forms` where the host has FMA.
 fn check(
     (text, sample): (String, Vec<usize>),
     batch: usize,
     seed: u64,
     forms: &[&str],
+    tolerance: f32,
 ) -> Result<(), TestCaseError> {
     let g = parse(&text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
     let x = input(&sample, batch, seed);
@@ -353,7 +354,7 @@ fn check(
             .fold(0.0f32, f32::max)
             / scale;
         prop_assert!(
-            err <= 1e-5,
+            err <= tolerance,
             "relative error {err} with {threads} threads, batch {batch}\n{text}"
         );
     }
@@ -374,21 +375,24 @@ proptest! {
 
     #[test]
     fn f32_convolutions_agree_with_the_interpreter(case in conv_case(), batch in 1usize..=3, seed in any::<u64>()) {
-        check(conv_graph(&case), batch, seed, &["wide-f32", "depthwise-f32"])?;
+        check(conv_graph(&case), batch, seed, &["wide-f32", "depthwise-f32"], 1e-5)?;
     }
 
+    // f32 sums of up to 1,080 products of magnitude up to 1 drift by ~√n rounding steps of
+    // partial sums near 20 (a few 1e-5), and a fused clamp can shrink the output range to
+    // 0.5: a chunk lost or counted twice is off by far more than 1e-4.
     #[test]
     fn f32_convolutions_with_long_reductions_agree_with_the_interpreter(case in long_reduction_case(), batch in 1usize..=2, seed in any::<u64>()) {
-        check(conv_graph(&case), batch, seed, &["wide-f32"])?;
+        check(conv_graph(&case), batch, seed, &["wide-f32"], 1e-4)?;
     }
 
     #[test]
     fn f32_depthwise_convolutions_agree_with_the_interpreter(case in depthwise_case(), batch in 1usize..=3, seed in any::<u64>()) {
-        check(conv_graph(&case), batch, seed, &["depthwise-f32"])?;
+        check(conv_graph(&case), batch, seed, &["depthwise-f32"], 1e-5)?;
     }
 
     #[test]
     fn f32_products_by_constant_weights_agree_with_the_interpreter(case in product_case(), batch in 1usize..=7, seed in any::<u64>()) {
-        check(product_graph(&case), batch, seed, &["wide-f32"])?;
+        check(product_graph(&case), batch, seed, &["wide-f32"], 1e-5)?;
     }
 }
