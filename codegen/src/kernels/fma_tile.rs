@@ -9,8 +9,7 @@
 //! apart, rows `row_stride` apart), twelve `vfmadd231ps`. The sums run over `k` in order,
 //! each step rounded once (an FMA), so they differ from the interpreter's f64 sums by
 //! rounding only. Then the bias, the clamp of a fused activation, and the stores (masked
-//! for a partial last vector, so nothing past the tile's columns is written). A long
-//! reduction may be split into [`Chunk`]s whose calls continue from the stored sums.
+//! for a partial last vector, so nothing past the tile's columns is written).
 
 use iced_x86::code_asm::*;
 
@@ -51,32 +50,6 @@ pub(crate) struct FmaTile {
     pub bias: Bias,
     /// The fused activation's bounds (infinite ones are skipped).
     pub clamp: (f32, f32),
-    /// Which part of a reduction split into chunks the call computes (see [`Chunk`]).
-    pub chunk: Chunk,
-}
-
-/// A reduction too long for its panel to stay in L1 is split into chunks of steps, one call
-/// each: the first starts from zero, later ones add to the sums the output holds, and only
-/// the last adds the bias and clamps. The sums run over `k` in the same order either way.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Chunk {
-    /// The whole reduction in one call.
-    Whole,
-    First,
-    Middle,
-    Last,
-}
-
-impl Chunk {
-    /// Whether the call starts from the output's partial sums.
-    fn accumulates(self) -> bool {
-        matches!(self, Chunk::Middle | Chunk::Last)
-    }
-
-    /// Whether the call adds the bias and clamps (the sums are final).
-    fn finishes(self) -> bool {
-        matches!(self, Chunk::Whole | Chunk::Last)
-    }
 }
 
 /// The machine code of `fn(panel: *const f32, rows: *const f32, out: *mut f32, bias:
@@ -108,24 +81,9 @@ pub(crate) fn fma_tile(t: &FmaTile) -> Result<Vec<u8>, String> {
     let (x, b) = ([ymm12, ymm13], ymm14);
     let mut a = CodeAssembler::new(64).map_err(e)?;
     a.set_prefer_vex(true);
-    let (mut lo_at, mut hi_at, mut mask_at) =
-        (a.create_label(), a.create_label(), a.create_label());
-    let (lo, hi, mask) = (ymm12, ymm13, ymm15);
-    let partial = t.cols % 8;
-    if partial != 0 {
-        a.vmovups(mask, ymmword_ptr(mask_at)).map_err(e)?;
-    }
-    let out_at = |r: usize, v: usize| rdx + (r as i32 * t.out_row + 32 * v as i32);
     for r in 0..t.rows {
         for v in 0..vectors {
-            let y = acc(r, v);
-            match (t.chunk.accumulates(), v + 1 == vectors && partial != 0) {
-                (false, _) => a.vxorps(y, y, y).map_err(e)?,
-                (true, true) => a
-                    .vmaskmovps(y, mask, ymmword_ptr(out_at(r, v)))
-                    .map_err(e)?,
-                (true, false) => a.vmovups(y, ymmword_ptr(out_at(r, v))).map_err(e)?,
-            }
+            a.vxorps(acc(r, v), acc(r, v), acc(r, v)).map_err(e)?;
         }
     }
     let step = |a: &mut CodeAssembler, s: usize| -> Result<(), String> {
@@ -161,26 +119,28 @@ pub(crate) fn fma_tile(t: &FmaTile) -> Result<Vec<u8>, String> {
     for s in 0..t.steps % UNROLL {
         step(&mut a, s)?;
     }
-    let finish = t.chunk.finishes();
-    let (clamp_lo, clamp_hi) = (
-        finish && t.clamp.0 > f32::NEG_INFINITY,
-        finish && t.clamp.1 < f32::INFINITY,
-    );
-    let bias = if finish { t.bias } else { Bias::None };
+    let (mut lo_at, mut hi_at, mut mask_at) =
+        (a.create_label(), a.create_label(), a.create_label());
+    let (lo, hi, mask) = (ymm12, ymm13, ymm15);
+    let (clamp_lo, clamp_hi) = (t.clamp.0 > f32::NEG_INFINITY, t.clamp.1 < f32::INFINITY);
     if clamp_lo {
         a.vbroadcastss(lo, dword_ptr(lo_at)).map_err(e)?;
     }
     if clamp_hi {
         a.vbroadcastss(hi, dword_ptr(hi_at)).map_err(e)?;
     }
+    let partial = t.cols % 8;
+    if partial != 0 {
+        a.vmovups(mask, ymmword_ptr(mask_at)).map_err(e)?;
+    }
     for r in 0..t.rows {
-        if bias == Bias::PerRow {
+        if t.bias == Bias::PerRow {
             a.vbroadcastss(b, dword_ptr(rcx + 4 * r as i32))
                 .map_err(e)?;
         }
         for v in 0..vectors {
             let y = acc(r, v);
-            match bias {
+            match t.bias {
                 Bias::None => {}
                 Bias::PerRow => a.vaddps(y, y, b).map_err(e)?,
                 Bias::PerColumn => a
@@ -194,7 +154,7 @@ pub(crate) fn fma_tile(t: &FmaTile) -> Result<Vec<u8>, String> {
             if clamp_hi {
                 a.vminps(y, hi, y).map_err(e)?;
             }
-            let at = out_at(r, v);
+            let at = rdx + (r as i32 * t.out_row + 32 * v as i32);
             if v + 1 == vectors && partial != 0 {
                 a.vmaskmovps(ymmword_ptr(at), mask, y).map_err(e)?;
             } else {
@@ -226,14 +186,7 @@ mod tests {
         for rows in 1..=ROWS {
             for cols in [1, 7, 8, 9, 16] {
                 for steps in [1, 3, 4, 9] {
-                    for (bias, chunk) in [
-                        (Bias::None, Chunk::Whole),
-                        (Bias::PerRow, Chunk::Whole),
-                        (Bias::PerColumn, Chunk::Whole),
-                        (Bias::PerRow, Chunk::First),
-                        (Bias::PerRow, Chunk::Middle),
-                        (Bias::PerRow, Chunk::Last),
-                    ] {
+                    for bias in [Bias::None, Bias::PerRow, Bias::PerColumn] {
                         let t = FmaTile {
                             rows,
                             cols,
@@ -242,7 +195,6 @@ mod tests {
                             out_row: 64,
                             bias,
                             clamp: (0.0, 6.0),
-                            chunk,
                         };
                         assert!(!fma_tile(&t).unwrap().is_empty());
                     }
@@ -257,7 +209,6 @@ mod tests {
             out_row: 64,
             bias: Bias::None,
             clamp: (f32::NEG_INFINITY, f32::INFINITY),
-            chunk: Chunk::Whole,
         };
         assert!(fma_tile(&bad).is_err());
         assert!(fma_tile(&FmaTile {

@@ -17,7 +17,7 @@
 //! the rows of A (every leading dimension, the batch included, as one tall matrix) are
 //! broadcast where they are, six at a time, and Gemm's `beta · C` is a per-column bias.
 
-use super::fma_tile::{self, Bias, Chunk, FmaTile, COLS, PANEL_STEP, ROWS};
+use super::fma_tile::{self, Bias, FmaTile, COLS, PANEL_STEP, ROWS};
 use super::im2col::ConvShape;
 use super::Kernel;
 use crate::emit;
@@ -26,31 +26,6 @@ use cranelift_codegen::ir::{types, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
 use cranelift_module::FuncId;
 use qlift_ir::{DType, OpKind};
-
-/// Steps of a convolution's reduction per micro-kernel call: a panel's chunk of 256 steps is
-/// 16 KB, half of a 32 KB L1 data cache beside the six weight rows' 6 KB, so that it stays
-/// in L1 over all the row blocks that read it (a ResNet-18 3×3 Conv over 256 channels has
-/// 2,304 steps, a 147 KB panel read from L2 per row block when whole).
-const CHUNK_STEPS: usize = 256;
-
-/// The chunks of a reduction of `steps`: (first step, steps, kind).
-fn chunks(steps: usize) -> Vec<(usize, usize, Chunk)> {
-    let count = steps.div_ceil(CHUNK_STEPS);
-    if count <= 1 {
-        return vec![(0, steps, Chunk::Whole)];
-    }
-    (0..count)
-        .map(|c| {
-            let first = c * CHUNK_STEPS;
-            let kind = match c {
-                0 => Chunk::First,
-                c if c + 1 == count => Chunk::Last,
-                _ => Chunk::Middle,
-            };
-            (first, CHUNK_STEPS.min(steps - first), kind)
-        })
-        .collect()
-}
 
 /// Emits a float Conv in this form and returns true when it applies: f32 input, constant
 /// f32 weights (and bias), AVX2 with FMA; false leaves it to the other forms.
@@ -87,11 +62,11 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let i32_of = |v: usize| {
         i32::try_from(v).map_err(|_| format!("convolution too large for the f32 tile ({v} bytes)"))
     };
-    let tile = |rows: usize, cols: usize, steps: usize, chunk: Chunk| -> Result<Vec<u8>, String> {
+    let tile = |rows: usize, cols: usize| -> Result<Vec<u8>, String> {
         fma_tile::fma_tile(&FmaTile {
             rows,
             cols,
-            steps,
+            steps: kg,
             row_stride: i32_of(kg * 4)?,
             out_row: i32_of(p * 4)?,
             bias: if bptr.is_some() {
@@ -100,33 +75,18 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
                 Bias::None
             },
             clamp,
-            chunk,
         })
     };
-    // Micro-kernels per chunk: (full row blocks, the rows left) × (full panels, the last
-    // partial one); chunks of the same length and kind share them.
-    let mut made: Vec<((usize, Chunk), Kernels)> = Vec::new();
-    let mut plan = Vec::new();
-    for (first, steps, chunk) in chunks(kg) {
-        let kernels = match made.iter().find(|(key, _)| *key == (steps, chunk)) {
-            Some((_, kernels)) => *kernels,
-            None => {
-                let mut kernels = [[None; 2]; 2];
-                for (ri, rows) in [(0, if mg >= ROWS { ROWS } else { 0 }), (1, mg % ROWS)] {
-                    for (ci, cols) in [(0, if p >= COLS { COLS } else { 0 }), (1, p % COLS)] {
-                        if rows > 0 && cols > 0 {
-                            let code = tile(rows, cols, steps, chunk)?;
-                            kernels[ri][ci] = Some(k.machine_code(&code, 4)?);
-                        }
-                    }
-                }
-                made.push(((steps, chunk), kernels));
-                kernels
+    // Micro-kernels: (full row blocks, the rows left) × (full panels, the last partial one).
+    let mut kernels = [[None; 2]; 2];
+    for (ri, rows) in [(0, if mg >= ROWS { ROWS } else { 0 }), (1, mg % ROWS)] {
+        for (ci, cols) in [(0, if p >= COLS { COLS } else { 0 }), (1, p % COLS)] {
+            if rows > 0 && cols > 0 {
+                kernels[ri][ci] = Some(k.machine_code(&tile(rows, cols)?, 4)?);
             }
-        };
-        plan.push((first, kernels));
+        }
     }
-    let task = panel_task(k, &plan, mg, kg, p)?;
+    let task = panel_task(k, kernels, mg, kg, p)?;
     k.form = "wide-f32";
     let runs = k.data(
         gather.runs.iter().flat_map(|r| r.to_le_bytes()).collect(),
@@ -271,7 +231,6 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
                         Bias::None
                     },
                     clamp,
-                    chunk: Chunk::Whole,
                 };
                 row_kernels[ci] = Some(k.machine_code(&fma_tile::fma_tile(&tile)?, 4)?);
             }
@@ -338,16 +297,12 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
     Ok(true)
 }
 
-/// Micro-kernels by rows (full blocks, the rest) and columns (full panels, the last).
-type Kernels = [[Option<FuncId>; 2]; 2];
-
 /// The task over panels `begin..end` of one sample and group, its context the panels,
-/// output, weight and bias addresses: for each panel, chunk by chunk (first step and
-/// micro-kernels), every row block, full panels with the 16-column micro-kernels, the last
-/// (partial) one with its own.
+/// output, weight and bias addresses: every row block of each panel, full panels with the
+/// 16-column micro-kernels, the last (partial) one with its own.
 fn panel_task(
     k: &mut Kernel,
-    plan: &[(usize, Kernels)],
+    kernels: [[Option<FuncId>; 2]; 2],
     mg: usize,
     kg: usize,
     p: usize,
@@ -357,36 +312,24 @@ fn panel_task(
     k.task(|fb, module, [ctx, begin, end, _]| {
         let [ws, y, w, b] =
             [0, 8, 16, 24].map(|at| fb.ins().load(types::I64, emit::mem(), ctx, at));
-        let plan: Vec<(usize, _)> = plan
-            .iter()
-            .map(|(first, kernels)| {
-                let refs = kernels
-                    .map(|row| row.map(|f| f.map(|f| module.declare_func_in_func(f, fb.func))));
-                (*first, refs)
-            })
-            .collect();
-        // Every chunk and row block of panel `j` with the micro-kernels of column kind `ci`.
+        let refs =
+            kernels.map(|row| row.map(|f| f.map(|f| module.declare_func_in_func(f, fb.func))));
+        // Every row block of panel `j` with the micro-kernels of column kind `ci`.
         let blocks = |fb: &mut FunctionBuilder, j: Value, ci: usize| {
             let panel = emit::addr(fb, ws, j, kg as i64 * PANEL_STEP as i64);
             let col = emit::addr(fb, y, j, (COLS * 4) as i64);
-            for (first, refs) in &plan {
-                let panel = fb
-                    .ins()
-                    .iadd_imm_s(panel, (first * PANEL_STEP as usize) as i64);
-                let w = fb.ins().iadd_imm_s(w, (first * 4) as i64);
-                let call = |fb: &mut FunctionBuilder, f, block: Value| {
-                    let out = emit::addr(fb, col, block, (ROWS * p * 4) as i64);
-                    let rows = emit::addr(fb, w, block, (ROWS * kg * 4) as i64);
-                    let bias = emit::addr(fb, b, block, (ROWS * 4) as i64);
-                    fb.ins().call(f, &[panel, rows, out, bias]);
-                };
-                if let Some(f) = refs[0][ci] {
-                    emit::for_count(fb, full_blocks as i64, |fb, block| call(fb, f, block));
-                }
-                if let Some(f) = refs[1][ci] {
-                    let block = emit::iconst(fb, full_blocks as i64);
-                    call(fb, f, block);
-                }
+            let call = |fb: &mut FunctionBuilder, f, block: Value| {
+                let out = emit::addr(fb, col, block, (ROWS * p * 4) as i64);
+                let rows = emit::addr(fb, w, block, (ROWS * kg * 4) as i64);
+                let bias = emit::addr(fb, b, block, (ROWS * 4) as i64);
+                fb.ins().call(f, &[panel, rows, out, bias]);
+            };
+            if let Some(f) = refs[0][ci] {
+                emit::for_count(fb, full_blocks as i64, |fb, block| call(fb, f, block));
+            }
+            if let Some(f) = refs[1][ci] {
+                let block = emit::iconst(fb, full_blocks as i64);
+                call(fb, f, block);
             }
         };
         let limit = emit::iconst(fb, full_panels);
