@@ -30,6 +30,14 @@ pub enum CodegenError {
         /// What is wrong.
         message: String,
     },
+    /// Output buffers given to a compiled model do not match it (bad input).
+    #[error("output `{name}`: {message}")]
+    Output {
+        /// The output's name.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
     /// Generated code reported an error while running (for example an integer division by
     /// zero, which it refuses instead of trapping).
     #[error("node `{node}` failed at run time: {message}")]

@@ -7,6 +7,7 @@
 //! have compile-time extents and the batch).
 
 use crate::error::{bug, CodegenError};
+use crate::fork_join;
 use crate::isa::{target_isa, CodegenOptions};
 use crate::program::{build, OutputSource, Program};
 use cranelift_jit::{ArenaMemoryProvider, JITBuilder, JITModule};
@@ -76,33 +77,15 @@ thread_local! {
     static INTRA_OP: std::cell::Cell<usize> = const { std::cell::Cell::new(1) };
 }
 
-/// A kernel task: `task(ctx, begin, end, part)` (see `Kernel::task`).
-type Task = extern "C" fn(*const u8, i64, i64, i64);
-
 /// The JIT's [`crate::kernels::PARALLEL_FOR`]: runs `task` on `0..n` split into as many
-/// ranges as the calling entry may use threads ([`INTRA_OP`]), at most `max_parts`, on the
-/// persistent rayon pool; one call on this thread when that is one.
-extern "C" fn qlift_parallel_for(task: Task, ctx: *const u8, n: i64, max_parts: i64) {
+/// ranges as the calling entry may use threads ([`INTRA_OP`]), at most `max_parts`, on this
+/// thread and the fork–join helpers ([`crate::fork_join`]); one call here when that is one.
+extern "C" fn qlift_parallel_for(task: fork_join::Task, ctx: *const u8, n: i64, max_parts: i64) {
     let parts = INTRA_OP
         .with(|t| t.get())
         .min(n.max(0) as usize)
         .min(max_parts.max(1) as usize);
-    if parts <= 1 {
-        task(ctx, 0, n, 0);
-        return;
-    }
-    // Raw pointers are not Send; the task only reads the context, and its ranges write
-    // disjoint parts of the result (the kernel that built it guarantees both).
-    let ctx = ctx as usize;
-    let n = n as usize;
-    (0..parts).into_par_iter().for_each(|i| {
-        task(
-            ctx as *const u8,
-            (i * n / parts) as i64,
-            ((i + 1) * n / parts) as i64,
-            i as i64,
-        )
-    });
+    fork_join::run(task, ctx, n, parts.max(1));
 }
 
 /// The start of the monotonic clock profiled entries read (the first call's time).
@@ -381,7 +364,7 @@ impl JitProgram {
     ) -> Result<(), CodegenError> {
         let batch = self.check_inputs(inputs)?;
         if outputs.len() != self.program.outputs.len() {
-            return Err(CodegenError::Input {
+            return Err(CodegenError::Output {
                 name: "outputs".into(),
                 message: format!(
                     "{} output buffers for {} outputs",
@@ -392,7 +375,7 @@ impl JitProgram {
         }
         for ((name, ty, _), t) in self.program.outputs.iter().zip(outputs.iter()) {
             if t.dtype() != ty.dtype || !ty.shape.matches(batch, t.shape()) {
-                return Err(CodegenError::Input {
+                return Err(CodegenError::Output {
                     name: name.clone(),
                     message: format!(
                         "output buffer is {}{:?}, expected {}{:?}",

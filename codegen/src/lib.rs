@@ -13,6 +13,7 @@ pub mod aot;
 pub mod emit;
 mod error;
 pub mod flow;
+mod fork_join;
 pub mod isa;
 pub mod jit;
 mod kernels;

@@ -184,7 +184,9 @@ impl Error {
             }
             Error::Pass(qlift_passes::PassError::Unsupported(_)) => ErrorKind::Unsupported,
             Error::Codegen(C::Unsupported { .. } | C::Target { .. }) => ErrorKind::Unsupported,
-            Error::Codegen(C::Input { .. } | C::Runtime { .. }) => ErrorKind::BadInput,
+            Error::Codegen(C::Input { .. } | C::Output { .. } | C::Runtime { .. }) => {
+                ErrorKind::BadInput
+            }
             Error::Ir(qlift_ir::IrError::Input { .. } | qlift_ir::IrError::Eval { .. }) => {
                 ErrorKind::BadInput
             }

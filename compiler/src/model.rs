@@ -454,7 +454,7 @@ impl CompiledModel {
                     )?,
                 };
                 if outputs.len() != results.len() {
-                    return Err(qlift_codegen::CodegenError::Input {
+                    return Err(qlift_codegen::CodegenError::Output {
                         name: "outputs".into(),
                         message: format!(
                             "{} output buffers for {} outputs",
@@ -473,7 +473,7 @@ impl CompiledModel {
                             r.dtype(),
                             r.shape()
                         );
-                        return Err(qlift_codegen::CodegenError::Input { name, message }.into());
+                        return Err(qlift_codegen::CodegenError::Output { name, message }.into());
                     }
                     o.bytes_mut().copy_from_slice(r.data().as_bytes());
                 }

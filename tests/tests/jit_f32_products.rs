@@ -1,10 +1,10 @@
-//! The f32 products on the 256-bit FMA micro-kernels (`wide-f32`: Conv, and MatMul/Gemm by
-//! constant weights; `depthwise-f32`: depthwise Conv) against the interpreter, on random
-//! shapes at the forms' edges: output channels and rows that do not fill a tile of six,
-//! positions and columns that do not fill a panel of sixteen or a vector of eight, groups,
-//! channel multipliers, padding (asymmetric too), strides, dilation, 1-D to 3-D kernels,
-//! fused clamps, Gemm's `transB`/`alpha`/`beta`/`C`, batches 1–7 and the split across
-//! threads.
+//! The f32 products on the 256-bit FMA micro-kernels (`wide-f32`: Conv, MatMul of computed
+//! operands (attention), and MatMul/Gemm by constant weights; `depthwise-f32`: depthwise
+//! Conv) against the interpreter, on random shapes at the forms' edges: output channels and
+//! rows that do not fill a tile of six, positions and columns that do not fill a panel of
+//! sixteen or a vector of eight, groups, channel multipliers, padding (asymmetric too),
+//! strides, dilation, 1-D to 3-D kernels, fused clamps, Gemm's `transB`/`alpha`/`beta`/`C`,
+//! batches 1–7 and the split across threads.
 //! Where the CPU has AVX2 and FMA the form must be the one chosen; elsewhere the same
 //! graphs check the other forms.
 
@@ -206,8 +206,9 @@ fn product_case() -> impl Strategy<Value = ProductCase> {
     (
         any::<bool>(),
         1usize..=14,
-        1usize..=40,
-        1usize..=40,
+        // Past one block of the reduction (128) and one chunk of columns (256).
+        prop_oneof![1usize..=40, 100usize..=300],
+        prop_oneof![1usize..=40, 200usize..=290],
         any::<bool>(),
         0u8..3,
         any::<u64>(),
@@ -261,6 +262,15 @@ fn product_graph(p: &ProductCase) -> (String, Vec<usize>) {
         n = p.n
     );
     (text, vec![p.k])
+}
+
+/// Attention's products, both operands computed: `(x · xᵀ) · x` for `x: [N, heads, rows, k]`
+/// (B packed at run time, `[k, rows]` then `[rows, k]`).
+fn attention_graph(heads: usize, rows: usize, k: usize) -> (String, Vec<usize>) {
+    let text = format!(
+        "graph attention(%x: f32[N,{heads},{rows},{k}]) -> (%y) {{\n  %t = Transpose(%x) {{perm=[0, 1, 3, 2]}} : f32[N,{heads},{k},{rows}]\n  %s = MatMul(%x, %t) : f32[N,{heads},{rows},{rows}]\n  %y = MatMul(%s, %x) : f32[N,{heads},{rows},{k}]\n}}\n"
+    );
+    (text, vec![heads, rows, k])
 }
 
 /// `batch` samples of shape `sample`.
@@ -351,5 +361,10 @@ proptest! {
     #[test]
     fn f32_products_by_constant_weights_agree_with_the_interpreter(case in product_case(), batch in 1usize..=7, seed in any::<u64>()) {
         check(product_graph(&case), batch, seed, &["wide-f32"])?;
+    }
+
+    #[test]
+    fn f32_products_of_computed_operands_agree_with_the_interpreter(heads in 1usize..=3, rows in 1usize..=20, k in prop_oneof![1usize..=40, 120usize..=280], batch in 1usize..=3, seed in any::<u64>()) {
+        check(attention_graph(heads, rows, k), batch, seed, &["wide-f32"])?;
     }
 }

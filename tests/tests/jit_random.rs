@@ -794,6 +794,50 @@ proptest! {
         }
     }
 
+    /// Linear layers over a sequence (`[N, S, K] × [K, M]`, as in transformers): the
+    /// quantized product takes the batch and sequence as rows, bit for bit in every ISA.
+    #[test]
+    fn quantized_sequence_products_run_bit_exact_through_the_jit(
+        seq in 1usize..=9,
+        k in 1usize..=70,
+        m in 1usize..=40,
+        relu in any::<bool>(),
+        batch in 1usize..=3,
+        seed in any::<u64>(),
+    ) {
+        let mut rand = Rand::new(seed);
+        // Two layers, so that the first one's result stays 8-bit (the form under test).
+        let w1 = Tensor::from_f32(&[k, m], rand.vec(k * m, -1.0, 1.0));
+        let w2 = Tensor::from_f32(&[m, 3], rand.vec(m * 3, -1.0, 1.0));
+        let h = if relu { "%g" } else { "%h" };
+        let text = format!(
+            "graph seq(%x: f32[N,{seq},{k}]) -> (%y) {{\n  %w1 = const {w1}\n  %w2 = const {w2}\n  {h} = MatMul(%x, %w1) : f32[N,{seq},{m}]\n{relu}  %y = MatMul(%h, %w2) : f32[N,{seq},3]\n}}\n",
+            w1 = tensor_text(&w1),
+            w2 = tensor_text(&w2),
+            relu = if relu { format!("  %h = Relu(%g) : f32[N,{seq},{m}]\n") } else { String::new() },
+        );
+        let g = qlift_ir::text::parse(&text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+        let calibration = Tensor::from_f32(&[8, seq, k], rand.vec(8 * seq * k, -1.0, 1.0));
+        let opts = QuantizeOptions { min_sqnr_db: 0.0, ..QuantizeOptions::default() };
+        let q = quantize(&g, &[calibration], &opts, &PipelineOptions::default(), &|_, _| {})
+            .map_err(|e| TestCaseError::fail(format!("quantize: {e}\n{text}")))?;
+        let lowered = q.lowered;
+        prop_assert!(lowered.node_ids().any(|n| lowered.node(n).op.kind() == Some(OpKind::QMatMul)), "no QMatMul\n{text}");
+        let x = Tensor::from_f32(&[batch, seq, k], rand.vec(batch * seq * k, -1.25, 1.25));
+        let want = qlift_ir::interp::run(&lowered, std::slice::from_ref(&x)).map_err(|e| TestCaseError::fail(format!("interp: {e}")))?;
+        if std::is_x86_feature_detected!("avx2") {
+            let program = JitProgram::compile(&lowered, &CodegenOptions::default()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let forms: Vec<&str> = program.program().steps.iter().map(|s| s.form.as_str()).collect();
+            prop_assert!(forms.contains(&"wide-matmul"), "forms {forms:?}");
+        }
+        for (isa, opts, threads) in &ISAS {
+            let got = jit_run(&lowered, opts, *threads, &x).map_err(TestCaseError::fail)?;
+            if let Some(d) = first_difference(&got[0], &want[0]) {
+                return Err(TestCaseError::fail(format!("{isa} JIT differs: {d}\n{}", filetest(&lowered, &x, &want))));
+            }
+        }
+    }
+
     /// The float graph after the rewrite pipeline: the JIT within 1e-4 of the interpreter.
     #[test]
     fn float_random_cnns_agree_through_the_jit(net in net(), batch in 1usize..=4) {

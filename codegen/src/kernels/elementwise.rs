@@ -10,11 +10,11 @@
 //! compile time into per-operand element strides (0 along broadcast axes) over the static
 //! extents, with the batch as the one run-time outer loop ([`Broadcast`]).
 
-use super::{Kernel, Operand};
+use super::{approx, Kernel, Operand};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, Block, InstBuilder, MemFlagsData, Type, Value};
-use cranelift_frontend::FunctionBuilder;
+use cranelift_frontend::{FunctionBuilder, Variable};
 use qlift_ir::{DType, Dim, OpKind};
 
 /// The loop structure of a broadcast over one result and its operands (the streams, result
@@ -386,9 +386,10 @@ pub(super) fn binary(k: &mut Kernel) -> Result<(), String> {
     Ok(())
 }
 
-/// Softmax along `axis`: max, then exp(x - max) written out and summed in f64, then scaled
-/// by 1/sum (the interpreter computes in f64 throughout; exp of an f32 difference stays well
-/// within tolerance). Large values do not overflow (the max is subtracted first).
+/// Softmax along `axis`: max, then exp(x - max) written out and summed, then scaled by
+/// 1/sum (the interpreter computes in f64 throughout; the kernels stay within tolerance).
+/// Large values do not overflow (the max is subtracted first). Rows along the innermost
+/// axis go four lanes at a time ([`softmax_rows`]); other axes, one element at a time in f64.
 pub(super) fn softmax(k: &mut Kernel) -> Result<(), String> {
     let (x, out) = (k.input(0)?, k.output(0));
     if x.ty.dtype != DType::F32 {
@@ -421,6 +422,10 @@ pub(super) fn softmax(k: &mut Kernel) -> Result<(), String> {
             emit::iconst(k.fb, dims[axis] as i64),
         )
     };
+    if inner == 1 && axis != 0 {
+        softmax_rows(k.fb, px, po, outer, dims[axis]);
+        return Ok(());
+    }
     let expf = k.import("expf", &[types::F32], &[types::F32])?;
     let fb = &mut *k.fb;
     let max_var = fb.declare_var(types::F32);
@@ -470,6 +475,94 @@ pub(super) fn softmax(k: &mut Kernel) -> Result<(), String> {
         });
     });
     Ok(())
+}
+
+/// Softmax of `rows` contiguous rows of `extent` elements (the axis is the innermost, as in
+/// attention): [`LANES`] at a time, `exp` inline ([`approx::exp`], a few ulp) instead of a
+/// call per element, the sum in f32 and one reciprocal per row — attention at sequence 128
+/// spent more time here than in its products.
+fn softmax_rows(fb: &mut FunctionBuilder, px: Value, po: Value, rows: Value, extent: usize) {
+    let lanes = LANES as i64;
+    let vmax = fb.declare_var(types::F32X4);
+    let smax = fb.declare_var(types::F32);
+    let vsum = fb.declare_var(types::F32X4);
+    let ssum = fb.declare_var(types::F32);
+    emit::for_dynamic(fb, rows, |fb, r| {
+        let row = fb.ins().imul_imm_s(r, extent as i64);
+        let x = emit::addr(fb, px, row, 4);
+        let y = emit::addr(fb, po, row, 4);
+        let ty = |whole: bool| if whole { types::F32X4 } else { types::F32 };
+        // Element `i` (not vector `i`) of a row, for either type.
+        let load = |fb: &mut FunctionBuilder, ty, base, i| {
+            let a = emit::addr(fb, base, i, 4);
+            fb.ins().load(ty, emit::mem(), a, 0)
+        };
+        let store = |fb: &mut FunctionBuilder, v, base, i| {
+            let a = emit::addr(fb, base, i, 4);
+            fb.ins().store(emit::mem(), v, a, 0);
+        };
+        let (vm, sm) = (
+            fconst(fb, types::F32X4, f32::NEG_INFINITY),
+            fconst(fb, types::F32, f32::NEG_INFINITY),
+        );
+        fb.def_var(vmax, vm);
+        fb.def_var(smax, sm);
+        emit::for_lanes(fb, extent as i64, lanes, &mut |fb, i, whole| {
+            let v = load(fb, ty(whole), x, i);
+            let var = if whole { vmax } else { smax };
+            let m = fb.use_var(var);
+            let m = fb.ins().fmax(m, v);
+            fb.def_var(var, m);
+        });
+        let max = horizontal(fb, vmax, smax, |fb, a, b| fb.ins().fmax(a, b));
+        let (vz, sz) = (fconst(fb, types::F32X4, 0.0), fconst(fb, types::F32, 0.0));
+        fb.def_var(vsum, vz);
+        fb.def_var(ssum, sz);
+        emit::for_lanes(fb, extent as i64, lanes, &mut |fb, i, whole| {
+            let v = load(fb, ty(whole), x, i);
+            let m = if whole {
+                fb.ins().splat(types::F32X4, max)
+            } else {
+                max
+            };
+            let d = fb.ins().fsub(v, m);
+            let e = approx::exp(fb, d);
+            store(fb, e, y, i);
+            let var = if whole { vsum } else { ssum };
+            let s = fb.use_var(var);
+            let s = fb.ins().fadd(s, e);
+            fb.def_var(var, s);
+        });
+        let sum = horizontal(fb, vsum, ssum, |fb, a, b| fb.ins().fadd(a, b));
+        let one = fb.ins().f32const(1.0);
+        let inv = fb.ins().fdiv(one, sum);
+        emit::for_lanes(fb, extent as i64, lanes, &mut |fb, i, whole| {
+            let e = load(fb, ty(whole), y, i);
+            let f = if whole {
+                fb.ins().splat(types::F32X4, inv)
+            } else {
+                inv
+            };
+            let v = fb.ins().fmul(e, f);
+            store(fb, v, y, i);
+        });
+    });
+}
+
+/// `op` over the lanes of the f32x4 variable `vector` and the scalar variable `scalar`.
+fn horizontal(
+    fb: &mut FunctionBuilder,
+    vector: Variable,
+    scalar: Variable,
+    op: impl Fn(&mut FunctionBuilder, Value, Value) -> Value,
+) -> Value {
+    let v = fb.use_var(vector);
+    let mut acc = fb.use_var(scalar);
+    for lane in 0..LANES as u8 {
+        let x = fb.ins().extractlane(v, lane);
+        acc = op(fb, acc, x);
+    }
+    acc
 }
 
 /// BatchNormalization (inference): `(x - mean) · scale / sqrt(var + eps) + bias` per channel

@@ -33,6 +33,9 @@ pub(crate) enum Bias {
     PerRow,
     /// One f32 per column at `bias + 4j` (a matrix product's columns).
     PerColumn,
+    /// What the output already holds: the partial sums of an earlier block of the
+    /// reduction (blocking it keeps a panel's block in L1).
+    Accumulate,
 }
 
 /// The shape of one micro-kernel.
@@ -146,6 +149,15 @@ pub(crate) fn fma_tile(t: &FmaTile) -> Result<Vec<u8>, String> {
                 Bias::PerColumn => a
                     .vaddps(y, y, ymmword_ptr(rcx + 32 * v as i32))
                     .map_err(e)?,
+                Bias::Accumulate => {
+                    let at = rdx + (r as i32 * t.out_row + 32 * v as i32);
+                    if v + 1 == vectors && partial != 0 {
+                        a.vmaskmovps(b, mask, ymmword_ptr(at)).map_err(e)?;
+                        a.vaddps(y, y, b).map_err(e)?;
+                    } else {
+                        a.vaddps(y, y, ymmword_ptr(at)).map_err(e)?;
+                    }
+                }
             }
             // The bound first: a NaN sum stays NaN (the second operand is returned).
             if clamp_lo {
@@ -186,7 +198,7 @@ mod tests {
         for rows in 1..=ROWS {
             for cols in [1, 7, 8, 9, 16] {
                 for steps in [1, 3, 4, 9] {
-                    for bias in [Bias::None, Bias::PerRow, Bias::PerColumn] {
+                    for bias in [Bias::None, Bias::PerRow, Bias::PerColumn, Bias::Accumulate] {
                         let t = FmaTile {
                             rows,
                             cols,

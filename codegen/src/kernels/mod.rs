@@ -49,6 +49,7 @@ mod shape;
 pub(crate) mod ukernel;
 mod wide;
 mod wide_f32;
+mod wide_f32_matmul;
 mod wide_matmul;
 
 /// An operand or result of the node being compiled.
@@ -278,8 +279,22 @@ impl<'k, 'f> Kernel<'k, 'f> {
         parts: usize,
         work: u64,
     ) -> Result<(), String> {
+        let end = emit::iconst(self.fb, n);
+        self.parallel_for_value(task, ctx, end, parts, work)
+    }
+
+    /// [`Kernel::parallel_for`] over `0..n` with `n` known at run time only (rows of a
+    /// batch); `work` is that of one sample.
+    pub fn parallel_for_value(
+        &mut self,
+        task: FuncId,
+        ctx: Value,
+        end: Value,
+        parts: usize,
+        work: u64,
+    ) -> Result<(), String> {
         let f = self.module.declare_func_in_func(task, self.fb.func);
-        let (zero, end) = (emit::iconst(self.fb, 0), emit::iconst(self.fb, n));
+        let zero = emit::iconst(self.fb, 0);
         if !self.parallel || work < self.parallel_min_work {
             self.fb.ins().call(f, &[ctx, zero, end, zero]);
             return Ok(());
@@ -464,13 +479,13 @@ pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
         Pad => shape::pad(k),
         Conv | QConv | QLinearConv | ConvInteger => conv(k),
         MatMul if k.input(0)?.ty.dtype == DType::F32 => {
-            if wide_f32::matmul(k)? {
+            if wide_f32_matmul::matmul(k)? {
                 return Ok(());
             }
             gemm_f32::matmul(k)
         }
         MatMul | Gemm | QMatMul | QLinearMatMul | MatMulInteger => {
-            if wide_f32::matmul(k)? || wide_matmul::matmul(k)? {
+            if wide_f32_matmul::matmul(k)? || wide_matmul::matmul(k)? {
                 return Ok(());
             }
             product::matmul(k)

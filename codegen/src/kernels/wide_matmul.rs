@@ -30,8 +30,9 @@ const PAIR: usize = 4;
 /// Columns per block (the tile's two vectors).
 const BLOCK: usize = VECTORS * LANES;
 
-/// Emits the product in this form and returns true when it applies: a QMatMul of a batched
-/// u8 matrix `[N, K]` by constant weights `[K, M]` into an 8-bit `[N, M]`, wide micro-kernels
+/// Emits the product in this form and returns true when it applies: a QMatMul of a u8
+/// `[..., K]` (its leading axes, the batch among them, are rows) by constant weights
+/// `[K, M]` into an 8-bit `[..., M]`, wide micro-kernels
 /// on the target and every column's requantization shift at least 32; false leaves it to
 /// the other forms.
 pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
@@ -41,14 +42,16 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
     }
     let (a, b, y) = (k.input(0)?, k.input(1)?, k.output(0));
     let (ad, bd, yd) = (a.dims(), b.dims(), y.dims());
-    let shapes = ad.len() == 2
+    // Leading axes of A (a batch, a sequence) are rows: y's are the same, its last is M.
+    let n = ad.len();
+    let shapes = n >= 2
         && bd.len() == 2
-        && yd.len() == 2
-        && a.batched()
-        && y.batched()
-        && ad[1] == bd[0]
-        && yd[1] == bd[1]
-        && ad[1] > 0
+        && yd.len() == n
+        && a.batched() == y.batched()
+        && ad[..n - 1] == yd[..n - 1]
+        && ad[n - 1] == bd[0]
+        && yd[n - 1] == bd[1]
+        && ad[n - 1] > 0
         && bd[1] > 0;
     if !shapes
         || a.ty.dtype != DType::U8
@@ -57,7 +60,9 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
     {
         return Ok(false);
     }
-    let (kk, m) = (ad[1], bd[1]);
+    let (kk, m) = (ad[n - 1], bd[1]);
+    let rows_per_sample: usize = ad[..n - 1].iter().product();
+    let batched = a.batched();
     let Some(packed) = packed_rows(k, m, kk, |c, t| t * m + c)? else {
         return Ok(false);
     };
@@ -132,7 +137,8 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
         staging_at + if direct { 0 } else { MAX_ROWS * row_bytes }.next_multiple_of(64);
     let ws = k.workspace(context_at + 64);
     let (aptr, yptr) = (k.input(0)?.ptr, k.output(0).ptr);
-    let samples = k.batch;
+    let samples = k.samples(batched);
+    let samples = k.fb.ins().imul_imm_s(samples, rows_per_sample as i64);
     let context = k.fb.ins().iadd_imm_s(ws, context_at as i64);
     let full_tiles = k.fb.ins().udiv_imm_u(samples, MAX_ROWS as i64);
     let rest = k.fb.ins().imul_imm_s(full_tiles, MAX_ROWS as i64);

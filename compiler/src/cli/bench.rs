@@ -167,11 +167,18 @@ pub(crate) fn exec(args: &BenchArgs) -> Result<()> {
         }
         .into());
     }
+    // Shapes from the inputs, not the declared types: a symbolic sequence length is bound
+    // by them.
+    let output_shapes = match streaming {
+        true => Vec::new(),
+        false => model.output_shapes(&inputs)?,
+    };
     let fresh_outputs = || -> Vec<Tensor> {
         model
             .outputs()
             .iter()
-            .map(|(_, ty)| Tensor::zeros(ty.dtype, &ty.shape.resolve(batch)))
+            .zip(&output_shapes)
+            .map(|((_, ty), shape)| Tensor::zeros(ty.dtype, shape))
             .collect()
     };
     let mut outputs = fresh_outputs();
