@@ -23,7 +23,7 @@ use super::fma_rows::{self, DepthwiseRows, LANES};
 use super::im2col::ConvShape;
 use super::Kernel;
 use crate::emit;
-use cranelift_codegen::ir::{types, InstBuilder, Value};
+use cranelift_codegen::ir::{types, ConstantData, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
 use qlift_ir::{DType, OpKind};
 
@@ -169,20 +169,44 @@ impl Planes {
 }
 
 /// Copies `n` f32 from every `s`-th element at `src` to consecutive ones at `dst`: four a
-/// vector when `s` is 1, one at a time otherwise.
+/// vector when `s` is 1; when `s` is 2, four a step from two vector loads and one shuffle
+/// of the even elements (only while the step's last read, element `2i + 7`, is one the copy
+/// reads itself: nothing past the source row's run is touched), the rest one at a time.
 fn copy_strided(fb: &mut FunctionBuilder, src: Value, dst: Value, n: usize, s: usize) {
-    let lanes = if s == 1 { 4 } else { 1 };
-    emit::for_lanes(fb, n as i64, lanes, &mut |fb, i, vector| {
+    let copy_one = |fb: &mut FunctionBuilder, i: Value, ty| {
         let from = emit::addr(fb, src, i, 4 * s as i64);
         let to = emit::addr(fb, dst, i, 4);
-        let ty = if vector && lanes == 4 {
-            types::F32X4
-        } else {
-            types::F32
-        };
         let v = fb.ins().load(ty, emit::mem(), from, 0);
         fb.ins().store(emit::mem(), v, to, 0);
-    });
+    };
+    match s {
+        1 => emit::for_lanes(fb, n as i64, 4, &mut |fb, i, vector| {
+            copy_one(fb, i, if vector { types::F32X4 } else { types::F32 })
+        }),
+        2 => {
+            // Steps j with 8j + 7 ≤ 2(n − 1).
+            let steps = (2 * n).checked_sub(9).map_or(0, |m| m / 8 + 1);
+            let evens: Vec<u8> = [0u8, 2, 4, 6]
+                .iter()
+                .flat_map(|f| (0..4).map(move |b| 4 * f + b))
+                .collect();
+            let evens = fb.func.dfg.immediates.push(ConstantData::from(evens));
+            emit::for_count(fb, steps as i64, |fb, j| {
+                let from = emit::addr(fb, src, j, 32);
+                let lo = fb.ins().load(types::I8X16, emit::mem(), from, 0);
+                let hi = fb.ins().load(types::I8X16, emit::mem(), from, 16);
+                let v = fb.ins().shuffle(lo, hi, evens);
+                let to = emit::addr(fb, dst, j, 16);
+                fb.ins().store(emit::mem(), v, to, 0);
+            });
+            let (start, end) = (
+                emit::iconst(fb, 4 * steps as i64),
+                emit::iconst(fb, n as i64),
+            );
+            emit::for_range(fb, start, end, 1, |fb, i| copy_one(fb, i, types::F32));
+        }
+        _ => emit::for_count(fb, n as i64, |fb, i| copy_one(fb, i, types::F32)),
+    }
 }
 
 /// Stores zeros in the `bytes` (a multiple of 16) at `dst`.
