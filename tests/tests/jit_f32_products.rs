@@ -1,9 +1,10 @@
-//! The f32 products on the 256-bit FMA micro-kernel (`wide-f32`: Conv, MatMul of computed
-//! operands (attention), and MatMul/Gemm by
-//! constant weights) against the interpreter, on random shapes at the form's edges: output
-//! channels and rows that do not fill a tile of six, positions and columns that do not fill
-//! a panel of sixteen, groups, padding, strides, dilation, 1-D to 3-D kernels, fused
-//! clamps, Gemm's `transB`/`alpha`/`beta`/`C`, batches 1–7 and the split across threads.
+//! The f32 products on the 256-bit FMA micro-kernels (`wide-f32`: Conv, MatMul of computed
+//! operands (attention), and MatMul/Gemm by constant weights; `depthwise-f32`: depthwise
+//! Conv) against the interpreter, on random shapes at the forms' edges: output channels and
+//! rows that do not fill a tile of six, positions and columns that do not fill a panel of
+//! sixteen or a vector of eight, groups, channel multipliers, padding (asymmetric too),
+//! strides, dilation, 1-D to 3-D kernels, fused clamps, Gemm's `transB`/`alpha`/`beta`/`C`,
+//! batches 1–7 and the split across threads.
 //! Where the CPU has AVX2 and FMA the form must be the one chosen; elsewhere the same
 //! graphs check the other forms.
 
@@ -39,6 +40,10 @@ fn dims(d: &[usize]) -> String {
         .join(",")
 }
 
+/// One spatial axis of a convolution: (input, kernel, stride, dilation, pad at the start,
+/// pad at the end).
+type Axis = (usize, usize, usize, usize, usize, usize);
+
 /// A float Conv over `spatial` with the given attributes, constant weights and maybe a bias
 /// and a fused clamp.
 #[derive(Clone, Debug)]
@@ -46,10 +51,17 @@ struct ConvCase {
     c: usize,
     m: usize,
     group: usize,
-    spatial: Vec<(usize, usize, usize, usize, usize)>, // (input, kernel, stride, dilation, pad)
+    spatial: Vec<Axis>,
     bias: bool,
     clamp: Option<(f32, f32)>,
     seed: u64,
+}
+
+/// Whether every axis's padded input holds the dilated kernel.
+fn fits(spatial: &[Axis]) -> bool {
+    spatial
+        .iter()
+        .all(|&(i, k, _, d, p, q)| i + p + q > d * (k - 1))
 }
 
 fn conv_case() -> impl Strategy<Value = ConvCase> {
@@ -66,14 +78,56 @@ fn conv_case() -> impl Strategy<Value = ConvCase> {
         .prop_filter_map(
             "the kernel must fit",
             |(group, cg, mg, spatial, bias, clamp, seed)| {
-                let fits = spatial
-                    .iter()
-                    .all(|&(i, k, _, d, p)| i + 2 * p >= d * (k - 1) + 1);
+                let spatial: Vec<Axis> = spatial
+                    .into_iter()
+                    .map(|(i, k, s, d, p)| (i, k, s, d, p, p))
+                    .collect();
                 let clamp = [None, Some((0.0, f32::INFINITY)), Some((-0.5, 0.75))][clamp];
-                fits.then_some(ConvCase {
+                fits(&spatial).then_some(ConvCase {
                     c: group * cg,
                     m: group * mg,
                     group,
+                    spatial,
+                    bias,
+                    clamp,
+                    seed,
+                })
+            },
+        )
+}
+
+/// A depthwise Conv (group = channels, multiplier 1 or 2) over one or two spatial axes:
+/// kernels 1–7 (non-square), strides and dilations 1–3, asymmetric padding, rows that fill
+/// several micro-kernel blocks or share one, and up to 600 channels.
+fn depthwise_case() -> impl Strategy<Value = ConvCase> {
+    let axis = |input: std::ops::RangeInclusive<usize>| {
+        (
+            input,
+            1usize..=7,
+            1usize..=3,
+            1usize..=3,
+            0usize..=3,
+            0usize..=3,
+        )
+    };
+    (
+        prop_oneof![3 => 1usize..=24, 1 => 500usize..=600],
+        1usize..=2,
+        prop::option::of(axis(1..=12)),
+        axis(1..=70),
+        any::<bool>(),
+        0usize..3,
+        any::<u64>(),
+    )
+        .prop_filter_map(
+            "the kernel must fit",
+            |(c, mult, rows, cols, bias, clamp, seed)| {
+                let spatial: Vec<Axis> = rows.into_iter().chain([cols]).collect();
+                let clamp = [None, Some((0.0, f32::INFINITY)), Some((-0.5, 0.75))][clamp];
+                fits(&spatial).then_some(ConvCase {
+                    c,
+                    m: c * mult,
+                    group: c,
                     spatial,
                     bias,
                     clamp,
@@ -91,7 +145,7 @@ fn conv_graph(k: &ConvCase) -> (String, Vec<usize>) {
     let out: Vec<usize> = k
         .spatial
         .iter()
-        .map(|&(i, kk, s, d, p)| (i + 2 * p - d * (kk - 1) - 1) / s + 1)
+        .map(|&(i, kk, s, d, p, q)| (i + p + q - d * (kk - 1) - 1) / s + 1)
         .collect();
     let wshape = [vec![k.m, cg], kernel.clone()].concat();
     let w = values(wshape.iter().product(), k.seed);
@@ -104,7 +158,7 @@ fn conv_graph(k: &ConvCase) -> (String, Vec<usize>) {
         dims(
             &[
                 k.spatial.iter().map(|a| a.4).collect::<Vec<_>>(),
-                k.spatial.iter().map(|a| a.4).collect()
+                k.spatial.iter().map(|a| a.5).collect()
             ]
             .concat()
         ),
@@ -231,11 +285,12 @@ fn host_has_fma() -> bool {
 }
 
 /// The JIT (one thread, and two with every call split) within 1e-5 of the output range of
-/// the interpreter's f64 sums, and in the `wide-f32` form where the host has FMA.
+/// the interpreter's f64 sums, and in one of `forms` where the host has FMA.
 fn check(
     (text, sample): (String, Vec<usize>),
     batch: usize,
     seed: u64,
+    forms: &[&str],
 ) -> Result<(), TestCaseError> {
     let g = parse(&text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
     let x = input(&sample, batch, seed);
@@ -249,13 +304,16 @@ fn check(
         let mut program = JitProgram::compile(&g, &opts)
             .map_err(|e| TestCaseError::fail(format!("compile: {e}\n{text}")))?;
         if host_has_fma() {
-            let forms: Vec<&str> = program
+            let chosen: Vec<&str> = program
                 .program()
                 .steps
                 .iter()
                 .map(|s| s.form.as_str())
                 .collect();
-            prop_assert!(forms.contains(&"wide-f32"), "forms {forms:?}\n{text}");
+            prop_assert!(
+                chosen.iter().any(|f| forms.contains(f)),
+                "forms {chosen:?}, want one of {forms:?}\n{text}"
+            );
         }
         program.set_threads(threads);
         let got = program
@@ -292,16 +350,21 @@ proptest! {
 
     #[test]
     fn f32_convolutions_agree_with_the_interpreter(case in conv_case(), batch in 1usize..=3, seed in any::<u64>()) {
-        check(conv_graph(&case), batch, seed)?;
+        check(conv_graph(&case), batch, seed, &["wide-f32", "depthwise-f32"])?;
+    }
+
+    #[test]
+    fn f32_depthwise_convolutions_agree_with_the_interpreter(case in depthwise_case(), batch in 1usize..=3, seed in any::<u64>()) {
+        check(conv_graph(&case), batch, seed, &["depthwise-f32"])?;
     }
 
     #[test]
     fn f32_products_by_constant_weights_agree_with_the_interpreter(case in product_case(), batch in 1usize..=7, seed in any::<u64>()) {
-        check(product_graph(&case), batch, seed)?;
+        check(product_graph(&case), batch, seed, &["wide-f32"])?;
     }
 
     #[test]
     fn f32_products_of_computed_operands_agree_with_the_interpreter(heads in 1usize..=3, rows in 1usize..=20, k in prop_oneof![1usize..=40, 120usize..=280], batch in 1usize..=3, seed in any::<u64>()) {
-        check(attention_graph(heads, rows, k), batch, seed)?;
+        check(attention_graph(heads, rows, k), batch, seed, &["wide-f32"])?;
     }
 }

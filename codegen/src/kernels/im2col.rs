@@ -16,12 +16,14 @@ pub(super) struct ConvShape {
     pub in_count: usize,
     pub kg: usize,
     pub p: usize,
-    in_sp: Vec<usize>,
-    kernel: Vec<usize>,
-    out_sp: Vec<usize>,
-    strides: Vec<usize>,
-    dilations: Vec<usize>,
-    pads: Vec<usize>,
+    /// Spatial extents of the input, the kernel and the output; the attributes per
+    /// spatial axis (`pads`: the starts, then the ends).
+    pub in_sp: Vec<usize>,
+    pub kernel: Vec<usize>,
+    pub out_sp: Vec<usize>,
+    pub strides: Vec<usize>,
+    pub dilations: Vec<usize>,
+    pub pads: Vec<usize>,
 }
 
 impl ConvShape {

@@ -21,9 +21,11 @@ mod approx;
 mod conv2d;
 mod conv_transpose;
 mod depthwise;
+mod depthwise_f32;
 mod direct;
 mod dot4;
 mod elementwise;
+mod fma_rows;
 mod fma_tile;
 mod gemm_f32;
 mod im2col;
@@ -434,6 +436,7 @@ pub(crate) fn data_address(fb: &mut FunctionBuilder, module: &mut dyn Module, id
 /// Picks a convolution's form: the first that applies, fastest first. Each form is its own
 /// module and decides from the node alone; they share only what sits below them all
 /// (`packing`, `dot4`, `planes`, `requant`, `ukernel`), never each other.
+/// - `depthwise-f32`: float depthwise, 256-bit FMA micro-kernels (AVX2 + FMA);
 /// - `wide-f32`: float, 256-bit FMA micro-kernels (AVX2 + FMA);
 /// - `winograd`: dense 3×3, stride 1, F(2×2, 3×3) on the same micro-kernels, 2.25× fewer
 ///   multiplies, where the weights keep it exact;
@@ -444,6 +447,7 @@ pub(crate) fn data_address(fb: &mut FunctionBuilder, module: &mut dyn Module, id
 /// - `product`: im2col and scalar, anything else (float convolutions included).
 fn conv(k: &mut Kernel) -> Result<(), String> {
     for form in [
+        depthwise_f32::conv,
         wide_f32::conv,
         winograd::conv,
         wide::conv,
