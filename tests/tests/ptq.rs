@@ -60,7 +60,10 @@ fn equalization_keeps_the_float_model() {
             .zip(&after)
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
-        eprintln!("{name}: {summary:?}, max change {worst:e} of {range}");
+        eprintln!(
+            "{name}: {} regions, {} sweeps, max change {worst:e} of {range}",
+            summary.pairs, summary.sweeps
+        );
         assert!(
             worst <= 1e-4 * range,
             "{name}: CLE changed the float outputs by {worst}"
@@ -68,10 +71,9 @@ fn equalization_keeps_the_float_model() {
     }
 }
 
-/// Per-tensor W8A8 of the depthwise model: CLE raises its SQNR. (Not yet to within 1 dB of
-/// per-channel weights, the goal: CLE equalizes the depthwise → pointwise pair, but
-/// the first Conv feeds a residual Add and the Conv after it reads that Add, which pairwise
-/// CLE cannot scale; see the README's table.)
+/// Per-tensor W8A8 of the depthwise model: CLE brings it within 1 dB of per-channel
+/// weights (the goal). It needs the residual region: the first Conv feeds both the
+/// depthwise Conv and the residual Add, and the Conv after the Add reads it.
 #[test]
 fn equalization_rescues_per_tensor_weights_of_the_depthwise_model() {
     let (name, input, calib) = MODELS[2];
@@ -79,39 +81,23 @@ fn equalization_rescues_per_tensor_weights_of_the_depthwise_model() {
         cle: true,
         ..Default::default()
     };
-    let per_channel = measure(
-        name,
-        input,
-        calib,
-        &options(
-            WeightGranularity::PerChannel,
-            WeightBits::Eight,
-            PtqOptions::default(),
-        ),
-    )
-    .1;
-    let per_tensor = measure(
-        name,
-        input,
-        calib,
-        &options(
-            WeightGranularity::PerTensor,
-            WeightBits::Eight,
-            PtqOptions::default(),
-        ),
-    )
-    .1;
-    let equalized = measure(
-        name,
-        input,
-        calib,
-        &options(WeightGranularity::PerTensor, WeightBits::Eight, cle),
-    )
-    .1;
-    eprintln!("{name}: per-channel {per_channel:.2} dB, per-tensor {per_tensor:.2} dB, per-tensor + CLE {equalized:.2} dB");
+    let db = |granularity, ptq| {
+        measure(
+            name,
+            input,
+            calib,
+            &options(granularity, WeightBits::Eight, ptq),
+        )
+        .1
+    };
+    let per_channel = db(WeightGranularity::PerChannel, PtqOptions::default());
+    let per_channel_cle = db(WeightGranularity::PerChannel, cle);
+    let per_tensor = db(WeightGranularity::PerTensor, PtqOptions::default());
+    let equalized = db(WeightGranularity::PerTensor, cle);
+    eprintln!("{name}: per-channel {per_channel:.2} dB (+ CLE {per_channel_cle:.2} dB), per-tensor {per_tensor:.2} dB, per-tensor + CLE {equalized:.2} dB");
     assert!(
-        equalized > per_tensor,
-        "CLE did not help: {equalized} <= {per_tensor}"
+        equalized > per_tensor && equalized >= per_channel - 1.0,
+        "per-tensor + CLE {equalized:.2} dB is not within 1 dB of per-channel {per_channel:.2} dB"
     );
 }
 
