@@ -134,6 +134,8 @@ pub(crate) struct PtqPasses<'a> {
     pub(crate) opts: &'a PtqOptions,
     /// Some weights are quantized per tensor (CLE has something to gain).
     pub(crate) per_tensor_weights: bool,
+    /// Told after each AdaRound layer.
+    pub(crate) step_progress: &'a qlift_passes::Progress,
     /// The float graph `insert-qdq` started from (set by it).
     pub(crate) float_graph: &'a RefCell<Option<Graph>>,
     /// The QDQ graph the driver returns: each pass after `insert-qdq` updates it.
@@ -194,10 +196,17 @@ impl<'a> PtqPasses<'a> {
                 move |g: &Graph| {
                     let replay = self.replay()?;
                     let float = self.float_graph()?;
-                    let (out, s) = adaround::adaround(g, &float, &replay, &opts, &|_, _| {})?;
+                    let progress = |done, layers| {
+                        self.step_progress.report(done, layers, "adaround: layer")
+                    };
+                    let (out, s) = adaround::adaround(g, &float, &replay, &opts, &progress)?;
                     self.notes.borrow_mut().push(format!(
-                        "adaround: {} layers, learned rounding kept on {} of {} output channels, {} weights rounded away from nearest",
-                        s.layers, s.rows_improved, s.rows, s.flipped
+                        "adaround: {} layers, learned rounding kept on {} of {} output channels, {} weights rounded away from nearest{}",
+                        s.layers, s.rows_improved, s.rows, s.flipped,
+                        match s.out_of_time {
+                            0 => String::new(),
+                            n => format!(" ({n} last layers kept nearest rounding: the budget ran out)"),
+                        }
                     ));
                     *self.qdq.borrow_mut() = Some(out.clone());
                     Ok(out)
