@@ -63,7 +63,11 @@ pub(crate) struct JitReplay<'a> {
     held: &'a Held,
 }
 
-type Programs = HashMap<BTreeMap<Symbol, usize>, Option<JitProgram>>;
+/// Programs by binding of named dimensions and sample count: a program the JIT specialized
+/// to one batch size serves the runs of that size (all but the last, usually), instead of
+/// sending every run of a model whose batch cannot stay symbolic to the interpreter (magika:
+/// 117 s of interpreter against well under a second compiled).
+type Programs = HashMap<(BTreeMap<Symbol, usize>, usize), Option<JitProgram>>;
 
 impl Replay for JitReplay<'_> {
     fn replay(
@@ -80,12 +84,15 @@ impl Replay for JitReplay<'_> {
         for batch in &self.held.batches {
             let binding =
                 qlift_ir::bind_graph_inputs(graph, batch.iter().map(|t| (t.dtype(), t.shape())))?;
-            let program = programs.entry(binding.syms.clone()).or_insert_with(|| {
-                traced_program_of(graph, &binding, Some(&names)).and_then(|(p, _, batch)| {
-                    // A program specialized to one batch size serves only that one.
-                    batch.is_none().then_some(p)
-                })
-            });
+            let samples = batch
+                .first()
+                .and_then(|t| t.shape().first().copied())
+                .unwrap_or(1);
+            let program = programs
+                .entry((binding.syms.clone(), samples))
+                .or_insert_with(|| {
+                    traced_program_of(graph, &binding, Some(&names)).map(|(p, _, _)| p)
+                });
             match program {
                 Some(p) => {
                     let outputs = p
