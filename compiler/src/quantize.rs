@@ -227,6 +227,8 @@ pub fn quantize_batches(
         original: graph,
         held: held.as_ref(),
         opts: &opts.ptq,
+        per_tensor_weights: crate::ptq::any_per_tensor(opts, plan),
+        step_progress: &pipeline.step_progress,
         float_graph: &float_graph,
         qdq: &qdq,
         notes: RefCell::default(),

@@ -141,7 +141,8 @@ impl Progress {
         Progress(Some(Arc::new(f)))
     }
 
-    fn report(&self, index: usize, passes: usize, name: &str) {
+    /// Calls the callback, if there is one.
+    pub fn report(&self, index: usize, passes: usize, name: &str) {
         if let Some(f) = &self.0 {
             f(index, passes, name);
         }
@@ -169,6 +170,9 @@ pub struct PipelineOptions {
     pub stop_after: Option<String>,
     /// Told as each pass starts (for a progress bar).
     pub progress: Progress,
+    /// Told as a long pass advances, `(done, total, what)`: AdaRound after each layer, so
+    /// that a minute-long pass does not look stuck.
+    pub step_progress: Progress,
 }
 
 /// What one pass did.

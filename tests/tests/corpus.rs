@@ -299,3 +299,73 @@ fn minilm_compiled_once_serves_every_sequence_length_and_batch() {
         model.specializations()
     );
 }
+
+/// The QDQ model of a mixed-precision plan (magika's Convs fp32, the rest int8), exported to
+/// ONNX, runs in ONNX Runtime (the corpus venv's 1.32) with the accuracy it has in qlift:
+/// the same top-1 agreement with fp32 to within one test file, and the same label as qlift
+/// on at least 99% of them.
+#[test]
+fn mixed_precision_export_runs_in_onnx_runtime() {
+    let Some(dir) = corpus() else { return };
+    let python = dir.join("venv/bin/python");
+    let plan = qlift::QuantPlan::parse("[op_types.Conv]\nprecision = \"fp32\"\n").unwrap();
+    let q = qlift::quantize::quantize_limited_planned(
+        &load(&dir, "magika.onnx"),
+        &[npy(&dir, "magika_calib.npy")],
+        &QuantizeOptions::default(),
+        &plan,
+        &PipelineOptions::default(),
+        &qlift::Limits::default(),
+        &|_, _| {},
+    )
+    .unwrap();
+    let float_units = q
+        .decisions
+        .iter()
+        .filter(|d| d.outcome == qlift_passes::quantize::Outcome::Fp32ByPlan)
+        .count();
+    assert!(float_units >= 1 && integer_products(&q.lowered) >= 1);
+    let out = std::env::temp_dir().join(format!("qlift-mixed-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
+    let model = out.join("magika.mixed.qdq.onnx");
+    std::fs::write(&model, qlift::export_onnx(&q.qdq).unwrap()).unwrap();
+    let labels = out.join("ort.npy");
+    let script = "import sys, numpy as np, onnxruntime as ort\n\
+        s = ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])\n\
+        x = np.load(sys.argv[2])\n\
+        np.save(sys.argv[3], s.run(None, {s.get_inputs()[0].name: x})[0].astype(np.float32))\n";
+    let status = std::process::Command::new(&python)
+        .args(["-c", script])
+        .arg(&model)
+        .arg(dir.join("magika_test.npy"))
+        .arg(&labels)
+        .status()
+        .unwrap_or_else(|e| panic!("{}: {e}", python.display()));
+    assert!(status.success(), "ONNX Runtime refused the export");
+    let ort = rows(&read_npy(&labels).unwrap());
+    std::fs::remove_dir_all(&out).ok();
+    let x = npy(&dir, "magika_test.npy");
+    let qlift = CompiledModel::from_lowered(q.lowered, true, &CompileOptions::default())
+        .unwrap()
+        .run(std::slice::from_ref(&x))
+        .unwrap();
+    let (qlift, fp32) = (
+        rows(&qlift[0]),
+        rows(&npy(&dir, "magika_test_fp32_target_label.npy")),
+    );
+    let agree = |a: &[Vec<f32>], b: &[Vec<f32>]| {
+        a.iter()
+            .zip(b)
+            .filter(|(p, q)| argmax(p) == argmax(q))
+            .count()
+    };
+    let (n, by_qlift, by_ort, both) = (
+        fp32.len(),
+        agree(&qlift, &fp32),
+        agree(&ort, &fp32),
+        agree(&qlift, &ort),
+    );
+    eprintln!("magika, Convs fp32 ({float_units} float units): top-1 agreement with fp32 qlift {by_qlift}/{n}, ONNX Runtime {by_ort}/{n}; qlift = ONNX Runtime on {both}/{n}");
+    assert!(by_qlift.abs_diff(by_ort) <= 1, "{by_qlift} vs {by_ort}");
+    assert!(both * 100 >= n * 99, "{both}/{n}");
+}

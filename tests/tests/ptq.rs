@@ -9,8 +9,9 @@ use qlift::{
     WeightGranularity,
 };
 use qlift_passes::quantize::{cle, InterpReplay};
-use qlift_passes::{run_pipeline, PipelineOptions};
+use qlift_passes::{run_pipeline, PipelineOptions, Progress};
 use qlift_tests::digits::{accuracy, load, npy, run, sqnr, MODELS};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Quantizes and runs the lowered model: (accuracy, SQNR against fp32, seconds to quantize).
@@ -60,7 +61,10 @@ fn equalization_keeps_the_float_model() {
             .zip(&after)
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
-        eprintln!("{name}: {summary:?}, max change {worst:e} of {range}");
+        eprintln!(
+            "{name}: {} regions, {} sweeps, max change {worst:e} of {range}",
+            summary.pairs, summary.sweeps
+        );
         assert!(
             worst <= 1e-4 * range,
             "{name}: CLE changed the float outputs by {worst}"
@@ -68,10 +72,9 @@ fn equalization_keeps_the_float_model() {
     }
 }
 
-/// Per-tensor W8A8 of the depthwise model: CLE raises its SQNR. (Not yet to within 1 dB of
-/// per-channel weights, the goal: CLE equalizes the depthwise → pointwise pair, but
-/// the first Conv feeds a residual Add and the Conv after it reads that Add, which pairwise
-/// CLE cannot scale; see the README's table.)
+/// Per-tensor W8A8 of the depthwise model: CLE brings it within 1 dB of per-channel
+/// weights (the goal). It needs the residual region: the first Conv feeds both the
+/// depthwise Conv and the residual Add, and the Conv after the Add reads it.
 #[test]
 fn equalization_rescues_per_tensor_weights_of_the_depthwise_model() {
     let (name, input, calib) = MODELS[2];
@@ -79,39 +82,23 @@ fn equalization_rescues_per_tensor_weights_of_the_depthwise_model() {
         cle: true,
         ..Default::default()
     };
-    let per_channel = measure(
-        name,
-        input,
-        calib,
-        &options(
-            WeightGranularity::PerChannel,
-            WeightBits::Eight,
-            PtqOptions::default(),
-        ),
-    )
-    .1;
-    let per_tensor = measure(
-        name,
-        input,
-        calib,
-        &options(
-            WeightGranularity::PerTensor,
-            WeightBits::Eight,
-            PtqOptions::default(),
-        ),
-    )
-    .1;
-    let equalized = measure(
-        name,
-        input,
-        calib,
-        &options(WeightGranularity::PerTensor, WeightBits::Eight, cle),
-    )
-    .1;
-    eprintln!("{name}: per-channel {per_channel:.2} dB, per-tensor {per_tensor:.2} dB, per-tensor + CLE {equalized:.2} dB");
+    let db = |granularity, ptq| {
+        measure(
+            name,
+            input,
+            calib,
+            &options(granularity, WeightBits::Eight, ptq),
+        )
+        .1
+    };
+    let per_channel = db(WeightGranularity::PerChannel, PtqOptions::default());
+    let per_channel_cle = db(WeightGranularity::PerChannel, cle);
+    let per_tensor = db(WeightGranularity::PerTensor, PtqOptions::default());
+    let equalized = db(WeightGranularity::PerTensor, cle);
+    eprintln!("{name}: per-channel {per_channel:.2} dB (+ CLE {per_channel_cle:.2} dB), per-tensor {per_tensor:.2} dB, per-tensor + CLE {equalized:.2} dB");
     assert!(
-        equalized > per_tensor,
-        "CLE did not help: {equalized} <= {per_tensor}"
+        equalized > per_tensor && equalized >= per_channel - 1.0,
+        "per-tensor + CLE {equalized:.2} dB is not within 1 dB of per-channel {per_channel:.2} dB"
     );
 }
 
@@ -152,6 +139,62 @@ fn adaround_beats_nearest_rounding_of_int4_weights() {
             "{name}: AdaRound {} dB <= nearest {} dB",
             learned.1,
             nearest.1
+        );
+    }
+}
+
+/// `--adaround=SECONDS` holds: the pass, replays included, stays within a small budget, and
+/// tells its progress after every layer. Alone it ends within 1% of the budget; the margin
+/// here is for the other tests of this file running beside it, which can make one replay
+/// (a JIT compile and a run that cannot be cut short) several times slower than the last.
+#[test]
+fn adaround_keeps_its_time_budget() {
+    let budget = Duration::from_secs(2);
+    for (name, _, calib) in [MODELS[0], MODELS[2]] {
+        let steps = Arc::new(Mutex::new(Vec::new()));
+        let log = steps.clone();
+        let pipeline = PipelineOptions {
+            step_progress: Progress::new(move |done, total, what| {
+                log.lock().unwrap().push((done, total, what.to_string()))
+            }),
+            ..Default::default()
+        };
+        let adaround = PtqOptions {
+            adaround: Some(AdaRoundOptions {
+                budget,
+                iterations: 100_000,
+            }),
+            ..Default::default()
+        };
+        let q = quantize(
+            &load(name),
+            &[npy(calib)],
+            &options(WeightGranularity::PerChannel, WeightBits::Four, adaround),
+            &pipeline,
+            &|_, _| {},
+        )
+        .unwrap();
+        let taken = q
+            .runs
+            .iter()
+            .find(|r| r.name == "adaround")
+            .map(|r| r.time)
+            .unwrap();
+        eprintln!(
+            "{name}: AdaRound took {taken:?} of a {budget:?} budget: {:?}",
+            q.ptq_notes
+        );
+        assert!(
+            taken <= budget.mul_f64(1.25),
+            "{name}: AdaRound took {taken:?} of {budget:?}"
+        );
+        let steps = steps.lock().unwrap();
+        let layers = steps.last().map(|s| s.1).unwrap_or(0);
+        assert!(layers >= 3, "{name}: progress {steps:?}");
+        assert_eq!(steps.last().map(|s| s.0), Some(layers), "{name}: {steps:?}");
+        assert!(
+            steps.windows(2).all(|w| w[0].0 < w[1].0),
+            "{name}: {steps:?}"
         );
     }
 }

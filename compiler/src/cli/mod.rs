@@ -520,6 +520,9 @@ pub(crate) fn pipeline_options() -> PipelineOptions {
                 bar.finish_and_clear();
             }
         }),
+        step_progress: qlift_passes::Progress::new(|done, total, what| {
+            progress_bar().set_message(format!("{what} {done}/{total}"))
+        }),
         ..Default::default()
     }
 }

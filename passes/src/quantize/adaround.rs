@@ -24,15 +24,22 @@
 //! keeps whichever of the learned and the nearest rounding reconstructs its calibration
 //! columns better, so AdaRound never makes a layer worse on the data it saw.
 //!
-//! Time: the total budget is shared among layers by their multiply-accumulates; each
-//! layer's iteration count is what fits its share (timed on its first iterations), at most
-//! [`AdaRoundOptions::iterations`], at least [`MIN_ITERATIONS`].
+//! Time: the budget covers the whole pass, replays included. The float replay is timed
+//! first; each layer's quantized replay is assumed to cost the mean of those so far, that
+//! much is kept back for every layer still to come (a layer whose replay would not fit keeps
+//! nearest rounding, and so do the ones after it), and the rest of the time is shared among
+//! the remaining layers by their multiply-accumulates. Within a layer, each row learns
+//! against a deadline as well as an iteration cap ([`AdaRoundOptions::iterations`]): the
+//! annealing schedule advances by whichever of the two is further along, so a loaded machine
+//! gets a shorter but complete schedule instead of an overrun (an iteration count fixed in
+//! advance from a timed probe ran 1.2–3.6× over a 10 s budget with other jobs on the cores).
 
 use crate::quantize::layer::{anchors, dequantized, Anchor, Layer};
 use crate::quantize::replay::Replay;
 use crate::PassError;
 use qlift_ir::{DType, Graph, NodeOp, Tensor, TensorData, ValueId};
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,10 +54,6 @@ pub const ABOUT: &str =
 pub const MAX_COLUMNS: usize = 4096;
 /// Columns per mini-batch.
 pub const BATCH: usize = 256;
-/// Fewest iterations a layer gets whatever the budget (below this the annealing is too
-/// short to decide any rounding; the nearest-rounding fallback then mostly wins).
-pub const MIN_ITERATIONS: usize = 200;
-
 const ZETA: f32 = 1.1;
 const GAMMA: f32 = -0.1;
 const LAMBDA: f32 = 0.01;
@@ -87,6 +90,8 @@ pub struct AdaRoundSummary {
     pub rows: usize,
     /// Weights whose rounding differs from nearest.
     pub flipped: usize,
+    /// Layers left with nearest rounding because the budget ran out before their replay.
+    pub out_of_time: usize,
 }
 
 /// AdaRounds every quantized product of `qdq` (whose float weights are in `float`, the
@@ -123,17 +128,23 @@ pub fn adaround(
         .iter()
         .map(|a| (a.layer.rows * a.layer.row_len) as f64)
         .collect();
-    let total_cost: f64 = costs.iter().sum::<f64>().max(1.0);
+    // The costliest replay so far (the float one first) is what the next one is assumed to
+    // cost: a layer the budget cannot replay keeps nearest rounding.
+    let (mut replays, mut replay_time) = (1u32, start.elapsed());
+    let mut costliest = replay_time;
     for (i, a) in anchors.iter().enumerate() {
+        if start.elapsed() + costliest > opts.budget {
+            summary.out_of_time = anchors.len() - i;
+            progress(anchors.len(), anchors.len());
+            break;
+        }
         // Weights shared with another product keep nearest rounding (one rounding cannot
         // serve two inputs).
         if g.users(a.layer.weights).len() != 1 || g.users(a.quantized).len() != 1 {
             progress(i + 1, anchors.len());
             continue;
         }
-        let remaining = opts.budget.saturating_sub(start.elapsed());
-        let later: f64 = costs[i..].iter().sum::<f64>().max(1.0);
-        let share = remaining.mul_f64(costs[i] / later.min(total_cost));
+        let replay_start = Instant::now();
         let x_hat = g.node_inputs(a.layer.node)[0]
             .ok_or_else(|| PassError::Bug("a product without an input".into()))?;
         let mut quant_cols = vec![Columns::new(&a.layer)];
@@ -145,8 +156,15 @@ pub fn adaround(
             &mut quant_cols,
             samples,
         )?;
+        replay_time += replay_start.elapsed();
+        costliest = costliest.max(replay_start.elapsed());
+        replays += 1;
         let problem = Problem::new(&g, float, a, &float_cols[i], &quant_cols[0])?;
-        let result = problem.solve(opts.iterations, share);
+        let later = anchors.len() - i - 1;
+        let reserve = replay_time.mul_f64(later as f64 / replays as f64);
+        let remaining = opts.budget.saturating_sub(start.elapsed() + reserve);
+        let share = remaining.mul_f64(costs[i] / costs[i..].iter().sum::<f64>().max(1.0));
+        let result = problem.solve(opts.iterations, Instant::now() + share);
         summary.layers += 1;
         summary.rows += a.layer.rows;
         summary.rows_improved += result.improved;
@@ -318,20 +336,24 @@ impl<'a> Problem<'a> {
         })
     }
 
-    /// Optimizes every row within `budget` (at most `max_iterations` each).
-    fn solve(&self, max_iterations: usize, budget: Duration) -> Solution {
+    /// Optimizes every row by `deadline` (at most `max_iterations` each). Rows run in waves
+    /// of one per thread; a row starting gets an equal part of what is left for the waves
+    /// still to run.
+    fn solve(&self, max_iterations: usize, deadline: Instant) -> Solution {
         let l = self.layer;
         let rows: Vec<usize> = (0..l.rows).collect();
-        // Time a short run of the first row to fit the iteration count to the budget.
-        let probe = 20;
-        let t0 = Instant::now();
-        let _ = self.row(0, probe);
-        let per_iteration = t0.elapsed().as_secs_f64() / probe as f64;
-        let threads = rayon::current_num_threads().max(1) as f64;
-        let fit = budget.as_secs_f64() * threads / (per_iteration * l.rows as f64).max(1e-12);
-        let iterations = (fit as usize).clamp(MIN_ITERATIONS, max_iterations.max(MIN_ITERATIONS));
-        let solved: Vec<(Vec<i8>, bool, usize)> =
-            rows.par_iter().map(|&r| self.row(r, iterations)).collect();
+        let threads = rayon::current_num_threads().max(1);
+        let started = AtomicUsize::new(0);
+        let solved: Vec<(Vec<i8>, bool, usize)> = rows
+            .par_iter()
+            .map(|&r| {
+                let waiting = l.rows - started.fetch_add(1, Ordering::Relaxed);
+                let waves = waiting.div_ceil(threads).max(1) as u32;
+                let now = Instant::now();
+                let slot = deadline.saturating_duration_since(now) / waves;
+                self.row(r, max_iterations, now + slot)
+            })
+            .collect();
         let mut q = vec![0i8; self.w.len()];
         let (mut improved, mut flipped) = (0, 0);
         for (r, (row, better, flips)) in solved.into_iter().enumerate() {
@@ -365,9 +387,12 @@ impl<'a> Problem<'a> {
             .sum()
     }
 
-    /// Learns row `r`'s rounding with `iterations` Adam steps; returns its integers,
-    /// whether they beat nearest rounding, and how many differ from nearest.
-    fn row(&self, r: usize, iterations: usize) -> (Vec<i8>, bool, usize) {
+    /// Learns row `r`'s rounding with at most `iterations` Adam steps, until `deadline`;
+    /// returns its integers, whether they beat nearest rounding, and how many differ from
+    /// nearest.
+    fn row(&self, r: usize, iterations: usize, deadline: Instant) -> (Vec<i8>, bool, usize) {
+        let start = Instant::now();
+        let span = deadline.saturating_duration_since(start).as_secs_f32();
         let l = self.layer;
         let s = self.scales[r];
         let w = l.row(self.w, r);
@@ -399,6 +424,13 @@ impl<'a> Problem<'a> {
         let mut wq = vec![0f32; v.len()];
         let mut live = vec![false; v.len()];
         for it in 0..iterations {
+            // The schedule's position: by iterations or by time, whichever is further.
+            let elapsed = start.elapsed().as_secs_f32();
+            let progress =
+                (it as f32 / iterations as f32).max(if span > 0.0 { elapsed / span } else { 1.0 });
+            if progress >= 1.0 {
+                break;
+            }
             for p in picked.iter_mut() {
                 *p = (rng.next() % n.max(1) as u64) as usize;
             }
@@ -431,7 +463,6 @@ impl<'a> Problem<'a> {
                 let col = &cols[e * n..][..n];
                 *ge = g_out.iter().zip(&picked).map(|(&g, &j)| g * col[j]).sum();
             }
-            let progress = it as f32 / iterations as f32;
             let beta = (progress > WARMUP).then(|| {
                 let t = (progress - WARMUP) / (1.0 - WARMUP);
                 BETA.0 + (BETA.1 - BETA.0) * t

@@ -14,11 +14,20 @@
 //! differ by orders of magnitude. Chains (`W1 → W2 → W3`) are swept pair by pair until no
 //! scale moves by more than [`CONVERGED`] (the paper iterates likewise).
 //!
-//! Pairs are found through ops that commute with a positive per-channel scale: MaxPool,
-//! AveragePool, GlobalAveragePool and a Flatten before a Gemm (input features
-//! `c·inner .. (c+1)·inner` of the Gemm are channel `c`). Depthwise and grouped Convs pair
-//! like any other (`Layer::in_channel`). A layer whose result has other users (a residual
-//! branch), or whose weights are shared, is not scaled: the other users would see the scale.
+//! Products are grouped into *regions*: the layers whose outputs share one channel space
+//! (the producers, divided by `s`) and the layers that read it (the consumers, multiplied by
+//! `s`). A plain chain is a region of one producer and one consumer. Regions grow through
+//! ops that commute with a positive per-channel scale: MaxPool, AveragePool,
+//! GlobalAveragePool, a Flatten before a Gemm (input features `c·inner .. (c+1)·inner` of the
+//! Gemm are channel `c`), a channel Concat (the region's channels sit at an offset), and a
+//! residual Add (`x/s + y/s = (x + y)/s`, also through a fused Relu): the Add's other operand
+//! must come from products too, which join the region as producers, and every reader of the
+//! Add's result joins as a consumer. Layer-group finders that stop at a value with several
+//! users (AIMET's `find_layer_groups_to_scale`, the 2019 paper's chains) leave the layers of
+//! a residual network's trunk unscaled; one shared scale per channel of the region, from the
+//! largest producer and consumer ranges, equalizes them too. A region with a reader that
+//! does not commute with the scale (a graph output, a Mul, a Concat on another axis) is left
+//! alone. Depthwise and grouped Convs pair like any other (`Layer::in_channel`).
 //!
 //! # Relu6 (and any clip with a finite upper bound)
 //! `clip(x/s, 0, 6) = clip(x, 0, 6·s)/s`: scaling moves the bound per channel, which a fused
@@ -36,14 +45,16 @@
 //! pre-activation); BatchNorm is folded by now, so qlift takes `c_i = max(0, min h_i)` from
 //! the replayed calibration data instead: exact on every calibration sample. A Conv with
 //! padding as the second layer would read the padding's zeros, not `−c`, at the borders, so
-//! absorption happens only into Gemm/MatMul and unpadded Convs, through unpadded pools.
+//! absorption happens only into Gemm/MatMul and unpadded Convs, through unpadded pools, and
+//! only in regions of one producer without an Add (an Add would need its operands' shifts
+//! summed, and its other readers would see them).
 
 use crate::quantize::bias_correction::ChannelMaps;
 use crate::quantize::layer::{float_layer, Layer};
 use crate::quantize::replay::{ChannelRange, Replay};
 use crate::PassError;
 use qlift_ir::{AttrValue, Graph, NodeId, NodeOp, OpKind, Tensor, ValueId};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// Sweeps stop when the largest change of any scale, `|ln s|`, is below this.
@@ -60,7 +71,7 @@ pub const ABOUT: &str =
 /// What equalization did.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CleSummary {
-    /// Pairs equalized.
+    /// Regions equalized (a plain pair is one; a residual trunk with its branches is one).
     pub pairs: usize,
     /// Sweeps until the scales converged.
     pub sweeps: usize,
@@ -76,23 +87,58 @@ pub struct CleSummary {
     pub maps: ChannelMaps,
 }
 
-/// A pair of products that can be equalized.
-struct Pair {
-    first: Layer,
-    second: Layer,
-    /// The first layer's result (its channels are the pair's).
-    link: ValueId,
-    /// Input features of the second layer per channel of the first (after a Flatten).
+/// How a region's channel `c` sits in a value: channel `offset + c` (after a Concat), and
+/// features `(offset + c)·inner .. (offset + c + 1)·inner` after a Flatten.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Placement {
+    offset: usize,
     inner: usize,
-    /// The first layer's fused clip has a finite upper bound.
-    bounded: bool,
+}
+
+const PLAIN: Placement = Placement {
+    offset: 0,
+    inner: 1,
+};
+
+/// A product reading a region's channels.
+struct Consumer {
+    layer: Layer,
+    at: Placement,
+}
+
+impl Consumer {
+    /// The region channel of the consumer's weight entry `(row, e)`, if it reads one.
+    fn channel(&self, row: usize, e: usize, channels: usize) -> Option<usize> {
+        (self.layer.in_channel(row, e) / self.at.inner)
+            .checked_sub(self.at.offset)
+            .filter(|&c| c < channels)
+    }
+}
+
+/// Products whose outputs share one channel space, and the products that read it.
+struct Region {
+    channels: usize,
+    producers: Vec<Layer>,
+    consumers: Vec<Consumer>,
+    /// Values of the region in its plain placement (producer results and Add results):
+    /// each one is divided by the region's scale.
+    values: Vec<ValueId>,
     /// Bias absorption keeps the float model exact on the data here.
     absorbable: bool,
 }
 
-/// Equalizes every pair of products in `g` and (with `absorb`) absorbs the biases, with
-/// per-channel ranges from `replay` (needed for Relu6 pairs and for absorption; without it
-/// only unclipped pairs are equalized and nothing is absorbed).
+impl Region {
+    fn links(&self) -> impl Iterator<Item = ValueId> + '_ {
+        self.producers.iter().map(|p| ValueId {
+            node: p.node,
+            output: 0,
+        })
+    }
+}
+
+/// Equalizes every region of products in `g` and (with `absorb`) absorbs the biases, with
+/// per-channel ranges from `replay` (needed for Relu6 producers and for absorption; without
+/// it only unclipped regions are equalized and nothing is absorbed).
 pub fn equalize(
     g: &Graph,
     replay: Option<&dyn Replay>,
@@ -100,60 +146,74 @@ pub fn equalize(
 ) -> Result<(Graph, CleSummary), PassError> {
     let mut out = g.clone();
     let mut summary = CleSummary::default();
-    let mut pairs = find_pairs(g)?;
+    let mut regions = find_regions(g)?;
     let ranges = match replay {
-        Some(r) if !pairs.is_empty() => channel_ranges(g, r, &pairs)?,
+        Some(r) if !regions.is_empty() => channel_ranges(g, r, &regions)?,
         _ => HashMap::new(),
     };
-    pairs.retain(|p| {
-        if !p.bounded {
+    regions.retain(|r| {
+        let bounded: Vec<ValueId> = r
+            .links()
+            .filter(|l| fused_clip(g, l.node).1.is_finite())
+            .collect();
+        if bounded.is_empty() {
             return true;
         }
-        let (_, hi) = fused_clip(g, p.first.node);
-        let never_clipped = ranges
-            .get(&p.link)
-            .is_some_and(|r| r.max.iter().all(|&m| m < hi));
+        let never_clipped = bounded.iter().all(|l| {
+            let hi = fused_clip(g, l.node).1;
+            ranges.get(l).is_some_and(|r| r.max.iter().all(|&m| m < hi))
+        });
         if never_clipped {
-            summary.relu6_as_relu += 1;
+            summary.relu6_as_relu += bounded.len();
         } else {
             summary.clipped += 1;
         }
         never_clipped
     });
-    if pairs.is_empty() {
+    if regions.is_empty() {
         return Ok((out, summary));
     }
     let mut weights = Weights::default();
-    // Cumulative scale of each pair's channels (the first layer's outputs were divided by it).
-    let mut total: Vec<Vec<f32>> = pairs.iter().map(|p| vec![1.0; p.first.rows]).collect();
+    // Cumulative scale of each region's channels (its values were divided by it).
+    let mut total: Vec<Vec<f32>> = regions.iter().map(|r| vec![1.0; r.channels]).collect();
     for sweep in 1..=MAX_SWEEPS {
         summary.sweeps = sweep;
         let mut moved = 0f32;
-        for (p, total) in pairs.iter().zip(&mut total) {
-            let s = scales(&mut weights, &out, p)?;
+        for (r, total) in regions.iter().zip(&mut total) {
+            let s = scales(&mut weights, &out, r)?;
             for (t, &s) in total.iter_mut().zip(&s) {
                 *t *= s;
                 moved = moved.max(s.ln().abs());
             }
-            apply_scales(&mut weights, &out, p, &s)?;
+            apply_scales(&mut weights, &out, r, &s)?;
         }
         if moved < CONVERGED {
             break;
         }
     }
-    summary.pairs = pairs.len();
-    for p in pairs.iter().filter(|p| p.bounded) {
-        set_clip(&mut out, p.first.node, f32::INFINITY)?;
+    summary.pairs = regions.len();
+    for r in &regions {
+        for l in r.links() {
+            if fused_clip(g, l.node).1.is_finite() {
+                set_clip(&mut out, l.node, f32::INFINITY)?;
+            }
+        }
     }
-    for (p, total) in pairs.iter().zip(&total) {
+    for (r, total) in regions.iter().zip(&total) {
         let zero = vec![0.0; total.len()];
-        summary
-            .maps
-            .insert(g.value(p.link).name.clone(), (total.clone(), zero));
+        for &v in &r.values {
+            summary
+                .maps
+                .insert(g.value(v).name.clone(), (total.clone(), zero.clone()));
+        }
     }
     if absorb {
-        for (p, total) in pairs.iter().zip(&total) {
-            let Some(range) = ranges.get(&p.link).filter(|_| p.absorbable) else {
+        for (r, total) in regions.iter().zip(&total) {
+            let link = ValueId {
+                node: r.producers[0].node,
+                output: 0,
+            };
+            let Some(range) = ranges.get(&link).filter(|_| r.absorbable) else {
                 continue;
             };
             let c: Vec<f32> = range
@@ -163,8 +223,8 @@ pub fn equalize(
                 .map(|(&m, &s)| (m / s).max(0.0))
                 .collect();
             summary.absorbed_channels += c.iter().filter(|&&c| c > 0.0).count();
-            absorb_bias(&mut weights, &mut out, p, &c)?;
-            if let Some(map) = summary.maps.get_mut(&g.value(p.link).name) {
+            absorb_bias(&mut weights, &mut out, r, &c)?;
+            if let Some(map) = summary.maps.get_mut(&g.value(link).name) {
                 map.1 = c;
             }
         }
@@ -185,6 +245,13 @@ fn fused_clip(g: &Graph, node: NodeId) -> (f32, f32) {
     }
 }
 
+/// A clamp that commutes with a positive scale (none, or Relu), or a finite upper bound
+/// that does so on data that never reaches it (checked later).
+fn homogeneous_clip(g: &Graph, node: NodeId) -> bool {
+    let (lo, hi) = fused_clip(g, node);
+    (lo == 0.0 || lo == f32::NEG_INFINITY) && hi > 0.0
+}
+
 fn set_clip(g: &mut Graph, node: NodeId, hi: f32) -> Result<(), PassError> {
     match &mut g.node_mut(node).op {
         NodeOp::Apply(op) => {
@@ -195,78 +262,207 @@ fn set_clip(g: &mut Graph, node: NodeId, hi: f32) -> Result<(), PassError> {
     }
 }
 
-/// Every equalizable pair, in topological order of the first layer.
-fn find_pairs(g: &Graph) -> Result<Vec<Pair>, PassError> {
-    let mut pairs = Vec::new();
+/// Every region that can be equalized, in topological order of its first producer.
+fn find_regions(g: &Graph) -> Result<Vec<Region>, PassError> {
+    let mut regions = Vec::new();
+    let mut taken = HashSet::new();
     for id in g.topo_order()? {
-        let Some(first) = product(g, id) else {
-            continue;
-        };
-        let (lo, hi) = fused_clip(g, id);
-        if !(lo == 0.0 || lo == f32::NEG_INFINITY) || hi <= 0.0 {
+        if taken.contains(&id) {
             continue;
         }
-        let link = ValueId {
-            node: id,
+        let mut grower = Grower::new(g);
+        if grower.producer(id).is_none() {
+            continue;
+        }
+        let region = grower.grow();
+        taken.extend(grower.producers.iter().map(|p| p.node));
+        regions.extend(region);
+    }
+    Ok(regions)
+}
+
+/// Builds one region: values to follow forward, producers found backward through Adds.
+struct Grower<'g> {
+    g: &'g Graph,
+    channels: usize,
+    producers: Vec<Layer>,
+    consumers: Vec<Consumer>,
+    placed: HashMap<ValueId, Placement>,
+    queue: Vec<(ValueId, Placement)>,
+    absorbable: bool,
+}
+
+impl<'g> Grower<'g> {
+    fn new(g: &'g Graph) -> Grower<'g> {
+        Grower {
+            g,
+            channels: 0,
+            producers: Vec::new(),
+            consumers: Vec::new(),
+            placed: HashMap::new(),
+            queue: Vec::new(),
+            absorbable: true,
+        }
+    }
+
+    /// Adds product `id` as a producer; `None` if it cannot be one.
+    fn producer(&mut self, id: NodeId) -> Option<()> {
+        if self.producers.iter().any(|p| p.node == id) {
+            return Some(());
+        }
+        let layer = product(self.g, id)?;
+        if !homogeneous_clip(self.g, id) || (self.channels != 0 && layer.rows != self.channels) {
+            return None;
+        }
+        self.channels = layer.rows;
+        self.absorbable &= self.producers.is_empty() && fused_clip(self.g, id).0 == 0.0;
+        self.producers.push(layer);
+        self.queue.push((
+            ValueId {
+                node: id,
+                output: 0,
+            },
+            PLAIN,
+        ));
+        Some(())
+    }
+
+    /// Makes `v` a region value in the plain placement: a producer's result, or an Add of
+    /// region values (whose operands join too).
+    fn source(&mut self, v: ValueId) -> Option<()> {
+        if self.placed.contains_key(&v) || self.queue.iter().any(|(q, _)| *q == v) {
+            return Some(());
+        }
+        if v.output != 0 {
+            return None;
+        }
+        if product(self.g, v.node).is_some() {
+            return self.producer(v.node);
+        }
+        let operands = self.residual_add(v.node)?;
+        self.queue.push((v, PLAIN));
+        for o in operands {
+            self.source(o)?;
+        }
+        Some(())
+    }
+
+    /// The operands of an Add of two same-shape values whose fused clamp commutes with the
+    /// scale.
+    fn residual_add(&self, node: NodeId) -> Option<Vec<ValueId>> {
+        let NodeOp::Apply(op) = &self.g.node(node).op else {
+            return None;
+        };
+        let operands: Vec<ValueId> = self.g.node_inputs(node).into_iter().flatten().collect();
+        let result = ValueId { node, output: 0 };
+        let shape = &self.g.value_type(result).shape;
+        let (lo, hi) = fused_clip(self.g, node);
+        (op.kind == OpKind::Add
+            && operands.len() == 2
+            && operands
+                .iter()
+                .all(|&o| self.g.value_type(o).shape == *shape)
+            && (lo == 0.0 || lo == f32::NEG_INFINITY)
+            && hi == f32::INFINITY)
+            .then_some(operands)
+    }
+
+    /// Follows every region value to its readers; `None` if one cannot take the scale.
+    fn grow(&mut self) -> Option<Region> {
+        let mut values = Vec::new();
+        while let Some((v, at)) = self.queue.pop() {
+            match self.placed.get(&v) {
+                Some(&seen) if seen == at => continue,
+                Some(_) => return None,
+                None => {}
+            }
+            self.placed.insert(v, at);
+            let width = self
+                .g
+                .value_type(v)
+                .shape
+                .dims()
+                .get(1)
+                .and_then(|d| d.fixed());
+            if at == PLAIN && width == Some(self.channels) {
+                values.push(v);
+            }
+            if self.g.outputs().contains(&v) {
+                return None;
+            }
+            for (user, slot) in self.g.users(v) {
+                self.reader(v, at, user, slot)?;
+            }
+        }
+        (!self.consumers.is_empty()).then(|| Region {
+            channels: self.channels,
+            producers: std::mem::take(&mut self.producers),
+            consumers: std::mem::take(&mut self.consumers),
+            values,
+            absorbable: self.absorbable,
+        })
+    }
+
+    /// Takes `user`, which reads region value `v` (placed `at`) as operand `slot`.
+    fn reader(&mut self, v: ValueId, at: Placement, user: NodeId, slot: usize) -> Option<()> {
+        let g = self.g;
+        if let Some(layer) = product(g, user).filter(|_| slot == 0) {
+            let width = g.value_type(v).shape.dims().get(1)?.fixed()?;
+            if layer.in_channels != width * at.inner || (at.inner > 1 && layer.conv.is_some()) {
+                return None;
+            }
+            self.absorbable &= layer.conv.as_ref().is_none_or(|c| !c.padded());
+            self.consumers.push(Consumer { layer, at });
+            return Some(());
+        }
+        let NodeOp::Apply(op) = &g.node(user).op else {
+            return None;
+        };
+        let result = ValueId {
+            node: user,
             output: 0,
         };
-        let (mut v, mut inner, mut absorbable) = (link, 1usize, lo == 0.0);
-        let second = loop {
-            if g.outputs().contains(&v) {
-                break None;
+        let padded = op
+            .attrs
+            .ints("pads")
+            .is_ok_and(|p| p.iter().any(|&p| p != 0));
+        let next = match op.kind {
+            OpKind::MaxPool | OpKind::GlobalAveragePool => at,
+            OpKind::AveragePool => {
+                self.absorbable &= !padded;
+                at
             }
-            let [(user, 0)] = g.users(v)[..] else {
-                break None;
-            };
-            if let Some(second) = product(g, user) {
-                break Some(second);
+            OpKind::Flatten if op.attrs.int("axis") == Ok(1) && at.inner == 1 => {
+                let dims = g.value_type(v).shape.dims();
+                let rest = dims
+                    .get(2..)?
+                    .iter()
+                    .map(|d| d.fixed())
+                    .product::<Option<usize>>()?;
+                Placement { inner: rest, ..at }
             }
-            let NodeOp::Apply(op) = &g.node(user).op else {
-                break None;
-            };
-            let padded = op
-                .attrs
-                .ints("pads")
-                .is_ok_and(|p| p.iter().any(|&p| p != 0));
-            match op.kind {
-                OpKind::MaxPool | OpKind::GlobalAveragePool => {}
-                OpKind::AveragePool => absorbable &= !padded,
-                OpKind::Flatten if op.attrs.int("axis") == Ok(1) => {
-                    let dims = g.value_type(v).shape.dims().to_vec();
-                    let Some(rest) = dims
-                        .get(2..)
-                        .and_then(|d| d.iter().map(|d| d.fixed()).product::<Option<usize>>())
-                    else {
-                        break None;
-                    };
-                    inner *= rest;
+            OpKind::Concat if op.attrs.int("axis") == Ok(1) && at.inner == 1 => {
+                let before = g.node_inputs(user)[..slot]
+                    .iter()
+                    .map(|o| g.value_type((*o)?).shape.dims().get(1)?.fixed())
+                    .sum::<Option<usize>>()?;
+                Placement {
+                    offset: at.offset + before,
+                    ..at
                 }
-                _ => break None,
             }
-            v = ValueId {
-                node: user,
-                output: 0,
-            };
+            OpKind::Add if at == PLAIN => {
+                self.absorbable = false;
+                for o in self.residual_add(user)? {
+                    self.source(o)?;
+                }
+                at
+            }
+            _ => return None,
         };
-        let Some(second) = second else { continue };
-        if second.in_channels != first.rows * inner
-            || (inner > 1 && second.conv.is_some())
-            || second.weights == first.weights
-        {
-            continue;
-        }
-        absorbable &= second.conv.as_ref().is_none_or(|c| !c.padded())
-            && bias(g, second.node, second.rows).is_some();
-        pairs.push(Pair {
-            first,
-            second,
-            link,
-            inner,
-            bounded: hi.is_finite(),
-            absorbable,
-        });
+        self.queue.push((result, next));
+        Some(())
     }
-    Ok(pairs)
 }
 
 /// The layer of a Conv/Gemm/MatMul with constant f32 weights read by nothing else, with a
@@ -301,13 +497,13 @@ fn bias(g: &Graph, node: NodeId, rows: usize) -> Option<Option<ValueId>> {
     }
 }
 
-/// Per-channel ranges of every pair's link value over the calibration data.
+/// Per-channel ranges of every region's producer results over the calibration data.
 fn channel_ranges(
     g: &Graph,
     replay: &dyn Replay,
-    pairs: &[Pair],
+    regions: &[Region],
 ) -> Result<HashMap<ValueId, ChannelRange>, PassError> {
-    let links: Vec<ValueId> = pairs.iter().map(|p| p.link).collect();
+    let links: Vec<ValueId> = regions.iter().flat_map(Region::links).collect();
     let mut ranges: Vec<Option<ChannelRange>> = vec![None; links.len()];
     let mut failed = None;
     replay.replay(g, &links, &mut |i, t| {
@@ -349,19 +545,26 @@ impl Weights {
     }
 }
 
-/// The pair's equalizing scales `s_i = sqrt(r1_i / r2_i)` (1 where a range is 0).
-fn scales(w: &mut Weights, g: &Graph, p: &Pair) -> Result<Vec<f32>, PassError> {
-    let mut r1 = vec![0f32; p.first.rows];
-    let w1 = w.get(g, p.first.weights)?;
-    for (i, r) in r1.iter_mut().enumerate() {
-        *r = p.first.row(w1, i).iter().fold(0f32, |m, v| m.max(v.abs()));
+/// The region's equalizing scales `s_c = sqrt(r1_c / r2_c)`, with `r1_c` the largest range
+/// of channel `c` over the producers' rows and `r2_c` over the consumers' columns (1 where a
+/// range is 0).
+fn scales(w: &mut Weights, g: &Graph, r: &Region) -> Result<Vec<f32>, PassError> {
+    let mut r1 = vec![0f32; r.channels];
+    for p in &r.producers {
+        let w1 = w.get(g, p.weights)?;
+        for (c, m) in r1.iter_mut().enumerate() {
+            *m = p.row(w1, c).iter().fold(*m, |m, v| m.max(v.abs()));
+        }
     }
-    let mut r2 = vec![0f32; p.first.rows];
-    let w2 = w.get(g, p.second.weights)?;
-    for row in 0..p.second.rows {
-        for e in 0..p.second.row_len {
-            let c = p.second.in_channel(row, e) / p.inner;
-            r2[c] = r2[c].max(w2[p.second.index(row, e)].abs());
+    let mut r2 = vec![0f32; r.channels];
+    for u in &r.consumers {
+        let w2 = w.get(g, u.layer.weights)?;
+        for row in 0..u.layer.rows {
+            for e in 0..u.layer.row_len {
+                if let Some(c) = u.channel(row, e, r.channels) {
+                    r2[c] = r2[c].max(w2[u.layer.index(row, e)].abs());
+                }
+            }
         }
     }
     Ok(r1
@@ -378,50 +581,60 @@ fn scales(w: &mut Weights, g: &Graph, p: &Pair) -> Result<Vec<f32>, PassError> {
         .collect())
 }
 
-/// Divides the first layer's output channels (weights and bias) by `s` and multiplies the
-/// second layer's input channels by it.
-fn apply_scales(w: &mut Weights, g: &Graph, p: &Pair, s: &[f32]) -> Result<(), PassError> {
-    let w1 = w.get(g, p.first.weights)?;
-    for (i, &s) in s.iter().enumerate() {
-        for e in 0..p.first.row_len {
-            w1[p.first.index(i, e)] /= s;
+/// Divides the producers' output channels (weights and bias) by `s` and multiplies the
+/// consumers' input channels by it.
+fn apply_scales(w: &mut Weights, g: &Graph, r: &Region, s: &[f32]) -> Result<(), PassError> {
+    for p in &r.producers {
+        let w1 = w.get(g, p.weights)?;
+        for (i, &s) in s.iter().enumerate() {
+            for e in 0..p.row_len {
+                w1[p.index(i, e)] /= s;
+            }
+        }
+        if let Some(Some(b)) = bias(g, p.node, p.rows) {
+            for (b, &s) in w.get(g, b)?.iter_mut().zip(s) {
+                *b /= s;
+            }
         }
     }
-    if let Some(Some(b)) = bias(g, p.first.node, p.first.rows) {
-        for (b, &s) in w.get(g, b)?.iter_mut().zip(s) {
-            *b /= s;
-        }
-    }
-    let w2 = w.get(g, p.second.weights)?;
-    for row in 0..p.second.rows {
-        for e in 0..p.second.row_len {
-            w2[p.second.index(row, e)] *= s[p.second.in_channel(row, e) / p.inner];
+    for u in &r.consumers {
+        let w2 = w.get(g, u.layer.weights)?;
+        for row in 0..u.layer.rows {
+            for e in 0..u.layer.row_len {
+                if let Some(c) = u.channel(row, e, r.channels) {
+                    w2[u.layer.index(row, e)] *= s[c];
+                }
+            }
         }
     }
     Ok(())
 }
 
-/// Moves `c_i` out of the first layer's bias and `W2 · c` into the second's (creating a
-/// zero bias where it had none).
-fn absorb_bias(w: &mut Weights, g: &mut Graph, p: &Pair, c: &[f32]) -> Result<(), PassError> {
+/// Moves `c_i` out of the (one) producer's bias and `W2 · c` into each consumer's (creating
+/// a zero bias where it had none).
+fn absorb_bias(w: &mut Weights, g: &mut Graph, r: &Region, c: &[f32]) -> Result<(), PassError> {
     if c.iter().all(|&c| c == 0.0) {
         return Ok(());
     }
-    let b1 = ensure_bias(g, p.first.node, p.first.rows)?;
+    let p = &r.producers[0];
+    let b1 = ensure_bias(g, p.node, p.rows)?;
     for (b, &c) in w.get(g, b1)?.iter_mut().zip(c) {
         *b -= c;
     }
-    let mut shift = vec![0f32; p.second.rows];
-    let w2 = w.get(g, p.second.weights)?;
-    for (row, shift) in shift.iter_mut().enumerate() {
-        for e in 0..p.second.row_len {
-            let ch = p.second.in_channel(row, e) / p.inner;
-            *shift += w2[p.second.index(row, e)] * c[ch];
+    for u in &r.consumers {
+        let mut shift = vec![0f32; u.layer.rows];
+        let w2 = w.get(g, u.layer.weights)?;
+        for (row, shift) in shift.iter_mut().enumerate() {
+            for e in 0..u.layer.row_len {
+                if let Some(ch) = u.channel(row, e, r.channels) {
+                    *shift += w2[u.layer.index(row, e)] * c[ch];
+                }
+            }
         }
-    }
-    let b2 = ensure_bias(g, p.second.node, p.second.rows)?;
-    for (b, s) in w.get(g, b2)?.iter_mut().zip(shift) {
-        *b += s;
+        let b2 = ensure_bias(g, u.layer.node, u.layer.rows)?;
+        for (b, s) in w.get(g, b2)?.iter_mut().zip(shift) {
+            *b += s;
+        }
     }
     Ok(())
 }

@@ -46,7 +46,7 @@ use crate::calibrate::{
     TensorStats,
 };
 use crate::quantize::plan::{Precision, ResolvedPlan};
-use crate::quantize::weights::{quantize_weights, WeightGranularity};
+use crate::quantize::weights::{quantize_weights, WeightBits, WeightGranularity};
 use crate::quantize::PtqOptions;
 use crate::PassError;
 use qlift_ir::{
@@ -276,7 +276,8 @@ pub fn insert_qdq_planned(
     let mut source_of: HashMap<ValueId, ValueId> = HashMap::new();
     // Quantized weights by (constant, channel axis, granularity): a weight several ops read
     // is quantized once (one name, one copy).
-    let mut weights: HashMap<(ValueId, usize, WeightGranularity), ValueId> = HashMap::new();
+    let mut weights: HashMap<(ValueId, usize, WeightGranularity, WeightBits), ValueId> =
+        HashMap::new();
     // Bias Adds that finish a MatMul anchor (`fuse-matmul-bias`), with their MatMul node.
     let mut bias_adds: HashMap<NodeId, NodeId> = HashMap::new();
     for id in order {
@@ -531,12 +532,13 @@ fn bias_add_after(g: &Graph, m: ValueId) -> Option<NodeId> {
 /// (weights, axis) and shared by every op that reads them.
 fn quantized_weight_once(
     g: &mut Graph,
-    cache: &mut HashMap<(ValueId, usize, WeightGranularity), ValueId>,
+    cache: &mut HashMap<(ValueId, usize, WeightGranularity, WeightBits), ValueId>,
     v: ValueId,
     axis: usize,
     opts: &QuantizeOptions,
 ) -> Result<ValueId, PassError> {
-    if let Some(&dq) = cache.get(&(v, axis, opts.weights)) {
+    let key = (v, axis, opts.weights, opts.ptq.weight_bits);
+    if let Some(&dq) = cache.get(&key) {
         return Ok(dq);
     }
     let w = g
@@ -544,7 +546,7 @@ fn quantized_weight_once(
         .cloned()
         .ok_or_else(|| PassError::Bug("weights are not constant".into()))?;
     let dq = quantized_weights(g, v, &w, axis, opts)?;
-    cache.insert((v, axis, opts.weights), dq);
+    cache.insert(key, dq);
     Ok(dq)
 }
 

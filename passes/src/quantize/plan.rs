@@ -6,7 +6,7 @@
 //! version = 1
 //!
 //! [default]                    # every node, unless an op type or a node says otherwise
-//! precision = "int8"           # int8 or fp32 (int16 and int4 are not built yet)
+//! precision = "int8"           # int8, int4 (int4 weights, int8 activations) or fp32
 //! method = "minmax"            # minmax, percentile[:P], mse or entropy
 //! weights = "per-channel"      # per-channel or per-tensor
 //! activations = "u8"           # u8 or i8: the whole model's activation type (default only)
@@ -42,7 +42,7 @@
 
 use crate::calibrate::{ActivationScheme, CalibrationMethod};
 use crate::quantize::insert::{Decision, Outcome, QuantizeOptions};
-use crate::quantize::weights::WeightGranularity;
+use crate::quantize::weights::{WeightBits, WeightGranularity};
 use qlift_ir::{Graph, NodeId, NodeOp, OpKind};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -59,6 +59,8 @@ pub enum Precision {
     Fp32,
     /// 8-bit activations and int8 weights (what the policy allows).
     Int8,
+    /// 8-bit activations and int4 weights (W4A8, `WeightBits::Four`) for this node.
+    Int4,
 }
 
 impl Precision {
@@ -67,6 +69,7 @@ impl Precision {
         match self {
             Precision::Fp32 => "fp32",
             Precision::Int8 => "int8",
+            Precision::Int4 => "int4",
         }
     }
 
@@ -74,7 +77,8 @@ impl Precision {
         match s.trim().to_ascii_lowercase().as_str() {
             "fp32" => Ok(Precision::Fp32),
             "int8" => Ok(Precision::Int8),
-            "int16" | "int4" => Err(format!(
+            "int4" => Ok(Precision::Int4),
+            "int16" => Err(format!(
                 "precision `{s}` is not built yet (int16 activations and int4 weights are planned, issue 17); use fp32 or int8"
             )),
             _ => Err(format!("unknown precision `{s}`; expected fp32 or int8")),
@@ -673,14 +677,22 @@ pub fn resolve(
         }
         named.insert(target, (key.as_str(), entry));
     }
-    let settle = |e: &PlanEntry| NodeSettings {
-        precision: e.precision.unwrap_or(Precision::Int8),
-        opts: QuantizeOptions {
-            method: e.method.unwrap_or(opts.method),
-            weights: e.weights.unwrap_or(opts.weights),
-            min_sqnr_db: e.min_sqnr_db.unwrap_or(opts.min_sqnr_db),
-            ..opts
-        },
+    let settle = |e: &PlanEntry| {
+        let precision = e.precision.unwrap_or(Precision::Int8);
+        let mut ptq = opts.ptq;
+        if precision == Precision::Int4 {
+            ptq.weight_bits = WeightBits::Four;
+        }
+        NodeSettings {
+            precision,
+            opts: QuantizeOptions {
+                method: e.method.unwrap_or(opts.method),
+                weights: e.weights.unwrap_or(opts.weights),
+                min_sqnr_db: e.min_sqnr_db.unwrap_or(opts.min_sqnr_db),
+                ptq,
+                ..opts
+            },
+        }
     };
     let mut nodes = HashMap::new();
     for &(id, _, kind) in &ops {

@@ -16,7 +16,7 @@ pub const WEIGHT_QMAX: f32 = 127.0;
 /// values, so every integer kernel (interpreter and JIT) computes with them unchanged and
 /// bit-exactly; they are packed two per byte where they are stored (ONNX `INT4`
 /// initializers, opset 21).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum WeightBits {
     /// int8 weights in ±127 (the default).
     #[default]
