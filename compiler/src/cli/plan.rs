@@ -139,10 +139,17 @@ pub(crate) fn finish(
         let count =
             |f: fn(&Outcome) -> bool| quantized.decisions.iter().filter(|d| f(&d.outcome)).count();
         note!(
-            "units: {} int8, {} fp32 by the plan, {} fp32 by the outlier check",
-            count(|o| *o == Outcome::Int8),
+            "units: {} int8, {} int16, {} fp32 by the plan, {} fp32 by the outlier check{}",
+            count(|o| matches!(o, Outcome::Int8 | Outcome::Int8ByBound { .. })),
+            count(|o| *o == Outcome::Int16),
             count(|o| *o == Outcome::Fp32ByPlan),
-            count(|o| matches!(o, Outcome::Fp32BySqnr { .. }))
+            count(|o| matches!(o, Outcome::Fp32BySqnr { .. })),
+            match count(|o| matches!(o, Outcome::Int8ByBound { .. })) {
+                0 => String::new(),
+                n => format!(
+                    " ({n} int16 asked, int8 kept: their i32 accumulator could wrap at 16 bits)"
+                ),
+            }
         );
     }
     if let Some(path) = &q.emit_plan {
