@@ -100,8 +100,9 @@ pub(crate) fn finish(
                 &qlift::Limits::default(),
                 &|step: &Step| {
                     progress_bar().set_message(format!(
-                        "--target-sqnr: {} {} → {:.1} dB",
-                        if step.raised { "fp32" } else { "back to int8" },
+                        "--target-sqnr: {} {} {} → {:.1} dB",
+                        if step.raised { "up to" } else { "back to" },
+                        step.precision.name(),
                         step.node,
                         step.output_sqnr_db
                     ));
@@ -122,12 +123,13 @@ pub(crate) fn finish(
                 .map(|(k, _)| k.as_str())
                 .collect();
             note!(
-                "--target-sqnr {target}: output SQNR {:.1} dB → {:.1} dB on the calibration data ({}), {} of {} units int8, {} raised to fp32{}",
+                "--target-sqnr {target}: output SQNR {:.1} dB → {:.1} dB on the calibration data ({}), {} of {} units int8, {} int16, {} raised{}",
                 found.initial_sqnr_db,
                 found.output_sqnr_db,
-                if found.reached { "reached" } else { "NOT reached: no int8 unit is left to raise" },
+                if found.reached { "reached" } else { "NOT reached: every unit is float" },
                 found.int8_units,
-                found.int8_units + found.float_units,
+                found.int8_units + found.int16_units + found.float_units,
+                found.int16_units,
                 raised.len(),
                 if raised.is_empty() { String::new() } else { format!(": {}", raised.join(", ")) }
             );
