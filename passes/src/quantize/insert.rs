@@ -286,6 +286,7 @@ pub fn insert_qdq_planned(
     let mut source_of: HashMap<ValueId, ValueId> = HashMap::new();
     // The 16-bit DequantizeLinear of each value an int16 layer reads or writes.
     let mut wide_dq: HashMap<ValueId, ValueId> = HashMap::new();
+    let mut wide_params: HashMap<ValueId, (DType, QuantParams)> = HashMap::new();
     // Quantized weights by (constant, channel axis, granularity): a weight several ops read
     // is quantized once (one name, one copy).
     let mut weights: HashMap<(ValueId, usize, WeightGranularity), ValueId> = HashMap::new();
@@ -390,6 +391,7 @@ pub fn insert_qdq_planned(
                                 dequantized: &mut dequantized,
                                 source_of: &mut source_of,
                                 wide_dq: &mut wide_dq,
+                                wide_params: &mut wide_params,
                                 wide: &wide,
                             },
                             int16,
@@ -410,6 +412,7 @@ pub fn insert_qdq_planned(
                 dequantized: &mut dequantized,
                 source_of: &mut source_of,
                 wide_dq: &mut wide_dq,
+                wide_params: &mut wide_params,
                 wide: &wide,
             }
             .quantize(&mut g, result, p, calibration, opts, true)?;
@@ -444,6 +447,7 @@ pub fn insert_qdq_planned(
                         dequantized: &mut dequantized,
                         source_of: &mut source_of,
                         wide_dq: &mut wide_dq,
+                        wide_params: &mut wide_params,
                         wide: &wide,
                     },
                     int16,
@@ -465,6 +469,7 @@ pub fn insert_qdq_planned(
             dequantized: &mut dequantized,
             source_of: &mut source_of,
             wide_dq: &mut wide_dq,
+            wide_params: &mut wide_params,
             wide: &wide,
         }
         .quantize(&mut g, result, p, calibration, opts, true)?;
@@ -593,6 +598,7 @@ struct Inserting<'a> {
     dequantized: &'a mut HashMap<ValueId, ValueId>,
     source_of: &'a mut HashMap<ValueId, ValueId>,
     wide_dq: &'a mut HashMap<ValueId, ValueId>,
+    wide_params: &'a mut HashMap<ValueId, (DType, QuantParams)>,
     wide: &'a WideLayers,
 }
 
@@ -612,14 +618,25 @@ impl Inserting<'_> {
         outputs_too: bool,
     ) -> Result<ValueId, PassError> {
         let dq = if self.wide.values.contains(&v) {
-            let p16 = activation_params(g, v, calibration, &sixteen_bit(opts))?;
+            // A value-moving op keeps its 16-bit operand's parameters (its Q/DQ then cancel).
+            let moved = g.node_inputs(v.node).first().copied().flatten();
+            let inherited = moved
+                .and_then(|m| self.source_of.get(&m))
+                .and_then(|source| self.wide_params.get(source))
+                .filter(|_| self.wide.moves.contains(&v.node));
+            let p16 = match inherited {
+                Some(p16) => p16.clone(),
+                None => activation_params(g, v, calibration, &sixteen_bit(opts))?,
+            };
             let dq16 = insert_q_dq(g, v, &p16, outputs_too)?;
             let dq8 = insert_q_dq(g, dq16, &p, false)?;
             for (user, slot) in g.users(dq8) {
-                if self.wide.nodes.contains(&user) && slot == 0 {
+                let reads_wide = self.wide.nodes.contains(&user) || self.wide.moves.contains(&user);
+                if reads_wide && slot == 0 {
                     g.set_node_input(user, slot, Some(dq16))?;
                 }
             }
+            self.wide_params.insert(v, p16);
             self.wide_dq.insert(v, dq16);
             self.source_of.insert(dq16, v);
             dq8

@@ -31,6 +31,10 @@ pub(super) struct WideLayers {
     pub nodes: HashSet<NodeId>,
     /// The float values they read and write, each quantized to 16 bits where it is produced.
     pub values: HashSet<ValueId>,
+    /// Ops that only move values (MaxPool, Flatten, Reshape, Squeeze, Unsqueeze) between an
+    /// int16 layer's input and the 16-bit value it comes from: they move 16-bit values, so
+    /// that a MaxPool between two int16 Convs does not round to 8 bits.
+    pub moves: HashSet<NodeId>,
     /// Anchors the plan asked int16 for whose accumulator bound exceeds `i32::MAX`: the bound.
     pub refused: HashMap<NodeId, f64>,
 }
@@ -73,6 +77,20 @@ pub(super) fn wide_layers(
         }
         wide.nodes.insert(id);
         wide.values.insert(x);
+        // Back through the value-moving ops x comes from, while each is its operand's only
+        // reader (another reader would see the 16-bit value through a Requantize anyway).
+        let mut v = x;
+        while let Some(mover) = moving_producer(g, v) {
+            let Some(operand) = g.node_inputs(mover).first().copied().flatten() else {
+                break;
+            };
+            if g.users(operand).len() != 1 || g.const_value(operand).is_some() {
+                break;
+            }
+            wide.moves.insert(mover);
+            wide.values.insert(operand);
+            v = operand;
+        }
         let result = ValueId {
             node: id,
             output: 0,
@@ -89,6 +107,18 @@ pub(super) fn wide_layers(
         }
     }
     Ok(wide)
+}
+
+/// The node producing `v` when it only moves values and has a 16-bit integer form.
+fn moving_producer(g: &Graph, v: ValueId) -> Option<NodeId> {
+    let NodeOp::Apply(op) = &g.node(v.node).op else {
+        return None;
+    };
+    matches!(
+        op.kind,
+        OpKind::MaxPool | OpKind::Flatten | OpKind::Reshape | OpKind::Squeeze | OpKind::Unsqueeze
+    )
+    .then_some(v.node)
 }
 
 /// The largest `|acc|` anchor `id` can reach over every input: `X · Σ_k |w_q[c, k]| +
