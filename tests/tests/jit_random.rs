@@ -22,6 +22,7 @@ use qlift_ir::{
     AttrValue, Attrs, DType, Dim, Graph, NodeOp, Op, OpKind, Shape, Tensor, TensorData, TensorType,
     ValueId,
 };
+use qlift_passes::quantize::Outcome;
 use qlift_passes::{run_pipeline, PipelineOptions};
 use std::sync::Arc;
 
@@ -788,7 +789,11 @@ proptest! {
             .filter_map(|n| lowered.node_inputs(n).first().copied().flatten())
             .filter(|&x| lowered.value_type(x).dtype == DType::I16)
             .count();
-        prop_assert_eq!(wide_products > 0, !wide.is_empty(), "{} products read i16 for int16 {:?}", wide_products, wide);
+        // (Those whose i32 accumulator could wrap at 16 bits stay int8, saying so.)
+        let int16_units = q.decisions.iter().filter(|d| d.outcome == Outcome::Int16).count();
+        let asked = q.decisions.iter().filter(|d| matches!(d.outcome, Outcome::Int16 | Outcome::Int8ByBound { .. })).count();
+        prop_assert_eq!(asked > 0, !wide.is_empty(), "int16 asked for {:?}, {} units", wide, asked);
+        prop_assert_eq!(wide_products > 0, int16_units > 0, "{} products read i16, {} int16 units:\n{}", wide_products, int16_units, print(&lowered, &PrintOptions::default()));
         // The integer products read weights of the width asked for (no float fallback).
         let weight_type = if four_bit { DType::I4 } else { DType::I8 };
         let integer_products = lowered
