@@ -72,7 +72,10 @@ fn exclude_by_node_and_by_op_type_keeps_exactly_those_float() {
         "exclude_nodes",
         &["--exclude", "relu4_node", "--exclude", "stem_node"],
     );
-    assert!(err.contains("units: 9 int8, 0 int16, 2 fp32 by the plan"), "{err}");
+    assert!(
+        err.contains("units: 9 int8, 0 int16, 2 fp32 by the plan"),
+        "{err}"
+    );
     assert_eq!(op_of(&ir, "relu4"), "Conv");
     assert_eq!(op_of(&ir, "relu6_1"), "Conv");
     for v in ["relu5", "relu6_2", "bn3"] {
