@@ -90,6 +90,10 @@ enum QliftDtype
    * Boolean, one per `uint8_t` (0 or 1).
    */
   QLIFT_DTYPE_BOOL = 8,
+  /**
+   * `int16_t` (activations of the layers a plan raises to int16).
+   */
+  QLIFT_DTYPE_I16 = 9,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

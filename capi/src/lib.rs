@@ -65,6 +65,8 @@ pub enum QliftDtype {
     U4 = 7,
     /// Boolean, one per `uint8_t` (0 or 1).
     Bool = 8,
+    /// `int16_t` (activations of the layers a plan raises to int16).
+    I16 = 9,
 }
 
 /// What executes a compiled model.
@@ -283,6 +285,7 @@ fn dtype_code(d: DType) -> QliftDtype {
         DType::I4 => QliftDtype::I4,
         DType::U4 => QliftDtype::U4,
         DType::Bool => QliftDtype::Bool,
+        DType::I16 => QliftDtype::I16,
     }
 }
 
@@ -296,9 +299,10 @@ fn dtype_of(code: i32, what: &str) -> Result<DType, Failure> {
         6 => DType::I4,
         7 => DType::U4,
         8 => DType::Bool,
+        9 => DType::I16,
         _ => {
             return Err(Failure::invalid(format!(
-                "{what}: {code} is not a QliftDtype (QLIFT_DTYPE_F32 = 1 to QLIFT_DTYPE_BOOL = 8)"
+                "{what}: {code} is not a QliftDtype (QLIFT_DTYPE_F32 = 1 to QLIFT_DTYPE_I16 = 9)"
             )))
         }
     })

@@ -84,6 +84,7 @@ fn c_type(dtype: DType) -> &'static str {
         DType::F32 => "float",
         DType::I32 => "int32_t",
         DType::I64 => "int64_t",
+        DType::I16 => "int16_t",
         DType::I8 | DType::I4 => "int8_t",
         DType::U8 | DType::U4 | DType::Bool => "uint8_t",
     }

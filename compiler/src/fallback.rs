@@ -1,7 +1,9 @@
 //! Accuracy-aware fallback (`--target-sqnr DB`): raise the precision of the layers that hurt
-//! most (int8 → fp32, the only step built) until the model's outputs keep at least `DB` of
-//! signal to quantization noise against fp32 on the calibration data, with as few float
-//! layers as the search finds. The result is a plan (`Quantized::plan`) that reproduces it.
+//! most one step at a time (an int8 Conv/Gemm/MatMul to int16, which keeps it in integers
+//! at about the cost of int8 and usually suffices; an int16 layer or any other int8 unit to
+//! fp32) until the model's outputs keep at least `DB` of signal to quantization noise
+//! against fp32 on the calibration data, with as few raised layers as the search finds. The
+//! result is a plan (`Quantized::plan`) that reproduces it.
 //!
 //! # The search
 //!
@@ -11,26 +13,28 @@
 //! calibration samples and ranks the int8 units by the noise each *adds*: the relative noise `N/S` of the unit's result minus
 //! the largest relative noise among its operands (what it already received), i.e. the error
 //! the unit's own weights and activations introduce. The [`CANDIDATES`] units that add most
-//! are each tried in fp32 (the model quantized again from the same calibration statistics,
+//! are each tried one step up (the model quantized again from the same calibration statistics,
 //! which depend on the float graph only, and measured), and the one that gives the highest
-//! output SQNR is kept in fp32: the ranking is a cheap guess at where the error enters, the
+//! output SQNR is kept raised: the ranking is a cheap guess at where the error enters, the
 //! measurement decides (the noise a unit adds is not what it costs at the output: a layer's
 //! error can be amplified or averaged away downstream). The output SQNR is measured with
 //! compiled code (the JIT; the interpreter for a graph it cannot compile) on up to
 //! [`MEASURE_SAMPLES`] calibration samples. Rounds stop when every output's SQNR
-//! reaches the target, or when no int8 unit is left.
+//! reaches the target, or when every unit is fp32.
 //!
 //! Greedy raising can overshoot: a unit raised early may be unnecessary once later ones are
-//! float. So a second pass tries each raised unit back in int8, in the order they were
-//! raised, and keeps it int8 when the target still holds. Every trial costs one
+//! float. So a second pass tries each raised unit back at its first precision, in the order
+//! they were raised, and keeps it there when the target still holds (a unit raised to fp32
+//! through int16 is then tried at int16). Every trial costs one
 //! quantization (no calibration), one compilation and one run; the fp32 reference is run
 //! and traced once.
 
 use crate::quantize::{requantize, Quantized};
 use crate::report::{compare_traced, real_values, Comparison};
 use crate::{CompileOptions, CompiledModel, Engine, Error, Limits};
+use qlift_ir::OpKind;
 use qlift_ir::{Graph, NodeOp, Tensor};
-use qlift_passes::quantize::{Outcome, PlanEntry, QuantPlan, QuantizeOptions};
+use qlift_passes::quantize::{Decision, Outcome, PlanEntry, Precision, QuantPlan, QuantizeOptions};
 use qlift_passes::PipelineOptions;
 use std::collections::HashMap;
 
@@ -53,8 +57,10 @@ pub const CANDIDATES: usize = 3;
 pub struct Step {
     /// The unit's node.
     pub node: String,
-    /// `true`: raised to fp32; `false`: tried back in int8 and kept there.
+    /// `true`: raised; `false`: tried back at a lower precision and kept there.
     pub raised: bool,
+    /// The precision the step put the unit at.
+    pub precision: Precision,
     /// The output SQNR after the step, dB (the least over the model's outputs).
     pub output_sqnr_db: f64,
 }
@@ -73,6 +79,8 @@ pub struct Fallback {
     pub float_units: usize,
     /// Units in int8 in the result.
     pub int8_units: usize,
+    /// Units in int16 in the result.
+    pub int16_units: usize,
     /// The steps, in order.
     pub steps: Vec<Step>,
 }
@@ -173,29 +181,32 @@ pub fn meet_target(
         if ranked.is_empty() {
             break;
         }
-        let mut best: Option<(f64, String, QuantPlan, Quantized)> = None;
-        for node in ranked.into_iter().take(CANDIDATES) {
+        let mut best: Option<(f64, String, Precision, QuantPlan, Quantized)> = None;
+        for (node, to) in ranked.into_iter().take(CANDIDATES) {
             let mut trial = working.clone();
             trial.set_node(
                 &node,
-                PlanEntry::fp32(format!(
-                    "raised by --target-sqnr {target_db}: the int8 unit whose fp32 gave the best output SQNR (from {db:.1} dB)"
+                raised_entry(to, format!(
+                    "raised by --target-sqnr {target_db}: the unit whose {} gave the best output SQNR (from {db:.1} dB)", to.name()
                 )),
             );
             let q = quantize(&trial)?;
             let trial_db = measure(&q)?;
             if best.as_ref().is_none_or(|b| trial_db > b.0) {
-                best = Some((trial_db, node, trial, q));
+                best = Some((trial_db, node, to, trial, q));
             }
         }
-        let Some((best_db, worst, trial, q)) = best else {
+        let Some((best_db, worst, to, trial, q)) = best else {
             break;
         };
         (db, working, current) = (best_db, trial, q);
-        raised.push(worst.clone());
+        if !raised.contains(&worst) {
+            raised.push(worst.clone());
+        }
         let step = Step {
             node: worst,
             raised: true,
+            precision: to,
             output_sqnr_db: db,
         };
         progress(&step);
@@ -203,34 +214,56 @@ pub fn meet_target(
     }
     if db >= target_db {
         for node in raised.clone() {
-            let mut trial = working.clone();
+            // Back to where the unit started, else (a unit raised to fp32 through int16)
+            // to int16.
+            let mut lower = working.clone();
             match base.nodes.get(&node) {
-                Some(entry) => trial.nodes.insert(node.clone(), entry.clone()),
-                None => trial.nodes.remove(&node),
+                Some(entry) => lower.nodes.insert(node.clone(), entry.clone()),
+                None => lower.nodes.remove(&node),
             };
-            let q = quantize(&trial)?;
-            let trial_db = measure(&q)?;
-            if trial_db >= target_db {
-                working = trial;
-                current = q;
-                db = trial_db;
-                let step = Step {
-                    node,
-                    raised: false,
-                    output_sqnr_db: db,
-                };
-                progress(&step);
-                steps.push(step);
+            let mut tries = vec![(lower, Precision::Int8)];
+            let now = working.nodes.get(&node).and_then(|e| e.precision);
+            if now == Some(Precision::Fp32)
+                && steps
+                    .iter()
+                    .any(|s: &Step| s.node == node && s.precision == Precision::Int16)
+            {
+                let mut wide = working.clone();
+                wide.nodes.insert(
+                    node.clone(),
+                    raised_entry(
+                        Precision::Int16,
+                        format!("raised by --target-sqnr {target_db}: int16 keeps the target"),
+                    ),
+                );
+                tries.push((wide, Precision::Int16));
+            }
+            for (trial, precision) in tries {
+                let q = quantize(&trial)?;
+                let trial_db = measure(&q)?;
+                if trial_db >= target_db {
+                    working = trial;
+                    current = q;
+                    db = trial_db;
+                    let step = Step {
+                        node: node.clone(),
+                        raised: false,
+                        precision,
+                        output_sqnr_db: db,
+                    };
+                    progress(&step);
+                    steps.push(step);
+                    break;
+                }
             }
         }
     }
     current.calibration = stats;
-    let float_units = current
-        .decisions
-        .iter()
-        .filter(|d| d.outcome != Outcome::Int8)
-        .count();
-    let int8_units = current.decisions.len() - float_units;
+    let count =
+        |f: fn(&Outcome) -> bool| current.decisions.iter().filter(|d| f(&d.outcome)).count();
+    let int8_units = count(|o| matches!(o, Outcome::Int8 | Outcome::Int8ByBound { .. }));
+    let int16_units = count(|o| *o == Outcome::Int16);
+    let float_units = current.decisions.len() - int8_units - int16_units;
     Ok(Fallback {
         quantized: current,
         initial_sqnr_db: initial,
@@ -238,13 +271,36 @@ pub fn meet_target(
         reached: db >= target_db,
         float_units,
         int8_units,
+        int16_units,
         steps,
     })
 }
 
 /// The int8 units, the one that adds the most relative noise first (see the module
 /// documentation).
-fn ranked_units(float: &Graph, q: &Quantized, c: &Comparison) -> Vec<String> {
+/// The plan entry that puts a unit at `precision`, with a note saying why.
+fn raised_entry(precision: Precision, note: String) -> PlanEntry {
+    PlanEntry {
+        precision: Some(precision),
+        note: Some(note),
+        ..PlanEntry::default()
+    }
+}
+
+/// The precision a unit is raised to next, `None` for one already float: int16 for an
+/// int8 Conv, Gemm or MatMul whose accumulator allows it, fp32 otherwise.
+fn next_precision(d: &Decision) -> Option<Precision> {
+    match d.outcome {
+        Outcome::Int8 if matches!(d.op, OpKind::Conv | OpKind::Gemm | OpKind::MatMul) => {
+            Some(Precision::Int16)
+        }
+        Outcome::Int8 | Outcome::Int8ByBound { .. } | Outcome::Int16 => Some(Precision::Fp32),
+        Outcome::Fp32ByPlan | Outcome::Fp32BySqnr { .. } => None,
+    }
+}
+
+/// The integer units by the noise they add, worst first, each with its next precision.
+fn ranked_units(float: &Graph, q: &Quantized, c: &Comparison) -> Vec<(String, Precision)> {
     let noise: HashMap<&str, f64> = c
         .layers
         .iter()
@@ -255,11 +311,11 @@ fn ranked_units(float: &Graph, q: &Quantized, c: &Comparison) -> Vec<String> {
         .filter(|&id| matches!(float.node(id).op, NodeOp::Apply(_)))
         .map(|id| (float.node(id).name.as_str(), id))
         .collect();
-    let mut ranked: Vec<(f64, String)> = q
+    let mut ranked: Vec<(f64, String, Precision)> = q
         .decisions
         .iter()
-        .filter(|d| d.outcome == Outcome::Int8)
-        .map(|d| {
+        .filter_map(|d| next_precision(d).map(|to| (d, to)))
+        .map(|(d, to)| {
             let out = d
                 .writes
                 .iter()
@@ -273,11 +329,11 @@ fn ranked_units(float: &Graph, q: &Quantized, c: &Comparison) -> Vec<String> {
                     .filter_map(|v| noise.get(float.value(v).name.as_str()))
                     .fold(0.0f64, |a, &b| a.max(b))
             });
-            (out - received, d.node.clone())
+            (out - received, d.node.clone(), to)
         })
         .collect();
     ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-    ranked.into_iter().map(|(_, node)| node).collect()
+    ranked.into_iter().map(|(_, node, to)| (node, to)).collect()
 }
 
 /// `N / S` from an SQNR in dB (0 for an exact value).

@@ -281,6 +281,7 @@ fn reorder_fortran(data: TensorData, shape: &[usize]) -> TensorData {
         TensorData::F32(v) => TensorData::F32(gather(&v, shape)),
         TensorData::I8(v) => TensorData::I8(gather(&v, shape)),
         TensorData::U8(v) => TensorData::U8(gather(&v, shape)),
+        TensorData::I16(v) => TensorData::I16(gather(&v, shape)),
         TensorData::I32(v) => TensorData::I32(gather(&v, shape)),
         TensorData::I64(v) => TensorData::I64(gather(&v, shape)),
     }
@@ -443,6 +444,7 @@ pub fn to_npy_bytes(tensor: &Tensor) -> Vec<u8> {
         TensorData::F32(_) => "<f4",
         TensorData::I8(_) => "|i1",
         TensorData::U8(_) => "|u1",
+        TensorData::I16(_) => "<i2",
         TensorData::I32(_) => "<i4",
         TensorData::I64(_) => "<i8",
     };

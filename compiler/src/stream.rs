@@ -356,6 +356,7 @@ pub fn slice_axis(t: &Tensor, axis: usize, start: usize, end: usize) -> Result<T
         TensorData::F32(v) => TensorData::F32(pick(v, args.0, args.1, args.2, args.3, args.4)),
         TensorData::I8(v) => TensorData::I8(pick(v, args.0, args.1, args.2, args.3, args.4)),
         TensorData::U8(v) => TensorData::U8(pick(v, args.0, args.1, args.2, args.3, args.4)),
+        TensorData::I16(v) => TensorData::I16(pick(v, args.0, args.1, args.2, args.3, args.4)),
         TensorData::I32(v) => TensorData::I32(pick(v, args.0, args.1, args.2, args.3, args.4)),
         TensorData::I64(v) => TensorData::I64(pick(v, args.0, args.1, args.2, args.3, args.4)),
     };

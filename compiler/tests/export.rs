@@ -820,3 +820,55 @@ fn a_graph_with_an_empty_name_gets_one() {
     let model = ModelProto::parse_from_bytes(&export_onnx(&graph).unwrap()).unwrap();
     assert_eq!(model.graph.as_ref().unwrap().name, "graph");
 }
+
+/// A model whose Conv layers a plan raised to int16 exports as QDQ with int16
+/// QuantizeLinear/DequantizeLinear (opset 21, INT16 zero points), imports back onto the same
+/// lowered integer graph (QConv reading and writing i16), and computes what qlift's own
+/// quantization computes. With QLIFT_EXPORT_DIR it is left for `tools/check_export_ort.py`.
+#[test]
+fn int16_layers_export_as_opset_21_qdq() {
+    let graph = load("digits_cnn.onnx");
+    let plan = qlift::QuantPlan::parse("[op_types.Conv]\nprecision = \"int16\"\n").unwrap();
+    let calib = npy("digits_calib_x.npy");
+    let q = qlift::quantize::quantize_limited_planned(
+        &graph,
+        &[calib],
+        &qlift::QuantizeOptions::default(),
+        &plan,
+        &Default::default(),
+        &qlift::Limits::default(),
+        &|_, _| {},
+    )
+    .unwrap();
+    let (back, model, bytes) = round_trip(&q.qdq);
+    assert_eq!(opset(&model), 21);
+    let g = model.graph.as_ref().unwrap();
+    let int16_zero_points = g.initializer.iter().filter(|t| t.data_type == 5).count();
+    assert!(
+        int16_zero_points >= 4,
+        "{int16_zero_points} INT16 initializers"
+    );
+    let (lowered, _) = qlift_passes::run_pipeline(&back, &Default::default()).unwrap();
+    let wide_convs = lowered
+        .node_ids()
+        .filter(|&n| lowered.node(n).op.kind() == Some(OpKind::QConv))
+        .filter(|&n| {
+            let x = lowered.node_inputs(n)[0].unwrap();
+            lowered.value_type(x).dtype == DType::I16
+                && lowered.node(n).outputs[0].ty.dtype == DType::I16
+        })
+        .count();
+    assert_eq!(
+        wide_convs,
+        2,
+        "{}",
+        print(&lowered, &PrintOptions::default())
+    );
+    let x = npy("digits_test_x.npy").slice_outer(0, 64).unwrap();
+    let ours = run(&q.lowered, std::slice::from_ref(&x)).unwrap();
+    let imported = run(&lowered, std::slice::from_ref(&x)).unwrap();
+    assert_same_outputs("int16 export", &ours, &imported);
+    if let Some(dir) = export_dir() {
+        save_for_ort(&dir, "digits_cnn.int16", &bytes, &q.qdq, &[x], &imported);
+    }
+}

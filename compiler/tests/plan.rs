@@ -72,7 +72,10 @@ fn exclude_by_node_and_by_op_type_keeps_exactly_those_float() {
         "exclude_nodes",
         &["--exclude", "relu4_node", "--exclude", "stem_node"],
     );
-    assert!(err.contains("units: 9 int8, 2 fp32 by the plan"), "{err}");
+    assert!(
+        err.contains("units: 9 int8, 0 int16, 2 fp32 by the plan"),
+        "{err}"
+    );
     assert_eq!(op_of(&ir, "relu4"), "Conv");
     assert_eq!(op_of(&ir, "relu6_1"), "Conv");
     for v in ["relu5", "relu6_2", "bn3"] {
@@ -131,8 +134,8 @@ fn a_bad_plan_exits_1_naming_the_file_and_entry() {
             "entry nodes.\"relu_4\": the model has no node `relu_4`; did you mean `relu4_node`",
         ),
         (
-            "[op_types.Conv]\nprecision = \"int16\"\n",
-            "entry op_types.\"Conv\": precision `int16` is not built yet",
+            "[op_types.Conv]\nprecision = \"int4\"\n",
+            "entry op_types.\"Conv\": precision `int4` is not a plan precision",
         ),
         (
             "[op_types.LayerNormalization]\nprecision = \"fp32\"\n",

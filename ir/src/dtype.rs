@@ -5,8 +5,8 @@ use std::str::FromStr;
 
 /// The element type of a tensor value.
 ///
-/// Only what quantized inference needs: `f32` for float paths, the 8-bit (and room for
-/// 4-bit) integers for quantized data, `i32` for accumulators and biases, `i64` for the
+/// Only what quantized inference needs: `f32` for float paths, the 16-, 8- and 4-bit
+/// integers for quantized data, `i32` for accumulators and biases, `i64` for the
 /// shape-like tensors ONNX carries around.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DType {
@@ -16,6 +16,9 @@ pub enum DType {
     I8,
     /// Unsigned 8-bit integer.
     U8,
+    /// Signed 16-bit integer: activations of the layers a plan raises to int16 (65535
+    /// levels where 8 bits lose too much), read with int8 weights.
+    I16,
     /// Signed 32-bit integer (accumulators, biases).
     I32,
     /// Signed 64-bit integer (shapes, indices).
@@ -30,10 +33,11 @@ pub enum DType {
 
 impl DType {
     /// Every dtype, in a fixed order (for tests and error messages).
-    pub const ALL: [DType; 8] = [
+    pub const ALL: [DType; 9] = [
         DType::F32,
         DType::I8,
         DType::U8,
+        DType::I16,
         DType::I32,
         DType::I64,
         DType::I4,
@@ -47,6 +51,7 @@ impl DType {
             DType::F32 => "f32",
             DType::I8 => "i8",
             DType::U8 => "u8",
+            DType::I16 => "i16",
             DType::I32 => "i32",
             DType::I64 => "i64",
             DType::I4 => "i4",
@@ -55,9 +60,12 @@ impl DType {
         }
     }
 
-    /// Whether this is one of the quantized integer types (8- or 4-bit).
+    /// Whether this is one of the quantized integer types (16-, 8- or 4-bit).
     pub fn is_quantized(self) -> bool {
-        matches!(self, DType::I8 | DType::U8 | DType::I4 | DType::U4)
+        matches!(
+            self,
+            DType::I16 | DType::I8 | DType::U8 | DType::I4 | DType::U4
+        )
     }
 
     /// The inclusive value range of an integer dtype, `None` for `f32`.
@@ -68,6 +76,7 @@ impl DType {
             DType::F32 => None,
             DType::I8 => Some((i8::MIN as i64, i8::MAX as i64)),
             DType::U8 => Some((0, u8::MAX as i64)),
+            DType::I16 => Some((i16::MIN as i64, i16::MAX as i64)),
             DType::I32 => Some((i32::MIN as i64, i32::MAX as i64)),
             DType::I64 => Some((i64::MIN, i64::MAX)),
             DType::I4 => Some((-8, 7)),
@@ -86,6 +95,7 @@ impl DType {
         match self {
             DType::F32 | DType::I32 => 4,
             DType::I64 => 8,
+            DType::I16 => 2,
             DType::I8 | DType::U8 | DType::I4 | DType::U4 | DType::Bool => 1,
         }
     }

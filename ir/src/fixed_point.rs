@@ -154,10 +154,10 @@ pub fn result_params(
     act: Option<(f32, f32)>,
 ) -> Result<(f32, i32, (i64, i64)), String> {
     let q = match (&y.quant, y.dtype) {
-        (Some(q), DType::U8 | DType::I8) if q.axis.is_none() => q,
+        (Some(q), DType::U8 | DType::I8 | DType::I16) if q.axis.is_none() => q,
         _ => {
             return Err(format!(
-                "result {} is not 8-bit quantized per tensor",
+                "result {} is not 8- or 16-bit quantized per tensor",
                 crate::text::type_to_string(y)
             ))
         }

@@ -13,6 +13,8 @@ pub enum TensorData {
     I8(Vec<i8>),
     /// `u8` (and `u4`) elements.
     U8(Vec<u8>),
+    /// `i16` elements.
+    I16(Vec<i16>),
     /// `i32` elements.
     I32(Vec<i32>),
     /// `i64` elements.
@@ -26,6 +28,7 @@ impl TensorData {
             TensorData::F32(v) => v.len(),
             TensorData::I8(v) => v.len(),
             TensorData::U8(v) => v.len(),
+            TensorData::I16(v) => v.len(),
             TensorData::I32(v) => v.len(),
             TensorData::I64(v) => v.len(),
         }
@@ -43,6 +46,7 @@ impl TensorData {
             (TensorData::F32(_), DType::F32)
                 | (TensorData::I8(_), DType::I8 | DType::I4)
                 | (TensorData::U8(_), DType::U8 | DType::U4 | DType::Bool)
+                | (TensorData::I16(_), DType::I16)
                 | (TensorData::I32(_), DType::I32)
                 | (TensorData::I64(_), DType::I64)
         )
@@ -59,6 +63,7 @@ impl TensorData {
             TensorData::F32(v) => bytes(v),
             TensorData::I8(v) => bytes(v),
             TensorData::U8(v) => bytes(v),
+            TensorData::I16(v) => bytes(v),
             TensorData::I32(v) => bytes(v),
             TensorData::I64(v) => bytes(v),
         }
@@ -68,7 +73,7 @@ impl TensorData {
     pub fn as_bytes_mut(&mut self) -> &mut [u8] {
         fn bytes<T: Copy>(v: &mut [T]) -> &mut [u8] {
             // SAFETY: as in `as_bytes`; additionally every byte pattern written is a valid T
-            // (f32, i8, u8, i32, i64 have no invalid bit patterns).
+            // (f32, i8, u8, i16, i32, i64 have no invalid bit patterns).
             unsafe {
                 std::slice::from_raw_parts_mut(
                     v.as_mut_ptr().cast::<u8>(),
@@ -80,6 +85,7 @@ impl TensorData {
             TensorData::F32(v) => bytes(v),
             TensorData::I8(v) => bytes(v),
             TensorData::U8(v) => bytes(v),
+            TensorData::I16(v) => bytes(v),
             TensorData::I32(v) => bytes(v),
             TensorData::I64(v) => bytes(v),
         }
@@ -91,6 +97,7 @@ impl TensorData {
             TensorData::F32(_) => None,
             TensorData::I8(v) => Some(v[i] as i64),
             TensorData::U8(v) => Some(v[i] as i64),
+            TensorData::I16(v) => Some(v[i] as i64),
             TensorData::I32(v) => Some(v[i] as i64),
             TensorData::I64(v) => Some(v[i]),
         }
@@ -151,6 +158,7 @@ impl Tensor {
             DType::F32 => TensorData::F32(vec![0.0; n]),
             DType::I8 | DType::I4 => TensorData::I8(vec![0; n]),
             DType::U8 | DType::U4 | DType::Bool => TensorData::U8(vec![0; n]),
+            DType::I16 => TensorData::I16(vec![0; n]),
             DType::I32 => TensorData::I32(vec![0; n]),
             DType::I64 => TensorData::I64(vec![0; n]),
         };
@@ -173,6 +181,7 @@ impl Tensor {
             TensorData::F32(v) => TensorData::F32(v[a..b].to_vec()),
             TensorData::I8(v) => TensorData::I8(v[a..b].to_vec()),
             TensorData::U8(v) => TensorData::U8(v[a..b].to_vec()),
+            TensorData::I16(v) => TensorData::I16(v[a..b].to_vec()),
             TensorData::I32(v) => TensorData::I32(v[a..b].to_vec()),
             TensorData::I64(v) => TensorData::I64(v[a..b].to_vec()),
         };
@@ -266,6 +275,7 @@ impl Tensor {
             TensorData::F32(v) => v.clone(),
             TensorData::I8(v) => v.iter().map(|&x| x as f32).collect(),
             TensorData::U8(v) => v.iter().map(|&x| x as f32).collect(),
+            TensorData::I16(v) => v.iter().map(|&x| x as f32).collect(),
             TensorData::I32(v) => v.iter().map(|&x| x as f32).collect(),
             TensorData::I64(v) => v.iter().map(|&x| x as f32).collect(),
         }
@@ -285,6 +295,7 @@ impl Tensor {
         }
         let data = match dtype {
             DType::I8 | DType::I4 => TensorData::I8(values.iter().map(|&v| v as i8).collect()),
+            DType::I16 => TensorData::I16(values.iter().map(|&v| v as i16).collect()),
             DType::U8 | DType::U4 | DType::Bool => {
                 TensorData::U8(values.iter().map(|&v| v as u8).collect())
             }
@@ -301,6 +312,7 @@ impl Tensor {
             TensorData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             TensorData::I8(v) => v.iter().map(|&x| x as u8).collect(),
             TensorData::U8(v) => v.clone(),
+            TensorData::I16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             TensorData::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             TensorData::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         }

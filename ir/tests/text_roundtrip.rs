@@ -91,6 +91,9 @@ fn constant() -> impl Strategy<Value = Tensor> {
             DType::U8 => prop::collection::vec(any::<u8>(), n)
                 .prop_map(TensorData::U8)
                 .boxed(),
+            DType::I16 => prop::collection::vec(any::<i16>(), n)
+                .prop_map(TensorData::I16)
+                .boxed(),
             DType::U4 => prop::collection::vec(0u8..=15, n)
                 .prop_map(TensorData::U8)
                 .boxed(),

@@ -122,6 +122,9 @@ pub enum ActivationScheme {
     /// int8 in [-127, 127] with zero point 0: cheaper integer kernels, half the levels wasted
     /// on a one-sided tensor.
     SymmetricI8,
+    /// int16 with a zero point (65535 steps): the activations of a layer a quantization plan
+    /// raises to int16, where 8 bits lose too much. Not a whole-model choice.
+    AsymmetricI16,
 }
 
 impl ActivationScheme {
@@ -130,6 +133,16 @@ impl ActivationScheme {
         match self {
             ActivationScheme::AsymmetricU8 => (0, 255),
             ActivationScheme::SymmetricI8 => (-127, 127),
+            ActivationScheme::AsymmetricI16 => (i16::MIN as i32, i16::MAX as i32),
+        }
+    }
+
+    /// The integer type activations of this scheme are stored in.
+    pub fn dtype(self) -> qlift_ir::DType {
+        match self {
+            ActivationScheme::AsymmetricU8 => qlift_ir::DType::U8,
+            ActivationScheme::SymmetricI8 => qlift_ir::DType::I8,
+            ActivationScheme::AsymmetricI16 => qlift_ir::DType::I16,
         }
     }
 }
@@ -313,6 +326,11 @@ pub fn choose_range(
         CalibrationMethod::MinMax => return full,
         CalibrationMethod::Percentile(p) => percentile_range(stats, p),
         CalibrationMethod::Mse => mse_range(stats, scheme, full),
+        // KL divergence over 65536 levels costs ~256× the 8-bit search per candidate; at
+        // 16 bits rounding noise is negligible next to clipping, which Mse weighs exactly.
+        CalibrationMethod::Entropy if scheme == ActivationScheme::AsymmetricI16 => {
+            mse_range(stats, scheme, full)
+        }
         CalibrationMethod::Entropy => entropy_range(stats, scheme, full),
     };
     // Clamp into [min, max] widened to 0 (also catches a NaN from any method: f32::max and
@@ -351,10 +369,11 @@ pub fn quant_params(lo: f32, hi: f32, scheme: ActivationScheme) -> (f32, i32) {
     }
     let zp = match scheme {
         ActivationScheme::SymmetricI8 => 0,
-        ActivationScheme::AsymmetricU8 => (f64::from(qmin) - f64::from(rmin) / scale)
-            .round_ties_even()
-            .clamp(f64::from(qmin), f64::from(qmax))
-            as i32,
+        ActivationScheme::AsymmetricU8 | ActivationScheme::AsymmetricI16 => {
+            (f64::from(qmin) - f64::from(rmin) / scale)
+                .round_ties_even()
+                .clamp(f64::from(qmin), f64::from(qmax)) as i32
+        }
     };
     (scale as f32, zp)
 }
@@ -589,7 +608,7 @@ fn mse_range(stats: &TensorStats, scheme: ActivationScheme, full: (f32, f32)) ->
             });
             clip(t)
         }
-        ActivationScheme::AsymmetricU8 => {
+        ActivationScheme::AsymmetricU8 | ActivationScheme::AsymmetricI16 => {
             let t = search_factor(|t| err(t * m0, t * m1));
             let (mut lo, mut hi) = (t * m0, t * m1);
             if m0 < 0.0 && m1 > 0.0 {

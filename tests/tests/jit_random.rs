@@ -11,9 +11,10 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
+use qlift::quantize::quantize_limited_planned;
 use qlift::{
-    quantize, ActivationScheme, CalibrationMethod, PtqOptions, QuantizeOptions, WeightBits,
-    WeightGranularity,
+    ActivationScheme, CalibrationMethod, Limits, PtqOptions, QuantPlan, QuantizeOptions,
+    WeightBits, WeightGranularity,
 };
 use qlift_codegen::{CodegenOptions, JitProgram};
 use qlift_ir::text::{print, PrintOptions};
@@ -21,6 +22,7 @@ use qlift_ir::{
     AttrValue, Attrs, DType, Dim, Graph, NodeOp, Op, OpKind, Shape, Tensor, TensorData, TensorType,
     ValueId,
 };
+use qlift_passes::quantize::Outcome;
 use qlift_passes::{run_pipeline, PipelineOptions};
 use std::sync::Arc;
 
@@ -754,8 +756,24 @@ proptest! {
         percentile in any::<bool>(),
         per_tensor in any::<bool>(),
         four_bit in any::<bool>(),
+        int16 in 0u8..8,
     ) {
         let g = build(&net);
+        // Int16 layers: the op types of bit set in `int16` (Conv, Gemm, MatMul) that the net
+        // has, through a plan; their 8-bit neighbours read them through Requantize.
+        let wide: Vec<&str> = ["Conv", "Gemm", "MatMul"]
+            .into_iter()
+            .enumerate()
+            .filter(|&(i, kind)| {
+                int16 & (1 << i) != 0
+                    && g.node_ids().any(|n| g.node(n).op.kind().is_some_and(|k| k.name() == kind))
+            })
+            .map(|(_, kind)| kind)
+            .collect();
+        let plan = QuantPlan::parse(
+            &wide.iter().map(|k| format!("[op_types.{k}]\nprecision = \"int16\"\n")).collect::<String>(),
+        )
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
         let calibration = input(&net, CALIBRATION_SAMPLES, net.seed ^ 0xca11b, 1.0);
         let opts = QuantizeOptions {
             method: if percentile { CalibrationMethod::Percentile(99.9) } else { CalibrationMethod::MinMax },
@@ -766,9 +784,21 @@ proptest! {
             // W4A8: int4 weights through the same integer kernels.
             ptq: PtqOptions { weight_bits: if four_bit { WeightBits::Four } else { WeightBits::Eight }, ..Default::default() },
         };
-        let q = quantize(&g, &[calibration], &opts, &PipelineOptions::default(), &|_, _| {})
+        let q = quantize_limited_planned(&g, &[calibration], &opts, &plan, &PipelineOptions::default(), &Limits::default(), &|_, _| {})
             .map_err(|e| TestCaseError::fail(format!("quantize: {e}\n{}", print(&g, &PrintOptions::default()))))?;
         let lowered = q.lowered;
+        // The int16 layers asked for read 16-bit activations.
+        let wide_products = lowered
+            .node_ids()
+            .filter(|&n| matches!(lowered.node(n).op.kind(), Some(OpKind::QConv | OpKind::QMatMul)))
+            .filter_map(|n| lowered.node_inputs(n).first().copied().flatten())
+            .filter(|&x| lowered.value_type(x).dtype == DType::I16)
+            .count();
+        // (Those whose i32 accumulator could wrap at 16 bits stay int8, saying so.)
+        let int16_units = q.decisions.iter().filter(|d| d.outcome == Outcome::Int16).count();
+        let asked = q.decisions.iter().filter(|d| matches!(d.outcome, Outcome::Int16 | Outcome::Int8ByBound { .. })).count();
+        prop_assert_eq!(asked > 0, !wide.is_empty(), "int16 asked for {:?}, {} units", wide, asked);
+        prop_assert_eq!(wide_products > 0, int16_units > 0, "{} products read i16, {} int16 units:\n{}", wide_products, int16_units, print(&lowered, &PrintOptions::default()));
         // The integer products read weights of the width asked for (no float fallback).
         let weight_type = if four_bit { DType::I4 } else { DType::I8 };
         let integer_products = lowered

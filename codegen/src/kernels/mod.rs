@@ -91,6 +91,7 @@ pub(crate) fn elem_type(dtype: DType) -> Type {
         DType::F32 => types::F32,
         DType::I32 => types::I32,
         DType::I64 => types::I64,
+        DType::I16 => types::I16,
         DType::I8 | DType::U8 | DType::I4 | DType::U4 | DType::Bool => types::I8,
     }
 }

@@ -336,7 +336,7 @@ pub(super) fn pool(k: &mut Kernel) -> Result<(), String> {
     let (xptr, dtype) = (x.ptr, x.ty.dtype);
     let reduce = match (k.op.kind, dtype) {
         (OpKind::MaxPool, DType::F32) => Reduce::MaxF32,
-        (OpKind::MaxPool, DType::U8 | DType::I8) => Reduce::MaxInt(dtype),
+        (OpKind::MaxPool, DType::U8 | DType::I8 | DType::I16) => Reduce::MaxInt(dtype),
         (OpKind::AveragePool, DType::F32) => Reduce::AvgF32,
         (kind, dtype) => return Err(format!("{kind} on {dtype}")),
     };

@@ -54,6 +54,7 @@ impl Elem {
             DType::U8 => Elem::U8,
             // int4 values are held one per byte, as i8 (`qlift_ir::TensorData`).
             DType::I8 | DType::I4 => Elem::I8,
+            DType::I16 => Elem::I16,
             DType::I32 => Elem::I32,
             DType::I64 => Elem::I64,
             DType::F32 => Elem::F32,
@@ -294,17 +295,18 @@ fn chunk_of(elem: Elem) -> usize {
 }
 
 /// Whether `a · b` can use [`dot_block`]: packed i16 weights (step 2) against contiguous
-/// 8-bit activations (step 1), no zero points, at least one 8-wide chunk. Returns (weights,
-/// activations).
+/// 8- or 16-bit activations, no zero points, at least one 8-wide chunk. Returns (weights,
+/// activations); for i16 against i16 either order is the same `pmaddwd` (i16 activations
+/// need no widening, and `x · w` pair sums stay below 2^24 in magnitude: exact).
 fn simd_sides<'s>(a: &'s Side, b: &'s Side, len: usize) -> Option<(&'s Side, &'s Side)> {
     let (wide, narrow) = match (a.elem, b.elem) {
-        (Elem::I16, Elem::U8 | Elem::I8) | (Elem::I8, Elem::U8) => (a, b),
+        (Elem::I16, Elem::U8 | Elem::I8 | Elem::I16) | (Elem::I8, Elem::U8) => (a, b),
         (Elem::U8 | Elem::I8, Elem::I16) | (Elem::U8, Elem::I8) => (b, a),
         _ => return None,
     };
     let chunk = chunk_of(wide.elem);
     (wide.step == wide.elem.bytes()
-        && narrow.step == 1
+        && narrow.step == narrow.elem.bytes()
         && a.zp.is_none()
         && b.zp.is_none()
         && len >= chunk)
@@ -340,7 +342,7 @@ impl RowSums {
     }
 }
 
-/// Dot products of a tile: up to four rows of 8-bit activations (`narrows`) against up to
+/// Dot products of a tile: up to four rows of 8- or 16-bit activations (`narrows`) against up to
 /// four rows of packed weights (`wides`), every pair; one [`RowSums`] per narrow row.
 /// Each load serves a whole row or column of the tile. With i16 weights: 8 products per
 /// step as `pmaddwd` (i16 × i16 pairs summed into i32x4, exact — Cranelift selects it for
@@ -369,14 +371,26 @@ fn dot_block(
             let xs: Vec<(Value, Value, Value)> = narrows
                 .iter()
                 .map(|narrow| {
-                    let na = fb.ins().iadd(narrow.base, offset);
                     if vnni {
+                        let na = fb.ins().iadd(narrow.base, offset);
                         let b = fb.ins().load(types::I8X16, emit::mem(), na, 0);
                         (b, b, b)
                     } else {
                         let x = match narrow.elem {
-                            Elem::U8 => fb.ins().uload8x8(emit::mem(), na, 0),
-                            _ => fb.ins().sload8x8(emit::mem(), na, 0),
+                            Elem::U8 => {
+                                let na = fb.ins().iadd(narrow.base, offset);
+                                fb.ins().uload8x8(emit::mem(), na, 0)
+                            }
+                            // 16-bit activations: the eight elements as they are.
+                            Elem::I16 => {
+                                let wo = fb.ins().iadd(offset, offset);
+                                let na = fb.ins().iadd(narrow.base, wo);
+                                fb.ins().load(types::I16X8, emit::mem(), na, 0)
+                            }
+                            _ => {
+                                let na = fb.ins().iadd(narrow.base, offset);
+                                fb.ins().sload8x8(emit::mem(), na, 0)
+                            }
                         };
                         (x, fb.ins().swiden_low(x), fb.ins().swiden_high(x))
                     }
@@ -924,8 +938,8 @@ impl PackedProduct<'_> {
                 .collect();
             let sums = dot_block(fb, &narrows, &wides, self.kk);
             for (sums, &(_, out)) in sums.into_iter().zip(rows) {
-                if let (RowSums::Lanes(v), Ok(known)) =
-                    (&sums, <[usize; 4]>::try_from(cols.as_slice()))
+                if let (RowSums::Lanes(v), Ok(known), 1) =
+                    (&sums, <[usize; 4]>::try_from(cols.as_slice()), ye.bytes())
                 {
                     if let Some(v) = self.epilogue.apply_x4(fb, *v, known) {
                         // Four neighbouring results of the row: one 32-bit store.
@@ -1055,7 +1069,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
     let (xz, pad) = match x_zp {
         Some(z) => {
             let v = z.load(fb, zero, zero);
-            let raw = fb.ins().ireduce(types::I8, v);
+            let raw = fb.ins().ireduce(xe.mem_type(), v);
             (if folded { None } else { Some(v) }, raw)
         }
         None if float => (None, fb.ins().f32const(0.0)),
@@ -1146,7 +1160,9 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
                         for (r, sums) in sums.into_iter().enumerate() {
                             let pi = fb.ins().iadd_imm_s(pi0, r as i64);
                             let out = ye.addr_2d(fb, yn, zero, p, pi);
-                            if let (RowSums::Lanes(v), Some(known)) = (&sums, static_block(&chs)) {
+                            if let (RowSums::Lanes(v), Some(known), 1) =
+                                (&sums, static_block(&chs), ye.bytes())
+                            {
                                 if let Some(v) = epilogue.apply_x4(fb, *v, known) {
                                     // Four channels' results, `p` elements apart.
                                     let bytes = requant::narrow_x4(fb, v, ye == Elem::I8);

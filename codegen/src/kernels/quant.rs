@@ -21,19 +21,15 @@ use cranelift_frontend::FunctionBuilder;
 use qlift_ir::fixed_point::{result_params, Requant, SumRequant};
 use qlift_ir::{DType, QuantParams, TensorType};
 
-/// Loads an integer element of `dtype` (8/4-bit, i32) at element `index` as an i32,
-/// extended by the dtype's signedness (u8/u4 zero-extended, i8/i4 sign-extended).
+/// Loads an integer element of `dtype` (16/8/4-bit, i32) at element `index` as an i32,
+/// extended by the dtype's signedness (u8/u4 zero-extended, i16/i8/i4 sign-extended).
 pub(super) fn load_int(fb: &mut FunctionBuilder, dtype: DType, base: Value, index: Value) -> Value {
+    let stored = super::elem_type(dtype);
+    let v = emit::load_at(fb, stored, base, index);
     match dtype {
-        DType::I32 => emit::load_at(fb, types::I32, base, index),
-        DType::U8 | DType::U4 => {
-            let v = emit::load_at(fb, types::I8, base, index);
-            fb.ins().uextend(types::I32, v)
-        }
-        _ => {
-            let v = emit::load_at(fb, types::I8, base, index);
-            fb.ins().sextend(types::I32, v)
-        }
+        DType::I32 => v,
+        DType::U8 | DType::U4 => fb.ins().uextend(types::I32, v),
+        _ => fb.ins().sextend(types::I32, v),
     }
 }
 
@@ -45,10 +41,9 @@ pub(super) fn store_int(
     base: Value,
     index: Value,
 ) {
-    let v = if dtype == DType::I32 {
-        v
-    } else {
-        fb.ins().ireduce(types::I8, v)
+    let v = match super::elem_type(dtype) {
+        types::I32 => v,
+        narrow => fb.ins().ireduce(narrow, v),
     };
     emit::store_at(fb, v, base, index);
 }
@@ -336,13 +331,14 @@ struct Rescale {
     rq: Requant,
     zx: i32,
     xdtype: DType,
+    ydtype: DType,
     vector: Option<VectorRequant>,
     /// `M = 1`, equal zero points and dtypes, no narrower clamp: `y = x`.
     copy: bool,
 }
 
 impl Rescale {
-    /// The rescale of `x` (per tensor) onto the 8-bit result `y` by `M = s_x / s_y`, as the
+    /// The rescale of `x` (per tensor) onto the 8- or 16-bit result `y` by `M = s_x / s_y`, as the
     /// interpreter builds it (`Requant::for_ratio`).
     fn new(
         x: &TensorType,
@@ -376,6 +372,7 @@ impl Rescale {
             rq,
             zx,
             xdtype,
+            ydtype,
             vector,
             copy,
         })
@@ -415,10 +412,13 @@ impl Rescale {
                     v.apply(fb, &[t])
                 }
                 _ => {
+                    // One element of any integer width (16-bit operands or results take
+                    // this path only).
                     let v = load_int(fb, self.xdtype, xptr, i);
                     let a = fb.ins().iadd_imm_s(v, -(self.zx as i64));
                     let r = requant::requantize(fb, a, m, self.rq.zero_point, self.rq.bounds);
-                    fb.ins().ireduce(types::I8, r)
+                    store_int(fb, self.ydtype, r, yptr, o);
+                    return;
                 }
             };
             let a = fb.ins().iadd(yptr, o);

@@ -100,8 +100,9 @@ pub(crate) fn finish(
                 &qlift::Limits::default(),
                 &|step: &Step| {
                     progress_bar().set_message(format!(
-                        "--target-sqnr: {} {} → {:.1} dB",
-                        if step.raised { "fp32" } else { "back to int8" },
+                        "--target-sqnr: {} {} {} → {:.1} dB",
+                        if step.raised { "up to" } else { "back to" },
+                        step.precision.name(),
                         step.node,
                         step.output_sqnr_db
                     ));
@@ -122,12 +123,13 @@ pub(crate) fn finish(
                 .map(|(k, _)| k.as_str())
                 .collect();
             note!(
-                "--target-sqnr {target}: output SQNR {:.1} dB → {:.1} dB on the calibration data ({}), {} of {} units int8, {} raised to fp32{}",
+                "--target-sqnr {target}: output SQNR {:.1} dB → {:.1} dB on the calibration data ({}), {} of {} units int8, {} int16, {} raised{}",
                 found.initial_sqnr_db,
                 found.output_sqnr_db,
-                if found.reached { "reached" } else { "NOT reached: no int8 unit is left to raise" },
+                if found.reached { "reached" } else { "NOT reached: every unit is float" },
                 found.int8_units,
-                found.int8_units + found.float_units,
+                found.int8_units + found.int16_units + found.float_units,
+                found.int16_units,
                 raised.len(),
                 if raised.is_empty() { String::new() } else { format!(": {}", raised.join(", ")) }
             );
@@ -139,10 +141,17 @@ pub(crate) fn finish(
         let count =
             |f: fn(&Outcome) -> bool| quantized.decisions.iter().filter(|d| f(&d.outcome)).count();
         note!(
-            "units: {} int8, {} fp32 by the plan, {} fp32 by the outlier check",
-            count(|o| *o == Outcome::Int8),
+            "units: {} int8, {} int16, {} fp32 by the plan, {} fp32 by the outlier check{}",
+            count(|o| matches!(o, Outcome::Int8 | Outcome::Int8ByBound { .. })),
+            count(|o| *o == Outcome::Int16),
             count(|o| *o == Outcome::Fp32ByPlan),
-            count(|o| matches!(o, Outcome::Fp32BySqnr { .. }))
+            count(|o| matches!(o, Outcome::Fp32BySqnr { .. })),
+            match count(|o| matches!(o, Outcome::Int8ByBound { .. })) {
+                0 => String::new(),
+                n => format!(
+                    " ({n} int16 asked, int8 kept: their i32 accumulator could wrap at 16 bits)"
+                ),
+            }
         );
     }
     if let Some(path) = &q.emit_plan {

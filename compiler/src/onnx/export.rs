@@ -385,9 +385,10 @@ impl<'g> Exporter<'g> {
         self.opset = self.opset.max(version);
     }
 
-    /// 4-bit element types exist in ONNX from opset 21.
+    /// 4-bit element types exist in ONNX from opset 21, and QuantizeLinear/DequantizeLinear
+    /// take 16-bit integers from opset 21 too.
     fn need_dtype(&mut self, dtype: DType) {
-        if matches!(dtype, DType::I4 | DType::U4) {
+        if matches!(dtype, DType::I4 | DType::U4 | DType::I16) {
             self.need(21);
         }
     }

@@ -14,6 +14,7 @@ pub(crate) fn dtype_of(code: i32) -> Option<DType> {
         1 => DType::F32,
         2 => DType::U8,
         3 => DType::I8,
+        5 => DType::I16,
         6 => DType::I32,
         7 => DType::I64,
         9 => DType::Bool,
@@ -29,6 +30,7 @@ pub(crate) fn dtype_code(dtype: DType) -> i32 {
         DType::F32 => 1,
         DType::U8 => 2,
         DType::I8 => 3,
+        DType::I16 => 5,
         DType::I32 => 6,
         DType::I64 => 7,
         DType::Bool => 9,
@@ -170,6 +172,11 @@ fn from_le_bytes(dtype: DType, raw: &[u8], count: usize) -> TensorData {
         ),
         DType::I8 => TensorData::I8(raw.iter().map(|&b| b as i8).collect()),
         DType::U8 => TensorData::U8(raw.to_vec()),
+        DType::I16 => TensorData::I16(
+            raw.chunks_exact(2)
+                .map(|c| i16::from_le_bytes([c[0], c[1]]))
+                .collect(),
+        ),
         // Any non-zero byte is true.
         DType::Bool => TensorData::U8(raw.iter().map(|&b| (b != 0) as u8).collect()),
         DType::I4 | DType::U4 => unpack_4bit(dtype, raw.iter().map(|&b| b as i32), count),
@@ -221,6 +228,7 @@ fn from_typed_fields(t: &TensorProto, dtype: DType, count: usize) -> Result<Tens
             }
             match dtype {
                 DType::I8 => TensorData::I8(t.int32_data.iter().map(|&v| v as i8).collect()),
+                DType::I16 => TensorData::I16(t.int32_data.iter().map(|&v| v as i16).collect()),
                 DType::U8 | DType::Bool => {
                     TensorData::U8(t.int32_data.iter().map(|&v| v as u8).collect())
                 }

@@ -520,6 +520,7 @@ pub(super) fn take(x: &Tensor, index: &[usize], shape: Vec<usize>) -> Result<Ten
         TensorData::F32(v) => TensorData::F32(index.iter().map(|&i| v[i]).collect()),
         TensorData::I8(v) => TensorData::I8(index.iter().map(|&i| v[i]).collect()),
         TensorData::U8(v) => TensorData::U8(index.iter().map(|&i| v[i]).collect()),
+        TensorData::I16(v) => TensorData::I16(index.iter().map(|&i| v[i]).collect()),
         TensorData::I32(v) => TensorData::I32(index.iter().map(|&i| v[i]).collect()),
         TensorData::I64(v) => TensorData::I64(index.iter().map(|&i| v[i]).collect()),
     };

@@ -4,7 +4,8 @@
 //!
 //! Operands are 8-bit values with per-tensor quantization parameters on their types
 //! (weights may be per output channel), the result is 8-bit per tensor with its type
-//! declared. Each op accumulates exactly in integers (a product's accumulator wraps to i32,
+//! declared; QConv, QMatMul and Requantize also read and write 16-bit activations (the
+//! layers a plan raises to int16, see `wide_activation`). Each op accumulates exactly in integers (a product's accumulator wraps to i32,
 //! as the JIT's i32 accumulators do) and requantizes with [`crate::fixed_point`] only.
 
 use super::broadcast::{broadcast_indices, broadcast_shapes, broadcast_static};
@@ -29,10 +30,17 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
     if !accumulator {
         crate::fixed_point::result_params(declared, None)?;
     }
+    let wide = matches!(
+        cx.op.kind,
+        OpKind::QConv | OpKind::QMatMul | OpKind::Requantize
+    );
+    if declared.dtype == DType::I16 && !wide {
+        return Err(format!("{} has no 16-bit form", cx.op.kind));
+    }
     let attrs = &cx.op.attrs;
     let shape = match cx.op.kind {
         OpKind::QConv => {
-            activation(x, "input")?;
+            wide_activation(x, "input")?;
             let w = cx.input(1)?;
             weights(w, 0)?;
             let shape = conv_shape(&x.shape, &w.shape, attrs)?;
@@ -43,7 +51,7 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
             shape
         }
         OpKind::QMatMul => {
-            activation(x, "A")?;
+            wide_activation(x, "A")?;
             let b = cx.input(1)?;
             weights(b, b.shape.rank().saturating_sub(1))?;
             if b.quant.as_ref().is_some_and(|q| q.axis.is_some()) && b.shape.rank() != 2 {
@@ -94,7 +102,7 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
             shape
         }
         OpKind::Requantize => {
-            activation(x, "input")?;
+            wide_activation(x, "input")?;
             x.shape.clone()
         }
         other => return Err(format!("{other} is not an integer op")),
@@ -146,6 +154,26 @@ fn activation(t: &TensorType, what: &str) -> Result<(), String> {
             type_to_string(t)
         )),
     }
+}
+
+/// An activation operand of the ops a layer raised to int16 runs (QConv, QMatMul and the
+/// Requantize between its i16 values and its 8-bit neighbours): 8- or 16-bit, per tensor.
+///
+/// An i16 activation times an i8 weight is below 2^23 in magnitude, so an i32 accumulator
+/// holds any sum of up to 2^8 of them; past that a sum may wrap. The interpreter wraps
+/// exactly as the JIT's i32 registers do (so both agree bit for bit whatever the data),
+/// and quantization proves from the constant weights that a layer it raises to int16
+/// cannot wrap (`qlift_passes::quantize::wide`), raising it no further otherwise.
+fn wide_activation(t: &TensorType, what: &str) -> Result<(), String> {
+    if t.dtype == DType::I16 && t.quant.as_ref().is_some_and(|q| q.axis.is_none()) {
+        return Ok(());
+    }
+    activation(t, what).map_err(|_| {
+        format!(
+            "{what} must be 8- or 16-bit quantized per tensor, found {}",
+            type_to_string(t)
+        )
+    })
 }
 
 /// A weight operand: 8-bit (or int4: W4A8, held one value per byte like i8, so every

@@ -20,7 +20,7 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
             .ok_or_else(|| format!("{} needs its result type declared", cx.op.kind))?;
         if !ty.dtype.is_quantized() || ty.quant.is_none() {
             return Err(format!(
-                "result type {} is not a quantized 8- or 4-bit type",
+                "result type {} is not a quantized 16-, 8- or 4-bit type",
                 crate::text::type_to_string(ty)
             ));
         }

@@ -598,6 +598,7 @@ pub(super) fn take(
         TensorData::F32(v) => TensorData::F32(pick!(v, f32::from_bits(fill as u32))),
         TensorData::I8(v) => TensorData::I8(pick!(v, fill as i8)),
         TensorData::U8(v) => TensorData::U8(pick!(v, fill as u8)),
+        TensorData::I16(v) => TensorData::I16(pick!(v, fill as i16)),
         TensorData::I32(v) => TensorData::I32(pick!(v, fill as i32)),
         TensorData::I64(v) => TensorData::I64(pick!(v, fill)),
     };

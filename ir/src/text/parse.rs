@@ -443,6 +443,7 @@ impl<'a> Parser<'a> {
             DType::U8 | DType::U4 | DType::Bool => {
                 TensorData::U8(values.iter().map(|&v| v as u8).collect())
             }
+            DType::I16 => TensorData::I16(values.iter().map(|&v| v as i16).collect()),
             DType::I32 => TensorData::I32(values.iter().map(|&v| v as i32).collect()),
             _ => TensorData::I64(values),
         })

@@ -245,6 +245,7 @@ fn data(t: &Tensor, opts: &PrintOptions) -> String {
         TensorData::F32(v) => list(v, |x| float(*x)),
         TensorData::I8(v) => list(v, |x| x.to_string()),
         TensorData::U8(v) => list(v, |x| x.to_string()),
+        TensorData::I16(v) => list(v, |x| x.to_string()),
         TensorData::I32(v) => list(v, |x| x.to_string()),
         TensorData::I64(v) => list(v, |x| x.to_string()),
     }

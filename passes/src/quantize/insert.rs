@@ -47,6 +47,7 @@ use crate::calibrate::{
 };
 use crate::quantize::plan::{Precision, ResolvedPlan};
 use crate::quantize::weights::{quantize_weights, WeightBits, WeightGranularity};
+use crate::quantize::wide::{sixteen_bit, wide_layers, WideLayers};
 use crate::quantize::PtqOptions;
 use crate::PassError;
 use qlift_ir::{
@@ -184,7 +185,7 @@ fn data_operand(op: &Op, slot: usize) -> bool {
 
 /// Where a weight's output channels are for operand `slot` of `op`, if it is a weight
 /// (quantized per channel, symmetric int8) rather than an activation.
-fn weight_axis(op: &Op, slot: usize) -> Option<usize> {
+pub(super) fn weight_axis(op: &Op, slot: usize) -> Option<usize> {
     match (op.kind, slot) {
         (OpKind::Conv, 1) => Some(0),
         (OpKind::Gemm, 1) => Some(if op.attrs.int("transB").ok()? != 0 {
@@ -200,7 +201,7 @@ fn weight_axis(op: &Op, slot: usize) -> Option<usize> {
 /// Whether a product's result is only a model output: it then stays unquantized, and
 /// `fuse-requant` computes it from the integer accumulator (`DQ(QConv → i32)`), so the
 /// model's output loses no precision to an 8-bit step.
-fn reads_accumulator(g: &Graph, op: &Op, result: ValueId) -> bool {
+pub(super) fn reads_accumulator(g: &Graph, op: &Op, result: ValueId) -> bool {
     matches!(op.kind, OpKind::Conv | OpKind::Gemm | OpKind::MatMul)
         && matches!(op.fused_activation(), Ok(None))
         && g.outputs().contains(&result)
@@ -238,6 +239,14 @@ pub struct Decision {
 pub enum Outcome {
     /// It computes in integers.
     Int8,
+    /// It computes in integers on 16-bit activations (the plan raised it to int16).
+    Int16,
+    /// The plan asked int16, but its accumulator could reach `bound` in magnitude, past
+    /// i32 (see `wide.rs`): it computes in int8.
+    Int8ByBound {
+        /// The accumulator bound at 16 bits.
+        bound: f64,
+    },
     /// The plan keeps it float.
     Fp32ByPlan,
     /// The outlier check kept it float: activation `value` would keep `sqnr_db` in 8 bits.
@@ -269,11 +278,15 @@ pub fn insert_qdq_planned(
     let mut decisions = Vec::new();
     let mut g = graph.clone();
     let order = g.topo_order()?;
+    let wide = wide_layers(&g, plan, calibration)?;
     // Parameters chosen per value, so that pass-through ops can inherit their operand's.
     let mut params: HashMap<ValueId, (DType, QuantParams)> = HashMap::new();
     let mut dequantized: HashMap<ValueId, ValueId> = HashMap::new();
     // The other way round: the value each inserted DequantizeLinear stands for.
     let mut source_of: HashMap<ValueId, ValueId> = HashMap::new();
+    // The 16-bit DequantizeLinear of each value an int16 layer reads or writes.
+    let mut wide_dq: HashMap<ValueId, ValueId> = HashMap::new();
+    let mut wide_params: HashMap<ValueId, (DType, QuantParams)> = HashMap::new();
     // Quantized weights by (constant, channel axis, granularity): a weight several ops read
     // is quantized once (one name, one copy).
     let mut weights: HashMap<(ValueId, usize, WeightGranularity, WeightBits), ValueId> =
@@ -292,6 +305,10 @@ pub fn insert_qdq_planned(
         let bias_add = bias_adds.contains_key(&id);
         // A bias Add is quantized with its MatMul's settings.
         let settings = plan.settings(bias_adds.get(&id).copied().unwrap_or(id));
+        let int16 = wide.nodes.contains(&id);
+        let opts16 = sixteen_bit(&settings.opts);
+        // The outlier check of an int16 layer measures its activations at 16 bits.
+        let check_opts = if int16 { &opts16 } else { &settings.opts };
         let opts = &settings.opts;
         // A product of two activations stays float.
         if matches!(op.kind, OpKind::Conv | OpKind::Gemm | OpKind::MatMul) && !anchor {
@@ -336,8 +353,8 @@ pub fn insert_qdq_planned(
             .map(|(_, v)| v.unwrap())
             .chain((!reads_accumulator(&g, &op, result)).then_some(written));
         if !bias_add {
-            let short =
-                checked.find_map(|v| short_of_8_bits(&g, v, calibration, opts).map(|db| (v, db)));
+            let short = checked
+                .find_map(|v| short_of_8_bits(&g, v, calibration, check_opts).map(|db| (v, db)));
             if let Some((v, sqnr_db)) = short {
                 let value = g.value(v).name.clone();
                 decisions.push(decision(
@@ -348,7 +365,12 @@ pub fn insert_qdq_planned(
                 read_float_sources(&mut g, id, &source_of)?;
                 continue;
             }
-            decisions.push(decision(&g, Outcome::Int8, written));
+            let outcome = match wide.refused.get(&id) {
+                _ if int16 => Outcome::Int16,
+                Some(&bound) => Outcome::Int8ByBound { bound },
+                None => Outcome::Int8,
+            };
+            decisions.push(decision(&g, outcome, written));
         }
         if op.kind == OpKind::MatMul && anchor {
             if let Some(add) = bias_add_after(&g, result) {
@@ -365,9 +387,15 @@ pub fn insert_qdq_planned(
                             v,
                             calibration,
                             opts,
-                            &mut params,
-                            &mut dequantized,
-                            &mut source_of,
+                            &mut Inserting {
+                                params: &mut params,
+                                dequantized: &mut dequantized,
+                                source_of: &mut source_of,
+                                wide_dq: &mut wide_dq,
+                                wide_params: &mut wide_params,
+                                wide: &wide,
+                            },
+                            int16,
                         )?;
                         g.set_node_input(id, slot, Some(dq))?;
                     }
@@ -380,10 +408,15 @@ pub fn insert_qdq_planned(
             // Its operands are the MatMul (kept float between the DQs and this Add) and the
             // constant bias: only the result is quantized.
             let p = activation_params(&g, result, calibration, opts)?;
-            params.insert(result, p);
-            let dq = quantize_value(&mut g, result, &params[&result])?;
-            dequantized.insert(result, dq);
-            source_of.insert(dq, result);
+            Inserting {
+                params: &mut params,
+                dequantized: &mut dequantized,
+                source_of: &mut source_of,
+                wide_dq: &mut wide_dq,
+                wide_params: &mut wide_params,
+                wide: &wide,
+            }
+            .quantize(&mut g, result, p, calibration, opts, true)?;
             continue;
         }
         for (slot, v) in operands.iter().enumerate() {
@@ -410,9 +443,15 @@ pub fn insert_qdq_planned(
                     v,
                     calibration,
                     opts,
-                    &mut params,
-                    &mut dequantized,
-                    &mut source_of,
+                    &mut Inserting {
+                        params: &mut params,
+                        dequantized: &mut dequantized,
+                        source_of: &mut source_of,
+                        wide_dq: &mut wide_dq,
+                        wide_params: &mut wide_params,
+                        wide: &wide,
+                    },
+                    int16,
                 )?,
             };
             g.set_node_input(id, slot, Some(replacement))?;
@@ -426,10 +465,15 @@ pub fn insert_qdq_planned(
             Some(p) if passes_through(&op) => p.clone(),
             _ => activation_params(&g, result, calibration, opts)?,
         };
-        params.insert(result, p);
-        let dq = quantize_value(&mut g, result, &params[&result])?;
-        dequantized.insert(result, dq);
-        source_of.insert(dq, result);
+        Inserting {
+            params: &mut params,
+            dequantized: &mut dequantized,
+            source_of: &mut source_of,
+            wide_dq: &mut wide_dq,
+            wide_params: &mut wide_params,
+            wide: &wide,
+        }
+        .quantize(&mut g, result, p, calibration, opts, true)?;
     }
     g.remove_dead_nodes();
     // The graph is qlift's own construction: one that does not verify is a bug here.
@@ -491,7 +535,7 @@ pub(super) fn short_of_8_bits(
 }
 
 /// Whether `op` is an anchor of integer computation: a product whose weights are constant.
-fn is_anchor(g: &Graph, op: &Op, operands: &[Option<ValueId>]) -> bool {
+pub(super) fn is_anchor(g: &Graph, op: &Op, operands: &[Option<ValueId>]) -> bool {
     matches!(op.kind, OpKind::Conv | OpKind::Gemm | OpKind::MatMul)
         && operands
             .get(1)
@@ -502,7 +546,7 @@ fn is_anchor(g: &Graph, op: &Op, operands: &[Option<ValueId>]) -> bool {
 
 /// The Add of a constant per-column bias that is the only use of MatMul result `m` (and
 /// not itself a model output nor carrying its own clamp), if there is one.
-fn bias_add_after(g: &Graph, m: ValueId) -> Option<NodeId> {
+pub(super) fn bias_add_after(g: &Graph, m: ValueId) -> Option<NodeId> {
     if g.outputs().contains(&m) {
         return None;
     }
@@ -550,32 +594,91 @@ fn quantized_weight_once(
     Ok(dq)
 }
 
-/// `DQ(Q(v))` of activation `v` with its calibrated parameters, made once per value.
+/// The maps `insert-qdq` keeps of the pairs it inserted, and the int16 layers.
+struct Inserting<'a> {
+    params: &'a mut HashMap<ValueId, (DType, QuantParams)>,
+    dequantized: &'a mut HashMap<ValueId, ValueId>,
+    source_of: &'a mut HashMap<ValueId, ValueId>,
+    wide_dq: &'a mut HashMap<ValueId, ValueId>,
+    wide_params: &'a mut HashMap<ValueId, (DType, QuantParams)>,
+    wide: &'a WideLayers,
+}
+
+impl Inserting<'_> {
+    /// Quantizes `v` with 8-bit parameters `p`: `Q → DQ` after it, read by every consumer
+    /// (and with `outputs_too` by the graph outputs). A value an int16 layer reads or
+    /// writes is quantized to 16 bits instead, with its 16-bit calibrated range; the int16
+    /// layers and the graph outputs read that, every other consumer an 8-bit `Q → DQ` after
+    /// it (a Requantize from i16 once lowered). Returns the 8-bit DequantizeLinear.
+    fn quantize(
+        &mut self,
+        g: &mut Graph,
+        v: ValueId,
+        p: (DType, QuantParams),
+        calibration: &Calibration,
+        opts: &QuantizeOptions,
+        outputs_too: bool,
+    ) -> Result<ValueId, PassError> {
+        let dq = if self.wide.values.contains(&v) {
+            // A value-moving op keeps its 16-bit operand's parameters (its Q/DQ then cancel).
+            let moved = g.node_inputs(v.node).first().copied().flatten();
+            let inherited = moved
+                .and_then(|m| self.source_of.get(&m))
+                .and_then(|source| self.wide_params.get(source))
+                .filter(|_| self.wide.moves.contains(&v.node));
+            let p16 = match inherited {
+                Some(p16) => p16.clone(),
+                None => activation_params(g, v, calibration, &sixteen_bit(opts))?,
+            };
+            let dq16 = insert_q_dq(g, v, &p16, outputs_too)?;
+            let dq8 = insert_q_dq(g, dq16, &p, false)?;
+            for (user, slot) in g.users(dq8) {
+                let reads_wide = self.wide.nodes.contains(&user) || self.wide.moves.contains(&user);
+                if reads_wide && slot == 0 {
+                    g.set_node_input(user, slot, Some(dq16))?;
+                }
+            }
+            self.wide_params.insert(v, p16);
+            self.wide_dq.insert(v, dq16);
+            self.source_of.insert(dq16, v);
+            dq8
+        } else {
+            insert_q_dq(g, v, &p, outputs_too)?
+        };
+        self.params.insert(v, p);
+        self.dequantized.insert(v, dq);
+        self.source_of.insert(dq, v);
+        Ok(dq)
+    }
+}
+
+/// `DQ(Q(v))` of activation `v` with its calibrated parameters, made once per value; the
+/// 16-bit one for an int16 layer (`int16`) when `v` has one.
 fn quantized_activation(
     g: &mut Graph,
     v: ValueId,
     calibration: &Calibration,
     opts: &QuantizeOptions,
-    params: &mut HashMap<ValueId, (DType, QuantParams)>,
-    dequantized: &mut HashMap<ValueId, ValueId>,
-    source_of: &mut HashMap<ValueId, ValueId>,
+    maps: &mut Inserting,
+    int16: bool,
 ) -> Result<ValueId, PassError> {
-    if let Some(&dq) = dequantized.get(&v) {
-        return Ok(dq);
+    let pick = |maps: &Inserting, dq8: ValueId| match maps.wide_dq.get(&v) {
+        Some(&dq16) if int16 => dq16,
+        _ => dq8,
+    };
+    if let Some(&dq) = maps.dequantized.get(&v) {
+        return Ok(pick(maps, dq));
     }
     // Already the DequantizeLinear of a quantized value: quantizing `v` for its first
     // consumer made every other consumer read it (three projections of one LayerNorm).
-    if source_of.contains_key(&v) {
+    if maps.source_of.contains_key(&v) {
         return Ok(v);
     }
     let p = activation_params(g, v, calibration, opts)?;
     // A float value quantized for its consumer stays what a model output reads: the output
     // keeps full precision (a streaming model's state output feeds the next call's state).
-    let dq = quantize_for_consumers(g, v, &p)?;
-    params.insert(v, p);
-    dequantized.insert(v, dq);
-    source_of.insert(dq, v);
-    Ok(dq)
+    let dq = maps.quantize(g, v, p, calibration, opts, false)?;
+    Ok(pick(maps, dq))
 }
 
 /// The activation parameters of value `v` from its statistics (a constant's from its
@@ -606,32 +709,14 @@ pub(super) fn activation_params(
     };
     let (lo, hi) = choose_range(stats, method, opts.scheme);
     let (scale, zero_point) = quant_params(lo, hi, opts.scheme);
-    let dtype = match opts.scheme {
-        ActivationScheme::AsymmetricU8 => DType::U8,
-        ActivationScheme::SymmetricI8 => DType::I8,
-    };
-    Ok((dtype, QuantParams::per_tensor(scale, zero_point)))
+    Ok((
+        opts.scheme.dtype(),
+        QuantParams::per_tensor(scale, zero_point),
+    ))
 }
 
-/// Inserts `Q → DQ` after value `v` and makes every other consumer (and the graph outputs)
-/// read the DequantizeLinear. A graph output keeps its name on the DequantizeLinear.
-fn quantize_value(
-    g: &mut Graph,
-    v: ValueId,
-    p: &(DType, QuantParams),
-) -> Result<ValueId, PassError> {
-    insert_q_dq(g, v, p, true)
-}
-
-/// [`quantize_value`] for the consumers only: a graph output keeps reading `v` itself.
-fn quantize_for_consumers(
-    g: &mut Graph,
-    v: ValueId,
-    p: &(DType, QuantParams),
-) -> Result<ValueId, PassError> {
-    insert_q_dq(g, v, p, false)
-}
-
+/// Inserts `Q → DQ` after value `v` and makes every consumer (and with `outputs_too` the
+/// graph outputs) read the DequantizeLinear. A graph output keeps its name on it.
 fn insert_q_dq(
     g: &mut Graph,
     v: ValueId,

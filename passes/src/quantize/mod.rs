@@ -14,6 +14,7 @@ pub mod plan;
 pub mod recurrent;
 pub mod replay;
 pub mod weights;
+mod wide;
 
 pub use adaround::AdaRoundOptions;
 pub use bias_correction::BiasCorrection;

@@ -6,7 +6,7 @@
 //! version = 1
 //!
 //! [default]                    # every node, unless an op type or a node says otherwise
-//! precision = "int8"           # int8, int4 (int4 weights, int8 activations) or fp32
+//! precision = "int8"           # int8, int16 (16-bit activations, int8 weights), int4 (int4 weights, int8 activations) or fp32
 //! method = "minmax"            # minmax, percentile[:P], mse or entropy
 //! weights = "per-channel"      # per-channel or per-tensor
 //! activations = "u8"           # u8 or i8: the whole model's activation type (default only)
@@ -61,6 +61,10 @@ pub enum Precision {
     Int8,
     /// 8-bit activations and int4 weights (W4A8, `WeightBits::Four`) for this node.
     Int4,
+    /// 16-bit activations (the values a Conv, Gemm or MatMul reads and writes, 65535 steps
+    /// over the same calibrated ranges) and int8 weights; its 8-bit neighbours read its
+    /// result through a Requantize. On other ops the same as int8.
+    Int16,
 }
 
 impl Precision {
@@ -70,6 +74,7 @@ impl Precision {
             Precision::Fp32 => "fp32",
             Precision::Int8 => "int8",
             Precision::Int4 => "int4",
+            Precision::Int16 => "int16",
         }
     }
 
@@ -78,10 +83,10 @@ impl Precision {
             "fp32" => Ok(Precision::Fp32),
             "int8" => Ok(Precision::Int8),
             "int4" => Ok(Precision::Int4),
-            "int16" => Err(format!(
-                "precision `{s}` is not built yet (int16 activations and int4 weights are planned, issue 17); use fp32 or int8"
+            "int16" => Ok(Precision::Int16),
+            _ => Err(format!(
+                "unknown precision `{s}`; expected fp32, int16, int8 or int4"
             )),
-            _ => Err(format!("unknown precision `{s}`; expected fp32 or int8")),
         }
     }
 }
@@ -228,6 +233,7 @@ pub fn activations_name(a: ActivationScheme) -> &'static str {
     match a {
         ActivationScheme::AsymmetricU8 => "u8",
         ActivationScheme::SymmetricI8 => "i8",
+        ActivationScheme::AsymmetricI16 => "i16",
     }
 }
 
@@ -268,10 +274,11 @@ impl RawEntry {
             .transpose()
             .map_err(bad)?;
         match (self.exclude, precision) {
-            (Some(true), Some(Precision::Int8)) => {
-                return Err(bad(
-                    "`exclude = true` and `precision = \"int8\"` contradict each other".into(),
-                ))
+            (Some(true), Some(p @ (Precision::Int8 | Precision::Int16))) => {
+                return Err(bad(format!(
+                    "`exclude = true` and `precision = \"{}\"` contradict each other",
+                    p.name()
+                )))
             }
             (Some(true), _) => precision = Some(Precision::Fp32),
             _ => {}
@@ -834,8 +841,8 @@ note = "why"
     fn errors_name_the_entry() {
         let err = |text: &str| QuantPlan::parse(text).unwrap_err().to_string();
         assert_eq!(
-            err("[nodes.c1]\nprecision = \"int16\""),
-            "entry nodes.\"c1\": precision `int16` is not built yet (int16 activations and int4 weights are planned, issue 17); use fp32 or int8"
+            err("[nodes.c1]\nprecision = \"int4\""),
+            "entry nodes.\"c1\": precision `int4` is not a plan precision: int4 weights are the `--weight-bits 4` option; use fp32, int16 or int8"
         );
         assert!(err("[op_types.Conv]\nmethod = \"max\"")
             .starts_with("entry op_types.\"Conv\": unknown calibration method `max`"));

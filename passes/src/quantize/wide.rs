@@ -1,0 +1,203 @@
+//! The layers a plan raises to int16 and the values they read and write in 16 bits, and
+//! the proof that their i32 accumulators cannot wrap.
+//!
+//! An i16 activation centered on its zero point reaches 65535 in magnitude and an int8
+//! weight 128, so a product is below 2^23 and an i32 accumulator holds a sum of only
+//! 2^8 of them in the worst case; Conv and MatMul reduce over hundreds or thousands. The
+//! kernels (interpreter and JIT alike) wrap in i32, so wrapping would silently give
+//! garbage. The weights are constants, though: the accumulator of output channel `c` is
+//! at most `X · Σ_k |w_q[c, k]| + |b_q[c]|` with `X` the activation's largest centered
+//! value, which quantization computes here from the very weights and bias it will write.
+//! A layer whose bound exceeds `i32::MAX` stays int8 (its [`Outcome`] says why), so every
+//! int16 layer qlift builds is exact.
+//!
+//! [`Outcome`]: super::insert::Outcome
+
+use super::insert::{
+    activation_params, bias_add_after, is_anchor, reads_accumulator, weight_axis, Calibration,
+    QuantizeOptions,
+};
+use super::plan::{Precision, ResolvedPlan};
+use super::weights::quantize_weights;
+use crate::calibrate::ActivationScheme;
+use crate::PassError;
+use qlift_ir::{Graph, NodeId, NodeOp, OpKind, ValueId};
+use std::collections::{HashMap, HashSet};
+
+/// What the plan's int16 precision amounts to on one graph.
+#[derive(Default)]
+pub(super) struct WideLayers {
+    /// The anchors (Conv, Gemm, MatMul with constant weights) computing on 16-bit activations.
+    pub nodes: HashSet<NodeId>,
+    /// The float values they read and write, each quantized to 16 bits where it is produced.
+    pub values: HashSet<ValueId>,
+    /// Ops that only move values (MaxPool, Flatten, Reshape, Squeeze, Unsqueeze) between an
+    /// int16 layer's input and the 16-bit value it comes from: they move 16-bit values, so
+    /// that a MaxPool between two int16 Convs does not round to 8 bits.
+    pub moves: HashSet<NodeId>,
+    /// Anchors the plan asked int16 for whose accumulator bound exceeds `i32::MAX`: the bound.
+    pub refused: HashMap<NodeId, f64>,
+}
+
+/// `opts` with 16-bit activations.
+pub(super) fn sixteen_bit(opts: &QuantizeOptions) -> QuantizeOptions {
+    QuantizeOptions {
+        scheme: ActivationScheme::AsymmetricI16,
+        ..*opts
+    }
+}
+
+/// The int16 layers of `g` (before Q/DQ insertion) under `plan`.
+pub(super) fn wide_layers(
+    g: &Graph,
+    plan: &ResolvedPlan,
+    calibration: &Calibration,
+) -> Result<WideLayers, PassError> {
+    let mut wide = WideLayers::default();
+    for id in g.node_ids() {
+        let NodeOp::Apply(op) = &g.node(id).op else {
+            continue;
+        };
+        let operands = g.node_inputs(id);
+        let settings = plan.settings(id);
+        if settings.precision != Precision::Int16 || !is_anchor(g, op, &operands) {
+            continue;
+        }
+        let Some(x) = operands.first().copied().flatten() else {
+            continue;
+        };
+        if g.const_value(x).is_some() {
+            continue;
+        }
+        let opts = sixteen_bit(&settings.opts);
+        let bound = accumulator_bound(g, id, x, &operands, calibration, &opts)?;
+        if bound > i32::MAX as f64 {
+            wide.refused.insert(id, bound);
+            continue;
+        }
+        wide.nodes.insert(id);
+        wide.values.insert(x);
+        // Back through the value-moving ops x comes from, while each is its operand's only
+        // reader (another reader would see the 16-bit value through a Requantize anyway).
+        let mut v = x;
+        while let Some(mover) = moving_producer(g, v) {
+            let Some(operand) = g.node_inputs(mover).first().copied().flatten() else {
+                break;
+            };
+            if g.users(operand).len() != 1 || g.const_value(operand).is_some() {
+                break;
+            }
+            wide.moves.insert(mover);
+            wide.values.insert(operand);
+            v = operand;
+        }
+        let result = ValueId {
+            node: id,
+            output: 0,
+        };
+        if !reads_accumulator(g, op, result) {
+            let written = match op.kind {
+                OpKind::MatMul => bias_add_after(g, result).map_or(result, |add| ValueId {
+                    node: add,
+                    output: 0,
+                }),
+                _ => result,
+            };
+            wide.values.insert(written);
+        }
+    }
+    Ok(wide)
+}
+
+/// The node producing `v` when it only moves values and has a 16-bit integer form.
+fn moving_producer(g: &Graph, v: ValueId) -> Option<NodeId> {
+    let NodeOp::Apply(op) = &g.node(v.node).op else {
+        return None;
+    };
+    matches!(
+        op.kind,
+        OpKind::MaxPool | OpKind::Flatten | OpKind::Reshape | OpKind::Squeeze | OpKind::Unsqueeze
+    )
+    .then_some(v.node)
+}
+
+/// The largest `|acc|` anchor `id` can reach over every input: `X · Σ_k |w_q[c, k]| +
+/// |b_q[c]|` at its worst output channel `c`, with the weights quantized as `insert-qdq`
+/// will quantize them and `X` the input's largest centered 16-bit value.
+fn accumulator_bound(
+    g: &Graph,
+    id: NodeId,
+    x: ValueId,
+    operands: &[Option<ValueId>],
+    calibration: &Calibration,
+    opts: &QuantizeOptions,
+) -> Result<f64, PassError> {
+    let NodeOp::Apply(op) = &g.node(id).op else {
+        return Ok(0.0);
+    };
+    let (_, xq) = activation_params(g, x, calibration, opts)?;
+    let (sx, zx) = xq.channel(0);
+    let reach = (i16::MAX as i64 - zx as i64).max(zx as i64 - i16::MIN as i64) as f64;
+    let (Some(w), Some(axis)) = (operands.get(1).copied().flatten(), weight_axis(op, 1)) else {
+        return Ok(f64::INFINITY);
+    };
+    let w = g
+        .const_value(w)
+        .ok_or_else(|| PassError::Bug("anchor weights are not constant".into()))?;
+    let values = w.as_f32().map_err(PassError::Bug)?;
+    let (wt, wq) = quantize_weights(values, w.shape(), axis, opts.weights, opts.ptq.weight_bits)
+        .map_err(PassError::Unsupported)?;
+    let extent = w.shape().get(axis).copied().unwrap_or(1);
+    let inner: usize = w.shape()[axis + 1..].iter().product();
+    let mut l1 = vec![0f64; extent];
+    for (i, &q) in wt.to_i64_vec().map_err(PassError::Bug)?.iter().enumerate() {
+        let c = (i / inner.max(1)) % extent.max(1);
+        let zw = wq.channel(if wq.axis.is_some() { c } else { 0 }).1 as i64;
+        l1[c] += (q - zw).unsigned_abs() as f64;
+    }
+    let bias = bias_values(g, id, op.kind, operands)?;
+    Ok((0..extent)
+        .map(|c| {
+            let sw = wq.channel(if wq.axis.is_some() { c } else { 0 }).0 as f64;
+            let b = match bias.len() {
+                0 => 0.0,
+                1 => bias[0],
+                _ => bias.get(c).copied().unwrap_or(0.0),
+            };
+            reach * l1[c] + (b.abs() / (sx as f64 * sw)).ceil()
+        })
+        .fold(0.0, f64::max))
+}
+
+/// The real bias the anchor's accumulator will hold: Conv's and Gemm's operand 2, or the
+/// constant of the Add that finishes a MatMul; empty when there is none.
+fn bias_values(
+    g: &Graph,
+    id: NodeId,
+    kind: OpKind,
+    operands: &[Option<ValueId>],
+) -> Result<Vec<f64>, PassError> {
+    let constant = match kind {
+        OpKind::MatMul => {
+            let result = ValueId {
+                node: id,
+                output: 0,
+            };
+            bias_add_after(g, result).and_then(|add| {
+                g.node_inputs(add)
+                    .into_iter()
+                    .flatten()
+                    .find_map(|v| g.const_value(v).cloned())
+            })
+        }
+        _ => operands
+            .get(2)
+            .copied()
+            .flatten()
+            .and_then(|b| g.const_value(b).cloned()),
+    };
+    match constant {
+        None => Ok(Vec::new()),
+        Some(t) => Ok(t.to_f32_vec().iter().map(|&v| v as f64).collect()),
+    }
+}
