@@ -183,8 +183,26 @@ pub fn build(
         let NodeOp::Apply(op) = &node.op else {
             continue;
         };
-        let step = steps.len();
         let operands = graph.node_inputs(id);
+        // Weight-only weights become constants here (see `kernels::dynamic`).
+        let result = ValueId {
+            node: id,
+            output: 0,
+        };
+        if !location.contains_key(&result) {
+            let constants: Vec<Option<&Tensor>> = operands
+                .iter()
+                .map(|v| match v.map(|v| &location[&v]) {
+                    Some(Location::Constant(t)) => Some(&**t),
+                    _ => None,
+                })
+                .collect();
+            if let Some(t) = kernels::dynamic::compile_time_value(op.kind, &op.attrs, &constants) {
+                location.insert(result, Location::Constant(Arc::new(t)));
+                continue;
+            }
+        }
+        let step = steps.len();
         let rank = operands
             .iter()
             .flatten()

@@ -23,6 +23,7 @@ mod conv_transpose;
 mod depthwise;
 mod direct;
 mod dot4;
+pub(crate) mod dynamic;
 mod elementwise;
 mod fma_tile;
 mod gemm_f32;
@@ -434,6 +435,8 @@ pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
         Identity | Dropout | Flatten | Reshape | Squeeze | Unsqueeze => shape::copy(k),
         QuantizeLinear => quant::quantize(k),
         DequantizeLinear => quant::dequantize(k),
+        DynamicQuantizeLinear => dynamic::dynamic_quantize(k),
+        BlockDequantizeLinear => dynamic::dequantize_blocks(k),
         Requantize => quant::requantize(k),
         QAdd => quant::qadd(k),
         QConcat => quant::qconcat(k),

@@ -105,11 +105,12 @@ pub fn scale_shape(shape: &[usize], axis: usize, block: usize) -> Vec<usize> {
 /// 255`, `zero_point = round_half_even(clamp(0 − min / scale, 0, 255))`. An all-zero input
 /// (range 0, where ONNX would divide by 0) gives scale 0, and an infinite element an infinite
 /// scale: both have zero point 0 and quantize every element to 0. NaN elements are skipped by
-/// the range (as `f32::min` skips them).
+/// the range.
 pub fn dynamic_params(v: &[f32]) -> (f32, u8) {
-    let (lo, hi) = v
-        .iter()
-        .fold((0f32, 0f32), |(lo, hi), &e| (lo.min(e), hi.max(e)));
+    // Ordered comparisons, as the JIT keeps the bounds: NaN compares false and is skipped.
+    let (lo, hi) = v.iter().fold((0f32, 0f32), |(lo, hi), &e| {
+        (if e < lo { e } else { lo }, if e > hi { e } else { hi })
+    });
     let scale = (hi - lo) / 255.0;
     if !usable(scale) {
         return (scale, 0);
