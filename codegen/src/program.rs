@@ -595,6 +595,8 @@ fn across_axis_zero(op: &qlift_ir::Op, rank: usize) -> bool {
         Trilu => rank <= 2,
         // Axis 0 is the sequence (layout 0) or the batch whose rows are walked one by one.
         LSTM | GRU | RNN => true,
+        // One range for the whole tensor, every sample included.
+        DynamicQuantizeLinear => true,
         _ => false,
     }
 }

@@ -112,7 +112,7 @@ pub(super) fn dequantize_blocks(k: &mut Kernel) -> Result<(), String> {
     emit::for_count(fb, outer as i64, |fb, o| {
         emit::for_count(fb, extent as i64, |fb, a| {
             // Scale row (o · blocks + a / block), element row (o · extent + a).
-            let b = fb.ins().udiv_imm_u(a, block as u64);
+            let b = fb.ins().udiv_imm_u(a, block as i64);
             let srow = fb.ins().imul_imm_s(o, blocks);
             let srow = fb.ins().iadd(srow, b);
             let row = fb.ins().imul_imm_s(o, extent as i64);

@@ -1348,11 +1348,28 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<(), String> {
                 },
             )
         }
-        OpKind::MatMulInteger => (
-            zero_point_operand(k.optional(2), false)?,
-            zero_point_operand(k.optional(3), true)?,
-            Epilogue::Accumulator { bias: None },
-        ),
+        OpKind::MatMulInteger => {
+            // Constant weights without a zero point (dynamic quantization's) pack as
+            // QMatMul's do; A's zero point is still subtracted element by element.
+            let packed = if b_rank == 2 && k.optional(3).is_none() {
+                pack(k, n, kk, |c, t| t * n + c)?
+            } else {
+                None
+            };
+            let a_zp = zero_point_operand(k.optional(2), false)?;
+            match packed {
+                Some(p) => {
+                    k.form = "matmul-packed";
+                    (bptr, be, b_sk, b_sj) = (p.weights, p.elem, 1, p.row_len);
+                    (a_zp, None, Epilogue::Accumulator { bias: None })
+                }
+                None => (
+                    a_zp,
+                    zero_point_operand(k.optional(3), true)?,
+                    Epilogue::Accumulator { bias: None },
+                ),
+            }
+        }
         _ => {
             let (aq, bq) = (quant(k.input(0)?, "A")?, quant(k.input(1)?, "B")?);
             // A constant matrix B [K][N] packs to rows [N][K] (see `pack`).

@@ -6,7 +6,8 @@
 //! version = 1
 //!
 //! [default]                    # every node, unless an op type or a node says otherwise
-//! precision = "int8"           # int8 or fp32 (int16 and int4 are not built yet)
+//! precision = "int8"           # int8, fp32, int8-dynamic, int8-weight-only, int4-weight-only
+//! block_size = 32              # weight-only: K elements per weight scale (0: per column)
 //! method = "minmax"            # minmax, percentile[:P], mse or entropy
 //! weights = "per-channel"      # per-channel or per-tensor
 //! activations = "u8"           # u8 or i8: the whole model's activation type (default only)
@@ -31,7 +32,10 @@
 //! activation the node quantizes (its result and the float operands it reads; a value
 //! already quantized by its producer keeps its parameters); `weights` is the granularity of
 //! its constant weights. A MatMul and the bias Add that finishes it are one unit, decided by
-//! the MatMul's settings.
+//! the MatMul's settings. The calibration-free precisions (`int8-dynamic`,
+//! `int8-weight-only`, `int4-weight-only`, with `block_size`) act on MatMul and Gemm with
+//! constant weights only (see [`super::dynamic`]): `insert-qdq` keeps such a node float and
+//! [`super::dynamic::quantize_products`] rewrites it after lowering.
 //!
 //! **Names**: node names are those of the graph `insert-qdq` sees, after the rewrites
 //! (`qlift dump MODEL --after fuse-activations`). A node of the imported model that the
@@ -41,8 +45,9 @@
 //! protect is the failure a plan exists to prevent, and a plan is written for one model.
 
 use crate::calibrate::{ActivationScheme, CalibrationMethod};
+use crate::quantize::dynamic::Scheme;
 use crate::quantize::insert::{Decision, Outcome, QuantizeOptions};
-use crate::quantize::weights::WeightGranularity;
+use crate::quantize::weights::{WeightBits, WeightGranularity};
 use qlift_ir::{Graph, NodeId, NodeOp, OpKind};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -59,6 +64,12 @@ pub enum Precision {
     Fp32,
     /// 8-bit activations and int8 weights (what the policy allows).
     Int8,
+    /// Activations quantized per call from their own range, int8 weights (no calibration).
+    Int8Dynamic,
+    /// f32 activations, int8 weights (per column or per block).
+    Int8WeightOnly,
+    /// f32 activations, int4 weights (per column or per block).
+    Int4WeightOnly,
 }
 
 impl Precision {
@@ -67,6 +78,21 @@ impl Precision {
         match self {
             Precision::Fp32 => "fp32",
             Precision::Int8 => "int8",
+            Precision::Int8Dynamic => "int8-dynamic",
+            Precision::Int8WeightOnly => "int8-weight-only",
+            Precision::Int4WeightOnly => "int4-weight-only",
+        }
+    }
+
+    /// The calibration-free scheme of the precision, with weight blocks of `block_size`
+    /// (0: per column); `None` for fp32 and static int8.
+    pub fn scheme(self, block_size: usize) -> Option<Scheme> {
+        let weight_only = |bits| Scheme::WeightOnly { bits, block_size };
+        match self {
+            Precision::Fp32 | Precision::Int8 => None,
+            Precision::Int8Dynamic => Some(Scheme::Dynamic),
+            Precision::Int8WeightOnly => Some(weight_only(WeightBits::Eight)),
+            Precision::Int4WeightOnly => Some(weight_only(WeightBits::Four)),
         }
     }
 
@@ -74,13 +100,19 @@ impl Precision {
         match s.trim().to_ascii_lowercase().as_str() {
             "fp32" => Ok(Precision::Fp32),
             "int8" => Ok(Precision::Int8),
+            "int8-dynamic" => Ok(Precision::Int8Dynamic),
+            "int8-weight-only" => Ok(Precision::Int8WeightOnly),
+            "int4-weight-only" => Ok(Precision::Int4WeightOnly),
             "int16" | "int4" => Err(format!(
-                "precision `{s}` is not built yet (int16 activations and int4 weights are planned, issue 17); use fp32 or int8"
+                "precision `{s}` is not built yet (int16 activations and static int4 weights in a plan are planned, issue 17); use {PRECISIONS}"
             )),
-            _ => Err(format!("unknown precision `{s}`; expected fp32 or int8")),
+            _ => Err(format!("unknown precision `{s}`; expected {PRECISIONS}")),
         }
     }
 }
+
+/// The precisions a plan accepts, for error messages.
+const PRECISIONS: &str = "fp32, int8, int8-dynamic, int8-weight-only or int4-weight-only";
 
 /// What one section of a plan sets; `None` leaves a field to the less specific level.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -93,6 +125,8 @@ pub struct PlanEntry {
     pub weights: Option<WeightGranularity>,
     /// The least SQNR (dB) an 8-bit activation of the node may keep (0: no check).
     pub min_sqnr_db: Option<f64>,
+    /// Weight-only precisions: K elements per weight scale (0: one per column).
+    pub block_size: Option<usize>,
     /// Free text (why the entry is there); written back, never interpreted.
     pub note: Option<String>,
 }
@@ -114,6 +148,7 @@ impl PlanEntry {
             method: self.method.or(base.method),
             weights: self.weights.or(base.weights),
             min_sqnr_db: self.min_sqnr_db.or(base.min_sqnr_db),
+            block_size: self.block_size.or(base.block_size),
             note: self.note.clone().or_else(|| base.note.clone()),
         }
     }
@@ -191,6 +226,8 @@ struct RawEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     min_sqnr_db: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    block_size: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     note: Option<String>,
 }
 
@@ -207,6 +244,8 @@ struct RawDefault {
     activations: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     min_sqnr_db: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    block_size: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     note: Option<String>,
 }
@@ -264,10 +303,11 @@ impl RawEntry {
             .transpose()
             .map_err(bad)?;
         match (self.exclude, precision) {
-            (Some(true), Some(Precision::Int8)) => {
-                return Err(bad(
-                    "`exclude = true` and `precision = \"int8\"` contradict each other".into(),
-                ))
+            (Some(true), Some(p)) if p != Precision::Fp32 => {
+                return Err(bad(format!(
+                    "`exclude = true` and `precision = \"{}\"` contradict each other",
+                    p.name()
+                )))
             }
             (Some(true), _) => precision = Some(Precision::Fp32),
             _ => {}
@@ -287,6 +327,7 @@ impl RawEntry {
                 .transpose()
                 .map_err(bad)?,
             min_sqnr_db: check_min_sqnr(self.min_sqnr_db).map_err(bad)?,
+            block_size: self.block_size,
             note: self.note,
         })
     }
@@ -298,6 +339,7 @@ impl RawEntry {
             method: e.method.map(|m| m.to_string()),
             weights: e.weights.map(|w| weights_name(w).to_string()),
             min_sqnr_db: e.min_sqnr_db,
+            block_size: e.block_size,
             note: e.note.clone(),
         }
     }
@@ -330,6 +372,7 @@ impl QuantPlan {
             method: d.method,
             weights: d.weights,
             min_sqnr_db: d.min_sqnr_db,
+            block_size: d.block_size,
             note: d.note,
         }
         .check("default")?;
@@ -377,6 +420,7 @@ impl QuantPlan {
                 weights: d.weights,
                 activations: self.activations.map(|a| activations_name(a).to_string()),
                 min_sqnr_db: d.min_sqnr_db,
+                block_size: d.block_size,
                 note: d.note,
             }),
             op_types: self
@@ -390,6 +434,42 @@ impl QuantPlan {
                 .map(|(k, e)| (k.clone(), RawEntry::from_entry(e)))
                 .collect(),
         }
+    }
+
+    /// The calibration-free scheme the plan gives node `node` of type `op_type` (node entry
+    /// over op type over default), `base` (the command line's `--mode`) where none of them
+    /// sets a precision; `block_size` likewise, over `base`'s.
+    pub fn scheme_of(&self, node: &str, op_type: &str, base: Option<Scheme>) -> Option<Scheme> {
+        let none = PlanEntry::default();
+        let e = self
+            .nodes
+            .get(node)
+            .unwrap_or(&none)
+            .over(self.op_types.get(op_type).unwrap_or(&none))
+            .over(&self.default);
+        let base_block = match base {
+            Some(Scheme::WeightOnly { block_size, .. }) => block_size,
+            _ => 0,
+        };
+        let block = e.block_size.unwrap_or(base_block);
+        match e.precision {
+            None => base.map(|s| match s {
+                Scheme::WeightOnly { bits, .. } => Scheme::WeightOnly {
+                    bits,
+                    block_size: block,
+                },
+                s => s,
+            }),
+            Some(p) => p.scheme(block),
+        }
+    }
+
+    /// Whether any entry asks for a calibration-free precision.
+    pub fn has_schemes(&self) -> bool {
+        std::iter::once(&self.default)
+            .chain(self.op_types.values())
+            .chain(self.nodes.values())
+            .any(|e| e.precision.is_some_and(|p| p.scheme(0).is_some()))
     }
 
     /// The plan as TOML, which [`QuantPlan::parse`] reads back to an equal plan.
