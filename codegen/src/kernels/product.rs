@@ -505,8 +505,14 @@ enum Epilogue {
         act: Option<(f32, f32)>,
     },
     /// The i32 accumulator itself, plus the bias (ConvInteger, MatMulInteger, and QConv or
-    /// QMatMul with an i32 result).
-    Accumulator { bias: Option<Indexed> },
+    /// QMatMul with an i32 result); minus `za · Σ_k b[k, col]` when A's zero point `za` (a
+    /// run-time operand) was left out of the dot products so that they run on SIMD
+    /// (MatMulInteger against packed weights: `Σ (a − za)·b = Σ a·b − za·Σ b`, exact in
+    /// wrapping i32 as the interpreter's sum is).
+    Accumulator {
+        bias: Option<Indexed>,
+        zero_point: Option<(Indexed, Indexed)>,
+    },
     /// QConv/QMatMul: the fixed-point requantization of `acc + bias`, per-channel
     /// multipliers and shifts read from tables when there is more than one.
     /// `i64_mul`: the target multiplies i64x2 lanes (see [`requant::requantize_x4`]).
@@ -643,7 +649,17 @@ impl Epilogue {
                 }
                 y
             }
-            Epilogue::Accumulator { bias } => add_bias(fb, acc, bias),
+            Epilogue::Accumulator { bias, zero_point } => {
+                let acc = add_bias(fb, acc, bias);
+                match zero_point {
+                    None => acc,
+                    Some((za, sums)) => {
+                        let (za, sum) = (za.load(fb, row, col), sums.load(fb, row, col));
+                        let folded = fb.ins().imul(za, sum);
+                        fb.ins().isub(acc, folded)
+                    }
+                }
+            }
             Epilogue::Fixed {
                 bias,
                 rq,
@@ -742,6 +758,25 @@ fn zero_point_operand(o: Option<&Operand>, along_col: bool) -> Result<Option<Ind
     }))
 }
 
+/// `Σ_k B[k, j]` of MatMulInteger's constant `B [K, N]`, as an i32 table by column.
+fn column_sums(k: &mut Kernel, n: usize, kk: usize) -> Result<Indexed, String> {
+    let b = k.input(1)?;
+    let values = b
+        .constant
+        .as_ref()
+        .ok_or("the weights are not constant")?
+        .to_i64_vec()?;
+    let sums: Vec<i32> = (0..n)
+        .map(|j| (0..kk).map(|t| values[t * n + j]).sum::<i64>() as i32)
+        .collect();
+    Ok(Indexed {
+        ptr: table(k, sums.iter().map(|v| v.to_le_bytes()))?,
+        elem: Elem::I32,
+        si: 0,
+        sj: 1,
+    })
+}
+
 /// An i32 bias operand, one per output channel.
 fn bias_of(o: Option<&Operand>) -> Result<Option<Indexed>, String> {
     o.map(|b| {
@@ -770,7 +805,10 @@ fn quantized_epilogue(
     match k.op.kind {
         OpKind::QConv | OpKind::QMatMul => {
             if y.dtype == DType::I32 {
-                return Ok(Epilogue::Accumulator { bias });
+                return Ok(Epilogue::Accumulator {
+                    bias,
+                    zero_point: None,
+                });
             }
             let rq = Requant::for_product(&xq, &wq, channels, &y, k.op.fused_activation()?)?;
             let per_channel = if rq.multipliers.len() > 1 {
@@ -1001,7 +1039,10 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
             (
                 xz.map(|z| Indexed { si: 0, sj: 0, ..z }),
                 wz,
-                Epilogue::Accumulator { bias: None },
+                Epilogue::Accumulator {
+                    bias: None,
+                    zero_point: None,
+                },
             )
         }
         _ => {
@@ -1360,13 +1401,25 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<(), String> {
             match packed {
                 Some(p) => {
                     k.form = "matmul-packed";
+                    let sums = column_sums(k, n, kk)?;
                     (bptr, be, b_sk, b_sj) = (p.weights, p.elem, 1, p.row_len);
-                    (a_zp, None, Epilogue::Accumulator { bias: None })
+                    let zero_point = a_zp.map(|za| (za, sums));
+                    (
+                        None,
+                        None,
+                        Epilogue::Accumulator {
+                            bias: None,
+                            zero_point,
+                        },
+                    )
                 }
                 None => (
                     a_zp,
                     zero_point_operand(k.optional(3), true)?,
-                    Epilogue::Accumulator { bias: None },
+                    Epilogue::Accumulator {
+                        bias: None,
+                        zero_point: None,
+                    },
                 ),
             }
         }
