@@ -899,12 +899,58 @@ note = "why"
     }
 
     #[test]
+    fn calibration_free_precisions_resolve_per_node_over_op_type_over_default() {
+        let plan = QuantPlan::parse(
+            r#"
+[default]
+precision = "int8-dynamic"
+
+[op_types.Gemm]
+precision = "int4-weight-only"
+block_size = 32
+
+[nodes."fc2"]
+block_size = 128
+
+[nodes."fc3"]
+precision = "fp32"
+"#,
+        )
+        .unwrap();
+        assert!(plan.has_schemes());
+        let w4 = |block_size| {
+            Some(Scheme::WeightOnly {
+                bits: WeightBits::Four,
+                block_size,
+            })
+        };
+        assert_eq!(plan.scheme_of("mm", "MatMul", None), Some(Scheme::Dynamic));
+        assert_eq!(plan.scheme_of("fc1", "Gemm", None), w4(32));
+        assert_eq!(plan.scheme_of("fc2", "Gemm", None), w4(128));
+        assert_eq!(plan.scheme_of("fc3", "Gemm", Some(Scheme::Dynamic)), None);
+        assert_eq!(QuantPlan::parse(&plan.to_toml()).unwrap(), plan);
+        assert_eq!(QuantPlan::parse(&plan.to_json()).unwrap(), plan);
+        // No precision anywhere: the command line's scheme, with the plan's block size.
+        let plan = QuantPlan::parse("[default]\nblock_size = 64").unwrap();
+        assert!(!plan.has_schemes());
+        let base = w4(0);
+        assert_eq!(plan.scheme_of("x", "MatMul", base), w4(64));
+        assert_eq!(plan.scheme_of("x", "MatMul", None), None);
+    }
+
+    #[test]
     fn errors_name_the_entry() {
         let err = |text: &str| QuantPlan::parse(text).unwrap_err().to_string();
         assert_eq!(
             err("[nodes.c1]\nprecision = \"int16\""),
-            "entry nodes.\"c1\": precision `int16` is not built yet (int16 activations and int4 weights are planned, issue 17); use fp32 or int8"
+            "entry nodes.\"c1\": precision `int16` is not built yet (int16 activations and static int4 weights in a plan are planned, issue 17); use fp32, int8, int8-dynamic, int8-weight-only or int4-weight-only"
         );
+        assert!(err("[nodes.c1]\nprecision = \"int2\"")
+            .contains("expected fp32, int8, int8-dynamic, int8-weight-only or int4-weight-only"));
+        assert!(
+            err("[nodes.c1]\nexclude = true\nprecision = \"int8-dynamic\"").contains("contradict")
+        );
+        assert!(err("[nodes.c1]\nblock_size = -32").contains("block_size"));
         assert!(err("[op_types.Conv]\nmethod = \"max\"")
             .starts_with("entry op_types.\"Conv\": unknown calibration method `max`"));
         assert!(err("[op_types.Cnov]\nprecision = \"fp32\"").contains("did you mean `Conv`"));
