@@ -65,9 +65,9 @@ const MODES: [&[&str]; 4] = [
 fn every_mode_keeps_the_mlp_accurate_without_calibration() {
     let (x, y) = (model("digits_test_x_flat.npy"), model("digits_test_y.npy"));
     for mode in MODES {
-        let mut args = vec!["run", &*model("digits_mlp.onnx")].to_vec();
-        let owned: Vec<String> = mode.iter().map(|s| s.to_string()).collect();
-        args.extend(owned.iter().map(String::as_str));
+        let mlp = model("digits_mlp.onnx");
+        let mut args = vec!["run", &*mlp];
+        args.extend(mode.iter().copied());
         args.extend(["--input", &x, "--labels", &y]);
         let o = qlift(&args);
         // fp32 is 98.15%; int4 weights per column lose a little more.
@@ -88,9 +88,9 @@ fn exported_models_run_in_qlift_and_onnx_runtime_with_the_same_outputs() {
     for (i, mode) in MODES.iter().enumerate() {
         let onnx = temp(&format!("mlp{i}.onnx"));
         let onnx_s = onnx.to_string_lossy().into_owned();
-        let mut args = vec!["quantize", &*model("digits_mlp.onnx")].to_vec();
-        let owned: Vec<String> = mode.iter().map(|s| s.to_string()).collect();
-        args.extend(owned.iter().map(String::as_str));
+        let mlp = model("digits_mlp.onnx");
+        let mut args = vec!["quantize", &*mlp];
+        args.extend(mode.iter().copied());
         args.extend(["-o", &onnx_s]);
         let o = qlift(&args);
         assert!(o.status.success(), "{mode:?}: {}", text(&o.stderr));
@@ -99,8 +99,8 @@ fn exported_models_run_in_qlift_and_onnx_runtime_with_the_same_outputs() {
             temp(&format!("direct{i}.npy")),
             temp(&format!("exported{i}.npy")),
         );
-        let mut run = vec!["run", &*model("digits_mlp.onnx")].to_vec();
-        run.extend(owned.iter().map(String::as_str));
+        let mut run = vec!["run", &*mlp];
+        run.extend(mode.iter().copied());
         let direct_s = direct.to_string_lossy().into_owned();
         run.extend(["--input", &x, "--output", &direct_s]);
         assert!(qlift(&run).status.success());
