@@ -515,6 +515,7 @@ impl<'g> Exporter<'g> {
         if node.outputs.len() != 1
             && qlift_ir::Cell::of(op.kind).is_none()
             && !op.kind.has_subgraphs()
+            && op.kind != OpKind::DynamicQuantizeLinear
         {
             return Err(cx.error(format!(
                 "has {} results; ONNX ops written by qlift have one",
