@@ -186,8 +186,26 @@ pub fn build(
         let NodeOp::Apply(op) = &node.op else {
             continue;
         };
-        let step = steps.len();
         let operands = graph.node_inputs(id);
+        // Weight-only weights become constants here (see `kernels::dynamic`).
+        let result = ValueId {
+            node: id,
+            output: 0,
+        };
+        if !location.contains_key(&result) {
+            let constants: Vec<Option<&Tensor>> = operands
+                .iter()
+                .map(|v| match v.map(|v| &location[&v]) {
+                    Some(Location::Constant(t)) => Some(&**t),
+                    _ => None,
+                })
+                .collect();
+            if let Some(t) = kernels::dynamic::compile_time_value(op.kind, &op.attrs, &constants) {
+                location.insert(result, Location::Constant(Arc::new(t)));
+                continue;
+            }
+        }
+        let step = steps.len();
         let rank = operands
             .iter()
             .flatten()
@@ -587,6 +605,8 @@ fn across_axis_zero(op: &qlift_ir::Op, rank: usize) -> bool {
         Trilu => rank <= 2,
         // Axis 0 is the sequence (layout 0) or the batch whose rows are walked one by one.
         LSTM | GRU | RNN => true,
+        // One range for the whole tensor, every sample included.
+        DynamicQuantizeLinear => true,
         _ => false,
     }
 }

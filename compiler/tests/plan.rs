@@ -134,8 +134,8 @@ fn a_bad_plan_exits_1_naming_the_file_and_entry() {
             "entry nodes.\"relu_4\": the model has no node `relu_4`; did you mean `relu4_node`",
         ),
         (
-            "[op_types.Conv]\nprecision = \"int4\"\n",
-            "entry op_types.\"Conv\": precision `int4` is not a plan precision",
+            "[op_types.Conv]\nprecision = \"int2\"\n",
+            "entry op_types.\"Conv\": unknown precision `int2`; expected fp32, int8, int16, int4",
         ),
         (
             "[op_types.LayerNormalization]\nprecision = \"fp32\"\n",

@@ -36,6 +36,7 @@ pub use ops::control::{
     join as join_types, subgraph_depth, BodyRunner,
 };
 pub use ops::conv_transpose::{conv_transpose_extent, tap_position};
+pub use ops::dynamic::{dequantize_blocks, dynamic_params, dynamic_quantize, scale_shape};
 pub use ops::index::{shape_range, slice_range};
 pub use ops::recurrent::{
     check_length as check_sequence_length, Activation, Cell, Recurrent,

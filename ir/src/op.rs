@@ -287,6 +287,16 @@ ops! {
     QuantizeLinear: 1..=1 -> 1 {},
     /// A quantized value (parameters on its type) back to f32.
     DequantizeLinear: 1..=1 -> 1 {},
+    // Dynamic and weight-only quantization (`ops/dynamic.rs`): the parameters are computed
+    // per call or carried as operands, not on types.
+    /// ONNX DynamicQuantizeLinear: f32 to asymmetric u8 with a scale and zero point computed
+    /// from this call's range (0 included); results `y` (u8), `y_scale` (f32 scalar),
+    /// `y_zero_point` (u8 scalar).
+    DynamicQuantizeLinear: 1..=1 -> 3 {},
+    /// Symmetric 8- or 4-bit values to f32, `scale · q`, with one scale (operand 1) per block
+    /// of `block_size` consecutive elements along `axis` (ONNX opset 21 DequantizeLinear with
+    /// `block_size`): the weights of a weight-only MatMul or Gemm.
+    BlockDequantizeLinear: 2..=2 -> 1 { "axis": Int, "block_size": Int },
     // Reductions, normalizations and NN ops (`ops/reduce.rs`, `ops/norm.rs`,
     // `ops/conv_transpose.rs`). A reduction reduces the axes in `axes` (normalized and
     // sorted by the importer; empty reduces nothing), or, when that attribute is absent, the

@@ -24,6 +24,7 @@ mod depthwise;
 mod depthwise_f32;
 mod direct;
 mod dot4;
+pub(crate) mod dynamic;
 mod elementwise;
 mod fma_rows;
 mod fma_tile;
@@ -470,6 +471,8 @@ pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
         Identity | Dropout | Flatten | Reshape | Squeeze | Unsqueeze => shape::copy(k),
         QuantizeLinear => quant::quantize(k),
         DequantizeLinear => quant::dequantize(k),
+        DynamicQuantizeLinear => dynamic::dynamic_quantize(k),
+        BlockDequantizeLinear => dynamic::dequantize_blocks(k),
         Requantize => quant::requantize(k),
         QAdd => quant::qadd(k),
         QConcat => quant::qconcat(k),

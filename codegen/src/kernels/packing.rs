@@ -6,7 +6,7 @@
 use super::Kernel;
 use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
-use qlift_ir::DType;
+use qlift_ir::{DType, OpKind};
 
 /// The values the packed forms lay out (the im2col form's `pack`, the direct, pointwise
 /// and wide forms' own layouts): weight rows `w − zw` and biases with the input zero point
@@ -29,27 +29,34 @@ pub(super) fn packed_rows(
     at: impl Fn(usize, usize) -> usize,
 ) -> Result<Option<PackedRows>, String> {
     let (x, w) = (k.input(0)?, k.input(1)?);
-    let (Some(wt), Some(xq), Some(wq)) =
-        (w.constant.clone(), x.ty.quant.clone(), w.ty.quant.clone())
-    else {
+    let Some(wt) = w.constant.clone() else {
         return Ok(None);
     };
-    if xq.axis.is_some() {
-        return Ok(None);
-    }
-    let bias = match k.optional(2) {
-        None => vec![0i64; channels],
-        Some(b) => match &b.constant {
-            Some(t) => t.to_i64_vec()?,
-            None => return Ok(None),
-        },
+    // MatMulInteger (dynamic quantization's product) carries no parameters on its types:
+    // weights without a zero-point operand are packed as they are, and the activations'
+    // zero point (an operand computed per call) is subtracted by the kernel as it loads them.
+    let integer = k.op.kind == OpKind::MatMulInteger && k.optional(3).is_none();
+    let (zx, wq, bias) = match (x.ty.quant.clone(), w.ty.quant.clone()) {
+        (None, None) if integer => (0, None, vec![0i64; channels]),
+        (Some(xq), Some(wq)) if xq.axis.is_none() => {
+            let bias = match k.optional(2) {
+                None => vec![0i64; channels],
+                Some(b) => match &b.constant {
+                    Some(t) => t.to_i64_vec()?,
+                    None => return Ok(None),
+                },
+            };
+            (xq.channel(0).1 as i64, Some(wq), bias)
+        }
+        _ => return Ok(None),
     };
     let values = wt.to_i64_vec()?;
-    let zx = xq.channel(0).1 as i64;
     let mut rows: Vec<Vec<i16>> = Vec::with_capacity(channels);
     let mut folded: Vec<i32> = Vec::with_capacity(channels);
     for c in 0..channels {
-        let zw = wq.channel(if wq.axis.is_some() { c } else { 0 }).1 as i64;
+        let zw = wq.as_ref().map_or(0, |wq| {
+            wq.channel(if wq.axis.is_some() { c } else { 0 }).1 as i64
+        });
         let row = (0..len).map(|t| values[at(c, t)] - zw);
         let row: Vec<i16> = row
             .map(|v| {
@@ -63,6 +70,7 @@ pub(super) fn packed_rows(
     }
     // u8 activations against weights that fit i8 after their zero point: VNNI's u8×i8 form.
     let vnni = k.has_vnni()
+        && !integer
         && x.ty.dtype == DType::U8
         && rows.iter().flatten().all(|&v| i8::try_from(v).is_ok());
     Ok(Some(PackedRows { rows, folded, vnni }))

@@ -519,8 +519,14 @@ enum Epilogue {
         act: Option<(f32, f32)>,
     },
     /// The i32 accumulator itself, plus the bias (ConvInteger, MatMulInteger, and QConv or
-    /// QMatMul with an i32 result).
-    Accumulator { bias: Option<Indexed> },
+    /// QMatMul with an i32 result); minus `za · Σ_k b[k, col]` when A's zero point `za` (a
+    /// run-time operand) was left out of the dot products so that they run on SIMD
+    /// (MatMulInteger against packed weights: `Σ (a − za)·b = Σ a·b − za·Σ b`, exact in
+    /// wrapping i32 as the interpreter's sum is).
+    Accumulator {
+        bias: Option<Indexed>,
+        zero_point: Option<(Indexed, Indexed)>,
+    },
     /// QConv/QMatMul: the fixed-point requantization of `acc + bias`, per-channel
     /// multipliers and shifts read from tables when there is more than one.
     /// `i64_mul`: the target multiplies i64x2 lanes (see [`requant::requantize_x4`]).
@@ -657,7 +663,17 @@ impl Epilogue {
                 }
                 y
             }
-            Epilogue::Accumulator { bias } => add_bias(fb, acc, bias),
+            Epilogue::Accumulator { bias, zero_point } => {
+                let acc = add_bias(fb, acc, bias);
+                match zero_point {
+                    None => acc,
+                    Some((za, sums)) => {
+                        let (za, sum) = (za.load(fb, row, col), sums.load(fb, row, col));
+                        let folded = fb.ins().imul(za, sum);
+                        fb.ins().isub(acc, folded)
+                    }
+                }
+            }
             Epilogue::Fixed {
                 bias,
                 rq,
@@ -756,6 +772,25 @@ fn zero_point_operand(o: Option<&Operand>, along_col: bool) -> Result<Option<Ind
     }))
 }
 
+/// `Σ_k B[k, j]` of MatMulInteger's constant `B [K, N]`, as an i32 table by column.
+fn column_sums(k: &mut Kernel, n: usize, kk: usize) -> Result<Indexed, String> {
+    let b = k.input(1)?;
+    let values = b
+        .constant
+        .as_ref()
+        .ok_or("the weights are not constant")?
+        .to_i64_vec()?;
+    let sums: Vec<i32> = (0..n)
+        .map(|j| (0..kk).map(|t| values[t * n + j]).sum::<i64>() as i32)
+        .collect();
+    Ok(Indexed {
+        ptr: table(k, sums.iter().map(|v| v.to_le_bytes()))?,
+        elem: Elem::I32,
+        si: 0,
+        sj: 1,
+    })
+}
+
 /// An i32 bias operand, one per output channel.
 fn bias_of(o: Option<&Operand>) -> Result<Option<Indexed>, String> {
     o.map(|b| {
@@ -784,7 +819,10 @@ fn quantized_epilogue(
     match k.op.kind {
         OpKind::QConv | OpKind::QMatMul => {
             if y.dtype == DType::I32 {
-                return Ok(Epilogue::Accumulator { bias });
+                return Ok(Epilogue::Accumulator {
+                    bias,
+                    zero_point: None,
+                });
             }
             let rq = Requant::for_product(&xq, &wq, channels, &y, k.op.fused_activation()?)?;
             let per_channel = if rq.multipliers.len() > 1 {
@@ -1015,7 +1053,10 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
             (
                 xz.map(|z| Indexed { si: 0, sj: 0, ..z }),
                 wz,
-                Epilogue::Accumulator { bias: None },
+                Epilogue::Accumulator {
+                    bias: None,
+                    zero_point: None,
+                },
             )
         }
         _ => {
@@ -1364,11 +1405,40 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<(), String> {
                 },
             )
         }
-        OpKind::MatMulInteger => (
-            zero_point_operand(k.optional(2), false)?,
-            zero_point_operand(k.optional(3), true)?,
-            Epilogue::Accumulator { bias: None },
-        ),
+        OpKind::MatMulInteger => {
+            // Constant weights without a zero point (dynamic quantization's) pack as
+            // QMatMul's do; A's zero point is still subtracted element by element.
+            let packed = if b_rank == 2 && k.optional(3).is_none() {
+                pack(k, n, kk, |c, t| t * n + c)?
+            } else {
+                None
+            };
+            let a_zp = zero_point_operand(k.optional(2), false)?;
+            match packed {
+                Some(p) => {
+                    k.form = "matmul-packed";
+                    let sums = column_sums(k, n, kk)?;
+                    (bptr, be, b_sk, b_sj) = (p.weights, p.elem, 1, p.row_len);
+                    let zero_point = a_zp.map(|za| (za, sums));
+                    (
+                        None,
+                        None,
+                        Epilogue::Accumulator {
+                            bias: None,
+                            zero_point,
+                        },
+                    )
+                }
+                None => (
+                    a_zp,
+                    zero_point_operand(k.optional(3), true)?,
+                    Epilogue::Accumulator {
+                        bias: None,
+                        zero_point: None,
+                    },
+                ),
+            }
+        }
         _ => {
             let (aq, bq) = (quant(k.input(0)?, "A")?, quant(k.input(1)?, "B")?);
             // A constant matrix B [K][N] packs to rows [N][K] (see `pack`).

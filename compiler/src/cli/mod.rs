@@ -9,6 +9,7 @@
 pub(crate) mod bench;
 pub(crate) mod compile;
 pub(crate) mod dump;
+pub(crate) mod dynamic;
 mod html;
 pub(crate) mod ops;
 pub(crate) mod output;
@@ -186,6 +187,15 @@ pub(crate) struct QuantArgs {
     /// Weight scales: one per output channel (the default) or one per tensor.
     #[arg(long, value_enum, default_value_t = Weights::PerChannel)]
     pub(crate) weights: Weights,
+    /// static (int8 from --calib), dynamic (MatMul/Gemm activations quantized per call, int8
+    /// weights) or weight-only (MatMul/Gemm weights int8 or int4 with --weight-bits, f32
+    /// activations); the last two need no --calib.
+    #[arg(long, value_enum, default_value_t = dynamic::Mode::Static)]
+    pub(crate) mode: dynamic::Mode,
+    /// Weight-only: elements of the reduction axis per weight scale (32, 64, 128 as ONNX
+    /// Runtime's MatMulNBits); 0 gives one scale per output column.
+    #[arg(long = "block-size", value_name = "N", default_value_t = 0, value_parser = in_range::<0, 1048576>)]
+    pub(crate) block_size: usize,
     /// CLE, bias correction, AdaRound, weight bits.
     #[command(flatten)]
     pub(crate) ptq: ptq::PtqArgs,
@@ -428,8 +438,9 @@ pub(crate) fn compile_graph_from(
     codegen: &qlift::CodegenOptions,
 ) -> Result<CompiledModel> {
     let start = Instant::now();
+    dynamic::check(quant)?;
     let calibrated = use_calibration(graph, quant, path);
-    let lowered = if calibrated {
+    let mut lowered = if calibrated {
         quantize_model_from(graph, quant, batches, &pipeline_options())?.lowered
     } else {
         run_pipeline(graph, &pipeline_options())
@@ -442,7 +453,9 @@ pub(crate) fn compile_graph_from(
     };
     // Quantized when it was calibrated here or already holds integer ops (a dumped int8 .qir,
     // a QDQ model lowered by the pipeline).
+    let dynamic = dynamic::apply(&mut lowered, quant)? > 0;
     let quantized = calibrated
+        || dynamic
         || lowered
             .node_ids()
             .any(|id| lowered.node(id).op.kind().is_some_and(|k| k.is_internal()));

@@ -168,6 +168,8 @@ fn compare(
     }
     let fp32_args = QuantArgs {
         calib: Vec::new(),
+        mode: super::dynamic::Mode::Static,
+        plan: None,
         ..args.quant.clone()
     };
     let codegen = qlift::CodegenOptions::default();

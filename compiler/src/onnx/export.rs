@@ -269,6 +269,13 @@ fn rule(kind: OpKind) -> Option<Rule> {
         Hardmax => direct("Hardmax", &["axis"]),
         ConvTranspose => custom(conv_transpose),
         LSTM | GRU | RNN => custom(recurrent),
+        DynamicQuantizeLinear => {
+            custom(|ex, cx| write_results(ex, cx, "DynamicQuantizeLinear", vec![]))
+        }
+        BlockDequantizeLinear => Rule {
+            since: 21,
+            ..custom(dequantize_blocks)
+        },
         If | Loop | Scan => custom(control),
         _ => return None,
     };
@@ -509,6 +516,7 @@ impl<'g> Exporter<'g> {
         if node.outputs.len() != 1
             && qlift_ir::Cell::of(op.kind).is_none()
             && !op.kind.has_subgraphs()
+            && op.kind != OpKind::DynamicQuantizeLinear
         {
             return Err(cx.error(format!(
                 "has {} results; ONNX ops written by qlift have one",
@@ -1105,6 +1113,17 @@ fn recurrent(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
         qlift_ir::Cell::Gru => attrs.push(cx.attr("linear_before_reset")?),
         qlift_ir::Cell::Rnn => {}
     }
+    write_results(ex, cx, cx.op.kind.name(), attrs)
+}
+
+/// Writes the node as one `op_type` node with every result it has (a result nobody reads
+/// left unnamed, trailing ones dropped), for the ops with several.
+fn write_results(
+    ex: &mut Exporter,
+    cx: &Cx,
+    op_type: &str,
+    attrs: Vec<AttributeProto>,
+) -> Result<(), Error> {
     let graph = ex.graph;
     let mut outputs = Vec::with_capacity(cx.node.outputs.len());
     for output in 0..cx.node.outputs.len() {
@@ -1132,9 +1151,18 @@ fn recurrent(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
         cx.node.name.clone()
     };
     let name = unique(&mut ex.node_names, &base);
-    let mut node = node_proto(&name, cx.op.kind.name(), inputs, "", attrs);
+    let mut node = node_proto(&name, op_type, inputs, "", attrs);
     node.output = outputs;
     ex.nodes.push(node);
+    Ok(())
+}
+
+/// BlockDequantizeLinear: opset 21's DequantizeLinear with `axis` and `block_size` (no zero
+/// point: the values are symmetric).
+fn dequantize_blocks(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
+    let ((_, x), (_, scale)) = (cx.operand(0)?, cx.operand(1)?);
+    let attrs = vec![cx.attr("axis")?, cx.attr("block_size")?];
+    ex.emit(cx, "DequantizeLinear", vec![x, scale], attrs);
     Ok(())
 }
 

@@ -11,6 +11,7 @@ mod broadcast;
 pub(crate) mod cast;
 pub mod control;
 pub mod conv_transpose;
+pub mod dynamic;
 pub mod index;
 pub(crate) mod logic;
 pub(crate) mod math;
@@ -115,6 +116,8 @@ enum Family {
     Index,
     /// Dtype conversions.
     Cast,
+    /// Dynamic and weight-only quantization.
+    Dynamic,
     /// Resampling and block rearrangements.
     Resample,
     /// Element selection and placement by index.
@@ -154,6 +157,7 @@ fn family(kind: OpKind) -> Family {
         }
         Shape | Size | Gather | Slice | Expand | Tile | Range => Family::Index,
         Cast => Family::Cast,
+        DynamicQuantizeLinear | BlockDequantizeLinear => Family::Dynamic,
         Resize | DepthToSpace | SpaceToDepth => Family::Resample,
         OneHot | GatherElements | GatherND | ScatterND | ScatterElements | Trilu | NonZero => {
             Family::Select
@@ -192,6 +196,7 @@ pub(crate) fn infer(cx: &InferCtx) -> Result<Vec<TensorType>, String> {
         Family::QInt => qint::infer(cx),
         Family::Index => index::infer(cx),
         Family::Cast => cast::infer(cx),
+        Family::Dynamic => dynamic::infer(cx),
         Family::Resample => resample::infer(cx),
         Family::Select => select::infer(cx),
         Family::Arith => arith::infer(cx),
@@ -222,6 +227,7 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
         Family::QInt => return qint::eval(cx),
         Family::Index => index::eval(cx),
         Family::Cast => cast::eval(cx),
+        Family::Dynamic => dynamic::eval(cx),
         Family::Resample => resample::eval(cx),
         Family::Select => select::eval(cx),
         Family::Arith => arith::eval(cx),

@@ -329,7 +329,7 @@ pub fn insert_qdq_planned(
             outcome,
             writes: vec![g.value(writes).name.clone()],
         };
-        if !bias_add && settings.precision == Precision::Fp32 {
+        if !bias_add && settings.precision != Precision::Int8 {
             decisions.push(decision(&g, Outcome::Fp32ByPlan, result));
             read_float_sources(&mut g, id, &source_of)?;
             continue;

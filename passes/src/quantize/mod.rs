@@ -8,6 +8,7 @@
 pub mod adaround;
 pub mod bias_correction;
 pub mod cle;
+pub mod dynamic;
 pub mod insert;
 pub mod layer;
 pub mod plan;
@@ -18,6 +19,7 @@ mod wide;
 
 pub use adaround::AdaRoundOptions;
 pub use bias_correction::BiasCorrection;
+pub use dynamic::{quantize_products, Scheme};
 pub use insert::{
     insert_qdq, insert_qdq_planned, Calibration, Decision, Inserted, Outcome, QuantizeOptions,
     DEFAULT_MIN_SQNR_DB,

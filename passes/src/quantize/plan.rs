@@ -6,7 +6,9 @@
 //! version = 1
 //!
 //! [default]                    # every node, unless an op type or a node says otherwise
-//! precision = "int8"           # int8, int16 (16-bit activations, int8 weights), int4 (int4 weights, int8 activations) or fp32
+//! precision = "int8"           # int8, fp32, int16 (16-bit activations), int4 (int4 weights),
+//!                              # int8-dynamic, int8-weight-only, int4-weight-only
+//! block_size = 32              # weight-only: K elements per weight scale (0: per column)
 //! method = "minmax"            # minmax, percentile[:P], mse or entropy
 //! weights = "per-channel"      # per-channel or per-tensor
 //! activations = "u8"           # u8 or i8: the whole model's activation type (default only)
@@ -31,7 +33,10 @@
 //! activation the node quantizes (its result and the float operands it reads; a value
 //! already quantized by its producer keeps its parameters); `weights` is the granularity of
 //! its constant weights. A MatMul and the bias Add that finishes it are one unit, decided by
-//! the MatMul's settings.
+//! the MatMul's settings. The calibration-free precisions (`int8-dynamic`,
+//! `int8-weight-only`, `int4-weight-only`, with `block_size`) act on MatMul and Gemm with
+//! constant weights only (see [`super::dynamic`]): `insert-qdq` keeps such a node float and
+//! [`super::dynamic::quantize_products`] rewrites it after lowering.
 //!
 //! **Names**: node names are those of the graph `insert-qdq` sees, after the rewrites
 //! (`qlift dump MODEL --after fuse-activations`). A node of the imported model that the
@@ -41,6 +46,7 @@
 //! protect is the failure a plan exists to prevent, and a plan is written for one model.
 
 use crate::calibrate::{ActivationScheme, CalibrationMethod};
+use crate::quantize::dynamic::Scheme;
 use crate::quantize::insert::{Decision, Outcome, QuantizeOptions};
 use crate::quantize::weights::{WeightBits, WeightGranularity};
 use qlift_ir::{Graph, NodeId, NodeOp, OpKind};
@@ -65,6 +71,12 @@ pub enum Precision {
     /// over the same calibrated ranges) and int8 weights; its 8-bit neighbours read its
     /// result through a Requantize. On other ops the same as int8.
     Int16,
+    /// Activations quantized per call from their own range, int8 weights (no calibration).
+    Int8Dynamic,
+    /// f32 activations, int8 weights (per column or per block).
+    Int8WeightOnly,
+    /// f32 activations, int4 weights (per column or per block).
+    Int4WeightOnly,
 }
 
 impl Precision {
@@ -75,6 +87,21 @@ impl Precision {
             Precision::Int8 => "int8",
             Precision::Int4 => "int4",
             Precision::Int16 => "int16",
+            Precision::Int8Dynamic => "int8-dynamic",
+            Precision::Int8WeightOnly => "int8-weight-only",
+            Precision::Int4WeightOnly => "int4-weight-only",
+        }
+    }
+
+    /// The calibration-free scheme of the precision, with weight blocks of `block_size`
+    /// (0: per column); `None` for fp32 and static int8.
+    pub fn scheme(self, block_size: usize) -> Option<Scheme> {
+        let weight_only = |bits| Scheme::WeightOnly { bits, block_size };
+        match self {
+            Precision::Fp32 | Precision::Int8 | Precision::Int4 | Precision::Int16 => None,
+            Precision::Int8Dynamic => Some(Scheme::Dynamic),
+            Precision::Int8WeightOnly => Some(weight_only(WeightBits::Eight)),
+            Precision::Int4WeightOnly => Some(weight_only(WeightBits::Four)),
         }
     }
 
@@ -84,12 +111,17 @@ impl Precision {
             "int8" => Ok(Precision::Int8),
             "int4" => Ok(Precision::Int4),
             "int16" => Ok(Precision::Int16),
-            _ => Err(format!(
-                "unknown precision `{s}`; expected fp32, int16, int8 or int4"
-            )),
+            "int8-dynamic" => Ok(Precision::Int8Dynamic),
+            "int8-weight-only" => Ok(Precision::Int8WeightOnly),
+            "int4-weight-only" => Ok(Precision::Int4WeightOnly),
+            _ => Err(format!("unknown precision `{s}`; expected {PRECISIONS}")),
         }
     }
 }
+
+/// The precisions a plan accepts, for error messages.
+const PRECISIONS: &str =
+    "fp32, int8, int16, int4, int8-dynamic, int8-weight-only or int4-weight-only";
 
 /// What one section of a plan sets; `None` leaves a field to the less specific level.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -102,6 +134,8 @@ pub struct PlanEntry {
     pub weights: Option<WeightGranularity>,
     /// The least SQNR (dB) an 8-bit activation of the node may keep (0: no check).
     pub min_sqnr_db: Option<f64>,
+    /// Weight-only precisions: K elements per weight scale (0: one per column).
+    pub block_size: Option<usize>,
     /// Free text (why the entry is there); written back, never interpreted.
     pub note: Option<String>,
 }
@@ -123,6 +157,7 @@ impl PlanEntry {
             method: self.method.or(base.method),
             weights: self.weights.or(base.weights),
             min_sqnr_db: self.min_sqnr_db.or(base.min_sqnr_db),
+            block_size: self.block_size.or(base.block_size),
             note: self.note.clone().or_else(|| base.note.clone()),
         }
     }
@@ -200,6 +235,8 @@ struct RawEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     min_sqnr_db: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    block_size: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     note: Option<String>,
 }
 
@@ -216,6 +253,8 @@ struct RawDefault {
     activations: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     min_sqnr_db: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    block_size: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     note: Option<String>,
 }
@@ -274,7 +313,7 @@ impl RawEntry {
             .transpose()
             .map_err(bad)?;
         match (self.exclude, precision) {
-            (Some(true), Some(p @ (Precision::Int8 | Precision::Int16))) => {
+            (Some(true), Some(p)) if p != Precision::Fp32 => {
                 return Err(bad(format!(
                     "`exclude = true` and `precision = \"{}\"` contradict each other",
                     p.name()
@@ -298,6 +337,7 @@ impl RawEntry {
                 .transpose()
                 .map_err(bad)?,
             min_sqnr_db: check_min_sqnr(self.min_sqnr_db).map_err(bad)?,
+            block_size: self.block_size,
             note: self.note,
         })
     }
@@ -309,6 +349,7 @@ impl RawEntry {
             method: e.method.map(|m| m.to_string()),
             weights: e.weights.map(|w| weights_name(w).to_string()),
             min_sqnr_db: e.min_sqnr_db,
+            block_size: e.block_size,
             note: e.note.clone(),
         }
     }
@@ -341,6 +382,7 @@ impl QuantPlan {
             method: d.method,
             weights: d.weights,
             min_sqnr_db: d.min_sqnr_db,
+            block_size: d.block_size,
             note: d.note,
         }
         .check("default")?;
@@ -388,6 +430,7 @@ impl QuantPlan {
                 weights: d.weights,
                 activations: self.activations.map(|a| activations_name(a).to_string()),
                 min_sqnr_db: d.min_sqnr_db,
+                block_size: d.block_size,
                 note: d.note,
             }),
             op_types: self
@@ -401,6 +444,42 @@ impl QuantPlan {
                 .map(|(k, e)| (k.clone(), RawEntry::from_entry(e)))
                 .collect(),
         }
+    }
+
+    /// The calibration-free scheme the plan gives node `node` of type `op_type` (node entry
+    /// over op type over default), `base` (the command line's `--mode`) where none of them
+    /// sets a precision; `block_size` likewise, over `base`'s.
+    pub fn scheme_of(&self, node: &str, op_type: &str, base: Option<Scheme>) -> Option<Scheme> {
+        let none = PlanEntry::default();
+        let e = self
+            .nodes
+            .get(node)
+            .unwrap_or(&none)
+            .over(self.op_types.get(op_type).unwrap_or(&none))
+            .over(&self.default);
+        let base_block = match base {
+            Some(Scheme::WeightOnly { block_size, .. }) => block_size,
+            _ => 0,
+        };
+        let block = e.block_size.unwrap_or(base_block);
+        match e.precision {
+            None => base.map(|s| match s {
+                Scheme::WeightOnly { bits, .. } => Scheme::WeightOnly {
+                    bits,
+                    block_size: block,
+                },
+                s => s,
+            }),
+            Some(p) => p.scheme(block),
+        }
+    }
+
+    /// Whether any entry asks for a calibration-free precision.
+    pub fn has_schemes(&self) -> bool {
+        std::iter::once(&self.default)
+            .chain(self.op_types.values())
+            .chain(self.nodes.values())
+            .any(|e| e.precision.is_some_and(|p| p.scheme(0).is_some()))
     }
 
     /// The plan as TOML, which [`QuantPlan::parse`] reads back to an equal plan.
@@ -838,12 +917,58 @@ note = "why"
     }
 
     #[test]
+    fn calibration_free_precisions_resolve_per_node_over_op_type_over_default() {
+        let plan = QuantPlan::parse(
+            r#"
+[default]
+precision = "int8-dynamic"
+
+[op_types.Gemm]
+precision = "int4-weight-only"
+block_size = 32
+
+[nodes."fc2"]
+block_size = 128
+
+[nodes."fc3"]
+precision = "fp32"
+"#,
+        )
+        .unwrap();
+        assert!(plan.has_schemes());
+        let w4 = |block_size| {
+            Some(Scheme::WeightOnly {
+                bits: WeightBits::Four,
+                block_size,
+            })
+        };
+        assert_eq!(plan.scheme_of("mm", "MatMul", None), Some(Scheme::Dynamic));
+        assert_eq!(plan.scheme_of("fc1", "Gemm", None), w4(32));
+        assert_eq!(plan.scheme_of("fc2", "Gemm", None), w4(128));
+        assert_eq!(plan.scheme_of("fc3", "Gemm", Some(Scheme::Dynamic)), None);
+        assert_eq!(QuantPlan::parse(&plan.to_toml()).unwrap(), plan);
+        assert_eq!(QuantPlan::parse(&plan.to_json()).unwrap(), plan);
+        // No precision anywhere: the command line's scheme, with the plan's block size.
+        let plan = QuantPlan::parse("[default]\nblock_size = 64").unwrap();
+        assert!(!plan.has_schemes());
+        let base = w4(0);
+        assert_eq!(plan.scheme_of("x", "MatMul", base), w4(64));
+        assert_eq!(plan.scheme_of("x", "MatMul", None), None);
+    }
+
+    #[test]
     fn errors_name_the_entry() {
         let err = |text: &str| QuantPlan::parse(text).unwrap_err().to_string();
         assert_eq!(
-            err("[nodes.c1]\nprecision = \"int4\""),
-            "entry nodes.\"c1\": precision `int4` is not a plan precision: int4 weights are the `--weight-bits 4` option; use fp32, int16 or int8"
+            err("[nodes.c1]\nprecision = \"int17\""),
+            "entry nodes.\"c1\": unknown precision `int17`; expected fp32, int8, int16, int4, int8-dynamic, int8-weight-only or int4-weight-only"
         );
+        assert!(err("[nodes.c1]\nprecision = \"int2\"")
+            .contains("expected fp32, int8, int16, int4, int8-dynamic, int8-weight-only or int4-weight-only"));
+        assert!(
+            err("[nodes.c1]\nexclude = true\nprecision = \"int8-dynamic\"").contains("contradict")
+        );
+        assert!(err("[nodes.c1]\nblock_size = -32").contains("block_size"));
         assert!(err("[op_types.Conv]\nmethod = \"max\"")
             .starts_with("entry op_types.\"Conv\": unknown calibration method `max`"));
         assert!(err("[op_types.Cnov]\nprecision = \"fp32\"").contains("did you mean `Conv`"));

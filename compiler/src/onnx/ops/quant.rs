@@ -11,6 +11,9 @@ pub(crate) fn register(reg: &mut Registry) {
     reg.insert("QuantizeLinear", quantize_linear);
     reg.insert("DequantizeLinear", |cx| {
         refuse_float_type(cx, "output_dtype")?;
+        if cx.int("block_size", 0) != 0 {
+            return dequantize_blocks(cx);
+        }
         let rank = cx.input_type(0)?.shape.rank();
         let (_, q) = params(cx, 1, 2, Some(cx.int("axis", 1)), rank)?;
         let x = cx.input_quantized(0, Some(q))?;
@@ -51,10 +54,36 @@ pub(crate) fn register(reg: &mut Registry) {
         let operands = (0..4).map(|i| cx.input(i)).collect::<Result<Vec<_>, _>>()?;
         cx.emit(OpKind::ConvInteger, attrs, &operands)
     });
+    reg.insert_since("DynamicQuantizeLinear", 11, |cx| {
+        let x = cx.input(0)?;
+        cx.emit_all(OpKind::DynamicQuantizeLinear, Attrs::new(), &[x], 3)?;
+        Ok(())
+    });
     reg.insert("MatMulInteger", |cx| {
         let operands = (0..4).map(|i| cx.input(i)).collect::<Result<Vec<_>, _>>()?;
         cx.emit(OpKind::MatMulInteger, Attrs::new(), &operands)
     });
+}
+
+/// Opset 21's blocked DequantizeLinear: symmetric i8/i4 values (no zero point, or zeros)
+/// and f32 scales, as weight-only quantization writes them.
+fn dequantize_blocks(cx: &mut NodeCx) -> Result<(), Error> {
+    let x = cx.input_type(0)?;
+    let axis = normalize_axis(cx, cx.int("axis", 1), x.shape.rank())?;
+    if cx.has_input(2) {
+        let zero = cx.constant(2)?.and_then(|t| t.to_i64_vec().ok());
+        if !zero.is_some_and(|z| z.iter().all(|&v| v == 0)) {
+            return Err(cx.error("blocked DequantizeLinear with a non-zero zero point is not supported (qlift's block-wise weights are symmetric)"));
+        }
+    }
+    let attrs = Attrs::new()
+        .with("axis", qlift_ir::AttrValue::Int(axis))
+        .with(
+            "block_size",
+            qlift_ir::AttrValue::Int(cx.int("block_size", 0)),
+        );
+    let (q, scale) = (cx.input(0)?, cx.input(1)?);
+    cx.emit(OpKind::BlockDequantizeLinear, attrs, &[q, scale])
 }
 
 fn quantize_linear(cx: &mut NodeCx) -> Result<(), Error> {
