@@ -854,7 +854,7 @@ proptest! {
         let g = qlift_ir::text::parse(&text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
         let calibration = Tensor::from_f32(&[8, seq, k], rand.vec(8 * seq * k, -1.0, 1.0));
         let opts = QuantizeOptions { min_sqnr_db: 0.0, ..QuantizeOptions::default() };
-        let q = quantize(&g, &[calibration], &opts, &PipelineOptions::default(), &|_, _| {})
+        let q = quantize_limited_planned(&g, &[calibration], &opts, &QuantPlan::default(), &PipelineOptions::default(), &Limits::default(), &|_, _| {})
             .map_err(|e| TestCaseError::fail(format!("quantize: {e}\n{text}")))?;
         let lowered = q.lowered;
         prop_assert!(lowered.node_ids().any(|n| lowered.node(n).op.kind() == Some(OpKind::QMatMul)), "no QMatMul\n{text}");

@@ -963,8 +963,9 @@ precision = "fp32"
             err("[nodes.c1]\nprecision = \"int17\""),
             "entry nodes.\"c1\": unknown precision `int17`; expected fp32, int8, int16, int4, int8-dynamic, int8-weight-only or int4-weight-only"
         );
-        assert!(err("[nodes.c1]\nprecision = \"int2\"")
-            .contains("expected fp32, int8, int16, int4, int8-dynamic, int8-weight-only or int4-weight-only"));
+        assert!(err("[nodes.c1]\nprecision = \"int2\"").contains(
+            "expected fp32, int8, int16, int4, int8-dynamic, int8-weight-only or int4-weight-only"
+        ));
         assert!(
             err("[nodes.c1]\nexclude = true\nprecision = \"int8-dynamic\"").contains("contradict")
         );
