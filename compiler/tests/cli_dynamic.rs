@@ -116,17 +116,25 @@ fn exported_models_run_in_qlift_and_onnx_runtime_with_the_same_outputs() {
             eprintln!("note: no target/corpus/venv: the ONNX Runtime check is skipped");
             continue;
         };
-        // ONNX Runtime on the exported model: within 1e-4 of qlift's outputs (dynamic
-        // quantization's rounding of x / scale may differ by one step on a few elements).
+        // ONNX's own reference evaluator on the exported model gives qlift's outputs (within
+        // float rounding). ONNX Runtime must agree on the labels only: on CPUs without VNNI
+        // its u8×s8 MatMulInteger sums pairs of products in saturating i16 (`vpmaddubsw`,
+        // the reason for its `reduce_range` option), which the exact integer product of the
+        // ONNX definition, and qlift, do not (measured: up to 11% of the output range on
+        // the digits MLP's dynamic export on AVX2).
         let script = format!(
-            "import numpy as np, onnxruntime as ort\n\
-             s = ort.InferenceSession({onnx_s:?})\n\
-             y = s.run(None, {{s.get_inputs()[0].name: np.load({x:?})}})[0]\n\
+            "import numpy as np, onnx, onnxruntime as ort\n\
+             from onnx.reference import ReferenceEvaluator\n\
+             x = np.load({x:?})\n\
              q = np.load({exported_s:?})\n\
-             err = np.abs(y - q).max() / np.abs(q).max()\n\
+             m = onnx.load({onnx_s:?})\n\
+             ref = ReferenceEvaluator(m).run(None, {{m.graph.input[0].name: x}})[0]\n\
+             err = np.abs(ref - q).max() / np.abs(q).max()\n\
+             s = ort.InferenceSession({onnx_s:?})\n\
+             y = s.run(None, {{s.get_inputs()[0].name: x}})[0]\n\
              agree = (y.argmax(1) == q.argmax(1)).mean()\n\
              print(err, agree)\n\
-             assert err < 2e-2 and agree > 0.99, (err, agree)\n"
+             assert err < 1e-4 and agree > 0.99, (err, agree)\n"
         );
         let o = Command::new(&py).args(["-c", &script]).output().unwrap();
         assert!(
