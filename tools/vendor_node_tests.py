@@ -19,7 +19,7 @@ SUPPORTED = {
     "BatchNormalization", "Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish",
     "Add", "Sub", "Mul", "Div", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
     "Flatten", "Reshape", "Transpose", "Concat", "Softmax", "Identity", "Dropout", "Squeeze",
-    "Unsqueeze", "Pad", "QuantizeLinear", "DequantizeLinear", "Constant",
+    "Unsqueeze", "Pad", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Constant",
     # shapes, indexing, conversions
     "Shape", "Size", "Gather", "Slice", "Split", "Expand", "Tile", "Range", "ConstantOfShape",
     "Cast", "CastLike",

@@ -511,7 +511,14 @@ impl OpKind {
         use OpKind::*;
         matches!(
             self,
-            QConv | QMatMul | QAdd | QAveragePool | QGlobalAveragePool | QConcat | Requantize
+            QConv
+                | QMatMul
+                | QAdd
+                | QAveragePool
+                | QGlobalAveragePool
+                | QConcat
+                | Requantize
+                | BlockDequantizeLinear
         )
     }
 

@@ -329,7 +329,11 @@ pub fn insert_qdq_planned(
             outcome,
             writes: vec![g.value(writes).name.clone()],
         };
-        if !bias_add && settings.precision != Precision::Int8 {
+        // fp32 by the plan, or left float here for the calibration-free rewrite (dynamic,
+        // weight-only); int4 and int16 are static integer precisions like int8.
+        let float_here =
+            settings.precision == Precision::Fp32 || settings.precision.scheme(0).is_some();
+        if !bias_add && float_here {
             decisions.push(decision(&g, Outcome::Fp32ByPlan, result));
             read_float_sources(&mut g, id, &source_of)?;
             continue;
