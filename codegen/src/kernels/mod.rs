@@ -138,10 +138,12 @@ pub(crate) struct Kernel<'k, 'f> {
 /// per-thread scratch), possibly on several threads, and returns when all have returned.
 pub(crate) const PARALLEL_FOR: &str = "qlift_parallel_for";
 
-/// Multiply-accumulates below which a kernel call stays on its thread: handing work to the
-/// pool and waiting for it costs tens of µs on a loaded machine (measured: the wide MLP's
-/// 0.8–1 M-MAC products at batch 1 took 60 µs on one thread, 100 µs split on two).
-pub(crate) const PARALLEL_MIN_WORK: u64 = 4_000_000;
+/// Multiply-accumulates below which a kernel call stays on its thread. With parts run on
+/// the caller and spinning helpers ([`crate::fork_join`]) a split costs a few µs (it was
+/// tens through rayon, and this was 4 M): at 0.5 M (one measurement, not interleaved, on a
+/// quiet 2-core machine), batch 1 on two threads took the wide MLP from 59 to 37 µs (one
+/// thread: 59) and MobileNetV2 from 8.2 to 6.8 ms (one thread: 8.7); 0.15 M was no better.
+pub(crate) const PARALLEL_MIN_WORK: u64 = 500_000;
 
 impl<'k, 'f> Kernel<'k, 'f> {
     pub(crate) fn new(
