@@ -1,4 +1,6 @@
-//! Accuracy-aware fallback (`--target-sqnr DB`): raise the precision of the layers that hurt
+//! Accuracy-aware fallback (`--target-sqnr DB`, or `--max-drop PP` with `--calib-labels`:
+//! top-1 accuracy within PP points of fp32's on the labelled calibration samples, the
+//! candidates compared by accuracy first, then SQNR): raise the precision of the layers that hurt
 //! most one step at a time (an int8 Conv/Gemm/MatMul to int16, which keeps it in integers
 //! at about the cost of int8 and usually suffices; an int16 layer or any other int8 unit to
 //! fp32) until the model's outputs keep at least `DB` of signal to quantization noise
@@ -63,6 +65,74 @@ pub struct Step {
     pub precision: Precision,
     /// The output SQNR after the step, dB (the least over the model's outputs).
     pub output_sqnr_db: f64,
+    /// For [`Goal::MaxDrop`]: the top-1 accuracy (%) after the step.
+    pub accuracy: Option<f64>,
+}
+
+/// What the search must reach.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Goal {
+    /// Every output keeps at least this SQNR (dB) against fp32 (`--target-sqnr`).
+    Sqnr(f64),
+    /// The top-1 accuracy of output 0 (argmax over its last axis) on the labelled
+    /// calibration samples stays within `points` percentage points of fp32's (`--max-drop`
+    /// with `--calib-labels`): one label per calibration sample, in their order.
+    MaxDrop {
+        /// Percentage points of top-1 accuracy the quantized model may lose.
+        points: f64,
+        /// The class of each calibration sample.
+        labels: Vec<i64>,
+    },
+}
+
+impl Goal {
+    /// The flag that asked for it, for notes and errors.
+    fn flag(&self) -> String {
+        match self {
+            Goal::Sqnr(db) => format!("--target-sqnr {db}"),
+            Goal::MaxDrop { points, .. } => format!("--max-drop {points}"),
+        }
+    }
+}
+
+/// How good one quantization is: its least output SQNR (dB) and, for [`Goal::MaxDrop`],
+/// its top-1 accuracy (%).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Score {
+    /// The least output SQNR, dB.
+    pub sqnr_db: f64,
+    /// Top-1 accuracy, %, when labels were given.
+    pub accuracy: Option<f64>,
+}
+
+impl Score {
+    /// Accuracy first (when measured), then SQNR: what the search maximizes.
+    fn beats(&self, other: &Score) -> bool {
+        match (self.accuracy, other.accuracy) {
+            (Some(a), Some(b)) if a != b => a > b,
+            _ => self.sqnr_db > other.sqnr_db,
+        }
+    }
+}
+
+/// Top-1 accuracy (%) of `outputs` (samples on axis 0, classes last) against `labels`.
+fn top1(outputs: &[f32], samples: usize, labels: &[i64]) -> f64 {
+    let classes = outputs.len() / samples.max(1);
+    let right = outputs
+        .chunks(classes.max(1))
+        .zip(labels)
+        .filter(|(row, &label)| {
+            let best = row
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                );
+            best.0 as i64 == label
+        })
+        .count();
+    100.0 * right as f64 / samples.max(1) as f64
 }
 
 /// What the search found.
@@ -73,6 +143,8 @@ pub struct Fallback {
     pub initial_sqnr_db: f64,
     /// The output SQNR reached, dB.
     pub output_sqnr_db: f64,
+    /// For [`Goal::MaxDrop`]: top-1 accuracy (%) of fp32, before any fallback, and reached.
+    pub accuracy: Option<(f64, f64, f64)>,
     /// Whether it reaches the target.
     pub reached: bool,
     /// Units in fp32 in the result (by the plan, the outlier check or the search).
@@ -125,7 +197,7 @@ fn run_compiled(
         .collect())
 }
 
-/// Searches for the plan whose quantization of `graph` keeps `target_db` at every output,
+/// Searches for the plan whose quantization of `graph` reaches `goal`,
 /// starting from `first` (a quantization of `graph` with `opts` and its plan, whose frozen
 /// plan the search extends), measured on `calibration` (the inputs it was calibrated on).
 /// `progress` sees every step.
@@ -134,7 +206,7 @@ pub fn meet_target(
     mut first: Quantized,
     opts: &QuantizeOptions,
     calibration: &[Tensor],
-    target_db: f64,
+    goal: &Goal,
     limits: &Limits,
     progress: &dyn Fn(&Step),
 ) -> Result<Fallback, Error> {
@@ -143,7 +215,7 @@ pub fn meet_target(
     if opts.ptq.replays() {
         return Err(Error::Value {
             name: "calibration steps".to_string(),
-            message: "--target-sqnr cannot be combined with --cle, --bias-correction or --adaround yet: each candidate plan is requantized from the calibration statistics alone".to_string(),
+            message: "--target-sqnr and --max-drop cannot be combined with --cle, --bias-correction or --adaround yet: each candidate plan is requantized from the calibration statistics alone".to_string(),
         });
     }
     let quiet = PipelineOptions::default();
@@ -156,19 +228,49 @@ pub fn meet_target(
         compare_traced(&float, &reference, &q.lowered, &rank_inputs, None, limits)
     };
     let float_outputs = run_compiled(&float, false, &inputs)?;
-    let measure = |q: &Quantized| -> Result<f64, Error> {
+    let samples = inputs
+        .first()
+        .and_then(|t| t.shape().first().copied())
+        .unwrap_or(1);
+    let labels = match goal {
+        Goal::MaxDrop { labels, .. } if labels.len() < samples => {
+            return Err(Error::Value {
+                name: "--calib-labels".to_string(),
+                message: format!(
+                    "{} labels for {samples} calibration samples: one label per sample",
+                    labels.len()
+                ),
+            })
+        }
+        Goal::MaxDrop { labels, .. } => Some(&labels[..samples]),
+        Goal::Sqnr(_) => None,
+    };
+    let accuracy = |outputs: &[Vec<f32>]| labels.map(|l| top1(&outputs[0], samples, l));
+    let fp32_accuracy = accuracy(&float_outputs);
+    let measure = |q: &Quantized| -> Result<Score, Error> {
         let got = run_compiled(&q.lowered, true, &inputs)?;
-        Ok(got
+        let sqnr_db = got
             .iter()
             .zip(&float_outputs)
             .map(|(g, w)| crate::report::sqnr_db(g, w))
-            .fold(f64::INFINITY, f64::min))
+            .fold(f64::INFINITY, f64::min);
+        Ok(Score {
+            sqnr_db,
+            accuracy: accuracy(&got),
+        })
     };
+    let reached = |score: &Score| match goal {
+        Goal::Sqnr(target) => score.sqnr_db >= *target,
+        Goal::MaxDrop { points, .. } => {
+            score.accuracy.unwrap_or(0.0) + points + 1e-9 >= fp32_accuracy.unwrap_or(0.0)
+        }
+    };
+    let flag = goal.flag();
     let stats = std::mem::take(&mut first.calibration);
     let quantize = |p: &QuantPlan| requantize(graph, &stats, opts, p, &quiet);
 
     let initial = measure(&first)?;
-    let mut db = initial;
+    let mut score = initial;
     // The plan `first` was made with, frozen: node entries under the names the search uses,
     // and the outlier check's outcome recorded, so that its decisions stay what they were.
     let base = first.plan.clone();
@@ -176,30 +278,35 @@ pub fn meet_target(
     let mut working = base.clone();
     let mut raised: Vec<String> = Vec::new();
     let mut steps = Vec::new();
-    while db < target_db {
+    while !reached(&score) {
         let ranked = ranked_units(&float, &current, &rows(&current)?);
         if ranked.is_empty() {
             break;
         }
-        let mut best: Option<(f64, String, Precision, QuantPlan, Quantized)> = None;
+        let mut best: Option<(Score, String, Precision, QuantPlan, Quantized)> = None;
         for (node, to) in ranked.into_iter().take(CANDIDATES) {
             let mut trial = working.clone();
             trial.set_node(
                 &node,
-                raised_entry(to, format!(
-                    "raised by --target-sqnr {target_db}: the unit whose {} gave the best output SQNR (from {db:.1} dB)", to.name()
-                )),
+                raised_entry(
+                    to,
+                    format!(
+                        "raised by {flag}: the unit whose {} gave the best result (from {:.1} dB)",
+                        to.name(),
+                        score.sqnr_db
+                    ),
+                ),
             );
             let q = quantize(&trial)?;
-            let trial_db = measure(&q)?;
-            if best.as_ref().is_none_or(|b| trial_db > b.0) {
-                best = Some((trial_db, node, to, trial, q));
+            let trial_score = measure(&q)?;
+            if best.as_ref().is_none_or(|b| trial_score.beats(&b.0)) {
+                best = Some((trial_score, node, to, trial, q));
             }
         }
-        let Some((best_db, worst, to, trial, q)) = best else {
+        let Some((best_score, worst, to, trial, q)) = best else {
             break;
         };
-        (db, working, current) = (best_db, trial, q);
+        (score, working, current) = (best_score, trial, q);
         if !raised.contains(&worst) {
             raised.push(worst.clone());
         }
@@ -207,12 +314,13 @@ pub fn meet_target(
             node: worst,
             raised: true,
             precision: to,
-            output_sqnr_db: db,
+            output_sqnr_db: score.sqnr_db,
+            accuracy: score.accuracy,
         };
         progress(&step);
         steps.push(step);
     }
-    if db >= target_db {
+    if reached(&score) {
         for node in raised.clone() {
             // Back to where the unit started, else (a unit raised to fp32 through int16)
             // to int16.
@@ -233,23 +341,24 @@ pub fn meet_target(
                     node.clone(),
                     raised_entry(
                         Precision::Int16,
-                        format!("raised by --target-sqnr {target_db}: int16 keeps the target"),
+                        format!("raised by {flag}: int16 keeps the target"),
                     ),
                 );
                 tries.push((wide, Precision::Int16));
             }
             for (trial, precision) in tries {
                 let q = quantize(&trial)?;
-                let trial_db = measure(&q)?;
-                if trial_db >= target_db {
+                let trial_score = measure(&q)?;
+                if reached(&trial_score) {
                     working = trial;
                     current = q;
-                    db = trial_db;
+                    score = trial_score;
                     let step = Step {
                         node: node.clone(),
                         raised: false,
                         precision,
-                        output_sqnr_db: db,
+                        output_sqnr_db: score.sqnr_db,
+                        accuracy: score.accuracy,
                     };
                     progress(&step);
                     steps.push(step);
@@ -266,9 +375,16 @@ pub fn meet_target(
     let float_units = current.decisions.len() - int8_units - int16_units;
     Ok(Fallback {
         quantized: current,
-        initial_sqnr_db: initial,
-        output_sqnr_db: db,
-        reached: db >= target_db,
+        initial_sqnr_db: initial.sqnr_db,
+        output_sqnr_db: score.sqnr_db,
+        accuracy: fp32_accuracy.map(|f| {
+            (
+                f,
+                initial.accuracy.unwrap_or(0.0),
+                score.accuracy.unwrap_or(0.0),
+            )
+        }),
+        reached: reached(&score),
         float_units,
         int8_units,
         int16_units,
@@ -276,8 +392,6 @@ pub fn meet_target(
     })
 }
 
-/// The int8 units, the one that adds the most relative noise first (see the module
-/// documentation).
 /// The plan entry that puts a unit at `precision`, with a note saying why.
 fn raised_entry(precision: Precision, note: String) -> PlanEntry {
     PlanEntry {

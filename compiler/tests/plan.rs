@@ -258,3 +258,86 @@ fn target_sqnr_raises_layers_until_the_output_meets_it() {
     let (again, _) = quantize_mobile("target_again", &["--plan", &plan]);
     assert_eq!(ir, again);
 }
+
+/// `--max-drop PP --calib-labels`: W4A8 per-tensor digits_mobile loses a fifth of its top-1
+/// on the labelled samples; the search raises layers until it is within 1 point of fp32's,
+/// and says so. Labels that do not cover the samples, or a missing label file, are errors.
+#[test]
+fn max_drop_raises_layers_until_top1_is_within_the_drop() {
+    let (x, y) = (model("digits_test_x.npy"), model("digits_test_y.npy"));
+    let (onnx, plan) = (temp("max_drop.onnx"), temp("max_drop.toml"));
+    let mobile = model("digits_mobile.onnx");
+    let base = [
+        "quantize",
+        &*mobile,
+        "--calib",
+        &*x,
+        "--weight-bits",
+        "4",
+        "--weights",
+        "per-tensor",
+        "-o",
+        &*onnx,
+    ];
+    let o = qlift(
+        &[
+            &base[..],
+            &[
+                "--max-drop",
+                "1",
+                "--calib-labels",
+                &y,
+                "--emit-plan",
+                &plan,
+            ],
+        ]
+        .concat(),
+    );
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("--max-drop: top-1 on the calibration samples"))
+        .unwrap_or_else(|| panic!("no accuracy note: {err}"));
+    // "... 79.69% → 100.00% (fp32 100.00%)"
+    let numbers: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|w| w.trim_end_matches([')', '%']).parse().ok())
+        .collect();
+    let [before, after, fp32] = numbers[numbers.len() - 3..] else {
+        panic!("{line}")
+    };
+    assert!(
+        before < fp32 - 1.0,
+        "the drop must need fixing here: {line}"
+    );
+    assert!(after >= fp32 - 1.0, "{line}");
+    assert!(
+        err.contains("(reached)") && err.contains("raised:"),
+        "{err}"
+    );
+    assert!(std::fs::read_to_string(&plan)
+        .unwrap()
+        .contains("raised by --max-drop 1"));
+    // Without labels: a usage error (exit 1, as every bad input); too few labels: bad input
+    // naming the flag.
+    let o = qlift(&[&base[..], &["--max-drop", "1"]].concat());
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--calib-labels"), "{}", stderr(&o));
+    // Ten labels (.npy, little-endian i64) for the 64 samples measured.
+    let few = temp("few_labels.npy");
+    let header = "{'descr': '<i8', 'fortran_order': False, 'shape': (10,), }";
+    let padded = format!("{header:<117}\n");
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(padded.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(padded.as_bytes());
+    bytes.extend((0..10i64).flat_map(|v| v.to_le_bytes()));
+    std::fs::write(&few, bytes).unwrap();
+    let o = qlift(&[&base[..], &["--max-drop", "1", "--calib-labels", &few]].concat());
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("10 labels for 64 calibration samples"),
+        "{}",
+        stderr(&o)
+    );
+}

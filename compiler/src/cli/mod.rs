@@ -212,6 +212,14 @@ pub(crate) struct QuantArgs {
     /// DB of SQNR against fp32 on the calibration data (then return any it can to int8).
     #[arg(long = "target-sqnr", value_name = "DB", value_parser = plan::parse_db)]
     pub(crate) target_sqnr_db: Option<f64>,
+    /// Raise the layers that hurt most, like --target-sqnr, until the top-1 accuracy of the
+    /// first output on the calibration samples is within PP percentage points of fp32's
+    /// (needs --calib-labels).
+    #[arg(long = "max-drop", value_name = "PP", value_parser = plan::parse_points, conflicts_with = "target_sqnr_db", requires = "calib_labels")]
+    pub(crate) max_drop: Option<f64>,
+    /// Integer class labels (.npy), one per --calib sample, for --max-drop.
+    #[arg(long = "calib-labels", value_name = "FILE.npy", requires = "max_drop")]
+    pub(crate) calib_labels: Option<std::path::PathBuf>,
     /// Write the plan this quantization used (TOML; JSON for a .json file): applied with
     /// --plan, it reproduces the same quantized model bit for bit.
     #[arg(long = "emit-plan", value_name = "FILE")]
@@ -561,8 +569,8 @@ pub(crate) fn quantize_model_from(
     if let Some(path) = &q.emit_plan {
         output::check_writable(path, "--emit-plan")?;
     }
-    if batches.is_some() && q.target_sqnr_db.is_some() {
-        bail!("--target-sqnr measures layers on --calib files; it does not calibrate over a stream yet");
+    if batches.is_some() && (q.target_sqnr_db.is_some() || q.max_drop.is_some()) {
+        bail!("--target-sqnr and --max-drop measure layers on --calib files; they do not calibrate over a stream yet");
     }
     let (plan, source) = plan::from_args(q)?;
     let calibration = match batches {

@@ -5,7 +5,7 @@
 use super::output::note;
 use super::{progress_bar, QuantArgs};
 use anyhow::{Context, Result};
-use qlift::fallback::{meet_target, Step};
+use qlift::fallback::{meet_target, Goal, Step};
 use qlift::{QuantPlan, QuantizeOptions, Quantized};
 use qlift_ir::{Graph, Tensor};
 use qlift_passes::quantize::Outcome;
@@ -14,6 +14,18 @@ use qlift_passes::quantize::Outcome;
 const MAX_TARGET_DB: f64 = 150.0;
 
 /// A clap value parser for `--target-sqnr`: a number of dB in `[0, MAX_TARGET_DB]`.
+/// `--max-drop`: percentage points of top-1 accuracy, 0 to 100.
+pub(crate) fn parse_points(s: &str) -> Result<f64, String> {
+    let points: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of percentage points"))?;
+    if !(0.0..=100.0).contains(&points) {
+        return Err(format!("{points} points is out of range: from 0 to 100"));
+    }
+    Ok(points)
+}
+
 pub(crate) fn parse_db(s: &str) -> Result<f64, String> {
     let db: f64 = s
         .trim()
@@ -89,18 +101,37 @@ pub(crate) fn finish(
     if quantized.samples == 0 {
         return Ok(quantized);
     }
-    let quantized = match q.target_sqnr_db {
-        Some(target) => {
+    let goal = match (q.target_sqnr_db, q.max_drop) {
+        (Some(db), _) => Some(Goal::Sqnr(db)),
+        (None, Some(points)) => {
+            let path = q
+                .calib_labels
+                .as_deref()
+                .context("--max-drop needs --calib-labels")?;
+            let labels = qlift::npy::read_npy(path)
+                .with_context(|| format!("--calib-labels {}", path.display()))?
+                .to_i64_vec()
+                .map_err(|e| anyhow::anyhow!("--calib-labels {}: {e}", path.display()))?;
+            Some(Goal::MaxDrop { points, labels })
+        }
+        (None, None) => None,
+    };
+    let quantized = match &goal {
+        Some(goal) => {
             let found = meet_target(
                 graph,
                 quantized,
                 opts,
                 calibration,
-                target,
+                goal,
                 &qlift::Limits::default(),
                 &|step: &Step| {
+                    let accuracy = step
+                        .accuracy
+                        .map(|a| format!(", top-1 {a:.1}%"))
+                        .unwrap_or_default();
                     progress_bar().set_message(format!(
-                        "--target-sqnr: {} {} {} → {:.1} dB",
+                        "fallback: {} {} {} → {:.1} dB{accuracy}",
                         if step.raised { "up to" } else { "back to" },
                         step.precision.name(),
                         step.node,
@@ -108,7 +139,11 @@ pub(crate) fn finish(
                     ));
                 },
             )
-            .context("--target-sqnr")?;
+            .context(if q.max_drop.is_some() {
+                "--max-drop"
+            } else {
+                "--target-sqnr"
+            })?;
             progress_bar().finish_and_clear();
             let raised: Vec<&str> = found
                 .quantized
@@ -122,8 +157,17 @@ pub(crate) fn finish(
                 })
                 .map(|(k, _)| k.as_str())
                 .collect();
+            if let Some((fp32, before, after)) = found.accuracy {
+                note!(
+                    "--max-drop: top-1 on the calibration samples {before:.2}% → {after:.2}% (fp32 {fp32:.2}%)"
+                );
+            }
+            let target = match goal {
+                Goal::Sqnr(db) => format!("--target-sqnr {db}"),
+                Goal::MaxDrop { points, .. } => format!("--max-drop {points}"),
+            };
             note!(
-                "--target-sqnr {target}: output SQNR {:.1} dB → {:.1} dB on the calibration data ({}), {} of {} units int8, {} int16, {} raised{}",
+                "{target}: output SQNR {:.1} dB → {:.1} dB on the calibration data ({}), {} of {} units int8, {} int16, {} raised{}",
                 found.initial_sqnr_db,
                 found.output_sqnr_db,
                 if found.reached { "reached" } else { "NOT reached: every unit is float" },
@@ -137,7 +181,7 @@ pub(crate) fn finish(
         }
         None => quantized,
     };
-    if q.plan.is_some() || !q.exclude.is_empty() || q.target_sqnr_db.is_some() {
+    if q.plan.is_some() || !q.exclude.is_empty() || goal.is_some() {
         let count =
             |f: fn(&Outcome) -> bool| quantized.decisions.iter().filter(|d| f(&d.outcome)).count();
         note!(
