@@ -511,14 +511,7 @@ impl OpKind {
         use OpKind::*;
         matches!(
             self,
-            QConv
-                | QMatMul
-                | QAdd
-                | QAveragePool
-                | QGlobalAveragePool
-                | QConcat
-                | Requantize
-                | BlockDequantizeLinear
+            QConv | QMatMul | QAdd | QAveragePool | QGlobalAveragePool | QConcat | Requantize
         )
     }
 
