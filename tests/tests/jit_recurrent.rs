@@ -392,6 +392,30 @@ fn options(baseline: bool) -> CodegenOptions {
     }
 }
 
+/// `g` compiled and run on `feed` by each engine configuration the tests compare with the
+/// interpreter: the host ISA on one and two threads, and the baseline ISA.
+fn every_engine(
+    g: &Graph,
+    feed: &[Tensor],
+    text: &dyn Fn() -> String,
+) -> Result<Vec<(&'static str, Vec<Tensor>)>, TestCaseError> {
+    let mut runs = Vec::new();
+    for (name, baseline, threads) in [
+        ("host", false, 1),
+        ("host, two threads", false, 2),
+        ("baseline", true, 1),
+    ] {
+        let mut program = JitProgram::compile(g, &options(baseline))
+            .map_err(|e| TestCaseError::fail(format!("{name} compile: {e}\n{}", text())))?;
+        program.set_threads(threads);
+        let got = program
+            .run(feed)
+            .map_err(|e| TestCaseError::fail(format!("{name} run: {e}")))?;
+        runs.push((name, got));
+    }
+    Ok(runs)
+}
+
 fn check(spec: &Spec, samples: usize) -> Result<(), TestCaseError> {
     let (g, feed) = spec.build(samples);
     qlift_ir::verify(&g).map_err(|e| TestCaseError::fail(format!("verify: {e}")))?;
@@ -406,17 +430,7 @@ fn check(spec: &Spec, samples: usize) -> Result<(), TestCaseError> {
     };
     let want = qlift_ir::interp::run(&g, &feed)
         .map_err(|e| TestCaseError::fail(format!("interp: {e}\n{}", text())))?;
-    for (name, baseline, threads) in [
-        ("host", false, 1),
-        ("host, two threads", false, 2),
-        ("baseline", true, 1),
-    ] {
-        let mut program = JitProgram::compile(&g, &options(baseline))
-            .map_err(|e| TestCaseError::fail(format!("{name} compile: {e}\n{}", text())))?;
-        program.set_threads(threads);
-        let got = program
-            .run(&feed)
-            .map_err(|e| TestCaseError::fail(format!("{name} run: {e}")))?;
+    for (name, got) in every_engine(&g, &feed, &text)? {
         prop_assert_eq!(got.len(), want.len());
         for (k, (a, b)) in got.iter().zip(&want).enumerate() {
             let err = relative_error(a, b);
@@ -505,17 +519,7 @@ fn check_integer(spec: &Spec, samples: usize) -> Result<(), TestCaseError> {
     };
     let want = qlift_ir::interp::run(&g, &feed)
         .map_err(|e| TestCaseError::fail(format!("interp: {e}\n{}", text())))?;
-    for (name, baseline, threads) in [
-        ("host", false, 1),
-        ("host, two threads", false, 2),
-        ("baseline", true, 1),
-    ] {
-        let mut program = JitProgram::compile(&g, &options(baseline))
-            .map_err(|e| TestCaseError::fail(format!("{name} compile: {e}\n{}", text())))?;
-        program.set_threads(threads);
-        let got = program
-            .run(&feed)
-            .map_err(|e| TestCaseError::fail(format!("{name} run: {e}")))?;
+    for (name, got) in every_engine(&g, &feed, &text)? {
         prop_assert_eq!(got.len(), want.len());
         for (k, (a, b)) in got.iter().zip(&want).enumerate() {
             let bits = |t: &Tensor| {
