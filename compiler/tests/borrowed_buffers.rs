@@ -5,7 +5,9 @@
 
 use qlift::{CompileOptions, CompiledModel, Engine};
 use qlift_ir::{DType, Tensor, TensorBuf, TensorMut, TensorRef};
-use std::path::PathBuf;
+
+mod support;
+use support::models_dir;
 
 const ENGINES: [Engine; 2] = [Engine::Jit, Engine::Interpreter];
 
@@ -57,10 +59,6 @@ fn as_bytes(w: &[u64]) -> &[u8] {
 fn as_bytes_mut(w: &mut [u64]) -> &mut [u8] {
     // SAFETY: as in `as_bytes`.
     unsafe { std::slice::from_raw_parts_mut(w.as_mut_ptr().cast::<u8>(), w.len() * 8) }
-}
-
-fn models_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/models")
 }
 
 #[test]

@@ -7,11 +7,9 @@ use qlift::{Error, Limits, QuantizeOptions};
 use qlift_ir::text::{print, PrintOptions};
 use qlift_ir::Tensor;
 use qlift_passes::PipelineOptions;
-use std::path::PathBuf;
 
-fn models_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/models")
-}
+mod support;
+use support::models_dir;
 
 fn stream(
     graph: &qlift_ir::Graph,

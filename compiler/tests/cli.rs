@@ -3,34 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn qlift(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qlift"))
-        .args(args)
-        .output()
-        .expect("the qlift binary runs")
-}
-
-fn models() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/models")
-}
-
-fn model(file: &str) -> String {
-    models().join(file).to_string_lossy().into_owned()
-}
-
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("qlift-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+mod support;
+use support::*;
 
 #[test]
 fn help_lists_subcommands_with_examples() {
@@ -154,7 +128,7 @@ fn run_writes_outputs_and_scores_labels() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("accuracy: 98.15%"), "{}", stdout(&o));
     let got = qlift::npy::read_npy(&out).unwrap();
-    let want = qlift::npy::read_npy(&models().join("digits_mlp.expected.npy")).unwrap();
+    let want = qlift::npy::read_npy(&models_dir().join("digits_mlp.expected.npy")).unwrap();
     assert_eq!(got.shape(), want.shape());
     let err = got
         .as_f32()

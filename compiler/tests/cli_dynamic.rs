@@ -5,26 +5,8 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-fn qlift(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qlift"))
-        .args(args)
-        .output()
-        .expect("the qlift binary runs")
-}
-
-fn model(file: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/models")
-        .join(file)
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("qlift-cli-dynamic-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
+mod support;
+use support::*;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

@@ -17,9 +17,8 @@ use qlift_ir::{
 };
 use std::path::{Path, PathBuf};
 
-fn models_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/models")
-}
+mod support;
+use support::models_dir;
 
 /// Every bundled model and the test input it reads.
 const MODELS: [(&str, &str); 6] = [

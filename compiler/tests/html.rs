@@ -14,23 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-fn qlift(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_qlift"))
-        .args(args)
-        .output()
-        .expect("the qlift binary runs")
-}
+mod support;
+use support::{model, qlift};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn model(file: &str) -> String {
-    root()
-        .join("examples/models")
-        .join(file)
-        .to_string_lossy()
-        .into_owned()
 }
 
 /// Where reports and screenshots are kept for a look after the tests.

@@ -1,38 +1,16 @@
 //! Quantization the user controls, through the `qlift` binary: `--plan`, `--exclude`,
 //! `--emit-plan` and `--target-sqnr` on the bundled models.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
-
-fn qlift(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qlift"))
-        .args(args)
-        .output()
-        .expect("the qlift binary runs")
-}
-
-fn model(file: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/models")
-        .join(file)
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn temp(name: &str) -> String {
-    let dir = std::env::temp_dir().join(format!("qlift-plan-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name).to_string_lossy().into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+mod support;
+use support::*;
 
 /// `qlift quantize digits_mobile` with `extra` flags; returns the lowered IR text (`--qir`)
 /// and stderr. Fails the test when the command fails.
 fn quantize_mobile(tag: &str, extra: &[&str]) -> (String, String) {
-    let (onnx, qir) = (temp(&format!("{tag}.onnx")), temp(&format!("{tag}.qir")));
+    let (onnx, qir) = (
+        temp_arg(&format!("{tag}.onnx")),
+        temp_arg(&format!("{tag}.qir")),
+    );
     let calib = model("digits_calib_x.npy");
     let mut args = vec![
         "quantize", "", // the model
@@ -93,7 +71,7 @@ fn exclude_by_node_and_by_op_type_keeps_exactly_those_float() {
 
 #[test]
 fn a_plan_sets_methods_and_weights_per_op_type_and_node() {
-    let plan = temp("methods.toml");
+    let plan = temp_arg("methods.toml");
     std::fs::write(
         &plan,
         "[default]\nmethod = \"mse\"\n[op_types.Gemm]\nweights = \"per-tensor\"\n[nodes.relu4_node]\nprecision = \"fp32\"\n",
@@ -127,7 +105,7 @@ fn a_plan_sets_methods_and_weights_per_op_type_and_node() {
 fn a_bad_plan_exits_1_naming_the_file_and_entry() {
     let calib = model("digits_calib_x.npy");
     let m = model("digits_mobile.onnx");
-    let out = temp("bad.onnx");
+    let out = temp_arg("bad.onnx");
     let cases = [
         (
             "[nodes.relu_4]\nprecision = \"fp32\"\n",
@@ -159,7 +137,7 @@ fn a_bad_plan_exits_1_naming_the_file_and_entry() {
         ),
     ];
     for (i, (text, message)) in cases.iter().enumerate() {
-        let plan = temp(&format!("bad{i}.toml"));
+        let plan = temp_arg(&format!("bad{i}.toml"));
         std::fs::write(&plan, text).unwrap();
         let o = qlift(&[
             "quantize", &m, "--calib", &calib, "-o", &out, "--plan", &plan,
@@ -206,7 +184,7 @@ fn a_bad_plan_exits_1_naming_the_file_and_entry() {
 fn an_emitted_plan_reproduces_the_quantization_bit_for_bit() {
     // An outlier check strict enough to keep layers float, so that the plan must record
     // them: at 40 dB some of digits_mobile's activations fail it.
-    let plan = temp("emitted.toml");
+    let plan = temp_arg("emitted.toml");
     let (first, err) = quantize_mobile("first", &["--min-sqnr", "40", "--emit-plan", &plan]);
     let text = std::fs::read_to_string(&plan).unwrap();
     assert!(
@@ -223,11 +201,11 @@ fn an_emitted_plan_reproduces_the_quantization_bit_for_bit() {
     );
     // The QDQ models are equal byte for byte too.
     assert_eq!(
-        std::fs::read(temp("first.onnx")).unwrap(),
-        std::fs::read(temp("again.onnx")).unwrap()
+        std::fs::read(temp_arg("first.onnx")).unwrap(),
+        std::fs::read(temp_arg("again.onnx")).unwrap()
     );
     // JSON reads back the same.
-    let json = temp("emitted.json");
+    let json = temp_arg("emitted.json");
     quantize_mobile("json", &["--min-sqnr", "40", "--emit-plan", &json]);
     let (from_json, _) = quantize_mobile("from_json", &["--plan", &json]);
     assert_eq!(first, from_json);
@@ -236,7 +214,7 @@ fn an_emitted_plan_reproduces_the_quantization_bit_for_bit() {
 #[test]
 fn target_sqnr_raises_layers_until_the_output_meets_it() {
     // digits_mobile keeps 32.8 dB at its output in int8; 38 dB needs some layers in fp32.
-    let plan = temp("target.toml");
+    let plan = temp_arg("target.toml");
     let (ir, err) = quantize_mobile("target", &["--target-sqnr", "38", "--emit-plan", &plan]);
     let line = err
         .lines()
@@ -265,7 +243,7 @@ fn target_sqnr_raises_layers_until_the_output_meets_it() {
 #[test]
 fn max_drop_raises_layers_until_top1_is_within_the_drop() {
     let (x, y) = (model("digits_test_x.npy"), model("digits_test_y.npy"));
-    let (onnx, plan) = (temp("max_drop.onnx"), temp("max_drop.toml"));
+    let (onnx, plan) = (temp_arg("max_drop.onnx"), temp_arg("max_drop.toml"));
     let mobile = model("digits_mobile.onnx");
     let base = [
         "quantize",
@@ -325,7 +303,7 @@ fn max_drop_raises_layers_until_top1_is_within_the_drop() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("--calib-labels"), "{}", stderr(&o));
     // Ten labels (.npy, little-endian i64) for the 64 samples measured.
-    let few = temp("few_labels.npy");
+    let few = temp_arg("few_labels.npy");
     let header = "{'descr': '<i8', 'fortran_order': False, 'shape': (10,), }";
     let padded = format!("{header:<117}\n");
     let mut bytes = b"\x93NUMPY\x01\x00".to_vec();

@@ -9,13 +9,11 @@ use qlift::{CompileOptions, CompiledModel, Engine, Error, QuantizeOptions};
 use qlift_ir::{DType, Tensor};
 use qlift_passes::PipelineOptions;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
+
+mod support;
+use support::models_dir;
 
 const ENGINES: [Engine; 2] = [Engine::Jit, Engine::Interpreter];
-
-fn models_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/models")
-}
 
 fn opts(engine: Engine) -> CompileOptions {
     CompileOptions {

@@ -17,23 +17,21 @@ use qlift_ir::Tensor;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::Duration;
 
-fn models() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/models")
-}
+mod support;
+use support::models_dir;
 
 /// The int8 digits CNN, compiled once for every test in this file.
 fn model() -> Arc<CompiledModel> {
     static MODEL: OnceLock<Arc<CompiledModel>> = OnceLock::new();
     MODEL
         .get_or_init(|| {
-            let calib = read_npy(&models().join("digits_calib_x.npy")).unwrap();
+            let calib = read_npy(&models_dir().join("digits_calib_x.npy")).unwrap();
             let m = CompiledModel::from_onnx(
-                &models().join("digits_cnn.onnx"),
+                &models_dir().join("digits_cnn.onnx"),
                 Some(&[calib]),
                 &CompileOptions::default(),
             )
@@ -134,8 +132,8 @@ fn floats(v: &Value) -> Vec<f32> {
 #[test]
 fn concurrent_predictions_equal_direct_runs() {
     let model = model();
-    let x = read_npy(&models().join("digits_test_x.npy")).unwrap();
-    let labels = read_npy(&models().join("digits_test_y.npy"))
+    let x = read_npy(&models_dir().join("digits_test_x.npy")).unwrap();
+    let labels = read_npy(&models_dir().join("digits_test_y.npy"))
         .unwrap()
         .to_i64_vec()
         .unwrap();
@@ -435,7 +433,7 @@ fn hostile_clients_cannot_knock_the_server_over() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
     let model = model();
-    let x = read_npy(&models().join("digits_test_x.npy")).unwrap();
+    let x = read_npy(&models_dir().join("digits_test_x.npy")).unwrap();
     let rows = x.shape()[0];
     let row_len: usize = x.shape()[1..].iter().product();
     let pixels = Arc::new(x.as_f32().unwrap().to_vec());
