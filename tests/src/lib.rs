@@ -5,6 +5,23 @@
 /// The bundled digits models, their data and the measures quantization tests use.
 pub mod digits;
 
+/// Deterministic test data.
+pub mod samples {
+    /// `n` values in [-1, 1) with a few exact zeros, the same for the same `seed`
+    /// (xorshift: no dependency, and a failing case replays from its seed alone).
+    pub fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+}
+
 /// The fuzz targets' bodies: each takes arbitrary bytes and must return (errors are values),
 /// never panic — except on a broken invariant, which is the bug a fuzzer looks for.
 pub mod fuzz {

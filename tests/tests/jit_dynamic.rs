@@ -11,20 +11,8 @@ use proptest::prelude::*;
 use qlift_codegen::{CodegenOptions, JitProgram};
 use qlift_ir::{AttrValue, Attrs, DType, Dim, Graph, Op, OpKind, Shape, Tensor, TensorType};
 use qlift_passes::quantize::{quantize_products, Scheme, WeightBits};
+use qlift_tests::samples::values;
 use std::sync::Arc;
-
-/// Deterministic values in [-1, 1) with a few exact zeros.
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) % 2001) as f32 / 1000.0 - 1.0
-        })
-        .collect()
-}
 
 #[derive(Clone, Debug)]
 struct Case {
