@@ -81,35 +81,10 @@ fn ints(dtype: DType, seed: u64, shape: &[usize]) -> Tensor {
     Tensor::from_i64_values(dtype, shape.to_vec(), v).unwrap()
 }
 
+/// Floats within 1e-4 (relative above magnitude 1), integers exact.
 fn close(got: &Tensor, want: &Tensor) -> Result<(), String> {
-    if got.dtype() != want.dtype() || got.shape() != want.shape() {
-        return Err(format!(
-            "got {}{:?}, expected {}{:?}",
-            got.dtype(),
-            got.shape(),
-            want.dtype(),
-            want.shape()
-        ));
-    }
-    match (got.data(), want.data()) {
-        (TensorData::F32(g), TensorData::F32(w)) => {
-            for (k, (a, b)) in g.iter().zip(w).enumerate() {
-                let ok = (a.is_nan() && b.is_nan())
-                    || a == b
-                    || (a - b).abs() <= 1e-4 * b.abs().max(1.0);
-                if !ok {
-                    return Err(format!("element {k}: JIT {a}, interpreter {b}"));
-                }
-            }
-            Ok(())
-        }
-        _ if got == want => Ok(()),
-        _ => Err(format!(
-            "JIT {:?}\ninterpreter {:?}",
-            got.to_i64_vec(),
-            want.to_i64_vec()
-        )),
-    }
+    got.disagreement(want, |a, b| (a - b).abs() <= 1e-4 * b.abs().max(1.0))
+        .map_or(Ok(()), Err)
 }
 
 /// Runs `p` on `inputs` through the JIT and the interpreter and compares every output.

@@ -269,6 +269,33 @@ impl Tensor {
         }
     }
 
+    /// Where `self` disagrees with `want`, or `None`: a different dtype or shape, an f32
+    /// element for which `close(got, want)` fails (NaN matches NaN, equal values always
+    /// match), any integer element that differs. Executors are tested against the
+    /// interpreter and ONNX's expected outputs with this, each with its own tolerance.
+    pub fn disagreement(&self, want: &Tensor, close: impl Fn(f32, f32) -> bool) -> Option<String> {
+        if self.dtype != want.dtype || self.shape != want.shape {
+            return Some(format!(
+                "got {}{:?}, expected {}{:?}",
+                self.dtype, self.shape, want.dtype, want.shape
+            ));
+        }
+        match (&self.data, &want.data) {
+            (TensorData::F32(g), TensorData::F32(w)) => {
+                g.iter().zip(w).enumerate().find_map(|(k, (&a, &b))| {
+                    let ok = (a.is_nan() && b.is_nan()) || a == b || close(a, b);
+                    (!ok).then(|| format!("element {k}: got {a}, expected {b}"))
+                })
+            }
+            _ if self == want => None,
+            _ => Some(format!(
+                "integer results differ: got {:?}, expected {:?}",
+                self.to_i64_vec(),
+                want.to_i64_vec()
+            )),
+        }
+    }
+
     /// Elements converted to `f32` (exact for 8-bit and 4-bit integers).
     pub fn to_f32_vec(&self) -> Vec<f32> {
         match &self.data {

@@ -4,7 +4,7 @@
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use qlift::{load_onnx_bytes, read_tensor_pb, Error, ImportOptions};
-use qlift_ir::{OpKind, Tensor, TensorData};
+use qlift_ir::{OpKind, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -174,67 +174,16 @@ fn specialized(
 /// The JIT's contract with the interpreter: integers exact, floats within 1e-4 (relative
 /// above magnitude 1), NaN where the interpreter has NaN.
 fn jit_matches(got: &Tensor, want: &Tensor) -> Result<(), String> {
-    if got.dtype() != want.dtype() || got.shape() != want.shape() {
-        return Err(format!(
-            "got {}{:?}, expected {}{:?}",
-            got.dtype(),
-            got.shape(),
-            want.dtype(),
-            want.shape()
-        ));
-    }
-    match (got.data(), want.data()) {
-        (TensorData::F32(g), TensorData::F32(w)) => {
-            for (k, (a, b)) in g.iter().zip(w).enumerate() {
-                let close = (a.is_nan() && b.is_nan())
-                    || a == b
-                    || (a - b).abs() <= 1e-4 * b.abs().max(1.0);
-                if !close {
-                    return Err(format!("element {k}: JIT {a}, interpreter {b}"));
-                }
-            }
-            Ok(())
-        }
-        _ if got == want => Ok(()),
-        _ => Err(format!(
-            "integer results differ: JIT {:?}, interpreter {:?}",
-            got.to_i64_vec(),
-            want.to_i64_vec()
-        )),
-    }
+    got.disagreement(want, |a, b| (a - b).abs() <= 1e-4 * b.abs().max(1.0))
+        .map_or(Ok(()), Err)
 }
 
 /// Exact for integers; floats within the ONNX backend runner's default tolerance,
 /// |got - want| <= 1e-7 + 1e-3 |want| (some expected outputs are typed with 4 digits), NaN
 /// matching NaN.
 fn compare(got: &Tensor, want: &Tensor) -> Result<(), String> {
-    if got.dtype() != want.dtype() || got.shape() != want.shape() {
-        return Err(format!(
-            "got {}{:?}, expected {}{:?}",
-            got.dtype(),
-            got.shape(),
-            want.dtype(),
-            want.shape()
-        ));
-    }
-    match (got.data(), want.data()) {
-        (TensorData::F32(g), TensorData::F32(w)) => {
-            for (k, (a, b)) in g.iter().zip(w).enumerate() {
-                let close =
-                    (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= 1e-7 + 1e-3 * b.abs();
-                if !close {
-                    return Err(format!("element {k}: got {a}, expected {b}"));
-                }
-            }
-            Ok(())
-        }
-        _ if got == want => Ok(()),
-        _ => Err(format!(
-            "integer results differ: got {:?}, expected {:?}",
-            got.to_i64_vec(),
-            want.to_i64_vec()
-        )),
-    }
+    got.disagreement(want, |a, b| (a - b).abs() <= 1e-7 + 1e-3 * b.abs())
+        .map_or(Ok(()), Err)
 }
 
 /// Every supported op has at least one node test.
