@@ -5,7 +5,7 @@ use crate::{
     limits, load_onnx, load_onnx_bytes, quantize, Error, ImportOptions, Limits, QuantizeOptions,
 };
 use qlift_codegen::{CodegenOptions, JitProgram};
-use qlift_ir::{Binding, Graph, NodeOp, Tensor, TensorBuf, TensorBufMut, TensorType};
+use qlift_ir::{Binding, Graph, NodeOp, Tensor, TensorBuf, TensorBufMut, TensorType, ValueId};
 use qlift_passes::{run_pipeline, PipelineOptions};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -515,22 +515,16 @@ impl CompiledModel {
 
     /// The graph inputs: names and types (the batch dimension shows as `N`).
     pub fn inputs(&self) -> Vec<(String, TensorType)> {
-        self.graph
-            .input_values()
-            .iter()
-            .map(|&v| {
-                (
-                    self.graph.value(v).name.clone(),
-                    self.graph.value_type(v).clone(),
-                )
-            })
-            .collect()
+        self.named_types(&self.graph.input_values())
     }
 
     /// The graph outputs: names and types.
     pub fn outputs(&self) -> Vec<(String, TensorType)> {
-        self.graph
-            .outputs()
+        self.named_types(self.graph.outputs())
+    }
+
+    fn named_types(&self, values: &[ValueId]) -> Vec<(String, TensorType)> {
+        values
             .iter()
             .map(|&v| {
                 (

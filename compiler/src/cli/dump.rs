@@ -207,15 +207,7 @@ fn write_html(
         runs.iter().map(|r| r.name).collect::<Vec<_>>().join(" → "),
     )];
     if calibrate {
-        summary.push((
-            "calibration".into(),
-            format!(
-                "{} ({}, {} activations)",
-                args.quant.calib.join(" "),
-                args.quant.method,
-                args.quant.activations.name()
-            ),
-        ));
+        summary.push(args.quant.calibration_row());
     }
     let report = qlift::html::Report {
         title: args.model.display().to_string(),

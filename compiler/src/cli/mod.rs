@@ -252,6 +252,21 @@ impl Activations {
     }
 }
 
+impl QuantArgs {
+    /// The HTML report's summary row for the calibration these arguments ask for.
+    pub(crate) fn calibration_row(&self) -> (String, String) {
+        (
+            "calibration".into(),
+            format!(
+                "{} ({}, {} activations)",
+                self.calib.join(" "),
+                self.method,
+                self.activations.name()
+            ),
+        )
+    }
+}
+
 pub(crate) fn parse_method(s: &str) -> Result<CalibrationMethod, String> {
     s.parse()
 }

@@ -89,15 +89,7 @@ pub(crate) fn exec(args: &ReportArgs) -> Result<()> {
         let samples = args.inputs.join(" ");
         let mut summary = vec![("inputs compared".to_string(), samples)];
         if calibration.is_some() {
-            summary.push((
-                "calibration".into(),
-                format!(
-                    "{} ({}, {} activations)",
-                    args.quant.calib.join(" "),
-                    args.quant.method,
-                    args.quant.activations.name()
-                ),
-            ));
+            summary.push(args.quant.calibration_row());
         }
         let report = qlift::html::Report {
             title: args.model.display().to_string(),

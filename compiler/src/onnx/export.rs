@@ -1254,27 +1254,24 @@ fn axis_attr(axis: Option<usize>) -> Vec<AttributeProto> {
 
 /// QuantizeLinear's scale and zero point come from its result's type.
 fn quantize_linear(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
-    let (_, x) = cx.operand(0)?;
-    let (scale, zero_point, axis) = ex.quant_params(cx, cx.result())?;
-    ex.emit(
-        cx,
-        "QuantizeLinear",
-        vec![x, scale, zero_point],
-        axis_attr(axis),
-    );
-    Ok(())
+    quantize_or_dequantize(ex, cx, "QuantizeLinear", cx.result())
 }
 
 /// DequantizeLinear's scale and zero point come from its operand's type.
 fn dequantize_linear(ex: &mut Exporter, cx: &Cx) -> Result<(), Error> {
-    let (v, x) = cx.operand(0)?;
-    let (scale, zero_point, axis) = ex.quant_params(cx, v)?;
-    ex.emit(
-        cx,
-        "DequantizeLinear",
-        vec![x, scale, zero_point],
-        axis_attr(axis),
-    );
+    quantize_or_dequantize(ex, cx, "DequantizeLinear", cx.operand(0)?.0)
+}
+
+/// `op_type` of the first operand with the scale, zero point and axis of `quantized`'s type.
+fn quantize_or_dequantize(
+    ex: &mut Exporter,
+    cx: &Cx,
+    op_type: &str,
+    quantized: ValueId,
+) -> Result<(), Error> {
+    let (_, x) = cx.operand(0)?;
+    let (scale, zero_point, axis) = ex.quant_params(cx, quantized)?;
+    ex.emit(cx, op_type, vec![x, scale, zero_point], axis_attr(axis));
     Ok(())
 }
 

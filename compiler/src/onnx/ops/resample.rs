@@ -10,32 +10,24 @@ use qlift_ir::{AttrValue, Attrs, OpKind, Tensor};
 pub(crate) fn register(reg: &mut Registry) {
     reg.insert_since("Resize", 10, resize);
     reg.insert_versions("Upsample", 7..=9, upsample);
-    reg.insert("DepthToSpace", |cx| {
-        // CRD exists from opset 11; DCR was the only layout before.
-        let mode = if cx.opset < 11 {
-            "DCR".to_string()
-        } else {
-            cx.string("mode", "DCR")
-        };
-        let attrs = Attrs::new()
-            .with("blocksize", AttrValue::Int(cx.int("blocksize", 0)))
-            .with("mode", AttrValue::Str(mode));
-        let x = cx.required(0)?;
-        cx.emit(OpKind::DepthToSpace, attrs, &[Some(x)])
-    });
-    reg.insert("SpaceToDepth", |cx| {
-        // The mode (CRD, the inverse of DepthToSpace's) exists from opset 28.
-        let mode = if cx.opset < 28 {
-            "DCR".to_string()
-        } else {
-            cx.string("mode", "DCR")
-        };
-        let attrs = Attrs::new()
-            .with("blocksize", AttrValue::Int(cx.int("blocksize", 0)))
-            .with("mode", AttrValue::Str(mode));
-        let x = cx.required(0)?;
-        cx.emit(OpKind::SpaceToDepth, attrs, &[Some(x)])
-    });
+    // CRD exists from opset 11 in DepthToSpace, from 28 in SpaceToDepth (the inverse of
+    // DepthToSpace's); DCR was the only layout before.
+    reg.insert("DepthToSpace", |cx| rearrange(cx, OpKind::DepthToSpace, 11));
+    reg.insert("SpaceToDepth", |cx| rearrange(cx, OpKind::SpaceToDepth, 28));
+}
+
+/// DepthToSpace or SpaceToDepth, whose `mode` attribute exists from opset `modes_since`.
+fn rearrange(cx: &mut NodeCx, kind: OpKind, modes_since: i64) -> Result<(), Error> {
+    let mode = if cx.opset < modes_since {
+        "DCR".to_string()
+    } else {
+        cx.string("mode", "DCR")
+    };
+    let attrs = Attrs::new()
+        .with("blocksize", AttrValue::Int(cx.int("blocksize", 0)))
+        .with("mode", AttrValue::Str(mode));
+    let x = cx.required(0)?;
+    cx.emit(kind, attrs, &[Some(x)])
 }
 
 /// Resize's canonical attributes with ONNX's defaults for what the node leaves out.
