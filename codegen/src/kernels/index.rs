@@ -118,15 +118,7 @@ pub(super) fn gather(k: &mut Kernel) -> Result<(), String> {
     k.fb.switch_to_block(copy);
     emit::for_dynamic(k.fb, outer, |fb, o| {
         emit::for_dynamic(fb, count, |fb, j| {
-            let idx = emit::load_at(fb, index_ty, pi, j);
-            let idx = if index_ty == types::I64 {
-                idx
-            } else {
-                fb.ins().sextend(types::I64, idx)
-            };
-            let wrapped = fb.ins().iadd_imm_s(idx, n);
-            let negative = fb.ins().icmp_imm_s(IntCC::SignedLessThan, idx, 0);
-            let idx = fb.ins().select(negative, wrapped, idx);
+            let idx = load_index(fb, index_ty, pi, j, n);
             // Source row: (o · n + idx) rows into the data (per-sample base when batched).
             let base = if x_batched {
                 let sample = fb.ins().udiv_imm_s(o, outer_static.max(1) as i64);
@@ -233,6 +225,26 @@ pub(super) fn slice(k: &mut Kernel) -> Result<(), String> {
     ];
     let extents = out_dims[first..].to_vec();
     strided_copy(k, &extents, strides, base)
+}
+
+/// The index at element `at` of `base` (i32 or i64), as i64, a negative one counted from
+/// the end of an axis of `n` (ONNX's Gather/GatherElements/ScatterND convention).
+pub(super) fn load_index(
+    fb: &mut FunctionBuilder,
+    ty: Type,
+    base: Value,
+    at: Value,
+    n: i64,
+) -> Value {
+    let idx = emit::load_at(fb, ty, base, at);
+    let idx = if ty == types::I64 {
+        idx
+    } else {
+        fb.ins().sextend(types::I64, idx)
+    };
+    let wrapped = fb.ins().iadd_imm_s(idx, n);
+    let negative = fb.ins().icmp_imm_s(IntCC::SignedLessThan, idx, 0);
+    fb.ins().select(negative, wrapped, idx)
 }
 
 /// Copies through a strided walk: result offsets and operand offsets per axis of

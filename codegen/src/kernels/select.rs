@@ -7,7 +7,7 @@
 //! (a scatter may have written part of its result by then, which the failed call discards).
 
 use super::elementwise::{failure_block, finish_failure};
-use super::index::copy_static;
+use super::index::{copy_static, load_index};
 use super::{Kernel, Operand};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
@@ -30,15 +30,7 @@ fn checked_index(
     n: i64,
     fail: Block,
 ) -> Value {
-    let idx = emit::load_at(fb, ty, base, at);
-    let idx = if ty == types::I64 {
-        idx
-    } else {
-        fb.ins().sextend(types::I64, idx)
-    };
-    let wrapped = fb.ins().iadd_imm_s(idx, n);
-    let negative = fb.ins().icmp_imm_s(IntCC::SignedLessThan, idx, 0);
-    let idx = fb.ins().select(negative, wrapped, idx);
+    let idx = load_index(fb, ty, base, at, n);
     let bad = fb
         .ins()
         .icmp_imm_s(IntCC::UnsignedGreaterThanOrEqual, idx, n);

@@ -1,5 +1,6 @@
 //! Data movement: ops that only copy or re-view their operand.
 
+use super::index::strided_copy;
 use super::{Kernel, Operand};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
@@ -79,18 +80,7 @@ pub(super) fn transpose(k: &mut Kernel) -> Result<(), String> {
         emit::row_major(&out_dims)[first..].to_vec(),
         perm[first..].iter().map(|&p| src[p]).collect(),
     ];
-    let (extents, strides) = emit::coalesce(&out_dims[first..], &strides);
-    let size = x.ty.dtype.size_of();
-    let (px, po, ty, per_sample) = (x.ptr, k.output(0).ptr, mover(size), x.per_sample() as i64);
-    let samples = k.samples(batched);
-    emit::for_dynamic(k.fb, samples, |fb, b| {
-        let start = fb.ins().imul_imm_s(b, per_sample);
-        emit::for_strided(fb, &extents, &strides, &[start, start], &mut |fb, off| {
-            let v = emit::load_at(fb, ty, px, off[1]);
-            emit::store_at(fb, v, po, off[0]);
-        });
-    });
-    Ok(())
+    strided_copy(k, &out_dims[first..], strides, 0)
 }
 
 /// Concat along a static axis, any dtype (quantized operands share their parameters, so

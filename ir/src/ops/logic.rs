@@ -153,17 +153,18 @@ pub(crate) fn symbolic(cx: &InferCtx, result: &crate::TensorType) -> Option<Vec<
         return None;
     }
     let len = |v: &[SymInt]| v.len();
+    // Element `i` of a 1-D operand broadcast to the result (a scalar-like `[1]` repeats).
+    let at = |v: &[SymInt], i: usize| {
+        if v.len() == 1 {
+            Some(v[0])
+        } else {
+            v.get(i).copied()
+        }
+    };
     match cx.op.kind {
         OpKind::Equal => {
             let (a, b) = (cx.ints(0)?, cx.ints(1)?);
             let n = len(&a).max(len(&b));
-            let at = |v: &[SymInt], i: usize| {
-                if v.len() == 1 {
-                    Some(v[0])
-                } else {
-                    v.get(i).copied()
-                }
-            };
             (0..n)
                 .map(|i| {
                     let truth = match (at(&a, i)?, at(&b, i)?) {
@@ -184,13 +185,6 @@ pub(crate) fn symbolic(cx: &InferCtx, result: &crate::TensorType) -> Option<Vec<
         OpKind::Where => {
             let (c, x, y) = (cx.ints(0)?, cx.ints(1)?, cx.ints(2)?);
             let n = len(&c).max(len(&x)).max(len(&y));
-            let at = |v: &[SymInt], i: usize| {
-                if v.len() == 1 {
-                    Some(v[0])
-                } else {
-                    v.get(i).copied()
-                }
-            };
             (0..n)
                 .map(|i| match at(&c, i)? {
                     SymInt::Int(0) => at(&y, i),
