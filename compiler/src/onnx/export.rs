@@ -580,13 +580,20 @@ impl<'g> Exporter<'g> {
     }
 
     /// Pushes the ONNX node for `cx` (trailing omitted inputs dropped).
-    fn emit(
+    fn emit(&mut self, cx: &Cx, op_type: &str, inputs: Vec<String>, attrs: Vec<AttributeProto>) {
+        let node = self.node_for(cx, op_type, inputs, attrs);
+        self.nodes.push(node);
+    }
+
+    /// The ONNX node for `cx` under a unique name (the node's, or its result's when it has
+    /// none), writing `cx.output`, with trailing omitted inputs dropped.
+    fn node_for(
         &mut self,
         cx: &Cx,
         op_type: &str,
         mut inputs: Vec<String>,
         attrs: Vec<AttributeProto>,
-    ) {
+    ) -> NodeProto {
         while inputs.last().is_some_and(String::is_empty) {
             inputs.pop();
         }
@@ -596,8 +603,7 @@ impl<'g> Exporter<'g> {
             cx.node.name.clone()
         };
         let name = unique(&mut self.node_names, &base);
-        self.nodes
-            .push(node_proto(&name, op_type, inputs, &cx.output, attrs));
+        node_proto(&name, op_type, inputs, &cx.output, attrs)
     }
 
     /// Adds an initializer under a fresh name derived from `base`; returns the name.
@@ -1137,21 +1143,12 @@ fn write_results(
     while outputs.last().is_some_and(String::is_empty) {
         outputs.pop();
     }
-    let mut inputs: Vec<String> = cx
+    let inputs = cx
         .inputs
         .iter()
         .map(|i| i.clone().unwrap_or_default())
         .collect();
-    while inputs.last().is_some_and(String::is_empty) {
-        inputs.pop();
-    }
-    let base = if cx.node.name.is_empty() {
-        cx.output.clone()
-    } else {
-        cx.node.name.clone()
-    };
-    let name = unique(&mut ex.node_names, &base);
-    let mut node = node_proto(&name, op_type, inputs, "", attrs);
+    let mut node = ex.node_for(cx, op_type, inputs, attrs);
     node.output = outputs;
     ex.nodes.push(node);
     Ok(())
