@@ -141,6 +141,15 @@ fn cases() -> Vec<Case> {
         case(24, 24, (11, 12), (5, 5), (1, 1), 24),
         case(16, 16, (14, 13), (7, 7), (2, 2), 16),
         case(8, 8, (9, 9), (5, 5), (2, 2), 8),
+        // Depthwise read from the padded plane: narrow planes walked as one long row (7×7,
+        // 13×17 at 5×5), rows of 16 outputs at stride 1, row stride without column stride
+        // and the reverse, MobileNetV2's 14×14 stride 2 with many channels.
+        case(96, 96, (7, 7), (3, 3), (1, 1), 96),
+        case(12, 12, (13, 17), (5, 5), (1, 1), 12),
+        case(20, 20, (30, 29), (3, 3), (1, 1), 20),
+        case(10, 10, (9, 20), (3, 3), (2, 1), 10),
+        case(10, 10, (9, 21), (3, 3), (1, 2), 10),
+        case(160, 160, (14, 14), (3, 3), (2, 2), 160),
         // im2col: 5-wide kernels, and 1×1 convolutions with strides or groups.
         case(3, 4, (7, 9), (3, 5), (1, 1), 1),
         case(4, 6, (5, 5), (1, 1), (2, 2), 1),
