@@ -115,6 +115,10 @@ fn cases() -> Vec<Case> {
         case(16, 16, (8, 8), (1, 1), (1, 1), 1),
         case(17, 3, (5, 8), (1, 1), (1, 1), 1),
         case(8, 12, (7, 7), (1, 1), (1, 1), 1),
+        // 1×1 planes taken as one row: 143 positions (staged, copied out in a loop), 256
+        // (written directly).
+        case(5, 7, (13, 11), (1, 1), (1, 1), 1),
+        case(6, 8, (16, 16), (1, 1), (1, 1), 1),
         // Direct: 3×3 and 2-, 4-wide kernels, strides up to 4, one or many input channels
         // per group, output widths that do not fill a block of four.
         case(1, 16, (8, 8), (3, 3), (1, 1), 1),

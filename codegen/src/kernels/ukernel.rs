@@ -561,6 +561,51 @@ mod tests {
     }
 
     #[test]
+    fn depthwise_planes_widen_the_u8_plane_and_interleave_stride_one_pairs() {
+        let plane = |groups: Vec<Vec<(i32, i32)>>, interleave| DepthwisePlane {
+            pairs: vec![0, 2, 40],
+            groups,
+            interleave,
+            x_stride: 64,
+            out_stride: 64,
+            iterations: 2,
+            store: Requantize {
+                zero_point: 0,
+                bounds: (0, 255),
+                signed: false,
+                plane: 0,
+                per_lane: false,
+            },
+        };
+        let pair = vec![(0, 0), (1, 0)];
+        let code =
+            disassemble(&depthwise_plane(&plane(vec![pair.clone()], true), Isa::Avx2).unwrap());
+        // Three tap pairs × two vectors, each widened from the plane, then one 16-byte store.
+        let count = |prefix: &str| code.iter().filter(|i| i.starts_with(prefix)).count();
+        assert_eq!(count("vpmovzxbw"), 6, "{code:#?}");
+        assert_eq!(count("vpmaddwd"), 6, "{code:#?}");
+        assert!(
+            code.iter().any(|i| i == "vpmovzxbw ymm14,[rdi+29h]"),
+            "{code:#?}"
+        );
+        assert_eq!(count("vpshufb"), 1, "{code:#?}");
+        assert!(
+            code.iter().any(|i| i.starts_with("vmovdqu [rdx],xmm0")),
+            "{code:#?}"
+        );
+        // Stride 2: each vector stores its own eight results.
+        let code =
+            disassemble(&depthwise_plane(&plane(vec![pair.clone()], false), Isa::Avx2).unwrap());
+        assert_eq!(
+            code.iter().filter(|i| i.starts_with("vmovq")).count(),
+            2,
+            "{code:#?}"
+        );
+        // An interleaved group needs whole pairs of vectors.
+        assert!(depthwise_plane(&plane(vec![vec![(0, 0)]], true), Isa::Avx2).is_err());
+    }
+
+    #[test]
     fn tiles_out_of_range_are_refused() {
         let store = Requantize {
             zero_point: 0,
