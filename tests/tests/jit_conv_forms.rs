@@ -179,7 +179,47 @@ fn cases() -> Vec<Case> {
         .collect();
     cases.extend(padded);
     cases.extend(spread);
+    cases.extend(random_depthwise(&mut Lcg(0xd3e9), 24));
     cases
+}
+
+/// `n` random depthwise cases: 1–300 channels, planes 1–40 a side, kernels 1–7 a side,
+/// strides 1–2 each way, asymmetric padding, row dilation 1–2, u8 or i8 results.
+fn random_depthwise(rng: &mut Lcg, n: usize) -> Vec<Case> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let mut pick = |lo: usize, hi: usize| lo + rng.next((hi - lo + 1) as i64) as usize;
+        let c = if pick(0, 1) == 0 {
+            pick(1, 24)
+        } else {
+            pick(100, 300)
+        };
+        let (kh, kw) = (pick(1, 7), pick(2, 7));
+        let pads = (
+            pick(0, kh / 2),
+            pick(0, kw / 2),
+            pick(0, kh / 2),
+            pick(0, kw / 2),
+        );
+        let k = Case {
+            c,
+            m: c,
+            hw: (pick(1, 40), pick(1, 40)),
+            kernel: (kh, kw),
+            strides: (pick(1, 2), pick(1, 2)),
+            pads,
+            dilation_h: pick(1, 2),
+            group: c,
+            signed_result: pick(0, 1) == 1,
+            spread_scales: pick(0, 1) == 1,
+        };
+        let fits =
+            k.hw.0 + pads.0 + pads.2 > k.dilation_h * (kh - 1) && k.hw.1 + pads.1 + pads.3 >= kw;
+        if fits {
+            out.push(k);
+        }
+    }
+    out
 }
 
 /// Sample 0 of a batch.
