@@ -226,7 +226,7 @@ pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
             return a.assemble(0).map_err(e);
         }
     };
-    let mut k = Constants::new(&mut a);
+    let mut k = Constants::new(&mut a, q);
     let (bias, m, half, t) = (ymm12, ymm13, ymm14, ymm15);
     for r in 0..tile.rows {
         let record = (r * 32) as i32;
@@ -312,7 +312,7 @@ pub(crate) fn depthwise_plane(plane: &DepthwisePlane, isa: Isa) -> Result<Vec<u8
     let (b, p, bias, m, half, t, xv) = (ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14);
     let mut a = CodeAssembler::new(64).map_err(e)?;
     a.set_prefer_vex(true);
-    let mut k = Constants::new(&mut a);
+    let mut k = Constants::new(&mut a, plane.store);
     let mut zip = a.create_label();
     load_record(&mut a, rcx + 0, bias, m, half)?;
     a.mov(r9, plane.iterations as u64).map_err(e)?;
@@ -370,22 +370,44 @@ pub(crate) fn depthwise_plane(plane: &DepthwisePlane, isa: Isa) -> Result<Vec<u8
 }
 
 /// The constants a requantizing micro-kernel reads after its code: 32-byte rows of the
-/// zero point and the bounds, and the dword order [`pack`] uses.
+/// zero point and the bounds, and the dword order [`pack`] uses; and which of the
+/// requantization's last steps the result type makes redundant.
 struct Constants {
     zp: CodeLabel,
     lo: CodeLabel,
     hi: CodeLabel,
     order: CodeLabel,
+    /// A zero point of 0 is not added.
+    add_zp: bool,
+    /// Bounds that are the result type's whole range are not applied: [`pack`]'s
+    /// saturating packs (i32 → i16 → 8 bits) clamp to exactly that range.
+    clamp: bool,
 }
 
 impl Constants {
-    fn new(a: &mut CodeAssembler) -> Constants {
+    fn new(a: &mut CodeAssembler, q: Requantize) -> Constants {
+        let whole = if q.signed { (-128, 127) } else { (0, 255) };
         Constants {
             zp: a.create_label(),
             lo: a.create_label(),
             hi: a.create_label(),
             order: a.create_label(),
+            add_zp: q.zero_point != 0,
+            clamp: q.bounds != whole,
         }
+    }
+
+    /// `y = clamp(y + zp)`, each step only where it changes a result (see the fields).
+    fn offset_and_clamp(&self, a: &mut CodeAssembler, y: AsmRegisterYmm) -> Result<(), String> {
+        let e = |e: IcedError| e.to_string();
+        if self.add_zp {
+            a.vpaddd(y, y, ymmword_ptr(self.zp)).map_err(e)?;
+        }
+        if self.clamp {
+            a.vpmaxsd(y, y, ymmword_ptr(self.lo)).map_err(e)?;
+            a.vpminsd(y, y, ymmword_ptr(self.hi)).map_err(e)?;
+        }
+        Ok(())
     }
 
     /// Places the constants (after the function's `ret`).
@@ -438,9 +460,7 @@ fn requantize(
     a.vpsrlq(t, t, 32).map_err(e)?;
     a.vpblendd(y, t, y, 0xaa).map_err(e)?;
     a.vpsrad(y, y, xmmword_ptr(record + 8)).map_err(e)?;
-    a.vpaddd(y, y, ymmword_ptr(k.zp)).map_err(e)?;
-    a.vpmaxsd(y, y, ymmword_ptr(k.lo)).map_err(e)?;
-    a.vpminsd(y, y, ymmword_ptr(k.hi)).map_err(e)
+    k.offset_and_clamp(a, y)
 }
 
 /// [`requantize`] with parameters per lane, from vector `v` of the [`LaneTable`] block at
@@ -465,9 +485,7 @@ fn requantize_lanes(
     a.vpsrlq(t, t, 32).map_err(e)?;
     a.vpblendd(y, t, y, 0xaa).map_err(e)?;
     a.vpsravd(y, y, ymmword_ptr(r8 + 128 + 32 * v)).map_err(e)?;
-    a.vpaddd(y, y, ymmword_ptr(k.zp)).map_err(e)?;
-    a.vpmaxsd(y, y, ymmword_ptr(k.lo)).map_err(e)?;
-    a.vpminsd(y, y, ymmword_ptr(k.hi)).map_err(e)
+    k.offset_and_clamp(a, y)
 }
 
 /// Packs the clamped i32 lanes of `y0` and `y1` to bytes: `y0`'s eight then `y1`'s eight in
