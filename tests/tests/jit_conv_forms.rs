@@ -115,6 +115,10 @@ fn cases() -> Vec<Case> {
         case(16, 16, (8, 8), (1, 1), (1, 1), 1),
         case(17, 3, (5, 8), (1, 1), (1, 1), 1),
         case(8, 12, (7, 7), (1, 1), (1, 1), 1),
+        // 1×1 planes taken as one row: 143 positions (staged, copied out in a loop), 256
+        // (written directly).
+        case(5, 7, (13, 11), (1, 1), (1, 1), 1),
+        case(6, 8, (16, 16), (1, 1), (1, 1), 1),
         // Direct: 3×3 and 2-, 4-wide kernels, strides up to 4, one or many input channels
         // per group, output widths that do not fill a block of four.
         case(1, 16, (8, 8), (3, 3), (1, 1), 1),
@@ -141,6 +145,15 @@ fn cases() -> Vec<Case> {
         case(24, 24, (11, 12), (5, 5), (1, 1), 24),
         case(16, 16, (14, 13), (7, 7), (2, 2), 16),
         case(8, 8, (9, 9), (5, 5), (2, 2), 8),
+        // Depthwise read from the padded plane: narrow planes walked as one long row (7×7,
+        // 13×17 at 5×5), rows of 16 outputs at stride 1, row stride without column stride
+        // and the reverse, MobileNetV2's 14×14 stride 2 with many channels.
+        case(96, 96, (7, 7), (3, 3), (1, 1), 96),
+        case(12, 12, (13, 17), (5, 5), (1, 1), 12),
+        case(20, 20, (30, 29), (3, 3), (1, 1), 20),
+        case(10, 10, (9, 20), (3, 3), (2, 1), 10),
+        case(10, 10, (9, 21), (3, 3), (1, 2), 10),
+        case(160, 160, (14, 14), (3, 3), (2, 2), 160),
         // im2col: 5-wide kernels, and 1×1 convolutions with strides or groups.
         case(3, 4, (7, 9), (3, 5), (1, 1), 1),
         case(4, 6, (5, 5), (1, 1), (2, 2), 1),
@@ -166,7 +179,47 @@ fn cases() -> Vec<Case> {
         .collect();
     cases.extend(padded);
     cases.extend(spread);
+    cases.extend(random_depthwise(&mut Lcg(0xd3e9), 24));
     cases
+}
+
+/// `n` random depthwise cases: 1–300 channels, planes 1–40 a side, kernels 1–7 a side,
+/// strides 1–2 each way, asymmetric padding, row dilation 1–2, u8 or i8 results.
+fn random_depthwise(rng: &mut Lcg, n: usize) -> Vec<Case> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let mut pick = |lo: usize, hi: usize| lo + rng.next((hi - lo + 1) as i64) as usize;
+        let c = if pick(0, 1) == 0 {
+            pick(1, 24)
+        } else {
+            pick(100, 300)
+        };
+        let (kh, kw) = (pick(1, 7), pick(2, 7));
+        let pads = (
+            pick(0, kh / 2),
+            pick(0, kw / 2),
+            pick(0, kh / 2),
+            pick(0, kw / 2),
+        );
+        let k = Case {
+            c,
+            m: c,
+            hw: (pick(1, 40), pick(1, 40)),
+            kernel: (kh, kw),
+            strides: (pick(1, 2), pick(1, 2)),
+            pads,
+            dilation_h: pick(1, 2),
+            group: c,
+            signed_result: pick(0, 1) == 1,
+            spread_scales: pick(0, 1) == 1,
+        };
+        let fits =
+            k.hw.0 + pads.0 + pads.2 > k.dilation_h * (kh - 1) && k.hw.1 + pads.1 + pads.3 >= kw;
+        if fits {
+            out.push(k);
+        }
+    }
+    out
 }
 
 /// Sample 0 of a batch.

@@ -5,18 +5,23 @@
 //! Per sample, channel by channel (a run-time loop, so code size does not grow with the
 //! channel count; ranges of channels run on up to [`MAX_PARTS`] threads, each with its own
 //! scratch):
-//! 1. the input plane is copied with its padding ([`Padded`]) and repacked as pairs of taps widened to i16: for column phase `p`,
-//!    `R_p[y][j] = (X[y][s·j + p], X[y][s·j + p + s])` — the two columns that kernel taps
-//!    `kx` and `kx + s` (both ≡ p mod s) read for output column `j − t` — so that for each
-//!    kernel row and each pair of taps of one phase, the activations of eight neighbouring
-//!    outputs are one 32-byte load at a compile-time offset (a kernel row with an odd number
-//!    of taps in a phase pairs its last tap with a zero weight);
-//! 2. one call of the micro-kernel computes, requantizes and stores the channel's plane.
+//! 1. the input plane is copied with its padding ([`Padded`]), one byte per pixel;
+//! 2. one call of the micro-kernel computes, requantizes and stores the channel's plane,
+//!    reading that padded plane directly: sixteen bytes widened to i16 are eight pairs of
+//!    neighbouring columns, which are the taps `(kx, kx + 1)` of eight outputs at column
+//!    stride 2, of eight every-other outputs at stride 1 (a vector at the next column gives
+//!    the other eight). A kernel row with an odd number of taps pairs its last tap with a
+//!    zero weight. There is no repacking: the earlier pair planes (two widened copies of
+//!    every pixel) took twice as long to write as the products took to read them.
 //!
-//! Rows whose width is not a multiple of eight, or row counts that do not fill the
-//! micro-kernel's iterations, go through a staging plane copied out afterwards. The
-//! arithmetic is the interpreter's: `Σ x·(w − zw) + (bias − zx·Σ(w − zw))` in wrapping i32
-//! (see [`super::packing::packed_rows`]), then the channel's fixed-point requantization.
+//! The micro-kernel walks the outputs in one of two ways ([`Walk`]), whichever computes
+//! fewer vectors: row by row, each row rounded up to whole vectors; or, at stride 1 × 1,
+//! along the padded plane as if it were one long row (output `(y, x)` is at `y·wp + x`, its
+//! taps at `ky·wp + kx` further), so that narrow planes (7 × 7) do not round each row up
+//! to sixteen outputs: the `wp − ow` columns between rows are computed and dropped. Results
+//! that are not in the output's layout go through a staging plane copied out afterwards.
+//! The arithmetic is the interpreter's: `Σ x·(w − zw) + (bias − zx·Σ(w − zw))` in wrapping
+//! i32 (see [`super::packing::packed_rows`]), then the channel's fixed-point requantization.
 
 use super::conv2d::QConv2d;
 use super::packing::packed_rows;
@@ -25,8 +30,7 @@ use super::requant::ChannelTable;
 use super::ukernel::{self, DepthwisePlane, Requantize, DEPTHWISE_VECTORS, LANES};
 use super::{data_address, Kernel};
 use crate::emit;
-use cranelift_codegen::ir::{types, ConstantData, InstBuilder, Value};
-use cranelift_frontend::FunctionBuilder;
+use cranelift_codegen::ir::{types, InstBuilder};
 use qlift_ir::fixed_point::Requant;
 use qlift_ir::DType;
 
@@ -34,8 +38,12 @@ use qlift_ir::DType;
 /// scratch in the workspace.
 const MAX_PARTS: usize = 4;
 
-/// Bytes of one pair of i16 activations.
+/// Bytes of one pair of i16 weights.
 const PAIR: usize = 4;
+
+/// Output positions the flat walk covers per micro-kernel iteration: one group of
+/// [`DEPTHWISE_VECTORS`] vectors, each pair of them sixteen outputs.
+const FLAT_RUN: usize = DEPTHWISE_VECTORS / 2 * 2 * LANES;
 
 /// The convolution's shape.
 #[derive(Clone, Copy, Debug)]
@@ -83,59 +91,107 @@ impl Geometry {
         Ok((depthwise && (1..=2).contains(&q.sw) && q.dw == 1).then_some(g))
     }
 
-    /// The tap pairs of each kernel row, by phase: (kernel row, phase, first tap's index
-    /// within the phase), in weight order.
-    fn pairs(&self) -> Vec<(usize, usize, usize)> {
-        let mut out = Vec::new();
-        for ky in 0..self.kh {
-            for p in 0..self.sw.min(self.kw) {
-                let taps = (self.kw - p).div_ceil(self.sw);
-                out.extend((0..taps.div_ceil(2)).map(|i| (ky, p, 2 * i)));
+    /// The tap pairs, `(ky, kx)` with `kx` even: taps `kx` and `kx + 1` of kernel row `ky`
+    /// (the second is a zero weight past the row's end).
+    fn pairs(&self) -> Vec<(usize, usize)> {
+        (0..self.kh)
+            .flat_map(|ky| (0..self.kw).step_by(2).map(move |kx| (ky, kx)))
+            .collect()
+    }
+}
+
+/// How the micro-kernel walks a channel's outputs: the vectors of one iteration, and where
+/// the results land.
+struct Walk {
+    /// Per iteration: (activation offset in the padded plane, result offset) of each vector.
+    vectors: Vec<(usize, usize)>,
+    /// Iterations, and the bytes the activation and result addresses advance per iteration.
+    iterations: usize,
+    x_stride: usize,
+    out_stride: usize,
+    /// Bytes between two output rows in the results, and the results' bytes.
+    out_row: usize,
+    out_bytes: usize,
+}
+
+impl Walk {
+    /// Row by row: `rows_per_iter` output rows per iteration, each rounded up to whole
+    /// vectors (pairs of vectors at column stride 1).
+    fn rows(g: &Geometry) -> Walk {
+        let interleave = g.sw == 1;
+        let unit = if interleave { 2 * LANES } else { LANES };
+        let row = g.ow.next_multiple_of(unit);
+        let rows_per_iter = (DEPTHWISE_VECTORS * LANES / row).max(1);
+        let iterations = g.oh.div_ceil(rows_per_iter);
+        let vectors = (0..rows_per_iter)
+            .flat_map(|r| (0..row / unit).map(move |u| (r, u * unit)))
+            .flat_map(|(r, col)| {
+                let (x, out) = (r * g.sh * g.wp + g.sw * col, r * row + col);
+                let odd = interleave.then_some((x + 1, out));
+                std::iter::once((x, out)).chain(odd)
+            })
+            .collect();
+        Walk {
+            vectors,
+            iterations,
+            x_stride: rows_per_iter * g.sh * g.wp,
+            out_stride: rows_per_iter * row,
+            out_row: row,
+            out_bytes: iterations * rows_per_iter * row,
+        }
+    }
+
+    /// Along the padded plane as one row (stride 1 × 1 only): [`FLAT_RUN`] outputs per
+    /// iteration, output rows `wp` apart.
+    fn flat(g: &Geometry) -> Walk {
+        let n = (g.oh - 1) * g.wp + g.ow;
+        let iterations = n.div_ceil(FLAT_RUN);
+        let vectors = (0..FLAT_RUN / (2 * LANES))
+            .flat_map(|u| {
+                [
+                    (2 * LANES * u, 2 * LANES * u),
+                    (2 * LANES * u + 1, 2 * LANES * u),
+                ]
+            })
+            .collect();
+        Walk {
+            vectors,
+            iterations,
+            x_stride: FLAT_RUN,
+            out_stride: FLAT_RUN,
+            out_row: g.wp,
+            out_bytes: iterations * FLAT_RUN,
+        }
+    }
+
+    /// The walk that computes fewer vectors (rows on a tie: their results may go straight
+    /// to the output).
+    fn of(g: &Geometry) -> Walk {
+        let rows = Walk::rows(g);
+        if g.sw == 1 && g.sh == 1 {
+            let flat = Walk::flat(g);
+            if flat.computed() < rows.computed() {
+                return flat;
             }
         }
-        out
-    }
-}
-
-/// How the micro-kernel walks a channel's plane, and the pair planes it reads.
-struct Layout {
-    /// Output columns rounded up to whole vectors, and vectors per output row.
-    ow8: usize,
-    /// Output rows per micro-kernel iteration, iterations, and the rows they cover.
-    rows_per_iter: usize,
-    iterations: usize,
-    oh_pad: usize,
-    /// Rows and columns (pairs, a multiple of [`LANES`]) of each phase's pair plane.
-    rows: usize,
-    jq: usize,
-}
-
-impl Layout {
-    fn of(g: &Geometry, pairs: &[(usize, usize, usize)]) -> Layout {
-        let ow8 = g.ow.next_multiple_of(LANES);
-        let per_row = ow8 / LANES;
-        let rows_per_iter = (DEPTHWISE_VECTORS / per_row).max(1);
-        let iterations = g.oh.div_ceil(rows_per_iter);
-        let oh_pad = iterations * rows_per_iter;
-        let reach = pairs.iter().map(|&(_, _, t)| t + 1).max().unwrap_or(1);
-        Layout {
-            ow8,
-            rows_per_iter,
-            iterations,
-            oh_pad,
-            rows: (oh_pad - 1) * g.sh + (g.kh - 1) * g.dh + 1,
-            jq: (ow8 + reach).next_multiple_of(LANES),
-        }
+        rows
     }
 
-    /// Bytes of one phase's pair plane.
-    fn phase_bytes(&self) -> usize {
-        self.rows * self.jq * PAIR
+    fn computed(&self) -> usize {
+        self.iterations * self.vectors.len()
     }
 
-    /// Whether results go straight to the output plane.
+    /// Whether results go straight to the output plane (rows of exactly `ow`, nothing past
+    /// the last).
     fn direct(&self, g: &Geometry) -> bool {
-        g.ow == self.ow8 && g.oh == self.oh_pad
+        self.out_row == g.ow && self.out_bytes == g.oh * g.ow
+    }
+
+    /// One past the last byte of the padded plane any vector reads (16 bytes from its
+    /// farthest tap pair).
+    fn last_read(&self, pair_reach: usize) -> usize {
+        let last = self.vectors.iter().map(|&(x, _)| x).max().unwrap_or(0);
+        (self.iterations - 1) * self.x_stride + last + pair_reach + 16
     }
 }
 
@@ -144,9 +200,6 @@ impl Layout {
 /// channel's requantization shift at least 32); false leaves it to the other forms.
 pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let Some(isa) = k.wide else { return Ok(false) };
-    if !k.has_byte_shuffle() {
-        return Ok(false);
-    }
     let Some(g) = Geometry::of(k)? else {
         return Ok(false);
     };
@@ -163,7 +216,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         return Ok(false);
     };
     let pairs = g.pairs();
-    let l = Layout::of(&g, &pairs);
+    let walk = Walk::of(&g);
     // Weights: per channel, each pair's two taps as i16 (0 past the row's last tap).
     let tap = |c: usize, ky: usize, kx: usize| {
         if kx < g.kw {
@@ -174,37 +227,34 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     };
     let mut weights = Vec::with_capacity(g.c * pairs.len() * PAIR);
     for c in 0..g.c {
-        for &(ky, p, t) in &pairs {
-            for kx in [p + g.sw * t, p + g.sw * (t + 1)] {
-                weights.extend_from_slice(&tap(c, ky, kx).to_le_bytes());
+        for &(ky, kx) in &pairs {
+            for t in [kx, kx + 1] {
+                weights.extend_from_slice(&tap(c, ky, t).to_le_bytes());
             }
         }
     }
     let offset = |v: usize| i32::try_from(v).map_err(|e| e.to_string());
+    let pair_at = |&(ky, kx): &(usize, usize)| ky * g.dh * g.wp + kx;
     let pair_offsets = pairs
         .iter()
-        .map(|&(ky, p, t)| offset(((p * l.rows + ky * g.dh) * l.jq + t) * PAIR))
+        .map(|p| offset(pair_at(p)))
         .collect::<Result<Vec<_>, _>>()?;
-    // One iteration: `rows_per_iter` output rows, in groups of at most DEPTHWISE_VECTORS.
-    let vectors: Vec<(i32, i32)> = (0..l.rows_per_iter)
-        .flat_map(|r| (0..l.ow8 / LANES).map(move |v| (r, v * LANES)))
-        .map(|(r, col)| {
-            Ok((
-                offset((r * g.sh * l.jq + col) * PAIR)?,
-                offset(r * l.ow8 + col)?,
-            ))
-        })
-        .collect::<Result<_, String>>()?;
-    let direct = l.direct(&g);
+    let vectors = walk
+        .vectors
+        .iter()
+        .map(|&(x, out)| Ok((offset(x)?, offset(out)?)))
+        .collect::<Result<Vec<_>, String>>()?;
+    let direct = walk.direct(&g);
     let plane = DepthwisePlane {
         pairs: pair_offsets,
         groups: vectors
             .chunks(DEPTHWISE_VECTORS)
             .map(<[_]>::to_vec)
             .collect(),
-        x_stride: offset(l.rows_per_iter * g.sh * l.jq * PAIR)?,
-        out_stride: offset(l.rows_per_iter * l.ow8)?,
-        iterations: u32::try_from(l.iterations).map_err(|e| e.to_string())?,
+        interleave: g.sw == 1,
+        x_stride: offset(walk.x_stride)?,
+        out_stride: offset(walk.out_stride)?,
+        iterations: u32::try_from(walk.iterations).map_err(|e| e.to_string())?,
         store: Requantize {
             zero_point: rq.zero_point,
             bounds: (rq.bounds.0 as i32, rq.bounds.1 as i32),
@@ -217,8 +267,8 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     k.form = "wide-depthwise";
     let wptr = k.data_object(weights, 64)?;
     let table = k.data_object(records, 64)?;
-    // Scratch of one part (thread): its padded u8 plane (with room for the repacking's
-    // over-reads) | pair planes | staging plane.
+    // Scratch of one part (thread): its padded plane (with room for the micro-kernel's
+    // reads past it: they meet zero weights or results that are dropped) | staging.
     let padded = Padded {
         planes: 1,
         h: g.h,
@@ -228,14 +278,17 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         top: g.pt,
         left: g.pl,
     };
-    let last_read = (l.rows - 1) * g.wp + g.sw * (l.jq - LANES) + 32;
-    let pairs_at = padded.bytes().max(last_read).next_multiple_of(64);
-    let staging_at = pairs_at + (g.sw * l.phase_bytes()).next_multiple_of(64);
-    let part_bytes = (staging_at + if direct { 0 } else { l.oh_pad * l.ow8 }).next_multiple_of(64);
+    let reach = pairs.iter().map(pair_at).max().unwrap_or(0);
+    let staging_at = padded
+        .bytes()
+        .max(walk.last_read(reach))
+        .next_multiple_of(64);
+    let part_bytes = (staging_at + if direct { 0 } else { walk.out_bytes }).next_multiple_of(64);
     let zx = xq.channel(0).1 as u8;
     let out_plane = (g.oh * g.ow) as i64;
+    let out_row = walk.out_row as i64;
     // Channels `begin..end` of one sample (context: input, output, scratch), in the scratch
-    // of part `part`: pad, repack, compute, copy out.
+    // of part `part`: pad, compute, copy out.
     let task = k.task(|fb, module, [ctx, begin, end, part]| {
         let x = fb.ins().load(types::I64, emit::mem(), ctx, 0);
         let y = fb.ins().load(types::I64, emit::mem(), ctx, 8);
@@ -246,11 +299,9 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         );
         let kernel = module.declare_func_in_func(kernel, fb.func);
         let scratch = emit::addr(fb, ws, part, part_bytes as i64);
-        let pair_planes = fb.ins().iadd_imm_s(scratch, pairs_at as i64);
         emit::for_range(fb, begin, end, 1, |fb, c| {
             let src = emit::addr(fb, x, c, (g.h * g.w) as i64);
             padded.emit_plane(fb, src, scratch, zx);
-            repack(fb, &g, &l, scratch, pair_planes);
             let w = emit::addr(fb, wptr, c, (pairs.len() * PAIR) as i64);
             let record = emit::addr(fb, table, c, ChannelTable::RECORD as i64);
             let y_plane = emit::addr(fb, y, c, out_plane);
@@ -259,10 +310,10 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
             } else {
                 fb.ins().iadd_imm_s(scratch, staging_at as i64)
             };
-            fb.ins().call(kernel, &[pair_planes, w, out, record]);
+            fb.ins().call(kernel, &[scratch, w, out, record]);
             if !direct {
                 emit::for_count(fb, g.oh as i64, |fb, oy| {
-                    let from = emit::addr(fb, out, oy, l.ow8 as i64);
+                    let from = emit::addr(fb, out, oy, out_row);
                     let to = emit::addr(fb, y_plane, oy, g.ow as i64);
                     copy_row(fb, from, to, g.ow);
                 });
@@ -295,31 +346,4 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         )
     })?;
     Ok(true)
-}
-
-/// Repacks one padded u8 plane at `src` into the pair planes at `dst` (see the module
-/// docs): eight pairs a step from two 16-byte loads, one byte shuffle and two widenings.
-fn repack(fb: &mut FunctionBuilder, g: &Geometry, l: &Layout, src: Value, dst: Value) {
-    for p in 0..g.sw {
-        // Byte 2i: column s·i + p; byte 2i + 1: column s·i + p + s (of the 32 loaded).
-        let mask: Vec<u8> = (0..LANES)
-            .flat_map(|i| [(g.sw * i + p) as u8, (g.sw * i + p + g.sw) as u8])
-            .collect();
-        let mask = fb.func.dfg.immediates.push(ConstantData::from(mask));
-        let phase = fb.ins().iadd_imm_s(dst, (p * l.phase_bytes()) as i64);
-        emit::for_count(fb, l.rows as i64, |fb, y| {
-            let row = emit::addr(fb, src, y, g.wp as i64);
-            let out_row = emit::addr(fb, phase, y, (l.jq * PAIR) as i64);
-            emit::for_count(fb, (l.jq / LANES) as i64, |fb, jc| {
-                let at = emit::addr(fb, row, jc, (LANES * g.sw) as i64);
-                let lo = fb.ins().load(types::I8X16, emit::mem(), at, 0);
-                let hi = fb.ins().load(types::I8X16, emit::mem(), at, 16);
-                let bytes = fb.ins().shuffle(lo, hi, mask);
-                let (a, b) = (fb.ins().uwiden_low(bytes), fb.ins().uwiden_high(bytes));
-                let to = emit::addr(fb, out_row, jc, (LANES * PAIR) as i64);
-                fb.ins().store(emit::mem(), a, to, 0);
-                fb.ins().store(emit::mem(), b, to, 16);
-            });
-        });
-    }
 }

@@ -114,9 +114,28 @@ fn fill_bytes(fb: &mut FunctionBuilder, dst: Value, n: usize, fill: u8) {
     }
 }
 
-/// Copies `w` bytes (a compile-time count) from `src` to `dst`: whole 8-byte words, then at
-/// most one 4-, 2- and 1-byte piece (nothing outside the row is read or written).
+/// Rows at least this long are copied 16 bytes a step in a loop rather than unrolled, so
+/// that code size does not grow with a long row (a whole plane taken as one row).
+const LOOP_ROW: usize = 128;
+
+/// Copies `w` bytes (a compile-time count) from `src` to `dst`: whole 16-byte pieces in a
+/// loop (rows of at least [`LOOP_ROW`] bytes), whole 8-byte words, then at most one 4-, 2-
+/// and 1-byte piece (nothing outside the row is read or written).
 pub(super) fn copy_row(fb: &mut FunctionBuilder, src: Value, dst: Value, w: usize) {
+    if w >= LOOP_ROW {
+        emit::for_count(fb, (w / 16) as i64, |fb, i| {
+            let from = emit::addr(fb, src, i, 16);
+            let to = emit::addr(fb, dst, i, 16);
+            let v = fb.ins().load(types::I8X16, emit::mem(), from, 0);
+            fb.ins().store(emit::mem(), v, to, 0);
+        });
+        let done = (w / 16 * 16) as i64;
+        let (src, dst) = (
+            fb.ins().iadd_imm_s(src, done),
+            fb.ins().iadd_imm_s(dst, done),
+        );
+        return copy_row(fb, src, dst, w % 16);
+    }
     let pieces = std::iter::repeat_n((8, types::I64), w / 8).chain(
         [(4, types::I32), (2, types::I16), (1, types::I8)]
             .into_iter()

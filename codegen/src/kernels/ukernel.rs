@@ -226,7 +226,7 @@ pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
             return a.assemble(0).map_err(e);
         }
     };
-    let mut k = Constants::new(&mut a);
+    let mut k = Constants::new(&mut a, q);
     let (bias, m, half, t) = (ymm12, ymm13, ymm14, ymm15);
     for r in 0..tile.rows {
         let record = (r * 32) as i32;
@@ -261,13 +261,24 @@ pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
 
 /// The shape of a depthwise micro-kernel: one channel's whole output plane, `iterations`
 /// times a body of groups of at most [`DEPTHWISE_VECTORS`] vectors of eight outputs.
+///
+/// Activations are the channel's padded u8 plane as it is (no repacking): a vector's tap
+/// pair at `x + offset + pairs[i]` is 16 bytes widened to i16 (`vpmovzxbw`), i.e. eight
+/// pairs of neighbouring columns `(c, c + 1)`, `c` advancing by two per lane. At column
+/// stride 2 those are the taps `(kx, kx + 1)` of eight consecutive outputs; at stride 1 of
+/// every other output, so a vector at `offset` and one at `offset + 1` together make
+/// sixteen consecutive outputs (`interleave`).
 #[derive(Clone, Debug)]
 pub(crate) struct DepthwisePlane {
-    /// Byte offset of each tap pair's activations from a vector's address; pair `i`'s
-    /// weights are the i16 pair at `w + 4i`.
+    /// Byte offset of each tap pair's columns from a vector's address; pair `i`'s weights
+    /// are the i16 pair at `w + 4i`.
     pub pairs: Vec<i32>,
     /// Per iteration: groups of vectors, each (activation offset, output offset) in bytes.
     pub groups: Vec<Vec<(i32, i32)>>,
+    /// The vectors of each group come in (even outputs, odd outputs) pairs whose sixteen
+    /// results are stored interleaved at the first one's output offset; otherwise each
+    /// vector stores its eight results at its own.
+    pub interleave: bool,
     /// Bytes the activation and output addresses advance per iteration.
     pub x_stride: i32,
     pub out_stride: i32,
@@ -278,30 +289,31 @@ pub(crate) struct DepthwisePlane {
 }
 
 /// Most vectors of a depthwise group: accumulators ymm0–7, the rest for the broadcast
-/// weight pair, products and the requantization's operands.
+/// weight pair, the widened activations, products and the requantization's operands.
 pub(crate) const DEPTHWISE_VECTORS: usize = 8;
 
 /// The machine code of `fn(x: *const u8, w: *const u8, out: *mut u8, record: *const u8)`
 /// (System V: rdi, rsi, rdx, rcx) computing one depthwise channel (see [`DepthwisePlane`]):
-/// for each vector, `Σ_i vpmaddwd(w[i], x + offset + pairs[i])` (i16 pairs of taps, exact),
-/// requantized with the `ChannelTable` record at `record` as in [`pair_tile`], eight bytes
-/// stored at `out + output offset`. Uses caller-saved registers and `r9` only.
+/// for each vector, `Σ_i vpmaddwd(w[i], widen(x + offset + pairs[i]))` (i16 pairs of
+/// taps, exact), requantized with the `ChannelTable` record at `record` as in
+/// [`pair_tile`], eight bytes (sixteen per interleaved pair) stored at `out + output
+/// offset`. Uses caller-saved registers and `r9` only.
 pub(crate) fn depthwise_plane(plane: &DepthwisePlane, isa: Isa) -> Result<Vec<u8>, String> {
     let e = |e: IcedError| e.to_string();
     if plane.pairs.is_empty()
         || plane.iterations == 0
-        || plane
-            .groups
-            .iter()
-            .any(|g| g.is_empty() || g.len() > DEPTHWISE_VECTORS)
+        || plane.groups.iter().any(|g| {
+            g.is_empty() || g.len() > DEPTHWISE_VECTORS || (plane.interleave && g.len() % 2 == 1)
+        })
     {
         return Err("depthwise micro-kernel shape out of range".into());
     }
     let ymm = [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7];
-    let (b, p, bias, m, half, t) = (ymm8, ymm9, ymm10, ymm11, ymm12, ymm13);
+    let (b, p, bias, m, half, t, xv) = (ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14);
     let mut a = CodeAssembler::new(64).map_err(e)?;
     a.set_prefer_vex(true);
-    let mut k = Constants::new(&mut a);
+    let mut k = Constants::new(&mut a, plane.store);
+    let mut zip = a.create_label();
     load_record(&mut a, rcx + 0, bias, m, half)?;
     a.mov(r9, plane.iterations as u64).map_err(e)?;
     let mut top = a.create_label();
@@ -314,19 +326,33 @@ pub(crate) fn depthwise_plane(plane: &DepthwisePlane, isa: Isa) -> Result<Vec<u8
             a.vpbroadcastd(b, dword_ptr(rsi + 4 * i as i32))
                 .map_err(e)?;
             for (&y, &(x, _)) in ymm.iter().zip(group) {
+                a.vpmovzxbw(xv, xmmword_ptr(rdi + x + off)).map_err(e)?;
                 match isa {
                     Isa::Avx2 => {
-                        a.vpmaddwd(p, b, ymmword_ptr(rdi + x + off)).map_err(e)?;
+                        a.vpmaddwd(p, b, xv).map_err(e)?;
                         a.vpaddd(y, y, p).map_err(e)?;
                     }
-                    Isa::AvxVnni => a.vpdpwssd(y, b, ymmword_ptr(rdi + x + off)).map_err(e)?,
+                    Isa::AvxVnni => a.vpdpwssd(y, b, xv).map_err(e)?,
                 }
             }
         }
-        for (v, (&y, &(_, out))) in ymm.iter().zip(group).enumerate() {
+        for &y in &ymm[..group.len()] {
             requantize(&mut a, &k, y, t, (bias, m, half), rcx + 0)?;
-            pack(&mut a, &k, plane.store.signed, y, y, t)?;
-            a.vmovq(qword_ptr(rdx + out), xmm_of(v)).map_err(e)?;
+        }
+        if plane.interleave {
+            for (v, pair) in group.chunks(2).enumerate() {
+                let (even, odd) = (ymm[2 * v], ymm[2 * v + 1]);
+                pack(&mut a, &k, plane.store.signed, even, odd, t)?;
+                a.vpshufb(xmm_of(2 * v), xmm_of(2 * v), xmmword_ptr(zip))
+                    .map_err(e)?;
+                a.vmovdqu(xmmword_ptr(rdx + pair[0].1), xmm_of(2 * v))
+                    .map_err(e)?;
+            }
+        } else {
+            for (v, (&y, &(_, out))) in ymm.iter().zip(group).enumerate() {
+                pack(&mut a, &k, plane.store.signed, y, y, t)?;
+                a.vmovq(qword_ptr(rdx + out), xmm_of(v)).map_err(e)?;
+            }
         }
     }
     a.add(rdi, plane.x_stride).map_err(e)?;
@@ -336,26 +362,52 @@ pub(crate) fn depthwise_plane(plane: &DepthwisePlane, isa: Isa) -> Result<Vec<u8
     a.vzeroupper().map_err(e)?;
     a.ret().map_err(e)?;
     k.emit(&mut a, plane.store)?;
+    // Byte order taking [even 0..8, odd 0..8] to [even 0, odd 0, even 1, odd 1, …].
+    a.set_label(&mut zip).map_err(e)?;
+    let order: Vec<u8> = (0..8).flat_map(|i| [i, i + 8]).collect();
+    a.db(&order).map_err(e)?;
     a.assemble(0).map_err(e)
 }
 
 /// The constants a requantizing micro-kernel reads after its code: 32-byte rows of the
-/// zero point and the bounds, and the dword order [`pack`] uses.
+/// zero point and the bounds, and the dword order [`pack`] uses; and which of the
+/// requantization's last steps the result type makes redundant.
 struct Constants {
     zp: CodeLabel,
     lo: CodeLabel,
     hi: CodeLabel,
     order: CodeLabel,
+    /// A zero point of 0 is not added.
+    add_zp: bool,
+    /// Bounds that are the result type's whole range are not applied: [`pack`]'s
+    /// saturating packs (i32 → i16 → 8 bits) clamp to exactly that range.
+    clamp: bool,
 }
 
 impl Constants {
-    fn new(a: &mut CodeAssembler) -> Constants {
+    fn new(a: &mut CodeAssembler, q: Requantize) -> Constants {
+        let whole = if q.signed { (-128, 127) } else { (0, 255) };
         Constants {
             zp: a.create_label(),
             lo: a.create_label(),
             hi: a.create_label(),
             order: a.create_label(),
+            add_zp: q.zero_point != 0,
+            clamp: q.bounds != whole,
         }
+    }
+
+    /// `y = clamp(y + zp)`, each step only where it changes a result (see the fields).
+    fn offset_and_clamp(&self, a: &mut CodeAssembler, y: AsmRegisterYmm) -> Result<(), String> {
+        let e = |e: IcedError| e.to_string();
+        if self.add_zp {
+            a.vpaddd(y, y, ymmword_ptr(self.zp)).map_err(e)?;
+        }
+        if self.clamp {
+            a.vpmaxsd(y, y, ymmword_ptr(self.lo)).map_err(e)?;
+            a.vpminsd(y, y, ymmword_ptr(self.hi)).map_err(e)?;
+        }
+        Ok(())
     }
 
     /// Places the constants (after the function's `ret`).
@@ -408,9 +460,7 @@ fn requantize(
     a.vpsrlq(t, t, 32).map_err(e)?;
     a.vpblendd(y, t, y, 0xaa).map_err(e)?;
     a.vpsrad(y, y, xmmword_ptr(record + 8)).map_err(e)?;
-    a.vpaddd(y, y, ymmword_ptr(k.zp)).map_err(e)?;
-    a.vpmaxsd(y, y, ymmword_ptr(k.lo)).map_err(e)?;
-    a.vpminsd(y, y, ymmword_ptr(k.hi)).map_err(e)
+    k.offset_and_clamp(a, y)
 }
 
 /// [`requantize`] with parameters per lane, from vector `v` of the [`LaneTable`] block at
@@ -435,9 +485,7 @@ fn requantize_lanes(
     a.vpsrlq(t, t, 32).map_err(e)?;
     a.vpblendd(y, t, y, 0xaa).map_err(e)?;
     a.vpsravd(y, y, ymmword_ptr(r8 + 128 + 32 * v)).map_err(e)?;
-    a.vpaddd(y, y, ymmword_ptr(k.zp)).map_err(e)?;
-    a.vpmaxsd(y, y, ymmword_ptr(k.lo)).map_err(e)?;
-    a.vpminsd(y, y, ymmword_ptr(k.hi)).map_err(e)
+    k.offset_and_clamp(a, y)
 }
 
 /// Packs the clamped i32 lanes of `y0` and `y1` to bytes: `y0`'s eight then `y1`'s eight in
@@ -528,6 +576,51 @@ mod tests {
             "{vnni:#?}"
         );
         assert!(vnni.iter().all(|i| !i.starts_with("vpmaddwd")));
+    }
+
+    #[test]
+    fn depthwise_planes_widen_the_u8_plane_and_interleave_stride_one_pairs() {
+        let plane = |groups: Vec<Vec<(i32, i32)>>, interleave| DepthwisePlane {
+            pairs: vec![0, 2, 40],
+            groups,
+            interleave,
+            x_stride: 64,
+            out_stride: 64,
+            iterations: 2,
+            store: Requantize {
+                zero_point: 0,
+                bounds: (0, 255),
+                signed: false,
+                plane: 0,
+                per_lane: false,
+            },
+        };
+        let pair = vec![(0, 0), (1, 0)];
+        let code =
+            disassemble(&depthwise_plane(&plane(vec![pair.clone()], true), Isa::Avx2).unwrap());
+        // Three tap pairs × two vectors, each widened from the plane, then one 16-byte store.
+        let count = |prefix: &str| code.iter().filter(|i| i.starts_with(prefix)).count();
+        assert_eq!(count("vpmovzxbw"), 6, "{code:#?}");
+        assert_eq!(count("vpmaddwd"), 6, "{code:#?}");
+        assert!(
+            code.iter().any(|i| i == "vpmovzxbw ymm14,[rdi+29h]"),
+            "{code:#?}"
+        );
+        assert_eq!(count("vpshufb"), 1, "{code:#?}");
+        assert!(
+            code.iter().any(|i| i.starts_with("vmovdqu [rdx],xmm0")),
+            "{code:#?}"
+        );
+        // Stride 2: each vector stores its own eight results.
+        let code =
+            disassemble(&depthwise_plane(&plane(vec![pair.clone()], false), Isa::Avx2).unwrap());
+        assert_eq!(
+            code.iter().filter(|i| i.starts_with("vmovq")).count(),
+            2,
+            "{code:#?}"
+        );
+        // An interleaved group needs whole pairs of vectors.
+        assert!(depthwise_plane(&plane(vec![vec![(0, 0)]], true), Isa::Avx2).is_err());
     }
 
     #[test]

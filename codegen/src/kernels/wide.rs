@@ -87,7 +87,28 @@ impl Geometry {
             hp: q.hp,
             wp: q.wp,
         };
-        Ok((q.group == 1 && (1..=2).contains(&q.sw)).then_some(g))
+        Ok((q.group == 1 && (1..=2).contains(&q.sw)).then_some(g.flattened()))
+    }
+
+    /// A 1×1, stride-1, unpadded convolution does not see the planes' shape: it is the same
+    /// convolution on planes of one row of `h·w`, which fill whole vectors (14 × 14 in rows
+    /// of 16 computes 224 outputs a plane, in one row 200) and write the output directly
+    /// when `h·w` is a multiple of 16 (28 × 28, 56 × 56). The padded copy is the same bytes.
+    fn flattened(self) -> Geometry {
+        let pointwise = self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1;
+        if !pointwise || self.hp != self.h || self.wp != self.w {
+            return self;
+        }
+        let n = self.h * self.w;
+        Geometry {
+            h: 1,
+            w: n,
+            oh: 1,
+            ow: n,
+            hp: 1,
+            wp: n,
+            ..self
+        }
     }
 
     fn taps(&self) -> usize {
