@@ -11,7 +11,7 @@ Agreement is top-1 agreement for the classifiers (magika; MobileNetV2, whose wei
 random) and the mean (min) cosine of the sentence embeddings for all-MiniLM-L6-v2, whose
 SQNR is given for both outputs (sentence_embedding / last_hidden_state).
 """
-import argparse, subprocess, tempfile, time
+import argparse, subprocess, sys, tempfile, time
 import numpy as np
 
 VARIANTS = [
@@ -72,9 +72,9 @@ def table(args, name):
     print(f"| weights | pipeline | {agreement} | {sqnr} | time |")
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as d:
-        for bits in ["8", "4"]:
-            for granularity in ["per-channel", "per-tensor"]:
-                for variant, flags in VARIANTS:
+        for bits in args.bits.split(","):
+            for granularity in args.weights.split(","):
+                for variant, flags in [v for v in VARIANTS if not args.variants or v[0] in args.variants.split(",")]:
                     files = [f"{d}/y{i}.npy" for i in range(len(outputs))]
                     cmd = [args.qlift, "run", f"{c}/{model}", "--weights", granularity, "--weight-bits", bits]
                     cmd += [a for x in calib for a in ("--calib", path(c, x))]
@@ -90,6 +90,9 @@ def table(args, name):
                         continue
                     agree, db = measure([np.load(f) for f in files], refs)
                     print(f"{row} {agree} | {db} | {secs:.1f} s |", flush=True)
+                    for line in r.stderr.splitlines():
+                        if line.startswith("adaround:"):
+                            print(f"  {row} {line}", file=sys.stderr, flush=True)
 
 
 def main():
@@ -98,6 +101,9 @@ def main():
     ap.add_argument("models", nargs="*", help=f"any of {', '.join(MODELS)} (default: all)")
     ap.add_argument("--adaround", default="30", help="AdaRound's budget in seconds")
     ap.add_argument("--qlift", default="target/release/qlift")
+    ap.add_argument("--bits", default="8,4", help="weight bits, comma-separated")
+    ap.add_argument("--weights", default="per-channel,per-tensor", help="granularities, comma-separated")
+    ap.add_argument("--variants", help="comma-separated variant names (default: all)")
     args = ap.parse_args()
     unknown = [m for m in args.models if m not in MODELS]
     if unknown:
