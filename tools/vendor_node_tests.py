@@ -126,8 +126,8 @@ def reason_to_exclude(model):
             return "training_mode operand"
         if n.op_type == "MaxPool" and len([o for o in n.output if o]) > 1:
             return "MaxPool Indices result"
-        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and attr(n, "block_size"):
-            return "blocked quantization"
+        if n.op_type == "QuantizeLinear" and attr(n, "block_size"):
+            return "blocked QuantizeLinear (only the blocked DequantizeLinear imports)"
     computed = {o for m in all_nodes(g) if m.op_type != "Constant" for o in m.output}
     for n in all_nodes(g):
         if n.op_type == "Cast" and attr(n, "to") not in DTYPES:

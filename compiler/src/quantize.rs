@@ -483,7 +483,9 @@ fn traced_program(
     traced_program_of(graph, binding, None)
 }
 
-/// [`traced_program`] with the outputs `names` (every f32 value when `None`).
+/// [`traced_program`] with the outputs `names` (every f32 value when `None`), and only the
+/// nodes they depend on: AdaRound replays the quantized model up to one layer's input, and
+/// without the rest (magika's Conv after its embedding) such a replay costs the prefix only.
 pub(crate) fn traced_program_of(
     graph: &Graph,
     binding: &qlift_ir::Binding,
@@ -522,6 +524,7 @@ pub(crate) fn traced_program_of(
     };
     let names = values.iter().map(|&v| g.value(v).name.clone()).collect();
     g.set_outputs(values).ok()?;
+    g.remove_dead_nodes();
     let mut program = JitProgram::compile(&g, &CodegenOptions::default()).ok()?;
     program.set_threads(std::thread::available_parallelism().map_or(1, |n| n.get()));
     Some((program, names, batch))

@@ -237,6 +237,43 @@ fn target_sqnr_raises_layers_until_the_output_meets_it() {
     assert_eq!(ir, again);
 }
 
+/// A search that raises layers to int16 as well as fp32 (digits_mobile at 42 dB: int8 keeps
+/// 32.8 dB) writes a plan with both, and `qlift run --plan` with it gives the searched
+/// model's outputs bit for bit on the test set.
+#[test]
+fn a_target_sqnr_plan_with_int16_layers_reproduces_the_outputs() {
+    let plan = temp("target_int16.toml");
+    let (calib, x) = (model("digits_calib_x.npy"), model("digits_test_x.npy"));
+    let mobile = model("digits_mobile.onnx");
+    let run = |tag: &str, extra: &[&str]| {
+        let y = temp(&format!("{tag}.npy"));
+        let args = [
+            &[
+                "run", &*mobile, "--calib", &*calib, "--input", &*x, "--output", &*y,
+            ],
+            extra,
+        ]
+        .concat();
+        let o = qlift(&args);
+        assert!(o.status.success(), "qlift {args:?}: {}", stderr(&o));
+        (std::fs::read(&y).unwrap(), stderr(&o))
+    };
+    let (searched, err) = run("searched", &["--target-sqnr", "42", "--emit-plan", &plan]);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("--target-sqnr 42: "))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains("(reached)"), "{line}");
+    let text = std::fs::read_to_string(&plan).unwrap();
+    assert!(text.contains("precision = \"int16\""), "{text}");
+    assert!(text.contains("precision = \"fp32\""), "{text}");
+    let (planned, err) = run("planned", &["--plan", &plan]);
+    assert!(err.contains(" int16, "), "{err}");
+    assert_eq!(searched, planned, "the plan reproduces the outputs");
+    let (int8, _) = run("int8", &[]);
+    assert_ne!(searched, int8, "the raised layers changed the outputs");
+}
+
 /// `--max-drop PP --calib-labels`: W4A8 per-tensor digits_mobile loses a fifth of its top-1
 /// on the labelled samples; the search raises layers until it is within 1 point of fp32's,
 /// and says so. Labels that do not cover the samples, or a missing label file, are errors.

@@ -188,9 +188,10 @@ fn compare(got: &Tensor, want: &Tensor) -> Result<(), String> {
 
 /// Every supported op has at least one node test.
 fn coverage(cases: &[(String, Vec<String>)]) -> Result<(), Failed> {
-    // ONNX's blocked DequantizeLinear, imported under its own name; the vendored
-    // `test_dequantizelinear_blocked` is excluded (MANIFEST.txt), tests/tests/jit_dynamic.rs
-    // checks it against the interpreter.
+    // ONNX's blocked DequantizeLinear of symmetric i8/i4 values, imported under its own
+    // name: the vendored `test_dequantizelinear_blocked` has u8 values with zero points, which
+    // import as the definition (Cast, Gather, Sub, Mul); tests/tests/jit_dynamic.rs checks
+    // the symmetric form against the interpreter.
     let renamed = [OpKind::BlockDequantizeLinear];
     let missing: Vec<&str> = OpKind::ALL
         .iter()

@@ -220,34 +220,33 @@ fn keep_columns(
     samples: usize,
 ) -> Result<(), PassError> {
     let batch = x.shape().first().copied().unwrap_or(1).max(1);
-    let mut kept = 0;
-    let mut n = 0;
+    let count = layer.column_count(x).ok_or_else(|| {
+        PassError::Bug(format!(
+            "input of shape {:?} does not fit its layer",
+            x.shape()
+        ))
+    })?;
+    // Columns per sample × samples: the whole set's column count.
+    let total = count / batch * samples;
+    let stride = total.div_ceil(MAX_COLUMNS).max(1);
+    let keep: Vec<usize> = (0..count)
+        .filter(|j| (cols.seen + j) % stride == 0)
+        .collect();
     for (g, out) in cols.groups.iter_mut().enumerate() {
-        let (c, count) = layer.columns(x, g).ok_or_else(|| {
-            PassError::Bug(format!(
-                "input of shape {:?} does not fit its layer",
-                x.shape()
-            ))
-        })?;
-        // Columns per sample × samples: the whole set's column count.
-        let total = count / batch * samples;
-        let stride = total.div_ceil(MAX_COLUMNS).max(1);
-        let keep: Vec<usize> = (0..count)
-            .filter(|j| (cols.seen + j) % stride == 0)
-            .collect();
+        let c = layer
+            .columns_at(x, g, &keep)
+            .ok_or_else(|| PassError::Bug("kept columns out of range".into()))?;
         // Row-major [row_len][kept]: rebuild with the new columns appended per row.
         let old = cols.count;
         let mut merged = Vec::with_capacity(layer.row_len * (old + keep.len()));
         for e in 0..layer.row_len {
             merged.extend_from_slice(&out[e * old..][..old]);
-            merged.extend(keep.iter().map(|&j| c[e * count + j]));
+            merged.extend_from_slice(&c[e * keep.len()..][..keep.len()]);
         }
         *out = merged;
-        kept = keep.len();
-        n = count;
     }
-    cols.count += kept;
-    cols.seen += n;
+    cols.count += keep.len();
+    cols.seen += count;
     Ok(())
 }
 

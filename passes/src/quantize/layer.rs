@@ -158,64 +158,79 @@ impl Layer {
     /// padding), one column per (sample, output position); for Gemm and MatMul the input's
     /// rows transposed. `None` when `x`'s shape does not fit.
     pub fn columns(&self, x: &Tensor, group: usize) -> Option<(Vec<f32>, usize)> {
-        let data = x.as_f32().ok()?;
+        let n = self.column_count(x)?;
+        let all: Vec<usize> = (0..n).collect();
+        Some((self.columns_at(x, group, &all)?, n))
+    }
+
+    /// How many columns input `x` gives (`None` when its shape does not fit).
+    pub fn column_count(&self, x: &Tensor) -> Option<usize> {
         let shape = x.shape();
         match &self.conv {
+            None => (*shape.last()? == self.row_len).then(|| x.len() / self.row_len),
+            Some(geo) => {
+                let (batch, channels, h, w) = self.conv_input(shape)?;
+                (channels == self.in_channels).then(|| batch * geo.out(0, h) * geo.out(1, w))
+            }
+        }
+    }
+
+    /// Columns `picks` (indices below [`Layer::column_count`]) of [`Layer::columns`], built
+    /// without the others: AdaRound keeps a few thousand of a Conv's columns, and building
+    /// every im2col patch of a 112×112 layer to keep one in fifty cost most of its replays.
+    pub fn columns_at(&self, x: &Tensor, group: usize, picks: &[usize]) -> Option<Vec<f32>> {
+        let data = x.as_f32().ok()?;
+        let count = self.column_count(x)?;
+        if picks.iter().any(|&j| j >= count) {
+            return None;
+        }
+        let k = picks.len();
+        let mut cols = vec![0f32; self.row_len * k];
+        match &self.conv {
             None => {
-                let k = *shape.last()?;
-                if k != self.row_len {
-                    return None;
-                }
-                let n = data.len() / k;
-                let mut cols = vec![0f32; k * n];
-                for (j, xrow) in data.chunks_exact(k).enumerate() {
+                for (p, &j) in picks.iter().enumerate() {
+                    let xrow = &data[j * self.row_len..][..self.row_len];
                     for (e, &v) in xrow.iter().enumerate() {
-                        cols[e * n + j] = v;
+                        cols[e * k + p] = v;
                     }
                 }
-                Some((cols, n))
             }
             Some(geo) => {
-                let (batch, channels, h, w) = match shape {
-                    &[n, c, w] => (n, c, 1, w),
-                    &[n, c, h, w] => (n, c, h, w),
-                    _ => return None,
-                };
-                if channels != self.in_channels {
-                    return None;
-                }
+                let (_, channels, h, w) = self.conv_input(x.shape())?;
                 let (oh, ow) = (geo.out(0, h), geo.out(1, w));
-                let cols_n = batch * oh * ow;
                 let cg = self.row_len / self.taps;
-                let mut cols = vec![0f32; self.row_len * cols_n];
                 for ci in 0..cg {
                     let c = group * cg + ci;
                     for (t, (ky, kx)) in (0..geo.kernel[0])
                         .flat_map(|ky| (0..geo.kernel[1]).map(move |kx| (ky, kx)))
                         .enumerate()
                     {
-                        let out = &mut cols[(ci * self.taps + t) * cols_n..][..cols_n];
-                        for n in 0..batch {
-                            let plane = &data[(n * channels + c) * h * w..][..h * w];
-                            for oy in 0..oh {
-                                let iy = (oy * geo.strides[0] + ky * geo.dilations[0])
-                                    .checked_sub(geo.pads_begin[0])
-                                    .filter(|&y| y < h);
-                                for ox in 0..ow {
-                                    let ix = (ox * geo.strides[1] + kx * geo.dilations[1])
-                                        .checked_sub(geo.pads_begin[1])
-                                        .filter(|&x| x < w);
-                                    out[(n * oh + oy) * ow + ox] = match (iy, ix) {
-                                        (Some(y), Some(x)) => plane[y * w + x],
-                                        _ => 0.0,
-                                    };
-                                }
+                        let out = &mut cols[(ci * self.taps + t) * k..][..k];
+                        for (o, &j) in out.iter_mut().zip(picks) {
+                            let (n, oy, ox) = (j / (oh * ow), (j / ow) % oh, j % ow);
+                            let iy = (oy * geo.strides[0] + ky * geo.dilations[0])
+                                .checked_sub(geo.pads_begin[0])
+                                .filter(|&y| y < h);
+                            let ix = (ox * geo.strides[1] + kx * geo.dilations[1])
+                                .checked_sub(geo.pads_begin[1])
+                                .filter(|&x| x < w);
+                            if let (Some(y), Some(x)) = (iy, ix) {
+                                *o = data[((n * channels + c) * h + y) * w + x];
                             }
                         }
                     }
                 }
-                Some((cols, cols_n))
             }
+        }
+        Some(cols)
+    }
+
+    /// A Conv input's (batch, channels, height, width), 1-D as height 1.
+    fn conv_input(&self, shape: &[usize]) -> Option<(usize, usize, usize, usize)> {
+        match *shape {
+            [n, c, w] => Some((n, c, 1, w)),
+            [n, c, h, w] => Some((n, c, h, w)),
+            _ => None,
         }
     }
 }
@@ -344,5 +359,33 @@ mod tests {
         // The centre tap reads channel 1 as it is; the top-left tap reads it shifted.
         assert_eq!(&cols[4 * 4..5 * 4], &[5., 6., 7., 8.]);
         assert_eq!(&cols[0..4], &[0., 0., 0., 5.]);
+    }
+
+    #[test]
+    fn picked_columns_are_those_of_the_whole_im2col() {
+        // Strided, dilated, padded, two groups, two samples: every index path of columns_at.
+        let weights: Vec<String> = (0..48).map(|v| v.to_string()).collect();
+        let g = graph(&format!(
+            "graph t(%x: f32[N,4,5,6]) -> (%y) {{
+              %w = const f32[4,2,3,2] [{}]
+              %y = Conv(%x, %w, _) {{dilations=[2, 1], group=2, kernel_shape=[3, 2], pads=[2, 1, 1, 0], strides=[1, 2]}} : f32[N,4,4,3]
+            }}",
+            weights.join(", ")
+        ));
+        let node = g.find_value("y").unwrap().node;
+        let (l, _) = float_layer(&g, node).unwrap();
+        let x = Tensor::from_f32(&[2, 4, 5, 6], (0..240).map(|v| v as f32 - 100.0).collect());
+        let picks = [0, 5, 7, 12, 23];
+        for group in 0..2 {
+            let (all, n) = l.columns(&x, group).unwrap();
+            assert_eq!(n, l.column_count(&x).unwrap());
+            let some = l.columns_at(&x, group, &picks).unwrap();
+            for e in 0..l.row_len {
+                let want: Vec<f32> = picks.iter().map(|&j| all[e * n + j]).collect();
+                assert_eq!(&some[e * picks.len()..][..picks.len()], &want[..]);
+            }
+        }
+        let past = l.column_count(&x).unwrap();
+        assert!(l.columns_at(&x, 0, &[past]).is_none());
     }
 }

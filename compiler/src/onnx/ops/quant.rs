@@ -5,7 +5,7 @@ use super::nn::conv_attrs;
 use super::{normalize_axis, Registry};
 use crate::onnx::import::NodeCx;
 use crate::Error;
-use qlift_ir::{Attrs, DType, OpKind, QuantParams};
+use qlift_ir::{AttrValue, Attrs, DType, OpKind, QuantParams, Tensor};
 
 pub(crate) fn register(reg: &mut Registry) {
     reg.insert("QuantizeLinear", quantize_linear);
@@ -65,25 +65,86 @@ pub(crate) fn register(reg: &mut Registry) {
     });
 }
 
-/// Opset 21's blocked DequantizeLinear: symmetric i8/i4 values (no zero point, or zeros)
-/// and f32 scales, as weight-only quantization writes them.
+/// Opset 21's blocked DequantizeLinear. Symmetric i8/i4 values (no zero point, or zeros)
+/// with f32 scales, as weight-only quantization writes them, become BlockDequantizeLinear,
+/// the form weight-only products read; any other (unsigned values, zero points) is written
+/// out as ONNX defines it (see [`expand_blocks`]).
 fn dequantize_blocks(cx: &mut NodeCx) -> Result<(), Error> {
     let x = cx.input_type(0)?;
     let axis = normalize_axis(cx, cx.int("axis", 1), x.shape.rank())?;
-    if cx.has_input(2) {
-        let zero = cx.constant(2)?.and_then(|t| t.to_i64_vec().ok());
-        if !zero.is_some_and(|z| z.iter().all(|&v| v == 0)) {
-            return Err(cx.error("blocked DequantizeLinear with a non-zero zero point is not supported (qlift's block-wise weights are symmetric)"));
-        }
+    let block = cx.int("block_size", 0);
+    let symmetric = matches!(x.dtype, DType::I8 | DType::I4)
+        && (!cx.has_input(2)
+            || cx
+                .constant(2)?
+                .and_then(|t| t.to_i64_vec().ok())
+                .is_some_and(|z| z.iter().all(|&v| v == 0)));
+    if !symmetric {
+        return expand_blocks(cx, axis, block);
     }
     let attrs = Attrs::new()
-        .with("axis", qlift_ir::AttrValue::Int(axis))
-        .with(
-            "block_size",
-            qlift_ir::AttrValue::Int(cx.int("block_size", 0)),
-        );
+        .with("axis", AttrValue::Int(axis))
+        .with("block_size", AttrValue::Int(block));
     let (q, scale) = (cx.input(0)?, cx.input(1)?);
     cx.emit(OpKind::BlockDequantizeLinear, attrs, &[q, scale])
+}
+
+/// A blocked DequantizeLinear as its definition: `(f32(x) − f32(zero_point[b])) · scale[b]`
+/// with `b = i / block_size` along `axis`, each block's parameter gathered out to every
+/// element it covers. Exact as ONNX Runtime computes it: the difference of two 8- or 4-bit
+/// integers is exact in f32, and the one rounding is the product's.
+fn expand_blocks(cx: &mut NodeCx, axis: i64, block: i64) -> Result<(), Error> {
+    let extent = cx.input_type(0)?.shape.dims()[axis as usize]
+        .fixed()
+        .ok_or_else(|| cx.error("blocked DequantizeLinear along an axis of unknown extent"))?;
+    if block <= 0 {
+        return Err(cx.error(format!("block_size must be positive, found {block}")));
+    }
+    let blocks: Vec<i64> = (0..extent as i64).map(|i| i / block).collect();
+    let index = cx.new_constant("block_of", Tensor::from_i64(&[extent], blocks))?;
+    let along = || Attrs::new().with("axis", AttrValue::Int(axis));
+    let to_f32 = || Attrs::new().with("to", AttrValue::Str(DType::F32.name().to_string()));
+    let x = cx.required(0)?;
+    let mut value = cx.emit_value(
+        &cx.fresh_name("f32"),
+        OpKind::Cast,
+        to_f32(),
+        &[Some(x)],
+        None,
+    )?;
+    if cx.has_input(2) {
+        let zero = cx.required(2)?;
+        let zero = cx.emit_value(
+            &cx.fresh_name("zero_f32"),
+            OpKind::Cast,
+            to_f32(),
+            &[Some(zero)],
+            None,
+        )?;
+        let zero = cx.emit_value(
+            &cx.fresh_name("zero_point"),
+            OpKind::Gather,
+            along(),
+            &[Some(zero), Some(index)],
+            None,
+        )?;
+        value = cx.emit_value(
+            &cx.fresh_name("centered"),
+            OpKind::Sub,
+            Attrs::new(),
+            &[Some(value), Some(zero)],
+            None,
+        )?;
+    }
+    let scale = cx.required(1)?;
+    let scale = cx.emit_value(
+        &cx.fresh_name("scale"),
+        OpKind::Gather,
+        along(),
+        &[Some(scale), Some(index)],
+        None,
+    )?;
+    cx.emit(OpKind::Mul, Attrs::new(), &[Some(value), Some(scale)])
 }
 
 fn quantize_linear(cx: &mut NodeCx) -> Result<(), Error> {
