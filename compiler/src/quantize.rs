@@ -22,10 +22,10 @@ pub const CALIBRATION_BATCH: usize = 64;
 
 /// Bytes of values one calibration run may produce, below [`Limits::max_run_bytes`]: the
 /// tracer makes every f32 value an output, so runs of [`CALIBRATION_BATCH`] MobileNetV2
-/// samples held 2 GB at once (ONNX Runtime's `quantize_static` peaks at a tenth of that).
-/// The statistics do not depend on how samples are grouped into runs; 128 MiB still gives
-/// the standard CNNs runs of several samples, which the tracer splits across threads.
-pub const CALIBRATION_RUN_BYTES: u64 = 128 << 20;
+/// samples held 2 GB at once (ONNX Runtime's `quantize_static` peaks near 370 MB).
+/// The statistics do not depend on how samples are grouped into runs; 64 MiB still gives
+/// the standard CNNs runs of two samples or more, which the tracer splits across threads.
+pub const CALIBRATION_RUN_BYTES: u64 = 64 << 20;
 
 /// A quantized model.
 pub struct Quantized {

@@ -101,11 +101,11 @@ fn a_failing_or_empty_source_is_an_error_of_the_data() {
 #[test]
 fn runs_hold_a_bounded_amount_of_traced_values() {
     use qlift::quantize::CALIBRATION_RUN_BYTES;
-    // Four f32 values of 4 Mi elements each: 64 MiB per sample, two samples per run.
-    let text = "graph big(%x: f32[N,4194304]) -> (%z) {
-  %y = Relu(%x) : f32[N,4194304]
-  %w = Clip(%y) {max=4.0, min=0.0} : f32[N,4194304]
-  %z = Relu(%w) : f32[N,4194304]
+    // Four f32 values of 2 Mi elements each: 32 MiB per sample, two samples per run.
+    let text = "graph big(%x: f32[N,2097152]) -> (%z) {
+  %y = Relu(%x) : f32[N,2097152]
+  %w = Clip(%y) {max=4.0, min=0.0} : f32[N,2097152]
+  %z = Relu(%w) : f32[N,2097152]
 }";
     let graph = qlift_ir::text::parse(text).unwrap();
     let per_sample = qlift::limits::interpreter_bytes(&graph, 1).unwrap();
@@ -113,8 +113,8 @@ fn runs_hold_a_bounded_amount_of_traced_values() {
     assert_eq!(per_run, 2, "{per_sample} bytes per sample");
     let n = 5;
     let samples = Tensor::from_f32(
-        &[n, 4194304],
-        (0..n * 4194304).map(|i| (i % 13) as f32 - 6.0).collect(),
+        &[n, 2097152],
+        (0..n * 2097152).map(|i| (i % 13) as f32 - 6.0).collect(),
     );
     let runs = std::sync::Mutex::new(Vec::new());
     let q = quantize_limited(
