@@ -20,6 +20,13 @@ use std::collections::{BTreeMap, HashMap};
 /// work, small enough that every intermediate value of one batch fits in memory easily.
 pub const CALIBRATION_BATCH: usize = 64;
 
+/// Bytes of values one calibration run may produce, below [`Limits::max_run_bytes`]: the
+/// tracer makes every f32 value an output, so runs of [`CALIBRATION_BATCH`] MobileNetV2
+/// samples held 2 GB at once (ONNX Runtime's `quantize_static` peaks near 370 MB).
+/// The statistics do not depend on how samples are grouped into runs; 64 MiB still gives
+/// the standard CNNs runs of two samples or more, which the tracer splits across threads.
+pub const CALIBRATION_RUN_BYTES: u64 = 64 << 20;
+
 /// A quantized model.
 pub struct Quantized {
     /// The float graph with QuantizeLinear/DequantizeLinear pairs (ONNX Runtime's QDQ form).
@@ -63,10 +70,10 @@ pub fn quantize(
     )
 }
 
-/// [`quantize`] under `limits`: calibration runs the interpreter on batches of at most
+/// [`quantize`] under `limits`: calibration runs the model on batches of at most
 /// [`CALIBRATION_BATCH`] samples, fewer when that many would need more than
-/// [`Limits::max_run_bytes`] (an error when one sample does), or exactly the batch a model
-/// fixes on axis 0.
+/// [`CALIBRATION_RUN_BYTES`] or [`Limits::max_run_bytes`] (an error when one sample needs
+/// more than the latter), or exactly the batch a model fixes on axis 0.
 pub fn quantize_limited(
     graph: &Graph,
     calibration: &[Tensor],
@@ -165,8 +172,8 @@ pub fn quantize_batches(
         }
         let step = match fixed_batch {
             Some(k) => k,
-            None => (limits.max_run_bytes / per_sample.max(1)).clamp(1, CALIBRATION_BATCH as u64)
-                as usize,
+            None => (limits.max_run_bytes.min(CALIBRATION_RUN_BYTES) / per_sample.max(1))
+                .clamp(1, CALIBRATION_BATCH as u64) as usize,
         };
         let mut cal = Calibration::default();
         let mut tracer = Tracer::default();

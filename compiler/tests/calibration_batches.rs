@@ -92,3 +92,47 @@ fn a_failing_or_empty_source_is_an_error_of_the_data() {
         "{e}"
     );
 }
+
+/// A model whose every value is large calibrates in runs whose traced values stay within
+/// `CALIBRATION_RUN_BYTES` (runs of 64 samples once held 2 GB for MobileNetV2), with the same
+/// result as one sample at a time.
+#[test]
+fn runs_hold_a_bounded_amount_of_traced_values() {
+    use qlift::quantize::CALIBRATION_RUN_BYTES;
+    // Four f32 values of 2 Mi elements each: 32 MiB per sample, two samples per run.
+    let text = "graph big(%x: f32[N,2097152]) -> (%z) {
+  %y = Relu(%x) : f32[N,2097152]
+  %w = Clip(%y) {max=4.0, min=0.0} : f32[N,2097152]
+  %z = Relu(%w) : f32[N,2097152]
+}";
+    let graph = qlift_ir::text::parse(text).unwrap();
+    let per_sample = qlift::limits::interpreter_bytes(&graph, 1).unwrap();
+    let per_run = (CALIBRATION_RUN_BYTES / per_sample) as usize;
+    assert_eq!(per_run, 2, "{per_sample} bytes per sample");
+    let n = 5;
+    let samples = Tensor::from_f32(
+        &[n, 2097152],
+        (0..n * 2097152).map(|i| (i % 13) as f32 - 6.0).collect(),
+    );
+    let runs = std::sync::Mutex::new(Vec::new());
+    let q = quantize_limited(
+        &graph,
+        std::slice::from_ref(&samples),
+        &QuantizeOptions::default(),
+        &PipelineOptions::default(),
+        &Limits::default(),
+        &|done, _| runs.lock().unwrap().push(done),
+    )
+    .unwrap();
+    assert_eq!(q.samples, n);
+    assert_eq!(*runs.lock().unwrap(), [2, 4, 5]);
+    let one_at_a_time = stream(
+        &graph,
+        (0..n)
+            .map(|i| Ok(vec![samples.slice_outer(i, i + 1).unwrap()]))
+            .collect(),
+    )
+    .unwrap();
+    let text = |g: &qlift_ir::Graph| print(g, &PrintOptions::default());
+    assert_eq!(text(&q.lowered), text(&one_at_a_time.lowered));
+}

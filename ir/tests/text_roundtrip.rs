@@ -250,6 +250,8 @@ fn errors_say_where_and_what() {
     insta::assert_snapshot!(parse_error("graph g() -> (%w) {\n  %w = const f32[100] #00000000deadbeef\n}"), @"line 2, column 23: constant #00000000deadbeef is given by digest; print the graph with full constants to parse it alone");
     insta::assert_snapshot!(parse_error("graph g(%x: f32[2]) -> (%y) {\n  %y = Relu(%x"), @"line 2, column 15: expected `,`, found the end of the text");
     insta::assert_snapshot!(parse_error("graph g() -> (%c) {\n  %c = const u8[2] [1, 300]\n}"), @"line 2, column 28: 300 is outside the u8 range");
+    // Columns count characters, not bytes (the parser reads the text in place, as UTF-8).
+    insta::assert_snapshot!(parse_error("graph g(%\"é\": f33[2]) -> () {\n}"), @"line 1, column 18: unknown dtype `f33`");
 }
 
 #[test]

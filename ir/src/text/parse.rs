@@ -36,7 +36,10 @@ pub fn parse_with_constants(text: &str, pool: &ConstantPool) -> Result<Graph> {
 }
 
 struct Parser<'a> {
-    chars: Vec<char>,
+    /// The text, read in place: a `Vec<char>` copy of it took four bytes per character (a
+    /// ResNet-18 `.qir` is 50 MB of text, its weights in full).
+    text: &'a str,
+    /// Byte offset of the next character.
     pos: usize,
     line: usize,
     column: usize,
@@ -54,9 +57,9 @@ pub const MAX_NESTING: usize = 64;
 type Result<T> = std::result::Result<T, IrError>;
 
 impl<'a> Parser<'a> {
-    fn new(text: &str, pool: Option<&'a ConstantPool>) -> Parser<'a> {
+    fn new(text: &'a str, pool: Option<&'a ConstantPool>) -> Parser<'a> {
         Parser {
-            chars: text.chars().collect(),
+            text,
             pos: 0,
             line: 1,
             column: 1,
@@ -76,12 +79,12 @@ impl<'a> Parser<'a> {
     }
 
     fn peek(&self) -> Option<char> {
-        self.chars.get(self.pos).copied()
+        self.text[self.pos..].chars().next()
     }
 
     fn bump(&mut self) -> Option<char> {
         let c = self.peek()?;
-        self.pos += 1;
+        self.pos += c.len_utf8();
         if c == '\n' {
             self.line += 1;
             self.column = 1;
@@ -109,14 +112,8 @@ impl<'a> Parser<'a> {
     /// Consumes `s` (after white space) if it is next.
     fn eat(&mut self, s: &str) -> bool {
         self.skip();
-        let n = s.chars().count();
-        if self.chars.len() >= self.pos + n
-            && self.chars[self.pos..self.pos + n]
-                .iter()
-                .copied()
-                .eq(s.chars())
-        {
-            for _ in 0..n {
+        if self.text[self.pos..].starts_with(s) {
+            for _ in s.chars() {
                 self.bump();
             }
             true
@@ -137,16 +134,21 @@ impl<'a> Parser<'a> {
 
     /// A run of word characters (names, numbers, keywords).
     fn word(&mut self) -> String {
+        self.word_str().to_string()
+    }
+
+    /// [`Parser::word`] as a slice of the text: numbers are read without an allocation each
+    /// (a weight tensor is millions of them).
+    fn word_str(&mut self) -> &'a str {
         self.skip();
-        let mut w = String::new();
-        while let Some(c) = self
+        let start = self.pos;
+        while self
             .peek()
-            .filter(|c| c.is_ascii_alphanumeric() || "_./-+".contains(*c))
+            .is_some_and(|c| c.is_ascii_alphanumeric() || "_./-+".contains(c))
         {
-            w.push(c);
             self.bump();
         }
-        w
+        &self.text[start..self.pos]
     }
 
     /// A plain or quoted name.
@@ -197,7 +199,7 @@ impl<'a> Parser<'a> {
     }
 
     fn number<T: std::str::FromStr>(&mut self, what: &str) -> Result<T> {
-        let w = self.word();
+        let w = self.word_str();
         match w.parse() {
             Ok(v) => Ok(v),
             Err(_) => self.error(format!("expected {what}, found `{w}`")),
@@ -433,25 +435,37 @@ impl<'a> Parser<'a> {
         if dtype == DType::F32 {
             return Ok(TensorData::F32(self.list("[", "]", |p| p.float())?));
         }
-        let values: Vec<i64> = self.list("[", "]", |p| p.number("an integer"))?;
-        let (lo, hi) = dtype.int_range().expect("integer dtype");
-        if let Some(v) = values.iter().find(|&&v| v < lo || v > hi) {
-            return self.error(format!("{v} is outside the {dtype} range"));
-        }
         Ok(match dtype {
-            DType::I8 | DType::I4 => TensorData::I8(values.iter().map(|&v| v as i8).collect()),
-            DType::U8 | DType::U4 | DType::Bool => {
-                TensorData::U8(values.iter().map(|&v| v as u8).collect())
-            }
-            DType::I16 => TensorData::I16(values.iter().map(|&v| v as i16).collect()),
-            DType::I32 => TensorData::I32(values.iter().map(|&v| v as i32).collect()),
-            _ => TensorData::I64(values),
+            DType::I8 | DType::I4 => TensorData::I8(self.ints(dtype, |v| v as i8)?),
+            DType::U8 | DType::U4 | DType::Bool => TensorData::U8(self.ints(dtype, |v| v as u8)?),
+            DType::I16 => TensorData::I16(self.ints(dtype, |v| v as i16)?),
+            DType::I32 => TensorData::I32(self.ints(dtype, |v| v as i32)?),
+            _ => TensorData::I64(self.ints(dtype, |v| v)?),
         })
     }
 
+    /// A list of integers of `dtype`, stored narrowed as they are read (not as `i64` first:
+    /// eight bytes per int8 weight); the first value outside the range is reported after
+    /// the list, as a whole-constant error.
+    fn ints<T>(&mut self, dtype: DType, narrow: impl Fn(i64) -> T) -> Result<Vec<T>> {
+        let (lo, hi) = dtype.int_range().expect("integer dtype");
+        let mut outside = None;
+        let values = self.list("[", "]", |p| {
+            let v: i64 = p.number("an integer")?;
+            if outside.is_none() && !(lo..=hi).contains(&v) {
+                outside = Some(v);
+            }
+            Ok(narrow(v))
+        })?;
+        match outside {
+            Some(v) => self.error(format!("{v} is outside the {dtype} range")),
+            None => Ok(values),
+        }
+    }
+
     fn float(&mut self) -> Result<f32> {
-        let w = self.word();
-        match w.as_str() {
+        let w = self.word_str();
+        match w {
             "nan" => Ok(f32::NAN),
             "inf" => Ok(f32::INFINITY),
             "-inf" => Ok(f32::NEG_INFINITY),
