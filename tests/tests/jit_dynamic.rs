@@ -38,7 +38,8 @@ struct Case {
     gemm: Option<(bool, bool, f32)>,
     scheme: Scheme,
     batch: usize,
-    /// How the activations are drawn: 0 signed, 1 positive only, 2 all zero, 3 large.
+    /// How the activations are drawn: 0 signed, 1 positive only, 2 all zero, 3 large, 4
+    /// signed with NaN elements.
     input: usize,
     seed: u64,
 }
@@ -74,7 +75,7 @@ fn case() -> impl Strategy<Value = Case> {
         )),
         scheme(),
         1usize..=3,
-        0usize..4,
+        0usize..5,
         any::<u64>(),
     )
         .prop_map(|(rows, seq, k, n, gemm, scheme, batch, input, seed)| Case {
@@ -151,7 +152,12 @@ fn input(c: &Case) -> Tensor {
         0 => v,
         1 => v.iter().map(|x| x.abs() * 3.0).collect(),
         2 => vec![0.0; n],
-        _ => v.iter().map(|x| x * 1e4).collect(),
+        3 => v.iter().map(|x| x * 1e4).collect(),
+        _ => v
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| if i % 7 == 3 { f32::NAN } else { x })
+            .collect(),
     };
     Tensor::from_f32(&shape, v)
 }
@@ -165,22 +171,44 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
     let x = input(c);
     let want = qlift_ir::interp::run(&g, std::slice::from_ref(&x))
         .map_err(|e| TestCaseError::fail(format!("interp: {e}")))?;
-    for (threads, min_macs) in [(1, None), (2, Some(0))] {
+    // The wide micro-kernels (AVX2, where the host has it) on one and two threads, and the
+    // 128-bit Cranelift forms.
+    for (threads, min_macs, bits) in [(1, None, None), (2, Some(0), None), (1, None, Some(128))] {
         let opts = CodegenOptions {
             parallel_min_macs: min_macs,
+            max_vector_bits: bits,
             ..CodegenOptions::default()
         };
         let mut program = JitProgram::compile(&g, &opts)
             .map_err(|e| TestCaseError::fail(format!("compile: {e}")))?;
         program.set_threads(threads);
+        if bits.is_none() && std::is_x86_feature_detected!("avx2") {
+            let forms: Vec<&str> = program
+                .program()
+                .steps
+                .iter()
+                .map(|s| s.form.as_str())
+                .collect();
+            let want = match c.scheme {
+                Scheme::Dynamic => "wide-matmul",
+                Scheme::WeightOnly { .. } => "wide-f32",
+            };
+            prop_assert!(forms.contains(&want), "forms {:?}", forms);
+        }
         let got = program
             .run(std::slice::from_ref(&x))
             .map_err(|e| TestCaseError::fail(format!("run: {e}")))?;
         prop_assert_eq!(got[0].shape(), want[0].shape());
         let (a, b) = (got[0].as_f32().unwrap(), want[0].as_f32().unwrap());
         if c.scheme == Scheme::Dynamic {
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            prop_assert_eq!(bits(a), bits(b), "{} threads", threads);
+            let to_bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(
+                to_bits(a),
+                to_bits(b),
+                "{} threads, {:?} bits",
+                threads,
+                bits
+            );
         } else {
             let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
             let err = a
@@ -189,7 +217,10 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
                 .map(|(p, q)| (p - q).abs())
                 .fold(0.0f32, f32::max)
                 / scale;
-            prop_assert!(err <= 1e-5, "relative error {err} with {threads} threads");
+            prop_assert!(
+                err <= 1e-5,
+                "relative error {err} with {threads} threads, {bits:?} bits"
+            );
         }
     }
     Ok(())
