@@ -171,12 +171,19 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
     let x = input(c);
     let want = qlift_ir::interp::run(&g, std::slice::from_ref(&x))
         .map_err(|e| TestCaseError::fail(format!("interp: {e}")))?;
-    // The wide micro-kernels (AVX2, where the host has it) on one and two threads, and the
-    // 128-bit Cranelift forms.
-    for (threads, min_macs, bits) in [(1, None, None), (2, Some(0), None), (1, None, Some(128))] {
+    // The wide micro-kernels (AVX2, where the host has it) on one and two threads (weight-only
+    // weights unpacked at run time, and as f32 panels), and the 128-bit Cranelift forms.
+    let configs = [
+        (1, None, None, false),
+        (2, Some(0), None, false),
+        (1, None, None, true),
+        (1, None, Some(128), false),
+    ];
+    for (threads, min_macs, bits, weight_only_f32) in configs {
         let opts = CodegenOptions {
             parallel_min_macs: min_macs,
             max_vector_bits: bits,
+            weight_only_f32,
             ..CodegenOptions::default()
         };
         let mut program = JitProgram::compile(&g, &opts)
@@ -191,7 +198,8 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
                 .collect();
             let want = match c.scheme {
                 Scheme::Dynamic => "wide-matmul",
-                Scheme::WeightOnly { .. } => "wide-f32",
+                Scheme::WeightOnly { .. } if weight_only_f32 => "wide-f32",
+                Scheme::WeightOnly { .. } => "wide-f32-unpack",
             };
             prop_assert!(forms.contains(&want), "forms {:?}", forms);
         }
@@ -232,6 +240,32 @@ proptest! {
     #[test]
     fn jit_matches_the_interpreter(c in case()) {
         check(&c)?;
+    }
+}
+
+/// Weight-only products wider than a column chunk (256 columns) and longer than a reduction
+/// block (128): the unpacked blocks of every chunk, int8 and int4, per column and in blocks,
+/// rank-3 activations, one and two threads.
+#[test]
+fn weight_only_unpacks_every_chunk_and_block() {
+    for (bits, block_size) in [
+        (WeightBits::Eight, 0),
+        (WeightBits::Four, 32),
+        (WeightBits::Four, 128),
+        (WeightBits::Eight, 64),
+    ] {
+        let c = Case {
+            rows: 7,
+            seq: Some(2),
+            k: 300,
+            n: 290,
+            gemm: None,
+            scheme: Scheme::WeightOnly { bits, block_size },
+            batch: 2,
+            input: 0,
+            seed: 11,
+        };
+        check(&c).unwrap();
     }
 }
 

@@ -8,9 +8,11 @@
 //!
 //! Constant BlockDequantizeLinear nodes (the weights of a weight-only MatMul or Gemm) never
 //! reach a kernel: the program dequantizes them once at compile time
-//! ([`compile_time_value`]), so the product that reads them sees constant f32 weights and
-//! packs them into the FMA micro-kernel's panels like any float model's (fp32 speed; the
-//! compiled code holds f32 panels, the stored model the 4- or 8-bit weights).
+//! ([`compile_time_value`]), so the product that reads them sees constant f32 weights,
+//! and keeps the 4- or 8-bit weights beside them ([`BlockWeights`]): the FMA form of
+//! MatMul stores those in the compiled code and unpacks them into its f32 panels per
+//! block of the reduction at run time (a quarter or an eighth of the f32 panels' memory),
+//! every other form reads the f32 value.
 
 use super::Kernel;
 use crate::emit;
@@ -18,6 +20,7 @@ use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;
 use qlift_ir::{OpKind, Tensor};
+use std::sync::Arc;
 
 /// Elements per vector step of DynamicQuantizeLinear (four f32x4, one u8x16 stored).
 const STEP: i64 = 16;
@@ -211,15 +214,29 @@ pub(super) fn dequantize_blocks(k: &mut Kernel) -> Result<(), String> {
     Ok(())
 }
 
+/// The 4- or 8-bit weights and block scales behind a weight-only constant (`[K, N]`,
+/// blocks along K): the forms that can unpack them at run time keep these in the compiled
+/// code instead of the f32 value (see `wide_f32_matmul`).
+#[derive(Debug)]
+pub(crate) struct BlockWeights {
+    /// `[K, N]` i8 or i4 values (one per byte).
+    pub q: Arc<Tensor>,
+    /// `[ceil(K / block), N]` f32 scales.
+    pub scales: Arc<Tensor>,
+    /// Rows of K per scale.
+    pub block: usize,
+}
+
 /// The value of a node the program computes once at compile time instead of emitting a
 /// kernel: a BlockDequantizeLinear of constants (weight-only weights), dequantized by the
-/// interpreter's own function (the same f32 products, so bit-identical to it). `None` for
+/// interpreter's own function (the same f32 products, so bit-identical to it), with the
+/// quantized weights it came from when they are `[K, N]` in blocks along K. `None` for
 /// every other node, or when the operands are not constants.
 pub(crate) fn compile_time_value(
     kind: OpKind,
     attrs: &qlift_ir::Attrs,
-    operands: &[Option<&Tensor>],
-) -> Option<Tensor> {
+    operands: &[Option<&Arc<Tensor>>],
+) -> Option<(Tensor, Option<BlockWeights>)> {
     if kind != OpKind::BlockDequantizeLinear {
         return None;
     }
@@ -228,5 +245,11 @@ pub(crate) fn compile_time_value(
     };
     let axis = usize::try_from(attrs.int("axis").ok()?).ok()?;
     let block = usize::try_from(attrs.int("block_size").ok()?).ok()?;
-    qlift_ir::dequantize_blocks(q, s, axis, block).ok()
+    let value = qlift_ir::dequantize_blocks(q, s, axis, block).ok()?;
+    let blocks = (axis == 0 && q.shape().len() == 2).then(|| BlockWeights {
+        q: Arc::clone(q),
+        scales: Arc::clone(s),
+        block,
+    });
+    Some((value, blocks))
 }
