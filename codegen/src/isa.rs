@@ -40,6 +40,10 @@ pub struct CodegenOptions {
     /// Do not use the Winograd form of 3×3 integer convolutions (`kernels::winograd`) even
     /// where it is exact: to compare it with the direct wide form on one machine.
     pub no_winograd: bool,
+    /// Dequantize weight-only weights to f32 panels at compile time instead of keeping them
+    /// 4- or 8-bit and unpacking them per block of the reduction at run time: 4–8× the
+    /// weights' memory, for the few percent unpacking costs (see PERFORMANCE.md).
+    pub weight_only_f32: bool,
 }
 
 /// The ISA for `opts`: opt_level `speed`, the verifier in debug builds.

@@ -167,6 +167,8 @@ pub fn build(
     let mut steps = Vec::new();
     let mut last_use: HashMap<ValueId, usize> = HashMap::new();
     let mut batch_coupled = false;
+    // Weight-only weights behind constants (see `Operand::blocks`).
+    let mut blocked: HashMap<ValueId, Arc<kernels::dynamic::BlockWeights>> = HashMap::new();
     for &id in &order {
         let node = graph.node(id);
         match &node.op {
@@ -193,15 +195,20 @@ pub fn build(
             output: 0,
         };
         if !location.contains_key(&result) {
-            let constants: Vec<Option<&Tensor>> = operands
+            let constants: Vec<Option<&Arc<Tensor>>> = operands
                 .iter()
                 .map(|v| match v.map(|v| &location[&v]) {
-                    Some(Location::Constant(t)) => Some(&**t),
+                    Some(Location::Constant(t)) => Some(t),
                     _ => None,
                 })
                 .collect();
-            if let Some(t) = kernels::dynamic::compile_time_value(op.kind, &op.attrs, &constants) {
+            if let Some((t, blocks)) =
+                kernels::dynamic::compile_time_value(op.kind, &op.attrs, &constants)
+            {
                 location.insert(result, Location::Constant(Arc::new(t)));
+                if let Some(b) = blocks.filter(|_| !opts.weight_only_f32) {
+                    blocked.insert(result, Arc::new(b));
+                }
                 continue;
             }
         }
@@ -305,10 +312,10 @@ pub fn build(
                         matches!(location[v], Location::Constant(_)),
                     );
                     operand_args.push(Some(match &location[v] {
-                        Location::Constant(t) => (ty, None, Some(t.clone())),
+                        Location::Constant(t) => (ty, None, Some(t.clone()), blocked.get(v)),
                         _ => {
                             next += 1;
-                            (ty, Some(params[next - 1]), None)
+                            (ty, Some(params[next - 1]), None, None)
                         }
                     }));
                 }
@@ -319,6 +326,7 @@ pub fn build(
                         ty: retype(graph.value_type(*r), false),
                         ptr: params[next + i],
                         constant: None,
+                        blocks: None,
                     })
                     .collect();
                 let (workspace, batch) = (
@@ -343,12 +351,20 @@ pub fn build(
                 for arg in operand_args {
                     let operand = match arg {
                         None => None,
-                        Some((ty, Some(ptr), _)) => Some(Operand {
+                        Some((ty, Some(ptr), _, _)) => Some(Operand {
                             ty,
                             ptr,
                             constant: None,
+                            blocks: None,
                         }),
-                        Some((ty, None, Some(t))) => {
+                        // Weight-only weights: defined when a form reads the f32 value.
+                        Some((ty, None, Some(t), Some(blocks))) => Some(Operand {
+                            ty,
+                            ptr: kernel.fb.ins().iconst(ptr, 0),
+                            constant: Some(t),
+                            blocks: Some(blocks.clone()),
+                        }),
+                        Some((ty, None, Some(t), None)) => {
                             let ptr = kernel
                                 .data(t.data().as_bytes().to_vec(), 16)
                                 .map_err(&unsupported)?;
@@ -356,6 +372,7 @@ pub fn build(
                                 ty,
                                 ptr,
                                 constant: Some(t),
+                                blocks: None,
                             })
                         }
                         Some(_) => unreachable!("an operand has a pointer or a constant"),

@@ -313,6 +313,8 @@ impl Folder {
             });
         let evaluable = operands.iter().zip(&constants).all(|(v, c)| v.is_none() || c.is_some())
             && !matches!(op.kind, OpKind::QuantizeLinear | OpKind::DequantizeLinear)
+            // Weight-only weights stay 4- or 8-bit: the JIT unpacks them at run time.
+            && op.kind != OpKind::BlockDequantizeLinear
             // A loop may run long: control flow runs when the model does (a constant
             // condition is folded by inlining its branch instead).
             && !op.kind.has_subgraphs();

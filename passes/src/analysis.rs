@@ -223,9 +223,13 @@ impl Analysis<QNode> for QAnalysis {
 /// Evaluates `op` when all its operands are constants (missing optional ones allowed), with
 /// the interpreter's kernels, so folding computes exactly what the interpreter would.
 /// DequantizeLinear is not folded: quantized constants (weights) must stay quantized for
-/// the integer lowering.
+/// the integer lowering; nor is BlockDequantizeLinear (weight-only weights stay 4- or 8-bit
+/// for the JIT to unpack at run time).
 fn fold(egraph: &QEGraph, op: &qlift_ir::Op, children: &[Id], ty: &TensorType) -> Option<Constant> {
-    if op.kind == qlift_ir::OpKind::DequantizeLinear {
+    if matches!(
+        op.kind,
+        qlift_ir::OpKind::DequantizeLinear | qlift_ir::OpKind::BlockDequantizeLinear
+    ) {
         return None;
     }
     let count = ty.shape.as_fixed()?.iter().product::<usize>();

@@ -26,7 +26,8 @@ struct Case {
     gemm: Option<(bool, bool, f32)>,
     scheme: Scheme,
     batch: usize,
-    /// How the activations are drawn: 0 signed, 1 positive only, 2 all zero, 3 large.
+    /// How the activations are drawn: 0 signed, 1 positive only, 2 all zero, 3 large, 4
+    /// signed with NaN elements.
     input: usize,
     seed: u64,
 }
@@ -62,7 +63,7 @@ fn case() -> impl Strategy<Value = Case> {
         )),
         scheme(),
         1usize..=3,
-        0usize..4,
+        0usize..5,
         any::<u64>(),
     )
         .prop_map(|(rows, seq, k, n, gemm, scheme, batch, input, seed)| Case {
@@ -139,7 +140,12 @@ fn input(c: &Case) -> Tensor {
         0 => v,
         1 => v.iter().map(|x| x.abs() * 3.0).collect(),
         2 => vec![0.0; n],
-        _ => v.iter().map(|x| x * 1e4).collect(),
+        3 => v.iter().map(|x| x * 1e4).collect(),
+        _ => v
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| if i % 7 == 3 { f32::NAN } else { x })
+            .collect(),
     };
     Tensor::from_f32(&shape, v)
 }
@@ -153,22 +159,52 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
     let x = input(c);
     let want = qlift_ir::interp::run(&g, std::slice::from_ref(&x))
         .map_err(|e| TestCaseError::fail(format!("interp: {e}")))?;
-    for (threads, min_macs) in [(1, None), (2, Some(0))] {
+    // The wide micro-kernels (AVX2, where the host has it) on one and two threads (weight-only
+    // weights unpacked at run time, and as f32 panels), and the 128-bit Cranelift forms.
+    let configs = [
+        (1, None, None, false),
+        (2, Some(0), None, false),
+        (1, None, None, true),
+        (1, None, Some(128), false),
+    ];
+    for (threads, min_macs, bits, weight_only_f32) in configs {
         let opts = CodegenOptions {
             parallel_min_macs: min_macs,
+            max_vector_bits: bits,
+            weight_only_f32,
             ..CodegenOptions::default()
         };
         let mut program = JitProgram::compile(&g, &opts)
             .map_err(|e| TestCaseError::fail(format!("compile: {e}")))?;
         program.set_threads(threads);
+        if bits.is_none() && std::is_x86_feature_detected!("avx2") {
+            let forms: Vec<&str> = program
+                .program()
+                .steps
+                .iter()
+                .map(|s| s.form.as_str())
+                .collect();
+            let want = match c.scheme {
+                Scheme::Dynamic => "wide-matmul",
+                Scheme::WeightOnly { .. } if weight_only_f32 => "wide-f32",
+                Scheme::WeightOnly { .. } => "wide-f32-unpack",
+            };
+            prop_assert!(forms.contains(&want), "forms {:?}", forms);
+        }
         let got = program
             .run(std::slice::from_ref(&x))
             .map_err(|e| TestCaseError::fail(format!("run: {e}")))?;
         prop_assert_eq!(got[0].shape(), want[0].shape());
         let (a, b) = (got[0].as_f32().unwrap(), want[0].as_f32().unwrap());
         if c.scheme == Scheme::Dynamic {
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            prop_assert_eq!(bits(a), bits(b), "{} threads", threads);
+            let to_bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(
+                to_bits(a),
+                to_bits(b),
+                "{} threads, {:?} bits",
+                threads,
+                bits
+            );
         } else {
             let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
             let err = a
@@ -177,7 +213,10 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
                 .map(|(p, q)| (p - q).abs())
                 .fold(0.0f32, f32::max)
                 / scale;
-            prop_assert!(err <= 1e-5, "relative error {err} with {threads} threads");
+            prop_assert!(
+                err <= 1e-5,
+                "relative error {err} with {threads} threads, {bits:?} bits"
+            );
         }
     }
     Ok(())
@@ -189,6 +228,32 @@ proptest! {
     #[test]
     fn jit_matches_the_interpreter(c in case()) {
         check(&c)?;
+    }
+}
+
+/// Weight-only products wider than a column chunk (256 columns) and longer than a reduction
+/// block (128): the unpacked blocks of every chunk, int8 and int4, per column and in blocks,
+/// rank-3 activations, one and two threads.
+#[test]
+fn weight_only_unpacks_every_chunk_and_block() {
+    for (bits, block_size) in [
+        (WeightBits::Eight, 0),
+        (WeightBits::Four, 32),
+        (WeightBits::Four, 128),
+        (WeightBits::Eight, 64),
+    ] {
+        let c = Case {
+            rows: 7,
+            seq: Some(2),
+            k: 300,
+            n: 290,
+            gemm: None,
+            scheme: Scheme::WeightOnly { bits, block_size },
+            batch: 2,
+            input: 0,
+            seed: 11,
+        };
+        check(&c).unwrap();
     }
 }
 

@@ -8,19 +8,29 @@
 //!
 //! Constant BlockDequantizeLinear nodes (the weights of a weight-only MatMul or Gemm) never
 //! reach a kernel: the program dequantizes them once at compile time
-//! ([`compile_time_value`]), so the product that reads them sees constant f32 weights and
-//! packs them into the FMA micro-kernel's panels like any float model's (fp32 speed; the
-//! compiled code holds f32 panels, the stored model the 4- or 8-bit weights).
+//! ([`compile_time_value`]), so the product that reads them sees constant f32 weights,
+//! and keeps the 4- or 8-bit weights beside them ([`BlockWeights`]): the FMA form of
+//! MatMul stores those in the compiled code and unpacks them into its f32 panels per
+//! block of the reduction at run time (a quarter or an eighth of the f32 panels' memory),
+//! every other form reads the f32 value.
 
 use super::Kernel;
 use crate::emit;
 use cranelift_codegen::ir::condcodes::FloatCC;
-use cranelift_codegen::ir::{types, InstBuilder, Value};
+use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;
 use qlift_ir::{OpKind, Tensor};
+use std::sync::Arc;
+
+/// Elements per vector step of DynamicQuantizeLinear (four f32x4, one u8x16 stored).
+const STEP: i64 = 16;
 
 /// DynamicQuantizeLinear over every element of the operand (the batch included, as ONNX
-/// computes one range per tensor).
+/// computes one range per tensor). Both passes run [`STEP`] elements a step in f32x4
+/// lanes, the elements past the last whole step one at a time: the range's bounds are
+/// kept per lane by the same ordered comparisons and merged at the end (the minimum and
+/// maximum do not depend on the order, and a NaN never becomes a bound in either form),
+/// and each element is divided, rounded and offset by the same f32 operations.
 pub(super) fn dynamic_quantize(k: &mut Kernel) -> Result<(), String> {
     let x = k.input(0)?;
     let (xptr, batched, per_sample) = (x.ptr, x.batched(), x.per_sample() as i64);
@@ -29,17 +39,40 @@ pub(super) fn dynamic_quantize(k: &mut Kernel) -> Result<(), String> {
     let samples = k.samples(batched);
     let fb = &mut *k.fb;
     let total = fb.ins().imul_imm_s(samples, per_sample);
+    let whole = fb.ins().band_imm_s(total, -STEP);
     let zero = fb.ins().f32const(0.0);
+    let zeros = fb.ins().splat(types::F32X4, zero);
+    let (lo, hi) = (fb.declare_var(types::F32X4), fb.declare_var(types::F32X4));
+    fb.def_var(lo, zeros);
+    fb.def_var(hi, zeros);
+    let start = emit::iconst(fb, 0);
+    emit::for_range(fb, start, whole, STEP, |fb, i| {
+        let at = emit::addr(fb, xptr, i, 4);
+        let (mut l, mut h) = (fb.use_var(lo), fb.use_var(hi));
+        for q in 0..STEP as i32 / 4 {
+            let e = fb.ins().load(types::F32X4, emit::mem(), at, 16 * q);
+            l = keep(fb, FloatCC::LessThan, e, l);
+            h = keep(fb, FloatCC::GreaterThan, e, h);
+        }
+        fb.def_var(lo, l);
+        fb.def_var(hi, h);
+    });
+    let (lv, hv) = (fb.use_var(lo), fb.use_var(hi));
     let (lo, hi) = (fb.declare_var(types::F32), fb.declare_var(types::F32));
-    fb.def_var(lo, zero);
-    fb.def_var(hi, zero);
-    emit::for_dynamic(fb, total, |fb, i| {
+    let (mut l, mut h) = (zero, zero);
+    for lane in 0..4 {
+        let e = fb.ins().extractlane(lv, lane);
+        l = keep(fb, FloatCC::LessThan, e, l);
+        let e = fb.ins().extractlane(hv, lane);
+        h = keep(fb, FloatCC::GreaterThan, e, h);
+    }
+    fb.def_var(lo, l);
+    fb.def_var(hi, h);
+    emit::for_range(fb, whole, total, 1, |fb, i| {
         let e = emit::load_at(fb, types::F32, xptr, i);
         let (l, h) = (fb.use_var(lo), fb.use_var(hi));
-        let below = fb.ins().fcmp(FloatCC::LessThan, e, l);
-        let l = fb.ins().select(below, e, l);
-        let above = fb.ins().fcmp(FloatCC::GreaterThan, e, h);
-        let h = fb.ins().select(above, e, h);
+        let l = keep(fb, FloatCC::LessThan, e, l);
+        let h = keep(fb, FloatCC::GreaterThan, e, h);
         fb.def_var(lo, l);
         fb.def_var(hi, h);
     });
@@ -63,26 +96,71 @@ pub(super) fn dynamic_quantize(k: &mut Kernel) -> Result<(), String> {
     let zp_byte = fb.ins().fcvt_to_uint_sat(types::I32, zp);
     let zp_byte = fb.ins().ireduce(types::I8, zp_byte);
     emit::store_at(fb, zp_byte, zptr, first);
-    emit::for_dynamic(fb, total, |fb, i| {
+    // An unusable scale quantizes everything to 0: an all-zero (or all-one) mask.
+    let mask = fb.ins().uextend(types::I32, usable);
+    let mask = fb.ins().ineg(mask);
+    let (mask_v, scale_v, zp_v) = (
+        fb.ins().splat(types::I32X4, mask),
+        fb.ins().splat(types::F32X4, scale),
+        fb.ins().splat(types::F32X4, zp),
+    );
+    let start = emit::iconst(fb, 0);
+    emit::for_range(fb, start, whole, STEP, |fb, i| {
+        let at = emit::addr(fb, xptr, i, 4);
+        let quads: Vec<Value> = (0..STEP as i32 / 4)
+            .map(|q| {
+                let e = fb.ins().load(types::F32X4, emit::mem(), at, 16 * q);
+                let n = quantize(fb, types::I32X4, e, scale_v, zp_v);
+                fb.ins().band(n, mask_v)
+            })
+            .collect();
+        let (h0, h1) = (
+            fb.ins().snarrow(quads[0], quads[1]),
+            fb.ins().snarrow(quads[2], quads[3]),
+        );
+        let bytes = fb.ins().unarrow(h0, h1);
+        let out = emit::addr(fb, yptr, i, 1);
+        fb.ins().store(emit::mem(), bytes, out, 0);
+    });
+    emit::for_range(fb, whole, total, 1, |fb, i| {
         let e = emit::load_at(fb, types::F32, xptr, i);
-        let q = quantize(fb, e, scale, zp);
-        let none = emit::iconst_of(fb, types::I32, 0);
-        let q = fb.ins().select(usable, q, none);
+        let q = quantize(fb, types::I32, e, scale, zp);
+        let q = fb.ins().band(q, mask);
         let q = fb.ins().ireduce(types::I8, q);
         emit::store_at(fb, q, yptr, i);
     });
     Ok(())
 }
 
-/// `clamp(round_half_even(e / scale) + zp, 0, 255)` as an i32; NaN gives 0 (the saturating
-/// conversion's NaN result, as the interpreter's `as u8`).
-fn quantize(fb: &mut FunctionBuilder, e: Value, scale: Value, zp: Value) -> Value {
+/// `e` where `e cc bound` holds, else `bound` (scalars or f32x4 lanes): an ordered
+/// comparison, so a NaN `e` never replaces the bound.
+fn keep(fb: &mut FunctionBuilder, cc: FloatCC, e: Value, bound: Value) -> Value {
+    let c = fb.ins().fcmp(cc, e, bound);
+    if fb.func.dfg.value_type(e).is_vector() {
+        let mask = fb.ins().bitcast(types::F32X4, MemFlagsData::new(), c);
+        fb.ins().bitselect(mask, e, bound)
+    } else {
+        fb.ins().select(c, e, bound)
+    }
+}
+
+/// `clamp(round_half_even(e / scale) + zp, 0, 255)` as an `int` (i32 or i32x4 lanes of f32
+/// `e`, `scale`, `zp` alike); NaN gives 0 (the saturating conversion's NaN result, as the
+/// interpreter's `as u8`).
+fn quantize(fb: &mut FunctionBuilder, int: Type, e: Value, scale: Value, zp: Value) -> Value {
     let r = fb.ins().fdiv(e, scale);
     let r = fb.ins().nearest(r);
     let r = fb.ins().fadd(r, zp);
-    let n = fb.ins().fcvt_to_sint_sat(types::I32, r);
-    let lo = emit::iconst_of(fb, types::I32, 0);
-    let hi = emit::iconst_of(fb, types::I32, 255);
+    let n = fb.ins().fcvt_to_sint_sat(int, r);
+    let (lo, hi) = (
+        emit::iconst_of(fb, types::I32, 0),
+        emit::iconst_of(fb, types::I32, 255),
+    );
+    let (lo, hi) = if int.is_vector() {
+        (fb.ins().splat(int, lo), fb.ins().splat(int, hi))
+    } else {
+        (lo, hi)
+    };
     let n = fb.ins().smax(n, lo);
     fb.ins().smin(n, hi)
 }
@@ -136,15 +214,29 @@ pub(super) fn dequantize_blocks(k: &mut Kernel) -> Result<(), String> {
     Ok(())
 }
 
+/// The 4- or 8-bit weights and block scales behind a weight-only constant (`[K, N]`,
+/// blocks along K): the forms that can unpack them at run time keep these in the compiled
+/// code instead of the f32 value (see `wide_f32_matmul`).
+#[derive(Debug)]
+pub(crate) struct BlockWeights {
+    /// `[K, N]` i8 or i4 values (one per byte).
+    pub q: Arc<Tensor>,
+    /// `[ceil(K / block), N]` f32 scales.
+    pub scales: Arc<Tensor>,
+    /// Rows of K per scale.
+    pub block: usize,
+}
+
 /// The value of a node the program computes once at compile time instead of emitting a
 /// kernel: a BlockDequantizeLinear of constants (weight-only weights), dequantized by the
-/// interpreter's own function (the same f32 products, so bit-identical to it). `None` for
+/// interpreter's own function (the same f32 products, so bit-identical to it), with the
+/// quantized weights it came from when they are `[K, N]` in blocks along K. `None` for
 /// every other node, or when the operands are not constants.
 pub(crate) fn compile_time_value(
     kind: OpKind,
     attrs: &qlift_ir::Attrs,
-    operands: &[Option<&Tensor>],
-) -> Option<Tensor> {
+    operands: &[Option<&Arc<Tensor>>],
+) -> Option<(Tensor, Option<BlockWeights>)> {
     if kind != OpKind::BlockDequantizeLinear {
         return None;
     }
@@ -153,5 +245,11 @@ pub(crate) fn compile_time_value(
     };
     let axis = usize::try_from(attrs.int("axis").ok()?).ok()?;
     let block = usize::try_from(attrs.int("block_size").ok()?).ok()?;
-    qlift_ir::dequantize_blocks(q, s, axis, block).ok()
+    let value = qlift_ir::dequantize_blocks(q, s, axis, block).ok()?;
+    let blocks = (axis == 0 && q.shape().len() == 2).then(|| BlockWeights {
+        q: Arc::clone(q),
+        scales: Arc::clone(s),
+        block,
+    });
+    Some((value, blocks))
 }

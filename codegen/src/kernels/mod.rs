@@ -62,6 +62,10 @@ pub(crate) struct Operand {
     pub ptr: Value,
     /// Its value, when it is a constant (known at compile time).
     pub constant: Option<Arc<Tensor>>,
+    /// Weight-only weights the constant is the dequantized value of: until
+    /// [`Kernel::define_blocked`] (which [`emit`] calls for every form but the one that
+    /// unpacks them), `ptr` is null and the f32 value is not in the compiled code.
+    pub blocks: Option<Arc<dynamic::BlockWeights>>,
 }
 
 impl Operand {
@@ -197,6 +201,26 @@ impl<'k, 'f> Kernel<'k, 'f> {
     pub fn data(&mut self, bytes: Vec<u8>, align: u64) -> Result<Value, String> {
         let id = self.data_object(bytes, align)?;
         Ok(data_address(self.fb, &mut *self.module, id))
+    }
+
+    /// Places the f32 values of the operands that hold weight-only weights (see
+    /// [`Operand::blocks`]) in the compiled code, for forms that read them where they are.
+    pub fn define_blocked(&mut self) -> Result<(), String> {
+        for i in 0..self.inputs.len() {
+            let Some(t) = self.inputs[i]
+                .as_ref()
+                .filter(|o| o.blocks.is_some())
+                .and_then(|o| o.constant.clone())
+            else {
+                continue;
+            };
+            let ptr = self.data(t.data().as_bytes().to_vec(), 16)?;
+            if let Some(o) = self.inputs[i].as_mut() {
+                o.ptr = ptr;
+                o.blocks = None;
+            }
+        }
+        Ok(())
     }
 
     /// [`Kernel::data`]'s object, for use in other functions too ([`data_address`]).
@@ -469,6 +493,14 @@ fn conv(k: &mut Kernel) -> Result<(), String> {
 /// Emits the kernel of one node.
 pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
     use OpKind::*;
+    // Weight-only weights stay 4- or 8-bit in the form that unpacks them at run time;
+    // every other form reads their f32 value.
+    if k.inputs.iter().flatten().any(|o| o.blocks.is_some()) {
+        if wide_f32_matmul::matmul(k)? {
+            return Ok(());
+        }
+        k.define_blocked()?;
+    }
     match k.op.kind {
         Identity | Dropout | Flatten | Reshape | Squeeze | Unsqueeze => shape::copy(k),
         QuantizeLinear => quant::quantize(k),

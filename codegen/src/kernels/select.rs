@@ -198,6 +198,7 @@ fn clone_operand(o: &Operand) -> Operand {
         ty: o.ty.clone(),
         ptr: o.ptr,
         constant: o.constant.clone(),
+        blocks: o.blocks.clone(),
     }
 }
 

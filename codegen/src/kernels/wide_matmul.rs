@@ -8,6 +8,12 @@
 //! the biases (see [`super::packing::packed_rows`]). Per tile of rows, the rows are widened
 //! to i16 in the workspace, then the column blocks run as a task on the thread pool. Results
 //! whose row is not a whole number of blocks go through a staging area copied out.
+//!
+//! MatMulInteger (dynamic quantization's product: u8 activations quantized per call, int8
+//! weights without a zero point, an i32 result) takes the same tiles on the raw
+//! activations: `Σ (a − za)·w = Σ a·w − za·Σ w` in wrapping i32, so A's zero point, an
+//! operand computed per call, becomes a per-column bias `−za·Σ_k w[k, j]` computed once per
+//! call and added as the rows leave the tiles (exact, as the interpreter's sum).
 
 use super::packing::packed_rows;
 use super::planes::copy_row;
@@ -33,11 +39,13 @@ const BLOCK: usize = VECTORS * LANES;
 /// Emits the product in this form and returns true when it applies: a QMatMul of a u8
 /// `[..., K]` (its leading axes, the batch among them, are rows) by constant weights
 /// `[K, M]` into an 8-bit `[..., M]`, wide micro-kernels
-/// on the target and every column's requantization shift at least 32; false leaves it to
-/// the other forms.
+/// on the target and every column's requantization shift at least 32; or a MatMulInteger
+/// of the same shapes into i32 with int8 weights, no weight zero point and a scalar
+/// activation zero point (see the module's note); false leaves it to the other forms.
 pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
     let Some(isa) = k.wide else { return Ok(false) };
-    if k.op.kind != OpKind::QMatMul {
+    let integer = k.op.kind == OpKind::MatMulInteger;
+    if k.op.kind != OpKind::QMatMul && !integer {
         return Ok(false);
     }
     let (a, b, y) = (k.input(0)?, k.input(1)?, k.output(0));
@@ -63,20 +71,35 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
     let (kk, m) = (ad[n - 1], bd[1]);
     let rows_per_sample: usize = ad[..n - 1].iter().product();
     let batched = a.batched();
+    // MatMulInteger: A's zero point, a scalar u8 (computed per call, or constant).
+    let zero_point = match (integer, k.optional(2)) {
+        (false, _) | (true, None) => None,
+        (true, Some(z)) if z.ty.dtype == DType::U8 && z.per_sample() == 1 && !z.batched() => {
+            Some(z.ptr)
+        }
+        (true, Some(_)) => return Ok(false),
+    };
+    if integer && (k.optional(3).is_some() || b.ty.dtype != DType::I8 || y.ty.dtype != DType::I32) {
+        return Ok(false);
+    }
     let Some(packed) = packed_rows(k, m, kk, |c, t| t * m + c)? else {
         return Ok(false);
     };
-    let (Some(aq), Some(bq)) = (a.ty.quant.clone(), b.ty.quant.clone()) else {
+    let quant = (k.input(0)?.ty.quant.clone(), k.input(1)?.ty.quant.clone());
+    let yty = k.output(0).ty.clone();
+    if !integer && (quant.0.is_none() || quant.1.is_none()) {
         return Ok(false);
-    };
-    let yty = y.ty.clone();
-    // An i32 result (a classifier head before its DequantizeLinear) is the raw sums plus
-    // the folded bias, added per row after the tiles (see `add_bias_row`).
+    }
+    // An i32 result (a classifier head before its DequantizeLinear, MatMulInteger) is the
+    // raw sums plus the folded bias, added per row after the tiles (see `add_bias_row`).
     let sums = yty.dtype == DType::I32;
     let lanes = if sums {
         Vec::new()
     } else {
-        let rq = Requant::for_product(&aq, &bq, m, &yty, k.op.fused_activation()?)?;
+        let (Some(aq), Some(bq)) = &quant else {
+            return Ok(false);
+        };
+        let rq = Requant::for_product(aq, bq, m, &yty, k.op.fused_activation()?)?;
         let Some(lanes) = LaneTable::bytes(&packed.folded, |j| super::requant::channel(&rq, j))
         else {
             return Ok(false);
@@ -113,7 +136,10 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
             plane: i32_of(row_bytes)?,
         }
     } else {
-        let rq = Requant::for_product(&aq, &bq, m, &yty, k.op.fused_activation()?)?;
+        let (Some(aq), Some(bq)) = &quant else {
+            return Ok(false);
+        };
+        let rq = Requant::for_product(aq, bq, m, &yty, k.op.fused_activation()?)?;
         Store::Requantize(Requantize {
             zero_point: rq.zero_point,
             bounds: (rq.bounds.0 as i32, rq.bounds.1 as i32),
@@ -144,22 +170,41 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
     k.form = "wide-matmul";
     let wptr = k.data_object(weights, 64)?;
     let lane_table = k.data_object(lanes, 64)?;
-    let folded = match sums {
-        true => Some(k.data(
-            packed.folded.iter().flat_map(|b| b.to_le_bytes()).collect(),
-            64,
-        )?),
-        false => None,
+    let i32_table = |values: &[i32]| -> Vec<u8> {
+        let mut bytes: Vec<u8> = values.iter().flat_map(|b| b.to_le_bytes()).collect();
+        bytes.resize(m.next_multiple_of(4) * 4, 0);
+        bytes
+    };
+    let folded = match (sums, zero_point) {
+        (true, None) => Some(k.data(i32_table(&packed.folded), 64)?),
+        (true, Some(_)) => {
+            let column_sums: Vec<i32> = packed
+                .rows
+                .iter()
+                .map(|r| r.iter().map(|&v| v as i32).sum())
+                .collect();
+            Some(k.data(i32_table(&column_sums), 64)?)
+        }
+        (false, _) => None,
     };
     let tasks: Vec<FuncId> = tasks
         .into_iter()
         .map(|(kernel, _)| column_task(k, kernel, wptr, lane_table, block_bytes, elem))
         .collect::<Result<_, _>>()?;
-    // Workspace: widened rows | staging rows | the task's context.
+    // Workspace: widened rows | staging rows | the task's context | the call's bias.
     let staging_at = (MAX_ROWS * pairs * PAIR).next_multiple_of(64);
     let context_at =
         staging_at + if direct { 0 } else { MAX_ROWS * row_bytes }.next_multiple_of(64);
-    let ws = k.workspace(context_at + 64);
+    let bias_at = context_at + 64;
+    let ws = k.workspace(bias_at + m.next_multiple_of(4) * 4);
+    let folded = match (folded, zero_point) {
+        (Some(column_sums), Some(za)) => {
+            let bias = k.fb.ins().iadd_imm_s(ws, bias_at as i64);
+            zero_point_bias(k.fb, za, column_sums, bias, m);
+            Some(bias)
+        }
+        (folded, _) => folded,
+    };
     let (aptr, yptr) = (k.input(0)?.ptr, k.output(0).ptr);
     let samples = k.samples(batched);
     let samples = k.fb.ins().imul_imm_s(samples, rows_per_sample as i64);
@@ -251,6 +296,28 @@ fn column_task(
         });
         Ok(())
     })
+}
+
+/// `bias[j] = −za · sums[j]` (wrapping i32) for the `n` columns, four a step (`sums` and
+/// `bias` padded to a multiple of four), `za` the u8 at `zero_point`.
+fn zero_point_bias(
+    fb: &mut FunctionBuilder,
+    zero_point: Value,
+    sums: Value,
+    bias: Value,
+    n: usize,
+) {
+    let za = fb.ins().load(types::I8, emit::mem(), zero_point, 0);
+    let za = fb.ins().uextend(types::I32, za);
+    let za = fb.ins().ineg(za);
+    let za = fb.ins().splat(types::I32X4, za);
+    emit::for_count(fb, n.div_ceil(4) as i64, |fb, i| {
+        let s = emit::addr(fb, sums, i, 16);
+        let s = fb.ins().load(types::I32X4, emit::constant_mem(), s, 0);
+        let b = fb.ins().imul(s, za);
+        let to = emit::addr(fb, bias, i, 16);
+        fb.ins().store(emit::mem(), b, to, 0);
+    });
 }
 
 /// `to[j] = from[j] + bias[j]` for the `n` i32 of a row of sums (wrapping, as the

@@ -67,6 +67,10 @@ pub(crate) struct BenchArgs {
     /// (to compare the two).
     #[arg(long)]
     no_winograd: bool,
+    /// Weight-only MatMul weights as f32 panels dequantized at compile time, not 4- or
+    /// 8-bit unpacked per block at run time (faster at small batches, 4–8× the memory).
+    #[arg(long)]
+    weight_only_f32: bool,
     /// Time every kernel (timers compiled into the entry function) and print where the
     /// time goes: per kernel and per kernel form, with GMAC/s (JIT only).
     #[arg(long)]
@@ -111,6 +115,7 @@ pub(crate) fn exec(args: &BenchArgs) -> Result<()> {
         profile: args.profile,
         max_vector_bits: args.max_vector_bits,
         no_winograd: args.no_winograd,
+        weight_only_f32: args.weight_only_f32,
         ..Default::default()
     };
     let graph = load_model(&args.model, &args.load)?;

@@ -20,6 +20,7 @@ use super::weights::{quantize_weights, WeightBits, WeightGranularity};
 use qlift_ir::{
     AttrValue, Attrs, DType, Graph, NodeId, NodeOp, Op, OpKind, Tensor, TensorData, ValueId,
 };
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// How one product is quantized.
@@ -63,6 +64,9 @@ pub fn quantize_products(
 ) -> Result<usize, String> {
     let order = graph.topo_order().map_err(|e| e.to_string())?;
     let mut rewritten = 0;
+    // One DynamicQuantizeLinear per activation, however many products read it (a
+    // transformer's Q, K and V projections share theirs).
+    let mut quantized: HashMap<ValueId, Vec<ValueId>> = HashMap::new();
     for id in order {
         let node = graph.node(id);
         let NodeOp::Apply(op) = &node.op else {
@@ -77,7 +81,7 @@ pub fn quantize_products(
         let Some(product) = Product::of(graph, id)? else {
             continue;
         };
-        rewrite(graph, id, &product, s)?;
+        rewrite(graph, id, &product, s, &mut quantized)?;
         rewritten += 1;
     }
     if rewritten > 0 {
@@ -172,7 +176,13 @@ impl Product {
 
 /// Replaces node `id` by the quantized form of `p`; the last node takes over the node's
 /// result name.
-fn rewrite(graph: &mut Graph, id: NodeId, p: &Product, scheme: Scheme) -> Result<(), String> {
+fn rewrite(
+    graph: &mut Graph,
+    id: NodeId,
+    p: &Product,
+    scheme: Scheme,
+    quantized: &mut HashMap<ValueId, Vec<ValueId>>,
+) -> Result<(), String> {
     let name = graph.node(id).name.clone();
     let result = ValueId {
         node: id,
@@ -181,7 +191,7 @@ fn rewrite(graph: &mut Graph, id: NodeId, p: &Product, scheme: Scheme) -> Result
     let result_name = graph.value(result).name.clone();
     let mut b = Builder { graph, name: &name };
     let mut y = match scheme {
-        Scheme::Dynamic => dynamic(&mut b, p)?,
+        Scheme::Dynamic => dynamic(&mut b, p, quantized)?,
         Scheme::WeightOnly { bits, block_size } => weight_only(&mut b, p, bits, block_size)?,
     };
     if let Some(bias) = &p.bias {
@@ -203,8 +213,13 @@ fn rewrite(graph: &mut Graph, id: NodeId, p: &Product, scheme: Scheme) -> Result
     Ok(())
 }
 
-/// DynamicQuantizeLinear → MatMulInteger → Cast → Mul by `a_scale · w_scale`.
-fn dynamic(b: &mut Builder, p: &Product) -> Result<ValueId, String> {
+/// DynamicQuantizeLinear (the activation's, from `quantized` when an earlier product made
+/// it) → MatMulInteger → Cast → Mul by `a_scale · w_scale`.
+fn dynamic(
+    b: &mut Builder,
+    p: &Product,
+    quantized: &mut HashMap<ValueId, Vec<ValueId>>,
+) -> Result<ValueId, String> {
     let (wq, params) = quantize_weights(
         &p.w,
         &[p.k, p.n],
@@ -214,20 +229,27 @@ fn dynamic(b: &mut Builder, p: &Product) -> Result<ValueId, String> {
     )?;
     let wq = b.constant("weight_q", wq, None);
     let w_scale = b.constant("weight_scale", Tensor::from_f32(&[p.n], params.scale), None);
-    let op = Op::new(OpKind::DynamicQuantizeLinear, Attrs::new());
-    let q = b
-        .graph
-        .add_op(
-            &format!("{}/quantize", b.name),
-            op,
-            &[Some(p.a)],
-            &[
-                &format!("{}/a_q", b.name),
-                &format!("{}/a_scale", b.name),
-                &format!("{}/a_zero_point", b.name),
-            ],
-        )
-        .map_err(|e| e.to_string())?;
+    let q = match quantized.get(&p.a) {
+        Some(q) => q.clone(),
+        None => {
+            let op = Op::new(OpKind::DynamicQuantizeLinear, Attrs::new());
+            let q = b
+                .graph
+                .add_op(
+                    &format!("{}/quantize", b.name),
+                    op,
+                    &[Some(p.a)],
+                    &[
+                        &format!("{}/a_q", b.name),
+                        &format!("{}/a_scale", b.name),
+                        &format!("{}/a_zero_point", b.name),
+                    ],
+                )
+                .map_err(|e| e.to_string())?;
+            quantized.insert(p.a, q.clone());
+            q
+        }
+    };
     let acc = b.op(
         "matmul",
         OpKind::MatMulInteger,
@@ -415,6 +437,33 @@ mod tests {
                 assert!((u - v).abs() < tol, "{scheme:?}: {a:?} vs {b:?}");
             }
         }
+    }
+
+    #[test]
+    fn products_of_one_activation_share_its_quantization() {
+        let mut g = Graph::new("t");
+        let x = g.add_input("x", TensorType::new(DType::F32, Shape::fixed(&[2, 3])));
+        let mut ys = Vec::new();
+        for name in ["q", "k"] {
+            let w: Vec<f32> = (0..6).map(|i| i as f32 - 2.5).collect();
+            let w = g.add_const(name, Arc::new(Tensor::from_f32(&[3, 2], w)), None);
+            let op = Op::new(OpKind::MatMul, Attrs::new());
+            let y = g.add_op(name, op, &[Some(x), Some(w)], &[name]).unwrap();
+            ys.push(y[0]);
+        }
+        g.set_outputs(ys).unwrap();
+        assert_eq!(
+            quantize_products(&mut g, |_, _| Some(Scheme::Dynamic)).unwrap(),
+            2
+        );
+        qlift_ir::verify(&g).unwrap();
+        let count = |kind| {
+            g.node_ids()
+                .filter(|&i| g.node(i).op.kind() == Some(kind))
+                .count()
+        };
+        assert_eq!(count(OpKind::DynamicQuantizeLinear), 1);
+        assert_eq!(count(OpKind::MatMulInteger), 2);
     }
 
     #[test]
