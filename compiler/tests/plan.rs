@@ -242,11 +242,11 @@ fn target_sqnr_raises_layers_until_the_output_meets_it() {
 /// model's outputs bit for bit on the test set.
 #[test]
 fn a_target_sqnr_plan_with_int16_layers_reproduces_the_outputs() {
-    let plan = temp("target_int16.toml");
+    let plan = temp_arg("target_int16.toml");
     let (calib, x) = (model("digits_calib_x.npy"), model("digits_test_x.npy"));
     let mobile = model("digits_mobile.onnx");
     let run = |tag: &str, extra: &[&str]| {
-        let y = temp(&format!("{tag}.npy"));
+        let y = temp_arg(&format!("{tag}.npy"));
         let args = [
             &[
                 "run", &*mobile, "--calib", &*calib, "--input", &*x, "--output", &*y,
