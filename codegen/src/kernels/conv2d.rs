@@ -1,7 +1,9 @@
 //! What the 2-D integer convolution emitters (direct, wide, depthwise) read of a QConv
 //! node, checked once: u8 activations into an 8-bit result, rank-4 operands, and a window
-//! that stays within the padded input plane. Each emitter then adds its own conditions.
+//! that stays within the padded input plane. Each emitter then adds its own conditions
+//! and reads the shared geometry (taps, groups, the padded planes) from here.
 
+use super::planes::Padded;
 use super::Kernel;
 use qlift_ir::{DType, OpKind};
 
@@ -97,5 +99,34 @@ impl QConv2d {
             && (g.oh - 1) * g.sh + (g.kh - 1) * g.dh < g.hp
             && (g.ow - 1) * g.sw + (g.kw - 1) * g.dw < g.wp;
         Ok(fits.then_some(g))
+    }
+
+    /// Kernel taps (rows × columns).
+    pub(super) fn taps(&self) -> usize {
+        self.kh * self.kw
+    }
+
+    /// Output channels per group.
+    pub(super) fn mg(&self) -> usize {
+        self.m / self.group
+    }
+
+    /// Whether each channel is convolved alone (one group per channel, one output each).
+    pub(super) fn depthwise(&self) -> bool {
+        self.group == self.c && self.m == self.c && self.cg == 1
+    }
+
+    /// The copy of `planes` input planes into this convolution's padded plane (the forms
+    /// that read windows with vector loads pad a copy rather than test the borders).
+    pub(super) fn padded(&self, planes: usize) -> Padded {
+        Padded {
+            planes,
+            h: self.h,
+            w: self.w,
+            hp: self.hp,
+            wp: self.wp,
+            top: self.pt,
+            left: self.pl,
+        }
     }
 }

@@ -395,6 +395,15 @@ impl<'k, 'f> Kernel<'k, 'f> {
             .any(|f| f.name == name && f.as_bool() == Some(true))
     }
 
+    /// The float node's fused activation as the bounds its results are clamped to (the
+    /// whole line when it has none), as the FMA micro-kernels take them.
+    pub fn float_clamp(&self) -> Result<(f32, f32), String> {
+        Ok(self
+            .op
+            .fused_activation()?
+            .unwrap_or((f32::NEG_INFINITY, f32::INFINITY)))
+    }
+
     /// Whether the target multiplies i64x2 lanes in one instruction (AVX-512DQ with VL).
     pub fn has_i64x2_mul(&self) -> bool {
         self.target_has("has_avx512dq") && self.target_has("has_avx512vl")

@@ -4,7 +4,7 @@
 //!
 //! Per sample:
 //! 1. the input planes are copied with their padding (the input zero point) into the
-//!    workspace ([`Padded`]);
+//!    workspace ([`Padded`](super::planes::Padded));
 //! 2. they are repacked as pairs of channels widened to i16 and split into the stride's
 //!    phases (`[pair][row phase][column phase][row][column][2]`), so that for the taps of
 //!    any kernel position the activations of eight neighbouring outputs of one row are one
@@ -23,7 +23,7 @@
 
 use super::conv2d::QConv2d;
 use super::packing::packed_rows;
-use super::planes::{copy_row, Padded};
+use super::planes::copy_row;
 use super::requant::ChannelTable;
 use super::ukernel::{self, PairTile, Requantize, Store, LANES, MAX_ROWS, VECTORS};
 use super::{data_address, Kernel};
@@ -41,78 +41,33 @@ const MIN_STEPS: usize = 4;
 /// Bytes of one activation pair (two i16).
 const PAIR: usize = 4;
 
-/// The convolution's shape.
-#[derive(Clone, Copy, Debug)]
-struct Geometry {
-    c: usize,
-    h: usize,
-    w: usize,
-    m: usize,
-    kh: usize,
-    kw: usize,
-    oh: usize,
-    ow: usize,
-    sh: usize,
-    sw: usize,
-    dh: usize,
-    dw: usize,
-    pt: usize,
-    pl: usize,
-    hp: usize,
-    wp: usize,
+/// The convolution's shape when the node is a dense 2-D QConv of u8 activations into an
+/// 8-bit result with a column stride of 1 or 2 ([`flattened`] when it is pointwise); `None`
+/// otherwise.
+fn geometry(k: &Kernel) -> Result<Option<QConv2d>, String> {
+    Ok(QConv2d::of(k)?
+        .filter(|q| q.group == 1 && (1..=2).contains(&q.sw))
+        .map(flattened))
 }
 
-impl Geometry {
-    /// The geometry when the node is a dense 2-D QConv of u8 activations into an 8-bit
-    /// result with a column stride of 1 or 2; `None` otherwise.
-    fn of(k: &Kernel) -> Result<Option<Geometry>, String> {
-        let Some(q) = QConv2d::of(k)? else {
-            return Ok(None);
-        };
-        let g = Geometry {
-            c: q.c,
-            h: q.h,
-            w: q.w,
-            m: q.m,
-            kh: q.kh,
-            kw: q.kw,
-            oh: q.oh,
-            ow: q.ow,
-            sh: q.sh,
-            sw: q.sw,
-            dh: q.dh,
-            dw: q.dw,
-            pt: q.pt,
-            pl: q.pl,
-            hp: q.hp,
-            wp: q.wp,
-        };
-        Ok((q.group == 1 && (1..=2).contains(&q.sw)).then_some(g.flattened()))
+/// A 1×1, stride-1, unpadded convolution does not see the planes' shape: it is the same
+/// convolution on planes of one row of `h·w`, which fill whole vectors (14 × 14 in rows
+/// of 16 computes 224 outputs a plane, in one row 200) and write the output directly
+/// when `h·w` is a multiple of 16 (28 × 28, 56 × 56). The padded copy is the same bytes.
+fn flattened(g: QConv2d) -> QConv2d {
+    let pointwise = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1;
+    if !pointwise || g.hp != g.h || g.wp != g.w {
+        return g;
     }
-
-    /// A 1×1, stride-1, unpadded convolution does not see the planes' shape: it is the same
-    /// convolution on planes of one row of `h·w`, which fill whole vectors (14 × 14 in rows
-    /// of 16 computes 224 outputs a plane, in one row 200) and write the output directly
-    /// when `h·w` is a multiple of 16 (28 × 28, 56 × 56). The padded copy is the same bytes.
-    fn flattened(self) -> Geometry {
-        let pointwise = self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1;
-        if !pointwise || self.hp != self.h || self.wp != self.w {
-            return self;
-        }
-        let n = self.h * self.w;
-        Geometry {
-            h: 1,
-            w: n,
-            oh: 1,
-            ow: n,
-            hp: 1,
-            wp: n,
-            ..self
-        }
-    }
-
-    fn taps(&self) -> usize {
-        self.kh * self.kw
+    let n = g.h * g.w;
+    QConv2d {
+        h: 1,
+        w: n,
+        oh: 1,
+        ow: n,
+        hp: 1,
+        wp: n,
+        ..g
     }
 }
 
@@ -136,7 +91,7 @@ struct Layout {
 }
 
 impl Layout {
-    fn of(g: &Geometry) -> Layout {
+    fn of(g: &QConv2d) -> Layout {
         let unroll = MIN_STEPS.div_ceil(g.taps());
         let used_pairs = g.c.div_ceil(2);
         let ow8 = g.ow.next_multiple_of(LANES);
@@ -149,15 +104,7 @@ impl Layout {
         // The repacking reads 16 bytes at row `y·sh + py`, column `x·sw` of plane 2·pair + 1.
         let last_read =
             (2 * used_pairs - 1) * g.hp * g.wp + (hq * g.sh - 1) * g.wp + (wq - LANES) * g.sw + 16;
-        let padded = Padded {
-            planes: g.c,
-            h: g.h,
-            w: g.w,
-            hp: g.hp,
-            wp: g.wp,
-            top: g.pt,
-            left: g.pl,
-        };
+        let padded = g.padded(g.c);
         Layout {
             used_pairs,
             pairs: used_pairs.next_multiple_of(unroll),
@@ -172,31 +119,31 @@ impl Layout {
     }
 
     /// Bytes of one channel pair's phase planes.
-    fn pair_bytes(&self, g: &Geometry) -> usize {
+    fn pair_bytes(&self, g: &QConv2d) -> usize {
         g.sh * g.sw * self.hq * self.wq * PAIR
     }
 
     /// Byte offset of tap (ky, kx) in the packed activations, from an output's position.
-    fn tap(&self, g: &Geometry, ky: usize, kx: usize) -> usize {
+    fn tap(&self, g: &QConv2d, ky: usize, kx: usize) -> usize {
         let (py, px) = (ky * g.dh % g.sh, kx * g.dw % g.sw);
         (((py * g.sw + px) * self.hq + ky * g.dh / g.sh) * self.wq + kx * g.dw / g.sw) * PAIR
     }
 
     /// Whether results go straight to the output (whole vectors per row, whole tiles).
-    fn direct(&self, g: &Geometry) -> bool {
+    fn direct(&self, g: &QConv2d) -> bool {
         g.ow == self.ow8 && self.vectors == self.vectors_even
     }
 }
 
 /// Emits the convolution in this form and returns true when it applies (a dense QConv
-/// [`Geometry::of`] accepts, constant weights, wide micro-kernels on the target, and every
+/// [`geometry`] accepts, constant weights, wide micro-kernels on the target, and every
 /// channel's requantization shift at least 32); false leaves it to the other forms.
 pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let Some(isa) = k.wide else { return Ok(false) };
     if !k.has_byte_shuffle() {
         return Ok(false);
     }
-    let Some(g) = Geometry::of(k)? else {
+    let Some(g) = geometry(k)? else {
         return Ok(false);
     };
     let taps = g.taps();
@@ -368,15 +315,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         Ok(())
     })?;
     // Padding and repacking as a task over channel pairs (each writes its own planes).
-    let padded = Padded {
-        planes: g.c,
-        h: g.h,
-        w: g.w,
-        hp: g.hp,
-        wp: g.wp,
-        top: g.pt,
-        left: g.pl,
-    };
+    let padded = g.padded(g.c);
     let zx = xq.channel(0).1 as u8;
     let prepare = k.task(|fb, _, [ctx, begin, end, _]| {
         let xp = fb.ins().load(types::I64, emit::mem(), ctx, 0);
@@ -442,7 +381,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
 /// load of each of the two planes, one byte shuffle pairing them and two widenings.
 fn repack(
     fb: &mut FunctionBuilder,
-    g: &Geometry,
+    g: &QConv2d,
     l: &Layout,
     planes: Value,
     xp: Value,
