@@ -23,7 +23,7 @@
 //! The arithmetic is the interpreter's: `Σ x·(w − zw) + (bias − zx·Σ(w − zw))` in wrapping
 //! i32 (see [`super::packing::packed_rows`]), then the channel's fixed-point requantization.
 
-use super::conv2d::QConv2d;
+use super::conv2d::{ConvRequant, QConv2d};
 use super::packing::packed_rows;
 use super::planes::copy_row;
 use super::requant::ChannelTable;
@@ -31,8 +31,6 @@ use super::ukernel::{self, DepthwisePlane, Requantize, DEPTHWISE_VECTORS, LANES}
 use super::{data_address, Kernel};
 use crate::emit;
 use cranelift_codegen::ir::{types, InstBuilder};
-use qlift_ir::fixed_point::Requant;
-use qlift_ir::DType;
 
 /// Parts (threads) a convolution's channels are split into at most: each has its own
 /// scratch in the workspace.
@@ -167,11 +165,9 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let Some(packed) = packed_rows(k, g.c, taps, |c, t| c * taps + t)? else {
         return Ok(false);
     };
-    let (Some(xq), Some(wq)) = (k.input(0)?.ty.quant.clone(), k.input(1)?.ty.quant.clone()) else {
+    let Some(ConvRequant { zx, rq, signed }) = g.requant(k)? else {
         return Ok(false);
     };
-    let y = k.output(0).ty.clone();
-    let rq = Requant::for_product(&xq, &wq, g.c, &y, k.op.fused_activation()?)?;
     let Some(records) = ChannelTable::bytes(&rq, &packed.folded) else {
         return Ok(false);
     };
@@ -218,7 +214,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         store: Requantize {
             zero_point: rq.zero_point,
             bounds: (rq.bounds.0 as i32, rq.bounds.1 as i32),
-            signed: y.dtype == DType::I8,
+            signed,
             plane: 0,
             per_lane: false,
         },
@@ -236,7 +232,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         .max(walk.last_read(reach))
         .next_multiple_of(64);
     let part_bytes = (staging_at + if direct { 0 } else { walk.out_bytes }).next_multiple_of(64);
-    let zx = xq.channel(0).1 as u8;
+    let zx = zx as u8;
     let out_plane = (g.oh * g.ow) as i64;
     let out_row = walk.out_row as i64;
     // Channels `begin..end` of one sample (context: input, output, scratch), in the scratch
@@ -276,11 +272,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let ws = k.workspace(64 + MAX_PARTS * part_bytes);
     let (x, yop) = (k.input(0)?, k.output(0));
     let (xptr, yptr) = (x.ptr, yop.ptr);
-    let samples = if x.batched() {
-        k.batch
-    } else {
-        emit::iconst(k.fb, x.dims()[0] as i64)
-    };
+    let samples = k.input_samples()?;
     let context = k.fb.ins().iadd_imm_s(ws, (MAX_PARTS * part_bytes) as i64);
     k.for_each(samples, |k, n| {
         let fb = &mut *k.fb;

@@ -230,7 +230,6 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let Some(g) = Geometry::of(&ConvShape::of(k)?) else {
         return Ok(false);
     };
-    let (x_batched, x_samples) = (x.batched(), x.dims()[0]);
     let (xptr, wptr, yptr, bptr) = (x.ptr, w.ptr, y.ptr, bias.map(|b| b.ptr));
     let planes = Planes::of(&g);
     let i32_of = |v: usize| {
@@ -281,11 +280,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     })?;
     let ws = k.workspace(MAX_PARTS * part_bytes + 64);
     let context = k.fb.ins().iadd_imm_s(ws, (MAX_PARTS * part_bytes) as i64);
-    let samples = if x_batched {
-        k.batch
-    } else {
-        emit::iconst(k.fb, x_samples as i64)
-    };
+    let samples = k.input_samples()?;
     k.for_each(samples, |k, n| {
         let fb = &mut *k.fb;
         let xn = emit::addr(fb, xptr, n, (g.c * in_plane) as i64);

@@ -19,7 +19,7 @@
 //! i32 (the input zero point folded into the bias as in [`super::packing::packed_rows`]),
 //! then the fixed-point requantization of each output channel.
 
-use super::conv2d::QConv2d;
+use super::conv2d::{ConvRequant, QConv2d};
 use super::dot4::{BlockStore, Dot4};
 use super::packing::packed_rows;
 use super::requant::{ChannelParams, ChannelTable};
@@ -27,8 +27,6 @@ use super::Kernel;
 use crate::emit;
 use cranelift_codegen::ir::{types, ConstantData, InstBuilder, Value};
 use cranelift_frontend::{FunctionBuilder, Variable};
-use qlift_ir::fixed_point::Requant;
-use qlift_ir::DType;
 
 /// Output positions per block: the four i32 lanes of one vector.
 const BLOCK: usize = 4;
@@ -56,12 +54,9 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let Some(dot) = Dot4::of(k, &packed)? else {
         return Ok(false);
     };
-    let (xq, wq) = (k.input(0)?.ty.quant.clone(), k.input(1)?.ty.quant.clone());
-    let (Some(xq), Some(wq)) = (xq, wq) else {
+    let Some(ConvRequant { zx, rq, signed }) = g.requant(k)? else {
         return Ok(false);
     };
-    let y = k.output(0).ty.clone();
-    let rq = Requant::for_product(&xq, &wq, g.m, &y, k.op.fused_activation()?)?;
     // Each (output channel, input channel, kernel row, quad of the row's taps): four
     // weights (zeros past KW), repeated in the four lanes.
     let quads = g.kw.div_ceil(4);
@@ -102,16 +97,11 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let groups = g.group;
     let ws = k.workspace(padded.bytes());
     let (x, yop) = (k.input(0)?, k.output(0));
-    let (xptr, yptr, x_batched) = (x.ptr, yop.ptr, x.batched());
-    let samples = if x_batched {
-        k.batch
-    } else {
-        emit::iconst(k.fb, x.dims()[0] as i64)
-    };
-    let zx = xq.channel(0).1;
+    let (xptr, yptr) = (x.ptr, yop.ptr);
+    let samples = k.input_samples()?;
     let stores = BlockStore {
         rq: &rq,
-        signed: y.dtype == DType::I8,
+        signed,
         i64_mul: k.has_i64x2_mul(),
     };
     let fb = &mut *k.fb;

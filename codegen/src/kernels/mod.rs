@@ -395,6 +395,19 @@ impl<'k, 'f> Kernel<'k, 'f> {
             .any(|f| f.name == name && f.as_bool() == Some(true))
     }
 
+    /// Samples of input 0 (the activations every convolution and product form walks one
+    /// sample at a time): the run-time batch when its axis 0 is the batch, else its extent
+    /// (unlike [`Kernel::samples`], which counts an unbatched operand as one sample).
+    pub fn input_samples(&mut self) -> Result<Value, String> {
+        let x = self.input(0)?;
+        let (batched, n) = (x.batched(), x.dims()[0]);
+        Ok(if batched {
+            self.batch
+        } else {
+            emit::iconst(self.fb, n as i64)
+        })
+    }
+
     /// The float node's fused activation as the bounds its results are clamped to (the
     /// whole line when it has none), as the FMA micro-kernels take them.
     pub fn float_clamp(&self) -> Result<(f32, f32), String> {

@@ -21,7 +21,7 @@
 //! `Σ x·(w − zw) + (bias − zx·Σ(w − zw))` in wrapping i32 (see
 //! [`super::packing::packed_rows`]), then the fixed-point requantization of each channel.
 
-use super::conv2d::QConv2d;
+use super::conv2d::{ConvRequant, QConv2d};
 use super::packing::packed_rows;
 use super::planes::copy_row;
 use super::requant::ChannelTable;
@@ -31,8 +31,6 @@ use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, ConstantData, FuncRef, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
-use qlift_ir::fixed_point::Requant;
-use qlift_ir::DType;
 
 /// Steps (channel pair × tap) per micro-kernel loop iteration at least: 1×1 kernels take
 /// several channel pairs per iteration so the loop's own instructions stay a small part.
@@ -150,11 +148,9 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let Some(packed) = packed_rows(k, g.m, g.c * taps, |c, t| c * g.c * taps + t)? else {
         return Ok(false);
     };
-    let (Some(xq), Some(wq)) = (k.input(0)?.ty.quant.clone(), k.input(1)?.ty.quant.clone()) else {
+    let Some(ConvRequant { zx, rq, signed }) = g.requant(k)? else {
         return Ok(false);
     };
-    let y = k.output(0).ty.clone();
-    let rq = Requant::for_product(&xq, &wq, g.m, &y, k.op.fused_activation()?)?;
     let Some(records) = ChannelTable::bytes(&rq, &packed.folded) else {
         return Ok(false);
     };
@@ -185,7 +181,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let store = Requantize {
         zero_point: rq.zero_point,
         bounds,
-        signed: y.dtype == DType::I8,
+        signed,
         plane: i32::try_from(out_plane).map_err(|e| e.to_string())?,
         per_lane: false,
     };
@@ -316,7 +312,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     })?;
     // Padding and repacking as a task over channel pairs (each writes its own planes).
     let padded = g.padded(g.c);
-    let zx = xq.channel(0).1 as u8;
+    let zx = zx as u8;
     let prepare = k.task(|fb, _, [ctx, begin, end, _]| {
         let xp = fb.ins().load(types::I64, emit::mem(), ctx, 0);
         let x = fb.ins().load(types::I64, emit::mem(), ctx, 16);
@@ -336,11 +332,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let ws = k.workspace(ws_bytes);
     let (x, yop) = (k.input(0)?, k.output(0));
     let (xptr, yptr) = (x.ptr, yop.ptr);
-    let samples = if x.batched() {
-        k.batch
-    } else {
-        emit::iconst(k.fb, x.dims()[0] as i64)
-    };
+    let samples = k.input_samples()?;
     let context = k.fb.ins().iadd_imm_s(ws, context_at as i64);
     let macs = (g.m * g.oh * g.ow * g.c * taps) as u64;
     k.for_each(samples, |k, n| {

@@ -30,8 +30,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     }
     let (x, w, y) = (k.input(0)?, k.input(1)?, k.output(0));
     let bias = k.optional(2);
-    let xd = x.dims();
-    let (x_batched, xptr, wptr, yptr) = (x.batched(), x.ptr, w.ptr, y.ptr);
+    let (xptr, wptr, yptr) = (x.ptr, w.ptr, y.ptr);
     let bptr = bias.map(|b| b.ptr);
     let clamp = k.float_clamp()?;
     let shape = ConvShape::of(k)?;
@@ -88,11 +87,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let panel_bytes = panels * kg * PANEL_STEP as usize;
     let ws = k.workspace(panel_bytes + 64);
     let context = k.fb.ins().iadd_imm_s(ws, panel_bytes as i64);
-    let samples = if x_batched {
-        k.batch
-    } else {
-        emit::iconst(k.fb, xd[0] as i64)
-    };
+    let samples = k.input_samples()?;
     k.for_each(samples, |k, n| {
         let xn = emit::addr(k.fb, xptr, n, (channels * in_count * 4) as i64);
         let yn = emit::addr(k.fb, yptr, n, (m * p * 4) as i64);

@@ -42,7 +42,7 @@
 //! F(4×4, 3×3) would save more multiplies but needs G scaled by 24 (the output divided by
 //! 576), which leaves ~2²² for `Σ |w − zw| · 255`: too little for real layers.
 
-use super::conv2d::QConv2d;
+use super::conv2d::{ConvRequant, QConv2d};
 use super::packing::packed_rows;
 use super::planes::{copy_row, Padded};
 use super::requant::{little_endian, ChannelTable};
@@ -52,8 +52,6 @@ use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, ConstantData, FuncRef, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
-use qlift_ir::fixed_point::Requant;
-use qlift_ir::DType;
 
 /// Positions of a transformed 4×4 tile.
 const POSITIONS: usize = 16;
@@ -223,11 +221,9 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         };
         u.push(channels);
     }
-    let (Some(xq), Some(wq)) = (k.input(0)?.ty.quant.clone(), k.input(1)?.ty.quant.clone()) else {
+    let Some(ConvRequant { zx, rq, signed }) = t.q.requant(k)? else {
         return Ok(false);
     };
-    let y = k.output(0).ty.clone();
-    let rq = Requant::for_product(&xq, &wq, t.q.m, &y, k.op.fused_activation()?)?;
     let Some(records) = ChannelTable::bytes(&rq, &packed.folded) else {
         return Ok(false);
     };
@@ -306,7 +302,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let store = Output {
         zero_point: rq.zero_point,
         bounds: rq.bounds,
-        signed: y.dtype == DType::I8,
+        signed,
         row: out_row as i32,
         plane: t.out_plane() as i64,
     };
@@ -372,7 +368,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     })?;
     // Padding and the input transform as a task over channel pairs (each writes its own
     // planes and pair rows, and reads only planes it padded).
-    let zx = xq.channel(0).1 as u8;
+    let zx = zx as u8;
     let prepare = k.task(|fb, _, [ctx, begin, end, _]| {
         let v = fb.ins().load(types::I64, emit::mem(), ctx, 0);
         let x = fb.ins().load(types::I64, emit::mem(), ctx, 16);
@@ -404,11 +400,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let ws = k.workspace(ws_bytes);
     let (x, yop) = (k.input(0)?, k.output(0));
     let (xptr, yptr) = (x.ptr, yop.ptr);
-    let samples = if x.batched() {
-        k.batch
-    } else {
-        emit::iconst(k.fb, x.dims()[0] as i64)
-    };
+    let samples = k.input_samples()?;
     let context = k.fb.ins().iadd_imm_s(ws, context_at as i64);
     // The multiplies F(2×2, 3×3) does, for the pool's threshold.
     let macs = (t.q.m * t.tiles * t.q.c * POSITIONS) as u64;
