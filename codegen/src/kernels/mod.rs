@@ -386,6 +386,24 @@ impl<'k, 'f> Kernel<'k, 'f> {
         Ok(id)
     }
 
+    /// The [`ukernel::pair_tile`] micro-kernels of tiles of `rows` output channels and, when
+    /// the channel count leaves `tail > 0` of them, of the last tile (both placed once).
+    pub fn pair_tiles(
+        &mut self,
+        isa: ukernel::Isa,
+        rows: usize,
+        tail: usize,
+        tile: impl Fn(usize) -> ukernel::PairTile,
+    ) -> Result<(FuncId, Option<FuncId>), String> {
+        let main = self.machine_code(&ukernel::pair_tile(&tile(rows), isa)?, 5)?;
+        let tail = if tail > 0 {
+            Some(self.machine_code(&ukernel::pair_tile(&tile(tail), isa)?, 5)?)
+        } else {
+            None
+        };
+        Ok((main, tail))
+    }
+
     /// Whether the target has CPU feature `name` (a Cranelift x86 flag such as `has_ssse3`).
     pub fn target_has(&self, name: &str) -> bool {
         self.module

@@ -25,7 +25,7 @@ use super::conv2d::{ConvRequant, QConv2d};
 use super::packing::packed_rows;
 use super::planes::copy_row;
 use super::requant::ChannelTable;
-use super::ukernel::{self, PairTile, Requantize, Store, LANES, MAX_ROWS, VECTORS};
+use super::ukernel::{PairTile, Requantize, Store, LANES, MAX_ROWS, VECTORS};
 use super::{data_address, Kernel};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
@@ -193,12 +193,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         store: Store::Requantize(store),
         row_stride: None,
     };
-    let main = k.machine_code(&ukernel::pair_tile(&tile(rows), isa)?, 5)?;
-    let tail_kernel = if tail > 0 {
-        Some(k.machine_code(&ukernel::pair_tile(&tile(tail), isa)?, 5)?)
-    } else {
-        None
-    };
+    let (main, tail_kernel) = k.pair_tiles(isa, rows, tail, tile)?;
     k.form = "wide-direct";
     // Weights: block of `rows` channels from c0, [pair][tap][row] as i16 pairs.
     let weight = |c: usize, ci: usize, t: usize| {

@@ -46,7 +46,7 @@ use super::conv2d::{ConvRequant, QConv2d};
 use super::packing::packed_rows;
 use super::planes::{copy_row, Padded};
 use super::requant::{little_endian, ChannelTable};
-use super::ukernel::{self, PairTile, Store, LANES, MAX_ROWS, VECTORS};
+use super::ukernel::{PairTile, Store, LANES, MAX_ROWS, VECTORS};
 use super::{data_address, Kernel};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
@@ -242,12 +242,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         },
         row_stride: None,
     };
-    let main = k.machine_code(&ukernel::pair_tile(&tile(rows), isa)?, 5)?;
-    let tail_kernel = if tail > 0 {
-        Some(k.machine_code(&ukernel::pair_tile(&tile(tail), isa)?, 5)?)
-    } else {
-        None
-    };
+    let (main, tail_kernel) = k.pair_tiles(isa, rows, tail, tile)?;
     k.form = "winograd";
     // Weights: block of `rows` channels from c0, [position][pair][row] as i16 pairs.
     let mut weights = Vec::with_capacity(t.q.m * t.pairs * POSITIONS * PAIR);
