@@ -1,9 +1,20 @@
 //! What the 2-D integer convolution emitters (direct, wide, depthwise) read of a QConv
 //! node, checked once: u8 activations into an 8-bit result, rank-4 operands, and a window
-//! that stays within the padded input plane. Each emitter then adds its own conditions.
+//! that stays within the padded input plane. Each emitter then adds its own conditions
+//! and reads the shared geometry (taps, groups, the padded planes) from here.
 
+use super::planes::Padded;
 use super::Kernel;
+use qlift_ir::fixed_point::Requant;
 use qlift_ir::{DType, OpKind};
+
+/// What a QConv's results need of its quantization: the input zero point (the padding's
+/// fill), the per-channel requantization of the products, and whether results are i8.
+pub(super) struct ConvRequant {
+    pub zx: i32,
+    pub rq: Requant,
+    pub signed: bool,
+}
 
 /// The shapes and attributes of a 2-D QConv, NCHW.
 #[derive(Clone, Copy, Debug)]
@@ -97,5 +108,49 @@ impl QConv2d {
             && (g.oh - 1) * g.sh + (g.kh - 1) * g.dh < g.hp
             && (g.ow - 1) * g.sw + (g.kw - 1) * g.dw < g.wp;
         Ok(fits.then_some(g))
+    }
+
+    /// The requantization of the node's `m` output channels (with its fused activation), or
+    /// `None` when an operand is not quantized.
+    pub(super) fn requant(&self, k: &Kernel) -> Result<Option<ConvRequant>, String> {
+        let (Some(xq), Some(wq)) = (k.input(0)?.ty.quant.clone(), k.input(1)?.ty.quant.clone())
+        else {
+            return Ok(None);
+        };
+        let y = &k.output(0).ty;
+        Ok(Some(ConvRequant {
+            zx: xq.channel(0).1,
+            rq: Requant::for_product(&xq, &wq, self.m, y, k.op.fused_activation()?)?,
+            signed: y.dtype == DType::I8,
+        }))
+    }
+
+    /// Kernel taps (rows × columns).
+    pub(super) fn taps(&self) -> usize {
+        self.kh * self.kw
+    }
+
+    /// Output channels per group.
+    pub(super) fn mg(&self) -> usize {
+        self.m / self.group
+    }
+
+    /// Whether each channel is convolved alone (one group per channel, one output each).
+    pub(super) fn depthwise(&self) -> bool {
+        self.group == self.c && self.m == self.c && self.cg == 1
+    }
+
+    /// The copy of `planes` input planes into this convolution's padded plane (the forms
+    /// that read windows with vector loads pad a copy rather than test the borders).
+    pub(super) fn padded(&self, planes: usize) -> Padded {
+        Padded {
+            planes,
+            h: self.h,
+            w: self.w,
+            hp: self.hp,
+            wp: self.wp,
+            top: self.pt,
+            left: self.pl,
+        }
     }
 }

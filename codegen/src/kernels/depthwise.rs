@@ -5,7 +5,7 @@
 //! Per sample, channel by channel (a run-time loop, so code size does not grow with the
 //! channel count; ranges of channels run on up to [`MAX_PARTS`] threads, each with its own
 //! scratch):
-//! 1. the input plane is copied with its padding ([`Padded`]), one byte per pixel;
+//! 1. the input plane is copied with its padding ([`Padded`](super::planes::Padded)), one byte per pixel;
 //! 2. one call of the micro-kernel computes, requantizes and stores the channel's plane,
 //!    reading that padded plane directly: sixteen bytes widened to i16 are eight pairs of
 //!    neighbouring columns, which are the taps `(kx, kx + 1)` of eight outputs at column
@@ -23,16 +23,14 @@
 //! The arithmetic is the interpreter's: `Σ x·(w − zw) + (bias − zx·Σ(w − zw))` in wrapping
 //! i32 (see [`super::packing::packed_rows`]), then the channel's fixed-point requantization.
 
-use super::conv2d::QConv2d;
+use super::conv2d::{ConvRequant, QConv2d};
 use super::packing::packed_rows;
-use super::planes::{copy_row, Padded};
+use super::planes::copy_row;
 use super::requant::ChannelTable;
 use super::ukernel::{self, DepthwisePlane, Requantize, DEPTHWISE_VECTORS, LANES};
 use super::{data_address, Kernel};
 use crate::emit;
 use cranelift_codegen::ir::{types, InstBuilder};
-use qlift_ir::fixed_point::Requant;
-use qlift_ir::DType;
 
 /// Parts (threads) a convolution's channels are split into at most: each has its own
 /// scratch in the workspace.
@@ -45,59 +43,19 @@ const PAIR: usize = 4;
 /// [`DEPTHWISE_VECTORS`] vectors, each pair of them sixteen outputs.
 const FLAT_RUN: usize = DEPTHWISE_VECTORS / 2 * 2 * LANES;
 
-/// The convolution's shape.
-#[derive(Clone, Copy, Debug)]
-struct Geometry {
-    c: usize,
-    h: usize,
-    w: usize,
-    kh: usize,
-    kw: usize,
-    oh: usize,
-    ow: usize,
-    sh: usize,
-    sw: usize,
-    dh: usize,
-    pt: usize,
-    pl: usize,
-    hp: usize,
-    wp: usize,
+/// The convolution's shape when the node is a depthwise QConv (group = input channels =
+/// output channels) of u8 activations into an 8-bit result, column stride 1 or 2 and no
+/// column dilation; `None` otherwise.
+fn geometry(k: &Kernel) -> Result<Option<QConv2d>, String> {
+    Ok(QConv2d::of(k)?.filter(|q| q.depthwise() && (1..=2).contains(&q.sw) && q.dw == 1))
 }
 
-impl Geometry {
-    /// The geometry of a depthwise QConv (group = input channels = output channels) of u8
-    /// activations into an 8-bit result, column stride 1 or 2 and no column dilation.
-    fn of(k: &Kernel) -> Result<Option<Geometry>, String> {
-        let Some(q) = QConv2d::of(k)? else {
-            return Ok(None);
-        };
-        let depthwise = q.group == q.c && q.m == q.c && q.cg == 1;
-        let g = Geometry {
-            c: q.c,
-            h: q.h,
-            w: q.w,
-            kh: q.kh,
-            kw: q.kw,
-            oh: q.oh,
-            ow: q.ow,
-            sh: q.sh,
-            sw: q.sw,
-            dh: q.dh,
-            pt: q.pt,
-            pl: q.pl,
-            hp: q.hp,
-            wp: q.wp,
-        };
-        Ok((depthwise && (1..=2).contains(&q.sw) && q.dw == 1).then_some(g))
-    }
-
-    /// The tap pairs, `(ky, kx)` with `kx` even: taps `kx` and `kx + 1` of kernel row `ky`
-    /// (the second is a zero weight past the row's end).
-    fn pairs(&self) -> Vec<(usize, usize)> {
-        (0..self.kh)
-            .flat_map(|ky| (0..self.kw).step_by(2).map(move |kx| (ky, kx)))
-            .collect()
-    }
+/// The tap pairs, `(ky, kx)` with `kx` even: taps `kx` and `kx + 1` of kernel row `ky`
+/// (the second is a zero weight past the row's end).
+fn tap_pairs(g: &QConv2d) -> Vec<(usize, usize)> {
+    (0..g.kh)
+        .flat_map(|ky| (0..g.kw).step_by(2).map(move |kx| (ky, kx)))
+        .collect()
 }
 
 /// How the micro-kernel walks a channel's outputs: the vectors of one iteration, and where
@@ -117,7 +75,7 @@ struct Walk {
 impl Walk {
     /// Row by row: `rows_per_iter` output rows per iteration, each rounded up to whole
     /// vectors (pairs of vectors at column stride 1).
-    fn rows(g: &Geometry) -> Walk {
+    fn rows(g: &QConv2d) -> Walk {
         let interleave = g.sw == 1;
         let unit = if interleave { 2 * LANES } else { LANES };
         let row = g.ow.next_multiple_of(unit);
@@ -143,7 +101,7 @@ impl Walk {
 
     /// Along the padded plane as one row (stride 1 × 1 only): [`FLAT_RUN`] outputs per
     /// iteration, output rows `wp` apart.
-    fn flat(g: &Geometry) -> Walk {
+    fn flat(g: &QConv2d) -> Walk {
         let n = (g.oh - 1) * g.wp + g.ow;
         let iterations = n.div_ceil(FLAT_RUN);
         let vectors = (0..FLAT_RUN / (2 * LANES))
@@ -166,7 +124,7 @@ impl Walk {
 
     /// The walk that computes fewer vectors (rows on a tie: their results may go straight
     /// to the output).
-    fn of(g: &Geometry) -> Walk {
+    fn of(g: &QConv2d) -> Walk {
         let rows = Walk::rows(g);
         if g.sw == 1 && g.sh == 1 {
             let flat = Walk::flat(g);
@@ -183,7 +141,7 @@ impl Walk {
 
     /// Whether results go straight to the output plane (rows of exactly `ow`, nothing past
     /// the last).
-    fn direct(&self, g: &Geometry) -> bool {
+    fn direct(&self, g: &QConv2d) -> bool {
         self.out_row == g.ow && self.out_bytes == g.oh * g.ow
     }
 
@@ -196,26 +154,24 @@ impl Walk {
 }
 
 /// Emits the convolution in this form and returns true when it applies (a depthwise QConv
-/// [`Geometry::of`] accepts, constant weights, wide micro-kernels on the target, every
+/// [`geometry`] accepts, constant weights, wide micro-kernels on the target, every
 /// channel's requantization shift at least 32); false leaves it to the other forms.
 pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let Some(isa) = k.wide else { return Ok(false) };
-    let Some(g) = Geometry::of(k)? else {
+    let Some(g) = geometry(k)? else {
         return Ok(false);
     };
-    let taps = g.kh * g.kw;
+    let taps = g.taps();
     let Some(packed) = packed_rows(k, g.c, taps, |c, t| c * taps + t)? else {
         return Ok(false);
     };
-    let (Some(xq), Some(wq)) = (k.input(0)?.ty.quant.clone(), k.input(1)?.ty.quant.clone()) else {
+    let Some(ConvRequant { zx, rq, signed }) = g.requant(k)? else {
         return Ok(false);
     };
-    let y = k.output(0).ty.clone();
-    let rq = Requant::for_product(&xq, &wq, g.c, &y, k.op.fused_activation()?)?;
     let Some(records) = ChannelTable::bytes(&rq, &packed.folded) else {
         return Ok(false);
     };
-    let pairs = g.pairs();
+    let pairs = tap_pairs(&g);
     let walk = Walk::of(&g);
     // Weights: per channel, each pair's two taps as i16 (0 past the row's last tap).
     let tap = |c: usize, ky: usize, kx: usize| {
@@ -258,7 +214,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         store: Requantize {
             zero_point: rq.zero_point,
             bounds: (rq.bounds.0 as i32, rq.bounds.1 as i32),
-            signed: y.dtype == DType::I8,
+            signed,
             plane: 0,
             per_lane: false,
         },
@@ -269,22 +225,14 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let table = k.data_object(records, 64)?;
     // Scratch of one part (thread): its padded plane (with room for the micro-kernel's
     // reads past it: they meet zero weights or results that are dropped) | staging.
-    let padded = Padded {
-        planes: 1,
-        h: g.h,
-        w: g.w,
-        hp: g.hp,
-        wp: g.wp,
-        top: g.pt,
-        left: g.pl,
-    };
+    let padded = g.padded(1);
     let reach = pairs.iter().map(pair_at).max().unwrap_or(0);
     let staging_at = padded
         .bytes()
         .max(walk.last_read(reach))
         .next_multiple_of(64);
     let part_bytes = (staging_at + if direct { 0 } else { walk.out_bytes }).next_multiple_of(64);
-    let zx = xq.channel(0).1 as u8;
+    let zx = zx as u8;
     let out_plane = (g.oh * g.ow) as i64;
     let out_row = walk.out_row as i64;
     // Channels `begin..end` of one sample (context: input, output, scratch), in the scratch
@@ -324,11 +272,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let ws = k.workspace(64 + MAX_PARTS * part_bytes);
     let (x, yop) = (k.input(0)?, k.output(0));
     let (xptr, yptr) = (x.ptr, yop.ptr);
-    let samples = if x.batched() {
-        k.batch
-    } else {
-        emit::iconst(k.fb, x.dims()[0] as i64)
-    };
+    let samples = k.input_samples()?;
     let context = k.fb.ins().iadd_imm_s(ws, (MAX_PARTS * part_bytes) as i64);
     k.for_each(samples, |k, n| {
         let fb = &mut *k.fb;

@@ -20,12 +20,11 @@
 //! interpreter's f64 sums by rounding only.
 
 use super::fma_rows::{self, DepthwiseRows, LANES};
-use super::im2col::ConvShape;
+use super::im2col::{fma_float_conv, ConvShape};
 use super::Kernel;
 use crate::emit;
 use cranelift_codegen::ir::{types, ConstantData, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
-use qlift_ir::{DType, OpKind};
 
 /// Parts (threads) a convolution's channels are split into at most: each has its own
 /// scratch in the workspace.
@@ -223,24 +222,14 @@ fn zero(fb: &mut FunctionBuilder, dst: Value, bytes: usize) {
 /// over one or two spatial axes with constant weights (and bias), AVX2 with FMA; false
 /// leaves it to the other forms.
 pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
-    if k.op.kind != OpKind::Conv || k.wide.is_none() || !k.target_has("has_fma") {
+    if !fma_float_conv(k)? {
         return Ok(false);
     }
     let (x, w, y) = (k.input(0)?, k.input(1)?, k.output(0));
     let bias = k.optional(2);
-    let floats = [x.ty.dtype, w.ty.dtype, y.ty.dtype]
-        .iter()
-        .all(|&d| d == DType::F32);
-    if !floats
-        || w.constant.is_none()
-        || bias.is_some_and(|b| b.constant.is_none() || b.ty.dtype != DType::F32)
-    {
-        return Ok(false);
-    }
     let Some(g) = Geometry::of(&ConvShape::of(k)?) else {
         return Ok(false);
     };
-    let (x_batched, x_samples) = (x.batched(), x.dims()[0]);
     let (xptr, wptr, yptr, bptr) = (x.ptr, w.ptr, y.ptr, bias.map(|b| b.ptr));
     let planes = Planes::of(&g);
     let i32_of = |v: usize| {
@@ -260,10 +249,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         kernel_row_step: i32_of(g.dh * planes.cols * 4)?,
         in_row: i32_of(g.sh * planes.cols * 4)?,
         bias: bptr.is_some(),
-        clamp: k
-            .op
-            .fused_activation()?
-            .unwrap_or((f32::NEG_INFINITY, f32::INFINITY)),
+        clamp: k.float_clamp()?,
     };
     let kernel = k.machine_code(&fma_rows::depthwise_rows(&shape)?, 4)?;
     k.form = "depthwise-f32";
@@ -294,11 +280,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     })?;
     let ws = k.workspace(MAX_PARTS * part_bytes + 64);
     let context = k.fb.ins().iadd_imm_s(ws, (MAX_PARTS * part_bytes) as i64);
-    let samples = if x_batched {
-        k.batch
-    } else {
-        emit::iconst(k.fb, x_samples as i64)
-    };
+    let samples = k.input_samples()?;
     k.for_each(samples, |k, n| {
         let fb = &mut *k.fb;
         let xn = emit::addr(fb, xptr, n, (g.c * in_plane) as i64);

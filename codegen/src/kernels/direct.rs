@@ -19,17 +19,14 @@
 //! i32 (the input zero point folded into the bias as in [`super::packing::packed_rows`]),
 //! then the fixed-point requantization of each output channel.
 
-use super::conv2d::QConv2d;
+use super::conv2d::{ConvRequant, QConv2d};
 use super::dot4::{BlockStore, Dot4};
 use super::packing::packed_rows;
-use super::planes::Padded;
 use super::requant::{ChannelParams, ChannelTable};
 use super::Kernel;
 use crate::emit;
 use cranelift_codegen::ir::{types, ConstantData, InstBuilder, Value};
 use cranelift_frontend::{FunctionBuilder, Variable};
-use qlift_ir::fixed_point::Requant;
-use qlift_ir::DType;
 
 /// Output positions per block: the four i32 lanes of one vector.
 const BLOCK: usize = 4;
@@ -46,7 +43,7 @@ const MAX_CHANNELS: usize = 256;
 /// Emits the convolution when it has this form and returns true; false leaves it to the
 /// im2col form (nothing emitted).
 pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
-    let Some(g) = Geometry::of(k)? else {
+    let Some(g) = geometry(k)? else {
         return Ok(false);
     };
     let taps = g.cg * g.kh * g.kw;
@@ -57,12 +54,9 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let Some(dot) = Dot4::of(k, &packed)? else {
         return Ok(false);
     };
-    let (xq, wq) = (k.input(0)?.ty.quant.clone(), k.input(1)?.ty.quant.clone());
-    let (Some(xq), Some(wq)) = (xq, wq) else {
+    let Some(ConvRequant { zx, rq, signed }) = g.requant(k)? else {
         return Ok(false);
     };
-    let y = k.output(0).ty.clone();
-    let rq = Requant::for_product(&xq, &wq, g.m, &y, k.op.fused_activation()?)?;
     // Each (output channel, input channel, kernel row, quad of the row's taps): four
     // weights (zeros past KW), repeated in the four lanes.
     let quads = g.kw.div_ceil(4);
@@ -83,7 +77,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     }
     // Depthwise convolutions loop over their channels at run time, each channel's bias and
     // requantization read from a table, so that any channel count compiles to the same code.
-    let table = if g.cg == 1 && g.mg == 1 {
+    let table = if g.cg == 1 && g.mg() == 1 {
         ChannelTable::bytes(&rq, &packed.folded)
     } else {
         None
@@ -98,29 +92,16 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     } else {
         "direct"
     };
-    let padded = Padded {
-        planes: g.channels,
-        h: g.h,
-        w: g.w,
-        hp: g.hp,
-        wp: g.wp,
-        top: g.pt,
-        left: g.pl,
-    };
+    let padded = g.padded(g.c);
     let plane = padded.plane();
-    let groups = g.channels / g.cg;
+    let groups = g.group;
     let ws = k.workspace(padded.bytes());
     let (x, yop) = (k.input(0)?, k.output(0));
-    let (xptr, yptr, x_batched) = (x.ptr, yop.ptr, x.batched());
-    let samples = if x_batched {
-        k.batch
-    } else {
-        emit::iconst(k.fb, x.dims()[0] as i64)
-    };
-    let zx = xq.channel(0).1;
+    let (xptr, yptr) = (x.ptr, yop.ptr);
+    let samples = k.input_samples()?;
     let stores = BlockStore {
         rq: &rq,
-        signed: y.dtype == DType::I8,
+        signed,
         i64_mul: k.has_i64x2_mul(),
     };
     let fb = &mut *k.fb;
@@ -132,7 +113,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let (out_plane, in_plane) = (g.oh * g.ow, g.h * g.w);
     let channel_bytes = (g.cg * g.kh * quads * 16) as i64;
     emit::for_dynamic(fb, samples, |fb, n| {
-        let xn = emit::addr(fb, xptr, n, (g.channels * in_plane) as i64);
+        let xn = emit::addr(fb, xptr, n, (g.c * in_plane) as i64);
         let yn = emit::addr(fb, yptr, n, (g.m * out_plane) as i64);
         padded.emit(fb, xn, ws, zx as u8);
         // One group: its input planes at `src`, its output channels `chans`.
@@ -251,8 +232,9 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
             None => {
                 for gi in 0..groups {
                     let src = fb.ins().iadd_imm_s(ws, (gi * g.cg * plane) as i64);
-                    let chans: Vec<Channel> =
-                        (gi * g.mg..(gi + 1) * g.mg).map(Channel::Known).collect();
+                    let chans: Vec<Channel> = (gi * g.mg()..(gi + 1) * g.mg())
+                        .map(Channel::Known)
+                        .collect();
                     group(fb, src, &chans);
                 }
             }
@@ -291,62 +273,14 @@ impl Channel {
     }
 }
 
-/// The shape of a convolution this kernel handles.
-struct Geometry {
-    /// Input channels, input channels per group, output channels, output channels per group.
-    channels: usize,
-    cg: usize,
-    m: usize,
-    mg: usize,
-    /// Input plane, kernel, output plane; padded plane; strides; kernel row dilation.
-    h: usize,
-    w: usize,
-    kh: usize,
-    kw: usize,
-    oh: usize,
-    ow: usize,
-    hp: usize,
-    wp: usize,
-    sh: usize,
-    sw: usize,
-    dh: usize,
-    /// Top and left padding.
-    pt: usize,
-    pl: usize,
-}
-
-impl Geometry {
-    /// The geometry when the node is a 2-D QConv with u8 activations, an 8-bit result, a
-    /// kernel at least 2 wide (or 1 wide with one input channel per group) without dilation
-    /// along the row, and a row stride that keeps four outputs within 16 loaded bytes (`conv`
-    /// checks the channel count against [`MAX_CHANNELS`]).
-    fn of(k: &Kernel) -> Result<Option<Geometry>, String> {
-        let Some(q) = QConv2d::of(k)? else {
-            return Ok(None);
-        };
+/// The convolution's shape when the node is a 2-D QConv with u8 activations, an 8-bit
+/// result, a kernel at least 2 wide (or 1 wide with one input channel per group) without
+/// dilation along the row, and a row stride that keeps four outputs within 16 loaded bytes
+/// (`conv` checks the channel count against [`MAX_CHANNELS`]).
+fn geometry(k: &Kernel) -> Result<Option<QConv2d>, String> {
+    Ok(QConv2d::of(k)?.filter(|q| {
         // A 1-wide kernel would use one byte of each lane's four: a matrix product does better.
         let wide = q.kw >= 2 || q.c == q.group;
-        if !wide || q.dw != 1 || q.sw * (BLOCK - 1) + 4 > 16 {
-            return Ok(None);
-        }
-        Ok(Some(Geometry {
-            channels: q.c,
-            cg: q.cg,
-            m: q.m,
-            mg: q.m / q.group,
-            h: q.h,
-            w: q.w,
-            kh: q.kh,
-            kw: q.kw,
-            oh: q.oh,
-            ow: q.ow,
-            hp: q.hp,
-            wp: q.wp,
-            sh: q.sh,
-            sw: q.sw,
-            dh: q.dh,
-            pt: q.pt,
-            pl: q.pl,
-        }))
-    }
+        wide && q.dw == 1 && q.sw * (BLOCK - 1) + 4 <= 16
+    }))
 }

@@ -2,6 +2,24 @@
 //! input: what the im2col gathers of the float and integer product forms are built from.
 
 use super::Kernel;
+use qlift_ir::{DType, OpKind};
+
+/// Whether `k` is a float Conv the FMA forms (dense and depthwise) compile: f32 operands,
+/// constant f32 weights (and bias), whose values they pack at compile time, and AVX2 with
+/// FMA on the target.
+pub(super) fn fma_float_conv(k: &Kernel) -> Result<bool, String> {
+    if k.op.kind != OpKind::Conv || k.wide.is_none() || !k.target_has("has_fma") {
+        return Ok(false);
+    }
+    let (x, w, y) = (k.input(0)?, k.input(1)?, k.output(0));
+    let floats = [x.ty.dtype, w.ty.dtype, y.ty.dtype]
+        .iter()
+        .all(|&d| d == DType::F32);
+    let bias_fits = k
+        .optional(2)
+        .is_none_or(|b| b.constant.is_some() && b.ty.dtype == DType::F32);
+    Ok(floats && w.constant.is_some() && bias_fits)
+}
 
 /// A convolution `[N, C, spatial…] ⊛ [M, C/group, kernel…] → [N, M, out…]`.
 pub(super) struct ConvShape {

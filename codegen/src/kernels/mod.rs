@@ -410,6 +410,24 @@ impl<'k, 'f> Kernel<'k, 'f> {
         Ok(id)
     }
 
+    /// The [`ukernel::pair_tile`] micro-kernels of tiles of `rows` output channels and, when
+    /// the channel count leaves `tail > 0` of them, of the last tile (both placed once).
+    pub fn pair_tiles(
+        &mut self,
+        isa: ukernel::Isa,
+        rows: usize,
+        tail: usize,
+        tile: impl Fn(usize) -> ukernel::PairTile,
+    ) -> Result<(FuncId, Option<FuncId>), String> {
+        let main = self.machine_code(&ukernel::pair_tile(&tile(rows), isa)?, 5)?;
+        let tail = if tail > 0 {
+            Some(self.machine_code(&ukernel::pair_tile(&tile(tail), isa)?, 5)?)
+        } else {
+            None
+        };
+        Ok((main, tail))
+    }
+
     /// Whether the target has CPU feature `name` (a Cranelift x86 flag such as `has_ssse3`).
     pub fn target_has(&self, name: &str) -> bool {
         self.module
@@ -417,6 +435,28 @@ impl<'k, 'f> Kernel<'k, 'f> {
             .isa_flags()
             .iter()
             .any(|f| f.name == name && f.as_bool() == Some(true))
+    }
+
+    /// Samples of input 0 (the activations every convolution and product form walks one
+    /// sample at a time): the run-time batch when its axis 0 is the batch, else its extent
+    /// (unlike [`Kernel::samples`], which counts an unbatched operand as one sample).
+    pub fn input_samples(&mut self) -> Result<Value, String> {
+        let x = self.input(0)?;
+        let (batched, n) = (x.batched(), x.dims()[0]);
+        Ok(if batched {
+            self.batch
+        } else {
+            emit::iconst(self.fb, n as i64)
+        })
+    }
+
+    /// The float node's fused activation as the bounds its results are clamped to (the
+    /// whole line when it has none), as the FMA micro-kernels take them.
+    pub fn float_clamp(&self) -> Result<(f32, f32), String> {
+        Ok(self
+            .op
+            .fused_activation()?
+            .unwrap_or((f32::NEG_INFINITY, f32::INFINITY)))
     }
 
     /// Whether the target multiplies i64x2 lanes in one instruction (AVX-512DQ with VL).

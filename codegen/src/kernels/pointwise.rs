@@ -64,7 +64,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         return Ok(false);
     };
     let yty = y.ty.clone();
-    let (xptr, yptr, x_batched, n0) = (x.ptr, y.ptr, x.batched(), xd[0]);
+    let (xptr, yptr) = (x.ptr, y.ptr);
     let rq = Requant::for_product(&xq, &wq, m, &yty, k.op.fused_activation()?)?;
     let quads = c.div_ceil(4);
     // Output channel o, quad q: weights o·c + 4q .. + 4 (zeros past c), repeated in 4 lanes.
@@ -79,11 +79,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     k.form = "pointwise";
     let p_pad = p.next_multiple_of(TILE);
     let ws = k.workspace(quads * p_pad * 4);
-    let samples = if x_batched {
-        k.batch
-    } else {
-        emit::iconst(k.fb, n0 as i64)
-    };
+    let samples = k.input_samples()?;
     let stores = BlockStore {
         rq: &rq,
         signed: yty.dtype == DType::I8,

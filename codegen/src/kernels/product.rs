@@ -1008,13 +1008,12 @@ fn static_block(chs: &[(Value, Option<usize>)]) -> Option<[usize; 4]> {
 pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
     let kind = k.op.kind;
     let (x, w, y) = (k.input(0)?, k.input(1)?, k.output(0));
-    let xd = x.dims();
     let (xe, we, ye) = (
         Elem::of(x.ty.dtype)?,
         Elem::of(w.ty.dtype)?,
         Elem::of(y.ty.dtype)?,
     );
-    let (x_batched, xptr, mut wptr, yptr) = (x.batched(), x.ptr, w.ptr, y.ptr);
+    let (xptr, mut wptr, yptr) = (x.ptr, w.ptr, y.ptr);
     let mut we = we;
     let shape = ConvShape::of(k)?;
     let (channels, m, group, cg, mg) = (shape.channels, shape.m, shape.group, shape.cg, shape.mg);
@@ -1097,11 +1096,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<(), String> {
     };
     let col_bytes = (p * kp) as i64 * xe.bytes();
     let ws = k.workspace(col_bytes.max(1) as usize);
-    let samples = if x_batched {
-        k.batch
-    } else {
-        emit::iconst(k.fb, xd[0] as i64)
-    };
+    let samples = k.input_samples()?;
     let x_sample = (channels * in_count) as i64 * xe.bytes();
     let y_sample = (m * p) as i64 * ye.bytes();
     let fb = &mut *k.fb;

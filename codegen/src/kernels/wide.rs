@@ -4,7 +4,7 @@
 //!
 //! Per sample:
 //! 1. the input planes are copied with their padding (the input zero point) into the
-//!    workspace ([`Padded`]);
+//!    workspace ([`Padded`](super::planes::Padded));
 //! 2. they are repacked as pairs of channels widened to i16 and split into the stride's
 //!    phases (`[pair][row phase][column phase][row][column][2]`), so that for the taps of
 //!    any kernel position the activations of eight neighbouring outputs of one row are one
@@ -21,18 +21,16 @@
 //! `Σ x·(w − zw) + (bias − zx·Σ(w − zw))` in wrapping i32 (see
 //! [`super::packing::packed_rows`]), then the fixed-point requantization of each channel.
 
-use super::conv2d::QConv2d;
+use super::conv2d::{ConvRequant, QConv2d};
 use super::packing::packed_rows;
-use super::planes::{copy_row, Padded};
+use super::planes::copy_row;
 use super::requant::ChannelTable;
-use super::ukernel::{self, PairTile, Requantize, Store, LANES, MAX_ROWS, VECTORS};
+use super::ukernel::{PairTile, Requantize, Store, LANES, MAX_ROWS, VECTORS};
 use super::{data_address, Kernel};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, ConstantData, FuncRef, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
-use qlift_ir::fixed_point::Requant;
-use qlift_ir::DType;
 
 /// Steps (channel pair × tap) per micro-kernel loop iteration at least: 1×1 kernels take
 /// several channel pairs per iteration so the loop's own instructions stay a small part.
@@ -41,78 +39,33 @@ const MIN_STEPS: usize = 4;
 /// Bytes of one activation pair (two i16).
 const PAIR: usize = 4;
 
-/// The convolution's shape.
-#[derive(Clone, Copy, Debug)]
-struct Geometry {
-    c: usize,
-    h: usize,
-    w: usize,
-    m: usize,
-    kh: usize,
-    kw: usize,
-    oh: usize,
-    ow: usize,
-    sh: usize,
-    sw: usize,
-    dh: usize,
-    dw: usize,
-    pt: usize,
-    pl: usize,
-    hp: usize,
-    wp: usize,
+/// The convolution's shape when the node is a dense 2-D QConv of u8 activations into an
+/// 8-bit result with a column stride of 1 or 2 ([`flattened`] when it is pointwise); `None`
+/// otherwise.
+fn geometry(k: &Kernel) -> Result<Option<QConv2d>, String> {
+    Ok(QConv2d::of(k)?
+        .filter(|q| q.group == 1 && (1..=2).contains(&q.sw))
+        .map(flattened))
 }
 
-impl Geometry {
-    /// The geometry when the node is a dense 2-D QConv of u8 activations into an 8-bit
-    /// result with a column stride of 1 or 2; `None` otherwise.
-    fn of(k: &Kernel) -> Result<Option<Geometry>, String> {
-        let Some(q) = QConv2d::of(k)? else {
-            return Ok(None);
-        };
-        let g = Geometry {
-            c: q.c,
-            h: q.h,
-            w: q.w,
-            m: q.m,
-            kh: q.kh,
-            kw: q.kw,
-            oh: q.oh,
-            ow: q.ow,
-            sh: q.sh,
-            sw: q.sw,
-            dh: q.dh,
-            dw: q.dw,
-            pt: q.pt,
-            pl: q.pl,
-            hp: q.hp,
-            wp: q.wp,
-        };
-        Ok((q.group == 1 && (1..=2).contains(&q.sw)).then_some(g.flattened()))
+/// A 1×1, stride-1, unpadded convolution does not see the planes' shape: it is the same
+/// convolution on planes of one row of `h·w`, which fill whole vectors (14 × 14 in rows
+/// of 16 computes 224 outputs a plane, in one row 200) and write the output directly
+/// when `h·w` is a multiple of 16 (28 × 28, 56 × 56). The padded copy is the same bytes.
+fn flattened(g: QConv2d) -> QConv2d {
+    let pointwise = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1;
+    if !pointwise || g.hp != g.h || g.wp != g.w {
+        return g;
     }
-
-    /// A 1×1, stride-1, unpadded convolution does not see the planes' shape: it is the same
-    /// convolution on planes of one row of `h·w`, which fill whole vectors (14 × 14 in rows
-    /// of 16 computes 224 outputs a plane, in one row 200) and write the output directly
-    /// when `h·w` is a multiple of 16 (28 × 28, 56 × 56). The padded copy is the same bytes.
-    fn flattened(self) -> Geometry {
-        let pointwise = self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1;
-        if !pointwise || self.hp != self.h || self.wp != self.w {
-            return self;
-        }
-        let n = self.h * self.w;
-        Geometry {
-            h: 1,
-            w: n,
-            oh: 1,
-            ow: n,
-            hp: 1,
-            wp: n,
-            ..self
-        }
-    }
-
-    fn taps(&self) -> usize {
-        self.kh * self.kw
+    let n = g.h * g.w;
+    QConv2d {
+        h: 1,
+        w: n,
+        oh: 1,
+        ow: n,
+        hp: 1,
+        wp: n,
+        ..g
     }
 }
 
@@ -136,7 +89,7 @@ struct Layout {
 }
 
 impl Layout {
-    fn of(g: &Geometry) -> Layout {
+    fn of(g: &QConv2d) -> Layout {
         let unroll = MIN_STEPS.div_ceil(g.taps());
         let used_pairs = g.c.div_ceil(2);
         let ow8 = g.ow.next_multiple_of(LANES);
@@ -149,15 +102,7 @@ impl Layout {
         // The repacking reads 16 bytes at row `y·sh + py`, column `x·sw` of plane 2·pair + 1.
         let last_read =
             (2 * used_pairs - 1) * g.hp * g.wp + (hq * g.sh - 1) * g.wp + (wq - LANES) * g.sw + 16;
-        let padded = Padded {
-            planes: g.c,
-            h: g.h,
-            w: g.w,
-            hp: g.hp,
-            wp: g.wp,
-            top: g.pt,
-            left: g.pl,
-        };
+        let padded = g.padded(g.c);
         Layout {
             used_pairs,
             pairs: used_pairs.next_multiple_of(unroll),
@@ -172,42 +117,40 @@ impl Layout {
     }
 
     /// Bytes of one channel pair's phase planes.
-    fn pair_bytes(&self, g: &Geometry) -> usize {
+    fn pair_bytes(&self, g: &QConv2d) -> usize {
         g.sh * g.sw * self.hq * self.wq * PAIR
     }
 
     /// Byte offset of tap (ky, kx) in the packed activations, from an output's position.
-    fn tap(&self, g: &Geometry, ky: usize, kx: usize) -> usize {
+    fn tap(&self, g: &QConv2d, ky: usize, kx: usize) -> usize {
         let (py, px) = (ky * g.dh % g.sh, kx * g.dw % g.sw);
         (((py * g.sw + px) * self.hq + ky * g.dh / g.sh) * self.wq + kx * g.dw / g.sw) * PAIR
     }
 
     /// Whether results go straight to the output (whole vectors per row, whole tiles).
-    fn direct(&self, g: &Geometry) -> bool {
+    fn direct(&self, g: &QConv2d) -> bool {
         g.ow == self.ow8 && self.vectors == self.vectors_even
     }
 }
 
 /// Emits the convolution in this form and returns true when it applies (a dense QConv
-/// [`Geometry::of`] accepts, constant weights, wide micro-kernels on the target, and every
+/// [`geometry`] accepts, constant weights, wide micro-kernels on the target, and every
 /// channel's requantization shift at least 32); false leaves it to the other forms.
 pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let Some(isa) = k.wide else { return Ok(false) };
     if !k.has_byte_shuffle() {
         return Ok(false);
     }
-    let Some(g) = Geometry::of(k)? else {
+    let Some(g) = geometry(k)? else {
         return Ok(false);
     };
     let taps = g.taps();
     let Some(packed) = packed_rows(k, g.m, g.c * taps, |c, t| c * g.c * taps + t)? else {
         return Ok(false);
     };
-    let (Some(xq), Some(wq)) = (k.input(0)?.ty.quant.clone(), k.input(1)?.ty.quant.clone()) else {
+    let Some(ConvRequant { zx, rq, signed }) = g.requant(k)? else {
         return Ok(false);
     };
-    let y = k.output(0).ty.clone();
-    let rq = Requant::for_product(&xq, &wq, g.m, &y, k.op.fused_activation()?)?;
     let Some(records) = ChannelTable::bytes(&rq, &packed.folded) else {
         return Ok(false);
     };
@@ -238,7 +181,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let store = Requantize {
         zero_point: rq.zero_point,
         bounds,
-        signed: y.dtype == DType::I8,
+        signed,
         plane: i32::try_from(out_plane).map_err(|e| e.to_string())?,
         per_lane: false,
     };
@@ -250,12 +193,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         store: Store::Requantize(store),
         row_stride: None,
     };
-    let main = k.machine_code(&ukernel::pair_tile(&tile(rows), isa)?, 5)?;
-    let tail_kernel = if tail > 0 {
-        Some(k.machine_code(&ukernel::pair_tile(&tile(tail), isa)?, 5)?)
-    } else {
-        None
-    };
+    let (main, tail_kernel) = k.pair_tiles(isa, rows, tail, tile)?;
     k.form = "wide-direct";
     // Weights: block of `rows` channels from c0, [pair][tap][row] as i16 pairs.
     let weight = |c: usize, ci: usize, t: usize| {
@@ -368,16 +306,8 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         Ok(())
     })?;
     // Padding and repacking as a task over channel pairs (each writes its own planes).
-    let padded = Padded {
-        planes: g.c,
-        h: g.h,
-        w: g.w,
-        hp: g.hp,
-        wp: g.wp,
-        top: g.pt,
-        left: g.pl,
-    };
-    let zx = xq.channel(0).1 as u8;
+    let padded = g.padded(g.c);
+    let zx = zx as u8;
     let prepare = k.task(|fb, _, [ctx, begin, end, _]| {
         let xp = fb.ins().load(types::I64, emit::mem(), ctx, 0);
         let x = fb.ins().load(types::I64, emit::mem(), ctx, 16);
@@ -397,11 +327,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let ws = k.workspace(ws_bytes);
     let (x, yop) = (k.input(0)?, k.output(0));
     let (xptr, yptr) = (x.ptr, yop.ptr);
-    let samples = if x.batched() {
-        k.batch
-    } else {
-        emit::iconst(k.fb, x.dims()[0] as i64)
-    };
+    let samples = k.input_samples()?;
     let context = k.fb.ins().iadd_imm_s(ws, context_at as i64);
     let macs = (g.m * g.oh * g.ow * g.c * taps) as u64;
     k.for_each(samples, |k, n| {
@@ -442,7 +368,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
 /// load of each of the two planes, one byte shuffle pairing them and two widenings.
 fn repack(
     fb: &mut FunctionBuilder,
-    g: &Geometry,
+    g: &QConv2d,
     l: &Layout,
     planes: Value,
     xp: Value,

@@ -14,38 +14,25 @@
 //! Matrix products use the same micro-kernel the other way round ([`super::wide_f32_matmul`]).
 
 use super::fma_tile::{self, Bias, FmaTile, COLS, PANEL_STEP, ROWS};
-use super::im2col::ConvShape;
+use super::im2col::{fma_float_conv, ConvShape};
 use super::Kernel;
 use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
 use cranelift_module::FuncId;
-use qlift_ir::{DType, OpKind};
 
 /// Emits a float Conv in this form and returns true when it applies: f32 input, constant
 /// f32 weights (and bias), AVX2 with FMA; false leaves it to the other forms.
 pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
-    if k.op.kind != OpKind::Conv || k.wide.is_none() || !k.target_has("has_fma") {
+    if !fma_float_conv(k)? {
         return Ok(false);
     }
     let (x, w, y) = (k.input(0)?, k.input(1)?, k.output(0));
     let bias = k.optional(2);
-    let floats = [x.ty.dtype, w.ty.dtype, y.ty.dtype]
-        .iter()
-        .all(|&d| d == DType::F32);
-    if !floats
-        || w.constant.is_none()
-        || bias.is_some_and(|b| b.constant.is_none() || b.ty.dtype != DType::F32)
-    {
-        return Ok(false);
-    }
-    let xd = x.dims();
-    let (x_batched, xptr, wptr, yptr) = (x.batched(), x.ptr, w.ptr, y.ptr);
+    let (xptr, wptr, yptr) = (x.ptr, w.ptr, y.ptr);
     let bptr = bias.map(|b| b.ptr);
-    let clamp =
-        k.op.fused_activation()?
-            .unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+    let clamp = k.float_clamp()?;
     let shape = ConvShape::of(k)?;
     let (channels, m, group, cg, mg) = (shape.channels, shape.m, shape.group, shape.cg, shape.mg);
     let (in_count, kg, p) = (shape.in_count, shape.kg, shape.p);
@@ -100,11 +87,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let panel_bytes = panels * kg * PANEL_STEP as usize;
     let ws = k.workspace(panel_bytes + 64);
     let context = k.fb.ins().iadd_imm_s(ws, panel_bytes as i64);
-    let samples = if x_batched {
-        k.batch
-    } else {
-        emit::iconst(k.fb, xd[0] as i64)
-    };
+    let samples = k.input_samples()?;
     k.for_each(samples, |k, n| {
         let xn = emit::addr(k.fb, xptr, n, (channels * in_count * 4) as i64);
         let yn = emit::addr(k.fb, yptr, n, (m * p * 4) as i64);

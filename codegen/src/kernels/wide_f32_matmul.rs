@@ -261,9 +261,7 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
         Panels::Constant(_) | Panels::Quantized(_) => (1, ad[..r - 1].iter().product::<usize>()),
         Panels::Computed { .. } => (ad[..r - 2].iter().product::<usize>(), ad[r - 2]),
     };
-    let clamp =
-        k.op.fused_activation()?
-            .unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+    let clamp = k.float_clamp()?;
     let kernels = Kernels::build(k, kk, n, bias.is_some(), clamp)?;
     k.form = match source {
         Panels::Quantized(_) => "wide-f32-unpack",

@@ -42,18 +42,16 @@
 //! F(4×4, 3×3) would save more multiplies but needs G scaled by 24 (the output divided by
 //! 576), which leaves ~2²² for `Σ |w − zw| · 255`: too little for real layers.
 
-use super::conv2d::QConv2d;
+use super::conv2d::{ConvRequant, QConv2d};
 use super::packing::packed_rows;
 use super::planes::{copy_row, Padded};
 use super::requant::{little_endian, ChannelTable};
-use super::ukernel::{self, PairTile, Store, LANES, MAX_ROWS, VECTORS};
+use super::ukernel::{PairTile, Store, LANES, MAX_ROWS, VECTORS};
 use super::{data_address, Kernel};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, ConstantData, FuncRef, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
-use qlift_ir::fixed_point::Requant;
-use qlift_ir::DType;
 
 /// Positions of a transformed 4×4 tile.
 const POSITIONS: usize = 16;
@@ -88,15 +86,8 @@ const G2: [[i32; 3]; 4] = [[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]];
 /// The tiling of one convolution.
 #[derive(Clone, Copy, Debug)]
 struct Tiling {
-    /// Input channels, output channels, input and output extents, top and left padding.
-    c: usize,
-    m: usize,
-    h: usize,
-    w: usize,
-    oh: usize,
-    ow: usize,
-    pt: usize,
-    pl: usize,
+    /// The convolution's shape.
+    q: QConv2d,
     /// Tile rows and columns; tiles, and rounded up to whole micro-kernel calls.
     th: usize,
     tw: usize,
@@ -128,14 +119,7 @@ impl Tiling {
         let tiles = th * tw;
         let pairs = q.c.div_ceil(2);
         Ok(Some(Tiling {
-            c: q.c,
-            m: q.m,
-            h: q.h,
-            w: q.w,
-            oh: q.oh,
-            ow: q.ow,
-            pt: q.pt,
-            pl: q.pl,
+            q,
             th,
             tw,
             tiles,
@@ -150,13 +134,9 @@ impl Tiling {
 
     fn padded(&self) -> Padded {
         Padded {
-            planes: self.c,
-            h: self.h,
-            w: self.w,
             hp: self.hq,
             wp: self.wq,
-            top: self.pt,
-            left: self.pl,
+            ..self.q.padded(self.q.c)
         }
     }
 
@@ -169,13 +149,13 @@ impl Tiling {
     /// calls of tiles. Otherwise into a staging area of `2·th + 2` rows of `2·tw` (the last
     /// two a sink for the tiles past the last), copied out afterwards.
     fn direct(&self) -> bool {
-        self.oh % 2 == 0 && self.ow % 2 == 0 && self.tiles == self.tiles16
+        self.q.oh % 2 == 0 && self.q.ow % 2 == 0 && self.tiles == self.tiles16
     }
 
     /// Results per row and per channel where the tiles store them.
     fn out_row(&self) -> usize {
         if self.direct() {
-            self.ow
+            self.q.ow
         } else {
             2 * self.tw
         }
@@ -183,7 +163,7 @@ impl Tiling {
 
     fn out_plane(&self) -> usize {
         if self.direct() {
-            self.oh * self.ow
+            self.q.oh * self.q.ow
         } else {
             (2 * self.th + 2) * 2 * self.tw
         }
@@ -226,13 +206,13 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let Some(t) = Tiling::of(k)? else {
         return Ok(false);
     };
-    let Some(packed) = packed_rows(k, t.m, t.c * 9, |c, i| c * t.c * 9 + i)? else {
+    let Some(packed) = packed_rows(k, t.q.m, t.q.c * 9, |c, i| c * t.q.c * 9 + i)? else {
         return Ok(false);
     };
     if !packed.rows.iter().all(|row| exact(row)) {
         return Ok(false);
     }
-    let mut u = Vec::with_capacity(t.m);
+    let mut u = Vec::with_capacity(t.q.m);
     for row in &packed.rows {
         let channels: Option<Vec<[i16; POSITIONS]>> =
             row.chunks_exact(9).map(transform_weights).collect();
@@ -241,19 +221,17 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         };
         u.push(channels);
     }
-    let (Some(xq), Some(wq)) = (k.input(0)?.ty.quant.clone(), k.input(1)?.ty.quant.clone()) else {
+    let Some(ConvRequant { zx, rq, signed }) = t.q.requant(k)? else {
         return Ok(false);
     };
-    let y = k.output(0).ty.clone();
-    let rq = Requant::for_product(&xq, &wq, t.m, &y, k.op.fused_activation()?)?;
     let Some(records) = ChannelTable::bytes(&rq, &packed.folded) else {
         return Ok(false);
     };
     // Micro-kernels: `unroll` pairs per iteration, each pair a row of `stride` tiles.
     let pair_row = i32::try_from(t.stride * PAIR).map_err(|e| e.to_string())?;
     let offsets: Vec<i32> = (0..t.unroll as i32).map(|s| s * pair_row).collect();
-    let rows = MAX_ROWS.min(t.m);
-    let (full, tail) = (t.m / rows, t.m % rows);
+    let rows = MAX_ROWS.min(t.q.m);
+    let (full, tail) = (t.q.m / rows, t.q.m % rows);
     let tile = |rows: usize| PairTile {
         rows,
         offsets: offsets.clone(),
@@ -264,15 +242,10 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         },
         row_stride: None,
     };
-    let main = k.machine_code(&ukernel::pair_tile(&tile(rows), isa)?, 5)?;
-    let tail_kernel = if tail > 0 {
-        Some(k.machine_code(&ukernel::pair_tile(&tile(tail), isa)?, 5)?)
-    } else {
-        None
-    };
+    let (main, tail_kernel) = k.pair_tiles(isa, rows, tail, tile)?;
     k.form = "winograd";
     // Weights: block of `rows` channels from c0, [position][pair][row] as i16 pairs.
-    let mut weights = Vec::with_capacity(t.m * t.pairs * POSITIONS * PAIR);
+    let mut weights = Vec::with_capacity(t.q.m * t.pairs * POSITIONS * PAIR);
     for (c0, n) in (0..full)
         .map(|b| (b * rows, rows))
         .chain((tail > 0).then_some((full * rows, tail)))
@@ -281,7 +254,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
             for p in 0..t.pairs {
                 for c in c0..c0 + n {
                     for ci in [2 * p, 2 * p + 1] {
-                        let v = if ci < t.c { u[c][ci][xi] } else { 0 };
+                        let v = if ci < t.q.c { u[c][ci][xi] } else { 0 };
                         weights.extend_from_slice(&v.to_le_bytes());
                     }
                 }
@@ -309,11 +282,11 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let context_at = v_at + POSITIONS * t.position_bytes();
     let sums_at = context_at + 64;
     let staging_at = sums_at + MAX_PARTS * SUMS_BYTES;
-    let ws_bytes = staging_at + if t.direct() { 0 } else { t.m * t.out_plane() };
+    let ws_bytes = staging_at + if t.direct() { 0 } else { t.q.m * t.out_plane() };
     // The products as a task over one dimension, as in the wide form: blocks of channels
     // when the weights are larger than the transformed input (each block's weights stay in
     // cache across the tiles), else blocks of tiles.
-    let weights_outer = t.m > t.stride;
+    let weights_outer = t.q.m > t.stride;
     let tile_blocks = (t.tiles16 / TILES) as i64;
     let blocks = full + usize::from(tail > 0);
     let count = if weights_outer {
@@ -324,7 +297,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let store = Output {
         zero_point: rq.zero_point,
         bounds: rq.bounds,
-        signed: y.dtype == DType::I8,
+        signed,
         row: out_row as i32,
         plane: t.out_plane() as i64,
     };
@@ -390,18 +363,18 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     })?;
     // Padding and the input transform as a task over channel pairs (each writes its own
     // planes and pair rows, and reads only planes it padded).
-    let zx = xq.channel(0).1 as u8;
+    let zx = zx as u8;
     let prepare = k.task(|fb, _, [ctx, begin, end, _]| {
         let v = fb.ins().load(types::I64, emit::mem(), ctx, 0);
         let x = fb.ins().load(types::I64, emit::mem(), ctx, 16);
         let planes = fb.ins().load(types::I64, emit::mem(), ctx, 24);
         let first = fb.ins().imul_imm_s(begin, 2);
         let last = fb.ins().imul_imm_s(end, 2);
-        let channels = emit::iconst(fb, t.c as i64);
+        let channels = emit::iconst(fb, t.q.c as i64);
         let last = fb.ins().smin(last, channels);
         let plane = (t.hq * t.wq) as i64;
         emit::for_range(fb, first, last, 1, |fb, c| {
-            let from = emit::addr(fb, x, c, (t.h * t.w) as i64);
+            let from = emit::addr(fb, x, c, (t.q.h * t.q.w) as i64);
             let to = emit::addr(fb, planes, c, plane);
             padded.emit_plane(fb, from, to, zx);
         });
@@ -411,7 +384,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
             // weights are zero).
             let second = fb.ins().imul_imm_s(p, 2);
             let second = fb.ins().iadd_imm_s(second, 1);
-            let last = emit::iconst(fb, t.c as i64 - 1);
+            let last = emit::iconst(fb, t.q.c as i64 - 1);
             let second = fb.ins().smin(second, last);
             let b = emit::addr(fb, planes, second, plane);
             let dst = emit::addr(fb, v, p, (t.stride * PAIR) as i64);
@@ -422,18 +395,14 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let ws = k.workspace(ws_bytes);
     let (x, yop) = (k.input(0)?, k.output(0));
     let (xptr, yptr) = (x.ptr, yop.ptr);
-    let samples = if x.batched() {
-        k.batch
-    } else {
-        emit::iconst(k.fb, x.dims()[0] as i64)
-    };
+    let samples = k.input_samples()?;
     let context = k.fb.ins().iadd_imm_s(ws, context_at as i64);
     // The multiplies F(2×2, 3×3) does, for the pool's threshold.
-    let macs = (t.m * t.tiles * t.c * POSITIONS) as u64;
+    let macs = (t.q.m * t.tiles * t.q.c * POSITIONS) as u64;
     k.for_each(samples, |k, n| {
         let fb = &mut *k.fb;
-        let xn = emit::addr(fb, xptr, n, (t.c * t.h * t.w) as i64);
-        let yn = emit::addr(fb, yptr, n, (t.m * t.oh * t.ow) as i64);
+        let xn = emit::addr(fb, xptr, n, (t.q.c * t.q.h * t.q.w) as i64);
+        let yn = emit::addr(fb, yptr, n, (t.q.m * t.q.oh * t.q.ow) as i64);
         let v = fb.ins().iadd_imm_s(ws, v_at as i64);
         let out = if t.direct() {
             yn
@@ -448,13 +417,13 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         k.parallel_for(task, context, count, MAX_PARTS, macs)?;
         let fb = &mut *k.fb;
         if !t.direct() {
-            emit::for_count(fb, t.m as i64, |fb, c| {
-                emit::for_count(fb, t.oh as i64, |fb, oy| {
+            emit::for_count(fb, t.q.m as i64, |fb, c| {
+                emit::for_count(fb, t.q.oh as i64, |fb, oy| {
                     let src = emit::addr(fb, out, c, t.out_plane() as i64);
                     let src = emit::addr(fb, src, oy, out_row as i64);
-                    let dst = emit::addr(fb, yn, c, (t.oh * t.ow) as i64);
-                    let dst = emit::addr(fb, dst, oy, t.ow as i64);
-                    copy_row(fb, src, dst, t.ow);
+                    let dst = emit::addr(fb, yn, c, (t.q.oh * t.q.ow) as i64);
+                    let dst = emit::addr(fb, dst, oy, t.q.ow as i64);
+                    copy_row(fb, src, dst, t.q.ow);
                 });
             });
         }
