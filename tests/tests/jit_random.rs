@@ -781,6 +781,7 @@ proptest! {
             // Every op the policy allows computes in integers: the kernels are under test.
             min_sqnr_db: 0.0,
             weights: if per_tensor { WeightGranularity::PerTensor } else { WeightGranularity::PerChannel },
+            outliers: Default::default(),
             // W4A8: int4 weights through the same integer kernels.
             ptq: PtqOptions { weight_bits: if four_bit { WeightBits::Four } else { WeightBits::Eight }, ..Default::default() },
         };

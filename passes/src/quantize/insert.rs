@@ -71,6 +71,10 @@ pub struct QuantizeOptions {
     pub min_sqnr_db: f64,
     /// One weight scale per output channel (the default) or per tensor.
     pub weights: WeightGranularity,
+    /// What becomes of a Conv, Gemm or MatMul the outlier check refuses in 8 bits: int16
+    /// (the default) when its activations keep `min_sqnr_db` in 16 bits and its accumulator
+    /// provably fits i32, else fp32; or fp32 at once.
+    pub outliers: Outliers,
     /// The white paper's post-training steps around range setting (CLE, bias correction,
     /// AdaRound) and the weights' bit width.
     pub ptq: PtqOptions,
@@ -84,7 +88,41 @@ impl Default for QuantizeOptions {
             scheme: ActivationScheme::AsymmetricU8,
             min_sqnr_db: DEFAULT_MIN_SQNR_DB,
             weights: WeightGranularity::PerChannel,
+            outliers: Outliers::Int16,
             ptq: PtqOptions::default(),
+        }
+    }
+}
+
+/// Where a layer goes when 8 bits cannot hold its activations (see
+/// [`QuantizeOptions::outliers`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Outliers {
+    /// int16 activations where they hold and the accumulator proof succeeds, else fp32.
+    #[default]
+    Int16,
+    /// fp32 (the behaviour before int16 layers existed).
+    Fp32,
+}
+
+impl Outliers {
+    /// The spelling in plans and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outliers::Int16 => "int16",
+            Outliers::Fp32 => "fp32",
+        }
+    }
+}
+
+impl std::str::FromStr for Outliers {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Outliers, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "int16" => Ok(Outliers::Int16),
+            "fp32" => Ok(Outliers::Fp32),
+            _ => Err(format!("unknown outliers `{s}`; expected int16 or fp32")),
         }
     }
 }
@@ -249,7 +287,16 @@ pub enum Outcome {
     },
     /// The plan keeps it float.
     Fp32ByPlan,
-    /// The outlier check kept it float: activation `value` would keep `sqnr_db` in 8 bits.
+    /// The outlier check refused it in 8 bits (activation `value` would keep `sqnr_db`),
+    /// and it computes on 16-bit activations instead ([`Outliers::Int16`]).
+    Int16BySqnr {
+        /// The activation that failed the 8-bit check.
+        value: String,
+        /// Its estimated SQNR in 8 bits.
+        sqnr_db: f64,
+    },
+    /// The outlier check kept it float: activation `value` would keep `sqnr_db` in 8 bits
+    /// (in 16 bits when int16 was tried).
     Fp32BySqnr {
         /// The activation that failed the check.
         value: String,
@@ -329,6 +376,17 @@ pub fn insert_qdq_planned(
             outcome,
             writes: vec![g.value(writes).name.clone()],
         };
+        // Nor when an operand is an int16 layer's outlier, which 8 bits cannot hold: it stays
+        // float and reads the value unrounded (the outlier check's verdict on that value).
+        let outlier = operands.iter().flatten().find_map(|v| {
+            let s = source_of.get(v)?;
+            wide.short8.get(s).map(|&db| (g.value(*s).name.clone(), db))
+        });
+        if let (false, false, Some((value, sqnr_db))) = (anchor, bias_add, outlier) {
+            decisions.push(decision(&g, Outcome::Fp32BySqnr { value, sqnr_db }, result));
+            read_float_sources(&mut g, id, &source_of)?;
+            continue;
+        }
         // fp32 by the plan, or left float here for the calibration-free rewrite (dynamic,
         // weight-only); int4 and int16 are static integer precisions like int8.
         let float_here =
@@ -348,14 +406,21 @@ pub fn insert_qdq_planned(
         } else {
             result
         };
-        let read = operands.iter().enumerate().filter(|&(slot, v)| {
-            data_operand(&op, slot)
+        // Operands a quantized producer wrote pass (it checked them), except an int16
+        // layer's outliers, checked again from their float source.
+        let read = operands.iter().enumerate().filter_map(|(slot, &v)| {
+            let v = v?;
+            let check = match source_of.get(&v) {
+                Some(s) if wide.short8.contains_key(s) => *s,
+                Some(_) => return None,
+                None => v,
+            };
+            (data_operand(&op, slot)
                 && weight_axis(&op, slot).is_none()
-                && v.is_some_and(|v| !source_of.contains_key(&v) && g.const_value(v).is_none())
+                && g.const_value(check).is_none())
+            .then_some(check)
         });
-        let mut checked = read
-            .map(|(_, v)| v.unwrap())
-            .chain((!reads_accumulator(&g, &op, result)).then_some(written));
+        let mut checked = read.chain((!reads_accumulator(&g, &op, result)).then_some(written));
         if !bias_add {
             let short = checked
                 .find_map(|v| short_of_8_bits(&g, v, calibration, check_opts).map(|db| (v, db)));
@@ -370,7 +435,13 @@ pub fn insert_qdq_planned(
                 continue;
             }
             let outcome = match wide.refused.get(&id) {
-                _ if int16 => Outcome::Int16,
+                _ if int16 => match wide.by_sqnr.get(&id) {
+                    Some((value, sqnr_db)) => Outcome::Int16BySqnr {
+                        value: value.clone(),
+                        sqnr_db: *sqnr_db,
+                    },
+                    None => Outcome::Int16,
+                },
                 Some(&bound) => Outcome::Int8ByBound { bound },
                 None => Outcome::Int8,
             };
