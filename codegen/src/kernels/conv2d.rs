@@ -39,17 +39,32 @@ impl QConv2d {
     /// window lies within the padded plane (shape inference guarantees it for a verified
     /// graph; the emitters index by it); `None` otherwise.
     pub(super) fn of(k: &Kernel) -> Result<Option<QConv2d>, String> {
-        if k.op.kind != OpKind::QConv {
+        if k.op.kind != OpKind::QConv
+            || k.input(0)?.ty.dtype != DType::U8
+            || !matches!(k.output(0).ty.dtype, DType::U8 | DType::I8)
+        {
             return Ok(None);
         }
+        Self::of_any(k)
+    }
+
+    /// [`Self::of`] for the emitters that also take an int16 layer's i16 activations and
+    /// results (the wide form): u8 or i16 activations into a u8, i8 or i16 result.
+    pub(super) fn of_wide(k: &Kernel) -> Result<Option<QConv2d>, String> {
+        if k.op.kind != OpKind::QConv
+            || !matches!(k.input(0)?.ty.dtype, DType::U8 | DType::I16)
+            || !matches!(k.output(0).ty.dtype, DType::U8 | DType::I8 | DType::I16)
+        {
+            return Ok(None);
+        }
+        Self::of_any(k)
+    }
+
+    /// The geometry whatever the element types.
+    fn of_any(k: &Kernel) -> Result<Option<QConv2d>, String> {
         let (x, w, y) = (k.input(0)?, k.input(1)?, k.output(0));
         let (xd, wd, yd) = (x.dims(), w.dims(), y.dims());
-        if xd.len() != 4
-            || wd.len() != 4
-            || yd.len() != 4
-            || x.ty.dtype != DType::U8
-            || !matches!(y.ty.dtype, DType::U8 | DType::I8)
-        {
+        if xd.len() != 4 || wd.len() != 4 || yd.len() != 4 {
             return Ok(None);
         }
         let attrs = &k.op.attrs;
