@@ -345,6 +345,7 @@ pub fn insert_qdq_planned(
             continue;
         };
         if !quantizable(&op) || g.node(id).outputs.iter().any(|v| v.ty.dtype != DType::F32) {
+            read_sixteen_bit(&mut g, id, &source_of, &wide_dq)?;
             continue;
         }
         let operands = g.node_inputs(id);
@@ -359,11 +360,13 @@ pub fn insert_qdq_planned(
         let opts = &settings.opts;
         // A product of two activations stays float.
         if matches!(op.kind, OpKind::Conv | OpKind::Gemm | OpKind::MatMul) && !anchor {
+            read_sixteen_bit(&mut g, id, &source_of, &wide_dq)?;
             continue;
         }
         // An integer-preserving op computes in integers only when every operand already is a
         // quantized activation (see the module documentation).
         if !anchor && !bias_add && !operands.iter().flatten().all(|v| source_of.contains_key(v)) {
+            read_sixteen_bit(&mut g, id, &source_of, &wide_dq)?;
             continue;
         }
         let result = qlift_ir::ValueId {
@@ -577,6 +580,24 @@ fn read_float_sources(
     for (slot, v) in g.node_inputs(id).into_iter().enumerate() {
         if let Some(&source) = v.and_then(|v| source_of.get(&v)) {
             g.set_node_input(id, slot, Some(source))?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes node `id`, which stays float, read the 16-bit DequantizeLinear of each operand an
+/// int16 layer reads or writes instead of its 8-bit one (which only integer ops need): a
+/// float op next to an int16 layer (a residual Add, a GELU) sees its 16-bit value.
+fn read_sixteen_bit(
+    g: &mut Graph,
+    id: NodeId,
+    source_of: &HashMap<ValueId, ValueId>,
+    wide_dq: &HashMap<ValueId, ValueId>,
+) -> Result<(), PassError> {
+    for (slot, v) in g.node_inputs(id).into_iter().enumerate() {
+        let dq16 = v.and_then(|v| wide_dq.get(source_of.get(&v)?).filter(|&&dq| dq != v));
+        if let Some(&dq16) = dq16 {
+            g.set_node_input(id, slot, Some(dq16))?;
         }
     }
     Ok(())
