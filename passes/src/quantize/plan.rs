@@ -919,6 +919,7 @@ method = "mse"
 weights = "per-tensor"
 activations = "i8"
 min_sqnr_db = 0
+outliers = "fp32"
 
 [op_types.Conv]
 precision = "fp32"
@@ -935,6 +936,11 @@ note = "why"
         assert_eq!(plan.default.weights, Some(WeightGranularity::PerTensor));
         assert_eq!(plan.default.min_sqnr_db, Some(0.0));
         assert_eq!(plan.activations, Some(ActivationScheme::SymmetricI8));
+        assert_eq!(plan.outliers, Some(Outliers::Fp32));
+        assert_eq!(
+            plan.defaults_over(&QuantizeOptions::default()).outliers,
+            Outliers::Fp32
+        );
         assert_eq!(plan.op_types["Conv"].precision, Some(Precision::Fp32));
         assert_eq!(plan.nodes["a/b"].precision, Some(Precision::Fp32));
         assert_eq!(plan.nodes["a/b"].note.as_deref(), Some("why"));
@@ -1005,6 +1011,7 @@ precision = "fp32"
             .contains("entry default: unknown weights `per-row`"));
         assert!(err("version = 2").contains("plan version 2"));
         assert!(err("[default]\nmin_sqnr_db = -1.0").contains("min_sqnr_db -1"));
+        assert!(err("[default]\noutliers = \"int8\"").contains("expected int16 or fp32"));
     }
 
     #[test]
