@@ -543,6 +543,36 @@ mod tests {
     }
 
     #[test]
+    fn i16_stores_pack_each_row_to_sixteen_words() {
+        let q = Requantize {
+            zero_point: -5,
+            bounds: (-32768, 32767),
+            signed: true,
+            plane: 64,
+            per_lane: true,
+        };
+        let tile = PairTile {
+            rows: 3,
+            offsets: vec![0],
+            x_stride: 128,
+            iterations: 2,
+            store: Store::RequantizeI16(q),
+            row_stride: Some(16),
+        };
+        let code = disassemble(&pair_tile(&tile, Isa::Avx2).unwrap());
+        let count = |p: &str| code.iter().filter(|i| i.starts_with(p)).count();
+        // Per row: one signed pack to words, one qword permutation, one 32-byte store;
+        // no byte packs.
+        assert_eq!(count("vpackssdw"), 3, "{code:#?}");
+        assert_eq!(count("vpermq"), 3, "{code:#?}");
+        assert_eq!(count("vpacksswb") + count("vpackuswb"), 0, "{code:#?}");
+        assert!(
+            code.iter().any(|i| i == "vmovdqu [rcx+80h],ymm0"),
+            "{code:#?}"
+        );
+    }
+
+    #[test]
     fn tiles_out_of_range_are_refused() {
         let store = Requantize {
             zero_point: 0,
