@@ -36,7 +36,8 @@ pub use qir::{load_qir, load_qir_text};
 pub use qlift_codegen::CodegenOptions;
 pub use qlift_passes::calibrate::{ActivationScheme, CalibrationMethod};
 pub use qlift_passes::quantize::{
-    AdaRoundOptions, BiasCorrection, PtqOptions, QuantizeOptions, WeightBits, WeightGranularity,
+    AdaRoundOptions, BiasCorrection, Outliers, PtqOptions, QuantizeOptions, WeightBits,
+    WeightGranularity,
 };
 pub use quantize::{quantize, Quantized};
 pub use stream::{detect_state_pairs, StatePair, Stream};

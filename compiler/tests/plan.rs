@@ -51,7 +51,7 @@ fn exclude_by_node_and_by_op_type_keeps_exactly_those_float() {
         &["--exclude", "relu4_node", "--exclude", "stem_node"],
     );
     assert!(
-        err.contains("units: 9 int8, 0 int16, 2 fp32 by the plan"),
+        err.contains("units: 9 int8, 0 int16, 0 int16 by the outlier check, 2 fp32 by the plan"),
         "{err}"
     );
     assert_eq!(op_of(&ir, "relu4"), "Conv");
@@ -185,7 +185,17 @@ fn an_emitted_plan_reproduces_the_quantization_bit_for_bit() {
     // An outlier check strict enough to keep layers float, so that the plan must record
     // them: at 40 dB some of digits_mobile's activations fail it.
     let plan = temp_arg("emitted.toml");
-    let (first, err) = quantize_mobile("first", &["--min-sqnr", "40", "--emit-plan", &plan]);
+    let (first, err) = quantize_mobile(
+        "first",
+        &[
+            "--min-sqnr",
+            "40",
+            "--outliers",
+            "fp32",
+            "--emit-plan",
+            &plan,
+        ],
+    );
     let text = std::fs::read_to_string(&plan).unwrap();
     assert!(
         text.contains("kept float by the outlier check"),
@@ -206,9 +216,71 @@ fn an_emitted_plan_reproduces_the_quantization_bit_for_bit() {
     );
     // JSON reads back the same.
     let json = temp_arg("emitted.json");
-    quantize_mobile("json", &["--min-sqnr", "40", "--emit-plan", &json]);
+    quantize_mobile(
+        "json",
+        &[
+            "--min-sqnr",
+            "40",
+            "--outliers",
+            "fp32",
+            "--emit-plan",
+            &json,
+        ],
+    );
     let (from_json, _) = quantize_mobile("from_json", &["--plan", &json]);
     assert_eq!(first, from_json);
+}
+
+#[test]
+fn outliers_go_to_int16_and_the_emitted_plan_says_so() {
+    // At 40 dB some of digits_mobile's activations fail the check in 8 bits; in 16 bits
+    // most hold, so their layers compute on i16 activations (the default, `--outliers
+    // int16`) instead of staying float (`--outliers fp32`).
+    let plan = temp_arg("outliers16.toml");
+    let (ir, err) = quantize_mobile(
+        "outliers16",
+        &[
+            "--min-sqnr",
+            "40",
+            "--emit-plan",
+            &plan,
+            "--plan",
+            &empty_plan(),
+        ],
+    );
+    let units = err
+        .lines()
+        .find(|l| l.starts_with("units: "))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(!units.contains(" 0 int16 by the outlier check"), "{units}");
+    assert!(ir.contains(": i16["), "no 16-bit activations:\n{ir}");
+    let text = std::fs::read_to_string(&plan).unwrap();
+    assert!(text.contains("int16 by the outlier check"), "{text}");
+    assert!(text.contains("outliers = \"int16\""), "{text}");
+    // The plan reproduces it, whatever --outliers says.
+    let (again, _) = quantize_mobile("outliers16_again", &["--plan", &plan, "--outliers", "fp32"]);
+    assert_eq!(ir, again);
+    // The old behaviour: the same layers float.
+    let (float, err) = quantize_mobile(
+        "outliers32",
+        &[
+            "--min-sqnr",
+            "40",
+            "--outliers",
+            "fp32",
+            "--plan",
+            &empty_plan(),
+        ],
+    );
+    assert!(!float.contains(": i16["), "{float}");
+    assert!(err.contains(" 0 int16 by the outlier check"), "{err}");
+}
+
+/// A plan that sets nothing (so that the units line is printed).
+fn empty_plan() -> String {
+    let path = temp_arg("empty.toml");
+    std::fs::write(&path, "version = 1\n").unwrap();
+    path
 }
 
 #[test]

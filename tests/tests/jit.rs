@@ -438,16 +438,19 @@ fn rescale_kernels_agree_with_the_interpreter() {
     );
 }
 
-/// QuantizeLinear from f32 to u8 and i8 (16 elements a step where a channel's run allows,
-/// then one by one) against the interpreter: ties rounding to even, values saturating at
-/// both ends, ±inf, NaN (the dtype's minimum), per tensor and per axis, rows of 40
-/// elements (two vector steps and a remainder).
+/// QuantizeLinear from f32 to u8, i8 and i16 (16 elements a step where a channel's run
+/// allows, then one by one) against the interpreter: ties rounding to even, values
+/// saturating at both ends, ±inf, NaN (the dtype's minimum), per tensor and per axis, rows
+/// of 40 elements (two vector steps and a remainder); and DequantizeLinear of i16 back.
 #[test]
 fn quantize_linear_agrees_with_the_interpreter() {
-    let text = "graph q(%x: f32[N,2,40]) -> (%u, %i, %c) {
+    let text = "graph q(%x: f32[N,2,40]) -> (%u, %i, %c, %w, %d) {
   %u = QuantizeLinear(%x) : u8[N,2,40] quant(scale=0.5, zero_point=10)
   %i = QuantizeLinear(%x) : i8[N,2,40] quant(scale=0.25, zero_point=-3)
   %c = QuantizeLinear(%x) : u8[N,2,40] quant(axis=1, scale=[0.125, 2.0], zero_point=[0, 200])
+  %w = QuantizeLinear(%x) : i16[N,2,40] quant(scale=0.001, zero_point=-300)
+  %v = QuantizeLinear(%x) : i16[N,2,40] quant(scale=0.0625, zero_point=100)
+  %d = DequantizeLinear(%v) : f32[N,2,40]
 }";
     let graph = qlift_ir::text::parse(text).unwrap();
     let mut rng = Rng(0x51ed_2701);

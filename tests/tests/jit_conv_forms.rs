@@ -591,3 +591,124 @@ fn a_layer_winograd_cannot_keep_exact_falls_back_to_the_wide_form() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// int16 layers (i16 activations, i16 or u8 results) on the wide form where the CPU has
+/// AVX2, bit for bit with the interpreter on every path: strides 1–2, 7×7 to 1×1, odd and
+/// many channels, padding with the i16 zero point, and a convolution along rows only
+/// (`[C, H, 1]`, a `k × 1` kernel: magika's), which the form takes transposed.
+#[test]
+fn int16_convolutions_take_the_wide_form_bit_exact() {
+    // (c, m, (h, w), (kh, kw), (sh, sw), (pt, pl, pb, pr), i16 result)
+    let cases = [
+        (40, 70, (6, 6), (3, 3), (1, 1), (1, 1, 1, 1), true),
+        (33, 20, (11, 9), (3, 3), (2, 2), (1, 2, 0, 1), false),
+        (3, 8, (15, 14), (7, 7), (2, 2), (3, 3, 3, 3), true),
+        (9, 31, (4, 12), (1, 1), (1, 1), (0, 0, 0, 0), true),
+        (64, 24, (40, 1), (5, 1), (1, 1), (0, 0, 0, 0), true),
+        (17, 13, (37, 1), (3, 1), (2, 1), (1, 0, 1, 0), false),
+    ];
+    let paths = [
+        ("host", CodegenOptions::default()),
+        (
+            "avx2",
+            CodegenOptions {
+                avx2_only: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "128-bit",
+            CodegenOptions {
+                max_vector_bits: Some(128),
+                ..Default::default()
+            },
+        ),
+        (
+            "baseline",
+            CodegenOptions {
+                baseline_isa: true,
+                ..Default::default()
+            },
+        ),
+    ];
+    let avx2 = std::arch::is_x86_feature_detected!("avx2");
+    let mut rng = Lcg(0x1616);
+    let mut failures = Vec::new();
+    for (c, m, (h, w), (kh, kw), (sh, sw), (pt, pl, pb, pr), sixteen) in cases {
+        let (oh, ow) = ((h + pt + pb - kh) / sh + 1, (w + pl + pr - kw) / sw + 1);
+        let weights = list((0..m * c * kh * kw).map(|_| (rng.next(255) - 127).to_string()));
+        let bias = list((0..m).map(|_| (rng.next(400001) - 200000).to_string()));
+        let scales = list((0..m).map(|i| format!("{}", 0.004 + 0.001 * (i % 5) as f32)));
+        let zeros = list((0..m).map(|_| "0".to_string()));
+        // Accumulators spread about sqrt(taps) · 19000 · 73: results over about ±40 steps
+        // of a u8, ±10000 of an i16.
+        let spread = ((c * kh * kw) as f32).sqrt() * 19000.0 * 73.0 * 0.001 * 0.005;
+        let y = if sixteen {
+            format!(
+                "i16[N,{m},{oh},{ow}] quant(scale={}, zero_point=-700)",
+                spread / 10000.0
+            )
+        } else {
+            format!(
+                "u8[N,{m},{oh},{ow}] quant(scale={}, zero_point=120)",
+                spread / 40.0
+            )
+        };
+        let text = format!(
+            "graph conv(%x: i16[N,{c},{h},{w}] quant(scale=0.001, zero_point=-1000)) -> (%y) {{\n  \
+             %w = const i8[{m},{c},{kh},{kw}] quant(axis=0, scale=[{scales}], zero_point=[{zeros}]) [{weights}]\n  \
+             %b = const i32[{m}] [{bias}]\n  \
+             %y = QConv(%x, %w, %b) {{dilations=[1, 1], group=1, kernel_shape=[{kh}, {kw}], pads=[{pt}, {pl}, {pb}, {pr}], strides=[{sh}, {sw}]}} : {y}\n}}\n"
+        );
+        let graph = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let batch = 2;
+        let x = Tensor::from_i64_values(
+            DType::I16,
+            vec![batch, c, h, w],
+            (0..batch * c * h * w)
+                .map(|_| rng.next(65536) - 32768)
+                .collect(),
+        )
+        .unwrap();
+        let want = qlift_ir::interp::run(&graph, std::slice::from_ref(&x)).unwrap();
+        let (lo, hi) = if sixteen { (-32768, 32767) } else { (0, 255) };
+        let values = want[0].to_i64_vec().unwrap();
+        let inside = values.iter().filter(|&&v| v > lo && v < hi).count();
+        assert!(
+            inside * 2 > values.len(),
+            "{text}: {inside} of {} inside",
+            values.len()
+        );
+        for (path, opts) in &paths {
+            let case = format!("{path}: {c}→{m} {h}×{w} {kh}×{kw} /{sh},{sw} i16 result {sixteen}");
+            let program = match JitProgram::compile(&graph, opts) {
+                Ok(p) => p,
+                Err(e) => {
+                    failures.push(format!("{case}: {e}"));
+                    continue;
+                }
+            };
+            let form = program.program().steps[0].form.clone();
+            let wide = avx2 && opts.max_vector_bits.is_none() && !opts.baseline_isa;
+            if wide != (form == "wide-direct") {
+                failures.push(format!("{case}: form {form}"));
+            }
+            match program.run(std::slice::from_ref(&x)) {
+                Ok(got) if got == want => {}
+                Ok(got) => failures.push(format!(
+                    "{case}: differs from the interpreter ({} of {} elements)",
+                    got[0]
+                        .to_i64_vec()
+                        .unwrap()
+                        .iter()
+                        .zip(&values)
+                        .filter(|(a, b)| a != b)
+                        .count(),
+                    values.len()
+                )),
+                Err(e) => failures.push(format!("{case}: {e}")),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}

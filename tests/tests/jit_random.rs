@@ -786,6 +786,7 @@ proptest! {
             // Every op the policy allows computes in integers: the kernels are under test.
             min_sqnr_db: 0.0,
             weights: if per_tensor { WeightGranularity::PerTensor } else { WeightGranularity::PerChannel },
+            outliers: Default::default(),
             // W4A8: int4 weights through the same integer kernels.
             ptq: PtqOptions { weight_bits: if four_bit { WeightBits::Four } else { WeightBits::Eight }, ..Default::default() },
         };
@@ -836,15 +837,20 @@ proptest! {
 
     /// Linear layers over a sequence (`[N, S, K] × [K, M]`, as in transformers): the
     /// quantized product takes the batch and sequence as rows, bit for bit in every ISA.
+    /// With `int16` the MatMuls are int16 layers (i16 activations in, the first one's i16
+    /// result out), on the same micro-kernel; `long` draws reductions of hundreds.
     #[test]
     fn quantized_sequence_products_run_bit_exact_through_the_jit(
         seq in 1usize..=9,
         k in 1usize..=70,
+        long in any::<bool>(),
         m in 1usize..=40,
         relu in any::<bool>(),
         batch in 1usize..=3,
+        int16 in any::<bool>(),
         seed in any::<u64>(),
     ) {
+        let k = if long { 7 * k } else { k };
         let mut rand = Rand::new(seed);
         // Two layers, so that the first one's result stays 8-bit (the form under test).
         let w1 = Tensor::from_f32(&[k, m], rand.vec(k * m, -1.0, 1.0));
@@ -859,16 +865,30 @@ proptest! {
         let g = qlift_ir::text::parse(&text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
         let calibration = Tensor::from_f32(&[8, seq, k], rand.vec(8 * seq * k, -1.0, 1.0));
         let opts = QuantizeOptions { min_sqnr_db: 0.0, ..QuantizeOptions::default() };
-        let q = quantize_limited_planned(&g, &[calibration], &opts, &QuantPlan::default(), &PipelineOptions::default(), &Limits::default(), &|_, _| {})
+        let plan = if int16 {
+            QuantPlan::parse("[op_types.MatMul]\nprecision = \"int16\"\n").map_err(|e| TestCaseError::fail(e.to_string()))?
+        } else {
+            QuantPlan::default()
+        };
+        let q = quantize_limited_planned(&g, &[calibration], &opts, &plan, &PipelineOptions::default(), &Limits::default(), &|_, _| {})
             .map_err(|e| TestCaseError::fail(format!("quantize: {e}\n{text}")))?;
+        let int16_units = q.decisions.iter().filter(|d| d.outcome == Outcome::Int16).count();
         let lowered = q.lowered;
         prop_assert!(lowered.node_ids().any(|n| lowered.node(n).op.kind() == Some(OpKind::QMatMul)), "no QMatMul\n{text}");
+        let reads_i16 = lowered
+            .node_ids()
+            .filter(|&n| lowered.node(n).op.kind() == Some(OpKind::QMatMul))
+            .filter_map(|n| lowered.node_inputs(n).first().copied().flatten())
+            .any(|x| lowered.value_type(x).dtype == DType::I16);
+        prop_assert_eq!(reads_i16, int16_units > 0);
         let x = Tensor::from_f32(&[batch, seq, k], rand.vec(batch * seq * k, -1.25, 1.25));
         let want = qlift_ir::interp::run(&lowered, std::slice::from_ref(&x)).map_err(|e| TestCaseError::fail(format!("interp: {e}")))?;
         if std::is_x86_feature_detected!("avx2") {
             let program = JitProgram::compile(&lowered, &CodegenOptions::default()).map_err(|e| TestCaseError::fail(e.to_string()))?;
             let forms: Vec<&str> = program.program().steps.iter().map(|s| s.form.as_str()).collect();
-            prop_assert!(forms.contains(&"wide-matmul"), "forms {forms:?}");
+            // Every product, 8- or 16-bit, on the micro-kernel.
+            let products = lowered.node_ids().filter(|&n| lowered.node(n).op.kind() == Some(OpKind::QMatMul)).count();
+            prop_assert_eq!(forms.iter().filter(|&&f| f == "wide-matmul").count(), products, "forms {:?}", forms);
         }
         for (isa, opts, threads) in &ISAS {
             let got = jit_run(&lowered, opts, *threads, &x).map_err(TestCaseError::fail)?;

@@ -4,9 +4,10 @@
 //! lowered graph.
 
 use qlift::{
-    quantize, ActivationScheme, CalibrationMethod, QuantizeOptions, Quantized, WeightGranularity,
+    quantize, ActivationScheme, CalibrationMethod, Outliers, QuantizeOptions, Quantized,
+    WeightGranularity,
 };
-use qlift_ir::{OpKind, Tensor};
+use qlift_ir::{DType, OpKind, Tensor};
 use qlift_passes::PipelineOptions;
 use qlift_tests::digits::{accuracy, load, npy, run, sqnr, MODELS};
 
@@ -345,10 +346,12 @@ fn one_activation_feeds_three_linear_layers() {
 }
 
 /// An activation whose range is set by a rare outlier far beyond its bulk (one value of 100
-/// among 4,800 in [-1, 1]: about 23 dB in 8 bits, against 48 dB without it) keeps the layer
-/// reading it float under the default `min_sqnr_db`; with 0 it is quantized anyway.
+/// among 4,800 in [-1, 1]: about 23 dB in 8 bits, against 48 dB without it) fails the
+/// default `min_sqnr_db` in 8 bits: the layer reading it computes on 16-bit activations
+/// (where it keeps about 71 dB), or stays float with `Outliers::Fp32`; with 0 it is
+/// quantized to 8 bits anyway.
 #[test]
-fn outliers_keep_a_layer_float() {
+fn outliers_raise_a_layer_to_int16_or_keep_it_float() {
     let text = "graph outlier(%x: f32[N,3]) -> (%y) {
       %w = const f32[3,3] [0.5, -1.0, 0.25, 1.0, 0.75, -0.5, -0.25, 0.5, 1.0]
       %m = MatMul(%x, %w) : f32[N,3]
@@ -364,31 +367,45 @@ fn outliers_keep_a_layer_float() {
                 .collect(),
         )
     };
-    let qmatmuls = |x: Tensor, min_sqnr_db: f64| {
+    // The QMatMuls, and the element type of the first one's input.
+    let qmatmuls = |x: Tensor, min_sqnr_db: f64, outliers: Outliers| {
         let opts = QuantizeOptions {
             min_sqnr_db,
+            outliers,
             ..Default::default()
         };
         let q = quantize(&g, &[x], &opts, &PipelineOptions::default(), &|_, _| {}).unwrap();
-        q.lowered
+        let products: Vec<_> = q
+            .lowered
             .node_ids()
             .filter(|&id| q.lowered.node(id).op.kind() == Some(OpKind::QMatMul))
-            .count()
+            .collect();
+        let input = products.first().map(|&id| {
+            let x = q.lowered.node_inputs(id)[0].unwrap();
+            q.lowered.value_type(x).dtype
+        });
+        (products.len(), input)
     };
+    let default = qlift_passes::quantize::DEFAULT_MIN_SQNR_DB;
     assert_eq!(
-        qmatmuls(calib(false), qlift_passes::quantize::DEFAULT_MIN_SQNR_DB),
-        1,
-        "a well-spread input is quantized"
+        qmatmuls(calib(false), default, Outliers::Int16),
+        (1, Some(DType::U8)),
+        "a well-spread input is quantized in 8 bits"
     );
     assert_eq!(
-        qmatmuls(calib(true), qlift_passes::quantize::DEFAULT_MIN_SQNR_DB),
-        0,
-        "the outlier keeps the layer float"
+        qmatmuls(calib(true), default, Outliers::Int16),
+        (1, Some(DType::I16)),
+        "the outlier raises the layer to int16"
     );
     assert_eq!(
-        qmatmuls(calib(true), 0.0),
-        1,
-        "without the check it is quantized"
+        qmatmuls(calib(true), default, Outliers::Fp32),
+        (0, None),
+        "or keeps it float"
+    );
+    assert_eq!(
+        qmatmuls(calib(true), 0.0, Outliers::Int16),
+        (1, Some(DType::U8)),
+        "without the check it is quantized in 8 bits"
     );
 }
 

@@ -50,17 +50,32 @@ impl QConv2d {
     /// window lies within the padded plane (shape inference guarantees it for a verified
     /// graph; the emitters index by it); `None` otherwise.
     pub(super) fn of(k: &Kernel) -> Result<Option<QConv2d>, String> {
-        if k.op.kind != OpKind::QConv {
+        if k.op.kind != OpKind::QConv
+            || k.input(0)?.ty.dtype != DType::U8
+            || !matches!(k.output(0).ty.dtype, DType::U8 | DType::I8)
+        {
             return Ok(None);
         }
+        Self::of_any(k)
+    }
+
+    /// [`Self::of`] for the emitters that also take an int16 layer's i16 activations and
+    /// results (the wide form): u8 or i16 activations into a u8, i8 or i16 result.
+    pub(super) fn of_wide(k: &Kernel) -> Result<Option<QConv2d>, String> {
+        if k.op.kind != OpKind::QConv
+            || !matches!(k.input(0)?.ty.dtype, DType::U8 | DType::I16)
+            || !matches!(k.output(0).ty.dtype, DType::U8 | DType::I8 | DType::I16)
+        {
+            return Ok(None);
+        }
+        Self::of_any(k)
+    }
+
+    /// The geometry whatever the element types.
+    fn of_any(k: &Kernel) -> Result<Option<QConv2d>, String> {
         let (x, w, y) = (k.input(0)?, k.input(1)?, k.output(0));
         let (xd, wd, yd) = (x.dims(), w.dims(), y.dims());
-        if xd.len() != 4
-            || wd.len() != 4
-            || yd.len() != 4
-            || x.ty.dtype != DType::U8
-            || !matches!(y.ty.dtype, DType::U8 | DType::I8)
-        {
+        if xd.len() != 4 || wd.len() != 4 || yd.len() != 4 {
             return Ok(None);
         }
         let attrs = &k.op.attrs;
@@ -138,6 +153,28 @@ impl QConv2d {
     /// Whether each channel is convolved alone (one group per channel, one output each).
     pub(super) fn depthwise(&self) -> bool {
         self.group == self.c && self.m == self.c && self.cg == 1
+    }
+
+    /// Rows and columns exchanged: for planes and kernels of one column, the same memory
+    /// (the wide form takes a convolution along rows only this way, whole vectors a row).
+    pub(super) fn transposed(self) -> QConv2d {
+        QConv2d {
+            h: self.w,
+            w: self.h,
+            kh: self.kw,
+            kw: self.kh,
+            oh: self.ow,
+            ow: self.oh,
+            sh: self.sw,
+            sw: self.sh,
+            dh: self.dw,
+            dw: self.dh,
+            pt: self.pl,
+            pl: self.pt,
+            hp: self.wp,
+            wp: self.hp,
+            ..self
+        }
     }
 
     /// The copy of `planes` input planes into this convolution's padded plane (the forms

@@ -87,6 +87,31 @@ impl Padded {
     }
 }
 
+impl Padded {
+    /// [`Self::emit_plane`] for planes of i16 elements (the extents count elements): writes
+    /// exactly the `hp × wp` i16 of the padded plane at `dst`, `fill` in the padding.
+    pub fn emit_plane_i16(&self, fb: &mut FunctionBuilder, x: Value, dst: Value, fill: i16) {
+        let n = self.hp * self.wp;
+        let f = emit::iconst_of(fb, types::I16, fill as i64);
+        let v = fb.ins().splat(types::I16X8, f);
+        emit::for_count(fb, (n / 8) as i64, |fb, i| {
+            let at = emit::addr(fb, dst, i, 16);
+            fb.ins().store(emit::mem(), v, at, 0);
+        });
+        for i in n / 8 * 8..n {
+            fb.ins().store(emit::mem(), f, dst, (2 * i) as i32);
+        }
+        let (top, left, w, wp) = (self.top, self.left, self.w, self.wp);
+        emit::for_count(fb, self.h as i64, |fb, y| {
+            let src = emit::addr(fb, x, y, (2 * w) as i64);
+            let row = fb.ins().iadd_imm_s(y, top as i64);
+            let row = emit::addr(fb, dst, row, (2 * wp) as i64);
+            let inside = fb.ins().iadd_imm_s(row, (2 * left) as i64);
+            copy_row(fb, src, inside, 2 * w);
+        });
+    }
+}
+
 /// Stores `fill` in the `n` bytes (a compile-time count) at `dst`: 16 bytes a store in a
 /// loop, then pieces of 8, 4, 2 and 1 (nothing outside the bytes is written).
 fn fill_bytes(fb: &mut FunctionBuilder, dst: Value, n: usize, fill: u8) {

@@ -165,8 +165,10 @@ pub(super) fn quantize(k: &mut Kernel) -> Result<(), String> {
         table(k, &q.scale, f32::to_ne_bytes)?
     };
     let scale_ty = if wide { types::F64 } else { types::F32 };
-    // f32 to 8 bits: LANES elements a step (four f32x4 divided, rounded, converted, packed).
+    // f32 to 8 or 16 bits: LANES elements a step (four f32x4 divided, rounded, converted,
+    // packed).
     let signed = ydtype == DType::I8;
+    let sixteen = ydtype == DType::I16;
     let mut vector = |fb: &mut FunctionBuilder, (scale, zp): (Value, Value), i: Value| {
         let scale = fb.ins().splat(types::F32X4, scale);
         let zp = fb.ins().ireduce(types::I32, zp);
@@ -205,6 +207,13 @@ pub(super) fn quantize(k: &mut Kernel) -> Result<(), String> {
             fb.ins().snarrow(quads[0], quads[1]),
             fb.ins().snarrow(quads[2], quads[3]),
         );
+        if sixteen {
+            // Clamped to the i16 range already: the saturating narrowing is exact.
+            let out = emit::addr(fb, yptr, i, 2);
+            fb.ins().store(emit::mem(), h0, out, 0);
+            fb.ins().store(emit::mem(), h1, out, 16);
+            return;
+        }
         let bytes = if signed {
             fb.ins().snarrow(h0, h1)
         } else {
@@ -213,7 +222,7 @@ pub(super) fn quantize(k: &mut Kernel) -> Result<(), String> {
         let out = emit::addr(fb, yptr, i, 1);
         fb.ins().store(emit::mem(), bytes, out, 0);
     };
-    let vectorizable = !wide && matches!(ydtype, DType::U8 | DType::I8);
+    let vectorizable = !wide && matches!(ydtype, DType::U8 | DType::I8 | DType::I16);
     channels.emit(
         k,
         batched,
@@ -264,25 +273,32 @@ pub(super) fn dequantize(k: &mut Kernel) -> Result<(), String> {
     let zps: Vec<f32> = q.zero_point.iter().map(|&z| z as f32).collect();
     let zps = table(k, &zps, f32::to_ne_bytes)?;
     let scales = table(k, &q.scale, f32::to_ne_bytes)?;
-    // 8 bits to f32: LANES elements a step, widened to four i32x4, the scalar body's
+    // 8 or 16 bits to f32: LANES elements a step, widened to four i32x4, the scalar body's
     // operations lane by lane (so both give the same bits).
-    let signed = xdtype == DType::I8;
+    let signed = matches!(xdtype, DType::I8 | DType::I16);
+    let sixteen = xdtype == DType::I16;
     let mut vector = |fb: &mut FunctionBuilder, (scale, zp): (Value, Value), i: Value| {
         let (scale, zp) = (
             fb.ins().splat(types::F32X4, scale),
             fb.ins().splat(types::F32X4, zp),
         );
-        let bytes = emit::addr(fb, xptr, i, 1);
-        let bytes = fb.ins().load(types::I8X16, emit::mem(), bytes, 0);
         let widen = |fb: &mut FunctionBuilder, v: Value, high: bool| match (signed, high) {
             (true, false) => fb.ins().swiden_low(v),
             (true, true) => fb.ins().swiden_high(v),
             (false, false) => fb.ins().uwiden_low(v),
             (false, true) => fb.ins().uwiden_high(v),
         };
+        // Eight i16 a half: loaded as they are (i16), or widened from the 16 bytes.
+        let halves: [Value; 2] = if sixteen {
+            let at = emit::addr(fb, xptr, i, 2);
+            [0, 16].map(|o| fb.ins().load(types::I16X8, emit::mem(), at, o))
+        } else {
+            let bytes = emit::addr(fb, xptr, i, 1);
+            let bytes = fb.ins().load(types::I8X16, emit::mem(), bytes, 0);
+            [false, true].map(|high| widen(fb, bytes, high))
+        };
         let out = emit::addr(fb, yptr, i, 4);
-        for (h, high) in [false, true].into_iter().enumerate() {
-            let half = widen(fb, bytes, high);
+        for (h, half) in halves.into_iter().enumerate() {
             for (q, high) in [false, true].into_iter().enumerate() {
                 let v = widen(fb, half, high);
                 let v = fb.ins().fcvt_from_sint(types::F32X4, v);
@@ -293,7 +309,7 @@ pub(super) fn dequantize(k: &mut Kernel) -> Result<(), String> {
             }
         }
     };
-    let vectorizable = matches!(xdtype, DType::U8 | DType::I8) && LANES == 16;
+    let vectorizable = matches!(xdtype, DType::U8 | DType::I8 | DType::I16) && LANES == 16;
     channels.emit(
         k,
         batched,

@@ -64,6 +64,9 @@ pub(crate) struct PairTile {
 pub(crate) enum Store {
     /// Requantizes them to 8-bit results.
     Requantize(Requantize),
+    /// Requantizes them to i16 results (int16 layers), row `r`'s sixteen at `out + r ·
+    /// plane` (32 bytes; `signed` is not used).
+    RequantizeI16(Requantize),
     /// Stores them as they are, row `r` and vector `v` as eight i32 at `out + r · plane +
     /// 32 · v`: for forms that transform the sums before requantizing them (Winograd's
     /// output transform).
@@ -209,8 +212,9 @@ pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
     a.add(rdx, tile.offsets.len() as i32 * w_step).map_err(e)?;
     a.dec(r9).map_err(e)?;
     a.jnz(top).map_err(e)?;
-    let q = match tile.store {
-        Store::Requantize(q) => q,
+    let (q, sixteen) = match tile.store {
+        Store::Requantize(q) => (q, false),
+        Store::RequantizeI16(q) => (q, true),
         Store::Sums { plane } => {
             for r in 0..tile.rows {
                 let at = plane
@@ -240,14 +244,22 @@ pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
                 requantize(&mut a, &k, acc(r, v), t, (bias, m, half), r8 + record)?;
             }
         }
-        // [v0 lanes 0-3, v1 0-3 | v0 4-7, v1 4-7] as i16, then bytes, then v0's eight and
-        // v1's eight in the low 16 bytes.
         let (y0, y1) = (acc(r, 0), acc(r, 1));
-        pack(&mut a, &k, q.signed, y0, y1, t)?;
         let out = q
             .plane
             .checked_mul(r as i32)
             .ok_or("output plane offset overflows")?;
+        if sixteen {
+            // [v0 lanes 0-3, v1 0-3 | v0 4-7, v1 4-7] as i16 (exact on clamped values),
+            // then the qwords in the order v0 0-3, v0 4-7, v1 0-3, v1 4-7.
+            a.vpackssdw(y0, y0, y1).map_err(e)?;
+            a.vpermq(y0, y0, 0xd8).map_err(e)?;
+            a.vmovdqu(ymmword_ptr(rcx + out), y0).map_err(e)?;
+            continue;
+        }
+        // [v0 lanes 0-3, v1 0-3 | v0 4-7, v1 4-7] as i16, then bytes, then v0's eight and
+        // v1's eight in the low 16 bytes.
+        pack(&mut a, &k, q.signed, y0, y1, t)?;
         a.vmovq(qword_ptr(rcx + out), xmm_of(r * VECTORS))
             .map_err(e)?;
         a.vpextrq(qword_ptr(rcx + out + 8), xmm_of(r * VECTORS), 1)
@@ -621,6 +633,39 @@ mod tests {
         );
         // An interleaved group needs whole pairs of vectors.
         assert!(depthwise_plane(&plane(vec![vec![(0, 0)]], true), Isa::Avx2).is_err());
+    }
+
+    #[test]
+    fn i16_stores_pack_each_row_to_sixteen_words() {
+        let q = Requantize {
+            zero_point: -5,
+            bounds: (-32768, 32767),
+            signed: true,
+            plane: 64,
+            per_lane: true,
+        };
+        let tile = PairTile {
+            rows: 3,
+            offsets: vec![0],
+            x_stride: 128,
+            iterations: 2,
+            store: Store::RequantizeI16(q),
+            row_stride: Some(16),
+        };
+        let code = disassemble(&pair_tile(&tile, Isa::Avx2).unwrap());
+        let count = |p: &str| code.iter().filter(|i| i.starts_with(p)).count();
+        // Per row: one signed pack to words, one qword permutation, one 32-byte store;
+        // no byte packs.
+        assert_eq!(count("vpackssdw"), 3, "{code:#?}");
+        assert_eq!(count("vpermq"), 3, "{code:#?}");
+        assert_eq!(count("vpacksswb") + count("vpackuswb"), 0, "{code:#?}");
+        for store in [
+            "vmovdqu [rcx],ymm0",
+            "vmovdqu [rcx+40h],ymm2",
+            "vmovdqu [rcx+80h],ymm4",
+        ] {
+            assert!(code.iter().any(|i| i == store), "{store}: {code:#?}");
+        }
     }
 
     #[test]

@@ -15,6 +15,12 @@
 //!    (per-channel parameters read from a table, so code size does not grow with the
 //!    channel count) and stores eight results per vector.
 //!
+//! int16 layers run the same way: their i16 planes are padded with the i16 zero point and
+//! repacked as pairs with no widening ([`repack_i16`]), and i16 results are stored sixteen
+//! to a row by the micro-kernel. A convolution along one axis (`[C, H, 1]` planes, `kh × 1`
+//! kernels) is taken as its transpose (`[C, 1, H]`, the same memory), so that its outputs
+//! fill the vectors' lanes instead of one lane in eight.
+//!
 //! Output rows whose width is not a multiple of eight (or an odd number of vectors) are
 //! computed into a staging area with rows padded to whole vectors and copied out, so the
 //! tiles never store past a row. The arithmetic is the interpreter's, as in the other forms:
@@ -31,6 +37,7 @@ use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, ConstantData, FuncRef, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
+use qlift_ir::DType;
 
 /// Steps (channel pair × tap) per micro-kernel loop iteration at least: 1×1 kernels take
 /// several channel pairs per iteration so the loop's own instructions stay a small part.
@@ -39,11 +46,14 @@ const MIN_STEPS: usize = 4;
 /// Bytes of one activation pair (two i16).
 const PAIR: usize = 4;
 
-/// The convolution's shape when the node is a dense 2-D QConv of u8 activations into an
-/// 8-bit result with a column stride of 1 or 2 ([`flattened`] when it is pointwise); `None`
-/// otherwise.
+/// The convolution's shape when the node is a dense 2-D QConv of u8 or i16 activations into
+/// an 8-bit or i16 result with a column stride of 1 or 2 (after transposing a convolution
+/// along rows only; [`flattened`] when it is pointwise); `None` otherwise.
 fn geometry(k: &Kernel) -> Result<Option<QConv2d>, String> {
-    Ok(QConv2d::of(k)?
+    // Single columns everywhere (no column padding): the planes are rows.
+    let rows_only = |q: &QConv2d| q.w == 1 && q.kw == 1 && q.ow == 1 && q.wp == 1;
+    Ok(QConv2d::of_wide(k)?
+        .map(|q| if rows_only(&q) { q.transposed() } else { q })
         .filter(|q| q.group == 1 && (1..=2).contains(&q.sw))
         .map(flattened))
 }
@@ -84,12 +94,13 @@ struct Layout {
     ow8: usize,
     vectors: usize,
     vectors_even: usize,
-    /// Bytes of the padded u8 planes (with room for every over-read of the repacking).
-    u8_bytes: usize,
+    /// Bytes of the padded input planes (with room for every over-read of the repacking).
+    in_bytes: usize,
 }
 
 impl Layout {
-    fn of(g: &QConv2d) -> Layout {
+    /// The layout for input elements of `elem` bytes (1: u8, 2: i16).
+    fn of(g: &QConv2d, elem: usize) -> Layout {
         let unroll = MIN_STEPS.div_ceil(g.taps());
         let used_pairs = g.c.div_ceil(2);
         let ow8 = g.ow.next_multiple_of(LANES);
@@ -99,9 +110,13 @@ impl Layout {
                 .max(ow8 + (g.kw - 1) * g.dw / g.sw)
                 .next_multiple_of(LANES);
         let vectors = g.oh * ow8 / LANES;
-        // The repacking reads 16 bytes at row `y·sh + py`, column `x·sw` of plane 2·pair + 1.
-        let last_read =
-            (2 * used_pairs - 1) * g.hp * g.wp + (hq * g.sh - 1) * g.wp + (wq - LANES) * g.sw + 16;
+        // The repacking reads 16 bytes at row `y·sh + py`, column `x·sw` of plane 2·pair + 1
+        // (i16: 16 bytes from each half's first column, at most `sw · 4 + 1` past it).
+        let last_column = (wq - LANES) * g.sw;
+        let last_read = ((2 * used_pairs - 1) * g.hp * g.wp + (hq * g.sh - 1) * g.wp + last_column)
+            * elem
+            + 16
+            + (elem - 1) * 2 * (4 * g.sw + 1);
         let padded = g.padded(g.c);
         Layout {
             used_pairs,
@@ -112,7 +127,7 @@ impl Layout {
             ow8,
             vectors,
             vectors_even: vectors.next_multiple_of(VECTORS),
-            u8_bytes: padded.bytes().max(last_read).next_multiple_of(64),
+            in_bytes: (padded.bytes() * elem).max(last_read).next_multiple_of(64),
         }
     }
 
@@ -136,6 +151,8 @@ impl Layout {
 /// Emits the convolution in this form and returns true when it applies (a dense QConv
 /// [`geometry`] accepts, constant weights, wide micro-kernels on the target, and every
 /// channel's requantization shift at least 32); false leaves it to the other forms.
+/// (Its weights pack as `[m][c][kh][kw]` whether or not the geometry is transposed: with
+/// one kernel column, tap `ky` is tap `kx` of the transpose.)
 pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let Some(isa) = k.wide else { return Ok(false) };
     if !k.has_byte_shuffle() {
@@ -154,7 +171,16 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let Some(records) = ChannelTable::bytes(&rq, &packed.folded) else {
         return Ok(false);
     };
-    let l = Layout::of(&g);
+    let sixteen_in = k.input(0)?.ty.dtype == DType::I16;
+    let (in_elem, out_elem) = (
+        if sixteen_in { 2 } else { 1 },
+        if k.output(0).ty.dtype == DType::I16 {
+            2
+        } else {
+            1
+        },
+    );
+    let l = Layout::of(&g, in_elem);
     let pair_bytes = l.pair_bytes(&g);
     // Micro-kernel steps: `unroll` channel pairs × the taps, at compile-time offsets.
     let mut offsets = Vec::with_capacity(l.unroll * taps);
@@ -182,7 +208,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         zero_point: rq.zero_point,
         bounds,
         signed,
-        plane: i32::try_from(out_plane).map_err(|e| e.to_string())?,
+        plane: i32::try_from(out_plane * out_elem).map_err(|e| e.to_string())?,
         per_lane: false,
     };
     let tile = |rows: usize| PairTile {
@@ -190,7 +216,11 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         offsets: offsets.clone(),
         x_stride,
         iterations,
-        store: Store::Requantize(store),
+        store: if out_elem == 2 {
+            Store::RequantizeI16(store)
+        } else {
+            Store::Requantize(store)
+        },
         row_stride: None,
     };
     let (main, tail_kernel) = k.pair_tiles(isa, rows, tail, tile)?;
@@ -229,11 +259,17 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         (((oy * l.wq + col) * PAIR) as i32).to_le_bytes()
     });
     let vector_table = k.data_object(vector_offsets.flatten().collect(), 64)?;
-    // Workspace: padded u8 planes | packed pairs | the tiles' context | staging (when not direct).
-    let xp_at = l.u8_bytes;
+    // Workspace: padded input planes | packed pairs | the tiles' context | staging (when not
+    // direct).
+    let xp_at = l.in_bytes;
     let context_at = xp_at + (l.pairs * pair_bytes).next_multiple_of(64);
     let staging_at = context_at + 64;
-    let ws_bytes = staging_at + if l_direct { 0 } else { g.m * out_plane };
+    let ws_bytes = staging_at
+        + if l_direct {
+            0
+        } else {
+            g.m * out_plane * out_elem
+        };
     let weights_outer = g.m * l.pairs * taps * PAIR > l.pairs * pair_bytes;
     let tiles = (l.vectors_even / VECTORS) as i64;
     // The tiles as a task over one dimension: blocks of channels when the weights are larger
@@ -266,9 +302,9 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
                 })
                 .collect();
             // The tile's first result of channel c0, and c0's requantization record.
-            let first = fb.ins().imul_imm_s(t, (VECTORS * LANES) as i64);
+            let first = fb.ins().imul_imm_s(t, (VECTORS * LANES * out_elem) as i64);
             let first = fb.ins().iadd(out, first);
-            let first = emit::addr(fb, first, c0, out_plane as i64);
+            let first = emit::addr(fb, first, c0, (out_plane * out_elem) as i64);
             let records = emit::addr(fb, params, c0, ChannelTable::RECORD as i64);
             fb.ins().call(kernel, &[xs[0], xs[1], w, first, records]);
         };
@@ -307,7 +343,6 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     })?;
     // Padding and repacking as a task over channel pairs (each writes its own planes).
     let padded = g.padded(g.c);
-    let zx = zx as u8;
     let prepare = k.task(|fb, _, [ctx, begin, end, _]| {
         let xp = fb.ins().load(types::I64, emit::mem(), ctx, 0);
         let x = fb.ins().load(types::I64, emit::mem(), ctx, 16);
@@ -317,11 +352,19 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         let channels = emit::iconst(fb, g.c as i64);
         let last = fb.ins().smin(last, channels);
         emit::for_range(fb, first, last, 1, |fb, c| {
-            let from = emit::addr(fb, x, c, (g.h * g.w) as i64);
-            let to = emit::addr(fb, planes, c, (g.hp * g.wp) as i64);
-            padded.emit_plane(fb, from, to, zx);
+            let from = emit::addr(fb, x, c, (g.h * g.w * in_elem) as i64);
+            let to = emit::addr(fb, planes, c, (g.hp * g.wp * in_elem) as i64);
+            if sixteen_in {
+                padded.emit_plane_i16(fb, from, to, zx as i16);
+            } else {
+                padded.emit_plane(fb, from, to, zx as u8);
+            }
         });
-        repack(fb, &g, &l, planes, xp, begin, end);
+        if sixteen_in {
+            repack_i16(fb, &g, &l, planes, xp, begin, end);
+        } else {
+            repack(fb, &g, &l, planes, xp, begin, end);
+        }
         Ok(())
     })?;
     let ws = k.workspace(ws_bytes);
@@ -332,8 +375,8 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let macs = (g.m * g.oh * g.ow * g.c * taps) as u64;
     k.for_each(samples, |k, n| {
         let fb = &mut *k.fb;
-        let xn = emit::addr(fb, xptr, n, (g.c * g.h * g.w) as i64);
-        let yn = emit::addr(fb, yptr, n, (g.m * g.oh * g.ow) as i64);
+        let xn = emit::addr(fb, xptr, n, (g.c * g.h * g.w * in_elem) as i64);
+        let yn = emit::addr(fb, yptr, n, (g.m * g.oh * g.ow * out_elem) as i64);
         let xp = fb.ins().iadd_imm_s(ws, xp_at as i64);
         let out = if l_direct {
             yn
@@ -350,11 +393,11 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
             // Staging rows of `ow8` results to the output's rows of `ow`.
             emit::for_count(fb, g.m as i64, |fb, c| {
                 emit::for_count(fb, g.oh as i64, |fb, oy| {
-                    let src = emit::addr(fb, out, c, out_plane as i64);
-                    let src = emit::addr(fb, src, oy, l.ow8 as i64);
-                    let dst = emit::addr(fb, yn, c, (g.oh * g.ow) as i64);
-                    let dst = emit::addr(fb, dst, oy, g.ow as i64);
-                    copy_row(fb, src, dst, g.ow);
+                    let src = emit::addr(fb, out, c, (out_plane * out_elem) as i64);
+                    let src = emit::addr(fb, src, oy, (l.ow8 * out_elem) as i64);
+                    let dst = emit::addr(fb, yn, c, (g.oh * g.ow * out_elem) as i64);
+                    let dst = emit::addr(fb, dst, oy, (g.ow * out_elem) as i64);
+                    copy_row(fb, src, dst, g.ow * out_elem);
                 });
             });
         }
@@ -404,6 +447,61 @@ fn repack(
                         let dst = emit::addr(fb, dst_row, xc, (LANES * PAIR) as i64);
                         fb.ins().store(emit::mem(), lo, dst, 0);
                         fb.ins().store(emit::mem(), hi, dst, 16);
+                    });
+                });
+            }
+        }
+    });
+}
+
+/// [`repack`] for i16 planes (int16 layers): four positions of a phase row per step, from
+/// one 16-byte load of each of the two planes (eight i16 from the half's first column) and
+/// one byte shuffle pairing them; no widening.
+fn repack_i16(
+    fb: &mut FunctionBuilder,
+    g: &QConv2d,
+    l: &Layout,
+    planes: Value,
+    xp: Value,
+    begin: Value,
+    end: Value,
+) {
+    let plane = (g.hp * g.wp * 2) as i64;
+    let pair_bytes = l.pair_bytes(g) as i64;
+    let half = LANES / 2;
+    // Bytes of position i of a half: element `sw · i` of the load from each plane.
+    let mask: Vec<u8> = (0..half)
+        .flat_map(|i| {
+            let j = (2 * g.sw * i) as u8;
+            [j, j + 1, 16 + j, 17 + j]
+        })
+        .collect();
+    let mask = fb.func.dfg.immediates.push(ConstantData::from(mask));
+    emit::for_range(fb, begin, end, 1, |fb, p| {
+        let a = emit::addr(fb, planes, p, 2 * plane);
+        let dst_pair = emit::addr(fb, xp, p, pair_bytes);
+        for py in 0..g.sh {
+            for px in 0..g.sw {
+                let phase = ((py * g.sw + px) * l.hq * l.wq * PAIR) as i64;
+                emit::for_count(fb, l.hq as i64, |fb, y| {
+                    let row = fb.ins().imul_imm_s(y, (g.sh * g.wp * 2) as i64);
+                    let src_row = fb.ins().iadd_imm_s(row, ((py * g.wp + px) * 2) as i64);
+                    let src_row = fb.ins().iadd(a, src_row);
+                    let dst_row = fb.ins().imul_imm_s(y, (l.wq * PAIR) as i64);
+                    let dst_row = fb.ins().iadd_imm_s(dst_row, phase);
+                    let dst_row = fb.ins().iadd(dst_pair, dst_row);
+                    emit::for_count(fb, (l.wq / LANES) as i64, |fb, xc| {
+                        let src = emit::addr(fb, src_row, xc, (LANES * g.sw * 2) as i64);
+                        let dst = emit::addr(fb, dst_row, xc, (LANES * PAIR) as i64);
+                        for h in 0..2 {
+                            let at = (h * half * g.sw * 2) as i32;
+                            let va = fb.ins().load(types::I8X16, emit::mem(), src, at);
+                            let vb =
+                                fb.ins()
+                                    .load(types::I8X16, emit::mem(), src, at + plane as i32);
+                            let pairs = fb.ins().shuffle(va, vb, mask);
+                            fb.ins().store(emit::mem(), pairs, dst, (16 * h) as i32);
+                        }
                     });
                 });
             }

@@ -3,6 +3,14 @@
 //! to six rows (samples) × sixteen result columns, exact `vpmaddwd` on i16 pairs of the
 //! reduction, per-column requantization in ymm registers ([`LaneTable`]).
 //!
+//! u8 activations are widened to i16 per tile; the i16 activations of int16 layers are
+//! already the micro-kernel's operand and are only copied (with their rows padded to whole
+//! steps). Their results are u8/i8, i16 (an int16 layer's 16-bit result, stored by the
+//! micro-kernel as sixteen i16 a row) or raw i32 sums. The raw activations (not centered)
+//! multiply `w − zw` and the input zero point is folded into the biases: in wrapping i32 this
+//! is the interpreter's `Σ (x − zx)(w − zw) + bias` exactly, and `passes::quantize::wide`
+//! proves an int16 layer's sum fits i32.
+//!
 //! The weights are packed at compile time as `[column block of 16][pair of k][16][2]` i16
 //! (`w − zw`, zero columns and pairs past the ends) and the input zero point folded into
 //! the biases (see [`super::packing::packed_rows`]). Per tile of rows, the rows are widened
@@ -36,12 +44,12 @@ const PAIR: usize = 4;
 /// Columns per block (the tile's two vectors).
 const BLOCK: usize = VECTORS * LANES;
 
-/// Emits the product in this form and returns true when it applies: a QMatMul of a u8
-/// `[..., K]` (its leading axes, the batch among them, are rows) by constant weights
-/// `[K, M]` into an 8-bit `[..., M]`, wide micro-kernels
-/// on the target and every column's requantization shift at least 32; or a MatMulInteger
-/// of the same shapes into i32 with int8 weights, no weight zero point and a scalar
-/// activation zero point (see the module's note); false leaves it to the other forms.
+/// Emits the product in this form and returns true when it applies: a QMatMul of a u8 or
+/// i16 `[..., K]` (its leading axes, the batch among them, are rows) by constant weights
+/// `[K, M]` into an 8-bit, i16 or i32 `[..., M]`, wide micro-kernels on the target and every
+/// column's requantization shift at least 32; or a MatMulInteger of a u8 `[..., K]` by the
+/// same weights into i32 with int8 weights, no weight zero point and a scalar activation
+/// zero point (see the module's note); false leaves it to the other forms.
 pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
     let Some(isa) = k.wide else { return Ok(false) };
     let integer = k.op.kind == OpKind::MatMulInteger;
@@ -62,8 +70,8 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
         && ad[n - 1] > 0
         && bd[1] > 0;
     if !shapes
-        || a.ty.dtype != DType::U8
-        || !matches!(y.ty.dtype, DType::U8 | DType::I8 | DType::I32)
+        || !matches!(a.ty.dtype, DType::U8 | DType::I16)
+        || !matches!(y.ty.dtype, DType::U8 | DType::I8 | DType::I16 | DType::I32)
         || b.constant.is_none()
     {
         return Ok(false);
@@ -79,9 +87,15 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
         }
         (true, Some(_)) => return Ok(false),
     };
-    if integer && (k.optional(3).is_some() || b.ty.dtype != DType::I8 || y.ty.dtype != DType::I32) {
+    if integer
+        && (k.optional(3).is_some()
+            || a.ty.dtype != DType::U8
+            || b.ty.dtype != DType::I8
+            || y.ty.dtype != DType::I32)
+    {
         return Ok(false);
     }
+    let sixteen_in = a.ty.dtype == DType::I16;
     let Some(packed) = packed_rows(k, m, kk, |c, t| t * m + c)? else {
         return Ok(false);
     };
@@ -106,7 +120,11 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
         };
         lanes
     };
-    let elem = if sums { 4 } else { 1 };
+    let elem = match yty.dtype {
+        DType::I32 => 4,
+        DType::I16 => 2,
+        _ => 1,
+    };
     let pairs = kk.div_ceil(2).next_multiple_of(UNROLL);
     let blocks = m.div_ceil(BLOCK);
     // Weights: block, pair, column of the block, the pair's two k.
@@ -140,13 +158,17 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
             return Ok(false);
         };
         let rq = Requant::for_product(aq, bq, m, &yty, k.op.fused_activation()?)?;
-        Store::Requantize(Requantize {
+        let q = Requantize {
             zero_point: rq.zero_point,
             bounds: (rq.bounds.0 as i32, rq.bounds.1 as i32),
             signed: yty.dtype == DType::I8,
             plane: i32_of(row_bytes)?,
             per_lane: true,
-        })
+        };
+        match yty.dtype {
+            DType::I16 => Store::RequantizeI16(q),
+            _ => Store::Requantize(q),
+        }
     };
     let tile = |rows: usize| -> Result<PairTile, String> {
         Ok(PairTile {
@@ -217,9 +239,13 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
         let fb = &mut *k.fb;
         for r in 0..rows {
             let row = fb.ins().iadd_imm_s(first, r as i64);
-            let src = emit::addr(fb, aptr, row, kk as i64);
+            let src = emit::addr(fb, aptr, row, (kk * if sixteen_in { 2 } else { 1 }) as i64);
             let dst = fb.ins().iadd_imm_s(ws, (r * pairs * PAIR) as i64);
-            widen_row(fb, src, dst, kk);
+            if sixteen_in {
+                copy_i16_row(fb, src, dst, kk);
+            } else {
+                widen_row(fb, src, dst, kk);
+            }
         }
         let out = if direct {
             emit::addr(fb, yptr, first, (m * elem) as i64)
@@ -242,7 +268,7 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
             let from = fb.ins().iadd_imm_s(out, (r * row_bytes) as i64);
             match folded {
                 Some(folded) => add_bias_row(fb, from, folded, to, m),
-                None if !direct => copy_row(fb, from, to, m),
+                None if !direct => copy_row(fb, from, to, m * elem),
                 None => {}
             }
         }
@@ -356,4 +382,24 @@ fn widen_row(fb: &mut FunctionBuilder, src: Value, dst: Value, n: usize) {
         let v = fb.ins().uextend(types::I16, v);
         fb.ins().store(emit::mem(), v, dst, (2 * j) as i32);
     }
+}
+
+/// Copies the `n` i16 at `src` to `dst`: 16 bytes a step, then the rest (nothing past
+/// `src + 2n` is read).
+fn copy_i16_row(fb: &mut FunctionBuilder, src: Value, dst: Value, n: usize) {
+    let bytes = 2 * n;
+    if bytes >= 16 {
+        emit::for_count(fb, (bytes / 16) as i64, |fb, i| {
+            let from = emit::addr(fb, src, i, 16);
+            let v = fb.ins().load(types::I8X16, emit::mem(), from, 0);
+            let to = emit::addr(fb, dst, i, 16);
+            fb.ins().store(emit::mem(), v, to, 0);
+        });
+    }
+    let done = (bytes / 16 * 16) as i64;
+    let (src, dst) = (
+        fb.ins().iadd_imm_s(src, done),
+        fb.ins().iadd_imm_s(dst, done),
+    );
+    copy_row(fb, src, dst, bytes % 16);
 }

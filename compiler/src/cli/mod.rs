@@ -27,7 +27,7 @@ use output::note;
 use qlift::npy::read_npy;
 use qlift::{
     load_onnx, ActivationScheme, CalibrationMethod, CompileOptions, CompiledModel, Engine,
-    ImportOptions, QuantizeOptions, Quantized, WeightGranularity,
+    ImportOptions, Outliers, QuantizeOptions, Quantized, WeightGranularity,
 };
 use qlift_ir::{Graph, OpKind, Tensor};
 use qlift_passes::{run_pipeline, PipelineOptions};
@@ -184,6 +184,11 @@ pub(crate) struct QuantArgs {
     /// calibration) in 8 bits stay float; 0 quantizes everything the policy allows.
     #[arg(long = "min-sqnr", value_name = "DB", default_value_t = qlift_passes::quantize::DEFAULT_MIN_SQNR_DB)]
     pub(crate) min_sqnr_db: f64,
+    /// Where a Conv/Gemm/MatMul goes when --min-sqnr refuses it in 8 bits: int16 (16-bit
+    /// activations, when they hold the bound in 16 bits and its i32 accumulator provably
+    /// cannot wrap; fp32 otherwise) or fp32.
+    #[arg(long, value_enum, default_value_t = OutliersArg::Int16)]
+    pub(crate) outliers: OutliersArg,
     /// Weight scales: one per output channel (the default) or one per tensor.
     #[arg(long, value_enum, default_value_t = Weights::PerChannel)]
     pub(crate) weights: Weights,
@@ -224,6 +229,14 @@ pub(crate) struct QuantArgs {
     /// --plan, it reproduces the same quantized model bit for bit.
     #[arg(long = "emit-plan", value_name = "FILE")]
     pub(crate) emit_plan: Option<std::path::PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum OutliersArg {
+    /// 16-bit activations where they hold, else fp32.
+    Int16,
+    /// fp32.
+    Fp32,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -602,6 +615,10 @@ pub(crate) fn quantize_model_from(
         weights: match q.weights {
             Weights::PerChannel => WeightGranularity::PerChannel,
             Weights::PerTensor => WeightGranularity::PerTensor,
+        },
+        outliers: match q.outliers {
+            OutliersArg::Int16 => Outliers::Int16,
+            OutliersArg::Fp32 => Outliers::Fp32,
         },
         ptq: q.ptq.options(),
     };

@@ -79,6 +79,10 @@ pub(crate) fn note_overrides(q: &QuantArgs, plan: &QuantPlan) {
             plan.default.min_sqnr_db.is_some_and(|p| p != q.min_sqnr_db)
                 && q.min_sqnr_db != base.min_sqnr_db,
         ),
+        (
+            "--outliers",
+            plan.outliers.is_some() && !matches!(q.outliers, super::OutliersArg::Int16),
+        ),
     ];
     for (flag, yes) in overridden {
         if yes {
@@ -185,9 +189,10 @@ pub(crate) fn finish(
         let count =
             |f: fn(&Outcome) -> bool| quantized.decisions.iter().filter(|d| f(&d.outcome)).count();
         note!(
-            "units: {} int8, {} int16, {} fp32 by the plan, {} fp32 by the outlier check{}",
+            "units: {} int8, {} int16, {} int16 by the outlier check, {} fp32 by the plan, {} fp32 by the outlier check{}",
             count(|o| matches!(o, Outcome::Int8 | Outcome::Int8ByBound { .. })),
             count(|o| *o == Outcome::Int16),
+            count(|o| matches!(o, Outcome::Int16BySqnr { .. })),
             count(|o| *o == Outcome::Fp32ByPlan),
             count(|o| matches!(o, Outcome::Fp32BySqnr { .. })),
             match count(|o| matches!(o, Outcome::Int8ByBound { .. })) {

@@ -21,8 +21,8 @@ pub use adaround::AdaRoundOptions;
 pub use bias_correction::BiasCorrection;
 pub use dynamic::{quantize_products, Scheme};
 pub use insert::{
-    insert_qdq, insert_qdq_planned, Calibration, Decision, Inserted, Outcome, QuantizeOptions,
-    DEFAULT_MIN_SQNR_DB,
+    insert_qdq, insert_qdq_planned, Calibration, Decision, Inserted, Outcome, Outliers,
+    QuantizeOptions, DEFAULT_MIN_SQNR_DB,
 };
 pub use plan::{resolve, ImportedNames, PlanEntry, PlanError, Precision, QuantPlan, ResolvedPlan};
 pub use replay::{InterpReplay, Replay};

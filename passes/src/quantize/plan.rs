@@ -13,6 +13,7 @@
 //! weights = "per-channel"      # per-channel or per-tensor
 //! activations = "u8"           # u8 or i8: the whole model's activation type (default only)
 //! min_sqnr_db = 25.0           # the outlier check of insert-qdq (0 turns it off)
+//! outliers = "int16"           # a product failing it: int16 (fp32 if 16 bits fail too), or fp32
 //!
 //! [op_types.MatMul]            # every MatMul node
 //! method = "percentile:99.99"
@@ -47,7 +48,7 @@
 
 use crate::calibrate::{ActivationScheme, CalibrationMethod};
 use crate::quantize::dynamic::Scheme;
-use crate::quantize::insert::{Decision, Outcome, QuantizeOptions};
+use crate::quantize::insert::{Decision, Outcome, Outliers, QuantizeOptions};
 use crate::quantize::weights::{WeightBits, WeightGranularity};
 use qlift_ir::{Graph, NodeId, NodeOp, OpKind};
 use serde::{Deserialize, Serialize};
@@ -170,6 +171,8 @@ pub struct QuantPlan {
     pub default: PlanEntry,
     /// The model's activation type (one for the whole model).
     pub activations: Option<ActivationScheme>,
+    /// Where the outlier check's refusals go (one policy for the whole model).
+    pub outliers: Option<Outliers>,
     /// Entries by op type (`Conv`, `MatMul`...).
     pub op_types: BTreeMap<String, PlanEntry>,
     /// Entries by node name.
@@ -253,6 +256,8 @@ struct RawDefault {
     activations: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     min_sqnr_db: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    outliers: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     block_size: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -392,6 +397,12 @@ impl QuantPlan {
             .map(parse_activations)
             .transpose()
             .map_err(|m| plan_error("default", m))?;
+        let outliers = d
+            .outliers
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|m| plan_error("default", m))?;
         let mut op_types = BTreeMap::new();
         for (key, e) in raw.op_types {
             let path = entry_path("op_types", &key);
@@ -415,6 +426,7 @@ impl QuantPlan {
         Ok(QuantPlan {
             default,
             activations,
+            outliers,
             op_types,
             nodes,
         })
@@ -430,6 +442,7 @@ impl QuantPlan {
                 weights: d.weights,
                 activations: self.activations.map(|a| activations_name(a).to_string()),
                 min_sqnr_db: d.min_sqnr_db,
+                outliers: self.outliers.map(|o| o.name().to_string()),
                 block_size: d.block_size,
                 note: d.note,
             }),
@@ -506,6 +519,7 @@ impl QuantPlan {
             scheme: self.activations.unwrap_or(base.scheme),
             min_sqnr_db: self.default.min_sqnr_db.unwrap_or(base.min_sqnr_db),
             weights: self.default.weights.unwrap_or(base.weights),
+            outliers: self.outliers.unwrap_or(base.outliers),
             ..*base
         }
     }
@@ -524,8 +538,8 @@ impl QuantPlan {
 
     /// The plan that reproduces what `insert-qdq` did under this plan and `base` options,
     /// whatever options it is later applied with: every setting in its default section, each
-    /// node the outlier check kept float an explicit fp32 entry (with the measurement in its
-    /// note), and the check itself off (`min_sqnr_db = 0`), its outcome being recorded.
+    /// node the outlier check kept float (or raised to int16) an explicit fp32 (int16) entry
+    /// (with the measurement in its note), and the check itself off (`min_sqnr_db = 0`), its outcome being recorded.
     /// Node entries that name an imported node fused into another (`imported`) are written
     /// under the name of the node it became part of, so that the check's entries merge
     /// with them.
@@ -550,21 +564,32 @@ impl QuantPlan {
                 .or_else(|| plan.default.min_sqnr_db)
                 .unwrap_or(base.min_sqnr_db)
         };
-        let kept: Vec<(String, String)> = decisions
+        let kept: Vec<(String, PlanEntry)> = decisions
             .iter()
             .filter_map(|d| match &d.outcome {
                 Outcome::Fp32BySqnr { value, sqnr_db } => Some((
                     d.node.clone(),
-                    format!(
+                    PlanEntry::fp32(format!(
                         "kept float by the outlier check: `{value}` would keep {sqnr_db:.1} dB in 8 bits (under {} dB)",
                         limit(&d.node)
-                    ),
+                    )),
+                )),
+                Outcome::Int16BySqnr { value, sqnr_db } => Some((
+                    d.node.clone(),
+                    PlanEntry {
+                        precision: Some(Precision::Int16),
+                        note: Some(format!(
+                            "int16 by the outlier check: `{value}` would keep {sqnr_db:.1} dB in 8 bits (under {} dB)",
+                            limit(&d.node)
+                        )),
+                        ..PlanEntry::default()
+                    },
                 )),
                 _ => None,
             })
             .collect();
-        for (node, note) in kept {
-            plan.set_node(&node, PlanEntry::fp32(note));
+        for (node, entry) in kept {
+            plan.set_node(&node, entry);
         }
         plan.default.min_sqnr_db = Some(0.0);
         for e in plan.op_types.values_mut().chain(plan.nodes.values_mut()) {
@@ -593,6 +618,7 @@ impl QuantPlan {
         plan.default.weights = Some(opts.weights);
         plan.default.min_sqnr_db = Some(opts.min_sqnr_db);
         plan.activations = Some(opts.scheme);
+        plan.outliers = Some(opts.outliers);
         plan
     }
 }
@@ -893,6 +919,7 @@ method = "mse"
 weights = "per-tensor"
 activations = "i8"
 min_sqnr_db = 0
+outliers = "fp32"
 
 [op_types.Conv]
 precision = "fp32"
@@ -909,6 +936,11 @@ note = "why"
         assert_eq!(plan.default.weights, Some(WeightGranularity::PerTensor));
         assert_eq!(plan.default.min_sqnr_db, Some(0.0));
         assert_eq!(plan.activations, Some(ActivationScheme::SymmetricI8));
+        assert_eq!(plan.outliers, Some(Outliers::Fp32));
+        assert_eq!(
+            plan.defaults_over(&QuantizeOptions::default()).outliers,
+            Outliers::Fp32
+        );
         assert_eq!(plan.op_types["Conv"].precision, Some(Precision::Fp32));
         assert_eq!(plan.nodes["a/b"].precision, Some(Precision::Fp32));
         assert_eq!(plan.nodes["a/b"].note.as_deref(), Some("why"));
@@ -979,6 +1011,7 @@ precision = "fp32"
             .contains("entry default: unknown weights `per-row`"));
         assert!(err("version = 2").contains("plan version 2"));
         assert!(err("[default]\nmin_sqnr_db = -1.0").contains("min_sqnr_db -1"));
+        assert!(err("[default]\noutliers = \"int8\"").contains("expected int16 or fp32"));
     }
 
     #[test]

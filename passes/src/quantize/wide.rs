@@ -1,5 +1,6 @@
-//! The layers a plan raises to int16 and the values they read and write in 16 bits, and
-//! the proof that their i32 accumulators cannot wrap.
+//! The layers a plan raises to int16, and those the outlier check refuses in 8 bits that
+//! hold in 16 ([`Outliers::Int16`]), the values they read and write in 16 bits, and the
+//! proof that their i32 accumulators cannot wrap.
 //!
 //! An i16 activation centered on its zero point reaches 65535 in magnitude and an int8
 //! weight 128, so a product is below 2^23 and an i32 accumulator holds a sum of only
@@ -8,14 +9,14 @@
 //! garbage. The weights are constants, though: the accumulator of output channel `c` is
 //! at most `X · Σ_k |w_q[c, k]| + |b_q[c]|` with `X` the activation's largest centered
 //! value, which quantization computes here from the very weights and bias it will write.
-//! A layer whose bound exceeds `i32::MAX` stays int8 (its [`Outcome`] says why), so every
-//! int16 layer qlift builds is exact.
+//! A layer whose bound exceeds `i32::MAX` stays int8 (its [`Outcome`] says why), or fp32
+//! when it came here as an outlier, so every int16 layer qlift builds is exact.
 //!
 //! [`Outcome`]: super::insert::Outcome
 
 use super::insert::{
-    activation_params, bias_add_after, is_anchor, reads_accumulator, weight_axis, Calibration,
-    QuantizeOptions,
+    activation_params, bias_add_after, is_anchor, reads_accumulator, short_of_8_bits, weight_axis,
+    Calibration, Outliers, QuantizeOptions,
 };
 use super::plan::{Precision, ResolvedPlan};
 use super::weights::quantize_weights;
@@ -37,6 +38,13 @@ pub(super) struct WideLayers {
     pub moves: HashSet<NodeId>,
     /// Anchors the plan asked int16 for whose accumulator bound exceeds `i32::MAX`: the bound.
     pub refused: HashMap<NodeId, f64>,
+    /// Anchors in `nodes` because the outlier check refused them in 8 bits: the activation
+    /// that failed it and its SQNR in 8 bits.
+    pub by_sqnr: HashMap<NodeId, (String, f64)>,
+    /// The values of those anchors that fail the check in 8 bits, with their SQNR in 8
+    /// bits: no other op reads them in 8 bits (an integer-preserving op reading one stays
+    /// float).
+    pub short8: HashMap<ValueId, f64>,
 }
 
 /// `opts` with 16-bit activations.
@@ -60,7 +68,11 @@ pub(super) fn wide_layers(
         };
         let operands = g.node_inputs(id);
         let settings = plan.settings(id);
-        if settings.precision != Precision::Int16 || !is_anchor(g, op, &operands) {
+        let outlier_path = settings.precision == Precision::Int8
+            && settings.opts.outliers == Outliers::Int16
+            && settings.opts.min_sqnr_db > 0.0;
+        if !(settings.precision == Precision::Int16 || outlier_path) || !is_anchor(g, op, &operands)
+        {
             continue;
         }
         let Some(x) = operands.first().copied().flatten() else {
@@ -70,10 +82,46 @@ pub(super) fn wide_layers(
             continue;
         }
         let opts = sixteen_bit(&settings.opts);
+        let result = ValueId {
+            node: id,
+            output: 0,
+        };
+        let written = match op.kind {
+            OpKind::MatMul => bias_add_after(g, result).map_or(result, |add| ValueId {
+                node: add,
+                output: 0,
+            }),
+            _ => result,
+        };
+        let accumulator = reads_accumulator(g, op, result);
+        let checked = || std::iter::once(x).chain((!accumulator).then_some(written));
+        let mut short8 = Vec::new();
+        if settings.precision != Precision::Int16 {
+            // An int8 layer comes here only when 8 bits fail and 16 bits hold.
+            short8 = checked()
+                .filter_map(|v| {
+                    short_of_8_bits(g, v, calibration, &settings.opts).map(|db| (v, db))
+                })
+                .collect();
+            let holds16 = checked().all(|v| short_of_8_bits(g, v, calibration, &opts).is_none());
+            if short8.is_empty() || !holds16 {
+                continue;
+            }
+        }
         let bound = accumulator_bound(g, id, x, &operands, calibration, &opts)?;
+        if std::env::var_os("QLIFT_DEBUG_SQNR").is_some() {
+            eprintln!("bound {bound:.3e}  {}", g.node(id).name);
+        }
         if bound > i32::MAX as f64 {
-            wide.refused.insert(id, bound);
+            if short8.is_empty() {
+                wide.refused.insert(id, bound);
+            }
             continue;
+        }
+        if let Some(&first) = short8.first() {
+            wide.by_sqnr
+                .insert(id, (g.value(first.0).name.clone(), first.1));
+            wide.short8.extend(short8.iter().copied());
         }
         wide.nodes.insert(id);
         wide.values.insert(x);
@@ -91,18 +139,7 @@ pub(super) fn wide_layers(
             wide.values.insert(operand);
             v = operand;
         }
-        let result = ValueId {
-            node: id,
-            output: 0,
-        };
-        if !reads_accumulator(g, op, result) {
-            let written = match op.kind {
-                OpKind::MatMul => bias_add_after(g, result).map_or(result, |add| ValueId {
-                    node: add,
-                    output: 0,
-                }),
-                _ => result,
-            };
+        if !accumulator {
             wide.values.insert(written);
         }
     }
