@@ -88,6 +88,28 @@ fn compatible(x: &TensorType, y: &TensorType) -> bool {
             .all(|(d, e)| d == e || *d == qlift_ir::Dim::Dyn || *e == qlift_ir::Dim::Dyn)
 }
 
+/// The result types of `op` on the classes `children`, from their types and constant values.
+fn infer(
+    egraph: &QEGraph,
+    op: &qlift_ir::Op,
+    children: &[Id],
+    declared: &[TensorType],
+) -> Option<Vec<TensorType>> {
+    let types: Vec<Option<&TensorType>> = children
+        .iter()
+        .map(|c| egraph[*c].data.ty.as_ref())
+        .collect();
+    let constants: Vec<Option<&Tensor>> = children
+        .iter()
+        .map(|c| egraph[*c].data.constant.as_ref().map(|k| k.tensor.as_ref()))
+        .collect();
+    let values = qlift_ir::OperandValues {
+        constants: &constants,
+        symbolic: &[],
+    };
+    qlift_ir::infer_op_with(op, &types, &values, declared).ok()
+}
+
 impl Analysis<QNode> for QAnalysis {
     type Data = ClassData;
 
@@ -109,46 +131,17 @@ impl Analysis<QNode> for QAnalysis {
             QNode::Op(sym, _) if sym.kind.results() > 1 => data(None, None),
             QNode::Result(r, [tuple]) => {
                 let ty = egraph[*tuple].nodes.iter().find_map(|n| match n {
-                    QNode::Op(sym, children) => {
-                        let types: Vec<Option<&TensorType>> = children
-                            .iter()
-                            .map(|c| egraph[*c].data.ty.as_ref())
-                            .collect();
-                        let constants: Vec<Option<&Tensor>> = children
-                            .iter()
-                            .map(|c| egraph[*c].data.constant.as_ref().map(|k| k.tensor.as_ref()))
-                            .collect();
-                        let values = qlift_ir::OperandValues {
-                            constants: &constants,
-                            symbolic: &[],
-                        };
-                        qlift_ir::infer_op_with(&sym.op(), &types, &values, &[])
-                            .ok()
-                            .and_then(|mut t| (*r < t.len()).then(|| t.swap_remove(*r)))
-                    }
+                    QNode::Op(sym, children) => infer(egraph, &sym.op(), children, &[])
+                        .and_then(|mut t| (*r < t.len()).then(|| t.swap_remove(*r))),
                     _ => None,
                 });
                 data(ty, None)
             }
             QNode::Op(sym, children) => {
                 let op = sym.op();
-                let types: Vec<Option<&TensorType>> = children
-                    .iter()
-                    .map(|c| egraph[*c].data.ty.as_ref())
-                    .collect();
                 // Constant operands decide the extents of shape-taking ops (Slice's starts).
-                let constants: Vec<Option<&Tensor>> = children
-                    .iter()
-                    .map(|c| egraph[*c].data.constant.as_ref().map(|k| k.tensor.as_ref()))
-                    .collect();
                 let declared: Vec<TensorType> = sym.declared.iter().cloned().collect();
-                let values = qlift_ir::OperandValues {
-                    constants: &constants,
-                    symbolic: &[],
-                };
-                let ty = qlift_ir::infer_op_with(&op, &types, &values, &declared)
-                    .ok()
-                    .and_then(|mut t| t.pop());
+                let ty = infer(egraph, &op, children, &declared).and_then(|mut t| t.pop());
                 let constant = ty.as_ref().and_then(|ty| fold(egraph, &op, children, ty));
                 data(ty, constant)
             }

@@ -137,13 +137,12 @@ pub fn to_egraph(graph: &Graph) -> Result<GraphEGraph, PassError> {
     })
 }
 
-/// Whether node `id`'s result type is more precise than inference from its operands' types
-/// and constant values gives.
-fn refined(graph: &Graph, id: qlift_ir::NodeId) -> bool {
-    let NodeOp::Apply(op) = &graph.node(id).op else {
-        return false;
-    };
-    let operands = graph.node_inputs(id);
+/// The result types of `op` on `operands` of `graph`, from their types and constant values.
+fn infer(
+    graph: &Graph,
+    op: &qlift_ir::Op,
+    operands: &[Option<ValueId>],
+) -> Result<Vec<TensorType>, String> {
     let types: Vec<Option<&TensorType>> = operands
         .iter()
         .map(|v| v.map(|v| graph.value_type(v)))
@@ -156,7 +155,16 @@ fn refined(graph: &Graph, id: qlift_ir::NodeId) -> bool {
         constants: &constants,
         symbolic: &[],
     };
-    match qlift_ir::infer_op_with(op, &types, &values, &[]) {
+    qlift_ir::infer_op_with(op, &types, &values, &[])
+}
+
+/// Whether node `id`'s result type is more precise than inference from its operands' types
+/// and constant values gives.
+fn refined(graph: &Graph, id: qlift_ir::NodeId) -> bool {
+    let NodeOp::Apply(op) = &graph.node(id).op else {
+        return false;
+    };
+    match infer(graph, op, &graph.node_inputs(id)) {
         Ok(inferred) => inferred.first() != graph.node(id).outputs.first().map(|v| &v.ty),
         Err(_) => false,
     }
@@ -349,24 +357,8 @@ fn build_tuple(
         operands.push(Some(v));
     }
     let op = sym.op();
-    let types: Vec<Option<&TensorType>> = operands
-        .iter()
-        .map(|v| v.map(|v| graph.value_type(v)))
-        .collect();
-    let constants: Vec<Option<&qlift_ir::Tensor>> = operands
-        .iter()
-        .map(|v| v.and_then(|v| graph.const_value(v)).map(|t| t.as_ref()))
-        .collect();
-    let inferred = qlift_ir::infer_op_with(
-        &op,
-        &types,
-        &qlift_ir::OperandValues {
-            constants: &constants,
-            symbolic: &[],
-        },
-        &[],
-    )
-    .map_err(|e| PassError::Bug(format!("{}: {e}", op.kind)))?;
+    let inferred =
+        infer(&graph, &op, &operands).map_err(|e| PassError::Bug(format!("{}: {e}", op.kind)))?;
     let classes: Vec<Option<Id>> = (0..inferred.len())
         .map(|r| egraph.lookup(QNode::Result(r, [c])))
         .collect();
