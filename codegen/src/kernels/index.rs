@@ -224,7 +224,7 @@ pub(super) fn slice(k: &mut Kernel) -> Result<(), String> {
         (first..rank).map(|a| per_axis[a].1 * src[a]).collect(),
     ];
     let extents = out_dims[first..].to_vec();
-    strided_copy(k, &extents, strides, base)
+    strided_copy(k, &extents, strides, (0, base))
 }
 
 /// The index at element `at` of `base` (i32 or i64), as i64, a negative one counted from
@@ -248,13 +248,13 @@ pub(super) fn load_index(
 }
 
 /// Copies through a strided walk: result offsets and operand offsets per axis of
-/// `extents` (the axes after the batch), operand offset `base` at the start; per sample of
-/// the batch when the operand has one.
+/// `extents` (the axes after the batch), starting at result and operand offsets
+/// `(dst_base, src_base)`; per sample of the batch when the operand has one.
 pub(super) fn strided_copy(
     k: &mut Kernel,
     extents: &[usize],
     strides: Vec<Vec<i64>>,
-    base: i64,
+    (dst_base, src_base): (i64, i64),
 ) -> Result<(), String> {
     let (x, out) = (k.input(0)?, k.output(0));
     let (extents, strides) = emit::coalesce(extents, &strides);
@@ -264,8 +264,9 @@ pub(super) fn strided_copy(
     let samples = k.samples(x.batched());
     emit::for_dynamic(k.fb, samples, |fb, b| {
         let d = fb.ins().imul_imm_s(b, out_sample);
+        let d = fb.ins().iadd_imm_s(d, dst_base);
         let s = fb.ins().imul_imm_s(b, in_sample);
-        let s = fb.ins().iadd_imm_s(s, base);
+        let s = fb.ins().iadd_imm_s(s, src_base);
         emit::for_strided(fb, &extents, &strides, &[d, s], &mut |fb, off| {
             let v = emit::load_at(fb, ty, px, off[1]);
             emit::store_at(fb, v, po, off[0]);
@@ -312,7 +313,7 @@ pub(super) fn tile(k: &mut Kernel) -> Result<(), String> {
         strides[0].extend([dims[a] as i64 * dst[a], dst[a]]);
         strides[1].extend([0, src[a]]);
     }
-    strided_copy(k, &extents, strides, 0)
+    strided_copy(k, &extents, strides, (0, 0))
 }
 
 /// Cast: elementwise conversion with the interpreter's rules (float to integer truncates

@@ -358,5 +358,5 @@ pub(super) fn block(k: &mut Kernel) -> Result<(), String> {
         emit::row_major(&b.view)[first..].to_vec(),
         b.src[first..].iter().map(|&s| s as i64).collect(),
     ];
-    strided_copy(k, &b.view[first..], strides, 0)
+    strided_copy(k, &b.view[first..], strides, (0, 0))
 }

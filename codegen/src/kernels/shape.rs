@@ -80,7 +80,7 @@ pub(super) fn transpose(k: &mut Kernel) -> Result<(), String> {
         emit::row_major(&out_dims)[first..].to_vec(),
         perm[first..].iter().map(|&p| src[p]).collect(),
     ];
-    strided_copy(k, &out_dims[first..], strides, 0)
+    strided_copy(k, &out_dims[first..], strides, (0, 0))
 }
 
 /// Concat along a static axis, any dtype (quantized operands share their parameters, so
@@ -209,8 +209,7 @@ pub(super) fn pad(k: &mut Kernel) -> Result<(), String> {
     }
     let size = x.ty.dtype.size_of();
     let ty = mover(size);
-    let (px, po) = (x.ptr, out.ptr);
-    let (in_sample, out_sample) = (x.per_sample() as i64, out.per_sample() as i64);
+    let (po, out_sample) = (out.ptr, out.per_sample() as i64);
     let samples = k.samples(batched);
     let first = usize::from(batched);
     let padded = extent.iter().product::<usize>() != out_dims.iter().product::<usize>();
@@ -223,16 +222,5 @@ pub(super) fn pad(k: &mut Kernel) -> Result<(), String> {
     let src_base: i64 = (0..r).map(|a| src_start[a] * src[a]).sum();
     let dst_base: i64 = (0..r).map(|a| dst_start[a] * dst[a]).sum();
     let strides = vec![dst[first..].to_vec(), src[first..].to_vec()];
-    let (extents, strides) = emit::coalesce(&extent[first..], &strides);
-    emit::for_dynamic(k.fb, samples, |fb, b| {
-        let d = fb.ins().imul_imm_s(b, out_sample);
-        let d = fb.ins().iadd_imm_s(d, dst_base);
-        let s = fb.ins().imul_imm_s(b, in_sample);
-        let s = fb.ins().iadd_imm_s(s, src_base);
-        emit::for_strided(fb, &extents, &strides, &[d, s], &mut |fb, off| {
-            let v = emit::load_at(fb, ty, px, off[1]);
-            emit::store_at(fb, v, po, off[0]);
-        });
-    });
-    Ok(())
+    strided_copy(k, &extent[first..], strides, (dst_base, src_base))
 }
