@@ -801,8 +801,8 @@ proptest! {
             .filter(|&x| lowered.value_type(x).dtype == DType::I16)
             .count();
         // (Those whose i32 accumulator could wrap at 16 bits stay int8, saying so.)
-        let int16_units = q.decisions.iter().filter(|d| d.outcome == Outcome::Int16).count();
-        let asked = q.decisions.iter().filter(|d| matches!(d.outcome, Outcome::Int16 | Outcome::Int8ByBound { .. })).count();
+        let int16_units = q.decisions.iter().filter(|d| matches!(d.outcome, Outcome::Int16 { .. })).count();
+        let asked = q.decisions.iter().filter(|d| matches!(d.outcome, Outcome::Int16 { .. } | Outcome::Int8ByBound { .. })).count();
         prop_assert_eq!(asked > 0, !wide.is_empty(), "int16 asked for {:?}, {} units", wide, asked);
         prop_assert_eq!(wide_products > 0, int16_units > 0, "{} products read i16, {} int16 units:\n{}", wide_products, int16_units, print(&lowered, &PrintOptions::default()));
         // The integer products read weights of the width asked for (no float fallback).
@@ -872,7 +872,7 @@ proptest! {
         };
         let q = quantize_limited_planned(&g, &[calibration], &opts, &plan, &PipelineOptions::default(), &Limits::default(), &|_, _| {})
             .map_err(|e| TestCaseError::fail(format!("quantize: {e}\n{text}")))?;
-        let int16_units = q.decisions.iter().filter(|d| d.outcome == Outcome::Int16).count();
+        let int16_units = q.decisions.iter().filter(|d| matches!(d.outcome, Outcome::Int16 { .. })).count();
         let lowered = q.lowered;
         prop_assert!(lowered.node_ids().any(|n| lowered.node(n).op.kind() == Some(OpKind::QMatMul)), "no QMatMul\n{text}");
         let reads_i16 = lowered

@@ -57,7 +57,7 @@ use crate::calibrate::{
 };
 use crate::quantize::plan::{Precision, ResolvedPlan};
 use crate::quantize::weights::{quantize_weights, WeightBits, WeightGranularity};
-use crate::quantize::wide::{sixteen_bit, wide_layers, WideLayers};
+use crate::quantize::wide::{wide_layers, WideLayers};
 use crate::quantize::PtqOptions;
 use crate::PassError;
 use qlift_ir::{
@@ -288,7 +288,11 @@ pub enum Outcome {
     /// It computes in integers.
     Int8,
     /// It computes in integers on 16-bit activations (the plan raised it to int16).
-    Int16,
+    Int16 {
+        /// Its input is symmetric int16 ("int16 (15-bit)": zero point 0, at most 32768 in
+        /// magnitude), because the asymmetric accumulator bound exceeds i32 (see `wide.rs`).
+        symmetric: bool,
+    },
     /// The plan asked int16, but its accumulator could reach `bound` in magnitude, past
     /// i32 (see `wide.rs`): it computes in int8.
     Int8ByBound {
@@ -304,6 +308,8 @@ pub enum Outcome {
         value: String,
         /// Its estimated SQNR in 8 bits.
         sqnr_db: f64,
+        /// Its input is symmetric int16, as for [`Outcome::Int16`].
+        symmetric: bool,
     },
     /// The outlier check kept it float: activation `value` would keep `sqnr_db` in 8 bits
     /// (in 16 bits when int16 was tried).
@@ -364,9 +370,15 @@ pub fn insert_qdq_planned(
         // A bias Add is quantized with its MatMul's settings.
         let settings = plan.settings(bias_adds.get(&id).copied().unwrap_or(id));
         let int16 = wide.nodes.contains(&id);
-        let opts16 = sixteen_bit(&settings.opts);
-        // The outlier check of an int16 layer measures its activations at 16 bits.
-        let check_opts = if int16 { &opts16 } else { &settings.opts };
+        // The outlier check of an int16 layer measures its activations at 16 bits (the
+        // scheme each is quantized with).
+        let check_opts = |v| {
+            if int16 {
+                wide.sixteen_bit_for(v, &settings.opts)
+            } else {
+                settings.opts
+            }
+        };
         let opts = &settings.opts;
         // A product of two activations stays float.
         if matches!(op.kind, OpKind::Conv | OpKind::Gemm | OpKind::MatMul) && !anchor {
@@ -435,8 +447,9 @@ pub fn insert_qdq_planned(
         });
         let mut checked = read.chain((!reads_accumulator(&g, &op, result)).then_some(written));
         if !bias_add {
-            let short = checked
-                .find_map(|v| short_of_8_bits(&g, v, calibration, check_opts).map(|db| (v, db)));
+            let short = checked.find_map(|v| {
+                short_of_8_bits(&g, v, calibration, &check_opts(v)).map(|db| (v, db))
+            });
             if let Some((v, sqnr_db)) = short {
                 let value = g.value(v).name.clone();
                 decisions.push(decision(
@@ -452,8 +465,11 @@ pub fn insert_qdq_planned(
                     Some((value, sqnr_db)) => Outcome::Int16BySqnr {
                         value: value.clone(),
                         sqnr_db: *sqnr_db,
+                        symmetric: wide.narrowed.contains(&id),
                     },
-                    None => Outcome::Int16,
+                    None => Outcome::Int16 {
+                        symmetric: wide.narrowed.contains(&id),
+                    },
                 },
                 Some(&bound) => Outcome::Int8ByBound { bound },
                 None => Outcome::Int8,
@@ -734,7 +750,7 @@ impl Inserting<'_> {
                 .filter(|_| self.wide.moves.contains(&v.node));
             let p16 = match inherited {
                 Some(p16) => p16.clone(),
-                None => activation_params(g, v, calibration, &sixteen_bit(opts))?,
+                None => activation_params(g, v, calibration, &self.wide.sixteen_bit_for(v, opts))?,
             };
             let dq16 = insert_q_dq(g, v, &p16, outputs_too)?;
             let dq8 = insert_q_dq(g, dq16, &p, false)?;
