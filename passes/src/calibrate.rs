@@ -1217,6 +1217,16 @@ mod tests {
         assert_eq!(quant_params(0.0, 0.0, u8s), (1.0, 0));
         assert_eq!(quant_params(0.0, 0.0, i8s), (1.0, 0));
         assert_eq!(quant_params(-2.0, 1.0, i8s), ((2.0f64 / 127.0) as f32, 0));
+        // ORT's symmetric int16 range is ±32767: a GELU-like range keeps zero point 0.
+        let i16s = ActivationScheme::SymmetricI16;
+        assert_eq!(
+            quant_params(-0.17, 3.0, i16s),
+            ((3.0f64 / 32767.0) as f32, 0)
+        );
+        assert_eq!(
+            quant_params(-4.0, 1.0, i16s),
+            ((4.0f64 / 32767.0) as f32, 0)
+        );
         assert_eq!(quant_params(0.0, 1.0, u8s), ((1.0f64 / 255.0) as f32, 0));
         assert_eq!(quant_params(-1.0, 0.0, u8s), ((1.0f64 / 255.0) as f32, 255));
         // rmin/rmax are widened to include 0.
