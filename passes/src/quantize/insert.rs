@@ -33,17 +33,20 @@
 //!   outliers far beyond its bulk falls below 25 dB, and quantizing it wrecks what follows.
 //!   A Conv, Gemm or MatMul that fails computes on 16-bit activations instead when they
 //!   keep the bound in 16 bits (about 48 dB more) and `wide.rs` proves its accumulator fits
-//!   i32 ([`Outliers::Int16`], [`Outcome::Int16BySqnr`]); otherwise, and for every other op,
-//!   it stays float ([`Outliers::Fp32`]: always). An integer op never reads such a layer's
-//!   outlier in 8 bits, and float ops next to an int16 layer read its 16-bit value. In
-//!   all-MiniLM-L6-v2 the outliers are BERT's known ones: the GELU outputs feeding the FFN
-//!   down-projections and the attention-output LayerNorms (19–25 dB in 8 bits). With the
-//!   check and int16, 30 of its 36 Linear layers compute in integers (26 int8, the 4 FFN
-//!   up-projections reading those LayerNorms in int16; 5 with sequence-128 calibration) and
-//!   the sentence embeddings keep cosine 0.9950 (min 0.9922) to fp32 on the corpus test
-//!   set; the 6 down-projections stay float (their accumulator bound at 16 bits, 3.0–3.3e9,
-//!   passes i32). With the check and fp32 (before int16 layers): 26 in int8, cosine 0.995;
-//!   without the check (`min_sqnr_db` 0), 0.861. ONNX Runtime's int8 of the same layers
+//!   i32 ([`Outliers::Int16`], [`Outcome::Int16BySqnr`]), narrowing its input to symmetric
+//!   int16 ("int16 (15-bit)", about 42 dB more) when the asymmetric bound does not fit;
+//!   otherwise, and for every other op, it stays float ([`Outliers::Fp32`]: always). An
+//!   integer op never reads such a layer's outlier in 8 bits, and float ops next to an
+//!   int16 layer read its 16-bit value. In all-MiniLM-L6-v2 the outliers are BERT's known
+//!   ones: the GELU outputs feeding the FFN down-projections and the attention-output
+//!   LayerNorms (19–25 dB in 8 bits). With the check and int16, all 36 of its Linear layers
+//!   compute in integers: 26 int8, the 4 FFN up-projections reading those LayerNorms in
+//!   int16 (5 with sequence-128 calibration), and the 6 down-projections in int16 (15-bit)
+//!   (their accumulator bound, 3.0–3.3e9 with asymmetric int16 inputs, is 1.53–1.69e9
+//!   with symmetric ones); the sentence embeddings keep cosine 0.9957 (min 0.9931) to fp32
+//!   on the corpus test set (0.9950, min 0.9922, with the down-projections float). With
+//!   the check and fp32 (before int16 layers): 26 in int8, cosine 0.995; without the check
+//!   (`min_sqnr_db` 0), 0.861. ONNX Runtime's int8 of the same layers
 //!   gives 0.941, 0.990 with the six down-projections excluded by hand. magika's Conv (22.4
 //!   dB in 8 bits, 70.6 in 16) computes in int16: top-1 agreement with fp32 stays 100%.
 //!
@@ -294,9 +297,10 @@ pub enum Outcome {
         symmetric: bool,
     },
     /// The plan asked int16, but its accumulator could reach `bound` in magnitude, past
-    /// i32 (see `wide.rs`): it computes in int8.
+    /// i32, and its input narrowed to symmetric int16 did not fit either (see `wide.rs`):
+    /// it computes in int8.
     Int8ByBound {
-        /// The accumulator bound at 16 bits.
+        /// The accumulator bound at (asymmetric) 16 bits.
         bound: f64,
     },
     /// The plan keeps it float.
