@@ -371,7 +371,7 @@ pub fn meet_target(
     let count =
         |f: fn(&Outcome) -> bool| current.decisions.iter().filter(|d| f(&d.outcome)).count();
     let int8_units = count(|o| matches!(o, Outcome::Int8 | Outcome::Int8ByBound { .. }));
-    let int16_units = count(|o| matches!(o, Outcome::Int16 | Outcome::Int16BySqnr { .. }));
+    let int16_units = count(|o| matches!(o, Outcome::Int16 { .. } | Outcome::Int16BySqnr { .. }));
     let float_units = current.decisions.len() - int8_units - int16_units;
     Ok(Fallback {
         quantized: current,
@@ -410,7 +410,7 @@ fn next_precision(d: &Decision) -> Option<Precision> {
         }
         Outcome::Int8
         | Outcome::Int8ByBound { .. }
-        | Outcome::Int16
+        | Outcome::Int16 { .. }
         | Outcome::Int16BySqnr { .. } => Some(Precision::Fp32),
         Outcome::Fp32ByPlan | Outcome::Fp32BySqnr { .. } => None,
     }

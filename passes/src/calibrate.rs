@@ -125,16 +125,39 @@ pub enum ActivationScheme {
     /// int16 with a zero point (65535 steps): the activations of a layer a quantization plan
     /// raises to int16, where 8 bits lose too much. Not a whole-model choice.
     AsymmetricI16,
+    /// int16 in [-32767, 32767] with zero point 0: an int16 layer's input whose centered
+    /// asymmetric values (up to 65535 in magnitude) could wrap its i32 accumulator; with
+    /// zero point 0 no value exceeds 32768 in magnitude (15 bits of magnitude, a sign bit),
+    /// half the bound. Not a whole-model choice.
+    SymmetricI16,
 }
 
 impl ActivationScheme {
-    /// `(qmin, qmax)` of the integer type (ONNX Runtime's symmetric int8 range is ±127).
+    /// `(qmin, qmax)` of the integer type (ONNX Runtime's symmetric int8 range is ±127,
+    /// its symmetric int16 range ±32767).
     fn qrange(self) -> (i32, i32) {
         match self {
             ActivationScheme::AsymmetricU8 => (0, 255),
             ActivationScheme::SymmetricI8 => (-127, 127),
             ActivationScheme::AsymmetricI16 => (i16::MIN as i32, i16::MAX as i32),
+            ActivationScheme::SymmetricI16 => (-(i16::MAX as i32), i16::MAX as i32),
         }
+    }
+
+    /// Whether the zero point is 0 and the range symmetric about it.
+    pub fn is_symmetric(self) -> bool {
+        matches!(
+            self,
+            ActivationScheme::SymmetricI8 | ActivationScheme::SymmetricI16
+        )
+    }
+
+    /// Whether values take 16 bits (the schemes of int16 layers).
+    pub fn is_sixteen_bit(self) -> bool {
+        matches!(
+            self,
+            ActivationScheme::AsymmetricI16 | ActivationScheme::SymmetricI16
+        )
     }
 
     /// The integer type activations of this scheme are stored in.
@@ -142,7 +165,9 @@ impl ActivationScheme {
         match self {
             ActivationScheme::AsymmetricU8 => qlift_ir::DType::U8,
             ActivationScheme::SymmetricI8 => qlift_ir::DType::I8,
-            ActivationScheme::AsymmetricI16 => qlift_ir::DType::I16,
+            ActivationScheme::AsymmetricI16 | ActivationScheme::SymmetricI16 => {
+                qlift_ir::DType::I16
+            }
         }
     }
 }
@@ -370,9 +395,7 @@ pub fn choose_range(
         CalibrationMethod::Mse => mse_range(stats, scheme, full),
         // KL divergence over 65536 levels costs ~256× the 8-bit search per candidate; at
         // 16 bits rounding noise is negligible next to clipping, which Mse weighs exactly.
-        CalibrationMethod::Entropy if scheme == ActivationScheme::AsymmetricI16 => {
-            mse_range(stats, scheme, full)
-        }
+        CalibrationMethod::Entropy if scheme.is_sixteen_bit() => mse_range(stats, scheme, full),
         CalibrationMethod::Entropy => entropy_range(stats, scheme, full),
     };
     // Clamp into [min, max] widened to 0 (also catches a NaN from any method: f32::max and
@@ -386,7 +409,8 @@ pub fn choose_range(
 /// (`quant_utils.compute_scale_zp`), so a model quantized by qlift matches one quantized by ORT:
 /// `rmin = min(lo, 0)`, `rmax = max(hi, 0)`;
 /// AsymmetricU8: `scale = (rmax - rmin) / 255`, `zp = round(0 - rmin / scale)` clamped to [0, 255];
-/// SymmetricI8: `scale = 2 * max(|rmin|, |rmax|) / 254`, `zp = 0`.
+/// SymmetricI8: `scale = 2 * max(|rmin|, |rmax|) / 254`, `zp = 0` (AsymmetricI16 and
+/// SymmetricI16 alike over their ranges, 65535 and 65534 steps).
 /// As in ORT, `rmax - rmin` is an `f32` subtraction and the division is in `f64`, rounding is
 /// half to even, and a scale below the smallest normal `f32` (e.g. `[0, 0]`) gives
 /// `(1.0, 0)`. Unlike ORT, a range whose width overflows `f32` is measured in `f64` instead of
@@ -395,7 +419,7 @@ pub fn quant_params(lo: f32, hi: f32, scheme: ActivationScheme) -> (f32, i32) {
     let (qmin, qmax) = scheme.qrange();
     // f32::min/max ignore a NaN operand, so a NaN bound becomes 0.
     let (mut rmin, mut rmax) = (lo.min(0.0), hi.max(0.0));
-    if scheme == ActivationScheme::SymmetricI8 {
+    if scheme.is_symmetric() {
         let absmax = rmin.abs().max(rmax.abs());
         (rmin, rmax) = (-absmax, absmax);
     }
@@ -409,13 +433,12 @@ pub fn quant_params(lo: f32, hi: f32, scheme: ActivationScheme) -> (f32, i32) {
     if !scale.is_finite() || scale < f64::from(f32::MIN_POSITIVE) || !(scale as f32).is_finite() {
         return (1.0, 0);
     }
-    let zp = match scheme {
-        ActivationScheme::SymmetricI8 => 0,
-        ActivationScheme::AsymmetricU8 | ActivationScheme::AsymmetricI16 => {
-            (f64::from(qmin) - f64::from(rmin) / scale)
-                .round_ties_even()
-                .clamp(f64::from(qmin), f64::from(qmax)) as i32
-        }
+    let zp = if scheme.is_symmetric() {
+        0
+    } else {
+        (f64::from(qmin) - f64::from(rmin) / scale)
+            .round_ties_even()
+            .clamp(f64::from(qmin), f64::from(qmax)) as i32
     };
     (scale as f32, zp)
 }
@@ -640,25 +663,22 @@ fn mse_range(stats: &TensorStats, scheme: ActivationScheme, full: (f32, f32)) ->
         .collect();
     let err = |lo: f64, hi: f64| Quantizer::new(lo, hi, scheme).total_sq_error(&segs);
     let (m0, m1) = (f64::from(full.0), f64::from(full.1));
-    match scheme {
-        ActivationScheme::SymmetricI8 => {
-            let a = (-m0).max(m1);
-            let clip = |t: f64| (m0.max(-t * a), m1.min(t * a));
-            let t = search_factor(|t| {
-                let (lo, hi) = clip(t);
-                err(lo, hi)
-            });
-            clip(t)
+    if scheme.is_symmetric() {
+        let a = (-m0).max(m1);
+        let clip = |t: f64| (m0.max(-t * a), m1.min(t * a));
+        let t = search_factor(|t| {
+            let (lo, hi) = clip(t);
+            err(lo, hi)
+        });
+        clip(t)
+    } else {
+        let t = search_factor(|t| err(t * m0, t * m1));
+        let (mut lo, mut hi) = (t * m0, t * m1);
+        if m0 < 0.0 && m1 > 0.0 {
+            lo = search_factor(|u| err(u * m0, hi)) * m0;
+            hi = search_factor(|u| err(lo, u * m1)) * m1;
         }
-        ActivationScheme::AsymmetricU8 | ActivationScheme::AsymmetricI16 => {
-            let t = search_factor(|t| err(t * m0, t * m1));
-            let (mut lo, mut hi) = (t * m0, t * m1);
-            if m0 < 0.0 && m1 > 0.0 {
-                lo = search_factor(|u| err(u * m0, hi)) * m0;
-                hi = search_factor(|u| err(lo, u * m1)) * m1;
-            }
-            (lo, hi)
-        }
+        (lo, hi)
     }
 }
 
@@ -1197,6 +1217,16 @@ mod tests {
         assert_eq!(quant_params(0.0, 0.0, u8s), (1.0, 0));
         assert_eq!(quant_params(0.0, 0.0, i8s), (1.0, 0));
         assert_eq!(quant_params(-2.0, 1.0, i8s), ((2.0f64 / 127.0) as f32, 0));
+        // ORT's symmetric int16 range is ±32767: a GELU-like range keeps zero point 0.
+        let i16s = ActivationScheme::SymmetricI16;
+        assert_eq!(
+            quant_params(-0.17, 3.0, i16s),
+            ((3.0f64 / 32767.0) as f32, 0)
+        );
+        assert_eq!(
+            quant_params(-4.0, 1.0, i16s),
+            ((4.0f64 / 32767.0) as f32, 0)
+        );
         assert_eq!(quant_params(0.0, 1.0, u8s), ((1.0f64 / 255.0) as f32, 0));
         assert_eq!(quant_params(-1.0, 0.0, u8s), ((1.0f64 / 255.0) as f32, 255));
         // rmin/rmax are widened to include 0.

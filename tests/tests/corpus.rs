@@ -207,7 +207,7 @@ fn minilm_int8_embeddings_stay_close_to_fp32() {
         .filter(|e| {
             e.note
                 .as_deref()
-                .is_some_and(|n| n.starts_with("kept float") || n.starts_with("int16 by"))
+                .is_some_and(|n| n.starts_with("kept float") || n.starts_with("int16"))
         })
         .count();
     assert!(

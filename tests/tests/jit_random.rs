@@ -801,8 +801,8 @@ proptest! {
             .filter(|&x| lowered.value_type(x).dtype == DType::I16)
             .count();
         // (Those whose i32 accumulator could wrap at 16 bits stay int8, saying so.)
-        let int16_units = q.decisions.iter().filter(|d| d.outcome == Outcome::Int16).count();
-        let asked = q.decisions.iter().filter(|d| matches!(d.outcome, Outcome::Int16 | Outcome::Int8ByBound { .. })).count();
+        let int16_units = q.decisions.iter().filter(|d| matches!(d.outcome, Outcome::Int16 { .. })).count();
+        let asked = q.decisions.iter().filter(|d| matches!(d.outcome, Outcome::Int16 { .. } | Outcome::Int8ByBound { .. })).count();
         prop_assert_eq!(asked > 0, !wide.is_empty(), "int16 asked for {:?}, {} units", wide, asked);
         prop_assert_eq!(wide_products > 0, int16_units > 0, "{} products read i16, {} int16 units:\n{}", wide_products, int16_units, print(&lowered, &PrintOptions::default()));
         // The integer products read weights of the width asked for (no float fallback).
@@ -872,7 +872,7 @@ proptest! {
         };
         let q = quantize_limited_planned(&g, &[calibration], &opts, &plan, &PipelineOptions::default(), &Limits::default(), &|_, _| {})
             .map_err(|e| TestCaseError::fail(format!("quantize: {e}\n{text}")))?;
-        let int16_units = q.decisions.iter().filter(|d| d.outcome == Outcome::Int16).count();
+        let int16_units = q.decisions.iter().filter(|d| matches!(d.outcome, Outcome::Int16 { .. })).count();
         let lowered = q.lowered;
         prop_assert!(lowered.node_ids().any(|n| lowered.node(n).op.kind() == Some(OpKind::QMatMul)), "no QMatMul\n{text}");
         let reads_i16 = lowered
@@ -1403,4 +1403,128 @@ proptest! {
             Err(e) => return Err(TestCaseError::fail(format!("{spec:?}: {e}"))),
         }
     }
+}
+
+/// An outlier layer whose accumulator bound at asymmetric 16 bits passes `i32::MAX` but
+/// whose narrowed one fits: a GELU-like input (bulk in [-0.17, 1], one outlier of 100, so
+/// 8 bits fail the check) into K = 768 products with weights spread over [-1, 1]. The
+/// layer computes on symmetric int16 ("int16 (15-bit)"); the proof re-derived from the
+/// lowered graph holds; the JIT (every ISA) is bit for bit the interpreter on inputs past
+/// the calibrated range, among them the worst case for the widest output channel, whose
+/// accumulator then reaches the bound's order yet matches the float product (no wrap).
+#[test]
+fn outlier_layer_narrows_to_symmetric_int16_when_its_bound_passes_i32() {
+    const K: usize = 768;
+    const M: usize = 16;
+    let mut rand = Rand::new(16);
+    let w = Tensor::from_f32(&[K, M], rand.vec(K * M, -1.0, 1.0));
+    let text = format!(
+        "graph narrow(%x: f32[N,{K}]) -> (%y) {{\n  %w = const {}\n  %y = MatMul(%x, %w) : f32[N,{M}]\n}}\n",
+        tensor_text(&w)
+    );
+    let g = qlift_ir::text::parse(&text).unwrap();
+    let mut bulk = rand.vec(64 * K, -0.17, 1.0);
+    bulk[17] = 100.0;
+    let calibration = Tensor::from_f32(&[64, K], bulk);
+    let q = quantize_limited_planned(
+        &g,
+        std::slice::from_ref(&calibration),
+        &QuantizeOptions::default(),
+        &QuantPlan::default(),
+        &PipelineOptions::default(),
+        &Limits::default(),
+        &|_, _| {},
+    )
+    .unwrap();
+    assert!(
+        matches!(
+            q.decisions[..],
+            [qlift_passes::quantize::Decision {
+                outcome: Outcome::Int16BySqnr {
+                    symmetric: true,
+                    ..
+                },
+                ..
+            }]
+        ),
+        "{:?}",
+        q.decisions
+    );
+    let lowered = q.lowered;
+    let product = lowered
+        .node_ids()
+        .find(|&n| lowered.node(n).op.kind() == Some(OpKind::QMatMul))
+        .expect("a QMatMul");
+    let operands = lowered.node_inputs(product);
+    let x_type = lowered.value_type(operands[0].unwrap());
+    let xq = x_type.quant.clone().unwrap();
+    assert_eq!(
+        (x_type.dtype, xq.channel(0).1),
+        (DType::I16, 0),
+        "symmetric i16 input"
+    );
+    // The proof from the lowered graph: reach · max_c Σ_k |w_q[k, c] − zw_c|.
+    let w_value = operands[1].unwrap();
+    let wq = lowered.value_type(w_value).quant.clone().unwrap();
+    let w_q = lowered.const_value(w_value).unwrap().to_i64_vec().unwrap();
+    let l1: Vec<i64> = (0..M)
+        .map(|c| {
+            (0..K)
+                .map(|k| (w_q[k * M + c] - wq.channel(c).1 as i64).abs())
+                .sum()
+        })
+        .collect();
+    let widest = (0..M).max_by_key(|&c| l1[c]).unwrap();
+    let bound = |reach: i64| reach * l1[widest];
+    assert!(
+        bound(32768) <= i32::MAX as i64,
+        "narrowed bound {}",
+        bound(32768)
+    );
+    // What the asymmetric int16 input would have reached: its zero point for the same
+    // calibrated range (MinMax) puts the bulk's side 65000-odd steps away.
+    let (_, zx_asym) =
+        qlift_passes::calibrate::quant_params(-0.17, 100.0, ActivationScheme::AsymmetricI16);
+    let reach_asym = (i16::MAX as i64 - zx_asym as i64).max(zx_asym as i64 - i16::MIN as i64);
+    assert!(
+        bound(reach_asym) > i32::MAX as i64,
+        "asymmetric bound {}",
+        bound(reach_asym)
+    );
+    // Inputs: wider than calibration, and the worst case for the widest channel.
+    let mut x = rand.vec(3 * K, -150.0, 150.0);
+    x.extend((0..K).map(|k| {
+        if w_q[k * M + widest] > 0 {
+            200.0
+        } else {
+            -200.0
+        }
+    }));
+    let x = Tensor::from_f32(&[4, K], x);
+    let want = qlift_ir::interp::run(&lowered, std::slice::from_ref(&x)).unwrap();
+    for (isa, opts, threads) in &ISAS {
+        let got = jit_run(&lowered, opts, *threads, &x).unwrap();
+        if let Some(d) = first_difference(&got[0], &want[0]) {
+            panic!("{isa} JIT differs from the interpreter: {d}");
+        }
+    }
+    // The worst case: every product at its largest, x saturated to ±32767/−32768 with w's
+    // sign. The output (the dequantized accumulator) is that exact sum, past 2^30: no wrap.
+    let (sx, sw) = (xq.channel(0).0 as f64, wq.channel(widest).0 as f64);
+    let exact: i64 = (0..K)
+        .map(|k| {
+            let w = w_q[k * M + widest] - wq.channel(widest).1 as i64;
+            w * if w_q[k * M + widest] > 0 {
+                32767
+            } else {
+                -32768
+            }
+        })
+        .sum();
+    let y = want[0].to_f32_vec()[3 * M + widest] as f64 / (sx * sw);
+    assert!(exact > 1 << 30, "the worst case reaches {exact}");
+    assert!(
+        (y - exact as f64).abs() <= 1e-5 * exact as f64,
+        "accumulator {y} vs {exact}"
+    );
 }

@@ -191,7 +191,7 @@ pub(crate) fn finish(
         note!(
             "units: {} int8, {} int16, {} int16 by the outlier check, {} fp32 by the plan, {} fp32 by the outlier check{}",
             count(|o| matches!(o, Outcome::Int8 | Outcome::Int8ByBound { .. })),
-            count(|o| *o == Outcome::Int16),
+            count(|o| matches!(o, Outcome::Int16 { .. })),
             count(|o| matches!(o, Outcome::Int16BySqnr { .. })),
             count(|o| *o == Outcome::Fp32ByPlan),
             count(|o| matches!(o, Outcome::Fp32BySqnr { .. })),

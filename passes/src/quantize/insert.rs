@@ -33,17 +33,20 @@
 //!   outliers far beyond its bulk falls below 25 dB, and quantizing it wrecks what follows.
 //!   A Conv, Gemm or MatMul that fails computes on 16-bit activations instead when they
 //!   keep the bound in 16 bits (about 48 dB more) and `wide.rs` proves its accumulator fits
-//!   i32 ([`Outliers::Int16`], [`Outcome::Int16BySqnr`]); otherwise, and for every other op,
-//!   it stays float ([`Outliers::Fp32`]: always). An integer op never reads such a layer's
-//!   outlier in 8 bits, and float ops next to an int16 layer read its 16-bit value. In
-//!   all-MiniLM-L6-v2 the outliers are BERT's known ones: the GELU outputs feeding the FFN
-//!   down-projections and the attention-output LayerNorms (19–25 dB in 8 bits). With the
-//!   check and int16, 30 of its 36 Linear layers compute in integers (26 int8, the 4 FFN
-//!   up-projections reading those LayerNorms in int16; 5 with sequence-128 calibration) and
-//!   the sentence embeddings keep cosine 0.9950 (min 0.9922) to fp32 on the corpus test
-//!   set; the 6 down-projections stay float (their accumulator bound at 16 bits, 3.0–3.3e9,
-//!   passes i32). With the check and fp32 (before int16 layers): 26 in int8, cosine 0.995;
-//!   without the check (`min_sqnr_db` 0), 0.861. ONNX Runtime's int8 of the same layers
+//!   i32 ([`Outliers::Int16`], [`Outcome::Int16BySqnr`]), narrowing its input to symmetric
+//!   int16 ("int16 (15-bit)", about 42 dB more) when the asymmetric bound does not fit;
+//!   otherwise, and for every other op, it stays float ([`Outliers::Fp32`]: always). An
+//!   integer op never reads such a layer's outlier in 8 bits, and float ops next to an
+//!   int16 layer read its 16-bit value. In all-MiniLM-L6-v2 the outliers are BERT's known
+//!   ones: the GELU outputs feeding the FFN down-projections and the attention-output
+//!   LayerNorms (19–25 dB in 8 bits). With the check and int16, all 36 of its Linear layers
+//!   compute in integers: 26 int8, the 4 FFN up-projections reading those LayerNorms in
+//!   int16 (5 with sequence-128 calibration), and the 6 down-projections in int16 (15-bit)
+//!   (their accumulator bound, 3.0–3.3e9 with asymmetric int16 inputs, is 1.53–1.69e9
+//!   with symmetric ones); the sentence embeddings keep cosine 0.9957 (min 0.9931) to fp32
+//!   on the corpus test set (0.9950, min 0.9922, with the down-projections float). With
+//!   the check and fp32 (before int16 layers): 26 in int8, cosine 0.995; without the check
+//!   (`min_sqnr_db` 0), 0.861. ONNX Runtime's int8 of the same layers
 //!   gives 0.941, 0.990 with the six down-projections excluded by hand. magika's Conv (22.4
 //!   dB in 8 bits, 70.6 in 16) computes in int16: top-1 agreement with fp32 stays 100%.
 //!
@@ -57,7 +60,7 @@ use crate::calibrate::{
 };
 use crate::quantize::plan::{Precision, ResolvedPlan};
 use crate::quantize::weights::{quantize_weights, WeightBits, WeightGranularity};
-use crate::quantize::wide::{sixteen_bit, wide_layers, WideLayers};
+use crate::quantize::wide::{wide_layers, WideLayers};
 use crate::quantize::PtqOptions;
 use crate::PassError;
 use qlift_ir::{
@@ -288,11 +291,16 @@ pub enum Outcome {
     /// It computes in integers.
     Int8,
     /// It computes in integers on 16-bit activations (the plan raised it to int16).
-    Int16,
+    Int16 {
+        /// Its input is symmetric int16 ("int16 (15-bit)": zero point 0, at most 32768 in
+        /// magnitude), because the asymmetric accumulator bound exceeds i32 (see `wide.rs`).
+        symmetric: bool,
+    },
     /// The plan asked int16, but its accumulator could reach `bound` in magnitude, past
-    /// i32 (see `wide.rs`): it computes in int8.
+    /// i32, and its input narrowed to symmetric int16 did not fit either (see `wide.rs`):
+    /// it computes in int8.
     Int8ByBound {
-        /// The accumulator bound at 16 bits.
+        /// The accumulator bound at (asymmetric) 16 bits.
         bound: f64,
     },
     /// The plan keeps it float.
@@ -304,6 +312,8 @@ pub enum Outcome {
         value: String,
         /// Its estimated SQNR in 8 bits.
         sqnr_db: f64,
+        /// Its input is symmetric int16, as for [`Outcome::Int16`].
+        symmetric: bool,
     },
     /// The outlier check kept it float: activation `value` would keep `sqnr_db` in 8 bits
     /// (in 16 bits when int16 was tried).
@@ -364,9 +374,15 @@ pub fn insert_qdq_planned(
         // A bias Add is quantized with its MatMul's settings.
         let settings = plan.settings(bias_adds.get(&id).copied().unwrap_or(id));
         let int16 = wide.nodes.contains(&id);
-        let opts16 = sixteen_bit(&settings.opts);
-        // The outlier check of an int16 layer measures its activations at 16 bits.
-        let check_opts = if int16 { &opts16 } else { &settings.opts };
+        // The outlier check of an int16 layer measures its activations at 16 bits (the
+        // scheme each is quantized with).
+        let check_opts = |v| {
+            if int16 {
+                wide.sixteen_bit_for(v, &settings.opts)
+            } else {
+                settings.opts
+            }
+        };
         let opts = &settings.opts;
         // A product of two activations stays float.
         if matches!(op.kind, OpKind::Conv | OpKind::Gemm | OpKind::MatMul) && !anchor {
@@ -435,8 +451,9 @@ pub fn insert_qdq_planned(
         });
         let mut checked = read.chain((!reads_accumulator(&g, &op, result)).then_some(written));
         if !bias_add {
-            let short = checked
-                .find_map(|v| short_of_8_bits(&g, v, calibration, check_opts).map(|db| (v, db)));
+            let short = checked.find_map(|v| {
+                short_of_8_bits(&g, v, calibration, &check_opts(v)).map(|db| (v, db))
+            });
             if let Some((v, sqnr_db)) = short {
                 let value = g.value(v).name.clone();
                 decisions.push(decision(
@@ -452,8 +469,11 @@ pub fn insert_qdq_planned(
                     Some((value, sqnr_db)) => Outcome::Int16BySqnr {
                         value: value.clone(),
                         sqnr_db: *sqnr_db,
+                        symmetric: wide.narrowed.contains(&id),
                     },
-                    None => Outcome::Int16,
+                    None => Outcome::Int16 {
+                        symmetric: wide.narrowed.contains(&id),
+                    },
                 },
                 Some(&bound) => Outcome::Int8ByBound { bound },
                 None => Outcome::Int8,
@@ -734,7 +754,7 @@ impl Inserting<'_> {
                 .filter(|_| self.wide.moves.contains(&v.node));
             let p16 = match inherited {
                 Some(p16) => p16.clone(),
-                None => activation_params(g, v, calibration, &sixteen_bit(opts))?,
+                None => activation_params(g, v, calibration, &self.wide.sixteen_bit_for(v, opts))?,
             };
             let dq16 = insert_q_dq(g, v, &p16, outputs_too)?;
             let dq8 = insert_q_dq(g, dq16, &p, false)?;

@@ -272,12 +272,23 @@ pub fn weights_name(w: WeightGranularity) -> &'static str {
     }
 }
 
+/// How a plan note names an int16 layer: "int16 (15-bit)" when its input is symmetric
+/// int16 (see `wide.rs`).
+fn int16_name(symmetric: bool) -> &'static str {
+    if symmetric {
+        "int16 (15-bit)"
+    } else {
+        "int16"
+    }
+}
+
 /// The spelling of an activation scheme in plans and on the command line.
 pub fn activations_name(a: ActivationScheme) -> &'static str {
     match a {
         ActivationScheme::AsymmetricU8 => "u8",
         ActivationScheme::SymmetricI8 => "i8",
         ActivationScheme::AsymmetricI16 => "i16",
+        ActivationScheme::SymmetricI16 => "i16-symmetric",
     }
 }
 
@@ -574,12 +585,17 @@ impl QuantPlan {
                         limit(&d.node)
                     )),
                 )),
-                Outcome::Int16BySqnr { value, sqnr_db } => Some((
+                Outcome::Int16BySqnr {
+                    value,
+                    sqnr_db,
+                    symmetric,
+                } => Some((
                     d.node.clone(),
                     PlanEntry {
                         precision: Some(Precision::Int16),
                         note: Some(format!(
-                            "int16 by the outlier check: `{value}` would keep {sqnr_db:.1} dB in 8 bits (under {} dB)",
+                            "{} by the outlier check: `{value}` would keep {sqnr_db:.1} dB in 8 bits (under {} dB)",
+                            int16_name(*symmetric),
                             limit(&d.node)
                         )),
                         ..PlanEntry::default()

@@ -9,8 +9,15 @@
 //! garbage. The weights are constants, though: the accumulator of output channel `c` is
 //! at most `X · Σ_k |w_q[c, k]| + |b_q[c]|` with `X` the activation's largest centered
 //! value, which quantization computes here from the very weights and bias it will write.
-//! A layer whose bound exceeds `i32::MAX` stays int8 (its [`Outcome`] says why), or fp32
-//! when it came here as an outlier, so every int16 layer qlift builds is exact.
+//! A layer whose bound exceeds `i32::MAX` first narrows its input to symmetric int16 ([`ActivationScheme::SymmetricI16`]: zero point 0,
+//! scale `max|x| / 32767`), where no value exceeds 32768 in magnitude, about half the
+//! asymmetric reach: 15 bits of magnitude and a sign, about 6 dB less on a one-sided input
+//! such as a GELU output. The range is the full i16 type's, so the Quantize of the
+//! interpreter, of the JIT and of an exported QDQ model (ONNX Runtime saturates int16 to
+//! the type) agree with the bound without any narrower clamp. When even that bound exceeds
+//! `i32::MAX` (or the input keeps less than `min_sqnr_db` so) the layer stays int8 (its
+//! [`Outcome`] says why), or fp32 when it came here as an outlier; every int16 layer qlift
+//! builds is exact.
 //!
 //! [`Outcome`]: super::insert::Outcome
 
@@ -41,6 +48,14 @@ pub(super) struct WideLayers {
     /// Anchors in `nodes` because the outlier check refused them in 8 bits: the activation
     /// that failed it and its SQNR in 8 bits.
     pub by_sqnr: HashMap<NodeId, (String, f64)>,
+    /// Anchors in `nodes` whose input is symmetric int16 (their asymmetric bound exceeds
+    /// `i32::MAX`; see the module documentation).
+    pub narrowed: HashSet<NodeId>,
+    /// The values of `values` quantized to symmetric int16: those anchors' inputs and the
+    /// values moved into them. Another int16 layer reading one keeps its proof: its reach
+    /// of 32768 is the least any 16-bit zero point gives, and a symmetric step is at least
+    /// the asymmetric one, so its bias term only shrinks.
+    pub symmetric: HashSet<ValueId>,
     /// The values of those anchors that fail the check in 8 bits, with their SQNR in 8
     /// bits: no other op reads them in 8 bits (an integer-preserving op reading one stays
     /// float).
@@ -52,6 +67,26 @@ pub(super) fn sixteen_bit(opts: &QuantizeOptions) -> QuantizeOptions {
     QuantizeOptions {
         scheme: ActivationScheme::AsymmetricI16,
         ..*opts
+    }
+}
+
+/// `opts` with symmetric 16-bit activations (a narrowed int16 layer's input).
+fn symmetric_sixteen_bit(opts: &QuantizeOptions) -> QuantizeOptions {
+    QuantizeOptions {
+        scheme: ActivationScheme::SymmetricI16,
+        ..*opts
+    }
+}
+
+impl WideLayers {
+    /// The options 16-bit value `v` is quantized with: `opts` at 16 bits, symmetric for a
+    /// narrowed layer's input.
+    pub(super) fn sixteen_bit_for(&self, v: ValueId, opts: &QuantizeOptions) -> QuantizeOptions {
+        if self.symmetric.contains(&v) {
+            symmetric_sixteen_bit(opts)
+        } else {
+            sixteen_bit(opts)
+        }
     }
 }
 
@@ -108,7 +143,18 @@ pub(super) fn wide_layers(
                 continue;
             }
         }
-        let bound = accumulator_bound(g, id, x, &operands, calibration, &opts)?;
+        let mut bound = accumulator_bound(g, id, x, &operands, calibration, &opts)?;
+        // Narrow the input to symmetric int16 rather than fall back to int8 or fp32.
+        let narrowed = bound > i32::MAX as f64 && {
+            let sym = symmetric_sixteen_bit(&settings.opts);
+            let narrow = accumulator_bound(g, id, x, &operands, calibration, &sym)?;
+            let fits =
+                narrow <= i32::MAX as f64 && short_of_8_bits(g, x, calibration, &sym).is_none();
+            if fits {
+                bound = narrow;
+            }
+            fits
+        };
         if std::env::var_os("QLIFT_DEBUG_SQNR").is_some() {
             eprintln!("bound {bound:.3e}  {}", g.node(id).name);
         }
@@ -117,6 +163,10 @@ pub(super) fn wide_layers(
                 wide.refused.insert(id, bound);
             }
             continue;
+        }
+        if narrowed {
+            wide.narrowed.insert(id);
+            wide.symmetric.insert(x);
         }
         if let Some(&first) = short8.first() {
             wide.by_sqnr
@@ -137,6 +187,9 @@ pub(super) fn wide_layers(
             }
             wide.moves.insert(mover);
             wide.values.insert(operand);
+            if narrowed {
+                wide.symmetric.insert(operand);
+            }
             v = operand;
         }
         if !accumulator {
