@@ -23,8 +23,9 @@
 //! through the quantized model once per layer cost ~90% of a 60 s budget on MobileNetV2
 //! (53 replays of ~1 s; rows then ran 20–40 Adam iterations). So one quantized replay serves
 //! a run of consecutive layers: at most [`REPLAY_SHARE`] of the budget goes to replays,
-//! estimated from the float replay, and a layer later in a run sees its predecessors in
-//! the run nearest-rounded (earlier runs are adarounded). What is left is shared among the
+//! the run's length re-estimated at every replay from the mean replay time so far. A
+//! layer later in a run reconstructs from its float input (its replayed input would miss
+//! the changes AdaRound made earlier in the run). What is left is shared among the
 //! layers by their cost per Adam iteration ([`solve::layer_cost`]), so that every layer
 //! gets about as many iterations. A layer whose replay would not fit keeps nearest
 //! rounding, and so do the ones after it.
@@ -137,20 +138,25 @@ pub fn adaround(
         .zip(&float_cols)
         .map(|(a, c)| solve::layer_cost(&a.layer, c.count))
         .collect();
-    let affordable =
-        (opts.budget.as_secs_f64() * REPLAY_SHARE / float_time.as_secs_f64().max(1e-3)) as usize;
-    let run = anchors.len().div_ceil(affordable.max(1)).max(1);
     // The costliest replay so far (the float one first) is what the next one is assumed to
     // cost: a layer the budget cannot replay keeps nearest rounding.
     let (mut replay_time, mut costliest) = (float_time, float_time);
     let mut quant_cols: Vec<Option<Columns>> = Vec::new();
+    // The current run of layers one replay serves: anchors[first..first + run].
+    let (mut first, mut run) = (0, 1);
     for (i, a) in anchors.iter().enumerate() {
         // Weights shared with another product keep nearest rounding (one rounding cannot
         // serve two inputs).
         let shared = |g: &Graph, a: &Anchor| {
             g.users(a.layer.weights).len() != 1 || g.users(a.quantized).len() != 1
         };
-        if i % run == 0 {
+        if i == first + run || i == 0 {
+            // As many replays as what is left of the replay share affords at the mean
+            // replay time so far (re-estimated at every replay: load changes it).
+            let mean = replay_time / (summary.replays + 1) as u32;
+            let left = (opts.budget.mul_f64(REPLAY_SHARE)).saturating_sub(replay_time);
+            let affordable = (left.as_secs_f64() / mean.as_secs_f64().max(1e-6)) as usize;
+            (first, run) = (i, (anchors.len() - i).div_ceil(affordable.max(1)));
             if start.elapsed() + costliest > opts.budget {
                 summary.out_of_time = anchors.len() - i;
                 break;
@@ -168,7 +174,7 @@ pub fn adaround(
             costliest = costliest.max(replay_start.elapsed());
             summary.replays += 1;
         }
-        let fresh = quant_cols[i % run].take();
+        let fresh = quant_cols[i - first].take();
         if shared(&g, a) {
             progress(i + 1, anchors.len());
             continue;
@@ -178,27 +184,30 @@ pub fn adaround(
         // run, and compensating errors that are no longer there made MobileNetV2 W4A8 worse
         // than nearest rounding (1.4 against 5.5 dB). They reconstruct from the float
         // input instead (the paper's symmetric form).
-        let x_hat = if i % run == 0 {
+        let x_hat = if i == first {
             fresh.ok_or_else(|| PassError::Bug("a layer's columns were not replayed".into()))?
         } else {
             std::mem::replace(&mut float_cols[i], Columns::new(&a.layer))
         };
         let layer_start = Instant::now();
-        let replays_left = (anchors.len() - i - 1) / run;
+        let replays_left = (anchors.len() - (first + run)).div_ceil(run);
         // The costliest replay is held back for every replay to come (the mean let magika's
         // big layer overrun into its last layer's replay), and a tenth of the share for
         // what a layer does after its deadline (hardening, the comparison with nearest).
         let reserve = costliest * replays_left as u32;
-        let remaining = opts.budget.saturating_sub(start.elapsed() + reserve).mul_f64(0.9);
+        let remaining = opts
+            .budget
+            .saturating_sub(start.elapsed() + reserve)
+            .mul_f64(0.9);
         let part = (costs[i] / costs[i..].iter().sum::<f64>().max(1.0))
             .max(LAYER_FLOOR / (anchors.len() - i) as f64);
         let share = remaining.mul_f64(part.min(1.0));
-        let x = if i % run == 0 { &float_cols[i] } else { &x_hat };
+        let x = if i == first { &float_cols[i] } else { &x_hat };
         let problem = problem(&g, float, a, x, &x_hat)?;
         let result = problem.solve(opts.iterations, layer_start + share);
         if debug {
             eprintln!(
-                "adaround layer {i}: rows {} K {} columns {} {} share {share:.2?} took {:.2?} iterations {:?} improved {} flipped {} held-out error {:.4e} -> {:.4e}",
+                "adaround layer {i} (run of {run}): rows {} K {} columns {} {} share {share:.2?} took {:.2?} iterations {:?} improved {} flipped {} held-out error {:.4e} -> {:.4e}",
                 a.layer.rows, a.layer.row_len, x_hat.count,
                 if result.gram { "gram" } else { "sampled" },
                 layer_start.elapsed(), result.iterations, result.improved, result.flipped,
@@ -225,7 +234,7 @@ pub fn adaround(
     }
     if debug {
         eprintln!(
-            "adaround: {} replays of runs of {run} layers ({replay_time:.2?} with the float one), {:.2?} in all",
+            "adaround: {} replays ({replay_time:.2?} with the float one), {:.2?} in all",
             summary.replays,
             start.elapsed()
         );
