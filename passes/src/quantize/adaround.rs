@@ -54,8 +54,10 @@ pub const MAX_COLUMNS: usize = 4096;
 /// overheads make cheap layers (depthwise, K = 9) slower than their multiply-accumulates
 /// say, and a share by cost alone left them no iteration.
 const LAYER_FLOOR: f64 = 0.25;
-/// The part of the budget that replays of the quantized model may take.
-pub const REPLAY_SHARE: f64 = 0.6;
+/// The part of the budget that replays of the quantized model may take: a replay per layer
+/// matters more than iterations (MobileNetV2 W4A8, 120 s: 53 replays 10.9 dB, 22 replays
+/// at a 60% share 8.2 dB).
+pub const REPLAY_SHARE: f64 = 0.75;
 
 /// How long AdaRound may take and how hard it works.
 #[derive(Clone, Copy, Debug, PartialEq)]
