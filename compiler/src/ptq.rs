@@ -208,8 +208,8 @@ impl<'a> PtqPasses<'a> {
                     };
                     let (out, s) = adaround::adaround(g, &float, &replay, &opts, &progress)?;
                     self.notes.borrow_mut().push(format!(
-                        "adaround: {} layers, learned rounding kept on {} of {} output channels, {} weights rounded away from nearest{}",
-                        s.layers, s.rows_improved, s.rows, s.flipped,
+                        "adaround: {} layers, learned rounding kept on {} of {} output channels, {} weights rounded away from nearest, {}–{} Adam iterations per channel, {} replays{}",
+                        s.layers, s.rows_improved, s.rows, s.flipped, s.iterations.0, s.iterations.1, s.replays,
                         match s.out_of_time {
                             0 => String::new(),
                             n => format!(" ({n} last layers kept nearest rounding: the budget ran out)"),

@@ -113,8 +113,10 @@ fn equalization_rescues_per_tensor_weights_of_the_depthwise_model() {
     );
 }
 
-/// AdaRound beats nearest rounding of int4 weights on every digits model, and bias
-/// correction does not hurt W4A8.
+/// AdaRound beats nearest rounding of int4 weights on every digits model, and keeps
+/// digits_cnn W4A8 within 1 point of fp32 accuracy. Deterministic: the iteration cap, not
+/// the (generous) time budget, ends every row's schedule, mini-batches are seeded per row,
+/// and one replay serves each layer.
 #[test]
 fn adaround_beats_nearest_rounding_of_int4_weights() {
     let _alone = alone();
@@ -131,8 +133,8 @@ fn adaround_beats_nearest_rounding_of_int4_weights() {
         );
         let adaround = PtqOptions {
             adaround: Some(AdaRoundOptions {
-                budget: Duration::from_secs(4),
-                iterations: 1000,
+                budget: Duration::from_secs(120),
+                iterations: 300,
             }),
             ..Default::default()
         };
@@ -142,9 +144,10 @@ fn adaround_beats_nearest_rounding_of_int4_weights() {
             calib,
             &options(WeightGranularity::PerChannel, WeightBits::Four, adaround),
         );
+        let fp32 = accuracy(npy(&format!("{name}.expected.npy")).as_f32().unwrap());
         eprintln!(
-            "{name} W4A8: nearest {:.2}% {:.2} dB, AdaRound {:.2}% {:.2} dB",
-            nearest.0, nearest.1, learned.0, learned.1
+            "{name} W4A8: fp32 {fp32:.2}%, nearest {:.2}% {:.2} dB, AdaRound {:.2}% {:.2} dB in {:.2} s",
+            nearest.0, nearest.1, learned.0, learned.1, learned.2
         );
         assert!(
             learned.1 > nearest.1,
@@ -152,6 +155,13 @@ fn adaround_beats_nearest_rounding_of_int4_weights() {
             learned.1,
             nearest.1
         );
+        if name == "digits_cnn" {
+            assert!(
+                learned.0 >= fp32 - 1.0,
+                "{name}: AdaRound {}% is not within 1 point of fp32 {fp32}%",
+                learned.0
+            );
+        }
     }
 }
 

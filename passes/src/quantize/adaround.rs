@@ -12,34 +12,32 @@
 //!
 //! where `x` is the layer's input in the float model, `x̂` its input in the model quantized
 //! so far (earlier layers already adarounded: the errors they leave are what this layer
-//! compensates), and `f_a` the fused activation. The regularizer (eq. 24) pushes `h(V)` to 0
-//! or 1; β anneals from 20 to 2 after a warm-up of 20% of the iterations without it, λ =
-//! 0.01, Adam (lr 0.01 here, for the ~10× fewer iterations a time budget allows), `V`
-//! initialized so that `h(V)` equals the fractional part (the paper's initialization).
-//! Finally `h` is hardened (`V ≥ 0` rounds up).
+//! compensates), and `f_a` the fused activation (dropped where the exact Gram form of the
+//! objective is used, see [`solve`]). The regularizer pushes `h(V)` to 0 or 1; β anneals
+//! from 20 to 2 after a warm-up of 20% of the iterations, λ = 0.01, Adam with a learning
+//! rate set by the iterations the budget allows, `V` initialized so that `h(V)` equals the
+//! fractional part. Finally `h` is hardened (`V ≥ 0` rounds up). A row keeps whichever of
+//! the learned and the nearest rounding reconstructs its calibration columns better.
 //!
-//! The objective separates over output channels (each row of `W` sees all of `x̂`), so rows
-//! are optimized independently in parallel (rayon), each on mini-batches of columns (im2col
-//! patches or matrix rows) drawn from at most [`MAX_COLUMNS`] calibration columns. A row
-//! keeps whichever of the learned and the nearest rounding reconstructs its calibration
-//! columns better, so AdaRound never makes a layer worse on the data it saw.
-//!
-//! Time: the budget covers the whole pass, replays included. The float replay is timed
-//! first; each layer's quantized replay is assumed to cost the mean of those so far, that
-//! much is kept back for every layer still to come (a layer whose replay would not fit keeps
-//! nearest rounding, and so do the ones after it), and the rest of the time is shared among
-//! the remaining layers by their multiply-accumulates. Within a layer, each row learns
-//! against a deadline as well as an iteration cap ([`AdaRoundOptions::iterations`]): the
-//! annealing schedule advances by whichever of the two is further along, so a loaded machine
-//! gets a shorter but complete schedule instead of an overrun (an iteration count fixed in
-//! advance from a timed probe ran 1.2–3.6× over a 10 s budget with other jobs on the cores).
+//! Time: the budget covers the whole pass, replays included. Replaying the calibration set
+//! through the quantized model once per layer cost ~90% of a 60 s budget on MobileNetV2
+//! (53 replays of ~1 s; rows then ran 20–40 Adam iterations). So one quantized replay serves
+//! a run of consecutive layers: at most [`REPLAY_SHARE`] of the budget goes to replays,
+//! the run's length re-estimated at every replay from the mean replay time so far. A
+//! layer later in a run reconstructs from its float input (its replayed input would miss
+//! the changes AdaRound made earlier in the run). What is left is shared among the
+//! layers by their cost per Adam iteration ([`solve::layer_cost`]), so that every layer
+//! gets about as many iterations. A layer whose replay would not fit keeps nearest
+//! rounding, and so do the ones after it.
+
+mod solve;
 
 use crate::quantize::layer::{anchors, dequantized, Anchor, Layer};
 use crate::quantize::replay::Replay;
 use crate::PassError;
 use qlift_ir::{DType, Graph, NodeOp, Tensor, TensorData, ValueId};
 use rayon::prelude::*;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use solve::Problem;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,17 +47,17 @@ pub const PASS: &str = "adaround";
 pub const ABOUT: &str =
     "(only with --calib and --adaround) learn each weight's rounding to reconstruct its layer's output";
 
-/// Calibration columns kept per layer (subsampled evenly beyond): enough for the ~1000
-/// mini-batches of a run, bounded memory (columns × reduction length f32s per layer).
+/// Calibration columns kept per layer (subsampled evenly beyond): bounded memory (columns ×
+/// reduction length f32s per layer) and Gram setup (K² × columns).
 pub const MAX_COLUMNS: usize = 4096;
-/// Columns per mini-batch.
-pub const BATCH: usize = 256;
-const ZETA: f32 = 1.1;
-const GAMMA: f32 = -0.1;
-const LAMBDA: f32 = 0.01;
-const WARMUP: f32 = 0.2;
-const BETA: (f32, f32) = (20.0, 2.0);
-const LR: f32 = 0.01;
+/// Each layer's share of the time left is at least this part of an even split: per-row
+/// overheads make cheap layers (depthwise, K = 9) slower than their multiply-accumulates
+/// say, and a share by cost alone left them no iteration.
+const LAYER_FLOOR: f64 = 0.25;
+/// The part of the budget that replays of the quantized model may take: a replay per layer
+/// matters more than iterations (MobileNetV2 W4A8, 120 s: 53 replays 10.9 dB, 22 replays
+/// at a 60% share 8.2 dB).
+pub const REPLAY_SHARE: f64 = 0.75;
 
 /// How long AdaRound may take and how hard it works.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -92,11 +90,16 @@ pub struct AdaRoundSummary {
     pub flipped: usize,
     /// Layers left with nearest rounding because the budget ran out before their replay.
     pub out_of_time: usize,
+    /// Replays of the quantized model.
+    pub replays: usize,
+    /// Fewest and most Adam iterations a row ran (over the optimized layers).
+    pub iterations: (usize, usize),
 }
 
 /// AdaRounds every quantized product of `qdq` (whose float weights are in `float`, the
 /// graph `insert-qdq` started from), replaying calibration data through both.
-/// `progress(done, layers)` is called after each layer.
+/// `progress(done, layers)` is called after each layer. With `QLIFT_ADAROUND_DEBUG` set,
+/// each layer's dimensions, times and iterations go to stderr.
 pub fn adaround(
     qdq: &Graph,
     float: &Graph,
@@ -105,16 +108,23 @@ pub fn adaround(
     progress: &dyn Fn(usize, usize),
 ) -> Result<(Graph, AdaRoundSummary), PassError> {
     let start = Instant::now();
+    let debug = std::env::var_os("QLIFT_ADAROUND_DEBUG").is_some();
     let mut g = qdq.clone();
     let anchors = anchors(qdq, float)?;
-    let mut summary = AdaRoundSummary::default();
+    let mut summary = AdaRoundSummary {
+        iterations: (usize::MAX, 0),
+        ..Default::default()
+    };
     let samples = replay.samples().max(1);
-    // Float targets f_a(W x + b) of every layer, on its kept columns.
+    let inputs = |g: &Graph, a: &Anchor| {
+        g.node_inputs(a.layer.node)[0]
+            .ok_or_else(|| PassError::Bug("a product without an input".into()))
+    };
+    // Float targets of every layer, on its kept columns.
     let float_inputs: Vec<ValueId> = anchors
         .iter()
-        .map(|a| float.node_inputs(a.layer.node)[0])
-        .collect::<Option<_>>()
-        .ok_or_else(|| PassError::Bug("a product without an input".into()))?;
+        .map(|a| inputs(float, a))
+        .collect::<Result<_, _>>()?;
     let mut float_cols: Vec<Columns> = anchors.iter().map(|a| Columns::new(&a.layer)).collect();
     replay_columns(
         float,
@@ -124,54 +134,112 @@ pub fn adaround(
         &mut float_cols,
         samples,
     )?;
+    let float_time = start.elapsed();
     let costs: Vec<f64> = anchors
         .iter()
-        .map(|a| (a.layer.rows * a.layer.row_len) as f64)
+        .zip(&float_cols)
+        .map(|(a, c)| solve::layer_cost(&a.layer, c.count))
         .collect();
     // The costliest replay so far (the float one first) is what the next one is assumed to
     // cost: a layer the budget cannot replay keeps nearest rounding.
-    let (mut replays, mut replay_time) = (1u32, start.elapsed());
-    let mut costliest = replay_time;
+    let (mut replay_time, mut costliest) = (float_time, float_time);
+    let mut quant_cols: Vec<Option<Columns>> = Vec::new();
+    // The current run of layers one replay serves: anchors[first..first + run].
+    let (mut first, mut run) = (0, 1);
     for (i, a) in anchors.iter().enumerate() {
-        if start.elapsed() + costliest > opts.budget {
-            summary.out_of_time = anchors.len() - i;
-            progress(anchors.len(), anchors.len());
-            break;
-        }
         // Weights shared with another product keep nearest rounding (one rounding cannot
         // serve two inputs).
-        if g.users(a.layer.weights).len() != 1 || g.users(a.quantized).len() != 1 {
+        let shared = |g: &Graph, a: &Anchor| {
+            g.users(a.layer.weights).len() != 1 || g.users(a.quantized).len() != 1
+        };
+        if i == first + run || i == 0 {
+            // As many replays as what is left of the replay share affords at the mean
+            // replay time so far (re-estimated at every replay: load changes it).
+            let mean = replay_time / (summary.replays + 1) as u32;
+            let left = (opts.budget.mul_f64(REPLAY_SHARE)).saturating_sub(replay_time);
+            let affordable = (left.as_secs_f64() / mean.as_secs_f64().max(1e-6)) as usize;
+            (first, run) = (i, (anchors.len() - i).div_ceil(affordable.max(1)));
+            if start.elapsed() + costliest > opts.budget {
+                summary.out_of_time = anchors.len() - i;
+                break;
+            }
+            let replay_start = Instant::now();
+            let next = &anchors[i..(i + run).min(anchors.len())];
+            let values = next
+                .iter()
+                .map(|a| inputs(&g, a))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut cols: Vec<Columns> = next.iter().map(|a| Columns::new(&a.layer)).collect();
+            replay_columns(&g, replay, &values, next, &mut cols, samples)?;
+            quant_cols = cols.into_iter().map(Some).collect();
+            replay_time += replay_start.elapsed();
+            costliest = costliest.max(replay_start.elapsed());
+            summary.replays += 1;
+        }
+        let fresh = quant_cols[i - first].take();
+        if shared(&g, a) {
             progress(i + 1, anchors.len());
             continue;
         }
-        let replay_start = Instant::now();
-        let x_hat = g.node_inputs(a.layer.node)[0]
-            .ok_or_else(|| PassError::Bug("a product without an input".into()))?;
-        let mut quant_cols = vec![Columns::new(&a.layer)];
-        replay_columns(
-            &g,
-            replay,
-            &[x_hat],
-            std::slice::from_ref(a),
-            &mut quant_cols,
-            samples,
-        )?;
-        replay_time += replay_start.elapsed();
-        costliest = costliest.max(replay_start.elapsed());
-        replays += 1;
-        let problem = Problem::new(&g, float, a, &float_cols[i], &quant_cols[0])?;
-        let later = anchors.len() - i - 1;
-        let reserve = replay_time.mul_f64(later as f64 / replays as f64);
-        let remaining = opts.budget.saturating_sub(start.elapsed() + reserve);
-        let share = remaining.mul_f64(costs[i] / costs[i..].iter().sum::<f64>().max(1.0));
-        let result = problem.solve(opts.iterations, Instant::now() + share);
+        // Only the first layer of a run sees its input as the quantized model now computes
+        // it; the others' replayed input misses the changes AdaRound made earlier in the
+        // run, and compensating errors that are no longer there made MobileNetV2 W4A8 worse
+        // than nearest rounding (1.4 against 5.5 dB). They reconstruct from the float
+        // input instead (the paper's symmetric form).
+        let x_hat = if i == first {
+            fresh.ok_or_else(|| PassError::Bug("a layer's columns were not replayed".into()))?
+        } else {
+            std::mem::replace(&mut float_cols[i], Columns::new(&a.layer))
+        };
+        let layer_start = Instant::now();
+        let replays_left = (anchors.len() - (first + run)).div_ceil(run);
+        // The costliest replay is held back for every replay to come (the mean let magika's
+        // big layer overrun into its last layer's replay), and a tenth of the share for
+        // what a layer does after its deadline (hardening, the comparison with nearest).
+        let reserve = costliest * replays_left as u32;
+        let remaining = opts
+            .budget
+            .saturating_sub(start.elapsed() + reserve)
+            .mul_f64(0.9);
+        let part = (costs[i] / costs[i..].iter().sum::<f64>().max(1.0))
+            .max(LAYER_FLOOR / (anchors.len() - i) as f64);
+        let share = remaining.mul_f64(part.min(1.0));
+        let x = if i == first { &float_cols[i] } else { &x_hat };
+        let problem = problem(&g, float, a, x, &x_hat)?;
+        let result = problem.solve(opts.iterations, layer_start + share);
+        if debug {
+            eprintln!(
+                "adaround layer {i} (run of {run}): rows {} K {} columns {} {} share {share:.2?} took {:.2?} iterations {:?} improved {} flipped {} held-out error {:.4e} -> {:.4e}",
+                a.layer.rows, a.layer.row_len, x_hat.count,
+                if result.gram { "gram" } else { "sampled" },
+                layer_start.elapsed(), result.iterations, result.improved, result.flipped,
+                result.errors.0, result.errors.1
+            );
+        }
         summary.layers += 1;
         summary.rows += a.layer.rows;
         summary.rows_improved += result.improved;
         summary.flipped += result.flipped;
+        summary.iterations = (
+            summary.iterations.0.min(result.iterations.0),
+            summary.iterations.1.max(result.iterations.1),
+        );
         write_weights(&mut g, a, &result.q)?;
         float_cols[i] = Columns::new(&a.layer); // free the float columns
         progress(i + 1, anchors.len());
+    }
+    if summary.out_of_time > 0 {
+        progress(anchors.len(), anchors.len());
+    }
+    if summary.layers == 0 {
+        summary.iterations = (0, 0);
+    }
+    if debug {
+        eprintln!(
+            "adaround: {} replays ({replay_time:.2?} with the float one), {:.2?} in all",
+            summary.replays,
+            start.elapsed()
+        );
     }
     Ok((g, summary))
 }
@@ -250,263 +318,58 @@ fn keep_columns(
     Ok(())
 }
 
-/// One layer's rounding problem.
-struct Problem<'a> {
-    layer: &'a Layer,
-    /// Float weights.
-    w: &'a [f32],
-    /// Scale per row.
-    scales: Vec<f32>,
-    /// Float bias per row (0 without one).
-    bias: Vec<f32>,
-    /// Fused activation bounds.
-    clip: (f32, f32),
-    qmax: f32,
-    /// Float targets per row: `[rows][count]`.
-    targets: Vec<f32>,
-    /// Quantized-model input columns per group.
+/// Builds layer `a`'s problem: its scales, float bias, activation and the float layer's
+/// outputs `W x` on the kept columns `x`.
+fn problem<'a>(
+    qdq: &Graph,
+    float: &Graph,
+    a: &'a Anchor,
+    x: &Columns,
     x_hat: &'a Columns,
-}
-
-/// The solution: integer weights (full tensor, in the quantized constant's order).
-struct Solution {
-    q: Vec<i8>,
-    improved: usize,
-    flipped: usize,
-}
-
-impl<'a> Problem<'a> {
-    fn new(
-        qdq: &Graph,
-        float: &'a Graph,
-        a: &'a Anchor,
-        x: &Columns,
-        x_hat: &'a Columns,
-    ) -> Result<Problem<'a>, PassError> {
-        let l = &a.layer;
-        let w = a.float.as_f32().map_err(PassError::Bug)?;
-        let qt = qdq.value_type(a.quantized);
-        let params = qt
-            .quant
-            .as_ref()
-            .ok_or_else(|| PassError::Bug("quantized weights have no parameters".into()))?;
-        let scales = (0..l.rows).map(|r| params.channel(r).0).collect();
-        let qmax = match qt.dtype {
-            DType::I4 => 7.0,
-            _ => 127.0,
-        };
-        let bias = float_bias(float, l)?;
-        let clip = match &float.node(l.node).op {
-            NodeOp::Apply(op) => op
-                .fused_activation()
-                .map_err(PassError::Bug)?
-                .unwrap_or((f32::NEG_INFINITY, f32::INFINITY)),
-            _ => (f32::NEG_INFINITY, f32::INFINITY),
-        };
-        if x.count != x_hat.count {
-            return Err(PassError::Bug("float and quantized columns differ".into()));
-        }
-        let n = x.count;
-        let mut targets = vec![0f32; l.rows * n];
-        targets
-            .par_chunks_mut(n.max(1))
-            .enumerate()
-            .for_each(|(r, t)| {
-                let cols = &x.groups[l.group_of(r)];
-                let row = l.row(w, r);
-                for (e, &wv) in row.iter().enumerate() {
-                    for (t, &xv) in t.iter_mut().zip(&cols[e * n..][..n]) {
-                        *t += wv * xv;
-                    }
-                }
-                for t in t.iter_mut() {
-                    *t = (*t + bias[r]).clamp(clip.0, clip.1);
-                }
-            });
-        Ok(Problem {
-            layer: l,
-            w,
-            scales,
-            bias,
-            clip,
-            qmax,
-            targets,
-            x_hat,
-        })
+) -> Result<Problem<'a>, PassError> {
+    let l = &a.layer;
+    let w = a.float.as_f32().map_err(PassError::Bug)?;
+    let qt = qdq.value_type(a.quantized);
+    let params = qt
+        .quant
+        .as_ref()
+        .ok_or_else(|| PassError::Bug("quantized weights have no parameters".into()))?;
+    let scales = (0..l.rows).map(|r| params.channel(r).0).collect();
+    let qmax = match qt.dtype {
+        DType::I4 => 7.0,
+        _ => 127.0,
+    };
+    let bias = float_bias(float, l)?;
+    let clip = match &float.node(l.node).op {
+        NodeOp::Apply(op) => op
+            .fused_activation()
+            .map_err(PassError::Bug)?
+            .unwrap_or((f32::NEG_INFINITY, f32::INFINITY)),
+        _ => (f32::NEG_INFINITY, f32::INFINITY),
+    };
+    if x.count != x_hat.count {
+        return Err(PassError::Bug("float and quantized columns differ".into()));
     }
-
-    /// Optimizes every row by `deadline` (at most `max_iterations` each). Rows run in waves
-    /// of one per thread; a row starting gets an equal part of what is left for the waves
-    /// still to run.
-    fn solve(&self, max_iterations: usize, deadline: Instant) -> Solution {
-        let l = self.layer;
-        let rows: Vec<usize> = (0..l.rows).collect();
-        let threads = rayon::current_num_threads().max(1);
-        let started = AtomicUsize::new(0);
-        let solved: Vec<(Vec<i8>, bool, usize)> = rows
-            .par_iter()
-            .map(|&r| {
-                let waiting = l.rows - started.fetch_add(1, Ordering::Relaxed);
-                let waves = waiting.div_ceil(threads).max(1) as u32;
-                let now = Instant::now();
-                let slot = deadline.saturating_duration_since(now) / waves;
-                self.row(r, max_iterations, now + slot)
-            })
-            .collect();
-        let mut q = vec![0i8; self.w.len()];
-        let (mut improved, mut flipped) = (0, 0);
-        for (r, (row, better, flips)) in solved.into_iter().enumerate() {
-            for (e, v) in row.into_iter().enumerate() {
-                q[l.index(r, e)] = v;
-            }
-            improved += better as usize;
-            flipped += flips;
-        }
-        Solution {
-            q,
-            improved,
-            flipped,
-        }
-    }
-
-    /// The reconstruction error of row `r` with integer weights `q` on all kept columns.
-    fn error(&self, r: usize, q: &[f32]) -> f64 {
-        let n = self.x_hat.count;
-        let cols = &self.x_hat.groups[self.layer.group_of(r)];
-        let mut y = vec![self.bias[r]; n];
-        for (e, &qv) in q.iter().enumerate() {
-            let wv = qv * self.scales[r];
-            for (y, &xv) in y.iter_mut().zip(&cols[e * n..][..n]) {
-                *y += wv * xv;
+    let n = x.count;
+    let mut pre = vec![0f32; l.rows * n];
+    pre.par_chunks_mut(n.max(1)).enumerate().for_each(|(r, t)| {
+        let cols = &x.groups[l.group_of(r)];
+        for (e, &wv) in l.row(w, r).iter().enumerate() {
+            for (t, &xv) in t.iter_mut().zip(&cols[e * n..][..n]) {
+                *t += wv * xv;
             }
         }
-        y.iter()
-            .zip(&self.targets[r * n..][..n])
-            .map(|(&y, &t)| ((y.clamp(self.clip.0, self.clip.1) - t) as f64).powi(2))
-            .sum()
-    }
-
-    /// Learns row `r`'s rounding with at most `iterations` Adam steps, until `deadline`;
-    /// returns its integers, whether they beat nearest rounding, and how many differ from
-    /// nearest.
-    fn row(&self, r: usize, iterations: usize, deadline: Instant) -> (Vec<i8>, bool, usize) {
-        let start = Instant::now();
-        let span = deadline.saturating_duration_since(start).as_secs_f32();
-        let l = self.layer;
-        let s = self.scales[r];
-        let w = l.row(self.w, r);
-        let (lo, hi) = (-self.qmax, self.qmax);
-        let floor: Vec<f32> = w.iter().map(|&v| (v / s).floor()).collect();
-        let nearest: Vec<f32> = w
-            .iter()
-            .map(|&v| (v / s).round_ties_even().clamp(lo, hi))
-            .collect();
-        // V with h(V) = the fractional part (eq. 23 inverted).
-        let mut v: Vec<f32> = w
-            .iter()
-            .zip(&floor)
-            .map(|(&wv, &f)| {
-                let frac = (wv / s - f).clamp(0.0, 1.0);
-                let sig = ((frac - GAMMA) / (ZETA - GAMMA)).clamp(1e-4, 1.0 - 1e-4);
-                (sig / (1.0 - sig)).ln()
-            })
-            .collect();
-        let (mut m, mut m2) = (vec![0f32; v.len()], vec![0f32; v.len()]);
-        let n = self.x_hat.count;
-        let cols = &self.x_hat.groups[l.group_of(r)];
-        let targets = &self.targets[r * n..][..n];
-        let mut rng =
-            XorShift(0x9E37_79B9_7F4A_7C15 ^ (r as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9));
-        let batch = BATCH.min(n);
-        let mut picked = vec![0usize; batch];
-        let mut grad = vec![0f32; v.len()];
-        let mut wq = vec![0f32; v.len()];
-        let mut live = vec![false; v.len()];
-        for it in 0..iterations {
-            // The schedule's position: by iterations or by time, whichever is further.
-            let elapsed = start.elapsed().as_secs_f32();
-            let progress =
-                (it as f32 / iterations as f32).max(if span > 0.0 { elapsed / span } else { 1.0 });
-            if progress >= 1.0 {
-                break;
-            }
-            for p in picked.iter_mut() {
-                *p = (rng.next() % n.max(1) as u64) as usize;
-            }
-            for e in 0..v.len() {
-                let q = floor[e] + rect_sigmoid(v[e]);
-                live[e] = q > lo && q < hi;
-                wq[e] = s * q.clamp(lo, hi);
-            }
-            // Output errors on the batch, then dL/dw̃ = Σ_j g_j x̂_j.
-            grad.iter_mut().for_each(|g| *g = 0.0);
-            let mut out = vec![self.bias[r]; batch];
-            for (e, &wv) in wq.iter().enumerate() {
-                let col = &cols[e * n..][..n];
-                for (o, &j) in out.iter_mut().zip(&picked) {
-                    *o += wv * col[j];
-                }
-            }
-            let g_out: Vec<f32> = out
-                .iter()
-                .zip(&picked)
-                .map(|(&y, &j)| {
-                    if y > self.clip.0 && y < self.clip.1 {
-                        2.0 * (y - targets[j]) / batch as f32
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
-            for (e, ge) in grad.iter_mut().enumerate() {
-                let col = &cols[e * n..][..n];
-                *ge = g_out.iter().zip(&picked).map(|(&g, &j)| g * col[j]).sum();
-            }
-            let beta = (progress > WARMUP).then(|| {
-                let t = (progress - WARMUP) / (1.0 - WARMUP);
-                BETA.0 + (BETA.1 - BETA.0) * t
-            });
-            let step = it as i32 + 1;
-            for e in 0..v.len() {
-                let sig = sigmoid(v[e]);
-                let h = sig * (ZETA - GAMMA) + GAMMA;
-                let dh_dv = if h > 0.0 && h < 1.0 {
-                    sig * (1.0 - sig) * (ZETA - GAMMA)
-                } else {
-                    0.0
-                };
-                let mut dh = if live[e] { grad[e] * s } else { 0.0 };
-                if let Some(beta) = beta {
-                    let u = 2.0 * h.clamp(0.0, 1.0) - 1.0;
-                    dh += LAMBDA * -beta * u.abs().powf(beta - 1.0) * u.signum() * 2.0;
-                }
-                let gv = dh * dh_dv;
-                m[e] = 0.9 * m[e] + 0.1 * gv;
-                m2[e] = 0.999 * m2[e] + 0.001 * gv * gv;
-                let mh = m[e] / (1.0 - 0.9f32.powi(step));
-                let vh = m2[e] / (1.0 - 0.999f32.powi(step));
-                v[e] -= LR * mh / (vh.sqrt() + 1e-8);
-            }
-        }
-        let learned: Vec<f32> = floor
-            .iter()
-            .zip(&v)
-            .map(|(&f, &v)| (f + if v >= 0.0 { 1.0 } else { 0.0 }).clamp(lo, hi))
-            .collect();
-        let better = self.error(r, &learned) < self.error(r, &nearest);
-        let chosen = if better { &learned } else { &nearest };
-        let flips = chosen.iter().zip(&nearest).filter(|(a, b)| a != b).count();
-        (chosen.iter().map(|&q| q as i8).collect(), better, flips)
-    }
-}
-
-/// The rectified sigmoid `h(V)` (eq. 23).
-fn rect_sigmoid(v: f32) -> f32 {
-    (sigmoid(v) * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
-}
-
-fn sigmoid(v: f32) -> f32 {
-    1.0 / (1.0 + (-v).exp())
+    });
+    Ok(Problem {
+        layer: l,
+        w,
+        scales,
+        bias,
+        clip,
+        qmax,
+        pre,
+        x_hat,
+    })
 }
 
 /// The float bias of a product per output channel (operand 2 of a Conv/Gemm, the constant
@@ -550,16 +413,4 @@ fn write_weights(g: &mut Graph, a: &Anchor, q: &[i8]) -> Result<(), PassError> {
         Some(q.len())
     );
     Ok(())
-}
-
-/// xorshift64*: mini-batch draws, deterministic per row.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
 }
