@@ -7,9 +7,10 @@
 //! the exact gradient over all columns, `2(H w̃ − b)`, costs K² per row and iteration
 //! instead of n·K ([`Objective::Gram`]): on MobileNetV2 (K ≤ 960, n ≈ 3000) that is
 //! the whole calibration set at the price of a mini-batch. Rows of a group go through `H`
-//! eight at a time (one pass over `H` serves the block). Where `H` does not pay (K close to
-//! n, e.g. a classifier with one column per sample) a row learns on mini-batches of
-//! columns with the fused activation ([`Objective::Sampled`], the paper's `f_a`).
+//! sixteen at a time ([`BLOCK`]: one pass over `H` serves the block). Where `H` does not
+//! pay (K close to n, e.g. a classifier with one column per sample) a row learns on
+//! mini-batches of columns with the fused activation ([`Objective::Sampled`], the paper's
+//! `f_a`).
 
 use super::Columns;
 use crate::quantize::layer::Layer;
