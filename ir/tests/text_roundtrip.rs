@@ -147,14 +147,16 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-/// Builds a graph from steps; names are made unique by a numeric suffix.
+/// Builds a graph from steps; names are made unique by a numeric suffix after an
+/// underscore (the suffix after the last `_` is the counter, so no two names collide: a
+/// bare suffix made `1` + `1` and `` + `11` the same name).
 fn build(steps: &[Step], outputs: &[usize]) -> Graph {
     let mut g = Graph::new("random graph");
     let mut values: Vec<ValueId> = Vec::new();
     let mut count = 0;
     let mut unique = |n: &str| {
         count += 1;
-        format!("{n}{count}")
+        format!("{n}_{count}")
     };
     for s in steps {
         match s {
