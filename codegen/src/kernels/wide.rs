@@ -31,7 +31,7 @@ use super::conv2d::{ConvRequant, QConv2d};
 use super::packing::packed_rows;
 use super::planes::copy_row;
 use super::requant::ChannelTable;
-use super::ukernel::{PairTile, Requantize, Store, LANES, MAX_ROWS, VECTORS};
+use super::ukernel::{Operands, PairTile, Requantize, Store, LANES, MAX_ROWS, VECTORS};
 use super::{data_address, Kernel};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
@@ -222,6 +222,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
             Store::Requantize(store)
         },
         row_stride: None,
+        operands: Operands::Pairs,
     };
     let (main, tail_kernel) = k.pair_tiles(isa, rows, tail, tile)?;
     k.form = "wide-direct";

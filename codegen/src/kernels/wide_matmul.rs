@@ -25,7 +25,9 @@
 
 use super::packing::packed_rows;
 use super::planes::copy_row;
-use super::ukernel::{self, LaneTable, PairTile, Requantize, Store, LANES, MAX_ROWS, VECTORS};
+use super::ukernel::{
+    self, LaneTable, Operands, PairTile, Requantize, Store, LANES, MAX_ROWS, VECTORS,
+};
 use super::{data_address, Kernel};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
@@ -180,6 +182,7 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
             iterations: u32::try_from(pairs / UNROLL).map_err(|e| e.to_string())?,
             store,
             row_stride: Some(i32_of(pairs * PAIR)?),
+            operands: Operands::Pairs,
         })
     };
     // One micro-kernel and task per tile height: full tiles of MAX_ROWS rows, then one tile

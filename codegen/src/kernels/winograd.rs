@@ -46,7 +46,7 @@ use super::conv2d::{ConvRequant, QConv2d};
 use super::packing::packed_rows;
 use super::planes::{copy_row, Padded};
 use super::requant::{little_endian, ChannelTable};
-use super::ukernel::{PairTile, Store, LANES, MAX_ROWS, VECTORS};
+use super::ukernel::{Operands, PairTile, Store, LANES, MAX_ROWS, VECTORS};
 use super::{data_address, Kernel};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
@@ -241,6 +241,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
             plane: SUMS_ROW as i32,
         },
         row_stride: None,
+        operands: Operands::Pairs,
     };
     let (main, tail_kernel) = k.pair_tiles(isa, rows, tail, tile)?;
     k.form = "winograd";
