@@ -322,7 +322,7 @@ fn every_convolution_form_agrees_with_the_interpreter() {
                     && k.strides == (1, 1)
                     && k.dilation_h == 1;
                 let expected = !winograd && wide_isa && k.group == 1 && k.strides.1 <= 2;
-                let wide = form == "wide-direct";
+                let wide = form == "wide-direct" || form == "wide-direct-vnni";
                 // Depthwise convolutions of any size and channel count take the wide form on
                 // AVX2 (column stride up to 2), else the direct form wherever the CPU has byte
                 // shuffles.

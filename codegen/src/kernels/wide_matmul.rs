@@ -128,13 +128,7 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
         _ => 1,
     };
     // u8 rows against weights that fit i8: quads of k on `vpdpbusd` (see the module's note).
-    let quads = isa.has_quads()
-        && !sixteen_in
-        && packed
-            .rows
-            .iter()
-            .flatten()
-            .all(|&v| i8::try_from(v).is_ok());
+    let quads = isa.has_quads() && !sixteen_in && packed.fits_i8();
     let per_step = if quads { 4 } else { 2 };
     let steps = kk.div_ceil(per_step).next_multiple_of(UNROLL);
     // u8 rows whose length is whole loop iterations are read where they are.
