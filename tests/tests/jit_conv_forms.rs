@@ -317,8 +317,12 @@ fn every_convolution_form_agrees_with_the_interpreter() {
                 let wide_isa = opts.max_vector_bits.is_none()
                     && !opts.baseline_isa
                     && std::arch::is_x86_feature_detected!("avx2");
+                // Weights here fit i8: with VNNI the direct form's u8×i8 quads take 3×3 too.
+                let quads_allowed =
+                    qlift_tests::host::has_vnni() && !opts.no_vnni && !opts.avx2_only;
                 let winograd = wide_isa
                     && !opts.no_winograd
+                    && !quads_allowed
                     && k.group == 1
                     && k.kernel == (3, 3)
                     && k.strides == (1, 1)
@@ -590,7 +594,13 @@ fn winograd_agrees_with_the_interpreter_on_random_layers() {
             );
             for (path, opts) in winograd_paths() {
                 let mut found = Vec::new();
-                check_form(&case, &opts, "winograd", &mut found);
+                let vnni = qlift_tests::host::has_vnni() && !opts.avx2_only;
+                let form = if vnni && case.weights_fit_i8 {
+                    "wide-direct-vnni"
+                } else {
+                    "winograd"
+                };
+                check_form(&case, &opts, form, &mut found);
                 failures.extend(found.into_iter().map(|f| format!("{path}: {f}")));
             }
             cases += 1;
