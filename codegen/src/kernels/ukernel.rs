@@ -16,8 +16,16 @@
 //! Each product is one `vpmaddwd` (i16 × i16 pair products summed into i32 lanes, exact:
 //! the only overflowing case, both pairs −32768·−32768, needs activations that are never
 //! −32768) and one `vpaddd`, or one `vpdpwssd` (the same sum added to the accumulator,
-//! not saturating) on CPUs with AVX-VNNI. Not `vpmaddubsw`: its u8×i8 pair sums saturate
-//! at i16, which the interpreter's arithmetic does not.
+//! not saturating) on CPUs with VNNI: VEX with AVX-VNNI, else EVEX on ymm with AVX-512
+//! VNNI + VL ([`Isa::Avx512Vnni`]). Not `vpmaddubsw`: its u8×i8 pair sums saturate at i16,
+//! which the interpreter's arithmetic does not.
+//!
+//! With VNNI, a step's four bytes may instead be four u8 on one side and four i8 on the
+//! other ([`Operands::Quads`]): one `vpdpbusd` adds the four products (exact) to the
+//! accumulator, twice the products per instruction of the pairs, with the same tile, the
+//! same addressing (4 bytes a step) and the same requantization. The layout follows MLAS's
+//! and oneDNN's VNNI panels: four consecutive k of one column (or output channel)
+//! contiguous, the u8 side broadcast or loaded as the vector.
 
 use iced_x86::code_asm::*;
 

@@ -15,6 +15,13 @@
 //!    (per-channel parameters read from a table, so code size does not grow with the
 //!    channel count) and stores eight results per vector.
 //!
+//! With VNNI (`wide-direct-vnni`), u8 activations against weights that fit i8 after their
+//! zero point are repacked as quads of channels' bytes instead (`[quad][phase]…[4]`,
+//! [`repack_quads`], no widening; the same 4 bytes per position), the weights as quads of
+//! i8, and each step is one `vpdpbusd` of the activation vector (u8) by the broadcast
+//! weights (i8): twice the products per instruction. Planes past the last channel are
+//! read (within the workspace) and multiplied by zero weights.
+//!
 //! int16 layers run the same way: their i16 planes are padded with the i16 zero point and
 //! repacked as pairs with no widening ([`repack_i16`]), and i16 results are stored sixteen
 //! to a row by the micro-kernel. A convolution along one axis (`[C, H, 1]` planes, `kh × 1`

@@ -14,7 +14,14 @@
 //! The weights are packed at compile time as `[column block of 16][pair of k][16][2]` i16
 //! (`w − zw`, zero columns and pairs past the ends) and the input zero point folded into
 //! the biases (see [`super::packing::packed_rows`]). Per tile of rows, the rows are widened
-//! to i16 in the workspace, then the column blocks run as a task on the thread pool. Results
+//! to i16 in the workspace, then the column blocks run as a task on the thread pool.
+//!
+//! With VNNI (`wide-matmul-vnni`), u8 rows against weights that fit i8 after their zero
+//! point skip the widening: the weights pack as `[column block of 16][quad of k][16][4]`
+//! i8 and each step broadcasts four u8 of a row into `vpdpbusd` (the u8 operand first).
+//! Rows whose length is whole loop iterations (K a multiple of 16) are read where they
+//! are; others are copied to workspace rows padded to whole iterations (the padding meets
+//! zero weights). i16 activations and wider weights keep the pairs. Results
 //! whose row is not a whole number of blocks go through a staging area copied out.
 //!
 //! MatMulInteger (dynamic quantization's product: u8 activations quantized per call, int8
