@@ -42,7 +42,7 @@ use super::ukernel::{Operands, PairTile, Requantize, Store, LANES, MAX_ROWS, VEC
 use super::{data_address, Kernel};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{types, ConstantData, FuncRef, InstBuilder, Value};
+use cranelift_codegen::ir::{types, ConstantData, FuncRef, Immediate, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
 use qlift_ir::DType;
 
@@ -449,39 +449,14 @@ fn repack(
     begin: Value,
     end: Value,
 ) {
-    let plane = (g.hp * g.wp) as i64;
-    let pair_bytes = l.pair_bytes(g) as i64;
-    emit::for_range(fb, begin, end, 1, |fb, p| {
-        let a = emit::addr(fb, planes, p, 2 * plane);
-        let dst_pair = emit::addr(fb, xp, p, pair_bytes);
-        for py in 0..g.sh {
-            for px in 0..g.sw {
-                // Byte j of the pair row: position j / 2 of plane (j % 2), column px + sw·(j / 2).
-                let mask: Vec<u8> = (0..LANES)
-                    .flat_map(|i| [(px + g.sw * i) as u8, (16 + px + g.sw * i) as u8])
-                    .collect();
-                let mask = fb.func.dfg.immediates.push(ConstantData::from(mask));
-                let phase = ((py * g.sw + px) * l.hq * l.wq * PAIR) as i64;
-                emit::for_count(fb, l.hq as i64, |fb, y| {
-                    let row = fb.ins().imul_imm_s(y, (g.sh * g.wp) as i64);
-                    let src_row = fb.ins().iadd_imm_s(row, (py * g.wp) as i64);
-                    let src_row = fb.ins().iadd(a, src_row);
-                    let dst_row = fb.ins().imul_imm_s(y, (l.wq * PAIR) as i64);
-                    let dst_row = fb.ins().iadd_imm_s(dst_row, phase);
-                    let dst_row = fb.ins().iadd(dst_pair, dst_row);
-                    emit::for_count(fb, (l.wq / LANES) as i64, |fb, xc| {
-                        let src = emit::addr(fb, src_row, xc, (LANES * g.sw) as i64);
-                        let va = fb.ins().load(types::I8X16, emit::mem(), src, 0);
-                        let vb = fb.ins().load(types::I8X16, emit::mem(), src, plane as i32);
-                        let pairs = fb.ins().shuffle(va, vb, mask);
-                        let (lo, hi) = (fb.ins().uwiden_low(pairs), fb.ins().uwiden_high(pairs));
-                        let dst = emit::addr(fb, dst_row, xc, (LANES * PAIR) as i64);
-                        fb.ins().store(emit::mem(), lo, dst, 0);
-                        fb.ins().store(emit::mem(), hi, dst, 16);
-                    });
-                });
-            }
-        }
+    let plane = (g.hp * g.wp) as i32;
+    walk_u8(fb, g, l, planes, xp, (begin, end), |fb, src, dst, pair| {
+        let va = fb.ins().load(types::I8X16, emit::mem(), src, 0);
+        let vb = fb.ins().load(types::I8X16, emit::mem(), src, plane);
+        let pairs = fb.ins().shuffle(va, vb, pair);
+        let (lo, hi) = (fb.ins().uwiden_low(pairs), fb.ins().uwiden_high(pairs));
+        fb.ins().store(emit::mem(), lo, dst, 0);
+        fb.ins().store(emit::mem(), hi, dst, 16);
     });
 }
 
@@ -497,27 +472,55 @@ fn repack_quads(
     begin: Value,
     end: Value,
 ) {
-    let plane = (g.hp * g.wp) as i64;
-    let pair_bytes = l.pair_bytes(g) as i64;
-    let constant = |fb: &mut FunctionBuilder, bytes: Vec<u8>| {
-        fb.func.dfg.immediates.push(ConstantData::from(bytes))
-    };
+    let plane = (g.hp * g.wp) as i32;
     // Positions (q, q + 1, q + 2, q + 3) of the two pair rows, as [c0 c1 c2 c3] each.
     let quads = |q: u8| -> Vec<u8> {
         (q..q + 4)
             .flat_map(|i| [2 * i, 2 * i + 1, 16 + 2 * i, 17 + 2 * i])
             .collect()
     };
-    let (low, high) = (constant(fb, quads(0)), constant(fb, quads(4)));
+    let low = fb.func.dfg.immediates.push(ConstantData::from(quads(0)));
+    let high = fb.func.dfg.immediates.push(ConstantData::from(quads(4)));
+    walk_u8(fb, g, l, planes, xp, (begin, end), |fb, src, dst, pair| {
+        let load = |fb: &mut FunctionBuilder, c: i32| {
+            fb.ins().load(types::I8X16, emit::mem(), src, c * plane)
+        };
+        let (va, vb, vc, vd) = (load(fb, 0), load(fb, 1), load(fb, 2), load(fb, 3));
+        let ab = fb.ins().shuffle(va, vb, pair);
+        let cd = fb.ins().shuffle(vc, vd, pair);
+        let lo = fb.ins().shuffle(ab, cd, low);
+        let hi = fb.ins().shuffle(ab, cd, high);
+        fb.ins().store(emit::mem(), lo, dst, 0);
+        fb.ins().store(emit::mem(), hi, dst, 16);
+    });
+}
+
+/// The walk [`repack`] and [`repack_quads`] share: for channel groups `begin..end` (of
+/// `l.group` planes each, `hp · wp` bytes apart), each phase (py, px) and phase row, each
+/// eight positions: `step(fb, src, dst, pair)` with `src` the group's first plane at the
+/// positions' first column, `dst` their packed 32 bytes, and `pair` the byte shuffle that
+/// interleaves the eight positions' bytes of two planes' 16-byte loads (column phase px).
+fn walk_u8(
+    fb: &mut FunctionBuilder,
+    g: &QConv2d,
+    l: &Layout,
+    planes: Value,
+    xp: Value,
+    (begin, end): (Value, Value),
+    step: impl Fn(&mut FunctionBuilder, Value, Value, Immediate),
+) {
+    let group_bytes = (l.group * g.hp * g.wp) as i64;
+    let pair_bytes = l.pair_bytes(g) as i64;
     emit::for_range(fb, begin, end, 1, |fb, p| {
-        let a = emit::addr(fb, planes, p, 4 * plane);
-        let dst_quad = emit::addr(fb, xp, p, pair_bytes);
+        let a = emit::addr(fb, planes, p, group_bytes);
+        let dst_group = emit::addr(fb, xp, p, pair_bytes);
         for py in 0..g.sh {
             for px in 0..g.sw {
+                // Byte j: position j / 2 of plane (j % 2), column px + sw·(j / 2).
                 let mask: Vec<u8> = (0..LANES)
                     .flat_map(|i| [(px + g.sw * i) as u8, (16 + px + g.sw * i) as u8])
                     .collect();
-                let mask = constant(fb, mask);
+                let mask = fb.func.dfg.immediates.push(ConstantData::from(mask));
                 let phase = ((py * g.sw + px) * l.hq * l.wq * PAIR) as i64;
                 emit::for_count(fb, l.hq as i64, |fb, y| {
                     let row = fb.ins().imul_imm_s(y, (g.sh * g.wp) as i64);
@@ -525,21 +528,11 @@ fn repack_quads(
                     let src_row = fb.ins().iadd(a, src_row);
                     let dst_row = fb.ins().imul_imm_s(y, (l.wq * PAIR) as i64);
                     let dst_row = fb.ins().iadd_imm_s(dst_row, phase);
-                    let dst_row = fb.ins().iadd(dst_quad, dst_row);
+                    let dst_row = fb.ins().iadd(dst_group, dst_row);
                     emit::for_count(fb, (l.wq / LANES) as i64, |fb, xc| {
                         let src = emit::addr(fb, src_row, xc, (LANES * g.sw) as i64);
-                        let load = |fb: &mut FunctionBuilder, c: i64| {
-                            fb.ins()
-                                .load(types::I8X16, emit::mem(), src, (c * plane) as i32)
-                        };
-                        let (va, vb, vc, vd) = (load(fb, 0), load(fb, 1), load(fb, 2), load(fb, 3));
-                        let ab = fb.ins().shuffle(va, vb, mask);
-                        let cd = fb.ins().shuffle(vc, vd, mask);
-                        let lo = fb.ins().shuffle(ab, cd, low);
-                        let hi = fb.ins().shuffle(ab, cd, high);
                         let dst = emit::addr(fb, dst_row, xc, (LANES * PAIR) as i64);
-                        fb.ins().store(emit::mem(), lo, dst, 0);
-                        fb.ins().store(emit::mem(), hi, dst, 16);
+                        step(fb, src, dst, mask);
                     });
                 });
             }

@@ -266,10 +266,9 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
     // One tile: rows from `first`, `rows` of them, with its task.
     let run = |k: &mut Kernel, first: Value, rows: usize, task: FuncId| -> Result<(), String> {
         let fb = &mut *k.fb;
-        for r in 0..rows {
-            if in_place {
-                break;
-            }
+        // Rows read in place need no copy.
+        let copied = if in_place { 0 } else { rows };
+        for r in 0..copied {
             let row = fb.ins().iadd_imm_s(first, r as i64);
             let src = emit::addr(fb, aptr, row, (kk * if sixteen_in { 2 } else { 1 }) as i64);
             let dst = fb.ins().iadd_imm_s(ws, (r * steps * STEP) as i64);
