@@ -480,7 +480,8 @@ fn profile_counters(module: &mut dyn Module, steps: usize) -> Result<DataId, Cod
 }
 
 /// The wide-vector micro-kernels `isa` can run within `opts.max_vector_bits`: 256-bit ones
-/// need AVX2 (with AVX-VNNI's `vpdpwssd` where the target has it).
+/// need AVX2, and VNNI's `vpdpwssd`/`vpdpbusd` on ymm where the target has it: VEX with
+/// AVX-VNNI, else EVEX with AVX-512 VNNI + VL (`CodegenOptions::no_vnni` turns both flags off).
 fn wide_isa(
     isa: &dyn cranelift_codegen::isa::TargetIsa,
     opts: &CodegenOptions,
@@ -498,6 +499,8 @@ fn wide_isa(
     }
     Some(if has("has_avx_vnni") {
         kernels::ukernel::Isa::AvxVnni
+    } else if has("has_avx512vnni") && has("has_avx512vl") {
+        kernels::ukernel::Isa::Avx512Vnni
     } else {
         kernels::ukernel::Isa::Avx2
     })

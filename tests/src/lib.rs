@@ -5,6 +5,24 @@
 /// The bundled digits models, their data and the measures quantization tests use.
 pub mod digits;
 
+/// What the host CPU runs, for tests that check which form a kernel took.
+pub mod host {
+    /// Whether the host has VNNI's `vpdpbusd` on 256-bit registers (AVX-VNNI, or AVX-512
+    /// VNNI with VL): the wide micro-kernels then take u8×i8 quads (`wide-matmul-vnni`).
+    pub fn has_vnni() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::is_x86_feature_detected!("avxvnni")
+                || (std::is_x86_feature_detected!("avx512vnni")
+                    && std::is_x86_feature_detected!("avx512vl"))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+}
+
 /// Deterministic test data.
 pub mod samples {
     /// `n` values in [-1, 1) with a few exact zeros, the same for the same `seed`

@@ -270,9 +270,11 @@ fn every_convolution_form_agrees_with_the_interpreter() {
             },
         ),
     ];
-    if !std::arch::is_x86_feature_detected!("avxvnni") {
-        eprintln!("skipped: this CPU lacks AVX-VNNI, so the micro-kernels' vpdpwssd form is not run here (the AVX2 vpmaddwd form is)");
+    if !qlift_tests::host::has_vnni() {
+        eprintln!("skipped: this CPU lacks AVX-VNNI and AVX-512 VNNI + VL, so the micro-kernels' vpdpwssd and vpdpbusd (u8×i8 quad) forms are not run here (the AVX2 vpmaddwd form is)");
     }
+    // Dense layers on VNNI's u8×i8 quads (weights that fit i8), on the paths that allow it.
+    let mut vnni_layers = 0;
     if !std::arch::is_x86_feature_detected!("avx2") {
         eprintln!("skipped: this CPU lacks AVX2, so no 256-bit micro-kernel is run here");
     }
@@ -315,14 +317,18 @@ fn every_convolution_form_agrees_with_the_interpreter() {
                 let wide_isa = opts.max_vector_bits.is_none()
                     && !opts.baseline_isa
                     && std::arch::is_x86_feature_detected!("avx2");
+                // Weights here fit i8: with VNNI the direct form's u8×i8 quads take 3×3 too.
+                let quads_allowed =
+                    qlift_tests::host::has_vnni() && !opts.no_vnni && !opts.avx2_only;
                 let winograd = wide_isa
                     && !opts.no_winograd
+                    && !quads_allowed
                     && k.group == 1
                     && k.kernel == (3, 3)
                     && k.strides == (1, 1)
                     && k.dilation_h == 1;
                 let expected = !winograd && wide_isa && k.group == 1 && k.strides.1 <= 2;
-                let wide = form == "wide-direct";
+                let wide = form == "wide-direct" || form == "wide-direct-vnni";
                 // Depthwise convolutions of any size and channel count take the wide form on
                 // AVX2 (column stride up to 2), else the direct form wherever the CPU has byte
                 // shuffles.
@@ -336,7 +342,10 @@ fn every_convolution_form_agrees_with_the_interpreter() {
                     } else {
                         "direct-depthwise"
                     };
+                let quads = form == "wide-direct-vnni";
+                vnni_layers += usize::from(quads);
                 if wide != expected
+                    || (quads && (opts.no_vnni || opts.avx2_only))
                     || winograd != (form == "winograd")
                     || (depthwise && !opts.baseline_isa && !direct)
                 {
@@ -377,6 +386,10 @@ fn every_convolution_form_agrees_with_the_interpreter() {
         }
     }
     assert!(
+        vnni_layers > 0 || !qlift_tests::host::has_vnni(),
+        "no layer took the VNNI quads"
+    );
+    assert!(
         failures.is_empty(),
         "{} of {} cases fail:\n{failures:#?}",
         failures.len(),
@@ -389,6 +402,8 @@ struct WinogradCase {
     text: String,
     x: Tensor,
     summary: String,
+    /// Every weight fits i8 after its zero point (the wide form's VNNI quads apply).
+    weights_fit_i8: bool,
 }
 
 /// Random channels (odd, past 256), extents and paddings (or `extents` padded by 1), activation and weight zero points
@@ -422,15 +437,25 @@ fn winograd_case(
     ];
     let (oh, ow) = (h + pads[0] + pads[2] - 2, w + pads[1] + pads[3] - 2);
     let zx = zx.unwrap_or_else(|| rng.next(256));
-    let weights = list((0..m * c * 9).map(|_| weight(rng).to_string()));
+    let values: Vec<i64> = (0..m * c * 9).map(|_| weight(rng)).collect();
+    let weights = list(values.iter().map(|v| v.to_string()));
     let per_channel = rng.next(2) == 0;
-    let wquant = if per_channel {
+    let (wquant, zw) = if per_channel {
         let scales = list((0..m).map(|i| format!("{}", 0.002 + 0.001 * (i % 7) as f32)));
-        let zeros = list((0..m).map(|_| (rng.next(41) - 20).to_string()));
-        format!("quant(axis=0, scale=[{scales}], zero_point=[{zeros}])")
+        let zw: Vec<i64> = (0..m).map(|_| rng.next(41) - 20).collect();
+        let zeros = list(zw.iter().map(|z| z.to_string()));
+        (
+            format!("quant(axis=0, scale=[{scales}], zero_point=[{zeros}])"),
+            zw,
+        )
     } else {
-        format!("quant(scale=0.004, zero_point={})", rng.next(41) - 20)
+        let z = rng.next(41) - 20;
+        (format!("quant(scale=0.004, zero_point={z})"), vec![z; m])
     };
+    let weights_fit_i8 = values
+        .iter()
+        .enumerate()
+        .all(|(i, v)| (-128..=127).contains(&(v - zw[i / (c * 9)])));
     let bias = list((0..m).map(|_| (rng.next(40001) - 20000).to_string()));
     let relu = rng.next(2) == 0;
     let act = if relu {
@@ -469,7 +494,12 @@ fn winograd_case(
     let summary = format!(
         "c={c} m={m} {h}x{w} pads={pads:?} zx={zx} per_channel={per_channel} relu={relu} {ydtype}"
     );
-    WinogradCase { text, x, summary }
+    WinogradCase {
+        text,
+        x,
+        summary,
+        weights_fit_i8,
+    }
 }
 
 /// Compiles `case` with `opts`, checks its convolution's form, and compares batch 3 on one
@@ -564,7 +594,13 @@ fn winograd_agrees_with_the_interpreter_on_random_layers() {
             );
             for (path, opts) in winograd_paths() {
                 let mut found = Vec::new();
-                check_form(&case, &opts, "winograd", &mut found);
+                let vnni = qlift_tests::host::has_vnni() && !opts.avx2_only;
+                let form = if vnni && case.weights_fit_i8 {
+                    "wide-direct-vnni"
+                } else {
+                    "winograd"
+                };
+                check_form(&case, &opts, form, &mut found);
                 failures.extend(found.into_iter().map(|f| format!("{path}: {f}")));
             }
             cases += 1;
@@ -581,12 +617,19 @@ fn winograd_agrees_with_the_interpreter_on_random_layers() {
 fn a_layer_winograd_cannot_keep_exact_falls_back_to_the_wide_form() {
     // 4096 input channels of weights −128, zero points within ±20, activations about 195:
     // Σ x · (w − zw) is below −2^29, so four times it (the transformed sum) wraps in i32.
+    // Weights −128 with a zero point of 0 fit i8: VNNI's u8×i8 quads where the path has it.
     let mut rng = Lcg(0xfa11);
     let case = winograd_case(&mut rng, 4096, 3, 2, &mut |_| -128, None, Some(195));
     let mut failures = Vec::new();
     for (path, opts) in winograd_paths() {
         let mut found = Vec::new();
-        check_form(&case, &opts, "wide-direct", &mut found);
+        let vnni = qlift_tests::host::has_vnni() && !opts.avx2_only && !opts.no_vnni;
+        let form = if vnni && case.weights_fit_i8 {
+            "wide-direct-vnni"
+        } else {
+            "wide-direct"
+        };
+        check_form(&case, &opts, form, &mut found);
         failures.extend(found.into_iter().map(|f| format!("{path}: {f}")));
     }
     assert!(failures.is_empty(), "{failures:#?}");

@@ -185,6 +185,7 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
                 .map(|s| s.form.as_str())
                 .collect();
             let want = match c.scheme {
+                Scheme::Dynamic if qlift_tests::host::has_vnni() => "wide-matmul-vnni",
                 Scheme::Dynamic => "wide-matmul",
                 Scheme::WeightOnly { .. } if weight_only_f32 => "wide-f32",
                 Scheme::WeightOnly { .. } => "wide-f32-unpack",

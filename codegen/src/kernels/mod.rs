@@ -507,7 +507,7 @@ pub(crate) fn data_address(fb: &mut FunctionBuilder, module: &mut dyn Module, id
 /// - `depthwise-f32`: float depthwise, 256-bit FMA micro-kernels (AVX2 + FMA);
 /// - `wide-f32`: float, 256-bit FMA micro-kernels (AVX2 + FMA);
 /// - `winograd`: dense 3×3, stride 1, F(2×2, 3×3) on the same micro-kernels, 2.25× fewer
-///   multiplies, where the weights keep it exact;
+///   multiplies, where the weights keep it exact (and VNNI's u8×i8 quads do not apply);
 /// - `wide`: dense, 256-bit micro-kernels (AVX2);
 /// - `depthwise`: depthwise, 256-bit micro-kernels;
 /// - `pointwise`: 1×1 with 128-bit Cranelift vectors (SSSE3);

@@ -21,6 +21,14 @@ pub(super) struct PackedRows {
     pub vnni: bool,
 }
 
+impl PackedRows {
+    /// Whether every weight fits i8 after its zero point: the wide micro-kernels' u8×i8
+    /// quads (`vpdpbusd`) then apply to u8 activations.
+    pub fn fits_i8(&self) -> bool {
+        self.rows.iter().flatten().all(|&v| i8::try_from(v).is_ok())
+    }
+}
+
 /// [`PackedRows`] of the node's constant weights, `None` when they cannot be packed.
 pub(super) fn packed_rows(
     k: &Kernel,

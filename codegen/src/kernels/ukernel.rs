@@ -16,8 +16,16 @@
 //! Each product is one `vpmaddwd` (i16 × i16 pair products summed into i32 lanes, exact:
 //! the only overflowing case, both pairs −32768·−32768, needs activations that are never
 //! −32768) and one `vpaddd`, or one `vpdpwssd` (the same sum added to the accumulator,
-//! not saturating) on CPUs with AVX-VNNI. Not `vpmaddubsw`: its u8×i8 pair sums saturate
-//! at i16, which the interpreter's arithmetic does not.
+//! not saturating) on CPUs with VNNI: VEX with AVX-VNNI, else EVEX on ymm with AVX-512
+//! VNNI + VL ([`Isa::Avx512Vnni`]). Not `vpmaddubsw`: its u8×i8 pair sums saturate at i16,
+//! which the interpreter's arithmetic does not.
+//!
+//! With VNNI, a step's four bytes may instead be four u8 on one side and four i8 on the
+//! other ([`Operands::Quads`]): one `vpdpbusd` adds the four products (exact) to the
+//! accumulator, twice the products per instruction of the pairs, with the same tile, the
+//! same addressing (4 bytes a step) and the same requantization. The layout follows MLAS's
+//! and oneDNN's VNNI panels: four consecutive k of one column (or output channel)
+//! contiguous, the u8 side broadcast or loaded as the vector.
 
 use iced_x86::code_asm::*;
 
@@ -34,10 +42,35 @@ pub(crate) const MAX_ROWS: usize = 6;
 /// Which instructions a micro-kernel may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Isa {
-    /// AVX2: `vpmaddwd` then `vpaddd`.
+    /// AVX2: `vpmaddwd` then `vpaddd`; no byte quads.
     Avx2,
-    /// AVX-VNNI (VEX-encoded `vpdpwssd` on ymm).
+    /// AVX-VNNI (VEX-encoded `vpdpwssd` / `vpdpbusd` on ymm).
     AvxVnni,
+    /// AVX-512 VNNI with AVX-512 VL: the same instructions EVEX-encoded on ymm, for CPUs
+    /// without AVX-VNNI (AMD Zen 4, Intel Ice Lake / Cascade Lake). Zen 4 splits 512-bit
+    /// operations in two 256-bit halves, so ymm gives it the same products per cycle with
+    /// the 8-lane tiles unchanged.
+    Avx512Vnni,
+}
+
+impl Isa {
+    /// Whether `vpdpbusd` (u8 × i8 quads, [`Operands::Quads`]) is available.
+    pub fn has_quads(self) -> bool {
+        self != Isa::Avx2
+    }
+}
+
+/// What the four bytes of a micro-kernel step hold, on both operands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Operands {
+    /// Two i16 on each side: `vpmaddwd` (+ `vpaddd`) or `vpdpwssd`, exact in i32.
+    Pairs,
+    /// Four bytes on each side, u8 on one and i8 on the other: one `vpdpbusd` (VNNI only),
+    /// exact (each u8 × i8 product fits i16, the four are summed and added in wrapping
+    /// i32, no saturation). `unsigned_broadcast`: the broadcast operand holds the u8 (the
+    /// rows of a matrix product), else the vector operand does (a convolution's
+    /// activations); `vpdpbusd` takes the u8 as its first source.
+    Quads { unsigned_broadcast: bool },
 }
 
 /// The shape of one micro-kernel: its tile and the byte offsets of its steps.
@@ -57,6 +90,8 @@ pub(crate) struct PairTile {
     /// (convolution weights); `Some(stride)`, at `r · stride + s · 4` (rows of a matrix
     /// product's left side, each a contiguous run of pairs).
     pub row_stride: Option<i32>,
+    /// The operands' element types.
+    pub operands: Operands,
 }
 
 /// What a [`pair_tile`] micro-kernel does with its accumulators.
@@ -192,13 +227,7 @@ pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
             };
             a.vpbroadcastd(b, dword_ptr(rdx + at)).map_err(e)?;
             for (v, &xv) in x.iter().enumerate() {
-                match isa {
-                    Isa::Avx2 => {
-                        a.vpmaddwd(p, b, xv).map_err(e)?;
-                        a.vpaddd(acc(r, v), acc(r, v), p).map_err(e)?;
-                    }
-                    Isa::AvxVnni => a.vpdpwssd(acc(r, v), b, xv).map_err(e)?,
-                }
+                dot(&mut a, isa, tile.operands, acc(r, v), (b, xv), p)?;
             }
         }
     }
@@ -339,13 +368,7 @@ pub(crate) fn depthwise_plane(plane: &DepthwisePlane, isa: Isa) -> Result<Vec<u8
                 .map_err(e)?;
             for (&y, &(x, _)) in ymm.iter().zip(group) {
                 a.vpmovzxbw(xv, xmmword_ptr(rdi + x + off)).map_err(e)?;
-                match isa {
-                    Isa::Avx2 => {
-                        a.vpmaddwd(p, b, xv).map_err(e)?;
-                        a.vpaddd(y, y, p).map_err(e)?;
-                    }
-                    Isa::AvxVnni => a.vpdpwssd(y, b, xv).map_err(e)?,
-                }
+                dot(&mut a, isa, Operands::Pairs, y, (b, xv), p)?;
             }
         }
         for &y in &ymm[..group.len()] {
@@ -379,6 +402,36 @@ pub(crate) fn depthwise_plane(plane: &DepthwisePlane, isa: Isa) -> Result<Vec<u8
     let order: Vec<u8> = (0..8).flat_map(|i| [i, i + 8]).collect();
     a.db(&order).map_err(e)?;
     a.assemble(0).map_err(e)
+}
+
+/// `acc += Σ b · xv` over each lane's pair or quad (`p` is clobbered by AVX2's two-step
+/// form). The EVEX forms need `prefer_vex` off only for that instruction: every other
+/// instruction keeps its shorter VEX encoding.
+fn dot(
+    a: &mut CodeAssembler,
+    isa: Isa,
+    operands: Operands,
+    acc: AsmRegisterYmm,
+    (b, xv): (AsmRegisterYmm, AsmRegisterYmm),
+    p: AsmRegisterYmm,
+) -> Result<(), String> {
+    let e = |e: IcedError| e.to_string();
+    if isa == Isa::Avx512Vnni {
+        a.set_prefer_vex(false);
+    }
+    let done = match (operands, isa) {
+        (Operands::Pairs, Isa::Avx2) => a.vpmaddwd(p, b, xv).and_then(|()| a.vpaddd(acc, acc, p)),
+        (Operands::Pairs, _) => a.vpdpwssd(acc, b, xv),
+        (Operands::Quads { .. }, Isa::Avx2) => {
+            return Err("u8 × i8 quads need VNNI (vpdpbusd)".into())
+        }
+        (Operands::Quads { unsigned_broadcast }, _) => {
+            let (u, s) = if unsigned_broadcast { (b, xv) } else { (xv, b) };
+            a.vpdpbusd(acc, u, s)
+        }
+    };
+    a.set_prefer_vex(true);
+    done.map_err(e)
 }
 
 /// The constants a requantizing micro-kernel reads after its code: 32-byte rows of the
@@ -564,6 +617,7 @@ mod tests {
             iterations: 3,
             store: Store::Requantize(store),
             row_stride: None,
+            operands: Operands::Pairs,
         };
         let avx2 = disassemble(&pair_tile(&tile, Isa::Avx2).unwrap());
         assert_eq!(
@@ -588,6 +642,86 @@ mod tests {
             "{vnni:#?}"
         );
         assert!(vnni.iter().all(|i| !i.starts_with("vpmaddwd")));
+        // AVX-VNNI's dot products are VEX, AVX-512 VNNI's EVEX on ymm (other instructions
+        // stay VEX).
+        assert_eq!(
+            encodings(&pair_tile(&tile, Isa::AvxVnni).unwrap(), "vpdpwssd"),
+            [false; 8]
+        );
+        assert_eq!(
+            encodings(&pair_tile(&tile, Isa::Avx512Vnni).unwrap(), "vpdpwssd"),
+            [true; 8]
+        );
+        assert!(
+            encodings(&pair_tile(&tile, Isa::Avx512Vnni).unwrap(), "vpbroadcastd")
+                .iter()
+                .all(|&evex| !evex)
+        );
+    }
+
+    /// Whether each instruction of `code` named `mnemonic` is EVEX-encoded (its first byte
+    /// 0x62; these micro-kernels use no legacy prefixes).
+    fn encodings(code: &[u8], mnemonic: &str) -> Vec<bool> {
+        use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
+        let mut f = IntelFormatter::new();
+        Decoder::new(64, code, DecoderOptions::NONE)
+            .iter()
+            .filter(|i| {
+                let mut s = String::new();
+                f.format_mnemonic(i, &mut s);
+                s == mnemonic
+            })
+            .map(|i| code[i.ip() as usize] == 0x62)
+            .collect()
+    }
+
+    #[test]
+    fn quad_tiles_use_vpdpbusd_with_the_unsigned_operand_first() {
+        let store = Requantize {
+            zero_point: 0,
+            bounds: (-128, 127),
+            signed: true,
+            plane: 64,
+            per_lane: true,
+        };
+        let tile = |unsigned_broadcast| PairTile {
+            rows: 1,
+            offsets: vec![0],
+            x_stride: 64,
+            iterations: 1,
+            store: Store::Requantize(store),
+            row_stride: Some(16),
+            operands: Operands::Quads { unsigned_broadcast },
+        };
+        // Broadcast (ymm14) unsigned: the rows of a matrix product.
+        let code = disassemble(&pair_tile(&tile(true), Isa::Avx512Vnni).unwrap());
+        let dots: Vec<_> = code.iter().filter(|i| i.starts_with("vpdpbusd")).collect();
+        assert_eq!(
+            dots,
+            ["vpdpbusd ymm0,ymm14,ymm12", "vpdpbusd ymm1,ymm14,ymm13"]
+        );
+        assert!(code
+            .iter()
+            .all(|i| !i.starts_with("vpmaddwd") && !i.starts_with("vpdpwssd")));
+        assert_eq!(
+            encodings(
+                &pair_tile(&tile(true), Isa::Avx512Vnni).unwrap(),
+                "vpdpbusd"
+            ),
+            [true; 2]
+        );
+        assert_eq!(
+            encodings(&pair_tile(&tile(true), Isa::AvxVnni).unwrap(), "vpdpbusd"),
+            [false; 2]
+        );
+        // Vector operand unsigned: a convolution's activations.
+        let code = disassemble(&pair_tile(&tile(false), Isa::AvxVnni).unwrap());
+        assert!(
+            code.iter().any(|i| i == "vpdpbusd ymm0,ymm12,ymm14"),
+            "{code:#?}"
+        );
+        // AVX2 has no exact u8 × i8 quad product.
+        assert!(pair_tile(&tile(true), Isa::Avx2).is_err());
     }
 
     #[test]
@@ -651,6 +785,7 @@ mod tests {
             iterations: 2,
             store: Store::RequantizeI16(q),
             row_stride: Some(16),
+            operands: Operands::Pairs,
         };
         let code = disassemble(&pair_tile(&tile, Isa::Avx2).unwrap());
         let count = |p: &str| code.iter().filter(|i| i.starts_with(p)).count();
@@ -684,6 +819,7 @@ mod tests {
             iterations: 1,
             store: Store::Requantize(store),
             row_stride: None,
+            operands: Operands::Pairs,
         };
         assert!(pair_tile(&tile, Isa::Avx2).is_err());
         assert!(pair_tile(
@@ -693,7 +829,8 @@ mod tests {
                 x_stride: 0,
                 iterations: 1,
                 store: Store::Requantize(store),
-                row_stride: None
+                row_stride: None,
+                operands: Operands::Pairs,
             },
             Isa::Avx2
         )

@@ -15,6 +15,13 @@
 //!    (per-channel parameters read from a table, so code size does not grow with the
 //!    channel count) and stores eight results per vector.
 //!
+//! With VNNI (`wide-direct-vnni`), u8 activations against weights that fit i8 after their
+//! zero point are repacked as quads of channels' bytes instead (`[quad][phase]…[4]`,
+//! [`repack_quads`], no widening; the same 4 bytes per position), the weights as quads of
+//! i8, and each step is one `vpdpbusd` of the activation vector (u8) by the broadcast
+//! weights (i8): twice the products per instruction. Planes past the last channel are
+//! read (within the workspace) and multiplied by zero weights.
+//!
 //! int16 layers run the same way: their i16 planes are padded with the i16 zero point and
 //! repacked as pairs with no widening ([`repack_i16`]), and i16 results are stored sixteen
 //! to a row by the micro-kernel. A convolution along one axis (`[C, H, 1]` planes, `kh × 1`
@@ -31,11 +38,11 @@ use super::conv2d::{ConvRequant, QConv2d};
 use super::packing::packed_rows;
 use super::planes::copy_row;
 use super::requant::ChannelTable;
-use super::ukernel::{PairTile, Requantize, Store, LANES, MAX_ROWS, VECTORS};
+use super::ukernel::{Operands, PairTile, Requantize, Store, LANES, MAX_ROWS, VECTORS};
 use super::{data_address, Kernel};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{types, ConstantData, FuncRef, InstBuilder, Value};
+use cranelift_codegen::ir::{types, ConstantData, FuncRef, Immediate, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
 use qlift_ir::DType;
 
@@ -43,7 +50,8 @@ use qlift_ir::DType;
 /// several channel pairs per iteration so the loop's own instructions stay a small part.
 const MIN_STEPS: usize = 4;
 
-/// Bytes of one activation pair (two i16).
+/// Bytes of one step's activations at one position: a pair of channels as i16, or a quad
+/// of channels as u8.
 const PAIR: usize = 4;
 
 /// The convolution's shape when the node is a dense 2-D QConv of u8 or i16 activations into
@@ -81,10 +89,13 @@ fn flattened(g: QConv2d) -> QConv2d {
 
 /// Where the packed activations live and how the tiles walk them.
 struct Layout {
-    /// Channel pairs holding input channels, and packed (a multiple of `unroll`).
+    /// Input channels per step: 2 (i16 pairs) or 4 (u8 quads, VNNI).
+    group: usize,
+    /// Channel groups (pairs or quads; "pairs" below) holding input channels, and packed (a
+    /// multiple of `unroll`).
     used_pairs: usize,
     pairs: usize,
-    /// Channel pairs per micro-kernel iteration.
+    /// Channel groups per micro-kernel iteration.
     unroll: usize,
     /// Rows and columns of one phase plane (columns a multiple of [`LANES`]).
     hq: usize,
@@ -99,10 +110,11 @@ struct Layout {
 }
 
 impl Layout {
-    /// The layout for input elements of `elem` bytes (1: u8, 2: i16).
-    fn of(g: &QConv2d, elem: usize) -> Layout {
+    /// The layout for input elements of `elem` bytes (1: u8, 2: i16), `group` channels per
+    /// step (2 or 4).
+    fn of(g: &QConv2d, elem: usize, group: usize) -> Layout {
         let unroll = MIN_STEPS.div_ceil(g.taps());
-        let used_pairs = g.c.div_ceil(2);
+        let used_pairs = g.c.div_ceil(group);
         let ow8 = g.ow.next_multiple_of(LANES);
         let hq = g.hp.div_ceil(g.sh).max(g.oh + (g.kh - 1) * g.dh / g.sh);
         let wq =
@@ -110,15 +122,18 @@ impl Layout {
                 .max(ow8 + (g.kw - 1) * g.dw / g.sw)
                 .next_multiple_of(LANES);
         let vectors = g.oh * ow8 / LANES;
-        // The repacking reads 16 bytes at row `y·sh + py`, column `x·sw` of plane 2·pair + 1
-        // (i16: 16 bytes from each half's first column, at most `sw · 4 + 1` past it).
+        // The repacking reads 16 bytes at row `y·sh + py`, column `x·sw` of plane
+        // group·pair + group − 1 (i16: 16 bytes from each half's first column, at most
+        // `sw · 4 + 1` past it). Planes past the channels are read, never used: their
+        // weights are zero.
         let last_column = (wq - LANES) * g.sw;
-        let last_read = ((2 * used_pairs - 1) * g.hp * g.wp + (hq * g.sh - 1) * g.wp + last_column)
-            * elem
-            + 16
-            + (elem - 1) * 2 * (4 * g.sw + 1);
+        let last_read =
+            ((group * used_pairs - 1) * g.hp * g.wp + (hq * g.sh - 1) * g.wp + last_column) * elem
+                + 16
+                + (elem - 1) * 2 * (4 * g.sw + 1);
         let padded = g.padded(g.c);
         Layout {
+            group,
             used_pairs,
             pairs: used_pairs.next_multiple_of(unroll),
             unroll,
@@ -180,7 +195,9 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
             1
         },
     );
-    let l = Layout::of(&g, in_elem);
+    // u8 activations against weights that fit i8: quads of channels on `vpdpbusd`.
+    let quads = isa.has_quads() && !sixteen_in && packed.fits_i8();
+    let l = Layout::of(&g, in_elem, if quads { 4 } else { 2 });
     let pair_bytes = l.pair_bytes(&g);
     // Micro-kernel steps: `unroll` channel pairs × the taps, at compile-time offsets.
     let mut offsets = Vec::with_capacity(l.unroll * taps);
@@ -222,10 +239,20 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
             Store::Requantize(store)
         },
         row_stride: None,
+        operands: match quads {
+            true => Operands::Quads {
+                unsigned_broadcast: false,
+            },
+            false => Operands::Pairs,
+        },
     };
     let (main, tail_kernel) = k.pair_tiles(isa, rows, tail, tile)?;
-    k.form = "wide-direct";
-    // Weights: block of `rows` channels from c0, [pair][tap][row] as i16 pairs.
+    k.form = if quads {
+        "wide-direct-vnni"
+    } else {
+        "wide-direct"
+    };
+    // Weights: block of `rows` channels from c0, [pair][tap][row] as i16 pairs or i8 quads.
     let weight = |c: usize, ci: usize, t: usize| {
         if ci < g.c {
             packed.rows[c][ci * taps + t]
@@ -241,8 +268,12 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         for p in 0..l.pairs {
             for t in 0..taps {
                 for c in c0..c0 + n {
-                    for ci in [2 * p, 2 * p + 1] {
-                        weights.extend_from_slice(&weight(c, ci, t).to_le_bytes());
+                    for ci in l.group * p..l.group * (p + 1) {
+                        let w = weight(c, ci, t);
+                        match quads {
+                            true => weights.push(w as i8 as u8),
+                            false => weights.extend_from_slice(&w.to_le_bytes()),
+                        }
                     }
                 }
             }
@@ -347,8 +378,8 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         let xp = fb.ins().load(types::I64, emit::mem(), ctx, 0);
         let x = fb.ins().load(types::I64, emit::mem(), ctx, 16);
         let planes = fb.ins().load(types::I64, emit::mem(), ctx, 24);
-        let first = fb.ins().imul_imm_s(begin, 2);
-        let last = fb.ins().imul_imm_s(end, 2);
+        let first = fb.ins().imul_imm_s(begin, l.group as i64);
+        let last = fb.ins().imul_imm_s(end, l.group as i64);
         let channels = emit::iconst(fb, g.c as i64);
         let last = fb.ins().smin(last, channels);
         emit::for_range(fb, first, last, 1, |fb, c| {
@@ -360,10 +391,10 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
                 padded.emit_plane(fb, from, to, zx as u8);
             }
         });
-        if sixteen_in {
-            repack_i16(fb, &g, &l, planes, xp, begin, end);
-        } else {
-            repack(fb, &g, &l, planes, xp, begin, end);
+        match (sixteen_in, quads) {
+            (true, _) => repack_i16(fb, &g, &l, planes, xp, begin, end),
+            (false, true) => repack_quads(fb, &g, &l, planes, xp, begin, end),
+            (false, false) => repack(fb, &g, &l, planes, xp, begin, end),
         }
         Ok(())
     })?;
@@ -418,14 +449,74 @@ fn repack(
     begin: Value,
     end: Value,
 ) {
-    let plane = (g.hp * g.wp) as i64;
+    let plane = (g.hp * g.wp) as i32;
+    walk_u8(fb, g, l, planes, xp, (begin, end), |fb, src, dst, pair| {
+        let va = fb.ins().load(types::I8X16, emit::mem(), src, 0);
+        let vb = fb.ins().load(types::I8X16, emit::mem(), src, plane);
+        let pairs = fb.ins().shuffle(va, vb, pair);
+        let (lo, hi) = (fb.ins().uwiden_low(pairs), fb.ins().uwiden_high(pairs));
+        fb.ins().store(emit::mem(), lo, dst, 0);
+        fb.ins().store(emit::mem(), hi, dst, 16);
+    });
+}
+
+/// [`repack`] for VNNI's u8 quads: four channels' bytes per position, unwidened. Eight
+/// positions of a phase row per step: the pair shuffle of [`repack`] on planes (0, 1) and
+/// on (2, 3), then their 16-bit units interleaved into positions 0–3 and 4–7.
+fn repack_quads(
+    fb: &mut FunctionBuilder,
+    g: &QConv2d,
+    l: &Layout,
+    planes: Value,
+    xp: Value,
+    begin: Value,
+    end: Value,
+) {
+    let plane = (g.hp * g.wp) as i32;
+    // Positions (q, q + 1, q + 2, q + 3) of the two pair rows, as [c0 c1 c2 c3] each.
+    let quads = |q: u8| -> Vec<u8> {
+        (q..q + 4)
+            .flat_map(|i| [2 * i, 2 * i + 1, 16 + 2 * i, 17 + 2 * i])
+            .collect()
+    };
+    let low = fb.func.dfg.immediates.push(ConstantData::from(quads(0)));
+    let high = fb.func.dfg.immediates.push(ConstantData::from(quads(4)));
+    walk_u8(fb, g, l, planes, xp, (begin, end), |fb, src, dst, pair| {
+        let load = |fb: &mut FunctionBuilder, c: i32| {
+            fb.ins().load(types::I8X16, emit::mem(), src, c * plane)
+        };
+        let (va, vb, vc, vd) = (load(fb, 0), load(fb, 1), load(fb, 2), load(fb, 3));
+        let ab = fb.ins().shuffle(va, vb, pair);
+        let cd = fb.ins().shuffle(vc, vd, pair);
+        let lo = fb.ins().shuffle(ab, cd, low);
+        let hi = fb.ins().shuffle(ab, cd, high);
+        fb.ins().store(emit::mem(), lo, dst, 0);
+        fb.ins().store(emit::mem(), hi, dst, 16);
+    });
+}
+
+/// The walk [`repack`] and [`repack_quads`] share: for channel groups `begin..end` (of
+/// `l.group` planes each, `hp · wp` bytes apart), each phase (py, px) and phase row, each
+/// eight positions: `step(fb, src, dst, pair)` with `src` the group's first plane at the
+/// positions' first column, `dst` their packed 32 bytes, and `pair` the byte shuffle that
+/// interleaves the eight positions' bytes of two planes' 16-byte loads (column phase px).
+fn walk_u8(
+    fb: &mut FunctionBuilder,
+    g: &QConv2d,
+    l: &Layout,
+    planes: Value,
+    xp: Value,
+    (begin, end): (Value, Value),
+    step: impl Fn(&mut FunctionBuilder, Value, Value, Immediate),
+) {
+    let group_bytes = (l.group * g.hp * g.wp) as i64;
     let pair_bytes = l.pair_bytes(g) as i64;
     emit::for_range(fb, begin, end, 1, |fb, p| {
-        let a = emit::addr(fb, planes, p, 2 * plane);
-        let dst_pair = emit::addr(fb, xp, p, pair_bytes);
+        let a = emit::addr(fb, planes, p, group_bytes);
+        let dst_group = emit::addr(fb, xp, p, pair_bytes);
         for py in 0..g.sh {
             for px in 0..g.sw {
-                // Byte j of the pair row: position j / 2 of plane (j % 2), column px + sw·(j / 2).
+                // Byte j: position j / 2 of plane (j % 2), column px + sw·(j / 2).
                 let mask: Vec<u8> = (0..LANES)
                     .flat_map(|i| [(px + g.sw * i) as u8, (16 + px + g.sw * i) as u8])
                     .collect();
@@ -437,16 +528,11 @@ fn repack(
                     let src_row = fb.ins().iadd(a, src_row);
                     let dst_row = fb.ins().imul_imm_s(y, (l.wq * PAIR) as i64);
                     let dst_row = fb.ins().iadd_imm_s(dst_row, phase);
-                    let dst_row = fb.ins().iadd(dst_pair, dst_row);
+                    let dst_row = fb.ins().iadd(dst_group, dst_row);
                     emit::for_count(fb, (l.wq / LANES) as i64, |fb, xc| {
                         let src = emit::addr(fb, src_row, xc, (LANES * g.sw) as i64);
-                        let va = fb.ins().load(types::I8X16, emit::mem(), src, 0);
-                        let vb = fb.ins().load(types::I8X16, emit::mem(), src, plane as i32);
-                        let pairs = fb.ins().shuffle(va, vb, mask);
-                        let (lo, hi) = (fb.ins().uwiden_low(pairs), fb.ins().uwiden_high(pairs));
                         let dst = emit::addr(fb, dst_row, xc, (LANES * PAIR) as i64);
-                        fb.ins().store(emit::mem(), lo, dst, 0);
-                        fb.ins().store(emit::mem(), hi, dst, 16);
+                        step(fb, src, dst, mask);
                     });
                 });
             }

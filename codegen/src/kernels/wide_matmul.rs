@@ -14,7 +14,14 @@
 //! The weights are packed at compile time as `[column block of 16][pair of k][16][2]` i16
 //! (`w − zw`, zero columns and pairs past the ends) and the input zero point folded into
 //! the biases (see [`super::packing::packed_rows`]). Per tile of rows, the rows are widened
-//! to i16 in the workspace, then the column blocks run as a task on the thread pool. Results
+//! to i16 in the workspace, then the column blocks run as a task on the thread pool.
+//!
+//! With VNNI (`wide-matmul-vnni`), u8 rows against weights that fit i8 after their zero
+//! point skip the widening: the weights pack as `[column block of 16][quad of k][16][4]`
+//! i8 and each step broadcasts four u8 of a row into `vpdpbusd` (the u8 operand first).
+//! Rows whose length is whole loop iterations (K a multiple of 16) are read where they
+//! are; others are copied to workspace rows padded to whole iterations (the padding meets
+//! zero weights). i16 activations and wider weights keep the pairs. Results
 //! whose row is not a whole number of blocks go through a staging area copied out.
 //!
 //! MatMulInteger (dynamic quantization's product: u8 activations quantized per call, int8
@@ -25,7 +32,9 @@
 
 use super::packing::packed_rows;
 use super::planes::copy_row;
-use super::ukernel::{self, LaneTable, PairTile, Requantize, Store, LANES, MAX_ROWS, VECTORS};
+use super::ukernel::{
+    self, LaneTable, Operands, PairTile, Requantize, Store, LANES, MAX_ROWS, VECTORS,
+};
 use super::{data_address, Kernel};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
@@ -35,11 +44,11 @@ use cranelift_module::FuncId;
 use qlift_ir::fixed_point::Requant;
 use qlift_ir::{DType, OpKind};
 
-/// Pairs of the reduction per micro-kernel step; steps per loop iteration.
+/// Micro-kernel steps per loop iteration.
 const UNROLL: usize = 4;
 
-/// Bytes of one pair of i16.
-const PAIR: usize = 4;
+/// Bytes of one step's operand: a pair of i16 or a quad of bytes.
+const STEP: usize = 4;
 
 /// Columns per block (the tile's two vectors).
 const BLOCK: usize = VECTORS * LANES;
@@ -125,10 +134,15 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
         DType::I16 => 2,
         _ => 1,
     };
-    let pairs = kk.div_ceil(2).next_multiple_of(UNROLL);
+    // u8 rows against weights that fit i8: quads of k on `vpdpbusd` (see the module's note).
+    let quads = isa.has_quads() && !sixteen_in && packed.fits_i8();
+    let per_step = if quads { 4 } else { 2 };
+    let steps = kk.div_ceil(per_step).next_multiple_of(UNROLL);
+    // u8 rows whose length is whole loop iterations are read where they are.
+    let in_place = quads && kk == steps * per_step;
     let blocks = m.div_ceil(BLOCK);
-    // Weights: block, pair, column of the block, the pair's two k.
-    let mut weights = Vec::with_capacity(blocks * pairs * BLOCK * PAIR);
+    // Weights: block, step, column of the block, the step's two (i16) or four (i8) k.
+    let mut weights = Vec::with_capacity(blocks * steps * BLOCK * STEP);
     let weight = |c: usize, t: usize| {
         if c < m && t < kk {
             packed.rows[c][t]
@@ -137,15 +151,19 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
         }
     };
     for blk in 0..blocks {
-        for p in 0..pairs {
+        for p in 0..steps {
             for c in blk * BLOCK..(blk + 1) * BLOCK {
-                for t in [2 * p, 2 * p + 1] {
-                    weights.extend_from_slice(&weight(c, t).to_le_bytes());
+                for t in per_step * p..per_step * (p + 1) {
+                    let w = weight(c, t);
+                    match quads {
+                        true => weights.push(w as i8 as u8),
+                        false => weights.extend_from_slice(&w.to_le_bytes()),
+                    }
                 }
             }
         }
     }
-    let block_bytes = (pairs * BLOCK * PAIR) as i64;
+    let block_bytes = (steps * BLOCK * STEP) as i64;
     let direct = m % BLOCK == 0;
     let row_bytes = elem * if direct { m } else { blocks * BLOCK };
     let i32_of = |v: usize| i32::try_from(v).map_err(|e| e.to_string());
@@ -174,12 +192,18 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
         Ok(PairTile {
             rows,
             offsets: (0..UNROLL)
-                .map(|s| i32_of(s * BLOCK * PAIR))
+                .map(|s| i32_of(s * BLOCK * STEP))
                 .collect::<Result<_, _>>()?,
-            x_stride: i32_of(UNROLL * BLOCK * PAIR)?,
-            iterations: u32::try_from(pairs / UNROLL).map_err(|e| e.to_string())?,
+            x_stride: i32_of(UNROLL * BLOCK * STEP)?,
+            iterations: u32::try_from(steps / UNROLL).map_err(|e| e.to_string())?,
             store,
-            row_stride: Some(i32_of(pairs * PAIR)?),
+            row_stride: Some(i32_of(steps * STEP)?),
+            operands: match quads {
+                true => Operands::Quads {
+                    unsigned_broadcast: true,
+                },
+                false => Operands::Pairs,
+            },
         })
     };
     // One micro-kernel and task per tile height: full tiles of MAX_ROWS rows, then one tile
@@ -189,7 +213,11 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
         let kernel = k.machine_code(&ukernel::pair_tile(&tile(rows)?, isa)?, 5)?;
         tasks.push((kernel, rows));
     }
-    k.form = "wide-matmul";
+    k.form = if quads {
+        "wide-matmul-vnni"
+    } else {
+        "wide-matmul"
+    };
     let wptr = k.data_object(weights, 64)?;
     let lane_table = k.data_object(lanes, 64)?;
     let i32_table = |values: &[i32]| -> Vec<u8> {
@@ -213,8 +241,9 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
         .into_iter()
         .map(|(kernel, _)| column_task(k, kernel, wptr, lane_table, block_bytes, elem))
         .collect::<Result<_, _>>()?;
-    // Workspace: widened rows | staging rows | the task's context | the call's bias.
-    let staging_at = (MAX_ROWS * pairs * PAIR).next_multiple_of(64);
+    // Workspace: widened (or padded) rows | staging rows | the task's context | the call's
+    // bias.
+    let staging_at = (MAX_ROWS * steps * STEP).next_multiple_of(64);
     let context_at =
         staging_at + if direct { 0 } else { MAX_ROWS * row_bytes }.next_multiple_of(64);
     let bias_at = context_at + 64;
@@ -237,22 +266,29 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
     // One tile: rows from `first`, `rows` of them, with its task.
     let run = |k: &mut Kernel, first: Value, rows: usize, task: FuncId| -> Result<(), String> {
         let fb = &mut *k.fb;
-        for r in 0..rows {
+        // Rows read in place need no copy.
+        let copied = if in_place { 0 } else { rows };
+        for r in 0..copied {
             let row = fb.ins().iadd_imm_s(first, r as i64);
             let src = emit::addr(fb, aptr, row, (kk * if sixteen_in { 2 } else { 1 }) as i64);
-            let dst = fb.ins().iadd_imm_s(ws, (r * pairs * PAIR) as i64);
-            if sixteen_in {
-                copy_i16_row(fb, src, dst, kk);
-            } else {
-                widen_row(fb, src, dst, kk);
+            let dst = fb.ins().iadd_imm_s(ws, (r * steps * STEP) as i64);
+            match (sixteen_in, quads) {
+                (true, _) => copy_i16_row(fb, src, dst, kk),
+                // The padding's bytes multiply zero weights: whatever they hold adds 0.
+                (false, true) => copy_row(fb, src, dst, kk),
+                (false, false) => widen_row(fb, src, dst, kk),
             }
         }
+        let rows_at = match in_place {
+            true => emit::addr(fb, aptr, first, kk as i64),
+            false => ws,
+        };
         let out = if direct {
             emit::addr(fb, yptr, first, (m * elem) as i64)
         } else {
             fb.ins().iadd_imm_s(ws, staging_at as i64)
         };
-        fb.ins().store(emit::mem(), ws, context, 0);
+        fb.ins().store(emit::mem(), rows_at, context, 0);
         fb.ins().store(emit::mem(), out, context, 8);
         k.parallel_for(
             task,
@@ -315,7 +351,7 @@ fn column_task(
         let kernel = module.declare_func_in_func(kernel, fb.func);
         emit::for_range(fb, begin, end, 1, |fb, blk| {
             let x0 = emit::addr(fb, w, blk, block_bytes);
-            let x1 = fb.ins().iadd_imm_s(x0, (LANES * PAIR) as i64);
+            let x1 = fb.ins().iadd_imm_s(x0, (LANES * STEP) as i64);
             let o = emit::addr(fb, out, blk, (BLOCK * elem) as i64);
             let params = emit::addr(fb, lanes, blk, LaneTable::BLOCK as i64);
             fb.ins().call(kernel, &[x0, x1, rows, o, params]);
