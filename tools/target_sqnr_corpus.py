@@ -54,12 +54,13 @@ def main():
                 line = next((l for l in err.splitlines() if l.startswith(f"--target-sqnr {db}")), "?")
                 units = next((l for l in err.splitlines() if l.startswith("units: ")), "?")
                 m = re.search(r"output SQNR (\S+) dB → (\S+) dB .*\((reached|NOT[^)]*)\)", line)
-                u = re.search(r"units: (\d+) int8, (\d+) int16, (\d+) fp32 by the plan, (\d+) fp32 by the outlier", units)
+                u = re.search(r"units: (\d+) int8, (\d+) int16, (\d+) int16 by the outlier check, "
+                              r"(\d+) fp32 by the plan, (\d+) fp32 by the outlier", units)
                 raised = line.split(" raised")[1].lstrip(": ") if " raised" in line else "?"
                 n_raised = re.search(r"(\d+) raised", line)
                 test = " / ".join(f"{sqnr_db(np.load(f), r):.1f}" for f, r in zip(searched, refs))
                 print(f"| {name} | {db} | {m.group(1)} → {m.group(2)} dB ({m.group(3)}) | "
-                      f"{u.group(1)} / {u.group(2)} / {u.group(3)} + {u.group(4)} | "
+                      f"{u.group(1)} / {u.group(2)} + {u.group(3)} / {u.group(4)} + {u.group(5)} | "
                       f"{n_raised.group(1) if n_raised else '?'}{': ' + raised if raised else ''} | {test} dB | "
                       f"{'yes, byte for byte' if same else 'NO'} | {secs:.0f} s |", flush=True)
                 print(f"<!-- {line} | {units} -->", flush=True)
