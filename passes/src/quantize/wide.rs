@@ -9,10 +9,10 @@
 //! garbage. The weights are constants, though: the accumulator of output channel `c` is
 //! at most `X · Σ_k |w_q[c, k]| + |b_q[c]|` with `X` the activation's largest centered
 //! value, which quantization computes here from the very weights and bias it will write.
-//! A layer whose bound exceeds `i32::MAX` first narrows its input to symmetric int16 ([`ActivationScheme::SymmetricI16`]: zero point 0,
-//! scale `max|x| / 32767`), where no value exceeds 32768 in magnitude, about half the
-//! asymmetric reach: 15 bits of magnitude and a sign, about 6 dB less on a one-sided input
-//! such as a GELU output. The range is the full i16 type's, so the Quantize of the
+//! A layer whose bound exceeds `i32::MAX` first narrows its input to symmetric int16
+//! ([`ActivationScheme::SymmetricI16`]: zero point 0, scale `max|x| / 32767`), where no
+//! value exceeds 32768 in magnitude, about half the asymmetric reach: 15 bits of magnitude
+//! and a sign, about 6 dB less on a one-sided input such as a GELU output. The range is the full i16 type's, so the Quantize of the
 //! interpreter, of the JIT and of an exported QDQ model (ONNX Runtime saturates int16 to
 //! the type) agree with the bound without any narrower clamp. When even that bound exceeds
 //! `i32::MAX` (or the input keeps less than `min_sqnr_db` so) the layer stays int8 (its
