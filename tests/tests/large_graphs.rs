@@ -41,15 +41,24 @@ fn load(text: &str) -> Graph {
     qlift::load_qir_text(text, &ImportOptions::default()).expect("the generated graph loads")
 }
 
-/// CPU time of the rewrite pipeline on `graph`: the least of three runs (the thread CPU
-/// clock ticks in 10 ms here, and a run next to other tests can take twice as long, which
-/// made a single run's ratio cross the bound with no change in the code).
-fn pipeline_time(graph: &Graph) -> Duration {
+/// CPU time per node of the rewrite pipeline on `graph`: runs repeated until they add up to
+/// at least 400 ms (the thread CPU clock ticks in 10 ms, so a single 30 ms run of the small
+/// graph was ±33% and made the ratio cross the bound with no change in the code), the least
+/// of three such measurements (a run next to other tests can take twice as long).
+fn pipeline_time_per_node(graph: &Graph) -> Duration {
+    let once = || {
+        let start = thread_cpu_time();
+        run_pipeline(graph, &PipelineOptions::default()).expect("the pipeline runs");
+        thread_cpu_time() - start
+    };
     (0..3)
         .map(|_| {
-            let start = thread_cpu_time();
-            run_pipeline(graph, &PipelineOptions::default()).expect("the pipeline runs");
-            thread_cpu_time() - start
+            let (mut total, mut runs) = (Duration::ZERO, 0u32);
+            while total < Duration::from_millis(400) || runs == 0 {
+                total += once();
+                runs += 1;
+            }
+            total / runs / graph.node_count() as u32
         })
         .min()
         .unwrap_or_default()
@@ -63,18 +72,24 @@ fn the_pipeline_is_near_linear_in_graph_size() {
     ] {
         let (small, large) = (load(&build(2_000)), load(&build(8_000)));
         // Warm up allocator and caches on the small one, then measure both.
-        pipeline_time(&small);
-        let (t_small, t_large) = (pipeline_time(&small), pipeline_time(&large));
-        let ratio = t_large.as_secs_f64() / t_small.as_secs_f64().max(0.01);
+        pipeline_time_per_node(&small);
+        let (t_small, t_large) = (
+            pipeline_time_per_node(&small),
+            pipeline_time_per_node(&large),
+        );
+        let ratio = t_large.as_secs_f64() / t_small.as_secs_f64().max(1e-9);
         eprintln!(
-            "{name}: {} nodes {t_small:?}, {} nodes {t_large:?} (x{ratio:.1} for x4 nodes)",
+            "{name}: {} nodes {t_small:?}/node, {} nodes {t_large:?}/node (x{ratio:.2} per node)",
             small.node_count(),
             large.node_count()
         );
-        // Linear is 4; quadratic 16 (egg's extractor gave 25 and more).
+        // Linear keeps the time per node (x1); quadratic multiplies it by 4 for 4x the nodes
+        // (egg's extractor gave x6 and more). Measured quiet: x1.4-1.6 from 2,000 to 8,000
+        // nodes (the e-graph outgrows the caches), x1.0-1.3 from 8,000 to 32,000; CI ran
+        // x2.2 next to the other tests of this file, hence the bound between that and x4.
         assert!(
-            ratio < 8.0,
-            "{name}: 4x the nodes took {ratio:.1}x the time ({t_small:?} -> {t_large:?})"
+            ratio < 3.0,
+            "{name}: 4x the nodes took {ratio:.2}x the time per node ({t_small:?} -> {t_large:?})"
         );
     }
 }
