@@ -17,6 +17,7 @@ mod fork_join;
 pub mod isa;
 pub mod jit;
 mod kernels;
+pub mod peak;
 pub mod plan;
 pub mod program;
 

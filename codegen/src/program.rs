@@ -482,7 +482,7 @@ fn profile_counters(module: &mut dyn Module, steps: usize) -> Result<DataId, Cod
 /// The wide-vector micro-kernels `isa` can run within `opts.max_vector_bits`: 256-bit ones
 /// need AVX2, and VNNI's `vpdpwssd`/`vpdpbusd` on ymm where the target has it: VEX with
 /// AVX-VNNI, else EVEX with AVX-512 VNNI + VL (`CodegenOptions::no_vnni` turns both flags off).
-fn wide_isa(
+pub(crate) fn wide_isa(
     isa: &dyn cranelift_codegen::isa::TargetIsa,
     opts: &CodegenOptions,
 ) -> Option<kernels::ukernel::Isa> {

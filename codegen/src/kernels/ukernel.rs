@@ -407,7 +407,7 @@ pub(crate) fn depthwise_plane(plane: &DepthwisePlane, isa: Isa) -> Result<Vec<u8
 /// `acc += Σ b · xv` over each lane's pair or quad (`p` is clobbered by AVX2's two-step
 /// form). The EVEX forms need `prefer_vex` off only for that instruction: every other
 /// instruction keeps its shorter VEX encoding.
-fn dot(
+pub(crate) fn dot(
     a: &mut CodeAssembler,
     isa: Isa,
     operands: Operands,

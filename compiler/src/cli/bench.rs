@@ -269,7 +269,12 @@ pub(crate) fn exec(args: &BenchArgs) -> Result<()> {
     };
     let gmacs = macs / (median * 1e-3) / 1e9;
     let throughput = (times.len() * batch) as f64 / wall_s;
-    let peak = int8_peak_gmacs(args.threads.saturating_mul(args.callers));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let peak = qlift_codegen::peak::int8_peak(
+        &codegen,
+        args.threads.saturating_mul(args.callers).min(cores),
+    )?;
+    let fraction = peak.map(|p| gmacs / p.gmacs);
     if args.json {
         return outln!(
             "{}",
@@ -278,7 +283,8 @@ pub(crate) fn exec(args: &BenchArgs) -> Result<()> {
                 "precision": if model.is_quantized() { "int8" } else { "fp32" },
                 "batch": batch, "threads": args.threads, "callers": args.callers, "iters": args.iters,
                 "min_ms": min, "median_ms": median, "p90_ms": p90, "compile_ms": compile_ms,
-                "samples_per_s": throughput, "gmacs": gmacs, "int8_peak_fraction": gmacs / peak, "profile": profile,
+                "samples_per_s": throughput, "gmacs": gmacs, "int8_peak_gmacs": peak.map(|p| p.gmacs),
+                "int8_peak_fraction": fraction, "profile": profile,
             })
         );
     }
@@ -292,7 +298,7 @@ engine     {}
 compile    {compile_ms:.1} ms (import, rewrites, calibration, code generation)
 latency    min {}   median {}   p90 {}
 throughput {throughput:.0} samples/s
-compute    {gmacs:.2} GMAC/s ({:.1}% of a {peak:.0} GMAC/s int8 peak)
+compute    {gmacs:.2} GMAC/s{}
 ",
         args.model.display(),
         args.threads,
@@ -301,7 +307,16 @@ compute    {gmacs:.2} GMAC/s ({:.1}% of a {peak:.0} GMAC/s int8 peak)
         duration_ms(min),
         duration_ms(median),
         duration_ms(p90),
-        100.0 * gmacs / peak
+        match peak {
+            Some(p) => format!(
+                " ({:.1}% of {:.0} GMAC/s, {} measured on {} thread(s))",
+                100.0 * gmacs / p.gmacs,
+                p.gmacs,
+                p.instruction,
+                p.threads
+            ),
+            None => String::new(),
+        }
     ))?;
     if let Some(p) = profile {
         print(&format!("\nprofile (mean per call over the timed runs; timers add a little to each kernel call)\n{p}\n"))?;
@@ -333,25 +348,6 @@ fn multiply_accumulates(g: &Graph) -> u64 {
     g.node_ids()
         .filter_map(|id| super::profile::node_macs(g, id))
         .fold(0u64, u64::saturating_add)
-}
-
-/// The machine's nominal int8 peak in GMAC/s for `threads` cores: 64 u8×i8
-/// multiply-accumulates per cycle per core (two 256-bit vpmaddubsw per cycle, AVX2) at the
-/// clock /proc/cpuinfo reports (3 GHz when it does not say).
-fn int8_peak_gmacs(threads: usize) -> f64 {
-    let mhz = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("cpu MHz"))
-                .and_then(|l| l.split(':').nth(1))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        })
-        .unwrap_or(3000.0);
-    let cores = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(threads);
-    64.0 * mhz * 1e-3 * cores as f64
 }
 
 #[cfg(test)]
