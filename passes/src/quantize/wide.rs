@@ -62,20 +62,10 @@ pub(super) struct WideLayers {
     pub short8: HashMap<ValueId, f64>,
 }
 
-/// `opts` with 16-bit activations.
-pub(super) fn sixteen_bit(opts: &QuantizeOptions) -> QuantizeOptions {
-    QuantizeOptions {
-        scheme: ActivationScheme::AsymmetricI16,
-        ..*opts
-    }
-}
-
-/// `opts` with symmetric 16-bit activations (a narrowed int16 layer's input).
-fn symmetric_sixteen_bit(opts: &QuantizeOptions) -> QuantizeOptions {
-    QuantizeOptions {
-        scheme: ActivationScheme::SymmetricI16,
-        ..*opts
-    }
+/// `opts` with activations of `scheme` (16-bit: asymmetric, or symmetric for a narrowed
+/// layer's input).
+fn with_scheme(opts: &QuantizeOptions, scheme: ActivationScheme) -> QuantizeOptions {
+    QuantizeOptions { scheme, ..*opts }
 }
 
 impl WideLayers {
@@ -83,9 +73,9 @@ impl WideLayers {
     /// narrowed layer's input.
     pub(super) fn sixteen_bit_for(&self, v: ValueId, opts: &QuantizeOptions) -> QuantizeOptions {
         if self.symmetric.contains(&v) {
-            symmetric_sixteen_bit(opts)
+            with_scheme(opts, ActivationScheme::SymmetricI16)
         } else {
-            sixteen_bit(opts)
+            with_scheme(opts, ActivationScheme::AsymmetricI16)
         }
     }
 }
@@ -116,7 +106,7 @@ pub(super) fn wide_layers(
         if g.const_value(x).is_some() {
             continue;
         }
-        let opts = sixteen_bit(&settings.opts);
+        let opts = with_scheme(&settings.opts, ActivationScheme::AsymmetricI16);
         let result = ValueId {
             node: id,
             output: 0,
@@ -146,7 +136,7 @@ pub(super) fn wide_layers(
         let mut bound = accumulator_bound(g, id, x, &operands, calibration, &opts)?;
         // Narrow the input to symmetric int16 rather than fall back to int8 or fp32.
         let narrowed = bound > i32::MAX as f64 && {
-            let sym = symmetric_sixteen_bit(&settings.opts);
+            let sym = with_scheme(&settings.opts, ActivationScheme::SymmetricI16);
             let narrow = accumulator_bound(g, id, x, &operands, calibration, &sym)?;
             let fits =
                 narrow <= i32::MAX as f64 && short_of_8_bits(g, x, calibration, &sym).is_none();
