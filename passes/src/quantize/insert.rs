@@ -346,14 +346,14 @@ pub fn insert_qdq_planned(
     let mut g = graph.clone();
     let order = g.topo_order()?;
     let wide = wide_layers(&g, plan, calibration)?;
-    // Parameters chosen per value, so that pass-through ops can inherit their operand's.
-    let mut params: HashMap<ValueId, (DType, QuantParams)> = HashMap::new();
-    let mut dequantized: HashMap<ValueId, ValueId> = HashMap::new();
-    // The other way round: the value each inserted DequantizeLinear stands for.
-    let mut source_of: HashMap<ValueId, ValueId> = HashMap::new();
-    // The 16-bit DequantizeLinear of each value an int16 layer reads or writes.
-    let mut wide_dq: HashMap<ValueId, ValueId> = HashMap::new();
-    let mut wide_params: HashMap<ValueId, (DType, QuantParams)> = HashMap::new();
+    let mut ins = Inserting {
+        params: HashMap::new(),
+        dequantized: HashMap::new(),
+        source_of: HashMap::new(),
+        wide_dq: HashMap::new(),
+        wide_params: HashMap::new(),
+        wide: &wide,
+    };
     // Quantized weights by (constant, channel axis, granularity): a weight several ops read
     // is quantized once (one name, one copy).
     let mut weights: HashMap<(ValueId, usize, WeightGranularity, WeightBits), ValueId> =
@@ -365,7 +365,7 @@ pub fn insert_qdq_planned(
             continue;
         };
         if !quantizable(&op) || g.node(id).outputs.iter().any(|v| v.ty.dtype != DType::F32) {
-            read_sixteen_bit(&mut g, id, &source_of, &wide_dq)?;
+            read_sixteen_bit(&mut g, id, &ins.source_of, &ins.wide_dq)?;
             continue;
         }
         let operands = g.node_inputs(id);
@@ -386,13 +386,19 @@ pub fn insert_qdq_planned(
         let opts = &settings.opts;
         // A product of two activations stays float.
         if matches!(op.kind, OpKind::Conv | OpKind::Gemm | OpKind::MatMul) && !anchor {
-            read_sixteen_bit(&mut g, id, &source_of, &wide_dq)?;
+            read_sixteen_bit(&mut g, id, &ins.source_of, &ins.wide_dq)?;
             continue;
         }
         // An integer-preserving op computes in integers only when every operand already is a
         // quantized activation (see the module documentation).
-        if !anchor && !bias_add && !operands.iter().flatten().all(|v| source_of.contains_key(v)) {
-            read_sixteen_bit(&mut g, id, &source_of, &wide_dq)?;
+        if !anchor
+            && !bias_add
+            && !operands
+                .iter()
+                .flatten()
+                .all(|v| ins.source_of.contains_key(v))
+        {
+            read_sixteen_bit(&mut g, id, &ins.source_of, &ins.wide_dq)?;
             continue;
         }
         let result = qlift_ir::ValueId {
@@ -408,12 +414,12 @@ pub fn insert_qdq_planned(
         // Nor when an operand is an int16 layer's outlier, which 8 bits cannot hold: it stays
         // float and reads the value unrounded (the outlier check's verdict on that value).
         let outlier = operands.iter().flatten().find_map(|v| {
-            let s = source_of.get(v)?;
+            let s = ins.source_of.get(v)?;
             wide.short8.get(s).map(|&db| (g.value(*s).name.clone(), db))
         });
         if let (false, false, Some((value, sqnr_db))) = (anchor, bias_add, outlier) {
             decisions.push(decision(&g, Outcome::Fp32BySqnr { value, sqnr_db }, result));
-            read_float_sources(&mut g, id, &source_of)?;
+            read_float_sources(&mut g, id, &ins.source_of)?;
             continue;
         }
         // fp32 by the plan, or left float here for the calibration-free rewrite (dynamic,
@@ -422,7 +428,7 @@ pub fn insert_qdq_planned(
             settings.precision == Precision::Fp32 || settings.precision.scheme(0).is_some();
         if !bias_add && float_here {
             decisions.push(decision(&g, Outcome::Fp32ByPlan, result));
-            read_float_sources(&mut g, id, &source_of)?;
+            read_float_sources(&mut g, id, &ins.source_of)?;
             continue;
         }
         // Activations that 8 bits cannot hold (outliers far beyond the bulk) keep the op float
@@ -439,7 +445,7 @@ pub fn insert_qdq_planned(
         // layer's outliers, checked again from their float source.
         let read = operands.iter().enumerate().filter_map(|(slot, &v)| {
             let v = v?;
-            let check = match source_of.get(&v) {
+            let check = match ins.source_of.get(&v) {
                 Some(s) if wide.short8.contains_key(s) => *s,
                 Some(_) => return None,
                 None => v,
@@ -461,7 +467,7 @@ pub fn insert_qdq_planned(
                     Outcome::Fp32BySqnr { value, sqnr_db },
                     written,
                 ));
-                read_float_sources(&mut g, id, &source_of)?;
+                read_float_sources(&mut g, id, &ins.source_of)?;
                 continue;
             }
             let outcome = match wide.refused.get(&id) {
@@ -490,21 +496,8 @@ pub fn insert_qdq_planned(
                             g.set_node_input(id, slot, Some(dq))?;
                         }
                     } else if let Some(v) = *v {
-                        let dq = quantized_activation(
-                            &mut g,
-                            v,
-                            calibration,
-                            opts,
-                            &mut Inserting {
-                                params: &mut params,
-                                dequantized: &mut dequantized,
-                                source_of: &mut source_of,
-                                wide_dq: &mut wide_dq,
-                                wide_params: &mut wide_params,
-                                wide: &wide,
-                            },
-                            int16,
-                        )?;
+                        let dq =
+                            quantized_activation(&mut g, v, calibration, opts, &mut ins, int16)?;
                         g.set_node_input(id, slot, Some(dq))?;
                     }
                 }
@@ -516,15 +509,7 @@ pub fn insert_qdq_planned(
             // Its operands are the MatMul (kept float between the DQs and this Add) and the
             // constant bias: only the result is quantized.
             let p = activation_params(&g, result, calibration, opts)?;
-            Inserting {
-                params: &mut params,
-                dequantized: &mut dequantized,
-                source_of: &mut source_of,
-                wide_dq: &mut wide_dq,
-                wide_params: &mut wide_params,
-                wide: &wide,
-            }
-            .quantize(&mut g, result, p, calibration, opts, true)?;
+            ins.quantize(&mut g, result, p, calibration, opts, true)?;
             continue;
         }
         for (slot, v) in operands.iter().enumerate() {
@@ -533,7 +518,7 @@ pub fn insert_qdq_planned(
                 continue;
             }
             // Already the DequantizeLinear of a quantized value (its producer was quantizable).
-            if g.value_type(v).dtype != DType::F32 || source_of.contains_key(&v) {
+            if g.value_type(v).dtype != DType::F32 || ins.source_of.contains_key(&v) {
                 continue;
             }
             let replacement = match (weight_axis(&op, slot), g.const_value(v).cloned()) {
@@ -546,21 +531,7 @@ pub fn insert_qdq_planned(
                 {
                     quantized_bias(&mut g, id, v, &operands)?.unwrap_or(v)
                 }
-                _ => quantized_activation(
-                    &mut g,
-                    v,
-                    calibration,
-                    opts,
-                    &mut Inserting {
-                        params: &mut params,
-                        dequantized: &mut dequantized,
-                        source_of: &mut source_of,
-                        wide_dq: &mut wide_dq,
-                        wide_params: &mut wide_params,
-                        wide: &wide,
-                    },
-                    int16,
-                )?,
+                _ => quantized_activation(&mut g, v, calibration, opts, &mut ins, int16)?,
             };
             g.set_node_input(id, slot, Some(replacement))?;
         }
@@ -568,20 +539,12 @@ pub fn insert_qdq_planned(
             continue;
         }
         let first = g.node_inputs(id).first().copied().flatten();
-        let source = first.and_then(|x| source_of.get(&x).copied());
-        let p = match source.and_then(|x| params.get(&x)) {
+        let source = first.and_then(|x| ins.source_of.get(&x).copied());
+        let p = match source.and_then(|x| ins.params.get(&x)) {
             Some(p) if passes_through(&op) => p.clone(),
             _ => activation_params(&g, result, calibration, opts)?,
         };
-        Inserting {
-            params: &mut params,
-            dequantized: &mut dequantized,
-            source_of: &mut source_of,
-            wide_dq: &mut wide_dq,
-            wide_params: &mut wide_params,
-            wide: &wide,
-        }
-        .quantize(&mut g, result, p, calibration, opts, true)?;
+        ins.quantize(&mut g, result, p, calibration, opts, true)?;
     }
     g.remove_dead_nodes();
     // The graph is qlift's own construction: one that does not verify is a bug here.
@@ -722,11 +685,14 @@ fn quantized_weight_once(
 
 /// The maps `insert-qdq` keeps of the pairs it inserted, and the int16 layers.
 struct Inserting<'a> {
-    params: &'a mut HashMap<ValueId, (DType, QuantParams)>,
-    dequantized: &'a mut HashMap<ValueId, ValueId>,
-    source_of: &'a mut HashMap<ValueId, ValueId>,
-    wide_dq: &'a mut HashMap<ValueId, ValueId>,
-    wide_params: &'a mut HashMap<ValueId, (DType, QuantParams)>,
+    /// Parameters chosen per value, so that pass-through ops can inherit their operand's.
+    params: HashMap<ValueId, (DType, QuantParams)>,
+    dequantized: HashMap<ValueId, ValueId>,
+    /// The other way round: the value each inserted DequantizeLinear stands for.
+    source_of: HashMap<ValueId, ValueId>,
+    /// The 16-bit DequantizeLinear of each value an int16 layer reads or writes.
+    wide_dq: HashMap<ValueId, ValueId>,
+    wide_params: HashMap<ValueId, (DType, QuantParams)>,
     wide: &'a WideLayers,
 }
 
