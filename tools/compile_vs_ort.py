@@ -10,9 +10,11 @@ machine hits all alike), medians over the rounds:
   per-channel, MinMax, u8 activations, s8 weights, the same samples one at a time through a
   CalibrationDataReader, no quant_pre_process) plus `InferenceSession` creation on the result,
   timed inside its process (Python and ONNX Runtime's import not counted);
-- memory: peak RSS (GNU time's %M) of `qlift bench` on the model qlift quantized
-  (its `.qir`, as deployed: no calibration in the process) and of `qlift bench --calib` (the
-  one-command form), against a process that creates an ONNX Runtime session on the int8 model
+- memory: peak RSS (GNU time's %M) of `qlift bench` on the model qlift quantized, as
+  deployed (no calibration in the process): its QDQ ONNX file (what `qlift quantize -o`
+  writes, the form ONNX Runtime runs too) and its `.qir` (IR text: every weight as decimal
+  text, several times the ONNX file's size), and of `qlift bench --calib` (the one-command
+  form), against a process that creates an ONNX Runtime session on the int8 model
   the compile step wrote and runs the same batch; a process that only imports numpy and
   onnxruntime is reported too, since that floor is part of ONNX Runtime's number.
 
@@ -136,9 +138,10 @@ def main():
     for name in models:
         onnx, calib, run = data[name]
         qir, ort_int8 = f"{args.out}/{name}.qir", f"{args.out}/{name}.ort.qdq.onnx"
-        if not os.path.exists(qir):
+        qdq = f"{args.out}/{name}.qlift.qdq.onnx"
+        if not os.path.exists(qir) or not os.path.exists(qdq):
             subprocess.run([args.qlift, "quantize", onnx, *flags("--calib", calib), "-o",
-                            f"{args.out}/{name}.qlift.qdq.onnx", "--qir", qir], check=True,
+                            qdq, "--qir", qir], check=True,
                            stderr=subprocess.DEVNULL)
         samples = len(np.load(next(iter(calib.values())), mmap_mode="r"))
         engines = {
@@ -147,6 +150,8 @@ def main():
             "ORT compile": lambda: measured([py, "-c", ORT_COMPILE, onnx, ort_int8, json.dumps(calib)]),
             "qlift bench .qir": lambda: measured([args.qlift, "bench", qir, *flags("--input", run),
                                                   "--iters", str(args.iters), "--warmup", "0", "--json"]),
+            "qlift bench qdq": lambda: measured([args.qlift, "bench", qdq, *flags("--input", run),
+                                                 "--iters", str(args.iters), "--warmup", "0", "--json"]),
             "ORT int8 run": lambda: measured([py, "-c", ORT_RUN, ort_int8, json.dumps(run), str(args.iters)]),
         }
         got = {k: [] for k in engines}
@@ -162,6 +167,7 @@ def main():
             "ort_compile_s": med("ORT compile", lambda r: last_json(r)["ms"] / 1e3),
             "ort_compile_wall_s": med("ORT compile", lambda r: r[1]),
             "qlift_bench_qir_mib": med("qlift bench .qir", lambda r: r[2]),
+            "qlift_bench_qdq_mib": med("qlift bench qdq", lambda r: r[2]),
             "qlift_bench_calib_mib": med("qlift compile", lambda r: r[2]),
             "ort_compile_mib": med("ORT compile", lambda r: r[2]),
             "ort_int8_mib": med("ORT int8 run", lambda r: r[2]),
@@ -169,6 +175,7 @@ def main():
         }
         r["compile_ratio"] = r["qlift_compile_s"] / r["ort_compile_s"]
         r["mem_ratio_qir"] = r["qlift_bench_qir_mib"] / r["ort_int8_mib"]
+        r["mem_ratio_qdq"] = r["qlift_bench_qdq_mib"] / r["ort_int8_mib"]
         r["mem_ratio_calib"] = r["qlift_bench_calib_mib"] / r["ort_int8_mib"]
         results[name] = r
         print(f"{name}: {json.dumps(r)}", file=sys.stderr, flush=True)
@@ -177,12 +184,14 @@ def main():
         return
     print(f"{args.rounds} rounds interleaved, medians; ONNX Runtime import alone: {floor:.0f} MiB")
     print("| model | calib samples | qlift compile s (reported) | ORT quantize_static + session s | qlift / ORT "
-          "| qlift bench .qir MiB | qlift bench --calib MiB | ORT int8 run MiB | .qir / ORT | --calib / ORT |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| qlift bench qdq.onnx MiB | qlift bench .qir MiB | qlift bench --calib MiB | ORT int8 run MiB "
+          "| qdq.onnx / ORT | .qir / ORT | --calib / ORT |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['samples']} | {r['qlift_compile_s']:.2f} ({r['qlift_compile_ms_reported'] / 1e3:.2f}) | "
-              f"{r['ort_compile_s']:.2f} | {r['compile_ratio']:.2f} | {r['qlift_bench_qir_mib']:.0f} | "
-              f"{r['qlift_bench_calib_mib']:.0f} | {r['ort_int8_mib']:.0f} | {r['mem_ratio_qir']:.2f} | {r['mem_ratio_calib']:.2f} |")
+              f"{r['ort_compile_s']:.2f} | {r['compile_ratio']:.2f} | {r['qlift_bench_qdq_mib']:.0f} | "
+              f"{r['qlift_bench_qir_mib']:.0f} | {r['qlift_bench_calib_mib']:.0f} | {r['ort_int8_mib']:.0f} | "
+              f"{r['mem_ratio_qdq']:.2f} | {r['mem_ratio_qir']:.2f} | {r['mem_ratio_calib']:.2f} |")
 
 
 if __name__ == "__main__":

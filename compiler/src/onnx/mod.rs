@@ -139,7 +139,10 @@ pub fn load_onnx(path: &Path, opts: &ImportOptions) -> Result<Graph, Error> {
             p
         }
     });
-    load_onnx_bytes(&bytes, dir, opts)
+    // The file's bytes go before the import makes the graph's copy of the weights.
+    let model = load::decode_model(&bytes, &opts.limits)?;
+    drop(bytes);
+    import::import_model(&model, dir, opts)
 }
 
 /// Loads an ONNX model from bytes. `model_dir` is where external data may be read from;
