@@ -122,10 +122,12 @@ pub(crate) fn tensor_from_proto(
         });
     }
     let external = t.data_location.value() == 1;
-    let raw: Option<Vec<u8>> = if external {
-        Some(read_external(t, model_dir, bytes)?)
+    // Inline data is read where it lies (a copy of MiniLM's 47 MB embedding was the import's
+    // peak).
+    let raw: Option<std::borrow::Cow<[u8]>> = if external {
+        Some(read_external(t, model_dir, bytes)?.into())
     } else if !t.raw_data.is_empty() || count == 0 {
-        Some(t.raw_data.clone())
+        Some(t.raw_data.as_slice().into())
     } else {
         None
     };
