@@ -18,11 +18,12 @@
 //! | `pool` | QAveragePool 3x3 pads 1, QGlobalAveragePool, u8 MaxPool 2x2 stride 2 | output elements |
 //! | `quant` | QuantizeLinear f32→u8, DequantizeLinear u8→f32 on [32,8,8] | output elements |
 //! | `transformer_f32` | MiniLM's fp32 shapes at sequence 128: Q·Kᵀ and P·V of 12 heads (two activations), a 384→384 Linear, LayerNorm over 384 | MACs (LayerNorm: elements) |
+//! | `forms` | real-size layers (ResNet-18's stem and 3×3 stages, MobileNetV2's 1×1 and depthwise, depthwise 5×5/7×7, MiniLM's FFN product), each under every micro-kernel path the host has: `native` (the widest: VNNI quads where present), `pairs` (`--no-vnni`: i16 pairs), `avx2` (`--avx2-only`), `v128` (`--max-vector-bits 128`: Cranelift's own vectors); the benchmark's name carries the form the code generator chose | MACs |
 //!
-//! `cargo bench -p qlift --bench kernels [-- FILTER]`, e.g. `-- qconv/`.
+//! `cargo bench -p qlift --bench kernels [-- FILTER]`, e.g. `-- qconv/` or `-- forms/`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use qlift::{CompileOptions, CompiledModel};
+use qlift::{CodegenOptions, CompileOptions, CompiledModel};
 use qlift_ir::{DType, Tensor};
 use std::hint::black_box;
 use std::time::Duration;
@@ -64,52 +65,75 @@ fn list(items: impl Iterator<Item = impl ToString>) -> String {
     )
 }
 
-fn conv_attrs(group: usize, k: usize) -> String {
+fn conv_attrs(group: usize, k: usize, stride: usize) -> String {
     let p = k / 2;
-    format!("dilations=[1, 1], group={group}, kernel_shape=[{k}, {k}], pads=[{p}, {p}, {p}, {p}], strides=[1, 1]")
+    format!("dilations=[1, 1], group={group}, kernel_shape=[{k}, {k}], pads=[{p}, {p}, {p}, {p}], strides=[{stride}, {stride}]")
 }
 
-/// QConv `cin → cout` channels, `k`x`k` kernel, same padding, on `hw`x`hw`, fused Relu,
-/// per-output-channel weights and an i32 bias: the lowered models' convolutions.
+/// QConv `cin → cout` channels, `k`x`k` kernel, same padding, stride 1, on `hw`x`hw`, fused
+/// Relu, per-output-channel weights and an i32 bias: the lowered models' convolutions.
 fn qconv(id: &'static str, cin: usize, cout: usize, group: usize, k: usize, hw: usize) -> Case {
+    qconv_strided(id, cin, cout, group, (k, 1), hw)
+}
+
+/// [`qconv`] with a `(kernel, stride)`.
+fn qconv_strided(
+    id: &'static str,
+    cin: usize,
+    cout: usize,
+    group: usize,
+    (k, stride): (usize, usize),
+    hw: usize,
+) -> Case {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let per_group = cin / group;
+    let out = (hw + 2 * (k / 2) - k) / stride + 1;
     let scales = list((0..cout).map(|_| format!("{:?}", 0.002 + rng.int(0, 20) as f32 * 0.0002)));
     let ir = format!(
         "graph {id}(%x: u8[N,{cin},{hw},{hw}] quant(scale=0.05, zero_point=3)) -> (%y) {{
   %w = const i8[{cout},{per_group},{k},{k}] quant(axis=0, scale={scales}, zero_point={zeros}) {w}
   %b = const i32[{cout}] {b}
-  %y = QConv(%x, %w, %b) {{act_max=inf, act_min=0.0, {attrs}}} : u8[N,{cout},{hw},{hw}] quant(scale=0.25, zero_point=0)
+  %y = QConv(%x, %w, %b) {{act_max=inf, act_min=0.0, {attrs}}} : u8[N,{cout},{out},{out}] quant(scale=0.25, zero_point=0)
 }}",
         zeros = list(std::iter::repeat_n(0, cout)),
         w = rng.ints(cout * per_group * k * k, -127, 127),
         b = rng.ints(cout, -2000, 2000),
-        attrs = conv_attrs(group, k),
+        attrs = conv_attrs(group, k, stride),
     );
     Case {
         id,
         ir,
-        macs: Some((cout * hw * hw * per_group * k * k) as u64),
+        macs: Some((cout * out * out * per_group * k * k) as u64),
     }
 }
 
 fn qmatmul(k: usize, n: usize) -> Case {
+    qmatmul_rows("128x64", 1, k, n)
+}
+
+/// QMatMul of `rows` u8 rows per sample by `k`x`n` per-column i8 weights.
+fn qmatmul_rows(id: &'static str, rows: usize, k: usize, n: usize) -> Case {
     let mut rng = Rng(0xd1b5_4a32_d192_ed03);
     let scales = list((0..n).map(|_| format!("{:?}", 0.002 + rng.int(0, 20) as f32 * 0.0002)));
     let ir = format!(
-        "graph qmatmul(%x: u8[N,{k}] quant(scale=0.05, zero_point=120)) -> (%y) {{
+        "graph qmatmul(%x: u8[N,{rows}{k}] quant(scale=0.05, zero_point=120)) -> (%y) {{
   %w = const i8[{k},{n}] quant(axis=1, scale={scales}, zero_point={zeros}) {w}
   %b = const i32[{n}] {b}
-  %y = QMatMul(%x, %w, %b) : u8[N,{n}] quant(scale=0.25, zero_point=128)
+  %y = QMatMul(%x, %w, %b) : u8[N,{rows}{n}] quant(scale=0.25, zero_point=128)
 }}",
+        rows = if rows == 1 {
+            String::new()
+        } else {
+            format!("{rows},")
+        },
         zeros = list(std::iter::repeat_n(0, n)),
         w = rng.ints(k * n, -127, 127),
         b = rng.ints(n, -2000, 2000),
     );
     Case {
-        id: "128x64",
+        id,
         ir,
-        macs: Some((k * n) as u64),
+        macs: Some((rows * k * n) as u64),
     }
 }
 
@@ -123,7 +147,7 @@ fn conv_f32(cin: usize, cout: usize, hw: usize) -> Case {
 }}",
         w = rng.floats(cout * cin * 9, 0.25),
         b = rng.floats(cout, 0.1),
-        attrs = conv_attrs(1, 3),
+        attrs = conv_attrs(1, 3, 1),
     );
     Case {
         id: "3x3_16to32_8x8",
@@ -225,8 +249,36 @@ fn families() -> Vec<(&'static str, Vec<Case>, &'static [usize])> {
             &[1],
         ),
         ("transformer_f32", transformer_f32(128), &[1]),
+        ("forms", real_size_layers(), &[1]),
     ]
 }
+
+/// Layers at the sizes of the standard architectures, one per convolution form and
+/// micro-kernel shape that matters there (timed under each path in [`PATHS`]).
+fn real_size_layers() -> Vec<Case> {
+    vec![
+        qconv_strided("resnet_stem_7x7s2_3to64_224", 3, 64, 1, (7, 2), 224),
+        qconv("resnet_3x3_64to64_56", 64, 64, 1, 3, 56),
+        qconv("resnet_3x3_256to256_14", 256, 256, 1, 3, 14),
+        qconv("resnet_3x3_512to512_7", 512, 512, 1, 3, 7),
+        qconv("mnv2_1x1_96to576_14", 96, 576, 1, 1, 14),
+        qconv("mnv2_1x1_960to320_7", 960, 320, 1, 1, 7),
+        qconv("mnv2_depthwise3x3_144_56", 144, 144, 144, 3, 56),
+        qconv_strided("mnv2_depthwise3x3s2_384_14", 384, 384, 384, (3, 2), 14),
+        qconv("depthwise5x5_64_32", 64, 64, 64, 5, 32),
+        qconv("depthwise7x7_64_32", 64, 64, 64, 7, 32),
+        qmatmul_rows("minilm_ffn_128x384x1536", 128, 384, 1536),
+    ]
+}
+
+/// The code-generation paths the `forms` family compares: name and options. Each runs
+/// where the host can (the options only ever narrow what the host has).
+const PATHS: [(&str, fn(&mut CodegenOptions)); 4] = [
+    ("native", |_| {}),
+    ("pairs", |o| o.no_vnni = true),
+    ("avx2", |o| o.avx2_only = true),
+    ("v128", |o| o.max_vector_bits = Some(128)),
+];
 
 /// Pseudo-random inputs of the model's input types at `batch`.
 fn inputs(model: &CompiledModel, batch: usize) -> Vec<Tensor> {
@@ -255,42 +307,71 @@ fn inputs(model: &CompiledModel, batch: usize) -> Vec<Tensor> {
 fn kernels(c: &mut Criterion) {
     for (family, cases, batches) in families() {
         let mut group = c.benchmark_group(family);
+        let paths: &[(&str, fn(&mut CodegenOptions))] = if family == "forms" {
+            &PATHS
+        } else {
+            &PATHS[..1]
+        };
         for case in cases {
             let graph = qlift_ir::text::parse(&case.ir)
                 .unwrap_or_else(|e| panic!("{family}/{}: {e}\n{}", case.id, case.ir));
             qlift_ir::verify(&graph).unwrap_or_else(|e| panic!("{family}/{}: {e}", case.id));
-            let model = CompiledModel::from_lowered(
-                graph,
-                !family.ends_with("_f32"),
-                &CompileOptions::default(),
-            )
-            .expect("the kernel compiles");
-            for &batch in batches {
-                let inputs = inputs(&model, batch);
-                let mut outputs: Vec<Tensor> = model
-                    .outputs()
-                    .iter()
-                    .map(|(_, ty)| Tensor::zeros(ty.dtype, &ty.shape.resolve(batch)))
-                    .collect();
-                let per_sample = case.macs.unwrap_or_else(|| {
-                    model
-                        .outputs()
-                        .iter()
-                        .map(|(_, ty)| ty.shape.resolve(1).iter().product::<usize>() as u64)
-                        .sum()
-                });
-                group.throughput(Throughput::Elements(per_sample * batch as u64));
-                group.bench_function(BenchmarkId::new(case.id, format!("b{batch}")), |b| {
-                    b.iter(|| {
-                        model
-                            .run_into(black_box(&inputs), &mut outputs)
-                            .expect("the kernel runs")
-                    })
-                });
+            for (path, narrow) in paths {
+                let mut opts = CompileOptions::default();
+                narrow(&mut opts.codegen);
+                let model =
+                    CompiledModel::from_lowered(graph.clone(), !family.ends_with("_f32"), &opts)
+                        .expect("the kernel compiles");
+                for &batch in batches {
+                    bench_case(&mut group, &case, path, &model, batch, family == "forms");
+                }
             }
         }
         group.finish();
     }
+}
+
+/// Times one compiled case at `batch`; with `named_by_form`, the benchmark's parameter
+/// names the path and the form the code generator chose.
+fn bench_case(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    case: &Case,
+    path: &str,
+    model: &CompiledModel,
+    batch: usize,
+    named_by_form: bool,
+) {
+    let inputs = inputs(model, batch);
+    let mut outputs: Vec<Tensor> = model
+        .outputs()
+        .iter()
+        .map(|(_, ty)| Tensor::zeros(ty.dtype, &ty.shape.resolve(batch)))
+        .collect();
+    let per_sample = case.macs.unwrap_or_else(|| {
+        model
+            .outputs()
+            .iter()
+            .map(|(_, ty)| ty.shape.resolve(1).iter().product::<usize>() as u64)
+            .sum()
+    });
+    let mut parameter = format!("b{batch}");
+    if named_by_form {
+        // A model with a symbolic batch has its program once it ran.
+        model
+            .run_into(&inputs, &mut outputs)
+            .expect("the kernel runs");
+        let forms = model.kernel_forms().unwrap_or_default();
+        let form = forms.last().map_or("?", |(_, f)| f.as_str());
+        parameter = format!("{parameter}_{path}_{form}");
+    }
+    group.throughput(Throughput::Elements(per_sample * batch as u64));
+    group.bench_function(BenchmarkId::new(case.id, parameter), |b| {
+        b.iter(|| {
+            model
+                .run_into(black_box(&inputs), &mut outputs)
+                .expect("the kernel runs")
+        })
+    });
 }
 
 criterion_group! {
