@@ -11,6 +11,7 @@ pub mod cost;
 pub mod extract;
 pub mod lang;
 pub mod manager;
+pub mod one_hot;
 pub mod provenance;
 pub mod quantize;
 pub mod recurrent_layout;

@@ -67,6 +67,11 @@ pub fn pipeline() -> Vec<Pass<'static>> {
     vec![
         Pass::rules("cleanup", "remove Identity/Dropout/no-op Reshape, merge Reshape and Transpose chains", rules::cleanup::rules),
         Pass::rules("fold-constants", "evaluate every op whose operands are all constants", Vec::new),
+        Pass::transform(
+            "one-hot-products",
+            "a one-hot encoding times constant weights (MatMul(Cast(Equal(x, 0..K)), W)) becomes a row lookup (Gather)",
+            crate::one_hot::one_hot_products,
+        ),
         Pass::rules("fold-bn", "fold BatchNormalization into Conv/Gemm/MatMul, or into a scale and shift", rules::bn_fold::rules),
         Pass::rules("absorb-affine", "move per-channel Mul/Add by constants into Conv/Gemm weights and bias", rules::absorb::rules),
         Pass::rules("fuse-activations", "attach Relu/Clip to their producer as a fused clamp", rules::activation::rules),
