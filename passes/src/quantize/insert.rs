@@ -67,7 +67,8 @@ use qlift_ir::{
     Attrs, DType, Graph, NodeId, NodeOp, Op, OpKind, QuantParams, Tensor, TensorData, TensorType,
     Value, ValueId,
 };
-use std::collections::HashMap;
+use rayon::prelude::*;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// How to quantize a model after calibration.
@@ -156,32 +157,43 @@ impl Calibration {
     /// statistics. Call once per batch; the interpreter keeps one batch in memory at a time.
     pub fn observe(&mut self, graph: &Graph, inputs: &[Tensor]) -> Result<(), PassError> {
         let trace = qlift_ir::interp::run_traced(graph, inputs)?;
-        for (id, tensor) in &trace.values {
-            if let TensorData::F32(values) = tensor.data() {
-                self.stats
-                    .entry(graph.value(*id).name.clone())
-                    .or_default()
-                    .observe(values);
-            }
-        }
-        self.samples += trace.batch;
+        self.observe_values(
+            trace
+                .values
+                .iter()
+                .map(|(id, tensor)| (graph.value(*id).name.as_str(), tensor.as_ref())),
+            trace.batch,
+        );
         Ok(())
     }
 
     /// Adds values computed elsewhere (by compiled code) for one batch of `batch` samples:
     /// `values` gives each f32 value's name and tensor, as [`Self::observe`] would see them.
+    /// The values' statistics are independent and updated in parallel: binning them was
+    /// most of the CPU time of calibrating the standard CNNs on one thread.
     pub fn observe_values<'a>(
         &mut self,
         values: impl IntoIterator<Item = (&'a str, &'a Tensor)>,
         batch: usize,
     ) {
+        let mut names = HashSet::new();
+        let mut work: Vec<(&str, TensorStats, &[f32])> = Vec::new();
         for (name, tensor) in values {
-            if let TensorData::F32(values) = tensor.data() {
-                self.stats
-                    .entry(name.to_string())
-                    .or_default()
-                    .observe(values);
+            let TensorData::F32(values) = tensor.data() else {
+                continue;
+            };
+            if names.insert(name) {
+                let stats = self.stats.remove(name).unwrap_or_default();
+                work.push((name, stats, values));
+            } else if let Some(seen) = work.iter_mut().find(|w| w.0 == name) {
+                // A name listed twice (never from the tracer): its values in turn.
+                seen.1.observe(values);
             }
+        }
+        work.par_iter_mut()
+            .for_each(|(_, stats, values)| stats.observe(values));
+        for (name, stats, _) in work {
+            self.stats.insert(name.to_string(), stats);
         }
         self.samples += batch;
     }
