@@ -431,7 +431,7 @@ pub fn build(
                 let ops: Vec<String> = c
                     .links
                     .iter()
-                    .map(|l| format!("{}", graph.node(l.node).op.name()))
+                    .map(|l| graph.node(l.node).op.name().to_string())
                     .collect();
                 format!("{form}: {}", ops.join(", "))
             }

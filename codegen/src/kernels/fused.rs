@@ -10,10 +10,10 @@
 //! with the same rounding (no contraction into FMA), so a fused chain computes bit for bit
 //! what the unfused kernels compute.
 
-use super::elementwise::{float_arith, Broadcast, Lanes, LANES};
+use super::elementwise::{fconst, float_arith, Broadcast, Lanes, LANES};
 use super::math::{float_variadic, inline_exponent, libcall, pow_by, FloatUnary};
 use super::{Kernel, Operand};
-use cranelift_codegen::ir::Value;
+use cranelift_codegen::ir::{types, Value};
 use cranelift_frontend::FunctionBuilder;
 use qlift_ir::{NodeId, Op, OpKind, Tensor};
 
@@ -117,12 +117,29 @@ pub(super) fn emit(k: &mut Kernel, chain: &Chain) -> Result<(), String> {
     }
     let plan = Broadcast::new(k.output(0), &operands)?;
     let ptrs: Vec<Value> = operands.iter().map(|o| o.ptr).collect();
+    // One-element constants (GELU's coefficients) become immediates, which Cranelift
+    // hoists out of the loop, instead of a load and a splat per step: the same value.
+    let scalars: Vec<Option<f32>> = operands
+        .iter()
+        .map(|o| {
+            let t = o.constant.as_ref().filter(|t| t.len() == 1)?;
+            t.to_f32_vec().first().copied()
+        })
+        .collect();
     let po = k.output(0).ptr;
     plan.emit_lanes(k, LANES, &mut |fb, off, lanes| {
+        let ty = match lanes {
+            Lanes::Vector(_) => types::F32X4,
+            Lanes::Scalar => types::F32,
+        };
         let loaded: Vec<Value> = ptrs
             .iter()
+            .zip(&scalars)
             .enumerate()
-            .map(|(i, &p)| lanes.load(fb, i + 1, p, off[i + 1]))
+            .map(|(i, (&p, s))| match s {
+                Some(v) => fconst(fb, ty, *v),
+                None => lanes.load(fb, i + 1, p, off[i + 1]),
+            })
             .collect();
         let mut results: Vec<Value> = Vec::with_capacity(chain.links.len());
         for link in &chain.links {
