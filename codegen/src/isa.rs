@@ -44,6 +44,10 @@ pub struct CodegenOptions {
     /// 4- or 8-bit and unpacking them per block of the reduction at run time: 4–8× the
     /// weights' memory, for the few percent unpacking costs (see PERFORMANCE.md).
     pub weight_only_f32: bool,
+    /// Emit one kernel per node even for chains of f32 elementwise nodes, which are
+    /// otherwise one fused loop (`crate::fusion`): to compare the two on one machine (they
+    /// agree bit for bit).
+    pub no_fusion: bool,
 }
 
 /// The ISA for `opts`: opt_level `speed`, the verifier in debug builds.

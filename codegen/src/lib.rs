@@ -14,6 +14,7 @@ pub mod emit;
 mod error;
 pub mod flow;
 mod fork_join;
+mod fusion;
 pub mod isa;
 pub mod jit;
 mod kernels;

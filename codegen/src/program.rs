@@ -10,6 +10,7 @@
 
 use crate::emit;
 use crate::error::{bug, CodegenError};
+use crate::fusion;
 use crate::isa::CodegenOptions;
 use crate::kernels::{self, Kernel, Operand};
 use crate::plan::{self, Buffer, Plan};
@@ -159,6 +160,12 @@ pub fn build(
         };
         outputs.push((name, ty, source));
     }
+    // Chains of elementwise nodes computed as one kernel, at their last node's place.
+    let fusion = if opts.no_fusion {
+        fusion::Fusion::default()
+    } else {
+        fusion::chains(graph, &order)
+    };
     // Kernels, in order; arena buffers for the other computed values, and workspaces.
     let mut ctx = module.make_context();
     let mut fctx = FunctionBuilderContext::new();
@@ -188,7 +195,14 @@ pub fn build(
         let NodeOp::Apply(op) = &node.op else {
             continue;
         };
-        let operands = graph.node_inputs(id);
+        if fusion.absorbed.contains(&id) {
+            continue;
+        }
+        let chain = fusion.chains.get(&id);
+        let operands: Vec<Option<ValueId>> = match chain {
+            Some((_, operands)) => operands.iter().copied().map(Some).collect(),
+            None => graph.node_inputs(id),
+        };
         // Weight-only weights become constants here (see `kernels::dynamic`).
         let result = ValueId {
             node: id,
@@ -259,20 +273,22 @@ pub fn build(
         let func = module.declare_anonymous_function(&sig).map_err(bug)?;
         // A leading extent the kernel may treat as its batch (see `leading_samples`); when
         // the kernel cannot take that form (a limitation of its emitter), it is built again
-        // as written.
-        let operand_types: Vec<Option<TensorType>> = operands
-            .iter()
-            .map(|v| v.map(|v| graph.value_type(v).clone()))
-            .collect();
-        let constant: Vec<bool> = operands
-            .iter()
-            .map(|v| v.is_some_and(|v| matches!(location[&v], Location::Constant(_))))
-            .collect();
-        let result_types: Vec<TensorType> = results
-            .iter()
-            .map(|r| graph.value_type(*r).clone())
-            .collect();
-        let preferred = leading_samples(op, &operand_types, &constant, &result_types);
+        // as written. A chain takes it when every one of its nodes does.
+        let preferred = match chain {
+            None => node_samples(graph, id, &location),
+            Some((c, _)) => {
+                let each: Option<Vec<_>> = c
+                    .links
+                    .iter()
+                    .map(|l| node_samples(graph, l.node, &location))
+                    .collect();
+                each.and_then(|mut each| {
+                    let b = each.first()?.0;
+                    let root = each.pop()?;
+                    each.iter().all(|e| e.0 == b).then_some(root)
+                })
+            }
+        };
         let forms = if preferred.is_some() {
             vec![preferred, None]
         } else {
@@ -344,6 +360,7 @@ pub fn build(
                     batch,
                 );
                 kernel.wide = wide;
+                kernel.chain = chain.map(|(c, _)| c);
                 kernel.parallel = parallel;
                 kernel.winograd = !opts.no_winograd;
                 kernel.parallel_min_work =
@@ -405,6 +422,21 @@ pub fn build(
         let Some(((workspace_bytes, messages, form, mut functions), samples)) = built else {
             return Err(bug("no kernel form was tried"));
         };
+        let form = match chain {
+            Some((c, _)) => format!("fused({} ops)", c.links.len()),
+            None => form.to_string(),
+        };
+        let label = match chain {
+            Some((c, _)) => {
+                let ops: Vec<String> = c
+                    .links
+                    .iter()
+                    .map(|l| graph.node(l.node).op.name().to_string())
+                    .collect();
+                format!("{form}: {}", ops.join(", "))
+            }
+            None => op.kind.to_string(),
+        };
         let disasm = std::env::var_os("QLIFT_DISASM").is_some();
         ctx.set_disasm(disasm);
         module
@@ -419,7 +451,7 @@ pub fn build(
             .and_then(|c| c.vcode.as_ref())
             .filter(|_| disasm)
         {
-            eprintln!("; kernel of node `{}` ({})\n{code}", node.name, op.kind);
+            eprintln!("; kernel of node `{}` ({label})\n{code}", node.name);
         }
         module.clear_context(&mut ctx);
         let workspace = buffers.len();
@@ -440,7 +472,7 @@ pub fn build(
             node: node.name.clone(),
             op: op.kind.name().to_string(),
             messages,
-            form: form.to_string(),
+            form,
             functions,
         });
     }
@@ -544,6 +576,34 @@ fn batch_leading(ty: &TensorType) -> TensorType {
         *d = Dim::Batch;
     }
     t
+}
+
+/// [`leading_samples`] of node `id`, whose operands are constants where `location` says so
+/// (an operand computed inside a fused chain has no location and is not one).
+fn node_samples(
+    graph: &Graph,
+    id: qlift_ir::NodeId,
+    location: &HashMap<ValueId, Location>,
+) -> Option<(usize, Vec<TensorType>)> {
+    let NodeOp::Apply(op) = &graph.node(id).op else {
+        return None;
+    };
+    let operands = graph.node_inputs(id);
+    let operand_types: Vec<Option<TensorType>> = operands
+        .iter()
+        .map(|v| v.map(|v| graph.value_type(v).clone()))
+        .collect();
+    let constant: Vec<bool> = operands
+        .iter()
+        .map(|v| v.is_some_and(|v| matches!(location.get(&v), Some(Location::Constant(_)))))
+        .collect();
+    let result_types: Vec<TensorType> = graph
+        .node(id)
+        .outputs
+        .iter()
+        .map(|v| v.ty.clone())
+        .collect();
+    leading_samples(op, &operand_types, &constant, &result_types)
 }
 
 /// A node whose operands and results have a fixed leading extent `b > 1` (a model exported

@@ -336,16 +336,7 @@ pub(super) fn binary(k: &mut Kernel) -> Result<(), String> {
             if dtype == DType::F32 {
                 let x = lanes.load(fb, 1, pa, off[1]);
                 let y = lanes.load(fb, 2, pb, off[2]);
-                let r = match kind {
-                    OpKind::Add => fb.ins().fadd(x, y),
-                    OpKind::Sub => fb.ins().fsub(x, y),
-                    OpKind::Mul => fb.ins().fmul(x, y),
-                    _ => fb.ins().fdiv(x, y),
-                };
-                let r = match act {
-                    Some((lo, hi)) => clamp_f32(fb, r, lo, hi),
-                    None => r,
-                };
+                let r = float_arith(fb, kind, act, x, y);
                 Lanes::store(fb, r, po, off[0]);
                 return;
             }
@@ -384,6 +375,28 @@ pub(super) fn binary(k: &mut Kernel) -> Result<(), String> {
         finish_failure(k, fail, "integer division by zero");
     }
     Ok(())
+}
+
+/// `x kind y` for Add, Sub, Mul or Div (else Div) on f32 or f32x4 values, clamped by the
+/// fused activation `act`: one lane step of [`binary`] and of the fused kernels
+/// (`fused.rs`), so both compute the same instructions.
+pub(super) fn float_arith(
+    fb: &mut FunctionBuilder,
+    kind: OpKind,
+    act: Option<(f32, f32)>,
+    x: Value,
+    y: Value,
+) -> Value {
+    let r = match kind {
+        OpKind::Add => fb.ins().fadd(x, y),
+        OpKind::Sub => fb.ins().fsub(x, y),
+        OpKind::Mul => fb.ins().fmul(x, y),
+        _ => fb.ins().fdiv(x, y),
+    };
+    match act {
+        Some((lo, hi)) => clamp_f32(fb, r, lo, hi),
+        None => r,
+    }
 }
 
 /// Softmax along `axis`: max, then exp(x - max) written out and summed, then scaled by

@@ -21,10 +21,10 @@ use crate::emit;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, Block, BlockArg, FuncRef, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
-use qlift_ir::{DType, Op, OpKind};
+use qlift_ir::{DType, Op, OpKind, Tensor};
 
 /// A one-operand float function and its parameters, as the kernel emits it.
-struct FloatUnary {
+pub(crate) struct FloatUnary {
     kind: OpKind,
     /// Clip's lower bound, the alpha of LeakyRelu, HardSigmoid, Elu, Selu, ThresholdedRelu
     /// and Celu.
@@ -36,7 +36,7 @@ struct FloatUnary {
 }
 
 impl FloatUnary {
-    fn of(op: &Op) -> Result<FloatUnary, String> {
+    pub(super) fn of(op: &Op) -> Result<FloatUnary, String> {
         let f = |name: &str| op.attrs.float(name);
         let (p, q) = match op.kind {
             OpKind::Clip => (f("min")?, f("max")?),
@@ -57,7 +57,7 @@ impl FloatUnary {
     }
 
     /// The function on `v` (an f32 or f32x4).
-    fn emit(&self, fb: &mut FunctionBuilder, v: Value) -> Value {
+    pub(super) fn emit(&self, fb: &mut FunctionBuilder, v: Value) -> Value {
         let ty = fb.func.dfg.value_type(v);
         let zero = fconst(fb, ty, 0.0);
         let one = fconst(fb, ty, 1.0);
@@ -205,7 +205,7 @@ fn softplus(fb: &mut FunctionBuilder, v: Value) -> Value {
 }
 
 /// The C library function a float op calls per element, if it has no inline form.
-fn libcall(kind: OpKind) -> Option<&'static str> {
+pub(super) fn libcall(kind: OpKind) -> Option<&'static str> {
     match kind {
         OpKind::Sin => Some("sinf"),
         OpKind::Cos => Some("cosf"),
@@ -360,29 +360,7 @@ pub(super) fn variadic(k: &mut Kernel) -> Result<(), String> {
             let vs: Vec<Value> = (0..n)
                 .map(|j| lanes.load(fb, j + 1, ptrs[j], off[j + 1]))
                 .collect();
-            let fold = |fb: &mut FunctionBuilder,
-                        f: fn(&mut FunctionBuilder, Value, Value) -> Value| {
-                vs[1..].iter().fold(vs[0], |a, &b| f(fb, a, b))
-            };
-            let r = match kind {
-                OpKind::Min => fold(fb, |fb, a, b| fb.ins().fmin(a, b)),
-                OpKind::Max => fold(fb, |fb, a, b| fb.ins().fmax(a, b)),
-                OpKind::Sum => fold(fb, |fb, a, b| fb.ins().fadd(a, b)),
-                OpKind::Mean => {
-                    let s = fold(fb, |fb, a, b| fb.ins().fadd(a, b));
-                    let ty = fb.func.dfg.value_type(s);
-                    let count = fconst(fb, ty, n as f32);
-                    fb.ins().fdiv(s, count)
-                }
-                // PRelu: x < 0 ? slope · x : x.
-                _ => {
-                    let ty = fb.func.dfg.value_type(vs[0]);
-                    let zero = fconst(fb, ty, 0.0);
-                    let neg = fb.ins().fcmp(FloatCC::LessThan, vs[0], zero);
-                    let scaled = fb.ins().fmul(vs[1], vs[0]);
-                    choose(fb, neg, scaled, vs[0])
-                }
-            };
+            let r = float_variadic(fb, kind, &vs);
             Lanes::store(fb, r, po, off[0]);
         });
         return Ok(());
@@ -410,6 +388,33 @@ pub(super) fn variadic(k: &mut Kernel) -> Result<(), String> {
         emit::store_at(fb, r, po, off[0]);
     });
     Ok(())
+}
+
+/// Min, Max, Sum, Mean (else PRelu, of exactly two) of the f32 or f32x4 values `vs` (at
+/// least one): one lane step of [`variadic`] and of the fused kernels (`fused.rs`).
+pub(super) fn float_variadic(fb: &mut FunctionBuilder, kind: OpKind, vs: &[Value]) -> Value {
+    let fold = |fb: &mut FunctionBuilder, f: fn(&mut FunctionBuilder, Value, Value) -> Value| {
+        vs[1..].iter().fold(vs[0], |a, &b| f(fb, a, b))
+    };
+    match kind {
+        OpKind::Min => fold(fb, |fb, a, b| fb.ins().fmin(a, b)),
+        OpKind::Max => fold(fb, |fb, a, b| fb.ins().fmax(a, b)),
+        OpKind::Sum => fold(fb, |fb, a, b| fb.ins().fadd(a, b)),
+        OpKind::Mean => {
+            let s = fold(fb, |fb, a, b| fb.ins().fadd(a, b));
+            let ty = fb.func.dfg.value_type(s);
+            let count = fconst(fb, ty, vs.len() as f32);
+            fb.ins().fdiv(s, count)
+        }
+        // PRelu: x < 0 ? slope · x : x.
+        _ => {
+            let ty = fb.func.dfg.value_type(vs[0]);
+            let zero = fconst(fb, ty, 0.0);
+            let neg = fb.ins().fcmp(FloatCC::LessThan, vs[0], zero);
+            let scaled = fb.ins().fmul(vs[1], vs[0]);
+            choose(fb, neg, scaled, vs[0])
+        }
+    }
 }
 
 /// Mod: floats through C's `fmodf` (what Rust's `%` is), integers in i64; the remainder
@@ -487,10 +492,9 @@ fn python_float_mod(fb: &mut FunctionBuilder, r: Value, y: Value) -> Value {
     fb.ins().select(is_zero, signed_zero, adjusted)
 }
 
-/// A constant exponent with an inline form: the exponent's single value when the operand
-/// is a constant of one element and the value is one of those `pow_by` handles.
-fn inline_exponent(e: &Operand) -> Option<f32> {
-    let t = e.constant.as_ref()?;
+/// A constant exponent with an inline form: the single value of the exponent's constant `t`
+/// when it has one element and the value is one of those [`pow_by`] handles.
+pub(super) fn inline_exponent(t: &Tensor) -> Option<f32> {
     let v = *t.to_f32_vec().first().filter(|_| t.len() == 1)?;
     [0.0, 0.5, 1.0, 2.0, 3.0, -1.0].contains(&v).then_some(v)
 }
@@ -498,7 +502,7 @@ fn inline_exponent(e: &Operand) -> Option<f32> {
 /// `v^e` for the exponents [`inline_exponent`] accepts, equal to `powf`'s correctly
 /// rounded results (within an ulp for 3): products, a square root (whose -inf is
 /// `powf`'s +inf) and a reciprocal.
-fn pow_by(fb: &mut FunctionBuilder, v: Value, e: f32) -> Value {
+pub(super) fn pow_by(fb: &mut FunctionBuilder, v: Value, e: f32) -> Value {
     let ty = fb.func.dfg.value_type(v);
     match e {
         0.0 => fconst(fb, ty, 1.0),
@@ -538,7 +542,7 @@ pub(super) fn pow(k: &mut Kernel) -> Result<(), String> {
     let plan = Broadcast::new(out, &[base, exponent])?;
     let (pb, pe, po, ty, ety) = (base.ptr, exponent.ptr, out.ptr, out.elem(), exponent.elem());
     if bt == DType::F32 {
-        if let Some(e) = inline_exponent(exponent) {
+        if let Some(e) = exponent.constant.as_deref().and_then(inline_exponent) {
             plan.emit_lanes(k, LANES, &mut |fb, off, lanes| {
                 let v = lanes.load(fb, 1, pb, off[1]);
                 let r = pow_by(fb, v, e);

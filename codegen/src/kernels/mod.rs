@@ -28,6 +28,7 @@ pub(crate) mod dynamic;
 mod elementwise;
 mod fma_rows;
 mod fma_tile;
+pub(crate) mod fused;
 mod gemm_f32;
 mod im2col;
 mod index;
@@ -134,6 +135,9 @@ pub(crate) struct Kernel<'k, 'f> {
     pub(crate) functions: Vec<(FuncId, &'static str, usize)>,
     /// Whether 3×3 integer convolutions may take the Winograd form ([`winograd`]).
     pub(crate) winograd: bool,
+    /// The chain of elementwise nodes this kernel computes in one loop, ending with `op`
+    /// (see [`fused`]); `None` for the kernel of `op` alone.
+    pub(crate) chain: Option<&'k fused::Chain>,
 }
 
 /// The function a JIT-compiled kernel calls to run a task on the thread pool:
@@ -175,6 +179,7 @@ impl<'k, 'f> Kernel<'k, 'f> {
             parallel_min_work: PARALLEL_MIN_WORK,
             functions: Vec::new(),
             winograd: true,
+            chain: None,
         }
     }
 
@@ -533,6 +538,9 @@ fn conv(k: &mut Kernel) -> Result<(), String> {
 /// Emits the kernel of one node.
 pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
     use OpKind::*;
+    if let Some(chain) = k.chain {
+        return fused::emit(k, chain);
+    }
     // Weight-only weights stay 4- or 8-bit in the form that unpacks them at run time;
     // every other form reads their f32 value.
     if k.inputs.iter().flatten().any(|o| o.blocks.is_some()) {

@@ -71,6 +71,10 @@ pub(crate) struct BenchArgs {
     /// 8-bit unpacked per block at run time (faster at small batches, 4–8× the memory).
     #[arg(long)]
     weight_only_f32: bool,
+    /// One kernel per node even for chains of f32 elementwise nodes (fused into one loop by
+    /// default): to measure what fusion saves.
+    #[arg(long)]
+    no_fusion: bool,
     /// Time every kernel (timers compiled into the entry function) and print where the
     /// time goes: per kernel and per kernel form, with GMAC/s (JIT only).
     #[arg(long)]
@@ -116,6 +120,7 @@ pub(crate) fn exec(args: &BenchArgs) -> Result<()> {
         max_vector_bits: args.max_vector_bits,
         no_winograd: args.no_winograd,
         weight_only_f32: args.weight_only_f32,
+        no_fusion: args.no_fusion,
         ..Default::default()
     };
     let graph = load_model(&args.model, &args.load)?;
