@@ -259,7 +259,7 @@ pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
             return a.assemble(0).map_err(e);
         }
     };
-    let mut k = Constants::new(&mut a, q);
+    let mut k = Constants::new(&mut a, q, sixteen);
     let (bias, m, half, t) = (ymm12, ymm13, ymm14, ymm15);
     for r in 0..tile.rows {
         let record = (r * 32) as i32;
@@ -309,11 +309,20 @@ pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
 /// stride 2 those are the taps `(kx, kx + 1)` of eight consecutive outputs; at stride 1 of
 /// every other output, so a vector at `offset` and one at `offset + 1` together make
 /// sixteen consecutive outputs (`interleave`).
+///
+/// With VNNI at column stride 1 the taps come in quads instead (`quads`, weights that fit
+/// i8): lane `j` of a vector takes columns `j..j + 4` of the 16 bytes at `x + offset +
+/// pairs[i]`, made by one 16-byte broadcast (`vbroadcasti128`, a load) and one in-lane
+/// byte shuffle, then one `vpdpbusd` against the i8 quad at `w + 4i`: a 3-tap kernel row
+/// is one product of eight outputs instead of two `vpmaddwd` and their two widenings.
 #[derive(Clone, Debug)]
 pub(crate) struct DepthwisePlane {
-    /// Byte offset of each tap pair's columns from a vector's address; pair `i`'s weights
-    /// are the i16 pair at `w + 4i`.
+    /// Byte offset of each tap pair's (or quad's) columns from a vector's address; pair
+    /// `i`'s weights are the i16 pair (or i8 quad) at `w + 4i`.
     pub pairs: Vec<i32>,
+    /// Tap quads of eight consecutive outputs on `vpdpbusd` (see above); needs VNNI and no
+    /// `interleave`.
+    pub quads: bool,
     /// Per iteration: groups of vectors, each (activation offset, output offset) in bytes.
     pub groups: Vec<Vec<(i32, i32)>>,
     /// The vectors of each group come in (even outputs, odd outputs) pairs whose sixteen
@@ -346,16 +355,21 @@ pub(crate) fn depthwise_plane(plane: &DepthwisePlane, isa: Isa) -> Result<Vec<u8
         || plane.groups.iter().any(|g| {
             g.is_empty() || g.len() > DEPTHWISE_VECTORS || (plane.interleave && g.len() % 2 == 1)
         })
+        || (plane.quads && (plane.interleave || !isa.has_quads()))
     {
         return Err("depthwise micro-kernel shape out of range".into());
     }
     let ymm = [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7];
     let (b, p, bias, m, half, t, xv) = (ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14);
+    let spread = ymm15;
     let mut a = CodeAssembler::new(64).map_err(e)?;
     a.set_prefer_vex(true);
-    let mut k = Constants::new(&mut a, plane.store);
-    let mut zip = a.create_label();
+    let mut k = Constants::new(&mut a, plane.store, false);
+    let (mut zip, mut quad_order) = (a.create_label(), a.create_label());
     load_record(&mut a, rcx + 0, bias, m, half)?;
+    if plane.quads {
+        a.vmovdqu(spread, ymmword_ptr(quad_order)).map_err(e)?;
+    }
     a.mov(r9, plane.iterations as u64).map_err(e)?;
     let mut top = a.create_label();
     a.set_label(&mut top).map_err(e)?;
@@ -367,8 +381,18 @@ pub(crate) fn depthwise_plane(plane: &DepthwisePlane, isa: Isa) -> Result<Vec<u8
             a.vpbroadcastd(b, dword_ptr(rsi + 4 * i as i32))
                 .map_err(e)?;
             for (&y, &(x, _)) in ymm.iter().zip(group) {
-                a.vpmovzxbw(xv, xmmword_ptr(rdi + x + off)).map_err(e)?;
-                dot(&mut a, isa, Operands::Pairs, y, (b, xv), p)?;
+                if plane.quads {
+                    a.vbroadcasti128(xv, xmmword_ptr(rdi + x + off))
+                        .map_err(e)?;
+                    a.vpshufb(xv, xv, spread).map_err(e)?;
+                    let quads = Operands::Quads {
+                        unsigned_broadcast: false,
+                    };
+                    dot(&mut a, isa, quads, y, (b, xv), p)?;
+                } else {
+                    a.vpmovzxbw(xv, xmmword_ptr(rdi + x + off)).map_err(e)?;
+                    dot(&mut a, isa, Operands::Pairs, y, (b, xv), p)?;
+                }
             }
         }
         for &y in &ymm[..group.len()] {
@@ -384,9 +408,22 @@ pub(crate) fn depthwise_plane(plane: &DepthwisePlane, isa: Isa) -> Result<Vec<u8
                     .map_err(e)?;
             }
         } else {
-            for (v, (&y, &(_, out))) in ymm.iter().zip(group).enumerate() {
-                pack(&mut a, &k, plane.store.signed, y, y, t)?;
-                a.vmovq(qword_ptr(rdx + out), xmm_of(v)).map_err(e)?;
+            // Two vectors whose outputs follow each other share one pack and one store.
+            let mut v = 0;
+            while v < group.len() {
+                let out = group[v].1;
+                if group
+                    .get(v + 1)
+                    .is_some_and(|next| next.1 == out + LANES as i32)
+                {
+                    pack(&mut a, &k, plane.store.signed, ymm[v], ymm[v + 1], t)?;
+                    a.vmovdqu(xmmword_ptr(rdx + out), xmm_of(v)).map_err(e)?;
+                    v += 2;
+                } else {
+                    pack(&mut a, &k, plane.store.signed, ymm[v], ymm[v], t)?;
+                    a.vmovq(qword_ptr(rdx + out), xmm_of(v)).map_err(e)?;
+                    v += 1;
+                }
             }
         }
     }
@@ -401,6 +438,13 @@ pub(crate) fn depthwise_plane(plane: &DepthwisePlane, isa: Isa) -> Result<Vec<u8
     a.set_label(&mut zip).map_err(e)?;
     let order: Vec<u8> = (0..8).flat_map(|i| [i, i + 8]).collect();
     a.db(&order).map_err(e)?;
+    // Lane j of each 128-bit half (outputs 4h + j) takes bytes 4h + j .. 4h + j + 4 of the
+    // 16 broadcast bytes.
+    a.set_label(&mut quad_order).map_err(e)?;
+    let spread: Vec<u8> = (0..8u8)
+        .flat_map(|lane| (0..4).map(move |t| lane + t))
+        .collect();
+    a.db(&spread).map_err(e)?;
     a.assemble(0).map_err(e)
 }
 
@@ -444,21 +488,29 @@ struct Constants {
     order: CodeLabel,
     /// A zero point of 0 is not added.
     add_zp: bool,
-    /// Bounds that are the result type's whole range are not applied: [`pack`]'s
-    /// saturating packs (i32 → i16 → 8 bits) clamp to exactly that range.
-    clamp: bool,
+    /// A bound that is the result type's own (low or high) end is not applied: [`pack`]'s
+    /// saturating packs (i32 → i16 → 8 bits) clamp to exactly that range. ReLU's u8 results
+    /// with zero point 0 keep only the high bound.
+    clamp_lo: bool,
+    clamp_hi: bool,
 }
 
 impl Constants {
-    fn new(a: &mut CodeAssembler, q: Requantize) -> Constants {
-        let whole = if q.signed { (-128, 127) } else { (0, 255) };
+    /// The constants of requantizing to `q`'s bytes, or to i16 when `sixteen`.
+    fn new(a: &mut CodeAssembler, q: Requantize, sixteen: bool) -> Constants {
+        let whole = match (sixteen, q.signed) {
+            (true, _) => (-32768, 32767),
+            (false, true) => (-128, 127),
+            (false, false) => (0, 255),
+        };
         Constants {
             zp: a.create_label(),
             lo: a.create_label(),
             hi: a.create_label(),
             order: a.create_label(),
             add_zp: q.zero_point != 0,
-            clamp: q.bounds != whole,
+            clamp_lo: q.bounds.0 > whole.0,
+            clamp_hi: q.bounds.1 < whole.1,
         }
     }
 
@@ -468,8 +520,10 @@ impl Constants {
         if self.add_zp {
             a.vpaddd(y, y, ymmword_ptr(self.zp)).map_err(e)?;
         }
-        if self.clamp {
+        if self.clamp_lo {
             a.vpmaxsd(y, y, ymmword_ptr(self.lo)).map_err(e)?;
+        }
+        if self.clamp_hi {
             a.vpminsd(y, y, ymmword_ptr(self.hi)).map_err(e)?;
         }
         Ok(())
@@ -728,6 +782,7 @@ mod tests {
     fn depthwise_planes_widen_the_u8_plane_and_interleave_stride_one_pairs() {
         let plane = |groups: Vec<Vec<(i32, i32)>>, interleave| DepthwisePlane {
             pairs: vec![0, 2, 40],
+            quads: false,
             groups,
             interleave,
             x_stride: 64,
@@ -767,6 +822,57 @@ mod tests {
         );
         // An interleaved group needs whole pairs of vectors.
         assert!(depthwise_plane(&plane(vec![vec![(0, 0)]], true), Isa::Avx2).is_err());
+    }
+
+    #[test]
+    fn depthwise_quads_spread_sixteen_bytes_into_vpdpbusd_operands() {
+        let plane = |groups: Vec<Vec<(i32, i32)>>, quads, interleave| DepthwisePlane {
+            pairs: vec![0, 40, 80],
+            quads,
+            groups,
+            interleave,
+            x_stride: 64,
+            out_stride: 64,
+            iterations: 1,
+            store: Requantize {
+                zero_point: 0,
+                bounds: (0, 200),
+                signed: false,
+                plane: 0,
+                per_lane: false,
+            },
+        };
+        // Three vectors: the first two store their sixteen results together, the third
+        // (not contiguous) its own eight.
+        let vectors = vec![(0, 0), (8, 8), (30, 30)];
+        let code = disassemble(
+            &depthwise_plane(&plane(vec![vectors.clone()], true, false), Isa::Avx512Vnni).unwrap(),
+        );
+        let count = |prefix: &str| code.iter().filter(|i| i.starts_with(prefix)).count();
+        assert_eq!(count("vbroadcasti128"), 9, "{code:#?}");
+        assert_eq!(count("vpshufb"), 9, "{code:#?}");
+        assert_eq!(count("vpdpbusd"), 9, "{code:#?}");
+        assert_eq!(count("vpmovzxbw") + count("vpdpwssd"), 0, "{code:#?}");
+        assert!(
+            code.iter().any(|i| i == "vpdpbusd ymm2,ymm14,ymm8"),
+            "{code:#?}"
+        );
+        assert!(
+            code.iter().any(|i| i == "vbroadcasti128 ymm14,[rdi+58h]"),
+            "{code:#?}"
+        );
+        assert!(code.iter().any(|i| i == "vmovdqu [rdx],xmm0"), "{code:#?}");
+        assert!(
+            code.iter().any(|i| i == "vmovq [rdx+1Eh],xmm2"),
+            "{code:#?}"
+        );
+        // Bounds (0, 200) of u8: only the high one is applied.
+        assert_eq!(count("vpminsd"), 3, "{code:#?}");
+        assert_eq!(count("vpmaxsd"), 0, "{code:#?}");
+        // Quads need VNNI and eight consecutive outputs a vector.
+        assert!(depthwise_plane(&plane(vec![vectors.clone()], true, false), Isa::Avx2).is_err());
+        let pair = vec![(0, 0), (1, 0)];
+        assert!(depthwise_plane(&plane(vec![pair], true, true), Isa::AvxVnni).is_err());
     }
 
     #[test]
