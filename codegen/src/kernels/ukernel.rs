@@ -39,6 +39,20 @@ pub(crate) const VECTORS: usize = 2;
 /// weight pair and a product fill the 16 ymm registers.
 pub(crate) const MAX_ROWS: usize = 6;
 
+/// Most output channels per tile with AVX-512 ([`Isa::Avx512Vnni`]): 8 × 2 accumulators
+/// fill ymm0–15 and the operands move to ymm16–19 (EVEX only). Eight rows read a tile's
+/// activations once per eight channels instead of six, and a batch of eight rows of a
+/// matrix product streams the weights once instead of twice (six, then two).
+pub(crate) const WIDE_ROWS: usize = 8;
+
+/// Most rows of a [`pair_tile`] on `isa`.
+pub(crate) fn max_rows(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512Vnni => WIDE_ROWS,
+        _ => MAX_ROWS,
+    }
+}
+
 /// Which instructions a micro-kernel may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Isa {
@@ -76,7 +90,7 @@ pub(crate) enum Operands {
 /// The shape of one micro-kernel: its tile and the byte offsets of its steps.
 #[derive(Clone, Debug)]
 pub(crate) struct PairTile {
-    /// Output channels (1..=[`MAX_ROWS`]).
+    /// Output channels (1..=[`max_rows`]).
     pub rows: usize,
     /// Byte offset of each step's activations from the vector's address.
     pub offsets: Vec<i32>,
@@ -193,7 +207,8 @@ impl LaneTable {
 /// and saturating packs (exact on clamped values) to bytes.
 pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
     let e = |e: IcedError| e.to_string();
-    if !(1..=MAX_ROWS).contains(&tile.rows) || tile.offsets.is_empty() || tile.iterations == 0 {
+    if !(1..=max_rows(isa)).contains(&tile.rows) || tile.offsets.is_empty() || tile.iterations == 0
+    {
         return Err(format!(
             "micro-kernel tile out of range: {} rows, {} steps",
             tile.rows,
@@ -205,7 +220,12 @@ pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
         ymm14, ymm15,
     ];
     let acc = |r: usize, v: usize| ymm[r * VECTORS + v];
-    let (x, b, p) = ([ymm12, ymm13], ymm14, ymm15);
+    // More than six rows: the operands in ymm16–19, EVEX-encoded (no VEX form reaches them).
+    let high = tile.rows > MAX_ROWS;
+    let (x, b, p) = match high {
+        false => ([ymm12, ymm13], ymm14, ymm15),
+        true => ([ymm16, ymm17], ymm18, ymm19),
+    };
     let mut a = CodeAssembler::new(64).map_err(e)?;
     a.set_prefer_vex(true);
     for r in 0..tile.rows {
@@ -218,14 +238,22 @@ pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
     a.set_label(&mut top).map_err(e)?;
     let rows = tile.rows as i32;
     for (s, &off) in tile.offsets.iter().enumerate() {
-        a.vmovdqu(x[0], ymmword_ptr(rdi + off)).map_err(e)?;
-        a.vmovdqu(x[1], ymmword_ptr(rsi + off)).map_err(e)?;
+        a.set_prefer_vex(!high);
+        for (xv, base) in x.into_iter().zip([rdi, rsi]) {
+            match high {
+                false => a.vmovdqu(xv, ymmword_ptr(base + off)),
+                true => a.vmovdqu32(xv, ymmword_ptr(base + off)),
+            }
+            .map_err(e)?;
+        }
         for r in 0..tile.rows {
             let at = match tile.row_stride {
                 None => (s as i32 * rows + r as i32) * 4,
                 Some(stride) => r as i32 * stride + s as i32 * 4,
             };
+            a.set_prefer_vex(!high);
             a.vpbroadcastd(b, dword_ptr(rdx + at)).map_err(e)?;
+            a.set_prefer_vex(true);
             for (v, &xv) in x.iter().enumerate() {
                 dot(&mut a, isa, tile.operands, acc(r, v), (b, xv), p)?;
             }
@@ -261,19 +289,42 @@ pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
     };
     let mut k = Constants::new(&mut a, q, sixteen);
     let (bias, m, half, t) = (ymm12, ymm13, ymm14, ymm15);
+    // Rows past six sit in the requantization's temporaries (ymm12–15): they wait in
+    // ymm20–23 and come back to the registers of rows 0 and 1 once those are stored.
+    let parked = [ymm20, ymm21, ymm22, ymm23];
+    let spill = tile.rows.saturating_sub(MAX_ROWS) * VECTORS;
+    let moves = |a: &mut CodeAssembler, back: bool| -> Result<(), String> {
+        a.set_prefer_vex(false);
+        for i in 0..spill {
+            let (low, far) = (ymm[i + usize::from(!back) * MAX_ROWS * VECTORS], parked[i]);
+            match back {
+                false => a.vmovdqa32(far, low),
+                true => a.vmovdqa32(low, far),
+            }
+            .map_err(e)?;
+        }
+        a.set_prefer_vex(true);
+        Ok(())
+    };
+    moves(&mut a, false)?;
+    // The register of row r's vector v during the requantization.
+    let reg = |r: usize, v: usize| (r % MAX_ROWS) * VECTORS + v;
     for r in 0..tile.rows {
+        if r == MAX_ROWS {
+            moves(&mut a, true)?;
+        }
         let record = (r * 32) as i32;
         if q.per_lane {
             for v in 0..VECTORS {
-                requantize_lanes(&mut a, &k, acc(r, v), (bias, m, t), v)?;
+                requantize_lanes(&mut a, &k, ymm[reg(r, v)], (bias, m, t), v)?;
             }
         } else {
             load_record(&mut a, r8 + record, bias, m, half)?;
             for v in 0..VECTORS {
-                requantize(&mut a, &k, acc(r, v), t, (bias, m, half), r8 + record)?;
+                requantize(&mut a, &k, ymm[reg(r, v)], t, (bias, m, half), r8 + record)?;
             }
         }
-        let (y0, y1) = (acc(r, 0), acc(r, 1));
+        let (y0, y1) = (ymm[reg(r, 0)], ymm[reg(r, 1)]);
         let out = q
             .plane
             .checked_mul(r as i32)
@@ -289,9 +340,9 @@ pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
         // [v0 lanes 0-3, v1 0-3 | v0 4-7, v1 4-7] as i16, then bytes, then v0's eight and
         // v1's eight in the low 16 bytes.
         pack(&mut a, &k, q.signed, y0, y1, t)?;
-        a.vmovq(qword_ptr(rcx + out), xmm_of(r * VECTORS))
+        a.vmovq(qword_ptr(rcx + out), xmm_of(reg(r, 0)))
             .map_err(e)?;
-        a.vpextrq(qword_ptr(rcx + out + 8), xmm_of(r * VECTORS), 1)
+        a.vpextrq(qword_ptr(rcx + out + 8), xmm_of(reg(r, 0)), 1)
             .map_err(e)?;
     }
     a.vzeroupper().map_err(e)?;
@@ -907,6 +958,60 @@ mod tests {
         ] {
             assert!(code.iter().any(|i| i == store), "{store}: {code:#?}");
         }
+    }
+
+    #[test]
+    fn eight_row_tiles_take_the_high_registers_with_avx512_only() {
+        let store = Requantize {
+            zero_point: 7,
+            bounds: (0, 255),
+            signed: false,
+            plane: 64,
+            per_lane: false,
+        };
+        let tile = |rows| PairTile {
+            rows,
+            offsets: vec![0, 256],
+            x_stride: 512,
+            iterations: 2,
+            store: Store::Requantize(store),
+            row_stride: None,
+            operands: Operands::Quads {
+                unsigned_broadcast: false,
+            },
+        };
+        let code = disassemble(&pair_tile(&tile(WIDE_ROWS), Isa::Avx512Vnni).unwrap());
+        let count = |prefix: &str| code.iter().filter(|i| i.starts_with(prefix)).count();
+        // Two steps × eight rows × two vectors, the activations in ymm16/17 and the
+        // broadcast weights in ymm18.
+        assert_eq!(count("vpdpbusd"), 2 * WIDE_ROWS * 2, "{code:#?}");
+        assert!(
+            code.iter().any(|i| i == "vpdpbusd ymm15,ymm17,ymm18"),
+            "{code:#?}"
+        );
+        assert!(
+            code.iter().any(|i| i == "vmovdqu32 ymm16,[rdi+100h]"),
+            "{code:#?}"
+        );
+        assert!(
+            code.iter().any(|i| i == "vpbroadcastd ymm18,[rdx+1Ch]"),
+            "{code:#?}"
+        );
+        // Rows 6 and 7 wait in ymm20–23 while rows 0–5 are requantized, then come back.
+        for mv in ["vmovdqa32 ymm20,ymm12", "vmovdqa32 ymm3,ymm23"] {
+            assert!(code.iter().any(|i| i == mv), "{mv}: {code:#?}");
+        }
+        assert_eq!(count("vpmuldq"), 2 * WIDE_ROWS * 2, "{code:#?}");
+        // Row 7's results leave from ymm2 (row 1's register) to plane 7.
+        assert!(
+            code.iter().any(|i| i == "vmovq [rcx+1C0h],xmm2"),
+            "{code:#?}"
+        );
+        // Six rows keep VEX registers; AVX2 and AVX-VNNI have no eight-row tile.
+        let six = disassemble(&pair_tile(&tile(MAX_ROWS), Isa::Avx512Vnni).unwrap());
+        assert!(six.iter().all(|i| !i.contains("ymm16")), "{six:#?}");
+        assert!(pair_tile(&tile(WIDE_ROWS), Isa::AvxVnni).is_err());
+        assert!(pair_tile(&tile(WIDE_ROWS + 1), Isa::Avx512Vnni).is_err());
     }
 
     #[test]
