@@ -163,6 +163,9 @@ fn cases() -> Vec<Case> {
         case(5, 5, (6, 37), (3, 3), (2, 1), 5),
         case(7, 7, (5, 20), (2, 9), (1, 1), 7),
         case(6, 6, (8, 8), (3, 4), (1, 1), 6),
+        // Stride-2 quads (AVX-512 VBMI): MobileNetV2's 112-wide rows, a 7×7 plane.
+        case(5, 5, (9, 112), (3, 3), (2, 2), 5),
+        case(11, 11, (7, 7), (3, 3), (2, 2), 11),
         // im2col: 5-wide kernels, and 1×1 convolutions with strides or groups.
         case(3, 4, (7, 9), (3, 5), (1, 1), 1),
         case(4, 6, (5, 5), (1, 1), (2, 2), 1),
@@ -346,8 +349,11 @@ fn every_convolution_form_agrees_with_the_interpreter() {
                 let wide_depthwise = k.strides.1 <= 2
                     && opts.max_vector_bits.is_none()
                     && std::arch::is_x86_feature_detected!("avx2");
-                // With VNNI, column stride 1 takes tap quads (the weights here fit i8).
-                let depthwise_quads = wide_depthwise && quads_allowed && k.strides.1 == 1;
+                // With VNNI, column stride 1 takes tap quads (the weights here fit i8), and
+                // so does stride 2 where AVX-512 VBMI permutes bytes across the vector.
+                let vbmi = std::arch::is_x86_feature_detected!("avx512vbmi")
+                    && std::arch::is_x86_feature_detected!("avx512vl");
+                let depthwise_quads = wide_depthwise && quads_allowed && (k.strides.1 == 1 || vbmi);
                 vnni_depthwise += usize::from(depthwise && depthwise_quads);
                 let direct = p.program().steps[0].form
                     == match (wide_depthwise, depthwise_quads) {

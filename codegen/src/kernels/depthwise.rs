@@ -152,11 +152,11 @@ impl Walk {
         self.out_row == g.ow && self.out_bytes == g.oh * g.ow
     }
 
-    /// One past the last byte of the padded plane any vector reads (16 bytes from its
-    /// farthest tap pair).
-    fn last_read(&self, pair_reach: usize) -> usize {
+    /// One past the last byte of the padded plane any vector reads (`load` bytes from its
+    /// farthest tap group).
+    fn last_read(&self, pair_reach: usize, load: usize) -> usize {
         let last = self.vectors.iter().map(|&(x, _)| x).max().unwrap_or(0);
-        (self.iterations - 1) * self.x_stride + last + pair_reach + 16
+        (self.iterations - 1) * self.x_stride + last + pair_reach + load
     }
 }
 
@@ -178,9 +178,12 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let Some(records) = ChannelTable::bytes(&rq, &packed.folded) else {
         return Ok(false);
     };
-    // VNNI at column stride 1, weights that fit i8: taps in quads of eight consecutive
-    // outputs; else pairs (interleaved even and odd outputs at column stride 1).
-    let quads = isa.has_quads() && g.sw == 1 && packed.fits_i8();
+    // VNNI at column stride 1 (or 2 with AVX-512 VBMI's byte permutation), weights that fit
+    // i8: taps in quads of eight outputs; else pairs (interleaved even and odd outputs at
+    // column stride 1).
+    let stride_two = g.sw == 2 && k.target_has("has_avx512vbmi") && k.target_has("has_avx512vl");
+    let quads = isa.has_quads() && (g.sw == 1 || stride_two) && packed.fits_i8();
+    let stride_two = stride_two && quads;
     let width = if quads { 4 } else { 2 };
     let pairs = tap_groups(&g, width);
     let walk = Walk::of(&g, g.sw == 1 && !quads);
@@ -223,6 +226,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
             .map(<[_]>::to_vec)
             .collect(),
         quads,
+        stride_two,
         interleave: g.sw == 1 && !quads,
         x_stride: offset(walk.x_stride)?,
         out_stride: offset(walk.out_stride)?,
@@ -249,7 +253,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let reach = pairs.iter().map(pair_at).max().unwrap_or(0);
     let staging_at = padded
         .bytes()
-        .max(walk.last_read(reach))
+        .max(walk.last_read(reach, if stride_two { 32 } else { 16 }))
         .next_multiple_of(64);
     let part_bytes = (staging_at + if direct { 0 } else { walk.out_bytes }).next_multiple_of(64);
     let zx = zx as u8;

@@ -365,7 +365,10 @@ pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
 /// i8): lane `j` of a vector takes columns `j..j + 4` of the 16 bytes at `x + offset +
 /// pairs[i]`, made by one 16-byte broadcast (`vbroadcasti128`, a load) and one in-lane
 /// byte shuffle, then one `vpdpbusd` against the i8 quad at `w + 4i`: a 3-tap kernel row
-/// is one product of eight outputs instead of two `vpmaddwd` and their two widenings.
+/// is one product of eight outputs instead of two `vpmaddwd` and their two widenings. At
+/// column stride 2 (`stride_two`) lane `j` takes columns `2j..2j + 4` of the 32 bytes at
+/// the same address, one load and one cross-lane byte permutation (`vpermb`, AVX-512 VBMI:
+/// the caller checks the CPU has it).
 #[derive(Clone, Debug)]
 pub(crate) struct DepthwisePlane {
     /// Byte offset of each tap pair's (or quad's) columns from a vector's address; pair
@@ -374,6 +377,8 @@ pub(crate) struct DepthwisePlane {
     /// Tap quads of eight consecutive outputs on `vpdpbusd` (see above); needs VNNI and no
     /// `interleave`.
     pub quads: bool,
+    /// The quads are of outputs at column stride 2 (`vpermb`).
+    pub stride_two: bool,
     /// Per iteration: groups of vectors, each (activation offset, output offset) in bytes.
     pub groups: Vec<Vec<(i32, i32)>>,
     /// The vectors of each group come in (even outputs, odd outputs) pairs whose sixteen
@@ -407,6 +412,7 @@ pub(crate) fn depthwise_plane(plane: &DepthwisePlane, isa: Isa) -> Result<Vec<u8
             g.is_empty() || g.len() > DEPTHWISE_VECTORS || (plane.interleave && g.len() % 2 == 1)
         })
         || (plane.quads && (plane.interleave || !isa.has_quads()))
+        || (plane.stride_two && !plane.quads)
     {
         return Err("depthwise micro-kernel shape out of range".into());
     }
@@ -432,10 +438,18 @@ pub(crate) fn depthwise_plane(plane: &DepthwisePlane, isa: Isa) -> Result<Vec<u8
             a.vpbroadcastd(b, dword_ptr(rsi + 4 * i as i32))
                 .map_err(e)?;
             for (&y, &(x, _)) in ymm.iter().zip(group) {
-                if plane.quads {
+                if plane.stride_two {
+                    a.vmovdqu(xv, ymmword_ptr(rdi + x + off)).map_err(e)?;
+                    a.set_prefer_vex(false);
+                    a.vpermb(xv, spread, xv).map_err(e)?;
+                    a.set_prefer_vex(true);
+                }
+                if plane.quads && !plane.stride_two {
                     a.vbroadcasti128(xv, xmmword_ptr(rdi + x + off))
                         .map_err(e)?;
                     a.vpshufb(xv, xv, spread).map_err(e)?;
+                }
+                if plane.quads {
                     let quads = Operands::Quads {
                         unsigned_broadcast: false,
                     };
@@ -490,10 +504,11 @@ pub(crate) fn depthwise_plane(plane: &DepthwisePlane, isa: Isa) -> Result<Vec<u8
     let order: Vec<u8> = (0..8).flat_map(|i| [i, i + 8]).collect();
     a.db(&order).map_err(e)?;
     // Lane j of each 128-bit half (outputs 4h + j) takes bytes 4h + j .. 4h + j + 4 of the
-    // 16 broadcast bytes.
+    // 16 broadcast bytes; at column stride 2, lane j bytes 2j .. 2j + 4 of the 32 loaded.
     a.set_label(&mut quad_order).map_err(e)?;
+    let step = if plane.stride_two { 2 } else { 1 };
     let spread: Vec<u8> = (0..8u8)
-        .flat_map(|lane| (0..4).map(move |t| lane + t))
+        .flat_map(|lane| (0..4).map(move |t| step * lane + t))
         .collect();
     a.db(&spread).map_err(e)?;
     a.assemble(0).map_err(e)
@@ -834,6 +849,7 @@ mod tests {
         let plane = |groups: Vec<Vec<(i32, i32)>>, interleave| DepthwisePlane {
             pairs: vec![0, 2, 40],
             quads: false,
+            stride_two: false,
             groups,
             interleave,
             x_stride: 64,
@@ -880,6 +896,7 @@ mod tests {
         let plane = |groups: Vec<Vec<(i32, i32)>>, quads, interleave| DepthwisePlane {
             pairs: vec![0, 40, 80],
             quads,
+            stride_two: false,
             groups,
             interleave,
             x_stride: 64,
@@ -924,6 +941,31 @@ mod tests {
         assert!(depthwise_plane(&plane(vec![vectors.clone()], true, false), Isa::Avx2).is_err());
         let pair = vec![(0, 0), (1, 0)];
         assert!(depthwise_plane(&plane(vec![pair], true, true), Isa::AvxVnni).is_err());
+        // Column stride 2: one 32-byte load and one vpermb (EVEX) per quad and vector.
+        let two = DepthwisePlane {
+            stride_two: true,
+            ..plane(vec![vectors.clone()], true, false)
+        };
+        let code = depthwise_plane(&two, Isa::Avx512Vnni).unwrap();
+        assert_eq!(encodings(&code, "vpermb"), [true; 9]);
+        let code = disassemble(&code);
+        assert!(
+            code.iter().any(|i| i == "vpermb ymm14,ymm15,ymm14"),
+            "{code:#?}"
+        );
+        assert!(
+            code.iter().any(|i| i == "vmovdqu ymm14,[rdi+50h]"),
+            "{code:#?}"
+        );
+        assert!(
+            code.iter().all(|i| !i.starts_with("vbroadcasti128")),
+            "{code:#?}"
+        );
+        let pairs_two = DepthwisePlane {
+            quads: false,
+            ..two
+        };
+        assert!(depthwise_plane(&pairs_two, Isa::Avx512Vnni).is_err());
     }
 
     #[test]
