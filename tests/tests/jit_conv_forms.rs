@@ -154,6 +154,18 @@ fn cases() -> Vec<Case> {
         case(10, 10, (9, 20), (3, 3), (2, 1), 10),
         case(10, 10, (9, 21), (3, 3), (1, 2), 10),
         case(160, 160, (14, 14), (3, 3), (2, 2), 160),
+        // VNNI's tap quads (column stride 1): 14×14 and 7×7 planes with channel counts that
+        // are not a multiple of anything, rows of 112 (fourteen vectors, two groups), rows
+        // of 37 (a partial vector), a 9-wide kernel (three quads a row) and 4-wide (one).
+        case(19, 19, (14, 14), (3, 3), (1, 1), 19),
+        case(13, 13, (7, 7), (3, 3), (1, 1), 13),
+        case(3, 3, (4, 112), (3, 3), (1, 1), 3),
+        case(5, 5, (6, 37), (3, 3), (2, 1), 5),
+        case(7, 7, (5, 20), (2, 9), (1, 1), 7),
+        case(6, 6, (8, 8), (3, 4), (1, 1), 6),
+        // Stride-2 quads (AVX-512 VBMI): MobileNetV2's 112-wide rows, a 7×7 plane.
+        case(5, 5, (9, 112), (3, 3), (2, 2), 5),
+        case(11, 11, (7, 7), (3, 3), (2, 2), 11),
         // im2col: 5-wide kernels, and 1×1 convolutions with strides or groups.
         case(3, 4, (7, 9), (3, 5), (1, 1), 1),
         case(4, 6, (5, 5), (1, 1), (2, 2), 1),
@@ -275,6 +287,7 @@ fn every_convolution_form_agrees_with_the_interpreter() {
     }
     // Dense layers on VNNI's u8×i8 quads (weights that fit i8), on the paths that allow it.
     let mut vnni_layers = 0;
+    let mut vnni_depthwise = 0;
     if !std::arch::is_x86_feature_detected!("avx2") {
         eprintln!("skipped: this CPU lacks AVX2, so no 256-bit micro-kernel is run here");
     }
@@ -336,11 +349,17 @@ fn every_convolution_form_agrees_with_the_interpreter() {
                 let wide_depthwise = k.strides.1 <= 2
                     && opts.max_vector_bits.is_none()
                     && std::arch::is_x86_feature_detected!("avx2");
+                // With VNNI, column stride 1 takes tap quads (the weights here fit i8), and
+                // so does stride 2 where AVX-512 VBMI permutes bytes across the vector.
+                let vbmi = std::arch::is_x86_feature_detected!("avx512vbmi")
+                    && std::arch::is_x86_feature_detected!("avx512vl");
+                let depthwise_quads = wide_depthwise && quads_allowed && (k.strides.1 == 1 || vbmi);
+                vnni_depthwise += usize::from(depthwise && depthwise_quads);
                 let direct = p.program().steps[0].form
-                    == if wide_depthwise {
-                        "wide-depthwise"
-                    } else {
-                        "direct-depthwise"
+                    == match (wide_depthwise, depthwise_quads) {
+                        (true, true) => "wide-depthwise-vnni",
+                        (true, false) => "wide-depthwise",
+                        _ => "direct-depthwise",
                     };
                 let quads = form == "wide-direct-vnni";
                 vnni_layers += usize::from(quads);
@@ -388,6 +407,10 @@ fn every_convolution_form_agrees_with_the_interpreter() {
     assert!(
         vnni_layers > 0 || !qlift_tests::host::has_vnni(),
         "no layer took the VNNI quads"
+    );
+    assert!(
+        vnni_depthwise > 0 || !qlift_tests::host::has_vnni(),
+        "no depthwise layer took the VNNI tap quads"
     );
     assert!(
         failures.is_empty(),

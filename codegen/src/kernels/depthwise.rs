@@ -1,6 +1,9 @@
 //! Depthwise 2-D QConv (one input and one output channel per group) of any kernel size,
 //! row stride and row dilation, column stride 1 or 2, on wide-vector micro-kernels
-//! ([`ukernel::depthwise_plane`]): eight outputs per 256-bit vector, two taps per `vpmaddwd`.
+//! ([`ukernel::depthwise_plane`]): eight outputs per 256-bit vector, two taps per `vpmaddwd`
+//! (`wide-depthwise`), or with VNNI at column stride 1 and weights that fit i8, four taps
+//! of a kernel row per `vpdpbusd` (`wide-depthwise-vnni`: a 3 × 3 kernel is three products
+//! per vector instead of six, and no widening).
 //!
 //! Per sample, channel by channel (a run-time loop, so code size does not grow with the
 //! channel count; ranges of channels run on up to [`MAX_PARTS`] threads, each with its own
@@ -50,11 +53,11 @@ fn geometry(k: &Kernel) -> Result<Option<QConv2d>, String> {
     Ok(QConv2d::of(k)?.filter(|q| q.depthwise() && (1..=2).contains(&q.sw) && q.dw == 1))
 }
 
-/// The tap pairs, `(ky, kx)` with `kx` even: taps `kx` and `kx + 1` of kernel row `ky`
-/// (the second is a zero weight past the row's end).
-fn tap_pairs(g: &QConv2d) -> Vec<(usize, usize)> {
+/// The groups of `width` taps (2: pairs, 4: quads), `(ky, kx)` with `kx` a multiple of
+/// `width`: taps `kx..kx + width` of kernel row `ky` (zero weights past the row's end).
+fn tap_groups(g: &QConv2d, width: usize) -> Vec<(usize, usize)> {
     (0..g.kh)
-        .flat_map(|ky| (0..g.kw).step_by(2).map(move |kx| (ky, kx)))
+        .flat_map(|ky| (0..g.kw).step_by(width).map(move |kx| (ky, kx)))
         .collect()
 }
 
@@ -74,9 +77,8 @@ struct Walk {
 
 impl Walk {
     /// Row by row: `rows_per_iter` output rows per iteration, each rounded up to whole
-    /// vectors (pairs of vectors at column stride 1).
-    fn rows(g: &QConv2d) -> Walk {
-        let interleave = g.sw == 1;
+    /// vectors (pairs of vectors when they `interleave`: tap pairs at column stride 1).
+    fn rows(g: &QConv2d, interleave: bool) -> Walk {
         let unit = if interleave { 2 * LANES } else { LANES };
         let row = g.ow.next_multiple_of(unit);
         let rows_per_iter = (DEPTHWISE_VECTORS * LANES / row).max(1);
@@ -101,17 +103,22 @@ impl Walk {
 
     /// Along the padded plane as one row (stride 1 × 1 only): [`FLAT_RUN`] outputs per
     /// iteration, output rows `wp` apart.
-    fn flat(g: &QConv2d) -> Walk {
+    fn flat(g: &QConv2d, interleave: bool) -> Walk {
         let n = (g.oh - 1) * g.wp + g.ow;
         let iterations = n.div_ceil(FLAT_RUN);
-        let vectors = (0..FLAT_RUN / (2 * LANES))
-            .flat_map(|u| {
-                [
-                    (2 * LANES * u, 2 * LANES * u),
-                    (2 * LANES * u + 1, 2 * LANES * u),
-                ]
-            })
-            .collect();
+        let vectors = match interleave {
+            true => (0..FLAT_RUN / (2 * LANES))
+                .flat_map(|u| {
+                    [
+                        (2 * LANES * u, 2 * LANES * u),
+                        (2 * LANES * u + 1, 2 * LANES * u),
+                    ]
+                })
+                .collect(),
+            false => (0..FLAT_RUN / LANES)
+                .map(|u| (LANES * u, LANES * u))
+                .collect(),
+        };
         Walk {
             vectors,
             iterations,
@@ -124,10 +131,10 @@ impl Walk {
 
     /// The walk that computes fewer vectors (rows on a tie: their results may go straight
     /// to the output).
-    fn of(g: &QConv2d) -> Walk {
-        let rows = Walk::rows(g);
+    fn of(g: &QConv2d, interleave: bool) -> Walk {
+        let rows = Walk::rows(g, interleave);
         if g.sw == 1 && g.sh == 1 {
-            let flat = Walk::flat(g);
+            let flat = Walk::flat(g, interleave);
             if flat.computed() < rows.computed() {
                 return flat;
             }
@@ -145,11 +152,11 @@ impl Walk {
         self.out_row == g.ow && self.out_bytes == g.oh * g.ow
     }
 
-    /// One past the last byte of the padded plane any vector reads (16 bytes from its
-    /// farthest tap pair).
-    fn last_read(&self, pair_reach: usize) -> usize {
+    /// One past the last byte of the padded plane any vector reads (`load` bytes from its
+    /// farthest tap group).
+    fn last_read(&self, pair_reach: usize, load: usize) -> usize {
         let last = self.vectors.iter().map(|&(x, _)| x).max().unwrap_or(0);
-        (self.iterations - 1) * self.x_stride + last + pair_reach + 16
+        (self.iterations - 1) * self.x_stride + last + pair_reach + load
     }
 }
 
@@ -171,9 +178,17 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let Some(records) = ChannelTable::bytes(&rq, &packed.folded) else {
         return Ok(false);
     };
-    let pairs = tap_pairs(&g);
-    let walk = Walk::of(&g);
-    // Weights: per channel, each pair's two taps as i16 (0 past the row's last tap).
+    // VNNI at column stride 1 (or 2 with AVX-512 VBMI's byte permutation), weights that fit
+    // i8: taps in quads of eight outputs; else pairs (interleaved even and odd outputs at
+    // column stride 1).
+    let stride_two = g.sw == 2 && k.target_has("has_avx512vbmi") && k.target_has("has_avx512vl");
+    let quads = isa.has_quads() && (g.sw == 1 || stride_two) && packed.fits_i8();
+    let stride_two = stride_two && quads;
+    let width = if quads { 4 } else { 2 };
+    let pairs = tap_groups(&g, width);
+    let walk = Walk::of(&g, g.sw == 1 && !quads);
+    // Weights: per channel, each group's taps as i16 pairs or i8 quads (0 past the row's
+    // last tap).
     let tap = |c: usize, ky: usize, kx: usize| {
         if kx < g.kw {
             packed.rows[c][ky * g.kw + kx]
@@ -184,8 +199,11 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let mut weights = Vec::with_capacity(g.c * pairs.len() * PAIR);
     for c in 0..g.c {
         for &(ky, kx) in &pairs {
-            for t in [kx, kx + 1] {
-                weights.extend_from_slice(&tap(c, ky, t).to_le_bytes());
+            for t in kx..kx + width {
+                match quads {
+                    true => weights.push(tap(c, ky, t) as i8 as u8),
+                    false => weights.extend_from_slice(&tap(c, ky, t).to_le_bytes()),
+                }
             }
         }
     }
@@ -207,7 +225,9 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
             .chunks(DEPTHWISE_VECTORS)
             .map(<[_]>::to_vec)
             .collect(),
-        interleave: g.sw == 1,
+        quads,
+        stride_two,
+        interleave: g.sw == 1 && !quads,
         x_stride: offset(walk.x_stride)?,
         out_stride: offset(walk.out_stride)?,
         iterations: u32::try_from(walk.iterations).map_err(|e| e.to_string())?,
@@ -220,7 +240,11 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         },
     };
     let kernel = k.machine_code(&ukernel::depthwise_plane(&plane, isa)?, 4)?;
-    k.form = "wide-depthwise";
+    k.form = if quads {
+        "wide-depthwise-vnni"
+    } else {
+        "wide-depthwise"
+    };
     let wptr = k.data_object(weights, 64)?;
     let table = k.data_object(records, 64)?;
     // Scratch of one part (thread): its padded plane (with room for the micro-kernel's
@@ -229,7 +253,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let reach = pairs.iter().map(pair_at).max().unwrap_or(0);
     let staging_at = padded
         .bytes()
-        .max(walk.last_read(reach))
+        .max(walk.last_read(reach, if stride_two { 32 } else { 16 }))
         .next_multiple_of(64);
     let part_bytes = (staging_at + if direct { 0 } else { walk.out_bytes }).next_multiple_of(64);
     let zx = zx as u8;

@@ -39,6 +39,20 @@ pub(crate) const VECTORS: usize = 2;
 /// weight pair and a product fill the 16 ymm registers.
 pub(crate) const MAX_ROWS: usize = 6;
 
+/// Most output channels per tile with AVX-512 ([`Isa::Avx512Vnni`]): 8 × 2 accumulators
+/// fill ymm0–15 and the operands move to ymm16–19 (EVEX only). Eight rows read a tile's
+/// activations once per eight channels instead of six, and a batch of eight rows of a
+/// matrix product streams the weights once instead of twice (six, then two).
+pub(crate) const WIDE_ROWS: usize = 8;
+
+/// Most rows of a [`pair_tile`] on `isa`.
+pub(crate) fn max_rows(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512Vnni => WIDE_ROWS,
+        _ => MAX_ROWS,
+    }
+}
+
 /// Which instructions a micro-kernel may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Isa {
@@ -76,7 +90,7 @@ pub(crate) enum Operands {
 /// The shape of one micro-kernel: its tile and the byte offsets of its steps.
 #[derive(Clone, Debug)]
 pub(crate) struct PairTile {
-    /// Output channels (1..=[`MAX_ROWS`]).
+    /// Output channels (1..=[`max_rows`]).
     pub rows: usize,
     /// Byte offset of each step's activations from the vector's address.
     pub offsets: Vec<i32>,
@@ -193,7 +207,8 @@ impl LaneTable {
 /// and saturating packs (exact on clamped values) to bytes.
 pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
     let e = |e: IcedError| e.to_string();
-    if !(1..=MAX_ROWS).contains(&tile.rows) || tile.offsets.is_empty() || tile.iterations == 0 {
+    if !(1..=max_rows(isa)).contains(&tile.rows) || tile.offsets.is_empty() || tile.iterations == 0
+    {
         return Err(format!(
             "micro-kernel tile out of range: {} rows, {} steps",
             tile.rows,
@@ -205,7 +220,12 @@ pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
         ymm14, ymm15,
     ];
     let acc = |r: usize, v: usize| ymm[r * VECTORS + v];
-    let (x, b, p) = ([ymm12, ymm13], ymm14, ymm15);
+    // More than six rows: the operands in ymm16–19, EVEX-encoded (no VEX form reaches them).
+    let high = tile.rows > MAX_ROWS;
+    let (x, b, p) = match high {
+        false => ([ymm12, ymm13], ymm14, ymm15),
+        true => ([ymm16, ymm17], ymm18, ymm19),
+    };
     let mut a = CodeAssembler::new(64).map_err(e)?;
     a.set_prefer_vex(true);
     for r in 0..tile.rows {
@@ -218,14 +238,22 @@ pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
     a.set_label(&mut top).map_err(e)?;
     let rows = tile.rows as i32;
     for (s, &off) in tile.offsets.iter().enumerate() {
-        a.vmovdqu(x[0], ymmword_ptr(rdi + off)).map_err(e)?;
-        a.vmovdqu(x[1], ymmword_ptr(rsi + off)).map_err(e)?;
+        a.set_prefer_vex(!high);
+        for (xv, base) in x.into_iter().zip([rdi, rsi]) {
+            match high {
+                false => a.vmovdqu(xv, ymmword_ptr(base + off)),
+                true => a.vmovdqu32(xv, ymmword_ptr(base + off)),
+            }
+            .map_err(e)?;
+        }
         for r in 0..tile.rows {
             let at = match tile.row_stride {
                 None => (s as i32 * rows + r as i32) * 4,
                 Some(stride) => r as i32 * stride + s as i32 * 4,
             };
+            a.set_prefer_vex(!high);
             a.vpbroadcastd(b, dword_ptr(rdx + at)).map_err(e)?;
+            a.set_prefer_vex(true);
             for (v, &xv) in x.iter().enumerate() {
                 dot(&mut a, isa, tile.operands, acc(r, v), (b, xv), p)?;
             }
@@ -259,21 +287,44 @@ pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
             return a.assemble(0).map_err(e);
         }
     };
-    let mut k = Constants::new(&mut a, q);
+    let mut k = Constants::new(&mut a, q, sixteen);
     let (bias, m, half, t) = (ymm12, ymm13, ymm14, ymm15);
+    // Rows past six sit in the requantization's temporaries (ymm12–15): they wait in
+    // ymm20–23 and come back to the registers of rows 0 and 1 once those are stored.
+    let parked = [ymm20, ymm21, ymm22, ymm23];
+    let spill = tile.rows.saturating_sub(MAX_ROWS) * VECTORS;
+    let moves = |a: &mut CodeAssembler, back: bool| -> Result<(), String> {
+        a.set_prefer_vex(false);
+        for i in 0..spill {
+            let (low, far) = (ymm[i + usize::from(!back) * MAX_ROWS * VECTORS], parked[i]);
+            match back {
+                false => a.vmovdqa32(far, low),
+                true => a.vmovdqa32(low, far),
+            }
+            .map_err(e)?;
+        }
+        a.set_prefer_vex(true);
+        Ok(())
+    };
+    moves(&mut a, false)?;
+    // The register of row r's vector v during the requantization.
+    let reg = |r: usize, v: usize| (r % MAX_ROWS) * VECTORS + v;
     for r in 0..tile.rows {
+        if r == MAX_ROWS {
+            moves(&mut a, true)?;
+        }
         let record = (r * 32) as i32;
         if q.per_lane {
             for v in 0..VECTORS {
-                requantize_lanes(&mut a, &k, acc(r, v), (bias, m, t), v)?;
+                requantize_lanes(&mut a, &k, ymm[reg(r, v)], (bias, m, t), v)?;
             }
         } else {
             load_record(&mut a, r8 + record, bias, m, half)?;
             for v in 0..VECTORS {
-                requantize(&mut a, &k, acc(r, v), t, (bias, m, half), r8 + record)?;
+                requantize(&mut a, &k, ymm[reg(r, v)], t, (bias, m, half), r8 + record)?;
             }
         }
-        let (y0, y1) = (acc(r, 0), acc(r, 1));
+        let (y0, y1) = (ymm[reg(r, 0)], ymm[reg(r, 1)]);
         let out = q
             .plane
             .checked_mul(r as i32)
@@ -289,9 +340,9 @@ pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
         // [v0 lanes 0-3, v1 0-3 | v0 4-7, v1 4-7] as i16, then bytes, then v0's eight and
         // v1's eight in the low 16 bytes.
         pack(&mut a, &k, q.signed, y0, y1, t)?;
-        a.vmovq(qword_ptr(rcx + out), xmm_of(r * VECTORS))
+        a.vmovq(qword_ptr(rcx + out), xmm_of(reg(r, 0)))
             .map_err(e)?;
-        a.vpextrq(qword_ptr(rcx + out + 8), xmm_of(r * VECTORS), 1)
+        a.vpextrq(qword_ptr(rcx + out + 8), xmm_of(reg(r, 0)), 1)
             .map_err(e)?;
     }
     a.vzeroupper().map_err(e)?;
@@ -309,11 +360,25 @@ pub(crate) fn pair_tile(tile: &PairTile, isa: Isa) -> Result<Vec<u8>, String> {
 /// stride 2 those are the taps `(kx, kx + 1)` of eight consecutive outputs; at stride 1 of
 /// every other output, so a vector at `offset` and one at `offset + 1` together make
 /// sixteen consecutive outputs (`interleave`).
+///
+/// With VNNI at column stride 1 the taps come in quads instead (`quads`, weights that fit
+/// i8): lane `j` of a vector takes columns `j..j + 4` of the 16 bytes at `x + offset +
+/// pairs[i]`, made by one 16-byte broadcast (`vbroadcasti128`, a load) and one in-lane
+/// byte shuffle, then one `vpdpbusd` against the i8 quad at `w + 4i`: a 3-tap kernel row
+/// is one product of eight outputs instead of two `vpmaddwd` and their two widenings. At
+/// column stride 2 (`stride_two`) lane `j` takes columns `2j..2j + 4` of the 32 bytes at
+/// the same address, one load and one cross-lane byte permutation (`vpermb`, AVX-512 VBMI:
+/// the caller checks the CPU has it).
 #[derive(Clone, Debug)]
 pub(crate) struct DepthwisePlane {
-    /// Byte offset of each tap pair's columns from a vector's address; pair `i`'s weights
-    /// are the i16 pair at `w + 4i`.
+    /// Byte offset of each tap pair's (or quad's) columns from a vector's address; pair
+    /// `i`'s weights are the i16 pair (or i8 quad) at `w + 4i`.
     pub pairs: Vec<i32>,
+    /// Tap quads of eight consecutive outputs on `vpdpbusd` (see above); needs VNNI and no
+    /// `interleave`.
+    pub quads: bool,
+    /// The quads are of outputs at column stride 2 (`vpermb`).
+    pub stride_two: bool,
     /// Per iteration: groups of vectors, each (activation offset, output offset) in bytes.
     pub groups: Vec<Vec<(i32, i32)>>,
     /// The vectors of each group come in (even outputs, odd outputs) pairs whose sixteen
@@ -346,16 +411,22 @@ pub(crate) fn depthwise_plane(plane: &DepthwisePlane, isa: Isa) -> Result<Vec<u8
         || plane.groups.iter().any(|g| {
             g.is_empty() || g.len() > DEPTHWISE_VECTORS || (plane.interleave && g.len() % 2 == 1)
         })
+        || (plane.quads && (plane.interleave || !isa.has_quads()))
+        || (plane.stride_two && !plane.quads)
     {
         return Err("depthwise micro-kernel shape out of range".into());
     }
     let ymm = [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7];
     let (b, p, bias, m, half, t, xv) = (ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14);
+    let spread = ymm15;
     let mut a = CodeAssembler::new(64).map_err(e)?;
     a.set_prefer_vex(true);
-    let mut k = Constants::new(&mut a, plane.store);
-    let mut zip = a.create_label();
+    let mut k = Constants::new(&mut a, plane.store, false);
+    let (mut zip, mut quad_order) = (a.create_label(), a.create_label());
     load_record(&mut a, rcx + 0, bias, m, half)?;
+    if plane.quads {
+        a.vmovdqu(spread, ymmword_ptr(quad_order)).map_err(e)?;
+    }
     a.mov(r9, plane.iterations as u64).map_err(e)?;
     let mut top = a.create_label();
     a.set_label(&mut top).map_err(e)?;
@@ -367,8 +438,26 @@ pub(crate) fn depthwise_plane(plane: &DepthwisePlane, isa: Isa) -> Result<Vec<u8
             a.vpbroadcastd(b, dword_ptr(rsi + 4 * i as i32))
                 .map_err(e)?;
             for (&y, &(x, _)) in ymm.iter().zip(group) {
-                a.vpmovzxbw(xv, xmmword_ptr(rdi + x + off)).map_err(e)?;
-                dot(&mut a, isa, Operands::Pairs, y, (b, xv), p)?;
+                if plane.stride_two {
+                    a.vmovdqu(xv, ymmword_ptr(rdi + x + off)).map_err(e)?;
+                    a.set_prefer_vex(false);
+                    a.vpermb(xv, spread, xv).map_err(e)?;
+                    a.set_prefer_vex(true);
+                }
+                if plane.quads && !plane.stride_two {
+                    a.vbroadcasti128(xv, xmmword_ptr(rdi + x + off))
+                        .map_err(e)?;
+                    a.vpshufb(xv, xv, spread).map_err(e)?;
+                }
+                if plane.quads {
+                    let quads = Operands::Quads {
+                        unsigned_broadcast: false,
+                    };
+                    dot(&mut a, isa, quads, y, (b, xv), p)?;
+                } else {
+                    a.vpmovzxbw(xv, xmmword_ptr(rdi + x + off)).map_err(e)?;
+                    dot(&mut a, isa, Operands::Pairs, y, (b, xv), p)?;
+                }
             }
         }
         for &y in &ymm[..group.len()] {
@@ -384,9 +473,22 @@ pub(crate) fn depthwise_plane(plane: &DepthwisePlane, isa: Isa) -> Result<Vec<u8
                     .map_err(e)?;
             }
         } else {
-            for (v, (&y, &(_, out))) in ymm.iter().zip(group).enumerate() {
-                pack(&mut a, &k, plane.store.signed, y, y, t)?;
-                a.vmovq(qword_ptr(rdx + out), xmm_of(v)).map_err(e)?;
+            // Two vectors whose outputs follow each other share one pack and one store.
+            let mut v = 0;
+            while v < group.len() {
+                let out = group[v].1;
+                if group
+                    .get(v + 1)
+                    .is_some_and(|next| next.1 == out + LANES as i32)
+                {
+                    pack(&mut a, &k, plane.store.signed, ymm[v], ymm[v + 1], t)?;
+                    a.vmovdqu(xmmword_ptr(rdx + out), xmm_of(v)).map_err(e)?;
+                    v += 2;
+                } else {
+                    pack(&mut a, &k, plane.store.signed, ymm[v], ymm[v], t)?;
+                    a.vmovq(qword_ptr(rdx + out), xmm_of(v)).map_err(e)?;
+                    v += 1;
+                }
             }
         }
     }
@@ -401,6 +503,14 @@ pub(crate) fn depthwise_plane(plane: &DepthwisePlane, isa: Isa) -> Result<Vec<u8
     a.set_label(&mut zip).map_err(e)?;
     let order: Vec<u8> = (0..8).flat_map(|i| [i, i + 8]).collect();
     a.db(&order).map_err(e)?;
+    // Lane j of each 128-bit half (outputs 4h + j) takes bytes 4h + j .. 4h + j + 4 of the
+    // 16 broadcast bytes; at column stride 2, lane j bytes 2j .. 2j + 4 of the 32 loaded.
+    a.set_label(&mut quad_order).map_err(e)?;
+    let step = if plane.stride_two { 2 } else { 1 };
+    let spread: Vec<u8> = (0..8u8)
+        .flat_map(|lane| (0..4).map(move |t| step * lane + t))
+        .collect();
+    a.db(&spread).map_err(e)?;
     a.assemble(0).map_err(e)
 }
 
@@ -444,21 +554,29 @@ struct Constants {
     order: CodeLabel,
     /// A zero point of 0 is not added.
     add_zp: bool,
-    /// Bounds that are the result type's whole range are not applied: [`pack`]'s
-    /// saturating packs (i32 → i16 → 8 bits) clamp to exactly that range.
-    clamp: bool,
+    /// A bound that is the result type's own (low or high) end is not applied: [`pack`]'s
+    /// saturating packs (i32 → i16 → 8 bits) clamp to exactly that range. ReLU's u8 results
+    /// with zero point 0 keep only the high bound.
+    clamp_lo: bool,
+    clamp_hi: bool,
 }
 
 impl Constants {
-    fn new(a: &mut CodeAssembler, q: Requantize) -> Constants {
-        let whole = if q.signed { (-128, 127) } else { (0, 255) };
+    /// The constants of requantizing to `q`'s bytes, or to i16 when `sixteen`.
+    fn new(a: &mut CodeAssembler, q: Requantize, sixteen: bool) -> Constants {
+        let whole = match (sixteen, q.signed) {
+            (true, _) => (-32768, 32767),
+            (false, true) => (-128, 127),
+            (false, false) => (0, 255),
+        };
         Constants {
             zp: a.create_label(),
             lo: a.create_label(),
             hi: a.create_label(),
             order: a.create_label(),
             add_zp: q.zero_point != 0,
-            clamp: q.bounds != whole,
+            clamp_lo: q.bounds.0 > whole.0,
+            clamp_hi: q.bounds.1 < whole.1,
         }
     }
 
@@ -468,8 +586,10 @@ impl Constants {
         if self.add_zp {
             a.vpaddd(y, y, ymmword_ptr(self.zp)).map_err(e)?;
         }
-        if self.clamp {
+        if self.clamp_lo {
             a.vpmaxsd(y, y, ymmword_ptr(self.lo)).map_err(e)?;
+        }
+        if self.clamp_hi {
             a.vpminsd(y, y, ymmword_ptr(self.hi)).map_err(e)?;
         }
         Ok(())
@@ -728,6 +848,8 @@ mod tests {
     fn depthwise_planes_widen_the_u8_plane_and_interleave_stride_one_pairs() {
         let plane = |groups: Vec<Vec<(i32, i32)>>, interleave| DepthwisePlane {
             pairs: vec![0, 2, 40],
+            quads: false,
+            stride_two: false,
             groups,
             interleave,
             x_stride: 64,
@@ -770,6 +892,83 @@ mod tests {
     }
 
     #[test]
+    fn depthwise_quads_spread_sixteen_bytes_into_vpdpbusd_operands() {
+        let plane = |groups: Vec<Vec<(i32, i32)>>, quads, interleave| DepthwisePlane {
+            pairs: vec![0, 40, 80],
+            quads,
+            stride_two: false,
+            groups,
+            interleave,
+            x_stride: 64,
+            out_stride: 64,
+            iterations: 1,
+            store: Requantize {
+                zero_point: 0,
+                bounds: (0, 200),
+                signed: false,
+                plane: 0,
+                per_lane: false,
+            },
+        };
+        // Three vectors: the first two store their sixteen results together, the third
+        // (not contiguous) its own eight.
+        let vectors = vec![(0, 0), (8, 8), (30, 30)];
+        let code = disassemble(
+            &depthwise_plane(&plane(vec![vectors.clone()], true, false), Isa::Avx512Vnni).unwrap(),
+        );
+        let count = |prefix: &str| code.iter().filter(|i| i.starts_with(prefix)).count();
+        assert_eq!(count("vbroadcasti128"), 9, "{code:#?}");
+        assert_eq!(count("vpshufb"), 9, "{code:#?}");
+        assert_eq!(count("vpdpbusd"), 9, "{code:#?}");
+        assert_eq!(count("vpmovzxbw") + count("vpdpwssd"), 0, "{code:#?}");
+        assert!(
+            code.iter().any(|i| i == "vpdpbusd ymm2,ymm14,ymm8"),
+            "{code:#?}"
+        );
+        assert!(
+            code.iter().any(|i| i == "vbroadcasti128 ymm14,[rdi+58h]"),
+            "{code:#?}"
+        );
+        assert!(code.iter().any(|i| i == "vmovdqu [rdx],xmm0"), "{code:#?}");
+        assert!(
+            code.iter().any(|i| i == "vmovq [rdx+1Eh],xmm2"),
+            "{code:#?}"
+        );
+        // Bounds (0, 200) of u8: only the high one is applied.
+        assert_eq!(count("vpminsd"), 3, "{code:#?}");
+        assert_eq!(count("vpmaxsd"), 0, "{code:#?}");
+        // Quads need VNNI and eight consecutive outputs a vector.
+        assert!(depthwise_plane(&plane(vec![vectors.clone()], true, false), Isa::Avx2).is_err());
+        let pair = vec![(0, 0), (1, 0)];
+        assert!(depthwise_plane(&plane(vec![pair], true, true), Isa::AvxVnni).is_err());
+        // Column stride 2: one 32-byte load and one vpermb (EVEX) per quad and vector.
+        let two = DepthwisePlane {
+            stride_two: true,
+            ..plane(vec![vectors.clone()], true, false)
+        };
+        let code = depthwise_plane(&two, Isa::Avx512Vnni).unwrap();
+        assert_eq!(encodings(&code, "vpermb"), [true; 9]);
+        let code = disassemble(&code);
+        assert!(
+            code.iter().any(|i| i == "vpermb ymm14,ymm15,ymm14"),
+            "{code:#?}"
+        );
+        assert!(
+            code.iter().any(|i| i == "vmovdqu ymm14,[rdi+50h]"),
+            "{code:#?}"
+        );
+        assert!(
+            code.iter().all(|i| !i.starts_with("vbroadcasti128")),
+            "{code:#?}"
+        );
+        let pairs_two = DepthwisePlane {
+            quads: false,
+            ..two
+        };
+        assert!(depthwise_plane(&pairs_two, Isa::Avx512Vnni).is_err());
+    }
+
+    #[test]
     fn i16_stores_pack_each_row_to_sixteen_words() {
         let q = Requantize {
             zero_point: -5,
@@ -801,6 +1000,60 @@ mod tests {
         ] {
             assert!(code.iter().any(|i| i == store), "{store}: {code:#?}");
         }
+    }
+
+    #[test]
+    fn eight_row_tiles_take_the_high_registers_with_avx512_only() {
+        let store = Requantize {
+            zero_point: 7,
+            bounds: (0, 255),
+            signed: false,
+            plane: 64,
+            per_lane: false,
+        };
+        let tile = |rows| PairTile {
+            rows,
+            offsets: vec![0, 256],
+            x_stride: 512,
+            iterations: 2,
+            store: Store::Requantize(store),
+            row_stride: None,
+            operands: Operands::Quads {
+                unsigned_broadcast: false,
+            },
+        };
+        let code = disassemble(&pair_tile(&tile(WIDE_ROWS), Isa::Avx512Vnni).unwrap());
+        let count = |prefix: &str| code.iter().filter(|i| i.starts_with(prefix)).count();
+        // Two steps × eight rows × two vectors, the activations in ymm16/17 and the
+        // broadcast weights in ymm18.
+        assert_eq!(count("vpdpbusd"), 2 * WIDE_ROWS * 2, "{code:#?}");
+        assert!(
+            code.iter().any(|i| i == "vpdpbusd ymm15,ymm17,ymm18"),
+            "{code:#?}"
+        );
+        assert!(
+            code.iter().any(|i| i == "vmovdqu32 ymm16,[rdi+100h]"),
+            "{code:#?}"
+        );
+        assert!(
+            code.iter().any(|i| i == "vpbroadcastd ymm18,[rdx+1Ch]"),
+            "{code:#?}"
+        );
+        // Rows 6 and 7 wait in ymm20–23 while rows 0–5 are requantized, then come back.
+        for mv in ["vmovdqa32 ymm20,ymm12", "vmovdqa32 ymm3,ymm23"] {
+            assert!(code.iter().any(|i| i == mv), "{mv}: {code:#?}");
+        }
+        assert_eq!(count("vpmuldq"), 2 * WIDE_ROWS * 2, "{code:#?}");
+        // Row 7's results leave from ymm2 (row 1's register) to plane 7.
+        assert!(
+            code.iter().any(|i| i == "vmovq [rcx+1C0h],xmm2"),
+            "{code:#?}"
+        );
+        // Six rows keep VEX registers; AVX2 and AVX-VNNI have no eight-row tile.
+        let six = disassemble(&pair_tile(&tile(MAX_ROWS), Isa::Avx512Vnni).unwrap());
+        assert!(six.iter().all(|i| !i.contains("ymm16")), "{six:#?}");
+        assert!(pair_tile(&tile(WIDE_ROWS), Isa::AvxVnni).is_err());
+        assert!(pair_tile(&tile(WIDE_ROWS + 1), Isa::Avx512Vnni).is_err());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! QMatMul `[N, K] × [K, M]` with constant weights on the wide-vector micro-kernel
 //! ([`ukernel::pair_tile`] with rows of the left side as its broadcast operand): tiles of up
-//! to six rows (samples) × sixteen result columns, exact `vpmaddwd` on i16 pairs of the
-//! reduction, per-column requantization in ymm registers ([`LaneTable`]).
+//! to six rows (samples; eight with AVX-512, [`ukernel::max_rows`]) × sixteen result
+//! columns, exact `vpmaddwd` on i16 pairs of the reduction, per-column requantization in
+//! ymm registers ([`LaneTable`]).
 //!
 //! u8 activations are widened to i16 per tile; the i16 activations of int16 layers are
 //! already the micro-kernel's operand and are only copied (with their rows padded to whole
@@ -32,9 +33,7 @@
 
 use super::packing::packed_rows;
 use super::planes::copy_row;
-use super::ukernel::{
-    self, LaneTable, Operands, PairTile, Requantize, Store, LANES, MAX_ROWS, VECTORS,
-};
+use super::ukernel::{self, LaneTable, Operands, PairTile, Requantize, Store, LANES, VECTORS};
 use super::{data_address, Kernel};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
@@ -206,10 +205,11 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
             },
         })
     };
-    // One micro-kernel and task per tile height: full tiles of MAX_ROWS rows, then one tile
-    // of the rows left (so that each tile reads the weights once).
-    let mut tasks = Vec::with_capacity(MAX_ROWS);
-    for rows in 1..=MAX_ROWS {
+    // One micro-kernel and task per tile height: full tiles of `max_rows` rows, then one
+    // tile of the rows left (so that each tile reads the weights once).
+    let max_rows = ukernel::max_rows(isa);
+    let mut tasks = Vec::with_capacity(max_rows);
+    for rows in 1..=max_rows {
         let kernel = k.machine_code(&ukernel::pair_tile(&tile(rows)?, isa)?, 5)?;
         tasks.push((kernel, rows));
     }
@@ -243,9 +243,9 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
         .collect::<Result<_, _>>()?;
     // Workspace: widened (or padded) rows | staging rows | the task's context | the call's
     // bias.
-    let staging_at = (MAX_ROWS * steps * STEP).next_multiple_of(64);
+    let staging_at = (max_rows * steps * STEP).next_multiple_of(64);
     let context_at =
-        staging_at + if direct { 0 } else { MAX_ROWS * row_bytes }.next_multiple_of(64);
+        staging_at + if direct { 0 } else { max_rows * row_bytes }.next_multiple_of(64);
     let bias_at = context_at + 64;
     let ws = k.workspace(bias_at + m.next_multiple_of(4) * 4);
     let folded = match (folded, zero_point) {
@@ -260,8 +260,8 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
     let samples = k.samples(batched);
     let samples = k.fb.ins().imul_imm_s(samples, rows_per_sample as i64);
     let context = k.fb.ins().iadd_imm_s(ws, context_at as i64);
-    let full_tiles = k.fb.ins().udiv_imm_u(samples, MAX_ROWS as i64);
-    let rest = k.fb.ins().imul_imm_s(full_tiles, MAX_ROWS as i64);
+    let full_tiles = k.fb.ins().udiv_imm_u(samples, max_rows as i64);
+    let rest = k.fb.ins().imul_imm_s(full_tiles, max_rows as i64);
     let rest = k.fb.ins().isub(samples, rest);
     // One tile: rows from `first`, `rows` of them, with its task.
     let run = |k: &mut Kernel, first: Value, rows: usize, task: FuncId| -> Result<(), String> {
@@ -311,13 +311,13 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
         Ok(())
     };
     k.for_each(full_tiles, |k, t| {
-        let first = k.fb.ins().imul_imm_s(t, MAX_ROWS as i64);
-        run(k, first, MAX_ROWS, tasks[MAX_ROWS - 1])
+        let first = k.fb.ins().imul_imm_s(t, max_rows as i64);
+        run(k, first, max_rows, tasks[max_rows - 1])
     })?;
     // The rows left: one tile of exactly that many.
-    let first = k.fb.ins().imul_imm_s(full_tiles, MAX_ROWS as i64);
+    let first = k.fb.ins().imul_imm_s(full_tiles, max_rows as i64);
     let done = k.fb.create_block();
-    for rows in 1..MAX_ROWS {
+    for rows in 1..max_rows {
         let (this, next) = (k.fb.create_block(), k.fb.create_block());
         let is = k.fb.ins().icmp_imm_s(IntCC::Equal, rest, rows as i64);
         k.fb.ins().brif(is, this, &[], next, &[]);
