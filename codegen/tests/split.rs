@@ -1,5 +1,5 @@
 //! Kernels that split one sample's work across threads by elements (elementwise ops,
-//! Softmax, LayerNormalization and GroupNormalization): with every call split
+//! Softmax, LayerNormalization and GroupNormalization, reductions): with every call split
 //! (`parallel_min_macs = 0`) on two threads, the results are the bits of one thread, both
 //! within 1e-4 of the interpreter, and every kernel really was compiled split (it has a
 //! task function). Shapes leave uneven parts: odd row counts, rows and chunks that are not
@@ -198,6 +198,24 @@ fn normalizations_split_over_rows() {
             (DType::F32, &[6], 2.0),
         ],
         &["ln", "plain", "gn"],
+    );
+}
+
+#[test]
+fn reductions_split_over_kept_rows() {
+    check(
+        "graph t(%x: f32[N,37,101], %w: f32[N,5,37,101], %i: i32[N,37,101]) -> (%mean, %l2, %sum, %max) {
+           %mean = ReduceMean(%x) {axes=[2], keepdims=1, noop_with_empty_axes=0} : f32[N,37,1] @mean
+           %l2 = ReduceL2(%x) {axes=[2], keepdims=0, noop_with_empty_axes=0} : f32[N,37] @l2
+           %sum = ReduceSum(%w) {axes=[2], keepdims=0, noop_with_empty_axes=0} : f32[N,5,101] @sum
+           %max = ReduceMax(%i) {axes=[2], keepdims=0, noop_with_empty_axes=0} : i32[N,37] @max
+         }",
+        &[
+            (DType::F32, &[N, 37, 101], 3.0),
+            (DType::F32, &[N, 5, 37, 101], 3.0),
+            (DType::I32, &[N, 37, 101], 1000.0),
+        ],
+        &["mean", "l2", "sum", "max"],
     );
 }
 

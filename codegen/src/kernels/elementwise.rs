@@ -146,13 +146,7 @@ impl Broadcast {
         let rows = k.fb.ins().imul_imm_s(samples, per_sample);
         k.split_rows(rows, ptrs, elements, &mut |fb, _, p, begin, end| {
             emit::for_range(fb, begin, end, 1, |fb, u| {
-                let (b, c) = if self.batched {
-                    let b = fb.ins().udiv_imm_s(u, per_sample);
-                    let whole = fb.ins().imul_imm_s(b, per_sample);
-                    (b, fb.ins().isub(u, whole))
-                } else {
-                    (emit::iconst(fb, 0), u)
-                };
+                let (b, c) = super::split::sample_row(fb, u, self.batched, per_sample);
                 let start = self.sample_start(fb, b);
                 if rows_only {
                     let start = self.step(fb, &start, 0, c);

@@ -64,3 +64,19 @@ impl Kernel<'_, '_> {
         self.parallel_for_value(task, ctx, rows, usize::MAX, work)
     }
 }
+
+/// Row `u` (an i64 value) of a split over `per_sample` rows per sample as (sample, row of
+/// the sample); the sample is 0 when the rows are not `batched`.
+pub(crate) fn sample_row(
+    fb: &mut FunctionBuilder,
+    u: Value,
+    batched: bool,
+    per_sample: i64,
+) -> (Value, Value) {
+    if !batched {
+        return (emit::iconst(fb, 0), u);
+    }
+    let b = fb.ins().udiv_imm_s(u, per_sample);
+    let whole = fb.ins().imul_imm_s(b, per_sample);
+    (b, fb.ins().isub(u, whole))
+}
