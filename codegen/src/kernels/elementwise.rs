@@ -128,7 +128,7 @@ impl Broadcast {
         k: &mut Kernel,
         lanes: usize,
         ptrs: &[Value],
-        body: &mut dyn FnMut(&mut FunctionBuilder, &[Value], &[Value], &Lanes),
+        body: &mut SplitBody,
     ) -> Result<(), String> {
         let elements: usize = self.extents.iter().product();
         if self.extents.is_empty() || !k.splits_elements(elements) {
@@ -286,6 +286,10 @@ impl Broadcast {
 /// ([`Broadcast::emit_split`]): a multiple of every vector width, large enough that the
 /// per-chunk index arithmetic is negligible.
 const CHUNK: usize = 1024;
+
+/// The loop body of [`Broadcast::emit_split`]: `body(fb, pointers, offsets, lanes)`, the
+/// streams' base pointers and element offsets, result first.
+pub(super) type SplitBody<'a> = dyn FnMut(&mut FunctionBuilder, &[Value], &[Value], &Lanes) + 'a;
 
 /// f32 lanes of the vector inner loops (128-bit vectors, the widest Cranelift has on x86-64).
 pub(super) const LANES: usize = 4;

@@ -21,6 +21,10 @@ use qlift_ir::{DType, OpKind};
 /// f32 lanes of a vector step.
 const LANES: usize = 4;
 
+/// The body of [`Walk::outputs_split`]: `body(fb, pointers, x, y, vector)`.
+pub(super) type OutputsBody<'a> =
+    dyn FnMut(&mut FunctionBuilder, &[Value], Value, Value, bool) + 'a;
+
 /// The loops of a reduction over `axes` of an operand: the kept axes outside, the reduced
 /// ones inside, both coalesced; element offsets into the operand (`x`) and into the result
 /// (`y`, laid out as the kept axes in order).
@@ -133,7 +137,7 @@ impl Walk {
         k: &mut Kernel,
         lanes: usize,
         ptrs: &[Value],
-        body: &mut dyn FnMut(&mut FunctionBuilder, &[Value], Value, Value, bool),
+        body: &mut OutputsBody,
     ) -> Result<(), String> {
         let vector = lanes > 1 && self.kept_vectorizable(lanes);
         let elements = self.x_sample as usize;
