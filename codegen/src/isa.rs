@@ -34,8 +34,10 @@ pub struct CodegenOptions {
     /// micro-kernels (see `kernels::ukernel`). To compare the paths on one machine.
     pub max_vector_bits: Option<u32>,
     /// Multiply-accumulates from which a kernel call splits its work across the threads a
-    /// call allows (`None`: 4 M, see `kernels::PARALLEL_MIN_WORK`); 0 splits every call (to
-    /// test the split on small shapes).
+    /// call allows (`None`: 0.5 M, see `kernels::PARALLEL_MIN_WORK`; an element of an
+    /// elementwise, Softmax, normalization or reduction kernel counts as
+    /// `kernels::split::ELEMENT_WORK` of them); 0 splits every call (to test the split on
+    /// small shapes).
     pub parallel_min_macs: Option<u64>,
     /// Do not use the Winograd form of 3×3 integer convolutions (`kernels::winograd`) even
     /// where it is exact: to compare it with the direct wide form on one machine.

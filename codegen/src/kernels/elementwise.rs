@@ -13,7 +13,7 @@
 use super::{approx, Kernel, Operand};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{types, Block, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::ir::{types, Block, FuncRef, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::{FunctionBuilder, Variable};
 use qlift_ir::{DType, Dim, OpKind};
 
@@ -105,25 +105,124 @@ impl Broadcast {
         body: &mut dyn FnMut(&mut FunctionBuilder, &[Value], &Lanes),
     ) {
         let vector = self.vectorizable(lanes);
-        let n = self.extents.len();
-        let (outer, inner) = if vector {
-            (&self.extents[..n - 1], self.extents[n - 1])
+        if !self.batched {
+            let zero = emit::iconst(k.fb, 0);
+            let start = vec![zero; self.batch_strides.len()];
+            self.nest(k.fb, vector, lanes, 0, &start, body);
+            return;
+        }
+        let batch = k.batch;
+        emit::for_dynamic(k.fb, batch, |fb, b| {
+            let start = self.sample_start(fb, b);
+            self.nest(fb, vector, lanes, 0, &start, body);
+        });
+    }
+
+    /// [`Broadcast::emit_lanes`] split across threads when the call is large enough
+    /// ([`Kernel::splits_elements`]), over the rows of the outermost static extent of every
+    /// sample, or over chunks of [`CHUNK`] elements when the nest is one extent. `body` gets
+    /// the streams' base pointers (`ptrs`, one per stream, result first, as passed here, or
+    /// loaded again in the task function) and must use them instead of captured values.
+    pub(super) fn emit_split(
+        &self,
+        k: &mut Kernel,
+        lanes: usize,
+        ptrs: &[Value],
+        body: &mut SplitBody,
+    ) -> Result<(), String> {
+        let elements: usize = self.extents.iter().product();
+        if self.extents.is_empty() || !k.splits_elements(elements) {
+            self.emit_lanes(k, lanes, &mut |fb, off, l| body(fb, ptrs, off, l));
+            return Ok(());
+        }
+        let vector = self.vectorizable(lanes);
+        let rows_only = self.extents.len() > 1;
+        let per_sample = if rows_only {
+            self.extents[0]
         } else {
-            (&self.extents[..], 0)
-        };
+            self.extents[0].div_ceil(CHUNK)
+        } as i64;
+        let samples = k.samples(self.batched);
+        let rows = k.fb.ins().imul_imm_s(samples, per_sample);
+        k.split_rows(rows, ptrs, elements, &mut |fb, _, p, begin, end| {
+            emit::for_range(fb, begin, end, 1, |fb, u| {
+                let (b, c) = super::split::sample_row(fb, u, self.batched, per_sample);
+                let start = self.sample_start(fb, b);
+                if rows_only {
+                    let start = self.step(fb, &start, 0, c);
+                    self.nest(fb, vector, lanes, 1, &start, &mut |fb, off, l| {
+                        body(fb, p, off, l)
+                    });
+                } else {
+                    self.chunk(fb, vector, lanes, &start, c, &mut |fb, off, l| {
+                        body(fb, p, off, l)
+                    });
+                }
+            });
+            Ok(())
+        })
+    }
+
+    /// The streams' offsets at sample `b` (an i64 value).
+    fn sample_start(&self, fb: &mut FunctionBuilder, b: Value) -> Vec<Value> {
+        self.batch_strides
+            .iter()
+            .map(|&s| {
+                if s == 0 {
+                    emit::iconst(fb, 0)
+                } else {
+                    fb.ins().imul_imm_s(b, s)
+                }
+            })
+            .collect()
+    }
+
+    /// The streams' offsets `start` moved to index `i` of extent `axis`.
+    fn step(&self, fb: &mut FunctionBuilder, start: &[Value], axis: usize, i: Value) -> Vec<Value> {
+        start
+            .iter()
+            .zip(&self.strides)
+            .map(|(&o, s)| match s[axis] {
+                0 => o,
+                st => {
+                    let d = fb.ins().imul_imm_s(i, st);
+                    fb.ins().iadd(o, d)
+                }
+            })
+            .collect()
+    }
+
+    /// The loops over the extents from `from` on (the last `lanes` elements at a time
+    /// when `vector`) from the streams' offsets `start`.
+    fn nest(
+        &self,
+        fb: &mut FunctionBuilder,
+        vector: bool,
+        lanes: usize,
+        from: usize,
+        start: &[Value],
+        body: &mut dyn FnMut(&mut FunctionBuilder, &[Value], &Lanes),
+    ) {
+        let n = self.extents.len();
+        let last = if vector { n - 1 } else { n };
+        let from = from.min(last);
+        let outer = &self.extents[from..last];
         let outer_strides: Vec<Vec<i64>> = self
             .strides
             .iter()
-            .map(|s| s[..outer.len()].to_vec())
+            .map(|s| s[from..last].to_vec())
             .collect();
         let splat: Vec<bool> = self.strides.iter().map(|s| s.last() == Some(&0)).collect();
-        let mut nest = |fb: &mut FunctionBuilder, start: &[Value]| {
-            emit::for_strided(fb, outer, &outer_strides, start, &mut |fb, off| {
-                if !vector {
-                    body(fb, off, &Lanes::Scalar);
-                    return;
-                }
-                emit::for_lanes(fb, inner as i64, lanes as i64, &mut |fb, i, whole| {
+        emit::for_strided(fb, outer, &outer_strides, start, &mut |fb, off| {
+            if !vector {
+                body(fb, off, &Lanes::Scalar);
+                return;
+            }
+            emit::for_lanes(
+                fb,
+                self.extents[n - 1] as i64,
+                lanes as i64,
+                &mut |fb, i, whole| {
                     let o: Vec<Value> = off
                         .iter()
                         .zip(&splat)
@@ -138,32 +237,59 @@ impl Broadcast {
                             Lanes::Scalar
                         },
                     );
-                });
+                },
+            );
+        });
+    }
+
+    /// Chunk `c` (an i64 value) of [`CHUNK`] elements of a one-extent nest from the
+    /// streams' offsets `start`: the vector steps the whole loop takes there, then its
+    /// scalar remainder if the chunk holds it (chunks start at multiples of `lanes`, so
+    /// every element takes the same path as in the serial loop).
+    fn chunk(
+        &self,
+        fb: &mut FunctionBuilder,
+        vector: bool,
+        lanes: usize,
+        start: &[Value],
+        c: Value,
+        body: &mut dyn FnMut(&mut FunctionBuilder, &[Value], &Lanes),
+    ) {
+        let e = self.extents[0] as i64;
+        let lo = fb.ins().imul_imm_s(c, CHUNK as i64);
+        let hi = fb.ins().iadd_imm_s(lo, CHUNK as i64);
+        let end = emit::iconst(fb, e);
+        let hi = fb.ins().smin(hi, end);
+        if !vector {
+            emit::for_range(fb, lo, hi, 1, |fb, i| {
+                let off = self.step(fb, start, 0, i);
+                body(fb, &off, &Lanes::Scalar)
             });
-        };
-        if !self.batched {
-            let zero = emit::iconst(k.fb, 0);
-            let start = vec![zero; self.batch_strides.len()];
-            nest(k.fb, &start);
             return;
         }
-        let batch = k.batch;
-        emit::for_dynamic(k.fb, batch, |fb, b| {
-            let start: Vec<Value> = self
-                .batch_strides
-                .iter()
-                .map(|&s| {
-                    if s == 0 {
-                        emit::iconst(fb, 0)
-                    } else {
-                        fb.ins().imul_imm_s(b, s)
-                    }
-                })
-                .collect();
-            nest(fb, &start);
+        let splat: Vec<bool> = self.strides.iter().map(|s| s[0] == 0).collect();
+        let whole = emit::iconst(fb, e - e % lanes as i64);
+        let vend = fb.ins().smin(hi, whole);
+        emit::for_range(fb, lo, vend, lanes as i64, |fb, i| {
+            let off = self.step(fb, start, 0, i);
+            body(fb, &off, &Lanes::Vector(splat.clone()))
+        });
+        let slo = fb.ins().smax(lo, whole);
+        emit::for_range(fb, slo, hi, 1, |fb, i| {
+            let off = self.step(fb, start, 0, i);
+            body(fb, &off, &Lanes::Scalar)
         });
     }
 }
+
+/// Elements per part of a one-extent elementwise nest split across threads
+/// ([`Broadcast::emit_split`]): a multiple of every vector width, large enough that the
+/// per-chunk index arithmetic is negligible.
+const CHUNK: usize = 1024;
+
+/// The loop body of [`Broadcast::emit_split`]: `body(fb, pointers, offsets, lanes)`, the
+/// streams' base pointers and element offsets, result first.
+pub(super) type SplitBody<'a> = dyn FnMut(&mut FunctionBuilder, &[Value], &[Value], &Lanes) + 'a;
 
 /// f32 lanes of the vector inner loops (128-bit vectors, the widest Cranelift has on x86-64).
 pub(super) const LANES: usize = 4;
@@ -325,56 +451,55 @@ pub(super) fn binary(k: &mut Kernel) -> Result<(), String> {
         return Err("a fused activation on integer results is not supported".to_string());
     }
     let plan = Broadcast::new(out, &[a, b])?;
-    let (pa, pb, po, ty) = (a.ptr, b.ptr, out.ptr, out.elem());
+    let (ptrs, ty) = ([out.ptr, a.ptr, b.ptr], out.elem());
     let check_zero = kind == OpKind::Div && dtype != DType::F32 && needs_zero_check(b);
     let fail = failure_block(k);
     let signed = is_signed(dtype);
-    plan.emit_lanes(
-        k,
-        if dtype == DType::F32 { LANES } else { 1 },
-        &mut |fb, off, lanes| {
-            if dtype == DType::F32 {
-                let x = lanes.load(fb, 1, pa, off[1]);
-                let y = lanes.load(fb, 2, pb, off[2]);
-                let r = float_arith(fb, kind, act, x, y);
-                Lanes::store(fb, r, po, off[0]);
-                return;
-            }
-            let x = emit::load_at(fb, ty, pa, off[1]);
-            let y = emit::load_at(fb, ty, pb, off[2]);
-            let r = {
-                match kind {
-                    OpKind::Add => fb.ins().iadd(x, y),
-                    OpKind::Sub => fb.ins().isub(x, y),
-                    OpKind::Mul => fb.ins().imul(x, y),
-                    _ => {
-                        if check_zero {
-                            fail_on_zero(fb, y, fail);
-                        }
-                        if signed {
-                            // MIN / -1 overflows (Cranelift traps): x / -1 is the wrapping -x.
-                            let minus_one = fb.ins().icmp_imm_s(IntCC::Equal, y, -1);
-                            let one = fb.ins().iconst(ty, 1);
-                            let safe = fb.ins().select(minus_one, one, y);
-                            let q = fb.ins().sdiv(x, safe);
-                            let neg = fb.ins().ineg(x);
-                            fb.ins().select(minus_one, neg, q)
-                        } else {
-                            let one = fb.ins().iconst(ty, 1);
-                            let zero = fb.ins().icmp_imm_s(IntCC::Equal, y, 0);
-                            let safe = fb.ins().select(zero, one, y);
-                            fb.ins().udiv(x, safe)
-                        }
-                    }
+    let lanes = if dtype == DType::F32 { LANES } else { 1 };
+    let mut body = |fb: &mut FunctionBuilder, p: &[Value], off: &[Value], lanes: &Lanes| {
+        let (po, pa, pb) = (p[0], p[1], p[2]);
+        if dtype == DType::F32 {
+            let x = lanes.load(fb, 1, pa, off[1]);
+            let y = lanes.load(fb, 2, pb, off[2]);
+            let r = float_arith(fb, kind, act, x, y);
+            Lanes::store(fb, r, po, off[0]);
+            return;
+        }
+        let x = emit::load_at(fb, ty, pa, off[1]);
+        let y = emit::load_at(fb, ty, pb, off[2]);
+        let r = match kind {
+            OpKind::Add => fb.ins().iadd(x, y),
+            OpKind::Sub => fb.ins().isub(x, y),
+            OpKind::Mul => fb.ins().imul(x, y),
+            _ => {
+                if check_zero {
+                    fail_on_zero(fb, y, fail);
                 }
-            };
-            emit::store_at(fb, r, po, off[0]);
-        },
-    );
+                if signed {
+                    // MIN / -1 overflows (Cranelift traps): x / -1 is the wrapping -x.
+                    let minus_one = fb.ins().icmp_imm_s(IntCC::Equal, y, -1);
+                    let one = fb.ins().iconst(ty, 1);
+                    let safe = fb.ins().select(minus_one, one, y);
+                    let q = fb.ins().sdiv(x, safe);
+                    let neg = fb.ins().ineg(x);
+                    fb.ins().select(minus_one, neg, q)
+                } else {
+                    let one = fb.ins().iconst(ty, 1);
+                    let zero = fb.ins().icmp_imm_s(IntCC::Equal, y, 0);
+                    let safe = fb.ins().select(zero, one, y);
+                    fb.ins().udiv(x, safe)
+                }
+            }
+        };
+        emit::store_at(fb, r, po, off[0]);
+    };
     if check_zero {
+        // The zero check branches to a block of the kernel's own function: not split.
+        plan.emit_lanes(k, lanes, &mut |fb, off, l| body(fb, &ptrs, off, l));
         finish_failure(k, fail, "integer division by zero");
+        return Ok(());
     }
-    Ok(())
+    plan.emit_split(k, lanes, &ptrs, &mut body)
 }
 
 /// `x kind y` for Add, Sub, Mul or Div (else Div) on f32 or f32x4 values, clamped by the
@@ -420,30 +545,57 @@ pub(super) fn softmax(k: &mut Kernel) -> Result<(), String> {
     let (px, po) = (x.ptr, out.ptr);
     let inner: usize = dims[axis + 1..].iter().product();
     let outer_static: usize = dims[..axis].iter().product();
-    let (outer, extent) = if axis == 0 {
-        let one = emit::iconst(k.fb, 1);
+    if axis == 0 {
+        // One line per inner position, along the batch (or the first axis): not split.
         let extent = if batched {
             k.batch
         } else {
             emit::iconst(k.fb, dims[0] as i64)
         };
-        (one, extent)
-    } else {
-        let samples = k.samples(batched);
-        (
-            k.fb.ins().imul_imm_s(samples, outer_static as i64),
-            emit::iconst(k.fb, dims[axis] as i64),
-        )
-    };
-    if inner == 1 && axis != 0 {
-        softmax_rows(k.fb, px, po, outer, dims[axis]);
+        let (zero, one) = (emit::iconst(k.fb, 0), emit::iconst(k.fb, 1));
+        let expf = k.import("expf", &[types::F32], &[types::F32])?;
+        softmax_lines(k.fb, expf, [px, po], zero, one, extent, inner);
         return Ok(());
     }
-    let expf = k.import("expf", &[types::F32], &[types::F32])?;
-    let fb = &mut *k.fb;
+    let samples = k.samples(batched);
+    let outer = k.fb.ins().imul_imm_s(samples, outer_static as i64);
+    let elements = outer_static * dims[axis] * inner;
+    if inner == 1 {
+        let extent = dims[axis];
+        return k.split_rows(outer, &[px, po], elements, &mut |fb, _, p, begin, end| {
+            softmax_rows(fb, p[0], p[1], begin, end, extent);
+            Ok(())
+        });
+    }
+    let extent = dims[axis] as i64;
+    k.split_rows(
+        outer,
+        &[px, po],
+        elements,
+        &mut |fb, module, p, begin, end| {
+            let expf = super::import(fb, module, "expf", &[types::F32], &[types::F32])?;
+            let extent = emit::iconst(fb, extent);
+            softmax_lines(fb, expf, [p[0], p[1]], begin, end, extent, inner);
+            Ok(())
+        },
+    )
+}
+
+/// Softmax along an axis that is not the innermost, for the outer positions `begin..end`
+/// (i64 values), each of `extent` (i64) lines of `inner` elements, from `px` into `po`,
+/// through `expf` and an f64 sum.
+fn softmax_lines(
+    fb: &mut FunctionBuilder,
+    expf: FuncRef,
+    [px, po]: [Value; 2],
+    begin: Value,
+    end: Value,
+    extent: Value,
+    inner: usize,
+) {
     let max_var = fb.declare_var(types::F32);
     let sum_var = fb.declare_var(types::F64);
-    emit::for_dynamic(fb, outer, |fb, o| {
+    emit::for_range(fb, begin, end, 1, |fb, o| {
         let row = fb.ins().imul(o, extent);
         let row = fb.ins().imul_imm_s(row, inner as i64);
         emit::for_count(fb, inner as i64, |fb, i| {
@@ -487,20 +639,26 @@ pub(super) fn softmax(k: &mut Kernel) -> Result<(), String> {
             });
         });
     });
-    Ok(())
 }
 
-/// Softmax of `rows` contiguous rows of `extent` elements (the axis is the innermost, as in
+/// Softmax of rows `begin..end` (i64 values) of contiguous rows of `extent` elements (the axis is the innermost, as in
 /// attention): [`LANES`] at a time, `exp` inline ([`approx::exp`], a few ulp) instead of a
 /// call per element, the sum in f32 and one reciprocal per row — attention at sequence 128
 /// spent more time here than in its products.
-fn softmax_rows(fb: &mut FunctionBuilder, px: Value, po: Value, rows: Value, extent: usize) {
+fn softmax_rows(
+    fb: &mut FunctionBuilder,
+    px: Value,
+    po: Value,
+    begin: Value,
+    end: Value,
+    extent: usize,
+) {
     let lanes = LANES as i64;
     let vmax = fb.declare_var(types::F32X4);
     let smax = fb.declare_var(types::F32);
     let vsum = fb.declare_var(types::F32X4);
     let ssum = fb.declare_var(types::F32);
-    emit::for_dynamic(fb, rows, |fb, r| {
+    emit::for_range(fb, begin, end, 1, |fb, r| {
         let row = fb.ins().imul_imm_s(r, extent as i64);
         let x = emit::addr(fb, px, row, 4);
         let y = emit::addr(fb, po, row, 4);

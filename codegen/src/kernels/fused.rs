@@ -116,7 +116,10 @@ pub(super) fn emit(k: &mut Kernel, chain: &Chain) -> Result<(), String> {
         ));
     }
     let plan = Broadcast::new(k.output(0), &operands)?;
-    let ptrs: Vec<Value> = operands.iter().map(|o| o.ptr).collect();
+    // Streams' base pointers, the result first (a split loop loads them again in its task).
+    let ptrs: Vec<Value> = std::iter::once(k.output(0).ptr)
+        .chain(operands.iter().map(|o| o.ptr))
+        .collect();
     // One-element constants (GELU's coefficients) become immediates, which Cranelift
     // hoists out of the loop, instead of a load and a splat per step: the same value.
     let scalars: Vec<Option<f32>> = operands
@@ -126,19 +129,17 @@ pub(super) fn emit(k: &mut Kernel, chain: &Chain) -> Result<(), String> {
             t.to_f32_vec().first().copied()
         })
         .collect();
-    let po = k.output(0).ptr;
-    plan.emit_lanes(k, LANES, &mut |fb, off, lanes| {
+    plan.emit_split(k, LANES, &ptrs, &mut |fb, p, off, lanes| {
         let ty = match lanes {
             Lanes::Vector(_) => types::F32X4,
             Lanes::Scalar => types::F32,
         };
-        let loaded: Vec<Value> = ptrs
+        let loaded: Vec<Value> = scalars
             .iter()
-            .zip(&scalars)
             .enumerate()
-            .map(|(i, (&p, s))| match s {
+            .map(|(i, s)| match s {
                 Some(v) => fconst(fb, ty, *v),
-                None => lanes.load(fb, i + 1, p, off[i + 1]),
+                None => lanes.load(fb, i + 1, p[i + 1], off[i + 1]),
             })
             .collect();
         let mut results: Vec<Value> = Vec::with_capacity(chain.links.len());
@@ -155,8 +156,7 @@ pub(super) fn emit(k: &mut Kernel, chain: &Chain) -> Result<(), String> {
             results.push(r);
         }
         if let Some(&r) = results.last() {
-            Lanes::store(fb, r, po, off[0]);
+            Lanes::store(fb, r, p[0], off[0]);
         }
-    });
-    Ok(())
+    })
 }

@@ -233,35 +233,33 @@ pub(super) fn unary(k: &mut Kernel) -> Result<(), String> {
         ));
     }
     let plan = Broadcast::new(out, &[x])?;
-    let (px, po, ty) = (x.ptr, out.ptr, x.elem());
+    let (ptrs, ty) = ([out.ptr, x.ptr], x.elem());
     if dtype != DType::F32 {
         let f = int_unary(k.op, dtype)?;
-        plan.emit_lanes(k, 1, &mut |fb, off, _| {
-            let v = emit::load_at(fb, ty, px, off[1]);
+        return plan.emit_split(k, 1, &ptrs, &mut |fb, p, off, _| {
+            let v = emit::load_at(fb, ty, p[1], off[1]);
             let w = widen(fb, v, dtype);
             let r = f(fb, w);
             let r = narrow(fb, r, ty);
-            emit::store_at(fb, r, po, off[0]);
+            emit::store_at(fb, r, p[0], off[0]);
+        });
+    }
+    let f = FloatUnary::of(k.op)?;
+    if let Some(name) = libcall(kind) {
+        // The rare ones, one call per element, stay on one thread.
+        let func = k.import(name, &[types::F32], &[types::F32])?;
+        plan.emit_lanes(k, 1, &mut |fb, off, _| {
+            let v = emit::load_at(fb, ty, ptrs[1], off[1]);
+            let r = call(fb, func, &[v]);
+            emit::store_at(fb, r, ptrs[0], off[0]);
         });
         return Ok(());
     }
-    let f = FloatUnary::of(k.op)?;
-    let func = libcall(kind)
-        .map(|name| k.import(name, &[types::F32], &[types::F32]))
-        .transpose()?;
-    plan.emit_lanes(
-        k,
-        if func.is_some() { 1 } else { LANES },
-        &mut |fb, off, lanes| {
-            let v = lanes.load(fb, 1, px, off[1]);
-            let r = match func {
-                Some(func) => call(fb, func, &[v]),
-                None => f.emit(fb, v),
-            };
-            Lanes::store(fb, r, po, off[0]);
-        },
-    );
-    Ok(())
+    plan.emit_split(k, LANES, &ptrs, &mut |fb, p, off, lanes| {
+        let v = lanes.load(fb, 1, p[1], off[1]);
+        let r = f.emit(fb, v);
+        Lanes::store(fb, r, p[0], off[0]);
+    })
 }
 
 /// An integer one-operand op on an i64 (the widened element).
@@ -353,30 +351,29 @@ pub(super) fn variadic(k: &mut Kernel) -> Result<(), String> {
     let out = k.output(0);
     let dtype = out.ty.dtype;
     let plan = Broadcast::new(out, &operands)?;
-    let ptrs: Vec<Value> = operands.iter().map(|o| o.ptr).collect();
-    let (po, ty, n) = (out.ptr, out.elem(), operands.len());
+    let ptrs: Vec<Value> = std::iter::once(out.ptr)
+        .chain(operands.iter().map(|o| o.ptr))
+        .collect();
+    let (ty, n) = (out.elem(), operands.len());
     if dtype == DType::F32 {
-        plan.emit_lanes(k, LANES, &mut |fb, off, lanes| {
-            let vs: Vec<Value> = (0..n)
-                .map(|j| lanes.load(fb, j + 1, ptrs[j], off[j + 1]))
-                .collect();
+        return plan.emit_split(k, LANES, &ptrs, &mut |fb, p, off, lanes| {
+            let vs: Vec<Value> = (1..=n).map(|j| lanes.load(fb, j, p[j], off[j])).collect();
             let r = float_variadic(fb, kind, &vs);
-            Lanes::store(fb, r, po, off[0]);
+            Lanes::store(fb, r, p[0], off[0]);
         });
-        return Ok(());
     }
     if !matches!(kind, OpKind::Min | OpKind::Max)
         || !matches!(dtype, DType::I32 | DType::I64 | DType::I8 | DType::U8)
     {
         return Err(format!("{kind} on {dtype} is not supported"));
     }
-    plan.emit_lanes(k, 1, &mut |fb, off, _| {
+    plan.emit_split(k, 1, &ptrs, &mut |fb, p, off, _| {
         let load = |fb: &mut FunctionBuilder, j: usize| {
-            let v = emit::load_at(fb, ty, ptrs[j], off[j + 1]);
+            let v = emit::load_at(fb, ty, p[j], off[j]);
             widen(fb, v, dtype)
         };
-        let first = load(fb, 0);
-        let acc = (1..n).fold(first, |a, j| {
+        let first = load(fb, 1);
+        let acc = (2..=n).fold(first, |a, j| {
             let w = load(fb, j);
             if kind == OpKind::Min {
                 fb.ins().smin(a, w)
@@ -385,9 +382,8 @@ pub(super) fn variadic(k: &mut Kernel) -> Result<(), String> {
             }
         });
         let r = narrow(fb, acc, ty);
-        emit::store_at(fb, r, po, off[0]);
-    });
-    Ok(())
+        emit::store_at(fb, r, p[0], off[0]);
+    })
 }
 
 /// Min, Max, Sum, Mean (else PRelu, of exactly two) of the f32 or f32x4 values `vs` (at
@@ -543,12 +539,11 @@ pub(super) fn pow(k: &mut Kernel) -> Result<(), String> {
     let (pb, pe, po, ty, ety) = (base.ptr, exponent.ptr, out.ptr, out.elem(), exponent.elem());
     if bt == DType::F32 {
         if let Some(e) = exponent.constant.as_deref().and_then(inline_exponent) {
-            plan.emit_lanes(k, LANES, &mut |fb, off, lanes| {
-                let v = lanes.load(fb, 1, pb, off[1]);
+            return plan.emit_split(k, LANES, &[po, pb], &mut |fb, p, off, lanes| {
+                let v = lanes.load(fb, 1, p[1], off[1]);
                 let r = pow_by(fb, v, e);
-                Lanes::store(fb, r, po, off[0]);
+                Lanes::store(fb, r, p[0], off[0]);
             });
-            return Ok(());
         }
         let powf = k.import("powf", &[types::F32, types::F32], &[types::F32])?;
         plan.emit_lanes(k, 1, &mut |fb, off, _| {

@@ -48,6 +48,7 @@ pub(crate) mod requant;
 mod resample;
 pub(crate) mod select;
 mod shape;
+mod split;
 pub(crate) mod ukernel;
 mod wide;
 mod wide_f32;
@@ -386,15 +387,7 @@ impl<'k, 'f> Kernel<'k, 'f> {
         params: &[Type],
         returns: &[Type],
     ) -> Result<FuncRef, String> {
-        let mut sig = Signature::new(self.module.isa().default_call_conv());
-        sig.params.extend(params.iter().map(|&t| AbiParam::new(t)));
-        sig.returns
-            .extend(returns.iter().map(|&t| AbiParam::new(t)));
-        let id = self
-            .module
-            .declare_function(name, Linkage::Import, &sig)
-            .map_err(|e| e.to_string())?;
-        Ok(self.module.declare_func_in_func(id, self.fb.func))
+        import(self.fb, &mut *self.module, name, params, returns)
     }
 
     /// Places `code`, machine code of a System V function of `params` pointer arguments and
@@ -497,6 +490,24 @@ impl<'k, 'f> Kernel<'k, 'f> {
             emit::iconst(self.fb, 1)
         }
     }
+}
+
+/// [`Kernel::import`] into the function `fb` builds (a task's, for example).
+pub(crate) fn import(
+    fb: &mut FunctionBuilder,
+    module: &mut dyn Module,
+    name: &str,
+    params: &[Type],
+    returns: &[Type],
+) -> Result<FuncRef, String> {
+    let mut sig = Signature::new(module.isa().default_call_conv());
+    sig.params.extend(params.iter().map(|&t| AbiParam::new(t)));
+    sig.returns
+        .extend(returns.iter().map(|&t| AbiParam::new(t)));
+    let id = module
+        .declare_function(name, Linkage::Import, &sig)
+        .map_err(|e| e.to_string())?;
+    Ok(module.declare_func_in_func(id, fb.func))
 }
 
 /// The address of data object `id` in the function `fb` builds.

@@ -82,7 +82,8 @@ fn row_sum(
     fb.ins().fadd(h, s)
 }
 
-/// Normalizes `rows` (run-time) rows of `block` contiguous elements of x into y.
+/// Normalizes `rows` (run-time) rows of `block` contiguous elements of x into y, split
+/// across threads over the rows when the call is large ([`Kernel::split_rows`]).
 fn standardize(
     k: &mut Kernel,
     rows: Value,
@@ -90,7 +91,10 @@ fn standardize(
     epsilon: f32,
     affine: Affine,
 ) -> Result<(), String> {
-    let (px, py) = (k.input(0)?.ptr, k.output(0).ptr);
+    let x = k.input(0)?;
+    let mut ptrs = vec![x.ptr, k.output(0).ptr, affine.scale];
+    ptrs.extend(affine.bias);
+    let elements = x.per_sample();
     let (extents, strides) = emit::coalesce(&affine.extents, &affine.strides);
     // Vector steps along the last row axis when scale and bias are contiguous or constant
     // along it.
@@ -113,90 +117,93 @@ fn standardize(
     let splat: Vec<bool> = std::iter::once(false)
         .chain(strides.iter().map(|s| s.last() == Some(&0)))
         .collect();
-    let fb = &mut *k.fb;
-    emit::for_dynamic(fb, rows, |fb, r| {
-        let start = fb.ins().imul_imm_s(r, block as i64);
-        let sum = row_sum(fb, px, start, block, &|_, v| v);
-        let count = fb.ins().f32const(block as f32);
-        let mean = fb.ins().fdiv(sum, count);
-        let vmean = fb.ins().splat(types::F32X4, mean);
-        let sq = row_sum(fb, px, start, block, &|fb, v| {
-            let m = if fb.func.dfg.value_type(v).is_vector() {
-                vmean
-            } else {
-                mean
-            };
-            let d = fb.ins().fsub(v, m);
-            fb.ins().fmul(d, d)
-        });
-        let var = fb.ins().fdiv(sq, count);
-        let eps = fb.ins().f32const(epsilon);
-        let var = fb.ins().fadd(var, eps);
-        let sd = fb.ins().sqrt(var);
-        let one = fb.ins().f32const(1.0);
-        let inv = fb.ins().fdiv(one, sd);
-        let vinv = fb.ins().splat(types::F32X4, inv);
-        let group = if affine.period > 1 {
-            fb.ins().urem_imm_s(r, affine.period)
-        } else {
-            emit::iconst(fb, 0)
-        };
-        let base = fb.ins().imul_imm_s(group, affine.step);
-        emit::for_strided(
-            fb,
-            outer,
-            &outer_strides,
-            &[start, base, base],
-            &mut |fb, off| {
-                let one_step = |fb: &mut FunctionBuilder, i: Value, whole: bool| {
-                    let ty = if whole { types::F32X4 } else { types::F32 };
-                    let at = |fb: &mut FunctionBuilder, s: usize| {
-                        if splat[s] || !vector {
-                            off[s]
-                        } else {
-                            fb.ins().iadd(off[s], i)
-                        }
-                    };
-                    let xa = at(fb, 0);
-                    let a = emit::addr(fb, px, xa, 4);
-                    let v = fb.ins().load(ty, emit::mem(), a, 0);
-                    let (m, s) = if whole { (vmean, vinv) } else { (mean, inv) };
-                    let d = fb.ins().fsub(v, m);
-                    let d = fb.ins().fmul(d, s);
-                    let param = |fb: &mut FunctionBuilder, p: Value, stream: usize| {
-                        let o = at(fb, stream);
-                        if whole && !splat[stream] {
-                            let a = emit::addr(fb, p, o, 4);
-                            return fb.ins().load(types::F32X4, emit::mem(), a, 0);
-                        }
-                        let e = emit::load_at(fb, types::F32, p, o);
-                        if whole {
-                            fb.ins().splat(types::F32X4, e)
-                        } else {
-                            e
-                        }
-                    };
-                    let g = param(fb, affine.scale, 1);
-                    let mut y = fb.ins().fmul(d, g);
-                    if let Some(b) = affine.bias {
-                        let b = param(fb, b, 2);
-                        y = fb.ins().fadd(y, b);
-                    }
-                    let ya = emit::addr(fb, py, xa, 4);
-                    fb.ins().store(emit::mem(), y, ya, 0);
-                };
-                if vector {
-                    emit::for_lanes(fb, inner as i64, LANES, &mut |fb, i, whole| {
-                        one_step(fb, i, whole)
-                    });
+    k.split_rows(rows, &ptrs, elements, &mut |fb, _, p, begin, end| {
+        let (px, py, scale) = (p[0], p[1], p[2]);
+        let bias = p.get(3).copied();
+        emit::for_range(fb, begin, end, 1, |fb, r| {
+            let start = fb.ins().imul_imm_s(r, block as i64);
+            let sum = row_sum(fb, px, start, block, &|_, v| v);
+            let count = fb.ins().f32const(block as f32);
+            let mean = fb.ins().fdiv(sum, count);
+            let vmean = fb.ins().splat(types::F32X4, mean);
+            let sq = row_sum(fb, px, start, block, &|fb, v| {
+                let m = if fb.func.dfg.value_type(v).is_vector() {
+                    vmean
                 } else {
-                    let zero = emit::iconst(fb, 0);
-                    one_step(fb, zero, false);
-                }
-            },
-        );
-    });
-    Ok(())
+                    mean
+                };
+                let d = fb.ins().fsub(v, m);
+                fb.ins().fmul(d, d)
+            });
+            let var = fb.ins().fdiv(sq, count);
+            let eps = fb.ins().f32const(epsilon);
+            let var = fb.ins().fadd(var, eps);
+            let sd = fb.ins().sqrt(var);
+            let one = fb.ins().f32const(1.0);
+            let inv = fb.ins().fdiv(one, sd);
+            let vinv = fb.ins().splat(types::F32X4, inv);
+            let group = if affine.period > 1 {
+                fb.ins().urem_imm_s(r, affine.period)
+            } else {
+                emit::iconst(fb, 0)
+            };
+            let base = fb.ins().imul_imm_s(group, affine.step);
+            emit::for_strided(
+                fb,
+                outer,
+                &outer_strides,
+                &[start, base, base],
+                &mut |fb, off| {
+                    let one_step = |fb: &mut FunctionBuilder, i: Value, whole: bool| {
+                        let ty = if whole { types::F32X4 } else { types::F32 };
+                        let at = |fb: &mut FunctionBuilder, s: usize| {
+                            if splat[s] || !vector {
+                                off[s]
+                            } else {
+                                fb.ins().iadd(off[s], i)
+                            }
+                        };
+                        let xa = at(fb, 0);
+                        let a = emit::addr(fb, px, xa, 4);
+                        let v = fb.ins().load(ty, emit::mem(), a, 0);
+                        let (m, s) = if whole { (vmean, vinv) } else { (mean, inv) };
+                        let d = fb.ins().fsub(v, m);
+                        let d = fb.ins().fmul(d, s);
+                        let param = |fb: &mut FunctionBuilder, p: Value, stream: usize| {
+                            let o = at(fb, stream);
+                            if whole && !splat[stream] {
+                                let a = emit::addr(fb, p, o, 4);
+                                return fb.ins().load(types::F32X4, emit::mem(), a, 0);
+                            }
+                            let e = emit::load_at(fb, types::F32, p, o);
+                            if whole {
+                                fb.ins().splat(types::F32X4, e)
+                            } else {
+                                e
+                            }
+                        };
+                        let g = param(fb, scale, 1);
+                        let mut y = fb.ins().fmul(d, g);
+                        if let Some(b) = bias {
+                            let b = param(fb, b, 2);
+                            y = fb.ins().fadd(y, b);
+                        }
+                        let ya = emit::addr(fb, py, xa, 4);
+                        fb.ins().store(emit::mem(), y, ya, 0);
+                    };
+                    if vector {
+                        emit::for_lanes(fb, inner as i64, LANES, &mut |fb, i, whole| {
+                            one_step(fb, i, whole)
+                        });
+                    } else {
+                        let zero = emit::iconst(fb, 0);
+                        one_step(fb, zero, false);
+                    }
+                },
+            );
+        });
+        Ok(())
+    })
 }
 
 /// The operand's f32 vector of `n` entries (scale or bias of Instance/GroupNormalization).

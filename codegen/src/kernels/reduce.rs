@@ -11,7 +11,7 @@
 //! as the interpreter does (`qlift_ir`'s `ops/reduce.rs`, whose definitions these follow);
 //! the f32 folds differ from its f64 sums by rounding only.
 
-use super::Kernel;
+use super::{split, Kernel};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, FuncRef, InstBuilder, Type, Value};
@@ -20,6 +20,10 @@ use qlift_ir::{DType, OpKind};
 
 /// f32 lanes of a vector step.
 const LANES: usize = 4;
+
+/// The body of [`Walk::outputs_split`]: `body(fb, pointers, x, y, vector)`.
+pub(super) type OutputsBody<'a> =
+    dyn FnMut(&mut FunctionBuilder, &[Value], Value, Value, bool) + 'a;
 
 /// The loops of a reduction over `axes` of an operand: the kept axes outside, the reduced
 /// ones inside, both coalesced; element offsets into the operand (`x`) and into the result
@@ -111,39 +115,101 @@ impl Walk {
         body: &mut dyn FnMut(&mut FunctionBuilder, Value, Value, bool),
     ) {
         let vector = lanes > 1 && self.kept_vectorizable(lanes);
-        let n = self.kept.len();
-        let (outer, inner) = if vector {
-            (&self.kept[..n - 1], self.kept[n - 1])
-        } else {
-            (&self.kept[..], 0)
-        };
-        let strides: Vec<Vec<i64>> = self
-            .kept_strides
-            .iter()
-            .map(|s| s[..outer.len()].to_vec())
-            .collect();
-        let mut nest = |fb: &mut FunctionBuilder, start: &[Value]| {
-            emit::for_strided(fb, outer, &strides, start, &mut |fb, off| {
-                if !vector {
-                    body(fb, off[0], off[1], false);
-                    return;
-                }
-                emit::for_lanes(fb, inner as i64, lanes as i64, &mut |fb, i, whole| {
-                    let (x, y) = (fb.ins().iadd(off[0], i), fb.ins().iadd(off[1], i));
-                    body(fb, x, y, whole);
-                });
-            });
-        };
         if !self.batch_kept {
             let zero = emit::iconst(k.fb, 0);
-            nest(k.fb, &[zero, zero]);
+            self.nest(k.fb, vector, lanes, 0, [zero, zero], body);
             return;
         }
         let (xs, ys) = (self.x_sample, self.y_sample);
         emit::for_dynamic(k.fb, k.batch, |fb, b| {
             let start = [fb.ins().imul_imm_s(b, xs), fb.ins().imul_imm_s(b, ys)];
-            nest(fb, &start);
+            self.nest(fb, vector, lanes, 0, start, body);
         });
+    }
+
+    /// [`Walk::outputs`] split across threads when the call is large enough
+    /// ([`Kernel::splits_elements`]) over the outermost kept extent of every sample (the
+    /// result elements are independent), with the pointers `ptrs` passed to `body` (see
+    /// [`Kernel::split_rows`]). Stays on one thread when the batch is reduced or every kept
+    /// axis is in the vector steps.
+    pub(super) fn outputs_split(
+        &self,
+        k: &mut Kernel,
+        lanes: usize,
+        ptrs: &[Value],
+        body: &mut OutputsBody,
+    ) -> Result<(), String> {
+        let vector = lanes > 1 && self.kept_vectorizable(lanes);
+        let elements = self.x_sample as usize;
+        if self.batch_reduced
+            || self.kept.len() <= usize::from(vector)
+            || !k.splits_elements(elements)
+        {
+            self.outputs(k, lanes, &mut |fb, x, y, v| body(fb, ptrs, x, y, v));
+            return Ok(());
+        }
+        let per_sample = self.kept[0] as i64;
+        let samples = k.samples(self.batch_kept);
+        let rows = k.fb.ins().imul_imm_s(samples, per_sample);
+        let (xs, ys) = (self.x_sample, self.y_sample);
+        let [kx, ky] = [self.kept_strides[0][0], self.kept_strides[1][0]];
+        k.split_rows(rows, ptrs, elements, &mut |fb, _, p, begin, end| {
+            emit::for_range(fb, begin, end, 1, |fb, u| {
+                let (b, c) = split::sample_row(fb, u, self.batch_kept, per_sample);
+                let at = |fb: &mut FunctionBuilder, sample: i64, row: i64| {
+                    let s = fb.ins().imul_imm_s(b, sample);
+                    let r = fb.ins().imul_imm_s(c, row);
+                    fb.ins().iadd(s, r)
+                };
+                let start = [at(fb, xs, kx), at(fb, ys, ky)];
+                self.nest(fb, vector, lanes, 1, start, &mut |fb, x, y, v| {
+                    body(fb, p, x, y, v)
+                });
+            });
+            Ok(())
+        })
+    }
+
+    /// The kept loops from axis `from` on (the last `lanes` result elements at a time when
+    /// `vector`) from the offsets `start` (into x and y).
+    fn nest(
+        &self,
+        fb: &mut FunctionBuilder,
+        vector: bool,
+        lanes: usize,
+        from: usize,
+        start: [Value; 2],
+        body: &mut dyn FnMut(&mut FunctionBuilder, Value, Value, bool),
+    ) {
+        let n = self.kept.len();
+        let last = if vector { n - 1 } else { n };
+        let from = from.min(last);
+        let strides: Vec<Vec<i64>> = self
+            .kept_strides
+            .iter()
+            .map(|s| s[from..last].to_vec())
+            .collect();
+        emit::for_strided(
+            fb,
+            &self.kept[from..last],
+            &strides,
+            &start,
+            &mut |fb, off| {
+                if !vector {
+                    body(fb, off[0], off[1], false);
+                    return;
+                }
+                emit::for_lanes(
+                    fb,
+                    self.kept[n - 1] as i64,
+                    lanes as i64,
+                    &mut |fb, i, whole| {
+                        let (x, y) = (fb.ins().iadd(off[0], i), fb.ins().iadd(off[1], i));
+                        body(fb, x, y, whole);
+                    },
+                );
+            },
+        );
     }
 
     /// Emits the reduced nest from element offset `x` of the operand: `body(fb, x, vector)`
@@ -327,11 +393,14 @@ pub(super) fn reduce(k: &mut Kernel) -> Result<(), String> {
     } else {
         None
     };
+    // The batch is read only when it is reduced, and then the call is not split (the body
+    // would otherwise see a value of the kernel's function from a task's).
     let batch = k.batch;
-    let acc = k.fb.declare_var(types::F32);
-    let vacc = k.fb.declare_var(types::F32X4);
     let vector_rows = walk.reduced_vectorizable(LANES);
-    walk.outputs(k, LANES, &mut |fb, xo, yo, vector| {
+    let mut body = |fb: &mut FunctionBuilder, p: &[Value], xo, yo, vector| {
+        let (px, py) = (p[0], p[1]);
+        let acc = fb.declare_var(types::F32);
+        let vacc = fb.declare_var(types::F32X4);
         let ty = if vector { types::F32X4 } else { types::F32 };
         let init = fconst(fb, ty, float_identity(fold));
         let count = walk.count(fb, batch);
@@ -384,8 +453,13 @@ pub(super) fn reduce(k: &mut Kernel) -> Result<(), String> {
         }
         let r = post_f32(fb, post, s, count, logf);
         emit::store_at(fb, r, py, yo);
-    });
-    Ok(())
+    };
+    if logf.is_some() {
+        // `logf` is imported into the kernel's function: not split.
+        walk.outputs(k, LANES, &mut |fb, x, y, v| body(fb, &[px, py], x, y, v));
+        return Ok(());
+    }
+    walk.outputs_split(k, LANES, &[px, py], &mut body)
 }
 
 /// The end of a float fold: the mean divides by the element count (an i64 value).
@@ -540,9 +614,11 @@ fn reduce_integer(k: &mut Kernel, walk: &Walk, dtype: DType) -> Result<(), Strin
         Fold::Min => hi,
     };
     let (px, py, ty) = (k.input(0)?.ptr, k.output(0).ptr, super::elem_type(dtype));
+    // Read only when the batch is reduced, which is not split (see `reduce`).
     let batch = k.batch;
-    let acc = k.fb.declare_var(types::I64);
-    walk.outputs(k, 1, &mut |fb, xo, yo, _| {
+    walk.outputs_split(k, 1, &[px, py], &mut |fb, p, xo, yo, _| {
+        let (px, py) = (p[0], p[1]);
+        let acc = fb.declare_var(types::I64);
         let c = emit::iconst(fb, init);
         fb.def_var(acc, c);
         walk.fold(fb, batch, xo, 1, &mut |fb, at, _| {
@@ -572,8 +648,7 @@ fn reduce_integer(k: &mut Kernel, walk: &Walk, dtype: DType) -> Result<(), Strin
             fb.ins().ireduce(ty, s)
         };
         emit::store_at(fb, r, py, yo);
-    });
-    Ok(())
+    })
 }
 
 /// The single axis of ArgMax/ArgMin/CumSum: `(walk, extent, stride)` where the extent is

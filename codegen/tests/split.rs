@@ -1,0 +1,235 @@
+//! Kernels that split one sample's work across threads by elements (elementwise ops,
+//! Softmax, LayerNormalization and GroupNormalization, reductions): with every call split
+//! (`parallel_min_macs = 0`) on two threads, the results are the bits of one thread, both
+//! within 1e-4 of the interpreter, and every kernel really was compiled split (it has a
+//! task function). Shapes leave uneven parts: odd row counts, rows and chunks that are not
+//! multiples of the vector width, batches of 1 and 3.
+
+use qlift_codegen::{CodegenOptions, JitProgram};
+use qlift_ir::text::parse;
+use qlift_ir::{DType, Graph, Tensor, TensorData};
+
+/// A deterministic pseudo-random sequence in [-1, 1) (64-bit LCG, high bits).
+fn lcg(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// A tensor of `dtype` and `shape` with values in [-scale, scale) (integers rounded).
+fn values(dtype: DType, seed: u64, shape: &[usize], scale: f32) -> Tensor {
+    let v: Vec<f32> = lcg(seed, shape.iter().product())
+        .into_iter()
+        .map(|x| x * scale)
+        .collect();
+    if dtype == DType::F32 {
+        return Tensor::from_f32(shape, v);
+    }
+    let ints = v.into_iter().map(|x| x.round() as i64).collect();
+    Tensor::from_i64_values(dtype, shape.to_vec(), ints).unwrap()
+}
+
+/// `g` compiled with calls split whenever the kernel can (`split`, run on two threads)
+/// or with the default threshold (on one thread).
+fn compile(g: &Graph, split: bool) -> JitProgram {
+    let opts = CodegenOptions {
+        parallel_min_macs: split.then_some(0),
+        ..CodegenOptions::default()
+    };
+    let mut p = JitProgram::compile(g, &opts).unwrap_or_else(|e| panic!("{e}"));
+    p.set_threads(if split { 2 } else { 1 });
+    p
+}
+
+/// Whether the kernel of node `node` was compiled with a task (a split form).
+fn has_task(p: &JitProgram, node: &str) -> bool {
+    let step = p.program().steps.iter().find(|s| s.node == node);
+    let step = step.unwrap_or_else(|| panic!("no kernel for node {node}"));
+    step.functions.iter().any(|f| f.1 == "task")
+}
+
+/// The bits of a tensor's elements (f32 by their bit patterns, so that NaN compares).
+fn bits(t: &Tensor) -> Vec<i64> {
+    match t.data() {
+        TensorData::F32(v) => v.iter().map(|x| x.to_bits() as i64).collect(),
+        _ => t.to_i64_vec().unwrap(),
+    }
+}
+
+/// Checks every output of `text` on inputs of the given dtypes, shapes (`N` → each batch)
+/// and scales; every node named in `split_nodes` must have been compiled split.
+fn check(text: &str, inputs: &[(DType, &[usize], f32)], split_nodes: &[&str]) {
+    let g = parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    qlift_ir::verify(&g).unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+    let (serial, split) = (compile(&g, false), compile(&g, true));
+    for node in split_nodes {
+        assert!(has_task(&split, node), "{node} was not split\n{text}");
+    }
+    for batch in [1, 3] {
+        let xs: Vec<Tensor> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, &(dtype, shape, scale))| {
+                let shape: Vec<usize> = shape
+                    .iter()
+                    .map(|&d| if d == 0 { batch } else { d })
+                    .collect();
+                values(dtype, 7 * i as u64 + batch as u64, &shape, scale)
+            })
+            .collect();
+        let want = qlift_ir::interp::run(&g, &xs).unwrap_or_else(|e| panic!("interp: {e}"));
+        let one = serial
+            .run(&xs)
+            .unwrap_or_else(|e| panic!("one thread: {e}"));
+        let two = split
+            .run(&xs)
+            .unwrap_or_else(|e| panic!("two threads: {e}"));
+        for (i, ((a, b), w)) in one.iter().zip(&two).zip(&want).enumerate() {
+            assert_eq!(
+                bits(a),
+                bits(b),
+                "output {i}, batch {batch}: split differs\n{text}"
+            );
+            if let Some(e) = a.disagreement(w, |x, y| (x - y).abs() <= 1e-4 * y.abs().max(1.0)) {
+                panic!("output {i}, batch {batch}: JIT vs interpreter: {e}\n{text}");
+            }
+        }
+    }
+}
+
+/// `N` in a shape (the batch, filled in per run).
+const N: usize = 0;
+
+#[test]
+fn binary_arithmetic_splits_over_rows_and_chunks() {
+    check(
+        "graph t(%a: f32[N,37,101], %b: f32[101], %c: f32[37,1], %d: f32[N,37,101]) -> (%same, %row, %col, %div, %fixed) {
+           %same = Add(%a, %d) : f32[N,37,101] @same
+           %row = Mul(%a, %b) : f32[N,37,101] @row
+           %col = Sub(%c, %a) : f32[N,37,101] @col
+           %div = Div(%a, %d) : f32[N,37,101] @div
+           %fixed = Add(%c, %b) : f32[37,101] @fixed
+         }",
+        &[
+            (DType::F32, &[N, 37, 101], 4.0),
+            (DType::F32, &[101], 2.0),
+            (DType::F32, &[37, 1], 3.0),
+            (DType::F32, &[N, 37, 101], 1.5),
+        ],
+        &["same", "row", "col", "div", "fixed"],
+    );
+}
+
+#[test]
+fn integer_arithmetic_splits_one_element_at_a_time() {
+    check(
+        "graph t(%a: i32[N,3001], %b: i32[N,3001]) -> (%add, %mul, %div, %neg) {
+           %k = const i32[1] [7]
+           %add = Add(%a, %b) : i32[N,3001] @add
+           %mul = Mul(%a, %b) : i32[N,3001] @mul
+           %div = Div(%a, %k) : i32[N,3001] @div
+           %neg = Neg(%a) : i32[N,3001] @neg
+         }",
+        &[
+            (DType::I32, &[N, 3001], 1000.0),
+            (DType::I32, &[N, 3001], 1000.0),
+        ],
+        &["add", "mul", "div", "neg"],
+    );
+}
+
+#[test]
+fn unary_and_variadic_ops_split() {
+    check(
+        "graph t(%x: f32[N,37,101], %y: f32[101], %z: f32[N,37,101]) -> (%tanh, %erf, %gelu, %relu, %max, %sum, %sq) {
+           %two = const f32[] [2.0]
+           %tanh = Tanh(%x) : f32[N,37,101] @tanh
+           %erf = Erf(%x) : f32[N,37,101] @erf
+           %gelu = Gelu(%x) {approximate=\"tanh\"} : f32[N,37,101] @gelu
+           %relu = Relu(%x) : f32[N,37,101] @relu
+           %max = Max(%x, %y, %z) : f32[N,37,101] @max
+           %sum = Sum(%x, %z) : f32[N,37,101] @sum
+           %sq = Pow(%x, %two) : f32[N,37,101] @sq
+         }",
+        &[
+            (DType::F32, &[N, 37, 101], 3.0),
+            (DType::F32, &[101], 3.0),
+            (DType::F32, &[N, 37, 101], 3.0),
+        ],
+        &["tanh", "erf", "gelu", "relu", "max", "sum", "sq"],
+    );
+}
+
+#[test]
+fn softmax_splits_over_rows() {
+    check(
+        "graph t(%x: f32[N,3,37,41], %w: f32[N,5,37,3]) -> (%last, %middle) {
+           %last = Softmax(%x) {axis=3} : f32[N,3,37,41] @last
+           %middle = Softmax(%w) {axis=2} : f32[N,5,37,3] @middle
+         }",
+        &[
+            (DType::F32, &[N, 3, 37, 41], 6.0),
+            (DType::F32, &[N, 5, 37, 3], 6.0),
+        ],
+        &["last", "middle"],
+    );
+}
+
+#[test]
+fn normalizations_split_over_rows() {
+    check(
+        "graph t(%x: f32[N,37,101], %s: f32[101], %b: f32[101], %c: f32[N,6,5,7], %g: f32[6], %h: f32[6]) -> (%ln, %plain, %gn) {
+           %ln = LayerNormalization(%x, %s, %b) {axis=2, epsilon=1e-5} : f32[N,37,101] @ln
+           %plain = LayerNormalization(%x, %s) {axis=2, epsilon=1e-5} : f32[N,37,101] @plain
+           %gn = GroupNormalization(%c, %g, %h) {num_groups=3, epsilon=1e-5} : f32[N,6,5,7] @gn
+         }",
+        &[
+            (DType::F32, &[N, 37, 101], 5.0),
+            (DType::F32, &[101], 2.0),
+            (DType::F32, &[101], 2.0),
+            (DType::F32, &[N, 6, 5, 7], 5.0),
+            (DType::F32, &[6], 2.0),
+            (DType::F32, &[6], 2.0),
+        ],
+        &["ln", "plain", "gn"],
+    );
+}
+
+#[test]
+fn reductions_split_over_kept_rows() {
+    check(
+        "graph t(%x: f32[N,37,101], %w: f32[N,5,37,101], %i: i32[N,37,101]) -> (%mean, %l2, %sum, %max) {
+           %mean = ReduceMean(%x) {axes=[2], keepdims=1, noop_with_empty_axes=0} : f32[N,37,1] @mean
+           %l2 = ReduceL2(%x) {axes=[2], keepdims=0, noop_with_empty_axes=0} : f32[N,37] @l2
+           %sum = ReduceSum(%w) {axes=[2], keepdims=0, noop_with_empty_axes=0} : f32[N,5,101] @sum
+           %max = ReduceMax(%i) {axes=[2], keepdims=0, noop_with_empty_axes=0} : i32[N,37] @max
+         }",
+        &[
+            (DType::F32, &[N, 37, 101], 3.0),
+            (DType::F32, &[N, 5, 37, 101], 3.0),
+            (DType::I32, &[N, 37, 101], 1000.0),
+        ],
+        &["mean", "l2", "sum", "max"],
+    );
+}
+
+#[test]
+fn the_default_threshold_splits_large_calls_only() {
+    let g = parse(
+        "graph t(%a: f32[N,8,8], %b: f32[N,128,384]) -> (%small, %large) {
+           %small = Add(%a, %a) : f32[N,8,8] @small
+           %large = Add(%b, %b) : f32[N,128,384] @large
+         }",
+    )
+    .unwrap();
+    let mut p = JitProgram::compile(&g, &CodegenOptions::default()).unwrap();
+    p.set_threads(2);
+    assert!(!has_task(&p, "small"));
+    assert!(has_task(&p, "large"));
+}
