@@ -29,6 +29,7 @@ mod elementwise;
 mod fma_rows;
 mod fma_tile;
 mod gemm_f32;
+mod global_max;
 mod im2col;
 mod index;
 mod logic;
@@ -551,7 +552,8 @@ pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
         QAdd => quant::qadd(k),
         QConcat => quant::qconcat(k),
         MaxPool | AveragePool => pool::pool(k),
-        GlobalAveragePool | GlobalMaxPool => pool::global_pool(k),
+        GlobalAveragePool => pool::global_pool(k),
+        GlobalMaxPool => global_max::global_max_pool(k),
         QAveragePool | QGlobalAveragePool => pool::qpool(k),
         Add | Sub | Mul | Div => elementwise::binary(k),
         Relu | Clip | LeakyRelu | Sigmoid | Tanh | HardSigmoid | HardSwish => math::unary(k),

@@ -282,12 +282,8 @@ pub(super) fn dequantize(k: &mut Kernel) -> Result<(), String> {
             fb.ins().splat(types::F32X4, scale),
             fb.ins().splat(types::F32X4, zp),
         );
-        let widen = |fb: &mut FunctionBuilder, v: Value, high: bool| match (signed, high) {
-            (true, false) => fb.ins().swiden_low(v),
-            (true, true) => fb.ins().swiden_high(v),
-            (false, false) => fb.ins().uwiden_low(v),
-            (false, true) => fb.ins().uwiden_high(v),
-        };
+        let widen =
+            |fb: &mut FunctionBuilder, v: Value, high: bool| emit::widen_half(fb, v, signed, high);
         // Eight i16 a half: loaded as they are (i16), or widened from the 16 bytes.
         let halves: [Value; 2] = if sixteen {
             let at = emit::addr(fb, xptr, i, 2);
