@@ -465,6 +465,11 @@ impl<'k, 'f> Kernel<'k, 'f> {
         self.target_has("has_avx512dq") && self.target_has("has_avx512vl")
     }
 
+    /// Whether the target is x86-64 (where Cranelift's `x86_*` instructions lower).
+    pub fn is_x86(&self) -> bool {
+        self.module.isa().triple().architecture == target_lexicon::Architecture::X86_64
+    }
+
     /// Whether byte shuffles with a constant pattern are one `pshufb` (SSSE3): without it
     /// Cranelift calls a helper the JIT does not provide, so kernels built on them stay off.
     pub fn has_byte_shuffle(&self) -> bool {
