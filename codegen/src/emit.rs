@@ -216,6 +216,17 @@ pub fn for_strided(
     level(fb, 0, extents, strides, start, body);
 }
 
+/// The low or high half of an integer vector's lanes widened to twice their width,
+/// sign-extended when `signed` (i8x16 to i16x8, i16x8 to i32x4).
+pub fn widen_half(fb: &mut FunctionBuilder, v: Value, signed: bool, high: bool) -> Value {
+    match (signed, high) {
+        (true, false) => fb.ins().swiden_low(v),
+        (true, true) => fb.ins().swiden_high(v),
+        (false, false) => fb.ins().uwiden_low(v),
+        (false, true) => fb.ins().uwiden_high(v),
+    }
+}
+
 /// Row-major element strides of `dims`.
 pub fn row_major(dims: &[usize]) -> Vec<i64> {
     let mut strides = vec![1i64; dims.len()];

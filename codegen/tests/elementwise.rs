@@ -1241,3 +1241,182 @@ fn scatters_with_every_reduction() {
         );
     }
 }
+
+/// Bit-identical results (f32 compared by bits: the sign of zero and NaN payloads count),
+/// for the kernels that only move or convert exactly.
+fn identical(p: &Programs, g: &Graph, inputs: &[Tensor]) {
+    let want = qlift_ir::interp::run(g, inputs).unwrap_or_else(|e| panic!("interpreter: {e}"));
+    let got = p.run(inputs).unwrap_or_else(|e| panic!("JIT: {e}"));
+    assert_eq!(got.len(), want.len());
+    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+        assert_eq!((a.dtype(), a.shape()), (b.dtype(), b.shape()), "output {i}");
+        match (a.data(), b.data()) {
+            (TensorData::F32(x), TensorData::F32(y)) => {
+                for (k, (u, v)) in x.iter().zip(y).enumerate() {
+                    assert_eq!(
+                        u.to_bits(),
+                        v.to_bits(),
+                        "output {i} element {k}: {u} vs {v}"
+                    );
+                }
+            }
+            _ => assert_eq!(a, b, "output {i}"),
+        }
+    }
+}
+
+/// f32 values of `shape` drawn from [`specials`] (NaN, ±inf, ±0, extremes) and random ones.
+fn special_floats(seed: u64, shape: &[usize]) -> Tensor {
+    let pool = specials();
+    let v = lcg(seed, shape.iter().product())
+        .into_iter()
+        .map(|r| pool[((r + 1.0) / 2.0 * pool.len() as f32) as usize % pool.len()])
+        .collect();
+    Tensor::from_f32(shape, v)
+}
+
+/// A pseudo-random extent in `lo..=hi`.
+fn extent(seed: u64, lo: usize, hi: usize) -> usize {
+    lo + (((lcg(seed, 1)[0] + 1.0) / 2.0) * (hi - lo + 1) as f32) as usize % (hi - lo + 1)
+}
+
+#[test]
+fn casts_to_f32_of_every_integer_width_and_remainder() {
+    for (seed, n) in [1usize, 15, 16, 17, 31, 33, 257].into_iter().enumerate() {
+        for from in [DType::Bool, DType::U8, DType::I8, DType::I32] {
+            let rows = extent(seed as u64 + 40, 1, 3);
+            let text = format!(
+                "graph t(%x: {from}[N,{rows},{n}]) -> (%y) {{\n  %y = Cast(%x) {{to=\"f32\"}} : f32[N,{rows},{n}]\n}}"
+            );
+            let (g, p) = compile(&text);
+            for batch in [1, 2] {
+                let shape = [batch, rows, n];
+                let x = match from {
+                    DType::Bool => bools(seed as u64, &shape),
+                    // i32 across its range: conversions that round (to nearest even).
+                    _ => ints(from, seed as u64, &shape),
+                };
+                identical(&p, &g, &[x]);
+            }
+        }
+    }
+}
+
+#[test]
+fn slices_copy_contiguous_runs_and_identity_slices() {
+    // (input dims, starts, ends, axes, steps, result dims): rows kept whole (runs of 16 bytes
+    // and more, with remainders), an identity slice with masked ends, short rows, strides.
+    let cases: [(&str, &str, &str, &str, &str, &str); 5] = [
+        ("5,7,9", "1,2", "4,7", "0,1", "1,1", "3,5,9"),
+        (
+            "4,3,17,1",
+            "0,0,0,0",
+            "1000000000,1000000000,1000000000,1000000000",
+            "0,2,1,3",
+            "1,1,1,1",
+            "4,3,17,1",
+        ),
+        ("6,3", "1", "5", "1", "1", "6,2"),
+        ("6,10", "-2,9", "-7,0", "0,1", "-1,-3", "5,3"),
+        ("3,41", "0,5", "2,1000", "0,1", "1,1", "2,36"),
+    ];
+    for (i, (dims, starts, ends, axes, steps, out)) in cases.into_iter().enumerate() {
+        let r = starts.split(',').count();
+        for dtype in ["f32", "i8", "i64"] {
+            let text = format!(
+                "graph t(%x: {dtype}[N,{dims}]) -> (%y) {{
+                   %s = const i64[{r}] [{starts}]
+                   %e = const i64[{r}] [{ends}]
+                   %a = const i64[{r}] [{}]
+                   %k = const i64[{r}] [{steps}]
+                   %y = Slice(%x, %s, %e, %a, %k) : {dtype}[N,{out}]
+                 }}",
+                axes.split(',')
+                    .map(|a| (a.parse::<i64>().unwrap() + 1).to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            let (g, p) = compile(&text);
+            for batch in [1, 2] {
+                let mut shape = vec![batch];
+                shape.extend(dims.split(',').map(|d| d.parse::<usize>().unwrap()));
+                let x = match dtype {
+                    "f32" => special_floats(i as u64, &shape),
+                    "i8" => ints(DType::I8, i as u64, &shape),
+                    _ => ints(DType::I64, i as u64, &shape),
+                };
+                identical(&p, &g, &[x]);
+            }
+        }
+    }
+}
+
+#[test]
+fn transposes_in_tiles_with_remainders() {
+    // Random 2-D extents (whole 4×4 tiles, leftover rows and columns, fewer than 4), and
+    // the magika layout [N,C,L,1] → [N,L,C,1], for 4-byte (tiled) and 1-byte elements.
+    for seed in 0..8u64 {
+        let (a, b) = (extent(2 * seed + 100, 1, 13), extent(2 * seed + 101, 1, 13));
+        for dtype in ["f32", "i32", "i8"] {
+            let text = format!(
+                "graph t(%x: {dtype}[N,{a},{b},1], %w: {dtype}[{a},3,{b}]) -> (%y, %z) {{
+                   %y = Transpose(%x) {{perm=[0, 2, 1, 3]}} : {dtype}[N,{b},{a},1]
+                   %z = Transpose(%w) {{perm=[2, 1, 0]}} : {dtype}[{b},3,{a}]
+                 }}"
+            );
+            let (g, p) = compile(&text);
+            for batch in [1, 2] {
+                let (s1, s2) = (vec![batch, a, b, 1], vec![a, 3, b]);
+                let inputs = match dtype {
+                    "f32" => vec![special_floats(seed, &s1), special_floats(seed + 7, &s2)],
+                    "i32" => vec![ints(DType::I32, seed, &s1), ints(DType::I32, seed + 7, &s2)],
+                    _ => vec![ints(DType::I8, seed, &s1), ints(DType::I8, seed + 7, &s2)],
+                };
+                identical(&p, &g, &inputs);
+            }
+        }
+    }
+}
+
+#[test]
+fn global_max_pool_skips_nan_and_orders_zeros() {
+    for (seed, plane) in [
+        (1usize, 1usize),
+        (2, 3),
+        (3, 1),
+        (4, 15),
+        (5, 16),
+        (6, 17),
+        (7, 33),
+        (8, 508),
+    ] {
+        let (c, h) = (extent(seed as u64 + 60, 1, 5), plane);
+        let text = format!(
+            "graph t(%x: f32[N,{c},{h}], %w: f32[N,{c},{h},2]) -> (%y, %z) {{
+               %y = GlobalMaxPool(%x) : f32[N,{c},1]
+               %z = GlobalMaxPool(%w) : f32[N,{c},1,1]
+             }}"
+        );
+        let (g, p) = compile(&text);
+        for batch in [1, 2] {
+            let shape = [batch, c, h];
+            let mut x = special_floats(seed as u64, &shape).to_f32_vec();
+            let n = x.len();
+            // Planes of only NaN (→ −inf), of ±0 in both orders, of −inf and NaN.
+            let planes: [&[f32]; 4] = [
+                &[f32::NAN, -f32::NAN],
+                &[-0.0, 0.0],
+                &[0.0, -0.0, f32::NAN],
+                &[f32::NEG_INFINITY, f32::NAN],
+            ];
+            for (j, fill) in planes.into_iter().enumerate().take(batch * c) {
+                for (i, v) in x[j * h..(j + 1) * h].iter_mut().enumerate() {
+                    *v = fill[i % fill.len()];
+                }
+            }
+            let w = special_floats(seed as u64 + 3, &[batch, c, h, 2]);
+            assert_eq!(n, batch * c * h);
+            identical(&p, &g, &[Tensor::from_f32(&shape, x), w]);
+        }
+    }
+}

@@ -459,3 +459,25 @@ fn max_pools_skip_nan_like_the_interpreter() {
         Floats::Special(5.0),
     );
 }
+
+#[test]
+fn quantize_vectors_saturate_round_and_map_nan_at_every_extent() {
+    // Extents around the 16-element step (remainders), zero points at the range's ends (so
+    // the clamp bounds lo − zp, hi − zp are far from 0), scales that saturate most values.
+    let mut rng = Lcg(0x9a7);
+    for n in [1usize, 15, 16, 17, 31, 48, 100] {
+        for (dtype, lo, hi) in [("u8", 0, 255), ("i8", -128, 127), ("i16", -32768, 32767)] {
+            let zp = [lo, hi, (lo + hi) / 2][rng.next() as usize % 3];
+            let scale = [0.0371f32, 0.25, 1e-3, 3.5][rng.next() as usize % 4];
+            same(
+                &format!(
+                    "graph t(%x: f32[N,2,{n}]) -> (%q, %d) {{
+                       %q = QuantizeLinear(%x) : {dtype}[N,2,{n}] quant(scale={scale}, zero_point={zp})
+                       %d = DequantizeLinear(%q) : f32[N,2,{n}]
+                     }}"
+                ),
+                Floats::Special(40.0),
+            );
+        }
+    }
+}

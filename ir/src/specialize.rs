@@ -352,6 +352,7 @@ impl Folder {
                 for (v, ty) in g.node_mut(id).outputs.iter_mut().zip(inferred) {
                     v.ty = ty;
                 }
+                bypass_whole_slice(g, id, &op)?;
                 if let Some(t) = tracked {
                     self.known.insert(
                         ValueId {
@@ -405,6 +406,38 @@ fn static_reshape(
     g.set_node_input(id, 1, None)?;
     g.node_mut(id).arity = 1;
     Ok(())
+}
+
+/// A Slice that keeps every element (steps of 1 and a result of its operand's type, which
+/// then starts at 0 and ends past the extent on every axis: exporters write `x[:, :]` so)
+/// is bypassed: its users read the operand, and the copy goes with the dead node. A graph
+/// output keeps its Slice (its name is the output's).
+fn bypass_whole_slice(g: &mut Graph, id: NodeId, op: &crate::Op) -> Result<(), IrError> {
+    if op.kind != OpKind::Slice {
+        return Ok(());
+    }
+    let operands = g.node_inputs(id);
+    let steps_one = match operands.get(4).copied().flatten() {
+        Some(v) => g
+            .const_value(v)
+            .is_some_and(|t| t.to_i64_vec().is_ok_and(|v| v.iter().all(|&s| s == 1))),
+        None => true,
+    };
+    let Some(Some(x)) = operands.first().copied() else {
+        return Ok(());
+    };
+    let out = ValueId {
+        node: id,
+        output: 0,
+    };
+    if !steps_one
+        || g.value_type(x) != g.value_type(out)
+        || !g.value_type(out).shape.is_specialized()
+        || g.outputs().contains(&out)
+    {
+        return Ok(());
+    }
+    g.replace_all_uses(out, x)
 }
 
 /// The elements of a small integer constant (at most a few dozen: shapes, axes, indices).

@@ -103,3 +103,47 @@ fn one_compiled_model_serves_every_sequence_length_and_batch() {
         "{bad}"
     );
 }
+
+/// Slices that keep everything (the `x[:, :, :]` exporters write, ends past the extents,
+/// here on the `?` batch axis too) are bypassed once the batch is bound; a reversing slice
+/// of the same shape, and a slice that is a graph output, stay. Results equal the
+/// interpreter's on the unspecialized graph.
+#[test]
+fn slices_that_keep_everything_are_bypassed() {
+    let g = parse(
+        "graph t(%x: f32[N,3,4]) -> (%y, %w) {
+           %s = const i64[3] [0, 0, 0]
+           %e = const i64[3] [1000000000, 1000000000, 2147483647]
+           %a = const i64[3] [0, 1, 2]
+           %one = const i64[3] [1, 1, 1]
+           %k = Slice(%x, %s, %e, %a, %one) : f32[?,3,4]
+           %back = const i64[1] [-1]
+           %from = const i64[1] [3]
+           %to = const i64[1] [-100]
+           %axis = const i64[1] [2]
+           %r = Slice(%k, %from, %to, %axis, %back) : f32[?,3,4]
+           %y = Neg(%r) : f32[?,3,4]
+           %w = Slice(%x, %s, %e, %a) : f32[?,3,4]
+         }",
+    )
+    .unwrap();
+    let s = qlift_ir::specialize(
+        &g,
+        &Binding {
+            batch: Some(2),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let slices: Vec<String> = s
+        .node_ids()
+        .filter(|&n| matches!(&s.node(n).op, qlift_ir::NodeOp::Apply(op) if op.kind == qlift_ir::OpKind::Slice))
+        .map(|n| s.node(n).name.clone())
+        .collect();
+    assert_eq!(slices.len(), 2, "{slices:?}");
+    assert!(!slices.iter().any(|n| n == "k"), "{slices:?}");
+    let x = input(2, 3);
+    let want = qlift_ir::interp::run(&g, std::slice::from_ref(&x)).unwrap();
+    let got = qlift_ir::interp::run(&s, &[x]).unwrap();
+    assert_eq!(got, want);
+}

@@ -249,7 +249,11 @@ pub(super) fn load_index(
 
 /// Copies through a strided walk: result offsets and operand offsets per axis of
 /// `extents` (the axes after the batch), starting at result and operand offsets
-/// `(dst_base, src_base)`; per sample of the batch when the operand has one.
+/// `(dst_base, src_base)`; per sample of the batch when the operand has one. After
+/// coalescing, an innermost axis contiguous on both sides is copied 16 bytes at a time
+/// ([`copy_static`]: a Slice keeping whole rows, Pad, Tile), and an innermost pair of axes
+/// swapped between the sides (a transpose of 4-byte elements) in 4×4 tiles
+/// ([`transpose_tiles`]); anything else element by element.
 pub(super) fn strided_copy(
     k: &mut Kernel,
     extents: &[usize],
@@ -258,21 +262,158 @@ pub(super) fn strided_copy(
 ) -> Result<(), String> {
     let (x, out) = (k.input(0)?, k.output(0));
     let (extents, strides) = emit::coalesce(extents, &strides);
-    let ty = mover(x.ty.dtype.size_of());
+    let size = x.ty.dtype.size_of();
+    let ty = mover(size);
     let (px, po) = (x.ptr, out.ptr);
     let (in_sample, out_sample) = (x.per_sample() as i64, out.per_sample() as i64);
     let samples = k.samples(x.batched());
+    let n = extents.len();
+    let inner = |s: usize, back: usize| n >= back && strides[s][n - back] == 1;
+    let form = if inner(0, 1) && inner(1, 1) && extents[n - 1] * size >= 16 {
+        Walk::Runs
+    } else if size == 4 && inner(0, 1) && inner(1, 2) && extents[n - 1] >= 4 && extents[n - 2] >= 4
+    {
+        Walk::Tiles
+    } else {
+        Walk::Elements
+    };
+    let outer = match form {
+        Walk::Runs => n - 1,
+        Walk::Tiles => n - 2,
+        Walk::Elements => n,
+    };
+    let outer_strides: Vec<Vec<i64>> = strides.iter().map(|s| s[..outer].to_vec()).collect();
     emit::for_dynamic(k.fb, samples, |fb, b| {
         let d = fb.ins().imul_imm_s(b, out_sample);
         let d = fb.ins().iadd_imm_s(d, dst_base);
         let s = fb.ins().imul_imm_s(b, in_sample);
         let s = fb.ins().iadd_imm_s(s, src_base);
-        emit::for_strided(fb, &extents, &strides, &[d, s], &mut |fb, off| {
-            let v = emit::load_at(fb, ty, px, off[1]);
-            emit::store_at(fb, v, po, off[0]);
-        });
+        emit::for_strided(
+            fb,
+            &extents[..outer],
+            &outer_strides,
+            &[d, s],
+            &mut |fb, off| match form {
+                Walk::Runs => {
+                    let dst = emit::addr(fb, po, off[0], size as i64);
+                    let src = emit::addr(fb, px, off[1], size as i64);
+                    copy_static(fb, dst, src, extents[n - 1] * size);
+                }
+                Walk::Tiles => {
+                    let shape = (extents[n - 2], extents[n - 1]);
+                    let steps = (strides[0][n - 2], strides[1][n - 1]);
+                    transpose_tiles(fb, (po, off[0]), (px, off[1]), shape, steps);
+                }
+                Walk::Elements => {
+                    let v = emit::load_at(fb, ty, px, off[1]);
+                    emit::store_at(fb, v, po, off[0]);
+                }
+            },
+        );
     });
     Ok(())
+}
+
+/// How [`strided_copy`] walks its innermost axes.
+#[derive(Clone, Copy)]
+enum Walk {
+    /// Contiguous runs on both sides, copied as bytes.
+    Runs,
+    /// A 2-D transpose of 4-byte elements, in 4×4 tiles.
+    Tiles,
+    /// One element at a time.
+    Elements,
+}
+
+/// A 2-D transpose of 4-byte elements: `rows × cols` result elements, result element
+/// `(r, c)` at element `dst.1 + r · steps.0 + c` of `dst.0`, read from element
+/// `src.1 + r + c · steps.1` of `src.0`. Whole 4×4 tiles load four 16-byte source rows and
+/// interleave them (32-bit, then 64-bit unpacks) into four result rows; the rows and
+/// columns left over move one element at a time. Bits are moved, never interpreted.
+fn transpose_tiles(
+    fb: &mut FunctionBuilder,
+    (po, d): (Value, Value),
+    (px, s): (Value, Value),
+    (rows, cols): (usize, usize),
+    (dst_row, src_col): (i64, i64),
+) {
+    let one = |fb: &mut FunctionBuilder, r: Value, c: Value| {
+        let rd = fb.ins().imul_imm_s(r, dst_row);
+        let dd = fb.ins().iadd(d, rd);
+        let dd = fb.ins().iadd(dd, c);
+        let cs = fb.ins().imul_imm_s(c, src_col);
+        let ss = fb.ins().iadd(s, cs);
+        let ss = fb.ins().iadd(ss, r);
+        let v = emit::load_at(fb, types::I32, px, ss);
+        emit::store_at(fb, v, po, dd);
+    };
+    emit::for_lanes(fb, rows as i64, 4, &mut |fb, r, whole_rows| {
+        if !whole_rows {
+            emit::for_count(fb, cols as i64, |fb, c| one(fb, r, c));
+            return;
+        }
+        emit::for_lanes(fb, cols as i64, 4, &mut |fb, c, whole_cols| {
+            if !whole_cols {
+                for i in 0..4 {
+                    let ri = fb.ins().iadd_imm_s(r, i);
+                    one(fb, ri, c);
+                }
+                return;
+            }
+            // Source rows j = c..c+4, each holding result rows r..r+4 of column c + j.
+            let cs = fb.ins().imul_imm_s(c, src_col);
+            let ss = fb.ins().iadd(s, cs);
+            let ss = fb.ins().iadd(ss, r);
+            let base = emit::addr(fb, px, ss, 4);
+            let step = fb.ins().iconst(types::I64, src_col * 4);
+            let mut at = base;
+            let mut src = Vec::with_capacity(4);
+            for j in 0..4 {
+                if j > 0 {
+                    at = fb.ins().iadd(at, step);
+                }
+                src.push(fb.ins().load(types::I8X16, emit::mem(), at, 0));
+            }
+            let lo32 = |fb: &mut FunctionBuilder, a, b| shuffle32(fb, a, b, [0, 4, 1, 5]);
+            let hi32 = |fb: &mut FunctionBuilder, a, b| shuffle32(fb, a, b, [2, 6, 3, 7]);
+            let lo64 = |fb: &mut FunctionBuilder, a, b| shuffle32(fb, a, b, [0, 1, 4, 5]);
+            let hi64 = |fb: &mut FunctionBuilder, a, b| shuffle32(fb, a, b, [2, 3, 6, 7]);
+            let (t0, t1) = (lo32(fb, src[0], src[1]), lo32(fb, src[2], src[3]));
+            let (t2, t3) = (hi32(fb, src[0], src[1]), hi32(fb, src[2], src[3]));
+            let result = [
+                lo64(fb, t0, t1),
+                hi64(fb, t0, t1),
+                lo64(fb, t2, t3),
+                hi64(fb, t2, t3),
+            ];
+            let rd = fb.ins().imul_imm_s(r, dst_row);
+            let dd = fb.ins().iadd(d, rd);
+            let dd = fb.ins().iadd(dd, c);
+            let mut at = emit::addr(fb, po, dd, 4);
+            let step = fb.ins().iconst(types::I64, dst_row * 4);
+            for (i, v) in result.into_iter().enumerate() {
+                if i > 0 {
+                    at = fb.ins().iadd(at, step);
+                }
+                fb.ins().store(emit::mem(), v, at, 0);
+            }
+        });
+    });
+}
+
+/// The 32-bit lanes `lanes` (0–3 from `a`, 4–7 from `b`) of two 16-byte vectors: Cranelift
+/// lowers the unpack patterns to single `punpck*` instructions.
+fn shuffle32(fb: &mut FunctionBuilder, a: Value, b: Value, lanes: [u8; 4]) -> Value {
+    let bytes: Vec<u8> = lanes
+        .iter()
+        .flat_map(|&l| (0..4).map(move |i| 4 * l + i))
+        .collect();
+    let mask = fb
+        .func
+        .dfg
+        .immediates
+        .push(cranelift_codegen::ir::ConstantData::from(bytes));
+    fb.ins().shuffle(a, b, mask)
 }
 
 /// Expand: the operand broadcast onto the result's (specialized) shape.
@@ -326,36 +467,75 @@ pub(super) fn cast(k: &mut Kernel) -> Result<(), String> {
     let (src_ty, dst_ty) = (x.elem(), out.elem());
     let (px, po) = (x.ptr, out.ptr);
     let signed = !matches!(from, DType::U8 | DType::U4 | DType::Bool);
-    if from == DType::I32 && to == DType::F32 && x.ty.shape == out.ty.shape {
-        // Integer sums to f32 (dynamic quantization's products) four lanes a step: the
-        // vector conversion rounds to nearest even, as the scalar one does.
-        let (batched, per_sample) = (x.batched(), x.per_sample() as i64);
-        let samples = k.samples(batched);
-        let fb = &mut *k.fb;
-        let total = fb.ins().imul_imm_s(samples, per_sample);
-        let whole = fb.ins().band_imm_s(total, -4);
-        let start = emit::iconst(fb, 0);
-        emit::for_range(fb, start, whole, 4, |fb, i| {
-            let v = emit::addr(fb, px, i, 4);
-            let v = fb.ins().load(types::I32X4, emit::mem(), v, 0);
-            let r = fb.ins().fcvt_from_sint(types::F32X4, v);
-            let to = emit::addr(fb, po, i, 4);
-            fb.ins().store(emit::mem(), r, to, 0);
-        });
-        emit::for_range(fb, whole, total, 1, |fb, i| {
-            let v = emit::load_at(fb, types::I32, px, i);
-            let r = fb.ins().fcvt_from_sint(types::F32, v);
-            emit::store_at(fb, r, po, i);
-        });
-        return Ok(());
-    }
-    plan.emit_lanes(k, 1, &mut |fb, off, lanes| {
-        debug_assert!(matches!(lanes, Lanes::Scalar));
-        let v = emit::load_at(fb, src_ty, px, off[1]);
-        let r = convert(fb, v, from, to, signed, dst_ty);
-        emit::store_at(fb, r, po, off[0]);
-    });
+    // Integers to f32 (a one-hot's bools, dynamic quantization's i32 products): 16 elements
+    // a step, widened lane by lane and converted with the scalar conversion's rounding.
+    let vector =
+        to == DType::F32 && matches!(from, DType::Bool | DType::U8 | DType::I8 | DType::I32);
+    plan.emit_lanes(
+        k,
+        if vector { CAST_LANES } else { 1 },
+        &mut |fb, off, lanes| {
+            match lanes {
+                Lanes::Vector(splat) if !splat[1] => {
+                    cast_to_f32x16(fb, from, px, off[1], po, off[0])
+                }
+                Lanes::Vector(_) => {
+                    // The operand is constant along the run: one conversion, splatted.
+                    let v = emit::load_at(fb, src_ty, px, off[1]);
+                    let r = convert(fb, v, from, to, signed, dst_ty);
+                    let r = fb.ins().splat(types::F32X4, r);
+                    let a = emit::addr(fb, po, off[0], 4);
+                    for q in 0..4 {
+                        fb.ins().store(emit::mem(), r, a, 16 * q);
+                    }
+                }
+                Lanes::Scalar => {
+                    let v = emit::load_at(fb, src_ty, px, off[1]);
+                    let r = convert(fb, v, from, to, signed, dst_ty);
+                    emit::store_at(fb, r, po, off[0]);
+                }
+            }
+        },
+    );
     Ok(())
+}
+
+/// Elements per vector step of an integer-to-f32 Cast: one 16-byte load of 1-byte elements.
+const CAST_LANES: usize = 16;
+
+/// Converts 16 consecutive elements of `from` (bool, u8, i8 or i32) at element `xo` of `px`
+/// to f32 at element `yo` of `po`: bytes widened (zero- or sign-extended) to four i32x4,
+/// then `fcvt_from_sint`, exact for bytes and rounding to nearest even for i32 as the
+/// scalar conversion does.
+fn cast_to_f32x16(
+    fb: &mut FunctionBuilder,
+    from: DType,
+    px: Value,
+    xo: Value,
+    po: Value,
+    yo: Value,
+) {
+    let quads: Vec<Value> = if from == DType::I32 {
+        let a = emit::addr(fb, px, xo, 4);
+        (0..4)
+            .map(|q| fb.ins().load(types::I32X4, emit::mem(), a, 16 * q))
+            .collect()
+    } else {
+        let a = fb.ins().iadd(px, xo);
+        let bytes = fb.ins().load(types::I8X16, emit::mem(), a, 0);
+        let signed = from == DType::I8;
+        let halves = [false, true].map(|high| emit::widen_half(fb, bytes, signed, high));
+        halves
+            .into_iter()
+            .flat_map(|h| [(h, false), (h, true)])
+            .map(|(h, high)| emit::widen_half(fb, h, signed, high))
+            .collect()
+    };
+    let a = emit::addr(fb, po, yo, 4);
+    for (q, v) in quads.into_iter().enumerate() {
+        let f = fb.ins().fcvt_from_sint(types::F32X4, v);
+        fb.ins().store(emit::mem(), f, a, 16 * q as i32);
+    }
 }
 
 /// One element converted from `from` to `to`.

@@ -30,6 +30,7 @@ mod fma_rows;
 mod fma_tile;
 pub(crate) mod fused;
 mod gemm_f32;
+mod global_max;
 mod im2col;
 mod index;
 mod logic;
@@ -462,6 +463,11 @@ impl<'k, 'f> Kernel<'k, 'f> {
         self.target_has("has_avx512dq") && self.target_has("has_avx512vl")
     }
 
+    /// Whether the target is x86-64 (where Cranelift's `x86_*` instructions lower).
+    pub fn is_x86(&self) -> bool {
+        self.module.isa().triple().architecture == target_lexicon::Architecture::X86_64
+    }
+
     /// Whether byte shuffles with a constant pattern are one `pshufb` (SSSE3): without it
     /// Cranelift calls a helper the JIT does not provide, so kernels built on them stay off.
     pub fn has_byte_shuffle(&self) -> bool {
@@ -570,7 +576,8 @@ pub(crate) fn emit(k: &mut Kernel) -> Result<(), String> {
         QAdd => quant::qadd(k),
         QConcat => quant::qconcat(k),
         MaxPool | AveragePool => pool::pool(k),
-        GlobalAveragePool | GlobalMaxPool => pool::global_pool(k),
+        GlobalAveragePool => pool::global_pool(k),
+        GlobalMaxPool => global_max::global_max_pool(k),
         QAveragePool | QGlobalAveragePool => pool::qpool(k),
         Add | Sub | Mul | Div => elementwise::binary(k),
         Relu | Clip | LeakyRelu | Sigmoid | Tanh | HardSigmoid | HardSwish => math::unary(k),

@@ -1,5 +1,5 @@
-//! Pooling kernels: MaxPool (f32, u8, i8), AveragePool (f32), GlobalAveragePool and
-//! GlobalMaxPool (f32), QAveragePool and QGlobalAveragePool (8-bit, fixed-point).
+//! Pooling kernels: MaxPool (f32, u8, i8), AveragePool (f32), GlobalAveragePool (f32),
+//! QAveragePool and QGlobalAveragePool (8-bit, fixed-point).
 //!
 //! The interpreter (`qlift_ir::ops::nn::pool_windows`) visits every kernel position and
 //! skips those in the padding. A window's valid positions are, on each spatial axis, one
@@ -473,23 +473,16 @@ fn max_pool_rows(k: &mut Kernel) -> Result<bool, String> {
     Ok(true)
 }
 
-/// GlobalAveragePool and GlobalMaxPool (f32): every plane is one window, reduced in order.
+/// GlobalAveragePool (f32): every plane is one window, summed in order (GlobalMaxPool is
+/// `global_max.rs`).
 pub(super) fn global_pool(k: &mut Kernel) -> Result<(), String> {
-    let reduce = match k.op.kind {
-        OpKind::GlobalMaxPool => Reduce::MaxF32,
-        _ => Reduce::AvgF32,
-    };
+    let reduce = Reduce::AvgF32;
     let (channels, spatial, _) = planes(k)?;
     let inner = spatial.iter().product::<usize>() as i64;
     let x = k.input(0)?;
     let (xptr, batched) = (x.ptr, x.batched());
     let yptr = k.output(0).ptr;
-    let ty = if matches!(reduce, Reduce::MaxF32) {
-        types::F32
-    } else {
-        types::F64
-    };
-    let acc = k.fb.declare_var(ty);
+    let acc = k.fb.declare_var(types::F64);
     let samples = k.samples(batched);
     let planes = k.fb.ins().imul_imm_s(samples, channels as i64);
     emit::for_dynamic(k.fb, planes, |fb, p| {

@@ -11,7 +11,7 @@
 //! Per-axis parameters and broadcasting strides are resolved at compile time (shapes are
 //! static except the batch on axis 0).
 
-use super::elementwise::{Broadcast, Lanes};
+use super::elementwise::{choose, Broadcast, Lanes};
 use super::requant::{self, VectorRequant, LANES};
 use super::{Kernel, Operand};
 use crate::emit;
@@ -169,23 +169,22 @@ pub(super) fn quantize(k: &mut Kernel) -> Result<(), String> {
     // packed).
     let signed = ydtype == DType::I8;
     let sixteen = ydtype == DType::I16;
+    let x86 = k.is_x86();
     let mut vector = |fb: &mut FunctionBuilder, (scale, zp): (Value, Value), i: Value| {
         let scale = fb.ins().splat(types::F32X4, scale);
         let zp = fb.ins().ireduce(types::I32, zp);
-        let splat = |fb: &mut FunctionBuilder, v: Value| fb.ins().splat(types::I32X4, v);
-        let zpv = splat(fb, zp);
-        // Clamped before the zero point is added (so nothing wraps): [lo − zp, hi − zp].
-        let (lo_z, hi_z) = (
-            fb.ins().iconst(types::I32, lo),
-            fb.ins().iconst(types::I32, hi),
-        );
-        let (lo_z, hi_z) = (fb.ins().isub(lo_z, zp), fb.ins().isub(hi_z, zp));
-        let (lo_z, hi_z, lo_v) = (
-            splat(fb, lo_z),
-            splat(fb, hi_z),
-            fb.ins().iconst(types::I32, lo),
-        );
-        let lo_v = splat(fb, lo_v);
+        let zpv = fb.ins().splat(types::I32X4, zp);
+        // Clamped before the zero point is added, in f32 on the rounded (integer-valued)
+        // quotient: [lo − zp, hi − zp] are exact f32 integers, so the clamp is the integer
+        // clamp, and the comparisons are false for NaN, which lands on lo − zp (the
+        // interpreter's NaN → minimum). What is left converts exactly with `cvttps2dq`.
+        let bound = |fb: &mut FunctionBuilder, b: i64| {
+            let b = fb.ins().iconst(types::I32, b);
+            let b = fb.ins().isub(b, zp);
+            let b = fb.ins().fcvt_from_sint(types::F32, b);
+            fb.ins().splat(types::F32X4, b)
+        };
+        let (lo_z, hi_z) = (bound(fb, lo), bound(fb, hi));
         let at = emit::addr(fb, xptr, i, 4);
         let quads: Vec<Value> = (0..LANES / 4)
             .map(|q| {
@@ -194,13 +193,17 @@ pub(super) fn quantize(k: &mut Kernel) -> Result<(), String> {
                     .load(types::F32X4, emit::mem(), at, (q * 16) as i32);
                 let r = fb.ins().fdiv(v, scale);
                 let r = fb.ins().nearest(r);
-                let n = fb.ins().fcvt_to_sint_sat(types::I32X4, r);
-                let n = fb.ins().smax(n, lo_z);
-                let n = fb.ins().smin(n, hi_z);
-                let n = fb.ins().iadd(n, zpv);
-                // NaN gives the minimum, as in the interpreter (the comparison is an i32x4 mask).
-                let nan = fb.ins().fcmp(FloatCC::Unordered, r, r);
-                fb.ins().bitselect(nan, lo_v, n)
+                let above = fb.ins().fcmp(FloatCC::GreaterThanOrEqual, r, lo_z);
+                let r = choose(fb, above, r, lo_z);
+                let below = fb.ins().fcmp(FloatCC::LessThanOrEqual, r, hi_z);
+                let r = choose(fb, below, r, hi_z);
+                // In range and integral: any conversion is exact, `cvttps2dq` the shortest.
+                let n = if x86 {
+                    fb.ins().x86_cvtt2dq(types::I32X4, r)
+                } else {
+                    fb.ins().fcvt_to_sint_sat(types::I32X4, r)
+                };
+                fb.ins().iadd(n, zpv)
             })
             .collect();
         let (h0, h1) = (
@@ -282,12 +285,8 @@ pub(super) fn dequantize(k: &mut Kernel) -> Result<(), String> {
             fb.ins().splat(types::F32X4, scale),
             fb.ins().splat(types::F32X4, zp),
         );
-        let widen = |fb: &mut FunctionBuilder, v: Value, high: bool| match (signed, high) {
-            (true, false) => fb.ins().swiden_low(v),
-            (true, true) => fb.ins().swiden_high(v),
-            (false, false) => fb.ins().uwiden_low(v),
-            (false, true) => fb.ins().uwiden_high(v),
-        };
+        let widen =
+            |fb: &mut FunctionBuilder, v: Value, high: bool| emit::widen_half(fb, v, signed, high);
         // Eight i16 a half: loaded as they are (i16), or widened from the 16 bytes.
         let halves: [Value; 2] = if sixteen {
             let at = emit::addr(fb, xptr, i, 2);

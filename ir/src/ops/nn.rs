@@ -161,7 +161,7 @@ pub(crate) fn eval(cx: &EvalCtx) -> Result<Vec<Tensor>, String> {
             let y = v
                 .chunks(inner.max(1))
                 .map(|s| match cx.op.kind {
-                    OpKind::GlobalMaxPool => s.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                    OpKind::GlobalMaxPool => s.iter().copied().fold(f64::NEG_INFINITY, max_number),
                     _ => s.iter().sum::<f64>() / inner as f64,
                 })
                 .collect();
@@ -855,5 +855,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.as_f32().unwrap(), &[0.5, 0.5]);
+    }
+}
+
+/// IEEE 754-2019 `maximumNumber`: NaN is skipped and +0 is above −0, so a maximum over
+/// many elements does not depend on their order (`f64::max` leaves the sign of a zero
+/// maximum unspecified); GlobalMaxPool's kernel reduces lanes in any order and relies on it.
+fn max_number(a: f64, b: f64) -> f64 {
+    if b > a || (b == a && b.is_sign_positive()) {
+        b
+    } else {
+        a
     }
 }
