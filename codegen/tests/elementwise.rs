@@ -3,6 +3,8 @@
 //! IR graphs: floats within 1e-4 (relative above 1), integers and moved bytes exact, NaN
 //! where the interpreter has NaN, errors where it errs.
 
+mod common;
+use common::lcg;
 use qlift_codegen::{CodegenOptions, JitProgram};
 use qlift_ir::text::parse;
 use qlift_ir::{DType, Graph, Tensor, TensorData};
@@ -45,19 +47,6 @@ impl Programs {
         }
         host
     }
-}
-
-/// A deterministic pseudo-random sequence in [-1, 1) (64-bit LCG, high bits).
-fn lcg(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
 }
 
 fn floats(seed: u64, shape: &[usize], scale: f32) -> Tensor {

@@ -5,22 +5,11 @@
 //! task function). Shapes leave uneven parts: odd row counts, rows and chunks that are not
 //! multiples of the vector width, batches of 1 and 3.
 
+mod common;
+use common::lcg;
 use qlift_codegen::{CodegenOptions, JitProgram};
 use qlift_ir::text::parse;
 use qlift_ir::{DType, Graph, Tensor, TensorData};
-
-/// A deterministic pseudo-random sequence in [-1, 1) (64-bit LCG, high bits).
-fn lcg(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 /// A tensor of `dtype` and `shape` with values in [-scale, scale) (integers rounded).
 fn values(dtype: DType, seed: u64, shape: &[usize], scale: f32) -> Tensor {
