@@ -90,7 +90,7 @@ fn dump_after_passes_shows_the_pipeline() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(files.contains(&"03-fold-bn.qir".to_string()), "{files:?}");
+    assert!(files.contains(&"04-fold-bn.qir".to_string()), "{files:?}");
     let o = qlift(&[
         "dump",
         &model("digits_cnn.onnx"),
