@@ -50,6 +50,9 @@ pub struct Step {
     /// Its functions (the kernel, its tasks and micro-kernels): id, role, bytes of code
     /// (what `QLIFT_PERF_MAP` writes for `perf`).
     pub functions: Vec<(FuncId, &'static str, usize)>,
+    /// Multiply-accumulates of one sample ([`Graph::node_macs`] of the graph compiled, whose
+    /// shapes are known even where the model's are symbolic), for products.
+    pub macs: Option<u64>,
 }
 
 /// What the caller of the entry function needs to know.
@@ -474,6 +477,7 @@ pub fn build(
             messages,
             form,
             functions,
+            macs: graph.node_macs(id),
         });
     }
     // Arena values live from their step to their last reader.

@@ -58,6 +58,9 @@ pub struct KernelTime {
     pub nanos: u64,
     /// Calls.
     pub calls: u64,
+    /// Multiply-accumulates of one sample, for products (Conv, Gemm, MatMul and their
+    /// integer forms), from the shapes the program was compiled for.
+    pub macs: Option<u64>,
 }
 
 enum Executor {
@@ -540,6 +543,18 @@ impl CompiledModel {
         &self.graph
     }
 
+    /// Multiply-accumulates of one sample in products: from the program last run when the
+    /// model has symbolic dimensions (its graph's products have no size until then), else
+    /// from the graph.
+    pub fn macs(&self) -> u64 {
+        let sum =
+            |m: &mut dyn Iterator<Item = Option<u64>>| m.flatten().fold(0, u64::saturating_add);
+        match self.current_program() {
+            Some(p) => sum(&mut p.program().steps.iter().map(|s| s.macs)),
+            None => sum(&mut self.graph.node_ids().map(|id| self.graph.node_macs(id))),
+        }
+    }
+
     /// Import, rewrites, calibration and code generation, wall time.
     pub fn compile_time(&self) -> Duration {
         self.compile_time
@@ -586,6 +601,7 @@ impl CompiledModel {
                         form: s.form.clone(),
                         nanos: t.nanos,
                         calls: t.calls,
+                        macs: s.macs,
                     })
                 })
                 .collect(),

@@ -951,6 +951,48 @@ fn shape_and_freeze_flags_bind_inputs() {
     assert_eq!(bad.status.code(), Some(1));
 }
 
+/// A model with a symbolic dimension besides the batch (a sequence) has no product sizes
+/// until a run binds it: bench counts the multiply-accumulates of the program it ran (it
+/// reported 0 GMAC/s for MiniLM and magika), per kernel under --profile too.
+#[test]
+fn bench_counts_the_products_of_shape_specialized_models() {
+    let dir = temp("bench_macs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let qir = dir.join("m.qir");
+    std::fs::write(
+        &qir,
+        "graph m(%x: f32[N,seq,8], %w: f32[8,4]) -> (%y) {\n  %y = MatMul(%x, %w) : f32[N,seq,4]\n}\n",
+    )
+    .unwrap();
+    let (x, w) = (dir.join("x.npy"), dir.join("w.npy"));
+    qlift::npy::write_npy(&x, &qlift_ir::Tensor::from_f32(&[1, 5, 8], vec![1.0; 40])).unwrap();
+    qlift::npy::write_npy(&w, &qlift_ir::Tensor::from_f32(&[8, 4], vec![1.0; 32])).unwrap();
+    let (x, w) = (format!("x={}", x.display()), format!("w={}", w.display()));
+    let args = [
+        "bench",
+        qir.to_str().unwrap(),
+        "--input",
+        &x,
+        "--input",
+        &w,
+        "--iters",
+        "3",
+    ];
+    let o = qlift(&[&args[..], &["--json"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON object");
+    assert!(json["gmacs"].as_f64().is_some_and(|v| v > 0.0), "{json}");
+    let o = qlift(&[&args[..], &["--profile"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("MatMul MatMul"))
+        .unwrap_or_else(|| panic!("no MatMul form row: {text}"));
+    // "MatMul MatMul  1  0.1  3.9%  0.000  1.4": the GMACs and GMAC/s columns are filled.
+    assert_eq!(row.split_whitespace().count(), 7, "{row}");
+}
+
 #[test]
 fn help_matches_behaviour() {
     // `run` said "with the reference interpreter" while the JIT is the default.

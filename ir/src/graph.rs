@@ -315,6 +315,37 @@ impl Graph {
         }
     }
 
+    /// Multiply-accumulates of one sample of node `id`: Conv, Gemm, MatMul and their integer
+    /// forms; `None` for other ops and for shapes that are still symbolic (a program's
+    /// specialized graph has them all).
+    pub fn node_macs(&self, id: NodeId) -> Option<u64> {
+        use OpKind::*;
+        let kind = self.node(id).op.kind()?;
+        let inputs = self.node_inputs(id);
+        let known = |v: ValueId| {
+            let shape = &self.value_type(v).shape;
+            shape.is_specialized().then(|| shape.resolve(1))
+        };
+        self.node(id).outputs.first()?;
+        let out = known(ValueId {
+            node: id,
+            output: 0,
+        })?
+        .iter()
+        .product::<usize>() as u64;
+        let w = known(inputs.get(1).copied().flatten()?)?;
+        match kind {
+            Conv | QConv | ConvInteger | QLinearConv => {
+                Some(out.saturating_mul(w.get(1..)?.iter().product::<usize>() as u64))
+            }
+            Gemm | MatMul | QMatMul | MatMulInteger | QLinearMatMul => {
+                let a = known(inputs[0]?)?;
+                Some(out.saturating_mul(*a.last()? as u64))
+            }
+            _ => None,
+        }
+    }
+
     /// A node's operands by slot (`None` for missing optional operands).
     pub fn node_inputs(&self, id: NodeId) -> Vec<Option<ValueId>> {
         let mut inputs = vec![None; self.g[id].arity];

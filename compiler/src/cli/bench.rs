@@ -6,7 +6,7 @@ use super::{
     bind_inputs, compile_graph, in_range, load_model, EngineArg, LoadArgs, QuantArgs, MAX_THREADS,
 };
 use anyhow::{bail, Result};
-use qlift_ir::{Graph, Tensor};
+use qlift_ir::Tensor;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -260,10 +260,9 @@ pub(crate) fn exec(args: &BenchArgs) -> Result<()> {
     times.sort_by(f64::total_cmp);
     let pick = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
     let (min, median, p90) = (times[0], pick(0.5), pick(0.9));
-    let macs = multiply_accumulates(model.graph()) as f64 * batch as f64;
+    let macs = model.macs() as f64 * batch as f64;
     let profile = match model.profile() {
         Some(kernels) => Some(super::profile::table(
-            model.graph(),
             &kernels,
             times.iter().sum::<f64>() / times.len() as f64,
             batch,
@@ -346,13 +345,6 @@ fn duration_ms(ms: f64) -> String {
     } else {
         format!("{ms:.3} ms")
     }
-}
-
-/// Multiply-accumulates of one sample: Conv, Gemm, MatMul and their integer forms.
-fn multiply_accumulates(g: &Graph) -> u64 {
-    g.node_ids()
-        .filter_map(|id| super::profile::node_macs(g, id))
-        .fold(0u64, u64::saturating_add)
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! them, the kernel form (and with `--profile` the time) of every node, and writing the page.
 
 use super::output::{note, Outputs};
-use super::profile::node_macs;
 use anyhow::Result;
 use qlift::html::{Kernel, KernelCost, PipelineStep, Report};
 use qlift::{CompileOptions, CompiledModel, Engine};
@@ -88,18 +87,13 @@ pub(crate) fn kernels(
             .filter_map(|t| t.shape().first().copied())
             .max()
             .unwrap_or(1) as f64;
-        let g = model.graph();
-        let macs: HashMap<&str, u64> = g
-            .node_ids()
-            .filter_map(|id| Some((g.node(id).name.as_str(), node_macs(g, id)?)))
-            .collect();
         let total: u64 = times.iter().map(|t| t.nanos).sum();
         for t in &times {
             let us = t.nanos as f64 / t.calls.max(1) as f64 / 1e3;
-            let gmacs = macs
-                .get(t.node.as_str())
+            let gmacs = t
+                .macs
                 .filter(|_| us > 0.0)
-                .map(|&m| m as f64 * batch / us / 1e3);
+                .map(|m| m as f64 * batch / us / 1e3);
             let cost = KernelCost {
                 us_per_call: us,
                 share: t.nanos as f64 / total.max(1) as f64,

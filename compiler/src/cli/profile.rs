@@ -4,47 +4,10 @@
 
 use crate::html::tail as clip;
 use qlift::KernelTime;
-use qlift_ir::{Graph, NodeId};
-use std::collections::HashMap;
-
-/// Multiply-accumulates of one sample of node `id`: Conv, Gemm, MatMul and their integer
-/// forms; `None` for other ops.
-pub fn node_macs(g: &Graph, id: NodeId) -> Option<u64> {
-    use qlift_ir::OpKind::*;
-    let kind = g.node(id).op.kind()?;
-    let inputs = g.node_inputs(id);
-    let out = g
-        .node(id)
-        .outputs
-        .first()?
-        .ty
-        .shape
-        .resolve(1)
-        .iter()
-        .product::<usize>() as u64;
-    let w = g
-        .value_type(inputs.get(1).copied().flatten()?)
-        .shape
-        .resolve(1);
-    match kind {
-        Conv | QConv | ConvInteger | QLinearConv => {
-            Some(out.saturating_mul(w.get(1..)?.iter().product::<usize>() as u64))
-        }
-        Gemm | MatMul | QMatMul | MatMulInteger | QLinearMatMul => {
-            let a = g.value_type(inputs[0]?).shape.resolve(1);
-            Some(out.saturating_mul(*a.last()? as u64))
-        }
-        _ => None,
-    }
-}
 
 /// The profile as text: the kernels by time (at most `top`), then the forms, then the time
 /// outside kernels. `call_ms` is the mean latency of the profiled calls, `batch` their batch.
-pub fn table(g: &Graph, times: &[KernelTime], call_ms: f64, batch: usize, top: usize) -> String {
-    let macs: HashMap<&str, u64> = g
-        .node_ids()
-        .filter_map(|id| Some((g.node(id).name.as_str(), node_macs(g, id)?)))
-        .collect();
+pub fn table(times: &[KernelTime], call_ms: f64, batch: usize, top: usize) -> String {
     let calls = times.iter().map(|t| t.calls).max().unwrap_or(0).max(1) as f64;
     let per_call_us = |t: &KernelTime| t.nanos as f64 / calls / 1e3;
     let kernel_us: f64 = times.iter().map(per_call_us).sum();
@@ -65,9 +28,9 @@ pub fn table(g: &Graph, times: &[KernelTime], call_ms: f64, batch: usize, top: u
     ));
     for t in sorted.iter().take(top) {
         let us = per_call_us(t);
-        let rate = macs
-            .get(t.node.as_str())
-            .map_or(String::new(), |&m| format!("{:.1}", gmacs(m, us)));
+        let rate = t
+            .macs
+            .map_or(String::new(), |m| format!("{:.1}", gmacs(m, us)));
         out.push_str(&format!(
             "{:<44} {:<18} {:<17} {:>10.1} {:>5.1}% {:>8}\n",
             clip(&t.node, 44),
@@ -93,7 +56,7 @@ pub fn table(g: &Graph, times: &[KernelTime], call_ms: f64, batch: usize, top: u
             }
         };
         forms[at].1 += per_call_us(t);
-        forms[at].2 += macs.get(t.node.as_str()).copied().unwrap_or(0);
+        forms[at].2 += t.macs.unwrap_or(0);
         forms[at].3 += 1;
     }
     forms.sort_by(|a, b| b.1.total_cmp(&a.1));
