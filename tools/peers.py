@@ -55,6 +55,8 @@ def main():
     ap.add_argument("model")
     ap.add_argument("--input", action="append", required=True, help="an input .npy (repeat for several, in graph-input order)")
     ap.add_argument("--int8", help="ONNX Runtime's int8 model (default: MODEL with .qdq.onnx)")
+    ap.add_argument("--int8-matched", help="another ONNX Runtime int8 model, as accurate as qlift's (ORT's default int8 of "
+                    "a transformer can lose most of its accuracy); --row adds its latency and qlift's ratio to it")
     ap.add_argument("--cmd", action="append", default=[], help="a command printing qlift bench --json (repeatable)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--iters", type=int, default=200)
@@ -71,6 +73,8 @@ def main():
     iters = max(1, args.iters // rounds)
     engines = [("ORT fp32", lambda: ort_median(args.model, xs, args.threads, iters, args.warmup)),
                ("ORT int8", lambda: ort_median(int8, xs, args.threads, iters, args.warmup))]
+    if args.int8_matched:
+        engines.append(("ORT int8 matched", lambda: ort_median(args.int8_matched, xs, args.threads, iters, args.warmup)))
     if args.threads == 1 and len(xs) == 1:
         engines.append(("tract fp32", lambda: tract_median(args.model, x, iters, args.warmup)))
 
@@ -105,6 +109,8 @@ def main():
         ratio = lambda a, b: "n/a" if a is None or b is None else f"{a / b:.2f}"
         # Further --cmd engines (another qlift build): its latency and ratio to ORT int8.
         more = "".join(f" {fmt(v)} | {ratio(v, e['ORT int8'])} |" for v in qlifts[1:])
+        if "ORT int8 matched" in e:
+            more = f" {fmt(e['ORT int8 matched'])} | {ratio(q, e['ORT int8 matched'])} |" + more
         print(f"| {result['model'].replace('.onnx', '')} | {result['batch']} | {args.threads} | {fmt(q)} | {fmt(e['ORT int8'])} | "
               f"{fmt(e['ORT fp32'])} | {fmt(e.get('tract fp32'))} | {ratio(q, e['ORT int8'])} | {ratio(q, e['ORT fp32'])} |{more}", flush=True)
         return
