@@ -256,11 +256,59 @@ fn finite_extremes(values: &[f32]) -> (f32, f32, u64) {
     (lo, hi, total)
 }
 
-/// `floor(x)` for `|x| < 2^53`, without the libm call `f64::floor` becomes on baseline
-/// x86-64 (no SSE4.1 `roundsd`); exact, as truncation toward zero is exact there.
-fn floor_i64(x: f64) -> i64 {
-    let t = x as i64;
-    t - i64::from((t as f64) > x)
+/// Adds every nonzero finite value of `values` to `bins` (bin `floor(v · inv_w)` from
+/// `-B`, clamped to the ends; `inv_w` a power of two, so the product is exact) and returns
+/// how many values were skipped (zeros and non-finite ones). Every activation of every
+/// calibration sample passes through here (it was 63% of MobileNetV2's calibration), so
+/// without a branch per value (ReLU outputs are half zeros: half the branches mispredicted),
+/// and into two interleaved u32 sub-histograms, so that a run of values in one bin does not
+/// make each increment wait for the previous one's store.
+fn count_bins(bins: &mut [u64], values: &[f32], inv_w: f64) -> u64 {
+    const SKIP: u16 = 2 * HISTOGRAM_HALF_BINS as u16;
+    const CHUNK: usize = 1024;
+    const ROUND: f64 = 6755399441055744.0;
+    let (lo, hi) = (-B as f64, (B - 1) as f64);
+    let mut sub = vec![[0u32; SKIP as usize + 1]; 2];
+    let mut at = [0u16; CHUNK];
+    let mut skipped = 0u64;
+    // Blocks of at most 2^32 - 1 values, so that a u32 count cannot wrap.
+    for block in values.chunks(u32::MAX as usize) {
+        for chunk in block.chunks(CHUNK) {
+            // The bins first, in lanes the compiler vectorizes (NaN and ±Inf clamp to an
+            // end and are then skipped with the zeros)...
+            for (a, &v) in at.iter_mut().zip(chunk) {
+                let x = (f64::from(v) * inv_w).max(lo).min(hi);
+                // floor(x) of |x| <= B: rounded to an integer by adding 1.5·2^52 (the
+                // integer is then the low bits), one less where that rounded up.
+                let r = x + ROUND;
+                let d = r.to_bits() as i32 - i32::from(r - ROUND > x);
+                let counted = v != 0.0 && v.is_finite();
+                *a = if counted { (d + B as i32) as u16 } else { SKIP };
+            }
+            // ... then the counting, alternating between the sub-histograms.
+            let [even, odd] = &mut sub[..] else {
+                unreachable!("two sub-histograms")
+            };
+            let pairs = at[..chunk.len()].chunks_exact(2);
+            // (`min` only tells the compiler the bins are in range.)
+            let bin = |i: u16| usize::from(i.min(SKIP));
+            if let [i] = pairs.remainder() {
+                even[bin(*i)] += 1;
+            }
+            for pair in pairs {
+                even[bin(pair[0])] += 1;
+                odd[bin(pair[1])] += 1;
+            }
+        }
+        for h in sub.iter_mut() {
+            for (b, c) in bins.iter_mut().zip(h.iter()) {
+                *b += u64::from(*c);
+            }
+            skipped += u64::from(h[usize::from(SKIP)]);
+            h.fill(0);
+        }
+    }
+    skipped
 }
 
 /// `floor(log2(x))` of a positive normal `f64`.
@@ -298,21 +346,13 @@ impl TensorStats {
                 self.fit(f64::from(max_abs));
             }
         }
-        let inv_w = pow2(-self.exp);
-        for &v in values {
-            if v == 0.0 {
-                self.zeros += 1;
-                continue;
-            }
-            if !v.is_finite() {
-                continue;
-            }
-            // Exact: multiplying by a power of two only shifts the exponent.
-            let d = floor_i64(f64::from(v) * inv_w);
-            if let Some(c) = self.bins.get_mut((d.clamp(-B, B - 1) + B) as usize) {
-                *c += 1;
-            }
+        if self.bins.is_empty() {
+            // No nonzero finite value yet: every finite one is a zero.
+            self.zeros += finite;
+            return;
         }
+        let skipped = count_bins(&mut self.bins, values, pow2(-self.exp));
+        self.zeros += skipped - (values.len() as u64 - finite);
     }
 
     /// Lays out the histogram for `max_abs` (first time) or doubles the width until it fits.
@@ -1188,6 +1228,10 @@ mod tests {
                             3 if b == 1 => f32::NEG_INFINITY,
                             4 => f32::INFINITY,
                             5 => 1e-30 * r.gauss() as f32,
+                            // Bin edges, the clamped ends and the smallest subnormals.
+                            6 => (r.next_u64() % 4097) as f32 * 0.125 - 256.0,
+                            7 if b == 2 => f32::MIN,
+                            8 => f32::from_bits(1) * if len % 2 == 0 { 1.0 } else { -1.0 },
                             _ => (r.gauss() * 10f64.powi(b)) as f32,
                         })
                         .collect()
@@ -1201,11 +1245,6 @@ mod tests {
                 "length {len}"
             );
             assert_eq!((new.exp, &new.bins), (old.exp, &old.bins), "length {len}");
-        }
-        for x in [
-            -2048.0, -1.5, -1.0, -0.25, -1e-300, 0.0, 1e-300, 0.75, 1.0, 2047.9,
-        ] {
-            assert_eq!(floor_i64(x), x.floor() as i64, "{x}");
         }
     }
 
