@@ -126,7 +126,8 @@ fn clamp(fb: &mut FunctionBuilder, x: Value, lo: f32, below: f32, hi: f32) -> Va
 fn cap(fb: &mut FunctionBuilder, x: Value, hi: f32) -> Value {
     let ty = fb.func.dfg.value_type(x);
     let hi = fconst(fb, ty, hi);
-    let above = fb.ins().fcmp(FloatCC::GreaterThan, x, hi);
+    // `hi < x` rather than `x > hi`: the form Cranelift lowers to one `minps`.
+    let above = fb.ins().fcmp(FloatCC::LessThan, hi, x);
     choose(fb, above, hi, x)
 }
 
