@@ -60,11 +60,31 @@ fn exp_split(x: f32) -> (f32, f32) {
     let n = biased - EXP_MAGIC;
     let t = x - n * LN2_HI;
     let t = t - n * LN2_LO;
-    let mut p = EXP_POLY[0];
-    for &c in &EXP_POLY[1..] {
-        p = p * t + c;
-    }
+    let p = estrin(t, &EXP_POLY);
     (s, s * t * p)
+}
+
+/// `c[0]·x^(n-1) + … + c[n-1]` (coefficients from the highest degree) by Estrin's scheme:
+/// pairs `c_2i + c_2i+1·x`, then pairs of those with `x²`, with `x⁴`, … (a shorter
+/// dependency chain than Horner's rule, in the JIT's order).
+/// In place, without allocating: the interpreter calls it per element.
+pub fn estrin<const N: usize>(x: f32, coefficients: &[f32; N]) -> f32 {
+    let mut terms = *coefficients;
+    terms.reverse();
+    let (mut n, mut power) = (N, x);
+    while n > 1 {
+        for i in 0..n / 2 {
+            terms[i] = terms[2 * i] + terms[2 * i + 1] * power;
+        }
+        if n % 2 == 1 {
+            terms[n / 2] = terms[n - 1];
+        }
+        n = n.div_ceil(2);
+        if n > 1 {
+            power *= power;
+        }
+    }
+    terms[0]
 }
 
 /// `r`, or `limit` where `x` is below [`EXP_LOW`].

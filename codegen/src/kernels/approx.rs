@@ -8,7 +8,7 @@
 //!
 //! - `exp` (and `expm1`): Cody-Waite range reduction `x = n·ln2 + t`, |t| <= ln2/2, with the
 //!   rounding of `n` and the scale `2^n` read off the bits of `x·log2(e) + 1.5·2^23`
-//!   (XNNPACK's "magic bias"), then a degree-7 Taylor polynomial (a few ulp).
+//!   (XNNPACK's "magic bias"), then a degree-6 Taylor polynomial (a few ulp).
 //! - `log`: Cephes' `logf` (mantissa in [sqrt(1/2), sqrt(2)), degree-9 polynomial), with
 //!   subnormal operands rescaled first.
 //! - `erf`: the rational approximation `x·P(x²)/Q(x²)` on [-4, 4] that Eigen, XLA and TVM use
@@ -59,16 +59,35 @@ fn from_bits(fb: &mut FunctionBuilder, ty: Type, v: Value) -> Value {
     fb.ins().bitcast(ty, MemFlagsData::new(), v)
 }
 
-/// `c[0]·x^(n-1) + … + c[n-1]` by Horner's rule (coefficients from the highest degree).
-fn horner(fb: &mut FunctionBuilder, x: Value, coefficients: &[f32]) -> Value {
+/// `c[0]·x^(n-1) + … + c[n-1]` (coefficients from the highest degree) by Estrin's scheme:
+/// pairs `c_2i + c_2i+1·x`, then pairs of those with `x²`, with `x⁴`, … A chain of
+/// `log2(n)` multiply-adds instead of Horner's `n`: these functions are one long
+/// dependency chain per vector, and the out-of-order window holds too few of them to hide
+/// Horner's latency (`qlift_ir::approx::estrin` does the same steps).
+fn estrin(fb: &mut FunctionBuilder, x: Value, coefficients: &[f32]) -> Value {
     let ty = fb.func.dfg.value_type(x);
-    let mut p = fconst(fb, ty, coefficients[0]);
-    for &c in &coefficients[1..] {
-        let m = fb.ins().fmul(p, x);
-        let c = fconst(fb, ty, c);
-        p = fb.ins().fadd(m, c);
+    let mut terms: Vec<Value> = coefficients
+        .iter()
+        .rev()
+        .map(|&c| fconst(fb, ty, c))
+        .collect();
+    let mut power = x;
+    while terms.len() > 1 {
+        terms = terms
+            .chunks(2)
+            .map(|pair| match *pair {
+                [low, high] => {
+                    let m = fb.ins().fmul(high, power);
+                    fb.ins().fadd(low, m)
+                }
+                _ => pair[0],
+            })
+            .collect();
+        if terms.len() > 1 {
+            power = fb.ins().fmul(power, power);
+        }
     }
-    p
+    terms[0]
 }
 
 /// `e^x = 2·(s + u)` and `e^x - 1 = 2·((s - 1/2) + u)`, with `s = 2^(n-1)` and `u = s·t·p(t)`
@@ -100,7 +119,7 @@ fn exp_split(fb: &mut FunctionBuilder, x: Value) -> (Value, Value) {
     let t = fb.ins().fsub(t, l);
     // (e^t - 1)/t to degree 6 by Taylor's 1/(k+1)!: exact as t goes to 0, which e^t - 1
     // needs (a minimax fit for e^t, such as XNNPACK's degree 5, is 1e-6 off there).
-    let p = horner(fb, t, &EXP_POLY);
+    let p = estrin(fb, t, &EXP_POLY);
     let st = fb.ins().fmul(s, t);
     let u = fb.ins().fmul(st, p);
     (s, u)
@@ -207,7 +226,7 @@ pub(super) fn erf(fb: &mut FunctionBuilder, x: Value) -> Value {
     let ty = fb.func.dfg.value_type(x);
     let x = clamp(fb, x, -4.0, -4.0, 4.0);
     let x2 = fb.ins().fmul(x, x);
-    let p = horner(
+    let p = estrin(
         fb,
         x2,
         &[
@@ -221,7 +240,7 @@ pub(super) fn erf(fb: &mut FunctionBuilder, x: Value) -> Value {
         ],
     );
     let p = fb.ins().fmul(x, p);
-    let q = horner(
+    let q = estrin(
         fb,
         x2,
         &[
@@ -279,7 +298,7 @@ pub(super) fn log(fb: &mut FunctionBuilder, x: Value) -> Value {
     let f = fb.ins().fsub(m, one);
     // ln(1 + f) = f - f²/2 + f³·P(f); ln2 split in two for e·ln2.
     let z = fb.ins().fmul(f, f);
-    let p = horner(
+    let p = estrin(
         fb,
         f,
         &[
@@ -332,6 +351,10 @@ pub(super) fn log1p(fb: &mut FunctionBuilder, u: Value) -> Value {
     choose(fb, exact, u, r)
 }
 
+#[cfg(test)]
+pub(crate) mod tests_api {
+    pub use super::tests::{compile, Approx};
+}
 #[cfg(test)]
 mod tests {
     //! Each approximation compiled alone (f32 scalar and f32x4 paths) and compared with the
