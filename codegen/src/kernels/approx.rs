@@ -8,7 +8,7 @@
 //!
 //! - `exp` (and `expm1`): Cody-Waite range reduction `x = n·ln2 + t`, |t| <= ln2/2, with the
 //!   rounding of `n` and the scale `2^n` read off the bits of `x·log2(e) + 1.5·2^23`
-//!   (XNNPACK's "magic bias"), then a degree-6 Taylor polynomial (a few ulp).
+//!   (XNNPACK's "magic bias"), then a degree-7 Taylor polynomial (a few ulp).
 //! - `log`: Cephes' `logf` (mantissa in [sqrt(1/2), sqrt(2)), degree-9 polynomial), with
 //!   subnormal operands rescaled first.
 //! - `erf`: the rational approximation `x·P(x²)/Q(x²)` on [-4, 4] that Eigen, XLA and TVM use
