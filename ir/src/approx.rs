@@ -6,8 +6,9 @@
 //! An integer op with float parts inside, such as a quantized recurrent layer (whose 8-bit
 //! products feed f32 gate nonlinearities and an f32 state, `ops/recurrent_q.rs`), must be
 //! bit-exact between the two, so its oracle runs the very instructions the JIT runs: each
-//! function here is the same sequence of IEEE f32 operations as its emitted twin (no FMA on
-//! either side), and a codegen test compares the two bit for bit over a sweep that includes
+//! function here is the same sequence of IEEE f32 operations as its emitted twin (the same
+//! fused multiply-adds on both sides: `mul_add` here, Cranelift's `fma` there, both rounded
+//! once), and a codegen test compares the two bit for bit over a sweep that includes
 //! the special values.
 
 /// Below this, `e^x` is flushed to 0 (and `e^x - 1` to -1): the scale `2^(n-1)` stays a
@@ -53,15 +54,16 @@ fn clamp(x: f32, lo: f32, below: f32, hi: f32) -> f32 {
 /// `(s, u)` with `e^x = 2·(s + u)`, `s = 2^(n-1)`, for `x` clamped to `EXP_HIGH`; below
 /// [`EXP_LOW`], where the callers flush the result, `x` is taken as 0, which keeps the
 /// discarded steps out of subnormal numbers (x86 takes ~100 cycles per subnormal operation).
-fn exp_split(x: f32) -> (f32, f32) {
+fn exp_half(x: f32, minus_one: bool) -> f32 {
     let x = clamp(x, EXP_LOW, 0.0, EXP_HIGH);
-    let biased = x * std::f32::consts::LOG2_E + EXP_MAGIC;
+    let biased = x.mul_add(std::f32::consts::LOG2_E, EXP_MAGIC);
     let s = f32::from_bits(biased.to_bits() << 23);
     let n = biased - EXP_MAGIC;
-    let t = x - n * LN2_HI;
-    let t = t - n * LN2_LO;
+    let t = n.mul_add(-LN2_HI, x);
+    let t = n.mul_add(-LN2_LO, t);
     let p = estrin(t, &EXP_POLY);
-    (s, s * t * p)
+    let base = if minus_one { s - 0.5 } else { s };
+    (s * t).mul_add(p, base)
 }
 
 /// `c[0]·x^(n-1) + … + c[n-1]` (coefficients from the highest degree) by Estrin's scheme:
@@ -74,7 +76,7 @@ pub fn estrin<const N: usize>(x: f32, coefficients: &[f32; N]) -> f32 {
     let (mut n, mut power) = (N, x);
     while n > 1 {
         for i in 0..n / 2 {
-            terms[i] = terms[2 * i] + terms[2 * i + 1] * power;
+            terms[i] = terms[2 * i + 1].mul_add(power, terms[2 * i]);
         }
         if n % 2 == 1 {
             terms[n / 2] = terms[n - 1];
@@ -98,15 +100,13 @@ fn flush_below(x: f32, r: f32, limit: f32) -> f32 {
 
 /// `e^x`.
 pub fn exp(x: f32) -> f32 {
-    let (s, u) = exp_split(x);
-    let half = s + u;
+    let half = exp_half(x, false);
     flush_below(x, half + half, 0.0)
 }
 
 /// `e^x - 1`, accurate near 0.
 pub fn expm1(x: f32) -> f32 {
-    let (s, u) = exp_split(x);
-    let half = (s - 0.5) + u;
+    let half = exp_half(x, true);
     flush_below(x, half + half, -1.0)
 }
 
