@@ -51,11 +51,9 @@ fn clamp(x: f32, lo: f32, below: f32, hi: f32) -> f32 {
     }
 }
 
-/// `(s, u)` with `e^x = 2·(s + u)`, `s = 2^(n-1)`, for `x` clamped to `EXP_HIGH`; below
-/// [`EXP_LOW`], where the callers flush the result, `x` is taken as 0, which keeps the
-/// discarded steps out of subnormal numbers (x86 takes ~100 cycles per subnormal operation).
+/// `e^x / 2` (or `(e^x - 1) / 2` when `minus_one`) as `s + s·t·p(t)`, `s = 2^(n-1)`, for `x`
+/// in [`EXP_LOW`, `EXP_HIGH`] or NaN.
 fn exp_half(x: f32, minus_one: bool) -> f32 {
-    let x = clamp(x, EXP_LOW, 0.0, EXP_HIGH);
     let biased = x.mul_add(std::f32::consts::LOG2_E, EXP_MAGIC);
     let s = f32::from_bits(biased.to_bits() << 23);
     let n = biased - EXP_MAGIC;
@@ -100,14 +98,26 @@ fn flush_below(x: f32, r: f32, limit: f32) -> f32 {
 
 /// `e^x`.
 pub fn exp(x: f32) -> f32 {
-    let half = exp_half(x, false);
+    let half = exp_half(exp_range(x), false);
     flush_below(x, half + half, 0.0)
 }
 
 /// `e^x - 1`, accurate near 0.
 pub fn expm1(x: f32) -> f32 {
+    flush_below(x, expm1_in_range(exp_range(x)), -1.0)
+}
+
+/// `e^x - 1` for `x` in [`EXP_LOW`, `EXP_HIGH`] (or NaN): no clamp, no flush.
+fn expm1_in_range(x: f32) -> f32 {
     let half = exp_half(x, true);
-    flush_below(x, half + half, -1.0)
+    half + half
+}
+
+/// `x` clamped to `EXP_HIGH`, and taken as 0 below [`EXP_LOW`], where the callers flush the
+/// result: that keeps the discarded steps out of subnormal numbers (x86 takes ~100 cycles per
+/// subnormal operation).
+fn exp_range(x: f32) -> f32 {
+    clamp(x, EXP_LOW, 0.0, EXP_HIGH)
 }
 
 /// `magnitude` with the sign of `sign`, through the bits.
@@ -124,7 +134,7 @@ pub fn tanh(x: f32) -> f32 {
     } else {
         a
     };
-    let m = expm1(a * -2.0);
+    let m = expm1_in_range(a * -2.0);
     copysign(-m / (2.0 + m), x)
 }
 
