@@ -91,8 +91,9 @@ fn estrin(fb: &mut FunctionBuilder, x: Value, coefficients: &[f32]) -> Value {
     terms[0]
 }
 
-/// `e^x = 2·(s + u)` and `e^x - 1 = 2·((s - 1/2) + u)`, with `s = 2^(n-1)` and `u = s·t·p(t)`
-/// for `x = n·ln2 + t`, `x` in [`EXP_LOW`, `EXP_HIGH`] or NaN ([`exp_range`] makes it so).
+/// `e^x / 2 = s + u`, or `(e^x - 1) / 2 = (s - 1/2) + u` when `minus_one`, with
+/// `s = 2^(n-1)` and `u = s·t·p(t)` for `x = n·ln2 + t`, `x` in [`EXP_LOW`, `EXP_HIGH`] or
+/// NaN ([`exp_range`] makes it so).
 /// Halving the scale keeps `2^(n-1)` finite for `n = 128` (results up to the largest f32),
 /// and keeps `s - 1/2` exact, so `e^x - 1` loses nothing near 0.
 fn exp_half(fb: &mut FunctionBuilder, x: Value, minus_one: bool) -> Value {
