@@ -326,6 +326,24 @@ fn softmax_along_each_axis_with_large_values() {
     );
 }
 
+/// Rows (the innermost axis, the vector kernel) with a NaN, a +inf, only -inf, and values
+/// far below the others (whose `exp` is flushed to 0): the running maximum skips nothing
+/// that changes the row.
+#[test]
+fn softmax_rows_with_nan_and_infinities() {
+    let (g, p) =
+        compile("graph t(%x: f32[N,3,8]) -> (%y) {\n  %y = Softmax(%x) {axis=2} : f32[N,3,8]\n}");
+    let mut x = floats(17, &[2, 3, 8], 4.0);
+    if let TensorData::F32(v) = x.data_mut() {
+        v[1] = f32::NAN;
+        v[9] = f32::INFINITY;
+        v[16..24].fill(f32::NEG_INFINITY);
+        v[25] = -1e4;
+        v[30] = -200.0;
+    }
+    check(&p, &g, &[x]);
+}
+
 #[test]
 fn batch_normalization_with_constant_and_runtime_parameters() {
     let (g, p) = compile(

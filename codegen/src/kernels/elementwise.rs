@@ -12,7 +12,7 @@
 
 use super::{approx, Kernel, Operand};
 use crate::emit;
-use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, Block, FuncRef, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::{FunctionBuilder, Variable};
 use qlift_ir::{DType, Dim, OpKind};
@@ -682,10 +682,10 @@ fn softmax_rows(
             let v = load(fb, ty(whole), x, i);
             let var = if whole { vmax } else { smax };
             let m = fb.use_var(var);
-            let m = fb.ins().fmax(m, v);
+            let m = running_max(fb, m, v);
             fb.def_var(var, m);
         });
-        let max = horizontal(fb, vmax, smax, |fb, a, b| fb.ins().fmax(a, b));
+        let max = horizontal(fb, vmax, smax, running_max);
         let (vz, sz) = (fconst(fb, types::F32X4, 0.0), fconst(fb, types::F32, 0.0));
         fb.def_var(vsum, vz);
         fb.def_var(ssum, sz);
@@ -718,6 +718,15 @@ fn softmax_rows(
             store(fb, v, y, i);
         });
     });
+}
+
+/// `v` where it is above `m`, else `m`: one `maxps` on x86 (Cranelift's `fmax`, with its
+/// NaN and signed-zero rules, is a chain of six dependent instructions, and the running
+/// maximum of a row is a chain of them). A NaN `v` is skipped here, but Softmax's row is
+/// NaN all the same: `exp(v - max)` is NaN and so is the row's sum.
+fn running_max(fb: &mut FunctionBuilder, m: Value, v: Value) -> Value {
+    let above = fb.ins().fcmp(FloatCC::LessThan, m, v);
+    choose(fb, above, v, m)
 }
 
 /// `op` over the lanes of the f32x4 variable `vector` and the scalar variable `scalar`.

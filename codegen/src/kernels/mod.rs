@@ -279,12 +279,22 @@ impl<'k, 'f> Kernel<'k, 'f> {
             fb.seal_all_blocks();
             fb.finalize(module.target_config());
         }
+        // QLIFT_DISASM prints tasks too: a split kernel's loop lives in its task.
+        let disasm = std::env::var_os("QLIFT_DISASM").is_some();
+        ctx.set_disasm(disasm);
         module
             .define_function(id, &mut ctx)
             .map_err(|e| format!("{e:?}"))?;
         let bytes = ctx
             .compiled_code()
             .map_or(0, |c| c.code_info().total_size as usize);
+        if let Some(code) = ctx
+            .compiled_code()
+            .and_then(|c| c.vcode.as_ref())
+            .filter(|_| disasm)
+        {
+            eprintln!("; task of the next kernel\n{code}");
+        }
         self.functions.push((id, "task", bytes));
         Ok(id)
     }
