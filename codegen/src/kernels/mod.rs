@@ -47,6 +47,7 @@ mod recurrent_rows;
 mod reduce;
 pub(crate) mod requant;
 mod resample;
+mod row_tiles;
 pub(crate) mod select;
 mod shape;
 mod split;
@@ -55,6 +56,7 @@ mod wide;
 mod wide_f32;
 mod wide_f32_matmul;
 mod wide_matmul;
+mod wide_pixels;
 mod winograd;
 
 /// An operand or result of the node being compiled.
@@ -530,7 +532,8 @@ pub(crate) fn data_address(fb: &mut FunctionBuilder, module: &mut dyn Module, id
 /// - `wide-f32`: float, 256-bit FMA micro-kernels (AVX2 + FMA);
 /// - `winograd`: dense 3×3, stride 1, F(2×2, 3×3) on the same micro-kernels, 2.25× fewer
 ///   multiplies, where the weights keep it exact (and VNNI's u8×i8 quads do not apply);
-/// - `wide`: dense, 256-bit micro-kernels (AVX2);
+/// - `wide-pixels` / `wide`: dense, 256-bit micro-kernels (pixels or channels as the
+///   broadcast rows, whichever wastes fewer lanes, see [`wide_dense`]);
 /// - `depthwise`: depthwise, 256-bit micro-kernels;
 /// - `pointwise`: 1×1 with 128-bit Cranelift vectors (SSSE3);
 /// - `direct`: narrow kernels and depthwise with 128-bit vectors (SSSE3);
@@ -540,7 +543,7 @@ fn conv(k: &mut Kernel) -> Result<(), String> {
         depthwise_f32::conv,
         wide_f32::conv,
         winograd::conv,
-        wide::conv,
+        wide_dense,
         depthwise::conv,
         pointwise::conv,
         direct::conv,
@@ -550,6 +553,18 @@ fn conv(k: &mut Kernel) -> Result<(), String> {
         }
     }
     product::conv(k)
+}
+
+/// Dense int8 convolutions on the wide micro-kernels: output pixels as rows and channels
+/// as lanes (`wide-pixels`) where that computes a larger share of results than
+/// `wide-direct`'s vectors along output rows (small planes: 7 × 7, 14 × 14, with channels
+/// in whole blocks of sixteen), else `wide-direct`.
+fn wide_dense(k: &mut Kernel) -> Result<bool, String> {
+    let better = match (wide_pixels::lane_use(k)?, wide::lane_use(k)?) {
+        (Some(pixels), Some(direct)) => pixels > direct,
+        _ => false,
+    };
+    Ok(better && wide_pixels::conv(k)? || wide::conv(k)?)
 }
 
 /// Emits the kernel of one node.
