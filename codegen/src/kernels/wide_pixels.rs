@@ -71,9 +71,11 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         return Ok(false);
     };
     let pixels = g.oh * g.ow;
-    let max_rows = ukernel::max_rows(isa).min(pixels);
-    let (full, rest) = (pixels / max_rows, pixels % max_rows);
-    let heights: Vec<usize> = [max_rows, rest].into_iter().filter(|&h| h > 0).collect();
+    let split = TileSplit::of(pixels, ukernel::max_rows(isa));
+    let heights: Vec<usize> = match split.lows {
+        0 => vec![split.high],
+        _ => vec![split.high, split.high - 1],
+    };
     let out = k.output(0).ty.dtype;
     let Some(tiles) = RowTiles::new(k, isa, &packed, kk, false, Some(&rq), out, &heights)? else {
         return Ok(false);
@@ -102,6 +104,17 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     let (xptr, yptr) = (k.input(0)?.ptr, k.output(0).ptr);
     let samples = k.input_samples()?;
     let row_bytes = tiles.row_bytes;
+    // The im2col rows as a task over output rows (each writes its own rows).
+    let gather = match in_place {
+        true => None,
+        false => Some(k.task(|fb, _, [ctx, begin, end, _]| {
+            let padded = fb.ins().load(types::I64, emit::mem(), ctx, 0);
+            let rows = fb.ins().load(types::I64, emit::mem(), ctx, 8);
+            im2col(fb, &g, (padded, rows), row_len, (begin, end));
+            Ok(())
+        })?),
+    };
+    let macs = (g.m * pixels * kk) as u64;
     k.for_each(samples, |k, n| {
         let fb = &mut *k.fb;
         let xn = emit::addr(fb, xptr, n, (g.c * g.h * g.w) as i64);
@@ -135,26 +148,57 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
             padded
         } else {
             let rows = fb.ins().iadd_imm_s(ws, rows_at as i64);
-            im2col(fb, &g, padded, rows, row_len);
+            let context = fb.ins().iadd_imm_s(ws, (context_at + 32) as i64);
+            fb.ins().store(emit::mem(), padded, context, 0);
+            fb.ins().store(emit::mem(), rows, context, 8);
+            if let Some(gather) = gather {
+                k.parallel_for(gather, context, g.oh as i64, usize::MAX, macs)?;
+            }
             rows
         };
+        let fb = &mut *k.fb;
         let staging = fb.ins().iadd_imm_s(ws, staging_at as i64);
         let context = fb.ins().iadd_imm_s(ws, context_at as i64);
-        if full > 0 {
-            tiles.run(k, context, (rows, staging), max_rows, full)?;
+        if split.highs > 0 {
+            tiles.run(k, context, (rows, staging), split.high, split.highs)?;
         }
-        if rest > 0 {
+        if split.lows > 0 {
             let fb = &mut *k.fb;
-            let done = full * max_rows;
+            let done = split.highs * split.high;
             let rows = fb.ins().iadd_imm_s(rows, (done * row_len) as i64);
             let staging = fb.ins().iadd_imm_s(staging, (done * row_bytes) as i64);
-            tiles.run(k, context, (rows, staging), rest, 1)?;
+            tiles.run(k, context, (rows, staging), split.high - 1, split.lows)?;
         }
         // Results [pixels][M] (rows `row_bytes` apart) into the planes [M][pixels].
         transpose_bytes(k.fb, (staging, row_bytes), (yn, pixels), (pixels, g.m));
         Ok(())
     })?;
     Ok(true)
+}
+
+/// The pixels of a sample split into as few tiles as the micro-kernel's most rows allow,
+/// of heights that differ by one at most (49 pixels: seven tiles of seven, not six of eight
+/// and one of one, whose single row would stream a whole block of weights for 1/8 of the
+/// work).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct TileSplit {
+    /// Rows of the taller tiles, and how many there are; then the tiles of `high − 1` rows.
+    high: usize,
+    highs: usize,
+    lows: usize,
+}
+
+impl TileSplit {
+    fn of(pixels: usize, max_rows: usize) -> TileSplit {
+        let tiles = pixels.div_ceil(max_rows);
+        let high = pixels.div_ceil(tiles);
+        let highs = pixels - tiles * (high - 1);
+        TileSplit {
+            high,
+            highs,
+            lows: tiles - highs,
+        }
+    }
 }
 
 /// Sets the `bytes` (a multiple of 16) at `at` to `value`, 16 a step.
@@ -240,25 +284,58 @@ fn move_bytes(
     });
 }
 
-/// Gathers each output pixel's im2col row (C bytes per tap, taps row-major) from the padded
-/// pixels `[Hp·Wp][C]` at `padded` into `rows`, rows `row_len` bytes apart (the bytes past
-/// K are left as they are: they meet zero weights).
-fn im2col(fb: &mut FunctionBuilder, g: &QConv2d, padded: Value, rows: Value, row_len: usize) {
+/// Gathers the im2col rows (C bytes per tap, taps row-major) of output rows `begin..end`
+/// from the padded pixels `[Hp·Wp][C]` at `padded` into `rows`, rows `row_len` bytes apart
+/// (the bytes past K are left as they are: they meet zero weights). With column dilation
+/// 1, the taps of one kernel row are `kw · C` contiguous bytes on both sides.
+fn im2col(
+    fb: &mut FunctionBuilder,
+    g: &QConv2d,
+    (padded, rows): (Value, Value),
+    row_len: usize,
+    (begin, end): (Value, Value),
+) {
     let g = *g;
-    emit::for_count(fb, g.oh as i64, |fb, oy| {
+    let (runs, run) = match g.dw {
+        1 => (1, g.kw * g.c),
+        _ => (g.kw, g.c),
+    };
+    emit::for_range(fb, begin, end, 1, |fb, oy| {
         let src_row = emit::addr(fb, padded, oy, (g.sh * g.wp * g.c) as i64);
         let dst_row = emit::addr(fb, rows, oy, (g.ow * row_len) as i64);
         emit::for_count(fb, g.ow as i64, |fb, ox| {
             let src = emit::addr(fb, src_row, ox, (g.sw * g.c) as i64);
             let dst = emit::addr(fb, dst_row, ox, row_len as i64);
             for ky in 0..g.kh {
-                for kx in 0..g.kw {
+                for kx in 0..runs {
                     let from = ((ky * g.dh * g.wp + kx * g.dw) * g.c) as i64;
                     let to = ((ky * g.kw + kx) * g.c) as i64;
                     let (from, to) = (fb.ins().iadd_imm_s(src, from), fb.ins().iadd_imm_s(dst, to));
-                    copy_row(fb, from, to, g.c);
+                    copy_row(fb, from, to, run);
                 }
             }
         });
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TileSplit;
+
+    #[test]
+    fn pixels_split_into_tiles_of_nearly_equal_height() {
+        for pixels in 1..300 {
+            for max_rows in [6, 8] {
+                let t = TileSplit::of(pixels, max_rows);
+                assert_eq!(t.high * t.highs + (t.high - 1) * t.lows, pixels);
+                assert!(t.high <= max_rows && t.highs > 0);
+                assert_eq!(t.highs + t.lows, pixels.div_ceil(max_rows));
+            }
+        }
+        let split = |p| TileSplit::of(p, 8);
+        let t = |high, highs, lows| TileSplit { high, highs, lows };
+        assert_eq!(split(49), t(7, 7, 0));
+        assert_eq!(split(196), t(8, 21, 4));
+        assert_eq!(split(6), t(6, 1, 0));
+    }
 }
