@@ -48,13 +48,20 @@ pub(super) struct RowTiles {
     tasks: Vec<Option<FuncId>>,
     /// Multiply-accumulates of one row.
     row_macs: u64,
+    /// Whether the tasks split the tiles of rows (each running every column block) rather
+    /// than the column blocks (each running every tile).
+    rows_outer: bool,
 }
 
 impl RowTiles {
     /// The tiles of `packed` (`M` rows of `kk` weights) for rows of u8 (`sixteen_in`: i16),
     /// requantized by `rq` into `out` (u8, i8 or i16), or raw i32 sums when `rq` is `None`,
-    /// with tasks for tiles of each of `heights` rows (1..=[`ukernel::max_rows`]). `None`
-    /// when a column's requantization shift is below 32 (the lane table cannot hold it).
+    /// with tasks for tiles of each of `heights` rows (1..=[`ukernel::max_rows`]). The tasks
+    /// split the column blocks, each running the tiles of a call, or with `rows_outer` the
+    /// tiles, each running every column block: a block's weights stay in cache across the
+    /// tiles, or a tile's rows across the blocks (better when the rows of a call are larger
+    /// than the weights). `None` when a column's requantization shift is below 32 (the lane
+    /// table cannot hold it).
     pub(super) fn new(
         k: &mut Kernel,
         isa: ukernel::Isa,
@@ -64,6 +71,7 @@ impl RowTiles {
         rq: Option<&Requant>,
         out: DType,
         heights: &[usize],
+        rows_outer: bool,
     ) -> Result<Option<RowTiles>, String> {
         let m = packed.rows.len();
         let lanes = match rq {
@@ -154,6 +162,8 @@ impl RowTiles {
             elem,
             row_len: steps * STEP,
             row_bytes,
+            blocks,
+            rows_outer,
         };
         let mut tasks = vec![None; ukernel::max_rows(isa)];
         for &rows in heights {
@@ -168,6 +178,7 @@ impl RowTiles {
             blocks,
             tasks,
             row_macs: (kk * m) as u64,
+            rows_outer,
         }))
     }
 
@@ -194,7 +205,8 @@ impl RowTiles {
         fb.ins().store(emit::mem(), out, context, 8);
         fb.ins().store(emit::mem(), count, context, 16);
         let work = (tiles * rows) as u64 * self.row_macs;
-        k.parallel_for(task, context, self.blocks as i64, usize::MAX, work)
+        let count = if self.rows_outer { tiles } else { self.blocks };
+        k.parallel_for(task, context, count as i64, usize::MAX, work)
     }
 }
 
@@ -206,10 +218,13 @@ struct TaskShape {
     elem: usize,
     row_len: usize,
     row_bytes: usize,
+    blocks: usize,
+    rows_outer: bool,
 }
 
 /// The task of one tile height: column blocks `begin..end`, each over the `ctx[16]` tiles of
-/// `rows` rows from `ctx[0]` into the results from `ctx[8]`.
+/// `rows` rows from `ctx[0]` into the results from `ctx[8]`; or with `rows_outer`, tiles
+/// `begin..end` each over every column block.
 fn column_task(
     k: &mut Kernel,
     kernel: FuncId,
@@ -225,13 +240,19 @@ fn column_task(
             data_address(fb, module, s.lanes),
         );
         let kernel = module.declare_func_in_func(kernel, fb.func);
-        emit::for_range(fb, begin, end, 1, |fb, blk| {
-            let x0 = emit::addr(fb, w, blk, s.block_bytes);
-            let x1 = fb.ins().iadd_imm_s(x0, (LANES * STEP) as i64);
-            let o = emit::addr(fb, out, blk, (BLOCK * s.elem) as i64);
-            let params = emit::addr(fb, lanes, blk, LaneTable::BLOCK as i64);
-            let zero = emit::iconst(fb, 0);
-            emit::for_range(fb, zero, tiles, 1, |fb, t| {
+        let zero = emit::iconst(fb, 0);
+        let blocks = emit::iconst(fb, s.blocks as i64);
+        let (outer, inner) = match s.rows_outer {
+            true => ((begin, end), (zero, blocks)),
+            false => ((begin, end), (zero, tiles)),
+        };
+        emit::for_range(fb, outer.0, outer.1, 1, |fb, i| {
+            emit::for_range(fb, inner.0, inner.1, 1, |fb, j| {
+                let (blk, t) = if s.rows_outer { (j, i) } else { (i, j) };
+                let x0 = emit::addr(fb, w, blk, s.block_bytes);
+                let x1 = fb.ins().iadd_imm_s(x0, (LANES * STEP) as i64);
+                let o = emit::addr(fb, out, blk, (BLOCK * s.elem) as i64);
+                let params = emit::addr(fb, lanes, blk, LaneTable::BLOCK as i64);
                 let r = emit::addr(fb, first, t, (rows * s.row_len) as i64);
                 let o = emit::addr(fb, o, t, (rows * s.row_bytes) as i64);
                 fb.ins().call(kernel, &[x0, x1, r, o, params]);

@@ -130,6 +130,7 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
         rq.as_ref(),
         yty.dtype,
         &heights,
+        false,
     )?
     else {
         return Ok(false);

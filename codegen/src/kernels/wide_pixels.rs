@@ -29,6 +29,7 @@ use super::Kernel;
 use crate::emit;
 use cranelift_codegen::ir::{types, ConstantData, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
+use cranelift_module::FuncId;
 
 /// The convolution's shape when this form can take it: a dense 2-D QConv of u8 activations
 /// into an 8-bit result on a target with the wide micro-kernels' u8×i8 quads (VNNI).
@@ -77,7 +78,20 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         _ => vec![split.high, split.high - 1],
     };
     let out = k.output(0).ty.dtype;
-    let Some(tiles) = RowTiles::new(k, isa, &packed, kk, false, Some(&rq), out, &heights)? else {
+    // A sample's im2col rows larger than the weights stay in cache a tile at a time.
+    let rows_outer = pixels * kk > g.m * kk;
+    let Some(tiles) = RowTiles::new(
+        k,
+        isa,
+        &packed,
+        kk,
+        false,
+        Some(&rq),
+        out,
+        &heights,
+        rows_outer,
+    )?
+    else {
         return Ok(false);
     };
     if !tiles.quads {
@@ -115,6 +129,8 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         })?),
     };
     let macs = (g.m * pixels * kk) as u64;
+    let planes_to_pixels = Transpose::new(k, (g.h * g.w, pixel_bytes), (g.c, g.h * g.w), true)?;
+    let results_to_planes = Transpose::new(k, (row_bytes, pixels), (pixels, g.m), false)?;
     k.for_each(samples, |k, n| {
         let fb = &mut *k.fb;
         let xn = emit::addr(fb, xptr, n, (g.c * g.h * g.w) as i64);
@@ -130,12 +146,8 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
             true => fb.ins().iadd_imm_s(ws, staging_at as i64),
             false => padded,
         };
-        transpose_bytes(
-            fb,
-            (xn, g.h * g.w),
-            (unpadded, pixel_bytes),
-            (g.c, g.h * g.w),
-        );
+        planes_to_pixels.run(k, context_at + 32, (xn, unpadded), macs)?;
+        let fb = &mut *k.fb;
         if padding {
             emit::for_count(fb, g.h as i64, |fb, y| {
                 let from = emit::addr(fb, unpadded, y, (g.w * g.c) as i64);
@@ -170,7 +182,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
             tiles.run(k, context, (rows, staging), split.high - 1, split.lows)?;
         }
         // Results [pixels][M] (rows `row_bytes` apart) into the planes [M][pixels].
-        transpose_bytes(k.fb, (staging, row_bytes), (yn, pixels), (pixels, g.m));
+        results_to_planes.run(k, context_at + 32, (staging, yn), macs)?;
         Ok(())
     })?;
     Ok(true)
@@ -209,6 +221,85 @@ fn fill(fb: &mut FunctionBuilder, at: Value, bytes: usize, value: u8) {
         let to = emit::addr(fb, at, i, 16);
         fb.ins().store(emit::mem(), v, to, 0);
     });
+}
+
+/// A [`transpose_bytes`] split over the thread pool in bands of 16 rows (`by_rows`) or
+/// columns, the rows or columns past the last band transposed by the caller's thread.
+struct Transpose {
+    task: FuncId,
+    strides: (usize, usize),
+    extents: (usize, usize),
+    by_rows: bool,
+}
+
+impl Transpose {
+    fn new(
+        k: &mut Kernel,
+        strides: (usize, usize),
+        extents: (usize, usize),
+        by_rows: bool,
+    ) -> Result<Transpose, String> {
+        let (ss, ds) = (strides.0 as i64, strides.1 as i64);
+        let band = match by_rows {
+            true => (16, extents.1),
+            false => (extents.0, 16),
+        };
+        // Band i starts 16 rows (or columns) into the source and as many columns (rows)
+        // into the result.
+        let (src_step, dst_step) = match by_rows {
+            true => (16 * ss, 16),
+            false => (16, 16 * ds),
+        };
+        let task = k.task(|fb, _, [ctx, begin, end, _]| {
+            let src = fb.ins().load(types::I64, emit::mem(), ctx, 0);
+            let dst = fb.ins().load(types::I64, emit::mem(), ctx, 8);
+            emit::for_range(fb, begin, end, 1, |fb, i| {
+                let from = emit::addr(fb, src, i, src_step);
+                let to = emit::addr(fb, dst, i, dst_step);
+                transpose_bytes(fb, (from, strides.0), (to, strides.1), band);
+            });
+            Ok(())
+        })?;
+        Ok(Transpose {
+            task,
+            strides,
+            extents,
+            by_rows,
+        })
+    }
+
+    /// Transposes `src` into `dst`, with 16 bytes of workspace at `context_at`.
+    fn run(
+        &self,
+        k: &mut Kernel,
+        context_at: usize,
+        (src, dst): (Value, Value),
+        work: u64,
+    ) -> Result<(), String> {
+        let (rows, cols) = self.extents;
+        let bands = if self.by_rows { rows } else { cols } / 16;
+        let ws = k.workspace(context_at + 16);
+        let fb = &mut *k.fb;
+        let context = fb.ins().iadd_imm_s(ws, context_at as i64);
+        fb.ins().store(emit::mem(), src, context, 0);
+        fb.ins().store(emit::mem(), dst, context, 8);
+        if bands > 0 {
+            k.parallel_for(self.task, context, bands as i64, usize::MAX, work)?;
+        }
+        let (ss, ds) = self.strides;
+        let done = bands * 16;
+        let fb = &mut *k.fb;
+        let (src_at, dst_at, rest) = match self.by_rows {
+            true => (done * ss, done, (rows - done, cols)),
+            false => (done, done * ds, (rows, cols - done)),
+        };
+        let src = fb.ins().iadd_imm_s(src, src_at as i64);
+        let dst = fb.ins().iadd_imm_s(dst, dst_at as i64);
+        if rest.0 > 0 && rest.1 > 0 {
+            transpose_bytes(fb, (src, ss), (dst, ds), rest);
+        }
+        Ok(())
+    }
 }
 
 /// `dst[c · dst_stride + r] = src[r · src_stride + c]` for the `rows × cols` bytes of `src`
