@@ -30,6 +30,17 @@ const STEP: usize = 4;
 /// Columns per block (the tile's two vectors).
 pub(super) const BLOCK: usize = VECTORS * LANES;
 
+/// What a product of rows by constant weights is: `M` rows of `kk` packed weights, rows of
+/// u8 (or i16 with `sixteen_in`), results requantized by `rq` into `out` (u8, i8 or i16),
+/// or raw i32 sums when `rq` is `None`.
+pub(super) struct RowProduct<'a> {
+    pub packed: &'a PackedRows,
+    pub kk: usize,
+    pub sixteen_in: bool,
+    pub rq: Option<&'a Requant>,
+    pub out: DType,
+}
+
 /// The compiled tiles of one product: weights, requantization table, and a task per tile
 /// height asked for.
 pub(super) struct RowTiles {
@@ -54,9 +65,7 @@ pub(super) struct RowTiles {
 }
 
 impl RowTiles {
-    /// The tiles of `packed` (`M` rows of `kk` weights) for rows of u8 (`sixteen_in`: i16),
-    /// requantized by `rq` into `out` (u8, i8 or i16), or raw i32 sums when `rq` is `None`,
-    /// with tasks for tiles of each of `heights` rows (1..=[`ukernel::max_rows`]). The tasks
+    /// The tiles of the product `p`, with tasks for tiles of each of `heights` rows (1..=[`ukernel::max_rows`]). The tasks
     /// split the column blocks, each running the tiles of a call, or with `rows_outer` the
     /// tiles, each running every column block: a block's weights stay in cache across the
     /// tiles, or a tile's rows across the blocks (better when the rows of a call are larger
@@ -65,14 +74,11 @@ impl RowTiles {
     pub(super) fn new(
         k: &mut Kernel,
         isa: ukernel::Isa,
-        packed: &PackedRows,
-        kk: usize,
-        sixteen_in: bool,
-        rq: Option<&Requant>,
-        out: DType,
+        p: &RowProduct,
         heights: &[usize],
         rows_outer: bool,
     ) -> Result<Option<RowTiles>, String> {
+        let (packed, kk, sixteen_in, rq, out) = (p.packed, p.kk, p.sixteen_in, p.rq, p.out);
         let m = packed.rows.len();
         let lanes = match rq {
             None => Vec::new(),

@@ -12,7 +12,8 @@
 //! is the interpreter's `Σ (x − zx)(w − zw) + bias` exactly, and `passes::quantize::wide`
 //! proves an int16 layer's sum fits i32.
 //!
-//! The weights are packed at compile time as `[column block of 16][pair of k][16][2]` i16
+//! The tiles, their weights and tasks are [`super::row_tiles`]'s (shared with the
+//! convolutions that take output pixels as rows). The weights are packed at compile time as `[column block of 16][pair of k][16][2]` i16
 //! (`w − zw`, zero columns and pairs past the ends) and the input zero point folded into
 //! the biases (see [`super::packing::packed_rows`]). Per tile of rows, the rows are widened
 //! to i16 in the workspace, then the column blocks run as a task on the thread pool.
@@ -33,7 +34,7 @@
 
 use super::packing::packed_rows;
 use super::planes::copy_row;
-use super::row_tiles::RowTiles;
+use super::row_tiles::{RowProduct, RowTiles};
 use super::ukernel;
 use super::Kernel;
 use crate::emit;
@@ -121,18 +122,14 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
     // tile of the rows left (so that each tile reads the weights once).
     let max_rows = ukernel::max_rows(isa);
     let heights: Vec<usize> = (1..=max_rows).collect();
-    let Some(tiles) = RowTiles::new(
-        k,
-        isa,
-        &packed,
+    let product = RowProduct {
+        packed: &packed,
         kk,
         sixteen_in,
-        rq.as_ref(),
-        yty.dtype,
-        &heights,
-        false,
-    )?
-    else {
+        rq: rq.as_ref(),
+        out: yty.dtype,
+    };
+    let Some(tiles) = RowTiles::new(k, isa, &product, &heights, false)? else {
         return Ok(false);
     };
     let elem = match yty.dtype {

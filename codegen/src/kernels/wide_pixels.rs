@@ -23,7 +23,7 @@
 use super::conv2d::{ConvRequant, QConv2d};
 use super::packing::packed_rows;
 use super::planes::copy_row;
-use super::row_tiles::{RowTiles, BLOCK};
+use super::row_tiles::{RowProduct, RowTiles, BLOCK};
 use super::ukernel;
 use super::Kernel;
 use crate::emit;
@@ -79,19 +79,15 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
     };
     let out = k.output(0).ty.dtype;
     // A sample's im2col rows larger than the weights stay in cache a tile at a time.
-    let rows_outer = pixels * kk > g.m * kk;
-    let Some(tiles) = RowTiles::new(
-        k,
-        isa,
-        &packed,
+    let rows_outer = pixels > g.m;
+    let product = RowProduct {
+        packed: &packed,
         kk,
-        false,
-        Some(&rq),
+        sixteen_in: false,
+        rq: Some(&rq),
         out,
-        &heights,
-        rows_outer,
-    )?
-    else {
+    };
+    let Some(tiles) = RowTiles::new(k, isa, &product, &heights, rows_outer)? else {
         return Ok(false);
     };
     if !tiles.quads {
