@@ -166,6 +166,32 @@ fn cases() -> Vec<Case> {
         // Stride-2 quads (AVX-512 VBMI): MobileNetV2's 112-wide rows, a 7×7 plane.
         case(5, 5, (9, 112), (3, 3), (2, 2), 5),
         case(11, 11, (7, 7), (3, 3), (2, 2), 11),
+        // Pixels as rows, channels as lanes (`wide-pixels-vnni`, where VNNI's quads apply and
+        // channels fill more of their blocks of 16 than 7- or 14-wide rows fill vectors of
+        // 8): 3×3 at 7×7 and 14×14, strides 1–2, 1×1 in place and strided, input channels
+        // of no particular multiple, output channels not a multiple of 16, fewer pixels
+        // than one tile (2×3), and more than a block of channels.
+        case(19, 32, (7, 7), (3, 3), (1, 1), 1),
+        case(37, 47, (14, 14), (3, 3), (1, 1), 1),
+        case(21, 30, (14, 14), (3, 3), (2, 2), 1),
+        case(40, 64, (7, 7), (1, 1), (1, 1), 1),
+        case(33, 48, (14, 14), (1, 1), (2, 2), 1),
+        case(9, 16, (7, 7), (1, 1), (1, 1), 1),
+        case(5, 16, (2, 3), (1, 1), (1, 1), 1),
+        case(130, 160, (7, 7), (3, 3), (1, 1), 1),
+        Case {
+            pads: (1, 1, 1, 1),
+            ..case(70, 64, (7, 7), (3, 3), (1, 1), 1)
+        },
+        Case {
+            pads: (1, 1, 1, 1),
+            signed_result: true,
+            ..case(23, 63, (14, 14), (3, 3), (2, 2), 1)
+        },
+        Case {
+            pads: (0, 1, 2, 0),
+            ..case(35, 31, (14, 14), (3, 3), (1, 2), 1)
+        },
         // im2col: 5-wide kernels, and 1×1 convolutions with strides or groups.
         case(3, 4, (7, 9), (3, 5), (1, 1), 1),
         case(4, 6, (5, 5), (1, 1), (2, 2), 1),
@@ -288,6 +314,7 @@ fn every_convolution_form_agrees_with_the_interpreter() {
     // Dense layers on VNNI's u8×i8 quads (weights that fit i8), on the paths that allow it.
     let mut vnni_layers = 0;
     let mut vnni_depthwise = 0;
+    let mut pixel_layers = 0;
     if !std::arch::is_x86_feature_detected!("avx2") {
         eprintln!("skipped: this CPU lacks AVX2, so no 256-bit micro-kernel is run here");
     }
@@ -341,7 +368,9 @@ fn every_convolution_form_agrees_with_the_interpreter() {
                     && k.strides == (1, 1)
                     && k.dilation_h == 1;
                 let expected = !winograd && wide_isa && k.group == 1 && k.strides.1 <= 2;
-                let wide = form == "wide-direct" || form == "wide-direct-vnni";
+                let wide = form == "wide-direct"
+                    || form == "wide-direct-vnni"
+                    || form == "wide-pixels-vnni";
                 // Depthwise convolutions of any size and channel count take the wide form on
                 // AVX2 (column stride up to 2), else the direct form wherever the CPU has byte
                 // shuffles.
@@ -361,8 +390,9 @@ fn every_convolution_form_agrees_with_the_interpreter() {
                         (true, false) => "wide-depthwise",
                         _ => "direct-depthwise",
                     };
-                let quads = form == "wide-direct-vnni";
+                let quads = form == "wide-direct-vnni" || form == "wide-pixels-vnni";
                 vnni_layers += usize::from(quads);
+                pixel_layers += usize::from(form == "wide-pixels-vnni");
                 if wide != expected
                     || (quads && (opts.no_vnni || opts.avx2_only))
                     || winograd != (form == "winograd")
@@ -411,6 +441,10 @@ fn every_convolution_form_agrees_with_the_interpreter() {
     assert!(
         vnni_depthwise > 0 || !qlift_tests::host::has_vnni(),
         "no depthwise layer took the VNNI tap quads"
+    );
+    assert!(
+        pixel_layers >= 11 || !qlift_tests::host::has_vnni(),
+        "only {pixel_layers} layers took the pixel rows (wide-pixels-vnni)"
     );
     assert!(
         failures.is_empty(),

@@ -163,6 +163,16 @@ impl Layout {
     }
 }
 
+/// The share of the lanes this form computes that are results (the vectors of eight along
+/// each output row, rounded up to whole tiles), or `None` when its geometry does not apply:
+/// the dispatcher compares it with the pixel-rows form's.
+pub(super) fn lane_use(k: &Kernel) -> Result<Option<f64>, String> {
+    Ok(geometry(k)?.map(|g| {
+        let l = Layout::of(&g, 1, 4);
+        (g.oh * g.ow) as f64 / (l.vectors_even * LANES) as f64
+    }))
+}
+
 /// Emits the convolution in this form and returns true when it applies (a dense QConv
 /// [`geometry`] accepts, constant weights, wide micro-kernels on the target, and every
 /// channel's requantization shift at least 32); false leaves it to the other forms.

@@ -12,7 +12,8 @@
 //! is the interpreter's `Σ (x − zx)(w − zw) + bias` exactly, and `passes::quantize::wide`
 //! proves an int16 layer's sum fits i32.
 //!
-//! The weights are packed at compile time as `[column block of 16][pair of k][16][2]` i16
+//! The tiles, their weights and tasks are [`super::row_tiles`]'s (shared with the
+//! convolutions that take output pixels as rows). The weights are packed at compile time as `[column block of 16][pair of k][16][2]` i16
 //! (`w − zw`, zero columns and pairs past the ends) and the input zero point folded into
 //! the biases (see [`super::packing::packed_rows`]). Per tile of rows, the rows are widened
 //! to i16 in the workspace, then the column blocks run as a task on the thread pool.
@@ -33,24 +34,15 @@
 
 use super::packing::packed_rows;
 use super::planes::copy_row;
-use super::ukernel::{self, LaneTable, Operands, PairTile, Requantize, Store, LANES, VECTORS};
-use super::{data_address, Kernel};
+use super::row_tiles::{RowProduct, RowTiles};
+use super::ukernel;
+use super::Kernel;
 use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
-use cranelift_module::FuncId;
 use qlift_ir::fixed_point::Requant;
 use qlift_ir::{DType, OpKind};
-
-/// Micro-kernel steps per loop iteration.
-const UNROLL: usize = 4;
-
-/// Bytes of one step's operand: a pair of i16 or a quad of bytes.
-const STEP: usize = 4;
-
-/// Columns per block (the tile's two vectors).
-const BLOCK: usize = VECTORS * LANES;
 
 /// Emits the product in this form and returns true when it applies: a QMatMul of a u8 or
 /// i16 `[..., K]` (its leading axes, the batch among them, are rows) by constant weights
@@ -115,111 +107,45 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
     // An i32 result (a classifier head before its DequantizeLinear, MatMulInteger) is the
     // raw sums plus the folded bias, added per row after the tiles (see `add_bias_row`).
     let sums = yty.dtype == DType::I32;
-    let lanes = if sums {
-        Vec::new()
-    } else {
-        let (Some(aq), Some(bq)) = &quant else {
-            return Ok(false);
-        };
-        let rq = Requant::for_product(aq, bq, m, &yty, k.op.fused_activation()?)?;
-        let Some(lanes) = LaneTable::bytes(&packed.folded, |j| super::requant::channel(&rq, j))
-        else {
-            return Ok(false);
-        };
-        lanes
+    let rq = match (&quant, sums) {
+        (_, true) => None,
+        ((Some(aq), Some(bq)), false) => Some(Requant::for_product(
+            aq,
+            bq,
+            m,
+            &yty,
+            k.op.fused_activation()?,
+        )?),
+        _ => return Ok(false),
+    };
+    // One micro-kernel and task per tile height: full tiles of `max_rows` rows, then one
+    // tile of the rows left (so that each tile reads the weights once).
+    let max_rows = ukernel::max_rows(isa);
+    let heights: Vec<usize> = (1..=max_rows).collect();
+    let product = RowProduct {
+        packed: &packed,
+        kk,
+        sixteen_in,
+        rq: rq.as_ref(),
+        out: yty.dtype,
+    };
+    let Some(tiles) = RowTiles::new(k, isa, &product, &heights, false)? else {
+        return Ok(false);
     };
     let elem = match yty.dtype {
         DType::I32 => 4,
         DType::I16 => 2,
         _ => 1,
     };
-    // u8 rows against weights that fit i8: quads of k on `vpdpbusd` (see the module's note).
-    let quads = isa.has_quads() && !sixteen_in && packed.fits_i8();
-    let per_step = if quads { 4 } else { 2 };
-    let steps = kk.div_ceil(per_step).next_multiple_of(UNROLL);
     // u8 rows whose length is whole loop iterations are read where they are.
-    let in_place = quads && kk == steps * per_step;
-    let blocks = m.div_ceil(BLOCK);
-    // Weights: block, step, column of the block, the step's two (i16) or four (i8) k.
-    let mut weights = Vec::with_capacity(blocks * steps * BLOCK * STEP);
-    let weight = |c: usize, t: usize| {
-        if c < m && t < kk {
-            packed.rows[c][t]
-        } else {
-            0
-        }
-    };
-    for blk in 0..blocks {
-        for p in 0..steps {
-            for c in blk * BLOCK..(blk + 1) * BLOCK {
-                for t in per_step * p..per_step * (p + 1) {
-                    let w = weight(c, t);
-                    match quads {
-                        true => weights.push(w as i8 as u8),
-                        false => weights.extend_from_slice(&w.to_le_bytes()),
-                    }
-                }
-            }
-        }
-    }
-    let block_bytes = (steps * BLOCK * STEP) as i64;
-    let direct = m % BLOCK == 0;
-    let row_bytes = elem * if direct { m } else { blocks * BLOCK };
-    let i32_of = |v: usize| i32::try_from(v).map_err(|e| e.to_string());
-    let store = if sums {
-        Store::Sums {
-            plane: i32_of(row_bytes)?,
-        }
-    } else {
-        let (Some(aq), Some(bq)) = &quant else {
-            return Ok(false);
-        };
-        let rq = Requant::for_product(aq, bq, m, &yty, k.op.fused_activation()?)?;
-        let q = Requantize {
-            zero_point: rq.zero_point,
-            bounds: (rq.bounds.0 as i32, rq.bounds.1 as i32),
-            signed: yty.dtype == DType::I8,
-            plane: i32_of(row_bytes)?,
-            per_lane: true,
-        };
-        match yty.dtype {
-            DType::I16 => Store::RequantizeI16(q),
-            _ => Store::Requantize(q),
-        }
-    };
-    let tile = |rows: usize| -> Result<PairTile, String> {
-        Ok(PairTile {
-            rows,
-            offsets: (0..UNROLL)
-                .map(|s| i32_of(s * BLOCK * STEP))
-                .collect::<Result<_, _>>()?,
-            x_stride: i32_of(UNROLL * BLOCK * STEP)?,
-            iterations: u32::try_from(steps / UNROLL).map_err(|e| e.to_string())?,
-            store,
-            row_stride: Some(i32_of(steps * STEP)?),
-            operands: match quads {
-                true => Operands::Quads {
-                    unsigned_broadcast: true,
-                },
-                false => Operands::Pairs,
-            },
-        })
-    };
-    // One micro-kernel and task per tile height: full tiles of `max_rows` rows, then one
-    // tile of the rows left (so that each tile reads the weights once).
-    let max_rows = ukernel::max_rows(isa);
-    let mut tasks = Vec::with_capacity(max_rows);
-    for rows in 1..=max_rows {
-        let kernel = k.machine_code(&ukernel::pair_tile(&tile(rows)?, isa)?, 5)?;
-        tasks.push((kernel, rows));
-    }
+    let (quads, direct, row_bytes, row_len) =
+        (tiles.quads, tiles.direct, tiles.row_bytes, tiles.row_len);
+    let in_place = quads && kk == row_len;
     k.form = if quads {
         "wide-matmul-vnni"
     } else {
         "wide-matmul"
     };
-    let wptr = k.data_object(weights, 64)?;
-    let lane_table = k.data_object(lanes, 64)?;
     let i32_table = |values: &[i32]| -> Vec<u8> {
         let mut bytes: Vec<u8> = values.iter().flat_map(|b| b.to_le_bytes()).collect();
         bytes.resize(m.next_multiple_of(4) * 4, 0);
@@ -237,13 +163,9 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
         }
         (false, _) => None,
     };
-    let tasks: Vec<FuncId> = tasks
-        .into_iter()
-        .map(|(kernel, _)| column_task(k, kernel, wptr, lane_table, block_bytes, elem))
-        .collect::<Result<_, _>>()?;
     // Workspace: widened (or padded) rows | staging rows | the task's context | the call's
     // bias.
-    let staging_at = (max_rows * steps * STEP).next_multiple_of(64);
+    let staging_at = (max_rows * row_len).next_multiple_of(64);
     let context_at =
         staging_at + if direct { 0 } else { max_rows * row_bytes }.next_multiple_of(64);
     let bias_at = context_at + 64;
@@ -264,14 +186,14 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
     let rest = k.fb.ins().imul_imm_s(full_tiles, max_rows as i64);
     let rest = k.fb.ins().isub(samples, rest);
     // One tile: rows from `first`, `rows` of them, with its task.
-    let run = |k: &mut Kernel, first: Value, rows: usize, task: FuncId| -> Result<(), String> {
+    let run = |k: &mut Kernel, first: Value, rows: usize| -> Result<(), String> {
         let fb = &mut *k.fb;
         // Rows read in place need no copy.
         let copied = if in_place { 0 } else { rows };
         for r in 0..copied {
             let row = fb.ins().iadd_imm_s(first, r as i64);
             let src = emit::addr(fb, aptr, row, (kk * if sixteen_in { 2 } else { 1 }) as i64);
-            let dst = fb.ins().iadd_imm_s(ws, (r * steps * STEP) as i64);
+            let dst = fb.ins().iadd_imm_s(ws, (r * row_len) as i64);
             match (sixteen_in, quads) {
                 (true, _) => copy_i16_row(fb, src, dst, kk),
                 // The padding's bytes multiply zero weights: whatever they hold adds 0.
@@ -288,15 +210,7 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
         } else {
             fb.ins().iadd_imm_s(ws, staging_at as i64)
         };
-        fb.ins().store(emit::mem(), rows_at, context, 0);
-        fb.ins().store(emit::mem(), out, context, 8);
-        k.parallel_for(
-            task,
-            context,
-            blocks as i64,
-            usize::MAX,
-            (rows * kk * m) as u64,
-        )?;
+        tiles.run(k, context, (rows_at, out), rows, 1)?;
         let fb = &mut *k.fb;
         for r in 0..rows {
             let row = fb.ins().iadd_imm_s(first, r as i64);
@@ -312,7 +226,7 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
     };
     k.for_each(full_tiles, |k, t| {
         let first = k.fb.ins().imul_imm_s(t, max_rows as i64);
-        run(k, first, max_rows, tasks[max_rows - 1])
+        run(k, first, max_rows)
     })?;
     // The rows left: one tile of exactly that many.
     let first = k.fb.ins().imul_imm_s(full_tiles, max_rows as i64);
@@ -322,42 +236,13 @@ pub(super) fn matmul(k: &mut Kernel) -> Result<bool, String> {
         let is = k.fb.ins().icmp_imm_s(IntCC::Equal, rest, rows as i64);
         k.fb.ins().brif(is, this, &[], next, &[]);
         k.fb.switch_to_block(this);
-        run(k, first, rows, tasks[rows - 1])?;
+        run(k, first, rows)?;
         k.fb.ins().jump(done, &[]);
         k.fb.switch_to_block(next);
     }
     k.fb.ins().jump(done, &[]);
     k.fb.switch_to_block(done);
     Ok(true)
-}
-
-/// The task of one tile size: column blocks `begin..end` of the rows widened at `ctx[0]`
-/// into the results at `ctx[1]` (row stride: the micro-kernel's plane).
-fn column_task(
-    k: &mut Kernel,
-    kernel: FuncId,
-    weights: cranelift_module::DataId,
-    lanes: cranelift_module::DataId,
-    block_bytes: i64,
-    elem: usize,
-) -> Result<FuncId, String> {
-    k.task(|fb, module, [ctx, begin, end, _]| {
-        let rows = fb.ins().load(types::I64, emit::mem(), ctx, 0);
-        let out = fb.ins().load(types::I64, emit::mem(), ctx, 8);
-        let (w, lanes) = (
-            data_address(fb, module, weights),
-            data_address(fb, module, lanes),
-        );
-        let kernel = module.declare_func_in_func(kernel, fb.func);
-        emit::for_range(fb, begin, end, 1, |fb, blk| {
-            let x0 = emit::addr(fb, w, blk, block_bytes);
-            let x1 = fb.ins().iadd_imm_s(x0, (LANES * STEP) as i64);
-            let o = emit::addr(fb, out, blk, (BLOCK * elem) as i64);
-            let params = emit::addr(fb, lanes, blk, LaneTable::BLOCK as i64);
-            fb.ins().call(kernel, &[x0, x1, rows, o, params]);
-        });
-        Ok(())
-    })
 }
 
 /// `bias[j] = −za · sums[j]` (wrapping i32) for the `n` columns, four a step (`sums` and
