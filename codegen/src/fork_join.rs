@@ -16,36 +16,77 @@ use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-/// A kernel task: `task(ctx, begin, end, part)` (see `Kernel::task`).
+/// A kernel task: `task(ctx, begin, end, slot)` (see `Kernel::task`); `slot` is the
+/// worker running the range (`< workers`), for per-thread scratch.
 pub(crate) type Task = extern "C" fn(*const u8, i64, i64, i64);
+
+/// How many times an idle helper polls its mailbox between clock reads: each poll is one
+/// `pause` (tens of cycles on Zen), so a job published to a spinning helper is taken
+/// within a few hundred ns (64 pauses between polls delayed each split by up to ~1.5 µs).
+const POLLS: u32 = 8;
+static POLLS_ENV: OnceLock<u32> = OnceLock::new(); // TEMP
 
 /// How long an idle helper keeps polling its mailbox before it parks.
 const SPIN: Duration = Duration::from_micros(200);
 
-/// One call's parts: `parts` ranges of `0..n`, claimed by index.
+/// One phase of a job: `task` over `0..n` in `chunks` ranges.
+#[derive(Clone, Copy)]
+pub(crate) struct Phase {
+    pub task: Task,
+    pub n: i64,
+    pub chunks: usize,
+}
+
+impl Phase {
+    /// Runs chunk `i` of this phase as worker `slot`.
+    fn chunk(&self, ctx: usize, i: usize, slot: usize) {
+        let (n, chunks) = (self.n as i128, self.chunks as i128);
+        let range = |i: usize| (i as i128 * n / chunks) as i64;
+        (self.task)(ctx as *const u8, range(i), range(i + 1), slot as i64);
+    }
+}
+
+/// One call's phases: the chunks of the first, then (once every chunk of the first is
+/// done: a barrier inside the job, not a second fork–join) those of the second, claimed
+/// by index.
 struct Job {
-    task: Task,
     ctx: usize,
-    n: i64,
-    parts: usize,
-    /// The next part to claim.
+    first: Phase,
+    /// The second phase (`chunks` 0 when there is none).
+    second: Phase,
+    /// The next chunk to claim, counting the first phase's chunks, then the second's.
     next: AtomicUsize,
+    /// Chunks of the first phase done.
+    done: AtomicUsize,
+    /// Worker slots handed out (see [`Task`]).
+    slots: AtomicUsize,
     /// Helpers that hold a pointer to this job; the caller returns (and the job, on its
     /// stack, dies) only when it is zero.
     holders: AtomicUsize,
 }
 
 impl Job {
-    /// Runs parts until none is left to claim.
+    /// Runs chunks until none is left to claim. Every chunk of the first phase was claimed
+    /// by a worker that is running it before any chunk of the second is, so the wait for
+    /// them ends.
     fn work(&self) {
+        let slot = self.slots.fetch_add(1, Ordering::Relaxed);
+        let first = self.first.chunks;
         loop {
             let i = self.next.fetch_add(1, Ordering::Relaxed);
-            if i >= self.parts {
+            if i < first {
+                self.first.chunk(self.ctx, i, slot);
+                // Release: the second phase reads what this chunk wrote.
+                self.done.fetch_add(1, Ordering::Release);
+                continue;
+            }
+            if i - first >= self.second.chunks {
                 return;
             }
-            let (n, parts) = (self.n as i128, self.parts as i128);
-            let range = |i: usize| (i as i128 * n / parts) as i64;
-            (self.task)(self.ctx as *const u8, range(i), range(i + 1), i as i64);
+            while self.done.load(Ordering::Acquire) < first {
+                std::hint::spin_loop();
+            }
+            self.second.chunk(self.ctx, i - first, slot);
         }
     }
 }
@@ -92,7 +133,7 @@ fn helper(mailbox: &Mailbox) {
                 .is_ok();
         if !took {
             if idle_since.elapsed() < SPIN {
-                for _ in 0..64 {
+                for _ in 0..*POLLS_ENV.get_or_init(|| std::env::var("QLIFT_POLLS").ok().and_then(|v| v.parse().ok()).unwrap_or(POLLS)) {
                     std::hint::spin_loop();
                 }
             } else {
@@ -113,19 +154,35 @@ fn helper(mailbox: &Mailbox) {
     }
 }
 
-/// Runs `task` over `0..n` in `parts` ranges (`parts ≥ 1`), on this thread and any free
-/// helpers, and returns when every range is done. Each range must write its own results.
-pub(crate) fn run(task: Task, ctx: *const u8, n: i64, parts: usize) {
+/// Runs `task` over `0..n` in `chunks` ranges (`chunks ≥ 1`) on this thread and up to
+/// `workers − 1` free helpers, and returns when every range is done. Each range must write
+/// its own results.
+#[cfg(test)]
+pub(crate) fn run(task: Task, ctx: *const u8, n: i64, chunks: usize, workers: usize) {
+    let none = Phase { task, n: 0, chunks: 0 };
+    run_phases(ctx, Phase { task, n, chunks }, none, workers);
+}
+
+/// Runs the chunks of `first`, then those of `second` (which may read what the first
+/// wrote), on this thread and up to `workers − 1` free helpers, and returns when every
+/// chunk is done: one fork–join for both. Each chunk of a phase must write its own results.
+pub(crate) fn run_phases(ctx: *const u8, first: Phase, second: Phase, workers: usize) {
+    let parts = first.chunks.max(second.chunks).min(workers);
     if parts <= 1 {
-        task(ctx, 0, n, 0);
+        for phase in [first, second] {
+            if phase.chunks > 0 {
+                (phase.task)(ctx, 0, phase.n, 0);
+            }
+        }
         return;
     }
     let job = Job {
-        task,
         ctx: ctx as usize,
-        n,
-        parts,
+        first,
+        second,
         next: AtomicUsize::new(0),
+        done: AtomicUsize::new(0),
+        slots: AtomicUsize::new(0),
         holders: AtomicUsize::new(0),
     };
     let address = &job as *const Job as *mut Job;
@@ -179,27 +236,68 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicU64;
 
-    /// Adds `begin..end` into the counters at `ctx`: index `i` once per covering range.
-    extern "C" fn mark(ctx: *const u8, begin: i64, end: i64, part: i64) {
-        // SAFETY: the tests pass a live `[AtomicU64; N]` with N ≥ end, and a part slot.
-        let counters = ctx as *const AtomicU64;
+    /// The tests' context: a counter per index of each phase, and the most workers.
+    struct Marks {
+        first: Vec<AtomicU64>,
+        second: Vec<AtomicU64>,
+        workers: usize,
+    }
+
+    /// Counts `begin..end` of the first phase once more.
+    extern "C" fn mark_first(ctx: *const u8, begin: i64, end: i64, slot: i64) {
+        // SAFETY: the tests pass a live `Marks` whose vectors cover `0..end`.
+        let m = unsafe { &*(ctx as *const Marks) };
+        assert!((slot as usize) < m.workers, "slot {slot} of {}", m.workers);
         for i in begin..end {
-            unsafe { &*counters.add(i as usize) }.fetch_add(1, Ordering::Relaxed);
+            m.first[i as usize].fetch_add(1, Ordering::Relaxed);
         }
-        let _ = part;
+    }
+
+    /// Counts `begin..end` of the second phase, each only after all of the first is done.
+    extern "C" fn mark_second(ctx: *const u8, begin: i64, end: i64, slot: i64) {
+        // SAFETY: as in `mark_first`.
+        let m = unsafe { &*(ctx as *const Marks) };
+        assert!((slot as usize) < m.workers, "slot {slot} of {}", m.workers);
+        assert!(m.first.iter().all(|c| c.load(Ordering::Relaxed) == 1));
+        for i in begin..end {
+            m.second[i as usize].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     #[test]
-    fn every_index_is_covered_exactly_once_from_many_callers() {
+    fn every_index_is_covered_once_and_the_second_phase_follows_the_first() {
         let callers: Vec<_> = (0..4)
             .map(|c| {
                 std::thread::spawn(move || {
-                    for round in 0..200 {
+                    for round in 0..300 {
                         let n = 1 + (round * 7 + c) % 97;
-                        let counters: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
-                        let parts = 1 + (round + c) % 5;
-                        run(mark, counters.as_ptr().cast(), n as i64, parts);
-                        assert!(counters.iter().all(|c| c.load(Ordering::Relaxed) == 1));
+                        let n2 = (round * 5 + c) % 61;
+                        let counters = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect();
+                        let workers = 1 + (round + c) % 5;
+                        let marks = Marks {
+                            first: counters(n),
+                            second: counters(n2),
+                            workers,
+                        };
+                        let chunks = |n: usize| n.min(1 + (round * 3 + c) % 9);
+                        let first = Phase {
+                            task: mark_first,
+                            n: n as i64,
+                            chunks: chunks(n),
+                        };
+                        let second = Phase {
+                            task: mark_second,
+                            n: n2 as i64,
+                            chunks: chunks(n2),
+                        };
+                        let ctx = &marks as *const Marks as *const u8;
+                        if round % 3 == 0 {
+                            run(mark_first, ctx, n as i64, chunks(n), workers);
+                        } else {
+                            run_phases(ctx, first, second, workers);
+                            assert!(marks.second.iter().all(|c| c.load(Ordering::Relaxed) == 1));
+                        }
+                        assert!(marks.first.iter().all(|c| c.load(Ordering::Relaxed) == 1));
                     }
                 })
             })

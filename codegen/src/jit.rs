@@ -77,15 +77,56 @@ thread_local! {
     static INTRA_OP: std::cell::Cell<usize> = const { std::cell::Cell::new(1) };
 }
 
-/// The JIT's [`crate::kernels::PARALLEL_FOR`]: runs `task` on `0..n` split into as many
-/// ranges as the calling entry may use threads ([`INTRA_OP`]), at most `max_parts`, on this
-/// thread and the fork–join helpers ([`crate::fork_join`]); one call here when that is one.
-extern "C" fn qlift_parallel_for(task: fork_join::Task, ctx: *const u8, n: i64, max_parts: i64) {
-    let parts = INTRA_OP
+/// Threads a split call runs on: as many as the calling entry may use ([`INTRA_OP`]),
+/// at most `max_workers` (the kernel's per-thread scratch areas) and `n`.
+fn workers(n: i64, max_workers: i64) -> usize {
+    INTRA_OP
         .with(|t| t.get())
         .min(n.max(0) as usize)
-        .min(max_parts.max(1) as usize);
-    fork_join::run(task, ctx, n, parts.max(1));
+        .min(max_workers.max(1) as usize)
+        .max(1)
+}
+
+/// A phase of `task` over `0..n` for `workers` threads, in `grain` chunks per worker (at
+/// most `n`), claimed by whichever thread is free.
+fn phase(task: fork_join::Task, n: i64, workers: usize, grain: i64) -> fork_join::Phase {
+    let chunks = (workers * grain.max(1) as usize).min(n.max(1) as usize);
+    fork_join::Phase { task, n, chunks }
+}
+
+/// The JIT's [`crate::kernels::PARALLEL_FOR`]: runs `task` on `0..n` split into ranges
+/// on [`workers`] threads, this one and the fork–join helpers ([`crate::fork_join`]); one
+/// call here when that is one.
+extern "C" fn qlift_parallel_for(
+    task: fork_join::Task,
+    ctx: *const u8,
+    n: i64,
+    max_workers: i64,
+    grain: i64,
+) {
+    let workers = workers(n, max_workers);
+    let none = fork_join::Phase { task, n: 0, chunks: 0 };
+    fork_join::run_phases(ctx, phase(task, n, workers, grain), none, workers);
+}
+
+/// The JIT's [`crate::kernels::PARALLEL_FOR_THEN`]: [`qlift_parallel_for`] of `first`
+/// over `0..n1`, then of `second` over `0..n2`, in one fork–join.
+extern "C" fn qlift_parallel_for_then(
+    first: fork_join::Task,
+    n1: i64,
+    second: fork_join::Task,
+    n2: i64,
+    ctx: *const u8,
+    max_workers: i64,
+    grain: i64,
+) {
+    let workers = workers(n1.max(n2), max_workers);
+    fork_join::run_phases(
+        ctx,
+        phase(first, n1, workers, grain),
+        phase(second, n2, workers, grain),
+        workers,
+    );
 }
 
 /// Appends the compiled functions to a `perf` symbol map (`QLIFT_PERF_MAP=1`:
@@ -223,6 +264,10 @@ impl JitProgram {
         builder.symbol(
             crate::kernels::PARALLEL_FOR,
             qlift_parallel_for as *const u8,
+        );
+        builder.symbol(
+            crate::kernels::PARALLEL_FOR_THEN,
+            qlift_parallel_for_then as *const u8,
         );
         builder.symbol(
             crate::program::PROFILE_STOP,

@@ -143,10 +143,22 @@ pub(crate) struct Kernel<'k, 'f> {
 }
 
 /// The function a JIT-compiled kernel calls to run a task on the thread pool:
-/// `PARALLEL_FOR(task, ctx, n, parts)` calls `task(ctx, begin, end, part)` on at most
-/// `parts` disjoint ranges covering `0..n`, each with its own `part < parts` (an index for
-/// per-thread scratch), possibly on several threads, and returns when all have returned.
+/// `PARALLEL_FOR(task, ctx, n, workers, grain)` calls `task(ctx, begin, end, slot)` on
+/// disjoint ranges covering `0..n` (about `grain` per thread), on at most `workers`
+/// threads, each range with the `slot < workers` of the thread running it (an index for
+/// per-thread scratch), and returns when all have returned.
 pub(crate) const PARALLEL_FOR: &str = "qlift_parallel_for";
+
+/// `PARALLEL_FOR_THEN(first, n1, second, n2, ctx, workers, grain)`: [`PARALLEL_FOR`] of
+/// `first` over `0..n1`, then of `second` over `0..n2` (which may read everything the
+/// first wrote), in one fork–join: the threads meet at a barrier between the two instead
+/// of returning and being woken again.
+pub(crate) const PARALLEL_FOR_THEN: &str = "qlift_parallel_for_then";
+
+/// Ranges per thread of a split call, claimed by whichever thread is free: more than one
+/// evens out a thread that starts late or runs slower (a helper that was parked, a vCPU
+/// the host shares) at the cost of one more claim (an atomic add) per range.
+pub(crate) const GRAIN: i64 = 1;
 
 /// Multiply-accumulates below which a kernel call stays on its thread. With parts run on
 /// the caller and spinning helpers ([`crate::fork_join`]) a split costs a few µs (it was
@@ -341,17 +353,57 @@ impl<'k, 'f> Kernel<'k, 'f> {
         work: u64,
     ) -> Result<(), String> {
         let f = self.module.declare_func_in_func(task, self.fb.func);
-        let zero = emit::iconst(self.fb, 0);
-        if !self.parallel || work < self.parallel_min_work {
+        if !self.splits(work) {
+            let zero = emit::iconst(self.fb, 0);
             self.fb.ins().call(f, &[ctx, zero, end, zero]);
             return Ok(());
         }
         let ptr = self.module.isa().pointer_type();
-        let run = self.import(PARALLEL_FOR, &[ptr, ptr, types::I64, types::I64], &[])?;
+        let i64 = types::I64;
+        let run = self.import(PARALLEL_FOR, &[ptr, ptr, i64, i64, i64], &[])?;
         let addr = self.fb.ins().func_addr(ptr, f);
-        let parts = emit::iconst(self.fb, parts.clamp(1, 1 << 16) as i64);
-        self.fb.ins().call(run, &[addr, ctx, end, parts]);
+        let [parts, grain] = self.split_args(parts);
+        self.fb.ins().call(run, &[addr, ctx, end, parts, grain]);
         Ok(())
+    }
+
+    /// [`Kernel::parallel_for`] of `first` over `0..n1`, then of `second` over `0..n2`
+    /// (which reads what the first wrote), in one fork–join ([`PARALLEL_FOR_THEN`]) when
+    /// the call splits.
+    pub fn parallel_for_then(
+        &mut self,
+        (first, n1): (FuncId, i64),
+        (second, n2): (FuncId, i64),
+        ctx: Value,
+        parts: usize,
+        work: u64,
+    ) -> Result<(), String> {
+        if !self.splits(work) {
+            self.parallel_for(first, ctx, n1, parts, work)?;
+            return self.parallel_for(second, ctx, n2, parts, work);
+        }
+        let ptr = self.module.isa().pointer_type();
+        let i64 = types::I64;
+        let run = self.import(PARALLEL_FOR_THEN, &[ptr, i64, ptr, i64, ptr, i64, i64], &[])?;
+        let [f1, f2] = [first, second].map(|t| {
+            let f = self.module.declare_func_in_func(t, self.fb.func);
+            self.fb.ins().func_addr(ptr, f)
+        });
+        let (n1, n2) = (emit::iconst(self.fb, n1), emit::iconst(self.fb, n2));
+        let [parts, grain] = self.split_args(parts);
+        self.fb.ins().call(run, &[f1, n1, f2, n2, ctx, parts, grain]);
+        Ok(())
+    }
+
+    /// Whether a call of `work` multiply-accumulates splits across threads.
+    fn splits(&self, work: u64) -> bool {
+        self.parallel && work >= self.parallel_min_work
+    }
+
+    /// The most threads (`parts`) and [`GRAIN`] arguments of a split call.
+    fn split_args(&mut self, parts: usize) -> [Value; 2] {
+        let grain = std::env::var("QLIFT_GRAIN").ok().and_then(|v| v.parse().ok()).unwrap_or(GRAIN);
+        [parts.clamp(1, 1 << 16) as i64, grain].map(|v| emit::iconst(self.fb, v))
     }
 
     /// A scratch area of `bytes` bytes for this kernel alone (im2col rows, packed tiles),

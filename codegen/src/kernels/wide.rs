@@ -420,8 +420,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         for (i, v) in [xp, out, xn, ws].into_iter().enumerate() {
             fb.ins().store(emit::mem(), v, context, (8 * i) as i32);
         }
-        k.parallel_for(prepare, context, l.used_pairs as i64, usize::MAX, macs)?;
-        k.parallel_for(task, context, count, usize::MAX, macs)?;
+        k.parallel_for_then((prepare, l.used_pairs as i64), (task, count), context, usize::MAX, macs)?;
         let fb = &mut *k.fb;
         if !l_direct {
             // Staging rows of `ow8` results to the output's rows of `ow`.
