@@ -46,17 +46,19 @@ impl Phase {
     }
 }
 
+/// The most phases one job runs.
+pub(crate) const MAX_PHASES: usize = 3;
+
 /// One call's phases: the chunks of the first, then (once every chunk of the first is
-/// done: a barrier inside the job, not a second fork–join) those of the second, claimed
-/// by index.
+/// done: a barrier inside the job, not another fork–join) those of the second, and so on,
+/// claimed by index.
 struct Job {
     ctx: usize,
-    first: Phase,
-    /// The second phase (`chunks` 0 when there is none).
-    second: Phase,
-    /// The next chunk to claim, counting the first phase's chunks, then the second's.
+    /// The phases (unused ones have no chunks).
+    phases: [Phase; MAX_PHASES],
+    /// The next chunk to claim, counting the first phase's chunks, then the second's, ….
     next: AtomicUsize,
-    /// Chunks of the first phase done.
+    /// Chunks done (of any phase).
     done: AtomicUsize,
     /// Worker slots handed out (see [`Task`]).
     slots: AtomicUsize,
@@ -66,27 +68,30 @@ struct Job {
 }
 
 impl Job {
-    /// Runs chunks until none is left to claim. Every chunk of the first phase was claimed
-    /// by a worker that is running it before any chunk of the second is, so the wait for
-    /// them ends.
+    /// Runs chunks until none is left to claim. A chunk of a phase starts when every chunk
+    /// before its phase is done: those were claimed first, by workers that are running
+    /// them, so the wait ends (and no chunk of a later phase can be done before).
     fn work(&self) {
         let slot = self.slots.fetch_add(1, Ordering::Relaxed);
-        let first = self.first.chunks;
         loop {
-            let i = self.next.fetch_add(1, Ordering::Relaxed);
-            if i < first {
-                self.first.chunk(self.ctx, i, slot);
-                // Release: the second phase reads what this chunk wrote.
-                self.done.fetch_add(1, Ordering::Release);
-                continue;
-            }
-            if i - first >= self.second.chunks {
+            let mut i = self.next.fetch_add(1, Ordering::Relaxed);
+            let mut before = 0;
+            let Some(phase) = self.phases.iter().find(|p| {
+                let here = i < p.chunks;
+                if !here {
+                    i -= p.chunks;
+                    before += p.chunks;
+                }
+                here
+            }) else {
                 return;
-            }
-            while self.done.load(Ordering::Acquire) < first {
+            };
+            // Acquire: this chunk reads what the earlier phases wrote.
+            while self.done.load(Ordering::Acquire) < before {
                 std::hint::spin_loop();
             }
-            self.second.chunk(self.ctx, i - first, slot);
+            phase.chunk(self.ctx, i, slot);
+            self.done.fetch_add(1, Ordering::Release);
         }
     }
 }
@@ -133,7 +138,12 @@ fn helper(mailbox: &Mailbox) {
                 .is_ok();
         if !took {
             if idle_since.elapsed() < SPIN {
-                for _ in 0..*POLLS_ENV.get_or_init(|| std::env::var("QLIFT_POLLS").ok().and_then(|v| v.parse().ok()).unwrap_or(POLLS)) {
+                for _ in 0..*POLLS_ENV.get_or_init(|| {
+                    std::env::var("QLIFT_POLLS")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(POLLS)
+                }) {
                     std::hint::spin_loop();
                 }
             } else {
@@ -159,27 +169,31 @@ fn helper(mailbox: &Mailbox) {
 /// its own results.
 #[cfg(test)]
 pub(crate) fn run(task: Task, ctx: *const u8, n: i64, chunks: usize, workers: usize) {
-    let none = Phase { task, n: 0, chunks: 0 };
-    run_phases(ctx, Phase { task, n, chunks }, none, workers);
+    run_phases(ctx, &[Phase { task, n, chunks }], workers);
 }
 
-/// Runs the chunks of `first`, then those of `second` (which may read what the first
-/// wrote), on this thread and up to `workers − 1` free helpers, and returns when every
-/// chunk is done: one fork–join for both. Each chunk of a phase must write its own results.
-pub(crate) fn run_phases(ctx: *const u8, first: Phase, second: Phase, workers: usize) {
-    let parts = first.chunks.max(second.chunks).min(workers);
-    if parts <= 1 {
-        for phase in [first, second] {
-            if phase.chunks > 0 {
-                (phase.task)(ctx, 0, phase.n, 0);
-            }
+/// Runs the chunks of each of `phases` in turn (each may read what the ones before
+/// wrote) on this thread and up to `workers − 1` free helpers, and returns when every
+/// chunk is done: one fork–join for all. Each chunk of a phase must write its own results.
+pub(crate) fn run_phases(ctx: *const u8, phases: &[Phase], workers: usize) {
+    let widest = phases.iter().map(|p| p.chunks).max().unwrap_or(0);
+    if widest.min(workers) <= 1 || phases.len() > MAX_PHASES {
+        for phase in phases.iter().filter(|p| p.chunks > 0) {
+            (phase.task)(ctx, 0, phase.n, 0);
         }
         return;
     }
+    let parts = widest.min(workers);
+    let none = Phase {
+        task: phases[0].task,
+        n: 0,
+        chunks: 0,
+    };
+    let mut all = [none; MAX_PHASES];
+    all[..phases.len()].copy_from_slice(phases);
     let job = Job {
         ctx: ctx as usize,
-        first,
-        second,
+        phases: all,
         next: AtomicUsize::new(0),
         done: AtomicUsize::new(0),
         slots: AtomicUsize::new(0),
@@ -294,7 +308,7 @@ mod tests {
                         if round % 3 == 0 {
                             run(mark_first, ctx, n as i64, chunks(n), workers);
                         } else {
-                            run_phases(ctx, first, second, workers);
+                            run_phases(ctx, &[first, second], workers);
                             assert!(marks.second.iter().all(|c| c.load(Ordering::Relaxed) == 1));
                         }
                         assert!(marks.first.iter().all(|c| c.load(Ordering::Relaxed) == 1));

@@ -105,28 +105,44 @@ extern "C" fn qlift_parallel_for(
     grain: i64,
 ) {
     let workers = workers(n, max_workers);
-    let none = fork_join::Phase { task, n: 0, chunks: 0 };
-    fork_join::run_phases(ctx, phase(task, n, workers, grain), none, workers);
+    fork_join::run_phases(ctx, &[phase(task, n, workers, grain)], workers);
 }
 
-/// The JIT's [`crate::kernels::PARALLEL_FOR_THEN`]: [`qlift_parallel_for`] of `first`
-/// over `0..n1`, then of `second` over `0..n2`, in one fork–join.
-extern "C" fn qlift_parallel_for_then(
-    first: fork_join::Task,
-    n1: i64,
-    second: fork_join::Task,
-    n2: i64,
+/// A task that does nothing (fills unused phases).
+extern "C" fn noop(_: *const u8, _: i64, _: i64, _: i64) {}
+
+/// The JIT's [`crate::kernels::PARALLEL_PHASES`]: [`qlift_parallel_for`] of each task
+/// given (not null) over its `0..n` in turn, in one fork–join.
+#[allow(clippy::too_many_arguments)]
+extern "C" fn qlift_parallel_phases(
     ctx: *const u8,
     max_workers: i64,
     grain: i64,
+    t1: Option<fork_join::Task>,
+    n1: i64,
+    t2: Option<fork_join::Task>,
+    n2: i64,
+    t3: Option<fork_join::Task>,
+    n3: i64,
 ) {
-    let workers = workers(n1.max(n2), max_workers);
-    fork_join::run_phases(
-        ctx,
-        phase(first, n1, workers, grain),
-        phase(second, n2, workers, grain),
-        workers,
-    );
+    let given = [(t1, n1), (t2, n2), (t3, n3)];
+    let workers = workers(given.iter().map(|g| g.1).max().unwrap_or(0), max_workers);
+    let mut phases = [None; 3];
+    let mut count = 0;
+    for (task, n) in given {
+        if let Some(t) = task {
+            phases[count] = Some(phase(t, n, workers, grain));
+            count += 1;
+        }
+    }
+    let phases = phases.map(|p| {
+        p.unwrap_or(fork_join::Phase {
+            task: noop,
+            n: 0,
+            chunks: 0,
+        })
+    });
+    fork_join::run_phases(ctx, &phases[..count], workers);
 }
 
 /// Appends the compiled functions to a `perf` symbol map (`QLIFT_PERF_MAP=1`:
@@ -266,8 +282,8 @@ impl JitProgram {
             qlift_parallel_for as *const u8,
         );
         builder.symbol(
-            crate::kernels::PARALLEL_FOR_THEN,
-            qlift_parallel_for_then as *const u8,
+            crate::kernels::PARALLEL_PHASES,
+            qlift_parallel_phases as *const u8,
         );
         builder.symbol(
             crate::program::PROFILE_STOP,

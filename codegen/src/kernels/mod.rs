@@ -149,11 +149,14 @@ pub(crate) struct Kernel<'k, 'f> {
 /// per-thread scratch), and returns when all have returned.
 pub(crate) const PARALLEL_FOR: &str = "qlift_parallel_for";
 
-/// `PARALLEL_FOR_THEN(first, n1, second, n2, ctx, workers, grain)`: [`PARALLEL_FOR`] of
-/// `first` over `0..n1`, then of `second` over `0..n2` (which may read everything the
-/// first wrote), in one fork–join: the threads meet at a barrier between the two instead
-/// of returning and being woken again.
-pub(crate) const PARALLEL_FOR_THEN: &str = "qlift_parallel_for_then";
+/// `PARALLEL_PHASES(ctx, workers, grain, task1, n1, task2, n2, task3, n3)`:
+/// [`PARALLEL_FOR`] of each task that is not null over its `0..n` in turn (each may read
+/// everything the ones before wrote), in one fork–join: the threads meet at a barrier
+/// between phases instead of returning and being woken again.
+pub(crate) const PARALLEL_PHASES: &str = "qlift_parallel_phases";
+
+/// The most phases [`PARALLEL_PHASES`] takes.
+pub(crate) const MAX_PHASES: usize = 3;
 
 /// Ranges per thread of a split call, claimed by whichever thread is free: more than one
 /// evens out a thread that starts late or runs slower (a helper that was parked, a vCPU
@@ -367,31 +370,46 @@ impl<'k, 'f> Kernel<'k, 'f> {
         Ok(())
     }
 
-    /// [`Kernel::parallel_for`] of `first` over `0..n1`, then of `second` over `0..n2`
-    /// (which reads what the first wrote), in one fork–join ([`PARALLEL_FOR_THEN`]) when
-    /// the call splits.
-    pub fn parallel_for_then(
+    /// [`Kernel::parallel_for`] of each `(task, n)` of `phases` in turn (each reads what
+    /// the ones before wrote; at most [`MAX_PHASES`]), in one fork–join
+    /// ([`PARALLEL_PHASES`]) when the call splits.
+    pub fn parallel_phases(
         &mut self,
-        (first, n1): (FuncId, i64),
-        (second, n2): (FuncId, i64),
+        phases: &[(FuncId, i64)],
         ctx: Value,
         parts: usize,
         work: u64,
     ) -> Result<(), String> {
-        if !self.splits(work) {
-            self.parallel_for(first, ctx, n1, parts, work)?;
-            return self.parallel_for(second, ctx, n2, parts, work);
+        if phases.len() > MAX_PHASES {
+            return Err(format!(
+                "{} phases in one call (at most {MAX_PHASES})",
+                phases.len()
+            ));
+        }
+        if !self.splits(work) || phases.len() == 1 {
+            for &(task, n) in phases {
+                self.parallel_for(task, ctx, n, parts, work)?;
+            }
+            return Ok(());
         }
         let ptr = self.module.isa().pointer_type();
         let i64 = types::I64;
-        let run = self.import(PARALLEL_FOR_THEN, &[ptr, i64, ptr, i64, ptr, i64, i64], &[])?;
-        let [f1, f2] = [first, second].map(|t| {
-            let f = self.module.declare_func_in_func(t, self.fb.func);
-            self.fb.ins().func_addr(ptr, f)
-        });
-        let (n1, n2) = (emit::iconst(self.fb, n1), emit::iconst(self.fb, n2));
-        let [parts, grain] = self.split_args(parts);
-        self.fb.ins().call(run, &[f1, n1, f2, n2, ctx, parts, grain]);
+        let mut params = vec![ptr, i64, i64];
+        let mut args = vec![ctx];
+        args.extend(self.split_args(parts));
+        for i in 0..MAX_PHASES {
+            params.extend([ptr, i64]);
+            let (task, n) = match phases.get(i) {
+                Some(&(task, n)) => {
+                    let f = self.module.declare_func_in_func(task, self.fb.func);
+                    (self.fb.ins().func_addr(ptr, f), n)
+                }
+                None => (emit::iconst(self.fb, 0), 0),
+            };
+            args.extend([task, emit::iconst(self.fb, n)]);
+        }
+        let run = self.import(PARALLEL_PHASES, &params, &[])?;
+        self.fb.ins().call(run, &args);
         Ok(())
     }
 
@@ -402,7 +420,10 @@ impl<'k, 'f> Kernel<'k, 'f> {
 
     /// The most threads (`parts`) and [`GRAIN`] arguments of a split call.
     fn split_args(&mut self, parts: usize) -> [Value; 2] {
-        let grain = std::env::var("QLIFT_GRAIN").ok().and_then(|v| v.parse().ok()).unwrap_or(GRAIN);
+        let grain = std::env::var("QLIFT_GRAIN")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(GRAIN);
         [parts.clamp(1, 1 << 16) as i64, grain].map(|v| emit::iconst(self.fb, v))
     }
 
