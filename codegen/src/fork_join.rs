@@ -20,12 +20,6 @@ use std::time::{Duration, Instant};
 /// worker running the range (`< workers`), for per-thread scratch.
 pub(crate) type Task = extern "C" fn(*const u8, i64, i64, i64);
 
-/// How many times an idle helper polls its mailbox between clock reads: each poll is one
-/// `pause` (tens of cycles on Zen), so a job published to a spinning helper is taken
-/// within a few hundred ns (64 pauses between polls delayed each split by up to ~1.5 µs).
-const POLLS: u32 = 8;
-static POLLS_ENV: OnceLock<u32> = OnceLock::new(); // TEMP
-
 /// How long an idle helper keeps polling its mailbox before it parks.
 const SPIN: Duration = Duration::from_micros(200);
 
@@ -138,12 +132,7 @@ fn helper(mailbox: &Mailbox) {
                 .is_ok();
         if !took {
             if idle_since.elapsed() < SPIN {
-                for _ in 0..*POLLS_ENV.get_or_init(|| {
-                    std::env::var("QLIFT_POLLS")
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(POLLS)
-                }) {
+                for _ in 0..64 {
                     std::hint::spin_loop();
                 }
             } else {

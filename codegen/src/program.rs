@@ -363,12 +363,8 @@ pub fn build(
                 kernel.chain = chain.map(|(c, _)| c);
                 kernel.parallel = parallel;
                 kernel.winograd = !opts.no_winograd;
-                kernel.parallel_min_work = opts.parallel_min_macs.unwrap_or(
-                    std::env::var("QLIFT_MIN_WORK")
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(kernels::PARALLEL_MIN_WORK),
-                ); // TEMP
+                kernel.parallel_min_work =
+                    opts.parallel_min_macs.unwrap_or(kernels::PARALLEL_MIN_WORK);
                 for arg in operand_args {
                     let operand = match arg {
                         None => None,

@@ -143,13 +143,13 @@ pub(crate) struct Kernel<'k, 'f> {
 }
 
 /// The function a JIT-compiled kernel calls to run a task on the thread pool:
-/// `PARALLEL_FOR(task, ctx, n, workers, grain)` calls `task(ctx, begin, end, slot)` on
-/// disjoint ranges covering `0..n` (about `grain` per thread), on at most `workers`
-/// threads, each range with the `slot < workers` of the thread running it (an index for
-/// per-thread scratch), and returns when all have returned.
+/// `PARALLEL_FOR(task, ctx, n, workers)` calls `task(ctx, begin, end, slot)` on disjoint
+/// ranges covering `0..n` (one per thread), on at most `workers` threads, each range with
+/// the `slot < workers` of the thread running it (an index for per-thread scratch), and
+/// returns when all have returned.
 pub(crate) const PARALLEL_FOR: &str = "qlift_parallel_for";
 
-/// `PARALLEL_PHASES(ctx, workers, grain, task1, n1, task2, n2, task3, n3)`:
+/// `PARALLEL_PHASES(ctx, workers, task1, n1, task2, n2, task3, n3)`:
 /// [`PARALLEL_FOR`] of each task that is not null over its `0..n` in turn (each may read
 /// everything the ones before wrote), in one fork–join: the threads meet at a barrier
 /// between phases instead of returning and being woken again.
@@ -157,11 +157,6 @@ pub(crate) const PARALLEL_PHASES: &str = "qlift_parallel_phases";
 
 /// The most phases [`PARALLEL_PHASES`] takes.
 pub(crate) const MAX_PHASES: usize = 3;
-
-/// Ranges per thread of a split call, claimed by whichever thread is free: more than one
-/// evens out a thread that starts late or runs slower (a helper that was parked, a vCPU
-/// the host shares) at the cost of one more claim (an atomic add) per range.
-pub(crate) const GRAIN: i64 = 1;
 
 /// Multiply-accumulates below which a kernel call stays on its thread. With parts run on
 /// the caller and spinning helpers ([`crate::fork_join`]) a split costs a few µs (it was
@@ -363,10 +358,10 @@ impl<'k, 'f> Kernel<'k, 'f> {
         }
         let ptr = self.module.isa().pointer_type();
         let i64 = types::I64;
-        let run = self.import(PARALLEL_FOR, &[ptr, ptr, i64, i64, i64], &[])?;
+        let run = self.import(PARALLEL_FOR, &[ptr, ptr, i64, i64], &[])?;
         let addr = self.fb.ins().func_addr(ptr, f);
-        let [parts, grain] = self.split_args(parts);
-        self.fb.ins().call(run, &[addr, ctx, end, parts, grain]);
+        let parts = self.workers_arg(parts);
+        self.fb.ins().call(run, &[addr, ctx, end, parts]);
         Ok(())
     }
 
@@ -394,9 +389,8 @@ impl<'k, 'f> Kernel<'k, 'f> {
         }
         let ptr = self.module.isa().pointer_type();
         let i64 = types::I64;
-        let mut params = vec![ptr, i64, i64];
-        let mut args = vec![ctx];
-        args.extend(self.split_args(parts));
+        let mut params = vec![ptr, i64];
+        let mut args = vec![ctx, self.workers_arg(parts)];
         for i in 0..MAX_PHASES {
             params.extend([ptr, i64]);
             let (task, n) = match phases.get(i) {
@@ -418,13 +412,9 @@ impl<'k, 'f> Kernel<'k, 'f> {
         self.parallel && work >= self.parallel_min_work
     }
 
-    /// The most threads (`parts`) and [`GRAIN`] arguments of a split call.
-    fn split_args(&mut self, parts: usize) -> [Value; 2] {
-        let grain = std::env::var("QLIFT_GRAIN")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(GRAIN);
-        [parts.clamp(1, 1 << 16) as i64, grain].map(|v| emit::iconst(self.fb, v))
+    /// The most threads (`parts`) argument of a split call.
+    fn workers_arg(&mut self, parts: usize) -> Value {
+        emit::iconst(self.fb, parts.clamp(1, 1 << 16) as i64)
     }
 
     /// A scratch area of `bytes` bytes for this kernel alone (im2col rows, packed tiles),
