@@ -256,8 +256,8 @@ impl<'k, 'f> Kernel<'k, 'f> {
     }
 
     /// A task of this kernel for [`Kernel::parallel_for`]: a function `fn(ctx: *const u8,
-    /// begin: i64, end: i64, part: i64)` whose body `body(fb, module, [ctx, begin, end,
-    /// part])` emits.
+    /// begin: i64, end: i64, slot: i64)` whose body `body(fb, module, [ctx, begin, end,
+    /// slot])` emits (`slot`: the thread running the range, below the call's `parts`).
     pub fn task(
         &mut self,
         body: impl FnOnce(&mut FunctionBuilder, &mut dyn Module, [Value; 4]) -> Result<(), String>,
@@ -324,7 +324,7 @@ impl<'k, 'f> Kernel<'k, 'f> {
         Ok(())
     }
 
-    /// Runs `task` over `0..n` ([`PARALLEL_FOR`]) in at most `parts` parts with the context
+    /// Runs `task` over `0..n` ([`PARALLEL_FOR`]) on at most `parts` threads with the context
     /// at `ctx`: on the JIT's thread pool when the kernel may go parallel and the call does
     /// at least `work` multiply-accumulates ([`Kernel::parallel_min_work`]), else as one call
     /// `task(ctx, 0, n, 0)`.
