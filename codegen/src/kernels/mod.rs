@@ -145,10 +145,20 @@ pub(crate) struct Kernel<'k, 'f> {
 }
 
 /// The function a JIT-compiled kernel calls to run a task on the thread pool:
-/// `PARALLEL_FOR(task, ctx, n, parts)` calls `task(ctx, begin, end, part)` on at most
-/// `parts` disjoint ranges covering `0..n`, each with its own `part < parts` (an index for
-/// per-thread scratch), possibly on several threads, and returns when all have returned.
+/// `PARALLEL_FOR(task, ctx, n, workers)` calls `task(ctx, begin, end, slot)` on disjoint
+/// ranges covering `0..n` (one per thread), on at most `workers` threads, each range with
+/// the `slot < workers` of the thread running it (an index for per-thread scratch), and
+/// returns when all have returned.
 pub(crate) const PARALLEL_FOR: &str = "qlift_parallel_for";
+
+/// `PARALLEL_PHASES(ctx, workers, task1, n1, task2, n2, task3, n3)`:
+/// [`PARALLEL_FOR`] of each task that is not null over its `0..n` in turn (each may read
+/// everything the ones before wrote), in one fork–join: the threads meet at a barrier
+/// between phases instead of returning and being woken again.
+pub(crate) const PARALLEL_PHASES: &str = "qlift_parallel_phases";
+
+/// The most phases [`PARALLEL_PHASES`] takes.
+pub(crate) const MAX_PHASES: usize = 3;
 
 /// Multiply-accumulates below which a kernel call stays on its thread. With parts run on
 /// the caller and spinning helpers ([`crate::fork_join`]) a split costs a few µs (it was
@@ -248,8 +258,8 @@ impl<'k, 'f> Kernel<'k, 'f> {
     }
 
     /// A task of this kernel for [`Kernel::parallel_for`]: a function `fn(ctx: *const u8,
-    /// begin: i64, end: i64, part: i64)` whose body `body(fb, module, [ctx, begin, end,
-    /// part])` emits.
+    /// begin: i64, end: i64, slot: i64)` whose body `body(fb, module, [ctx, begin, end,
+    /// slot])` emits (`slot`: the thread running the range, below the call's `parts`).
     pub fn task(
         &mut self,
         body: impl FnOnce(&mut FunctionBuilder, &mut dyn Module, [Value; 4]) -> Result<(), String>,
@@ -326,7 +336,7 @@ impl<'k, 'f> Kernel<'k, 'f> {
         Ok(())
     }
 
-    /// Runs `task` over `0..n` ([`PARALLEL_FOR`]) in at most `parts` parts with the context
+    /// Runs `task` over `0..n` ([`PARALLEL_FOR`]) on at most `parts` threads with the context
     /// at `ctx`: on the JIT's thread pool when the kernel may go parallel and the call does
     /// at least `work` multiply-accumulates ([`Kernel::parallel_min_work`]), else as one call
     /// `task(ctx, 0, n, 0)`.
@@ -353,17 +363,70 @@ impl<'k, 'f> Kernel<'k, 'f> {
         work: u64,
     ) -> Result<(), String> {
         let f = self.module.declare_func_in_func(task, self.fb.func);
-        let zero = emit::iconst(self.fb, 0);
-        if !self.parallel || work < self.parallel_min_work {
+        if !self.splits(work) {
+            let zero = emit::iconst(self.fb, 0);
             self.fb.ins().call(f, &[ctx, zero, end, zero]);
             return Ok(());
         }
         let ptr = self.module.isa().pointer_type();
-        let run = self.import(PARALLEL_FOR, &[ptr, ptr, types::I64, types::I64], &[])?;
+        let i64 = types::I64;
+        let run = self.import(PARALLEL_FOR, &[ptr, ptr, i64, i64], &[])?;
         let addr = self.fb.ins().func_addr(ptr, f);
-        let parts = emit::iconst(self.fb, parts.clamp(1, 1 << 16) as i64);
+        let parts = self.workers_arg(parts);
         self.fb.ins().call(run, &[addr, ctx, end, parts]);
         Ok(())
+    }
+
+    /// [`Kernel::parallel_for`] of each `(task, n)` of `phases` in turn (each reads what
+    /// the ones before wrote; at most [`MAX_PHASES`]), in one fork–join
+    /// ([`PARALLEL_PHASES`]) when the call splits.
+    pub fn parallel_phases(
+        &mut self,
+        phases: &[(FuncId, i64)],
+        ctx: Value,
+        parts: usize,
+        work: u64,
+    ) -> Result<(), String> {
+        if phases.len() > MAX_PHASES {
+            return Err(format!(
+                "{} phases in one call (at most {MAX_PHASES})",
+                phases.len()
+            ));
+        }
+        if !self.splits(work) || phases.len() == 1 {
+            for &(task, n) in phases {
+                self.parallel_for(task, ctx, n, parts, work)?;
+            }
+            return Ok(());
+        }
+        let ptr = self.module.isa().pointer_type();
+        let i64 = types::I64;
+        let mut params = vec![ptr, i64];
+        let mut args = vec![ctx, self.workers_arg(parts)];
+        for i in 0..MAX_PHASES {
+            params.extend([ptr, i64]);
+            let (task, n) = match phases.get(i) {
+                Some(&(task, n)) => {
+                    let f = self.module.declare_func_in_func(task, self.fb.func);
+                    (self.fb.ins().func_addr(ptr, f), n)
+                }
+                None => (emit::iconst(self.fb, 0), 0),
+            };
+            args.extend([task, emit::iconst(self.fb, n)]);
+        }
+        let run = self.import(PARALLEL_PHASES, &params, &[])?;
+        self.fb.ins().call(run, &args);
+        Ok(())
+    }
+
+    /// Whether a call of `work` multiply-accumulates splits across threads.
+    fn splits(&self, work: u64) -> bool {
+        self.parallel && work >= self.parallel_min_work
+    }
+
+    /// The most threads (`parts`) argument of a split call.
+    fn workers_arg(&mut self, parts: usize) -> Value {
+        emit::iconst(self.fb, parts.clamp(1, 1 << 16) as i64)
     }
 
     /// A scratch area of `bytes` bytes for this kernel alone (im2col rows, packed tiles),

@@ -411,12 +411,31 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         }
         Ok(())
     })?;
+    // Staging rows of `ow8` results to the output's rows of `ow`, as a task over channels.
+    let copy_out = k.task(|fb, _, [ctx, begin, end, _]| {
+        let out = fb.ins().load(types::I64, emit::mem(), ctx, 8);
+        let yn = fb.ins().load(types::I64, emit::mem(), ctx, 32);
+        emit::for_range(fb, begin, end, 1, |fb, c| {
+            emit::for_count(fb, g.oh as i64, |fb, oy| {
+                let src = emit::addr(fb, out, c, (out_plane * out_elem) as i64);
+                let src = emit::addr(fb, src, oy, (l.ow8 * out_elem) as i64);
+                let dst = emit::addr(fb, yn, c, (g.oh * g.ow * out_elem) as i64);
+                let dst = emit::addr(fb, dst, oy, (g.ow * out_elem) as i64);
+                copy_row(fb, src, dst, g.ow * out_elem);
+            });
+        });
+        Ok(())
+    })?;
     let ws = k.workspace(ws_bytes);
     let (x, yop) = (k.input(0)?, k.output(0));
     let (xptr, yptr) = (x.ptr, yop.ptr);
     let samples = k.input_samples()?;
     let context = k.fb.ins().iadd_imm_s(ws, context_at as i64);
     let macs = (g.m * g.oh * g.ow * g.c * taps) as u64;
+    let mut phases = vec![(prepare, l.used_pairs as i64), (task, count)];
+    if !l_direct {
+        phases.push((copy_out, g.m as i64));
+    }
     k.for_each(samples, |k, n| {
         let fb = &mut *k.fb;
         let xn = emit::addr(fb, xptr, n, (g.c * g.h * g.w * in_elem) as i64);
@@ -427,25 +446,10 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         } else {
             fb.ins().iadd_imm_s(ws, staging_at as i64)
         };
-        for (i, v) in [xp, out, xn, ws].into_iter().enumerate() {
+        for (i, v) in [xp, out, xn, ws, yn].into_iter().enumerate() {
             fb.ins().store(emit::mem(), v, context, (8 * i) as i32);
         }
-        k.parallel_for(prepare, context, l.used_pairs as i64, usize::MAX, macs)?;
-        k.parallel_for(task, context, count, usize::MAX, macs)?;
-        let fb = &mut *k.fb;
-        if !l_direct {
-            // Staging rows of `ow8` results to the output's rows of `ow`.
-            emit::for_count(fb, g.m as i64, |fb, c| {
-                emit::for_count(fb, g.oh as i64, |fb, oy| {
-                    let src = emit::addr(fb, out, c, (out_plane * out_elem) as i64);
-                    let src = emit::addr(fb, src, oy, (l.ow8 * out_elem) as i64);
-                    let dst = emit::addr(fb, yn, c, (g.oh * g.ow * out_elem) as i64);
-                    let dst = emit::addr(fb, dst, oy, (g.ow * out_elem) as i64);
-                    copy_row(fb, src, dst, g.ow * out_elem);
-                });
-            });
-        }
-        Ok(())
+        k.parallel_phases(&phases, context, usize::MAX, macs)
     })?;
     Ok(true)
 }

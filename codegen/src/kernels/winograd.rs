@@ -422,8 +422,12 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         for (i, value) in [v, out, xn, ws, sums].into_iter().enumerate() {
             fb.ins().store(emit::mem(), value, context, (8 * i) as i32);
         }
-        k.parallel_for(prepare, context, t.pairs as i64, MAX_PARTS, macs)?;
-        k.parallel_for(task, context, count, MAX_PARTS, macs)?;
+        k.parallel_phases(
+            &[(prepare, t.pairs as i64), (task, count)],
+            context,
+            MAX_PARTS,
+            macs,
+        )?;
         let fb = &mut *k.fb;
         if !t.direct() {
             emit::for_count(fb, t.q.m as i64, |fb, c| {
