@@ -1,6 +1,6 @@
 //! Kernels that split one sample's work across threads by elements (elementwise ops,
 //! Softmax, LayerNormalization and GroupNormalization, reductions, QuantizeLinear,
-//! DequantizeLinear, QAdd): with every call split
+//! DequantizeLinear, QAdd, QGlobalAveragePool): with every call split
 //! (`parallel_min_macs = 0`) on two threads, the results are the bits of one thread, both
 //! within 1e-4 of the interpreter, and every kernel really was compiled split (it has a
 //! task function). Shapes leave uneven parts: odd row counts, rows and chunks that are not
@@ -248,6 +248,23 @@ fn quantized_adds_split_over_rows_and_chunks() {
             (DType::F32, &[N, 3001], 20.0),
         ],
         &["same", "col", "relu", "flat"],
+    );
+}
+
+#[test]
+fn quantized_global_average_pools_split_over_plane_groups() {
+    check(
+        "graph t(%x: f32[N,37,7,7], %y: f32[N,37,4,4]) -> (%odd, %whole) {
+           %a = QuantizeLinear(%x) : u8[N,37,7,7] quant(scale=0.05, zero_point=128)
+           %b = QuantizeLinear(%y) : i8[N,37,4,4] quant(scale=0.02, zero_point=-7)
+           %odd = QGlobalAveragePool(%a) : u8[N,37,1,1] quant(scale=0.01, zero_point=128) @odd
+           %whole = QGlobalAveragePool(%b) : i8[N,37,1,1] quant(scale=0.03, zero_point=-4) @whole
+         }",
+        &[
+            (DType::F32, &[N, 37, 7, 7], 6.0),
+            (DType::F32, &[N, 37, 4, 4], 2.0),
+        ],
+        &["odd", "whole"],
     );
 }
 

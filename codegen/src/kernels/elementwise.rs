@@ -259,6 +259,7 @@ impl Broadcast {
             fb,
             self.extents[0] as i64,
             lanes as i64,
+            CHUNK as i64,
             c,
             &mut |fb, i, whole| {
                 let off = self.step(fb, start, 0, i);
@@ -273,20 +274,21 @@ impl Broadcast {
     }
 }
 
-/// Chunk `c` (an i64 value) of [`CHUNK`] elements of `0..n`, as [`emit::for_lanes`] runs
+/// Chunk `c` (an i64 value) of `chunk` elements of `0..n`, as [`emit::for_lanes`] runs
 /// them: `body(fb, i, true)` for the whole steps of `lanes` elements the loop over all of
 /// `0..n` takes there, then `body(fb, i, false)` for its remainder if the chunk holds it.
-/// Chunks start at multiples of `lanes`, so every element takes the same path as in the
+/// Chunks start at multiples of `lanes` (`chunk` is one), so every element takes the same path as in the
 /// loop over all `n`: a split over chunks gives the bits of the serial loop.
 pub(super) fn for_chunk(
     fb: &mut FunctionBuilder,
     n: i64,
     lanes: i64,
+    chunk: i64,
     c: Value,
     body: &mut dyn FnMut(&mut FunctionBuilder, Value, bool),
 ) {
-    let lo = fb.ins().imul_imm_s(c, CHUNK as i64);
-    let hi = fb.ins().iadd_imm_s(lo, CHUNK as i64);
+    let lo = fb.ins().imul_imm_s(c, chunk);
+    let hi = fb.ins().iadd_imm_s(lo, chunk);
     let end = emit::iconst(fb, n);
     let hi = fb.ins().smin(hi, end);
     let whole = emit::iconst(fb, n - n % lanes);

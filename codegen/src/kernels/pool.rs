@@ -11,15 +11,16 @@
 //! does, so results are bit-identical; integer averages use one fixed-point multiplier per
 //! distinct window count, built with the interpreter's `Requant::for_ratio`.
 
+use super::elementwise::for_chunk;
 use super::im2col::positions;
 use super::planes::{store_prefix, Padded};
 use super::quant::{load_int, store_int};
 use super::requant::{self, VectorRequant};
-use super::Kernel;
+use super::{split, Kernel};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{types, InstBuilder, Value};
-use cranelift_frontend::FunctionBuilder;
+use cranelift_frontend::{FunctionBuilder, Variable};
 use qlift_ir::fixed_point::{result_params, FixedMultiplier, Requant};
 use qlift_ir::{DType, OpKind, TensorType};
 
@@ -526,15 +527,6 @@ pub(super) fn qpool(k: &mut Kernel) -> Result<(), String> {
     let for_count =
         |count: usize| Requant::for_ratio(sx as f64 / (sy * count.max(1) as f64), &yty, act);
     let (channels, spatial, out) = planes(k)?;
-    let acc = k.fb.declare_var(types::I64);
-    let add = move |fb: &mut FunctionBuilder, o: Value| {
-        let v = load_int(fb, xdtype, xptr, o);
-        let v = fb.ins().sextend(types::I64, v);
-        let v = fb.ins().iadd_imm_s(v, -(zx as i64));
-        let cur = fb.use_var(acc);
-        let next = fb.ins().iadd(cur, v);
-        fb.def_var(acc, next);
-    };
     if k.op.kind == OpKind::QGlobalAveragePool {
         let inner = spatial.iter().product::<usize>();
         let rq = for_count(inner)?;
@@ -548,32 +540,50 @@ pub(super) fn qpool(k: &mut Kernel) -> Result<(), String> {
             .flatten();
         let lanes = if vector.is_some() { requant::LANES } else { 1 };
         let samples = k.samples(batched);
+        // Split across threads in groups of GROUP planes (a multiple of `lanes`, so every
+        // plane takes the same path as in the serial loop).
+        const GROUP: i64 = requant::LANES as i64;
         let (channels, inner) = (channels as i64, inner as i64);
-        emit::for_dynamic(k.fb, samples, |fb, s| {
-            let first = fb.ins().imul_imm_s(s, channels);
-            emit::for_lanes(fb, channels, lanes as i64, &mut |fb, c, whole| {
-                let p = fb.ins().iadd(first, c);
-                if let (Some(v), true) = (&vector, whole) {
-                    let sums = [0, 8].map(|g| plane_sums(fb, xdtype, xptr, p, g, inner, zx));
-                    let r = v.apply(fb, &[sums]);
-                    let at = fb.ins().iadd(yptr, p);
-                    fb.ins().store(emit::mem(), r, at, 0);
-                    return;
-                }
-                let zero = emit::iconst(fb, 0);
-                fb.def_var(acc, zero);
-                let xo = fb.ins().imul_imm_s(p, inner);
-                emit::for_count(fb, inner, |fb, i| {
-                    let o = fb.ins().iadd(xo, i);
-                    add(fb, o);
+        let groups = (channels as usize).div_ceil(GROUP as usize) as i64;
+        let rows = k.fb.ins().imul_imm_s(samples, groups);
+        let elements = (channels * inner) as usize;
+        return k.split_rows(
+            rows,
+            &[xptr, yptr],
+            elements,
+            &mut |fb, _, ptrs, begin, end| {
+                let (xptr, yptr) = (ptrs[0], ptrs[1]);
+                let acc = fb.declare_var(types::I64);
+                emit::for_range(fb, begin, end, 1, |fb, u| {
+                    let (s, g) = split::sample_row(fb, u, batched, groups);
+                    let first = fb.ins().imul_imm_s(s, channels);
+                    for_chunk(fb, channels, lanes as i64, GROUP, g, &mut |fb, c, whole| {
+                        let p = fb.ins().iadd(first, c);
+                        if let (Some(v), true) = (&vector, whole) {
+                            let sums =
+                                [0, 8].map(|g| plane_sums(fb, xdtype, xptr, p, g, inner, zx));
+                            let r = v.apply(fb, &[sums]);
+                            let at = fb.ins().iadd(yptr, p);
+                            fb.ins().store(emit::mem(), r, at, 0);
+                            return;
+                        }
+                        let zero = emit::iconst(fb, 0);
+                        fb.def_var(acc, zero);
+                        let xo = fb.ins().imul_imm_s(p, inner);
+                        emit::for_count(fb, inner, |fb, i| {
+                            let o = fb.ins().iadd(xo, i);
+                            add_centered(fb, acc, xdtype, xptr, o, zx);
+                        });
+                        let sum = fb.use_var(acc);
+                        let r = requant::requantize(fb, sum, m, rq.zero_point, rq.bounds);
+                        store_int(fb, ydtype, r, yptr, p);
+                    });
                 });
-                let sum = fb.use_var(acc);
-                let r = requant::requantize(fb, sum, m, rq.zero_point, rq.bounds);
-                store_int(fb, ydtype, r, yptr, p);
-            });
-        });
-        return Ok(());
+                Ok(())
+            },
+        );
     }
+    let acc = k.fb.declare_var(types::I64);
     let include_pad = k.op.attrs.int("count_include_pad")? != 0;
     let axes = axes(k, &spatial, &out, include_pad)?;
     // Distinct window counts: every combination of per-axis counts occurs (the output
@@ -605,11 +615,12 @@ pub(super) fn qpool(k: &mut Kernel) -> Result<(), String> {
         .flat_map(i64::to_ne_bytes)
         .collect();
     let multipliers = k.data(bytes, 8)?;
-    let mut add = add;
     windows(k, &axes, &spatial, &out, &mut |fb, xo, yo, count, taps| {
         let zero = emit::iconst(fb, 0);
         fb.def_var(acc, zero);
-        tap_nest(fb, 0, taps, &axes, xo, &mut add);
+        tap_nest(fb, 0, taps, &axes, xo, &mut |fb, o| {
+            add_centered(fb, acc, xdtype, xptr, o, zx)
+        });
         let sum = fb.use_var(acc);
         // A count known at compile time (unrolled windows) takes its multiplier and shift as
         // immediates; otherwise they are loaded from the table.
@@ -624,6 +635,23 @@ pub(super) fn qpool(k: &mut Kernel) -> Result<(), String> {
         };
         store_int(fb, ydtype, r, yptr, yo);
     })
+}
+
+/// `acc += x[o] − zx` (i64 variable `acc`, element `o` of `dtype` at `x`).
+fn add_centered(
+    fb: &mut FunctionBuilder,
+    acc: Variable,
+    dtype: DType,
+    x: Value,
+    o: Value,
+    zx: i32,
+) {
+    let v = load_int(fb, dtype, x, o);
+    let v = fb.ins().sextend(types::I64, v);
+    let v = fb.ins().iadd_imm_s(v, -(zx as i64));
+    let cur = fb.use_var(acc);
+    let next = fb.ins().iadd(cur, v);
+    fb.def_var(acc, next);
 }
 
 /// The centered sums of the 8 planes `p + g .. p + g + 8` of `inner` elements (a multiple of

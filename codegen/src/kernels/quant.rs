@@ -138,7 +138,7 @@ impl Channels {
                 };
                 let prm = params(fb, p, channel);
                 let start = fb.ins().imul_imm_s(run, inner);
-                for_chunk(fb, inner, lanes, c, &mut |fb, i, whole| {
+                for_chunk(fb, inner, lanes, CHUNK as i64, c, &mut |fb, i, whole| {
                     let index = fb.ins().iadd(start, i);
                     match vector.as_mut() {
                         Some(vector) if whole => vector(fb, p, prm, index),
