@@ -1,6 +1,6 @@
 //! Kernels that split one sample's work across threads by elements (elementwise ops,
 //! Softmax, LayerNormalization and GroupNormalization, reductions, QuantizeLinear,
-//! DequantizeLinear, QAdd, QGlobalAveragePool): with every call split
+//! DequantizeLinear, QAdd, QGlobalAveragePool, 8-bit MaxPool): with every call split
 //! (`parallel_min_macs = 0`) on two threads, the results are the bits of one thread, both
 //! within 1e-4 of the interpreter, and every kernel really was compiled split (it has a
 //! task function). Shapes leave uneven parts: odd row counts, rows and chunks that are not
@@ -265,6 +265,23 @@ fn quantized_global_average_pools_split_over_plane_groups() {
             (DType::F32, &[N, 37, 4, 4], 2.0),
         ],
         &["odd", "whole"],
+    );
+}
+
+#[test]
+fn eight_bit_max_pools_split_over_planes() {
+    check(
+        "graph t(%x: f32[N,5,13,11], %y: f32[N,3,13,12]) -> (%padded, %ceil) {
+           %a = QuantizeLinear(%x) : u8[N,5,13,11] quant(scale=0.05, zero_point=128)
+           %b = QuantizeLinear(%y) : i8[N,3,13,12] quant(scale=0.02, zero_point=-7)
+           %padded = MaxPool(%a) {ceil_mode=0, dilations=[1, 1], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]} : u8[N,5,7,6] quant(scale=0.05, zero_point=128) @padded
+           %ceil = MaxPool(%b) {ceil_mode=1, dilations=[1, 1], kernel_shape=[3, 3], pads=[0, 0, 0, 0], strides=[2, 2]} : i8[N,3,6,6] quant(scale=0.02, zero_point=-7) @ceil
+         }",
+        &[
+            (DType::F32, &[N, 5, 13, 11], 6.0),
+            (DType::F32, &[N, 3, 13, 12], 2.0),
+        ],
+        &["padded", "ceil"],
     );
 }
 

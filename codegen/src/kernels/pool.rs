@@ -365,8 +365,8 @@ pub(super) fn pool(k: &mut Kernel) -> Result<(), String> {
     })
 }
 
-/// 2-D MaxPool of 8-bit values a row of outputs at a time: the planes are copied into the
-/// workspace with their padding (and the room ceil_mode's last windows need) holding the
+/// 2-D MaxPool of 8-bit values a row of outputs at a time, the planes split across
+/// threads: each plane is copied into its part's scratch plane with its padding (and the room ceil_mode's last windows need) holding the
 /// dtype's minimum, which never wins a maximum; then for a block of up to 16 outputs of a
 /// row, each kernel row is one 16-byte load, each tap of it one byte shuffle putting input
 /// byte `j · stride + tap · dilation` in lane j, and the taps reduce with one vector max
@@ -408,7 +408,7 @@ fn max_pool_rows(k: &mut Kernel) -> Result<bool, String> {
     let per_block = ((15 - span) / sw + 1).min(16);
     let (c, h, w, oh, ow) = (xd[1], xd[2], xd[3], yd[2], yd[3]);
     let padded = Padded {
-        planes: c,
+        planes: 1,
         h,
         w,
         hp: (h + pads[0] + pads[2]).max((oh - 1) * sh + (kh - 1) * dh + 1),
@@ -416,63 +416,79 @@ fn max_pool_rows(k: &mut Kernel) -> Result<bool, String> {
         top: pads[0],
         left: pads[1],
     };
+    // Planes of every sample are rows split across threads; each part pads its planes in
+    // a scratch plane of its own (with the slack the 16-byte loads read past it), after
+    // the split's context (64 bytes).
+    let part_bytes = padded.bytes().next_multiple_of(64);
     let (xptr, yptr, batched) = (x.ptr, y.ptr, x.batched());
-    let ws = k.workspace(padded.bytes());
+    let ws = k.workspace(64 + MAX_POOL_PARTS * part_bytes);
     let samples = k.samples(batched);
-    let fb = &mut *k.fb;
-    let masks: Vec<Option<_>> = (0..kw)
-        .map(|t| {
-            let bytes: Vec<u8> = (0..16)
-                .map(|j| (j.min(per_block - 1) * sw + t * dw) as u8)
-                .collect();
-            let identity = bytes.iter().enumerate().all(|(j, &b)| j == b as usize);
-            (!identity).then(|| {
-                fb.func
-                    .dfg
-                    .immediates
-                    .push(cranelift_codegen::ir::ConstantData::from(bytes))
-            })
-        })
-        .collect();
+    let rows = k.fb.ins().imul_imm_s(samples, c as i64);
     let fill = if dtype == DType::U8 { 0u8 } else { 0x80 };
-    emit::for_dynamic(fb, samples, |fb, n| {
-        let xn = emit::addr(fb, xptr, n, (c * h * w) as i64);
-        let yn = emit::addr(fb, yptr, n, (c * oh * ow) as i64);
-        padded.emit(fb, xn, ws, fill);
-        emit::for_count(fb, c as i64, |fb, plane| {
-            let src = emit::addr(fb, ws, plane, padded.plane() as i64);
-            let dst = emit::addr(fb, yn, plane, (oh * ow) as i64);
-            emit::for_count(fb, oh as i64, |fb, r| {
-                let row = fb.ins().imul_imm_s(r, (sh * padded.wp) as i64);
-                let row = fb.ins().iadd(src, row);
-                let out = emit::addr(fb, dst, r, ow as i64);
-                for first in (0..ow).step_by(per_block) {
-                    let mut max: Option<Value> = None;
-                    for i in 0..kh {
-                        let at = (i * dh * padded.wp + first * sw) as i32;
-                        let v = fb.ins().load(types::I8X16, emit::mem(), row, at);
-                        for mask in &masks {
-                            let tap = match *mask {
-                                Some(m) => fb.ins().shuffle(v, v, m),
-                                None => v,
-                            };
-                            max = Some(match (max, dtype) {
-                                (None, _) => tap,
-                                (Some(m), DType::U8) => fb.ins().umax(m, tap),
-                                (Some(m), _) => fb.ins().smax(m, tap),
-                            });
+    let ptrs = [xptr, yptr, ws];
+    k.split_rows_in_parts(
+        rows,
+        &ptrs,
+        c * h * w,
+        MAX_POOL_PARTS,
+        &mut |fb, _, p, begin, end, slot| {
+            let masks: Vec<Option<_>> = (0..kw)
+                .map(|t| {
+                    let bytes: Vec<u8> = (0..16)
+                        .map(|j| (j.min(per_block - 1) * sw + t * dw) as u8)
+                        .collect();
+                    let identity = bytes.iter().enumerate().all(|(j, &b)| j == b as usize);
+                    (!identity).then(|| {
+                        fb.func
+                            .dfg
+                            .immediates
+                            .push(cranelift_codegen::ir::ConstantData::from(bytes))
+                    })
+                })
+                .collect();
+            let scratch = emit::addr(fb, p[2], slot, part_bytes as i64);
+            let src = fb.ins().iadd_imm_s(scratch, 64);
+            emit::for_range(fb, begin, end, 1, |fb, plane| {
+                let xp = emit::addr(fb, p[0], plane, (h * w) as i64);
+                padded.emit_plane(fb, xp, src, fill);
+                let dst = emit::addr(fb, p[1], plane, (oh * ow) as i64);
+                emit::for_count(fb, oh as i64, |fb, r| {
+                    let row = fb.ins().imul_imm_s(r, (sh * padded.wp) as i64);
+                    let row = fb.ins().iadd(src, row);
+                    let out = emit::addr(fb, dst, r, ow as i64);
+                    for first in (0..ow).step_by(per_block) {
+                        let mut max: Option<Value> = None;
+                        for i in 0..kh {
+                            let at = (i * dh * padded.wp + first * sw) as i32;
+                            let v = fb.ins().load(types::I8X16, emit::mem(), row, at);
+                            for mask in &masks {
+                                let tap = match *mask {
+                                    Some(m) => fb.ins().shuffle(v, v, m),
+                                    None => v,
+                                };
+                                max = Some(match (max, dtype) {
+                                    (None, _) => tap,
+                                    (Some(m), DType::U8) => fb.ins().umax(m, tap),
+                                    (Some(m), _) => fb.ins().smax(m, tap),
+                                });
+                            }
+                        }
+                        if let Some(max) = max {
+                            let at = fb.ins().iadd_imm_s(out, first as i64);
+                            store_prefix(fb, max, at, per_block.min(ow - first));
                         }
                     }
-                    if let Some(max) = max {
-                        let at = fb.ins().iadd_imm_s(out, first as i64);
-                        store_prefix(fb, max, at, per_block.min(ow - first));
-                    }
-                }
+                });
             });
-        });
-    });
+            Ok(())
+        },
+    )?;
     Ok(true)
 }
+
+/// Parts (scratch planes) at most of a split 8-bit MaxPool ([`max_pool_rows`]): more
+/// threads than this share the planes among this many parts.
+const MAX_POOL_PARTS: usize = 8;
 
 /// GlobalAveragePool (f32): every plane is one window, summed in order (GlobalMaxPool is
 /// `global_max.rs`).
