@@ -366,8 +366,8 @@ pub(super) fn pool(k: &mut Kernel) -> Result<(), String> {
 }
 
 /// 2-D MaxPool of 8-bit values a row of outputs at a time, the planes split across
-/// threads: each plane is copied into its part's scratch plane with its padding (and the room ceil_mode's last windows need) holding the
-/// dtype's minimum, which never wins a maximum; then for a block of up to 16 outputs of a
+/// threads: each plane is copied into its part's scratch plane with its padding (and the
+/// room ceil_mode's last windows need) holding the dtype's minimum, which never wins a maximum; then for a block of up to 16 outputs of a
 /// row, each kernel row is one 16-byte load, each tap of it one byte shuffle putting input
 /// byte `j · stride + tap · dilation` in lane j, and the taps reduce with one vector max
 /// each. Returns false (nothing emitted) for other pools.
