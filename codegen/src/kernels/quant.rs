@@ -101,9 +101,9 @@ impl Channels {
     }
 
     /// `for s in samples·outer, c in extent: params(c); for i in inner: body(flat index)`:
-    /// `params` runs once per channel run (loads its scale and zero point), `body` per element;
-    /// with `vector`, `vector(params, flat index)` does [`LANES`] elements at once wherever a
-    /// whole step fits in a channel's run. The runs, in chunks of [`CHUNK`] elements, are
+    /// `params` runs once per chunk of a channel run (loads its scale and zero point), `body`
+    /// per element; with `vector`, `vector(params, flat index)` does [`LANES`] elements at
+    /// once wherever a whole step fits in a channel's run. The runs, in chunks of [`CHUNK`] elements, are
     /// split across threads when the call is large enough ([`Kernel::split_rows`]): the
     /// closures get the pointers `ptrs` (as passed here, or loaded again in the task
     /// function) and must use them instead of captured values.
