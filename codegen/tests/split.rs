@@ -1,5 +1,6 @@
 //! Kernels that split one sample's work across threads by elements (elementwise ops,
-//! Softmax, LayerNormalization and GroupNormalization, reductions): with every call split
+//! Softmax, LayerNormalization and GroupNormalization, reductions, QuantizeLinear,
+//! DequantizeLinear, QAdd, QGlobalAveragePool, 8-bit MaxPool): with every call split
 //! (`parallel_min_macs = 0`) on two threads, the results are the bits of one thread, both
 //! within 1e-4 of the interpreter, and every kernel really was compiled split (it has a
 //! task function). Shapes leave uneven parts: odd row counts, rows and chunks that are not
@@ -205,6 +206,82 @@ fn reductions_split_over_kept_rows() {
             (DType::I32, &[N, 37, 101], 1000.0),
         ],
         &["mean", "l2", "sum", "max"],
+    );
+}
+
+#[test]
+fn quantization_splits_over_channel_runs_and_chunks() {
+    check(
+        "graph t(%x: f32[N,3,37,101], %y: f32[N,37,5], %z: i32[N,3001]) -> (%q, %r, %c, %s, %d, %e, %w) {
+           %q = QuantizeLinear(%x) : u8[N,3,37,101] quant(scale=0.05, zero_point=128) @q
+           %r = QuantizeLinear(%x) : i8[N,3,37,101] quant(axis=1, scale=[0.05, 0.1, 0.02], zero_point=[-3, 0, 7]) @r
+           %c = QuantizeLinear(%y) : i8[N,37,5] quant(axis=2, scale=[0.5, 0.25, 0.03, 1.5, 0.1], zero_point=[0, 12, 7, -128, 3]) @c
+           %s = QuantizeLinear(%x) : i16[N,3,37,101] quant(scale=0.001, zero_point=5) @s
+           %d = DequantizeLinear(%q) : f32[N,3,37,101] @d
+           %e = DequantizeLinear(%r) : f32[N,3,37,101] @e
+           %w = QuantizeLinear(%z) : i8[N,3001] quant(scale=7.5, zero_point=1) @w
+         }",
+        &[
+            (DType::F32, &[N, 3, 37, 101], 8.0),
+            (DType::F32, &[N, 37, 5], 40.0),
+            (DType::I32, &[N, 3001], 1000.0),
+        ],
+        &["q", "r", "c", "s", "d", "e", "w"],
+    );
+}
+
+#[test]
+fn quantized_adds_split_over_rows_and_chunks() {
+    check(
+        "graph t(%x: f32[N,3,37,101], %y: f32[37,1], %v: f32[N,3001]) -> (%same, %col, %relu, %flat) {
+           %a = QuantizeLinear(%x) : u8[N,3,37,101] quant(scale=0.05, zero_point=128)
+           %b = QuantizeLinear(%y) : i8[37,1] quant(scale=0.02, zero_point=-7)
+           %u = QuantizeLinear(%v) : i8[N,3001] quant(scale=0.1, zero_point=3)
+           %same = QAdd(%a, %a) : i8[N,3,37,101] quant(scale=0.3, zero_point=-1) @same
+           %col = QAdd(%a, %b) : u8[N,3,37,101] quant(scale=0.2, zero_point=100) @col
+           %relu = QAdd(%b, %a) {act_max=6.0, act_min=0.0} : u8[N,3,37,101] quant(scale=0.05, zero_point=0) @relu
+           %flat = QAdd(%u, %u) : i8[N,3001] quant(scale=0.13, zero_point=2) @flat
+         }",
+        &[
+            (DType::F32, &[N, 3, 37, 101], 8.0),
+            (DType::F32, &[37, 1], 3.0),
+            (DType::F32, &[N, 3001], 20.0),
+        ],
+        &["same", "col", "relu", "flat"],
+    );
+}
+
+#[test]
+fn quantized_global_average_pools_split_over_plane_groups() {
+    check(
+        "graph t(%x: f32[N,37,7,7], %y: f32[N,37,4,4]) -> (%odd, %whole) {
+           %a = QuantizeLinear(%x) : u8[N,37,7,7] quant(scale=0.05, zero_point=128)
+           %b = QuantizeLinear(%y) : i8[N,37,4,4] quant(scale=0.02, zero_point=-7)
+           %odd = QGlobalAveragePool(%a) : u8[N,37,1,1] quant(scale=0.01, zero_point=128) @odd
+           %whole = QGlobalAveragePool(%b) : i8[N,37,1,1] quant(scale=0.03, zero_point=-4) @whole
+         }",
+        &[
+            (DType::F32, &[N, 37, 7, 7], 6.0),
+            (DType::F32, &[N, 37, 4, 4], 2.0),
+        ],
+        &["odd", "whole"],
+    );
+}
+
+#[test]
+fn eight_bit_max_pools_split_over_planes() {
+    check(
+        "graph t(%x: f32[N,5,13,11], %y: f32[N,3,13,12]) -> (%padded, %ceil) {
+           %a = QuantizeLinear(%x) : u8[N,5,13,11] quant(scale=0.05, zero_point=128)
+           %b = QuantizeLinear(%y) : i8[N,3,13,12] quant(scale=0.02, zero_point=-7)
+           %padded = MaxPool(%a) {ceil_mode=0, dilations=[1, 1], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]} : u8[N,5,7,6] quant(scale=0.05, zero_point=128) @padded
+           %ceil = MaxPool(%b) {ceil_mode=1, dilations=[1, 1], kernel_shape=[3, 3], pads=[0, 0, 0, 0], strides=[2, 2]} : i8[N,3,6,6] quant(scale=0.02, zero_point=-7) @ceil
+         }",
+        &[
+            (DType::F32, &[N, 5, 13, 11], 6.0),
+            (DType::F32, &[N, 3, 13, 12], 2.0),
+        ],
+        &["padded", "ceil"],
     );
 }
 

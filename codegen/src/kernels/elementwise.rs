@@ -243,9 +243,7 @@ impl Broadcast {
     }
 
     /// Chunk `c` (an i64 value) of [`CHUNK`] elements of a one-extent nest from the
-    /// streams' offsets `start`: the vector steps the whole loop takes there, then its
-    /// scalar remainder if the chunk holds it (chunks start at multiples of `lanes`, so
-    /// every element takes the same path as in the serial loop).
+    /// streams' offsets `start` ([`for_chunk`]).
     fn chunk(
         &self,
         fb: &mut FunctionBuilder,
@@ -255,37 +253,57 @@ impl Broadcast {
         c: Value,
         body: &mut dyn FnMut(&mut FunctionBuilder, &[Value], &Lanes),
     ) {
-        let e = self.extents[0] as i64;
-        let lo = fb.ins().imul_imm_s(c, CHUNK as i64);
-        let hi = fb.ins().iadd_imm_s(lo, CHUNK as i64);
-        let end = emit::iconst(fb, e);
-        let hi = fb.ins().smin(hi, end);
-        if !vector {
-            emit::for_range(fb, lo, hi, 1, |fb, i| {
-                let off = self.step(fb, start, 0, i);
-                body(fb, &off, &Lanes::Scalar)
-            });
-            return;
-        }
         let splat: Vec<bool> = self.strides.iter().map(|s| s[0] == 0).collect();
-        let whole = emit::iconst(fb, e - e % lanes as i64);
-        let vend = fb.ins().smin(hi, whole);
-        emit::for_range(fb, lo, vend, lanes as i64, |fb, i| {
-            let off = self.step(fb, start, 0, i);
-            body(fb, &off, &Lanes::Vector(splat.clone()))
-        });
+        let lanes = if vector { lanes } else { 1 };
+        for_chunk(
+            fb,
+            self.extents[0] as i64,
+            lanes as i64,
+            CHUNK as i64,
+            c,
+            &mut |fb, i, whole| {
+                let off = self.step(fb, start, 0, i);
+                let l = if whole && vector {
+                    Lanes::Vector(splat.clone())
+                } else {
+                    Lanes::Scalar
+                };
+                body(fb, &off, &l)
+            },
+        );
+    }
+}
+
+/// Chunk `c` (an i64 value) of `chunk` elements of `0..n`, as [`emit::for_lanes`] runs
+/// them: `body(fb, i, true)` for the whole steps of `lanes` elements the loop over all of
+/// `0..n` takes there, then `body(fb, i, false)` for its remainder if the chunk holds it.
+/// Chunks start at multiples of `lanes` (`chunk` is one), so every element takes the same path as in the
+/// loop over all `n`: a split over chunks gives the bits of the serial loop.
+pub(super) fn for_chunk(
+    fb: &mut FunctionBuilder,
+    n: i64,
+    lanes: i64,
+    chunk: i64,
+    c: Value,
+    body: &mut dyn FnMut(&mut FunctionBuilder, Value, bool),
+) {
+    let lo = fb.ins().imul_imm_s(c, chunk);
+    let hi = fb.ins().iadd_imm_s(lo, chunk);
+    let end = emit::iconst(fb, n);
+    let hi = fb.ins().smin(hi, end);
+    let whole = emit::iconst(fb, n - n % lanes);
+    let vend = fb.ins().smin(hi, whole);
+    emit::for_range(fb, lo, vend, lanes, |fb, i| body(fb, i, true));
+    if n % lanes != 0 {
         let slo = fb.ins().smax(lo, whole);
-        emit::for_range(fb, slo, hi, 1, |fb, i| {
-            let off = self.step(fb, start, 0, i);
-            body(fb, &off, &Lanes::Scalar)
-        });
+        emit::for_range(fb, slo, hi, 1, |fb, i| body(fb, i, false));
     }
 }
 
 /// Elements per part of a one-extent elementwise nest split across threads
 /// ([`Broadcast::emit_split`]): a multiple of every vector width, large enough that the
 /// per-chunk index arithmetic is negligible.
-const CHUNK: usize = 1024;
+pub(super) const CHUNK: usize = 1024;
 
 /// The loop body of [`Broadcast::emit_split`]: `body(fb, pointers, offsets, lanes)`, the
 /// streams' base pointers and element offsets, result first.

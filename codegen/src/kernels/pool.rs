@@ -11,15 +11,16 @@
 //! does, so results are bit-identical; integer averages use one fixed-point multiplier per
 //! distinct window count, built with the interpreter's `Requant::for_ratio`.
 
+use super::elementwise::for_chunk;
 use super::im2col::positions;
 use super::planes::{store_prefix, Padded};
 use super::quant::{load_int, store_int};
 use super::requant::{self, VectorRequant};
-use super::Kernel;
+use super::{split, Kernel};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{types, InstBuilder, Value};
-use cranelift_frontend::FunctionBuilder;
+use cranelift_frontend::{FunctionBuilder, Variable};
 use qlift_ir::fixed_point::{result_params, FixedMultiplier, Requant};
 use qlift_ir::{DType, OpKind, TensorType};
 
@@ -364,9 +365,9 @@ pub(super) fn pool(k: &mut Kernel) -> Result<(), String> {
     })
 }
 
-/// 2-D MaxPool of 8-bit values a row of outputs at a time: the planes are copied into the
-/// workspace with their padding (and the room ceil_mode's last windows need) holding the
-/// dtype's minimum, which never wins a maximum; then for a block of up to 16 outputs of a
+/// 2-D MaxPool of 8-bit values a row of outputs at a time, the planes split across
+/// threads: each plane is copied into its part's scratch plane with its padding (and the
+/// room ceil_mode's last windows need) holding the dtype's minimum, which never wins a maximum; then for a block of up to 16 outputs of a
 /// row, each kernel row is one 16-byte load, each tap of it one byte shuffle putting input
 /// byte `j · stride + tap · dilation` in lane j, and the taps reduce with one vector max
 /// each. Returns false (nothing emitted) for other pools.
@@ -407,7 +408,7 @@ fn max_pool_rows(k: &mut Kernel) -> Result<bool, String> {
     let per_block = ((15 - span) / sw + 1).min(16);
     let (c, h, w, oh, ow) = (xd[1], xd[2], xd[3], yd[2], yd[3]);
     let padded = Padded {
-        planes: c,
+        planes: 1,
         h,
         w,
         hp: (h + pads[0] + pads[2]).max((oh - 1) * sh + (kh - 1) * dh + 1),
@@ -415,63 +416,79 @@ fn max_pool_rows(k: &mut Kernel) -> Result<bool, String> {
         top: pads[0],
         left: pads[1],
     };
+    // Planes of every sample are rows split across threads; each part pads its planes in
+    // a scratch plane of its own (with the slack the 16-byte loads read past it), after
+    // the split's context (64 bytes).
+    let part_bytes = padded.bytes().next_multiple_of(64);
     let (xptr, yptr, batched) = (x.ptr, y.ptr, x.batched());
-    let ws = k.workspace(padded.bytes());
+    let ws = k.workspace(64 + MAX_POOL_PARTS * part_bytes);
     let samples = k.samples(batched);
-    let fb = &mut *k.fb;
-    let masks: Vec<Option<_>> = (0..kw)
-        .map(|t| {
-            let bytes: Vec<u8> = (0..16)
-                .map(|j| (j.min(per_block - 1) * sw + t * dw) as u8)
-                .collect();
-            let identity = bytes.iter().enumerate().all(|(j, &b)| j == b as usize);
-            (!identity).then(|| {
-                fb.func
-                    .dfg
-                    .immediates
-                    .push(cranelift_codegen::ir::ConstantData::from(bytes))
-            })
-        })
-        .collect();
+    let rows = k.fb.ins().imul_imm_s(samples, c as i64);
     let fill = if dtype == DType::U8 { 0u8 } else { 0x80 };
-    emit::for_dynamic(fb, samples, |fb, n| {
-        let xn = emit::addr(fb, xptr, n, (c * h * w) as i64);
-        let yn = emit::addr(fb, yptr, n, (c * oh * ow) as i64);
-        padded.emit(fb, xn, ws, fill);
-        emit::for_count(fb, c as i64, |fb, plane| {
-            let src = emit::addr(fb, ws, plane, padded.plane() as i64);
-            let dst = emit::addr(fb, yn, plane, (oh * ow) as i64);
-            emit::for_count(fb, oh as i64, |fb, r| {
-                let row = fb.ins().imul_imm_s(r, (sh * padded.wp) as i64);
-                let row = fb.ins().iadd(src, row);
-                let out = emit::addr(fb, dst, r, ow as i64);
-                for first in (0..ow).step_by(per_block) {
-                    let mut max: Option<Value> = None;
-                    for i in 0..kh {
-                        let at = (i * dh * padded.wp + first * sw) as i32;
-                        let v = fb.ins().load(types::I8X16, emit::mem(), row, at);
-                        for mask in &masks {
-                            let tap = match *mask {
-                                Some(m) => fb.ins().shuffle(v, v, m),
-                                None => v,
-                            };
-                            max = Some(match (max, dtype) {
-                                (None, _) => tap,
-                                (Some(m), DType::U8) => fb.ins().umax(m, tap),
-                                (Some(m), _) => fb.ins().smax(m, tap),
-                            });
+    let ptrs = [xptr, yptr, ws];
+    k.split_rows_in_parts(
+        rows,
+        &ptrs,
+        c * h * w,
+        MAX_POOL_PARTS,
+        &mut |fb, _, p, begin, end, slot| {
+            let masks: Vec<Option<_>> = (0..kw)
+                .map(|t| {
+                    let bytes: Vec<u8> = (0..16)
+                        .map(|j| (j.min(per_block - 1) * sw + t * dw) as u8)
+                        .collect();
+                    let identity = bytes.iter().enumerate().all(|(j, &b)| j == b as usize);
+                    (!identity).then(|| {
+                        fb.func
+                            .dfg
+                            .immediates
+                            .push(cranelift_codegen::ir::ConstantData::from(bytes))
+                    })
+                })
+                .collect();
+            let scratch = emit::addr(fb, p[2], slot, part_bytes as i64);
+            let src = fb.ins().iadd_imm_s(scratch, 64);
+            emit::for_range(fb, begin, end, 1, |fb, plane| {
+                let xp = emit::addr(fb, p[0], plane, (h * w) as i64);
+                padded.emit_plane(fb, xp, src, fill);
+                let dst = emit::addr(fb, p[1], plane, (oh * ow) as i64);
+                emit::for_count(fb, oh as i64, |fb, r| {
+                    let row = fb.ins().imul_imm_s(r, (sh * padded.wp) as i64);
+                    let row = fb.ins().iadd(src, row);
+                    let out = emit::addr(fb, dst, r, ow as i64);
+                    for first in (0..ow).step_by(per_block) {
+                        let mut max: Option<Value> = None;
+                        for i in 0..kh {
+                            let at = (i * dh * padded.wp + first * sw) as i32;
+                            let v = fb.ins().load(types::I8X16, emit::mem(), row, at);
+                            for mask in &masks {
+                                let tap = match *mask {
+                                    Some(m) => fb.ins().shuffle(v, v, m),
+                                    None => v,
+                                };
+                                max = Some(match (max, dtype) {
+                                    (None, _) => tap,
+                                    (Some(m), DType::U8) => fb.ins().umax(m, tap),
+                                    (Some(m), _) => fb.ins().smax(m, tap),
+                                });
+                            }
+                        }
+                        if let Some(max) = max {
+                            let at = fb.ins().iadd_imm_s(out, first as i64);
+                            store_prefix(fb, max, at, per_block.min(ow - first));
                         }
                     }
-                    if let Some(max) = max {
-                        let at = fb.ins().iadd_imm_s(out, first as i64);
-                        store_prefix(fb, max, at, per_block.min(ow - first));
-                    }
-                }
+                });
             });
-        });
-    });
+            Ok(())
+        },
+    )?;
     Ok(true)
 }
+
+/// Parts (scratch planes) at most of a split 8-bit MaxPool ([`max_pool_rows`]): more
+/// threads than this share the planes among this many parts.
+const MAX_POOL_PARTS: usize = 8;
 
 /// GlobalAveragePool (f32): every plane is one window, summed in order (GlobalMaxPool is
 /// `global_max.rs`).
@@ -526,15 +543,6 @@ pub(super) fn qpool(k: &mut Kernel) -> Result<(), String> {
     let for_count =
         |count: usize| Requant::for_ratio(sx as f64 / (sy * count.max(1) as f64), &yty, act);
     let (channels, spatial, out) = planes(k)?;
-    let acc = k.fb.declare_var(types::I64);
-    let add = move |fb: &mut FunctionBuilder, o: Value| {
-        let v = load_int(fb, xdtype, xptr, o);
-        let v = fb.ins().sextend(types::I64, v);
-        let v = fb.ins().iadd_imm_s(v, -(zx as i64));
-        let cur = fb.use_var(acc);
-        let next = fb.ins().iadd(cur, v);
-        fb.def_var(acc, next);
-    };
     if k.op.kind == OpKind::QGlobalAveragePool {
         let inner = spatial.iter().product::<usize>();
         let rq = for_count(inner)?;
@@ -548,32 +556,50 @@ pub(super) fn qpool(k: &mut Kernel) -> Result<(), String> {
             .flatten();
         let lanes = if vector.is_some() { requant::LANES } else { 1 };
         let samples = k.samples(batched);
+        // Split across threads in groups of GROUP planes (a multiple of `lanes`, so every
+        // plane takes the same path as in the serial loop).
+        const GROUP: i64 = requant::LANES as i64;
         let (channels, inner) = (channels as i64, inner as i64);
-        emit::for_dynamic(k.fb, samples, |fb, s| {
-            let first = fb.ins().imul_imm_s(s, channels);
-            emit::for_lanes(fb, channels, lanes as i64, &mut |fb, c, whole| {
-                let p = fb.ins().iadd(first, c);
-                if let (Some(v), true) = (&vector, whole) {
-                    let sums = [0, 8].map(|g| plane_sums(fb, xdtype, xptr, p, g, inner, zx));
-                    let r = v.apply(fb, &[sums]);
-                    let at = fb.ins().iadd(yptr, p);
-                    fb.ins().store(emit::mem(), r, at, 0);
-                    return;
-                }
-                let zero = emit::iconst(fb, 0);
-                fb.def_var(acc, zero);
-                let xo = fb.ins().imul_imm_s(p, inner);
-                emit::for_count(fb, inner, |fb, i| {
-                    let o = fb.ins().iadd(xo, i);
-                    add(fb, o);
+        let groups = (channels as usize).div_ceil(GROUP as usize) as i64;
+        let rows = k.fb.ins().imul_imm_s(samples, groups);
+        let elements = (channels * inner) as usize;
+        return k.split_rows(
+            rows,
+            &[xptr, yptr],
+            elements,
+            &mut |fb, _, ptrs, begin, end| {
+                let (xptr, yptr) = (ptrs[0], ptrs[1]);
+                let acc = fb.declare_var(types::I64);
+                emit::for_range(fb, begin, end, 1, |fb, u| {
+                    let (s, g) = split::sample_row(fb, u, batched, groups);
+                    let first = fb.ins().imul_imm_s(s, channels);
+                    for_chunk(fb, channels, lanes as i64, GROUP, g, &mut |fb, c, whole| {
+                        let p = fb.ins().iadd(first, c);
+                        if let (Some(v), true) = (&vector, whole) {
+                            let sums =
+                                [0, 8].map(|g| plane_sums(fb, xdtype, xptr, p, g, inner, zx));
+                            let r = v.apply(fb, &[sums]);
+                            let at = fb.ins().iadd(yptr, p);
+                            fb.ins().store(emit::mem(), r, at, 0);
+                            return;
+                        }
+                        let zero = emit::iconst(fb, 0);
+                        fb.def_var(acc, zero);
+                        let xo = fb.ins().imul_imm_s(p, inner);
+                        emit::for_count(fb, inner, |fb, i| {
+                            let o = fb.ins().iadd(xo, i);
+                            add_centered(fb, acc, xdtype, xptr, o, zx);
+                        });
+                        let sum = fb.use_var(acc);
+                        let r = requant::requantize(fb, sum, m, rq.zero_point, rq.bounds);
+                        store_int(fb, ydtype, r, yptr, p);
+                    });
                 });
-                let sum = fb.use_var(acc);
-                let r = requant::requantize(fb, sum, m, rq.zero_point, rq.bounds);
-                store_int(fb, ydtype, r, yptr, p);
-            });
-        });
-        return Ok(());
+                Ok(())
+            },
+        );
     }
+    let acc = k.fb.declare_var(types::I64);
     let include_pad = k.op.attrs.int("count_include_pad")? != 0;
     let axes = axes(k, &spatial, &out, include_pad)?;
     // Distinct window counts: every combination of per-axis counts occurs (the output
@@ -605,11 +631,12 @@ pub(super) fn qpool(k: &mut Kernel) -> Result<(), String> {
         .flat_map(i64::to_ne_bytes)
         .collect();
     let multipliers = k.data(bytes, 8)?;
-    let mut add = add;
     windows(k, &axes, &spatial, &out, &mut |fb, xo, yo, count, taps| {
         let zero = emit::iconst(fb, 0);
         fb.def_var(acc, zero);
-        tap_nest(fb, 0, taps, &axes, xo, &mut add);
+        tap_nest(fb, 0, taps, &axes, xo, &mut |fb, o| {
+            add_centered(fb, acc, xdtype, xptr, o, zx)
+        });
         let sum = fb.use_var(acc);
         // A count known at compile time (unrolled windows) takes its multiplier and shift as
         // immediates; otherwise they are loaded from the table.
@@ -624,6 +651,23 @@ pub(super) fn qpool(k: &mut Kernel) -> Result<(), String> {
         };
         store_int(fb, ydtype, r, yptr, yo);
     })
+}
+
+/// `acc += x[o] − zx` (i64 variable `acc`, element `o` of `dtype` at `x`).
+fn add_centered(
+    fb: &mut FunctionBuilder,
+    acc: Variable,
+    dtype: DType,
+    x: Value,
+    o: Value,
+    zx: i32,
+) {
+    let v = load_int(fb, dtype, x, o);
+    let v = fb.ins().sextend(types::I64, v);
+    let v = fb.ins().iadd_imm_s(v, -(zx as i64));
+    let cur = fb.use_var(acc);
+    let next = fb.ins().iadd(cur, v);
+    fb.def_var(acc, next);
 }
 
 /// The centered sums of the 8 planes `p + g .. p + g + 8` of `inner` elements (a multiple of

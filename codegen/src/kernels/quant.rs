@@ -11,9 +11,9 @@
 //! Per-axis parameters and broadcasting strides are resolved at compile time (shapes are
 //! static except the batch on axis 0).
 
-use super::elementwise::{choose, Broadcast, Lanes};
+use super::elementwise::{choose, for_chunk, Broadcast, Lanes, CHUNK};
 use super::requant::{self, VectorRequant, LANES};
-use super::{Kernel, Operand};
+use super::{split, Kernel, Operand};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{types, InstBuilder, Value};
@@ -101,39 +101,59 @@ impl Channels {
     }
 
     /// `for s in samples·outer, c in extent: params(c); for i in inner: body(flat index)`:
-    /// `params` runs once per channel run (loads its scale and zero point), `body` per element;
-    /// with `vector`, `vector(params, flat index)` does [`LANES`] elements at once wherever a
-    /// whole step fits in a channel's run.
-    #[allow(clippy::type_complexity)]
+    /// `params` runs once per chunk of a channel run (loads its scale and zero point), `body`
+    /// per element; with `vector`, `vector(params, flat index)` does [`LANES`] elements at
+    /// once wherever a whole step fits in a channel's run. The runs, in chunks of [`CHUNK`] elements, are
+    /// split across threads when the call is large enough ([`Kernel::split_rows`]): the
+    /// closures get the pointers `ptrs` (as passed here, or loaded again in the task
+    /// function) and must use them instead of captured values.
     fn emit<P: Copy>(
         &self,
         k: &mut Kernel,
         batched: bool,
-        params: &mut dyn FnMut(&mut FunctionBuilder, Value) -> P,
-        body: &mut dyn FnMut(&mut FunctionBuilder, P, Value),
-        mut vector: Option<&mut dyn FnMut(&mut FunctionBuilder, P, Value)>,
-    ) {
+        ptrs: &[Value],
+        params: &mut dyn FnMut(&mut FunctionBuilder, &[Value], Value) -> P,
+        body: &mut ChannelBody<P>,
+        mut vector: Option<&mut ChannelBody<P>>,
+    ) -> Result<(), String> {
         let samples = k.samples(batched);
-        let blocks = k.fb.ins().imul_imm_s(samples, self.outer as i64);
+        let chunks = self.inner.div_ceil(CHUNK) as i64;
+        let runs = (self.outer * self.extent) as i64;
+        let rows = k.fb.ins().imul_imm_s(samples, runs * chunks);
         let (extent, inner) = (self.extent as i64, self.inner as i64);
-        emit::for_dynamic(k.fb, blocks, |fb, s| {
-            emit::for_count(fb, extent, |fb, c| {
-                let p = params(fb, c);
-                let run = fb.ins().imul_imm_s(s, extent);
-                let run = fb.ins().iadd(run, c);
+        let lanes = if vector.is_some() { LANES as i64 } else { 1 };
+        let elements = self.outer * self.extent * self.inner;
+        k.split_rows(rows, ptrs, elements, &mut |fb, _, p, begin, end| {
+            emit::for_range(fb, begin, end, 1, |fb, u| {
+                // Run `u / chunks`, chunk `u % chunks` of it.
+                let (run, c) = if chunks > 1 {
+                    split::sample_row(fb, u, true, chunks)
+                } else {
+                    (u, emit::iconst(fb, 0))
+                };
+                let channel = if extent > 1 {
+                    fb.ins().urem_imm_s(run, extent)
+                } else {
+                    emit::iconst(fb, 0)
+                };
+                let prm = params(fb, p, channel);
                 let start = fb.ins().imul_imm_s(run, inner);
-                let lanes = if vector.is_some() { LANES as i64 } else { 1 };
-                emit::for_lanes(fb, inner, lanes, &mut |fb, i, whole| {
+                for_chunk(fb, inner, lanes, CHUNK as i64, c, &mut |fb, i, whole| {
                     let index = fb.ins().iadd(start, i);
                     match vector.as_mut() {
-                        Some(vector) if whole => vector(fb, p, index),
-                        _ => body(fb, p, index),
+                        Some(vector) if whole => vector(fb, p, prm, index),
+                        _ => body(fb, p, prm, index),
                     }
                 });
             });
-        });
+            Ok(())
+        })
     }
 }
+
+/// The per-element (or per-vector-step) body of [`Channels::emit`]: `body(fb, pointers,
+/// channel parameters, flat element index)`.
+type ChannelBody<'a, P> = dyn FnMut(&mut FunctionBuilder, &[Value], P, Value) + 'a;
 
 /// Read-only table of native-endian bytes.
 fn table<T: Copy, const N: usize>(
@@ -170,71 +190,75 @@ pub(super) fn quantize(k: &mut Kernel) -> Result<(), String> {
     let signed = ydtype == DType::I8;
     let sixteen = ydtype == DType::I16;
     let x86 = k.is_x86();
-    let mut vector = |fb: &mut FunctionBuilder, (scale, zp): (Value, Value), i: Value| {
-        let scale = fb.ins().splat(types::F32X4, scale);
-        let zp = fb.ins().ireduce(types::I32, zp);
-        let zpv = fb.ins().splat(types::I32X4, zp);
-        // Clamped before the zero point is added, in f32 on the rounded (integer-valued)
-        // quotient: [lo − zp, hi − zp] are exact f32 integers, so the clamp is the integer
-        // clamp, and the comparisons are false for NaN, which lands on lo − zp (the
-        // interpreter's NaN → minimum). What is left converts exactly with `cvttps2dq`.
-        let bound = |fb: &mut FunctionBuilder, b: i64| {
-            let b = fb.ins().iconst(types::I32, b);
-            let b = fb.ins().isub(b, zp);
-            let b = fb.ins().fcvt_from_sint(types::F32, b);
-            fb.ins().splat(types::F32X4, b)
+    let mut vector =
+        |fb: &mut FunctionBuilder, p: &[Value], (scale, zp): (Value, Value), i: Value| {
+            let (xptr, yptr) = (p[0], p[1]);
+            let scale = fb.ins().splat(types::F32X4, scale);
+            let zp = fb.ins().ireduce(types::I32, zp);
+            let zpv = fb.ins().splat(types::I32X4, zp);
+            // Clamped before the zero point is added, in f32 on the rounded (integer-valued)
+            // quotient: [lo − zp, hi − zp] are exact f32 integers, so the clamp is the integer
+            // clamp, and the comparisons are false for NaN, which lands on lo − zp (the
+            // interpreter's NaN → minimum). What is left converts exactly with `cvttps2dq`.
+            let bound = |fb: &mut FunctionBuilder, b: i64| {
+                let b = fb.ins().iconst(types::I32, b);
+                let b = fb.ins().isub(b, zp);
+                let b = fb.ins().fcvt_from_sint(types::F32, b);
+                fb.ins().splat(types::F32X4, b)
+            };
+            let (lo_z, hi_z) = (bound(fb, lo), bound(fb, hi));
+            let at = emit::addr(fb, xptr, i, 4);
+            let quads: Vec<Value> = (0..LANES / 4)
+                .map(|q| {
+                    let v = fb
+                        .ins()
+                        .load(types::F32X4, emit::mem(), at, (q * 16) as i32);
+                    let r = fb.ins().fdiv(v, scale);
+                    let r = fb.ins().nearest(r);
+                    let above = fb.ins().fcmp(FloatCC::GreaterThanOrEqual, r, lo_z);
+                    let r = choose(fb, above, r, lo_z);
+                    let below = fb.ins().fcmp(FloatCC::LessThanOrEqual, r, hi_z);
+                    let r = choose(fb, below, r, hi_z);
+                    // In range and integral: any conversion is exact, `cvttps2dq` the shortest.
+                    let n = if x86 {
+                        fb.ins().x86_cvtt2dq(types::I32X4, r)
+                    } else {
+                        fb.ins().fcvt_to_sint_sat(types::I32X4, r)
+                    };
+                    fb.ins().iadd(n, zpv)
+                })
+                .collect();
+            let (h0, h1) = (
+                fb.ins().snarrow(quads[0], quads[1]),
+                fb.ins().snarrow(quads[2], quads[3]),
+            );
+            if sixteen {
+                // Clamped to the i16 range already: the saturating narrowing is exact.
+                let out = emit::addr(fb, yptr, i, 2);
+                fb.ins().store(emit::mem(), h0, out, 0);
+                fb.ins().store(emit::mem(), h1, out, 16);
+                return;
+            }
+            let bytes = if signed {
+                fb.ins().snarrow(h0, h1)
+            } else {
+                fb.ins().unarrow(h0, h1)
+            };
+            let out = emit::addr(fb, yptr, i, 1);
+            fb.ins().store(emit::mem(), bytes, out, 0);
         };
-        let (lo_z, hi_z) = (bound(fb, lo), bound(fb, hi));
-        let at = emit::addr(fb, xptr, i, 4);
-        let quads: Vec<Value> = (0..LANES / 4)
-            .map(|q| {
-                let v = fb
-                    .ins()
-                    .load(types::F32X4, emit::mem(), at, (q * 16) as i32);
-                let r = fb.ins().fdiv(v, scale);
-                let r = fb.ins().nearest(r);
-                let above = fb.ins().fcmp(FloatCC::GreaterThanOrEqual, r, lo_z);
-                let r = choose(fb, above, r, lo_z);
-                let below = fb.ins().fcmp(FloatCC::LessThanOrEqual, r, hi_z);
-                let r = choose(fb, below, r, hi_z);
-                // In range and integral: any conversion is exact, `cvttps2dq` the shortest.
-                let n = if x86 {
-                    fb.ins().x86_cvtt2dq(types::I32X4, r)
-                } else {
-                    fb.ins().fcvt_to_sint_sat(types::I32X4, r)
-                };
-                fb.ins().iadd(n, zpv)
-            })
-            .collect();
-        let (h0, h1) = (
-            fb.ins().snarrow(quads[0], quads[1]),
-            fb.ins().snarrow(quads[2], quads[3]),
-        );
-        if sixteen {
-            // Clamped to the i16 range already: the saturating narrowing is exact.
-            let out = emit::addr(fb, yptr, i, 2);
-            fb.ins().store(emit::mem(), h0, out, 0);
-            fb.ins().store(emit::mem(), h1, out, 16);
-            return;
-        }
-        let bytes = if signed {
-            fb.ins().snarrow(h0, h1)
-        } else {
-            fb.ins().unarrow(h0, h1)
-        };
-        let out = emit::addr(fb, yptr, i, 1);
-        fb.ins().store(emit::mem(), bytes, out, 0);
-    };
     let vectorizable = !wide && matches!(ydtype, DType::U8 | DType::I8 | DType::I16);
     channels.emit(
         k,
         batched,
-        &mut |fb, c| {
-            let scale = emit::load_at(fb, scale_ty, scales, c);
-            let zp = emit::load_at(fb, types::I32, zps, c);
+        &[xptr, yptr, scales, zps],
+        &mut |fb, p, c| {
+            let scale = emit::load_at(fb, scale_ty, p[2], c);
+            let zp = emit::load_at(fb, types::I32, p[3], c);
             (scale, fb.ins().sextend(types::I64, zp))
         },
-        &mut |fb, (scale, zp), i| {
+        &mut |fb, p, (scale, zp), i| {
+            let (xptr, yptr) = (p[0], p[1]);
             let v = if wide {
                 let v = emit::load_at(fb, types::I32, xptr, i);
                 fb.ins().fcvt_from_sint(types::F64, v)
@@ -261,8 +285,7 @@ pub(super) fn quantize(k: &mut Kernel) -> Result<(), String> {
         } else {
             None
         },
-    );
-    Ok(())
+    )
 }
 
 /// DequantizeLinear: `(q - zero_point) · scale` in f32, per tensor or per axis; 8/4-bit and
@@ -280,45 +303,50 @@ pub(super) fn dequantize(k: &mut Kernel) -> Result<(), String> {
     // operations lane by lane (so both give the same bits).
     let signed = matches!(xdtype, DType::I8 | DType::I16);
     let sixteen = xdtype == DType::I16;
-    let mut vector = |fb: &mut FunctionBuilder, (scale, zp): (Value, Value), i: Value| {
-        let (scale, zp) = (
-            fb.ins().splat(types::F32X4, scale),
-            fb.ins().splat(types::F32X4, zp),
-        );
-        let widen =
-            |fb: &mut FunctionBuilder, v: Value, high: bool| emit::widen_half(fb, v, signed, high);
-        // Eight i16 a half: loaded as they are (i16), or widened from the 16 bytes.
-        let halves: [Value; 2] = if sixteen {
-            let at = emit::addr(fb, xptr, i, 2);
-            [0, 16].map(|o| fb.ins().load(types::I16X8, emit::mem(), at, o))
-        } else {
-            let bytes = emit::addr(fb, xptr, i, 1);
-            let bytes = fb.ins().load(types::I8X16, emit::mem(), bytes, 0);
-            [false, true].map(|high| widen(fb, bytes, high))
-        };
-        let out = emit::addr(fb, yptr, i, 4);
-        for (h, half) in halves.into_iter().enumerate() {
-            for (q, high) in [false, true].into_iter().enumerate() {
-                let v = widen(fb, half, high);
-                let v = fb.ins().fcvt_from_sint(types::F32X4, v);
-                let v = fb.ins().fsub(v, zp);
-                let v = fb.ins().fmul(v, scale);
-                fb.ins()
-                    .store(emit::mem(), v, out, (32 * h + 16 * q) as i32);
+    let mut vector =
+        |fb: &mut FunctionBuilder, p: &[Value], (scale, zp): (Value, Value), i: Value| {
+            let (xptr, yptr) = (p[0], p[1]);
+            let (scale, zp) = (
+                fb.ins().splat(types::F32X4, scale),
+                fb.ins().splat(types::F32X4, zp),
+            );
+            let widen = |fb: &mut FunctionBuilder, v: Value, high: bool| {
+                emit::widen_half(fb, v, signed, high)
+            };
+            // Eight i16 a half: loaded as they are (i16), or widened from the 16 bytes.
+            let halves: [Value; 2] = if sixteen {
+                let at = emit::addr(fb, xptr, i, 2);
+                [0, 16].map(|o| fb.ins().load(types::I16X8, emit::mem(), at, o))
+            } else {
+                let bytes = emit::addr(fb, xptr, i, 1);
+                let bytes = fb.ins().load(types::I8X16, emit::mem(), bytes, 0);
+                [false, true].map(|high| widen(fb, bytes, high))
+            };
+            let out = emit::addr(fb, yptr, i, 4);
+            for (h, half) in halves.into_iter().enumerate() {
+                for (q, high) in [false, true].into_iter().enumerate() {
+                    let v = widen(fb, half, high);
+                    let v = fb.ins().fcvt_from_sint(types::F32X4, v);
+                    let v = fb.ins().fsub(v, zp);
+                    let v = fb.ins().fmul(v, scale);
+                    fb.ins()
+                        .store(emit::mem(), v, out, (32 * h + 16 * q) as i32);
+                }
             }
-        }
-    };
+        };
     let vectorizable = matches!(xdtype, DType::U8 | DType::I8 | DType::I16) && LANES == 16;
     channels.emit(
         k,
         batched,
-        &mut |fb, c| {
+        &[xptr, yptr, scales, zps],
+        &mut |fb, p, c| {
             (
-                emit::load_at(fb, types::F32, scales, c),
-                emit::load_at(fb, types::F32, zps, c),
+                emit::load_at(fb, types::F32, p[2], c),
+                emit::load_at(fb, types::F32, p[3], c),
             )
         },
-        &mut |fb, (scale, zp), i| {
+        &mut |fb, p, (scale, zp), i| {
+            let (xptr, yptr) = (p[0], p[1]);
             let v = load_int(fb, xdtype, xptr, i);
             let v = fb.ins().fcvt_from_sint(types::F32, v);
             let v = fb.ins().fsub(v, zp);
@@ -330,8 +358,7 @@ pub(super) fn dequantize(k: &mut Kernel) -> Result<(), String> {
         } else {
             None
         },
-    );
-    Ok(())
+    )
 }
 
 /// The scale of an 8-bit per-tensor result, as the interpreter's `result_scale` (f64).
@@ -505,10 +532,12 @@ pub(super) fn qadd(k: &mut Kernel) -> Result<(), String> {
             )
         })
         .flatten();
-    plan.emit_lanes(
+    plan.emit_split(
         k,
         if vector.is_some() { LANES } else { 1 },
-        &mut |fb, o, lanes| {
+        &[yp, ap, bp],
+        &mut |fb, p, o, lanes| {
+            let (yp, ap, bp) = (p[0], p[1], p[2]);
             let ta = qadd_term(fb, lanes, 1, adt, ap, o[1], za);
             let tb = qadd_term(fb, lanes, 2, bdt, bp, o[2], zb);
             match (lanes, &vector) {
@@ -523,8 +552,7 @@ pub(super) fn qadd(k: &mut Kernel) -> Result<(), String> {
                 }
             }
         },
-    );
-    Ok(())
+    )
 }
 
 /// QConcat: each part rescaled to the result's parameters (`Requant::for_ratio(s_i / s_y)`,

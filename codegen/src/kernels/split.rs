@@ -28,6 +28,18 @@ pub(crate) const ELEMENT_WORK: u64 = 16;
 pub(crate) type RowsBody<'a> = dyn FnMut(&mut FunctionBuilder, &mut dyn Module, &[Value], Value, Value) -> Result<(), String>
     + 'a;
 
+/// A [`RowsBody`] that also gets the slot of the part running it
+/// ([`Kernel::split_rows_in_parts`]).
+pub(crate) type PartsBody<'a> = dyn FnMut(
+        &mut FunctionBuilder,
+        &mut dyn Module,
+        &[Value],
+        Value,
+        Value,
+        Value,
+    ) -> Result<(), String>
+    + 'a;
+
 impl Kernel<'_, '_> {
     /// Whether a call doing `elements` elements of work per sample splits across threads.
     pub fn splits_elements(&self, elements: usize) -> bool {
@@ -44,24 +56,44 @@ impl Kernel<'_, '_> {
         elements: usize,
         body: &mut RowsBody,
     ) -> Result<(), String> {
+        self.split_rows_in_parts(
+            rows,
+            ptrs,
+            elements,
+            usize::MAX,
+            &mut |fb, m, p, b, e, _| body(fb, m, p, b, e),
+        )
+    }
+
+    /// [`Kernel::split_rows`] in at most `parts` parts, `body` getting the slot of the part
+    /// that runs its rows (an i64 value below `parts`, 0 inline) to pick a scratch area of
+    /// its own.
+    pub fn split_rows_in_parts(
+        &mut self,
+        rows: Value,
+        ptrs: &[Value],
+        elements: usize,
+        parts: usize,
+        body: &mut PartsBody,
+    ) -> Result<(), String> {
         if !self.splits_elements(elements) {
             let zero = emit::iconst(self.fb, 0);
-            return body(self.fb, &mut *self.module, ptrs, zero, rows);
+            return body(self.fb, &mut *self.module, ptrs, zero, rows, zero);
         }
         let count = ptrs.len();
         let ptr = self.module.isa().pointer_type();
-        let task = self.task(|fb, module, [ctx, begin, end, _]| {
+        let task = self.task(|fb, module, [ctx, begin, end, slot]| {
             let loaded: Vec<Value> = (0..count)
                 .map(|i| fb.ins().load(ptr, emit::mem(), ctx, (8 * i) as i32))
                 .collect();
-            body(fb, module, &loaded, begin, end)
+            body(fb, module, &loaded, begin, end, slot)
         })?;
         let ctx = self.workspace(8 * count);
         for (i, &p) in ptrs.iter().enumerate() {
             self.fb.ins().store(emit::mem(), p, ctx, (8 * i) as i32);
         }
         let work = (elements as u64).saturating_mul(ELEMENT_WORK);
-        self.parallel_for_value(task, ctx, rows, usize::MAX, work)
+        self.parallel_for_value(task, ctx, rows, parts, work)
     }
 }
 
