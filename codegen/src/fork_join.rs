@@ -54,8 +54,8 @@ pub(crate) const MAX_PHASES: usize = 3;
 /// claimed by index.
 struct Job {
     ctx: usize,
-    /// The phases (unused ones have no chunks).
-    phases: [Phase; MAX_PHASES],
+    /// The phases, in order (`None` past the last).
+    phases: [Option<Phase>; MAX_PHASES],
     /// The next chunk to claim, counting the first phase's chunks, then the second's, ….
     next: AtomicUsize,
     /// Chunks done (of any phase).
@@ -76,7 +76,7 @@ impl Job {
         loop {
             let mut i = self.next.fetch_add(1, Ordering::Relaxed);
             let mut before = 0;
-            let Some(phase) = self.phases.iter().find(|p| {
+            let Some(phase) = self.phases.iter().flatten().find(|p| {
                 let here = i < p.chunks;
                 if !here {
                     i -= p.chunks;
@@ -177,13 +177,10 @@ pub(crate) fn run_phases(ctx: *const u8, phases: &[Phase], workers: usize) {
         return;
     }
     let parts = widest.min(workers);
-    let none = Phase {
-        task: phases[0].task,
-        n: 0,
-        chunks: 0,
-    };
-    let mut all = [none; MAX_PHASES];
-    all[..phases.len()].copy_from_slice(phases);
+    let mut all = [None; MAX_PHASES];
+    for (slot, &phase) in all.iter_mut().zip(phases) {
+        *slot = Some(phase);
+    }
     let job = Job {
         ctx: ctx as usize,
         phases: all,

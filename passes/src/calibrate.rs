@@ -268,7 +268,8 @@ fn count_bins(bins: &mut [u64], values: &[f32], inv_w: f64) -> u64 {
     const CHUNK: usize = 1024;
     const ROUND: f64 = 6755399441055744.0;
     let (lo, hi) = (-B as f64, (B - 1) as f64);
-    let mut sub = vec![[0u32; SKIP as usize + 1]; 2];
+    let mut even = vec![0u32; SKIP as usize + 1];
+    let mut odd = vec![0u32; SKIP as usize + 1];
     let mut at = [0u16; CHUNK];
     let mut skipped = 0u64;
     // Blocks of at most 2^32 - 1 values, so that a u32 count cannot wrap.
@@ -286,9 +287,6 @@ fn count_bins(bins: &mut [u64], values: &[f32], inv_w: f64) -> u64 {
                 *a = if counted { (d + B as i32) as u16 } else { SKIP };
             }
             // ... then the counting, alternating between the sub-histograms.
-            let [even, odd] = &mut sub[..] else {
-                unreachable!("two sub-histograms")
-            };
             let pairs = at[..chunk.len()].chunks_exact(2);
             // (`min` only tells the compiler the bins are in range.)
             let bin = |i: u16| usize::from(i.min(SKIP));
@@ -300,7 +298,7 @@ fn count_bins(bins: &mut [u64], values: &[f32], inv_w: f64) -> u64 {
                 odd[bin(pair[1])] += 1;
             }
         }
-        for h in sub.iter_mut() {
+        for h in [&mut even, &mut odd] {
             for (b, c) in bins.iter_mut().zip(h.iter()) {
                 *b += u64::from(*c);
             }
