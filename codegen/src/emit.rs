@@ -216,6 +216,53 @@ pub fn for_strided(
     level(fb, 0, extents, strides, start, body);
 }
 
+/// [`for_strided`] over `extents[from..]` with the last axis taken `lanes` elements at a
+/// time ([`for_lanes`]) when `lanes > 1`: `body(fb, offsets, whole)`, `whole` when the
+/// offsets start a vector of `lanes` elements (a stream whose last stride is 0 stays put,
+/// one with stride 1 moves with the lanes). With `lanes <= 1` every axis is a scalar loop
+/// and `whole` is false. Shared by the walks of broadcasts and reductions.
+pub fn for_strided_lanes(
+    fb: &mut FunctionBuilder,
+    extents: &[usize],
+    strides: &[Vec<i64>],
+    start: &[Value],
+    from: usize,
+    lanes: usize,
+    body: &mut dyn FnMut(&mut FunctionBuilder, &[Value], bool),
+) {
+    let n = extents.len();
+    let vector = lanes > 1 && n > 0;
+    let last = if vector { n - 1 } else { n };
+    let from = from.min(last);
+    let outer: Vec<Vec<i64>> = strides.iter().map(|s| s[from..last].to_vec()).collect();
+    for_strided(fb, &extents[from..last], &outer, start, &mut |fb, off| {
+        if !vector {
+            body(fb, off, false);
+            return;
+        }
+        for_lanes(
+            fb,
+            extents[n - 1] as i64,
+            lanes as i64,
+            &mut |fb, i, whole| {
+                let moved: Vec<Value> = off
+                    .iter()
+                    .zip(strides)
+                    .map(|(&o, s)| match s[n - 1] {
+                        0 => o,
+                        1 => fb.ins().iadd(o, i),
+                        st => {
+                            let d = fb.ins().imul_imm_s(i, st);
+                            fb.ins().iadd(o, d)
+                        }
+                    })
+                    .collect();
+                body(fb, &moved, whole);
+            },
+        );
+    });
+}
+
 /// The low or high half of an integer vector's lanes widened to twice their width,
 /// sign-extended when `signed` (i8x16 to i16x8, i16x8 to i32x4).
 pub fn widen_half(fb: &mut FunctionBuilder, v: Value, signed: bool, high: bool) -> Value {

@@ -203,43 +203,24 @@ impl Broadcast {
         start: &[Value],
         body: &mut dyn FnMut(&mut FunctionBuilder, &[Value], &Lanes),
     ) {
-        let n = self.extents.len();
-        let last = if vector { n - 1 } else { n };
-        let from = from.min(last);
-        let outer = &self.extents[from..last];
-        let outer_strides: Vec<Vec<i64>> = self
-            .strides
-            .iter()
-            .map(|s| s[from..last].to_vec())
-            .collect();
         let splat: Vec<bool> = self.strides.iter().map(|s| s.last() == Some(&0)).collect();
-        emit::for_strided(fb, outer, &outer_strides, start, &mut |fb, off| {
-            if !vector {
-                body(fb, off, &Lanes::Scalar);
-                return;
-            }
-            emit::for_lanes(
-                fb,
-                self.extents[n - 1] as i64,
-                lanes as i64,
-                &mut |fb, i, whole| {
-                    let o: Vec<Value> = off
-                        .iter()
-                        .zip(&splat)
-                        .map(|(&o, &s)| if s { o } else { fb.ins().iadd(o, i) })
-                        .collect();
-                    body(
-                        fb,
-                        &o,
-                        &if whole {
-                            Lanes::Vector(splat.clone())
-                        } else {
-                            Lanes::Scalar
-                        },
-                    );
-                },
-            );
-        });
+        let lanes = if vector { lanes } else { 1 };
+        emit::for_strided_lanes(
+            fb,
+            &self.extents,
+            &self.strides,
+            start,
+            from,
+            lanes,
+            &mut |fb, off, whole| {
+                let l = if whole {
+                    Lanes::Vector(splat.clone())
+                } else {
+                    Lanes::Scalar
+                };
+                body(fb, off, &l)
+            },
+        );
     }
 
     /// Chunk `c` (an i64 value) of [`CHUNK`] elements of a one-extent nest from the

@@ -181,34 +181,15 @@ impl Walk {
         start: [Value; 2],
         body: &mut dyn FnMut(&mut FunctionBuilder, Value, Value, bool),
     ) {
-        let n = self.kept.len();
-        let last = if vector { n - 1 } else { n };
-        let from = from.min(last);
-        let strides: Vec<Vec<i64>> = self
-            .kept_strides
-            .iter()
-            .map(|s| s[from..last].to_vec())
-            .collect();
-        emit::for_strided(
+        let lanes = if vector { lanes } else { 1 };
+        emit::for_strided_lanes(
             fb,
-            &self.kept[from..last],
-            &strides,
+            &self.kept,
+            &self.kept_strides,
             &start,
-            &mut |fb, off| {
-                if !vector {
-                    body(fb, off[0], off[1], false);
-                    return;
-                }
-                emit::for_lanes(
-                    fb,
-                    self.kept[n - 1] as i64,
-                    lanes as i64,
-                    &mut |fb, i, whole| {
-                        let (x, y) = (fb.ins().iadd(off[0], i), fb.ins().iadd(off[1], i));
-                        body(fb, x, y, whole);
-                    },
-                );
-            },
+            from,
+            lanes,
+            &mut |fb, off, whole| body(fb, off[0], off[1], whole),
         );
     }
 
