@@ -481,3 +481,63 @@ fn quantize_vectors_saturate_round_and_map_nan_at_every_extent() {
         }
     }
 }
+
+/// QAveragePool's vector form (`qavg_rows.rs`) on the shapes that decide its blocks: narrow
+/// planes whose rows share a block (digits_mobile's 4×4; 3-wide rows in groups of five with
+/// a shorter last group), rows of 16 and more outputs in blocks with a partial last one,
+/// stride 2 (lanes spanning two loads), a 7×7 window, strided and dilated windows, and the
+/// clipped counts of `count_include_pad = 0` and `ceil_mode`; u8 and i8. Every QAveragePool
+/// must be in that form, and bit-identical to the interpreter (batches 1–4).
+#[test]
+fn qaverage_pool_rows() {
+    let window = |kernel, strides, dilations, pads, ceil| Window {
+        kernel,
+        strides,
+        dilations,
+        pads,
+        ceil,
+    };
+    let cases: [(&[usize], Window); 8] = [
+        (&[4, 4], window(&[3, 3], &[1, 1], &[1, 1], &[1; 4], false)),
+        (&[11, 3], window(&[3, 3], &[1, 1], &[1, 1], &[1; 4], false)),
+        (&[5, 6], window(&[2, 3], &[1, 1], &[1, 1], &[0; 4], false)),
+        (&[20, 37], window(&[3, 3], &[1, 1], &[1, 1], &[1; 4], false)),
+        (&[15, 40], window(&[3, 3], &[2, 2], &[1, 1], &[1; 4], false)),
+        (&[9, 9], window(&[7, 7], &[1, 1], &[1, 1], &[3; 4], false)),
+        (&[6, 7], window(&[3, 3], &[2, 2], &[1, 1], &[1; 4], true)),
+        (
+            &[8, 8],
+            window(&[3, 3], &[3, 2], &[2, 2], &[1, 2, 1, 0], true),
+        ),
+    ];
+    for (spatial, w) in cases {
+        let (sp, out) = (dims(spatial), dims(&w.out(spatial)));
+        let text = format!(
+            "graph t(%u: u8[N,3,{sp}] quant(scale=0.1, zero_point=128), %i: i8[N,2,{sp}] quant(scale=0.03, zero_point=-4)) -> (%qa, %qb, %qi) {{
+               %qa = QAveragePool(%u) {a} : u8[N,3,{out}] quant(scale=0.07, zero_point=120)
+               %qb = QAveragePool(%u) {b} : u8[N,3,{out}] quant(scale=0.1, zero_point=128)
+               %qi = QAveragePool(%i) {a} : i8[N,2,{out}] quant(scale=0.01, zero_point=-128)
+             }}",
+            a = w.attrs(Some(false)),
+            b = w.attrs(Some(true)),
+        );
+        let g = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        let p =
+            JitProgram::compile(&g, &CodegenOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+        let forms: Vec<(&str, &str)> = p
+            .program()
+            .steps
+            .iter()
+            .map(|s| (s.op.as_str(), s.form.as_str()))
+            .collect();
+        assert!(
+            forms
+                .iter()
+                .filter(|(op, _)| *op == "QAveragePool")
+                .all(|(_, form)| *form == "QAveragePool-rows")
+                && forms.len() == 3,
+            "{forms:?}\n{text}"
+        );
+        same(&text, Floats::Uniform(1.0));
+    }
+}

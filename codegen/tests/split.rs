@@ -1,6 +1,6 @@
 //! Kernels that split one sample's work across threads by elements (elementwise ops,
 //! Softmax, LayerNormalization and GroupNormalization, reductions, QuantizeLinear,
-//! DequantizeLinear, QAdd, QGlobalAveragePool, 8-bit MaxPool): with every call split
+//! DequantizeLinear, QAdd, QGlobalAveragePool, 8-bit MaxPool and QAveragePool): with every call split
 //! (`parallel_min_macs = 0`) on two threads, the results are the bits of one thread, both
 //! within 1e-4 of the interpreter, and every kernel really was compiled split (it has a
 //! task function). Shapes leave uneven parts: odd row counts, rows and chunks that are not
@@ -282,6 +282,23 @@ fn eight_bit_max_pools_split_over_planes() {
             (DType::F32, &[N, 3, 13, 12], 2.0),
         ],
         &["padded", "ceil"],
+    );
+}
+
+#[test]
+fn eight_bit_average_pools_split_over_planes() {
+    check(
+        "graph t(%x: f32[N,5,4,4], %y: f32[N,3,14,20]) -> (%narrow, %clipped) {
+           %a = QuantizeLinear(%x) : u8[N,5,4,4] quant(scale=0.05, zero_point=128)
+           %b = QuantizeLinear(%y) : i8[N,3,14,20] quant(scale=0.02, zero_point=-7)
+           %narrow = QAveragePool(%a) {ceil_mode=0, count_include_pad=1, dilations=[1, 1], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1]} : u8[N,5,4,4] quant(scale=0.04, zero_point=120) @narrow
+           %clipped = QAveragePool(%b) {ceil_mode=1, count_include_pad=0, dilations=[1, 1], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]} : i8[N,3,8,11] quant(scale=0.01, zero_point=-4) @clipped
+         }",
+        &[
+            (DType::F32, &[N, 5, 4, 4], 6.0),
+            (DType::F32, &[N, 3, 14, 20], 2.0),
+        ],
+        &["narrow", "clipped"],
     );
 }
 

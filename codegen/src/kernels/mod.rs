@@ -41,6 +41,7 @@ mod planes;
 mod pointwise;
 mod pool;
 mod product;
+mod qavg_rows;
 mod quant;
 mod recurrent;
 mod recurrent_rows;

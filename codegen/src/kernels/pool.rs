@@ -66,15 +66,15 @@ enum Reduce {
 
 /// One spatial axis of a pool: per output coordinate `(first, taps, count)`, and the input
 /// step between consecutive kernel taps (`dilation · input stride`).
-struct Axis {
-    entries: Vec<[i64; 3]>,
+pub(super) struct Axis {
+    pub entries: Vec<[i64; 3]>,
     step: i64,
 }
 
 /// The per-axis window geometry of MaxPool/AveragePool/QAveragePool on input `[N, C,
 /// spatial…]` with result spatial extents `out` (from the result type, which shape
 /// inference computed with ceil_mode).
-fn axes(
+pub(super) fn axes(
     k: &Kernel,
     spatial: &[usize],
     out: &[usize],
@@ -130,7 +130,7 @@ fn axes(
 }
 
 /// The pooled extents of input and result per sample: `(channels, spatial in, spatial out)`.
-fn planes(k: &Kernel) -> Result<(usize, Vec<usize>, Vec<usize>), String> {
+pub(super) fn planes(k: &Kernel) -> Result<(usize, Vec<usize>, Vec<usize>), String> {
     let (x, y) = (k.input(0)?, k.output(0));
     let (xd, yd) = (x.dims(), y.dims());
     if xd.len() < 3 || yd.len() != xd.len() {
@@ -520,7 +520,7 @@ pub(super) fn global_pool(k: &mut Kernel) -> Result<(), String> {
 }
 
 /// The result scale of an 8-bit per-tensor result, in f64 (the interpreter's `result_scale`).
-fn result_scale(y: &TensorType) -> Result<f64, String> {
+pub(super) fn result_scale(y: &TensorType) -> Result<f64, String> {
     Ok(result_params(y, None)?.0 as f64)
 }
 
@@ -528,6 +528,9 @@ fn result_scale(y: &TensorType) -> Result<f64, String> {
 /// by `s_x / (s_y · count)`. QAveragePool's multipliers are built at compile time for each
 /// distinct window count (as the interpreter does) into a table indexed by the count.
 pub(super) fn qpool(k: &mut Kernel) -> Result<(), String> {
+    if super::qavg_rows::emit(k)? {
+        return Ok(());
+    }
     let act = k.op.fused_activation()?;
     let x = k.input(0)?;
     let (xptr, xdtype, batched) = (x.ptr, x.ty.dtype, x.batched());
