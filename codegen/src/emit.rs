@@ -198,22 +198,33 @@ pub fn for_strided(
             return;
         }
         for_count(fb, extents[axis] as i64, |fb, i| {
-            let next: Vec<Value> = offsets
-                .iter()
-                .zip(strides)
-                .map(|(&o, s)| match s[axis] {
-                    0 => o,
-                    1 => fb.ins().iadd(o, i),
-                    st => {
-                        let d = fb.ins().imul_imm_s(i, st);
-                        fb.ins().iadd(o, d)
-                    }
-                })
-                .collect();
+            let next = advanced(fb, offsets, strides, axis, i);
             level(fb, axis + 1, extents, strides, &next, body);
         });
     }
     level(fb, 0, extents, strides, start, body);
+}
+
+/// Each stream's offset moved `i` steps along `axis` (`offsets[s] + i · strides[s][axis]`).
+pub fn advanced(
+    fb: &mut FunctionBuilder,
+    offsets: &[Value],
+    strides: &[Vec<i64>],
+    axis: usize,
+    i: Value,
+) -> Vec<Value> {
+    offsets
+        .iter()
+        .zip(strides)
+        .map(|(&o, s)| match s[axis] {
+            0 => o,
+            1 => fb.ins().iadd(o, i),
+            st => {
+                let d = fb.ins().imul_imm_s(i, st);
+                fb.ins().iadd(o, d)
+            }
+        })
+        .collect()
 }
 
 /// [`for_strided`] over `extents[from..]` with the last axis taken `lanes` elements at a
@@ -245,18 +256,7 @@ pub fn for_strided_lanes(
             extents[n - 1] as i64,
             lanes as i64,
             &mut |fb, i, whole| {
-                let moved: Vec<Value> = off
-                    .iter()
-                    .zip(strides)
-                    .map(|(&o, s)| match s[n - 1] {
-                        0 => o,
-                        1 => fb.ins().iadd(o, i),
-                        st => {
-                            let d = fb.ins().imul_imm_s(i, st);
-                            fb.ins().iadd(o, d)
-                        }
-                    })
-                    .collect();
+                let moved = advanced(fb, off, strides, n - 1, i);
                 body(fb, &moved, whole);
             },
         );

@@ -179,17 +179,7 @@ impl Broadcast {
 
     /// The streams' offsets `start` moved to index `i` of extent `axis`.
     fn step(&self, fb: &mut FunctionBuilder, start: &[Value], axis: usize, i: Value) -> Vec<Value> {
-        start
-            .iter()
-            .zip(&self.strides)
-            .map(|(&o, s)| match s[axis] {
-                0 => o,
-                st => {
-                    let d = fb.ins().imul_imm_s(i, st);
-                    fb.ins().iadd(o, d)
-                }
-            })
-            .collect()
+        emit::advanced(fb, start, &self.strides, axis, i)
     }
 
     /// The loops over the extents from `from` on (the last `lanes` elements at a time
