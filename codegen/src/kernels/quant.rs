@@ -103,8 +103,8 @@ impl Channels {
     /// `for s in samples·outer, c in extent: params(c); for i in inner: body(flat index)`:
     /// `params` runs once per chunk of a channel run (loads its scale and zero point), `body`
     /// per element; with `vector`, `vector(params, flat index)` does [`LANES`] elements at
-    /// once wherever a whole step fits in a channel's run. The runs, in chunks of [`CHUNK`] elements, are
-    /// split across threads when the call is large enough ([`Kernel::split_rows`]): the
+    /// once wherever a whole step fits in a channel's run. The runs, in chunks of [`CHUNK`]
+    /// elements, are split across threads when the call is large enough ([`Kernel::split_rows`]): the
     /// closures get the pointers `ptrs` (as passed here, or loaded again in the task
     /// function) and must use them instead of captured values.
     fn emit<P: Copy>(
@@ -117,12 +117,18 @@ impl Channels {
         mut vector: Option<&mut ChannelBody<P>>,
     ) -> Result<(), String> {
         let samples = k.samples(batched);
-        let chunks = self.inner.div_ceil(CHUNK) as i64;
+        let elements = self.outer * self.extent * self.inner;
+        // Runs in chunks only where they are split: one thread walks each run whole.
+        let chunk = if k.splits_elements(elements) {
+            CHUNK
+        } else {
+            self.inner.max(1)
+        };
+        let chunks = self.inner.div_ceil(chunk) as i64;
         let runs = (self.outer * self.extent) as i64;
         let rows = k.fb.ins().imul_imm_s(samples, runs * chunks);
         let (extent, inner) = (self.extent as i64, self.inner as i64);
         let lanes = if vector.is_some() { LANES as i64 } else { 1 };
-        let elements = self.outer * self.extent * self.inner;
         k.split_rows(rows, ptrs, elements, &mut |fb, _, p, begin, end| {
             emit::for_range(fb, begin, end, 1, |fb, u| {
                 // Run `u / chunks`, chunk `u % chunks` of it.
@@ -138,7 +144,7 @@ impl Channels {
                 };
                 let prm = params(fb, p, channel);
                 let start = fb.ins().imul_imm_s(run, inner);
-                for_chunk(fb, inner, lanes, CHUNK as i64, c, &mut |fb, i, whole| {
+                for_chunk(fb, inner, lanes, chunk as i64, c, &mut |fb, i, whole| {
                     let index = fb.ins().iadd(start, i);
                     match vector.as_mut() {
                         Some(vector) if whole => vector(fb, p, prm, index),
