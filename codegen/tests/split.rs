@@ -1,6 +1,6 @@
 //! Kernels that split one sample's work across threads by elements (elementwise ops,
 //! Softmax, LayerNormalization and GroupNormalization, reductions, QuantizeLinear,
-//! DequantizeLinear, QAdd, QGlobalAveragePool, 8-bit MaxPool and QAveragePool): with every call split
+//! DequantizeLinear, QAdd, QGlobalAveragePool, 8-bit MaxPool, QAveragePool and QConcat): with every call split
 //! (`parallel_min_macs = 0`) on two threads, the results are the bits of one thread, both
 //! within 1e-4 of the interpreter, and every kernel really was compiled split (it has a
 //! task function). Shapes leave uneven parts: odd row counts, rows and chunks that are not
@@ -299,6 +299,24 @@ fn eight_bit_average_pools_split_over_planes() {
             (DType::F32, &[N, 3, 14, 20], 2.0),
         ],
         &["narrow", "clipped"],
+    );
+}
+
+#[test]
+fn quantized_concats_split_over_blocks() {
+    check(
+        "graph t(%x: f32[N,5,9,31], %y: f32[N,3,9,31]) -> (%rescaled, %inner) {
+           %a = QuantizeLinear(%x) : u8[N,5,9,31] quant(scale=0.05, zero_point=128)
+           %b = QuantizeLinear(%y) : u8[N,3,9,31] quant(scale=0.02, zero_point=100)
+           %c = QuantizeLinear(%y) : i8[N,3,9,31] quant(scale=0.01, zero_point=-3)
+           %rescaled = QConcat(%a, %b) {axis=1} : u8[N,8,9,31] quant(scale=0.04, zero_point=128) @rescaled
+           %inner = QConcat(%c, %c, %c) {axis=3} : i8[N,3,9,93] quant(scale=0.02, zero_point=3) @inner
+         }",
+        &[
+            (DType::F32, &[N, 5, 9, 31], 6.0),
+            (DType::F32, &[N, 3, 9, 31], 2.0),
+        ],
+        &["rescaled", "inner"],
     );
 }
 

@@ -563,7 +563,8 @@ pub(super) fn qadd(k: &mut Kernel) -> Result<(), String> {
 
 /// QConcat: each part rescaled to the result's parameters (`Requant::for_ratio(s_i / s_y)`,
 /// as the interpreter does even when they are equal) and written at its offset along the
-/// axis. The axis may not be the batch.
+/// axis, the outer blocks split across threads when the call is large. The axis may not
+/// be the batch.
 pub(super) fn qconcat(k: &mut Kernel) -> Result<(), String> {
     let act = k.op.fused_activation()?;
     let y = k.output(0);
@@ -602,13 +603,20 @@ pub(super) fn qconcat(k: &mut Kernel) -> Result<(), String> {
     }
     let samples = k.samples(ybatched);
     let blocks = k.fb.ins().imul_imm_s(samples, outer);
-    for (xptr, rescale, row, offset) in parts {
-        emit::for_dynamic(k.fb, blocks, |fb, o| {
-            let xi = fb.ins().imul_imm_s(o, row);
+    // Blocks (every part's row of one outer index) split across threads when large.
+    let ptrs: Vec<Value> = std::iter::once(yptr)
+        .chain(parts.iter().map(|p| p.0))
+        .collect();
+    let elements = (outer * yrow) as usize;
+    k.split_rows(blocks, &ptrs, elements, &mut |fb, _, p, begin, end| {
+        emit::for_range(fb, begin, end, 1, |fb, o| {
             let yi = fb.ins().imul_imm_s(o, yrow);
-            let yi = fb.ins().iadd_imm_s(yi, offset);
-            rescale.run(fb, xptr, xi, yptr, yi, row);
+            for ((_, rescale, row, offset), &xptr) in parts.iter().zip(&p[1..]) {
+                let xi = fb.ins().imul_imm_s(o, *row);
+                let yo = fb.ins().iadd_imm_s(yi, *offset);
+                rescale.run(fb, xptr, xi, p[0], yo, *row);
+            }
         });
-    }
-    Ok(())
+        Ok(())
+    })
 }
