@@ -7,7 +7,7 @@
 //! multiples of the vector width, batches of 1 and 3.
 
 mod common;
-use common::lcg;
+use common::{has_task, lcg};
 use qlift_codegen::{CodegenOptions, JitProgram};
 use qlift_ir::text::parse;
 use qlift_ir::{DType, Graph, Tensor, TensorData};
@@ -35,13 +35,6 @@ fn compile(g: &Graph, split: bool) -> JitProgram {
     let mut p = JitProgram::compile(g, &opts).unwrap_or_else(|e| panic!("{e}"));
     p.set_threads(if split { 2 } else { 1 });
     p
-}
-
-/// Whether the kernel of node `node` was compiled with a task (a split form).
-fn has_task(p: &JitProgram, node: &str) -> bool {
-    let step = p.program().steps.iter().find(|s| s.node == node);
-    let step = step.unwrap_or_else(|| panic!("no kernel for node {node}"));
-    step.functions.iter().any(|f| f.1 == "task")
 }
 
 /// The bits of a tensor's elements (f32 by their bit patterns, so that NaN compares).
