@@ -2,7 +2,7 @@
 //! 2-D windows (kernels 1–7, strides 1–3, dilations 1–2, asymmetric pads, ceil_mode) fed
 //! with NaN, ±inf, ±0 and ties among random values, at batches 1 and 3, on every option
 //! path: the host's code on one thread and split on two (the split kernel must have a
-//! task), the 128-bit forms, AVX2 only and the SSE2 baseline. MaxPools of strides up to 3
+//! task), the 128-bit forms, AVX2 only and the SSE2 baseline. Pools of strides up to 3
 //! must take the vector-rows form (so that the tests exercise it); wider strides keep to
 //! the scalar walk and are checked the same way.
 
@@ -162,7 +162,7 @@ fn paths() -> Vec<(&'static str, CodegenOptions, usize)> {
 }
 
 /// Checks `text` on every path at batches 1 and 3 against the interpreter; `vector` says
-/// whether the MaxPool must take the vector-rows form.
+/// whether its pools must take the vector-rows form.
 fn check(text: &str, shape: &[usize], vector: bool) {
     let g = parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     qlift_ir::verify(&g).unwrap_or_else(|e| panic!("{e:?}\n{text}"));
@@ -170,18 +170,16 @@ fn check(text: &str, shape: &[usize], vector: bool) {
         let mut p =
             JitProgram::compile(&g, &opts).unwrap_or_else(|e| panic!("{name}: {e}\n{text}"));
         p.set_threads(threads);
-        let step = p.program().steps.iter().find(|s| s.node == "max").unwrap();
-        assert_eq!(
-            step.form == "vector-rows",
-            vector,
-            "{name}: form {}\n{text}",
-            step.form
-        );
-        if threads > 1 && vector {
-            assert!(
-                has_task(&p, "max"),
-                "{name}: the MaxPool was not split\n{text}"
-            );
+        for step in &p.program().steps {
+            let form = &step.form;
+            assert_eq!(form == "vector-rows", vector, "{name}: {form}\n{text}");
+            if threads > 1 && vector {
+                assert!(
+                    has_task(&p, &step.node),
+                    "{name}: {} not split\n{text}",
+                    step.node
+                );
+            }
         }
         for batch in [1, 3] {
             let mut shape = shape.to_vec();
@@ -221,9 +219,12 @@ fn resnet_stem_pool_and_row_tails() {
     // ResNet's 3×3 stride-2 pool, on rows of 4k and 4k + 1..3 outputs, and rows narrower
     // than a vector.
     for (w, ow) in [(16, 8), (17, 9), (19, 10), (21, 11), (5, 3), (3, 2), (1, 1)] {
+        let avg = "{ceil_mode=0, count_include_pad=0, dilations=[1, 1], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]}";
+        let max = avg.replace("count_include_pad=0, ", "");
         let text = format!(
-            "graph t(%x: f32[N,3,9,{w}]) -> (%m) {{
-               %m = MaxPool(%x) {{ceil_mode=0, dilations=[1, 1], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]}} : f32[N,3,5,{ow}] @max
+            "graph t(%x: f32[N,3,9,{w}]) -> (%m, %a) {{
+               %m = MaxPool(%x) {max} : f32[N,3,5,{ow}] @max
+               %a = AveragePool(%x) {avg} : f32[N,3,5,{ow}] @avg
              }}"
         );
         check(&text, &[0, 3, 9, w], true);

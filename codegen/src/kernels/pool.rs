@@ -65,15 +65,15 @@ enum Reduce {
 
 /// One spatial axis of a pool: per output coordinate `(first, taps, count)`, and the input
 /// step between consecutive kernel taps (`dilation · input stride`).
-struct Axis {
-    entries: Vec<[i64; 3]>,
+pub(super) struct Axis {
+    pub entries: Vec<[i64; 3]>,
     step: i64,
 }
 
 /// The per-axis window geometry of MaxPool/AveragePool/QAveragePool on input `[N, C,
 /// spatial…]` with result spatial extents `out` (from the result type, which shape
 /// inference computed with ceil_mode).
-fn axes(
+pub(super) fn axes(
     k: &Kernel,
     spatial: &[usize],
     out: &[usize],
@@ -129,7 +129,7 @@ fn axes(
 }
 
 /// The pooled extents of input and result per sample: `(channels, spatial in, spatial out)`.
-fn planes(k: &Kernel) -> Result<(usize, Vec<usize>, Vec<usize>), String> {
+pub(super) fn planes(k: &Kernel) -> Result<(usize, Vec<usize>, Vec<usize>), String> {
     let (x, y) = (k.input(0)?, k.output(0));
     let (xd, yd) = (x.dims(), y.dims());
     if xd.len() < 3 || yd.len() != xd.len() {
@@ -329,7 +329,7 @@ fn finish(fb: &mut FunctionBuilder, reduce: Reduce, acc: Value, count: Value, y:
 
 /// MaxPool (f32, u8, i8) and AveragePool (f32) over precomputed windows.
 pub(super) fn pool(k: &mut Kernel) -> Result<(), String> {
-    if super::pool_rows::max_pool_rows(k)? {
+    if super::pool_rows::pool_rows(k)? {
         return Ok(());
     }
     let x = k.input(0)?;
