@@ -1,10 +1,10 @@
 //! Kernels that split one sample's work across threads by elements (elementwise ops,
 //! Softmax, LayerNormalization and GroupNormalization, reductions, QuantizeLinear,
-//! DequantizeLinear, QAdd, QGlobalAveragePool, 8-bit MaxPool): with every call split
-//! (`parallel_min_macs = 0`) on two threads, the results are the bits of one thread, both
-//! within 1e-4 of the interpreter, and every kernel really was compiled split (it has a
-//! task function). Shapes leave uneven parts: odd row counts, rows and chunks that are not
-//! multiples of the vector width, batches of 1 and 3.
+//! DequantizeLinear, QAdd, QGlobalAveragePool, MaxPool, AveragePool, GlobalAveragePool):
+//! with every call split (`parallel_min_macs = 0`) on two threads, the results are the
+//! bits of one thread, both within 1e-4 of the interpreter, and every kernel really was
+//! compiled split (it has a task function). Shapes leave uneven parts: odd row counts, rows
+//! and chunks that are not multiples of the vector width, batches of 1 and 3.
 
 mod common;
 use common::{has_task, lcg};
@@ -275,6 +275,19 @@ fn eight_bit_max_pools_split_over_planes() {
             (DType::F32, &[N, 3, 13, 12], 2.0),
         ],
         &["padded", "ceil"],
+    );
+}
+
+#[test]
+fn float_pools_split_over_planes() {
+    check(
+        "graph t(%x: f32[N,5,13,11]) -> (%max, %avg, %global) {
+           %max = MaxPool(%x) {ceil_mode=0, dilations=[1, 1], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]} : f32[N,5,7,6] @max
+           %avg = AveragePool(%x) {ceil_mode=1, count_include_pad=1, dilations=[1, 1], kernel_shape=[3, 2], pads=[0, 1, 1, 0], strides=[2, 3]} : f32[N,5,7,4] @avg
+           %global = GlobalAveragePool(%x) : f32[N,5,1,1] @global
+         }",
+        &[(DType::F32, &[N, 5, 13, 11], 6.0)],
+        &["max", "avg", "global"],
     );
 }
 

@@ -365,7 +365,7 @@ pub(super) fn pool(k: &mut Kernel) -> Result<(), String> {
 }
 
 /// GlobalAveragePool (f32): every plane is one window, summed in order (GlobalMaxPool is
-/// `global_max.rs`).
+/// `global_max.rs`); the planes split across threads.
 pub(super) fn global_pool(k: &mut Kernel) -> Result<(), String> {
     let reduce = Reduce::AvgF32;
     let (channels, spatial, _) = planes(k)?;
@@ -373,24 +373,32 @@ pub(super) fn global_pool(k: &mut Kernel) -> Result<(), String> {
     let x = k.input(0)?;
     let (xptr, batched) = (x.ptr, x.batched());
     let yptr = k.output(0).ptr;
-    let acc = k.fb.declare_var(types::F64);
     let samples = k.samples(batched);
     let planes = k.fb.ins().imul_imm_s(samples, channels as i64);
-    emit::for_dynamic(k.fb, planes, |fb, p| {
-        let start = init(fb, reduce);
-        fb.def_var(acc, start);
-        let xo = fb.ins().imul_imm_s(p, inner);
-        emit::for_count(fb, inner, |fb, i| {
-            let o = fb.ins().iadd(xo, i);
-            let cur = fb.use_var(acc);
-            let next = combine(fb, reduce, xptr, o, cur);
-            fb.def_var(acc, next);
-        });
-        let total = fb.use_var(acc);
-        let count = emit::iconst(fb, inner);
-        finish(fb, reduce, total, count, yptr, p);
-    });
-    Ok(())
+    let elements = channels * inner as usize;
+    k.split_rows(
+        planes,
+        &[xptr, yptr],
+        elements,
+        &mut |fb, _, ptrs, begin, end| {
+            let acc = fb.declare_var(types::F64);
+            emit::for_range(fb, begin, end, 1, |fb, p| {
+                let start = init(fb, reduce);
+                fb.def_var(acc, start);
+                let xo = fb.ins().imul_imm_s(p, inner);
+                emit::for_count(fb, inner, |fb, i| {
+                    let o = fb.ins().iadd(xo, i);
+                    let cur = fb.use_var(acc);
+                    let next = combine(fb, reduce, ptrs[0], o, cur);
+                    fb.def_var(acc, next);
+                });
+                let total = fb.use_var(acc);
+                let count = emit::iconst(fb, inner);
+                finish(fb, reduce, total, count, ptrs[1], p);
+            });
+            Ok(())
+        },
+    )
 }
 
 /// The result scale of an 8-bit per-tensor result, in f64 (the interpreter's `result_scale`).
