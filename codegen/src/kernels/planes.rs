@@ -154,27 +154,31 @@ fn fill_bytes(fb: &mut FunctionBuilder, dst: Value, n: usize, fill: Fill) {
     }
 }
 
-/// Rows at least this long are copied 16 bytes a step in a loop rather than unrolled, so
+/// Rows at least this long are copied 64 bytes a step in a loop rather than unrolled, so
 /// that code size does not grow with a long row (a whole plane taken as one row).
 const LOOP_ROW: usize = 128;
 
-/// Copies `w` bytes (a compile-time count) from `src` to `dst`: whole 16-byte pieces in a
-/// loop (rows of at least [`LOOP_ROW`] bytes), whole 8-byte words, then at most one 4-, 2-
-/// and 1-byte piece (nothing outside the row is read or written).
+/// Copies `w` bytes (a compile-time count) from `src` to `dst`: whole 64-byte pieces in a
+/// loop (rows of at least [`LOOP_ROW`] bytes; four 16-byte copies a step, so that the loop's
+/// own instructions are few per byte), whole 8-byte words, then at most one 4-, 2- and
+/// 1-byte piece (nothing outside the row is read or written).
 pub(super) fn copy_row(fb: &mut FunctionBuilder, src: Value, dst: Value, w: usize) {
+    const STEP: usize = 64;
     if w >= LOOP_ROW {
-        emit::for_count(fb, (w / 16) as i64, |fb, i| {
-            let from = emit::addr(fb, src, i, 16);
-            let to = emit::addr(fb, dst, i, 16);
-            let v = fb.ins().load(types::I8X16, emit::mem(), from, 0);
-            fb.ins().store(emit::mem(), v, to, 0);
+        emit::for_count(fb, (w / STEP) as i64, |fb, i| {
+            let from = emit::addr(fb, src, i, STEP as i64);
+            let to = emit::addr(fb, dst, i, STEP as i64);
+            for at in (0..STEP as i32).step_by(16) {
+                let v = fb.ins().load(types::I8X16, emit::mem(), from, at);
+                fb.ins().store(emit::mem(), v, to, at);
+            }
         });
-        let done = (w / 16 * 16) as i64;
+        let done = (w / STEP * STEP) as i64;
         let (src, dst) = (
             fb.ins().iadd_imm_s(src, done),
             fb.ins().iadd_imm_s(dst, done),
         );
-        return copy_row(fb, src, dst, w % 16);
+        return copy_row(fb, src, dst, w % STEP);
     }
     let pieces = std::iter::repeat_n((8, types::I64), w / 8).chain(
         [(4, types::I32), (2, types::I16), (1, types::I8)]
