@@ -10,6 +10,10 @@
 //! no padding test inside. Float averages sum in f64 and divide in f64 as the interpreter
 //! does, so results are bit-identical; integer averages use one fixed-point multiplier per
 //! distinct window count, built with the interpreter's `Requant::for_ratio`.
+//!
+//! 2-D MaxPool (f32 and 8-bit) and f32 AveragePool take the vector forms of `pool_rows`
+//! (rows of outputs per vector, planes split across threads) where those apply, with the
+//! same bits as this scalar walk.
 
 use super::elementwise::for_chunk;
 use super::im2col::positions;
