@@ -120,7 +120,7 @@ impl Fill {
             Fill::F32(v) => (v.to_bits() as u64, 4),
         };
         debug_assert!(
-            bytes % size == 0,
+            bytes.is_multiple_of(size),
             "a {bytes}-byte piece of {size}-byte elements"
         );
         (0..bytes / size).fold(0, |acc, i| acc | bits << (8 * size * i))

@@ -278,7 +278,7 @@ fn float_blocks(
             fb.ins().store(emit::mem(), v, to, 0);
         });
     }
-    if g.ow % LANES != 0 {
+    if !g.ow.is_multiple_of(LANES) {
         let first = g.ow.saturating_sub(LANES);
         let at = fb.ins().iadd_imm_s(row, (first * g.sw * 4) as i64);
         let col = emit::iconst(fb, first as i64);
