@@ -1,13 +1,14 @@
 //! Kernels that split one sample's work across threads by elements (elementwise ops,
 //! Softmax, LayerNormalization and GroupNormalization, reductions, QuantizeLinear,
-//! DequantizeLinear, QAdd, QGlobalAveragePool, 8-bit MaxPool, QAveragePool and QConcat): with every call split
-//! (`parallel_min_macs = 0`) on two threads, the results are the bits of one thread, both
-//! within 1e-4 of the interpreter, and every kernel really was compiled split (it has a
-//! task function). Shapes leave uneven parts: odd row counts, rows and chunks that are not
-//! multiples of the vector width, batches of 1 and 3.
+//! DequantizeLinear, QAdd, QGlobalAveragePool, QAveragePool, QConcat, MaxPool,
+//! AveragePool, GlobalAveragePool): with every call split (`parallel_min_macs = 0`) on two
+//! threads, the results are the bits of one thread, both within 1e-4 of the interpreter, and
+//! every kernel really was compiled split (it has a task function). Shapes leave uneven
+//! parts: odd row counts, rows and chunks that are not multiples of the vector width,
+//! batches of 1 and 3.
 
 mod common;
-use common::lcg;
+use common::{has_task, lcg};
 use qlift_codegen::{CodegenOptions, JitProgram};
 use qlift_ir::text::parse;
 use qlift_ir::{DType, Graph, Tensor, TensorData};
@@ -35,13 +36,6 @@ fn compile(g: &Graph, split: bool) -> JitProgram {
     let mut p = JitProgram::compile(g, &opts).unwrap_or_else(|e| panic!("{e}"));
     p.set_threads(if split { 2 } else { 1 });
     p
-}
-
-/// Whether the kernel of node `node` was compiled with a task (a split form).
-fn has_task(p: &JitProgram, node: &str) -> bool {
-    let step = p.program().steps.iter().find(|s| s.node == node);
-    let step = step.unwrap_or_else(|| panic!("no kernel for node {node}"));
-    step.functions.iter().any(|f| f.1 == "task")
 }
 
 /// The bits of a tensor's elements (f32 by their bit patterns, so that NaN compares).
@@ -317,6 +311,19 @@ fn quantized_concats_split_over_blocks() {
             (DType::F32, &[N, 3, 9, 31], 2.0),
         ],
         &["rescaled", "inner"],
+    );
+}
+
+#[test]
+fn float_pools_split_over_planes() {
+    check(
+        "graph t(%x: f32[N,5,13,11]) -> (%max, %avg, %global) {
+           %max = MaxPool(%x) {ceil_mode=0, dilations=[1, 1], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]} : f32[N,5,7,6] @max
+           %avg = AveragePool(%x) {ceil_mode=1, count_include_pad=1, dilations=[1, 1], kernel_shape=[3, 2], pads=[0, 1, 1, 0], strides=[2, 3]} : f32[N,5,7,4] @avg
+           %global = GlobalAveragePool(%x) : f32[N,5,1,1] @global
+         }",
+        &[(DType::F32, &[N, 5, 13, 11], 6.0)],
+        &["max", "avg", "global"],
     );
 }
 

@@ -28,7 +28,7 @@
 
 use super::conv2d::{ConvRequant, QConv2d};
 use super::packing::packed_rows;
-use super::planes::copy_row;
+use super::planes::{copy_row, Fill};
 use super::requant::ChannelTable;
 use super::ukernel::{self, DepthwisePlane, Requantize, DEPTHWISE_VECTORS, LANES};
 use super::{data_address, Kernel};
@@ -280,7 +280,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         let scratch = emit::addr(fb, ws, part, part_bytes as i64);
         emit::for_range(fb, begin, end, 1, |fb, c| {
             let src = emit::addr(fb, x, c, (g.h * g.w) as i64);
-            padded.emit_plane(fb, src, scratch, zx);
+            padded.emit_plane(fb, src, scratch, Fill::U8(zx));
             let w = emit::addr(fb, wptr, c, (pairs.len() * PAIR) as i64);
             let record = emit::addr(fb, table, c, ChannelTable::RECORD as i64);
             let y_plane = emit::addr(fb, y, c, out_plane);

@@ -40,6 +40,7 @@ mod packing;
 mod planes;
 mod pointwise;
 mod pool;
+mod pool_rows;
 mod product;
 mod qavg_rows;
 mod quant;

@@ -1,15 +1,16 @@
-//! Padded copies of 8-bit input planes in a kernel's workspace, for kernels that read
-//! windows with 16-byte vector loads (direct convolutions, vector pools): the padding holds
-//! a fill value (a convolution's input zero point, a max pool's minimum), and the area ends
-//! with at least 16 bytes of slack, so that a load may run past a row's last element, or
-//! the last plane's, without leaving the workspace.
+//! Padded copies of input planes (8-bit, 16-bit or f32 elements) in a kernel's workspace,
+//! for kernels that read windows with 16-byte vector loads (direct convolutions, vector
+//! pools): the padding holds a fill value (a convolution's input zero point, a max pool's
+//! minimum), and the area ends with at least 16 elements of slack, so that a load may run
+//! past a row's last element, or the last plane's, without leaving the workspace.
 
 use crate::emit;
 use cranelift_codegen::ir::{types, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
 
-/// `planes` input planes of `h × w` bytes copied into `hp × wp` planes, input row `y` at
-/// padded row `top + y`, column `left`.
+/// `planes` input planes of `h × w` elements copied into `hp × wp` planes, input row `y` at
+/// padded row `top + y`, column `left`. Extents count elements; the byte counts below
+/// ([`Padded::plane`], [`Padded::bytes`]) are for bytes, and scale by the element size.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Padded {
     pub planes: usize,
@@ -60,64 +61,79 @@ impl Padded {
 }
 
 impl Padded {
-    /// One plane: writes exactly the `hp × wp` bytes of the padded plane at `dst` (`fill` in
-    /// the padding, the `h × w` input plane at `x` inside), nothing outside them, so that
-    /// threads may pad different planes of one area at once.
-    pub fn emit_plane(&self, fb: &mut FunctionBuilder, x: Value, dst: Value, fill: u8) {
+    /// One plane of elements of `fill`'s type (the extents count elements): writes exactly
+    /// the `hp × wp` elements of the padded plane at `dst` (`fill` in the padding, the
+    /// `h × w` input plane at `x` inside), nothing outside them, so that threads may pad
+    /// different planes of one area at once.
+    pub fn emit_plane(&self, fb: &mut FunctionBuilder, x: Value, dst: Value, fill: Fill) {
+        let e = fill.size();
         let (top, bottom) = (self.top, self.hp - self.top - self.h);
         let right = self.wp - self.left - self.w;
         let whole_rows = |fb: &mut FunctionBuilder, first: usize, count: usize| {
             if count > 0 {
-                let at = fb.ins().iadd_imm_s(dst, (first * self.wp) as i64);
-                fill_bytes(fb, at, count * self.wp, fill);
+                let at = fb.ins().iadd_imm_s(dst, (first * self.wp * e) as i64);
+                fill_bytes(fb, at, count * self.wp * e, fill);
             }
         };
         whole_rows(fb, 0, top);
         emit::for_count(fb, self.h as i64, |fb, y| {
-            let src = emit::addr(fb, x, y, self.w as i64);
+            let src = emit::addr(fb, x, y, (self.w * e) as i64);
             let row = fb.ins().iadd_imm_s(y, top as i64);
-            let row = emit::addr(fb, dst, row, self.wp as i64);
-            fill_bytes(fb, row, self.left, fill);
-            let inside = fb.ins().iadd_imm_s(row, self.left as i64);
-            copy_row(fb, src, inside, self.w);
-            let after = fb.ins().iadd_imm_s(inside, self.w as i64);
-            fill_bytes(fb, after, right, fill);
+            let row = emit::addr(fb, dst, row, (self.wp * e) as i64);
+            fill_bytes(fb, row, self.left * e, fill);
+            let inside = fb.ins().iadd_imm_s(row, (self.left * e) as i64);
+            copy_row(fb, src, inside, self.w * e);
+            let after = fb.ins().iadd_imm_s(inside, (self.w * e) as i64);
+            fill_bytes(fb, after, right * e, fill);
         });
         whole_rows(fb, top + self.h, bottom);
     }
 }
 
-impl Padded {
-    /// [`Self::emit_plane`] for planes of i16 elements (the extents count elements): writes
-    /// exactly the `hp × wp` i16 of the padded plane at `dst`, `fill` in the padding.
-    pub fn emit_plane_i16(&self, fb: &mut FunctionBuilder, x: Value, dst: Value, fill: i16) {
-        let n = self.hp * self.wp;
-        let f = emit::iconst_of(fb, types::I16, fill as i64);
-        let v = fb.ins().splat(types::I16X8, f);
-        emit::for_count(fb, (n / 8) as i64, |fb, i| {
-            let at = emit::addr(fb, dst, i, 16);
-            fb.ins().store(emit::mem(), v, at, 0);
-        });
-        for i in n / 8 * 8..n {
-            fb.ins().store(emit::mem(), f, dst, (2 * i) as i32);
+/// The value the padding of a [`Padded`] plane holds; its type is the planes' element type.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Fill {
+    /// Bytes (a convolution's 8-bit zero point, an 8-bit max pool's minimum).
+    U8(u8),
+    /// 16-bit integers (a 16-bit convolution input's zero point).
+    I16(i16),
+    /// f32 (−inf for a float max pool).
+    F32(f32),
+}
+
+impl Fill {
+    /// Bytes of one element.
+    pub fn size(self) -> usize {
+        match self {
+            Fill::U8(_) => 1,
+            Fill::I16(_) => 2,
+            Fill::F32(_) => 4,
         }
-        let (top, left, w, wp) = (self.top, self.left, self.w, self.wp);
-        emit::for_count(fb, self.h as i64, |fb, y| {
-            let src = emit::addr(fb, x, y, (2 * w) as i64);
-            let row = fb.ins().iadd_imm_s(y, top as i64);
-            let row = emit::addr(fb, dst, row, (2 * wp) as i64);
-            let inside = fb.ins().iadd_imm_s(row, (2 * left) as i64);
-            copy_row(fb, src, inside, 2 * w);
-        });
+    }
+
+    /// The fill repeated over `bytes` bytes (1, 2, 4 or 8, a multiple of the element size),
+    /// little-endian, as an integer of that width.
+    fn word(self, bytes: usize) -> u64 {
+        let (bits, size) = match self {
+            Fill::U8(v) => (v as u64, 1),
+            Fill::I16(v) => (v as u16 as u64, 2),
+            Fill::F32(v) => (v.to_bits() as u64, 4),
+        };
+        debug_assert!(
+            bytes.is_multiple_of(size),
+            "a {bytes}-byte piece of {size}-byte elements"
+        );
+        (0..bytes / size).fold(0, |acc, i| acc | bits << (8 * size * i))
     }
 }
 
-/// Stores `fill` in the `n` bytes (a compile-time count) at `dst`: 16 bytes a store in a
-/// loop, then pieces of 8, 4, 2 and 1 (nothing outside the bytes is written).
-fn fill_bytes(fb: &mut FunctionBuilder, dst: Value, n: usize, fill: u8) {
+/// Stores `fill` in the `n` bytes (a compile-time count, a multiple of the element size) at
+/// `dst`: 16 bytes a store in a loop, then pieces of 8, 4, 2 and 1 (nothing outside the
+/// bytes is written; every piece starts on an element, so each holds whole elements).
+fn fill_bytes(fb: &mut FunctionBuilder, dst: Value, n: usize, fill: Fill) {
     if n >= 16 {
-        let f = fb.ins().iconst(types::I8, fill as i64);
-        let v = fb.ins().splat(types::I8X16, f);
+        let f = emit::iconst_of(fb, types::I64, fill.word(8) as i64);
+        let v = fb.ins().splat(types::I64X2, f);
         emit::for_count(fb, (n / 16) as i64, |fb, i| {
             let at = emit::addr(fb, dst, i, 16);
             fb.ins().store(emit::mem(), v, at, 0);
@@ -131,35 +147,38 @@ fn fill_bytes(fb: &mut FunctionBuilder, dst: Value, n: usize, fill: u8) {
         (1, types::I8),
     ] {
         if (n % 16) & size != 0 {
-            let word = (0..size).fold(0u64, |acc, _| (acc << 8) | fill as u64);
-            let v = emit::iconst_of(fb, ty, word as i64);
+            let v = emit::iconst_of(fb, ty, fill.word(size) as i64);
             fb.ins().store(emit::mem(), v, dst, at as i32);
             at += size;
         }
     }
 }
 
-/// Rows at least this long are copied 16 bytes a step in a loop rather than unrolled, so
+/// Rows at least this long are copied 64 bytes a step in a loop rather than unrolled, so
 /// that code size does not grow with a long row (a whole plane taken as one row).
 const LOOP_ROW: usize = 128;
 
-/// Copies `w` bytes (a compile-time count) from `src` to `dst`: whole 16-byte pieces in a
-/// loop (rows of at least [`LOOP_ROW`] bytes), whole 8-byte words, then at most one 4-, 2-
-/// and 1-byte piece (nothing outside the row is read or written).
+/// Copies `w` bytes (a compile-time count) from `src` to `dst`: whole 64-byte pieces in a
+/// loop (rows of at least [`LOOP_ROW`] bytes; four 16-byte copies a step, so that the loop's
+/// own instructions are few per byte), whole 8-byte words, then at most one 4-, 2- and
+/// 1-byte piece (nothing outside the row is read or written).
 pub(super) fn copy_row(fb: &mut FunctionBuilder, src: Value, dst: Value, w: usize) {
+    const STEP: usize = 64;
     if w >= LOOP_ROW {
-        emit::for_count(fb, (w / 16) as i64, |fb, i| {
-            let from = emit::addr(fb, src, i, 16);
-            let to = emit::addr(fb, dst, i, 16);
-            let v = fb.ins().load(types::I8X16, emit::mem(), from, 0);
-            fb.ins().store(emit::mem(), v, to, 0);
+        emit::for_count(fb, (w / STEP) as i64, |fb, i| {
+            let from = emit::addr(fb, src, i, STEP as i64);
+            let to = emit::addr(fb, dst, i, STEP as i64);
+            for at in (0..STEP as i32).step_by(16) {
+                let v = fb.ins().load(types::I8X16, emit::mem(), from, at);
+                fb.ins().store(emit::mem(), v, to, at);
+            }
         });
-        let done = (w / 16 * 16) as i64;
+        let done = (w / STEP * STEP) as i64;
         let (src, dst) = (
             fb.ins().iadd_imm_s(src, done),
             fb.ins().iadd_imm_s(dst, done),
         );
-        return copy_row(fb, src, dst, w % 16);
+        return copy_row(fb, src, dst, w % STEP);
     }
     let pieces = std::iter::repeat_n((8, types::I64), w / 8).chain(
         [(4, types::I32), (2, types::I16), (1, types::I8)]
@@ -174,9 +193,10 @@ pub(super) fn copy_row(fb: &mut FunctionBuilder, src: Value, dst: Value, w: usiz
     }
 }
 
-/// Stores the first `count` bytes of the i8x16 `v` at `out`: whole pieces of 8, 4, 2 and 1
-/// bytes (each lane-aligned, so each is one extract and one store). Every kernel that stores
-/// a prefix of a vector of 8-bit results (pools, blocks of requantized products) uses it.
+/// Stores the first `count` bytes of the 16-byte vector `v` at `out`: whole pieces of 8, 4, 2
+/// and 1 bytes (each lane-aligned, so each is one extract and one store; an f32x4 `v` takes
+/// multiples of 4 only). Every kernel that stores a prefix of a vector of results (pools,
+/// blocks of requantized products) uses it.
 pub(super) fn store_prefix(fb: &mut FunctionBuilder, v: Value, out: Value, count: usize) {
     if count >= 16 {
         fb.ins().store(emit::mem(), v, out, 0);

@@ -10,10 +10,13 @@
 //! no padding test inside. Float averages sum in f64 and divide in f64 as the interpreter
 //! does, so results are bit-identical; integer averages use one fixed-point multiplier per
 //! distinct window count, built with the interpreter's `Requant::for_ratio`.
+//!
+//! 2-D MaxPool (f32 and 8-bit) and f32 AveragePool take the vector forms of `pool_rows`
+//! (rows of outputs per vector, planes split across threads) where those apply, with the
+//! same bits as this scalar walk.
 
 use super::elementwise::for_chunk;
 use super::im2col::positions;
-use super::planes::{store_prefix, Padded};
 use super::quant::{load_int, store_int};
 use super::requant::{self, VectorRequant};
 use super::{split, Kernel};
@@ -330,7 +333,7 @@ fn finish(fb: &mut FunctionBuilder, reduce: Reduce, acc: Value, count: Value, y:
 
 /// MaxPool (f32, u8, i8) and AveragePool (f32) over precomputed windows.
 pub(super) fn pool(k: &mut Kernel) -> Result<(), String> {
-    if max_pool_rows(k)? {
+    if super::pool_rows::pool_rows(k)? {
         return Ok(());
     }
     let x = k.input(0)?;
@@ -365,133 +368,8 @@ pub(super) fn pool(k: &mut Kernel) -> Result<(), String> {
     })
 }
 
-/// 2-D MaxPool of 8-bit values a row of outputs at a time, the planes split across
-/// threads: each plane is copied into its part's scratch plane with its padding (and the
-/// room ceil_mode's last windows need) holding the dtype's minimum, which never wins a maximum; then for a block of up to 16 outputs of a
-/// row, each kernel row is one 16-byte load, each tap of it one byte shuffle putting input
-/// byte `j · stride + tap · dilation` in lane j, and the taps reduce with one vector max
-/// each. Returns false (nothing emitted) for other pools.
-fn max_pool_rows(k: &mut Kernel) -> Result<bool, String> {
-    let (x, y) = (k.input(0)?, k.output(0));
-    let (xd, yd, dtype) = (x.dims(), y.dims(), x.ty.dtype);
-    if k.op.kind != OpKind::MaxPool
-        || !matches!(dtype, DType::U8 | DType::I8)
-        || xd.len() != 4
-        || k.outputs.len() != 1
-        || !k.has_byte_shuffle()
-    {
-        return Ok(false);
-    }
-    let attrs = &k.op.attrs;
-    let (kernel, strides, dilations, pads) = (
-        attrs.usizes("kernel_shape")?,
-        attrs.usizes("strides")?,
-        attrs.usizes("dilations")?,
-        attrs.usizes("pads")?,
-    );
-    if kernel.len() != 2 || strides.len() != 2 || dilations.len() != 2 || pads.len() != 4 {
-        return Ok(false);
-    }
-    let (kh, kw, sh, sw, dh, dw) = (
-        kernel[0],
-        kernel[1],
-        strides[0],
-        strides[1],
-        dilations[0],
-        dilations[1],
-    );
-    if kh == 0 || kw == 0 || sw == 0 || yd[2] == 0 || yd[3] == 0 || (kw - 1) * dw > 15 {
-        return Ok(false);
-    }
-    let span = (kw - 1) * dw;
-    // Outputs per block: lane j reads byte j·sw + span at most.
-    let per_block = ((15 - span) / sw + 1).min(16);
-    let (c, h, w, oh, ow) = (xd[1], xd[2], xd[3], yd[2], yd[3]);
-    let padded = Padded {
-        planes: 1,
-        h,
-        w,
-        hp: (h + pads[0] + pads[2]).max((oh - 1) * sh + (kh - 1) * dh + 1),
-        wp: (w + pads[1] + pads[3]).max((ow - 1) * sw + span + 1),
-        top: pads[0],
-        left: pads[1],
-    };
-    // Planes of every sample are rows split across threads; each part pads its planes in
-    // a scratch plane of its own (with the slack the 16-byte loads read past it), after
-    // the split's context (64 bytes).
-    let part_bytes = padded.bytes().next_multiple_of(64);
-    let (xptr, yptr, batched) = (x.ptr, y.ptr, x.batched());
-    let ws = k.workspace(64 + MAX_POOL_PARTS * part_bytes);
-    let samples = k.samples(batched);
-    let rows = k.fb.ins().imul_imm_s(samples, c as i64);
-    let fill = if dtype == DType::U8 { 0u8 } else { 0x80 };
-    let ptrs = [xptr, yptr, ws];
-    k.split_rows_in_parts(
-        rows,
-        &ptrs,
-        c * h * w,
-        MAX_POOL_PARTS,
-        &mut |fb, _, p, begin, end, slot| {
-            let masks: Vec<Option<_>> = (0..kw)
-                .map(|t| {
-                    let bytes: Vec<u8> = (0..16)
-                        .map(|j| (j.min(per_block - 1) * sw + t * dw) as u8)
-                        .collect();
-                    let identity = bytes.iter().enumerate().all(|(j, &b)| j == b as usize);
-                    (!identity).then(|| {
-                        fb.func
-                            .dfg
-                            .immediates
-                            .push(cranelift_codegen::ir::ConstantData::from(bytes))
-                    })
-                })
-                .collect();
-            let scratch = emit::addr(fb, p[2], slot, part_bytes as i64);
-            let src = fb.ins().iadd_imm_s(scratch, 64);
-            emit::for_range(fb, begin, end, 1, |fb, plane| {
-                let xp = emit::addr(fb, p[0], plane, (h * w) as i64);
-                padded.emit_plane(fb, xp, src, fill);
-                let dst = emit::addr(fb, p[1], plane, (oh * ow) as i64);
-                emit::for_count(fb, oh as i64, |fb, r| {
-                    let row = fb.ins().imul_imm_s(r, (sh * padded.wp) as i64);
-                    let row = fb.ins().iadd(src, row);
-                    let out = emit::addr(fb, dst, r, ow as i64);
-                    for first in (0..ow).step_by(per_block) {
-                        let mut max: Option<Value> = None;
-                        for i in 0..kh {
-                            let at = (i * dh * padded.wp + first * sw) as i32;
-                            let v = fb.ins().load(types::I8X16, emit::mem(), row, at);
-                            for mask in &masks {
-                                let tap = match *mask {
-                                    Some(m) => fb.ins().shuffle(v, v, m),
-                                    None => v,
-                                };
-                                max = Some(match (max, dtype) {
-                                    (None, _) => tap,
-                                    (Some(m), DType::U8) => fb.ins().umax(m, tap),
-                                    (Some(m), _) => fb.ins().smax(m, tap),
-                                });
-                            }
-                        }
-                        if let Some(max) = max {
-                            let at = fb.ins().iadd_imm_s(out, first as i64);
-                            store_prefix(fb, max, at, per_block.min(ow - first));
-                        }
-                    }
-                });
-            });
-            Ok(())
-        },
-    )?;
-    Ok(true)
-}
-
-/// Parts (scratch planes) at most of a split 8-bit MaxPool ([`max_pool_rows`]): more
-/// threads than this share the planes among this many parts.
-const MAX_POOL_PARTS: usize = 8;
-
 /// GlobalAveragePool (f32): every plane is one window, summed in order (GlobalMaxPool is
-/// `global_max.rs`).
+/// `global_max.rs`); the planes split across threads.
 pub(super) fn global_pool(k: &mut Kernel) -> Result<(), String> {
     let reduce = Reduce::AvgF32;
     let (channels, spatial, _) = planes(k)?;
@@ -499,24 +377,32 @@ pub(super) fn global_pool(k: &mut Kernel) -> Result<(), String> {
     let x = k.input(0)?;
     let (xptr, batched) = (x.ptr, x.batched());
     let yptr = k.output(0).ptr;
-    let acc = k.fb.declare_var(types::F64);
     let samples = k.samples(batched);
     let planes = k.fb.ins().imul_imm_s(samples, channels as i64);
-    emit::for_dynamic(k.fb, planes, |fb, p| {
-        let start = init(fb, reduce);
-        fb.def_var(acc, start);
-        let xo = fb.ins().imul_imm_s(p, inner);
-        emit::for_count(fb, inner, |fb, i| {
-            let o = fb.ins().iadd(xo, i);
-            let cur = fb.use_var(acc);
-            let next = combine(fb, reduce, xptr, o, cur);
-            fb.def_var(acc, next);
-        });
-        let total = fb.use_var(acc);
-        let count = emit::iconst(fb, inner);
-        finish(fb, reduce, total, count, yptr, p);
-    });
-    Ok(())
+    let elements = channels * inner as usize;
+    k.split_rows(
+        planes,
+        &[xptr, yptr],
+        elements,
+        &mut |fb, _, ptrs, begin, end| {
+            let acc = fb.declare_var(types::F64);
+            emit::for_range(fb, begin, end, 1, |fb, p| {
+                let start = init(fb, reduce);
+                fb.def_var(acc, start);
+                let xo = fb.ins().imul_imm_s(p, inner);
+                emit::for_count(fb, inner, |fb, i| {
+                    let o = fb.ins().iadd(xo, i);
+                    let cur = fb.use_var(acc);
+                    let next = combine(fb, reduce, ptrs[0], o, cur);
+                    fb.def_var(acc, next);
+                });
+                let total = fb.use_var(acc);
+                let count = emit::iconst(fb, inner);
+                finish(fb, reduce, total, count, ptrs[1], p);
+            });
+            Ok(())
+        },
+    )
 }
 
 /// The result scale of an 8-bit per-tensor result, in f64 (the interpreter's `result_scale`).

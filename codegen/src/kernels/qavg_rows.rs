@@ -16,8 +16,9 @@
 //! window clipped by `count_include_pad = 0` or `ceil_mode`) take their own multiplier's
 //! results by a constant blend. Runs of block rows with the same counts are one loop.
 
-use super::planes::{store_prefix, Padded};
+use super::planes::{store_prefix, Fill};
 use super::pool::{axes, planes, result_scale};
+use super::pool_rows::{emit_planes, Rows};
 use super::requant::{self, VectorRequant};
 use super::Kernel;
 use crate::emit;
@@ -26,9 +27,6 @@ use cranelift_frontend::FunctionBuilder;
 use qlift_ir::fixed_point::Requant;
 use qlift_ir::{DType, OpKind};
 use std::collections::BTreeMap;
-
-/// Parts (scratch planes) at most; more threads share them.
-const PARTS: usize = 8;
 
 /// Bytes two loads of a lane pattern may span (a two-input byte shuffle).
 const SPAN: usize = 32;
@@ -46,17 +44,16 @@ struct Block {
     counts: Vec<i64>,
 }
 
-/// Emits the QAveragePool in this form and returns true when it applies (2-D, 8-bit per
+/// Emits the QAveragePool in this form and returns true when it applies (2-D ([`Rows`]), 8-bit per
 /// tensor, byte shuffles, sums that fit in i16, every count's requantization exact in
 /// [`VectorRequant`]); false leaves it to the generic walk.
 pub(super) fn emit(k: &mut Kernel) -> Result<bool, String> {
     let (x, y) = (k.input(0)?, k.output(0));
-    let (xd, xdtype, ydtype) = (x.dims(), x.ty.dtype, y.ty.dtype);
+    let (xdtype, ydtype) = (x.ty.dtype, y.ty.dtype);
     let per_tensor = x.ty.quant.as_ref().filter(|q| q.axis.is_none());
     let (Some(q), true) = (
         per_tensor,
         k.op.kind == OpKind::QAveragePool
-            && xd.len() == 4
             && requant::is_8bit(xdtype)
             && requant::is_8bit(ydtype)
             && k.has_byte_shuffle(),
@@ -64,47 +61,23 @@ pub(super) fn emit(k: &mut Kernel) -> Result<bool, String> {
         return Ok(false);
     };
     let (sx, zx) = q.channel(0);
-    let attrs = &k.op.attrs;
-    let (kernel, strides, dilations, pads) = (
-        attrs.usizes("kernel_shape")?,
-        attrs.usizes("strides")?,
-        attrs.usizes("dilations")?,
-        attrs.usizes("pads")?,
-    );
-    if kernel.len() != 2 || strides.len() != 2 || dilations.len() != 2 || pads.len() != 4 {
+    let Some(g) = Rows::of(k)? else {
         return Ok(false);
-    }
-    let [kh, kw, sh, sw, dh, dw] = [
-        kernel[0],
-        kernel[1],
-        strides[0],
-        strides[1],
-        dilations[0],
-        dilations[1],
-    ];
-    let (channels, spatial, out) = planes(k)?;
-    let (h, w, oh, ow) = (spatial[0], spatial[1], out[0], out[1]);
+    };
+    let (kh, kw, sh, sw) = (g.kh, g.kw, g.sh, g.sw);
+    let (_, spatial, out) = planes(k)?;
+    let (oh, ow, wp) = (g.oh, g.ow, g.padded.wp);
     let taps = kh * kw;
     let reach = requant::reach(xdtype, zx).saturating_mul(taps as i64);
-    if taps == 0 || oh == 0 || ow == 0 || sw == 0 || reach > i16::MAX as i64 {
+    if reach > i16::MAX as i64 {
         return Ok(false);
     }
-    let include_pad = attrs.int("count_include_pad")? != 0;
+    let include_pad = k.op.attrs.int("count_include_pad")? != 0;
     let ax = axes(k, &spatial, &out, include_pad)?;
     let (cy, cx): (Vec<i64>, Vec<i64>) = (
         ax[0].entries.iter().map(|e| e[2]).collect(),
         ax[1].entries.iter().map(|e| e[2]).collect(),
     );
-    let padded = Padded {
-        planes: 1,
-        h,
-        w,
-        hp: (h + pads[0] + pads[2]).max((oh - 1) * sh + (kh - 1) * dh + 1),
-        wp: (w + pads[1] + pads[3]).max((ow - 1) * sw + (kw - 1) * dw + 1),
-        top: pads[0],
-        left: pads[1],
-    };
-    let wp = padded.wp;
     // Output rows per group: whole rows in one block while a block's lanes span at most
     // SPAN bytes; else one row in blocks along it.
     let mut rows = if ow >= requant::LANES {
@@ -169,43 +142,32 @@ pub(super) fn emit(k: &mut Kernel) -> Result<bool, String> {
             };
         }
     }
-    let (xptr, yptr, batched) = (x.ptr, y.ptr, x.batched());
     k.form = "QAveragePool-rows";
-    let part_bytes = (padded.plane() + SPAN + 16).next_multiple_of(64);
-    let ws = k.workspace(64 + PARTS * part_bytes);
-    let samples = k.samples(batched);
-    let planes_n = k.fb.ins().imul_imm_s(samples, channels as i64);
-    let fill = zx as u8;
     let tap_offsets: Vec<usize> = (0..kh)
-        .flat_map(|i| (0..kw).map(move |t| i * dh * wp + t * dw))
+        .flat_map(|i| (0..kw).map(move |t| (i, t)))
+        .map(|(i, t)| g.tap(i, t))
         .collect();
     let centering = (taps as i64 * zx as i64) as i16;
-    k.split_rows_in_parts(
-        planes_n,
-        &[xptr, yptr, ws],
-        channels * h * w,
-        PARTS,
-        &mut |fb, _, p, begin, end, slot| {
-            let scratch = emit::addr(fb, p[2], slot, part_bytes as i64);
-            let src = fb.ins().iadd_imm_s(scratch, 64);
-            emit::for_range(fb, begin, end, 1, |fb, plane| {
-                let xp = emit::addr(fb, p[0], plane, (h * w) as i64);
-                padded.emit_plane(fb, xp, src, fill);
-                let dst = emit::addr(fb, p[1], plane, (oh * ow) as i64);
-                for (first, count, blocks) in &runs {
-                    emit::for_count(fb, *count as i64, |fb, i| {
-                        let g = fb.ins().iadd_imm_s(i, *first as i64);
-                        let row = emit::addr(fb, src, g, (rows * sh * wp) as i64);
-                        let out = emit::addr(fb, dst, g, (rows * ow) as i64);
-                        for b in blocks {
-                            let v = block(fb, b, row, &tap_offsets, xdtype, centering, &requants);
-                            let at = fb.ins().iadd_imm_s(out, b.out as i64);
-                            store_prefix(fb, v, at, b.rel.len());
-                        }
-                    });
-                }
-            });
-            Ok(())
+    // The padding holds the zero point: a padded tap adds 0 to the centered sum.
+    emit_planes(
+        k,
+        &g,
+        Fill::U8(zx as u8),
+        SPAN,
+        &[],
+        &mut |fb, _, src, dst| {
+            for (first, count, blocks) in &runs {
+                emit::for_count(fb, *count as i64, |fb, i| {
+                    let group = fb.ins().iadd_imm_s(i, *first as i64);
+                    let row = emit::addr(fb, src, group, (rows * sh * wp) as i64);
+                    let out = emit::addr(fb, dst, group, (rows * ow) as i64);
+                    for b in blocks {
+                        let v = block(fb, b, row, &tap_offsets, xdtype, centering, &requants);
+                        let at = fb.ins().iadd_imm_s(out, b.out as i64);
+                        store_prefix(fb, v, at, b.rel.len());
+                    }
+                });
+            }
         },
     )?;
     Ok(true)

@@ -36,7 +36,7 @@
 
 use super::conv2d::{ConvRequant, QConv2d};
 use super::packing::packed_rows;
-use super::planes::copy_row;
+use super::planes::{copy_row, Fill};
 use super::requant::ChannelTable;
 use super::ukernel::{Operands, PairTile, Requantize, Store, LANES, MAX_ROWS, VECTORS};
 use super::{data_address, Kernel};
@@ -398,11 +398,12 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         emit::for_range(fb, first, last, 1, |fb, c| {
             let from = emit::addr(fb, x, c, (g.h * g.w * in_elem) as i64);
             let to = emit::addr(fb, planes, c, (g.hp * g.wp * in_elem) as i64);
-            if sixteen_in {
-                padded.emit_plane_i16(fb, from, to, zx as i16);
+            let fill = if sixteen_in {
+                Fill::I16(zx as i16)
             } else {
-                padded.emit_plane(fb, from, to, zx as u8);
-            }
+                Fill::U8(zx as u8)
+            };
+            padded.emit_plane(fb, from, to, fill);
         });
         match (sixteen_in, quads) {
             (true, _) => repack_i16(fb, &g, &l, planes, xp, begin, end),

@@ -44,7 +44,7 @@
 
 use super::conv2d::{ConvRequant, QConv2d};
 use super::packing::packed_rows;
-use super::planes::{copy_row, Padded};
+use super::planes::{copy_row, Fill, Padded};
 use super::requant::{little_endian, ChannelTable};
 use super::ukernel::{Operands, PairTile, Store, LANES, MAX_ROWS, VECTORS};
 use super::{data_address, Kernel};
@@ -385,7 +385,7 @@ pub(super) fn conv(k: &mut Kernel) -> Result<bool, String> {
         emit::for_range(fb, first, last, 1, |fb, c| {
             let from = emit::addr(fb, x, c, (t.q.h * t.q.w) as i64);
             let to = emit::addr(fb, planes, c, plane);
-            padded.emit_plane(fb, from, to, zx);
+            padded.emit_plane(fb, from, to, Fill::U8(zx));
         });
         emit::for_range(fb, begin, end, 1, |fb, p| {
             let a = emit::addr(fb, planes, p, 2 * plane);

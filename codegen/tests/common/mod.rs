@@ -1,4 +1,14 @@
-//! Helpers the code generator's test binaries share.
+//! Helpers the code generator's test binaries share (each binary uses some of them).
+#![allow(dead_code)]
+
+use qlift_codegen::JitProgram;
+
+/// Whether the kernel of node `node` was compiled with a task (a split form).
+pub fn has_task(p: &JitProgram, node: &str) -> bool {
+    let step = p.program().steps.iter().find(|s| s.node == node);
+    let step = step.unwrap_or_else(|| panic!("no kernel for node {node}"));
+    step.functions.iter().any(|f| f.1 == "task")
+}
 
 /// A deterministic pseudo-random sequence in [-1, 1) (64-bit LCG, high bits).
 pub fn lcg(seed: u64, n: usize) -> Vec<f32> {
