@@ -18,7 +18,7 @@ use super::im2col::{fma_float_conv, ConvShape};
 use super::Kernel;
 use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{types, ConstantData, InstBuilder, Value};
+use cranelift_codegen::ir::{types, ConstantData, InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::FunctionBuilder;
 use cranelift_module::FuncId;
 
@@ -324,18 +324,27 @@ impl Gather {
             let group = fb.ins().bnot(run);
             let group = fb.ins().sextend(types::I64, group);
             let entries = emit::addr(fb, lanes, group, (COLS * 4) as i64);
-            let zero = fb.ins().f32const(0.0);
-            let origin = emit::iconst(fb, 0);
-            for l in 0..COLS as i32 {
-                let off = fb
+            // Four lanes at a time: the padding's −1 offsets become a mask and offset 0,
+            // the loads go into a vector that the mask clears.
+            let none = emit::iconst(fb, 0);
+            let none = fb.ins().ireduce(types::I32, none);
+            let none = fb.ins().splat(types::I32X4, none);
+            for q in 0..COLS as i32 / 4 {
+                let offs = fb
                     .ins()
-                    .load(types::I32, emit::constant_mem(), entries, 4 * l);
-                let outside = fb.ins().icmp_imm_s(IntCC::SignedLessThan, off, 0);
-                let off = fb.ins().sextend(types::I64, off);
-                let safe = fb.ins().select(outside, origin, off);
-                let v = emit::load_at(fb, types::F32, x, safe);
-                let v = fb.ins().select(outside, zero, v);
-                fb.ins().store(emit::mem(), v, dst, 4 * l);
+                    .load(types::I32X4, emit::constant_mem(), entries, 16 * q);
+                let inside = fb.ins().icmp(IntCC::SignedGreaterThanOrEqual, offs, none);
+                let safe = fb.ins().band(offs, inside);
+                let mut v = fb.ins().bitcast(types::F32X4, MemFlagsData::new(), none);
+                for l in 0..4 {
+                    let off = fb.ins().extractlane(safe, l);
+                    let off = fb.ins().sextend(types::I64, off);
+                    let e = emit::load_at(fb, types::F32, x, off);
+                    v = fb.ins().insertlane(v, e, l);
+                }
+                let mask = fb.ins().bitcast(types::F32X4, MemFlagsData::new(), inside);
+                let v = fb.ins().band(v, mask);
+                fb.ins().store(emit::mem(), v, dst, 16 * q);
             }
             fb.ins().jump(done, &[]);
             fb.switch_to_block(done);
