@@ -1,15 +1,19 @@
 //! f32 convolutions on the 256-bit FMA micro-kernel ([`fma_tile`]): per sample and group,
-//! the input is gathered into *panels* of sixteen output positions (`[panel][tap][16]`,
-//! one 64-byte row per tap), and each tile of six output channels × one panel is one
+//! the input is gathered into *panels* of sixteen output positions (`[tap][16]`, one
+//! 64-byte row per tap), and each tile of six output channels × one panel is one
 //! micro-kernel call that broadcasts the weights, read where they are (`[M][C/g · kernel]`
 //! is already six contiguous rows), and adds the bias and the fused activation's clamp.
 //!
 //! The gather is a table of runs: a panel's tap whose sixteen positions read sixteen
-//! consecutive input elements (stride 1 along the last axis, inside the padding) is one
-//! 64-byte copy; any other is sixteen loads through a table of per-position offsets, padding
-//! and positions past the end read as 0.
+//! consecutive input elements (stride 1 along the last axis, inside the padding), or every
+//! other one (stride 2), is a 64-byte copy (from 128 bytes for stride 2); any other is
+//! sixteen loads through a table of per-position offsets, padding and positions past the
+//! end read as 0.
 //!
-//! Panels are tasks on the thread pool, so one sample's convolution uses every thread.
+//! Panels are tasks on the thread pool, each gathered by the thread that uses it into a
+//! scratch panel of its own (where it stays in L2 while the row blocks pass over it), so
+//! the gather is split across threads too; with few panels the output channels are split
+//! as well ([`MIN_TASKS`]).
 //!
 //! Matrix products use the same micro-kernel the other way round ([`super::wide_f32_matmul`]).
 
