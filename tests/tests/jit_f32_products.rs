@@ -356,3 +356,34 @@ proptest! {
         check(attention_graph(heads, rows, k), batch, seed, &["wide-f32"])?;
     }
 }
+
+/// Shapes the random cases are too small for: rows of 16 and more positions, whose taps
+/// the gather copies as runs of consecutive (stride 1) or every other (stride 2) input
+/// elements, padded at the ends (the ResNet stem's 7-tap stride-2 shape too), and many
+/// output channels over few panels, whose row blocks are split in chunks across tasks.
+#[test]
+fn f32_convolutions_with_runs_and_channel_chunks_agree_with_the_interpreter() {
+    let axis = |i, k, s, p| (i, k, s, 1, p, p);
+    let cases = [
+        (3, 8, vec![axis(70, 3, 1, 1)]),
+        (3, 8, vec![axis(70, 7, 2, 3)]),
+        (3, 13, vec![axis(5, 7, 2, 3), axis(40, 7, 2, 3)]),
+        (2, 7, vec![axis(3, 3, 1, 1), axis(33, 3, 1, 1)]),
+        (4, 40, vec![axis(20, 3, 1, 1)]),
+        (2, 64, vec![axis(7, 3, 1, 1), axis(7, 3, 1, 1)]),
+    ];
+    for (seed, (c, m, spatial)) in cases.into_iter().enumerate() {
+        for (bias, clamp) in [(true, Some((0.0, f32::INFINITY))), (false, None)] {
+            let case = ConvCase {
+                c,
+                m,
+                group: 1,
+                spatial: spatial.clone(),
+                bias,
+                clamp,
+                seed: seed as u64,
+            };
+            check(conv_graph(&case), 2, seed as u64, &["wide-f32"]).unwrap();
+        }
+    }
+}
