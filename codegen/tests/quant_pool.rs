@@ -482,14 +482,15 @@ fn quantize_vectors_saturate_round_and_map_nan_at_every_extent() {
     }
 }
 
-/// QAveragePool's vector form (`qavg_rows.rs`) on the shapes that decide its blocks: narrow
-/// planes whose rows share a block (digits_mobile's 4×4; 3-wide rows in groups of five with
-/// a shorter last group), rows of 16 and more outputs in blocks with a partial last one,
-/// stride 2 (lanes spanning two loads), a 7×7 window, strided and dilated windows, and the
-/// clipped counts of `count_include_pad = 0` and `ceil_mode`; u8 and i8. Every QAveragePool
-/// must be in that form, and bit-identical to the interpreter (batches 1–4).
+/// The 8-bit pools' vector form (`byte_blocks.rs`) on the shapes that decide its blocks:
+/// narrow planes whose rows share a block (digits_mobile's 4×4; 3-wide rows in groups of
+/// five with a shorter last group), rows of 16 and more outputs in blocks with a partial
+/// last one, stride 2 (lanes spanning two loads), a 7×7 window, strided and dilated
+/// windows, and the clipped counts of `count_include_pad = 0` and `ceil_mode`; u8 and i8.
+/// Every QAveragePool and MaxPool must be in that form, and bit-identical to the
+/// interpreter (batches 1–4).
 #[test]
-fn qaverage_pool_rows() {
+fn eight_bit_pools_in_vector_blocks() {
     let window = |kernel, strides, dilations, pads, ceil| Window {
         kernel,
         strides,
@@ -513,13 +514,16 @@ fn qaverage_pool_rows() {
     for (spatial, w) in cases {
         let (sp, out) = (dims(spatial), dims(&w.out(spatial)));
         let text = format!(
-            "graph t(%u: u8[N,3,{sp}] quant(scale=0.1, zero_point=128), %i: i8[N,2,{sp}] quant(scale=0.03, zero_point=-4)) -> (%qa, %qb, %qi) {{
+            "graph t(%u: u8[N,3,{sp}] quant(scale=0.1, zero_point=128), %i: i8[N,2,{sp}] quant(scale=0.03, zero_point=-4)) -> (%qa, %qb, %qi, %mu, %mi) {{
                %qa = QAveragePool(%u) {a} : u8[N,3,{out}] quant(scale=0.07, zero_point=120)
                %qb = QAveragePool(%u) {b} : u8[N,3,{out}] quant(scale=0.1, zero_point=128)
                %qi = QAveragePool(%i) {a} : i8[N,2,{out}] quant(scale=0.01, zero_point=-128)
+               %mu = MaxPool(%u) {m} : u8[N,3,{out}] quant(scale=0.1, zero_point=128)
+               %mi = MaxPool(%i) {m} : i8[N,2,{out}] quant(scale=0.03, zero_point=-4)
              }}",
             a = w.attrs(Some(false)),
             b = w.attrs(Some(true)),
+            m = w.attrs(None),
         );
         let g = parse(&text).unwrap_or_else(|e| panic!("{e}"));
         let p =
@@ -530,12 +534,12 @@ fn qaverage_pool_rows() {
             .iter()
             .map(|s| (s.op.as_str(), s.form.as_str()))
             .collect();
+        let expected = |op: &str| match op {
+            "QAveragePool" => "QAveragePool-rows",
+            _ => "vector-rows",
+        };
         assert!(
-            forms
-                .iter()
-                .filter(|(op, _)| *op == "QAveragePool")
-                .all(|(_, form)| *form == "QAveragePool-rows")
-                && forms.len() == 3,
+            forms.iter().all(|&(op, form)| form == expected(op)) && forms.len() == 5,
             "{forms:?}\n{text}"
         );
         same(&text, Floats::Uniform(1.0));

@@ -18,6 +18,7 @@ use qlift_ir::{DType, Dim, Op, OpKind, Tensor, TensorType};
 use std::sync::Arc;
 
 mod approx;
+mod byte_blocks;
 mod conv2d;
 mod conv_transpose;
 mod depthwise;
@@ -42,7 +43,6 @@ mod pointwise;
 mod pool;
 mod pool_rows;
 mod product;
-mod qavg_rows;
 mod quant;
 mod recurrent;
 mod recurrent_rows;

@@ -333,7 +333,7 @@ fn finish(fb: &mut FunctionBuilder, reduce: Reduce, acc: Value, count: Value, y:
 
 /// MaxPool (f32, u8, i8) and AveragePool (f32) over precomputed windows.
 pub(super) fn pool(k: &mut Kernel) -> Result<(), String> {
-    if super::pool_rows::pool_rows(k)? {
+    if super::pool_rows::pool_rows(k)? || super::byte_blocks::max_pool(k)? {
         return Ok(());
     }
     let x = k.input(0)?;
@@ -414,7 +414,7 @@ pub(super) fn result_scale(y: &TensorType) -> Result<f64, String> {
 /// by `s_x / (s_y · count)`. QAveragePool's multipliers are built at compile time for each
 /// distinct window count (as the interpreter does) into a table indexed by the count.
 pub(super) fn qpool(k: &mut Kernel) -> Result<(), String> {
-    if super::qavg_rows::emit(k)? {
+    if super::byte_blocks::average_pool(k)? {
         return Ok(());
     }
     let act = k.op.fused_activation()?;

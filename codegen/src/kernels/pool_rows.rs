@@ -1,22 +1,23 @@
-//! 2-D MaxPool and AveragePool a row of outputs at a time in vectors, the planes split
-//! across threads.
+//! 2-D f32 MaxPool and AveragePool a row of outputs at a time in vectors, the planes split
+//! across threads; the plane driver ([`emit_planes`]) and geometry ([`Rows`]) that the
+//! 8-bit pools ([`super::byte_blocks`]) share.
 //!
 //! Each plane is copied into its part's scratch plane with its padding (and the room
-//! ceil_mode's last windows need) holding a value that changes no result (the dtype's
-//! minimum for a maximum, −inf for f32; +0 for an f32 sum), so that every window reads
+//! ceil_mode's last windows need) holding a value that changes no result (−inf for a
+//! maximum, +0 for a sum), so that every window reads
 //! whole kernel rows with no border test; then a block of outputs of a row is one vector,
 //! each tap one gather of the inputs `x[j · stride + tap]` of its lanes j, reduced tap by
 //! tap in the order of the scalar walk (`pool::pool`), so that results are its bits. A
 //! padded tap changes nothing: the scalar walk starts from the same minimum (or +0) and
-//! skips it. The scalar walk remains for what these forms do not take (other ranks, f32
-//! strides past 3, 8-bit kernel rows past 16 bytes, the Indices result).
+//! skips it. The scalar walk remains for what these forms do not take (other ranks, strides
+//! past 3, the Indices result).
 
 use super::planes::{store_prefix, Fill, Padded};
 use super::pool::{axes, planes};
 use super::{data_address, Kernel};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::FloatCC;
-use cranelift_codegen::ir::{types, ConstantData, Immediate, InstBuilder, Value};
+use cranelift_codegen::ir::{types, ConstantData, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
 use cranelift_module::DataId;
 use qlift_ir::{DType, OpKind};
@@ -97,19 +98,13 @@ impl Rows {
         }))
     }
 
-    /// Input elements from a kernel row's first tap to its last.
-    fn span(&self) -> usize {
-        (self.kw - 1) * self.dw
-    }
-
     /// Elements from the window's first tap to tap `t` of kernel row `i`, in the padded plane.
     pub fn tap(&self, i: usize, t: usize) -> usize {
         i * self.dh * self.padded.wp + t * self.dw
     }
 }
 
-/// 2-D MaxPool and AveragePool of f32 (strides up to 3) and MaxPool of 8-bit values (kernel
-/// rows within 16 bytes, on targets with byte shuffles) in vector rows; returns false
+/// 2-D MaxPool and AveragePool of f32 (strides up to 3) in vector rows; returns false
 /// (nothing emitted) for other pools.
 pub(super) fn pool_rows(k: &mut Kernel) -> Result<bool, String> {
     let dtype = k.input(0)?.ty.dtype;
@@ -123,9 +118,6 @@ pub(super) fn pool_rows(k: &mut Kernel) -> Result<bool, String> {
     match dtype {
         DType::F32 if g.sw <= 3 && k.op.kind == OpKind::MaxPool => floats(k, &g)?,
         DType::F32 if g.sw <= 3 => means(k, &g)?,
-        DType::U8 | DType::I8 if !average && k.has_byte_shuffle() && g.span() <= 15 => {
-            bytes(k, &g, dtype)?
-        }
         _ => return Ok(false),
     }
     k.form = "vector-rows";
@@ -360,46 +352,4 @@ fn shuffle_f32(fb: &mut FunctionBuilder, a: Value, b: Value, lanes: [usize; 4]) 
     let [a, b] = [a, b].map(|v| fb.ins().bitcast(types::I8X16, endian, v));
     let v = fb.ins().shuffle(a, b, mask);
     fb.ins().bitcast(types::F32X4, endian, v)
-}
-
-/// 8-bit values: for a block of up to 16 outputs of a row, each kernel row is one 16-byte
-/// load, each tap of it one byte shuffle putting input byte `j · stride + tap · dilation`
-/// in lane j, and the taps reduce with one vector max each.
-fn bytes(k: &mut Kernel, g: &Rows, dtype: DType) -> Result<(), String> {
-    // Outputs per block: lane j reads byte j·sw + span at most.
-    let per_block = ((15 - g.span()) / g.sw + 1).min(16);
-    let fill = Fill::U8(if dtype == DType::U8 { 0 } else { 0x80 });
-    emit_rows(k, g, fill, &[], &mut |fb, _, row, out, _| {
-        let masks: Vec<Option<Immediate>> = (0..g.kw)
-            .map(|t| {
-                let bytes: Vec<u8> = (0..16)
-                    .map(|j| (j.min(per_block - 1) * g.sw + t * g.dw) as u8)
-                    .collect();
-                let identity = bytes.iter().enumerate().all(|(j, &b)| j == b as usize);
-                (!identity).then(|| fb.func.dfg.immediates.push(ConstantData::from(bytes)))
-            })
-            .collect();
-        for first in (0..g.ow).step_by(per_block) {
-            let mut max: Option<Value> = None;
-            for i in 0..g.kh {
-                let at = (g.tap(i, 0) + first * g.sw) as i32;
-                let v = fb.ins().load(types::I8X16, emit::mem(), row, at);
-                for mask in &masks {
-                    let tap = match *mask {
-                        Some(m) => fb.ins().shuffle(v, v, m),
-                        None => v,
-                    };
-                    max = Some(match (max, dtype) {
-                        (None, _) => tap,
-                        (Some(m), DType::U8) => fb.ins().umax(m, tap),
-                        (Some(m), _) => fb.ins().smax(m, tap),
-                    });
-                }
-            }
-            if let Some(max) = max {
-                let at = fb.ins().iadd_imm_s(out, first as i64);
-                store_prefix(fb, max, at, per_block.min(g.ow - first));
-            }
-        }
-    })
 }
