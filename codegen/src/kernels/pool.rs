@@ -74,6 +74,18 @@ pub(super) struct Axis {
     step: i64,
 }
 
+/// A pool's `kernel_shape`, `strides`, `dilations` and `pads` (the importer fills the
+/// defaults).
+pub(super) fn window_attrs(k: &Kernel) -> Result<[Vec<usize>; 4], String> {
+    let attrs = &k.op.attrs;
+    Ok([
+        attrs.usizes("kernel_shape")?,
+        attrs.usizes("strides")?,
+        attrs.usizes("dilations")?,
+        attrs.usizes("pads")?,
+    ])
+}
+
 /// The per-axis window geometry of MaxPool/AveragePool/QAveragePool on input `[N, C,
 /// spatial…]` with result spatial extents `out` (from the result type, which shape
 /// inference computed with ceil_mode).
@@ -83,13 +95,7 @@ pub(super) fn axes(
     out: &[usize],
     include_pad: bool,
 ) -> Result<Vec<Axis>, String> {
-    let attrs = &k.op.attrs;
-    let (kernel, strides, dilations, pads) = (
-        attrs.usizes("kernel_shape")?,
-        attrs.usizes("strides")?,
-        attrs.usizes("dilations")?,
-        attrs.usizes("pads")?,
-    );
+    let [kernel, strides, dilations, pads] = window_attrs(k)?;
     let r = spatial.len();
     if kernel.len() != r
         || strides.len() != r

@@ -13,7 +13,7 @@
 //! past 3, the Indices result).
 
 use super::planes::{store_prefix, Fill, Padded};
-use super::pool::{axes, planes};
+use super::pool::{axes, planes, window_attrs};
 use super::{data_address, Kernel};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::FloatCC;
@@ -47,13 +47,7 @@ impl Rows {
     /// The geometry of `k`'s pool when it is 2-D with a non-empty result, else `None`.
     pub fn of(k: &Kernel) -> Result<Option<Rows>, String> {
         let (xd, yd) = (k.input(0)?.dims(), k.output(0).dims());
-        let attrs = &k.op.attrs;
-        let (kernel, strides, dilations, pads) = (
-            attrs.usizes("kernel_shape")?,
-            attrs.usizes("strides")?,
-            attrs.usizes("dilations")?,
-            attrs.usizes("pads")?,
-        );
+        let [kernel, strides, dilations, pads] = window_attrs(k)?;
         if xd.len() != 4
             || yd.len() != 4
             || kernel.len() != 2
