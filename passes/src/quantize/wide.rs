@@ -133,6 +133,17 @@ pub(super) fn wide_layers(
                 continue;
             }
         }
+        // Only the result fails 8 bits (a FFN down-projection's output, once `smooth`
+        // flattened its input): the input stays 8-bit, a u8 × i8 product into a 16-bit
+        // result, whose i32 sum is bounded as every int8 layer's.
+        if settings.precision != Precision::Int16 && short8.iter().all(|&(v, _)| v != x) {
+            let (value, db) = short8[0];
+            wide.by_sqnr.insert(id, (g.value(value).name.clone(), db));
+            wide.short8.extend(short8.iter().copied());
+            wide.nodes.insert(id);
+            wide.values.insert(written);
+            continue;
+        }
         let mut bound = accumulator_bound(g, id, x, &operands, calibration, &opts)?;
         // Narrow the input to symmetric int16 rather than fall back to int8 or fp32.
         let narrowed = bound > i32::MAX as f64 && {
