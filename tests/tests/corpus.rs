@@ -309,8 +309,8 @@ fn minilm_cosines(
     ((mean, min), widths)
 }
 
-/// SmoothQuant (`--smooth`) moves the FFN up-projections, whose LayerNorm input has
-/// outlier channels, from 16-bit to 8-bit activations, and the embeddings stay close.
+/// SmoothQuant (`--smooth`) moves the FFN products, whose inputs (LayerNorm and GELU outputs)
+/// have outlier channels, from 16-bit to 8-bit activations, and the embeddings stay close.
 #[test]
 fn minilm_smooth_moves_products_to_8_bits() {
     let Some(dir) = corpus() else { return };

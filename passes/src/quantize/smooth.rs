@@ -32,6 +32,17 @@
 //! reader that is not such a product reads `X/s · s` through one inserted Mul by `s` (named
 //! `<X>_unsmoothed`), which keeps the function and costs one elementwise op per site. A site
 //! whose value is a graph output, or that no product reads, is left alone.
+//!
+//! # Measured (all-MiniLM-L6-v2, corpus calibration, 36 Linear layers)
+//! Without the pass, 8 products read 16-bit activations: the 4 FFN up-projections of
+//! layers 0–3 (attention-output LayerNorm at 24.3–24.7 dB in 8 bits, under the 25 dB
+//! bound) and the down-projections of layers 0–3 (GELU outputs at 18.9–24.0 dB). α = 0.5
+//! lifts the LayerNorms over the bound but not the GELU outputs (their smoothed 8-bit
+//! estimate even drops), leaving 4; α = 0.8 lifts both: all 36 read 8 bits. The six
+//! down-projections' *results* (17–21 dB in 8 bits) fail whatever α, since smoothing moves
+//! input outliers only: they stay 16-bit results of 8-bit products (`int16-result`,
+//! `wide.rs`). Sentence-embedding cosine to fp32: 0.9956 without, 0.9969 (α 0.5), 0.9967
+//! (α 0.8). magika has no LayerNormalization and no site.
 
 use crate::quantize::layer::{float_layer, Layer};
 use crate::quantize::replay::Replay;
