@@ -1025,10 +1025,10 @@ precision = "fp32"
         let err = |text: &str| QuantPlan::parse(text).unwrap_err().to_string();
         assert_eq!(
             err("[nodes.c1]\nprecision = \"int17\""),
-            "entry nodes.\"c1\": unknown precision `int17`; expected fp32, int8, int16, int4, int8-dynamic, int8-weight-only or int4-weight-only"
+            "entry nodes.\"c1\": unknown precision `int17`; expected fp32, int8, int16, int16-result, int4, int8-dynamic, int8-weight-only or int4-weight-only"
         );
         assert!(err("[nodes.c1]\nprecision = \"int2\"").contains(
-            "expected fp32, int8, int16, int4, int8-dynamic, int8-weight-only or int4-weight-only"
+            "expected fp32, int8, int16, int16-result, int4, int8-dynamic, int8-weight-only or int4-weight-only"
         ));
         assert!(
             err("[nodes.c1]\nexclude = true\nprecision = \"int8-dynamic\"").contains("contradict")

@@ -43,6 +43,14 @@
 //! input outliers only: they stay 16-bit results of 8-bit products (`int16-result`,
 //! `wide.rs`). Sentence-embedding cosine to fp32: 0.9956 without, 0.9969 (α 0.5), 0.9967
 //! (α 0.8). magika has no LayerNormalization and no site.
+//!
+//! Speed (sequence 128, one thread, `qlift bench --profile`, two interleaved runs): the
+//! QMatMuls take 21.5–22.8 ms a call without the pass (10 on `wide-matmul` at 16 bits),
+//! 17.3–17.5 ms with α 0.5 (32 on `wide-matmul-vnni`, 4 on `wide-matmul`), and 22.1 ms with
+//! α 0.8: its four smoothed down-projections' weights grow (`s_j` up to 9) until their
+//! requantization multiplier into the 16-bit result needs a shift under 32, which the
+//! wide micro-kernel does not take, and they fall to `matmul-packed` (32–55 GMAC/s). Hence
+//! α 0.5 by default.
 
 use crate::quantize::layer::{float_layer, Layer};
 use crate::quantize::replay::Replay;
