@@ -395,6 +395,9 @@ pub fn insert_qdq_planned(
         // A bias Add is quantized with its MatMul's settings.
         let settings = plan.settings(bias_adds.get(&id).copied().unwrap_or(id));
         let int16 = wide.nodes.contains(&id);
+        // It reads 16-bit activations (an `int16-result` layer reads 8 bits: its sum has no
+        // proof at 16 bits, even where another layer reads its input in 16).
+        let reads16 = wide.reads_16_bits(id);
         // The outlier check of an int16 layer measures its 16-bit activations at 16 bits
         // (the scheme each is quantized with; an `int16-result` layer's input is 8-bit).
         let check_opts = |v| {
@@ -520,7 +523,7 @@ pub fn insert_qdq_planned(
                         }
                     } else if let Some(v) = *v {
                         let dq =
-                            quantized_activation(&mut g, v, calibration, opts, &mut ins, int16)?;
+                            quantized_activation(&mut g, v, calibration, opts, &mut ins, reads16)?;
                         g.set_node_input(id, slot, Some(dq))?;
                     }
                 }
@@ -554,7 +557,7 @@ pub fn insert_qdq_planned(
                 {
                     quantized_bias(&mut g, id, v, &operands)?.unwrap_or(v)
                 }
-                _ => quantized_activation(&mut g, v, calibration, opts, &mut ins, int16)?,
+                _ => quantized_activation(&mut g, v, calibration, opts, &mut ins, reads16)?,
             };
             g.set_node_input(id, slot, Some(replacement))?;
         }
@@ -748,7 +751,7 @@ impl Inserting<'_> {
             let dq16 = insert_q_dq(g, v, &p16, outputs_too)?;
             let dq8 = insert_q_dq(g, dq16, &p, false)?;
             for (user, slot) in g.users(dq8) {
-                let reads_wide = self.wide.nodes.contains(&user) || self.wide.moves.contains(&user);
+                let reads_wide = self.wide.reads_16_bits(user) || self.wide.moves.contains(&user);
                 if reads_wide && slot == 0 {
                     g.set_node_input(user, slot, Some(dq16))?;
                 }

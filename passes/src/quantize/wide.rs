@@ -77,6 +77,11 @@ fn with_scheme(opts: &QuantizeOptions, scheme: ActivationScheme) -> QuantizeOpti
 }
 
 impl WideLayers {
+    /// Whether anchor `id` reads 16-bit activations (an int16 layer, not `int16-result`).
+    pub(super) fn reads_16_bits(&self, id: NodeId) -> bool {
+        self.nodes.contains(&id) && !self.result_only.contains(&id)
+    }
+
     /// The options 16-bit value `v` is quantized with: `opts` at 16 bits, symmetric for a
     /// narrowed layer's input.
     pub(super) fn sixteen_bit_for(&self, v: ValueId, opts: &QuantizeOptions) -> QuantizeOptions {
