@@ -892,10 +892,12 @@ proptest! {
         prop_assert_eq!(writes_i16, int16_units > 0, "\n{}", print(&lowered, &PrintOptions::default()));
         let x = Tensor::from_f32(&[batch, seq, k], rand.vec(batch * seq * k, -1.25, 1.25));
         let want = qlift_ir::interp::run(&lowered, std::slice::from_ref(&x)).map_err(|e| TestCaseError::fail(format!("interp: {e}")))?;
-        if std::is_x86_feature_detected!("avx2") {
+        // Every product, 8- or 16-bit, on the micro-kernel; not always an `int16-result`
+        // one: its multiplier into a 16-bit result can need a requantization shift under
+        // 32, which the micro-kernel does not take (`matmul-packed` then).
+        if std::is_x86_feature_detected!("avx2") && wide != 2 {
             let program = JitProgram::compile(&lowered, &CodegenOptions::default()).map_err(|e| TestCaseError::fail(e.to_string()))?;
             let forms: Vec<&str> = program.program().steps.iter().map(|s| s.form.as_str()).collect();
-            // Every product, 8- or 16-bit, on the micro-kernel.
             let products = lowered.node_ids().filter(|&n| lowered.node(n).op.kind() == Some(OpKind::QMatMul)).count();
             prop_assert_eq!(forms.iter().filter(|&&f| f.starts_with("wide-matmul")).count(), products, "forms {:?}", forms);
         }
