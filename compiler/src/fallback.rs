@@ -215,7 +215,7 @@ pub fn meet_target(
     if opts.ptq.replays() {
         return Err(Error::Value {
             name: "calibration steps".to_string(),
-            message: "--target-sqnr and --max-drop cannot be combined with --cle, --bias-correction or --adaround yet: each candidate plan is requantized from the calibration statistics alone".to_string(),
+            message: "--target-sqnr and --max-drop cannot be combined with --smooth, --cle, --bias-correction or --adaround yet: each candidate plan is requantized from the calibration statistics alone".to_string(),
         });
     }
     let quiet = PipelineOptions::default();

@@ -8,8 +8,8 @@ use crate::{Error, Limits};
 use qlift_codegen::JitProgram;
 use qlift_ir::{Graph, Symbol, Tensor, ValueId};
 use qlift_passes::quantize::{
-    adaround, bias_correction, cle, BiasCorrection, InterpReplay, PlanEntry, PtqOptions, QuantPlan,
-    QuantizeOptions, Replay, WeightGranularity,
+    adaround, bias_correction, cle, smooth, BiasCorrection, InterpReplay, PlanEntry, PtqOptions,
+    QuantPlan, QuantizeOptions, Replay, WeightGranularity,
 };
 use qlift_passes::{Pass, PassError};
 use std::cell::RefCell;
@@ -113,6 +113,36 @@ impl Replay for JitReplay<'_> {
     }
 }
 
+/// The outcome line of the `smooth` pass: α, then each smoothed producer by name.
+fn smooth_note(alpha: f32, sites: &[smooth::Smoothed]) -> String {
+    if sites.is_empty() {
+        return format!("smooth (α={alpha}): no LayerNorm or Mul output feeds a MatMul/Gemm");
+    }
+    let each: Vec<String> = sites
+        .iter()
+        .map(|s| {
+            let mut line = format!(
+                "{} {} ({} products, {} channels, s {:.3}–{:.3}",
+                s.op.name(),
+                s.node,
+                s.products,
+                s.channels,
+                s.range.1,
+                s.range.0
+            );
+            if s.compensated > 0 {
+                line += &format!(", {} other readers through a Mul by s", s.compensated);
+            }
+            line + ")"
+        })
+        .collect();
+    format!(
+        "smooth (α={alpha}): {} values smoothed: {}",
+        sites.len(),
+        each.join("; ")
+    )
+}
+
 /// Why `--cle` leaves a model whose weights are all per-channel alone. Equalization trades
 /// the producer's per-row ranges against the consumer's per-column ranges (eq. 10–11 of the
 /// paper), which only pays when a producer's rows share one scale. With a scale per row the
@@ -170,6 +200,17 @@ impl<'a> PtqPasses<'a> {
     /// The passes before `insert-qdq`.
     pub(crate) fn before(&self) -> Vec<Pass<'_>> {
         let mut passes = Vec::new();
+        if let Some(alpha) = self.opts.smooth {
+            passes.push(Pass::transform(
+                smooth::PASS,
+                smooth::ABOUT,
+                move |g: &Graph| {
+                    let (out, sites) = smooth::smooth(g, &self.replay()?, alpha)?;
+                    self.notes.borrow_mut().push(smooth_note(alpha, &sites));
+                    Ok(out)
+                },
+            ));
+        }
         if self.opts.cle {
             passes.push(Pass::transform(
                 cle::PASS,

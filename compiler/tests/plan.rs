@@ -113,7 +113,7 @@ fn a_bad_plan_exits_1_naming_the_file_and_entry() {
         ),
         (
             "[op_types.Conv]\nprecision = \"int2\"\n",
-            "entry op_types.\"Conv\": unknown precision `int2`; expected fp32, int8, int16, int4",
+            "entry op_types.\"Conv\": unknown precision `int2`; expected fp32, int8, int16, int16-result, int4",
         ),
         (
             "[op_types.LayerNormalization]\nprecision = \"fp32\"\n",

@@ -298,10 +298,13 @@ pub fn run_passes(
 /// Every pass the pipeline can run, in order, with what it does: `insert-qdq` and the
 /// optional post-training passes around it included (for `--help` and `--after`).
 pub fn all_passes() -> Vec<(&'static str, &'static str)> {
-    use crate::quantize::{adaround, bias_correction, cle};
+    use crate::quantize::{adaround, bias_correction, cle, smooth};
     let named = |name, about| Pass::transform(name, about, |g: &Graph| Ok(g.clone()));
     quantizing_pipeline_with(
-        vec![named(cle::PASS, cle::ABOUT)],
+        vec![
+            named(smooth::PASS, smooth::ABOUT),
+            named(cle::PASS, cle::ABOUT),
+        ],
         |g| Ok(g.clone()),
         vec![
             named(adaround::PASS, adaround::ABOUT),

@@ -1,5 +1,5 @@
 //! The white paper's post-training steps on the command line (shared by every subcommand
-//! that quantizes): `--cle`, `--bias-correction`, `--adaround[=SECONDS]`, `--weight-bits`.
+//! that quantizes): `--smooth[=ALPHA]`, `--cle`, `--bias-correction`, `--adaround[=SECONDS]`, `--weight-bits`.
 
 use qlift::{AdaRoundOptions, BiasCorrection, PtqOptions, WeightBits};
 use std::time::Duration;
@@ -7,6 +7,12 @@ use std::time::Duration;
 /// Flags of the post-training steps.
 #[derive(clap::Args, Clone, Default)]
 pub(crate) struct PtqArgs {
+    /// SmoothQuant before calibration (pass `smooth`): per-channel outliers of LayerNorm
+    /// (and constant-Mul) outputs move into the MatMul/Gemm weights reading them, with
+    /// migration strength ALPHA in [0, 1] (0.5 without a value).
+    #[arg(long, value_name = "ALPHA", num_args = 0..=1, require_equals = true,
+          default_missing_value = "0.5", value_parser = parse_alpha)]
+    pub(crate) smooth: Option<f32>,
     /// Cross-layer equalization with bias absorption before calibration (pass `equalize`):
     /// what per-tensor weights of depthwise models need.
     #[arg(long)]
@@ -45,6 +51,13 @@ fn parse_bits(s: &str) -> Result<WeightBitsArg, String> {
     }
 }
 
+fn parse_alpha(s: &str) -> Result<f32, String> {
+    match s.trim().parse::<f32>() {
+        Ok(a) if (0.0..=1.0).contains(&a) => Ok(a),
+        _ => Err(format!("`{s}` is not a migration strength in [0, 1]")),
+    }
+}
+
 fn parse_seconds(s: &str) -> Result<Duration, String> {
     let v: f64 = s
         .trim()
@@ -62,6 +75,7 @@ impl PtqArgs {
     /// The library's options.
     pub(crate) fn options(&self) -> PtqOptions {
         PtqOptions {
+            smooth: self.smooth,
             cle: self.cle,
             bias_correction: self.bias_correction.map(|b| match b {
                 BiasCorrectionArg::Empirical => BiasCorrection::Empirical,

@@ -3,7 +3,8 @@
 //! to integer ops; around it, the white paper's steps (Nagel et al. 2021, "A White Paper
 //! on Neural Network Quantization", §4): cross-layer equalization and bias absorption
 //! before range setting ([`cle`]), AdaRound ([`adaround`]) and bias correction
-//! ([`bias_correction`]) after it.
+//! ([`bias_correction`]) after it; and SmoothQuant's migration of activation outliers into
+//! the weights before range setting ([`smooth`]).
 
 pub mod adaround;
 pub mod bias_correction;
@@ -14,6 +15,7 @@ pub mod layer;
 pub mod plan;
 pub mod recurrent;
 pub mod replay;
+pub mod smooth;
 pub mod weights;
 mod wide;
 
@@ -32,6 +34,9 @@ pub use weights::{WeightBits, WeightGranularity};
 /// int8 weights, as ONNX Runtime).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct PtqOptions {
+    /// SmoothQuant's outlier migration with this strength α (pass `smooth`, before
+    /// calibration; [`smooth::DEFAULT_ALPHA`] is the paper's).
+    pub smooth: Option<f32>,
     /// Cross-layer equalization with bias absorption (pass `equalize`, before calibration).
     pub cle: bool,
     /// Correct the expected output shift weight quantization causes (pass
@@ -46,6 +51,9 @@ pub struct PtqOptions {
 impl PtqOptions {
     /// Whether a step needs the calibration data more than once (it is then held in memory).
     pub fn replays(&self) -> bool {
-        self.cle || self.bias_correction.is_some() || self.adaround.is_some()
+        self.smooth.is_some()
+            || self.cle
+            || self.bias_correction.is_some()
+            || self.adaround.is_some()
     }
 }

@@ -72,6 +72,11 @@ pub enum Precision {
     /// over the same calibrated ranges) and int8 weights; its 8-bit neighbours read its
     /// result through a Requantize. On other ops the same as int8.
     Int16,
+    /// 8-bit activations in and a 16-bit result: a Conv, Gemm or MatMul whose input holds
+    /// in 8 bits but whose result does not (a BERT FFN down-projection's, once `smooth`
+    /// flattened its input), computed as a u8 × i8 product requantized to int16. On other
+    /// ops the same as int8.
+    Int16Result,
     /// Activations quantized per call from their own range, int8 weights (no calibration).
     Int8Dynamic,
     /// f32 activations, int8 weights (per column or per block).
@@ -88,6 +93,7 @@ impl Precision {
             Precision::Int8 => "int8",
             Precision::Int4 => "int4",
             Precision::Int16 => "int16",
+            Precision::Int16Result => "int16-result",
             Precision::Int8Dynamic => "int8-dynamic",
             Precision::Int8WeightOnly => "int8-weight-only",
             Precision::Int4WeightOnly => "int4-weight-only",
@@ -99,7 +105,11 @@ impl Precision {
     pub fn scheme(self, block_size: usize) -> Option<Scheme> {
         let weight_only = |bits| Scheme::WeightOnly { bits, block_size };
         match self {
-            Precision::Fp32 | Precision::Int8 | Precision::Int4 | Precision::Int16 => None,
+            Precision::Fp32
+            | Precision::Int8
+            | Precision::Int4
+            | Precision::Int16
+            | Precision::Int16Result => None,
             Precision::Int8Dynamic => Some(Scheme::Dynamic),
             Precision::Int8WeightOnly => Some(weight_only(WeightBits::Eight)),
             Precision::Int4WeightOnly => Some(weight_only(WeightBits::Four)),
@@ -112,6 +122,7 @@ impl Precision {
             "int8" => Ok(Precision::Int8),
             "int4" => Ok(Precision::Int4),
             "int16" => Ok(Precision::Int16),
+            "int16-result" => Ok(Precision::Int16Result),
             "int8-dynamic" => Ok(Precision::Int8Dynamic),
             "int8-weight-only" => Ok(Precision::Int8WeightOnly),
             "int4-weight-only" => Ok(Precision::Int4WeightOnly),
@@ -122,7 +133,7 @@ impl Precision {
 
 /// The precisions a plan accepts, for error messages.
 const PRECISIONS: &str =
-    "fp32, int8, int16, int4, int8-dynamic, int8-weight-only or int4-weight-only";
+    "fp32, int8, int16, int16-result, int4, int8-dynamic, int8-weight-only or int4-weight-only";
 
 /// What one section of a plan sets; `None` leaves a field to the less specific level.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -589,13 +600,18 @@ impl QuantPlan {
                     value,
                     sqnr_db,
                     symmetric,
+                    result_only,
                 } => Some((
                     d.node.clone(),
                     PlanEntry {
-                        precision: Some(Precision::Int16),
+                        precision: Some(if *result_only {
+                            Precision::Int16Result
+                        } else {
+                            Precision::Int16
+                        }),
                         note: Some(format!(
                             "{} by the outlier check: `{value}` would keep {sqnr_db:.1} dB in 8 bits (under {} dB)",
-                            int16_name(*symmetric),
+                            if *result_only { "int16 result" } else { int16_name(*symmetric) },
                             limit(&d.node)
                         )),
                         ..PlanEntry::default()
@@ -1009,10 +1025,10 @@ precision = "fp32"
         let err = |text: &str| QuantPlan::parse(text).unwrap_err().to_string();
         assert_eq!(
             err("[nodes.c1]\nprecision = \"int17\""),
-            "entry nodes.\"c1\": unknown precision `int17`; expected fp32, int8, int16, int4, int8-dynamic, int8-weight-only or int4-weight-only"
+            "entry nodes.\"c1\": unknown precision `int17`; expected fp32, int8, int16, int16-result, int4, int8-dynamic, int8-weight-only or int4-weight-only"
         );
         assert!(err("[nodes.c1]\nprecision = \"int2\"").contains(
-            "expected fp32, int8, int16, int4, int8-dynamic, int8-weight-only or int4-weight-only"
+            "expected fp32, int8, int16, int16-result, int4, int8-dynamic, int8-weight-only or int4-weight-only"
         ));
         assert!(
             err("[nodes.c1]\nexclude = true\nprecision = \"int8-dynamic\"").contains("contradict")

@@ -19,6 +19,11 @@
 //! [`Outcome`] says why), or fp32 when it came here as an outlier; every int16 layer qlift
 //! builds is exact.
 //!
+//! A layer whose input holds in 8 bits but whose result does not (only the result fails
+//! the outlier check, or the plan says `int16-result`) keeps its 8-bit input and writes a
+//! 16-bit result: a u8 × i8 product like any int8 layer's, whose i32 sum needs no proof,
+//! requantized to int16 ([`Precision::Int16Result`]).
+//!
 //! [`Outcome`]: super::insert::Outcome
 
 use super::insert::{
@@ -51,6 +56,9 @@ pub(super) struct WideLayers {
     /// Anchors in `nodes` whose input is symmetric int16 (their asymmetric bound exceeds
     /// `i32::MAX`; see the module documentation).
     pub narrowed: HashSet<NodeId>,
+    /// Anchors in `nodes` that read 8-bit activations and write a 16-bit result
+    /// ([`Precision::Int16Result`], or the outlier check failing on the result alone).
+    pub result_only: HashSet<NodeId>,
     /// The values of `values` quantized to symmetric int16: those anchors' inputs and the
     /// values moved into them. Another int16 layer reading one keeps its proof: its reach
     /// of 32768 is the least any 16-bit zero point gives, and a symmetric step is at least
@@ -69,6 +77,11 @@ fn with_scheme(opts: &QuantizeOptions, scheme: ActivationScheme) -> QuantizeOpti
 }
 
 impl WideLayers {
+    /// Whether anchor `id` reads 16-bit activations (an int16 layer, not `int16-result`).
+    pub(super) fn reads_16_bits(&self, id: NodeId) -> bool {
+        self.nodes.contains(&id) && !self.result_only.contains(&id)
+    }
+
     /// The options 16-bit value `v` is quantized with: `opts` at 16 bits, symmetric for a
     /// narrowed layer's input.
     pub(super) fn sixteen_bit_for(&self, v: ValueId, opts: &QuantizeOptions) -> QuantizeOptions {
@@ -96,8 +109,11 @@ pub(super) fn wide_layers(
         let outlier_path = settings.precision == Precision::Int8
             && settings.opts.outliers == Outliers::Int16
             && settings.opts.min_sqnr_db > 0.0;
-        if !(settings.precision == Precision::Int16 || outlier_path) || !is_anchor(g, op, &operands)
-        {
+        let raised = matches!(
+            settings.precision,
+            Precision::Int16 | Precision::Int16Result
+        );
+        if !(raised || outlier_path) || !is_anchor(g, op, &operands) {
             continue;
         }
         let Some(x) = operands.first().copied().flatten() else {
@@ -121,7 +137,7 @@ pub(super) fn wide_layers(
         let accumulator = reads_accumulator(g, op, result);
         let checked = || std::iter::once(x).chain((!accumulator).then_some(written));
         let mut short8 = Vec::new();
-        if settings.precision != Precision::Int16 {
+        if !raised {
             // An int8 layer comes here only when 8 bits fail and 16 bits hold.
             short8 = checked()
                 .filter_map(|v| {
@@ -132,6 +148,26 @@ pub(super) fn wide_layers(
             if short8.is_empty() || !holds16 {
                 continue;
             }
+        }
+        // Only the result fails 8 bits (a FFN down-projection's output, once `smooth`
+        // flattened its input), or the plan says so: the input stays 8-bit, a u8 × i8
+        // product into a 16-bit result, whose i32 sum is bounded as every int8 layer's.
+        let result_only = match settings.precision {
+            Precision::Int16Result => true,
+            Precision::Int16 => false,
+            _ => short8.iter().all(|&(v, _)| v != x),
+        };
+        if result_only {
+            if let Some(&(value, db)) = short8.first() {
+                wide.by_sqnr.insert(id, (g.value(value).name.clone(), db));
+                wide.short8.extend(short8.iter().copied());
+            }
+            wide.nodes.insert(id);
+            wide.result_only.insert(id);
+            if !accumulator {
+                wide.values.insert(written);
+            }
+            continue;
         }
         let mut bound = accumulator_bound(g, id, x, &operands, calibration, &opts)?;
         // Narrow the input to symmetric int16 rather than fall back to int8 or fp32.
