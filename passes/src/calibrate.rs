@@ -223,7 +223,8 @@ fn pow2(e: i32) -> f64 {
 /// when none is). Kept in independent lanes so that the compiler emits vector compares:
 /// every activation of every calibration sample passes through here, and a scalar loop
 /// with a branch per value was the largest cost of calibration.
-fn finite_extremes(values: &[f32]) -> (f32, f32, u64) {
+#[inline(always)]
+fn finite_extremes_in(values: &[f32]) -> (f32, f32, u64) {
     const LANES: usize = 8;
     let mut lo = [f32::INFINITY; LANES];
     let mut hi = [f32::NEG_INFINITY; LANES];
@@ -263,7 +264,8 @@ fn finite_extremes(values: &[f32]) -> (f32, f32, u64) {
 /// without a branch per value (ReLU outputs are half zeros: half the branches mispredicted),
 /// and into two interleaved u32 sub-histograms, so that a run of values in one bin does not
 /// make each increment wait for the previous one's store.
-fn count_bins(bins: &mut [u64], values: &[f32], inv_w: f64) -> u64 {
+#[inline(always)]
+fn count_bins_in(bins: &mut [u64], values: &[f32], inv_w: f64) -> u64 {
     const SKIP: u16 = 2 * HISTOGRAM_HALF_BINS as u16;
     const CHUNK: usize = 1024;
     const ROUND: f64 = 6755399441055744.0;
@@ -307,6 +309,49 @@ fn count_bins(bins: &mut [u64], values: &[f32], inv_w: f64) -> u64 {
         }
     }
     skipped
+}
+
+/// [`finite_extremes_in`] and [`count_bins_in`] compiled for AVX2 where the CPU has it
+/// (the crate targets baseline x86-64: two-lane SSE2 vectors), chosen at run time. Same
+/// IEEE operations in the same order, so the same results; calibration's binning took
+/// 13% of ResNet-18's calibration time.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    #[target_feature(enable = "avx2")]
+    pub(super) fn finite_extremes(values: &[f32]) -> (f32, f32, u64) {
+        super::finite_extremes_in(values)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) fn count_bins(bins: &mut [u64], values: &[f32], inv_w: f64) -> u64 {
+        super::count_bins_in(bins, values, inv_w)
+    }
+}
+
+/// Whether [`avx2`]'s copies can run here.
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx2");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+fn finite_extremes(values: &[f32]) -> (f32, f32, u64) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 (checked at run time just above).
+        return unsafe { avx2::finite_extremes(values) };
+    }
+    finite_extremes_in(values)
+}
+
+fn count_bins(bins: &mut [u64], values: &[f32], inv_w: f64) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 (checked at run time just above).
+        return unsafe { avx2::count_bins(bins, values, inv_w) };
+    }
+    count_bins_in(bins, values, inv_w)
 }
 
 /// `floor(log2(x))` of a positive normal `f64`.
