@@ -226,6 +226,20 @@ fn pow2(e: i32) -> f64 {
 #[inline(always)]
 fn finite_extremes_in(values: &[f32]) -> (f32, f32, u64) {
     const LANES: usize = 8;
+    // One value into a lane without a branch: a non-finite one becomes the bound's own
+    // infinity, which changes nothing (each select is one `minps`/`maxps`).
+    #[inline(always)]
+    fn lane(v: f32, lo: &mut f32, hi: &mut f32, finite: &mut u32) {
+        let ok = (v.to_bits() & 0x7fff_ffff) < 0x7f80_0000;
+        *finite += u32::from(ok);
+        let (l, h) = if ok {
+            (v, v)
+        } else {
+            (f32::INFINITY, f32::NEG_INFINITY)
+        };
+        *lo = if l < *lo { l } else { *lo };
+        *hi = if h > *hi { h } else { *hi };
+    }
     let mut lo = [f32::INFINITY; LANES];
     let mut hi = [f32::NEG_INFINITY; LANES];
     let mut finite = [0u32; LANES];
@@ -236,18 +250,11 @@ fn finite_extremes_in(values: &[f32]) -> (f32, f32, u64) {
         let rest = chunks.remainder();
         for chunk in chunks {
             for i in 0..LANES {
-                let v = chunk[i];
-                let ok = v.is_finite();
-                finite[i] += u32::from(ok);
-                lo[i] = if ok && v < lo[i] { v } else { lo[i] };
-                hi[i] = if ok && v > hi[i] { v } else { hi[i] };
+                lane(chunk[i], &mut lo[i], &mut hi[i], &mut finite[i]);
             }
         }
         for (i, &v) in rest.iter().enumerate() {
-            let ok = v.is_finite();
-            finite[i] += u32::from(ok);
-            lo[i] = if ok && v < lo[i] { v } else { lo[i] };
-            hi[i] = if ok && v > hi[i] { v } else { hi[i] };
+            lane(v, &mut lo[i], &mut hi[i], &mut finite[i]);
         }
         total += finite.iter().map(|&n| u64::from(n)).sum::<u64>();
         finite = [0; LANES];
