@@ -7,7 +7,7 @@
 //! the scalar walk and are checked the same way.
 
 mod common;
-use common::{has_task, lcg};
+use common::{has_task, lcg, pooled};
 use qlift_codegen::{CodegenOptions, JitProgram};
 use qlift_ir::text::parse;
 use qlift_ir::{Tensor, TensorData};
@@ -42,16 +42,6 @@ fn bits(t: &Tensor) -> Vec<u32> {
             .collect(),
         _ => panic!("not f32"),
     }
-}
-
-/// Result extent of a pooled axis, as ONNX defines it.
-fn pooled(n: usize, k: usize, s: usize, d: usize, pb: usize, pe: usize, ceil: bool) -> usize {
-    let room = n + pb + pe - (d * (k - 1) + 1);
-    let mut out = if ceil { room.div_ceil(s) } else { room / s } + 1;
-    if ceil && (out - 1) * s >= n + pb {
-        out -= 1;
-    }
-    out
 }
 
 /// A small deterministic generator of integers.

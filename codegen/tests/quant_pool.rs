@@ -1,6 +1,8 @@
 //! The quantization and pooling kernels against the reference interpreter, bit for bit, on
 //! small IR graphs fed with deterministic pseudo-random data at batch sizes 1 to 4.
 
+mod common;
+use common::pooled;
 use qlift_codegen::{CodegenOptions, JitProgram};
 use qlift_ir::text::parse;
 use qlift_ir::{DType, Tensor, TensorData};
@@ -206,16 +208,6 @@ fn qconcat_rescales_each_part() {
          }",
         Floats::Uniform(1.0),
     );
-}
-
-/// Result extent of a pooled axis, as ONNX defines it.
-fn pooled(n: usize, k: usize, s: usize, d: usize, pb: usize, pe: usize, ceil: bool) -> usize {
-    let room = n + pb + pe - (d * (k - 1) + 1);
-    let mut out = if ceil { room.div_ceil(s) } else { room / s } + 1;
-    if ceil && (out - 1) * s >= n + pb {
-        out -= 1;
-    }
-    out
 }
 
 /// A pool node's attributes and result dims for input spatial extents `spatial`.

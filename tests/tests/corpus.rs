@@ -76,6 +76,18 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (norm(a) * norm(b)).max(1e-30)
 }
 
+/// Mean and smallest cosine between the rows of `a` and of `b`.
+fn row_cosines(a: &Tensor, b: &Tensor) -> (f64, f64) {
+    let cos: Vec<f64> = rows(a)
+        .iter()
+        .zip(rows(b))
+        .map(|(x, y)| cosine(x, &y))
+        .collect();
+    let mean = cos.iter().sum::<f64>() / cos.len() as f64;
+    let min = cos.iter().copied().fold(f64::INFINITY, f64::min);
+    (mean, min)
+}
+
 /// Samples `start..end` of every tensor.
 fn slice(ts: &[Tensor], start: usize, end: usize) -> Vec<Tensor> {
     ts.iter()
@@ -254,13 +266,7 @@ fn minilm_int8_embeddings_stay_close_to_fp32() {
     let model = CompiledModel::from_lowered(q.lowered, true, &CompileOptions::default()).unwrap();
     let int8 = model.run(&minilm_inputs(&dir, "test")).unwrap();
     let fp32 = npy(&dir, "minilm_test_fp32_sentence_embedding.npy");
-    let cos: Vec<f64> = rows(&int8[1])
-        .iter()
-        .zip(rows(&fp32))
-        .map(|(a, b)| cosine(a, &b))
-        .collect();
-    let mean = cos.iter().sum::<f64>() / cos.len() as f64;
-    let min = cos.iter().copied().fold(f64::INFINITY, f64::min);
+    let (mean, min) = row_cosines(&int8[1], &fp32);
     eprintln!("minilm int8: sentence embedding cosine to fp32 mean {mean:.4}, min {min:.4}");
     assert!(mean >= 0.99, "mean cosine {mean}");
 }
@@ -299,14 +305,7 @@ fn minilm_cosines(
     let model = CompiledModel::from_lowered(q.lowered, true, &CompileOptions::default()).unwrap();
     let out = model.run(&minilm_inputs(dir, "test")).unwrap();
     let fp32 = npy(dir, "minilm_test_fp32_sentence_embedding.npy");
-    let cos: Vec<f64> = rows(&out[1])
-        .iter()
-        .zip(rows(&fp32))
-        .map(|(a, b)| cosine(a, &b))
-        .collect();
-    let mean = cos.iter().sum::<f64>() / cos.len() as f64;
-    let min = cos.iter().copied().fold(f64::INFINITY, f64::min);
-    ((mean, min), widths)
+    (row_cosines(&out[1], &fp32), widths)
 }
 
 /// SmoothQuant (`--smooth`) moves FFN products whose inputs (LayerNorm and GELU outputs)

@@ -22,3 +22,13 @@ pub fn lcg(seed: u64, n: usize) -> Vec<f32> {
         })
         .collect()
 }
+
+/// Result extent of a pooled axis, as ONNX defines it.
+pub fn pooled(n: usize, k: usize, s: usize, d: usize, pb: usize, pe: usize, ceil: bool) -> usize {
+    let room = n + pb + pe - (d * (k - 1) + 1);
+    let mut out = if ceil { room.div_ceil(s) } else { room / s } + 1;
+    if ceil && (out - 1) * s >= n + pb {
+        out -= 1;
+    }
+    out
+}
