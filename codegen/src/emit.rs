@@ -3,7 +3,9 @@
 //! (only the batch is a run-time value), so these few shapes cover them.
 
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{types, BlockArg, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::ir::{
+    types, BlockArg, ConstantData, Endianness, InstBuilder, MemFlagsData, Type, Value,
+};
 use cranelift_frontend::FunctionBuilder;
 
 /// Memory flags of every access: no trap (bounds are checked before generated code is
@@ -281,4 +283,18 @@ pub fn row_major(dims: &[usize]) -> Vec<i64> {
         strides[a] = strides[a + 1] * dims[a + 1] as i64;
     }
     strides
+}
+
+/// The f32x4 of lanes `lanes` of `a` (0–3) and `b` (4–7).
+pub fn shuffle_f32(fb: &mut FunctionBuilder, a: Value, b: Value, lanes: [usize; 4]) -> Value {
+    let bytes: Vec<u8> = lanes
+        .iter()
+        .flat_map(|&l| (0..4).map(move |i| (4 * l + i) as u8))
+        .collect();
+    let mask = fb.func.dfg.immediates.push(ConstantData::from(bytes));
+    // `shuffle` takes and gives i8x16; the bitcasts are no instructions.
+    let endian = MemFlagsData::new().with_endianness(Endianness::Little);
+    let [a, b] = [a, b].map(|v| fb.ins().bitcast(types::I8X16, endian, v));
+    let v = fb.ins().shuffle(a, b, mask);
+    fb.ins().bitcast(types::F32X4, endian, v)
 }

@@ -17,7 +17,7 @@ use super::pool::{axes, planes, window_attrs};
 use super::{data_address, Kernel};
 use crate::emit;
 use cranelift_codegen::ir::condcodes::FloatCC;
-use cranelift_codegen::ir::{types, ConstantData, InstBuilder, Value};
+use cranelift_codegen::ir::{types, InstBuilder, Value};
 use cranelift_frontend::FunctionBuilder;
 use cranelift_module::DataId;
 use qlift_ir::{DType, OpKind};
@@ -243,7 +243,7 @@ fn means(k: &mut Kernel, g: &Rows) -> Result<(), String> {
                 let zero = fb.ins().splat(types::F64X2, zero);
                 let mut sums = [zero, zero];
                 float_taps(fb, g, at, &mut |fb, tap| {
-                    let high = shuffle_f32(fb, tap, tap, [2, 3, 2, 3]);
+                    let high = emit::shuffle_f32(fb, tap, tap, [2, 3, 2, 3]);
                     for (sum, half) in sums.iter_mut().zip([tap, high]) {
                         let wide = fb.ins().fvpromote_low(half);
                         *sum = fb.ins().fadd(*sum, wide);
@@ -258,7 +258,7 @@ fn means(k: &mut Kernel, g: &Rows) -> Result<(), String> {
                     let mean = fb.ins().fdiv(sums[o as usize / 16], count);
                     fb.ins().fvdemote(mean)
                 });
-                shuffle_f32(fb, means[0], means[1], [0, 1, 4, 5])
+                emit::shuffle_f32(fb, means[0], means[1], [0, 1, 4, 5])
             })
         },
     )
@@ -327,23 +327,9 @@ fn float_taps(
                 // share the pair at stride 2.
                 let r = c % (LANES - sw);
                 let (a, b) = (load(fb, c - r), load(fb, c - r + 2 * sw));
-                shuffle_f32(fb, a, b, [r, r + sw, LANES + r, LANES + r + sw])
+                emit::shuffle_f32(fb, a, b, [r, r + sw, LANES + r, LANES + r + sw])
             };
             tap(fb, lanes);
         }
     }
-}
-
-/// The f32x4 of lanes `lanes` of `a` (0–3) and `b` (4–7).
-fn shuffle_f32(fb: &mut FunctionBuilder, a: Value, b: Value, lanes: [usize; 4]) -> Value {
-    let bytes: Vec<u8> = lanes
-        .iter()
-        .flat_map(|&l| (0..4).map(move |i| (4 * l + i) as u8))
-        .collect();
-    let mask = fb.func.dfg.immediates.push(ConstantData::from(bytes));
-    // `shuffle` takes and gives i8x16; the bitcasts are no instructions.
-    let endian = super::requant::little_endian();
-    let [a, b] = [a, b].map(|v| fb.ins().bitcast(types::I8X16, endian, v));
-    let v = fb.ins().shuffle(a, b, mask);
-    fb.ins().bitcast(types::F32X4, endian, v)
 }

@@ -22,7 +22,7 @@ use super::im2col::{fma_float_conv, ConvShape};
 use super::Kernel;
 use crate::emit;
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{types, ConstantData, InstBuilder, MemFlagsData, Value};
+use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::FunctionBuilder;
 use cranelift_module::FuncId;
 
@@ -312,15 +312,10 @@ impl Gather {
             }
             fb.ins().jump(done, &[]);
             fb.switch_to_block(strided);
-            let evens = fb
-                .func
-                .dfg
-                .immediates
-                .push(ConstantData::from(EVENS.to_vec()));
             for q in 0..4 {
-                let a = fb.ins().load(types::I8X16, emit::mem(), src, 32 * q);
-                let b = fb.ins().load(types::I8X16, emit::mem(), src, 32 * q + 16);
-                let v = fb.ins().shuffle(a, b, evens);
+                let a = fb.ins().load(types::F32X4, emit::mem(), src, 32 * q);
+                let b = fb.ins().load(types::F32X4, emit::mem(), src, 32 * q + 16);
+                let v = emit::shuffle_f32(fb, a, b, [0, 2, 4, 6]);
                 fb.ins().store(emit::mem(), v, dst, 16 * q);
             }
             fb.ins().jump(done, &[]);
@@ -355,9 +350,6 @@ impl Gather {
         });
     }
 }
-
-/// The shuffle of two f32x4 (as bytes) taking lanes 0 and 2 of each.
-const EVENS: [u8; 16] = [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27];
 
 #[cfg(test)]
 mod tests {
